@@ -1,0 +1,142 @@
+//! API envelopes: the error body every non-2xx reply carries, ping, lifecycle requests,
+//! and the events streamed on `GET /v1/events`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::validate::ValidationReport;
+use crate::vm::VmState;
+
+/// The body of every error reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiErrorBody {
+    /// A stable machine-readable code (`NotFound`, `InvalidPayload`, ...).
+    pub code: String,
+    /// A sentence for people.
+    pub message: String,
+    /// The chain of underlying causes, outermost first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<String>,
+    /// For `InvalidPayload`: the SmartOS-shaped validation report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ValidationReport>,
+}
+
+/// Stable error codes.
+pub mod codes {
+    /// The request is malformed (bad JSON, bad UTF-8, bad query).
+    pub const BAD_REQUEST: &str = "BadRequest";
+    /// The payload failed validation; the body carries the report.
+    pub const INVALID_PAYLOAD: &str = "InvalidPayload";
+    /// No such resource.
+    pub const NOT_FOUND: &str = "NotFound";
+    /// The route exists but not with this method.
+    pub const METHOD_NOT_ALLOWED: &str = "MethodNotAllowed";
+    /// The operation conflicts with the resource's state.
+    pub const CONFLICT: &str = "Conflict";
+    /// The body is larger than the API accepts.
+    pub const PAYLOAD_TOO_LARGE: &str = "PayloadTooLarge";
+    /// The body is not JSON.
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "UnsupportedMediaType";
+    /// The caller may not use this socket.
+    pub const FORBIDDEN: &str = "Forbidden";
+    /// The subsystem behind this operation is not built yet.
+    pub const NOT_IMPLEMENTED: &str = "NotImplemented";
+    /// The daemon failed (disk full, I/O error); the request was not applied.
+    pub const INTERNAL: &str = "InternalError";
+}
+
+/// `GET /v1/ping`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Ping {
+    /// Always true when the daemon answers.
+    pub ok: bool,
+    /// The daemon's version.
+    pub version: String,
+    /// The API version (`v1`).
+    pub api: String,
+    /// The daemon's process id.
+    pub pid: u32,
+}
+
+/// `POST /v1/vms/{uuid}/stop`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    /// Stop at once, without the graceful phase.
+    #[serde(default)]
+    pub force: bool,
+    /// Seconds to wait for a graceful stop before forcing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+}
+
+/// `POST /v1/vms/{uuid}/reboot`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RebootRequest {
+    /// Reboot at once, without the graceful phase.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/vms/{uuid}/kill`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KillRequest {
+    /// Signal name (`KILL`, `SIGTERM`, `HUP`...) or number; default SIGKILL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+}
+
+/// `POST /v1/vms/validate?action=create|update`: the reply when the payload is valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ValidateOk {
+    /// `create` or `update`.
+    pub action: String,
+    /// The brand the payload was checked for.
+    pub brand: String,
+}
+
+/// `POST /v1/vms` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Created {
+    /// The new VM's uuid.
+    pub uuid: Uuid,
+}
+
+/// What happened to a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A guest record was created.
+    Create,
+    /// A guest record was changed.
+    Modify,
+    /// A guest record was deleted.
+    Delete,
+    /// A guest changed state.
+    State,
+}
+
+/// One line of `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// The guest.
+    pub uuid: Uuid,
+    /// The guest's alias, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// The state after the event (for create, modify and state events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<VmState>,
+    /// Changed property names (modify events).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+    /// When (RFC 3339, UTC, milliseconds).
+    pub timestamp: String,
+}

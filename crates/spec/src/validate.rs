@@ -1,0 +1,1329 @@
+//! Validation of create and update payloads into SmartOS's report shape:
+//! `{"bad_values":[..],"bad_properties":[..],"missing_properties":[..]}` (or `bad_brand`).
+//!
+//! A payload is untrusted JSON. It is walked property by property, so one report names
+//! every offender (serde alone would stop at the first); only a payload with an empty report
+//! is then deserialized into the typed [`VmCreate`] / [`VmUpdate`]. Property names follow
+//! SmartOS (`nics.0.ip`, `disks.1.size`). Each finding also carries a sentence in
+//! `details`, which SmartOS lacks and scripts may ignore.
+
+use std::collections::BTreeSet;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::net::{Cidr, is_hostname, is_usable_mac, netmask_prefix, parse_ip, parse_mac};
+use crate::vm::{Brand, VmCreate, VmUpdate};
+
+/// One finding: which property, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Problem {
+    /// SmartOS-style property path (`nics.0.ip`).
+    pub property: String,
+    /// What is wrong, as a sentence.
+    pub message: String,
+}
+
+/// SmartOS's validation report, plus hull's `details`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ValidationReport {
+    /// Set (alone) when the brand is not one hull knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad_brand: Option<String>,
+    /// Properties whose value is wrong.
+    #[serde(default)]
+    pub bad_values: Vec<String>,
+    /// Properties that are unknown, unsupported or not allowed here.
+    #[serde(default)]
+    pub bad_properties: Vec<String>,
+    /// Required properties that are absent.
+    #[serde(default)]
+    pub missing_properties: Vec<String>,
+    /// A sentence per finding.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<Problem>,
+}
+
+impl ValidationReport {
+    /// True when nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.bad_brand.is_none()
+            && self.bad_values.is_empty()
+            && self.bad_properties.is_empty()
+            && self.missing_properties.is_empty()
+    }
+
+    /// Records a property whose value is wrong.
+    pub fn bad_value(&mut self, property: impl Into<String>, message: impl Into<String>) {
+        push(
+            &mut self.bad_values,
+            &mut self.details,
+            property.into(),
+            message.into(),
+        );
+    }
+
+    /// Records a property that may not appear.
+    pub fn bad_property(&mut self, property: impl Into<String>, message: impl Into<String>) {
+        push(
+            &mut self.bad_properties,
+            &mut self.details,
+            property.into(),
+            message.into(),
+        );
+    }
+
+    /// Records a required property that is absent.
+    pub fn missing(&mut self, property: impl Into<String>, message: impl Into<String>) {
+        push(
+            &mut self.missing_properties,
+            &mut self.details,
+            property.into(),
+            message.into(),
+        );
+    }
+
+    /// One line naming every offender, for error messages.
+    pub fn summary(&self) -> String {
+        if let Some(b) = &self.bad_brand {
+            return format!("unknown brand {b:?}");
+        }
+        self.details
+            .iter()
+            .map(|p| format!("{}: {}", p.property, p.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl std::fmt::Display for ValidationReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.summary())
+    }
+}
+
+fn push(list: &mut Vec<String>, details: &mut Vec<Problem>, property: String, message: String) {
+    if !list.contains(&property) {
+        list.push(property.clone());
+    }
+    details.push(Problem { property, message });
+}
+
+/// Which guests a property applies to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    All,
+    Zones,
+    MicroVms,
+}
+
+impl Scope {
+    fn allows(self, brand: Option<Brand>) -> bool {
+        match (self, brand) {
+            (Scope::All, _) | (_, None) => true,
+            (Scope::Zones, Some(b)) => !b.is_microvm(),
+            (Scope::MicroVms, Some(b)) => b.is_microvm(),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Scope::All => "all brands",
+            Scope::Zones => "zones (joyent, joyent-minimal, lx)",
+            Scope::MicroVms => "microVMs (kvm, bhyve)",
+        }
+    }
+}
+
+type Check = fn(&mut ValidationReport, &str, &Value);
+
+/// A top-level property: its name, the guests it applies to, its check, and whether
+/// `vmadm update` may change it.
+struct Prop {
+    name: &'static str,
+    scope: Scope,
+    check: Check,
+    updatable: bool,
+}
+
+const fn prop(name: &'static str, scope: Scope, check: Check, updatable: bool) -> Prop {
+    Prop {
+        name,
+        scope,
+        check,
+        updatable,
+    }
+}
+
+const MIB_MAX: u64 = 1 << 20; // 1 TiB in MiB
+const PROPS: &[Prop] = &[
+    prop("uuid", Scope::All, check_uuid, false),
+    prop("alias", Scope::All, check_alias, true),
+    prop("brand", Scope::All, check_nothing, false),
+    prop("hostname", Scope::All, check_hostname, true),
+    prop("autoboot", Scope::All, check_bool, true),
+    prop("image_uuid", Scope::Zones, check_uuid, false),
+    prop(
+        "max_physical_memory",
+        Scope::All,
+        |r, p, v| check_int(r, p, v, 16, MIB_MAX),
+        true,
+    ),
+    prop(
+        "max_swap",
+        Scope::All,
+        |r, p, v| check_int(r, p, v, 16, MIB_MAX),
+        true,
+    ),
+    prop(
+        "ram",
+        Scope::All,
+        |r, p, v| check_int(r, p, v, 16, MIB_MAX),
+        true,
+    ),
+    prop(
+        "vcpus",
+        Scope::MicroVms,
+        |r, p, v| check_int(r, p, v, 1, 64),
+        true,
+    ),
+    prop(
+        "cpu_cap",
+        Scope::All,
+        |r, p, v| check_int(r, p, v, 0, 6400),
+        true,
+    ),
+    prop(
+        "cpu_shares",
+        Scope::All,
+        |r, p, v| check_int(r, p, v, 1, 65535),
+        true,
+    ),
+    prop(
+        "max_lwps",
+        Scope::All,
+        |r, p, v| check_int(r, p, v, 1, 4_194_304),
+        true,
+    ),
+    prop(
+        "quota",
+        Scope::All,
+        |r, p, v| check_int(r, p, v, 0, 1 << 20),
+        true,
+    ),
+    prop(
+        "zfs_io_priority",
+        Scope::All,
+        |r, p, v| check_int(r, p, v, 1, 1000),
+        true,
+    ),
+    prop("resolvers", Scope::All, check_resolvers, true),
+    prop("dns_domain", Scope::All, check_hostname, true),
+    prop("routes", Scope::All, check_routes, false),
+    prop("customer_metadata", Scope::All, check_metadata, false),
+    prop("internal_metadata", Scope::All, check_metadata, false),
+    prop("tags", Scope::All, check_tags, false),
+    prop("nics", Scope::All, check_nics, false),
+    prop("disks", Scope::MicroVms, check_disks, false),
+    prop("kernel", Scope::MicroVms, check_abs_path, true),
+    prop("initrd", Scope::MicroVms, check_abs_path, true),
+    prop("cmdline", Scope::MicroVms, check_cmdline, true),
+    prop("init_name", Scope::Zones, check_abs_path, true),
+    prop("owner_uuid", Scope::All, check_uuid, true),
+    prop("billing_id", Scope::All, check_uuid, true),
+    prop("package_name", Scope::All, check_short_string, true),
+    prop("package_version", Scope::All, check_short_string, true),
+];
+
+/// Update-only verbs.
+const UPDATE_VERBS: &[Prop] = &[
+    prop("set_tags", Scope::All, check_tags, true),
+    prop("remove_tags", Scope::All, check_key_list, true),
+    prop("set_customer_metadata", Scope::All, check_metadata, true),
+    prop("remove_customer_metadata", Scope::All, check_key_list, true),
+    prop("set_internal_metadata", Scope::All, check_metadata, true),
+    prop("remove_internal_metadata", Scope::All, check_key_list, true),
+    prop("set_routes", Scope::All, check_routes, true),
+    prop("remove_routes", Scope::All, check_key_list, true),
+    prop("add_nics", Scope::All, check_nics, true),
+    prop("update_nics", Scope::All, check_update_nics, true),
+    prop("remove_nics", Scope::All, check_mac_list, true),
+    prop("add_disks", Scope::MicroVms, check_disks, true),
+    prop("update_disks", Scope::MicroVms, check_update_disks, true),
+    prop("remove_disks", Scope::MicroVms, check_path_list, true),
+];
+
+/// SmartOS properties hull knows of but cannot honour: named in the error, never dropped.
+const UNSUPPORTED: &[&str] = &[
+    "archive_on_delete",
+    "boot",
+    "bootrom",
+    "cpu_type",
+    "datasets",
+    "delegate_dataset",
+    "disk_driver",
+    "docker",
+    "filesystems",
+    "firewall_enabled",
+    "flexible_disk_size",
+    "fs_allowed",
+    "hvm",
+    "indestructible_delegated",
+    "indestructible_zoneroot",
+    "kernel_version",
+    "limit_priv",
+    "maintain_resolvers",
+    "max_locked_memory",
+    "max_msg_ids",
+    "max_sem_ids",
+    "max_shm_ids",
+    "max_shm_memory",
+    "mdata_exec_timeout",
+    "nic_driver",
+    "qemu_extra_opts",
+    "qemu_opts",
+    "spice_opts",
+    "spice_password",
+    "spice_port",
+    "virtio_txburst",
+    "virtio_txtimer",
+    "vnc_password",
+    "vnc_port",
+    "zfs_data_compression",
+    "zfs_root_compression",
+    "zfs_root_recsize",
+    "zlog_max_size",
+    "zlog_mode",
+    "zpool",
+];
+
+/// Properties of a record that hull sets; a payload may not.
+const READ_ONLY: &[&str] = &[
+    "boot_timestamp",
+    "create_timestamp",
+    "exit_status",
+    "failure",
+    "last_modified",
+    "pid",
+    "state",
+    "type",
+    "zone_state",
+    "zonename",
+];
+
+fn unknown_property(report: &mut ValidationReport, path: &str, name: &str) {
+    if UNSUPPORTED.contains(&name) {
+        report.bad_property(
+            path,
+            format!("SmartOS property {name} is not supported by hull"),
+        );
+    } else if READ_ONLY.contains(&name) {
+        report.bad_property(path, format!("{name} is set by hull and cannot be given"));
+    } else {
+        report.bad_property(path, format!("unknown property {name}"));
+    }
+}
+
+/// Validates a `vmadm create` payload. On success the typed payload is returned; otherwise
+/// a report naming every offending property.
+pub fn validate_create(payload: &Value) -> Result<VmCreate, ValidationReport> {
+    let mut report = ValidationReport::default();
+    let Some(obj) = payload.as_object() else {
+        report.bad_value("payload", "the payload must be a JSON object");
+        return Err(report);
+    };
+    let brand = match obj.get("brand") {
+        None => {
+            report.missing("brand", "brand is required");
+            None
+        }
+        Some(Value::String(s)) => match Brand::parse(s) {
+            Some(b) => Some(b),
+            None => {
+                return Err(ValidationReport {
+                    bad_brand: Some(s.clone()),
+                    details: vec![Problem {
+                        property: "brand".into(),
+                        message: format!(
+                            "unknown brand {s:?}; hull knows joyent, joyent-minimal, lx, kvm and bhyve"
+                        ),
+                    }],
+                    ..ValidationReport::default()
+                });
+            }
+        },
+        Some(_) => {
+            report.bad_value("brand", "brand must be a string");
+            None
+        }
+    };
+    for (name, value) in obj {
+        match PROPS.iter().find(|p| p.name == name) {
+            None => unknown_property(&mut report, name, name),
+            Some(p) if !p.scope.allows(brand) => {
+                let hint = if name == "image_uuid" {
+                    "; microVMs name their image in disks.N.image_uuid"
+                } else {
+                    ""
+                };
+                report.bad_property(
+                    name,
+                    format!("{name} applies only to {}{hint}", p.scope.describe()),
+                );
+            }
+            Some(p) => (p.check)(&mut report, name, value),
+        }
+    }
+    if let Some(b) = brand {
+        if !b.is_microvm() && !obj.contains_key("image_uuid") {
+            report.missing(
+                "image_uuid",
+                format!("image_uuid is required for brand {b}"),
+            );
+        }
+        check_memory_consistency(&mut report, b, obj);
+    }
+    if let Some(Value::Array(nics)) = obj.get("nics") {
+        check_nic_set(&mut report, "nics", nics);
+    }
+    if let Some(Value::Array(disks)) = obj.get("disks") {
+        check_boot_disks(&mut report, "disks", disks);
+    }
+    if let Some(Value::Object(routes)) = obj.get("routes") {
+        let nic_count = obj
+            .get("nics")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        check_route_targets(&mut report, "routes", routes, nic_count);
+    }
+    if !report.is_empty() {
+        return Err(report);
+    }
+    serde_json::from_value(payload.clone()).map_err(|e| {
+        let mut r = ValidationReport::default();
+        r.bad_value(
+            "payload",
+            format!("the payload does not match the VM schema: {e}"),
+        );
+        r
+    })
+}
+
+/// Validates a `vmadm update` payload for a guest of `brand`. Checks that need the current
+/// record (does this MAC exist?) belong to the caller.
+pub fn validate_update(payload: &Value, brand: Brand) -> Result<VmUpdate, ValidationReport> {
+    let mut report = ValidationReport::default();
+    let Some(obj) = payload.as_object() else {
+        report.bad_value("payload", "the payload must be a JSON object");
+        return Err(report);
+    };
+    if obj.is_empty() {
+        report.bad_value("payload", "the update payload changes nothing");
+    }
+    for (name, value) in obj {
+        let found = PROPS.iter().chain(UPDATE_VERBS).find(|p| p.name == name);
+        match found {
+            None => unknown_property(&mut report, name, name),
+            Some(p) if !p.updatable => {
+                let hint = match name.as_str() {
+                    "tags" | "customer_metadata" | "internal_metadata" | "routes" => {
+                        format!("; use set_{name} and remove_{name}")
+                    }
+                    "nics" | "disks" => {
+                        format!("; use add_{name}, update_{name} and remove_{name}")
+                    }
+                    _ => String::new(),
+                };
+                report.bad_property(name, format!("{name} cannot be changed by update{hint}"));
+            }
+            Some(p) if !p.scope.allows(Some(brand)) => {
+                report.bad_property(
+                    name,
+                    format!("{name} applies only to {}", p.scope.describe()),
+                );
+            }
+            Some(p) => (p.check)(&mut report, name, value),
+        }
+    }
+    if let Some(Value::Array(nics)) = obj.get("add_nics") {
+        check_nic_set(&mut report, "add_nics", nics);
+    }
+    if !report.is_empty() {
+        return Err(report);
+    }
+    serde_json::from_value(payload.clone()).map_err(|e| {
+        let mut r = ValidationReport::default();
+        r.bad_value(
+            "payload",
+            format!("the payload does not match the update schema: {e}"),
+        );
+        r
+    })
+}
+
+fn check_nothing(_: &mut ValidationReport, _: &str, _: &Value) {}
+
+fn check_uuid(r: &mut ValidationReport, p: &str, v: &Value) {
+    let ok = v.as_str().is_some_and(is_uuid);
+    if !ok {
+        r.bad_value(
+            p,
+            format!("{p} must be a UUID like 6a4f5e3c-1d2b-4c8a-9e7f-0a1b2c3d4e5f"),
+        );
+    }
+}
+
+/// True for the canonical lower-case hyphenated UUID form SmartOS uses.
+pub fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        })
+}
+
+fn check_alias(r: &mut ValidationReport, p: &str, v: &Value) {
+    match v.as_str() {
+        Some(s) if !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control) => {}
+        _ => r.bad_value(p, format!("{p} must be 1 to 256 printable characters")),
+    }
+}
+
+fn check_short_string(r: &mut ValidationReport, p: &str, v: &Value) {
+    match v.as_str() {
+        Some(s) if s.len() <= 256 && !s.chars().any(char::is_control) => {}
+        _ => r.bad_value(
+            p,
+            format!("{p} must be a string of at most 256 printable characters"),
+        ),
+    }
+}
+
+fn check_hostname(r: &mut ValidationReport, p: &str, v: &Value) {
+    if !v.as_str().is_some_and(is_hostname) {
+        r.bad_value(
+            p,
+            format!("{p} must be a host name (letters, digits, inner hyphens, dot-separated)"),
+        );
+    }
+}
+
+fn check_bool(r: &mut ValidationReport, p: &str, v: &Value) {
+    if !v.is_boolean() {
+        r.bad_value(p, format!("{p} must be true or false"));
+    }
+}
+
+fn check_int(r: &mut ValidationReport, p: &str, v: &Value, min: u64, max: u64) {
+    match v.as_u64() {
+        Some(n) if (min..=max).contains(&n) => {}
+        Some(n) => r.bad_value(p, format!("{p} must be from {min} to {max}, not {n}")),
+        None => r.bad_value(p, format!("{p} must be a whole number from {min} to {max}")),
+    }
+}
+
+fn check_abs_path(r: &mut ValidationReport, p: &str, v: &Value) {
+    match v.as_str() {
+        Some(s)
+            if s.starts_with('/')
+                && s.len() < 4096
+                && !s.contains('\0')
+                && !s.split('/').any(|c| c == "..") => {}
+        _ => r.bad_value(p, format!("{p} must be an absolute path without '..'")),
+    }
+}
+
+fn check_cmdline(r: &mut ValidationReport, p: &str, v: &Value) {
+    match v.as_str() {
+        Some(s) if s.len() < 2048 && !s.chars().any(char::is_control) => {}
+        _ => r.bad_value(p, format!("{p} must be at most 2047 printable characters")),
+    }
+}
+
+fn check_resolvers(r: &mut ValidationReport, p: &str, v: &Value) {
+    match v.as_array() {
+        Some(list) if list.len() <= 16 => {
+            for (i, item) in list.iter().enumerate() {
+                if item.as_str().and_then(parse_ip).is_none() {
+                    r.bad_value(format!("{p}.{i}"), format!("{p}.{i} must be an IP address"));
+                }
+            }
+        }
+        _ => r.bad_value(p, format!("{p} must be a list of at most 16 IP addresses")),
+    }
+}
+
+fn is_route_target(s: &str) -> bool {
+    parse_ip(s).is_some() || nic_route_index(s).is_some()
+}
+
+fn nic_route_index(s: &str) -> Option<usize> {
+    let inner = s.strip_prefix("nics[")?.strip_suffix(']')?;
+    if inner.is_empty() || !inner.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    inner.parse().ok()
+}
+
+fn check_routes(r: &mut ValidationReport, p: &str, v: &Value) {
+    let Some(map) = v.as_object() else {
+        r.bad_value(
+            p,
+            format!("{p} must be an object of destination -> gateway"),
+        );
+        return;
+    };
+    for (dest, gw) in map {
+        let dest_ok = parse_ip(dest).is_some() || Cidr::parse(dest).is_some();
+        let gw_ok = gw.as_str().is_some_and(is_route_target);
+        if !dest_ok || !gw_ok {
+            r.bad_value(
+                format!("{p}.{dest}"),
+                format!(
+                    "route {dest:?} needs an IP or CIDR destination and an IP or nics[N] gateway"
+                ),
+            );
+        }
+    }
+}
+
+fn check_route_targets(
+    r: &mut ValidationReport,
+    p: &str,
+    routes: &Map<String, Value>,
+    nic_count: usize,
+) {
+    for (dest, gw) in routes {
+        if let Some(i) = gw.as_str().and_then(nic_route_index)
+            && i >= nic_count
+        {
+            r.bad_value(
+                format!("{p}.{dest}"),
+                format!("route {dest:?} names nics[{i}], but the payload has {nic_count} NICs"),
+            );
+        }
+    }
+}
+
+fn check_metadata(r: &mut ValidationReport, p: &str, v: &Value) {
+    let Some(map) = v.as_object() else {
+        r.bad_value(p, format!("{p} must be an object of string values"));
+        return;
+    };
+    for (k, val) in map {
+        if k.is_empty() || k.len() > 256 {
+            r.bad_value(p, format!("{p} key {k:?} must be 1 to 256 bytes"));
+        } else if !val.is_string() {
+            r.bad_value(
+                p,
+                format!("{p}.{k} must be a string (nested values are not allowed)"),
+            );
+        }
+    }
+}
+
+fn check_tags(r: &mut ValidationReport, p: &str, v: &Value) {
+    let Some(map) = v.as_object() else {
+        r.bad_value(p, format!("{p} must be an object"));
+        return;
+    };
+    for (k, val) in map {
+        if k.is_empty() || k.len() > 256 {
+            r.bad_value(p, format!("{p} key {k:?} must be 1 to 256 bytes"));
+        } else if !(val.is_string() || val.is_number() || val.is_boolean()) {
+            r.bad_value(p, format!("{p}.{k} must be a string, number or boolean"));
+        }
+    }
+}
+
+fn check_key_list(r: &mut ValidationReport, p: &str, v: &Value) {
+    let ok = v
+        .as_array()
+        .is_some_and(|l| l.iter().all(|i| i.as_str().is_some_and(|s| !s.is_empty())));
+    if !ok {
+        r.bad_value(p, format!("{p} must be a list of keys"));
+    }
+}
+
+fn check_mac_list(r: &mut ValidationReport, p: &str, v: &Value) {
+    let ok = v
+        .as_array()
+        .is_some_and(|l| l.iter().all(|i| i.as_str().and_then(parse_mac).is_some()));
+    if !ok {
+        r.bad_value(p, format!("{p} must be a list of MAC addresses"));
+    }
+}
+
+fn check_path_list(r: &mut ValidationReport, p: &str, v: &Value) {
+    let Some(list) = v.as_array() else {
+        r.bad_value(p, format!("{p} must be a list of disk paths"));
+        return;
+    };
+    for (i, item) in list.iter().enumerate() {
+        check_abs_path(r, &format!("{p}.{i}"), item);
+    }
+}
+
+/// NIC properties: name, check, and whether `update_nics` may change it.
+const NIC_PROPS: &[(&str, Check)] = &[
+    ("nic_tag", check_nic_tag),
+    ("mac", check_mac),
+    ("ip", check_legacy_ip),
+    ("netmask", check_netmask),
+    ("gateway", check_ip),
+    ("gateways", check_ip_list),
+    ("ips", check_ips),
+    ("vlan_id", |r, p, v| check_int(r, p, v, 0, 4094)),
+    ("primary", check_bool),
+    ("mtu", |r, p, v| check_int(r, p, v, 576, 9000)),
+    ("model", check_model),
+    ("allow_ip_spoofing", check_bool),
+    ("allow_mac_spoofing", check_bool),
+    ("allow_dhcp_spoofing", check_bool),
+    ("allowed_ips", check_allowed_ips),
+    ("max_bandwidth", |r, p, v| check_int(r, p, v, 1, 100_000)),
+];
+
+/// True for a nic tag name: what nictagadm accepts.
+pub fn is_nic_tag(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 31
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn check_nic_tag(r: &mut ValidationReport, p: &str, v: &Value) {
+    if !v.as_str().is_some_and(is_nic_tag) {
+        r.bad_value(
+            p,
+            format!("{p} must be a nic tag name (1-31 letters, digits, _ or -)"),
+        );
+    }
+}
+
+fn check_mac(r: &mut ValidationReport, p: &str, v: &Value) {
+    match v.as_str().and_then(parse_mac) {
+        Some(mac) if is_usable_mac(mac) => {}
+        Some(_) => r.bad_value(p, format!("{p} must be a unicast, non-zero MAC address")),
+        None => r.bad_value(
+            p,
+            format!("{p} must be a MAC address like 02:00:5e:10:00:01"),
+        ),
+    }
+}
+
+fn check_ip(r: &mut ValidationReport, p: &str, v: &Value) {
+    if v.as_str().and_then(parse_ip).is_none() {
+        r.bad_value(p, format!("{p} must be an IP address"));
+    }
+}
+
+fn check_legacy_ip(r: &mut ValidationReport, p: &str, v: &Value) {
+    let ok = v
+        .as_str()
+        .is_some_and(|s| s == "dhcp" || s.parse::<std::net::Ipv4Addr>().is_ok());
+    if !ok {
+        r.bad_value(p, format!("{p} must be an IPv4 address or \"dhcp\""));
+    }
+}
+
+fn check_netmask(r: &mut ValidationReport, p: &str, v: &Value) {
+    if v.as_str().and_then(netmask_prefix).is_none() {
+        r.bad_value(
+            p,
+            format!("{p} must be a contiguous dotted netmask like 255.255.255.0"),
+        );
+    }
+}
+
+fn check_ip_list(r: &mut ValidationReport, p: &str, v: &Value) {
+    let Some(list) = v.as_array() else {
+        r.bad_value(p, format!("{p} must be a list of IP addresses"));
+        return;
+    };
+    for (i, item) in list.iter().enumerate() {
+        check_ip(r, &format!("{p}.{i}"), item);
+    }
+}
+
+fn check_ips(r: &mut ValidationReport, p: &str, v: &Value) {
+    let Some(list) = v.as_array() else {
+        r.bad_value(p, format!("{p} must be a list of CIDR addresses"));
+        return;
+    };
+    for (i, item) in list.iter().enumerate() {
+        let ok = item
+            .as_str()
+            .is_some_and(|s| s == "dhcp" || s == "addrconf" || Cidr::parse(s).is_some());
+        if !ok {
+            r.bad_value(
+                format!("{p}.{i}"),
+                format!("{p}.{i} must be an address in CIDR form (192.0.2.5/24), dhcp or addrconf"),
+            );
+        }
+    }
+}
+
+fn check_allowed_ips(r: &mut ValidationReport, p: &str, v: &Value) {
+    let Some(list) = v.as_array() else {
+        r.bad_value(p, format!("{p} must be a list of IP or CIDR addresses"));
+        return;
+    };
+    for (i, item) in list.iter().enumerate() {
+        let ok = item
+            .as_str()
+            .is_some_and(|s| parse_ip(s).is_some() || Cidr::parse(s).is_some());
+        if !ok {
+            r.bad_value(
+                format!("{p}.{i}"),
+                format!("{p}.{i} must be an IP or CIDR address"),
+            );
+        }
+    }
+}
+
+fn check_model(r: &mut ValidationReport, p: &str, v: &Value) {
+    if v.as_str() != Some("virtio") {
+        r.bad_value(
+            p,
+            format!("{p} must be \"virtio\" (the only device model hull emulates)"),
+        );
+    }
+}
+
+fn check_nic_object(r: &mut ValidationReport, path: &str, v: &Value, need_tag: bool) {
+    let Some(obj) = v.as_object() else {
+        r.bad_value(path, format!("{path} must be an object"));
+        return;
+    };
+    for (k, val) in obj {
+        let p = format!("{path}.{k}");
+        match NIC_PROPS.iter().find(|(n, _)| n == k) {
+            Some((_, check)) => check(r, &p, val),
+            None if k == "interface" => {
+                r.bad_property(p, "interface names are assigned by hull (net0, net1, ...)")
+            }
+            None => r.bad_property(p, format!("unknown NIC property {k}")),
+        }
+    }
+    if need_tag && !obj.contains_key("nic_tag") {
+        r.missing(format!("{path}.nic_tag"), "every NIC needs a nic_tag");
+    }
+    let static_ip = obj
+        .get("ip")
+        .and_then(Value::as_str)
+        .is_some_and(|s| s != "dhcp");
+    if obj.contains_key("ip") && obj.contains_key("ips") {
+        r.bad_value(
+            format!("{path}.ip"),
+            "give either ip/netmask or ips, not both",
+        );
+    } else if static_ip && !obj.contains_key("netmask") {
+        r.missing(format!("{path}.netmask"), "a static ip needs a netmask");
+    } else if obj.contains_key("netmask") && !obj.contains_key("ip") {
+        r.bad_value(format!("{path}.netmask"), "netmask is given without ip");
+    }
+}
+
+fn check_nics(r: &mut ValidationReport, p: &str, v: &Value) {
+    let Some(list) = v.as_array() else {
+        r.bad_value(p, format!("{p} must be a list of NIC objects"));
+        return;
+    };
+    if list.len() > 32 {
+        r.bad_value(p, format!("{p} may hold at most 32 NICs"));
+    }
+    for (i, nic) in list.iter().enumerate() {
+        check_nic_object(r, &format!("{p}.{i}"), nic, true);
+    }
+}
+
+/// Checks that hold across a payload's NICs: at most one primary, no MAC or IP twice.
+fn check_nic_set(r: &mut ValidationReport, p: &str, nics: &[Value]) {
+    let mut primary_seen = false;
+    let mut macs = BTreeSet::new();
+    let mut ips = BTreeSet::new();
+    for (i, nic) in nics.iter().enumerate() {
+        if nic.get("primary").and_then(Value::as_bool) == Some(true) {
+            if primary_seen {
+                r.bad_value(format!("{p}.{i}.primary"), "only one NIC may be primary");
+            }
+            primary_seen = true;
+        }
+        if let Some(mac) = nic.get("mac").and_then(Value::as_str).and_then(parse_mac)
+            && !macs.insert(mac)
+        {
+            r.bad_value(
+                format!("{p}.{i}.mac"),
+                "this MAC is already used by another NIC",
+            );
+        }
+        for addr in nic_addresses(nic) {
+            if !ips.insert(addr) {
+                r.bad_value(
+                    format!("{p}.{i}.ip"),
+                    format!("{addr} is already used by another NIC"),
+                );
+            }
+        }
+    }
+}
+
+/// The static addresses a NIC object (payload or record) claims.
+pub fn nic_addresses(nic: &Value) -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    if let Some(ip) = nic.get("ip").and_then(Value::as_str).and_then(parse_ip) {
+        out.push(ip);
+    }
+    if let Some(list) = nic.get("ips").and_then(Value::as_array) {
+        out.extend(
+            list.iter()
+                .filter_map(Value::as_str)
+                .filter_map(Cidr::parse)
+                .map(|c| c.addr),
+        );
+    }
+    out
+}
+
+fn check_update_nics(r: &mut ValidationReport, p: &str, v: &Value) {
+    let Some(list) = v.as_array() else {
+        r.bad_value(
+            p,
+            format!("{p} must be a list of NIC objects, each with its mac"),
+        );
+        return;
+    };
+    for (i, nic) in list.iter().enumerate() {
+        let path = format!("{p}.{i}");
+        check_nic_object(r, &path, nic, false);
+        if nic.is_object() && nic.get("mac").is_none() {
+            r.missing(
+                format!("{path}.mac"),
+                "update_nics finds each NIC by its mac",
+            );
+        }
+    }
+}
+
+const DISK_PROPS: &[(&str, Check)] = &[
+    ("image_uuid", check_uuid),
+    ("size", |r, p, v| check_int(r, p, v, 1, 16 * MIB_MAX)),
+    ("boot", check_bool),
+    ("model", check_model),
+    ("path", check_abs_path),
+    ("read_only", check_bool),
+];
+
+fn check_disk_object(r: &mut ValidationReport, path: &str, v: &Value, updating: bool) {
+    let Some(obj) = v.as_object() else {
+        r.bad_value(path, format!("{path} must be an object"));
+        return;
+    };
+    for (k, val) in obj {
+        let p = format!("{path}.{k}");
+        match DISK_PROPS.iter().find(|(n, _)| n == k) {
+            Some(_) if updating && k == "image_uuid" => {
+                r.bad_property(p, "a disk's image cannot be changed")
+            }
+            Some((_, check)) => check(r, &p, val),
+            None if UNSUPPORTED_DISK.contains(&k.as_str()) => r.bad_property(
+                p,
+                format!("SmartOS disk property {k} is not supported by hull"),
+            ),
+            None => r.bad_property(p, format!("unknown disk property {k}")),
+        }
+    }
+    if !updating
+        && !["image_uuid", "size", "path"]
+            .iter()
+            .any(|k| obj.contains_key(*k))
+    {
+        r.missing(
+            format!("{path}.size"),
+            "a disk needs an image_uuid, a size or a path",
+        );
+    }
+}
+
+const UNSUPPORTED_DISK: &[&str] = &[
+    "block_size",
+    "compression",
+    "media",
+    "nocreate",
+    "refreservation",
+    "zpool",
+];
+
+fn check_disks(r: &mut ValidationReport, p: &str, v: &Value) {
+    let Some(list) = v.as_array() else {
+        r.bad_value(p, format!("{p} must be a list of disk objects"));
+        return;
+    };
+    if list.len() > 16 {
+        r.bad_value(p, format!("{p} may hold at most 16 disks"));
+    }
+    for (i, disk) in list.iter().enumerate() {
+        check_disk_object(r, &format!("{p}.{i}"), disk, false);
+    }
+}
+
+fn check_boot_disks(r: &mut ValidationReport, p: &str, disks: &[Value]) {
+    let mut seen = false;
+    for (i, d) in disks.iter().enumerate() {
+        if d.get("boot").and_then(Value::as_bool) == Some(true) {
+            if seen {
+                r.bad_value(
+                    format!("{p}.{i}.boot"),
+                    "only one disk may be the boot disk",
+                );
+            }
+            seen = true;
+        }
+    }
+}
+
+fn check_update_disks(r: &mut ValidationReport, p: &str, v: &Value) {
+    let Some(list) = v.as_array() else {
+        r.bad_value(
+            p,
+            format!("{p} must be a list of disk objects, each with its path"),
+        );
+        return;
+    };
+    for (i, disk) in list.iter().enumerate() {
+        let path = format!("{p}.{i}");
+        check_disk_object(r, &path, disk, true);
+        if disk.is_object() && disk.get("path").is_none() {
+            r.missing(
+                format!("{path}.path"),
+                "update_disks finds each disk by its path",
+            );
+        }
+    }
+}
+
+/// ram, max_physical_memory and max_swap must agree with each other.
+fn check_memory_consistency(r: &mut ValidationReport, brand: Brand, obj: &Map<String, Value>) {
+    let get = |k: &str| obj.get(k).and_then(Value::as_u64);
+    let (ram, mpm, swap) = (get("ram"), get("max_physical_memory"), get("max_swap"));
+    if brand.is_microvm() {
+        if let (Some(ram), Some(mpm)) = (ram, mpm)
+            && mpm < ram
+        {
+            r.bad_value(
+                "max_physical_memory",
+                format!("max_physical_memory ({mpm}) must be at least ram ({ram})"),
+            );
+        }
+    } else if let (Some(ram), Some(mpm)) = (ram, mpm)
+        && ram != mpm
+    {
+        r.bad_value(
+            "ram",
+            format!("for zones ram is max_physical_memory; {ram} != {mpm}"),
+        );
+    }
+    let effective = mpm.or(ram);
+    if let (Some(swap), Some(mem)) = (swap, effective)
+        && swap < mem
+    {
+        r.bad_value(
+            "max_swap",
+            format!("max_swap ({swap}) must be at least max_physical_memory ({mem})"),
+        );
+    }
+}
+
+/// The names of every top-level create property, for documentation and completion.
+pub fn create_property_names() -> impl Iterator<Item = &'static str> {
+    PROPS.iter().map(|p| p.name)
+}
+
+/// Adds another report's findings (the host checks vmmd makes) to `into`.
+pub fn merge(into: &mut ValidationReport, other: ValidationReport) {
+    if into.bad_brand.is_none() {
+        into.bad_brand = other.bad_brand;
+    }
+    for p in other.bad_values {
+        if !into.bad_values.contains(&p) {
+            into.bad_values.push(p);
+        }
+    }
+    for p in other.bad_properties {
+        if !into.bad_properties.contains(&p) {
+            into.bad_properties.push(p);
+        }
+    }
+    for p in other.missing_properties {
+        if !into.missing_properties.contains(&p) {
+            into.missing_properties.push(p);
+        }
+    }
+    into.details.extend(other.details);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const IMG: &str = "0c1f4f2a-6f0e-4c39-8f36-2d3c7b1d9e01";
+
+    fn report(v: Value) -> ValidationReport {
+        validate_create(&v).expect_err("payload should be invalid")
+    }
+
+    fn lists(r: &ValidationReport) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
+        fn s(l: &[String]) -> Vec<&str> {
+            l.iter().map(String::as_str).collect()
+        }
+        (
+            s(&r.bad_values),
+            s(&r.bad_properties),
+            s(&r.missing_properties),
+        )
+    }
+
+    #[test]
+    fn valid_payloads_for_every_brand() {
+        for brand in ["joyent", "joyent-minimal", "lx"] {
+            let v = json!({
+                "brand": brand, "image_uuid": IMG, "alias": "web", "hostname": "web01",
+                "max_physical_memory": 512, "quota": 20, "cpu_cap": 100, "max_lwps": 500,
+                "resolvers": ["192.0.2.53", "2001:db8::53"], "tags": {"role": "web", "n": 2, "b": true},
+                "customer_metadata": {"user-script": "#!/bin/sh"},
+                "routes": {"198.51.100.0/24": "192.0.2.1", "203.0.113.9": "nics[0]"},
+                "nics": [{"nic_tag": "admin", "ip": "192.0.2.10", "netmask": "255.255.255.0",
+                          "gateway": "192.0.2.1", "primary": true},
+                         {"nic_tag": "internal", "ips": ["198.51.100.4/24", "2001:db8::4/64"],
+                          "vlan_id": 12, "mac": "02:00:00:00:00:04", "mtu": 9000}]
+            });
+            let c = validate_create(&v).unwrap_or_else(|r| panic!("{brand}: {r}"));
+            assert_eq!(c.brand.map(Brand::as_str), Some(brand));
+        }
+        for brand in ["kvm", "bhyve"] {
+            let v = json!({
+                "brand": brand, "ram": 1024, "vcpus": 2, "max_physical_memory": 2048,
+                "disks": [{"image_uuid": IMG, "boot": true, "model": "virtio"}, {"size": 10240}],
+                "kernel": "/var/lib/hull/kernels/vmlinuz", "cmdline": "console=ttyS0",
+                "nics": [{"nic_tag": "admin", "ips": ["dhcp"], "model": "virtio"}]
+            });
+            let c = validate_create(&v).unwrap_or_else(|r| panic!("{brand}: {r}"));
+            assert_eq!(c.vcpus, Some(2));
+        }
+    }
+
+    #[test]
+    fn wrong_types_and_ranges_name_each_property() {
+        let r = report(json!({
+            "brand": "joyent", "image_uuid": IMG, "autoboot": "yes", "max_physical_memory": -1,
+            "cpu_shares": 0, "quota": "10", "alias": 5, "max_lwps": 1.5
+        }));
+        let (mut bad, props, missing) = lists(&r);
+        bad.sort_unstable();
+        assert_eq!(
+            bad,
+            [
+                "alias",
+                "autoboot",
+                "cpu_shares",
+                "max_lwps",
+                "max_physical_memory",
+                "quota"
+            ]
+        );
+        assert!(props.is_empty() && missing.is_empty(), "{r:?}");
+        assert_eq!(r.details.len(), 6);
+    }
+
+    #[test]
+    fn unknown_unsupported_and_read_only_properties() {
+        let r = report(json!({
+            "brand": "joyent", "image_uuid": IMG, "frobnicate": 1, "delegate_dataset": true,
+            "state": "running", "vcpus": 2
+        }));
+        let (bad, mut props, missing) = lists(&r);
+        props.sort_unstable();
+        assert_eq!(props, ["delegate_dataset", "frobnicate", "state", "vcpus"]);
+        assert!(bad.is_empty() && missing.is_empty());
+        assert!(
+            r.summary().contains("not supported by hull"),
+            "{}",
+            r.summary()
+        );
+    }
+
+    #[test]
+    fn missing_brand_image_and_nic_tag() {
+        let r = report(json!({"alias": "x"}));
+        assert_eq!(lists(&r).2, ["brand"]);
+        let r = report(json!({"brand": "lx", "nics": [{"ip": "dhcp"}]}));
+        let (bad, props, mut missing) = lists(&r);
+        missing.sort_unstable();
+        assert_eq!(missing, ["image_uuid", "nics.0.nic_tag"]);
+        assert!(bad.is_empty() && props.is_empty());
+    }
+
+    #[test]
+    fn unknown_brand_is_reported_alone() {
+        let r = report(json!({"brand": "solaris10", "bogus": 1}));
+        assert_eq!(r.bad_brand.as_deref(), Some("solaris10"));
+        let text = serde_json::to_value(&r).expect("serializes");
+        assert_eq!(text["bad_brand"], "solaris10");
+    }
+
+    #[test]
+    fn two_primary_nics_bad_ip_and_bad_mac() {
+        let r = report(json!({"brand": "joyent", "image_uuid": IMG, "nics": [
+            {"nic_tag": "admin", "primary": true, "ip": "192.0.2.300", "netmask": "255.255.255.0"},
+            {"nic_tag": "admin", "primary": true, "mac": "02:00:00:00:00:zz"},
+            {"nic_tag": "admin", "ips": ["192.0.2.5"], "mac": "01:00:5e:00:00:01"}
+        ]}));
+        let (mut bad, props, missing) = lists(&r);
+        bad.sort_unstable();
+        assert_eq!(
+            bad,
+            [
+                "nics.0.ip",
+                "nics.1.mac",
+                "nics.1.primary",
+                "nics.2.ips.0",
+                "nics.2.mac"
+            ]
+        );
+        assert!(props.is_empty() && missing.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn nested_customer_metadata_is_a_bad_value() {
+        let r = report(json!({"brand": "joyent", "image_uuid": IMG,
+            "customer_metadata": {"a": {"nested": true}}, "internal_metadata": {"ok": "yes"}}));
+        assert_eq!(lists(&r).0, ["customer_metadata"]);
+    }
+
+    #[test]
+    fn duplicate_addresses_and_macs_within_a_payload() {
+        let r = report(json!({"brand": "kvm", "nics": [
+            {"nic_tag": "a", "ips": ["192.0.2.9/24"], "mac": "02:00:00:00:00:01"},
+            {"nic_tag": "b", "ip": "192.0.2.9", "netmask": "255.255.255.0", "mac": "02:00:00:00:00:01"}
+        ]}));
+        let (mut bad, _, _) = lists(&r);
+        bad.sort_unstable();
+        assert_eq!(bad, ["nics.1.ip", "nics.1.mac"]);
+    }
+
+    #[test]
+    fn brand_scoped_properties() {
+        let r = report(json!({"brand": "kvm", "image_uuid": IMG, "init_name": "/sbin/init"}));
+        let (_, mut props, _) = lists(&r);
+        props.sort_unstable();
+        assert_eq!(props, ["image_uuid", "init_name"]);
+        let r = report(json!({"brand": "joyent", "image_uuid": IMG, "disks": [{"size": 1}]}));
+        assert_eq!(lists(&r).1, ["disks"]);
+    }
+
+    #[test]
+    fn nic_and_disk_field_rules() {
+        let r = report(json!({"brand": "kvm",
+            "nics": [{"nic_tag": "x", "ip": "192.0.2.1"}, {"nic_tag": "x", "ip": "dhcp", "ips": ["dhcp"]},
+                     {"nic_tag": "bad tag", "model": "e1000", "vlan_id": 4095, "interface": "net7"}],
+            "disks": [{"boot": true}, {"size": 0, "boot": true, "media": "cdrom"}]}));
+        let (mut bad, mut props, mut missing) = lists(&r);
+        bad.sort_unstable();
+        props.sort_unstable();
+        missing.sort_unstable();
+        assert_eq!(
+            bad,
+            [
+                "disks.1.boot",
+                "disks.1.size",
+                "nics.1.ip",
+                "nics.2.model",
+                "nics.2.nic_tag",
+                "nics.2.vlan_id"
+            ]
+        );
+        assert_eq!(props, ["disks.1.media", "nics.2.interface"]);
+        assert_eq!(missing, ["disks.0.size", "nics.0.netmask"]);
+    }
+
+    #[test]
+    fn memory_properties_must_agree() {
+        let r = report(json!({"brand": "kvm", "ram": 2048, "max_physical_memory": 1024}));
+        assert_eq!(lists(&r).0, ["max_physical_memory"]);
+        let r = report(
+            json!({"brand": "joyent", "image_uuid": IMG, "max_physical_memory": 1024, "max_swap": 512}),
+        );
+        assert_eq!(lists(&r).0, ["max_swap"]);
+    }
+
+    #[test]
+    fn routes_via_missing_nic_are_bad() {
+        let r = report(json!({"brand": "joyent", "image_uuid": IMG,
+            "routes": {"198.51.100.0/24": "nics[1]", "bogus": "192.0.2.1"}, "nics": [{"nic_tag": "a"}]}));
+        let (mut bad, _, _) = lists(&r);
+        bad.sort_unstable();
+        assert_eq!(bad, ["routes.198.51.100.0/24", "routes.bogus"]);
+    }
+
+    #[test]
+    fn non_object_payload_is_rejected() {
+        assert_eq!(lists(&report(json!([1, 2]))).0, ["payload"]);
+    }
+
+    #[test]
+    fn update_accepts_verbs_and_refuses_fixed_properties() {
+        let ok = validate_update(
+            &json!({"alias": "new", "set_tags": {"a": 1}, "remove_customer_metadata": ["k"],
+                    "add_nics": [{"nic_tag": "admin", "ips": ["192.0.2.7/24"]}],
+                    "update_nics": [{"mac": "02:00:00:00:00:01", "mtu": 1400}],
+                    "remove_nics": ["02:00:00:00:00:02"]}),
+            Brand::Joyent,
+        )
+        .expect("valid update");
+        assert_eq!(ok.alias.as_deref(), Some("new"));
+        let r = validate_update(
+            &json!({"brand": "kvm", "uuid": IMG, "tags": {}, "nics": [], "update_nics": [{"mtu": 1}],
+                    "remove_nics": ["nope"], "add_disks": [{"size": 1}]}),
+            Brand::Joyent,
+        )
+        .expect_err("invalid update");
+        let (mut bad, mut props, missing) = lists(&r);
+        bad.sort_unstable();
+        props.sort_unstable();
+        assert_eq!(bad, ["remove_nics", "update_nics.0.mtu"]);
+        assert_eq!(props, ["add_disks", "brand", "nics", "tags", "uuid"]);
+        assert_eq!(missing, ["update_nics.0.mac"]);
+        assert!(r.summary().contains("use set_tags"), "{}", r.summary());
+        assert!(validate_update(&json!({}), Brand::Kvm).is_err());
+    }
+
+    #[test]
+    fn every_table_property_deserializes_into_the_typed_payload() {
+        // A payload using every create property must pass both the walker and serde, so the
+        // table and the struct cannot drift apart.
+        let zone = json!({
+            "uuid": IMG, "alias": "a", "brand": "joyent", "hostname": "h", "autoboot": false,
+            "image_uuid": IMG, "max_physical_memory": 256, "max_swap": 512, "ram": 256,
+            "cpu_cap": 50, "cpu_shares": 10, "max_lwps": 100, "quota": 1, "zfs_io_priority": 5,
+            "resolvers": ["192.0.2.53"], "dns_domain": "example.com", "routes": {},
+            "customer_metadata": {}, "internal_metadata": {}, "tags": {}, "nics": [],
+            "init_name": "/sbin/init", "owner_uuid": IMG, "billing_id": IMG,
+            "package_name": "p", "package_version": "1"
+        });
+        validate_create(&zone).unwrap_or_else(|r| panic!("{r}"));
+        let vm = json!({"brand": "kvm", "vcpus": 1, "disks": [], "kernel": "/k", "initrd": "/i", "cmdline": ""});
+        validate_create(&vm).unwrap_or_else(|r| panic!("{r}"));
+        let used: BTreeSet<&str> = zone
+            .as_object()
+            .into_iter()
+            .chain(vm.as_object())
+            .flat_map(|o| o.keys().map(String::as_str))
+            .collect();
+        let table: BTreeSet<&str> = create_property_names().collect();
+        assert_eq!(used, table);
+    }
+}

@@ -1,0 +1,641 @@
+//! Guest payloads and records, named and measured as SmartOS's vmadm names them
+//! (MiB for memory, GiB for quota, percent of one CPU for cpu_cap).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What kind of guest a VM is. Zones share the host kernel; microVMs run their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Brand {
+    /// A SmartOS-style OS zone (namespace/cgroup container).
+    Joyent,
+    /// A zone without the SmartOS service tree.
+    JoyentMinimal,
+    /// A zone running a Linux distribution's userland unmodified.
+    Lx,
+    /// A microVM (SmartOS's QEMU/KVM brand; hull runs its own VMM).
+    Kvm,
+    /// A microVM (SmartOS's bhyve brand; hull runs its own VMM).
+    Bhyve,
+}
+
+impl Brand {
+    /// Every brand, in the order they are documented.
+    pub const ALL: [Brand; 5] = [
+        Brand::Joyent,
+        Brand::JoyentMinimal,
+        Brand::Lx,
+        Brand::Kvm,
+        Brand::Bhyve,
+    ];
+
+    /// Parses a brand name as it appears in payloads.
+    pub fn parse(name: &str) -> Option<Brand> {
+        Brand::ALL.into_iter().find(|b| b.as_str() == name)
+    }
+
+    /// The payload name of the brand.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Brand::Joyent => "joyent",
+            Brand::JoyentMinimal => "joyent-minimal",
+            Brand::Lx => "lx",
+            Brand::Kvm => "kvm",
+            Brand::Bhyve => "bhyve",
+        }
+    }
+
+    /// True for the brands that run a hardware VM.
+    pub fn is_microvm(self) -> bool {
+        matches!(self, Brand::Kvm | Brand::Bhyve)
+    }
+
+    /// SmartOS's `type` column: OS for zones, KVM or BHYVE for hardware VMs.
+    pub fn vm_type(self) -> &'static str {
+        match self {
+            Brand::Joyent | Brand::JoyentMinimal | Brand::Lx => "OS",
+            Brand::Kvm => "KVM",
+            Brand::Bhyve => "BHYVE",
+        }
+    }
+}
+
+impl std::fmt::Display for Brand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// SmartOS's `state`: what an operator sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// Recorded but never provisioned.
+    Configured,
+    /// Being created (root cloned, devices made).
+    Provisioning,
+    /// Running.
+    Running,
+    /// Being stopped.
+    Stopping,
+    /// Provisioned and not running.
+    Stopped,
+    /// Provisioning or the guest failed; see the record for why.
+    Failed,
+    /// Being received from another host.
+    Receiving,
+}
+
+impl VmState {
+    /// The matching SmartOS `zone_state`.
+    pub fn zone_state(self) -> ZoneState {
+        match self {
+            VmState::Configured => ZoneState::Configured,
+            VmState::Provisioning | VmState::Receiving => ZoneState::Incomplete,
+            VmState::Running => ZoneState::Running,
+            VmState::Stopping => ZoneState::ShuttingDown,
+            VmState::Stopped | VmState::Failed => ZoneState::Installed,
+        }
+    }
+
+    /// The payload name of the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Configured => "configured",
+            VmState::Provisioning => "provisioning",
+            VmState::Running => "running",
+            VmState::Stopping => "stopping",
+            VmState::Stopped => "stopped",
+            VmState::Failed => "failed",
+            VmState::Receiving => "receiving",
+        }
+    }
+}
+
+/// SmartOS's lower-level `zone_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ZoneState {
+    /// Recorded only.
+    Configured,
+    /// Partly created.
+    Incomplete,
+    /// Provisioned, not running.
+    Installed,
+    /// Running.
+    Running,
+    /// Shutting down.
+    ShuttingDown,
+}
+
+/// A tag value: SmartOS allows strings, numbers and booleans.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum TagValue {
+    /// A boolean tag.
+    Bool(bool),
+    /// A numeric tag.
+    Number(serde_json::Number),
+    /// A string tag.
+    String(String),
+}
+
+/// One network interface in a create payload or `add_nics`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    /// The nic tag (switch) this NIC joins.
+    pub nic_tag: String,
+    /// The MAC address; generated stably when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Legacy single address (with `netmask`), or `dhcp` / `addrconf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Netmask for the legacy `ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netmask: Option<String>,
+    /// Legacy single gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateways: Option<Vec<String>>,
+    /// Addresses in CIDR form (v4 and v6), or `dhcp` / `addrconf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ips: Option<Vec<String>>,
+    /// 802.1q VLAN id (0 = untagged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan_id: Option<u16>,
+    /// Whether this NIC carries the default route and resolvers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<bool>,
+    /// MTU in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Device model; hull supports `virtio`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Let the guest send from addresses it was not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_ip_spoofing: Option<bool>,
+    /// Let the guest send from other MACs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_mac_spoofing: Option<bool>,
+    /// Let the guest act as a DHCP server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_dhcp_spoofing: Option<bool>,
+    /// Extra addresses the guest may send from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_ips: Option<Vec<String>>,
+    /// hull extension: bandwidth cap in Mbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth: Option<u32>,
+    /// Interface name in the guest (net0, net1, ...); assigned by hull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+/// One disk of a microVM.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// Image (zvol type) to clone the disk from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_uuid: Option<Uuid>,
+    /// Size in MiB (for a blank disk, or to grow a cloned one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Whether the guest boots from this disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<bool>,
+    /// Device model; hull supports `virtio`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Host path of the backing file; assigned by hull when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Attach read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+}
+
+/// A `vmadm create` payload after validation.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmCreate {
+    /// The VM's uuid; generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<Uuid>,
+    /// A free-form name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// The brand (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<Brand>,
+    /// Hostname inside the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Start after create and when the host boots (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoboot: Option<bool>,
+    /// Image of the zone's root (zones only; microVMs name it per disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_uuid: Option<Uuid>,
+    /// Memory limit in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_physical_memory: Option<u64>,
+    /// Memory plus swap limit in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_swap: Option<u64>,
+    /// Guest RAM in MiB (microVMs); for zones the default of max_physical_memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram: Option<u64>,
+    /// Virtual CPUs (microVMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// CPU cap in percent of one CPU (0 = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cap: Option<u32>,
+    /// Relative CPU weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u32>,
+    /// Process/thread limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lwps: Option<u64>,
+    /// Disk quota of the guest's root in GiB (0 = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
+    /// Relative I/O weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_io_priority: Option<u32>,
+    /// DNS resolvers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolvers: Option<Vec<String>>,
+    /// DNS search domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_domain: Option<String>,
+    /// Static routes: destination (IP or CIDR) -> gateway IP or `nics[N]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<BTreeMap<String, String>>,
+    /// Metadata the guest can read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_metadata: Option<BTreeMap<String, String>>,
+    /// Metadata for operators' tooling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_metadata: Option<BTreeMap<String, String>>,
+    /// Tags (string, number or boolean values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, TagValue>>,
+    /// Network interfaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nics: Option<Vec<NicSpec>>,
+    /// Disks (microVMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<DiskSpec>>,
+    /// hull extension: kernel to boot directly (microVMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// hull extension: initrd (microVMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// hull extension: kernel command line (microVMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// The zone's init (zones; default /sbin/init).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_name: Option<String>,
+    /// Owner, kept for tooling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uuid: Option<Uuid>,
+    /// Billing id, kept for tooling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_id: Option<Uuid>,
+    /// Package name, kept for tooling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_name: Option<String>,
+    /// Package version, kept for tooling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_version: Option<String>,
+}
+
+/// One entry of `update_nics`: the NIC is found by its MAC.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NicUpdate {
+    /// MAC of the NIC to change.
+    pub mac: String,
+    /// New nic tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic_tag: Option<String>,
+    /// New legacy address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// New legacy netmask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netmask: Option<String>,
+    /// New legacy gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// New gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateways: Option<Vec<String>>,
+    /// New addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ips: Option<Vec<String>>,
+    /// New VLAN id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan_id: Option<u16>,
+    /// Make this the primary NIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<bool>,
+    /// New MTU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// New model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Spoofing switches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_ip_spoofing: Option<bool>,
+    /// Spoofing switches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_mac_spoofing: Option<bool>,
+    /// Spoofing switches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_dhcp_spoofing: Option<bool>,
+    /// New allowed addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_ips: Option<Vec<String>>,
+    /// New bandwidth cap in Mbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth: Option<u32>,
+}
+
+/// One entry of `update_disks`: the disk is found by its path.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskUpdate {
+    /// Path of the disk to change.
+    pub path: String,
+    /// New size in MiB (grow only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Make this the boot disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<bool>,
+    /// New model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Attach read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+}
+
+/// A `vmadm update` payload after validation.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmUpdate {
+    /// New alias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// New hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// New autoboot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoboot: Option<bool>,
+    /// New memory limit (MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_physical_memory: Option<u64>,
+    /// New memory+swap limit (MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_swap: Option<u64>,
+    /// New RAM (MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram: Option<u64>,
+    /// New vCPU count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// New CPU cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cap: Option<u32>,
+    /// New CPU weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u32>,
+    /// New process limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lwps: Option<u64>,
+    /// New quota (GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
+    /// New I/O weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_io_priority: Option<u32>,
+    /// New resolvers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolvers: Option<Vec<String>>,
+    /// New DNS search domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_domain: Option<String>,
+    /// New kernel path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// New initrd path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// New kernel command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// New init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_name: Option<String>,
+    /// New owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uuid: Option<Uuid>,
+    /// New billing id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_id: Option<Uuid>,
+    /// New package name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_name: Option<String>,
+    /// New package version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_version: Option<String>,
+    /// Tags to set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_tags: Option<BTreeMap<String, TagValue>>,
+    /// Tags to remove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_tags: Option<Vec<String>>,
+    /// Customer metadata keys to set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_customer_metadata: Option<BTreeMap<String, String>>,
+    /// Customer metadata keys to remove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_customer_metadata: Option<Vec<String>>,
+    /// Internal metadata keys to set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_internal_metadata: Option<BTreeMap<String, String>>,
+    /// Internal metadata keys to remove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_internal_metadata: Option<Vec<String>>,
+    /// Routes to set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_routes: Option<BTreeMap<String, String>>,
+    /// Routes (destinations) to remove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_routes: Option<Vec<String>>,
+    /// NICs to add.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_nics: Option<Vec<NicSpec>>,
+    /// NICs to change, found by MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_nics: Option<Vec<NicUpdate>>,
+    /// NICs to remove, by MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_nics: Option<Vec<String>>,
+    /// Disks to add.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_disks: Option<Vec<DiskSpec>>,
+    /// Disks to change, found by path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_disks: Option<Vec<DiskUpdate>>,
+    /// Disks to remove, by path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_disks: Option<Vec<String>>,
+}
+
+/// A guest record as `vmadm get` prints it: the payload with defaults filled in, plus
+/// the state hull keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    /// The VM's uuid.
+    pub uuid: Uuid,
+    /// SmartOS's zonename (the uuid).
+    pub zonename: String,
+    /// Alias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Brand.
+    pub brand: Brand,
+    /// OS, KVM or BHYVE.
+    #[serde(rename = "type")]
+    pub vm_type: String,
+    /// Hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Autoboot.
+    pub autoboot: bool,
+    /// Image of the zone root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_uuid: Option<Uuid>,
+    /// Current state.
+    pub state: VmState,
+    /// Current zone state.
+    pub zone_state: ZoneState,
+    /// Why the guest is failed, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// Memory limit (MiB).
+    pub max_physical_memory: u64,
+    /// Memory+swap limit (MiB).
+    pub max_swap: u64,
+    /// Guest RAM (MiB); for zones equal to max_physical_memory.
+    pub ram: u64,
+    /// vCPUs (microVMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// CPU cap (percent of one CPU; 0 = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cap: Option<u32>,
+    /// CPU weight.
+    pub cpu_shares: u32,
+    /// Process limit.
+    pub max_lwps: u64,
+    /// Quota (GiB).
+    pub quota: u64,
+    /// I/O weight.
+    pub zfs_io_priority: u32,
+    /// Resolvers.
+    pub resolvers: Vec<String>,
+    /// DNS search domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_domain: Option<String>,
+    /// Routes.
+    pub routes: BTreeMap<String, String>,
+    /// Customer metadata.
+    pub customer_metadata: BTreeMap<String, String>,
+    /// Internal metadata.
+    pub internal_metadata: BTreeMap<String, String>,
+    /// Tags.
+    pub tags: BTreeMap<String, TagValue>,
+    /// NICs, with mac, interface and primary filled in.
+    pub nics: Vec<NicSpec>,
+    /// Disks, with paths filled in (microVMs).
+    pub disks: Vec<DiskSpec>,
+    /// Kernel path (microVMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Initrd path (microVMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// Kernel command line (microVMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// Zone init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_name: Option<String>,
+    /// Owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uuid: Option<Uuid>,
+    /// Billing id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_id: Option<Uuid>,
+    /// Package name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_name: Option<String>,
+    /// Package version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_version: Option<String>,
+    /// When the record was created (RFC 3339, UTC).
+    pub create_timestamp: String,
+    /// When the record last changed (RFC 3339, UTC).
+    pub last_modified: String,
+    /// Process id of the guest's hull process while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// When the guest last started (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_timestamp: Option<String>,
+    /// Exit status of the guest's last run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
+}
+
+/// SmartOS's defaults, in one place.
+pub mod defaults {
+    /// Zone memory limit (MiB).
+    pub const ZONE_MAX_PHYSICAL_MEMORY: u64 = 256;
+    /// Root quota (GiB).
+    pub const QUOTA: u64 = 10;
+    /// Process limit.
+    pub const MAX_LWPS: u64 = 2000;
+    /// CPU weight.
+    pub const CPU_SHARES: u32 = 100;
+    /// I/O weight.
+    pub const ZFS_IO_PRIORITY: u32 = 100;
+    /// microVM RAM (MiB).
+    pub const VM_RAM: u64 = 256;
+    /// microVM vCPUs.
+    pub const VM_VCPUS: u32 = 1;
+    /// microVM memory limit beyond its RAM (MiB): the VMM's overhead.
+    pub const VM_MEMORY_OVERHEAD: u64 = 1024;
+    /// Zones' smallest swap limit (MiB).
+    pub const MIN_SWAP: u64 = 256;
+}
