@@ -1,1 +1,115 @@
-fn main() {}
+//! The `vmmd` binary: flags, logging, the data-root lock, then the API until SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use vmmd::api::{self, Access};
+use vmmd::service::Service;
+
+/// hull's daemon: guests (zones and microVMs) behind one JSON API on a Unix socket.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The API socket.
+    #[arg(long, default_value = "/run/hull/vmmd.sock", env = "HULL_SOCKET")]
+    socket: PathBuf,
+    /// Where images, guests and state live.
+    #[arg(long, default_value = "/var/lib/hull")]
+    data_root: PathBuf,
+    /// Also let members of this group (name or gid) use the socket.
+    #[arg(long)]
+    group: Option<String>,
+    /// Print the OpenAPI document and exit.
+    #[arg(long)]
+    openapi: bool,
+}
+
+fn group_id(name: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = name.parse() {
+        return Ok(gid);
+    }
+    nix::unistd::Group::from_name(name)
+        .with_context(|| format!("cannot look up group {name:?}"))?
+        .map(|g| g.gid.as_raw())
+        .with_context(|| format!("there is no group {name:?}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.openapi {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&api::openapi::document())?
+        );
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HULL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let group = args.group.as_deref().map(group_id).transpose()?;
+    std::fs::create_dir_all(&args.data_root)
+        .with_context(|| format!("cannot create the data root {}", args.data_root.display()))?;
+    let lock_path = args.data_root.join("vmmd.lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .with_context(|| {
+            format!(
+                "another vmmd holds the data root {} (lock {})",
+                args.data_root.display(),
+                lock_path.display()
+            )
+        })?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let (service, loaded) = Service::open(&args.data_root)
+            .with_context(|| format!("cannot open the data root {}", args.data_root.display()))?;
+        for path in &loaded.quarantined {
+            tracing::error!(path = %path.display(), "a guest record was unreadable and was moved aside");
+        }
+        tracing::info!(
+            guests = service.list(&[]).len(),
+            removed_temps = loaded.removed_temps,
+            data_root = %args.data_root.display(),
+            "state loaded"
+        );
+        let service = Arc::new(service);
+        let listener = api::bind(&args.socket, group)?;
+        tracing::info!(socket = %args.socket.display(), "serving the API");
+        let access = Access { daemon_uid: nix::unistd::geteuid().as_raw(), group };
+        let boot = service.clone();
+        tokio::spawn(async move {
+            for (uuid, err) in boot.autoboot().await {
+                tracing::warn!(%uuid, error = %err, "autoboot failed");
+            }
+        });
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler cannot fail at startup");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        };
+        api::serve(listener, service, access, shutdown).await;
+        let _ = std::fs::remove_file(&args.socket);
+        tracing::info!("stopped");
+        Ok(())
+    })
+}

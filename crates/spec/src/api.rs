@@ -139,4 +139,19 @@ pub struct Event {
     pub changes: Vec<String>,
     /// When (RFC 3339, UTC, milliseconds).
     pub timestamp: String,
+    /// The whole record after the event, when the subscriber asked for it (`full=true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<Box<crate::vm::Vm>>,
+}
+
+/// A nic tag: a name guests' NICs join, mapped to a physical uplink or to an internal
+/// switch (SmartOS's etherstub).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NicTag {
+    /// The tag's name.
+    pub name: String,
+    /// The host interface carrying the tag; absent for an internal switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
 }

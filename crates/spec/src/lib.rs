@@ -14,7 +14,7 @@ pub mod net;
 pub mod validate;
 pub mod vm;
 
-pub use api::{ApiErrorBody, Event, EventKind, Ping};
+pub use api::{ApiErrorBody, Event, EventKind, NicTag, Ping};
 pub use image::{ImageManifest, ImageType};
 pub use validate::{Problem, ValidationReport, validate_create, validate_update};
 pub use vm::{Brand, DiskSpec, NicSpec, Vm, VmCreate, VmState, VmUpdate, ZoneState};

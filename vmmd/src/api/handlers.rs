@@ -1,0 +1,208 @@
+//! One handler per action: decode the body into its request type, call the service, encode
+//! the reply. No handler holds state or decides policy; the service does.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::{BodyExt, StreamBody};
+use hull_spec::api::{Created, KillRequest, RebootRequest, StopRequest, ValidateOk};
+use hull_spec::{Brand, NicTag, Ping};
+use hyper::StatusCode;
+use hyper::body::Frame;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::router::Action;
+use super::{Body, json, response};
+use crate::service::Service;
+use crate::service::filter::Filter;
+
+type Reply = Result<hyper::Response<Body>, ApiError>;
+
+/// Decodes an optional request body (`null` = the type's default).
+fn decode<T: DeserializeOwned + Default>(body: Value) -> Result<T, ApiError> {
+    if body.is_null() {
+        return Ok(T::default());
+    }
+    serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
+}
+
+fn require_object(body: &Value) -> Result<(), ApiError> {
+    if body.is_object() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ))
+    }
+}
+
+/// Runs one action.
+pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Reply {
+    match action {
+        Action::Ping => Ok(json(
+            StatusCode::OK,
+            &Ping {
+                ok: true,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                api: "v1".to_string(),
+                pid: std::process::id(),
+            },
+        )),
+        Action::OpenApi => Ok(json(StatusCode::OK, &super::openapi::document())),
+        Action::ListVms { filters } => {
+            let filters = filters
+                .iter()
+                .map(|f| Filter::parse(f))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let vms = service.list(&filters);
+            let refs: Vec<&hull_spec::Vm> = vms.iter().map(AsRef::as_ref).collect();
+            Ok(json(StatusCode::OK, &refs))
+        }
+        Action::CreateVm => {
+            require_object(&body)?;
+            let vm = service.create(&body).await?;
+            Ok(json(StatusCode::CREATED, vm.as_ref()))
+        }
+        Action::GetVm(uuid) => Ok(json(StatusCode::OK, service.get(uuid)?.as_ref())),
+        Action::UpdateVm(uuid) => {
+            require_object(&body)?;
+            let vm = service.update(uuid, &body).await?;
+            Ok(json(StatusCode::OK, vm.as_ref()))
+        }
+        Action::DeleteVm(uuid) => {
+            service.delete(uuid).await?;
+            Ok(json(StatusCode::OK, &Created { uuid }))
+        }
+        Action::StartVm(uuid) => {
+            let vm = service.start(uuid).await?;
+            Ok(json(StatusCode::OK, vm.as_ref()))
+        }
+        Action::StopVm(uuid) => {
+            let _req: StopRequest = decode(body)?;
+            let vm = service.lifecycle(uuid, "stop").await?;
+            Ok(json(StatusCode::OK, vm.as_ref()))
+        }
+        Action::RebootVm(uuid) => {
+            let _req: RebootRequest = decode(body)?;
+            let vm = service.lifecycle(uuid, "reboot").await?;
+            Ok(json(StatusCode::OK, vm.as_ref()))
+        }
+        Action::KillVm(uuid) => {
+            let req: KillRequest = decode(body)?;
+            if let Some(sig) = &req.signal {
+                parse_signal(sig)?;
+            }
+            let vm = service.lifecycle(uuid, "kill").await?;
+            Ok(json(StatusCode::OK, vm.as_ref()))
+        }
+        Action::ValidateCreate => {
+            require_object(&body)?;
+            let c = service.validate_create(&body)?;
+            let brand = c.brand.map_or("", Brand::as_str).to_string();
+            Ok(json(
+                StatusCode::OK,
+                &ValidateOk {
+                    action: "create".into(),
+                    brand,
+                },
+            ))
+        }
+        Action::ValidateUpdate(brand) => {
+            require_object(&body)?;
+            service.validate_update(&body, brand)?;
+            Ok(json(
+                StatusCode::OK,
+                &ValidateOk {
+                    action: "update".into(),
+                    brand: brand.as_str().into(),
+                },
+            ))
+        }
+        Action::ListImages => Ok(json(StatusCode::OK, &service.images()?)),
+        Action::GetImage(uuid) => Ok(json(StatusCode::OK, &service.image(uuid)?)),
+        Action::InstallImage | Action::DeleteImage(_) => Err(ApiError::not_implemented(
+            "installing and deleting images needs the image store (cowstore), which is not built yet",
+        )),
+        Action::ListNicTags => {
+            let tags: Vec<NicTag> = service.nictags()?.into_values().collect();
+            Ok(json(StatusCode::OK, &tags))
+        }
+        Action::AddNicTag => {
+            require_object(&body)?;
+            let tag: NicTag = serde_json::from_value(body)
+                .map_err(|e| ApiError::bad_request(format!("invalid nic tag: {e}")))?;
+            Ok(json(StatusCode::CREATED, &service.add_nictag(tag).await?))
+        }
+        Action::DeleteNicTag(name) => {
+            service.delete_nictag(&name).await?;
+            Ok(json(StatusCode::OK, &serde_json::json!({ "name": name })))
+        }
+        Action::Events { uuid, full } => Ok(events(service, uuid, full)),
+    }
+}
+
+/// Signal names vmadm kill accepts: `KILL`, `SIGKILL`, `9`.
+pub fn parse_signal(s: &str) -> Result<i32, ApiError> {
+    let name = s.trim_start_matches("SIG");
+    let by_name = [
+        ("HUP", 1),
+        ("INT", 2),
+        ("QUIT", 3),
+        ("KILL", 9),
+        ("USR1", 10),
+        ("USR2", 12),
+        ("TERM", 15),
+        ("CONT", 18),
+        ("STOP", 19),
+    ];
+    by_name
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, n)| *n)
+        .or_else(|| s.parse::<i32>().ok().filter(|n| (1..=64).contains(n)))
+        .ok_or_else(|| ApiError::bad_request(format!("unknown signal {s:?}")))
+}
+
+/// The event stream: one JSON object per line, as events happen.
+fn events(service: &Arc<Service>, only: Option<Uuid>, full: bool) -> hyper::Response<Body> {
+    let rx = service.subscribe();
+    let s = stream::unfold((rx, false), move |(mut rx, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    if only.is_some_and(|u| u != ev.uuid) {
+                        continue;
+                    }
+                    let mut ev = (*ev).clone();
+                    if !full {
+                        ev.vm = None;
+                    }
+                    let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((Ok(Frame::data(Bytes::from(line))), (rx, false)));
+                }
+                Err(RecvError::Lagged(n)) => {
+                    let line = format!(
+                        "{{\"code\":\"Lagged\",\"message\":\"this subscriber fell {n} events behind; reconnect\"}}\n"
+                    );
+                    return Some((Ok(Frame::data(Bytes::from(line))), (rx, true)));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    response(
+        StatusCode::OK,
+        "application/x-ndjson",
+        StreamBody::new(s).boxed_unsync(),
+    )
+}

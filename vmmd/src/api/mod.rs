@@ -1,0 +1,320 @@
+//! The HTTP/1.1 + JSON API on a Unix socket.
+//!
+//! Each connection is checked with SO_PEERCRED before any byte of a request is read: root,
+//! the daemon's own user and (opt-in) members of one group are served; anyone else gets a
+//! JSON 403. Bodies are bounded, must be `application/json`, valid UTF-8 and valid JSON;
+//! every failure is a JSON error with a 4xx status, and the connection's task ends without
+//! affecting the others.
+
+pub mod error;
+pub mod handlers;
+pub mod openapi;
+pub mod router;
+
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::UnixListener;
+
+use crate::service::Service;
+use error::ApiError;
+
+/// The body type of every reply.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// The largest request body accepted (payloads are small; metadata can be tens of KiB).
+pub const MAX_BODY: usize = 4 << 20;
+
+/// Who may use the socket.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// The daemon's own uid (always allowed, as is root).
+    pub daemon_uid: u32,
+    /// An opt-in group whose members are allowed.
+    pub group: Option<u32>,
+}
+
+impl Access {
+    /// Whether a peer with these credentials may use the API.
+    pub fn allows(&self, uid: u32, gid: u32, pid: Option<i32>) -> bool {
+        if uid == 0 || uid == self.daemon_uid {
+            return true;
+        }
+        let Some(group) = self.group else {
+            return false;
+        };
+        gid == group || pid.is_some_and(|pid| supplementary_groups(pid).contains(&group))
+    }
+}
+
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Failures setting up the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// Another daemon answers on the socket.
+    #[error("another vmmd is already serving {0}")]
+    InUse(PathBuf),
+    /// The socket could not be created or secured.
+    #[error("cannot {action} {path}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds the API socket: removes a stale socket (one nobody answers on), creates the parent
+/// directory, and leaves the socket mode 0600 (0660 with the group as owner when a group
+/// is configured).
+pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ListenError> {
+    let io = |action: &'static str| {
+        move |source| ListenError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io("create the directory of"))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ListenError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(io("remove the stale socket"))?;
+    }
+    // Bind under a tight umask so the socket is never reachable by others, even briefly.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(io("listen on"))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io("give the group"))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(io("set the mode of"))?;
+    }
+    Ok(listener)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: UnixListener,
+    service: Arc<Service>,
+    access: Access,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let allowed = match stream.peer_cred() {
+            Ok(c) => access.allows(c.uid(), c.gid(), c.pid()),
+            Err(_) => false,
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let service = service.clone();
+                async move { Ok::<_, Infallible>(handle(service, allowed, req).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(service: Arc<Service>, allowed: bool, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let result = async {
+        if !allowed {
+            return Err(ApiError::forbidden(
+                "only root (or the group vmmd was started with --group) may use this socket",
+            ));
+        }
+        let action = router::route(&method, &path, req.uri().query())?;
+        let body = if action.takes_body() {
+            read_json(req).await?
+        } else {
+            drain_empty(req).await?;
+            serde_json::Value::Null
+        };
+        handlers::dispatch(&service, action, body).await
+    }
+    .await;
+    match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(%method, %path, status = %e.status, message = %e.body.message, "request refused");
+            error_response(e)
+        }
+    }
+}
+
+/// Reads a JSON body: bounded, `application/json`, valid UTF-8, valid JSON. An empty body
+/// is `null` (the handler decides whether that is allowed).
+async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(ApiError::too_large(MAX_BODY));
+    }
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::too_large(MAX_BODY)
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    if bytes.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    match content_type.as_deref() {
+        Some(ct) if ct.split(';').next().map(str::trim) == Some("application/json") => {}
+        Some(ct) => return Err(ApiError::unsupported_media_type(ct)),
+        None => return Err(ApiError::unsupported_media_type("no Content-Type")),
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the request body is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
+    })?;
+    serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+/// Routes that take no body still must not be sent one that is huge.
+async fn drain_empty(req: Request<Incoming>) -> Result<(), ApiError> {
+    let bytes = Limited::new(req.into_body(), 64 << 10)
+        .collect()
+        .await
+        .map_err(|_| ApiError::too_large(64 << 10))?
+        .to_bytes();
+    if bytes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("this route takes no request body"))
+    }
+}
+
+fn full(bytes: Vec<u8>) -> Body {
+    Full::new(Bytes::from(bytes)).boxed_unsync()
+}
+
+/// A JSON reply.
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(mut bytes) => {
+            bytes.push(b'\n');
+            response(status, "application/json", full(bytes))
+        }
+        Err(e) => error_response(ApiError::from(crate::service::ServiceError::BadRequest(
+            format!("cannot encode the reply: {e}"),
+        ))),
+    }
+}
+
+/// A reply with a body of the given type.
+pub fn response(status: StatusCode, content_type: &str, body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        resp.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn error_response(e: ApiError) -> Response<Body> {
+    let bytes =
+        serde_json::to_vec(e.body.as_ref()).unwrap_or_else(|_| b"{\"code\":\"InternalError\"}".to_vec());
+    let mut resp = response(e.status, "application/json", full(bytes));
+    if let Some(allow) = e.allow.and_then(|a| a.parse().ok()) {
+        resp.headers_mut().insert(ALLOW, allow);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_rules() {
+        let a = Access {
+            daemon_uid: 0,
+            group: None,
+        };
+        assert!(a.allows(0, 0, None));
+        assert!(!a.allows(1000, 1000, None));
+        let a = Access {
+            daemon_uid: 1000,
+            group: Some(50),
+        };
+        assert!(a.allows(1000, 1000, None), "the daemon's own user");
+        assert!(a.allows(1001, 50, None), "primary group");
+        assert!(!a.allows(1001, 51, None));
+        // Our own process's supplementary groups are readable from /proc.
+        let own = supplementary_groups(std::process::id() as i32);
+        if let Some(&g) = own.first() {
+            let a = Access {
+                daemon_uid: 0,
+                group: Some(g),
+            };
+            assert!(a.allows(4242, 4242, Some(std::process::id() as i32)));
+        }
+    }
+}

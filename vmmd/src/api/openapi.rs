@@ -1,0 +1,174 @@
+//! The OpenAPI 3 document, generated from the wire types in hull-spec (schemars) and the
+//! routes in [`super::router`]. It is served at `GET /v1/openapi.json` and committed as
+//! docs/openapi.json; a test fails when the two drift.
+
+use schemars::JsonSchema;
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+
+use hull_spec::api::{Created, KillRequest, RebootRequest, StopRequest, ValidateOk};
+use hull_spec::{
+    ApiErrorBody, Event, ImageManifest, NicTag, Ping, ValidationReport, Vm, VmCreate, VmUpdate,
+};
+
+fn reference(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn body(name: &str) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": reference(name) } } })
+}
+
+fn ok(status: &str, description: &str, schema: Value) -> Value {
+    json!({ status: { "description": description,
+        "content": { "application/json": { "schema": schema } } } })
+}
+
+fn op(summary: &str, id: &str, request: Option<&str>, responses: Value) -> Value {
+    let mut o = json!({ "summary": summary, "operationId": id, "responses": responses });
+    if let (Some(r), Some(map)) = (request, o.as_object_mut()) {
+        map.insert("requestBody".into(), body(r));
+    }
+    if let Some(map) = o.get_mut("responses").and_then(Value::as_object_mut) {
+        map.insert(
+            "default".into(),
+            json!({ "description": "An error (4xx for bad input, 5xx when vmmd failed)",
+                "content": { "application/json": { "schema": reference("ApiErrorBody") } } }),
+        );
+    }
+    o
+}
+
+fn uuid_param() -> Value {
+    json!([{ "name": "uuid", "in": "path", "required": true,
+        "schema": { "type": "string", "format": "uuid" } }])
+}
+
+/// Builds the document.
+pub fn document() -> Value {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    fn add<T: JsonSchema>(g: &mut schemars::SchemaGenerator) {
+        g.subschema_for::<T>();
+    }
+    add::<VmCreate>(&mut generator);
+    add::<VmUpdate>(&mut generator);
+    add::<Vm>(&mut generator);
+    add::<ValidationReport>(&mut generator);
+    add::<ValidateOk>(&mut generator);
+    add::<ApiErrorBody>(&mut generator);
+    add::<Ping>(&mut generator);
+    add::<Created>(&mut generator);
+    add::<StopRequest>(&mut generator);
+    add::<RebootRequest>(&mut generator);
+    add::<KillRequest>(&mut generator);
+    add::<Event>(&mut generator);
+    add::<ImageManifest>(&mut generator);
+    add::<NicTag>(&mut generator);
+    let schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    let vm_list = json!({ "type": "array", "items": reference("Vm") });
+    let verb = |name: &str, req: Option<&str>| {
+        json!({ "parameters": uuid_param(), "post": op(
+            &format!("{name} a VM"), &format!("{}Vm", name.to_lowercase()), req,
+            ok("200", "The VM after the operation", reference("Vm"))) })
+    };
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "hull vmmd API",
+            "version": "v1",
+            "description": "HTTP/1.1 + JSON over the Unix socket /run/hull/vmmd.sock (root-only by default). Bodies must be application/json. Payloads follow SmartOS vmadm."
+        },
+        "paths": {
+            "/v1/ping": { "get": op("Liveness", "ping", None, ok("200", "vmmd is up", reference("Ping"))) },
+            "/v1/openapi.json": { "get": op("This document", "openapi", None, ok("200", "OpenAPI 3 document", json!({"type": "object"}))) },
+            "/v1/vms": {
+                "get": {
+                    "summary": "List VMs", "operationId": "listVms",
+                    "parameters": [{ "name": "filter", "in": "query", "required": false,
+                        "description": "key=value or key=~regex over dotted paths (nics.0.ip, nics.*.ip, tags.k); repeat for AND",
+                        "schema": { "type": "array", "items": { "type": "string" } },
+                        "style": "form", "explode": true }],
+                    "responses": ok("200", "Matching VMs, by uuid", vm_list)
+                },
+                "post": op("Create a VM (all or nothing)", "createVm", Some("VmCreate"),
+                    ok("201", "The new VM", reference("Vm")))
+            },
+            "/v1/vms/{uuid}": {
+                "parameters": uuid_param(),
+                "get": op("Get a VM", "getVm", None, ok("200", "The VM", reference("Vm"))),
+                "patch": op("Update a VM (all or nothing)", "updateVm", Some("VmUpdate"),
+                    ok("200", "The VM after the update", reference("Vm"))),
+                "delete": op("Delete a VM", "deleteVm", None, ok("200", "The deleted VM's uuid", reference("Created")))
+            },
+            "/v1/vms/{uuid}/start": verb("Start", None),
+            "/v1/vms/{uuid}/stop": verb("Stop", Some("StopRequest")),
+            "/v1/vms/{uuid}/reboot": verb("Reboot", Some("RebootRequest")),
+            "/v1/vms/{uuid}/kill": verb("Kill", Some("KillRequest")),
+            "/v1/validate/create": { "post": op("Validate a create payload (host checks included)",
+                "validateCreate", Some("VmCreate"), ok("200", "Valid", reference("ValidateOk"))) },
+            "/v1/validate/update": { "post": {
+                "summary": "Validate an update payload for a brand", "operationId": "validateUpdate",
+                "parameters": [{ "name": "brand", "in": "query", "required": true, "schema": { "type": "string" } }],
+                "requestBody": body("VmUpdate"),
+                "responses": ok("200", "Valid", reference("ValidateOk")) } },
+            "/v1/images": {
+                "get": op("List installed images", "listImages", None,
+                    ok("200", "Manifests", json!({ "type": "array", "items": reference("ImageManifest") })))
+            },
+            "/v1/images/{uuid}": {
+                "parameters": uuid_param(),
+                "get": op("Get an image manifest", "getImage", None, ok("200", "Manifest", reference("ImageManifest")))
+            },
+            "/v1/nictags": {
+                "get": op("List nic tags", "listNicTags", None,
+                    ok("200", "Tags", json!({ "type": "array", "items": reference("NicTag") }))),
+                "post": op("Add a nic tag", "addNicTag", Some("NicTag"), ok("201", "The tag", reference("NicTag")))
+            },
+            "/v1/nictags/{name}": {
+                "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "delete": op("Delete an unused nic tag", "deleteNicTag", None, ok("200", "Deleted", json!({"type": "object"})))
+            },
+            "/v1/events": { "get": {
+                "summary": "Stream guest events, one JSON object per line", "operationId": "events",
+                "parameters": [
+                    { "name": "uuid", "in": "query", "required": false, "schema": { "type": "string", "format": "uuid" } },
+                    { "name": "full", "in": "query", "required": false, "schema": { "type": "boolean" } }],
+                "responses": { "200": { "description": "An endless stream of Event objects",
+                    "content": { "application/x-ndjson": { "schema": reference("Event") } } } } } }
+        },
+        "components": { "schemas": schemas }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/openapi.json must be what the code generates. Regenerate with
+    /// `HULL_UPDATE_OPENAPI=1 cargo nextest run -p vmmd openapi`.
+    #[test]
+    fn committed_openapi_document_matches_the_code() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+        let mut generated = serde_json::to_string_pretty(&document()).expect("serializes");
+        generated.push('\n');
+        if std::env::var_os("HULL_UPDATE_OPENAPI").is_some() {
+            std::fs::write(&path, &generated).expect("write docs/openapi.json");
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/openapi.json is out of date; run HULL_UPDATE_OPENAPI=1 cargo nextest run -p vmmd openapi"
+        );
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        let doc = document();
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        let text = doc.to_string();
+        for part in text.split("#/components/schemas/").skip(1) {
+            let name: String = part.chars().take_while(|c| *c != '"').collect();
+            assert!(schemas.contains_key(&name), "dangling $ref {name}");
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Turning validated payloads into records: SmartOS's defaults, generated uuid and MACs,
+//! interface names, the primary NIC, disk paths. Pure: the caller supplies the clock, the
+//! data root and the MACs already taken.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use hull_spec::net::{format_mac, parse_mac};
+use hull_spec::vm::defaults;
+use hull_spec::{Brand, DiskSpec, NicSpec, Vm, VmCreate, VmState};
+use uuid::Uuid;
+
+/// What a conversion needs from outside.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The current time, RFC 3339.
+    pub now: String,
+    /// The data root (disk paths live under it).
+    pub data_root: PathBuf,
+    /// MACs other guests own.
+    pub macs_taken: HashSet<[u8; 6]>,
+}
+
+impl Context {
+    /// A context with a fixed clock and an empty host, for tests.
+    #[cfg(test)]
+    pub fn fixed() -> Context {
+        Context {
+            now: "2026-01-01T00:00:00.000Z".into(),
+            data_root: PathBuf::from("/var/lib/hull"),
+            macs_taken: HashSet::new(),
+        }
+    }
+}
+
+/// Why a payload could not become a record.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    /// The payload has no brand (validation should have said so).
+    #[error("the payload has no brand")]
+    NoBrand,
+    /// No free MAC could be generated (astronomically unlikely).
+    #[error("no free MAC address could be generated for NIC {0}")]
+    NoFreeMac(usize),
+}
+
+/// Builds the record for a new guest from a validated create payload.
+pub fn new_record(c: VmCreate, ctx: &Context) -> Result<Vm, ConvertError> {
+    let brand = c.brand.ok_or(ConvertError::NoBrand)?;
+    let uuid = c.uuid.unwrap_or_else(Uuid::new_v4);
+    let (ram, max_physical_memory, vcpus) = if brand.is_microvm() {
+        let ram = c.ram.unwrap_or(defaults::VM_RAM);
+        let mpm = c
+            .max_physical_memory
+            .unwrap_or(ram + defaults::VM_MEMORY_OVERHEAD);
+        (ram, mpm, Some(c.vcpus.unwrap_or(defaults::VM_VCPUS)))
+    } else {
+        let mpm = c
+            .max_physical_memory
+            .or(c.ram)
+            .unwrap_or(defaults::ZONE_MAX_PHYSICAL_MEMORY);
+        (mpm, mpm, None)
+    };
+    let max_swap = c
+        .max_swap
+        .unwrap_or(max_physical_memory.max(defaults::MIN_SWAP));
+    let mut taken = ctx.macs_taken.clone();
+    let nics = finish_nics(uuid, brand, c.nics.unwrap_or_default(), &mut taken, 0)?;
+    let disks = finish_disks(uuid, c.disks.unwrap_or_default(), &ctx.data_root, 0);
+    Ok(Vm {
+        uuid,
+        zonename: uuid.to_string(),
+        alias: c.alias,
+        brand,
+        vm_type: brand.vm_type().to_string(),
+        hostname: c.hostname,
+        autoboot: c.autoboot.unwrap_or(true),
+        image_uuid: c.image_uuid,
+        state: VmState::Configured,
+        zone_state: VmState::Configured.zone_state(),
+        failure: None,
+        max_physical_memory,
+        max_swap,
+        ram,
+        vcpus,
+        cpu_cap: c.cpu_cap,
+        cpu_shares: c.cpu_shares.unwrap_or(defaults::CPU_SHARES),
+        max_lwps: c.max_lwps.unwrap_or(defaults::MAX_LWPS),
+        quota: c.quota.unwrap_or(defaults::QUOTA),
+        zfs_io_priority: c.zfs_io_priority.unwrap_or(defaults::ZFS_IO_PRIORITY),
+        resolvers: c.resolvers.unwrap_or_default(),
+        dns_domain: c.dns_domain,
+        routes: c.routes.unwrap_or_default(),
+        customer_metadata: c.customer_metadata.unwrap_or_default(),
+        internal_metadata: c.internal_metadata.unwrap_or_default(),
+        tags: c.tags.unwrap_or_default(),
+        nics,
+        disks,
+        kernel: c.kernel,
+        initrd: c.initrd,
+        cmdline: c.cmdline,
+        init_name: c.init_name,
+        owner_uuid: c.owner_uuid,
+        billing_id: c.billing_id,
+        package_name: c.package_name,
+        package_version: c.package_version,
+        create_timestamp: ctx.now.clone(),
+        last_modified: ctx.now.clone(),
+        pid: None,
+        boot_timestamp: None,
+        exit_status: None,
+    })
+}
+
+/// Fills in MACs, interface names and the primary flag for NICs appended after `existing`
+/// NICs. Interface names follow array order: net0, net1... (eth0... in lx zones).
+pub fn finish_nics(
+    uuid: Uuid,
+    brand: Brand,
+    nics: Vec<NicSpec>,
+    taken: &mut HashSet<[u8; 6]>,
+    existing: usize,
+) -> Result<Vec<NicSpec>, ConvertError> {
+    let mut out = Vec::with_capacity(nics.len());
+    for (offset, mut nic) in nics.into_iter().enumerate() {
+        let index = existing + offset;
+        let mac = match nic.mac.as_deref().and_then(parse_mac) {
+            Some(mac) => mac,
+            None => generate_mac(uuid, index, taken).ok_or(ConvertError::NoFreeMac(index))?,
+        };
+        taken.insert(mac);
+        nic.mac = Some(format_mac(mac));
+        nic.interface = Some(interface_name(brand, index));
+        out.push(nic);
+    }
+    if existing == 0 && !out.is_empty() && !out.iter().any(|n| n.primary == Some(true)) {
+        out[0].primary = Some(true);
+    }
+    Ok(out)
+}
+
+/// Renumbers interface names after NICs were removed.
+pub fn renumber_nics(brand: Brand, nics: &mut [NicSpec]) {
+    for (i, nic) in nics.iter_mut().enumerate() {
+        nic.interface = Some(interface_name(brand, i));
+    }
+}
+
+fn interface_name(brand: Brand, index: usize) -> String {
+    if brand == Brand::Lx {
+        format!("eth{index}")
+    } else {
+        format!("net{index}")
+    }
+}
+
+/// A locally administered unicast MAC derived from the guest's uuid and the NIC's index, so
+/// that the same guest gets the same MACs; a salt walks past MACs already in use.
+fn generate_mac(uuid: Uuid, index: usize, taken: &HashSet<[u8; 6]>) -> Option<[u8; 6]> {
+    (0u32..1024).find_map(|salt| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let bytes = uuid
+            .as_bytes()
+            .iter()
+            .copied()
+            .chain((index as u64).to_le_bytes())
+            .chain(salt.to_le_bytes());
+        for b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        let b = h.to_le_bytes();
+        let mac = [0x02, b[0], b[1], b[2], b[3], b[4]];
+        (!taken.contains(&mac)).then_some(mac)
+    })
+}
+
+/// Gives disks without a path the one hull will create them at, under the guest's folder.
+pub fn finish_disks(
+    uuid: Uuid,
+    disks: Vec<DiskSpec>,
+    data_root: &std::path::Path,
+    existing: usize,
+) -> Vec<DiskSpec> {
+    disks
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut d)| {
+            if d.path.is_none() {
+                let p = data_root
+                    .join("guests")
+                    .join(uuid.to_string())
+                    .join(format!("disk{}.img", existing + i));
+                d.path = Some(p.to_string_lossy().into_owned());
+            }
+            d
+        })
+        .collect()
+}
+
+/// The metadata maps' shared update rule: set keys, then remove keys.
+pub fn set_remove<V: Clone>(
+    map: &mut BTreeMap<String, V>,
+    set: Option<&BTreeMap<String, V>>,
+    remove: Option<&Vec<String>>,
+) -> bool {
+    let before = map.len();
+    let mut changed = false;
+    if let Some(set) = set {
+        for (k, v) in set {
+            map.insert(k.clone(), v.clone());
+            changed = true;
+        }
+    }
+    if let Some(remove) = remove {
+        for k in remove {
+            changed |= map.remove(k).is_some();
+        }
+    }
+    changed || map.len() != before
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn create(v: serde_json::Value) -> Vm {
+        let c = hull_spec::validate_create(&v).unwrap_or_else(|r| panic!("{r}"));
+        new_record(c, &Context::fixed()).expect("converts")
+    }
+
+    #[test]
+    fn zone_defaults_are_smartos_defaults() {
+        let vm = create(
+            json!({"brand": "joyent", "image_uuid": "0c1f4f2a-6f0e-4c39-8f36-2d3c7b1d9e01"}),
+        );
+        assert_eq!(
+            (
+                vm.max_physical_memory,
+                vm.quota,
+                vm.max_lwps,
+                vm.cpu_shares,
+                vm.zfs_io_priority
+            ),
+            (256, 10, 2000, 100, 100)
+        );
+        assert_eq!((vm.ram, vm.max_swap, vm.vcpus), (256, 256, None));
+        assert!(vm.autoboot);
+        assert_eq!(vm.vm_type, "OS");
+        assert_eq!(vm.state, VmState::Configured);
+    }
+
+    #[test]
+    fn microvm_defaults_are_smartos_defaults() {
+        let vm = create(json!({"brand": "kvm", "ram": 512}));
+        assert_eq!(
+            (vm.ram, vm.vcpus, vm.max_physical_memory),
+            (512, Some(1), 1536)
+        );
+        let vm = create(json!({"brand": "bhyve"}));
+        assert_eq!(
+            (vm.ram, vm.vcpus, vm.max_physical_memory),
+            (256, Some(1), 1280)
+        );
+        assert_eq!(vm.vm_type, "BHYVE");
+    }
+
+    #[test]
+    fn nics_get_stable_macs_names_and_one_primary() {
+        let uuid = "5b0d3c1e-2f4a-4e6b-9c8d-7a6b5c4d3e2f";
+        let payload = json!({"brand": "lx", "uuid": uuid, "image_uuid": uuid,
+            "nics": [{"nic_tag": "a"}, {"nic_tag": "b", "mac": "02:00:00:00:00:09"}]});
+        let vm = create(payload.clone());
+        assert_eq!(vm.nics[0].interface.as_deref(), Some("eth0"));
+        assert_eq!(vm.nics[1].interface.as_deref(), Some("eth1"));
+        assert_eq!(vm.nics[0].primary, Some(true));
+        assert_eq!(vm.nics[1].primary, None);
+        assert_eq!(vm.nics[1].mac.as_deref(), Some("02:00:00:00:00:09"));
+        let again = create(payload);
+        assert_eq!(vm.nics[0].mac, again.nics[0].mac, "MACs are stable");
+        let mac = parse_mac(vm.nics[0].mac.as_deref().expect("mac")).expect("parses");
+        assert_eq!(mac[0], 0x02, "locally administered unicast");
+        let mut taken = HashSet::from([mac]);
+        let other = generate_mac(vm.uuid, 0, &taken).expect("free mac");
+        assert_ne!(other, mac);
+        taken.insert(other);
+    }
+
+    #[test]
+    fn disks_get_paths_under_the_data_root() {
+        let vm = create(json!({"brand": "kvm", "disks": [{"size": 10}, {"path": "/srv/d.img"}]}));
+        let p0 = vm.disks[0].path.as_deref().expect("path");
+        assert!(
+            p0.starts_with("/var/lib/hull/guests/") && p0.ends_with("/disk0.img"),
+            "{p0}"
+        );
+        assert_eq!(vm.disks[1].path.as_deref(), Some("/srv/d.img"));
+    }
+}

@@ -1,0 +1,125 @@
+//! vmadm's list filters: `key=value` (equality of the value's text) and `key=~regex`, over
+//! dotted paths (`nics.0.ip`, `nics.*.ip`, `tags.role`). A filter on a list property matches
+//! when any element matches.
+
+use hull_spec::flatten::{lookup, text};
+use regex::{Regex, RegexBuilder};
+use serde_json::Value;
+
+/// A filter that could not be parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// No `=` in the expression.
+    #[error("filter {0:?} must be key=value or key=~regex")]
+    Shape(String),
+    /// The regex does not compile (or is too large).
+    #[error("filter {expr:?} has an invalid regular expression")]
+    Regex {
+        /// The filter as given.
+        expr: String,
+        /// The regex error.
+        #[source]
+        source: regex::Error,
+    },
+}
+
+/// One parsed filter.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    path: String,
+    matcher: Matcher,
+}
+
+#[derive(Debug, Clone)]
+enum Matcher {
+    Equals(String),
+    Regex(Regex),
+}
+
+impl Filter {
+    /// Parses `key=value` or `key=~regex`.
+    pub fn parse(expr: &str) -> Result<Filter, FilterError> {
+        let (path, rest) = expr
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| FilterError::Shape(expr.to_string()))?;
+        let matcher = match rest.strip_prefix('~') {
+            Some(re) => Matcher::Regex(RegexBuilder::new(re).size_limit(1 << 20).build().map_err(
+                |source| FilterError::Regex {
+                    expr: expr.to_string(),
+                    source,
+                },
+            )?),
+            None => Matcher::Equals(rest.to_string()),
+        };
+        Ok(Filter {
+            path: path.to_string(),
+            matcher,
+        })
+    }
+
+    /// True when the record matches.
+    pub fn matches(&self, record: &Value) -> bool {
+        lookup(record, &self.path).into_iter().any(|v| match v {
+            Value::Array(items) => items.iter().any(|i| self.matches_one(i)) || self.matches_one(v),
+            _ => self.matches_one(v),
+        })
+    }
+
+    fn matches_one(&self, v: &Value) -> bool {
+        let t = text(v);
+        match &self.matcher {
+            Matcher::Equals(want) => &t == want,
+            Matcher::Regex(re) => re.is_match(&t),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn equality_regex_paths_and_lists() {
+        let vm = json!({"alias": "web01", "ram": 256, "autoboot": false,
+            "nics": [{"ip": "192.0.2.1"}, {"ips": ["198.51.100.2/24"]}],
+            "tags": {"role": "db"}, "resolvers": ["192.0.2.53"]});
+        let yes = [
+            "alias=web01",
+            "ram=256",
+            "autoboot=false",
+            "alias=~^web",
+            "nics.0.ip=192.0.2.1",
+            "nics.*.ip=192.0.2.1",
+            "nics.1.ips=198.51.100.2/24",
+            "tags.role=db",
+            "resolvers=192.0.2.53",
+            "nics.*.ips=~^198",
+        ];
+        for f in yes {
+            assert!(Filter::parse(f).expect(f).matches(&vm), "{f}");
+        }
+        let no = [
+            "alias=web",
+            "ram=25",
+            "alias=~^db",
+            "nics.2.ip=192.0.2.1",
+            "tags.role=web",
+            "missing=x",
+        ];
+        for f in no {
+            assert!(!Filter::parse(f).expect(f).matches(&vm), "{f}");
+        }
+    }
+
+    #[test]
+    fn bad_filters_are_errors() {
+        assert!(matches!(Filter::parse("alias"), Err(FilterError::Shape(_))));
+        assert!(matches!(Filter::parse("=x"), Err(FilterError::Shape(_))));
+        assert!(matches!(
+            Filter::parse("alias=~("),
+            Err(FilterError::Regex { .. })
+        ));
+    }
+}

@@ -1,0 +1,596 @@
+//! The service layer: everything vmmd does to guests, independent of HTTP.
+//!
+//! It owns the in-memory index of guest records (loaded from the store at start), the
+//! per-guest locks that serialize operations on one guest while different guests proceed in
+//! parallel, the host checks validation needs, and the event stream. Every change is written
+//! durably before it becomes visible, so a crash leaves each record whole or absent.
+//!
+//! Lock order: a guest's lock, then the index lock. Create takes only the index lock, which
+//! makes "is this uuid/IP/MAC free?" and "insert" one atomic step.
+
+pub mod catalog;
+pub mod convert;
+pub mod filter;
+pub mod store;
+pub mod update;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use hull_spec::api::EventKind;
+use hull_spec::net::parse_mac;
+use hull_spec::validate::{merge, nic_addresses};
+use hull_spec::{
+    Brand, Event, ImageManifest, NicTag, ValidationReport, Vm, VmCreate, VmState, validate_create,
+    validate_update,
+};
+use serde_json::Value;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use catalog::{CatalogError, Images, NicTags};
+use filter::Filter;
+use store::{Loaded, Store, StoreError};
+
+/// Why an operation was not done. Nothing was changed when one of these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// No guest with this uuid.
+    #[error("VM {0} does not exist")]
+    NotFound(Uuid),
+    /// No image with this uuid.
+    #[error("image {0} is not installed")]
+    ImageNotFound(Uuid),
+    /// No nic tag with this name.
+    #[error("nic tag {0:?} does not exist")]
+    NicTagNotFound(String),
+    /// The payload failed validation.
+    #[error("invalid payload: {0}")]
+    Invalid(ValidationReport),
+    /// The request is malformed in a way that is not a payload property.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The guest's state does not allow the operation.
+    #[error("{0}")]
+    Conflict(String),
+    /// The subsystem the operation needs is not built yet.
+    #[error("{0}")]
+    NotImplemented(String),
+    /// The record store failed; the operation was not applied.
+    #[error("the guest record store failed")]
+    Store(#[from] StoreError),
+    /// The image or nic tag catalog failed.
+    #[error("the host catalog failed")]
+    Catalog(#[from] CatalogError),
+    /// A blocking task died.
+    #[error("an internal task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Result alias for the service.
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// The daemon's guest service.
+#[derive(Debug)]
+pub struct Service {
+    data_root: PathBuf,
+    store: Arc<Store>,
+    records: RwLock<HashMap<Uuid, Arc<Vm>>>,
+    guest_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    index_lock: tokio::sync::Mutex<()>,
+    nictag_lock: tokio::sync::Mutex<()>,
+    events: broadcast::Sender<Arc<Event>>,
+    images: Images,
+    nictags: NicTags,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // A panic while holding the lock cannot leave the map half-updated (inserts and removes
+    // are single calls), so a poisoned lock is still consistent.
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Service {
+    /// Opens the service on `data_root`, loading every guest record.
+    pub fn open(data_root: &Path) -> Result<(Service, Loaded)> {
+        let (store, mut loaded) = Store::open(data_root)?;
+        let records = loaded
+            .vms
+            .drain(..)
+            .map(|vm| (vm.uuid, Arc::new(vm)))
+            .collect();
+        let (events, _) = broadcast::channel(1024);
+        Ok((
+            Service {
+                data_root: data_root.to_path_buf(),
+                store: Arc::new(store),
+                records: RwLock::new(records),
+                guest_locks: Mutex::new(HashMap::new()),
+                index_lock: tokio::sync::Mutex::new(()),
+                nictag_lock: tokio::sync::Mutex::new(()),
+                events,
+                images: Images::new(data_root),
+                nictags: NicTags::new(data_root),
+            },
+            loaded,
+        ))
+    }
+
+    /// The data root.
+    pub fn data_root(&self) -> &Path {
+        &self.data_root
+    }
+
+    /// Subscribes to guest events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, kind: EventKind, vm: &Vm, changes: Vec<String>) {
+        let event = Event {
+            kind,
+            uuid: vm.uuid,
+            alias: vm.alias.clone(),
+            state: (kind != EventKind::Delete).then_some(vm.state),
+            changes,
+            timestamp: now(),
+            vm: Some(Box::new(vm.clone())),
+        };
+        // No subscriber is not an error.
+        let _ = self.events.send(Arc::new(event));
+    }
+
+    fn guest_lock(&self, uuid: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .guest_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(uuid).or_default().clone()
+    }
+
+    fn forget_lock(&self, uuid: Uuid) {
+        let mut locks = self
+            .guest_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only the map and the deleting caller hold it: nobody waits, so it can go. Anyone
+        // who wants it later must take the map's mutex first and gets a fresh one.
+        if locks.get(&uuid).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            locks.remove(&uuid);
+        }
+    }
+
+    /// Every guest matching all `filters`.
+    pub fn list(&self, filters: &[Filter]) -> Vec<Arc<Vm>> {
+        let records = read(&self.records);
+        let mut out: Vec<Arc<Vm>> = if filters.is_empty() {
+            records.values().cloned().collect()
+        } else {
+            records
+                .values()
+                .filter(|vm| {
+                    serde_json::to_value(vm.as_ref())
+                        .map(|v| filters.iter().all(|f| f.matches(&v)))
+                        .unwrap_or(false)
+                })
+                .cloned()
+                .collect()
+        };
+        out.sort_by_key(|vm| vm.uuid);
+        out
+    }
+
+    /// One guest.
+    pub fn get(&self, uuid: Uuid) -> Result<Arc<Vm>> {
+        read(&self.records)
+            .get(&uuid)
+            .cloned()
+            .ok_or(ServiceError::NotFound(uuid))
+    }
+
+    /// MACs and static IPs owned by guests other than `except`.
+    fn taken(&self, except: Option<Uuid>) -> (HashSet<[u8; 6]>, HashMap<IpAddr, Uuid>) {
+        let records = read(&self.records);
+        let mut macs = HashSet::new();
+        let mut ips = HashMap::new();
+        for vm in records.values().filter(|vm| Some(vm.uuid) != except) {
+            for nic in &vm.nics {
+                if let Some(mac) = nic.mac.as_deref().and_then(parse_mac) {
+                    macs.insert(mac);
+                }
+                if let Ok(v) = serde_json::to_value(nic) {
+                    for ip in nic_addresses(&v) {
+                        ips.insert(ip, vm.uuid);
+                    }
+                }
+            }
+        }
+        (macs, ips)
+    }
+
+    /// Checks a payload's NICs against the host: tags known, MACs and IPs free.
+    fn check_nics_on_host(
+        &self,
+        report: &mut ValidationReport,
+        prefix: &str,
+        nics: &[Value],
+        except: Option<Uuid>,
+    ) -> Result<()> {
+        let tags = self.nictags.load()?;
+        let (macs, ips) = self.taken(except);
+        for (i, nic) in nics.iter().enumerate() {
+            if let Some(tag) = nic.get("nic_tag").and_then(Value::as_str)
+                && !tags.contains_key(tag)
+            {
+                let known = if tags.is_empty() {
+                    "none are defined; add one with nictagadm add".to_string()
+                } else {
+                    format!(
+                        "known tags: {}",
+                        tags.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                };
+                report.bad_value(
+                    format!("{prefix}.{i}.nic_tag"),
+                    format!("nic tag {tag:?} does not exist ({known})"),
+                );
+            }
+            if let Some(mac) = nic.get("mac").and_then(Value::as_str).and_then(parse_mac)
+                && macs.contains(&mac)
+            {
+                report.bad_value(
+                    format!("{prefix}.{i}.mac"),
+                    "this MAC is used by another VM",
+                );
+            }
+            for ip in nic_addresses(nic) {
+                if let Some(owner) = ips.get(&ip) {
+                    let field = if nic.get("ips").is_some() {
+                        "ips"
+                    } else {
+                        "ip"
+                    };
+                    report.bad_value(
+                        format!("{prefix}.{i}.{field}"),
+                        format!("{ip} is used by VM {owner}"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_image(
+        &self,
+        report: &mut ValidationReport,
+        property: &str,
+        uuid: Uuid,
+        brand: Brand,
+    ) -> Result<()> {
+        match self.images.get(uuid)? {
+            None => report.bad_value(property, format!("image {uuid} is not installed")),
+            Some(m) if !m.image_type.suits(brand) => report.bad_value(
+                property,
+                format!(
+                    "image {uuid} is a {} image, which brand {brand} cannot use",
+                    m.image_type.as_str()
+                ),
+            ),
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Validates a create payload, host checks included. The index lock must be held by
+    /// callers that go on to insert.
+    pub fn validate_create(&self, payload: &Value) -> Result<VmCreate> {
+        let (create, mut report) = match validate_create(payload) {
+            Ok(c) => (Some(c), ValidationReport::default()),
+            Err(r) if r.bad_brand.is_some() => return Err(ServiceError::Invalid(r)),
+            Err(r) => (None, r),
+        };
+        // Host checks run even when the payload has other faults, so one report names all.
+        if let Some(uuid) = payload
+            .get("uuid")
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok())
+            && read(&self.records).contains_key(&uuid)
+        {
+            report.bad_value("uuid", format!("a VM with uuid {uuid} already exists"));
+        }
+        if let Some(nics) = payload.get("nics").and_then(Value::as_array) {
+            self.check_nics_on_host(&mut report, "nics", nics, None)?;
+        }
+        let brand = payload
+            .get("brand")
+            .and_then(Value::as_str)
+            .and_then(Brand::parse);
+        if let Some(brand) = brand {
+            if let Some(img) = payload
+                .get("image_uuid")
+                .and_then(Value::as_str)
+                .and_then(|s| Uuid::parse_str(s).ok())
+                && !brand.is_microvm()
+            {
+                self.check_image(&mut report, "image_uuid", img, brand)?;
+            }
+            if let Some(disks) = payload.get("disks").and_then(Value::as_array) {
+                for (i, d) in disks.iter().enumerate() {
+                    if let Some(img) = d
+                        .get("image_uuid")
+                        .and_then(Value::as_str)
+                        .and_then(|s| Uuid::parse_str(s).ok())
+                    {
+                        self.check_image(
+                            &mut report,
+                            &format!("disks.{i}.image_uuid"),
+                            img,
+                            brand,
+                        )?;
+                    }
+                }
+            }
+        }
+        match create {
+            Some(c) if report.is_empty() => Ok(c),
+            _ => {
+                let mut full = ValidationReport::default();
+                merge(&mut full, report);
+                Err(ServiceError::Invalid(full))
+            }
+        }
+    }
+
+    /// Creates a guest: all or nothing.
+    pub async fn create(&self, payload: &Value) -> Result<Arc<Vm>> {
+        let _index = self.index_lock.lock().await;
+        let create = self.validate_create(payload)?;
+        if create.autoboot.unwrap_or(true) {
+            let brand = create.brand.map_or("this", Brand::as_str);
+            return Err(ServiceError::NotImplemented(format!(
+                "cannot create a {brand} guest with autoboot: provisioning and starting guests \
+                 need the {} runtime, which is not built yet; create it with \"autoboot\": false \
+                 to record its configuration only",
+                runtime_name(create.brand)
+            )));
+        }
+        let (macs, _) = self.taken(None);
+        let ctx = convert::Context {
+            now: now(),
+            data_root: self.data_root.clone(),
+            macs_taken: macs,
+        };
+        let vm = convert::new_record(create, &ctx)
+            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        self.persist(&vm).await?;
+        let vm = Arc::new(vm);
+        write(&self.records).insert(vm.uuid, vm.clone());
+        self.emit(EventKind::Create, &vm, Vec::new());
+        Ok(vm)
+    }
+
+    async fn persist(&self, vm: &Vm) -> Result<()> {
+        let store = self.store.clone();
+        let vm = vm.clone();
+        tokio::task::spawn_blocking(move || store.put(&vm)).await??;
+        Ok(())
+    }
+
+    /// Validates an update payload for guest `uuid` (or, without a guest, for `brand`).
+    pub fn validate_update(&self, payload: &Value, brand: Brand) -> Result<hull_spec::VmUpdate> {
+        validate_update(payload, brand).map_err(ServiceError::Invalid)
+    }
+
+    /// Applies an update: all or nothing.
+    pub async fn update(&self, uuid: Uuid, payload: &Value) -> Result<Arc<Vm>> {
+        let lock = self.guest_lock(uuid);
+        let _guest = lock.lock().await;
+        let current = self.get(uuid)?;
+        let upd = self.validate_update(payload, current.brand)?;
+        let touches_nics =
+            upd.add_nics.is_some() || upd.update_nics.is_some() || upd.remove_nics.is_some();
+        let _index = if touches_nics {
+            Some(self.index_lock.lock().await)
+        } else {
+            None
+        };
+        let mut report = ValidationReport::default();
+        if let Some(add) = payload.get("add_nics").and_then(Value::as_array) {
+            self.check_nics_on_host(&mut report, "add_nics", add, Some(uuid))?;
+        }
+        if let Some(upd_nics) = payload.get("update_nics").and_then(Value::as_array) {
+            // The NIC's own MAC is the key, not a claim; check tags and addresses only.
+            let stripped: Vec<Value> = upd_nics
+                .iter()
+                .map(|n| {
+                    let mut n = n.clone();
+                    if let Some(o) = n.as_object_mut() {
+                        o.remove("mac");
+                    }
+                    n
+                })
+                .collect();
+            self.check_nics_on_host(&mut report, "update_nics", &stripped, Some(uuid))?;
+        }
+        if !report.is_empty() {
+            return Err(ServiceError::Invalid(report));
+        }
+        let (macs, _) = self.taken(Some(uuid));
+        let (mut next, changes) =
+            update::apply(&current, &upd, &self.data_root, &macs).map_err(ServiceError::Invalid)?;
+        next.last_modified = now();
+        self.persist(&next).await?;
+        let next = Arc::new(next);
+        write(&self.records).insert(uuid, next.clone());
+        self.emit(EventKind::Modify, &next, changes);
+        Ok(next)
+    }
+
+    /// Deletes a guest record.
+    pub async fn delete(&self, uuid: Uuid) -> Result<()> {
+        let lock = self.guest_lock(uuid);
+        let guard = lock.lock().await;
+        let current = self.get(uuid)?;
+        if matches!(current.state, VmState::Running | VmState::Stopping) {
+            return Err(ServiceError::NotImplemented(format!(
+                "VM {uuid} is {}; stopping it needs the {} runtime, which is not built yet",
+                current.state.as_str(),
+                runtime_name(Some(current.brand))
+            )));
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.remove(uuid)).await??;
+        write(&self.records).remove(&uuid);
+        self.emit(EventKind::Delete, &current, Vec::new());
+        drop(guard);
+        drop(lock);
+        self.forget_lock(uuid);
+        Ok(())
+    }
+
+    /// Starts a guest.
+    pub async fn start(&self, uuid: Uuid) -> Result<Arc<Vm>> {
+        let lock = self.guest_lock(uuid);
+        let _guest = lock.lock().await;
+        let vm = self.get(uuid)?;
+        if vm.state == VmState::Running {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} is already running"
+            )));
+        }
+        Err(ServiceError::NotImplemented(format!(
+            "cannot start VM {uuid}: brand {} needs the {} runtime, which is not built yet",
+            vm.brand,
+            runtime_name(Some(vm.brand))
+        )))
+    }
+
+    /// Stops, reboots or signals a guest: all need it running.
+    pub async fn lifecycle(&self, uuid: Uuid, verb: &str) -> Result<Arc<Vm>> {
+        let lock = self.guest_lock(uuid);
+        let _guest = lock.lock().await;
+        let vm = self.get(uuid)?;
+        if !matches!(vm.state, VmState::Running | VmState::Stopping) {
+            return Err(ServiceError::Conflict(format!(
+                "cannot {verb} VM {uuid}: it is {}, not running",
+                vm.state.as_str()
+            )));
+        }
+        Err(ServiceError::NotImplemented(format!(
+            "cannot {verb} VM {uuid}: the {} runtime is not built yet",
+            runtime_name(Some(vm.brand))
+        )))
+    }
+
+    /// Starts every guest marked autoboot; returns (uuid, error) for those that failed.
+    pub async fn autoboot(&self) -> Vec<(Uuid, ServiceError)> {
+        let candidates: Vec<Uuid> = read(&self.records)
+            .values()
+            .filter(|vm| vm.autoboot && vm.state != VmState::Running)
+            .map(|vm| vm.uuid)
+            .collect();
+        let mut failed = Vec::new();
+        for uuid in candidates {
+            if let Err(e) = self.start(uuid).await {
+                failed.push((uuid, e));
+            }
+        }
+        failed
+    }
+
+    /// Installed images.
+    pub fn images(&self) -> Result<Vec<ImageManifest>> {
+        Ok(self.images.list()?)
+    }
+
+    /// One installed image.
+    pub fn image(&self, uuid: Uuid) -> Result<ImageManifest> {
+        self.images
+            .get(uuid)?
+            .ok_or(ServiceError::ImageNotFound(uuid))
+    }
+
+    /// The nic tags.
+    pub fn nictags(&self) -> Result<BTreeMap<String, NicTag>> {
+        Ok(self.nictags.load()?)
+    }
+
+    /// Adds a nic tag.
+    pub async fn add_nictag(&self, tag: NicTag) -> Result<NicTag> {
+        let _g = self.nictag_lock.lock().await;
+        let mut report = ValidationReport::default();
+        if !hull_spec::validate::is_nic_tag(&tag.name) {
+            report.bad_value("name", "a nic tag name is 1-31 letters, digits, _ or -");
+        }
+        if let Some(up) = &tag.uplink {
+            let sane =
+                !up.is_empty() && up.len() < 16 && !up.contains('/') && up != "." && up != "..";
+            if !sane {
+                report.bad_value("uplink", format!("{up:?} is not an interface name"));
+            } else if !Path::new("/sys/class/net").join(up).exists() {
+                report.bad_value("uplink", format!("the host has no interface {up:?}"));
+            }
+        }
+        if !report.is_empty() {
+            return Err(ServiceError::Invalid(report));
+        }
+        let mut tags = self.nictags.load()?;
+        if tags.contains_key(&tag.name) {
+            return Err(ServiceError::Conflict(format!(
+                "nic tag {:?} already exists",
+                tag.name
+            )));
+        }
+        tags.insert(tag.name.clone(), tag.clone());
+        self.save_tags(tags).await?;
+        Ok(tag)
+    }
+
+    /// Deletes a nic tag that no guest uses.
+    pub async fn delete_nictag(&self, name: &str) -> Result<()> {
+        let _g = self.nictag_lock.lock().await;
+        let mut tags = self.nictags.load()?;
+        if tags.remove(name).is_none() {
+            return Err(ServiceError::NicTagNotFound(name.to_string()));
+        }
+        let users: Vec<String> = read(&self.records)
+            .values()
+            .filter(|vm| vm.nics.iter().any(|n| n.nic_tag == name))
+            .map(|vm| vm.uuid.to_string())
+            .collect();
+        if !users.is_empty() {
+            return Err(ServiceError::Conflict(format!(
+                "nic tag {name:?} is used by VM {}",
+                users.join(", ")
+            )));
+        }
+        self.save_tags(tags).await
+    }
+
+    async fn save_tags(&self, tags: BTreeMap<String, NicTag>) -> Result<()> {
+        let root = self.data_root.clone();
+        tokio::task::spawn_blocking(move || NicTags::new(&root).save(&tags)).await??;
+        Ok(())
+    }
+}
+
+fn runtime_name(brand: Option<Brand>) -> &'static str {
+    match brand {
+        Some(b) if b.is_microvm() => "microVM (crates/vmm)",
+        Some(_) => "zone (zoned)",
+        None => "guest",
+    }
+}
