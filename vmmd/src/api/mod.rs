@@ -279,8 +279,8 @@ pub fn response(status: StatusCode, content_type: &str, body: Body) -> Response<
 }
 
 fn error_response(e: ApiError) -> Response<Body> {
-    let bytes =
-        serde_json::to_vec(e.body.as_ref()).unwrap_or_else(|_| b"{\"code\":\"InternalError\"}".to_vec());
+    let bytes = serde_json::to_vec(e.body.as_ref())
+        .unwrap_or_else(|_| b"{\"code\":\"InternalError\"}".to_vec());
     let mut resp = response(e.status, "application/json", full(bytes));
     if let Some(allow) = e.allow.and_then(|a| a.parse().ok()) {
         resp.headers_mut().insert(ALLOW, allow);

@@ -142,14 +142,15 @@ fn apply_memory(next: &mut Vm, u: &VmUpdate, changes: &mut Vec<String>, r: &mut 
             next.ram = m;
             next.max_physical_memory = m;
             changes.push("max_physical_memory".into());
-            if u.max_swap.is_none() {
-                next.max_swap = next.max_swap.max(m);
-            }
         }
     }
-    if let Some(s) = u.max_swap {
-        next.max_swap = s;
-        changes.push("max_swap".into());
+    match u.max_swap {
+        Some(s) => {
+            next.max_swap = s;
+            changes.push("max_swap".into());
+        }
+        // Raising memory raises the swap limit with it unless the update sets it.
+        None => next.max_swap = next.max_swap.max(next.max_physical_memory),
     }
     if next.max_swap < next.max_physical_memory {
         r.bad_value(

@@ -1,0 +1,95 @@
+//! `vmadm list` and `vmadm lookup`: filters are evaluated by vmmd; columns, sorting and
+//! formats here.
+
+use std::path::Path;
+
+use hull_spec::flatten::lookup as path_lookup;
+use serde_json::{Map, Value};
+
+use crate::table::{fields, render, sort};
+use crate::{CmdResult, Failure, client};
+
+pub struct ListArgs {
+    pub parsable: bool,
+    pub no_header: bool,
+    pub fields: Option<String>,
+    pub sort: Option<String>,
+    pub filters: Vec<String>,
+}
+
+const DEFAULT_FIELDS: &str = "uuid,type,ram,state,alias";
+const DEFAULT_SORT: &str = "ram,uuid";
+
+fn check_filters(filters: &[String]) -> Result<(), Failure> {
+    match filters.iter().find(|f| !f.contains('=')) {
+        Some(f) => Err(Failure::usage(format!(
+            "{f:?} is not a filter (key=value or key=~regex)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn records(socket: Option<&Path>, filters: &[String]) -> Result<Vec<Value>, Failure> {
+    check_filters(filters)?;
+    let vms = client(socket)?.list_vms(filters)?;
+    vms.iter()
+        .map(|vm| serde_json::to_value(vm).map_err(|e| Failure::new(e.to_string())))
+        .collect()
+}
+
+pub fn list(socket: Option<&Path>, a: &ListArgs) -> CmdResult {
+    let cols = fields(a.fields.as_deref().unwrap_or(DEFAULT_FIELDS)).map_err(Failure::usage)?;
+    let by = fields(a.sort.as_deref().unwrap_or(DEFAULT_SORT)).map_err(Failure::usage)?;
+    let mut rows = records(socket, &a.filters)?;
+    sort(&mut rows, &by);
+    crate::out!(
+        "{}",
+        render(&rows, &cols, !(a.no_header || a.parsable), a.parsable)
+    );
+    Ok(())
+}
+
+pub fn lookup(
+    socket: Option<&Path>,
+    json: bool,
+    unique: bool,
+    cols: Option<&str>,
+    filters: &[String],
+) -> CmdResult {
+    if cols.is_some() && !json {
+        return Err(Failure::usage("-o goes with -j"));
+    }
+    let rows = records(socket, filters)?;
+    if unique && rows.len() != 1 {
+        return Err(Failure::new(format!(
+            "requested unique lookup but found {} results",
+            rows.len()
+        )));
+    }
+    if !json {
+        for r in &rows {
+            crate::outln!("{}", r.get("uuid").and_then(Value::as_str).unwrap_or("-"));
+        }
+        return Ok(());
+    }
+    let out: Vec<Value> = match cols {
+        None => rows,
+        Some(list) => {
+            let cols = fields(list).map_err(Failure::usage)?;
+            rows.iter()
+                .map(|r| {
+                    let mut m = Map::new();
+                    for c in &cols {
+                        if let Some(v) = path_lookup(r, c).first() {
+                            m.insert(c.clone(), (*v).clone());
+                        }
+                    }
+                    Value::Object(m)
+                })
+                .collect()
+        }
+    };
+    let text = serde_json::to_string_pretty(&out).map_err(|e| Failure::new(e.to_string()))?;
+    crate::outln!("{text}");
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! Verbs whose subsystem is not built yet. Each checks what it can (the VM exists) and then
+//! fails with a message naming what is missing: never a fake success.
+
+use std::path::Path;
+
+use crate::{CmdResult, Failure, client, parse_uuid};
+
+fn missing(socket: Option<&Path>, uuid: &str, what: &str) -> CmdResult {
+    let uuid = parse_uuid(uuid)?;
+    client(socket)?.get_vm(uuid)?;
+    Err(Failure::new(format!("{what} (VM {uuid})")))
+}
+
+pub fn info(socket: Option<&Path>, uuid: &str) -> CmdResult {
+    missing(
+        socket,
+        uuid,
+        "info needs the microVM runtime (crates/vmm control socket), which is not built yet",
+    )
+}
+
+pub fn console(socket: Option<&Path>, uuid: &str) -> CmdResult {
+    missing(
+        socket,
+        uuid,
+        "console needs the zone or microVM runtime, which is not built yet",
+    )
+}
+
+pub fn snapshot(socket: Option<&Path>, uuid: &str) -> CmdResult {
+    missing(
+        socket,
+        uuid,
+        "snapshots need the image store (cowstore), which is not built yet",
+    )
+}
+
+pub fn send(socket: Option<&Path>, uuid: &str) -> CmdResult {
+    missing(
+        socket,
+        uuid,
+        "send needs the image store (cowstore), which is not built yet",
+    )
+}
+
+pub fn receive() -> CmdResult {
+    Err(Failure::new(
+        "receive needs the image store (cowstore), which is not built yet",
+    ))
+}
