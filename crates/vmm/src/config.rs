@@ -1,0 +1,189 @@
+//! What one VM is asked to be: the parsed form of the `vmm` command line. Parsing and
+//! validation of user input happens here so the rest of the crate takes typed values.
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Kernel command line used when the caller gives none.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+/// Highest vCPU count the MP table and the APIC id scheme are laid out for.
+pub const MAX_VCPUS: u8 = 64;
+
+/// Errors from parsing or validating a VM configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A `--disk` value had an unknown option.
+    #[error("disk option {option:?} in {value:?} is not supported (only \"ro\" is)")]
+    DiskOption { value: String, option: String },
+    /// A `--disk` value had no path.
+    #[error("disk value {0:?} has no path")]
+    DiskPath(String),
+    /// A `--console` value was not one of the supported kinds.
+    #[error("console {0:?} is not supported: use stdio, pty or unix:PATH")]
+    Console(String),
+    /// Memory size out of range.
+    #[error("memory size {0} MiB is out of range (16 to 65536 MiB)")]
+    Memory(u64),
+    /// vCPU count out of range.
+    #[error("vCPU count {0} is out of range (1 to {MAX_VCPUS})")]
+    Vcpus(u8),
+}
+
+/// One block device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    pub read_only: bool,
+}
+
+impl FromStr for DiskConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(',');
+        let path = parts.next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(ConfigError::DiskPath(s.to_owned()));
+        }
+        let mut read_only = false;
+        for opt in parts {
+            match opt {
+                "ro" => read_only = true,
+                "rw" => read_only = false,
+                other => {
+                    return Err(ConfigError::DiskOption {
+                        value: s.to_owned(),
+                        option: other.to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(DiskConfig {
+            path: PathBuf::from(path),
+            read_only,
+        })
+    }
+}
+
+/// Where a network device's frames go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetConfig {
+    /// An already open TAP (or any packet-preserving) fd, without a vnet header.
+    Fd(RawFd),
+    /// A TAP device the VMM opens by name (needs CAP_NET_ADMIN when it does not exist yet).
+    Tap(String),
+}
+
+/// Where the 8250 console is connected.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ConsoleConfig {
+    /// Guest output on stdout, stdin to the guest.
+    #[default]
+    Stdio,
+    /// A new pseudo-terminal; its path is printed on stderr.
+    Pty,
+    /// A Unix socket the VMM listens on; one client at a time.
+    Unix(PathBuf),
+}
+
+impl FromStr for ConsoleConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdio" => Ok(ConsoleConfig::Stdio),
+            "pty" => Ok(ConsoleConfig::Pty),
+            _ => match s.strip_prefix("unix:") {
+                Some(p) if !p.is_empty() => Ok(ConsoleConfig::Unix(PathBuf::from(p))),
+                _ => Err(ConfigError::Console(s.to_owned())),
+            },
+        }
+    }
+}
+
+/// Everything needed to run one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub mem_mib: u64,
+    pub vcpus: u8,
+    pub disks: Vec<DiskConfig>,
+    pub nets: Vec<NetConfig>,
+    pub console: ConsoleConfig,
+    pub control: Option<PathBuf>,
+}
+
+impl VmConfig {
+    /// Checks ranges the rest of the crate relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(16..=65536).contains(&self.mem_mib) {
+            return Err(ConfigError::Memory(self.mem_mib));
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_values_parse() {
+        let d: DiskConfig = "/a/b.img,ro".parse().unwrap();
+        assert_eq!(d.path, PathBuf::from("/a/b.img"));
+        assert!(d.read_only);
+        assert!(!"/x".parse::<DiskConfig>().unwrap().read_only);
+        assert!(matches!(
+            "/x,bogus".parse::<DiskConfig>(),
+            Err(ConfigError::DiskOption { .. })
+        ));
+        assert!(matches!(
+            ",ro".parse::<DiskConfig>(),
+            Err(ConfigError::DiskPath(_))
+        ));
+    }
+
+    #[test]
+    fn console_values_parse() {
+        assert_eq!(
+            "stdio".parse::<ConsoleConfig>().unwrap(),
+            ConsoleConfig::Stdio
+        );
+        assert_eq!("pty".parse::<ConsoleConfig>().unwrap(), ConsoleConfig::Pty);
+        assert_eq!(
+            "unix:/run/c.sock".parse::<ConsoleConfig>().unwrap(),
+            ConsoleConfig::Unix(PathBuf::from("/run/c.sock"))
+        );
+        assert!("unix:".parse::<ConsoleConfig>().is_err());
+        assert!("tcp:1".parse::<ConsoleConfig>().is_err());
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let mut c = VmConfig {
+            kernel: PathBuf::from("k"),
+            initrd: None,
+            cmdline: String::new(),
+            mem_mib: 128,
+            vcpus: 1,
+            disks: vec![],
+            nets: vec![],
+            console: ConsoleConfig::Stdio,
+            control: None,
+        };
+        assert!(c.validate().is_ok());
+        c.vcpus = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::Vcpus(0))));
+        c.vcpus = 2;
+        c.mem_mib = 1;
+        assert!(matches!(c.validate(), Err(ConfigError::Memory(1))));
+    }
+}

@@ -1,0 +1,537 @@
+//! virtio-blk on a raw image file: read, write, flush and get-id, optionally read-only.
+//! Requests are served synchronously on the notifying vCPU thread with positioned I/O, so
+//! the file offset is never shared state. Sector numbers and lengths come from the guest and
+//! are checked against the image size before any I/O.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::{
+    ChainError, Desc, TYPE_BLOCK, VirtioDevice, add_used, collect_chain, read_config_bytes,
+};
+use crate::memory::GuestMemory;
+use crate::stats::DeviceStats;
+
+pub const SECTOR_SIZE: u64 = 512;
+const QUEUE_SIZE: u16 = 256;
+/// Largest data transfer per request (and the I/O bounce buffer bound).
+const MAX_REQUEST_BYTES: u64 = 4 << 20;
+const F_SEG_MAX: u64 = 1 << 2;
+const F_RO: u64 = 1 << 5;
+const F_FLUSH: u64 = 1 << 9;
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+const ID_BYTES: usize = 20;
+
+/// Errors from opening a disk.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The image could not be opened or sized.
+    #[error("cannot open disk image {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A block device.
+pub struct Block {
+    file: File,
+    size: u64,
+    read_only: bool,
+    id: [u8; ID_BYTES],
+    config: [u8; 16],
+    stats: Arc<DeviceStats>,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("size", &self.size)
+            .field("read_only", &self.read_only)
+            .finish()
+    }
+}
+
+impl Block {
+    /// Opens `path`; `id` is what get-id returns (truncated to 20 bytes).
+    pub fn open(
+        path: &Path,
+        read_only: bool,
+        id: &str,
+        stats: Arc<DeviceStats>,
+    ) -> Result<Self, BlockError> {
+        let err = |source| BlockError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(err)?;
+        let size = file.metadata().map_err(err)?.len();
+        Ok(Self::from_file(file, size, read_only, id, stats))
+    }
+
+    pub fn from_file(
+        file: File,
+        size: u64,
+        read_only: bool,
+        id: &str,
+        stats: Arc<DeviceStats>,
+    ) -> Self {
+        let mut idb = [0u8; ID_BYTES];
+        for (d, s) in idb.iter_mut().zip(id.bytes()) {
+            *d = s;
+        }
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&(size / SECTOR_SIZE).to_le_bytes());
+        // size_max (8..12) unused; seg_max bounds data descriptors per request.
+        config[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        Block {
+            file,
+            size,
+            read_only,
+            id: idb,
+            config,
+            stats,
+        }
+    }
+
+    /// Serves one request; returns (status, bytes written into guest buffers) or an error for
+    /// chains too malformed to carry a status.
+    fn serve(&mut self, descs: &[Desc], mem: &GuestMemory) -> Result<(u8, u32), ChainError> {
+        let (hdr, rest) = descs
+            .split_first()
+            .ok_or(ChainError::Malformed("empty chain"))?;
+        let (status, data) = rest
+            .split_last()
+            .ok_or(ChainError::Malformed("no status descriptor"))?;
+        if hdr.write_only {
+            return Err(ChainError::Direction { index: 0 });
+        }
+        if hdr.len < 16 {
+            return Err(ChainError::Malformed(
+                "request header shorter than 16 bytes",
+            ));
+        }
+        if !status.write_only {
+            return Err(ChainError::Direction {
+                index: descs.len() - 1,
+            });
+        }
+        if status.len < 1 {
+            return Err(ChainError::Malformed("empty status descriptor"));
+        }
+        let mut h = [0u8; 16];
+        mem.read_slice(&mut h, GuestAddress(hdr.addr))
+            .map_err(|_| ChainError::OutOfBounds {
+                addr: hdr.addr,
+                len: hdr.len,
+            })?;
+        let kind = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        let sector = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+        let data_len: u64 = data.iter().map(|d| u64::from(d.len)).sum();
+        let want_write = matches!(kind, T_IN | T_GET_ID);
+        if matches!(kind, T_IN | T_OUT | T_GET_ID)
+            && let Some(i) = data.iter().position(|d| d.write_only != want_write)
+        {
+            return Err(ChainError::Direction { index: i + 1 });
+        }
+        DeviceStats::add(&self.stats.requests, 1);
+        let (st, written) = match kind {
+            T_IN | T_OUT => self.rw(kind == T_IN, sector, data, data_len, mem),
+            T_FLUSH => {
+                if self.read_only || self.file.sync_data().is_ok() {
+                    (S_OK, 0)
+                } else {
+                    (S_IOERR, 0)
+                }
+            }
+            T_GET_ID => match data.first() {
+                Some(d) => {
+                    let n = (d.len as usize).min(ID_BYTES);
+                    match mem.write_slice(&self.id[..n], GuestAddress(d.addr)) {
+                        Ok(()) => (S_OK, n as u32),
+                        Err(_) => (S_IOERR, 0),
+                    }
+                }
+                None => (S_IOERR, 0),
+            },
+            _ => (S_UNSUPP, 0),
+        };
+        if st == S_IOERR {
+            DeviceStats::add(&self.stats.errors, 1);
+        }
+        Ok((st, written))
+    }
+
+    fn rw(
+        &mut self,
+        read: bool,
+        sector: u64,
+        data: &[Desc],
+        len: u64,
+        mem: &GuestMemory,
+    ) -> (u8, u32) {
+        if !read && self.read_only {
+            return (S_IOERR, 0);
+        }
+        let Some(start) = sector.checked_mul(SECTOR_SIZE) else {
+            return (S_IOERR, 0);
+        };
+        if !len.is_multiple_of(SECTOR_SIZE)
+            || len > MAX_REQUEST_BYTES
+            || start.checked_add(len).is_none_or(|end| end > self.size)
+        {
+            return (S_IOERR, 0);
+        }
+        let mut off = start;
+        let mut buf = Vec::new();
+        for d in data {
+            buf.resize(d.len as usize, 0);
+            let ok = if read {
+                self.file.read_exact_at(&mut buf, off).is_ok()
+                    && mem.write_slice(&buf, GuestAddress(d.addr)).is_ok()
+            } else {
+                mem.read_slice(&mut buf, GuestAddress(d.addr)).is_ok()
+                    && self.file.write_all_at(&buf, off).is_ok()
+            };
+            if !ok {
+                return (S_IOERR, 0);
+            }
+            off += u64::from(d.len);
+        }
+        if read {
+            DeviceStats::add(&self.stats.read_bytes, len);
+            (S_OK, len as u32)
+        } else {
+            DeviceStats::add(&self.stats.written_bytes, len);
+            (S_OK, 0)
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        F_SEG_MAX | F_FLUSH | if self.read_only { F_RO } else { 0 }
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemory) -> bool {
+        let Some(queue) = queues.get_mut(index) else {
+            return false;
+        };
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            // The whole request (data plus header and status) must fit the transfer bound.
+            let res = collect_chain(chain, mem, MAX_REQUEST_BYTES + 4096).and_then(|descs| {
+                let (st, written) = self.serve(&descs, mem)?;
+                Ok((st, written, descs))
+            });
+            let len = match res {
+                Ok((st, written, descs)) => {
+                    let status_addr = descs.last().map_or(0, |d| d.addr);
+                    if mem.write_obj(st, GuestAddress(status_addr)).is_ok() {
+                        written + 1
+                    } else {
+                        0
+                    }
+                }
+                Err(_) => {
+                    DeviceStats::add(&self.stats.errors, 1);
+                    0
+                }
+            };
+            used |= add_used(queue, mem, head, len);
+        }
+        used
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::testutil::*;
+    use std::io::Write;
+
+    const HDR: u64 = 0x8000;
+    const DATA: u64 = 0x9000;
+    const STATUS: u64 = 0xc000;
+
+    fn disk(sectors: u64, ro: bool) -> (Block, tempfile::NamedTempFile) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let mut data = vec![0u8; (sectors * SECTOR_SIZE) as usize];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (i / 512) as u8;
+        }
+        f.write_all(&data).unwrap();
+        let b = Block::open(
+            f.path(),
+            ro,
+            "hull-test-disk",
+            Arc::new(DeviceStats::default()),
+        )
+        .unwrap();
+        (b, f)
+    }
+
+    fn header(m: &GuestMemory, kind: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..].copy_from_slice(&sector.to_le_bytes());
+        write(m, HDR, &h);
+        write(m, STATUS, &[0xee]);
+    }
+
+    fn run(b: &mut Block, t: &TestQueue, m: &GuestMemory) -> bool {
+        let mut qs = vec![t.queue()];
+        b.process_queue(0, &mut qs, m)
+    }
+
+    fn status(m: &GuestMemory) -> u8 {
+        read(m, STATUS, 1)[0]
+    }
+
+    #[test]
+    fn reads_with_one_or_many_data_descriptors() {
+        let m = mem();
+        let (mut b, _f) = disk(8, false);
+        let mut t = TestQueue::new(&m);
+        header(&m, T_IN, 2);
+        t.add_chain(&[(HDR, 16, 0), (DATA, 512, F_WRITE), (STATUS, 1, F_WRITE)]);
+        assert!(run(&mut b, &t, &m));
+        assert_eq!(status(&m), S_OK);
+        assert_eq!(read(&m, DATA, 512), vec![2u8; 512]);
+        assert_eq!(t.used(0).1, 513);
+
+        // Header, three data buffers of different sizes, status.
+        let mut t = TestQueue::new(&m);
+        header(&m, T_IN, 1);
+        t.add_chain(&[
+            (HDR, 16, 0),
+            (DATA, 256, F_WRITE),
+            (DATA + 0x1000, 256, F_WRITE),
+            (DATA + 0x2000, 1024, F_WRITE),
+            (STATUS, 1, F_WRITE),
+        ]);
+        run(&mut b, &t, &m);
+        assert_eq!(status(&m), S_OK);
+        assert_eq!(read(&m, DATA, 256), vec![1u8; 256]);
+        assert_eq!(read(&m, DATA + 0x2000, 1024)[..512], [2u8; 512]);
+        assert_eq!(t.used(0).1, 1537);
+    }
+
+    #[test]
+    fn writes_reach_the_file_and_flush_works() {
+        let m = mem();
+        let (mut b, f) = disk(8, false);
+        let mut t = TestQueue::new(&m);
+        header(&m, T_OUT, 3);
+        write(&m, DATA, &[0x5a; 512]);
+        t.add_chain(&[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, F_WRITE)]);
+        run(&mut b, &t, &m);
+        assert_eq!(status(&m), S_OK);
+        let content = std::fs::read(f.path()).unwrap();
+        assert_eq!(&content[3 * 512..4 * 512], &[0x5a; 512]);
+        assert_eq!(
+            b.stats
+                .written_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            512
+        );
+
+        let mut t = TestQueue::new(&m);
+        header(&m, T_FLUSH, 0);
+        t.add_chain(&[(HDR, 16, 0), (STATUS, 1, F_WRITE)]);
+        run(&mut b, &t, &m);
+        assert_eq!(status(&m), S_OK);
+    }
+
+    #[test]
+    fn read_only_disks_refuse_writes() {
+        let m = mem();
+        let (mut b, f) = disk(8, true);
+        assert_ne!(b.features() & F_RO, 0);
+        let mut t = TestQueue::new(&m);
+        header(&m, T_OUT, 0);
+        t.add_chain(&[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, F_WRITE)]);
+        run(&mut b, &t, &m);
+        assert_eq!(status(&m), S_IOERR);
+        assert_eq!(std::fs::read(f.path()).unwrap()[0], 0);
+    }
+
+    #[test]
+    fn get_id_and_unknown_types() {
+        let m = mem();
+        let (mut b, _f) = disk(8, false);
+        let mut t = TestQueue::new(&m);
+        header(&m, T_GET_ID, 0);
+        t.add_chain(&[(HDR, 16, 0), (DATA, 20, F_WRITE), (STATUS, 1, F_WRITE)]);
+        run(&mut b, &t, &m);
+        assert_eq!(status(&m), S_OK);
+        assert_eq!(&read(&m, DATA, 14), b"hull-test-disk");
+        let mut t = TestQueue::new(&m);
+        header(&m, 77, 0);
+        t.add_chain(&[(HDR, 16, 0), (STATUS, 1, F_WRITE)]);
+        run(&mut b, &t, &m);
+        assert_eq!(status(&m), S_UNSUPP);
+    }
+
+    #[test]
+    fn out_of_range_and_odd_sizes_are_ioerr() {
+        let m = mem();
+        let (mut b, _f) = disk(8, false);
+        for (sector, len) in [(8u64, 512u32), (7, 1024), (u64::MAX / 4, 512), (0, 100)] {
+            let mut t = TestQueue::new(&m);
+            header(&m, T_IN, sector);
+            t.add_chain(&[(HDR, 16, 0), (DATA, len, F_WRITE), (STATUS, 1, F_WRITE)]);
+            run(&mut b, &t, &m);
+            assert_eq!(status(&m), S_IOERR, "sector {sector} len {len}");
+            assert_eq!(t.used(0).1, 1);
+        }
+    }
+
+    #[test]
+    fn malformed_chains_are_returned_unserved() {
+        let m = mem();
+        let (mut b, f) = disk(8, false);
+        let cases: Vec<Vec<(u64, u32, u16)>> = vec![
+            // Header only; no status.
+            vec![(HDR, 16, 0)],
+            // Header device-writable.
+            vec![
+                (HDR, 16, F_WRITE),
+                (DATA, 512, F_WRITE),
+                (STATUS, 1, F_WRITE),
+            ],
+            // Status device-readable.
+            vec![(HDR, 16, 0), (DATA, 512, F_WRITE), (STATUS, 1, 0)],
+            // Short header.
+            vec![(HDR, 8, 0), (STATUS, 1, F_WRITE)],
+            // Data buffer out of guest memory.
+            vec![
+                (HDR, 16, 0),
+                (0xfff_0000, 512, F_WRITE),
+                (STATUS, 1, F_WRITE),
+            ],
+            // Oversized data.
+            vec![
+                (HDR, 16, 0),
+                (DATA, u32::MAX, F_WRITE),
+                (STATUS, 1, F_WRITE),
+            ],
+            // Read into a device-readable buffer: wrong direction.
+            vec![(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, F_WRITE)],
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            let mut t = TestQueue::new(&m);
+            header(&m, T_IN, 0);
+            t.add_chain(c);
+            assert!(run(&mut b, &t, &m), "case {i}");
+            assert_eq!(t.used_idx(), 1, "case {i}");
+            assert_eq!(t.used(0).1, 0, "case {i}");
+            assert_eq!(status(&m), 0xee, "case {i}: status must be untouched");
+        }
+        // A write through a wrong-direction buffer must not touch the file either.
+        let mut t = TestQueue::new(&m);
+        header(&m, T_OUT, 0);
+        write(&m, DATA, &[0x77; 512]);
+        t.add_chain(&[(HDR, 16, 0), (DATA, 512, F_WRITE), (STATUS, 1, F_WRITE)]);
+        run(&mut b, &t, &m);
+        assert_eq!(std::fs::read(f.path()).unwrap()[0], 0);
+    }
+
+    #[test]
+    fn looping_chain_is_refused() {
+        let m = mem();
+        let (mut b, _f) = disk(8, false);
+        let mut t = TestQueue::new(&m);
+        header(&m, T_IN, 0);
+        t.raw(0, HDR, 16, F_NEXT, 1);
+        t.raw(1, DATA, 512, F_NEXT | F_WRITE, 0);
+        t.offer(0);
+        run(&mut b, &t, &m);
+        assert_eq!(t.used(0).1, 0);
+        assert_eq!(status(&m), 0xee);
+    }
+
+    #[test]
+    fn indirect_chain_is_served() {
+        let m = mem();
+        let (mut b, _f) = disk(8, false);
+        let mut t = TestQueue::new(&m);
+        header(&m, T_IN, 5);
+        // Indirect table at 0x20000 with three descriptors.
+        let table = 0x20000u64;
+        let descs = [
+            (HDR, 16u32, F_NEXT, 1u16),
+            (DATA, 512, F_NEXT | F_WRITE, 2),
+            (STATUS, 1, F_WRITE, 0),
+        ];
+        for (i, (a, l, f, n)) in descs.iter().enumerate() {
+            let mut raw = [0u8; 16];
+            raw[..8].copy_from_slice(&a.to_le_bytes());
+            raw[8..12].copy_from_slice(&l.to_le_bytes());
+            raw[12..14].copy_from_slice(&f.to_le_bytes());
+            raw[14..].copy_from_slice(&n.to_le_bytes());
+            write(&m, table + 16 * i as u64, &raw);
+        }
+        t.raw(0, table, 48, F_INDIRECT, 0);
+        t.offer(0);
+        run(&mut b, &t, &m);
+        assert_eq!(status(&m), S_OK);
+        assert_eq!(read(&m, DATA, 4), vec![5u8; 4]);
+    }
+
+    #[test]
+    fn garbage_descriptor_tables_never_panic() {
+        let m = mem();
+        let (mut b, _f) = disk(8, false);
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        for _ in 0..200 {
+            let mut t = TestQueue::new(&m);
+            for i in 0..QSIZE {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let addr = if seed & 1 == 0 { seed >> 40 } else { seed };
+                t.raw(
+                    i,
+                    addr,
+                    (seed >> 20) as u32,
+                    (seed >> 8) as u16 & 7,
+                    (seed >> 4) as u16,
+                );
+            }
+            for i in 0..4 {
+                t.offer(((seed >> (i * 4)) as u16) % (QSIZE + 2));
+            }
+            run(&mut b, &t, &m);
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! The virtio-mmio transport (virtio 1.x register layout, version 2): feature negotiation,
+//! queue setup, notification and interrupt status for one device, on the MMIO bus. It owns
+//! the device's queues; the device only processes them. Registers are 32-bit: other access
+//! sizes below the config space are ignored, as the spec allows.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{VIRTIO_F_VERSION_1, VirtioDevice};
+use crate::bus::BusDevice;
+use crate::memory::GuestMemory;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x4c4c_5548; // "HULL"
+
+const REG_MAGIC: u64 = 0x000;
+const REG_VERSION: u64 = 0x004;
+const REG_DEVICE_ID: u64 = 0x008;
+const REG_VENDOR_ID: u64 = 0x00c;
+const REG_DEVICE_FEATURES: u64 = 0x010;
+const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+const REG_DRIVER_FEATURES: u64 = 0x020;
+const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+const REG_QUEUE_SEL: u64 = 0x030;
+const REG_QUEUE_NUM_MAX: u64 = 0x034;
+const REG_QUEUE_NUM: u64 = 0x038;
+const REG_QUEUE_READY: u64 = 0x044;
+const REG_QUEUE_NOTIFY: u64 = 0x050;
+const REG_INTERRUPT_STATUS: u64 = 0x060;
+const REG_INTERRUPT_ACK: u64 = 0x064;
+const REG_STATUS: u64 = 0x070;
+const REG_QUEUE_DESC_LOW: u64 = 0x080;
+const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+const REG_QUEUE_AVAIL_LOW: u64 = 0x090;
+const REG_QUEUE_AVAIL_HIGH: u64 = 0x094;
+const REG_QUEUE_USED_LOW: u64 = 0x0a0;
+const REG_QUEUE_USED_HIGH: u64 = 0x0a4;
+const REG_CONFIG_GENERATION: u64 = 0x0fc;
+const CONFIG_SPACE: u64 = 0x100;
+
+pub const STATUS_ACKNOWLEDGE: u32 = 1;
+pub const STATUS_DRIVER: u32 = 2;
+pub const STATUS_DRIVER_OK: u32 = 4;
+pub const STATUS_FEATURES_OK: u32 = 8;
+pub const STATUS_NEEDS_RESET: u32 = 0x40;
+pub const STATUS_FAILED: u32 = 0x80;
+pub const INT_USED_RING: u32 = 1;
+
+/// Interrupt line of one transport: status bits the guest reads, and the irqfd.
+#[derive(Debug)]
+pub struct Interrupt {
+    pub status: AtomicU32,
+    pub irqfd: EventFd,
+}
+
+impl Interrupt {
+    pub fn new() -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Interrupt {
+            status: AtomicU32::new(0),
+            irqfd: EventFd::new(libc::EFD_NONBLOCK)?,
+        }))
+    }
+
+    /// Signals used buffers. A full eventfd counter only means the interrupt is pending.
+    pub fn signal_used(&self) {
+        self.status.fetch_or(INT_USED_RING, Ordering::SeqCst);
+        let _ = self.irqfd.write(1);
+    }
+}
+
+/// One device behind one MMIO window.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemory,
+    queues: Vec<Queue>,
+    interrupt: Arc<Interrupt>,
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    config_generation: u32,
+}
+
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("device_type", &self.device.device_type())
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+/// Errors from creating a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum MmioError {
+    /// A queue size the device asked for is not a valid virtqueue size.
+    #[error("device asked for an invalid queue size {0}")]
+    QueueSize(u16, #[source] virtio_queue::Error),
+}
+
+impl MmioTransport {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<Self, MmioError> {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|s| Queue::new(*s).map_err(|e| MmioError::QueueSize(*s, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MmioTransport {
+            device,
+            mem,
+            queues,
+            interrupt,
+            status: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            config_generation: 0,
+        })
+    }
+
+    fn offered_features(&self) -> u64 {
+        self.device.features() | VIRTIO_F_VERSION_1
+    }
+
+    fn driver_ok(&self) -> bool {
+        self.status & STATUS_DRIVER_OK != 0 && self.status & STATUS_NEEDS_RESET == 0
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// Queue setup is only allowed between FEATURES_OK and DRIVER_OK on a queue not yet
+    /// ready: later changes would pull rings out from under a running device.
+    fn queue_config_allowed(&self) -> bool {
+        self.status & STATUS_FEATURES_OK != 0
+            && self.status & STATUS_DRIVER_OK == 0
+            && self
+                .queues
+                .get(self.queue_sel as usize)
+                .is_some_and(|q| !q.ready())
+    }
+
+    fn reset(&mut self) {
+        self.status = 0;
+        self.driver_features = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.interrupt.status.store(0, Ordering::SeqCst);
+        self.device.reset();
+    }
+
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        let was_ok = self.status & STATUS_DRIVER_OK != 0;
+        if v & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
+            // Refuse FEATURES_OK unless the driver accepted VERSION_1 and nothing unoffered.
+            let ok = self.driver_features & VIRTIO_F_VERSION_1 != 0
+                && self.driver_features & !self.offered_features() == 0;
+            if !ok {
+                self.status = v & !STATUS_FEATURES_OK;
+                return;
+            }
+        }
+        self.status = v;
+        if v & STATUS_DRIVER_OK != 0 && !was_ok {
+            let mem = &self.mem;
+            if self.queues.iter().any(|q| q.ready() && !q.is_valid(mem)) {
+                self.status |= STATUS_NEEDS_RESET;
+            }
+        }
+    }
+
+    /// Runs the device on queue `index` after a notify.
+    pub fn notify(&mut self, index: u32) {
+        if !self.driver_ok() {
+            return;
+        }
+        let i = index as usize;
+        if !self.queues.get(i).is_some_and(|q| q.ready()) {
+            return;
+        }
+        if self.device.process_queue(i, &mut self.queues, &self.mem) {
+            self.interrupt.signal_used();
+        }
+    }
+
+    /// Runs the device for host-side readiness (TAP readable).
+    pub fn host_event(&mut self) {
+        if !self.driver_ok() {
+            return;
+        }
+        if self.device.process_host_event(&mut self.queues, &self.mem) {
+            self.interrupt.signal_used();
+        }
+    }
+
+    fn read_reg(&mut self, offset: u64) -> u32 {
+        match offset {
+            REG_MAGIC => MAGIC,
+            REG_VERSION => VERSION,
+            REG_DEVICE_ID => self.device.device_type(),
+            REG_VENDOR_ID => VENDOR_ID,
+            REG_DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.offered_features() as u32,
+                1 => (self.offered_features() >> 32) as u32,
+                _ => 0,
+            },
+            REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            REG_QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            REG_INTERRUPT_STATUS => self.interrupt.status.load(Ordering::SeqCst),
+            REG_STATUS => self.status,
+            REG_CONFIG_GENERATION => self.config_generation,
+            _ => 0,
+        }
+    }
+
+    fn write_reg(&mut self, offset: u64, v: u32) {
+        match offset {
+            REG_DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            REG_DRIVER_FEATURES => {
+                if self.status & STATUS_FEATURES_OK != 0 {
+                    return;
+                }
+                let v = u64::from(v);
+                match self.driver_features_sel {
+                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v,
+                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (v << 32),
+                    _ => {}
+                }
+            }
+            REG_QUEUE_SEL => self.queue_sel = v,
+            REG_QUEUE_NOTIFY => self.notify(v),
+            REG_INTERRUPT_ACK => {
+                self.interrupt.status.fetch_and(!v, Ordering::SeqCst);
+            }
+            REG_STATUS => self.set_status(v),
+            REG_QUEUE_NUM | REG_QUEUE_READY | REG_QUEUE_DESC_LOW | REG_QUEUE_DESC_HIGH
+            | REG_QUEUE_AVAIL_LOW | REG_QUEUE_AVAIL_HIGH | REG_QUEUE_USED_LOW
+            | REG_QUEUE_USED_HIGH => {
+                let allowed = self.queue_config_allowed();
+                let ready_write = offset == REG_QUEUE_READY;
+                let Some(q) = self.selected_queue() else {
+                    return;
+                };
+                if ready_write {
+                    // Clearing ready is always allowed; setting it needs the setup window.
+                    if v == 0 {
+                        q.set_ready(false);
+                    } else if allowed {
+                        q.set_ready(true);
+                    }
+                    return;
+                }
+                if !allowed {
+                    return;
+                }
+                match offset {
+                    REG_QUEUE_NUM => {
+                        // Invalid sizes (not a power of two, above max) leave it unchanged and
+                        // the queue then fails is_valid at DRIVER_OK.
+                        let _ = q.try_set_size(v as u16);
+                    }
+                    REG_QUEUE_DESC_LOW => q.set_desc_table_address(Some(v), None),
+                    REG_QUEUE_DESC_HIGH => q.set_desc_table_address(None, Some(v)),
+                    REG_QUEUE_AVAIL_LOW => q.set_avail_ring_address(Some(v), None),
+                    REG_QUEUE_AVAIL_HIGH => q.set_avail_ring_address(None, Some(v)),
+                    REG_QUEUE_USED_LOW => q.set_used_ring_address(Some(v), None),
+                    REG_QUEUE_USED_HIGH => q.set_used_ring_address(None, Some(v)),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.read_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        data.fill(0);
+        if data.len() == 4 {
+            data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        // Config space of our devices is read-only.
+        if offset >= CONFIG_SPACE {
+            return;
+        }
+        if let Ok(b) = <[u8; 4]>::try_from(data) {
+            self.write_reg(offset, u32::from_le_bytes(b));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::testutil::mem;
+    use std::sync::Mutex;
+
+    /// Counts process calls; offers one queue of 16 and feature bit 5.
+    struct Dummy(Arc<Mutex<Vec<usize>>>);
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            4
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            1 << 5
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            super::super::read_config_bytes(&[9, 8, 7, 6], offset, data);
+        }
+        fn process_queue(&mut self, index: usize, _q: &mut [Queue], _m: &GuestMemory) -> bool {
+            crate::bus::lock(&self.0).push(index);
+            true
+        }
+    }
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn setup() -> (MmioTransport, Arc<Mutex<Vec<usize>>>) {
+        let calls = Arc::new(Mutex::new(vec![]));
+        let t = MmioTransport::new(
+            Box::new(Dummy(calls.clone())),
+            mem(),
+            Interrupt::new().unwrap(),
+        )
+        .unwrap();
+        (t, calls)
+    }
+
+    fn bring_up(t: &mut MmioTransport, features_hi: u32) {
+        w(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(t, REG_DRIVER_FEATURES_SEL, 1);
+        w(t, REG_DRIVER_FEATURES, features_hi);
+        w(
+            t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+    }
+
+    #[test]
+    fn identifies_and_negotiates() {
+        let (mut t, calls) = setup();
+        assert_eq!(r(&mut t, REG_MAGIC), MAGIC);
+        assert_eq!(r(&mut t, REG_VERSION), 2);
+        assert_eq!(r(&mut t, REG_DEVICE_ID), 4);
+        assert_eq!(r(&mut t, REG_DEVICE_FEATURES), 1 << 5);
+        w(&mut t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, REG_DEVICE_FEATURES), 1);
+        bring_up(&mut t, 1);
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+        assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 16);
+        w(&mut t, REG_QUEUE_NUM, 16);
+        w(&mut t, REG_QUEUE_DESC_LOW, 0x1000);
+        w(&mut t, REG_QUEUE_AVAIL_LOW, 0x2000);
+        w(&mut t, REG_QUEUE_USED_LOW, 0x3000);
+        w(&mut t, REG_QUEUE_READY, 1);
+        assert_eq!(r(&mut t, REG_QUEUE_READY), 1);
+        w(&mut t, REG_STATUS, 0xf);
+        w(&mut t, REG_QUEUE_NOTIFY, 0);
+        assert_eq!(*crate::bus::lock(&calls), vec![0]);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_USED_RING);
+        w(&mut t, REG_INTERRUPT_ACK, INT_USED_RING);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
+        let mut cfg = [0u8; 2];
+        t.read(CONFIG_SPACE + 2, &mut cfg);
+        assert_eq!(cfg, [7, 6]);
+        // Reset clears everything.
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(r(&mut t, REG_STATUS), 0);
+        assert_eq!(r(&mut t, REG_QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn features_ok_needs_version_1_and_only_offered_bits() {
+        let (mut t, _) = setup();
+        bring_up(&mut t, 0);
+        assert_eq!(r(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+        let (mut t, _) = setup();
+        w(&mut t, REG_DRIVER_FEATURES_SEL, 0);
+        w(&mut t, REG_DRIVER_FEATURES, 1 << 7);
+        bring_up(&mut t, 1);
+        assert_eq!(r(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn bad_queue_setup_and_odd_accesses_are_harmless() {
+        let (mut t, calls) = setup();
+        // Notify before DRIVER_OK, queue select out of range, byte-wide register accesses.
+        w(&mut t, REG_QUEUE_NOTIFY, 0);
+        w(&mut t, REG_QUEUE_SEL, 99);
+        assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 0);
+        w(&mut t, REG_QUEUE_READY, 1);
+        t.write(REG_STATUS, &[0xff]);
+        let mut b = [0u8; 1];
+        t.read(REG_MAGIC, &mut b);
+        assert_eq!(b, [0]);
+        w(&mut t, REG_QUEUE_NOTIFY, 7);
+        // Rings outside guest memory: DRIVER_OK flags NEEDS_RESET and the queue never runs.
+        w(&mut t, REG_QUEUE_SEL, 0);
+        bring_up(&mut t, 1);
+        w(&mut t, REG_QUEUE_NUM, 16);
+        w(&mut t, REG_QUEUE_DESC_LOW, 0xffff_f000);
+        w(&mut t, REG_QUEUE_DESC_HIGH, 0xffff);
+        w(&mut t, REG_QUEUE_READY, 1);
+        w(&mut t, REG_STATUS, 0xf);
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+        w(&mut t, REG_QUEUE_NOTIFY, 0);
+        assert!(crate::bus::lock(&calls).is_empty());
+    }
+}

@@ -1,0 +1,570 @@
+//! Builds one VM from a [`VmConfig`] and runs it until it stops: KVM and guest memory, the
+//! in-kernel irqchip and PIT, the port and MMIO buses with their devices, the boot data, the
+//! vCPU threads, the event loop (console input, TAP readiness, signals) and the control
+//! socket. Returns why the VM stopped; the caller picks the exit status.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::sync::{Arc, Mutex, mpsc};
+
+use kvm_bindings::{
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::boot::{self, BootError, regs};
+use crate::bus::{Bus, BusError, lock};
+use crate::config::{ConfigError, ConsoleConfig, NetConfig, VmConfig};
+use crate::control::{self, ControlError, Controller};
+use crate::devices::IrqTrigger;
+use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN, ResetSink};
+use crate::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN, ConsoleTarget, Serial};
+use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mmio::{Interrupt, MmioError, MmioTransport};
+use crate::devices::virtio::net::{Net, NetError, Tap};
+use crate::devices::virtio::rng::{GetRandom, Rng};
+use crate::memory::{
+    self, GuestMemory, IRQ_MAX, KVM_TSS_ADDRESS, MMIO_GAP_START, MemoryError, VIRTIO_IRQ_BASE,
+    VIRTIO_MMIO_SIZE,
+};
+use crate::stats::Stats;
+pub use crate::vcpu::StopReason;
+use crate::vcpu::{RunState, Vcpu, install_kick_handler};
+
+/// KVM capabilities the VMM cannot run without.
+const REQUIRED_CAPS: &[(Cap, &str)] = &[
+    (Cap::Irqchip, "IRQCHIP"),
+    (Cap::UserMemory, "USER_MEMORY"),
+    (Cap::SetTssAddr, "SET_TSS_ADDR"),
+    (Cap::Pit2, "PIT2"),
+    (Cap::PitState2, "PIT_STATE2"),
+    (Cap::Irqfd, "IRQFD"),
+    (Cap::ExtCpuid, "EXT_CPUID"),
+];
+
+/// Capabilities used when present (or wanted by later features), reported when missing.
+const OPTIONAL_CAPS: &[(Cap, &str)] = &[
+    (Cap::Xcrs, "XCRS"),
+    (Cap::Xsave, "XSAVE"),
+    (Cap::TscDeadlineTimer, "TSC_DEADLINE_TIMER"),
+    (Cap::ImmediateExit, "IMMEDIATE_EXIT"),
+    (Cap::AdjustClock, "ADJUST_CLOCK"),
+    (Cap::VcpuEvents, "VCPU_EVENTS"),
+    (Cap::Debugregs, "DEBUGREGS"),
+    (Cap::Ioeventfd, "IOEVENTFD"),
+];
+
+const TOKEN_SIGNAL: u64 = 1;
+const TOKEN_CONSOLE_IN: u64 = 2;
+const TOKEN_CONSOLE_LISTEN: u64 = 3;
+const TOKEN_NET_BASE: u64 = 100;
+
+/// Errors from building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("invalid VM configuration")]
+    Config(#[from] ConfigError),
+    #[error("cannot use /dev/kvm")]
+    Kvm(#[source] kvm_ioctls::Error),
+    #[error("KVM lacks required capabilities: {0}")]
+    MissingCaps(String),
+    #[error("KVM refused to {what}")]
+    KvmSetup {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot create guest memory")]
+    Memory(#[from] MemoryError),
+    #[error("cannot boot the guest")]
+    Boot(#[from] BootError),
+    #[error("cannot set up vCPU {id}")]
+    Vcpu {
+        id: u8,
+        #[source]
+        source: regs::RegsError,
+    },
+    #[error("cannot place a device")]
+    Bus(#[from] BusError),
+    #[error("cannot open a disk")]
+    Block(#[from] BlockError),
+    #[error("cannot open a network device")]
+    Net(#[from] NetError),
+    #[error("cannot create a virtio transport")]
+    Mmio(#[from] MmioError),
+    #[error("too many devices: IRQs run out after {0}")]
+    TooManyDevices(usize),
+    #[error("cannot set up the control socket")]
+    Control(#[from] ControlError),
+    #[error("cannot set up the {what}")]
+    Host {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn host(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
+    move |source| VmError::Host { what, source }
+}
+
+fn kvm_setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::KvmSetup { what, source }
+}
+
+/// Names of optional KVM capabilities this host lacks.
+pub fn missing_optional_caps(kvm: &Kvm) -> Vec<&'static str> {
+    OPTIONAL_CAPS
+        .iter()
+        .filter(|(c, _)| !kvm.check_extension(*c))
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+struct ResetToStop(Arc<RunState>);
+
+impl ResetSink for ResetToStop {
+    fn reset(&self) {
+        self.0.stop(StopReason::Reset);
+    }
+}
+
+/// Registers guest RAM with KVM.
+fn map_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|_| VmError::Host {
+                what: "guest memory mapping",
+                source: std::io::Error::other("region has no host address"),
+            })?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mmap owned by `mem`, which outlives the VM (it is kept
+        // by the devices and the caller until the process exits), and slots do not overlap.
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_setup("map guest memory"))?;
+    }
+    Ok(())
+}
+
+/// Opens the console: where output goes and, for pty/unix, what to read input from.
+fn open_console(cfg: &ConsoleConfig) -> Result<(ConsoleTarget, ConsoleInput), VmError> {
+    match cfg {
+        ConsoleConfig::Stdio => Ok((
+            Arc::new(Mutex::new(Some(Box::new(std::io::stdout())))),
+            ConsoleInput::Fd(libc::STDIN_FILENO),
+        )),
+        ConsoleConfig::Pty => {
+            let (master, path) = open_pty().map_err(host("console pty"))?;
+            eprintln!("vmm: console on {path}");
+            let out = master.try_clone().map_err(host("console pty"))?;
+            let fd = master.as_raw_fd();
+            Ok((
+                Arc::new(Mutex::new(Some(Box::new(out)))),
+                ConsoleInput::Pty(master, fd),
+            ))
+        }
+        ConsoleConfig::Unix(path) => {
+            let _ = std::fs::remove_file(path);
+            let l = UnixListener::bind(path).map_err(host("console socket"))?;
+            l.set_nonblocking(true).map_err(host("console socket"))?;
+            Ok((Arc::new(Mutex::new(None)), ConsoleInput::Listener(l)))
+        }
+    }
+}
+
+fn open_pty() -> std::io::Result<(File, String)> {
+    // SAFETY: plain libc calls on a fresh fd; ptsname's result is copied out at once, and
+    // this runs before any other thread of ours exists (ptsname is not thread-safe).
+    unsafe {
+        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let f = File::from(OwnedFd::from_raw_fd(fd));
+        if libc::grantpt(fd) != 0 || libc::unlockpt(fd) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let name = libc::ptsname(fd);
+        if name.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        let path = std::ffi::CStr::from_ptr(name)
+            .to_string_lossy()
+            .into_owned();
+        Ok((f, path))
+    }
+}
+
+enum ConsoleInput {
+    Fd(RawFd),
+    Pty(File, RawFd),
+    Listener(UnixListener),
+}
+
+/// Blocks SIGTERM and SIGINT in this thread (and threads spawned later) and returns a
+/// signalfd for them, so the event loop handles them as ordinary events.
+fn signal_fd() -> std::io::Result<File> {
+    // SAFETY: sigset manipulation on a local, zero-initialised set; signalfd returns a new fd
+    // that we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(File::from(OwnedFd::from_raw_fd(fd)))
+    }
+}
+
+/// A device on the MMIO bus, with what the event loop needs for net devices.
+struct Placed {
+    transport: Arc<Mutex<MmioTransport>>,
+    net_fd: Option<RawFd>,
+}
+
+/// Builds and runs the VM described by `config` until it stops.
+pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
+    config.validate()?;
+    let kvm = Kvm::new().map_err(VmError::Kvm)?;
+    let missing: Vec<&str> = REQUIRED_CAPS
+        .iter()
+        .filter(|(c, _)| !kvm.check_extension(*c))
+        .map(|(_, n)| *n)
+        .collect();
+    if !missing.is_empty() {
+        return Err(VmError::MissingCaps(missing.join(", ")));
+    }
+    let vm = kvm.create_vm().map_err(VmError::Kvm)?;
+    let mem_bytes = config.mem_mib << 20;
+    let mem = memory::create_guest_memory(config.mem_mib)?;
+    map_memory(&vm, &mem)?;
+    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(kvm_setup("set the TSS address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_setup("create the irqchip"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(kvm_setup("create the PIT"))?;
+
+    let signals = signal_fd().map_err(host("signal handling"))?;
+    install_kick_handler().map_err(|e| VmError::Host {
+        what: "vCPU kick signal",
+        source: std::io::Error::from_raw_os_error(e.errno()),
+    })?;
+
+    let (stop_tx, stop_rx) = mpsc::channel();
+    let state = RunState::new(stop_tx);
+    let stats = Arc::new(Stats::new(usize::from(config.vcpus)));
+
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+
+    let (console_target, console_in) = open_console(&config.console)?;
+    let serial_irq = IrqTrigger::new().map_err(host("serial IRQ"))?;
+    vm.register_irqfd(&serial_irq.0, COM1_IRQ)
+        .map_err(kvm_setup("register the serial IRQ"))?;
+    let serial = Arc::new(Mutex::new(Serial::new(serial_irq, console_target.clone())));
+    pio.insert(COM1_BASE, COM1_LEN, serial.clone())?;
+    pio.insert(
+        I8042_BASE,
+        I8042_LEN,
+        Arc::new(Mutex::new(I8042::new(ResetToStop(state.clone())))),
+    )?;
+
+    // Virtio devices: disks, then NICs, then the rng.
+    let mut devices: Vec<(Box<dyn VirtioDevice>, Option<RawFd>)> = Vec::new();
+    for (i, d) in config.disks.iter().enumerate() {
+        let name = format!("vd{}", (b'a' + (i % 26) as u8) as char);
+        let s = stats.device(name.clone());
+        let id = format!("hull-{name}");
+        devices.push((Box::new(Block::open(&d.path, d.read_only, &id, s)?), None));
+    }
+    for (i, n) in config.nets.iter().enumerate() {
+        let tap = match n {
+            NetConfig::Fd(fd) => Tap::from_passed_fd(*fd)?,
+            NetConfig::Tap(name) => Tap::open_named(name)?,
+        };
+        let mac = [
+            0x02,
+            0x68,
+            0x75,
+            0x6c,
+            (std::process::id() & 0xff) as u8,
+            i as u8,
+        ];
+        let net = Net::new(Box::new(tap), mac, stats.device(format!("net{i}")));
+        let fd = net.raw_fd();
+        devices.push((Box::new(net), Some(fd)));
+    }
+    devices.push((
+        Box::new(Rng::new(Box::new(GetRandom), stats.device("rng0".into()))),
+        None,
+    ));
+
+    let mut extra_cmdline = Vec::new();
+    let mut placed = Vec::new();
+    for (i, (dev, net_fd)) in devices.into_iter().enumerate() {
+        let irq = VIRTIO_IRQ_BASE + i as u32;
+        if irq > IRQ_MAX {
+            return Err(VmError::TooManyDevices(
+                (IRQ_MAX - VIRTIO_IRQ_BASE + 1) as usize,
+            ));
+        }
+        let addr = MMIO_GAP_START + i as u64 * VIRTIO_MMIO_SIZE;
+        let interrupt = Interrupt::new().map_err(host("virtio IRQ"))?;
+        vm.register_irqfd(&interrupt.irqfd, irq)
+            .map_err(kvm_setup("register a virtio IRQ"))?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(dev, mem.clone(), interrupt)?));
+        mmio.insert(addr, VIRTIO_MMIO_SIZE, transport.clone())?;
+        extra_cmdline.push(format!("virtio_mmio.device=4K@{addr:#x}:{irq}"));
+        placed.push(Placed { transport, net_fd });
+    }
+
+    let cmdline = boot::build_cmdline(&config.cmdline, &extra_cmdline)?;
+    let entry = boot::load(
+        &mem,
+        mem_bytes,
+        &config.kernel,
+        config.initrd.as_deref(),
+        &cmdline,
+        config.vcpus,
+    )?;
+    regs::write_boot_tables(&mem).map_err(|source| VmError::Vcpu { id: 0, source })?;
+
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_setup("report supported CPUID"))?;
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(mmio);
+    let mut vcpus = Vec::new();
+    for id in 0..config.vcpus {
+        let vcpu_err = |source| VmError::Vcpu { id, source };
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_setup("create a vCPU"))?;
+        let mut cpuid = supported.clone();
+        boot::cpuid::filter(cpuid.as_mut_slice(), id, config.vcpus);
+        fd.set_cpuid2(&cpuid).map_err(kvm_setup("set CPUID"))?;
+        regs::setup_msrs(&fd).map_err(vcpu_err)?;
+        regs::setup_vcpu(&fd, entry.entry.raw_value()).map_err(vcpu_err)?;
+        regs::setup_lapic(&fd).map_err(vcpu_err)?;
+        vcpus.push(Vcpu {
+            id,
+            fd,
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            state: state.clone(),
+            stats: stats.vcpus[usize::from(id)].clone(),
+        });
+    }
+
+    if let Some(path) = &config.control {
+        control::spawn(
+            path,
+            Controller {
+                state: state.clone(),
+                stats: stats.clone(),
+                vcpus: usize::from(config.vcpus),
+            },
+        )?;
+    }
+
+    let nets: Vec<(RawFd, Arc<Mutex<MmioTransport>>)> = placed
+        .iter()
+        .filter_map(|p| p.net_fd.map(|fd| (fd, p.transport.clone())))
+        .collect();
+    let event_loop = EventLoop {
+        epoll: Epoll::new().map_err(host("event loop"))?,
+        signals,
+        console_in,
+        console_target,
+        console_client: None,
+        serial: serial.clone(),
+        nets,
+        state: state.clone(),
+    };
+    event_loop.register().map_err(host("event loop"))?;
+    std::thread::Builder::new()
+        .name("vmm-events".into())
+        .spawn(move || event_loop.run())
+        .map_err(host("event loop thread"))?;
+
+    for v in vcpus {
+        let name = format!("vcpu{}", v.id);
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || v.run())
+            .map_err(host("vCPU thread"))?;
+    }
+
+    let reason = stop_rx
+        .recv()
+        .unwrap_or_else(|_| StopReason::VmmFailure("all stop senders vanished".into()));
+    lock(&serial).flush();
+    // Keep guest memory mapped until here: vCPU threads may still be inside KVM_RUN and die
+    // with the process.
+    drop(placed);
+    Ok(reason)
+}
+
+/// Host-side events: signals, console input, TAP readiness.
+struct EventLoop {
+    epoll: Epoll,
+    signals: File,
+    console_in: ConsoleInput,
+    console_target: ConsoleTarget,
+    console_client: Option<std::os::unix::net::UnixStream>,
+    serial: Arc<Mutex<Serial>>,
+    nets: Vec<(RawFd, Arc<Mutex<MmioTransport>>)>,
+    state: Arc<RunState>,
+}
+
+impl EventLoop {
+    fn add(&self, fd: RawFd, events: EventSet, token: u64) -> std::io::Result<()> {
+        self.epoll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+    }
+
+    fn register(&self) -> std::io::Result<()> {
+        self.add(self.signals.as_raw_fd(), EventSet::IN, TOKEN_SIGNAL)?;
+        match &self.console_in {
+            // stdin may be /dev/null or a regular file, which epoll refuses: no input then.
+            ConsoleInput::Fd(fd) => {
+                let _ = self.add(*fd, EventSet::IN, TOKEN_CONSOLE_IN);
+            }
+            ConsoleInput::Pty(_, fd) => self.add(*fd, EventSet::IN, TOKEN_CONSOLE_IN)?,
+            ConsoleInput::Listener(l) => {
+                self.add(l.as_raw_fd(), EventSet::IN, TOKEN_CONSOLE_LISTEN)?
+            }
+        }
+        for (i, (fd, _)) in self.nets.iter().enumerate() {
+            // Edge-triggered: frames left in the TAP while the guest has no RX buffers are
+            // picked up when it adds some, without the loop spinning meanwhile.
+            self.add(
+                *fd,
+                EventSet::IN | EventSet::EDGE_TRIGGERED,
+                TOKEN_NET_BASE + i as u64,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn console_input(&mut self) {
+        let mut buf = [0u8; 64];
+        let n = match &mut self.console_in {
+            ConsoleInput::Fd(fd) => {
+                // SAFETY: reads into a local buffer of the given length from an fd that stays
+                // open for the life of the process (stdin).
+                let n = unsafe { libc::read(*fd, buf.as_mut_ptr().cast(), buf.len()) };
+                usize::try_from(n).unwrap_or(0)
+            }
+            ConsoleInput::Pty(f, _) => f.read(&mut buf).unwrap_or(0),
+            ConsoleInput::Listener(_) => match &mut self.console_client {
+                Some(c) => c.read(&mut buf).unwrap_or(0),
+                None => 0,
+            },
+        };
+        if n == 0 {
+            // EOF or error: stop watching this source.
+            let fd = match &self.console_in {
+                ConsoleInput::Fd(fd) | ConsoleInput::Pty(_, fd) => Some(*fd),
+                ConsoleInput::Listener(_) => self.console_client.as_ref().map(|c| c.as_raw_fd()),
+            };
+            if let Some(fd) = fd {
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            }
+            self.console_client = None;
+            return;
+        }
+        // A full FIFO drops input, as a UART without flow control does.
+        lock(&self.serial).enqueue(&buf[..n]);
+    }
+
+    fn accept_console(&mut self) {
+        let ConsoleInput::Listener(l) = &self.console_in else {
+            return;
+        };
+        let Ok((stream, _)) = l.accept() else {
+            return;
+        };
+        // One client at a time: a new one replaces the old.
+        if let Some(old) = self.console_client.take() {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                old.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
+        let Ok(out) = stream.try_clone() else {
+            return;
+        };
+        *lock(&self.console_target) = Some(Box::new(out) as Box<dyn Write + Send>);
+        if self
+            .add(stream.as_raw_fd(), EventSet::IN, TOKEN_CONSOLE_IN)
+            .is_ok()
+        {
+            self.console_client = Some(stream);
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = vec![EpollEvent::default(); 16];
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.state
+                        .stop(StopReason::VmmFailure(format!("event loop failed: {e}")));
+                    return;
+                }
+            };
+            for ev in events.iter().take(n) {
+                match ev.data() {
+                    TOKEN_SIGNAL => {
+                        let mut info = [0u8; 128];
+                        let _ = self.signals.read(&mut info);
+                        let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+                        let name = if signo == libc::SIGINT as u32 {
+                            "SIGINT"
+                        } else {
+                            "SIGTERM"
+                        };
+                        self.state
+                            .stop(StopReason::Requested(format!("{name} received")));
+                    }
+                    TOKEN_CONSOLE_IN => self.console_input(),
+                    TOKEN_CONSOLE_LISTEN => self.accept_console(),
+                    t if t >= TOKEN_NET_BASE => {
+                        let idx = (t - TOKEN_NET_BASE) as usize;
+                        if let Some((_, tr)) = self.nets.get(idx) {
+                            lock(tr).host_event();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! KVM tier: runs the real `vmm` binary on the freestanding test guest (images/testguest).
+//! Needs /dev/kvm, so every test is ignored by default; run with
+//! `cargo nextest run -p hull-vmm --run-ignored all`.
+
+// Test helpers: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const VMM: &str = env!("CARGO_BIN_EXE_vmm");
+const GUEST: &str = env!("HULL_TESTGUEST");
+const DISK_SECTORS: usize = 8192;
+
+fn guest() -> &'static str {
+    assert!(
+        !GUEST.is_empty() && Path::new(GUEST).exists(),
+        "the test guest was not built (is gcc installed?): {GUEST:?}"
+    );
+    GUEST
+}
+
+/// A raw disk with the magic the guest checks in sector 0.
+fn make_disk(dir: &Path) -> PathBuf {
+    let p = dir.join("disk.img");
+    let mut data = vec![0u8; DISK_SECTORS * 512];
+    data[..8].copy_from_slice(b"HULLDISK");
+    std::fs::write(&p, &data).unwrap();
+    p
+}
+
+/// An initrd the guest recognises: magic plus its own length.
+fn make_initrd(dir: &Path) -> PathBuf {
+    let p = dir.join("initrd.img");
+    let size = 12_345u64;
+    let mut data = vec![0x11u8; size as usize];
+    data[..8].copy_from_slice(b"HULLRD01");
+    data[8..16].copy_from_slice(&size.to_le_bytes());
+    std::fs::write(&p, &data).unwrap();
+    p
+}
+
+/// Answers the guest's "ping" frame with a "pong" frame. Datagram socket pairs see no EOF
+/// when the VMM exits, so this stops after the first answer (or a timeout).
+fn spawn_echo(peer: UnixDatagram) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        peer.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = peer.recv(&mut buf) {
+            let frame = &mut buf[..n];
+            if let Some(pos) = frame.windows(18).position(|w| w == b"hull-net-test ping") {
+                frame[pos + 14..pos + 18].copy_from_slice(b"pong");
+                return usize::from(peer.send(frame).is_ok());
+            }
+        }
+        0
+    })
+}
+
+/// Runs vmm with `args`; when `net` is given, its fd becomes fd 3 in the child.
+fn run_vmm(args: &[&str], net: Option<&UnixDatagram>) -> Output {
+    let mut cmd = Command::new(VMM);
+    cmd.args(args).stdin(Stdio::null());
+    if let Some(sock) = net {
+        let fd = sock.as_raw_fd();
+        // SAFETY: dup2 is async-signal-safe; it runs in the forked child before exec and
+        // only duplicates an fd the parent keeps open.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_pass(out: &str, line: &str) {
+    assert!(
+        out.lines()
+            .any(|l| l.contains("testguest: PASS") && l.contains(line)),
+        "missing PASS line containing {line:?} in:\n{out}"
+    );
+}
+
+fn full_run(vcpus: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = make_disk(dir.path());
+    let initrd = make_initrd(dir.path());
+    let (ours, theirs) = UnixDatagram::pair().unwrap();
+    let echo = spawn_echo(ours);
+    let cmdline = format!("console=ttyS0 testguest.cpus={vcpus} testguest.net_echo=1");
+    let vc = vcpus.to_string();
+    let out = run_vmm(
+        &[
+            "--kernel",
+            guest(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--vcpus",
+            &vc,
+            "--mem-mib",
+            "64",
+            "--disk",
+            disk.to_str().unwrap(),
+            "--tap-fd",
+            "3",
+            "--cmdline",
+            &cmdline,
+        ],
+        Some(&theirs),
+    );
+    drop(theirs);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "vmm failed: {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    for line in [
+        "zeropage: setup header",
+        "e820: map present",
+        "cmdline: ",
+        "initrd: at",
+        "cpuid: bsp apic id 0",
+        &format!("mptable: {vcpus} enabled cpus"),
+        "blk0: read sector 0, magic HULLDISK",
+        "blk0: write sector 1",
+        "blk0: read sectors 0-1 through split buffers, data matches",
+        "blk0: flush",
+        "blk0: get-id \"hull-vda\"",
+        "blk0: read past the end refused",
+        "rng: read 64 random bytes",
+        "net: sent a frame",
+        "net: received the peer's answer",
+    ] {
+        assert_pass(&stdout, line);
+    }
+    assert!(stdout.contains("magic and length match"), "{stdout}");
+    assert!(stdout.contains("testguest: ALL PASS"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    // The guest's write reached the host file.
+    let data = std::fs::read(&disk).unwrap();
+    assert_eq!(&data[512..521], b"HULLWROTE");
+    assert!(
+        echo.join().unwrap() >= 1,
+        "the guest's frame never reached the peer"
+    );
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_testguest_passes_with_1_vcpu() {
+    full_run(1);
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_testguest_passes_with_2_vcpus() {
+    full_run(2);
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_read_only_disk_refuses_guest_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = make_disk(dir.path());
+    let before = std::fs::read(&disk).unwrap();
+    let ro = format!("{},ro", disk.display());
+    let out = run_vmm(&["--kernel", guest(), "--disk", &ro], None);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert_pass(
+        &stdout,
+        "blk0: write to a read-only disk refused with IOERR",
+    );
+    assert!(stdout.contains("testguest: ALL PASS"), "{stdout}");
+    assert_eq!(std::fs::read(&disk).unwrap(), before);
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_bad_kernel_path_is_a_clear_error() {
+    let out = run_vmm(&["--kernel", "/nonexistent/hull-kernel"], None);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot read kernel /nonexistent/hull-kernel"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("No such file"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, vec![0x5au8; 4096]).unwrap();
+    let out = run_vmm(&["--kernel", junk.to_str().unwrap()], None);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is not a loadable x86-64 ELF or bzImage"),
+        "{stderr}"
+    );
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_bad_disk_path_is_a_clear_error() {
+    let out = run_vmm(
+        &["--kernel", guest(), "--disk", "/nonexistent/disk.img"],
+        None,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot open disk image /nonexistent/disk.img"),
+        "{stderr}"
+    );
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_triple_fault_is_reported_not_crashed() {
+    let out = run_vmm(
+        &[
+            "--kernel",
+            guest(),
+            "--cmdline",
+            "console=ttyS0 testguest.fault=1",
+        ],
+        None,
+    );
+    let stderr = text(&out.stderr);
+    assert!(text(&out.stdout).contains("triple-faulting on request"));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    // Real KVM reports KVM_EXIT_SHUTDOWN; this host's nested PVM KVM fails to emulate the
+    // faulting delivery instead and reports an internal error. Both must end the VM cleanly.
+    assert!(
+        stderr.contains("vmm: guest stopped abnormally: vCPU 0: guest triple fault")
+            || stderr.contains("vmm: guest stopped abnormally: vCPU 0: KVM internal error"),
+        "{stderr}"
+    );
+}
+
+fn wait_for(path: &Path) {
+    let t = Instant::now();
+    while !path.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn request(s: &mut BufReader<UnixStream>, line: &str) -> serde_json::Value {
+    s.get_mut()
+        .write_all(format!("{line}\n").as_bytes())
+        .unwrap();
+    let mut reply = String::new();
+    s.read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap()
+}
+
+/// Starts a guest that halts after its checks, with a control socket, and waits until it
+/// says it is holding. Returns the child (stdout already consumed) and the socket path.
+fn start_holding(dir: &Path, vcpus: &str) -> (std::process::Child, PathBuf) {
+    let ctl = dir.join("ctl.sock");
+    let disk = make_disk(dir);
+    let mut child = Command::new(VMM)
+        .args([
+            "--kernel",
+            guest(),
+            "--vcpus",
+            vcpus,
+            "--disk",
+            disk.to_str().unwrap(),
+            "--control",
+            ctl.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 testguest.hold=1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("testguest: holding") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the guest never reached its holding point");
+    wait_for(&ctl);
+    (child, ctl)
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_control_socket_pause_stats_resume_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, ctl) = start_holding(dir.path(), "2");
+    let mut s = BufReader::new(UnixStream::connect(&ctl).unwrap());
+    let r = request(&mut s, r#"{"cmd":"stats"}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    let devices = r["stats"]["devices"].as_array().unwrap();
+    let dev = |name: &str| devices.iter().find(|d| d["name"] == name).unwrap().clone();
+    // Sector 0, sectors 0-1 and get-id's 20 bytes in; sector 1 out.
+    assert_eq!(dev("vda")["read_bytes"], 512 + 1024);
+    assert_eq!(dev("vda")["written_bytes"], 512);
+    assert_eq!(dev("rng0")["read_bytes"], 64);
+    assert_eq!(r["stats"]["vcpus"].as_array().unwrap().len(), 2);
+    assert!(
+        r["stats"]["vcpus"][0]["exits_io"].as_u64().unwrap() > 100,
+        "{r}"
+    );
+    assert!(
+        r["stats"]["vcpus"][0]["exits_mmio"].as_u64().unwrap() > 10,
+        "{r}"
+    );
+    assert_eq!(request(&mut s, r#"{"cmd":"pause"}"#)["ok"], true);
+    assert_eq!(request(&mut s, r#"{"cmd":"resume"}"#)["ok"], true);
+    let bad = request(&mut s, r#"{"cmd":"explode"}"#);
+    assert_eq!(bad["ok"], false);
+    assert_eq!(request(&mut s, r#"{"cmd":"shutdown"}"#)["ok"], true);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!ctl.exists(), "the control socket is removed on exit");
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_sigterm_stops_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, _ctl) = start_holding(dir.path(), "1");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} {}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+}

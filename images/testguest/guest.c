@@ -1,0 +1,870 @@
+/*
+ * hull test guest: a freestanding x86-64 program entered through the same 64-bit Linux boot
+ * path hull's vmm uses for a kernel (or through PVH under qemu -M microvm). It checks what the
+ * VMM handed over (zero page, e820, command line, initrd, MP table), drives the virtio-mmio
+ * devices declared on the command line by polling (no interrupts), prints one PASS or FAIL
+ * line per check on the 8250 at 0x3f8 and resets through the i8042.
+ *
+ * Command-line switches read here (all optional):
+ *   virtio_mmio.device=SIZE@ADDR:IRQ   a device to probe (as Linux reads it)
+ *   testguest.cpus=N                   expect N enabled processors in the MP table
+ *   testguest.net_echo=1               expect the peer to answer our frame with "pong"
+ *   testguest.blk_io=N                 also time N sequential + N random 4 KiB reads
+ *   testguest.hold=1                   after the checks, halt instead of resetting
+ *   testguest.fault=1                  triple-fault right after boot (VMM error paths)
+ */
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long u64;
+typedef unsigned long size_t;
+
+#define QSZ 16
+#define SPIN_LIMIT 400000000UL
+
+/* ---------- libc bits gcc may call ---------- */
+
+void *memset(void *d, int c, size_t n)
+{
+	u8 *p = d;
+	while (n--)
+		*p++ = (u8)c;
+	return d;
+}
+
+void *memcpy(void *d, const void *s, size_t n)
+{
+	u8 *p = d;
+	const u8 *q = s;
+	while (n--)
+		*p++ = *q++;
+	return d;
+}
+
+int memcmp(const void *a, const void *b, size_t n)
+{
+	const u8 *p = a, *q = b;
+	for (; n; n--, p++, q++)
+		if (*p != *q)
+			return *p - *q;
+	return 0;
+}
+
+static size_t strlen(const char *s)
+{
+	size_t n = 0;
+	while (s[n])
+		n++;
+	return n;
+}
+
+/* ---------- port and MMIO access ---------- */
+
+static inline void outb(u16 port, u8 v)
+{
+	__asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
+}
+
+static inline u8 inb(u16 port)
+{
+	u8 v;
+	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+static inline u32 mmio_read32(u64 addr)
+{
+	return *(volatile u32 *)addr;
+}
+
+static inline void mmio_write32(u64 addr, u32 v)
+{
+	*(volatile u32 *)addr = v;
+}
+
+static inline void barrier(void)
+{
+	__asm__ volatile("lock; addl $0, (%%rsp)" : : : "memory");
+}
+
+static inline u64 rdtsc(void)
+{
+	u32 lo, hi;
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((u64)hi << 32) | lo;
+}
+
+static inline void cpuid(u32 leaf, u32 sub, u32 *a, u32 *b, u32 *c, u32 *d)
+{
+	__asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(sub));
+}
+
+/* ---------- serial output ---------- */
+
+static void putc(char c)
+{
+	int spins = 100000;
+	while (!(inb(0x3fd) & 0x20) && spins--)
+		;
+	outb(0x3f8, (u8)c);
+}
+
+static void puts(const char *s)
+{
+	for (; *s; s++) {
+		if (*s == '\n')
+			putc('\r');
+		putc(*s);
+	}
+}
+
+static void put_hex(u64 v)
+{
+	char buf[19];
+	int i;
+	buf[0] = '0';
+	buf[1] = 'x';
+	for (i = 0; i < 16; i++)
+		buf[2 + i] = "0123456789abcdef"[(v >> (60 - 4 * i)) & 0xf];
+	buf[18] = 0;
+	/* Trim leading zeros but keep at least one digit. */
+	for (i = 2; i < 17 && buf[i] == '0'; i++)
+		;
+	putc('0');
+	putc('x');
+	puts(buf + i);
+}
+
+static void put_dec(u64 v)
+{
+	char buf[21];
+	int i = 20;
+	buf[i] = 0;
+	do {
+		buf[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	puts(buf + i);
+}
+
+static int passed, failed;
+
+static void result(int ok, const char *name)
+{
+	puts(ok ? "testguest: PASS " : "testguest: FAIL ");
+	puts(name);
+	if (ok)
+		passed++;
+	else
+		failed++;
+}
+
+/* ---------- command line ---------- */
+
+static const char *cmdline = "";
+
+/* Returns the value of the next "key=" token at or after *pos, advancing *pos past it. */
+static const char *next_param(const char **pos, const char *key)
+{
+	size_t klen = strlen(key);
+	const char *p = *pos;
+	while (*p) {
+		while (*p == ' ')
+			p++;
+		const char *tok = p;
+		while (*p && *p != ' ')
+			p++;
+		if ((size_t)(p - tok) > klen && memcmp(tok, key, klen) == 0 && tok[klen] == '=') {
+			*pos = p;
+			return tok + klen + 1;
+		}
+	}
+	*pos = p;
+	return 0;
+}
+
+static const char *param(const char *key)
+{
+	const char *pos = cmdline;
+	return next_param(&pos, key);
+}
+
+/* memparse-like: decimal or 0x hex, optional K/M/G suffix. */
+static u64 parse_num(const char **s)
+{
+	const char *p = *s;
+	u64 v = 0;
+	if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
+		p += 2;
+		for (;;) {
+			char c = *p;
+			int d;
+			if (c >= '0' && c <= '9')
+				d = c - '0';
+			else if (c >= 'a' && c <= 'f')
+				d = c - 'a' + 10;
+			else if (c >= 'A' && c <= 'F')
+				d = c - 'A' + 10;
+			else
+				break;
+			v = v * 16 + (u64)d;
+			p++;
+		}
+	} else {
+		while (*p >= '0' && *p <= '9')
+			v = v * 10 + (u64)(*p++ - '0');
+	}
+	switch (*p) {
+	case 'G': case 'g': v <<= 10; /* fall through */
+	case 'M': case 'm': v <<= 10; /* fall through */
+	case 'K': case 'k': v <<= 10; p++; break;
+	default: break;
+	}
+	*s = p;
+	return v;
+}
+
+/* ---------- boot information ---------- */
+
+struct e820 {
+	u64 addr;
+	u64 size;
+	u32 type;
+} __attribute__((packed));
+
+#define MAX_E820 128
+static struct e820 map[MAX_E820];
+static u32 map_len;
+static u64 initrd_addr, initrd_size;
+
+extern char __bss_start[], __bss_end[];
+extern void load_page_tables(void);
+extern u64 pml4[], pdpt[], pd[];
+
+static int in_ram(u64 addr, u64 len)
+{
+	for (u32 i = 0; i < map_len; i++)
+		if (map[i].type == 1 && addr >= map[i].addr && addr + len <= map[i].addr + map[i].size)
+			return 1;
+	return 0;
+}
+
+static void read_zero_page(const u8 *zp)
+{
+	u32 n = zp[0x1e8];
+	const struct e820 *t = (const struct e820 *)(zp + 0x2d0);
+	if (n > MAX_E820)
+		n = MAX_E820;
+	for (u32 i = 0; i < n; i++)
+		map[i] = t[i];
+	map_len = n;
+	int hdr_ok = *(const u16 *)(zp + 0x1fe) == 0xaa55 && memcmp(zp + 0x202, "HdrS", 4) == 0;
+	result(hdr_ok, "zeropage: setup header has boot flag 0xaa55 and HdrS magic\n");
+	u64 cmd = *(const u32 *)(zp + 0x228) | ((u64) * (const u32 *)(zp + 0x0c8) << 32);
+	if (cmd)
+		cmdline = (const char *)cmd;
+	initrd_addr = *(const u32 *)(zp + 0x218) | ((u64) * (const u32 *)(zp + 0x0c0) << 32);
+	initrd_size = *(const u32 *)(zp + 0x21c) | ((u64) * (const u32 *)(zp + 0x0c4) << 32);
+}
+
+struct hvm_start_info {
+	u32 magic, version, flags, nr_modules;
+	u64 modlist_paddr, cmdline_paddr, rsdp_paddr, memmap_paddr;
+	u32 memmap_entries, reserved;
+};
+
+struct hvm_memmap {
+	u64 addr, size;
+	u32 type, reserved;
+};
+
+struct hvm_module {
+	u64 paddr, size, cmdline_paddr, reserved;
+};
+
+static void read_pvh(const struct hvm_start_info *si)
+{
+	result(si->magic == 0x336ec578, "pvh: start info magic\n");
+	if (si->cmdline_paddr)
+		cmdline = (const char *)si->cmdline_paddr;
+	const struct hvm_memmap *m = (const struct hvm_memmap *)si->memmap_paddr;
+	u32 n = si->version >= 1 && m ? si->memmap_entries : 0;
+	if (n > MAX_E820)
+		n = MAX_E820;
+	for (u32 i = 0; i < n; i++) {
+		map[i].addr = m[i].addr;
+		map[i].size = m[i].size;
+		map[i].type = m[i].type;
+	}
+	map_len = n;
+	if (si->nr_modules && si->modlist_paddr) {
+		const struct hvm_module *mod = (const struct hvm_module *)si->modlist_paddr;
+		initrd_addr = mod->paddr;
+		initrd_size = mod->size;
+	}
+}
+
+static void check_boot_info(void)
+{
+	u64 ram = 0;
+	int covers_us = in_ram((u64)&__bss_start, 4096);
+	for (u32 i = 0; i < map_len; i++) {
+		puts("testguest: e820 ");
+		put_hex(map[i].addr);
+		puts(" +");
+		put_hex(map[i].size);
+		puts(map[i].type == 1 ? " ram\n" : " reserved\n");
+		if (map[i].type == 1)
+			ram += map[i].size;
+	}
+	result(map_len > 0 && covers_us, "e820: map present and covers the guest image, ");
+	put_dec(ram >> 20);
+	puts(" MiB RAM\n");
+
+	size_t len = strlen(cmdline);
+	result(len > 0 && len < 4096, "cmdline: \"");
+	puts(cmdline);
+	puts("\"\n");
+
+	if (initrd_size) {
+		const u8 *rd = (const u8 *)initrd_addr;
+		int ok = in_ram(initrd_addr, initrd_size) && initrd_addr >= 0x100000;
+		/* An initrd made by hull's tests starts with a magic and its own length. */
+		int ours = initrd_size >= 16 && memcmp(rd, "HULLRD01", 8) == 0;
+		if (ours)
+			ok = ok && *(const u64 *)(rd + 8) == initrd_size;
+		result(ok, "initrd: at ");
+		put_hex(initrd_addr);
+		puts(", ");
+		put_dec(initrd_size);
+		puts(ours ? " bytes, in RAM, magic and length match\n" : " bytes, in RAM\n");
+	} else {
+		puts("testguest: initrd: none\n");
+	}
+}
+
+/* ---------- MP table ---------- */
+
+static u8 sum(const u8 *p, u32 n)
+{
+	u8 s = 0;
+	while (n--)
+		s += *p++;
+	return s;
+}
+
+static const u8 *find_mpf(u64 start, u64 len)
+{
+	for (u64 a = start; a + 16 <= start + len; a += 16) {
+		const u8 *p = (const u8 *)a;
+		if (memcmp(p, "_MP_", 4) == 0 && sum(p, 16) == 0)
+			return p;
+	}
+	return 0;
+}
+
+static void check_mptable(void)
+{
+	const u8 *mpf = find_mpf(0x9fc00, 0x400);
+	if (!mpf)
+		mpf = find_mpf(0xf0000, 0x10000);
+	const char *want_s = param("testguest.cpus");
+	u64 want = want_s ? parse_num(&want_s) : 0;
+	if (!mpf) {
+		result(want == 0, "mptable: no MP floating pointer found\n");
+		return;
+	}
+	const u8 *cfg = (const u8 *)(u64) * (const u32 *)(mpf + 4);
+	u16 len = cfg ? *(const u16 *)(cfg + 4) : 0;
+	if (!cfg || memcmp(cfg, "PCMP", 4) != 0 || len < 44 || sum(cfg, len) != 0) {
+		result(0, "mptable: configuration table missing or bad checksum\n");
+		return;
+	}
+	u16 count = *(const u16 *)(cfg + 34);
+	const u8 *e = cfg + 44, *end = cfg + len;
+	u32 cpus = 0, bsps = 0, ioapics = 0;
+	for (u16 i = 0; i < count && e < end; i++) {
+		if (e[0] == 0) {
+			if (e[3] & 1)
+				cpus++;
+			if (e[3] & 2)
+				bsps++;
+			e += 20;
+		} else {
+			if (e[0] == 2)
+				ioapics++;
+			e += 8;
+		}
+	}
+	int ok = bsps == 1 && (want == 0 || cpus == want);
+	result(ok, "mptable: ");
+	put_dec(cpus);
+	puts(" enabled cpus, ");
+	put_dec(bsps);
+	puts(" bsp, ");
+	put_dec(ioapics);
+	puts(" ioapic");
+	if (want) {
+		puts(", expected ");
+		put_dec(want);
+	}
+	puts("\n");
+}
+
+static void check_cpuid(void)
+{
+	u32 a, b, c, d;
+	cpuid(1, 0, &a, &b, &c, &d);
+	u32 apic = b >> 24;
+	/* The hypervisor bit tells us the VMM's CPUID filter ran; the BSP has APIC id 0. */
+	result(apic == 0, "cpuid: bsp apic id ");
+	put_dec(apic);
+	puts((c >> 31) & 1 ? ", hypervisor bit set\n" : ", hypervisor bit clear\n");
+}
+
+/* ---------- virtio-mmio ---------- */
+
+#define VIRTIO_MAGIC 0x74726976
+enum {
+	R_MAGIC = 0x000, R_VERSION = 0x004, R_DEVICE_ID = 0x008, R_DEV_FEAT = 0x010,
+	R_DEV_FEAT_SEL = 0x014, R_DRV_FEAT = 0x020, R_DRV_FEAT_SEL = 0x024, R_QUEUE_SEL = 0x030,
+	R_QUEUE_NUM_MAX = 0x034, R_QUEUE_NUM = 0x038, R_QUEUE_READY = 0x044,
+	R_QUEUE_NOTIFY = 0x050, R_INT_STATUS = 0x060, R_INT_ACK = 0x064, R_STATUS = 0x070,
+	R_DESC_LO = 0x080, R_DESC_HI = 0x084, R_AVAIL_LO = 0x090, R_AVAIL_HI = 0x094,
+	R_USED_LO = 0x0a0, R_USED_HI = 0x0a4, R_CONFIG = 0x100,
+};
+enum { S_ACK = 1, S_DRIVER = 2, S_DRIVER_OK = 4, S_FEATURES_OK = 8, S_FAILED = 128 };
+
+struct desc {
+	u64 addr;
+	u32 len;
+	u16 flags;
+	u16 next;
+};
+#define D_NEXT 1
+#define D_WRITE 2
+
+struct vring {
+	struct desc desc[QSZ];
+	struct {
+		u16 flags, idx, ring[QSZ], used_event;
+	} avail __attribute__((aligned(256)));
+	struct {
+		u16 flags, idx;
+		struct {
+			u32 id, len;
+		} ring[QSZ];
+		u16 avail_event;
+	} used __attribute__((aligned(256)));
+} __attribute__((aligned(4096)));
+
+static struct vring rings[12];
+static u32 rings_used;
+
+struct vq {
+	u64 base;
+	u32 index;
+	struct vring *r;
+	u16 avail_idx, used_idx;
+};
+
+struct vdev {
+	u64 base;
+	u32 irq;
+	u32 id;
+	u64 features;
+};
+
+static int vdev_init(struct vdev *d, u64 want)
+{
+	u64 b = d->base;
+	mmio_write32(b + R_STATUS, 0);
+	mmio_write32(b + R_STATUS, S_ACK);
+	mmio_write32(b + R_STATUS, S_ACK | S_DRIVER);
+	mmio_write32(b + R_DEV_FEAT_SEL, 0);
+	u64 f = mmio_read32(b + R_DEV_FEAT);
+	mmio_write32(b + R_DEV_FEAT_SEL, 1);
+	f |= (u64)mmio_read32(b + R_DEV_FEAT) << 32;
+	d->features = f & (want | (1UL << 32));
+	mmio_write32(b + R_DRV_FEAT_SEL, 0);
+	mmio_write32(b + R_DRV_FEAT, (u32)d->features);
+	mmio_write32(b + R_DRV_FEAT_SEL, 1);
+	mmio_write32(b + R_DRV_FEAT, (u32)(d->features >> 32));
+	mmio_write32(b + R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+	if (!(mmio_read32(b + R_STATUS) & S_FEATURES_OK) || !(f & (1UL << 32)))
+		return 0;
+	return 1;
+}
+
+static int vq_init(struct vdev *d, struct vq *q, u32 index)
+{
+	u64 b = d->base;
+	if (rings_used >= sizeof(rings) / sizeof(rings[0]))
+		return 0;
+	q->r = &rings[rings_used++];
+	memset(q->r, 0, sizeof(*q->r));
+	q->base = b;
+	q->index = index;
+	q->avail_idx = q->used_idx = 0;
+	mmio_write32(b + R_QUEUE_SEL, index);
+	u32 max = mmio_read32(b + R_QUEUE_NUM_MAX);
+	if (max < QSZ)
+		return 0;
+	mmio_write32(b + R_QUEUE_NUM, QSZ);
+	u64 da = (u64)&q->r->desc, aa = (u64)&q->r->avail, ua = (u64)&q->r->used;
+	mmio_write32(b + R_DESC_LO, (u32)da);
+	mmio_write32(b + R_DESC_HI, (u32)(da >> 32));
+	mmio_write32(b + R_AVAIL_LO, (u32)aa);
+	mmio_write32(b + R_AVAIL_HI, (u32)(aa >> 32));
+	mmio_write32(b + R_USED_LO, (u32)ua);
+	mmio_write32(b + R_USED_HI, (u32)(ua >> 32));
+	mmio_write32(b + R_QUEUE_READY, 1);
+	return mmio_read32(b + R_QUEUE_READY) == 1;
+}
+
+static void vdev_ready(struct vdev *d)
+{
+	mmio_write32(d->base + R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+}
+
+/* Offers the chain starting at descriptor `head`, without notifying. */
+static void vq_offer(struct vq *q, u16 head)
+{
+	q->r->avail.ring[q->avail_idx % QSZ] = head;
+	barrier();
+	q->avail_idx++;
+	*(volatile u16 *)&q->r->avail.idx = q->avail_idx;
+	barrier();
+}
+
+static void vq_notify(struct vq *q)
+{
+	mmio_write32(q->base + R_QUEUE_NOTIFY, q->index);
+}
+
+/* Waits for one used element; returns its length or -1 on timeout. */
+static long vq_wait(struct vq *q, u64 spins)
+{
+	while (*(volatile u16 *)&q->r->used.idx == q->used_idx)
+		if (!spins--)
+			return -1;
+	barrier();
+	u32 len = q->r->used.ring[q->used_idx % QSZ].len;
+	q->used_idx++;
+	/* Exercise the interrupt status/ack pair even though we poll. */
+	u32 isr = mmio_read32(q->base + R_INT_STATUS);
+	if (isr)
+		mmio_write32(q->base + R_INT_ACK, isr);
+	return len;
+}
+
+static void set_desc(struct vq *q, u16 i, void *addr, u32 len, u16 flags)
+{
+	q->r->desc[i].addr = (u64)addr;
+	q->r->desc[i].len = len;
+	q->r->desc[i].flags = flags;
+	q->r->desc[i].next = (u16)(i + 1);
+}
+
+/* ---------- virtio-blk ---------- */
+
+struct blk_req {
+	u32 type, reserved;
+	u64 sector;
+};
+
+static struct blk_req breq;
+static volatile u8 bstatus;
+static u8 sect_a[4096] __attribute__((aligned(4096)));
+static u8 sect_b[4096] __attribute__((aligned(4096)));
+
+/* One request: header, then `n` data buffers of `len` bytes each, then the status byte. */
+static int blk_io(struct vq *q, u32 type, u64 sector, u8 **bufs, u32 n, u32 len)
+{
+	breq.type = type;
+	breq.reserved = 0;
+	breq.sector = sector;
+	bstatus = 0xff;
+	u16 i = 0;
+	set_desc(q, i++, &breq, sizeof(breq), D_NEXT);
+	for (u32 k = 0; k < n; k++)
+		set_desc(q, i++, bufs[k], len, D_NEXT | (type == 1 ? 0 : D_WRITE));
+	set_desc(q, i, (void *)&bstatus, 1, D_WRITE);
+	vq_offer(q, 0);
+	vq_notify(q);
+	if (vq_wait(q, SPIN_LIMIT) < 0)
+		return -1;
+	return bstatus;
+}
+
+static void test_blk(struct vdev *d, int n)
+{
+	struct vq q;
+	char name[8] = "blk0: ";
+	name[3] = (char)('0' + n);
+	/* RO (5), BLK_SIZE (6), FLUSH (9) */
+	if (!vdev_init(d, (1UL << 5) | (1UL << 6) | (1UL << 9)) || !vq_init(d, &q, 0)) {
+		result(0, name);
+		puts("device setup failed\n");
+		return;
+	}
+	vdev_ready(d);
+	u64 cap = mmio_read32(d->base + R_CONFIG) | ((u64)mmio_read32(d->base + R_CONFIG + 4) << 32);
+	int ro = (d->features >> 5) & 1;
+	puts("testguest: ");
+	puts(name);
+	put_dec(cap);
+	puts(ro ? " sectors, read-only\n" : " sectors, read-write\n");
+
+	u8 *bufs[2] = {sect_a, sect_b};
+	int st = blk_io(&q, 0, 0, bufs, 1, 512);
+	result(st == 0 && memcmp(sect_a, "HULLDISK", 8) == 0, name);
+	puts("read sector 0, magic HULLDISK\n");
+
+	/* Write sector 1 with a pattern and read it back through a two-descriptor chain. */
+	for (int i = 0; i < 512; i++)
+		sect_b[i] = (u8)(i * 7 + 3);
+	memcpy(sect_b, "HULLWROTE", 9);
+	u8 *wb[1] = {sect_b};
+	st = blk_io(&q, 1, 1, wb, 1, 512);
+	if (ro) {
+		result(st == 1, name);
+		puts("write to a read-only disk refused with IOERR\n");
+	} else {
+		result(st == 0, name);
+		puts("write sector 1\n");
+		memset(sect_a, 0, 1024);
+		u8 *rb[2] = {sect_a, sect_a + 512};
+		st = blk_io(&q, 0, 0, rb, 2, 512);
+		result(st == 0 && memcmp(sect_a + 512, sect_b, 512) == 0 &&
+			       memcmp(sect_a, "HULLDISK", 8) == 0,
+		       name);
+		puts("read sectors 0-1 through split buffers, data matches\n");
+	}
+
+	if ((d->features >> 9) & 1) {
+		st = blk_io(&q, 4, 0, bufs, 0, 0);
+		result(st == 0, name);
+		puts("flush\n");
+	}
+
+	memset(sect_a, 0, 32);
+	st = blk_io(&q, 8, 0, bufs, 1, 20);
+	result(st == 0 && sect_a[0] != 0, name);
+	puts("get-id \"");
+	sect_a[20] = 0;
+	puts((const char *)sect_a);
+	puts("\"\n");
+
+	st = blk_io(&q, 0, cap, bufs, 1, 512);
+	result(st == 1, name);
+	puts("read past the end refused with IOERR\n");
+
+	const char *io = param("testguest.blk_io");
+	u64 count = io ? parse_num(&io) : 0;
+	if (count && cap >= 16) {
+		u64 t0 = rdtsc(), seed = 12345;
+		int bad = 0;
+		for (u64 k = 0; k < count; k++)
+			bad |= blk_io(&q, 0, (k * 8) % (cap - 8), bufs, 1, 4096) != 0;
+		u64 t1 = rdtsc();
+		for (u64 k = 0; k < count; k++) {
+			seed = seed * 6364136223846793005UL + 1442695040888963407UL;
+			bad |= blk_io(&q, 0, ((seed >> 33) % (cap / 8)) * 8 % (cap - 8), bufs, 1, 4096) != 0;
+		}
+		u64 t2 = rdtsc();
+		result(!bad, name);
+		put_dec(count);
+		puts(" x 4 KiB reads: sequential ");
+		put_dec(t1 - t0);
+		puts(" tsc, random ");
+		put_dec(t2 - t1);
+		puts(" tsc\n");
+	}
+}
+
+/* ---------- virtio-rng ---------- */
+
+static u8 rng_buf[64];
+
+static void test_rng(struct vdev *d)
+{
+	struct vq q;
+	if (!vdev_init(d, 0) || !vq_init(d, &q, 0)) {
+		result(0, "rng: device setup failed\n");
+		return;
+	}
+	vdev_ready(d);
+	memset(rng_buf, 0, sizeof(rng_buf));
+	set_desc(&q, 0, rng_buf, sizeof(rng_buf), D_WRITE);
+	vq_offer(&q, 0);
+	vq_notify(&q);
+	long len = vq_wait(&q, SPIN_LIMIT);
+	int nonzero = 0;
+	for (u32 i = 0; i < sizeof(rng_buf); i++)
+		nonzero += rng_buf[i] != 0;
+	result(len == (long)sizeof(rng_buf) && nonzero > 16, "rng: read ");
+	put_dec(len < 0 ? 0 : (u64)len);
+	puts(" random bytes\n");
+}
+
+/* ---------- virtio-net ---------- */
+
+#define NET_HDR 12
+static u8 rx_buf[NET_HDR + 1518];
+static u8 tx_buf[NET_HDR + 64];
+
+static void test_net(struct vdev *d)
+{
+	struct vq rx, tx;
+	/* MAC (5) only: no offloads, no mergeable buffers. */
+	if (!vdev_init(d, 1UL << 5) || !vq_init(d, &rx, 0) || !vq_init(d, &tx, 1)) {
+		result(0, "net: device setup failed\n");
+		return;
+	}
+	vdev_ready(d);
+	u8 mac[6];
+	for (int i = 0; i < 6; i++)
+		mac[i] = *(volatile u8 *)(d->base + R_CONFIG + (u64)i);
+	puts("testguest: net: mac");
+	for (int i = 0; i < 6; i++) {
+		putc(i ? ':' : ' ');
+		putc("0123456789abcdef"[mac[i] >> 4]);
+		putc("0123456789abcdef"[mac[i] & 15]);
+	}
+	puts("\n");
+
+	memset(rx_buf, 0, sizeof(rx_buf));
+	set_desc(&rx, 0, rx_buf, sizeof(rx_buf), D_WRITE);
+	vq_offer(&rx, 0);
+	vq_notify(&rx);
+
+	memset(tx_buf, 0, sizeof(tx_buf));
+	u8 *f = tx_buf + NET_HDR;
+	memset(f, 0xff, 6);
+	memcpy(f + 6, mac, 6);
+	f[12] = 0x88;
+	f[13] = 0xb5;
+	memcpy(f + 14, "hull-net-test ping", 18);
+	set_desc(&tx, 0, tx_buf, sizeof(tx_buf), 0);
+	vq_offer(&tx, 0);
+	vq_notify(&tx);
+	result(vq_wait(&tx, SPIN_LIMIT) >= 0, "net: sent a frame\n");
+
+	const char *echo = param("testguest.net_echo");
+	if (echo && echo[0] == '1') {
+		long len = vq_wait(&rx, SPIN_LIMIT);
+		const u8 *g = rx_buf + NET_HDR;
+		result(len >= NET_HDR + 32 && g[12] == 0x88 && g[13] == 0xb5 &&
+			       memcmp(g + 14, "hull-net-test pong", 18) == 0,
+		       "net: received the peer's answer, ");
+		put_dec(len < 0 ? 0 : (u64)len);
+		puts(" bytes\n");
+	}
+}
+
+/* ---------- probing ---------- */
+
+static void probe_virtio(void)
+{
+	const char *pos = cmdline, *v;
+	int found = 0, blk = 0;
+	while ((v = next_param(&pos, "virtio_mmio.device"))) {
+		struct vdev d;
+		u64 size = parse_num(&v);
+		if (*v++ != '@')
+			continue;
+		d.base = parse_num(&v);
+		d.irq = *v == ':' ? (v++, (u32)parse_num(&v)) : 0;
+		found++;
+		if (size < 0x200 || mmio_read32(d.base + R_MAGIC) != VIRTIO_MAGIC ||
+		    mmio_read32(d.base + R_VERSION) != 2) {
+			result(0, "virtio: no modern virtio-mmio device at ");
+			put_hex(d.base);
+			puts("\n");
+			continue;
+		}
+		d.id = mmio_read32(d.base + R_DEVICE_ID);
+		puts("testguest: virtio: device type ");
+		put_dec(d.id);
+		puts(" at ");
+		put_hex(d.base);
+		puts(" irq ");
+		put_dec(d.irq);
+		puts("\n");
+		if (d.id == 2)
+			test_blk(&d, blk++);
+		else if (d.id == 4)
+			test_rng(&d);
+		else if (d.id == 1)
+			test_net(&d);
+	}
+	if (!found)
+		puts("testguest: virtio: no devices on the command line\n");
+}
+
+/* ---------- exit ---------- */
+
+static void __attribute__((noreturn)) triple_fault(void)
+{
+	struct {
+		u16 limit;
+		u64 base;
+	} __attribute__((packed)) idt = {0, 0};
+	__asm__ volatile("lidt %0; int3" : : "m"(idt));
+	for (;;)
+		__asm__ volatile("hlt");
+}
+
+static void __attribute__((noreturn)) reset(void)
+{
+	outb(0x64, 0xfe);
+	/* No i8042 (e.g. qemu microvm): triple fault with an empty IDT. */
+	triple_fault();
+}
+
+void __attribute__((noreturn)) guest_main(u64 info, int kind)
+{
+	/* The stack and page tables live outside [__bss_start, __bss_end). */
+	memset(__bss_start, 0, (size_t)(__bss_end - __bss_start));
+	if (kind == 0) {
+		/* The VMM's tables map 1 GiB; ours cover the LAPIC and virtio windows too. */
+		memset(pml4, 0, 4096 * 6);
+		pml4[0] = (u64)pdpt | 3;
+		for (u64 i = 0; i < 4; i++)
+			pdpt[i] = ((u64)pd + 4096 * i) | 3;
+		for (u64 i = 0; i < 2048; i++)
+			pd[i] = (i << 21) | 0x83;
+		load_page_tables();
+	}
+	puts("\ntestguest: hello from the hull test guest\n");
+	if (kind == 0) {
+		puts("testguest: boot: 64-bit Linux boot protocol\n");
+		read_zero_page((const u8 *)info);
+	} else {
+		puts("testguest: boot: PVH\n");
+		read_pvh((const struct hvm_start_info *)info);
+	}
+	const char *fault = param("testguest.fault");
+	if (fault && fault[0] == '1') {
+		puts("testguest: triple-faulting on request\n");
+		triple_fault();
+	}
+	check_boot_info();
+	check_cpuid();
+	check_mptable();
+	probe_virtio();
+	puts("testguest: done, ");
+	put_dec((u64)passed);
+	puts(" passed, ");
+	put_dec((u64)failed);
+	puts(" failed\n");
+	puts(failed == 0 && passed > 0 ? "testguest: ALL PASS\n" : "testguest: SOME FAILED\n");
+	const char *hold = param("testguest.hold");
+	if (hold && hold[0] == '1') {
+		puts("testguest: holding\n");
+		for (;;)
+			__asm__ volatile("cli; hlt");
+	}
+	reset();
+}
