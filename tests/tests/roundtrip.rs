@@ -1,0 +1,294 @@
+//! Acceptance 3: create/get/list/lookup/update/delete round-trip through vmadm and through
+//! curl on the socket; filters, -o/-s/-H/-p and lookup -j -1 behave as documented.
+
+use std::process::Command;
+
+use hull_tests::{Daemon, stderr, stdout};
+use serde_json::{Value, json};
+
+const IMG: &str = "11111111-2222-4333-8444-555555555555";
+
+fn created_uuid(o: &std::process::Output) -> String {
+    let err = stderr(o);
+    assert!(o.status.success(), "create failed: {err}");
+    err.trim()
+        .strip_prefix("Successfully created VM ")
+        .unwrap_or_else(|| panic!("unexpected create output {err:?}"))
+        .to_string()
+}
+
+fn setup() -> (Daemon, Vec<String>) {
+    let d = Daemon::start();
+    d.install_manifest(IMG, "zone-dataset");
+    assert!(
+        d.run("nictagadm", &["add", "-l", "admin"], None)
+            .status
+            .success()
+    );
+    let payloads = [
+        json!({"brand": "joyent", "image_uuid": IMG, "alias": "web01", "autoboot": false,
+               "max_physical_memory": 1024, "tags": {"role": "web"},
+               "nics": [{"nic_tag": "admin", "ips": ["192.0.2.11/24"]}]}),
+        json!({"brand": "joyent", "image_uuid": IMG, "alias": "web02", "autoboot": false,
+               "max_physical_memory": 512, "tags": {"role": "web"},
+               "nics": [{"nic_tag": "admin", "ip": "192.0.2.12", "netmask": "255.255.255.0"}]}),
+        json!({"brand": "kvm", "alias": "db01", "autoboot": false, "ram": 2048,
+               "tags": {"role": "db"}}),
+    ];
+    let uuids = payloads
+        .iter()
+        .map(|p| created_uuid(&d.vmadm(&["create"], Some(&p.to_string()))))
+        .collect();
+    (d, uuids)
+}
+
+#[test]
+fn vmadm_round_trip() {
+    let (d, uuids) = setup();
+    // get
+    let o = d.vmadm(&["get", &uuids[0]], None);
+    assert!(o.status.success());
+    let vm: Value = serde_json::from_str(&stdout(&o)).expect("get prints JSON");
+    assert_eq!(vm["alias"], "web01");
+    assert_eq!(vm["max_physical_memory"], 1024);
+    assert_eq!(vm["quota"], 10, "SmartOS default quota");
+    assert_eq!(vm["nics"][0]["interface"], "net0");
+    assert_eq!(vm["nics"][0]["primary"], true);
+
+    // list: default columns and sort (ram, then uuid)
+    let o = d.vmadm(&["list"], None);
+    let lines: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["UUID", "TYPE", "RAM", "STATE", "ALIAS"]
+    );
+    let aliases: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().last().unwrap_or(""))
+        .collect();
+    assert_eq!(aliases, ["web02", "web01", "db01"]);
+    // -o -s -H -p and filters
+    let o = d.vmadm(&["list", "-H", "-o", "alias,ram", "-s", "-ram"], None);
+    assert_eq!(stdout(&o), "db01   2048\nweb01  1024\nweb02  512\n");
+    let o = d.vmadm(
+        &[
+            "list",
+            "-p",
+            "-o",
+            "alias,nics.0.ips.0,tags.role",
+            "alias=~^web",
+            "-s",
+            "alias",
+        ],
+        None,
+    );
+    assert_eq!(stdout(&o), "web01:192.0.2.11/24:web\nweb02:-:web\n");
+    let o = d.vmadm(
+        &["list", "-Hp", "-o", "alias", "nics.0.ip=192.0.2.12"],
+        None,
+    );
+    assert_eq!(stdout(&o), "web02\n");
+    let o = d.vmadm(
+        &["list", "-Hp", "-o", "alias", "type=KVM", "tags.role=db"],
+        None,
+    );
+    assert_eq!(stdout(&o), "db01\n");
+    let o = d.vmadm(&["list", "-Hp", "-o", "alias", "alias=~("], None);
+    assert_eq!(o.status.code(), Some(1), "a bad regex is an error");
+    assert!(
+        stderr(&o).contains("invalid regular expression"),
+        "{}",
+        stderr(&o)
+    );
+
+    // lookup
+    let o = d.vmadm(&["lookup", "tags.role=web"], None);
+    let mut found: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    found.sort();
+    let mut want = vec![uuids[0].clone(), uuids[1].clone()];
+    want.sort();
+    assert_eq!(found, want);
+    let o = d.vmadm(&["lookup", "-1", "tags.role=web"], None);
+    assert_eq!(o.status.code(), Some(1), "two matches with -1");
+    let o = d.vmadm(
+        &["lookup", "-j", "-1", "-o", "uuid,ram", "alias=db01"],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v, json!([{"uuid": uuids[2], "ram": 2048}]));
+
+    // update by file and by property=value, then the verbs
+    let o = d.vmadm(
+        &["update", &uuids[0]],
+        Some(r#"{"set_tags": {"tier": 1}, "remove_tags": ["role"]}"#),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = d.vmadm(&["update", &uuids[0], "alias=web-one", "cpu_cap=150"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let vm: Value =
+        serde_json::from_str(&stdout(&d.vmadm(&["get", &uuids[0]], None))).expect("json");
+    assert_eq!(
+        (
+            vm["alias"].clone(),
+            vm["cpu_cap"].clone(),
+            vm["tags"].clone()
+        ),
+        (json!("web-one"), json!(150), json!({"tier": 1}))
+    );
+    let o = d.vmadm(&["update", &uuids[0], "brand=kvm"], None);
+    assert_eq!(o.status.code(), Some(1), "brand cannot change");
+
+    // delete
+    let o = d.vmadm(&["delete", &uuids[1]], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = d.vmadm(&["get", &uuids[1]], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("does not exist"));
+    // usage errors exit 2
+    assert_eq!(d.vmadm(&["frobnicate"], None).status.code(), Some(2));
+    assert_eq!(d.vmadm(&["get"], None).status.code(), Some(2));
+}
+
+fn curl(d: &Daemon, args: &[&str]) -> (u16, Value) {
+    let o = Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(d.socket())
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is installed (scripts/test installs it)");
+    let text = stdout(&o);
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    let body = if body.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(body).expect("JSON body")
+    };
+    (code.parse().expect("status"), body)
+}
+
+#[test]
+fn curl_round_trip() {
+    let (d, uuids) = setup();
+    let (code, ping) = curl(&d, &["http://vmmd/v1/ping"]);
+    assert_eq!((code, ping["ok"].clone()), (200, json!(true)));
+    let (code, list) = curl(&d, &["http://vmmd/v1/vms?filter=alias%3D~%5Eweb"]);
+    assert_eq!(code, 200);
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
+    let payload = json!({"brand": "bhyve", "alias": "c1", "autoboot": false}).to_string();
+    let (code, vm) = curl(
+        &d,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &payload,
+            "http://vmmd/v1/vms",
+        ],
+    );
+    assert_eq!(code, 201, "{vm}");
+    let uuid = vm["uuid"].as_str().expect("uuid").to_string();
+    let (code, vm) = curl(
+        &d,
+        &[
+            "-X",
+            "PATCH",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"ram": 1024}"#,
+            &format!("http://vmmd/v1/vms/{uuid}"),
+        ],
+    );
+    assert_eq!(
+        (code, vm["ram"].clone(), vm["max_physical_memory"].clone()),
+        (200, json!(1024), json!(2048))
+    );
+    let (code, vm) = curl(&d, &[&format!("http://vmmd/v1/vms/{uuid}")]);
+    assert_eq!((code, vm["alias"].clone()), (200, json!("c1")));
+    // The CLI sees what curl made, and curl sees what the CLI made.
+    let o = d.vmadm(&["get", &uuid], None);
+    assert!(o.status.success());
+    let (code, vm) = curl(&d, &[&format!("http://vmmd/v1/vms/{}", uuids[2])]);
+    assert_eq!((code, vm["alias"].clone()), (200, json!("db01")));
+    let (code, _) = curl(&d, &["-X", "DELETE", &format!("http://vmmd/v1/vms/{uuid}")]);
+    assert_eq!(code, 200);
+    let (code, err) = curl(&d, &[&format!("http://vmmd/v1/vms/{uuid}")]);
+    assert_eq!((code, err["code"].clone()), (404, json!("NotFound")));
+    // Lifecycle verbs answer with real state checks and say what is not built yet.
+    let (code, err) = curl(
+        &d,
+        &[
+            "-X",
+            "POST",
+            &format!("http://vmmd/v1/vms/{}/stop", uuids[2]),
+        ],
+    );
+    assert_eq!((code, err["code"].clone()), (409, json!("Conflict")));
+    let (code, err) = curl(
+        &d,
+        &[
+            "-X",
+            "POST",
+            &format!("http://vmmd/v1/vms/{}/start", uuids[2]),
+        ],
+    );
+    assert_eq!((code, err["code"].clone()), (501, json!("NotImplemented")));
+    // autoboot on create needs a runtime: refused whole, nothing created.
+    let before = d.client().list_vms(&[]).expect("list").len();
+    let (code, err) = curl(
+        &d,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"brand": "kvm"}"#,
+            "http://vmmd/v1/vms",
+        ],
+    );
+    assert_eq!((code, err["code"].clone()), (501, json!("NotImplemented")));
+    assert_eq!(d.client().list_vms(&[]).expect("list").len(), before);
+}
+
+#[test]
+fn events_stream_reports_changes() {
+    let (d, uuids) = setup();
+    let socket = d.socket();
+    let mut child = std::process::Command::new(hull_tests::bin("vmadm"))
+        .args(["events", "-j", "-r", &uuids[0]])
+        .env("HULL_SOCKET", &socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("events");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("ready line");
+    assert_eq!(line.trim(), r#"{"type":"ready"}"#);
+    assert!(
+        d.vmadm(&["update", &uuids[1], "alias=other"], None)
+            .status
+            .success()
+    );
+    assert!(
+        d.vmadm(&["update", &uuids[0], "alias=mine"], None)
+            .status
+            .success()
+    );
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("event line");
+    let ev: Value = serde_json::from_str(&line).expect("event JSON");
+    assert_eq!(ev["type"], "modify");
+    assert_eq!(
+        ev["uuid"],
+        uuids[0].as_str(),
+        "only the watched VM's events"
+    );
+    assert_eq!(ev["changes"], json!(["alias"]));
+    let _ = child.kill();
+    let _ = child.wait();
+}
