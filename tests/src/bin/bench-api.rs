@@ -1,0 +1,96 @@
+//! API benchmark (issue 2): with 10, 100 and 1,000 guest records, the end-to-end process
+//! time of `vmadm list` and `vmadm get` (median of runs, each a fresh process talking to a
+//! real vmmd), and API create/get/list throughput from one client.
+//!
+//! Run: `cargo build --release --workspace && target/release/bench-api [runs]`.
+//! Prints a Markdown table for docs/PERFORMANCE.md.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hull_tests::Daemon;
+use serde_json::json;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+fn time_tool(d: &Daemon, args: &[&str], runs: usize) -> Duration {
+    let times = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            let s = Command::new(hull_tests::bin("vmadm"))
+                .args(args)
+                .env("HULL_SOCKET", d.socket())
+                .stdout(Stdio::null())
+                .status()
+                .expect("vmadm runs");
+            let e = t.elapsed();
+            assert!(s.success(), "vmadm {args:?} failed");
+            e
+        })
+        .collect();
+    median(times)
+}
+
+fn main() {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(31);
+    let d = Daemon::start();
+    assert!(
+        d.run("nictagadm", &["add", "-l", "admin"], None)
+            .status
+            .success()
+    );
+    let c = d.client();
+    println!(
+        "| guests | vmadm list (ms, median) | vmadm get (ms, median) | API create/s | API get/s | API list/s |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut created = 0usize;
+    let mut last = None;
+    for target in [10usize, 100, 1000] {
+        let t = Instant::now();
+        let n = target - created;
+        for i in created..target {
+            let vm = c
+                .create_vm(
+                    &json!({"brand": if i % 2 == 0 { "kvm" } else { "bhyve" }, "autoboot": false,
+                    "alias": format!("bench{i}"), "ram": 256 + (i % 8) * 128, "tags": {"n": i},
+                    "nics": [{"nic_tag": "admin", "ips": [format!("2001:db8::{:x}/64", i + 1)]}]}),
+                )
+                .expect("create");
+            last = Some(vm.uuid);
+        }
+        let create_rate = n as f64 / t.elapsed().as_secs_f64();
+        created = target;
+        let uuid = last.expect("a guest").to_string();
+        let list = time_tool(&d, &["list"], runs);
+        let get = time_tool(&d, &["get", &uuid], runs);
+        let u = last.expect("a guest");
+        let t = Instant::now();
+        let gets = 500;
+        for _ in 0..gets {
+            c.get_vm(u).expect("get");
+        }
+        let get_rate = gets as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let lists = 50;
+        for _ in 0..lists {
+            c.list_vms(&[]).expect("list");
+        }
+        let list_rate = lists as f64 / t.elapsed().as_secs_f64();
+        println!(
+            "| {target} | {} | {} | {create_rate:.0} | {get_rate:.0} | {list_rate:.0} |",
+            ms(list),
+            ms(get)
+        );
+    }
+}
