@@ -11,6 +11,7 @@
  *   testguest.net_echo=1               expect the peer to answer our frame with "pong"
  *   testguest.blk_io=N                 also time N sequential + N random 4 KiB reads
  *   testguest.hold=1                   after the checks, halt instead of resetting
+ *   testguest.exit=acpi                power off through the ACPI sleep register, not i8042
  *   testguest.fault=1                  triple-fault right after boot (VMM error paths)
  */
 typedef unsigned char u8;
@@ -249,7 +250,7 @@ struct e820 {
 #define MAX_E820 128
 static struct e820 map[MAX_E820];
 static u32 map_len;
-static u64 initrd_addr, initrd_size;
+static u64 initrd_addr, initrd_size, rsdp_addr;
 
 extern char __bss_start[], __bss_end[];
 extern void load_page_tables(void);
@@ -279,6 +280,7 @@ static void read_zero_page(const u8 *zp)
 		cmdline = (const char *)cmd;
 	initrd_addr = *(const u32 *)(zp + 0x218) | ((u64) * (const u32 *)(zp + 0x0c0) << 32);
 	initrd_size = *(const u32 *)(zp + 0x21c) | ((u64) * (const u32 *)(zp + 0x0c4) << 32);
+	rsdp_addr = *(const u64 *)(zp + 0x070);
 }
 
 struct hvm_start_info {
@@ -316,6 +318,7 @@ static void read_pvh(const struct hvm_start_info *si)
 		initrd_addr = mod->paddr;
 		initrd_size = mod->size;
 	}
+	rsdp_addr = si->rsdp_paddr;
 }
 
 static void check_boot_info(void)
@@ -358,6 +361,10 @@ static void check_boot_info(void)
 }
 
 /* ---------- MP table ---------- */
+
+static u32 mp_cpus;
+static u32 virtio_declared;
+static u16 fadt_sleep_port;
 
 static u8 sum(const u8 *p, u32 n)
 {
@@ -410,6 +417,7 @@ static void check_mptable(void)
 			e += 8;
 		}
 	}
+	mp_cpus = cpus;
 	int ok = bsps == 1 && (want == 0 || cpus == want);
 	result(ok, "mptable: ");
 	put_dec(cpus);
@@ -434,6 +442,79 @@ static void check_cpuid(void)
 	result(apic == 0, "cpuid: bsp apic id ");
 	put_dec(apic);
 	puts((c >> 31) & 1 ? ", hypervisor bit set\n" : ", hypervisor bit clear\n");
+}
+
+/* ---------- ACPI ---------- */
+
+
+static int table_ok(const u8 *t, const char *sig)
+{
+	return memcmp(t, sig, 4) == 0 && *(const u32 *)(t + 4) >= 36 && sum(t, *(const u32 *)(t + 4)) == 0;
+}
+
+static void check_acpi(void)
+{
+	const u8 *rsdp = (const u8 *)rsdp_addr;
+	if (!rsdp) {
+		for (u64 a = 0xe0000; a < 0x100000; a += 16)
+			if (memcmp((const u8 *)a, "RSD PTR ", 8) == 0) {
+				rsdp = (const u8 *)a;
+				break;
+			}
+	}
+	if (!rsdp) {
+		puts("testguest: acpi: no RSDP\n");
+		return;
+	}
+	if (memcmp(rsdp, "RSD PTR ", 8) != 0 || sum(rsdp, 20) != 0 || rsdp[15] < 2 || sum(rsdp, 36) != 0) {
+		result(0, "acpi: RSDP signature or checksum bad\n");
+		return;
+	}
+	const u8 *xsdt = (const u8 *)*(const u64 *)(rsdp + 24);
+	if (!table_ok(xsdt, "XSDT")) {
+		result(0, "acpi: XSDT missing or bad checksum\n");
+		return;
+	}
+	u32 n = (*(const u32 *)(xsdt + 4) - 36) / 8, cpus = 0, virtio = 0, ged = 0, bad = 0;
+	int hw_reduced = 0;
+	for (u32 i = 0; i < n; i++) {
+		const u8 *t = (const u8 *)*(const u64 *)(xsdt + 36 + 8 * i);
+		if (table_ok(t, "FACP")) {
+			hw_reduced = (*(const u32 *)(t + 112) >> 20) & 1;
+			/* SLEEP_CONTROL_REG: a GAS at 244, system I/O space. */
+			if (t[244] == 1)
+				fadt_sleep_port = (u16) * (const u64 *)(t + 248);
+			const u8 *dsdt = (const u8 *)*(const u64 *)(t + 140);
+			if (!dsdt)
+				dsdt = (const u8 *)(u64) * (const u32 *)(t + 40);
+			if (!table_ok(dsdt, "DSDT")) {
+				bad++;
+				continue;
+			}
+			u32 len = *(const u32 *)(dsdt + 4);
+			for (u32 k = 36; k + 8 <= len; k++) {
+				if (memcmp(dsdt + k, "LNRO0005", 8) == 0)
+					virtio++;
+				if (memcmp(dsdt + k, "ACPI0013", 8) == 0)
+					ged++;
+			}
+		} else if (table_ok(t, "APIC")) {
+			u32 len = *(const u32 *)(t + 4);
+			for (u32 k = 44; k + 2 <= len && t[k + 1] >= 2; k += t[k + 1])
+				if (t[k] == 0 && (*(const u32 *)(t + k + 4) & 1))
+					cpus++;
+		} else if (memcmp(t, "FACP", 4) == 0 || memcmp(t, "APIC", 4) == 0) {
+			bad++;
+		}
+	}
+	int ok = !bad && hw_reduced && ged == 1 && cpus == mp_cpus && virtio == virtio_declared;
+	result(ok, "acpi: hardware-reduced FADT, MADT ");
+	put_dec(cpus);
+	puts(" cpus, DSDT ");
+	put_dec(virtio);
+	puts(" LNRO0005 devices and a GED, sleep register port ");
+	put_hex(fadt_sleep_port);
+	puts("\n");
 }
 
 /* ---------- virtio-mmio ---------- */
@@ -791,6 +872,7 @@ static void probe_virtio(void)
 		d.base = parse_num(&v);
 		d.irq = *v == ':' ? (v++, (u32)parse_num(&v)) : 0;
 		found++;
+		virtio_declared++;
 		if (size < 0x200 || mmio_read32(d.base + R_MAGIC) != VIRTIO_MAGIC ||
 		    mmio_read32(d.base + R_VERSION) != 2) {
 			result(0, "virtio: no modern virtio-mmio device at ");
@@ -896,6 +978,7 @@ void __attribute__((noreturn)) guest_main(u64 info, int kind)
 	check_cpuid();
 	check_mptable();
 	probe_virtio();
+	check_acpi();
 	puts("testguest: done, ");
 	put_dec((u64)passed);
 	puts(" passed, ");
@@ -907,6 +990,11 @@ void __attribute__((noreturn)) guest_main(u64 info, int kind)
 		puts("testguest: holding\n");
 		for (;;)
 			__asm__ volatile("cli; hlt");
+	}
+	const char *how = param("testguest.exit");
+	if (how && memcmp(how, "acpi", 4) == 0 && fadt_sleep_port) {
+		puts("testguest: powering off through ACPI\n");
+		outb(fadt_sleep_port, (5 << 2) | (1 << 5));
 	}
 	reset();
 }

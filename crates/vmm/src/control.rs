@@ -5,7 +5,8 @@
 //! ```text
 //! {"cmd":"pause"}    -> {"ok":true}
 //! {"cmd":"resume"}   -> {"ok":true}
-//! {"cmd":"shutdown"} -> {"ok":true}            (the VMM then exits with status 0)
+//! {"cmd":"power_button"} -> {"ok":true}        (ACPI power button: the guest decides)
+//! {"cmd":"shutdown"} -> {"ok":true}            (stops at once; the VMM exits with status 0)
 //! {"cmd":"stats"}    -> {"ok":true,"stats":{"vcpus":[..],"devices":[..]}}
 //! ```
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::stats::{Stats, StatsReport};
 use crate::vcpu::{RunState, StopReason};
+use crate::vm::PowerButton;
 
 /// Longest request line accepted.
 const MAX_LINE: u64 = 4096;
@@ -36,6 +38,7 @@ pub struct Envelope {
 pub enum Request {
     Pause,
     Resume,
+    PowerButton,
     Shutdown,
     Stats,
 }
@@ -88,6 +91,7 @@ pub struct Controller {
     pub state: Arc<RunState>,
     pub stats: Arc<Stats>,
     pub vcpus: usize,
+    pub button: Arc<PowerButton>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -115,6 +119,10 @@ impl Controller {
             }
             Request::Resume => {
                 self.state.resume();
+                Reply::ok()
+            }
+            Request::PowerButton => {
+                self.button.press();
                 Reply::ok()
             }
             Request::Shutdown => {
@@ -192,6 +200,7 @@ mod tests {
                 state: RunState::new(tx),
                 stats: Arc::new(Stats::new(1)),
                 vcpus: 0,
+                button: Arc::new(PowerButton::for_tests()),
             },
             rx,
         )
@@ -206,6 +215,8 @@ mod tests {
         assert!(!c.state.paused());
         let s = c.handle_line(r#"{"cmd":"stats"}"#);
         assert_eq!(s.stats.unwrap().vcpus.len(), 1);
+        assert!(c.handle_line(r#"{"cmd":"power_button"}"#).ok);
+        assert_eq!(c.button.pending(), 1);
         assert!(c.handle_line(r#"{"cmd":"shutdown"}"#).ok);
         assert!(matches!(rx.recv().unwrap(), StopReason::Requested(_)));
     }

@@ -69,8 +69,19 @@ fn main() -> ExitCode {
     if let Some(p) = &config.control {
         let _ = std::fs::remove_file(p);
     }
+    // One line on stderr says how the VM ended, so a supervisor can tell a guest reboot
+    // (restart it) from a power-off without parsing the console.
     match result {
-        Ok(StopReason::Reset | StopReason::PowerOff | StopReason::Requested(_)) => {
+        Ok(StopReason::Reset) => {
+            eprintln!("vmm: guest reset");
+            ExitCode::SUCCESS
+        }
+        Ok(StopReason::PowerOff) => {
+            eprintln!("vmm: guest powered off");
+            ExitCode::SUCCESS
+        }
+        Ok(StopReason::Requested(why)) => {
+            eprintln!("vmm: stopped: {why}");
             ExitCode::SUCCESS
         }
         Ok(StopReason::GuestFault(msg)) => {

@@ -5,7 +5,7 @@
 //! 0x0000_0500  GDT            0x0000_7000  zero page (boot_params)
 //! 0x0000_8ff0  boot stack     0x0000_9000  PML4, PDPT (0xa000), PD (0xb000): 1 GiB identity map
 //! 0x0002_0000  command line   0x0009_fc00  end of low RAM (EBDA onwards is not RAM)
-//! 0x000f_0000  MP table       0x0010_0000  kernel (ELF p_paddr or bzImage code32_start)
+//! 0x000e_0000  ACPI tables    0x000f_0000  MP table       0x0010_0000  kernel (ELF p_paddr or bzImage code32_start)
 //! ...          initrd, at the top of RAM below 0xd000_0000 (or the kernel's limit)
 //! 0xd000_0000  virtio-mmio windows, 4 KiB each     0xfec0_0000 IOAPIC   0xfee0_0000 LAPIC
 //! 0x1_0000_0000  RAM above the 32-bit gap, for guests bigger than 3.25 GiB
@@ -27,6 +27,9 @@ pub const CMDLINE_START: u64 = 0x2_0000;
 pub const CMDLINE_MAX_SIZE: usize = 4096;
 /// Start of the Extended BIOS Data Area: low RAM ends here.
 pub const EBDA_START: u64 = 0x9_fc00;
+/// ACPI tables (RSDP first, where Linux's legacy scan also finds it) up to the MP table.
+pub const ACPI_START: u64 = 0xe_0000;
+pub const ACPI_END: u64 = MPTABLE_START;
 pub const MPTABLE_START: u64 = 0xf_0000;
 /// The kernel loads at 1 MiB; nothing of ours may sit above this except the initrd.
 pub const HIMEM_START: u64 = 0x10_0000;
@@ -51,6 +54,7 @@ const _: () = {
     assert!(BOOT_STACK_POINTER < PML4_START);
     assert!(PDE_START + 4096 <= CMDLINE_START);
     assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(EBDA_START < ACPI_START && ACPI_START < MPTABLE_START);
     assert!(MPTABLE_START < HIMEM_START);
     assert!(KVM_TSS_ADDRESS > LAPIC_START);
 };

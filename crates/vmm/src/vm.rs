@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use kvm_bindings::{
     KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
@@ -15,12 +16,15 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
+use crate::boot::acpi::AcpiLayout;
 use crate::boot::{self, BootError, regs};
 use crate::bus::{Bus, BusError, lock};
 use crate::config::{ConfigError, ConsoleConfig, NetConfig, VmConfig};
 use crate::control::{self, ControlError, Controller};
 use crate::devices::IrqTrigger;
+use crate::devices::acpi_pm::{ACPI_PM_BASE, ACPI_PM_LEN, AcpiPm, PowerSink};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN, ResetSink};
 use crate::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN, ConsoleTarget, Serial};
 use crate::devices::virtio::VirtioDevice;
@@ -131,6 +135,41 @@ struct ResetToStop(Arc<RunState>);
 impl ResetSink for ResetToStop {
     fn reset(&self) {
         self.0.stop(StopReason::Reset);
+    }
+}
+
+impl PowerSink for ResetToStop {
+    fn power_off(&self) {
+        self.0.stop(StopReason::PowerOff);
+    }
+
+    fn reset(&self) {
+        self.0.stop(StopReason::Reset);
+    }
+}
+
+/// How long a guest gets to power off after SIGTERM presses its power button.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// The ACPI power button: an edge on the Generic Event Device's IRQ.
+#[derive(Debug)]
+pub struct PowerButton(EventFd);
+
+impl PowerButton {
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        PowerButton(EventFd::new(libc::EFD_NONBLOCK).expect("an eventfd"))
+    }
+
+    /// Presses not yet delivered (tests).
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> u64 {
+        self.0.read().unwrap_or(0)
+    }
+
+    pub fn press(&self) {
+        // A full counter only means a press is already pending.
+        let _ = self.0.write(1);
     }
 }
 
@@ -289,6 +328,11 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
         I8042_LEN,
         Arc::new(Mutex::new(I8042::new(ResetToStop(state.clone())))),
     )?;
+    pio.insert(
+        ACPI_PM_BASE,
+        ACPI_PM_LEN,
+        Arc::new(Mutex::new(AcpiPm::new(ResetToStop(state.clone())))),
+    )?;
 
     // Virtio devices: disks, then NICs, then the rng.
     let mut devices: Vec<(Box<dyn VirtioDevice>, Option<RawFd>)> = Vec::new();
@@ -339,6 +383,28 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
         placed.push(Placed { transport, net_fd });
     }
 
+    let ged_irq = VIRTIO_IRQ_BASE + placed.len() as u32;
+    if ged_irq > IRQ_MAX {
+        return Err(VmError::TooManyDevices(placed.len()));
+    }
+    let button = Arc::new(PowerButton(
+        EventFd::new(libc::EFD_NONBLOCK).map_err(host("power button IRQ"))?,
+    ));
+    vm.register_irqfd(&button.0, ged_irq)
+        .map_err(kvm_setup("register the power button IRQ"))?;
+    let acpi_layout = AcpiLayout {
+        vcpus: config.vcpus,
+        virtio: (0..placed.len())
+            .map(|i| {
+                (
+                    MMIO_GAP_START + i as u64 * VIRTIO_MMIO_SIZE,
+                    VIRTIO_IRQ_BASE + i as u32,
+                )
+            })
+            .collect(),
+        ged_irq,
+    };
+
     let cmdline = boot::build_cmdline(&config.cmdline, &extra_cmdline)?;
     let entry = boot::load(
         &mem,
@@ -347,6 +413,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
         config.initrd.as_deref(),
         &cmdline,
         config.vcpus,
+        Some(&acpi_layout),
     )?;
     regs::write_boot_tables(&mem).map_err(|source| VmError::Vcpu { id: 0, source })?;
 
@@ -384,6 +451,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
                 state: state.clone(),
                 stats: stats.clone(),
                 vcpus: usize::from(config.vcpus),
+                button: button.clone(),
             },
         )?;
     }
@@ -401,6 +469,8 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
         serial: serial.clone(),
         nets,
         state: state.clone(),
+        button,
+        term_seen: false,
     };
     event_loop.register().map_err(host("event loop"))?;
     std::thread::Builder::new()
@@ -436,6 +506,8 @@ struct EventLoop {
     serial: Arc<Mutex<Serial>>,
     nets: Vec<(RawFd, Arc<Mutex<MmioTransport>>)>,
     state: Arc<RunState>,
+    button: Arc<PowerButton>,
+    term_seen: bool,
 }
 
 impl EventLoop {
@@ -528,6 +600,40 @@ impl EventLoop {
         }
     }
 
+    /// SIGTERM presses the power button and gives the guest [`STOP_GRACE`] to power off;
+    /// SIGINT or a second SIGTERM stops at once.
+    fn signal(&mut self) {
+        let mut info = [0u8; 128];
+        if !matches!(self.signals.read(&mut info), Ok(128)) {
+            return;
+        }
+        let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+        if signo == libc::SIGTERM as u32 && !self.term_seen {
+            self.term_seen = true;
+            self.button.press();
+            let state = self.state.clone();
+            let timer = std::thread::Builder::new()
+                .name("vmm-stop-grace".into())
+                .spawn(move || {
+                    std::thread::sleep(STOP_GRACE);
+                    state.stop(StopReason::Requested(format!(
+                        "SIGTERM: the guest did not power off within {} s",
+                        STOP_GRACE.as_secs()
+                    )));
+                });
+            if timer.is_ok() {
+                return;
+            }
+        }
+        let name = if signo == libc::SIGINT as u32 {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        self.state
+            .stop(StopReason::Requested(format!("{name} received")));
+    }
+
     fn run(mut self) {
         let mut events = vec![EpollEvent::default(); 16];
         loop {
@@ -542,18 +648,7 @@ impl EventLoop {
             };
             for ev in events.iter().take(n) {
                 match ev.data() {
-                    TOKEN_SIGNAL => {
-                        let mut info = [0u8; 128];
-                        let _ = self.signals.read(&mut info);
-                        let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
-                        let name = if signo == libc::SIGINT as u32 {
-                            "SIGINT"
-                        } else {
-                            "SIGTERM"
-                        };
-                        self.state
-                            .stop(StopReason::Requested(format!("{name} received")));
-                    }
+                    TOKEN_SIGNAL => self.signal(),
                     TOKEN_CONSOLE_IN => self.console_input(),
                     TOKEN_CONSOLE_LISTEN => self.accept_console(),
                     t if t >= TOKEN_NET_BASE => {

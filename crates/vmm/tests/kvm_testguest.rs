@@ -151,6 +151,7 @@ fn full_run(vcpus: u32) {
         "rng: read 64 random bytes",
         "net: sent a frame",
         "net: received the peer's answer",
+        &format!("acpi: hardware-reduced FADT, MADT {vcpus} cpus, DSDT 3 LNRO0005 devices"),
     ] {
         assert_pass(&stdout, line);
     }
@@ -194,6 +195,27 @@ fn kvm_read_only_disk_refuses_guest_writes() {
     );
     assert!(stdout.contains("testguest: ALL PASS"), "{stdout}");
     assert_eq!(std::fs::read(&disk).unwrap(), before);
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_acpi_power_off_ends_the_vm_cleanly() {
+    let out = run_vmm(
+        &[
+            "--kernel",
+            guest(),
+            "--cmdline",
+            "console=ttyS0 testguest.exit=acpi",
+        ],
+        None,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("testguest: powering off through ACPI"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("vmm: guest powered off"), "{stderr}");
 }
 
 #[test]
@@ -343,6 +365,7 @@ fn kvm_control_socket_pause_stats_resume_shutdown() {
     );
     assert_eq!(request(&mut s, r#"{"cmd":"pause"}"#)["ok"], true);
     assert_eq!(request(&mut s, r#"{"cmd":"resume"}"#)["ok"], true);
+    assert_eq!(request(&mut s, r#"{"cmd":"power_button"}"#)["ok"], true);
     let bad = request(&mut s, r#"{"cmd":"explode"}"#);
     assert_eq!(bad["ok"], false);
     assert_eq!(request(&mut s, r#"{"cmd":"shutdown"}"#)["ok"], true);

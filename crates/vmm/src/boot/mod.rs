@@ -1,9 +1,11 @@
 //! The 64-bit Linux boot path: loads a kernel (ELF vmlinux or bzImage) and an initrd into guest
-//! memory, writes the command line, the zero page with its e820 map, and the MP table, and
+//! memory, writes the command line, the zero page with its e820 map, the MP table and the
+//! ACPI tables ([`acpi`]), and
 //! says where the vCPUs start. The vCPU register state itself is in [`regs`], CPUID in
 //! [`cpuid`]. Nothing here trusts the kernel image: every size and address it declares is
 //! checked against guest memory by linux-loader or here.
 
+pub mod acpi;
 pub mod cpuid;
 pub mod mptable;
 pub mod regs;
@@ -70,6 +72,9 @@ pub enum BootError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The ACPI tables could not be built.
+    #[error("cannot build the ACPI tables")]
+    Acpi(#[source] acpi::AcpiError),
     /// The MP table could not be built.
     #[error("cannot build the MP table")]
     MpTable(#[source] mptable::MpTableError),
@@ -118,6 +123,7 @@ pub fn load(
     initrd: Option<&Path>,
     cmdline: &Cmdline,
     vcpus: u8,
+    acpi_layout: Option<&acpi::AcpiLayout>,
 ) -> Result<BootEntry, BootError> {
     let kernel_err = |source| BootError::KernelFile {
         path: kernel.to_owned(),
@@ -178,6 +184,9 @@ pub fn load(
         slot.addr = addr;
         slot.size = size;
         slot.r#type = kind;
+    }
+    if let Some(layout) = acpi_layout {
+        params.acpi_rsdp_addr = acpi::setup(mem, layout).map_err(BootError::Acpi)?;
     }
     LinuxBootConfigurator::write_bootparams::<GuestMemory>(
         &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
@@ -280,9 +289,18 @@ mod tests {
         std::fs::write(&k, vec![0x42u8; 8192]).unwrap();
         let mem = create_guest_memory(16).unwrap();
         let c = build_cmdline("console=ttyS0", &[]).unwrap();
-        let err = load(&mem, 16 << 20, &k, None, &c, 1).unwrap_err();
+        let err = load(&mem, 16 << 20, &k, None, &c, 1, None).unwrap_err();
         assert!(matches!(err, BootError::KernelFormat { .. }), "{err}");
-        let err = load(&mem, 16 << 20, &dir.path().join("missing"), None, &c, 1).unwrap_err();
+        let err = load(
+            &mem,
+            16 << 20,
+            &dir.path().join("missing"),
+            None,
+            &c,
+            1,
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(err, BootError::KernelFile { .. }), "{err}");
     }
 

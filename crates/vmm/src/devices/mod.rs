@@ -1,7 +1,9 @@
-//! Emulated devices, one folder each: the 8250 console, the i8042 (reset only) and the
+//! Emulated devices, one folder each: the 8250 console, the i8042 (reset only), the ACPI
+//! power registers and the
 //! virtio-mmio transport with its block, net and rng devices. Devices see only untrusted guest
 //! bytes and must turn every malformed input into an error status, never a panic.
 
+pub mod acpi_pm;
 pub mod i8042;
 pub mod serial;
 pub mod virtio;
