@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Side-by-side launch benchmark: hull's vmm vs qemu -M microvm on the same test guest.
+
+For each run it measures, for the VMM process: launch to first serial byte, launch to exit
+(wall), CPU time (user+sys from wait4) and peak RSS. Runs alternate between the two VMMs so
+machine noise hits both; medians and the hull/qemu ratio are printed. With --blk-io N it
+instead reports the test guest's own timing of N sequential and N random 4 KiB virtio-blk
+reads (TSC ticks, lower is better).
+
+usage: launch.py --vmm PATH --guest PATH [--runs 20] [--no-qemu] [--blk-io N]
+"""
+import argparse
+import os
+import re
+import select
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+
+QEMU = "qemu-system-x86_64"
+
+
+def qemu_cmd(guest, cmdline, disk):
+    cmd = [
+        QEMU, "-M", "microvm,x-option-roms=off,rtc=off,acpi=off", "-enable-kvm",
+        # -cpu host fails on this nested PVM KVM (MSR 0x10a); drop arch-capabilities.
+        "-cpu", "host,-arch-capabilities", "-m", "128", "-smp", "1",
+        "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
+        "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-no-reboot",
+        "-global", "virtio-mmio.force-legacy=false",
+        "-kernel", guest, "-append", cmdline,
+    ]
+    if disk:
+        cmd += ["-drive", f"id=d0,file={disk},format=raw,if=none,cache=writeback,aio=threads",
+                "-device", "virtio-blk-device,drive=d0"]
+    return cmd
+
+
+def vmm_cmd(vmm, guest, cmdline, disk):
+    cmd = [vmm, "--kernel", guest, "--mem-mib", "128", "--cmdline", cmdline]
+    if disk:
+        cmd += ["--disk", disk]
+    return cmd
+
+
+def run_once(cmd):
+    """Returns (first_byte_s, wall_s, cpu_s, maxrss_kib, stdout).
+
+    The VMM runs under /usr/bin/time, whose report gives its peak RSS: a forked child's
+    ru_maxrss would otherwise count this Python process's pages from before exec. Wall and
+    CPU include time(1)'s own fork and exec, the same for both VMMs."""
+    rss_file = tempfile.NamedTemporaryFile(delete=False)
+    rss_file.close()
+    cmd = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name] + cmd
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         stdin=subprocess.DEVNULL)
+    first = None
+    out = b""
+    fd = p.stdout.fileno()
+    while True:
+        r, _, _ = select.select([fd], [], [], 30)
+        if not r:
+            p.kill()
+            raise RuntimeError(f"timeout: {cmd}")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        if first is None:
+            first = time.perf_counter() - t0
+        out += chunk
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    with open(rss_file.name) as f:
+        lines = [l for l in f.read().split() if l.isdigit()]
+    os.unlink(rss_file.name)
+    rss = int(lines[-1]) if lines else 0
+    return first or wall, wall, ru.ru_utime + ru.ru_stime, rss, out.decode(errors="replace")
+
+
+def make_disk(d):
+    path = os.path.join(d, "disk.img")
+    with open(path, "wb") as f:
+        f.write(b"HULLDISK")
+        f.truncate(64 << 20)
+    return path
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vmm", required=True)
+    ap.add_argument("--guest", required=True)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--no-qemu", action="store_true")
+    ap.add_argument("--blk-io", type=int, default=0)
+    a = ap.parse_args()
+    with_qemu = not a.no_qemu and shutil.which(QEMU)
+    with tempfile.TemporaryDirectory() as d:
+        disk = make_disk(d) if a.blk_io else None
+        cmdline = f"console=ttyS0 testguest.blk_io={a.blk_io}" if a.blk_io else \
+            "console=ttyS0 testguest.quick=1"
+        kinds = [("hull vmm", vmm_cmd(a.vmm, a.guest, cmdline, disk))]
+        if with_qemu:
+            kinds.append(("qemu microvm", qemu_cmd(a.guest, cmdline, disk)))
+        res = {k: [] for k, _ in kinds}
+        for _ in range(a.runs):
+            for name, cmd in kinds:
+                res[name].append(run_once(cmd))
+        med = lambda xs: statistics.median(xs)
+        if a.blk_io:
+            print(f"virtio-blk, {a.blk_io} x 4 KiB reads each (median TSC ticks of {a.runs} runs)")
+            figs = {}
+            for name, rs in res.items():
+                seq, rnd = [], []
+                for r in rs:
+                    m = re.search(r"sequential (\d+) tsc, random (\d+) tsc", r[4])
+                    if m:
+                        seq.append(int(m.group(1)))
+                        rnd.append(int(m.group(2)))
+                if not seq:
+                    print(f"{name}: no timing line in output:\n{rs[-1][4]}")
+                    continue
+                figs[name] = (med(seq), med(rnd))
+                print(f"{name:14s} sequential {med(seq):>12.0f}  random {med(rnd):>12.0f}")
+            if len(figs) == 2:
+                h, q = figs["hull vmm"], figs["qemu microvm"]
+                print(f"qemu/hull time ratio (>1 means hull is faster): "
+                      f"sequential {q[0] / h[0]:.2f}, random {q[1] / h[1]:.2f}")
+            return
+        print(f"launch to exit, test guest quick mode, median of {a.runs} alternating runs")
+        print(f"{'':14s} {'first byte':>11s} {'wall':>9s} {'CPU':>9s} {'peak RSS':>10s}")
+        figs = {}
+        for name, rs in res.items():
+            f = (med([r[0] for r in rs]) * 1e3, med([r[1] for r in rs]) * 1e3,
+                 med([r[2] for r in rs]) * 1e3, med([r[3] for r in rs]) / 1024)
+            figs[name] = f
+            print(f"{name:14s} {f[0]:9.1f}ms {f[1]:7.1f}ms {f[2]:7.1f}ms {f[3]:7.1f}MiB")
+        if len(figs) == 2:
+            h, q = figs["hull vmm"], figs["qemu microvm"]
+            print(f"hull/qemu ratio: wall {h[1] / q[1]:.2f}, CPU {h[2] / max(q[2], 1e-9):.3f}, "
+                  f"RSS {h[3] / q[3]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
