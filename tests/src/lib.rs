@@ -12,14 +12,17 @@ use std::time::{Duration, Instant};
 
 use hull_client::Client;
 
-/// The directory holding the workspace's binaries (next to the running test's `deps/`).
+/// The directory holding the workspace's binaries: the running test's `deps/` parent, or
+/// the running bench binary's own directory.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
-    let dir = exe
+    let mut dir = exe
         .parent()
-        .and_then(Path::parent)
-        .expect("test binaries live in target/<profile>/deps")
+        .expect("binaries live in target/<profile>")
         .to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
     assert!(
         dir.join("vmmd").exists() && dir.join("vmadm").exists(),
         "{} lacks vmmd/vmadm: run `cargo build --workspace --bins` first (scripts/test does)",

@@ -25,36 +25,46 @@ pub fn fields(list: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn compare(a: &Value, b: &Value, field: &str) -> Ordering {
-    let (va, vb) = (lookup(a, field), lookup(b, field));
-    match (va.first(), vb.first()) {
-        (Some(Value::Number(x)), Some(Value::Number(y))) => x
-            .as_f64()
-            .partial_cmp(&y.as_f64())
-            .unwrap_or(Ordering::Equal),
-        (None, None) => Ordering::Equal,
-        (None, Some(_)) => Ordering::Less,
-        (Some(_), None) => Ordering::Greater,
-        (Some(x), Some(y)) => text(x).cmp(&text(y)),
+/// A precomputed sort key: computed once per row, not once per comparison.
+#[derive(Debug, PartialEq, PartialOrd)]
+enum Key {
+    Missing,
+    Number(f64),
+    Text(String),
+}
+
+fn key(row: &Value, field: &str) -> Key {
+    match lookup(row, field).first() {
+        None => Key::Missing,
+        Some(Value::Number(n)) => n.as_f64().map_or(Key::Missing, Key::Number),
+        Some(v) => Key::Text(text(v)),
     }
 }
 
 /// Sorts rows by the fields, each optionally prefixed with `-` for descending.
-pub fn sort(rows: &mut [Value], by: &[String]) {
-    rows.sort_by(|a, b| {
-        for f in by {
-            let (field, desc) = match f.strip_prefix('-') {
-                Some(rest) => (rest, true),
-                None => (f.as_str(), false),
-            };
-            let o = compare(a, b, field);
-            let o = if desc { o.reverse() } else { o };
+pub fn sort(rows: &mut Vec<Value>, by: &[String]) {
+    let spec: Vec<(&str, bool)> = by
+        .iter()
+        .map(|f| match f.strip_prefix('-') {
+            Some(rest) => (rest, true),
+            None => (f.as_str(), false),
+        })
+        .collect();
+    let mut keyed: Vec<(Vec<Key>, Value)> = rows
+        .drain(..)
+        .map(|r| (spec.iter().map(|(f, _)| key(&r, f)).collect(), r))
+        .collect();
+    keyed.sort_by(|(a, _), (b, _)| {
+        for ((ka, kb), (_, desc)) in a.iter().zip(b).zip(&spec) {
+            let o = ka.partial_cmp(kb).unwrap_or(Ordering::Equal);
+            let o = if *desc { o.reverse() } else { o };
             if o != Ordering::Equal {
                 return o;
             }
         }
         Ordering::Equal
     });
+    rows.extend(keyed.into_iter().map(|(_, r)| r));
 }
 
 /// Renders the rows.

@@ -20,9 +20,19 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-fn time_tool(d: &Daemon, args: &[&str], runs: usize) -> Duration {
-    let times = (0..runs)
+fn children_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let tv =
+        |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, (t.tv_usec() * 1000) as u32);
+    tv(u.user_time()) + tv(u.system_time())
+}
+
+/// Median wall time and median CPU time (user+sys) of `vmadm ARGS` as a fresh process.
+fn time_tool(d: &Daemon, args: &[&str], runs: usize) -> (Duration, Duration) {
+    let (walls, cpus) = (0..runs)
         .map(|_| {
+            let cpu = children_cpu();
             let t = Instant::now();
             let s = Command::new(hull_tests::bin("vmadm"))
                 .args(args)
@@ -32,10 +42,10 @@ fn time_tool(d: &Daemon, args: &[&str], runs: usize) -> Duration {
                 .expect("vmadm runs");
             let e = t.elapsed();
             assert!(s.success(), "vmadm {args:?} failed");
-            e
+            (e, children_cpu() - cpu)
         })
-        .collect();
-    median(times)
+        .unzip();
+    (median(walls), median(cpus))
 }
 
 fn main() {
@@ -51,9 +61,9 @@ fn main() {
     );
     let c = d.client();
     println!(
-        "| guests | vmadm list (ms, median) | vmadm get (ms, median) | API create/s | API get/s | API list/s |"
+        "| guests | vmadm list wall / CPU (ms) | vmadm get wall / CPU (ms) | API create/s | API get/s | API list/s (table fields) | API list/s (whole records) |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let mut created = 0usize;
     let mut last = None;
     for target in [10usize, 100, 1000] {
@@ -81,16 +91,26 @@ fn main() {
             c.get_vm(u).expect("get");
         }
         let get_rate = gets as f64 / t.elapsed().as_secs_f64();
-        let t = Instant::now();
         let lists = 50;
+        let table: Vec<String> = ["uuid", "type", "ram", "state", "alias"]
+            .map(String::from)
+            .to_vec();
+        let t = Instant::now();
         for _ in 0..lists {
-            c.list_vms(&[]).expect("list");
+            c.list_values(&[], Some(&table)).expect("list");
+        }
+        let table_rate = lists as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..lists {
+            c.list_values(&[], None).expect("list");
         }
         let list_rate = lists as f64 / t.elapsed().as_secs_f64();
         println!(
-            "| {target} | {} | {} | {create_rate:.0} | {get_rate:.0} | {list_rate:.0} |",
-            ms(list),
-            ms(get)
+            "| {target} | {} / {} | {} / {} | {create_rate:.0} | {get_rate:.0} | {table_rate:.0} | {list_rate:.0} |",
+            ms(list.0),
+            ms(list.1),
+            ms(get.0),
+            ms(get.1)
         );
     }
 }

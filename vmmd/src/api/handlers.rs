@@ -17,9 +17,9 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::router::Action;
-use super::{Body, json, response};
-use crate::service::Service;
+use super::{Body, full_body, json, response};
 use crate::service::filter::Filter;
+use crate::service::{Record, Service};
 
 type Reply = Result<hyper::Response<Body>, ApiError>;
 
@@ -54,26 +54,31 @@ pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Re
             },
         )),
         Action::OpenApi => Ok(json(StatusCode::OK, &super::openapi::document())),
-        Action::ListVms { filters } => {
+        Action::ListVms { filters, fields } => {
             let filters = filters
                 .iter()
                 .map(|f| Filter::parse(f))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            let vms = service.list(&filters);
-            let refs: Vec<&hull_spec::Vm> = vms.iter().map(AsRef::as_ref).collect();
-            Ok(json(StatusCode::OK, &refs))
+            let records = service.list(&filters);
+            Ok(match fields {
+                None => list_reply(&records),
+                Some(fields) => projected_reply(&records, &fields),
+            })
         }
         Action::CreateVm => {
             require_object(&body)?;
             let vm = service.create(&body).await?;
-            Ok(json(StatusCode::CREATED, vm.as_ref()))
+            Ok(record(StatusCode::CREATED, &vm))
         }
-        Action::GetVm(uuid) => Ok(json(StatusCode::OK, service.get(uuid)?.as_ref())),
+        Action::GetVm(uuid) => {
+            let r = service.get(uuid)?;
+            Ok(record(StatusCode::OK, &r))
+        }
         Action::UpdateVm(uuid) => {
             require_object(&body)?;
             let vm = service.update(uuid, &body).await?;
-            Ok(json(StatusCode::OK, vm.as_ref()))
+            Ok(record(StatusCode::OK, &vm))
         }
         Action::DeleteVm(uuid) => {
             service.delete(uuid).await?;
@@ -81,17 +86,17 @@ pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Re
         }
         Action::StartVm(uuid) => {
             let vm = service.start(uuid).await?;
-            Ok(json(StatusCode::OK, vm.as_ref()))
+            Ok(record(StatusCode::OK, &vm))
         }
         Action::StopVm(uuid) => {
             let _req: StopRequest = decode(body)?;
             let vm = service.lifecycle(uuid, "stop").await?;
-            Ok(json(StatusCode::OK, vm.as_ref()))
+            Ok(record(StatusCode::OK, &vm))
         }
         Action::RebootVm(uuid) => {
             let _req: RebootRequest = decode(body)?;
             let vm = service.lifecycle(uuid, "reboot").await?;
-            Ok(json(StatusCode::OK, vm.as_ref()))
+            Ok(record(StatusCode::OK, &vm))
         }
         Action::KillVm(uuid) => {
             let req: KillRequest = decode(body)?;
@@ -99,7 +104,7 @@ pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Re
                 parse_signal(sig)?;
             }
             let vm = service.lifecycle(uuid, "kill").await?;
-            Ok(json(StatusCode::OK, vm.as_ref()))
+            Ok(record(StatusCode::OK, &vm))
         }
         Action::ValidateCreate => {
             require_object(&body)?;
@@ -145,6 +150,66 @@ pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Re
         }
         Action::Events { uuid, full } => Ok(events(service, uuid, full)),
     }
+}
+
+/// A record reply from its cached JSON.
+fn record(status: StatusCode, r: &Record) -> hyper::Response<Body> {
+    let mut bytes = Vec::with_capacity(r.json.len() + 1);
+    bytes.extend_from_slice(&r.json);
+    bytes.push(b'\n');
+    response(status, "application/json", full_body(bytes))
+}
+
+/// A list reply: the cached JSON of each record, joined; nothing is re-encoded.
+fn list_reply(records: &[Arc<Record>]) -> hyper::Response<Body> {
+    let len = records.iter().map(|r| r.json.len() + 1).sum::<usize>() + 3;
+    let mut bytes = Vec::with_capacity(len);
+    bytes.push(b'[');
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            bytes.push(b',');
+        }
+        bytes.extend_from_slice(&r.json);
+    }
+    bytes.extend_from_slice(b"]\n");
+    response(StatusCode::OK, "application/json", full_body(bytes))
+}
+
+/// A list reply holding only the top-level properties the dotted `fields` start with
+/// (`nics.0.ip` keeps `nics`), so a table asks for what it shows and no more. Written
+/// straight into the body, without building intermediate objects.
+fn projected_reply(records: &[Arc<Record>], fields: &[String]) -> hyper::Response<Body> {
+    let mut tops: Vec<&str> = Vec::new();
+    for f in fields {
+        let top = f.split('.').next().unwrap_or(f);
+        if !tops.contains(&top) {
+            tops.push(top);
+        }
+    }
+    let mut out = Vec::with_capacity(records.len() * 96 + 3);
+    out.push(b'[');
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'{');
+        let mut first = true;
+        for top in &tops {
+            if let Some(v) = r.value.get(*top) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                // Writing to a Vec cannot fail, and the key is a plain string.
+                let _ = serde_json::to_writer(&mut out, top);
+                out.push(b':');
+                let _ = serde_json::to_writer(&mut out, v);
+            }
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]\n");
+    response(StatusCode::OK, "application/json", full_body(out))
 }
 
 /// Signal names vmadm kill accepts: `KILL`, `SIGKILL`, `9`.

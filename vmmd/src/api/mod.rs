@@ -251,7 +251,8 @@ async fn drain_empty(req: Request<Incoming>) -> Result<(), ApiError> {
     }
 }
 
-fn full(bytes: Vec<u8>) -> Body {
+/// A complete body.
+pub fn full_body(bytes: Vec<u8>) -> Body {
     Full::new(Bytes::from(bytes)).boxed_unsync()
 }
 
@@ -260,7 +261,7 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Bo
     match serde_json::to_vec(value) {
         Ok(mut bytes) => {
             bytes.push(b'\n');
-            response(status, "application/json", full(bytes))
+            response(status, "application/json", full_body(bytes))
         }
         Err(e) => error_response(ApiError::from(crate::service::ServiceError::BadRequest(
             format!("cannot encode the reply: {e}"),
@@ -281,7 +282,7 @@ pub fn response(status: StatusCode, content_type: &str, body: Body) -> Response<
 fn error_response(e: ApiError) -> Response<Body> {
     let bytes = serde_json::to_vec(e.body.as_ref())
         .unwrap_or_else(|_| b"{\"code\":\"InternalError\"}".to_vec());
-    let mut resp = response(e.status, "application/json", full(bytes));
+    let mut resp = response(e.status, "application/json", full_body(bytes));
     if let Some(allow) = e.allow.and_then(|a| a.parse().ok()) {
         resp.headers_mut().insert(ALLOW, allow);
     }

@@ -15,10 +15,12 @@ pub enum Action {
     Ping,
     /// `GET /v1/openapi.json`
     OpenApi,
-    /// `GET /v1/vms?filter=k=v...`
+    /// `GET /v1/vms?filter=k=v...&fields=a,b`
     ListVms {
         /// Filter expressions, `key=value` or `key=~regex`.
         filters: Vec<String>,
+        /// Only these (dotted) properties, when given.
+        fields: Option<Vec<String>>,
     },
     /// `POST /v1/vms`
     CreateVm,
@@ -137,9 +139,18 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
         },
         ["v1", "vms"] => match *method {
             M::GET => {
-                only_keys(&pairs, &["filter"])?;
-                let filters = pairs.iter().map(|(_, v)| v.clone()).collect();
-                return Ok(Action::ListVms { filters });
+                only_keys(&pairs, &["filter", "fields"])?;
+                let filters = pairs
+                    .iter()
+                    .filter(|(k, _)| k == "filter")
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                let fields = pairs
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k == "fields")
+                    .map(|(_, v)| v.split(',').map(str::to_string).collect());
+                return Ok(Action::ListVms { filters, fields });
             }
             M::POST => Action::CreateVm,
             _ => return Err(allow(&[M::GET, M::POST])),
@@ -263,16 +274,20 @@ mod tests {
         assert_eq!(ok(Method::GET, "/v1/ping", None), Action::Ping);
         assert_eq!(
             ok(Method::GET, "/v1/vms/", None),
-            Action::ListVms { filters: vec![] }
+            Action::ListVms {
+                filters: vec![],
+                fields: None
+            }
         );
         assert_eq!(
             ok(
                 Method::GET,
                 "/v1/vms",
-                Some("filter=alias%3D~%5Eweb&filter=ram%3D256")
+                Some("filter=alias%3D~%5Eweb&filter=ram%3D256&fields=uuid,nics.0.ip")
             ),
             Action::ListVms {
-                filters: vec!["alias=~^web".into(), "ram=256".into()]
+                filters: vec!["alias=~^web".into(), "ram=256".into()],
+                fields: Some(vec!["uuid".into(), "nics.0.ip".into()])
             }
         );
         assert_eq!(

@@ -1,6 +1,6 @@
 //! Turning validated payloads into records: SmartOS's defaults, generated uuid and MACs,
 //! interface names, the primary NIC, disk paths. Pure: the caller supplies the clock, the
-//! data root and the MACs already taken.
+//! data root and a way to ask whether a MAC is taken.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -17,8 +17,41 @@ pub struct Context {
     pub now: String,
     /// The data root (disk paths live under it).
     pub data_root: PathBuf,
-    /// MACs other guests own.
-    pub macs_taken: HashSet<[u8; 6]>,
+}
+
+/// The MACs a new NIC may not take: other guests' (asked through `others`, so the caller's
+/// index answers without copying) and those given out by this operation.
+pub struct MacPool<'a> {
+    others: &'a dyn Fn(&[u8; 6]) -> bool,
+    local: HashSet<[u8; 6]>,
+}
+
+impl std::fmt::Debug for MacPool<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MacPool")
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+impl<'a> MacPool<'a> {
+    /// A pool where `others` says whether another guest owns a MAC.
+    pub fn new(others: &'a dyn Fn(&[u8; 6]) -> bool) -> MacPool<'a> {
+        MacPool {
+            others,
+            local: HashSet::new(),
+        }
+    }
+
+    /// Whether the MAC is in use.
+    pub fn taken(&self, mac: &[u8; 6]) -> bool {
+        self.local.contains(mac) || (self.others)(mac)
+    }
+
+    /// Marks a MAC as used by this operation.
+    pub fn claim(&mut self, mac: [u8; 6]) {
+        self.local.insert(mac);
+    }
 }
 
 impl Context {
@@ -28,7 +61,6 @@ impl Context {
         Context {
             now: "2026-01-01T00:00:00.000Z".into(),
             data_root: PathBuf::from("/var/lib/hull"),
-            macs_taken: HashSet::new(),
         }
     }
 }
@@ -45,7 +77,7 @@ pub enum ConvertError {
 }
 
 /// Builds the record for a new guest from a validated create payload.
-pub fn new_record(c: VmCreate, ctx: &Context) -> Result<Vm, ConvertError> {
+pub fn new_record(c: VmCreate, ctx: &Context, pool: &mut MacPool<'_>) -> Result<Vm, ConvertError> {
     let brand = c.brand.ok_or(ConvertError::NoBrand)?;
     let uuid = c.uuid.unwrap_or_else(Uuid::new_v4);
     let (ram, max_physical_memory, vcpus) = if brand.is_microvm() {
@@ -64,8 +96,7 @@ pub fn new_record(c: VmCreate, ctx: &Context) -> Result<Vm, ConvertError> {
     let max_swap = c
         .max_swap
         .unwrap_or(max_physical_memory.max(defaults::MIN_SWAP));
-    let mut taken = ctx.macs_taken.clone();
-    let nics = finish_nics(uuid, brand, c.nics.unwrap_or_default(), &mut taken, 0)?;
+    let nics = finish_nics(uuid, brand, c.nics.unwrap_or_default(), pool, 0)?;
     let disks = finish_disks(uuid, c.disks.unwrap_or_default(), &ctx.data_root, 0);
     Ok(Vm {
         uuid,
@@ -118,7 +149,7 @@ pub fn finish_nics(
     uuid: Uuid,
     brand: Brand,
     nics: Vec<NicSpec>,
-    taken: &mut HashSet<[u8; 6]>,
+    pool: &mut MacPool<'_>,
     existing: usize,
 ) -> Result<Vec<NicSpec>, ConvertError> {
     let mut out = Vec::with_capacity(nics.len());
@@ -126,9 +157,9 @@ pub fn finish_nics(
         let index = existing + offset;
         let mac = match nic.mac.as_deref().and_then(parse_mac) {
             Some(mac) => mac,
-            None => generate_mac(uuid, index, taken).ok_or(ConvertError::NoFreeMac(index))?,
+            None => generate_mac(uuid, index, pool).ok_or(ConvertError::NoFreeMac(index))?,
         };
-        taken.insert(mac);
+        pool.claim(mac);
         nic.mac = Some(format_mac(mac));
         nic.interface = Some(interface_name(brand, index));
         out.push(nic);
@@ -156,7 +187,7 @@ fn interface_name(brand: Brand, index: usize) -> String {
 
 /// A locally administered unicast MAC derived from the guest's uuid and the NIC's index, so
 /// that the same guest gets the same MACs; a salt walks past MACs already in use.
-fn generate_mac(uuid: Uuid, index: usize, taken: &HashSet<[u8; 6]>) -> Option<[u8; 6]> {
+fn generate_mac(uuid: Uuid, index: usize, pool: &MacPool<'_>) -> Option<[u8; 6]> {
     (0u32..1024).find_map(|salt| {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let bytes = uuid
@@ -171,7 +202,7 @@ fn generate_mac(uuid: Uuid, index: usize, taken: &HashSet<[u8; 6]>) -> Option<[u
         }
         let b = h.to_le_bytes();
         let mac = [0x02, b[0], b[1], b[2], b[3], b[4]];
-        (!taken.contains(&mac)).then_some(mac)
+        (!pool.taken(&mac)).then_some(mac)
     })
 }
 
@@ -227,7 +258,7 @@ mod tests {
 
     fn create(v: serde_json::Value) -> Vm {
         let c = hull_spec::validate_create(&v).unwrap_or_else(|r| panic!("{r}"));
-        new_record(c, &Context::fixed()).expect("converts")
+        new_record(c, &Context::fixed(), &mut MacPool::new(&|_| false)).expect("converts")
     }
 
     #[test]
@@ -281,10 +312,9 @@ mod tests {
         assert_eq!(vm.nics[0].mac, again.nics[0].mac, "MACs are stable");
         let mac = parse_mac(vm.nics[0].mac.as_deref().expect("mac")).expect("parses");
         assert_eq!(mac[0], 0x02, "locally administered unicast");
-        let mut taken = HashSet::from([mac]);
-        let other = generate_mac(vm.uuid, 0, &taken).expect("free mac");
+        let taken = move |m: &[u8; 6]| *m == mac;
+        let other = generate_mac(vm.uuid, 0, &MacPool::new(&taken)).expect("free mac");
         assert_ne!(other, mac);
-        taken.insert(other);
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod filter;
 pub mod store;
 pub mod update;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -73,12 +73,98 @@ pub enum ServiceError {
 /// Result alias for the service.
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
+/// A guest record as the index holds it: the typed record plus its JSON, encoded once per
+/// change so that get and list never re-encode and filters never re-convert.
+#[derive(Debug)]
+pub struct Record {
+    /// The record.
+    pub vm: Vm,
+    /// The record as a JSON value (for filters and field projection).
+    pub value: Value,
+    /// The record as JSON text (for replies).
+    pub json: bytes::Bytes,
+}
+
+impl Record {
+    fn new(vm: Vm) -> Record {
+        let value = serde_json::to_value(&vm).unwrap_or(Value::Null);
+        let json = bytes::Bytes::from(value.to_string());
+        Record { vm, value, json }
+    }
+}
+
+impl std::ops::Deref for Record {
+    type Target = Vm;
+
+    fn deref(&self) -> &Vm {
+        &self.vm
+    }
+}
+
+/// Every record, plus who owns each MAC and static IP, kept up to date on every insert and
+/// removal so that "is this address free?" never scans the guests.
+#[derive(Debug, Default)]
+struct Index {
+    vms: HashMap<Uuid, Arc<Record>>,
+    macs: HashMap<[u8; 6], Uuid>,
+    ips: HashMap<IpAddr, Uuid>,
+}
+
+fn claims(r: &Record) -> (Vec<[u8; 6]>, Vec<IpAddr>) {
+    let nics = r.value.get("nics").and_then(Value::as_array);
+    let macs = nics
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.get("mac").and_then(Value::as_str).and_then(parse_mac))
+        .collect();
+    let ips = nics.into_iter().flatten().flat_map(nic_addresses).collect();
+    (macs, ips)
+}
+
+impl Index {
+    fn insert(&mut self, r: Arc<Record>) {
+        self.remove(r.uuid);
+        let (macs, ips) = claims(&r);
+        for m in macs {
+            self.macs.insert(m, r.uuid);
+        }
+        for ip in ips {
+            self.ips.insert(ip, r.uuid);
+        }
+        self.vms.insert(r.uuid, r);
+    }
+
+    fn remove(&mut self, uuid: Uuid) -> Option<Arc<Record>> {
+        let old = self.vms.remove(&uuid)?;
+        let (macs, ips) = claims(&old);
+        for m in macs {
+            if self.macs.get(&m) == Some(&uuid) {
+                self.macs.remove(&m);
+            }
+        }
+        for ip in ips {
+            if self.ips.get(&ip) == Some(&uuid) {
+                self.ips.remove(&ip);
+            }
+        }
+        Some(old)
+    }
+
+    fn mac_owner(&self, mac: &[u8; 6], except: Option<Uuid>) -> Option<Uuid> {
+        self.macs.get(mac).copied().filter(|u| Some(*u) != except)
+    }
+
+    fn ip_owner(&self, ip: &IpAddr, except: Option<Uuid>) -> Option<Uuid> {
+        self.ips.get(ip).copied().filter(|u| Some(*u) != except)
+    }
+}
+
 /// The daemon's guest service.
 #[derive(Debug)]
 pub struct Service {
     data_root: PathBuf,
     store: Arc<Store>,
-    records: RwLock<HashMap<Uuid, Arc<Vm>>>,
+    records: RwLock<Index>,
     guest_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
     index_lock: tokio::sync::Mutex<()>,
     nictag_lock: tokio::sync::Mutex<()>,
@@ -107,11 +193,10 @@ impl Service {
     /// Opens the service on `data_root`, loading every guest record.
     pub fn open(data_root: &Path) -> Result<(Service, Loaded)> {
         let (store, mut loaded) = Store::open(data_root)?;
-        let records = loaded
-            .vms
-            .drain(..)
-            .map(|vm| (vm.uuid, Arc::new(vm)))
-            .collect();
+        let mut records = Index::default();
+        for vm in loaded.vms.drain(..) {
+            records.insert(Arc::new(Record::new(vm)));
+        }
         let (events, _) = broadcast::channel(1024);
         Ok((
             Service {
@@ -174,51 +259,25 @@ impl Service {
     }
 
     /// Every guest matching all `filters`.
-    pub fn list(&self, filters: &[Filter]) -> Vec<Arc<Vm>> {
+    pub fn list(&self, filters: &[Filter]) -> Vec<Arc<Record>> {
         let records = read(&self.records);
-        let mut out: Vec<Arc<Vm>> = if filters.is_empty() {
-            records.values().cloned().collect()
-        } else {
-            records
-                .values()
-                .filter(|vm| {
-                    serde_json::to_value(vm.as_ref())
-                        .map(|v| filters.iter().all(|f| f.matches(&v)))
-                        .unwrap_or(false)
-                })
-                .cloned()
-                .collect()
-        };
+        let mut out: Vec<Arc<Record>> = records
+            .vms
+            .values()
+            .filter(|r| filters.iter().all(|f| f.matches(&r.value)))
+            .cloned()
+            .collect();
         out.sort_by_key(|vm| vm.uuid);
         out
     }
 
     /// One guest.
-    pub fn get(&self, uuid: Uuid) -> Result<Arc<Vm>> {
+    pub fn get(&self, uuid: Uuid) -> Result<Arc<Record>> {
         read(&self.records)
+            .vms
             .get(&uuid)
             .cloned()
             .ok_or(ServiceError::NotFound(uuid))
-    }
-
-    /// MACs and static IPs owned by guests other than `except`.
-    fn taken(&self, except: Option<Uuid>) -> (HashSet<[u8; 6]>, HashMap<IpAddr, Uuid>) {
-        let records = read(&self.records);
-        let mut macs = HashSet::new();
-        let mut ips = HashMap::new();
-        for vm in records.values().filter(|vm| Some(vm.uuid) != except) {
-            for nic in &vm.nics {
-                if let Some(mac) = nic.mac.as_deref().and_then(parse_mac) {
-                    macs.insert(mac);
-                }
-                if let Ok(v) = serde_json::to_value(nic) {
-                    for ip in nic_addresses(&v) {
-                        ips.insert(ip, vm.uuid);
-                    }
-                }
-            }
-        }
-        (macs, ips)
     }
 
     /// Checks a payload's NICs against the host: tags known, MACs and IPs free.
@@ -230,7 +289,7 @@ impl Service {
         except: Option<Uuid>,
     ) -> Result<()> {
         let tags = self.nictags.load()?;
-        let (macs, ips) = self.taken(except);
+        let index = read(&self.records);
         for (i, nic) in nics.iter().enumerate() {
             if let Some(tag) = nic.get("nic_tag").and_then(Value::as_str)
                 && !tags.contains_key(tag)
@@ -249,7 +308,7 @@ impl Service {
                 );
             }
             if let Some(mac) = nic.get("mac").and_then(Value::as_str).and_then(parse_mac)
-                && macs.contains(&mac)
+                && index.mac_owner(&mac, except).is_some()
             {
                 report.bad_value(
                     format!("{prefix}.{i}.mac"),
@@ -257,7 +316,7 @@ impl Service {
                 );
             }
             for ip in nic_addresses(nic) {
-                if let Some(owner) = ips.get(&ip) {
+                if let Some(owner) = index.ip_owner(&ip, except) {
                     let field = if nic.get("ips").is_some() {
                         "ips"
                     } else {
@@ -307,7 +366,7 @@ impl Service {
             .get("uuid")
             .and_then(Value::as_str)
             .and_then(|s| Uuid::parse_str(s).ok())
-            && read(&self.records).contains_key(&uuid)
+            && read(&self.records).vms.contains_key(&uuid)
         {
             report.bad_value("uuid", format!("a VM with uuid {uuid} already exists"));
         }
@@ -355,7 +414,7 @@ impl Service {
     }
 
     /// Creates a guest: all or nothing.
-    pub async fn create(&self, payload: &Value) -> Result<Arc<Vm>> {
+    pub async fn create(&self, payload: &Value) -> Result<Arc<Record>> {
         let _index = self.index_lock.lock().await;
         let create = self.validate_create(payload)?;
         if create.autoboot.unwrap_or(true) {
@@ -367,17 +426,19 @@ impl Service {
                 runtime_name(create.brand)
             )));
         }
-        let (macs, _) = self.taken(None);
         let ctx = convert::Context {
             now: now(),
             data_root: self.data_root.clone(),
-            macs_taken: macs,
         };
-        let vm = convert::new_record(create, &ctx)
-            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let vm = {
+            let index = read(&self.records);
+            let others = |m: &[u8; 6]| index.mac_owner(m, None).is_some();
+            convert::new_record(create, &ctx, &mut convert::MacPool::new(&others))
+                .map_err(|e| ServiceError::BadRequest(e.to_string()))?
+        };
         self.persist(&vm).await?;
-        let vm = Arc::new(vm);
-        write(&self.records).insert(vm.uuid, vm.clone());
+        let vm = Arc::new(Record::new(vm));
+        write(&self.records).insert(vm.clone());
         self.emit(EventKind::Create, &vm, Vec::new());
         Ok(vm)
     }
@@ -395,7 +456,7 @@ impl Service {
     }
 
     /// Applies an update: all or nothing.
-    pub async fn update(&self, uuid: Uuid, payload: &Value) -> Result<Arc<Vm>> {
+    pub async fn update(&self, uuid: Uuid, payload: &Value) -> Result<Arc<Record>> {
         let lock = self.guest_lock(uuid);
         let _guest = lock.lock().await;
         let current = self.get(uuid)?;
@@ -428,13 +489,16 @@ impl Service {
         if !report.is_empty() {
             return Err(ServiceError::Invalid(report));
         }
-        let (macs, _) = self.taken(Some(uuid));
-        let (mut next, changes) =
-            update::apply(&current, &upd, &self.data_root, &macs).map_err(ServiceError::Invalid)?;
+        let (mut next, changes) = {
+            let index = read(&self.records);
+            let others = |m: &[u8; 6]| index.mac_owner(m, Some(uuid)).is_some();
+            update::apply(&current, &upd, &self.data_root, &others)
+                .map_err(ServiceError::Invalid)?
+        };
         next.last_modified = now();
         self.persist(&next).await?;
-        let next = Arc::new(next);
-        write(&self.records).insert(uuid, next.clone());
+        let next = Arc::new(Record::new(next));
+        write(&self.records).insert(next.clone());
         self.emit(EventKind::Modify, &next, changes);
         Ok(next)
     }
@@ -453,7 +517,7 @@ impl Service {
         }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.remove(uuid)).await??;
-        write(&self.records).remove(&uuid);
+        write(&self.records).remove(uuid);
         self.emit(EventKind::Delete, &current, Vec::new());
         drop(guard);
         drop(lock);
@@ -462,7 +526,7 @@ impl Service {
     }
 
     /// Starts a guest.
-    pub async fn start(&self, uuid: Uuid) -> Result<Arc<Vm>> {
+    pub async fn start(&self, uuid: Uuid) -> Result<Arc<Record>> {
         let lock = self.guest_lock(uuid);
         let _guest = lock.lock().await;
         let vm = self.get(uuid)?;
@@ -479,7 +543,7 @@ impl Service {
     }
 
     /// Stops, reboots or signals a guest: all need it running.
-    pub async fn lifecycle(&self, uuid: Uuid, verb: &str) -> Result<Arc<Vm>> {
+    pub async fn lifecycle(&self, uuid: Uuid, verb: &str) -> Result<Arc<Record>> {
         let lock = self.guest_lock(uuid);
         let _guest = lock.lock().await;
         let vm = self.get(uuid)?;
@@ -498,6 +562,7 @@ impl Service {
     /// Starts every guest marked autoboot; returns (uuid, error) for those that failed.
     pub async fn autoboot(&self) -> Vec<(Uuid, ServiceError)> {
         let candidates: Vec<Uuid> = read(&self.records)
+            .vms
             .values()
             .filter(|vm| vm.autoboot && vm.state != VmState::Running)
             .map(|vm| vm.uuid)
@@ -567,6 +632,7 @@ impl Service {
             return Err(ServiceError::NicTagNotFound(name.to_string()));
         }
         let users: Vec<String> = read(&self.records)
+            .vms
             .values()
             .filter(|vm| vm.nics.iter().any(|n| n.nic_tag == name))
             .map(|vm| vm.uuid.to_string())

@@ -176,8 +176,8 @@ mod tests {
             "brand": "kvm", "uuid": uuid.to_string(), "autoboot": false
         }))
         .expect("valid");
-        crate::service::convert::new_record(create, &crate::service::convert::Context::fixed())
-            .expect("converts")
+        use crate::service::convert::{Context, MacPool, new_record};
+        new_record(create, &Context::fixed(), &mut MacPool::new(&|_| false)).expect("converts")
     }
 
     #[test]

@@ -9,14 +9,14 @@ use hull_spec::net::parse_mac;
 use hull_spec::vm::{DiskSpec, NicSpec, defaults};
 use hull_spec::{ValidationReport, Vm, VmUpdate};
 
-use super::convert::{finish_disks, finish_nics, renumber_nics, set_remove};
+use super::convert::{MacPool, finish_disks, finish_nics, renumber_nics, set_remove};
 
 /// Applies `u` to a copy of `vm`. Returns the new record and the changed property names.
 pub fn apply(
     vm: &Vm,
     u: &VmUpdate,
     data_root: &std::path::Path,
-    macs_taken_elsewhere: &HashSet<[u8; 6]>,
+    macs_taken_elsewhere: &dyn Fn(&[u8; 6]) -> bool,
 ) -> Result<(Vm, Vec<String>), ValidationReport> {
     let mut next = vm.clone();
     let mut changes = Vec::new();
@@ -172,7 +172,7 @@ fn nic_index(nics: &[NicSpec], mac: &str) -> Option<usize> {
 fn apply_nics(
     next: &mut Vm,
     u: &VmUpdate,
-    macs_taken_elsewhere: &HashSet<[u8; 6]>,
+    macs_taken_elsewhere: &dyn Fn(&[u8; 6]) -> bool,
     r: &mut ValidationReport,
 ) -> bool {
     let mut changed = false;
@@ -239,22 +239,23 @@ fn apply_nics(
         }
     }
     if let Some(add) = &u.add_nics {
-        let mut taken: HashSet<[u8; 6]> = macs_taken_elsewhere.clone();
-        taken.extend(
-            next.nics
-                .iter()
-                .filter_map(|n| n.mac.as_deref().and_then(parse_mac)),
-        );
+        let own: HashSet<[u8; 6]> = next
+            .nics
+            .iter()
+            .filter_map(|n| n.mac.as_deref().and_then(parse_mac))
+            .collect();
+        let in_use = |m: &[u8; 6]| own.contains(m) || macs_taken_elsewhere(m);
         for (i, nic) in add.iter().enumerate() {
             if let Some(mac) = nic.mac.as_deref().and_then(parse_mac)
-                && taken.contains(&mac)
+                && in_use(&mac)
             {
                 r.bad_value(format!("add_nics.{i}.mac"), "this MAC is already in use");
             }
         }
         let had_primary = next.nics.iter().any(|n| n.primary == Some(true));
         let existing = next.nics.len();
-        match finish_nics(next.uuid, next.brand, add.clone(), &mut taken, existing) {
+        let mut pool = MacPool::new(&in_use);
+        match finish_nics(next.uuid, next.brand, add.clone(), &mut pool, existing) {
             Ok(mut added) => {
                 if had_primary && added.iter().any(|n| n.primary == Some(true)) {
                     for n in &mut next.nics {
@@ -382,7 +383,7 @@ fn check_routes_still_point_at_nics(vm: &Vm, r: &mut ValidationReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::convert::{Context, new_record};
+    use crate::service::convert::{Context, MacPool, new_record};
     use hull_spec::Brand;
     use serde_json::json;
     use std::path::Path;
@@ -391,6 +392,7 @@ mod tests {
         new_record(
             hull_spec::validate_create(&v).expect("valid"),
             &Context::fixed(),
+            &mut MacPool::new(&|_| false),
         )
         .expect("converts")
     }
@@ -409,7 +411,7 @@ mod tests {
                            "set_customer_metadata": {"k": "v"}}),
             Brand::Joyent,
         );
-        let (next, changes) = apply(&base, &u, Path::new("/d"), &HashSet::new()).expect("applies");
+        let (next, changes) = apply(&base, &u, Path::new("/d"), &|_| false).expect("applies");
         assert_eq!(next.alias.as_deref(), Some("x"));
         assert_eq!(next.cpu_cap, Some(50));
         assert_eq!(next.tags.keys().collect::<Vec<_>>(), ["b", "c"]);
@@ -426,7 +428,7 @@ mod tests {
             &base,
             &upd(json!({"max_physical_memory": 1024}), Brand::Joyent),
             Path::new("/d"),
-            &HashSet::new(),
+            &|_| false,
         )
         .expect("applies");
         assert_eq!(
@@ -437,7 +439,7 @@ mod tests {
             &base,
             &upd(json!({"max_swap": 128}), Brand::Joyent),
             Path::new("/d"),
-            &HashSet::new(),
+            &|_| false,
         )
         .expect_err("swap below memory");
         assert_eq!(r.bad_values, ["max_swap"]);
@@ -453,21 +455,21 @@ mod tests {
                            "add_nics": [{"nic_tag": "internal"}]}),
             Brand::Joyent,
         );
-        let (next, _) = apply(&base, &u, Path::new("/d"), &HashSet::new()).expect("applies");
+        let (next, _) = apply(&base, &u, Path::new("/d"), &|_| false).expect("applies");
         let prim: Vec<bool> = next.nics.iter().map(|n| n.primary == Some(true)).collect();
         assert_eq!(prim, [false, true, false]);
         assert_eq!(next.nics[2].interface.as_deref(), Some("net2"));
         let u = upd(json!({"remove_nics": ["02:00:00:00:00:01"]}), Brand::Joyent);
-        let (next, _) = apply(&next, &u, Path::new("/d"), &HashSet::new()).expect("applies");
+        let (next, _) = apply(&next, &u, Path::new("/d"), &|_| false).expect("applies");
         assert_eq!(next.nics[0].interface.as_deref(), Some("net0"));
         assert_eq!(next.nics[0].mac.as_deref(), Some("02:00:00:00:00:02"));
         let u = upd(
             json!({"remove_nics": ["02:00:00:00:00:09"], "update_nics": [{"mac": "02:00:00:00:00:08", "mtu": 1500}]}),
             Brand::Joyent,
         );
-        let r = apply(&next, &u, Path::new("/d"), &HashSet::new()).expect_err("unknown macs");
+        let r = apply(&next, &u, Path::new("/d"), &|_| false).expect_err("unknown macs");
         assert_eq!(r.bad_values, ["remove_nics.0", "update_nics.0.mac"]);
-        let taken = HashSet::from([[2, 0, 0, 0, 0, 7]]);
+        let taken = |m: &[u8; 6]| *m == [2, 0, 0, 0, 0, 7];
         let u = upd(
             json!({"add_nics": [{"nic_tag": "a", "mac": "02:00:00:00:00:07"}]}),
             Brand::Joyent,
@@ -484,15 +486,14 @@ mod tests {
             json!({"add_disks": [{"size": 5}], "update_disks": [{"path": path, "size": 200}]}),
             Brand::Kvm,
         );
-        let (next, _) =
-            apply(&base, &u, Path::new("/var/lib/hull"), &HashSet::new()).expect("applies");
+        let (next, _) = apply(&base, &u, Path::new("/var/lib/hull"), &|_| false).expect("applies");
         assert_eq!(next.disks.len(), 2);
         assert_eq!(next.disks[0].size, Some(200));
         let u = upd(
             json!({"update_disks": [{"path": path, "size": 1}]}),
             Brand::Kvm,
         );
-        let r = apply(&next, &u, Path::new("/var/lib/hull"), &HashSet::new()).expect_err("shrink");
+        let r = apply(&next, &u, Path::new("/var/lib/hull"), &|_| false).expect_err("shrink");
         assert_eq!(r.bad_values, ["update_disks.0.size"]);
     }
 }

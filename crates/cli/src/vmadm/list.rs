@@ -29,18 +29,28 @@ fn check_filters(filters: &[String]) -> Result<(), Failure> {
     }
 }
 
-fn records(socket: Option<&Path>, filters: &[String]) -> Result<Vec<Value>, Failure> {
+/// The matching records, holding only the properties `need` names (all when `None`).
+fn records(
+    socket: Option<&Path>,
+    filters: &[String],
+    need: Option<Vec<String>>,
+) -> Result<Vec<Value>, Failure> {
     check_filters(filters)?;
-    let vms = client(socket)?.list_vms(filters)?;
-    vms.iter()
-        .map(|vm| serde_json::to_value(vm).map_err(|e| Failure::new(e.to_string())))
+    Ok(client(socket)?.list_values(filters, need.as_deref())?)
+}
+
+/// Columns plus sort keys (without their `-`).
+fn needed(cols: &[String], by: &[String]) -> Vec<String> {
+    cols.iter()
+        .cloned()
+        .chain(by.iter().map(|b| b.trim_start_matches('-').to_string()))
         .collect()
 }
 
 pub fn list(socket: Option<&Path>, a: &ListArgs) -> CmdResult {
     let cols = fields(a.fields.as_deref().unwrap_or(DEFAULT_FIELDS)).map_err(Failure::usage)?;
     let by = fields(a.sort.as_deref().unwrap_or(DEFAULT_SORT)).map_err(Failure::usage)?;
-    let mut rows = records(socket, &a.filters)?;
+    let mut rows = records(socket, &a.filters, Some(needed(&cols, &by)))?;
     sort(&mut rows, &by);
     crate::out!(
         "{}",
@@ -59,7 +69,12 @@ pub fn lookup(
     if cols.is_some() && !json {
         return Err(Failure::usage("-o goes with -j"));
     }
-    let rows = records(socket, filters)?;
+    let need = match (json, cols) {
+        (false, _) => Some(vec!["uuid".to_string()]),
+        (true, Some(list)) => Some(fields(list).map_err(Failure::usage)?),
+        (true, None) => None,
+    };
+    let rows = records(socket, filters, need)?;
     if unique && rows.len() != 1 {
         return Err(Failure::new(format!(
             "requested unique lookup but found {} results",
