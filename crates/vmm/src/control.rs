@@ -178,6 +178,12 @@ pub fn spawn(path: &Path, controller: Controller) -> Result<(), ControlError> {
     std::thread::Builder::new()
         .name("vmm-control".into())
         .spawn(move || {
+            if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadRole::Control) {
+                controller
+                    .state
+                    .stop(StopReason::VmmFailure(format!("control thread: {e}")));
+                return;
+            }
             for stream in listener.incoming().flatten() {
                 controller.serve(stream);
             }

@@ -8,7 +8,7 @@
 //! Code map: [`config`] (what the CLI asks for), [`memory`] (guest physical layout),
 //! [`boot`] (kernel loading, zero page, MP table, vCPU register state, CPUID), [`bus`] (port
 //! and MMIO dispatch), [`devices`] (serial, i8042, virtio-mmio block/net/rng), [`vcpu`] (one
-//! thread per vCPU and its exit handling), [`control`] (the JSON-lines control socket) and
+//! thread per vCPU and its exit handling), [`control`] (the JSON-lines control socket), [`seccomp`] (per-thread syscall filters) and
 //! [`vm`] (wires everything together and runs until the guest stops).
 
 pub mod boot;
@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod devices;
 pub mod memory;
+pub mod seccomp;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;

@@ -139,6 +139,11 @@ impl Vcpu {
         // SAFETY: pthread_self has no preconditions.
         lock(&self.state.threads).push(unsafe { libc::pthread_self() });
         let id = self.id;
+        if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadRole::Vcpu) {
+            self.state
+                .stop(StopReason::VmmFailure(format!("vCPU {id}: {e}")));
+            return;
+        }
         while !self.state.stopping() {
             if self.state.paused() {
                 self.state.park();

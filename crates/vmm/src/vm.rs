@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
@@ -105,6 +105,8 @@ pub enum VmError {
     TooManyDevices(usize),
     #[error("cannot set up the control socket")]
     Control(#[from] ControlError),
+    #[error("cannot confine the VMM")]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("cannot set up the {what}")]
     Host {
         what: &'static str,
@@ -470,7 +472,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
         nets,
         state: state.clone(),
         button,
-        term_seen: false,
+        stop_deadline: None,
     };
     event_loop.register().map_err(host("event loop"))?;
     std::thread::Builder::new()
@@ -486,6 +488,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
             .map_err(host("vCPU thread"))?;
     }
 
+    crate::seccomp::apply(crate::seccomp::ThreadRole::Main)?;
     let reason = stop_rx
         .recv()
         .unwrap_or_else(|_| StopReason::VmmFailure("all stop senders vanished".into()));
@@ -507,7 +510,7 @@ struct EventLoop {
     nets: Vec<(RawFd, Arc<Mutex<MmioTransport>>)>,
     state: Arc<RunState>,
     button: Arc<PowerButton>,
-    term_seen: bool,
+    stop_deadline: Option<Instant>,
 }
 
 impl EventLoop {
@@ -608,22 +611,10 @@ impl EventLoop {
             return;
         }
         let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
-        if signo == libc::SIGTERM as u32 && !self.term_seen {
-            self.term_seen = true;
+        if signo == libc::SIGTERM as u32 && self.stop_deadline.is_none() {
             self.button.press();
-            let state = self.state.clone();
-            let timer = std::thread::Builder::new()
-                .name("vmm-stop-grace".into())
-                .spawn(move || {
-                    std::thread::sleep(STOP_GRACE);
-                    state.stop(StopReason::Requested(format!(
-                        "SIGTERM: the guest did not power off within {} s",
-                        STOP_GRACE.as_secs()
-                    )));
-                });
-            if timer.is_ok() {
-                return;
-            }
+            self.stop_deadline = Some(Instant::now() + STOP_GRACE);
+            return;
         }
         let name = if signo == libc::SIGINT as u32 {
             "SIGINT"
@@ -634,10 +625,35 @@ impl EventLoop {
             .stop(StopReason::Requested(format!("{name} received")));
     }
 
+    /// Milliseconds epoll may sleep: forever, or until the stop deadline.
+    fn wait_timeout(&mut self) -> i32 {
+        match self.stop_deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    self.state.stop(StopReason::Requested(format!(
+                        "SIGTERM: the guest did not power off within {} s",
+                        STOP_GRACE.as_secs()
+                    )));
+                    self.stop_deadline = None;
+                    return -1;
+                }
+                i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1)
+            }
+        }
+    }
+
     fn run(mut self) {
+        if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadRole::EventLoop) {
+            self.state
+                .stop(StopReason::VmmFailure(format!("event loop: {e}")));
+            return;
+        }
         let mut events = vec![EpollEvent::default(); 16];
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
+            let timeout = self.wait_timeout();
+            let n = match self.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {

@@ -346,6 +346,27 @@ fn kvm_control_socket_pause_stats_resume_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let (child, ctl) = start_holding(dir.path(), "2");
     let mut s = BufReader::new(UnixStream::connect(&ctl).unwrap());
+    // Every thread of the running VMM is under a seccomp filter.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
+    let mut names = Vec::new();
+    for t in tasks {
+        let path = t.unwrap().path();
+        let status = std::fs::read_to_string(path.join("status")).unwrap();
+        assert!(status.contains("Seccomp:\t2"), "{status}");
+        names.push(
+            std::fs::read_to_string(path.join("comm"))
+                .unwrap()
+                .trim()
+                .to_owned(),
+        );
+    }
+    // KVM may add a kernel worker (kvm-nx-lpage-recovery) to the process; ours must be there.
+    for want in ["vmm", "vmm-events", "vmm-control", "vcpu0", "vcpu1"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
     let r = request(&mut s, r#"{"cmd":"stats"}"#);
     assert_eq!(r["ok"], true, "{r}");
     let devices = r["stats"]["devices"].as_array().unwrap();

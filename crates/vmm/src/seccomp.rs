@@ -1,0 +1,242 @@
+//! Per-thread seccomp allow-lists (seccompiler). Each thread of the VMM installs the filter for
+//! its role once its setup is done; any other syscall kills the whole process, so a guest
+//! that takes over a device emulation path still cannot open files, create sockets or spawn
+//! processes. Setting `HULL_VMM_NO_SECCOMP=1` skips the filters and
+//! `HULL_VMM_SECCOMP_DISCOVER=1` turns kills into ENOSYS (debugging only).
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// ioctl numbers a vCPU thread may issue.
+const KVM_RUN: u64 = 0xae80;
+const KVM_GET_REGS: u64 = 0x8090_ae81;
+
+/// What a thread does, which decides what it may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadRole {
+    /// Runs KVM_RUN and device emulation (block I/O, TAP writes, console output).
+    Vcpu,
+    /// Waits on epoll: signals, console input, TAP readiness.
+    EventLoop,
+    /// Serves the control socket and kicks vCPUs.
+    Control,
+    /// Waits for the stop reason, then flushes and exits.
+    Main,
+}
+
+/// Errors from building or installing a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("cannot build the seccomp filter for the {0:?} thread")]
+    Build(ThreadRole, #[source] seccompiler::BackendError),
+    #[error("cannot compile the seccomp filter for the {0:?} thread")]
+    Compile(ThreadRole, #[source] seccompiler::BackendError),
+    #[error("cannot install the seccomp filter for the {0:?} thread")]
+    Install(ThreadRole, #[source] seccompiler::Error),
+}
+
+/// Syscalls every thread needs: memory management, futexes, signal return, exit, time.
+const COMMON: &[libc::c_long] = &[
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_futex,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_sched_yield,
+    libc::SYS_clock_gettime,
+    libc::SYS_restart_syscall,
+    libc::SYS_write,
+    libc::SYS_getrandom,
+];
+
+fn role_syscalls(role: ThreadRole) -> &'static [libc::c_long] {
+    match role {
+        ThreadRole::Vcpu => &[
+            libc::SYS_read,
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_fdatasync,
+            libc::SYS_fsync,
+            libc::SYS_sendto,
+            // The thread drops its vCPU fd when the VM stops (and debug builds check fds
+            // with F_GETFD before closing).
+            libc::SYS_close,
+            libc::SYS_fcntl,
+        ],
+        ThreadRole::EventLoop => &[
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_epoll_ctl,
+            libc::SYS_read,
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
+            libc::SYS_accept4,
+            libc::SYS_close,
+            libc::SYS_fcntl,
+        ],
+        ThreadRole::Control => &[
+            libc::SYS_accept4,
+            libc::SYS_read,
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
+            libc::SYS_close,
+            libc::SYS_fcntl,
+            libc::SYS_tgkill,
+            libc::SYS_getpid,
+            libc::SYS_gettid,
+            libc::SYS_nanosleep,
+            libc::SYS_clock_nanosleep,
+        ],
+        ThreadRole::Main => &[
+            libc::SYS_close,
+            libc::SYS_fcntl,
+            libc::SYS_unlink,
+            libc::SYS_unlinkat,
+        ],
+    }
+}
+
+/// Kill the process, or with `HULL_VMM_SECCOMP_DISCOVER=1` fail the call with ENOSYS so that
+/// `strace -f` shows which syscall a filter is missing (debugging only).
+fn mismatch_action() -> SeccompAction {
+    if std::env::var_os("HULL_VMM_SECCOMP_DISCOVER").is_some_and(|v| v == "1") {
+        SeccompAction::Errno(libc::ENOSYS as u32)
+    } else {
+        SeccompAction::KillProcess
+    }
+}
+
+/// The BPF program for `role`.
+pub fn filter(role: ThreadRole) -> Result<BpfProgram, SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for s in COMMON.iter().chain(role_syscalls(role)) {
+        rules.insert(*s, vec![]);
+    }
+    if role == ThreadRole::Vcpu {
+        let ioctl = |req| {
+            SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)
+                .and_then(|c| SeccompRule::new(vec![c]))
+                .map_err(|e| SeccompError::Build(role, e))
+        };
+        rules.insert(libc::SYS_ioctl, vec![ioctl(KVM_RUN)?, ioctl(KVM_GET_REGS)?]);
+    }
+    let f = SeccompFilter::new(
+        rules,
+        mismatch_action(),
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| SeccompError::Build(role, e))?;
+    f.try_into().map_err(|e| SeccompError::Compile(role, e))
+}
+
+/// Whether filters are switched off for debugging.
+pub fn disabled() -> bool {
+    std::env::var_os("HULL_VMM_NO_SECCOMP").is_some_and(|v| v == "1")
+}
+
+/// Installs `role`'s filter on the calling thread.
+pub fn apply(role: ThreadRole) -> Result<(), SeccompError> {
+    if disabled() {
+        return Ok(());
+    }
+    let prog = filter(role)?;
+    seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(role, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` in a forked child with `role`'s filter and returns its wait status.
+    fn in_filtered_child(role: ThreadRole, f: fn()) -> libc::c_int {
+        let prog = filter(role).unwrap();
+        // SAFETY: the child only installs the prebuilt filter (prctl + seccomp), runs `f`
+        // (raw syscalls, no allocation) and _exits; the parent waits for it.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                if seccompiler::apply_filter(&prog).is_err() {
+                    libc::_exit(99);
+                }
+                f();
+                libc::_exit(0);
+            }
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+            status
+        }
+    }
+
+    fn killed_by_sigsys(status: libc::c_int) -> bool {
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS
+    }
+
+    #[test]
+    fn vcpu_thread_dies_on_socket_or_open() {
+        let st = in_filtered_child(ThreadRole::Vcpu, || {
+            // SAFETY: a plain syscall with constant arguments.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        });
+        assert!(killed_by_sigsys(st), "status {st:#x}");
+        let st = in_filtered_child(ThreadRole::Vcpu, || {
+            // SAFETY: a plain syscall on a static NUL-terminated path.
+            unsafe { libc::openat(libc::AT_FDCWD, c"/etc/passwd".as_ptr(), libc::O_RDONLY) };
+        });
+        assert!(killed_by_sigsys(st), "status {st:#x}");
+    }
+
+    #[test]
+    fn vcpu_ioctls_are_limited_to_kvm_run() {
+        let st = in_filtered_child(ThreadRole::Vcpu, || {
+            // SAFETY: ioctl on an invalid fd; the filter decides before the kernel looks.
+            unsafe { libc::ioctl(-1, libc::TIOCSTI, 0) };
+        });
+        assert!(killed_by_sigsys(st), "status {st:#x}");
+        let st = in_filtered_child(ThreadRole::Vcpu, || {
+            // SAFETY: KVM_RUN on an invalid fd fails with EBADF, which is fine.
+            unsafe { libc::ioctl(-1, KVM_RUN as _, 0) };
+        });
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "status {st:#x}"
+        );
+    }
+
+    #[test]
+    fn allowed_calls_pass_and_exec_is_refused_everywhere() {
+        for role in [
+            ThreadRole::Vcpu,
+            ThreadRole::EventLoop,
+            ThreadRole::Control,
+            ThreadRole::Main,
+        ] {
+            let st = in_filtered_child(role, || {
+                let mut b = [0u8; 8];
+                // SAFETY: getrandom into a local buffer.
+                unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+            });
+            assert!(
+                libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+                "{role:?}: {st:#x}"
+            );
+            let st = in_filtered_child(role, || {
+                // SAFETY: execve of a static path with empty argv/envp; never returns if allowed.
+                unsafe { libc::execve(c"/bin/true".as_ptr(), std::ptr::null(), std::ptr::null()) };
+            });
+            assert!(killed_by_sigsys(st), "{role:?}: {st:#x}");
+        }
+    }
+}
