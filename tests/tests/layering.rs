@@ -1,0 +1,82 @@
+//! STYLE.md 10: the workspace's dependency arrows point down only (DESIGN.md "Workspace").
+//! Reads `cargo metadata` and fails on any edge not in the allowed map.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Each workspace crate and the workspace crates it may depend on.
+fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
+    let spec_only = ["hull-spec"];
+    BTreeMap::from([
+        ("hull-spec", BTreeSet::new()),
+        ("hull-vmm", BTreeSet::new()),
+        ("hull-client", BTreeSet::from(spec_only)),
+        ("hull-cli", BTreeSet::from(["hull-client", "hull-spec"])),
+        // vmmd links the subsystem libraries as they land (zoned, cowstore, vswitch), never
+        // hull-vmm: it runs the vmm binary as a process.
+        (
+            "vmmd",
+            BTreeSet::from(["hull-spec", "hull-zoned", "hull-cowstore", "hull-vswitch"]),
+        ),
+        ("hull-tests", BTreeSet::from(["hull-client", "hull-spec"])),
+    ])
+}
+
+#[test]
+fn dependency_arrows_point_down() {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let packages = meta["packages"].as_array().expect("packages");
+    let members: BTreeSet<String> = packages
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect();
+    let allowed = allowed();
+    for p in packages {
+        let name = p["name"].as_str().expect("name");
+        let ok = allowed
+            .get(name)
+            .unwrap_or_else(|| panic!("new workspace crate {name}: add it to the layering map"));
+        for dep in p["dependencies"].as_array().expect("deps") {
+            let dep_name = dep["name"].as_str().expect("dep name");
+            if dep["kind"].as_str() == Some("dev") {
+                continue;
+            }
+            if members.contains(dep_name) {
+                assert!(
+                    ok.contains(dep_name),
+                    "{name} must not depend on {dep_name}"
+                );
+            }
+        }
+    }
+    // The wire crate depends on nothing of ours and does no I/O-capable runtime work.
+    let spec = packages
+        .iter()
+        .find(|p| p["name"] == "hull-spec")
+        .expect("spec");
+    for dep in spec["dependencies"].as_array().expect("deps") {
+        let d = dep["name"].as_str().expect("name");
+        assert!(
+            ["serde", "serde_json", "schemars", "uuid"].contains(&d),
+            "hull-spec depends on {d}"
+        );
+    }
+}
