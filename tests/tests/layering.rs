@@ -12,6 +12,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     BTreeMap::from([
         ("hull-spec", BTreeSet::new()),
         ("hull-vmm", BTreeSet::new()),
+        ("hull-cowstore", BTreeSet::new()),
         ("hull-client", BTreeSet::from(spec_only)),
         ("hull-cli", BTreeSet::from(["hull-client", "hull-spec"])),
         // vmmd links the subsystem libraries as they land (zoned, cowstore, vswitch), never

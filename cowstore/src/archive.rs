@@ -1,0 +1,1 @@
+//! Verification and unpacking of untrusted image files (being written).
