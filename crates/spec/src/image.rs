@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::validate::{ValidationReport, is_uuid};
 use crate::vm::Brand;
 
 /// What an image holds.
@@ -95,4 +96,156 @@ pub struct ImageManifest {
     /// Other IMGAPI fields, kept as given.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// The compressions image files may use.
+pub const COMPRESSIONS: [&str; 4] = ["none", "gzip", "xz", "zstd"];
+
+/// Validates an untrusted manifest, naming every missing or bad field (`files.0.sha1`) in a
+/// SmartOS-shaped report, then returns the typed manifest.
+pub fn validate_manifest(value: &serde_json::Value) -> Result<ImageManifest, ValidationReport> {
+    use serde_json::Value;
+    let mut r = ValidationReport::default();
+    let Some(obj) = value.as_object() else {
+        r.bad_value("manifest", "a manifest must be a JSON object");
+        return Err(r);
+    };
+    for key in ["v", "uuid", "name", "version", "type", "os", "files"] {
+        if !obj.contains_key(key) {
+            r.missing(key, format!("the manifest has no {key}"));
+        }
+    }
+    if let Some(v) = obj.get("v")
+        && v.as_u64() != Some(2)
+    {
+        r.bad_value("v", "only manifest version 2 is supported");
+    }
+    if let Some(u) = obj.get("uuid")
+        && !u.as_str().is_some_and(is_uuid)
+    {
+        r.bad_value("uuid", "uuid must be a lower-case UUID");
+    }
+    for key in ["name", "version", "os"] {
+        if let Some(v) = obj.get(key) {
+            let ok = v.as_str().is_some_and(|s| {
+                !s.is_empty() && s.len() <= 512 && !s.chars().any(char::is_control)
+            });
+            if !ok {
+                r.bad_value(
+                    key,
+                    format!("{key} must be a non-empty string of printable characters"),
+                );
+            }
+        }
+    }
+    let image_type = obj.get("type").map(|t| {
+        let parsed = t
+            .as_str()
+            .and_then(|s| serde_json::from_value::<ImageType>(Value::String(s.to_string())).ok());
+        if parsed.is_none() {
+            r.bad_value(
+                "type",
+                format!(
+                    "image type {t} is not supported; hull installs zone-dataset, lx-dataset and zvol"
+                ),
+            );
+        }
+        parsed
+    });
+    match obj.get("files") {
+        Some(Value::Array(files)) if files.len() == 1 => {
+            let f = &files[0];
+            let sha_ok = f
+                .get("sha1")
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !sha_ok {
+                r.bad_value("files.0.sha1", "files.0.sha1 must be 40 hex digits");
+            }
+            if !f.get("size").is_some_and(Value::is_u64) {
+                r.bad_value("files.0.size", "files.0.size must be a byte count");
+            }
+            let comp_ok = f
+                .get("compression")
+                .and_then(Value::as_str)
+                .is_some_and(|c| COMPRESSIONS.contains(&c));
+            if !comp_ok {
+                r.bad_value(
+                    "files.0.compression",
+                    "files.0.compression must be none, gzip, xz or zstd",
+                );
+            }
+        }
+        Some(_) => r.bad_value("files", "files must list exactly one file"),
+        None => {}
+    }
+    if let Some(Some(ImageType::Zvol)) = image_type {
+        match obj.get("image_size").and_then(Value::as_u64) {
+            Some(n) if n > 0 => {}
+            Some(_) | None if obj.contains_key("image_size") => {
+                r.bad_value("image_size", "image_size must be the disk size in MiB")
+            }
+            _ => r.missing("image_size", "a zvol image needs image_size (MiB)"),
+        }
+    }
+    if !r.is_empty() {
+        return Err(r);
+    }
+    serde_json::from_value(value.clone()).map_err(|e| {
+        let mut r = ValidationReport::default();
+        r.bad_value(
+            "manifest",
+            format!("the manifest does not match IMGAPI v2: {e}"),
+        );
+        r
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn good() -> serde_json::Value {
+        json!({"v": 2, "uuid": "0c1f4f2a-6f0e-4c39-8f36-2d3c7b1d9e01", "name": "busybox",
+            "version": "1.36.1", "type": "zone-dataset", "os": "linux",
+            "files": [{"sha1": "a".repeat(40), "size": 123, "compression": "gzip"}],
+            "homepage": "https://example.invalid", "requirements": {"brand": "joyent"}})
+    }
+
+    #[test]
+    fn a_good_manifest_keeps_unknown_imgapi_fields() {
+        let m = validate_manifest(&good()).expect("valid");
+        assert_eq!(m.image_type, ImageType::ZoneDataset);
+        assert!(m.extra.contains_key("homepage"));
+    }
+
+    #[test]
+    fn missing_and_bad_fields_are_named() {
+        let r = validate_manifest(&json!({"v": 1, "uuid": "X", "type": "docker",
+            "files": [{"sha1": "zz", "size": -1, "compression": "bzip2"}]}))
+        .expect_err("invalid");
+        let mut bad = r.bad_values.clone();
+        bad.sort();
+        assert_eq!(
+            bad,
+            [
+                "files.0.compression",
+                "files.0.sha1",
+                "files.0.size",
+                "type",
+                "uuid",
+                "v"
+            ]
+        );
+        let mut missing = r.missing_properties.clone();
+        missing.sort();
+        assert_eq!(missing, ["name", "os", "version"]);
+        let mut zvol = good();
+        zvol["type"] = json!("zvol");
+        let r = validate_manifest(&zvol).expect_err("zvol without size");
+        assert_eq!(r.missing_properties, ["image_size"]);
+        zvol["image_size"] = json!(10240);
+        assert!(validate_manifest(&zvol).is_ok());
+    }
 }

@@ -15,6 +15,6 @@ pub mod validate;
 pub mod vm;
 
 pub use api::{ApiErrorBody, Event, EventKind, NicTag, Ping};
-pub use image::{ImageManifest, ImageType};
+pub use image::{ImageManifest, ImageType, validate_manifest};
 pub use validate::{Problem, ValidationReport, validate_create, validate_update};
 pub use vm::{Brand, DiskSpec, NicSpec, Vm, VmCreate, VmState, VmUpdate, ZoneState};

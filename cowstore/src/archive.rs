@@ -1,1 +1,0 @@
-//! Verification and unpacking of untrusted image files (being written).
