@@ -1,0 +1,42 @@
+#!/bin/busybox sh
+# L1 (inside QEMU TCG with emulated SVM): load KVM, then run hull's vmm on Debian's stock
+# kernel as an L2 guest. MODE=check runs the functional guest (disk, rng, TAP ping, power
+# off); MODE=bench alternates hull vmm and qemu -M microvm on a guest that powers off at init.
+/bin/busybox --install -s /bin
+mkdir -p /proc /sys /dev /tmp /dev/net
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+MODE=$(sed -n 's/.*hullmode=\([a-z]*\).*/\1/p' /proc/cmdline)
+echo "L1: up, $(grep -c ^processor /proc/cpuinfo) cpus, mode $MODE"
+for m in irqbypass kvm ccp kvm-amd tun; do insmod /m/$m.ko 2>/dev/null || echo "L1: insmod $m failed"; done
+[ -e /dev/kvm ] || { echo "L1: FAIL no /dev/kvm"; poweroff -f; }
+[ -e /dev/net/tun ] || mknod /dev/net/tun c 10 200
+up() { cut -d' ' -f1 /proc/uptime; }
+if [ "$MODE" = bench ]; then
+  CMD="console=ttyS0 reboot=k panic=-1 pci=off quiet"
+  for i in 1 2 3; do
+    S=$(up); /vmm --kernel /vmlinuz --initrd /l2b.cpio.gz --mem-mib 256 --cmdline "$CMD" >/tmp/out 2>&1
+    E=$(up); grep -q "init reached" /tmp/out && echo "L1: bench hull-vmm $S $E" || { echo "L1: hull run failed"; cat /tmp/out; }
+    S=$(up); /qemu/qemu-system-x86_64 -L /qemu/share -M microvm,x-option-roms=off,rtc=off -enable-kvm -cpu host \
+      -m 256 -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
+      -kernel /vmlinuz -initrd /l2b.cpio.gz -append "$CMD" >/tmp/out 2>&1
+    E=$(up); grep -q "init reached" /tmp/out && echo "L1: bench qemu-microvm $S $E" || { echo "L1: qemu run failed"; tail -5 /tmp/out; }
+  done
+  echo "L1: done"
+  poweroff -f
+fi
+dd if=/dev/zero of=/tmp/disk.img bs=1M count=8 2>/dev/null
+printf HULLDISK | dd of=/tmp/disk.img conv=notrunc 2>/dev/null
+S=$(up)
+# vmm creates tap0 when it opens it by name; give it its host-side address once it exists.
+/vmm --kernel /vmlinuz --initrd /l2.cpio.gz --mem-mib 256 --vcpus 2 --disk /tmp/disk.img --tap tap0 \
+  --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet" &
+VMM=$!
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/tap0 ] && break; sleep 0.2; done
+ip addr add 192.0.2.1/24 dev tap0 && ip link set tap0 up
+wait $VMM
+echo "L1: vmm exit status $? after $(up) - $S s"
+dd if=/tmp/disk.img bs=512 skip=1 count=1 2>/dev/null | grep -q written-by-L2-guest && echo "L1: the L2 guest's disk write is in the image"
+echo "L1: done"
+poweroff -f

@@ -1,0 +1,24 @@
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mkdir -p /proc /sys /dev /mnt
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+echo "L2: init reached, $(grep -c ^processor /proc/cpuinfo) cpus, kernel $(uname -r)"
+for m in virtio_ring virtio virtio_mmio virtio_blk virtio-rng failover net_failover virtio_net; do
+  insmod /m/$m.ko || echo "L2: insmod $m failed"
+done
+sleep 1
+echo "L2: virtio devices: $(ls /sys/bus/virtio/devices | tr '\n' ' ')"
+if [ -b /dev/vda ]; then
+  echo "L2: vda present, $(cat /sys/block/vda/size) sectors"
+  echo "written-by-L2-guest" | dd of=/dev/vda bs=512 seek=1 conv=sync 2>/dev/null && sync
+  dd if=/dev/vda bs=8 count=1 2>/dev/null | grep -q HULLDISK && echo "L2: vda sector 0 reads HULLDISK"
+fi
+[ -e /dev/hwrng ] && dd if=/dev/hwrng bs=16 count=1 2>/dev/null | od -An -tx1 | sed 's/^/L2: hwrng /'
+if ip link set eth0 up 2>/dev/null; then
+  ip addr add 192.0.2.2/24 dev eth0
+  ping -c 2 -W 2 192.0.2.1 >/dev/null && echo "L2: ping to the TAP host side works"
+fi
+echo "L2: done, powering off"
+poweroff -f

@@ -1,0 +1,71 @@
+#!/bin/sh
+# Nested tier: boots Debian's stock kernel as an L2 guest of hull's vmm, inside a QEMU TCG
+# machine with emulated SVM (the /dev/kvm of these machines cannot run a stock kernel).
+#
+#   run.sh check   functional run: L2 reaches init with 2 vCPUs, finds its virtio devices
+#                  through ACPI, reads/writes its disk, reads its hwrng, pings the TAP host
+#                  side, powers off through ACPI; the disk write is checked from L1.
+#   run.sh bench   launch-to-exit of hull vmm vs qemu -M microvm (same kernel, initramfs,
+#                  256 MiB, 1 vCPU), 3 alternating runs each, inside L1.
+#
+# Needs: qemu-system-x86, cpio, apt-get access to Debian's linux-image-amd64 and
+# busybox-static, and a release build of vmm (VMM=path, default target/release/vmm).
+# WORK=dir keeps the downloads between runs (default /tmp/hull-nested).
+set -eu
+MODE=${1:-check}
+HERE=$(cd "$(dirname "$0")" && pwd)
+WORK=${WORK:-/tmp/hull-nested}
+VMM=${VMM:-$HERE/../../../../target/release/vmm}
+mkdir -p "$WORK" && cd "$WORK"
+[ -x "$VMM" ] || { echo "no vmm binary at $VMM (cargo build --release -p hull-vmm)"; exit 1; }
+if [ ! -d root/boot ]; then
+  apt-get download linux-image-amd64 busybox-static
+  KPKG=$(dpkg-deb -f linux-image-amd64_*.deb Depends | sed 's/ .*//;s/,.*//')
+  apt-get download "$KPKG"
+  for d in busybox-static_*.deb linux-image-[0-9]*.deb; do dpkg -x "$d" root; done
+fi
+KVER=$(ls root/lib/modules | head -1)
+M=root/lib/modules/$KVER/kernel
+rm -rf l1 l2 l2b && mkdir -p l1/bin l1/m l2/bin l2/m l2b/bin l2b/proc
+cp root/bin/busybox l1/bin/ && cp root/bin/busybox l2/bin/ && cp root/bin/busybox l2b/bin/
+for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio \
+  drivers/block/virtio_blk drivers/char/hw_random/virtio-rng net/core/failover \
+  drivers/net/net_failover drivers/net/virtio_net; do cp "$M/$m.ko" l2/m/; done
+for m in virt/lib/irqbypass arch/x86/kvm/kvm drivers/crypto/ccp/ccp arch/x86/kvm/kvm-amd \
+  drivers/net/tun; do cp "$M/$m.ko" l1/m/; done
+cp "$HERE/l2-init.sh" l2/init && cp "$HERE/l2-bench-init.sh" l2b/init && cp "$HERE/l1-init.sh" l1/init
+chmod +x l1/init l2/init l2b/init
+cp root/boot/vmlinuz-"$KVER" l1/vmlinuz
+# The vmm binary and its shared libraries.
+copy_with_libs() {
+  cp "$1" "$2"
+  ldd "$1" | awk '/=>/ {print $3} /^\t\/lib/ {print $1}' | while read -r lib; do
+    [ -f "$lib" ] && mkdir -p "l1$(dirname "$lib")" && cp -L "$lib" "l1$lib"
+  done
+}
+copy_with_libs "$VMM" l1/vmm
+if [ "$MODE" = bench ]; then
+  Q=$(command -v qemu-system-x86_64)
+  mkdir -p l1/qemu/share
+  copy_with_libs "$Q" l1/qemu/qemu-system-x86_64
+  for f in bios-microvm.bin linuxboot_dma.bin pvh.bin; do cp /usr/share/qemu/$f l1/qemu/share/; done
+fi
+(cd l2 && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1/l2.cpio.gz)
+(cd l2b && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1/l2b.cpio.gz)
+(cd l1 && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1.cpio.gz)
+timeout 1200 qemu-system-x86_64 -M q35 -cpu max -accel tcg -m 2048 -smp 2 -nographic -no-reboot \
+  -kernel root/boot/vmlinuz-"$KVER" -initrd l1.cpio.gz \
+  -append "console=ttyS0 quiet panic=-1 hullmode=$MODE" > "run-$MODE.log" 2>&1 || true
+grep -a -E '^(L1|L2|vmm):' "run-$MODE.log" || true
+if [ "$MODE" = bench ]; then
+  grep -a 'L1: bench' "run-$MODE.log" | awk '{ t = $5 - $4; n[$3]++; s[$3] += t; print $3, t " s" }
+    END { for (k in s) printf "mean %s %.2f s over %d runs\n", k, s[k] / n[k], n[k] }'
+  exit 0
+fi
+fail=0
+for want in "L2: init reached, 2 cpus" "L2: virtio devices: virtio0 virtio1 virtio2" \
+  "L2: vda sector 0 reads HULLDISK" "L2: hwrng" "L2: ping to the TAP host side works" \
+  "vmm: guest powered off" "L1: vmm exit status 0" "L1: the L2 guest's disk write is in the image"; do
+  if grep -a -q "$want" "run-$MODE.log"; then echo "PASS $want"; else echo "FAIL $want"; fail=1; fi
+done
+exit $fail
