@@ -1,0 +1,153 @@
+//! Packing a directory tree into a (compressed) tar archive, for `imgadm create` and the
+//! image recipes.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use tar::{EntryType, Header, HeaderMode};
+
+use super::{ArchiveError, Compression};
+
+/// Writes a tar of `root` compressed with `compression` to `out`: regular files, directories,
+/// symlinks and hard links (files with several links inside the tree), with their modes,
+/// uids, gids and mtimes; entries in name order, paths relative to `root` without a `./`
+/// prefix, `root` itself not included. Symlinks are never followed. Device nodes, FIFOs and
+/// sockets are skipped (a zone gets them from its runtime, and [`super::unpack_tree`] refuses
+/// them); extended attributes are not kept. Returns the stored (compressed) size.
+pub fn pack_tree(
+    root: &Path,
+    compression: Compression,
+    out: impl Write,
+) -> Result<u64, ArchiveError> {
+    let wr = |source: io::Error| ArchiveError::PackWrite {
+        compression,
+        source,
+    };
+    let counter = Counter {
+        inner: out,
+        count: 0,
+    };
+    let mut counter = match compression {
+        Compression::None => write_tar(root, counter, compression)?,
+        Compression::Gzip => {
+            let enc = flate2::write::GzEncoder::new(counter, flate2::Compression::default());
+            write_tar(root, enc, compression)?.finish().map_err(wr)?
+        }
+        Compression::Xz => {
+            let enc = liblzma::write::XzEncoder::new(counter, 6);
+            write_tar(root, enc, compression)?.finish().map_err(wr)?
+        }
+        Compression::Zstd => {
+            let enc = zstd::stream::write::Encoder::new(counter, 3).map_err(wr)?;
+            write_tar(root, enc, compression)?.finish().map_err(wr)?
+        }
+    };
+    counter.flush().map_err(wr)?;
+    Ok(counter.count)
+}
+
+/// Counts the bytes written through it.
+struct Counter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for Counter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn write_tar<W: Write>(root: &Path, out: W, compression: Compression) -> Result<W, ArchiveError> {
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    let mut links = HashMap::new();
+    walk(&mut builder, root, Path::new(""), &mut links, compression)?;
+    builder
+        .into_inner()
+        .map_err(|source| ArchiveError::PackWrite {
+            compression,
+            source,
+        })
+}
+
+fn walk<W: Write>(
+    builder: &mut tar::Builder<W>,
+    root: &Path,
+    rel: &Path,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+    compression: Compression,
+) -> Result<(), ArchiveError> {
+    let dir = root.join(rel);
+    let read = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source: io::Error| ArchiveError::Pack { path, source }
+    };
+    let wr = |source: io::Error| ArchiveError::PackWrite {
+        compression,
+        source,
+    };
+    let mut names = fs::read_dir(&dir)
+        .map_err(read(&dir))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read(&dir))?;
+    names.sort();
+    for name in names {
+        let child = rel.join(&name);
+        let host = root.join(&child);
+        let meta = fs::symlink_metadata(&host).map_err(read(&host))?;
+        let ft = meta.file_type();
+        let mut header = Header::new_gnu();
+        if ft.is_dir() {
+            header.set_metadata_in_mode(&meta, HeaderMode::Complete);
+            header.set_size(0);
+            builder
+                .append_data(&mut header, &child, io::empty())
+                .map_err(wr)?;
+            walk(builder, root, &child, links, compression)?;
+        } else if ft.is_symlink() {
+            header.set_metadata_in_mode(&meta, HeaderMode::Complete);
+            header.set_size(0);
+            let target = fs::read_link(&host).map_err(read(&host))?;
+            builder
+                .append_link(&mut header, &child, &target)
+                .map_err(wr)?;
+        } else if ft.is_file() {
+            // Metadata from the open file, so the size in the header is the one read.
+            let file = open_nofollow(&host).map_err(read(&host))?;
+            let meta = file.metadata().map_err(read(&host))?;
+            header.set_metadata_in_mode(&meta, HeaderMode::Complete);
+            if meta.nlink() > 1 {
+                if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
+                    header.set_entry_type(EntryType::Link);
+                    header.set_size(0);
+                    builder
+                        .append_link(&mut header, &child, first)
+                        .map_err(wr)?;
+                    continue;
+                }
+                links.insert((meta.dev(), meta.ino()), child.clone());
+            }
+            builder.append_data(&mut header, &child, file).map_err(wr)?;
+        }
+        // Devices, FIFOs and sockets are skipped (see pack_tree).
+    }
+    Ok(())
+}
+
+fn open_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
