@@ -58,6 +58,7 @@ fn require_tool(tool: &str, package: &str) {
 enum Fs {
     Btrfs,
     XfsReflink,
+    XfsNoReflink,
     Tmpfs,
 }
 
@@ -109,6 +110,12 @@ impl Scratch {
                 require_tool("mkfs.xfs", "xfsprogs");
                 run(Command::new("mkfs.xfs")
                     .args(["-q", "-f", "-m", "reflink=1"])
+                    .arg(&img));
+            }
+            Fs::XfsNoReflink => {
+                require_tool("mkfs.xfs", "xfsprogs");
+                run(Command::new("mkfs.xfs")
+                    .args(["-q", "-f", "-m", "reflink=0"])
                     .arg(&img));
             }
             Fs::Tmpfs => unreachable!(),
@@ -265,6 +272,8 @@ fn exercise_tree(b: &dyn Backend, base: &Path) {
     write(&image.join("etc/motd"), b"welcome\n");
     let big: Vec<u8> = (0..4 * MIB).map(|i| (i % 253) as u8).collect();
     write(&image.join("usr/lib/big.bin"), &big);
+    write(&image.join("opt/app/a.txt"), b"a");
+    write(&image.join("opt/app/b.txt"), b"b");
     std::os::unix::fs::symlink("../usr/lib/big.bin", image.join("etc/big")).expect("symlink");
     b.seal_image_tree(&image).expect("seal");
     if b.kind() == BackendKind::Btrfs {
@@ -298,7 +307,11 @@ fn exercise_tree(b: &dyn Backend, base: &Path) {
             .expect("open big");
         f.write_all_at(b"changed", MIB).expect("write into big");
     }
+    // A directory removed and made again (overlayfs: an opaque directory in upper).
+    std::fs::remove_dir_all(m1p.join("opt/app")).expect("rm -r in clone 1");
+    write(&m1p.join("opt/app/c.txt"), b"c");
     write(&m2p.join("only-in-2"), b"2");
+    assert!(m2p.join("opt/app/a.txt").exists());
     assert_eq!(
         std::fs::read(m2p.join("etc/hostname")).expect("read"),
         b"image\n"
@@ -402,7 +415,37 @@ fn root_btrfs_tree_clone_snapshot_rollback() {
         backend::detect(&fs.mnt).expect("detect"),
         BackendKind::Btrfs
     );
-    exercise_tree(backend::open(BackendKind::Btrfs).as_ref(), &fs.mnt);
+    let b = backend::open(BackendKind::Btrfs);
+    exercise_tree(b.as_ref(), &fs.mnt);
+
+    // A guest may create subvolumes in its root (btrfs lets any user): rollback and destroy
+    // still work, a read-only nested one included.
+    let image = fs.path("img2");
+    b.create_image_tree(&image).expect("image");
+    write(&image.join("etc/hostname"), b"image\n");
+    b.seal_image_tree(&image).expect("seal");
+    let g = fs.path("g-nested");
+    std::fs::create_dir(&g).expect("guest dir");
+    let RootSource::Dir(root) = b.clone_tree(&image, &g).expect("clone") else {
+        panic!("btrfs gives a directory root");
+    };
+    b.snapshot(&g, "s").expect("snapshot");
+    std::fs::create_dir(root.join("var")).expect("mkdir");
+    b.create_image_tree(&root.join("var/sub"))
+        .expect("nested subvolume");
+    write(&root.join("var/sub/file"), b"x");
+    b.create_image_tree(&root.join("var/sub/ro"))
+        .expect("nested subvolume");
+    b.seal_image_tree(&root.join("var/sub/ro"))
+        .expect("seal nested");
+    b.rollback(&g, "s")
+        .expect("rollback over nested subvolumes");
+    assert!(!root.join("var").exists());
+    b.create_image_tree(&root.join("sub2"))
+        .expect("nested subvolume");
+    b.destroy_tree(&g).expect("destroy with nested subvolumes");
+    assert_eq!(std::fs::read_dir(&g).expect("read").count(), 0);
+    b.remove_image_tree(&image).expect("remove image");
 }
 
 #[test]
@@ -648,4 +691,33 @@ fn root_xfs_quota_limits_a_guest() {
     b.set_quota(&g, None).expect("clear quota");
     b.destroy_tree(&g).expect("destroy");
     b.remove_image_tree(&image).expect("remove image");
+}
+
+#[test]
+#[ignore = "needs root: scripts/test runs it as root"]
+fn root_detect_xfs_without_reflink_says_overlay() {
+    let fs = Scratch::new(Fs::XfsNoReflink, GIB);
+    assert_eq!(
+        backend::detect(&fs.mnt).expect("detect"),
+        BackendKind::Overlay
+    );
+    assert_eq!(
+        std::fs::read_dir(&fs.mnt).expect("read").count(),
+        0,
+        "the probe left files"
+    );
+    // The reflink backend refuses to fall back to a copy there.
+    let src = fs.path("disk.raw");
+    write(&src, &[7u8; 8192]);
+    let err = backend::open(BackendKind::Reflink)
+        .clone_file(&src, &fs.path("clone.raw"))
+        .expect_err("no reflink");
+    assert!(matches!(err, BackendError::Io { .. }), "{err}");
+    assert!(!fs.path("clone.raw").exists());
+    assert_eq!(
+        backend::open(BackendKind::Overlay)
+            .clone_file(&src, &fs.path("copy.raw"))
+            .expect("copy"),
+        CloneCost::Copied { bytes: 8192 }
+    );
 }

@@ -9,9 +9,9 @@
 //! on for the whole filesystem the first time one is set, which starts a one-time rescan that
 //! `set_quota` waits for.
 //!
-//! This module must never delete a subvolume it did not find at the path it was given, and it
-//! never deletes nested subvolumes a guest may have made inside its root (the delete then fails
-//! with "directory not empty").
+//! This module must never delete a subvolume outside the path it was given. Subvolumes a guest
+//! made inside its root (btrfs lets any user create one) are deleted with the root, and are
+//! not part of a snapshot (btrfs snapshots stop at subvolume boundaries).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -218,6 +218,7 @@ fn subvol_create(path: &Path) -> Result<(), BackendError> {
 fn snap_create(src: &Path, dst: &Path, readonly: bool) -> Result<(), BackendError> {
     let source = open_dir(src)?;
     let (parent, name) = parent_and_name(dst)?;
+    require_btrfs(parent)?;
     let dir = open_dir(parent)?;
     let mut args = VolArgsV2 {
         fd: i64::from(source.as_raw_fd()),
@@ -260,17 +261,60 @@ fn subvol_delete(path: &Path) -> Result<(), BackendError> {
     Ok(())
 }
 
-/// Deletes `path` whether it is a subvolume or a plain tree; a missing path is fine.
+/// Deletes `path` whether it is a subvolume or a plain tree; a missing path is fine. Nested
+/// subvolumes inside it (any user may create one in a directory they can write) are deleted
+/// first, since btrfs refuses to delete a subvolume that holds others.
 fn remove_any(path: &Path) -> Result<(), BackendError> {
     if !exists(path) {
         return Ok(());
     }
-    if is_subvolume(path)? {
-        set_readonly(path, false)?;
-        subvol_delete(path)
-    } else {
-        fsutil::remove_tree(path)
+    if !is_subvolume(path)? {
+        for nested in nested_subvolumes(path)? {
+            remove_any(&nested)?;
+        }
+        return fsutil::remove_tree(path);
     }
+    set_readonly(path, false)?;
+    match subvol_delete(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+            for nested in nested_subvolumes(path)? {
+                remove_any(&nested)?;
+            }
+            subvol_delete(path)
+        }
+        other => other,
+    }
+}
+
+/// The subvolumes directly nested in the tree at `top` (not those nested in them): directories
+/// on btrfs with inode 256 and a device number other than their parent's.
+fn nested_subvolumes(top: &Path) -> Result<Vec<PathBuf>, BackendError> {
+    fn walk(dir: &Path, dev: u64, out: &mut Vec<PathBuf>) -> Result<(), BackendError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| BackendError::io("list", dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| BackendError::io("list", dir, e))?;
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path)
+                .map_err(|e| BackendError::io("inspect", &path, e))?;
+            if !meta.is_dir() {
+                continue;
+            }
+            if meta.dev() != dev {
+                if meta.ino() == BTRFS_FIRST_FREE_OBJECTID {
+                    out.push(path);
+                }
+                continue; // another subvolume or a mount: never descend
+            }
+            walk(&path, dev, out)?;
+        }
+        Ok(())
+    }
+    let meta = std::fs::symlink_metadata(top).map_err(|e| BackendError::io("inspect", top, e))?;
+    let mut out = Vec::new();
+    if meta.is_dir() {
+        walk(top, meta.dev(), &mut out)?;
+    }
+    Ok(out)
 }
 
 fn get_flags(dir: &File, path: &Path) -> Result<u64, BackendError> {
