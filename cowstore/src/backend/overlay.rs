@@ -138,6 +138,8 @@ pub(crate) fn clone_layered(image: &Path, guest_dir: &Path) -> Result<RootSource
         let _ = std::fs::remove_dir(&upper);
         return Err(e);
     }
+    // The caller records the guest next; the layers it points at must survive a crash.
+    fsutil::sync_dir(guest_dir)?;
     Ok(layered_root_source(image, guest_dir))
 }
 
