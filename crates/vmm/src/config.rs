@@ -28,6 +28,9 @@ pub enum ConfigError {
     /// vCPU count out of range.
     #[error("vCPU count {0} is out of range (1 to {MAX_VCPUS})")]
     Vcpus(u8),
+    /// A TAP fd that cannot be one: a standard stream, or given twice.
+    #[error("--tap-fd {0} is a standard stream or given more than once")]
+    TapFd(RawFd),
 }
 
 /// One block device.
@@ -127,6 +130,15 @@ impl VmConfig {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::Vcpus(self.vcpus));
         }
+        // Each passed fd is owned (and closed) by exactly one device.
+        let mut seen = std::collections::HashSet::new();
+        for n in &self.nets {
+            if let NetConfig::Fd(fd) = n
+                && (*fd <= 2 || !seen.insert(*fd))
+            {
+                return Err(ConfigError::TapFd(*fd));
+            }
+        }
         Ok(())
     }
 }
@@ -185,5 +197,12 @@ mod tests {
         c.vcpus = 2;
         c.mem_mib = 1;
         assert!(matches!(c.validate(), Err(ConfigError::Memory(1))));
+        c.mem_mib = 64;
+        c.nets = vec![NetConfig::Fd(5), NetConfig::Fd(5)];
+        assert!(matches!(c.validate(), Err(ConfigError::TapFd(5))));
+        c.nets = vec![NetConfig::Fd(1)];
+        assert!(matches!(c.validate(), Err(ConfigError::TapFd(1))));
+        c.nets = vec![NetConfig::Fd(5), NetConfig::Tap("tap0".into())];
+        assert!(c.validate().is_ok());
     }
 }

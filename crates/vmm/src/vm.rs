@@ -292,6 +292,14 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
     if !missing.is_empty() {
         return Err(VmError::MissingCaps(missing.join(", ")));
     }
+    let optional = missing_optional_caps(&kvm);
+    if !optional.is_empty() {
+        // Informational: nothing here depends on them yet (no XSAVE state is migrated).
+        eprintln!(
+            "vmm: note: KVM lacks optional capabilities: {}",
+            optional.join(", ")
+        );
+    }
     let vm = kvm.create_vm().map_err(VmError::Kvm)?;
     let mem_bytes = config.mem_mib << 20;
     let mem = memory::create_guest_memory(config.mem_mib)?;

@@ -18,7 +18,7 @@ if [ "$MODE" = bench ]; then
   for i in 1 2 3; do
     S=$(up); /vmm --kernel /vmlinuz --initrd /l2b.cpio.gz --mem-mib 256 --cmdline "$CMD" >/tmp/out 2>&1
     E=$(up); grep -q "init reached" /tmp/out && echo "L1: bench hull-vmm $S $E" || { echo "L1: hull run failed"; cat /tmp/out; }
-    S=$(up); /qemu/qemu-system-x86_64 -L /qemu/share -M microvm,x-option-roms=off,rtc=off -enable-kvm -cpu host \
+    S=$(up); /qemu/qemu-system-x86_64 -L /qemu/share -M microvm -enable-kvm -cpu host \
       -m 256 -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
       -kernel /vmlinuz -initrd /l2b.cpio.gz -append "$CMD" >/tmp/out 2>&1
     E=$(up); grep -q "init reached" /tmp/out && echo "L1: bench qemu-microvm $S $E" || { echo "L1: qemu run failed"; tail -5 /tmp/out; }
