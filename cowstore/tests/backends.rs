@@ -441,6 +441,11 @@ fn root_btrfs_tree_clone_snapshot_rollback() {
     b.rollback(&g, "s")
         .expect("rollback over nested subvolumes");
     assert!(!root.join("var").exists());
+    // A crash between rollback's renames leaves the root at its temporary name only.
+    std::fs::rename(&root, g.join("root.old~")).expect("simulate a crash");
+    b.rollback(&g, "s").expect("rollback after a crash");
+    assert!(root.join("etc/hostname").exists());
+    assert!(!g.join("root.old~").exists());
     b.create_image_tree(&root.join("sub2"))
         .expect("nested subvolume");
     b.destroy_tree(&g).expect("destroy with nested subvolumes");

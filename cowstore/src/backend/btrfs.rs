@@ -548,9 +548,18 @@ impl Backend for BtrfsBackend {
         let root = guest_dir.join(ROOT);
         let new = guest_dir.join(ROOT_NEW);
         let old = guest_dir.join(ROOT_OLD);
-        let limit = excl_limit(&root)?;
+        // After a crash between the renames below, the root may sit at `old` only.
+        let limit = if exists(&root) {
+            excl_limit(&root)?
+        } else if exists(&old) {
+            excl_limit(&old)?
+        } else {
+            None
+        };
         remove_any(&new)?;
-        remove_any(&old)?;
+        if exists(&root) {
+            remove_any(&old)?;
+        }
         snap_create(&snap, &new, false)?;
         if let Some(bytes) = limit
             && let Err(e) = apply_limit(&new, Some(bytes))
@@ -558,7 +567,9 @@ impl Backend for BtrfsBackend {
             let _ = remove_any(&new);
             return Err(e);
         }
-        std::fs::rename(&root, &old).map_err(|e| BackendError::io("move aside", &root, e))?;
+        if exists(&root) {
+            std::fs::rename(&root, &old).map_err(|e| BackendError::io("move aside", &root, e))?;
+        }
         if let Err(e) = std::fs::rename(&new, &root) {
             let _ = std::fs::rename(&old, &root);
             return Err(BackendError::io("put the rolled-back root at", &root, e));

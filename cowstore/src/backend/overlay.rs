@@ -193,12 +193,19 @@ pub(crate) fn rollback_layered(guest_dir: &Path, name: &str) -> Result<(), Backe
     let new = guest_dir.join(UPPER_NEW);
     let old = guest_dir.join(UPPER_OLD);
     fsutil::remove_tree(&new)?;
-    fsutil::remove_tree(&old)?;
+    // After a crash between the renames below, upper may sit at `old` only; keep it until
+    // the new upper is in place.
+    let has_upper = std::fs::symlink_metadata(&upper).is_ok();
+    if has_upper {
+        fsutil::remove_tree(&old)?;
+    }
     if let Err(e) = fsutil::copy_tree(&snap, &new, FileCopy::ReflinkOrCopy) {
         let _ = fsutil::remove_tree(&new);
         return Err(e);
     }
-    std::fs::rename(&upper, &old).map_err(|e| BackendError::io("move aside", &upper, e))?;
+    if has_upper {
+        std::fs::rename(&upper, &old).map_err(|e| BackendError::io("move aside", &upper, e))?;
+    }
     if let Err(e) = std::fs::rename(&new, &upper) {
         let _ = std::fs::rename(&old, &upper);
         return Err(BackendError::io("put the snapshot's copy at", &upper, e));
@@ -261,6 +268,14 @@ mod tests {
         );
         assert!(!upper.join("b").exists());
         assert_eq!(b.snapshots(&guest).expect("list"), vec!["s1".to_owned()]);
+        // A crash between rollback's renames leaves upper only at its temporary name.
+        std::fs::rename(&upper, guest.join(UPPER_OLD)).expect("simulate a crash");
+        b.rollback(&guest, "s1").expect("rollback after a crash");
+        assert_eq!(
+            std::fs::read_to_string(upper.join("a")).expect("read"),
+            "one"
+        );
+        assert!(!guest.join(UPPER_OLD).exists());
         let err = b.rollback(&guest, "nope").expect_err("missing");
         assert!(
             matches!(err, BackendError::SnapshotNotFound { .. }),
