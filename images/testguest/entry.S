@@ -118,3 +118,58 @@ pd:   .skip 4 * 4096
     .balign 16
     .skip 32768
 stack_top:
+
+/*
+ * Application processor trampoline, copied to 0x3000 by the BSP (SIPI vector 3). Real mode
+ * with CS = 0x300 -> long mode on the BSP's page tables, then ap_main() on its own stack.
+ * The BSP fills ap_cr3, ap_stack and ap_entry in the copy.
+ */
+    .section .rodata.ap, "a"
+    .code16
+    .globl ap_start, ap_end, ap_cr3, ap_stack, ap_entry
+ap_start:
+    cli
+    movw %cs, %ax
+    movw %ax, %ds
+    lgdtl ap_gdtr - ap_start
+    movl %cr4, %eax
+    orl $0x20, %eax
+    movl %eax, %cr4
+    movl ap_cr3 - ap_start, %eax
+    movl %eax, %cr3
+    movl $0xc0000080, %ecx
+    rdmsr
+    orl $0x100, %eax
+    wrmsr
+    movl %cr0, %eax
+    orl $0x80000001, %eax
+    movl %eax, %cr0
+    ljmpl $0x08, $(0x3000 + ap64 - ap_start)
+    .code64
+ap64:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movq (0x3000 + ap_stack - ap_start), %rsp
+    movq (0x3000 + ap_entry - ap_start), %rax
+    call *%rax
+5:  cli
+    hlt
+    jmp 5b
+    .balign 8
+ap_gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff
+    .quad 0x00cf92000000ffff
+ap_gdtr:
+    .word 23
+    .long 0x3000 + ap_gdt - ap_start
+    .balign 8
+ap_cr3:
+    .quad 0
+ap_stack:
+    .quad 0
+ap_entry:
+    .quad 0
+ap_end:

@@ -13,6 +13,7 @@
  *   testguest.hold=1                   after the checks, halt instead of resetting
  *   testguest.exit=acpi                power off through the ACPI sleep register, not i8042
  *   testguest.fault=1                  triple-fault right after boot (VMM error paths)
+ *   testguest.smp=0                    do not start the application processors
  */
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -517,6 +518,74 @@ static void check_acpi(void)
 	puts("\n");
 }
 
+/* ---------- application processors ---------- */
+
+#define LAPIC 0xfee00000UL
+#define AP_BASE 0x3000UL
+extern char ap_start[], ap_end[], ap_cr3[], ap_stack[], ap_entry[];
+static volatile u32 ap_alive;
+static volatile u32 ap_ids;
+static u8 ap_stacks[4][4096] __attribute__((aligned(16)));
+
+void ap_main(void)
+{
+	u32 a, b, c, d;
+	cpuid(1, 0, &a, &b, &c, &d);
+	__atomic_fetch_or(&ap_ids, 1u << ((b >> 24) & 31), __ATOMIC_SEQ_CST);
+	__atomic_fetch_add(&ap_alive, 1, __ATOMIC_SEQ_CST);
+	for (;;)
+		__asm__ volatile("cli; hlt");
+}
+
+static void lapic_wait_idle(void)
+{
+	for (int i = 0; i < 100000 && (mmio_read32(LAPIC + 0x300) & (1 << 12)); i++)
+		;
+}
+
+/* INIT-SIPI-SIPI to every other CPU the MP table listed (APIC ids 1..n-1, as hull's VMM
+ * numbers them); each AP comes up through the trampoline and checks in. */
+static void start_aps(void)
+{
+	if (mp_cpus < 2 || mp_cpus > 5)
+		return;
+	memcpy((void *)AP_BASE, ap_start, (size_t)(ap_end - ap_start));
+	*(u64 *)(AP_BASE + (u64)(ap_cr3 - ap_start)) = (u64)pml4;
+	*(u64 *)(AP_BASE + (u64)(ap_entry - ap_start)) = (u64)ap_main;
+	/* Software-enable the LAPIC (spurious vector 0xff). */
+	mmio_write32(LAPIC + 0xf0, 0x1ff);
+	for (u32 id = 1; id < mp_cpus; id++) {
+		*(u64 *)(AP_BASE + (u64)(ap_stack - ap_start)) = (u64)&ap_stacks[id - 1][4096];
+		u32 before = ap_alive;
+		mmio_write32(LAPIC + 0x310, id << 24);
+		mmio_write32(LAPIC + 0x300, 0x4500); /* INIT, assert */
+		lapic_wait_idle();
+		for (int sipi = 0; sipi < 2 && ap_alive == before; sipi++) {
+			mmio_write32(LAPIC + 0x310, id << 24);
+			mmio_write32(LAPIC + 0x300, 0x4600 | (AP_BASE >> 12)); /* SIPI */
+			lapic_wait_idle();
+			for (u64 spin = 0; spin < 2000000 && ap_alive == before; spin++)
+				__asm__ volatile("pause");
+		}
+	}
+	u32 want = mp_cpus - 1;
+	if (ap_alive == want) {
+		result(1, "smp: ");
+		put_dec(ap_alive);
+		puts(" application processor(s) started and ran cpuid, apic id mask ");
+		put_hex(ap_ids);
+		puts("\n");
+	} else {
+		/* Not a failure of the VMM on every host: real mode needs instruction emulation
+		 * the host KVM may lack. The MP table and MADT checks cover the VMM's part. */
+		puts("testguest: note: smp: ");
+		put_dec(ap_alive);
+		puts(" of ");
+		put_dec(want);
+		puts(" application processors started\n");
+	}
+}
+
 /* ---------- virtio-mmio ---------- */
 
 #define VIRTIO_MAGIC 0x74726976
@@ -979,6 +1048,9 @@ void __attribute__((noreturn)) guest_main(u64 info, int kind)
 	check_boot_info();
 	check_cpuid();
 	check_mptable();
+	const char *smp = param("testguest.smp");
+	if (!(smp && smp[0] == '0') && kind == 0)
+		start_aps();
 	probe_virtio();
 	check_acpi();
 	puts("testguest: done, ");

@@ -155,6 +155,13 @@ fn full_run(vcpus: u32) {
     ] {
         assert_pass(&stdout, line);
     }
+    if vcpus > 1 {
+        // The guest started its APs with INIT-SIPI-SIPI through a real-mode trampoline.
+        assert_pass(
+            &stdout,
+            &format!("smp: {} application processor(s) started", vcpus - 1),
+        );
+    }
     assert!(stdout.contains("magic and length match"), "{stdout}");
     assert!(stdout.contains("testguest: ALL PASS"), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
