@@ -8,3 +8,4 @@
 
 pub mod archive;
 pub mod backend;
+pub mod store;

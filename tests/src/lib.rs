@@ -147,14 +147,61 @@ impl Daemon {
         self.run("vmadm", args, stdin)
     }
 
-    /// Installs an image manifest the way the image store lays it out.
-    pub fn install_manifest(&self, uuid: &str, image_type: &str) {
-        let dir = self.data_root().join("images").join(uuid);
-        std::fs::create_dir_all(&dir).expect("image dir");
-        let m = serde_json::json!({"v": 2, "uuid": uuid, "name": format!("test-{image_type}"),
-            "version": "1.0.0", "type": image_type, "os": "linux"});
-        std::fs::write(dir.join("manifest.json"), m.to_string()).expect("manifest");
+    /// Makes a small real image in the test's folder and installs it with `imgadm install`:
+    /// a tree (etc/, bin/, a symlink) as a gzip'd tar for zone-dataset and lx-dataset, a
+    /// 4 MiB raw disk for zvol. Returns the manifest and the file.
+    pub fn install_image(&self, uuid: &str, image_type: &str) -> (PathBuf, PathBuf) {
+        let (manifest, file) = make_image(self.dir.path(), uuid, image_type);
+        let o = self.run(
+            "imgadm",
+            &[
+                "install",
+                "-q",
+                "-m",
+                &manifest.to_string_lossy(),
+                "-f",
+                &file.to_string_lossy(),
+            ],
+            None,
+        );
+        assert!(o.status.success(), "imgadm install failed: {}", stderr(&o));
+        (manifest, file)
     }
+}
+
+/// Makes an image (see [`Daemon::install_image`]) under `dir`: returns (manifest, file).
+pub fn make_image(dir: &Path, uuid: &str, image_type: &str) -> (PathBuf, PathBuf) {
+    use hull_cowstore::archive::{Compression, digest, pack_tree};
+    let work = dir.join(format!("image-{uuid}"));
+    std::fs::create_dir_all(&work).expect("image work dir");
+    let (file, compression) = if image_type == "zvol" {
+        let file = work.join("disk.raw");
+        let mut bytes = vec![0u8; 4 << 20];
+        bytes[..16].copy_from_slice(b"hull test disk!\n");
+        std::fs::write(&file, &bytes).expect("disk");
+        (file, "none")
+    } else {
+        let root = work.join("root");
+        std::fs::create_dir_all(root.join("etc")).expect("etc");
+        std::fs::create_dir_all(root.join("bin")).expect("bin");
+        std::fs::write(root.join("etc/hostname"), "test\n").expect("hostname");
+        std::fs::write(root.join("bin/hello"), "#!/bin/sh\necho hello\n").expect("hello");
+        std::os::unix::fs::symlink("/bin/hello", root.join("bin/hi")).expect("symlink");
+        let file = work.join("root.tar.gz");
+        let out = std::fs::File::create(&file).expect("archive");
+        pack_tree(&root, Compression::Gzip, out).expect("pack");
+        (file, "gzip")
+    };
+    let (sha1, size) = digest(std::fs::File::open(&file).expect("open")).expect("digest");
+    let mut m = serde_json::json!({"v": 2, "uuid": uuid, "name": format!("test-{image_type}"),
+        "version": "1.0.0", "type": image_type, "os": "linux",
+        "files": [{"sha1": sha1, "size": size, "compression": compression}]});
+    if image_type == "zvol" {
+        m["image_size"] = serde_json::json!(4);
+    }
+    let manifest = work.join("manifest.json");
+    std::fs::write(&manifest, m.to_string()).expect("manifest");
+    (manifest, file)
 }
 
 impl Drop for Daemon {

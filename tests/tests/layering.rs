@@ -21,7 +21,10 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             "vmmd",
             BTreeSet::from(["hull-spec", "hull-zoned", "hull-cowstore", "hull-vswitch"]),
         ),
-        ("hull-tests", BTreeSet::from(["hull-client", "hull-spec"])),
+        (
+            "hull-tests",
+            BTreeSet::from(["hull-client", "hull-spec", "hull-cowstore"]),
+        ),
     ])
 }
 

@@ -19,7 +19,7 @@ fn created_uuid(o: &std::process::Output) -> String {
 
 fn setup() -> (Daemon, Vec<String>) {
     let d = Daemon::start();
-    d.install_manifest(IMG, "zone-dataset");
+    d.install_image(IMG, "zone-dataset");
     assert!(
         d.run("nictagadm", &["add", "-l", "admin"], None)
             .status

@@ -10,9 +10,9 @@ const DISK_IMG: &str = "11111111-2222-4333-8444-777777777777";
 
 fn daemon() -> Daemon {
     let d = Daemon::start();
-    d.install_manifest(ZONE_IMG, "zone-dataset");
-    d.install_manifest(LX_IMG, "lx-dataset");
-    d.install_manifest(DISK_IMG, "zvol");
+    d.install_image(ZONE_IMG, "zone-dataset");
+    d.install_image(LX_IMG, "lx-dataset");
+    d.install_image(DISK_IMG, "zvol");
     let o = d.run("nictagadm", &["add", "-l", "admin"], None);
     assert!(o.status.success(), "{}", stderr(&o));
     d

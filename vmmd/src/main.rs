@@ -18,6 +18,10 @@ struct Args {
     /// Where images, guests and state live.
     #[arg(long, default_value = "/var/lib/hull")]
     data_root: PathBuf,
+    /// The image store backend: btrfs, reflink or overlay (default: detected from the data
+    /// root's filesystem).
+    #[arg(long)]
+    storage_backend: Option<String>,
     /// Also let members of this group (name or gid) use the socket.
     #[arg(long)]
     group: Option<String>,
@@ -54,6 +58,14 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let group = args.group.as_deref().map(group_id).transpose()?;
+    let backend_kind = match args.storage_backend.as_deref() {
+        None => None,
+        Some(name) => Some(
+            hull_cowstore::backend::BackendKind::parse(name).with_context(|| {
+                format!("unknown storage backend {name:?}; use btrfs, reflink or overlay")
+            })?,
+        ),
+    };
     std::fs::create_dir_all(&args.data_root)
         .with_context(|| format!("cannot create the data root {}", args.data_root.display()))?;
     let lock_path = args.data_root.join("vmmd.lock");
@@ -78,8 +90,18 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let (service, loaded) = Service::open(&args.data_root)
+        let cow = hull_cowstore::store::Store::open(hull_cowstore::store::StoreConfig {
+            root: args.data_root.clone(),
+            backend: backend_kind,
+            limits: hull_cowstore::archive::Limits::default(),
+        })
+        .with_context(|| format!("cannot open the image store in {}", args.data_root.display()))?;
+        tracing::info!(backend = cow.backend().as_str(), "image store opened");
+        let (service, loaded) = Service::open(&args.data_root, cow)
             .with_context(|| format!("cannot open the data root {}", args.data_root.display()))?;
+        for uuid in service.remove_orphan_storage().await? {
+            tracing::warn!(%uuid, "removed the storage of a guest whose create never finished");
+        }
         for path in &loaded.quarantined {
             tracing::error!(path = %path.display(), "a guest record was unreadable and was moved aside");
         }

@@ -57,11 +57,26 @@ enum Command {
         /// The image file.
         #[arg(short = 'f')]
         file: PathBuf,
+        /// Print the installed manifest as JSON.
+        #[arg(short = 'j')]
+        json: bool,
+        /// No progress bar.
+        #[arg(short = 'q')]
+        quiet: bool,
     },
     /// Import an image from the configured sources.
     Import {
         /// The image.
         uuid: String,
+        /// Import from this source URL only.
+        #[arg(short = 'S')]
+        source: Option<String>,
+        /// Print the installed manifest as JSON.
+        #[arg(short = 'j')]
+        json: bool,
+        /// No progress bar.
+        #[arg(short = 'q')]
+        quiet: bool,
     },
     /// Manage image sources.
     Sources {
@@ -73,7 +88,17 @@ enum Command {
         delete: Option<String>,
     },
     /// List images available from the sources.
-    Avail,
+    Avail {
+        /// JSON output.
+        #[arg(short = 'j')]
+        json: bool,
+        /// No header.
+        #[arg(short = 'H')]
+        no_header: bool,
+        /// Columns.
+        #[arg(short = 'o')]
+        fields: Option<String>,
+    },
     /// Delete an installed image.
     Delete {
         /// The image.
@@ -93,7 +118,56 @@ enum Command {
     },
 }
 
-const NOT_BUILT: &str = "needs the image store (cowstore), which is not built yet";
+/// A progress bar on stderr when stdout is a terminal and the output is for people.
+fn progress_bar(what: &str, quiet: bool) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    (!quiet && std::io::stdout().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_message(what.to_string());
+        b
+    })
+}
+
+fn report_installed(m: &hull_spec::ImageManifest, json: bool) -> CmdResult {
+    if json {
+        let text = serde_json::to_string_pretty(m).map_err(|e| Failure::new(e.to_string()))?;
+        crate::outln!("{text}");
+    } else {
+        eprintln!("Installed image {} ({}@{})", m.uuid, m.name, m.version);
+    }
+    Ok(())
+}
+
+fn install(
+    socket: Option<&std::path::Path>,
+    manifest: &std::path::Path,
+    file: &std::path::Path,
+    json: bool,
+    quiet: bool,
+) -> CmdResult {
+    let text = std::fs::read_to_string(manifest)
+        .map_err(|e| Failure::new(format!("cannot read {}: {e}", manifest.display())))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| Failure::new(format!("{} is not valid JSON: {e}", manifest.display())))?;
+    let bar = progress_bar("Installing", quiet || json);
+    let m = client(socket)?.install_image(&value, file, &mut |sent, total| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(sent);
+        }
+    });
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    report_installed(&m?, json)
+}
 
 fn filter_matches(row: &Value, f: &str) -> Result<bool, Failure> {
     let (k, v) = f
@@ -163,12 +237,116 @@ pub fn run(cli: Cli) -> CmdResult {
                 Err(e) => Err(e.into()),
             }
         }
-        Command::Install { .. } => Err(Failure::new(format!("install {NOT_BUILT}"))),
-        Command::Import { .. } => Err(Failure::new(format!("import {NOT_BUILT}"))),
-        Command::Sources { .. } => Err(Failure::new(format!("sources {NOT_BUILT}"))),
-        Command::Avail => Err(Failure::new(format!("avail {NOT_BUILT}"))),
-        Command::Delete { .. } => Err(Failure::new(format!("delete {NOT_BUILT}"))),
-        Command::Vacuum { .. } => Err(Failure::new(format!("vacuum {NOT_BUILT}"))),
-        Command::Create { .. } => Err(Failure::new(format!("create {NOT_BUILT}"))),
+        Command::Install {
+            manifest,
+            file,
+            json,
+            quiet,
+        } => install(socket, &manifest, &file, json, quiet),
+        Command::Import {
+            uuid,
+            source,
+            json,
+            quiet,
+        } => {
+            let uuid = parse_uuid(&uuid)?;
+            let bar = progress_bar("Importing", quiet || json);
+            let m = client(socket)?.import_image(uuid, source.as_deref(), &mut |sent, total| {
+                if let Some(b) = &bar {
+                    b.set_length(total);
+                    b.set_position(sent);
+                }
+            });
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            let m = match m {
+                Ok(m) => m,
+                Err(e) if e.api_body().is_some_and(|b| b.code == "NotFound") => {
+                    return Err(Failure {
+                        code: 3,
+                        ..Failure::from(e)
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            report_installed(&m, json)
+        }
+        Command::Sources { add, delete } => {
+            let c = client(socket)?;
+            match (add, delete) {
+                (Some(url), None) => {
+                    c.add_source(&url)?;
+                    eprintln!("Added image source {url}");
+                }
+                (None, Some(url)) => {
+                    c.delete_source(&url)?;
+                    eprintln!("Deleted image source {url}");
+                }
+                (None, None) => {
+                    for s in c.sources()? {
+                        crate::outln!("{}", s.url);
+                    }
+                }
+                (Some(_), Some(_)) => return Err(Failure::usage("give -a or -d, not both")),
+            }
+            Ok(())
+        }
+        Command::Avail {
+            json,
+            no_header,
+            fields: cols,
+        } => {
+            let rows: Vec<Value> = client(socket)?
+                .available_images()?
+                .iter()
+                .filter_map(|m| serde_json::to_value(m).ok())
+                .collect();
+            if json {
+                let text =
+                    serde_json::to_string_pretty(&rows).map_err(|e| Failure::new(e.to_string()))?;
+                crate::outln!("{text}");
+            } else {
+                let cols = fields(
+                    cols.as_deref()
+                        .unwrap_or("uuid,name,version,os,type,published_at"),
+                )
+                .map_err(Failure::usage)?;
+                crate::out!("{}", render(&rows, &cols, !no_header, false));
+            }
+            Ok(())
+        }
+        Command::Delete { uuid } => {
+            let uuid = parse_uuid(&uuid)?;
+            match client(socket)?.delete_image(uuid) {
+                Ok(()) => {
+                    eprintln!("Deleted image {uuid}");
+                    Ok(())
+                }
+                Err(e) if e.api_body().is_some_and(|b| b.code == "NotFound") => Err(Failure {
+                    code: 3,
+                    ..Failure::from(e)
+                }),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Vacuum { force } => {
+            if !force {
+                return Err(Failure::usage(
+                    "vacuum deletes every image no guest uses; confirm with -f",
+                ));
+            }
+            let removed = client(socket)?.vacuum_images()?;
+            for u in &removed {
+                crate::outln!("Deleted image {u}");
+            }
+            if removed.is_empty() {
+                eprintln!("No unused images");
+            }
+            Ok(())
+        }
+        Command::Create { .. } => Err(Failure::new(
+            "create (an image from a stopped guest) is not built yet",
+        )),
     }
 }

@@ -6,9 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hull_spec::api::{KillRequest, RebootRequest, StopRequest, ValidateOk};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hull_spec::api::{
+    ImageSource, ImportProgress, KillRequest, RebootRequest, StopRequest, ValidateOk,
+};
 use hull_spec::{ApiErrorBody, Brand, ImageManifest, NicTag, Ping, Vm};
+use hyper::body::Frame;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -52,6 +55,15 @@ pub enum ClientError {
     /// vmmd's reply was not what the client expected.
     #[error("vmmd sent a reply the client cannot read")]
     Decode(#[source] serde_json::Error),
+    /// A local file could not be read.
+    #[error("cannot read {path}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The client's I/O runtime could not start.
     #[error("cannot start the client runtime")]
     Runtime(#[source] std::io::Error),
@@ -67,6 +79,13 @@ impl ClientError {
     }
 }
 
+/// The body type of every request: whole for JSON, streamed for image uploads.
+pub type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+fn full(b: Bytes) -> ReqBody {
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
+}
+
 /// A raw reply.
 #[derive(Debug)]
 pub struct Reply {
@@ -74,6 +93,26 @@ pub struct Reply {
     pub status: StatusCode,
     /// The body.
     pub body: Bytes,
+}
+
+/// A 2xx reply decoded into `T`; anything else as the API error it carries.
+fn decode_reply<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> Result<T, ClientError> {
+    if !status.is_success() {
+        let body = serde_json::from_slice::<ApiErrorBody>(body).unwrap_or_else(|_| ApiErrorBody {
+            code: "Unknown".into(),
+            message: format!(
+                "vmmd answered {status} with a body that is not an API error: {}",
+                String::from_utf8_lossy(body)
+            ),
+            causes: Vec::new(),
+            report: None,
+        });
+        return Err(ClientError::Api {
+            status: status.as_u16(),
+            body: Box::new(body),
+        });
+    }
+    serde_json::from_slice(body).map_err(ClientError::Decode)
 }
 
 /// The client.
@@ -104,7 +143,7 @@ impl Client {
 
     async fn connect(
         &self,
-    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError> {
+    ) -> Result<hyper::client::conn::http1::SendRequest<ReqBody>, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Connect {
@@ -118,7 +157,7 @@ impl Client {
         Ok(sender)
     }
 
-    fn build(method: Method, path: &str, body: Option<&Value>) -> Request<Full<Bytes>> {
+    fn build(method: Method, path: &str, body: Option<&Value>) -> Request<ReqBody> {
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         let mut req = Request::builder()
             .method(method)
@@ -128,8 +167,8 @@ impl Client {
             req = req.header(hyper::header::CONTENT_TYPE, "application/json");
         }
         // The builder only fails on invalid header values, and ours are constants.
-        req.body(Full::new(Bytes::from(bytes)))
-            .unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
+        req.body(full(Bytes::from(bytes)))
+            .unwrap_or_else(|_| Request::new(full(Bytes::new())))
     }
 
     /// Sends one request and returns the raw reply, whatever its status.
@@ -164,25 +203,7 @@ impl Client {
         body: Option<&Value>,
     ) -> Result<T, ClientError> {
         let reply = self.raw(method, path, body)?;
-        if !reply.status.is_success() {
-            let body = serde_json::from_slice::<ApiErrorBody>(&reply.body).unwrap_or_else(|_| {
-                ApiErrorBody {
-                    code: "Unknown".into(),
-                    message: format!(
-                        "vmmd answered {} with a body that is not an API error: {}",
-                        reply.status,
-                        String::from_utf8_lossy(&reply.body)
-                    ),
-                    causes: Vec::new(),
-                    report: None,
-                }
-            });
-            return Err(ClientError::Api {
-                status: reply.status.as_u16(),
-                body: Box::new(body),
-            });
-        }
-        serde_json::from_slice(&reply.body).map_err(ClientError::Decode)
+        decode_reply(reply.status, &reply.body)
     }
 
     /// `GET /v1/ping`.
@@ -265,6 +286,36 @@ impl Client {
         self.call(Method::POST, &format!("/v1/vms/{uuid}/kill"), Some(&body))
     }
 
+    /// `POST /v1/vms/{uuid}/snapshots`.
+    pub fn create_snapshot(&self, uuid: Uuid, name: &str) -> Result<Vm, ClientError> {
+        let body = serde_json::json!({ "name": name });
+        self.call(
+            Method::POST,
+            &format!("/v1/vms/{uuid}/snapshots"),
+            Some(&body),
+        )
+    }
+
+    /// `POST /v1/vms/{uuid}/snapshots/{name}/rollback`.
+    pub fn rollback_snapshot(&self, uuid: Uuid, name: &str) -> Result<Vm, ClientError> {
+        let n: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
+        self.call(
+            Method::POST,
+            &format!("/v1/vms/{uuid}/snapshots/{n}/rollback"),
+            None,
+        )
+    }
+
+    /// `DELETE /v1/vms/{uuid}/snapshots/{name}`.
+    pub fn delete_snapshot(&self, uuid: Uuid, name: &str) -> Result<Vm, ClientError> {
+        let n: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
+        self.call(
+            Method::DELETE,
+            &format!("/v1/vms/{uuid}/snapshots/{n}"),
+            None,
+        )
+    }
+
     /// `POST /v1/validate/create`.
     pub fn validate_create(&self, payload: &Value) -> Result<ValidateOk, ClientError> {
         self.call(Method::POST, "/v1/validate/create", Some(payload))
@@ -286,6 +337,199 @@ impl Client {
     /// `GET /v1/images`.
     pub fn list_images(&self) -> Result<Vec<ImageManifest>, ClientError> {
         self.call(Method::GET, "/v1/images", None)
+    }
+
+    /// `POST /v1/images`: uploads a manifest and its file (multipart, streamed from disk).
+    /// `progress(sent, total)` is called as the upload goes (about every 100 ms).
+    pub fn install_image(
+        &self,
+        manifest: &Value,
+        file: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<ImageManifest, ClientError> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::io::AsyncReadExt;
+
+        /// Where the upload stream is.
+        enum Part {
+            Head(tokio::fs::File),
+            File(tokio::fs::File),
+            Done,
+        }
+        let open_err = |source| ClientError::File {
+            path: file.to_path_buf(),
+            source,
+        };
+        let boundary = format!("hull-{}", Uuid::new_v4().simple());
+        let head = Bytes::from(format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"manifest\"\r\n\
+             Content-Type: application/json\r\n\r\n{manifest}\r\n--{boundary}\r\n\
+             Content-Disposition: form-data; name=\"file\"; filename=\"image\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        ));
+        let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+        let sent = Arc::new(AtomicU64::new(0));
+        self.rt.block_on(async {
+            let f = tokio::fs::File::open(file).await.map_err(open_err)?;
+            let total = f.metadata().await.map_err(open_err)?.len();
+            let length = head.len() as u64 + total + tail.len() as u64;
+            let counter = sent.clone();
+            let stream = futures_util::stream::unfold(Part::Head(f), move |part| {
+                let (head, tail, counter) = (head.clone(), tail.clone(), counter.clone());
+                async move {
+                    match part {
+                        Part::Head(f) => Some((Ok(Frame::data(head)), Part::File(f))),
+                        Part::File(mut f) => {
+                            let mut buf = vec![0u8; 256 << 10];
+                            match f.read(&mut buf).await {
+                                Ok(0) => Some((Ok(Frame::data(tail)), Part::Done)),
+                                Ok(n) => {
+                                    buf.truncate(n);
+                                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                                    Some((Ok(Frame::data(Bytes::from(buf))), Part::File(f)))
+                                }
+                                Err(e) => Some((Err(e), Part::Done)),
+                            }
+                        }
+                        Part::Done => None,
+                    }
+                }
+            });
+            let body: ReqBody = StreamBody::new(stream).boxed_unsync();
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri("/v1/images")
+                .header(hyper::header::HOST, "vmmd")
+                .header(
+                    hyper::header::CONTENT_TYPE,
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .header(hyper::header::CONTENT_LENGTH, length)
+                .body(body)
+                .map_err(|e| ClientError::File {
+                    path: file.to_path_buf(),
+                    source: std::io::Error::other(e),
+                })?;
+            let mut sender = self.connect().await?;
+            let response = sender.send_request(req);
+            tokio::pin!(response);
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            let resp = loop {
+                tokio::select! {
+                    r = &mut response => break r.map_err(ClientError::Http)?,
+                    _ = tick.tick() => progress(sent.load(Ordering::Relaxed), total),
+                }
+            };
+            progress(sent.load(Ordering::Relaxed), total);
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(ClientError::Http)?
+                .to_bytes();
+            decode_reply(status, &bytes)
+        })
+    }
+
+    /// `GET /v1/sources`.
+    pub fn sources(&self) -> Result<Vec<ImageSource>, ClientError> {
+        self.call(Method::GET, "/v1/sources", None)
+    }
+
+    /// `POST /v1/sources`.
+    pub fn add_source(&self, url: &str) -> Result<ImageSource, ClientError> {
+        let body = serde_json::json!({ "url": url, "type": "imgapi" });
+        self.call(Method::POST, "/v1/sources", Some(&body))
+    }
+
+    /// `DELETE /v1/sources?url=U`.
+    pub fn delete_source(&self, url: &str) -> Result<(), ClientError> {
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("url", url)
+            .finish();
+        self.call::<Value>(Method::DELETE, &format!("/v1/sources?{q}"), None)
+            .map(drop)
+    }
+
+    /// `GET /v1/images/avail`.
+    pub fn available_images(&self) -> Result<Vec<ImageManifest>, ClientError> {
+        self.call(Method::GET, "/v1/images/avail", None)
+    }
+
+    /// `POST /v1/images/import`: follows the progress stream, calling `progress(bytes,
+    /// total)`, and returns the installed manifest.
+    pub fn import_image(
+        &self,
+        uuid: Uuid,
+        source: Option<&str>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<ImageManifest, ClientError> {
+        let body = serde_json::json!({ "uuid": uuid, "source": source });
+        let body = match source {
+            Some(_) => body,
+            None => serde_json::json!({ "uuid": uuid }),
+        };
+        let mut result = None;
+        self.stream_lines(
+            Method::POST,
+            "/v1/images/import",
+            Some(&body),
+            &mut |line| {
+                if line.is_empty() {
+                    return true;
+                }
+                match serde_json::from_str::<ImportProgress>(line) {
+                    Ok(ImportProgress::Progress { bytes, total }) => {
+                        progress(bytes, total);
+                        true
+                    }
+                    Ok(ImportProgress::Done(m)) => {
+                        result = Some(Ok(*m));
+                        false
+                    }
+                    Ok(ImportProgress::Error(e)) => {
+                        result = Some(Err(ClientError::Api {
+                            status: 500,
+                            body: Box::new(e),
+                        }));
+                        false
+                    }
+                    Err(e) => {
+                        result = Some(Err(ClientError::Decode(e)));
+                        false
+                    }
+                }
+            },
+        )?;
+        result.unwrap_or_else(|| {
+            Err(ClientError::Api {
+                status: 502,
+                body: Box::new(ApiErrorBody {
+                    code: "Truncated".into(),
+                    message: "vmmd ended the import stream without a result".into(),
+                    causes: Vec::new(),
+                    report: None,
+                }),
+            })
+        })
+    }
+
+    /// `DELETE /v1/images/{uuid}`.
+    pub fn delete_image(&self, uuid: Uuid) -> Result<(), ClientError> {
+        self.call::<Value>(Method::DELETE, &format!("/v1/images/{uuid}"), None)
+            .map(drop)
+    }
+
+    /// `POST /v1/images/vacuum`: the uuids deleted.
+    pub fn vacuum_images(&self) -> Result<Vec<Uuid>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Vacuumed {
+            deleted: Vec<Uuid>,
+        }
+        let v: Vacuumed = self.call(Method::POST, "/v1/images/vacuum", None)?;
+        Ok(v.deleted)
     }
 
     /// `GET /v1/images/{uuid}`.
@@ -324,10 +568,28 @@ impl Client {
         if let Some(u) = uuid {
             path.push_str(&format!("&uuid={u}"));
         }
+        self.stream_lines(Method::GET, &path, None, &mut |line| {
+            if line.is_empty() {
+                on_ready();
+                return true;
+            }
+            on_line(line)
+        })
+    }
+
+    /// Sends a request whose reply is JSON lines; calls `on_line` with each (first with an
+    /// empty line once the reply has started) until it returns false or the stream ends.
+    fn stream_lines(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        on_line: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(), ClientError> {
         self.rt.block_on(async {
             let mut sender = self.connect().await?;
             let resp = sender
-                .send_request(Self::build(Method::GET, &path, None))
+                .send_request(Self::build(method, path, body))
                 .await
                 .map_err(ClientError::Http)?;
             let status = resp.status();
@@ -341,7 +603,9 @@ impl Client {
                     body: Box::new(body),
                 });
             }
-            on_ready();
+            if !on_line("") {
+                return Ok(());
+            }
             let mut pending = Vec::new();
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(ClientError::Http)?;
@@ -352,6 +616,9 @@ impl Client {
                 while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=pos).collect();
                     let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                    if text.trim().is_empty() {
+                        continue;
+                    }
                     if !on_line(&text) {
                         return Ok(());
                     }

@@ -41,6 +41,8 @@ pub mod codes {
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "UnsupportedMediaType";
     /// The caller may not use this socket.
     pub const FORBIDDEN: &str = "Forbidden";
+    /// An image source failed (unreachable, error status, bad reply).
+    pub const UPSTREAM: &str = "UpstreamError";
     /// The subsystem behind this operation is not built yet.
     pub const NOT_IMPLEMENTED: &str = "NotImplemented";
     /// The daemon failed (disk full, I/O error); the request was not applied.
@@ -154,4 +156,47 @@ pub struct NicTag {
     /// The host interface carrying the tag; absent for an internal switch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<String>,
+}
+
+/// An image source: a server imgadm imports from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSource {
+    /// Base URL (`http://host:port/path`).
+    pub url: String,
+    /// `imgapi` (SmartOS's image API: /images, /images/:uuid, /images/:uuid/file).
+    #[serde(rename = "type", default = "imgapi")]
+    pub kind: String,
+}
+
+fn imgapi() -> String {
+    "imgapi".to_string()
+}
+
+/// `POST /v1/images/import`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// The image to import.
+    pub uuid: Uuid,
+    /// Import from this source URL instead of the configured ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// One line of the `POST /v1/images/import` stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportProgress {
+    /// Bytes of the file received so far, of `total`.
+    Progress {
+        /// Received.
+        bytes: u64,
+        /// Expected.
+        total: u64,
+    },
+    /// The import finished: the installed manifest.
+    Done(Box<crate::image::ImageManifest>),
+    /// The import failed; nothing was installed.
+    Error(ApiErrorBody),
 }

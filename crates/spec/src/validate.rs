@@ -306,8 +306,10 @@ const READ_ONLY: &[&str] = &[
     "failure",
     "last_modified",
     "pid",
+    "snapshots",
     "state",
     "type",
+    "warnings",
     "zone_state",
     "zonename",
 ];

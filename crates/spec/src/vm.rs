@@ -616,6 +616,30 @@ pub struct Vm {
     /// Exit status of the guest's last run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<i32>,
+    /// Snapshots of the guest's root, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<Snapshot>,
+    /// Limits the host could not enforce, and costs it could not avoid, named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// A snapshot of a guest's root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    /// Its name.
+    pub name: String,
+    /// When it was taken (RFC 3339, UTC).
+    pub created_at: String,
+}
+
+/// `POST /v1/vms/{uuid}/snapshots`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// The snapshot's name: at most 64 characters from [A-Za-z0-9-_.:%].
+    pub name: String,
 }
 
 /// SmartOS's defaults, in one place.

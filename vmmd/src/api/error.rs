@@ -120,7 +120,13 @@ impl From<ServiceError> for ApiError {
             ServiceError::BadRequest(m) => ApiError::bad_request(m),
             ServiceError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, codes::CONFLICT, m),
             ServiceError::NotImplemented(m) => ApiError::not_implemented(m),
-            ServiceError::Store(_) | ServiceError::Catalog(_) | ServiceError::Task(_) => {
+            ServiceError::Upstream(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, codes::UPSTREAM, err.to_string())
+            }
+            ServiceError::Store(_)
+            | ServiceError::Catalog(_)
+            | ServiceError::Task(_)
+            | ServiceError::Storage(_) => {
                 tracing::error!(error = %err, ?causes, "request failed inside vmmd");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

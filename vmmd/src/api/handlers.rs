@@ -6,7 +6,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream;
 use http_body_util::{BodyExt, StreamBody};
-use hull_spec::api::{Created, KillRequest, RebootRequest, StopRequest, ValidateOk};
+use hull_spec::api::{
+    Created, ImageSource, ImportProgress, ImportRequest, KillRequest, RebootRequest, StopRequest,
+    ValidateOk,
+};
 use hull_spec::{Brand, NicTag, Ping};
 use hyper::StatusCode;
 use hyper::body::Frame;
@@ -19,7 +22,8 @@ use super::error::ApiError;
 use super::router::Action;
 use super::{Body, full_body, json, response};
 use crate::service::filter::Filter;
-use crate::service::{Record, Service};
+use crate::service::{Record, Service, SnapshotVerb};
+use hull_spec::vm::SnapshotRequest;
 
 type Reply = Result<hyper::Response<Body>, ApiError>;
 
@@ -106,6 +110,25 @@ pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Re
             let vm = service.lifecycle(uuid, "kill").await?;
             Ok(record(StatusCode::OK, &vm))
         }
+        Action::CreateSnapshot(uuid) => {
+            require_object(&body)?;
+            let req: SnapshotRequest = serde_json::from_value(body)
+                .map_err(|e| ApiError::bad_request(format!("invalid snapshot request: {e}")))?;
+            let vm = service
+                .snapshot(uuid, &req.name, SnapshotVerb::Create)
+                .await?;
+            Ok(record(StatusCode::CREATED, &vm))
+        }
+        Action::RollbackSnapshot(uuid, name) => {
+            let vm = service
+                .snapshot(uuid, &name, SnapshotVerb::Rollback)
+                .await?;
+            Ok(record(StatusCode::OK, &vm))
+        }
+        Action::DeleteSnapshot(uuid, name) => {
+            let vm = service.snapshot(uuid, &name, SnapshotVerb::Delete).await?;
+            Ok(record(StatusCode::OK, &vm))
+        }
         Action::ValidateCreate => {
             require_object(&body)?;
             let c = service.validate_create(&body)?;
@@ -131,9 +154,37 @@ pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Re
         }
         Action::ListImages => Ok(json(StatusCode::OK, &service.images()?)),
         Action::GetImage(uuid) => Ok(json(StatusCode::OK, &service.image(uuid)?)),
-        Action::InstallImage | Action::DeleteImage(_) => Err(ApiError::not_implemented(
-            "installing and deleting images needs the image store (cowstore), which is not built yet",
-        )),
+        Action::InstallImage => Err(ApiError::bad_request("install takes a multipart body")),
+        Action::DeleteImage(uuid) => {
+            service.delete_image(uuid).await?;
+            Ok(json(StatusCode::OK, &serde_json::json!({ "uuid": uuid })))
+        }
+        Action::AvailImages => Ok(json(StatusCode::OK, &service.available().await?)),
+        Action::ImportImage => {
+            require_object(&body)?;
+            let req: ImportRequest = serde_json::from_value(body)
+                .map_err(|e| ApiError::bad_request(format!("invalid import request: {e}")))?;
+            let (url, manifest) = service.prepare_import(req.uuid, req.source).await?;
+            Ok(import_stream(service, url, manifest))
+        }
+        Action::ListSources => Ok(json(StatusCode::OK, &service.sources()?)),
+        Action::AddSource => {
+            require_object(&body)?;
+            let src: ImageSource = serde_json::from_value(body)
+                .map_err(|e| ApiError::bad_request(format!("invalid source: {e}")))?;
+            Ok(json(StatusCode::CREATED, &service.add_source(src).await?))
+        }
+        Action::DeleteSource(url) => {
+            service.delete_source(&url).await?;
+            Ok(json(StatusCode::OK, &serde_json::json!({ "url": url })))
+        }
+        Action::VacuumImages => {
+            let removed = service.vacuum_images().await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "deleted": removed }),
+            ))
+        }
         Action::ListNicTags => {
             let tags: Vec<NicTag> = service.nictags()?.into_values().collect();
             Ok(json(StatusCode::OK, &tags))
@@ -234,6 +285,24 @@ pub fn parse_signal(s: &str) -> Result<i32, ApiError> {
         .ok_or_else(|| ApiError::bad_request(format!("unknown signal {s:?}")))
 }
 
+/// An import's progress as a stream of JSON lines, ending with `done` or `error`.
+fn import_stream(service: &Arc<Service>, url: String, manifest: Value) -> hyper::Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<ImportProgress>(64);
+    let svc = service.clone();
+    tokio::spawn(async move { svc.run_import(url, manifest, tx).await });
+    let s = stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        let mut line = serde_json::to_vec(&item).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok(Frame::data(Bytes::from(line))), rx))
+    });
+    response(
+        StatusCode::OK,
+        "application/x-ndjson",
+        StreamBody::new(s).boxed_unsync(),
+    )
+}
+
 /// The event stream: one JSON object per line, as events happen.
 fn events(service: &Arc<Service>, only: Option<Uuid>, full: bool) -> hyper::Response<Body> {
     let rx = service.subscribe();
@@ -270,4 +339,78 @@ fn events(service: &Arc<Service>, only: Option<Uuid>, full: bool) -> hyper::Resp
         "application/x-ndjson",
         StreamBody::new(s).boxed_unsync(),
     )
+}
+
+/// `POST /v1/images`: `multipart/form-data` with a `manifest` part (JSON, first) and a `file`
+/// part streamed into the image store, verified against the manifest as it arrives.
+pub async fn install_image(
+    service: &Arc<Service>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Reply {
+    use crate::service::images::ChunkReader;
+    let content_type = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let boundary = multer::parse_boundary(&content_type).map_err(|_| {
+        ApiError::unsupported_media_type(&format!(
+            "{content_type} (install takes multipart/form-data with a manifest and a file part)"
+        ))
+    })?;
+    let stream = http_body_util::BodyDataStream::new(req.into_body());
+    let constraints = multer::Constraints::new()
+        .allowed_fields(vec!["manifest", "file"])
+        .size_limit(multer::SizeLimit::new().for_field("manifest", 1 << 20));
+    let mut parts = multer::Multipart::with_constraints(stream, boundary, constraints);
+    let bad = |e: multer::Error| ApiError::bad_request(format!("cannot read the upload: {e}"));
+    let first = parts.next_field().await.map_err(bad)?;
+    let manifest = match first {
+        Some(f) if f.name() == Some("manifest") => f.bytes().await.map_err(bad)?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "the upload must start with a manifest part",
+            ));
+        }
+    };
+    let raw: Value = serde_json::from_slice(&manifest)
+        .map_err(|e| ApiError::bad_request(format!("the manifest is not valid JSON: {e}")))?;
+    let (manifest, spec) = service.check_manifest(&raw)?;
+    let mut file = match parts.next_field().await.map_err(bad)? {
+        Some(f) if f.name() == Some("file") => f,
+        _ => {
+            return Err(ApiError::bad_request(
+                "the manifest part must be followed by a file part",
+            ));
+        }
+    };
+    let (tx, reader) = ChunkReader::channel();
+    let svc = service.clone();
+    let job = tokio::spawn(async move { svc.install_image(manifest, spec, reader).await });
+    loop {
+        match file.chunk().await {
+            Ok(Some(chunk)) => {
+                // A send fails only when the install already stopped (refused the file):
+                // its error is the answer.
+                if tx.send(Ok(chunk)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let _ = tx
+                    .send(Err(std::io::Error::other(format!(
+                        "the upload broke off: {e}"
+                    ))))
+                    .await;
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let installed = job
+        .await
+        .map_err(|e| ApiError::from(crate::service::ServiceError::Task(e)))??;
+    Ok(json(StatusCode::CREATED, &installed))
 }

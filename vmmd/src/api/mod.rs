@@ -175,6 +175,10 @@ async fn handle(service: Arc<Service>, allowed: bool, req: Request<Incoming>) ->
             ));
         }
         let action = router::route(&method, &path, req.uri().query())?;
+        if action == router::Action::InstallImage {
+            // The one streaming upload: a multipart manifest + file, never held in memory.
+            return handlers::install_image(&service, req).await;
+        }
         let body = if action.takes_body() {
             read_json(req).await?
         } else {

@@ -6,7 +6,11 @@ use schemars::JsonSchema;
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
-use hull_spec::api::{Created, KillRequest, RebootRequest, StopRequest, ValidateOk};
+use hull_spec::api::{
+    Created, ImageSource, ImportProgress, ImportRequest, KillRequest, RebootRequest, StopRequest,
+    ValidateOk,
+};
+use hull_spec::vm::SnapshotRequest;
 use hull_spec::{
     ApiErrorBody, Event, ImageManifest, NicTag, Ping, ValidationReport, Vm, VmCreate, VmUpdate,
 };
@@ -64,6 +68,10 @@ pub fn document() -> Value {
     add::<Event>(&mut generator);
     add::<ImageManifest>(&mut generator);
     add::<NicTag>(&mut generator);
+    add::<ImageSource>(&mut generator);
+    add::<ImportRequest>(&mut generator);
+    add::<ImportProgress>(&mut generator);
+    add::<SnapshotRequest>(&mut generator);
     let schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
     let vm_list = json!({ "type": "array", "items": reference("Vm") });
     let verb = |name: &str, req: Option<&str>| {
@@ -111,13 +119,53 @@ pub fn document() -> Value {
                 "parameters": [{ "name": "brand", "in": "query", "required": true, "schema": { "type": "string" } }],
                 "requestBody": body("VmUpdate"),
                 "responses": ok("200", "Valid", reference("ValidateOk")) } },
+            "/v1/vms/{uuid}/snapshots": { "parameters": uuid_param(),
+                "post": op("Snapshot a stopped zone's root", "createSnapshot", Some("SnapshotRequest"),
+                    ok("201", "The VM with its snapshots", reference("Vm"))) },
+            "/v1/vms/{uuid}/snapshots/{name}": {
+                "parameters": [uuid_param()[0].clone(), { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "delete": op("Delete a snapshot", "deleteSnapshot", None, ok("200", "The VM", reference("Vm"))) },
+            "/v1/vms/{uuid}/snapshots/{name}/rollback": {
+                "parameters": [uuid_param()[0].clone(), { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "post": op("Roll a stopped zone's root back to a snapshot", "rollbackSnapshot", None, ok("200", "The VM", reference("Vm"))) },
             "/v1/images": {
                 "get": op("List installed images", "listImages", None,
-                    ok("200", "Manifests", json!({ "type": "array", "items": reference("ImageManifest") })))
+                    ok("200", "Manifests", json!({ "type": "array", "items": reference("ImageManifest") }))),
+                "post": {
+                    "summary": "Install an image: a manifest part, then the file, streamed and verified (all or nothing)",
+                    "operationId": "installImage",
+                    "requestBody": { "required": true, "content": { "multipart/form-data": { "schema": {
+                        "type": "object", "required": ["manifest", "file"],
+                        "properties": { "manifest": reference("ImageManifest"),
+                            "file": { "type": "string", "format": "binary" } } } } } },
+                    "responses": ok("201", "The installed manifest", reference("ImageManifest"))
+                }
             },
             "/v1/images/{uuid}": {
                 "parameters": uuid_param(),
-                "get": op("Get an image manifest", "getImage", None, ok("200", "Manifest", reference("ImageManifest")))
+                "get": op("Get an image manifest", "getImage", None, ok("200", "Manifest", reference("ImageManifest"))),
+                "delete": op("Delete an image no guest uses", "deleteImage", None, ok("200", "Deleted", json!({"type": "object"})))
+            },
+            "/v1/images/vacuum": { "post": op("Delete every image no guest uses", "vacuumImages", None,
+                ok("200", "The deleted uuids", json!({"type": "object", "properties": {"deleted": {"type": "array", "items": {"type": "string", "format": "uuid"}}}}))) },
+            "/v1/images/avail": { "get": op("Images the sources offer", "availImages", None,
+                ok("200", "Manifests", json!({ "type": "array", "items": reference("ImageManifest") }))) },
+            "/v1/images/import": { "post": {
+                "summary": "Import an image from the sources; the reply streams progress lines ending in done or error",
+                "operationId": "importImage", "requestBody": body("ImportRequest"),
+                "responses": { "200": { "description": "ImportProgress lines",
+                    "content": { "application/x-ndjson": { "schema": reference("ImportProgress") } } },
+                    "default": { "description": "An error before the download started",
+                        "content": { "application/json": { "schema": reference("ApiErrorBody") } } } } } },
+            "/v1/sources": {
+                "get": op("List image sources", "listSources", None,
+                    ok("200", "Sources", json!({ "type": "array", "items": reference("ImageSource") }))),
+                "post": op("Add an image source", "addSource", Some("ImageSource"), ok("201", "The source", reference("ImageSource"))),
+                "delete": {
+                    "summary": "Remove an image source", "operationId": "deleteSource",
+                    "parameters": [{ "name": "url", "in": "query", "required": true, "schema": { "type": "string" } }],
+                    "responses": ok("200", "Removed", json!({"type": "object"}))
+                }
             },
             "/v1/nictags": {
                 "get": op("List nic tags", "listNicTags", None,

@@ -38,6 +38,12 @@ pub enum Action {
     RebootVm(Uuid),
     /// `POST /v1/vms/{uuid}/kill`
     KillVm(Uuid),
+    /// `POST /v1/vms/{uuid}/snapshots`
+    CreateSnapshot(Uuid),
+    /// `POST /v1/vms/{uuid}/snapshots/{name}/rollback`
+    RollbackSnapshot(Uuid, String),
+    /// `DELETE /v1/vms/{uuid}/snapshots/{name}`
+    DeleteSnapshot(Uuid, String),
     /// `POST /v1/validate/create`
     ValidateCreate,
     /// `POST /v1/validate/update?brand=B`
@@ -50,6 +56,18 @@ pub enum Action {
     InstallImage,
     /// `DELETE /v1/images/{uuid}`
     DeleteImage(Uuid),
+    /// `POST /v1/images/vacuum`
+    VacuumImages,
+    /// `GET /v1/images/avail`
+    AvailImages,
+    /// `POST /v1/images/import`
+    ImportImage,
+    /// `GET /v1/sources`
+    ListSources,
+    /// `POST /v1/sources`
+    AddSource,
+    /// `DELETE /v1/sources?url=U`
+    DeleteSource(String),
     /// `GET /v1/nictags`
     ListNicTags,
     /// `POST /v1/nictags`
@@ -77,8 +95,10 @@ impl Action {
                 | Action::KillVm(_)
                 | Action::ValidateCreate
                 | Action::ValidateUpdate(_)
-                | Action::InstallImage
                 | Action::AddNicTag
+                | Action::ImportImage
+                | Action::AddSource
+                | Action::CreateSnapshot(_)
         )
     }
 }
@@ -89,6 +109,14 @@ fn uuid_segment(kind: &str, s: &str) -> Result<Uuid, ApiError> {
     } else {
         Err(ApiError::not_found(format!("{s:?} is not a {kind} UUID")))
     }
+}
+
+/// A percent-decoded path segment.
+fn decode_segment(seg: &str) -> String {
+    form_urlencoded::parse(format!("n={seg}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
@@ -181,6 +209,27 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
                 _ => Action::KillVm(uuid),
             }
         }
+        ["v1", "vms", id, "snapshots"] => {
+            let uuid = uuid_segment("VM", id)?;
+            match *method {
+                M::POST => Action::CreateSnapshot(uuid),
+                _ => return Err(allow(&[M::POST])),
+            }
+        }
+        ["v1", "vms", id, "snapshots", name] => {
+            let uuid = uuid_segment("VM", id)?;
+            match *method {
+                M::DELETE => Action::DeleteSnapshot(uuid, decode_segment(name)),
+                _ => return Err(allow(&[M::DELETE])),
+            }
+        }
+        ["v1", "vms", id, "snapshots", name, "rollback"] => {
+            let uuid = uuid_segment("VM", id)?;
+            match *method {
+                M::POST => Action::RollbackSnapshot(uuid, decode_segment(name)),
+                _ => return Err(allow(&[M::POST])),
+            }
+        }
         ["v1", "validate", "create"] => match *method {
             M::POST => Action::ValidateCreate,
             _ => return Err(allow(&[M::POST])),
@@ -204,6 +253,32 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
             M::POST => Action::InstallImage,
             _ => return Err(allow(&[M::GET, M::POST])),
         },
+        ["v1", "images", "avail"] => match *method {
+            M::GET => Action::AvailImages,
+            _ => return Err(allow(&[M::GET])),
+        },
+        ["v1", "images", "import"] => match *method {
+            M::POST => Action::ImportImage,
+            _ => return Err(allow(&[M::POST])),
+        },
+        ["v1", "sources"] => match *method {
+            M::GET => Action::ListSources,
+            M::POST => Action::AddSource,
+            M::DELETE => {
+                only_keys(&pairs, &["url"])?;
+                let url = pairs
+                    .iter()
+                    .find(|(k, _)| k == "url")
+                    .map(|(_, v)| v.clone())
+                    .ok_or_else(|| ApiError::bad_request("DELETE /v1/sources needs ?url=URL"))?;
+                return Ok(Action::DeleteSource(url));
+            }
+            _ => return Err(allow(&[M::GET, M::POST, M::DELETE])),
+        },
+        ["v1", "images", "vacuum"] => match *method {
+            M::POST => Action::VacuumImages,
+            _ => return Err(allow(&[M::POST])),
+        },
         ["v1", "images", id] => {
             let uuid = uuid_segment("image", id)?;
             match *method {
@@ -218,12 +293,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
             _ => return Err(allow(&[M::GET, M::POST])),
         },
         ["v1", "nictags", name] => match *method {
-            M::DELETE => Action::DeleteNicTag(
-                form_urlencoded::parse(format!("n={name}").as_bytes())
-                    .next()
-                    .map(|(_, v)| v.into_owned())
-                    .unwrap_or_default(),
-            ),
+            M::DELETE => Action::DeleteNicTag(decode_segment(name)),
             _ => return Err(allow(&[M::DELETE])),
         },
         ["v1", "events"] => match *method {

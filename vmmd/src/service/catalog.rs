@@ -2,10 +2,10 @@
 //! (`<data root>/images/<uuid>/manifest.json`, written by the image store) and nic tags
 //! (`<data root>/config/nictags.json`, written crash-safe here).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use hull_spec::api::ImageSource;
 use hull_spec::{ImageManifest, NicTag};
 use uuid::Uuid;
 
@@ -98,52 +98,68 @@ impl Images {
     }
 }
 
-/// The nic tag table.
+/// A crash-safe JSON list in `<data root>/config/<file>`: the nic tag table, the image
+/// sources.
 #[derive(Debug)]
-pub struct NicTags {
+pub struct ConfigList<T> {
     dir: PathBuf,
+    file: &'static str,
+    what: &'static str,
+    _items: std::marker::PhantomData<T>,
 }
 
-const NICTAGS_FILE: &str = "nictags.json";
-
-impl NicTags {
-    /// The table under `data_root/config`.
-    pub fn new(data_root: &Path) -> NicTags {
-        NicTags {
+impl<T: serde::Serialize + serde::de::DeserializeOwned> ConfigList<T> {
+    /// The list `file` under `data_root/config`, described as `what` in errors.
+    pub fn new(data_root: &Path, file: &'static str, what: &'static str) -> ConfigList<T> {
+        ConfigList {
             dir: data_root.join("config"),
+            file,
+            what,
+            _items: std::marker::PhantomData,
         }
     }
 
-    /// Every tag, by name.
-    pub fn load(&self) -> Result<BTreeMap<String, NicTag>, CatalogError> {
-        let path = self.dir.join(NICTAGS_FILE);
+    /// Every item (none when the file does not exist yet).
+    pub fn load(&self) -> Result<Vec<T>, CatalogError> {
+        let path = self.dir.join(self.file);
         match fs::read(&path) {
-            Ok(bytes) => {
-                let list: Vec<NicTag> =
-                    serde_json::from_slice(&bytes).map_err(|source| CatalogError::Parse {
-                        path,
-                        what: "nic tag table",
-                        source,
-                    })?;
-                Ok(list.into_iter().map(|t| (t.name.clone(), t)).collect())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| CatalogError::Parse {
+                path,
+                what: self.what,
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(source) => Err(CatalogError::Read { path, source }),
         }
     }
 
-    /// Replaces the table durably.
-    pub fn save(&self, tags: &BTreeMap<String, NicTag>) -> Result<(), CatalogError> {
+    /// Replaces the list durably.
+    pub fn save(&self, items: &[T]) -> Result<(), CatalogError> {
         ensure_private_dir(&self.dir)?;
-        let list: Vec<&NicTag> = tags.values().collect();
-        let bytes = serde_json::to_vec_pretty(&list).map_err(|source| CatalogError::Parse {
-            path: self.dir.join(NICTAGS_FILE),
-            what: "nic tag table",
+        let bytes = serde_json::to_vec_pretty(items).map_err(|source| CatalogError::Parse {
+            path: self.dir.join(self.file),
+            what: self.what,
             source,
         })?;
-        write_atomic(&self.dir, NICTAGS_FILE, &bytes)?;
+        write_atomic(&self.dir, self.file, &bytes)?;
         Ok(())
     }
+}
+
+/// The nic tag table.
+pub type NicTags = ConfigList<NicTag>;
+
+/// The nic tag table of a data root.
+pub fn nictags(data_root: &Path) -> NicTags {
+    ConfigList::new(data_root, "nictags.json", "nic tag table")
+}
+
+/// The image sources.
+pub type Sources = ConfigList<ImageSource>;
+
+/// The image sources of a data root.
+pub fn sources(data_root: &Path) -> Sources {
+    ConfigList::new(data_root, "sources.json", "image source list")
 }
 
 #[cfg(test)]
@@ -153,16 +169,12 @@ mod tests {
     #[test]
     fn nic_tags_round_trip_and_images_read_manifests() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let tags = NicTags::new(tmp.path());
+        let tags = nictags(tmp.path());
         assert!(tags.load().expect("empty").is_empty());
-        let mut t = BTreeMap::new();
-        t.insert(
-            "admin".to_string(),
-            NicTag {
-                name: "admin".into(),
-                uplink: None,
-            },
-        );
+        let t = vec![NicTag {
+            name: "admin".into(),
+            uplink: None,
+        }];
         tags.save(&t).expect("save");
         assert_eq!(tags.load().expect("load"), t);
 

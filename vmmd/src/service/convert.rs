@@ -140,6 +140,8 @@ pub fn new_record(c: VmCreate, ctx: &Context, pool: &mut MacPool<'_>) -> Result<
         pid: None,
         boot_timestamp: None,
         exit_status: None,
+        snapshots: Vec::new(),
+        warnings: Vec::new(),
     })
 }
 

@@ -11,6 +11,9 @@
 pub mod catalog;
 pub mod convert;
 pub mod filter;
+pub mod images;
+pub mod provision;
+pub mod sources;
 pub mod store;
 pub mod update;
 
@@ -33,6 +36,7 @@ use uuid::Uuid;
 
 use catalog::{CatalogError, Images, NicTags};
 use filter::Filter;
+use hull_cowstore::store::Store as CowStore;
 use store::{Loaded, Store, StoreError};
 
 /// Why an operation was not done. Nothing was changed when one of these is returned.
@@ -68,6 +72,12 @@ pub enum ServiceError {
     /// A blocking task died.
     #[error("an internal task failed")]
     Task(#[from] tokio::task::JoinError),
+    /// An image source failed.
+    #[error("an image source failed")]
+    Upstream(#[source] sources::FetchError),
+    /// The image store failed; the operation was not applied.
+    #[error("the image store failed")]
+    Storage(#[source] hull_cowstore::store::StoreError),
 }
 
 /// Result alias for the service.
@@ -159,18 +169,31 @@ impl Index {
     }
 }
 
+/// What to do with a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotVerb {
+    /// Take it.
+    Create,
+    /// Roll the root back to it.
+    Rollback,
+    /// Delete it.
+    Delete,
+}
+
 /// The daemon's guest service.
 #[derive(Debug)]
 pub struct Service {
     data_root: PathBuf,
-    store: Arc<Store>,
+    db: Arc<Store>,
+    cow: Arc<CowStore>,
     records: RwLock<Index>,
     guest_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
     index_lock: tokio::sync::Mutex<()>,
-    nictag_lock: tokio::sync::Mutex<()>,
+    config_lock: tokio::sync::Mutex<()>,
     events: broadcast::Sender<Arc<Event>>,
     images: Images,
     nictags: NicTags,
+    sources: catalog::Sources,
 }
 
 fn now() -> String {
@@ -190,8 +213,9 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl Service {
-    /// Opens the service on `data_root`, loading every guest record.
-    pub fn open(data_root: &Path) -> Result<(Service, Loaded)> {
+    /// Opens the service on `data_root`, loading every guest record; `cow` is the image
+    /// store on the same data root.
+    pub fn open(data_root: &Path, cow: CowStore) -> Result<(Service, Loaded)> {
         let (store, mut loaded) = Store::open(data_root)?;
         let mut records = Index::default();
         for vm in loaded.vms.drain(..) {
@@ -201,14 +225,16 @@ impl Service {
         Ok((
             Service {
                 data_root: data_root.to_path_buf(),
-                store: Arc::new(store),
+                db: Arc::new(store),
+                cow: Arc::new(cow),
                 records: RwLock::new(records),
                 guest_locks: Mutex::new(HashMap::new()),
                 index_lock: tokio::sync::Mutex::new(()),
-                nictag_lock: tokio::sync::Mutex::new(()),
+                config_lock: tokio::sync::Mutex::new(()),
                 events,
                 images: Images::new(data_root),
-                nictags: NicTags::new(data_root),
+                nictags: catalog::nictags(data_root),
+                sources: catalog::sources(data_root),
             },
             loaded,
         ))
@@ -288,7 +314,7 @@ impl Service {
         nics: &[Value],
         except: Option<Uuid>,
     ) -> Result<()> {
-        let tags = self.nictags.load()?;
+        let tags = self.nictags()?;
         let index = read(&self.records);
         for (i, nic) in nics.iter().enumerate() {
             if let Some(tag) = nic.get("nic_tag").and_then(Value::as_str)
@@ -436,7 +462,23 @@ impl Service {
             convert::new_record(create, &ctx, &mut convert::MacPool::new(&others))
                 .map_err(|e| ServiceError::BadRequest(e.to_string()))?
         };
-        self.persist(&vm).await?;
+        let mut vm = vm;
+        let cow = self.cow.clone();
+        let planned = vm.clone();
+        vm.warnings = tokio::task::spawn_blocking(move || provision::provision(&cow, &planned))
+            .await?
+            .map_err(images::store_error)?;
+        vm.state = VmState::Stopped;
+        vm.zone_state = VmState::Stopped.zone_state();
+        if let Err(e) = self.persist(&vm).await {
+            let cow = self.cow.clone();
+            let uuid = vm.uuid;
+            let _ = tokio::task::spawn_blocking(move || cow.destroy_guest(uuid)).await;
+            return Err(e);
+        }
+        for w in &vm.warnings {
+            tracing::warn!(uuid = %vm.uuid, "{w}");
+        }
         let vm = Arc::new(Record::new(vm));
         write(&self.records).insert(vm.clone());
         self.emit(EventKind::Create, &vm, Vec::new());
@@ -444,7 +486,7 @@ impl Service {
     }
 
     async fn persist(&self, vm: &Vm) -> Result<()> {
-        let store = self.store.clone();
+        let store = self.db.clone();
         let vm = vm.clone();
         tokio::task::spawn_blocking(move || store.put(&vm)).await??;
         Ok(())
@@ -496,6 +538,21 @@ impl Service {
                 .map_err(ServiceError::Invalid)?
         };
         next.last_modified = now();
+        if changes.iter().any(|c| c == "quota") && next.image_uuid.is_some() {
+            next.warnings.retain(|w| !w.starts_with("quota:"));
+            let cow = self.cow.clone();
+            let bytes = (next.quota > 0).then_some(next.quota << 30);
+            match tokio::task::spawn_blocking(move || cow.set_quota(uuid, bytes)).await? {
+                Ok(()) => {}
+                Err(hull_cowstore::store::StoreError::Backend {
+                    backend,
+                    source: hull_cowstore::backend::BackendError::Unsupported { what, .. },
+                }) => next.warnings.push(format!(
+                    "quota: {what} is not enforced by the {backend} backend (the data root's filesystem)"
+                )),
+                Err(e) => return Err(images::store_error(e)),
+            }
+        }
         self.persist(&next).await?;
         let next = Arc::new(Record::new(next));
         write(&self.records).insert(next.clone());
@@ -515,14 +572,93 @@ impl Service {
                 runtime_name(Some(current.brand))
             )));
         }
-        let store = self.store.clone();
+        let store = self.db.clone();
         tokio::task::spawn_blocking(move || store.remove(uuid)).await??;
+        let cow = self.cow.clone();
+        tokio::task::spawn_blocking(move || cow.destroy_guest(uuid))
+            .await?
+            .map_err(images::store_error)?;
         write(&self.records).remove(uuid);
         self.emit(EventKind::Delete, &current, Vec::new());
         drop(guard);
         drop(lock);
         self.forget_lock(uuid);
         Ok(())
+    }
+
+    /// Takes, rolls back to, or deletes a snapshot of a stopped zone's root.
+    pub async fn snapshot(
+        &self,
+        uuid: Uuid,
+        name: &str,
+        verb: SnapshotVerb,
+    ) -> Result<Arc<Record>> {
+        let lock = self.guest_lock(uuid);
+        let _guest = lock.lock().await;
+        let current = self.get(uuid)?;
+        if current.brand.is_microvm() || current.image_uuid.is_none() {
+            return Err(ServiceError::NotImplemented(format!(
+                "snapshots cover zone roots; snapshots of microVM disks are not built yet (VM {uuid})"
+            )));
+        }
+        if matches!(current.state, VmState::Running | VmState::Stopping) {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} is {}: stop it first",
+                current.state.as_str()
+            )));
+        }
+        let exists = current.snapshots.iter().any(|s| s.name == name);
+        match verb {
+            SnapshotVerb::Create if exists => {
+                return Err(ServiceError::Conflict(format!(
+                    "VM {uuid} already has a snapshot {name:?}"
+                )));
+            }
+            SnapshotVerb::Rollback | SnapshotVerb::Delete if !exists => {
+                return Err(ServiceError::BadRequest(format!(
+                    "VM {uuid} has no snapshot {name:?}"
+                )));
+            }
+            _ => {}
+        }
+        let mut next = current.vm.clone();
+        let cow = self.cow.clone();
+        let n = name.to_string();
+        match verb {
+            SnapshotVerb::Create => {
+                tokio::task::spawn_blocking(move || cow.snapshot(uuid, &n))
+                    .await?
+                    .map_err(images::store_error)?;
+                next.snapshots.push(hull_spec::vm::Snapshot {
+                    name: name.to_string(),
+                    created_at: now(),
+                });
+            }
+            SnapshotVerb::Rollback => {
+                tokio::task::spawn_blocking(move || cow.rollback(uuid, &n))
+                    .await?
+                    .map_err(images::store_error)?;
+            }
+            SnapshotVerb::Delete => {
+                tokio::task::spawn_blocking(move || cow.delete_snapshot(uuid, &n))
+                    .await?
+                    .map_err(images::store_error)?;
+                next.snapshots.retain(|s| s.name != name);
+            }
+        }
+        next.last_modified = now();
+        if let Err(e) = self.persist(&next).await {
+            if verb == SnapshotVerb::Create {
+                let cow = self.cow.clone();
+                let n = name.to_string();
+                let _ = tokio::task::spawn_blocking(move || cow.delete_snapshot(uuid, &n)).await;
+            }
+            return Err(e);
+        }
+        let next = Arc::new(Record::new(next));
+        write(&self.records).insert(next.clone());
+        self.emit(EventKind::Modify, &next, vec!["snapshots".into()]);
+        Ok(next)
     }
 
     /// Starts a guest.
@@ -588,14 +724,19 @@ impl Service {
             .ok_or(ServiceError::ImageNotFound(uuid))
     }
 
-    /// The nic tags.
+    /// The nic tags, by name.
     pub fn nictags(&self) -> Result<BTreeMap<String, NicTag>> {
-        Ok(self.nictags.load()?)
+        Ok(self
+            .nictags
+            .load()?
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect())
     }
 
     /// Adds a nic tag.
     pub async fn add_nictag(&self, tag: NicTag) -> Result<NicTag> {
-        let _g = self.nictag_lock.lock().await;
+        let _g = self.config_lock.lock().await;
         let mut report = ValidationReport::default();
         if !hull_spec::validate::is_nic_tag(&tag.name) {
             report.bad_value("name", "a nic tag name is 1-31 letters, digits, _ or -");
@@ -612,7 +753,7 @@ impl Service {
         if !report.is_empty() {
             return Err(ServiceError::Invalid(report));
         }
-        let mut tags = self.nictags.load()?;
+        let mut tags = self.nictags()?;
         if tags.contains_key(&tag.name) {
             return Err(ServiceError::Conflict(format!(
                 "nic tag {:?} already exists",
@@ -626,8 +767,8 @@ impl Service {
 
     /// Deletes a nic tag that no guest uses.
     pub async fn delete_nictag(&self, name: &str) -> Result<()> {
-        let _g = self.nictag_lock.lock().await;
-        let mut tags = self.nictags.load()?;
+        let _g = self.config_lock.lock().await;
+        let mut tags = self.nictags()?;
         if tags.remove(name).is_none() {
             return Err(ServiceError::NicTagNotFound(name.to_string()));
         }
@@ -648,7 +789,8 @@ impl Service {
 
     async fn save_tags(&self, tags: BTreeMap<String, NicTag>) -> Result<()> {
         let root = self.data_root.clone();
-        tokio::task::spawn_blocking(move || NicTags::new(&root).save(&tags)).await??;
+        let list: Vec<NicTag> = tags.into_values().collect();
+        tokio::task::spawn_blocking(move || catalog::nictags(&root).save(&list)).await??;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ mod events;
 mod get;
 mod lifecycle;
 mod list;
+mod snapshot;
 mod unbuilt;
 mod update;
 mod validate;
@@ -239,9 +240,9 @@ pub fn run(cli: Cli) -> CmdResult {
         } => events::run(socket, full, json, ready, uuid.as_deref()),
         Command::Info { uuid, .. } => unbuilt::info(socket, &uuid),
         Command::Console { uuid } => unbuilt::console(socket, &uuid),
-        Command::CreateSnapshot { uuid, .. }
-        | Command::RollbackSnapshot { uuid, .. }
-        | Command::DeleteSnapshot { uuid, .. } => unbuilt::snapshot(socket, &uuid),
+        Command::CreateSnapshot { uuid, name } => snapshot::create(socket, &uuid, &name),
+        Command::RollbackSnapshot { uuid, name } => snapshot::rollback(socket, &uuid, &name),
+        Command::DeleteSnapshot { uuid, name } => snapshot::delete(socket, &uuid, &name),
         Command::Send { uuid } => unbuilt::send(socket, &uuid),
         Command::Receive => unbuilt::receive(),
     }

@@ -27,24 +27,12 @@ pub fn console(socket: Option<&Path>, uuid: &str) -> CmdResult {
     )
 }
 
-pub fn snapshot(socket: Option<&Path>, uuid: &str) -> CmdResult {
-    missing(
-        socket,
-        uuid,
-        "snapshots need the image store (cowstore), which is not built yet",
-    )
-}
-
 pub fn send(socket: Option<&Path>, uuid: &str) -> CmdResult {
-    missing(
-        socket,
-        uuid,
-        "send needs the image store (cowstore), which is not built yet",
-    )
+    missing(socket, uuid, "send (a VM as a stream) is not built yet")
 }
 
 pub fn receive() -> CmdResult {
     Err(Failure::new(
-        "receive needs the image store (cowstore), which is not built yet",
+        "receive (a VM from a stream) is not built yet",
     ))
 }

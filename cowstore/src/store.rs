@@ -1,0 +1,615 @@
+//! The image store's on-disk layout under the data root, and the operations on it:
+//!
+//! ```text
+//! images/<uuid>/manifest.json   the manifest, as given (bytes kept verbatim)
+//! images/<uuid>/root            a tree image (btrfs: a read-only subvolume)
+//! images/<uuid>/disk.img        a disk image (sparse)
+//! images/.staging-<uuid>        an install in flight; renamed into place only when whole
+//! images/.deleting-<uuid>       a delete in flight
+//! guests/<uuid>/origin.json     which images the guest was cloned from
+//! guests/<uuid>/root|upper|work the guest's root clone (backend-specific)
+//! guests/<uuid>/disk<N>.img     the guest's disks
+//! ```
+//!
+//! Install and delete are all-or-nothing: an install lands by one rename of a staging
+//! directory, a delete starts with one; leftovers of a crash are removed by [`Store::open`].
+//! This module never interprets manifests beyond what it is given in [`ImageSpec`].
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::archive::{self, ArchiveError, Expected, Limits, Stats};
+use crate::backend::{self, Backend, BackendError, BackendKind, CloneCost, RootSource};
+
+/// What an image holds, as the store needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    /// A root tree (a tar archive).
+    Tree,
+    /// A raw disk.
+    Disk,
+}
+
+/// An image to install: its identity, kind, the expected file, and the manifest bytes to keep.
+#[derive(Debug, Clone)]
+pub struct ImageSpec {
+    /// The image's uuid.
+    pub uuid: Uuid,
+    /// Tree or disk.
+    pub kind: ImageKind,
+    /// The file as the manifest describes it.
+    pub file: Expected,
+    /// The manifest, stored verbatim as manifest.json.
+    pub manifest: Vec<u8>,
+    /// The image this one was made from, if any (deleting that one is then refused).
+    pub origin: Option<Uuid>,
+}
+
+/// Store configuration.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The data root.
+    pub root: PathBuf,
+    /// Force a backend instead of detecting one from the filesystem.
+    pub backend: Option<BackendKind>,
+    /// Limits applied to every archive.
+    pub limits: Limits,
+}
+
+/// Failures of the store. Each leaves the data root as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file or directory operation failed.
+    #[error("cannot {action} {path}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image file was refused.
+    #[error("image {uuid} was refused")]
+    Archive {
+        /// The image.
+        uuid: Uuid,
+        /// Why.
+        #[source]
+        source: ArchiveError,
+    },
+    /// The backend failed.
+    #[error("the {backend} backend failed")]
+    Backend {
+        /// The backend.
+        backend: &'static str,
+        /// Why.
+        #[source]
+        source: BackendError,
+    },
+    /// The image is already installed.
+    #[error("image {0} is already installed")]
+    Exists(Uuid),
+    /// The image is not installed.
+    #[error("image {0} is not installed")]
+    NotInstalled(Uuid),
+    /// The image is of the wrong kind for the operation.
+    #[error("image {uuid} is a {actual} image, not a {wanted} image")]
+    WrongKind {
+        /// The image.
+        uuid: Uuid,
+        /// What it is.
+        actual: &'static str,
+        /// What was needed.
+        wanted: &'static str,
+    },
+    /// Guests or images still clone the image.
+    #[error("image {uuid} is in use by {users}")]
+    InUse {
+        /// The image.
+        uuid: Uuid,
+        /// Who uses it.
+        users: String,
+    },
+    /// A guest already has storage.
+    #[error("guest {0} already has storage")]
+    GuestExists(Uuid),
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Which images a guest clones.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Origin {
+    images: Vec<Uuid>,
+}
+
+/// What a guest's disk cost to make.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskMade {
+    /// The disk file.
+    pub path: PathBuf,
+    /// How it was made.
+    pub cost: CloneCost,
+}
+
+/// The store.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    images: PathBuf,
+    guests: PathBuf,
+    backend: Box<dyn Backend>,
+    limits: Limits,
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory", dir))
+}
+
+fn kind_name(k: ImageKind) -> &'static str {
+    match k {
+        ImageKind::Tree => "tree",
+        ImageKind::Disk => "disk",
+    }
+}
+
+impl Store {
+    /// Opens the store under `config.root`, detecting the backend unless one is forced, and
+    /// removes what a crash left half-done.
+    pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        let images = config.root.join("images");
+        let guests = config.root.join("guests");
+        for d in [&images, &guests] {
+            fs::create_dir_all(d).map_err(io("create", d))?;
+        }
+        let kind = match config.backend {
+            Some(k) => k,
+            None => backend::detect(&images).map_err(|source| StoreError::Backend {
+                backend: "detected",
+                source,
+            })?,
+        };
+        let store = Store {
+            root: config.root,
+            images,
+            guests,
+            backend: backend::open(kind),
+            limits: config.limits,
+        };
+        store.clean_leftovers()?;
+        Ok(store)
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> BackendKind {
+        self.backend.kind()
+    }
+
+    /// The data root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn backend_err(&self) -> impl FnOnce(BackendError) -> StoreError + '_ {
+        move |source| StoreError::Backend {
+            backend: self.backend.kind().as_str(),
+            source,
+        }
+    }
+
+    fn clean_leftovers(&self) -> Result<(), StoreError> {
+        for entry in fs::read_dir(&self.images).map_err(io("read", &self.images))? {
+            let entry = entry.map_err(io("read", &self.images))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".staging-") || name.starts_with(".deleting-") {
+                self.remove_image_dir(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_image_dir(&self, dir: &Path) -> Result<(), StoreError> {
+        let tree = dir.join("root");
+        if tree.symlink_metadata().is_ok() {
+            self.backend
+                .remove_image_tree(&tree)
+                .map_err(self.backend_err())?;
+        }
+        match fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove", dir)(e)),
+        }
+        fsync_dir(&self.images)
+    }
+
+    /// The directory of an installed image.
+    pub fn image_dir(&self, uuid: Uuid) -> PathBuf {
+        self.images.join(uuid.to_string())
+    }
+
+    /// Whether an image is installed.
+    pub fn is_installed(&self, uuid: Uuid) -> bool {
+        self.image_dir(uuid).join("manifest.json").exists()
+    }
+
+    /// The kind of an installed image.
+    pub fn image_kind(&self, uuid: Uuid) -> Result<ImageKind, StoreError> {
+        let dir = self.image_dir(uuid);
+        if !dir.join("manifest.json").exists() {
+            return Err(StoreError::NotInstalled(uuid));
+        }
+        Ok(if dir.join("disk.img").exists() {
+            ImageKind::Disk
+        } else {
+            ImageKind::Tree
+        })
+    }
+
+    /// Installs an image from its file, verifying it against `spec.file` as it streams.
+    /// All or nothing: on any error nothing is left under the data root.
+    pub fn install(
+        &self,
+        spec: &ImageSpec,
+        src: impl Read,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Stats, StoreError> {
+        let final_dir = self.image_dir(spec.uuid);
+        if final_dir.exists() {
+            return Err(StoreError::Exists(spec.uuid));
+        }
+        let staging = self.images.join(format!(
+            ".staging-{}-{}",
+            spec.uuid,
+            Uuid::new_v4().simple()
+        ));
+        fs::create_dir(&staging).map_err(io("create", &staging))?;
+        let result = self.fill_staging(spec, src, &staging, progress);
+        let result = result.and_then(|stats| {
+            fs::rename(&staging, &final_dir).map_err(io("move into place", &final_dir))?;
+            fsync_dir(&self.images)?;
+            Ok(stats)
+        });
+        if result.is_err() {
+            // Best effort: the original error is what the caller needs to see; a leftover
+            // is also removed at the next open.
+            let _ = self.remove_image_dir(&staging);
+        }
+        result
+    }
+
+    fn fill_staging(
+        &self,
+        spec: &ImageSpec,
+        src: impl Read,
+        staging: &Path,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Stats, StoreError> {
+        let archive_err = |source| StoreError::Archive {
+            uuid: spec.uuid,
+            source,
+        };
+        let stats = match spec.kind {
+            ImageKind::Tree => {
+                let tree = staging.join("root");
+                self.backend
+                    .create_image_tree(&tree)
+                    .map_err(self.backend_err())?;
+                let stats = archive::unpack_tree(src, &spec.file, &tree, &self.limits, progress)
+                    .map_err(archive_err)?;
+                self.backend
+                    .seal_image_tree(&tree)
+                    .map_err(self.backend_err())?;
+                stats
+            }
+            ImageKind::Disk => {
+                let disk = staging.join("disk.img");
+                let stats = archive::unpack_raw(src, &spec.file, &disk, &self.limits, progress)
+                    .map_err(archive_err)?;
+                File::open(&disk)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io("fsync", &disk))?;
+                stats
+            }
+        };
+        if let Some(origin) = spec.origin {
+            let o = staging.join("origin");
+            fs::write(&o, origin.to_string()).map_err(io("write", &o))?;
+        }
+        let m = staging.join("manifest.json");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&m)
+            .map_err(io("create", &m))?;
+        f.write_all(&spec.manifest).map_err(io("write", &m))?;
+        f.sync_all().map_err(io("fsync", &m))?;
+        fsync_dir(staging)?;
+        Ok(stats)
+    }
+
+    /// Installed image uuids.
+    pub fn images(&self) -> Result<Vec<Uuid>, StoreError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.images).map_err(io("read", &self.images))? {
+            let entry = entry.map_err(io("read", &self.images))?;
+            if let Some(u) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                && entry.path().join("manifest.json").exists()
+            {
+                out.push(u);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Who uses an image: guests that clone it and images made from it.
+    pub fn users(&self, uuid: Uuid) -> Result<Vec<String>, StoreError> {
+        let mut users = Vec::new();
+        for g in self.guest_ids()? {
+            if self.origin(g)?.images.contains(&uuid) {
+                users.push(format!("guest {g}"));
+            }
+        }
+        for i in self.images()? {
+            let o = self.image_dir(i).join("origin");
+            if fs::read_to_string(&o).is_ok_and(|s| s.trim() == uuid.to_string()) {
+                users.push(format!("image {i}"));
+            }
+        }
+        Ok(users)
+    }
+
+    /// Deletes an image nobody uses.
+    pub fn delete(&self, uuid: Uuid) -> Result<(), StoreError> {
+        let dir = self.image_dir(uuid);
+        if !dir.join("manifest.json").exists() {
+            return Err(StoreError::NotInstalled(uuid));
+        }
+        let users = self.users(uuid)?;
+        if !users.is_empty() {
+            return Err(StoreError::InUse {
+                uuid,
+                users: users.join(", "),
+            });
+        }
+        let doomed = self.images.join(format!(".deleting-{uuid}"));
+        fs::rename(&dir, &doomed).map_err(io("move aside", &dir))?;
+        fsync_dir(&self.images)?;
+        self.remove_image_dir(&doomed)
+    }
+
+    /// Deletes every image nobody uses; returns their uuids.
+    pub fn vacuum(&self) -> Result<Vec<Uuid>, StoreError> {
+        let mut removed = Vec::new();
+        // Deleting an image can free the image it was made from: repeat until stable.
+        loop {
+            let before = removed.len();
+            for uuid in self.images()? {
+                if self.users(uuid)?.is_empty() {
+                    self.delete(uuid)?;
+                    removed.push(uuid);
+                }
+            }
+            if removed.len() == before {
+                return Ok(removed);
+            }
+        }
+    }
+
+    fn guest_ids(&self) -> Result<Vec<Uuid>, StoreError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.guests).map_err(io("read", &self.guests))? {
+            let entry = entry.map_err(io("read", &self.guests))?;
+            if let Some(u) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| Uuid::parse_str(s).ok())
+            {
+                out.push(u);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A guest's directory.
+    pub fn guest_dir(&self, guest: Uuid) -> PathBuf {
+        self.guests.join(guest.to_string())
+    }
+
+    fn origin(&self, guest: Uuid) -> Result<Origin, StoreError> {
+        let p = self.guest_dir(guest).join("origin.json");
+        match fs::read(&p) {
+            Ok(b) => Ok(serde_json::from_slice(&b).unwrap_or_default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Origin::default()),
+            Err(e) => Err(io("read", &p)(e)),
+        }
+    }
+
+    fn add_origin(&self, guest: Uuid, image: Uuid) -> Result<(), StoreError> {
+        let mut o = self.origin(guest)?;
+        if !o.images.contains(&image) {
+            o.images.push(image);
+        }
+        let dir = self.guest_dir(guest);
+        let tmp = dir.join(".origin.json.tmp");
+        let bytes = serde_json::to_vec(&o).unwrap_or_default();
+        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+        f.write_all(&bytes).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("fsync", &tmp))?;
+        fs::rename(&tmp, dir.join("origin.json")).map_err(io("rename", &tmp))?;
+        fsync_dir(&dir)
+    }
+
+    /// Starts a guest's storage (its directory). Fails if it already exists.
+    pub fn create_guest(&self, guest: Uuid) -> Result<PathBuf, StoreError> {
+        let dir = self.guest_dir(guest);
+        match fs::create_dir(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(StoreError::GuestExists(guest))
+            }
+            Err(e) => Err(io("create", &dir)(e)),
+        }
+    }
+
+    /// Clones a tree image as the guest's root, in O(1).
+    pub fn clone_root(&self, guest: Uuid, image: Uuid) -> Result<RootSource, StoreError> {
+        self.want(image, ImageKind::Tree)?;
+        let dir = self.guest_dir(guest);
+        self.add_origin(guest, image)?;
+        self.backend
+            .clone_tree(&self.image_dir(image).join("root"), &dir)
+            .map_err(self.backend_err())
+    }
+
+    /// The guest root's source, for the zone runtime to mount.
+    pub fn root_source(&self, guest: Uuid) -> Result<Option<RootSource>, StoreError> {
+        let o = self.origin(guest)?;
+        for image in o.images {
+            if self.image_kind(image)? == ImageKind::Tree {
+                return Ok(Some(self.backend.root_source(
+                    &self.image_dir(image).join("root"),
+                    &self.guest_dir(guest),
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    fn want(&self, image: Uuid, kind: ImageKind) -> Result<(), StoreError> {
+        let actual = self.image_kind(image)?;
+        if actual != kind {
+            return Err(StoreError::WrongKind {
+                uuid: image,
+                actual: kind_name(actual),
+                wanted: kind_name(kind),
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes a guest disk at `path` from a disk image (a reflink where the filesystem has
+    /// them, a sparse copy otherwise), grown to `size_mib` when that is larger.
+    pub fn clone_disk(
+        &self,
+        guest: Uuid,
+        image: Uuid,
+        path: &Path,
+        size_mib: Option<u64>,
+    ) -> Result<DiskMade, StoreError> {
+        self.want(image, ImageKind::Disk)?;
+        self.add_origin(guest, image)?;
+        let cost = self
+            .backend
+            .clone_file(&self.image_dir(image).join("disk.img"), path)
+            .map_err(self.backend_err())?;
+        if let Some(mib) = size_mib {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io("open", path))?;
+            let want = mib * 1024 * 1024;
+            let have = f.metadata().map_err(io("stat", path))?.len();
+            if want > have {
+                f.set_len(want).map_err(io("grow", path))?;
+            }
+            f.sync_all().map_err(io("fsync", path))?;
+        }
+        Ok(DiskMade {
+            path: path.to_path_buf(),
+            cost,
+        })
+    }
+
+    /// Makes a blank sparse disk of `size_mib` at `path`.
+    pub fn blank_disk(&self, path: &Path, size_mib: u64) -> Result<DiskMade, StoreError> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io("create", path))?;
+        f.set_len(size_mib * 1024 * 1024)
+            .map_err(io("size", path))?;
+        f.sync_all().map_err(io("fsync", path))?;
+        Ok(DiskMade {
+            path: path.to_path_buf(),
+            cost: CloneCost::Copied { bytes: 0 },
+        })
+    }
+
+    /// Removes everything a guest's storage holds: root clone, snapshots, disks, folder.
+    pub fn destroy_guest(&self, guest: Uuid) -> Result<(), StoreError> {
+        let dir = self.guest_dir(guest);
+        if !dir.exists() {
+            return Ok(());
+        }
+        self.backend
+            .destroy_tree(&dir)
+            .map_err(self.backend_err())?;
+        fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
+        fsync_dir(&self.guests)
+    }
+
+    /// Snapshots a stopped guest's root.
+    pub fn snapshot(&self, guest: Uuid, name: &str) -> Result<(), StoreError> {
+        self.backend
+            .snapshot(&self.guest_dir(guest), name)
+            .map_err(self.backend_err())
+    }
+
+    /// Rolls a stopped guest's root back to a snapshot.
+    pub fn rollback(&self, guest: Uuid, name: &str) -> Result<(), StoreError> {
+        self.backend
+            .rollback(&self.guest_dir(guest), name)
+            .map_err(self.backend_err())
+    }
+
+    /// Deletes a snapshot.
+    pub fn delete_snapshot(&self, guest: Uuid, name: &str) -> Result<(), StoreError> {
+        self.backend
+            .delete_snapshot(&self.guest_dir(guest), name)
+            .map_err(self.backend_err())
+    }
+
+    /// A guest's snapshots.
+    pub fn snapshots(&self, guest: Uuid) -> Result<Vec<String>, StoreError> {
+        self.backend
+            .snapshots(&self.guest_dir(guest))
+            .map_err(self.backend_err())
+    }
+
+    /// Sets (or with `None` removes) a guest's quota, live.
+    pub fn set_quota(&self, guest: Uuid, bytes: Option<u64>) -> Result<(), StoreError> {
+        self.backend
+            .set_quota(&self.guest_dir(guest), bytes)
+            .map_err(self.backend_err())
+    }
+
+    /// Guests with storage that `known` does not list (crash leftovers of a create).
+    pub fn orphan_guests(&self, known: &BTreeSet<Uuid>) -> Result<Vec<Uuid>, StoreError> {
+        Ok(self
+            .guest_ids()?
+            .into_iter()
+            .filter(|g| !known.contains(g))
+            .collect())
+    }
+}

@@ -1,0 +1,199 @@
+//! Images through the service: the one place where wire manifests become cowstore's
+//! [`ImageSpec`], installs run off the async runtime, and deletes check vmmd's own records
+//! as well as the store's clone bookkeeping.
+
+use bytes::Bytes;
+use hull_cowstore::archive::{Compression, Expected};
+use hull_cowstore::store::{ImageKind, ImageSpec, StoreError};
+use hull_spec::{ImageManifest, ImageType, ValidationReport, validate_manifest};
+use serde_json::Value;
+use std::io::Read;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::{Service, ServiceError, read};
+
+/// The wire manifest as cowstore's image spec: the one place the two meet. (A function, not
+/// `TryFrom`: both types are foreign to vmmd.)
+pub fn image_spec(m: &ImageManifest, raw: &Value) -> Result<ImageSpec, ValidationReport> {
+    {
+        let mut r = ValidationReport::default();
+        let Some(file) = m.files.first() else {
+            r.missing("files", "the manifest lists no file");
+            return Err(r);
+        };
+        let Some(compression) = Compression::parse(&file.compression) else {
+            r.bad_value(
+                "files.0.compression",
+                "files.0.compression must be none, gzip, xz or zstd",
+            );
+            return Err(r);
+        };
+        let kind = match m.image_type {
+            ImageType::ZoneDataset | ImageType::LxDataset => ImageKind::Tree,
+            ImageType::Zvol => ImageKind::Disk,
+        };
+        Ok(ImageSpec {
+            uuid: m.uuid,
+            kind,
+            file: Expected {
+                sha1: file.sha1.to_ascii_lowercase(),
+                size: file.size,
+                compression,
+            },
+            manifest: serde_json::to_vec_pretty(raw).unwrap_or_default(),
+            origin: m.origin,
+        })
+    }
+}
+
+/// A blocking reader over chunks sent from the async side (the HTTP body).
+pub struct ChunkReader {
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    current: Bytes,
+}
+
+impl ChunkReader {
+    /// A reader and the sender that feeds it.
+    pub fn channel() -> (mpsc::Sender<Result<Bytes, std::io::Error>>, ChunkReader) {
+        let (tx, rx) = mpsc::channel(16);
+        (
+            tx,
+            ChunkReader {
+                rx,
+                current: Bytes::new(),
+            },
+        )
+    }
+}
+
+impl std::fmt::Debug for ChunkReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkReader").finish_non_exhaustive()
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+impl Service {
+    /// Validates a manifest for install: well-formed and not installed yet.
+    pub fn check_manifest(&self, raw: &Value) -> Result<(ImageManifest, ImageSpec), ServiceError> {
+        let m = validate_manifest(raw).map_err(ServiceError::Invalid)?;
+        let spec = image_spec(&m, raw).map_err(ServiceError::Invalid)?;
+        if self.cow.is_installed(m.uuid) {
+            return Err(ServiceError::Conflict(format!(
+                "image {} is already installed",
+                m.uuid
+            )));
+        }
+        Ok((m, spec))
+    }
+
+    /// Installs an image whose file arrives through `reader` (run on a blocking thread).
+    pub async fn install_image(
+        &self,
+        manifest: ImageManifest,
+        spec: ImageSpec,
+        reader: ChunkReader,
+    ) -> Result<ImageManifest, ServiceError> {
+        let store = self.cow.clone();
+        tokio::task::spawn_blocking(move || store.install(&spec, reader, &mut |_| {}))
+            .await?
+            .map_err(store_error)?;
+        tracing::info!(uuid = %manifest.uuid, name = %manifest.name, "image installed");
+        Ok(manifest)
+    }
+
+    /// Removes guest storage that no record owns: what a crash between provisioning and
+    /// writing the record left behind.
+    pub async fn remove_orphan_storage(&self) -> Result<Vec<Uuid>, ServiceError> {
+        let known: std::collections::BTreeSet<Uuid> =
+            read(&self.records).vms.keys().copied().collect();
+        let cow = self.cow.clone();
+        tokio::task::spawn_blocking(move || {
+            let orphans = cow.orphan_guests(&known)?;
+            for g in &orphans {
+                cow.destroy_guest(*g)?;
+            }
+            Ok(orphans)
+        })
+        .await?
+        .map_err(store_error)
+    }
+
+    /// Guests (by vmmd's records) that use an image.
+    fn image_users(&self, uuid: Uuid) -> Vec<String> {
+        read(&self.records)
+            .vms
+            .values()
+            .filter(|r| {
+                r.image_uuid == Some(uuid) || r.disks.iter().any(|d| d.image_uuid == Some(uuid))
+            })
+            .map(|r| format!("VM {}", r.uuid))
+            .collect()
+    }
+
+    /// Deletes an image no guest uses.
+    pub async fn delete_image(&self, uuid: Uuid) -> Result<(), ServiceError> {
+        let _index = self.index_lock.lock().await;
+        if !self.cow.is_installed(uuid) {
+            return Err(ServiceError::ImageNotFound(uuid));
+        }
+        let users = self.image_users(uuid);
+        if !users.is_empty() {
+            return Err(ServiceError::Conflict(format!(
+                "image {uuid} is used by {}",
+                users.join(", ")
+            )));
+        }
+        let store = self.cow.clone();
+        tokio::task::spawn_blocking(move || store.delete(uuid))
+            .await?
+            .map_err(store_error)
+    }
+
+    /// Deletes every image no guest uses.
+    pub async fn vacuum_images(&self) -> Result<Vec<Uuid>, ServiceError> {
+        let _index = self.index_lock.lock().await;
+        let store = self.cow.clone();
+        tokio::task::spawn_blocking(move || store.vacuum())
+            .await?
+            .map_err(store_error)
+    }
+}
+
+/// cowstore's errors as service errors: refusals of the input are 4xx, the rest 5xx.
+pub fn store_error(e: StoreError) -> ServiceError {
+    match e {
+        StoreError::Archive { .. } | StoreError::WrongKind { .. } => {
+            let mut r = ValidationReport::default();
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            r.bad_value("file", msg);
+            ServiceError::Invalid(r)
+        }
+        StoreError::Exists(_) | StoreError::InUse { .. } | StoreError::GuestExists(_) => {
+            ServiceError::Conflict(e.to_string())
+        }
+        StoreError::NotInstalled(u) => ServiceError::ImageNotFound(u),
+        StoreError::Io { .. } | StoreError::Backend { .. } => ServiceError::Storage(e),
+    }
+}

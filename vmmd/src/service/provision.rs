@@ -1,0 +1,76 @@
+//! Provisioning a guest's storage from its record: the zone root cloned from its image, the
+//! microVM's disks cloned or made blank, the quota set. All or nothing: on any error what was
+//! made is destroyed. Runs on a blocking thread.
+
+use std::path::Path;
+
+use hull_cowstore::backend::BackendError;
+use hull_cowstore::store::{Store, StoreError};
+use hull_spec::Vm;
+
+/// What provisioning could not do but did not fail on: limits the backend cannot enforce,
+/// named so the user sees them (SmartOS would have enforced them).
+pub type Warnings = Vec<String>;
+
+/// Makes the guest's storage.
+pub fn provision(store: &Store, vm: &Vm) -> Result<Warnings, StoreError> {
+    store.create_guest(vm.uuid)?;
+    let result = make(store, vm);
+    if result.is_err() {
+        // The original error is what matters; a leftover folder is also removed as an orphan
+        // at the next start.
+        let _ = store.destroy_guest(vm.uuid);
+    }
+    result
+}
+
+fn make(store: &Store, vm: &Vm) -> Result<Warnings, StoreError> {
+    let mut warnings = Warnings::new();
+    if let Some(image) = vm.image_uuid {
+        store.clone_root(vm.uuid, image)?;
+        if vm.quota > 0 {
+            match store.set_quota(vm.uuid, Some(vm.quota << 30)) {
+                Ok(()) => {}
+                Err(StoreError::Backend {
+                    backend,
+                    source: BackendError::Unsupported { what, .. },
+                }) => warnings.push(format!(
+                    "quota: {what} is not enforced by the {backend} backend (the data root's filesystem); \
+                     use btrfs, or xfs mounted with prjquota, to enforce it"
+                )),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let guest_dir = store.guest_dir(vm.uuid);
+    for disk in &vm.disks {
+        let Some(path) = disk.path.as_deref().map(Path::new) else {
+            continue;
+        };
+        if !path.starts_with(&guest_dir) {
+            // A disk the user brought: hull uses it as it is and never deletes it.
+            if !path.exists() {
+                return Err(StoreError::Io {
+                    action: "use the disk",
+                    path: path.to_path_buf(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                });
+            }
+            continue;
+        }
+        let made = match disk.image_uuid {
+            Some(image) => store.clone_disk(vm.uuid, image, path, disk.size)?,
+            None => store.blank_disk(path, disk.size.unwrap_or(0))?,
+        };
+        if let hull_cowstore::backend::CloneCost::Copied { bytes } = made.cost
+            && disk.image_uuid.is_some()
+        {
+            warnings.push(format!(
+                "disk {}: copied {bytes} bytes (the {} backend cannot reflink)",
+                path.display(),
+                store.backend().as_str()
+            ));
+        }
+    }
+    Ok(warnings)
+}

@@ -1,0 +1,344 @@
+//! Image sources and import: vmmd fetches manifests and files from IMGAPI-compatible servers
+//! (`GET /images`, `/images/:uuid`, `/images/:uuid/file`) and installs them through the same
+//! verified path as a local install. Everything a server sends is untrusted: manifests are
+//! validated, files are checked against them while streaming, replies are size-bounded.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hull_spec::api::{ApiErrorBody, ImageSource, ImportProgress};
+use hull_spec::{ImageManifest, ValidationReport, validate_manifest};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::images::ChunkReader;
+use super::{Service, ServiceError};
+
+/// The largest JSON reply accepted from a source.
+const MAX_JSON: usize = 16 << 20;
+
+/// Why talking to a source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The URL is not one hull can fetch.
+    #[error("{url:?} is not a source URL hull can use: {why}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// The connection failed.
+    #[error("cannot connect to {url}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("the request to {url} failed")]
+    Http {
+        /// The URL.
+        url: String,
+        /// The HTTP error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The server answered with an error status.
+    #[error("{url} answered {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: StatusCode,
+    },
+    /// The reply was too large or not JSON.
+    #[error("{url} sent a reply that is not a JSON document of at most 16 MiB")]
+    Body {
+        /// The URL.
+        url: String,
+    },
+}
+
+/// Checks a source URL: `http://host[:port][/path]`.
+pub fn parse_source(url: &str) -> Result<Uri, FetchError> {
+    let bad = |why| FetchError::Url {
+        url: url.to_string(),
+        why,
+    };
+    let uri: Uri = url.parse().map_err(|_| bad("it does not parse as a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(bad("https sources need TLS, which is not built yet")),
+        _ => return Err(bad("only http:// URLs are supported")),
+    }
+    if uri.host().is_none() {
+        return Err(bad("it has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(bad("it must not carry a query"));
+    }
+    Ok(uri)
+}
+
+fn join(base: &str, rest: &str) -> String {
+    format!("{}/{}", base.trim_end_matches('/'), rest)
+}
+
+async fn get(url: &str) -> Result<hyper::Response<hyper::body::Incoming>, FetchError> {
+    let uri = parse_source(url)?;
+    let host = uri.host().unwrap_or_default().to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|source| FetchError::Connect {
+            url: url.to_string(),
+            source,
+        })?;
+    let http = |source| FetchError::Http {
+        url: url.to_string(),
+        source,
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(http)?;
+    tokio::spawn(conn);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let req = Request::get(path)
+        .header(
+            hyper::header::HOST,
+            uri.authority().map_or(host.clone(), |a| a.to_string()),
+        )
+        .header(
+            hyper::header::ACCEPT,
+            "application/json, application/octet-stream",
+        )
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("hull-vmmd/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Empty::<Bytes>::new())
+        .map_err(|_| FetchError::Url {
+            url: url.to_string(),
+            why: "it cannot be requested",
+        })?;
+    let resp = sender.send_request(req).await.map_err(http)?;
+    if !resp.status().is_success() {
+        return Err(FetchError::Status {
+            url: url.to_string(),
+            status: resp.status(),
+        });
+    }
+    Ok(resp)
+}
+
+async fn get_json(url: &str) -> Result<Value, FetchError> {
+    let resp = get(url).await?;
+    let bytes = Limited::new(resp.into_body(), MAX_JSON)
+        .collect()
+        .await
+        .map_err(|_| FetchError::Body {
+            url: url.to_string(),
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|_| FetchError::Body {
+        url: url.to_string(),
+    })
+}
+
+fn fetch_error(e: FetchError) -> ServiceError {
+    match e {
+        FetchError::Url { .. } => ServiceError::BadRequest(e.to_string()),
+        other => ServiceError::Upstream(other),
+    }
+}
+
+impl Service {
+    /// The configured sources.
+    pub fn sources(&self) -> Result<Vec<ImageSource>, ServiceError> {
+        Ok(self.sources.load()?)
+    }
+
+    /// Adds a source.
+    pub async fn add_source(&self, src: ImageSource) -> Result<ImageSource, ServiceError> {
+        let _g = self.config_lock.lock().await;
+        if src.kind != "imgapi" {
+            let mut r = ValidationReport::default();
+            r.bad_value(
+                "type",
+                format!("source type {:?} is not supported; use imgapi", src.kind),
+            );
+            return Err(ServiceError::Invalid(r));
+        }
+        parse_source(&src.url).map_err(|e| {
+            let mut r = ValidationReport::default();
+            r.bad_value("url", e.to_string());
+            ServiceError::Invalid(r)
+        })?;
+        let mut list = self.sources.load()?;
+        if list.iter().any(|s| s.url == src.url) {
+            return Err(ServiceError::Conflict(format!(
+                "source {} is already configured",
+                src.url
+            )));
+        }
+        list.push(src.clone());
+        self.save_sources(list).await?;
+        Ok(src)
+    }
+
+    /// Removes a source.
+    pub async fn delete_source(&self, url: &str) -> Result<(), ServiceError> {
+        let _g = self.config_lock.lock().await;
+        let mut list = self.sources.load()?;
+        let before = list.len();
+        list.retain(|s| s.url != url);
+        if list.len() == before {
+            return Err(ServiceError::BadRequest(format!(
+                "source {url} is not configured"
+            )));
+        }
+        self.save_sources(list).await
+    }
+
+    async fn save_sources(&self, list: Vec<ImageSource>) -> Result<(), ServiceError> {
+        let root = self.data_root.clone();
+        tokio::task::spawn_blocking(move || super::catalog::sources(&root).save(&list)).await??;
+        Ok(())
+    }
+
+    fn source_urls(&self, only: Option<String>) -> Result<Vec<String>, ServiceError> {
+        let urls: Vec<String> = match only {
+            Some(u) => vec![u],
+            None => self.sources.load()?.into_iter().map(|s| s.url).collect(),
+        };
+        if urls.is_empty() {
+            return Err(ServiceError::BadRequest(
+                "no image sources are configured; add one with imgadm sources -a URL".into(),
+            ));
+        }
+        Ok(urls)
+    }
+
+    /// Images the sources offer that hull can install (valid manifests of supported types).
+    pub async fn available(&self) -> Result<Vec<ImageManifest>, ServiceError> {
+        let mut out = Vec::new();
+        for url in self.source_urls(None)? {
+            let list = get_json(&join(&url, "images")).await.map_err(fetch_error)?;
+            for m in list.as_array().into_iter().flatten() {
+                if let Ok(m) = validate_manifest(m) {
+                    out.push(m);
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.name, &a.version, a.uuid).cmp(&(&b.name, &b.version, b.uuid)));
+        Ok(out)
+    }
+
+    /// Finds an image's manifest in the sources and checks it can be installed.
+    pub async fn prepare_import(
+        &self,
+        uuid: Uuid,
+        source: Option<String>,
+    ) -> Result<(String, Value), ServiceError> {
+        let mut last = None;
+        for url in self.source_urls(source)? {
+            match get_json(&join(&url, &format!("images/{uuid}"))).await {
+                Ok(m) => {
+                    if m.get("uuid").and_then(Value::as_str) != Some(uuid.to_string().as_str()) {
+                        let mut r = ValidationReport::default();
+                        r.bad_value(
+                            "uuid",
+                            format!("{url} answered with another image's manifest"),
+                        );
+                        return Err(ServiceError::Invalid(r));
+                    }
+                    self.check_manifest(&m)?;
+                    return Ok((url, m));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(FetchError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
+                ServiceError::ImageNotFound(uuid)
+            }
+            Some(e) => fetch_error(e),
+            None => ServiceError::ImageNotFound(uuid),
+        })
+    }
+
+    /// Downloads and installs a prepared import, sending progress lines to `progress`.
+    pub async fn run_import(
+        &self,
+        url: String,
+        raw: Value,
+        progress: mpsc::Sender<ImportProgress>,
+    ) {
+        let result = self.import_file(&url, &raw, &progress).await;
+        let last = match result {
+            Ok(m) => ImportProgress::Done(Box::new(m)),
+            Err(e) => {
+                let api = crate::api::error::ApiError::from(e);
+                ImportProgress::Error(ApiErrorBody::clone(&api.body))
+            }
+        };
+        let _ = progress.send(last).await;
+    }
+
+    async fn import_file(
+        &self,
+        url: &str,
+        raw: &Value,
+        progress: &mpsc::Sender<ImportProgress>,
+    ) -> Result<ImageManifest, ServiceError> {
+        let (manifest, spec) = self.check_manifest(raw)?;
+        let total = spec.file.size;
+        let file_url = join(url, &format!("images/{}/file", manifest.uuid));
+        let resp = get(&file_url).await.map_err(fetch_error)?;
+        let mut body = resp.into_body();
+        let (tx, reader) = ChunkReader::channel();
+        // Dropping the sender ends the install's input; it goes when the body ends or fails.
+        let mut tx = Some(tx);
+        let install = self.install_image(manifest, spec, reader);
+        tokio::pin!(install);
+        let mut received = 0u64;
+        let mut last_report = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                done = &mut install => return done,
+                frame = body.frame(), if tx.is_some() => {
+                    let Some(sender) = tx.as_ref() else { continue };
+                    match frame {
+                        Some(Ok(f)) => {
+                            let Ok(data) = f.into_data() else { continue };
+                            received += data.len() as u64;
+                            if sender.send(Ok(data)).await.is_err() {
+                                // The install stopped reading: its result is the answer.
+                                tx = None;
+                            }
+                            if last_report.elapsed().as_millis() >= 100 {
+                                last_report = std::time::Instant::now();
+                                let _ = progress.try_send(ImportProgress::Progress { bytes: received, total });
+                            }
+                        }
+                        Some(Err(e)) => {
+                            let _ = sender
+                                .send(Err(std::io::Error::other(format!("the download broke off: {e}"))))
+                                .await;
+                            tx = None;
+                        }
+                        None => {
+                            let _ = progress.try_send(ImportProgress::Progress { bytes: received, total });
+                            tx = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
