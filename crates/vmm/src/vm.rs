@@ -4,7 +4,7 @@
 //! socket. Returns why the VM stopped; the caller picks the exit status.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex, mpsc};
@@ -26,7 +26,9 @@ use crate::control::{self, ControlError, Controller};
 use crate::devices::IrqTrigger;
 use crate::devices::acpi_pm::{ACPI_PM_BASE, ACPI_PM_LEN, AcpiPm, PowerSink};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN, ResetSink};
-use crate::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN, ConsoleTarget, Serial};
+use crate::devices::serial::{
+    COM1_BASE, COM1_IRQ, COM1_LEN, ConsoleTarget, Serial, SharedSocketConsole,
+};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{Interrupt, MmioError, MmioTransport};
@@ -219,7 +221,11 @@ fn open_console(cfg: &ConsoleConfig) -> Result<(ConsoleTarget, ConsoleInput), Vm
             let _ = std::fs::remove_file(path);
             let l = UnixListener::bind(path).map_err(host("console socket"))?;
             l.set_nonblocking(true).map_err(host("console socket"))?;
-            Ok((Arc::new(Mutex::new(None)), ConsoleInput::Listener(l)))
+            let console = SharedSocketConsole::default();
+            Ok((
+                Arc::new(Mutex::new(Some(Box::new(console.clone())))),
+                ConsoleInput::Listener(l, console),
+            ))
         }
     }
 }
@@ -250,7 +256,7 @@ fn open_pty() -> std::io::Result<(File, String)> {
 enum ConsoleInput {
     Fd(RawFd),
     Pty(File, RawFd),
-    Listener(UnixListener),
+    Listener(UnixListener, SharedSocketConsole),
 }
 
 /// Blocks SIGTERM and SIGINT in this thread (and threads spawned later) and returns a
@@ -474,7 +480,6 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
         epoll: Epoll::new().map_err(host("event loop"))?,
         signals,
         console_in,
-        console_target,
         console_client: None,
         serial: serial.clone(),
         nets,
@@ -512,7 +517,6 @@ struct EventLoop {
     epoll: Epoll,
     signals: File,
     console_in: ConsoleInput,
-    console_target: ConsoleTarget,
     console_client: Option<std::os::unix::net::UnixStream>,
     serial: Arc<Mutex<Serial>>,
     nets: Vec<(RawFd, Arc<Mutex<MmioTransport>>)>,
@@ -535,7 +539,7 @@ impl EventLoop {
                 let _ = self.add(*fd, EventSet::IN, TOKEN_CONSOLE_IN);
             }
             ConsoleInput::Pty(_, fd) => self.add(*fd, EventSet::IN, TOKEN_CONSOLE_IN)?,
-            ConsoleInput::Listener(l) => {
+            ConsoleInput::Listener(l, _) => {
                 self.add(l.as_raw_fd(), EventSet::IN, TOKEN_CONSOLE_LISTEN)?
             }
         }
@@ -561,7 +565,7 @@ impl EventLoop {
                 usize::try_from(n).unwrap_or(0)
             }
             ConsoleInput::Pty(f, _) => f.read(&mut buf).unwrap_or(0),
-            ConsoleInput::Listener(_) => match &mut self.console_client {
+            ConsoleInput::Listener(..) => match &mut self.console_client {
                 Some(c) => c.read(&mut buf).unwrap_or(0),
                 None => 0,
             },
@@ -570,7 +574,7 @@ impl EventLoop {
             // EOF or error: stop watching this source.
             let fd = match &self.console_in {
                 ConsoleInput::Fd(fd) | ConsoleInput::Pty(_, fd) => Some(*fd),
-                ConsoleInput::Listener(_) => self.console_client.as_ref().map(|c| c.as_raw_fd()),
+                ConsoleInput::Listener(..) => self.console_client.as_ref().map(|c| c.as_raw_fd()),
             };
             if let Some(fd) = fd {
                 let _ = self
@@ -578,6 +582,9 @@ impl EventLoop {
                     .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             }
             self.console_client = None;
+            if let ConsoleInput::Listener(_, console) = &self.console_in {
+                lock(&console.0).detach();
+            }
             return;
         }
         // A full FIFO drops input, as a UART without flow control does.
@@ -585,7 +592,7 @@ impl EventLoop {
     }
 
     fn accept_console(&mut self) {
-        let ConsoleInput::Listener(l) = &self.console_in else {
+        let ConsoleInput::Listener(l, console) = &self.console_in else {
             return;
         };
         let Ok((stream, _)) = l.accept() else {
@@ -602,7 +609,7 @@ impl EventLoop {
         let Ok(out) = stream.try_clone() else {
             return;
         };
-        *lock(&self.console_target) = Some(Box::new(out) as Box<dyn Write + Send>);
+        lock(&console.0).attach(Box::new(out));
         if self
             .add(stream.as_raw_fd(), EventSet::IN, TOKEN_CONSOLE_IN)
             .is_ok()

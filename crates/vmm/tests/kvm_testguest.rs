@@ -419,3 +419,91 @@ fn kvm_sigterm_stops_gracefully() {
     );
     assert!(t.elapsed() < Duration::from_secs(5));
 }
+
+/// Starts a holding guest with `console` and a control socket; returns the child.
+fn start_with_console(dir: &Path, console: &str) -> (std::process::Child, PathBuf) {
+    let ctl = dir.join("ctl.sock");
+    let child = Command::new(VMM)
+        .args([
+            "--kernel",
+            guest(),
+            "--console",
+            console,
+            "--control",
+            ctl.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 testguest.hold=1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&ctl);
+    (child, ctl)
+}
+
+/// Reads lines from `r` until one contains `want`; returns everything read.
+fn read_until(r: impl std::io::Read, want: &str) -> String {
+    let mut seen = String::new();
+    for line in BufReader::new(r).lines() {
+        let Ok(line) = line else { break };
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(want) {
+            return seen;
+        }
+    }
+    panic!("never saw {want:?} in:\n{seen}");
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_unix_socket_console_replays_output_to_a_late_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let con = dir.path().join("console.sock");
+    let (child, ctl) = start_with_console(dir.path(), &format!("unix:{}", con.display()));
+    // The client attaches whenever it likes: what the guest printed before is replayed.
+    let stream = UnixStream::connect(&con).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let seen = read_until(&stream, "testguest: holding");
+    assert!(
+        seen.contains("testguest: hello from the hull test guest"),
+        "{seen}"
+    );
+    assert!(seen.contains("testguest: ALL PASS"), "{seen}");
+    let mut s = BufReader::new(UnixStream::connect(&ctl).unwrap());
+    assert_eq!(request(&mut s, r#"{"cmd":"shutdown"}"#)["ok"], true);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        out.stdout.is_empty(),
+        "nothing goes to stdout with a socket console"
+    );
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_pty_console_carries_guest_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, ctl) = start_with_console(dir.path(), "pty");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let first = lines.next().unwrap().unwrap();
+    let path = first
+        .strip_prefix("vmm: console on ")
+        .unwrap_or_else(|| panic!("unexpected first stderr line {first:?}"))
+        .to_owned();
+    let pty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let seen = read_until(&pty, "testguest: holding");
+    assert!(seen.contains("testguest: ALL PASS"), "{seen}");
+    let mut s = BufReader::new(UnixStream::connect(&ctl).unwrap());
+    assert_eq!(request(&mut s, r#"{"cmd":"shutdown"}"#)["ok"], true);
+    assert!(child.wait().unwrap().success());
+}

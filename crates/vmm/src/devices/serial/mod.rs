@@ -20,6 +20,68 @@ const LINE_MAX: usize = 1024;
 /// Where console output goes; `None` drops it (e.g. no socket client attached).
 pub type ConsoleTarget = Arc<Mutex<Option<Box<dyn Write + Send>>>>;
 
+/// Console output kept for a Unix socket console: the last [`BACKLOG`] bytes are replayed to
+/// each client that attaches, so `vmadm console` shows what the guest printed before.
+#[derive(Debug, Default)]
+pub struct SocketConsole {
+    backlog: std::collections::VecDeque<u8>,
+    client: Option<Box<dyn WriteDebug>>,
+}
+
+/// How much output a socket console keeps for late clients.
+pub const BACKLOG: usize = 64 << 10;
+
+/// A writer that can be shown in debug output.
+pub trait WriteDebug: Write + Send + std::fmt::Debug {}
+impl<T: Write + Send + std::fmt::Debug> WriteDebug for T {}
+
+impl SocketConsole {
+    /// Attaches a client (replacing any other) and replays the backlog to it.
+    pub fn attach(&mut self, mut client: Box<dyn WriteDebug>) {
+        let (a, b) = self.backlog.as_slices();
+        if client.write_all(a).is_ok() && client.write_all(b).is_ok() {
+            self.client = Some(client);
+        }
+    }
+
+    pub fn detach(&mut self) {
+        self.client = None;
+    }
+}
+
+impl Write for SocketConsole {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.backlog.extend(data);
+        let excess = self.backlog.len().saturating_sub(BACKLOG);
+        self.backlog.drain(..excess);
+        if let Some(c) = self.client.as_mut()
+            && c.write_all(data).is_err()
+        {
+            // A vanished client must not stall the guest.
+            self.client = None;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A [`SocketConsole`] shared between the UART (writes) and the event loop (attaches).
+#[derive(Debug, Clone, Default)]
+pub struct SharedSocketConsole(pub Arc<Mutex<SocketConsole>>);
+
+impl Write for SharedSocketConsole {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        lock(&self.0).write(data)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Line buffer in front of a [`ConsoleTarget`].
 pub struct LineBuffer {
     buf: Vec<u8>,
@@ -126,7 +188,7 @@ impl BusDevice for Serial {
 mod tests {
     use super::*;
 
-    #[derive(Clone, Default)]
+    #[derive(Clone, Default, Debug)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
     impl Write for Shared {
         fn write(&mut self, d: &[u8]) -> std::io::Result<usize> {
@@ -152,6 +214,26 @@ mod tests {
         s.write(0, b"x");
         s.flush();
         assert_eq!(&*lock(&sink.0), b"hi\nx");
+    }
+
+    #[test]
+    fn socket_console_replays_its_backlog_to_late_clients() {
+        let console = SharedSocketConsole::default();
+        let target: ConsoleTarget = Arc::new(Mutex::new(Some(Box::new(console.clone()))));
+        let mut s = Serial::new(IrqTrigger::new().unwrap(), target);
+        for b in b"early line\n" {
+            s.write(0, &[*b]);
+        }
+        let late = Shared::default();
+        lock(&console.0).attach(Box::new(late.clone()));
+        assert_eq!(&*lock(&late.0), b"early line\n");
+        s.write(0, b"x");
+        s.write(0, b"\n");
+        assert_eq!(&*lock(&late.0), b"early line\nx\n");
+        // The backlog is bounded.
+        let mut big = SocketConsole::default();
+        big.write_all(&vec![b'a'; BACKLOG + 10]).unwrap();
+        assert_eq!(big.backlog.len(), BACKLOG);
     }
 
     #[test]
