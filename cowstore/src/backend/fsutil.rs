@@ -266,30 +266,23 @@ fn copy_range(
     Ok(())
 }
 
-/// How [`copy_tree`] copies regular files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FileCopy {
-    /// Reflink where possible, sparse copy otherwise.
-    ReflinkOrCopy,
-}
-
 /// Copies the tree at `src` to `dst` (which must not exist) exactly: directories, regular
 /// files, symlinks, device nodes (overlay whiteouts are 0/0 character devices), fifos and
-/// sockets; hard links within the tree; ownership, permission bits, all extended attributes
+/// sockets; regular files reflinked where the filesystem can, copied sparse where not; hard
+/// links within the tree; ownership, permission bits, all extended attributes
 /// (overlay's `trusted.overlay.*` included) and access/modification times. Symlinks are copied
 /// as links, never followed. Returns the bytes of file data that had to be copied rather than
 /// reflinked.
-pub(crate) fn copy_tree(src: &Path, dst: &Path, how: FileCopy) -> Result<u64, BackendError> {
+pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<u64, BackendError> {
     let mut links = HashMap::new();
     let mut copied = 0;
-    copy_entry(src, dst, how, &mut links, &mut copied)?;
+    copy_entry(src, dst, &mut links, &mut copied)?;
     Ok(copied)
 }
 
 fn copy_entry(
     src: &Path,
     dst: &Path,
-    how: FileCopy,
     links: &mut HashMap<(u64, u64), std::path::PathBuf>,
     copied: &mut u64,
 ) -> Result<(), BackendError> {
@@ -306,7 +299,7 @@ fn copy_entry(
         for entry in entries {
             let entry = entry.map_err(|e| BackendError::io("list", src, e))?;
             let name = entry.file_name();
-            copy_entry(&src.join(&name), &dst.join(&name), how, links, copied)?;
+            copy_entry(&src.join(&name), &dst.join(&name), links, copied)?;
         }
     } else if ft.is_file() {
         if meta.nlink() > 1 {
@@ -316,12 +309,8 @@ fn copy_entry(
             }
             links.insert((meta.dev(), meta.ino()), dst.to_path_buf());
         }
-        match how {
-            FileCopy::ReflinkOrCopy => {
-                if let CloneCost::Copied { bytes } = clone_or_copy_file(src, dst)? {
-                    *copied += bytes;
-                }
-            }
+        if let CloneCost::Copied { bytes } = clone_or_copy_file(src, dst)? {
+            *copied += bytes;
         }
     } else if ft.is_symlink() {
         let target =
@@ -517,7 +506,7 @@ mod tests {
         let with_xattr = xattr::set(src.join("a/file"), "user.hull", b"v").is_ok();
 
         let dst = dir.path().join("dst");
-        copy_tree(&src, &dst, FileCopy::ReflinkOrCopy).expect("copy");
+        copy_tree(&src, &dst).expect("copy");
         assert_eq!(std::fs::read(dst.join("a/b/link")).expect("read"), b"hello");
         let a = std::fs::metadata(dst.join("a/file")).expect("meta");
         let b = std::fs::metadata(dst.join("a/b/link")).expect("meta");

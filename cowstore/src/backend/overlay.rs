@@ -15,7 +15,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::fsutil::{self, FileCopy};
+use super::fsutil;
 use super::{
     Backend, BackendError, BackendKind, CloneCost, RootSource, SNAPSHOTS_DIR, list_snapshots,
     validate_snapshot_name,
@@ -172,7 +172,7 @@ pub(crate) fn snapshot_layered(guest_dir: &Path, name: &str) -> Result<(), Backe
     fsutil::ensure_dir(&snapshots)?;
     let tmp = snapshots.join(format!("{name}~tmp"));
     fsutil::remove_tree(&tmp)?;
-    if let Err(e) = fsutil::copy_tree(&upper, &tmp, FileCopy::ReflinkOrCopy) {
+    if let Err(e) = fsutil::copy_tree(&upper, &tmp) {
         let _ = fsutil::remove_tree(&tmp);
         return Err(e);
     }
@@ -199,7 +199,7 @@ pub(crate) fn rollback_layered(guest_dir: &Path, name: &str) -> Result<(), Backe
     if has_upper {
         fsutil::remove_tree(&old)?;
     }
-    if let Err(e) = fsutil::copy_tree(&snap, &new, FileCopy::ReflinkOrCopy) {
+    if let Err(e) = fsutil::copy_tree(&snap, &new) {
         let _ = fsutil::remove_tree(&new);
         return Err(e);
     }
