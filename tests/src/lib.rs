@@ -45,6 +45,8 @@ pub struct Daemon {
     pub child: Option<Child>,
     /// Extra arguments it was started with.
     pub args: Vec<String>,
+    /// The data root.
+    root: PathBuf,
 }
 
 impl Daemon {
@@ -53,16 +55,27 @@ impl Daemon {
         Daemon::start_with(&[])
     }
 
+    /// Starts a daemon whose data root is under `root` (a mounted filesystem under test).
+    pub fn start_on(root: &Path) -> Daemon {
+        Daemon::build(&[], Some(root.join("hull")))
+    }
+
     /// Starts a daemon with extra flags.
     pub fn start_with(args: &[&str]) -> Daemon {
+        Daemon::build(args, None)
+    }
+
+    fn build(args: &[&str], root: Option<PathBuf>) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("hull-t")
             .tempdir()
             .expect("tempdir");
+        let root = root.unwrap_or_else(|| dir.path().join("data"));
         let mut d = Daemon {
             dir,
             child: None,
             args: args.iter().map(|s| s.to_string()).collect(),
+            root,
         };
         d.spawn();
         d
@@ -75,7 +88,7 @@ impl Daemon {
 
     /// The data root.
     pub fn data_root(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.root.clone()
     }
 
     /// (Re)starts the process and waits until it answers ping.
@@ -173,6 +186,7 @@ impl Daemon {
 pub fn make_image(dir: &Path, uuid: &str, image_type: &str) -> (PathBuf, PathBuf) {
     use hull_cowstore::archive::{Compression, digest, pack_tree};
     let work = dir.join(format!("image-{uuid}"));
+    let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).expect("image work dir");
     let (file, compression) = if image_type == "zvol" {
         let file = work.join("disk.raw");
@@ -207,6 +221,97 @@ pub fn make_image(dir: &Path, uuid: &str, image_type: &str) -> (PathBuf, PathBuf
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A filesystem made in a sparse file and loop-mounted for a test; unmounted and detached
+/// when dropped (drop it after the daemon using it).
+#[derive(Debug)]
+pub struct LoopFs {
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
+    /// Whether it is mounted with project quotas (xfs; some kernels lack XFS quota support).
+    pub prjquota: bool,
+    device: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopFs {
+    /// Makes and mounts a `btrfs` or `xfs` (reflink=1, prjquota) filesystem of `size` bytes.
+    pub fn new(fstype: &str, size: u64) -> LoopFs {
+        let dir = tempfile::Builder::new()
+            .prefix("hull-fs")
+            .tempdir()
+            .expect("tempdir");
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(size))
+            .expect("sparse image");
+        let (mkfs, args, opts, package): (&str, &[&str], &str, &str) = match fstype {
+            "btrfs" => ("mkfs.btrfs", &["-q"], "", "btrfs-progs"),
+            "xfs" => (
+                "mkfs.xfs",
+                &["-q", "-m", "reflink=1"],
+                "prjquota",
+                "xfsprogs",
+            ),
+            other => panic!("no loop filesystem recipe for {other}"),
+        };
+        let made = Command::new(mkfs)
+            .args(args)
+            .arg(&image)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("{mkfs} is missing ({e}): install {package} (scripts/test does)")
+            });
+        assert!(made.success(), "{mkfs} failed");
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image)
+            .output()
+            .expect("losetup");
+        assert!(out.status.success(), "losetup: {}", stderr(&out));
+        let device = stdout(&out).trim().to_string();
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).expect("mountpoint");
+        let mut fs = LoopFs {
+            mountpoint,
+            prjquota: false,
+            device,
+            _dir: dir,
+        };
+        let mount = |opts: &str| {
+            let mut m = Command::new("mount");
+            if !opts.is_empty() {
+                m.args(["-o", opts]);
+            }
+            m.arg(&fs.device)
+                .arg(&fs.mountpoint)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !opts.is_empty() && mount(opts) {
+            fs.prjquota = true;
+        } else {
+            // This host's kernel may lack XFS quota support: mount without it, and the test
+            // expects the quota to be reported as not enforced.
+            assert!(mount(""), "mounting {fstype} failed");
+        }
+        fs
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let umounted = Command::new("umount").arg(&self.mountpoint).status();
+        if !umounted.is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+        }
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
     }
 }
 

@@ -541,17 +541,12 @@ impl Service {
         if changes.iter().any(|c| c == "quota") && next.image_uuid.is_some() {
             next.warnings.retain(|w| !w.starts_with("quota:"));
             let cow = self.cow.clone();
-            let bytes = (next.quota > 0).then_some(next.quota << 30);
-            match tokio::task::spawn_blocking(move || cow.set_quota(uuid, bytes)).await? {
-                Ok(()) => {}
-                Err(hull_cowstore::store::StoreError::Backend {
-                    backend,
-                    source: hull_cowstore::backend::BackendError::Unsupported { what, .. },
-                }) => next.warnings.push(format!(
-                    "quota: {what} is not enforced by the {backend} backend (the data root's filesystem)"
-                )),
-                Err(e) => return Err(images::store_error(e)),
-            }
+            let gib = next.quota;
+            let warning =
+                tokio::task::spawn_blocking(move || provision::set_quota(&cow, uuid, gib))
+                    .await?
+                    .map_err(images::store_error)?;
+            next.warnings.extend(warning);
         }
         self.persist(&next).await?;
         let next = Arc::new(Record::new(next));

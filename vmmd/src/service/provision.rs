@@ -12,6 +12,25 @@ use hull_spec::Vm;
 /// named so the user sees them (SmartOS would have enforced them).
 pub type Warnings = Vec<String>;
 
+/// Sets a guest's quota (GiB, 0 = none). A backend or filesystem that cannot enforce quotas
+/// is not an error but a warning that names the limitation; other failures are errors.
+pub fn set_quota(store: &Store, guest: uuid::Uuid, gib: u64) -> Result<Option<String>, StoreError> {
+    let bytes = (gib > 0).then_some(gib << 30);
+    match store.set_quota(guest, bytes) {
+        Ok(()) => Ok(None),
+        Err(StoreError::Backend { backend, source }) => match source {
+            BackendError::Unsupported { .. } | BackendError::QuotaNotEnabled { .. } => {
+                Ok(Some(format!(
+                    "quota: not enforced by the {backend} backend on this data root ({source}); \
+                 use btrfs, or xfs mounted with prjquota, to enforce it"
+                )))
+            }
+            source => Err(StoreError::Backend { backend, source }),
+        },
+        Err(e) => Err(e),
+    }
+}
+
 /// Makes the guest's storage.
 pub fn provision(store: &Store, vm: &Vm) -> Result<Warnings, StoreError> {
     store.create_guest(vm.uuid)?;
@@ -29,17 +48,7 @@ fn make(store: &Store, vm: &Vm) -> Result<Warnings, StoreError> {
     if let Some(image) = vm.image_uuid {
         store.clone_root(vm.uuid, image)?;
         if vm.quota > 0 {
-            match store.set_quota(vm.uuid, Some(vm.quota << 30)) {
-                Ok(()) => {}
-                Err(StoreError::Backend {
-                    backend,
-                    source: BackendError::Unsupported { what, .. },
-                }) => warnings.push(format!(
-                    "quota: {what} is not enforced by the {backend} backend (the data root's filesystem); \
-                     use btrfs, or xfs mounted with prjquota, to enforce it"
-                )),
-                Err(e) => return Err(e),
-            }
+            warnings.extend(set_quota(store, vm.uuid, vm.quota)?);
         }
     }
     let guest_dir = store.guest_dir(vm.uuid);

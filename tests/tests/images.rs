@@ -1,0 +1,404 @@
+//! Issue 3 through the real daemon and imgadm: install, list, get, delete, vacuum; delete
+//! refused while a guest clones the image; zones and microVMs provisioned from images;
+//! snapshots; hostile image files refused with the data root left as it was; import from an
+//! IMGAPI-compatible server (started here) with a progress bar in a pty and clean JSON
+//! without one. The btrfs and xfs runs need root (loop-mounted filesystems).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use hull_tests::{Daemon, LoopFs, make_image, stderr, stdout};
+use serde_json::{Value, json};
+
+const TREE: &str = "aaaaaaaa-1111-4222-8333-444444444444";
+const DISK: &str = "bbbbbbbb-1111-4222-8333-444444444444";
+
+/// Every path under `dir` with its kind and size: what "the data root as it was" means.
+fn listing(dir: &Path) -> BTreeMap<PathBuf, (bool, u64)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(m) = p.symlink_metadata() else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            out.insert(
+                p.strip_prefix(dir).unwrap_or(&p).to_path_buf(),
+                (m.is_dir(), m.len()),
+            );
+        }
+    }
+    out
+}
+
+fn imgadm(d: &Daemon, args: &[&str]) -> std::process::Output {
+    d.run("imgadm", args, None)
+}
+
+fn create(d: &Daemon, payload: Value) -> String {
+    let o = d.vmadm(&["create"], Some(&payload.to_string()));
+    assert!(o.status.success(), "create failed: {}", stderr(&o));
+    stderr(&o)
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The whole image life cycle on whatever backend the daemon's data root has.
+fn lifecycle(d: &Daemon, backend: &str, quota_enforced: bool) {
+    d.install_image(TREE, "zone-dataset");
+    d.install_image(DISK, "zvol");
+    let o = imgadm(d, &["list", "-H", "-o", "uuid,name,version,type"]);
+    let out = stdout(&o);
+    assert!(out.contains(TREE) && out.contains("zone-dataset"), "{out}");
+    assert!(out.contains(DISK) && out.contains("zvol"), "{out}");
+    let o = imgadm(d, &["get", TREE]);
+    let m: Value = serde_json::from_str(&stdout(&o)).expect("manifest JSON");
+    assert_eq!(m["uuid"], TREE);
+    // Installing twice is refused, and so is get of an image that is not there (exit 3).
+    let (mf, file) = make_image(d.dir.path(), TREE, "zone-dataset");
+    let o = imgadm(
+        d,
+        &[
+            "install",
+            "-q",
+            "-m",
+            &mf.to_string_lossy(),
+            "-f",
+            &file.to_string_lossy(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(
+        imgadm(d, &["get", "cccccccc-1111-4222-8333-444444444444"])
+            .status
+            .code(),
+        Some(3)
+    );
+
+    // A zone cloned from the tree image and a microVM with a disk cloned from the zvol.
+    assert!(
+        d.run("nictagadm", &["add", "-l", "admin"], None)
+            .status
+            .success()
+    );
+    let zone = create(
+        d,
+        json!({"brand": "joyent-minimal", "image_uuid": TREE, "autoboot": false, "quota": 1}),
+    );
+    let vm = create(
+        d,
+        json!({"brand": "kvm", "autoboot": false,
+        "disks": [{"image_uuid": DISK, "boot": true, "size": 8}, {"size": 16}]}),
+    );
+    let z: Value = serde_json::from_str(&stdout(&d.vmadm(&["get", &zone], None))).expect("zone");
+    assert_eq!(z["state"], "stopped", "provisioned guests are stopped");
+    let guest = d.data_root().join("guests").join(&zone);
+    let root = match backend {
+        "btrfs" => guest.join("root"),
+        _ => guest.join("upper"),
+    };
+    assert!(root.is_dir(), "{} has no clone", guest.display());
+    if quota_enforced {
+        assert!(z.get("warnings").is_none(), "{backend} enforces quota: {z}");
+    } else {
+        let warnings = z["warnings"].to_string();
+        assert!(
+            warnings.contains("quota") && warnings.contains(backend),
+            "the unenforced quota is named: {z}"
+        );
+    }
+    let v: Value = serde_json::from_str(&stdout(&d.vmadm(&["get", &vm], None))).expect("vm");
+    let disk0 = PathBuf::from(v["disks"][0]["path"].as_str().expect("disk path"));
+    let bytes = std::fs::read(&disk0).expect("cloned disk");
+    assert_eq!(&bytes[..16], b"hull test disk!\n");
+    assert_eq!(bytes.len(), 8 << 20, "grown to its size");
+    let disk1 = PathBuf::from(v["disks"][1]["path"].as_str().expect("disk path"));
+    assert_eq!(
+        std::fs::metadata(&disk1).expect("blank disk").len(),
+        16 << 20
+    );
+
+    // Snapshots of the zone's root: write, snapshot, change, roll back.
+    std::fs::write(root.join("state"), "one").expect("write into the clone");
+    assert!(
+        d.vmadm(&["create-snapshot", &zone, "s1"], None)
+            .status
+            .success()
+    );
+    std::fs::write(root.join("state"), "two").expect("write");
+    std::fs::write(root.join("extra"), "x").expect("write");
+    let o = d.vmadm(&["rollback-snapshot", &zone, "s1"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(root.join("state")).expect("state"),
+        "one"
+    );
+    assert!(!root.join("extra").exists());
+    let z: Value = serde_json::from_str(&stdout(&d.vmadm(&["get", &zone], None))).expect("zone");
+    assert_eq!(z["snapshots"][0]["name"], "s1");
+    assert!(
+        d.vmadm(&["delete-snapshot", &zone, "s1"], None)
+            .status
+            .success()
+    );
+    assert_eq!(
+        d.vmadm(&["create-snapshot", &zone, "../x"], None)
+            .status
+            .code(),
+        Some(1)
+    );
+
+    // Images in use cannot be deleted; vacuum leaves them.
+    let o = imgadm(d, &["delete", TREE]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&zone), "names the user: {}", stderr(&o));
+    let o = imgadm(d, &["vacuum", "-f"]);
+    assert!(
+        o.status.success() && stdout(&o).is_empty(),
+        "{}",
+        stdout(&o)
+    );
+    // Deleting the guests frees them; the guests' storage is gone.
+    assert!(d.vmadm(&["delete", &zone], None).status.success());
+    assert!(d.vmadm(&["delete", &vm], None).status.success());
+    assert!(!guest.exists() && !disk0.exists());
+    assert!(imgadm(d, &["delete", TREE]).status.success());
+    let o = imgadm(d, &["vacuum", "-f"]);
+    assert_eq!(stdout(&o).trim(), format!("Deleted image {DISK}"));
+    assert!(stdout(&imgadm(d, &["list", "-H"])).is_empty());
+    let left: Vec<_> = std::fs::read_dir(d.data_root().join("images"))
+        .expect("images")
+        .collect();
+    assert!(left.is_empty(), "image store not empty: {left:?}");
+}
+
+#[test]
+fn image_lifecycle_on_overlay() {
+    let d = Daemon::start();
+    lifecycle(&d, "overlay", false);
+}
+
+#[test]
+#[ignore = "needs root: scripts/test runs it as root"]
+fn root_image_lifecycle_on_btrfs() {
+    let fs = LoopFs::new("btrfs", 3 << 30);
+    let d = Daemon::start_on(&fs.mountpoint);
+    lifecycle(&d, "btrfs", true);
+}
+
+#[test]
+#[ignore = "needs root: scripts/test runs it as root"]
+fn root_image_lifecycle_on_xfs_reflink() {
+    let fs = LoopFs::new("xfs", 3 << 30);
+    let d = Daemon::start_on(&fs.mountpoint);
+    lifecycle(&d, "reflink", fs.prjquota);
+}
+
+/// Hostile files are refused and leave the data root exactly as it was.
+#[test]
+fn hostile_images_are_refused_without_a_trace() {
+    let d = Daemon::start();
+    let uuid = "dddddddd-1111-4222-8333-444444444444";
+    let (manifest, file) = make_image(d.dir.path(), uuid, "zone-dataset");
+    let good: Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).expect("m")).expect("json");
+    let before = listing(&d.data_root());
+    let attempt = |label: &str, m: &Value, f: &Path| {
+        let mp = d.dir.path().join("hostile-manifest.json");
+        std::fs::write(&mp, m.to_string()).expect("write");
+        let o = imgadm(
+            &d,
+            &[
+                "install",
+                "-q",
+                "-m",
+                &mp.to_string_lossy(),
+                "-f",
+                &f.to_string_lossy(),
+            ],
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{label}: accepted? {}",
+            stderr(&o)
+        );
+        assert_eq!(
+            listing(&d.data_root()),
+            before,
+            "{label}: the data root changed"
+        );
+        stderr(&o)
+    };
+    let mut wrong_sha = good.clone();
+    wrong_sha["files"][0]["sha1"] = json!("0".repeat(40));
+    assert!(
+        attempt("checksum", &wrong_sha, &file).contains("sha1"),
+        "names the checksum"
+    );
+    let mut small = good.clone();
+    small["files"][0]["size"] = json!(10);
+    attempt("size", &small, &file);
+    // A truncated file with a manifest that matches its bytes: the archive itself is cut.
+    let cut = d.dir.path().join("cut.tar.gz");
+    let bytes = std::fs::read(&file).expect("read");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    let (sha1, size) =
+        hull_cowstore::archive::digest(std::fs::File::open(&cut).expect("open")).expect("digest");
+    let mut cut_m = good.clone();
+    cut_m["files"][0] = json!({"sha1": sha1, "size": size, "compression": "gzip"});
+    attempt("truncated", &cut_m, &cut);
+    // An archive with a `..` entry, built by hand.
+    let evil = d.dir.path().join("evil.tar");
+    let mut header = [0u8; 512];
+    header[..13].copy_from_slice(b"../escape.txt");
+    header[100..107].copy_from_slice(b"0000644");
+    header[124..135].copy_from_slice(b"00000000004");
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+    header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    let mut tar = header.to_vec();
+    let mut data = b"evil".to_vec();
+    data.resize(512, 0);
+    tar.extend(data);
+    tar.extend([0u8; 1024]);
+    std::fs::write(&evil, &tar).expect("write");
+    let (sha1, size) = hull_cowstore::archive::digest(&tar[..]).expect("digest");
+    let mut evil_m = good.clone();
+    evil_m["files"][0] = json!({"sha1": sha1, "size": size, "compression": "none"});
+    attempt("dotdot", &evil_m, &evil);
+    assert!(
+        !d.dir.path().join("escape.txt").exists() && !d.data_root().join("escape.txt").exists()
+    );
+    // Bad manifests are reported by field.
+    let mut bad = good.clone();
+    bad["type"] = json!("docker");
+    let err = attempt("type", &bad, &file);
+    assert!(err.contains("type"), "{err}");
+}
+
+/// A minimal IMGAPI server on 127.0.0.1: /images, /images/:uuid, /images/:uuid/file (sent
+/// slowly, in chunks, so that a progress bar has time to show).
+fn imgapi_server(
+    manifest: Value,
+    file: Vec<u8>,
+    requests: usize,
+) -> (String, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let uuid = manifest["uuid"].as_str().expect("uuid").to_string();
+    let handle = std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let Ok(mut s) = stream else { continue };
+            let mut line = String::new();
+            let mut reader = BufReader::new(s.try_clone().expect("clone"));
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
+                    break;
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let (status, body): (&str, Vec<u8>) = if path == "/images" {
+                ("200 OK", json!([manifest]).to_string().into_bytes())
+            } else if path == format!("/images/{uuid}") {
+                ("200 OK", manifest.to_string().into_bytes())
+            } else if path == format!("/images/{uuid}/file") {
+                ("200 OK", file.clone())
+            } else {
+                ("404 Not Found", b"{\"code\":\"ResourceNotFound\"}".to_vec())
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            for chunk in body.chunks(body.len().div_ceil(20).max(1)) {
+                let _ = s.write_all(chunk);
+                if path.ends_with("/file") {
+                    std::thread::sleep(Duration::from_millis(40));
+                }
+            }
+        }
+    });
+    (url, handle)
+}
+
+#[test]
+fn import_from_an_imgapi_server_with_progress_in_a_pty_and_json_without() {
+    let d = Daemon::start();
+    let uuid = "eeeeeeee-1111-4222-8333-444444444444";
+    let (manifest, file) = make_image(d.dir.path(), uuid, "zvol");
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).expect("m")).expect("json");
+    let bytes = std::fs::read(&file).expect("file");
+    // avail (1 request), import in a pty (2), delete, import as JSON (2), a missing image (1).
+    let (url, server) = imgapi_server(m.clone(), bytes, 6);
+    assert!(imgadm(&d, &["sources", "-a", &url]).status.success());
+    assert_eq!(stdout(&imgadm(&d, &["sources"])).trim(), url);
+    let o = imgadm(&d, &["avail", "-H", "-o", "uuid,name"]);
+    assert!(stdout(&o).contains(uuid), "avail: {}", stdout(&o));
+
+    // In a pty (script(1)): a progress bar is drawn.
+    let cmd = format!("{} import {uuid}", hull_tests::bin("imgadm").display());
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("HULL_SOCKET", d.socket())
+        .output()
+        .expect("script (util-linux) runs");
+    let screen = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "pty import failed: {screen}");
+    assert!(
+        screen.contains("Importing") && screen.contains("MiB"),
+        "no progress bar in the pty: {screen:?}"
+    );
+    assert!(
+        screen.contains(&format!("Installed image {uuid}")),
+        "{screen:?}"
+    );
+    assert!(imgadm(&d, &["delete", uuid]).status.success());
+
+    // Without a terminal, -j prints the manifest and nothing else.
+    let o = imgadm(&d, &["import", "-j", uuid]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let installed: Value = serde_json::from_str(&stdout(&o)).expect("clean JSON on stdout");
+    assert_eq!(installed["uuid"], uuid);
+    assert!(
+        !stdout(&o).contains("Importing") && stderr(&o).is_empty(),
+        "{}",
+        stderr(&o)
+    );
+    // An image the source does not have: exit 3.
+    assert_eq!(
+        imgadm(&d, &["import", "ffffffff-1111-4222-8333-444444444444"])
+            .status
+            .code(),
+        Some(3)
+    );
+    server.join().expect("server");
+    let mut f = std::fs::File::open(d.data_root().join("images").join(uuid).join("disk.img"))
+        .expect("disk");
+    let mut head = [0u8; 16];
+    f.read_exact(&mut head).expect("read");
+    assert_eq!(&head, b"hull test disk!\n");
+}
