@@ -7,7 +7,10 @@ machine noise hits both; medians and the hull/qemu ratio are printed. With --blk
 instead reports the test guest's own timing of N sequential and N random 4 KiB virtio-blk
 reads (TSC ticks, lower is better).
 
-usage: launch.py --vmm PATH --guest PATH [--runs 20] [--no-qemu] [--blk-io N]
+With --rate N it starts N quick-mode VMs from 2 parallel launchers and reports VMs per
+second (the creation-rate figure).
+
+usage: launch.py --vmm PATH --guest PATH [--runs 20] [--no-qemu] [--blk-io N] [--rate N]
 """
 import argparse
 import os
@@ -92,6 +95,30 @@ def make_disk(d):
     return path
 
 
+def creation_rate(a):
+    import concurrent.futures
+    cmds = [("hull vmm", vmm_cmd(a.vmm, a.guest, "console=ttyS0 testguest.quick=1", None))]
+    if not a.no_qemu and shutil.which(QEMU):
+        cmds.append(("qemu microvm", qemu_cmd(a.guest, "console=ttyS0 testguest.quick=1", None)))
+
+    def one(cmd):
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                           stdin=subprocess.DEVNULL)
+        if r.returncode not in (0, 1) or b"quick boot" not in r.stdout:
+            raise RuntimeError(f"run failed: {cmd}")
+
+    for name, cmd in cmds:
+        t0 = time.perf_counter()
+        ru0 = os.times()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as ex:
+            list(ex.map(one, [cmd] * a.rate))
+        dt = time.perf_counter() - t0
+        ru1 = os.times()
+        cpu = (ru1.children_user - ru0.children_user) + (ru1.children_system - ru0.children_system)
+        print(f"{name:14s} {a.rate} VMs in {dt:.2f} s: {a.rate / dt:.0f} VMs/s, "
+              f"{cpu / a.rate * 1e3:.1f} ms CPU each")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vmm", required=True)
@@ -99,7 +126,11 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--no-qemu", action="store_true")
     ap.add_argument("--blk-io", type=int, default=0)
+    ap.add_argument("--rate", type=int, default=0)
     a = ap.parse_args()
+    if a.rate:
+        creation_rate(a)
+        return
     with_qemu = not a.no_qemu and shutil.which(QEMU)
     with tempfile.TemporaryDirectory() as d:
         disk = make_disk(d) if a.blk_io else None
