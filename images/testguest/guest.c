@@ -11,6 +11,7 @@
  *   testguest.net_echo=1               expect the peer to answer our frame with "pong"
  *   testguest.blk_io=N                 also time N sequential + N random 4 KiB reads
  *   testguest.hold=1                   after the checks, halt instead of resetting
+ *   testguest.spin=1                   after the checks, spin forever with interrupts off
  *   testguest.exit=acpi                power off through the ACPI sleep register, not i8042
  *   testguest.fault=1                  triple-fault right after boot (VMM error paths)
  *   testguest.smp=0                    do not start the application processors
@@ -1064,6 +1065,13 @@ void __attribute__((noreturn)) guest_main(u64 info, int kind)
 		puts("testguest: holding\n");
 		for (;;)
 			__asm__ volatile("cli; hlt");
+	}
+	const char *spin = param("testguest.spin");
+	if (spin && spin[0] == '1') {
+		puts("testguest: spinning\n");
+		__asm__ volatile("cli");
+		for (;;)
+			__asm__ volatile("pause" ::: "memory");
 	}
 	const char *how = param("testguest.exit");
 	if (how && memcmp(how, "acpi", 4) == 0 && fadt_sleep_port) {

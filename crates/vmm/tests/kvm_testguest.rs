@@ -422,6 +422,10 @@ fn kvm_sigterm_stops_gracefully() {
 
 /// Starts a holding guest with `console` and a control socket; returns the child.
 fn start_with_console(dir: &Path, console: &str) -> (std::process::Child, PathBuf) {
+    start_guest(dir, console, "console=ttyS0 testguest.hold=1")
+}
+
+fn start_guest(dir: &Path, console: &str, cmdline: &str) -> (std::process::Child, PathBuf) {
     let ctl = dir.join("ctl.sock");
     let child = Command::new(VMM)
         .args([
@@ -432,7 +436,7 @@ fn start_with_console(dir: &Path, console: &str) -> (std::process::Child, PathBu
             "--control",
             ctl.to_str().unwrap(),
             "--cmdline",
-            "console=ttyS0 testguest.hold=1",
+            cmdline,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -506,4 +510,27 @@ fn kvm_pty_console_carries_guest_output() {
     let mut s = BufReader::new(UnixStream::connect(&ctl).unwrap());
     assert_eq!(request(&mut s, r#"{"cmd":"shutdown"}"#)["ok"], true);
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_spinning_guest_can_be_paused_and_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, ctl) = start_guest(
+        dir.path(),
+        "stdio",
+        "console=ttyS0 testguest.spin=1 testguest.smp=0",
+    );
+    let stdout = child.stdout.take().unwrap();
+    read_until(stdout, "testguest: spinning");
+    let mut s = BufReader::new(UnixStream::connect(&ctl).unwrap());
+    // The vCPU never exits on its own: pausing needs the kick signal to get it out of KVM_RUN.
+    let t = Instant::now();
+    assert_eq!(request(&mut s, r#"{"cmd":"pause"}"#)["ok"], true);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(request(&mut s, r#"{"cmd":"resume"}"#)["ok"], true);
+    assert_eq!(request(&mut s, r#"{"cmd":"stats"}"#)["ok"], true);
+    assert_eq!(request(&mut s, r#"{"cmd":"shutdown"}"#)["ok"], true);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
 }
