@@ -1,0 +1,128 @@
+//! Clone benchmark (issue 3), run as root: for a 10 MiB, 1 GiB and 4 GiB image on btrfs and
+//! xfs (loop-mounted, made here) and on the host's own filesystem (overlay backend), the
+//! median time of hull's clones next to `cp -a`, `cp --reflink=always` and
+//! `qemu-img create -f qcow2 -b`, in one run.
+//!
+//! Run: `cargo build --release --workspace && sudo target/release/bench-clone [runs]`.
+//! Prints a Markdown table for docs/PERFORMANCE.md. Writes about 15 GiB; takes minutes.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hull_cowstore::backend::{self, Backend, BackendKind};
+use hull_tests::LoopFs;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or("n/a".to_string(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0))
+}
+
+/// Writes `size` bytes of non-zero data (so copies really copy), synced.
+fn fill(path: &Path, size: u64) {
+    let mut f = std::fs::File::create(path).expect("create");
+    let chunk: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8 + 1).collect();
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n]).expect("write");
+        left -= n as u64;
+    }
+    f.sync_all().expect("sync");
+}
+
+fn time_runs(runs: usize, mut one: impl FnMut(usize) -> Option<Duration>) -> Option<Duration> {
+    let mut v = Vec::new();
+    for i in 0..runs {
+        v.push(one(i)?);
+    }
+    Some(median(v))
+}
+
+fn command(args: &[&str]) -> Option<Duration> {
+    let t = Instant::now();
+    let ok = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?
+        .success();
+    ok.then(|| t.elapsed())
+}
+
+fn bench(label: &str, root: &Path, kind: BackendKind, runs: usize) {
+    let b: Box<dyn Backend> = backend::open(kind);
+    for (name, size) in [("10 MiB", 10u64 << 20), ("1 GiB", 1 << 30), ("4 GiB", 4 << 30)] {
+        let image = root.join(format!("image-{size}"));
+        b.create_image_tree(&image).expect("image tree");
+        let file = image.join("disk.img");
+        fill(&file, size);
+        b.seal_image_tree(&image).expect("seal");
+        let tree = time_runs(runs, |i| {
+            let g = root.join(format!("guest-{size}-{i}"));
+            std::fs::create_dir(&g).ok()?;
+            let t = Instant::now();
+            b.clone_tree(&image, &g).ok()?;
+            let d = t.elapsed();
+            b.destroy_tree(&g).ok()?;
+            std::fs::remove_dir_all(&g).ok()?;
+            Some(d)
+        });
+        let disk = time_runs(runs, |i| {
+            let dst = root.join(format!("clone-{size}-{i}.img"));
+            let t = Instant::now();
+            b.clone_file(&file, &dst).ok()?;
+            let d = t.elapsed();
+            std::fs::remove_file(&dst).ok()?;
+            Some(d)
+        });
+        let (f, img) = (file.to_string_lossy().into_owned(), image.to_string_lossy().into_owned());
+        let peer = |args: &dyn Fn(&str) -> Vec<String>, cleanup: bool| {
+            time_runs(runs.min(3), |i| {
+                let dst = root.join(format!("peer-{size}-{i}")).to_string_lossy().into_owned();
+                let a = args(&dst);
+                let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+                let d = command(&refs);
+                if cleanup {
+                    let _ = Command::new("rm").args(["-rf", &dst]).status();
+                }
+                d
+            })
+        };
+        let cp_a = peer(&|dst| vec!["cp".into(), "-a".into(), img.clone(), dst.into()], true);
+        let cp_reflink = peer(&|dst| vec!["cp".into(), "--reflink=always".into(), f.clone(), dst.into()], true);
+        let qcow = peer(
+            &|dst| vec!["qemu-img".into(), "create".into(), "-q".into(), "-f".into(), "qcow2".into(),
+                "-b".into(), f.clone(), "-F".into(), "raw".into(), dst.into()],
+            true,
+        );
+        println!(
+            "| {label} | {name} | {} | {} | {} | {} | {} |",
+            ms(tree), ms(disk), ms(cp_a), ms(cp_reflink), ms(qcow)
+        );
+        b.remove_image_tree(&image).expect("remove image");
+    }
+}
+
+fn main() {
+    let runs: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(7);
+    assert!(hull_tests::is_root(), "bench-clone mounts loop filesystems: run it as root");
+    println!("| filesystem (backend) | image | hull root clone (ms) | hull disk clone (ms) | cp -a (ms) | cp --reflink=always (ms) | qemu-img qcow2 -b (ms) |");
+    println!("|---|---|---|---|---|---|---|");
+    {
+        let fs = LoopFs::new("btrfs", 16 << 30);
+        bench("btrfs (btrfs)", &fs.mountpoint, BackendKind::Btrfs, runs);
+    }
+    {
+        let fs = LoopFs::new("xfs", 16 << 30);
+        bench("xfs reflink=1 (reflink)", &fs.mountpoint, BackendKind::Reflink, runs);
+    }
+    let dir = tempfile::Builder::new().prefix("hull-bench").tempdir_in("/var/tmp").expect("tempdir");
+    bench("ext4 (overlay)", dir.path(), BackendKind::Overlay, runs);
+}
