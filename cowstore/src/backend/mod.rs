@@ -205,7 +205,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn clone_file(&self, src: &Path, dst: &Path) -> Result<CloneCost, BackendError>;
     /// Limits the guest's writable space to `bytes` (btrfs: qgroup exclusive limit on the
     /// root subvolume; reflink: project quota on `guest_dir`; overlay: `Unsupported`). `None`
-    /// removes the limit. Works on a running guest.
+    /// removes the limit (on overlay there is none, so `None` succeeds). Works on a running
+    /// guest.
     fn set_quota(&self, guest_dir: &Path, bytes: Option<u64>) -> Result<(), BackendError>;
 }
 
