@@ -16,7 +16,9 @@ use super::{ArchiveError, Compression};
 /// uids, gids and mtimes; entries in name order, paths relative to `root` without a `./`
 /// prefix, `root` itself not included. Symlinks are never followed. Device nodes, FIFOs and
 /// sockets are skipped (a zone gets them from its runtime, and [`super::unpack_tree`] refuses
-/// them); extended attributes are not kept. Returns the stored (compressed) size.
+/// them); extended attributes are not kept. The tree must not change while it is packed (a
+/// stopped guest): files are opened without following symlinks, but directories are listed
+/// by path. Returns the stored (compressed) size.
 pub fn pack_tree(
     root: &Path,
     compression: Compression,
@@ -68,26 +70,6 @@ impl<W: Write> Write for Counter<W> {
 }
 
 fn write_tar<W: Write>(root: &Path, out: W, compression: Compression) -> Result<W, ArchiveError> {
-    let mut builder = tar::Builder::new(out);
-    builder.follow_symlinks(false);
-    let mut links = HashMap::new();
-    walk(&mut builder, root, Path::new(""), &mut links, compression)?;
-    builder
-        .into_inner()
-        .map_err(|source| ArchiveError::PackWrite {
-            compression,
-            source,
-        })
-}
-
-fn walk<W: Write>(
-    builder: &mut tar::Builder<W>,
-    root: &Path,
-    rel: &Path,
-    links: &mut HashMap<(u64, u64), PathBuf>,
-    compression: Compression,
-) -> Result<(), ArchiveError> {
-    let dir = root.join(rel);
     let read = |path: &Path| {
         let path = path.to_path_buf();
         move |source: io::Error| ArchiveError::Pack { path, source }
@@ -96,53 +78,64 @@ fn walk<W: Write>(
         compression,
         source,
     };
-    let mut names = fs::read_dir(&dir)
-        .map_err(read(&dir))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(read(&dir))?;
-    names.sort();
-    for name in names {
-        let child = rel.join(&name);
-        let host = root.join(&child);
-        let meta = fs::symlink_metadata(&host).map_err(read(&host))?;
-        let ft = meta.file_type();
-        let mut header = Header::new_gnu();
-        if ft.is_dir() {
-            header.set_metadata_in_mode(&meta, HeaderMode::Complete);
-            header.set_size(0);
-            builder
-                .append_data(&mut header, &child, io::empty())
-                .map_err(wr)?;
-            walk(builder, root, &child, links, compression)?;
-        } else if ft.is_symlink() {
-            header.set_metadata_in_mode(&meta, HeaderMode::Complete);
-            header.set_size(0);
-            let target = fs::read_link(&host).map_err(read(&host))?;
-            builder
-                .append_link(&mut header, &child, &target)
-                .map_err(wr)?;
-        } else if ft.is_file() {
-            // Metadata from the open file, so the size in the header is the one read.
-            let file = open_nofollow(&host).map_err(read(&host))?;
-            let meta = file.metadata().map_err(read(&host))?;
-            header.set_metadata_in_mode(&meta, HeaderMode::Complete);
-            if meta.nlink() > 1 {
-                if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
-                    header.set_entry_type(EntryType::Link);
-                    header.set_size(0);
-                    builder
-                        .append_link(&mut header, &child, first)
-                        .map_err(wr)?;
-                    continue;
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    // Directories still to list: a loop, not recursion, so a deep tree cannot exhaust the
+    // stack. Each directory's entries come out in name order, then its subdirectories'.
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        let dir = root.join(&rel);
+        let mut names = fs::read_dir(&dir)
+            .map_err(read(&dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(read(&dir))?;
+        names.sort();
+        let mut subdirs = Vec::new();
+        for name in names {
+            let child = rel.join(&name);
+            let host = root.join(&child);
+            let meta = fs::symlink_metadata(&host).map_err(read(&host))?;
+            let ft = meta.file_type();
+            let mut header = Header::new_gnu();
+            if ft.is_dir() {
+                header.set_metadata_in_mode(&meta, HeaderMode::Complete);
+                header.set_size(0);
+                builder
+                    .append_data(&mut header, &child, io::empty())
+                    .map_err(wr)?;
+                subdirs.push(child);
+            } else if ft.is_symlink() {
+                header.set_metadata_in_mode(&meta, HeaderMode::Complete);
+                header.set_size(0);
+                let target = fs::read_link(&host).map_err(read(&host))?;
+                builder
+                    .append_link(&mut header, &child, &target)
+                    .map_err(wr)?;
+            } else if ft.is_file() {
+                // Metadata from the open file, so the size in the header is the one read.
+                let file = open_nofollow(&host).map_err(read(&host))?;
+                let meta = file.metadata().map_err(read(&host))?;
+                header.set_metadata_in_mode(&meta, HeaderMode::Complete);
+                if meta.nlink() > 1 {
+                    if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
+                        header.set_entry_type(EntryType::Link);
+                        header.set_size(0);
+                        builder
+                            .append_link(&mut header, &child, first)
+                            .map_err(wr)?;
+                        continue;
+                    }
+                    links.insert((meta.dev(), meta.ino()), child.clone());
                 }
-                links.insert((meta.dev(), meta.ino()), child.clone());
+                builder.append_data(&mut header, &child, file).map_err(wr)?;
             }
-            builder.append_data(&mut header, &child, file).map_err(wr)?;
+            // Devices, FIFOs and sockets are skipped (see pack_tree).
         }
-        // Devices, FIFOs and sockets are skipped (see pack_tree).
+        pending.extend(subdirs.into_iter().rev());
     }
-    Ok(())
+    builder.into_inner().map_err(wr)
 }
 
 fn open_nofollow(path: &Path) -> io::Result<File> {

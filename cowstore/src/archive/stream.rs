@@ -146,7 +146,8 @@ pub(super) fn decoder<'a>(
     stored: Stored<'a>,
 ) -> Result<Box<dyn Read + 'a>, ArchiveError> {
     Ok(match compression {
-        Compression::None => Box::new(stored),
+        // Buffered: the tar reader reads 512-byte headers one at a time.
+        Compression::None => Box::new(io::BufReader::with_capacity(64 << 10, stored)),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(stored)),
         Compression::Xz => {
             let stream = liblzma::stream::Stream::new_stream_decoder(
