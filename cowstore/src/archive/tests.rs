@@ -342,6 +342,130 @@ fn refuses_nul_in_a_long_name() {
 }
 
 #[test]
+fn extension_headers_follow_the_same_rules() {
+    // A pax `path` record with a '..' component.
+    let record = b"16 path=../evil\n";
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(
+        &hdr(b"pax", EntryType::XHeader, record.len() as u64, 0o644, b""),
+        &record[..],
+    )
+    .unwrap();
+    b.append(
+        &hdr(b"innocent", EntryType::Regular, 1, 0o644, b""),
+        &b"x"[..],
+    )
+    .unwrap();
+    let (_d, e) = refused(&b.into_inner().unwrap());
+    assert!(
+        matches!(e, ArchiveError::DotDot { ref path } if path == "../evil"),
+        "{e}"
+    );
+
+    // A GNU long link name that climbs out of the root.
+    let target = b"../../../../etc/passwd\0";
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(
+        &hdr(
+            b"././@LongLink",
+            EntryType::GNULongLink,
+            target.len() as u64,
+            0o644,
+            b"",
+        ),
+        &target[..],
+    )
+    .unwrap();
+    b.append(
+        &hdr(b"a/b", EntryType::Symlink, 0, 0o777, b"short"),
+        io::empty(),
+    )
+    .unwrap();
+    let (_d, e) = refused(&b.into_inner().unwrap());
+    assert!(
+        matches!(e, ArchiveError::SymlinkEscape { ref target, .. } if target == "../../../../etc/passwd"),
+        "{e}"
+    );
+
+    // A long name that is fine is used as the path.
+    let name = format!("{}/file\0", "d".repeat(200));
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(
+        &hdr(
+            b"././@LongLink",
+            EntryType::GNULongName,
+            name.len() as u64,
+            0o644,
+            b"",
+        ),
+        name.as_bytes(),
+    )
+    .unwrap();
+    b.append(
+        &hdr(b"short", EntryType::Regular, 2, 0o644, b""),
+        &b"ok"[..],
+    )
+    .unwrap();
+    let (dest, r) = unpack(&b.into_inner().unwrap(), Compression::None, &limits());
+    r.unwrap();
+    assert_eq!(
+        fs::read(dest.path().join("d".repeat(200)).join("file")).unwrap(),
+        b"ok"
+    );
+}
+
+/// Fails after handing out some bytes.
+struct Failing<'a>(&'a [u8]);
+
+impl Read for Failing<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.0.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the server went away",
+            ));
+        }
+        let n = buf.len().min(self.0.len()).min(1000);
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn reports_a_failing_source() {
+    let tar = good_tree();
+    for c in ALL {
+        let stored = compress(&tar, c);
+        let expected = expected_for(&stored, c);
+        let dest = TempDir::new().unwrap();
+        let e = unpack_tree(
+            Failing(&stored[..stored.len() / 2]),
+            &expected,
+            dest.path(),
+            &limits(),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, ArchiveError::Read(ref io) if io.kind() == io::ErrorKind::ConnectionReset),
+            "{c}: {e}"
+        );
+        unlock(dest.path());
+        let out = dest.path().join("disk");
+        let e = unpack_raw(
+            Failing(&stored[..stored.len() / 2]),
+            &expected,
+            &out,
+            &limits(),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(matches!(e, ArchiveError::Read(_)), "{c}: {e}");
+    }
+}
+
+#[test]
 fn refuses_a_symlink_escaping_the_root() {
     let (_d, e) = refused(&tar_of(&[symlink(b"a/b", b"../../../etc/passwd")]));
     assert!(matches!(e, ArchiveError::SymlinkEscape { .. }), "{e}");
@@ -1088,6 +1212,26 @@ fn pack_then_unpack_round_trips() {
         unlock(dest.path());
     }
     unlock(src.path());
+}
+
+#[test]
+fn pack_tree_handles_a_deep_tree() {
+    let src = TempDir::new().unwrap();
+    let mut deep = src.path().to_path_buf();
+    for _ in 0..300 {
+        deep.push("d");
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("leaf"), b"bottom").unwrap();
+    let mut stored = Vec::new();
+    pack_tree(src.path(), Compression::Zstd, &mut stored).unwrap();
+    let (dest, r) = unpack(&stored, Compression::Zstd, &limits());
+    assert_eq!(r.unwrap().entries, 301);
+    let rel = deep.strip_prefix(src.path()).unwrap();
+    assert_eq!(
+        fs::read(dest.path().join(rel).join("leaf")).unwrap(),
+        b"bottom"
+    );
 }
 
 #[test]

@@ -43,11 +43,11 @@ pub fn unpack_tree(
         Err(e) => return Err(write_err(dest)(e)),
     }
     let tally = Tally::new(expected.size);
-    // Every entry costs at least a 512-byte header; allow twice that per entry for long
-    // names, plus one gap's worth of headers.
+    // Every entry costs at least a 512-byte header; allow 4 KiB per entry for long names,
+    // pax headers and padding, plus one gap's worth of headers.
     let cap = limits
         .max_unpacked_bytes
-        .saturating_add(limits.max_entries.saturating_mul(1024))
+        .saturating_add(limits.max_entries.saturating_mul(4096))
         .saturating_add(super::MAX_HEADER_BYTES);
     let feed = FeedState::new(cap);
     let mut unpacker = Unpacker {
