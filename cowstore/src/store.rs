@@ -604,6 +604,48 @@ impl Store {
             .map_err(self.backend_err())
     }
 
+    /// Writes a stopped guest's root tree as a `compression`ed tar to `out` (what `imgadm
+    /// create` makes an image of). An overlay root is packed through a read-only overlay of
+    /// its layers, mounted privately for the duration and unmounted after.
+    pub fn pack_root(
+        &self,
+        guest: Uuid,
+        compression: archive::Compression,
+        out: impl Write,
+    ) -> Result<u64, StoreError> {
+        let pack_err = |source| StoreError::Archive {
+            uuid: guest,
+            source,
+        };
+        match self.root_source(guest)? {
+            None => Err(StoreError::Io {
+                action: "find the root tree of",
+                path: self.guest_dir(guest),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }),
+            Some(RootSource::Dir(dir)) => {
+                archive::pack_tree(&dir, compression, out).map_err(pack_err)
+            }
+            Some(RootSource::Overlay { lower, upper, .. }) => {
+                let view = self.guest_dir(guest).join(".pack-view");
+                fs::create_dir_all(&view).map_err(io("create", &view))?;
+                // Two lower layers and no upper: a read-only merged view that changes nothing.
+                let ro = RootSource::Overlay {
+                    lower: PathBuf::from(format!("{}:{}", upper.display(), lower.display())),
+                    upper: PathBuf::new(),
+                    work: PathBuf::new(),
+                };
+                mount_readonly_overlay(&ro, &view)?;
+                let packed = archive::pack_tree(&view, compression, out).map_err(pack_err);
+                let unmounted = backend::unmount_root(&view).map_err(self.backend_err());
+                let _ = fs::remove_dir(&view);
+                let size = packed?;
+                unmounted?;
+                Ok(size)
+            }
+        }
+    }
+
     /// Guests with storage that `known` does not list (crash leftovers of a create).
     pub fn orphan_guests(&self, known: &BTreeSet<Uuid>) -> Result<Vec<Uuid>, StoreError> {
         Ok(self
@@ -612,4 +654,24 @@ impl Store {
             .filter(|g| !known.contains(g))
             .collect())
     }
+}
+
+fn mount_readonly_overlay(src: &RootSource, target: &Path) -> Result<(), StoreError> {
+    use nix::mount::{MsFlags, mount};
+    let RootSource::Overlay { lower, .. } = src else {
+        return Ok(());
+    };
+    let data = format!("lowerdir={}", lower.display());
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .map_err(|e| StoreError::Io {
+        action: "mount a read-only view of the guest root at",
+        path: target.to_path_buf(),
+        source: std::io::Error::from(e),
+    })
 }

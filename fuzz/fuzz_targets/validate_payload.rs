@@ -1,8 +1,8 @@
-//! Untrusted payload bytes through JSON parsing and SmartOS validation (create and update
-//! for every brand): any input may be refused, none may panic.
+//! Untrusted payload bytes through JSON parsing, SmartOS validation (create and update for
+//! every brand) and image manifest validation: any input may be refused, none may panic.
 #![no_main]
 
-use hull_spec::{Brand, validate_create, validate_update};
+use hull_spec::{Brand, validate_create, validate_manifest, validate_update};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,4 +15,5 @@ fuzz_target!(|data: &[u8]| {
     for brand in Brand::ALL {
         let _ = validate_update(&value, brand);
     }
+    let _ = validate_manifest(&value);
 });

@@ -110,12 +110,152 @@ enum Command {
         #[arg(short = 'f')]
         force: bool,
     },
-    /// Create an image from a stopped guest.
+    /// Create an image from a stopped zone: writes NAME-VERSION.json (manifest) and the
+    /// archive into the output directory, ready for `imgadm install`.
     Create {
-        /// Arguments as SmartOS takes them.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// Output directory.
+        #[arg(short = 'o', default_value = ".")]
+        output: PathBuf,
+        /// Compression: gzip, xz, zstd or none.
+        #[arg(short = 'c', default_value = "gzip")]
+        compression: String,
+        /// The stopped zone.
+        uuid: String,
+        /// Manifest fields: name=NAME version=VERSION [description=TEXT].
+        fields: Vec<String>,
     },
+}
+
+fn create(
+    socket: Option<&std::path::Path>,
+    output: &std::path::Path,
+    compression: &str,
+    uuid: &str,
+    fields: &[String],
+) -> CmdResult {
+    use std::io::Write;
+    let uuid = parse_uuid(uuid)?;
+    let mut given = serde_json::Map::new();
+    for f in fields {
+        let (k, v) = f
+            .split_once('=')
+            .filter(|(k, _)| ["name", "version", "description"].contains(k))
+            .ok_or_else(|| {
+                Failure::usage(format!("{f:?}: give name=, version= or description="))
+            })?;
+        given.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    let (Some(name), Some(version)) = (
+        given.get("name").and_then(Value::as_str),
+        given.get("version").and_then(Value::as_str),
+    ) else {
+        return Err(Failure::usage(
+            "imgadm create needs name=NAME and version=VERSION",
+        ));
+    };
+    let ext = match compression {
+        "gzip" => "tar.gz",
+        "xz" => "tar.xz",
+        "zstd" => "tar.zst",
+        "none" => "tar",
+        other => {
+            return Err(Failure::usage(format!(
+                "compression {other:?}: use gzip, xz, zstd or none"
+            )));
+        }
+    };
+    let c = client(socket)?;
+    let vm = c.get_vm(uuid)?;
+    let origin = vm
+        .image_uuid
+        .ok_or_else(|| Failure::new(format!("VM {uuid} has no image root to make an image of")))?;
+    let source = c.get_image(origin)?;
+    std::fs::create_dir_all(output)
+        .map_err(|e| Failure::new(format!("cannot create {}: {e}", output.display())))?;
+    let stem = format!("{name}-{version}");
+    let file = output.join(format!("{stem}.{ext}"));
+    let partial = output.join(format!(".{stem}.{ext}.partial"));
+    let result = (|| {
+        let f = std::fs::File::create(&partial)
+            .map_err(|e| Failure::new(format!("cannot create {}: {e}", partial.display())))?;
+        let mut hashed = HashingWriter {
+            inner: std::io::BufWriter::new(f),
+            sha1: Sha1Sum::default(),
+            size: 0,
+        };
+        c.export_root(uuid, compression, &mut hashed)?;
+        hashed
+            .inner
+            .flush()
+            .map_err(|e| Failure::new(format!("cannot write {}: {e}", partial.display())))?;
+        Ok::<_, Failure>(hashed.finish())
+    })();
+    let (sha1, size) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&partial, &file)
+        .map_err(|e| Failure::new(format!("cannot write {}: {e}", file.display())))?;
+    let image_type = if vm.brand == hull_spec::Brand::Lx {
+        "lx-dataset"
+    } else {
+        source.image_type.as_str()
+    };
+    let mut manifest = serde_json::json!({
+        "v": 2, "uuid": uuid::Uuid::new_v4(), "name": name, "version": version,
+        "type": image_type, "os": source.os, "origin": origin,
+        "requirements": {"brand": vm.brand.as_str()},
+        "files": [{"sha1": sha1, "size": size, "compression": compression}]
+    });
+    if let Some(d) = given.get("description") {
+        manifest["description"] = d.clone();
+    }
+    let mpath = output.join(format!("{stem}.json"));
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Failure::new(e.to_string()))?;
+    std::fs::write(&mpath, text + "\n")
+        .map_err(|e| Failure::new(format!("cannot write {}: {e}", mpath.display())))?;
+    eprintln!(
+        "Created image {} ({name}@{version}): {} and {}",
+        manifest["uuid"].as_str().unwrap_or_default(),
+        mpath.display(),
+        file.display()
+    );
+    Ok(())
+}
+
+/// SHA-1 of what passes through, for the manifest of a created image.
+#[derive(Default)]
+struct Sha1Sum(sha1::Sha1);
+
+struct HashingWriter<W: std::io::Write> {
+    inner: W,
+    sha1: Sha1Sum,
+    size: u64,
+}
+
+impl<W: std::io::Write> HashingWriter<W> {
+    fn finish(self) -> (String, u64) {
+        (
+            format!("{:x}", sha1::Digest::finalize(self.sha1.0)),
+            self.size,
+        )
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha1::Digest::update(&mut self.sha1.0, &buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// A progress bar on stderr when stdout is a terminal and the output is for people.
@@ -345,8 +485,11 @@ pub fn run(cli: Cli) -> CmdResult {
             }
             Ok(())
         }
-        Command::Create { .. } => Err(Failure::new(
-            "create (an image from a stopped guest) is not built yet",
-        )),
+        Command::Create {
+            output,
+            compression,
+            uuid,
+            fields,
+        } => create(socket, &output, &compression, &uuid, &fields),
     }
 }

@@ -516,6 +516,45 @@ impl Client {
         })
     }
 
+    /// `GET /v1/vms/{uuid}/root?compression=C`: writes the stopped zone's root tar to `out`
+    /// and returns the bytes written. A transfer that breaks off is an error.
+    pub fn export_root(
+        &self,
+        uuid: Uuid,
+        compression: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, ClientError> {
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("compression", compression)
+            .finish();
+        let path = format!("/v1/vms/{uuid}/root?{q}");
+        self.rt.block_on(async {
+            let mut sender = self.connect().await?;
+            let resp = sender
+                .send_request(Self::build(Method::GET, &path, None))
+                .await
+                .map_err(ClientError::Http)?;
+            let status = resp.status();
+            let mut body = resp.into_body();
+            if !status.is_success() {
+                let bytes = body.collect().await.map_err(ClientError::Http)?.to_bytes();
+                return decode_reply::<Value>(status, &bytes).map(|_| 0);
+            }
+            let mut written = 0u64;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(ClientError::Http)?;
+                if let Some(data) = frame.data_ref() {
+                    out.write_all(data).map_err(|source| ClientError::File {
+                        path: PathBuf::from("<output>"),
+                        source,
+                    })?;
+                    written += data.len() as u64;
+                }
+            }
+            Ok(written)
+        })
+    }
+
     /// `DELETE /v1/images/{uuid}`.
     pub fn delete_image(&self, uuid: Uuid) -> Result<(), ClientError> {
         self.call::<Value>(Method::DELETE, &format!("/v1/images/{uuid}"), None)

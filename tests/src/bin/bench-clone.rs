@@ -20,7 +20,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn ms(d: Option<Duration>) -> String {
-    d.map_or("n/a".to_string(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0))
+    d.map_or("n/a".to_string(), |d| {
+        format!("{:.1}", d.as_secs_f64() * 1000.0)
+    })
 }
 
 /// Writes `size` bytes of non-zero data (so copies really copy), synced.
@@ -58,34 +60,49 @@ fn command(args: &[&str]) -> Option<Duration> {
 
 fn bench(label: &str, root: &Path, kind: BackendKind, runs: usize) {
     let b: Box<dyn Backend> = backend::open(kind);
-    for (name, size) in [("10 MiB", 10u64 << 20), ("1 GiB", 1 << 30), ("4 GiB", 4 << 30)] {
+    for (name, size) in [
+        ("10 MiB", 10u64 << 20),
+        ("1 GiB", 1 << 30),
+        ("4 GiB", 4 << 30),
+    ] {
         let image = root.join(format!("image-{size}"));
         b.create_image_tree(&image).expect("image tree");
         let file = image.join("disk.img");
         fill(&file, size);
         b.seal_image_tree(&image).expect("seal");
+        // Clones are all made first and removed after, as guests are: removing one right
+        // after making it would time btrfs's background cleaner too.
         let tree = time_runs(runs, |i| {
             let g = root.join(format!("guest-{size}-{i}"));
             std::fs::create_dir(&g).ok()?;
             let t = Instant::now();
             b.clone_tree(&image, &g).ok()?;
-            let d = t.elapsed();
-            b.destroy_tree(&g).ok()?;
-            std::fs::remove_dir_all(&g).ok()?;
-            Some(d)
+            Some(t.elapsed())
         });
+        for i in 0..runs {
+            let g = root.join(format!("guest-{size}-{i}"));
+            let _ = b.destroy_tree(&g);
+            let _ = std::fs::remove_dir_all(&g);
+        }
         let disk = time_runs(runs, |i| {
             let dst = root.join(format!("clone-{size}-{i}.img"));
             let t = Instant::now();
             b.clone_file(&file, &dst).ok()?;
-            let d = t.elapsed();
-            std::fs::remove_file(&dst).ok()?;
-            Some(d)
+            Some(t.elapsed())
         });
-        let (f, img) = (file.to_string_lossy().into_owned(), image.to_string_lossy().into_owned());
+        for i in 0..runs {
+            let _ = std::fs::remove_file(root.join(format!("clone-{size}-{i}.img")));
+        }
+        let (f, img) = (
+            file.to_string_lossy().into_owned(),
+            image.to_string_lossy().into_owned(),
+        );
         let peer = |args: &dyn Fn(&str) -> Vec<String>, cleanup: bool| {
             time_runs(runs.min(3), |i| {
-                let dst = root.join(format!("peer-{size}-{i}")).to_string_lossy().into_owned();
+                let dst = root
+                    .join(format!("peer-{size}-{i}"))
+                    .to_string_lossy()
+                    .into_owned();
                 let a = args(&dst);
                 let refs: Vec<&str> = a.iter().map(String::as_str).collect();
                 let d = command(&refs);
@@ -95,25 +112,62 @@ fn bench(label: &str, root: &Path, kind: BackendKind, runs: usize) {
                 d
             })
         };
-        let cp_a = peer(&|dst| vec!["cp".into(), "-a".into(), img.clone(), dst.into()], true);
-        let cp_reflink = peer(&|dst| vec!["cp".into(), "--reflink=always".into(), f.clone(), dst.into()], true);
+        let cp_a = peer(
+            &|dst| vec!["cp".into(), "-a".into(), img.clone(), dst.into()],
+            true,
+        );
+        let cp_reflink = peer(
+            &|dst| {
+                vec![
+                    "cp".into(),
+                    "--reflink=always".into(),
+                    f.clone(),
+                    dst.into(),
+                ]
+            },
+            true,
+        );
         let qcow = peer(
-            &|dst| vec!["qemu-img".into(), "create".into(), "-q".into(), "-f".into(), "qcow2".into(),
-                "-b".into(), f.clone(), "-F".into(), "raw".into(), dst.into()],
+            &|dst| {
+                vec![
+                    "qemu-img".into(),
+                    "create".into(),
+                    "-q".into(),
+                    "-f".into(),
+                    "qcow2".into(),
+                    "-b".into(),
+                    f.clone(),
+                    "-F".into(),
+                    "raw".into(),
+                    dst.into(),
+                ]
+            },
             true,
         );
         println!(
             "| {label} | {name} | {} | {} | {} | {} | {} |",
-            ms(tree), ms(disk), ms(cp_a), ms(cp_reflink), ms(qcow)
+            ms(tree),
+            ms(disk),
+            ms(cp_a),
+            ms(cp_reflink),
+            ms(qcow)
         );
         b.remove_image_tree(&image).expect("remove image");
     }
 }
 
 fn main() {
-    let runs: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(7);
-    assert!(hull_tests::is_root(), "bench-clone mounts loop filesystems: run it as root");
-    println!("| filesystem (backend) | image | hull root clone (ms) | hull disk clone (ms) | cp -a (ms) | cp --reflink=always (ms) | qemu-img qcow2 -b (ms) |");
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    assert!(
+        hull_tests::is_root(),
+        "bench-clone mounts loop filesystems: run it as root"
+    );
+    println!(
+        "| filesystem (backend) | image | hull root clone (ms) | hull disk clone (ms) | cp -a (ms) | cp --reflink=always (ms) | qemu-img qcow2 -b (ms) |"
+    );
     println!("|---|---|---|---|---|---|---|");
     {
         let fs = LoopFs::new("btrfs", 16 << 30);
@@ -121,8 +175,16 @@ fn main() {
     }
     {
         let fs = LoopFs::new("xfs", 16 << 30);
-        bench("xfs reflink=1 (reflink)", &fs.mountpoint, BackendKind::Reflink, runs);
+        bench(
+            "xfs reflink=1 (reflink)",
+            &fs.mountpoint,
+            BackendKind::Reflink,
+            runs,
+        );
     }
-    let dir = tempfile::Builder::new().prefix("hull-bench").tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::Builder::new()
+        .prefix("hull-bench")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
     bench("ext4 (overlay)", dir.path(), BackendKind::Overlay, runs);
 }

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::router::Action;
-use super::{Body, full_body, json, response};
+use super::{Body, BodyError, full_body, json, response};
 use crate::service::filter::Filter;
 use crate::service::{Record, Service, SnapshotVerb};
 use hull_spec::vm::SnapshotRequest;
@@ -109,6 +109,16 @@ pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Re
             }
             let vm = service.lifecycle(uuid, "kill").await?;
             Ok(record(StatusCode::OK, &vm))
+        }
+        Action::ExportRoot(uuid, compression) => {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+            service.export_root(uuid, &compression, tx)?;
+            let s = stream::poll_fn(move |cx| {
+                rx.poll_recv(cx)
+                    .map(|item| item.map(|r| r.map(Frame::data)))
+            });
+            let body = StreamBody::new(s).map_err(BodyError::from).boxed_unsync();
+            Ok(response(StatusCode::OK, "application/x-tar", body))
         }
         Action::CreateSnapshot(uuid) => {
             require_object(&body)?;
@@ -294,7 +304,7 @@ fn import_stream(service: &Arc<Service>, url: String, manifest: Value) -> hyper:
         let item = rx.recv().await?;
         let mut line = serde_json::to_vec(&item).unwrap_or_default();
         line.push(b'\n');
-        Some((Ok(Frame::data(Bytes::from(line))), rx))
+        Some((Ok::<_, BodyError>(Frame::data(Bytes::from(line))), rx))
     });
     response(
         StatusCode::OK,
@@ -322,13 +332,19 @@ fn events(service: &Arc<Service>, only: Option<Uuid>, full: bool) -> hyper::Resp
                     }
                     let mut line = serde_json::to_vec(&ev).unwrap_or_default();
                     line.push(b'\n');
-                    return Some((Ok(Frame::data(Bytes::from(line))), (rx, false)));
+                    return Some((
+                        Ok::<_, BodyError>(Frame::data(Bytes::from(line))),
+                        (rx, false),
+                    ));
                 }
                 Err(RecvError::Lagged(n)) => {
                     let line = format!(
                         "{{\"code\":\"Lagged\",\"message\":\"this subscriber fell {n} events behind; reconnect\"}}\n"
                     );
-                    return Some((Ok(Frame::data(Bytes::from(line))), (rx, true)));
+                    return Some((
+                        Ok::<_, BodyError>(Frame::data(Bytes::from(line))),
+                        (rx, true),
+                    ));
                 }
                 Err(RecvError::Closed) => return None,
             }

@@ -32,7 +32,11 @@ use crate::service::Service;
 use error::ApiError;
 
 /// The body type of every reply.
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+/// A failure in the middle of a streamed reply: hyper aborts the connection, so the client
+/// sees a broken transfer instead of a short one that looks whole.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The largest request body accepted (payloads are small; metadata can be tens of KiB).
 pub const MAX_BODY: usize = 4 << 20;
@@ -257,7 +261,9 @@ async fn drain_empty(req: Request<Incoming>) -> Result<(), ApiError> {
 
 /// A complete body.
 pub fn full_body(bytes: Vec<u8>) -> Body {
-    Full::new(Bytes::from(bytes)).boxed_unsync()
+    Full::new(Bytes::from(bytes))
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A JSON reply.

@@ -38,6 +38,8 @@ pub enum Action {
     RebootVm(Uuid),
     /// `POST /v1/vms/{uuid}/kill`
     KillVm(Uuid),
+    /// `GET /v1/vms/{uuid}/root?compression=C`: the stopped zone's root as a tar stream
+    ExportRoot(Uuid, String),
     /// `POST /v1/vms/{uuid}/snapshots`
     CreateSnapshot(Uuid),
     /// `POST /v1/vms/{uuid}/snapshots/{name}/rollback`
@@ -208,6 +210,18 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
                 "reboot" => Action::RebootVm(uuid),
                 _ => Action::KillVm(uuid),
             }
+        }
+        ["v1", "vms", id, "root"] => {
+            let uuid = uuid_segment("VM", id)?;
+            if *method != M::GET {
+                return Err(allow(&[M::GET]));
+            }
+            only_keys(&pairs, &["compression"])?;
+            let c = pairs
+                .iter()
+                .find(|(k, _)| k == "compression")
+                .map_or("gzip".to_string(), |(_, v)| v.clone());
+            return Ok(Action::ExportRoot(uuid, c));
         }
         ["v1", "vms", id, "snapshots"] => {
             let uuid = uuid_segment("VM", id)?;

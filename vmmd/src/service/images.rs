@@ -89,6 +89,26 @@ impl Read for ChunkReader {
     }
 }
 
+/// A blocking writer that sends what it is given to the async side (an HTTP body).
+struct ChunkWriter {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tx
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+            })?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Service {
     /// Validates a manifest for install: well-formed and not installed yet.
     pub fn check_manifest(&self, raw: &Value) -> Result<(ImageManifest, ImageSpec), ServiceError> {
@@ -116,6 +136,42 @@ impl Service {
             .map_err(store_error)?;
         tracing::info!(uuid = %manifest.uuid, name = %manifest.name, "image installed");
         Ok(manifest)
+    }
+
+    /// Streams a stopped zone's root as a tar (`compression`ed) into `tx`, chunk by chunk,
+    /// from a blocking thread. Errors before the first byte are returned; a failure later
+    /// ends the stream with an error item.
+    pub fn export_root(
+        &self,
+        uuid: Uuid,
+        compression: &str,
+        tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ) -> Result<(), ServiceError> {
+        let vm = self.get(uuid)?;
+        let Some(c) = Compression::parse(compression) else {
+            return Err(ServiceError::BadRequest(format!(
+                "compression {compression:?} is not none, gzip, xz or zstd"
+            )));
+        };
+        if vm.brand.is_microvm() || vm.image_uuid.is_none() {
+            return Err(ServiceError::NotImplemented(format!(
+                "images are made from zone roots; images of microVM disks are not built yet (VM {uuid})"
+            )));
+        }
+        if !matches!(vm.state, hull_spec::VmState::Stopped) {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} is {}: an image is made from a stopped guest",
+                vm.state.as_str()
+            )));
+        }
+        let cow = self.cow.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut w = ChunkWriter { tx: tx.clone() };
+            if let Err(e) = cow.pack_root(uuid, c, &mut w) {
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        });
+        Ok(())
     }
 
     /// Removes guest storage that no record owns: what a crash between provisioning and
