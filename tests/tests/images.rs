@@ -347,11 +347,16 @@ fn hostile_images_are_refused_without_a_trace() {
     assert!(
         !d.dir.path().join("escape.txt").exists() && !d.data_root().join("escape.txt").exists()
     );
-    // Bad manifests are reported by field.
+    // Bad manifests are reported by field, even when the refused upload is large: vmmd reads
+    // the rest of it so the client gets the report, not a broken pipe.
+    let big = d.dir.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 32 << 20]).expect("big file");
     let mut bad = good.clone();
     bad["type"] = json!("docker");
-    let err = attempt("type", &bad, &file);
-    assert!(err.contains("type"), "{err}");
+    let err = attempt("type", &bad, &big);
+    assert!(err.contains("type") && !err.contains("Broken pipe"), "{err}");
+    let err = attempt("checksum of a large file", &wrong_sha, &big);
+    assert!(!err.contains("Broken pipe"), "{err}");
 }
 
 /// A minimal IMGAPI server on 127.0.0.1: /images, /images/:uuid, /images/:uuid/file (sent

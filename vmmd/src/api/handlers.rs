@@ -363,7 +363,6 @@ pub async fn install_image(
     service: &Arc<Service>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Reply {
-    use crate::service::images::ChunkReader;
     let content_type = req
         .headers()
         .get(hyper::header::CONTENT_TYPE)
@@ -380,6 +379,24 @@ pub async fn install_image(
         .allowed_fields(vec!["manifest", "file"])
         .size_limit(multer::SizeLimit::new().for_field("manifest", 1 << 20));
     let mut parts = multer::Multipart::with_constraints(stream, boundary, constraints);
+    let result = install_parts(service, &mut parts).await;
+    if result.is_err() {
+        // Read what the client is still sending, so that it gets the error reply instead of a
+        // broken pipe. The manifest bounds the file, and multer the manifest.
+        while let Ok(Some(mut field)) = parts.next_field().await {
+            while let Ok(Some(_)) = field.chunk().await {}
+        }
+    }
+    let installed = result?;
+    Ok(json(StatusCode::CREATED, &installed))
+}
+
+/// The manifest and file parts of an install upload.
+async fn install_parts(
+    service: &Arc<Service>,
+    parts: &mut multer::Multipart<'static>,
+) -> Result<hull_spec::ImageManifest, ApiError> {
+    use crate::service::images::ChunkReader;
     let bad = |e: multer::Error| ApiError::bad_request(format!("cannot read the upload: {e}"));
     let first = parts.next_field().await.map_err(bad)?;
     let manifest = match first {
@@ -428,5 +445,5 @@ pub async fn install_image(
     let installed = job
         .await
         .map_err(|e| ApiError::from(crate::service::ServiceError::Task(e)))??;
-    Ok(json(StatusCode::CREATED, &installed))
+    Ok(installed)
 }
