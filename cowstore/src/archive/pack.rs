@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -129,13 +129,46 @@ fn write_tar<W: Write>(root: &Path, out: W, compression: Compression) -> Result<
                     }
                     links.insert((meta.dev(), meta.ino()), child.clone());
                 }
-                builder.append_data(&mut header, &child, file).map_err(wr)?;
+                let exact = Exact {
+                    file,
+                    left: meta.len(),
+                };
+                builder
+                    .append_data(&mut header, &child, exact)
+                    .map_err(wr)?;
             }
             // Devices, FIFOs and sockets are skipped (see pack_tree).
         }
         pending.extend(subdirs.into_iter().rev());
     }
     builder.into_inner().map_err(wr)
+}
+
+/// A file's data, exactly as long as its header says: a file that shrank while being packed
+/// is an error, not a misaligned archive; one that grew is cut at the header's size.
+struct Exact {
+    file: File,
+    left: u64,
+}
+
+impl Read for Exact {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = self.file.read(&mut buf[..want])?;
+        if n == 0 && want > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was being packed",
+            ));
+        }
+        self.left -= n.min(want) as u64;
+        Ok(n)
+    }
 }
 
 fn open_nofollow(path: &Path) -> io::Result<File> {

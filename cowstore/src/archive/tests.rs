@@ -987,6 +987,20 @@ fn refuses_a_destination_that_is_not_a_directory() {
     )
     .unwrap_err();
     assert!(matches!(e, ArchiveError::Write { .. }), "{e}");
+    // Nor one that is not empty: what is there could pass for unpacked entries.
+    fs::remove_file(&f).unwrap();
+    fs::write(tmp.path().join("target"), b"host file").unwrap();
+    let tar = tar_of(&[hardlink(b"l", b"target")]);
+    let e = unpack_tree(
+        &tar[..],
+        &expected_for(&tar, Compression::None),
+        tmp.path(),
+        &limits(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("could not write"), "{e}");
+    assert!(!tmp.path().join("l").exists());
 }
 
 /// 8 MiB, mostly zero: data at the start, at 4 MiB + 4 KiB, and 1 MiB of zeros at the end.

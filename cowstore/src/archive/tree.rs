@@ -19,8 +19,8 @@ use super::stream::{self, Feed, FeedState, Stored, Tally};
 use super::{ArchiveError, Expected, Limits, Stats, lossy, write_err};
 
 /// A tree image (zone-dataset, lx-dataset): a tar archive, compressed as `expected` says,
-/// unpacked into `dest` (an existing, empty directory). `progress` is called with the number
-/// of stored bytes consumed so far.
+/// unpacked into `dest` (an existing, empty directory: anything else is refused). `progress`
+/// is called with the number of stored bytes consumed so far.
 ///
 /// On error `dest` is left partly written (directories 0755, files as far as they got): the
 /// caller must remove it. Success means every entry was unpacked and the whole stored file
@@ -33,6 +33,8 @@ pub fn unpack_tree(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Stats, ArchiveError> {
     let mut src = src;
+    // An empty directory: anything already there could pass for an unpacked entry (a hard
+    // link target, a parent directory).
     match fs::symlink_metadata(dest) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -41,6 +43,15 @@ pub fn unpack_tree(
             )));
         }
         Err(e) => return Err(write_err(dest)(e)),
+    }
+    if fs::read_dir(dest)
+        .map_err(write_err(dest))?
+        .next()
+        .is_some()
+    {
+        return Err(write_err(dest)(io::Error::other(
+            "the destination is not empty",
+        )));
     }
     let tally = Tally::new(expected.size);
     // Every entry costs at least a 512-byte header; allow 4 KiB per entry for long names,
