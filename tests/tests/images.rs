@@ -354,7 +354,10 @@ fn hostile_images_are_refused_without_a_trace() {
     let mut bad = good.clone();
     bad["type"] = json!("docker");
     let err = attempt("type", &bad, &big);
-    assert!(err.contains("type") && !err.contains("Broken pipe"), "{err}");
+    assert!(
+        err.contains("type") && !err.contains("Broken pipe"),
+        "{err}"
+    );
     let err = attempt("checksum of a large file", &wrong_sha, &big);
     assert!(!err.contains("Broken pipe"), "{err}");
 }
