@@ -11,6 +11,8 @@
  *   testguest.net_echo=1               expect the peer to answer our frame with "pong"
  *   testguest.blk_io=N                 also time N sequential + N random 4 KiB reads
  *   testguest.hold=1                   after the checks, halt instead of resetting
+ *   testguest.hold=kbd                 after the checks, poll the i8042 until Ctrl-Alt-Del
+ *                                      arrives, then reset
  *   testguest.spin=1                   after the checks, spin forever with interrupts off
  *   testguest.exit=acpi                power off through the ACPI sleep register, not i8042
  *   testguest.fault=1                  triple-fault right after boot (VMM error paths)
@@ -1061,6 +1063,23 @@ void __attribute__((noreturn)) guest_main(u64 info, int kind)
 	puts(" failed\n");
 	puts(failed == 0 && passed > 0 ? "testguest: ALL PASS\n" : "testguest: SOME FAILED\n");
 	const char *hold = param("testguest.hold");
+	if (hold && memcmp(hold, "kbd", 3) == 0) {
+		/* Set-2 make codes: Ctrl 0x14, Alt 0x11, Del 0xe0 0x71. */
+		static const u8 want[4] = {0x14, 0x11, 0xe0, 0x71};
+		u32 got = 0;
+		puts("testguest: waiting for ctrl-alt-del\n");
+		while (got < 4) {
+			if (inb(0x64) & 1) {
+				u8 b = inb(0x60);
+				got = b == want[got] ? got + 1 : (b == want[0] ? 1 : 0);
+			} else {
+				for (int i = 0; i < 200; i++)
+					__asm__ volatile("pause");
+			}
+		}
+		puts("testguest: got ctrl-alt-del\n");
+		reset();
+	}
 	if (hold && hold[0] == '1') {
 		puts("testguest: holding\n");
 		for (;;)

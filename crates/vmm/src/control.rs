@@ -6,6 +6,7 @@
 //! {"cmd":"pause"}    -> {"ok":true}
 //! {"cmd":"resume"}   -> {"ok":true}
 //! {"cmd":"power_button"} -> {"ok":true}        (ACPI power button: the guest decides)
+//! {"cmd":"ctrl_alt_del"} -> {"ok":true}        (typed on the i8042 keyboard)
 //! {"cmd":"shutdown"} -> {"ok":true}            (stops at once; the VMM exits with status 0)
 //! {"cmd":"stats"}    -> {"ok":true,"stats":{"vcpus":[..],"devices":[..]}}
 //! ```
@@ -39,6 +40,7 @@ pub enum Request {
     Pause,
     Resume,
     PowerButton,
+    CtrlAltDel,
     Shutdown,
     Stats,
 }
@@ -123,6 +125,10 @@ impl Controller {
             }
             Request::PowerButton => {
                 self.button.press();
+                Reply::ok()
+            }
+            Request::CtrlAltDel => {
+                self.button.ctrl_alt_del();
                 Reply::ok()
             }
             Request::Shutdown => {
@@ -222,6 +228,7 @@ mod tests {
         let s = c.handle_line(r#"{"cmd":"stats"}"#);
         assert_eq!(s.stats.unwrap().vcpus.len(), 1);
         assert!(c.handle_line(r#"{"cmd":"power_button"}"#).ok);
+        assert!(c.handle_line(r#"{"cmd":"ctrl_alt_del"}"#).ok);
         assert_eq!(c.button.pending(), 1);
         assert!(c.handle_line(r#"{"cmd":"shutdown"}"#).ok);
         assert!(matches!(rx.recv().unwrap(), StopReason::Requested(_)));

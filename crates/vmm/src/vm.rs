@@ -25,7 +25,7 @@ use crate::config::{ConfigError, ConsoleConfig, NetConfig, VmConfig};
 use crate::control::{self, ControlError, Controller};
 use crate::devices::IrqTrigger;
 use crate::devices::acpi_pm::{ACPI_PM_BASE, ACPI_PM_LEN, AcpiPm, PowerSink};
-use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN, ResetSink};
+use crate::devices::i8042::{I8042, I8042_BASE, I8042_IRQ, I8042_LEN, Keyboard, ResetSink};
 use crate::devices::serial::{
     COM1_BASE, COM1_IRQ, COM1_LEN, ConsoleTarget, Serial, SharedSocketConsole,
 };
@@ -155,25 +155,45 @@ impl PowerSink for ResetToStop {
 /// How long a guest gets to power off after SIGTERM presses its power button.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
-/// The ACPI power button: an edge on the Generic Event Device's IRQ.
-#[derive(Debug)]
-pub struct PowerButton(EventFd);
+/// The guest's stop buttons: the ACPI power button (an edge on the Generic Event Device's
+/// IRQ) and Ctrl-Alt-Del on the i8042 keyboard, for guests without ACPI.
+pub struct PowerButton {
+    acpi: EventFd,
+    keyboard: Option<Arc<Mutex<dyn Keyboard>>>,
+}
+
+impl std::fmt::Debug for PowerButton {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PowerButton").finish_non_exhaustive()
+    }
+}
 
 impl PowerButton {
     #[cfg(test)]
     pub(crate) fn for_tests() -> Self {
-        PowerButton(EventFd::new(libc::EFD_NONBLOCK).expect("an eventfd"))
+        PowerButton {
+            acpi: EventFd::new(libc::EFD_NONBLOCK).expect("an eventfd"),
+            keyboard: None,
+        }
     }
 
     /// Presses not yet delivered (tests).
     #[cfg(test)]
     pub(crate) fn pending(&self) -> u64 {
-        self.0.read().unwrap_or(0)
+        self.acpi.read().unwrap_or(0)
     }
 
+    /// Presses the ACPI power button.
     pub fn press(&self) {
         // A full counter only means a press is already pending.
-        let _ = self.0.write(1);
+        let _ = self.acpi.write(1);
+    }
+
+    /// Types Ctrl-Alt-Del.
+    pub fn ctrl_alt_del(&self) {
+        if let Some(k) = &self.keyboard {
+            lock(k).ctrl_alt_del();
+        }
     }
 }
 
@@ -339,11 +359,14 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
         .map_err(kvm_setup("register the serial IRQ"))?;
     let serial = Arc::new(Mutex::new(Serial::new(serial_irq, console_target.clone())));
     pio.insert(COM1_BASE, COM1_LEN, serial.clone())?;
-    pio.insert(
-        I8042_BASE,
-        I8042_LEN,
-        Arc::new(Mutex::new(I8042::new(ResetToStop(state.clone())))),
-    )?;
+    let kbd_irq = IrqTrigger::new().map_err(host("keyboard IRQ"))?;
+    vm.register_irqfd(&kbd_irq.0, I8042_IRQ)
+        .map_err(kvm_setup("register the keyboard IRQ"))?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        ResetToStop(state.clone()),
+        Some(kbd_irq),
+    )));
+    pio.insert(I8042_BASE, I8042_LEN, i8042.clone())?;
     pio.insert(
         ACPI_PM_BASE,
         ACPI_PM_LEN,
@@ -403,10 +426,11 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
     if ged_irq > IRQ_MAX {
         return Err(VmError::TooManyDevices(placed.len()));
     }
-    let button = Arc::new(PowerButton(
-        EventFd::new(libc::EFD_NONBLOCK).map_err(host("power button IRQ"))?,
-    ));
-    vm.register_irqfd(&button.0, ged_irq)
+    let button = Arc::new(PowerButton {
+        acpi: EventFd::new(libc::EFD_NONBLOCK).map_err(host("power button IRQ"))?,
+        keyboard: Some(i8042),
+    });
+    vm.register_irqfd(&button.acpi, ged_irq)
         .map_err(kvm_setup("register the power button IRQ"))?;
     let acpi_layout = AcpiLayout {
         vcpus: config.vcpus,
@@ -618,7 +642,8 @@ impl EventLoop {
         }
     }
 
-    /// SIGTERM presses the power button and gives the guest [`STOP_GRACE`] to power off;
+    /// SIGTERM presses the power button, types Ctrl-Alt-Del and gives the guest [`STOP_GRACE`]
+    /// to power off or reset;
     /// SIGINT or a second SIGTERM stops at once.
     fn signal(&mut self) {
         let mut info = [0u8; 128];
@@ -627,7 +652,10 @@ impl EventLoop {
         }
         let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
         if signo == libc::SIGTERM as u32 && self.stop_deadline.is_none() {
+            // Whichever the guest listens to: ACPI guests get the power button, others
+            // Ctrl-Alt-Del.
             self.button.press();
+            self.button.ctrl_alt_del();
             self.stop_deadline = Some(Instant::now() + STOP_GRACE);
             return;
         }

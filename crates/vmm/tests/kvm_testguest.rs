@@ -534,3 +534,40 @@ fn kvm_spinning_guest_can_be_paused_and_stopped() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_sigterm_types_ctrl_alt_del_for_guests_without_acpi() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _ctl) = start_guest(
+        dir.path(),
+        "stdio",
+        "console=ttyS0 testguest.hold=kbd testguest.smp=0",
+    );
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        if line
+            .unwrap()
+            .contains("testguest: waiting for ctrl-alt-del")
+        {
+            break;
+        }
+    }
+    let t = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("testguest: got ctrl-alt-del")),
+        "{rest:?}"
+    );
+    assert!(status.success(), "{status:?} {stderr}");
+    // The guest reset itself well before the grace period would have run out.
+    assert!(stderr.contains("vmm: guest reset"), "{stderr}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+}
