@@ -17,6 +17,12 @@
 //! after the whole stored file was read and its sha1 and size matched the manifest.
 //!
 //! Tree rules (documented choices):
+//! - `dest` must be an existing, empty directory (anything already there could pass for an
+//!   unpacked entry).
+//! - The tar must end with its end-of-archive block; what follows it in the decompressed
+//!   stream (the second block, record padding) is read and ignored, bounded by
+//!   [`MAX_HEADER_BYTES`]. Bytes after the compressed stream are the decoder's to refuse; the
+//!   sha1 covers the whole stored file either way.
 //! - `./` prefixes and repeated slashes are ignored; an entry for the root itself (`.` or
 //!   `./`) may only be a directory, whose mode and mtime are applied to `dest`.
 //! - Missing parent directories are created 0755; directory modes and mtimes from the archive
@@ -36,7 +42,9 @@
 //!   crate (bounded to [`MAX_HEADER_BYTES`] between two entries). Extended attributes are
 //!   not restored.
 //! - Ownership (uid/gid) is applied only when running as root (lchown); modes are masked to
-//!   0o7777.
+//!   0o7777. Setgid directories (e.g. /var/mail) are kept: only setuid/setgid regular files
+//!   fall under [`Limits::allow_setuid`]. Full distribution trees (Debian: su, passwd,
+//!   mount...) carry such files, so they install only with `allow_setuid`.
 
 mod pack;
 mod raw;
