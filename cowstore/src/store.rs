@@ -675,3 +675,78 @@ fn mount_readonly_overlay(src: &RootSource, target: &Path) -> Result<(), StoreEr
         source: std::io::Error::from(e),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(root: &Path) -> Store {
+        Store::open(StoreConfig {
+            root: root.to_path_buf(),
+            backend: Some(BackendKind::Overlay),
+            limits: Limits::default(),
+        })
+        .expect("open")
+    }
+
+    #[test]
+    fn open_removes_what_a_crash_left_half_done() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let images = tmp.path().join("images");
+        let staging = images.join(format!(".staging-{}-abc", Uuid::new_v4()));
+        let deleting = images.join(format!(".deleting-{}", Uuid::new_v4()));
+        for d in [&staging, &deleting] {
+            fs::create_dir_all(d.join("root/etc")).expect("mkdir");
+            fs::write(d.join("root/etc/half"), b"x").expect("write");
+        }
+        let s = store(tmp.path());
+        assert!(!staging.exists() && !deleting.exists());
+        assert!(s.images().expect("list").is_empty());
+    }
+
+    #[test]
+    fn install_is_all_or_nothing_and_delete_respects_users() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let s = store(tmp.path());
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("etc")).expect("mkdir");
+        fs::write(src.join("etc/hostname"), b"t\n").expect("write");
+        let mut tar = Vec::new();
+        archive::pack_tree(&src, archive::Compression::Gzip, &mut tar).expect("pack");
+        let (sha1, size) = archive::digest(&tar[..]).expect("digest");
+        let uuid = Uuid::new_v4();
+        let mut spec = ImageSpec {
+            uuid,
+            kind: ImageKind::Tree,
+            file: Expected {
+                sha1: "0".repeat(40),
+                size,
+                compression: archive::Compression::Gzip,
+            },
+            manifest: b"{}".to_vec(),
+            origin: None,
+        };
+        assert!(matches!(
+            s.install(&spec, &tar[..], &mut |_| {}),
+            Err(StoreError::Archive { .. })
+        ));
+        let left: Vec<_> = fs::read_dir(tmp.path().join("images"))
+            .expect("dir")
+            .collect();
+        assert!(left.is_empty(), "a refused install left {left:?}");
+        spec.file.sha1 = sha1;
+        s.install(&spec, &tar[..], &mut |_| {}).expect("install");
+        assert!(matches!(
+            s.install(&spec, &tar[..], &mut |_| {}),
+            Err(StoreError::Exists(_))
+        ));
+        let guest = Uuid::new_v4();
+        s.create_guest(guest).expect("guest");
+        s.clone_root(guest, uuid).expect("clone");
+        assert!(matches!(s.delete(uuid), Err(StoreError::InUse { .. })));
+        assert!(s.vacuum().expect("vacuum").is_empty());
+        s.destroy_guest(guest).expect("destroy");
+        assert_eq!(s.vacuum().expect("vacuum"), vec![uuid]);
+        assert!(matches!(s.delete(uuid), Err(StoreError::NotInstalled(_))));
+    }
+}

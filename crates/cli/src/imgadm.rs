@@ -258,6 +258,19 @@ impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
     }
 }
 
+/// Prints manifests as JSON or as a table (SmartOS's default columns).
+fn print_images(rows: &[Value], json: bool, no_header: bool, cols: Option<&str>) -> CmdResult {
+    if json {
+        let text = serde_json::to_string_pretty(rows).map_err(|e| Failure::new(e.to_string()))?;
+        crate::outln!("{text}");
+    } else {
+        let cols = fields(cols.unwrap_or("uuid,name,version,os,type,published_at"))
+            .map_err(Failure::usage)?;
+        crate::out!("{}", render(rows, &cols, !no_header, false));
+    }
+    Ok(())
+}
+
 /// A progress bar on stderr when stdout is a terminal and the output is for people.
 fn progress_bar(what: &str, quiet: bool) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
@@ -347,19 +360,7 @@ pub fn run(cli: Cli) -> CmdResult {
             let by =
                 fields(by.as_deref().unwrap_or("published_at,name")).map_err(Failure::usage)?;
             sort(&mut rows, &by);
-            if json {
-                let text =
-                    serde_json::to_string_pretty(&rows).map_err(|e| Failure::new(e.to_string()))?;
-                crate::outln!("{text}");
-            } else {
-                let cols = fields(
-                    cols.as_deref()
-                        .unwrap_or("uuid,name,version,os,type,published_at"),
-                )
-                .map_err(Failure::usage)?;
-                crate::out!("{}", render(&rows, &cols, !no_header, false));
-            }
-            Ok(())
+            print_images(&rows, json, no_header, cols.as_deref())
         }
         Command::Get { uuid } | Command::Show { uuid } => {
             let uuid = parse_uuid(&uuid)?;
@@ -442,19 +443,7 @@ pub fn run(cli: Cli) -> CmdResult {
                 .iter()
                 .filter_map(|m| serde_json::to_value(m).ok())
                 .collect();
-            if json {
-                let text =
-                    serde_json::to_string_pretty(&rows).map_err(|e| Failure::new(e.to_string()))?;
-                crate::outln!("{text}");
-            } else {
-                let cols = fields(
-                    cols.as_deref()
-                        .unwrap_or("uuid,name,version,os,type,published_at"),
-                )
-                .map_err(Failure::usage)?;
-                crate::out!("{}", render(&rows, &cols, !no_header, false));
-            }
-            Ok(())
+            print_images(&rows, json, no_header, cols.as_deref())
         }
         Command::Delete { uuid } => {
             let uuid = parse_uuid(&uuid)?;

@@ -157,6 +157,15 @@ impl Client {
         Ok(sender)
     }
 
+    /// Sends one request on a new connection.
+    async fn send(
+        &self,
+        req: Request<ReqBody>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let mut sender = self.connect().await?;
+        sender.send_request(req).await.map_err(ClientError::Http)
+    }
+
     fn build(method: Method, path: &str, body: Option<&Value>) -> Request<ReqBody> {
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         let mut req = Request::builder()
@@ -179,11 +188,7 @@ impl Client {
         body: Option<&Value>,
     ) -> Result<Reply, ClientError> {
         self.rt.block_on(async {
-            let mut sender = self.connect().await?;
-            let resp = sender
-                .send_request(Self::build(method, path, body))
-                .await
-                .map_err(ClientError::Http)?;
+            let resp = self.send(Self::build(method, path, body)).await?;
             let status = resp.status();
             let body = resp
                 .into_body()
@@ -529,11 +534,7 @@ impl Client {
             .finish();
         let path = format!("/v1/vms/{uuid}/root?{q}");
         self.rt.block_on(async {
-            let mut sender = self.connect().await?;
-            let resp = sender
-                .send_request(Self::build(Method::GET, &path, None))
-                .await
-                .map_err(ClientError::Http)?;
+            let resp = self.send(Self::build(Method::GET, &path, None)).await?;
             let status = resp.status();
             let mut body = resp.into_body();
             if !status.is_success() {
@@ -626,11 +627,7 @@ impl Client {
         on_line: &mut dyn FnMut(&str) -> bool,
     ) -> Result<(), ClientError> {
         self.rt.block_on(async {
-            let mut sender = self.connect().await?;
-            let resp = sender
-                .send_request(Self::build(method, path, body))
-                .await
-                .map_err(ClientError::Http)?;
+            let resp = self.send(Self::build(method, path, body)).await?;
             let status = resp.status();
             let mut body = resp.into_body();
             if !status.is_success() {
