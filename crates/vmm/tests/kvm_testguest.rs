@@ -288,6 +288,27 @@ fn kvm_triple_fault_is_reported_not_crashed() {
     );
 }
 
+/// Kills a VMM child if the test panics before waiting for it, so a failed test does not
+/// leave a holding guest behind.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let pid = self.0 as i32;
+        // SAFETY: waitpid/kill on a pid this test process spawned; WNOHANG returns 0 only
+        // while it is still our unreaped child, so a reaped (reusable) pid is never killed.
+        unsafe {
+            if libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) == 0 {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
 fn wait_for(path: &Path) {
     let t = Instant::now();
     while !path.exists() {
@@ -311,7 +332,7 @@ fn request(s: &mut BufReader<UnixStream>, line: &str) -> serde_json::Value {
 
 /// Starts a guest that halts after its checks, with a control socket, and waits until it
 /// says it is holding. Returns the child (stdout already consumed) and the socket path.
-fn start_holding(dir: &Path, vcpus: &str) -> (std::process::Child, PathBuf) {
+fn start_holding(dir: &Path, vcpus: &str) -> (std::process::Child, PathBuf, KillOnPanic) {
     let ctl = dir.join("ctl.sock");
     let disk = make_disk(dir);
     let mut child = Command::new(VMM)
@@ -341,17 +362,18 @@ fn start_holding(dir: &Path, vcpus: &str) -> (std::process::Child, PathBuf) {
             }
         }
     });
+    let guard = KillOnPanic(child.id());
     rx.recv_timeout(Duration::from_secs(10))
         .expect("the guest never reached its holding point");
     wait_for(&ctl);
-    (child, ctl)
+    (child, ctl, guard)
 }
 
 #[test]
 #[ignore = "needs /dev/kvm: run with --run-ignored"]
 fn kvm_control_socket_pause_stats_resume_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let (child, ctl) = start_holding(dir.path(), "2");
+    let (child, ctl, _guard) = start_holding(dir.path(), "2");
     let mut s = BufReader::new(UnixStream::connect(&ctl).unwrap());
     // Every thread of the running VMM is under a seccomp filter.
     let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
@@ -406,7 +428,7 @@ fn kvm_control_socket_pause_stats_resume_shutdown() {
 #[ignore = "needs /dev/kvm: run with --run-ignored"]
 fn kvm_sigterm_stops_gracefully() {
     let dir = tempfile::tempdir().unwrap();
-    let (child, _ctl) = start_holding(dir.path(), "1");
+    let (child, _ctl, _guard) = start_holding(dir.path(), "1");
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let t = Instant::now();
@@ -421,11 +443,15 @@ fn kvm_sigterm_stops_gracefully() {
 }
 
 /// Starts a holding guest with `console` and a control socket; returns the child.
-fn start_with_console(dir: &Path, console: &str) -> (std::process::Child, PathBuf) {
+fn start_with_console(dir: &Path, console: &str) -> (std::process::Child, PathBuf, KillOnPanic) {
     start_guest(dir, console, "console=ttyS0 testguest.hold=1")
 }
 
-fn start_guest(dir: &Path, console: &str, cmdline: &str) -> (std::process::Child, PathBuf) {
+fn start_guest(
+    dir: &Path,
+    console: &str,
+    cmdline: &str,
+) -> (std::process::Child, PathBuf, KillOnPanic) {
     let ctl = dir.join("ctl.sock");
     let child = Command::new(VMM)
         .args([
@@ -443,8 +469,9 @@ fn start_guest(dir: &Path, console: &str, cmdline: &str) -> (std::process::Child
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let guard = KillOnPanic(child.id());
     wait_for(&ctl);
-    (child, ctl)
+    (child, ctl, guard)
 }
 
 /// Reads lines from `r` until one contains `want`; returns everything read.
@@ -466,7 +493,7 @@ fn read_until(r: impl std::io::Read, want: &str) -> String {
 fn kvm_unix_socket_console_replays_output_to_a_late_client() {
     let dir = tempfile::tempdir().unwrap();
     let con = dir.path().join("console.sock");
-    let (child, ctl) = start_with_console(dir.path(), &format!("unix:{}", con.display()));
+    let (child, ctl, _guard) = start_with_console(dir.path(), &format!("unix:{}", con.display()));
     // The client attaches whenever it likes: what the guest printed before is replayed.
     let stream = UnixStream::connect(&con).unwrap();
     stream
@@ -492,7 +519,7 @@ fn kvm_unix_socket_console_replays_output_to_a_late_client() {
 #[ignore = "needs /dev/kvm: run with --run-ignored"]
 fn kvm_pty_console_carries_guest_output() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, ctl) = start_with_console(dir.path(), "pty");
+    let (mut child, ctl, _guard) = start_with_console(dir.path(), "pty");
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let first = lines.next().unwrap().unwrap();
@@ -516,7 +543,7 @@ fn kvm_pty_console_carries_guest_output() {
 #[ignore = "needs /dev/kvm: run with --run-ignored"]
 fn kvm_spinning_guest_can_be_paused_and_stopped() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, ctl) = start_guest(
+    let (mut child, ctl, _guard) = start_guest(
         dir.path(),
         "stdio",
         "console=ttyS0 testguest.spin=1 testguest.smp=0",
@@ -539,7 +566,7 @@ fn kvm_spinning_guest_can_be_paused_and_stopped() {
 #[ignore = "needs /dev/kvm: run with --run-ignored"]
 fn kvm_sigterm_types_ctrl_alt_del_for_guests_without_acpi() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, _ctl) = start_guest(
+    let (mut child, _ctl, _guard) = start_guest(
         dir.path(),
         "stdio",
         "console=ttyS0 testguest.hold=kbd testguest.smp=0",
