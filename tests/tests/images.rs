@@ -372,9 +372,21 @@ fn imgapi_server(
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let uuid = manifest["uuid"].as_str().expect("uuid").to_string();
+    // A test that goes wrong must not hang on a server waiting for requests that never come.
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let handle = std::thread::spawn(move || {
-        for stream in listener.incoming().take(requests) {
-            let Ok(mut s) = stream else { continue };
+        let mut served = 0;
+        while served < requests && std::time::Instant::now() < deadline {
+            let mut s = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+            };
+            served += 1;
+            let _ = s.set_nonblocking(false);
             let mut line = String::new();
             let mut reader = BufReader::new(s.try_clone().expect("clone"));
             if reader.read_line(&mut line).is_err() {
@@ -391,7 +403,9 @@ fn imgapi_server(
                 ("200 OK", json!([manifest]).to_string().into_bytes())
             } else if path == format!("/images/{uuid}") {
                 ("200 OK", manifest.to_string().into_bytes())
-            } else if path == format!("/images/{uuid}/file") {
+            } else if path == "/plain/manifest.json" {
+                ("200 OK", manifest.to_string().into_bytes())
+            } else if path == format!("/images/{uuid}/file") || path == "/plain/image.raw" {
                 ("200 OK", file.clone())
             } else {
                 ("404 Not Found", b"{\"code\":\"ResourceNotFound\"}".to_vec())
@@ -420,8 +434,9 @@ fn import_from_an_imgapi_server_with_progress_in_a_pty_and_json_without() {
     let m: Value =
         serde_json::from_str(&std::fs::read_to_string(&manifest).expect("m")).expect("json");
     let bytes = std::fs::read(&file).expect("file");
-    // avail (1 request), import in a pty (2), delete, import as JSON (2), a missing image (1).
-    let (url, server) = imgapi_server(m.clone(), bytes, 6);
+    // avail (1 request), import in a pty (2), import as JSON (2), a missing image (1), from
+    // plain URLs (2).
+    let (url, server) = imgapi_server(m.clone(), bytes, 8);
     assert!(imgadm(&d, &["sources", "-a", &url]).status.success());
     assert_eq!(stdout(&imgadm(&d, &["sources"])).trim(), url);
     let o = imgadm(&d, &["avail", "-H", "-o", "uuid,name"]);
@@ -463,6 +478,22 @@ fn import_from_an_imgapi_server_with_progress_in_a_pty_and_json_without() {
             .code(),
         Some(3)
     );
+    // From a plain HTTP file server: install takes the manifest's and the file's URLs.
+    assert!(imgadm(&d, &["delete", uuid]).status.success());
+    let o = imgadm(
+        &d,
+        &[
+            "install",
+            "-j",
+            "-m",
+            &format!("{url}/plain/manifest.json"),
+            "-f",
+            &format!("{url}/plain/image.raw"),
+        ],
+    );
+    assert!(o.status.success(), "install from URLs: {}", stderr(&o));
+    let installed: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(installed["uuid"], uuid);
     server.join().expect("server");
     let mut f = std::fs::File::open(d.data_root().join("images").join(uuid).join("disk.img"))
         .expect("disk");

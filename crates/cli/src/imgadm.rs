@@ -271,6 +271,21 @@ fn print_images(rows: &[Value], json: bool, no_header: bool, cols: Option<&str>)
     Ok(())
 }
 
+/// Runs `f` with a progress callback that drives a bar (see [`progress_bar`]).
+fn with_progress<T>(what: &str, quiet: bool, f: impl FnOnce(&mut dyn FnMut(u64, u64)) -> T) -> T {
+    let bar = progress_bar(what, quiet);
+    let out = f(&mut |sent, total| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(sent);
+        }
+    });
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    out
+}
+
 /// A progress bar on stderr when stdout is a terminal and the output is for people.
 fn progress_bar(what: &str, quiet: bool) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
@@ -305,20 +320,23 @@ fn install(
     json: bool,
     quiet: bool,
 ) -> CmdResult {
+    let (m_text, f_text) = (manifest.to_string_lossy(), file.to_string_lossy());
+    if m_text.starts_with("http://") || f_text.starts_with("http://") {
+        // From a plain HTTP file server: vmmd downloads both, verified as any install.
+        let c = client(socket)?;
+        let m = with_progress("Importing", quiet || json, |progress| {
+            c.import_urls(&m_text, &f_text, progress)
+        });
+        return report_installed(&m?, json);
+    }
     let text = std::fs::read_to_string(manifest)
         .map_err(|e| Failure::new(format!("cannot read {}: {e}", manifest.display())))?;
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| Failure::new(format!("{} is not valid JSON: {e}", manifest.display())))?;
-    let bar = progress_bar("Installing", quiet || json);
-    let m = client(socket)?.install_image(&value, file, &mut |sent, total| {
-        if let Some(b) = &bar {
-            b.set_length(total);
-            b.set_position(sent);
-        }
+    let c = client(socket)?;
+    let m = with_progress("Installing", quiet || json, |progress| {
+        c.install_image(&value, file, progress)
     });
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
     report_installed(&m?, json)
 }
 
@@ -391,16 +409,10 @@ pub fn run(cli: Cli) -> CmdResult {
             quiet,
         } => {
             let uuid = parse_uuid(&uuid)?;
-            let bar = progress_bar("Importing", quiet || json);
-            let m = client(socket)?.import_image(uuid, source.as_deref(), &mut |sent, total| {
-                if let Some(b) = &bar {
-                    b.set_length(total);
-                    b.set_position(sent);
-                }
+            let c = client(socket)?;
+            let m = with_progress("Importing", quiet || json, |progress| {
+                c.import_image(uuid, source.as_deref(), progress)
             });
-            if let Some(b) = &bar {
-                b.finish_and_clear();
-            }
             let m = match m {
                 Ok(m) => m,
                 Err(e) if e.api_body().is_some_and(|b| b.code == "NotFound") => {

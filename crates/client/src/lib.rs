@@ -471,16 +471,35 @@ impl Client {
         source: Option<&str>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<ImageManifest, ClientError> {
-        let body = serde_json::json!({ "uuid": uuid, "source": source });
         let body = match source {
-            Some(_) => body,
+            Some(s) => serde_json::json!({ "uuid": uuid, "source": s }),
             None => serde_json::json!({ "uuid": uuid }),
         };
+        self.import_with(&body, progress)
+    }
+
+    /// `POST /v1/images/import` from a plain HTTP file server: the manifest's and the
+    /// file's URLs.
+    pub fn import_urls(
+        &self,
+        manifest_url: &str,
+        file_url: &str,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<ImageManifest, ClientError> {
+        let body = serde_json::json!({ "manifest_url": manifest_url, "file_url": file_url });
+        self.import_with(&body, progress)
+    }
+
+    fn import_with(
+        &self,
+        body: &Value,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<ImageManifest, ClientError> {
         let mut result = None;
         self.stream_lines(
             Method::POST,
             "/v1/images/import",
-            Some(&body),
+            Some(body),
             &mut |line| {
                 if line.is_empty() {
                     return true;

@@ -177,11 +177,18 @@ fn imgapi() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
-    /// The image to import.
-    pub uuid: Uuid,
+    /// The image to import from the sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<Uuid>,
     /// Import from this source URL instead of the configured ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Or: the manifest's URL on a plain HTTP file server (with `file_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_url: Option<String>,
+    /// The image file's URL on a plain HTTP file server (with `manifest_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_url: Option<String>,
 }
 
 /// One line of the `POST /v1/images/import` stream.

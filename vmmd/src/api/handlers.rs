@@ -174,7 +174,25 @@ pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Re
             require_object(&body)?;
             let req: ImportRequest = serde_json::from_value(body)
                 .map_err(|e| ApiError::bad_request(format!("invalid import request: {e}")))?;
-            let (url, manifest) = service.prepare_import(req.uuid, req.source).await?;
+            let (url, manifest) = match req {
+                ImportRequest {
+                    uuid: Some(uuid),
+                    source,
+                    manifest_url: None,
+                    file_url: None,
+                } => service.prepare_import(uuid, source).await?,
+                ImportRequest {
+                    uuid: None,
+                    source: None,
+                    manifest_url: Some(m),
+                    file_url: Some(f),
+                } => service.prepare_url_import(&m, f).await?,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "import takes a uuid (and optionally a source), or a manifest_url and a file_url",
+                    ));
+                }
+            };
             Ok(import_stream(service, url, manifest))
         }
         Action::ListSources => Ok(json(StatusCode::OK, &service.sources()?)),

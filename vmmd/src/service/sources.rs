@@ -239,7 +239,21 @@ impl Service {
         Ok(out)
     }
 
-    /// Finds an image's manifest in the sources and checks it can be installed.
+    /// Fetches a manifest from a plain HTTP server and checks it can be installed; the file
+    /// will come from `file_url`. Returns (file URL, manifest).
+    pub async fn prepare_url_import(
+        &self,
+        manifest_url: &str,
+        file_url: String,
+    ) -> Result<(String, Value), ServiceError> {
+        parse_source(&file_url).map_err(fetch_error)?;
+        let m = get_json(manifest_url).await.map_err(fetch_error)?;
+        self.check_manifest(&m)?;
+        Ok((file_url, m))
+    }
+
+    /// Finds an image's manifest in the sources and checks it can be installed. Returns
+    /// (file URL, manifest).
     pub async fn prepare_import(
         &self,
         uuid: Uuid,
@@ -258,7 +272,7 @@ impl Service {
                         return Err(ServiceError::Invalid(r));
                     }
                     self.check_manifest(&m)?;
-                    return Ok((url, m));
+                    return Ok((join(&url, &format!("images/{uuid}/file")), m));
                 }
                 Err(e) => last = Some(e),
             }
@@ -272,14 +286,15 @@ impl Service {
         })
     }
 
-    /// Downloads and installs a prepared import, sending progress lines to `progress`.
+    /// Downloads the file at `file_url` and installs it with its prepared manifest, sending
+    /// progress lines to `progress`.
     pub async fn run_import(
         &self,
-        url: String,
+        file_url: String,
         raw: Value,
         progress: mpsc::Sender<ImportProgress>,
     ) {
-        let result = self.import_file(&url, &raw, &progress).await;
+        let result = self.import_file(&file_url, &raw, &progress).await;
         let last = match result {
             Ok(m) => ImportProgress::Done(Box::new(m)),
             Err(e) => {
@@ -292,14 +307,13 @@ impl Service {
 
     async fn import_file(
         &self,
-        url: &str,
+        file_url: &str,
         raw: &Value,
         progress: &mpsc::Sender<ImportProgress>,
     ) -> Result<ImageManifest, ServiceError> {
         let (manifest, spec) = self.check_manifest(raw)?;
         let total = spec.file.size;
-        let file_url = join(url, &format!("images/{}/file", manifest.uuid));
-        let resp = get(&file_url).await.map_err(fetch_error)?;
+        let resp = get(file_url).await.map_err(fetch_error)?;
         let mut body = resp.into_body();
         let (tx, reader) = ChunkReader::channel();
         // Dropping the sender ends the install's input; it goes when the body ends or fails.
