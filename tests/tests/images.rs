@@ -401,9 +401,7 @@ fn imgapi_server(
             let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
             let (status, body): (&str, Vec<u8>) = if path == "/images" {
                 ("200 OK", json!([manifest]).to_string().into_bytes())
-            } else if path == format!("/images/{uuid}") {
-                ("200 OK", manifest.to_string().into_bytes())
-            } else if path == "/plain/manifest.json" {
+            } else if path == format!("/images/{uuid}") || path == "/plain/manifest.json" {
                 ("200 OK", manifest.to_string().into_bytes())
             } else if path == format!("/images/{uuid}/file") || path == "/plain/image.raw" {
                 ("200 OK", file.clone())
