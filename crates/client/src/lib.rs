@@ -496,37 +496,32 @@ impl Client {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<ImageManifest, ClientError> {
         let mut result = None;
-        self.stream_lines(
-            Method::POST,
-            "/v1/images/import",
-            Some(body),
-            &mut |line| {
-                if line.is_empty() {
-                    return true;
+        self.stream_lines(Method::POST, "/v1/images/import", Some(body), &mut |line| {
+            if line.is_empty() {
+                return true;
+            }
+            match serde_json::from_str::<ImportProgress>(line) {
+                Ok(ImportProgress::Progress { bytes, total }) => {
+                    progress(bytes, total);
+                    true
                 }
-                match serde_json::from_str::<ImportProgress>(line) {
-                    Ok(ImportProgress::Progress { bytes, total }) => {
-                        progress(bytes, total);
-                        true
-                    }
-                    Ok(ImportProgress::Done(m)) => {
-                        result = Some(Ok(*m));
-                        false
-                    }
-                    Ok(ImportProgress::Error(e)) => {
-                        result = Some(Err(ClientError::Api {
-                            status: 500,
-                            body: Box::new(e),
-                        }));
-                        false
-                    }
-                    Err(e) => {
-                        result = Some(Err(ClientError::Decode(e)));
-                        false
-                    }
+                Ok(ImportProgress::Done(m)) => {
+                    result = Some(Ok(*m));
+                    false
                 }
-            },
-        )?;
+                Ok(ImportProgress::Error(e)) => {
+                    result = Some(Err(ClientError::Api {
+                        status: 500,
+                        body: Box::new(e),
+                    }));
+                    false
+                }
+                Err(e) => {
+                    result = Some(Err(ClientError::Decode(e)));
+                    false
+                }
+            }
+        })?;
         result.unwrap_or_else(|| {
             Err(ClientError::Api {
                 status: 502,
