@@ -131,6 +131,27 @@ fn lifecycle(d: &Daemon, backend: &str, quota_enforced: bool) {
         std::fs::metadata(&disk1).expect("blank disk").len(),
         16 << 20
     );
+    // Disks added by an update exist before the record says so; removed ones are deleted.
+    let o = d.vmadm(&["update", &vm], Some(r#"{"add_disks": [{"size": 2}]}"#));
+    assert!(o.status.success(), "add_disks: {}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&d.vmadm(&["get", &vm], None))).expect("vm");
+    let disk2 = PathBuf::from(v["disks"][2]["path"].as_str().expect("disk path"));
+    assert_eq!(
+        std::fs::metadata(&disk2).expect("added disk").len(),
+        2 << 20
+    );
+    let payload = json!({"remove_disks": [disk2.to_string_lossy()]}).to_string();
+    assert!(d.vmadm(&["update", &vm], Some(&payload)).status.success());
+    assert!(!disk2.exists(), "a removed disk's file is deleted");
+    let o = d.vmadm(
+        &["update", &vm],
+        Some(r#"{"add_disks": [{"image_uuid": "cccccccc-1111-4222-8333-444444444444"}]}"#),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "an image that is not installed is refused"
+    );
 
     // Snapshots of the zone's root: write, snapshot, change, roll back.
     std::fs::write(root.join("state"), "one").expect("write into the clone");

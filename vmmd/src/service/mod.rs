@@ -528,6 +528,16 @@ impl Service {
                 .collect();
             self.check_nics_on_host(&mut report, "update_nics", &stripped, Some(uuid))?;
         }
+        for (i, d) in upd.add_disks.iter().flatten().enumerate() {
+            if let Some(img) = d.image_uuid {
+                self.check_image(
+                    &mut report,
+                    &format!("add_disks.{i}.image_uuid"),
+                    img,
+                    current.brand,
+                )?;
+            }
+        }
         if !report.is_empty() {
             return Err(ServiceError::Invalid(report));
         }
@@ -548,7 +558,33 @@ impl Service {
                     .map_err(images::store_error)?;
             next.warnings.extend(warning);
         }
-        self.persist(&next).await?;
+        // Disks added or removed by the update: make the new ones before the record says they
+        // exist, remove the old ones only after it no longer does.
+        let (added, removed) = provision::disk_changes(&current, &next);
+        if !added.is_empty() {
+            let cow = self.cow.clone();
+            let (vm, add) = (next.clone(), added.clone());
+            let made = tokio::task::spawn_blocking(move || provision::make_disks(&cow, &vm, &add))
+                .await?
+                .map_err(images::store_error)?;
+            next.warnings.extend(made);
+        }
+        if let Err(e) = self.persist(&next).await {
+            let cow = self.cow.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || provision::remove_disks(&cow, uuid, &added))
+                    .await;
+            return Err(e);
+        }
+        if !removed.is_empty() {
+            let cow = self.cow.clone();
+            if let Err(e) =
+                tokio::task::spawn_blocking(move || provision::remove_disks(&cow, uuid, &removed))
+                    .await?
+            {
+                tracing::warn!(%uuid, error = %e, "a removed disk's file could not be deleted");
+            }
+        }
         let next = Arc::new(Record::new(next));
         write(&self.records).insert(next.clone());
         self.emit(EventKind::Modify, &next, changes);

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use hull_cowstore::backend::BackendError;
 use hull_cowstore::store::{Store, StoreError};
-use hull_spec::Vm;
+use hull_spec::{DiskSpec, Vm};
 
 /// What provisioning could not do but did not fail on: limits the backend cannot enforce,
 /// named so the user sees them (SmartOS would have enforced them).
@@ -51,10 +51,85 @@ fn make(store: &Store, vm: &Vm) -> Result<Warnings, StoreError> {
             warnings.extend(set_quota(store, vm.uuid, vm.quota)?);
         }
     }
+    let made = make_disks(store, vm, &vm.disks)?;
+    warnings.extend(made);
+    Ok(warnings)
+}
+
+/// Disks in `next` that `current` lacks, and the reverse (by path).
+pub fn disk_changes(current: &Vm, next: &Vm) -> (Vec<DiskSpec>, Vec<DiskSpec>) {
+    let has = |list: &[DiskSpec], d: &DiskSpec| list.iter().any(|x| x.path == d.path);
+    let added = next
+        .disks
+        .iter()
+        .filter(|d| !has(&current.disks, d))
+        .cloned()
+        .collect();
+    let removed = current
+        .disks
+        .iter()
+        .filter(|d| !has(&next.disks, d))
+        .cloned()
+        .collect();
+    (added, removed)
+}
+
+/// Deletes the files of disks hull made (those under the guest's folder).
+pub fn remove_disks(
+    store: &Store,
+    guest: uuid::Uuid,
+    disks: &[DiskSpec],
+) -> Result<(), StoreError> {
+    let dir = store.guest_dir(guest);
+    for d in disks {
+        if let Some(p) = d
+            .path
+            .as_deref()
+            .map(Path::new)
+            .filter(|p| p.starts_with(&dir))
+        {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        action: "remove the disk",
+                        path: p.to_path_buf(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes `disks` of guest `vm`: clones of their images or blank sparse files; disks the user
+/// brought (outside the guest's folder) must exist and are left as they are. On an error,
+/// the disks made so far are removed.
+pub fn make_disks(store: &Store, vm: &Vm, disks: &[DiskSpec]) -> Result<Warnings, StoreError> {
+    let mut warnings = Warnings::new();
+    let mut made = Vec::new();
+    let result = (|| {
+        for disk in disks {
+            warnings.extend(make_disk(store, vm, disk)?);
+            made.push(disk.clone());
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = remove_disks(store, vm.uuid, &made);
+        return Err(e);
+    }
+    Ok(warnings)
+}
+
+fn make_disk(store: &Store, vm: &Vm, disk: &DiskSpec) -> Result<Warnings, StoreError> {
+    let mut warnings = Warnings::new();
     let guest_dir = store.guest_dir(vm.uuid);
-    for disk in &vm.disks {
+    {
         let Some(path) = disk.path.as_deref().map(Path::new) else {
-            continue;
+            return Ok(warnings);
         };
         if !path.starts_with(&guest_dir) {
             // A disk the user brought: hull uses it as it is and never deletes it.
@@ -65,7 +140,7 @@ fn make(store: &Store, vm: &Vm) -> Result<Warnings, StoreError> {
                     source: std::io::Error::from(std::io::ErrorKind::NotFound),
                 });
             }
-            continue;
+            return Ok(warnings);
         }
         let made = match disk.image_uuid {
             Some(image) => store.clone_disk(vm.uuid, image, path, disk.size)?,
