@@ -48,7 +48,17 @@ pub struct ImageSpec {
     pub manifest: Vec<u8>,
     /// The image this one was made from, if any (deleting that one is then refused).
     pub origin: Option<Uuid>,
+    /// For disk images: files to copy out of the disk's ext4 filesystem at install, as
+    /// (path inside the disk, name in the image folder), e.g. the kernel and initrd a
+    /// microVM boots directly.
+    pub boot_files: Vec<(String, String)>,
 }
+
+/// The largest boot file (kernel, initrd) taken out of a disk image.
+const MAX_BOOT_FILE: u64 = 512 << 20;
+
+/// Names a boot file may take in an image folder.
+pub const BOOT_FILE_NAMES: [&str; 2] = ["vmlinuz", "initrd.img"];
 
 /// Store configuration.
 #[derive(Debug, Clone)]
@@ -116,6 +126,14 @@ pub enum StoreError {
         uuid: Uuid,
         /// Who uses it.
         users: String,
+    },
+    /// A boot file named by the manifest could not be taken out of the disk.
+    #[error("image {uuid} was refused: {why}")]
+    BootFile {
+        /// The image.
+        uuid: Uuid,
+        /// Why.
+        why: String,
     },
     /// A guest already has storage.
     #[error("guest {0} already has storage")]
@@ -324,6 +342,9 @@ impl Store {
                 File::open(&disk)
                     .and_then(|f| f.sync_all())
                     .map_err(io("fsync", &disk))?;
+                for (inside, name) in &spec.boot_files {
+                    extract_boot_file(&disk, inside, &staging.join(name), spec.uuid)?;
+                }
                 stats
             }
         };
@@ -676,6 +697,93 @@ fn mount_readonly_overlay(src: &RootSource, target: &Path) -> Result<(), StoreEr
     })
 }
 
+/// Copies one file out of an ext4 disk image with debugfs, which reads the filesystem in user
+/// space: an untrusted image is never mounted by the host kernel, and debugfs runs as nobody
+/// with no new privileges, reading the disk through its stdin-less argument and writing only
+/// to a pipe that hull bounds.
+fn extract_boot_file(disk: &Path, inside: &str, dest: &Path, uuid: Uuid) -> Result<(), StoreError> {
+    use std::process::{Command, Stdio};
+    let bad = |why: String| StoreError::BootFile { uuid, why };
+    let name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if !BOOT_FILE_NAMES.contains(&name) {
+        return Err(bad(format!("{name:?} is not a boot file name hull keeps")));
+    }
+    let sane = inside.starts_with('/')
+        && inside.len() < 256
+        && inside
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b))
+        && !inside.split('/').any(|c| c == "..");
+    if !sane {
+        return Err(bad(format!(
+            "boot file path {inside:?} is not a plain absolute path"
+        )));
+    }
+    // debugfs reads the image as nobody: let nobody read it for the extraction.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(disk, fs::Permissions::from_mode(0o644)).map_err(io("chmod", disk))?;
+    // As root, drop to nobody first; an unprivileged caller is unprivileged already.
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--no-new-privs",
+        ])
+        .arg("debugfs");
+        c
+    } else {
+        Command::new("debugfs")
+    };
+    let mut child = cmd
+        .arg("-R")
+        .arg(format!("cat {inside}"))
+        .arg(disk)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io("run debugfs (e2fsprogs) on", disk))?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .map_err(io("create", dest))?;
+    let stdout = child.stdout.take();
+    let copied = stdout.map(|s| std::io::copy(&mut s.take(MAX_BOOT_FILE + 1), &mut out));
+    let status = child.wait().map_err(io("wait for debugfs on", disk))?;
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let copied = match copied {
+        Some(Ok(n)) => n,
+        Some(Err(e)) => return Err(io("write", dest)(e)),
+        None => 0,
+    };
+    // debugfs says "File not found" on stderr and still exits 0.
+    if !status.success() || copied == 0 || err.contains("not found") {
+        return Err(bad(format!(
+            "the disk has no {inside} to boot from (debugfs: {})",
+            err.lines()
+                .filter(|l| !l.starts_with("debugfs "))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )));
+    }
+    if copied > MAX_BOOT_FILE {
+        return Err(bad(format!(
+            "{inside} is larger than {MAX_BOOT_FILE} bytes"
+        )));
+    }
+    out.sync_all().map_err(io("fsync", dest))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -725,6 +833,7 @@ mod tests {
             },
             manifest: b"{}".to_vec(),
             origin: None,
+            boot_files: Vec::new(),
         };
         assert!(matches!(
             s.install(&spec, &tar[..], &mut |_| {}),

@@ -520,3 +520,87 @@ fn import_from_an_imgapi_server_with_progress_in_a_pty_and_json_without() {
     f.read_exact(&mut head).expect("read");
     assert_eq!(&head, b"hull test disk!\n");
 }
+
+/// A microVM disk image whose manifest names a kernel and initrd inside the disk: they are
+/// taken out at install (by debugfs, never by mounting the untrusted filesystem), and a kvm
+/// guest that names no kernel boots them with the image's command line.
+#[test]
+fn zvol_boot_files_are_taken_out_of_the_disk_at_install() {
+    let d = Daemon::start();
+    let work = d.dir.path().join("bootdisk");
+    std::fs::create_dir_all(work.join("root/boot")).expect("mkdir");
+    std::fs::write(work.join("root/boot/vmlinuz"), b"not really a kernel").expect("kernel");
+    std::fs::write(work.join("root/boot/initrd.img"), b"not really an initrd").expect("initrd");
+    let disk = work.join("disk.raw");
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(work.join("root"))
+        .arg(&disk)
+        .arg("8M")
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs)");
+    assert!(made.success());
+    let (sha1, size) =
+        hull_cowstore::archive::digest(std::fs::File::open(&disk).expect("open")).expect("digest");
+    let uuid = "abababab-1111-4222-8333-444444444444";
+    let manifest = |kernel: &str| {
+        json!({"v": 2, "uuid": uuid, "name": "bootable", "version": "1", "type": "zvol",
+            "os": "linux", "image_size": 8,
+            "hull": {"kernel": kernel, "initrd": "/boot/initrd.img", "cmdline": "console=ttyS0 root=/dev/vda"},
+            "files": [{"sha1": sha1, "size": size, "compression": "none"}]})
+    };
+    let mpath = work.join("manifest.json");
+    // A kernel the disk does not have: refused, nothing left behind.
+    std::fs::write(&mpath, manifest("/boot/missing").to_string()).expect("manifest");
+    let before = listing(&d.data_root());
+    let o = imgadm(
+        &d,
+        &[
+            "install",
+            "-q",
+            "-m",
+            &mpath.to_string_lossy(),
+            "-f",
+            &disk.to_string_lossy(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("/boot/missing"), "{}", stderr(&o));
+    assert_eq!(listing(&d.data_root()), before);
+    std::fs::write(&mpath, manifest("/boot/vmlinuz").to_string()).expect("manifest");
+    let o = imgadm(
+        &d,
+        &[
+            "install",
+            "-q",
+            "-m",
+            &mpath.to_string_lossy(),
+            "-f",
+            &disk.to_string_lossy(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let image_dir = d.data_root().join("images").join(uuid);
+    assert_eq!(
+        std::fs::read(image_dir.join("vmlinuz")).expect("kernel"),
+        b"not really a kernel"
+    );
+    assert_eq!(
+        std::fs::read(image_dir.join("initrd.img")).expect("initrd"),
+        b"not really an initrd"
+    );
+    let vm = create(
+        &d,
+        json!({"brand": "kvm", "autoboot": false, "disks": [{"image_uuid": uuid, "boot": true}]}),
+    );
+    let v: Value = serde_json::from_str(&stdout(&d.vmadm(&["get", &vm], None))).expect("vm");
+    assert_eq!(
+        v["kernel"],
+        image_dir.join("vmlinuz").to_string_lossy().as_ref()
+    );
+    assert_eq!(
+        v["initrd"],
+        image_dir.join("initrd.img").to_string_lossy().as_ref()
+    );
+    assert_eq!(v["cmdline"], "console=ttyS0 root=/dev/vda");
+}

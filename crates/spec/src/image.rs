@@ -188,6 +188,9 @@ pub fn validate_manifest(value: &serde_json::Value) -> Result<ImageManifest, Val
             _ => r.missing("image_size", "a zvol image needs image_size (MiB)"),
         }
     }
+    if let Some(hull) = obj.get("hull") {
+        check_hull(&mut r, hull);
+    }
     if !r.is_empty() {
         return Err(r);
     }
@@ -199,6 +202,39 @@ pub fn validate_manifest(value: &serde_json::Value) -> Result<ImageManifest, Val
         );
         r
     })
+}
+
+/// hull's manifest extension for microVM disks: files inside the disk to boot from.
+fn check_hull(r: &mut ValidationReport, hull: &serde_json::Value) {
+    let Some(h) = hull.as_object() else {
+        r.bad_value("hull", "hull must be an object (kernel, initrd, cmdline)");
+        return;
+    };
+    for (k, v) in h {
+        let p = format!("hull.{k}");
+        match k.as_str() {
+            "kernel" | "initrd" => {
+                if !v
+                    .as_str()
+                    .is_some_and(|s| s.starts_with('/') && s.len() < 256)
+                {
+                    r.bad_value(
+                        p,
+                        format!("hull.{k} must be an absolute path inside the disk"),
+                    );
+                }
+            }
+            "cmdline" => {
+                let ok = v
+                    .as_str()
+                    .is_some_and(|c| c.len() < 2048 && !c.chars().any(char::is_control));
+                if !ok {
+                    r.bad_value(p, "hull.cmdline must be a kernel command line");
+                }
+            }
+            other => r.bad_property(p, format!("unknown hull manifest property {other}")),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +282,17 @@ mod tests {
         let r = validate_manifest(&zvol).expect_err("zvol without size");
         assert_eq!(r.missing_properties, ["image_size"]);
         zvol["image_size"] = json!(10240);
+        assert!(validate_manifest(&zvol).is_ok());
+        zvol["hull"] = json!({"kernel": "boot/vmlinuz", "cmdline": "console=ttyS0", "bios": true});
+        let r = validate_manifest(&zvol).expect_err("bad hull section");
+        assert_eq!(
+            (r.bad_values.clone(), r.bad_properties.clone()),
+            (
+                vec!["hull.kernel".to_string()],
+                vec!["hull.bios".to_string()]
+            )
+        );
+        zvol["hull"] = json!({"kernel": "/boot/vmlinuz", "initrd": "/boot/initrd.img"});
         assert!(validate_manifest(&zvol).is_ok());
     }
 }

@@ -43,8 +43,27 @@ pub fn image_spec(m: &ImageManifest, raw: &Value) -> Result<ImageSpec, Validatio
             },
             manifest: serde_json::to_vec_pretty(raw).unwrap_or_default(),
             origin: m.origin,
+            boot_files: boot_files(m),
         })
     }
+}
+
+/// hull's manifest extension for microVM disks: `"hull": {"kernel": "/boot/vmlinuz",
+/// "initrd": "/boot/initrd.img", "cmdline": "..."}` names files inside the disk to take out
+/// at install, so a guest created from the image boots without naming them itself.
+fn boot_files(m: &ImageManifest) -> Vec<(String, String)> {
+    if m.image_type != ImageType::Zvol {
+        return Vec::new();
+    }
+    let hull = m.extra.get("hull");
+    [("kernel", "vmlinuz"), ("initrd", "initrd.img")]
+        .into_iter()
+        .filter_map(|(key, name)| {
+            hull.and_then(|h| h.get(key))
+                .and_then(Value::as_str)
+                .map(|p| (p.to_string(), name.to_string()))
+        })
+        .collect()
 }
 
 /// A blocking reader over chunks sent from the async side (the HTTP body).
@@ -235,7 +254,7 @@ impl Service {
 /// cowstore's errors as service errors: refusals of the input are 4xx, the rest 5xx.
 pub fn store_error(e: StoreError) -> ServiceError {
     match e {
-        StoreError::Archive { .. } | StoreError::WrongKind { .. } => {
+        StoreError::Archive { .. } | StoreError::WrongKind { .. } | StoreError::BootFile { .. } => {
             let mut r = ValidationReport::default();
             let mut msg = e.to_string();
             let mut src = std::error::Error::source(&e);

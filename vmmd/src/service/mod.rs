@@ -463,6 +463,7 @@ impl Service {
                 .map_err(|e| ServiceError::BadRequest(e.to_string()))?
         };
         let mut vm = vm;
+        self.boot_from_image(&mut vm)?;
         let cow = self.cow.clone();
         let planned = vm.clone();
         vm.warnings = tokio::task::spawn_blocking(move || provision::provision(&cow, &planned))
@@ -483,6 +484,40 @@ impl Service {
         write(&self.records).insert(vm.clone());
         self.emit(EventKind::Create, &vm, Vec::new());
         Ok(vm)
+    }
+
+    /// A microVM that names no kernel boots the one its boot disk's image carries (taken out
+    /// of the disk at install), with the image's command line unless it gives its own.
+    fn boot_from_image(&self, vm: &mut Vm) -> Result<()> {
+        if !vm.brand.is_microvm() || vm.kernel.is_some() {
+            return Ok(());
+        }
+        let boot = vm
+            .disks
+            .iter()
+            .find(|d| d.boot == Some(true))
+            .or_else(|| vm.disks.first());
+        let Some(image) = boot.and_then(|d| d.image_uuid) else {
+            return Ok(());
+        };
+        let dir = self.cow.image_dir(image);
+        let kernel = dir.join("vmlinuz");
+        if !kernel.exists() {
+            return Ok(());
+        }
+        vm.kernel = Some(kernel.to_string_lossy().into_owned());
+        let initrd = dir.join("initrd.img");
+        if vm.initrd.is_none() && initrd.exists() {
+            vm.initrd = Some(initrd.to_string_lossy().into_owned());
+        }
+        if vm.cmdline.is_none() {
+            vm.cmdline = self
+                .images
+                .get(image)?
+                .and_then(|m| m.extra.get("hull").and_then(|h| h.get("cmdline")).cloned())
+                .and_then(|c| c.as_str().map(str::to_string));
+        }
+        Ok(())
     }
 
     async fn persist(&self, vm: &Vm) -> Result<()> {
