@@ -260,6 +260,7 @@ impl LoopFs {
         let made = Command::new(mkfs)
             .args(args)
             .arg(&image)
+            .stdout(Stdio::null())
             .status()
             .unwrap_or_else(|e| {
                 panic!("{mkfs} is missing ({e}): install {package} (scripts/test does)")
