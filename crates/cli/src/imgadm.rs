@@ -13,9 +13,8 @@ use crate::{CmdResult, Failure, client, parse_uuid};
 #[derive(Debug, Parser)]
 #[command(name = "imgadm", version)]
 pub struct Cli {
-    /// vmmd's socket (default: $HULL_SOCKET or /run/hull/vmmd.sock).
-    #[arg(long, global = true)]
-    socket: Option<PathBuf>,
+    #[command(flatten)]
+    daemon: crate::Daemon,
     #[command(subcommand)]
     command: Command,
 }
@@ -354,7 +353,7 @@ fn filter_matches(row: &Value, f: &str) -> Result<bool, Failure> {
 
 /// Runs imgadm.
 pub fn run(cli: Cli) -> CmdResult {
-    let socket = cli.socket.as_deref();
+    let socket = cli.daemon.socket.as_deref();
     match cli.command {
         Command::List {
             json,

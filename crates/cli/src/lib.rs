@@ -46,6 +46,14 @@ macro_rules! out {
     };
 }
 
+/// The options every tool shares: where vmmd listens.
+#[derive(Debug, clap::Args)]
+pub struct Daemon {
+    /// vmmd's socket (default: $HULL_SOCKET or /run/hull/vmmd.sock).
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+}
+
 /// A command's failure: what to print and which exit code to use.
 #[derive(Debug)]
 pub struct Failure {

@@ -1,8 +1,6 @@
 //! `nictagadm`: nic tags map a name guests' NICs join to a physical uplink or to an
 //! internal switch (`-l`, SmartOS's etherstub).
 
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand};
 use hull_spec::NicTag;
 use serde_json::json;
@@ -14,9 +12,8 @@ use crate::{CmdResult, Failure, client};
 #[derive(Debug, Parser)]
 #[command(name = "nictagadm", version)]
 pub struct Cli {
-    /// vmmd's socket (default: $HULL_SOCKET or /run/hull/vmmd.sock).
-    #[arg(long, global = true)]
-    socket: Option<PathBuf>,
+    #[command(flatten)]
+    daemon: crate::Daemon,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,7 +48,7 @@ enum Command {
 
 /// Runs nictagadm.
 pub fn run(cli: Cli) -> CmdResult {
-    let socket = cli.socket.as_deref();
+    let socket = cli.daemon.socket.as_deref();
     match cli.command {
         Command::Add { local, name, iface } => {
             let uplink = match (local, iface) {

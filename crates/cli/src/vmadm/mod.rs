@@ -21,9 +21,8 @@ use crate::CmdResult;
 #[derive(Debug, Parser)]
 #[command(name = "vmadm", version)]
 pub struct Cli {
-    /// vmmd's socket (default: $HULL_SOCKET or /run/hull/vmmd.sock).
-    #[arg(long, global = true)]
-    socket: Option<PathBuf>,
+    #[command(flatten)]
+    daemon: crate::Daemon,
     #[command(subcommand)]
     command: Command,
 }
@@ -187,7 +186,7 @@ enum Command {
 
 /// Runs vmadm.
 pub fn run(cli: Cli) -> CmdResult {
-    let socket = cli.socket.as_deref();
+    let socket = cli.daemon.socket.as_deref();
     match cli.command {
         Command::Create { file } => create::run(socket, file.as_ref()),
         Command::Validate {
