@@ -46,6 +46,21 @@ fn imgadm(d: &Daemon, args: &[&str]) -> std::process::Output {
     d.run("imgadm", args, None)
 }
 
+/// `imgadm install -q -m MANIFEST -f FILE`.
+fn install(d: &Daemon, manifest: &Path, file: &Path) -> std::process::Output {
+    imgadm(
+        d,
+        &[
+            "install",
+            "-q",
+            "-m",
+            &manifest.to_string_lossy(),
+            "-f",
+            &file.to_string_lossy(),
+        ],
+    )
+}
+
 fn create(d: &Daemon, payload: Value) -> String {
     let o = d.vmadm(&["create"], Some(&payload.to_string()));
     assert!(o.status.success(), "create failed: {}", stderr(&o));
@@ -70,17 +85,7 @@ fn lifecycle(d: &Daemon, backend: &str, quota_enforced: bool) {
     assert_eq!(m["uuid"], TREE);
     // Installing twice is refused, and so is get of an image that is not there (exit 3).
     let (mf, file) = make_image(d.dir.path(), TREE, "zone-dataset");
-    let o = imgadm(
-        d,
-        &[
-            "install",
-            "-q",
-            "-m",
-            &mf.to_string_lossy(),
-            "-f",
-            &file.to_string_lossy(),
-        ],
-    );
+    let o = install(d, &mf, &file);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert_eq!(
         imgadm(d, &["get", "cccccccc-1111-4222-8333-444444444444"])
@@ -301,17 +306,7 @@ fn hostile_images_are_refused_without_a_trace() {
     let attempt = |label: &str, m: &Value, f: &Path| {
         let mp = d.dir.path().join("hostile-manifest.json");
         std::fs::write(&mp, m.to_string()).expect("write");
-        let o = imgadm(
-            &d,
-            &[
-                "install",
-                "-q",
-                "-m",
-                &mp.to_string_lossy(),
-                "-f",
-                &f.to_string_lossy(),
-            ],
-        );
+        let o = install(&d, &mp, f);
         assert_eq!(
             o.status.code(),
             Some(1),
@@ -553,32 +548,12 @@ fn zvol_boot_files_are_taken_out_of_the_disk_at_install() {
     // A kernel the disk does not have: refused, nothing left behind.
     std::fs::write(&mpath, manifest("/boot/missing").to_string()).expect("manifest");
     let before = listing(&d.data_root());
-    let o = imgadm(
-        &d,
-        &[
-            "install",
-            "-q",
-            "-m",
-            &mpath.to_string_lossy(),
-            "-f",
-            &disk.to_string_lossy(),
-        ],
-    );
+    let o = install(&d, &mpath, &disk);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("/boot/missing"), "{}", stderr(&o));
     assert_eq!(listing(&d.data_root()), before);
     std::fs::write(&mpath, manifest("/boot/vmlinuz").to_string()).expect("manifest");
-    let o = imgadm(
-        &d,
-        &[
-            "install",
-            "-q",
-            "-m",
-            &mpath.to_string_lossy(),
-            "-f",
-            &disk.to_string_lossy(),
-        ],
-    );
+    let o = install(&d, &mpath, &disk);
     assert!(o.status.success(), "{}", stderr(&o));
     let image_dir = d.data_root().join("images").join(uuid);
     assert_eq!(
