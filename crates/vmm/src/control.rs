@@ -105,13 +105,14 @@ impl std::fmt::Debug for Controller {
 }
 
 impl Controller {
-    /// Handles one request line.
-    pub fn handle_line(&self, line: &str) -> Reply {
+    /// Handles one request line. A shutdown is not done here but returned, so that the
+    /// caller writes the reply before the VMM exits (the process ends soon after the stop).
+    pub fn handle_line(&self, line: &str) -> (Reply, Option<StopReason>) {
         let req = match serde_json::from_str::<Envelope>(line.trim()) {
             Ok(r) => r.cmd,
-            Err(e) => return Reply::err(format!("bad request: {e}")),
+            Err(e) => return (Reply::err(format!("bad request: {e}")), None),
         };
-        match req {
+        let reply = match req {
             Request::Pause => {
                 if self.state.pause(self.vcpus) {
                     Reply::ok()
@@ -132,15 +133,15 @@ impl Controller {
                 Reply::ok()
             }
             Request::Shutdown => {
-                self.state
-                    .stop(StopReason::Requested("control socket shutdown".into()));
-                Reply::ok()
+                let why = StopReason::Requested("control socket shutdown".into());
+                return (Reply::ok(), Some(why));
             }
             Request::Stats => Reply {
                 stats: Some(self.stats.report()),
                 ..Reply::ok()
             },
-        }
+        };
+        (reply, None)
     }
 
     fn serve(&self, stream: UnixStream) {
@@ -154,15 +155,22 @@ impl Controller {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
-            let reply = if line.ends_with('\n') {
+            let (reply, stop) = if line.ends_with('\n') {
                 self.handle_line(&line)
             } else {
-                Reply::err(format!("request longer than {MAX_LINE} bytes"))
+                (
+                    Reply::err(format!("request longer than {MAX_LINE} bytes")),
+                    None,
+                )
             };
             let mut text = serde_json::to_string(&reply)
                 .unwrap_or_else(|_| r#"{"ok":false,"error":"cannot encode reply"}"#.to_owned());
             text.push('\n');
-            if out.write_all(text.as_bytes()).is_err() || !line.ends_with('\n') {
+            let written = out.write_all(text.as_bytes());
+            if let Some(why) = stop {
+                self.state.stop(why);
+            }
+            if written.is_err() || !line.ends_with('\n') {
                 return;
             }
         }
@@ -221,17 +229,20 @@ mod tests {
     #[test]
     fn commands_parse_and_act() {
         let (c, rx) = controller();
-        assert!(c.handle_line(r#"{"cmd":"pause"}"#).ok);
+        assert!(c.handle_line(r#"{"cmd":"pause"}"#).0.ok);
         assert!(c.state.paused());
-        assert!(c.handle_line(r#"{"cmd":"resume"}"#).ok);
+        assert!(c.handle_line(r#"{"cmd":"resume"}"#).0.ok);
         assert!(!c.state.paused());
-        let s = c.handle_line(r#"{"cmd":"stats"}"#);
+        let (s, _) = c.handle_line(r#"{"cmd":"stats"}"#);
         assert_eq!(s.stats.unwrap().vcpus.len(), 1);
-        assert!(c.handle_line(r#"{"cmd":"power_button"}"#).ok);
-        assert!(c.handle_line(r#"{"cmd":"ctrl_alt_del"}"#).ok);
+        assert!(c.handle_line(r#"{"cmd":"power_button"}"#).0.ok);
+        assert!(c.handle_line(r#"{"cmd":"ctrl_alt_del"}"#).0.ok);
         assert_eq!(c.button.pending(), 1);
-        assert!(c.handle_line(r#"{"cmd":"shutdown"}"#).ok);
-        assert!(matches!(rx.recv().unwrap(), StopReason::Requested(_)));
+        // The shutdown is handed back, to be done once the reply is out.
+        let (r, stop) = c.handle_line(r#"{"cmd":"shutdown"}"#);
+        assert!(r.ok);
+        assert!(matches!(stop, Some(StopReason::Requested(_))));
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]
@@ -244,7 +255,8 @@ mod tests {
             r#"{"cmd":"pause","x":1}"#,
             "\u{0}",
         ] {
-            let r = c.handle_line(bad);
+            let (r, stop) = c.handle_line(bad);
+            assert!(stop.is_none());
             assert!(!r.ok, "{bad:?}");
             assert!(r.error.unwrap().starts_with("bad request"));
         }
