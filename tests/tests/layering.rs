@@ -13,6 +13,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("hull-spec", BTreeSet::new()),
         ("hull-vmm", BTreeSet::new()),
         ("hull-cowstore", BTreeSet::new()),
+        ("hull-zoned", BTreeSet::new()),
         ("hull-client", BTreeSet::from(spec_only)),
         ("hull-cli", BTreeSet::from(["hull-client", "hull-spec"])),
         // vmmd links the subsystem libraries as they land (zoned, cowstore, vswitch), never

@@ -28,6 +28,9 @@ struct Args {
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     openapi: bool,
+    /// The zone runtime binary (default: `zoned` next to vmmd).
+    #[arg(long)]
+    zoned: Option<PathBuf>,
 }
 
 fn group_id(name: &str) -> anyhow::Result<u32> {
@@ -38,6 +41,16 @@ fn group_id(name: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("cannot look up group {name:?}"))?
         .map(|g| g.gid.as_raw())
         .with_context(|| format!("there is no group {name:?}"))
+}
+
+/// A file in /run/hull (a tmpfs, empty after every boot) naming this data root.
+fn first_start_marker(data_root: &std::path::Path) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data_root.hash(&mut h);
+    let dir = PathBuf::from("/run/hull");
+    let _ = std::fs::create_dir_all(&dir);
+    dir.join(format!("booted-{:016x}", h.finish()))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,7 +110,13 @@ fn main() -> anyhow::Result<()> {
         })
         .with_context(|| format!("cannot open the image store in {}", args.data_root.display()))?;
         tracing::info!(backend = cow.backend().as_str(), "image store opened");
-        let (service, loaded) = Service::open(&args.data_root, cow)
+        let zoned = match args.zoned.clone() {
+            Some(p) => p,
+            None => std::env::current_exe()
+                .context("cannot find vmmd's own path")?
+                .with_file_name("zoned"),
+        };
+        let (service, loaded) = Service::open(&args.data_root, cow, zoned)
             .with_context(|| format!("cannot open the data root {}", args.data_root.display()))?;
         for uuid in service.remove_orphan_storage().await? {
             tracing::warn!(%uuid, "removed the storage of a guest whose create never finished");
@@ -111,16 +130,26 @@ fn main() -> anyhow::Result<()> {
             data_root = %args.data_root.display(),
             "state loaded"
         );
+        let (kept, lost) = service.reattach().await;
+        if kept + lost > 0 {
+            tracing::info!(kept, lost, "zones found running at start: kept ones still running, marked the others stopped");
+        }
         let service = Arc::new(service);
+        tokio::spawn(service.clone().reaper());
         let listener = api::bind(&args.socket, group)?;
         tracing::info!(socket = %args.socket.display(), "serving the API");
         let access = Access { daemon_uid: nix::unistd::geteuid().as_raw(), group };
-        let boot = service.clone();
-        tokio::spawn(async move {
-            for (uuid, err) in boot.autoboot().await {
-                tracing::warn!(%uuid, error = %err, "autoboot failed");
-            }
-        });
+        // Autoboot is for the host's boot: a vmmd restart must not start guests the
+        // operator stopped. A marker in /run (cleared at every boot) tells the two apart.
+        let marker = first_start_marker(&args.data_root);
+        if std::fs::OpenOptions::new().write(true).create_new(true).open(&marker).is_ok() {
+            let boot = service.clone();
+            tokio::spawn(async move {
+                for (uuid, err) in boot.autoboot().await {
+                    tracing::warn!(%uuid, error = %err, "autoboot failed");
+                }
+            });
+        }
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("installing a SIGTERM handler cannot fail at startup");

@@ -252,6 +252,11 @@ impl Client {
         self.call(Method::GET, &format!("/v1/vms/{uuid}"), None)
     }
 
+    /// `GET /v1/vms/{uuid}/runtime`: where a running zone's console and runtime are.
+    pub fn runtime(&self, uuid: Uuid) -> Result<hull_spec::api::Runtime, ClientError> {
+        self.call(Method::GET, &format!("/v1/vms/{uuid}/runtime"), None)
+    }
+
     /// `POST /v1/vms`.
     pub fn create_vm(&self, payload: &Value) -> Result<Vm, ClientError> {
         self.call(Method::POST, "/v1/vms", Some(payload))

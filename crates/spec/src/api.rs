@@ -108,6 +108,16 @@ pub struct Created {
     pub uuid: Uuid,
 }
 
+/// `GET /v1/vms/{uuid}/runtime`: where a running zone's runtime can be reached on this host
+/// (root only): `vmadm console` connects to `console`, `zlogin` runs `zoned exec DIR`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Runtime {
+    /// The zone's runtime directory (config.json, state.json, sockets).
+    pub dir: String,
+    /// The console socket (a byte stream; output written before attaching is replayed).
+    pub console: String,
+}
+
 /// What happened to a guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

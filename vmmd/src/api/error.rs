@@ -126,6 +126,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Store(_)
             | ServiceError::Catalog(_)
             | ServiceError::Task(_)
+            | ServiceError::Zone(_)
             | ServiceError::Storage(_) => {
                 tracing::error!(error = %err, ?causes, "request failed inside vmmd");
                 ApiError::new(

@@ -93,22 +93,34 @@ pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Re
             Ok(record(StatusCode::OK, &vm))
         }
         Action::StopVm(uuid) => {
-            let _req: StopRequest = decode(body)?;
-            let vm = service.lifecycle(uuid, "stop").await?;
+            let req: StopRequest = decode(body)?;
+            let vm = service.stop(uuid, req.force, req.timeout).await?;
             Ok(record(StatusCode::OK, &vm))
         }
         Action::RebootVm(uuid) => {
-            let _req: RebootRequest = decode(body)?;
-            let vm = service.lifecycle(uuid, "reboot").await?;
+            let req: RebootRequest = decode(body)?;
+            let vm = service.reboot(uuid, req.force).await?;
             Ok(record(StatusCode::OK, &vm))
         }
         Action::KillVm(uuid) => {
             let req: KillRequest = decode(body)?;
-            if let Some(sig) = &req.signal {
-                parse_signal(sig)?;
-            }
-            let vm = service.lifecycle(uuid, "kill").await?;
+            let signal = match &req.signal {
+                Some(sig) => parse_signal(sig)?,
+                None => libc::SIGKILL,
+            };
+            let vm = service.kill(uuid, signal).await?;
             Ok(record(StatusCode::OK, &vm))
+        }
+        Action::Runtime(uuid) => {
+            let dir = service.runtime_dir(uuid)?;
+            let rt = hull_spec::api::Runtime {
+                console: dir
+                    .join(zoned::config::files::CONSOLE)
+                    .display()
+                    .to_string(),
+                dir: dir.display().to_string(),
+            };
+            Ok(json(StatusCode::OK, &rt))
         }
         Action::ExportRoot(uuid, compression) => {
             let (tx, mut rx) = tokio::sync::mpsc::channel(16);

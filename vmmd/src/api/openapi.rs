@@ -63,6 +63,7 @@ pub fn document() -> Value {
     add::<Ping>(&mut generator);
     add::<Created>(&mut generator);
     add::<StopRequest>(&mut generator);
+    add::<hull_spec::api::Runtime>(&mut generator);
     add::<RebootRequest>(&mut generator);
     add::<KillRequest>(&mut generator);
     add::<Event>(&mut generator);
@@ -112,6 +113,9 @@ pub fn document() -> Value {
             "/v1/vms/{uuid}/stop": verb("Stop", Some("StopRequest")),
             "/v1/vms/{uuid}/reboot": verb("Reboot", Some("RebootRequest")),
             "/v1/vms/{uuid}/kill": verb("Kill", Some("KillRequest")),
+            "/v1/vms/{uuid}/runtime": { "parameters": uuid_param(),
+                "get": op("Where a running zone's console and runtime directory are", "getRuntime", None,
+                    ok("200", "The zone's runtime", reference("Runtime"))) },
             "/v1/validate/create": { "post": op("Validate a create payload (host checks included)",
                 "validateCreate", Some("VmCreate"), ok("200", "Valid", reference("ValidateOk"))) },
             "/v1/validate/update": { "post": {

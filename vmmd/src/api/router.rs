@@ -40,6 +40,8 @@ pub enum Action {
     KillVm(Uuid),
     /// `GET /v1/vms/{uuid}/root?compression=C`: the stopped zone's root as a tar stream
     ExportRoot(Uuid, String),
+    /// `GET /v1/vms/{uuid}/runtime`
+    Runtime(Uuid),
     /// `POST /v1/vms/{uuid}/snapshots`
     CreateSnapshot(Uuid),
     /// `POST /v1/vms/{uuid}/snapshots/{name}/rollback`
@@ -222,6 +224,13 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
                 .find(|(k, _)| k == "compression")
                 .map_or("gzip".to_string(), |(_, v)| v.clone());
             return Ok(Action::ExportRoot(uuid, c));
+        }
+        ["v1", "vms", id, "runtime"] => {
+            let uuid = uuid_segment("VM", id)?;
+            match *method {
+                M::GET => Action::Runtime(uuid),
+                _ => return Err(allow(&[M::GET])),
+            }
         }
         ["v1", "vms", id, "snapshots"] => {
             let uuid = uuid_segment("VM", id)?;

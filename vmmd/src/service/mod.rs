@@ -16,6 +16,7 @@ pub mod provision;
 pub mod sources;
 pub mod store;
 pub mod update;
+pub mod zones;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -78,6 +79,8 @@ pub enum ServiceError {
     /// The image store failed; the operation was not applied.
     #[error("the image store failed")]
     Storage(#[source] hull_cowstore::store::StoreError),
+    #[error(transparent)]
+    Zone(zones::ZoneError),
 }
 
 /// Result alias for the service.
@@ -194,6 +197,10 @@ pub struct Service {
     images: Images,
     nictags: NicTags,
     sources: catalog::Sources,
+    zones: Arc<zones::Zones>,
+    /// Guests whose runtime process ended (sent by the watchers, read by [`Service::reaper`]).
+    exits: tokio::sync::mpsc::UnboundedSender<Uuid>,
+    exit_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Uuid>>>,
 }
 
 fn now() -> String {
@@ -215,13 +222,14 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 impl Service {
     /// Opens the service on `data_root`, loading every guest record; `cow` is the image
     /// store on the same data root.
-    pub fn open(data_root: &Path, cow: CowStore) -> Result<(Service, Loaded)> {
+    pub fn open(data_root: &Path, cow: CowStore, zoned: PathBuf) -> Result<(Service, Loaded)> {
         let (store, mut loaded) = Store::open(data_root)?;
         let mut records = Index::default();
         for vm in loaded.vms.drain(..) {
             records.insert(Arc::new(Record::new(vm)));
         }
         let (events, _) = broadcast::channel(1024);
+        let (exits, exit_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok((
             Service {
                 data_root: data_root.to_path_buf(),
@@ -235,6 +243,9 @@ impl Service {
                 images: Images::new(data_root),
                 nictags: catalog::nictags(data_root),
                 sources: catalog::sources(data_root),
+                zones: Arc::new(zones::Zones::new(data_root, zoned)),
+                exits,
+                exit_rx: Mutex::new(Some(exit_rx)),
             },
             loaded,
         ))
@@ -443,7 +454,8 @@ impl Service {
     pub async fn create(&self, payload: &Value) -> Result<Arc<Record>> {
         let _index = self.index_lock.lock().await;
         let create = self.validate_create(payload)?;
-        if create.autoboot.unwrap_or(true) {
+        let autoboot = create.autoboot.unwrap_or(true);
+        if autoboot && create.brand.is_some_and(Brand::is_microvm) {
             let brand = create.brand.map_or("this", Brand::as_str);
             return Err(ServiceError::NotImplemented(format!(
                 "cannot create a {brand} guest with autoboot: provisioning and starting guests \
@@ -483,6 +495,12 @@ impl Service {
         let vm = Arc::new(Record::new(vm));
         write(&self.records).insert(vm.clone());
         self.emit(EventKind::Create, &vm, Vec::new());
+        drop(_index);
+        if autoboot {
+            // SmartOS semantics: the guest exists even if its first boot fails; the error
+            // says why and `vmadm start` retries.
+            return self.start(vm.uuid).await;
+        }
         Ok(vm)
     }
 
@@ -620,6 +638,30 @@ impl Service {
                 tracing::warn!(%uuid, error = %e, "a removed disk's file could not be deleted");
             }
         }
+        let live = [
+            "max_physical_memory",
+            "max_swap",
+            "cpu_cap",
+            "cpu_shares",
+            "max_lwps",
+            "zfs_io_priority",
+        ];
+        if !next.brand.is_microvm()
+            && next.state == VmState::Running
+            && changes.iter().any(|c| live.contains(&c.as_str()))
+        {
+            let z = self.zones.clone();
+            let req = zoned::config::Request::Update {
+                limits: zones::limits(&next),
+            };
+            let reply = tokio::task::spawn_blocking(move || z.request(uuid, &req)).await?;
+            match reply {
+                Ok(r) => next.warnings.extend(r.notes),
+                Err(e) => next.warnings.push(format!(
+                    "the new limits are saved but not applied to the running zone: {e}"
+                )),
+            }
+        }
         let next = Arc::new(Record::new(next));
         write(&self.records).insert(next.clone());
         self.emit(EventKind::Modify, &next, changes);
@@ -630,13 +672,10 @@ impl Service {
     pub async fn delete(&self, uuid: Uuid) -> Result<()> {
         let lock = self.guest_lock(uuid);
         let guard = lock.lock().await;
-        let current = self.get(uuid)?;
+        let mut current = self.get(uuid)?;
         if matches!(current.state, VmState::Running | VmState::Stopping) {
-            return Err(ServiceError::NotImplemented(format!(
-                "VM {uuid} is {}; stopping it needs the {} runtime, which is not built yet",
-                current.state.as_str(),
-                runtime_name(Some(current.brand))
-            )));
+            // As vmadm delete does: a running guest is stopped (at once) first.
+            current = self.stop_locked(current, true, None).await?;
         }
         let store = self.db.clone();
         tokio::task::spawn_blocking(move || store.remove(uuid)).await??;
@@ -644,6 +683,8 @@ impl Service {
         tokio::task::spawn_blocking(move || cow.destroy_guest(uuid))
             .await?
             .map_err(images::store_error)?;
+        let z = self.zones.clone();
+        tokio::task::spawn_blocking(move || z.forget(uuid)).await?;
         write(&self.records).remove(uuid);
         self.emit(EventKind::Delete, &current, Vec::new());
         drop(guard);
@@ -737,17 +778,264 @@ impl Service {
                 "VM {uuid} is already running"
             )));
         }
-        Err(ServiceError::NotImplemented(format!(
-            "cannot start VM {uuid}: brand {} needs the {} runtime, which is not built yet",
-            vm.brand,
-            runtime_name(Some(vm.brand))
-        )))
+        if vm.brand.is_microvm() {
+            return Err(ServiceError::NotImplemented(format!(
+                "cannot start VM {uuid}: brand {} needs the {} runtime, which is not built yet",
+                vm.brand,
+                runtime_name(Some(vm.brand))
+            )));
+        }
+        let cow = self.cow.clone();
+        let root = tokio::task::spawn_blocking(move || cow.root_source(uuid))
+            .await?
+            .map_err(images::store_error)?
+            .ok_or(ServiceError::Zone(zones::ZoneError::NoRoot(uuid)))?;
+        let z = self.zones.clone();
+        let planned = vm.vm.clone();
+        let started = tokio::task::spawn_blocking(move || z.start(&planned, root)).await?;
+        let st = match started {
+            Ok(st) => st,
+            Err(e) => {
+                let z = self.zones.clone();
+                let _ = tokio::task::spawn_blocking(move || z.clean_up(uuid)).await;
+                return Err(ServiceError::Zone(e));
+            }
+        };
+        self.watch(uuid, st.zoned_pid);
+        self.set_running(&vm, &st).await
     }
 
-    /// Stops, reboots or signals a guest: all need it running.
-    pub async fn lifecycle(&self, uuid: Uuid, verb: &str) -> Result<Arc<Record>> {
+    async fn set_running(
+        &self,
+        current: &Vm,
+        st: &zoned::config::ZoneState,
+    ) -> Result<Arc<Record>> {
+        let mut next = current.clone();
+        next.state = VmState::Running;
+        next.zone_state = VmState::Running.zone_state();
+        next.pid = st.init_pid.map(|p| p as u32);
+        next.boot_timestamp = Some(now());
+        next.exit_status = None;
+        next.failure = None;
+        self.save_state(next).await
+    }
+
+    async fn set_stopped(&self, current: &Vm) -> Result<Arc<Record>> {
+        let uuid = current.uuid;
+        let z = self.zones.clone();
+        let (last, problems) = tokio::task::spawn_blocking(move || {
+            let last = z.last_state(uuid);
+            (last, z.clean_up(uuid))
+        })
+        .await?;
+        for p in problems {
+            tracing::warn!(%uuid, "zone clean-up: {p}");
+        }
+        let mut next = current.clone();
+        next.state = VmState::Stopped;
+        next.zone_state = VmState::Stopped.zone_state();
+        next.pid = None;
+        if let Some(last) = last {
+            next.exit_status = last
+                .last_exit
+                .map(|e| e.code.unwrap_or_else(|| 128 + e.signal.unwrap_or(0)));
+            next.failure = last.error;
+        }
+        self.save_state(next).await
+    }
+
+    async fn save_state(&self, mut next: Vm) -> Result<Arc<Record>> {
+        next.last_modified = now();
+        self.persist(&next).await?;
+        let next = Arc::new(Record::new(next));
+        write(&self.records).insert(next.clone());
+        self.emit(EventKind::State, &next, vec!["state".into()]);
+        Ok(next)
+    }
+
+    /// Watches a zone's zoned process and reports its end to the reaper.
+    fn watch(&self, uuid: Uuid, pid: i32) {
+        let tx = self.exits.clone();
+        let Ok(fd) = zoned::config::pidfd(pid) else {
+            let _ = tx.send(uuid);
+            return;
+        };
+        // `AsyncFd::new` is deprecated for descriptors the caller might close behind tokio's
+        // back; this one is an OwnedFd moved in, so only the AsyncFd can close it.
+        #[allow(deprecated)]
+        let afd = tokio::io::unix::AsyncFd::new(fd);
+        tokio::spawn(async move {
+            if let Ok(afd) = afd {
+                let _ = afd.readable().await;
+            }
+            let _ = tx.send(uuid);
+        });
+    }
+
+    /// Marks guests whose runtime process ended as stopped (and cleans what they left).
+    pub async fn reaper(self: Arc<Self>) {
+        let rx = self
+            .exit_rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(mut rx) = rx else { return };
+        while let Some(uuid) = rx.recv().await {
+            let lock = self.guest_lock(uuid);
+            let _guest = lock.lock().await;
+            let Ok(vm) = self.get(uuid) else { continue };
+            let z = self.zones.clone();
+            let alive = tokio::task::spawn_blocking(move || z.alive(uuid).is_some())
+                .await
+                .unwrap_or(false);
+            if matches!(vm.state, VmState::Running | VmState::Stopping) && !alive {
+                tracing::info!(%uuid, "zone stopped");
+                if let Err(e) = self.set_stopped(&vm).await {
+                    tracing::error!(%uuid, error = %e, "cannot record a zone's stop");
+                }
+            }
+        }
+    }
+
+    /// After a vmmd restart: zones whose zoned still runs are watched again and stay
+    /// running; the others are marked stopped and their leftovers removed.
+    pub async fn reattach(&self) -> (usize, usize) {
+        let (mut kept, mut lost) = (0, 0);
+        let running: Vec<Arc<Record>> = read(&self.records)
+            .vms
+            .values()
+            .filter(|r| matches!(r.state, VmState::Running | VmState::Stopping))
+            .cloned()
+            .collect();
+        for vm in running {
+            let uuid = vm.uuid;
+            let z = self.zones.clone();
+            let alive = tokio::task::spawn_blocking(move || z.alive(uuid))
+                .await
+                .ok()
+                .flatten();
+            match alive {
+                Some(st) if !vm.brand.is_microvm() => {
+                    self.watch(uuid, st.zoned_pid);
+                    kept += 1;
+                }
+                _ => {
+                    lost += 1;
+                    if let Err(e) = self.set_stopped(&vm).await {
+                        tracing::error!(%uuid, error = %e, "cannot record a zone's stop");
+                    }
+                }
+            }
+        }
+        (kept, lost)
+    }
+
+    /// Stops a guest: gracefully (SIGTERM to init, then everything killed after `timeout`
+    /// seconds) or at once with `force`.
+    pub async fn stop(&self, uuid: Uuid, force: bool, timeout: Option<u64>) -> Result<Arc<Record>> {
         let lock = self.guest_lock(uuid);
         let _guest = lock.lock().await;
+        let vm = self.running(uuid, "stop")?;
+        self.stop_locked(vm, force, timeout).await
+    }
+
+    async fn stop_locked(
+        &self,
+        vm: Arc<Record>,
+        force: bool,
+        timeout: Option<u64>,
+    ) -> Result<Arc<Record>> {
+        let uuid = vm.uuid;
+        let timeout = timeout.unwrap_or(30);
+        let z = self.zones.clone();
+        let stopped = tokio::task::spawn_blocking(move || {
+            if z.alive(uuid).is_some() {
+                z.request(
+                    uuid,
+                    &zoned::config::Request::Stop {
+                        timeout_s: Some(timeout),
+                        force,
+                    },
+                )?;
+            }
+            Ok::<_, zones::ZoneError>(
+                z.wait_stopped(uuid, std::time::Duration::from_secs(timeout + 15)),
+            )
+        })
+        .await?
+        .map_err(ServiceError::Zone)?;
+        if !stopped {
+            return Err(ServiceError::Zone(zones::ZoneError::Control {
+                uuid,
+                reason: "it did not stop in time".into(),
+            }));
+        }
+        self.set_stopped(&vm).await
+    }
+
+    /// Reboots a running zone (zoned stops init and boots it again).
+    pub async fn reboot(&self, uuid: Uuid, force: bool) -> Result<Arc<Record>> {
+        let lock = self.guest_lock(uuid);
+        let _guest = lock.lock().await;
+        let vm = self.running(uuid, "reboot")?;
+        let z = self.zones.clone();
+        let st = tokio::task::spawn_blocking(move || {
+            let before = z.alive(uuid).map(|s| s.boots).unwrap_or(0);
+            let timeout = if force { 0 } else { 30 };
+            z.request(
+                uuid,
+                &zoned::config::Request::Reboot {
+                    timeout_s: Some(timeout),
+                },
+            )?;
+            let t = std::time::Instant::now();
+            loop {
+                match z.alive(uuid) {
+                    Some(s) if s.boots > before && s.phase == zoned::config::Phase::Running => {
+                        return Ok(s);
+                    }
+                    None => {
+                        return Err(zones::ZoneError::Control {
+                            uuid,
+                            reason: "it stopped instead of rebooting".into(),
+                        });
+                    }
+                    _ if t.elapsed() > std::time::Duration::from_secs(timeout + 45) => {
+                        return Err(zones::ZoneError::Control {
+                            uuid,
+                            reason: "it did not come back up in time".into(),
+                        });
+                    }
+                    _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+        })
+        .await?
+        .map_err(ServiceError::Zone)?;
+        self.set_running(&vm, &st).await
+    }
+
+    /// Sends a signal to a running zone's init.
+    pub async fn kill(&self, uuid: Uuid, signal: i32) -> Result<Arc<Record>> {
+        let lock = self.guest_lock(uuid);
+        let _guest = lock.lock().await;
+        let vm = self.running(uuid, "kill")?;
+        let z = self.zones.clone();
+        tokio::task::spawn_blocking(move || {
+            z.request(uuid, &zoned::config::Request::Kill { signal })
+        })
+        .await?
+        .map_err(ServiceError::Zone)?;
+        Ok(vm)
+    }
+
+    /// Where `vmadm console` and `zlogin` reach a running zone.
+    pub fn runtime_dir(&self, uuid: Uuid) -> Result<PathBuf> {
+        self.running(uuid, "reach")?;
+        Ok(self.zones.dir(uuid))
+    }
+
+    fn running(&self, uuid: Uuid, verb: &str) -> Result<Arc<Record>> {
         let vm = self.get(uuid)?;
         if !matches!(vm.state, VmState::Running | VmState::Stopping) {
             return Err(ServiceError::Conflict(format!(
@@ -755,10 +1043,13 @@ impl Service {
                 vm.state.as_str()
             )));
         }
-        Err(ServiceError::NotImplemented(format!(
-            "cannot {verb} VM {uuid}: the {} runtime is not built yet",
-            runtime_name(Some(vm.brand))
-        )))
+        if vm.brand.is_microvm() {
+            return Err(ServiceError::NotImplemented(format!(
+                "cannot {verb} VM {uuid}: the {} runtime is not built yet",
+                runtime_name(Some(vm.brand))
+            )));
+        }
+        Ok(vm)
     }
 
     /// Starts every guest marked autoboot; returns (uuid, error) for those that failed.

@@ -1,5 +1,7 @@
-//! `zlogin UUID [CMD ARGS...]`: runs a command or a shell inside a zone. The zone runtime
-//! (zoned) is not built yet, so after checking the zone exists this says so and fails.
+//! `zlogin UUID [CMD ARGS...]`: runs a command or a login shell inside a running zone, as
+//! the zone's root. vmmd says where the zone's runtime is; `zoned exec` (next to this binary,
+//! or $HULL_ZONED) joins it. The command gets a pty when stdin and stdout are terminals, the
+//! caller's stdin/stdout/stderr otherwise; zlogin exits with its status.
 
 use std::path::PathBuf;
 
@@ -29,9 +31,24 @@ fn run(cli: Cli) -> CmdResult {
             vm.brand
         )));
     }
-    Err(Failure::new(format!(
-        "zlogin needs the zone runtime (zoned), which is not built yet (zone {uuid})"
-    )))
+    let rt = client(cli.socket.as_deref())?.runtime(uuid)?;
+    let zoned = match std::env::var_os("HULL_ZONED") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .map_err(|e| Failure::new(format!("cannot find zlogin's own path: {e}")))?
+            .with_file_name("zoned"),
+    };
+    use std::io::IsTerminal;
+    let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let mut cmd = std::process::Command::new(&zoned);
+    cmd.arg("exec").arg(&rt.dir);
+    if tty {
+        cmd.arg("-t");
+    }
+    cmd.arg("--").args(&cli.command);
+    use std::os::unix::process::CommandExt;
+    let e = cmd.exec();
+    Err(Failure::new(format!("cannot run {}: {e}", zoned.display())))
 }
 
 fn main() -> std::process::ExitCode {

@@ -1,6 +1,7 @@
 //! `vmadm`: SmartOS's VM tool. One module per verb (or per family of verbs that share all
 //! their code); this file only parses arguments and dispatches.
 
+mod console;
 mod create;
 mod events;
 mod get;
@@ -238,7 +239,7 @@ pub fn run(cli: Cli) -> CmdResult {
             uuid,
         } => events::run(socket, full, json, ready, uuid.as_deref()),
         Command::Info { uuid, .. } => unbuilt::info(socket, &uuid),
-        Command::Console { uuid } => unbuilt::console(socket, &uuid),
+        Command::Console { uuid } => console::console(socket, &uuid),
         Command::CreateSnapshot { uuid, name } => snapshot::create(socket, &uuid, &name),
         Command::RollbackSnapshot { uuid, name } => snapshot::rollback(socket, &uuid, &name),
         Command::DeleteSnapshot { uuid, name } => snapshot::delete(socket, &uuid, &name),

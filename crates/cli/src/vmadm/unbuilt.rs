@@ -19,14 +19,6 @@ pub fn info(socket: Option<&Path>, uuid: &str) -> CmdResult {
     )
 }
 
-pub fn console(socket: Option<&Path>, uuid: &str) -> CmdResult {
-    missing(
-        socket,
-        uuid,
-        "console needs the zone or microVM runtime, which is not built yet",
-    )
-}
-
 pub fn send(socket: Option<&Path>, uuid: &str) -> CmdResult {
     missing(socket, uuid, "send (a VM as a stream) is not built yet")
 }

@@ -1,0 +1,314 @@
+//! vmmd's side of the zone runtime: the spec -> zoned config conversion, starting `zoned run`
+//! as a process of its own session (so it outlives vmmd), talking to its control socket, and
+//! finding running zones again after a vmmd restart. Blocking calls: callers use
+//! spawn_blocking.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hull_cowstore::backend::RootSource;
+use hull_spec::Vm;
+use uuid::Uuid;
+use zoned::cgroup::Limits;
+use zoned::config::{
+    ID_RANGE, Phase, Reply, Request, RootSpec, ZoneConfig, ZoneState, files, read_json,
+    same_process, write_json,
+};
+
+/// First host uid of the zone id ranges; zone N (a slot) gets base + N * 65536.
+const ID_BASE: u32 = 0x1000_0000;
+/// How many zones can run at once (slots of [`ID_RANGE`] ids below 2^32).
+const SLOTS: u32 = (u32::MAX - ID_BASE) / ID_RANGE;
+/// Longest wait for a zone's init to start.
+const START_WAIT: Duration = Duration::from_secs(30);
+
+/// Errors of the zone runtime as vmmd sees them.
+#[derive(Debug, thiserror::Error)]
+pub enum ZoneError {
+    #[error("cannot start zone {uuid}: {reason}")]
+    Start { uuid: Uuid, reason: String },
+    #[error("zone {uuid}: {reason}")]
+    Control { uuid: Uuid, reason: String },
+    #[error("zone {0} has no root filesystem in the image store")]
+    NoRoot(Uuid),
+    #[error("no free uid range for another zone ({0} zones run)")]
+    NoSlot(u32),
+    #[error(transparent)]
+    File(#[from] zoned::config::FileError),
+}
+
+/// Zones known to be running, and where zoned lives.
+#[derive(Debug)]
+pub struct Zones {
+    root: PathBuf,
+    zoned: PathBuf,
+    /// id slot of each zone that has run: a zone keeps its range for life, since its
+    /// overlay upper layer holds files owned by ids of that range.
+    slots: Mutex<BTreeMap<Uuid, u32>>,
+}
+
+impl Zones {
+    /// Opens the zones directory, reading back each zone's id range.
+    pub fn new(data_root: &Path, zoned: PathBuf) -> Zones {
+        let root = data_root.join("zones");
+        let mut slots = BTreeMap::new();
+        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let Some(uuid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| Uuid::parse_str(n).ok())
+            else {
+                continue;
+            };
+            if let Ok(cfg) = read_json::<ZoneConfig>(&entry.path().join(files::CONFIG)) {
+                slots.insert(uuid, cfg.id_base.saturating_sub(ID_BASE) / ID_RANGE);
+            }
+        }
+        Zones {
+            root,
+            zoned,
+            slots: Mutex::new(slots),
+        }
+    }
+
+    /// The runtime directory of a zone (config, state, sockets, log).
+    pub fn dir(&self, uuid: Uuid) -> PathBuf {
+        self.root.join(uuid.to_string())
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<Uuid, u32>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take_slot(&self, uuid: Uuid) -> Result<u32, ZoneError> {
+        let mut slots = self.slots();
+        if let Some(s) = slots.get(&uuid) {
+            return Ok(*s);
+        }
+        let used: std::collections::BTreeSet<u32> = slots.values().copied().collect();
+        let free = (0..SLOTS)
+            .find(|s| !used.contains(s))
+            .ok_or(ZoneError::NoSlot(used.len() as u32))?;
+        slots.insert(uuid, free);
+        Ok(free)
+    }
+
+    /// The running zone's state, if its zoned is alive.
+    pub fn alive(&self, uuid: Uuid) -> Option<ZoneState> {
+        let st: ZoneState = read_json(&self.dir(uuid).join(files::STATE)).ok()?;
+        (st.phase != Phase::Stopped && same_process(st.zoned_pid, st.zoned_start)).then_some(st)
+    }
+
+    /// The zone's state file as zoned last wrote it.
+    pub fn last_state(&self, uuid: Uuid) -> Option<ZoneState> {
+        read_json(&self.dir(uuid).join(files::STATE)).ok()
+    }
+
+    /// Writes the zone's config and starts `zoned run`; returns once init runs.
+    pub fn start(&self, vm: &Vm, root: RootSource) -> Result<ZoneState, ZoneError> {
+        let uuid = vm.uuid;
+        let slot = self.take_slot(uuid)?;
+        self.start_in_slot(vm, root, slot)
+    }
+
+    fn start_in_slot(&self, vm: &Vm, root: RootSource, slot: u32) -> Result<ZoneState, ZoneError> {
+        let uuid = vm.uuid;
+        let start_err = |reason: String| ZoneError::Start { uuid, reason };
+        let dir = self.dir(uuid);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| start_err(format!("cannot create {}: {e}", dir.display())))?;
+        set_mode(&self.root, 0o700);
+        set_mode(&dir, 0o700);
+        let cfg = config(vm, root, ID_BASE + slot * ID_RANGE);
+        write_json(&dir.join(files::CONFIG), &cfg)?;
+        let _ = std::fs::remove_file(dir.join(files::STATE));
+        let log_path = dir.join(files::LOG);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| start_err(format!("cannot open {}: {e}", log_path.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| start_err(format!("cannot open {}: {e}", log_path.display())))?;
+        let mut cmd = std::process::Command::new(&self.zoned);
+        cmd.arg("run")
+            .arg(&dir)
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        // zoned calls setsid(2) first thing: it outlives vmmd in a session of its own.
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| start_err(format!("cannot run {}: {e}", self.zoned.display())))?;
+        // zoned is vmmd's child until vmmd exits: reap it in the background so it never
+        // lingers as a zombie; its state file says how the zone ended.
+        let pid = child.id() as i32;
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.last_state(uuid)
+                && st.zoned_pid == pid
+            {
+                match st.phase {
+                    Phase::Running => return Ok(st),
+                    Phase::Stopped => {
+                        return Err(start_err(
+                            st.error.unwrap_or_else(|| "its init exited at once".into()),
+                        ));
+                    }
+                    Phase::Starting | Phase::Stopping => {}
+                }
+            }
+            if !Path::new(&format!("/proc/{pid}")).exists() || zombie(pid) {
+                return Err(start_err(format!("zoned exited: {}", log_tail(&log_path))));
+            }
+            if t.elapsed() > START_WAIT {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return Err(start_err(format!(
+                    "its init did not start within {} s",
+                    START_WAIT.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// One request to the zone's zoned.
+    pub fn request(&self, uuid: Uuid, req: &Request) -> Result<Reply, ZoneError> {
+        let ctl_err = |reason: String| ZoneError::Control { uuid, reason };
+        let path = self.dir(uuid).join(files::CONTROL);
+        let mut s = UnixStream::connect(&path)
+            .map_err(|e| ctl_err(format!("cannot reach its zoned at {}: {e}", path.display())))?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut line = serde_json::to_string(req).unwrap_or_default();
+        line.push('\n');
+        s.write_all(line.as_bytes())
+            .map_err(|e| ctl_err(format!("cannot talk to its zoned: {e}")))?;
+        let mut reply = String::new();
+        BufReader::new(s)
+            .read_line(&mut reply)
+            .map_err(|e| ctl_err(format!("no reply from its zoned: {e}")))?;
+        let reply: Reply = serde_json::from_str(&reply)
+            .map_err(|e| ctl_err(format!("bad reply from its zoned: {e}")))?;
+        if !reply.ok {
+            return Err(ctl_err(
+                reply.error.unwrap_or_else(|| "request refused".into()),
+            ));
+        }
+        Ok(reply)
+    }
+
+    /// Waits until the zone's zoned has exited, up to `limit`.
+    pub fn wait_stopped(&self, uuid: Uuid, limit: Duration) -> bool {
+        let t = Instant::now();
+        while self.alive(uuid).is_some() {
+            if t.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Removes what a zone whose zoned died (SIGKILL, host trouble) may have left: its
+    /// processes and cgroup. Mounts lived in zoned's own mount namespace and are gone.
+    pub fn clean_up(&self, uuid: Uuid) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Ok(cfg) = read_json::<ZoneConfig>(&self.dir(uuid).join(files::CONFIG))
+            && let Ok(layout) = zoned::cgroup::Layout::detect()
+            && let Ok(cg) = zoned::cgroup::Cgroup::open(&layout, &cfg.cgroup)
+        {
+            if let Err(e) = cg.kill_all() {
+                problems.push(e.to_string());
+            }
+            if let Err(e) = cg.remove() {
+                problems.push(e.to_string());
+            }
+        }
+        for f in [files::CONTROL, files::CONSOLE] {
+            let _ = std::fs::remove_file(self.dir(uuid).join(f));
+        }
+        problems
+    }
+
+    /// Deletes a stopped zone's runtime directory.
+    pub fn forget(&self, uuid: Uuid) {
+        let _ = std::fs::remove_dir_all(self.dir(uuid));
+        self.slots().remove(&uuid);
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+}
+
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .map(|i| s[i + 1..].trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    let tail: Vec<&str> = lines.into_iter().rev().collect();
+    if tail.is_empty() {
+        "no message".into()
+    } else {
+        tail.join("; ")
+    }
+}
+
+/// The resource limits of a guest record.
+pub fn limits(vm: &Vm) -> Limits {
+    const MIB: u64 = 1 << 20;
+    Limits {
+        memory_bytes: Some(vm.max_physical_memory * MIB),
+        swap_bytes: Some(vm.max_swap.max(vm.max_physical_memory) * MIB),
+        cpu_cap_pct: vm.cpu_cap.filter(|c| *c > 0),
+        cpu_shares: Some(vm.cpu_shares),
+        max_lwps: Some(vm.max_lwps),
+        io_weight: Some(vm.zfs_io_priority),
+    }
+}
+
+/// The zoned config of a zone guest.
+pub fn config(vm: &Vm, root: RootSource, id_base: u32) -> ZoneConfig {
+    let root = match root {
+        RootSource::Dir(dir) => RootSpec::Bind { dir },
+        RootSource::Overlay { lower, upper, work } => RootSpec::Overlay { lower, upper, work },
+    };
+    let init = vm
+        .init_name
+        .clone()
+        .unwrap_or_else(|| "/sbin/init".to_string());
+    ZoneConfig {
+        uuid: vm.uuid.to_string(),
+        hostname: vm.hostname.clone().unwrap_or_else(|| vm.uuid.to_string()),
+        root,
+        init: init.split_whitespace().map(str::to_string).collect(),
+        id_base,
+        cgroup: format!("hull/{}", vm.uuid),
+        limits: limits(vm),
+        resolvers: vm.resolvers.clone(),
+        stop_timeout_s: 30,
+    }
+}

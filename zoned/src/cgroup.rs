@@ -1,0 +1,1082 @@
+//! Zone cgroups on cgroup v2, pure v1 and the hybrid layout (v1 controllers beside an empty
+//! cgroup2 mount). This module owns creating, limiting, populating, killing and removing one
+//! zone's cgroup directories. It never touches cgroups it was not named for, never uses the v1
+//! cpuset hierarchy, and never signals pid 0, negative pids or its own process.
+//!
+//! Mount points come from mountinfo text and are carried by [`Layout`], so unit tests point
+//! the code at a temporary tree of plain files that mimics cgroupfs.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fmt::Display;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The v1 controllers hull uses; cpuset is left out on purpose (an empty cpuset refuses tasks).
+const V1_CONTROLLERS: [&str; 6] = ["cpu", "cpuacct", "memory", "pids", "freezer", "blkio"];
+/// Controllers enabled in the `cgroup.subtree_control` of every v2 ancestor.
+const V2_CONTROLLERS: [&str; 4] = ["cpu", "memory", "pids", "io"];
+/// CFS period in microseconds; a cap of N percent is a quota of N * 1000 per period.
+const CPU_PERIOD_US: u64 = 100_000;
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+const RMDIR_TIMEOUT: Duration = Duration::from_secs(1);
+const POLL: Duration = Duration::from_millis(20);
+
+/// Resource limits of a zone, in SmartOS terms. `None` means unlimited or the kernel default.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// max_physical_memory: v2 `memory.max`, v1 `memory.limit_in_bytes`.
+    pub memory_bytes: Option<u64>,
+    /// max_swap, RAM plus swap: v1 `memory.memsw.limit_in_bytes` (raised to at least the
+    /// memory limit; with no memory limit it also becomes the memory limit), v2
+    /// `memory.swap.max` = swap_bytes - memory_bytes (saturating).
+    pub swap_bytes: Option<u64>,
+    /// cpu_cap: percent of one CPU (100 = one CPU). `None` or 0 is unlimited.
+    pub cpu_cap_pct: Option<u32>,
+    /// cpu_shares: v1 `cpu.shares` (2..=262144), v2 `cpu.weight` scaled to 1..=10000.
+    pub cpu_shares: Option<u32>,
+    /// max_lwps: `pids.max`.
+    pub max_lwps: Option<u64>,
+    /// zfs_io_priority: v2 `io.weight` (1..=10000) or `io.bfq.weight`; v1 `blkio.weight`
+    /// (10..=1000) or `blkio.bfq.weight`. Missing files give a note, not an error.
+    pub io_weight: Option<u32>,
+}
+
+/// One mounted v1 hierarchy and the controllers hull uses from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    /// Where it is mounted, e.g. `/sys/fs/cgroup/memory`.
+    pub mount: PathBuf,
+    /// The controllers hull uses from it, e.g. `["cpu", "cpuacct"]` when co-mounted.
+    pub controllers: Vec<String>,
+}
+
+/// Which cgroup layout the host has, with the mount points to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// Unified hierarchy only: every controller lives under `mount`.
+    V2 { mount: PathBuf },
+    /// v1 controller hierarchies; `unified` is the controller-less cgroup2 mount of the
+    /// hybrid layout, if any (it is not used, only reported).
+    V1 {
+        hierarchies: Vec<Hierarchy>,
+        unified: Option<PathBuf>,
+    },
+}
+
+impl Layout {
+    /// Detects the layout of this host from `/proc/self/mountinfo`.
+    pub fn detect() -> Result<Layout, CgroupError> {
+        let path = Path::new("/proc/self/mountinfo");
+        Layout::detect_at(&read(path)?)
+    }
+
+    /// Detects the layout described by mountinfo text. Any v1 hierarchy carrying a controller
+    /// hull uses makes it v1 (hybrid if a cgroup2 mount exists too); otherwise a cgroup2
+    /// mount (`/sys/fs/cgroup` preferred) makes it v2. The first mount of each controller wins.
+    pub fn detect_at(mountinfo: &str) -> Result<Layout, CgroupError> {
+        let mut hierarchies: Vec<Hierarchy> = Vec::new();
+        let mut unified: Option<PathBuf> = None;
+        for line in mountinfo.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let Some(mount) = left.split(' ').nth(4).map(unescape) else {
+                continue;
+            };
+            let mut right = right.split(' ');
+            let fstype = right.next().unwrap_or_default();
+            let options = right.nth(1).unwrap_or_default();
+            if fstype == "cgroup2" {
+                if unified.is_none() || mount == Path::new("/sys/fs/cgroup") {
+                    unified = Some(mount);
+                }
+            } else if fstype == "cgroup" {
+                let taken: BTreeSet<&str> = hierarchies
+                    .iter()
+                    .flat_map(|h| h.controllers.iter().map(String::as_str))
+                    .collect();
+                let controllers: Vec<String> = options
+                    .split(',')
+                    .filter(|o| V1_CONTROLLERS.contains(o) && !taken.contains(o))
+                    .map(str::to_owned)
+                    .collect();
+                if !controllers.is_empty() {
+                    hierarchies.push(Hierarchy { mount, controllers });
+                }
+            }
+        }
+        match (hierarchies.is_empty(), unified) {
+            (false, unified) => Ok(Layout::V1 {
+                hierarchies,
+                unified,
+            }),
+            (true, Some(mount)) => Ok(Layout::V2 { mount }),
+            (true, None) => Err(CgroupError::NoMounts),
+        }
+    }
+
+    /// `"v2"`, `"v1"` or `"hybrid"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Layout::V2 { .. } => "v2",
+            Layout::V1 { unified: None, .. } => "v1",
+            Layout::V1 { .. } => "hybrid",
+        }
+    }
+}
+
+/// Decodes the octal escapes (`\040` for a space) of a mountinfo path.
+fn unescape(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push(d.iter().fold(0u8, |n, b| n.wrapping_mul(8) + (b - b'0')));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(OsString::from_vec(out))
+}
+
+/// Errors of cgroup management; each names the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup or cgroup2 file system is mounted")]
+    NoMounts,
+    #[error("invalid cgroup name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("invalid pid {0}: only positive pids can join a cgroup")]
+    InvalidPid(i32),
+    #[error("cgroup {} does not exist", .0.display())]
+    NotFound(PathBuf),
+    #[error("cannot set a {0} limit: no v1 {0} hierarchy is mounted")]
+    NoController(&'static str),
+    #[error("cannot set a limit: {} does not exist (controller not enabled here?)", .0.display())]
+    MissingFile(PathBuf),
+    /// `action` is e.g. "read", "create" or "write 50000 100000 to".
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot send SIGKILL to process {pid} of {}", path.display())]
+    Signal {
+        pid: i32,
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("processes {pids:?} are still in {} after {secs} s of SIGKILL", path.display())]
+    Survivors {
+        path: PathBuf,
+        pids: Vec<i32>,
+        secs: u64,
+    },
+}
+
+/// Wraps an I/O error of `action` on `path`.
+fn io_err(action: impl Into<String>, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
+    let (action, path) = (action.into(), path.to_owned());
+    move |source| CgroupError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+fn read(path: &Path) -> Result<String, CgroupError> {
+    fs::read_to_string(path).map_err(io_err("read", path))
+}
+
+/// One directory of the cgroup: the whole cgroup on v2, one hierarchy's part of it on v1.
+#[derive(Debug, Clone)]
+struct Dir {
+    path: PathBuf,
+    mount: PathBuf,
+    controllers: Vec<String>,
+}
+
+/// One zone's cgroup: a directory per hierarchy used.
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    v2: bool,
+    dirs: Vec<Dir>,
+}
+
+impl Cgroup {
+    /// Creates `name` (a relative path like `"hull/<uuid>"`) in every hierarchy used,
+    /// enabling the needed controllers in every v2 ancestor, and applies `limits`. An
+    /// existing cgroup is reused and its limits re-applied. On error, removes the
+    /// directories it created. Returns the cgroup and notes about limits this host cannot
+    /// apply.
+    pub fn create(
+        layout: &Layout,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<(Cgroup, Vec<String>), CgroupError> {
+        let cgroup = Cgroup::at(layout, name)?;
+        let mut created = Vec::new();
+        let result = (cgroup.make_dirs(&mut created)).and_then(|()| cgroup.set_limits(limits));
+        match result {
+            Ok(notes) => Ok((cgroup, notes)),
+            Err(e) => {
+                for dir in created.iter().rev() {
+                    let _ = rmdir_retry(dir);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens an existing cgroup (after a daemon restart); [`CgroupError::NotFound`] names the
+    /// first of its directories that is missing.
+    pub fn open(layout: &Layout, name: &str) -> Result<Cgroup, CgroupError> {
+        let cgroup = Cgroup::at(layout, name)?;
+        match cgroup.dirs.iter().find(|d| !d.path.is_dir()) {
+            Some(d) => Err(CgroupError::NotFound(d.path.clone())),
+            None => Ok(cgroup),
+        }
+    }
+
+    /// The cgroup `name` would be, without touching the file system.
+    fn at(layout: &Layout, name: &str) -> Result<Cgroup, CgroupError> {
+        let bad = |c: &str| c.is_empty() || c == "." || c == "..";
+        if name.starts_with('/') || name.split('/').any(bad) {
+            let reason = "must be a relative path without empty, \".\" or \"..\" components";
+            let name = name.to_owned();
+            return Err(CgroupError::InvalidName { name, reason });
+        }
+        let dir = |mount: &PathBuf, controllers: &[String]| Dir {
+            path: mount.join(name),
+            mount: mount.clone(),
+            controllers: controllers.to_vec(),
+        };
+        let (v2, dirs): (bool, Vec<Dir>) = match layout {
+            Layout::V2 { mount } => (true, vec![dir(mount, &[])]),
+            Layout::V1 { hierarchies, .. } => {
+                let mut seen = BTreeSet::new();
+                let hierarchies = hierarchies.iter().filter(|h| seen.insert(&h.mount));
+                (
+                    false,
+                    hierarchies.map(|h| dir(&h.mount, &h.controllers)).collect(),
+                )
+            }
+        };
+        match dirs.is_empty() {
+            true => Err(CgroupError::NoMounts),
+            false => Ok(Cgroup { v2, dirs }),
+        }
+    }
+
+    /// Makes every missing directory from each mount down, recording those it made.
+    fn make_dirs(&self, created: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
+        for dir in &self.dirs {
+            let relative = dir.path.strip_prefix(&dir.mount).unwrap_or(&dir.path);
+            let mut parent = dir.mount.clone();
+            for component in relative.components() {
+                if self.v2 {
+                    enable_controllers(&parent)?;
+                }
+                let child = parent.join(component);
+                if !child.is_dir() {
+                    fs::create_dir(&child).map_err(io_err("create", &child))?;
+                    created.push(child.clone());
+                    copy_cpuset(&parent, &child)?;
+                }
+                parent = child;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `limits` to the live cgroup; `None` fields go back to unlimited or the default.
+    /// Returns notes about limits this host cannot apply (missing swap or io weight files).
+    pub fn set_limits(&self, limits: &Limits) -> Result<Vec<String>, CgroupError> {
+        let mut notes = Vec::new();
+        let quota = limits
+            .cpu_cap_pct
+            .filter(|&pct| pct > 0)
+            .map(|pct| u64::from(pct) * 1000);
+        let shares = limits.cpu_shares.map(|s| s.clamp(2, 262_144));
+        let io = limits.io_weight;
+        let (memory, lwps) = (limits.memory_bytes, limits.max_lwps);
+        if self.v2 {
+            let swap = limits
+                .swap_bytes
+                .map(|s| s.saturating_sub(memory.unwrap_or(0)));
+            self.put("memory", "memory.max", memory, "max")?;
+            let swap_text = swap.map_or("max".to_owned(), |s| s.to_string());
+            if !self.offer("memory", "memory.swap.max", &swap_text)? && swap.is_some() {
+                notes.push("swap limit not supported here (no memory.swap.max)".to_owned());
+            }
+            let cpu_max = quota.map(|q| format!("{q} {CPU_PERIOD_US}"));
+            self.put("cpu", "cpu.max", cpu_max, &format!("max {CPU_PERIOD_US}"))?;
+            self.put("cpu", "cpu.weight", shares.map(shares_to_weight), "100")?;
+            self.put("pids", "pids.max", lwps, "max")?;
+            let weight = io.map_or(100, |w| w.clamp(1, 10_000));
+            if !self.offer("io", "io.weight", &format!("default {weight}"))?
+                && !self.offer("io", "io.bfq.weight", &weight.min(1000).to_string())?
+                && io.is_some()
+            {
+                notes.push("io weight not supported here (no io.weight)".to_owned());
+            }
+        } else {
+            self.set_v1_memory(limits, &mut notes)?;
+            let period = quota.map(|_| CPU_PERIOD_US);
+            self.put(
+                "cpu",
+                "cpu.cfs_period_us",
+                period,
+                &CPU_PERIOD_US.to_string(),
+            )?;
+            self.put("cpu", "cpu.cfs_quota_us", quota, "-1")?;
+            self.put("cpu", "cpu.shares", shares, "1024")?;
+            self.put("pids", "pids.max", lwps, "max")?;
+            let weight = io.map_or(500, |w| w.clamp(10, 1000)).to_string();
+            let bfq = io.map_or(100, |w| w.clamp(1, 1000)).to_string();
+            if !self.offer("blkio", "blkio.weight", &weight)?
+                && !self.offer("blkio", "blkio.bfq.weight", &bfq)?
+                && io.is_some()
+            {
+                notes.push("io weight not supported here (no blkio.weight)".to_owned());
+            }
+        }
+        Ok(notes)
+    }
+
+    /// v1 memory: the RAM+swap limit may never be below the RAM limit, so when writing the
+    /// RAM limit first fails, the RAM+swap limit is written first instead.
+    fn set_v1_memory(&self, limits: &Limits, notes: &mut Vec<String>) -> Result<(), CgroupError> {
+        const LIMIT: &str = "memory.limit_in_bytes";
+        const MEMSW: &str = "memory.memsw.limit_in_bytes";
+        let limit = limits.memory_bytes.or(limits.swap_bytes);
+        let memsw = limits.swap_bytes.map(|s| s.max(limit.unwrap_or(0)));
+        if !self.dir("memory").is_some_and(|d| d.join(MEMSW).exists()) {
+            self.put("memory", LIMIT, limit, "-1")?;
+            if memsw.is_some() {
+                notes.push(format!("swap limit not supported here (no {MEMSW})"));
+            }
+        } else if self.put("memory", LIMIT, limit, "-1").is_ok() {
+            self.put("memory", MEMSW, memsw, "-1")?;
+        } else {
+            self.put("memory", MEMSW, memsw, "-1")?;
+            self.put("memory", LIMIT, limit, "-1")?;
+        }
+        Ok(())
+    }
+
+    /// The directory holding `controller` (on v2, the one directory).
+    fn dir(&self, controller: &str) -> Option<&Path> {
+        let has = |d: &&Dir| self.v2 || d.controllers.iter().any(|c| c == controller);
+        self.dirs.iter().find(has).map(|d| d.path.as_path())
+    }
+
+    /// Writes `value`, or `default` when there is none, to `file` beside `controller`. A
+    /// missing controller or file is an error only when a value was given.
+    fn put(
+        &self,
+        controller: &'static str,
+        file: &str,
+        value: Option<impl Display>,
+        default: &str,
+    ) -> Result<(), CgroupError> {
+        let required = value.is_some();
+        let text = value.map_or_else(|| default.to_owned(), |v| v.to_string());
+        if self.offer(controller, file, &text)? || !required {
+            return Ok(());
+        }
+        Err(match self.dir(controller) {
+            Some(dir) => CgroupError::MissingFile(dir.join(file)),
+            None => CgroupError::NoController(controller),
+        })
+    }
+
+    /// Writes `value` to `file` beside `controller` if both exist; says whether it did.
+    fn offer(&self, controller: &str, file: &str, value: &str) -> Result<bool, CgroupError> {
+        match self.dir(controller).map(|d| d.join(file)) {
+            Some(path) if path.exists() => write_file(&path, value).map(|()| true),
+            _ => Ok(false),
+        }
+    }
+
+    /// Moves `pid` (and its threads) into the cgroup, in every hierarchy.
+    pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
+        if pid <= 0 {
+            return Err(CgroupError::InvalidPid(pid));
+        }
+        for dir in &self.dirs {
+            write_file(&dir.path.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Every process in the cgroup or its descendants, in any hierarchy, sorted.
+    pub fn procs(&self) -> Result<Vec<i32>, CgroupError> {
+        let mut pids = BTreeSet::new();
+        for dir in &self.dirs {
+            if !dir.path.is_dir() {
+                return Err(CgroupError::NotFound(dir.path.clone()));
+            }
+            for sub in subtree(&dir.path) {
+                let path = sub.join("cgroup.procs");
+                match fs::read_to_string(&path) {
+                    Ok(text) => {
+                        pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("read", &path)(e)),
+                }
+            }
+        }
+        Ok(pids.into_iter().filter(|&p| p > 0).collect())
+    }
+
+    /// Kills every process in the cgroup: v2 `cgroup.kill` where the kernel has it, else
+    /// freeze, SIGKILL each process, thaw, until empty. Gives up after 5 s naming survivors.
+    pub fn kill_all(&self) -> Result<(), CgroupError> {
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        let me = nix::unistd::getpid().as_raw();
+        let path = self
+            .dirs
+            .first()
+            .map(|d| d.path.clone())
+            .unwrap_or_default();
+        loop {
+            let pids = self.procs()?;
+            if pids.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let secs = KILL_TIMEOUT.as_secs();
+                return Err(CgroupError::Survivors { path, pids, secs });
+            }
+            if !(self.v2 && self.offer("cgroup", "cgroup.kill", "1")?) {
+                self.freeze(true)?;
+                // Re-read once frozen: children forked before the freeze are caught here.
+                let killed = self.procs().and_then(|pids| {
+                    let mut others = pids.into_iter().filter(|&pid| pid != me);
+                    others.try_for_each(|pid| match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+                        Err(source) => {
+                            let path = path.clone();
+                            Err(CgroupError::Signal { pid, path, source })
+                        }
+                    })
+                });
+                self.freeze(false)?;
+                killed?;
+            }
+            sleep(POLL);
+        }
+    }
+
+    /// Freezes or thaws through `cgroup.freeze` (v2) or `freezer.state` (v1), if present.
+    fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        if self.v2 {
+            return self
+                .offer("cgroup", "cgroup.freeze", if frozen { "1" } else { "0" })
+                .map(drop);
+        }
+        let state = if frozen { "FROZEN" } else { "THAWED" };
+        if self.offer("freezer", "freezer.state", state)? && frozen {
+            let path = self
+                .dir("freezer")
+                .map(|d| d.join("freezer.state"))
+                .unwrap_or_default();
+            // FREEZING can last while a task sleeps uninterruptibly; SIGKILL goes on anyway.
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < deadline && read(&path).is_ok_and(|s| s.trim() != "FROZEN") {
+                sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the cgroup and any descendants in every hierarchy, retrying while exiting
+    /// tasks keep it busy (about 1 s). An absent cgroup is fine.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        let mut subs = self.dirs.iter().flat_map(|d| subtree(&d.path));
+        subs.try_for_each(|sub| rmdir_retry(&sub))
+    }
+
+    /// OOM kills so far: v2 `memory.events` oom_kill, v1 `memory.oom_control`; 0 if unknown.
+    pub fn oom_kills(&self) -> u64 {
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        self.read_key("memory", file, "oom_kill").unwrap_or(0)
+    }
+
+    /// CPU time used in nanoseconds: v2 `cpu.stat` usage_usec, v1 `cpuacct.usage`.
+    pub fn cpu_usage_ns(&self) -> Option<u64> {
+        if self.v2 {
+            return self
+                .read_key("cpu", "cpu.stat", "usage_usec")?
+                .checked_mul(1000);
+        }
+        read(&self.dir("cpuacct")?.join("cpuacct.usage"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Reads the number after `key` in a "key value" per line file.
+    fn read_key(&self, controller: &str, file: &str, key: &str) -> Option<u64> {
+        let text = read(&self.dir(controller)?.join(file)).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Every directory of this cgroup, one per hierarchy used.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.path.clone()).collect()
+    }
+}
+
+/// v2 `cpu.weight` for v1 `cpu.shares`, the mapping runc and systemd use.
+fn shares_to_weight(shares: u32) -> u64 {
+    let shares = u64::from(shares.clamp(2, 262_144));
+    (1 + ((shares - 2) * 9999) / 262_142).clamp(1, 10_000)
+}
+
+/// Enables the hull controllers this v2 directory offers but has not yet delegated.
+fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
+    let offered = dir.join("cgroup.controllers");
+    if !offered.exists() {
+        return Ok(());
+    }
+    let offered = read(&offered)?;
+    let control = dir.join("cgroup.subtree_control");
+    let enabled = read(&control)?;
+    let listed = |text: &str, c: &str| text.split_whitespace().any(|t| t == c);
+    let wanted: Vec<String> = V2_CONTROLLERS
+        .iter()
+        .filter(|c| listed(&offered, c) && !listed(&enabled, c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    match wanted.is_empty() {
+        true => Ok(()),
+        false => write_file(&control, &wanted.join(" ")),
+    }
+}
+
+/// A new v1 cpuset directory starts empty and refuses tasks; give it its parent's sets.
+fn copy_cpuset(parent: &Path, child: &Path) -> Result<(), CgroupError> {
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let (from, to) = (parent.join(file), child.join(file));
+        if to.exists() && from.exists() {
+            write_file(&to, read(&from)?.trim())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `value` in one write(2), never creating the file (cgroupfs files are fixed).
+fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+    let file = OpenOptions::new().write(true).truncate(true).open(path);
+    (file.and_then(|mut f| f.write_all(value.as_bytes())))
+        .map_err(io_err(format!("write {value} to"), path))
+}
+
+/// `dir` and every directory below it, deepest first (the order rmdir needs).
+fn subtree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(subtree(&entry.path()));
+        }
+    }
+    if dir.is_dir() {
+        out.push(dir.to_owned());
+    }
+    out
+}
+
+/// rmdir, retrying EBUSY for a while (tasks still exiting); an absent directory is fine.
+fn rmdir_retry(dir: &Path) -> Result<(), CgroupError> {
+    let deadline = Instant::now() + RMDIR_TIMEOUT;
+    loop {
+        match fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                sleep(POLL)
+            }
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("remove", dir)(e)),
+            _ => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Creates `dir` holding `files` ("name=value", separated by ';').
+    fn fake(dir: &Path, files: &str) {
+        fs::create_dir_all(dir).unwrap();
+        for (name, value) in files.split(';').filter_map(|f| f.split_once('=')) {
+            fs::write(dir.join(name.trim()), value).unwrap();
+        }
+    }
+
+    /// The contents of the space-separated `files` in `dir`, joined with '|'.
+    fn snap(dir: &Path, files: &str) -> String {
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        files
+            .split(' ')
+            .map(|f| read(f).trim().to_owned())
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+
+    fn hierarchies(layout: &Layout) -> Vec<String> {
+        let Layout::V1 { hierarchies, .. } = layout else {
+            panic!("not v1: {layout:?}")
+        };
+        let show = |h: &Hierarchy| format!("{}={}", h.mount.display(), h.controllers.join("+"));
+        hierarchies.iter().map(show).collect()
+    }
+
+    #[test]
+    fn detects_hybrid_v1_and_v2() {
+        let controllers = "cpu cpuacct cpuset memory devices freezer name=systemd";
+        let line = |c| format!("9 1 0:9 / /sys/fs/cgroup/{c} rw - cgroup cgroup rw,{c}\n");
+        let mut host: String = controllers.split(' ').map(line).collect();
+        host += "41 1 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        let layout = Layout::detect_at(&host).unwrap();
+        assert_eq!(layout.name(), "hybrid");
+        let want = "cpu=cpu cpuacct=cpuacct memory=memory freezer=freezer";
+        let want: Vec<_> = want
+            .split(' ')
+            .map(|h| format!("/sys/fs/cgroup/{h}"))
+            .collect();
+        assert_eq!(hierarchies(&layout), want);
+
+        // Co-mounted controllers, an escaped mount point, a second mount of memory.
+        let v1 = "1 0 0:1 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpuacct,cpu\n\
+                  2 0 0:2 / /my\\040cg/memory rw shared:5 - cgroup none rw,memory\n\
+                  3 0 0:3 / /other/memory rw - cgroup none rw,memory\n";
+        let layout = Layout::detect_at(v1).unwrap();
+        assert_eq!(layout.name(), "v1");
+        let want = "/sys/fs/cgroup/cpu,cpuacct=cpuacct+cpu|/my cg/memory=memory";
+        assert_eq!(hierarchies(&layout).join("|"), want);
+
+        let v2 = "1 0 0:1 / /run/other rw - cgroup2 cgroup2 rw\n\
+                  2 0 0:2 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n\
+                  3 0 0:3 / /run/systemd rw - cgroup cgroup rw,name=systemd\n";
+        let layout = Layout::detect_at(v2).unwrap();
+        assert_eq!(layout.name(), "v2");
+        assert!(matches!(layout, Layout::V2 { mount } if mount == Path::new("/sys/fs/cgroup")));
+        let none = Layout::detect_at("1 0 0:1 / / rw - ext4 /dev/vda rw\ngarbage\n");
+        assert!(matches!(none, Err(CgroupError::NoMounts)), "{none:?}");
+    }
+
+    #[test]
+    fn converts_shares_and_rejects_bad_names_and_pids() {
+        let weights = [0, 2, 1024, 262_144, u32::MAX].map(shares_to_weight);
+        assert_eq!(weights, [1, 1, 39, 10_000, 10_000]);
+        let layout = Layout::V2 {
+            mount: "/nonexistent".into(),
+        };
+        for name in ["", "/abs", "a/../b", "a//b", ".", "a/"] {
+            let err = Cgroup::at(&layout, name).unwrap_err();
+            assert!(matches!(err, CgroupError::InvalidName { .. }), "{name:?}");
+        }
+        let cg = Cgroup::at(&layout, "hull/z").unwrap();
+        assert!(matches!(cg.add_pid(0), Err(CgroupError::InvalidPid(0))));
+        let err = Cgroup::open(&layout, "hull/z").unwrap_err();
+        assert_eq!(err.to_string(), "cgroup /nonexistent/hull/z does not exist");
+    }
+
+    /// A v2 tree: the root offers five controllers, "hull" offers three and delegates cpu.
+    fn v2_tree(root: &Path) -> Layout {
+        let offered = "cpuset cpu io memory pids\n";
+        fake(
+            root,
+            &format!("cgroup.controllers={offered};cgroup.subtree_control="),
+        );
+        let hull = "cgroup.controllers=cpu memory pids\n;cgroup.subtree_control=cpu\n";
+        fake(&root.join("hull"), hull);
+        let line = format!("9 1 0:9 / {} rw - cgroup2 cgroup2 rw\n", root.display());
+        Layout::detect_at(&line).unwrap()
+    }
+
+    #[test]
+    fn v2_create_writes_limits_and_resets_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = v2_tree(tmp.path());
+        let zone = tmp.path().join("hull/z1");
+        let files = "memory.max memory.swap.max cpu.max cpu.weight pids.max io.weight";
+        fake(&zone, &files.replace(' ', "=junk;"));
+        fake(
+            &zone,
+            "io.weight=;cgroup.procs=12\n7\n;memory.events=oom 3\noom_kill 2",
+        );
+        fake(&zone, "cpu.stat=usage_usec 1500\nuser_usec 1\n");
+        fake(&zone.join("sub"), "cgroup.procs=7\n0\n-1\n");
+        let limits = Limits {
+            memory_bytes: Some(1 << 30),
+            swap_bytes: Some(3 << 30),
+            cpu_cap_pct: Some(50),
+            cpu_shares: Some(262_144),
+            max_lwps: Some(2000),
+            io_weight: Some(20_000),
+        };
+        let (cg, notes) = Cgroup::create(&layout, "hull/z1", &limits).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        let delegated = "cgroup.subtree_control hull/cgroup.subtree_control";
+        assert_eq!(
+            snap(tmp.path(), delegated),
+            "+cpu +memory +pids +io|+memory +pids"
+        );
+        let want = "1073741824|2147483648|50000 100000|10000|2000|default 10000";
+        assert_eq!(snap(&zone, files), want);
+        assert_eq!((cg.procs().unwrap(), cg.oom_kills()), (vec![7, 12], 2));
+        assert_eq!(
+            (cg.cpu_usage_ns(), cg.paths()),
+            (Some(1_500_000), vec![zone.clone()])
+        );
+        cg.add_pid(42).unwrap();
+        check(&cg, "cgroup.procs=42");
+
+        let cg = Cgroup::open(&layout, "hull/z1").unwrap();
+        assert!(cg.set_limits(&Limits::default()).unwrap().is_empty());
+        assert_eq!(snap(&zone, files), "max|max|max 100000|100|max|default 100");
+    }
+
+    #[test]
+    fn v2_io_weight_falls_back_to_bfq_then_to_a_note() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = v2_tree(tmp.path());
+        fake(&tmp.path().join("hull/z2"), "io.bfq.weight=100");
+        let mut limits = Limits::default();
+        (limits.io_weight, limits.swap_bytes) = (Some(5000), Some(1));
+        let (cg, notes) = Cgroup::create(&layout, "hull/z2", &limits).unwrap();
+        check(&cg, "io.bfq.weight=1000");
+        assert_eq!(
+            notes,
+            ["swap limit not supported here (no memory.swap.max)"]
+        );
+        fs::remove_file(cg.paths()[0].join("io.bfq.weight")).unwrap();
+        let notes = cg.set_limits(&Limits {
+            io_weight: Some(1),
+            ..Limits::default()
+        });
+        assert_eq!(
+            notes.unwrap(),
+            ["io weight not supported here (no io.weight)"]
+        );
+    }
+
+    #[test]
+    fn failed_create_removes_what_it_made_and_names_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = v2_tree(tmp.path());
+        let limits = Limits {
+            max_lwps: Some(1),
+            ..Limits::default()
+        };
+        let err = Cgroup::create(&layout, "hull/new/zone", &limits).unwrap_err();
+        let file = tmp.path().join("hull/new/zone/pids.max");
+        assert!(
+            err.to_string().contains(&file.display().to_string()),
+            "{err}"
+        );
+        assert!(!tmp.path().join("hull/new").exists());
+        assert!(
+            tmp.path().join("hull").exists(),
+            "pre-existing parents stay"
+        );
+
+        // Without limits nothing is required: the bare directories are created and removed.
+        let (cg, _) = Cgroup::create(&layout, "hull/new/zone", &Limits::default()).unwrap();
+        fs::create_dir(cg.paths()[0].join("child")).unwrap();
+        cg.remove().unwrap();
+        assert!(!cg.paths()[0].exists());
+        cg.remove().unwrap();
+    }
+
+    #[test]
+    fn v1_create_writes_every_hierarchy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().display();
+        let mut text = format!("1 0 0:1 / {root}/unified rw - cgroup2 cgroup2 rw\n");
+        for (i, ctl) in ["cpu,cpuacct", "memory", "pids", "freezer", "blkio"]
+            .iter()
+            .enumerate()
+        {
+            text += &format!("{i} 0 0:{i} / {root}/{ctl} rw - cgroup cgroup rw,{ctl}\n");
+            fake(&tmp.path().join(ctl).join("zone"), "");
+        }
+        let layout = Layout::detect_at(&text).unwrap();
+        assert_eq!(layout.name(), "hybrid");
+        let cg = Cgroup::open(&layout, "zone").unwrap();
+        let [cpu, memory, pids, _, blkio] = &cg.paths()[..] else {
+            panic!("{cg:?}")
+        };
+        fake(
+            cpu,
+            "cpu.cfs_period_us=;cpu.cfs_quota_us=;cpu.shares=;cpuacct.usage=777\n",
+        );
+        let oom = "memory.oom_control=under_oom 0\noom_kill 4\n";
+        fake(
+            memory,
+            &format!("memory.limit_in_bytes=;memory.memsw.limit_in_bytes=;{oom}"),
+        );
+        fake(pids, "pids.max=");
+        fake(blkio, "blkio.weight=");
+        let limits = Limits {
+            memory_bytes: Some(1000),
+            swap_bytes: Some(500),
+            cpu_cap_pct: Some(250),
+            cpu_shares: Some(1),
+            max_lwps: Some(9),
+            io_weight: Some(1),
+        };
+        let (cg, notes) = Cgroup::create(&layout, "zone", &limits).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        let memsw = "memory.memsw.limit_in_bytes";
+        check(
+            &cg,
+            &format!("memory.limit_in_bytes=1000;{memsw}=1000;pids.max=9"),
+        );
+        check(
+            &cg,
+            "cpu.cfs_period_us=100000;cpu.cfs_quota_us=250000;cpu.shares=2;blkio.weight=10",
+        );
+        assert_eq!((cg.oom_kills(), cg.cpu_usage_ns()), (4, Some(777)));
+
+        // Memory unset but swap set: RAM+swap bounds RAM too; without memsw there is a note.
+        let swap_only = Limits {
+            swap_bytes: Some(64),
+            ..Limits::default()
+        };
+        assert!(cg.set_limits(&swap_only).unwrap().is_empty());
+        check(
+            &cg,
+            &format!("memory.limit_in_bytes=64;{memsw}=64;pids.max=max;blkio.weight=500"),
+        );
+        check(&cg, "cpu.cfs_quota_us=-1;cpu.shares=1024");
+        fs::remove_file(memory.join(memsw)).unwrap();
+        let notes = cg.set_limits(&swap_only).unwrap();
+        assert_eq!(
+            notes,
+            [format!("swap limit not supported here (no {memsw})")]
+        );
+    }
+
+    /// Kills and removes the test's top cgroup (and the child) even when an assertion fails.
+    struct Guard(Layout, String, Option<std::process::Child>);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(child) = &mut self.2 {
+                let _ = (child.kill(), child.wait());
+            }
+            if let Ok(cg) = Cgroup::at(&self.0, &self.1) {
+                let _ = (cg.kill_all(), cg.remove());
+            }
+        }
+    }
+
+    /// A guard for a fresh top cgroup name, and the zone's name below it.
+    fn root_setup() -> (Guard, String) {
+        let nanos = std::time::UNIX_EPOCH.elapsed().unwrap().subsec_nanos();
+        let top = format!("hull-test-{}-{nanos}", std::process::id());
+        let zone = format!("{top}/zone");
+        (Guard(Layout::detect().unwrap(), top, None), zone)
+    }
+
+    /// Checks "file=value" pairs (';'-separated) of a real cgroup; "memory.max" is looked up
+    /// beside the memory controller, "cpu.shares" beside cpu, and so on.
+    fn check(cg: &Cgroup, want: &str) {
+        for (file, value) in want.split(';').filter_map(|f| f.split_once('=')) {
+            let controller = file.split('.').next().unwrap();
+            assert_eq!(snap(cg.dir(controller).unwrap(), file), value, "{file}");
+        }
+    }
+
+    #[test]
+    #[ignore = "needs root and cgroups: run with --run-ignored"]
+    fn root_detect_matches_mountinfo() {
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        fn fs_opts(line: &str) -> Option<(&str, &str)> {
+            let mut right = line.split_once(" - ")?.1.split(' ');
+            Some((right.next()?, right.nth(1)?))
+        }
+        let mounts: Vec<_> = info.lines().filter_map(fs_opts).collect();
+        let memory = |o: &str| o.split(',').any(|c| c == "memory");
+        let v1 = mounts.iter().any(|(t, o)| *t == "cgroup" && memory(o));
+        let v2 = mounts.iter().any(|(t, _)| *t == "cgroup2");
+        let layout = Layout::detect().unwrap();
+        let want = [["v2", "v2"], ["v1", "hybrid"]][usize::from(v1)][usize::from(v2)];
+        assert_eq!(layout.name(), want, "{layout:?}");
+        if let Layout::V1 {
+            unified: Some(path),
+            ..
+        } = &layout
+        {
+            assert!(path.join("cgroup.procs").exists(), "{layout:?}");
+        }
+    }
+
+    #[test]
+    #[ignore = "needs root and cgroups: run with --run-ignored"]
+    fn root_lifecycle_limits_kill_remove() {
+        let (mut guard, zone) = root_setup();
+        let mut limits = Limits::default();
+        (limits.memory_bytes, limits.cpu_cap_pct) = (Some(64 << 20), Some(50));
+        limits.max_lwps = Some(20);
+        let (cg, notes) = Cgroup::create(&guard.0, &zone, &limits).unwrap();
+        eprintln!(
+            "{} layout, notes {notes:?}, paths {:?}",
+            guard.0.name(),
+            cg.paths()
+        );
+        check(
+            &cg,
+            match cg.v2 {
+                true => "pids.max=20;memory.max=67108864;cpu.max=50000 100000",
+                false => "pids.max=20;memory.limit_in_bytes=67108864;cpu.cfs_quota_us=50000",
+            },
+        );
+        if !cg.v2 {
+            check(&cg, "cpu.cfs_period_us=100000");
+        }
+        assert_eq!((cg.oom_kills(), cg.cpu_usage_ns().is_some()), (0, true));
+        fork_kill_remove(&mut guard, &cg, &zone);
+    }
+
+    /// The v2 mechanics (cgroup.kill, nested creation) on whatever cgroup2 mount this host
+    /// has, even the controller-less one of the hybrid layout.
+    #[test]
+    #[ignore = "needs root and cgroups: run with --run-ignored"]
+    fn root_v2_kill_on_the_cgroup2_mount() {
+        let (mut guard, zone) = root_setup();
+        if let Layout::V1 { unified, .. } = &guard.0 {
+            let Some(mount) = unified.clone() else {
+                return eprintln!("SKIP: no cgroup2 mount");
+            };
+            guard.0 = Layout::V2 { mount };
+        }
+        let (cg, notes) = Cgroup::create(&guard.0, &zone, &Limits::default()).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        fork_kill_remove(&mut guard, &cg, &zone);
+    }
+
+    /// Runs a shell in `cg` that forks two sleeps once inside, kills them all, removes `cg`.
+    fn fork_kill_remove(guard: &mut Guard, cg: &Cgroup, zone: &str) {
+        use std::os::unix::process::ExitStatusExt;
+        let script = "read go; sleep 100 & sleep 100 & wait";
+        let mut sh = std::process::Command::new("sh");
+        let child = sh
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .spawn();
+        let child = guard.2.insert(child.unwrap());
+        let pid = i32::try_from(child.id()).unwrap();
+        cg.add_pid(pid).unwrap();
+        assert_eq!(cg.procs().unwrap(), [pid]);
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cg.procs().unwrap().len() < 3 && Instant::now() < deadline {
+            sleep(POLL);
+        }
+        let procs = Cgroup::open(&guard.0, zone).unwrap().procs().unwrap();
+        assert!(procs.len() == 3 && procs.contains(&pid), "{procs:?}");
+
+        cg.kill_all().unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        guard.2 = None;
+        assert!(cg.procs().unwrap().is_empty());
+        cg.remove().unwrap();
+        for path in cg.paths() {
+            assert!(!path.exists(), "{} is still there", path.display());
+        }
+        let gone = Cgroup::open(&guard.0, zone);
+        assert!(matches!(gone, Err(CgroupError::NotFound(_))), "{gone:?}");
+    }
+
+    #[test]
+    #[ignore = "needs root and cgroups: run with --run-ignored"]
+    fn root_set_limits_live_update() {
+        let (guard, zone) = root_setup();
+        let mut limits = Limits::default();
+        (limits.memory_bytes, limits.swap_bytes) = (Some(64 << 20), Some(128 << 20));
+        let (cg, notes) = Cgroup::create(&guard.0, &zone, &limits).unwrap();
+        let memsw = !cg.v2 && notes.is_empty();
+        (limits.cpu_cap_pct, limits.cpu_shares) = (Some(150), Some(512));
+        (limits.max_lwps, limits.io_weight) = (Some(100), Some(200));
+        // Lower RAM and raise swap, then raise RAM above the old RAM+swap limit.
+        for (mem, swap) in [(32u64 << 20, 256u64 << 20), (512 << 20, 512 << 20)] {
+            (limits.memory_bytes, limits.swap_bytes) = (Some(mem), Some(swap));
+            eprintln!("notes {:?}", cg.set_limits(&limits).unwrap());
+            check(
+                &cg,
+                &match cg.v2 {
+                    true => format!("memory.max={mem};cpu.max=150000 100000;cpu.weight=20"),
+                    false => format!(
+                        "memory.limit_in_bytes={mem};cpu.cfs_quota_us=150000;cpu.shares=512"
+                    ),
+                },
+            );
+            check(&cg, "pids.max=100");
+            if memsw {
+                check(&cg, &format!("memory.memsw.limit_in_bytes={swap}"));
+            }
+            let io = [
+                "io.weight",
+                "io.bfq.weight",
+                "blkio.weight",
+                "blkio.bfq.weight",
+            ];
+            let dir = cg.dir(if cg.v2 { "io" } else { "blkio" }).unwrap();
+            if let Some(f) = io.iter().find(|f| dir.join(f).exists()) {
+                assert!(snap(dir, f).ends_with("200"), "{f}");
+            }
+        }
+        cg.set_limits(&Limits::default()).unwrap();
+        check(
+            &cg,
+            match cg.v2 {
+                true => "pids.max=max;memory.max=max;cpu.max=max 100000",
+                false => "pids.max=max;cpu.cfs_quota_us=-1;cpu.shares=1024",
+            },
+        );
+        if !cg.v2 {
+            let limit: u64 = snap(cg.dir("memory").unwrap(), "memory.limit_in_bytes")
+                .parse()
+                .unwrap();
+            assert!(limit > 1 << 60, "memory limit {limit} is not unlimited");
+        }
+        drop(guard);
+        assert!(
+            cg.paths().iter().all(|p| !p.exists()),
+            "the guard removes the test cgroups"
+        );
+    }
+}

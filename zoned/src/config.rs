@@ -1,0 +1,275 @@
+//! What vmmd hands a zone (config.json in the zone's runtime directory), what zoned reports
+//! back (state.json), and the control requests it answers on ctl.sock.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::Limits;
+
+/// Size of each zone's uid/gid range.
+pub const ID_RANGE: u32 = 65536;
+
+/// Where the zone's root comes from. The runtime mounts it in its own mount namespace only,
+/// so no mount is ever left on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RootSpec {
+    /// A directory bind-mounted as the root (btrfs subvolume, reflinked tree).
+    Bind { dir: PathBuf },
+    /// An overlay of a read-only image tree and the zone's writable layer.
+    Overlay {
+        lower: PathBuf,
+        upper: PathBuf,
+        work: PathBuf,
+    },
+}
+
+/// Everything zoned needs to run one zone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ZoneConfig {
+    pub uuid: String,
+    pub hostname: String,
+    pub root: RootSpec,
+    /// The init's argv; argv[0] is a path inside the zone.
+    pub init: Vec<String>,
+    /// First host uid/gid of the zone's range ([`ID_RANGE`] ids): zone uid 0 is this one.
+    pub id_base: u32,
+    /// The zone's cgroup, relative to each hierarchy's root (e.g. `hull/<uuid>`).
+    pub cgroup: String,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Name servers written to /etc/resolv.conf (left alone when empty).
+    #[serde(default)]
+    pub resolvers: Vec<String>,
+    /// Seconds a graceful stop waits for init before killing the zone.
+    pub stop_timeout_s: u64,
+}
+
+/// A zone's run state as zoned reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+}
+
+/// How the zone's init last ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitExit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// state.json: written atomically by zoned at every change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneState {
+    pub phase: Phase,
+    /// zoned's pid and start time (clock ticks after boot, from /proc/PID/stat), which
+    /// together name the process even after pid reuse.
+    pub zoned_pid: i32,
+    pub zoned_start: u64,
+    /// The zone's init as the host sees it, while it runs.
+    pub init_pid: Option<i32>,
+    pub init_start: Option<u64>,
+    /// "v2", "v1" or "hybrid".
+    pub cgroup_layout: String,
+    /// How many times init was started (zone reboots add one).
+    pub boots: u32,
+    pub last_exit: Option<InitExit>,
+    /// Why the zone failed to start or stopped abnormally.
+    pub error: Option<String>,
+    /// Things the host could not apply (e.g. an io weight without an io controller).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// A request on ctl.sock (one JSON line, one reply line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "cmd", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    /// Graceful stop: SIGTERM to init, everything killed after `timeout_s`; `force` kills at
+    /// once.
+    Stop {
+        timeout_s: Option<u64>,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Stop as above, then boot again.
+    Reboot {
+        timeout_s: Option<u64>,
+    },
+    /// A signal to the zone's init.
+    Kill {
+        signal: i32,
+    },
+    /// New resource limits, applied at once.
+    Update {
+        limits: Limits,
+    },
+}
+
+/// The reply to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ZoneState>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// File names in a zone's runtime directory.
+pub mod files {
+    pub const CONFIG: &str = "config.json";
+    pub const STATE: &str = "state.json";
+    pub const CONSOLE: &str = "console.sock";
+    pub const CONTROL: &str = "ctl.sock";
+    pub const LOG: &str = "zoned.log";
+    /// Mount point of the zone's root inside zoned's mount namespace.
+    pub const ROOTFS: &str = "rootfs";
+    /// Staging mount point of the root before it is id-mapped.
+    pub const BASE: &str = "base";
+}
+
+/// Errors reading or writing the runtime directory.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not valid: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Reads a JSON file of the runtime directory.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FileError> {
+    let bytes = std::fs::read(path).map_err(|source| FileError::Io {
+        action: "read",
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| FileError::Json {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes a JSON file atomically (temp file, fsync, rename), so a crash leaves the old or
+/// the new version, never a torn one.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), FileError> {
+    let io = |action| {
+        move |source| FileError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| FileError::Json {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut f = std::fs::File::create(&tmp).map_err(io("create"))?;
+    f.write_all(&bytes).map_err(io("write"))?;
+    f.sync_all().map_err(io("fsync"))?;
+    std::fs::rename(&tmp, path).map_err(io("rename"))
+}
+
+/// A process's start time in clock ticks after boot (field 22 of /proc/PID/stat), or None if
+/// it does not exist.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A pidfd of `pid` (readable once the process has exited).
+pub fn pidfd(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open with a pid and no flags.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor from the kernel, owned by the caller from now on.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as i32) })
+}
+
+/// Whether `pid` is still the process that started at `start`.
+pub fn same_process(pid: i32, start: u64) -> bool {
+    start_time(pid) == Some(start)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_junk_is_refused() {
+        let r: Request = serde_json::from_str(r#"{"cmd":"stop","timeout_s":5}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Stop {
+                timeout_s: Some(5),
+                force: false
+            }
+        );
+        let r: Request = serde_json::from_str(r#"{"cmd":"kill","signal":15}"#).unwrap();
+        assert_eq!(r, Request::Kill { signal: 15 });
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).is_err());
+    }
+
+    #[test]
+    fn start_time_names_this_process_and_not_a_missing_one() {
+        let me = std::process::id() as i32;
+        let t = start_time(me).unwrap();
+        assert!(same_process(me, t));
+        assert!(!same_process(me, t + 1));
+        assert_eq!(start_time(i32::MAX), None);
+    }
+
+    #[test]
+    fn json_files_round_trip_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        let s = ZoneState {
+            phase: Phase::Running,
+            zoned_pid: 1,
+            zoned_start: 2,
+            init_pid: Some(3),
+            init_start: Some(4),
+            cgroup_layout: "v2".into(),
+            boots: 1,
+            last_exit: None,
+            error: None,
+            notes: vec![],
+        };
+        write_json(&p, &s).unwrap();
+        assert_eq!(read_json::<ZoneState>(&p).unwrap(), s);
+        assert!(!dir.path().join("state.json.tmp").exists());
+        std::fs::write(&p, b"{").unwrap();
+        assert!(
+            read_json::<ZoneState>(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("not valid")
+        );
+    }
+}

@@ -1,0 +1,50 @@
+//! `zoned run DIR` supervises one zone; `zoned exec DIR [-t] [-- CMD ARGS...]` runs a command
+//! (or a login shell) in a running zone. vmmd starts the first, zlogin the second.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: zoned run DIR\n       zoned exec DIR [-t] [-- CMD [ARGS...]]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("run") if args.len() == 2 => match zoned::run::run(&PathBuf::from(&args[1])) {
+            Ok(state) => {
+                eprintln!("zoned: zone stopped ({:?})", state.last_exit);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("zoned: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("exec") if args.len() >= 2 => {
+            let dir = PathBuf::from(&args[1]);
+            let mut rest = &args[2..];
+            let mut tty = false;
+            while let Some(a) = rest.first() {
+                match a.as_str() {
+                    "-t" => tty = true,
+                    "--" => {
+                        rest = &rest[1..];
+                        break;
+                    }
+                    _ => break,
+                }
+                rest = &rest[1..];
+            }
+            match zoned::exec::exec(&dir, rest, tty) {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(e) => {
+                    eprintln!("zlogin: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}

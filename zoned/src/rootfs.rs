@@ -1,0 +1,499 @@
+//! The zone's filesystem view. zoned mounts the root in a mount namespace of its own (so a
+//! killed zoned can never leave a mount on the host) and id-maps it to the zone's user
+//! namespace: files owned by 0 on disk belong to the zone's root, whose host uid is an
+//! unprivileged one. The zone's init process then mounts /proc, /sys and a minimal /dev on
+//! it, masks what a zone must not see, and pivots into it.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use crate::config::{ID_RANGE, RootSpec};
+
+/// A failed filesystem step, naming the path and what was attempted.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {}: {source}", path.display())]
+pub struct MountError {
+    pub action: String,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn err(action: impl Into<String>, path: &Path) -> impl FnOnce(nix::Error) -> MountError {
+    let action = action.into();
+    let path = path.to_owned();
+    move |e| MountError {
+        action,
+        path,
+        source: e.into(),
+    }
+}
+
+fn io_err(action: impl Into<String>, path: &Path) -> impl FnOnce(std::io::Error) -> MountError {
+    let action = action.into();
+    let path = path.to_owned();
+    move |source| MountError {
+        action,
+        path,
+        source,
+    }
+}
+
+fn last(action: &str, path: &Path) -> MountError {
+    MountError {
+        action: action.to_owned(),
+        path: path.to_owned(),
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+fn cstr(path: &Path) -> Result<CString, MountError> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| MountError {
+        action: "use a path holding a NUL byte".into(),
+        path: path.to_owned(),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })
+}
+
+/// Gives the calling process a private mount namespace: nothing it mounts reaches the host.
+pub fn private_mount_namespace() -> Result<(), MountError> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(err("unshare the mount namespace for", Path::new("/")))?;
+    make_private(Path::new("/"))
+}
+
+fn make_private(path: &Path) -> Result<(), MountError> {
+    mount(
+        None::<&str>,
+        path,
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(err("make mounts private under", path))
+}
+
+/// Creates a user namespace mapping zone ids 0..[`ID_RANGE`] to `base..`, and returns a
+/// descriptor that keeps it alive. A short-lived child makes it; the host root writes the
+/// maps.
+pub fn make_user_namespace(base: u32) -> Result<OwnedFd, MountError> {
+    let proc_self = Path::new("/proc/self/ns/user");
+    let (ready_r, ready_w) = nix::unistd::pipe().map_err(err("make a pipe for", proc_self))?;
+    let (hold_r, hold_w) = nix::unistd::pipe().map_err(err("make a pipe for", proc_self))?;
+    // SAFETY: zoned is single-threaded; the child only makes raw syscalls and _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(last("fork the user namespace maker for", proc_self));
+    }
+    if pid == 0 {
+        // SAFETY: raw syscalls on descriptors this child owns, then _exit.
+        unsafe {
+            libc::close(hold_w.as_raw_fd());
+            libc::close(ready_r.as_raw_fd());
+            let ok = libc::unshare(libc::CLONE_NEWUSER) == 0;
+            let b = [u8::from(ok)];
+            libc::write(ready_w.as_raw_fd(), b.as_ptr().cast(), 1);
+            let mut x = [0u8; 1];
+            libc::read(hold_r.as_raw_fd(), x.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    drop(ready_w);
+    drop(hold_r);
+    let result = (|| {
+        let mut b = [0u8; 1];
+        let n = nix::unistd::read(&ready_r, &mut b).map_err(err("wait for", proc_self))?;
+        let ns_path = PathBuf::from(format!("/proc/{pid}/ns/user"));
+        if n != 1 || b[0] != 1 {
+            return Err(MountError {
+                action: "create a user namespace (unshare CLONE_NEWUSER) at".into(),
+                path: ns_path,
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            });
+        }
+        for map in ["uid_map", "gid_map"] {
+            let p = PathBuf::from(format!("/proc/{pid}/{map}"));
+            std::fs::write(&p, format!("0 {base} {ID_RANGE}\n"))
+                .map_err(io_err("write the zone's id map to", &p))?;
+        }
+        let f = std::fs::File::open(&ns_path).map_err(io_err("open", &ns_path))?;
+        Ok(OwnedFd::from(f))
+    })();
+    drop(hold_w);
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    result
+}
+
+/// Mounts the zone's root at `rootfs`, id-mapped to the zone's user namespace (nosuid,
+/// nodev), inside the caller's private mount namespace.
+///
+/// A directory root is an id-mapped bind mount: the zone's writes land on disk with the
+/// ids they have in the zone. An overlay cannot be id-mapped as a whole, so its image layer
+/// is (at `base`), and the zone's upper layer keeps the host ids of the zone's range: its
+/// root directory is handed to the zone's root here, which is why a zone keeps its id range
+/// for as long as it exists.
+pub fn mount_root(
+    spec: &RootSpec,
+    base: &Path,
+    rootfs: &Path,
+    userns: &OwnedFd,
+    id_base: u32,
+) -> Result<(), MountError> {
+    for d in [base, rootfs] {
+        std::fs::create_dir_all(d).map_err(io_err("create", d))?;
+    }
+    match spec {
+        RootSpec::Bind { dir } => idmap_clone(dir, rootfs, userns),
+        RootSpec::Overlay { lower, upper, work } => {
+            idmap_clone(lower, base, userns)?;
+            let owner = Some(nix::unistd::Uid::from_raw(id_base));
+            let group = Some(nix::unistd::Gid::from_raw(id_base));
+            nix::unistd::chown(upper.as_path(), owner, group)
+                .map_err(err("hand to the zone's root", upper))?;
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                escape(base)?,
+                escape(upper)?,
+                escape(work)?
+            );
+            let r = mount(
+                Some("overlay"),
+                rootfs,
+                Some("overlay"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(data.as_str()),
+            )
+            .map_err(err("mount the zone's overlay root on", rootfs));
+            // The overlay holds its own reference to the id-mapped layer.
+            let _ = umount2(base, MntFlags::MNT_DETACH);
+            r
+        }
+    }
+}
+
+fn escape(p: &Path) -> Result<String, MountError> {
+    let s = p.to_str().ok_or_else(|| MountError {
+        action: "use a non-UTF-8 path as an overlay layer".into(),
+        path: p.to_owned(),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })?;
+    Ok(s.chars()
+        .flat_map(|c| {
+            let esc = matches!(c, ',' | ':' | '\\').then_some('\\');
+            esc.into_iter().chain(std::iter::once(c))
+        })
+        .collect())
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// Attaches an id-mapped (nosuid, nodev) clone of the tree at `base` on `rootfs`.
+fn idmap_clone(base: &Path, rootfs: &Path, userns: &OwnedFd) -> Result<(), MountError> {
+    let c_base = cstr(base)?;
+    let c_root = cstr(rootfs)?;
+    // SAFETY: open_tree on a NUL-terminated path; a returned descriptor is owned here.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c_base.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(last("clone the mount (open_tree) at", base));
+    }
+    // SAFETY: open_tree returned a fresh descriptor nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    let empty = c"";
+    // SAFETY: mount_setattr on our detached tree with a valid, sized mount_attr.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(MountError {
+            action: format!(
+                "id-map the zone root (this kernel or filesystem may lack idmapped mounts: {e}) at"
+            ),
+            path: base.to_owned(),
+            source: e,
+        });
+    }
+    // SAFETY: move_mount of our detached tree onto a NUL-terminated target path.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            c_root.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(last("attach the id-mapped root at", rootfs));
+    }
+    Ok(())
+}
+
+/// Device nodes a zone gets, bind-mounted from the host's.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// Files of /proc a zone must not read; /dev/null is mounted over them.
+const MASKED_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+    "kallsyms",
+    "kmsg",
+];
+/// Directories hidden under an empty read-only tmpfs.
+const MASKED_DIRS: &[&str] = &[
+    "proc/acpi",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/kernel/security",
+];
+/// Parts of /proc made read-only.
+const READ_ONLY: &[&str] = &[
+    "proc/sys",
+    "proc/sysrq-trigger",
+    "proc/irq",
+    "proc/bus",
+    "proc/fs",
+];
+
+/// Mounts /proc, /sys (read-only), /dev (tmpfs with a few host nodes, devpts, shm) on the
+/// zone root and masks the sensitive parts. Runs in the zone's init before pivot_root, as
+/// host root inside the zone's new mount, pid and net namespaces. Returns the console's
+/// pty master (from the zone's own devpts), whose peer is now /dev/console.
+pub fn populate(root: &Path, id_base: u32) -> Result<OwnedFd, MountError> {
+    make_private(Path::new("/"))?;
+    let nosnd = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let proc_ = root.join("proc");
+    let sys = root.join("sys");
+    let dev = root.join("dev");
+    for d in [&proc_, &sys, &dev] {
+        if !d.is_dir() {
+            as_zone_root(id_base, || std::fs::create_dir(d)).map_err(io_err("create", d))?;
+        }
+    }
+    mount(Some("proc"), &proc_, Some("proc"), nosnd, None::<&str>)
+        .map_err(err("mount proc on", &proc_))?;
+    mount(
+        Some("sysfs"),
+        &sys,
+        Some("sysfs"),
+        nosnd | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(err("mount sysfs on", &sys))?;
+    let opts = format!("mode=755,size=65536k,uid={id_base},gid={id_base}");
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(opts.as_str()),
+    )
+    .map_err(err("mount tmpfs on", &dev))?;
+    for name in DEVICES {
+        let target = dev.join(name);
+        std::fs::File::create(&target).map_err(io_err("create", &target))?;
+        let host = Path::new("/dev").join(name);
+        mount(
+            Some(host.as_path()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(err(format!("bind-mount {} on", host.display()), &target))?;
+    }
+    let pts = dev.join("pts");
+    std::fs::create_dir(&pts).map_err(io_err("create", &pts))?;
+    let tty_gid = id_base + 5;
+    let opts = format!("newinstance,ptmxmode=0666,mode=0620,gid={tty_gid}");
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(opts.as_str()),
+    )
+    .map_err(err("mount devpts on", &pts))?;
+    let shm = dev.join("shm");
+    std::fs::create_dir(&shm).map_err(io_err("create", &shm))?;
+    let opts = format!("mode=1777,size=65536k,uid={id_base},gid={id_base}");
+    mount(Some("shm"), &shm, Some("tmpfs"), nosnd, Some(opts.as_str()))
+        .map_err(err("mount tmpfs on", &shm))?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let p = dev.join(link);
+        std::os::unix::fs::symlink(to, &p).map_err(io_err("create the symlink", &p))?;
+    }
+    let master = console(&dev, id_base, tty_gid)?;
+    mask(root, &dev.join("null"))?;
+    Ok(master)
+}
+
+/// Opens a pty in the zone's devpts, hands its slave to the zone's root and mounts it on
+/// /dev/console.
+fn console(dev: &Path, id_base: u32, tty_gid: u32) -> Result<OwnedFd, MountError> {
+    let ptmx = dev.join("pts/ptmx");
+    let master = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags_noctty()
+        .open(&ptmx)
+        .map_err(io_err("open", &ptmx))?;
+    let master = OwnedFd::from(master);
+    let mut unlock: libc::c_int = 0;
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCSPTLCK and TIOCGPTN on a pty master with pointers to live integers.
+    let ok = unsafe {
+        libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &mut unlock) == 0
+            && libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) == 0
+    };
+    if !ok {
+        return Err(last("unlock the console pty at", &ptmx));
+    }
+    let slave = dev.join(format!("pts/{n}"));
+    nix::unistd::chown(
+        &slave,
+        Some(nix::unistd::Uid::from_raw(id_base)),
+        Some(nix::unistd::Gid::from_raw(tty_gid)),
+    )
+    .map_err(err("give the zone's root", &slave))?;
+    let console = dev.join("console");
+    std::fs::File::create(&console).map_err(io_err("create", &console))?;
+    mount(
+        Some(slave.as_path()),
+        &console,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(err(format!("bind-mount {} on", slave.display()), &console))?;
+    Ok(master)
+}
+
+trait NoCtty {
+    fn custom_flags_noctty(&mut self) -> &mut Self;
+}
+
+impl NoCtty for std::fs::OpenOptions {
+    fn custom_flags_noctty(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NOCTTY)
+    }
+}
+
+fn mask(root: &Path, null: &Path) -> Result<(), MountError> {
+    for f in MASKED_FILES {
+        let p = root.join("proc").join(f);
+        if p.exists() {
+            mount(Some(null), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(err("mask", &p))?;
+        }
+    }
+    for d in MASKED_DIRS {
+        let p = root.join(d);
+        if p.is_dir() {
+            mount(
+                Some("tmpfs"),
+                &p,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=0"),
+            )
+            .map_err(err("mask", &p))?;
+        }
+    }
+    for d in READ_ONLY {
+        let p = root.join(d);
+        if p.exists() {
+            mount(
+                Some(p.as_path()),
+                &p,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(err("bind-mount", &p))?;
+            mount(
+                None::<&str>,
+                &p,
+                None::<&str>,
+                MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+            .map_err(err("make read-only", &p))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes `root` the process's root directory and drops the host's mounts from its view.
+pub fn pivot(root: &Path) -> Result<(), MountError> {
+    nix::unistd::chdir(root).map_err(err("enter", root))?;
+    nix::unistd::pivot_root(".", ".").map_err(err("pivot_root into", root))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(err("detach the host's mounts from", root))?;
+    nix::unistd::chdir("/").map_err(err("enter", Path::new("/")))
+}
+
+/// Runs `f` with the filesystem ids of the zone's root, so what it creates in the id-mapped
+/// root is owned by the zone (host root is not mapped there).
+pub fn as_zone_root<T>(id_base: u32, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    // SAFETY: setfsuid/setfsgid only change this thread's filesystem ids; both are restored.
+    unsafe {
+        let old_g = libc::setfsgid(id_base);
+        let old_u = libc::setfsuid(id_base);
+        let r = f();
+        libc::setfsuid(old_u as libc::uid_t);
+        libc::setfsgid(old_g as libc::gid_t);
+        r
+    }
+}

@@ -1,0 +1,777 @@
+//! `zoned run DIR`: the supervising process of one zone. It builds the zone (cgroup, user
+//! namespace, id-mapped root in a private mount namespace), starts init as pid 1 of new
+//! pid, mount, uts, ipc, net and cgroup namespaces, and then serves the console and control
+//! sockets and reaps until the zone stops. It is single-threaded: the zone's processes are
+//! cloned from it.
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::cgroup::{Cgroup, Layout};
+use crate::config::{
+    InitExit, Phase, Reply, Request, ZoneConfig, ZoneState, files, read_json, start_time,
+    write_json,
+};
+use crate::{rootfs, security};
+
+/// How much console output is kept for a client that attaches later.
+const BACKLOG: usize = 64 << 10;
+
+/// Why a zone could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    File(#[from] crate::config::FileError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error(transparent)]
+    Mount(#[from] rootfs::MountError),
+    #[error(transparent)]
+    Security(#[from] security::SecurityError),
+    #[error("cannot {what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another zoned already runs the zone in {0}")]
+    Busy(String),
+    #[error("the zone's init did not start: {0}")]
+    Init(String),
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RunError {
+    let what = what.into();
+    move |e| RunError::Sys {
+        what,
+        source: e.into(),
+    }
+}
+
+fn sys_io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Sys { what, source }
+}
+
+/// A graceful stop or reboot under way.
+#[derive(Debug)]
+struct Stopping {
+    deadline: Instant,
+    reboot: bool,
+    killed: bool,
+}
+
+/// The console: the pty master of the current boot, its backlog and one attached client.
+#[derive(Debug, Default)]
+struct Console {
+    master: Option<OwnedFd>,
+    /// A slave descriptor kept open so the master never hangs up between openers.
+    peer: Option<OwnedFd>,
+    backlog: VecDeque<u8>,
+    client: Option<UnixStream>,
+}
+
+impl Console {
+    fn output(&mut self, data: &[u8]) {
+        self.backlog.extend(data);
+        let excess = self.backlog.len().saturating_sub(BACKLOG);
+        self.backlog.drain(..excess);
+        if let Some(c) = self.client.as_mut()
+            && c.write_all(data).is_err()
+        {
+            self.client = None;
+        }
+    }
+
+    fn attach(&mut self, mut client: UnixStream) {
+        let _ = client.set_write_timeout(Some(Duration::from_millis(500)));
+        let (a, b) = self.backlog.as_slices();
+        if client.write_all(a).is_ok() && client.write_all(b).is_ok() {
+            self.client = Some(client);
+        }
+    }
+}
+
+/// One zone under supervision.
+#[derive(Debug)]
+struct Zone {
+    dir: PathBuf,
+    cfg: ZoneConfig,
+    cgroup: Cgroup,
+    userns: OwnedFd,
+    rootfs: PathBuf,
+    filters: [seccompiler::BpfProgram; 2],
+    state: ZoneState,
+    init: Option<Pid>,
+    stopping: Option<Stopping>,
+    console: Console,
+}
+
+/// Runs the zone in `dir` until it stops. Returns the zone's final state.
+pub fn run(dir: &Path) -> Result<ZoneState, RunError> {
+    // SAFETY: umask has no preconditions; sockets and files made here are root's only.
+    unsafe { libc::umask(0o077) };
+    let _ = nix::unistd::setsid();
+    let lock_path = dir.join("zoned.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(sys_io(format!("create {}", lock_path.display())))?;
+    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| RunError::Busy(dir.display().to_string()))
+        .map(|held| {
+            // Held for the life of the process.
+            std::mem::forget(held);
+        })?;
+    let cfg: ZoneConfig = read_json(&dir.join(files::CONFIG))?;
+    let me = std::process::id() as i32;
+    let mut state = ZoneState {
+        phase: Phase::Starting,
+        zoned_pid: me,
+        zoned_start: start_time(me).unwrap_or(0),
+        init_pid: None,
+        init_start: None,
+        cgroup_layout: String::new(),
+        boots: 0,
+        last_exit: None,
+        error: None,
+        notes: Vec::new(),
+    };
+    write_json(&dir.join(files::STATE), &state)?;
+    match build(dir, cfg, &mut state) {
+        Ok(zone) => zone.supervise(),
+        Err(e) => {
+            state.phase = Phase::Stopped;
+            state.error = Some(e.to_string());
+            let _ = write_json(&dir.join(files::STATE), &state);
+            Err(e)
+        }
+    }
+}
+
+fn build(dir: &Path, cfg: ZoneConfig, state: &mut ZoneState) -> Result<Zone, RunError> {
+    let layout = Layout::detect()?;
+    state.cgroup_layout = layout.name().to_owned();
+    let (cgroup, notes) = Cgroup::create(&layout, &cfg.cgroup, &cfg.limits)?;
+    state.notes = notes;
+    let zone = (|| {
+        rootfs::private_mount_namespace()?;
+        let userns = rootfs::make_user_namespace(cfg.id_base)?;
+        let rootfs = dir.join(files::ROOTFS);
+        rootfs::mount_root(
+            &cfg.root,
+            &dir.join(files::BASE),
+            &rootfs,
+            &userns,
+            cfg.id_base,
+        )?;
+        Ok::<_, RunError>((userns, rootfs))
+    })();
+    let (userns, rootfs) = match zone {
+        Ok(z) => z,
+        Err(e) => {
+            let _ = cgroup.remove();
+            return Err(e);
+        }
+    };
+    Ok(Zone {
+        dir: dir.to_owned(),
+        filters: security::filters()?,
+        cfg,
+        cgroup,
+        userns,
+        rootfs,
+        state: state.clone(),
+        init: None,
+        stopping: None,
+        console: Console::default(),
+    })
+}
+
+/// Signals zoned handles through its signalfd.
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+impl Zone {
+    fn save(&self) {
+        if let Err(e) = write_json(&self.dir.join(files::STATE), &self.state) {
+            eprintln!("zoned: {e}");
+        }
+    }
+
+    fn supervise(mut self) -> Result<ZoneState, RunError> {
+        let set = handled_signals();
+        set.thread_block().map_err(sys("block signals"))?;
+        let sigfd = SignalFd::with_flags(
+            &set,
+            nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+        )
+        .map_err(sys("create a signalfd"))?;
+        let ctl = bind(&self.dir.join(files::CONTROL))?;
+        let con = bind(&self.dir.join(files::CONSOLE))?;
+        if let Err(e) = self.boot() {
+            self.finish(Some(e.to_string()));
+            return Err(e);
+        }
+        loop {
+            let timeout = match &self.stopping {
+                Some(s) if !s.killed => {
+                    let left = s.deadline.saturating_duration_since(Instant::now());
+                    PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+                        .unwrap_or(PollTimeout::NONE)
+                }
+                _ => PollTimeout::NONE,
+            };
+            let master = self.console.master.as_ref().map(|m| m.as_raw_fd());
+            let client = self.console.client.as_ref().map(|c| c.as_raw_fd());
+            let (sig_ev, ctl_ev, con_ev, master_ev, client_ev) = {
+                // SAFETY: the descriptors are owned by `self` and live across the poll.
+                let b = |fd: RawFd| unsafe { BorrowedFd::borrow_raw(fd) };
+                let mut fds = vec![
+                    PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(con.as_fd(), PollFlags::POLLIN),
+                ];
+                if let Some(m) = master {
+                    fds.push(PollFd::new(b(m), PollFlags::POLLIN));
+                }
+                if let Some(c) = client {
+                    fds.push(PollFd::new(b(c), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(nix::Error::EINTR) => {}
+                    Err(e) => return Err(sys("poll")(e)),
+                }
+                let ev = |i: usize| {
+                    fds.get(i)
+                        .and_then(|f| f.revents())
+                        .is_some_and(|r| !r.is_empty())
+                };
+                let mi = 3;
+                let ci = 3 + usize::from(master.is_some());
+                (
+                    ev(0),
+                    ev(1),
+                    ev(2),
+                    master.is_some() && ev(mi),
+                    client.is_some() && ev(ci),
+                )
+            };
+            if master_ev {
+                self.pump_output();
+            }
+            if client_ev {
+                self.pump_input();
+            }
+            if con_ev && let Ok((s, _)) = con.accept() {
+                self.console.attach(s);
+            }
+            if ctl_ev && let Ok((s, _)) = ctl.accept() {
+                self.control(s);
+            }
+            if sig_ev {
+                while let Ok(Some(info)) = sigfd.read_signal() {
+                    let sig = info.ssi_signo as i32;
+                    if sig != libc::SIGCHLD {
+                        let t = self.cfg.stop_timeout_s;
+                        self.stop(t, false, false);
+                    }
+                }
+            }
+            if let Some(s) = &mut self.stopping
+                && !s.killed
+                && Instant::now() >= s.deadline
+            {
+                s.killed = true;
+                if let Err(e) = self.cgroup.kill_all() {
+                    eprintln!("zoned: {e}");
+                }
+            }
+            if let Some(exit) = self.reap() {
+                let reboot = match &self.stopping {
+                    Some(s) => s.reboot,
+                    // A zone that reboots itself: reboot(2) in a pid namespace ends init
+                    // with SIGHUP (SIGINT for halt and power-off).
+                    None => exit.signal == Some(libc::SIGHUP),
+                };
+                self.state.last_exit = Some(exit);
+                self.state.init_pid = None;
+                self.state.init_start = None;
+                if let Err(e) = self.cgroup.kill_all() {
+                    eprintln!("zoned: {e}");
+                }
+                if reboot {
+                    self.stopping = None;
+                    if let Err(e) = self.boot() {
+                        self.finish(Some(e.to_string()));
+                        return Err(e);
+                    }
+                    continue;
+                }
+                self.finish(None);
+                return Ok(self.state);
+            }
+        }
+    }
+
+    /// Reaps children; returns how init ended if it did.
+    fn reap(&mut self) -> Option<InitExit> {
+        let mut ended = None;
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if Some(pid) == self.init => {
+                    ended = Some(InitExit {
+                        code: Some(code),
+                        signal: None,
+                    });
+                    self.init = None;
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if Some(pid) == self.init => {
+                    ended = Some(InitExit {
+                        code: None,
+                        signal: Some(sig as i32),
+                    });
+                    self.init = None;
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => return ended,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn finish(&mut self, error: Option<String>) {
+        if let Err(e) = self.cgroup.kill_all() {
+            eprintln!("zoned: {e}");
+        }
+        if let Err(e) = self.cgroup.remove() {
+            eprintln!("zoned: {e}");
+        }
+        for f in [files::CONTROL, files::CONSOLE] {
+            let _ = std::fs::remove_file(self.dir.join(f));
+        }
+        self.state.phase = Phase::Stopped;
+        self.state.init_pid = None;
+        self.state.init_start = None;
+        if error.is_some() {
+            self.state.error = error;
+        }
+        self.save();
+    }
+
+    fn stop(&mut self, timeout_s: u64, force: bool, reboot: bool) {
+        let Some(init) = self.init else { return };
+        if self.stopping.is_none() {
+            self.state.phase = Phase::Stopping;
+            self.save();
+        }
+        let deadline = Instant::now() + Duration::from_secs(timeout_s);
+        let s = self.stopping.get_or_insert(Stopping {
+            deadline,
+            reboot,
+            killed: false,
+        });
+        s.reboot |= reboot;
+        if force || timeout_s == 0 {
+            s.killed = true;
+            if let Err(e) = self.cgroup.kill_all() {
+                eprintln!("zoned: {e}");
+            }
+        } else {
+            s.deadline = s.deadline.min(deadline);
+            let _ = nix::sys::signal::kill(init, Signal::SIGTERM);
+        }
+    }
+
+    fn control(&mut self, stream: UnixStream) {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+        let Ok(mut out) = stream.try_clone() else {
+            return;
+        };
+        let mut line = String::new();
+        if BufReader::new(stream.take(64 << 10))
+            .read_line(&mut line)
+            .is_err()
+        {
+            return;
+        }
+        let ok = |notes| Reply {
+            ok: true,
+            error: None,
+            state: None,
+            notes,
+        };
+        let reply = match serde_json::from_str::<Request>(line.trim()) {
+            Err(e) => Reply {
+                ok: false,
+                error: Some(format!("bad request: {e}")),
+                state: None,
+                notes: vec![],
+            },
+            Ok(Request::Status) => Reply {
+                state: Some(self.state.clone()),
+                ..ok(vec![])
+            },
+            Ok(Request::Stop { timeout_s, force }) => {
+                self.stop(timeout_s.unwrap_or(self.cfg.stop_timeout_s), force, false);
+                ok(vec![])
+            }
+            Ok(Request::Reboot { timeout_s }) => {
+                self.stop(timeout_s.unwrap_or(self.cfg.stop_timeout_s), false, true);
+                ok(vec![])
+            }
+            Ok(Request::Kill { signal }) => match (self.init, Signal::try_from(signal)) {
+                (Some(pid), Ok(sig)) => match nix::sys::signal::kill(pid, sig) {
+                    Ok(()) => ok(vec![]),
+                    Err(e) => Reply {
+                        ok: false,
+                        error: Some(format!("cannot signal the zone's init: {e}")),
+                        ..ok(vec![])
+                    },
+                },
+                (None, _) => Reply {
+                    ok: false,
+                    error: Some("the zone's init is not running".into()),
+                    ..ok(vec![])
+                },
+                (_, Err(_)) => Reply {
+                    ok: false,
+                    error: Some(format!("{signal} is not a signal")),
+                    ..ok(vec![])
+                },
+            },
+            Ok(Request::Update { limits }) => match self.cgroup.set_limits(&limits) {
+                Ok(notes) => {
+                    self.cfg.limits = limits;
+                    ok(notes)
+                }
+                Err(e) => Reply {
+                    ok: false,
+                    error: Some(e.to_string()),
+                    ..ok(vec![])
+                },
+            },
+        };
+        let mut text = serde_json::to_string(&reply).unwrap_or_default();
+        text.push('\n');
+        let _ = out.write_all(text.as_bytes());
+    }
+
+    fn pump_output(&mut self) {
+        let Some(m) = &self.console.master else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        match nix::unistd::read(m, &mut buf) {
+            Ok(0) | Err(nix::Error::EIO) => {
+                self.console.master = None;
+            }
+            Ok(n) => self.console.output(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+
+    fn pump_input(&mut self) {
+        let Some(c) = self.console.client.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 1024];
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => self.console.client = None,
+            Ok(n) => {
+                if let Some(m) = &self.console.master {
+                    let _ = nix::unistd::write(m, &buf[..n]);
+                }
+            }
+        }
+    }
+
+    /// Starts init in fresh namespaces and waits until it has exec'd (or failed).
+    fn boot(&mut self) -> Result<(), RunError> {
+        self.state.phase = Phase::Starting;
+        self.state.boots += 1;
+        self.save();
+        let (go_r, go_w) = nix::unistd::pipe().map_err(sys("make a pipe"))?;
+        let (err_r, err_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("make a pipe"))?;
+        let (fd_parent, fd_child) = UnixStream::pair().map_err(sys_io("make a socket pair"))?;
+        let flags = libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWNET
+            | libc::SIGCHLD;
+        // SAFETY: a fork-like clone (no new stack) of this single-threaded process; the child
+        // runs `init_child`, which never returns.
+        let pid = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0, 0, 0, 0) };
+        if pid < 0 {
+            return Err(RunError::Sys {
+                what: "clone the zone's init".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        if pid == 0 {
+            drop(go_w);
+            drop(err_r);
+            drop(fd_parent);
+            init_child(self, go_r, err_w, fd_child);
+        }
+        drop(go_r);
+        drop(err_w);
+        drop(fd_child);
+        let pid = Pid::from_raw(pid as i32);
+        self.init = Some(pid);
+        let started = (|| {
+            self.cgroup.add_pid(pid.as_raw())?;
+            nix::unistd::write(&go_w, b"g").map_err(sys("release the zone's init"))?;
+            let master = recv_fd(&fd_parent);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
+            if !msg.is_empty() {
+                return Err(RunError::Init(msg));
+            }
+            let master = master
+                .ok_or_else(|| RunError::Init("it ended before handing over its console".into()))?;
+            Ok(master)
+        })();
+        match started {
+            Ok(master) => {
+                nix::fcntl::fcntl(
+                    &master,
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                )
+                .map_err(sys("make the console non-blocking"))?;
+                // SAFETY: TIOCGPTPEER on our pty master returns a new slave descriptor.
+                let peer = unsafe {
+                    libc::ioctl(
+                        master.as_raw_fd(),
+                        libc::TIOCGPTPEER,
+                        libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+                    )
+                };
+                // SAFETY: a fresh descriptor from the kernel, owned here from now on.
+                self.console.peer = (peer >= 0).then(|| unsafe { OwnedFd::from_raw_fd(peer) });
+                self.console.master = Some(master);
+                self.state.phase = Phase::Running;
+                self.state.init_pid = Some(pid.as_raw());
+                self.state.init_start = start_time(pid.as_raw());
+                self.state.error = None;
+                self.save();
+                Ok(())
+            }
+            Err(e) => {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                self.init = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn bind(path: &Path) -> Result<UnixListener, RunError> {
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path).map_err(sys_io(format!("listen on {}", path.display())))?;
+    l.set_nonblocking(true)
+        .map_err(sys_io(format!("set up {}", path.display())))?;
+    Ok(l)
+}
+
+fn recv_fd(sock: &UnixStream) -> Option<OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut buf = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    for c in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(fds) = c
+            && let Some(fd) = fds.first()
+        {
+            // SAFETY: the kernel installed this descriptor for us with SCM_RIGHTS.
+            return Some(unsafe { OwnedFd::from_raw_fd(*fd) });
+        }
+    }
+    None
+}
+
+fn send_fd(sock: &UnixStream, fd: RawFd) -> nix::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let fds = [fd];
+    let iov = [std::io::IoSlice::new(b"c")];
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map(|_| ())
+}
+
+/// The zone's init, between clone and exec: pid 1 of the new pid namespace, still host root.
+/// Any failure is written to `err` for zoned to report, and the process exits.
+fn init_child(zone: &Zone, go: OwnedFd, err: OwnedFd, fd_sock: UnixStream) -> ! {
+    let e = match setup_init(zone, go, fd_sock) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    let _ = nix::unistd::write(&err, e.as_bytes());
+    // SAFETY: _exit ends this child without running the parent's destructors.
+    unsafe { libc::_exit(127) }
+}
+
+fn setup_init(
+    zone: &Zone,
+    go: OwnedFd,
+    fd_sock: UnixStream,
+) -> Result<std::convert::Infallible, String> {
+    let cfg = &zone.cfg;
+    // SAFETY: prctl with integer arguments: the zone dies with zoned.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let mut b = [0u8; 1];
+    if nix::unistd::read(&go, &mut b) != Ok(1) {
+        return Err("zoned went away before the zone started".into());
+    }
+    drop(go);
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| format!("cannot unshare the cgroup namespace: {e}"))?;
+    let master = rootfs::populate(&zone.rootfs, cfg.id_base).map_err(|e| e.to_string())?;
+    send_fd(&fd_sock, master.as_raw_fd())
+        .map_err(|e| format!("cannot hand the console to zoned: {e}"))?;
+    drop(master);
+    drop(fd_sock);
+    nix::unistd::sethostname(&cfg.hostname)
+        .map_err(|e| format!("cannot set the hostname {:?}: {e}", cfg.hostname))?;
+    rootfs::pivot(&zone.rootfs).map_err(|e| e.to_string())?;
+    nix::sched::setns(&zone.userns, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| format!("cannot enter the zone's user namespace: {e}"))?;
+    become_zone_root()?;
+    // SAFETY: umask has no preconditions; zoned's own is 077.
+    unsafe { libc::umask(0o022) };
+    write_etc(cfg)?;
+    attach_console()?;
+    reset_signals()?;
+    security::drop_privileges().map_err(|e| e.to_string())?;
+    security::close_inherited_fds().map_err(|e| e.to_string())?;
+    let argv: Vec<CString> = cfg
+        .init
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| "the init command holds a NUL byte".to_string())?;
+    let Some(path) = argv.first() else {
+        return Err("the init command is empty".into());
+    };
+    let env = [
+        c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        c"TERM=vt100",
+        c"HOME=/",
+        c"container=hull",
+    ];
+    security::apply_filters(&zone.filters).map_err(|e| e.to_string())?;
+    let e = nix::unistd::execve(path, &argv, &env).unwrap_err();
+    Err(format!("cannot run {}: {e}", cfg.init[0]))
+}
+
+/// Sets uid, gid and groups to the zone's root (the calling process is in its user
+/// namespace, with all capabilities there).
+pub(crate) fn become_zone_root() -> Result<(), String> {
+    nix::unistd::setgroups(&[]).map_err(|e| format!("cannot clear groups: {e}"))?;
+    let g = nix::unistd::Gid::from_raw(0);
+    let u = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresgid(g, g, g).map_err(|e| format!("cannot become the zone's root: {e}"))?;
+    nix::unistd::setresuid(u, u, u).map_err(|e| format!("cannot become the zone's root: {e}"))
+}
+
+/// Unblocks every signal and restores default dispositions (zoned blocks some and Rust
+/// ignores SIGPIPE); exec keeps both otherwise.
+pub(crate) fn reset_signals() -> Result<(), String> {
+    SigSet::empty()
+        .thread_set_mask()
+        .map_err(|e| format!("cannot unblock signals: {e}"))?;
+    // SAFETY: restoring the default disposition of SIGPIPE has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    Ok(())
+}
+
+fn write_etc(cfg: &ZoneConfig) -> Result<(), String> {
+    let etc = Path::new("/etc");
+    if !etc.is_dir() {
+        return Ok(());
+    }
+    let w = |name: &str, text: String| {
+        std::fs::write(etc.join(name), text).map_err(|e| format!("cannot write /etc/{name}: {e}"))
+    };
+    w("hostname", format!("{}\n", cfg.hostname))?;
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    if !hosts
+        .lines()
+        .any(|l| l.split_whitespace().skip(1).any(|n| n == cfg.hostname))
+    {
+        let mut text = hosts;
+        if !text.contains("localhost") {
+            text.push_str("127.0.0.1\tlocalhost\n::1\tlocalhost\n");
+        }
+        text.push_str(&format!("127.0.1.1\t{}\n", cfg.hostname));
+        w("hosts", text)?;
+    }
+    if !cfg.resolvers.is_empty() {
+        let text: String = cfg
+            .resolvers
+            .iter()
+            .map(|r| format!("nameserver {r}\n"))
+            .collect();
+        w("resolv.conf", text)?;
+    }
+    Ok(())
+}
+
+/// A new session with /dev/console as controlling terminal and stdin, stdout and stderr.
+fn attach_console() -> Result<(), String> {
+    nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
+    let con = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+        .map_err(|e| format!("cannot open /dev/console: {e}"))?;
+    // SAFETY: TIOCSCTTY on a terminal we just opened; dup2 onto the standard descriptors.
+    unsafe {
+        if libc::ioctl(con.as_raw_fd(), libc::TIOCSCTTY, 0) != 0 {
+            return Err(format!(
+                "cannot make /dev/console the controlling terminal: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        for fd in 0..3 {
+            if libc::dup2(con.as_raw_fd(), fd) < 0 {
+                return Err("cannot attach stdio to /dev/console".into());
+            }
+        }
+    }
+    Ok(())
+}

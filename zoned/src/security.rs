@@ -1,0 +1,307 @@
+//! What a zone process may do beyond its namespaces: the capability set it keeps, the
+//! syscalls its seccomp filters refuse, and the last steps before it runs the zone's code
+//! (no_new_privs, no inherited file descriptors).
+//!
+//! A zone's root is root only inside the zone's user namespace; the namespaces it lives in
+//! (mount, pid, net, uts, ipc, cgroup) are owned by the host's user namespace, so its
+//! capabilities do not reach them either: it cannot mount, change the hostname or configure
+//! its network. The capability bounding set keeps what Docker keeps by default, plus
+//! CAP_SYS_BOOT: in a pid namespace `reboot(2)` only ends the zone's init (the kernel maps
+//! it to a signal), which is how a zone reboots or halts itself, never the host.
+
+use std::collections::BTreeMap;
+
+use caps::{CapSet, Capability};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Errors from setting up a zone process's privileges.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    #[error("cannot build the zone seccomp filter")]
+    Build(#[source] seccompiler::BackendError),
+    #[error("cannot install the zone seccomp filter")]
+    Install(#[source] seccompiler::Error),
+    #[error("cannot {what}")]
+    Caps {
+        what: &'static str,
+        #[source]
+        source: caps::errors::CapsError,
+    },
+    #[error("cannot {what}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The capabilities a zone keeps (bounding, permitted, effective and inheritable sets).
+pub const KEPT_CAPS: &[Capability] = &[
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_FSETID,
+    Capability::CAP_FOWNER,
+    Capability::CAP_MKNOD,
+    Capability::CAP_NET_RAW,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETFCAP,
+    Capability::CAP_SETPCAP,
+    Capability::CAP_NET_BIND_SERVICE,
+    Capability::CAP_SYS_CHROOT,
+    Capability::CAP_KILL,
+    Capability::CAP_AUDIT_WRITE,
+    Capability::CAP_SYS_BOOT,
+];
+
+/// Syscalls refused with EPERM: kernel modules and kexec, eBPF, perf, the kernel keyring,
+/// clocks, swap, accounting, raw I/O ports, the mount API, namespace changes, file handles
+/// (the "shocker" escape), userfaultfd and the kernel log.
+const DENIED: &[libc::c_long] = &[
+    libc::SYS_acct,
+    libc::SYS_add_key,
+    libc::SYS_bpf,
+    libc::SYS_clock_adjtime,
+    libc::SYS_clock_settime,
+    libc::SYS_settimeofday,
+    libc::SYS_delete_module,
+    libc::SYS_finit_module,
+    libc::SYS_init_module,
+    libc::SYS_ioperm,
+    libc::SYS_iopl,
+    libc::SYS_kexec_file_load,
+    libc::SYS_kexec_load,
+    libc::SYS_keyctl,
+    libc::SYS_request_key,
+    libc::SYS_lookup_dcookie,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_fsopen,
+    libc::SYS_fsmount,
+    libc::SYS_fsconfig,
+    libc::SYS_fspick,
+    libc::SYS_mount_setattr,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_perf_event_open,
+    libc::SYS_pivot_root,
+    libc::SYS_quotactl,
+    libc::SYS_setns,
+    libc::SYS_unshare,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_syslog,
+    libc::SYS_uselib,
+    libc::SYS_userfaultfd,
+    libc::SYS_vhangup,
+    libc::SYS_nfsservctl,
+    libc::SYS__sysctl,
+];
+
+/// clone(2) flags that make namespaces; a clone asking for any of them is refused.
+const NAMESPACE_FLAGS: &[libc::c_int] = &[
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWCGROUP,
+    0x80, // CLONE_NEWTIME
+];
+
+fn arch() -> TargetArch {
+    #[cfg(target_arch = "aarch64")]
+    return TargetArch::aarch64;
+    #[cfg(not(target_arch = "aarch64"))]
+    TargetArch::x86_64
+}
+
+/// The two filters a zone process runs under: the deny list (EPERM), and clone3 answered
+/// with ENOSYS so that libc falls back to clone(2), whose flags the first filter can see.
+pub fn filters() -> Result<[BpfProgram; 2], SecurityError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for s in DENIED {
+        rules.insert(*s, vec![]);
+    }
+    let mut clone_rules = Vec::new();
+    for flag in NAMESPACE_FLAGS {
+        let flag = *flag as u64;
+        let cond = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(flag),
+            flag,
+        )
+        .map_err(SecurityError::Build)?;
+        clone_rules.push(SeccompRule::new(vec![cond]).map_err(SecurityError::Build)?);
+    }
+    rules.insert(libc::SYS_clone, clone_rules);
+    let deny = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch(),
+    )
+    .map_err(SecurityError::Build)?;
+    let clone3 = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, vec![])]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch(),
+    )
+    .map_err(SecurityError::Build)?;
+    Ok([
+        deny.try_into().map_err(SecurityError::Build)?,
+        clone3.try_into().map_err(SecurityError::Build)?,
+    ])
+}
+
+/// Reduces the calling thread's capabilities to [`KEPT_CAPS`] (bounding set included, ambient
+/// set emptied) and sets no_new_privs, so that nothing it executes can gain more.
+pub fn drop_privileges() -> Result<(), SecurityError> {
+    let caps_err = |what| move |source| SecurityError::Caps { what, source };
+    for cap in caps::all() {
+        if !KEPT_CAPS.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(caps_err("drop a capability from the bounding set"))?;
+        }
+    }
+    let kept: caps::CapsHashSet = KEPT_CAPS.iter().copied().collect();
+    caps::clear(None, CapSet::Ambient).map_err(caps_err("clear the ambient capabilities"))?;
+    caps::set(None, CapSet::Inheritable, &kept)
+        .map_err(caps_err("set the inheritable capabilities"))?;
+    caps::set(None, CapSet::Effective, &kept)
+        .map_err(caps_err("set the effective capabilities"))?;
+    caps::set(None, CapSet::Permitted, &kept)
+        .map_err(caps_err("set the permitted capabilities"))?;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(SecurityError::Sys {
+            what: "set no_new_privs",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Installs the zone filters on the calling thread (after [`drop_privileges`]).
+pub fn apply_filters(filters: &[BpfProgram; 2]) -> Result<(), SecurityError> {
+    for f in filters {
+        seccompiler::apply_filter(f).map_err(SecurityError::Install)?;
+    }
+    Ok(())
+}
+
+/// Marks every descriptor from 3 up close-on-exec, so the zone's code starts with stdin,
+/// stdout and stderr only.
+pub fn close_inherited_fds() -> Result<(), SecurityError> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r != 0 {
+        return Err(SecurityError::Sys {
+            what: "mark inherited descriptors close-on-exec",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` in a forked child under the zone filters; returns its exit code.
+    fn in_filtered_child(f: fn() -> i32) -> i32 {
+        let progs = filters().unwrap();
+        // SAFETY: the child sets no_new_privs, installs prebuilt filters, runs `f` (raw
+        // syscalls only) and _exits; the parent waits for it.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                for p in &progs {
+                    if seccompiler::apply_filter(p).is_err() {
+                        libc::_exit(99);
+                    }
+                }
+                libc::_exit(f());
+            }
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+            assert!(libc::WIFEXITED(status), "child died: {status:#x}");
+            libc::WEXITSTATUS(status)
+        }
+    }
+
+    fn errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    }
+
+    #[test]
+    fn denied_calls_fail_with_eperm_and_others_work() {
+        let code = in_filtered_child(|| {
+            // SAFETY: raw syscalls with harmless arguments; each is refused by the filter.
+            unsafe {
+                if libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) != -1 || errno() != libc::EPERM {
+                    return 1;
+                }
+                if libc::unshare(libc::CLONE_NEWUSER) != -1 || errno() != libc::EPERM {
+                    return 2;
+                }
+                if libc::syscall(libc::SYS_bpf, 0, 0, 0) != -1 || errno() != libc::EPERM {
+                    return 3;
+                }
+                if libc::syscall(libc::SYS_clone3, 0, 0) != -1 || errno() != libc::ENOSYS {
+                    return 4;
+                }
+                let flags = (libc::CLONE_NEWNET | libc::SIGCHLD) as libc::c_ulong;
+                if libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) != -1 || errno() != libc::EPERM
+                {
+                    return 5;
+                }
+                // A plain fork still works.
+                let pid =
+                    libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0);
+                if pid == 0 {
+                    libc::_exit(0);
+                }
+                if pid < 0 || libc::getpid() <= 0 {
+                    return 6;
+                }
+            }
+            0
+        });
+        assert_eq!(code, 0);
+    }
+
+    #[test]
+    fn kept_capabilities_leave_out_the_dangerous_ones() {
+        for cap in [
+            Capability::CAP_SYS_ADMIN,
+            Capability::CAP_SYS_MODULE,
+            Capability::CAP_SYS_RAWIO,
+            Capability::CAP_SYS_PTRACE,
+            Capability::CAP_NET_ADMIN,
+            Capability::CAP_DAC_READ_SEARCH,
+            Capability::CAP_BPF,
+            Capability::CAP_PERFMON,
+        ] {
+            assert!(!KEPT_CAPS.contains(&cap), "{cap}");
+        }
+    }
+}
