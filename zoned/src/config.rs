@@ -233,7 +233,7 @@ mod tests {
         let r: Request = serde_json::from_str(r#"{"cmd":"kill","signal":15}"#).unwrap();
         assert_eq!(r, Request::Kill { signal: 15 });
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"kill","signal":1,"x":1}"#).is_err());
     }
 
     #[test]
