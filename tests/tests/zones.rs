@@ -1,0 +1,379 @@
+//! Zones end to end, as root (tier 2): vmmd, zoned, vmadm, zlogin and the bundled busybox
+//! image (images/busybox/build, Debian's busybox-static).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hull_tests::{Daemon, bin};
+
+/// The busybox image, built once per test process (the .deb is cached outside the clone).
+fn busybox() -> &'static (PathBuf, PathBuf) {
+    static IMAGE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        // Tests run as parallel processes: one builds, the others wait on the lock.
+        let out = top.join("target/images/busybox-tests");
+        std::fs::create_dir_all(&out).expect("image dir");
+        let lock = std::fs::File::create(out.join(".lock")).expect("lock file");
+        let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .expect("image lock");
+        let o = Command::new(top.join("images/busybox/build"))
+            .arg(&out)
+            .output()
+            .expect("run images/busybox/build");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let manifest = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        (manifest.clone(), manifest.with_file_name("busybox.tar.gz"))
+    })
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn image_uuid() -> String {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&busybox().0).expect("manifest")).expect("json");
+    m["uuid"].as_str().expect("uuid").to_string()
+}
+
+fn install(d: &Daemon) {
+    let (m, f) = busybox();
+    let o = d.run(
+        "imgadm",
+        &[
+            "install",
+            "-q",
+            "-m",
+            m.to_str().expect("utf-8"),
+            "-f",
+            f.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// Creates (and with autoboot starts) a busybox zone; returns its uuid.
+fn create(d: &Daemon, extra: serde_json::Value) -> String {
+    let mut p = serde_json::json!({"brand": "joyent-minimal", "image_uuid": image_uuid(),
+        "alias": "ztest", "hostname": "ztest"});
+    if let (Some(p), Some(e)) = (p.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            p.insert(k.clone(), v.clone());
+        }
+    }
+    let o = d.vmadm(&["create"], Some(&p.to_string()));
+    assert!(o.status.success(), "{}\nlog: {}", text(&o), d.log());
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let line = format!("{out}{err}");
+    line.split_whitespace()
+        .find(|w| uuid::Uuid::parse_str(w).is_ok())
+        .expect("uuid in vmadm create's output")
+        .to_string()
+}
+
+fn zlogin(d: &Daemon, uuid: &str, script: &str) -> Output {
+    Command::new(bin("zlogin"))
+        .env("HULL_SOCKET", d.socket())
+        .args([uuid, "sh", "-c", script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run zlogin")
+}
+
+fn state(d: &Daemon, uuid: &str) -> String {
+    let vm = d
+        .client()
+        .get_vm(uuid::Uuid::parse_str(uuid).expect("uuid"))
+        .expect("get");
+    vm.state.as_str().to_string()
+}
+
+fn wait_state(d: &Daemon, uuid: &str, want: &str) {
+    let t = Instant::now();
+    while state(d, uuid) != want {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{uuid} never became {want}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Host-side traces zones can leave: cgroup directories of `uuids`, zoned processes and
+/// mounts naming the data root.
+fn traces(data_root: &Path, uuids: &[String]) -> (usize, usize, usize) {
+    let cgroups = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|h| {
+            let mut v = vec![h.path().join("hull")];
+            v.push(h.path().join("unified/hull"));
+            v
+        })
+        .flat_map(|p| std::fs::read_dir(p).into_iter().flatten().flatten())
+        .filter(|e| e.path().is_dir() && uuids.iter().any(|u| e.file_name() == u.as_str()))
+        .count();
+    let zoned = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("cmdline"))
+                .is_ok_and(|c| c.contains("zoned") && c.contains(&*data_root.to_string_lossy()))
+        })
+        .count();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&*data_root.to_string_lossy()))
+        .count();
+    (cgroups, zoned, mounts)
+}
+
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_zone_lifecycle_console_zlogin_and_restart() {
+    let mut d = Daemon::start();
+    install(&d);
+    let before = traces(&d.data_root(), &[]);
+    let uuid = create(&d, serde_json::json!({"resolvers": ["192.0.2.53"]}));
+    let mine = [uuid.clone()];
+    assert_eq!(state(&d, &uuid), "running");
+    // zlogin: output, exit status, identity and hostname inside.
+    let o = zlogin(&d, &uuid, "id -u; hostname; cat /etc/resolv.conf; exit 7");
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("0\nztest\n"), "{out}");
+    assert!(out.contains("nameserver 192.0.2.53"), "{out}");
+    // The console replays what init printed.
+    let rt = d
+        .client()
+        .runtime(uuid::Uuid::parse_str(&uuid).expect("uuid"))
+        .expect("runtime");
+    let mut con = std::os::unix::net::UnixStream::connect(&rt.console).expect("console");
+    con.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut seen = Vec::new();
+    let t = Instant::now();
+    while !String::from_utf8_lossy(&seen).contains("zone ztest up") {
+        let mut buf = [0u8; 4096];
+        use std::io::Read;
+        let n = con.read(&mut buf).unwrap_or(0);
+        seen.extend_from_slice(&buf[..n]);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
+    }
+    drop(con);
+    // Stop, start again, and survive a vmmd SIGKILL.
+    let o = d.vmadm(&["stop", &uuid, "-t", "10"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(state(&d, &uuid), "stopped");
+    let o = d.vmadm(&["start", &uuid], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = zlogin(&d, &uuid, "touch /survives && echo ok");
+    assert!(o.status.success(), "{}", text(&o));
+    d.kill9();
+    d.spawn();
+    assert_eq!(state(&d, &uuid), "running", "{}", d.log());
+    let o = zlogin(&d, &uuid, "cat /proc/1/cmdline; ls /survives");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = d.vmadm(&["stop", &uuid, "-F"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    // A zone whose zoned is killed stops, and vmmd clears what it left.
+    let o = d.vmadm(&["start", &uuid], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let st: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(Path::new(&rt.dir).join("state.json")).expect("state"),
+    )
+    .expect("json");
+    let zoned_pid = st["zoned_pid"].as_i64().expect("pid") as i32;
+    // SAFETY: kill(2) on the zone's zoned.
+    unsafe { libc::kill(zoned_pid, libc::SIGKILL) };
+    wait_state(&d, &uuid, "stopped");
+    let o = d.vmadm(&["delete", &uuid], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = Instant::now();
+    while traces(&d.data_root(), &mine) != before && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(traces(&d.data_root(), &mine), before);
+}
+
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_zone_is_confined() {
+    let d = Daemon::start();
+    install(&d);
+    let uuid = create(&d, serde_json::json!({}));
+    let zoned_bin = bin("zoned");
+    let hash_before = std::fs::read(&zoned_bin).expect("zoned binary");
+    let script = r#"
+        fail=0
+        check() { if "$@" >/dev/null 2>&1; then echo "ALLOWED: $*"; fail=1; fi; }
+        check mount -t tmpfs none /mnt
+        check sh -c 'echo 1 > /proc/sys/kernel/sysrq'
+        check sh -c 'echo h > /proc/sysrq-trigger'
+        check sh -c 'echo x > /sys/kernel/uevent_helper'
+        check test -e /dev/kvm
+        check mknod /tmp/sda b 8 0
+        check hostname other
+        check sh -c 'echo x > /proc/self/exe'
+        check cat /proc/kcore
+        n=$(ls -d /proc/[0-9]* | wc -l)
+        [ "$n" -lt 10 ] || { echo "sees $n processes"; fail=1; }
+        for p in /proc/[0-9]*; do
+            [ "$(readlink $p/cwd)" = "${p#/proc/}" ] && continue
+            case "$(readlink $p/cwd)" in /*) ;; *) echo "cwd outside: $p"; fail=1;; esac
+            for f in $p/fd/*; do
+                t=$(readlink $f) || continue
+                case "$t" in /dev/*|pipe:*|socket:*|anon_inode:*|/proc/*) ;; *) echo "fd $f -> $t"; fail=1;; esac
+            done
+        done
+        exit $fail
+    "#;
+    let o = zlogin(&d, &uuid, script);
+    assert!(o.status.success(), "{}", text(&o));
+    // Root in the zone is an unprivileged uid on the host.
+    let vm = d
+        .client()
+        .get_vm(uuid::Uuid::parse_str(&uuid).expect("uuid"))
+        .expect("get");
+    let pid = vm.pid.expect("init pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let uid: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .expect("uid");
+    assert!(uid >= 0x1000_0000, "zone root is host uid {uid}");
+    assert_eq!(
+        std::fs::read(&zoned_bin).expect("zoned binary"),
+        hash_before
+    );
+    let o = d.vmadm(&["delete", &uuid], None);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_zone_limits_hold_and_update_live() {
+    let d = Daemon::start();
+    install(&d);
+    let uuid = create(
+        &d,
+        serde_json::json!({"max_lwps": 30, "max_physical_memory": 64, "max_swap": 64, "cpu_cap": 50}),
+    );
+    // A fork bomb stops at max_lwps.
+    let o = zlogin(
+        &d,
+        &uuid,
+        "i=0; while [ $i -lt 60 ]; do sleep 3 & i=$((i+1)); done 2>&1; wait",
+    );
+    let all = text(&o);
+    assert!(
+        all.contains("can't fork") || all.contains("Resource temporarily unavailable"),
+        "{all}"
+    );
+    // A memory hog is killed inside the zone; the zone lives on.
+    let o = zlogin(
+        &d,
+        &uuid,
+        "head -c 300m /dev/zero | tail -c 1 >/dev/null; echo done",
+    );
+    assert!(!o.status.success() || !String::from_utf8_lossy(&o.stdout).is_empty());
+    assert_eq!(state(&d, &uuid), "running");
+    let o = zlogin(&d, &uuid, "echo alive");
+    assert!(o.status.success(), "{}", text(&o));
+    // cpu_cap=50: a busy loop gets half a CPU.
+    let cg = Path::new("/sys/fs/cgroup/cpuacct/hull").join(&uuid);
+    let v2 = Path::new("/sys/fs/cgroup/hull").join(&uuid);
+    let usage = || -> u64 {
+        if let Ok(s) = std::fs::read_to_string(cg.join("cpuacct.usage")) {
+            return s.trim().parse().unwrap_or(0);
+        }
+        std::fs::read_to_string(v2.join("cpu.stat"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .map_or(0, |us| us * 1000)
+    };
+    let mut busy = Command::new(bin("zlogin"))
+        .env("HULL_SOCKET", d.socket())
+        .args([&uuid, "sh", "-c", "while :; do :; done"])
+        .spawn()
+        .expect("busy loop");
+    std::thread::sleep(Duration::from_millis(500));
+    let (u0, t0) = (usage(), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let share = (usage() - u0) as f64 / t0.elapsed().as_nanos() as f64;
+    assert!(
+        (0.40..=0.60).contains(&share),
+        "busy loop got {share:.2} of a CPU"
+    );
+    // A live update of cpu_cap applies without a restart.
+    let o = d.vmadm(&["update", &uuid, "cpu_cap=25"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    std::thread::sleep(Duration::from_millis(300));
+    let (u0, t0) = (usage(), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let share = (usage() - u0) as f64 / t0.elapsed().as_nanos() as f64;
+    assert!(
+        (0.15..=0.35).contains(&share),
+        "busy loop got {share:.2} after cpu_cap=25"
+    );
+    let _ = busy.kill();
+    let _ = busy.wait();
+    let o = d.vmadm(&["delete", &uuid], None);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_hundred_zone_cycles_leave_nothing() {
+    let d = Daemon::start();
+    install(&d);
+    let vmmd_fds = || {
+        let pid = d.child.as_ref().expect("vmmd").id();
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("fds")
+            .count()
+    };
+    let before = (traces(&d.data_root(), &[]), vmmd_fds());
+    let mut mine = Vec::new();
+    for _ in 0..100 {
+        let uuid = create(&d, serde_json::json!({}));
+        mine.push(uuid.clone());
+        let o = d.vmadm(&["stop", &uuid, "-F"], None);
+        assert!(o.status.success(), "{}", text(&o));
+        let o = d.vmadm(&["start", &uuid], None);
+        assert!(o.status.success(), "{}", text(&o));
+        let o = d.vmadm(&["delete", &uuid], None);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let t = Instant::now();
+    while (traces(&d.data_root(), &mine), vmmd_fds()) != before
+        && t.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!((traces(&d.data_root(), &mine), vmmd_fds()), before);
+}
