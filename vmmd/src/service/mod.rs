@@ -817,6 +817,11 @@ impl Service {
         next.boot_timestamp = Some(now());
         next.exit_status = None;
         next.failure = None;
+        let unplumbed = "its nics are not plumbed: the virtual switch (vswitch) is not built \
+                         yet, so the zone has loopback only";
+        if !next.nics.is_empty() && !next.warnings.iter().any(|w| w == unplumbed) {
+            next.warnings.push(unplumbed.to_string());
+        }
         self.save_state(next).await
     }
 
