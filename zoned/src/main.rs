@@ -15,7 +15,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("zoned: {e}");
+                eprintln!("zoned: {}", zoned::run::chain(&e));
                 ExitCode::FAILURE
             }
         },
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             match zoned::exec::exec(&dir, rest, tty) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 Err(e) => {
-                    eprintln!("zlogin: {e}");
+                    eprintln!("zlogin: {}", zoned::run::chain(&e));
                     ExitCode::from(1)
                 }
             }

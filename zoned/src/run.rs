@@ -64,6 +64,22 @@ fn sys_io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     move |source| RunError::Sys { what, source }
 }
 
+/// An error with its causes, as one line (cgroup and mount errors keep the OS error as
+/// their source).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        next = cause.source();
+    }
+    text
+}
+
 /// A graceful stop or reboot under way.
 #[derive(Debug)]
 struct Stopping {
@@ -151,7 +167,7 @@ pub fn run(dir: &Path) -> Result<ZoneState, RunError> {
         Ok(zone) => zone.supervise(),
         Err(e) => {
             state.phase = Phase::Stopped;
-            state.error = Some(e.to_string());
+            state.error = Some(chain(&e));
             let _ = write_json(&dir.join(files::STATE), &state);
             Err(e)
         }
@@ -229,7 +245,7 @@ impl Zone {
         let ctl = bind(&self.dir.join(files::CONTROL))?;
         let con = bind(&self.dir.join(files::CONSOLE))?;
         if let Err(e) = self.boot() {
-            self.finish(Some(e.to_string()));
+            self.finish(Some(chain(&e)));
             return Err(e);
         }
         loop {
@@ -322,7 +338,7 @@ impl Zone {
                 if reboot {
                     self.stopping = None;
                     if let Err(e) = self.boot() {
-                        self.finish(Some(e.to_string()));
+                        self.finish(Some(chain(&e)));
                         return Err(e);
                     }
                     continue;
