@@ -45,6 +45,10 @@ pub struct ZoneConfig {
     pub resolvers: Vec<String>,
     /// Seconds a graceful stop waits for init before killing the zone.
     pub stop_timeout_s: u64,
+    /// The signal a graceful stop sends init (SIGTERM unless set). An init that is systemd
+    /// gets SIGRTMIN+3 (its "halt") whatever this says.
+    #[serde(default)]
+    pub stop_signal: Option<i32>,
 }
 
 /// A zone's run state as zoned reports it.

@@ -115,17 +115,24 @@ pub fn make_user_namespace(base: u32) -> Result<OwnedFd, MountError> {
                 source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
             });
         }
-        for map in ["uid_map", "gid_map"] {
-            let p = PathBuf::from(format!("/proc/{pid}/{map}"));
-            std::fs::write(&p, format!("0 {base} {ID_RANGE}\n"))
-                .map_err(io_err("write the zone's id map to", &p))?;
-        }
+        write_id_maps(pid, base)?;
         let f = std::fs::File::open(&ns_path).map_err(io_err("open", &ns_path))?;
         Ok(OwnedFd::from(f))
     })();
     drop(hold_w);
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
     result
+}
+
+/// Maps zone ids 0..[`ID_RANGE`] to host ids `base..` in the user namespace of `pid` (just
+/// created, maps not yet written).
+pub fn write_id_maps(pid: i32, base: u32) -> Result<(), MountError> {
+    for map in ["uid_map", "gid_map"] {
+        let p = PathBuf::from(format!("/proc/{pid}/{map}"));
+        std::fs::write(&p, format!("0 {base} {ID_RANGE}\n"))
+            .map_err(io_err("write the zone's id map to", &p))?;
+    }
+    Ok(())
 }
 
 /// Mounts the zone's root at `rootfs`, id-mapped to the zone's user namespace (nosuid,
@@ -295,19 +302,38 @@ const READ_ONLY: &[&str] = &[
     "proc/fs",
 ];
 
+/// Binds the zone root onto itself and makes it the working directory. Runs in the zone's
+/// init with the host ids it was cloned with (the directories above the root are host
+/// root's, mode 0700) and every capability in its new user namespace.
+///
+/// The root came from zoned's mount namespace, so here it is locked to its mount point and
+/// pivot_root refuses it: the bind made here is not.
+pub fn enter_root(root: &Path) -> Result<(), MountError> {
+    make_private(Path::new("/"))?;
+    mount(
+        Some(root),
+        root,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(err("bind-mount the zone root onto itself at", root))?;
+    nix::unistd::chdir(root).map_err(err("enter", root))
+}
+
 /// Mounts /proc, /sys (read-only), /dev (tmpfs with a few host nodes, devpts, shm) on the
 /// zone root and masks the sensitive parts. Runs in the zone's init before pivot_root, as
-/// host root inside the zone's new mount, pid and net namespaces. Returns the console's
-/// pty master (from the zone's own devpts), whose peer is now /dev/console.
-pub fn populate(root: &Path, id_base: u32) -> Result<OwnedFd, MountError> {
-    make_private(Path::new("/"))?;
+/// the zone's root in its new user namespace, which owns the new mount, pid and net
+/// namespaces (ids below are the zone's). Returns the console's pty master (from the
+/// zone's own devpts), whose peer is now /dev/console.
+pub fn populate(root: &Path) -> Result<OwnedFd, MountError> {
     let nosnd = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_ = root.join("proc");
     let sys = root.join("sys");
     let dev = root.join("dev");
     for d in [&proc_, &sys, &dev] {
         if !d.is_dir() {
-            as_zone_root(id_base, || std::fs::create_dir(d)).map_err(io_err("create", d))?;
+            std::fs::create_dir(d).map_err(io_err("create", d))?;
         }
     }
     mount(Some("proc"), &proc_, Some("proc"), nosnd, None::<&str>)
@@ -320,13 +346,13 @@ pub fn populate(root: &Path, id_base: u32) -> Result<OwnedFd, MountError> {
         None::<&str>,
     )
     .map_err(err("mount sysfs on", &sys))?;
-    let opts = format!("mode=755,size=65536k,uid={id_base},gid={id_base}");
+    let opts = "mode=755,size=65536k";
     mount(
         Some("tmpfs"),
         &dev,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some(opts.as_str()),
+        Some(opts),
     )
     .map_err(err("mount tmpfs on", &dev))?;
     for name in DEVICES {
@@ -344,7 +370,7 @@ pub fn populate(root: &Path, id_base: u32) -> Result<OwnedFd, MountError> {
     }
     let pts = dev.join("pts");
     std::fs::create_dir(&pts).map_err(io_err("create", &pts))?;
-    let tty_gid = id_base + 5;
+    let tty_gid = 5;
     let opts = format!("newinstance,ptmxmode=0666,mode=0620,gid={tty_gid}");
     mount(
         Some("devpts"),
@@ -356,8 +382,8 @@ pub fn populate(root: &Path, id_base: u32) -> Result<OwnedFd, MountError> {
     .map_err(err("mount devpts on", &pts))?;
     let shm = dev.join("shm");
     std::fs::create_dir(&shm).map_err(io_err("create", &shm))?;
-    let opts = format!("mode=1777,size=65536k,uid={id_base},gid={id_base}");
-    mount(Some("shm"), &shm, Some("tmpfs"), nosnd, Some(opts.as_str()))
+    let opts = "mode=1777,size=65536k";
+    mount(Some("shm"), &shm, Some("tmpfs"), nosnd, Some(opts))
         .map_err(err("mount tmpfs on", &shm))?;
     for (link, to) in [
         ("ptmx", "pts/ptmx"),
@@ -369,14 +395,14 @@ pub fn populate(root: &Path, id_base: u32) -> Result<OwnedFd, MountError> {
         let p = dev.join(link);
         std::os::unix::fs::symlink(to, &p).map_err(io_err("create the symlink", &p))?;
     }
-    let master = console(&dev, id_base, tty_gid)?;
+    let master = console(&dev, tty_gid)?;
     mask(root, &dev.join("null"))?;
     Ok(master)
 }
 
 /// Opens a pty in the zone's devpts, hands its slave to the zone's root and mounts it on
 /// /dev/console.
-fn console(dev: &Path, id_base: u32, tty_gid: u32) -> Result<OwnedFd, MountError> {
+fn console(dev: &Path, tty_gid: u32) -> Result<OwnedFd, MountError> {
     let ptmx = dev.join("pts/ptmx");
     let master = std::fs::OpenOptions::new()
         .read(true)
@@ -398,7 +424,7 @@ fn console(dev: &Path, id_base: u32, tty_gid: u32) -> Result<OwnedFd, MountError
     let slave = dev.join(format!("pts/{n}"));
     nix::unistd::chown(
         &slave,
-        Some(nix::unistd::Uid::from_raw(id_base)),
+        Some(nix::unistd::Uid::from_raw(0)),
         Some(nix::unistd::Gid::from_raw(tty_gid)),
     )
     .map_err(err("give the zone's root", &slave))?;

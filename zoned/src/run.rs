@@ -125,7 +125,6 @@ struct Zone {
     dir: PathBuf,
     cfg: ZoneConfig,
     cgroup: Cgroup,
-    userns: OwnedFd,
     rootfs: PathBuf,
     filters: [seccompiler::BpfProgram; 2],
     state: ZoneState,
@@ -181,6 +180,8 @@ fn build(dir: &Path, cfg: ZoneConfig, state: &mut ZoneState) -> Result<Zone, Run
     state.notes = notes;
     let zone = (|| {
         rootfs::private_mount_namespace()?;
+        // This user namespace only describes the id mapping of the root's id-mapped mount;
+        // each boot's init gets a new one with the same map (see `boot`).
         let userns = rootfs::make_user_namespace(cfg.id_base)?;
         let rootfs = dir.join(files::ROOTFS);
         rootfs::mount_root(
@@ -190,9 +191,9 @@ fn build(dir: &Path, cfg: ZoneConfig, state: &mut ZoneState) -> Result<Zone, Run
             &userns,
             cfg.id_base,
         )?;
-        Ok::<_, RunError>((userns, rootfs))
+        Ok::<_, RunError>(rootfs)
     })();
-    let (userns, rootfs) = match zone {
+    let rootfs = match zone {
         Ok(z) => z,
         Err(e) => {
             let _ = cgroup.remove();
@@ -204,7 +205,6 @@ fn build(dir: &Path, cfg: ZoneConfig, state: &mut ZoneState) -> Result<Zone, Run
         filters: security::filters()?,
         cfg,
         cgroup,
-        userns,
         rootfs,
         state: state.clone(),
         init: None,
@@ -413,8 +413,21 @@ impl Zone {
             }
         } else {
             s.deadline = s.deadline.min(deadline);
-            let _ = nix::sys::signal::kill(init, Signal::SIGTERM);
+            // SAFETY: kill(2) with a pid and a signal number.
+            unsafe { libc::kill(init.as_raw(), self.stop_signal(init)) };
         }
+    }
+
+    /// The signal that asks this init to shut down: systemd halts on SIGRTMIN+3 (SIGTERM
+    /// only makes it re-execute itself); others get the configured one, SIGTERM by default
+    /// (busybox init and most others shut down on it; sysvinit needs SIGPWR and an inittab
+    /// `powerwait` entry, which the lx brand configures).
+    fn stop_signal(&self, init: Pid) -> i32 {
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", init.as_raw()));
+        if comm.is_ok_and(|c| c.trim_end() == "systemd") {
+            return libc::SIGRTMIN() + 3;
+        }
+        self.cfg.stop_signal.unwrap_or(libc::SIGTERM)
     }
 
     fn control(&mut self, stream: UnixStream) {
@@ -530,7 +543,12 @@ impl Zone {
         let (err_r, err_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("make a pipe"))?;
         let (fd_parent, fd_child) = UnixStream::pair().map_err(sys_io("make a socket pair"))?;
-        let flags = libc::CLONE_NEWNS
+        // The user namespace comes first in one clone, so it owns the others (as in crun
+        // and runc): the zone's root has its kept capabilities there, e.g. CAP_SYS_BOOT to
+        // halt or reboot the zone with reboot(2). It still cannot mount (seccomp) nor set
+        // the hostname or configure the network (no CAP_SYS_ADMIN, no CAP_NET_ADMIN).
+        let flags = libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
             | libc::CLONE_NEWUTS
             | libc::CLONE_NEWIPC
@@ -539,10 +557,11 @@ impl Zone {
         // SAFETY: a fork-like clone (no new stack) of this single-threaded process; the child
         // runs `init_child`, which never returns.
         let pid = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0, 0, 0, 0) };
+        let clone_error = std::io::Error::last_os_error();
         if pid < 0 {
             return Err(RunError::Sys {
                 what: "clone the zone's init".into(),
-                source: std::io::Error::last_os_error(),
+                source: clone_error,
             });
         }
         if pid == 0 {
@@ -557,6 +576,7 @@ impl Zone {
         let pid = Pid::from_raw(pid as i32);
         self.init = Some(pid);
         let started = (|| {
+            rootfs::write_id_maps(pid.as_raw(), self.cfg.id_base)?;
             self.cgroup.add_pid(pid.as_raw())?;
             nix::unistd::write(&go_w, b"g").map_err(sys("release the zone's init"))?;
             let master = recv_fd(&fd_parent);
@@ -649,7 +669,8 @@ fn send_fd(sock: &UnixStream, fd: RawFd) -> nix::Result<()> {
     .map(|_| ())
 }
 
-/// The zone's init, between clone and exec: pid 1 of the new pid namespace, still host root.
+/// The zone's init, between clone and exec: pid 1 of the new namespaces, owner of them all
+/// until it drops its privileges.
 /// Any failure is written to `err` for zoned to report, and the process exits.
 fn init_child(zone: &Zone, go: OwnedFd, err: OwnedFd, fd_sock: UnixStream) -> ! {
     let e = match setup_init(zone, go, fd_sock) {
@@ -674,19 +695,22 @@ fn setup_init(
         return Err("zoned went away before the zone started".into());
     }
     drop(go);
+    // zoned has written the id map. Enter the root as the host ids we were cloned with,
+    // then become the zone's root, with every capability in the zone's user namespace
+    // until `drop_privileges`: what is made from here on is the zone's.
+    rootfs::enter_root(&zone.rootfs).map_err(|e| e.to_string())?;
+    become_zone_root()?;
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| format!("cannot unshare the cgroup namespace: {e}"))?;
-    let master = rootfs::populate(&zone.rootfs, cfg.id_base).map_err(|e| e.to_string())?;
+    let root = Path::new(".");
+    let master = rootfs::populate(root).map_err(|e| e.to_string())?;
     send_fd(&fd_sock, master.as_raw_fd())
         .map_err(|e| format!("cannot hand the console to zoned: {e}"))?;
     drop(master);
     drop(fd_sock);
     nix::unistd::sethostname(&cfg.hostname)
         .map_err(|e| format!("cannot set the hostname {:?}: {e}", cfg.hostname))?;
-    rootfs::pivot(&zone.rootfs).map_err(|e| e.to_string())?;
-    nix::sched::setns(&zone.userns, nix::sched::CloneFlags::CLONE_NEWUSER)
-        .map_err(|e| format!("cannot enter the zone's user namespace: {e}"))?;
-    become_zone_root()?;
+    rootfs::pivot(root).map_err(|e| e.to_string())?;
     // SAFETY: umask has no preconditions; zoned's own is 077.
     unsafe { libc::umask(0o022) };
     write_etc(cfg)?;

@@ -2,12 +2,13 @@
 //! syscalls its seccomp filters refuse, and the last steps before it runs the zone's code
 //! (no_new_privs, no inherited file descriptors).
 //!
-//! A zone's root is root only inside the zone's user namespace; the namespaces it lives in
-//! (mount, pid, net, uts, ipc, cgroup) are owned by the host's user namespace, so its
-//! capabilities do not reach them either: it cannot mount, change the hostname or configure
-//! its network. The capability bounding set keeps what Docker keeps by default, plus
-//! CAP_SYS_BOOT: in a pid namespace `reboot(2)` only ends the zone's init (the kernel maps
-//! it to a signal), which is how a zone reboots or halts itself, never the host.
+//! A zone's root is root only inside the zone's user namespace, which owns the zone's other
+//! namespaces (mount, pid, net, uts, ipc, cgroup). The capability bounding set keeps what
+//! Docker keeps by default, so without CAP_SYS_ADMIN and CAP_NET_ADMIN the zone cannot
+//! change its hostname or configure its network, and the seccomp filter refuses the mount
+//! API outright. CAP_SYS_BOOT is kept: in the zone's pid namespace `reboot(2)` only ends the
+//! zone's init (the kernel turns it into SIGHUP for a restart, SIGINT for a halt), which is
+//! how a zone reboots or halts itself, never the host.
 
 use std::collections::BTreeMap;
 

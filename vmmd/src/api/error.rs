@@ -112,7 +112,14 @@ fn cause_chain(err: &dyn std::error::Error) -> Vec<String> {
 impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> ApiError {
         let causes = cause_chain(&err);
+        let message = err.to_string();
         let mut e = match err {
+            ServiceError::CreatedNotBooted { error, .. } => {
+                // The status and code are the failed boot's; the message says the guest exists.
+                let mut e = ApiError::from(*error);
+                e.body.message = message;
+                return e;
+            }
             ServiceError::Invalid(report) => return ApiError::invalid(report),
             ServiceError::NotFound(_)
             | ServiceError::ImageNotFound(_)

@@ -81,6 +81,16 @@ pub enum ServiceError {
     Storage(#[source] hull_cowstore::store::StoreError),
     #[error(transparent)]
     Zone(zones::ZoneError),
+    /// `create` with autoboot made the guest, then its first boot failed. The guest stays
+    /// (SmartOS semantics): `vmadm start` retries, `vmadm delete` removes it.
+    #[error(
+        "VM {uuid} was created but its first boot failed (vmadm start retries, vmadm delete \
+         removes it): {error}"
+    )]
+    CreatedNotBooted {
+        uuid: Uuid,
+        error: Box<ServiceError>,
+    },
 }
 
 /// Result alias for the service.
@@ -499,7 +509,14 @@ impl Service {
         if autoboot {
             // SmartOS semantics: the guest exists even if its first boot fails; the error
             // says why and `vmadm start` retries.
-            return self.start(vm.uuid).await;
+            let uuid = vm.uuid;
+            return self
+                .start(uuid)
+                .await
+                .map_err(|e| ServiceError::CreatedNotBooted {
+                    uuid,
+                    error: Box::new(e),
+                });
         }
         Ok(vm)
     }

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hull_cowstore::backend::RootSource;
-use hull_spec::Vm;
+use hull_spec::{Brand, Vm};
 use uuid::Uuid;
 use zoned::cgroup::Limits;
 use zoned::config::{
@@ -162,6 +162,9 @@ impl Zones {
                 match st.phase {
                     Phase::Running => return Ok(st),
                     Phase::Stopped => {
+                        // zoned still holds the zone's lock while it exits: wait, so that a
+                        // retry right after this error does not find the zone busy.
+                        wait_gone(pid, Duration::from_secs(5));
                         return Err(start_err(
                             st.error.unwrap_or_else(|| "its init exited at once".into()),
                         ));
@@ -214,7 +217,14 @@ impl Zones {
     /// Waits until the zone's zoned has exited, up to `limit`.
     pub fn wait_stopped(&self, uuid: Uuid, limit: Duration) -> bool {
         let t = Instant::now();
-        while self.alive(uuid).is_some() {
+        // Until zoned itself has exited, not just written "stopped": it holds the zone's
+        // lock to the end, and a start right after a stop must not find the zone busy.
+        let running = || {
+            self.last_state(uuid).is_some_and(|st| {
+                same_process(st.zoned_pid, st.zoned_start) && !zombie(st.zoned_pid)
+            })
+        };
+        while running() {
             if t.elapsed() > limit {
                 return false;
             }
@@ -266,6 +276,14 @@ fn zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// Waits up to `limit` for `pid` to exit (a zombie counts: the reaper thread collects it).
+fn wait_gone(pid: i32, limit: Duration) {
+    let t = Instant::now();
+    while !zombie(pid) && t.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().rev().take(3).collect();
@@ -310,5 +328,9 @@ pub fn config(vm: &Vm, root: RootSource, id_base: u32) -> ZoneConfig {
         limits: limits(vm),
         resolvers: vm.resolvers.clone(),
         stop_timeout_s: 30,
+        // lx images run their distribution's init: sysvinit shuts down on SIGPWR (with the
+        // `powerwait` inittab entry LXC and Incus also rely on) and ignores SIGTERM; zoned
+        // sends systemd its own signal. joyent zones run busybox-style inits: SIGTERM.
+        stop_signal: (vm.brand == Brand::Lx).then_some(libc::SIGPWR),
     }
 }
