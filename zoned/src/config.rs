@@ -174,8 +174,31 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FileE
 }
 
 /// Writes a JSON file atomically (temp file, fsync, rename), so a crash leaves the old or
-/// the new version, never a torn one.
+/// the new version, never a torn one. Skips the write when the file already holds exactly
+/// these bytes (a zone's config is rewritten at every start and rarely changes).
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), FileError> {
+    let bytes = to_json(path, value)?;
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    replace(path, &bytes, true)
+}
+
+/// Writes a runtime state file atomically (temp file, rename) without fsync: a process crash
+/// still leaves the old or the new version, and after a host crash the state it describes
+/// (processes, pids) is gone anyway. Used for state.json, which changes at every start.
+pub fn write_runtime_json<T: Serialize>(path: &Path, value: &T) -> Result<(), FileError> {
+    replace(path, &to_json(path, value)?, false)
+}
+
+fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, FileError> {
+    serde_json::to_vec_pretty(value).map_err(|source| FileError::Json {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn replace(path: &Path, bytes: &[u8], durable: bool) -> Result<(), FileError> {
     let io = |action| {
         move |source| FileError::Io {
             action,
@@ -184,13 +207,11 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), FileError>
         }
     };
     let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(value).map_err(|source| FileError::Json {
-        path: path.to_owned(),
-        source,
-    })?;
     let mut f = std::fs::File::create(&tmp).map_err(io("create"))?;
-    f.write_all(&bytes).map_err(io("write"))?;
-    f.sync_all().map_err(io("fsync"))?;
+    f.write_all(bytes).map_err(io("write"))?;
+    if durable {
+        f.sync_all().map_err(io("fsync"))?;
+    }
     std::fs::rename(&tmp, path).map_err(io("rename"))
 }
 

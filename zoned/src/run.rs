@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use crate::cgroup::{Cgroup, Layout};
 use crate::config::{
     InitExit, Phase, Reply, Request, ZoneConfig, ZoneState, files, read_json, start_time,
-    write_json,
+    write_runtime_json,
 };
 use crate::{rootfs, security};
 
@@ -161,13 +161,13 @@ pub fn run(dir: &Path) -> Result<ZoneState, RunError> {
         error: None,
         notes: Vec::new(),
     };
-    write_json(&dir.join(files::STATE), &state)?;
+    write_runtime_json(&dir.join(files::STATE), &state)?;
     match build(dir, cfg, &mut state) {
         Ok(zone) => zone.supervise(),
         Err(e) => {
             state.phase = Phase::Stopped;
             state.error = Some(chain(&e));
-            let _ = write_json(&dir.join(files::STATE), &state);
+            let _ = write_runtime_json(&dir.join(files::STATE), &state);
             Err(e)
         }
     }
@@ -229,7 +229,7 @@ fn handled_signals() -> SigSet {
 
 impl Zone {
     fn save(&self) {
-        if let Err(e) = write_json(&self.dir.join(files::STATE), &self.state) {
+        if let Err(e) = write_runtime_json(&self.dir.join(files::STATE), &self.state) {
             eprintln!("zoned: {e}");
         }
     }
@@ -248,6 +248,7 @@ impl Zone {
             self.finish(Some(chain(&e)));
             return Err(e);
         }
+        notify_started();
         loop {
             let timeout = match &self.stopping {
                 Some(s) if !s.killed => {
@@ -577,8 +578,12 @@ impl Zone {
         self.init = Some(pid);
         let started = (|| {
             rootfs::write_id_maps(pid.as_raw(), self.cfg.id_base)?;
-            self.cgroup.add_pid(pid.as_raw())?;
             nix::unistd::write(&go_w, b"g").map_err(sys("release the zone's init"))?;
+            // Joining the cgroup can take milliseconds (a v1 migration waits for an RCU
+            // grace period): it runs while init mounts its /dev and /proc, and init waits
+            // for the second byte before it runs anything of the zone's.
+            self.cgroup.add_pid(pid.as_raw())?;
+            nix::unistd::write(&go_w, b"c").map_err(sys("release the zone's init"))?;
             let master = recv_fd(&fd_parent);
             let mut msg = String::new();
             let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
@@ -621,6 +626,17 @@ impl Zone {
                 Err(e)
             }
         }
+    }
+}
+
+/// Tells whoever started zoned that the zone's init runs: one byte on stdout (vmmd holds the
+/// pipe's other end and waits for it; EOF instead means zoned ended), then stdout becomes
+/// /dev/null so that nothing later writes to a pipe nobody reads.
+fn notify_started() {
+    let _ = nix::unistd::write(std::io::stdout(), b"r");
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 of a descriptor we own onto stdout.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
     }
 }
 
@@ -690,18 +706,19 @@ fn setup_init(
     let cfg = &zone.cfg;
     // SAFETY: prctl with integer arguments: the zone dies with zoned.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    let mut b = [0u8; 1];
-    if nix::unistd::read(&go, &mut b) != Ok(1) {
-        return Err("zoned went away before the zone started".into());
-    }
-    drop(go);
+    let wait_for = |want: u8| {
+        let mut b = [0u8; 1];
+        match nix::unistd::read(&go, &mut b) {
+            Ok(1) if b[0] == want => Ok(()),
+            _ => Err("zoned went away before the zone started".to_string()),
+        }
+    };
+    wait_for(b'g')?;
     // zoned has written the id map. Enter the root as the host ids we were cloned with,
     // then become the zone's root, with every capability in the zone's user namespace
     // until `drop_privileges`: what is made from here on is the zone's.
     rootfs::enter_root(&zone.rootfs).map_err(|e| e.to_string())?;
     become_zone_root()?;
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
-        .map_err(|e| format!("cannot unshare the cgroup namespace: {e}"))?;
     let root = Path::new(".");
     let master = rootfs::populate(root).map_err(|e| e.to_string())?;
     send_fd(&fd_sock, master.as_raw_fd())
@@ -715,6 +732,11 @@ fn setup_init(
     unsafe { libc::umask(0o022) };
     write_etc(cfg)?;
     attach_console()?;
+    // In the zone's cgroup from here on (zoned moved us): its namespace is rooted there.
+    wait_for(b'c')?;
+    drop(go);
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| format!("cannot unshare the cgroup namespace: {e}"))?;
     reset_signals()?;
     security::drop_privileges().map_err(|e| e.to_string())?;
     security::close_inherited_fds().map_err(|e| e.to_string())?;

@@ -134,58 +134,49 @@ impl Zones {
             .append(true)
             .open(&log_path)
             .map_err(|e| start_err(format!("cannot open {}: {e}", log_path.display())))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| start_err(format!("cannot open {}: {e}", log_path.display())))?;
         let mut cmd = std::process::Command::new(&self.zoned);
+        // zoned writes one byte on stdout once init runs and closes it by exiting otherwise:
+        // the start waits on that pipe, not on polling state.json.
         cmd.arg("run")
             .arg(&dir)
             .current_dir("/")
             .stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+            .stdout(std::process::Stdio::piped())
+            .stderr(log);
         // zoned calls setsid(2) first thing: it outlives vmmd in a session of its own.
         let mut child = cmd
             .spawn()
             .map_err(|e| start_err(format!("cannot run {}: {e}", self.zoned.display())))?;
+        let ready = child.stdout.take();
         // zoned is vmmd's child until vmmd exits: reap it in the background so it never
         // lingers as a zombie; its state file says how the zone ended.
         let pid = child.id() as i32;
         std::thread::spawn(move || {
             let _ = child.wait();
         });
-        let t = Instant::now();
-        loop {
-            if let Some(st) = self.last_state(uuid)
-                && st.zoned_pid == pid
-            {
-                match st.phase {
-                    Phase::Running => return Ok(st),
-                    Phase::Stopped => {
-                        // zoned still holds the zone's lock while it exits: wait, so that a
-                        // retry right after this error does not find the zone busy.
-                        wait_gone(pid, Duration::from_secs(5));
-                        return Err(start_err(
-                            st.error.unwrap_or_else(|| "its init exited at once".into()),
-                        ));
-                    }
-                    Phase::Starting | Phase::Stopping => {}
-                }
-            }
-            if !Path::new(&format!("/proc/{pid}")).exists() || zombie(pid) {
-                return Err(start_err(format!("zoned exited: {}", log_tail(&log_path))));
-            }
-            if t.elapsed() > START_WAIT {
+        let started = ready.is_some_and(|r| wait_readable(&r, START_WAIT) && read_byte(r));
+        match self.last_state(uuid) {
+            Some(st) if started && st.zoned_pid == pid && st.phase != Phase::Stopped => Ok(st),
+            _ if !started && !zombie(pid) => {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
-                return Err(start_err(format!(
+                Err(start_err(format!(
                     "its init did not start within {} s",
                     START_WAIT.as_secs()
-                )));
+                )))
             }
-            std::thread::sleep(Duration::from_millis(2));
+            st => {
+                // zoned still holds the zone's lock while it exits: wait, so that a retry
+                // right after this error does not find the zone busy.
+                wait_gone(pid, Duration::from_secs(5));
+                let error = st
+                    .filter(|st| st.zoned_pid == pid)
+                    .and_then(|st| st.error)
+                    .unwrap_or_else(|| format!("zoned exited: {}", log_tail(&log_path)));
+                Err(start_err(error))
+            }
         }
     }
 
@@ -274,6 +265,31 @@ fn zombie(pid: i32) -> bool {
                 .map(|i| s[i + 1..].trim_start().starts_with('Z'))
         })
         .unwrap_or(true)
+}
+
+/// Waits up to `limit` for `fd` to become readable (data or EOF).
+fn wait_readable(fd: &impl std::os::fd::AsFd, limit: Duration) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let t = Instant::now();
+    loop {
+        let left = limit.saturating_sub(t.elapsed());
+        let timeout =
+            PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::ZERO);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(n) if n > 0 => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ if t.elapsed() < limit => continue,
+            _ => return false,
+        }
+    }
+}
+
+/// Reads one byte; false at EOF or on an error.
+fn read_byte(mut r: std::process::ChildStdout) -> bool {
+    use std::io::Read;
+    let mut b = [0u8; 1];
+    matches!(r.read(&mut b), Ok(1))
 }
 
 /// Waits up to `limit` for `pid` to exit (a zombie counts: the reaper thread collects it).
