@@ -868,7 +868,9 @@ impl Service {
 
     async fn save_state(&self, mut next: Vm) -> Result<Arc<Record>> {
         next.last_modified = now();
-        self.persist(&next).await?;
+        let store = self.db.clone();
+        let vm = next.clone();
+        tokio::task::spawn_blocking(move || store.put_run_state(&vm)).await??;
         let next = Arc::new(Record::new(next));
         write(&self.records).insert(next.clone());
         self.emit(EventKind::State, &next, vec!["state".into()]);

@@ -48,6 +48,10 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 
 /// Writes `bytes` to `dir/name` so that a crash leaves the old or the new content whole.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    replace(dir, name, bytes, true)
+}
+
+fn replace(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<(), StoreError> {
     let target = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp-{}", Uuid::new_v4().simple()));
     let result = (|| {
@@ -58,9 +62,11 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreErr
             .open(&tmp)
             .map_err(io("create", &tmp))?;
         f.write_all(bytes).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
+        if durable {
+            f.sync_all().map_err(io("fsync", &tmp))?;
+        }
         fs::rename(&tmp, &target).map_err(io("rename into place", &target))?;
-        sync_dir(dir)
+        if durable { sync_dir(dir) } else { Ok(()) }
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -159,6 +165,18 @@ impl Store {
             source,
         })?;
         write_atomic(&self.dir, &format!("{}.json", vm.uuid), &bytes)
+    }
+
+    /// Stores a guest's record after a run-state change (start, stop, a zone's own exit):
+    /// atomically, but without the fsyncs. Run state is re-derived from the zones' zoned
+    /// processes when vmmd starts, so a transition a host crash loses is corrected then;
+    /// everything else a record holds is stored with `put`.
+    pub fn put_run_state(&self, vm: &Vm) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(vm).map_err(|source| StoreError::Encode {
+            uuid: vm.uuid,
+            source,
+        })?;
+        replace(&self.dir, &format!("{}.json", vm.uuid), &bytes, false)
     }
 
     /// Removes a guest's record durably.
