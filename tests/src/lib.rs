@@ -160,12 +160,9 @@ impl Daemon {
         self.run("vmadm", args, stdin)
     }
 
-    /// Makes a small real image in the test's folder and installs it with `imgadm install`:
-    /// a tree (etc/, bin/, a symlink) as a gzip'd tar for zone-dataset and lx-dataset, a
-    /// 4 MiB raw disk for zvol. Returns the manifest and the file.
-    pub fn install_image(&self, uuid: &str, image_type: &str) -> (PathBuf, PathBuf) {
-        let (manifest, file) = make_image(self.dir.path(), uuid, image_type);
-        let o = self.run(
+    /// `imgadm install -q -m MANIFEST -f FILE` against this vmmd.
+    pub fn imgadm_install(&self, manifest: &Path, file: &Path) -> Output {
+        self.run(
             "imgadm",
             &[
                 "install",
@@ -176,10 +173,50 @@ impl Daemon {
                 &file.to_string_lossy(),
             ],
             None,
-        );
+        )
+    }
+
+    /// Makes a small real image in the test's folder and installs it with `imgadm install`:
+    /// a tree (etc/, bin/, a symlink) as a gzip'd tar for zone-dataset and lx-dataset, a
+    /// 4 MiB raw disk for zvol. Returns the manifest and the file.
+    pub fn install_image(&self, uuid: &str, image_type: &str) -> (PathBuf, PathBuf) {
+        let (manifest, file) = make_image(self.dir.path(), uuid, image_type);
+        let o = self.imgadm_install(&manifest, &file);
         assert!(o.status.success(), "imgadm install failed: {}", stderr(&o));
         (manifest, file)
     }
+}
+
+/// An image from a recipe in images/ (its downloads cached outside the clone), built into
+/// `out` (the recipe's default cache when None) under a lock, since tests run as parallel
+/// processes: one builds, the others wait. Returns (manifest, image file named `file`).
+pub fn recipe_image(
+    recipe: &str,
+    out: Option<&Path>,
+    file: &str,
+) -> Result<(PathBuf, PathBuf), String> {
+    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let lock_dir = top.join("target/images");
+    std::fs::create_dir_all(&lock_dir).map_err(|e| format!("{}: {e}", lock_dir.display()))?;
+    let lock = std::fs::File::create(lock_dir.join(format!(".{recipe}.lock")))
+        .map_err(|e| format!("image lock: {e}"))?;
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("image lock: {e}"))?;
+    let mut cmd = Command::new(top.join(format!("images/{recipe}/build")));
+    if let Some(out) = out {
+        cmd.arg(out);
+    }
+    let o = cmd
+        .output()
+        .map_err(|e| format!("cannot run images/{recipe}/build: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "images/{recipe}/build failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    let manifest = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    Ok((manifest.clone(), manifest.with_file_name(file)))
 }
 
 /// Makes an image (see [`Daemon::install_image`]) under `dir`: returns (manifest, file).

@@ -48,17 +48,7 @@ fn imgadm(d: &Daemon, args: &[&str]) -> std::process::Output {
 
 /// `imgadm install -q -m MANIFEST -f FILE`.
 fn install(d: &Daemon, manifest: &Path, file: &Path) -> std::process::Output {
-    imgadm(
-        d,
-        &[
-            "install",
-            "-q",
-            "-m",
-            &manifest.to_string_lossy(),
-            "-f",
-            &file.to_string_lossy(),
-        ],
-    )
+    d.imgadm_install(manifest, file)
 }
 
 fn create(d: &Daemon, payload: Value) -> String {

@@ -8,25 +8,8 @@ use std::time::{Duration, Instant};
 
 use hull_tests::{Daemon, bin};
 
-/// An image from a recipe in images/ (its .deb downloads are cached outside the clone),
-/// built into `out` (the recipe's default cache when None) under a lock: tests run as
-/// parallel processes, one builds and the others wait. Returns (manifest, image file).
 fn built_image(recipe: &str, out: Option<&Path>, file: &str) -> (PathBuf, PathBuf) {
-    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let lock_dir = top.join("target/images");
-    std::fs::create_dir_all(&lock_dir).expect("image dir");
-    let lock = std::fs::File::create(lock_dir.join(format!(".{recipe}.lock"))).expect("lock");
-    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("image lock");
-    let mut cmd = Command::new(top.join(format!("images/{recipe}/build")));
-    if let Some(out) = out {
-        cmd.arg(out);
-    }
-    let o = cmd.output().expect("run an image recipe");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let manifest = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-    (manifest.clone(), manifest.with_file_name(file))
+    hull_tests::recipe_image(recipe, out, file).expect("image recipe")
 }
 
 /// The busybox image, built once per test process.
@@ -63,18 +46,7 @@ fn install(d: &Daemon) {
 }
 
 fn install_image(d: &Daemon, (m, f): &(PathBuf, PathBuf)) {
-    let o = d.run(
-        "imgadm",
-        &[
-            "install",
-            "-q",
-            "-m",
-            m.to_str().expect("utf-8"),
-            "-f",
-            f.to_str().expect("utf-8"),
-        ],
-        None,
-    );
+    let o = d.imgadm_install(m, f);
     assert!(o.status.success(), "{}", text(&o));
 }
 

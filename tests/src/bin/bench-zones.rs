@@ -97,14 +97,7 @@ fn first_line(cmd: &str) -> String {
 /// The busybox image (images/busybox/build into its default target/images/busybox), built
 /// under the lock the zone tests use. Returns (manifest, image file, image uuid).
 fn busybox() -> Res<(PathBuf, PathBuf, String)> {
-    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let lock_dir = top.join("target/images");
-    std::fs::create_dir_all(&lock_dir).map_err(|e| format!("{}: {e}", lock_dir.display()))?;
-    let lock = File::create(lock_dir.join(".busybox.lock")).map_err(|e| e.to_string())?;
-    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| format!("image lock: {e}"))?;
-    let o = run(&mut Command::new(top.join("images/busybox/build")))?;
-    let manifest = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    let (manifest, file) = hull_tests::recipe_image("busybox", None, "busybox.tar.gz")?;
     let m: Value = std::fs::read(&manifest)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -113,7 +106,6 @@ fn busybox() -> Res<(PathBuf, PathBuf, String)> {
         .as_str()
         .ok_or("manifest without uuid")?
         .to_string();
-    let file = manifest.with_file_name("busybox.tar.gz");
     Ok((manifest, file, uuid))
 }
 
@@ -129,18 +121,7 @@ struct Hull {
 impl Hull {
     fn new(d: Daemon) -> Res<Hull> {
         let (manifest, file, image) = busybox()?;
-        let o = d.run(
-            "imgadm",
-            &[
-                "install",
-                "-q",
-                "-m",
-                &manifest.to_string_lossy(),
-                "-f",
-                &file.to_string_lossy(),
-            ],
-            None,
-        );
+        let o = d.imgadm_install(&manifest, &file);
         if !o.status.success() {
             return Err(format!("imgadm install: {}", text(&o)));
         }
