@@ -124,6 +124,15 @@ fn zone_state_file(d: &Daemon, uuid: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("state")).expect("json")
 }
 
+/// Waits up to 5 s for the host's traces of `uuids` to return to `before`, then asserts it.
+fn assert_traces_settle(d: &Daemon, uuids: &[String], before: (usize, usize, usize)) {
+    let t = Instant::now();
+    while traces(&d.data_root(), uuids) != before && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(traces(&d.data_root(), uuids), before);
+}
+
 /// Host-side traces zones can leave: cgroup directories of `uuids`, zoned processes and
 /// mounts naming the data root.
 fn traces(data_root: &Path, uuids: &[String]) -> (usize, usize, usize) {
@@ -205,11 +214,7 @@ fn root_zone_lifecycle_console_zlogin_and_restart() {
     wait_state(&d, &uuid, "stopped");
     let o = d.vmadm(&["delete", &uuid], None);
     assert!(o.status.success(), "{}", text(&o));
-    let t = Instant::now();
-    while traces(&d.data_root(), &mine) != before && t.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(traces(&d.data_root(), &mine), before);
+    assert_traces_settle(&d, &mine, before);
 }
 
 #[test]
@@ -453,9 +458,5 @@ fn root_lx_zone_from_the_debian_image() {
     assert!(o.status.success(), "{}", text(&o));
     let o = d.vmadm(&["delete", &uuid], None);
     assert!(o.status.success(), "{}", text(&o));
-    let t = Instant::now();
-    while traces(&d.data_root(), &mine) != before && t.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(traces(&d.data_root(), &mine), before);
+    assert_traces_settle(&d, &mine, before);
 }
