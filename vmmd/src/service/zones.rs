@@ -102,7 +102,7 @@ impl Zones {
     /// The running zone's state, if its zoned is alive.
     pub fn alive(&self, uuid: Uuid) -> Option<ZoneState> {
         let st: ZoneState = read_json(&self.dir(uuid).join(files::STATE)).ok()?;
-        (st.phase != Phase::Stopped && same_process(st.zoned_pid, st.zoned_start)).then_some(st)
+        (st.phase != Phase::Stopped && zoned_runs(&st)).then_some(st)
     }
 
     /// The zone's state file as zoned last wrote it.
@@ -210,11 +210,7 @@ impl Zones {
         let t = Instant::now();
         // Until zoned itself has exited, not just written "stopped": it holds the zone's
         // lock to the end, and a start right after a stop must not find the zone busy.
-        let running = || {
-            self.last_state(uuid).is_some_and(|st| {
-                same_process(st.zoned_pid, st.zoned_start) && !zombie(st.zoned_pid)
-            })
-        };
+        let running = || self.last_state(uuid).is_some_and(|st| zoned_runs(&st));
         while running() {
             if t.elapsed() > limit {
                 return false;
@@ -255,6 +251,12 @@ impl Zones {
 fn set_mode(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+}
+
+/// Whether the zoned that wrote `st` still runs. A zombie does not: the pidfd watch fires
+/// as zoned exits, before the thread that waits for it has reaped it.
+fn zoned_runs(st: &ZoneState) -> bool {
+    same_process(st.zoned_pid, st.zoned_start) && !zombie(st.zoned_pid)
 }
 
 fn zombie(pid: i32) -> bool {
