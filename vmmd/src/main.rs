@@ -134,6 +134,7 @@ fn main() -> anyhow::Result<()> {
         if kept + lost > 0 {
             tracing::info!(kept, lost, "zones found running at start: kept ones still running, marked the others stopped");
         }
+        service.prepare_zones();
         let service = Arc::new(service);
         tokio::spawn(service.clone().reaper());
         let listener = api::bind(&args.socket, group)?;

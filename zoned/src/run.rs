@@ -49,6 +49,8 @@ pub enum RunError {
     Busy(String),
     #[error("the zone's init did not start: {0}")]
     Init(String),
+    #[error("a spare zoned needs cgroup v1 hierarchies (on v2 init is cloned into its cgroup)")]
+    SpareNeedsV1,
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RunError {
@@ -131,6 +133,8 @@ struct Zone {
     init: Option<Pid>,
     stopping: Option<Stopping>,
     console: Console,
+    /// zoned itself sits in the zone's cgroup (a spare that adopted it) until init runs.
+    joined: bool,
 }
 
 /// Runs the zone in `dir` until it stops. Returns the zone's final state.
@@ -138,6 +142,69 @@ pub fn run(dir: &Path) -> Result<ZoneState, RunError> {
     // SAFETY: umask has no preconditions; sockets and files made here are root's only.
     unsafe { libc::umask(0o077) };
     let _ = nix::unistd::setsid();
+    run_zone(dir, None)
+}
+
+/// `zoned spare NAME`: a zoned started ahead of any zone, on cgroup v1. It makes the empty
+/// cgroup NAME (e.g. `hull/.spare-...`), moves itself into it (the write that waits for an
+/// RCU grace period, paid here instead of at start), says so with one byte `s` on stdout,
+/// and waits for a zone's directory as one line on stdin. It then runs that zone as
+/// `zoned run` would, renaming NAME to the zone's cgroup, so that init is cloned inside it.
+/// EOF instead (vmmd went away) leaves and removes NAME. Returns `None` in that case.
+pub fn spare(name: &str) -> Result<Option<ZoneState>, RunError> {
+    // SAFETY: umask has no preconditions; sockets and files made here are root's only.
+    unsafe { libc::umask(0o077) };
+    let _ = nix::unistd::setsid();
+    let layout = Layout::detect()?;
+    if !matches!(layout, Layout::V1 { .. }) {
+        return Err(RunError::SpareNeedsV1);
+    }
+    let me = std::process::id() as i32;
+    let (cgroup, _) = Cgroup::create(&layout, name, &crate::cgroup::Limits::default())?;
+    let leave = || {
+        let _ = cgroup.move_to_parent(me);
+        let _ = cgroup.remove();
+    };
+    if let Err(e) = cgroup.add_pid(me) {
+        leave();
+        return Err(e.into());
+    }
+    let _ = nix::unistd::write(std::io::stdout(), b"s");
+    let mut line = String::new();
+    let got = std::io::stdin().read_line(&mut line);
+    let dir = PathBuf::from(line.trim_end_matches('\n'));
+    if got.is_err() || line.is_empty() || !dir.is_absolute() {
+        leave();
+        return Ok(None);
+    }
+    redirect_stdio(&dir);
+    let result = run_zone(&dir, Some(name));
+    // Still named NAME: the zone never took it over (busy, bad config).
+    if Cgroup::open(&layout, name).is_ok() {
+        leave();
+    }
+    result.map(Some)
+}
+
+/// A spare's stdin becomes /dev/null and its stderr the zone's log, as `zoned run` has them.
+fn redirect_stdio(dir: &Path) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(files::LOG));
+    let null = std::fs::File::open("/dev/null");
+    // SAFETY: dup2 of descriptors we own onto stdin and stderr.
+    unsafe {
+        if let Ok(null) = &null {
+            libc::dup2(null.as_raw_fd(), 0);
+        }
+        if let Ok(log) = &log {
+            libc::dup2(log.as_raw_fd(), 2);
+        }
+    }
+}
+
+fn run_zone(dir: &Path, spare: Option<&str>) -> Result<ZoneState, RunError> {
     let lock_path = dir.join("zoned.lock");
     let lock = std::fs::File::create(&lock_path)
         .map_err(sys_io(format!("create {}", lock_path.display())))?;
@@ -162,7 +229,7 @@ pub fn run(dir: &Path) -> Result<ZoneState, RunError> {
         notes: Vec::new(),
     };
     write_runtime_json(&dir.join(files::STATE), &state)?;
-    match build(dir, cfg, &mut state) {
+    match build(dir, cfg, &mut state, spare) {
         Ok(zone) => zone.supervise(),
         Err(e) => {
             state.phase = Phase::Stopped;
@@ -173,10 +240,28 @@ pub fn run(dir: &Path) -> Result<ZoneState, RunError> {
     }
 }
 
-fn build(dir: &Path, cfg: ZoneConfig, state: &mut ZoneState) -> Result<Zone, RunError> {
+fn build(
+    dir: &Path,
+    cfg: ZoneConfig,
+    state: &mut ZoneState,
+    spare: Option<&str>,
+) -> Result<Zone, RunError> {
     let layout = Layout::detect()?;
     state.cgroup_layout = layout.name().to_owned();
-    let (cgroup, notes) = Cgroup::create(&layout, &cfg.cgroup, &cfg.limits)?;
+    // A spare counts in pids.max until init runs and it leaves: one more until then.
+    let mut limits = cfg.limits.clone();
+    limits.max_lwps = limits.max_lwps.map(|n| n.saturating_add(1));
+    let adopted = spare.map(|name| Cgroup::adopt(&layout, name, &cfg.cgroup, &limits));
+    let (cgroup, notes, joined) = match adopted {
+        Some(Ok((cg, notes))) => (cg, notes, true),
+        other => {
+            if let Some(Err(e)) = other {
+                eprintln!("zoned: cannot take over the spare cgroup: {e}; making the zone's");
+            }
+            let (cg, notes) = Cgroup::create(&layout, &cfg.cgroup, &cfg.limits)?;
+            (cg, notes, false)
+        }
+    };
     state.notes = notes;
     let zone = (|| {
         rootfs::private_mount_namespace()?;
@@ -196,6 +281,9 @@ fn build(dir: &Path, cfg: ZoneConfig, state: &mut ZoneState) -> Result<Zone, Run
     let rootfs = match zone {
         Ok(z) => z,
         Err(e) => {
+            if joined {
+                let _ = cgroup.move_to_parent(std::process::id() as i32);
+            }
             let _ = cgroup.remove();
             return Err(e);
         }
@@ -210,6 +298,7 @@ fn build(dir: &Path, cfg: ZoneConfig, state: &mut ZoneState) -> Result<Zone, Run
         init: None,
         stopping: None,
         console: Console::default(),
+        joined,
     })
 }
 
@@ -249,6 +338,7 @@ impl Zone {
             return Err(e);
         }
         notify_started();
+        self.leave_cgroup();
         loop {
             let timeout = match &self.stopping {
                 Some(s) if !s.killed => {
@@ -375,7 +465,23 @@ impl Zone {
         }
     }
 
+    /// A spare that adopted the zone's cgroup leaves it for the parent once init runs in it
+    /// (a migration that waits for an RCU grace period, now off the start's path), and
+    /// pids.max drops back to the zone's own limit.
+    fn leave_cgroup(&mut self) {
+        if !self.joined {
+            return;
+        }
+        let left = self.cgroup.move_to_parent(std::process::id() as i32);
+        let limits = self.cgroup.set_limits(&self.cfg.limits);
+        match left.and(limits) {
+            Ok(_) => self.joined = false,
+            Err(e) => eprintln!("zoned: cannot leave the zone's cgroup: {e}"),
+        }
+    }
+
     fn finish(&mut self, error: Option<String>) {
+        self.leave_cgroup();
         if let Err(e) = self.cgroup.kill_all() {
             eprintln!("zoned: {e}");
         }
@@ -582,7 +688,10 @@ impl Zone {
             // Joining the cgroup can take milliseconds (a v1 migration waits for an RCU
             // grace period): it runs while init mounts its /dev and /proc, and init waits
             // for the second byte before it runs anything of the zone's.
-            self.cgroup.add_pid(pid.as_raw())?;
+            // A spare that adopted the cgroup cloned init inside it already.
+            if !self.joined {
+                self.cgroup.add_pid(pid.as_raw())?;
+            }
             nix::unistd::write(&go_w, b"c").map_err(sys("release the zone's init"))?;
             let master = recv_fd(&fd_parent);
             let mut msg = String::new();

@@ -877,6 +877,11 @@ impl Service {
         Ok(next)
     }
 
+    /// Makes a spare zoned ahead of the first zone start (on cgroup v1 hosts, as root).
+    pub fn prepare_zones(&self) {
+        self.zones.refill();
+    }
+
     /// Watches a zone's zoned process and reports its end to the reaper.
     fn watch(&self, uuid: Uuid, pid: i32) {
         let tx = self.exits.clone();

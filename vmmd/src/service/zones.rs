@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hull_cowstore::backend::RootSource;
@@ -25,6 +27,8 @@ const ID_BASE: u32 = 0x1000_0000;
 const SLOTS: u32 = (u32::MAX - ID_BASE) / ID_RANGE;
 /// Longest wait for a zone's init to start.
 const START_WAIT: Duration = Duration::from_secs(30);
+/// Longest wait for a spare zoned to be ready.
+const SPARE_WAIT: Duration = Duration::from_secs(5);
 
 /// Errors of the zone runtime as vmmd sees them.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,23 @@ pub struct Zones {
     /// id slot of each zone that has run: a zone keeps its range for life, since its
     /// overlay upper layer holds files owned by ids of that range.
     slots: Mutex<BTreeMap<Uuid, u32>>,
+    /// A `zoned spare` ready to take the next start (cgroup v1 hosts, vmmd as root).
+    spare: Mutex<Option<Spare>>,
+    /// Spares are made here: a v1 layout and root.
+    spares: bool,
+    /// Names this vmmd's spare cgroups: `hull/.spare-<tag>-<vmmd pid>-<n>`, the tag from
+    /// the data root, so that vmmds on other data roots keep theirs.
+    spare_tag: String,
+    spare_seq: AtomicU32,
+    refilling: AtomicBool,
+}
+
+/// A `zoned spare` process, already in a cgroup of its own, waiting for a zone's directory.
+#[derive(Debug)]
+struct Spare {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
 }
 
 impl Zones {
@@ -68,11 +89,141 @@ impl Zones {
                 slots.insert(uuid, cfg.id_base.saturating_sub(ID_BASE) / ID_RANGE);
             }
         }
+        use std::os::unix::fs::MetadataExt;
+        let spare_tag = std::fs::metadata(data_root)
+            .map(|m| format!("{:x}{:x}", m.dev(), m.ino()))
+            .unwrap_or_default();
+        let v1 = matches!(
+            zoned::cgroup::Layout::detect(),
+            Ok(zoned::cgroup::Layout::V1 { .. })
+        );
         Zones {
             root,
             zoned,
             slots: Mutex::new(slots),
+            spare: Mutex::new(None),
+            spares: v1 && nix::unistd::geteuid().is_root() && !spare_tag.is_empty(),
+            spare_tag,
+            spare_seq: AtomicU32::new(0),
+            refilling: AtomicBool::new(false),
         }
+    }
+
+    /// Makes a spare zoned in the background if there is none (and none on the way). The
+    /// first call also removes spare cgroups an earlier vmmd on this data root left.
+    pub fn refill(self: &Arc<Self>) {
+        if !self.spares || self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        std::thread::spawn(move || {
+            if me.spare_seq.load(Ordering::Acquire) == 0 {
+                me.sweep_spares();
+            }
+            let mut slot = me
+                .spare
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if slot.is_none() {
+                *slot = me.make_spare();
+            }
+            drop(slot);
+            me.refilling.store(false, Ordering::Release);
+        });
+    }
+
+    fn spare_prefix(&self) -> String {
+        format!(".spare-{}-", self.spare_tag)
+    }
+
+    /// Starts `zoned spare` and waits until it sits in its cgroup.
+    fn make_spare(&self) -> Option<Spare> {
+        let n = self.spare_seq.fetch_add(1, Ordering::AcqRel);
+        let name = format!("hull/{}{}-{n}", self.spare_prefix(), std::process::id());
+        let spawned = Command::new(&self.zoned)
+            .arg("spare")
+            .arg(&name)
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("cannot start a spare zoned: {e}");
+                return None;
+            }
+        };
+        let (Some(stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return None;
+        };
+        if wait_readable(&stdout, SPARE_WAIT) && read_byte(&mut stdout) {
+            return Some(Spare {
+                child,
+                stdin,
+                stdout,
+            });
+        }
+        tracing::warn!("a spare zoned did not get ready; zones start without one");
+        drop(stdin);
+        let _ = child.kill();
+        std::thread::spawn(move || child.wait());
+        None
+    }
+
+    /// Kills and removes spare cgroups of this data root that no live spare of ours holds.
+    fn sweep_spares(&self) {
+        let Ok(layout) = zoned::cgroup::Layout::detect() else {
+            return;
+        };
+        let zoned::cgroup::Layout::V1 { hierarchies, .. } = &layout else {
+            return;
+        };
+        let prefix = self.spare_prefix();
+        let mine = format!("{prefix}{}-", std::process::id());
+        let names: std::collections::BTreeSet<String> = hierarchies
+            .iter()
+            .flat_map(|h| {
+                std::fs::read_dir(h.mount.join("hull"))
+                    .into_iter()
+                    .flatten()
+            })
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&prefix) && !n.starts_with(&mine))
+            .collect();
+        for name in names {
+            let Ok(cg) = zoned::cgroup::Cgroup::at(&layout, &format!("hull/{name}")) else {
+                continue;
+            };
+            // A hierarchy may lack it (a spare killed half-made): remove the rest anyway.
+            let _ = cg.kill_all();
+            if let Err(e) = cg.remove() {
+                tracing::warn!("cannot remove an old spare cgroup: {e}");
+            }
+        }
+    }
+
+    /// Hands the spare, if there is one, the zone in `dir`: returns its process and the
+    /// pipe on which it says that init runs. A spare that died meanwhile is collected.
+    fn take_spare(&self, dir: &Path) -> Option<(Child, ChildStdout)> {
+        let spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()?;
+        let Spare {
+            mut child,
+            mut stdin,
+            stdout,
+        } = spare;
+        let line = format!("{}\n", dir.display());
+        if stdin.write_all(line.as_bytes()).is_ok() {
+            return Some((child, stdout));
+        }
+        let _ = child.kill();
+        std::thread::spawn(move || child.wait());
+        None
     }
 
     /// The runtime directory of a zone (config, state, sockets, log).
@@ -110,11 +261,14 @@ impl Zones {
         read_json(&self.dir(uuid).join(files::STATE)).ok()
     }
 
-    /// Writes the zone's config and starts `zoned run`; returns once init runs.
-    pub fn start(&self, vm: &Vm, root: RootSource) -> Result<ZoneState, ZoneError> {
+    /// Writes the zone's config and hands it to the spare zoned (or starts `zoned run` when
+    /// there is none); returns once init runs. Then makes the next spare.
+    pub fn start(self: &Arc<Self>, vm: &Vm, root: RootSource) -> Result<ZoneState, ZoneError> {
         let uuid = vm.uuid;
         let slot = self.take_slot(uuid)?;
-        self.start_in_slot(vm, root, slot)
+        let started = self.start_in_slot(vm, root, slot);
+        self.refill();
+        started
     }
 
     fn start_in_slot(&self, vm: &Vm, root: RootSource, slot: u32) -> Result<ZoneState, ZoneError> {
@@ -129,32 +283,19 @@ impl Zones {
         write_json(&dir.join(files::CONFIG), &cfg)?;
         let _ = std::fs::remove_file(dir.join(files::STATE));
         let log_path = dir.join(files::LOG);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| start_err(format!("cannot open {}: {e}", log_path.display())))?;
-        let mut cmd = std::process::Command::new(&self.zoned);
-        // zoned writes one byte on stdout once init runs and closes it by exiting otherwise:
-        // the start waits on that pipe, not on polling state.json.
-        cmd.arg("run")
-            .arg(&dir)
-            .current_dir("/")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(log);
-        // zoned calls setsid(2) first thing: it outlives vmmd in a session of its own.
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| start_err(format!("cannot run {}: {e}", self.zoned.display())))?;
-        let ready = child.stdout.take();
+        let (mut child, ready) = match self.take_spare(&dir) {
+            Some(spare) => spare,
+            None => self.spawn_zoned(uuid, &dir, &log_path)?,
+        };
         // zoned is vmmd's child until vmmd exits: reap it in the background so it never
         // lingers as a zombie; its state file says how the zone ended.
         let pid = child.id() as i32;
         std::thread::spawn(move || {
             let _ = child.wait();
         });
-        let started = ready.is_some_and(|r| wait_readable(&r, START_WAIT) && read_byte(r));
+        let mut ready = ready;
+        let started = wait_readable(&ready, START_WAIT) && read_byte(&mut ready);
+        drop(ready);
         match self.last_state(uuid) {
             Some(st) if started && st.zoned_pid == pid && st.phase != Phase::Stopped => Ok(st),
             _ if !started && !zombie(pid) => {
@@ -177,6 +318,38 @@ impl Zones {
                     .unwrap_or_else(|| format!("zoned exited: {}", log_tail(&log_path)));
                 Err(start_err(error))
             }
+        }
+    }
+
+    /// Starts `zoned run DIR` (no spare at hand): returns it and the pipe on which it says
+    /// that init runs.
+    fn spawn_zoned(
+        &self,
+        uuid: Uuid,
+        dir: &Path,
+        log_path: &Path,
+    ) -> Result<(Child, ChildStdout), ZoneError> {
+        let start_err = |reason: String| ZoneError::Start { uuid, reason };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .map_err(|e| start_err(format!("cannot open {}: {e}", log_path.display())))?;
+        // zoned writes one byte on stdout once init runs and closes it by exiting otherwise:
+        // the start waits on that pipe, not on polling state.json. It calls setsid(2) first
+        // thing: it outlives vmmd in a session of its own.
+        let mut child = Command::new(&self.zoned)
+            .arg("run")
+            .arg(dir)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| start_err(format!("cannot run {}: {e}", self.zoned.display())))?;
+        match child.stdout.take() {
+            Some(out) => Ok((child, out)),
+            None => Err(start_err("zoned has no stdout pipe".into())),
         }
     }
 
@@ -288,7 +461,7 @@ fn wait_readable(fd: &impl std::os::fd::AsFd, limit: Duration) -> bool {
 }
 
 /// Reads one byte; false at EOF or on an error.
-fn read_byte(mut r: std::process::ChildStdout) -> bool {
+fn read_byte(r: &mut ChildStdout) -> bool {
     use std::io::Read;
     let mut b = [0u8; 1];
     matches!(r.read(&mut b), Ok(1))
