@@ -201,17 +201,37 @@ fn root_zone_lifecycle_console_zlogin_and_restart() {
     assert!(o.status.success(), "{}", text(&o));
     let o = d.vmadm(&["stop", &uuid, "-F"], None);
     assert!(o.status.success(), "{}", text(&o));
-    // A zone whose zoned is killed stops, and vmmd clears what it left.
-    let o = d.vmadm(&["start", &uuid], None);
-    assert!(o.status.success(), "{}", text(&o));
-    let st: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(Path::new(&rt.dir).join("state.json")).expect("state"),
-    )
-    .expect("json");
-    let zoned_pid = st["zoned_pid"].as_i64().expect("pid") as i32;
-    // SAFETY: kill(2) on the zone's zoned.
-    unsafe { libc::kill(zoned_pid, libc::SIGKILL) };
-    wait_state(&d, &uuid, "stopped");
+    // A zone whose zoned is killed stops, and vmmd clears what it left: at once, or when it
+    // is back if it was down too.
+    for vmmd_down in [false, true] {
+        let o = d.vmadm(&["start", &uuid], None);
+        assert!(o.status.success(), "{}", text(&o));
+        let st: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(Path::new(&rt.dir).join("state.json")).expect("state"),
+        )
+        .expect("json");
+        let zoned_pid = st["zoned_pid"].as_i64().expect("pid") as i32;
+        let init_pid = st["init_pid"].as_i64().expect("init pid") as i32;
+        console_shows(&rt.console, "zone ztest up");
+        if vmmd_down {
+            d.kill9();
+        }
+        // SAFETY: kill(2) on the zone's zoned.
+        unsafe { libc::kill(zoned_pid, libc::SIGKILL) };
+        if vmmd_down {
+            d.spawn();
+        }
+        wait_state(&d, &uuid, "stopped");
+        let t = Instant::now();
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{init_pid}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "))
+        };
+        while alive() {
+            assert!(t.elapsed() < Duration::from_secs(5), "init outlived zoned");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let o = d.vmadm(&["delete", &uuid], None);
     assert!(o.status.success(), "{}", text(&o));
     assert_traces_settle(&d, &mine, before);
@@ -446,7 +466,10 @@ fn root_lx_zone_from_the_debian_image() {
     let boots = zone_state_file(&d, &uuid)["boots"].as_u64().expect("boots");
     let _ = zlogin(&d, &uuid, "reboot");
     let t = Instant::now();
-    while zone_state_file(&d, &uuid)["boots"].as_u64() != Some(boots + 1) {
+    // Until the new boot runs (zlogin between boots finds no init to join).
+    let rebooted =
+        |st: serde_json::Value| st["boots"].as_u64() == Some(boots + 1) && st["phase"] == "running";
+    while !rebooted(zone_state_file(&d, &uuid)) {
         assert!(
             t.elapsed() < Duration::from_secs(20),
             "the zone did not reboot"

@@ -54,7 +54,7 @@ fn first_start_marker(data_root: &std::path::Path) -> PathBuf {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if args.openapi {
         println!(
             "{}",
@@ -81,6 +81,9 @@ fn main() -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&args.data_root)
         .with_context(|| format!("cannot create the data root {}", args.data_root.display()))?;
+    // zoned runs from / and is handed paths in the data root: make them absolute.
+    args.data_root = std::fs::canonicalize(&args.data_root)
+        .with_context(|| format!("cannot resolve the data root {}", args.data_root.display()))?;
     let lock_path = args.data_root.join("vmmd.lock");
     let lock_file = std::fs::OpenOptions::new()
         .create(true)

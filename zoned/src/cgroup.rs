@@ -543,7 +543,11 @@ impl Cgroup {
                 return Err(CgroupError::Survivors { path, pids, secs });
             }
             if !(self.v2 && self.offer("cgroup", "cgroup.kill", "1")?) {
-                self.freeze(true)?;
+                // Never freeze the caller: it would not wake to thaw.
+                let inside = self.procs()?.contains(&me);
+                if !inside {
+                    self.freeze(true)?;
+                }
                 // Re-read once frozen: children forked before the freeze are caught here.
                 let killed = self.procs().and_then(|pids| {
                     let mut others = pids.into_iter().filter(|&pid| pid != me);
@@ -555,7 +559,9 @@ impl Cgroup {
                         }
                     })
                 });
-                self.freeze(false)?;
+                if !inside {
+                    self.freeze(false)?;
+                }
                 killed?;
             }
             sleep(POLL);
@@ -620,6 +626,64 @@ impl Cgroup {
         let text = read(&self.dir(controller)?.join(file)).ok()?;
         text.lines()
             .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Whether this is a cgroup v2 cgroup (one directory holding every controller).
+    pub fn is_v2(&self) -> bool {
+        self.v2
+    }
+
+    /// Forks the calling process with the extra clone `flags` (namespaces), the child born
+    /// inside this cgroup: clone3(CLONE_INTO_CGROUP), cgroup v2 only. No cgroup.procs write,
+    /// so no wait for the RCU grace period a migration takes. Returns the child's pid in the
+    /// parent and 0 in the child, like fork(2).
+    ///
+    /// # Safety
+    /// As fork(2): the caller must be single-threaded, and the child must only do what is
+    /// safe after fork before it execs or exits.
+    pub unsafe fn clone_into(&self, flags: u64) -> io::Result<i32> {
+        /// struct clone_args of linux/sched.h, up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+        #[repr(C)]
+        #[derive(Default)]
+        struct CloneArgs {
+            flags: u64,
+            pidfd: u64,
+            child_tid: u64,
+            parent_tid: u64,
+            exit_signal: u64,
+            stack: u64,
+            stack_size: u64,
+            tls: u64,
+            set_tid: u64,
+            set_tid_size: u64,
+            cgroup: u64,
+        }
+        const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+        let dir = match (self.v2, self.dirs.first()) {
+            (true, Some(d)) => &d.path,
+            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        let fd = fs::File::open(dir)?;
+        use std::os::fd::AsRawFd;
+        let mut args = CloneArgs {
+            flags: flags | CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: fd.as_raw_fd() as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: clone3 with a valid clone_args of the size given and no new stack: a fork
+        // (the caller's contract covers the child).
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &mut args as *mut CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        match pid {
+            p if p < 0 => Err(io::Error::last_os_error()),
+            p => Ok(p as i32),
+        }
     }
 
     /// Every directory of this cgroup, one per hierarchy used.
@@ -1057,6 +1121,52 @@ mod tests {
         let (cg, notes) = Cgroup::create(&guard.0, &zone, &Limits::default()).unwrap();
         assert!(notes.is_empty(), "{notes:?}");
         fork_kill_remove(&mut guard, &cg, &zone);
+    }
+
+    /// clone3(CLONE_INTO_CGROUP) on whatever cgroup2 mount this host has: the child is
+    /// born in the cgroup, with the namespaces asked for.
+    #[test]
+    #[ignore = "needs root and cgroups: run with --run-ignored"]
+    fn root_clone_into_a_v2_cgroup() {
+        let (mut guard, zone) = root_setup();
+        if let Layout::V1 { unified, .. } = &guard.0 {
+            let Some(mount) = unified.clone() else {
+                return eprintln!("SKIP: no cgroup2 mount");
+            };
+            guard.0 = Layout::V2 { mount };
+        }
+        let (cg, _) = Cgroup::create(&guard.0, &zone, &Limits::default()).unwrap();
+        let host = Cgroup::at(&Layout::detect().unwrap(), &zone).unwrap();
+        if !host.is_v2() {
+            // SAFETY: refused before any clone on v1.
+            let e = unsafe { host.clone_into(0) }.unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        }
+        let (r, w) = nix::unistd::pipe().unwrap();
+        // SAFETY: the test's child only reads a file, writes a pipe and _exits.
+        let pid = unsafe { cg.clone_into(libc::CLONE_NEWUTS as u64) }.unwrap();
+        if pid == 0 {
+            let cgroup = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+            let line = cgroup.lines().find(|l| l.starts_with("0::")).unwrap_or("");
+            let uts = fs::read_link("/proc/self/ns/uts").unwrap_or_default();
+            let text = format!("{line} {}", uts.display());
+            let _ = nix::unistd::write(&w, text.as_bytes());
+            // SAFETY: ends the child without running the test harness's code.
+            unsafe { libc::_exit(0) };
+        }
+        drop(w);
+        let mut line = String::new();
+        std::io::Read::read_to_string(&mut fs::File::from(r), &mut line).unwrap();
+        let status = nix::sys::wait::waitpid(Pid::from_raw(pid), None).unwrap();
+        assert_eq!(
+            status,
+            nix::sys::wait::WaitStatus::Exited(Pid::from_raw(pid), 0)
+        );
+        let (cgroup, uts) = line.split_once(' ').unwrap();
+        assert_eq!(cgroup, format!("0::/{zone}"));
+        let ours = fs::read_link("/proc/self/ns/uts").unwrap();
+        assert_ne!(uts, ours.display().to_string(), "no new uts namespace");
+        cg.remove().unwrap();
     }
 
     /// A spare cgroup holding a process becomes the zone's by rename, with limits; what the

@@ -211,8 +211,41 @@ fn replace(path: &Path, bytes: &[u8], durable: bool) -> Result<(), FileError> {
     f.write_all(bytes).map_err(io("write"))?;
     if durable {
         f.sync_all().map_err(io("fsync"))?;
+        return std::fs::rename(&tmp, path).map_err(io("rename"));
     }
-    std::fs::rename(&tmp, path).map_err(io("rename"))
+    swap_into_place(&tmp, path).map_err(io("rename"))
+}
+
+/// Puts the file `tmp` in the place of `target` atomically, as rename(2) does, but without
+/// making the file system flush `tmp`'s data first: ext4 and btrfs do that on a rename over
+/// an existing file (ext4 auto_da_alloc, ~0.5-3 ms here), and runtime state needs no such
+/// care. Exchanges the two names (RENAME_EXCHANGE, so readers see the old or the new file
+/// whole) and removes the old one; a plain rename when `target` is absent or the file system
+/// cannot exchange.
+pub fn swap_into_place(tmp: &Path, target: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
+    let (from, to) = (c(tmp)?, c(target)?);
+    // SAFETY: renameat2 with two NUL-terminated paths that live across the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        return std::fs::remove_file(tmp);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+            std::fs::rename(tmp, target)
+        }
+        _ => Err(e),
+    }
 }
 
 /// A process's start time in clock ticks after boot (field 22 of /proc/PID/stat), or None if
@@ -244,6 +277,21 @@ pub fn same_process(pid: i32, start: u64) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swap_into_place_replaces_and_creates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tmp, target) = (dir.path().join("t.tmp"), dir.path().join("state.json"));
+        std::fs::write(&tmp, "one").unwrap();
+        swap_into_place(&tmp, &target).unwrap();
+        std::fs::write(&tmp, "two").unwrap();
+        swap_into_place(&tmp, &target).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "two");
+        assert!(!tmp.exists());
+        let missing = swap_into_place(&dir.path().join("nope"), &target);
+        assert!(missing.is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "two");
+    }
 
     #[test]
     fn requests_parse_and_junk_is_refused() {

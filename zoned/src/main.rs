@@ -1,11 +1,11 @@
-//! `zoned run DIR` supervises one zone; `zoned spare NAME` is one made ahead, waiting for
-//! a zone's directory on stdin; `zoned exec DIR [-t] [-- CMD ARGS...]` runs a command
+//! `zoned run DIR` supervises one zone; `zoned spare ZONES CGROUP` is one made ahead,
+//! waiting for a zone's directory on stdin; `zoned exec DIR [-t] [-- CMD ARGS...]` runs a command
 //! (or a login shell) in a running zone. vmmd starts the first, zlogin the second.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: zoned run DIR\n       zoned spare CGROUP\n       zoned exec DIR [-t] [-- CMD [ARGS...]]";
+const USAGE: &str = "usage: zoned run DIR\n       zoned spare ZONES CGROUP\n       zoned exec DIR [-t] [-- CMD [ARGS...]]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,17 +20,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some("spare") if args.len() == 2 => match zoned::run::spare(&args[1]) {
-            Ok(Some(state)) => {
-                eprintln!("zoned: zone stopped ({:?})", state.last_exit);
-                ExitCode::SUCCESS
+        Some("spare") if args.len() == 3 => {
+            match zoned::run::spare(Path::new(&args[1]), &args[2]) {
+                Ok(Some(state)) => {
+                    eprintln!("zoned: zone stopped ({:?})", state.last_exit);
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("zoned: {}", zoned::run::chain(&e));
+                    ExitCode::FAILURE
+                }
             }
-            Ok(None) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("zoned: {}", zoned::run::chain(&e));
-                ExitCode::FAILURE
-            }
-        },
+        }
         Some("exec") if args.len() >= 2 => {
             let dir = PathBuf::from(&args[1]);
             let mut rest = &args[2..];

@@ -135,6 +135,8 @@ struct Zone {
     console: Console,
     /// zoned itself sits in the zone's cgroup (a spare that adopted it) until init runs.
     joined: bool,
+    /// The helper moving zoned out of the zone's cgroup, while it runs.
+    leaver: Option<Pid>,
 }
 
 /// Runs the zone in `dir` until it stops. Returns the zone's final state.
@@ -145,13 +147,14 @@ pub fn run(dir: &Path) -> Result<ZoneState, RunError> {
     run_zone(dir, None)
 }
 
-/// `zoned spare NAME`: a zoned started ahead of any zone, on cgroup v1. It makes the empty
-/// cgroup NAME (e.g. `hull/.spare-...`), moves itself into it (the write that waits for an
-/// RCU grace period, paid here instead of at start), says so with one byte `s` on stdout,
-/// and waits for a zone's directory as one line on stdin. It then runs that zone as
-/// `zoned run` would, renaming NAME to the zone's cgroup, so that init is cloned inside it.
-/// EOF instead (vmmd went away) leaves and removes NAME. Returns `None` in that case.
-pub fn spare(name: &str) -> Result<Option<ZoneState>, RunError> {
+/// `zoned spare ZONES NAME`: a zoned started ahead of any zone, on cgroup v1. It makes the
+/// empty cgroup NAME (e.g. `hull/.spare-...`), moves itself into it (the write that waits
+/// for an RCU grace period, paid here instead of at start), says so with one byte `s` on
+/// stdout, and waits for a zone's directory, which must be in ZONES, as one line on stdin.
+/// It then runs that zone as `zoned run` would, renaming NAME to the zone's cgroup, so that
+/// init is cloned inside it. EOF or anything else instead (vmmd went away) leaves and
+/// removes NAME. Returns `None` in that case.
+pub fn spare(zones: &Path, name: &str) -> Result<Option<ZoneState>, RunError> {
     // SAFETY: umask has no preconditions; sockets and files made here are root's only.
     unsafe { libc::umask(0o077) };
     let _ = nix::unistd::setsid();
@@ -173,7 +176,8 @@ pub fn spare(name: &str) -> Result<Option<ZoneState>, RunError> {
     let mut line = String::new();
     let got = std::io::stdin().read_line(&mut line);
     let dir = PathBuf::from(line.trim_end_matches('\n'));
-    if got.is_err() || line.is_empty() || !dir.is_absolute() {
+    let in_zones = dir.parent() == Some(zones) && dir.file_name().is_some();
+    if got.is_err() || !zones.is_absolute() || !in_zones {
         leave();
         return Ok(None);
     }
@@ -248,9 +252,10 @@ fn build(
 ) -> Result<Zone, RunError> {
     let layout = Layout::detect()?;
     state.cgroup_layout = layout.name().to_owned();
-    // A spare counts in pids.max until init runs and it leaves: one more until then.
+    // A spare and its leaving helper count in pids.max until init runs and the spare
+    // leaves: two more until then.
     let mut limits = cfg.limits.clone();
-    limits.max_lwps = limits.max_lwps.map(|n| n.saturating_add(1));
+    limits.max_lwps = limits.max_lwps.map(|n| n.saturating_add(2));
     let adopted = spare.map(|name| Cgroup::adopt(&layout, name, &cfg.cgroup, &limits));
     let (cgroup, notes, joined) = match adopted {
         Some(Ok((cg, notes))) => (cg, notes, true),
@@ -299,6 +304,7 @@ fn build(
         stopping: None,
         console: Console::default(),
         joined,
+        leaver: None,
     })
 }
 
@@ -409,9 +415,7 @@ impl Zone {
                 && Instant::now() >= s.deadline
             {
                 s.killed = true;
-                if let Err(e) = self.cgroup.kill_all() {
-                    eprintln!("zoned: {e}");
-                }
+                self.kill_all();
             }
             if let Some(exit) = self.reap() {
                 let reboot = match &self.stopping {
@@ -423,9 +427,7 @@ impl Zone {
                 self.state.last_exit = Some(exit);
                 self.state.init_pid = None;
                 self.state.init_start = None;
-                if let Err(e) = self.cgroup.kill_all() {
-                    eprintln!("zoned: {e}");
-                }
+                self.kill_all();
                 if reboot {
                     self.stopping = None;
                     if let Err(e) = self.boot() {
@@ -459,32 +461,81 @@ impl Zone {
                     });
                     self.init = None;
                 }
+                Ok(WaitStatus::Exited(pid, code)) if Some(pid) == self.leaver => {
+                    self.left_cgroup(code == 0);
+                }
+                Ok(WaitStatus::Signaled(pid, _, _)) if Some(pid) == self.leaver => {
+                    self.left_cgroup(false);
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => return ended,
                 Ok(_) => {}
             }
         }
     }
 
-    /// A spare that adopted the zone's cgroup leaves it for the parent once init runs in it
-    /// (a migration that waits for an RCU grace period, now off the start's path), and
-    /// pids.max drops back to the zone's own limit.
+    /// A spare that adopted the zone's cgroup leaves it for the parent once init runs in it.
+    /// The migration waits for an RCU grace period (10-20 ms), and zoned must not stop
+    /// draining the console that long (an init that flushes its terminal, as sysvinit does,
+    /// would lose what zoned had not read yet): a forked helper moves zoned, and `reap`
+    /// completes the leave when the helper exits.
     fn leave_cgroup(&mut self) {
-        if !self.joined {
+        if !self.joined || self.leaver.is_some() {
             return;
         }
-        let left = self.cgroup.move_to_parent(std::process::id() as i32);
-        let limits = self.cgroup.set_limits(&self.cfg.limits);
-        match left.and(limits) {
-            Ok(_) => self.joined = false,
-            Err(e) => eprintln!("zoned: cannot leave the zone's cgroup: {e}"),
+        let me = std::process::id() as i32;
+        // SAFETY: zoned is single-threaded; the child writes one cgroup file and _exits.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => {
+                let code = i32::from(self.cgroup.move_to_parent(me).is_err());
+                // SAFETY: ends the helper without running zoned's destructors.
+                unsafe { libc::_exit(code) }
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => self.leaver = Some(child),
+            Err(_) => {
+                let left = self.cgroup.move_to_parent(me).is_ok();
+                self.left_cgroup(left);
+            }
+        }
+    }
+
+    /// Records how the leave ended; pids.max drops back to the zone's own limit.
+    fn left_cgroup(&mut self, left: bool) {
+        self.leaver = None;
+        if !left {
+            return eprintln!("zoned: cannot leave the zone's cgroup");
+        }
+        self.joined = false;
+        if let Err(e) = self.cgroup.set_limits(&self.cfg.limits) {
+            eprintln!("zoned: {e}");
+        }
+    }
+
+    /// Before the cgroup goes: waits for a leave under way, or leaves at once.
+    fn leave_cgroup_now(&mut self) {
+        if let Some(pid) = self.leaver {
+            let ok = matches!(waitpid(pid, None), Ok(WaitStatus::Exited(_, 0)));
+            self.left_cgroup(ok);
+        }
+        if self.joined {
+            let left = self
+                .cgroup
+                .move_to_parent(std::process::id() as i32)
+                .is_ok();
+            self.left_cgroup(left);
+        }
+    }
+
+    /// Kills every process of the zone. zoned leaves the cgroup first: the v1 kill freezes
+    /// the cgroup, and a zoned still inside would freeze itself.
+    fn kill_all(&mut self) {
+        self.leave_cgroup_now();
+        if let Err(e) = self.cgroup.kill_all() {
+            eprintln!("zoned: {e}");
         }
     }
 
     fn finish(&mut self, error: Option<String>) {
-        self.leave_cgroup();
-        if let Err(e) = self.cgroup.kill_all() {
-            eprintln!("zoned: {e}");
-        }
+        self.kill_all();
         if let Err(e) = self.cgroup.remove() {
             eprintln!("zoned: {e}");
         }
@@ -515,9 +566,7 @@ impl Zone {
         s.reboot |= reboot;
         if force || timeout_s == 0 {
             s.killed = true;
-            if let Err(e) = self.cgroup.kill_all() {
-                eprintln!("zoned: {e}");
-            }
+            self.kill_all();
         } else {
             s.deadline = s.deadline.min(deadline);
             // SAFETY: kill(2) with a pid and a signal number.
@@ -645,7 +694,10 @@ impl Zone {
     fn boot(&mut self) -> Result<(), RunError> {
         self.state.phase = Phase::Starting;
         self.state.boots += 1;
-        self.save();
+        // The first boot's "starting" is on disk already (`run_zone` wrote it).
+        if self.state.boots > 1 {
+            self.save();
+        }
         let (go_r, go_w) = nix::unistd::pipe().map_err(sys("make a pipe"))?;
         let (err_r, err_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("make a pipe"))?;
@@ -659,18 +711,28 @@ impl Zone {
             | libc::CLONE_NEWPID
             | libc::CLONE_NEWUTS
             | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWNET
-            | libc::SIGCHLD;
-        // SAFETY: a fork-like clone (no new stack) of this single-threaded process; the child
+            | libc::CLONE_NEWNET;
+        // On cgroup v2 init is born in the zone's cgroup; on v1 it joins below, unless a
+        // spare zoned that adopted the cgroup clones it from inside.
+        let born_inside = self.cgroup.is_v2() || self.joined;
+        // SAFETY: fork-like clones (no new stack) of this single-threaded process; the child
         // runs `init_child`, which never returns.
-        let pid = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0, 0, 0, 0) };
-        let clone_error = std::io::Error::last_os_error();
-        if pid < 0 {
-            return Err(RunError::Sys {
-                what: "clone the zone's init".into(),
-                source: clone_error,
-            });
-        }
+        let cloned = unsafe {
+            match self.cgroup.is_v2() {
+                true => self.cgroup.clone_into(flags as u64),
+                false => {
+                    let flags = (flags | libc::SIGCHLD) as libc::c_ulong;
+                    match libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) {
+                        p if p < 0 => Err(std::io::Error::last_os_error()),
+                        p => Ok(p as i32),
+                    }
+                }
+            }
+        };
+        let pid = cloned.map_err(|source| RunError::Sys {
+            what: "clone the zone's init".into(),
+            source,
+        })?;
         if pid == 0 {
             drop(go_w);
             drop(err_r);
@@ -680,7 +742,7 @@ impl Zone {
         drop(go_r);
         drop(err_w);
         drop(fd_child);
-        let pid = Pid::from_raw(pid as i32);
+        let pid = Pid::from_raw(pid);
         self.init = Some(pid);
         let started = (|| {
             rootfs::write_id_maps(pid.as_raw(), self.cfg.id_base)?;
@@ -688,12 +750,25 @@ impl Zone {
             // Joining the cgroup can take milliseconds (a v1 migration waits for an RCU
             // grace period): it runs while init mounts its /dev and /proc, and init waits
             // for the second byte before it runs anything of the zone's.
-            // A spare that adopted the cgroup cloned init inside it already.
-            if !self.joined {
+            if !born_inside {
                 self.cgroup.add_pid(pid.as_raw())?;
             }
             nix::unistd::write(&go_w, b"c").map_err(sys("release the zone's init"))?;
             let master = recv_fd(&fd_parent);
+            // Hold a slave open at once: an init that writes to /dev/console and closes it
+            // (sysvinit does) before anyone else holds the slave would hang up the pty.
+            if let Some(m) = &master {
+                // SAFETY: TIOCGPTPEER on our pty master returns a new slave descriptor.
+                let peer = unsafe {
+                    libc::ioctl(
+                        m.as_raw_fd(),
+                        libc::TIOCGPTPEER,
+                        libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+                    )
+                };
+                // SAFETY: a fresh descriptor from the kernel, owned here from now on.
+                self.console.peer = (peer >= 0).then(|| unsafe { OwnedFd::from_raw_fd(peer) });
+            }
             let mut msg = String::new();
             let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
             if !msg.is_empty() {
@@ -710,16 +785,6 @@ impl Zone {
                     nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
                 )
                 .map_err(sys("make the console non-blocking"))?;
-                // SAFETY: TIOCGPTPEER on our pty master returns a new slave descriptor.
-                let peer = unsafe {
-                    libc::ioctl(
-                        master.as_raw_fd(),
-                        libc::TIOCGPTPEER,
-                        libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-                    )
-                };
-                // SAFETY: a fresh descriptor from the kernel, owned here from now on.
-                self.console.peer = (peer >= 0).then(|| unsafe { OwnedFd::from_raw_fd(peer) });
                 self.console.master = Some(master);
                 self.state.phase = Phase::Running;
                 self.state.init_pid = Some(pid.as_raw());
@@ -813,8 +878,7 @@ fn setup_init(
     fd_sock: UnixStream,
 ) -> Result<std::convert::Infallible, String> {
     let cfg = &zone.cfg;
-    // SAFETY: prctl with integer arguments: the zone dies with zoned.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    die_with_zoned();
     let wait_for = |want: u8| {
         let mut b = [0u8; 1];
         match nix::unistd::read(&go, &mut b) {
@@ -828,6 +892,9 @@ fn setup_init(
     // until `drop_privileges`: what is made from here on is the zone's.
     rootfs::enter_root(&zone.rootfs).map_err(|e| e.to_string())?;
     become_zone_root()?;
+    // The uid change cleared the parent-death signal: set it again. (zoned dying before
+    // this shows as EOF on `go` below.)
+    die_with_zoned();
     let root = Path::new(".");
     let master = rootfs::populate(root).map_err(|e| e.to_string())?;
     send_fd(&fd_sock, master.as_raw_fd())
@@ -867,6 +934,15 @@ fn setup_init(
     security::apply_filters(&zone.filters).map_err(|e| e.to_string())?;
     let e = nix::unistd::execve(path, &argv, &env).unwrap_err();
     Err(format!("cannot run {}: {e}", cfg.init[0]))
+}
+
+/// The zone dies with zoned: SIGKILL when the parent exits. Best effort: the kernel clears
+/// the setting at every uid or gid change (set again after them) and at an exec that gains
+/// capabilities; vmmd kills what is left of a zone whose zoned died (at once, or when it
+/// starts again if it was down too).
+fn die_with_zoned() {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
 }
 
 /// Sets uid, gid and groups to the zone's root (the calling process is in its user

@@ -65,8 +65,12 @@ fn replace(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<(), St
         if durable {
             f.sync_all().map_err(io("fsync", &tmp))?;
         }
+        if !durable {
+            return zoned::config::swap_into_place(&tmp, &target)
+                .map_err(io("rename into place", &target));
+        }
         fs::rename(&tmp, &target).map_err(io("rename into place", &target))?;
-        if durable { sync_dir(dir) } else { Ok(()) }
+        sync_dir(dir)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

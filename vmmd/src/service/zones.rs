@@ -140,8 +140,10 @@ impl Zones {
     fn make_spare(&self) -> Option<Spare> {
         let n = self.spare_seq.fetch_add(1, Ordering::AcqRel);
         let name = format!("hull/{}{}-{n}", self.spare_prefix(), std::process::id());
+        let _ = std::fs::create_dir_all(&self.root);
         let spawned = Command::new(&self.zoned)
             .arg("spare")
+            .arg(&self.root)
             .arg(&name)
             .current_dir("/")
             .stdin(Stdio::piped())
