@@ -668,6 +668,8 @@ fn density(n: usize) -> Res<()> {
         eprintln!("deleted the zones in {:.1} s", took.as_secs_f64());
     }
     let report = result?;
+    // Without vmmd its spare zoned goes too; a zoned still running a zone stays.
+    hull.d.kill9();
     let mut leftover = hull.zoned_processes();
     let t = Instant::now();
     while leftover > 0 && t.elapsed() < Duration::from_secs(5) {
