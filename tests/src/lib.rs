@@ -57,7 +57,12 @@ impl Daemon {
 
     /// Starts a daemon whose data root is under `root` (a mounted filesystem under test).
     pub fn start_on(root: &Path) -> Daemon {
-        Daemon::build(&[], Some(root.join("hull")))
+        Daemon::start_on_with(root, &[])
+    }
+
+    /// Starts a daemon with extra flags whose data root is under `root`.
+    pub fn start_on_with(root: &Path, args: &[&str]) -> Daemon {
+        Daemon::build(args, Some(root.join("hull")))
     }
 
     /// Starts a daemon with extra flags.

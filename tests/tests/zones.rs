@@ -483,3 +483,69 @@ fn root_lx_zone_from_the_debian_image() {
     assert!(o.status.success(), "{}", text(&o));
     assert_traces_settle(&d, &mine, before);
 }
+
+/// Without id-mapped mounts (forced here), a zone's files are shifted into its id range on
+/// disk once: the zone sees them as its root's, the image stays as it was, and the zone
+/// stays shifted across starts.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_zone_with_ids_shifted_on_disk() {
+    shifted_zone(&Daemon::start_with(&["--zone-root-ids", "shift"]));
+}
+
+/// The same on btrfs, where the zone's root is a snapshot shifted in place and bound.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_zone_with_ids_shifted_on_btrfs() {
+    let fs = hull_tests::LoopFs::new("btrfs", 1 << 30);
+    let d = Daemon::start_on_with(&fs.mountpoint, &["--zone-root-ids", "shift"]);
+    shifted_zone(&d);
+    drop(d);
+}
+
+fn shifted_zone(d: &Daemon) {
+    use std::os::unix::fs::MetadataExt;
+    install(d);
+    let before = traces(&d.data_root(), &[]);
+    let uuid = create(d, serde_json::json!({}));
+    let mine = [uuid.clone()];
+    let inside = "id -u; stat -c %u:%g /bin/busybox /etc; touch /new; stat -c %u:%g /new; \
+                  if mount -t tmpfs none /mnt 2>/dev/null; then echo MOUNTED; fi";
+    let o = zlogin(d, &uuid, inside);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n0:0\n0:0\n0:0\n");
+    let st = zone_state_file(d, &uuid);
+    assert!(st["notes"].to_string().contains("shifted"), "{st}");
+    // On the host: init and the zone's files are in the zone's range; the image is not.
+    let vm = d
+        .client()
+        .get_vm(uuid::Uuid::parse_str(&uuid).expect("uuid"))
+        .expect("get");
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", vm.pid.expect("pid"))).expect("status");
+    let host_uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .expect("uid");
+    assert!(host_uid >= 0x1000_0000, "{host_uid}");
+    let image = d
+        .data_root()
+        .join("images")
+        .join(image_uuid())
+        .join("root/bin/busybox");
+    let meta = std::fs::metadata(&image).expect("the image's busybox");
+    assert_eq!((meta.uid(), meta.gid()), (0, 0), "{}", image.display());
+    // Stopped and started again, it stays shifted (no double shift, no id map).
+    let o = d.vmadm(&["stop", &uuid, "-F"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = d.vmadm(&["start", &uuid], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = zlogin(d, &uuid, "stat -c %u:%g /bin/busybox /new");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "0:0\n0:0\n");
+    let o = d.vmadm(&["delete", &uuid], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_traces_settle(d, &mine, before);
+}

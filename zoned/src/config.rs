@@ -49,6 +49,38 @@ pub struct ZoneConfig {
     /// gets SIGRTMIN+3 (its "halt") whatever this says.
     #[serde(default)]
     pub stop_signal: Option<i32>,
+    /// How the root shows the zone's ids.
+    #[serde(default)]
+    pub root_ids: RootIds,
+}
+
+/// How a zone's root shows files with the zone's ids (zone uid 0 = host uid `id_base`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootIds {
+    /// Id-mapped mounts where the kernel and the file system have them, else `Shift`.
+    #[default]
+    Auto,
+    /// Id-mapped mounts only: an error where they are missing.
+    Idmap,
+    /// The zone's files are shifted on disk into its id range once (chown; an overlay root
+    /// copies up metadata only, `metacopy=on`), and the root is mounted without an id map.
+    /// A zone shifted once stays shifted (the runtime directory keeps a marker).
+    Shift,
+}
+
+impl std::str::FromStr for RootIds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RootIds, String> {
+        match s {
+            "auto" => Ok(RootIds::Auto),
+            "idmap" => Ok(RootIds::Idmap),
+            "shift" => Ok(RootIds::Shift),
+            _ => Err(format!(
+                "unknown zone root id mode {s:?}; use auto, idmap or shift"
+            )),
+        }
+    }
 }
 
 /// A zone's run state as zoned reports it.
@@ -140,6 +172,8 @@ pub mod files {
     pub const ROOTFS: &str = "rootfs";
     /// Staging mount point of the root before it is id-mapped.
     pub const BASE: &str = "base";
+    /// Present once the zone's files were shifted into its id range (see `RootIds::Shift`).
+    pub const SHIFTED: &str = "ids-shifted";
 }
 
 /// Errors reading or writing the runtime directory.

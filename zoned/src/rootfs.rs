@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
-use crate::config::{ID_RANGE, RootSpec};
+use crate::config::{ID_RANGE, RootIds, RootSpec};
 
 /// A failed filesystem step, naming the path and what was attempted.
 #[derive(Debug, thiserror::Error)]
@@ -149,37 +149,154 @@ pub fn mount_root(
     rootfs: &Path,
     userns: &OwnedFd,
     id_base: u32,
-) -> Result<(), MountError> {
+    ids: RootIds,
+    shifted_marker: &Path,
+) -> Result<RootIds, MountError> {
     for d in [base, rootfs] {
         std::fs::create_dir_all(d).map_err(io_err("create", d))?;
     }
+    // A zone shifted once stays shifted: id-mapping its files again would shift them twice.
+    let ids = match shifted_marker.exists() {
+        true => RootIds::Shift,
+        false => ids,
+    };
+    if ids != RootIds::Shift {
+        match mount_idmapped(spec, base, rootfs, userns, id_base) {
+            Ok(()) => return Ok(RootIds::Idmap),
+            Err(e) if ids == RootIds::Auto && idmap_unsupported(&e) => {
+                eprintln!("zoned: {e}; shifting the zone's files into its id range instead");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // The marker first: a shift cut short is finished by the next start, never id-mapped.
+    std::fs::write(shifted_marker, format!("{id_base}\n"))
+        .map_err(io_err("write", shifted_marker))?;
+    mount_shifted(spec, rootfs, id_base)?;
+    Ok(RootIds::Shift)
+}
+
+/// Whether a failed id-mapped mount means the kernel or file system lacks them.
+fn idmap_unsupported(e: &MountError) -> bool {
+    matches!(
+        e.source.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::EPERM)
+    )
+}
+
+fn mount_idmapped(
+    spec: &RootSpec,
+    base: &Path,
+    rootfs: &Path,
+    userns: &OwnedFd,
+    id_base: u32,
+) -> Result<(), MountError> {
     match spec {
         RootSpec::Bind { dir } => idmap_clone(dir, rootfs, userns),
         RootSpec::Overlay { lower, upper, work } => {
             idmap_clone(lower, base, userns)?;
-            let owner = Some(nix::unistd::Uid::from_raw(id_base));
-            let group = Some(nix::unistd::Gid::from_raw(id_base));
-            nix::unistd::chown(upper.as_path(), owner, group)
-                .map_err(err("hand to the zone's root", upper))?;
-            let data = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                escape(base)?,
-                escape(upper)?,
-                escape(work)?
-            );
-            let r = mount(
-                Some("overlay"),
-                rootfs,
-                Some("overlay"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                Some(data.as_str()),
-            )
-            .map_err(err("mount the zone's overlay root on", rootfs));
+            hand_upper(upper, id_base)?;
+            let r = mount_overlay(base, upper, work, rootfs, "");
             // The overlay holds its own reference to the id-mapped layer.
             let _ = umount2(base, MntFlags::MNT_DETACH);
             r
         }
     }
+}
+
+/// The root without an id map, its files shifted into the zone's range: a directory root
+/// (the zone's own snapshot or reflinked tree) is shifted in place and bound; an overlay
+/// root is mounted with `metacopy=on` over the image and shifted through the overlay, which
+/// copies up only the metadata of the image's files (the image itself is untouched).
+fn mount_shifted(spec: &RootSpec, rootfs: &Path, id_base: u32) -> Result<(), MountError> {
+    match spec {
+        RootSpec::Bind { dir } => {
+            shift_tree(dir, id_base)?;
+            mount(
+                Some(dir),
+                rootfs,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(err("bind the zone's root on", rootfs))?;
+            let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID;
+            mount(
+                None::<&str>,
+                rootfs,
+                None::<&str>,
+                flags | MsFlags::MS_NODEV,
+                None::<&str>,
+            )
+            .map_err(err("make nosuid,nodev the zone's root", rootfs))
+        }
+        RootSpec::Overlay { lower, upper, work } => {
+            hand_upper(upper, id_base)?;
+            mount_overlay(lower, upper, work, rootfs, ",metacopy=on")?;
+            shift_tree(rootfs, id_base).inspect_err(|_| {
+                let _ = umount2(rootfs, MntFlags::MNT_DETACH);
+            })
+        }
+    }
+}
+
+/// The zone's upper layer belongs to the zone's root (host uid `id_base`).
+fn hand_upper(upper: &Path, id_base: u32) -> Result<(), MountError> {
+    let owner = Some(nix::unistd::Uid::from_raw(id_base));
+    let group = Some(nix::unistd::Gid::from_raw(id_base));
+    nix::unistd::chown(upper, owner, group).map_err(err("hand to the zone's root", upper))
+}
+
+fn mount_overlay(
+    lower: &Path,
+    upper: &Path,
+    work: &Path,
+    rootfs: &Path,
+    extra: &str,
+) -> Result<(), MountError> {
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}{extra}",
+        escape(lower)?,
+        escape(upper)?,
+        escape(work)?
+    );
+    mount(
+        Some("overlay"),
+        rootfs,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .map_err(err("mount the zone's overlay root on", rootfs))
+}
+
+/// Moves the owner and group of every file under `root` that are below [`ID_RANGE`] (not
+/// yet shifted) to `id_base + id`, without following symlinks; keeps set-id bits, which
+/// chown clears. Idempotent: ids already in a zone range stay. Runs before the zone starts,
+/// so nothing in the zone can swap a directory for a symlink meanwhile.
+pub fn shift_tree(root: &Path, id_base: u32) -> Result<(), MountError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let shift = |id: u32| (id < ID_RANGE).then(|| id_base + id);
+    let mut todo = vec![root.to_owned()];
+    while let Some(path) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&path).map_err(io_err("inspect", &path))?;
+        let (uid, gid) = (shift(meta.uid()), shift(meta.gid()));
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::lchown(&path, uid.or(Some(meta.uid())), gid.or(Some(meta.gid())))
+                .map_err(io_err("shift the owner of", &path))?;
+            let mode = meta.mode() & 0o7777;
+            if meta.is_file() && mode & 0o6000 != 0 {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .map_err(io_err("restore the mode of", &path))?;
+            }
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).map_err(io_err("list", &path))? {
+                todo.push(entry.map_err(io_err("list", &path))?.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn escape(p: &Path) -> Result<String, MountError> {

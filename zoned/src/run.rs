@@ -274,13 +274,21 @@ fn build(
         // each boot's init gets a new one with the same map (see `boot`).
         let userns = rootfs::make_user_namespace(cfg.id_base)?;
         let rootfs = dir.join(files::ROOTFS);
-        rootfs::mount_root(
+        let ids = rootfs::mount_root(
             &cfg.root,
             &dir.join(files::BASE),
             &rootfs,
             &userns,
             cfg.id_base,
+            cfg.root_ids,
+            &dir.join(files::SHIFTED),
         )?;
+        if ids == crate::config::RootIds::Shift {
+            state.notes.push(
+                "the zone's files are shifted into its id range on disk (no id-mapped mounts)"
+                    .into(),
+            );
+        }
         Ok::<_, RunError>(rootfs)
     })();
     let rootfs = match zone {

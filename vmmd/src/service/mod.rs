@@ -232,7 +232,12 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 impl Service {
     /// Opens the service on `data_root`, loading every guest record; `cow` is the image
     /// store on the same data root.
-    pub fn open(data_root: &Path, cow: CowStore, zoned: PathBuf) -> Result<(Service, Loaded)> {
+    pub fn open(
+        data_root: &Path,
+        cow: CowStore,
+        zoned: PathBuf,
+        root_ids: zoned::config::RootIds,
+    ) -> Result<(Service, Loaded)> {
         let (store, mut loaded) = Store::open(data_root)?;
         let mut records = Index::default();
         for vm in loaded.vms.drain(..) {
@@ -253,7 +258,7 @@ impl Service {
                 images: Images::new(data_root),
                 nictags: catalog::nictags(data_root),
                 sources: catalog::sources(data_root),
-                zones: Arc::new(zones::Zones::new(data_root, zoned)),
+                zones: Arc::new(zones::Zones::new(data_root, zoned, root_ids)),
                 exits,
                 exit_rx: Mutex::new(Some(exit_rx)),
             },

@@ -17,7 +17,7 @@ use hull_spec::{Brand, Vm};
 use uuid::Uuid;
 use zoned::cgroup::Limits;
 use zoned::config::{
-    ID_RANGE, Phase, Reply, Request, RootSpec, ZoneConfig, ZoneState, files, read_json,
+    ID_RANGE, Phase, Reply, Request, RootIds, RootSpec, ZoneConfig, ZoneState, files, read_json,
     same_process, write_json,
 };
 
@@ -53,6 +53,8 @@ pub struct Zones {
     /// id slot of each zone that has run: a zone keeps its range for life, since its
     /// overlay upper layer holds files owned by ids of that range.
     slots: Mutex<BTreeMap<Uuid, u32>>,
+    /// How zone roots show the zone's ids (`vmmd --zone-root-ids`).
+    root_ids: RootIds,
     /// A `zoned spare` ready to take the next start (cgroup v1 hosts, vmmd as root).
     spare: Mutex<Option<Spare>>,
     /// Spares are made here: a v1 layout and root.
@@ -74,7 +76,7 @@ struct Spare {
 
 impl Zones {
     /// Opens the zones directory, reading back each zone's id range.
-    pub fn new(data_root: &Path, zoned: PathBuf) -> Zones {
+    pub fn new(data_root: &Path, zoned: PathBuf, root_ids: RootIds) -> Zones {
         let root = data_root.join("zones");
         let mut slots = BTreeMap::new();
         for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
@@ -101,6 +103,7 @@ impl Zones {
             root,
             zoned,
             slots: Mutex::new(slots),
+            root_ids,
             spare: Mutex::new(None),
             spares: v1 && nix::unistd::geteuid().is_root() && !spare_tag.is_empty(),
             spare_tag,
@@ -281,7 +284,8 @@ impl Zones {
             .map_err(|e| start_err(format!("cannot create {}: {e}", dir.display())))?;
         set_mode(&self.root, 0o700);
         set_mode(&dir, 0o700);
-        let cfg = config(vm, root, ID_BASE + slot * ID_RANGE);
+        let mut cfg = config(vm, root, ID_BASE + slot * ID_RANGE);
+        cfg.root_ids = self.root_ids;
         write_json(&dir.join(files::CONFIG), &cfg)?;
         let _ = std::fs::remove_file(dir.join(files::STATE));
         let log_path = dir.join(files::LOG);
@@ -525,5 +529,6 @@ pub fn config(vm: &Vm, root: RootSource, id_base: u32) -> ZoneConfig {
         // `powerwait` inittab entry LXC and Incus also rely on) and ignores SIGTERM; zoned
         // sends systemd its own signal. joyent zones run busybox-style inits: SIGTERM.
         stop_signal: (vm.brand == Brand::Lx).then_some(libc::SIGPWR),
+        root_ids: RootIds::Auto,
     }
 }
