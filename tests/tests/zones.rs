@@ -118,6 +118,22 @@ fn console_shows(console: &str, want: &str) {
     }
 }
 
+/// The host uid of the zone's init (from /proc/PID/status).
+fn init_host_uid(d: &Daemon, uuid: &str) -> u32 {
+    let vm = d
+        .client()
+        .get_vm(uuid::Uuid::parse_str(uuid).expect("uuid"))
+        .expect("get");
+    let pid = vm.pid.expect("init pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .expect("uid")
+}
+
 /// zoned's state.json for the zone (it stays after the zone stops).
 fn zone_state_file(d: &Daemon, uuid: &str) -> serde_json::Value {
     let path = d.data_root().join("zones").join(uuid).join("state.json");
@@ -258,6 +274,10 @@ fn root_zone_is_confined() {
         check ip link set lo mtu 1280
         check sh -c 'echo x > /proc/self/exe'
         check cat /proc/kcore
+        # Module loading is refused (EPERM), not tried and found a bad module (ENOEXEC).
+        head -c 64 /dev/zero > /tmp/junk.ko
+        out=$(insmod /tmp/junk.ko 2>&1)
+        case "$out" in *"not permitted"*) ;; *) echo "insmod: $out"; fail=1;; esac
         n=$(ls -d /proc/[0-9]* | wc -l)
         [ "$n" -lt 10 ] || { echo "sees $n processes"; fail=1; }
         for p in /proc/[0-9]*; do
@@ -273,18 +293,7 @@ fn root_zone_is_confined() {
     let o = zlogin(&d, &uuid, script);
     assert!(o.status.success(), "{}", text(&o));
     // Root in the zone is an unprivileged uid on the host.
-    let vm = d
-        .client()
-        .get_vm(uuid::Uuid::parse_str(&uuid).expect("uuid"))
-        .expect("get");
-    let pid = vm.pid.expect("init pid");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let uid: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|u| u.parse().ok())
-        .expect("uid");
+    let uid = init_host_uid(&d, &uuid);
     assert!(uid >= 0x1000_0000, "zone root is host uid {uid}");
     assert_eq!(
         std::fs::read(&zoned_bin).expect("zoned binary"),
@@ -517,18 +526,7 @@ fn shifted_zone(d: &Daemon) {
     let st = zone_state_file(d, &uuid);
     assert!(st["notes"].to_string().contains("shifted"), "{st}");
     // On the host: init and the zone's files are in the zone's range; the image is not.
-    let vm = d
-        .client()
-        .get_vm(uuid::Uuid::parse_str(&uuid).expect("uuid"))
-        .expect("get");
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", vm.pid.expect("pid"))).expect("status");
-    let host_uid: u32 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|u| u.parse().ok())
-        .expect("uid");
+    let host_uid = init_host_uid(d, &uuid);
     assert!(host_uid >= 0x1000_0000, "{host_uid}");
     let image = d
         .data_root()

@@ -1046,6 +1046,18 @@ mod tests {
         (Guard(Layout::detect().unwrap(), top, None), zone)
     }
 
+    /// As [`root_setup`], on this host's cgroup2 mount even where it is the controller-less
+    /// one of the hybrid layout; `None` without one.
+    fn root_setup_v2() -> Option<(Guard, String)> {
+        let (mut guard, zone) = root_setup();
+        if let Layout::V1 { unified, .. } = &guard.0 {
+            guard.0 = Layout::V2 {
+                mount: unified.clone()?,
+            };
+        }
+        Some((guard, zone))
+    }
+
     /// Checks "file=value" pairs (';'-separated) of a real cgroup; "memory.max" is looked up
     /// beside the memory controller, "cpu.shares" beside cpu, and so on.
     fn check(cg: &Cgroup, want: &str) {
@@ -1111,13 +1123,9 @@ mod tests {
     #[test]
     #[ignore = "needs root and cgroups: run with --run-ignored"]
     fn root_v2_kill_on_the_cgroup2_mount() {
-        let (mut guard, zone) = root_setup();
-        if let Layout::V1 { unified, .. } = &guard.0 {
-            let Some(mount) = unified.clone() else {
-                return eprintln!("SKIP: no cgroup2 mount");
-            };
-            guard.0 = Layout::V2 { mount };
-        }
+        let Some((mut guard, zone)) = root_setup_v2() else {
+            return eprintln!("SKIP: no cgroup2 mount");
+        };
         let (cg, notes) = Cgroup::create(&guard.0, &zone, &Limits::default()).unwrap();
         assert!(notes.is_empty(), "{notes:?}");
         fork_kill_remove(&mut guard, &cg, &zone);
@@ -1128,13 +1136,9 @@ mod tests {
     #[test]
     #[ignore = "needs root and cgroups: run with --run-ignored"]
     fn root_clone_into_a_v2_cgroup() {
-        let (mut guard, zone) = root_setup();
-        if let Layout::V1 { unified, .. } = &guard.0 {
-            let Some(mount) = unified.clone() else {
-                return eprintln!("SKIP: no cgroup2 mount");
-            };
-            guard.0 = Layout::V2 { mount };
-        }
+        let Some((guard, zone)) = root_setup_v2() else {
+            return eprintln!("SKIP: no cgroup2 mount");
+        };
         let (cg, _) = Cgroup::create(&guard.0, &zone, &Limits::default()).unwrap();
         let host = Cgroup::at(&Layout::detect().unwrap(), &zone).unwrap();
         if !host.is_v2() {
