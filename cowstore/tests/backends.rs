@@ -380,29 +380,6 @@ fn exercise_tree(b: &dyn Backend, base: &Path) {
         assert!(left.is_empty(), "destroy_tree left {left:?}");
     }
 
-    // Clone time: 20 clones of the same image.
-    let mut times = Vec::new();
-    for i in 0..20 {
-        let g = base.join(format!("guests/t{i}"));
-        std::fs::create_dir_all(&g).expect("guest dir");
-        let start = Instant::now();
-        b.clone_tree(&image, &g).expect("clone");
-        times.push(start.elapsed());
-    }
-    let med = median(times.clone());
-    eprintln!(
-        "{} clone_tree: median {:.2} ms, max {:.2} ms over 20 clones",
-        b.kind().as_str(),
-        med.as_secs_f64() * 1e3,
-        times.iter().max().expect("20 times").as_secs_f64() * 1e3
-    );
-    // Loose bound (the benchmark checks the 20 ms target): catches a clone that copies.
-    assert!(med < Duration::from_millis(500), "clone median {med:?}");
-    for i in 0..20 {
-        b.destroy_tree(&base.join(format!("guests/t{i}")))
-            .expect("destroy");
-    }
-
     b.remove_image_tree(&image).expect("remove image");
     assert!(!image.exists(), "remove_image_tree left the image");
 }
@@ -760,60 +737,51 @@ fn root_detect_xfs_without_reflink_says_overlay() {
     );
 }
 
-/// Clone time does not grow with the image: 10 MiB against 1 GiB of data, on btrfs (where a
-/// clone is a snapshot) and xfs (where it is two directories; the image is not read). On btrfs
-/// a snapshot bumps the reference counts of the image tree root's children, so it costs more
-/// for a larger tree until the root node is full (a few hundred children), then stays flat:
-/// measured here, about 4 ms for 10 MiB and 8 ms for 1 GiB.
+/// A root clone costs the same whatever the image's size: it never copies the image. Shown
+/// by space, not time (timing belongs to bench-clone, docs/PERFORMANCE.md): 20 clones of a
+/// 1 GiB image tree, each then written to, use a few MiB between them on btrfs (snapshots)
+/// and xfs (overlay directories over the image).
 #[test]
 #[ignore = "needs root: scripts/test runs it as root"]
-fn root_clone_time_does_not_grow_with_image_size() {
+fn root_tree_clones_never_copy_the_image() {
     for (fs_kind, kind) in [
         (Fs::Btrfs, BackendKind::Btrfs),
         (Fs::XfsReflink, BackendKind::Reflink),
     ] {
         let fs = Scratch::new(fs_kind, 3 * GIB);
         let b = backend::open(kind);
-        let mut medians = Vec::new();
-        for (name, size) in [("small", 10 * MIB), ("large", GIB)] {
-            let image = fs.path(name);
-            b.create_image_tree(&image).expect("image");
-            let chunk = vec![0x42u8; MIB as usize];
-            for dir in 0..(size / MIB).div_ceil(64) {
-                let d = image.join(format!("d{dir}"));
-                std::fs::create_dir(&d).expect("mkdir");
-                for i in 0..64.min(size / MIB - dir * 64) {
-                    write(&d.join(format!("f{i}")), &chunk);
-                }
+        let image = fs.path("image");
+        b.create_image_tree(&image).expect("image");
+        let chunk = vec![0x42u8; MIB as usize];
+        for dir in 0..16 {
+            let d = image.join(format!("d{dir}"));
+            std::fs::create_dir(&d).expect("mkdir");
+            for i in 0..64 {
+                write(&d.join(format!("f{i}")), &chunk);
             }
-            b.seal_image_tree(&image).expect("seal");
-            fs.sync();
-            // Also the loop device's backing file, so the clones do not wait for the host to
-            // write the image out (btrfs commits flush the loop device).
-            nix::unistd::sync();
-            let mut times = Vec::new();
-            for i in 0..15 {
-                let g = fs.path(&format!("g-{name}-{i}"));
-                std::fs::create_dir(&g).expect("guest dir");
-                let start = Instant::now();
-                b.clone_tree(&image, &g).expect("clone");
-                times.push(start.elapsed());
-            }
-            let med = median(times);
-            eprintln!(
-                "{}: clone_tree of a {} MiB image: median {:.2} ms over 15 clones",
-                kind.as_str(),
-                size / MIB,
-                med.as_secs_f64() * 1e3
-            );
-            medians.push(med);
         }
-        // The benchmark holds the 1.5 ratio on a quiet machine; here, shared with other
-        // jobs, only a clone that reads or copies the image fails.
+        b.seal_image_tree(&image).expect("seal");
+        let before = fs.used();
+        for i in 0..20 {
+            let g = fs.path(&format!("g{i}"));
+            std::fs::create_dir(&g).expect("guest dir");
+            let root = match b.clone_tree(&image, &g).expect("clone") {
+                RootSource::Dir(dir) => dir,
+                RootSource::Overlay { upper, .. } => upper,
+            };
+            write(&root.join("mine"), format!("guest {i}\n").as_bytes());
+        }
+        let grown = fs.used().saturating_sub(before);
+        eprintln!(
+            "{}: 20 clones of a 1 GiB tree used {:.1} MiB",
+            kind.as_str(),
+            grown as f64 / MIB as f64
+        );
         assert!(
-            medians[1] < medians[0] * 4 + Duration::from_millis(10),
-            "{}: clone time grew with the image: {medians:?}",
-            kind.as_str()
+            grown < 64 * MIB,
+            "{}: 20 clones of a 1 GiB image used {} MiB",
+            kind.as_str(),
+            grown / MIB
         );
     }
 }

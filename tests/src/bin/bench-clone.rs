@@ -3,8 +3,15 @@
 //! median time of hull's clones next to `cp -a`, `cp --reflink=always` and
 //! `qemu-img create -f qcow2 -b`, in one run.
 //!
-//! Run: `cargo build --release --workspace && sudo target/release/bench-clone [runs]`.
-//! Prints a Markdown table for docs/PERFORMANCE.md. Writes about 15 GiB; takes minutes.
+//! Run: `cargo build --release --workspace && sudo target/release/bench-clone [runs]
+//! [btrfs|xfs|ext4]...` (default 7 runs, every filesystem). Prints a Markdown table for
+//! docs/PERFORMANCE.md. Writes about 15 GiB; takes minutes.
+//!
+//! Each size starts from a settled filesystem, as an installed image does: the image's
+//! writes are committed (syncfs) before its clones are timed, and btrfs has finished
+//! deleting the previous size's snapshots (`btrfs subvolume sync`); otherwise the first
+//! snapshot of a freshly written 4 GiB image pays for committing its checksums, and the
+//! later ones race the cleaner, which says nothing about a clone's cost.
 
 use std::io::Write;
 use std::path::Path;
@@ -58,6 +65,23 @@ fn command(args: &[&str]) -> Option<Duration> {
     ok.then(|| t.elapsed())
 }
 
+/// Commits what is pending on the filesystem of `root` and, on btrfs, waits until deleted
+/// subvolumes are cleaned.
+fn settle(root: &Path, kind: BackendKind) {
+    use std::os::fd::AsRawFd;
+    if kind == BackendKind::Btrfs {
+        let synced = Command::new("btrfs")
+            .args(["subvolume", "sync"])
+            .arg(root)
+            .stdout(Stdio::null())
+            .status();
+        assert!(synced.is_ok_and(|s| s.success()), "btrfs subvolume sync");
+    }
+    let dir = std::fs::File::open(root).expect("open the filesystem");
+    // SAFETY: syncfs on a descriptor we own.
+    assert_eq!(unsafe { libc::syncfs(dir.as_raw_fd()) }, 0, "syncfs");
+}
+
 fn bench(label: &str, root: &Path, kind: BackendKind, runs: usize) {
     let b: Box<dyn Backend> = backend::open(kind);
     for (name, size) in [
@@ -70,6 +94,7 @@ fn bench(label: &str, root: &Path, kind: BackendKind, runs: usize) {
         let file = image.join("disk.img");
         fill(&file, size);
         b.seal_image_tree(&image).expect("seal");
+        settle(root, kind);
         // Clones are all made first and removed after, as guests are: removing one right
         // after making it would time btrfs's background cleaner too.
         let tree = time_runs(runs, |i| {
@@ -84,6 +109,7 @@ fn bench(label: &str, root: &Path, kind: BackendKind, runs: usize) {
             let _ = b.destroy_tree(&g);
             let _ = std::fs::remove_dir_all(&g);
         }
+        settle(root, kind);
         let disk = time_runs(runs, |i| {
             let dst = root.join(format!("clone-{size}-{i}.img"));
             let t = Instant::now();
@@ -157,10 +183,10 @@ fn bench(label: &str, root: &Path, kind: BackendKind, runs: usize) {
 }
 
 fn main() {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runs: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(7);
+    let only: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let wanted = |fs: &str| only.is_empty() || only.contains(&fs);
     assert!(
         hull_tests::is_root(),
         "bench-clone mounts loop filesystems: run it as root"
@@ -169,11 +195,11 @@ fn main() {
         "| filesystem (backend) | image | hull root clone (ms) | hull disk clone (ms) | cp -a (ms) | cp --reflink=always (ms) | qemu-img qcow2 -b (ms) |"
     );
     println!("|---|---|---|---|---|---|---|");
-    {
+    if wanted("btrfs") {
         let fs = LoopFs::new("btrfs", 16 << 30);
         bench("btrfs (btrfs)", &fs.mountpoint, BackendKind::Btrfs, runs);
     }
-    {
+    if wanted("xfs") {
         let fs = LoopFs::new("xfs", 16 << 30);
         bench(
             "xfs reflink=1 (reflink)",
@@ -182,9 +208,11 @@ fn main() {
             runs,
         );
     }
-    let dir = tempfile::Builder::new()
-        .prefix("hull-bench")
-        .tempdir_in("/var/tmp")
-        .expect("tempdir");
-    bench("ext4 (overlay)", dir.path(), BackendKind::Overlay, runs);
+    if wanted("ext4") {
+        let dir = tempfile::Builder::new()
+            .prefix("hull-bench")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
+        bench("ext4 (overlay)", dir.path(), BackendKind::Overlay, runs);
+    }
 }
