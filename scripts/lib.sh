@@ -24,3 +24,16 @@ hull_skip() {
     echo "!!!!!!!! SKIPPED: $* !!!!!!!!"
     echo
 }
+
+# Downloads a Debian package (its candidate version) into ${HULL_CACHE:-~/.cache/hull}/debs
+# once, and prints the path of the .deb.
+hull_fetch_deb() {
+    local pkg="$1" cache="${HULL_CACHE:-$HOME/.cache/hull}" ver dir
+    ver="$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')"
+    [[ -n "$ver" && "$ver" != "(none)" ]] || { apt-get update -qq >/dev/null; ver="$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')"; }
+    dir="$cache/debs/$pkg/$ver"
+    mkdir -p "$dir"
+    ls "$dir"/*.deb >/dev/null 2>&1 || (cd "$dir" && apt-get download -qq "$pkg=$ver" 2>/dev/null) ||
+        { echo "cannot download $pkg=$ver" >&2; return 1; }
+    ls "$dir"/*.deb | head -1
+}
