@@ -123,16 +123,25 @@ impl Zones {
             if me.spare_seq.load(Ordering::Acquire) == 0 {
                 me.sweep_spares();
             }
-            let mut slot = me
-                .spare
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if slot.is_none() {
-                *slot = me.make_spare();
+            // Made without holding the lock: a start meanwhile runs without a spare rather
+            // than waiting for this one.
+            let empty = me.spare_slot().is_none();
+            let made = if empty { me.make_spare() } else { None };
+            let extra = made.and_then(|spare| me.spare_slot().replace(spare));
+            if let Some(extra) = extra {
+                // Cannot happen with one refill at a time; an extra spare would just go.
+                drop(extra.stdin);
+                let mut child = extra.child;
+                std::thread::spawn(move || child.wait());
             }
-            drop(slot);
             me.refilling.store(false, Ordering::Release);
         });
+    }
+
+    fn spare_slot(&self) -> std::sync::MutexGuard<'_, Option<Spare>> {
+        self.spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn spare_prefix(&self) -> String {
@@ -212,11 +221,7 @@ impl Zones {
     /// Hands the spare, if there is one, the zone in `dir`: returns its process and the
     /// pipe on which it says that init runs. A spare that died meanwhile is collected.
     fn take_spare(&self, dir: &Path) -> Option<(Child, ChildStdout)> {
-        let spare = self
-            .spare
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()?;
+        let spare = self.spare_slot().take()?;
         let Spare {
             mut child,
             mut stdin,
