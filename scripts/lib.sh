@@ -37,3 +37,8 @@ hull_fetch_deb() {
         { echo "cannot download $pkg=$ver" >&2; return 1; }
     ls "$dir"/*.deb | head -1
 }
+
+# The package Debian's linux-image-amd64 points at (e.g. linux-image-6.1.0-56-amd64).
+hull_kernel_pkg() {
+    apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
+}

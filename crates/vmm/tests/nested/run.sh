@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Nested tier: boots Debian's stock kernel as an L2 guest of hull's vmm, inside a QEMU TCG
 # machine with emulated SVM (the /dev/kvm of these machines cannot run a stock kernel).
 #
@@ -9,20 +9,19 @@
 #                  256 MiB, 1 vCPU), 3 alternating runs each, inside L1.
 #
 # Needs: qemu-system-x86, cpio, apt-get access to Debian's linux-image-amd64 and
-# busybox-static, and a release build of vmm (VMM=path, default target/release/vmm).
-# WORK=dir keeps the downloads between runs (default /tmp/hull-nested).
+# busybox-static (cached in ${HULL_CACHE:-~/.cache/hull}/debs), and a build of vmm
+# (VMM=path, default target/release/vmm). WORK=dir keeps the unpacked kernel between runs
+# (default /tmp/hull-nested).
 set -eu
 MODE=${1:-check}
 HERE=$(cd "$(dirname "$0")" && pwd)
+source "$HERE/../../../../scripts/lib.sh"
 WORK=${WORK:-/tmp/hull-nested}
 VMM=${VMM:-$HERE/../../../../target/release/vmm}
 mkdir -p "$WORK" && cd "$WORK"
 [ -x "$VMM" ] || { echo "no vmm binary at $VMM (cargo build --release -p hull-vmm)"; exit 1; }
 if [ ! -d root/boot ]; then
-  apt-get download linux-image-amd64 busybox-static
-  KPKG=$(dpkg-deb -f linux-image-amd64_*.deb Depends | sed 's/ .*//;s/,.*//')
-  apt-get download "$KPKG"
-  for d in busybox-static_*.deb linux-image-[0-9]*.deb; do dpkg -x "$d" root; done
+  for p in busybox-static "$(hull_kernel_pkg)"; do dpkg -x "$(hull_fetch_deb "$p")" root; done
 fi
 KVER=$(ls root/lib/modules | head -1)
 M=root/lib/modules/$KVER/kernel
