@@ -52,7 +52,7 @@ fi
 (cd l2 && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1/l2.cpio.gz)
 (cd l2b && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1/l2b.cpio.gz)
 (cd l1 && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1.cpio.gz)
-timeout 1200 qemu-system-x86_64 -M q35 -cpu max -accel tcg -m 2048 -smp 2 -nographic -no-reboot \
+timeout "${NESTED_TIMEOUT:-600}" qemu-system-x86_64 -M q35 -cpu max -accel tcg -m 2048 -smp 2 -nographic -no-reboot \
   -kernel root/boot/vmlinuz-"$KVER" -initrd l1.cpio.gz \
   -append "console=ttyS0 quiet panic=-1 hullmode=$MODE" > "run-$MODE.log" 2>&1 || true
 grep -a -E '^(L1|L2|vmm):' "run-$MODE.log" || true
