@@ -262,6 +262,24 @@ pub fn make_image(dir: &Path, uuid: &str, image_type: &str) -> (PathBuf, PathBuf
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A test that failed half-way leaves guests behind, and zones outlive vmmd by
+        // design: stop and delete what is left before vmmd goes (a passing test cleans up
+        // itself, and may have left vmmd in a state not to talk to).
+        let running = self
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none()));
+        if std::thread::panicking() && running {
+            let c = self.client();
+            for vm in c.list_vms(&[]).unwrap_or_default() {
+                let force = hull_spec::api::StopRequest {
+                    force: true,
+                    timeout: None,
+                };
+                let _ = c.stop_vm(vm.uuid, &force);
+                let _ = c.delete_vm(vm.uuid);
+            }
+        }
         self.kill9();
     }
 }
