@@ -1185,14 +1185,7 @@ mod tests {
         }
         let spare = format!("{}/.spare-x", guard.1);
         let (sp, _) = Cgroup::create(&guard.0, &spare, &Limits::default()).unwrap();
-        let script = "read go; sleep 100 & wait";
-        let child = std::process::Command::new("sh")
-            .args(["-c", script])
-            .stdin(std::process::Stdio::piped())
-            .spawn();
-        let child = guard.2.insert(child.unwrap());
-        let pid = i32::try_from(child.id()).unwrap();
-        sp.add_pid(pid).unwrap();
+        let pid = shell_in(&mut guard, &sp, "read go; sleep 100 & wait");
         // Not a sibling: refused, nothing renamed.
         let r = Cgroup::adopt(&guard.0, &spare, "elsewhere/zone", &Limits::default());
         assert!(matches!(r, Err(CgroupError::InvalidName { .. })), "{r:?}");
@@ -1214,6 +1207,7 @@ mod tests {
         assert!(sp.paths().iter().all(|p| !p.exists()));
         assert!(cg.holds(pid));
         check(&cg, "pids.max=50");
+        let child = guard.2.as_mut().unwrap();
         child.stdin.take().unwrap().write_all(b"go\n").unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while cg.procs().unwrap().len() < 2 && Instant::now() < deadline {
@@ -1228,19 +1222,25 @@ mod tests {
         cg.remove().unwrap();
     }
 
-    /// Runs a shell in `cg` that forks two sleeps once inside, kills them all, removes `cg`.
-    fn fork_kill_remove(guard: &mut Guard, cg: &Cgroup, zone: &str) {
-        use std::os::unix::process::ExitStatusExt;
-        let script = "read go; sleep 100 & sleep 100 & wait";
-        let mut sh = std::process::Command::new("sh");
-        let child = sh
+    /// Starts `sh -c script` (the guard kills it), moves it into `cg`; returns its pid. The
+    /// script reads its stdin, so it can wait for "go" until it is inside.
+    fn shell_in(guard: &mut Guard, cg: &Cgroup, script: &str) -> i32 {
+        let child = std::process::Command::new("sh")
             .args(["-c", script])
             .stdin(std::process::Stdio::piped())
             .spawn();
         let child = guard.2.insert(child.unwrap());
         let pid = i32::try_from(child.id()).unwrap();
         cg.add_pid(pid).unwrap();
+        pid
+    }
+
+    /// Runs a shell in `cg` that forks two sleeps once inside, kills them all, removes `cg`.
+    fn fork_kill_remove(guard: &mut Guard, cg: &Cgroup, zone: &str) {
+        use std::os::unix::process::ExitStatusExt;
+        let pid = shell_in(guard, cg, "read go; sleep 100 & sleep 100 & wait");
         assert_eq!(cg.procs().unwrap(), [pid]);
+        let child = guard.2.as_mut().unwrap();
         child.stdin.take().unwrap().write_all(b"go\n").unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while cg.procs().unwrap().len() < 3 && Instant::now() < deadline {
