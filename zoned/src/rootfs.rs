@@ -473,17 +473,7 @@ pub fn populate(root: &Path) -> Result<OwnedFd, MountError> {
     )
     .map_err(err("mount tmpfs on", &dev))?;
     for name in DEVICES {
-        let target = dev.join(name);
-        std::fs::File::create(&target).map_err(io_err("create", &target))?;
-        let host = Path::new("/dev").join(name);
-        mount(
-            Some(host.as_path()),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(err(format!("bind-mount {} on", host.display()), &target))?;
+        bind_on_file(&Path::new("/dev").join(name), &dev.join(name))?;
     }
     let pts = dev.join("pts");
     std::fs::create_dir(&pts).map_err(io_err("create", &pts))?;
@@ -545,17 +535,21 @@ fn console(dev: &Path, tty_gid: u32) -> Result<OwnedFd, MountError> {
         Some(nix::unistd::Gid::from_raw(tty_gid)),
     )
     .map_err(err("give the zone's root", &slave))?;
-    let console = dev.join("console");
-    std::fs::File::create(&console).map_err(io_err("create", &console))?;
+    bind_on_file(&slave, &dev.join("console"))?;
+    Ok(master)
+}
+
+/// Creates the file `target` and binds `source` (a device node) on it.
+fn bind_on_file(source: &Path, target: &Path) -> Result<(), MountError> {
+    std::fs::File::create(target).map_err(io_err("create", target))?;
     mount(
-        Some(slave.as_path()),
-        &console,
+        Some(source),
+        target,
         None::<&str>,
         MsFlags::MS_BIND,
         None::<&str>,
     )
-    .map_err(err(format!("bind-mount {} on", slave.display()), &console))?;
-    Ok(master)
+    .map_err(err(format!("bind-mount {} on", source.display()), target))
 }
 
 trait NoCtty {
