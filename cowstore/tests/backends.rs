@@ -15,7 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hull_cowstore::backend::{
-    self, Backend, BackendError, BackendKind, CloneCost, RootSource, mount_root, unmount_root,
+    self, Backend, BackendError, BackendKind, CloneCost, RootSource, btrfs, mount_root,
+    unmount_root,
 };
 
 const GIB: u64 = 1 << 30;
@@ -400,7 +401,20 @@ fn root_btrfs_tree_clone_snapshot_rollback() {
     let image = fs.path("img2");
     b.create_image_tree(&image).expect("image");
     write(&image.join("etc/hostname"), b"image\n");
+    // A sealed image's tree is two levels deep, so a snapshot's cost does not grow with the
+    // extents its root block would otherwise hold; an unsealed tree this small is one leaf.
+    let plain = fs.path("plain");
+    b.create_image_tree(&plain).expect("plain tree");
+    write(&plain.join("etc/hostname"), b"image\n");
     b.seal_image_tree(&image).expect("seal");
+    fs.sync();
+    assert_eq!(btrfs::tree_level(&plain).expect("level"), Some(0));
+    let level = btrfs::tree_level(&image).expect("level");
+    assert!(
+        level >= Some(1),
+        "a sealed image's root is at level {level:?}"
+    );
+    b.remove_image_tree(&plain).expect("remove plain tree");
     let g = fs.path("g-nested");
     std::fs::create_dir(&g).expect("guest dir");
     let RootSource::Dir(root) = b.clone_tree(&image, &g).expect("clone") else {

@@ -87,6 +87,16 @@ struct InoLookupArgs {
     name: [u8; 4080],
 }
 
+/// `struct btrfs_ioctl_fs_info_args` (fields after `nodesize` folded into `rest`).
+#[repr(C)]
+struct FsInfoArgs {
+    max_id: u64,
+    num_devices: u64,
+    fsid: [u8; 16],
+    nodesize: u32,
+    rest: [u8; 1020 - 32],
+}
+
 /// `struct btrfs_ioctl_search_key`.
 #[repr(C)]
 #[derive(Default)]
@@ -120,6 +130,7 @@ const BTRFS_IOC_INO_LOOKUP: libc::Ioctl = iowr::<InoLookupArgs>(0x94, 18);
 const BTRFS_IOC_SUBVOL_CREATE: libc::Ioctl = iow::<VolArgs>(0x94, 14);
 const BTRFS_IOC_SNAP_DESTROY: libc::Ioctl = iow::<VolArgs>(0x94, 15);
 const BTRFS_IOC_SNAP_CREATE_V2: libc::Ioctl = iow::<VolArgsV2>(0x94, 23);
+const BTRFS_IOC_FS_INFO: libc::Ioctl = ior::<FsInfoArgs>(0x94, 31);
 const BTRFS_IOC_SUBVOL_GETFLAGS: libc::Ioctl = ior::<u64>(0x94, 25);
 const BTRFS_IOC_SUBVOL_SETFLAGS: libc::Ioctl = iow::<u64>(0x94, 26);
 const BTRFS_IOC_QUOTA_CTL: libc::Ioctl = iowr::<QuotaCtlArgs>(0x94, 40);
@@ -135,6 +146,14 @@ const QGROUP_CLEAR: u64 = u64::MAX;
 const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
 const BTRFS_QUOTA_TREE_OBJECTID: u64 = 8;
 const BTRFS_QGROUP_LIMIT_KEY: u32 = 244;
+const BTRFS_ROOT_TREE_OBJECTID: u64 = 1;
+const BTRFS_ROOT_ITEM_KEY: u32 = 132;
+/// The xattr that keeps an image's tree two levels deep (see [`split_root`]). `trusted.*` is
+/// out of reach of a guest in its own user namespace: it can neither list nor change it.
+const SPLIT_XATTR: &str = "trusted.hull.split";
+/// What a btrfs leaf keeps from its node size for its header (101 bytes), one item (25) and
+/// the xattr's dir item (30): the largest xattr name + value is `nodesize - XATTR_OVERHEAD`.
+const XATTR_OVERHEAD: usize = 101 + 25 + 30;
 
 /// Runs `ioctl(fd, request, arg)`.
 ///
@@ -474,6 +493,79 @@ fn apply_limit(path: &Path, bytes: Option<u64>) -> Result<(), BackendError> {
     }
 }
 
+/// The node size of the btrfs filesystem holding `dir`.
+fn nodesize(dir: &File, path: &Path) -> Result<usize, BackendError> {
+    let mut args = FsInfoArgs {
+        max_id: 0,
+        num_devices: 0,
+        fsid: [0; 16],
+        nodesize: 0,
+        rest: [0; 1020 - 32],
+    };
+    // SAFETY: BTRFS_IOC_FS_INFO reads and writes a `struct btrfs_ioctl_fs_info_args` (1024
+    // bytes), mirrored by `FsInfoArgs`; `args` lives across the call.
+    unsafe { ioctl(dir, BTRFS_IOC_FS_INFO, &mut args) }
+        .map_err(|e| BackendError::io("read the btrfs node size of", path, e))?;
+    Ok(args.nodesize as usize)
+}
+
+/// Makes the tree of the subvolume at `path` at least two levels deep, so its root block is a
+/// node that points at a few leaves rather than a leaf that holds the items themselves.
+///
+/// A snapshot copies the source's root block and takes a reference on everything that block
+/// points at, and the source's root is copied on write the first time after each snapshot,
+/// which takes those references once more. With a leaf root that is one reference per file
+/// extent in it: a 4 GiB file is 32 extents of 128 MiB, so its clone costs 1-2 ms more than a
+/// 10 MiB one (docs/PERFORMANCE.md). With a node root it is one per leaf whatever the files
+/// hold. One xattr as large as a leaf can hold cannot share a leaf with the directory's inode,
+/// so btrfs splits the tree; an image whose tree is deep already gains one leaf (a node size,
+/// 16 KiB by default).
+fn split_root(path: &Path) -> Result<(), BackendError> {
+    let dir = open_dir(path)?;
+    let size = nodesize(&dir, path)?
+        .checked_sub(XATTR_OVERHEAD + SPLIT_XATTR.len())
+        .ok_or(BackendError::InvalidPath {
+            path: path.to_path_buf(),
+            reason: "the btrfs node size is too small to split the image's tree",
+        })?;
+    xattr::set(path, SPLIT_XATTR, &vec![0u8; size])
+        .map_err(|e| BackendError::io("set the tree-splitting xattr on", path, e))
+}
+
+/// The level of the root block of the subvolume at `path` as last committed (0: a leaf), or
+/// `None` when the root tree holds no item for it (not committed yet). Needs CAP_SYS_ADMIN.
+pub fn tree_level(path: &Path) -> Result<Option<u8>, BackendError> {
+    let dir = open_dir(path)?;
+    let id = subvol_id(&dir, path)?;
+    let mut args = SearchArgs {
+        key: SearchKey {
+            tree_id: BTRFS_ROOT_TREE_OBJECTID,
+            min_objectid: id,
+            max_objectid: id,
+            min_offset: 0,
+            max_offset: u64::MAX,
+            min_transid: 0,
+            max_transid: u64::MAX,
+            min_type: BTRFS_ROOT_ITEM_KEY,
+            max_type: BTRFS_ROOT_ITEM_KEY,
+            nr_items: 1,
+            ..SearchKey::default()
+        },
+        buf: [0; 4096 - std::mem::size_of::<SearchKey>()],
+    };
+    // SAFETY: as in `excl_limit`: a `struct btrfs_ioctl_search_args` of 4096 bytes.
+    unsafe { ioctl(&dir, BTRFS_IOC_TREE_SEARCH, &mut args) }
+        .map_err(|e| BackendError::io("read the root item of", path, e))?;
+    if args.key.nr_items == 0 {
+        return Ok(None);
+    }
+    // A 32-byte search header, then struct btrfs_root_item: an inode item (160 bytes),
+    // generation, root_dirid, bytenr, byte_limit, bytes_used, last_snapshot, flags (u64 each),
+    // refs (u32), drop_progress (a 17-byte key), drop_level (u8), then level (u8).
+    const LEVEL: usize = 32 + 160 + 7 * 8 + 4 + 17 + 1;
+    Ok(args.buf.get(LEVEL).copied())
+}
+
 fn snapshot_path(guest_dir: &Path, name: &str) -> Result<PathBuf, BackendError> {
     validate_snapshot_name(name)?;
     Ok(guest_dir.join(SNAPSHOTS_DIR).join(name))
@@ -489,6 +581,7 @@ impl Backend for BtrfsBackend {
     }
 
     fn seal_image_tree(&self, path: &Path) -> Result<(), BackendError> {
+        split_root(path)?;
         set_readonly(path, true)
     }
 
@@ -614,6 +707,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<SearchArgs>(), 4096);
         assert_eq!(std::mem::size_of::<SearchKey>(), 104);
         assert_eq!(std::mem::size_of::<QgroupLimitArgs>(), 48);
+        assert_eq!(std::mem::size_of::<FsInfoArgs>(), 1024);
+        assert_eq!(BTRFS_IOC_FS_INFO, 0x8400_941f as libc::Ioctl);
         // Values from <linux/btrfs.h> as compiled on x86-64.
         assert_eq!(BTRFS_IOC_SNAP_CREATE_V2, 0x5000_9417 as libc::Ioctl);
         assert_eq!(BTRFS_IOC_SUBVOL_CREATE, 0x5000_940e as libc::Ioctl);
