@@ -8,7 +8,8 @@
 //! Code map: [`config`] (what the CLI asks for), [`memory`] (guest physical layout),
 //! [`boot`] (kernel loading, zero page, MP table, vCPU register state, CPUID), [`bus`] (port
 //! and MMIO dispatch), [`devices`] (serial, i8042, virtio-mmio block/net/rng), [`vcpu`] (one
-//! thread per vCPU and its exit handling), [`control`] (the JSON-lines control socket), [`seccomp`] (per-thread syscall filters) and
+//! thread per vCPU and its exit handling), [`control`] (the JSON-lines control socket),
+//! [`seccomp`] (per-thread syscall filters), [`exit_file`] (the `--exit-file` record) and
 //! [`vm`] (wires everything together and runs until the guest stops).
 
 pub mod boot;
@@ -16,6 +17,7 @@ pub mod bus;
 pub mod config;
 pub mod control;
 pub mod devices;
+pub mod exit_file;
 pub mod memory;
 pub mod seccomp;
 pub mod stats;

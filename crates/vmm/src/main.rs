@@ -1,6 +1,7 @@
 //! `vmm`: runs one microVM in the foreground. Exit status 0 when the guest resets, powers off
-//! or is shut down on request; 1 on a VMM error; 2 when the guest faulted (triple fault, KVM
-//! internal error...).
+//! or is shut down on request; 1 on a VMM error (bad input included); 2 when the guest faulted
+//! (triple fault, KVM internal error...). The last stderr line, and the `--exit-file` record
+//! when asked for, say which.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use hull_vmm::config::{ConsoleConfig, DEFAULT_CMDLINE, DiskConfig, NetConfig, VmConfig};
+use hull_vmm::exit_file::{ExitFile, ExitReason, ExitRecord};
 use hull_vmm::{StopReason, run};
 
 /// Run one microVM on KVM until the guest stops.
@@ -44,10 +46,44 @@ struct Args {
     /// Control socket path (JSON lines: pause, resume, shutdown, stats).
     #[arg(long)]
     control: Option<PathBuf>,
+    /// Write {"reason":..,"detail":..} here (atomically) right before exiting.
+    #[arg(long)]
+    exit_file: Option<PathBuf>,
+}
+
+/// Exit status, exit-file reason and the last stderr line (without `vmm: `) for an outcome.
+fn outcome(result: anyhow::Result<StopReason>) -> (u8, ExitReason, String) {
+    match result {
+        Ok(StopReason::Reset) => (0, ExitReason::Reset, "guest reset".into()),
+        Ok(StopReason::PowerOff) => (0, ExitReason::Poweroff, "guest powered off".into()),
+        Ok(StopReason::Requested(why)) => (0, ExitReason::Stopped, format!("stopped: {why}")),
+        Ok(StopReason::GuestFault(msg)) => (
+            2,
+            ExitReason::Fault,
+            format!("guest stopped abnormally: {msg}"),
+        ),
+        Ok(StopReason::VmmFailure(msg)) => (1, ExitReason::Error, format!("error: {msg}")),
+        Err(e) => (1, ExitReason::Error, format!("error: {e:#}")),
+    }
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        // --help and --version exit 0; usage errors are bad input, status 1 like the rest.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(1);
+        }
+    };
+    let mut exit_file = match args.exit_file.as_deref().map(ExitFile::create).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("vmm: error: {:#}", anyhow::Error::from(e));
+            return ExitCode::from(1);
+        }
+    };
     let nets = args
         .tap_fds
         .iter()
@@ -65,36 +101,21 @@ fn main() -> ExitCode {
         console: args.console,
         control: args.control,
     };
-    let result = run(&config).context("vmm failed");
+    let result = run(&config, exit_file.as_ref()).context("vmm failed");
     if let Some(p) = &config.control {
         let _ = std::fs::remove_file(p);
     }
-    // One line on stderr says how the VM ended, so a supervisor can tell a guest reboot
-    // (restart it) from a power-off without parsing the console.
-    match result {
-        Ok(StopReason::Reset) => {
-            eprintln!("vmm: guest reset");
-            ExitCode::SUCCESS
-        }
-        Ok(StopReason::PowerOff) => {
-            eprintln!("vmm: guest powered off");
-            ExitCode::SUCCESS
-        }
-        Ok(StopReason::Requested(why)) => {
-            eprintln!("vmm: stopped: {why}");
-            ExitCode::SUCCESS
-        }
-        Ok(StopReason::GuestFault(msg)) => {
-            eprintln!("vmm: guest stopped abnormally: {msg}");
-            ExitCode::from(2)
-        }
-        Ok(StopReason::VmmFailure(msg)) => {
-            eprintln!("vmm: error: {msg}");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("vmm: error: {e:#}");
-            ExitCode::from(1)
-        }
+    // One line on stderr (and the exit file) says how the VM ended, so a supervisor can tell a
+    // guest reboot (restart it) from a power-off without parsing the console.
+    let (status, reason, detail) = outcome(result);
+    if let Some(f) = exit_file.as_mut()
+        && let Err(e) = f.commit(&ExitRecord {
+            reason,
+            detail: &detail,
+        })
+    {
+        eprintln!("vmm: {:#}", anyhow::Error::from(e));
     }
+    eprintln!("vmm: {detail}");
+    ExitCode::from(status)
 }

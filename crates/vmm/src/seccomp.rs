@@ -5,6 +5,7 @@
 //! `HULL_VMM_SECCOMP_DISCOVER=1` turns kills into ENOSYS (debugging only).
 
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -26,6 +27,15 @@ pub enum ThreadRole {
     Control,
     /// Waits for the stop reason, then flushes and exits.
     Main,
+}
+
+/// Host resources the main thread still touches after confinement, each allowed narrowly.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MainExtras {
+    /// A terminal in raw mode whose settings are restored at exit: `ioctl(fd, TCSETS)` only.
+    pub terminal: Option<RawFd>,
+    /// The exit file's directory: `renameat(fd, _, fd, _)` only.
+    pub exit_dir: Option<RawFd>,
 }
 
 /// Errors from building or installing a filter.
@@ -119,17 +129,47 @@ fn mismatch_action() -> SeccompAction {
 
 /// The BPF program for `role`.
 pub fn filter(role: ThreadRole) -> Result<BpfProgram, SeccompError> {
+    filter_with(role, &MainExtras::default())
+}
+
+/// A rule matching when every `(argument index, value)` pair is equal.
+fn args_equal(role: ThreadRole, args: &[(u8, u64)]) -> Result<SeccompRule, SeccompError> {
+    let conds = args
+        .iter()
+        .map(|&(i, v)| SeccompCondition::new(i, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SeccompError::Build(role, e))?;
+    SeccompRule::new(conds).map_err(|e| SeccompError::Build(role, e))
+}
+
+/// The BPF program for `role`; `extras` only widen the main thread's.
+pub fn filter_with(role: ThreadRole, extras: &MainExtras) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for s in COMMON.iter().chain(role_syscalls(role)) {
         rules.insert(*s, vec![]);
     }
     if role == ThreadRole::Vcpu {
-        let ioctl = |req| {
-            SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)
-                .and_then(|c| SeccompRule::new(vec![c]))
-                .map_err(|e| SeccompError::Build(role, e))
-        };
-        rules.insert(libc::SYS_ioctl, vec![ioctl(KVM_RUN)?, ioctl(KVM_GET_REGS)?]);
+        rules.insert(
+            libc::SYS_ioctl,
+            vec![
+                args_equal(role, &[(1, KVM_RUN)])?,
+                args_equal(role, &[(1, KVM_GET_REGS)])?,
+            ],
+        );
+    }
+    if role == ThreadRole::Main {
+        if let Some(fd) = extras.terminal {
+            rules.insert(
+                libc::SYS_ioctl,
+                vec![args_equal(role, &[(0, fd as u64), (1, libc::TCSETS)])?],
+            );
+        }
+        if let Some(fd) = extras.exit_dir {
+            rules.insert(
+                libc::SYS_renameat,
+                vec![args_equal(role, &[(0, fd as u64), (2, fd as u64)])?],
+            );
+        }
     }
     let f = SeccompFilter::new(
         rules,
@@ -148,10 +188,15 @@ pub fn disabled() -> bool {
 
 /// Installs `role`'s filter on the calling thread.
 pub fn apply(role: ThreadRole) -> Result<(), SeccompError> {
+    apply_with(role, &MainExtras::default())
+}
+
+/// Installs `role`'s filter, with `extras` for the main thread, on the calling thread.
+pub fn apply_with(role: ThreadRole, extras: &MainExtras) -> Result<(), SeccompError> {
     if disabled() {
         return Ok(());
     }
-    let prog = filter(role)?;
+    let prog = filter_with(role, extras)?;
     seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(role, e))
 }
 
@@ -161,7 +206,11 @@ mod tests {
 
     /// Runs `f` in a forked child with `role`'s filter and returns its wait status.
     fn in_filtered_child(role: ThreadRole, f: fn()) -> libc::c_int {
-        let prog = filter(role).unwrap();
+        in_child_with(filter(role).unwrap(), f)
+    }
+
+    /// Runs `f` in a forked child with filter `prog` and returns its wait status.
+    fn in_child_with(prog: BpfProgram, f: fn()) -> libc::c_int {
         // SAFETY: the child only installs the prebuilt filter (prctl + seccomp), runs `f`
         // (raw syscalls, no allocation) and _exits; the parent waits for it.
         unsafe {
@@ -238,5 +287,53 @@ mod tests {
             });
             assert!(killed_by_sigsys(st), "{role:?}: {st:#x}");
         }
+    }
+
+    fn exited_ok(status: libc::c_int) -> bool {
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+    }
+
+    /// TCSETS with a null termios: the kernel fails it, only the filter's verdict counts.
+    fn tcsets(fd: libc::c_int, req: libc::c_ulong) {
+        // SAFETY: an ioctl with a null argument, which the kernel refuses with EFAULT.
+        unsafe { libc::ioctl(fd, req, std::ptr::null::<u8>()) };
+    }
+
+    /// renameat of names that do not exist relative to two directory fds.
+    fn renameat(from: libc::c_int, to: libc::c_int) {
+        // SAFETY: renameat with static NUL-terminated names; it fails (EBADF/ENOENT).
+        unsafe {
+            libc::syscall(
+                libc::SYS_renameat,
+                from,
+                c"/nonexistent/a".as_ptr(),
+                to,
+                c"b".as_ptr(),
+            )
+        };
+    }
+
+    #[test]
+    fn main_extras_allow_one_terminal_ioctl_and_one_rename_directory() {
+        let extras = MainExtras {
+            terminal: Some(0),
+            exit_dir: Some(7),
+        };
+        let main = || filter_with(ThreadRole::Main, &extras).unwrap();
+        let st = in_child_with(main(), || tcsets(0, libc::TCSETS));
+        assert!(exited_ok(st), "TCSETS on the terminal: {st:#x}");
+        let st = in_child_with(main(), || tcsets(1, libc::TCSETS));
+        assert!(killed_by_sigsys(st), "TCSETS on another fd: {st:#x}");
+        let st = in_child_with(main(), || tcsets(0, libc::TIOCSTI));
+        assert!(killed_by_sigsys(st), "another ioctl: {st:#x}");
+        let st = in_child_with(main(), || renameat(7, 7));
+        assert!(exited_ok(st), "renameat in the exit directory: {st:#x}");
+        let st = in_child_with(main(), || renameat(libc::AT_FDCWD, 7));
+        assert!(killed_by_sigsys(st), "renameat from elsewhere: {st:#x}");
+        // Without extras the main thread has neither.
+        let st = in_filtered_child(ThreadRole::Main, || renameat(7, 7));
+        assert!(killed_by_sigsys(st), "{st:#x}");
+        let st = in_filtered_child(ThreadRole::Main, || tcsets(0, libc::TCSETS));
+        assert!(killed_by_sigsys(st), "{st:#x}");
     }
 }

@@ -26,6 +26,7 @@ use crate::control::{self, ControlError, Controller};
 use crate::devices::IrqTrigger;
 use crate::devices::acpi_pm::{ACPI_PM_BASE, ACPI_PM_LEN, AcpiPm, PowerSink};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_IRQ, I8042_LEN, Keyboard, ResetSink};
+use crate::devices::serial::terminal::RawTerminal;
 use crate::devices::serial::{
     COM1_BASE, COM1_IRQ, COM1_LEN, ConsoleTarget, Serial, SharedSocketConsole,
 };
@@ -34,6 +35,7 @@ use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{Interrupt, MmioError, MmioTransport};
 use crate::devices::virtio::net::{Net, NetError, Tap};
 use crate::devices::virtio::rng::{GetRandom, Rng};
+use crate::exit_file::ExitFile;
 use crate::memory::{
     self, GuestMemory, IRQ_MAX, KVM_TSS_ADDRESS, MMIO_GAP_START, MemoryError, VIRTIO_IRQ_BASE,
     VIRTIO_MMIO_SIZE,
@@ -220,13 +222,20 @@ fn map_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
     Ok(())
 }
 
-/// Opens the console: where output goes and, for pty/unix, what to read input from.
-fn open_console(cfg: &ConsoleConfig) -> Result<(ConsoleTarget, ConsoleInput), VmError> {
+/// Opens the console: where output goes and, for pty/unix, what to read input from. A terminal
+/// on stdin goes into raw mode until the returned guard drops.
+fn open_console(
+    cfg: &ConsoleConfig,
+) -> Result<(ConsoleTarget, ConsoleInput, Option<RawTerminal>), VmError> {
     match cfg {
-        ConsoleConfig::Stdio => Ok((
-            Arc::new(Mutex::new(Some(Box::new(std::io::stdout())))),
-            ConsoleInput::Fd(libc::STDIN_FILENO),
-        )),
+        ConsoleConfig::Stdio => {
+            let raw = RawTerminal::enter(libc::STDIN_FILENO).map_err(host("console terminal"))?;
+            Ok((
+                Arc::new(Mutex::new(Some(Box::new(std::io::stdout())))),
+                ConsoleInput::Fd(libc::STDIN_FILENO),
+                raw,
+            ))
+        }
         ConsoleConfig::Pty => {
             let (master, path) = open_pty().map_err(host("console pty"))?;
             eprintln!("vmm: console on {path}");
@@ -235,6 +244,7 @@ fn open_console(cfg: &ConsoleConfig) -> Result<(ConsoleTarget, ConsoleInput), Vm
             Ok((
                 Arc::new(Mutex::new(Some(Box::new(out)))),
                 ConsoleInput::Pty(master, fd),
+                None,
             ))
         }
         ConsoleConfig::Unix(path) => {
@@ -245,6 +255,7 @@ fn open_console(cfg: &ConsoleConfig) -> Result<(ConsoleTarget, ConsoleInput), Vm
             Ok((
                 Arc::new(Mutex::new(Some(Box::new(console.clone())))),
                 ConsoleInput::Listener(l, console),
+                None,
             ))
         }
     }
@@ -306,8 +317,9 @@ struct Placed {
     net_fd: Option<RawFd>,
 }
 
-/// Builds and runs the VM described by `config` until it stops.
-pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
+/// Builds and runs the VM described by `config` until it stops. `exit` is the exit file the
+/// caller will write afterwards: the main thread's filter lets it rename in that directory.
+pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmError> {
     config.validate()?;
     let kvm = Kvm::new().map_err(VmError::Kvm)?;
     let missing: Vec<&str> = REQUIRED_CAPS
@@ -353,7 +365,8 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
 
-    let (console_target, console_in) = open_console(&config.console)?;
+    // Restored when `run` returns, on the main thread: its filter allows TCSETS on this fd.
+    let (console_target, console_in, raw_terminal) = open_console(&config.console)?;
     let serial_irq = IrqTrigger::new().map_err(host("serial IRQ"))?;
     vm.register_irqfd(&serial_irq.0, COM1_IRQ)
         .map_err(kvm_setup("register the serial IRQ"))?;
@@ -525,7 +538,11 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
             .map_err(host("vCPU thread"))?;
     }
 
-    crate::seccomp::apply(crate::seccomp::ThreadRole::Main)?;
+    let extras = crate::seccomp::MainExtras {
+        terminal: raw_terminal.as_ref().map(RawTerminal::fd),
+        exit_dir: exit.map(ExitFile::dir_fd),
+    };
+    crate::seccomp::apply_with(crate::seccomp::ThreadRole::Main, &extras)?;
     let reason = stop_rx
         .recv()
         .unwrap_or_else(|_| StopReason::VmmFailure("all stop senders vanished".into()));
@@ -533,6 +550,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
     // Keep guest memory mapped until here: vCPU threads may still be inside KVM_RUN and die
     // with the process.
     drop(placed);
+    drop(raw_terminal);
     Ok(reason)
 }
 

@@ -92,6 +92,26 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Reads an `--exit-file` record and checks its detail is the last stderr line.
+fn exit_record(path: &Path, stderr: &str) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
+    let (reason, detail) = (
+        v["reason"].as_str().unwrap().to_owned(),
+        v["detail"].as_str().unwrap().to_owned(),
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert_eq!(
+        last.strip_prefix("vmm: "),
+        Some(detail.as_str()),
+        "{stderr}"
+    );
+    // Only the record is left in its directory: the temp file was renamed over it.
+    let dir = path.parent().unwrap();
+    assert_eq!(std::fs::read_dir(dir).unwrap().count(), 1, "{dir:?}");
+    (reason, detail)
+}
+
 fn assert_pass(out: &str, line: &str) {
     assert!(
         out.lines()
@@ -227,6 +247,75 @@ fn kvm_acpi_power_off_ends_the_vm_cleanly() {
 
 #[test]
 #[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_exit_file_says_reset_or_power_off() {
+    for (mode, status, reason, detail) in [
+        ("testguest.quick=1", 0, "reset", "guest reset"),
+        ("testguest.exit=acpi", 0, "poweroff", "guest powered off"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let exit = dir.path().join("exit.json");
+        let cmdline = format!("console=ttyS0 {mode}");
+        let out = run_vmm(
+            &[
+                "--kernel",
+                guest(),
+                "--cmdline",
+                &cmdline,
+                "--exit-file",
+                exit.to_str().unwrap(),
+            ],
+            None,
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(status), "{stderr}");
+        assert_eq!(
+            exit_record(&exit, &stderr),
+            (reason.to_owned(), detail.to_owned())
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_exit_file_says_error_for_a_bad_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let exit = dir.path().join("exit.json");
+    let out = run_vmm(
+        &[
+            "--kernel",
+            "/nonexistent/hull-kernel",
+            "--exit-file",
+            exit.to_str().unwrap(),
+        ],
+        None,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (reason, detail) = exit_record(&exit, &stderr);
+    assert_eq!(reason, "error");
+    assert!(
+        detail.starts_with("error: ")
+            && detail.contains("cannot read kernel /nonexistent/hull-kernel"),
+        "{detail}"
+    );
+    // An exit file that cannot be prepared is an error before anything else happens.
+    let out = run_vmm(
+        &[
+            "--kernel",
+            guest(),
+            "--exit-file",
+            "/nonexistent/hull/exit.json",
+        ],
+        None,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/nonexistent/hull"), "{stderr}");
+    assert!(out.stdout.is_empty(), "the guest never ran");
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
 fn kvm_bad_kernel_path_is_a_clear_error() {
     let out = run_vmm(&["--kernel", "/nonexistent/hull-kernel"], None);
     let stderr = text(&out.stderr);
@@ -267,16 +356,21 @@ fn kvm_bad_disk_path_is_a_clear_error() {
 #[test]
 #[ignore = "needs /dev/kvm: run with --run-ignored"]
 fn kvm_triple_fault_is_reported_not_crashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let exit = dir.path().join("exit.json");
     let out = run_vmm(
         &[
             "--kernel",
             guest(),
             "--cmdline",
             "console=ttyS0 testguest.fault=1",
+            "--exit-file",
+            exit.to_str().unwrap(),
         ],
         None,
     );
     let stderr = text(&out.stderr);
+    assert_eq!(exit_record(&exit, &stderr).0, "fault");
     assert!(text(&out.stdout).contains("triple-faulting on request"));
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     // Real KVM reports KVM_EXIT_SHUTDOWN; this host's nested PVM KVM fails to emulate the
@@ -330,11 +424,19 @@ fn request(s: &mut BufReader<UnixStream>, line: &str) -> serde_json::Value {
     serde_json::from_str(&reply).unwrap()
 }
 
-/// Starts a guest that halts after its checks, with a control socket, and waits until it
-/// says it is holding. Returns the child (stdout already consumed) and the socket path.
+/// Where [`start_holding`] asks for the exit file: a directory of its own.
+fn holding_exit_file(dir: &Path) -> PathBuf {
+    dir.join("exit").join("exit.json")
+}
+
+/// Starts a guest that halts after its checks, with a control socket and an exit file
+/// ([`holding_exit_file`]), and waits until it says it is holding. Returns the child (stdout
+/// already consumed) and the socket path.
 fn start_holding(dir: &Path, vcpus: &str) -> (std::process::Child, PathBuf, KillOnPanic) {
     let ctl = dir.join("ctl.sock");
     let disk = make_disk(dir);
+    let exit = holding_exit_file(dir);
+    std::fs::create_dir(exit.parent().unwrap()).unwrap();
     let mut child = Command::new(VMM)
         .args([
             "--kernel",
@@ -347,6 +449,8 @@ fn start_holding(dir: &Path, vcpus: &str) -> (std::process::Child, PathBuf, Kill
             ctl.to_str().unwrap(),
             "--cmdline",
             "console=ttyS0 testguest.hold=1",
+            "--exit-file",
+            exit.to_str().unwrap(),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -420,8 +524,16 @@ fn kvm_control_socket_pause_stats_resume_shutdown() {
     assert_eq!(bad["ok"], false);
     assert_eq!(request(&mut s, r#"{"cmd":"shutdown"}"#)["ok"], true);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     assert!(!ctl.exists(), "the control socket is removed on exit");
+    assert_eq!(
+        exit_record(&holding_exit_file(dir.path()), &stderr),
+        (
+            "stopped".to_owned(),
+            "stopped: control socket shutdown".to_owned()
+        )
+    );
 }
 
 #[test]
@@ -433,13 +545,12 @@ fn kvm_sigterm_stops_gracefully() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let t = Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{:?} {}",
-        out.status,
-        text(&out.stderr)
-    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
     assert!(t.elapsed() < Duration::from_secs(5));
+    let (reason, detail) = exit_record(&holding_exit_file(dir.path()), &stderr);
+    assert_eq!(reason, "stopped");
+    assert!(detail.starts_with("stopped: SIGTERM"), "{detail}");
 }
 
 /// Starts a holding guest with `console` and a control socket; returns the child.
@@ -597,4 +708,71 @@ fn kvm_sigterm_types_ctrl_alt_del_for_guests_without_acpi() {
     // The guest reset itself well before the grace period would have run out.
     assert!(stderr.contains("vmm: guest reset"), "{stderr}");
     assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+/// The terminal flags raw mode clears (the guest runs its own line discipline).
+const COOKED_LFLAGS: libc::tcflag_t = libc::ICANON | libc::ECHO | libc::ISIG | libc::IEXTEN;
+
+fn termios_of(fd: i32) -> libc::termios {
+    // SAFETY: tcgetattr fills the zeroed struct; the result is checked.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(fd, &mut t), 0);
+        t
+    }
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_stdin_terminal_is_raw_while_the_guest_runs() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut m, mut sl) = (-1, -1);
+    // SAFETY: openpty writes two new fds into the locals; the optional arguments are null.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut sl,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: both fds are new and owned by nothing else.
+    let (_master, slave) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(sl)) };
+    let before = termios_of(sl);
+    assert_eq!(before.c_lflag & COOKED_LFLAGS, COOKED_LFLAGS);
+
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl.sock");
+    let mut child = Command::new(VMM)
+        .args([
+            "--kernel",
+            guest(),
+            "--control",
+            ctl.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 testguest.hold=1",
+        ])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnPanic(child.id());
+    read_until(child.stdout.take().unwrap(), "testguest: holding");
+    let during = termios_of(sl);
+    assert_eq!(during.c_lflag & COOKED_LFLAGS, 0, "not raw while running");
+    assert_eq!(during.c_iflag & (libc::ICRNL | libc::IXON), 0);
+    assert_eq!(during.c_oflag, before.c_oflag, "output processing stays");
+    wait_for(&ctl);
+    let mut s = BufReader::new(UnixStream::connect(&ctl).unwrap());
+    assert_eq!(request(&mut s, r#"{"cmd":"shutdown"}"#)["ok"], true);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let after = termios_of(sl);
+    assert_eq!(after.c_lflag, before.c_lflag);
+    assert_eq!(after.c_iflag, before.c_iflag);
+    assert_eq!(after.c_cflag, before.c_cflag);
+    assert_eq!(after.c_cc, before.c_cc);
 }

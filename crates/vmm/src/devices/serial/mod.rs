@@ -1,6 +1,9 @@
 //! The 8250 UART on 0x3f8 / IRQ 4 (vm-superio) and where its bytes go: stdout, a pty or a
 //! Unix socket client. Output is line-buffered so a guest printing byte by byte does not cost
-//! one write(2) per byte; input comes from the VM's event loop.
+//! one write(2) per byte; input comes from the VM's event loop. A terminal on stdin is put in
+//! raw mode for the VM's life ([`terminal`]).
+
+pub mod terminal;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
