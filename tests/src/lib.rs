@@ -224,6 +224,37 @@ pub fn recipe_image(
     Ok((manifest.clone(), manifest.with_file_name(file)))
 }
 
+/// The freestanding test guest (images/testguest), built with its Makefile under a lock
+/// (tests run as parallel processes). Panics with gcc's or make's message if it cannot.
+pub fn testguest() -> PathBuf {
+    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let lock_dir = top.join("target/images");
+    std::fs::create_dir_all(&lock_dir).expect("target/images");
+    let lock = std::fs::File::create(lock_dir.join(".testguest.lock")).expect("testguest lock");
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("testguest lock");
+    let dir = top.join("images/testguest");
+    let o = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(&dir)
+        .output()
+        .expect("run make for images/testguest");
+    assert!(
+        o.status.success(),
+        "make -C images/testguest failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    dir.join("testguest.elf")
+        .canonicalize()
+        .expect("the built test guest")
+}
+
+/// The first bytes of the zvol test image's disk: the test guest (images/testguest) checks
+/// the `HULLDISK` magic in sector 0.
+pub const TEST_DISK_HEAD: &[u8; 16] = b"HULLDISK test!!\n";
+
 /// Makes an image (see [`Daemon::install_image`]) under `dir`: returns (manifest, file).
 pub fn make_image(dir: &Path, uuid: &str, image_type: &str) -> (PathBuf, PathBuf) {
     use hull_cowstore::archive::{Compression, digest, pack_tree};
@@ -233,7 +264,7 @@ pub fn make_image(dir: &Path, uuid: &str, image_type: &str) -> (PathBuf, PathBuf
     let (file, compression) = if image_type == "zvol" {
         let file = work.join("disk.raw");
         let mut bytes = vec![0u8; 4 << 20];
-        bytes[..16].copy_from_slice(b"hull test disk!\n");
+        bytes[..16].copy_from_slice(TEST_DISK_HEAD);
         std::fs::write(&file, &bytes).expect("disk");
         (file, "none")
     } else {

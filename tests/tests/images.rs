@@ -119,7 +119,7 @@ fn lifecycle(d: &Daemon, backend: &str, quota_enforced: bool) {
     let v: Value = serde_json::from_str(&stdout(&d.vmadm(&["get", &vm], None))).expect("vm");
     let disk0 = PathBuf::from(v["disks"][0]["path"].as_str().expect("disk path"));
     let bytes = std::fs::read(&disk0).expect("cloned disk");
-    assert_eq!(&bytes[..16], b"hull test disk!\n");
+    assert_eq!(&bytes[..16], hull_tests::TEST_DISK_HEAD);
     assert_eq!(bytes.len(), 8 << 20, "grown to its size");
     let disk1 = PathBuf::from(v["disks"][1]["path"].as_str().expect("disk path"));
     assert_eq!(
@@ -503,7 +503,7 @@ fn import_from_an_imgapi_server_with_progress_in_a_pty_and_json_without() {
         .expect("disk");
     let mut head = [0u8; 16];
     f.read_exact(&mut head).expect("read");
-    assert_eq!(&head, b"hull test disk!\n");
+    assert_eq!(&head, hull_tests::TEST_DISK_HEAD);
 }
 
 /// A microVM disk image whose manifest names a kernel and initrd inside the disk: they are

@@ -236,8 +236,15 @@ fn curl_round_trip() {
             &format!("http://vmmd/v1/vms/{}/start", uuids[2]),
         ],
     );
-    assert_eq!((code, err["code"].clone()), (501, json!("NotImplemented")));
-    // autoboot on create needs a runtime: refused whole, nothing created.
+    assert_eq!(
+        (code, err["code"].clone()),
+        (409, json!("Conflict")),
+        "{err}"
+    );
+    let message = err["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no kernel"), "{err}");
+    // A microVM with autoboot is created even when its first boot fails, and the error
+    // says both (SmartOS semantics).
     let before = d.client().list_vms(&[]).expect("list").len();
     let (code, err) = curl(
         &d,
@@ -251,8 +258,13 @@ fn curl_round_trip() {
             "http://vmmd/v1/vms",
         ],
     );
-    assert_eq!((code, err["code"].clone()), (501, json!("NotImplemented")));
-    assert_eq!(d.client().list_vms(&[]).expect("list").len(), before);
+    assert_eq!((code, err["code"].clone()), (409, json!("Conflict")));
+    let message = err["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("was created") && message.contains("no kernel"),
+        "{err}"
+    );
+    assert_eq!(d.client().list_vms(&[]).expect("list").len(), before + 1);
 }
 
 #[test]

@@ -31,6 +31,9 @@ struct Args {
     /// The zone runtime binary (default: `zoned` next to vmmd).
     #[arg(long)]
     zoned: Option<PathBuf>,
+    /// The VMM binary microVMs run (default: `vmm` next to vmmd).
+    #[arg(long)]
+    vmm: Option<PathBuf>,
     /// How zone roots show the zone's ids: idmap (id-mapped mounts), shift (files chowned
     /// into the zone's range once), or auto (idmap where the kernel has it, else shift).
     #[arg(long, default_value = "auto")]
@@ -123,7 +126,14 @@ fn main() -> anyhow::Result<()> {
                 .context("cannot find vmmd's own path")?
                 .with_file_name("zoned"),
         };
-        let (service, loaded) = Service::open(&args.data_root, cow, zoned, args.zone_root_ids)
+        let vmm = match args.vmm.clone() {
+            Some(p) => p,
+            None => std::env::current_exe()
+                .context("cannot find vmmd's own path")?
+                .with_file_name("vmm"),
+        };
+        let runtimes = vmmd::service::Runtimes { zoned, vmm };
+        let (service, loaded) = Service::open(&args.data_root, cow, runtimes, args.zone_root_ids)
             .with_context(|| format!("cannot open the data root {}", args.data_root.display()))?;
         for uuid in service.remove_orphan_storage().await? {
             tracing::warn!(%uuid, "removed the storage of a guest whose create never finished");

@@ -24,6 +24,22 @@ pub enum RootSpec {
         upper: PathBuf,
         work: PathBuf,
     },
+    /// A microVM's zone, the outer hull of its VMM: an empty read-only root holding only
+    /// `files` (bound from the host, id-mapped so the zone's root owns what the host's root
+    /// owns) and /dev/kvm. Its init is the VMM, run without any capability.
+    Vmm { files: Vec<RootFile> },
+}
+
+/// A host file or directory bound into a microVM's zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootFile {
+    /// The host path.
+    pub host: PathBuf,
+    /// Where it appears in the zone: an absolute path of plain components.
+    pub at: PathBuf,
+    /// Bound read-write (a disk, the VMM's runtime directory); read-only otherwise.
+    #[serde(default)]
+    pub writable: bool,
 }
 
 /// Everything zoned needs to run one zone.
@@ -52,6 +68,13 @@ pub struct ZoneConfig {
     /// How the root shows the zone's ids.
     #[serde(default)]
     pub root_ids: RootIds,
+}
+
+impl ZoneConfig {
+    /// Whether this zone holds a microVM's VMM rather than an operating system.
+    pub fn is_vmm(&self) -> bool {
+        matches!(self.root, RootSpec::Vmm { .. })
+    }
 }
 
 /// How a zone's root shows files with the zone's ids (zone uid 0 = host uid `id_base`).
@@ -174,6 +197,24 @@ pub mod files {
     pub const BASE: &str = "base";
     /// Present once the zone's files were shifted into its id range (see `RootIds::Shift`).
     pub const SHIFTED: &str = "ids-shifted";
+    /// A microVM zone's directory for its VMM (the control socket and exit report), bound
+    /// read-write at [`VMM_RUN`] in the zone.
+    pub const VMM_DIR: &str = "vmm";
+    /// Where the zone sees [`VMM_DIR`].
+    pub const VMM_RUN: &str = "/run/vmm";
+    /// The VMM's control socket, in [`VMM_DIR`].
+    pub const VMM_CONTROL: &str = "control.sock";
+    /// The VMM's exit report (`vmm --exit-file`), in [`VMM_DIR`].
+    pub const VMM_EXIT: &str = "exit.json";
+}
+
+/// Why a VMM ended, as `vmm --exit-file` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmExit {
+    /// reset, poweroff, stopped, fault or error.
+    pub reason: String,
+    #[serde(default)]
+    pub detail: String,
 }
 
 /// Errors reading or writing the runtime directory.

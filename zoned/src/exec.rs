@@ -37,6 +37,13 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let cfg: ZoneConfig = read_json(&dir.join(files::CONFIG))?;
     let state: ZoneState = read_json(&dir.join(files::STATE))?;
+    if cfg.is_vmm() {
+        // The VMM's zone holds one process and no shell; a way in would only widen the hull.
+        return Err(RunError::Init(format!(
+            "{} is a microVM: its zone holds only its VMM; use vmadm console",
+            cfg.uuid
+        )));
+    }
     let not_running = || RunError::Init(format!("zone {} is not running", cfg.uuid));
     let (Phase::Running, Some(pid), Some(start)) = (state.phase, state.init_pid, state.init_start)
     else {
@@ -172,7 +179,7 @@ fn child_exec(
             }
         }
         reset_signals()?;
-        security::drop_privileges().map_err(|e| e.to_string())?;
+        security::drop_privileges(security::KEPT_CAPS).map_err(|e| e.to_string())?;
         security::close_inherited_fds().map_err(|e| e.to_string())?;
         let path = resolve(cmd).ok_or_else(|| format!("{cmd}: command not found in the zone"))?;
         let path = CString::new(path.as_os_str().as_encoded_bytes())

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
-use crate::config::{ID_RANGE, RootIds, RootSpec};
+use crate::config::{ID_RANGE, RootFile, RootIds, RootSpec};
 
 /// A failed filesystem step, naming the path and what was attempted.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +155,10 @@ pub fn mount_root(
     for d in [base, rootfs] {
         std::fs::create_dir_all(d).map_err(io_err("create", d))?;
     }
+    if let RootSpec::Vmm { files } = spec {
+        mount_vmm_root(files, rootfs, userns, id_base)?;
+        return Ok(RootIds::Idmap);
+    }
     // A zone shifted once stays shifted: id-mapping its files again would shift them twice.
     let ids = match shifted_marker.exists() {
         true => RootIds::Shift,
@@ -193,6 +197,7 @@ fn mount_idmapped(
 ) -> Result<(), MountError> {
     match spec {
         RootSpec::Bind { dir } => idmap_clone(dir, rootfs, userns),
+        RootSpec::Vmm { .. } => unreachable!("mount_root mounts a VMM root itself"),
         RootSpec::Overlay { lower, upper, work } => {
             idmap_clone(lower, base, userns)?;
             hand_upper(upper, id_base)?;
@@ -210,6 +215,7 @@ fn mount_idmapped(
 /// copies up only the metadata of the image's files (the image itself is untouched).
 fn mount_shifted(spec: &RootSpec, rootfs: &Path, id_base: u32) -> Result<(), MountError> {
     match spec {
+        RootSpec::Vmm { .. } => unreachable!("mount_root mounts a VMM root itself"),
         RootSpec::Bind { dir } => {
             shift_tree(dir, id_base)?;
             mount(
@@ -323,6 +329,7 @@ struct MountAttr {
 }
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
@@ -330,6 +337,17 @@ const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 /// Attaches an id-mapped (nosuid, nodev) clone of the tree at `base` on `rootfs`.
 fn idmap_clone(base: &Path, rootfs: &Path, userns: &OwnedFd) -> Result<(), MountError> {
+    idmap_clone_with(base, rootfs, userns, 0)
+}
+
+/// [`idmap_clone`] with more `MOUNT_ATTR_*` flags set on the clone (e.g. read-only). `base`
+/// may be a file, and `rootfs` then a file to mount on.
+fn idmap_clone_with(
+    base: &Path,
+    rootfs: &Path,
+    userns: &OwnedFd,
+    attrs: u64,
+) -> Result<(), MountError> {
     let c_base = cstr(base)?;
     let c_root = cstr(rootfs)?;
     // SAFETY: open_tree on a NUL-terminated path; a returned descriptor is owned here.
@@ -347,7 +365,7 @@ fn idmap_clone(base: &Path, rootfs: &Path, userns: &OwnedFd) -> Result<(), Mount
     // SAFETY: open_tree returned a fresh descriptor nothing else owns.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | attrs,
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,
@@ -389,6 +407,125 @@ fn idmap_clone(base: &Path, rootfs: &Path, userns: &OwnedFd) -> Result<(), Mount
         return Err(last("attach the id-mapped root at", rootfs));
     }
     Ok(())
+}
+
+/// Where a microVM zone's root keeps the device nodes made for it until its init binds them
+/// on /dev (and hides this directory).
+const VMM_DEVICES: &str = ".hull-dev";
+/// The KVM device: `/dev/kvm`, character 10:232.
+const KVM: (&str, u64, u64) = ("kvm", 10, 232);
+
+/// The root of a microVM's zone: a small tmpfs made read-only once it holds the mount points
+/// of `files`, each an id-mapped clone of its host file (read-only unless `writable`), and a
+/// KVM device node of the zone's root (mode 0600), which the zone's init binds on /dev/kvm.
+/// The zone's root thus owns, through the id map, exactly the files the host's root owns
+/// among those handed in, and nothing else of the host is in its view.
+fn mount_vmm_root(
+    files: &[RootFile],
+    rootfs: &Path,
+    userns: &OwnedFd,
+    id_base: u32,
+) -> Result<(), MountError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    mount(
+        Some("tmpfs"),
+        rootfs,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=256k,nr_inodes=256"),
+    )
+    .map_err(err("mount the VMM zone's root tmpfs on", rootfs))?;
+    let result = (|| {
+        // zoned's umask is 077: modes are set explicitly.
+        let set_mode = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                .map_err(io_err("set the mode of", p))
+        };
+        let mut dirs = std::fs::DirBuilder::new();
+        dirs.recursive(true).mode(0o755);
+        for d in ["proc", "sys", "dev"] {
+            let p = rootfs.join(d);
+            dirs.create(&p).map_err(io_err("create", &p))?;
+            set_mode(&p, 0o755)?;
+        }
+        for f in files {
+            let rel = zone_relative(&f.at)?;
+            let target = rootfs.join(&rel);
+            let meta = std::fs::metadata(&f.host).map_err(io_err("use", &f.host))?;
+            let mut parent = rootfs.to_path_buf();
+            for part in rel.parent().into_iter().flat_map(Path::components) {
+                parent.push(part);
+                if !parent.is_dir() {
+                    dirs.create(&parent).map_err(io_err("create", &parent))?;
+                    set_mode(&parent, 0o755)?;
+                }
+            }
+            if meta.is_dir() {
+                dirs.create(&target).map_err(io_err("create", &target))?;
+            } else {
+                std::fs::File::create(&target).map_err(io_err("create", &target))?;
+            }
+            let attrs = if f.writable { 0 } else { MOUNT_ATTR_RDONLY };
+            idmap_clone_with(&f.host, &target, userns, attrs)?;
+        }
+        let devs = rootfs.join(VMM_DEVICES);
+        std::fs::create_dir(&devs).map_err(io_err("create", &devs))?;
+        set_mode(&devs, 0o711)?;
+        let (name, major, minor) = KVM;
+        let node = devs.join(name);
+        nix::sys::stat::mknod(
+            &node,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(major, minor),
+        )
+        .map_err(err("make the KVM device node", &node))?;
+        set_mode(&node, 0o600)?;
+        let owner = Some(nix::unistd::Uid::from_raw(id_base));
+        let group = Some(nix::unistd::Gid::from_raw(id_base));
+        nix::unistd::chown(&node, owner, group).map_err(err("hand to the zone's root", &node))?;
+        mount(
+            None::<&str>,
+            rootfs,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(err("make read-only the VMM zone's root", rootfs))
+    })();
+    if result.is_err() {
+        let _ = umount2(rootfs, MntFlags::MNT_DETACH);
+    }
+    result
+}
+
+/// `at` as a path relative to the zone's root: it must be absolute and hold plain names only
+/// (no `.`, `..` or empty components), so a mount point never lands outside the root.
+fn zone_relative(at: &Path) -> Result<PathBuf, MountError> {
+    use std::path::Component;
+    let bad = || MountError {
+        action: "bind a file at".into(),
+        path: at.to_owned(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the place in the zone must be an absolute path of plain names",
+        ),
+    };
+    let mut parts = at.components();
+    if parts.next() != Some(Component::RootDir) {
+        return Err(bad());
+    }
+    let mut rel = PathBuf::new();
+    for c in parts {
+        match c {
+            Component::Normal(n) => rel.push(n),
+            _ => return Err(bad()),
+        }
+    }
+    if rel.as_os_str().is_empty() {
+        return Err(bad());
+    }
+    Ok(rel)
 }
 
 /// Device nodes a zone gets, bind-mounted from the host's.
@@ -443,7 +580,7 @@ pub fn enter_root(root: &Path) -> Result<(), MountError> {
 /// the zone's root in its new user namespace, which owns the new mount, pid and net
 /// namespaces (ids below are the zone's). Returns the console's pty master (from the
 /// zone's own devpts), whose peer is now /dev/console.
-pub fn populate(root: &Path) -> Result<OwnedFd, MountError> {
+pub fn populate(root: &Path, vmm: bool) -> Result<OwnedFd, MountError> {
     let nosnd = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_ = root.join("proc");
     let sys = root.join("sys");
@@ -474,6 +611,19 @@ pub fn populate(root: &Path) -> Result<OwnedFd, MountError> {
     .map_err(err("mount tmpfs on", &dev))?;
     for name in DEVICES {
         bind_on_file(&Path::new("/dev").join(name), &dev.join(name))?;
+    }
+    if vmm {
+        // The node zoned made in the root for the zone's root; its directory is then hidden.
+        let devs = root.join(VMM_DEVICES);
+        bind_on_file(&devs.join(KVM.0), &dev.join(KVM.0))?;
+        mount(
+            Some("tmpfs"),
+            &devs,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=0"),
+        )
+        .map_err(err("hide", &devs))?;
     }
     let pts = dev.join("pts");
     std::fs::create_dir(&pts).map_err(io_err("create", &pts))?;
@@ -632,5 +782,21 @@ pub fn as_zone_root<T>(id_base: u32, f: impl FnOnce() -> std::io::Result<T>) -> 
         libc::setfsuid(old_u as libc::uid_t);
         libc::setfsgid(old_g as libc::gid_t);
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_lands_inside_the_zone_root_only() {
+        assert_eq!(
+            zone_relative(Path::new("/vm/disk0")).expect("plain"),
+            PathBuf::from("vm/disk0")
+        );
+        for bad in ["vm/disk0", "/", "/vm/../etc", "", "/a//b/.."] {
+            assert!(zone_relative(Path::new(bad)).is_err(), "{bad:?} accepted");
+        }
     }
 }

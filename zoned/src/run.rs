@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use nix::unistd::Pid;
 
 use crate::cgroup::{Cgroup, Layout};
 use crate::config::{
-    InitExit, Phase, Reply, Request, ZoneConfig, ZoneState, files, read_json, start_time,
+    InitExit, Phase, Reply, Request, VmmExit, ZoneConfig, ZoneState, files, read_json, start_time,
     write_runtime_json,
 };
 use crate::{rootfs, security};
@@ -426,12 +427,20 @@ impl Zone {
                 self.kill_all();
             }
             if let Some(exit) = self.reap() {
-                let reboot = match &self.stopping {
-                    Some(s) => s.reboot,
+                let vmm_exit = self.vmm_exit();
+                let reboot = match (&self.stopping, &vmm_exit) {
+                    (Some(s), _) => s.reboot,
+                    // A guest that resets itself reboots, as on a real machine.
+                    (None, Some(e)) => e.reason == "reset",
                     // A zone that reboots itself: reboot(2) in a pid namespace ends init
                     // with SIGHUP (SIGINT for halt and power-off).
-                    None => exit.signal == Some(libc::SIGHUP),
+                    (None, None) => exit.signal == Some(libc::SIGHUP),
                 };
+                if let Some(e) = vmm_exit.filter(|e| matches!(e.reason.as_str(), "fault" | "error"))
+                {
+                    self.state.error =
+                        Some(format!("the VMM reported a {}: {}", e.reason, e.detail));
+                }
                 self.state.last_exit = Some(exit);
                 self.state.init_pid = None;
                 self.state.init_start = None;
@@ -446,6 +455,33 @@ impl Zone {
                 }
                 self.finish(None);
                 return Ok(self.state);
+            }
+        }
+    }
+
+    /// The VMM's report of why it ended, when this zone holds one that wrote it. The file is
+    /// the VMM's, so it is read as untrusted: no symlink, 4 KiB at most, strict JSON.
+    fn vmm_exit(&self) -> Option<VmmExit> {
+        if !self.cfg.is_vmm() {
+            return None;
+        }
+        let path = self.dir.join(files::VMM_DIR).join(files::VMM_EXIT);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .ok()?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return None;
+        }
+        let mut text = String::new();
+        file.take(4096).read_to_string(&mut text).ok()?;
+        let _ = std::fs::remove_file(&path);
+        match serde_json::from_str::<VmmExit>(&text) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                eprintln!("zoned: the VMM's exit report is not valid: {e}");
+                None
             }
         }
     }
@@ -577,9 +613,38 @@ impl Zone {
             self.kill_all();
         } else {
             s.deadline = s.deadline.min(deadline);
-            // SAFETY: kill(2) with a pid and a signal number.
-            unsafe { libc::kill(init.as_raw(), self.stop_signal(init)) };
+            if !(self.cfg.is_vmm() && self.vmm_power_off()) {
+                // SAFETY: kill(2) with a pid and a signal number.
+                unsafe { libc::kill(init.as_raw(), self.stop_signal(init)) };
+            }
         }
+    }
+
+    /// Asks a microVM's guest to power off through its VMM's control socket: the ACPI power
+    /// button, then Ctrl-Alt-Del on the i8042 (a guest listens to one or the other; while
+    /// stopping, a guest that resets counts as stopped). The guest gets the stop's whole
+    /// timeout, where the VMM's own SIGTERM grace is 3 s. False when the VMM cannot be
+    /// reached (not listening yet): the caller signals it instead.
+    fn vmm_power_off(&self) -> bool {
+        let path = self.dir.join(files::VMM_DIR).join(files::VMM_CONTROL);
+        let ask = |cmd: &str| -> bool {
+            let Ok(mut s) = UnixStream::connect(&path) else {
+                return false;
+            };
+            let limit = Some(Duration::from_millis(500));
+            let _ = s.set_read_timeout(limit);
+            let _ = s.set_write_timeout(limit);
+            if s.write_all(format!("{{\"cmd\":\"{cmd}\"}}\n").as_bytes())
+                .is_err()
+            {
+                return false;
+            }
+            let mut reply = String::new();
+            let _ = BufReader::new(s.take(4096)).read_line(&mut reply);
+            reply.contains("\"ok\":true")
+        };
+        let pressed = ask("power_button");
+        ask("ctrl_alt_del") || pressed
     }
 
     /// The signal that asks this init to shut down: systemd halts on SIGRTMIN+3 (SIGTERM
@@ -705,6 +770,12 @@ impl Zone {
         // The first boot's "starting" is on disk already (`run_zone` wrote it).
         if self.state.boots > 1 {
             self.save();
+        }
+        if self.cfg.is_vmm() {
+            // Each boot's VMM reports afresh; its directory is the zone root's to write in.
+            let vmm_dir = self.dir.join(files::VMM_DIR);
+            let _ = std::fs::remove_file(vmm_dir.join(files::VMM_EXIT));
+            let _ = std::fs::remove_file(vmm_dir.join(files::VMM_CONTROL));
         }
         let (go_r, go_w) = nix::unistd::pipe().map_err(sys("make a pipe"))?;
         let (err_r, err_w) =
@@ -904,7 +975,7 @@ fn setup_init(
     // this shows as EOF on `go` below.)
     die_with_zoned();
     let root = Path::new(".");
-    let master = rootfs::populate(root).map_err(|e| e.to_string())?;
+    let master = rootfs::populate(root, cfg.is_vmm()).map_err(|e| e.to_string())?;
     send_fd(&fd_sock, master.as_raw_fd())
         .map_err(|e| format!("cannot hand the console to zoned: {e}"))?;
     drop(master);
@@ -922,7 +993,12 @@ fn setup_init(
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| format!("cannot unshare the cgroup namespace: {e}"))?;
     reset_signals()?;
-    security::drop_privileges().map_err(|e| e.to_string())?;
+    let keep = match cfg.is_vmm() {
+        // The VMM needs no capability: its files and /dev/kvm belong to the zone's root.
+        true => &[][..],
+        false => security::KEPT_CAPS,
+    };
+    security::drop_privileges(keep).map_err(|e| e.to_string())?;
     security::close_inherited_fds().map_err(|e| e.to_string())?;
     let argv: Vec<CString> = cfg
         .init

@@ -163,17 +163,18 @@ pub fn filters() -> Result<[BpfProgram; 2], SecurityError> {
     ])
 }
 
-/// Reduces the calling thread's capabilities to [`KEPT_CAPS`] (bounding set included, ambient
-/// set emptied) and sets no_new_privs, so that nothing it executes can gain more.
-pub fn drop_privileges() -> Result<(), SecurityError> {
+/// Reduces the calling thread's capabilities to `keep` ([`KEPT_CAPS`] for a zone, none for a
+/// microVM's VMM) in every set, bounding set included, ambient set emptied, and sets
+/// no_new_privs, so that nothing it executes can gain more.
+pub fn drop_privileges(keep: &[Capability]) -> Result<(), SecurityError> {
     let caps_err = |what| move |source| SecurityError::Caps { what, source };
     for cap in caps::all() {
-        if !KEPT_CAPS.contains(&cap) {
+        if !keep.contains(&cap) {
             caps::drop(None, CapSet::Bounding, cap)
                 .map_err(caps_err("drop a capability from the bounding set"))?;
         }
     }
-    let kept: caps::CapsHashSet = KEPT_CAPS.iter().copied().collect();
+    let kept: caps::CapsHashSet = keep.iter().copied().collect();
     caps::clear(None, CapSet::Ambient).map_err(caps_err("clear the ambient capabilities"))?;
     caps::set(None, CapSet::Inheritable, &kept)
         .map_err(caps_err("set the inheritable capabilities"))?;

@@ -229,13 +229,22 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The binaries guests run under.
+#[derive(Debug, Clone)]
+pub struct Runtimes {
+    /// The zone runtime (`zoned`).
+    pub zoned: PathBuf,
+    /// The VMM a microVM's zone runs (`vmm`).
+    pub vmm: PathBuf,
+}
+
 impl Service {
     /// Opens the service on `data_root`, loading every guest record; `cow` is the image
     /// store on the same data root.
     pub fn open(
         data_root: &Path,
         cow: CowStore,
-        zoned: PathBuf,
+        runtimes: Runtimes,
         root_ids: zoned::config::RootIds,
     ) -> Result<(Service, Loaded)> {
         let (store, mut loaded) = Store::open(data_root)?;
@@ -258,7 +267,12 @@ impl Service {
                 images: Images::new(data_root),
                 nictags: catalog::nictags(data_root),
                 sources: catalog::sources(data_root),
-                zones: Arc::new(zones::Zones::new(data_root, zoned, root_ids)),
+                zones: Arc::new(zones::Zones::new(
+                    data_root,
+                    runtimes.zoned,
+                    runtimes.vmm,
+                    root_ids,
+                )),
                 exits,
                 exit_rx: Mutex::new(Some(exit_rx)),
             },
@@ -470,15 +484,6 @@ impl Service {
         let _index = self.index_lock.lock().await;
         let create = self.validate_create(payload)?;
         let autoboot = create.autoboot.unwrap_or(true);
-        if autoboot && create.brand.is_some_and(Brand::is_microvm) {
-            let brand = create.brand.map_or("this", Brand::as_str);
-            return Err(ServiceError::NotImplemented(format!(
-                "cannot create a {brand} guest with autoboot: provisioning and starting guests \
-                 need the {} runtime, which is not built yet; create it with \"autoboot\": false \
-                 to record its configuration only",
-                runtime_name(create.brand)
-            )));
-        }
         let ctx = convert::Context {
             now: now(),
             data_root: self.data_root.clone(),
@@ -800,18 +805,24 @@ impl Service {
                 "VM {uuid} is already running"
             )));
         }
-        if vm.brand.is_microvm() {
-            return Err(ServiceError::NotImplemented(format!(
-                "cannot start VM {uuid}: brand {} needs the {} runtime, which is not built yet",
-                vm.brand,
-                runtime_name(Some(vm.brand))
+        if vm.brand.is_microvm() && vm.kernel.is_none() {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} cannot boot: it has no kernel; give \"kernel\" (a host path) with \
+                 vmadm update, or boot it from a disk image that carries one"
             )));
         }
-        let cow = self.cow.clone();
-        let root = tokio::task::spawn_blocking(move || cow.root_source(uuid))
-            .await?
-            .map_err(images::store_error)?
-            .ok_or(ServiceError::Zone(zones::ZoneError::NoRoot(uuid)))?;
+        let root = match vm.brand.is_microvm() {
+            // A microVM's zone holds its VMM, kernel and disks, not a root filesystem.
+            true => None,
+            false => {
+                let cow = self.cow.clone();
+                let root = tokio::task::spawn_blocking(move || cow.root_source(uuid))
+                    .await?
+                    .map_err(images::store_error)?
+                    .ok_or(ServiceError::Zone(zones::ZoneError::NoRoot(uuid)))?;
+                Some(root)
+            }
+        };
         let z = self.zones.clone();
         let planned = vm.vm.clone();
         let started = tokio::task::spawn_blocking(move || z.start(&planned, root)).await?;
@@ -839,8 +850,16 @@ impl Service {
         next.boot_timestamp = Some(now());
         next.exit_status = None;
         next.failure = None;
-        let unplumbed = "its nics are not plumbed: the virtual switch (vswitch) is not built \
-                         yet, so the zone has loopback only";
+        let unplumbed = match next.brand.is_microvm() {
+            true => {
+                "its nics are not plumbed: the virtual switch (vswitch) is not built yet, so \
+                 the VM has no network device"
+            }
+            false => {
+                "its nics are not plumbed: the virtual switch (vswitch) is not built yet, so \
+                 the zone has loopback only"
+            }
+        };
         if !next.nics.is_empty() && !next.warnings.iter().any(|w| w == unplumbed) {
             next.warnings.push(unplumbed.to_string());
         }
@@ -949,7 +968,7 @@ impl Service {
                 .ok()
                 .flatten();
             match alive {
-                Some(st) if !vm.brand.is_microvm() => {
+                Some(st) => {
                     self.watch(uuid, st.zoned_pid);
                     kept += 1;
                 }
@@ -1077,12 +1096,6 @@ impl Service {
                 vm.state.as_str()
             )));
         }
-        if vm.brand.is_microvm() {
-            return Err(ServiceError::NotImplemented(format!(
-                "cannot {verb} VM {uuid}: the {} runtime is not built yet",
-                runtime_name(Some(vm.brand))
-            )));
-        }
         Ok(vm)
     }
 
@@ -1183,13 +1196,5 @@ impl Service {
         let list: Vec<NicTag> = tags.into_values().collect();
         tokio::task::spawn_blocking(move || catalog::nictags(&root).save(&list)).await??;
         Ok(())
-    }
-}
-
-fn runtime_name(brand: Option<Brand>) -> &'static str {
-    match brand {
-        Some(b) if b.is_microvm() => "microVM (crates/vmm)",
-        Some(_) => "zone (zoned)",
-        None => "guest",
     }
 }

@@ -17,8 +17,8 @@ use hull_spec::{Brand, Vm};
 use uuid::Uuid;
 use zoned::cgroup::Limits;
 use zoned::config::{
-    ID_RANGE, Phase, Reply, Request, RootIds, RootSpec, ZoneConfig, ZoneState, files, read_json,
-    same_process, write_json,
+    ID_RANGE, Phase, Reply, Request, RootFile, RootIds, RootSpec, ZoneConfig, ZoneState, files,
+    read_json, same_process, write_json,
 };
 
 /// First host uid of the zone id ranges; zone N (a slot) gets base + N * 65536.
@@ -50,6 +50,10 @@ pub enum ZoneError {
 pub struct Zones {
     root: PathBuf,
     zoned: PathBuf,
+    /// The VMM binary a microVM's zone runs.
+    vmm: PathBuf,
+    /// The shared libraries it loads (found once, see [`shared_libraries`]).
+    vmm_libs: std::sync::OnceLock<Result<Vec<PathBuf>, String>>,
     /// id slot of each zone that has run: a zone keeps its range for life, since its
     /// overlay upper layer holds files owned by ids of that range.
     slots: Mutex<BTreeMap<Uuid, u32>>,
@@ -76,7 +80,7 @@ struct Spare {
 
 impl Zones {
     /// Opens the zones directory, reading back each zone's id range.
-    pub fn new(data_root: &Path, zoned: PathBuf, root_ids: RootIds) -> Zones {
+    pub fn new(data_root: &Path, zoned: PathBuf, vmm: PathBuf, root_ids: RootIds) -> Zones {
         let root = data_root.join("zones");
         let mut slots = BTreeMap::new();
         for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
@@ -102,6 +106,8 @@ impl Zones {
         Zones {
             root,
             zoned,
+            vmm,
+            vmm_libs: std::sync::OnceLock::new(),
             slots: Mutex::new(slots),
             root_ids,
             spare: Mutex::new(None),
@@ -272,8 +278,13 @@ impl Zones {
     }
 
     /// Writes the zone's config and hands it to the spare zoned (or starts `zoned run` when
-    /// there is none); returns once init runs. Then makes the next spare.
-    pub fn start(self: &Arc<Self>, vm: &Vm, root: RootSource) -> Result<ZoneState, ZoneError> {
+    /// there is none); returns once init runs. Then makes the next spare. A zone guest runs
+    /// on `root`; a microVM (no root) runs its VMM in a zone of its own.
+    pub fn start(
+        self: &Arc<Self>,
+        vm: &Vm,
+        root: Option<RootSource>,
+    ) -> Result<ZoneState, ZoneError> {
         let uuid = vm.uuid;
         let slot = self.take_slot(uuid)?;
         let started = self.start_in_slot(vm, root, slot);
@@ -281,7 +292,12 @@ impl Zones {
         started
     }
 
-    fn start_in_slot(&self, vm: &Vm, root: RootSource, slot: u32) -> Result<ZoneState, ZoneError> {
+    fn start_in_slot(
+        &self,
+        vm: &Vm,
+        root: Option<RootSource>,
+        slot: u32,
+    ) -> Result<ZoneState, ZoneError> {
         let uuid = vm.uuid;
         let start_err = |reason: String| ZoneError::Start { uuid, reason };
         let dir = self.dir(uuid);
@@ -289,7 +305,22 @@ impl Zones {
             .map_err(|e| start_err(format!("cannot create {}: {e}", dir.display())))?;
         set_mode(&self.root, 0o700);
         set_mode(&dir, 0o700);
-        let mut cfg = config(vm, root, ID_BASE + slot * ID_RANGE);
+        let id_base = ID_BASE + slot * ID_RANGE;
+        let mut cfg = match root {
+            Some(root) => config(vm, root, id_base),
+            None => {
+                let run = dir.join(files::VMM_DIR);
+                std::fs::create_dir_all(&run)
+                    .map_err(|e| start_err(format!("cannot create {}: {e}", run.display())))?;
+                set_mode(&run, 0o700);
+                let libs = self
+                    .vmm_libs
+                    .get_or_init(|| shared_libraries(&self.vmm))
+                    .clone()
+                    .map_err(start_err)?;
+                vm_config(vm, &self.vmm, &libs, &run, id_base).map_err(start_err)?
+            }
+        };
         cfg.root_ids = self.root_ids;
         write_json(&dir.join(files::CONFIG), &cfg)?;
         let _ = std::fs::remove_file(dir.join(files::STATE));
@@ -385,6 +416,36 @@ impl Zones {
             return Err(ctl_err(
                 reply.error.unwrap_or_else(|| "request refused".into()),
             ));
+        }
+        Ok(reply)
+    }
+
+    /// One command to a microVM's VMM on its control socket; the reply, which must say ok.
+    /// The VMM runs the guest and is not trusted more than it: the reply is one line of at
+    /// most 1 MiB of JSON, read with a timeout.
+    pub fn vmm_request(&self, uuid: Uuid, cmd: &str) -> Result<serde_json::Value, ZoneError> {
+        use std::io::Read;
+        let ctl_err = |reason: String| ZoneError::Control { uuid, reason };
+        let path = self.dir(uuid).join(files::VMM_DIR).join(files::VMM_CONTROL);
+        let mut s = UnixStream::connect(&path)
+            .map_err(|e| ctl_err(format!("cannot reach its VMM at {}: {e}", path.display())))?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+        let line = format!("{}\n", serde_json::json!({ "cmd": cmd }));
+        s.write_all(line.as_bytes())
+            .map_err(|e| ctl_err(format!("cannot talk to its VMM: {e}")))?;
+        let mut reply = String::new();
+        BufReader::new(s.take(1 << 20))
+            .read_line(&mut reply)
+            .map_err(|e| ctl_err(format!("no reply from its VMM: {e}")))?;
+        let reply: serde_json::Value = serde_json::from_str(&reply)
+            .map_err(|e| ctl_err(format!("bad reply from its VMM: {e}")))?;
+        if reply.get("ok") != Some(&serde_json::Value::Bool(true)) {
+            let why = reply
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("request refused");
+            return Err(ctl_err(format!("its VMM refused {cmd}: {why}")));
         }
         Ok(reply)
     }
@@ -510,6 +571,150 @@ pub fn limits(vm: &Vm) -> Limits {
     }
 }
 
+/// Where a microVM's zone shows the VMM its files.
+mod vm_paths {
+    pub const VMM: &str = "/vmm";
+    pub const KERNEL: &str = "/vm/kernel";
+    pub const INITRD: &str = "/vm/initrd";
+    pub const DISKS: &str = "/vm";
+}
+
+/// The shared libraries and ELF interpreter `binary` loads, as `ldd` resolves them (none for
+/// a static binary): a microVM's zone holds them at the same paths, read-only.
+pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, String> {
+    let o = Command::new("ldd")
+        .arg(binary)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| format!("cannot run ldd on the VMM {}: {e}", binary.display()))?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    if !o.status.success() {
+        return match out.contains("not a dynamic executable") || out.contains("statically linked") {
+            true => Ok(Vec::new()),
+            false => Err(format!(
+                "cannot list the libraries of the VMM {}: {}",
+                binary.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+        };
+    }
+    let mut libs = Vec::new();
+    for line in out.lines() {
+        let line = line.trim();
+        if line.contains("=> not found") {
+            return Err(format!(
+                "the VMM {} needs a library this host lacks: {line}",
+                binary.display()
+            ));
+        }
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux... (0x...)"
+        let path = match line.split_once("=>") {
+            Some((_, right)) => right.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}
+
+/// The zoned config of a microVM: a zone whose root holds only the VMM binary (and the
+/// shared libraries `libs` it loads), the kernel, the initrd, the disks and the VMM's
+/// runtime directory `run` (for its control socket and exit report), and whose init is the
+/// VMM with the guest on its console.
+pub fn vm_config(
+    vm: &Vm,
+    vmm: &Path,
+    libs: &[PathBuf],
+    run: &Path,
+    id_base: u32,
+) -> Result<ZoneConfig, String> {
+    let ro = |host: &str, at: &str| RootFile {
+        host: PathBuf::from(host),
+        at: PathBuf::from(at),
+        writable: false,
+    };
+    let kernel = vm.kernel.as_deref().ok_or(
+        "it has no kernel: give \"kernel\" (a host path) in its payload, or boot it from a disk \
+         image that carries one",
+    )?;
+    let mut files = vec![
+        ro(&vmm.to_string_lossy(), vm_paths::VMM),
+        ro(kernel, vm_paths::KERNEL),
+    ];
+    for lib in libs {
+        let lib = lib.to_string_lossy();
+        files.push(ro(&lib, &lib));
+    }
+    let mut argv: Vec<String> = [vm_paths::VMM, "--kernel", vm_paths::KERNEL]
+        .map(String::from)
+        .to_vec();
+    if let Some(initrd) = vm.initrd.as_deref() {
+        files.push(ro(initrd, vm_paths::INITRD));
+        argv.extend(["--initrd".into(), vm_paths::INITRD.into()]);
+    }
+    if let Some(cmdline) = vm.cmdline.as_deref() {
+        argv.extend(["--cmdline".into(), cmdline.into()]);
+    }
+    argv.extend([
+        "--mem-mib".into(),
+        vm.ram.to_string(),
+        "--vcpus".into(),
+        vm.vcpus.unwrap_or(1).to_string(),
+    ]);
+    // The boot disk comes first: the guest sees it as vda.
+    let mut disks: Vec<_> = vm.disks.iter().collect();
+    disks.sort_by_key(|d| d.boot != Some(true));
+    for (i, disk) in disks.into_iter().enumerate() {
+        let host = disk
+            .path
+            .as_deref()
+            .ok_or_else(|| format!("its disk {i} has no path"))?;
+        let at = format!("{}/disk{i}", vm_paths::DISKS);
+        let read_only = disk.read_only == Some(true);
+        files.push(RootFile {
+            host: PathBuf::from(host),
+            at: PathBuf::from(&at),
+            writable: !read_only,
+        });
+        argv.extend([
+            "--disk".into(),
+            if read_only { format!("{at},ro") } else { at },
+        ]);
+    }
+    files.push(RootFile {
+        host: run.to_path_buf(),
+        at: PathBuf::from(files::VMM_RUN),
+        writable: true,
+    });
+    argv.extend([
+        "--console".into(),
+        "stdio".into(),
+        "--control".into(),
+        format!("{}/{}", files::VMM_RUN, files::VMM_CONTROL),
+        "--exit-file".into(),
+        format!("{}/{}", files::VMM_RUN, files::VMM_EXIT),
+    ]);
+    Ok(ZoneConfig {
+        uuid: vm.uuid.to_string(),
+        hostname: vm.hostname.clone().unwrap_or_else(|| vm.uuid.to_string()),
+        root: RootSpec::Vmm { files },
+        init: argv,
+        id_base,
+        cgroup: format!("hull/{}", vm.uuid),
+        // The guest's RAM lives in the VMM's memory: max_physical_memory is ram plus the
+        // VMM's overhead (vmadm's default: ram + 1 GiB).
+        limits: limits(vm),
+        resolvers: Vec::new(),
+        stop_timeout_s: 30,
+        // SIGTERM makes the VMM press the guest's power button and stop it after a grace
+        // period; vmmd asks over the control socket first (see Service::stop).
+        stop_signal: None,
+        root_ids: RootIds::Auto,
+    })
+}
+
 /// The zoned config of a zone guest.
 pub fn config(vm: &Vm, root: RootSource, id_base: u32) -> ZoneConfig {
     let root = match root {
@@ -535,5 +740,96 @@ pub fn config(vm: &Vm, root: RootSource, id_base: u32) -> ZoneConfig {
         // sends systemd its own signal. joyent zones run busybox-style inits: SIGTERM.
         stop_signal: (vm.brand == Brand::Lx).then_some(libc::SIGPWR),
         root_ids: RootIds::Auto,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(extra: serde_json::Value) -> Vm {
+        let mut v = serde_json::json!({"brand": "kvm", "autoboot": false, "ram": 96, "vcpus": 2,
+            "kernel": "/boot/k", "initrd": "/boot/i", "cmdline": "console=ttyS0 quiet"});
+        for (k, x) in extra.as_object().expect("object") {
+            v[k] = x.clone();
+        }
+        let create = hull_spec::validate_create(&v).expect("valid");
+        let ctx = crate::service::convert::Context {
+            now: "2026-11-21T00:00:00.000Z".into(),
+            data_root: PathBuf::from("/data"),
+        };
+        crate::service::convert::new_record(
+            create,
+            &ctx,
+            &mut crate::service::convert::MacPool::new(&|_| false),
+        )
+        .expect("record")
+    }
+
+    #[test]
+    fn a_microvm_zone_holds_its_files_and_runs_the_vmm() {
+        let vm = vm(serde_json::json!({"disks": [
+            {"path": "/data/d1.img", "read_only": true},
+            {"path": "/data/boot.img", "boot": true}]}));
+        let libs = [PathBuf::from("/lib64/ld-linux-x86-64.so.2")];
+        let cfg = vm_config(
+            &vm,
+            Path::new("/opt/vmm"),
+            &libs,
+            Path::new("/z/vmm"),
+            7 << 16,
+        )
+        .expect("config");
+        let RootSpec::Vmm { files } = &cfg.root else {
+            panic!("a microVM gets a VMM root");
+        };
+        let at = |host: &str| {
+            files
+                .iter()
+                .find(|f| f.host == Path::new(host))
+                .map(|f| (f.at.to_string_lossy().into_owned(), f.writable))
+        };
+        assert_eq!(at("/opt/vmm"), Some(("/vmm".into(), false)));
+        assert_eq!(at("/boot/k"), Some(("/vm/kernel".into(), false)));
+        assert_eq!(at("/boot/i"), Some(("/vm/initrd".into(), false)));
+        assert_eq!(at("/data/boot.img"), Some(("/vm/disk0".into(), true)));
+        assert_eq!(at("/data/d1.img"), Some(("/vm/disk1".into(), false)));
+        assert_eq!(at("/z/vmm"), Some(("/run/vmm".into(), true)));
+        assert_eq!(
+            at("/lib64/ld-linux-x86-64.so.2"),
+            Some(("/lib64/ld-linux-x86-64.so.2".into(), false))
+        );
+        assert_eq!(files.len(), 7);
+        let argv = cfg.init.join(" ");
+        assert_eq!(
+            argv,
+            "/vmm --kernel /vm/kernel --initrd /vm/initrd --cmdline console=ttyS0 quiet \
+             --mem-mib 96 --vcpus 2 --disk /vm/disk0 --disk /vm/disk1,ro --console stdio \
+             --control /run/vmm/control.sock --exit-file /run/vmm/exit.json"
+        );
+        assert_eq!(cfg.cgroup, format!("hull/{}", vm.uuid));
+        assert_eq!(cfg.limits.memory_bytes, Some((96 + 1024) << 20));
+    }
+
+    #[test]
+    fn a_microvm_without_a_kernel_is_refused_by_name() {
+        let mut vm = vm(serde_json::json!({}));
+        vm.kernel = None;
+        let e = vm_config(&vm, Path::new("/opt/vmm"), &[], Path::new("/z"), 0).unwrap_err();
+        assert!(e.contains("no kernel"), "{e}");
+    }
+
+    #[test]
+    fn shared_libraries_of_a_dynamic_binary_and_of_a_missing_one() {
+        let sh = shared_libraries(Path::new("/bin/sh")).expect("ldd /bin/sh");
+        assert!(
+            sh.iter().any(|l| l
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libc"))),
+            "{sh:?}"
+        );
+        assert!(sh.iter().all(|l| l.is_absolute() && l.exists()), "{sh:?}");
+        let missing = shared_libraries(Path::new("/nonexistent/vmm"));
+        assert!(missing.is_err(), "{missing:?}");
     }
 }

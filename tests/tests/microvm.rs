@@ -1,0 +1,314 @@
+//! MicroVMs end to end, as root on /dev/kvm (tier 3, `kvm_root_*`): vmmd runs the `vmm`
+//! binary inside a zone made for it, with the test guest (images/testguest) as the kernel and
+//! a disk cloned from a zvol image; vmadm creates, starts, stops and deletes it, the console
+//! shows the guest, and the VMM's confinement is checked from the host.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use hull_tests::{Daemon, bin};
+use serde_json::json;
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn require_root_and_kvm() {
+    assert!(
+        hull_tests::is_root(),
+        "this test needs root: scripts/test runs it as root"
+    );
+    assert!(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok(),
+        "this test needs a usable /dev/kvm"
+    );
+}
+
+/// Creates a microVM booting the test guest with `cmdline`, its disk cloned from `image`.
+fn create(d: &Daemon, image: &str, cmdline: &str, autoboot: bool) -> uuid::Uuid {
+    let payload = json!({"brand": "kvm", "alias": "vmtest", "ram": 64, "vcpus": 1,
+        "autoboot": autoboot,
+        "kernel": hull_tests::testguest().to_string_lossy(),
+        "cmdline": format!("console=ttyS0 {cmdline}"),
+        "disks": [{"image_uuid": image, "boot": true}]});
+    let o = d.vmadm(&["create"], Some(&payload.to_string()));
+    assert!(o.status.success(), "{}\nlog: {}", text(&o), d.log());
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out.split_whitespace()
+        .find_map(|w| uuid::Uuid::parse_str(w).ok())
+        .expect("uuid in vmadm create's output")
+}
+
+fn state(d: &Daemon, uuid: uuid::Uuid) -> String {
+    d.client()
+        .get_vm(uuid)
+        .expect("get")
+        .state
+        .as_str()
+        .to_string()
+}
+
+fn wait_state(d: &Daemon, uuid: uuid::Uuid, want: &str, limit: Duration) {
+    let t = Instant::now();
+    while state(d, uuid) != want {
+        assert!(
+            t.elapsed() < limit,
+            "{uuid} never became {want}; log: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads the guest's console (zoned replays recent output) until it shows `want`; returns
+/// what it read.
+fn console_until(d: &Daemon, uuid: uuid::Uuid, want: &str) -> String {
+    let rt = d.client().runtime(uuid).expect("runtime");
+    let mut con = std::os::unix::net::UnixStream::connect(&rt.console).expect("console");
+    con.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut seen = Vec::new();
+    let t = Instant::now();
+    while !String::from_utf8_lossy(&seen).contains(want) {
+        let mut buf = [0u8; 4096];
+        let n = con.read(&mut buf).unwrap_or(0);
+        seen.extend_from_slice(&buf[..n]);
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the console never showed {want:?}: {}",
+            String::from_utf8_lossy(&seen)
+        );
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// The zoned state file of a guest (boots, error).
+fn zone_state(d: &Daemon, uuid: uuid::Uuid) -> serde_json::Value {
+    let p = d.data_root().join(format!("zones/{uuid}/state.json"));
+    serde_json::from_slice(&std::fs::read(&p).expect("state.json")).expect("json")
+}
+
+fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
+/// What the host sees of the VMM process: no capability, no_new_privs, seccomp, an
+/// unprivileged uid, namespaces of its own, a root holding only its files, its cgroup.
+fn check_confinement(d: &Daemon, uuid: uuid::Uuid) {
+    let vm = d.client().get_vm(uuid).expect("get");
+    let pid = vm.pid.expect("the VMM's pid");
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm");
+    assert_eq!(comm.trim(), "vmm", "the guest's process is the VMM");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            status_field(pid, set),
+            "0000000000000000",
+            "{set}: the VMM keeps no capability"
+        );
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(
+        status_field(pid, "Seccomp"),
+        "2",
+        "the VMM runs under seccomp"
+    );
+    let uid: u32 = status_field(pid, "Uid")
+        .split_whitespace()
+        .next()
+        .and_then(|u| u.parse().ok())
+        .expect("uid");
+    assert!(
+        uid >= 0x1000_0000,
+        "the VMM runs as a zone's uid, not {uid}"
+    );
+    for ns in ["mnt", "pid", "net", "ipc", "uts", "user", "cgroup"] {
+        let mine = std::fs::read_link(format!("/proc/self/ns/{ns}")).expect("ns");
+        let its = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).expect("ns");
+        assert_ne!(mine, its, "the VMM shares the host's {ns} namespace");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .expect("the VMM's root")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // Its shared libraries (if the VMM is not static) sit where the host has them.
+    let allowed = [
+        ".hull-dev",
+        "dev",
+        "lib",
+        "lib64",
+        "proc",
+        "run",
+        "sys",
+        "usr",
+        "vm",
+        "vmm",
+    ];
+    assert!(
+        names.iter().all(|n| allowed.contains(&n.as_str())),
+        "the VMM's root holds only its own files: {names:?}"
+    );
+    let root = Path::new("/proc").join(pid.to_string()).join("root");
+    let mut vm_files: Vec<String> = std::fs::read_dir(root.join("vm"))
+        .expect("/vm")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    vm_files.sort();
+    assert_eq!(vm_files, ["disk0", "kernel"]);
+    assert_eq!(
+        std::fs::read_dir(root.join(".hull-dev"))
+            .expect(".hull-dev")
+            .count(),
+        0,
+        "the KVM node's staging directory is hidden"
+    );
+    assert!(
+        std::fs::write(root.join("vmm-was-here"), b"x").is_err(),
+        "the VMM's root is read-only"
+    );
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    assert!(
+        cgroup.contains(&format!("hull/{uuid}")),
+        "the VMM is in the guest's cgroup: {cgroup}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
+fn kvm_root_microvm_lifecycle_console_confinement_and_stop() {
+    require_root_and_kvm();
+    let d = Daemon::start();
+    let image = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a60";
+    d.install_image(image, "zvol");
+    let uuid = create(&d, image, "testguest.hold=kbd", true);
+    assert_eq!(state(&d, uuid), "running");
+    let seen = console_until(&d, uuid, "testguest: waiting for ctrl-alt-del");
+    assert!(
+        seen.contains("read sector 0, magic HULLDISK") && seen.contains("write sector 1"),
+        "the guest used its disk: {seen}"
+    );
+    assert!(
+        seen.contains("testguest: ALL PASS"),
+        "the test guest reported a failure: {seen}"
+    );
+    check_confinement(&d, uuid);
+
+    // zlogin is for zones: the VMM's zone has no way in.
+    let o = std::process::Command::new(bin("zlogin"))
+        .env("HULL_SOCKET", d.socket())
+        .args([&uuid.to_string(), "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("zlogin");
+    assert!(!o.status.success(), "zlogin into a microVM: {}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("microVM"),
+        "{}",
+        text(&o)
+    );
+
+    // A graceful stop goes through the VMM: the guest sees Ctrl-Alt-Del and resets, which
+    // while stopping means stopped.
+    let t = Instant::now();
+    let o = d.vmadm(&["stop", &uuid.to_string()], None);
+    assert!(o.status.success(), "{}\nlog: {}", text(&o), d.log());
+    assert_eq!(state(&d, uuid), "stopped");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the stop waited for its timeout instead of the guest"
+    );
+    let vm = d.client().get_vm(uuid).expect("get");
+    assert_eq!(vm.exit_status, Some(0), "the VMM ended cleanly");
+    // The guest's write is in its own disk, and the image is untouched.
+    let disk = vm.disks[0].path.clone().expect("disk path");
+    let bytes = std::fs::read(&disk).expect("the guest's disk");
+    assert_eq!(&bytes[..8], b"HULLDISK");
+    assert_eq!(&bytes[512..521], b"HULLWROTE", "the guest wrote sector 1");
+    let image_disk = d.data_root().join(format!("images/{image}/disk.img"));
+    let image_bytes = std::fs::read(&image_disk).expect("the image's disk");
+    assert_ne!(&image_bytes[512..521], b"HULLWROTE", "the image changed");
+
+    // Started again, it boots afresh; deleting it leaves nothing behind.
+    let o = d.vmadm(&["start", &uuid.to_string()], None);
+    assert!(o.status.success(), "{}\nlog: {}", text(&o), d.log());
+    console_until(&d, uuid, "testguest: waiting for ctrl-alt-del");
+    let o = d.vmadm(&["stop", "-F", &uuid.to_string()], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = d.vmadm(&["delete", &uuid.to_string()], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!Path::new(&disk).exists(), "the disk outlived its VM");
+    let leftover = std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .any(|l| l.contains(&uuid.to_string()));
+    assert!(!leftover, "a mount of the VM is left on the host");
+}
+
+/// A guest that resets itself reboots (a new VMM, the zone's boot count goes up); one that
+/// triple-faults is stopped with the VMM's report as its failure, and nothing else is hurt.
+#[test]
+#[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
+fn kvm_root_microvm_reboots_on_reset_and_fails_on_a_fault() {
+    require_root_and_kvm();
+    let d = Daemon::start();
+    let image = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a61";
+    d.install_image(image, "zvol");
+
+    // No hold: after its checks the guest resets through the i8042, over and over.
+    let looping = create(&d, image, "", true);
+    let t = Instant::now();
+    while zone_state(&d, looping)["boots"].as_u64().unwrap_or(0) < 3 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the guest did not reboot: {}; log: {}",
+            zone_state(&d, looping),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(state(&d, looping), "running");
+
+    let faulty = create(&d, image, "testguest.fault=1", true);
+    wait_state(&d, faulty, "stopped", Duration::from_secs(30));
+    let vm = d.client().get_vm(faulty).expect("get");
+    let failure = vm.failure.clone().unwrap_or_default();
+    assert!(
+        failure.contains("fault"),
+        "the failure names the guest's fault: {failure:?}"
+    );
+    assert_eq!(
+        vm.exit_status,
+        Some(2),
+        "the VMM's status for a guest fault"
+    );
+    assert_eq!(state(&d, looping), "running", "the other guest carries on");
+
+    let o = d.vmadm(&["stop", &looping.to_string()], None);
+    assert!(o.status.success(), "{}\nlog: {}", text(&o), d.log());
+    assert_eq!(state(&d, looping), "stopped");
+    for uuid in [looping, faulty] {
+        let o = d.vmadm(&["delete", &uuid.to_string()], None);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+}
