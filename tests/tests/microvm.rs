@@ -214,6 +214,22 @@ fn kvm_root_microvm_lifecycle_console_confinement_and_stop() {
     );
     check_confinement(&d, uuid);
 
+    // vmadm info: the VMM's own figures, from its control socket.
+    let o = d.vmadm(&["info", &uuid.to_string(), "cpus,devices"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).expect("info is JSON");
+    assert_eq!(info["cpus"].as_array().map(Vec::len), Some(1), "{info}");
+    let devices = info["devices"].as_array().expect("devices");
+    let disk = devices
+        .iter()
+        .find(|d| d["name"].as_str().is_some_and(|n| n.contains("vda")))
+        .unwrap_or_else(|| panic!("no vda in {info}"));
+    assert!(disk["read_bytes"].as_u64() >= Some(512), "{info}");
+    assert!(disk["written_bytes"].as_u64() >= Some(512), "{info}");
+    assert!(info.get("status").is_none(), "only the asked types: {info}");
+    let o = d.vmadm(&["info", &uuid.to_string(), "vnc"], None);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
     // zlogin is for zones: the VMM's zone has no way in.
     let o = std::process::Command::new(bin("zlogin"))
         .env("HULL_SOCKET", d.socket())

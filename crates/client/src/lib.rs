@@ -257,6 +257,11 @@ impl Client {
         self.call(Method::GET, &format!("/v1/vms/{uuid}/runtime"), None)
     }
 
+    /// `GET /v1/vms/{uuid}/info`: a running microVM's VMM figures.
+    pub fn info(&self, uuid: Uuid) -> Result<Value, ClientError> {
+        self.call(Method::GET, &format!("/v1/vms/{uuid}/info"), None)
+    }
+
     /// `POST /v1/vms`.
     pub fn create_vm(&self, payload: &Value) -> Result<Vm, ClientError> {
         self.call(Method::POST, "/v1/vms", Some(payload))

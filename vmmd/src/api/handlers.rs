@@ -111,6 +111,10 @@ pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Re
             let vm = service.kill(uuid, signal).await?;
             Ok(record(StatusCode::OK, &vm))
         }
+        Action::Info(uuid) => {
+            let info = service.info(uuid).await?;
+            Ok(json(StatusCode::OK, &info))
+        }
         Action::Runtime(uuid) => {
             let dir = service.runtime_dir(uuid)?;
             let rt = hull_spec::api::Runtime {

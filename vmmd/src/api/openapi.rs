@@ -116,6 +116,9 @@ pub fn document() -> Value {
             "/v1/vms/{uuid}/runtime": { "parameters": uuid_param(),
                 "get": op("Where a running zone's console and runtime directory are", "getRuntime", None,
                     ok("200", "The zone's runtime", reference("Runtime"))) },
+            "/v1/vms/{uuid}/info": { "parameters": uuid_param(),
+                "get": op("A running microVM's VMM figures: status, vCPU exits, bytes per device", "getInfo", None,
+                    ok("200", "The VMM's figures", json!({"type": "object"}))) },
             "/v1/validate/create": { "post": op("Validate a create payload (host checks included)",
                 "validateCreate", Some("VmCreate"), ok("200", "Valid", reference("ValidateOk"))) },
             "/v1/validate/update": { "post": {

@@ -42,6 +42,8 @@ pub enum Action {
     ExportRoot(Uuid, String),
     /// `GET /v1/vms/{uuid}/runtime`
     Runtime(Uuid),
+    /// `GET /v1/vms/{uuid}/info`: a running microVM's VMM figures
+    Info(Uuid),
     /// `POST /v1/vms/{uuid}/snapshots`
     CreateSnapshot(Uuid),
     /// `POST /v1/vms/{uuid}/snapshots/{name}/rollback`
@@ -229,6 +231,13 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
             let uuid = uuid_segment("VM", id)?;
             match *method {
                 M::GET => Action::Runtime(uuid),
+                _ => return Err(allow(&[M::GET])),
+            }
+        }
+        ["v1", "vms", id, "info"] => {
+            let uuid = uuid_segment("VM", id)?;
+            match *method {
+                M::GET => Action::Info(uuid),
                 _ => return Err(allow(&[M::GET])),
             }
         }

@@ -1082,6 +1082,29 @@ impl Service {
         Ok(vm)
     }
 
+    /// `vmadm info`: what a running microVM's VMM reports on its control socket (vCPU exits,
+    /// bytes per device), with the guest's status and pid.
+    pub async fn info(&self, uuid: Uuid) -> Result<Value> {
+        let vm = self.running(uuid, "get info of")?;
+        if !vm.brand.is_microvm() {
+            return Err(ServiceError::Conflict(format!(
+                "vmadm info is for microVMs (brands kvm and bhyve); VM {uuid} is a {} zone",
+                vm.brand
+            )));
+        }
+        let z = self.zones.clone();
+        let reply = tokio::task::spawn_blocking(move || z.vmm_request(uuid, "stats"))
+            .await?
+            .map_err(ServiceError::Zone)?;
+        let stats = reply.get("stats").cloned().unwrap_or(Value::Null);
+        Ok(serde_json::json!({
+            "status": vm.state.as_str(),
+            "pid": vm.pid,
+            "cpus": stats.get("vcpus").cloned().unwrap_or(Value::Null),
+            "devices": stats.get("devices").cloned().unwrap_or(Value::Null),
+        }))
+    }
+
     /// Where `vmadm console` and `zlogin` reach a running zone.
     pub fn runtime_dir(&self, uuid: Uuid) -> Result<PathBuf> {
         self.running(uuid, "reach")?;

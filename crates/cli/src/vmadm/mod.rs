@@ -238,7 +238,7 @@ pub fn run(cli: Cli) -> CmdResult {
             ready,
             uuid,
         } => events::run(socket, full, json, ready, uuid.as_deref()),
-        Command::Info { uuid, .. } => unbuilt::info(socket, &uuid),
+        Command::Info { uuid, types } => get::info(socket, &uuid, &types),
         Command::Console { uuid } => console::console(socket, &uuid),
         Command::CreateSnapshot { uuid, name } => snapshot::create(socket, &uuid, &name),
         Command::RollbackSnapshot { uuid, name } => snapshot::rollback(socket, &uuid, &name),

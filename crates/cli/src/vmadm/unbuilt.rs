@@ -11,14 +11,6 @@ fn missing(socket: Option<&Path>, uuid: &str, what: &str) -> CmdResult {
     Err(Failure::new(format!("{what} (VM {uuid})")))
 }
 
-pub fn info(socket: Option<&Path>, uuid: &str) -> CmdResult {
-    missing(
-        socket,
-        uuid,
-        "info needs the microVM runtime (crates/vmm control socket), which is not built yet",
-    )
-}
-
 pub fn send(socket: Option<&Path>, uuid: &str) -> CmdResult {
     missing(socket, uuid, "send (a VM as a stream) is not built yet")
 }
