@@ -328,3 +328,56 @@ fn kvm_root_microvm_reboots_on_reset_and_fails_on_a_fault() {
         assert!(o.status.success(), "{}", text(&o));
     }
 }
+
+/// Where a file system cannot id-map mounts (ramfs here; tmpfs before Linux 6.3, a live
+/// image's root), the VMM's files are bound as they are: its disk is handed to the zone's
+/// root, its kernel only needs to be readable.
+#[test]
+#[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
+fn kvm_root_microvm_files_on_a_file_system_without_idmapped_mounts() {
+    require_root_and_kvm();
+    let d = Daemon::start();
+    let ramfs = d.dir.path().join("ramfs");
+    std::fs::create_dir(&ramfs).expect("mkdir");
+    nix::mount::mount(
+        Some("ramfs"),
+        &ramfs,
+        Some("ramfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=755"),
+    )
+    .expect("mount a ramfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(&ramfs);
+    let kernel = ramfs.join("testguest.elf");
+    std::fs::copy(hull_tests::testguest(), &kernel).expect("kernel");
+    let disk = ramfs.join("disk.img");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..8].copy_from_slice(b"HULLDISK");
+    std::fs::write(&disk, &bytes).expect("disk");
+    let payload = json!({"brand": "bhyve", "alias": "ramfs", "ram": 64, "autoboot": true,
+        "kernel": kernel, "cmdline": "console=ttyS0 testguest.hold=kbd",
+        "disks": [{"path": disk, "boot": true}]});
+    let vm = d.client().create_vm(&payload).expect("create and start");
+    console_until(&d, vm.uuid, "testguest: waiting for ctrl-alt-del");
+    let seen = console_until(&d, vm.uuid, "testguest: ALL PASS");
+    assert!(seen.contains("write sector 1"), "{seen}");
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(&disk).expect("disk").uid();
+    assert!(
+        owner >= 0x1000_0000,
+        "the disk was handed to the zone's root: {owner}"
+    );
+    let o = d.vmadm(&["stop", &vm.uuid.to_string()], None);
+    assert!(o.status.success(), "{}\nlog: {}", text(&o), d.log());
+    let written = std::fs::read(&disk).expect("disk");
+    assert_eq!(&written[512..521], b"HULLWROTE");
+    let o = d.vmadm(&["delete", &vm.uuid.to_string()], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(disk.exists(), "a disk the user brought is never deleted");
+}

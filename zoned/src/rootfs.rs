@@ -466,7 +466,11 @@ fn mount_vmm_root(
                 std::fs::File::create(&target).map_err(io_err("create", &target))?;
             }
             let attrs = if f.writable { 0 } else { MOUNT_ATTR_RDONLY };
-            idmap_clone_with(&f.host, &target, userns, attrs)?;
+            match idmap_clone_with(&f.host, &target, userns, attrs) {
+                Ok(()) => {}
+                Err(e) if idmap_unsupported(&e) => plain_bind(f, &target, id_base)?,
+                Err(e) => return Err(e),
+            }
         }
         let devs = rootfs.join(VMM_DEVICES);
         std::fs::create_dir(&devs).map_err(io_err("create", &devs))?;
@@ -497,6 +501,33 @@ fn mount_vmm_root(
         let _ = umount2(rootfs, MntFlags::MNT_DETACH);
     }
     result
+}
+
+/// A VMM file bound without an id map, where the file system cannot id-map mounts (tmpfs
+/// before Linux 6.3, such as a live image's root): a writable one is handed to the zone's
+/// root (chown: hull-made disks and runtime directories are hull's), a read-only one must
+/// be readable by others (the VMM says which file it cannot read otherwise).
+fn plain_bind(f: &RootFile, target: &Path, id_base: u32) -> Result<(), MountError> {
+    if f.writable {
+        let owner = Some(nix::unistd::Uid::from_raw(id_base));
+        let group = Some(nix::unistd::Gid::from_raw(id_base));
+        nix::unistd::chown(&f.host, owner, group)
+            .map_err(err("hand to the zone's root", &f.host))?;
+    }
+    mount(
+        Some(f.host.as_path()),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(err(format!("bind {} on", f.host.display()), target))?;
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if !f.writable {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+        .map_err(err("restrict the bind at", target))
 }
 
 /// `at` as a path relative to the zone's root: it must be absolute and hold plain names only
