@@ -579,24 +579,32 @@ mod vm_paths {
     pub const DISKS: &str = "/vm";
 }
 
-/// The shared libraries and ELF interpreter `binary` loads, as `ldd` resolves them (none for
-/// a static binary): a microVM's zone holds them at the same paths, read-only.
+/// The shared libraries and ELF interpreter `binary` loads, as its interpreter resolves them
+/// (`ld.so --list`, what ldd runs; none for a static binary): a microVM's zone holds them at
+/// the same paths, read-only. No ldd needed (a live image has none).
 pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, String> {
-    let o = Command::new("ldd")
+    let Some(interp) = elf_interpreter(binary)? else {
+        return Ok(Vec::new());
+    };
+    let o = Command::new(&interp)
+        .arg("--list")
         .arg(binary)
         .env("LC_ALL", "C")
         .output()
-        .map_err(|e| format!("cannot run ldd on the VMM {}: {e}", binary.display()))?;
+        .map_err(|e| {
+            format!(
+                "cannot run {} --list on the VMM {}: {e}",
+                interp.display(),
+                binary.display()
+            )
+        })?;
     let out = String::from_utf8_lossy(&o.stdout);
     if !o.status.success() {
-        return match out.contains("not a dynamic executable") || out.contains("statically linked") {
-            true => Ok(Vec::new()),
-            false => Err(format!(
-                "cannot list the libraries of the VMM {}: {}",
-                binary.display(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-        };
+        return Err(format!(
+            "cannot list the libraries of the VMM {}: {}",
+            binary.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
     }
     let mut libs = Vec::new();
     for line in out.lines() {
@@ -617,6 +625,59 @@ pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, String> {
         }
     }
     Ok(libs)
+}
+
+/// The ELF interpreter (PT_INTERP) of a 64-bit little-endian ELF `binary`, if it has one.
+fn elf_interpreter(binary: &Path) -> Result<Option<PathBuf>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = |why: &str| {
+        format!(
+            "the VMM {} is not a usable ELF file: {why}",
+            binary.display()
+        )
+    };
+    let bytes = std::fs::read(binary)
+        .map_err(|e| format!("cannot read the VMM {}: {e}", binary.display()))?;
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    let u64_at = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if bytes.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return Err(bad("not a 64-bit little-endian ELF"));
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return Err(bad("truncated header"));
+    };
+    const PT_INTERP: u32 = 3;
+    for i in 0..usize::from(phnum) {
+        let ph = (phoff as usize).saturating_add(i * usize::from(phentsize));
+        if u32_at(ph) != Some(PT_INTERP) {
+            continue;
+        }
+        let (Some(off), Some(size)) = (u64_at(ph + 8), u64_at(ph + 32)) else {
+            return Err(bad("truncated program header"));
+        };
+        let name = bytes
+            .get(off as usize..off.saturating_add(size) as usize)
+            .ok_or_else(|| bad("interpreter outside the file"))?;
+        let name = name.split(|b| *b == 0).next().unwrap_or_default();
+        return Ok(Some(PathBuf::from(std::ffi::OsStr::from_bytes(name))));
+    }
+    Ok(None)
 }
 
 /// The zoned config of a microVM: a zone whose root holds only the VMM binary (and the
@@ -821,7 +882,11 @@ mod tests {
 
     #[test]
     fn shared_libraries_of_a_dynamic_binary_and_of_a_missing_one() {
-        let sh = shared_libraries(Path::new("/bin/sh")).expect("ldd /bin/sh");
+        let sh = shared_libraries(Path::new("/bin/sh")).expect("libraries of /bin/sh");
+        assert!(
+            sh.iter().any(|l| l.to_string_lossy().contains("ld-linux")),
+            "the interpreter is listed: {sh:?}"
+        );
         assert!(
             sh.iter().any(|l| l
                 .file_name()
@@ -831,5 +896,16 @@ mod tests {
         assert!(sh.iter().all(|l| l.is_absolute() && l.exists()), "{sh:?}");
         let missing = shared_libraries(Path::new("/nonexistent/vmm"));
         assert!(missing.is_err(), "{missing:?}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("script");
+        std::fs::write(&script, "#!/bin/sh\n").expect("write");
+        let e = shared_libraries(&script).unwrap_err();
+        assert!(e.contains("not a usable ELF"), "{e}");
+        // A static ELF (no PT_INTERP): a header with no program headers.
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        let static_bin = dir.path().join("static");
+        std::fs::write(&static_bin, &elf).expect("write");
+        assert_eq!(shared_libraries(&static_bin), Ok(Vec::new()));
     }
 }
