@@ -42,3 +42,15 @@ hull_fetch_deb() {
 hull_kernel_pkg() {
     apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
 }
+
+# Copies the binary $1 to $2 inside the tree $3, with the shared libraries and the ELF
+# interpreter ldd lists for it at their own paths in $3 (for initramfs images).
+hull_copy_with_libs() {
+    local bin="$1" dest="$2" tree="$3" lib
+    mkdir -p "$(dirname "$tree/$dest")"
+    cp "$bin" "$tree/$dest"
+    ldd "$bin" | awk '/=>/ {print $3} /^\t\/lib/ {print $1}' | while read -r lib; do
+        [[ -f "$lib" ]] && mkdir -p "$tree$(dirname "$lib")" && cp -L "$lib" "$tree$lib"
+    done
+    return 0
+}
