@@ -1,6 +1,8 @@
 //! The control socket: JSON lines over a Unix stream socket, one request per line, one reply
 //! line each. vmmd uses it for stop, pause and info. Requests are untrusted input: anything
-//! that is not a known command gets an error reply, never a crash.
+//! that is not a known command gets an error reply, never a crash. The socket is served by
+//! the VMM's event loop on the main thread (no thread of its own); a `pause` holds that loop
+//! until the vCPUs are parked (milliseconds, at most 2 s).
 //!
 //! ```text
 //! {"cmd":"pause"}    -> {"ok":true}
@@ -11,7 +13,8 @@
 //! {"cmd":"stats"}    -> {"ok":true,"stats":{"vcpus":[..],"devices":[..]}}
 //! ```
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -143,92 +146,191 @@ impl Controller {
         };
         (reply, None)
     }
-
-    fn serve(&self, stream: UnixStream) {
-        let Ok(mut out) = stream.try_clone() else {
-            return;
-        };
-        let mut reader = BufReader::new(stream);
-        loop {
-            let mut line = String::new();
-            match (&mut reader).take(MAX_LINE).read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let (reply, stop) = if line.ends_with('\n') {
-                self.handle_line(&line)
-            } else {
-                (
-                    Reply::err(format!("request longer than {MAX_LINE} bytes")),
-                    None,
-                )
-            };
-            let mut text = serde_json::to_string(&reply)
-                .unwrap_or_else(|_| r#"{"ok":false,"error":"cannot encode reply"}"#.to_owned());
-            text.push('\n');
-            let written = out.write_all(text.as_bytes());
-            if let Some(why) = stop {
-                self.state.stop(why);
-            }
-            if written.is_err() || !line.ends_with('\n') {
-                return;
-            }
-        }
-    }
 }
 
-/// Binds the socket (replacing a stale one) and serves it on a thread of its own.
-pub fn spawn(path: &Path, controller: Controller) -> Result<(), ControlError> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(ControlError::NotASocket(path.display().to_string()));
+/// Most clients served at once; a connection beyond that gets an error line and is closed.
+pub const MAX_CLIENTS: usize = 16;
+
+/// One connected client and the part of a request line read so far.
+#[derive(Debug)]
+struct Client {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+/// The listening socket and its clients, driven by the VMM's event loop: `accept` when the
+/// listener is readable, `serve` when a client is. Sockets are non-blocking, so a slow or
+/// silent client never holds the loop up; one that does not read its replies is dropped.
+#[derive(Debug)]
+pub struct ControlServer {
+    listener: UnixListener,
+    clients: Vec<Option<Client>>,
+    controller: Controller,
+}
+
+/// Sends all of `bytes` without blocking; false when the client cannot take them now.
+fn send_now(stream: &UnixStream, bytes: &[u8]) -> bool {
+    let mut off = 0;
+    while off < bytes.len() {
+        // SAFETY: sends from a live buffer of the given length on a socket we own.
+        let n = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                bytes[off..].as_ptr().cast(),
+                bytes.len() - off,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        match usize::try_from(n) {
+            Ok(n) if n > 0 => off += n,
+            _ => return false,
         }
-        let _ = std::fs::remove_file(path);
     }
-    let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
-        path: path.display().to_string(),
-        source,
-    })?;
-    std::thread::Builder::new()
-        .name("vmm-control".into())
-        .spawn(move || {
-            if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadRole::Control) {
-                controller
-                    .state
-                    .stop(StopReason::VmmFailure(format!("control thread: {e}")));
-                return;
+    true
+}
+
+fn reply_line(reply: &Reply) -> Vec<u8> {
+    let mut text = serde_json::to_vec(reply)
+        .unwrap_or_else(|_| br#"{"ok":false,"error":"cannot encode reply"}"#.to_vec());
+    text.push(b'\n');
+    text
+}
+
+impl ControlServer {
+    /// Binds the socket (replacing a stale one), non-blocking.
+    pub fn bind(path: &Path, controller: Controller) -> Result<Self, ControlError> {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(ControlError::NotASocket(path.display().to_string()));
             }
-            for stream in listener.incoming().flatten() {
-                controller.serve(stream);
-            }
-        })
-        .map_err(|source| ControlError::Bind {
+            let _ = std::fs::remove_file(path);
+        }
+        let bind_err = |source| ControlError::Bind {
             path: path.display().to_string(),
             source,
-        })?;
-    Ok(())
+        };
+        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        Ok(ControlServer {
+            listener,
+            clients: Vec::new(),
+            controller,
+        })
+    }
+
+    /// The listening socket, to watch for readability.
+    pub fn listener_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+
+    /// Accepts one pending connection: its slot and fd, to watch for readability. `None` when
+    /// nothing is pending. Closing a client closes its fd, which leaves epoll by itself.
+    pub fn accept(&mut self) -> Option<(usize, RawFd)> {
+        loop {
+            // accept4 with SOCK_NONBLOCK: std's set_nonblocking would be an ioctl, which the
+            // main thread's filter does not allow.
+            // SAFETY: accept4 on our listening socket without a peer address; checked below.
+            let fd = unsafe {
+                libc::accept4(
+                    self.listener.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return None;
+            }
+            // SAFETY: fd is a new connected socket owned by nothing else.
+            let stream = unsafe { UnixStream::from_raw_fd(fd) };
+            let slot = match self.clients.iter().position(Option::is_none) {
+                Some(i) => i,
+                None if self.clients.len() < MAX_CLIENTS => {
+                    self.clients.push(None);
+                    self.clients.len() - 1
+                }
+                None => {
+                    let msg = format!("too many control clients (at most {MAX_CLIENTS})");
+                    send_now(&stream, &reply_line(&Reply::err(msg)));
+                    continue;
+                }
+            };
+            self.clients[slot] = Some(Client {
+                stream,
+                buf: Vec::new(),
+            });
+            return Some((slot, fd));
+        }
+    }
+
+    /// Reads what client `slot` sent and answers each complete line. A client that hung up,
+    /// sent an over-long line or cannot take its replies is closed.
+    pub fn serve(&mut self, slot: usize) {
+        let Some(Some(client)) = self.clients.get_mut(slot) else {
+            return;
+        };
+        if !Self::serve_client(&self.controller, client) {
+            self.clients[slot] = None;
+        }
+    }
+
+    /// Number of connected clients (tests).
+    #[cfg(test)]
+    fn client_count(&self) -> usize {
+        self.clients.iter().flatten().count()
+    }
+
+    fn serve_client(controller: &Controller, client: &mut Client) -> bool {
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = match (&client.stream).read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            };
+            client.buf.extend_from_slice(&chunk[..n]);
+            while let Some(end) = client.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = client.buf.drain(..=end).collect();
+                let (reply, stop) = match std::str::from_utf8(&line) {
+                    Ok(text) => controller.handle_line(text),
+                    Err(_) => (Reply::err("bad request: not UTF-8".into()), None),
+                };
+                let sent = send_now(&client.stream, &reply_line(&reply));
+                if let Some(why) = stop {
+                    controller.state.stop(why);
+                }
+                if !sent {
+                    return false;
+                }
+            }
+            if client.buf.len() as u64 > MAX_LINE {
+                let msg = format!("request longer than {MAX_LINE} bytes");
+                send_now(&client.stream, &reply_line(&Reply::err(msg)));
+                return false;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Write};
 
-    fn controller() -> (Controller, std::sync::mpsc::Receiver<StopReason>) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        (
-            Controller {
-                state: RunState::new(tx),
-                stats: Arc::new(Stats::new(1)),
-                vcpus: 0,
-                button: Arc::new(PowerButton::for_tests()),
-            },
-            rx,
-        )
+    fn controller() -> Controller {
+        Controller {
+            state: RunState::new().unwrap(),
+            stats: Arc::new(Stats::new(1)),
+            vcpus: 0,
+            button: Arc::new(PowerButton::for_tests()),
+        }
     }
 
     #[test]
     fn commands_parse_and_act() {
-        let (c, rx) = controller();
+        let c = controller();
         assert!(c.handle_line(r#"{"cmd":"pause"}"#).0.ok);
         assert!(c.state.paused());
         assert!(c.handle_line(r#"{"cmd":"resume"}"#).0.ok);
@@ -242,12 +344,12 @@ mod tests {
         let (r, stop) = c.handle_line(r#"{"cmd":"shutdown"}"#);
         assert!(r.ok);
         assert!(matches!(stop, Some(StopReason::Requested(_))));
-        assert!(rx.try_recv().is_err());
+        assert!(!c.state.stopping());
     }
 
     #[test]
     fn junk_gets_an_error_reply() {
-        let (c, _rx) = controller();
+        let c = controller();
         for bad in [
             "",
             "{",
@@ -262,28 +364,74 @@ mod tests {
         }
     }
 
+    fn read_reply(r: &mut BufReader<UnixStream>) -> String {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        l
+    }
+
     #[test]
     fn socket_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ctl.sock");
-        let (c, _rx) = controller();
-        spawn(&path, c).unwrap();
-        let mut s = UnixStream::connect(&path).unwrap();
-        s.write_all(b"{\"cmd\":\"stats\"}\nnot json\n").unwrap();
-        let mut r = BufReader::new(s);
-        let mut l1 = String::new();
-        r.read_line(&mut l1).unwrap();
-        let mut l2 = String::new();
-        r.read_line(&mut l2).unwrap();
+        let mut server = ControlServer::bind(&path, controller()).unwrap();
+        assert!(server.accept().is_none(), "nobody connected yet");
+        let mut a = UnixStream::connect(&path).unwrap();
+        let b = UnixStream::connect(&path).unwrap();
+        let (sa, _) = server.accept().unwrap();
+        let (sb, _) = server.accept().unwrap();
+        assert_ne!(sa, sb);
+        // Two requests in one write, the second split across two reads of the server.
+        a.write_all(b"{\"cmd\":\"stats\"}\nnot js").unwrap();
+        server.serve(sa);
+        a.write_all(b"on\n").unwrap();
+        server.serve(sa);
+        let mut ra = BufReader::new(a);
+        let l1 = read_reply(&mut ra);
         assert!(
             l1.contains("\"ok\":true") && l1.contains("\"vcpus\""),
             "{l1}"
         );
-        assert!(l2.contains("\"ok\":false"), "{l2}");
+        assert!(read_reply(&mut ra).contains("\"ok\":false"));
+        // A silent client holds nobody up; a shutdown is answered, then done.
+        (&b).write_all(b"{\"cmd\":\"shutdown\"}\n").unwrap();
+        server.serve(sb);
+        assert!(read_reply(&mut BufReader::new(b)).contains("\"ok\":true"));
+        assert!(server.controller.state.stopping());
+        // Hang-ups and over-long lines close the client.
+        drop(ra);
+        server.serve(sa);
+        assert_eq!(server.client_count(), 1);
+        let mut c = UnixStream::connect(&path).unwrap();
+        let (sc, _) = server.accept().unwrap();
+        c.write_all(&[b'x'; 5000]).unwrap();
+        server.serve(sc);
+        let l = read_reply(&mut BufReader::new(c));
+        assert!(l.contains("longer than 4096"), "{l}");
+        assert_eq!(server.client_count(), 1);
         // A regular file in the way is not replaced.
         let f = dir.path().join("file");
         std::fs::write(&f, b"x").unwrap();
-        let (c, _rx) = controller();
-        assert!(matches!(spawn(&f, c), Err(ControlError::NotASocket(_))));
+        assert!(matches!(
+            ControlServer::bind(&f, controller()),
+            Err(ControlError::NotASocket(_))
+        ));
+    }
+
+    #[test]
+    fn clients_beyond_the_limit_are_turned_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let mut server = ControlServer::bind(&path, controller()).unwrap();
+        let mut kept = Vec::new();
+        for _ in 0..MAX_CLIENTS {
+            kept.push(UnixStream::connect(&path).unwrap());
+            assert!(server.accept().is_some());
+        }
+        let extra = UnixStream::connect(&path).unwrap();
+        assert!(server.accept().is_none());
+        let l = read_reply(&mut BufReader::new(extra));
+        assert!(l.contains("too many control clients"), "{l}");
+        assert_eq!(server.client_count(), MAX_CLIENTS);
     }
 }

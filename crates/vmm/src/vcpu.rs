@@ -2,13 +2,14 @@
 //! the VM is paused and turns every other exit into a stop reason. Nothing a guest does here
 //! may panic the VMM: unknown exits end this VM with a report.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, lock};
 use crate::stats::VcpuStats;
@@ -40,37 +41,50 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
 }
 
-/// Shared run state of all vCPUs: stop and pause requests.
+/// Shared run state of all vCPUs: stop and pause requests. The first stop reason is kept
+/// and signalled on an eventfd, which the event loop on the main thread waits for.
 #[derive(Debug)]
 pub struct RunState {
     stopping: AtomicBool,
     paused: AtomicBool,
-    stop_tx: Mutex<Option<Sender<StopReason>>>,
+    reason: Mutex<Option<StopReason>>,
+    stop_evt: EventFd,
     parked: Mutex<usize>,
     cv: Condvar,
     threads: Mutex<Vec<libc::pthread_t>>,
 }
 
 impl RunState {
-    pub fn new(stop_tx: Sender<StopReason>) -> Arc<Self> {
-        Arc::new(RunState {
+    pub fn new() -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(RunState {
             stopping: AtomicBool::new(false),
             paused: AtomicBool::new(false),
-            stop_tx: Mutex::new(Some(stop_tx)),
+            reason: Mutex::new(None),
+            stop_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             parked: Mutex::new(0),
             cv: Condvar::new(),
             threads: Mutex::new(Vec::new()),
-        })
+        }))
     }
 
     /// Ends the VM; the first reason wins.
     pub fn stop(&self, reason: StopReason) {
-        if !self.stopping.swap(true, Ordering::SeqCst)
-            && let Some(tx) = lock(&self.stop_tx).take()
-        {
-            let _ = tx.send(reason);
+        if !self.stopping.swap(true, Ordering::SeqCst) {
+            *lock(&self.reason) = Some(reason);
+            // A full counter cannot happen: this runs once.
+            let _ = self.stop_evt.write(1);
         }
         self.cv.notify_all();
+    }
+
+    /// Readable once the VM stops.
+    pub fn stop_fd(&self) -> RawFd {
+        self.stop_evt.as_raw_fd()
+    }
+
+    /// The reason the VM stopped, once it has.
+    pub fn reason(&self) -> Option<StopReason> {
+        lock(&self.reason).clone()
     }
 
     pub fn stopping(&self) -> bool {
@@ -134,16 +148,27 @@ impl std::fmt::Debug for Vcpu {
 }
 
 impl Vcpu {
-    /// Runs until the VM stops.
-    pub fn run(mut self) {
+    /// Runs until the VM stops, then waits for the process to exit.
+    pub fn run(mut self) -> ! {
         // SAFETY: pthread_self has no preconditions.
         lock(&self.state.threads).push(unsafe { libc::pthread_self() });
         let id = self.id;
-        if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadRole::Vcpu) {
-            self.state
-                .stop(StopReason::VmmFailure(format!("vCPU {id}: {e}")));
-            return;
+        match crate::seccomp::apply(crate::seccomp::ThreadRole::Vcpu) {
+            Ok(()) => self.run_until_stopped(),
+            Err(e) => self
+                .state
+                .stop(StopReason::VmmFailure(format!("vCPU {id}: {e}"))),
         }
+        // The process is about to exit: tearing this vCPU down (closing its fd, unmapping its
+        // run area and, with the last reference, guest memory) would only be work the
+        // kernel's exit does again. Wait for the exit instead.
+        loop {
+            std::thread::park();
+        }
+    }
+
+    fn run_until_stopped(&mut self) {
+        let id = self.id;
         while !self.state.stopping() {
             if self.state.paused() {
                 self.state.park();
@@ -249,13 +274,14 @@ mod tests {
 
     #[test]
     fn first_stop_reason_wins() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let s = RunState::new(tx);
+        let s = RunState::new().unwrap();
+        assert_eq!(s.reason(), None);
         s.stop(StopReason::Reset);
         s.stop(StopReason::PowerOff);
         assert!(s.stopping());
-        assert_eq!(rx.recv().unwrap(), StopReason::Reset);
-        assert!(rx.try_recv().is_err());
+        assert_eq!(s.reason(), Some(StopReason::Reset));
+        // The eventfd fired once.
+        assert_eq!(s.stop_evt.read().unwrap(), 1);
     }
 
     #[test]
@@ -284,8 +310,7 @@ mod tests {
 
     #[test]
     fn pause_with_no_vcpus_parks_immediately_and_resumes() {
-        let (tx, _rx) = std::sync::mpsc::channel();
-        let s = RunState::new(tx);
+        let s = RunState::new().unwrap();
         assert!(s.pause(0));
         assert!(s.paused());
         s.resume();
