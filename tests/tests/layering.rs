@@ -14,6 +14,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("hull-vmm", BTreeSet::new()),
         ("hull-cowstore", BTreeSet::new()),
         ("hull-zoned", BTreeSet::new()),
+        ("hull-vswitch", BTreeSet::new()),
         ("hull-client", BTreeSet::from(spec_only)),
         ("hull-cli", BTreeSet::from(["hull-client", "hull-spec"])),
         // vmmd links the subsystem libraries as they land (zoned, cowstore, vswitch), never
@@ -24,7 +25,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ),
         (
             "hull-tests",
-            BTreeSet::from(["hull-client", "hull-spec", "hull-cowstore"]),
+            BTreeSet::from(["hull-client", "hull-spec", "hull-cowstore", "hull-vswitch"]),
         ),
     ])
 }

@@ -151,6 +151,13 @@ fn main() -> anyhow::Result<()> {
         if kept + lost > 0 {
             tracing::info!(kept, lost, "zones found running at start: kept ones still running, marked the others stopped");
         }
+        match service.sweep_ports().await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::warn!(?removed, "removed switch ports of guests that are not running");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
         service.prepare_zones();
         let service = Arc::new(service);
         tokio::spawn(service.clone().reaper());

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod convert;
 pub mod filter;
 pub mod images;
+pub mod network;
 pub mod provision;
 pub mod sources;
 pub mod store;
@@ -811,6 +812,14 @@ impl Service {
                  vmadm update, or boot it from a disk image that carries one"
             )));
         }
+        // A zone's ports are worked out before it starts: a nic the switch cannot plumb
+        // fails the start, not the zone's network later.
+        let ports = match vm.brand.is_microvm() || vm.nics.is_empty() {
+            true => Vec::new(),
+            false => network::zone_nics(&vm, &self.nictags()?).map_err(|e| {
+                ServiceError::NotImplemented(format!("cannot start VM {uuid}: {e}"))
+            })?,
+        };
         let root = match vm.brand.is_microvm() {
             // A microVM's zone holds its VMM, kernel and disks, not a root filesystem.
             true => None,
@@ -834,6 +843,30 @@ impl Service {
                 return Err(ServiceError::Zone(e));
             }
         };
+        if let (false, Some(pid)) = (ports.is_empty(), st.init_pid) {
+            let key = uuid.to_string();
+            let plumbed =
+                tokio::task::spawn_blocking(move || hull_vswitch::plumb_zone(&key, pid, &ports))
+                    .await?;
+            if let Err(e) = plumbed {
+                // No half-made guest: the zone goes with what was plumbed.
+                let z = self.zones.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let force = zoned::config::Request::Stop {
+                        timeout_s: Some(0),
+                        force: true,
+                    };
+                    let _ = z.request(uuid, &force);
+                    z.wait_stopped(uuid, std::time::Duration::from_secs(15));
+                    z.clean_up(uuid)
+                })
+                .await;
+                return Err(ServiceError::Zone(zones::ZoneError::Start {
+                    uuid,
+                    reason: format!("cannot plumb its nics: {}", zoned::run::chain(&e)),
+                }));
+            }
+        }
         self.watch(uuid, st.zoned_pid);
         self.set_running(&vm, &st).await
     }
@@ -850,17 +883,15 @@ impl Service {
         next.boot_timestamp = Some(now());
         next.exit_status = None;
         next.failure = None;
-        let unplumbed = match next.brand.is_microvm() {
-            true => {
-                "its nics are not plumbed: the virtual switch (vswitch) is not built yet, so \
-                 the VM has no network device"
-            }
-            false => {
-                "its nics are not plumbed: the virtual switch (vswitch) is not built yet, so \
-                 the zone has loopback only"
-            }
-        };
-        if !next.nics.is_empty() && !next.warnings.iter().any(|w| w == unplumbed) {
+        let unplumbed = "its nics are not plumbed: microVM ports (TAP) are not built yet, so \
+                         the VM has no network device";
+        let zone_warning = "its nics are not plumbed: the virtual switch (vswitch) is not \
+                            built yet, so the zone has loopback only";
+        next.warnings.retain(|w| w != zone_warning);
+        if next.brand.is_microvm()
+            && !next.nics.is_empty()
+            && !next.warnings.iter().any(|w| w == unplumbed)
+        {
             next.warnings.push(unplumbed.to_string());
         }
         self.save_state(next).await
@@ -869,9 +900,16 @@ impl Service {
     async fn set_stopped(&self, current: &Vm) -> Result<Arc<Record>> {
         let uuid = current.uuid;
         let z = self.zones.clone();
+        let has_nics = !current.nics.is_empty();
         let (last, problems) = tokio::task::spawn_blocking(move || {
             let last = z.last_state(uuid);
-            (last, z.clean_up(uuid))
+            let mut problems = z.clean_up(uuid);
+            // The kernel deletes a zone's veth pairs when its network namespace goes, but
+            // later, from a work queue: delete them now, so a stopped guest has no port.
+            if has_nics && let Err(e) = hull_vswitch::remove_ports(&uuid.to_string()) {
+                problems.push(zoned::run::chain(&e));
+            }
+            (last, problems)
         })
         .await?;
         for p in problems {
@@ -899,6 +937,21 @@ impl Service {
         write(&self.records).insert(next.clone());
         self.emit(EventKind::State, &next, vec!["state".into()]);
         Ok(next)
+    }
+
+    /// Deletes the switch ports left in the host's namespace by guests that are not running
+    /// (a vmmd or host crash in the middle of a start). Returns their names.
+    pub async fn sweep_ports(&self) -> std::result::Result<Vec<String>, String> {
+        let running: std::collections::BTreeSet<String> = read(&self.records)
+            .vms
+            .values()
+            .filter(|vm| matches!(vm.state, VmState::Running | VmState::Stopping))
+            .map(|vm| hull_vswitch::port_key(&vm.uuid.to_string()))
+            .collect();
+        tokio::task::spawn_blocking(move || hull_vswitch::sweep(move |k| running.contains(k)))
+            .await
+            .map_err(|e| format!("cannot sweep switch ports: {e}"))?
+            .map_err(|e| format!("cannot sweep switch ports: {}", zoned::run::chain(&e)))
     }
 
     /// Makes a spare zoned ahead of the first zone start (on cgroup v1 hosts, as root).
