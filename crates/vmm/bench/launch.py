@@ -10,7 +10,11 @@ reads (TSC ticks, lower is better).
 With --rate N it starts N quick-mode VMs from 2 parallel launchers and reports VMs per
 second (the creation-rate figure).
 
-usage: launch.py --vmm PATH --guest PATH [--runs 20] [--no-qemu] [--blk-io N] [--rate N]
+--baseline PATH adds a second hull vmm build (e.g. one from before a change) to the same
+alternation, so before and after are measured under the same machine load.
+
+usage: launch.py --vmm PATH --guest PATH [--baseline PATH] [--runs 20] [--no-qemu]
+                 [--blk-io N] [--rate N]
 """
 import argparse
 import os
@@ -98,6 +102,9 @@ def make_disk(d):
 def creation_rate(a):
     import concurrent.futures
     cmds = [("hull vmm", vmm_cmd(a.vmm, a.guest, "console=ttyS0 testguest.quick=1", None))]
+    if a.baseline:
+        cmds.append(("hull baseline",
+                     vmm_cmd(a.baseline, a.guest, "console=ttyS0 testguest.quick=1", None)))
     if not a.no_qemu and shutil.which(QEMU):
         cmds.append(("qemu microvm", qemu_cmd(a.guest, "console=ttyS0 testguest.quick=1", None)))
 
@@ -107,6 +114,7 @@ def creation_rate(a):
         if r.returncode not in (0, 1) or b"quick boot" not in r.stdout:
             raise RuntimeError(f"run failed: {cmd}")
 
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     for name, cmd in cmds:
         t0 = time.perf_counter()
         ru0 = os.times()
@@ -122,6 +130,7 @@ def creation_rate(a):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vmm", required=True)
+    ap.add_argument("--baseline", help="another hull vmm build to alternate with")
     ap.add_argument("--guest", required=True)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--no-qemu", action="store_true")
@@ -137,6 +146,8 @@ def main():
         cmdline = f"console=ttyS0 testguest.blk_io={a.blk_io}" if a.blk_io else \
             "console=ttyS0 testguest.quick=1"
         kinds = [("hull vmm", vmm_cmd(a.vmm, a.guest, cmdline, disk))]
+        if a.baseline:
+            kinds.append(("hull baseline", vmm_cmd(a.baseline, a.guest, cmdline, disk)))
         if with_qemu:
             kinds.append(("qemu microvm", qemu_cmd(a.guest, cmdline, disk)))
         res = {k: [] for k, _ in kinds}
@@ -159,7 +170,7 @@ def main():
                     continue
                 figs[name] = (med(seq), med(rnd))
                 print(f"{name:14s} sequential {med(seq):>12.0f}  random {med(rnd):>12.0f}")
-            if len(figs) == 2:
+            if "hull vmm" in figs and "qemu microvm" in figs:
                 h, q = figs["hull vmm"], figs["qemu microvm"]
                 print(f"qemu/hull time ratio (>1 means hull is faster): "
                       f"sequential {q[0] / h[0]:.2f}, random {q[1] / h[1]:.2f}")
@@ -172,10 +183,12 @@ def main():
                  med([r[2] for r in rs]) * 1e3, med([r[3] for r in rs]) / 1024)
             figs[name] = f
             print(f"{name:14s} {f[0]:9.1f}ms {f[1]:7.1f}ms {f[2]:7.1f}ms {f[3]:7.1f}MiB")
-        if len(figs) == 2:
-            h, q = figs["hull vmm"], figs["qemu microvm"]
-            print(f"hull/qemu ratio: wall {h[1] / q[1]:.2f}, CPU {h[2] / max(q[2], 1e-9):.3f}, "
-                  f"RSS {h[3] / q[3]:.2f}")
+        for name in ("hull vmm", "hull baseline"):
+            if name in figs and "qemu microvm" in figs:
+                h, q = figs[name], figs["qemu microvm"]
+                print(f"{name}/qemu ratio: wall {h[1] / q[1]:.2f}, "
+                      f"CPU {h[2] / max(q[2], 1e-9):.3f}, RSS {h[3] / q[3]:.2f}")
+        print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
