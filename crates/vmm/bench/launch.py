@@ -17,6 +17,7 @@ usage: launch.py --vmm PATH --guest PATH [--baseline PATH] [--runs 20] [--no-qem
                  [--blk-io N] [--rate N]
 """
 import argparse
+import atexit
 import os
 import re
 import select
@@ -52,19 +53,70 @@ def vmm_cmd(vmm, guest, cmdline, disk):
     return cmd
 
 
-def run_once(cmd):
-    """Returns (first_byte_s, wall_s, cpu_s, maxrss_kib, stdout).
+# Runs a command and reports on it: what /usr/bin/time does, with microseconds instead of
+# centiseconds, and the fork's CLOCK_MONOTONIC time (Python's perf_counter clock) so that
+# wall and first byte start at the VMM's own launch, not at this helper's.
+MEASURE_C = r"""
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+static long long ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+int main(int argc, char **argv) {
+    if (argc < 3) return 127;
+    long long t0 = ns();
+    pid_t pid = fork();
+    if (pid < 0) return 127;
+    if (pid == 0) { execvp(argv[2], argv + 2); _exit(127); }
+    int st; struct rusage ru;
+    if (wait4(pid, &st, 0, &ru) < 0) return 127;
+    long long t1 = ns();
+    FILE *f = fopen(argv[1], "w");
+    if (!f) return 127;
+    fprintf(f, "%lld %lld %ld %ld %ld\n", t0, t1,
+            ru.ru_utime.tv_sec * 1000000L + ru.ru_utime.tv_usec,
+            ru.ru_stime.tv_sec * 1000000L + ru.ru_stime.tv_usec, ru.ru_maxrss);
+    fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+"""
+MEASURE = None
 
-    The VMM runs under /usr/bin/time, whose report gives its peak RSS: a forked child's
-    ru_maxrss would otherwise count this Python process's pages from before exec. Wall and
-    CPU include time(1)'s own fork and exec, the same for both VMMs."""
-    rss_file = tempfile.NamedTemporaryFile(delete=False)
-    rss_file.close()
-    cmd = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name] + cmd
-    t0 = time.perf_counter()
+
+def measure_helper():
+    """Builds the measuring helper once (static when the C library allows, so that its own
+    resident pages, which a forked child starts with, stay far below any VMM's)."""
+    global MEASURE
+    if MEASURE is None:
+        d = tempfile.mkdtemp(prefix="hull-launch-")
+        atexit.register(shutil.rmtree, d, True)
+        src, exe = os.path.join(d, "measure.c"), os.path.join(d, "measure")
+        with open(src, "w") as f:
+            f.write(MEASURE_C)
+        if subprocess.run(["cc", "-O2", "-static", "-o", exe, src]).returncode != 0:
+            subprocess.run(["cc", "-O2", "-o", exe, src], check=True)
+        MEASURE = exe
+    return MEASURE
+
+
+def run_once(cmd):
+    """Returns (first_byte_s, wall_s, cpu_s, maxrss_kib, stdout) of the VMM process alone.
+
+    The VMM is forked by a small C helper (measure_helper) and its figures come from that
+    helper's wait4: a child forked by this Python process would report Python's peak RSS
+    (ru_maxrss carries the pre-exec high-water mark), and /usr/bin/time, used before, has
+    10 ms CPU resolution and its own start-up (~1 ms) in any outer measurement."""
+    report = tempfile.NamedTemporaryFile(delete=False)
+    report.close()
+    cmd = [measure_helper(), report.name] + cmd
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                          stdin=subprocess.DEVNULL)
-    first = None
+    first_t = None
     out = b""
     fd = p.stdout.fileno()
     while True:
@@ -75,20 +127,20 @@ def run_once(cmd):
         chunk = os.read(fd, 65536)
         if not chunk:
             break
-        if first is None:
-            first = time.perf_counter() - t0
+        if first_t is None:
+            first_t = time.perf_counter()
         out += chunk
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
+    _, status, _ = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
     # hull exits 0 on guest reset; qemu's isa-debug-exit makes it exit (0 << 1) | 1.
     if p.returncode not in (0, 1) or "testguest:" not in out.decode(errors="replace"):
         raise RuntimeError(f"run failed (status {p.returncode}): {cmd}\n{out[-2000:]!r}")
-    with open(rss_file.name) as f:
-        lines = [l for l in f.read().split() if l.isdigit()]
-    os.unlink(rss_file.name)
-    rss = int(lines[-1]) if lines else 0
-    return first or wall, wall, ru.ru_utime + ru.ru_stime, rss, out.decode(errors="replace")
+    with open(report.name) as f:
+        t0, t1, user_us, sys_us, rss = (int(x) for x in f.read().split())
+    os.unlink(report.name)
+    wall = (t1 - t0) / 1e9
+    first = first_t - t0 / 1e9 if first_t is not None else wall
+    return first, wall, (user_us + sys_us) / 1e6, rss, out.decode(errors="replace")
 
 
 def make_disk(d):

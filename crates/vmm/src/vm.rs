@@ -11,14 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_reinject_control,
-    kvm_userspace_memory_region,
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::ioctl::ioctl_with_ref;
 
 use crate::boot::acpi::AcpiLayout;
 use crate::boot::{self, BootError, regs};
@@ -203,29 +201,6 @@ impl PowerButton {
             lock(k).ctrl_alt_del();
         }
     }
-}
-
-/// `KVM_REINJECT_CONTROL`, `_IO(KVMIO, 0x71)`: kvm-ioctls has no wrapper for it.
-const KVM_REINJECT_CONTROL: libc::c_ulong = 0xae71;
-
-/// Turns off the in-kernel PIT's reinjection of missed ticks (QEMU's
-/// `lost_tick_policy=discard`). Guests keep time with the TSC or kvmclock, not by counting PIT
-/// ticks, and Linux only touches the PIT, if at all, to calibrate at boot. With reinjection on,
-/// KVM registers IRQ ack and mask notifiers whose removal at VM teardown waits for two SRCU
-/// grace periods: ~2.5 ms of every launch's wall time on this host, for nothing. Turning it
-/// off removes them now, with the same waits, so the caller does it while the guest runs.
-fn pit_reinject_off(vm: &VmFd) -> Result<(), kvm_ioctls::Error> {
-    let ctl = kvm_reinject_control {
-        pit_reinject: 0,
-        reserved: [0; 31],
-    };
-    // SAFETY: KVM_REINJECT_CONTROL reads one kvm_reinject_control from the pointer, which
-    // stays valid for the call; the VM fd is ours and has a PIT.
-    let r = unsafe { ioctl_with_ref(vm, KVM_REINJECT_CONTROL, &ctl) };
-    if r != 0 {
-        return Err(kvm_ioctls::Error::last());
-    }
-    Ok(())
 }
 
 /// Registers guest RAM with KVM.
@@ -566,12 +541,6 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
             .map_err(host("vCPU thread"))?;
     }
 
-    // After the vCPUs started, not before: turning reinjection off waits for SRCU grace
-    // periods (milliseconds), which here overlap the guest's boot instead of delaying it.
-    // Only teardown gets shorter from it, so a refusal is no reason to stop the VM.
-    if kvm.check_extension(Cap::ReinjectControl) {
-        let _ = pit_reinject_off(&vm);
-    }
     let extras = crate::seccomp::MainExtras {
         terminal: raw_terminal.as_ref().map(RawTerminal::fd),
         exit_dir: exit.map(ExitFile::dir_fd),
