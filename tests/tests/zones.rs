@@ -624,28 +624,39 @@ fn root_zones_on_a_nic_tag_reach_each_other_and_no_one_else() {
         );
     }
 
-    // A start cut short by a crash leaves a veth pair on the host: the next vmmd removes it.
+    // A start cut short by a crash leaves a port on the host: the next vmmd removes it, and
+    // only its own (another vmmd's, on another data root, stays).
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(d.data_root()).expect("data root");
+    let owner = format!("{:x}{:x}", meta.dev(), meta.ino());
     let stray = hull_vswitch::host_port_name(&a, 5);
-    let o = Command::new("ip")
-        .args([
-            "link",
-            "add",
-            &stray,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "hp-test-peer",
-        ])
-        .output()
-        .expect("ip link add");
-    assert!(o.status.success(), "{}", text(&o));
+    let foreign = hull_vswitch::host_port_name(&b, 6);
+    for (port, peer, alias) in [
+        (&stray, "hp-test-peer1", format!("hull:{owner}:{a}")),
+        (&foreign, "hp-test-peer2", format!("hull:another-root:{b}")),
+    ] {
+        let o = Command::new("ip")
+            .args(["link", "add", port, "type", "veth", "peer", "name", peer])
+            .output()
+            .expect("ip link add");
+        assert!(o.status.success(), "{}", text(&o));
+        let o = Command::new("ip")
+            .args(["link", "set", port, "alias", &alias])
+            .output()
+            .expect("ip link set alias");
+        assert!(o.status.success(), "{}", text(&o));
+    }
     d.kill9();
     d.spawn();
     let links = hull_vswitch::host_links().expect("links");
+    let _ = Command::new("ip").args(["link", "del", &foreign]).output();
     assert!(
         !links.contains(&stray),
         "vmmd left a stray port at start: {links:?}"
+    );
+    assert!(
+        links.contains(&foreign),
+        "vmmd removed another vmmd's port: {links:?}"
     );
     for z in [&a, &b, &other_tag, &other_vlan] {
         let o = d.vmadm(&["delete", z], None);

@@ -68,6 +68,10 @@ pub struct ZoneConfig {
     /// How the root shows the zone's ids.
     #[serde(default)]
     pub root_ids: RootIds,
+    /// A microVM zone's TAP devices (made by vmmd, persistent): zoned opens them when it
+    /// boots the VMM, which gets them as descriptors 3, 4... (`--tap-fd`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taps: Vec<String>,
 }
 
 impl ZoneConfig {

@@ -9,3 +9,4 @@ pub mod exec;
 pub mod rootfs;
 pub mod run;
 pub mod security;
+pub mod tun;

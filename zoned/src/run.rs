@@ -777,6 +777,18 @@ impl Zone {
             let _ = std::fs::remove_file(vmm_dir.join(files::VMM_EXIT));
             let _ = std::fs::remove_file(vmm_dir.join(files::VMM_CONTROL));
         }
+        // The VMM's TAPs, open here (the child inherits them) and handed over as 3, 4...
+        let taps = self
+            .cfg
+            .taps
+            .iter()
+            .map(|name| {
+                crate::tun::open(name).map_err(|source| RunError::Sys {
+                    what: format!("open the TAP {name}"),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<OwnedFd>, RunError>>()?;
         let (go_r, go_w) = nix::unistd::pipe().map_err(sys("make a pipe"))?;
         let (err_r, err_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("make a pipe"))?;
@@ -816,8 +828,9 @@ impl Zone {
             drop(go_w);
             drop(err_r);
             drop(fd_parent);
-            init_child(self, go_r, err_w, fd_child);
+            init_child(self, go_r, err_w, fd_child, &taps);
         }
+        drop(taps);
         drop(go_r);
         drop(err_w);
         drop(fd_child);
@@ -941,8 +954,8 @@ fn send_fd(sock: &UnixStream, fd: RawFd) -> nix::Result<()> {
 /// The zone's init, between clone and exec: pid 1 of the new namespaces, owner of them all
 /// until it drops its privileges.
 /// Any failure is written to `err` for zoned to report, and the process exits.
-fn init_child(zone: &Zone, go: OwnedFd, err: OwnedFd, fd_sock: UnixStream) -> ! {
-    let e = match setup_init(zone, go, fd_sock) {
+fn init_child(zone: &Zone, go: OwnedFd, err: OwnedFd, fd_sock: UnixStream, taps: &[OwnedFd]) -> ! {
+    let e = match setup_init(zone, go, fd_sock, taps) {
         Err(e) => e,
         Ok(never) => match never {},
     };
@@ -955,6 +968,7 @@ fn setup_init(
     zone: &Zone,
     go: OwnedFd,
     fd_sock: UnixStream,
+    taps: &[OwnedFd],
 ) -> Result<std::convert::Infallible, String> {
     let cfg = &zone.cfg;
     die_with_zoned();
@@ -1000,6 +1014,7 @@ fn setup_init(
     };
     security::drop_privileges(keep).map_err(|e| e.to_string())?;
     security::close_inherited_fds().map_err(|e| e.to_string())?;
+    pass_fds(taps)?;
     let argv: Vec<CString> = cfg
         .init
         .iter()
@@ -1018,6 +1033,36 @@ fn setup_init(
     security::apply_filters(&zone.filters).map_err(|e| e.to_string())?;
     let e = nix::unistd::execve(path, &argv, &env).unwrap_err();
     Err(format!("cannot run {}: {e}", cfg.init[0]))
+}
+
+/// Puts `fds` at 3, 4... without close-on-exec (everything else from 3 up closes at exec):
+/// first out of the way above them, so that no move overwrites one still to be moved.
+fn pass_fds(fds: &[OwnedFd]) -> Result<(), String> {
+    let high: Vec<RawFd> = fds
+        .iter()
+        .map(|fd| {
+            // SAFETY: F_DUPFD_CLOEXEC on a descriptor we hold returns a new one.
+            let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+            match n {
+                n if n >= 0 => Ok(n),
+                _ => Err(format!(
+                    "cannot pass a TAP to the VMM: {}",
+                    std::io::Error::last_os_error()
+                )),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    for (i, fd) in high.into_iter().enumerate() {
+        // SAFETY: dup2 onto a descriptor number this process owns from now on; the copy at
+        // `fd` closes at exec.
+        if unsafe { libc::dup2(fd, 3 + i as RawFd) } < 0 {
+            return Err(format!(
+                "cannot pass a TAP to the VMM: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The zone dies with zoned: SIGKILL when the parent exits. Best effort: the kernel clears

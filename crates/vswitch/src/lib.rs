@@ -6,7 +6,12 @@
 //! Naming, so that a crash can always be cleaned up from the link names alone:
 //! - bridges `hb-<tag>` or `hb-<tag>.<vlan>` (a hash when that exceeds 15 bytes);
 //! - a zone NIC's host end `hv<first 10 hex digits of the guest uuid><index>`, its other
-//!   end `hp...` until it is moved into the zone.
+//!   end `hp...` until it is moved into the zone;
+//! - a microVM NIC's TAP `ht...` (persistent, made by vmmd; zoned hands it to the VMM).
+//!
+//! Every host end and TAP carries the alias `hull:<owner>:<uuid>`, where the owner names the
+//! vmmd's data root: several vmmds on one host (tests, a second data root) never sweep each
+//! other's ports.
 //!
 //! A zone's veth pairs go away with its network namespace (the kernel deletes both ends when
 //! the zone's last process exits); [`remove_ports`] deletes what a failed or interrupted
@@ -30,6 +35,8 @@ pub const IFNAME_MAX: usize = 15;
 const HOST_PREFIX: &str = "hv";
 /// Prefix of a zone NIC's other end before it moves into the zone.
 const PEER_PREFIX: &str = "hp";
+/// Prefix of a microVM NIC's TAP.
+const TAP_PREFIX: &str = "ht";
 /// Hex digits of the guest uuid in port names.
 const UUID_DIGITS: usize = 10;
 
@@ -89,6 +96,40 @@ pub fn bridge_name(tag: &str, vlan: Option<u16>) -> String {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     format!("hb-{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// The TAP of a microVM's NIC `index` (the VMM gets it open from zoned).
+pub fn tap_name(uuid: &str, index: usize) -> String {
+    port_name(TAP_PREFIX, uuid, index)
+}
+
+/// Attaches the existing link `name` (a microVM's TAP) to `bridge` (made if missing) with
+/// `mtu`, and brings it up.
+pub fn attach(
+    owner: &str,
+    uuid: &str,
+    name: &str,
+    bridge: &str,
+    mtu: Option<u32>,
+) -> Result<(), VswitchError> {
+    let alias = port_alias(owner, uuid);
+    let (name, bridge) = (name.to_string(), bridge.to_string());
+    run(None, move |h| async move {
+        let br = ensure_bridge(&h, &bridge).await?;
+        let ix = index_of(&h, &name)
+            .await?
+            .ok_or_else(|| VswitchError::Invalid(format!("there is no link {name}")))?;
+        quiet(&name)?;
+        let mut link = LinkUnspec::new_with_index(ix).controller(br).alias(alias);
+        if let Some(mtu) = mtu {
+            link = link.mtu(mtu);
+        }
+        h.link()
+            .set(link.up().build())
+            .execute()
+            .await
+            .map_err(nl(format!("attach {name} to the bridge {bridge}")))
+    })
 }
 
 /// The host end of NIC `index` of guest `uuid` (hyphens ignored).
@@ -173,9 +214,25 @@ fn link_name(msg: &LinkMessage) -> Option<&str> {
     })
 }
 
+/// Keeps the host out of a segment: no IPv6 on the bridge or the host end of a port, so
+/// the host never sends its own router solicitations or MLD reports into the guests'
+/// segment. A host without IPv6 has nothing to turn off.
+fn quiet(name: &str) -> Result<(), VswitchError> {
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    match std::fs::write(&path, "1") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(VswitchError::Sys {
+            what: format!("write {path}"),
+            source,
+        }),
+    }
+}
+
 /// Makes the bridge `name` (up) unless it exists; returns its index.
 async fn ensure_bridge(h: &Handle, name: &str) -> Result<u32, VswitchError> {
     if let Some(i) = index_of(h, name).await? {
+        quiet(name)?;
         return Ok(i);
     }
     match h
@@ -189,6 +246,7 @@ async fn ensure_bridge(h: &Handle, name: &str) -> Result<u32, VswitchError> {
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
         Err(e) => return Err(nl(format!("create the bridge {name}"))(e)),
     }
+    quiet(name)?;
     index_of(h, name)
         .await?
         .ok_or_else(|| VswitchError::Invalid(format!("the bridge {name} vanished")))
@@ -198,7 +256,12 @@ async fn ensure_bridge(h: &Handle, name: &str) -> Result<u32, VswitchError> {
 /// on its segment's bridge, the other end moved into the zone and set up there (name, MAC,
 /// MTU, addresses), then loopback and the primary NIC's default routes. On an error
 /// nothing of this guest's is left on the host ([`remove_ports`]).
-pub fn plumb_zone(uuid: &str, init_pid: i32, nics: &[ZoneNic]) -> Result<(), VswitchError> {
+pub fn plumb_zone(
+    owner: &str,
+    uuid: &str,
+    init_pid: i32,
+    nics: &[ZoneNic],
+) -> Result<(), VswitchError> {
     for nic in nics {
         if nic.name.is_empty() || nic.name.len() > IFNAME_MAX || nic.name.contains('/') {
             return Err(VswitchError::Invalid(format!(
@@ -207,14 +270,18 @@ pub fn plumb_zone(uuid: &str, init_pid: i32, nics: &[ZoneNic]) -> Result<(), Vsw
             )));
         }
     }
-    let result = host_side(uuid, init_pid, nics).and_then(|()| zone_side(init_pid, nics));
+    // What an earlier start of this guest left (a crash mid-setup, before any alias) goes
+    // first, or the new pair would clash with it.
+    remove_ports(uuid)?;
+    let result = host_side(owner, uuid, init_pid, nics).and_then(|()| zone_side(init_pid, nics));
     if result.is_err() {
         let _ = remove_ports(uuid);
     }
     result
 }
 
-fn host_side(uuid: &str, init_pid: i32, nics: &[ZoneNic]) -> Result<(), VswitchError> {
+fn host_side(owner: &str, uuid: &str, init_pid: i32, nics: &[ZoneNic]) -> Result<(), VswitchError> {
+    let alias = port_alias(owner, uuid);
     let uuid = uuid.to_string();
     let nics = nics.to_vec();
     run(None, move |h| async move {
@@ -231,6 +298,7 @@ fn host_side(uuid: &str, init_pid: i32, nics: &[ZoneNic]) -> Result<(), VswitchE
                 .execute()
                 .await
                 .map_err(nl(format!("create the veth pair {host}/{peer}")))?;
+            quiet(&host)?;
             let host_ix = index_of(&h, &host)
                 .await?
                 .ok_or_else(|| VswitchError::Invalid(format!("the port {host} vanished")))?;
@@ -241,6 +309,7 @@ fn host_side(uuid: &str, init_pid: i32, nics: &[ZoneNic]) -> Result<(), VswitchE
                 .set(
                     LinkUnspec::new_with_index(host_ix)
                         .controller(bridge)
+                        .alias(alias.clone())
                         .up()
                         .build(),
                 )
@@ -326,24 +395,32 @@ fn zone_side(init_pid: i32, nics: &[ZoneNic]) -> Result<(), VswitchError> {
 /// network namespace); returns their names.
 pub fn remove_ports(uuid: &str) -> Result<Vec<String>, VswitchError> {
     let key = port_key(uuid);
-    let prefixes: Vec<String> = [HOST_PREFIX, PEER_PREFIX]
+    let prefixes: Vec<String> = [HOST_PREFIX, PEER_PREFIX, TAP_PREFIX]
         .iter()
         .map(|p| format!("{p}{key}"))
         .collect();
-    remove_where(move |name| prefixes.iter().any(|p| name.starts_with(p.as_str())))
+    remove_where(move |name, _| prefixes.iter().any(|p| name.starts_with(p.as_str())))
 }
 
-/// Deletes every hull port in the host's namespace whose guest `keep` does not name (given
-/// the port's uuid digits): what a vmmd that died mid-setup left. Returns their names.
-pub fn sweep(keep: impl Fn(&str) -> bool + Send + 'static) -> Result<Vec<String>, VswitchError> {
-    remove_where(move |name| {
-        let digits = [HOST_PREFIX, PEER_PREFIX]
-            .iter()
-            .find_map(|p| name.strip_prefix(p))
-            .filter(|rest| rest.len() > UUID_DIGITS)
-            .map(|rest| &rest[..UUID_DIGITS]);
-        digits.is_some_and(|d| d.bytes().all(|b| b.is_ascii_hexdigit()) && !keep(d))
+/// Deletes every port of `owner`'s in the host's namespace whose guest `keep` does not name
+/// (given the guest's uuid): what a vmmd that died mid-setup left. A veth pair that never
+/// got its alias (a crash between its creation and its attachment) goes when its guest
+/// starts again or is deleted ([`remove_ports`]). Returns the names removed.
+pub fn sweep(
+    owner: &str,
+    keep: impl Fn(&str) -> bool + Send + 'static,
+) -> Result<Vec<String>, VswitchError> {
+    let prefix = format!("hull:{owner}:");
+    remove_where(move |_, alias| {
+        alias
+            .and_then(|a| a.strip_prefix(prefix.as_str()))
+            .is_some_and(|uuid| !keep(uuid))
     })
+}
+
+/// The alias of a host port: whose vmmd (its data root) and which guest.
+fn port_alias(owner: &str, uuid: &str) -> String {
+    format!("hull:{owner}:{uuid}")
 }
 
 /// The uuid digits port names carry for guest `uuid`.
@@ -355,7 +432,7 @@ pub fn port_key(uuid: &str) -> String {
 }
 
 fn remove_where(
-    doomed: impl Fn(&str) -> bool + Send + 'static,
+    doomed: impl Fn(&str, Option<&str>) -> bool + Send + 'static,
 ) -> Result<Vec<String>, VswitchError> {
     run(None, move |h| async move {
         let links: Vec<LinkMessage> = h
@@ -370,7 +447,11 @@ fn remove_where(
             let Some(name) = link_name(&msg).map(str::to_string) else {
                 continue;
             };
-            if !doomed(&name) {
+            let alias = msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfAlias(s) => Some(s.as_str()),
+                _ => None,
+            });
+            if !doomed(&name, alias) {
                 continue;
             }
             match h.link().del(msg.header.index).execute().await {

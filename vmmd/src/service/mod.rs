@@ -212,6 +212,8 @@ pub struct Service {
     /// Guests whose runtime process ended (sent by the watchers, read by [`Service::reaper`]).
     exits: tokio::sync::mpsc::UnboundedSender<Uuid>,
     exit_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Uuid>>>,
+    /// Names this data root in the aliases of its switch ports (see hull_vswitch::sweep).
+    port_owner: String,
 }
 
 fn now() -> String {
@@ -276,6 +278,7 @@ impl Service {
                 )),
                 exits,
                 exit_rx: Mutex::new(Some(exit_rx)),
+                port_owner: network::owner_tag(data_root),
             },
             loaded,
         ))
@@ -814,12 +817,19 @@ impl Service {
         }
         // A zone's ports are worked out before it starts: a nic the switch cannot plumb
         // fails the start, not the zone's network later.
-        let ports = match vm.brand.is_microvm() || vm.nics.is_empty() {
+        let ports = match vm.nics.is_empty() {
             true => Vec::new(),
             false => network::zone_nics(&vm, &self.nictags()?).map_err(|e| {
                 ServiceError::NotImplemented(format!("cannot start VM {uuid}: {e}"))
             })?,
         };
+        if vm.brand.is_microvm() && !ports.is_empty() {
+            // A microVM's TAPs exist before its VMM: zoned opens them for it.
+            let (owner, key, taps) = (self.port_owner.clone(), uuid.to_string(), ports.clone());
+            tokio::task::spawn_blocking(move || network::make_taps(&owner, &key, &taps))
+                .await?
+                .map_err(|reason| ServiceError::Zone(zones::ZoneError::Start { uuid, reason }))?;
+        }
         let root = match vm.brand.is_microvm() {
             // A microVM's zone holds its VMM, kernel and disks, not a root filesystem.
             true => None,
@@ -839,15 +849,20 @@ impl Service {
             Ok(st) => st,
             Err(e) => {
                 let z = self.zones.clone();
-                let _ = tokio::task::spawn_blocking(move || z.clean_up(uuid)).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = hull_vswitch::remove_ports(&uuid.to_string());
+                    z.clean_up(uuid)
+                })
+                .await;
                 return Err(ServiceError::Zone(e));
             }
         };
-        if let (false, Some(pid)) = (ports.is_empty(), st.init_pid) {
-            let key = uuid.to_string();
-            let plumbed =
-                tokio::task::spawn_blocking(move || hull_vswitch::plumb_zone(&key, pid, &ports))
-                    .await?;
+        if let (false, false, Some(pid)) = (vm.brand.is_microvm(), ports.is_empty(), st.init_pid) {
+            let (owner, key) = (self.port_owner.clone(), uuid.to_string());
+            let plumbed = tokio::task::spawn_blocking(move || {
+                hull_vswitch::plumb_zone(&owner, &key, pid, &ports)
+            })
+            .await?;
             if let Err(e) = plumbed {
                 // No half-made guest: the zone goes with what was plumbed.
                 let z = self.zones.clone();
@@ -883,17 +898,9 @@ impl Service {
         next.boot_timestamp = Some(now());
         next.exit_status = None;
         next.failure = None;
-        let unplumbed = "its nics are not plumbed: microVM ports (TAP) are not built yet, so \
-                         the VM has no network device";
-        let zone_warning = "its nics are not plumbed: the virtual switch (vswitch) is not \
-                            built yet, so the zone has loopback only";
-        next.warnings.retain(|w| w != zone_warning);
-        if next.brand.is_microvm()
-            && !next.nics.is_empty()
-            && !next.warnings.iter().any(|w| w == unplumbed)
-        {
-            next.warnings.push(unplumbed.to_string());
-        }
+        // Records from before the switch carried this warning.
+        next.warnings
+            .retain(|w| !w.starts_with("its nics are not plumbed"));
         self.save_state(next).await
     }
 
@@ -946,12 +953,15 @@ impl Service {
             .vms
             .values()
             .filter(|vm| matches!(vm.state, VmState::Running | VmState::Stopping))
-            .map(|vm| hull_vswitch::port_key(&vm.uuid.to_string()))
+            .map(|vm| vm.uuid.to_string())
             .collect();
-        tokio::task::spawn_blocking(move || hull_vswitch::sweep(move |k| running.contains(k)))
-            .await
-            .map_err(|e| format!("cannot sweep switch ports: {e}"))?
-            .map_err(|e| format!("cannot sweep switch ports: {}", zoned::run::chain(&e)))
+        let owner = self.port_owner.clone();
+        tokio::task::spawn_blocking(move || {
+            hull_vswitch::sweep(&owner, move |uuid| running.contains(uuid))
+        })
+        .await
+        .map_err(|e| format!("cannot sweep switch ports: {e}"))?
+        .map_err(|e| format!("cannot sweep switch ports: {}", zoned::run::chain(&e)))
     }
 
     /// Makes a spare zoned ahead of the first zone start (on cgroup v1 hosts, as root).

@@ -60,3 +60,28 @@ pub fn zone_nics(vm: &Vm, tags: &BTreeMap<String, NicTag>) -> Result<Vec<ZoneNic
     }
     Ok(out)
 }
+
+/// Makes the persistent TAP of each of a microVM's `ports` (in order) and attaches it to its
+/// bridge; on an error nothing of the guest's stays.
+pub fn make_taps(owner: &str, uuid: &str, ports: &[ZoneNic]) -> Result<(), String> {
+    let made = ports.iter().enumerate().try_for_each(|(i, port)| {
+        let name = hull_vswitch::tap_name(uuid, i);
+        zoned::tun::create_persistent(&name)
+            .map_err(|e| format!("cannot create the TAP {name}: {e}"))?;
+        hull_vswitch::attach(owner, uuid, &name, &port.bridge, port.mtu)
+            .map_err(|e| zoned::run::chain(&e))
+    });
+    if made.is_err() {
+        let _ = hull_vswitch::remove_ports(uuid);
+    }
+    made
+}
+
+/// Names this vmmd's data root in the aliases of its switch ports (device and inode of the
+/// data root, as for spare zoneds), so vmmds on other data roots keep theirs.
+pub fn owner_tag(data_root: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(data_root)
+        .map(|m| format!("{:x}{:x}", m.dev(), m.ino()))
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -749,6 +749,13 @@ pub fn vm_config(
         at: PathBuf::from(files::VMM_RUN),
         writable: true,
     });
+    // zoned opens each TAP and hands it to the VMM as descriptor 3, 4...
+    let taps: Vec<String> = (0..vm.nics.len())
+        .map(|i| hull_vswitch::tap_name(&vm.uuid.to_string(), i))
+        .collect();
+    for i in 0..taps.len() {
+        argv.extend(["--tap-fd".into(), (3 + i).to_string()]);
+    }
     argv.extend([
         "--console".into(),
         "stdio".into(),
@@ -773,6 +780,7 @@ pub fn vm_config(
         // period; vmmd asks over the control socket first (see Service::stop).
         stop_signal: None,
         root_ids: RootIds::Auto,
+        taps,
     })
 }
 
@@ -801,6 +809,7 @@ pub fn config(vm: &Vm, root: RootSource, id_base: u32) -> ZoneConfig {
         // sends systemd its own signal. joyent zones run busybox-style inits: SIGTERM.
         stop_signal: (vm.brand == Brand::Lx).then_some(libc::SIGPWR),
         root_ids: RootIds::Auto,
+        taps: Vec::new(),
     }
 }
 
