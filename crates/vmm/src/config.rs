@@ -31,6 +31,37 @@ pub enum ConfigError {
     /// A TAP fd that cannot be one: a standard stream, or given twice.
     #[error("--tap-fd {0} is a standard stream or given more than once")]
     TapFd(RawFd),
+    /// A MAC that does not parse, or is multicast or all zeros.
+    #[error("MAC {0:?} is not a unicast address aa:bb:cc:dd:ee:ff")]
+    Mac(String),
+    /// More MACs than NICs.
+    #[error("{macs} MACs for {nics} NICs")]
+    Macs { macs: usize, nics: usize },
+}
+
+/// A NIC's MAC address (`--mac`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl FromStr for MacAddr {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<MacAddr, ConfigError> {
+        let bad = || ConfigError::Mac(s.to_owned());
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in &mut mac {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *b = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        // Multicast (bit 0 of the first byte) or all zeros cannot be a NIC's own address.
+        if parts.next().is_some() || mac[0] & 1 != 0 || mac == [0; 6] {
+            return Err(bad());
+        }
+        Ok(MacAddr(mac))
+    }
 }
 
 /// One block device.
@@ -117,6 +148,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    /// MACs of the first NICs, in order.
+    pub macs: Vec<[u8; 6]>,
     pub console: ConsoleConfig,
     pub control: Option<PathBuf>,
 }
@@ -129,6 +162,12 @@ impl VmConfig {
         }
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if self.macs.len() > self.nets.len() {
+            return Err(ConfigError::Macs {
+                macs: self.macs.len(),
+                nics: self.nets.len(),
+            });
         }
         // Each passed fd is owned (and closed) by exactly one device.
         let mut seen = std::collections::HashSet::new();
@@ -179,6 +218,25 @@ mod tests {
     }
 
     #[test]
+    fn macs_parse_and_must_be_unicast() {
+        assert_eq!(
+            "02:00:5e:10:00:0a".parse::<MacAddr>().expect("mac").0,
+            [2, 0, 0x5e, 0x10, 0, 0x0a]
+        );
+        for bad in [
+            "",
+            "02:00:5e:10:00",
+            "02:00:5e:10:00:0a:01",
+            "01:00:5e:10:00:0a",
+            "00:00:00:00:00:00",
+            "02:00:5e:10:00:0g",
+            "2:00:5e:10:00:0a",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn ranges_are_checked() {
         let mut c = VmConfig {
             kernel: PathBuf::from("k"),
@@ -188,10 +246,17 @@ mod tests {
             vcpus: 1,
             disks: vec![],
             nets: vec![],
+            macs: vec![],
             console: ConsoleConfig::Stdio,
             control: None,
         };
         assert!(c.validate().is_ok());
+        c.macs = vec![[2, 0, 0, 0, 0, 1]];
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Macs { macs: 1, nics: 0 })
+        ));
+        c.macs.clear();
         c.vcpus = 0;
         assert!(matches!(c.validate(), Err(ConfigError::Vcpus(0))));
         c.vcpus = 2;

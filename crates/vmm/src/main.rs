@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use hull_vmm::config::{ConsoleConfig, DEFAULT_CMDLINE, DiskConfig, NetConfig, VmConfig};
+use hull_vmm::config::{ConsoleConfig, DEFAULT_CMDLINE, DiskConfig, MacAddr, NetConfig, VmConfig};
 use hull_vmm::exit_file::{ExitFile, ExitReason, ExitRecord};
 use hull_vmm::{StopReason, run};
 
@@ -50,6 +50,10 @@ struct Args {
     /// TAP device to open by name for a NIC; repeatable.
     #[arg(long = "tap")]
     taps: Vec<String>,
+    /// MAC address of a NIC (aa:bb:cc:dd:ee:ff), in the NICs' order (--tap-fd ones, then
+    /// --tap ones); NICs without one get a generated local address.
+    #[arg(long = "mac")]
+    macs: Vec<MacAddr>,
     /// Console: stdio, pty or unix:PATH.
     #[arg(long, default_value = "stdio")]
     console: ConsoleConfig,
@@ -131,6 +135,7 @@ fn vmm_main() -> u8 {
         vcpus: args.vcpus,
         disks: args.disks,
         nets,
+        macs: args.macs.into_iter().map(|m| m.0).collect(),
         console: args.console,
         control: args.control,
     };

@@ -756,6 +756,14 @@ pub fn vm_config(
     for i in 0..taps.len() {
         argv.extend(["--tap-fd".into(), (3 + i).to_string()]);
     }
+    // The guest's NICs have the record's MACs (the ones vmadm shows and the switch expects).
+    for (i, nic) in vm.nics.iter().enumerate() {
+        let mac = nic
+            .mac
+            .as_deref()
+            .ok_or_else(|| format!("its nic {i} has no mac"))?;
+        argv.extend(["--mac".into(), mac.to_string()]);
+    }
     argv.extend([
         "--console".into(),
         "stdio".into(),
