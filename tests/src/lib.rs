@@ -224,6 +224,28 @@ pub fn recipe_image(
     Ok((manifest.clone(), manifest.with_file_name(file)))
 }
 
+/// Reads a guest's console socket (zoned replays recent output to each client) until it
+/// shows `want`, for at most 30 s; returns what it read.
+pub fn console_until(console: &str, want: &str) -> String {
+    use std::io::Read;
+    let mut con = std::os::unix::net::UnixStream::connect(console).expect("console");
+    con.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .expect("timeout");
+    let mut seen = Vec::new();
+    let t = std::time::Instant::now();
+    while !String::from_utf8_lossy(&seen).contains(want) {
+        let mut buf = [0u8; 4096];
+        let n = con.read(&mut buf).unwrap_or(0);
+        seen.extend_from_slice(&buf[..n]);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "the console never showed {want:?}: {}",
+            String::from_utf8_lossy(&seen)
+        );
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
 /// The freestanding test guest (images/testguest), built with its Makefile under a lock
 /// (tests run as parallel processes). Panics with gcc's or make's message if it cannot.
 pub fn testguest() -> PathBuf {

@@ -3,7 +3,6 @@
 //! a disk cloned from a zvol image; vmadm creates, starts, stops and deletes it, the console
 //! shows the guest, and the VMM's confinement is checked from the host.
 
-use std::io::Read;
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -75,26 +74,10 @@ fn wait_state(d: &Daemon, uuid: uuid::Uuid, want: &str, limit: Duration) {
     }
 }
 
-/// Reads the guest's console (zoned replays recent output) until it shows `want`; returns
-/// what it read.
+/// Reads the guest's console until it shows `want`; returns what it read.
 fn console_until(d: &Daemon, uuid: uuid::Uuid, want: &str) -> String {
     let rt = d.client().runtime(uuid).expect("runtime");
-    let mut con = std::os::unix::net::UnixStream::connect(&rt.console).expect("console");
-    con.set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("timeout");
-    let mut seen = Vec::new();
-    let t = Instant::now();
-    while !String::from_utf8_lossy(&seen).contains(want) {
-        let mut buf = [0u8; 4096];
-        let n = con.read(&mut buf).unwrap_or(0);
-        seen.extend_from_slice(&buf[..n]);
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the console never showed {want:?}: {}",
-            String::from_utf8_lossy(&seen)
-        );
-    }
-    String::from_utf8_lossy(&seen).into_owned()
+    hull_tests::console_until(&rt.console, want)
 }
 
 /// The zoned state file of a guest (boots, error).

@@ -100,22 +100,7 @@ fn wait_state(d: &Daemon, uuid: &str, want: &str) {
 
 /// Reads the zone's console (which replays recent output) until it shows `want`.
 fn console_shows(console: &str, want: &str) {
-    use std::io::Read;
-    let mut con = std::os::unix::net::UnixStream::connect(console).expect("console");
-    con.set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("timeout");
-    let mut seen = Vec::new();
-    let t = Instant::now();
-    while !String::from_utf8_lossy(&seen).contains(want) {
-        let mut buf = [0u8; 4096];
-        let n = con.read(&mut buf).unwrap_or(0);
-        seen.extend_from_slice(&buf[..n]);
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the console never showed {want:?}: {}",
-            String::from_utf8_lossy(&seen)
-        );
-    }
+    hull_tests::console_until(console, want);
 }
 
 /// The host uid of the zone's init (from /proc/PID/status).

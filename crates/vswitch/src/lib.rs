@@ -207,6 +207,16 @@ async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>, VswitchError> {
     }
 }
 
+/// Every link of the namespace the handle talks to.
+async fn all_links(h: &Handle) -> Result<Vec<LinkMessage>, VswitchError> {
+    h.link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("list links"))
+}
+
 fn link_name(msg: &LinkMessage) -> Option<&str> {
     msg.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(n) => Some(n.as_str()),
@@ -435,13 +445,7 @@ fn remove_where(
     doomed: impl Fn(&str, Option<&str>) -> bool + Send + 'static,
 ) -> Result<Vec<String>, VswitchError> {
     run(None, move |h| async move {
-        let links: Vec<LinkMessage> = h
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("list links"))?;
+        let links = all_links(&h).await?;
         let mut removed = Vec::new();
         for msg in links {
             let Some(name) = link_name(&msg).map(str::to_string) else {
@@ -468,13 +472,7 @@ fn remove_where(
 /// The names of the links in the host's network namespace (for checks and tests).
 pub fn host_links() -> Result<Vec<String>, VswitchError> {
     run(None, |h| async move {
-        let links: Vec<LinkMessage> = h
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("list links"))?;
+        let links = all_links(&h).await?;
         Ok(links
             .iter()
             .filter_map(|m| link_name(m).map(str::to_string))
@@ -489,13 +487,7 @@ pub fn remove_bridge_if_unused(name: &str) -> Result<bool, VswitchError> {
         let Some(ix) = index_of(&h, &name).await? else {
             return Ok(false);
         };
-        let links: Vec<LinkMessage> = h
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("list links"))?;
+        let links = all_links(&h).await?;
         let used = links.iter().any(|m| {
             m.attributes
                 .iter()
