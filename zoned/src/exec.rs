@@ -161,7 +161,7 @@ fn child_exec(
     argv: &[CString],
     cmd: &str,
     tty: Option<&OwnedFd>,
-    filters: &[seccompiler::BpfProgram; 2],
+    filters: &security::Filters,
 ) -> String {
     let r = (|| -> Result<std::convert::Infallible, String> {
         become_zone_root()?;

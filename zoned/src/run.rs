@@ -129,7 +129,7 @@ struct Zone {
     cfg: ZoneConfig,
     cgroup: Cgroup,
     rootfs: PathBuf,
-    filters: [seccompiler::BpfProgram; 2],
+    filters: security::Filters,
     state: ZoneState,
     init: Option<Pid>,
     stopping: Option<Stopping>,

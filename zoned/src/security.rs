@@ -123,9 +123,13 @@ fn arch() -> TargetArch {
     TargetArch::x86_64
 }
 
-/// The two filters a zone process runs under: the deny list (EPERM), and clone3 answered
-/// with ENOSYS so that libc falls back to clone(2), whose flags the first filter can see.
-pub fn filters() -> Result<[BpfProgram; 2], SecurityError> {
+/// The seccomp programs a zone process runs under, installed in order.
+pub type Filters = [BpfProgram; 3];
+
+/// The filters a zone process runs under: the deny list (EPERM); clone3 answered with ENOSYS
+/// so that libc falls back to clone(2), whose flags the first filter can see; and terminal
+/// output flushes turned into no-ops (see `keep_console_output`).
+pub fn filters() -> Result<Filters, SecurityError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for s in DENIED {
         rules.insert(*s, vec![]);
@@ -160,7 +164,43 @@ pub fn filters() -> Result<[BpfProgram; 2], SecurityError> {
     Ok([
         deny.try_into().map_err(SecurityError::Build)?,
         clone3.try_into().map_err(SecurityError::Build)?,
+        keep_console_output()?
+            .try_into()
+            .map_err(SecurityError::Build)?,
     ])
+}
+
+/// `tcflush(fd, TCOFLUSH)` and `tcflush(fd, TCIOFLUSH)` succeed without discarding anything.
+///
+/// zoned reads the zone's console pty asynchronously, and a flush on the slave discards what
+/// it has not read yet: sysvinit prints its banner and, 2-3 ms later, its first child
+/// flushes the console (TCIOFLUSH), so under load the banner was lost from the console and
+/// its replay. A terminal that drains at once has no pending output to discard, which is
+/// what the zone sees now; input-only flushes (TCIFLUSH, getty's and login's type-ahead
+/// discard) still work.
+fn keep_console_output() -> Result<SeccompFilter, SecurityError> {
+    let flush = |queue: u64| -> Result<SeccompRule, SecurityError> {
+        let conds = vec![
+            SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::TCFLSH)
+                .map_err(SecurityError::Build)?,
+            SeccompCondition::new(2, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, queue)
+                .map_err(SecurityError::Build)?,
+        ];
+        SeccompRule::new(conds).map_err(SecurityError::Build)
+    };
+    SeccompFilter::new(
+        BTreeMap::from([(
+            libc::SYS_ioctl,
+            vec![
+                flush(libc::TCOFLUSH as u64)?,
+                flush(libc::TCIOFLUSH as u64)?,
+            ],
+        )]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(0),
+        arch(),
+    )
+    .map_err(SecurityError::Build)
 }
 
 /// Reduces the calling thread's capabilities to `keep` ([`KEPT_CAPS`] for a zone, none for a
@@ -193,7 +233,7 @@ pub fn drop_privileges(keep: &[Capability]) -> Result<(), SecurityError> {
 }
 
 /// Installs the zone filters on the calling thread (after [`drop_privileges`]).
-pub fn apply_filters(filters: &[BpfProgram; 2]) -> Result<(), SecurityError> {
+pub fn apply_filters(filters: &Filters) -> Result<(), SecurityError> {
     for f in filters {
         seccompiler::apply_filter(f).map_err(SecurityError::Install)?;
     }
@@ -283,6 +323,52 @@ mod tests {
                     libc::_exit(0);
                 }
                 if pid < 0 || libc::getpid() <= 0 {
+                    return 6;
+                }
+            }
+            0
+        });
+        assert_eq!(code, 0);
+    }
+
+    /// Output flushes keep what was written (zoned reads it later); input flushes discard.
+    #[test]
+    fn terminal_output_flushes_keep_the_output() {
+        let code = in_filtered_child(|| {
+            // SAFETY: a pty pair of this child's, written, flushed and read with raw calls.
+            unsafe {
+                let (mut master, mut slave) = (-1, -1);
+                let (name, term, size) = (std::ptr::null_mut(), std::ptr::null(), std::ptr::null());
+                if libc::openpty(&mut master, &mut slave, name, term, size) != 0 {
+                    return 1;
+                }
+                let readable = |fd: i32, ms: i32| {
+                    let mut p = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    libc::poll(&mut p, 1, ms) == 1
+                };
+                for queue in [libc::TCOFLUSH, libc::TCIOFLUSH] {
+                    if libc::write(slave, b"kept\n".as_ptr().cast(), 5) != 5 {
+                        return 2;
+                    }
+                    if libc::tcflush(slave, queue) != 0 || !readable(master, 5000) {
+                        return 3;
+                    }
+                    let mut buf = [0u8; 64];
+                    let n = libc::read(master, buf.as_mut_ptr().cast(), buf.len());
+                    if n <= 0 || !buf[..n as usize].starts_with(b"kept") {
+                        return 4;
+                    }
+                }
+                // Input typed on the master, readable on the slave, then discarded.
+                if libc::write(master, b"typed\n".as_ptr().cast(), 6) != 6 || !readable(slave, 5000)
+                {
+                    return 5;
+                }
+                if libc::tcflush(slave, libc::TCIFLUSH) != 0 || readable(slave, 0) {
                     return 6;
                 }
             }
