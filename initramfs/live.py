@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""Boots hull's live image under QEMU and drives its serial console.
+
+Used by the live-image test tier (tests/live/run), the benchmark and scripts/demo; also a
+command of its own:
+
+    initramfs/live.py attach SOCKET    the serial console of a running machine (Ctrl-] leaves)
+
+The serial port is a Unix socket (QEMU waits for the first client before it starts the
+machine, so nothing of the boot is lost); everything read is also appended to a log file.
+"""
+
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIVE = os.path.join(TOP, "target", "live")
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+
+
+class Timeout(Exception):
+    """A pattern did not show up on the console in time."""
+
+
+class Machine:
+    """One QEMU machine with its serial console on a socket.
+
+    boot: "kernel" (vmlinuz + initrd.img with `append`, PXE's way), or "bios"/"uefi" (from a
+    USB stick holding `usb`, hull.img, through SeaBIOS or OVMF).
+    """
+
+    def __init__(self, workdir, name, boot="kernel", append="console=ttyS0 quiet", cpu="max",
+                 accel="tcg", mem=3072, smp=2, disks=(), nics=("user",), usb=None,
+                 extra=(), kernel=None, initrd=None):
+        self.workdir = workdir
+        self.name = name
+        self.boot = boot
+        self.append = append
+        self.cpu = cpu
+        self.accel = accel
+        self.mem = mem
+        self.smp = smp
+        self.disks = list(disks)   # (path, interface): "virtio" or "sata"
+        self.nics = list(nics)     # "user", or ("tap", ifname, model, mac)
+        self.usb = usb
+        self.extra = list(extra)
+        self.kernel = kernel or os.path.join(LIVE, "vmlinuz")
+        self.initrd = initrd or os.path.join(LIVE, "initrd.img")
+        self.serial_path = os.path.join(workdir, name + ".serial")
+        self.monitor_path = os.path.join(workdir, name + ".monitor")
+        self.log_path = os.path.join(workdir, name + ".console.log")
+        self.proc = None
+        self.sock = None
+        self.buf = bytearray()
+        self.pos = 0           # expect() searches from here
+        self.cond = threading.Condition()
+        self.started = None
+        self.eof = False
+        self.seq = 0
+
+    def argv(self):
+        a = ["qemu-system-x86_64", "-M", "q35", "-cpu", self.cpu, "-accel", self.accel,
+             "-m", str(self.mem), "-smp", str(self.smp), "-display", "none", "-no-user-config",
+             "-chardev", f"socket,id=ser0,path={self.serial_path},server=on,wait=on",
+             "-serial", "chardev:ser0",
+             "-monitor", f"unix:{self.monitor_path},server=on,wait=off"]
+        if self.boot == "kernel":
+            a += ["-kernel", self.kernel, "-initrd", self.initrd, "-append", self.append]
+        elif self.boot == "uefi":
+            vars_copy = os.path.join(self.workdir, self.name + ".OVMF_VARS.fd")
+            if not os.path.exists(vars_copy):
+                shutil.copyfile(OVMF_VARS, vars_copy)
+            a += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                  "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+        if self.usb:
+            a += ["-device", "qemu-xhci,id=xhci",
+                  "-drive", f"if=none,id=stick,format=raw,readonly=on,file={self.usb}",
+                  "-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=0"]
+        for i, (path, iface) in enumerate(self.disks):
+            if iface == "sata":
+                a += ["-drive", f"if=none,id=d{i},format=raw,file={path},cache=unsafe",
+                      "-device", f"ide-hd,drive=d{i},bus=ide.{i}"]
+            else:
+                a += ["-drive", f"if=none,id=d{i},format=raw,file={path},cache=unsafe",
+                      "-device", f"virtio-blk-pci,drive=d{i}"]
+        for i, nic in enumerate(self.nics):
+            if nic == "user":
+                a += ["-nic", "user,model=virtio-net-pci"]
+            elif nic[0] == "user":
+                a += ["-nic", f"user,model={nic[1]}"]
+            else:
+                _, ifname, model, mac = nic
+                a += ["-netdev", f"tap,id=n{i},ifname={ifname},script=no,downscript=no",
+                      "-device", f"{model},netdev=n{i},mac={mac}"]
+        return a + self.extra
+
+    def start(self):
+        for p in (self.serial_path, self.monitor_path):
+            if os.path.exists(p):
+                os.unlink(p)
+        self.buf = bytearray()
+        self.pos = 0
+        self.eof = False
+        qlog = open(os.path.join(self.workdir, self.name + ".qemu.log"), "ab")
+        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=qlog,
+                                     stderr=qlog, start_new_session=True)
+        for _ in range(200):
+            if os.path.exists(self.serial_path):
+                break
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"qemu ended at once: see {qlog.name}")
+            time.sleep(0.05)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.serial_path)
+        self.started = time.monotonic()
+        with open(self.log_path, "ab") as f:
+            f.write(f"\n==== {self.name}: {' '.join(self.argv())}\n".encode())
+        threading.Thread(target=self._reader, daemon=True).start()
+        return self
+
+    def _reader(self):
+        with open(self.log_path, "ab", buffering=0) as log:
+            while True:
+                try:
+                    data = self.sock.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    with self.cond:
+                        self.eof = True
+                        self.cond.notify_all()
+                    return
+                log.write(data)
+                with self.cond:
+                    self.buf += data
+                    self.cond.notify_all()
+
+    def text(self, start=0):
+        with self.cond:
+            return self.buf[start:].decode("utf-8", "replace").replace("\r", "")
+
+    def expect(self, pattern, timeout=120, consume=True):
+        """Waits until regex `pattern` appears after the cursor; returns the match (its text
+        has \\r removed) and moves the cursor past it."""
+        rx = re.compile(pattern.encode() if isinstance(pattern, str) else pattern, re.S | re.M)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                m = rx.search(self.buf, self.pos)
+                if m:
+                    if consume:
+                        self.pos = m.end()
+                    return m
+                left = deadline - time.monotonic()
+                if left <= 0 or self.eof:
+                    tail = self.buf[-600:].decode("utf-8", "replace")
+                    why = "the console closed" if self.eof else f"{timeout} s passed"
+                    raise Timeout(f"{self.name}: waiting for {pattern!r}, {why}; last output:\n{tail}")
+                self.cond.wait(min(left, 1))
+
+    def send(self, text):
+        self.sock.sendall(text.encode() if isinstance(text, str) else text)
+
+    def login(self, password, timeout=300):
+        # A fresh prompt: the one getty printed may be behind the cursor already, or buried
+        # under boot messages.
+        deadline = time.monotonic() + timeout
+        while True:
+            self.send("\n")
+            try:
+                self.expect(r"login: $", 10)
+                break
+            except Timeout:
+                if time.monotonic() > deadline:
+                    raise
+        self.send("root\n")
+        self.expect(r"Password: ", 30)
+        self.send(password + "\n")
+        self.expect(r"\]# ", 30)
+        # A wide terminal: long command lines are not wrapped by the line editor.
+        self.run("stty cols 400 rows 50")
+
+    def run(self, cmd, timeout=120, check=True):
+        """Runs `cmd` in the logged-in shell; returns (status, output). The markers are split
+        in the typed line so that only the shell's output matches them."""
+        self.seq += 1
+        n = self.seq
+        self.send(f'echo "<<""{n}>"; {cmd}; echo "<{n}"":$?>>"\n')
+        m = self.expect(rf"^<<{n}>\r?\n(.*?)<{n}:(\d+)>>", timeout)
+        out = m.group(1).decode("utf-8", "replace").replace("\r", "")
+        rc = int(m.group(2))
+        if check and rc != 0:
+            raise RuntimeError(f"{self.name}: `{cmd}` exited {rc}:\n{out}")
+        return rc, out
+
+    def monitor(self, cmd):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(self.monitor_path)
+        s.settimeout(5)
+        s.sendall(cmd.encode() + b"\n")
+        time.sleep(0.5)
+        s.close()
+
+    def kill(self):
+        """Pulls the plug: SIGKILL, no shutdown of any kind."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.close()
+
+    def wait_exit(self, timeout):
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        self.close()
+        return True
+
+    def close(self):
+        if self.sock:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+
+
+def attach(path):
+    """The serial console on the terminal, raw, until Ctrl-]."""
+    import termios
+    import tty
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        old = termios.tcgetattr(0)
+        tty.setraw(0)
+        os.write(1, b"\r\n[connected to the hull console; Ctrl-] leaves, the machine keeps running]\r\n")
+    else:
+        old = None
+    s.sendall(b"\n")
+    try:
+        while True:
+            r, _, _ = select.select([0, s], [], [])
+            if s in r:
+                data = s.recv(65536)
+                if not data:
+                    break
+                os.write(1, data)
+            if 0 in r:
+                data = os.read(0, 1024)
+                if not data or b"\x1d" in data:
+                    data = data.split(b"\x1d")[0]
+                    if data:
+                        s.sendall(data)
+                    break
+                s.sendall(data)
+    finally:
+        if old is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, old)
+            os.write(1, b"\r\n[left the hull console]\r\n")
+    return 0
+
+
+def main(argv):
+    if len(argv) == 3 and argv[1] == "attach":
+        return attach(argv[2])
+    print(__doc__.strip(), file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.exit(main(sys.argv))
