@@ -179,20 +179,25 @@ fn lifecycle(d: &Daemon, backend: &str, quota_enforced: bool) {
     );
 
     // An image made from the stopped zone installs like any other; it records its origin.
+    // Made in a pty (script(1)), it draws a progress bar.
     let made_dir = d.dir.path().join("made");
     if backend == "btrfs" || hull_tests::is_root() {
-        let o = imgadm(
-            d,
-            &[
-                "create",
-                "-o",
-                &made_dir.to_string_lossy(),
-                &zone,
-                "name=made",
-                "version=1",
-            ],
+        let cmd = format!(
+            "{} create -o {} {zone} name=made version=1",
+            hull_tests::bin("imgadm").display(),
+            made_dir.display()
         );
-        assert!(o.status.success(), "imgadm create: {}", stderr(&o));
+        let o = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("HULL_SOCKET", d.socket())
+            .output()
+            .expect("script (util-linux) runs");
+        let screen = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "imgadm create: {screen}");
+        assert!(
+            screen.contains("Creating") && screen.contains("Created image"),
+            "no progress bar in the pty: {screen:?}"
+        );
         let m = made_dir.join("made-1.json");
         let f = made_dir.join("made-1.tar.gz");
         let o = imgadm(
