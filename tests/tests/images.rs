@@ -46,6 +46,20 @@ fn imgadm(d: &Daemon, args: &[&str]) -> std::process::Output {
     d.run("imgadm", args, None)
 }
 
+/// Runs the shell command `cmd` in a pty (script(1)), talking to `d`: whether it succeeded,
+/// and what the terminal showed.
+fn in_pty(d: &Daemon, cmd: &str) -> (bool, String) {
+    let o = Command::new("script")
+        .args(["-qec", cmd, "/dev/null"])
+        .env("HULL_SOCKET", d.socket())
+        .output()
+        .expect("script (util-linux) runs");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
 /// `imgadm install -q -m MANIFEST -f FILE`.
 fn install(d: &Daemon, manifest: &Path, file: &Path) -> std::process::Output {
     d.imgadm_install(manifest, file)
@@ -187,13 +201,8 @@ fn lifecycle(d: &Daemon, backend: &str, quota_enforced: bool) {
             hull_tests::bin("imgadm").display(),
             made_dir.display()
         );
-        let o = Command::new("script")
-            .args(["-qec", &cmd, "/dev/null"])
-            .env("HULL_SOCKET", d.socket())
-            .output()
-            .expect("script (util-linux) runs");
-        let screen = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(o.status.success(), "imgadm create: {screen}");
+        let (ok, screen) = in_pty(d, &cmd);
+        assert!(ok, "imgadm create: {screen}");
         assert!(
             screen.contains("Creating") && screen.contains("Created image"),
             "no progress bar in the pty: {screen:?}"
@@ -453,13 +462,8 @@ fn import_from_an_imgapi_server_with_progress_in_a_pty_and_json_without() {
 
     // In a pty (script(1)): a progress bar is drawn.
     let cmd = format!("{} import {uuid}", hull_tests::bin("imgadm").display());
-    let o = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .env("HULL_SOCKET", d.socket())
-        .output()
-        .expect("script (util-linux) runs");
-    let screen = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "pty import failed: {screen}");
+    let (ok, screen) = in_pty(&d, &cmd);
+    assert!(ok, "pty import failed: {screen}");
     assert!(
         screen.contains("Importing") && screen.contains("MiB"),
         "no progress bar in the pty: {screen:?}"
