@@ -50,7 +50,9 @@ class Machine:
         self.mem = mem
         self.smp = smp
         self.disks = list(disks)   # (path, interface): "virtio" or "sata"
-        self.nics = list(nics)     # "user", or ("tap", ifname, model, mac)
+        # "user"; ("user", model); ("dgram", qemu's socket, the peer's socket, model, mac):
+        # frames as datagrams on Unix sockets, to a peer on the host side.
+        self.nics = list(nics)
         self.usb = usb
         self.extra = list(extra)
         self.kernel = kernel or os.path.join(LIVE, "vmlinuz")
@@ -98,8 +100,9 @@ class Machine:
             elif nic[0] == "user":
                 a += ["-nic", f"user,model={nic[1]}"]
             else:
-                _, ifname, model, mac = nic
-                a += ["-netdev", f"tap,id=n{i},ifname={ifname},script=no,downscript=no",
+                _, local, remote, model, mac = nic
+                a += ["-netdev", f"dgram,id=n{i},local.type=unix,local.path={local},"
+                      f"remote.type=unix,remote.path={remote}",
                       "-device", f"{model},netdev=n{i},mac={mac}"]
         return a + self.extra
 
@@ -170,7 +173,7 @@ class Machine:
     def send(self, text):
         self.sock.sendall(text.encode() if isinstance(text, str) else text)
 
-    def login(self, password, timeout=300):
+    def login(self, password, timeout=300, expect_prompt=True):
         # A fresh prompt: the one getty printed may be behind the cursor already, or buried
         # under boot messages.
         deadline = time.monotonic() + timeout
@@ -185,6 +188,8 @@ class Machine:
         self.send("root\n")
         self.expect(r"Password: ", 30)
         self.send(password + "\n")
+        if not expect_prompt:
+            return
         self.expect(r"\]# ", 30)
         # A wide terminal: long command lines are not wrapped by the line editor.
         self.run("stty cols 400 rows 50")
@@ -194,7 +199,8 @@ class Machine:
         in the typed line so that only the shell's output matches them."""
         self.seq += 1
         n = self.seq
-        self.send(f'echo "<<""{n}>"; {cmd}; echo "<{n}"":$?>>"\n')
+        sep = " " if cmd.rstrip().endswith("&") else "; "
+        self.send(f'echo "<<""{n}>"; {cmd}{sep}echo "<{n}"":$?>>"\n')
         m = self.expect(rf"^<<{n}>\r?\n(.*?)<{n}:(\d+)>>", timeout)
         out = m.group(1).decode("utf-8", "replace").replace("\r", "")
         rc = int(m.group(2))
