@@ -4,7 +4,8 @@
 Used by the live-image test tier (tests/live/run), the benchmark and scripts/demo; also a
 command of its own:
 
-    initramfs/live.py attach SOCKET    the serial console of a running machine (Ctrl-] leaves)
+    initramfs/live.py attach SOCKET    the serial console of a running machine (Ctrl-\ leaves)
+    initramfs/live.py demo             scripts/demo's live part (see demo() below)
 
 The serial port is a Unix socket (QEMU waits for the first client before it starts the
 machine, so nothing of the boot is lost); everything read is also appended to a log file.
@@ -25,6 +26,8 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIVE = os.path.join(TOP, "target", "live")
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+# Leaves `attach` (Ctrl-\): Ctrl-] is vmadm console's own escape, inside the machine.
+ESCAPE = b"\x1c"
 
 
 class Timeout(Exception):
@@ -68,6 +71,7 @@ class Machine:
         self.started = None
         self.eof = False
         self.seq = 0
+        self.echo = None       # called with each chunk read (the demo shows hull's lines)
 
     def argv(self):
         a = ["qemu-system-x86_64", "-M", "q35", "-cpu", self.cpu, "-accel", self.accel,
@@ -143,6 +147,8 @@ class Machine:
                         self.cond.notify_all()
                     return
                 log.write(data)
+                if self.echo:
+                    self.echo(data)
                 with self.cond:
                     self.buf += data
                     self.cond.notify_all()
@@ -241,7 +247,7 @@ class Machine:
 
 
 def attach(path):
-    """The serial console on the terminal, raw, until Ctrl-]."""
+    """The serial console on the terminal, raw, until Ctrl-\\."""
     import termios
     import tty
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -250,7 +256,7 @@ def attach(path):
     if interactive:
         old = termios.tcgetattr(0)
         tty.setraw(0)
-        os.write(1, b"\r\n[connected to the hull console; Ctrl-] leaves, the machine keeps running]\r\n")
+        os.write(1, b"\r\n[connected to the hull console; Ctrl-\\ leaves, the machine keeps running]\r\n")
     else:
         old = None
     s.sendall(b"\n")
@@ -264,8 +270,8 @@ def attach(path):
                 os.write(1, data)
             if 0 in r:
                 data = os.read(0, 1024)
-                if not data or b"\x1d" in data:
-                    data = data.split(b"\x1d")[0]
+                if not data or ESCAPE in data:
+                    data = data.split(ESCAPE)[0]
                     if data:
                         s.sendall(data)
                     break
@@ -277,9 +283,141 @@ def attach(path):
     return 0
 
 
+def kvm_for_live():
+    """(accel, cpu, why): KVM where this host's /dev/kvm is hardware virtualization with
+    nested virtualization on (the live image's microVMs need a /dev/kvm of their own), TCG
+    with -cpu max otherwise (this machine kind's nested "PVM" /dev/kvm cannot boot a stock
+    kernel)."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg", "max", "no usable /dev/kvm"
+    for mod in ("kvm_intel", "kvm_amd"):
+        if os.path.isdir(f"/sys/module/{mod}"):
+            try:
+                nested = open(f"/sys/module/{mod}/parameters/nested").read().strip()
+            except OSError:
+                nested = "N"
+            if nested in ("Y", "1"):
+                return "kvm", "host", f"{mod} with nested virtualization"
+            return "tcg", "max", f"{mod} has nested virtualization off (microVMs inside need it)"
+    return "tcg", "max", "/dev/kvm is not hardware virtualization (kvm_intel/kvm_amd)"
+
+
+def qemu_running(pidfile):
+    try:
+        pid = int(open(pidfile).read())
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+    except (OSError, ValueError):
+        return None
+    return pid if b"qemu-system-x86_64" in cmd and os.path.dirname(pidfile).encode() in cmd else None
+
+
+def demo():
+    """Boots target/live's image under QEMU with a pool on target/live/demo/pool.img (made on
+    the first run: hull.setup=auto, root's password generated and kept in
+    target/live/demo/root-password, only its hash on the command line), makes sure the demo
+    guests exist (a busybox zone and a microVM of the bundled kit on an internal switch,
+    both autoboot), shows them answering each other, and then hands over the serial
+    console when run from a terminal; otherwise QEMU keeps running in the background and
+    this prints how to attach. A second run attaches to the machine that still runs."""
+    work = os.path.join(LIVE, "demo")
+    os.makedirs(work, mode=0o700, exist_ok=True)
+    pidfile = os.path.join(work, "qemu.pid")
+    serial = os.path.join(work, "demo.serial")
+    pwfile = os.path.join(work, "root-password")
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+
+    def how():
+        pid = qemu_running(pidfile)
+        print(f"the live image runs under QEMU (pid {pid}); its log: {work}/demo.qemu.log")
+        print(f"  console:  initramfs/live.py attach {os.path.relpath(serial)}   (Ctrl-\\ leaves it running)")
+        print(f"  login:    root, password in {os.path.relpath(pwfile)}")
+        print(f"  stop:     poweroff on the console (guests stop first), or kill {pid}")
+
+    if qemu_running(pidfile):
+        print("== the live image is running already")
+        how()
+        return attach(serial) if tty else 0
+    if not os.path.exists(pwfile):
+        import secrets
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, (secrets.token_urlsafe(12) + "\n").encode())
+        os.close(fd)
+    pw = open(pwfile).read().strip()
+    try:
+        import warnings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # Python 3.11 (bookworm); the image hashes a plain password itself
+        rootpw = crypt.crypt(pw, crypt.mksalt(crypt.METHOD_SHA512))
+    except ImportError:
+        rootpw = pw
+    pool = os.path.join(work, "pool.img")
+    if not os.path.exists(pool):
+        with open(pool, "wb") as f:
+            f.truncate(8 << 30)
+    accel, cpu, why = kvm_for_live()
+    print(f"== booting the live image under QEMU ({accel}, -cpu {cpu}: {why}); pool {os.path.relpath(pool)}")
+    m = Machine(work, "demo", accel=accel, cpu=cpu, disks=[(pool, "virtio")],
+                append=f"console=ttyS0 quiet hull.pool=vda hull.setup=auto hull.rootpw={rootpw} hull.hostname=hull-demo")
+    pending = bytearray()
+
+    def show(data):
+        pending.extend(data)
+        while b"\n" in pending:
+            line, _, rest = bytes(pending).partition(b"\n")
+            pending[:] = rest
+            text = line.decode("utf-8", "replace").strip("\r")
+            if text.startswith("hull: "):
+                print("   " + text, flush=True)
+
+    m.echo = show
+    m.start()
+    with open(pidfile, "w") as f:
+        f.write(str(m.proc.pid))
+    m.expect(r"vmmd answering", 900)
+    m.echo = None
+    m.login(pw)
+    kit = "/usr/share/hull/guest"
+    img = "/usr/share/hull/images/busybox"
+    print("== on the live image's console: the demo guests (imgadm install, nictagadm, vmadm create)")
+    script = [
+        f"[ -n \"$(imgadm list -H -o uuid name=busybox)\" ] || imgadm install -m {img}/manifest.json -f {img}/busybox.tar.gz > /dev/null",
+        "nictagadm list -H -p | grep -q '^internal:' || nictagadm add -l internal",
+        "[ -n \"$(vmadm lookup alias=demo-zone)\" ] || echo '{\"brand\": \"joyent-minimal\", \"alias\": \"demo-zone\", "
+        "\"image_uuid\": \"'$(imgadm list -H -o uuid name=busybox)'\", \"hostname\": \"demo-zone\", \"max_physical_memory\": 128, "
+        "\"nics\": [{\"nic_tag\": \"internal\", \"ips\": [\"192.0.2.10/24\"]}]}' | vmadm create",
+        "[ -n \"$(vmadm lookup alias=demo-vm)\" ] || echo '{\"brand\": \"kvm\", \"alias\": \"demo-vm\", \"ram\": 256, \"vcpus\": 1, "
+        f"\"kernel\": \"{kit}/vmlinuz\", \"initrd\": \"{kit}/initrd.img\", "
+        "\"cmdline\": \"console=ttyS0 quiet panic=-1 pci=off hull.ip=192.0.2.20/24 hull.hostname=demo-vm\", "
+        "\"disks\": [{\"size\": 64, \"boot\": true}], \"nics\": [{\"nic_tag\": \"internal\", \"ips\": [\"192.0.2.20/24\"]}]}' | vmadm create",
+    ]
+    for line in script:
+        rc, out = m.run(line, timeout=600, check=False)
+        if rc != 0:
+            print(f"   failed ({rc}): {line}\n{out}")
+            return 1
+    print("== the zone pings the microVM (Debian's stock kernel, booting under nested KVM)")
+    rc, out = m.run("z=$(vmadm lookup -1 alias=demo-zone); for i in $(seq 120); do "
+                    "zlogin $z ping -c 1 -W 2 192.0.2.20 > /dev/null 2>&1 && { zlogin $z ping -c 2 192.0.2.20; break; }; "
+                    "sleep 2; done", timeout=900, check=False)
+    print("\n".join("   " + x for x in out.strip().splitlines()))
+    rc, out = m.run("vmadm list", check=False)
+    print("== vmadm list on the live image\n" + "\n".join("   " + x for x in out.strip().splitlines()))
+    if not tty:
+        m.send("exit\n")
+        time.sleep(1)
+    m.close()
+    how()
+    if tty:
+        print("You are root on the live image's console: try vmadm list, zlogin, vmadm console (Ctrl-] leaves those).")
+        return attach(serial)
+    return 0
+
+
 def main(argv):
     if len(argv) == 3 and argv[1] == "attach":
         return attach(argv[2])
+    if len(argv) == 2 and argv[1] == "demo":
+        return demo()
     print(__doc__.strip(), file=sys.stderr)
     return 2
 

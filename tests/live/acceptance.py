@@ -20,7 +20,7 @@ Phases, in order (all by default); phases that share a disk run in this order:
   after-crash (4) booted again: the pool mounts, vmmd starts, every record reads, none moved
               aside, the guests run; (5) a second NIC as a physical uplink carrying VLAN 100
               to a peer namespace on the host: a zone on that tag and vlan_id reaches it, a
-              zone on the same tag without the VLAN does not; poweroff
+              zone on the same tag without the VLAN does not; the ACPI power button shuts down
   usb-bios    (6) hull.img as a USB stick (qemu-xhci + usb-storage) through SeaBIOS, a blank
               AHCI/SATA disk, an e1000e NIC: the interactive setup on the serial console, the
               pool, the login
@@ -306,10 +306,10 @@ def phase_after_crash(work, state):
         try:
             crash_checks(m, state)
             vlan_checks(m, state, stats)
-            m.send("poweroff\n")
-            expect_ok(m, "poweroff: guests stopped, pool unmounted, machine off",
-                      r"unmounting the pool.*shutdown done", 240)
-            check("poweroff: QEMU exits", m.wait_exit(60))
+            m.monitor("system_powerdown")
+            expect_ok(m, "the ACPI power button shuts down: guests stopped, pool unmounted",
+                      r"power button pressed.*guest z1 \S+ stopped.*unmounting the pool.*shutdown done", 240)
+            check("the power button powers the machine off (QEMU exits)", m.wait_exit(60))
         finally:
             m.kill()
     finally:
