@@ -220,6 +220,8 @@ def phase_first_boot(work, state):
     if ok:
         figures.setdefault("microVM create to init (s)", []).append(round(time.monotonic() - t1, 1))
     check("2: the microVM answers the zone's ping across the vswitch", zone_pings(m, z, "192.0.2.20", 60))
+    rc, out = m.run(f"zlogin {z} cat /proc/cmdline | wc -c", check=False)
+    check("security: a zone cannot read the host's command line (hull.rootpw)", out.strip() == "0", out)
     m.run(f"zlogin {z} sh -c 'echo zone-persist-ok > /root/persist; sync'")
     out = vm_console(m, u, 'echo vm-persist-ok > /data/persist; sync; echo "wrote-$((40+2))"', "wrote-42")
     check("2: a file is written inside the microVM (its disk, ext2)", "wrote-42" in out, out[-500:])

@@ -259,6 +259,8 @@ fn root_zone_is_confined() {
         check ip link set lo mtu 1280
         check sh -c 'echo x > /proc/self/exe'
         check cat /proc/kcore
+        # The host's kernel command line (it may carry secrets) reads empty.
+        [ -z "$(cat /proc/cmdline)" ] || { echo "reads the host's command line"; fail=1; }
         # Module loading is refused (EPERM), not tried and found a bad module (ENOEXEC).
         head -c 64 /dev/zero > /tmp/junk.ko
         out=$(insmod /tmp/junk.ko 2>&1)

@@ -561,8 +561,11 @@ fn zone_relative(at: &Path) -> Result<PathBuf, MountError> {
 
 /// Device nodes a zone gets, bind-mounted from the host's.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
-/// Files of /proc a zone must not read; /dev/null is mounted over them.
+/// Files of /proc a zone must not read; /dev/null is mounted over them. `cmdline` is the
+/// host kernel's command line, which can carry secrets (the live image's `hull.rootpw=`
+/// on a first boot).
 const MASKED_FILES: &[&str] = &[
+    "cmdline",
     "kcore",
     "keys",
     "timer_list",
