@@ -215,6 +215,7 @@ fn apply_nics(
             set!(allow_ip_spoofing);
             set!(allow_mac_spoofing);
             set!(allow_dhcp_spoofing);
+            set!(allow_restricted_traffic);
             set!(allowed_ips);
             set!(max_bandwidth);
             if let Some(tag) = &upd.nic_tag {
