@@ -369,6 +369,15 @@ async fn delete_link(h: &Handle, name: &str) -> Result<bool, VswitchError> {
     }
 }
 
+/// Sets the alias of link `ix` (the kernel ignores one given when a link is made).
+async fn set_alias(h: &Handle, ix: u32, name: &str, alias: String) -> Result<(), VswitchError> {
+    h.link()
+        .set(LinkUnspec::new_with_index(ix).alias(alias).build())
+        .execute()
+        .await
+        .map_err(nl(format!("name the owner of {name} in its alias")))
+}
+
 /// Keeps the host out of a segment: no IPv6 on the bridge, a port's host end or a VLAN
 /// sub-interface, so the host never sends its own router solicitations or MLD reports into
 /// the guests' segment. A host without IPv6 has nothing to turn off.
@@ -391,10 +400,7 @@ async fn ensure_segment(h: &Handle, owner: &str, seg: &Segment) -> Result<u32, V
     let (br, made) = match index_of(h, &seg.bridge).await? {
         Some(i) => (i, false),
         None => {
-            let bridge = LinkBridge::new(&seg.bridge)
-                .alias(tag_alias(owner, &seg.tag))
-                .up()
-                .build();
+            let bridge = LinkBridge::new(&seg.bridge).up().build();
             match h.link().add(bridge).execute().await {
                 Ok(()) => {}
                 // Another start made it meanwhile.
@@ -404,6 +410,7 @@ async fn ensure_segment(h: &Handle, owner: &str, seg: &Segment) -> Result<u32, V
             let i = index_of(h, &seg.bridge).await?.ok_or_else(|| {
                 VswitchError::Invalid(format!("the bridge {} vanished", seg.bridge))
             })?;
+            set_alias(h, i, &seg.bridge, tag_alias(owner, &seg.tag)).await?;
             (i, true)
         }
     };
@@ -447,9 +454,7 @@ async fn join_uplink(
             let ix = match index_of(h, &sub).await? {
                 Some(ix) => ix,
                 None => {
-                    let vlan = LinkVlan::new(&sub, base.header.index, vid)
-                        .alias(tag_alias(owner, &seg.tag))
-                        .build();
+                    let vlan = LinkVlan::new(&sub, base.header.index, vid).build();
                     match h.link().add(vlan).execute().await {
                         Ok(()) => {}
                         Err(e) if errno_of(&e) == Some(libc::EEXIST) => {}
@@ -468,9 +473,11 @@ async fn join_uplink(
                         }
                     }
                     quiet(&sub)?;
-                    index_of(h, &sub)
+                    let ix = index_of(h, &sub)
                         .await?
-                        .ok_or_else(|| VswitchError::Invalid(format!("{sub} vanished")))?
+                        .ok_or_else(|| VswitchError::Invalid(format!("{sub} vanished")))?;
+                    set_alias(h, ix, &sub, tag_alias(owner, &seg.tag)).await?;
+                    ix
                 }
             };
             // The sub-interface only carries frames while its base is up.
@@ -614,19 +621,17 @@ async fn set_cap(
     let ifb_ix = match index_of(h, &ifb).await? {
         Some(i) => i,
         None => {
-            let link = LinkIfb::new(&ifb)
-                .alias(port_alias(owner, &port.uuid))
-                .up()
-                .build();
             h.link()
-                .add(link)
+                .add(LinkIfb::new(&ifb).up().build())
                 .execute()
                 .await
                 .map_err(nl(format!("create the IFB {ifb} for the cap on {name}")))?;
             quiet(&ifb)?;
-            index_of(h, &ifb)
+            let ix = index_of(h, &ifb)
                 .await?
-                .ok_or_else(|| VswitchError::Invalid(format!("{ifb} vanished")))?
+                .ok_or_else(|| VswitchError::Invalid(format!("{ifb} vanished")))?;
+            set_alias(h, ix, &ifb, port_alias(owner, &port.uuid)).await?;
+            ix
         }
     };
     tc::set_root_tbf(h, ifb_ix, &ifb, &tbf).await?;
