@@ -543,7 +543,7 @@ pub fn parse_replies(buf: &[u8]) -> Result<Vec<Reply>, ParseError> {
         let body = &buf[at + 16..at + len];
         out.push(match ty {
             NLMSG_ERROR => {
-                let errno = -(u32_at(body, 0)? as i32);
+                let errno = (u32_at(body, 0)? as i32).wrapping_neg();
                 // The request's header follows, then its payload unless capped, then the
                 // extended-ack attributes.
                 let echoed = if flags & NLM_F_CAPPED != 0 {
@@ -884,6 +884,43 @@ mod tests {
                 Reply::Done { seq: 7 },
             ]
         );
+    }
+
+    /// The fuzz target's property (fuzz/fuzz_targets/nft_replies.rs) on mutations of real
+    /// replies, deterministically, so it runs with the unit tests.
+    #[test]
+    fn mutated_replies_never_panic() {
+        let mut body = vec![FAMILY_BRIDGE, 0, 0, 0];
+        let elems = [Elem {
+            key: vec![5; 8],
+            key_end: Some(vec![6; 8]),
+        }];
+        body.extend_from_slice(elements("t", "s", &elems).bytes());
+        let mut seed = nlmsg((10 << 8) | 12, 0, 7, &body);
+        let mut err = (-libc::ENOENT).to_ne_bytes().to_vec();
+        err.extend_from_slice(&[0; 16]);
+        let mut tlv = Attrs::new();
+        tlv.str(NLMSGERR_ATTR_MSG, "no such set");
+        err.extend_from_slice(tlv.bytes());
+        seed.extend(nlmsg(NLMSG_ERROR, NLM_F_CAPPED | NLM_F_ACK_TLVS, 6, &err));
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut buf = seed.clone();
+            for _ in 0..1 + (x % 4) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = (x as usize) % buf.len();
+                buf[at] = (x >> 32) as u8;
+            }
+            if let Ok(replies) = parse_replies(&buf[..buf.len() - (x as usize % 3)]) {
+                for r in replies {
+                    if let Reply::Elems { elems, .. } = r {
+                        let _ = elements("t", "s", &elems);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
