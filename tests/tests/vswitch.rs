@@ -536,12 +536,17 @@ fn root_nics_change_on_a_running_zone_and_delete_leaves_nothing() {
 /// Acceptance 4 for a microVM: its NICs change in the record while it runs, and the reply
 /// says they take effect at its next boot.
 #[test]
-#[ignore = "needs root: run with --run-ignored"]
-fn root_nic_changes_to_a_running_microvm_wait_for_its_next_boot() {
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("SKIPPED: no /dev/kvm");
-        return;
-    }
+#[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
+fn kvm_root_nic_changes_to_a_running_microvm_wait_for_its_next_boot() {
+    assert!(hull_tests::is_root(), "this test needs root");
+    assert!(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok(),
+        "this test needs a usable /dev/kvm"
+    );
     let d = Daemon::start();
     let image = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a71";
     d.install_image(image, "zvol");

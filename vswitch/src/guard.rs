@@ -36,7 +36,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::nft::{
     self, Attrs, Base, Batch, Elem, Expr, F_APPEND, F_CREATE, F_EXCL, MetaKey, MsgType, Netfilter,
-    REG_1, SET_CONCAT, SET_INTERVAL, Verdict, attr, reg32,
+    REG_1, SET_CONCAT, SET_INTERVAL, SET_MAP, Verdict, attr, reg32,
 };
 
 /// What a port may send. Built by vmmd from a NIC's record.
@@ -84,7 +84,9 @@ const DHCP_OK: &str = "dhcp_ok";
 const ANY_PROTO: &str = "any_proto";
 const MACS: &str = "macs";
 const IP4: &str = "ip4";
+const IP4_NETS: &str = "ip4_nets";
 const IP6: &str = "ip6";
+const IP6_NETS: &str = "ip6_nets";
 
 const fn flag_set(name: &'static str, id: u32) -> SetDef {
     SetDef {
@@ -110,16 +112,32 @@ const SETS: &[SetDef] = &[
         key_len: 12,
         interval_fields: &[],
     },
+    // A port's own addresses (exact: one hash lookup for nearly every packet), and the
+    // prefixes of its allowed_ips (ranges, looked up only when the first misses).
     SetDef {
         name: IP4,
         id: 8,
+        key_type: (T_IFINDEX << 6) | T_IPV4,
+        key_len: 8,
+        interval_fields: &[],
+    },
+    SetDef {
+        name: IP4_NETS,
+        id: 9,
         key_type: (T_IFINDEX << 6) | T_IPV4,
         key_len: 8,
         interval_fields: &[4, 4],
     },
     SetDef {
         name: IP6,
-        id: 9,
+        id: 10,
+        key_type: (T_IFINDEX << 6) | T_IPV6,
+        key_len: 20,
+        interval_fields: &[],
+    },
+    SetDef {
+        name: IP6_NETS,
+        id: 11,
         key_type: (T_IFINDEX << 6) | T_IPV6,
         key_len: 20,
         interval_fields: &[4, 16],
@@ -132,6 +150,19 @@ fn set_id(name: &str) -> u32 {
 
 const CHAIN_PRE: &str = "pre";
 const CHAIN_GUARD: &str = "guard";
+const CHAIN_TAGGED: &str = "tagged";
+const CHAIN_ARP: &str = "arp";
+const CHAIN_IP4: &str = "v4";
+const CHAIN_UDP4: &str = "udp4";
+const CHAIN_IP6: &str = "v6";
+const CHAIN_ICMP6: &str = "icmp6";
+const CHAIN_UDP6: &str = "udp6";
+/// The verdict map from Ethernet type to chain, its set id, and nft's numbers for it.
+const ETHERTYPES: &str = "ethertypes";
+const ETHERTYPES_ID: u32 = 100;
+const T_ETHERTYPE: u32 = 10;
+/// `NFT_DATA_VERDICT`: a map whose values are verdicts.
+const DATA_VERDICT: u32 = 0xffff_ff00;
 /// The bridge family's prerouting hook, at the filter priority.
 const HOOK_PREROUTING: u32 = 0;
 const PRIORITY_FILTER: i32 = -200;
@@ -182,24 +213,6 @@ fn not(value: &[u8]) -> Expr {
     }
 }
 
-fn ether_type(t: [u8; 2]) -> [Expr; 2] {
-    is(Base::Link, 12, &t)
-}
-
-fn l4proto(p: u8) -> [Expr; 2] {
-    [
-        Expr::Meta {
-            key: MetaKey::L4Proto,
-            dreg: REG_1,
-        },
-        Expr::Cmp {
-            sreg: REG_1,
-            neq: false,
-            data: vec![p],
-        },
-    ]
-}
-
 /// The port is not in flag set `set` (its check applies).
 fn held(set: &str) -> [Expr; 2] {
     [
@@ -214,20 +227,40 @@ fn held(set: &str) -> [Expr; 2] {
 }
 
 /// The port's index followed by `len` bytes at `offset` of `base` is not in `set`.
-fn pair_not_in(set: &str, base: Base, offset: u32, len: u32, network_order: bool) -> Vec<Expr> {
-    let mut v = vec![iif()];
-    if network_order {
-        // Interval sets keep the index in network order, as nft does for their keys.
-        v.push(Expr::Hton { reg: REG_1, len: 4 });
-    }
-    v.push(load(base, offset, len, reg32(1)));
-    v.push(Expr::Lookup {
-        set: set.into(),
-        set_id: set_id(set),
-        sreg: REG_1,
-        inv: true,
-    });
-    v
+fn pair_not_in(set: &str, base: Base, offset: u32, len: u32) -> Vec<Expr> {
+    vec![
+        iif(),
+        load(base, offset, len, reg32(1)),
+        Expr::Lookup {
+            set: set.into(),
+            set_id: set_id(set),
+            sreg: REG_1,
+            inv: true,
+        },
+    ]
+}
+
+/// The port's index followed by the `len`-byte address at `offset` of `base` is in
+/// neither its exact set nor its ranges.
+fn addr_not_ours(exact: &str, nets: &str, base: Base, offset: u32, len: u32) -> Vec<Expr> {
+    vec![
+        iif(),
+        load(base, offset, len, reg32(1)),
+        Expr::Lookup {
+            set: exact.into(),
+            set_id: set_id(exact),
+            sreg: REG_1,
+            inv: true,
+        },
+        // Range sets keep the index in network order, as nft does for interval keys.
+        Expr::Hton { reg: REG_1, len: 4 },
+        Expr::Lookup {
+            set: nets.into(),
+            set_id: set_id(nets),
+            sreg: REG_1,
+            inv: true,
+        },
+    ]
 }
 
 fn drop_rule(parts: Vec<Vec<Expr>>) -> Vec<Expr> {
@@ -237,163 +270,206 @@ fn drop_rule(parts: Vec<Vec<Expr>>) -> Vec<Expr> {
     v
 }
 
-/// The rules of the `guard` chain, in order; each drops what it matches.
-fn guard_rules() -> Vec<Vec<Expr>> {
+/// Goes on in `chain` when the parts match (for good: what `chain` does not drop is let
+/// through).
+fn goto_rule(parts: Vec<Vec<Expr>>, chain: &str) -> Vec<Expr> {
+    let mut v: Vec<Expr> = parts.into_iter().flatten().collect();
+    v.push(Expr::Verdict(Verdict::Goto(chain.into())));
+    v
+}
+
+/// The address at `offset` is (`eq`) or is not the all-zero `zero`.
+fn saddr_is(base: Base, offset: u32, zero: &[u8], eq: bool) -> Vec<Expr> {
+    vec![
+        load(base, offset, zero.len() as u32, REG_1),
+        Expr::Cmp {
+            sreg: REG_1,
+            neq: !eq,
+            data: zero.to_vec(),
+        },
+    ]
+}
+
+/// The transport protocol is (`eq`) or is not `p`.
+fn l4(p: u8, eq: bool) -> Vec<Expr> {
+    vec![
+        Expr::Meta {
+            key: MetaKey::L4Proto,
+            dreg: REG_1,
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            neq: !eq,
+            data: vec![p],
+        },
+    ]
+}
+
+/// The regular chains and their rules, in order. A frame from a guest port goes through
+/// `guard` (its MAC, then by Ethernet type to one chain per protocol, where the cheapest
+/// test of each rule comes first), so a TCP segment meets five rules, not twenty. Each rule
+/// that does not jump drops (and counts) what it matches.
+fn chains() -> Vec<(&'static str, Vec<Vec<Expr>>)> {
     use Base::{Link, Network, Transport};
     let zero4 = [0u8; 4];
     let zero6 = [0u8; 16];
     vec![
-        // No VLAN tags from a guest.
-        drop_rule(vec![ether_type(ETH_8021Q).to_vec()]),
-        drop_rule(vec![ether_type(ETH_8021AD).to_vec()]),
-        // Its own MAC only.
-        drop_rule(vec![
-            held(MAC_FREE).to_vec(),
-            pair_not_in(MACS, Link, 6, 6, false),
-        ]),
-        // IPv4, ARP and IPv6 only.
-        drop_rule(vec![
+        (
+            CHAIN_GUARD,
             vec![
-                load(Link, 12, 2, REG_1),
-                not(&ETH_IP),
-                not(&ETH_ARP),
-                not(&ETH_IP6),
+                // Its own MAC only.
+                drop_rule(vec![pair_not_in(MACS, Link, 6, 6), held(MAC_FREE).to_vec()]),
+                // IPv4, ARP and IPv6 go on to their chains, tagged frames are dropped
+                // (`ethertypes`); anything else only with allow_restricted_traffic.
+                vec![
+                    load(Link, 12, 2, REG_1),
+                    Expr::Vmap {
+                        set: ETHERTYPES.into(),
+                        set_id: ETHERTYPES_ID,
+                        sreg: REG_1,
+                    },
+                ],
+                drop_rule(vec![held(ANY_PROTO).to_vec()]),
             ],
-            held(ANY_PROTO).to_vec(),
-        ]),
-        // ARP for Ethernet and IPv4, nothing else (a field per rule, so that `nft list`
-        // reads as what it does).
-        drop_rule(vec![
-            ether_type(ETH_ARP).to_vec(),
-            vec![load(Network, 0, 2, REG_1), not(&[0, 1])],
-        ]),
-        drop_rule(vec![
-            ether_type(ETH_ARP).to_vec(),
-            vec![load(Network, 2, 2, REG_1), not(&ETH_IP)],
-        ]),
-        drop_rule(vec![
-            ether_type(ETH_ARP).to_vec(),
-            vec![load(Network, 4, 1, REG_1), not(&[6])],
-        ]),
-        drop_rule(vec![
-            ether_type(ETH_ARP).to_vec(),
-            vec![load(Network, 5, 1, REG_1), not(&[4])],
-        ]),
-        // ARP sender: its MAC, one of its addresses (or 0.0.0.0, a probe).
-        drop_rule(vec![
-            ether_type(ETH_ARP).to_vec(),
-            held(MAC_FREE).to_vec(),
-            pair_not_in(MACS, Network, 8, 6, false),
-        ]),
-        drop_rule(vec![
-            ether_type(ETH_ARP).to_vec(),
-            held(IP4_FREE).to_vec(),
-            vec![load(Network, 14, 4, REG_1), not(&zero4)],
-            pair_not_in(IP4, Network, 14, 4, true),
-        ]),
-        // IPv4 from its addresses; from 0.0.0.0 only DHCP requests (UDP 68 -> 67).
-        drop_rule(vec![
-            ether_type(ETH_IP).to_vec(),
-            held(IP4_FREE).to_vec(),
-            vec![load(Network, 12, 4, REG_1), not(&zero4)],
-            pair_not_in(IP4, Network, 12, 4, true),
-        ]),
-        drop_rule(vec![
-            ether_type(ETH_IP).to_vec(),
-            held(IP4_FREE).to_vec(),
-            is(Network, 12, &zero4).to_vec(),
+        ),
+        (
+            CHAIN_TAGGED,
+            // No VLAN tags from a guest: it cannot hop onto another VLAN of an uplink.
+            vec![drop_rule(vec![])],
+        ),
+        (
+            CHAIN_ARP,
             vec![
-                Expr::Meta {
-                    key: MetaKey::L4Proto,
-                    dreg: REG_1,
-                },
-                not(&[PROTO_UDP]),
+                // Ethernet and IPv4 only (a field per rule, so that `nft list` reads as
+                // what it does).
+                drop_rule(vec![vec![load(Network, 0, 2, REG_1), not(&[0, 1])]]),
+                drop_rule(vec![vec![load(Network, 2, 2, REG_1), not(&ETH_IP)]]),
+                drop_rule(vec![vec![load(Network, 4, 1, REG_1), not(&[6])]]),
+                drop_rule(vec![vec![load(Network, 5, 1, REG_1), not(&[4])]]),
+                // The sender is its MAC and one of its addresses (or 0.0.0.0, a probe).
+                drop_rule(vec![
+                    pair_not_in(MACS, Network, 8, 6),
+                    held(MAC_FREE).to_vec(),
+                ]),
+                drop_rule(vec![
+                    saddr_is(Network, 14, &zero4, false),
+                    addr_not_ours(IP4, IP4_NETS, Network, 14, 4),
+                    held(IP4_FREE).to_vec(),
+                ]),
             ],
-        ]),
-        drop_rule(vec![
-            ether_type(ETH_IP).to_vec(),
-            held(IP4_FREE).to_vec(),
-            is(Network, 12, &zero4).to_vec(),
-            vec![load(Transport, 0, 4, REG_1), not(&[0, 68, 0, 67])],
-        ]),
-        // A DHCP request's client hardware address (at 28 in BOOTP) is its MAC.
-        drop_rule(vec![
-            ether_type(ETH_IP).to_vec(),
-            l4proto(PROTO_UDP).to_vec(),
-            is(Transport, 0, &[0, 68, 0, 67]).to_vec(),
-            held(MAC_FREE).to_vec(),
-            pair_not_in(MACS, Transport, 8 + 28, 6, false),
-        ]),
-        // No DHCP server.
-        drop_rule(vec![
-            ether_type(ETH_IP).to_vec(),
-            l4proto(PROTO_UDP).to_vec(),
-            is(Transport, 0, &67u16.to_be_bytes()).to_vec(),
-            held(DHCP_OK).to_vec(),
-        ]),
-        // IPv6 from its addresses; from :: only DAD solicitations and MLDv2 reports.
-        drop_rule(vec![
-            ether_type(ETH_IP6).to_vec(),
-            held(IP6_FREE).to_vec(),
-            vec![load(Network, 8, 16, REG_1), not(&zero6)],
-            pair_not_in(IP6, Network, 8, 16, true),
-        ]),
-        drop_rule(vec![
-            ether_type(ETH_IP6).to_vec(),
-            held(IP6_FREE).to_vec(),
-            is(Network, 8, &zero6).to_vec(),
+        ),
+        (
+            CHAIN_IP4,
             vec![
-                Expr::Meta {
-                    key: MetaKey::L4Proto,
-                    dreg: REG_1,
-                },
-                not(&[PROTO_ICMP6]),
+                // From its addresses; from 0.0.0.0 only DHCP requests (UDP 68 -> 67).
+                drop_rule(vec![
+                    saddr_is(Network, 12, &zero4, false),
+                    addr_not_ours(IP4, IP4_NETS, Network, 12, 4),
+                    held(IP4_FREE).to_vec(),
+                ]),
+                drop_rule(vec![
+                    saddr_is(Network, 12, &zero4, true),
+                    held(IP4_FREE).to_vec(),
+                    l4(PROTO_UDP, false),
+                ]),
+                drop_rule(vec![
+                    saddr_is(Network, 12, &zero4, true),
+                    held(IP4_FREE).to_vec(),
+                    vec![load(Transport, 0, 4, REG_1), not(&[0, 68, 0, 67])],
+                ]),
+                goto_rule(vec![l4(PROTO_UDP, true)], CHAIN_UDP4),
             ],
-        ]),
-        drop_rule(vec![
-            ether_type(ETH_IP6).to_vec(),
-            held(IP6_FREE).to_vec(),
-            is(Network, 8, &zero6).to_vec(),
-            vec![load(Transport, 0, 1, REG_1), not(&[135]), not(&[143])],
-        ]),
-        // Neighbour advertisements only for its own addresses.
-        drop_rule(vec![
-            ether_type(ETH_IP6).to_vec(),
-            l4proto(PROTO_ICMP6).to_vec(),
-            is(Transport, 0, &[136]).to_vec(),
-            held(IP6_FREE).to_vec(),
-            pair_not_in(IP6, Transport, 8, 16, true),
-        ]),
-        // Its MAC in the first link-layer option of solicitations (source, at 24),
-        // advertisements (target, at 24) and router solicitations (source, at 8).
-        nd_option_rule(135, 24, 1),
-        nd_option_rule(136, 24, 2),
-        nd_option_rule(133, 8, 1),
-        // No router advertisements, no DHCPv6 server.
-        drop_rule(vec![
-            ether_type(ETH_IP6).to_vec(),
-            l4proto(PROTO_ICMP6).to_vec(),
-            is(Transport, 0, &[134]).to_vec(),
-            held(DHCP_OK).to_vec(),
-        ]),
-        drop_rule(vec![
-            ether_type(ETH_IP6).to_vec(),
-            l4proto(PROTO_UDP).to_vec(),
-            is(Transport, 0, &547u16.to_be_bytes()).to_vec(),
-            held(DHCP_OK).to_vec(),
-        ]),
+        ),
+        (
+            CHAIN_UDP4,
+            vec![
+                // A DHCP request's client hardware address (at 28 in BOOTP) is its MAC.
+                drop_rule(vec![
+                    is(Transport, 0, &[0, 68, 0, 67]).to_vec(),
+                    pair_not_in(MACS, Transport, 8 + 28, 6),
+                    held(MAC_FREE).to_vec(),
+                ]),
+                // No DHCP server.
+                drop_rule(vec![
+                    is(Transport, 0, &67u16.to_be_bytes()).to_vec(),
+                    held(DHCP_OK).to_vec(),
+                ]),
+            ],
+        ),
+        (
+            CHAIN_IP6,
+            vec![
+                // From its addresses; from :: only DAD solicitations and MLDv2 reports.
+                drop_rule(vec![
+                    saddr_is(Network, 8, &zero6, false),
+                    addr_not_ours(IP6, IP6_NETS, Network, 8, 16),
+                    held(IP6_FREE).to_vec(),
+                ]),
+                drop_rule(vec![
+                    saddr_is(Network, 8, &zero6, true),
+                    held(IP6_FREE).to_vec(),
+                    l4(PROTO_ICMP6, false),
+                ]),
+                drop_rule(vec![
+                    saddr_is(Network, 8, &zero6, true),
+                    held(IP6_FREE).to_vec(),
+                    vec![load(Transport, 0, 1, REG_1), not(&[135]), not(&[143])],
+                ]),
+                goto_rule(vec![l4(PROTO_ICMP6, true)], CHAIN_ICMP6),
+                goto_rule(vec![l4(PROTO_UDP, true)], CHAIN_UDP6),
+            ],
+        ),
+        (
+            CHAIN_ICMP6,
+            vec![
+                // Neighbour advertisements only for its own addresses.
+                drop_rule(vec![
+                    is(Transport, 0, &[136]).to_vec(),
+                    addr_not_ours(IP6, IP6_NETS, Transport, 8, 16),
+                    held(IP6_FREE).to_vec(),
+                ]),
+                // Its MAC in the first link-layer option of solicitations (source, at 24),
+                // advertisements (target, at 24) and router solicitations (source, at 8).
+                nd_option_rule(135, 24, 1),
+                nd_option_rule(136, 24, 2),
+                nd_option_rule(133, 8, 1),
+                // No router advertisements.
+                drop_rule(vec![
+                    is(Transport, 0, &[134]).to_vec(),
+                    held(DHCP_OK).to_vec(),
+                ]),
+            ],
+        ),
+        (
+            CHAIN_UDP6,
+            // No DHCPv6 server.
+            vec![drop_rule(vec![
+                is(Transport, 0, &547u16.to_be_bytes()).to_vec(),
+                held(DHCP_OK).to_vec(),
+            ])],
+        ),
     ]
 }
 
 fn nd_option_rule(icmp_type: u8, option_at: u32, option_type: u8) -> Vec<Expr> {
     drop_rule(vec![
-        ether_type(ETH_IP6).to_vec(),
-        l4proto(PROTO_ICMP6).to_vec(),
         is(Base::Transport, 0, &[icmp_type]).to_vec(),
-        held(MAC_FREE).to_vec(),
         is(Base::Transport, option_at, &[option_type]).to_vec(),
-        pair_not_in(MACS, Base::Transport, option_at + 2, 6, false),
+        pair_not_in(MACS, Base::Transport, option_at + 2, 6),
+        held(MAC_FREE).to_vec(),
     ])
+}
+
+/// The `ethertypes` verdict map: Ethernet type -> the chain for it (tagged frames: the
+/// chain that drops them).
+fn ethertypes() -> Vec<(Vec<u8>, &'static str)> {
+    vec![
+        (ETH_IP.to_vec(), CHAIN_IP4),
+        (ETH_ARP.to_vec(), CHAIN_ARP),
+        (ETH_IP6.to_vec(), CHAIN_IP6),
+        (ETH_8021Q.to_vec(), CHAIN_TAGGED),
+        (ETH_8021AD.to_vec(), CHAIN_TAGGED),
+    ]
 }
 
 /// The batch that replaces vmmd `owner`'s table with a fresh one holding `ports` (index
@@ -448,11 +524,27 @@ pub fn table_batch(owner: &str, ports: &[(u32, Guard)]) -> Batch {
         .u32(attr::CHAIN_POLICY, 1)
         .str(attr::CHAIN_TYPE, "filter");
     b.push(MsgType::NewChain, F_CREATE | F_EXCL, &pre);
-    let mut guard = Attrs::new();
-    guard
-        .str(attr::CHAIN_TABLE, &table)
-        .str(attr::CHAIN_NAME, CHAIN_GUARD);
-    b.push(MsgType::NewChain, F_CREATE | F_EXCL, &guard);
+    let chains = chains();
+    for (name, _) in &chains {
+        let mut c = Attrs::new();
+        c.str(attr::CHAIN_TABLE, &table).str(attr::CHAIN_NAME, name);
+        b.push(MsgType::NewChain, F_CREATE | F_EXCL, &c);
+    }
+    // The verdict map, after the chains its elements jump to.
+    let mut m = Attrs::new();
+    m.str(attr::SET_TABLE, &table)
+        .str(attr::SET_NAME, ETHERTYPES)
+        .u32(attr::SET_FLAGS, SET_MAP)
+        .u32(attr::SET_KEY_TYPE, T_ETHERTYPE)
+        .u32(attr::SET_KEY_LEN, 2)
+        .u32(attr::SET_DATA_TYPE, DATA_VERDICT)
+        .u32(attr::SET_ID, ETHERTYPES_ID);
+    b.push(MsgType::NewSet, F_CREATE | F_EXCL, &m);
+    b.push(
+        MsgType::NewSetElem,
+        F_CREATE | F_EXCL,
+        &nft::verdict_elements(&table, ETHERTYPES, &ethertypes()),
+    );
     let jump = vec![
         iif(),
         Expr::Lookup {
@@ -464,8 +556,10 @@ pub fn table_batch(owner: &str, ports: &[(u32, Guard)]) -> Batch {
         Expr::Verdict(Verdict::Jump(CHAIN_GUARD.into())),
     ];
     push_rule(&mut b, &table, CHAIN_PRE, &jump);
-    for r in guard_rules() {
-        push_rule(&mut b, &table, CHAIN_GUARD, &r);
+    for (name, rules) in &chains {
+        for r in rules {
+            push_rule(&mut b, &table, name, r);
+        }
     }
     for (ifindex, g) in ports {
         add_elements(&mut b, &table, &port_elements(*ifindex, g));
@@ -521,36 +615,65 @@ pub fn port_elements(ifindex: u32, g: &Guard) -> Vec<(&'static str, Elem)> {
     match &g.ipv4 {
         None => out.push(flag(IP4_FREE)),
         Some(prefixes) => {
-            let ranges = merge(prefixes.iter().map(|(a, p)| {
-                let (lo, hi) = range(u128::from(u32::from(*a)), *p, 32);
-                (lo, hi)
-            }));
-            for (lo, hi) in ranges {
-                out.push((
-                    IP4,
-                    interval(
-                        &ix_be,
-                        &(lo as u32).to_be_bytes(),
-                        &(hi as u32).to_be_bytes(),
-                    ),
-                ));
+            let prefixes = prefixes
+                .iter()
+                .map(|(a, p)| (u128::from(u32::from(*a)), *p.min(&32)));
+            for (set, key) in addresses(&ix, &ix_be, prefixes, 32, 4, (IP4, IP4_NETS)) {
+                out.push((set, key));
             }
         }
     }
     match &g.ipv6 {
         None => out.push(flag(IP6_FREE)),
         Some(prefixes) => {
-            let ll = link_local(g.mac);
-            let ranges = merge(
-                prefixes
-                    .iter()
-                    .map(|(a, p)| range(u128::from(*a), *p, 128))
-                    .chain(std::iter::once((u128::from(ll), u128::from(ll)))),
-            );
-            for (lo, hi) in ranges {
-                out.push((IP6, interval(&ix_be, &lo.to_be_bytes(), &hi.to_be_bytes())));
+            let ll = (u128::from(link_local(g.mac)), 128);
+            let prefixes = prefixes
+                .iter()
+                .map(|(a, p)| (u128::from(*a), *p.min(&128)))
+                .chain(std::iter::once(ll));
+            for (set, key) in addresses(&ix, &ix_be, prefixes, 128, 16, (IP6, IP6_NETS)) {
+                out.push((set, key));
             }
         }
+    }
+    out
+}
+
+/// The elements of a port's addresses in a `bits`-wide family: whole addresses in the
+/// exact set (keyed by the index in host order), shorter prefixes merged into ranges in the
+/// range set (keyed by the index in network order). `width` is the address in bytes.
+fn addresses(
+    ix: &[u8],
+    ix_be: &[u8],
+    prefixes: impl Iterator<Item = (u128, u8)>,
+    bits: u32,
+    width: usize,
+    (exact, nets): (&'static str, &'static str),
+) -> Vec<(&'static str, Elem)> {
+    let bytes = |a: u128| a.to_be_bytes()[16 - width..].to_vec();
+    let mut whole = BTreeSet::new();
+    let mut ranges = Vec::new();
+    for (a, p) in prefixes {
+        if u32::from(p) == bits {
+            whole.insert(a);
+        } else {
+            ranges.push(range(a, p, bits));
+        }
+    }
+    let mut out: Vec<(&'static str, Elem)> = whole
+        .into_iter()
+        .map(|a| {
+            (
+                exact,
+                Elem {
+                    key: [ix, &bytes(a)].concat(),
+                    key_end: None,
+                },
+            )
+        })
+        .collect();
+    for (lo, hi) in merge(ranges.into_iter()) {
+        out.push((nets, interval(ix_be, &bytes(lo), &bytes(hi))));
     }
     out
 }
@@ -950,17 +1073,18 @@ pub(crate) mod tests {
             e[1].1.key,
             [7u32.to_ne_bytes().to_vec(), vec![2, 0, 0, 0, 0, 1, 0, 0]].concat()
         );
-        let ip = [7u32.to_be_bytes().to_vec(), vec![192, 0, 2, 11]].concat();
+        // Whole addresses go to the exact sets, keyed in host order.
+        let ip = [7u32.to_ne_bytes().to_vec(), vec![192, 0, 2, 11]].concat();
         assert_eq!(
             e[2].1,
             Elem {
-                key: ip.clone(),
-                key_end: Some(ip)
+                key: ip,
+                key_end: None
             }
         );
         let ll: Ipv6Addr = "fe80::ff:fe00:1".parse().expect("ip");
         assert_eq!(link_local([2, 0, 0, 0, 0, 1]), ll);
-        let key = [7u32.to_be_bytes().to_vec(), ll.octets().to_vec()].concat();
+        let key = [7u32.to_ne_bytes().to_vec(), ll.octets().to_vec()].concat();
         assert_eq!(e[3].1.key, key);
     }
 
@@ -982,15 +1106,16 @@ pub(crate) mod tests {
         assert_eq!(
             sets,
             [
-                PORTS, MAC_FREE, DHCP_OK, ANY_PROTO, MACS, IP4, IP4, IP6_FREE
+                PORTS, MAC_FREE, DHCP_OK, ANY_PROTO, MACS, IP4, IP4_NETS, IP4_NETS, IP6_FREE
             ]
         );
+        // Prefixes become merged ranges, keyed in network order.
         let ix = 9u32.to_be_bytes();
-        assert_eq!(e[5].1.key, [&ix[..], &[192, 0, 2, 0]].concat());
-        assert_eq!(e[5].1.key_end, Some([&ix[..], &[192, 0, 2, 255]].concat()));
-        assert_eq!(e[6].1.key, [&ix[..], &[198, 51, 100, 0]].concat());
+        assert_eq!(e[6].1.key, [&ix[..], &[192, 0, 2, 0]].concat());
+        assert_eq!(e[6].1.key_end, Some([&ix[..], &[192, 0, 2, 255]].concat()));
+        assert_eq!(e[7].1.key, [&ix[..], &[198, 51, 100, 0]].concat());
         assert_eq!(
-            e[6].1.key_end,
+            e[7].1.key_end,
             Some([&ix[..], &[198, 51, 100, 255]].concat())
         );
         assert_eq!(range(0, 0, 32), (0, 0xffff_ffff));
@@ -1025,12 +1150,22 @@ pub(crate) mod tests {
         let snap = snapshot(&mut nf, "o").expect("snapshot");
         let n = delete_stale(&mut nf, "o", &snap, &[4].into_iter().collect()).expect("collect");
         assert_eq!(n, 4);
-        let left: usize = nf.sets.values().map(BTreeSet::len).sum();
-        assert_eq!(left, port_elements(4, &g).len());
+        let ports_left = |nf: &FakeNetfilter| -> usize {
+            nf.sets
+                .iter()
+                .filter(|((_, set), _)| set != ETHERTYPES)
+                .map(|(_, e)| e.len())
+                .sum()
+        };
+        assert_eq!(ports_left(&nf), port_elements(4, &g).len());
+        assert_eq!(
+            nf.sets[&(t.clone(), ETHERTYPES.to_string())].len(),
+            ethertypes().len()
+        );
         assert!(!is_unused(&mut nf, "o").expect("list"));
         // A fresh install keeps only the ports it is given.
         install(&mut nf, "o", &[]).expect("install");
-        assert_eq!(nf.sets.values().map(BTreeSet::len).sum::<usize>(), 0);
+        assert_eq!(ports_left(&nf), 0);
         assert!(is_unused(&mut nf, "o").expect("list"));
         uninstall(&mut nf, "o").expect("uninstall");
         assert!(!nf.tables.contains(&t));
@@ -1042,18 +1177,32 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn every_rule_ends_in_a_counted_drop_and_names_known_sets() {
-        for r in guard_rules() {
-            assert_eq!(r.last(), Some(&Expr::Verdict(Verdict::Drop)));
-            for e in &r {
-                if let Expr::Lookup {
-                    set, set_id: id, ..
-                } = e
-                {
-                    assert_eq!(*id, super::set_id(set), "{set}");
-                    assert!(*id > 0, "{set}");
+    fn every_rule_drops_counted_or_jumps_to_a_chain_and_names_known_sets() {
+        let chains = chains();
+        let names: Vec<&str> = chains.iter().map(|(n, _)| *n).collect();
+        for (_, rules) in &chains {
+            for r in rules {
+                match r.last() {
+                    Some(Expr::Verdict(Verdict::Drop)) => {
+                        assert_eq!(r.get(r.len() - 2), Some(&Expr::Counter), "{r:?}");
+                    }
+                    Some(Expr::Verdict(Verdict::Goto(c))) => assert!(names.contains(&c.as_str())),
+                    Some(Expr::Vmap { set, .. }) => assert_eq!(set, ETHERTYPES),
+                    other => panic!("a rule ends in {other:?}"),
+                }
+                for e in r {
+                    if let Expr::Lookup {
+                        set, set_id: id, ..
+                    } = e
+                    {
+                        assert_eq!(*id, super::set_id(set), "{set}");
+                        assert!(*id > 0, "{set}");
+                    }
                 }
             }
+        }
+        for (_, chain) in ethertypes() {
+            assert!(names.contains(&chain), "{chain}");
         }
     }
 }

@@ -571,9 +571,13 @@ async fn join_port(
 ) -> Result<(), VswitchError> {
     let bridge = ensure_segment(&ctx.h, owner, &port.segment).await?;
     quiet(name)?;
+    // Up at once: nothing crosses it before the guard below is in, since its other side
+    // has no carrier yet (a zone's end comes up after this returns; a TAP has carrier only
+    // once the VMM holds it).
     let mut link = LinkUnspec::new_with_index(ix)
         .controller(bridge)
-        .alias(port_alias(owner, &port.uuid));
+        .alias(port_alias(owner, &port.uuid))
+        .up();
     if let Some(mtu) = port.mtu {
         link = link.mtu(mtu);
     }
@@ -586,19 +590,13 @@ async fn join_port(
             "attach {name} to the bridge {}",
             port.segment.bridge
         )))?;
-    // Guarded before it carries anything: up only after its elements are in.
     add_guard(&mut ctx.nf, owner, ix, &port.guard)
         .map_err(nf(format!("set up anti-spoofing for {name}")))?;
     // A new port has no qdisc of hull's: only a cap needs work.
     if port.cap_mbps.is_some() {
         set_cap(&ctx.h, owner, name, ix, port).await?;
     }
-    ctx.h
-        .link()
-        .set(LinkUnspec::new_with_index(ix).up().build())
-        .execute()
-        .await
-        .map_err(nl(format!("bring up {name}")))
+    Ok(())
 }
 
 /// Makes the port's caps what its config says (none: no qdisc, no IFB).

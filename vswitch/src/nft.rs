@@ -80,6 +80,7 @@ pub mod attr {
     pub const SET_FLAGS: u16 = 3;
     pub const SET_KEY_TYPE: u16 = 4;
     pub const SET_KEY_LEN: u16 = 5;
+    pub const SET_DATA_TYPE: u16 = 6;
     pub const SET_DESC: u16 = 9;
     pub const SET_ID: u16 = 10;
     pub const SET_USERDATA: u16 = 13;
@@ -90,6 +91,7 @@ pub mod attr {
     pub const SET_ELEM_LIST_SET: u16 = 2;
     pub const SET_ELEM_LIST_ELEMENTS: u16 = 3;
     pub const SET_ELEM_KEY: u16 = 1;
+    pub const SET_ELEM_DATA: u16 = 2;
     pub const SET_ELEM_KEY_END: u16 = 10;
 
     pub const DATA_VALUE: u16 = 1;
@@ -100,6 +102,8 @@ pub mod attr {
 
 /// `NFT_SET_INTERVAL`.
 pub const SET_INTERVAL: u32 = 0x4;
+/// `NFT_SET_MAP`.
+pub const SET_MAP: u32 = 0x8;
 /// `NFT_SET_CONCAT`.
 pub const SET_CONCAT: u32 = 0x80;
 
@@ -134,6 +138,8 @@ pub enum Verdict {
     Accept,
     Drop,
     Jump(String),
+    /// To a chain, not coming back: at its end the frame goes on after the last jump.
+    Goto(String),
 }
 
 /// The expressions hull's rules are made of.
@@ -157,6 +163,9 @@ pub enum Expr {
         sreg: u32,
         inv: bool,
     },
+    /// Looks `sreg` up in the verdict map `set`: a found key's verdict is the rule's (a
+    /// missing one ends the rule).
+    Vmap { set: String, set_id: u32, sreg: u32 },
     /// Converts `len` bytes of 4-byte words in `reg` to network order.
     Hton { reg: u32, len: u32 },
     /// Counts packets and bytes.
@@ -264,6 +273,14 @@ impl Attrs {
                     }
                     ("lookup", d)
                 }
+                Expr::Vmap { set, set_id, sreg } => {
+                    let mut d = Attrs::new();
+                    d.str(1, set)
+                        .u32(2, *sreg)
+                        .u32(3, REG_VERDICT)
+                        .u32(4, *set_id);
+                    ("lookup", d)
+                }
                 Expr::Hton { reg, len } => {
                     let mut d = Attrs::new();
                     // sreg, dreg, op (hton), len, size
@@ -282,8 +299,11 @@ impl Attrs {
                                 vd.u32(attr::VERDICT_CODE, 0);
                             }
                             Verdict::Jump(chain) => {
-                                // NFT_JUMP is -3.
-                                vd.u32(attr::VERDICT_CODE, (-3i32) as u32);
+                                vd.u32(attr::VERDICT_CODE, NFT_JUMP as u32);
+                                vd.str(attr::VERDICT_CHAIN, chain);
+                            }
+                            Verdict::Goto(chain) => {
+                                vd.u32(attr::VERDICT_CODE, NFT_GOTO as u32);
                                 vd.str(attr::VERDICT_CHAIN, chain);
                             }
                         });
@@ -421,6 +441,30 @@ pub fn elements(table: &str, set: &str, elems: &[Elem]) -> Attrs {
                     if let Some(end) = &e.key_end {
                         el.data(attr::SET_ELEM_KEY_END, end);
                     }
+                });
+            }
+        });
+    a
+}
+
+const NFT_JUMP: i32 = -3;
+const NFT_GOTO: i32 = -4;
+
+/// Messages adding elements to the verdict map `set`: key -> go to chain (no return).
+pub fn verdict_elements(table: &str, set: &str, elems: &[(Vec<u8>, &str)]) -> Attrs {
+    let mut a = Attrs::new();
+    a.str(attr::SET_ELEM_LIST_TABLE, table)
+        .str(attr::SET_ELEM_LIST_SET, set)
+        .nest(attr::SET_ELEM_LIST_ELEMENTS, |list| {
+            for (key, chain) in elems {
+                list.nest(attr::LIST_ELEM, |el| {
+                    el.data(attr::SET_ELEM_KEY, key);
+                    el.nest(attr::SET_ELEM_DATA, |d| {
+                        d.nest(attr::DATA_VERDICT, |v| {
+                            v.u32(attr::VERDICT_CODE, NFT_GOTO as u32);
+                            v.str(attr::VERDICT_CHAIN, chain);
+                        });
+                    });
                 });
             }
         });
