@@ -16,6 +16,8 @@
  *   testguest.spin=1                   after the checks, spin forever with interrupts off
  *   testguest.exit=acpi                power off through the ACPI sleep register, not i8042
  *   testguest.fault=1                  triple-fault right after boot (VMM error paths)
+ *   testguest.corrupt=1                after the block checks, offer malformed chains and
+ *                                      move the avail index past the ring
  *   testguest.smp=0                    do not start the application processors
  */
 typedef unsigned char u8;
@@ -764,6 +766,53 @@ static int blk_io(struct vq *q, u32 type, u64 sector, u8 **bufs, u32 n, u32 len)
 	return bstatus;
 }
 
+/* testguest.corrupt=1: what a broken or hostile driver might offer the block device after
+ * its checks. The VMM must return each malformed chain unused (length 0, status untouched)
+ * and keep serving the queue; then the avail index jumps 1000 entries past the ring, after
+ * which the device may ignore the queue for good. The guest carries on either way. */
+static void corrupt_queue(struct vq *q, const char *name)
+{
+	struct desc *dt = q->r->desc;
+	breq.type = 0;
+	breq.sector = 0;
+	/* A loop: 0 -> 1 -> 0. */
+	set_desc(q, 0, &breq, sizeof(breq), D_NEXT);
+	set_desc(q, 1, sect_a, 512, D_NEXT | D_WRITE);
+	dt[1].next = 0;
+	vq_offer(q, 0);
+	vq_notify(q);
+	result(vq_wait(q, SPIN_LIMIT) == 0, name);
+	puts("a looping chain is returned unused\n");
+	/* A data buffer outside guest memory. */
+	bstatus = 0xff;
+	set_desc(q, 0, &breq, sizeof(breq), D_NEXT);
+	set_desc(q, 1, (void *)0xfff000000000UL, 512, D_NEXT | D_WRITE);
+	set_desc(q, 2, (void *)&bstatus, 1, D_WRITE);
+	vq_offer(q, 0);
+	vq_notify(q);
+	result(vq_wait(q, SPIN_LIMIT) == 0 && bstatus == 0xff, name);
+	puts("a buffer outside guest memory is refused\n");
+	/* A status byte the device may not write. */
+	set_desc(q, 0, &breq, sizeof(breq), D_NEXT);
+	set_desc(q, 1, sect_a, 512, D_NEXT | D_WRITE);
+	set_desc(q, 2, (void *)&bstatus, 1, 0);
+	vq_offer(q, 0);
+	vq_notify(q);
+	result(vq_wait(q, SPIN_LIMIT) == 0 && bstatus == 0xff, name);
+	puts("a read-only status descriptor is refused\n");
+	/* The queue still serves a good request. */
+	u8 *bufs[1] = {sect_a};
+	memset(sect_a, 0, 512);
+	int st = blk_io(q, 0, 0, bufs, 1, 512);
+	result(st == 0 && memcmp(sect_a, "HULLDISK", 8) == 0, name);
+	puts("a good request after them is served\n");
+	q->avail_idx += 1000;
+	*(volatile u16 *)&q->r->avail.idx = q->avail_idx;
+	barrier();
+	vq_notify(q);
+	puts("testguest: corrupt: avail index moved 1000 entries past the ring\n");
+}
+
 static void test_blk(struct vdev *d, int n)
 {
 	struct vq q;
@@ -848,6 +897,10 @@ static void test_blk(struct vdev *d, int n)
 		put_dec(t2 - t1);
 		puts(" tsc\n");
 	}
+
+	const char *corrupt = param("testguest.corrupt");
+	if (corrupt && corrupt[0] == '1')
+		corrupt_queue(&q, name);
 }
 
 /* ---------- virtio-rng ---------- */

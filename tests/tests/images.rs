@@ -46,6 +46,20 @@ fn imgadm(d: &Daemon, args: &[&str]) -> std::process::Output {
     d.run("imgadm", args, None)
 }
 
+/// Runs the shell command `cmd` in a pty (script(1)), talking to `d`: whether it succeeded,
+/// and what the terminal showed.
+fn in_pty(d: &Daemon, cmd: &str) -> (bool, String) {
+    let o = Command::new("script")
+        .args(["-qec", cmd, "/dev/null"])
+        .env("HULL_SOCKET", d.socket())
+        .output()
+        .expect("script (util-linux) runs");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
 /// `imgadm install -q -m MANIFEST -f FILE`.
 fn install(d: &Daemon, manifest: &Path, file: &Path) -> std::process::Output {
     d.imgadm_install(manifest, file)
@@ -179,20 +193,20 @@ fn lifecycle(d: &Daemon, backend: &str, quota_enforced: bool) {
     );
 
     // An image made from the stopped zone installs like any other; it records its origin.
+    // Made in a pty (script(1)), it draws a progress bar.
     let made_dir = d.dir.path().join("made");
     if backend == "btrfs" || hull_tests::is_root() {
-        let o = imgadm(
-            d,
-            &[
-                "create",
-                "-o",
-                &made_dir.to_string_lossy(),
-                &zone,
-                "name=made",
-                "version=1",
-            ],
+        let cmd = format!(
+            "{} create -o {} {zone} name=made version=1",
+            hull_tests::bin("imgadm").display(),
+            made_dir.display()
         );
-        assert!(o.status.success(), "imgadm create: {}", stderr(&o));
+        let (ok, screen) = in_pty(d, &cmd);
+        assert!(ok, "imgadm create: {screen}");
+        assert!(
+            screen.contains("Creating") && screen.contains("Created image"),
+            "no progress bar in the pty: {screen:?}"
+        );
         let m = made_dir.join("made-1.json");
         let f = made_dir.join("made-1.tar.gz");
         let o = imgadm(
@@ -448,13 +462,8 @@ fn import_from_an_imgapi_server_with_progress_in_a_pty_and_json_without() {
 
     // In a pty (script(1)): a progress bar is drawn.
     let cmd = format!("{} import {uuid}", hull_tests::bin("imgadm").display());
-    let o = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .env("HULL_SOCKET", d.socket())
-        .output()
-        .expect("script (util-linux) runs");
-    let screen = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "pty import failed: {screen}");
+    let (ok, screen) = in_pty(&d, &cmd);
+    assert!(ok, "pty import failed: {screen}");
     assert!(
         screen.contains("Importing") && screen.contains("MiB"),
         "no progress bar in the pty: {screen:?}"

@@ -312,6 +312,54 @@ fn kvm_root_microvm_reboots_on_reset_and_fails_on_a_fault() {
     }
 }
 
+/// A guest that feeds its block device malformed chains (a loop, a buffer outside its RAM, a
+/// read-only status byte, an avail index far past the ring) and then spins with interrupts
+/// off hurts only itself: the VMM refuses the chains and counts them as device errors, keeps
+/// running, and is killed at its stop's deadline; another guest carries on and stops cleanly.
+#[test]
+#[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
+fn kvm_root_microvm_guests_that_corrupt_queues_or_spin_hurt_only_themselves() {
+    require_root_and_kvm();
+    let d = Daemon::start();
+    let image = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a62";
+    d.install_image(image, "zvol");
+    let bad = create(&d, image, "testguest.corrupt=1 testguest.spin=1", true);
+    let good = create(&d, image, "testguest.hold=kbd", true);
+    let seen = console_until(&d, bad, "testguest: spinning");
+    assert!(
+        seen.contains("avail index moved") && seen.contains("testguest: ALL PASS"),
+        "the VMM answered every malformed chain and kept serving: {seen}"
+    );
+    assert_eq!(state(&d, bad), "running", "the VMM survived its guest");
+    let o = d.vmadm(&["info", &bad.to_string(), "devices"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).expect("info is JSON");
+    let errors = info["devices"]
+        .as_array()
+        .and_then(|ds| {
+            ds.iter()
+                .find(|d| d["name"].as_str().is_some_and(|n| n.contains("vda")))
+        })
+        .and_then(|d| d["errors"].as_u64());
+    assert!(errors >= Some(3), "the refused chains are counted: {info}");
+    console_until(&d, good, "testguest: waiting for ctrl-alt-del");
+
+    // The spinning guest answers neither the power button nor Ctrl-Alt-Del: the stop kills
+    // it at its deadline.
+    let o = d.vmadm(&["stop", "-t", "2", &bad.to_string()], None);
+    assert!(o.status.success(), "{}\nlog: {}", text(&o), d.log());
+    assert_eq!(state(&d, bad), "stopped");
+    assert_eq!(state(&d, good), "running", "the other guest carries on");
+    let o = d.vmadm(&["stop", &good.to_string()], None);
+    assert!(o.status.success(), "{}\nlog: {}", text(&o), d.log());
+    let vm = d.client().get_vm(good).expect("get");
+    assert_eq!(vm.exit_status, Some(0), "the other guest ended cleanly");
+    for uuid in [bad, good] {
+        let o = d.vmadm(&["delete", &uuid.to_string()], None);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+}
+
 /// Where a file system cannot id-map mounts (ramfs here; tmpfs before Linux 6.3, a live
 /// image's root), the VMM's files are bound as they are: its disk is handed to the zone's
 /// root, its kernel only needs to be readable.

@@ -122,6 +122,9 @@ enum Command {
         uuid: String,
         /// Manifest fields: name=NAME version=VERSION [description=TEXT].
         fields: Vec<String>,
+        /// No progress bar.
+        #[arg(short = 'q')]
+        quiet: bool,
     },
 }
 
@@ -131,6 +134,7 @@ fn create(
     compression: &str,
     uuid: &str,
     fields: &[String],
+    quiet: bool,
 ) -> CmdResult {
     use std::io::Write;
     let uuid = parse_uuid(uuid)?;
@@ -174,6 +178,8 @@ fn create(
     let stem = format!("{name}-{version}");
     let file = output.join(format!("{stem}.{ext}"));
     let partial = output.join(format!(".{stem}.{ext}.partial"));
+    // The archive's size is known only at its end: the bar counts bytes and their rate.
+    let bar = progress_bar("Creating", quiet, false);
     let result = (|| {
         let f = std::fs::File::create(&partial)
             .map_err(|e| Failure::new(format!("cannot create {}: {e}", partial.display())))?;
@@ -181,6 +187,7 @@ fn create(
             inner: std::io::BufWriter::new(f),
             sha1: Sha1Sum::default(),
             size: 0,
+            bar: bar.as_ref(),
         };
         c.export_root(uuid, compression, &mut hashed)?;
         hashed
@@ -189,6 +196,9 @@ fn create(
             .map_err(|e| Failure::new(format!("cannot write {}: {e}", partial.display())))?;
         Ok::<_, Failure>(hashed.finish())
     })();
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
     let (sha1, size) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -229,13 +239,14 @@ fn create(
 #[derive(Default)]
 struct Sha1Sum(sha1::Sha1);
 
-struct HashingWriter<W: std::io::Write> {
+struct HashingWriter<'a, W: std::io::Write> {
     inner: W,
     sha1: Sha1Sum,
     size: u64,
+    bar: Option<&'a indicatif::ProgressBar>,
 }
 
-impl<W: std::io::Write> HashingWriter<W> {
+impl<W: std::io::Write> HashingWriter<'_, W> {
     fn finish(self) -> (String, u64) {
         (
             format!("{:x}", sha1::Digest::finalize(self.sha1.0)),
@@ -244,11 +255,14 @@ impl<W: std::io::Write> HashingWriter<W> {
     }
 }
 
-impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+impl<W: std::io::Write> std::io::Write for HashingWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         sha1::Digest::update(&mut self.sha1.0, &buf[..n]);
         self.size += n as u64;
+        if let Some(b) = self.bar {
+            b.set_position(self.size);
+        }
         Ok(n)
     }
 
@@ -272,7 +286,7 @@ fn print_images(rows: &[Value], json: bool, no_header: bool, cols: Option<&str>)
 
 /// Runs `f` with a progress callback that drives a bar (see [`progress_bar`]).
 fn with_progress<T>(what: &str, quiet: bool, f: impl FnOnce(&mut dyn FnMut(u64, u64)) -> T) -> T {
-    let bar = progress_bar(what, quiet);
+    let bar = progress_bar(what, quiet, true);
     let out = f(&mut |sent, total| {
         if let Some(b) = &bar {
             b.set_length(total);
@@ -285,19 +299,24 @@ fn with_progress<T>(what: &str, quiet: bool, f: impl FnOnce(&mut dyn FnMut(u64, 
     out
 }
 
-/// A progress bar on stderr when stdout is a terminal and the output is for people.
-fn progress_bar(what: &str, quiet: bool) -> Option<indicatif::ProgressBar> {
+/// A progress bar on stderr when stdout is a terminal and the output is for people; without
+/// a known total (`sized` false) it counts bytes behind a spinner.
+fn progress_bar(what: &str, quiet: bool, sized: bool) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
     (!quiet && std::io::stdout().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(0);
+        let template = if sized {
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+        } else {
+            "{msg} {spinner} {bytes} {bytes_per_sec}"
+        };
         b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         b.set_message(what.to_string());
+        b.tick();
         b
     })
 }
@@ -490,6 +509,7 @@ pub fn run(cli: Cli) -> CmdResult {
             compression,
             uuid,
             fields,
-        } => create(socket, &output, &compression, &uuid, &fields),
+            quiet,
+        } => create(socket, &output, &compression, &uuid, &fields, quiet),
     }
 }

@@ -7,11 +7,13 @@
 //! [btrfs|xfs|ext4]...` (default 7 runs, every filesystem). Prints a Markdown table for
 //! docs/PERFORMANCE.md. Writes about 15 GiB; takes minutes.
 //!
-//! Each size starts from a settled filesystem, as an installed image does: the image's
-//! writes are committed (syncfs) before its clones are timed, and btrfs has finished
-//! deleting the previous size's snapshots (`btrfs subvolume sync`); otherwise the first
-//! snapshot of a freshly written 4 GiB image pays for committing its checksums, and the
-//! later ones race the cleaner, which says nothing about a clone's cost.
+//! The clones start from a settled filesystem, as an installed image does: the images'
+//! writes are committed (syncfs) before their clones are timed, and btrfs has finished
+//! deleting earlier snapshots (`btrfs subvolume sync`); otherwise the first snapshot of a
+//! freshly written 4 GiB image pays for committing its checksums, and the later ones race
+//! the cleaner, which says nothing about a clone's cost. The sizes alternate run by run, so
+//! that the load of a shared machine falls on every size alike (the 4 GiB / 10 MiB ratio is
+//! the figure).
 
 use std::io::Write;
 use std::path::Path;
@@ -45,14 +47,6 @@ fn fill(path: &Path, size: u64) {
     f.sync_all().expect("sync");
 }
 
-fn time_runs(runs: usize, mut one: impl FnMut(usize) -> Option<Duration>) -> Option<Duration> {
-    let mut v = Vec::new();
-    for i in 0..runs {
-        v.push(one(i)?);
-    }
-    Some(median(v))
-}
-
 fn command(args: &[&str]) -> Option<Duration> {
     let t = Instant::now();
     let ok = Command::new(args[0])
@@ -82,103 +76,111 @@ fn settle(root: &Path, kind: BackendKind) {
     assert_eq!(unsafe { libc::syncfs(dir.as_raw_fd()) }, 0, "syncfs");
 }
 
+const SIZES: [(&str, u64); 3] = [("10 MiB", 10 << 20), ("1 GiB", 1 << 30), ("4 GiB", 4 << 30)];
+
+/// Times `one(size index, run)` for every size, alternating the sizes run by run (each run
+/// starting at another size), so that load on this shared machine falls on every size
+/// alike; returns each size's median, or None for a size where a run failed.
+fn alternate(
+    runs: usize,
+    mut one: impl FnMut(usize, usize) -> Option<Duration>,
+) -> Vec<Option<Duration>> {
+    let mut times: Vec<Option<Vec<Duration>>> = vec![Some(Vec::new()); SIZES.len()];
+    for run in 0..runs {
+        for k in 0..SIZES.len() {
+            let s = (run + k) % SIZES.len();
+            let d = one(s, run);
+            times[s] = times[s].take().and_then(|mut v| {
+                v.push(d?);
+                Some(v)
+            });
+        }
+    }
+    times.into_iter().map(|v| v.map(median)).collect()
+}
+
 fn bench(label: &str, root: &Path, kind: BackendKind, runs: usize) {
     let b: Box<dyn Backend> = backend::open(kind);
-    for (name, size) in [
-        ("10 MiB", 10u64 << 20),
-        ("1 GiB", 1 << 30),
-        ("4 GiB", 4 << 30),
-    ] {
-        let image = root.join(format!("image-{size}"));
-        b.create_image_tree(&image).expect("image tree");
-        let file = image.join("disk.img");
-        fill(&file, size);
-        b.seal_image_tree(&image).expect("seal");
-        settle(root, kind);
-        // Clones are all made first and removed after, as guests are: removing one right
-        // after making it would time btrfs's background cleaner too.
-        let tree = time_runs(runs, |i| {
-            let g = root.join(format!("guest-{size}-{i}"));
-            std::fs::create_dir(&g).ok()?;
-            let t = Instant::now();
-            b.clone_tree(&image, &g).ok()?;
-            Some(t.elapsed())
-        });
-        for i in 0..runs {
-            let g = root.join(format!("guest-{size}-{i}"));
-            let _ = b.destroy_tree(&g);
-            let _ = std::fs::remove_dir_all(&g);
+    let images: Vec<_> = SIZES
+        .iter()
+        .map(|(_, size)| {
+            let image = root.join(format!("image-{size}"));
+            b.create_image_tree(&image).expect("image tree");
+            fill(&image.join("disk.img"), *size);
+            b.seal_image_tree(&image).expect("seal");
+            image
+        })
+        .collect();
+    settle(root, kind);
+    // Clones are all made first and removed after, as guests are: removing one right after
+    // making it would time btrfs's background cleaner too.
+    let guest = |s: usize, run: usize| root.join(format!("guest-{}-{run}", SIZES[s].1));
+    let tree = alternate(runs, |s, run| {
+        let g = guest(s, run);
+        std::fs::create_dir(&g).ok()?;
+        let t = Instant::now();
+        b.clone_tree(&images[s], &g).ok()?;
+        Some(t.elapsed())
+    });
+    for s in 0..SIZES.len() {
+        for run in 0..runs {
+            let _ = b.destroy_tree(&guest(s, run));
+            let _ = std::fs::remove_dir_all(guest(s, run));
         }
-        settle(root, kind);
-        let disk = time_runs(runs, |i| {
-            let dst = root.join(format!("clone-{size}-{i}.img"));
-            let t = Instant::now();
-            b.clone_file(&file, &dst).ok()?;
-            Some(t.elapsed())
-        });
-        for i in 0..runs {
-            let _ = std::fs::remove_file(root.join(format!("clone-{size}-{i}.img")));
+    }
+    settle(root, kind);
+    let clone = |s: usize, run: usize| root.join(format!("clone-{}-{run}.img", SIZES[s].1));
+    let disk = alternate(runs, |s, run| {
+        let t = Instant::now();
+        b.clone_file(&images[s].join("disk.img"), &clone(s, run))
+            .ok()?;
+        Some(t.elapsed())
+    });
+    for s in 0..SIZES.len() {
+        for run in 0..runs {
+            let _ = std::fs::remove_file(clone(s, run));
         }
-        let (f, img) = (
-            file.to_string_lossy().into_owned(),
-            image.to_string_lossy().into_owned(),
-        );
-        let peer = |args: &dyn Fn(&str) -> Vec<String>, cleanup: bool| {
-            time_runs(runs.min(3), |i| {
-                let dst = root
-                    .join(format!("peer-{size}-{i}"))
-                    .to_string_lossy()
-                    .into_owned();
-                let a = args(&dst);
-                let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-                let d = command(&refs);
-                if cleanup {
-                    let _ = Command::new("rm").args(["-rf", &dst]).status();
-                }
-                d
-            })
-        };
-        let cp_a = peer(
-            &|dst| vec!["cp".into(), "-a".into(), img.clone(), dst.into()],
-            true,
-        );
-        let cp_reflink = peer(
-            &|dst| {
-                vec![
-                    "cp".into(),
-                    "--reflink=always".into(),
-                    f.clone(),
-                    dst.into(),
-                ]
-            },
-            true,
-        );
-        let qcow = peer(
-            &|dst| {
-                vec![
-                    "qemu-img".into(),
-                    "create".into(),
-                    "-q".into(),
-                    "-f".into(),
-                    "qcow2".into(),
-                    "-b".into(),
-                    f.clone(),
-                    "-F".into(),
-                    "raw".into(),
-                    dst.into(),
-                ]
-            },
-            true,
-        );
+    }
+    let peer = |args: &dyn Fn(&str, &str, &str) -> Vec<String>| {
+        alternate(runs.min(3), |s, run| {
+            let dst = root.join(format!("peer-{}-{run}", SIZES[s].1));
+            let a = args(
+                &images[s].to_string_lossy(),
+                &images[s].join("disk.img").to_string_lossy(),
+                &dst.to_string_lossy(),
+            );
+            let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+            let d = command(&refs);
+            let _ = Command::new("rm").arg("-rf").arg(&dst).status();
+            d
+        })
+    };
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let cp_a = peer(&|img, _, dst| strings(&["cp", "-a", img, dst]));
+    let cp_reflink = peer(&|_, f, dst| strings(&["cp", "--reflink=always", f, dst]));
+    let qcow = peer(&|_, f, dst| {
+        strings(&[
+            "qemu-img", "create", "-q", "-f", "qcow2", "-b", f, "-F", "raw", dst,
+        ])
+    });
+    for (s, (name, _)) in SIZES.iter().enumerate() {
         println!(
             "| {label} | {name} | {} | {} | {} | {} | {} |",
-            ms(tree),
-            ms(disk),
-            ms(cp_a),
-            ms(cp_reflink),
-            ms(qcow)
+            ms(tree[s]),
+            ms(disk[s]),
+            ms(cp_a[s]),
+            ms(cp_reflink[s]),
+            ms(qcow[s])
         );
-        b.remove_image_tree(&image).expect("remove image");
+    }
+    if let (Some(small), Some(large)) = (tree[0], tree[2]) {
+        eprintln!(
+            "{label}: root clone 4 GiB / 10 MiB = {:.2}",
+            large.as_secs_f64() / small.as_secs_f64()
+        );
+    }
+    for image in &images {
+        b.remove_image_tree(image).expect("remove image");
     }
 }
 

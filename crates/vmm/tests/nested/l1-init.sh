@@ -14,7 +14,8 @@ for m in irqbypass kvm ccp kvm-amd tun; do insmod /m/$m.ko 2>/dev/null || echo "
 [ -e /dev/net/tun ] || mknod /dev/net/tun c 10 200
 up() { cut -d' ' -f1 /proc/uptime; }
 if [ "$MODE" = bench ]; then
-  CMD="console=ttyS0 reboot=k panic=-1 pci=off quiet"
+  R=$(sed -n 's/.*hullreboot=\([a-z]\).*/\1/p' /proc/cmdline)
+  CMD="console=ttyS0 reboot=${R:-k} panic=-1 pci=off quiet"
   for i in 1 2 3; do
     S=$(up); /vmm --kernel /vmlinuz --initrd /l2b.cpio.gz --mem-mib 256 --cmdline "$CMD" >/tmp/out 2>&1
     E=$(up); grep -q "init reached" /tmp/out && echo "L1: bench hull-vmm $S $E" || { echo "L1: hull run failed"; cat /tmp/out; }

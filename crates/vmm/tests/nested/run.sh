@@ -11,7 +11,12 @@
 # Needs: qemu-system-x86, cpio, apt-get access to Debian's linux-image-amd64 and
 # busybox-static (cached in ${HULL_CACHE:-~/.cache/hull}/debs), and a build of vmm
 # (VMM=path, default target/release/vmm). WORK=dir keeps the unpacked kernel between runs
-# (default /tmp/hull-nested).
+# (default /tmp/hull-nested). NESTED_CPU=model picks L1's CPU (default max; qemu64,+svm,+npt has no
+# XSAVE, so KVM_CAP_XCRS is missing in L1). L2_KERNEL=path boots that kernel as L2 instead of
+# the stock one (bench mode; check mode needs the stock kernel's modules and ACPI). Such a
+# kernel without ACPI ends by a reset, and qemu -M microvm has no i8042 to reset through
+# (Linux's reboot=k then polls the missing controller for tens of seconds under TCG), so L2
+# resets by triple fault (reboot=t) under both VMMs.
 set -eu
 MODE=${1:-check}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -25,7 +30,7 @@ if [ ! -d root/boot ]; then
 fi
 KVER=$(ls root/lib/modules | head -1)
 M=root/lib/modules/$KVER/kernel
-rm -rf l1 l2 l2b && mkdir -p l1/bin l1/m l2/bin l2/m l2b/bin l2b/proc
+rm -rf l1 l2 l2b && mkdir -p l1/bin l1/m l2/bin l2/m l2b/bin l2b/proc l2b/sys
 cp root/bin/busybox l1/bin/ && cp root/bin/busybox l2/bin/ && cp root/bin/busybox l2b/bin/
 for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio \
   drivers/block/virtio_blk drivers/char/hw_random/virtio-rng net/core/failover \
@@ -34,7 +39,8 @@ for m in virt/lib/irqbypass arch/x86/kvm/kvm drivers/crypto/ccp/ccp arch/x86/kvm
   drivers/net/tun; do cp "$M/$m.ko" l1/m/; done
 cp "$HERE/l2-init.sh" l2/init && cp "$HERE/l2-bench-init.sh" l2b/init && cp "$HERE/l1-init.sh" l1/init
 chmod +x l1/init l2/init l2b/init
-cp root/boot/vmlinuz-"$KVER" l1/vmlinuz
+# The L2 kernel: Debian's stock one, or L2_KERNEL (bench only, e.g. images/kernel/build's).
+cp "${L2_KERNEL:-root/boot/vmlinuz-$KVER}" l1/vmlinuz
 # The vmm binary and its shared libraries.
 copy_with_libs() {
   cp "$1" "$2"
@@ -52,9 +58,9 @@ fi
 (cd l2 && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1/l2.cpio.gz)
 (cd l2b && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1/l2b.cpio.gz)
 (cd l1 && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1.cpio.gz)
-timeout "${NESTED_TIMEOUT:-600}" qemu-system-x86_64 -M q35 -cpu max -accel tcg -m 2048 -smp 2 -nographic -no-reboot \
+timeout "${NESTED_TIMEOUT:-600}" qemu-system-x86_64 -M q35 -cpu "${NESTED_CPU:-max}" -accel tcg -m 2048 -smp 2 -nographic -no-reboot \
   -kernel root/boot/vmlinuz-"$KVER" -initrd l1.cpio.gz \
-  -append "console=ttyS0 quiet panic=-1 hullmode=$MODE" > "run-$MODE.log" 2>&1 || true
+  -append "console=ttyS0 quiet panic=-1 hullmode=$MODE hullreboot=${L2_KERNEL:+t}" > "run-$MODE.log" 2>&1 || true
 grep -a -E '^(L1|L2|vmm):' "run-$MODE.log" || true
 if [ "$MODE" = bench ]; then
   grep -a 'L1: bench' "run-$MODE.log" | awk '{ t = $5 - $4; n[$3]++; s[$3] += t; print $3, t " s" }
