@@ -617,7 +617,11 @@ impl Drop for Netns {
 /// Whether this kernel makes 802.1Q devices (tried in a scratch namespace).
 fn kernel_has_8021q() -> bool {
     let ns = Netns::new("nup1-probe");
-    ns.run(&["ip", "link", "add", "d0", "type", "dummy"]);
+    // A veth pair to hang it on: some kernels (this host's) have no dummy devices.
+    let base = ns.run(&[
+        "ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1",
+    ]);
+    assert!(base.status.success(), "{}", text(&base));
     ns.run(&[
         "ip", "link", "add", "link", "d0", "name", "d0.5", "type", "vlan", "id", "5",
     ])
