@@ -115,6 +115,24 @@ fn flush_neighbours(d: &Daemon, u: &str) {
     must(in_netns(d, u, &["ip", "neigh", "flush", "all"]));
 }
 
+/// Deletes nic tags (and so their bridges): nothing of a test stays on the host.
+fn delete_tags(d: &Daemon, tags: &[&str]) {
+    for tag in tags {
+        let o = d.run("nictagadm", &["delete", tag], None);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let links = hull_vswitch::host_links().expect("links");
+    for tag in tags {
+        let bridge = format!("hb-{tag}");
+        assert!(
+            !links
+                .iter()
+                .any(|l| *l == bridge || l.starts_with(&format!("{bridge}."))),
+            "nictagadm delete left {bridge}: {links:?}"
+        );
+    }
+}
+
 fn stop_and_delete(d: &Daemon, zones: &[&String]) {
     for z in zones {
         let o = d.vmadm(&["delete", z], None);
@@ -277,6 +295,7 @@ fn root_a_zone_that_forges_its_address_or_mac_cannot_send() {
     flush_neighbours(&d, &b);
     assert!(reaches(&d, &a, "192.0.2.22", None));
     stop_and_delete(&d, &[&a, &b, &c]);
+    delete_tags(&d, &["nsp1"]);
     let gone = Command::new("nft")
         .args(["list", "table", "bridge", &table])
         .output()
@@ -360,6 +379,7 @@ fn root_a_capped_nic_carries_its_rate_each_way() {
         );
     }
     stop_and_delete(&d, &[&a, &b]);
+    delete_tags(&d, &["ncap1"]);
 }
 
 /// What of guest `uuids` and nic tags `tags` is on the host: links named after them, the
@@ -582,7 +602,7 @@ fn kvm_root_nic_changes_to_a_running_microvm_wait_for_its_next_boot() {
     let links = hull_vswitch::host_links().expect("links");
     let key = hull_vswitch::port_key(&u);
     assert!(!links.iter().any(|l| l.contains(&key)), "{links:?}");
-    let _ = d.run("nictagadm", &["delete", "nvm1"], None);
+    delete_tags(&d, &["nvm1"]);
 }
 
 /// A network namespace for a peer outside the host's, removed when dropped.
@@ -777,4 +797,5 @@ fn root_zones_on_one_tag_pass_tcp() {
     let rate = iperf(&d, &b, &a, "192.0.2.71", false);
     assert!(rate > 0.0, "TCP through the switch: {rate} Mbit/s");
     stop_and_delete(&d, &[&a, &b]);
+    delete_tags(&d, &["ntcp1"]);
 }
