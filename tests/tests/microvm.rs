@@ -525,7 +525,10 @@ fn kvm_root_microvm_nic_carries_frames_both_ways_over_its_bridge() {
         "kernel": hull_tests::testguest().to_string_lossy(),
         "cmdline": "console=ttyS0 testguest.net_echo=1 testguest.hold=kbd",
         "disks": [{"image_uuid": image, "boot": true}],
-        "nics": [{"nic_tag": "vmsw", "ips": ["192.0.2.40/24"], "primary": true}]});
+        // The test guest's frames are of a local experimental type (0x88b5), which the
+        // switch lets through only with allow_restricted_traffic.
+        "nics": [{"nic_tag": "vmsw", "ips": ["192.0.2.40/24"], "primary": true,
+            "allow_restricted_traffic": true}]});
     let vm = d.client().create_vm(&payload).expect("create");
     let ping = capture
         .wait_for(b"hull-net-test ping", Duration::from_secs(20))

@@ -212,3 +212,55 @@ fn host_checks_see_other_guests_addresses_and_uuids() {
     let v: Value = serde_json::from_str(&stdout(&o)).expect("json");
     assert_eq!(sorted(&v, "bad_properties"), ["brand", "vcpus"]);
 }
+
+/// Acceptance 5 for NICs added by `vmadm update`: an unknown tag, an address or MAC another
+/// guest has, and a malformed CIDR are refused, each by its property; nothing changes.
+#[test]
+fn add_nics_is_checked_like_a_create() {
+    let d = daemon();
+    let other = json!({"brand": "kvm", "autoboot": false,
+        "nics": [{"nic_tag": "admin", "mac": "02:00:00:00:00:51", "ips": ["192.0.2.51/24"]}]});
+    let o = d.vmadm(&["create"], Some(&other.to_string()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let vm = d
+        .client()
+        .create_vm(&json!({"brand": "kvm", "autoboot": false}))
+        .expect("create");
+    let bad = |payload: Value| -> Vec<String> {
+        match d.client().update_vm(vm.uuid, &payload) {
+            Ok(v) => panic!("accepted: {v:?}"),
+            Err(hull_client::ClientError::Api { status, body }) => {
+                assert_eq!(status, 422, "{body:?}");
+                let r = body.report.expect("a validation report");
+                let mut named: Vec<String> = r
+                    .bad_values
+                    .into_iter()
+                    .chain(r.bad_properties)
+                    .chain(r.missing_properties)
+                    .collect();
+                named.sort();
+                named
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(
+        bad(json!({"add_nics": [
+            {"nic_tag": "nosuch"},
+            {"nic_tag": "admin", "ips": ["192.0.2.51/24"]},
+            {"nic_tag": "admin", "mac": "02:00:00:00:00:51"}]})),
+        ["add_nics.0.nic_tag", "add_nics.1.ips", "add_nics.2.mac"]
+    );
+    assert_eq!(
+        bad(json!({"add_nics": [
+            {"nic_tag": "admin", "ips": ["192.0.2.7/33"]},
+            {"nic_tag": "admin", "ips": ["192.0.2.8"]},
+            {"nic_tag": "admin", "allowed_ips": ["198.51.100.0/40"]}]})),
+        [
+            "add_nics.0.ips.0",
+            "add_nics.1.ips.0",
+            "add_nics.2.allowed_ips.0"
+        ]
+    );
+    assert!(d.client().get_vm(vm.uuid).expect("get").nics.is_empty());
+}

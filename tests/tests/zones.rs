@@ -649,4 +649,16 @@ fn root_zones_on_a_nic_tag_reach_each_other_and_no_one_else() {
         let o = d.vmadm(&["delete", z], None);
         assert!(o.status.success(), "{}", text(&o));
     }
+    // Deleting the tags removes their bridges: nothing of the test stays on the host.
+    for tag in ["swa", "swb"] {
+        let o = d.run("nictagadm", &["delete", tag], None);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let links = hull_vswitch::host_links().expect("links");
+    for bridge in ["hb-swa", "hb-swb", "hb-swa.7"] {
+        assert!(
+            !links.iter().any(|l| l == bridge),
+            "{bridge} outlived its tag"
+        );
+    }
 }

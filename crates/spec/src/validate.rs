@@ -684,6 +684,7 @@ const NIC_PROPS: &[(&str, Check)] = &[
     ("allow_ip_spoofing", check_bool),
     ("allow_mac_spoofing", check_bool),
     ("allow_dhcp_spoofing", check_bool),
+    ("allow_restricted_traffic", check_bool),
     ("allowed_ips", check_allowed_ips),
     ("max_bandwidth", |r, p, v| check_int(r, p, v, 1, 100_000)),
 ];

@@ -189,6 +189,9 @@ pub struct NicSpec {
     /// Let the guest act as a DHCP server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_dhcp_spoofing: Option<bool>,
+    /// Let the guest send frames other than IPv4, ARP and IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_restricted_traffic: Option<bool>,
     /// Extra addresses the guest may send from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_ips: Option<Vec<String>>,
@@ -368,6 +371,9 @@ pub struct NicUpdate {
     /// Spoofing switches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_dhcp_spoofing: Option<bool>,
+    /// Spoofing switches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_restricted_traffic: Option<bool>,
     /// New allowed addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_ips: Option<Vec<String>>,

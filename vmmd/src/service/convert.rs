@@ -172,11 +172,28 @@ pub fn finish_nics(
     Ok(out)
 }
 
-/// Renumbers interface names after NICs were removed.
-pub fn renumber_nics(brand: Brand, nics: &mut [NicSpec]) {
-    for (i, nic) in nics.iter_mut().enumerate() {
-        nic.interface = Some(interface_name(brand, i));
+/// Names the NICs that have no interface name yet (added by an update) with the lowest
+/// numbers the others leave free. A NIC keeps its name for life: removing net1 leaves net2
+/// as it is, inside a running zone and in its switch port's name.
+pub fn number_new_nics(brand: Brand, nics: &mut [NicSpec]) {
+    let mut used: std::collections::BTreeSet<usize> =
+        nics.iter().filter_map(interface_number).collect();
+    for nic in nics.iter_mut().filter(|n| n.interface.is_none()) {
+        let n = (0..).find(|n| !used.contains(n)).unwrap_or(0);
+        used.insert(n);
+        nic.interface = Some(interface_name(brand, n));
     }
+}
+
+/// The number in a NIC's interface name (net<n>, eth<n>).
+pub fn interface_number(nic: &NicSpec) -> Option<usize> {
+    let name = nic.interface.as_deref()?;
+    let digits = name
+        .strip_prefix("net")
+        .or_else(|| name.strip_prefix("eth"))?;
+    (!digits.is_empty() && digits.len() <= 3 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
 }
 
 fn interface_name(brand: Brand, index: usize) -> String {

@@ -216,6 +216,10 @@ pub struct Service {
     port_owner: String,
 }
 
+/// Starts the warning of a running microVM whose NICs changed: they apply at its next boot.
+const NICS_AT_NEXT_BOOT: &str =
+    "nics: changed while it runs; the changes take effect at its next boot:";
+
 fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
@@ -653,11 +657,45 @@ impl Service {
                 .map_err(images::store_error)?;
             next.warnings.extend(made);
         }
+        // NIC changes reach a running zone before the record says they happened; a running
+        // microVM (no NIC hotplug) gets them at its next boot, and the reply says so.
+        let mut undo_nics = None;
+        if changes.iter().any(|c| c == "nics")
+            && matches!(current.state, VmState::Running | VmState::Stopping)
+        {
+            if next.brand.is_microvm() {
+                next.warnings.retain(|w| !w.starts_with(NICS_AT_NEXT_BOOT));
+                next.warnings.push(format!(
+                    "{NICS_AT_NEXT_BOOT} the VM runs with the NICs it booted with: hull's VMM \
+                     has no NIC hotplug"
+                ));
+            } else {
+                match self.change_zone_nics(&current, &next).await {
+                    Ok(undo) => undo_nics = undo,
+                    Err(e) => {
+                        let cow = self.cow.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            provision::remove_disks(&cow, uuid, &added)
+                        })
+                        .await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
         if let Err(e) = self.persist(&next).await {
             let cow = self.cow.clone();
             let _ =
                 tokio::task::spawn_blocking(move || provision::remove_disks(&cow, uuid, &added))
                     .await;
+            if let Some((pid, undo)) = undo_nics {
+                let owner = self.port_owner.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    hull_vswitch::update_zone(&owner, pid, &undo)
+                })
+                .await;
+                self.record_plumbed(&current);
+            }
             return Err(e);
         }
         if !removed.is_empty() {
@@ -697,6 +735,91 @@ impl Service {
         write(&self.records).insert(next.clone());
         self.emit(EventKind::Modify, &next, changes);
         Ok(next)
+    }
+
+    /// Applies the NIC changes from `current` to `next` to a running zone: new veth pairs,
+    /// removed ones deleted, changed ones updated (see hull_vswitch::update_zone). On a
+    /// failure what was applied is undone and nothing has changed. Returns the change that
+    /// undoes it (with the zone's init pid), for when the record cannot be written.
+    async fn change_zone_nics(
+        &self,
+        current: &Vm,
+        next: &Vm,
+    ) -> Result<Option<(i32, hull_vswitch::ZoneChange)>> {
+        let uuid = current.uuid;
+        let tags = self.nictags()?;
+        let old = network::zone_nics(current, &tags)
+            .map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))?;
+        let new = network::zone_nics(next, &tags)
+            .map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))?;
+        let change = hull_vswitch::ZoneChange::between(&old, &new);
+        if change.is_empty() {
+            return Ok(None);
+        }
+        let Some(pid) = current.pid.map(|p| p as i32) else {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} runs without a known init process; stop it to change its NICs"
+            )));
+        };
+        let undo = hull_vswitch::ZoneChange::between(&new, &old);
+        let owner = self.port_owner.clone();
+        let (c, u) = (change.clone(), undo.clone());
+        let applied = tokio::task::spawn_blocking(move || {
+            let r = hull_vswitch::update_zone(&owner, pid, &c);
+            if r.is_err() {
+                // Back to what the record says (best effort: the error is the first one).
+                let _ = hull_vswitch::update_zone(&owner, pid, &u);
+            }
+            r
+        })
+        .await?;
+        match applied {
+            Ok(()) => {
+                self.record_plumbed(next);
+                Ok(Some((pid, undo)))
+            }
+            Err(e) => {
+                self.record_plumbed(current);
+                Err(ServiceError::Zone(zones::ZoneError::Control {
+                    uuid,
+                    reason: format!(
+                        "cannot change its NICs, so the update was not applied: {}",
+                        zoned::run::chain(&e)
+                    ),
+                }))
+            }
+        }
+    }
+
+    /// Where a running guest's plumbed NICs are noted (its zone directory).
+    fn plumbed_path(&self, uuid: Uuid) -> PathBuf {
+        self.zones.dir(uuid).join("nics.json")
+    }
+
+    /// Notes the NICs a running guest's ports were made from: what vmmd guards at its next
+    /// start, which for a microVM whose record changed since its boot is not the record.
+    fn record_plumbed(&self, vm: &Vm) {
+        let path = self.plumbed_path(vm.uuid);
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec(&vm.nics)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(uuid = %vm.uuid, "cannot note its plumbed NICs in {}: {e}", path.display());
+        }
+    }
+
+    /// The NICs a running guest's ports were made from (its record's when none are noted).
+    fn plumbed(&self, vm: &Vm) -> Vm {
+        let mut out = vm.clone();
+        if let Some(nics) = std::fs::read(self.plumbed_path(vm.uuid))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            out.nics = nics;
+        }
+        out
     }
 
     /// Deletes a guest record.
@@ -819,9 +942,8 @@ impl Service {
         // fails the start, not the zone's network later.
         let ports = match vm.nics.is_empty() {
             true => Vec::new(),
-            false => network::zone_nics(&vm, &self.nictags()?).map_err(|e| {
-                ServiceError::NotImplemented(format!("cannot start VM {uuid}: {e}"))
-            })?,
+            false => network::zone_nics(&vm, &self.nictags()?)
+                .map_err(|e| ServiceError::Conflict(format!("cannot start VM {uuid}: {e}")))?,
         };
         if vm.brand.is_microvm() && !ports.is_empty() {
             // A microVM's TAPs exist before its VMM: zoned opens them for it.
@@ -849,8 +971,9 @@ impl Service {
             Ok(st) => st,
             Err(e) => {
                 let z = self.zones.clone();
+                let owner = self.port_owner.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    let _ = hull_vswitch::remove_ports(&uuid.to_string());
+                    let _ = hull_vswitch::remove_ports(&owner, &uuid.to_string());
                     z.clean_up(uuid)
                 })
                 .await;
@@ -882,6 +1005,9 @@ impl Service {
                 }));
             }
         }
+        if !vm.nics.is_empty() {
+            self.record_plumbed(&vm);
+        }
         self.watch(uuid, st.zoned_pid);
         self.set_running(&vm, &st).await
     }
@@ -898,9 +1024,11 @@ impl Service {
         next.boot_timestamp = Some(now());
         next.exit_status = None;
         next.failure = None;
-        // Records from before the switch carried this warning.
-        next.warnings
-            .retain(|w| !w.starts_with("its nics are not plumbed"));
+        // Records from before the switch carried the first warning; the second is for NIC
+        // changes made while it ran, which it now has.
+        next.warnings.retain(|w| {
+            !w.starts_with("its nics are not plumbed") && !w.starts_with(NICS_AT_NEXT_BOOT)
+        });
         self.save_state(next).await
     }
 
@@ -908,12 +1036,14 @@ impl Service {
         let uuid = current.uuid;
         let z = self.zones.clone();
         let has_nics = !current.nics.is_empty();
+        let owner = self.port_owner.clone();
         let (last, problems) = tokio::task::spawn_blocking(move || {
             let last = z.last_state(uuid);
             let mut problems = z.clean_up(uuid);
             // The kernel deletes a zone's veth pairs when its network namespace goes, but
-            // later, from a work queue: delete them now, so a stopped guest has no port.
-            if has_nics && let Err(e) = hull_vswitch::remove_ports(&uuid.to_string()) {
+            // later, from a work queue: delete them now (with their anti-spoofing entries,
+            // qdiscs and IFBs), so a stopped guest has no port.
+            if has_nics && let Err(e) = hull_vswitch::remove_ports(&owner, &uuid.to_string()) {
                 problems.push(zoned::run::chain(&e));
             }
             (last, problems)
@@ -922,6 +1052,7 @@ impl Service {
         for p in problems {
             tracing::warn!(%uuid, "zone clean-up: {p}");
         }
+        let _ = std::fs::remove_file(self.plumbed_path(uuid));
         let mut next = current.clone();
         next.state = VmState::Stopped;
         next.zone_state = VmState::Stopped.zone_state();
@@ -947,17 +1078,31 @@ impl Service {
     }
 
     /// Deletes the switch ports left in the host's namespace by guests that are not running
-    /// (a vmmd or host crash in the middle of a start). Returns their names.
+    /// (a vmmd or host crash in the middle of a start), and loads this vmmd's anti-spoofing
+    /// table afresh with the entries of the running guests' ports (dropping any a crash
+    /// left). Returns the names of the links removed.
     pub async fn sweep_ports(&self) -> std::result::Result<Vec<String>, String> {
-        let running: std::collections::BTreeSet<String> = read(&self.records)
-            .vms
-            .values()
-            .filter(|vm| matches!(vm.state, VmState::Running | VmState::Stopping))
-            .map(|vm| vm.uuid.to_string())
-            .collect();
+        let tags = self
+            .nictags()
+            .map_err(|e| format!("cannot read the nic tags: {e}"))?;
+        let (running, guarded) = {
+            let index = read(&self.records);
+            let live: Vec<&Arc<Record>> = index
+                .vms
+                .values()
+                .filter(|vm| matches!(vm.state, VmState::Running | VmState::Stopping))
+                .collect();
+            let uuids: std::collections::BTreeSet<String> =
+                live.iter().map(|vm| vm.uuid.to_string()).collect();
+            let guarded: Vec<(String, hull_vswitch::Guard)> = live
+                .iter()
+                .flat_map(|vm| network::guarded_ports(&self.plumbed(vm), &tags))
+                .collect();
+            (uuids, guarded)
+        };
         let owner = self.port_owner.clone();
         tokio::task::spawn_blocking(move || {
-            hull_vswitch::sweep(&owner, move |uuid| running.contains(uuid))
+            hull_vswitch::sweep(&owner, move |uuid| running.contains(uuid), guarded)
         })
         .await
         .map_err(|e| format!("cannot sweep switch ports: {e}"))?
@@ -1259,9 +1404,9 @@ impl Service {
     pub async fn delete_nictag(&self, name: &str) -> Result<()> {
         let _g = self.config_lock.lock().await;
         let mut tags = self.nictags()?;
-        if tags.remove(name).is_none() {
+        let Some(tag) = tags.remove(name) else {
             return Err(ServiceError::NicTagNotFound(name.to_string()));
-        }
+        };
         let users: Vec<String> = read(&self.records)
             .vms
             .values()
@@ -1274,6 +1419,14 @@ impl Service {
                 users.join(", ")
             )));
         }
+        // Its bridges and VLAN sub-interfaces go, and its uplink leaves its bridge.
+        let owner = self.port_owner.clone();
+        let tag_name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            hull_vswitch::release_tag(&owner, &tag_name, tag.uplink.as_deref())
+        })
+        .await?
+        .map_err(|e| ServiceError::Conflict(zoned::run::chain(&e)))?;
         self.save_tags(tags).await
     }
 

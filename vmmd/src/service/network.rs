@@ -1,28 +1,88 @@
-//! vmmd's side of the virtual switch: a guest record's nics -> the ports vswitch plumbs.
-//! Blocking calls: callers use spawn_blocking.
+//! vmmd's side of the virtual switch: a guest record's nics -> the ports vswitch plumbs
+//! (segments from the nic tags, anti-spoofing guards, caps). The one place where NIC
+//! specs become switch configs. Blocking calls: callers use spawn_blocking.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use hull_spec::net::{Cidr, netmask_prefix, parse_ip, parse_mac};
+use hull_spec::vm::NicSpec;
 use hull_spec::{NicTag, Vm};
-use hull_vswitch::{ZoneNic, bridge_name};
+use hull_vswitch::{Guard, PortConfig, Segment, Uplink, ZoneNic, bridge_name};
 
-/// The ports of a zone's nics, in array order. A nic on a tag with a physical uplink is an
-/// error naming what is missing: uplinks are not plumbed yet.
+use super::convert::interface_number;
+
+/// The number of NIC `index` of a record (net<n>): what names its links.
+pub fn nic_number(nic: &NicSpec, index: usize) -> usize {
+    interface_number(nic).unwrap_or(index)
+}
+
+/// What NIC `nic` may send (see hull_vswitch::guard for the rules).
+pub fn guard(nic: &NicSpec, mac: [u8; 6]) -> Guard {
+    let ips: Vec<&str> = nic
+        .ips
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .chain(nic.ip.as_deref())
+        .collect();
+    let dhcp = ips.contains(&"dhcp");
+    let addrconf = ips.contains(&"addrconf");
+    let mut own: Vec<(IpAddr, u8)> = ips
+        .iter()
+        .filter_map(|s| Cidr::parse(s).map(|c| c.addr).or_else(|| parse_ip(s)))
+        .map(|a| (a, if a.is_ipv4() { 32 } else { 128 }))
+        .collect();
+    let allowed: Vec<(IpAddr, u8)> = nic
+        .allowed_ips
+        .iter()
+        .flatten()
+        .filter_map(|s| {
+            Cidr::parse(s)
+                .map(|c| (c.addr, c.prefix))
+                .or_else(|| parse_ip(s).map(|a| (a, if a.is_ipv4() { 32 } else { 128 })))
+        })
+        .collect();
+    let spoof = nic.allow_ip_spoofing == Some(true);
+    let allowed4 = allowed.iter().any(|(a, _)| a.is_ipv4());
+    let allowed6 = allowed.iter().any(|(a, _)| a.is_ipv6());
+    own.extend(allowed);
+    // A family whose address a DHCP server or SLAAC hands out is not held to one unless
+    // allowed_ips bound it: hull cannot know the lease.
+    let ipv4 = (!spoof && (!dhcp || allowed4)).then(|| {
+        own.iter()
+            .filter_map(|(a, p)| match a {
+                IpAddr::V4(a) => Some((*a, *p)),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    });
+    let ipv6 = (!spoof && (!addrconf || allowed6)).then(|| {
+        own.iter()
+            .filter_map(|(a, p)| match a {
+                IpAddr::V6(a) => Some((*a, *p)),
+                IpAddr::V4(_) => None,
+            })
+            .collect()
+    });
+    Guard {
+        mac,
+        ipv4,
+        ipv6,
+        any_mac: nic.allow_mac_spoofing == Some(true),
+        dhcp_server: nic.allow_dhcp_spoofing == Some(true),
+        any_ethertype: nic.allow_restricted_traffic == Some(true),
+    }
+}
+
+/// The ports of a guest's nics, in array order: a zone's veth NICs, or (for a microVM, whose
+/// addresses are its own business) the same configs whose `port` vswitch gives its TAP.
 pub fn zone_nics(vm: &Vm, tags: &BTreeMap<String, NicTag>) -> Result<Vec<ZoneNic>, String> {
     let mut out = Vec::with_capacity(vm.nics.len());
     for (i, nic) in vm.nics.iter().enumerate() {
         let tag = tags
             .get(&nic.nic_tag)
             .ok_or_else(|| format!("nic {i}: nic tag {:?} does not exist", nic.nic_tag))?;
-        if let Some(uplink) = &tag.uplink {
-            return Err(format!(
-                "nic {i}: nic tag {:?} is carried by the host interface {uplink}; uplinks are \
-                 not plumbed yet (only internal switches, nictagadm add -l)",
-                tag.name
-            ));
-        }
         let mac = nic
             .mac
             .as_deref()
@@ -48,11 +108,29 @@ pub fn zone_nics(vm: &Vm, tags: &BTreeMap<String, NicTag>) -> Result<Vec<ZoneNic
             .chain(nic.gateway.iter())
             .filter_map(|g| parse_ip(g))
             .collect();
+        let number = nic_number(nic, i);
+        let vlan = nic.vlan_id.filter(|v| *v > 0);
         out.push(ZoneNic {
-            bridge: bridge_name(&nic.nic_tag, nic.vlan_id),
-            name: nic.interface.clone().unwrap_or_else(|| format!("net{i}")),
+            port: PortConfig {
+                uuid: vm.uuid.to_string(),
+                number,
+                segment: Segment {
+                    tag: nic.nic_tag.clone(),
+                    bridge: bridge_name(&nic.nic_tag, vlan),
+                    uplink: tag.uplink.as_ref().map(|iface| Uplink {
+                        iface: iface.clone(),
+                        vlan,
+                    }),
+                },
+                mtu: nic.mtu,
+                guard: guard(nic, mac),
+                cap_mbps: nic.max_bandwidth,
+            },
+            name: nic
+                .interface
+                .clone()
+                .unwrap_or_else(|| format!("net{number}")),
             mac,
-            mtu: nic.mtu,
             addrs,
             gateways,
             primary: nic.primary == Some(true),
@@ -62,19 +140,38 @@ pub fn zone_nics(vm: &Vm, tags: &BTreeMap<String, NicTag>) -> Result<Vec<ZoneNic
 }
 
 /// Makes the persistent TAP of each of a microVM's `ports` (in order) and attaches it to its
-/// bridge; on an error nothing of the guest's stays.
+/// bridge, guarded and capped; on an error nothing of the guest's stays.
 pub fn make_taps(owner: &str, uuid: &str, ports: &[ZoneNic]) -> Result<(), String> {
-    let made = ports.iter().enumerate().try_for_each(|(i, port)| {
-        let name = hull_vswitch::tap_name(uuid, i);
+    let made = ports.iter().try_for_each(|nic| {
+        let name = nic.port.tap();
         zoned::tun::create_persistent(&name)
             .map_err(|e| format!("cannot create the TAP {name}: {e}"))?;
-        hull_vswitch::attach(owner, uuid, &name, &port.bridge, port.mtu)
-            .map_err(|e| zoned::run::chain(&e))
+        hull_vswitch::attach_tap(owner, &nic.port).map_err(|e| zoned::run::chain(&e))
     });
     if made.is_err() {
-        let _ = hull_vswitch::remove_ports(uuid);
+        let _ = hull_vswitch::remove_ports(owner, uuid);
     }
     made
+}
+
+/// The link name and guard of every port of `vm` (TAPs for microVMs, veth host ends for
+/// zones), for the anti-spoofing table vmmd loads at start.
+pub fn guarded_ports(vm: &Vm, tags: &BTreeMap<String, NicTag>) -> Vec<(String, Guard)> {
+    // A record whose nics no longer convert (a tag deleted behind vmmd's back) has no port
+    // to guard; its ports, if any, are swept as strays are not: they keep no entries.
+    let Ok(nics) = zone_nics(vm, tags) else {
+        return Vec::new();
+    };
+    nics.into_iter()
+        .map(|n| {
+            let name = if vm.brand.is_microvm() {
+                n.port.tap()
+            } else {
+                n.port.host()
+            };
+            (name, n.port.guard)
+        })
+        .collect()
 }
 
 /// Names this vmmd's data root in the aliases of its switch ports (device and inode of the
@@ -84,4 +181,77 @@ pub fn owner_tag(data_root: &std::path::Path) -> String {
     std::fs::metadata(data_root)
         .map(|m| format!("{:x}{:x}", m.dev(), m.ino()))
         .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nic(v: serde_json::Value) -> NicSpec {
+        serde_json::from_value(v).expect("nic")
+    }
+
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+    #[test]
+    fn a_nic_may_send_from_its_addresses_and_allowed_ips() {
+        let g = guard(
+            &nic(
+                serde_json::json!({"nic_tag": "a", "ips": ["192.0.2.5/24", "2001:db8::5/64"],
+                "allowed_ips": ["198.51.100.0/25", "203.0.113.7", "2001:db8:1::/48"]}),
+            ),
+            MAC,
+        );
+        assert_eq!(
+            g.ipv4,
+            Some(vec![
+                ("192.0.2.5".parse().expect("ip"), 32),
+                ("198.51.100.0".parse().expect("ip"), 25),
+                ("203.0.113.7".parse().expect("ip"), 32),
+            ])
+        );
+        assert_eq!(
+            g.ipv6,
+            Some(vec![
+                ("2001:db8::5".parse().expect("ip"), 128),
+                ("2001:db8:1::".parse().expect("ip"), 48),
+            ])
+        );
+        assert!(!g.any_mac && !g.dhcp_server && !g.any_ethertype);
+        let legacy = guard(
+            &nic(
+                serde_json::json!({"nic_tag": "a", "ip": "192.0.2.6", "netmask": "255.255.255.0"}),
+            ),
+            MAC,
+        );
+        assert_eq!(
+            legacy.ipv4,
+            Some(vec![("192.0.2.6".parse().expect("ip"), 32)])
+        );
+        assert_eq!(legacy.ipv6, Some(vec![]), "only the link-local address");
+    }
+
+    #[test]
+    fn dhcp_and_addrconf_lift_their_family_unless_allowed_ips_bound_it() {
+        let g = guard(
+            &nic(serde_json::json!({"nic_tag": "a", "ips": ["dhcp", "addrconf"]})),
+            MAC,
+        );
+        assert_eq!((g.ipv4, g.ipv6), (None, None));
+        let g = guard(
+            &nic(
+                serde_json::json!({"nic_tag": "a", "ip": "dhcp", "allowed_ips": ["192.0.2.0/24"]}),
+            ),
+            MAC,
+        );
+        assert_eq!(g.ipv4, Some(vec![("192.0.2.0".parse().expect("ip"), 24)]));
+        let g = guard(
+            &nic(serde_json::json!({"nic_tag": "a", "ips": ["192.0.2.5/24"],
+                "allow_ip_spoofing": true, "allow_mac_spoofing": true,
+                "allow_dhcp_spoofing": true, "allow_restricted_traffic": true})),
+            MAC,
+        );
+        assert_eq!((g.ipv4, g.ipv6), (None, None));
+        assert!(g.any_mac && g.dhcp_server && g.any_ethertype);
+    }
 }

@@ -9,7 +9,7 @@ use hull_spec::net::parse_mac;
 use hull_spec::vm::{DiskSpec, NicSpec, defaults};
 use hull_spec::{ValidationReport, Vm, VmUpdate};
 
-use super::convert::{MacPool, finish_disks, finish_nics, renumber_nics, set_remove};
+use super::convert::{MacPool, finish_disks, finish_nics, number_new_nics, set_remove};
 
 /// Applies `u` to a copy of `vm`. Returns the new record and the changed property names.
 pub fn apply(
@@ -215,6 +215,7 @@ fn apply_nics(
             set!(allow_ip_spoofing);
             set!(allow_mac_spoofing);
             set!(allow_dhcp_spoofing);
+            set!(allow_restricted_traffic);
             set!(allowed_ips);
             set!(max_bandwidth);
             if let Some(tag) = &upd.nic_tag {
@@ -257,6 +258,9 @@ fn apply_nics(
         let mut pool = MacPool::new(&in_use);
         match finish_nics(next.uuid, next.brand, add.clone(), &mut pool, existing) {
             Ok(mut added) => {
+                for n in &mut added {
+                    n.interface = None;
+                }
                 if had_primary && added.iter().any(|n| n.primary == Some(true)) {
                     for n in &mut next.nics {
                         n.primary = None;
@@ -269,7 +273,7 @@ fn apply_nics(
         }
     }
     if changed {
-        renumber_nics(next.brand, &mut next.nics);
+        number_new_nics(next.brand, &mut next.nics);
         let primaries = next.nics.iter().filter(|n| n.primary == Some(true)).count();
         if primaries == 0
             && let Some(first) = next.nics.first_mut()
@@ -461,8 +465,20 @@ mod tests {
         assert_eq!(next.nics[2].interface.as_deref(), Some("net2"));
         let u = upd(json!({"remove_nics": ["02:00:00:00:00:01"]}), Brand::Joyent);
         let (next, _) = apply(&next, &u, Path::new("/d"), &|_| false).expect("applies");
-        assert_eq!(next.nics[0].interface.as_deref(), Some("net0"));
+        // A NIC keeps its name: net1 stays net1, and the next one added takes net0.
+        assert_eq!(next.nics[0].interface.as_deref(), Some("net1"));
         assert_eq!(next.nics[0].mac.as_deref(), Some("02:00:00:00:00:02"));
+        let u = upd(
+            json!({"add_nics": [{"nic_tag": "a"}, {"nic_tag": "a"}]}),
+            Brand::Joyent,
+        );
+        let (more, _) = apply(&next, &u, Path::new("/d"), &|_| false).expect("applies");
+        let names: Vec<&str> = more
+            .nics
+            .iter()
+            .filter_map(|n| n.interface.as_deref())
+            .collect();
+        assert_eq!(names, ["net1", "net2", "net0", "net3"]);
         let u = upd(
             json!({"remove_nics": ["02:00:00:00:00:09"], "update_nics": [{"mac": "02:00:00:00:00:08", "mtu": 1500}]}),
             Brand::Joyent,

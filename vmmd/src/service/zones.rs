@@ -750,8 +750,13 @@ pub fn vm_config(
         writable: true,
     });
     // zoned opens each TAP and hands it to the VMM as descriptor 3, 4...
-    let taps: Vec<String> = (0..vm.nics.len())
-        .map(|i| hull_vswitch::tap_name(&vm.uuid.to_string(), i))
+    let taps: Vec<String> = vm
+        .nics
+        .iter()
+        .enumerate()
+        .map(|(i, nic)| {
+            hull_vswitch::tap_name(&vm.uuid.to_string(), super::network::nic_number(nic, i))
+        })
         .collect();
     for i in 0..taps.len() {
         argv.extend(["--tap-fd".into(), (3 + i).to_string()]);

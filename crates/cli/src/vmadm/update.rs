@@ -40,8 +40,13 @@ pub fn run(
         (None, false) => from_pairs(pairs)?,
         (f, true) => read_payload(f)?,
     };
-    client(socket)?.update_vm(uuid, &payload)?;
+    let vm = client(socket)?.update_vm(uuid, &payload)?;
     eprintln!("Successfully updated VM {uuid}");
+    // What the update could not do at once (NICs of a running microVM) or the host cannot
+    // enforce is in the record's warnings.
+    for w in &vm.warnings {
+        eprintln!("Warning: {w}");
+    }
     Ok(())
 }
 
