@@ -28,6 +28,8 @@ OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 # Leaves `attach` (Ctrl-\): Ctrl-] is vmadm console's own escape, inside the machine.
 ESCAPE = b"\x1c"
+# Lines hull's boot scripts (say) and the kernel print on the console between commands.
+CONSOLE_NOISE = re.compile(r"^(hull: |\[ *[0-9]+\.[0-9]+\] )")
 
 
 class Timeout(Exception):
@@ -209,6 +211,10 @@ class Machine:
         self.send(f'echo "<<""{n}>"; {cmd}{sep}echo "<{n}"":$?>>"\n')
         m = self.expect(rf"^<<{n}>\r?\n(.*?)<{n}:(\d+)>>", timeout)
         out = m.group(1).decode("utf-8", "replace").replace("\r", "")
+        # The live image's own messages (say) and the kernel's reach the console at any
+        # time: they are not the command's output.
+        out = "".join(line for line in out.splitlines(keepends=True)
+                      if not CONSOLE_NOISE.match(line))
         rc = int(m.group(2))
         if check and rc != 0:
             raise RuntimeError(f"{self.name}: `{cmd}` exited {rc}:\n{out}")

@@ -20,7 +20,8 @@ Phases, in order (all by default); phases that share a disk run in this order:
   after-crash (4) booted again: the pool mounts, vmmd starts, every record reads, none moved
               aside, the guests run; (5) a second NIC as a physical uplink carrying VLAN 100
               to a peer namespace on the host: a zone on that tag and vlan_id reaches it, a
-              zone on the same tag without the VLAN does not; the ACPI power button shuts down
+              zone on the same tag without the VLAN does not; a zone on the admin tag reaches
+              the admin network's gateway; the ACPI power button shuts down
   usb-bios    (6) hull.img as a USB stick (qemu-xhci + usb-storage) through SeaBIOS, a blank
               AHCI/SATA disk, an e1000e NIC: the interactive setup on the serial console, the
               pool, the login
@@ -307,6 +308,7 @@ def phase_after_crash(work, state):
                          append="console=ttyS0 quiet hull.pool=vda").start()
         try:
             crash_checks(m, state)
+            admin_checks(m)
             vlan_checks(m, state, stats)
             m.monitor("system_powerdown")
             expect_ok(m, "the ACPI power button shuts down: guests stopped, pool unmounted",
@@ -341,6 +343,22 @@ def crash_checks(m, state):
     wait_guest_init(m, u)
     out = vm_console(m, u, "tr a-z A-Z < /data/persist", "VM-PERSIST-OK")
     check("4: the microVM's file survives the pulled plug", "VM-PERSIST-OK" in out, out[-500:])
+
+
+def admin_checks(m):
+    """A zone on the admin tag: the host's own address stays on hb-admin, the zone reaches
+    the admin network's gateway (QEMU's user network) through the admin uplink."""
+    image = m.run("imgadm list -H -o uuid name=busybox")[1].strip()
+    za = {"brand": "joyent-minimal", "alias": "adminz", "image_uuid": image, "autoboot": False,
+          "nics": [{"nic_tag": "admin", "ips": ["10.0.2.50/24"], "primary": True}]}
+    rc, out = m.run(f"echo '{json.dumps(za)}' | vmadm create 2>&1; vmadm start $(vmadm lookup -1 alias=adminz) 2>&1", 300, check=False)
+    a = uuid_of(m, "adminz")
+    check("admin: a zone on the admin nic tag (the admin NIC as its uplink) starts",
+          "running" in m.run(f"vmadm list -H -o state uuid={a}")[1], out)
+    check("admin: it reaches the admin network's gateway through the uplink", zone_pings(m, a, "10.0.2.2", 20))
+    rc, out = m.run("ping -c 1 -W 3 10.0.2.2 > /dev/null && echo host-ok; ip -4 -o addr show dev hb-admin | awk '{print $4}'", check=False)
+    check("admin: the host keeps its own address on hb-admin, and reaches the gateway", out.split()[:1] == ["host-ok"] and "10.0.2." in out, out)
+    m.run(f"vmadm delete {a}", 120, check=False)
 
 
 def vlan_checks(m, state, stats_path):
