@@ -1,16 +1,16 @@
 //! hull's virtual switch (SmartOS's Crossbow, on Linux): one bridge per (nic tag, VLAN)
 //! segment, carried by a physical uplink (untagged, or an 802.1Q sub-interface per VLAN)
 //! or by nothing (an internal switch, SmartOS's etherstub); a veth pair per zone NIC (host
-//! end on the bridge, the other end moved into the zone's network namespace and named
-//! there, with the NIC's MAC, MTU, addresses and routes set inside); a TAP per microVM NIC;
+//! end on the bridge, the other end made inside the zone's network namespace, named there,
+//! with the NIC's MAC, MTU, addresses and routes); a TAP per microVM NIC;
 //! anti-spoofing rules per port ([`guard`], nf_tables) and bandwidth caps ([`tc`]).
 //! Everything goes through netlink; no `ip`, `tc` or `nft` is spawned.
 //!
 //! Naming, so that a crash can always be cleaned up from the link names alone:
 //! - bridges `hb-<tag>` or `hb-<tag>.<vlan>` (a hash when that exceeds 15 bytes);
 //! - a zone NIC's host end `hv<first 10 hex digits of the guest uuid><n>` (n: the NIC's
-//!   number, as in net<n>), its other end `hp...` until it is moved into the zone, its
-//!   IFB (for a cap on what the guest sends) `hi...`;
+//!   number, as in net<n>), its IFB (for a cap on what the guest sends) `hi...`; `hp...`
+//!   named the zone's end before it moved there in an earlier version (still swept);
 //! - a microVM NIC's TAP `ht...` (persistent, made by vmmd; zoned hands it to the VMM);
 //! - an uplink's VLAN sub-interface `<uplink>.<vlan>` (or `hu<hash>.<vlan>`).
 //!
@@ -52,7 +52,7 @@ pub use guard::Guard;
 pub const IFNAME_MAX: usize = 15;
 /// Prefix of a zone NIC's host end.
 const HOST_PREFIX: &str = "hv";
-/// Prefix of a zone NIC's other end before it moves into the zone.
+/// Prefix of a zone NIC's other end while it was made on the host (earlier versions; swept).
 const PEER_PREFIX: &str = "hp";
 /// Prefix of a microVM NIC's TAP.
 const TAP_PREFIX: &str = "ht";
@@ -648,11 +648,11 @@ fn check_names(nics: &[ZoneNic]) -> Result<(), VswitchError> {
     Ok(())
 }
 
-/// Plumbs `nics` of the zone whose init is `init_pid`: per NIC a veth pair, the host end
-/// on its segment's bridge (guarded, capped), the other end moved into the zone and set
-/// up there (name, MAC, MTU, addresses), then loopback and the primary NIC's default
-/// routes. Used at start (all of a zone's NICs) and by add_nics (the new ones). On an
-/// error none of these NICs' links is left on the host.
+/// Plumbs `nics` of zone `uuid`, whose init is `init_pid`: per NIC a veth pair whose zone
+/// end is made inside the zone (name, MAC, MTU), the host end on its segment's bridge
+/// (guarded, capped), then in the zone loopback, the NICs up with their addresses, and the
+/// primary NIC's default routes. Used at start (all of a zone's NICs) and by add_nics (the
+/// new ones). On an error none of these NICs' links is left on the host.
 pub fn plumb_zone(
     owner: &str,
     uuid: &str,
@@ -660,9 +660,14 @@ pub fn plumb_zone(
     nics: &[ZoneNic],
 ) -> Result<(), VswitchError> {
     check_names(nics)?;
-    let (owner, uuid, nics) = (owner.to_string(), uuid.to_string(), nics.to_vec());
+    if let Some(other) = nics.iter().find(|n| n.port.uuid != uuid) {
+        return Err(VswitchError::Invalid(format!(
+            "a NIC of guest {} is not one of guest {uuid}'s",
+            other.port.uuid
+        )));
+    }
+    let (owner, nics) = (owner.to_string(), nics.to_vec());
     run(move |mut ctx| async move {
-        let _ = uuid;
         let result = plumb(&mut ctx, &owner, init_pid, &nics, true).await;
         if result.is_err() {
             for nic in &nics {
