@@ -147,7 +147,7 @@ fn root_a_vlan_segment_rides_an_8021q_sub_interface() {
     peer.must(&["ip", "addr", "add", "203.0.113.100/24", "dev", "vlt-peer"]);
     peer.must(&["ip", "link", "set", "vlt-peer", "up"]);
     let ip = Ipv4Addr::new(203, 0, 113, 55);
-    let plumbed = hull_vswitch::plumb_zone(OWNER, UUID, zone.pid() as i32, &[nic(5, ip)]);
+    let plumbed = hull_vswitch::plumb_zone(OWNER, UUID, zone.pid() as i32, &[nic(5, ip)], &[]);
     if kernel_has_8021q() {
         plumbed.unwrap_or_else(|e| panic!("plumb: {e:?}"));
         let reaches = |target: &str| {

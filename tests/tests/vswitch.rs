@@ -799,3 +799,81 @@ fn root_zones_on_one_tag_pass_tcp() {
     stop_and_delete(&d, &[&a, &b]);
     delete_tags(&d, &["ntcp1"]);
 }
+
+/// `routes`: a zone's static routes are set in it, through a gateway or straight out of a
+/// NIC (`nics[N]`), and really carry its traffic; set_routes and remove_routes change them
+/// on the running zone.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_a_zones_static_routes_carry_its_traffic_and_change_live() {
+    let d = daemon(&["nrt1", "nrt2"]);
+    // The router: 198.51.100.1 on nrt2, and 203.0.113.5 behind it (its own second address).
+    let router = zone(
+        &d,
+        "router",
+        json!([{"nic_tag": "nrt2", "ips": ["198.51.100.1/24", "203.0.113.5/24"]}]),
+    );
+    let p = json!({"brand": "joyent-minimal", "image_uuid": image_uuid(), "alias": "routed",
+        "nics": [
+            {"nic_tag": "nrt1", "ips": ["192.0.2.81/24"], "gateways": ["192.0.2.1"], "primary": true},
+            {"nic_tag": "nrt2", "ips": ["198.51.100.81/24"]}],
+        "routes": {"203.0.113.0/24": "198.51.100.1", "192.0.2.200": "nics[1]"}});
+    let vm = d.client().create_vm(&p);
+    let a = vm
+        .unwrap_or_else(|e| panic!("create: {e}\nlog: {}", d.log()))
+        .uuid
+        .to_string();
+    let routes = || must(in_netns(&d, &a, &["ip", "-o", "route", "show"]));
+    let r = routes();
+    for want in [
+        ["default via 192.0.2.1 dev net0"].as_slice(),
+        &["203.0.113.0/24 via 198.51.100.1 dev net1"],
+        &["192.0.2.200 dev net1", "scope link"],
+    ] {
+        assert!(
+            r.lines().any(|l| want.iter().all(|w| l.contains(w))),
+            "no {want:?} in the zone's routes:\n{r}"
+        );
+    }
+    assert!(
+        reaches(&d, &a, "203.0.113.5", None),
+        "the route through 198.51.100.1 carries nothing"
+    );
+
+    // Without the route, 203.0.113.5 is behind the default gateway, which does not exist.
+    let o = d.vmadm(
+        &["update", &a],
+        Some(&json!({"remove_routes": ["203.0.113.0/24"]}).to_string()),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let r = routes();
+    assert!(!r.contains("203.0.113.0/24"), "the route stayed:\n{r}");
+    assert!(
+        r.contains("192.0.2.200 dev net1"),
+        "the other route went:\n{r}"
+    );
+    assert!(
+        r.contains("default via 192.0.2.1"),
+        "the default route went:\n{r}"
+    );
+    assert!(
+        !reaches(&d, &a, "203.0.113.5", None),
+        "reached without its route"
+    );
+    let o = d.vmadm(
+        &["update", &a],
+        Some(&json!({"set_routes": {"203.0.113.0/24": "198.51.100.1"}}).to_string()),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        reaches(&d, &a, "203.0.113.5", None),
+        "the route set again on the running zone carries nothing"
+    );
+    let rec = d.client().get_vm(uuid(&a)).expect("get");
+    assert_eq!(
+        rec.routes.get("203.0.113.0/24").map(String::as_str),
+        Some("198.51.100.1")
+    );
+    stop_and_delete(&d, &[&a, &router]);
+    delete_tags(&d, &["nrt1", "nrt2"]);
+}

@@ -1,16 +1,16 @@
 //! hull's virtual switch (SmartOS's Crossbow, on Linux): one bridge per (nic tag, VLAN)
 //! segment, carried by a physical uplink (untagged, or an 802.1Q sub-interface per VLAN)
 //! or by nothing (an internal switch, SmartOS's etherstub); a veth pair per zone NIC (host
-//! end on the bridge, the other end moved into the zone's network namespace and named
-//! there, with the NIC's MAC, MTU, addresses and routes set inside); a TAP per microVM NIC;
+//! end on the bridge, the other end made inside the zone's network namespace, named there,
+//! with the NIC's MAC, MTU, addresses and routes); a TAP per microVM NIC;
 //! anti-spoofing rules per port ([`guard`], nf_tables) and bandwidth caps ([`tc`]).
 //! Everything goes through netlink; no `ip`, `tc` or `nft` is spawned.
 //!
 //! Naming, so that a crash can always be cleaned up from the link names alone:
 //! - bridges `hb-<tag>` or `hb-<tag>.<vlan>` (a hash when that exceeds 15 bytes);
 //! - a zone NIC's host end `hv<first 10 hex digits of the guest uuid><n>` (n: the NIC's
-//!   number, as in net<n>), its other end `hp...` until it is moved into the zone, its
-//!   IFB (for a cap on what the guest sends) `hi...`;
+//!   number, as in net<n>), its IFB (for a cap on what the guest sends) `hi...`; `hp...`
+//!   named the zone's end before it moved there in an earlier version (still swept);
 //! - a microVM NIC's TAP `ht...` (persistent, made by vmmd; zoned hands it to the VMM);
 //! - an uplink's VLAN sub-interface `<uplink>.<vlan>` (or `hu<hash>.<vlan>`).
 //!
@@ -40,7 +40,7 @@ use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
 use rtnetlink::{
     Handle, LinkBridge, LinkIfb, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVlan,
     RouteMessageBuilder,
@@ -52,7 +52,7 @@ pub use guard::Guard;
 pub const IFNAME_MAX: usize = 15;
 /// Prefix of a zone NIC's host end.
 const HOST_PREFIX: &str = "hv";
-/// Prefix of a zone NIC's other end before it moves into the zone.
+/// Prefix of a zone NIC's other end while it was made on the host (earlier versions; swept).
 const PEER_PREFIX: &str = "hp";
 /// Prefix of a microVM NIC's TAP.
 const TAP_PREFIX: &str = "ht";
@@ -174,6 +174,24 @@ pub struct ZoneNic {
     /// Gateways: the primary NIC's first gateway of each family is the default route.
     pub gateways: Vec<IpAddr>,
     pub primary: bool,
+}
+
+/// A static route of a zone (SmartOS's `routes`): to `dest`/`prefix` through a gateway, or
+/// straight out of one of its NICs (`nics[N]`: the destination is on that link).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneRoute {
+    pub dest: IpAddr,
+    pub prefix: u8,
+    pub via: RouteVia,
+}
+
+/// Where a [`ZoneRoute`] leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteVia {
+    /// A next hop (on one of the zone's subnets).
+    Gateway(IpAddr),
+    /// The zone's interface of that name (net0...): a link route.
+    Interface(String),
 }
 
 /// The bridge of a (nic tag, VLAN) segment: `hb-<tag>[.<vlan>]`, or `hb-` and a hash of both
@@ -648,22 +666,28 @@ fn check_names(nics: &[ZoneNic]) -> Result<(), VswitchError> {
     Ok(())
 }
 
-/// Plumbs `nics` of the zone whose init is `init_pid`: per NIC a veth pair, the host end
-/// on its segment's bridge (guarded, capped), the other end moved into the zone and set
-/// up there (name, MAC, MTU, addresses), then loopback and the primary NIC's default
-/// routes. Used at start (all of a zone's NICs) and by add_nics (the new ones). On an
-/// error none of these NICs' links is left on the host.
+/// Plumbs `nics` of zone `uuid`, whose init is `init_pid`: per NIC a veth pair whose zone
+/// end is made inside the zone (name, MAC, MTU), the host end on its segment's bridge
+/// (guarded, capped), then in the zone loopback, the NICs up with their addresses, and the
+/// primary NIC's default routes. Used at start (all of a zone's NICs) and by add_nics (the
+/// new ones). On an error none of these NICs' links is left on the host.
 pub fn plumb_zone(
     owner: &str,
     uuid: &str,
     init_pid: i32,
     nics: &[ZoneNic],
+    routes: &[ZoneRoute],
 ) -> Result<(), VswitchError> {
     check_names(nics)?;
-    let (owner, uuid, nics) = (owner.to_string(), uuid.to_string(), nics.to_vec());
+    if let Some(other) = nics.iter().find(|n| n.port.uuid != uuid) {
+        return Err(VswitchError::Invalid(format!(
+            "a NIC of guest {} is not one of guest {uuid}'s",
+            other.port.uuid
+        )));
+    }
+    let (owner, nics, routes) = (owner.to_string(), nics.to_vec(), routes.to_vec());
     run(move |mut ctx| async move {
-        let _ = uuid;
-        let result = plumb(&mut ctx, &owner, init_pid, &nics, true).await;
+        let result = plumb(&mut ctx, &owner, init_pid, &nics, Some(&routes)).await;
         if result.is_err() {
             for nic in &nics {
                 let _ = remove_port_links(&ctx.h, &nic.port).await;
@@ -686,7 +710,7 @@ async fn plumb(
     owner: &str,
     init_pid: i32,
     nics: &[ZoneNic],
-    routes: bool,
+    routes: Option<&[ZoneRoute]>,
 ) -> Result<(), VswitchError> {
     for nic in nics {
         let port = &nic.port;
@@ -748,10 +772,52 @@ async fn plumb(
                 .map_err(nl(format!("add {addr}/{prefix} to {}", nic.name)))?;
         }
     }
-    if routes {
-        for nic in nics.iter().filter(|n| n.primary) {
-            add_default_routes(&zone, nic).await?;
-        }
+    if let Some(routes) = routes {
+        add_routes(&zone, nics.iter().find(|n| n.primary), routes).await?;
+    }
+    Ok(())
+}
+
+/// The zone's routes: the default routes of its primary NIC's gateways, then its static
+/// routes. All carry the static protocol (rtnetlink's default), which is what
+/// [`del_routes`] removes: the zone cannot add routes of its own (no CAP_NET_ADMIN).
+async fn add_routes(
+    zone: &Handle,
+    primary: Option<&ZoneNic>,
+    routes: &[ZoneRoute],
+) -> Result<(), VswitchError> {
+    if let Some(p) = primary {
+        add_default_routes(zone, p).await?;
+    }
+    for r in routes {
+        let invalid = |e| VswitchError::Invalid(format!("route {}/{}: {e}", r.dest, r.prefix));
+        let mut msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(r.dest, r.prefix)
+            .map_err(invalid)?;
+        msg = match &r.via {
+            RouteVia::Gateway(gw) => msg.gateway(*gw).map_err(invalid)?,
+            RouteVia::Interface(name) => {
+                let ix = index_of(zone, name).await?.ok_or_else(|| {
+                    VswitchError::Invalid(format!(
+                        "route {}/{} leads out of {name}, which the zone does not have",
+                        r.dest, r.prefix
+                    ))
+                })?;
+                msg.output_interface(ix).scope(RouteScope::Link)
+            }
+        };
+        let via = match &r.via {
+            RouteVia::Gateway(gw) => format!("via {gw}"),
+            RouteVia::Interface(name) => format!("out of {name}"),
+        };
+        zone.route()
+            .add(msg.build())
+            .execute()
+            .await
+            .map_err(nl(format!(
+                "add the route to {}/{} {via}",
+                r.dest, r.prefix
+            )))?;
     }
     Ok(())
 }
@@ -782,8 +848,8 @@ async fn add_default_routes(zone: &Handle, nic: &ZoneNic) -> Result<(), VswitchE
     Ok(())
 }
 
-/// Deletes the zone's default routes (both families, main table).
-async fn del_default_routes(zone: &Handle) -> Result<(), VswitchError> {
+/// Deletes the routes [`add_routes`] made (both families, main table, static protocol).
+async fn del_routes(zone: &Handle) -> Result<(), VswitchError> {
     let mut doomed: Vec<RouteMessage> = Vec::new();
     for query in [
         RouteMessageBuilder::<Ipv4Addr>::new().build(),
@@ -796,13 +862,11 @@ async fn del_default_routes(zone: &Handle) -> Result<(), VswitchError> {
             .try_collect()
             .await
             .map_err(nl("list the zone's routes"))?;
-        doomed.extend(routes.into_iter().filter(|r| {
-            r.header.destination_prefix_length == 0
-                && r.header.table == 254
-                && r.attributes
-                    .iter()
-                    .any(|a| matches!(a, RouteAttribute::Gateway(_)))
-        }));
+        doomed.extend(
+            routes
+                .into_iter()
+                .filter(|r| r.header.table == 254 && r.header.protocol == RouteProtocol::Static),
+        );
     }
     for r in doomed {
         match zone.route().del(r).execute().await {
@@ -845,10 +909,13 @@ pub struct ZoneChange {
     pub removed: Vec<ZoneNic>,
     /// (old, new) pairs that differ.
     pub changed: Vec<(ZoneNic, ZoneNic)>,
-    /// Whether the default routes must be set again.
+    /// Whether the routes must be set again (the primary NIC, its gateways or the static
+    /// routes changed).
     pub routes: bool,
     /// The primary NIC after the change (whose gateways make the default routes).
     pub primary: Option<ZoneNic>,
+    /// The static routes after the change.
+    pub static_routes: Vec<ZoneRoute>,
 }
 
 impl ZoneChange {
@@ -878,6 +945,13 @@ impl ZoneChange {
         c
     }
 
+    /// The same change with the zone's static routes going from `old` to `new`.
+    pub fn routing(mut self, old: &[ZoneRoute], new: &[ZoneRoute]) -> ZoneChange {
+        self.routes |= old != new;
+        self.static_routes = new.to_vec();
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty() && !self.routes
     }
@@ -886,7 +960,8 @@ impl ZoneChange {
 /// Applies `change` to the running zone whose init is `init_pid`: removed NICs' links are
 /// deleted (with their elements, qdiscs and IFBs), added ones plumbed, changed ones moved
 /// to their new segment, their MTU, addresses, guard (in one nf_tables transaction) and
-/// cap set, and the default routes set again when the primary NIC or its gateways changed.
+/// cap set, and the routes set again when the primary NIC, its gateways or the static routes
+/// changed.
 pub fn update_zone(owner: &str, init_pid: i32, change: &ZoneChange) -> Result<(), VswitchError> {
     check_names(&change.added)?;
     let (owner, change) = (owner.to_string(), change.clone());
@@ -906,7 +981,7 @@ pub fn update_zone(owner: &str, init_pid: i32, change: &ZoneChange) -> Result<()
             .await?;
         }
         // The new NICs without routes: those are set below, once, for the whole zone.
-        let plumbed = plumb(&mut ctx, &owner, init_pid, &change.added, false).await;
+        let plumbed = plumb(&mut ctx, &owner, init_pid, &change.added, None).await;
         if plumbed.is_err() {
             for nic in &change.added {
                 let _ = remove_port_links(&ctx.h, &nic.port).await;
@@ -919,10 +994,8 @@ pub fn update_zone(owner: &str, init_pid: i32, change: &ZoneChange) -> Result<()
             change_in_zone(&zone, old, new).await?;
         }
         if change.routes {
-            del_default_routes(&zone).await?;
-            if let Some(p) = &change.primary {
-                add_default_routes(&zone, p).await?;
-            }
+            del_routes(&zone).await?;
+            add_routes(&zone, change.primary.as_ref(), &change.static_routes).await?;
         }
         Ok(())
     })
@@ -1338,5 +1411,16 @@ mod tests {
         moved[0].primary = false;
         moved[1].primary = true;
         assert!(ZoneChange::between(&old, &moved).routes);
+        // Static routes that change set the routes again, and the change carries the new ones.
+        let r = |gw: &str| ZoneRoute {
+            dest: "203.0.113.0".parse().expect("ip"),
+            prefix: 24,
+            via: RouteVia::Gateway(gw.parse().expect("ip")),
+        };
+        let same = ZoneChange::between(&old, &old).routing(&[r("192.0.2.1")], &[r("192.0.2.1")]);
+        assert!(same.is_empty());
+        let c = ZoneChange::between(&old, &old).routing(&[r("192.0.2.1")], &[r("192.0.2.2")]);
+        assert!(c.routes && !c.is_empty());
+        assert_eq!(c.static_routes, [r("192.0.2.2")]);
     }
 }

@@ -375,7 +375,9 @@ impl Batch {
     }
 
     /// The bytes of the batch (begin, the messages with sequence numbers from `seq + 1`,
-    /// each asking for an ack, end).
+    /// end). Only the last message asks for an ack: the kernel reports every failing
+    /// message anyway, and one ack per message of a large batch (vmmd's start with hundreds
+    /// of running guests) would overrun the socket's receive buffer.
     pub fn encode(&self, seq: u32) -> Vec<u8> {
         let mut out = message(
             NFNL_MSG_BATCH_BEGIN,
@@ -385,10 +387,12 @@ impl Batch {
             NFNL_SUBSYS_NFTABLES,
             &[],
         );
+        let last = self.msgs.len().saturating_sub(1);
         for (i, m) in self.msgs.iter().enumerate() {
+            let ack = if i == last { NLM_F_ACK } else { 0 };
             out.extend(message(
                 (NFNL_SUBSYS_NFTABLES << 8) | m.ty as u16,
-                NLM_F_REQUEST | NLM_F_ACK | m.flags,
+                NLM_F_REQUEST | ack | m.flags,
                 seq.wrapping_add(1 + i as u32),
                 m.family,
                 0,
@@ -676,6 +680,7 @@ pub struct Socket {
 }
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+const SEND_BUFFER: usize = 16 << 20;
 
 impl Socket {
     pub fn open() -> Result<Socket, NftError> {
@@ -687,6 +692,25 @@ impl Socket {
         // Small errors (the request's header only) with the kernel's reason in words.
         sock.set_cap_ack(true).map_err(io("set NETLINK_CAP_ACK"))?;
         sock.set_ext_ack(true).map_err(io("set NETLINK_EXT_ACK"))?;
+        // Room for a whole batch (a table loaded with hundreds of ports' elements is one
+        // message of several hundred KiB): forced past the system's limit as root.
+        let fd = sock.as_fd();
+        if nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::SndBufForce, &SEND_BUFFER)
+            .is_err()
+        {
+            nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::SndBuf, &SEND_BUFFER)
+                .map_err(|e| NftError::Io {
+                    what: "size a netlink send buffer",
+                    source: e.into(),
+                })?;
+        }
+        // And for the errors of a refused large batch, or a large dump.
+        if nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBufForce, &SEND_BUFFER)
+            .is_err()
+        {
+            let _ =
+                nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBuf, &SEND_BUFFER);
+        }
         let tv = nix::sys::time::TimeVal::new(REPLY_TIMEOUT.as_secs() as _, 0);
         nix::sys::socket::setsockopt(
             &sock.as_fd(),
@@ -748,10 +772,13 @@ impl Netfilter for Socket {
             what: "send to nf_tables",
             source,
         })?;
-        // One ack per message; an error for any of them means the kernel applied none.
-        let mut pending = n as usize;
+        // Errors for the messages that failed, then the last message's ack or error (the
+        // kernel goes through the whole batch before it answers); any error means it
+        // applied none of it.
+        let last = seq.wrapping_add(n);
         let mut refused = None;
-        while pending > 0 {
+        let mut done = false;
+        while !done {
             for r in self.recv()? {
                 let Reply::Ack { seq: s, errno, msg } = r else {
                     continue;
@@ -768,13 +795,7 @@ impl Netfilter for Socket {
                     }
                     continue;
                 }
-                pending -= 1;
-                if errno != 0 && std::env::var_os("HULL_NFT_DEBUG").is_some() {
-                    eprintln!(
-                        "nft: message {index} ({:?}) refused: {errno} {msg:?}",
-                        batch.msgs[index].ty
-                    );
-                }
+                done |= s == last;
                 if errno != 0 && refused.is_none() {
                     refused = Some(NftError::Refused {
                         what: what(index),

@@ -561,7 +561,8 @@ fn is_route_target(s: &str) -> bool {
     parse_ip(s).is_some() || nic_route_index(s).is_some()
 }
 
-fn nic_route_index(s: &str) -> Option<usize> {
+/// The NIC index of a route gateway written `nics[N]`.
+pub fn nic_route_index(s: &str) -> Option<usize> {
     let inner = s.strip_prefix("nics[")?.strip_suffix(']')?;
     if inner.is_empty() || !inner.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -578,14 +579,21 @@ fn check_routes(r: &mut ValidationReport, p: &str, v: &Value) {
         return;
     };
     for (dest, gw) in map {
-        let dest_ok = parse_ip(dest).is_some() || Cidr::parse(dest).is_some();
+        let dest_ip = parse_ip(dest).or_else(|| Cidr::parse(dest).map(|c| c.addr));
         let gw_ok = gw.as_str().is_some_and(is_route_target);
-        if !dest_ok || !gw_ok {
+        if dest_ip.is_none() || !gw_ok {
             r.bad_value(
                 format!("{p}.{dest}"),
                 format!(
                     "route {dest:?} needs an IP or CIDR destination and an IP or nics[N] gateway"
                 ),
+            );
+        } else if let (Some(d), Some(g)) = (dest_ip, gw.as_str().and_then(parse_ip))
+            && d.is_ipv4() != g.is_ipv4()
+        {
+            r.bad_value(
+                format!("{p}.{dest}"),
+                format!("route {dest:?} and its gateway {g} are of different IP families"),
             );
         }
     }
@@ -1261,6 +1269,14 @@ mod tests {
             json!({"brand": "joyent", "image_uuid": IMG, "max_physical_memory": 1024, "max_swap": 512}),
         );
         assert_eq!(lists(&r).0, ["max_swap"]);
+    }
+
+    #[test]
+    fn routes_across_families_are_bad() {
+        let r = report(json!({"brand": "joyent", "image_uuid": IMG,
+            "routes": {"198.51.100.0/24": "2001:db8::1", "2001:db8:1::/48": "2001:db8::1"}}));
+        let (bad, _, _) = lists(&r);
+        assert_eq!(bad, ["routes.198.51.100.0/24"]);
     }
 
     #[test]

@@ -241,9 +241,9 @@ fn throughput(h: &mut Holders, runs: usize, secs: u32) -> Res<()> {
     let (a, b) = (h.netns()?, h.netns()?);
     let (ua, ub) = (uuid(1, 0xaa), uuid(2, 0xaa));
     let (ia, ib) = (Ipv4Addr::new(192, 0, 2, 201), Ipv4Addr::new(192, 0, 2, 202));
-    hull_vswitch::plumb_zone(OWNER, &ua, a as i32, &[nic("tput", &ua, 1, ia)])
+    hull_vswitch::plumb_zone(OWNER, &ua, a as i32, &[nic("tput", &ua, 1, ia)], &[])
         .map_err(|e| format!("plumb: {e}"))?;
-    hull_vswitch::plumb_zone(OWNER, &ub, b as i32, &[nic("tput", &ub, 2, ib)])
+    hull_vswitch::plumb_zone(OWNER, &ub, b as i32, &[nic("tput", &ub, 2, ib)], &[])
         .map_err(|e| format!("plumb: {e}"))?;
     // A plain bridge without rules, in a namespace of its own (no nf_tables there).
     let host = h.netns()?;
@@ -355,7 +355,7 @@ fn setup(h: &mut Holders, zones: usize) -> Res<()> {
         let u = uuid(i, 0xbe);
         let n = nic("bench", &u, i, address(i)?);
         let t = Instant::now();
-        hull_vswitch::plumb_zone(OWNER, &u, pid as i32, &[n])
+        hull_vswitch::plumb_zone(OWNER, &u, pid as i32, &[n], &[])
             .map_err(|e| format!("plumb zone {i}: {}", chain(&e)))?;
         hull.push(t.elapsed());
     }

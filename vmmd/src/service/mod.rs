@@ -657,18 +657,24 @@ impl Service {
                 .map_err(images::store_error)?;
             next.warnings.extend(made);
         }
-        // NIC changes reach a running zone before the record says they happened; a running
-        // microVM (no NIC hotplug) gets them at its next boot, and the reply says so.
+        // NIC and route changes reach a running zone before the record says they happened; a
+        // running microVM (no NIC hotplug) gets its NICs at its next boot, and the reply says
+        // so (its routes are its guest's own).
         let mut undo_nics = None;
-        if changes.iter().any(|c| c == "nics")
+        let nics_changed = changes.iter().any(|c| c == "nics");
+        if (nics_changed || changes.iter().any(|c| c == "routes"))
             && matches!(current.state, VmState::Running | VmState::Stopping)
         {
             if next.brand.is_microvm() {
-                next.warnings.retain(|w| !w.starts_with(NICS_AT_NEXT_BOOT));
-                next.warnings.push(format!(
-                    "{NICS_AT_NEXT_BOOT} the VM runs with the NICs it booted with: hull's VMM \
+                if !nics_changed {
+                    // Nothing of the switch's changes.
+                } else {
+                    next.warnings.retain(|w| !w.starts_with(NICS_AT_NEXT_BOOT));
+                    next.warnings.push(format!(
+                        "{NICS_AT_NEXT_BOOT} the VM runs with the NICs it booted with: hull's VMM \
                      has no NIC hotplug"
-                ));
+                    ));
+                }
             } else {
                 match self.change_zone_nics(&current, &next).await {
                     Ok(undo) => undo_nics = undo,
@@ -752,7 +758,12 @@ impl Service {
             .map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))?;
         let new = network::zone_nics(next, &tags)
             .map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))?;
-        let change = hull_vswitch::ZoneChange::between(&old, &new);
+        let routes = |vm: &Vm| {
+            network::zone_routes(vm).map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))
+        };
+        let (old_routes, new_routes) = (routes(current)?, routes(next)?);
+        let change =
+            hull_vswitch::ZoneChange::between(&old, &new).routing(&old_routes, &new_routes);
         if change.is_empty() {
             return Ok(None);
         }
@@ -761,7 +772,7 @@ impl Service {
                 "VM {uuid} runs without a known init process; stop it to change its NICs"
             )));
         };
-        let undo = hull_vswitch::ZoneChange::between(&new, &old);
+        let undo = hull_vswitch::ZoneChange::between(&new, &old).routing(&new_routes, &old_routes);
         let owner = self.port_owner.clone();
         let (c, u) = (change.clone(), undo.clone());
         let applied = tokio::task::spawn_blocking(move || {
@@ -945,6 +956,12 @@ impl Service {
             false => network::zone_nics(&vm, &self.nictags()?)
                 .map_err(|e| ServiceError::Conflict(format!("cannot start VM {uuid}: {e}")))?,
         };
+        let routes = match vm.brand.is_microvm() {
+            // A microVM's routes are its guest's business.
+            true => Vec::new(),
+            false => network::zone_routes(&vm)
+                .map_err(|e| ServiceError::Conflict(format!("cannot start VM {uuid}: {e}")))?,
+        };
         if vm.brand.is_microvm() && !ports.is_empty() {
             // A microVM's TAPs exist before its VMM: zoned opens them for it.
             let (owner, key, taps) = (self.port_owner.clone(), uuid.to_string(), ports.clone());
@@ -983,7 +1000,7 @@ impl Service {
         if let (false, false, Some(pid)) = (vm.brand.is_microvm(), ports.is_empty(), st.init_pid) {
             let (owner, key) = (self.port_owner.clone(), uuid.to_string());
             let plumbed = tokio::task::spawn_blocking(move || {
-                hull_vswitch::plumb_zone(&owner, &key, pid, &ports)
+                hull_vswitch::plumb_zone(&owner, &key, pid, &ports, &routes)
             })
             .await?;
             if let Err(e) = plumbed {

@@ -6,15 +6,57 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use hull_spec::net::{Cidr, netmask_prefix, parse_ip, parse_mac};
+use hull_spec::validate::nic_route_index;
 use hull_spec::vm::NicSpec;
 use hull_spec::{NicTag, Vm};
-use hull_vswitch::{Guard, PortConfig, Segment, Uplink, ZoneNic, bridge_name};
+use hull_vswitch::{Guard, PortConfig, RouteVia, Segment, Uplink, ZoneNic, ZoneRoute, bridge_name};
 
 use super::convert::interface_number;
 
 /// The number of NIC `index` of a record (net<n>): what names its links.
 pub fn nic_number(nic: &NicSpec, index: usize) -> usize {
     interface_number(nic).unwrap_or(index)
+}
+
+/// The interface name NIC `index` of a record has inside its zone (net<n>, or eth<n> for lx).
+fn interface_name(nic: &NicSpec, index: usize) -> String {
+    nic.interface
+        .clone()
+        .unwrap_or_else(|| format!("net{}", nic_number(nic, index)))
+}
+
+/// A record's static routes (`routes`: destination IP or CIDR -> gateway IP or `nics[N]`,
+/// N an index into its nics) as the switch sets them in the zone. Validation made them
+/// well-formed; what is not is an error naming the route.
+pub fn zone_routes(vm: &Vm) -> Result<Vec<ZoneRoute>, String> {
+    vm.routes
+        .iter()
+        .map(|(dest, gw)| {
+            let (dest_ip, prefix) = match Cidr::parse(dest) {
+                Some(c) => (c.addr, c.prefix),
+                None => {
+                    let ip =
+                        parse_ip(dest).ok_or_else(|| format!("route {dest:?}: bad destination"))?;
+                    (ip, if ip.is_ipv4() { 32 } else { 128 })
+                }
+            };
+            let via = match nic_route_index(gw) {
+                Some(i) => {
+                    RouteVia::Interface(vm.nics.get(i).map(|n| interface_name(n, i)).ok_or_else(
+                        || format!("route {dest:?} names nics[{i}], which the VM lacks"),
+                    )?)
+                }
+                None => RouteVia::Gateway(
+                    parse_ip(gw).ok_or_else(|| format!("route {dest:?}: bad gateway {gw:?}"))?,
+                ),
+            };
+            Ok(ZoneRoute {
+                dest: dest_ip,
+                prefix,
+                via,
+            })
+        })
+        .collect()
 }
 
 /// What NIC `nic` may send (see hull_vswitch::guard for the rules).
@@ -126,10 +168,7 @@ pub fn zone_nics(vm: &Vm, tags: &BTreeMap<String, NicTag>) -> Result<Vec<ZoneNic
                 guard: guard(nic, mac),
                 cap_mbps: nic.max_bandwidth,
             },
-            name: nic
-                .interface
-                .clone()
-                .unwrap_or_else(|| format!("net{number}")),
+            name: interface_name(nic, i),
             mac,
             addrs,
             gateways,
@@ -229,6 +268,52 @@ mod tests {
             Some(vec![("192.0.2.6".parse().expect("ip"), 32)])
         );
         assert_eq!(legacy.ipv6, Some(vec![]), "only the link-local address");
+    }
+
+    #[test]
+    fn routes_lead_through_a_gateway_or_out_of_a_nic_by_its_interface() {
+        use crate::service::convert::{Context, MacPool, new_record};
+        let payload = serde_json::json!({
+            "brand": "joyent", "image_uuid": "0c1f4f2a-6f0e-4c39-8f36-2d3c7b1d9e01",
+            "nics": [{"nic_tag": "a"}, {"nic_tag": "b"}],
+            "routes": {"198.51.100.0/24": "192.0.2.1", "203.0.113.9": "nics[1]",
+                       "2001:db8:1::/48": "2001:db8::1"}});
+        let mut vm = new_record(
+            hull_spec::validate_create(&payload).expect("valid"),
+            &Context::fixed(),
+            &mut MacPool::new(&|_| false),
+        )
+        .expect("converts");
+        // The second NIC keeps the name it was given, whatever its place in the array.
+        vm.nics[1].interface = Some("net3".into());
+        let mut got = zone_routes(&vm).expect("routes");
+        got.sort_by_key(|r| r.dest.to_string());
+        assert_eq!(
+            got,
+            [
+                ZoneRoute {
+                    dest: "198.51.100.0".parse().expect("ip"),
+                    prefix: 24,
+                    via: RouteVia::Gateway("192.0.2.1".parse().expect("ip")),
+                },
+                ZoneRoute {
+                    dest: "2001:db8:1::".parse().expect("ip"),
+                    prefix: 48,
+                    via: RouteVia::Gateway("2001:db8::1".parse().expect("ip")),
+                },
+                ZoneRoute {
+                    dest: "203.0.113.9".parse().expect("ip"),
+                    prefix: 32,
+                    via: RouteVia::Interface("net3".into()),
+                },
+            ]
+        );
+        vm.routes.insert("192.0.2.99".into(), "nics[2]".into());
+        assert!(
+            zone_routes(&vm)
+                .expect_err("no nics[2]")
+                .contains("nics[2]")
+        );
     }
 
     #[test]
