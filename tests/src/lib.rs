@@ -165,6 +165,11 @@ impl Daemon {
         self.run("vmadm", args, stdin)
     }
 
+    /// Runs the shell script `script` in zone `uuid` through zlogin (stdin empty).
+    pub fn zlogin(&self, uuid: &str, script: &str) -> Output {
+        self.run("zlogin", &[uuid, "sh", "-c", script], None)
+    }
+
     /// `imgadm install -q -m MANIFEST -f FILE` against this vmmd.
     pub fn imgadm_install(&self, manifest: &Path, file: &Path) -> Output {
         self.run(
@@ -244,6 +249,22 @@ pub fn console_until(console: &str, want: &str) -> String {
         );
     }
     String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Panics unless this runs as root with a usable /dev/kvm (the kvm_root_* tests).
+pub fn require_root_and_kvm() {
+    assert!(
+        is_root(),
+        "this test needs root: scripts/test runs it as root"
+    );
+    assert!(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok(),
+        "this test needs a usable /dev/kvm"
+    );
 }
 
 /// The freestanding test guest (images/testguest), built with its Makefile under a lock

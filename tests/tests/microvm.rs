@@ -19,21 +19,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn require_root_and_kvm() {
-    assert!(
-        hull_tests::is_root(),
-        "this test needs root: scripts/test runs it as root"
-    );
-    assert!(
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok(),
-        "this test needs a usable /dev/kvm"
-    );
-}
-
 /// Creates a microVM booting the test guest with `cmdline`, its disk cloned from `image`.
 fn create(d: &Daemon, image: &str, cmdline: &str, autoboot: bool) -> uuid::Uuid {
     let payload = json!({"brand": "kvm", "alias": "vmtest", "ram": 64, "vcpus": 1,
@@ -180,7 +165,7 @@ fn check_confinement(d: &Daemon, uuid: uuid::Uuid) {
 #[test]
 #[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
 fn kvm_root_microvm_lifecycle_console_confinement_and_stop() {
-    require_root_and_kvm();
+    hull_tests::require_root_and_kvm();
     let d = Daemon::start();
     let image = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a60";
     d.install_image(image, "zvol");
@@ -269,7 +254,7 @@ fn kvm_root_microvm_lifecycle_console_confinement_and_stop() {
 #[test]
 #[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
 fn kvm_root_microvm_reboots_on_reset_and_fails_on_a_fault() {
-    require_root_and_kvm();
+    hull_tests::require_root_and_kvm();
     let d = Daemon::start();
     let image = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a61";
     d.install_image(image, "zvol");
@@ -319,7 +304,7 @@ fn kvm_root_microvm_reboots_on_reset_and_fails_on_a_fault() {
 #[test]
 #[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
 fn kvm_root_microvm_guests_that_corrupt_queues_or_spin_hurt_only_themselves() {
-    require_root_and_kvm();
+    hull_tests::require_root_and_kvm();
     let d = Daemon::start();
     let image = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a62";
     d.install_image(image, "zvol");
@@ -366,7 +351,7 @@ fn kvm_root_microvm_guests_that_corrupt_queues_or_spin_hurt_only_themselves() {
 #[test]
 #[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
 fn kvm_root_microvm_files_on_a_file_system_without_idmapped_mounts() {
-    require_root_and_kvm();
+    hull_tests::require_root_and_kvm();
     let d = Daemon::start();
     let ramfs = d.dir.path().join("ramfs");
     std::fs::create_dir(&ramfs).expect("mkdir");
@@ -497,7 +482,7 @@ impl PacketSocket {
 #[test]
 #[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
 fn kvm_root_microvm_nic_carries_frames_both_ways_over_its_bridge() {
-    require_root_and_kvm();
+    hull_tests::require_root_and_kvm();
     let d = Daemon::start();
     let image = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a62";
     d.install_image(image, "zvol");

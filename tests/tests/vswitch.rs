@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use hull_tests::{Daemon, bin};
+use hull_tests::Daemon;
 use serde_json::{Value, json};
 
 fn busybox() -> &'static (PathBuf, PathBuf) {
@@ -69,15 +69,6 @@ fn init_pid(d: &Daemon, u: &str) -> String {
         .to_string()
 }
 
-fn zlogin(d: &Daemon, u: &str, script: &str) -> Output {
-    Command::new(bin("zlogin"))
-        .env("HULL_SOCKET", d.socket())
-        .args([u, "sh", "-c", script])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run zlogin")
-}
-
 /// Runs a host tool inside the zone's network namespace (the zone itself has no
 /// CAP_NET_ADMIN: this is what a root in a zone with it could do).
 fn in_netns(d: &Daemon, u: &str, args: &[&str]) -> Output {
@@ -103,7 +94,7 @@ fn reaches(d: &Daemon, u: &str, target: &str, source: Option<&str>) -> bool {
     };
     let from = source.map(|s| format!("-I {s} ")).unwrap_or_default();
     (0..4).any(|_| {
-        zlogin(d, u, &format!("{ping} -c 1 -W 1 {from}{target}"))
+        d.zlogin(u, &format!("{ping} -c 1 -W 1 {from}{target}"))
             .status
             .success()
     })
@@ -469,7 +460,7 @@ fn root_nics_change_on_a_running_zone_and_delete_leaves_nothing() {
         .expect("add_nics");
     assert_eq!(vm.nics.len(), 2);
     assert_eq!(vm.nics[1].interface.as_deref(), Some("net1"));
-    let shown = must(zlogin(&d, &a, "ip addr show net1"));
+    let shown = must(d.zlogin(&a, "ip addr show net1"));
     assert!(shown.contains("inet 198.51.100.41/24"), "{shown}");
     assert!(
         reaches(&d, &a, "198.51.100.42", None),
@@ -502,7 +493,7 @@ fn root_nics_change_on_a_running_zone_and_delete_leaves_nothing() {
             &json!({"update_nics": [{"mac": mac1, "ips": ["198.51.100.43/24"]}]}),
         )
         .expect("update_nics");
-    let shown = must(zlogin(&d, &a, "ip addr show net1"));
+    let shown = must(d.zlogin(&a, "ip addr show net1"));
     assert!(
         shown.contains("inet 198.51.100.43/24") && !shown.contains("198.51.100.41"),
         "{shown}"
@@ -532,7 +523,7 @@ fn root_nics_change_on_a_running_zone_and_delete_leaves_nothing() {
         .expect("remove_nics");
     assert_eq!(vm.nics.len(), 1);
     assert_eq!(vm.nics[0].interface.as_deref(), Some("net1"));
-    let shown = must(zlogin(&d, &a, "ip -o link"));
+    let shown = must(d.zlogin(&a, "ip -o link"));
     assert!(!shown.contains("net0") && shown.contains("net1"), "{shown}");
     assert!(
         !reaches(&d, &a, "192.0.2.42", None),
@@ -558,15 +549,7 @@ fn root_nics_change_on_a_running_zone_and_delete_leaves_nothing() {
 #[test]
 #[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
 fn kvm_root_nic_changes_to_a_running_microvm_wait_for_its_next_boot() {
-    assert!(hull_tests::is_root(), "this test needs root");
-    assert!(
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok(),
-        "this test needs a usable /dev/kvm"
-    );
+    hull_tests::require_root_and_kvm();
     let d = Daemon::start();
     let image = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a71";
     d.install_image(image, "zvol");

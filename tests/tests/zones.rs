@@ -70,15 +70,6 @@ fn create(d: &Daemon, extra: serde_json::Value) -> String {
         .to_string()
 }
 
-fn zlogin(d: &Daemon, uuid: &str, script: &str) -> Output {
-    Command::new(bin("zlogin"))
-        .env("HULL_SOCKET", d.socket())
-        .args([uuid, "sh", "-c", script])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run zlogin")
-}
-
 fn state(d: &Daemon, uuid: &str) -> String {
     let vm = d
         .client()
@@ -176,7 +167,7 @@ fn root_zone_lifecycle_console_zlogin_and_restart() {
     let mine = [uuid.clone()];
     assert_eq!(state(&d, &uuid), "running");
     // zlogin: output, exit status, identity and hostname inside.
-    let o = zlogin(&d, &uuid, "id -u; hostname; cat /etc/resolv.conf; exit 7");
+    let o = d.zlogin(&uuid, "id -u; hostname; cat /etc/resolv.conf; exit 7");
     assert_eq!(o.status.code(), Some(7), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.starts_with("0\nztest\n"), "{out}");
@@ -193,12 +184,12 @@ fn root_zone_lifecycle_console_zlogin_and_restart() {
     assert_eq!(state(&d, &uuid), "stopped");
     let o = d.vmadm(&["start", &uuid], None);
     assert!(o.status.success(), "{}", text(&o));
-    let o = zlogin(&d, &uuid, "touch /survives && echo ok");
+    let o = d.zlogin(&uuid, "touch /survives && echo ok");
     assert!(o.status.success(), "{}", text(&o));
     d.kill9();
     d.spawn();
     assert_eq!(state(&d, &uuid), "running", "{}", d.log());
-    let o = zlogin(&d, &uuid, "cat /proc/1/cmdline; ls /survives");
+    let o = d.zlogin(&uuid, "cat /proc/1/cmdline; ls /survives");
     assert!(o.status.success(), "{}", text(&o));
     let o = d.vmadm(&["stop", &uuid, "-F"], None);
     assert!(o.status.success(), "{}", text(&o));
@@ -277,7 +268,7 @@ fn root_zone_is_confined() {
         done
         exit $fail
     "#;
-    let o = zlogin(&d, &uuid, script);
+    let o = d.zlogin(&uuid, script);
     assert!(o.status.success(), "{}", text(&o));
     // Root in the zone is an unprivileged uid on the host.
     let uid = init_host_uid(&d, &uuid);
@@ -300,8 +291,7 @@ fn root_zone_limits_hold_and_update_live() {
         serde_json::json!({"max_lwps": 30, "max_physical_memory": 64, "max_swap": 64, "cpu_cap": 50}),
     );
     // A fork bomb stops at max_lwps.
-    let o = zlogin(
-        &d,
+    let o = d.zlogin(
         &uuid,
         "i=0; while [ $i -lt 60 ]; do sleep 3 & i=$((i+1)); done 2>&1; wait",
     );
@@ -311,14 +301,13 @@ fn root_zone_limits_hold_and_update_live() {
         "{all}"
     );
     // A memory hog is killed inside the zone; the zone lives on.
-    let o = zlogin(
-        &d,
+    let o = d.zlogin(
         &uuid,
         "head -c 300m /dev/zero | tail -c 1 >/dev/null; echo done",
     );
     assert!(!o.status.success() || !String::from_utf8_lossy(&o.stdout).is_empty());
     assert_eq!(state(&d, &uuid), "running");
-    let o = zlogin(&d, &uuid, "echo alive");
+    let o = d.zlogin(&uuid, "echo alive");
     assert!(o.status.success(), "{}", text(&o));
     // cpu_cap=50: a busy loop gets half a CPU.
     let cg = Path::new("/sys/fs/cgroup/cpuacct/hull").join(&uuid);
@@ -436,8 +425,7 @@ fn root_lx_zone_from_the_debian_image() {
         .expect("runtime");
     console_shows(&rt.console, "INIT: version");
     console_shows(&rt.console, "deb login:");
-    let o = zlogin(
-        &d,
+    let o = d.zlogin(
         &uuid,
         "cat /etc/debian_version; id -u; hostname; ps -o comm= -p 1",
     );
@@ -462,7 +450,7 @@ fn root_lx_zone_from_the_debian_image() {
     assert!(o.status.success(), "{}", text(&o));
     console_shows(&rt.console, "deb login:");
     let boots = zone_state_file(&d, &uuid)["boots"].as_u64().expect("boots");
-    let _ = zlogin(&d, &uuid, "reboot");
+    let _ = d.zlogin(&uuid, "reboot");
     let t = Instant::now();
     // Until the new boot runs (zlogin between boots finds no init to join).
     let rebooted =
@@ -475,7 +463,7 @@ fn root_lx_zone_from_the_debian_image() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(state(&d, &uuid), "running");
-    let o = zlogin(&d, &uuid, "test -d /etc/init.d");
+    let o = d.zlogin(&uuid, "test -d /etc/init.d");
     assert!(o.status.success(), "{}", text(&o));
     let o = d.vmadm(&["delete", &uuid], None);
     assert!(o.status.success(), "{}", text(&o));
@@ -509,7 +497,7 @@ fn shifted_zone(d: &Daemon) {
     let mine = [uuid.clone()];
     let inside = "id -u; stat -c %u:%g /bin/busybox /etc; touch /new; stat -c %u:%g /new; \
                   if mount -t tmpfs none /mnt 2>/dev/null; then echo MOUNTED; fi";
-    let o = zlogin(d, &uuid, inside);
+    let o = d.zlogin(&uuid, inside);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n0:0\n0:0\n0:0\n");
     let st = zone_state_file(d, &uuid);
@@ -529,7 +517,7 @@ fn shifted_zone(d: &Daemon) {
     assert!(o.status.success(), "{}", text(&o));
     let o = d.vmadm(&["start", &uuid], None);
     assert!(o.status.success(), "{}", text(&o));
-    let o = zlogin(d, &uuid, "stat -c %u:%g /bin/busybox /new");
+    let o = d.zlogin(&uuid, "stat -c %u:%g /bin/busybox /new");
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "0:0\n0:0\n");
     let o = d.vmadm(&["delete", &uuid], None);
@@ -567,7 +555,7 @@ fn root_zones_on_a_nic_tag_reach_each_other_and_no_one_else() {
         .clone()
         .expect("mac");
 
-    let o = zlogin(&d, &a, "ip addr show net0; ip route");
+    let o = d.zlogin(&a, "ip addr show net0; ip route");
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(o.status.success(), "{}", text(&o));
     assert!(out.contains("inet 192.0.2.11/24"), "{out}");
@@ -576,13 +564,13 @@ fn root_zones_on_a_nic_tag_reach_each_other_and_no_one_else() {
         "the zone's NIC has its MAC {mac}: {out}"
     );
     assert!(out.contains("default via 192.0.2.1"), "{out}");
-    let o = zlogin(&d, &a, "ping -c 2 -W 2 192.0.2.12");
+    let o = d.zlogin(&a, "ping -c 2 -W 2 192.0.2.12");
     assert!(o.status.success(), "same tag: {}", text(&o));
     for (ip, what) in [
         ("192.0.2.13", "another tag"),
         ("192.0.2.14", "another VLAN"),
     ] {
-        let o = zlogin(&d, &a, &format!("ping -c 1 -W 1 {ip}"));
+        let o = d.zlogin(&a, &format!("ping -c 1 -W 1 {ip}"));
         assert!(
             !o.status.success(),
             "{what} must not be reachable: {}",
