@@ -450,6 +450,45 @@ static void check_cpuid(void)
 	puts((c >> 31) & 1 ? ", hypervisor bit set\n" : ", hypervisor bit clear\n");
 }
 
+/* ---------- i8254 PIT ---------- */
+
+static u16 pit_count2(void)
+{
+	outb(0x43, 0x80); /* latch counter 2 */
+	u8 lo = inb(0x42);
+	u8 hi = inb(0x42);
+	return (u16)(lo | (hi << 8));
+}
+
+/*
+ * The VMM creates the PIT on the guest's first access to its ports and has that access
+ * executed again: the control word below is that first access, and the read-back status
+ * shows whether it reached the PIT. Counter 2 (gated by port 0x61, as Linux calibrates) then
+ * has to count down from 0xffff.
+ */
+static void check_pit(void)
+{
+	outb(0x43, 0xb0); /* counter 2, low then high byte, mode 0, binary */
+	outb(0x61, (u8)((inb(0x61) & ~0x02) | 0x01)); /* gate 2 on, speaker off */
+	outb(0x42, 0xff);
+	outb(0x42, 0xff);
+	u16 a = pit_count2();
+	u64 t = rdtsc();
+	while (rdtsc() - t < 200000)
+		__asm__ volatile("pause");
+	u16 b = pit_count2();
+	outb(0x43, 0xe8); /* read-back: status only, counter 2 */
+	u8 st = inb(0x42);
+
+	result((st & 0x3f) == 0x30 && b < a, "pit: counter 2 mode 0, status ");
+	put_hex(st);
+	puts(", counted ");
+	put_hex(a);
+	puts(" to ");
+	put_hex(b);
+	puts("\n");
+}
+
 /* ---------- ACPI ---------- */
 
 
@@ -1123,6 +1162,9 @@ void __attribute__((noreturn)) guest_main(u64 info, int kind)
 	check_boot_info();
 	check_cpuid();
 	check_mptable();
+	const char *pit = param("testguest.pit");
+	if (!(pit && pit[0] == '0'))
+		check_pit();
 	const char *smp = param("testguest.smp");
 	if (!(smp && smp[0] == '0') && kind == 0)
 		start_aps();

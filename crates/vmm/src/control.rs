@@ -10,7 +10,7 @@
 //! {"cmd":"power_button"} -> {"ok":true}        (ACPI power button: the guest decides)
 //! {"cmd":"ctrl_alt_del"} -> {"ok":true}        (typed on the i8042 keyboard)
 //! {"cmd":"shutdown"} -> {"ok":true}            (stops at once; the VMM exits with status 0)
-//! {"cmd":"stats"}    -> {"ok":true,"stats":{"vcpus":[..],"devices":[..]}}
+//! {"cmd":"stats"}    -> {"ok":true,"stats":{"vcpus":[..],"devices":[..],"pit":false}}
 //! ```
 
 use std::io::Read;

@@ -7,7 +7,7 @@
 //!
 //! Code map: [`config`] (what the CLI asks for), [`memory`] (guest physical layout),
 //! [`boot`] (kernel loading, zero page, MP table, vCPU register state, CPUID), [`bus`] (port
-//! and MMIO dispatch), [`devices`] (serial, i8042, virtio-mmio block/net/rng), [`vcpu`] (one
+//! and MMIO dispatch), [`pit`] (the PIT, made on first use), [`devices`] (serial, i8042, virtio-mmio block/net/rng), [`vcpu`] (one
 //! thread per vCPU and its exit handling), [`control`] (the JSON-lines control socket),
 //! [`seccomp`] (per-thread syscall filters), [`exit_file`] (the `--exit-file` record) and
 //! [`vm`] (wires everything together and runs until the guest stops).
@@ -19,6 +19,7 @@ pub mod control;
 pub mod devices;
 pub mod exit_file;
 pub mod memory;
+pub mod pit;
 pub mod seccomp;
 pub mod stats;
 pub mod vcpu;

@@ -20,9 +20,13 @@ use std::os::fd::RawFd;
 
 use seccompiler::{BpfProgram, sock_filter};
 
-/// ioctl numbers a vCPU thread may issue.
+/// ioctl numbers a vCPU thread may issue: running, and what putting the PIT in on the
+/// guest's first use of it takes (see [`crate::pit`]).
 const KVM_RUN: u32 = 0xae80;
 const KVM_GET_REGS: u32 = 0x8090_ae81;
+const KVM_SET_REGS: u32 = 0x4090_ae82;
+const KVM_CREATE_PIT2: u32 = 0x4040_ae77;
+const KVM_TRANSLATE: u32 = 0xc018_ae85;
 
 /// What a thread does, which decides what it may call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +148,13 @@ pub fn policy(role: ThreadRole, extras: &MainExtras) -> Policy {
         ThreadRole::Vcpu => {
             p.insert(
                 nr(libc::SYS_ioctl),
-                vec![vec![(1, KVM_RUN)], vec![(1, KVM_GET_REGS)]],
+                vec![
+                    vec![(1, KVM_RUN)],
+                    vec![(1, KVM_GET_REGS)],
+                    vec![(1, KVM_SET_REGS)],
+                    vec![(1, KVM_CREATE_PIT2)],
+                    vec![(1, KVM_TRANSLATE)],
+                ],
             );
         }
         ThreadRole::Main => {
@@ -439,6 +449,14 @@ mod tests {
         let ioctl = |req: u32| [3, u64::from(req), 0, 0, 0, 0];
         assert_eq!(v(libc::SYS_ioctl, ioctl(KVM_RUN)), RET_ALLOW);
         assert_eq!(v(libc::SYS_ioctl, ioctl(KVM_GET_REGS)), RET_ALLOW);
+        // The PIT made on first use: create it, rewind the vCPU, read its instruction.
+        for req in [KVM_SET_REGS, KVM_CREATE_PIT2, KVM_TRANSLATE] {
+            assert_eq!(v(libc::SYS_ioctl, ioctl(req)), RET_ALLOW, "{req:#x}");
+        }
+        // KVM_SET_SREGS, KVM_SET_USER_MEMORY_REGION, KVM_CREATE_VCPU stay with setup.
+        for req in [0x4138_ae84u32, 0x4020_ae46, 0xae41] {
+            assert_eq!(v(libc::SYS_ioctl, ioctl(req)), RET_KILL_PROCESS, "{req:#x}");
+        }
         assert_eq!(v(libc::SYS_ioctl, ioctl(0xae81)), RET_KILL_PROCESS);
         assert_eq!(v(libc::SYS_pread64, [0; 6]), RET_ALLOW);
         for banned in [

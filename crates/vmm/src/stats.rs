@@ -1,7 +1,7 @@
 //! Counters the control socket reports: vCPU exits by kind and bytes moved per device. Plain
 //! relaxed atomics: they are statistics, not synchronisation.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -35,6 +35,8 @@ impl DeviceStats {
 pub struct Stats {
     pub vcpus: Vec<Arc<VcpuStats>>,
     pub devices: Mutex<Vec<(String, Arc<DeviceStats>)>>,
+    /// Whether the guest has used the PIT, which the VMM then created (see [`crate::pit`]).
+    pub pit: AtomicBool,
 }
 
 /// Snapshot sent over the control socket.
@@ -42,6 +44,7 @@ pub struct Stats {
 pub struct StatsReport {
     pub vcpus: Vec<VcpuReport>,
     pub devices: Vec<DeviceReport>,
+    pub pit: bool,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -66,6 +69,7 @@ impl Stats {
         Stats {
             vcpus: (0..vcpus).map(|_| Arc::new(VcpuStats::default())).collect(),
             devices: Mutex::new(Vec::new()),
+            pit: AtomicBool::new(false),
         }
     }
 
@@ -100,6 +104,7 @@ impl Stats {
                     errors: ld(&d.errors),
                 })
                 .collect(),
+            pit: self.pit.load(Ordering::Relaxed),
         }
     }
 }

@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, lock};
+use crate::memory::GuestMemory;
+use crate::pit::{LazyPit, is_pit_port};
 use crate::stats::VcpuStats;
 
 /// Why the VM stopped.
@@ -139,6 +142,13 @@ pub struct Vcpu {
     pub mmio: Arc<Bus>,
     pub state: Arc<RunState>,
     pub stats: Arc<VcpuStats>,
+    /// The PIT, made on the first access to its ports (see [`crate::pit`]).
+    pub pit: Arc<LazyPit>,
+    /// Whether this vCPU has already replayed a port access onto the new PIT: a second PIT
+    /// exit would mean KVM did not take the ports, and goes to the bus instead of looping.
+    pub pit_replayed: bool,
+    /// Guest memory, to read the instruction a PIT access is replayed from.
+    pub mem: GuestMemory,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -174,8 +184,18 @@ impl Vcpu {
                 self.state.park();
                 continue;
             }
+            let pit_first = !self.pit_replayed;
+            let mut replay = None;
             let stop = match self.fd.run() {
                 Ok(exit) => match exit {
+                    VcpuExit::IoIn(port, data) if pit_first && is_pit_port(port) => {
+                        replay = Some((port, data.len()));
+                        None
+                    }
+                    VcpuExit::IoOut(port, data) if pit_first && is_pit_port(port) => {
+                        replay = Some((port, data.len()));
+                        None
+                    }
                     VcpuExit::IoIn(port, data) => {
                         self.stats.io.fetch_add(1, Ordering::Relaxed);
                         self.pio.read(u64::from(port), data);
@@ -209,6 +229,10 @@ impl Vcpu {
                     "vCPU {id}: KVM_RUN failed: {e}"
                 ))),
             };
+            let stop = match (stop, replay) {
+                (None, Some((port, size))) => self.replay_on_pit(port, size).err(),
+                (stop, _) => stop,
+            };
             if let Some(mut reason) = stop {
                 if let StopReason::GuestFault(msg) = &mut reason
                     && msg.contains("internal error")
@@ -222,6 +246,74 @@ impl Vcpu {
 }
 
 impl Vcpu {
+    /// Creates the PIT and runs the port access that found none again, this time against it.
+    ///
+    /// KVM finishes a port access that went to userspace in the next KVM_RUN; a KVM_RUN with
+    /// `immediate_exit` set does only that, without entering the guest. Where that finishing
+    /// moved RIP past the instruction (KVM's fast path for IN and OUT, and emulated IN), the
+    /// registers read before it put RIP and RAX back on the instruction. Where KVM had
+    /// already moved RIP before the exit (an OUT through its instruction emulator, which is
+    /// every OUT under PVM), RIP goes back by the length of the OUT that ends there. Either
+    /// way the vCPU then executes the access again; nothing else of the guest changed.
+    fn replay_on_pit(&mut self, port: u16, size: usize) -> Result<(), StopReason> {
+        let id = self.id;
+        let fail = |what: &str, e: kvm_ioctls::Error| {
+            StopReason::VmmFailure(format!("vCPU {id}: {what} for the PIT: {e}"))
+        };
+        self.pit_replayed = true;
+        let mut regs = self.fd.get_regs().map_err(|e| fail("KVM_GET_REGS", e))?;
+        self.pit.ensure().map_err(|e| fail("KVM_CREATE_PIT2", e))?;
+        self.fd.set_kvm_immediate_exit(1);
+        let finished = self.fd.run().map(|_| ());
+        self.fd.set_kvm_immediate_exit(0);
+        match finished {
+            Err(e) if e.errno() == libc::EINTR => {}
+            Err(e) => return Err(fail("finishing the port access", e)),
+            Ok(()) => {
+                return Err(StopReason::VmmFailure(format!(
+                    "vCPU {id}: KVM ran the guest despite immediate_exit"
+                )));
+            }
+        }
+        let after = self.fd.get_regs().map_err(|e| fail("KVM_GET_REGS", e))?;
+        if after.rip == regs.rip {
+            let mut before = [0u8; 3];
+            for (i, b) in before.iter_mut().enumerate() {
+                *b = self.guest_byte(regs.rip.wrapping_sub(3 - i as u64))?;
+            }
+            let len = out_len_before(&before, port, size).ok_or_else(|| {
+                StopReason::GuestFault(format!(
+                    "vCPU {id}: the access to PIT port {port:#x} was not an OUT the VMM can \
+                     run again (bytes before RIP {:#x}: {before:02x?})",
+                    regs.rip
+                ))
+            })?;
+            regs.rip -= len;
+            regs.rax = after.rax;
+        }
+        self.fd.set_regs(&regs).map_err(|e| fail("KVM_SET_REGS", e))
+    }
+
+    /// The guest's byte at virtual address `gva`, through the vCPU's page tables.
+    fn guest_byte(&self, gva: u64) -> Result<u8, StopReason> {
+        let id = self.id;
+        let t = self.fd.translate_gva(gva).map_err(|e| {
+            StopReason::VmmFailure(format!("vCPU {id}: KVM_TRANSLATE for the PIT: {e}"))
+        })?;
+        let mut b = [0u8; 1];
+        if t.valid == 0
+            || self
+                .mem
+                .read_slice(&mut b, GuestAddress(t.physical_address))
+                .is_err()
+        {
+            return Err(StopReason::GuestFault(format!(
+                "vCPU {id}: instruction bytes at {gva:#x} are not in guest memory"
+            )));
+        }
+        Ok(b[0])
+    }
+
     /// KVM's suberror and first data words after KVM_EXIT_INTERNAL_ERROR.
     fn internal_error_detail(&mut self) -> String {
         let run = self.fd.get_kvm_run();
@@ -268,6 +360,27 @@ fn classify(id: u8, exit: VcpuExit<'_>) -> Option<StopReason> {
     }
 }
 
+/// The length of the OUT instruction (`out imm8` or `out dx`, with the operand-size prefix a
+/// 16-bit OUT needs) that ends right before `before` does, given that it wrote `size` bytes
+/// to `port`: `before` holds the three bytes preceding RIP. PIT ports are below 0x100 and
+/// never 0xee/0xef, so the two forms cannot be mistaken for each other.
+fn out_len_before(before: &[u8; 3], port: u16, size: usize) -> Option<u64> {
+    let (imm, dx) = match size {
+        1 => (0xe6, 0xee),
+        2 | 4 => (0xe7, 0xef),
+        _ => return None,
+    };
+    let prefix = u64::from(size == 2);
+    let has_prefix = |at: usize| size != 2 || before[at] == 0x66;
+    if port < 0x100 && before[2] == port as u8 && before[1] == imm && has_prefix(0) {
+        Some(2 + prefix)
+    } else if before[2] == dx && has_prefix(1) {
+        Some(1 + prefix)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +419,21 @@ mod tests {
             classify(0, VcpuExit::Unknown),
             Some(StopReason::GuestFault(_))
         ));
+    }
+
+    #[test]
+    fn out_lengths_before_rip_cover_both_forms_and_the_operand_size_prefix() {
+        // out 0x43, al / out dx, al / out dx, ax / out 0x40, eax
+        assert_eq!(out_len_before(&[0x90, 0xe6, 0x43], 0x43, 1), Some(2));
+        assert_eq!(out_len_before(&[0x90, 0x90, 0xee], 0x43, 1), Some(1));
+        assert_eq!(out_len_before(&[0x90, 0x66, 0xef], 0x42, 2), Some(2));
+        assert_eq!(out_len_before(&[0x66, 0xe7, 0x40], 0x40, 2), Some(3));
+        assert_eq!(out_len_before(&[0x90, 0xe7, 0x40], 0x40, 4), Some(2));
+        // The wrong port, a missing prefix, not an OUT at all.
+        assert_eq!(out_len_before(&[0x90, 0xe6, 0x42], 0x43, 1), None);
+        assert_eq!(out_len_before(&[0x90, 0x90, 0xef], 0x42, 2), None);
+        assert_eq!(out_len_before(&[0x90, 0x90, 0xec], 0x43, 1), None);
+        assert_eq!(out_len_before(&[0x90, 0x90, 0xee], 0x43, 8), None);
     }
 
     #[test]

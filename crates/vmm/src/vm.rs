@@ -1,5 +1,5 @@
 //! Builds one VM from a [`VmConfig`] and runs it until it stops: KVM and guest memory, the
-//! in-kernel irqchip and PIT, the port and MMIO buses with their devices, the boot data, the
+//! in-kernel irqchip (and the PIT, once the guest uses it), the port and MMIO buses with their devices, the boot data, the
 //! vCPU threads, the event loop (console input, TAP readiness, signals) and the control
 //! socket. Returns why the VM stopped; the caller picks the exit status.
 
@@ -10,9 +10,7 @@ use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{
-    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
-};
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -40,6 +38,7 @@ use crate::memory::{
     self, GuestMemory, IRQ_MAX, KVM_TSS_ADDRESS, MMIO_GAP_START, MemoryError, VIRTIO_IRQ_BASE,
     VIRTIO_MMIO_SIZE,
 };
+use crate::pit::LazyPit;
 use crate::stats::Stats;
 pub use crate::vcpu::StopReason;
 use crate::vcpu::{RunState, Vcpu, install_kick_handler};
@@ -342,7 +341,7 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
             optional.join(", ")
         );
     }
-    let vm = kvm.create_vm().map_err(VmError::Kvm)?;
+    let vm = Arc::new(kvm.create_vm().map_err(VmError::Kvm)?);
     let mem_bytes = config.mem_mib << 20;
     let mem = memory::create_guest_memory(config.mem_mib)?;
     map_memory(&vm, &mem)?;
@@ -350,11 +349,6 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
         .map_err(kvm_setup("set the TSS address"))?;
     vm.create_irq_chip()
         .map_err(kvm_setup("create the irqchip"))?;
-    vm.create_pit2(kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    })
-    .map_err(kvm_setup("create the PIT"))?;
 
     let signals = signal_fd().map_err(host("signal handling"))?;
     install_kick_handler().map_err(|e| VmError::Host {
@@ -364,6 +358,7 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
 
     let state = RunState::new().map_err(host("stop event"))?;
     let stats = Arc::new(Stats::new(usize::from(config.vcpus)));
+    let pit = Arc::new(LazyPit::new(vm.clone(), stats.clone()));
 
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
@@ -497,6 +492,9 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
             mmio: mmio.clone(),
             state: state.clone(),
             stats: stats.vcpus[usize::from(id)].clone(),
+            pit: pit.clone(),
+            pit_replayed: false,
+            mem: mem.clone(),
         });
     }
 

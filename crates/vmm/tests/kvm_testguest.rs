@@ -433,6 +433,15 @@ fn holding_exit_file(dir: &Path) -> PathBuf {
 /// ([`holding_exit_file`]), and waits until it says it is holding. Returns the child (stdout
 /// already consumed) and the socket path.
 fn start_holding(dir: &Path, vcpus: &str) -> (std::process::Child, PathBuf, KillOnPanic) {
+    start_holding_with(dir, vcpus, "")
+}
+
+/// [`start_holding`] with more test guest switches on its command line.
+fn start_holding_with(
+    dir: &Path,
+    vcpus: &str,
+    switches: &str,
+) -> (std::process::Child, PathBuf, KillOnPanic) {
     let ctl = dir.join("ctl.sock");
     let disk = make_disk(dir);
     let exit = holding_exit_file(dir);
@@ -448,7 +457,7 @@ fn start_holding(dir: &Path, vcpus: &str) -> (std::process::Child, PathBuf, Kill
             "--control",
             ctl.to_str().unwrap(),
             "--cmdline",
-            "console=ttyS0 testguest.hold=1",
+            &format!("console=ttyS0 testguest.hold=1 {switches}"),
             "--exit-file",
             exit.to_str().unwrap(),
         ])
@@ -471,6 +480,18 @@ fn start_holding(dir: &Path, vcpus: &str) -> (std::process::Child, PathBuf, Kill
         .expect("the guest never reached its holding point");
     wait_for(&ctl);
     (child, ctl, guard)
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_guests_that_never_touch_the_pit_get_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, ctl, _guard) = start_holding_with(dir.path(), "1", "testguest.pit=0");
+    let mut s = BufReader::new(UnixStream::connect(&ctl).unwrap());
+    let r = request(&mut s, r#"{"cmd":"stats"}"#);
+    assert_eq!(r["stats"]["pit"], false, "{r}");
+    assert_eq!(request(&mut s, r#"{"cmd":"shutdown"}"#)["ok"], true);
+    assert!(child.wait().unwrap().success());
 }
 
 #[test]
@@ -516,6 +537,8 @@ fn kvm_control_socket_pause_stats_resume_shutdown() {
         r["stats"]["vcpus"][0]["exits_mmio"].as_u64().unwrap() > 10,
         "{r}"
     );
+    // The guest's PIT check made the VMM create the PIT on the first access.
+    assert_eq!(r["stats"]["pit"], true, "{r}");
     assert_eq!(request(&mut s, r#"{"cmd":"pause"}"#)["ok"], true);
     assert_eq!(request(&mut s, r#"{"cmd":"resume"}"#)["ok"], true);
     assert_eq!(request(&mut s, r#"{"cmd":"power_button"}"#)["ok"], true);

@@ -36,8 +36,15 @@ S=$(up)
 VMM=$!
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/tap0 ] && break; sleep 0.2; done
 ip addr add 192.0.2.1/24 dev tap0 && ip link set tap0 up
+# Informational: whether the stock kernel used the PIT, which the VMM makes on first use
+# (its kernel thread is named kvm-pit/<vmm pid>).
+(while kill -0 $VMM 2>/dev/null; do
+  grep -qs "^kvm-pit/$VMM" /proc/[0-9]*/comm && { echo "L1: the L2 kernel used the PIT"; break; }
+  sleep 0.5
+done) &
 wait $VMM
 echo "L1: vmm exit status $? after $(up) - $S s"
 dd if=/tmp/disk.img bs=512 skip=1 count=1 2>/dev/null | grep -q written-by-L2-guest && echo "L1: the L2 guest's disk write is in the image"
+/vmm --kernel /testguest.elf --vcpus 2 --cmdline "console=ttyS0 testguest.cpus=2" 2>&1 | grep -a '^testguest: \(PASS\|FAIL\|ALL\|SOME\)' | sed 's/^/L1: /'
 echo "L1: done"
 poweroff -f
