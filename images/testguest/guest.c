@@ -1147,6 +1147,13 @@ void __attribute__((noreturn)) guest_main(u64 info, int kind)
 	if (kind == 0)
 		setup_paging();
 	puts("\ntestguest: hello from the hull test guest\n");
+	const char *ier = param("testguest.uart_ier");
+	if (ier && ier[0] == '1') {
+		/* Enable the UART's transmit interrupt (nothing routes it: interrupts stay off).
+		 * The VMM stops batching serial output at this write. */
+		outb(0x3f9, 0x02);
+		puts("testguest: uart transmit interrupt enabled\n");
+	}
 	if (kind == 0) {
 		puts("testguest: boot: 64-bit Linux boot protocol\n");
 		read_zero_page((const u8 *)info);

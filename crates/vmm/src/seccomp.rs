@@ -27,6 +27,9 @@ const KVM_GET_REGS: u32 = 0x8090_ae81;
 const KVM_SET_REGS: u32 = 0x4090_ae82;
 const KVM_CREATE_PIT2: u32 = 0x4040_ae77;
 const KVM_TRANSLATE: u32 = 0xc018_ae85;
+/// Ending serial batching when the guest enables UART interrupts (see
+/// [`crate::devices::serial::batch`]).
+const KVM_UNREGISTER_COALESCED_MMIO: u32 = 0x4010_ae68;
 
 /// What a thread does, which decides what it may call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +157,7 @@ pub fn policy(role: ThreadRole, extras: &MainExtras) -> Policy {
                     vec![(1, KVM_SET_REGS)],
                     vec![(1, KVM_CREATE_PIT2)],
                     vec![(1, KVM_TRANSLATE)],
+                    vec![(1, KVM_UNREGISTER_COALESCED_MMIO)],
                 ],
             );
         }
@@ -450,7 +454,12 @@ mod tests {
         assert_eq!(v(libc::SYS_ioctl, ioctl(KVM_RUN)), RET_ALLOW);
         assert_eq!(v(libc::SYS_ioctl, ioctl(KVM_GET_REGS)), RET_ALLOW);
         // The PIT made on first use: create it, rewind the vCPU, read its instruction.
-        for req in [KVM_SET_REGS, KVM_CREATE_PIT2, KVM_TRANSLATE] {
+        for req in [
+            KVM_SET_REGS,
+            KVM_CREATE_PIT2,
+            KVM_TRANSLATE,
+            KVM_UNREGISTER_COALESCED_MMIO,
+        ] {
             assert_eq!(v(libc::SYS_ioctl, ioctl(req)), RET_ALLOW, "{req:#x}");
         }
         // KVM_SET_SREGS, KVM_SET_USER_MEMORY_REGION, KVM_CREATE_VCPU stay with setup.

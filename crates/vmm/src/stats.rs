@@ -37,6 +37,8 @@ pub struct Stats {
     pub devices: Mutex<Vec<(String, Arc<DeviceStats>)>>,
     /// Whether the guest has used the PIT, which the VMM then created (see [`crate::pit`]).
     pub pit: AtomicBool,
+    /// Serial bytes KVM queued without an exit (see [`crate::devices::serial::batch`]).
+    pub serial_batched: AtomicU64,
 }
 
 /// Snapshot sent over the control socket.
@@ -45,6 +47,7 @@ pub struct StatsReport {
     pub vcpus: Vec<VcpuReport>,
     pub devices: Vec<DeviceReport>,
     pub pit: bool,
+    pub serial_batched: u64,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -70,6 +73,7 @@ impl Stats {
             vcpus: (0..vcpus).map(|_| Arc::new(VcpuStats::default())).collect(),
             devices: Mutex::new(Vec::new()),
             pit: AtomicBool::new(false),
+            serial_batched: AtomicU64::new(0),
         }
     }
 
@@ -105,6 +109,7 @@ impl Stats {
                 })
                 .collect(),
             pit: self.pit.load(Ordering::Relaxed),
+            serial_batched: ld(&self.serial_batched),
         }
     }
 }

@@ -13,6 +13,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, lock};
+use crate::devices::serial::batch::{TxBatch, ends_batching};
 use crate::memory::GuestMemory;
 use crate::pit::{LazyPit, is_pit_port};
 use crate::stats::VcpuStats;
@@ -149,6 +150,8 @@ pub struct Vcpu {
     pub pit_replayed: bool,
     /// Guest memory, to read the instruction a PIT access is replayed from.
     pub mem: GuestMemory,
+    /// Serial bytes KVM queued without exits, emptied before each exit is handled.
+    pub batch: Option<Arc<TxBatch>>,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -186,7 +189,11 @@ impl Vcpu {
             }
             let pit_first = !self.pit_replayed;
             let mut replay = None;
-            let stop = match self.fd.run() {
+            let ran = self.fd.run();
+            if let Some(b) = &self.batch {
+                b.drain();
+            }
+            let stop = match ran {
                 Ok(exit) => match exit {
                     VcpuExit::IoIn(port, data) if pit_first && is_pit_port(port) => {
                         replay = Some((port, data.len()));
@@ -203,6 +210,11 @@ impl Vcpu {
                     }
                     VcpuExit::IoOut(port, data) => {
                         self.stats.io.fetch_add(1, Ordering::Relaxed);
+                        if let Some(b) = &self.batch
+                            && ends_batching(port, data.first().copied().unwrap_or(0))
+                        {
+                            b.end();
+                        }
                         self.pio.write(u64::from(port), data);
                         None
                     }

@@ -24,6 +24,7 @@ use crate::control::{ControlError, ControlServer, Controller};
 use crate::devices::IrqTrigger;
 use crate::devices::acpi_pm::{ACPI_PM_BASE, ACPI_PM_LEN, AcpiPm, PowerSink};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_IRQ, I8042_LEN, Keyboard, ResetSink};
+use crate::devices::serial::batch::{IDLE_DRAIN, TxBatch};
 use crate::devices::serial::terminal::RawTerminal;
 use crate::devices::serial::{
     COM1_BASE, COM1_IRQ, COM1_LEN, ConsoleTarget, Serial, SharedSocketConsole,
@@ -495,7 +496,14 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
             pit: pit.clone(),
             pit_replayed: false,
             mem: mem.clone(),
+            batch: None,
         });
+    }
+    let batch = vcpus
+        .first()
+        .and_then(|v| TxBatch::start(&kvm, &vm, &v.fd, serial.clone(), stats.clone()));
+    for v in &mut vcpus {
+        v.batch = batch.clone();
     }
 
     let control = match &config.control {
@@ -526,6 +534,7 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
         state: state.clone(),
         button,
         stop_deadline: None,
+        batch: batch.clone(),
     };
     event_loop.register().map_err(host("event loop"))?;
 
@@ -545,6 +554,9 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
     };
     crate::seccomp::apply_with(crate::seccomp::ThreadRole::Main, &extras)?;
     let reason = event_loop.run();
+    if let Some(b) = &batch {
+        b.drain();
+    }
     lock(&serial).flush();
     // vCPU threads may still be inside KVM_RUN: they hold guest memory and their fds until
     // the process exits, and nothing here tears the VM down (the kernel's exit does).
@@ -565,6 +577,8 @@ struct EventLoop {
     state: Arc<RunState>,
     button: Arc<PowerButton>,
     stop_deadline: Option<Instant>,
+    /// Batched serial output, emptied at least every [`IDLE_DRAIN`] while batching is on.
+    batch: Option<Arc<TxBatch>>,
 }
 
 impl EventLoop {
@@ -690,8 +704,24 @@ impl EventLoop {
             .stop(StopReason::Requested(format!("{name} received")));
     }
 
-    /// Milliseconds epoll may sleep: forever, or until the stop deadline.
+    /// Milliseconds epoll may sleep: forever, until the stop deadline, or while serial output
+    /// is batched, until it is time to empty the ring.
     fn wait_timeout(&mut self) -> i32 {
+        let deadline = self.deadline_timeout();
+        match &self.batch {
+            Some(b) if b.active() => {
+                let idle = IDLE_DRAIN.as_millis() as i32;
+                if deadline < 0 {
+                    idle
+                } else {
+                    deadline.min(idle)
+                }
+            }
+            _ => deadline,
+        }
+    }
+
+    fn deadline_timeout(&mut self) -> i32 {
         match self.stop_deadline {
             None => -1,
             Some(d) => {
@@ -738,6 +768,9 @@ impl EventLoop {
                     0
                 }
             };
+            if let Some(b) = &self.batch {
+                b.drain();
+            }
             if let Some(reason) = self.state.reason() {
                 return reason;
             }

@@ -3,6 +3,7 @@
 //! one write(2) per byte; input comes from the VM's event loop. A terminal on stdin is put in
 //! raw mode for the VM's life ([`terminal`]).
 
+pub mod batch;
 pub mod terminal;
 
 use std::io::Write;
