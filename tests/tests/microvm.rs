@@ -143,7 +143,25 @@ fn check_confinement(d: &Daemon, uuid: uuid::Uuid) {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     vm_files.sort();
-    assert_eq!(vm_files, ["disk0", "kernel"]);
+    // The host's saved KVM CPUID table, which vmmd made once and the VMM reads (read-only)
+    // instead of asking KVM.
+    assert_eq!(vm_files, ["cpuid", "disk0", "kernel"]);
+    assert!(
+        d.data_root().join("zones/.kvm-cpuid").is_file(),
+        "vmmd keeps the table in its zones directory"
+    );
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    assert!(
+        cmdline
+            .windows(b"--cpuid\0/vm/cpuid\0".len())
+            .any(|w| w == b"--cpuid\0/vm/cpuid\0"),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    assert!(
+        std::fs::write(root.join("vm/cpuid"), b"x").is_err(),
+        "the table is read-only in the VMM's zone"
+    );
     assert_eq!(
         std::fs::read_dir(root.join(".hull-dev"))
             .expect(".hull-dev")

@@ -13,8 +13,12 @@ second (the creation-rate figure).
 --baseline PATH adds a second hull vmm build (e.g. one from before a change) to the same
 alternation, so before and after are measured under the same machine load.
 
+--cpuid-table runs the --vmm build as vmmd runs it: with the host's KVM CPUID table saved
+once (`vmm --save-cpuid`, passed as `--cpuid`) instead of asking KVM at every launch. The
+baseline and qemu ask KVM as before.
+
 usage: launch.py --vmm PATH --guest PATH [--baseline PATH] [--runs 20] [--no-qemu]
-                 [--blk-io N] [--rate N]
+                 [--blk-io N] [--rate N] [--cpuid-table]
 """
 import argparse
 import atexit
@@ -46,8 +50,8 @@ def qemu_cmd(guest, cmdline, disk):
     return cmd
 
 
-def vmm_cmd(vmm, guest, cmdline, disk):
-    cmd = [vmm, "--kernel", guest, "--mem-mib", "128", "--cmdline", cmdline]
+def vmm_cmd(vmm, guest, cmdline, disk, extra=()):
+    cmd = [vmm, "--kernel", guest, "--mem-mib", "128", "--cmdline", cmdline, *extra]
     if disk:
         cmd += ["--disk", disk]
     return cmd
@@ -151,9 +155,19 @@ def make_disk(d):
     return path
 
 
-def creation_rate(a):
+def cpuid_args(a, d):
+    """`--cpuid TABLE` for the --vmm build when --cpuid-table asks for it."""
+    if not a.cpuid_table:
+        return []
+    table = os.path.join(d, "cpuid")
+    subprocess.run([a.vmm, "--save-cpuid", table], check=True)
+    return ["--cpuid", table]
+
+
+def creation_rate(a, d):
     import concurrent.futures
-    cmds = [("hull vmm", vmm_cmd(a.vmm, a.guest, "console=ttyS0 testguest.quick=1", None))]
+    cmds = [("hull vmm", vmm_cmd(a.vmm, a.guest, "console=ttyS0 testguest.quick=1", None,
+                                 cpuid_args(a, d)))]
     if a.baseline:
         cmds.append(("hull baseline",
                      vmm_cmd(a.baseline, a.guest, "console=ttyS0 testguest.quick=1", None)))
@@ -188,16 +202,18 @@ def main():
     ap.add_argument("--no-qemu", action="store_true")
     ap.add_argument("--blk-io", type=int, default=0)
     ap.add_argument("--rate", type=int, default=0)
+    ap.add_argument("--cpuid-table", action="store_true")
     a = ap.parse_args()
     if a.rate:
-        creation_rate(a)
+        with tempfile.TemporaryDirectory() as d:
+            creation_rate(a, d)
         return
     with_qemu = not a.no_qemu and shutil.which(QEMU)
     with tempfile.TemporaryDirectory() as d:
         disk = make_disk(d) if a.blk_io else None
         cmdline = f"console=ttyS0 testguest.blk_io={a.blk_io}" if a.blk_io else \
             "console=ttyS0 testguest.quick=1"
-        kinds = [("hull vmm", vmm_cmd(a.vmm, a.guest, cmdline, disk))]
+        kinds = [("hull vmm", vmm_cmd(a.vmm, a.guest, cmdline, disk, cpuid_args(a, d)))]
         if a.baseline:
             kinds.append(("hull baseline", vmm_cmd(a.baseline, a.guest, cmdline, disk)))
         if with_qemu:

@@ -152,6 +152,8 @@ pub struct VmConfig {
     pub macs: Vec<[u8; 6]>,
     pub console: ConsoleConfig,
     pub control: Option<PathBuf>,
+    /// KVM's supported CPUID as `vmm --save-cpuid` saved it; `None` asks KVM.
+    pub cpuid: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -249,6 +251,7 @@ mod tests {
             macs: vec![],
             console: ConsoleConfig::Stdio,
             control: None,
+            cpuid: None,
         };
         assert!(c.validate().is_ok());
         c.macs = vec![[2, 0, 0, 0, 0, 1]];

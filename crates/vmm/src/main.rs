@@ -27,8 +27,8 @@ use hull_vmm::{StopReason, run};
 #[command(name = "vmm", version)]
 struct Args {
     /// Kernel to boot: an x86-64 ELF vmlinux or a bzImage.
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present = "save_cpuid")]
+    kernel: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -63,6 +63,14 @@ struct Args {
     /// Write {"reason":..,"detail":..} here (atomically) right before exiting.
     #[arg(long)]
     exit_file: Option<PathBuf>,
+    /// KVM's supported CPUID as --save-cpuid wrote it on this host, instead of asking KVM
+    /// (which costs ~60 host CPUID instructions). Stale tables are the caller's to avoid:
+    /// vmmd keeps one per host boot and KVM module state.
+    #[arg(long)]
+    cpuid: Option<PathBuf>,
+    /// Save KVM's supported CPUID to PATH (atomically) for later --cpuid runs, and exit.
+    #[arg(long, value_name = "PATH", conflicts_with = "cpuid")]
+    save_cpuid: Option<PathBuf>,
 }
 
 /// Exit status, exit-file reason and the last stderr line (without `vmm: `) for an outcome.
@@ -114,6 +122,19 @@ fn vmm_main() -> u8 {
             return 1;
         }
     };
+    if let Some(path) = &args.save_cpuid {
+        return match hull_vmm::vm::save_supported_cpuid(path) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("vmm: error: {:#}", anyhow::Error::from(e));
+                1
+            }
+        };
+    }
+    let Some(kernel) = args.kernel else {
+        eprintln!("vmm: error: --kernel is required");
+        return 1;
+    };
     let mut exit_file = match args.exit_file.as_deref().map(ExitFile::create).transpose() {
         Ok(f) => f,
         Err(e) => {
@@ -128,7 +149,7 @@ fn vmm_main() -> u8 {
         .chain(args.taps.iter().map(|n| NetConfig::Tap(n.clone())))
         .collect();
     let config = VmConfig {
-        kernel: args.kernel,
+        kernel,
         initrd: args.initrd,
         cmdline: args.cmdline,
         mem_mib: args.mem_mib,
@@ -138,6 +159,7 @@ fn vmm_main() -> u8 {
         macs: args.macs.into_iter().map(|m| m.0).collect(),
         console: args.console,
         control: args.control,
+        cpuid: args.cpuid,
     };
     let result = run(&config, exit_file.as_ref()).context("vmm failed");
     if let Some(p) = &config.control {

@@ -101,6 +101,8 @@ pub enum VmError {
         #[source]
         source: regs::RegsError,
     },
+    #[error("cannot use the saved CPUID table")]
+    CpuidTable(#[from] boot::cpuid_table::CpuidTableError),
     #[error("cannot place a device")]
     Bus(#[from] BusError),
     #[error("cannot open a disk")]
@@ -321,6 +323,17 @@ struct Placed {
     net_fd: Option<RawFd>,
 }
 
+/// Asks KVM for its supported CPUID and saves it for later `--cpuid` runs
+/// (see [`boot::cpuid_table`]).
+pub fn save_supported_cpuid(path: &std::path::Path) -> Result<(), VmError> {
+    let kvm = Kvm::new().map_err(VmError::Kvm)?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_setup("report supported CPUID"))?;
+    boot::cpuid_table::save(path, &cpuid)?;
+    Ok(())
+}
+
 /// Builds and runs the VM described by `config` until it stops. `exit` is the exit file the
 /// caller will write afterwards: the main thread's filter lets it rename in that directory.
 pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmError> {
@@ -469,9 +482,12 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
     )?;
     regs::write_boot_tables(&mem).map_err(|source| VmError::Vcpu { id: 0, source })?;
 
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_setup("report supported CPUID"))?;
+    let supported = match &config.cpuid {
+        Some(path) => boot::cpuid_table::load(path)?,
+        None => kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_setup("report supported CPUID"))?,
+    };
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
     let mut vcpus = Vec::new();

@@ -355,6 +355,43 @@ fn kvm_bad_disk_path_is_a_clear_error() {
 
 #[test]
 #[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_a_saved_cpuid_table_stands_in_for_asking_kvm() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("cpuid");
+    let t = table.to_str().unwrap();
+    let out = run_vmm(&["--save-cpuid", t], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(std::fs::read(&table).unwrap().starts_with(b"HULLCPU1"));
+    // The guest sees the same CPUID either way: its checks (topology of 2 vCPUs, the
+    // hypervisor bit, the APs' CPUID) pass.
+    let out = run_vmm(
+        &[
+            "--kernel",
+            guest(),
+            "--vcpus",
+            "2",
+            "--cpuid",
+            t,
+            "--cmdline",
+            "console=ttyS0 testguest.cpus=2",
+        ],
+        None,
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("testguest: ALL PASS"), "{stdout}");
+    assert_pass(&stdout, "smp: 1 application processor");
+    // A damaged table is bad input, named as such.
+    let bytes = std::fs::read(&table).unwrap();
+    std::fs::write(&table, &bytes[..bytes.len() - 3]).unwrap();
+    let out = run_vmm(&["--kernel", guest(), "--cpuid", t], None);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not a CPUID table"), "{stderr}");
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
 fn kvm_triple_fault_is_reported_not_crashed() {
     let dir = tempfile::tempdir().unwrap();
     let exit = dir.path().join("exit.json");

@@ -54,6 +54,8 @@ pub struct Zones {
     vmm: PathBuf,
     /// The shared libraries it loads (found once, see [`shared_libraries`]).
     vmm_libs: std::sync::OnceLock<Result<Vec<PathBuf>, String>>,
+    /// Serialises making the host's saved KVM CPUID table (see [`Zones::cpuid_table`]).
+    cpuid_lock: Mutex<()>,
     /// id slot of each zone that has run: a zone keeps its range for life, since its
     /// overlay upper layer holds files owned by ids of that range.
     slots: Mutex<BTreeMap<Uuid, u32>>,
@@ -108,6 +110,7 @@ impl Zones {
             zoned,
             vmm,
             vmm_libs: std::sync::OnceLock::new(),
+            cpuid_lock: Mutex::new(()),
             slots: Mutex::new(slots),
             root_ids,
             spare: Mutex::new(None),
@@ -292,6 +295,42 @@ impl Zones {
         started
     }
 
+    /// The host's saved KVM CPUID table, which every VMM reads instead of asking KVM (~60
+    /// host CPUID instructions, each a trap on a nested host). Made again with `vmm
+    /// --save-cpuid` whenever what KVM's answer depends on has changed ([`kvm_state_key`]);
+    /// `None` when it cannot be made: each VMM then asks KVM itself, and reports any problem
+    /// with /dev/kvm.
+    fn cpuid_table(&self) -> Option<PathBuf> {
+        let table = self.root.join(".kvm-cpuid");
+        let key_file = self.root.join(".kvm-cpuid.key");
+        let key = kvm_state_key();
+        let _one = self.cpuid_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if table.exists() && std::fs::read_to_string(&key_file).is_ok_and(|k| k == key) {
+            return Some(table);
+        }
+        let _ = std::fs::create_dir_all(&self.root);
+        let saved = Command::new(&self.vmm)
+            .arg("--save-cpuid")
+            .arg(&table)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !saved {
+            return None;
+        }
+        let tmp = self.root.join(".kvm-cpuid.key.tmp");
+        if std::fs::write(&tmp, &key)
+            .and_then(|()| std::fs::rename(&tmp, &key_file))
+            .is_err()
+        {
+            // The table is right for now; without its key it is made again next time.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Some(table)
+    }
+
     fn start_in_slot(
         &self,
         vm: &Vm,
@@ -318,7 +357,13 @@ impl Zones {
                     .get_or_init(|| shared_libraries(&self.vmm))
                     .clone()
                     .map_err(start_err)?;
-                vm_config(vm, &self.vmm, &libs, &run, id_base).map_err(start_err)?
+                let cpuid = self.cpuid_table();
+                let vmm = VmmFiles {
+                    binary: &self.vmm,
+                    libs: &libs,
+                    cpuid: cpuid.as_deref(),
+                };
+                vm_config(vm, &vmm, &run, id_base).map_err(start_err)?
             }
         };
         cfg.root_ids = self.root_ids;
@@ -576,6 +621,7 @@ mod vm_paths {
     pub const VMM: &str = "/vmm";
     pub const KERNEL: &str = "/vm/kernel";
     pub const INITRD: &str = "/vm/initrd";
+    pub const CPUID: &str = "/vm/cpuid";
     pub const DISKS: &str = "/vm";
 }
 
@@ -680,17 +726,67 @@ fn elf_interpreter(binary: &Path) -> Result<Option<PathBuf>, String> {
     Ok(None)
 }
 
+/// What KVM's supported CPUID depends on, as far as user space can tell: the boot (kernel,
+/// CPU microcode, firmware settings) and the version and parameters of each loaded KVM
+/// module (`nested`, `enable_pmu`...). Equal keys mean a saved table still holds.
+pub fn kvm_state_key() -> String {
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let mut key = String::new();
+    for f in [
+        "/proc/sys/kernel/random/boot_id",
+        "/proc/sys/kernel/osrelease",
+    ] {
+        key.push_str(read(Path::new(f)).trim());
+        key.push('\n');
+    }
+    let mut modules: Vec<PathBuf> = std::fs::read_dir("/sys/module")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("kvm"))
+        .map(|e| e.path())
+        .collect();
+    modules.sort();
+    for m in modules {
+        key.push_str(&format!(
+            "{} {}",
+            m.display(),
+            read(&m.join("srcversion")).trim()
+        ));
+        let mut params: Vec<PathBuf> = std::fs::read_dir(m.join("parameters"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        params.sort();
+        for p in params {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            key.push_str(&format!(" {name}={}", read(&p).trim()));
+        }
+        key.push('\n');
+    }
+    key
+}
+
+/// The VMM a microVM's zone runs: its binary, the shared libraries it loads, and the host's
+/// saved KVM CPUID table when there is one.
+#[derive(Debug, Clone, Copy)]
+pub struct VmmFiles<'a> {
+    pub binary: &'a Path,
+    pub libs: &'a [PathBuf],
+    pub cpuid: Option<&'a Path>,
+}
+
 /// The zoned config of a microVM: a zone whose root holds only the VMM binary (and the
-/// shared libraries `libs` it loads), the kernel, the initrd, the disks and the VMM's
-/// runtime directory `run` (for its control socket and exit report), and whose init is the
-/// VMM with the guest on its console.
-pub fn vm_config(
-    vm: &Vm,
-    vmm: &Path,
-    libs: &[PathBuf],
-    run: &Path,
-    id_base: u32,
-) -> Result<ZoneConfig, String> {
+/// shared libraries it loads, and the host's CPUID table), the kernel, the initrd, the
+/// disks and the VMM's runtime directory `run` (for its control socket and exit report),
+/// and whose init is the VMM with the guest on its console.
+pub fn vm_config(vm: &Vm, vmm: &VmmFiles, run: &Path, id_base: u32) -> Result<ZoneConfig, String> {
     let ro = |host: &str, at: &str| RootFile {
         host: PathBuf::from(host),
         at: PathBuf::from(at),
@@ -701,10 +797,10 @@ pub fn vm_config(
          image that carries one",
     )?;
     let mut files = vec![
-        ro(&vmm.to_string_lossy(), vm_paths::VMM),
+        ro(&vmm.binary.to_string_lossy(), vm_paths::VMM),
         ro(kernel, vm_paths::KERNEL),
     ];
-    for lib in libs {
+    for lib in vmm.libs {
         let lib = lib.to_string_lossy();
         files.push(ro(&lib, &lib));
     }
@@ -724,6 +820,10 @@ pub fn vm_config(
         "--vcpus".into(),
         vm.vcpus.unwrap_or(1).to_string(),
     ]);
+    if let Some(cpuid) = vmm.cpuid {
+        files.push(ro(&cpuid.to_string_lossy(), vm_paths::CPUID));
+        argv.extend(["--cpuid".into(), vm_paths::CPUID.into()]);
+    }
     // The boot disk comes first: the guest sees it as vda.
     let mut disks: Vec<_> = vm.disks.iter().collect();
     disks.sort_by_key(|d| d.boot != Some(true));
@@ -855,14 +955,12 @@ mod tests {
             {"path": "/data/d1.img", "read_only": true},
             {"path": "/data/boot.img", "boot": true}]}));
         let libs = [PathBuf::from("/lib64/ld-linux-x86-64.so.2")];
-        let cfg = vm_config(
-            &vm,
-            Path::new("/opt/vmm"),
-            &libs,
-            Path::new("/z/vmm"),
-            7 << 16,
-        )
-        .expect("config");
+        let vmm = VmmFiles {
+            binary: Path::new("/opt/vmm"),
+            libs: &libs,
+            cpuid: Some(Path::new("/data/zones/.kvm-cpuid")),
+        };
+        let cfg = vm_config(&vm, &vmm, Path::new("/z/vmm"), 7 << 16).expect("config");
         let RootSpec::Vmm { files } = &cfg.root else {
             panic!("a microVM gets a VMM root");
         };
@@ -882,23 +980,44 @@ mod tests {
             at("/lib64/ld-linux-x86-64.so.2"),
             Some(("/lib64/ld-linux-x86-64.so.2".into(), false))
         );
-        assert_eq!(files.len(), 7);
+        assert_eq!(
+            at("/data/zones/.kvm-cpuid"),
+            Some(("/vm/cpuid".into(), false))
+        );
+        assert_eq!(files.len(), 8);
         let argv = cfg.init.join(" ");
         assert_eq!(
             argv,
             "/vmm --kernel /vm/kernel --initrd /vm/initrd --cmdline console=ttyS0 quiet \
-             --mem-mib 96 --vcpus 2 --disk /vm/disk0 --disk /vm/disk1,ro --console stdio \
-             --control /run/vmm/control.sock --exit-file /run/vmm/exit.json"
+             --mem-mib 96 --vcpus 2 --cpuid /vm/cpuid --disk /vm/disk0 --disk /vm/disk1,ro \
+             --console stdio --control /run/vmm/control.sock --exit-file /run/vmm/exit.json"
         );
         assert_eq!(cfg.cgroup, format!("hull/{}", vm.uuid));
         assert_eq!(cfg.limits.memory_bytes, Some((96 + 1024) << 20));
     }
 
     #[test]
+    fn the_kvm_state_key_is_stable_and_names_the_boot() {
+        let key = kvm_state_key();
+        assert_eq!(key, kvm_state_key());
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        assert!(key.starts_with(boot.trim()), "{key}");
+        // Each loaded KVM module is in it, with its parameters.
+        if Path::new("/sys/module/kvm/parameters").exists() {
+            assert!(key.contains("/sys/module/kvm "), "{key}");
+        }
+    }
+
+    #[test]
     fn a_microvm_without_a_kernel_is_refused_by_name() {
         let mut vm = vm(serde_json::json!({}));
         vm.kernel = None;
-        let e = vm_config(&vm, Path::new("/opt/vmm"), &[], Path::new("/z"), 0).unwrap_err();
+        let vmm = VmmFiles {
+            binary: Path::new("/opt/vmm"),
+            libs: &[],
+            cpuid: None,
+        };
+        let e = vm_config(&vm, &vmm, Path::new("/z"), 0).unwrap_err();
         assert!(e.contains("no kernel"), "{e}");
     }
 

@@ -7,6 +7,7 @@
 
 pub mod acpi;
 pub mod cpuid;
+pub mod cpuid_table;
 pub mod mptable;
 pub mod regs;
 
