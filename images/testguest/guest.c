@@ -466,8 +466,16 @@ static u16 pit_count2(void)
  * shows whether it reached the PIT. Counter 2 (gated by port 0x61, as Linux calibrates) then
  * has to count down from 0xffff.
  */
-static void check_pit(void)
+static void check_pit(int in_first)
 {
+	if (in_first) {
+		/* The other kind of first access: an IN, which KVM finishes differently. The
+		 * in-kernel port 0x61 never reads as all-ones (its bits 7-6 and 3-2 are 0). */
+		u8 v = inb(0x61);
+		result(v != 0xff, "pit: first access an IN of port 0x61, read ");
+		put_hex(v);
+		puts("\n");
+	}
 	outb(0x43, 0xb0); /* counter 2, low then high byte, mode 0, binary */
 	outb(0x61, (u8)((inb(0x61) & ~0x02) | 0x01)); /* gate 2 on, speaker off */
 	outb(0x42, 0xff);
@@ -1171,7 +1179,7 @@ void __attribute__((noreturn)) guest_main(u64 info, int kind)
 	check_mptable();
 	const char *pit = param("testguest.pit");
 	if (!(pit && pit[0] == '0'))
-		check_pit();
+		check_pit(pit && memcmp(pit, "in", 2) == 0);
 	const char *smp = param("testguest.smp");
 	if (!(smp && smp[0] == '0') && kind == 0)
 		start_aps();

@@ -71,6 +71,69 @@ struct Args {
     /// Save KVM's supported CPUID to PATH (atomically) for later --cpuid runs, and exit.
     #[arg(long, value_name = "PATH", conflicts_with = "cpuid")]
     save_cpuid: Option<PathBuf>,
+    /// Write the vmlinux inside the --kernel bzImage (gzip, xz or zstd payload) to PATH, a
+    /// new file, and exit: 0 when written, 3 when there is nothing to extract (boot the
+    /// bzImage; PATH is not created), 1 on an error (PATH may hold part of it: write to a
+    /// temporary name). Decompresses under a seccomp filter that allows only writing the
+    /// open output.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "kernel",
+        conflicts_with = "save_cpuid"
+    )]
+    extract_vmlinux: Option<PathBuf>,
+}
+
+/// `--extract-vmlinux`: see [`Args::extract_vmlinux`].
+fn extract_vmlinux(kernel: &std::path::Path, out: &std::path::Path) -> u8 {
+    use hull_vmm::boot::vmlinux::{ExtractError, extract};
+    let image = match std::fs::read(kernel) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!(
+                "vmm: error: cannot read the kernel {}: {e}",
+                kernel.display()
+            );
+            return 1;
+        }
+    };
+    if let Err(e @ ExtractError::NotExtractable(_)) = hull_vmm::boot::vmlinux::payload(&image) {
+        eprintln!("vmm: {e}");
+        return 3;
+    }
+    let file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("vmm: error: cannot create {}: {e}", out.display());
+            return 1;
+        }
+    };
+    // From here on the untrusted payload is parsed and decompressed: nothing but the
+    // memory allocator, writing the open output and exiting is allowed.
+    if let Err(e) = hull_vmm::seccomp::apply(hull_vmm::seccomp::ThreadRole::Extract) {
+        eprintln!("vmm: error: {:#}", anyhow::Error::from(e));
+        return 1;
+    }
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    match extract(&image, &mut w).and_then(|n| {
+        w.flush().map_err(ExtractError::Write)?;
+        Ok(n)
+    }) {
+        Ok(_) => 0,
+        Err(e @ ExtractError::NotExtractable(_)) => {
+            eprintln!("vmm: {e}");
+            3
+        }
+        Err(e) => {
+            eprintln!("vmm: error: {:#}", anyhow::Error::from(e));
+            1
+        }
+    }
 }
 
 /// Exit status, exit-file reason and the last stderr line (without `vmm: `) for an outcome.
@@ -130,6 +193,9 @@ fn vmm_main() -> u8 {
                 1
             }
         };
+    }
+    if let (Some(out), Some(kernel)) = (&args.extract_vmlinux, &args.kernel) {
+        return extract_vmlinux(kernel, out);
     }
     let Some(kernel) = args.kernel else {
         eprintln!("vmm: error: --kernel is required");

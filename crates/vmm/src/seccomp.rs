@@ -39,6 +39,9 @@ pub enum ThreadRole {
     /// After setup, the event loop: signals, console input, TAP readiness, the control socket
     /// (which kicks and parks vCPUs), the stop; then flushes, restores and exits.
     Main,
+    /// `vmm --extract-vmlinux` once both files are open: decompressing untrusted bytes into
+    /// the output, and nothing else (COMMON's memory, futex, write and exit calls).
+    Extract,
 }
 
 /// Host resources the main thread still touches after confinement, each allowed narrowly.
@@ -94,6 +97,9 @@ fn role_syscalls(role: ThreadRole) -> &'static [libc::c_long] {
             libc::SYS_close,
             libc::SYS_fcntl,
         ],
+        // Closing the files at the end grants nothing (debug builds check an fd with F_GETFD
+        // before closing it).
+        ThreadRole::Extract => &[libc::SYS_close, libc::SYS_fcntl],
         ThreadRole::Main => &[
             // The event loop.
             libc::SYS_epoll_wait,
@@ -161,6 +167,7 @@ pub fn policy(role: ThreadRole, extras: &MainExtras) -> Policy {
                 ],
             );
         }
+        ThreadRole::Extract => {}
         ThreadRole::Main => {
             if let Some(fd) = extras.terminal {
                 p.insert(
@@ -442,6 +449,32 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_extractor_may_write_its_output_and_nothing_more() {
+        let p = policy(ThreadRole::Extract, &MainExtras::default());
+        let prog = compile(&p, RET_KILL_PROCESS).unwrap();
+        let v = |nr: libc::c_long| verdict(&prog, AUDIT_ARCH_X86_64, nr as u32, [3, 0, 0, 0, 0, 0]);
+        for ok in [
+            libc::SYS_write,
+            libc::SYS_mmap,
+            libc::SYS_close,
+            libc::SYS_exit_group,
+        ] {
+            assert_eq!(v(ok), RET_ALLOW, "{ok}");
+        }
+        for banned in [
+            libc::SYS_read,
+            libc::SYS_openat,
+            libc::SYS_socket,
+            libc::SYS_execve,
+            libc::SYS_ioctl,
+            libc::SYS_unlink,
+            libc::SYS_clone3,
+        ] {
+            assert_eq!(v(banned), RET_KILL_PROCESS, "{banned}");
         }
     }
 

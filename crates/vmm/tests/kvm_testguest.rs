@@ -390,6 +390,86 @@ fn kvm_a_saved_cpuid_table_stands_in_for_asking_kvm() {
     assert!(stderr.contains("is not a CPUID table"), "{stderr}");
 }
 
+/// The test guest as the compressed payload of a bzImage-shaped file (boot protocol 2.15,
+/// xz, the uncompressed size appended as the kernel build does).
+fn guest_in_a_bzimage() -> Vec<u8> {
+    use std::io::Write as _;
+    let elf = std::fs::read(guest()).unwrap();
+    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
+    xz.write_all(&elf).unwrap();
+    let payload = xz.finish().unwrap();
+    let mut img = vec![0u8; 5 * 512];
+    img[0x1f1] = 4;
+    img[0x202..0x206].copy_from_slice(b"HdrS");
+    img[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+    img[0x248..0x24c].copy_from_slice(&0x200u32.to_le_bytes());
+    img[0x24c..0x250].copy_from_slice(&(payload.len() as u32 + 4).to_le_bytes());
+    img.resize(5 * 512 + 0x200, 0);
+    img.extend_from_slice(&payload);
+    img.extend_from_slice(&(elf.len() as u32).to_le_bytes());
+    img
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_an_extracted_vmlinux_is_the_kernel_and_boots() {
+    let dir = tempfile::tempdir().unwrap();
+    let bz = dir.path().join("vmlinuz");
+    std::fs::write(&bz, guest_in_a_bzimage()).unwrap();
+    let out = dir.path().join("vmlinux");
+    let o = run_vmm(
+        &[
+            "--kernel",
+            bz.to_str().unwrap(),
+            "--extract-vmlinux",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(guest()).unwrap()
+    );
+    let o = run_vmm(
+        &[
+            "--kernel",
+            out.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0",
+        ],
+        None,
+    );
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{stdout}{}", text(&o.stderr));
+    assert!(stdout.contains("testguest: ALL PASS"), "{stdout}");
+    // An existing output is never overwritten; an ELF has nothing to extract (exit 3, and
+    // no output file).
+    let o = run_vmm(
+        &[
+            "--kernel",
+            bz.to_str().unwrap(),
+            "--extract-vmlinux",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let none = dir.path().join("none");
+    let o = run_vmm(
+        &[
+            "--kernel",
+            guest(),
+            "--extract-vmlinux",
+            none.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("nothing to extract"));
+    assert!(!none.exists());
+}
+
 #[test]
 #[ignore = "needs /dev/kvm: run with --run-ignored"]
 fn kvm_triple_fault_is_reported_not_crashed() {
@@ -536,6 +616,24 @@ fn kvm_serial_batching_ends_when_the_guest_enables_uart_interrupts() {
     );
     assert_eq!(request(&mut s, r#"{"cmd":"shutdown"}"#)["ok"], true);
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_the_pit_made_on_an_in_serves_that_in_too() {
+    let out = run_vmm(
+        &[
+            "--kernel",
+            guest(),
+            "--cmdline",
+            "console=ttyS0 testguest.pit=in",
+        ],
+        None,
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert_pass(&stdout, "pit: first access an IN of port 0x61");
+    assert_pass(&stdout, "pit: counter 2 mode 0");
 }
 
 #[test]

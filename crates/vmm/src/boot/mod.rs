@@ -10,6 +10,7 @@ pub mod cpuid;
 pub mod cpuid_table;
 pub mod mptable;
 pub mod regs;
+pub mod vmlinux;
 
 use std::fs::File;
 use std::io::Read;

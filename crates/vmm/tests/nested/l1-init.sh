@@ -13,16 +13,24 @@ for m in irqbypass kvm ccp kvm-amd tun; do insmod /m/$m.ko 2>/dev/null || echo "
 [ -e /dev/kvm ] || { echo "L1: FAIL no /dev/kvm"; poweroff -f; }
 [ -e /dev/net/tun ] || mknod /dev/net/tun c 10 200
 up() { cut -d' ' -f1 /proc/uptime; }
+# The L2 kernel's own clock at its last line (its time from start_kernel; what comes before
+# it, the VMM's set-up, firmware and the kernel's decompression, is the rest of the run).
+l2_end() { sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p' /tmp/out | tail -1; }
 if [ "$MODE" = bench ]; then
   R=$(sed -n 's/.*hullreboot=\([a-z]\).*/\1/p' /proc/cmdline)
   CMD="console=ttyS0 reboot=${R:-k} panic=-1 pci=off quiet"
+  # hull boots the vmlinux inside the bzImage, extracted once as vmmd does before a guest's
+  # second start (the first boots the bzImage meanwhile); qemu boots the bzImage.
+  K=/vmlinuz
+  S=$(up); /vmm --kernel /vmlinuz --extract-vmlinux /tmp/vmlinux; X=$?; E=$(up)
+  if [ $X = 0 ]; then K=/tmp/vmlinux; echo "L1: bench extract $S $E"; fi
   for i in 1 2 3; do
-    S=$(up); /vmm --kernel /vmlinuz --initrd /l2b.cpio.gz --mem-mib 256 --cmdline "$CMD" >/tmp/out 2>&1
-    E=$(up); grep -q "init reached" /tmp/out && echo "L1: bench hull-vmm $S $E" || { echo "L1: hull run failed"; cat /tmp/out; }
+    S=$(up); /vmm --kernel $K --initrd /l2b.cpio.gz --mem-mib 256 --cmdline "$CMD" >/tmp/out 2>&1
+    E=$(up); grep -q "init reached" /tmp/out && echo "L1: bench hull-vmm $S $E $(l2_end)" || { echo "L1: hull run failed"; cat /tmp/out; }
     S=$(up); /qemu/qemu-system-x86_64 -L /qemu/share -M microvm -enable-kvm -cpu host \
       -m 256 -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
       -kernel /vmlinuz -initrd /l2b.cpio.gz -append "$CMD" >/tmp/out 2>&1
-    E=$(up); grep -q "init reached" /tmp/out && echo "L1: bench qemu-microvm $S $E" || { echo "L1: qemu run failed"; tail -5 /tmp/out; }
+    E=$(up); grep -q "init reached" /tmp/out && echo "L1: bench qemu-microvm $S $E $(l2_end)" || { echo "L1: qemu run failed"; tail -5 /tmp/out; }
   done
   echo "L1: done"
   poweroff -f
@@ -46,5 +54,6 @@ wait $VMM
 echo "L1: vmm exit status $? after $(up) - $S s"
 dd if=/tmp/disk.img bs=512 skip=1 count=1 2>/dev/null | grep -q written-by-L2-guest && echo "L1: the L2 guest's disk write is in the image"
 /vmm --kernel /testguest.elf --vcpus 2 --cmdline "console=ttyS0 testguest.cpus=2" 2>&1 | grep -a '^testguest: \(PASS\|FAIL\|ALL\|SOME\)' | sed 's/^/L1: /'
+/vmm --kernel /testguest.elf --cmdline "console=ttyS0 testguest.pit=in" 2>&1 | grep -a '^testguest: \(PASS\|FAIL\) pit' | sed 's/^testguest:/L1: testguest (pit=in):/'
 echo "L1: done"
 poweroff -f
