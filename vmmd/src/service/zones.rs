@@ -807,10 +807,18 @@ fn extract_kernel(vmm: &Path, kernel: &Path, dir: &Path, file: &str, key: &str) 
     };
     let _ = std::fs::remove_file(&tmp);
     let Some(kept) = kept else { return };
+    // Older versions of the same file go, and so do copies of the same bytes under another
+    // inode (same size and mtime: the live image's kit kernel, unpacked again at each boot),
+    // so the directory holds one entry per kernel.
+    let same_bytes = |name: &str| {
+        let ours: Vec<&str> = key.split('-').collect();
+        let theirs: Vec<&str> = name.split('-').collect();
+        ours.len() >= 4 && theirs.len() >= 4 && ours[2..4] == theirs[2..4]
+    };
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(file) && entry.path() != kept {
+        if (name.starts_with(file) || same_bytes(&name)) && entry.path() != kept {
             let _ = std::fs::remove_file(entry.path());
         }
     }
