@@ -2,11 +2,12 @@
 
 # Installs the packages in scripts/packages.txt that are missing (root only).
 hull_install_packages() {
-    local root missing=() pkg
+    local root missing=() listed=() pkg
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     while read -r pkg; do
         [[ -z "$pkg" || "$pkg" == \#* ]] && continue
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+        listed+=("$pkg")
+        hull_pkg_installed "$pkg" || missing+=("$pkg")
     done < "$root/scripts/packages.txt"
     [[ ${#missing[@]} -eq 0 ]] && return 0
     if [[ $(id -u) -ne 0 ]]; then
@@ -14,8 +15,102 @@ hull_install_packages() {
         return 1
     fi
     echo "== installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+    # The whole list, not just what is missing: apt may otherwise satisfy a missing package by
+    # removing an installed one we need (it offers to remove qemu-utils 10 for qemu-system-x86).
+    hull_apt_install "${listed[*]}"
+}
+
+# Whether the Debian package $1 is installed (as the dpkg status that apt reads says).
+hull_pkg_installed() {
+    dpkg-query ${HULL_DPKG_ADMINDIR:+--admindir="$HULL_DPKG_ADMINDIR"} -W -f='${Status}' "$1" 2>/dev/null |
+        grep -q "install ok installed"
+}
+
+# The version of $1 that dpkg has installed, or nothing.
+hull_pkg_version() {
+    hull_pkg_installed "$1" &&
+        dpkg-query ${HULL_DPKG_ADMINDIR:+--admindir="$HULL_DPKG_ADMINDIR"} -W -f='${Version}' "$1"
+}
+
+# Installs the space-separated packages $1. A machine image may already hold a package
+# newer than any of apt's sources carry (e.g. qemu-utils from bookworm-backports with no
+# backports source configured) whose Breaks block a package we need (qemu-system-common of
+# bookworm). When apt cannot satisfy the request as it stands, each package of $2 (the whole
+# list we rely on) whose installed version no configured source carries is pinned to the
+# newest version a source does carry, with downgrades allowed; if that still cannot be
+# satisfied, fails naming the packages and apt's conflicts. With HULL_APT_SIMULATE=1 it only
+# prints apt's plan (apt-get -s), which is how scripts/tests/apt-plan checks the logic
+# against a made-up dpkg status (HULL_APT_OPTS, HULL_DPKG_ADMINDIR) without touching the host.
+hull_apt_install() {
+    local -a want listed aopts pins=()
+    read -ra want <<< "$1"
+    read -ra listed <<< "${2:-$1}"
+    read -ra aopts <<< "${HULL_APT_OPTS:-}"
+    # -q, not -qq: the latter drops the lines that explain a failure.
+    local -a iopts=("${aopts[@]}" -y -q --no-install-recommends)
+    local plan pkg inst newest
+    local ok=0
+    plan="$(apt-get "${iopts[@]}" -s install "${want[@]}" 2>&1)" && ok=1
+    if [[ $ok == 0 && "${HULL_APT_SIMULATE:-}" != 1 ]]; then
+        # Stale lists are the common cause; after an update, a failure is the real one.
+        apt-get "${aopts[@]}" update -qq >/dev/null 2>&1 || true
+        plan="$(apt-get "${iopts[@]}" -s install "${want[@]}" 2>&1)" && ok=1
+    fi
+    [[ $ok == 1 ]] && hull_plan_removes "$plan" "${want[@]}" && ok=0
+    if [[ $ok == 1 ]]; then
+        hull_apt_run "${iopts[@]}" install "${want[@]}"
+        return
+    fi
+    for pkg in "${listed[@]}"; do
+        inst="$(hull_pkg_version "$pkg")" || continue
+        [[ -n "$inst" ]] || continue
+        # madison lists only what the configured sources carry, newest first.
+        apt-cache "${aopts[@]}" madison "$pkg" 2>/dev/null |
+            awk -F'|' -v v="$inst" '{gsub(/ /, "", $2)} $2 == v {found = 1} END {exit !found}' && continue
+        newest="$(apt-cache "${aopts[@]}" madison "$pkg" 2>/dev/null |
+            awk -F'|' 'NR == 1 {gsub(/ /, "", $2); print $2}')"
+        [[ -n "$newest" ]] || continue
+        pins+=("$pkg=$newest")
+        echo "   $pkg $inst is installed, but no configured source carries that version"
+    done
+    if [[ ${#pins[@]} -gt 0 ]] &&
+        plan="$(apt-get "${iopts[@]}" --allow-downgrades -s install "${want[@]}" "${pins[@]}" 2>&1)" &&
+        ! hull_plan_removes "$plan" "${want[@]}"; then
+        echo "   apt can install the list only with a downgrade: ${pins[*]}"
+        hull_apt_run "${iopts[@]}" --allow-downgrades install "${want[@]}" "${pins[@]}"
+        return
+    fi
+    {
+        echo "cannot install Debian packages: ${want[*]}"
+        [[ ${#pins[@]} -gt 0 ]] && echo "  (not even with downgrades to the sources' versions: ${pins[*]})"
+        grep -E ' : (Depends|PreDepends|Breaks|Conflicts)|^E:|^ +(Depends|Breaks|Conflicts)' <<< "$plan" |
+            sed 's/^/  /'
+        echo "  a package named above is newer than apt's sources carry, or held: install the"
+        echo "  version a source has (apt-cache policy NAME) or configure the source it came from"
+    } >&2
+    return 1
+}
+
+# Whether apt's simulated plan $1 removes one of the packages $2...; says which.
+hull_plan_removes() {
+    local plan="$1" pkg
+    shift
+    for pkg in "$@"; do
+        if grep -q "^Remv $pkg " <<< "$plan"; then
+            echo "   apt's plan removes $pkg, which hull needs" >&2
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Runs apt-get with $@, or only prints its plan under HULL_APT_SIMULATE=1.
+hull_apt_run() {
+    if [[ "${HULL_APT_SIMULATE:-}" == 1 ]]; then
+        apt-get -s "$@"
+    else
+        DEBIAN_FRONTEND=noninteractive apt-get "$@" >/dev/null
+    fi
 }
 
 # Prints a loud skip line for a tier that cannot run here.
