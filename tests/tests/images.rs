@@ -191,6 +191,27 @@ fn lifecycle(d: &Daemon, backend: &str, quota_enforced: bool) {
             .code(),
         Some(1)
     );
+    // A name SmartOS refuses is a 400 naming the property, never the backend's 500.
+    let (status, body) = hull_tests::raw_http(
+        &d.socket(),
+        &hull_tests::request(
+            "POST",
+            &format!("/v1/vms/{zone}/snapshots"),
+            Some("application/json"),
+            br#"{"name": "bad/name"}"#,
+        ),
+    );
+    assert_eq!(status, 400, "{body}");
+    let err: Value = serde_json::from_str(&body).expect("a JSON error");
+    assert!(
+        err["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("name: snapshot name \"bad/name\"")),
+        "{err}"
+    );
+    let o = d.vmadm(&["create-snapshot", &zone, &"x".repeat(65)], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("64 characters"), "{}", stderr(&o));
 
     // An image made from the stopped zone installs like any other; it records its origin.
     // Made in a pty (script(1)), it draws a progress bar.

@@ -100,6 +100,30 @@ fn vmadm_round_trip() {
         "{}",
         stderr(&o)
     );
+    // A key that names nothing a record can hold is a usage error naming it, not an empty
+    // table: a filter, a column, a sort key, and lookup's -o.
+    for (args, key) in [
+        (vec!["list", "nosuchkey=1"], "nosuchkey"),
+        (vec!["list", "nics.0.nosuch=~x"], "nics.0.nosuch"),
+        (vec!["list", "-o", "uuid,rma"], "rma"),
+        (vec!["list", "-s", "-nosuch"], "nosuch"),
+        (vec!["lookup", "-j", "-o", "uuid,aliass"], "aliass"),
+        (vec!["lookup", "nosuchkey=web"], "nosuchkey"),
+    ] {
+        let o = d.vmadm(&args, None);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("{key:?}")) && stderr(&o).contains("dotted path"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    // Keys no guest has yet, but that a record can hold, still filter (to nothing).
+    for filter in ["customer_metadata.none=1", "tags.nope=1", "disks.3.size=1"] {
+        let o = d.vmadm(&["list", "-H", filter], None);
+        assert!(o.status.success(), "{filter}: {}", stderr(&o));
+        assert_eq!(stdout(&o).trim(), "", "{filter}");
+    }
 
     // lookup
     let o = d.vmadm(&["lookup", "tags.role=web"], None);
@@ -176,6 +200,16 @@ fn curl_round_trip() {
     let (code, list) = curl(&d, &["http://vmmd/v1/vms?filter=alias%3D~%5Eweb"]);
     assert_eq!(code, 200);
     assert_eq!(list.as_array().map(Vec::len), Some(2));
+    for query in ["filter=nosuch%3D1", "fields=uuid,nosuch"] {
+        let (code, err) = curl(&d, &[&format!("http://vmmd/v1/vms?{query}")]);
+        assert_eq!(code, 400, "{query}: {err}");
+        assert!(
+            err["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("\"nosuch\"")),
+            "{err}"
+        );
+    }
     let payload = json!({"brand": "bhyve", "alias": "c1", "autoboot": false}).to_string();
     let (code, vm) = curl(
         &d,

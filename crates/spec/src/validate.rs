@@ -486,6 +486,26 @@ pub fn is_uuid(s: &str) -> bool {
         })
 }
 
+/// Checks a snapshot's name as SmartOS does (at most 64 characters of `[A-Za-z0-9-_.:%]`),
+/// so that a name the storage backend cannot hold (a `/`, a space) is a 400 that names the
+/// property instead of a failure deep in the backend.
+pub fn validate_snapshot_name(name: &str) -> Result<(), ValidationReport> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:%".contains(&c));
+    if ok {
+        return Ok(());
+    }
+    let mut r = ValidationReport::default();
+    r.bad_value(
+        "name",
+        format!("snapshot name {name:?} must be 1 to 64 characters of [A-Za-z0-9-_.:%]"),
+    );
+    Err(r)
+}
+
 fn check_alias(r: &mut ValidationReport, p: &str, v: &Value) {
     match v.as_str() {
         Some(s) if !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control) => {}
@@ -1344,5 +1364,17 @@ mod tests {
             .collect();
         let table: BTreeSet<&str> = create_property_names().collect();
         assert_eq!(used, table);
+    }
+
+    #[test]
+    fn snapshot_names_are_smartos_shaped() {
+        for good in ["a", "before-upgrade_2026.12:01%", &"x".repeat(64)] {
+            assert!(validate_snapshot_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "bad/name", "a b", "ü", "..\\x", &"x".repeat(65)] {
+            let r = validate_snapshot_name(bad).expect_err(bad);
+            assert_eq!(r.bad_values, ["name"], "{bad}");
+            assert!(r.summary().contains("64 characters"), "{}", r.summary());
+        }
     }
 }

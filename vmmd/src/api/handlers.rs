@@ -10,6 +10,7 @@ use hull_spec::api::{
     Created, ImageSource, ImportProgress, ImportRequest, KillRequest, RebootRequest, StopRequest,
     ValidateOk,
 };
+use hull_spec::flatten::{RECORD_PATH_RULE, is_record_path};
 use hull_spec::{Brand, NicTag, Ping};
 use hyper::StatusCode;
 use hyper::body::Frame;
@@ -64,6 +65,11 @@ pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Re
                 .map(|f| Filter::parse(f))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            if let Some(bad) = fields.iter().flatten().find(|f| !is_record_path(f)) {
+                return Err(ApiError::bad_request(format!(
+                    "field {bad:?} {RECORD_PATH_RULE}"
+                )));
+            }
             let records = service.list(&filters);
             Ok(match fields {
                 None => list_reply(&records),

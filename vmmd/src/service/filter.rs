@@ -2,7 +2,7 @@
 //! dotted paths (`nics.0.ip`, `nics.*.ip`, `tags.role`). A filter on a list property matches
 //! when any element matches.
 
-use hull_spec::flatten::{lookup, text};
+use hull_spec::flatten::{RECORD_PATH_RULE, is_record_path, lookup, text};
 use regex::{Regex, RegexBuilder};
 use serde_json::Value;
 
@@ -12,6 +12,14 @@ pub enum FilterError {
     /// No `=` in the expression.
     #[error("filter {0:?} must be key=value or key=~regex")]
     Shape(String),
+    /// The key names nothing a record can hold: a filter on it could only ever match nothing.
+    #[error("filter {expr:?}: {key:?} {}", RECORD_PATH_RULE)]
+    UnknownKey {
+        /// The filter as given.
+        expr: String,
+        /// Its key.
+        key: String,
+    },
     /// The regex does not compile (or is too large).
     #[error("filter {expr:?} has an invalid regular expression")]
     Regex {
@@ -43,6 +51,12 @@ impl Filter {
             .split_once('=')
             .filter(|(k, _)| !k.is_empty())
             .ok_or_else(|| FilterError::Shape(expr.to_string()))?;
+        if !is_record_path(path) {
+            return Err(FilterError::UnknownKey {
+                expr: expr.to_string(),
+                key: path.to_string(),
+            });
+        }
         let matcher = match rest.strip_prefix('~') {
             Some(re) => Matcher::Regex(RegexBuilder::new(re).size_limit(1 << 20).build().map_err(
                 |source| FilterError::Regex {
@@ -106,10 +120,15 @@ mod tests {
             "alias=~^db",
             "nics.2.ip=192.0.2.1",
             "tags.role=web",
-            "missing=x",
+            "customer_metadata.missing=x",
         ];
         for f in no {
             assert!(!Filter::parse(f).expect(f).matches(&vm), "{f}");
+        }
+        // A key no record can hold is refused, not an empty match.
+        for f in ["missing=x", "nics.0.nosuch=~x"] {
+            let e = Filter::parse(f).expect_err(f);
+            assert!(matches!(e, FilterError::UnknownKey { .. }), "{f}: {e}");
         }
     }
 

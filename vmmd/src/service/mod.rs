@@ -865,6 +865,9 @@ impl Service {
         name: &str,
         verb: SnapshotVerb,
     ) -> Result<Arc<Record>> {
+        // A bad name is a bad request parameter (400), as SmartOS refuses it before any work.
+        hull_spec::validate::validate_snapshot_name(name)
+            .map_err(|r| ServiceError::BadRequest(r.summary()))?;
         let lock = self.guest_lock(uuid);
         let _guest = lock.lock().await;
         let current = self.get(uuid)?;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use hull_spec::flatten::lookup as path_lookup;
+use hull_spec::flatten::{RECORD_PATH_RULE, is_record_path, lookup as path_lookup};
 use serde_json::{Map, Value};
 
 use crate::table::{fields, render, sort};
@@ -21,12 +21,32 @@ const DEFAULT_FIELDS: &str = "uuid,type,ram,state,alias";
 const DEFAULT_SORT: &str = "ram,uuid";
 
 fn check_filters(filters: &[String]) -> Result<(), Failure> {
-    match filters.iter().find(|f| !f.contains('=')) {
-        Some(f) => Err(Failure::usage(format!(
-            "{f:?} is not a filter (key=value or key=~regex)"
-        ))),
-        None => Ok(()),
+    for f in filters {
+        match f.split_once('=') {
+            Some((key, _)) if !key.is_empty() => check_key("filter key", key)?,
+            _ => {
+                return Err(Failure::usage(format!(
+                    "{f:?} is not a filter (key=value or key=~regex)"
+                )));
+            }
+        }
     }
+    Ok(())
+}
+
+/// A column, sort key or filter key must name something a record can hold: a misspelt one
+/// would otherwise print an empty column or table and exit 0.
+fn check_key(what: &str, key: &str) -> Result<(), Failure> {
+    if is_record_path(key) {
+        Ok(())
+    } else {
+        Err(Failure::usage(format!("{what} {key:?} {RECORD_PATH_RULE}")))
+    }
+}
+
+fn check_keys(what: &str, keys: &[String]) -> Result<(), Failure> {
+    keys.iter()
+        .try_for_each(|k| check_key(what, k.trim_start_matches('-')))
 }
 
 /// The matching records, holding only the properties `need` names (all when `None`).
@@ -50,6 +70,8 @@ fn needed(cols: &[String], by: &[String]) -> Vec<String> {
 pub fn list(socket: Option<&Path>, a: &ListArgs) -> CmdResult {
     let cols = fields(a.fields.as_deref().unwrap_or(DEFAULT_FIELDS)).map_err(Failure::usage)?;
     let by = fields(a.sort.as_deref().unwrap_or(DEFAULT_SORT)).map_err(Failure::usage)?;
+    check_keys("-o field", &cols)?;
+    check_keys("-s key", &by)?;
     let mut rows = records(socket, &a.filters, Some(needed(&cols, &by)))?;
     sort(&mut rows, &by);
     crate::out!(
@@ -71,7 +93,11 @@ pub fn lookup(
     }
     let need = match (json, cols) {
         (false, _) => Some(vec!["uuid".to_string()]),
-        (true, Some(list)) => Some(fields(list).map_err(Failure::usage)?),
+        (true, Some(list)) => {
+            let cols = fields(list).map_err(Failure::usage)?;
+            check_keys("-o field", &cols)?;
+            Some(cols)
+        }
         (true, None) => None,
     };
     let rows = records(socket, filters, need)?;
