@@ -163,7 +163,10 @@ fn root_zone_lifecycle_console_zlogin_and_restart() {
     let mut d = Daemon::start();
     install(&d);
     let before = traces(&d.data_root(), &[]);
-    let uuid = create(&d, serde_json::json!({"resolvers": ["192.0.2.53"]}));
+    let uuid = create(
+        &d,
+        serde_json::json!({"resolvers": ["192.0.2.53"], "dns_domain": "example.com"}),
+    );
     let mine = [uuid.clone()];
     assert_eq!(state(&d, &uuid), "running");
     // zlogin: output, exit status, identity and hostname inside.
@@ -171,7 +174,10 @@ fn root_zone_lifecycle_console_zlogin_and_restart() {
     assert_eq!(o.status.code(), Some(7), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.starts_with("0\nztest\n"), "{out}");
-    assert!(out.contains("nameserver 192.0.2.53"), "{out}");
+    assert!(
+        out.contains("search example.com\nnameserver 192.0.2.53\n"),
+        "{out}"
+    );
     // The console replays what init printed.
     let rt = d
         .client()

@@ -59,6 +59,10 @@ pub struct ZoneConfig {
     /// Name servers written to /etc/resolv.conf (left alone when empty).
     #[serde(default)]
     pub resolvers: Vec<String>,
+    /// The DNS domain, written to /etc/resolv.conf as its `search` list (SmartOS's
+    /// dns_domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_domain: Option<String>,
     /// Seconds a graceful stop waits for init before killing the zone.
     pub stop_timeout_s: u64,
     /// The signal a graceful stop sends init (SIGTERM unless set). An init that is systemd
@@ -352,10 +356,35 @@ pub fn same_process(pid: i32, start: u64) -> bool {
     start_time(pid) == Some(start)
 }
 
+/// The zone's /etc/resolv.conf as its config asks for it: the `search` domain, then one
+/// `nameserver` line per resolver. `None` leaves the image's own file alone.
+pub fn resolv_conf(resolvers: &[String], dns_domain: Option<&str>) -> Option<String> {
+    if resolvers.is_empty() && dns_domain.is_none() {
+        return None;
+    }
+    let search = dns_domain.iter().map(|d| format!("search {d}\n"));
+    let servers = resolvers.iter().map(|r| format!("nameserver {r}\n"));
+    Some(search.chain(servers).collect())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolv_conf_has_the_search_domain_then_the_servers() {
+        let servers = ["192.0.2.53".to_string(), "2001:db8::53".to_string()];
+        assert_eq!(
+            resolv_conf(&servers, Some("example.com")).unwrap(),
+            "search example.com\nnameserver 192.0.2.53\nnameserver 2001:db8::53\n"
+        );
+        assert_eq!(
+            resolv_conf(&[], Some("example.com")).unwrap(),
+            "search example.com\n"
+        );
+        assert_eq!(resolv_conf(&[], None), None);
+    }
 
     #[test]
     fn swap_into_place_replaces_and_creates() {

@@ -1116,12 +1116,7 @@ fn write_etc(cfg: &ZoneConfig) -> Result<(), String> {
         text.push_str(&format!("127.0.1.1\t{}\n", cfg.hostname));
         w("hosts", text)?;
     }
-    if !cfg.resolvers.is_empty() {
-        let text: String = cfg
-            .resolvers
-            .iter()
-            .map(|r| format!("nameserver {r}\n"))
-            .collect();
+    if let Some(text) = crate::config::resolv_conf(&cfg.resolvers, cfg.dns_domain.as_deref()) {
         w("resolv.conf", text)?;
     }
     Ok(())

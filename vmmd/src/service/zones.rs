@@ -992,6 +992,7 @@ pub fn vm_config(vm: &Vm, vmm: &VmmFiles, run: &Path, id_base: u32) -> Result<Zo
         // VMM's overhead (vmadm's default: ram + 1 GiB).
         limits: limits(vm),
         resolvers: Vec::new(),
+        dns_domain: None,
         stop_timeout_s: 30,
         // SIGTERM makes the VMM press the guest's power button and stop it after a grace
         // period; vmmd asks over the control socket first (see Service::stop).
@@ -1020,6 +1021,7 @@ pub fn config(vm: &Vm, root: RootSource, id_base: u32) -> ZoneConfig {
         cgroup: format!("hull/{}", vm.uuid),
         limits: limits(vm),
         resolvers: vm.resolvers.clone(),
+        dns_domain: vm.dns_domain.clone(),
         stop_timeout_s: 30,
         // lx images run their distribution's init: sysvinit shuts down on SIGPWR (with the
         // `powerwait` inittab entry LXC and Incus also rely on) and ignores SIGTERM; zoned
