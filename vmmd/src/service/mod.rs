@@ -13,6 +13,7 @@ pub mod convert;
 pub mod filter;
 pub mod images;
 pub mod network;
+pub mod paths;
 pub mod provision;
 pub mod sources;
 pub mod store;
