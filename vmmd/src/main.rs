@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use vmmd::api::{self, Access};
 use vmmd::service::Service;
+use vmmd::service::paths::HostPathPolicy;
 
 /// hull's daemon: guests (zones and microVMs) behind one JSON API on a Unix socket.
 #[derive(Debug, Parser)]
@@ -22,9 +23,17 @@ struct Args {
     /// root's filesystem).
     #[arg(long)]
     storage_backend: Option<String>,
-    /// Also let members of this group (name or gid) use the socket.
+    /// Also let members of this group (name or gid) use the socket. Members may do what
+    /// root may, except name host files (a microVM's kernel, initrd, disks[].path) outside
+    /// the --allow-path directories.
     #[arg(long)]
     group: Option<String>,
+    /// A directory below which group members may name host files for microVMs (kernel,
+    /// initrd, disks[].path); repeatable, default none (only root names host files). It and
+    /// every directory above it must be writable by root only: vmmd checks a file when the
+    /// payload arrives and uses it later, at each start.
+    #[arg(long = "allow-path", value_name = "DIR")]
+    allow_path: Vec<PathBuf>,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     openapi: bool,
@@ -91,6 +100,13 @@ fn main() -> anyhow::Result<()> {
     // zoned runs from / and is handed paths in the data root: make them absolute.
     args.data_root = std::fs::canonicalize(&args.data_root)
         .with_context(|| format!("cannot resolve the data root {}", args.data_root.display()))?;
+    let daemon_uid = nix::unistd::geteuid().as_raw();
+    // Checked before anything is served, so a directory others can write never counts.
+    let host_paths = Arc::new(HostPathPolicy::new(
+        &args.allow_path,
+        &[0, daemon_uid],
+        &args.data_root,
+    )?);
     let lock_path = args.data_root.join("vmmd.lock");
     let lock_file = std::fs::OpenOptions::new()
         .create(true)
@@ -163,7 +179,11 @@ fn main() -> anyhow::Result<()> {
         tokio::spawn(service.clone().reaper());
         let listener = api::bind(&args.socket, group)?;
         tracing::info!(socket = %args.socket.display(), "serving the API");
-        let access = Access { daemon_uid: nix::unistd::geteuid().as_raw(), group };
+        let allow_paths: Vec<_> = host_paths.dirs().map(|d| d.display().to_string()).collect();
+        if !allow_paths.is_empty() {
+            tracing::info!(?allow_paths, "group members may name host files below these directories");
+        }
+        let access = Access { daemon_uid, group, host_paths };
         // Autoboot is for the host's boot: a vmmd restart must not start guests the
         // operator stopped. A marker in /run (cleared at every boot) tells the two apart.
         let marker = first_start_marker(&args.data_root);

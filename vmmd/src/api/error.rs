@@ -7,6 +7,7 @@ use hull_spec::{ApiErrorBody, ValidationReport};
 use hyper::{Method, StatusCode};
 
 use crate::service::ServiceError;
+use crate::service::paths::HostPathError;
 
 /// An error reply.
 #[derive(Debug)]
@@ -107,6 +108,16 @@ fn cause_chain(err: &dyn std::error::Error) -> Vec<String> {
         next = e.source();
     }
     out
+}
+
+/// A host path the caller may not use: 403 naming the property and the rule, the reason
+/// (outside, missing, a symlink out) as the cause.
+impl From<HostPathError> for ApiError {
+    fn from(err: HostPathError) -> ApiError {
+        let mut e = ApiError::forbidden(err.to_string());
+        e.body.causes = cause_chain(&err);
+        e
+    }
 }
 
 impl From<ServiceError> for ApiError {

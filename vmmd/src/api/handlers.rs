@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::router::Action;
-use super::{Body, BodyError, full_body, json, response};
+use super::{Body, BodyError, Caller, full_body, json, response};
 use crate::service::filter::Filter;
 use crate::service::{Record, Service, SnapshotVerb};
 use hull_spec::vm::SnapshotRequest;
@@ -46,8 +46,14 @@ fn require_object(body: &Value) -> Result<(), ApiError> {
     }
 }
 
-/// Runs one action.
-pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Reply {
+/// Runs one action for `caller`. Payloads naming host files are checked against what the
+/// caller may use before anything else, so a refusal leaves nothing behind.
+pub async fn dispatch(
+    service: &Arc<Service>,
+    caller: &Caller,
+    action: Action,
+    body: Value,
+) -> Reply {
     match action {
         Action::Ping => Ok(json(
             StatusCode::OK,
@@ -78,6 +84,7 @@ pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Re
         }
         Action::CreateVm => {
             require_object(&body)?;
+            caller.check_create(&body)?;
             let vm = service.create(&body).await?;
             Ok(record(StatusCode::CREATED, &vm))
         }
@@ -87,6 +94,7 @@ pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Re
         }
         Action::UpdateVm(uuid) => {
             require_object(&body)?;
+            caller.check_update(&body)?;
             let vm = service.update(uuid, &body).await?;
             Ok(record(StatusCode::OK, &vm))
         }
@@ -163,6 +171,7 @@ pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Re
         }
         Action::ValidateCreate => {
             require_object(&body)?;
+            caller.check_create(&body)?;
             let c = service.validate_create(&body)?;
             let brand = c.brand.map_or("", Brand::as_str).to_string();
             Ok(json(
@@ -175,6 +184,7 @@ pub async fn dispatch(service: &Arc<Service>, action: Action, body: Value) -> Re
         }
         Action::ValidateUpdate(brand) => {
             require_object(&body)?;
+            caller.check_update(&body)?;
             service.validate_update(&body, brand)?;
             Ok(json(
                 StatusCode::OK,

@@ -2,7 +2,9 @@
 //!
 //! Each connection is checked with SO_PEERCRED before any byte of a request is read: root,
 //! the daemon's own user and (opt-in) members of one group are served; anyone else gets a
-//! JSON 403. Bodies are bounded, must be `application/json`, valid UTF-8 and valid JSON;
+//! JSON 403. The peer's credentials then travel with each request as a [`Caller`]: group
+//! members may not name host files in payloads outside the `--allow-path` directories
+//! (see [`crate::service::paths`]). Bodies are bounded, must be `application/json`, valid UTF-8 and valid JSON;
 //! every failure is a JSON error with a 4xx status, and the connection's task ends without
 //! affecting the others.
 
@@ -29,6 +31,7 @@ use serde::Serialize;
 use tokio::net::UnixListener;
 
 use crate::service::Service;
+use crate::service::paths::HostPathPolicy;
 use error::ApiError;
 
 /// The body type of every reply.
@@ -48,9 +51,22 @@ pub struct Access {
     pub daemon_uid: u32,
     /// An opt-in group whose members are allowed.
     pub group: Option<u32>,
+    /// Which host files callers other than root may name in payloads.
+    pub host_paths: Arc<HostPathPolicy>,
 }
 
 impl Access {
+    /// What a peer with this uid may do once it is allowed in.
+    pub fn caller(&self, uid: u32) -> Caller {
+        Caller {
+            uid,
+            // vmmd's own user can already open whatever vmmd opens: naming a file through
+            // the API gives it nothing new.
+            any_host_path: uid == 0 || uid == self.daemon_uid,
+            host_paths: self.host_paths.clone(),
+        }
+    }
+
     /// Whether a peer with these credentials may use the API.
     pub fn allows(&self, uid: u32, gid: u32, pid: Option<i32>) -> bool {
         if uid == 0 || uid == self.daemon_uid {
@@ -60,6 +76,38 @@ impl Access {
             return false;
         };
         gid == group || pid.is_some_and(|pid| supplementary_groups(pid).contains(&group))
+    }
+}
+
+/// The peer of one connection, as far as payload checks care.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Its uid (SO_PEERCRED).
+    pub uid: u32,
+    /// Whether it may name any host file (root and vmmd's own user).
+    pub any_host_path: bool,
+    host_paths: Arc<HostPathPolicy>,
+}
+
+impl Caller {
+    /// Refuses (403) a create payload naming host files this caller may not use.
+    pub fn check_create(&self, payload: &serde_json::Value) -> Result<(), ApiError> {
+        if self.any_host_path {
+            return Ok(());
+        }
+        self.host_paths
+            .check_create(payload)
+            .map_err(ApiError::from)
+    }
+
+    /// Refuses (403) an update payload naming host files this caller may not use.
+    pub fn check_update(&self, payload: &serde_json::Value) -> Result<(), ApiError> {
+        if self.any_host_path {
+            return Ok(());
+        }
+        self.host_paths
+            .check_update(payload)
+            .map_err(ApiError::from)
     }
 }
 
@@ -149,15 +197,18 @@ pub async fn serve(
                 }
             },
         };
-        let allowed = match stream.peer_cred() {
-            Ok(c) => access.allows(c.uid(), c.gid(), c.pid()),
-            Err(_) => false,
+        // Credentials are taken once, at accept: they are the connecting process's, and
+        // every request on the connection acts with them.
+        let caller = match stream.peer_cred() {
+            Ok(c) if access.allows(c.uid(), c.gid(), c.pid()) => Some(access.caller(c.uid())),
+            _ => None,
         };
         let service = service.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let service = service.clone();
-                async move { Ok::<_, Infallible>(handle(service, allowed, req).await) }
+                let caller = caller.clone();
+                async move { Ok::<_, Infallible>(handle(service, caller, req).await) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -169,15 +220,19 @@ pub async fn serve(
     }
 }
 
-async fn handle(service: Arc<Service>, allowed: bool, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    service: Arc<Service>,
+    caller: Option<Caller>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let result = async {
-        if !allowed {
+        let Some(caller) = caller else {
             return Err(ApiError::forbidden(
                 "only root (or the group vmmd was started with --group) may use this socket",
             ));
-        }
+        };
         let action = router::route(&method, &path, req.uri().query())?;
         if action == router::Action::InstallImage {
             // The one streaming upload: a multipart manifest + file, never held in memory.
@@ -189,7 +244,7 @@ async fn handle(service: Arc<Service>, allowed: bool, req: Request<Incoming>) ->
             drain_empty(req).await?;
             serde_json::Value::Null
         };
-        handlers::dispatch(&service, action, body).await
+        handlers::dispatch(&service, &caller, action, body).await
     }
     .await;
     match result {
@@ -303,17 +358,23 @@ fn error_response(e: ApiError) -> Response<Body> {
 mod tests {
     use super::*;
 
+    fn no_allow_paths() -> Arc<HostPathPolicy> {
+        Arc::new(HostPathPolicy::new(&[], &[0], Path::new("/var/lib/hull")).expect("policy"))
+    }
+
     #[test]
     fn access_rules() {
         let a = Access {
             daemon_uid: 0,
             group: None,
+            host_paths: no_allow_paths(),
         };
         assert!(a.allows(0, 0, None));
         assert!(!a.allows(1000, 1000, None));
         let a = Access {
             daemon_uid: 1000,
             group: Some(50),
+            host_paths: no_allow_paths(),
         };
         assert!(a.allows(1000, 1000, None), "the daemon's own user");
         assert!(a.allows(1001, 50, None), "primary group");
@@ -324,8 +385,39 @@ mod tests {
             let a = Access {
                 daemon_uid: 0,
                 group: Some(g),
+                host_paths: no_allow_paths(),
             };
             assert!(a.allows(4242, 4242, Some(std::process::id() as i32)));
         }
+    }
+
+    #[test]
+    fn only_root_and_the_daemon_user_name_any_host_path() {
+        let a = Access {
+            daemon_uid: 1000,
+            group: Some(50),
+            host_paths: no_allow_paths(),
+        };
+        let shadow = serde_json::json!({"brand": "kvm", "kernel": "/etc/shadow"});
+        a.caller(0).check_create(&shadow).expect("root");
+        a.caller(1000)
+            .check_create(&shadow)
+            .expect("vmmd's own user");
+        let e = a
+            .caller(1001)
+            .check_create(&shadow)
+            .expect_err("a group member");
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        assert!(e.body.message.starts_with("kernel: "), "{}", e.body.message);
+        let e = a
+            .caller(1001)
+            .check_update(&serde_json::json!({"add_disks": [{"path": "/dev/sda"}]}))
+            .expect_err("a group member");
+        assert!(
+            e.body.message.starts_with("add_disks.0.path: "),
+            "{}",
+            e.body.message
+        );
+        assert!(!e.body.causes.is_empty(), "the reason travels as a cause");
     }
 }
