@@ -267,6 +267,112 @@ fn kvm_root_microvm_lifecycle_console_confinement_and_stop() {
     assert!(!leftover, "a mount of the VM is left on the host");
 }
 
+/// A cgroup file of the guest's zone: the v1 hierarchy of `controller`, or the v2 group.
+fn zone_cgroup_file(uuid: uuid::Uuid, v1: (&str, &str), v2: &str) -> String {
+    let p1 = format!("/sys/fs/cgroup/{}/hull/{uuid}/{}", v1.0, v1.1);
+    let p2 = format!("/sys/fs/cgroup/hull/{uuid}/{v2}");
+    std::fs::read_to_string(&p1)
+        .or_else(|_| std::fs::read_to_string(&p2))
+        .unwrap_or_else(|e| panic!("neither {p1} nor {p2}: {e}"))
+        .trim()
+        .to_string()
+}
+
+/// Limits sent to a running microVM reach its VMM's cgroup at once (CPU, pids); a memory
+/// change waits for the next boot, and the record's warnings say so until then. The notes
+/// the host made at start (what it cannot enforce) are warnings too, kept across a vmmd
+/// restart.
+#[test]
+#[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
+fn kvm_root_microvm_limits_change_live_and_memory_at_next_boot() {
+    hull_tests::require_root_and_kvm();
+    let mut d = Daemon::start();
+    let image = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a61";
+    d.install_image(image, "zvol");
+    let uuid = create(&d, image, "testguest.hold=kbd", true);
+    console_until(&d, uuid, "testguest: waiting for ctrl-alt-del");
+    let u = uuid.to_string();
+    let memory = || zone_cgroup_file(uuid, ("memory", "memory.limit_in_bytes"), "memory.max");
+    let booted_memory = memory();
+    // What zoned noted at start is in the record.
+    let notes: Vec<String> = zone_state(&d, uuid)["notes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let warnings = d.client().get_vm(uuid).expect("get").warnings;
+    for n in &notes {
+        assert!(
+            warnings.contains(&format!("this host: {n}")),
+            "start note {n:?} missing from {warnings:?}"
+        );
+    }
+
+    let o = d.vmadm(&["update", &u, "cpu_cap=30", "max_lwps=77", "ram=96"], None);
+    assert!(o.status.success(), "{}\nlog: {}", text(&o), d.log());
+    assert_eq!(
+        zone_cgroup_file(uuid, ("cpu", "cpu.cfs_quota_us"), "cpu.max")
+            .split_whitespace()
+            .next(),
+        Some("30000"),
+        "cpu_cap reached the running VMM's cgroup"
+    );
+    assert_eq!(
+        zone_cgroup_file(uuid, ("pids", "pids.max"), "pids.max"),
+        "77",
+        "max_lwps reached the running VMM's cgroup"
+    );
+    assert_eq!(
+        memory(),
+        booted_memory,
+        "the running VMM keeps its memory limit"
+    );
+    let vm = d.client().get_vm(uuid).expect("get");
+    assert_eq!((vm.ram, vm.cpu_cap, vm.max_lwps), (96, Some(30), 77));
+    let pending = |w: &[String]| {
+        w.iter()
+            .any(|w| w.starts_with("memory: changed while it runs"))
+    };
+    assert!(pending(&vm.warnings), "{:?}", vm.warnings);
+    // The warnings are stored with the record.
+    d.kill9();
+    d.spawn();
+    let vm = d.client().get_vm(uuid).expect("get");
+    assert!(
+        pending(&vm.warnings),
+        "after a vmmd restart: {:?}",
+        vm.warnings
+    );
+    for n in &notes {
+        assert!(
+            vm.warnings.contains(&format!("this host: {n}")),
+            "{:?}",
+            vm.warnings
+        );
+    }
+
+    // The next boot takes the new memory, and the warning goes.
+    let o = d.vmadm(&["stop", "-F", &u], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = d.vmadm(&["start", &u], None);
+    assert!(o.status.success(), "{}\nlog: {}", text(&o), d.log());
+    console_until(&d, uuid, "testguest: waiting for ctrl-alt-del");
+    let vm = d.client().get_vm(uuid).expect("get");
+    assert!(!pending(&vm.warnings), "{:?}", vm.warnings);
+    assert_ne!(
+        memory(),
+        booted_memory,
+        "the new boot has the new memory limit"
+    );
+    let o = d.vmadm(&["stop", "-F", &u], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = d.vmadm(&["delete", &u], None);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// A guest that resets itself reboots (a new VMM, the zone's boot count goes up); one that
 /// triple-faults is stopped with the VMM's report as its failure, and nothing else is hurt.
 #[test]

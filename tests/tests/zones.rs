@@ -296,6 +296,41 @@ fn root_zone_limits_hold_and_update_live() {
         &d,
         serde_json::json!({"max_lwps": 30, "max_physical_memory": 64, "max_swap": 64, "cpu_cap": 50}),
     );
+    // What zoned noted while applying the limits at start (on this kind of host, no io
+    // weight) is in the record's warnings, not dropped.
+    let zone_state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(d.data_root().join(format!("zones/{uuid}/state.json"))).expect("state"),
+    )
+    .expect("state.json");
+    let notes: Vec<&str> = zone_state["notes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
+        .unwrap_or_default();
+    let record = |d: &Daemon| {
+        d.client()
+            .get_vm(uuid::Uuid::parse_str(&uuid).expect("uuid"))
+            .expect("get")
+    };
+    let warnings = record(&d).warnings;
+    for n in &notes {
+        assert!(
+            warnings.contains(&format!("this host: {n}")),
+            "{n:?} not in {warnings:?}"
+        );
+    }
+    let io_weight = ["blkio/blkio.weight", "blkio/blkio.bfq.weight"]
+        .iter()
+        .any(|f| Path::new("/sys/fs/cgroup").join(f).exists())
+        || std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "io"));
+    if !io_weight {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("io weight not supported")),
+            "this host has no io weight: {warnings:?}"
+        );
+    }
     // A fork bomb stops at max_lwps.
     let o = d.zlogin(
         &uuid,

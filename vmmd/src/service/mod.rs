@@ -221,6 +221,35 @@ pub struct Service {
 const NICS_AT_NEXT_BOOT: &str =
     "nics: changed while it runs; the changes take effect at its next boot:";
 
+/// Starts the warning of a running microVM whose memory changed: it applies at its next boot.
+const MEMORY_AT_NEXT_BOOT: &str =
+    "memory: changed while it runs; the change takes effect at its next boot:";
+
+/// Starts each note the host made while applying a guest's limits (at start or by a live
+/// update): what this host cannot enforce, named. Replaced at every start.
+const HOST_NOTE: &str = "this host:";
+
+/// Limits a running guest's cgroup takes at once.
+const LIVE_LIMITS: [&str; 7] = [
+    "ram",
+    "max_physical_memory",
+    "max_swap",
+    "cpu_cap",
+    "cpu_shares",
+    "max_lwps",
+    "zfs_io_priority",
+];
+
+/// Adds `notes` from the host to `warnings`, each once.
+fn add_host_notes(warnings: &mut Vec<String>, notes: &[String]) {
+    for n in notes {
+        let w = format!("{HOST_NOTE} {n}");
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
+}
+
 fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
@@ -690,7 +719,22 @@ impl Service {
                 }
             }
         }
-        if let Err(e) = self.persist(&next).await {
+        // Limits reach a running guest's cgroup before the record says they changed, so that
+        // its warnings (what the host cannot enforce, what waits for the next boot) are
+        // stored with it.
+        let applied = if matches!(current.state, VmState::Running)
+            && changes.iter().any(|c| LIVE_LIMITS.contains(&c.as_str()))
+        {
+            self.apply_live_limits(&current, &mut next).await
+        } else {
+            Ok(None)
+        };
+        let persisted = match applied {
+            Ok(undo) => self.persist(&next).await.map_err(|e| (e, undo)),
+            Err(e) => Err((e, None)),
+        };
+        if let Err((e, undo_limits)) = persisted {
+            // Nothing changed: the disks it made go, the NICs and limits go back.
             let cow = self.cow.clone();
             let _ =
                 tokio::task::spawn_blocking(move || provision::remove_disks(&cow, uuid, &added))
@@ -703,6 +747,11 @@ impl Service {
                 .await;
                 self.record_plumbed(&current);
             }
+            if let Some(limits) = undo_limits {
+                let z = self.zones.clone();
+                let req = zoned::config::Request::Update { limits };
+                let _ = tokio::task::spawn_blocking(move || z.request(uuid, &req)).await;
+            }
             return Err(e);
         }
         if !removed.is_empty() {
@@ -714,34 +763,63 @@ impl Service {
                 tracing::warn!(%uuid, error = %e, "a removed disk's file could not be deleted");
             }
         }
-        let live = [
-            "max_physical_memory",
-            "max_swap",
-            "cpu_cap",
-            "cpu_shares",
-            "max_lwps",
-            "zfs_io_priority",
-        ];
-        if !next.brand.is_microvm()
-            && next.state == VmState::Running
-            && changes.iter().any(|c| live.contains(&c.as_str()))
-        {
-            let z = self.zones.clone();
-            let req = zoned::config::Request::Update {
-                limits: zones::limits(&next),
-            };
-            let reply = tokio::task::spawn_blocking(move || z.request(uuid, &req)).await?;
-            match reply {
-                Ok(r) => next.warnings.extend(r.notes),
-                Err(e) => next.warnings.push(format!(
-                    "the new limits are saved but not applied to the running zone: {e}"
-                )),
-            }
-        }
         let next = Arc::new(Record::new(next));
         write(&self.records).insert(next.clone());
         self.emit(EventKind::Modify, &next, changes);
         Ok(next)
+    }
+
+    /// Applies `next`'s limits to the running guest's cgroup and returns the limits that
+    /// undo it. A zone takes them all. A microVM's VMM zone takes CPU, pids and io at once;
+    /// its guest's RAM was allocated at boot, so its memory limit stays what it booted with
+    /// and a warning says the new one waits for the next boot.
+    async fn apply_live_limits(
+        &self,
+        current: &Vm,
+        next: &mut Vm,
+    ) -> Result<Option<zoned::cgroup::Limits>> {
+        let uuid = current.uuid;
+        let mut limits = zones::limits(next);
+        let mut undo = zones::limits(current);
+        if next.brand.is_microvm() {
+            let z = self.zones.clone();
+            let booted = tokio::task::spawn_blocking(move || z.running_config(uuid))
+                .await?
+                .ok_or_else(|| {
+                    ServiceError::Conflict(format!(
+                        "VM {uuid} is running but its zone's config cannot be read"
+                    ))
+                })?;
+            let (memory, swap) = (booted.limits.memory_bytes, booted.limits.swap_bytes);
+            (limits.memory_bytes, limits.swap_bytes) = (memory, swap);
+            (undo.memory_bytes, undo.swap_bytes) = (memory, swap);
+            next.warnings
+                .retain(|w| !w.starts_with(MEMORY_AT_NEXT_BOOT));
+            let wanted = zones::limits(next);
+            let booted_ram = zones::Zones::booted_ram(&booted);
+            if booted_ram != Some(next.ram)
+                || wanted.memory_bytes != memory
+                || wanted.swap_bytes != swap
+            {
+                let ram = booted_ram.map_or("its boot's".to_string(), |r| format!("{r} MiB of"));
+                next.warnings.push(format!(
+                    "{MEMORY_AT_NEXT_BOOT} the VM keeps {ram} RAM and its VMM's memory limit \
+                     until it is restarted"
+                ));
+            }
+        }
+        let z = self.zones.clone();
+        let req = zoned::config::Request::Update { limits };
+        let reply = tokio::task::spawn_blocking(move || z.request(uuid, &req))
+            .await?
+            .map_err(|e| {
+                ServiceError::Conflict(format!(
+                    "VM {uuid}: the new limits cannot be applied to the running guest, so \
+                     nothing was changed: {e}"
+                ))
+            })?;
+        add_host_notes(&mut next.warnings, &reply.notes);
+        Ok(Some(undo))
     }
 
     /// Applies the NIC changes from `current` to `next` to a running zone: new veth pairs,
@@ -1047,9 +1125,15 @@ impl Service {
         next.failure = None;
         // Records from before the switch carried the first warning; the second is for NIC
         // changes made while it ran, which it now has.
+        // The same for memory changes made while it ran, and the host's notes, which this
+        // start made anew.
         next.warnings.retain(|w| {
-            !w.starts_with("its nics are not plumbed") && !w.starts_with(NICS_AT_NEXT_BOOT)
+            !w.starts_with("its nics are not plumbed")
+                && !w.starts_with(NICS_AT_NEXT_BOOT)
+                && !w.starts_with(MEMORY_AT_NEXT_BOOT)
+                && !w.starts_with(HOST_NOTE)
         });
+        add_host_notes(&mut next.warnings, &st.notes);
         self.save_state(next).await
     }
 

@@ -278,6 +278,20 @@ impl Zones {
         (st.phase != Phase::Stopped && zoned_runs(&st)).then_some(st)
     }
 
+    /// The config the running zone started with, as vmmd wrote it (its limits, and for a
+    /// microVM the VMM's argv). A live update never changes a microVM's memory limit, so
+    /// that part is still what it runs with.
+    pub fn running_config(&self, uuid: Uuid) -> Option<ZoneConfig> {
+        self.alive(uuid)?;
+        read_json(&self.dir(uuid).join(files::CONFIG)).ok()
+    }
+
+    /// The guest RAM (MiB) a running microVM's VMM was started with.
+    pub fn booted_ram(cfg: &ZoneConfig) -> Option<u64> {
+        let at = cfg.init.iter().position(|a| a == "--mem-mib")?;
+        cfg.init.get(at + 1)?.parse().ok()
+    }
+
     /// The zone's state file as zoned last wrote it.
     pub fn last_state(&self, uuid: Uuid) -> Option<ZoneState> {
         read_json(&self.dir(uuid).join(files::STATE)).ok()
