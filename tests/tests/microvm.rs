@@ -311,7 +311,17 @@ fn kvm_root_microvm_limits_change_live_and_memory_at_next_boot() {
         );
     }
 
-    let o = d.vmadm(&["update", &u, "cpu_cap=30", "max_lwps=77", "ram=96"], None);
+    let o = d.vmadm(
+        &[
+            "update",
+            &u,
+            "cpu_cap=30",
+            "max_lwps=77",
+            "ram=96",
+            "cmdline=console=ttyS0 testguest.hold=kbd hull.test=1",
+        ],
+        None,
+    );
     assert!(o.status.success(), "{}\nlog: {}", text(&o), d.log());
     assert_eq!(
         zone_cgroup_file(uuid, ("cpu", "cpu.cfs_quota_us"), "cpu.max")
@@ -337,6 +347,8 @@ fn kvm_root_microvm_limits_change_live_and_memory_at_next_boot() {
             .any(|w| w.starts_with("memory: changed while it runs"))
     };
     assert!(pending(&vm.warnings), "{:?}", vm.warnings);
+    let cmdline = "changed while it runs, takes effect at its next boot: cmdline".to_string();
+    assert!(vm.warnings.contains(&cmdline), "{:?}", vm.warnings);
     // The warnings are stored with the record.
     d.kill9();
     d.spawn();
@@ -362,6 +374,7 @@ fn kvm_root_microvm_limits_change_live_and_memory_at_next_boot() {
     console_until(&d, uuid, "testguest: waiting for ctrl-alt-del");
     let vm = d.client().get_vm(uuid).expect("get");
     assert!(!pending(&vm.warnings), "{:?}", vm.warnings);
+    assert!(!vm.warnings.contains(&cmdline), "{:?}", vm.warnings);
     assert_ne!(
         memory(),
         booted_memory,

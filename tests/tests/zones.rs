@@ -394,6 +394,29 @@ fn root_zone_limits_hold_and_update_live() {
     );
     let _ = busy.kill();
     let _ = busy.wait();
+    // A hostname changed while it runs waits for the next boot, and the record says so
+    // until then.
+    let o = d.vmadm(&["update", &uuid, "hostname=renamed"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let next_boot = "changed while it runs, takes effect at its next boot: hostname";
+    assert!(
+        record(&d).warnings.iter().any(|w| w == next_boot),
+        "{:?}",
+        record(&d).warnings
+    );
+    let o = d.vmadm(&["stop", &uuid, "-F"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = d.vmadm(&["start", &uuid], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = d.zlogin(&uuid, "hostname");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "renamed");
+    assert!(
+        !record(&d).warnings.iter().any(|w| w == next_boot),
+        "{:?}",
+        record(&d).warnings
+    );
+    let o = d.vmadm(&["stop", &uuid, "-F"], None);
+    assert!(o.status.success(), "{}", text(&o));
     let o = d.vmadm(&["delete", &uuid], None);
     assert!(o.status.success(), "{}", text(&o));
 }

@@ -225,6 +225,16 @@ const NICS_AT_NEXT_BOOT: &str =
 const MEMORY_AT_NEXT_BOOT: &str =
     "memory: changed while it runs; the change takes effect at its next boot:";
 
+/// Starts the warning naming a property changed while the guest runs that it takes only at
+/// its next boot (one warning per property).
+const AT_NEXT_BOOT: &str = "changed while it runs, takes effect at its next boot:";
+
+/// Properties a running zone takes only when it boots again (written into its root at start).
+const ZONE_BOOT_PROPERTIES: [&str; 4] = ["hostname", "resolvers", "dns_domain", "init_name"];
+
+/// Properties a running microVM's VMM takes only when it starts again.
+const MICROVM_BOOT_PROPERTIES: [&str; 4] = ["vcpus", "kernel", "initrd", "cmdline"];
+
 /// Starts each note the host made while applying a guest's limits (at start or by a live
 /// update): what this host cannot enforce, named. Replaced at every start.
 const HOST_NOTE: &str = "this host:";
@@ -722,6 +732,18 @@ impl Service {
         // Limits reach a running guest's cgroup before the record says they changed, so that
         // its warnings (what the host cannot enforce, what waits for the next boot) are
         // stored with it.
+        if matches!(current.state, VmState::Running | VmState::Stopping) {
+            let at_boot: &[&str] = match next.brand.is_microvm() {
+                true => &MICROVM_BOOT_PROPERTIES,
+                false => &ZONE_BOOT_PROPERTIES,
+            };
+            for c in changes.iter().filter(|c| at_boot.contains(&c.as_str())) {
+                let w = format!("{AT_NEXT_BOOT} {c}");
+                if !next.warnings.contains(&w) {
+                    next.warnings.push(w);
+                }
+            }
+        }
         let applied = if matches!(current.state, VmState::Running)
             && changes.iter().any(|c| LIVE_LIMITS.contains(&c.as_str()))
         {
@@ -1131,6 +1153,7 @@ impl Service {
             !w.starts_with("its nics are not plumbed")
                 && !w.starts_with(NICS_AT_NEXT_BOOT)
                 && !w.starts_with(MEMORY_AT_NEXT_BOOT)
+                && !w.starts_with(AT_NEXT_BOOT)
                 && !w.starts_with(HOST_NOTE)
         });
         add_host_notes(&mut next.warnings, &st.notes);
