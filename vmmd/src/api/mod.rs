@@ -227,6 +227,7 @@ async fn handle(
 ) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let uid = caller.as_ref().map(|c| c.uid);
     let result = async {
         let Some(caller) = caller else {
             return Err(ApiError::forbidden(
@@ -250,7 +251,7 @@ async fn handle(
     match result {
         Ok(resp) => resp,
         Err(e) => {
-            tracing::debug!(%method, %path, status = %e.status, message = %e.body.message, "request refused");
+            tracing::debug!(%method, %path, ?uid, status = %e.status, message = %e.body.message, "request refused");
             error_response(e)
         }
     }
