@@ -225,6 +225,30 @@ fn curl_round_trip() {
     );
     assert_eq!(code, 201, "{vm}");
     let uuid = vm["uuid"].as_str().expect("uuid").to_string();
+    // A microVM has no root of its own to hold to a quota: stored, and the record says so.
+    let quota_warning = |vm: &Value| {
+        vm["warnings"].as_array().is_some_and(|w| {
+            w.iter().any(|w| {
+                w.as_str()
+                    .is_some_and(|w| w.starts_with("quota: stored but not enforced"))
+            })
+        })
+    };
+    assert!(!quota_warning(&vm), "{vm}");
+    let (code, vm) = curl(
+        &d,
+        &[
+            "-X",
+            "PATCH",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"quota": 5}"#,
+            &format!("http://vmmd/v1/vms/{uuid}"),
+        ],
+    );
+    assert_eq!(code, 200, "{vm}");
+    assert!(quota_warning(&vm), "{vm}");
     let (code, vm) = curl(
         &d,
         &[

@@ -235,6 +235,11 @@ const ZONE_BOOT_PROPERTIES: [&str; 4] = ["hostname", "resolvers", "dns_domain", 
 /// Properties a running microVM's VMM takes only when it starts again.
 const MICROVM_BOOT_PROPERTIES: [&str; 4] = ["vcpus", "kernel", "initrd", "cmdline"];
 
+/// What a microVM's record says when its payload sets `quota`: SmartOS bounds a KVM zone's
+/// own dataset with it, and a hull microVM has none (its disks' sizes bound its storage).
+const MICROVM_QUOTA: &str = "quota: stored but not enforced: a microVM has no root file system \
+     of its own here; its disks' sizes bound what it stores";
+
 /// Starts each note the host made while applying a guest's limits (at start or by a live
 /// update): what this host cannot enforce, named. Replaced at every start.
 const HOST_NOTE: &str = "this host:";
@@ -549,6 +554,9 @@ impl Service {
         vm.warnings = tokio::task::spawn_blocking(move || provision::provision(&cow, &planned))
             .await?
             .map_err(images::store_error)?;
+        if vm.brand.is_microvm() && payload.get("quota").is_some() {
+            vm.warnings.push(MICROVM_QUOTA.to_string());
+        }
         vm.state = VmState::Stopped;
         vm.zone_state = VmState::Stopped.zone_state();
         if let Err(e) = self.persist(&vm).await {
@@ -676,6 +684,12 @@ impl Service {
                 .map_err(ServiceError::Invalid)?
         };
         next.last_modified = now();
+        if changes.iter().any(|c| c == "quota")
+            && next.brand.is_microvm()
+            && !next.warnings.iter().any(|w| w == MICROVM_QUOTA)
+        {
+            next.warnings.push(MICROVM_QUOTA.to_string());
+        }
         if changes.iter().any(|c| c == "quota") && next.image_uuid.is_some() {
             next.warnings.retain(|w| !w.starts_with("quota:"));
             let cow = self.cow.clone();
