@@ -714,3 +714,50 @@ fn root_zones_on_a_nic_tag_reach_each_other_and_no_one_else() {
         );
     }
 }
+
+/// A zone whose init cannot be executed (here a symlink loop) fails to start at once, with
+/// the exec error, whatever its brand, and leaves nothing behind.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_zone_init_exec_error_is_reported_at_once() {
+    let d = Daemon::start();
+    install(&d);
+    let before = traces(&d.data_root(), &[]);
+    for brand in ["joyent-minimal", "joyent", "lx"] {
+        let uuid = create(&d, serde_json::json!({"brand": brand}));
+        let mine = [uuid.clone()];
+        let o = d.vmadm(&["stop", &uuid, "-F"], None);
+        assert!(o.status.success(), "{}", text(&o));
+        // The zone's writable root, as its zoned config names it.
+        let cfg: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(d.data_root().join("zones").join(&uuid).join("config.json"))
+                .expect("config"),
+        )
+        .expect("json");
+        let root = match cfg["root"]["kind"].as_str() {
+            Some("bind") => cfg["root"]["dir"].as_str(),
+            Some("overlay") => cfg["root"]["upper"].as_str(),
+            other => panic!("root kind {other:?}: {cfg}"),
+        };
+        let sbin = Path::new(root.expect("root dir")).join("sbin");
+        std::fs::create_dir_all(&sbin).expect("sbin");
+        let _ = std::fs::remove_file(sbin.join("init"));
+        std::os::unix::fs::symlink("init", sbin.join("init")).expect("symlink");
+        let t = Instant::now();
+        let o = d.vmadm(&["start", &uuid], None);
+        let took = t.elapsed();
+        assert!(!o.status.success(), "{brand}: {}", text(&o));
+        assert!(took < Duration::from_secs(5), "{brand}: took {took:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("cannot run"), "{brand}: {}", text(&o));
+        assert!(
+            err.contains("ELOOP") || err.contains("Too many levels of symbolic links"),
+            "{brand}: {}",
+            text(&o)
+        );
+        assert_eq!(state(&d, &uuid), "stopped", "{brand}");
+        assert_traces_settle(&d, &mine, before);
+        let o = d.vmadm(&["delete", &uuid], None);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+}

@@ -234,7 +234,7 @@ fn run_zone(dir: &Path, spare: Option<&str>) -> Result<ZoneState, RunError> {
         notes: Vec::new(),
     };
     write_runtime_json(&dir.join(files::STATE), &state)?;
-    match build(dir, cfg, &mut state, spare) {
+    let result = match build(dir, cfg, &mut state, spare) {
         Ok(zone) => zone.supervise(),
         Err(e) => {
             state.phase = Phase::Stopped;
@@ -242,7 +242,11 @@ fn run_zone(dir: &Path, spare: Option<&str>) -> Result<ZoneState, RunError> {
             let _ = write_runtime_json(&dir.join(files::STATE), &state);
             Err(e)
         }
+    };
+    if result.is_err() {
+        notify_failed();
     }
+    result
 }
 
 fn build(
@@ -340,14 +344,27 @@ impl Zone {
 
     fn supervise(mut self) -> Result<ZoneState, RunError> {
         let set = handled_signals();
-        set.thread_block().map_err(sys("block signals"))?;
-        let sigfd = SignalFd::with_flags(
-            &set,
-            nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
-        )
-        .map_err(sys("create a signalfd"))?;
-        let ctl = bind(&self.dir.join(files::CONTROL))?;
-        let con = bind(&self.dir.join(files::CONSOLE))?;
+        let setup = (|| {
+            set.thread_block().map_err(sys("block signals"))?;
+            let sigfd = SignalFd::with_flags(
+                &set,
+                nix::sys::signalfd::SfdFlags::SFD_CLOEXEC
+                    | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+            )
+            .map_err(sys("create a signalfd"))?;
+            let ctl = bind(&self.dir.join(files::CONTROL))?;
+            let con = bind(&self.dir.join(files::CONSOLE))?;
+            Ok::<_, RunError>((sigfd, ctl, con))
+        })();
+        // Every way out before init runs leaves the state file saying why (`run_zone` then
+        // tells the starter to read it), and the cgroup removed.
+        let (sigfd, ctl, con) = match setup {
+            Ok(s) => s,
+            Err(e) => {
+                self.finish(Some(chain(&e)));
+                return Err(e);
+            }
+        };
         if let Err(e) = self.boot() {
             self.finish(Some(chain(&e)));
             return Err(e);
@@ -893,6 +910,16 @@ impl Zone {
             }
         }
     }
+}
+
+/// Tells whoever started zoned that the zone did not start and that its state file now
+/// says why (stopped, with the error): one byte `e` on stdout. Without it the starter sees
+/// only EOF, which comes while this process is still tearing down its namespaces, before
+/// it is a zombie: vmmd would take that for a start that hangs and report a timeout instead
+/// of the error (a failed exec of init, say). After a start stdout is /dev/null and the
+/// byte goes nowhere.
+fn notify_failed() {
+    let _ = nix::unistd::write(std::io::stdout(), b"e");
 }
 
 /// Tells whoever started zoned that the zone's init runs: one byte on stdout (vmmd holds the
