@@ -287,6 +287,125 @@ fn root_zone_is_confined() {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+/// zlogin with host objects as its caller's stdio (a directory, a file, a socket): the zone's
+/// process holds only pipes, and data, exit status and signals still pass.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_zlogin_relay_hands_the_zone_no_host_descriptor() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::process::Stdio;
+    let d = Daemon::start();
+    install(&d);
+    let uuid = create(&d, serde_json::json!({}));
+    let zlogin = |args: &[&str]| {
+        let mut c = Command::new(bin("zlogin"));
+        c.env("HULL_SOCKET", d.socket()).arg(&uuid).args(args);
+        c
+    };
+    // Every descriptor of the zone's shell, as the zone sees it.
+    let out_file = d.dir.path().join("host-stdout");
+    let (sock, mut peer) = UnixStream::pair().expect("socketpair");
+    let status = zlogin(&[
+        "sh",
+        "-c",
+        "for f in /proc/$$/fd/*; do echo \"$f -> $(readlink $f)\"; done",
+    ])
+    .stdin(Stdio::from(
+        std::fs::File::open(d.dir.path()).expect("a host directory"),
+    ))
+    .stdout(Stdio::from(
+        std::fs::File::create(&out_file).expect("a host file"),
+    ))
+    .stderr(Stdio::from(std::os::fd::OwnedFd::from(sock)))
+    .status()
+    .expect("zlogin");
+    let listing = std::fs::read_to_string(&out_file).expect("output");
+    peer.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut err = String::new();
+    let _ = peer.read_to_string(&mut err);
+    assert_eq!(status.code(), Some(0), "{listing}{err}");
+    let targets: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_once(" -> ").map(|(_, t)| t))
+        .collect();
+    assert!(targets.len() >= 3, "{listing}");
+    let host = d.dir.path().to_string_lossy().to_string();
+    for t in &targets {
+        assert!(
+            t.starts_with("pipe:[")
+                || t.starts_with("/dev/pts/")
+                || *t == "/dev/null"
+                || t.starts_with("/proc/"),
+            "the zone's process holds {t:?}: {listing}"
+        );
+        assert!(!t.contains(&host) && !t.starts_with("socket:"), "{listing}");
+    }
+    for fd in ["0", "1", "2"] {
+        assert!(
+            listing.contains(&format!("/fd/{fd} -> pipe:[")),
+            "fd {fd} is not a pipe: {listing}"
+        );
+    }
+
+    // Data in and out (binary, 1 MiB), stdout and stderr apart, the exit status.
+    let payload: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+    let mut c = zlogin(&["sh", "-c", "cat; echo err >&2; exit 7"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("zlogin");
+    let mut stdin = c.stdin.take().expect("stdin");
+    let writer = {
+        let payload = payload.clone();
+        std::thread::spawn(move || {
+            stdin.write_all(&payload).expect("write");
+        })
+    };
+    let o = c.wait_with_output().expect("output");
+    writer.join().expect("writer");
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.stdout == payload, "{} bytes came back", o.stdout.len());
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
+
+    // SIGINT to zlogin reaches the command's process group.
+    let mut c = zlogin(&["sh", "-c", "sleep 100"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("zlogin");
+    std::thread::sleep(Duration::from_millis(700));
+    let t = Instant::now();
+    // SAFETY: kill with our child's pid.
+    unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+    let status = c.wait().expect("wait");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "SIGINT was not forwarded"
+    );
+    assert_eq!(status.code(), Some(130), "{status:?}");
+
+    // A background process that keeps the pipes open does not hold zlogin once the command
+    // is done.
+    let t = Instant::now();
+    let o = zlogin(&["sh", "-c", "sleep 30 & echo hi"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("zlogin");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let o = d.vmadm(&["delete", &uuid], None);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 #[test]
 #[ignore = "needs root: run with --run-ignored"]
 fn root_zone_limits_hold_and_update_live() {

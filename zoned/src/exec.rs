@@ -10,9 +10,12 @@
 //! the zone's own files, never from this host binary.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::OFlag;
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SfdFlags;
 use nix::sys::wait::{WaitStatus, waitpid};
 
 use crate::cgroup::{Cgroup, Layout};
@@ -35,6 +38,23 @@ fn fail(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RunError {
 pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // 0, 1 and 2 are open from here on (a caller may have closed one), so that no pipe made
+    // below takes one of those numbers and dup2 in the child cannot clobber it.
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(|source| RunError::Sys {
+                    what: "open /dev/null for a closed standard descriptor".into(),
+                    source,
+                })?;
+            // Opened at the lowest free number, which is this one: keep it open.
+            let _ = null.into_raw_fd();
+        }
+    }
     let cfg: ZoneConfig = read_json(&dir.join(files::CONFIG))?;
     let state: ZoneState = read_json(&dir.join(files::STATE))?;
     if cfg.is_vmm() {
@@ -76,7 +96,24 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
         | nix::sched::CloneFlags::CLONE_NEWCGROUP;
     nix::sched::setns(&pidfd, flags).map_err(fail("enter the zone's namespaces"))?;
     drop(pidfd);
-    let pty = if tty { Some(open_pty()?) } else { None };
+    // The command never holds one of the caller's descriptors: with -t it gets a pty from
+    // the zone's devpts, otherwise pipes this process owns and relays. A host file, directory
+    // or socket as the caller's stdio would otherwise be reachable from the zone through
+    // /proc/self/fd (reopened, truncated, or walked with openat).
+    let stdio = if tty {
+        Stdio::Pty(open_pty()?)
+    } else {
+        Stdio::Pipes(Pipes::new()?)
+    };
+    // Signals for the command are taken as events (signalfd) and sent to its process
+    // group, which has a session of its own; the child unblocks them before it execs.
+    let mut forwarded = nix::sys::signal::SigSet::empty();
+    for sig in FORWARDED.iter().chain([&Signal::SIGCHLD]) {
+        forwarded.add(*sig);
+    }
+    forwarded
+        .thread_block()
+        .map_err(fail("block the signals zlogin forwards"))?;
     // SAFETY: this process is single-threaded; the child only sets itself up and execs.
     let child = unsafe { libc::fork() };
     if child < 0 {
@@ -86,21 +123,26 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
         });
     }
     if child == 0 {
-        let e = child_exec(&c_argv, &argv[0], pty.as_ref().map(|p| &p.1), &filters);
+        let e = child_exec(&c_argv, &argv[0], &stdio, &filters);
         eprintln!("zlogin: {e}");
         // SAFETY: _exit ends the child without the parent's destructors.
         unsafe { libc::_exit(127) };
     }
     let child = nix::unistd::Pid::from_raw(child);
-    if let Some((master, peer)) = pty {
-        drop(peer);
-        relay(&master);
-    } else {
-        // Terminal signals reach the command directly (same process group).
-        // SAFETY: ignoring SIGINT and SIGQUIT in this waiting parent has no preconditions.
-        unsafe {
-            libc::signal(libc::SIGINT, libc::SIG_IGN);
-            libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    match stdio {
+        Stdio::Pty((master, peer)) => {
+            drop(peer);
+            // Terminal signals arrive as bytes on the pty (raw mode) and the pty sends them.
+            let _ = forwarded.thread_unblock();
+            relay(&master);
+        }
+        Stdio::Pipes(pipes) => {
+            let signals = nix::sys::signalfd::SignalFd::with_flags(
+                &forwarded,
+                SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
+            )
+            .map_err(fail("make a signalfd"))?;
+            relay_pipes(pipes, &signals, child);
         }
     }
     loop {
@@ -111,6 +153,200 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
             Err(e) => return Err(fail("wait for the command")(e)),
         }
     }
+}
+
+/// Signals sent to zlogin that the command's process group gets, as a terminal would send
+/// them.
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
+
+/// What the command gets as stdin, stdout and stderr.
+enum Stdio {
+    /// A pty of the zone's devpts: master (relayed here) and slave (the command's).
+    Pty((OwnedFd, OwnedFd)),
+    /// Three pipes.
+    Pipes(Pipes),
+}
+
+/// The pipes between this process and the command. Every end is close-on-exec: the child
+/// dup2s its ends onto 0, 1 and 2 (which clears the flag on those copies only).
+struct Pipes {
+    /// The command's ends: stdin (read), stdout and stderr (write).
+    child: [OwnedFd; 3],
+    /// This process's ends: stdin (write), stdout and stderr (read).
+    ours: [OwnedFd; 3],
+}
+
+impl Pipes {
+    fn new() -> Result<Pipes, RunError> {
+        let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(fail("make a pipe"));
+        let (in_r, in_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        Ok(Pipes {
+            child: [in_r, out_w, err_w],
+            ours: [in_w, out_r, err_r],
+        })
+    }
+}
+
+/// Copies the caller's stdin to the command's and the command's stdout and stderr to the
+/// caller's, forwards signals to its process group, and returns when the command has exited
+/// and its output is drained (a background process of its that keeps the pipes open does
+/// not keep zlogin waiting).
+fn relay_pipes(pipes: Pipes, signals: &nix::sys::signalfd::SignalFd, child: nix::unistd::Pid) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let Pipes {
+        child: theirs,
+        ours,
+    } = pipes;
+    drop(theirs);
+    let [to_stdin, from_stdout, from_stderr] = ours;
+    // SAFETY: ignoring SIGPIPE has no preconditions: a caller that closed its stdout ends
+    // that stream (the command then gets EPIPE), not zlogin.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // The command's stdin is written without blocking, so a command that does not read
+    // cannot stop its output from being relayed.
+    let _ = nix::fcntl::fcntl(&to_stdin, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+    let mut to_stdin = Some(to_stdin);
+    let mut outputs = [Some((from_stdout, 1)), Some((from_stderr, 2))];
+    let caller_stdin = std::io::stdin();
+    let mut stdin_open = true;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut exited = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Until the command has exited, signals are still forwarded even when it has
+        // closed its output.
+        if outputs.iter().all(Option::is_none) && exited {
+            break;
+        }
+        let mut fds = Vec::with_capacity(5);
+        let mut slots = Vec::with_capacity(5);
+        fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));
+        slots.push(Slot::Signals);
+        for (i, o) in outputs.iter().enumerate() {
+            if let Some((fd, _)) = o {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                slots.push(Slot::Output(i));
+            }
+        }
+        if let Some(w) = &to_stdin {
+            if !pending.is_empty() {
+                fds.push(PollFd::new(w.as_fd(), PollFlags::POLLOUT));
+                slots.push(Slot::StdinWrite);
+            } else if stdin_open {
+                fds.push(PollFd::new(caller_stdin.as_fd(), PollFlags::POLLIN));
+                slots.push(Slot::StdinRead);
+            }
+        }
+        // Once the command has exited, what its background processes still hold open is
+        // drained while it keeps coming, not waited for.
+        let timeout = if exited {
+            PollTimeout::from(100u16)
+        } else {
+            PollTimeout::NONE
+        };
+        match poll(&mut fds, timeout) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => break,
+        }
+        let ready: Vec<Slot> = fds
+            .iter()
+            .zip(&slots)
+            .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, s)| *s)
+            .collect();
+        for slot in ready {
+            match slot {
+                Slot::Signals => {
+                    while let Ok(Some(info)) = signals.read_signal() {
+                        let sig = info.ssi_signo as i32;
+                        if sig == libc::SIGCHLD {
+                            exited = true;
+                        } else {
+                            // The command leads its own session: its process group is its
+                            // pid, as a terminal's foreground job would be.
+                            // SAFETY: kill with a pid and a signal number the kernel reported.
+                            unsafe { libc::kill(-child.as_raw(), sig) };
+                        }
+                    }
+                }
+                Slot::Output(i) => {
+                    let Some((fd, to)) = &outputs[i] else {
+                        continue;
+                    };
+                    let done = match nix::unistd::read(fd, &mut buf) {
+                        Ok(0) => true,
+                        Ok(n) => write_all(*to, &buf[..n]).is_err(),
+                        Err(nix::Error::EINTR | nix::Error::EAGAIN) => false,
+                        Err(_) => true,
+                    };
+                    if done {
+                        // Closing our end gives the command EPIPE, as a pipeline would.
+                        outputs[i] = None;
+                    }
+                }
+                Slot::StdinRead => match nix::unistd::read(caller_stdin.as_fd(), &mut buf) {
+                    Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                    Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
+                    // EOF, or a stdin that cannot be read (a directory): the command's
+                    // stdin ends.
+                    _ => {
+                        stdin_open = false;
+                        to_stdin = None;
+                    }
+                },
+                Slot::StdinWrite => {
+                    let Some(w) = &to_stdin else { continue };
+                    match nix::unistd::write(w, &pending) {
+                        Ok(n) => {
+                            pending.drain(..n);
+                        }
+                        Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
+                        // The command closed its stdin: what is left is dropped.
+                        Err(_) => {
+                            pending.clear();
+                            stdin_open = false;
+                            to_stdin = None;
+                        }
+                    }
+                    if pending.is_empty() && !stdin_open {
+                        to_stdin = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What one polled descriptor is.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Signals,
+    Output(usize),
+    StdinRead,
+    StdinWrite,
+}
+
+/// Writes all of `bytes` to the caller's descriptor `fd` (1 or 2).
+fn write_all(fd: i32, mut bytes: &[u8]) -> Result<(), nix::Error> {
+    // SAFETY: 1 and 2 are open for the life of this process (exec makes sure of it).
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A pty from the zone's devpts (this process is in the zone's mount namespace): master and
@@ -157,25 +393,34 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd), RunError> {
     Ok((OwnedFd::from(master), unsafe { OwnedFd::from_raw_fd(peer) }))
 }
 
-fn child_exec(
-    argv: &[CString],
-    cmd: &str,
-    tty: Option<&OwnedFd>,
-    filters: &security::Filters,
-) -> String {
+fn child_exec(argv: &[CString], cmd: &str, stdio: &Stdio, filters: &security::Filters) -> String {
     let r = (|| -> Result<std::convert::Infallible, String> {
         become_zone_root()?;
         // SAFETY: umask has no preconditions.
         unsafe { libc::umask(0o022) };
         nix::unistd::chdir("/").map_err(|e| format!("cannot enter /: {e}"))?;
-        if let Some(slave) = tty {
-            nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
-            // SAFETY: TIOCSCTTY and dup2 on the pty slave we hold.
-            unsafe {
-                libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0);
-                for fd in 0..3 {
-                    libc::dup2(slave.as_raw_fd(), fd);
-                }
+        // A session of its own: without -t it has no controlling terminal (the caller's
+        // would be one more host object it could open as /dev/tty).
+        nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
+        let targets: [i32; 3] = match stdio {
+            Stdio::Pty((_, slave)) => {
+                // SAFETY: TIOCSCTTY on the pty slave we hold.
+                unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) };
+                [slave.as_raw_fd(); 3]
+            }
+            Stdio::Pipes(p) => [
+                p.child[0].as_raw_fd(),
+                p.child[1].as_raw_fd(),
+                p.child[2].as_raw_fd(),
+            ],
+        };
+        for (fd, from) in targets.into_iter().enumerate() {
+            // SAFETY: dup2 of a descriptor we hold onto 0, 1 or 2, replacing the caller's.
+            if unsafe { libc::dup2(from, fd as i32) } < 0 {
+                return Err(format!(
+                    "cannot set up descriptor {fd}: {}",
+                    std::io::Error::last_os_error()
+                ));
             }
         }
         reset_signals()?;
