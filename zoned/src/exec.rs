@@ -2,8 +2,10 @@
 //! joins the zone's cgroup and namespaces through a pidfd of the zone's init (checked against
 //! its recorded start time, so a recycled pid is never joined), and forks the command, which
 //! becomes the zone's root under the zone's capability set and seccomp filters and gets no
-//! host descriptor but stdin, stdout and stderr. With `-t` the command gets a pty from the
-//! zone's own devpts and this process relays the caller's terminal to it.
+//! host descriptor at all: with `-t` a pty from the zone's own devpts, otherwise three pipes,
+//! and this process relays the caller's terminal or stdio to them. The caller's own
+//! descriptors never reach the zone (a host file, directory or socket there could be
+//! reopened through /proc/self/fd, or walked with openat).
 //!
 //! This process is marked non-dumpable before it joins anything: nothing in the zone can
 //! open its /proc/PID/exe or memory (the runc CVE-2019-5736 class), and the command runs from

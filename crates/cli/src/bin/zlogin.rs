@@ -1,7 +1,8 @@
 //! `zlogin UUID [CMD ARGS...]`: runs a command or a login shell inside a running zone, as
 //! the zone's root. vmmd says where the zone's runtime is; `zoned exec` (next to this binary,
 //! or $HULL_ZONED) joins it. The command gets a pty when stdin and stdout are terminals, the
-//! caller's stdin/stdout/stderr otherwise; zlogin exits with its status.
+//! pipes that `zoned exec` relays to the caller's stdin/stdout/stderr otherwise (the zone
+//! never gets a descriptor of the caller's); zlogin exits with its status.
 
 use std::path::PathBuf;
 
