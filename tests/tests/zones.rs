@@ -880,3 +880,189 @@ fn root_zone_init_exec_error_is_reported_at_once() {
         assert!(o.status.success(), "{}", text(&o));
     }
 }
+
+/// Waits up to `limit` for `c` to exit; kills it and fails the test otherwise.
+fn exit_within(
+    c: &mut std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(status) = c.try_wait().expect("wait") {
+            return status;
+        }
+        if t.elapsed() > limit {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("{what}: zlogin still ran after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// zlogin with a terminal (-t): the zone's command holds only its pty from the zone's
+/// devpts, not the caller's terminal nor any other descriptor of the caller's (here a
+/// socket as stderr), and its status passes through.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_zlogin_relay_pty_hands_the_zone_no_host_descriptor() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::net::UnixStream;
+    use std::process::Stdio;
+    let d = Daemon::start();
+    install(&d);
+    let uuid = create(&d, serde_json::json!({}));
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty with pointers to two live integers and no name, termios or size.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty");
+    // SAFETY: two fresh descriptors from openpty, owned here from now on.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let host_tty = std::fs::read_link(format!("/proc/self/fd/{}", {
+        use std::os::fd::AsRawFd;
+        slave.as_raw_fd()
+    }))
+    .expect("the test's pty");
+    let (sock, _peer) = UnixStream::pair().expect("socketpair");
+    let mut c = Command::new(bin("zlogin"))
+        .env("HULL_SOCKET", d.socket())
+        .args([
+            &uuid,
+            "sh",
+            "-c",
+            "ls -l /proc/self/fd/ /proc/$$/fd/; exit 3",
+        ])
+        .stdin(Stdio::from(slave.try_clone().expect("dup")))
+        .stdout(Stdio::from(slave))
+        .stderr(Stdio::from(OwnedFd::from(sock)))
+        .spawn()
+        .expect("zlogin");
+    // The test holds no slave: the master reads EIO once zlogin and the zone let it go.
+    let reader = std::thread::spawn(move || {
+        let mut master = std::fs::File::from(master);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).to_string()
+    });
+    let status = exit_within(&mut c, Duration::from_secs(20), "zlogin -t");
+    let listing = reader.join().expect("reader");
+    assert_eq!(status.code(), Some(3), "{listing}");
+    let targets: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_once(" -> ").map(|(_, t)| t.trim_end()))
+        .collect();
+    assert!(targets.len() >= 6, "{listing}");
+    for t in &targets {
+        assert!(
+            t.starts_with("/dev/pts/") || *t == "/dev/null" || t.starts_with("/proc/"),
+            "the zone's process holds {t:?}: {listing}"
+        );
+        assert!(
+            !t.starts_with("socket:") && !t.contains(&*d.dir.path().to_string_lossy()),
+            "{listing}"
+        );
+    }
+    // Its pty is the zone's own, not the test's (a /dev/pts of the host's devpts).
+    let host_pts = host_tty.to_string_lossy().to_string();
+    assert!(
+        !listing.contains(&format!(" -> {host_pts}\r")),
+        "{host_pts}: {listing}"
+    );
+    let o = d.vmadm(&["delete", &uuid], None);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// The relay ends when it must: a caller that stops reading ends the command with EPIPE,
+/// SIGTERM reaches the command, and a background process that keeps writing does not hold
+/// zlogin once the command has exited.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_zlogin_relay_ends_on_epipe_sigterm_and_exit() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let d = Daemon::start();
+    install(&d);
+    let uuid = create(&d, serde_json::json!({}));
+    let zlogin = |args: &[&str]| {
+        let mut c = Command::new(bin("zlogin"));
+        c.env("HULL_SOCKET", d.socket())
+            .arg(&uuid)
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    };
+    // The caller's stdout goes away: the command's writes fail (SIGPIPE), zlogin does not
+    // hang.
+    let mut c = zlogin(&["yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("zlogin");
+    let mut out = c.stdout.take().expect("stdout");
+    let mut first = [0u8; 4];
+    out.read_exact(&mut first).expect("yes' output");
+    assert_eq!(&first, b"y\ny\n");
+    drop(out);
+    let status = exit_within(&mut c, Duration::from_secs(10), "yes to a closed pipe");
+    assert_eq!(status.code(), Some(128 + libc::SIGPIPE), "{status:?}");
+
+    // SIGTERM reaches the command's process group: the shell's trap runs.
+    let mut c = zlogin(&[
+        "sh",
+        "-c",
+        "trap 'echo got TERM; exit 5' TERM; echo ready; sleep 100 & wait",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("zlogin");
+    let mut out = c.stdout.take().expect("stdout");
+    let mut ready = [0u8; 6];
+    out.read_exact(&mut ready).expect("ready");
+    assert_eq!(&ready, b"ready\n");
+    // SAFETY: kill with our child's pid.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let status = exit_within(&mut c, Duration::from_secs(10), "SIGTERM");
+    let mut rest = String::new();
+    let _ = out.read_to_string(&mut rest);
+    assert_eq!(status.code(), Some(5), "{rest}");
+    assert_eq!(rest, "got TERM\n");
+
+    // A background writer that never stops keeps the pipes busy, not zlogin.
+    let t = Instant::now();
+    let mut c = zlogin(&[
+        "sh",
+        "-c",
+        "(while :; do echo x; sleep 0.02; done) & echo hi",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("zlogin");
+    let mut out = c.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let status = exit_within(&mut c, Duration::from_secs(10), "a background writer");
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(reader.join().expect("reader").contains("hi\n"));
+    let o = d.vmadm(&["delete", &uuid], None);
+    assert!(o.status.success(), "{}", text(&o));
+}

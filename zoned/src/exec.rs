@@ -15,10 +15,14 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use std::time::{Duration, Instant};
+
 use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
-use nix::sys::signalfd::SfdFlags;
-use nix::sys::wait::{WaitStatus, waitpid};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
 
 use crate::cgroup::{Cgroup, Layout};
 use crate::config::{Phase, ZoneConfig, ZoneState, files, read_json, same_process};
@@ -107,15 +111,18 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
     } else {
         Stdio::Pipes(Pipes::new()?)
     };
-    // Signals for the command are taken as events (signalfd) and sent to its process
-    // group, which has a session of its own; the child unblocks them before it execs.
-    let mut forwarded = nix::sys::signal::SigSet::empty();
-    for sig in FORWARDED.iter().chain([&Signal::SIGCHLD]) {
-        forwarded.add(*sig);
+    // Signals for the command are taken as events (signalfd) and sent on to it; the child
+    // unblocks them before it execs. The signalfd is made before the fork so that no error
+    // can leave a command running that nobody relays or waits for.
+    let mut handled = nix::sys::signal::SigSet::empty();
+    for sig in FORWARDED.iter().chain(&[Signal::SIGCHLD, Signal::SIGWINCH]) {
+        handled.add(*sig);
     }
-    forwarded
+    handled
         .thread_block()
         .map_err(fail("block the signals zlogin forwards"))?;
+    let signals = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(fail("make a signalfd"))?;
     // SAFETY: this process is single-threaded; the child only sets itself up and execs.
     let child = unsafe { libc::fork() };
     if child < 0 {
@@ -130,22 +137,36 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
         // SAFETY: _exit ends the child without the parent's destructors.
         unsafe { libc::_exit(127) };
     }
-    let child = nix::unistd::Pid::from_raw(child);
-    match stdio {
+    let child = Pid::from_raw(child);
+    let relay = match stdio {
         Stdio::Pty((master, peer)) => {
             drop(peer);
-            // Terminal signals arrive as bytes on the pty (raw mode) and the pty sends them.
-            let _ = forwarded.thread_unblock();
-            relay(&master);
+            Relay::pty(master)
         }
-        Stdio::Pipes(pipes) => {
-            let signals = nix::sys::signalfd::SignalFd::with_flags(
-                &forwarded,
-                SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
-            )
-            .map_err(fail("make a signalfd"))?;
-            relay_pipes(pipes, &signals, child);
+        Stdio::Pipes(Pipes {
+            child: theirs,
+            ours,
+        }) => {
+            drop(theirs);
+            Ok(Relay::pipes(ours))
         }
+    };
+    // The caller's terminal is raw while the command has the pty: its keys (^C, ^Z) are
+    // bytes for the pty's line discipline, which signals the zone's foreground job.
+    let raw = tty.then(RawMode::enter);
+    let status = match relay {
+        Ok(relay) => relay.run(&signals, child),
+        Err(e) => {
+            // Nothing could relay its terminal: the command is ended rather than left
+            // waiting on a pty nobody reads.
+            eprintln!("zlogin: {}", crate::run::chain(&e));
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            None
+        }
+    };
+    drop(raw);
+    if let Some(code) = status {
+        return Ok(code);
     }
     loop {
         match waitpid(child, None) {
@@ -196,134 +217,211 @@ impl Pipes {
     }
 }
 
-/// Copies the caller's stdin to the command's and the command's stdout and stderr to the
-/// caller's, forwards signals to its process group, and returns when the command has exited
-/// and its output is drained (a background process of its that keeps the pipes open does
-/// not keep zlogin waiting).
-fn relay_pipes(pipes: Pipes, signals: &nix::sys::signalfd::SignalFd, child: nix::unistd::Pid) {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let Pipes {
-        child: theirs,
-        ours,
-    } = pipes;
-    drop(theirs);
-    let [to_stdin, from_stdout, from_stderr] = ours;
-    // SAFETY: ignoring SIGPIPE has no preconditions: a caller that closed its stdout ends
-    // that stream (the command then gets EPIPE), not zlogin.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    // The command's stdin is written without blocking, so a command that does not read
-    // cannot stop its output from being relayed.
-    let _ = nix::fcntl::fcntl(&to_stdin, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
-    let mut to_stdin = Some(to_stdin);
-    let mut outputs = [Some((from_stdout, 1)), Some((from_stderr, 2))];
-    let caller_stdin = std::io::stdin();
-    let mut stdin_open = true;
-    let mut pending: Vec<u8> = Vec::new();
-    let mut exited = false;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // Until the command has exited, signals are still forwarded even when it has
-        // closed its output.
-        if outputs.iter().all(Option::is_none) && exited {
-            break;
+/// How long the relay goes on draining output after the command has exited: until its
+/// descriptors are quiet this long...
+const QUIET: Duration = Duration::from_millis(100);
+/// ...or this long at most. What the command wrote before it exited is in the pipe or pty
+/// buffer already; a background process of its that keeps writing is not waited for.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+/// Copies between the caller's stdio and the command's pipes or pty, forwards signals, and
+/// notices the command's exit.
+struct Relay {
+    /// What the command writes, and the caller's descriptor (1 or 2) it goes to; `None`
+    /// once it ended (EOF, or the caller stopped taking it).
+    outputs: Vec<Option<(OwnedFd, i32)>>,
+    /// Where the caller's stdin goes (non-blocking, so that a command that does not read
+    /// cannot stop its output from being relayed).
+    input: Option<OwnedFd>,
+    /// The pty master with -t: signals go to its foreground process group, and the
+    /// caller's window size follows SIGWINCH. Its input stays open at the caller's EOF.
+    pty: Option<OwnedFd>,
+}
+
+impl Relay {
+    fn pipes([to_stdin, from_stdout, from_stderr]: [OwnedFd; 3]) -> Relay {
+        let _ = nix::fcntl::fcntl(&to_stdin, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+        Relay {
+            outputs: vec![Some((from_stdout, 1)), Some((from_stderr, 2))],
+            input: Some(to_stdin),
+            pty: None,
         }
-        let mut fds = Vec::with_capacity(5);
-        let mut slots = Vec::with_capacity(5);
-        fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));
-        slots.push(Slot::Signals);
-        for (i, o) in outputs.iter().enumerate() {
-            if let Some((fd, _)) = o {
-                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                slots.push(Slot::Output(i));
-            }
-        }
-        if let Some(w) = &to_stdin {
-            if !pending.is_empty() {
-                fds.push(PollFd::new(w.as_fd(), PollFlags::POLLOUT));
-                slots.push(Slot::StdinWrite);
-            } else if stdin_open {
-                fds.push(PollFd::new(caller_stdin.as_fd(), PollFlags::POLLIN));
-                slots.push(Slot::StdinRead);
-            }
-        }
-        // Once the command has exited, what its background processes still hold open is
-        // drained while it keeps coming, not waited for.
-        let timeout = if exited {
-            PollTimeout::from(100u16)
-        } else {
-            PollTimeout::NONE
+    }
+
+    fn pty(master: OwnedFd) -> Result<Relay, RunError> {
+        let dup = |what: &str| {
+            master.try_clone().map_err(|source| RunError::Sys {
+                what: what.into(),
+                source,
+            })
         };
-        match poll(&mut fds, timeout) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(nix::Error::EINTR) => continue,
-            Err(_) => break,
-        }
-        let ready: Vec<Slot> = fds
-            .iter()
-            .zip(&slots)
-            .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
-            .map(|(_, s)| *s)
-            .collect();
-        for slot in ready {
-            match slot {
-                Slot::Signals => {
-                    while let Ok(Some(info)) = signals.read_signal() {
-                        let sig = info.ssi_signo as i32;
-                        if sig == libc::SIGCHLD {
-                            exited = true;
-                        } else {
-                            // The command leads its own session: its process group is its
-                            // pid, as a terminal's foreground job would be.
-                            // SAFETY: kill with a pid and a signal number the kernel reported.
-                            unsafe { libc::kill(-child.as_raw(), sig) };
-                        }
+        let (output, input) = (dup("copy the pty master")?, dup("copy the pty master")?);
+        // One open file: the flag holds for every copy.
+        let _ = nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+        Ok(Relay {
+            outputs: vec![Some((output, 1))],
+            input: Some(input),
+            pty: Some(master),
+        })
+    }
+
+    /// Relays until the command has exited and its output is drained; returns its exit
+    /// status (`None` if it could not be collected here).
+    fn run(mut self, signals: &SignalFd, child: Pid) -> Option<i32> {
+        // SAFETY: ignoring SIGPIPE has no preconditions: a caller that closed its end of
+        // stdout ends that stream (the command then gets EPIPE), not zlogin.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        let caller_stdin = std::io::stdin();
+        let mut stdin_open = true;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut status: Option<i32> = None;
+        let mut exited_at: Option<Instant> = None;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            // Until the command has exited, signals are still forwarded even when it has
+            // closed its output.
+            let timeout = match exited_at {
+                None => PollTimeout::NONE,
+                Some(_) if self.outputs.iter().all(Option::is_none) => break,
+                Some(t) => match DRAIN_LIMIT.checked_sub(t.elapsed()) {
+                    Some(left) => {
+                        PollTimeout::try_from(left.min(QUIET)).unwrap_or(PollTimeout::ZERO)
                     }
-                }
-                Slot::Output(i) => {
-                    let Some((fd, to)) = &outputs[i] else {
-                        continue;
-                    };
-                    let done = match nix::unistd::read(fd, &mut buf) {
-                        Ok(0) => true,
-                        Ok(n) => write_all(*to, &buf[..n]).is_err(),
-                        Err(nix::Error::EINTR | nix::Error::EAGAIN) => false,
-                        Err(_) => true,
-                    };
-                    if done {
-                        // Closing our end gives the command EPIPE, as a pipeline would.
-                        outputs[i] = None;
-                    }
-                }
-                Slot::StdinRead => match nix::unistd::read(caller_stdin.as_fd(), &mut buf) {
-                    Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
-                    Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
-                    // EOF, or a stdin that cannot be read (a directory): the command's
-                    // stdin ends.
-                    _ => {
-                        stdin_open = false;
-                        to_stdin = None;
-                    }
+                    None => break,
                 },
-                Slot::StdinWrite => {
-                    let Some(w) = &to_stdin else { continue };
-                    match nix::unistd::write(w, &pending) {
-                        Ok(n) => {
-                            pending.drain(..n);
-                        }
-                        Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
-                        // The command closed its stdin: what is left is dropped.
-                        Err(_) => {
-                            pending.clear();
-                            stdin_open = false;
-                            to_stdin = None;
+            };
+            let mut fds = Vec::with_capacity(5);
+            let mut slots = Vec::with_capacity(5);
+            fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));
+            slots.push(Slot::Signals);
+            for (i, o) in self.outputs.iter().enumerate() {
+                if let Some((fd, _)) = o {
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                    slots.push(Slot::Output(i));
+                }
+            }
+            if let Some(w) = &self.input {
+                if !pending.is_empty() {
+                    fds.push(PollFd::new(w.as_fd(), PollFlags::POLLOUT));
+                    slots.push(Slot::InputWrite);
+                } else if stdin_open {
+                    fds.push(PollFd::new(caller_stdin.as_fd(), PollFlags::POLLIN));
+                    slots.push(Slot::StdinRead);
+                }
+            }
+            match poll(&mut fds, timeout) {
+                // Quiet since the command exited: what is left belongs to its background
+                // processes.
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => break,
+            }
+            let ready: Vec<Slot> = fds
+                .iter()
+                .zip(&slots)
+                .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(_, s)| *s)
+                .collect();
+            for slot in ready {
+                match slot {
+                    Slot::Signals => {
+                        while let Ok(Some(info)) = signals.read_signal() {
+                            match Signal::try_from(info.ssi_signo as i32) {
+                                Ok(Signal::SIGCHLD) if status.is_none() => {
+                                    status = reaped(child);
+                                    if status.is_some() {
+                                        exited_at = Some(Instant::now());
+                                    }
+                                }
+                                Ok(Signal::SIGWINCH) => {
+                                    if let Some(m) = &self.pty {
+                                        copy_window_size(m);
+                                    }
+                                }
+                                // Not after the exit: the group may be gone and its
+                                // number reused.
+                                Ok(sig) if status.is_none() => self.forward(sig, child),
+                                _ => {}
+                            }
                         }
                     }
-                    if pending.is_empty() && !stdin_open {
-                        to_stdin = None;
+                    Slot::Output(i) => {
+                        let Some((fd, to)) = &self.outputs[i] else {
+                            continue;
+                        };
+                        let done = match nix::unistd::read(fd, &mut buf) {
+                            Ok(0) => true,
+                            Ok(n) => write_all(*to, &buf[..n]).is_err(),
+                            Err(nix::Error::EINTR | nix::Error::EAGAIN) => false,
+                            // EIO: the pty's last slave closed.
+                            Err(_) => true,
+                        };
+                        if done {
+                            // Closing our end gives the command EPIPE, as a pipeline would.
+                            self.outputs[i] = None;
+                        }
+                    }
+                    Slot::StdinRead => match nix::unistd::read(caller_stdin.as_fd(), &mut buf) {
+                        Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                        Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
+                        // EOF, or a stdin that cannot be read (a directory): the command's
+                        // stdin pipe ends (a pty stays open for its output).
+                        _ => {
+                            stdin_open = false;
+                            if pending.is_empty() && self.pty.is_none() {
+                                self.input = None;
+                            }
+                        }
+                    },
+                    Slot::InputWrite => {
+                        let Some(w) = &self.input else { continue };
+                        match nix::unistd::write(w, &pending) {
+                            Ok(n) => {
+                                pending.drain(..n);
+                            }
+                            Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
+                            // The command closed its stdin: what is left is dropped.
+                            Err(_) => {
+                                pending.clear();
+                                stdin_open = false;
+                                self.input = None;
+                            }
+                        }
+                        if pending.is_empty() && !stdin_open && self.pty.is_none() {
+                            self.input = None;
+                        }
                     }
                 }
             }
+        }
+        status
+    }
+
+    /// Sends `sig` on as a terminal would: to the foreground process group of the pty, or
+    /// to the command's own (it leads a session of its own), or to the command itself if
+    /// it has not made its group yet.
+    fn forward(&self, sig: Signal, child: Pid) {
+        let group = self
+            .pty
+            .as_ref()
+            .and_then(|m| nix::unistd::tcgetpgrp(m).ok())
+            .unwrap_or(child);
+        if nix::sys::signal::killpg(group, sig).is_err() {
+            let _ = nix::sys::signal::kill(child, sig);
+        }
+    }
+}
+
+/// The command's exit status once it has exited (128 + signal if killed).
+fn reaped(child: Pid) -> Option<i32> {
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Some(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Some(128 + sig as i32),
+            Err(nix::Error::EINTR) => continue,
+            // Still running (SIGCHLD also comes when it stops or continues).
+            _ => return None,
         }
     }
 }
@@ -334,10 +432,11 @@ enum Slot {
     Signals,
     Output(usize),
     StdinRead,
-    StdinWrite,
+    InputWrite,
 }
 
-/// Writes all of `bytes` to the caller's descriptor `fd` (1 or 2).
+/// Writes all of `bytes` to the caller's descriptor `fd` (1 or 2), waiting for room if the
+/// caller made it non-blocking.
 fn write_all(fd: i32, mut bytes: &[u8]) -> Result<(), nix::Error> {
     // SAFETY: 1 and 2 are open for the life of this process (exec makes sure of it).
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
@@ -345,10 +444,55 @@ fn write_all(fd: i32, mut bytes: &[u8]) -> Result<(), nix::Error> {
         match nix::unistd::write(fd, bytes) {
             Ok(n) => bytes = &bytes[n..],
             Err(nix::Error::EINTR) => {}
+            Err(nix::Error::EAGAIN) => {
+                let _ = poll(
+                    &mut [PollFd::new(fd, PollFlags::POLLOUT)],
+                    PollTimeout::NONE,
+                );
+            }
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// The caller's terminal in raw mode until dropped, when it gets its settings back.
+struct RawMode(Option<nix::sys::termios::Termios>);
+
+impl RawMode {
+    fn enter() -> RawMode {
+        use nix::sys::termios;
+        let stdin = std::io::stdin();
+        let saved = termios::tcgetattr(stdin.as_fd()).ok();
+        if let Some(t) = &saved {
+            let mut raw = t.clone();
+            termios::cfmakeraw(&mut raw);
+            let _ = termios::tcsetattr(stdin.as_fd(), termios::SetArg::TCSANOW, &raw);
+        }
+        RawMode(saved)
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            let stdin = std::io::stdin();
+            let _ =
+                nix::sys::termios::tcsetattr(stdin.as_fd(), nix::sys::termios::SetArg::TCSANOW, t);
+        }
+    }
+}
+
+/// Gives the pty the caller's window size (the kernel then sends SIGWINCH to its
+/// foreground job).
+fn copy_window_size(master: &OwnedFd) {
+    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a pointer to a live winsize.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        }
+    }
 }
 
 /// A pty from the zone's devpts (this process is in the zone's mount namespace): master and
@@ -383,16 +527,10 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd), RunError> {
             source: std::io::Error::last_os_error(),
         });
     }
-    // Copy the caller's window size.
-    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a pointer to a live winsize.
-    unsafe {
-        let mut ws: libc::winsize = std::mem::zeroed();
-        if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
-            libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
-        }
-    }
+    let master = OwnedFd::from(master);
+    copy_window_size(&master);
     // SAFETY: a fresh descriptor from the kernel.
-    Ok((OwnedFd::from(master), unsafe { OwnedFd::from_raw_fd(peer) }))
+    Ok((master, unsafe { OwnedFd::from_raw_fd(peer) }))
 }
 
 fn child_exec(argv: &[CString], cmd: &str, stdio: &Stdio, filters: &security::Filters) -> String {
@@ -464,54 +602,4 @@ fn resolve(cmd: &str) -> Option<PathBuf> {
     .iter()
     .map(|d| Path::new(d).join(cmd))
     .find(|p| p.is_file())
-}
-
-/// Copies the caller's terminal to the pty master and back until the command closes it,
-/// with the caller's terminal in raw mode meanwhile.
-fn relay(master: &OwnedFd) {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use nix::sys::termios;
-    let stdin = std::io::stdin();
-    let saved = termios::tcgetattr(stdin.as_fd()).ok();
-    if let Some(t) = &saved {
-        let mut raw = t.clone();
-        termios::cfmakeraw(&mut raw);
-        let _ = termios::tcsetattr(stdin.as_fd(), termios::SetArg::TCSANOW, &raw);
-    }
-    let mut buf = [0u8; 4096];
-    let mut stdin_open = true;
-    loop {
-        let mut fds = vec![PollFd::new(master.as_fd(), PollFlags::POLLIN)];
-        if stdin_open {
-            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
-        }
-        if poll(&mut fds, PollTimeout::NONE).is_err() {
-            continue;
-        }
-        let ready = |i: usize| {
-            fds.get(i)
-                .and_then(|f| f.revents())
-                .is_some_and(|r| !r.is_empty())
-        };
-        let (m, i) = (ready(0), ready(1));
-        if m {
-            match nix::unistd::read(master, &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let _ = nix::unistd::write(std::io::stdout(), &buf[..n]);
-                }
-            }
-        }
-        if i {
-            match nix::unistd::read(stdin.as_fd(), &mut buf) {
-                Ok(0) | Err(_) => stdin_open = false,
-                Ok(n) => {
-                    let _ = nix::unistd::write(master, &buf[..n]);
-                }
-            }
-        }
-    }
-    if let Some(t) = &saved {
-        let _ = termios::tcsetattr(stdin.as_fd(), termios::SetArg::TCSANOW, t);
-    }
 }
