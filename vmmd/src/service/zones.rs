@@ -444,11 +444,15 @@ impl Zones {
             let _ = child.wait();
         });
         let mut ready = ready;
-        let started = wait_readable(&ready, START_WAIT) && read_byte(&mut ready);
+        // Readable means a byte (init runs, or `e`: the state file says why not) or EOF
+        // (zoned ended, perhaps still tearing down its namespaces); only silence for the
+        // whole wait is a start that hangs.
+        let answered = wait_readable(&ready, START_WAIT);
+        let started = answered && read_byte(&mut ready);
         drop(ready);
         match self.last_state(uuid) {
             Some(st) if started && st.zoned_pid == pid && st.phase != Phase::Stopped => Ok(st),
-            _ if !started && !zombie(pid) => {
+            _ if !answered && !zombie(pid) => {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
