@@ -11,17 +11,25 @@
 //! {"cmd":"ctrl_alt_del"} -> {"ok":true}        (typed on the i8042 keyboard)
 //! {"cmd":"shutdown"} -> {"ok":true}            (stops at once; the VMM exits with status 0)
 //! {"cmd":"stats"}    -> {"ok":true,"stats":{"vcpus":[..],"devices":[..],"pit":false}}
+//! {"cmd":"resize_disk","index":0} -> {"ok":true,"disk":{"index":0,"old_bytes":..,"new_bytes":..}}
 //! ```
+//!
+//! `resize_disk` is for a disk image the host has already grown: the VMM re-reads the
+//! size of `--disk` number `index` (0 is the first, vda), sets the guest-visible capacity
+//! and raises the configuration change interrupt, so the guest sees the new size without a
+//! reboot. An image that shrank is refused and the guest keeps its old size.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::bus::lock;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::stats::{Stats, StatsReport};
 use crate::vcpu::{RunState, StopReason};
 use crate::vm::PowerButton;
@@ -29,23 +37,30 @@ use crate::vm::PowerButton;
 /// Longest request line accepted.
 const MAX_LINE: u64 = 4096;
 
-/// A request line: `{"cmd": ...}` and nothing else.
+/// A request line: `{"cmd": ...}` plus the command's own arguments, and nothing else.
 #[derive(Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Envelope {
-    pub cmd: Request,
+#[serde(rename_all = "snake_case", tag = "cmd", deny_unknown_fields)]
+// Empty struct variants, not unit ones: serde lets extra fields past a tagged unit variant,
+// and a misspelt argument must be an error.
+pub enum Request {
+    Pause {},
+    Resume {},
+    PowerButton {},
+    CtrlAltDel {},
+    Shutdown {},
+    Stats {},
+    /// The host grew disk `index`'s image: take its new size.
+    ResizeDisk {
+        index: usize,
+    },
 }
 
-/// A command.
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Request {
-    Pause,
-    Resume,
-    PowerButton,
-    CtrlAltDel,
-    Shutdown,
-    Stats,
+/// What a `resize_disk` changed.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct DiskResized {
+    pub index: usize,
+    pub old_bytes: u64,
+    pub new_bytes: u64,
 }
 
 /// A reply.
@@ -56,6 +71,8 @@ pub struct Reply {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<StatsReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskResized>,
 }
 
 impl Reply {
@@ -64,6 +81,7 @@ impl Reply {
             ok: true,
             error: None,
             stats: None,
+            disk: None,
         }
     }
 
@@ -72,8 +90,21 @@ impl Reply {
             ok: false,
             error: Some(msg),
             stats: None,
+            disk: None,
         }
     }
+}
+
+/// An error and its causes on one line, for a reply.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
+    }
+    msg
 }
 
 /// Errors from setting up the control socket.
@@ -97,12 +128,15 @@ pub struct Controller {
     pub stats: Arc<Stats>,
     pub vcpus: usize,
     pub button: Arc<PowerButton>,
+    /// The disks' transports, in `--disk` order.
+    pub disks: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Controller")
             .field("vcpus", &self.vcpus)
+            .field("disks", &self.disks.len())
             .finish()
     }
 }
@@ -111,40 +145,61 @@ impl Controller {
     /// Handles one request line. A shutdown is not done here but returned, so that the
     /// caller writes the reply before the VMM exits (the process ends soon after the stop).
     pub fn handle_line(&self, line: &str) -> (Reply, Option<StopReason>) {
-        let req = match serde_json::from_str::<Envelope>(line.trim()) {
-            Ok(r) => r.cmd,
+        let req = match serde_json::from_str::<Request>(line.trim()) {
+            Ok(r) => r,
             Err(e) => return (Reply::err(format!("bad request: {e}")), None),
         };
         let reply = match req {
-            Request::Pause => {
+            Request::Pause {} => {
                 if self.state.pause(self.vcpus) {
                     Reply::ok()
                 } else {
                     Reply::err("vCPUs did not pause within 2 s".into())
                 }
             }
-            Request::Resume => {
+            Request::Resume {} => {
                 self.state.resume();
                 Reply::ok()
             }
-            Request::PowerButton => {
+            Request::PowerButton {} => {
                 self.button.press();
                 Reply::ok()
             }
-            Request::CtrlAltDel => {
+            Request::CtrlAltDel {} => {
                 self.button.ctrl_alt_del();
                 Reply::ok()
             }
-            Request::Shutdown => {
+            Request::Shutdown {} => {
                 let why = StopReason::Requested("control socket shutdown".into());
                 return (Reply::ok(), Some(why));
             }
-            Request::Stats => Reply {
+            Request::Stats {} => Reply {
                 stats: Some(self.stats.report()),
                 ..Reply::ok()
             },
+            Request::ResizeDisk { index } => self.resize_disk(index),
         };
         (reply, None)
+    }
+
+    fn resize_disk(&self, index: usize) -> Reply {
+        let Some(disk) = self.disks.get(index) else {
+            return Reply::err(format!(
+                "no disk {index}: the VM has {} disks",
+                self.disks.len()
+            ));
+        };
+        match lock(disk).host_resize() {
+            Ok(r) => Reply {
+                disk: Some(DiskResized {
+                    index,
+                    old_bytes: r.old,
+                    new_bytes: r.new,
+                }),
+                ..Reply::ok()
+            },
+            Err(e) => Reply::err(format!("cannot resize disk {index}: {}", chain(&e))),
+        }
     }
 }
 
@@ -325,6 +380,64 @@ mod tests {
             stats: Arc::new(Stats::new(1)),
             vcpus: 0,
             button: Arc::new(PowerButton::for_tests()),
+            disks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn resize_disk_takes_the_grown_image_and_refuses_the_rest() {
+        use crate::devices::virtio::block::Block;
+        use crate::devices::virtio::mmio::{INT_CONFIG, Interrupt};
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(1 << 20).unwrap();
+        let mut c = controller();
+        let stats = c.stats.disk("vda".into());
+        let block = Block::open(f.path(), true, "d", stats).unwrap();
+        let interrupt = Interrupt::new().unwrap();
+        let t = MmioTransport::new(
+            Box::new(block),
+            crate::devices::virtio::testutil::mem(),
+            interrupt.clone(),
+        )
+        .unwrap();
+        c.disks.push(Arc::new(Mutex::new(t)));
+        f.as_file().set_len(3 << 20).unwrap();
+        let (r, stop) = c.handle_line(r#"{"cmd":"resize_disk","index":0}"#);
+        assert!(stop.is_none());
+        assert_eq!(
+            r.disk,
+            Some(DiskResized {
+                index: 0,
+                old_bytes: 1 << 20,
+                new_bytes: 3 << 20
+            }),
+            "{r:?}"
+        );
+        // The driver is not up: no interrupt, but the stats show the size.
+        let isr = interrupt.status.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(isr & INT_CONFIG, 0);
+        let report = c.stats.report();
+        assert_eq!(report.devices[0].capacity_bytes, Some(3 << 20));
+        let line = String::from_utf8(reply_line(&r)).unwrap();
+        assert!(
+            line.contains(r#""disk":{"index":0,"old_bytes":1048576,"new_bytes":3145728}"#),
+            "{line}"
+        );
+
+        let r = c.handle_line(r#"{"cmd":"resize_disk","index":1}"#).0;
+        assert_eq!(r.error.as_deref(), Some("no disk 1: the VM has 1 disks"));
+        f.as_file().set_len(1 << 20).unwrap();
+        let r = c.handle_line(r#"{"cmd":"resize_disk","index":0}"#).0;
+        assert!(!r.ok);
+        assert!(r.error.unwrap().contains("shrank from 3145728 to 1048576"));
+        for bad in [
+            r#"{"cmd":"resize_disk"}"#,
+            r#"{"cmd":"resize_disk","index":-1}"#,
+            r#"{"cmd":"resize_disk","index":0,"size":5}"#,
+            r#"{"cmd":"stats","index":0}"#,
+        ] {
+            let r = c.handle_line(bad).0;
+            assert!(r.error.unwrap().starts_with("bad request"), "{bad}");
         }
     }
 

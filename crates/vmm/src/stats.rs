@@ -22,6 +22,9 @@ pub struct DeviceStats {
     pub written_bytes: AtomicU64,
     pub requests: AtomicU64,
     pub errors: AtomicU64,
+    /// Size in bytes the guest sees, for devices that have one (disks): it changes when the
+    /// host grows the image and the VMM is told (`resize_disk`).
+    pub capacity: Option<AtomicU64>,
 }
 
 impl DeviceStats {
@@ -65,6 +68,8 @@ pub struct DeviceReport {
     pub written_bytes: u64,
     pub requests: u64,
     pub errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity_bytes: Option<u64>,
 }
 
 impl Stats {
@@ -80,6 +85,16 @@ impl Stats {
     /// Registers a device and returns its counters.
     pub fn device(&self, name: String) -> Arc<DeviceStats> {
         let s = Arc::new(DeviceStats::default());
+        crate::bus::lock(&self.devices).push((name, s.clone()));
+        s
+    }
+
+    /// Registers a device with a capacity (a disk) and returns its counters.
+    pub fn disk(&self, name: String) -> Arc<DeviceStats> {
+        let s = Arc::new(DeviceStats {
+            capacity: Some(AtomicU64::new(0)),
+            ..DeviceStats::default()
+        });
         crate::bus::lock(&self.devices).push((name, s.clone()));
         s
     }
@@ -106,6 +121,7 @@ impl Stats {
                     written_bytes: ld(&d.written_bytes),
                     requests: ld(&d.requests),
                     errors: ld(&d.errors),
+                    capacity_bytes: d.capacity.as_ref().map(ld),
                 })
                 .collect(),
             pit: self.pit.load(Ordering::Relaxed),
@@ -128,5 +144,11 @@ mod tests {
         assert_eq!(r.vcpus[1].exits_io, 3);
         assert_eq!(r.devices[0].name, "vda");
         assert_eq!(r.devices[0].read_bytes, 512);
+        assert_eq!(r.devices[0].capacity_bytes, None);
+        let disk = s.disk("vdb".into());
+        if let Some(c) = &disk.capacity {
+            c.store(4096, Ordering::Relaxed);
+        }
+        assert_eq!(s.report().devices[1].capacity_bytes, Some(4096));
     }
 }

@@ -402,7 +402,7 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
     let mut devices: Vec<(Box<dyn VirtioDevice>, Option<RawFd>)> = Vec::new();
     for (i, d) in config.disks.iter().enumerate() {
         let name = format!("vd{}", (b'a' + (i % 26) as u8) as char);
-        let s = stats.device(name.clone());
+        let s = stats.disk(name.clone());
         let id = format!("hull-{name}");
         devices.push((Box::new(Block::open(&d.path, d.read_only, &id, s)?), None));
     }
@@ -530,6 +530,12 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
                 stats: stats.clone(),
                 vcpus: usize::from(config.vcpus),
                 button: button.clone(),
+                // Disks were placed first, in --disk order.
+                disks: placed
+                    .iter()
+                    .take(config.disks.len())
+                    .map(|p| p.transport.clone())
+                    .collect(),
             },
         )?),
         None => None,

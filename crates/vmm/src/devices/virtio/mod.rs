@@ -35,6 +35,37 @@ pub trait VirtioDevice: Send {
     }
     /// The guest reset the device.
     fn reset(&mut self) {}
+    /// The host changed what backs the device (a disk image grew): re-read it and update
+    /// config space. Returns the old and new size in bytes; the transport raises the
+    /// configuration change interrupt when they differ. Devices without a size refuse.
+    fn host_resize(&mut self) -> Result<Resized, ResizeError> {
+        Err(ResizeError::NotResizable(self.device_type()))
+    }
+}
+
+/// What a [`VirtioDevice::host_resize`] changed, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resized {
+    pub old: u64,
+    pub new: u64,
+}
+
+/// Why a device did not take a new size.
+#[derive(Debug, thiserror::Error)]
+pub enum ResizeError {
+    /// Only disks have a size to change.
+    #[error("virtio device type {0} has no size to change")]
+    NotResizable(u32),
+    /// The backing file could not be looked at.
+    #[error("cannot read the size of the disk image")]
+    Stat(#[source] std::io::Error),
+    /// The backing file is smaller than what the guest was told: blocks it may hold data in
+    /// are gone, and telling it so would not bring them back.
+    #[error(
+        "the disk image shrank from {old} to {new} bytes; the guest keeps the old size \
+         (disks grow, they do not shrink)"
+    )]
+    Shrunk { old: u64, new: u64 },
 }
 
 /// Copies `src` config bytes at `offset` into `data`, zero past the end.

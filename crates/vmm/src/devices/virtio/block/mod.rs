@@ -2,8 +2,15 @@
 //! Requests are served synchronously on the notifying vCPU thread with positioned I/O, so
 //! the file offset is never shared state. Sector numbers and lengths come from the guest and
 //! are checked against the image size before any I/O.
+//!
+//! The image may grow while the guest runs: the host extends the file, then the control
+//! socket's `resize_disk` makes [`VirtioDevice::host_resize`] re-read its size, and the
+//! transport raises the configuration change interrupt so the guest's driver re-reads
+//! `capacity`. The request path never looks at the file's size, only at `size`, so growing
+//! costs it nothing.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +19,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{
-    ChainError, Desc, TYPE_BLOCK, VirtioDevice, add_used, collect_chain, read_config_bytes,
+    ChainError, Desc, ResizeError, Resized, TYPE_BLOCK, VirtioDevice, add_used, collect_chain,
+    read_config_bytes,
 };
 use crate::memory::GuestMemory;
 use crate::stats::DeviceStats;
@@ -81,7 +89,7 @@ impl Block {
             .write(!read_only)
             .open(path)
             .map_err(err)?;
-        let size = file.metadata().map_err(err)?.len();
+        let size = file_size(&file).map_err(err)?;
         Ok(Self::from_file(file, size, read_only, id, stats))
     }
 
@@ -97,16 +105,27 @@ impl Block {
             *d = s;
         }
         let mut config = [0u8; 16];
-        config[..8].copy_from_slice(&(size / SECTOR_SIZE).to_le_bytes());
         // size_max (8..12) unused; seg_max bounds data descriptors per request.
         config[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
-        Block {
+        let mut b = Block {
             file,
-            size,
+            size: 0,
             read_only,
             id: idb,
             config,
             stats,
+        };
+        b.set_size(size);
+        b
+    }
+
+    /// Sets the size requests are checked against and the `capacity` the guest reads (whole
+    /// sectors: a partial last sector is never addressable).
+    fn set_size(&mut self, size: u64) {
+        self.size = size;
+        self.config[..8].copy_from_slice(&(size / SECTOR_SIZE).to_le_bytes());
+        if let Some(c) = &self.stats.capacity {
+            c.store(size, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -224,6 +243,20 @@ impl Block {
     }
 }
 
+/// The file's size by `fstat`: std's `metadata` tries `statx` first, which the main thread's
+/// seccomp filter does not allow (a resize runs there).
+fn file_size(file: &File) -> std::io::Result<u64> {
+    // SAFETY: fstat on an fd we own into a zeroed local stat buffer; checked below.
+    let (rc, st) = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::fstat(file.as_raw_fd(), &mut st), st)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    u64::try_from(st.st_size).map_err(|_| std::io::Error::other("negative file size"))
+}
+
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
         TYPE_BLOCK
@@ -239,6 +272,16 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
+    }
+
+    fn host_resize(&mut self) -> Result<Resized, ResizeError> {
+        let old = self.size;
+        let new = file_size(&self.file).map_err(ResizeError::Stat)?;
+        if new < old {
+            return Err(ResizeError::Shrunk { old, new });
+        }
+        self.set_size(new);
+        Ok(Resized { old, new })
     }
 
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemory) -> bool {
@@ -506,6 +549,69 @@ mod tests {
         run(&mut b, &t, &m);
         assert_eq!(status(&m), S_OK);
         assert_eq!(read(&m, DATA, 4), vec![5u8; 4]);
+    }
+
+    fn capacity(b: &Block) -> u64 {
+        let mut c = [0u8; 8];
+        b.read_config(0, &mut c);
+        u64::from_le_bytes(c)
+    }
+
+    #[test]
+    fn host_resize_updates_capacity_and_the_bound_on_requests() {
+        let m = mem();
+        let stats = Arc::new(DeviceStats {
+            capacity: Some(Default::default()),
+            ..DeviceStats::default()
+        });
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(8 * 512).unwrap();
+        let mut b = Block::open(f.path(), false, "d", stats.clone()).unwrap();
+        assert_eq!(capacity(&b), 8);
+        // seg_max is untouched by a resize.
+        let mut seg = [0u8; 4];
+        b.read_config(12, &mut seg);
+        assert_eq!(u32::from_le_bytes(seg), u32::from(QUEUE_SIZE - 2));
+        let read_sector = |b: &mut Block, sector: u64| {
+            let mut t = TestQueue::new(&m);
+            header(&m, T_IN, sector);
+            t.add_chain(&[(HDR, 16, 0), (DATA, 512, F_WRITE), (STATUS, 1, F_WRITE)]);
+            run(b, &t, &m);
+            status(&m)
+        };
+        assert_eq!(read_sector(&mut b, 8), S_IOERR);
+
+        // Grown sparsely by the host, plus half a sector that stays out of reach.
+        f.as_file().set_len(32 * 512 + 256).unwrap();
+        assert_eq!(
+            b.host_resize().unwrap(),
+            Resized {
+                old: 8 * 512,
+                new: 32 * 512 + 256
+            }
+        );
+        assert_eq!(capacity(&b), 32);
+        assert_eq!(
+            stats
+                .capacity
+                .as_ref()
+                .unwrap()
+                .load(std::sync::atomic::Ordering::Relaxed),
+            32 * 512 + 256
+        );
+        assert_eq!(read_sector(&mut b, 31), S_OK);
+        assert_eq!(read_sector(&mut b, 32), S_IOERR);
+        b.read_config(12, &mut seg);
+        assert_eq!(u32::from_le_bytes(seg), u32::from(QUEUE_SIZE - 2));
+
+        // Unchanged is not an error; shrunk is refused and the old size stays.
+        assert_eq!(b.host_resize().unwrap().new, 32 * 512 + 256);
+        f.as_file().set_len(4 * 512).unwrap();
+        assert!(matches!(
+            b.host_resize(),
+            Err(ResizeError::Shrunk { new: 2048, .. })
+        ));
+        assert_eq!(capacity(&b), 32);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{VIRTIO_F_VERSION_1, VirtioDevice};
+use super::{ResizeError, Resized, VIRTIO_F_VERSION_1, VirtioDevice};
 use crate::bus::BusDevice;
 use crate::memory::GuestMemory;
 
@@ -49,6 +49,8 @@ pub const STATUS_FEATURES_OK: u32 = 8;
 pub const STATUS_NEEDS_RESET: u32 = 0x40;
 pub const STATUS_FAILED: u32 = 0x80;
 pub const INT_USED_RING: u32 = 1;
+/// VIRTIO_MMIO_INT_CONFIG: the device's configuration space changed.
+pub const INT_CONFIG: u32 = 2;
 
 /// Interrupt line of one transport: status bits the guest reads, and the irqfd.
 #[derive(Debug)]
@@ -68,6 +70,12 @@ impl Interrupt {
     /// Signals used buffers. A full eventfd counter only means the interrupt is pending.
     pub fn signal_used(&self) {
         self.status.fetch_or(INT_USED_RING, Ordering::SeqCst);
+        let _ = self.irqfd.write(1);
+    }
+
+    /// Signals a configuration change (same line, its own status bit).
+    pub fn signal_config(&self) {
+        self.status.fetch_or(INT_CONFIG, Ordering::SeqCst);
         let _ = self.irqfd.write(1);
     }
 }
@@ -212,6 +220,23 @@ impl MmioTransport {
         }
     }
 
+    /// The host changed the device's backing (a disk image grew): the device re-reads it,
+    /// and when its size changed the config generation moves on (a driver reading the
+    /// 8-byte capacity in two halves retries across a change) and, once the driver is up,
+    /// the configuration change interrupt is raised. Before DRIVER_OK the driver reads
+    /// config space during its probe anyway. Called from the control socket; the transport's
+    /// lock orders it with the vCPUs' config reads and requests.
+    pub fn host_resize(&mut self) -> Result<Resized, ResizeError> {
+        let r = self.device.host_resize()?;
+        if r.new != r.old {
+            self.config_generation = self.config_generation.wrapping_add(1);
+            if self.driver_ok() {
+                self.interrupt.signal_config();
+            }
+        }
+        Ok(r)
+    }
+
     fn read_reg(&mut self, offset: u64) -> u32 {
         match offset {
             REG_MAGIC => MAGIC,
@@ -324,6 +349,33 @@ mod tests {
 
     /// Counts process calls; offers one queue of 16 and feature bit 5.
     struct Dummy(Arc<Mutex<Vec<usize>>>);
+
+    /// A device whose size the test sets: `host_resize` reports the change.
+    struct Resizable(Arc<Mutex<(u64, u64)>>);
+    impl VirtioDevice for Resizable {
+        fn device_type(&self) -> u32 {
+            2
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            let cur = crate::bus::lock(&self.0).0;
+            super::super::read_config_bytes(&cur.to_le_bytes(), offset, data);
+        }
+        fn process_queue(&mut self, _i: usize, _q: &mut [Queue], _m: &GuestMemory) -> bool {
+            false
+        }
+        fn host_resize(&mut self) -> Result<Resized, ResizeError> {
+            let mut s = crate::bus::lock(&self.0);
+            let old = s.0;
+            s.0 = s.1;
+            Ok(Resized { old, new: s.0 })
+        }
+    }
     impl VirtioDevice for Dummy {
         fn device_type(&self) -> u32 {
             4
@@ -405,6 +457,51 @@ mod tests {
         w(&mut t, REG_STATUS, 0);
         assert_eq!(r(&mut t, REG_STATUS), 0);
         assert_eq!(r(&mut t, REG_QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn host_resize_bumps_the_generation_and_raises_the_config_interrupt() {
+        let sizes = Arc::new(Mutex::new((4096u64, 4096u64)));
+        let interrupt = Interrupt::new().unwrap();
+        let mut t =
+            MmioTransport::new(Box::new(Resizable(sizes.clone())), mem(), interrupt.clone())
+                .unwrap();
+        // Before DRIVER_OK: config and generation change, no interrupt (the probe reads it).
+        crate::bus::lock(&sizes).1 = 8192;
+        assert_eq!(
+            t.host_resize().unwrap(),
+            Resized {
+                old: 4096,
+                new: 8192
+            }
+        );
+        assert_eq!(r(&mut t, REG_CONFIG_GENERATION), 1);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
+        assert!(interrupt.irqfd.read().is_err(), "no interrupt yet");
+        bring_up(&mut t, 1);
+        w(&mut t, REG_STATUS, 0xf);
+        assert_eq!(r(&mut t, REG_STATUS) & STATUS_DRIVER_OK, STATUS_DRIVER_OK);
+        // Unchanged: nothing moves.
+        t.host_resize().unwrap();
+        assert_eq!(r(&mut t, REG_CONFIG_GENERATION), 1);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
+        // Grown while the driver runs: bit 1 on the device's line, the new bytes readable.
+        crate::bus::lock(&sizes).1 = 1 << 33;
+        t.host_resize().unwrap();
+        assert_eq!(r(&mut t, REG_CONFIG_GENERATION), 2);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_CONFIG);
+        assert_eq!(interrupt.irqfd.read().unwrap(), 1);
+        assert_eq!(r(&mut t, CONFIG_SPACE), 0);
+        assert_eq!(r(&mut t, CONFIG_SPACE + 4), 2);
+        // A used-ring interrupt on top keeps both bits until each is acknowledged.
+        interrupt.signal_used();
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_CONFIG | INT_USED_RING);
+        w(&mut t, REG_INTERRUPT_ACK, INT_CONFIG);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_USED_RING);
+        // A device without a size refuses; nothing moves.
+        let (mut d, _) = setup();
+        assert!(matches!(d.host_resize(), Err(ResizeError::NotResizable(4))));
+        assert_eq!(r(&mut d, REG_CONFIG_GENERATION), 0);
     }
 
     #[test]
