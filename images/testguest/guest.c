@@ -19,6 +19,9 @@
  *   testguest.corrupt=1                after the block checks, offer malformed chains and
  *                                      move the avail index past the ring
  *   testguest.smp=0                    do not start the application processors
+ *   testguest.blk_resize=1             after the first disk's checks, wait (polling its
+ *                                      InterruptStatus) for a configuration change, then
+ *                                      print and use the new capacity
  */
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -647,8 +650,10 @@ enum {
 	R_QUEUE_NUM_MAX = 0x034, R_QUEUE_NUM = 0x038, R_QUEUE_READY = 0x044,
 	R_QUEUE_NOTIFY = 0x050, R_INT_STATUS = 0x060, R_INT_ACK = 0x064, R_STATUS = 0x070,
 	R_DESC_LO = 0x080, R_DESC_HI = 0x084, R_AVAIL_LO = 0x090, R_AVAIL_HI = 0x094,
-	R_USED_LO = 0x0a0, R_USED_HI = 0x0a4, R_CONFIG = 0x100,
+	R_USED_LO = 0x0a0, R_USED_HI = 0x0a4, R_CONFIG_GEN = 0x0fc, R_CONFIG = 0x100,
 };
+/* InterruptStatus bits: used buffers, configuration change. */
+enum { INT_USED = 1, INT_CONFIG = 2 };
 enum { S_ACK = 1, S_DRIVER = 2, S_DRIVER_OK = 4, S_FEATURES_OK = 8, S_FAILED = 128 };
 
 struct desc {
@@ -860,6 +865,62 @@ static void corrupt_queue(struct vq *q, const char *name)
 	puts("testguest: corrupt: avail index moved 1000 entries past the ring\n");
 }
 
+/* Capacity as Linux's virtio_cread reads a 64-bit field: two 32-bit halves, retried until
+ * ConfigGeneration is the same before and after. */
+static u64 blk_capacity(struct vdev *d, u32 *gen)
+{
+	u32 g1, g2;
+	u64 cap;
+	do {
+		g1 = mmio_read32(d->base + R_CONFIG_GEN);
+		cap = mmio_read32(d->base + R_CONFIG) |
+		      ((u64)mmio_read32(d->base + R_CONFIG + 4) << 32);
+		g2 = mmio_read32(d->base + R_CONFIG_GEN);
+	} while (g1 != g2);
+	*gen = g1;
+	return cap;
+}
+
+/* testguest.blk_resize=1: the host grows the image and tells the VMM (resize_disk). Interrupts
+ * stay off, so this polls InterruptStatus for the configuration change bit, as a driver's
+ * handler would find it, for up to about a minute of TSC ticks; then it reads the new capacity
+ * and uses it. */
+static void wait_blk_resize(struct vdev *d, struct vq *q, const char *name, u64 old_cap)
+{
+	u32 gen0, gen;
+	blk_capacity(d, &gen0);
+	puts("testguest: ");
+	puts(name);
+	puts("waiting for a config change\n");
+	u64 t0 = rdtsc();
+	u32 isr;
+	while (!((isr = mmio_read32(d->base + R_INT_STATUS)) & INT_CONFIG) &&
+	       rdtsc() - t0 < 100000000000UL)
+		for (int i = 0; i < 2000; i++)
+			__asm__ volatile("pause");
+	result(isr & INT_CONFIG, name);
+	puts("configuration change interrupt\n");
+	if (!(isr & INT_CONFIG))
+		return;
+	mmio_write32(d->base + R_INT_ACK, INT_CONFIG);
+	u64 cap = blk_capacity(d, &gen);
+	result(gen != gen0 && cap > old_cap, name);
+	puts("resized: config generation ");
+	put_dec(gen0);
+	puts(" -> ");
+	put_dec(gen);
+	puts(", capacity ");
+	put_dec(cap);
+	puts(" sectors\n");
+	u8 *bufs[1] = {sect_a};
+	int st = blk_io(q, 0, cap - 1, bufs, 1, 512);
+	result(st == 0, name);
+	puts("read the new last sector\n");
+	st = blk_io(q, 0, cap, bufs, 1, 512);
+	result(st == 1, name);
+	puts("read past the new end refused with IOERR\n");
+}
+
 static void test_blk(struct vdev *d, int n)
 {
 	struct vq q;
@@ -922,6 +983,10 @@ static void test_blk(struct vdev *d, int n)
 	st = blk_io(&q, 0, cap, bufs, 1, 512);
 	result(st == 1, name);
 	puts("read past the end refused with IOERR\n");
+
+	const char *resize = param("testguest.blk_resize");
+	if (n == 0 && resize && resize[0] == '1')
+		wait_blk_resize(d, &q, name, cap);
 
 	const char *io = param("testguest.blk_io");
 	u64 count = io ? parse_num(&io) : 0;

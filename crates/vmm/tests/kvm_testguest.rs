@@ -955,3 +955,92 @@ fn kvm_stdin_terminal_is_raw_while_the_guest_runs() {
     assert_eq!(after.c_cflag, before.c_cflag);
     assert_eq!(after.c_cc, before.c_cc);
 }
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_a_grown_disk_reaches_the_running_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl.sock");
+    let disk = make_disk(dir.path());
+    let mut child = Command::new(VMM)
+        .args([
+            "--kernel",
+            guest(),
+            "--disk",
+            disk.to_str().unwrap(),
+            "--control",
+            ctl.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 testguest.hold=1 testguest.smp=0 testguest.blk_resize=1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnPanic(child.id());
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = String::new();
+    let mut until = |want: &str| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("never saw {want:?} in:\n{seen}"));
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(want) {
+            return seen.clone();
+        }
+    };
+    until("blk0: waiting for a config change");
+    wait_for(&ctl);
+    let mut s = BufReader::new(UnixStream::connect(&ctl).unwrap());
+    let vda = |r: &serde_json::Value| {
+        r["stats"]["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == "vda")
+            .unwrap()["capacity_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let old = (DISK_SECTORS * 512) as u64;
+    assert_eq!(vda(&request(&mut s, r#"{"cmd":"stats"}"#)), old);
+    let file = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    // A shrunk image is refused and the guest is not disturbed (it keeps waiting).
+    file.set_len(old / 2).unwrap();
+    let r = request(&mut s, r#"{"cmd":"resize_disk","index":0}"#);
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("shrank"), "{r}");
+    let r = request(&mut s, r#"{"cmd":"resize_disk","index":1}"#);
+    assert_eq!(r["ok"], false, "{r}");
+    // Grown (sparsely) to three times the size: the guest gets the interrupt and uses it.
+    file.set_len(3 * old).unwrap();
+    let r = request(&mut s, r#"{"cmd":"resize_disk","index":0}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["disk"]["old_bytes"], old, "{r}");
+    assert_eq!(r["disk"]["new_bytes"], 3 * old, "{r}");
+    let out = until("testguest: holding");
+    for line in [
+        "blk0: configuration change interrupt",
+        &format!(
+            "blk0: resized: config generation 0 -> 1, capacity {} sectors",
+            3 * DISK_SECTORS
+        ),
+        "blk0: read the new last sector",
+        "blk0: read past the new end refused with IOERR",
+    ] {
+        assert_pass(&out, line);
+    }
+    assert!(out.contains("testguest: ALL PASS"), "{out}");
+    assert_eq!(vda(&request(&mut s, r#"{"cmd":"stats"}"#)), 3 * old);
+    assert_eq!(request(&mut s, r#"{"cmd":"shutdown"}"#)["ok"], true);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
