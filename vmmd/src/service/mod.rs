@@ -301,7 +301,15 @@ impl Service {
     ) -> Result<(Service, Loaded)> {
         let (store, mut loaded) = Store::open(data_root)?;
         let mut records = Index::default();
-        for vm in loaded.vms.drain(..) {
+        for mut vm in loaded.vms.drain(..) {
+            // A disk file is what its guest sees; a record that lags one (vmmd stopped
+            // between growing it and storing the update) is brought in line.
+            if vm.brand.is_microvm()
+                && provision::disk_sizes_from_files(&mut vm)
+                && let Err(e) = store.put(&vm)
+            {
+                tracing::warn!(uuid = %vm.uuid, error = %e, "cannot store disk sizes read from the files");
+            }
             records.insert(Arc::new(Record::new(vm)));
         }
         let (events, _) = broadcast::channel(1024);
@@ -683,6 +691,15 @@ impl Service {
             update::apply(&current, &upd, &self.data_root, &others)
                 .map_err(ServiceError::Invalid)?
         };
+        let growth = {
+            let mut report = ValidationReport::default();
+            let file = |p: &str| provision::disk_file_bytes(Path::new(p));
+            let growth = update::disk_growth(&upd, &file, &mut report);
+            if !report.is_empty() {
+                return Err(ServiceError::Invalid(report));
+            }
+            growth
+        };
         next.last_modified = now();
         if changes.iter().any(|c| c == "quota")
             && next.brand.is_microvm()
@@ -765,11 +782,22 @@ impl Service {
         } else {
             Ok(None)
         };
+        // Disk files grow last before the store, so that only the store's failure has to take
+        // them back; what a running guest already saw stays.
+        let mut undo_growth = Vec::new();
         let persisted = match applied {
-            Ok(undo) => self.persist(&next).await.map_err(|e| (e, undo)),
+            Ok(undo) => match self.grow_disks(&current, growth).await {
+                Ok(g) => {
+                    undo_growth = g;
+                    self.persist(&next).await.map_err(|e| (e, undo))
+                }
+                Err(e) => Err((e, undo)),
+            },
             Err(e) => Err((e, None)),
         };
         if let Err((e, undo_limits)) = persisted {
+            let grown = std::mem::take(&mut undo_growth);
+            let _ = tokio::task::spawn_blocking(move || provision::shrink_back(&grown)).await;
             // Nothing changed: the disks it made go, the NICs and limits go back.
             let cow = self.cow.clone();
             let _ =
@@ -803,6 +831,55 @@ impl Service {
         write(&self.records).insert(next.clone());
         self.emit(EventKind::Modify, &next, changes);
         Ok(next)
+    }
+
+    /// Grows an update's disk files and, when the microVM runs, has its VMM take each new
+    /// size (`resize_disk`: the guest sees it without a reboot). When the VMM refuses or
+    /// cannot be reached, the files it has not taken go back to their old sizes and the update
+    /// fails. Returns what may still be undone: every grown file of a stopped guest, none
+    /// of a running one (its guest may already use the new blocks).
+    async fn grow_disks(
+        &self,
+        current: &Vm,
+        growth: Vec<(String, u64)>,
+    ) -> Result<Vec<provision::Grown>> {
+        if growth.is_empty() {
+            return Ok(Vec::new());
+        }
+        let grown = tokio::task::spawn_blocking(move || provision::grow_disks(&growth))
+            .await?
+            .map_err(images::store_error)?;
+        if !(current.brand.is_microvm() && current.state == VmState::Running) {
+            return Ok(grown);
+        }
+        let (z, uuid) = (self.zones.clone(), current.uuid);
+        let (told, left) = tokio::task::spawn_blocking(move || {
+            let mut grown = grown;
+            for i in 0..grown.len() {
+                // A disk added while the guest runs is not in its VMM: it sees the file's
+                // size when it boots.
+                let index = match z.vmm_disk_index(uuid, &grown[i].path) {
+                    Ok(Some(index)) => index,
+                    Ok(None) => continue,
+                    Err(e) => return (Err(e), grown.split_off(i)),
+                };
+                let req = serde_json::json!({"cmd": "resize_disk", "index": index});
+                if let Err(e) = z.vmm_command(uuid, &req) {
+                    return (Err(e), grown.split_off(i));
+                }
+            }
+            (Ok(()), Vec::new())
+        })
+        .await?;
+        if let Err(e) = told {
+            let problems =
+                tokio::task::spawn_blocking(move || provision::shrink_back(&left)).await?;
+            for p in problems {
+                tracing::warn!(%uuid, problem = %p, "a disk grown for a failed update stays grown");
+            }
+            return Err(ServiceError::Zone(e));
+        }
+        Ok(Vec::new())
     }
 
     /// Applies `next`'s limits to the running guest's cgroup and returns the limits that

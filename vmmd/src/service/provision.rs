@@ -2,7 +2,8 @@
 //! microVM's disks cloned or made blank, the quota set. All or nothing: on any error what was
 //! made is destroyed. Runs on a blocking thread.
 
-use std::path::Path;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
 
 use hull_cowstore::backend::BackendError;
 use hull_cowstore::store::{Store, StoreError};
@@ -124,6 +125,111 @@ pub fn make_disks(store: &Store, vm: &Vm, disks: &[DiskSpec]) -> Result<Warnings
     Ok(warnings)
 }
 
+/// The size of the regular file at `path`; `None` when there is none (a missing disk, a
+/// block device whose length is not a file's).
+pub fn disk_file_bytes(path: &Path) -> Option<u64> {
+    std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+}
+
+/// A disk file an update grew, and the size it had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grown {
+    pub path: PathBuf,
+    pub old_bytes: u64,
+    pub new_bytes: u64,
+}
+
+/// Grows each `(path, bytes)` to `bytes` and syncs it. Sparse: `set_len` allocates nothing,
+/// and it is the same call for a reflinked clone (btrfs, xfs: the new tail is the file's own,
+/// shared extents stay shared) and a copied file on an overlay data root. A file that is not
+/// smaller is left alone. On an error the files grown so far go back to their old size.
+pub fn grow_disks(wanted: &[(String, u64)]) -> Result<Vec<Grown>, StoreError> {
+    let mut grown = Vec::new();
+    for (path, bytes) in wanted {
+        let path = Path::new(path);
+        let io = |action: &'static str| {
+            move |source| StoreError::Io {
+                action,
+                path: path.to_path_buf(),
+                source,
+            }
+        };
+        let result = (|| {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io("open the disk"))?;
+            let old = f.metadata().map_err(io("stat the disk"))?.len();
+            if old >= *bytes {
+                return Ok(None);
+            }
+            f.set_len(*bytes).map_err(io("grow the disk"))?;
+            let done = Grown {
+                path: path.to_path_buf(),
+                old_bytes: old,
+                new_bytes: *bytes,
+            };
+            if let Err(e) = f.sync_all() {
+                // Grown but not known to be durable: take it back with the others.
+                grown.push(done);
+                return Err(io("sync the disk")(e));
+            }
+            Ok(Some(done))
+        })();
+        match result {
+            Ok(Some(g)) => grown.push(g),
+            Ok(None) => {}
+            Err(e) => {
+                shrink_back(&grown);
+                return Err(e);
+            }
+        }
+    }
+    Ok(grown)
+}
+
+/// Undoes [`grow_disks`] for a guest that never saw the new sizes; returns what could not be
+/// undone, to log. Only ever cuts what the grow added, which held no data.
+pub fn shrink_back(grown: &[Grown]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for g in grown {
+        let r = OpenOptions::new()
+            .write(true)
+            .open(&g.path)
+            .and_then(|f| f.set_len(g.old_bytes).and_then(|()| f.sync_all()));
+        if let Err(e) = r {
+            problems.push(format!(
+                "cannot shrink {} back to {} bytes: {e}",
+                g.path.display(),
+                g.old_bytes
+            ));
+        }
+    }
+    problems
+}
+
+/// Makes a record's disk sizes (MiB) say what the files hold: the file is what the guest
+/// sees, and vmmd may have stopped between growing one and storing the record. Disks without
+/// a size or a file are left. Returns whether anything changed.
+pub fn disk_sizes_from_files(vm: &mut Vm) -> bool {
+    let mut changed = false;
+    for d in &mut vm.disks {
+        let (Some(size), Some(path)) = (d.size, d.path.as_deref()) else {
+            continue;
+        };
+        if let Some(bytes) = disk_file_bytes(Path::new(path))
+            && bytes >> 20 != size
+        {
+            d.size = Some(bytes >> 20);
+            changed = true;
+        }
+    }
+    changed
+}
+
 fn make_disk(store: &Store, vm: &Vm, disk: &DiskSpec) -> Result<Warnings, StoreError> {
     let mut warnings = Warnings::new();
     let guest_dir = store.guest_dir(vm.uuid);
@@ -157,4 +263,62 @@ fn make_disk(store: &Store, vm: &Vm, disk: &DiskSpec) -> Result<Warnings, StoreE
         }
     }
     Ok(warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &Path, name: &str, bytes: u64) -> String {
+        let p = dir.join(name);
+        std::fs::File::create(&p)
+            .and_then(|f| f.set_len(bytes))
+            .expect("file");
+        p.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn disks_grow_sparsely_and_can_be_taken_back() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = file(dir.path(), "a.img", 1 << 20);
+        let b = file(dir.path(), "b.img", 4 << 20);
+        let grown = grow_disks(&[(a.clone(), 64 << 20), (b.clone(), 4 << 20)]).expect("grows");
+        assert_eq!(
+            grown,
+            [Grown {
+                path: PathBuf::from(&a),
+                old_bytes: 1 << 20,
+                new_bytes: 64 << 20
+            }]
+        );
+        let meta = std::fs::metadata(&a).expect("stat");
+        assert_eq!(meta.len(), 64 << 20);
+        assert!(meta.blocks() * 512 < 1 << 20, "no blocks were written");
+        assert!(shrink_back(&grown).is_empty());
+        assert_eq!(disk_file_bytes(Path::new(&a)), Some(1 << 20));
+        // A missing file fails the whole grow, and what it grew first goes back.
+        let gone = dir.path().join("gone.img").to_string_lossy().into_owned();
+        let e = grow_disks(&[(a.clone(), 8 << 20), (gone, 8 << 20)]).expect_err("missing");
+        assert!(e.to_string().contains("open the disk"), "{e}");
+        assert_eq!(disk_file_bytes(Path::new(&a)), Some(1 << 20));
+        assert_eq!(disk_file_bytes(dir.path()), None, "not a file");
+    }
+
+    #[test]
+    fn record_sizes_follow_the_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = file(dir.path(), "a.img", 300 << 20);
+        use crate::service::convert::{Context, MacPool, new_record};
+        let create = hull_spec::validate_create(&serde_json::json!({"brand": "kvm",
+            "disks": [{"path": a, "size": 100}, {"path": "/nonexistent/b.img", "size": 7},
+                      {"path": a}]}))
+        .expect("valid");
+        let mut vm =
+            new_record(create, &Context::fixed(), &mut MacPool::new(&|_| false)).expect("vm");
+        assert!(disk_sizes_from_files(&mut vm));
+        let sizes: Vec<_> = vm.disks.iter().map(|d| d.size).collect();
+        assert_eq!(sizes, [Some(300), Some(7), None]);
+        assert!(!disk_sizes_from_files(&mut vm), "nothing left to change");
+    }
 }

@@ -365,6 +365,40 @@ fn apply_disks(
     changed
 }
 
+/// The disk files an update grows, as (path, bytes), checked against the files themselves:
+/// the file is what the guest sees, and a record can lag it (vmmd stopped between growing
+/// a file and storing the record). A size below the file's is refused like one below the
+/// record's; an unchanged size grows nothing. `file_bytes` is a disk file's size, `None` when
+/// there is no file to look at.
+pub fn disk_growth(
+    u: &VmUpdate,
+    file_bytes: &dyn Fn(&str) -> Option<u64>,
+    r: &mut ValidationReport,
+) -> Vec<(String, u64)> {
+    let mut grow = Vec::new();
+    for (i, upd) in u.update_disks.iter().flatten().enumerate() {
+        let Some(mib) = upd.size else {
+            continue;
+        };
+        let Some(want) = mib.checked_mul(1 << 20) else {
+            r.bad_value(format!("update_disks.{i}.size"), "size is too large");
+            continue;
+        };
+        match file_bytes(&upd.path) {
+            Some(have) if have > want => r.bad_value(
+                format!("update_disks.{i}.size"),
+                format!(
+                    "the disk file is {} MiB; disks can grow but not shrink",
+                    have >> 20
+                ),
+            ),
+            Some(have) if have == want => {}
+            _ => grow.push((upd.path.clone(), want)),
+        }
+    }
+    grow
+}
+
 fn check_routes_still_point_at_nics(vm: &Vm, r: &mut ValidationReport) {
     for (dest, gw) in &vm.routes {
         if let Some(i) = gw
@@ -511,5 +545,29 @@ mod tests {
         );
         let r = apply(&next, &u, Path::new("/var/lib/hull"), &|_| false).expect_err("shrink");
         assert_eq!(r.bad_values, ["update_disks.0.size"]);
+    }
+
+    #[test]
+    fn disk_growth_is_checked_against_the_files() {
+        let u = upd(
+            json!({"update_disks": [
+                {"path": "/d/a.img", "size": 200},
+                {"path": "/d/b.img", "size": 100},
+                {"path": "/d/c.img", "size": 50},
+                {"path": "/d/d.img", "read_only": true}]}),
+            Brand::Kvm,
+        );
+        let files = |p: &str| match p {
+            "/d/a.img" => Some(100 << 20),
+            "/d/b.img" => Some(100 << 20),
+            "/d/c.img" => Some(60 << 20),
+            _ => None,
+        };
+        let mut r = ValidationReport::default();
+        let grow = disk_growth(&u, &files, &mut r);
+        // a grows, b is already that size, c would shrink, d has no size.
+        assert_eq!(grow, [("/d/a.img".to_string(), 200 << 20)]);
+        assert_eq!(r.bad_values, ["update_disks.2.size"]);
+        assert!(r.to_string().contains("the disk file is 60 MiB"), "{r}");
     }
 }

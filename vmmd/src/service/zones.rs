@@ -536,14 +536,28 @@ impl Zones {
     /// The VMM runs the guest and is not trusted more than it: the reply is one line of at
     /// most 1 MiB of JSON, read with a timeout.
     pub fn vmm_request(&self, uuid: Uuid, cmd: &str) -> Result<serde_json::Value, ZoneError> {
+        self.vmm_command(uuid, &serde_json::json!({ "cmd": cmd }))
+    }
+
+    /// [`Self::vmm_request`] for a command with arguments: `req` is the whole request object,
+    /// `{"cmd": ..., ...}`.
+    pub fn vmm_command(
+        &self,
+        uuid: Uuid,
+        req: &serde_json::Value,
+    ) -> Result<serde_json::Value, ZoneError> {
         use std::io::Read;
+        let cmd = req
+            .get("cmd")
+            .and_then(|c| c.as_str())
+            .unwrap_or("a command");
         let ctl_err = |reason: String| ZoneError::Control { uuid, reason };
         let path = self.dir(uuid).join(files::VMM_DIR).join(files::VMM_CONTROL);
         let mut s = UnixStream::connect(&path)
             .map_err(|e| ctl_err(format!("cannot reach its VMM at {}: {e}", path.display())))?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-        let line = format!("{}\n", serde_json::json!({ "cmd": cmd }));
+        let line = format!("{req}\n");
         s.write_all(line.as_bytes())
             .map_err(|e| ctl_err(format!("cannot talk to its VMM: {e}")))?;
         let mut reply = String::new();
@@ -560,6 +574,18 @@ impl Zones {
             return Err(ctl_err(format!("its VMM refused {cmd}: {why}")));
         }
         Ok(reply)
+    }
+
+    /// Which `--disk` of a running microVM's VMM the disk at host path `disk` is (0 is vda),
+    /// from the zone config the VMM was started with: the record's order may have changed
+    /// since, and a disk added while it runs is not in it (`None`).
+    pub fn vmm_disk_index(&self, uuid: Uuid, disk: &Path) -> Result<Option<usize>, ZoneError> {
+        let path = self.dir(uuid).join(files::CONFIG);
+        let cfg: ZoneConfig = read_json(&path).map_err(|e| ZoneError::Control {
+            uuid,
+            reason: format!("cannot read its VMM's disks from {}: {e}", path.display()),
+        })?;
+        Ok(vmm_disk_index(&cfg, disk))
     }
 
     /// Waits until the zone's zoned has exited, up to `limit`.
@@ -1020,6 +1046,18 @@ pub fn vm_config(vm: &Vm, vmm: &VmmFiles, run: &Path, id_base: u32) -> Result<Zo
     })
 }
 
+/// Which `--disk` argument of a microVM zone's VMM carries the host file `disk`.
+pub fn vmm_disk_index(cfg: &ZoneConfig, disk: &Path) -> Option<usize> {
+    let RootSpec::Vmm { files } = &cfg.root else {
+        return None;
+    };
+    let at = &files.iter().find(|f| f.host == disk)?.at;
+    cfg.init
+        .windows(2)
+        .filter(|w| w[0] == "--disk")
+        .position(|w| Path::new(w[1].strip_suffix(",ro").unwrap_or(&w[1])) == at)
+}
+
 /// The zoned config of a zone guest.
 pub fn config(vm: &Vm, root: RootSource, id_base: u32) -> ZoneConfig {
     let root = match root {
@@ -1119,6 +1157,12 @@ mod tests {
         );
         assert_eq!(cfg.cgroup, format!("hull/{}", vm.uuid));
         assert_eq!(cfg.limits.memory_bytes, Some((96 + 1024) << 20));
+        // A disk resize finds the VMM's index by host path: the boot disk went first.
+        let idx = |p: &str| vmm_disk_index(&cfg, Path::new(p));
+        assert_eq!(idx("/data/boot.img"), Some(0));
+        assert_eq!(idx("/data/d1.img"), Some(1));
+        assert_eq!(idx("/data/added-later.img"), None);
+        assert_eq!(idx("/boot/k"), None, "a file that is not a disk");
     }
 
     #[test]
