@@ -1,7 +1,8 @@
 #!/bin/busybox sh
 # L1 (inside QEMU TCG with emulated SVM, cgroup v2 only): run vmmd from the initramfs and
 # drive a microVM of Debian's stock kernel through vmadm: create with autoboot, console,
-# info, a graceful stop through the guest's ACPI power button, then the disk write.
+# info, growing the running guest's disk, a graceful stop through the guest's ACPI power
+# button, then the disk write.
 /bin/busybox --install -s /bin
 if [ "$$" = 1 ] && [ ! -e /.switched ]; then
   # pivot_root (zones and microVM zones) refuses the initramfs's rootfs: move into a tmpfs,
@@ -46,6 +47,14 @@ echo "L1: guest up after $(up) - $S s"
 PID=$(vmadm get "$UUID" | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p')
 [ -n "$PID" ] && echo "L1: VMM capabilities $(grep CapEff /proc/$PID/status | tr -s '\t ' ' '), $(grep NoNewPrivs /proc/$PID/status | tr -s '\t ' ' ')"
 vmadm info "$UUID" devices | grep -q '"vda"' && echo "L1: vmadm info lists vda"
+# Grow the running guest's disk from 8 to 24 MiB: the file grows, the VMM is told, and the
+# guest's /sys/block/vda/size follows.
+echo '{"update_disks": [{"path": "/var/lib/hull/disk.img", "size": 24}]}' | vmadm update "$UUID" > /tmp/update.out 2>&1 \
+  && echo "L1: vmadm update grew the disk to $(ls -ln /var/lib/hull/disk.img | awk '{print $5}') bytes" \
+  || sed 's/^/L1: FAIL vmadm update: /' /tmp/update.out
+for i in $(seq 240); do grep -q "L2: vda size changed" /tmp/console.log && break; sleep 0.5; done
+grep -a '^L2: vda size' /tmp/console.log | tr -d '\r'
+vmadm info "$UUID" devices | tr -d ' \n' | grep -q '"capacity_bytes":25165824' && echo "L1: vmadm info shows vda at 24 MiB"
 S=$(up)
 vmadm stop -t 120 "$UUID" > /tmp/stop.out 2>&1; RC=$?
 echo "L1: vmadm stop exit $RC after $(up) - $S s, state $(vmadm list -H -o state alias=nested)"

@@ -1,6 +1,7 @@
 #!/bin/busybox sh
 # L2 (Debian's stock kernel under hull's vmm, started by vmadm inside L1): checks its disk
-# and rng, then waits for the ACPI power button and powers off.
+# and rng, watches its disk's size (L1 grows it), then waits for the ACPI power button and
+# powers off.
 /bin/busybox --install -s /bin
 mkdir -p /proc /sys /dev
 mount -t proc proc /proc
@@ -21,6 +22,16 @@ for d in /sys/class/input/event*; do
   grep -q "Power Button" "$d/device/name" 2>/dev/null && EV=/dev/input/${d##*/}
 done
 echo "L2: power button device ${EV:-none}"
+# vmadm update grows the disk while this guest runs: its driver gets the config-change
+# interrupt and the kernel's idea of the size moves, without a reboot.
+if [ -b /dev/vda ]; then
+  (old=$(cat /sys/block/vda/size); echo "L2: vda size $old sectors"
+   for i in $(seq 1200); do
+     new=$(cat /sys/block/vda/size)
+     [ "$new" != "$old" ] && { echo "L2: vda size changed to $new sectors"; break; }
+     sleep 0.5
+   done) &
+fi
 echo "L2: waiting for the power button"
 [ -n "$EV" ] && head -c 1 "$EV" > /dev/null && echo "L2: power button pressed, powering off"
 poweroff -f
