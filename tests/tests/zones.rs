@@ -332,12 +332,11 @@ fn root_zlogin_relay_hands_the_zone_no_host_descriptor() {
         .collect();
     assert!(targets.len() >= 3, "{listing}");
     let host = d.dir.path().to_string_lossy().to_string();
+    // The shell opens nothing of its own while it lists (the glob is read before the loop
+    // and each $(...) is a pipe): a /proc path here would be a leaked descriptor too.
     for t in &targets {
         assert!(
-            t.starts_with("pipe:[")
-                || t.starts_with("/dev/pts/")
-                || *t == "/dev/null"
-                || t.starts_with("/proc/"),
+            t.starts_with("pipe:[") || t.starts_with("/dev/pts/") || *t == "/dev/null",
             "the zone's process holds {t:?}: {listing}"
         );
         assert!(!t.contains(&host) && !t.starts_with("socket:"), "{listing}");
@@ -374,6 +373,18 @@ fn root_zlogin_relay_hands_the_zone_no_host_descriptor() {
     );
     assert!(o.stdout == payload, "{} bytes came back", o.stdout.len());
     assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
+
+    // A command that closes its stdout early: its stderr is still relayed, and zlogin ends
+    // with it rather than waiting for an EOF that already came.
+    let t = Instant::now();
+    let o = zlogin(&["sh", "-c", "exec >&-; sleep 0.3; echo bye >&2; exit 4"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("zlogin");
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "bye\n");
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 
     // SIGINT to zlogin reaches the command's process group.
     let mut c = zlogin(&["sh", "-c", "sleep 100"])
@@ -901,19 +912,9 @@ fn exit_within(
     }
 }
 
-/// zlogin with a terminal (-t): the zone's command holds only its pty from the zone's
-/// devpts, not the caller's terminal nor any other descriptor of the caller's (here a
-/// socket as stderr), and its status passes through.
-#[test]
-#[ignore = "needs root: run with --run-ignored"]
-fn root_zlogin_relay_pty_hands_the_zone_no_host_descriptor() {
-    use std::io::Read;
+/// A pty of the host's devpts, as a caller's terminal: (master, slave).
+fn openpty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
     use std::os::fd::{FromRawFd, OwnedFd};
-    use std::os::unix::net::UnixStream;
-    use std::process::Stdio;
-    let d = Daemon::start();
-    install(&d);
-    let uuid = create(&d, serde_json::json!({}));
     let (mut master, mut slave) = (-1, -1);
     // SAFETY: openpty with pointers to two live integers and no name, termios or size.
     let r = unsafe {
@@ -927,7 +928,23 @@ fn root_zlogin_relay_pty_hands_the_zone_no_host_descriptor() {
     };
     assert_eq!(r, 0, "openpty");
     // SAFETY: two fresh descriptors from openpty, owned here from now on.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+/// zlogin with a terminal (-t): the zone's command holds only its pty from the zone's
+/// devpts, not the caller's terminal nor any other descriptor of the caller's (here a
+/// socket as stderr), and its status passes through.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_zlogin_relay_pty_hands_the_zone_no_host_descriptor() {
+    use std::io::Read;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+    use std::process::Stdio;
+    let d = Daemon::start();
+    install(&d);
+    let uuid = create(&d, serde_json::json!({}));
+    let (master, slave) = openpty();
     let host_tty = std::fs::read_link(format!("/proc/self/fd/{}", {
         use std::os::fd::AsRawFd;
         slave.as_raw_fd()
@@ -984,6 +1001,68 @@ fn root_zlogin_relay_pty_hands_the_zone_no_host_descriptor() {
         !listing.contains(&format!(" -> {host_pts}\r")),
         "{host_pts}: {listing}"
     );
+    let o = d.vmadm(&["delete", &uuid], None);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// zlogin with a terminal (-t): Ctrl-C typed on the caller's terminal (raw while zlogin runs,
+/// so ^C is a byte for the zone's pty, whose line discipline signals the foreground job) and
+/// SIGINT sent to zlogin (forwarded to that job) both interrupt the command at once.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_zlogin_relay_pty_passes_ctrl_c_and_sigint() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let d = Daemon::start();
+    install(&d);
+    let uuid = create(&d, serde_json::json!({}));
+    for how in ["a typed ^C", "SIGINT"] {
+        let (master, slave) = openpty();
+        let mut c = Command::new(bin("zlogin"))
+            .env("HULL_SOCKET", d.socket())
+            .args([&uuid, "sh", "-c", "echo ready; sleep 100; echo after"])
+            .stdin(Stdio::from(slave.try_clone().expect("dup")))
+            .stdout(Stdio::from(slave.try_clone().expect("dup")))
+            .stderr(Stdio::from(slave))
+            .spawn()
+            .expect("zlogin");
+        let mut master = std::fs::File::from(master);
+        let mut keys = master.try_clone().expect("dup");
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        // Reads until EIO (zlogin and the zone let the slave go); says when "ready" came.
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = master.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(5).any(|w| w == b"ready") {
+                    let _ = ready_tx.send(());
+                }
+            }
+            String::from_utf8_lossy(&out).to_string()
+        });
+        if ready.recv_timeout(Duration::from_secs(20)).is_err() {
+            let _ = c.kill();
+            panic!("{how}: the command never ran");
+        }
+        let t = Instant::now();
+        if how == "SIGINT" {
+            // SAFETY: kill with our child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+        } else {
+            keys.write_all(b"\x03").expect("type ^C");
+        }
+        let status = exit_within(&mut c, Duration::from_secs(10), how);
+        let took = t.elapsed();
+        drop(keys);
+        let out = reader.join().expect("reader");
+        assert_eq!(status.code(), Some(130), "{how}: {out}");
+        assert!(took < Duration::from_secs(5), "{how}: took {took:?}");
+        assert!(!out.contains("after"), "{how}: {out}");
+    }
     let o = d.vmadm(&["delete", &uuid], None);
     assert!(o.status.success(), "{}", text(&o));
 }
