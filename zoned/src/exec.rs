@@ -81,6 +81,9 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
         return Err(not_running());
     }
     let layout = Layout::detect()?;
+    // Joined before the fork so that the command is born in the zone's cgroup (on v1 a
+    // process inherits its parent's). The relay stays there: a zone that stops kills it
+    // with the command, which is also what lets the zone's cgroup be removed.
     Cgroup::open(&layout, &cfg.cgroup)?.add_pid(std::process::id() as i32)?;
     let filters = security::filters()?;
     let argv = if argv.is_empty() {
@@ -563,6 +566,8 @@ fn child_exec(argv: &[CString], cmd: &str, stdio: &Stdio, filters: &security::Fi
                 ));
             }
         }
+        // Unblocks what the relay blocked. Signals the caller ignores stay ignored (exec
+        // keeps SIG_IGN), as for a local child: `nohup zlogin ...` keeps its command alive.
         reset_signals()?;
         security::drop_privileges(security::KEPT_CAPS).map_err(|e| e.to_string())?;
         security::close_inherited_fds().map_err(|e| e.to_string())?;
