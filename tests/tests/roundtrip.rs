@@ -192,6 +192,22 @@ fn curl(d: &Daemon, args: &[&str]) -> (u16, Value) {
     (code.parse().expect("status"), body)
 }
 
+/// `PATCH /v1/vms/{uuid}` with a JSON body, through curl.
+fn patch(d: &Daemon, uuid: &str, body: &str) -> (u16, Value) {
+    curl(
+        d,
+        &[
+            "-X",
+            "PATCH",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            &format!("http://vmmd/v1/vms/{uuid}"),
+        ],
+    )
+}
+
 #[test]
 fn curl_round_trip() {
     let (d, uuids) = setup();
@@ -235,32 +251,10 @@ fn curl_round_trip() {
         })
     };
     assert!(!quota_warning(&vm), "{vm}");
-    let (code, vm) = curl(
-        &d,
-        &[
-            "-X",
-            "PATCH",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            r#"{"quota": 5}"#,
-            &format!("http://vmmd/v1/vms/{uuid}"),
-        ],
-    );
+    let (code, vm) = patch(&d, &uuid, r#"{"quota": 5}"#);
     assert_eq!(code, 200, "{vm}");
     assert!(quota_warning(&vm), "{vm}");
-    let (code, vm) = curl(
-        &d,
-        &[
-            "-X",
-            "PATCH",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            r#"{"ram": 1024}"#,
-            &format!("http://vmmd/v1/vms/{uuid}"),
-        ],
-    );
+    let (code, vm) = patch(&d, &uuid, r#"{"ram": 1024}"#);
     assert_eq!(
         (code, vm["ram"].clone(), vm["max_physical_memory"].clone()),
         (200, json!(1024), json!(2048))

@@ -931,13 +931,38 @@ fn openpty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
 }
 
+/// Reads a pty master until EIO (zlogin and the zone let the slave go) and returns all it
+/// read; with `ready`, sends once `marker` has been seen.
+fn pty_reader(
+    master: std::os::fd::OwnedFd,
+    ready: Option<(&'static [u8], std::sync::mpsc::Sender<()>)>,
+) -> std::thread::JoinHandle<String> {
+    use std::io::Read;
+    std::thread::spawn(move || {
+        let mut master = std::fs::File::from(master);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if let Some((marker, tx)) = &ready
+                && out.windows(marker.len()).any(|w| w == *marker)
+            {
+                let _ = tx.send(());
+            }
+        }
+        String::from_utf8_lossy(&out).to_string()
+    })
+}
+
 /// zlogin with a terminal (-t): the zone's command holds only its pty from the zone's
 /// devpts, not the caller's terminal nor any other descriptor of the caller's (here a
 /// socket as stderr), and its status passes through.
 #[test]
 #[ignore = "needs root: run with --run-ignored"]
 fn root_zlogin_relay_pty_hands_the_zone_no_host_descriptor() {
-    use std::io::Read;
     use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixStream;
     use std::process::Stdio;
@@ -965,18 +990,7 @@ fn root_zlogin_relay_pty_hands_the_zone_no_host_descriptor() {
         .spawn()
         .expect("zlogin");
     // The test holds no slave: the master reads EIO once zlogin and the zone let it go.
-    let reader = std::thread::spawn(move || {
-        let mut master = std::fs::File::from(master);
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = master.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&out).to_string()
-    });
+    let reader = pty_reader(master, None);
     let status = exit_within(&mut c, Duration::from_secs(20), "zlogin -t");
     let listing = reader.join().expect("reader");
     assert_eq!(status.code(), Some(3), "{listing}");
@@ -1011,7 +1025,7 @@ fn root_zlogin_relay_pty_hands_the_zone_no_host_descriptor() {
 #[test]
 #[ignore = "needs root: run with --run-ignored"]
 fn root_zlogin_relay_pty_passes_ctrl_c_and_sigint() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::process::Stdio;
     let d = Daemon::start();
     install(&d);
@@ -1026,24 +1040,9 @@ fn root_zlogin_relay_pty_passes_ctrl_c_and_sigint() {
             .stderr(Stdio::from(slave))
             .spawn()
             .expect("zlogin");
-        let mut master = std::fs::File::from(master);
-        let mut keys = master.try_clone().expect("dup");
+        let mut keys = std::fs::File::from(master.try_clone().expect("dup"));
         let (ready_tx, ready) = std::sync::mpsc::channel();
-        // Reads until EIO (zlogin and the zone let the slave go); says when "ready" came.
-        let reader = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = master.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                out.extend_from_slice(&buf[..n]);
-                if out.windows(5).any(|w| w == b"ready") {
-                    let _ = ready_tx.send(());
-                }
-            }
-            String::from_utf8_lossy(&out).to_string()
-        });
+        let reader = pty_reader(master, Some((b"ready", ready_tx)));
         if ready.recv_timeout(Duration::from_secs(20)).is_err() {
             let _ = c.kill();
             panic!("{how}: the command never ran");
