@@ -11,7 +11,7 @@ use std::io::Read;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{Service, ServiceError, read};
+use super::{Service, ServiceError, blocking, read};
 
 /// The wire manifest as cowstore's image spec: the one place the two meet. (A function, not
 /// `TryFrom`: both types are foreign to vmmd.)
@@ -129,6 +129,18 @@ impl std::io::Write for ChunkWriter {
 }
 
 impl Service {
+    /// Installed images.
+    pub fn images(&self) -> Result<Vec<ImageManifest>, ServiceError> {
+        Ok(self.images.list()?)
+    }
+
+    /// One installed image.
+    pub fn image(&self, uuid: Uuid) -> Result<ImageManifest, ServiceError> {
+        self.images
+            .get(uuid)?
+            .ok_or(ServiceError::ImageNotFound(uuid))
+    }
+
     /// Validates a manifest for install: well-formed and not installed yet.
     pub fn check_manifest(&self, raw: &Value) -> Result<(ImageManifest, ImageSpec), ServiceError> {
         let m = validate_manifest(raw).map_err(ServiceError::Invalid)?;
@@ -150,9 +162,7 @@ impl Service {
         reader: ChunkReader,
     ) -> Result<ImageManifest, ServiceError> {
         let store = self.cow.clone();
-        tokio::task::spawn_blocking(move || store.install(&spec, reader, &mut |_| {}))
-            .await?
-            .map_err(store_error)?;
+        blocking(move || store.install(&spec, reader, &mut |_| {})).await?;
         tracing::info!(uuid = %manifest.uuid, name = %manifest.name, "image installed");
         Ok(manifest)
     }
@@ -199,15 +209,14 @@ impl Service {
         let known: std::collections::BTreeSet<Uuid> =
             read(&self.records).vms.keys().copied().collect();
         let cow = self.cow.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let orphans = cow.orphan_guests(&known)?;
             for g in &orphans {
                 cow.destroy_guest(*g)?;
             }
-            Ok(orphans)
+            Ok::<_, StoreError>(orphans)
         })
-        .await?
-        .map_err(store_error)
+        .await
     }
 
     /// Guests (by vmmd's records) that use an image.
@@ -236,22 +245,24 @@ impl Service {
             )));
         }
         let store = self.cow.clone();
-        tokio::task::spawn_blocking(move || store.delete(uuid))
-            .await?
-            .map_err(store_error)
+        blocking(move || store.delete(uuid)).await
     }
 
     /// Deletes every image no guest uses.
     pub async fn vacuum_images(&self) -> Result<Vec<Uuid>, ServiceError> {
         let _index = self.index_lock.lock().await;
         let store = self.cow.clone();
-        tokio::task::spawn_blocking(move || store.vacuum())
-            .await?
-            .map_err(store_error)
+        blocking(move || store.vacuum()).await
     }
 }
 
 /// cowstore's errors as service errors: refusals of the input are 4xx, the rest 5xx.
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> ServiceError {
+        store_error(e)
+    }
+}
+
 pub fn store_error(e: StoreError) -> ServiceError {
     match e {
         StoreError::Archive { .. } | StoreError::WrongKind { .. } | StoreError::BootFile { .. } => {

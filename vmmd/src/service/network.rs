@@ -178,14 +178,31 @@ pub fn zone_nics(vm: &Vm, tags: &BTreeMap<String, NicTag>) -> Result<Vec<ZoneNic
     Ok(out)
 }
 
+/// Why a microVM's TAPs could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// The kernel refused the TAP device.
+    #[error("cannot create the TAP {name}")]
+    Create {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The switch could not attach it.
+    #[error(transparent)]
+    Attach(#[from] hull_vswitch::VswitchError),
+}
+
 /// Makes the persistent TAP of each of a microVM's `ports` (in order) and attaches it to its
 /// bridge, guarded and capped; on an error nothing of the guest's stays.
-pub fn make_taps(owner: &str, uuid: &str, ports: &[ZoneNic]) -> Result<(), String> {
+pub fn make_taps(owner: &str, uuid: &str, ports: &[ZoneNic]) -> Result<(), TapError> {
     let made = ports.iter().try_for_each(|nic| {
         let name = nic.port.tap();
-        zoned::tun::create_persistent(&name)
-            .map_err(|e| format!("cannot create the TAP {name}: {e}"))?;
-        hull_vswitch::attach_tap(owner, &nic.port).map_err(|e| zoned::run::chain(&e))
+        zoned::tun::create_persistent(&name).map_err(|source| TapError::Create {
+            name: name.clone(),
+            source,
+        })?;
+        Ok(hull_vswitch::attach_tap(owner, &nic.port)?)
     });
     if made.is_err() {
         let _ = hull_vswitch::remove_ports(owner, uuid);

@@ -207,8 +207,7 @@ impl Service {
 
     async fn save_sources(&self, list: Vec<ImageSource>) -> Result<(), ServiceError> {
         let root = self.data_root.clone();
-        tokio::task::spawn_blocking(move || super::catalog::sources(&root).save(&list)).await??;
-        Ok(())
+        super::blocking(move || super::catalog::sources(&root).save(&list)).await
     }
 
     fn source_urls(&self, only: Option<String>) -> Result<Vec<String>, ServiceError> {

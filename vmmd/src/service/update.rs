@@ -1,573 +1,362 @@
-//! Applying a validated update to a record. Checks that need the current record (does the
-//! MAC in update_nics exist? would two NICs be primary?) are made here and reported in
-//! SmartOS's shape; the record is only changed when every check passes, so an update is
-//! all-or-nothing.
+//! Changing a guest: the update's plan ([`plan`]: the new record, pure), then what reaches a
+//! running guest before the record says so (new disks, NICs, limits, grown disks), then the
+//! record. All or nothing: each step that fails undoes the ones before it.
 
-use std::collections::HashSet;
+mod plan;
 
-use hull_spec::net::parse_mac;
-use hull_spec::vm::{DiskSpec, NicSpec, defaults};
-use hull_spec::{ValidationReport, Vm, VmUpdate};
+pub use plan::{apply, disk_growth};
 
-use super::convert::{MacPool, finish_disks, finish_nics, number_new_nics, set_remove};
+use std::path::Path;
+use std::sync::Arc;
 
-/// Applies `u` to a copy of `vm`. Returns the new record and the changed property names.
-pub fn apply(
-    vm: &Vm,
-    u: &VmUpdate,
-    data_root: &std::path::Path,
-    macs_taken_elsewhere: &dyn Fn(&[u8; 6]) -> bool,
-) -> Result<(Vm, Vec<String>), ValidationReport> {
-    let mut next = vm.clone();
-    let mut changes = Vec::new();
-    let mut report = ValidationReport::default();
-    macro_rules! scalar {
-        ($field:ident) => {
-            if let Some(v) = &u.$field {
-                next.$field = v.clone().into();
-                changes.push(stringify!($field).to_string());
-            }
+use hull_spec::api::EventKind;
+use hull_spec::{Brand, ValidationReport, Vm, VmState, validate_update};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::provision::{self, Grown};
+use super::zones;
+use super::{
+    AT_NEXT_BOOT, LIVE_LIMITS, MEMORY_AT_NEXT_BOOT, MICROVM_BOOT_PROPERTIES, MICROVM_QUOTA,
+    NICS_AT_NEXT_BOOT, Record, Result, Service, ServiceError, ZONE_BOOT_PROPERTIES, add_host_notes,
+    best_effort, blocking, network, now, read, unblock, write,
+};
+
+impl Service {
+    /// Validates an update payload for guest `uuid` (or, without a guest, for `brand`).
+    pub fn validate_update(&self, payload: &Value, brand: Brand) -> Result<hull_spec::VmUpdate> {
+        validate_update(payload, brand).map_err(ServiceError::Invalid)
+    }
+
+    /// Applies an update: all or nothing.
+    pub async fn update(&self, uuid: Uuid, payload: &Value) -> Result<Arc<Record>> {
+        let lock = self.guest_lock(uuid);
+        let _guest = lock.lock().await;
+        let current = self.get(uuid)?;
+        let upd = self.validate_update(payload, current.brand)?;
+        let touches_nics =
+            upd.add_nics.is_some() || upd.update_nics.is_some() || upd.remove_nics.is_some();
+        let _index = if touches_nics {
+            Some(self.index_lock.lock().await)
+        } else {
+            None
         };
-    }
-    scalar!(alias);
-    scalar!(hostname);
-    scalar!(cpu_cap);
-    scalar!(dns_domain);
-    scalar!(kernel);
-    scalar!(initrd);
-    scalar!(cmdline);
-    scalar!(init_name);
-    scalar!(owner_uuid);
-    scalar!(billing_id);
-    scalar!(package_name);
-    scalar!(package_version);
-    macro_rules! plain {
-        ($field:ident) => {
-            if let Some(v) = u.$field {
-                next.$field = v;
-                changes.push(stringify!($field).to_string());
-            }
-        };
-    }
-    plain!(autoboot);
-    plain!(cpu_shares);
-    plain!(max_lwps);
-    plain!(quota);
-    plain!(zfs_io_priority);
-    if let Some(r) = &u.resolvers {
-        next.resolvers = r.clone();
-        changes.push("resolvers".into());
-    }
-    if let Some(v) = u.vcpus {
-        next.vcpus = Some(v);
-        changes.push("vcpus".into());
-    }
-    apply_memory(&mut next, u, &mut changes, &mut report);
-
-    if set_remove(&mut next.tags, u.set_tags.as_ref(), u.remove_tags.as_ref()) {
-        changes.push("tags".into());
-    }
-    if set_remove(
-        &mut next.customer_metadata,
-        u.set_customer_metadata.as_ref(),
-        u.remove_customer_metadata.as_ref(),
-    ) {
-        changes.push("customer_metadata".into());
-    }
-    if set_remove(
-        &mut next.internal_metadata,
-        u.set_internal_metadata.as_ref(),
-        u.remove_internal_metadata.as_ref(),
-    ) {
-        changes.push("internal_metadata".into());
-    }
-    if set_remove(
-        &mut next.routes,
-        u.set_routes.as_ref(),
-        u.remove_routes.as_ref(),
-    ) {
-        changes.push("routes".into());
-    }
-
-    let nics_changed = apply_nics(&mut next, u, macs_taken_elsewhere, &mut report);
-    if nics_changed {
-        changes.push("nics".into());
-    }
-    if apply_disks(&mut next, u, data_root, &mut report) {
-        changes.push("disks".into());
-    }
-    check_routes_still_point_at_nics(&next, &mut report);
-    if report.is_empty() {
-        Ok((next, changes))
-    } else {
-        Err(report)
-    }
-}
-
-fn apply_memory(next: &mut Vm, u: &VmUpdate, changes: &mut Vec<String>, r: &mut ValidationReport) {
-    if next.brand.is_microvm() {
-        if let Some(ram) = u.ram {
-            next.ram = ram;
-            changes.push("ram".into());
-            if u.max_physical_memory.is_none() {
-                next.max_physical_memory = next
-                    .max_physical_memory
-                    .max(ram + defaults::VM_MEMORY_OVERHEAD);
-            }
+        let mut report = ValidationReport::default();
+        if let Some(add) = payload.get("add_nics").and_then(Value::as_array) {
+            self.check_nics_on_host(&mut report, "add_nics", add, Some(uuid))?;
         }
-        if let Some(m) = u.max_physical_memory {
-            next.max_physical_memory = m;
-            changes.push("max_physical_memory".into());
-        }
-        if next.max_physical_memory < next.ram {
-            r.bad_value(
-                "max_physical_memory",
-                format!(
-                    "max_physical_memory ({}) must be at least ram ({})",
-                    next.max_physical_memory, next.ram
-                ),
-            );
-        }
-    } else {
-        // For zones ram and max_physical_memory are one setting.
-        if let (Some(a), Some(b)) = (u.ram, u.max_physical_memory)
-            && a != b
-        {
-            r.bad_value(
-                "ram",
-                format!("for zones ram is max_physical_memory; {a} != {b}"),
-            );
-        }
-        if let Some(m) = u.max_physical_memory.or(u.ram) {
-            next.ram = m;
-            next.max_physical_memory = m;
-            changes.push("max_physical_memory".into());
-        }
-    }
-    match u.max_swap {
-        Some(s) => {
-            next.max_swap = s;
-            changes.push("max_swap".into());
-        }
-        // Raising memory raises the swap limit with it unless the update sets it.
-        None => next.max_swap = next.max_swap.max(next.max_physical_memory),
-    }
-    if next.max_swap < next.max_physical_memory {
-        r.bad_value(
-            "max_swap",
-            format!(
-                "max_swap ({}) must be at least max_physical_memory ({})",
-                next.max_swap, next.max_physical_memory
-            ),
-        );
-    }
-}
-
-fn nic_index(nics: &[NicSpec], mac: &str) -> Option<usize> {
-    let want = parse_mac(mac)?;
-    nics.iter()
-        .position(|n| n.mac.as_deref().and_then(parse_mac) == Some(want))
-}
-
-fn apply_nics(
-    next: &mut Vm,
-    u: &VmUpdate,
-    macs_taken_elsewhere: &dyn Fn(&[u8; 6]) -> bool,
-    r: &mut ValidationReport,
-) -> bool {
-    let mut changed = false;
-    if let Some(remove) = &u.remove_nics {
-        for (i, mac) in remove.iter().enumerate() {
-            match nic_index(&next.nics, mac) {
-                Some(idx) => {
-                    next.nics.remove(idx);
-                    changed = true;
-                }
-                None => r.bad_value(
-                    format!("remove_nics.{i}"),
-                    format!("the VM has no NIC {mac}"),
-                ),
-            }
-        }
-    }
-    if let Some(updates) = &u.update_nics {
-        for (i, upd) in updates.iter().enumerate() {
-            let Some(idx) = nic_index(&next.nics, &upd.mac) else {
-                r.bad_value(
-                    format!("update_nics.{i}.mac"),
-                    format!("the VM has no NIC {}", upd.mac),
-                );
-                continue;
-            };
-            let nic = &mut next.nics[idx];
-            macro_rules! set {
-                ($f:ident) => {
-                    if let Some(v) = &upd.$f {
-                        nic.$f = Some(v.clone());
+        if let Some(upd_nics) = payload.get("update_nics").and_then(Value::as_array) {
+            // The NIC's own MAC is the key, not a claim; check tags and addresses only.
+            let stripped: Vec<Value> = upd_nics
+                .iter()
+                .map(|n| {
+                    let mut n = n.clone();
+                    if let Some(o) = n.as_object_mut() {
+                        o.remove("mac");
                     }
+                    n
+                })
+                .collect();
+            self.check_nics_on_host(&mut report, "update_nics", &stripped, Some(uuid))?;
+        }
+        for (i, d) in upd.add_disks.iter().flatten().enumerate() {
+            if let Some(img) = d.image_uuid {
+                self.check_image(
+                    &mut report,
+                    &format!("add_disks.{i}.image_uuid"),
+                    img,
+                    current.brand,
+                )?;
+            }
+        }
+        if !report.is_empty() {
+            return Err(ServiceError::Invalid(report));
+        }
+        let (mut next, changes) = {
+            let index = read(&self.records);
+            let others = |m: &[u8; 6]| index.mac_owner(m, Some(uuid)).is_some();
+            apply(&current, &upd, &self.data_root, &others).map_err(ServiceError::Invalid)?
+        };
+        let growth = {
+            let mut report = ValidationReport::default();
+            let file = |p: &str| self.storage.disk_file_bytes(Path::new(p));
+            let growth = disk_growth(&upd, &file, &mut report);
+            if !report.is_empty() {
+                return Err(ServiceError::Invalid(report));
+            }
+            growth
+        };
+        next.last_modified = now();
+        if changes.iter().any(|c| c == "quota")
+            && next.brand.is_microvm()
+            && !next.warnings.iter().any(|w| w == MICROVM_QUOTA)
+        {
+            next.warnings.push(MICROVM_QUOTA.to_string());
+        }
+        if changes.iter().any(|c| c == "quota") && next.image_uuid.is_some() {
+            next.warnings.retain(|w| !w.starts_with("quota:"));
+            let storage = self.storage.clone();
+            let gib = next.quota;
+            let warning = blocking(move || storage.set_quota(uuid, gib)).await?;
+            next.warnings.extend(warning);
+        }
+        // Disks added or removed by the update: make the new ones before the record says they
+        // exist, remove the old ones only after it no longer does.
+        let (added, removed) = provision::disk_changes(&current, &next);
+        if !added.is_empty() {
+            let storage = self.storage.clone();
+            let (vm, add) = (next.clone(), added.clone());
+            let made = blocking(move || storage.make_disks(&vm, &add)).await?;
+            next.warnings.extend(made);
+        }
+        // NIC and route changes reach a running zone before the record says they happened; a
+        // running microVM (no NIC hotplug) gets its NICs at its next boot, and the reply says
+        // so (its routes are its guest's own).
+        let mut undo_nics = None;
+        let nics_changed = changes.iter().any(|c| c == "nics");
+        if (nics_changed || changes.iter().any(|c| c == "routes"))
+            && matches!(current.state, VmState::Running | VmState::Stopping)
+        {
+            if next.brand.is_microvm() {
+                if !nics_changed {
+                    // Nothing of the switch's changes.
+                } else {
+                    next.warnings.retain(|w| !w.starts_with(NICS_AT_NEXT_BOOT));
+                    next.warnings.push(format!(
+                        "{NICS_AT_NEXT_BOOT} the VM runs with the NICs it booted with: hull's VMM \
+                     has no NIC hotplug"
+                    ));
+                }
+            } else {
+                match self.change_zone_nics(&current, &next).await {
+                    Ok(undo) => undo_nics = undo,
+                    Err(e) => {
+                        let storage = self.storage.clone();
+                        best_effort(move || storage.remove_disks(uuid, &added)).await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        // Limits reach a running guest's cgroup before the record says they changed, so that
+        // its warnings (what the host cannot enforce, what waits for the next boot) are
+        // stored with it.
+        if matches!(current.state, VmState::Running | VmState::Stopping) {
+            let at_boot: &[&str] = match next.brand.is_microvm() {
+                true => &MICROVM_BOOT_PROPERTIES,
+                false => &ZONE_BOOT_PROPERTIES,
+            };
+            for c in changes.iter().filter(|c| at_boot.contains(&c.as_str())) {
+                let w = format!("{AT_NEXT_BOOT} {c}");
+                if !next.warnings.contains(&w) {
+                    next.warnings.push(w);
+                }
+            }
+        }
+        let applied = if matches!(current.state, VmState::Running)
+            && changes.iter().any(|c| LIVE_LIMITS.contains(&c.as_str()))
+        {
+            self.apply_live_limits(&current, &mut next).await
+        } else {
+            Ok(None)
+        };
+        // Disk files grow last before the store, so that only the store's failure has to take
+        // them back; what a running guest already saw stays.
+        let mut undo_growth = Vec::new();
+        let persisted = match applied {
+            Ok(undo) => match self.grow_disks(&current, growth).await {
+                Ok(g) => {
+                    undo_growth = g;
+                    self.persist(&next).await.map_err(|e| (e, undo))
+                }
+                Err(e) => Err((e, undo)),
+            },
+            Err(e) => Err((e, None)),
+        };
+        if let Err((e, undo_limits)) = persisted {
+            // Nothing changed: the files grown go back, the disks it made go, the NICs and
+            // limits go back.
+            let (storage, grown) = (self.storage.clone(), std::mem::take(&mut undo_growth));
+            best_effort(move || {
+                storage.shrink_back(&grown);
+                storage.remove_disks(uuid, &added)
+            })
+            .await;
+            if let Some((pid, undo)) = undo_nics {
+                let switch = self.switch.clone();
+                best_effort(move || switch.update_zone(pid, &undo)).await;
+                self.record_plumbed(&current);
+            }
+            if let Some(limits) = undo_limits {
+                let z = self.zones.clone();
+                let req = zoned::config::Request::Update { limits };
+                best_effort(move || z.request(uuid, &req)).await;
+            }
+            return Err(e);
+        }
+        if !removed.is_empty() {
+            let storage = self.storage.clone();
+            if let Err(e) = unblock(move || storage.remove_disks(uuid, &removed)).await? {
+                tracing::warn!(%uuid, error = %e, "a removed disk's file could not be deleted");
+            }
+        }
+        let next = Arc::new(Record::new(next));
+        write(&self.records).insert(next.clone());
+        self.emit(EventKind::Modify, &next, changes);
+        Ok(next)
+    }
+
+    /// Grows an update's disk files and, when the microVM runs, has its VMM take each new
+    /// size (`resize_disk`: the guest sees it without a reboot). When the VMM refuses or
+    /// cannot be reached, the files it has not taken go back to their old sizes and the update
+    /// fails. Returns what may still be undone: every grown file of a stopped guest, none
+    /// of a running one (its guest may already use the new blocks).
+    async fn grow_disks(&self, current: &Vm, growth: Vec<(String, u64)>) -> Result<Vec<Grown>> {
+        if growth.is_empty() {
+            return Ok(Vec::new());
+        }
+        let storage = self.storage.clone();
+        let grown = blocking(move || storage.grow_disks(&growth)).await?;
+        if !(current.brand.is_microvm() && current.state == VmState::Running) {
+            return Ok(grown);
+        }
+        let (z, uuid) = (self.zones.clone(), current.uuid);
+        let (told, left) = unblock(move || {
+            let mut grown = grown;
+            for i in 0..grown.len() {
+                // A disk added while the guest runs is not in its VMM: it sees the file's
+                // size when it boots.
+                let index = match z.vmm_disk_index(uuid, &grown[i].path) {
+                    Ok(Some(index)) => index,
+                    Ok(None) => continue,
+                    Err(e) => return (Err(e), grown.split_off(i)),
                 };
-            }
-            set!(gateway);
-            set!(gateways);
-            set!(vlan_id);
-            set!(mtu);
-            set!(model);
-            set!(allow_ip_spoofing);
-            set!(allow_mac_spoofing);
-            set!(allow_dhcp_spoofing);
-            set!(allow_restricted_traffic);
-            set!(allowed_ips);
-            set!(max_bandwidth);
-            if let Some(tag) = &upd.nic_tag {
-                nic.nic_tag = tag.clone();
-            }
-            if upd.ips.is_some() {
-                nic.ips = upd.ips.clone();
-                nic.ip = None;
-                nic.netmask = None;
-            }
-            if upd.ip.is_some() {
-                nic.ip = upd.ip.clone();
-                nic.ips = None;
-            }
-            set!(netmask);
-            if upd.primary == Some(true) {
-                for (j, other) in next.nics.iter_mut().enumerate() {
-                    other.primary = (j == idx).then_some(true);
+                let req = serde_json::json!({"cmd": "resize_disk", "index": index});
+                if let Err(e) = z.vmm_command(uuid, &req) {
+                    return (Err(e), grown.split_off(i));
                 }
             }
-            changed = true;
+            (Ok(()), Vec::new())
+        })
+        .await?;
+        if let Err(e) = told {
+            let storage = self.storage.clone();
+            let problems = unblock(move || storage.shrink_back(&left)).await?;
+            for p in problems {
+                tracing::warn!(%uuid, problem = %p, "a disk grown for a failed update stays grown");
+            }
+            return Err(ServiceError::Zone(e));
         }
+        Ok(Vec::new())
     }
-    if let Some(add) = &u.add_nics {
-        let own: HashSet<[u8; 6]> = next
-            .nics
-            .iter()
-            .filter_map(|n| n.mac.as_deref().and_then(parse_mac))
-            .collect();
-        let in_use = |m: &[u8; 6]| own.contains(m) || macs_taken_elsewhere(m);
-        for (i, nic) in add.iter().enumerate() {
-            if let Some(mac) = nic.mac.as_deref().and_then(parse_mac)
-                && in_use(&mac)
+
+    /// Applies `next`'s limits to the running guest's cgroup and returns the limits that
+    /// undo it. A zone takes them all. A microVM's VMM zone takes CPU, pids and io at once;
+    /// its guest's RAM was allocated at boot, so its memory limit stays what it booted with
+    /// and a warning says the new one waits for the next boot.
+    async fn apply_live_limits(
+        &self,
+        current: &Vm,
+        next: &mut Vm,
+    ) -> Result<Option<zoned::cgroup::Limits>> {
+        let uuid = current.uuid;
+        let mut limits = zones::limits(next);
+        let mut undo = zones::limits(current);
+        if next.brand.is_microvm() {
+            let z = self.zones.clone();
+            let booted = unblock(move || z.running_config(uuid))
+                .await?
+                .ok_or_else(|| {
+                    ServiceError::Conflict(format!(
+                        "VM {uuid} is running but its zone's config cannot be read"
+                    ))
+                })?;
+            let (memory, swap) = (booted.limits.memory_bytes, booted.limits.swap_bytes);
+            (limits.memory_bytes, limits.swap_bytes) = (memory, swap);
+            (undo.memory_bytes, undo.swap_bytes) = (memory, swap);
+            next.warnings
+                .retain(|w| !w.starts_with(MEMORY_AT_NEXT_BOOT));
+            let wanted = zones::limits(next);
+            let booted_ram = zones::Zones::booted_ram(&booted);
+            if booted_ram != Some(next.ram)
+                || wanted.memory_bytes != memory
+                || wanted.swap_bytes != swap
             {
-                r.bad_value(format!("add_nics.{i}.mac"), "this MAC is already in use");
+                let ram = booted_ram.map_or("its boot's".to_string(), |r| format!("{r} MiB of"));
+                next.warnings.push(format!(
+                    "{MEMORY_AT_NEXT_BOOT} the VM keeps {ram} RAM and its VMM's memory limit \
+                     until it is restarted"
+                ));
             }
         }
-        let had_primary = next.nics.iter().any(|n| n.primary == Some(true));
-        let existing = next.nics.len();
-        let mut pool = MacPool::new(&in_use);
-        match finish_nics(next.uuid, next.brand, add.clone(), &mut pool, existing) {
-            Ok(mut added) => {
-                for n in &mut added {
-                    n.interface = None;
-                }
-                if had_primary && added.iter().any(|n| n.primary == Some(true)) {
-                    for n in &mut next.nics {
-                        n.primary = None;
-                    }
-                }
-                next.nics.append(&mut added);
-                changed = true;
-            }
-            Err(e) => r.bad_value("add_nics", e.to_string()),
-        }
+        let z = self.zones.clone();
+        let req = zoned::config::Request::Update { limits };
+        let reply = unblock(move || z.request(uuid, &req)).await?.map_err(|e| {
+            ServiceError::Conflict(format!(
+                "VM {uuid}: the new limits cannot be applied to the running guest, so \
+                     nothing was changed: {e}"
+            ))
+        })?;
+        add_host_notes(&mut next.warnings, &reply.notes);
+        Ok(Some(undo))
     }
-    if changed {
-        number_new_nics(next.brand, &mut next.nics);
-        let primaries = next.nics.iter().filter(|n| n.primary == Some(true)).count();
-        if primaries == 0
-            && let Some(first) = next.nics.first_mut()
-        {
-            first.primary = Some(true);
-        }
-        for (i, nic) in next.nics.iter().enumerate() {
-            if nic.ip.as_deref().is_some_and(|ip| ip != "dhcp") && nic.netmask.is_none() {
-                r.missing(format!("nics.{i}.netmask"), "a static ip needs a netmask");
-            }
-        }
-    }
-    changed
-}
 
-fn apply_disks(
-    next: &mut Vm,
-    u: &VmUpdate,
-    data_root: &std::path::Path,
-    r: &mut ValidationReport,
-) -> bool {
-    let mut changed = false;
-    let find =
-        |disks: &[DiskSpec], path: &str| disks.iter().position(|d| d.path.as_deref() == Some(path));
-    if let Some(remove) = &u.remove_disks {
-        for (i, path) in remove.iter().enumerate() {
-            match find(&next.disks, path) {
-                Some(idx) => {
-                    next.disks.remove(idx);
-                    changed = true;
-                }
-                None => r.bad_value(
-                    format!("remove_disks.{i}"),
-                    format!("the VM has no disk {path}"),
-                ),
-            }
-        }
-    }
-    if let Some(updates) = &u.update_disks {
-        for (i, upd) in updates.iter().enumerate() {
-            let Some(idx) = find(&next.disks, &upd.path) else {
-                r.bad_value(
-                    format!("update_disks.{i}.path"),
-                    format!("the VM has no disk {}", upd.path),
-                );
-                continue;
-            };
-            let disk = &mut next.disks[idx];
-            if let Some(size) = upd.size {
-                if disk.size.is_some_and(|old| size < old) {
-                    r.bad_value(
-                        format!("update_disks.{i}.size"),
-                        "disks can grow but not shrink",
-                    );
-                }
-                disk.size = Some(size);
-            }
-            if upd.model.is_some() {
-                disk.model = upd.model.clone();
-            }
-            if upd.read_only.is_some() {
-                disk.read_only = upd.read_only;
-            }
-            if upd.boot == Some(true) {
-                for (j, d) in next.disks.iter_mut().enumerate() {
-                    d.boot = (j == idx).then_some(true);
-                }
-            }
-            changed = true;
-        }
-    }
-    if let Some(add) = &u.add_disks {
-        let existing = next.disks.len();
-        let mut added = finish_disks(next.uuid, add.clone(), data_root, existing);
-        for (i, d) in added.iter().enumerate() {
-            if next.disks.iter().any(|x| x.path == d.path) {
-                r.bad_value(
-                    format!("add_disks.{i}.path"),
-                    "the VM already has a disk at this path",
-                );
-            }
-        }
-        next.disks.append(&mut added);
-        changed = true;
-    }
-    if next.disks.iter().filter(|d| d.boot == Some(true)).count() > 1 {
-        r.bad_value("add_disks", "only one disk may be the boot disk");
-    }
-    changed
-}
-
-/// The disk files an update grows, as (path, bytes), checked against the files themselves:
-/// the file is what the guest sees, and a record can lag it (vmmd stopped between growing
-/// a file and storing the record). A size below the file's is refused like one below the
-/// record's; an unchanged size grows nothing. `file_bytes` is a disk file's size, `None` when
-/// there is no file to look at.
-pub fn disk_growth(
-    u: &VmUpdate,
-    file_bytes: &dyn Fn(&str) -> Option<u64>,
-    r: &mut ValidationReport,
-) -> Vec<(String, u64)> {
-    let mut grow = Vec::new();
-    for (i, upd) in u.update_disks.iter().flatten().enumerate() {
-        let Some(mib) = upd.size else {
-            continue;
+    /// Applies the NIC changes from `current` to `next` to a running zone: new veth pairs,
+    /// removed ones deleted, changed ones updated (see hull_vswitch::update_zone). On a
+    /// failure what was applied is undone and nothing has changed. Returns the change that
+    /// undoes it (with the zone's init pid), for when the record cannot be written.
+    async fn change_zone_nics(
+        &self,
+        current: &Vm,
+        next: &Vm,
+    ) -> Result<Option<(i32, hull_vswitch::ZoneChange)>> {
+        let uuid = current.uuid;
+        let tags = self.nictags()?;
+        let old = network::zone_nics(current, &tags)
+            .map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))?;
+        let new = network::zone_nics(next, &tags)
+            .map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))?;
+        let routes = |vm: &Vm| {
+            network::zone_routes(vm).map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))
         };
-        let Some(want) = mib.checked_mul(1 << 20) else {
-            r.bad_value(format!("update_disks.{i}.size"), "size is too large");
-            continue;
+        let (old_routes, new_routes) = (routes(current)?, routes(next)?);
+        let change =
+            hull_vswitch::ZoneChange::between(&old, &new).routing(&old_routes, &new_routes);
+        if change.is_empty() {
+            return Ok(None);
+        }
+        let Some(pid) = current.pid.map(|p| p as i32) else {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} runs without a known init process; stop it to change its NICs"
+            )));
         };
-        match file_bytes(&upd.path) {
-            Some(have) if have > want => r.bad_value(
-                format!("update_disks.{i}.size"),
-                format!(
-                    "the disk file is {} MiB; disks can grow but not shrink",
-                    have >> 20
-                ),
-            ),
-            Some(have) if have == want => {}
-            _ => grow.push((upd.path.clone(), want)),
+        let undo = hull_vswitch::ZoneChange::between(&new, &old).routing(&new_routes, &old_routes);
+        let switch = self.switch.clone();
+        let (c, u) = (change.clone(), undo.clone());
+        let applied = unblock(move || {
+            let r = switch.update_zone(pid, &c);
+            if r.is_err() {
+                // Back to what the record says (best effort: the error is the first one).
+                let _ = switch.update_zone(pid, &u);
+            }
+            r
+        })
+        .await?;
+        match applied {
+            Ok(()) => {
+                self.record_plumbed(next);
+                Ok(Some((pid, undo)))
+            }
+            Err(e) => {
+                self.record_plumbed(current);
+                Err(ServiceError::Zone(zones::ZoneError::Control {
+                    uuid,
+                    reason: format!(
+                        "cannot change its NICs, so the update was not applied: {}",
+                        zoned::run::chain(&e)
+                    ),
+                }))
+            }
         }
-    }
-    grow
-}
-
-fn check_routes_still_point_at_nics(vm: &Vm, r: &mut ValidationReport) {
-    for (dest, gw) in &vm.routes {
-        if let Some(i) = gw
-            .strip_prefix("nics[")
-            .and_then(|s| s.strip_suffix(']'))
-            .and_then(|s| s.parse::<usize>().ok())
-            && i >= vm.nics.len()
-        {
-            r.bad_value(
-                format!("routes.{dest}"),
-                format!(
-                    "route {dest:?} names nics[{i}], but the VM has {} NICs",
-                    vm.nics.len()
-                ),
-            );
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::service::convert::{Context, MacPool, new_record};
-    use hull_spec::Brand;
-    use serde_json::json;
-    use std::path::Path;
-
-    fn vm(v: serde_json::Value) -> Vm {
-        new_record(
-            hull_spec::validate_create(&v).expect("valid"),
-            &Context::fixed(),
-            &mut MacPool::new(&|_| false),
-        )
-        .expect("converts")
-    }
-
-    fn upd(v: serde_json::Value, brand: Brand) -> VmUpdate {
-        hull_spec::validate_update(&v, brand).unwrap_or_else(|r| panic!("{r}"))
-    }
-
-    const IMG: &str = "0c1f4f2a-6f0e-4c39-8f36-2d3c7b1d9e01";
-
-    #[test]
-    fn scalars_and_metadata_verbs() {
-        let base = vm(json!({"brand": "joyent", "image_uuid": IMG, "tags": {"a": "1", "b": "2"}}));
-        let u = upd(
-            json!({"alias": "x", "cpu_cap": 50, "set_tags": {"c": 3}, "remove_tags": ["a"],
-                           "set_customer_metadata": {"k": "v"}}),
-            Brand::Joyent,
-        );
-        let (next, changes) = apply(&base, &u, Path::new("/d"), &|_| false).expect("applies");
-        assert_eq!(next.alias.as_deref(), Some("x"));
-        assert_eq!(next.cpu_cap, Some(50));
-        assert_eq!(next.tags.keys().collect::<Vec<_>>(), ["b", "c"]);
-        assert_eq!(next.customer_metadata["k"], "v");
-        for c in ["alias", "cpu_cap", "tags", "customer_metadata"] {
-            assert!(changes.contains(&c.to_string()), "{c} in {changes:?}");
-        }
-    }
-
-    #[test]
-    fn zone_memory_moves_ram_and_swap_together() {
-        let base = vm(json!({"brand": "joyent", "image_uuid": IMG}));
-        let (next, _) = apply(
-            &base,
-            &upd(json!({"max_physical_memory": 1024}), Brand::Joyent),
-            Path::new("/d"),
-            &|_| false,
-        )
-        .expect("applies");
-        assert_eq!(
-            (next.ram, next.max_physical_memory, next.max_swap),
-            (1024, 1024, 1024)
-        );
-        let r = apply(
-            &base,
-            &upd(json!({"max_swap": 128}), Brand::Joyent),
-            Path::new("/d"),
-            &|_| false,
-        )
-        .expect_err("swap below memory");
-        assert_eq!(r.bad_values, ["max_swap"]);
-    }
-
-    #[test]
-    fn nic_verbs_find_nics_by_mac_and_keep_one_primary() {
-        let base = vm(json!({"brand": "joyent", "image_uuid": IMG, "nics": [
-            {"nic_tag": "admin", "mac": "02:00:00:00:00:01", "ips": ["192.0.2.1/24"]},
-            {"nic_tag": "admin", "mac": "02:00:00:00:00:02", "ips": ["192.0.2.2/24"]}]}));
-        let u = upd(
-            json!({"update_nics": [{"mac": "02:00:00:00:00:02", "primary": true, "mtu": 1400}],
-                           "add_nics": [{"nic_tag": "internal"}]}),
-            Brand::Joyent,
-        );
-        let (next, _) = apply(&base, &u, Path::new("/d"), &|_| false).expect("applies");
-        let prim: Vec<bool> = next.nics.iter().map(|n| n.primary == Some(true)).collect();
-        assert_eq!(prim, [false, true, false]);
-        assert_eq!(next.nics[2].interface.as_deref(), Some("net2"));
-        let u = upd(json!({"remove_nics": ["02:00:00:00:00:01"]}), Brand::Joyent);
-        let (next, _) = apply(&next, &u, Path::new("/d"), &|_| false).expect("applies");
-        // A NIC keeps its name: net1 stays net1, and the next one added takes net0.
-        assert_eq!(next.nics[0].interface.as_deref(), Some("net1"));
-        assert_eq!(next.nics[0].mac.as_deref(), Some("02:00:00:00:00:02"));
-        let u = upd(
-            json!({"add_nics": [{"nic_tag": "a"}, {"nic_tag": "a"}]}),
-            Brand::Joyent,
-        );
-        let (more, _) = apply(&next, &u, Path::new("/d"), &|_| false).expect("applies");
-        let names: Vec<&str> = more
-            .nics
-            .iter()
-            .filter_map(|n| n.interface.as_deref())
-            .collect();
-        assert_eq!(names, ["net1", "net2", "net0", "net3"]);
-        let u = upd(
-            json!({"remove_nics": ["02:00:00:00:00:09"], "update_nics": [{"mac": "02:00:00:00:00:08", "mtu": 1500}]}),
-            Brand::Joyent,
-        );
-        let r = apply(&next, &u, Path::new("/d"), &|_| false).expect_err("unknown macs");
-        assert_eq!(r.bad_values, ["remove_nics.0", "update_nics.0.mac"]);
-        let taken = |m: &[u8; 6]| *m == [2, 0, 0, 0, 0, 7];
-        let u = upd(
-            json!({"add_nics": [{"nic_tag": "a", "mac": "02:00:00:00:00:07"}]}),
-            Brand::Joyent,
-        );
-        let r = apply(&next, &u, Path::new("/d"), &taken).expect_err("mac in use");
-        assert_eq!(r.bad_values, ["add_nics.0.mac"]);
-    }
-
-    #[test]
-    fn disk_verbs() {
-        let base = vm(json!({"brand": "kvm", "disks": [{"size": 100, "boot": true}]}));
-        let path = base.disks[0].path.clone().expect("path");
-        let u = upd(
-            json!({"add_disks": [{"size": 5}], "update_disks": [{"path": path, "size": 200}]}),
-            Brand::Kvm,
-        );
-        let (next, _) = apply(&base, &u, Path::new("/var/lib/hull"), &|_| false).expect("applies");
-        assert_eq!(next.disks.len(), 2);
-        assert_eq!(next.disks[0].size, Some(200));
-        let u = upd(
-            json!({"update_disks": [{"path": path, "size": 1}]}),
-            Brand::Kvm,
-        );
-        let r = apply(&next, &u, Path::new("/var/lib/hull"), &|_| false).expect_err("shrink");
-        assert_eq!(r.bad_values, ["update_disks.0.size"]);
-    }
-
-    #[test]
-    fn disk_growth_is_checked_against_the_files() {
-        let u = upd(
-            json!({"update_disks": [
-                {"path": "/d/a.img", "size": 200},
-                {"path": "/d/b.img", "size": 100},
-                {"path": "/d/c.img", "size": 50},
-                {"path": "/d/d.img", "read_only": true}]}),
-            Brand::Kvm,
-        );
-        let files = |p: &str| match p {
-            "/d/a.img" => Some(100 << 20),
-            "/d/b.img" => Some(100 << 20),
-            "/d/c.img" => Some(60 << 20),
-            _ => None,
-        };
-        let mut r = ValidationReport::default();
-        let grow = disk_growth(&u, &files, &mut r);
-        // a grows, b is already that size, c would shrink, d has no size.
-        assert_eq!(grow, [("/d/a.img".to_string(), 200 << 20)]);
-        assert_eq!(r.bad_values, ["update_disks.2.size"]);
-        assert!(r.to_string().contains("the disk file is 60 MiB"), "{r}");
     }
 }

@@ -1,0 +1,239 @@
+//! Creating a guest: the payload's validation with the host's checks (nic tags, free MACs
+//! and IPs, installed images), the record, its storage, and its first boot. All or nothing:
+//! a create that fails leaves no record and no storage.
+
+use std::sync::Arc;
+
+use hull_spec::api::EventKind;
+use hull_spec::net::parse_mac;
+use hull_spec::validate::{merge, nic_addresses};
+use hull_spec::{Brand, ValidationReport, Vm, VmCreate, VmState, validate_create};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{
+    MICROVM_QUOTA, Record, Result, Service, ServiceError, best_effort, blocking, convert, now,
+    read, write,
+};
+
+impl Service {
+    /// Checks a payload's NICs against the host: tags known, MACs and IPs free.
+    pub(super) fn check_nics_on_host(
+        &self,
+        report: &mut ValidationReport,
+        prefix: &str,
+        nics: &[Value],
+        except: Option<Uuid>,
+    ) -> Result<()> {
+        let tags = self.nictags()?;
+        let index = read(&self.records);
+        for (i, nic) in nics.iter().enumerate() {
+            if let Some(tag) = nic.get("nic_tag").and_then(Value::as_str)
+                && !tags.contains_key(tag)
+            {
+                let known = if tags.is_empty() {
+                    "none are defined; add one with nictagadm add".to_string()
+                } else {
+                    format!(
+                        "known tags: {}",
+                        tags.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                };
+                report.bad_value(
+                    format!("{prefix}.{i}.nic_tag"),
+                    format!("nic tag {tag:?} does not exist ({known})"),
+                );
+            }
+            if let Some(mac) = nic.get("mac").and_then(Value::as_str).and_then(parse_mac)
+                && index.mac_owner(&mac, except).is_some()
+            {
+                report.bad_value(
+                    format!("{prefix}.{i}.mac"),
+                    "this MAC is used by another VM",
+                );
+            }
+            for ip in nic_addresses(nic) {
+                if let Some(owner) = index.ip_owner(&ip, except) {
+                    let field = if nic.get("ips").is_some() {
+                        "ips"
+                    } else {
+                        "ip"
+                    };
+                    report.bad_value(
+                        format!("{prefix}.{i}.{field}"),
+                        format!("{ip} is used by VM {owner}"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_image(
+        &self,
+        report: &mut ValidationReport,
+        property: &str,
+        uuid: Uuid,
+        brand: Brand,
+    ) -> Result<()> {
+        match self.images.get(uuid)? {
+            None => report.bad_value(property, format!("image {uuid} is not installed")),
+            Some(m) if !m.image_type.suits(brand) => report.bad_value(
+                property,
+                format!(
+                    "image {uuid} is a {} image, which brand {brand} cannot use",
+                    m.image_type.as_str()
+                ),
+            ),
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Validates a create payload, host checks included. The index lock must be held by
+    /// callers that go on to insert.
+    pub fn validate_create(&self, payload: &Value) -> Result<VmCreate> {
+        let (create, mut report) = match validate_create(payload) {
+            Ok(c) => (Some(c), ValidationReport::default()),
+            Err(r) if r.bad_brand.is_some() => return Err(ServiceError::Invalid(r)),
+            Err(r) => (None, r),
+        };
+        // Host checks run even when the payload has other faults, so one report names all.
+        if let Some(uuid) = payload
+            .get("uuid")
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok())
+            && read(&self.records).vms.contains_key(&uuid)
+        {
+            report.bad_value("uuid", format!("a VM with uuid {uuid} already exists"));
+        }
+        if let Some(nics) = payload.get("nics").and_then(Value::as_array) {
+            self.check_nics_on_host(&mut report, "nics", nics, None)?;
+        }
+        let brand = payload
+            .get("brand")
+            .and_then(Value::as_str)
+            .and_then(Brand::parse);
+        if let Some(brand) = brand {
+            if let Some(img) = payload
+                .get("image_uuid")
+                .and_then(Value::as_str)
+                .and_then(|s| Uuid::parse_str(s).ok())
+                && !brand.is_microvm()
+            {
+                self.check_image(&mut report, "image_uuid", img, brand)?;
+            }
+            if let Some(disks) = payload.get("disks").and_then(Value::as_array) {
+                for (i, d) in disks.iter().enumerate() {
+                    if let Some(img) = d
+                        .get("image_uuid")
+                        .and_then(Value::as_str)
+                        .and_then(|s| Uuid::parse_str(s).ok())
+                    {
+                        self.check_image(
+                            &mut report,
+                            &format!("disks.{i}.image_uuid"),
+                            img,
+                            brand,
+                        )?;
+                    }
+                }
+            }
+        }
+        match create {
+            Some(c) if report.is_empty() => Ok(c),
+            _ => {
+                let mut full = ValidationReport::default();
+                merge(&mut full, report);
+                Err(ServiceError::Invalid(full))
+            }
+        }
+    }
+
+    /// Creates a guest: all or nothing.
+    pub async fn create(&self, payload: &Value) -> Result<Arc<Record>> {
+        let _index = self.index_lock.lock().await;
+        let create = self.validate_create(payload)?;
+        let autoboot = create.autoboot.unwrap_or(true);
+        let ctx = convert::Context {
+            now: now(),
+            data_root: self.data_root.clone(),
+        };
+        let vm = {
+            let index = read(&self.records);
+            let others = |m: &[u8; 6]| index.mac_owner(m, None).is_some();
+            convert::new_record(create, &ctx, &mut convert::MacPool::new(&others))
+                .map_err(|e| ServiceError::BadRequest(e.to_string()))?
+        };
+        let mut vm = vm;
+        self.boot_from_image(&mut vm)?;
+        let storage = self.storage.clone();
+        let planned = vm.clone();
+        vm.warnings = blocking(move || storage.provision(&planned)).await?;
+        if vm.brand.is_microvm() && payload.get("quota").is_some() {
+            vm.warnings.push(MICROVM_QUOTA.to_string());
+        }
+        vm.state = VmState::Stopped;
+        vm.zone_state = VmState::Stopped.zone_state();
+        if let Err(e) = self.persist(&vm).await {
+            let storage = self.storage.clone();
+            let uuid = vm.uuid;
+            best_effort(move || storage.destroy_guest(uuid)).await;
+            return Err(e);
+        }
+        for w in &vm.warnings {
+            tracing::warn!(uuid = %vm.uuid, "{w}");
+        }
+        let vm = Arc::new(Record::new(vm));
+        write(&self.records).insert(vm.clone());
+        self.emit(EventKind::Create, &vm, Vec::new());
+        drop(_index);
+        if autoboot {
+            // SmartOS semantics: the guest exists even if its first boot fails; the error
+            // says why and `vmadm start` retries.
+            let uuid = vm.uuid;
+            return self
+                .start(uuid)
+                .await
+                .map_err(|e| ServiceError::CreatedNotBooted {
+                    uuid,
+                    error: Box::new(e),
+                });
+        }
+        Ok(vm)
+    }
+
+    /// A microVM that names no kernel boots the one its boot disk's image carries (taken out
+    /// of the disk at install), with the image's command line unless it gives its own.
+    fn boot_from_image(&self, vm: &mut Vm) -> Result<()> {
+        if !vm.brand.is_microvm() || vm.kernel.is_some() {
+            return Ok(());
+        }
+        let boot = vm
+            .disks
+            .iter()
+            .find(|d| d.boot == Some(true))
+            .or_else(|| vm.disks.first());
+        let Some(image) = boot.and_then(|d| d.image_uuid) else {
+            return Ok(());
+        };
+        let dir = self.storage.image_dir(image);
+        let kernel = dir.join("vmlinuz");
+        if !kernel.exists() {
+            return Ok(());
+        }
+        vm.kernel = Some(kernel.to_string_lossy().into_owned());
+        let initrd = dir.join("initrd.img");
+        if vm.initrd.is_none() && initrd.exists() {
+            vm.initrd = Some(initrd.to_string_lossy().into_owned());
+        }
+        if vm.cmdline.is_none() {
+            vm.cmdline = self
+                .images
+                .get(image)?
+                .and_then(|m| m.extra.get("hull").and_then(|h| h.get("cmdline")).cloned())
+                .and_then(|c| c.as_str().map(str::to_string));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,386 @@
+//! A guest's runs: start, stop, reboot, kill, delete, info, and the watch on each running
+//! guest's zoned that marks it stopped when it ends.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hull_spec::api::EventKind;
+use hull_spec::{Vm, VmState};
+use serde_json::Value;
+use uuid::Uuid;
+use zoned::config::{Phase, Request, ZoneState};
+
+use super::zones::ZoneError;
+use super::{
+    AT_NEXT_BOOT, HOST_NOTE, MEMORY_AT_NEXT_BOOT, NICS_AT_NEXT_BOOT, Record, Result, Service,
+    ServiceError, add_host_notes, best_effort, blocking, network, now, read, unblock, write,
+};
+
+impl Service {
+    /// Starts a guest.
+    pub async fn start(&self, uuid: Uuid) -> Result<Arc<Record>> {
+        let lock = self.guest_lock(uuid);
+        let _guest = lock.lock().await;
+        let vm = self.get(uuid)?;
+        if vm.state == VmState::Running {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} is already running"
+            )));
+        }
+        if vm.brand.is_microvm() && vm.kernel.is_none() {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} cannot boot: it has no kernel; give \"kernel\" (a host path) with \
+                 vmadm update, or boot it from a disk image that carries one"
+            )));
+        }
+        // A zone's ports are worked out before it starts: a nic the switch cannot plumb
+        // fails the start, not the zone's network later.
+        let ports = match vm.nics.is_empty() {
+            true => Vec::new(),
+            false => network::zone_nics(&vm, &self.nictags()?)
+                .map_err(|e| ServiceError::Conflict(format!("cannot start VM {uuid}: {e}")))?,
+        };
+        let routes = match vm.brand.is_microvm() {
+            // A microVM's routes are its guest's business.
+            true => Vec::new(),
+            false => network::zone_routes(&vm)
+                .map_err(|e| ServiceError::Conflict(format!("cannot start VM {uuid}: {e}")))?,
+        };
+        if vm.brand.is_microvm() && !ports.is_empty() {
+            // A microVM's TAPs exist before its VMM: zoned opens them for it.
+            let (switch, taps) = (self.switch.clone(), ports.clone());
+            unblock(move || switch.make_taps(&uuid.to_string(), &taps))
+                .await?
+                .map_err(|e| ZoneError::Start {
+                    uuid,
+                    reason: zoned::run::chain(&e),
+                })?;
+        }
+        let root = match vm.brand.is_microvm() {
+            // A microVM's zone holds its VMM, kernel and disks, not a root filesystem.
+            true => None,
+            false => {
+                let storage = self.storage.clone();
+                let root = blocking(move || storage.root_source(uuid))
+                    .await?
+                    .ok_or(ZoneError::NoRoot(uuid))?;
+                Some(root)
+            }
+        };
+        let z = self.zones.clone();
+        let planned = vm.vm.clone();
+        let started = unblock(move || z.start(&planned, root)).await?;
+        let st = match started {
+            Ok(st) => st,
+            Err(e) => {
+                let (z, switch) = (self.zones.clone(), self.switch.clone());
+                best_effort(move || {
+                    let _ = switch.remove_ports(&uuid.to_string());
+                    z.clean_up(uuid)
+                })
+                .await;
+                return Err(ServiceError::Zone(e));
+            }
+        };
+        if let (false, false, Some(pid)) = (vm.brand.is_microvm(), ports.is_empty(), st.init_pid) {
+            let switch = self.switch.clone();
+            let plumbed =
+                unblock(move || switch.plumb_zone(&uuid.to_string(), pid, &ports, &routes)).await?;
+            if let Err(e) = plumbed {
+                // No half-made guest: the zone goes with what was plumbed.
+                let z = self.zones.clone();
+                best_effort(move || {
+                    let force = Request::Stop {
+                        timeout_s: Some(0),
+                        force: true,
+                    };
+                    let _ = z.request(uuid, &force);
+                    z.wait_stopped(uuid, Duration::from_secs(15));
+                    z.clean_up(uuid)
+                })
+                .await;
+                return Err(ServiceError::Zone(ZoneError::Start {
+                    uuid,
+                    reason: format!("cannot plumb its nics: {}", zoned::run::chain(&e)),
+                }));
+            }
+        }
+        if !vm.nics.is_empty() {
+            self.record_plumbed(&vm);
+        }
+        self.watch(uuid, st.zoned_pid);
+        self.set_running(&vm, &st).await
+    }
+
+    async fn set_running(&self, current: &Vm, st: &ZoneState) -> Result<Arc<Record>> {
+        let mut next = current.clone();
+        next.state = VmState::Running;
+        next.zone_state = VmState::Running.zone_state();
+        next.pid = st.init_pid.map(|p| p as u32);
+        next.boot_timestamp = Some(now());
+        next.exit_status = None;
+        next.failure = None;
+        // Records from before the switch carried the first warning; the second is for NIC
+        // changes made while it ran, which it now has.
+        // The same for memory changes made while it ran, and the host's notes, which this
+        // start made anew.
+        next.warnings.retain(|w| {
+            !w.starts_with("its nics are not plumbed")
+                && !w.starts_with(NICS_AT_NEXT_BOOT)
+                && !w.starts_with(MEMORY_AT_NEXT_BOOT)
+                && !w.starts_with(AT_NEXT_BOOT)
+                && !w.starts_with(HOST_NOTE)
+        });
+        add_host_notes(&mut next.warnings, &st.notes);
+        self.save_state(next).await
+    }
+
+    pub(super) async fn set_stopped(&self, current: &Vm) -> Result<Arc<Record>> {
+        let uuid = current.uuid;
+        let z = self.zones.clone();
+        let has_nics = !current.nics.is_empty();
+        let switch = self.switch.clone();
+        let (last, problems) = unblock(move || {
+            let last = z.last_state(uuid);
+            let mut problems = z.clean_up(uuid);
+            // The kernel deletes a zone's veth pairs when its network namespace goes, but
+            // later, from a work queue: delete them now (with their anti-spoofing entries,
+            // qdiscs and IFBs), so a stopped guest has no port.
+            if has_nics && let Err(e) = switch.remove_ports(&uuid.to_string()) {
+                problems.push(zoned::run::chain(&e));
+            }
+            (last, problems)
+        })
+        .await?;
+        for p in problems {
+            tracing::warn!(%uuid, "zone clean-up: {p}");
+        }
+        let _ = std::fs::remove_file(self.plumbed_path(uuid));
+        let mut next = current.clone();
+        next.state = VmState::Stopped;
+        next.zone_state = VmState::Stopped.zone_state();
+        next.pid = None;
+        if let Some(last) = last {
+            next.exit_status = last
+                .last_exit
+                .map(|e| e.code.unwrap_or_else(|| 128 + e.signal.unwrap_or(0)));
+            next.failure = last.error;
+        }
+        self.save_state(next).await
+    }
+
+    /// Deletes a guest record.
+    pub async fn delete(&self, uuid: Uuid) -> Result<()> {
+        let lock = self.guest_lock(uuid);
+        let guard = lock.lock().await;
+        let mut current = self.get(uuid)?;
+        if matches!(current.state, VmState::Running | VmState::Stopping) {
+            // As vmadm delete does: a running guest is stopped (at once) first.
+            current = self.stop_locked(current, true, None).await?;
+        }
+        let store = self.db.clone();
+        blocking(move || store.remove(uuid)).await?;
+        let storage = self.storage.clone();
+        blocking(move || storage.destroy_guest(uuid)).await?;
+        let z = self.zones.clone();
+        unblock(move || z.forget(uuid)).await?;
+        write(&self.records).remove(uuid);
+        self.emit(EventKind::Delete, &current, Vec::new());
+        drop(guard);
+        drop(lock);
+        self.forget_lock(uuid);
+        Ok(())
+    }
+
+    /// Watches a zone's zoned process and reports its end to the reaper.
+    pub(super) fn watch(&self, uuid: Uuid, pid: i32) {
+        let tx = self.exits.clone();
+        let Ok(fd) = zoned::config::pidfd(pid) else {
+            let _ = tx.send(uuid);
+            return;
+        };
+        // `AsyncFd::new` is deprecated for descriptors the caller might close behind tokio's
+        // back; this one is an OwnedFd moved in, so only the AsyncFd can close it.
+        #[allow(deprecated)]
+        let afd = tokio::io::unix::AsyncFd::new(fd);
+        tokio::spawn(async move {
+            if let Ok(afd) = afd {
+                let _ = afd.readable().await;
+            }
+            let _ = tx.send(uuid);
+        });
+    }
+
+    /// Marks guests whose runtime process ended as stopped (and cleans what they left).
+    pub async fn reaper(self: Arc<Self>) {
+        let rx = self
+            .exit_rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(mut rx) = rx else { return };
+        while let Some(uuid) = rx.recv().await {
+            let lock = self.guest_lock(uuid);
+            let _guest = lock.lock().await;
+            let Ok(vm) = self.get(uuid) else { continue };
+            let z = self.zones.clone();
+            let alive = unblock(move || z.alive(uuid).is_some())
+                .await
+                .unwrap_or(false);
+            if matches!(vm.state, VmState::Running | VmState::Stopping) && !alive {
+                tracing::info!(%uuid, "zone stopped");
+                if let Err(e) = self.set_stopped(&vm).await {
+                    tracing::error!(%uuid, error = %e, "cannot record a zone's stop");
+                }
+            }
+        }
+    }
+
+    /// Stops a guest: gracefully (SIGTERM to init, then everything killed after `timeout`
+    /// seconds) or at once with `force`.
+    pub async fn stop(&self, uuid: Uuid, force: bool, timeout: Option<u64>) -> Result<Arc<Record>> {
+        let lock = self.guest_lock(uuid);
+        let _guest = lock.lock().await;
+        let vm = self.running(uuid, "stop")?;
+        self.stop_locked(vm, force, timeout).await
+    }
+
+    async fn stop_locked(
+        &self,
+        vm: Arc<Record>,
+        force: bool,
+        timeout: Option<u64>,
+    ) -> Result<Arc<Record>> {
+        let uuid = vm.uuid;
+        let timeout = timeout.unwrap_or(30);
+        let z = self.zones.clone();
+        let stopped = blocking(move || {
+            if z.alive(uuid).is_some() {
+                z.request(
+                    uuid,
+                    &Request::Stop {
+                        timeout_s: Some(timeout),
+                        force,
+                    },
+                )?;
+            }
+            Ok::<_, ZoneError>(z.wait_stopped(uuid, Duration::from_secs(timeout + 15)))
+        })
+        .await?;
+        if !stopped {
+            return Err(ServiceError::Zone(ZoneError::Control {
+                uuid,
+                reason: "it did not stop in time".into(),
+            }));
+        }
+        self.set_stopped(&vm).await
+    }
+
+    /// Reboots a running zone (zoned stops init and boots it again).
+    pub async fn reboot(&self, uuid: Uuid, force: bool) -> Result<Arc<Record>> {
+        let lock = self.guest_lock(uuid);
+        let _guest = lock.lock().await;
+        let vm = self.running(uuid, "reboot")?;
+        let z = self.zones.clone();
+        let st = blocking(move || {
+            let before = z.alive(uuid).map(|s| s.boots).unwrap_or(0);
+            let timeout = if force { 0 } else { 30 };
+            z.request(
+                uuid,
+                &Request::Reboot {
+                    timeout_s: Some(timeout),
+                },
+            )?;
+            let t = std::time::Instant::now();
+            loop {
+                match z.alive(uuid) {
+                    Some(s) if s.boots > before && s.phase == Phase::Running => {
+                        return Ok(s);
+                    }
+                    None => {
+                        return Err(ZoneError::Control {
+                            uuid,
+                            reason: "it stopped instead of rebooting".into(),
+                        });
+                    }
+                    _ if t.elapsed() > Duration::from_secs(timeout + 45) => {
+                        return Err(ZoneError::Control {
+                            uuid,
+                            reason: "it did not come back up in time".into(),
+                        });
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
+        .await?;
+        self.set_running(&vm, &st).await
+    }
+
+    /// Sends a signal to a running zone's init.
+    pub async fn kill(&self, uuid: Uuid, signal: i32) -> Result<Arc<Record>> {
+        let lock = self.guest_lock(uuid);
+        let _guest = lock.lock().await;
+        let vm = self.running(uuid, "kill")?;
+        let z = self.zones.clone();
+        blocking(move || z.request(uuid, &Request::Kill { signal })).await?;
+        Ok(vm)
+    }
+
+    /// `vmadm info`: what a running microVM's VMM reports on its control socket (vCPU exits,
+    /// bytes per device), with the guest's status and pid.
+    pub async fn info(&self, uuid: Uuid) -> Result<Value> {
+        let vm = self.running(uuid, "get info of")?;
+        if !vm.brand.is_microvm() {
+            return Err(ServiceError::Conflict(format!(
+                "vmadm info is for microVMs (brands kvm and bhyve); VM {uuid} is a {} zone",
+                vm.brand
+            )));
+        }
+        let z = self.zones.clone();
+        let reply =
+            blocking(move || z.vmm_command(uuid, &serde_json::json!({ "cmd": "stats" }))).await?;
+        let stats = reply.get("stats").cloned().unwrap_or(Value::Null);
+        Ok(serde_json::json!({
+            "status": vm.state.as_str(),
+            "pid": vm.pid,
+            "cpus": stats.get("vcpus").cloned().unwrap_or(Value::Null),
+            "devices": stats.get("devices").cloned().unwrap_or(Value::Null),
+        }))
+    }
+
+    /// Where `vmadm console` and `zlogin` reach a running zone.
+    pub fn runtime_dir(&self, uuid: Uuid) -> Result<PathBuf> {
+        self.running(uuid, "reach")?;
+        Ok(self.zones.dir(uuid))
+    }
+
+    fn running(&self, uuid: Uuid, verb: &str) -> Result<Arc<Record>> {
+        let vm = self.get(uuid)?;
+        if !matches!(vm.state, VmState::Running | VmState::Stopping) {
+            return Err(ServiceError::Conflict(format!(
+                "cannot {verb} VM {uuid}: it is {}, not running",
+                vm.state.as_str()
+            )));
+        }
+        Ok(vm)
+    }
+
+    /// Starts every guest marked autoboot; returns (uuid, error) for those that failed.
+    pub async fn autoboot(&self) -> Vec<(Uuid, ServiceError)> {
+        let candidates: Vec<Uuid> = read(&self.records)
+            .vms
+            .values()
+            .filter(|vm| vm.autoboot && vm.state != VmState::Running)
+            .map(|vm| vm.uuid)
+            .collect();
+        let mut failed = Vec::new();
+        for uuid in candidates {
+            if let Err(e) = self.start(uuid).await {
+                failed.push((uuid, e));
+            }
+        }
+        failed
+    }
+}

@@ -1,0 +1,110 @@
+//! What vmmd finds again after a restart or a crash: running guests to watch again, switch
+//! ports nobody owns, the NICs each running guest was plumbed with.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hull_spec::{Vm, VmState};
+use hull_vswitch::Guard;
+use uuid::Uuid;
+
+use super::{Record, Service, network, read, unblock};
+
+impl Service {
+    /// After a vmmd restart: zones whose zoned still runs are watched again and stay
+    /// running; the others are marked stopped and their leftovers removed.
+    pub async fn reattach(&self) -> (usize, usize) {
+        let (mut kept, mut lost) = (0, 0);
+        let running: Vec<Arc<Record>> = read(&self.records)
+            .vms
+            .values()
+            .filter(|r| matches!(r.state, VmState::Running | VmState::Stopping))
+            .cloned()
+            .collect();
+        for vm in running {
+            let uuid = vm.uuid;
+            let z = self.zones.clone();
+            let alive = unblock(move || z.alive(uuid)).await.ok().flatten();
+            match alive {
+                Some(st) => {
+                    self.watch(uuid, st.zoned_pid);
+                    kept += 1;
+                }
+                _ => {
+                    lost += 1;
+                    if let Err(e) = self.set_stopped(&vm).await {
+                        tracing::error!(%uuid, error = %e, "cannot record a zone's stop");
+                    }
+                }
+            }
+        }
+        (kept, lost)
+    }
+
+    /// Deletes the switch ports left in the host's namespace by guests that are not running
+    /// (a vmmd or host crash in the middle of a start), and loads this vmmd's anti-spoofing
+    /// table afresh with the entries of the running guests' ports (dropping any a crash
+    /// left). Returns the names of the links removed.
+    pub async fn sweep_ports(&self) -> std::result::Result<Vec<String>, String> {
+        let tags = self
+            .nictags()
+            .map_err(|e| format!("cannot read the nic tags: {e}"))?;
+        let (running, guarded) = {
+            let index = read(&self.records);
+            let live: Vec<&Arc<Record>> = index
+                .vms
+                .values()
+                .filter(|vm| matches!(vm.state, VmState::Running | VmState::Stopping))
+                .collect();
+            let uuids: BTreeSet<String> = live.iter().map(|vm| vm.uuid.to_string()).collect();
+            let guarded: Vec<(String, Guard)> = live
+                .iter()
+                .flat_map(|vm| network::guarded_ports(&self.plumbed(vm), &tags))
+                .collect();
+            (uuids, guarded)
+        };
+        let switch = self.switch.clone();
+        let keep = Box::new(move |uuid: &str| running.contains(uuid));
+        tokio::task::spawn_blocking(move || switch.sweep(keep, guarded))
+            .await
+            .map_err(|e| format!("cannot sweep switch ports: {e}"))?
+            .map_err(|e| format!("cannot sweep switch ports: {}", zoned::run::chain(&e)))
+    }
+
+    /// Makes a spare zoned ahead of the first zone start (on cgroup v1 hosts, as root).
+    pub fn prepare_zones(&self) {
+        self.zones.prepare();
+    }
+
+    /// Where a running guest's plumbed NICs are noted (its zone directory).
+    pub(super) fn plumbed_path(&self, uuid: Uuid) -> PathBuf {
+        self.zones.dir(uuid).join("nics.json")
+    }
+
+    /// Notes the NICs a running guest's ports were made from: what vmmd guards at its next
+    /// start, which for a microVM whose record changed since its boot is not the record.
+    pub(super) fn record_plumbed(&self, vm: &Vm) {
+        let path = self.plumbed_path(vm.uuid);
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec(&vm.nics)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(uuid = %vm.uuid, "cannot note its plumbed NICs in {}: {e}", path.display());
+        }
+    }
+
+    /// The NICs a running guest's ports were made from (its record's when none are noted).
+    fn plumbed(&self, vm: &Vm) -> Vm {
+        let mut out = vm.clone();
+        if let Some(nics) = std::fs::read(self.plumbed_path(vm.uuid))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            out.nics = nics;
+        }
+        out
+    }
+}
