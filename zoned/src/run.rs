@@ -52,6 +52,8 @@ pub enum RunError {
     Init(String),
     #[error("a spare zoned needs cgroup v1 hierarchies (on v2 init is cloned into its cgroup)")]
     SpareNeedsV1,
+    #[error("its starter ended the start before the zone's init ran")]
+    NotReleased,
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RunError {
@@ -138,23 +140,58 @@ struct Zone {
     joined: bool,
     /// The helper moving zoned out of the zone's cgroup, while it runs.
     leaver: Option<Pid>,
+    /// Where the starter releases the first boot's init (see [`run`]), until it has.
+    hold: Option<std::fs::File>,
 }
 
 /// Runs the zone in `dir` until it stops. Returns the zone's final state.
-pub fn run(dir: &Path) -> Result<ZoneState, RunError> {
+///
+/// With `hold` (`zoned run --hold DIR`), the first boot's init waits, its namespaces made
+/// and its pid in the state file, before it runs anything of the zone's: zoned says so with
+/// one byte `h` on stdout and waits for one byte `r` on stdin, which the starter sends once
+/// it has plumbed the zone's network into them. Anything else (EOF: the starter could not,
+/// or went away) ends the start, and the zone never ran without its NICs.
+pub fn run(dir: &Path, hold: bool) -> Result<ZoneState, RunError> {
     // SAFETY: umask has no preconditions; sockets and files made here are root's only.
     unsafe { libc::umask(0o077) };
     let _ = nix::unistd::setsid();
-    run_zone(dir, None)
+    let hold = match hold {
+        true => Some(take_stdin()?),
+        false => None,
+    };
+    run_zone(dir, None, hold)
+}
+
+/// zoned's stdin as a file of its own (close-on-exec), with /dev/null in its place: what
+/// the starter sends after the start is read from it, and no child inherits the pipe.
+fn take_stdin() -> Result<std::fs::File, RunError> {
+    let fd = nix::fcntl::fcntl(std::io::stdin(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+        .map_err(sys("take the starter's pipe"))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor, owned here from now on.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let null = std::fs::File::open("/dev/null").map_err(sys_io("open /dev/null"))?;
+    // SAFETY: dup2 of a descriptor we own onto stdin.
+    unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    Ok(file)
+}
+
+/// Tells the starter that init waits for the zone's network, then waits for its release.
+fn held(hold: std::fs::File) -> Result<(), RunError> {
+    let _ = nix::unistd::write(std::io::stdout(), b"h");
+    let mut b = [0u8; 1];
+    match (&hold).read(&mut b) {
+        Ok(1) if b[0] == b'r' => Ok(()),
+        _ => Err(RunError::NotReleased),
+    }
 }
 
 /// `zoned spare ZONES NAME`: a zoned started ahead of any zone, on cgroup v1. It makes the
 /// empty cgroup NAME (e.g. `hull/.spare-...`), moves itself into it (the write that waits
 /// for an RCU grace period, paid here instead of at start), says so with one byte `s` on
 /// stdout, and waits for a zone's directory, which must be in ZONES, as one line on stdin.
-/// It then runs that zone as `zoned run` would, renaming NAME to the zone's cgroup, so that
-/// init is cloned inside it. EOF or anything else instead (vmmd went away) leaves and
-/// removes NAME. Returns `None` in that case.
+/// It then runs that zone as `zoned run --hold` would (see [`run`]), renaming NAME to the
+/// zone's cgroup, so that init is cloned inside it. EOF or anything else instead (vmmd went
+/// away) leaves and removes NAME. Returns `None` in that case.
 pub fn spare(zones: &Path, name: &str) -> Result<Option<ZoneState>, RunError> {
     // SAFETY: umask has no preconditions; sockets and files made here are root's only.
     unsafe { libc::umask(0o077) };
@@ -182,8 +219,11 @@ pub fn spare(zones: &Path, name: &str) -> Result<Option<ZoneState>, RunError> {
         leave();
         return Ok(None);
     }
+    // Nothing follows the line until zoned says its init is held: no byte of the release
+    // is in stdin's buffer.
+    let hold = take_stdin();
     redirect_stdio(&dir);
-    let result = run_zone(&dir, Some(name));
+    let result = hold.and_then(|hold| run_zone(&dir, Some(name), Some(hold)));
     // Still named NAME: the zone never took it over (busy, bad config).
     if Cgroup::open(&layout, name).is_ok() {
         leave();
@@ -209,7 +249,11 @@ fn redirect_stdio(dir: &Path) {
     }
 }
 
-fn run_zone(dir: &Path, spare: Option<&str>) -> Result<ZoneState, RunError> {
+fn run_zone(
+    dir: &Path,
+    spare: Option<&str>,
+    hold: Option<std::fs::File>,
+) -> Result<ZoneState, RunError> {
     let lock_path = dir.join("zoned.lock");
     let lock = std::fs::File::create(&lock_path)
         .map_err(sys_io(format!("create {}", lock_path.display())))?;
@@ -235,7 +279,10 @@ fn run_zone(dir: &Path, spare: Option<&str>) -> Result<ZoneState, RunError> {
     };
     write_runtime_json(&dir.join(files::STATE), &state)?;
     let result = match build(dir, cfg, &mut state, spare) {
-        Ok(zone) => zone.supervise(),
+        Ok(mut zone) => {
+            zone.hold = hold;
+            zone.supervise()
+        }
         Err(e) => {
             state.phase = Phase::Stopped;
             state.error = Some(chain(&e));
@@ -318,6 +365,7 @@ fn build(
         console: Console::default(),
         joined,
         leaver: None,
+        hold: None,
     })
 }
 
@@ -861,6 +909,12 @@ impl Zone {
             // for the second byte before it runs anything of the zone's.
             if !born_inside {
                 self.cgroup.add_pid(pid.as_raw())?;
+            }
+            // The first boot of a held start waits here for its network (see [`run`]).
+            if let Some(hold) = self.hold.take() {
+                self.state.init_pid = Some(pid.as_raw());
+                self.save();
+                held(hold)?;
             }
             nix::unistd::write(&go_w, b"c").map_err(sys("release the zone's init"))?;
             let master = recv_fd(&fd_parent);

@@ -18,7 +18,7 @@ use super::Seams;
 use super::network::TapError;
 use super::provision::{Grown, Warnings};
 use super::seams::{GuestStorage, Switch, ZoneRuntime};
-use super::zones::ZoneError;
+use super::zones::{Plumb, ZoneError};
 
 /// The calls made to the fakes, in order, and the calls told to fail.
 #[derive(Debug, Default)]
@@ -232,11 +232,23 @@ impl ZoneRuntime for FakeZones {
         self.root.join(uuid.to_string())
     }
 
-    fn start(&self, vm: &Vm, _root: Option<RootSource>) -> Result<ZoneState, ZoneError> {
+    fn start(
+        &self,
+        vm: &Vm,
+        _root: Option<RootSource>,
+        plumb: &mut Plumb<'_>,
+    ) -> Result<ZoneState, ZoneError> {
         if self.journal.call("zones.start", vm.uuid) {
             return Err(ZoneError::Start {
                 uuid: vm.uuid,
                 reason: "zones.start failed (injected)".into(),
+            });
+        }
+        // As zoned holds init: nothing of the zone's runs before its network is made.
+        if let Err(e) = plumb(INIT_PID) {
+            return Err(ZoneError::Start {
+                uuid: vm.uuid,
+                reason: format!("cannot plumb its nics: {}", zoned::run::chain(&*e)),
             });
         }
         let dir = self.dir(vm.uuid);

@@ -68,9 +68,19 @@ impl Service {
                 Some(root)
             }
         };
-        let z = self.zones.clone();
+        // A zone's NICs are plumbed into its namespaces while its init waits, so that it
+        // never runs without them; a microVM's VMM opens its TAPs itself.
+        let (z, switch) = (self.zones.clone(), self.switch.clone());
         let planned = vm.vm.clone();
-        let started = unblock(move || z.start(&planned, root)).await?;
+        let zone_ports = (!vm.brand.is_microvm() && !ports.is_empty()).then_some(ports);
+        let started = unblock(move || {
+            let mut plumb = |pid: i32| match &zone_ports {
+                Some(ports) => Ok(switch.plumb_zone(&uuid.to_string(), pid, ports, &routes)?),
+                None => Ok(()),
+            };
+            z.start(&planned, root, &mut plumb)
+        })
+        .await?;
         let st = match started {
             Ok(st) => st,
             Err(e) => {
@@ -83,29 +93,6 @@ impl Service {
                 return Err(ServiceError::Zone(e));
             }
         };
-        if let (false, false, Some(pid)) = (vm.brand.is_microvm(), ports.is_empty(), st.init_pid) {
-            let switch = self.switch.clone();
-            let plumbed =
-                unblock(move || switch.plumb_zone(&uuid.to_string(), pid, &ports, &routes)).await?;
-            if let Err(e) = plumbed {
-                // No half-made guest: the zone goes with what was plumbed.
-                let z = self.zones.clone();
-                best_effort(move || {
-                    let force = Request::Stop {
-                        timeout_s: Some(0),
-                        force: true,
-                    };
-                    let _ = z.request(uuid, &force);
-                    z.wait_stopped(uuid, Duration::from_secs(15));
-                    z.clean_up(uuid)
-                })
-                .await;
-                return Err(ServiceError::Zone(ZoneError::Start {
-                    uuid,
-                    reason: format!("cannot plumb its nics: {}", zoned::run::chain(&e)),
-                }));
-            }
-        }
         if !vm.nics.is_empty() {
             self.record_plumbed(&vm);
         }

@@ -23,7 +23,7 @@ use zoned::config::{Reply, Request, ZoneConfig, ZoneState};
 
 use super::network::{self, TapError};
 use super::provision::{self, Grown, Warnings};
-use super::zones::{ZoneError, Zones};
+use super::zones::{Plumb, ZoneError, Zones};
 
 /// A guest's storage in the image store: its root, its disk files and their snapshots.
 pub trait GuestStorage: Send + Sync + std::fmt::Debug {
@@ -114,8 +114,15 @@ impl GuestStorage for CowStore {
 pub trait ZoneRuntime: Send + Sync + std::fmt::Debug {
     /// The guest's runtime directory.
     fn dir(&self, uuid: Uuid) -> PathBuf;
-    /// Starts the guest's zone (its VMM's for a microVM); returns once its init runs.
-    fn start(&self, vm: &Vm, root: Option<RootSource>) -> Result<ZoneState, ZoneError>;
+    /// Starts the guest's zone (its VMM's for a microVM); returns once its init runs. Init
+    /// runs nothing of the zone's before `plumb` has made its network (given init's pid);
+    /// when `plumb` fails, init never runs and the start fails.
+    fn start(
+        &self,
+        vm: &Vm,
+        root: Option<RootSource>,
+        plumb: &mut Plumb<'_>,
+    ) -> Result<ZoneState, ZoneError>;
     /// One request to the guest's zoned.
     fn request(&self, uuid: Uuid, req: &Request) -> Result<Reply, ZoneError>;
     /// The running zone's state, if its zoned is alive.
@@ -151,8 +158,13 @@ impl ZoneRuntime for HostZones {
         self.0.dir(uuid)
     }
 
-    fn start(&self, vm: &Vm, root: Option<RootSource>) -> Result<ZoneState, ZoneError> {
-        self.0.start(vm, root)
+    fn start(
+        &self,
+        vm: &Vm,
+        root: Option<RootSource>,
+        plumb: &mut Plumb<'_>,
+    ) -> Result<ZoneState, ZoneError> {
+        self.0.start(vm, root, plumb)
     }
 
     fn request(&self, uuid: Uuid, req: &Request) -> Result<Reply, ZoneError> {

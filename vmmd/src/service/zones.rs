@@ -45,6 +45,13 @@ pub enum ZoneError {
     File(#[from] zoned::config::FileError),
 }
 
+/// What makes a held zone's network, given its init's host pid (see [`Zones::start`]).
+pub type Plumb<'a> = dyn FnMut(i32) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + 'a;
+
+/// A zoned being started: the process, the pipe that releases its held init, and the pipe
+/// on which it reports.
+type Starting = (Child, ChildStdin, ChildStdout);
+
 /// Zones known to be running, and where zoned lives.
 #[derive(Debug)]
 pub struct Zones {
@@ -183,7 +190,7 @@ impl Zones {
         let (Some(stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return None;
         };
-        if wait_readable(&stdout, SPARE_WAIT) && read_byte(&mut stdout) {
+        if wait_readable(&stdout, SPARE_WAIT) && read_byte(&mut stdout).is_some() {
             return Some(Spare {
                 child,
                 stdin,
@@ -232,7 +239,7 @@ impl Zones {
 
     /// Hands the spare, if there is one, the zone in `dir`: returns its process and the
     /// pipe on which it says that init runs. A spare that died meanwhile is collected.
-    fn take_spare(&self, dir: &Path) -> Option<(Child, ChildStdout)> {
+    fn take_spare(&self, dir: &Path) -> Option<Starting> {
         let spare = self.spare_slot().take()?;
         let Spare {
             mut child,
@@ -241,7 +248,7 @@ impl Zones {
         } = spare;
         let line = format!("{}\n", dir.display());
         if stdin.write_all(line.as_bytes()).is_ok() {
-            return Some((child, stdout));
+            return Some((child, stdin, stdout));
         }
         let _ = child.kill();
         std::thread::spawn(move || child.wait());
@@ -300,14 +307,19 @@ impl Zones {
     /// Writes the zone's config and hands it to the spare zoned (or starts `zoned run` when
     /// there is none); returns once init runs. Then makes the next spare. A zone guest runs
     /// on `root`; a microVM (no root) runs its VMM in a zone of its own.
+    ///
+    /// Init is held before it runs anything of the zone's until `plumb` has made the zone's
+    /// network in its namespaces (given init's host pid); when `plumb` fails, init never
+    /// runs and the start fails with its error.
     pub fn start(
         self: &Arc<Self>,
         vm: &Vm,
         root: Option<RootSource>,
+        plumb: &mut Plumb<'_>,
     ) -> Result<ZoneState, ZoneError> {
         let uuid = vm.uuid;
         let slot = self.take_slot(uuid)?;
-        let started = self.start_in_slot(vm, root, slot);
+        let started = self.start_in_slot(vm, root, slot, plumb);
         self.refill();
         started
     }
@@ -397,6 +409,7 @@ impl Zones {
         vm: &Vm,
         root: Option<RootSource>,
         slot: u32,
+        plumb: &mut Plumb<'_>,
     ) -> Result<ZoneState, ZoneError> {
         let uuid = vm.uuid;
         let start_err = |reason: String| ZoneError::Start { uuid, reason };
@@ -433,7 +446,7 @@ impl Zones {
         write_json(&dir.join(files::CONFIG), &cfg)?;
         let _ = std::fs::remove_file(dir.join(files::STATE));
         let log_path = dir.join(files::LOG);
-        let (mut child, ready) = match self.take_spare(&dir) {
+        let (mut child, release, mut ready) = match self.take_spare(&dir) {
             Some(spare) => spare,
             None => self.spawn_zoned(uuid, &dir, &log_path)?,
         };
@@ -443,12 +456,34 @@ impl Zones {
         std::thread::spawn(move || {
             let _ = child.wait();
         });
-        let mut ready = ready;
-        // Readable means a byte (init runs, or `e`: the state file says why not) or EOF
-        // (zoned ended, perhaps still tearing down its namespaces); only silence for the
-        // whole wait is a start that hangs.
-        let answered = wait_readable(&ready, START_WAIT);
-        let started = answered && read_byte(&mut ready);
+        // Readable means a byte (`h`: init waits for its network; `r`: init runs; `e`: the
+        // state file says why not) or EOF (zoned ended, perhaps still tearing down its
+        // namespaces); only silence for the whole wait is a start that hangs.
+        let mut answered = wait_readable(&ready, START_WAIT);
+        let mut byte = answered.then(|| read_byte(&mut ready)).flatten();
+        if byte == Some(b'h') {
+            let init = self.last_state(uuid).filter(|st| st.zoned_pid == pid);
+            match init.and_then(|st| st.init_pid).map(&mut *plumb) {
+                Some(Ok(())) => {
+                    let mut release = release;
+                    let _ = release.write_all(b"r");
+                }
+                // Dropping the pipe ends the start: init never runs.
+                failed => {
+                    drop(release);
+                    wait_gone(pid, Duration::from_secs(5));
+                    return Err(match failed {
+                        Some(Err(e)) => {
+                            start_err(format!("cannot plumb its nics: {}", zoned::run::chain(&*e)))
+                        }
+                        _ => start_err("zoned held a zone whose init it does not name".into()),
+                    });
+                }
+            }
+            answered = wait_readable(&ready, START_WAIT);
+            byte = answered.then(|| read_byte(&mut ready)).flatten();
+        }
+        let started = byte.is_some();
         drop(ready);
         match self.last_state(uuid) {
             Some(st) if started && st.zoned_pid == pid && st.phase != Phase::Stopped => Ok(st),
@@ -475,14 +510,9 @@ impl Zones {
         }
     }
 
-    /// Starts `zoned run DIR` (no spare at hand): returns it and the pipe on which it says
-    /// that init runs.
-    fn spawn_zoned(
-        &self,
-        uuid: Uuid,
-        dir: &Path,
-        log_path: &Path,
-    ) -> Result<(Child, ChildStdout), ZoneError> {
+    /// Starts `zoned run --hold DIR` (no spare at hand): returns it, the pipe that releases
+    /// its init and the pipe on which it says that init waits and then runs.
+    fn spawn_zoned(&self, uuid: Uuid, dir: &Path, log_path: &Path) -> Result<Starting, ZoneError> {
         let start_err = |reason: String| ZoneError::Start { uuid, reason };
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -494,16 +524,17 @@ impl Zones {
         // thing: it outlives vmmd in a session of its own.
         let mut child = Command::new(&self.zoned)
             .arg("run")
+            .arg("--hold")
             .arg(dir)
             .current_dir("/")
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .map_err(|e| start_err(format!("cannot run {}: {e}", self.zoned.display())))?;
-        match child.stdout.take() {
-            Some(out) => Ok((child, out)),
-            None => Err(start_err("zoned has no stdout pipe".into())),
+        match (child.stdin.take(), child.stdout.take()) {
+            (Some(input), Some(out)) => Ok((child, input, out)),
+            _ => Err(start_err("zoned has no stdin or stdout pipe".into())),
         }
     }
 
@@ -670,11 +701,11 @@ fn wait_readable(fd: &impl std::os::fd::AsFd, limit: Duration) -> bool {
     }
 }
 
-/// Reads one byte; false at EOF or on an error.
-fn read_byte(r: &mut ChildStdout) -> bool {
+/// Reads one byte; `None` at EOF or on an error.
+fn read_byte(r: &mut ChildStdout) -> Option<u8> {
     use std::io::Read;
     let mut b = [0u8; 1];
-    matches!(r.read(&mut b), Ok(1))
+    matches!(r.read(&mut b), Ok(1)).then_some(b[0])
 }
 
 /// Waits up to `limit` for `pid` to exit (a zombie counts: the reaper thread collects it).
