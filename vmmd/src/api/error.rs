@@ -145,6 +145,7 @@ impl From<ServiceError> for ApiError {
             | ServiceError::Catalog(_)
             | ServiceError::Task(_)
             | ServiceError::Zone(_)
+            | ServiceError::Switch(_)
             | ServiceError::Storage(_) => {
                 tracing::error!(error = %err, ?causes, "request failed inside vmmd");
                 ApiError::new(
@@ -156,5 +157,32 @@ impl From<ServiceError> for ApiError {
         };
         e.body.causes = causes;
         e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::switch_error;
+    use hull_vswitch::VswitchError;
+
+    #[test]
+    fn a_switch_failure_is_the_daemons_and_a_refusal_is_a_conflict() {
+        let failed = switch_error(VswitchError::Sys {
+            what: "delete hb-admin".into(),
+            source: std::io::Error::from_raw_os_error(libc::EBUSY),
+        });
+        let e = ApiError::from(failed);
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.body.message, "cannot delete hb-admin");
+        assert_eq!(e.body.causes.len(), 1, "{:?}", e.body.causes);
+        assert!(e.body.causes[0].contains("busy"), "{:?}", e.body.causes);
+
+        let refused = switch_error(VswitchError::Invalid(
+            "the bridge has a guest's port".into(),
+        ));
+        let e = ApiError::from(refused);
+        assert_eq!(e.status, StatusCode::CONFLICT);
+        assert_eq!(e.body.message, "the bridge has a guest's port");
     }
 }

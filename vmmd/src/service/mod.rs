@@ -93,6 +93,9 @@ pub enum ServiceError {
     Storage(#[source] hull_cowstore::store::StoreError),
     #[error(transparent)]
     Zone(#[from] zones::ZoneError),
+    /// The host's switch failed (netlink, nftables): the daemon's failure, not the request's.
+    #[error(transparent)]
+    Switch(hull_vswitch::VswitchError),
     /// `create` with autoboot made the guest, then its first boot failed. The guest stays
     /// (SmartOS semantics): `vmadm start` retries, `vmadm delete` removes it.
     #[error(
@@ -103,6 +106,16 @@ pub enum ServiceError {
         uuid: Uuid,
         error: Box<ServiceError>,
     },
+}
+
+/// A switch error as the service reports it: what the request asked for that the switch
+/// refuses (a bridge that still has a guest's port) is a conflict; anything else is the
+/// host's failure.
+pub(crate) fn switch_error(e: hull_vswitch::VswitchError) -> ServiceError {
+    match e {
+        hull_vswitch::VswitchError::Invalid(m) => ServiceError::Conflict(m),
+        e => ServiceError::Switch(e),
+    }
 }
 
 /// Result alias for the service.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use hull_spec::{NicTag, ValidationReport};
 
-use super::{Result, Service, ServiceError, blocking, catalog, read};
+use super::{Result, Service, ServiceError, blocking, catalog, read, switch_error};
 
 impl Service {
     /// The nic tags, by name.
@@ -74,7 +74,7 @@ impl Service {
         blocking(move || {
             switch
                 .release_tag(&tag_name, tag.uplink.as_deref())
-                .map_err(|e| ServiceError::Conflict(zoned::run::chain(&e)))
+                .map_err(switch_error)
         })
         .await?;
         self.save_tags(tags).await

@@ -9,7 +9,7 @@ use hull_spec::{Vm, VmState};
 use hull_vswitch::Guard;
 use uuid::Uuid;
 
-use super::{Record, Service, network, read, unblock};
+use super::{Record, Result, Service, ServiceError, blocking, network, read, unblock};
 
 impl Service {
     /// After a vmmd restart: zones whose zoned still runs are watched again and stay
@@ -46,10 +46,8 @@ impl Service {
     /// (a vmmd or host crash in the middle of a start), and loads this vmmd's anti-spoofing
     /// table afresh with the entries of the running guests' ports (dropping any a crash
     /// left). Returns the names of the links removed.
-    pub async fn sweep_ports(&self) -> std::result::Result<Vec<String>, String> {
-        let tags = self
-            .nictags()
-            .map_err(|e| format!("cannot read the nic tags: {e}"))?;
+    pub async fn sweep_ports(&self) -> Result<Vec<String>> {
+        let tags = self.nictags()?;
         let (running, guarded) = {
             let index = read(&self.records);
             let live: Vec<&Arc<Record>> = index
@@ -66,10 +64,7 @@ impl Service {
         };
         let switch = self.switch.clone();
         let keep = Box::new(move |uuid: &str| running.contains(uuid));
-        tokio::task::spawn_blocking(move || switch.sweep(keep, guarded))
-            .await
-            .map_err(|e| format!("cannot sweep switch ports: {e}"))?
-            .map_err(|e| format!("cannot sweep switch ports: {}", zoned::run::chain(&e)))
+        blocking(move || switch.sweep(keep, guarded).map_err(ServiceError::Switch)).await
     }
 
     /// Makes a spare zoned ahead of the first zone start (on cgroup v1 hosts, as root).
