@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use hull_vswitch::{Guard, PortConfig, Segment, Uplink, ZoneNic, bridge_name};
+use hull_vswitch::{Guard, PortConfig, Segment, Switch, Uplink, ZoneNic, bridge_name};
 
 const OWNER: &str = "vlantest";
 const UUID: &str = "5a5a5a5a-0000-4000-8000-000000000005";
@@ -147,7 +147,8 @@ fn root_a_vlan_segment_rides_an_8021q_sub_interface() {
     peer.must(&["ip", "addr", "add", "203.0.113.100/24", "dev", "vlt-peer"]);
     peer.must(&["ip", "link", "set", "vlt-peer", "up"]);
     let ip = Ipv4Addr::new(203, 0, 113, 55);
-    let plumbed = hull_vswitch::plumb_zone(OWNER, UUID, zone.pid() as i32, &[nic(5, ip)], &[]);
+    let switch = Switch::new(OWNER);
+    let plumbed = switch.plumb_zone(UUID, zone.pid() as i32, &[nic(5, ip)], &[]);
     if kernel_has_8021q() {
         plumbed.unwrap_or_else(|e| panic!("plumb: {e:?}"));
         let reaches = |target: &str| {
@@ -232,8 +233,10 @@ fn root_a_vlan_segment_rides_an_8021q_sub_interface() {
         );
         println!("vlan: this kernel has no 802.1Q; refused, nothing left");
     }
-    hull_vswitch::remove_ports(OWNER, UUID).expect("remove ports");
-    hull_vswitch::release_tag(OWNER, "vlt", Some("vlt-up")).expect("release the tag");
+    switch.remove_ports(UUID).expect("remove ports");
+    switch
+        .release_tag("vlt", Some("vlt-up"))
+        .expect("release the tag");
     let links = hull_vswitch::host_links().expect("links");
     assert!(
         !links

@@ -2,7 +2,7 @@
 //!
 //! - zone-to-zone TCP throughput (iperf3, one stream, median of runs, the three set-ups
 //!   alternating): through hull's switch with anti-spoofing on (two ports plumbed by
-//!   `hull_vswitch::plumb_zone` on one bridge, the guard table loaded), next to a plain
+//!   `hull_vswitch::Switch::plumb_zone` on one bridge, the guard table loaded), next to a plain
 //!   Linux bridge without rules and a raw veth pair between the two namespaces;
 //! - NIC setup time per zone: `plumb_zone` of one NIC (veth pair, bridge port, MAC, MTU,
 //!   address, route, anti-spoofing entries) for zone 1, 2, ... N (default 500) on one
@@ -23,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hull_vswitch::{Guard, PortConfig, Segment, ZoneNic, bridge_name};
+use hull_vswitch::{Guard, PortConfig, Segment, Switch, ZoneNic, bridge_name};
 
 type Res<T> = Result<T, String>;
 
@@ -236,14 +236,16 @@ fn iperf(client: u32, server: u32, server_ip: &str, secs: u32) -> Res<f64> {
     ))
 }
 
-fn throughput(h: &mut Holders, runs: usize, secs: u32) -> Res<()> {
+fn throughput(h: &mut Holders, switch: &Switch, runs: usize, secs: u32) -> Res<()> {
     // hull: two ports on one switch, guarded.
     let (a, b) = (h.netns()?, h.netns()?);
     let (ua, ub) = (uuid(1, 0xaa), uuid(2, 0xaa));
     let (ia, ib) = (Ipv4Addr::new(192, 0, 2, 201), Ipv4Addr::new(192, 0, 2, 202));
-    hull_vswitch::plumb_zone(OWNER, &ua, a as i32, &[nic("tput", &ua, 1, ia)], &[])
+    switch
+        .plumb_zone(&ua, a as i32, &[nic("tput", &ua, 1, ia)], &[])
         .map_err(|e| format!("plumb: {e}"))?;
-    hull_vswitch::plumb_zone(OWNER, &ub, b as i32, &[nic("tput", &ub, 2, ib)], &[])
+    switch
+        .plumb_zone(&ub, b as i32, &[nic("tput", &ub, 2, ib)], &[])
         .map_err(|e| format!("plumb: {e}"))?;
     // A plain bridge without rules, in a namespace of its own (no nf_tables there).
     let host = h.netns()?;
@@ -334,7 +336,7 @@ fn ms(v: &[Duration]) -> String {
     format!("{:.2}", m * 1000.0)
 }
 
-fn setup(h: &mut Holders, zones: usize) -> Res<()> {
+fn setup(h: &mut Holders, switch: &Switch, zones: usize) -> Res<()> {
     let reps = 11;
     run(&["ip", "link", "add", "brpeer", "type", "bridge"])?;
     run(&["ip", "link", "set", "brpeer", "up"])?;
@@ -355,7 +357,8 @@ fn setup(h: &mut Holders, zones: usize) -> Res<()> {
         let u = uuid(i, 0xbe);
         let n = nic("bench", &u, i, address(i)?);
         let t = Instant::now();
-        hull_vswitch::plumb_zone(OWNER, &u, pid as i32, &[n], &[])
+        switch
+            .plumb_zone(&u, pid as i32, &[n], &[])
             .map_err(|e| format!("plumb zone {i}: {}", chain(&e)))?;
         hull.push(t.elapsed());
     }
@@ -422,7 +425,8 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at start: {}\n", load.trim());
     let mut h = Holders::default();
-    let result = throughput(&mut h, runs, 5).and_then(|()| setup(&mut h, zones));
+    let switch = Switch::new(OWNER);
+    let result = throughput(&mut h, &switch, runs, 5).and_then(|()| setup(&mut h, &switch, zones));
     drop(h);
     if let Err(e) = result {
         eprintln!("bench-net: {e}");

@@ -353,7 +353,7 @@ impl Service {
             storage: cow.clone(),
             zones: Arc::new(seams::HostZones(Arc::new(zones))),
             switch: Arc::new(seams::HostSwitch {
-                owner: network::owner_tag(data_root),
+                switch: hull_vswitch::Switch::new(network::owner_tag(data_root)),
             }),
         };
         Service::with_seams(data_root, cow, seams)

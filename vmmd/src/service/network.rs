@@ -195,17 +195,21 @@ pub enum TapError {
 
 /// Makes the persistent TAP of each of a microVM's `ports` (in order) and attaches it to its
 /// bridge, guarded and capped; on an error nothing of the guest's stays.
-pub fn make_taps(owner: &str, uuid: &str, ports: &[ZoneNic]) -> Result<(), TapError> {
+pub fn make_taps(
+    switch: &hull_vswitch::Switch,
+    uuid: &str,
+    ports: &[ZoneNic],
+) -> Result<(), TapError> {
     let made = ports.iter().try_for_each(|nic| {
         let name = nic.port.tap();
         zoned::tun::create_persistent(&name).map_err(|source| TapError::Create {
             name: name.clone(),
             source,
         })?;
-        Ok(hull_vswitch::attach_tap(owner, &nic.port)?)
+        Ok(switch.attach_tap(&nic.port)?)
     });
     if made.is_err() {
-        let _ = hull_vswitch::remove_ports(owner, uuid);
+        let _ = switch.remove_ports(uuid);
     }
     made
 }

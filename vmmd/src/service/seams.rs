@@ -213,7 +213,7 @@ impl ZoneRuntime for HostZones {
 }
 
 /// This data root's ports on the host's switch. Each port's alias names the data root (see
-/// hull_vswitch::sweep), so an implementation serves one data root.
+/// hull_vswitch::Switch::sweep), so an implementation serves one data root.
 pub trait Switch: Send + Sync + std::fmt::Debug {
     /// Makes a microVM's TAPs (`key` is its uuid) on their bridges; all or nothing.
     fn make_taps(&self, key: &str, ports: &[ZoneNic]) -> Result<(), TapError>;
@@ -240,16 +240,16 @@ pub trait Switch: Send + Sync + std::fmt::Debug {
     fn release_tag(&self, tag: &str, uplink: Option<&str>) -> Result<Vec<String>, VswitchError>;
 }
 
-/// [`Switch`] on this host's kernel, for the data root `owner` names.
+/// [`Switch`] on this host's kernel, for the data root its switch's owner names.
 #[derive(Debug, Clone)]
 pub struct HostSwitch {
-    /// The data root's tag in port aliases (see [`network::owner_tag`]).
-    pub owner: String,
+    /// The switch of the data root's ports (owner: [`network::owner_tag`]); one per process.
+    pub switch: hull_vswitch::Switch,
 }
 
 impl Switch for HostSwitch {
     fn make_taps(&self, key: &str, ports: &[ZoneNic]) -> Result<(), TapError> {
-        network::make_taps(&self.owner, key, ports)
+        network::make_taps(&self.switch, key, ports)
     }
 
     fn plumb_zone(
@@ -259,15 +259,15 @@ impl Switch for HostSwitch {
         ports: &[ZoneNic],
         routes: &[ZoneRoute],
     ) -> Result<(), VswitchError> {
-        hull_vswitch::plumb_zone(&self.owner, key, pid, ports, routes)
+        self.switch.plumb_zone(key, pid, ports, routes)
     }
 
     fn update_zone(&self, pid: i32, change: &ZoneChange) -> Result<(), VswitchError> {
-        hull_vswitch::update_zone(&self.owner, pid, change)
+        self.switch.update_zone(pid, change)
     }
 
     fn remove_ports(&self, key: &str) -> Result<Vec<String>, VswitchError> {
-        hull_vswitch::remove_ports(&self.owner, key)
+        self.switch.remove_ports(key)
     }
 
     fn sweep(
@@ -275,10 +275,10 @@ impl Switch for HostSwitch {
         keep: Box<dyn Fn(&str) -> bool + Send>,
         guarded: Vec<(String, Guard)>,
     ) -> Result<Vec<String>, VswitchError> {
-        hull_vswitch::sweep(&self.owner, keep, guarded)
+        self.switch.sweep(keep, guarded)
     }
 
     fn release_tag(&self, tag: &str, uplink: Option<&str>) -> Result<Vec<String>, VswitchError> {
-        hull_vswitch::release_tag(&self.owner, tag, uplink)
+        self.switch.release_tag(tag, uplink)
     }
 }

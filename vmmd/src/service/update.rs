@@ -302,7 +302,7 @@ impl Service {
     }
 
     /// Applies the NIC changes from `current` to `next` to a running zone: new veth pairs,
-    /// removed ones deleted, changed ones updated (see hull_vswitch::update_zone). On a
+    /// removed ones deleted, changed ones updated (see hull_vswitch::Switch::update_zone). On a
     /// failure what was applied is undone and nothing has changed. Returns the change that
     /// undoes it (with the zone's init pid), for when the record cannot be written.
     async fn change_zone_nics(
