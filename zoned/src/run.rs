@@ -13,6 +13,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hull_sys::process::start_time;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
@@ -21,7 +22,7 @@ use nix::unistd::Pid;
 
 use crate::cgroup::{Cgroup, Layout};
 use crate::config::{
-    InitExit, Phase, Reply, Request, VmmExit, ZoneConfig, ZoneState, files, read_json, start_time,
+    InitExit, Phase, Reply, Request, VmmExit, ZoneConfig, ZoneState, files, read_json,
     write_runtime_json,
 };
 use crate::{rootfs, security};
@@ -67,21 +68,9 @@ fn sys_io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     move |source| RunError::Sys { what, source }
 }
 
-/// An error with its causes, as one line (cgroup and mount errors keep the OS error as
-/// their source).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let s = cause.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        next = cause.source();
-    }
-    text
-}
+/// An error with its causes, as one line. Re-exported for vmmd's service layer until its
+/// next change to vmmd/src/service/mod.rs calls `hull_sys::chain` itself.
+pub use hull_sys::chain;
 
 /// A graceful stop or reboot under way.
 #[derive(Debug)]

@@ -185,7 +185,7 @@ pub fn make_taps(owner: &str, uuid: &str, ports: &[ZoneNic]) -> Result<(), Strin
         let name = nic.port.tap();
         zoned::tun::create_persistent(&name)
             .map_err(|e| format!("cannot create the TAP {name}: {e}"))?;
-        hull_vswitch::attach_tap(owner, &nic.port).map_err(|e| zoned::run::chain(&e))
+        hull_vswitch::attach_tap(owner, &nic.port).map_err(|e| hull_sys::chain(&e))
     });
     if made.is_err() {
         let _ = hull_vswitch::remove_ports(owner, uuid);

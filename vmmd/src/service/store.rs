@@ -66,7 +66,7 @@ fn replace(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<(), St
             f.sync_all().map_err(io("fsync", &tmp))?;
         }
         if !durable {
-            return zoned::config::swap_into_place(&tmp, &target)
+            return hull_sys::fs::swap_into_place(&tmp, &target)
                 .map_err(io("rename into place", &target));
         }
         fs::rename(&tmp, &target).map_err(io("rename into place", &target))?;

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use hull_cowstore::backend::RootSource;
 use hull_spec::{Brand, Vm};
+use hull_sys::process::same_process;
 use uuid::Uuid;
 use zoned::cgroup::Limits;
 use zoned::config::{
     ID_RANGE, Phase, Reply, Request, RootFile, RootIds, RootSpec, ZoneConfig, ZoneState, files,
-    read_json, same_process, write_json,
+    read_json, write_json,
 };
 
 /// First host uid of the zone id ranges; zone N (a slot) gets base + N * 65536.
