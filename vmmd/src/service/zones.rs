@@ -338,14 +338,10 @@ impl Zones {
         if !saved {
             return None;
         }
-        let tmp = self.root.join(".kvm-cpuid.key.tmp");
-        if std::fs::write(&tmp, &key)
-            .and_then(|()| std::fs::rename(&tmp, &key_file))
-            .is_err()
-        {
-            // The table is right for now; without its key it is made again next time.
-            let _ = std::fs::remove_file(&tmp);
-        }
+        // The table is right for now; without its key (not written, or lost or torn by a host
+        // crash: no fsync) it is made again next time.
+        let runtime = hull_sys::fs::WriteOptions::RUNTIME;
+        let _ = hull_sys::fs::write_atomic_with(&key_file, key.as_bytes(), runtime);
         Some(table)
     }
 
