@@ -20,6 +20,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use hull_sys::IoError;
+use hull_sys::fs::sync_dir;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -75,16 +77,8 @@ pub struct StoreConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A file or directory operation failed.
-    #[error("cannot {action} {path}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The image file was refused.
     #[error("image {uuid} was refused")]
     Archive {
@@ -141,11 +135,7 @@ pub enum StoreError {
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| StoreError::Io(IoError::new(action, path, source))
 }
 
 /// Which images a guest clones.
@@ -171,12 +161,6 @@ pub struct Store {
     guests: PathBuf,
     backend: Box<dyn Backend>,
     limits: Limits,
-}
-
-fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", dir))
 }
 
 fn kind_name(k: ImageKind) -> &'static str {
@@ -253,7 +237,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("remove", dir)(e)),
         }
-        fsync_dir(&self.images)
+        Ok(sync_dir(&self.images)?)
     }
 
     /// The directory of an installed image.
@@ -300,7 +284,7 @@ impl Store {
         let result = self.fill_staging(spec, src, &staging, progress);
         let result = result.and_then(|stats| {
             fs::rename(&staging, &final_dir).map_err(io("move into place", &final_dir))?;
-            fsync_dir(&self.images)?;
+            sync_dir(&self.images)?;
             Ok(stats)
         });
         if result.is_err() {
@@ -360,7 +344,7 @@ impl Store {
             .map_err(io("create", &m))?;
         f.write_all(&spec.manifest).map_err(io("write", &m))?;
         f.sync_all().map_err(io("fsync", &m))?;
-        fsync_dir(staging)?;
+        sync_dir(staging)?;
         Ok(stats)
     }
 
@@ -414,7 +398,7 @@ impl Store {
         }
         let doomed = self.images.join(format!(".deleting-{uuid}"));
         fs::rename(&dir, &doomed).map_err(io("move aside", &dir))?;
-        fsync_dir(&self.images)?;
+        sync_dir(&self.images)?;
         self.remove_image_dir(&doomed)
     }
 
@@ -471,13 +455,9 @@ impl Store {
             o.images.push(image);
         }
         let dir = self.guest_dir(guest);
-        let tmp = dir.join(".origin.json.tmp");
         let bytes = serde_json::to_vec(&o).unwrap_or_default();
-        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(&bytes).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
-        fs::rename(&tmp, dir.join("origin.json")).map_err(io("rename", &tmp))?;
-        fsync_dir(&dir)
+        hull_sys::fs::write_atomic(&dir.join("origin.json"), &bytes)?;
+        Ok(())
     }
 
     /// Starts a guest's storage (its directory). Fails if it already exists.
@@ -587,7 +567,7 @@ impl Store {
             .destroy_tree(&dir)
             .map_err(self.backend_err())?;
         fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
-        fsync_dir(&self.guests)
+        Ok(sync_dir(&self.guests)?)
     }
 
     /// Snapshots a stopped guest's root.
@@ -639,11 +619,11 @@ impl Store {
             source,
         };
         match self.root_source(guest)? {
-            None => Err(StoreError::Io {
-                action: "find the root tree of",
-                path: self.guest_dir(guest),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            }),
+            None => Err(StoreError::Io(IoError::new(
+                "find the root tree of",
+                self.guest_dir(guest),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ))),
             Some(RootSource::Dir(dir)) => {
                 archive::pack_tree(&dir, compression, out).map_err(pack_err)
             }
@@ -690,10 +670,9 @@ fn mount_readonly_overlay(src: &RootSource, target: &Path) -> Result<(), StoreEr
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(data.as_str()),
     )
-    .map_err(|e| StoreError::Io {
-        action: "mount a read-only view of the guest root at",
-        path: target.to_path_buf(),
-        source: std::io::Error::from(e),
+    .map_err(|e| {
+        let op = "mount a read-only view of the guest root at";
+        StoreError::Io(IoError::new(op, target, std::io::Error::from(e)))
     })
 }
 

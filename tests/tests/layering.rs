@@ -11,9 +11,11 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     let spec_only = ["hull-spec"];
     BTreeMap::from([
         ("hull-spec", BTreeSet::new()),
-        ("hull-vmm", BTreeSet::new()),
-        ("hull-cowstore", BTreeSet::new()),
-        ("hull-zoned", BTreeSet::new()),
+        // Host-system helpers below every subsystem: it depends on no crate of ours.
+        ("hull-sys", BTreeSet::new()),
+        ("hull-vmm", BTreeSet::from(["hull-sys"])),
+        ("hull-cowstore", BTreeSet::from(["hull-sys"])),
+        ("hull-zoned", BTreeSet::from(["hull-sys"])),
         ("hull-vswitch", BTreeSet::new()),
         ("hull-client", BTreeSet::from(spec_only)),
         ("hull-cli", BTreeSet::from(["hull-client", "hull-spec"])),
@@ -21,7 +23,13 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         // hull-vmm: it runs the vmm binary as a process.
         (
             "vmmd",
-            BTreeSet::from(["hull-spec", "hull-zoned", "hull-cowstore", "hull-vswitch"]),
+            BTreeSet::from([
+                "hull-spec",
+                "hull-sys",
+                "hull-zoned",
+                "hull-cowstore",
+                "hull-vswitch",
+            ]),
         ),
         (
             "hull-tests",

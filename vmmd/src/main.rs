@@ -172,7 +172,7 @@ fn main() -> anyhow::Result<()> {
                 tracing::warn!(?removed, "removed switch ports of guests that are not running");
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!("cannot sweep switch ports: {}", zoned::run::chain(&e)),
+            Err(e) => tracing::warn!("cannot sweep switch ports: {}", hull_sys::chain(&e)),
         }
         service.prepare_zones();
         let service = Arc::new(service);

@@ -1,9 +1,10 @@
 //! What vmmd hands a zone (config.json in the zone's runtime directory), what zoned reports
 //! back (state.json), and the control requests it answers on ctl.sock.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use hull_sys::IoError;
+use hull_sys::fs::WriteOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::Limits;
@@ -228,13 +229,8 @@ pub struct VmmExit {
 /// Errors reading or writing the runtime directory.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("{} is not valid: {source}", path.display())]
     Json {
         path: PathBuf,
@@ -245,33 +241,33 @@ pub enum FileError {
 
 /// Reads a JSON file of the runtime directory.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FileError> {
-    let bytes = std::fs::read(path).map_err(|source| FileError::Io {
-        action: "read",
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(IoError::wrap("read", path))?;
     serde_json::from_slice(&bytes).map_err(|source| FileError::Json {
         path: path.to_owned(),
         source,
     })
 }
 
-/// Writes a JSON file atomically (temp file, fsync, rename), so a crash leaves the old or
-/// the new version, never a torn one. Skips the write when the file already holds exactly
-/// these bytes (a zone's config is rewritten at every start and rarely changes).
+/// Writes a JSON file atomically (temp file, fsync, rename, directory fsync), so a crash
+/// leaves the old or the new version, never a torn one. Skips the write when the file
+/// already holds exactly these bytes (a zone's config is rewritten at every start and rarely
+/// changes).
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), FileError> {
     let bytes = to_json(path, value)?;
     if std::fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(());
     }
-    replace(path, &bytes, true)
+    hull_sys::fs::write_atomic(path, &bytes)?;
+    Ok(())
 }
 
 /// Writes a runtime state file atomically (temp file, rename) without fsync: a process crash
 /// still leaves the old or the new version, and after a host crash the state it describes
 /// (processes, pids) is gone anyway. Used for state.json, which changes at every start.
 pub fn write_runtime_json<T: Serialize>(path: &Path, value: &T) -> Result<(), FileError> {
-    replace(path, &to_json(path, value)?, false)
+    let bytes = to_json(path, value)?;
+    hull_sys::fs::write_atomic_with(path, &bytes, WriteOptions::RUNTIME)?;
+    Ok(())
 }
 
 fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, FileError> {
@@ -279,81 +275,6 @@ fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, FileError> {
         path: path.to_owned(),
         source,
     })
-}
-
-fn replace(path: &Path, bytes: &[u8], durable: bool) -> Result<(), FileError> {
-    let io = |action| {
-        move |source| FileError::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io("create"))?;
-    f.write_all(bytes).map_err(io("write"))?;
-    if durable {
-        f.sync_all().map_err(io("fsync"))?;
-        return std::fs::rename(&tmp, path).map_err(io("rename"));
-    }
-    swap_into_place(&tmp, path).map_err(io("rename"))
-}
-
-/// Puts the file `tmp` in the place of `target` atomically, as rename(2) does, but without
-/// making the file system flush `tmp`'s data first: ext4 and btrfs do that on a rename over
-/// an existing file (ext4 auto_da_alloc, ~0.5-3 ms here), and runtime state needs no such
-/// care. Exchanges the two names (RENAME_EXCHANGE, so readers see the old or the new file
-/// whole) and removes the old one; a plain rename when `target` is absent or the file system
-/// cannot exchange.
-pub fn swap_into_place(tmp: &Path, target: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
-    let (from, to) = (c(tmp)?, c(target)?);
-    // SAFETY: renameat2 with two NUL-terminated paths that live across the call.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if r == 0 {
-        return std::fs::remove_file(tmp);
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
-            std::fs::rename(tmp, target)
-        }
-        _ => Err(e),
-    }
-}
-
-/// A process's start time in clock ticks after boot (field 22 of /proc/PID/stat), or None if
-/// it does not exist.
-pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// A pidfd of `pid` (readable once the process has exited).
-pub fn pidfd(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
-    // SAFETY: pidfd_open with a pid and no flags.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor from the kernel, owned by the caller from now on.
-    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as i32) })
-}
-
-/// Whether `pid` is still the process that started at `start`.
-pub fn same_process(pid: i32, start: u64) -> bool {
-    start_time(pid) == Some(start)
 }
 
 /// The zone's /etc/resolv.conf as its config asks for it: the `search` domain, then one
@@ -387,21 +308,6 @@ mod tests {
     }
 
     #[test]
-    fn swap_into_place_replaces_and_creates() {
-        let dir = tempfile::tempdir().unwrap();
-        let (tmp, target) = (dir.path().join("t.tmp"), dir.path().join("state.json"));
-        std::fs::write(&tmp, "one").unwrap();
-        swap_into_place(&tmp, &target).unwrap();
-        std::fs::write(&tmp, "two").unwrap();
-        swap_into_place(&tmp, &target).unwrap();
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "two");
-        assert!(!tmp.exists());
-        let missing = swap_into_place(&dir.path().join("nope"), &target);
-        assert!(missing.is_err());
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "two");
-    }
-
-    #[test]
     fn requests_parse_and_junk_is_refused() {
         let r: Request = serde_json::from_str(r#"{"cmd":"stop","timeout_s":5}"#).unwrap();
         assert_eq!(
@@ -415,15 +321,6 @@ mod tests {
         assert_eq!(r, Request::Kill { signal: 15 });
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"kill","signal":1,"x":1}"#).is_err());
-    }
-
-    #[test]
-    fn start_time_names_this_process_and_not_a_missing_one() {
-        let me = std::process::id() as i32;
-        let t = start_time(me).unwrap();
-        assert!(same_process(me, t));
-        assert!(!same_process(me, t + 1));
-        assert_eq!(start_time(i32::MAX), None);
     }
 
     #[test]
@@ -444,7 +341,11 @@ mod tests {
         };
         write_json(&p, &s).unwrap();
         assert_eq!(read_json::<ZoneState>(&p).unwrap(), s);
-        assert!(!dir.path().join("state.json.tmp").exists());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["state.json"], "no temp file is left");
         std::fs::write(&p, b"{").unwrap();
         assert!(
             read_json::<ZoneState>(&p)

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use std::time::{Duration, Instant};
 
+use hull_sys::process::same_process;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
@@ -25,7 +26,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::cgroup::{Cgroup, Layout};
-use crate::config::{Phase, ZoneConfig, ZoneState, files, read_json, same_process};
+use crate::config::{Phase, ZoneConfig, ZoneState, files, read_json};
 use crate::run::{RunError, become_zone_root, reset_signals};
 use crate::security;
 
@@ -75,7 +76,7 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
     else {
         return Err(not_running());
     };
-    let pidfd = crate::config::pidfd(pid).map_err(|_| not_running())?;
+    let pidfd = hull_sys::process::pidfd(pid).map_err(|_| not_running())?;
     // Checked after opening: the pidfd now pins this very process.
     if !same_process(pid, start) {
         return Err(not_running());
@@ -162,7 +163,7 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
         Err(e) => {
             // Nothing could relay its terminal: the command is ended rather than left
             // waiting on a pty nobody reads.
-            eprintln!("zlogin: {}", crate::run::chain(&e));
+            eprintln!("zlogin: {}", hull_sys::chain(&e));
             let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
             None
         }

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("zoned: {}", zoned::run::chain(&e));
+                    eprintln!("zoned: {}", hull_sys::chain(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
                 }
                 Ok(None) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("zoned: {}", zoned::run::chain(&e));
+                    eprintln!("zoned: {}", hull_sys::chain(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
             match zoned::exec::exec(&dir, rest, tty) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 Err(e) => {
-                    eprintln!("zlogin: {}", zoned::run::chain(&e));
+                    eprintln!("zlogin: {}", hull_sys::chain(&e));
                     ExitCode::from(1)
                 }
             }

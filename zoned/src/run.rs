@@ -13,6 +13,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hull_sys::chain;
+use hull_sys::process::start_time;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
@@ -21,7 +23,7 @@ use nix::unistd::Pid;
 
 use crate::cgroup::{Cgroup, Layout};
 use crate::config::{
-    InitExit, Phase, Reply, Request, VmmExit, ZoneConfig, ZoneState, files, read_json, start_time,
+    InitExit, Phase, Reply, Request, VmmExit, ZoneConfig, ZoneState, files, read_json,
     write_runtime_json,
 };
 use crate::{rootfs, security};
@@ -67,22 +69,6 @@ fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RunError {
 fn sys_io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     let what = what.into();
     move |source| RunError::Sys { what, source }
-}
-
-/// An error with its causes, as one line (cgroup and mount errors keep the OS error as
-/// their source).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let s = cause.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        next = cause.source();
-    }
-    text
 }
 
 /// A graceful stop or reboot under way.

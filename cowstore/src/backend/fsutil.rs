@@ -413,9 +413,7 @@ pub(crate) fn ensure_dir(path: &Path) -> Result<(), BackendError> {
 
 /// Fsyncs the directory `dir`, so a rename or creation in it survives a crash.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), BackendError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| BackendError::io("sync the directory", dir, e))
+    hull_sys::fs::sync_dir(dir).map_err(|e| BackendError::io("sync the directory", dir, e.source))
 }
 
 #[cfg(test)]

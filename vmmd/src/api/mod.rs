@@ -21,6 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
+use hull_sys::IoError;
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::server::conn::http1;
@@ -131,29 +132,15 @@ pub enum ListenError {
     #[error("another vmmd is already serving {0}")]
     InUse(PathBuf),
     /// The socket could not be created or secured.
-    #[error("cannot {action} {path}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The socket path.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// Binds the API socket: removes a stale socket (one nobody answers on), creates the parent
 /// directory, and leaves the socket mode 0600 (0660 with the group as owner when a group
 /// is configured).
 pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ListenError> {
-    let io = |action: &'static str| {
-        move |source| ListenError::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        }
-    };
+    let io = |op: &'static str| IoError::wrap(op, path);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io("create the directory of"))?;
     }

@@ -60,11 +60,11 @@ fn injected(method: &str) -> std::io::Error {
 }
 
 fn storage_err(method: &str) -> StoreError {
-    StoreError::Io {
-        action: "fake",
-        path: PathBuf::from(method),
-        source: injected(method),
-    }
+    StoreError::Io(hull_sys::IoError::new(
+        "fake",
+        PathBuf::from(method),
+        injected(method),
+    ))
 }
 
 fn switch_err(method: &str) -> VswitchError {
@@ -248,7 +248,7 @@ impl ZoneRuntime for FakeZones {
         if let Err(e) = plumb(INIT_PID) {
             return Err(ZoneError::Start {
                 uuid: vm.uuid,
-                reason: format!("cannot plumb its nics: {}", zoned::run::chain(&*e)),
+                reason: format!("cannot plumb its nics: {}", hull_sys::chain(&*e)),
             });
         }
         let dir = self.dir(vm.uuid);

@@ -280,6 +280,6 @@ pub fn store_error(e: StoreError) -> ServiceError {
             ServiceError::Conflict(e.to_string())
         }
         StoreError::NotInstalled(u) => ServiceError::ImageNotFound(u),
-        StoreError::Io { .. } | StoreError::Backend { .. } => ServiceError::Storage(e),
+        StoreError::Io(_) | StoreError::Backend { .. } => ServiceError::Storage(e),
     }
 }

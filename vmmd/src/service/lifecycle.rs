@@ -54,7 +54,7 @@ impl Service {
                 .await?
                 .map_err(|e| ZoneError::Start {
                     uuid,
-                    reason: zoned::run::chain(&e),
+                    reason: hull_sys::chain(&e),
                 })?;
         }
         let root = match vm.brand.is_microvm() {
@@ -135,7 +135,7 @@ impl Service {
             // later, from a work queue: delete them now (with their anti-spoofing entries,
             // qdiscs and IFBs), so a stopped guest has no port.
             if has_nics && let Err(e) = switch.remove_ports(&uuid.to_string()) {
-                problems.push(zoned::run::chain(&e));
+                problems.push(hull_sys::chain(&e));
             }
             (last, problems)
         })
@@ -183,7 +183,7 @@ impl Service {
     /// Watches a zone's zoned process and reports its end to the reaper.
     pub(super) fn watch(&self, uuid: Uuid, pid: i32) {
         let tx = self.exits.clone();
-        let Ok(fd) = zoned::config::pidfd(pid) else {
+        let Ok(fd) = hull_sys::process::pidfd(pid) else {
             let _ = tx.send(uuid);
             return;
         };

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use hull_cowstore::backend::BackendError;
 use hull_cowstore::store::{Store, StoreError};
 use hull_spec::{DiskSpec, Vm};
+use hull_sys::IoError;
 
 /// What provisioning could not do but did not fail on: limits the backend cannot enforce,
 /// named so the user sees them (SmartOS would have enforced them).
@@ -93,11 +94,7 @@ pub fn remove_disks(
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => {
-                    return Err(StoreError::Io {
-                        action: "remove the disk",
-                        path: p.to_path_buf(),
-                        source,
-                    });
+                    return Err(StoreError::Io(IoError::new("remove the disk", p, source)));
                 }
             }
         }
@@ -150,13 +147,8 @@ pub fn grow_disks(wanted: &[(String, u64)]) -> Result<Vec<Grown>, StoreError> {
     let mut grown = Vec::new();
     for (path, bytes) in wanted {
         let path = Path::new(path);
-        let io = |action: &'static str| {
-            move |source| StoreError::Io {
-                action,
-                path: path.to_path_buf(),
-                source,
-            }
-        };
+        let io =
+            |action: &'static str| move |source| StoreError::Io(IoError::new(action, path, source));
         let result = (|| {
             let f = OpenOptions::new()
                 .write(true)
@@ -240,11 +232,8 @@ fn make_disk(store: &Store, vm: &Vm, disk: &DiskSpec) -> Result<Warnings, StoreE
         if !path.starts_with(&guest_dir) {
             // A disk the user brought: hull uses it as it is and never deletes it.
             if !path.exists() {
-                return Err(StoreError::Io {
-                    action: "use the disk",
-                    path: path.to_path_buf(),
-                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
-                });
+                let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+                return Err(StoreError::Io(IoError::new("use the disk", path, missing)));
             }
             return Ok(warnings);
         }

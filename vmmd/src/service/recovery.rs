@@ -81,13 +81,14 @@ impl Service {
     /// start, which for a microVM whose record changed since its boot is not the record.
     pub(super) fn record_plumbed(&self, vm: &Vm) {
         let path = self.plumbed_path(vm.uuid);
-        let tmp = path.with_extension("json.tmp");
         let written = serde_json::to_vec(&vm.nics)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                hull_sys::fs::write_atomic_with(&path, &b, hull_sys::fs::WriteOptions::RUNTIME)
+                    .map_err(|e| hull_sys::chain(&e))
+            });
         if let Err(e) = written {
-            tracing::warn!(uuid = %vm.uuid, "cannot note its plumbed NICs in {}: {e}", path.display());
+            tracing::warn!(uuid = %vm.uuid, "cannot note its plumbed NICs: {e}");
         }
     }
 

@@ -5,28 +5,20 @@
 //! either the old record or the new one, never a torn file. Temp files left by a crash are
 //! removed on open. This module never decides what a record should hold; the service does.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use hull_spec::Vm;
+use hull_sys::IoError;
+use hull_sys::fs::{WriteOptions, sync_dir, write_atomic_with};
 use uuid::Uuid;
 
 /// Failures of the record store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A file or directory could not be read or written.
-    #[error("cannot {action} {path}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file or directory.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// A record could not be encoded.
     #[error("cannot encode the record of VM {uuid}")]
     Encode {
@@ -39,60 +31,27 @@ pub enum StoreError {
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| StoreError::Io(IoError::new(action, path, source))
 }
 
-/// Writes `bytes` to `dir/name` so that a crash leaves the old or the new content whole.
+/// vmmd's files hold guests' configuration: readable by root only, like their directories.
+const PRIVATE: WriteOptions = WriteOptions::DURABLE.mode(0o600);
+
+/// Writes `bytes` to `dir/name` so that a crash leaves the old or the new content whole
+/// (mode 0600; temp files a crash leaves, `.<name>.tmp-*`, are [`Store::open`]'s to remove).
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-    replace(dir, name, bytes, true)
-}
-
-fn replace(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<(), StoreError> {
-    let target = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp-{}", Uuid::new_v4().simple()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        f.write_all(bytes).map_err(io("write", &tmp))?;
-        if durable {
-            f.sync_all().map_err(io("fsync", &tmp))?;
-        }
-        if !durable {
-            return zoned::config::swap_into_place(&tmp, &target)
-                .map_err(io("rename into place", &target));
-        }
-        fs::rename(&tmp, &target).map_err(io("rename into place", &target))?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    write_atomic_with(&dir.join(name), bytes, PRIVATE)?;
+    Ok(())
 }
 
 /// Removes `dir/name` durably; a missing file is not an error.
 pub fn remove_durable(dir: &Path, name: &str) -> Result<(), StoreError> {
     let target = dir.join(name);
     match fs::remove_file(&target) {
-        Ok(()) => sync_dir(dir),
+        Ok(()) => Ok(sync_dir(dir)?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io("remove", &target)(e)),
     }
-}
-
-/// Fsyncs a directory so that renames and removals in it survive a crash.
-pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", dir))
 }
 
 /// Creates `dir` (and parents) with mode 0700 when absent.
@@ -180,7 +139,9 @@ impl Store {
             uuid: vm.uuid,
             source,
         })?;
-        replace(&self.dir, &format!("{}.json", vm.uuid), &bytes, false)
+        let path = self.dir.join(format!("{}.json", vm.uuid));
+        write_atomic_with(&path, &bytes, WriteOptions::RUNTIME.mode(0o600))?;
+        Ok(())
     }
 
     /// Removes a guest's record durably.

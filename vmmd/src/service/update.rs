@@ -353,7 +353,7 @@ impl Service {
                     uuid,
                     reason: format!(
                         "cannot change its NICs, so the update was not applied: {}",
-                        zoned::run::chain(&e)
+                        hull_sys::chain(&e)
                     ),
                 }))
             }

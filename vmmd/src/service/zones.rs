@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use hull_cowstore::backend::RootSource;
 use hull_spec::{Brand, Vm};
+use hull_sys::process::same_process;
 use uuid::Uuid;
 use zoned::cgroup::Limits;
 use zoned::config::{
     ID_RANGE, Phase, Reply, Request, RootFile, RootIds, RootSpec, ZoneConfig, ZoneState, files,
-    read_json, same_process, write_json,
+    read_json, write_json,
 };
 
 /// First host uid of the zone id ranges; zone N (a slot) gets base + N * 65536.
@@ -349,14 +350,10 @@ impl Zones {
         if !saved {
             return None;
         }
-        let tmp = self.root.join(".kvm-cpuid.key.tmp");
-        if std::fs::write(&tmp, &key)
-            .and_then(|()| std::fs::rename(&tmp, &key_file))
-            .is_err()
-        {
-            // The table is right for now; without its key it is made again next time.
-            let _ = std::fs::remove_file(&tmp);
-        }
+        // The table is right for now; without its key (not written, or lost or torn by a host
+        // crash: no fsync) it is made again next time.
+        let runtime = hull_sys::fs::WriteOptions::RUNTIME;
+        let _ = hull_sys::fs::write_atomic_with(&key_file, key.as_bytes(), runtime);
         Some(table)
     }
 
@@ -474,7 +471,7 @@ impl Zones {
                     wait_gone(pid, Duration::from_secs(5));
                     return Err(match failed {
                         Some(Err(e)) => {
-                            start_err(format!("cannot plumb its nics: {}", zoned::run::chain(&*e)))
+                            start_err(format!("cannot plumb its nics: {}", hull_sys::chain(&*e)))
                         }
                         _ => start_err("zoned held a zone whose init it does not name".into()),
                     });

@@ -8,7 +8,6 @@
 //! `kvm_cpuid_entry2` records of 40 bytes (function, index, flags, eax, ebx, ecx, edx, three
 //! u32 of padding), little-endian.
 
-use std::io::Write;
 use std::path::Path;
 
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_cpuid_entry2};
@@ -102,35 +101,15 @@ pub fn load(path: &Path) -> Result<CpuId, CpuidTableError> {
     })
 }
 
-/// Writes `cpuid` to `path` atomically (a temporary file in the same directory, then a
-/// rename), so a reader never sees half a table.
+/// Writes `cpuid` to `path` crash-safely (a temporary file in the same directory, fsynced,
+/// renamed, then the directory fsynced), so a reader never sees half a table.
 pub fn save(path: &Path, cpuid: &CpuId) -> Result<(), CpuidTableError> {
-    let err = |source| CpuidTableError::Write {
-        path: path.display().to_string(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| err(std::io::Error::other("no file name")))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&encode(cpuid.as_slice()))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map_err(err)
+    hull_sys::fs::write_atomic(path, &encode(cpuid.as_slice())).map_err(|e| {
+        CpuidTableError::Write {
+            path: path.display().to_string(),
+            source: e.source,
+        }
+    })
 }
 
 #[cfg(test)]
