@@ -11,17 +11,24 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     let spec_only = ["hull-spec"];
     BTreeMap::from([
         ("hull-spec", BTreeSet::new()),
-        ("hull-vmm", BTreeSet::new()),
+        ("hull-vmm-proto", BTreeSet::new()),
+        ("hull-vmm", BTreeSet::from(["hull-vmm-proto"])),
         ("hull-cowstore", BTreeSet::new()),
-        ("hull-zoned", BTreeSet::new()),
+        ("hull-zoned", BTreeSet::from(["hull-vmm-proto"])),
         ("hull-vswitch", BTreeSet::new()),
         ("hull-client", BTreeSet::from(spec_only)),
         ("hull-cli", BTreeSet::from(["hull-client", "hull-spec"])),
         // vmmd links the subsystem libraries as they land (zoned, cowstore, vswitch), never
-        // hull-vmm: it runs the vmm binary as a process.
+        // hull-vmm: it runs the vmm binary as a process and speaks hull-vmm-proto to it.
         (
             "vmmd",
-            BTreeSet::from(["hull-spec", "hull-zoned", "hull-cowstore", "hull-vswitch"]),
+            BTreeSet::from([
+                "hull-spec",
+                "hull-vmm-proto",
+                "hull-zoned",
+                "hull-cowstore",
+                "hull-vswitch",
+            ]),
         ),
         (
             "hull-tests",
@@ -83,6 +90,18 @@ fn dependency_arrows_point_down() {
         assert!(
             ["serde", "serde_json", "schemars", "uuid"].contains(&d),
             "hull-spec depends on {d}"
+        );
+    }
+    // Nor does the VMM's protocol crate, which needs less still: no schema, no uuids.
+    let proto = packages
+        .iter()
+        .find(|p| p["name"] == "hull-vmm-proto")
+        .expect("vmm-proto");
+    for dep in proto["dependencies"].as_array().expect("deps") {
+        let d = dep["name"].as_str().expect("name");
+        assert!(
+            ["serde", "serde_json"].contains(&d),
+            "hull-vmm-proto depends on {d}"
         );
     }
 }
