@@ -863,8 +863,8 @@ impl Service {
                     Ok(None) => continue,
                     Err(e) => return (Err(e), grown.split_off(i)),
                 };
-                let req = serde_json::json!({"cmd": "resize_disk", "index": index});
-                if let Err(e) = z.vmm_command(uuid, &req) {
+                let req = hull_vmm_proto::ControlRequest::ResizeDisk { index };
+                if let Err(e) = z.vmm_request(uuid, &req) {
                     return (Err(e), grown.split_off(i));
                 }
             }
@@ -1520,15 +1520,16 @@ impl Service {
             )));
         }
         let z = self.zones.clone();
-        let reply = tokio::task::spawn_blocking(move || z.vmm_request(uuid, "stats"))
+        let req = hull_vmm_proto::ControlRequest::Stats {};
+        let reply = tokio::task::spawn_blocking(move || z.vmm_request(uuid, &req))
             .await?
             .map_err(ServiceError::Zone)?;
-        let stats = reply.get("stats").cloned().unwrap_or(Value::Null);
+        let stats = reply.stats;
         Ok(serde_json::json!({
             "status": vm.state.as_str(),
             "pid": vm.pid,
-            "cpus": stats.get("vcpus").cloned().unwrap_or(Value::Null),
-            "devices": stats.get("devices").cloned().unwrap_or(Value::Null),
+            "cpus": stats.as_ref().map(|s| &s.vcpus),
+            "devices": stats.as_ref().map(|s| &s.devices),
         }))
     }
 
