@@ -217,15 +217,6 @@ pub mod files {
     pub const VMM_EXIT: &str = "exit.json";
 }
 
-/// Why a VMM ended, as `vmm --exit-file` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmmExit {
-    /// reset, poweroff, stopped, fault or error.
-    pub reason: String,
-    #[serde(default)]
-    pub detail: String,
-}
-
 /// Errors reading or writing the runtime directory.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use hull_sys::chain;
 use hull_sys::process::start_time;
+use hull_vmm_proto::{ControlReply, ControlRequest, ExitReason, ExitRecord};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
@@ -23,8 +24,7 @@ use nix::unistd::Pid;
 
 use crate::cgroup::{Cgroup, Layout};
 use crate::config::{
-    InitExit, Phase, Reply, Request, VmmExit, ZoneConfig, ZoneState, files, read_json,
-    write_runtime_json,
+    InitExit, Phase, Reply, Request, ZoneConfig, ZoneState, files, read_json, write_runtime_json,
 };
 use crate::{rootfs, security};
 
@@ -482,12 +482,13 @@ impl Zone {
                 let reboot = match (&self.stopping, &vmm_exit) {
                     (Some(s), _) => s.reboot,
                     // A guest that resets itself reboots, as on a real machine.
-                    (None, Some(e)) => e.reason == "reset",
+                    (None, Some(e)) => e.reason == ExitReason::Reset,
                     // A zone that reboots itself: reboot(2) in a pid namespace ends init
                     // with SIGHUP (SIGINT for halt and power-off).
                     (None, None) => exit.signal == Some(libc::SIGHUP),
                 };
-                if let Some(e) = vmm_exit.filter(|e| matches!(e.reason.as_str(), "fault" | "error"))
+                if let Some(e) =
+                    vmm_exit.filter(|e| matches!(e.reason, ExitReason::Fault | ExitReason::Error))
                 {
                     self.state.error =
                         Some(format!("the VMM reported a {}: {}", e.reason, e.detail));
@@ -512,7 +513,7 @@ impl Zone {
 
     /// The VMM's report of why it ended, when this zone holds one that wrote it. The file is
     /// the VMM's, so it is read as untrusted: no symlink, 4 KiB at most, strict JSON.
-    fn vmm_exit(&self) -> Option<VmmExit> {
+    fn vmm_exit(&self) -> Option<ExitRecord> {
         if !self.cfg.is_vmm() {
             return None;
         }
@@ -528,7 +529,7 @@ impl Zone {
         let mut text = String::new();
         file.take(4096).read_to_string(&mut text).ok()?;
         let _ = std::fs::remove_file(&path);
-        match serde_json::from_str::<VmmExit>(&text) {
+        match serde_json::from_str::<ExitRecord>(&text) {
             Ok(e) => Some(e),
             Err(e) => {
                 eprintln!("zoned: the VMM's exit report is not valid: {e}");
@@ -678,24 +679,22 @@ impl Zone {
     /// reached (not listening yet): the caller signals it instead.
     fn vmm_power_off(&self) -> bool {
         let path = self.dir.join(files::VMM_DIR).join(files::VMM_CONTROL);
-        let ask = |cmd: &str| -> bool {
+        let ask = |req: ControlRequest| -> bool {
             let Ok(mut s) = UnixStream::connect(&path) else {
                 return false;
             };
             let limit = Some(Duration::from_millis(500));
             let _ = s.set_read_timeout(limit);
             let _ = s.set_write_timeout(limit);
-            if s.write_all(format!("{{\"cmd\":\"{cmd}\"}}\n").as_bytes())
-                .is_err()
-            {
+            if s.write_all(req.to_line().as_bytes()).is_err() {
                 return false;
             }
             let mut reply = String::new();
             let _ = BufReader::new(s.take(4096)).read_line(&mut reply);
-            reply.contains("\"ok\":true")
+            serde_json::from_str::<ControlReply>(&reply).is_ok_and(|r| r.ok)
         };
-        let pressed = ask("power_button");
-        ask("ctrl_alt_del") || pressed
+        let pressed = ask(ControlRequest::PowerButton {});
+        ask(ControlRequest::CtrlAltDel {}) || pressed
     }
 
     /// The signal that asks this init to shut down: systemd halts on SIGRTMIN+3 (SIGTERM

@@ -1,12 +1,11 @@
 //! What one VM is asked to be: the parsed form of the `vmm` command line. Parsing and
-//! validation of user input happens here so the rest of the crate takes typed values.
+//! validation of user input happens here so the rest of the crate takes typed values. (The
+//! command line as its writers see it, flags and defaults, is [`hull_vmm_proto::VmmArgs`].)
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-/// Kernel command line used when the caller gives none.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 /// Highest vCPU count the MP table and the APIC id scheme are laid out for.
 pub const MAX_VCPUS: u8 = 64;
 

@@ -1,18 +1,9 @@
 //! The control socket: JSON lines over a Unix stream socket, one request per line, one reply
-//! line each. vmmd uses it for stop, pause and info. Requests are untrusted input: anything
-//! that is not a known command gets an error reply, never a crash. The socket is served by
-//! the VMM's event loop on the main thread (no thread of its own); a `pause` holds that loop
-//! until the vCPUs are parked (milliseconds, at most 2 s).
-//!
-//! ```text
-//! {"cmd":"pause"}    -> {"ok":true}
-//! {"cmd":"resume"}   -> {"ok":true}
-//! {"cmd":"power_button"} -> {"ok":true}        (ACPI power button: the guest decides)
-//! {"cmd":"ctrl_alt_del"} -> {"ok":true}        (typed on the i8042 keyboard)
-//! {"cmd":"shutdown"} -> {"ok":true}            (stops at once; the VMM exits with status 0)
-//! {"cmd":"stats"}    -> {"ok":true,"stats":{"vcpus":[..],"devices":[..],"pit":false}}
-//! {"cmd":"resize_disk","index":0} -> {"ok":true,"disk":{"index":0,"old_bytes":..,"new_bytes":..}}
-//! ```
+//! line each. vmmd uses it for stop, pause and info, zoned to press the power button. The
+//! messages are [`hull_vmm_proto::control`]'s, shared with those clients. Requests are
+//! untrusted input: anything that is not a known command gets an error reply, never a crash.
+//! The socket is served by the VMM's event loop on the main thread (no thread of its own); a
+//! `pause` holds that loop until the vCPUs are parked (milliseconds, at most 2 s).
 //!
 //! `resize_disk` is for a disk image the host has already grown: the VMM re-reads the
 //! size of `--disk` number `index` (0 is the first, vda), sets the guest-visible capacity
@@ -26,74 +17,16 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
+use hull_vmm_proto::{ControlReply, ControlRequest, DiskResized};
 
 use crate::bus::lock;
 use crate::devices::virtio::mmio::MmioTransport;
-use crate::stats::{Stats, StatsReport};
+use crate::stats::Stats;
 use crate::vcpu::{RunState, StopReason};
 use crate::vm::PowerButton;
 
 /// Longest request line accepted.
 const MAX_LINE: u64 = 4096;
-
-/// A request line: `{"cmd": ...}` plus the command's own arguments, and nothing else.
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case", tag = "cmd", deny_unknown_fields)]
-// Empty struct variants, not unit ones: serde lets extra fields past a tagged unit variant,
-// and a misspelt argument must be an error.
-pub enum Request {
-    Pause {},
-    Resume {},
-    PowerButton {},
-    CtrlAltDel {},
-    Shutdown {},
-    Stats {},
-    /// The host grew disk `index`'s image: take its new size.
-    ResizeDisk {
-        index: usize,
-    },
-}
-
-/// What a `resize_disk` changed.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct DiskResized {
-    pub index: usize,
-    pub old_bytes: u64,
-    pub new_bytes: u64,
-}
-
-/// A reply.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Reply {
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stats: Option<StatsReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub disk: Option<DiskResized>,
-}
-
-impl Reply {
-    fn ok() -> Self {
-        Reply {
-            ok: true,
-            error: None,
-            stats: None,
-            disk: None,
-        }
-    }
-
-    fn err(msg: String) -> Self {
-        Reply {
-            ok: false,
-            error: Some(msg),
-            stats: None,
-            disk: None,
-        }
-    }
-}
 
 /// An error and its causes on one line, for a reply.
 fn chain(e: &dyn std::error::Error) -> String {
@@ -144,61 +77,61 @@ impl std::fmt::Debug for Controller {
 impl Controller {
     /// Handles one request line. A shutdown is not done here but returned, so that the
     /// caller writes the reply before the VMM exits (the process ends soon after the stop).
-    pub fn handle_line(&self, line: &str) -> (Reply, Option<StopReason>) {
-        let req = match serde_json::from_str::<Request>(line.trim()) {
+    pub fn handle_line(&self, line: &str) -> (ControlReply, Option<StopReason>) {
+        let req = match serde_json::from_str::<ControlRequest>(line.trim()) {
             Ok(r) => r,
-            Err(e) => return (Reply::err(format!("bad request: {e}")), None),
+            Err(e) => return (ControlReply::err(format!("bad request: {e}")), None),
         };
         let reply = match req {
-            Request::Pause {} => {
+            ControlRequest::Pause {} => {
                 if self.state.pause(self.vcpus) {
-                    Reply::ok()
+                    ControlReply::ok()
                 } else {
-                    Reply::err("vCPUs did not pause within 2 s".into())
+                    ControlReply::err("vCPUs did not pause within 2 s".into())
                 }
             }
-            Request::Resume {} => {
+            ControlRequest::Resume {} => {
                 self.state.resume();
-                Reply::ok()
+                ControlReply::ok()
             }
-            Request::PowerButton {} => {
+            ControlRequest::PowerButton {} => {
                 self.button.press();
-                Reply::ok()
+                ControlReply::ok()
             }
-            Request::CtrlAltDel {} => {
+            ControlRequest::CtrlAltDel {} => {
                 self.button.ctrl_alt_del();
-                Reply::ok()
+                ControlReply::ok()
             }
-            Request::Shutdown {} => {
+            ControlRequest::Shutdown {} => {
                 let why = StopReason::Requested("control socket shutdown".into());
-                return (Reply::ok(), Some(why));
+                return (ControlReply::ok(), Some(why));
             }
-            Request::Stats {} => Reply {
+            ControlRequest::Stats {} => ControlReply {
                 stats: Some(self.stats.report()),
-                ..Reply::ok()
+                ..ControlReply::ok()
             },
-            Request::ResizeDisk { index } => self.resize_disk(index),
+            ControlRequest::ResizeDisk { index } => self.resize_disk(index),
         };
         (reply, None)
     }
 
-    fn resize_disk(&self, index: usize) -> Reply {
+    fn resize_disk(&self, index: usize) -> ControlReply {
         let Some(disk) = self.disks.get(index) else {
-            return Reply::err(format!(
+            return ControlReply::err(format!(
                 "no disk {index}: the VM has {} disks",
                 self.disks.len()
             ));
         };
         match lock(disk).host_resize() {
-            Ok(r) => Reply {
+            Ok(r) => ControlReply {
                 disk: Some(DiskResized {
                     index,
                     old_bytes: r.old,
                     new_bytes: r.new,
                 }),
-                ..Reply::ok()
+                ..ControlReply::ok()
             },
-            Err(e) => Reply::err(format!("cannot resize disk {index}: {}", chain(&e))),
+            Err(e) => ControlReply::err(format!("cannot resize disk {index}: {}", chain(&e))),
         }
     }
 }
@@ -244,7 +177,7 @@ fn send_now(stream: &UnixStream, bytes: &[u8]) -> bool {
     true
 }
 
-fn reply_line(reply: &Reply) -> Vec<u8> {
+fn reply_line(reply: &ControlReply) -> Vec<u8> {
     let mut text = serde_json::to_vec(reply)
         .unwrap_or_else(|_| br#"{"ok":false,"error":"cannot encode reply"}"#.to_vec());
     text.push(b'\n');
@@ -306,7 +239,7 @@ impl ControlServer {
                 }
                 None => {
                     let msg = format!("too many control clients (at most {MAX_CLIENTS})");
-                    send_now(&stream, &reply_line(&Reply::err(msg)));
+                    send_now(&stream, &reply_line(&ControlReply::err(msg)));
                     continue;
                 }
             };
@@ -350,7 +283,7 @@ impl ControlServer {
                 let line: Vec<u8> = client.buf.drain(..=end).collect();
                 let (reply, stop) = match std::str::from_utf8(&line) {
                     Ok(text) => controller.handle_line(text),
-                    Err(_) => (Reply::err("bad request: not UTF-8".into()), None),
+                    Err(_) => (ControlReply::err("bad request: not UTF-8".into()), None),
                 };
                 let sent = send_now(&client.stream, &reply_line(&reply));
                 if let Some(why) = stop {
@@ -362,7 +295,7 @@ impl ControlServer {
             }
             if client.buf.len() as u64 > MAX_LINE {
                 let msg = format!("request longer than {MAX_LINE} bytes");
-                send_now(&client.stream, &reply_line(&Reply::err(msg)));
+                send_now(&client.stream, &reply_line(&ControlReply::err(msg)));
                 return false;
             }
         }

@@ -5,7 +5,8 @@
 //! The temp file and a descriptor of its directory are opened at startup, before any seccomp
 //! filter: afterwards no thread may open files. At exit the main thread writes the temp file
 //! and renames it with `renameat` relative to that directory descriptor, the one rename its
-//! filter allows. Files are created with the VMM's own credentials.
+//! filter allows. Files are created with the VMM's own credentials. The record itself is
+//! [`hull_vmm_proto::ExitRecord`], which zoned reads.
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -14,31 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
-/// How the VMM ended, as written to the exit file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExitReason {
-    /// The guest reset the machine.
-    Reset,
-    /// The guest powered off.
-    Poweroff,
-    /// Stopped on request (control socket, SIGTERM, SIGINT).
-    Stopped,
-    /// The guest faulted.
-    Fault,
-    /// The VMM failed.
-    Error,
-}
-
-/// The exit file's contents.
-#[derive(Debug, Serialize)]
-pub struct ExitRecord<'a> {
-    pub reason: ExitReason,
-    /// The last stderr line without its `vmm: ` prefix.
-    pub detail: &'a str,
-}
+use hull_vmm_proto::ExitRecord;
 
 /// Errors from preparing or writing the exit file.
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +122,7 @@ impl ExitFile {
     }
 
     /// Writes `record` and renames the temp file over PATH.
-    pub fn commit(&mut self, record: &ExitRecord<'_>) -> Result<(), ExitFileError> {
+    pub fn commit(&mut self, record: &ExitRecord) -> Result<(), ExitFileError> {
         let err = |source| ExitFileError::Write {
             path: self.path.clone(),
             source,
@@ -185,6 +162,7 @@ impl Drop for ExitFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hull_vmm_proto::ExitReason;
 
     fn read_json(p: &Path) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
@@ -201,7 +179,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
         f.commit(&ExitRecord {
             reason: ExitReason::Poweroff,
-            detail: "guest powered off",
+            detail: "guest powered off".into(),
         })
         .unwrap();
         let v = read_json(&path);

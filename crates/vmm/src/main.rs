@@ -13,14 +13,19 @@
 // Test builds keep the test harness's own main.
 #![cfg_attr(not(test), no_main)]
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
-use hull_vmm::config::{ConsoleConfig, DEFAULT_CMDLINE, DiskConfig, MacAddr, NetConfig, VmConfig};
-use hull_vmm::exit_file::{ExitFile, ExitReason, ExitRecord};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use hull_vmm::config::{ConsoleConfig, DiskConfig, MacAddr, NetConfig, VmConfig};
+use hull_vmm::exit_file::ExitFile;
 use hull_vmm::{StopReason, run};
+use hull_vmm_proto::{
+    Console, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, DEFAULT_VCPUS, Disk, ExitReason, ExitRecord, VmmArgs,
+};
 
 /// Run one microVM on KVM until the guest stops.
 #[derive(Debug, Parser)]
@@ -36,10 +41,10 @@ struct Args {
     #[arg(long, default_value = DEFAULT_CMDLINE)]
     cmdline: String,
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = DEFAULT_MEM_MIB)]
     mem_mib: u64,
     /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = DEFAULT_VCPUS)]
     vcpus: u8,
     /// Raw disk image, PATH or PATH,ro; repeatable.
     #[arg(long = "disk")]
@@ -83,6 +88,86 @@ struct Args {
         conflicts_with = "save_cpuid"
     )]
     extract_vmlinux: Option<PathBuf>,
+}
+
+/// Parses an argv (the program name first) into the [`VmmArgs`] it says: the one place the
+/// clap parser's result becomes the contract type that vmmd writes argvs from. A flag left
+/// at its default is `None`, as the argv had it.
+fn parse_args<I, T>(argv: I) -> Result<VmmArgs, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut cmd = Args::command();
+    let matches = cmd.try_get_matches_from_mut(argv)?;
+    let args = Args::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))?;
+    let given = |id: &str| matches.value_source(id) != Some(ValueSource::DefaultValue);
+    Ok(VmmArgs {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: given("cmdline").then_some(args.cmdline),
+        mem_mib: given("mem_mib").then_some(args.mem_mib),
+        vcpus: given("vcpus").then_some(args.vcpus),
+        cpuid: args.cpuid,
+        disks: args
+            .disks
+            .into_iter()
+            .map(|d| Disk {
+                path: d.path,
+                read_only: d.read_only,
+            })
+            .collect(),
+        tap_fds: args.tap_fds,
+        taps: args.taps,
+        macs: args
+            .macs
+            .into_iter()
+            .map(|m| hull_vmm_proto::MacAddr(m.0))
+            .collect(),
+        console: given("console").then_some(match args.console {
+            ConsoleConfig::Stdio => Console::Stdio,
+            ConsoleConfig::Pty => Console::Pty,
+            ConsoleConfig::Unix(path) => Console::Unix(path),
+        }),
+        control: args.control,
+        exit_file: args.exit_file,
+        save_cpuid: args.save_cpuid,
+        extract_vmlinux: args.extract_vmlinux,
+    })
+}
+
+/// The VM that `args` asks for, booting `kernel`, with the defaults filled in.
+fn vm_config(args: VmmArgs, kernel: PathBuf) -> VmConfig {
+    let nets = args
+        .tap_fds
+        .iter()
+        .map(|fd| NetConfig::Fd(*fd))
+        .chain(args.taps.into_iter().map(NetConfig::Tap))
+        .collect();
+    VmConfig {
+        kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+        mem_mib: args.mem_mib.unwrap_or(DEFAULT_MEM_MIB),
+        vcpus: args.vcpus.unwrap_or(DEFAULT_VCPUS),
+        disks: args
+            .disks
+            .into_iter()
+            .map(|d| DiskConfig {
+                path: d.path,
+                read_only: d.read_only,
+            })
+            .collect(),
+        nets,
+        macs: args.macs.into_iter().map(|m| m.0).collect(),
+        console: match args.console.unwrap_or_default() {
+            Console::Stdio => ConsoleConfig::Stdio,
+            Console::Pty => ConsoleConfig::Pty,
+            Console::Unix(path) => ConsoleConfig::Unix(path),
+        },
+        control: args.control,
+        cpuid: args.cpuid,
+    }
 }
 
 /// `--extract-vmlinux`: see [`Args::extract_vmlinux`].
@@ -173,7 +258,7 @@ fn vmm_main() -> u8 {
     // first allocates, at every launch.
     // SAFETY: mallopt only sets an allocator parameter; no allocation is in flight.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-    let args = match Args::try_parse() {
+    let args = match parse_args(std::env::args_os()) {
         Ok(a) => a,
         // --help and --version exit 0; usage errors are bad input, status 1 like the rest.
         Err(e) if !e.use_stderr() => {
@@ -197,7 +282,7 @@ fn vmm_main() -> u8 {
     if let (Some(out), Some(kernel)) = (&args.extract_vmlinux, &args.kernel) {
         return extract_vmlinux(kernel, out);
     }
-    let Some(kernel) = args.kernel else {
+    let Some(kernel) = args.kernel.clone() else {
         eprintln!("vmm: error: --kernel is required");
         return 1;
     };
@@ -208,25 +293,7 @@ fn vmm_main() -> u8 {
             return 1;
         }
     };
-    let nets = args
-        .tap_fds
-        .iter()
-        .map(|fd| NetConfig::Fd(*fd))
-        .chain(args.taps.iter().map(|n| NetConfig::Tap(n.clone())))
-        .collect();
-    let config = VmConfig {
-        kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
-        mem_mib: args.mem_mib,
-        vcpus: args.vcpus,
-        disks: args.disks,
-        nets,
-        macs: args.macs.into_iter().map(|m| m.0).collect(),
-        console: args.console,
-        control: args.control,
-        cpuid: args.cpuid,
-    };
+    let config = vm_config(args, kernel);
     let result = run(&config, exit_file.as_ref()).context("vmm failed");
     if let Some(p) = &config.control {
         let _ = std::fs::remove_file(p);
@@ -237,7 +304,7 @@ fn vmm_main() -> u8 {
     if let Some(f) = exit_file.as_mut()
         && let Err(e) = f.commit(&ExitRecord {
             reason,
-            detail: &detail,
+            detail: detail.clone(),
         })
     {
         eprintln!("vmm: {:#}", anyhow::Error::from(e));
@@ -289,5 +356,99 @@ mod tests {
         for (result, status, reason, line) in cases {
             assert_eq!(outcome(result), (status, reason, line.to_owned()));
         }
+    }
+
+    /// `vmm` and its argv: the program name, then what `args` says.
+    fn argv(args: &VmmArgs) -> Vec<String> {
+        let mut argv = vec!["vmm".to_string()];
+        argv.extend(args.to_argv());
+        argv
+    }
+
+    #[test]
+    fn vmm_args_round_trip_through_the_parser() {
+        let full = VmmArgs {
+            kernel: Some("/vm/kernel".into()),
+            initrd: Some("/vm/initrd".into()),
+            cmdline: Some("console=ttyS0 quiet".into()),
+            mem_mib: Some(96),
+            vcpus: Some(2),
+            cpuid: Some("/vm/cpuid".into()),
+            disks: vec![
+                Disk {
+                    path: "/vm/disk0".into(),
+                    read_only: false,
+                },
+                Disk {
+                    path: "/vm/disk1".into(),
+                    read_only: true,
+                },
+            ],
+            tap_fds: vec![3, 4],
+            taps: vec!["tap0".into()],
+            macs: vec![
+                hull_vmm_proto::MacAddr([2, 8, 0x20, 0xab, 0, 1]),
+                hull_vmm_proto::MacAddr([0x0a, 0xff, 0, 0, 0, 2]),
+            ],
+            console: Some(Console::Unix("/run/console.sock".into())),
+            control: Some("/run/vmm/control.sock".into()),
+            exit_file: Some("/run/vmm/exit.json".into()),
+            // --save-cpuid conflicts with --cpuid: it has a case of its own below.
+            save_cpuid: None,
+            extract_vmlinux: Some("/tmp/vmlinux".into()),
+        };
+        assert_eq!(parse_args(argv(&full)).expect("full argv"), full);
+        let minimal = VmmArgs {
+            kernel: Some("/k".into()),
+            ..VmmArgs::default()
+        };
+        assert_eq!(parse_args(argv(&minimal)).expect("minimal argv"), minimal);
+        let save = VmmArgs {
+            save_cpuid: Some("/t".into()),
+            ..VmmArgs::default()
+        };
+        assert_eq!(parse_args(argv(&save)).expect("save argv"), save);
+        // Defaults given explicitly stay given (vmmd's argv says --vcpus 1 and stdio).
+        for console in [Console::Stdio, Console::Pty] {
+            let explicit = VmmArgs {
+                cmdline: Some(DEFAULT_CMDLINE.into()),
+                mem_mib: Some(DEFAULT_MEM_MIB),
+                vcpus: Some(DEFAULT_VCPUS),
+                console: Some(console),
+                ..minimal.clone()
+            };
+            assert_eq!(parse_args(argv(&explicit)).expect("explicit"), explicit);
+        }
+    }
+
+    #[test]
+    fn left_out_flags_take_the_defaults() {
+        let args = parse_args(["vmm", "--kernel", "/k"]).expect("argv");
+        let c = vm_config(args, "/k".into());
+        assert_eq!(
+            (c.cmdline.as_str(), c.mem_mib, c.vcpus, c.console),
+            (
+                "console=ttyS0 reboot=k panic=1 pci=off",
+                128,
+                1,
+                ConsoleConfig::Stdio
+            )
+        );
+        let args = parse_args([
+            "vmm",
+            "--kernel",
+            "/k",
+            "--tap-fd",
+            "5",
+            "--tap",
+            "t0",
+            "--mac",
+            "02:00:00:00:00:01",
+        ])
+        .expect("argv");
+        let c = vm_config(args, "/k".into());
+        assert_eq!(c.nets, [NetConfig::Fd(5), NetConfig::Tap("t0".into())]);
+        assert_eq!(c.macs, [[2, 0, 0, 0, 0, 1]]);
+        assert!(parse_args(["vmm", "--kernel", "/k", "--mac", "01:00:00:00:00:01"]).is_err());
     }
 }

@@ -1,10 +1,11 @@
 //! Counters the control socket reports: vCPU exits by kind and bytes moved per device. Plain
-//! relaxed atomics: they are statistics, not synchronisation.
+//! relaxed atomics: they are statistics, not synchronisation. The report they make is
+//! [`hull_vmm_proto::StatsReport`], which the control socket's clients decode.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use hull_vmm_proto::{DeviceReport, StatsReport, VcpuReport};
 
 /// Exit counters of one vCPU.
 #[derive(Debug, Default)]
@@ -42,34 +43,6 @@ pub struct Stats {
     pub pit: AtomicBool,
     /// Serial bytes KVM queued without an exit (see [`crate::devices::serial::batch`]).
     pub serial_batched: AtomicU64,
-}
-
-/// Snapshot sent over the control socket.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct StatsReport {
-    pub vcpus: Vec<VcpuReport>,
-    pub devices: Vec<DeviceReport>,
-    pub pit: bool,
-    pub serial_batched: u64,
-}
-
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct VcpuReport {
-    pub id: usize,
-    pub exits_io: u64,
-    pub exits_mmio: u64,
-    pub exits_other: u64,
-}
-
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct DeviceReport {
-    pub name: String,
-    pub read_bytes: u64,
-    pub written_bytes: u64,
-    pub requests: u64,
-    pub errors: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub capacity_bytes: Option<u64>,
 }
 
 impl Stats {

@@ -19,6 +19,7 @@ use super::network::TapError;
 use super::provision::{Grown, Warnings};
 use super::seams::{GuestStorage, Switch, ZoneRuntime};
 use super::zones::{Plumb, ZoneError};
+use hull_vmm_proto::{ControlReply, ControlRequest};
 
 /// The calls made to the fakes, in order, and the calls told to fail.
 #[derive(Debug, Default)]
@@ -319,20 +320,16 @@ impl ZoneRuntime for FakeZones {
         self.journal.call("zones.forget", uuid);
     }
 
-    fn vmm_command(
-        &self,
-        uuid: Uuid,
-        req: &serde_json::Value,
-    ) -> Result<serde_json::Value, ZoneError> {
+    fn vmm_request(&self, uuid: Uuid, req: &ControlRequest) -> Result<ControlReply, ZoneError> {
         match self
             .journal
-            .call("zones.vmm_command", format!("{uuid} {req}"))
+            .call("zones.vmm_request", format!("{uuid} {req:?}"))
         {
             true => Err(ZoneError::Control {
                 uuid,
-                reason: "zones.vmm_command failed (injected)".into(),
+                reason: "zones.vmm_request failed (injected)".into(),
             }),
-            false => Ok(serde_json::json!({ "ok": true })),
+            false => Ok(ControlReply::ok()),
         }
     }
 

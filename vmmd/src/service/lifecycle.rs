@@ -16,6 +16,7 @@ use super::{
     AT_NEXT_BOOT, HOST_NOTE, MEMORY_AT_NEXT_BOOT, NICS_AT_NEXT_BOOT, Record, Result, Service,
     ServiceError, add_host_notes, best_effort, blocking, network, now, read, unblock, write,
 };
+use hull_vmm_proto::ControlRequest;
 
 impl Service {
     /// Starts a guest.
@@ -326,14 +327,13 @@ impl Service {
             )));
         }
         let z = self.zones.clone();
-        let reply =
-            blocking(move || z.vmm_command(uuid, &serde_json::json!({ "cmd": "stats" }))).await?;
-        let stats = reply.get("stats").cloned().unwrap_or(Value::Null);
+        let reply = blocking(move || z.vmm_request(uuid, &ControlRequest::Stats {})).await?;
+        let stats = reply.stats;
         Ok(serde_json::json!({
             "status": vm.state.as_str(),
             "pid": vm.pid,
-            "cpus": stats.get("vcpus").cloned().unwrap_or(Value::Null),
-            "devices": stats.get("devices").cloned().unwrap_or(Value::Null),
+            "cpus": stats.as_ref().map(|s| &s.vcpus),
+            "devices": stats.as_ref().map(|s| &s.devices),
         }))
     }
 

@@ -24,6 +24,7 @@ use zoned::config::{Reply, Request, ZoneConfig, ZoneState};
 use super::network::{self, TapError};
 use super::provision::{self, Grown, Warnings};
 use super::zones::{Plumb, ZoneError, Zones};
+use hull_vmm_proto::{ControlReply, ControlRequest};
 
 /// A guest's storage in the image store: its root, its disk files and their snapshots.
 pub trait GuestStorage: Send + Sync + std::fmt::Debug {
@@ -137,12 +138,8 @@ pub trait ZoneRuntime: Send + Sync + std::fmt::Debug {
     fn clean_up(&self, uuid: Uuid) -> Vec<String>;
     /// Deletes a stopped zone's runtime directory.
     fn forget(&self, uuid: Uuid);
-    /// One command to a running microVM's VMM; its reply, which said ok.
-    fn vmm_command(
-        &self,
-        uuid: Uuid,
-        req: &serde_json::Value,
-    ) -> Result<serde_json::Value, ZoneError>;
+    /// One request to a running microVM's VMM; its reply, which said ok.
+    fn vmm_request(&self, uuid: Uuid, req: &ControlRequest) -> Result<ControlReply, ZoneError>;
     /// Which disk of the running microVM's VMM the file `disk` is.
     fn vmm_disk_index(&self, uuid: Uuid, disk: &Path) -> Result<Option<usize>, ZoneError>;
     /// Makes a spare zoned ahead of the next start, where that helps.
@@ -195,12 +192,8 @@ impl ZoneRuntime for HostZones {
         self.0.forget(uuid)
     }
 
-    fn vmm_command(
-        &self,
-        uuid: Uuid,
-        req: &serde_json::Value,
-    ) -> Result<serde_json::Value, ZoneError> {
-        self.0.vmm_command(uuid, req)
+    fn vmm_request(&self, uuid: Uuid, req: &ControlRequest) -> Result<ControlReply, ZoneError> {
+        self.0.vmm_request(uuid, req)
     }
 
     fn vmm_disk_index(&self, uuid: Uuid, disk: &Path) -> Result<Option<usize>, ZoneError> {

@@ -21,6 +21,7 @@ use super::{
     NICS_AT_NEXT_BOOT, Record, Result, Service, ServiceError, ZONE_BOOT_PROPERTIES, add_host_notes,
     best_effort, blocking, network, now, read, unblock, write,
 };
+use hull_vmm_proto::ControlRequest;
 
 impl Service {
     /// Validates an update payload for guest `uuid` (or, without a guest, for `brand`).
@@ -231,8 +232,8 @@ impl Service {
                     Ok(None) => continue,
                     Err(e) => return (Err(e), grown.split_off(i)),
                 };
-                let req = serde_json::json!({"cmd": "resize_disk", "index": index});
-                if let Err(e) = z.vmm_command(uuid, &req) {
+                let req = ControlRequest::ResizeDisk { index };
+                if let Err(e) = z.vmm_request(uuid, &req) {
                     return (Err(e), grown.split_off(i));
                 }
             }

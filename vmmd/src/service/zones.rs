@@ -13,8 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hull_cowstore::backend::RootSource;
+use hull_spec::net::parse_mac;
 use hull_spec::{Brand, Vm};
 use hull_sys::process::same_process;
+use hull_vmm_proto::{Console, ControlReply, ControlRequest, Disk, MacAddr, VmmArgs};
 use uuid::Uuid;
 use zoned::cgroup::Limits;
 use zoned::config::{
@@ -296,8 +298,7 @@ impl Zones {
 
     /// The guest RAM (MiB) a running microVM's VMM was started with.
     pub fn booted_ram(cfg: &ZoneConfig) -> Option<u64> {
-        let at = cfg.init.iter().position(|a| a == "--mem-mib")?;
-        cfg.init.get(at + 1)?.parse().ok()
+        vmm_args(cfg)?.mem_mib
     }
 
     /// The zone's state file as zoned last wrote it.
@@ -339,9 +340,12 @@ impl Zones {
             return Some(table);
         }
         let _ = std::fs::create_dir_all(&self.root);
+        let save = VmmArgs {
+            save_cpuid: Some(table.clone()),
+            ..VmmArgs::default()
+        };
         let saved = Command::new(&self.vmm)
-            .arg("--save-cpuid")
-            .arg(&table)
+            .args(save.to_os_argv())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -560,46 +564,28 @@ impl Zones {
         Ok(reply)
     }
 
-    /// One command to a microVM's VMM on its control socket; the reply, which must say ok.
+    /// One request to a microVM's VMM on its control socket; the reply, which must say ok.
     /// The VMM runs the guest and is not trusted more than it: the reply is one line of at
     /// most 1 MiB of JSON, read with a timeout.
-    pub fn vmm_request(&self, uuid: Uuid, cmd: &str) -> Result<serde_json::Value, ZoneError> {
-        self.vmm_command(uuid, &serde_json::json!({ "cmd": cmd }))
-    }
-
-    /// [`Self::vmm_request`] for a command with arguments: `req` is the whole request object,
-    /// `{"cmd": ..., ...}`.
-    pub fn vmm_command(
-        &self,
-        uuid: Uuid,
-        req: &serde_json::Value,
-    ) -> Result<serde_json::Value, ZoneError> {
+    pub fn vmm_request(&self, uuid: Uuid, req: &ControlRequest) -> Result<ControlReply, ZoneError> {
         use std::io::Read;
-        let cmd = req
-            .get("cmd")
-            .and_then(|c| c.as_str())
-            .unwrap_or("a command");
         let ctl_err = |reason: String| ZoneError::Control { uuid, reason };
         let path = self.dir(uuid).join(files::VMM_DIR).join(files::VMM_CONTROL);
         let mut s = UnixStream::connect(&path)
             .map_err(|e| ctl_err(format!("cannot reach its VMM at {}: {e}", path.display())))?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-        let line = format!("{req}\n");
-        s.write_all(line.as_bytes())
+        s.write_all(req.to_line().as_bytes())
             .map_err(|e| ctl_err(format!("cannot talk to its VMM: {e}")))?;
         let mut reply = String::new();
         BufReader::new(s.take(1 << 20))
             .read_line(&mut reply)
             .map_err(|e| ctl_err(format!("no reply from its VMM: {e}")))?;
-        let reply: serde_json::Value = serde_json::from_str(&reply)
+        let reply: ControlReply = serde_json::from_str(&reply)
             .map_err(|e| ctl_err(format!("bad reply from its VMM: {e}")))?;
-        if reply.get("ok") != Some(&serde_json::Value::Bool(true)) {
-            let why = reply
-                .get("error")
-                .and_then(|e| e.as_str())
-                .unwrap_or("request refused");
-            return Err(ctl_err(format!("its VMM refused {cmd}: {why}")));
+        if !reply.ok {
+            let why = reply.error.as_deref().unwrap_or("request refused");
+            return Err(ctl_err(format!("its VMM refused {}: {why}", req.cmd())));
         }
         Ok(reply)
     }
@@ -857,11 +843,13 @@ fn extract_kernel(vmm: &Path, kernel: &Path, dir: &Path, file: &str, key: &str) 
     set_mode(dir, 0o700);
     let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
+    let extract = VmmArgs {
+        kernel: Some(kernel.to_path_buf()),
+        extract_vmlinux: Some(tmp.clone()),
+        ..VmmArgs::default()
+    };
     let status = Command::new(vmm)
-        .arg("--kernel")
-        .arg(kernel)
-        .arg("--extract-vmlinux")
-        .arg(&tmp)
+        .args(extract.to_os_argv())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -980,25 +968,24 @@ pub fn vm_config(vm: &Vm, vmm: &VmmFiles, run: &Path, id_base: u32) -> Result<Zo
         let lib = lib.to_string_lossy();
         files.push(ro(&lib, &lib));
     }
-    let mut argv: Vec<String> = [vm_paths::VMM, "--kernel", vm_paths::KERNEL]
-        .map(String::from)
-        .to_vec();
+    let vcpus = vm.vcpus.unwrap_or(1);
+    let mut args = VmmArgs {
+        kernel: Some(PathBuf::from(vm_paths::KERNEL)),
+        cmdline: vm.cmdline.clone(),
+        mem_mib: Some(vm.ram),
+        vcpus: Some(u8::try_from(vcpus).map_err(|_| format!("its {vcpus} vCPUs are too many"))?),
+        console: Some(Console::Stdio),
+        control: Some(Path::new(files::VMM_RUN).join(files::VMM_CONTROL)),
+        exit_file: Some(Path::new(files::VMM_RUN).join(files::VMM_EXIT)),
+        ..VmmArgs::default()
+    };
     if let Some(initrd) = vm.initrd.as_deref() {
         files.push(ro(initrd, vm_paths::INITRD));
-        argv.extend(["--initrd".into(), vm_paths::INITRD.into()]);
+        args.initrd = Some(PathBuf::from(vm_paths::INITRD));
     }
-    if let Some(cmdline) = vm.cmdline.as_deref() {
-        argv.extend(["--cmdline".into(), cmdline.into()]);
-    }
-    argv.extend([
-        "--mem-mib".into(),
-        vm.ram.to_string(),
-        "--vcpus".into(),
-        vm.vcpus.unwrap_or(1).to_string(),
-    ]);
     if let Some(cpuid) = vmm.cpuid {
         files.push(ro(&cpuid.to_string_lossy(), vm_paths::CPUID));
-        argv.extend(["--cpuid".into(), vm_paths::CPUID.into()]);
+        args.cpuid = Some(PathBuf::from(vm_paths::CPUID));
     }
     // The boot disk comes first: the guest sees it as vda.
     let mut disks: Vec<_> = vm.disks.iter().collect();
@@ -1008,17 +995,17 @@ pub fn vm_config(vm: &Vm, vmm: &VmmFiles, run: &Path, id_base: u32) -> Result<Zo
             .path
             .as_deref()
             .ok_or_else(|| format!("its disk {i} has no path"))?;
-        let at = format!("{}/disk{i}", vm_paths::DISKS);
+        let at = PathBuf::from(format!("{}/disk{i}", vm_paths::DISKS));
         let read_only = disk.read_only == Some(true);
         files.push(RootFile {
             host: PathBuf::from(host),
-            at: PathBuf::from(&at),
+            at: at.clone(),
             writable: !read_only,
         });
-        argv.extend([
-            "--disk".into(),
-            if read_only { format!("{at},ro") } else { at },
-        ]);
+        args.disks.push(Disk {
+            path: at,
+            read_only,
+        });
     }
     files.push(RootFile {
         host: run.to_path_buf(),
@@ -1034,25 +1021,18 @@ pub fn vm_config(vm: &Vm, vmm: &VmmFiles, run: &Path, id_base: u32) -> Result<Zo
             hull_vswitch::tap_name(&vm.uuid.to_string(), super::network::nic_number(nic, i))
         })
         .collect();
-    for i in 0..taps.len() {
-        argv.extend(["--tap-fd".into(), (3 + i).to_string()]);
-    }
+    args.tap_fds = (3..).take(taps.len()).collect();
     // The guest's NICs have the record's MACs (the ones vmadm shows and the switch expects).
     for (i, nic) in vm.nics.iter().enumerate() {
         let mac = nic
             .mac
             .as_deref()
             .ok_or_else(|| format!("its nic {i} has no mac"))?;
-        argv.extend(["--mac".into(), mac.to_string()]);
+        let mac = parse_mac(mac).ok_or_else(|| format!("its nic {i} has a bad mac {mac:?}"))?;
+        args.macs.push(MacAddr(mac));
     }
-    argv.extend([
-        "--console".into(),
-        "stdio".into(),
-        "--control".into(),
-        format!("{}/{}", files::VMM_RUN, files::VMM_CONTROL),
-        "--exit-file".into(),
-        format!("{}/{}", files::VMM_RUN, files::VMM_EXIT),
-    ]);
+    let mut argv = vec![vm_paths::VMM.to_string()];
+    argv.extend(args.to_argv());
     Ok(ZoneConfig {
         uuid: vm.uuid.to_string(),
         hostname: vm.hostname.clone().unwrap_or_else(|| vm.uuid.to_string()),
@@ -1074,16 +1054,19 @@ pub fn vm_config(vm: &Vm, vmm: &VmmFiles, run: &Path, id_base: u32) -> Result<Zo
     })
 }
 
+/// The arguments a microVM zone's VMM was started with, read back from its config's init
+/// (the VMM, then [`VmmArgs::to_argv`]); `None` when they cannot be.
+pub fn vmm_args(cfg: &ZoneConfig) -> Option<VmmArgs> {
+    VmmArgs::from_argv(cfg.init.get(1..)?).ok()
+}
+
 /// Which `--disk` argument of a microVM zone's VMM carries the host file `disk`.
 pub fn vmm_disk_index(cfg: &ZoneConfig, disk: &Path) -> Option<usize> {
     let RootSpec::Vmm { files } = &cfg.root else {
         return None;
     };
     let at = &files.iter().find(|f| f.host == disk)?.at;
-    cfg.init
-        .windows(2)
-        .filter(|w| w[0] == "--disk")
-        .position(|w| Path::new(w[1].strip_suffix(",ro").unwrap_or(&w[1])) == at)
+    vmm_args(cfg)?.disks.iter().position(|d| d.path == *at)
 }
 
 /// The zoned config of a zone guest.
@@ -1191,6 +1174,36 @@ mod tests {
         assert_eq!(idx("/data/d1.img"), Some(1));
         assert_eq!(idx("/data/added-later.img"), None);
         assert_eq!(idx("/boot/k"), None, "a file that is not a disk");
+        assert_eq!(Zones::booted_ram(&cfg), Some(96));
+    }
+
+    #[test]
+    fn a_microvm_gets_its_nics_as_descriptors_and_macs_in_order() {
+        let mut vm = vm(serde_json::json!({"vcpus": 1, "nics": [
+            {"nic_tag": "a", "mac": "02:00:00:00:00:09"}, {"nic_tag": "b"}]}));
+        vm.cmdline = None;
+        let vmm = VmmFiles {
+            binary: Path::new("/opt/vmm"),
+            libs: &[],
+            cpuid: None,
+            kernel: None,
+        };
+        let cfg = vm_config(&vm, &vmm, Path::new("/z/vmm"), 0).expect("config");
+        let second = vm.nics[1].mac.clone().expect("a generated mac");
+        assert_eq!(
+            cfg.init.join(" "),
+            format!(
+                "/vmm --kernel /vm/kernel --initrd /vm/initrd --mem-mib 96 --vcpus 1 \
+                 --tap-fd 3 --tap-fd 4 --mac 02:00:00:00:00:09 --mac {second} \
+                 --console stdio --control /run/vmm/control.sock --exit-file /run/vmm/exit.json"
+            )
+        );
+        assert_eq!(cfg.taps.len(), 2);
+        assert_eq!(Zones::booted_ram(&cfg), Some(96));
+        // A config that is not a VMM's argv gives nothing, not a wrong answer.
+        let mut odd = cfg.clone();
+        odd.init.push("--mem-mib".into());
+        assert_eq!(Zones::booted_ram(&odd), None);
     }
 
     #[test]

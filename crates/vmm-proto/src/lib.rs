@@ -1,0 +1,27 @@
+//! The contract between the `vmm` process and the programs that run it (vmmd builds its
+//! command line, zoned and vmmd talk to its control socket, zoned reads its exit file):
+//!
+//! - [`args`]: [`VmmArgs`], every flag `vmm` takes, typed, and the argv that says it;
+//! - [`control`]: [`ControlRequest`] and [`ControlReply`], one JSON line each way on the
+//!   control socket;
+//! - [`exit`]: [`ExitRecord`], the `--exit-file` JSON;
+//! - [`stats`]: [`StatsReport`], what a `stats` request answers.
+//!
+//! Both ends use these types, so the bytes on the wire and on disk are defined once, here.
+//! This crate owns only the shapes and their encodings: it must never do I/O, depend on
+//! another workspace crate, pull in clap (vmm keeps its own parser and converts into
+//! [`VmmArgs`]) or use `unsafe`. What a value means to the VMM (ranges, which MACs a NIC may
+//! own) is checked by the VMM, not here.
+#![forbid(unsafe_code)]
+
+pub mod args;
+pub mod control;
+pub mod exit;
+pub mod stats;
+
+pub use args::{
+    ArgvError, Console, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, DEFAULT_VCPUS, Disk, MacAddr, VmmArgs,
+};
+pub use control::{ControlReply, ControlRequest, DiskResized};
+pub use exit::{ExitReason, ExitRecord};
+pub use stats::{DeviceReport, StatsReport, VcpuReport};

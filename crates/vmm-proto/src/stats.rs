@@ -1,0 +1,52 @@
+//! What a `stats` request answers: vCPU exits by kind and bytes moved per device, a snapshot
+//! of the VMM's counters.
+
+use serde::{Deserialize, Serialize};
+
+/// Snapshot of one VM's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReport {
+    pub vcpus: Vec<VcpuReport>,
+    pub devices: Vec<DeviceReport>,
+    /// Whether the guest has used the PIT (the VMM creates it on first use).
+    pub pit: bool,
+    /// Serial bytes KVM queued without an exit.
+    pub serial_batched: u64,
+}
+
+/// Exits of one vCPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuReport {
+    pub id: usize,
+    pub exits_io: u64,
+    pub exits_mmio: u64,
+    pub exits_other: u64,
+}
+
+/// Traffic of one device. For block devices `read` is disk to guest; for net, `read` is
+/// host to guest (RX) and `written` guest to host (TX).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceReport {
+    pub name: String,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+    pub requests: u64,
+    pub errors: u64,
+    /// Size in bytes the guest sees, for devices that have one (disks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_bytes: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_reads_back() {
+        let text = r#"{"vcpus":[{"id":0,"exits_io":1,"exits_mmio":2,"exits_other":3}],"devices":[{"name":"vda","read_bytes":512,"written_bytes":0,"requests":1,"errors":0,"capacity_bytes":4096},{"name":"eth0","read_bytes":0,"written_bytes":0,"requests":0,"errors":0}],"pit":false,"serial_batched":7}"#;
+        let r: StatsReport = serde_json::from_str(text).unwrap();
+        assert_eq!(r.devices[0].capacity_bytes, Some(4096));
+        assert_eq!(r.devices[1].capacity_bytes, None);
+        assert_eq!(serde_json::to_string(&r).unwrap(), text);
+    }
+}
