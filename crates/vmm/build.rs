@@ -29,13 +29,14 @@ const TESTGUEST_CFLAGS: &[&str] = &[
     "-Wl,--no-warn-rwx-segments",
 ];
 
-/// Links GCC's unwinder statically into the `vmm` binary (what `gcc -static-libgcc` does for
-/// C programs) instead of loading libgcc_s.so at every start: std needs an unwinder for
-/// backtraces, and loading libgcc_s costs ~0.2 ms of CPU per launch on this host (a shared
-/// object to map and relocate, and a constructor that runs CPUID, which traps under nested
-/// virtualization). Whole-archive, so the unwinder's symbols are defined before std's
-/// references reach the shared library; `--as-needed` then drops libgcc_s. Skipped (libgcc_s
-/// stays) when the C compiler has no libgcc_eh.a or the target links statically anyway.
+/// Links GCC's unwinder statically into the `vmm` binary (what `gcc -static-libgcc` does for C
+/// programs) instead of loading libgcc_s.so at every start: std needs an unwinder for
+/// backtraces, and loading libgcc_s costs CPU at every launch (docs/PERFORMANCE.md, "Figures
+/// behind design choices": a shared object to map and relocate, and a constructor that runs
+/// CPUID, which traps under nested virtualization). Whole-archive, so the unwinder's symbols
+/// are defined before std's references reach the shared library; `--as-needed` then drops
+/// libgcc_s. Skipped (libgcc_s stays) when the C compiler has no libgcc_eh.a or the target
+/// links statically anyway.
 fn link_static_unwinder() {
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     if var("CARGO_CFG_TARGET_OS") != "linux"

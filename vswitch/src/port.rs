@@ -360,10 +360,10 @@ async fn plumb(
         let host = port.host();
         // What an earlier start left under this name (a crash mid-setup) goes first.
         delete_link(&ctx.h, &host).await?;
-        // The zone's end is made inside the zone, named, with its MAC and MTU: moving a
-        // link between namespaces costs an RCU grace period or two (15-20 ms here), making
-        // it there costs nothing more than making it. (It cannot be up before its pair is
-        // whole; it comes up below.)
+        // The zone's end is made inside the zone, named, with its MAC and MTU: moving a link
+        // between namespaces costs an RCU grace period or two (docs/PERFORMANCE.md, "Figures
+        // behind design choices"), making it there costs nothing more than making it. (It
+        // cannot be up before its pair is whole; it comes up below.)
         let mut peer = LinkUnspec::new_with_name(&nic.name)
             .setns_by_pid(init_pid as u32)
             .address(nic.mac.to_vec());

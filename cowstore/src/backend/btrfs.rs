@@ -515,11 +515,11 @@ fn nodesize(dir: &File, path: &Path) -> Result<usize, BackendError> {
 /// A snapshot copies the source's root block and takes a reference on everything that block
 /// points at, and the source's root is copied on write the first time after each snapshot,
 /// which takes those references once more. With a leaf root that is one reference per file
-/// extent in it: a 4 GiB file is 32 extents of 128 MiB, so its clone costs 1-2 ms more than a
-/// 10 MiB one (docs/PERFORMANCE.md). With a node root it is one per leaf whatever the files
-/// hold. One xattr as large as a leaf can hold cannot share a leaf with the directory's inode,
-/// so btrfs splits the tree; an image whose tree is deep already gains one leaf (a node size,
-/// 16 KiB by default).
+/// extent in it, so a clone of an image with large files costs more than one of a small image
+/// (figures in docs/PERFORMANCE.md, "Figures behind design choices"). With a node root it is
+/// one per leaf whatever the files hold. One xattr as large as a leaf can hold cannot share a
+/// leaf with the directory's inode, so btrfs splits the tree; an image whose tree is deep
+/// already gains one leaf (a node size, 16 KiB by default).
 fn split_root(path: &Path) -> Result<(), BackendError> {
     let dir = open_dir(path)?;
     let size = nodesize(&dir, path)?

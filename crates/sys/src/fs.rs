@@ -114,11 +114,11 @@ pub fn sync_dir(dir: &Path) -> Result<(), IoError> {
 }
 
 /// Puts the file `tmp` in the place of `target` atomically, as rename(2) does, but without
-/// making the file system flush `tmp`'s data first: ext4 and btrfs do that on a rename over
-/// an existing file (ext4 auto_da_alloc, ~0.5-3 ms here), and runtime state needs no such
-/// care. Exchanges the two names (RENAME_EXCHANGE, so readers see the old or the new file
-/// whole) and removes the old one; a plain rename when `target` is absent or the file system
-/// cannot exchange.
+/// making the file system flush `tmp`'s data first: ext4 and btrfs do that on a rename over an
+/// existing file (ext4 auto_da_alloc; cost in docs/PERFORMANCE.md, "Figures behind design
+/// choices"), and runtime state needs no such care. Exchanges the two names (RENAME_EXCHANGE,
+/// so readers see the old or the new file whole) and removes the old one; a plain rename when
+/// `target` is absent or the file system cannot exchange.
 pub fn swap_into_place(tmp: &Path, target: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());

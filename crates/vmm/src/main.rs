@@ -3,12 +3,13 @@
 //! (triple fault, KVM internal error...). The last stderr line, and the `--exit-file` record
 //! when asked for, say which.
 //!
-//! `#![no_main]`: the C `main` below is the entry point, which skips std's runtime start-up
-//! for the main thread. On Linux that start-up reads /proc/self/maps to find the main stack's
-//! guard page and installs a SIGSEGV/SIGBUS handler with an alternate signal stack, in this
-//! thread and in every thread spawned later: a dozen syscalls and ~0.1 ms at every launch,
-//! for a nicer message on stack overflow (which still kills the VMM, by SIGSEGV). What std
-//! would have done and the VMM needs, `main` does itself: ignore SIGPIPE, flush stdout.
+//! `#![no_main]`: the C `main` below is the entry point, which skips std's runtime start-up for
+//! the main thread. On Linux that start-up reads /proc/self/maps to find the main stack's guard
+//! page and installs a SIGSEGV/SIGBUS handler with an alternate signal stack, in this thread
+//! and in every thread spawned later: a dozen syscalls at every launch (timed in
+//! docs/PERFORMANCE.md, "Figures behind design choices"), for a nicer message on stack overflow
+//! (which still kills the VMM, by SIGSEGV). What std would have done and the VMM needs, `main`
+//! does itself: ignore SIGPIPE, flush stdout.
 
 // Test builds keep the test harness's own main.
 #![cfg_attr(not(test), no_main)]

@@ -2,10 +2,11 @@
 //!
 //! A PIT made up front costs every VM a kernel thread (`kvm-pit/<pid>`) and, when the VM is
 //! torn down, SRCU grace periods: `kvm_free_pit` unregisters its port devices and its
-//! tick-reinjection notifiers, each a `synchronize_srcu`, about 20 ms of the process's exit
-//! on this host's 6.18 kernel. Guests that boot through ACPI's hardware-reduced model (the
-//! test guest; Debian's stock kernel, which calibrates on kvmclock) never use a PIT, while
-//! kernels without ACPI (images/kernel's minimal one) calibrate and tick on it.
+//! tick-reinjection notifiers, each a `synchronize_srcu`, a measurable part of the process's
+//! exit (docs/PERFORMANCE.md, "Figures behind design choices"). Guests that boot through ACPI's
+//! hardware-reduced model (the test guest; Debian's stock kernel, which calibrates on kvmclock)
+//! never use a PIT, while kernels without ACPI (images/kernel's minimal one) calibrate and tick
+//! on it.
 //!
 //! So ports 0x40-0x43 and 0x61 start unclaimed. The first access exits to the VMM, which
 //! creates the PIT and makes the vCPU execute the same instruction again, now against the

@@ -8,12 +8,12 @@
 //! The allow-lists are compiled here into a balanced binary search over syscall numbers
 //! ([`compile`]); seccompiler installs them and, in the tests, compiles the same lists its own
 //! way as the reference every verdict is checked against. Why not seccompiler's program: it
-//! tests the syscall number against each allowed one in turn, 5 instructions per syscall,
-//! and `seccomp(2)` costs grow with both the program's length and its paths (the kernel
-//! converts and JIT-compiles the program, then runs it for every syscall number to build its
-//! allow cache, with interrupts off). Here that was 120-165 µs per install for seccompiler's
-//! 142- and 170-instruction programs, and 55-90 µs for the trees (77 and 87 instructions,
-//! at most ~9 tests per syscall number) of the same lists.
+//! tests the syscall number against each allowed one in turn, 5 instructions per syscall, and
+//! `seccomp(2)` costs grow with both the program's length and its paths (the kernel converts
+//! and JIT-compiles the program, then runs it for every syscall number to build its allow
+//! cache, with interrupts off). The trees of the same lists are about half as long, with at
+//! most ~9 tests per syscall number, and install in about half the time (figures in
+//! docs/PERFORMANCE.md, "Figures behind design choices").
 
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;

@@ -1,8 +1,8 @@
-//! KVM_GET_SUPPORTED_CPUID saved to a file and read back, so that a host's VMMs need not
-//! each ask KVM. The answer is the same for every VM on a host until KVM or the host changes,
-//! and asking costs ~0.6 ms of CPU per launch where CPUID traps to an outer hypervisor (each
-//! of its ~60 leaves is a host CPUID). vmmd keeps one table per host boot and KVM module
-//! state (`vmm --save-cpuid`) and passes it to each VMM (`--cpuid`).
+//! KVM_GET_SUPPORTED_CPUID saved to a file and read back, so that a host's VMMs need not each
+//! ask KVM. The answer is the same for every VM on a host until KVM or the host changes, and
+//! asking is slow where CPUID traps to an outer hypervisor (each of its leaves is a host CPUID;
+//! figure in docs/PERFORMANCE.md, "Figures behind design choices"). vmmd keeps one table per
+//! host boot and KVM module state (`vmm --save-cpuid`) and passes it to each VMM (`--cpuid`).
 //!
 //! Format: the magic `HULLCPU1`, a little-endian u32 entry count, then that many
 //! `kvm_cpuid_entry2` records of 40 bytes (function, index, flags, eax, ebx, ecx, edx, three

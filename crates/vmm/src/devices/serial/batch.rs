@@ -1,10 +1,11 @@
 //! Serial output without a VM exit per byte, while the guest drives the UART by polling.
 //!
 //! Every exit to user space costs a KVM_RUN round trip, and on a nested host the MSR accesses
-//! of `vcpu_load`/`vcpu_put` trap to the outer hypervisor: ~15 µs a byte here. KVM can queue
-//! port writes in its coalesced I/O ring instead, which the VMM empties later. That is safe
-//! for the transmit register only as long as the guest does not wait for what such a write
-//! would have caused at once, that is, a transmit-empty or loopback receive interrupt. So:
+//! of `vcpu_load`/`vcpu_put` trap to the outer hypervisor (the cost per byte is in
+//! docs/PERFORMANCE.md, "Figures behind design choices"). KVM can queue port writes in its
+//! coalesced I/O ring instead, which the VMM empties later. That is safe for the transmit
+//! register only as long as the guest does not wait for what such a write would have caused at
+//! once, that is, a transmit-empty or loopback receive interrupt. So:
 //!
 //! - the ring covers the transmit register (0x3f8) from the start, and KVM queues those
 //!   writes (the divisor latch shares the port and is queued too, in order);
