@@ -303,7 +303,7 @@ fn kvm_root_microvm_limits_change_live_and_memory_at_next_boot() {
                 .collect()
         })
         .unwrap_or_default();
-    let warnings = d.client().get_vm(uuid).expect("get").warnings;
+    let warnings = texts(&d.client().get_vm(uuid).expect("get").warnings);
     for n in &notes {
         assert!(
             warnings.contains(&format!("this host: {n}")),
@@ -346,23 +346,19 @@ fn kvm_root_microvm_limits_change_live_and_memory_at_next_boot() {
         w.iter()
             .any(|w| w.starts_with("memory: changed while it runs"))
     };
-    assert!(pending(&vm.warnings), "{:?}", vm.warnings);
+    let warnings = texts(&vm.warnings);
+    assert!(pending(&warnings), "{warnings:?}");
     let cmdline = "changed while it runs, takes effect at its next boot: cmdline".to_string();
-    assert!(vm.warnings.contains(&cmdline), "{:?}", vm.warnings);
+    assert!(warnings.contains(&cmdline), "{warnings:?}");
     // The warnings are stored with the record.
     d.kill9();
     d.spawn();
-    let vm = d.client().get_vm(uuid).expect("get");
-    assert!(
-        pending(&vm.warnings),
-        "after a vmmd restart: {:?}",
-        vm.warnings
-    );
+    let warnings = texts(&d.client().get_vm(uuid).expect("get").warnings);
+    assert!(pending(&warnings), "after a vmmd restart: {warnings:?}");
     for n in &notes {
         assert!(
-            vm.warnings.contains(&format!("this host: {n}")),
-            "{:?}",
-            vm.warnings
+            warnings.contains(&format!("this host: {n}")),
+            "{warnings:?}"
         );
     }
 
@@ -372,9 +368,9 @@ fn kvm_root_microvm_limits_change_live_and_memory_at_next_boot() {
     let o = d.vmadm(&["start", &u], None);
     assert!(o.status.success(), "{}\nlog: {}", text(&o), d.log());
     console_until(&d, uuid, "testguest: waiting for ctrl-alt-del");
-    let vm = d.client().get_vm(uuid).expect("get");
-    assert!(!pending(&vm.warnings), "{:?}", vm.warnings);
-    assert!(!vm.warnings.contains(&cmdline), "{:?}", vm.warnings);
+    let warnings = texts(&d.client().get_vm(uuid).expect("get").warnings);
+    assert!(!pending(&warnings), "{warnings:?}");
+    assert!(!warnings.contains(&cmdline), "{warnings:?}");
     assert_ne!(
         memory(),
         booted_memory,
@@ -805,4 +801,9 @@ fn kvm_root_microvm_disk_grows_stopped_and_running() {
     assert!(o.status.success(), "{}", text(&o));
     let o = d.vmadm(&["delete", &u], None);
     assert!(o.status.success(), "{}", text(&o));
+}
+
+/// A record's warnings as the text the API carries.
+fn texts(warnings: &[hull_spec::warning::Warning]) -> Vec<String> {
+    warnings.iter().map(ToString::to_string).collect()
 }

@@ -441,7 +441,11 @@ fn root_zone_limits_hold_and_update_live() {
             .get_vm(uuid::Uuid::parse_str(&uuid).expect("uuid"))
             .expect("get")
     };
-    let warnings = record(&d).warnings;
+    let warnings: Vec<String> = record(&d)
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     for n in &notes {
         assert!(
             warnings.contains(&format!("this host: {n}")),
@@ -530,7 +534,10 @@ fn root_zone_limits_hold_and_update_live() {
     assert!(o.status.success(), "{}", text(&o));
     let next_boot = "changed while it runs, takes effect at its next boot: hostname";
     assert!(
-        record(&d).warnings.iter().any(|w| w == next_boot),
+        record(&d)
+            .warnings
+            .iter()
+            .any(|w| w.to_string() == next_boot),
         "{:?}",
         record(&d).warnings
     );
@@ -541,7 +548,10 @@ fn root_zone_limits_hold_and_update_live() {
     let o = d.zlogin(&uuid, "hostname");
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "renamed");
     assert!(
-        !record(&d).warnings.iter().any(|w| w == next_boot),
+        !record(&d)
+            .warnings
+            .iter()
+            .any(|w| w.to_string() == next_boot),
         "{:?}",
         record(&d).warnings
     );

@@ -13,6 +13,7 @@ pub mod image;
 pub mod net;
 pub mod validate;
 pub mod vm;
+pub mod warning;
 
 pub use api::{ApiErrorBody, Event, EventKind, NicTag, Ping};
 pub use image::{ImageManifest, ImageType, validate_manifest};

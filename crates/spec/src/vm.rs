@@ -627,7 +627,7 @@ pub struct Vm {
     pub snapshots: Vec<Snapshot>,
     /// Limits the host could not enforce, and costs it could not avoid, named.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
+    pub warnings: Vec<crate::warning::Warning>,
 }
 
 /// A snapshot of a guest's root.

@@ -12,7 +12,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    MICROVM_QUOTA, Record, Result, Service, ServiceError, best_effort, blocking, convert, now,
+    Record, Result, Service, ServiceError, best_effort, blocking, convert, microvm_quota, now,
     read, write,
 };
 
@@ -171,7 +171,7 @@ impl Service {
         let planned = vm.clone();
         vm.warnings = blocking(move || storage.provision(&planned)).await?;
         if vm.brand.is_microvm() && payload.get("quota").is_some() {
-            vm.warnings.push(MICROVM_QUOTA.to_string());
+            vm.warnings.push(microvm_quota());
         }
         vm.state = VmState::Stopped;
         vm.zone_state = VmState::Stopped.zone_state();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use hull_cowstore::backend::RootSource;
 use hull_cowstore::store::StoreError;
+use hull_spec::warning::Warning;
 use hull_spec::{DiskSpec, Vm};
 use hull_vswitch::{Guard, VswitchError, ZoneChange, ZoneNic, ZoneRoute};
 use uuid::Uuid;
@@ -117,7 +118,7 @@ impl GuestStorage for FakeStorage {
         }
     }
 
-    fn set_quota(&self, uuid: Uuid, gib: u64) -> Result<Option<String>, StoreError> {
+    fn set_quota(&self, uuid: Uuid, gib: u64) -> Result<Option<Warning>, StoreError> {
         match self
             .journal
             .call("storage.set_quota", format!("{uuid} {gib}"))

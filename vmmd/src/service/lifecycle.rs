@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hull_spec::api::EventKind;
+use hull_spec::warning::Warning;
 use hull_spec::{Vm, VmState};
 use serde_json::Value;
 use uuid::Uuid;
@@ -13,8 +14,8 @@ use zoned::config::{Phase, Request, ZoneState};
 
 use super::zones::ZoneError;
 use super::{
-    AT_NEXT_BOOT, HOST_NOTE, MEMORY_AT_NEXT_BOOT, NICS_AT_NEXT_BOOT, Record, Result, Service,
-    ServiceError, add_host_notes, best_effort, blocking, network, now, read, unblock, write,
+    Record, Result, Service, ServiceError, add_host_notes, best_effort, blocking, network, now,
+    read, unblock, write,
 };
 use hull_vmm_proto::ControlRequest;
 
@@ -114,11 +115,7 @@ impl Service {
         // The same for memory changes made while it ran, and the host's notes, which this
         // start made anew.
         next.warnings.retain(|w| {
-            !w.starts_with("its nics are not plumbed")
-                && !w.starts_with(NICS_AT_NEXT_BOOT)
-                && !w.starts_with(MEMORY_AT_NEXT_BOOT)
-                && !w.starts_with(AT_NEXT_BOOT)
-                && !w.starts_with(HOST_NOTE)
+            !w.waits_for_boot() && !matches!(w, Warning::NicsNotPlumbed(_) | Warning::HostNote(_))
         });
         add_host_notes(&mut next.warnings, &st.notes);
         self.save_state(next).await

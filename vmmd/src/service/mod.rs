@@ -41,6 +41,7 @@ use std::time::SystemTime;
 use hull_spec::api::EventKind;
 use hull_spec::net::parse_mac;
 use hull_spec::validate::nic_addresses;
+use hull_spec::warning::Warning;
 use hull_spec::{Event, ValidationReport, Vm};
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -243,18 +244,6 @@ pub struct Seams {
     pub switch: Arc<dyn Switch>,
 }
 
-/// Starts the warning of a running microVM whose NICs changed: they apply at its next boot.
-const NICS_AT_NEXT_BOOT: &str =
-    "nics: changed while it runs; the changes take effect at its next boot:";
-
-/// Starts the warning of a running microVM whose memory changed: it applies at its next boot.
-const MEMORY_AT_NEXT_BOOT: &str =
-    "memory: changed while it runs; the change takes effect at its next boot:";
-
-/// Starts the warning naming a property changed while the guest runs that it takes only at
-/// its next boot (one warning per property).
-const AT_NEXT_BOOT: &str = "changed while it runs, takes effect at its next boot:";
-
 /// Properties a running zone takes only when it boots again (written into its root at start).
 const ZONE_BOOT_PROPERTIES: [&str; 4] = ["hostname", "resolvers", "dns_domain", "init_name"];
 
@@ -263,12 +252,13 @@ const MICROVM_BOOT_PROPERTIES: [&str; 4] = ["vcpus", "kernel", "initrd", "cmdlin
 
 /// What a microVM's record says when its payload sets `quota`: SmartOS bounds a KVM zone's
 /// own dataset with it, and a hull microVM has none (its disks' sizes bound its storage).
-const MICROVM_QUOTA: &str = "quota: stored but not enforced: a microVM has no root file system \
-     of its own here; its disks' sizes bound what it stores";
-
-/// Starts each note the host made while applying a guest's limits (at start or by a live
-/// update): what this host cannot enforce, named. Replaced at every start.
-const HOST_NOTE: &str = "this host:";
+fn microvm_quota() -> Warning {
+    Warning::Quota(
+        "stored but not enforced: a microVM has no root file system of its own here; its \
+         disks' sizes bound what it stores"
+            .into(),
+    )
+}
 
 /// Limits a running guest's cgroup takes at once.
 const LIVE_LIMITS: [&str; 7] = [
@@ -281,10 +271,11 @@ const LIVE_LIMITS: [&str; 7] = [
     "zfs_io_priority",
 ];
 
-/// Adds `notes` from the host to `warnings`, each once.
-fn add_host_notes(warnings: &mut Vec<String>, notes: &[String]) {
+/// Adds `notes` the host made while applying a guest's limits (at start or by a live update:
+/// what it cannot enforce) to `warnings`, each once. A start replaces them.
+fn add_host_notes(warnings: &mut Vec<Warning>, notes: &[String]) {
     for n in notes {
-        let w = format!("{HOST_NOTE} {n}");
+        let w = Warning::HostNote(n.clone());
         if !warnings.contains(&w) {
             warnings.push(w);
         }

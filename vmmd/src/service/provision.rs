@@ -7,25 +7,30 @@ use std::path::{Path, PathBuf};
 
 use hull_cowstore::backend::BackendError;
 use hull_cowstore::store::{Store, StoreError};
+use hull_spec::warning::Warning;
 use hull_spec::{DiskSpec, Vm};
 use hull_sys::IoError;
 
 /// What provisioning could not do but did not fail on: limits the backend cannot enforce,
 /// named so the user sees them (SmartOS would have enforced them).
-pub type Warnings = Vec<String>;
+pub type Warnings = Vec<Warning>;
 
 /// Sets a guest's quota (GiB, 0 = none). A backend or filesystem that cannot enforce quotas
 /// is not an error but a warning that names the limitation; other failures are errors.
-pub fn set_quota(store: &Store, guest: uuid::Uuid, gib: u64) -> Result<Option<String>, StoreError> {
+pub fn set_quota(
+    store: &Store,
+    guest: uuid::Uuid,
+    gib: u64,
+) -> Result<Option<Warning>, StoreError> {
     let bytes = (gib > 0).then_some(gib << 30);
     match store.set_quota(guest, bytes) {
         Ok(()) => Ok(None),
         Err(StoreError::Backend { backend, source }) => match source {
             BackendError::Unsupported { .. } | BackendError::QuotaNotEnabled { .. } => {
-                Ok(Some(format!(
-                    "quota: not enforced by the {backend} backend on this data root ({source}); \
-                 use btrfs, or xfs mounted with prjquota, to enforce it"
-                )))
+                Ok(Some(Warning::Quota(format!(
+                    "not enforced by the {backend} backend on this data root ({source}); use \
+                     btrfs, or xfs mounted with prjquota, to enforce it"
+                ))))
             }
             source => Err(StoreError::Backend { backend, source }),
         },
@@ -244,11 +249,11 @@ fn make_disk(store: &Store, vm: &Vm, disk: &DiskSpec) -> Result<Warnings, StoreE
         if let hull_cowstore::backend::CloneCost::Copied { bytes } = made.cost
             && disk.image_uuid.is_some()
         {
-            warnings.push(format!(
+            warnings.push(Warning::Other(format!(
                 "disk {}: copied {bytes} bytes (the {} backend cannot reflink)",
                 path.display(),
                 store.backend().as_str()
-            ));
+            )));
         }
     }
     Ok(warnings)

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use hull_cowstore::backend::RootSource;
 use hull_cowstore::store::{Store as CowStore, StoreError};
+use hull_spec::warning::Warning;
 use hull_spec::{DiskSpec, Vm};
 use hull_vswitch::{Guard, VswitchError, ZoneChange, ZoneNic, ZoneRoute};
 use uuid::Uuid;
@@ -33,7 +34,7 @@ pub trait GuestStorage: Send + Sync + std::fmt::Debug {
     /// Removes everything of the guest's.
     fn destroy_guest(&self, uuid: Uuid) -> Result<(), StoreError>;
     /// Sets the root's quota (GiB, 0 = none); a warning when the backend cannot enforce it.
-    fn set_quota(&self, uuid: Uuid, gib: u64) -> Result<Option<String>, StoreError>;
+    fn set_quota(&self, uuid: Uuid, gib: u64) -> Result<Option<Warning>, StoreError>;
     /// Makes `disks` of `vm` (all or nothing).
     fn make_disks(&self, vm: &Vm, disks: &[DiskSpec]) -> Result<Warnings, StoreError>;
     /// Deletes the files of `disks` that hull made for `uuid`.
@@ -65,7 +66,7 @@ impl GuestStorage for CowStore {
         CowStore::destroy_guest(self, uuid)
     }
 
-    fn set_quota(&self, uuid: Uuid, gib: u64) -> Result<Option<String>, StoreError> {
+    fn set_quota(&self, uuid: Uuid, gib: u64) -> Result<Option<Warning>, StoreError> {
         provision::set_quota(self, uuid, gib)
     }
 

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hull_spec::api::EventKind;
+use hull_spec::warning::Warning;
 use hull_spec::{Brand, ValidationReport, Vm, VmState, validate_update};
 use serde_json::Value;
 use uuid::Uuid;
@@ -17,9 +18,9 @@ use uuid::Uuid;
 use super::provision::{self, Grown};
 use super::zones;
 use super::{
-    AT_NEXT_BOOT, LIVE_LIMITS, MEMORY_AT_NEXT_BOOT, MICROVM_BOOT_PROPERTIES, MICROVM_QUOTA,
-    NICS_AT_NEXT_BOOT, Record, Result, Service, ServiceError, ZONE_BOOT_PROPERTIES, add_host_notes,
-    best_effort, blocking, network, now, read, unblock, write,
+    LIVE_LIMITS, MICROVM_BOOT_PROPERTIES, Record, Result, Service, ServiceError,
+    ZONE_BOOT_PROPERTIES, add_host_notes, best_effort, blocking, microvm_quota, network, now, read,
+    unblock, write,
 };
 use hull_vmm_proto::ControlRequest;
 
@@ -90,12 +91,12 @@ impl Service {
         next.last_modified = now();
         if changes.iter().any(|c| c == "quota")
             && next.brand.is_microvm()
-            && !next.warnings.iter().any(|w| w == MICROVM_QUOTA)
+            && !next.warnings.contains(&microvm_quota())
         {
-            next.warnings.push(MICROVM_QUOTA.to_string());
+            next.warnings.push(microvm_quota());
         }
         if changes.iter().any(|c| c == "quota") && next.image_uuid.is_some() {
-            next.warnings.retain(|w| !w.starts_with("quota:"));
+            next.warnings.retain(|w| !matches!(w, Warning::Quota(_)));
             let storage = self.storage.clone();
             let gib = next.quota;
             let warning = blocking(move || storage.set_quota(uuid, gib)).await?;
@@ -122,10 +123,11 @@ impl Service {
                 if !nics_changed {
                     // Nothing of the switch's changes.
                 } else {
-                    next.warnings.retain(|w| !w.starts_with(NICS_AT_NEXT_BOOT));
-                    next.warnings.push(format!(
-                        "{NICS_AT_NEXT_BOOT} the VM runs with the NICs it booted with: hull's VMM \
-                     has no NIC hotplug"
+                    next.warnings
+                        .retain(|w| !matches!(w, Warning::NicsAtNextBoot(_)));
+                    next.warnings.push(Warning::NicsAtNextBoot(
+                        "the VM runs with the NICs it booted with: hull's VMM has no NIC hotplug"
+                            .into(),
                     ));
                 }
             } else {
@@ -148,7 +150,7 @@ impl Service {
                 false => &ZONE_BOOT_PROPERTIES,
             };
             for c in changes.iter().filter(|c| at_boot.contains(&c.as_str())) {
-                let w = format!("{AT_NEXT_BOOT} {c}");
+                let w = Warning::AtNextBoot(c.clone());
                 if !next.warnings.contains(&w) {
                     next.warnings.push(w);
                 }
@@ -276,7 +278,7 @@ impl Service {
             (limits.memory_bytes, limits.swap_bytes) = (memory, swap);
             (undo.memory_bytes, undo.swap_bytes) = (memory, swap);
             next.warnings
-                .retain(|w| !w.starts_with(MEMORY_AT_NEXT_BOOT));
+                .retain(|w| !matches!(w, Warning::MemoryAtNextBoot(_)));
             let wanted = zones::limits(next);
             let booted_ram = zones::Zones::booted_ram(&booted);
             if booted_ram != Some(next.ram)
@@ -284,10 +286,9 @@ impl Service {
                 || wanted.swap_bytes != swap
             {
                 let ram = booted_ram.map_or("its boot's".to_string(), |r| format!("{r} MiB of"));
-                next.warnings.push(format!(
-                    "{MEMORY_AT_NEXT_BOOT} the VM keeps {ram} RAM and its VMM's memory limit \
-                     until it is restarted"
-                ));
+                next.warnings.push(Warning::MemoryAtNextBoot(format!(
+                    "the VM keeps {ram} RAM and its VMM's memory limit until it is restarted"
+                )));
             }
         }
         let z = self.zones.clone();
