@@ -36,7 +36,13 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ),
         (
             "hull-tests",
-            BTreeSet::from(["hull-client", "hull-spec", "hull-cowstore", "hull-vswitch"]),
+            BTreeSet::from([
+                "hull-client",
+                "hull-spec",
+                "hull-sys",
+                "hull-cowstore",
+                "hull-vswitch",
+            ]),
         ),
     ])
 }

@@ -28,18 +28,6 @@ use crate::vm::PowerButton;
 /// Longest request line accepted.
 const MAX_LINE: u64 = 4096;
 
-/// An error and its causes on one line, for a reply.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        msg.push_str(": ");
-        msg.push_str(&c.to_string());
-        cause = c.source();
-    }
-    msg
-}
-
 /// Errors from setting up the control socket.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -131,7 +119,10 @@ impl Controller {
                 }),
                 ..ControlReply::ok()
             },
-            Err(e) => ControlReply::err(format!("cannot resize disk {index}: {}", chain(&e))),
+            Err(e) => ControlReply::err(format!(
+                "cannot resize disk {index}: {}",
+                hull_sys::chain(&e)
+            )),
         }
     }
 }

@@ -359,7 +359,7 @@ fn setup(h: &mut Holders, switch: &Switch, zones: usize) -> Res<()> {
         let t = Instant::now();
         switch
             .plumb_zone(&u, pid as i32, &[n], &[])
-            .map_err(|e| format!("plumb zone {i}: {}", chain(&e)))?;
+            .map_err(|e| format!("plumb zone {i}: {}", hull_sys::chain(&e)))?;
         hull.push(t.elapsed());
     }
     let script_n = peer(h, false, 3)?;
@@ -394,17 +394,6 @@ fn setup(h: &mut Holders, switch: &Switch, zones: usize) -> Res<()> {
         hull.iter().max().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     );
     Ok(())
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn main() {
