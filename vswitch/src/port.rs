@@ -267,22 +267,12 @@ async fn join_port(
     // Up at once: nothing crosses it before the guard below is in, since its other side
     // has no carrier yet (a zone's end comes up after this returns; a TAP has carrier only
     // once the VMM holds it).
-    let mut link = LinkUnspec::new_with_index(ix)
+    let link = LinkUnspec::new_with_index(ix)
         .controller(bridge)
         .alias(port_alias(owner, &port.uuid))
         .up();
-    if let Some(mtu) = port.mtu {
-        link = link.mtu(mtu);
-    }
-    ctx.h
-        .link()
-        .set(link.build())
-        .execute()
-        .await
-        .map_err(nl(format!(
-            "attach {name} to the bridge {}",
-            port.segment.bridge
-        )))?;
+    let what = format!("attach {name} to the bridge {}", port.segment.bridge);
+    set_on_bridge(&ctx.h, link, port, what).await?;
     sw.add_guard(&mut ctx.nf, ix, &port.guard)
         .map_err(nf(format!("set up anti-spoofing for {name}")))?;
     // A new port has no qdisc of hull's: only a cap needs work.
@@ -290,6 +280,21 @@ async fn join_port(
         set_cap(&ctx.h, owner, name, ix, port).await?;
     }
     Ok(())
+}
+
+/// Applies `link` (a port put on its bridge) with the port's MTU; `what` names the step in an
+/// error.
+async fn set_on_bridge(
+    h: &Handle,
+    link: LinkMessageBuilder<LinkUnspec>,
+    port: &PortConfig,
+    what: String,
+) -> Result<(), VswitchError> {
+    let link = match port.mtu {
+        Some(mtu) => link.mtu(mtu),
+        None => link,
+    };
+    h.link().set(link.build()).execute().await.map_err(nl(what))
 }
 
 /// Makes the port's caps what its config says (none: no qdisc, no IFB).
@@ -536,19 +541,9 @@ async fn change_port(
         .ok_or_else(|| VswitchError::Invalid(format!("the port {name} does not exist")))?;
     if old.segment != new.segment || old.mtu != new.mtu {
         let bridge = ensure_segment(&ctx.h, owner, &new.segment).await?;
-        let mut link = LinkUnspec::new_with_index(ix).controller(bridge);
-        if let Some(mtu) = new.mtu {
-            link = link.mtu(mtu);
-        }
-        ctx.h
-            .link()
-            .set(link.build())
-            .execute()
-            .await
-            .map_err(nl(format!(
-                "move {name} to the bridge {}",
-                new.segment.bridge
-            )))?;
+        let link = LinkUnspec::new_with_index(ix).controller(bridge);
+        let what = format!("move {name} to the bridge {}", new.segment.bridge);
+        set_on_bridge(&ctx.h, link, new, what).await?;
     }
     if old.guard != new.guard {
         let _loaded = sw.loaded();
