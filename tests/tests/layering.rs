@@ -18,7 +18,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("hull-vmm", BTreeSet::from(["hull-sys", "hull-vmm-proto"])),
         ("hull-cowstore", BTreeSet::from(["hull-sys"])),
         ("hull-zoned", BTreeSet::from(["hull-sys", "hull-vmm-proto"])),
-        ("hull-vswitch", BTreeSet::new()),
+        ("hull-vswitch", BTreeSet::from(["hull-sys"])),
         ("hull-client", BTreeSet::from(spec_only)),
         ("hull-cli", BTreeSet::from(["hull-client", "hull-spec"])),
         // vmmd links the subsystem libraries as they land (zoned, cowstore, vswitch), never

@@ -186,12 +186,32 @@ impl Switch {
         })
     }
 
-    /// Attaches a microVM's TAP (made by vmmd, persistent) to its segment's bridge, guarded
-    /// and capped. On an error the TAP is deleted.
-    pub fn attach_tap(&self, port: &PortConfig) -> Result<(), VswitchError> {
+    /// Makes the persistent TAP of each of microVM `uuid`'s `ports` (in order) and puts it on
+    /// its segment's bridge, guarded and capped. All or nothing: on an error none of the
+    /// guest's ports is left.
+    pub fn add_taps(&self, uuid: &str, ports: &[PortConfig]) -> Result<(), VswitchError> {
+        if let Some(other) = ports.iter().find(|p| p.uuid != uuid) {
+            return Err(VswitchError::Invalid(format!(
+                "a port of guest {} is not one of guest {uuid}'s",
+                other.uuid
+            )));
+        }
+        let made = ports.iter().try_for_each(|port| self.add_tap(port));
+        if made.is_err() {
+            let _ = self.remove_ports(uuid);
+        }
+        made
+    }
+
+    /// Makes one TAP and attaches it; on an error the TAP is deleted.
+    fn add_tap(&self, port: &PortConfig) -> Result<(), VswitchError> {
+        let name = port.tap();
+        hull_sys::tun::create_persistent(&name).map_err(|source| VswitchError::Sys {
+            what: format!("create the TAP {name}"),
+            source,
+        })?;
         let (sw, port) = (self.clone(), port.clone());
         run(move |mut ctx| async move {
-            let name = port.tap();
             let result = async {
                 let ix = index_of(&ctx.h, &name)
                     .await?

@@ -9,4 +9,3 @@ pub mod exec;
 pub mod rootfs;
 pub mod run;
 pub mod security;
-pub mod tun;

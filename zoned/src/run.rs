@@ -833,7 +833,7 @@ impl Zone {
             .taps
             .iter()
             .map(|name| {
-                crate::tun::open(name).map_err(|source| RunError::Sys {
+                hull_sys::tun::open(name).map_err(|source| RunError::Sys {
                     what: format!("open the TAP {name}"),
                     source,
                 })

@@ -16,7 +16,6 @@ use uuid::Uuid;
 use zoned::config::{Phase, Reply, Request, ZoneConfig, ZoneState};
 
 use super::Seams;
-use super::network::TapError;
 use super::provision::{Grown, Warnings};
 use super::seams::{GuestStorage, Switch, ZoneRuntime};
 use super::zones::{Plumb, ZoneError};
@@ -361,9 +360,9 @@ impl FakeSwitch {
 }
 
 impl Switch for FakeSwitch {
-    fn make_taps(&self, key: &str, ports: &[ZoneNic]) -> Result<(), TapError> {
+    fn make_taps(&self, key: &str, ports: &[ZoneNic]) -> Result<(), VswitchError> {
         let n = ports.len();
-        Ok(self.result("switch.make_taps", format!("{key} {n}"))?)
+        self.result("switch.make_taps", format!("{key} {n}"))
     }
 
     fn plumb_zone(

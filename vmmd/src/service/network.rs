@@ -178,42 +178,6 @@ pub fn zone_nics(vm: &Vm, tags: &BTreeMap<String, NicTag>) -> Result<Vec<ZoneNic
     Ok(out)
 }
 
-/// Why a microVM's TAPs could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum TapError {
-    /// The kernel refused the TAP device.
-    #[error("cannot create the TAP {name}")]
-    Create {
-        name: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The switch could not attach it.
-    #[error(transparent)]
-    Attach(#[from] hull_vswitch::VswitchError),
-}
-
-/// Makes the persistent TAP of each of a microVM's `ports` (in order) and attaches it to its
-/// bridge, guarded and capped; on an error nothing of the guest's stays.
-pub fn make_taps(
-    switch: &hull_vswitch::Switch,
-    uuid: &str,
-    ports: &[ZoneNic],
-) -> Result<(), TapError> {
-    let made = ports.iter().try_for_each(|nic| {
-        let name = nic.port.tap();
-        zoned::tun::create_persistent(&name).map_err(|source| TapError::Create {
-            name: name.clone(),
-            source,
-        })?;
-        Ok(switch.attach_tap(&nic.port)?)
-    });
-    if made.is_err() {
-        let _ = switch.remove_ports(uuid);
-    }
-    made
-}
-
 /// The link name and guard of every port of `vm` (TAPs for microVMs, veth host ends for
 /// zones), for the anti-spoofing table vmmd loads at start.
 pub fn guarded_ports(vm: &Vm, tags: &BTreeMap<String, NicTag>) -> Vec<(String, Guard)> {

@@ -22,7 +22,6 @@ use hull_vswitch::{Guard, VswitchError, ZoneChange, ZoneNic, ZoneRoute};
 use uuid::Uuid;
 use zoned::config::{Reply, Request, ZoneConfig, ZoneState};
 
-use super::network::{self, TapError};
 use super::provision::{self, Grown, Warnings};
 use super::zones::{Plumb, ZoneError, Zones};
 use hull_vmm_proto::{ControlReply, ControlRequest};
@@ -210,7 +209,7 @@ impl ZoneRuntime for HostZones {
 /// hull_vswitch::Switch::sweep), so an implementation serves one data root.
 pub trait Switch: Send + Sync + std::fmt::Debug {
     /// Makes a microVM's TAPs (`key` is its uuid) on their bridges; all or nothing.
-    fn make_taps(&self, key: &str, ports: &[ZoneNic]) -> Result<(), TapError>;
+    fn make_taps(&self, key: &str, ports: &[ZoneNic]) -> Result<(), VswitchError>;
     /// Plumbs a running zone's NICs into its network namespace (init `pid`); all or nothing.
     fn plumb_zone(
         &self,
@@ -242,8 +241,9 @@ pub struct HostSwitch {
 }
 
 impl Switch for HostSwitch {
-    fn make_taps(&self, key: &str, ports: &[ZoneNic]) -> Result<(), TapError> {
-        network::make_taps(&self.switch, key, ports)
+    fn make_taps(&self, key: &str, ports: &[ZoneNic]) -> Result<(), VswitchError> {
+        let ports: Vec<_> = ports.iter().map(|nic| nic.port.clone()).collect();
+        self.switch.add_taps(key, &ports)
     }
 
     fn plumb_zone(

@@ -1,5 +1,5 @@
-//! TAP devices for microVM ports: vmmd makes a persistent TAP per NIC (vswitch attaches it
-//! to its bridge), and zoned opens it when it boots the VMM, whose zone never holds
+//! TAP devices for microVM ports: vswitch makes a persistent TAP per NIC and attaches it to
+//! its bridge, and zoned opens it when it boots the VMM, whose zone never holds
 //! /dev/net/tun: the VMM gets the open descriptor and never opens a network device.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
