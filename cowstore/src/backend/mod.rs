@@ -19,6 +19,8 @@ pub mod reflink;
 
 use std::path::{Path, PathBuf};
 
+use hull_sys::IoError;
+
 /// Which copy-on-write mechanism a data root uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -105,14 +107,10 @@ pub enum CloneCost {
 /// What went wrong in a backend operation.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// A system call or filesystem operation failed.
-    #[error("could not {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A system call or filesystem operation failed: `cannot <op> <path>`, the OS error its
+    /// source.
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The backend cannot do this at all (e.g. a quota on the overlay backend).
     #[error("{what} is not supported by the {backend} backend")]
     Unsupported { what: String, backend: &'static str },
@@ -149,19 +147,14 @@ pub enum BackendError {
 
 impl BackendError {
     pub(crate) fn io(action: &'static str, path: &Path, source: impl Into<std::io::Error>) -> Self {
-        BackendError::Io {
-            action,
-            path: path.to_path_buf(),
-            source: source.into(),
-        }
+        BackendError::Io(IoError::new(action, path, source.into()))
     }
 
     /// The errno of the underlying system call, when there is one.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            BackendError::Io { source, .. } | BackendError::QuotaNotEnabled { source, .. } => {
-                source.raw_os_error()
-            }
+            BackendError::Io(IoError { source, .. })
+            | BackendError::QuotaNotEnabled { source, .. } => source.raw_os_error(),
             _ => None,
         }
     }
@@ -436,6 +429,6 @@ mod tests {
     fn detect_reports_a_missing_dir() {
         let dir = tempfile::tempdir().expect("tempdir");
         let err = detect(&dir.path().join("missing")).expect_err("missing dir");
-        assert!(matches!(err, BackendError::Io { .. }), "{err}");
+        assert!(matches!(err, BackendError::Io(_)), "{err}");
     }
 }
