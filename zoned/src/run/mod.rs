@@ -29,7 +29,7 @@ use crate::config::{
 };
 use crate::{rootfs, security};
 
-pub(crate) use child::{become_zone_root, reset_signals};
+pub(crate) use child::{ChildError, become_zone_root, reset_signals};
 
 /// How much console output is kept for a client that attaches later.
 const BACKLOG: usize = 64 << 10;
@@ -45,7 +45,7 @@ pub enum RunError {
     Mount(#[from] rootfs::MountError),
     #[error(transparent)]
     Security(#[from] security::SecurityError),
-    #[error("cannot {what}: {source}")]
+    #[error("cannot {what}")]
     Sys {
         what: String,
         #[source]
@@ -302,6 +302,7 @@ fn build(
         Some(Ok((cg, notes))) => (cg, notes, true),
         other => {
             if let Some(Err(e)) = other {
+                let e = chain(&e);
                 eprintln!("zoned: cannot take over the spare cgroup: {e}; making the zone's");
             }
             let (cg, notes) = Cgroup::create(&layout, &cfg.cgroup, &cfg.limits)?;
@@ -375,7 +376,7 @@ fn handled_signals() -> SigSet {
 impl Zone {
     fn save(&self) {
         if let Err(e) = write_runtime_json(&self.dir.join(files::STATE), &self.state) {
-            eprintln!("zoned: {e}");
+            eprintln!("zoned: {}", chain(&e));
         }
     }
 
@@ -605,7 +606,7 @@ impl Zone {
         }
         self.joined = false;
         if let Err(e) = self.cgroup.set_limits(&self.cfg.limits) {
-            eprintln!("zoned: {e}");
+            eprintln!("zoned: {}", chain(&e));
         }
     }
 
@@ -629,14 +630,14 @@ impl Zone {
     fn kill_all(&mut self) {
         self.leave_cgroup_now();
         if let Err(e) = self.cgroup.kill_all() {
-            eprintln!("zoned: {e}");
+            eprintln!("zoned: {}", chain(&e));
         }
     }
 
     fn finish(&mut self, error: Option<String>) {
         self.kill_all();
         if let Err(e) = self.cgroup.remove() {
-            eprintln!("zoned: {e}");
+            eprintln!("zoned: {}", chain(&e));
         }
         for f in [files::CONTROL, files::CONSOLE] {
             let _ = std::fs::remove_file(self.dir.join(f));
