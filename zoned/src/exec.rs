@@ -27,7 +27,7 @@ use nix::unistd::Pid;
 
 use crate::cgroup::{Cgroup, Layout};
 use crate::config::{Phase, ZoneConfig, ZoneState, files, read_json};
-use crate::run::{RunError, become_zone_root, reset_signals};
+use crate::run::{ChildError, RunError, become_zone_root, reset_signals};
 use crate::security;
 
 /// The shell `zoned exec` runs when no command is given.
@@ -137,7 +137,7 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
     }
     if child == 0 {
         let e = child_exec(&c_argv, &argv[0], &stdio, &filters);
-        eprintln!("zlogin: {e}");
+        eprintln!("zlogin: {}", hull_sys::chain(&e));
         // SAFETY: _exit ends the child without the parent's destructors.
         unsafe { libc::_exit(127) };
     }
@@ -537,15 +537,20 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd), RunError> {
     Ok((master, unsafe { OwnedFd::from_raw_fd(peer) }))
 }
 
-fn child_exec(argv: &[CString], cmd: &str, stdio: &Stdio, filters: &security::Filters) -> String {
-    let r = (|| -> Result<std::convert::Infallible, String> {
+fn child_exec(
+    argv: &[CString],
+    cmd: &str,
+    stdio: &Stdio,
+    filters: &security::Filters,
+) -> ChildError {
+    let r = (|| -> Result<std::convert::Infallible, ChildError> {
         become_zone_root()?;
         // SAFETY: umask has no preconditions.
         unsafe { libc::umask(0o022) };
-        nix::unistd::chdir("/").map_err(|e| format!("cannot enter /: {e}"))?;
+        nix::unistd::chdir("/").map_err(ChildError::EnterRoot)?;
         // A session of its own: without -t it has no controlling terminal (the caller's
         // would be one more host object it could open as /dev/tty).
-        nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
+        nix::unistd::setsid().map_err(ChildError::Session)?;
         let targets: [i32; 3] = match stdio {
             Stdio::Pty((_, slave)) => {
                 // SAFETY: TIOCSCTTY on the pty slave we hold.
@@ -561,20 +566,21 @@ fn child_exec(argv: &[CString], cmd: &str, stdio: &Stdio, filters: &security::Fi
         for (fd, from) in targets.into_iter().enumerate() {
             // SAFETY: dup2 of a descriptor we hold onto 0, 1 or 2, replacing the caller's.
             if unsafe { libc::dup2(from, fd as i32) } < 0 {
-                return Err(format!(
-                    "cannot set up descriptor {fd}: {}",
-                    std::io::Error::last_os_error()
-                ));
+                let source = std::io::Error::last_os_error();
+                return Err(ChildError::Stdio {
+                    fd: fd as i32,
+                    source,
+                });
             }
         }
         // Unblocks what the relay blocked. Signals the caller ignores stay ignored (exec
         // keeps SIG_IGN), as for a local child: `nohup zlogin ...` keeps its command alive.
         reset_signals()?;
-        security::drop_privileges(security::KEPT_CAPS).map_err(|e| e.to_string())?;
-        security::close_inherited_fds().map_err(|e| e.to_string())?;
-        let path = resolve(cmd).ok_or_else(|| format!("{cmd}: command not found in the zone"))?;
-        let path = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| "bad command path".to_string())?;
+        security::drop_privileges(security::KEPT_CAPS)?;
+        security::close_inherited_fds()?;
+        let path = resolve(cmd).ok_or_else(|| ChildError::NotFound(cmd.to_owned()))?;
+        let path =
+            CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| ChildError::BadPath)?;
         let env = [
             c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             c"HOME=/root",
@@ -582,9 +588,12 @@ fn child_exec(argv: &[CString], cmd: &str, stdio: &Stdio, filters: &security::Fi
             c"LOGNAME=root",
             c"USER=root",
         ];
-        security::apply_filters(filters).map_err(|e| e.to_string())?;
-        let e = nix::unistd::execve(&path, argv, &env).unwrap_err();
-        Err(format!("cannot run {cmd}: {e}"))
+        security::apply_filters(filters)?;
+        let source = nix::unistd::execve(&path, argv, &env).unwrap_err();
+        Err(ChildError::Exec {
+            cmd: cmd.to_owned(),
+            source,
+        })
     })();
     match r {
         Err(e) => e,

@@ -12,9 +12,10 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use crate::config::{ID_RANGE, RootFile, RootIds, RootSpec};
 
-/// A failed filesystem step, naming the path and what was attempted.
+/// A failed filesystem step, naming the path and what was attempted; the OS error is the
+/// source.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot {action} {}: {source}", path.display())]
+#[error("cannot {action} {}", path.display())]
 pub struct MountError {
     pub action: String,
     pub path: PathBuf,
@@ -168,6 +169,7 @@ pub fn mount_root(
         match mount_idmapped(spec, base, rootfs, userns, id_base) {
             Ok(()) => return Ok(RootIds::Idmap),
             Err(e) if ids == RootIds::Auto && idmap_unsupported(&e) => {
+                let e = hull_sys::chain(&e);
                 eprintln!("zoned: {e}; shifting the zone's files into its id range instead");
             }
             Err(e) => return Err(e),
@@ -383,13 +385,11 @@ fn idmap_clone_with(
         )
     };
     if r != 0 {
-        let e = std::io::Error::last_os_error();
         return Err(MountError {
-            action: format!(
-                "id-map the zone root (this kernel or filesystem may lack idmapped mounts: {e}) at"
-            ),
+            action: "id-map the zone root (this kernel or filesystem may lack idmapped mounts) at"
+                .into(),
             path: base.to_owned(),
-            source: e,
+            source: std::io::Error::last_os_error(),
         });
     }
     // SAFETY: move_mount of our detached tree onto a NUL-terminated target path.

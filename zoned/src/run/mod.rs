@@ -2,10 +2,11 @@
 //! namespace, id-mapped root in a private mount namespace), starts init as pid 1 of new
 //! pid, mount, uts, ipc, net and cgroup namespaces, and then serves the console and control
 //! sockets and reaps until the zone stops. It is single-threaded: the zone's processes are
-//! cloned from it.
+//! cloned from it. What the cloned init runs before its exec is in `child`.
+
+mod child;
 
 use std::collections::VecDeque;
-use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -28,6 +29,8 @@ use crate::config::{
 };
 use crate::{rootfs, security};
 
+pub(crate) use child::{ChildError, become_zone_root, reset_signals};
+
 /// How much console output is kept for a client that attaches later.
 const BACKLOG: usize = 64 << 10;
 
@@ -42,7 +45,7 @@ pub enum RunError {
     Mount(#[from] rootfs::MountError),
     #[error(transparent)]
     Security(#[from] security::SecurityError),
-    #[error("cannot {what}: {source}")]
+    #[error("cannot {what}")]
     Sys {
         what: String,
         #[source]
@@ -299,6 +302,7 @@ fn build(
         Some(Ok((cg, notes))) => (cg, notes, true),
         other => {
             if let Some(Err(e)) = other {
+                let e = chain(&e);
                 eprintln!("zoned: cannot take over the spare cgroup: {e}; making the zone's");
             }
             let (cg, notes) = Cgroup::create(&layout, &cfg.cgroup, &cfg.limits)?;
@@ -372,7 +376,7 @@ fn handled_signals() -> SigSet {
 impl Zone {
     fn save(&self) {
         if let Err(e) = write_runtime_json(&self.dir.join(files::STATE), &self.state) {
-            eprintln!("zoned: {e}");
+            eprintln!("zoned: {}", chain(&e));
         }
     }
 
@@ -602,7 +606,7 @@ impl Zone {
         }
         self.joined = false;
         if let Err(e) = self.cgroup.set_limits(&self.cfg.limits) {
-            eprintln!("zoned: {e}");
+            eprintln!("zoned: {}", chain(&e));
         }
     }
 
@@ -626,14 +630,14 @@ impl Zone {
     fn kill_all(&mut self) {
         self.leave_cgroup_now();
         if let Err(e) = self.cgroup.kill_all() {
-            eprintln!("zoned: {e}");
+            eprintln!("zoned: {}", chain(&e));
         }
     }
 
     fn finish(&mut self, error: Option<String>) {
         self.kill_all();
         if let Err(e) = self.cgroup.remove() {
-            eprintln!("zoned: {e}");
+            eprintln!("zoned: {}", chain(&e));
         }
         for f in [files::CONTROL, files::CONSOLE] {
             let _ = std::fs::remove_file(self.dir.join(f));
@@ -878,7 +882,7 @@ impl Zone {
             drop(go_w);
             drop(err_r);
             drop(fd_parent);
-            init_child(self, go_r, err_w, fd_child, &taps);
+            child::init_child(self, go_r, err_w, fd_child, &taps);
         }
         drop(taps);
         drop(go_r);
@@ -1001,214 +1005,4 @@ fn recv_fd(sock: &UnixStream) -> Option<OwnedFd> {
         }
     }
     None
-}
-
-fn send_fd(sock: &UnixStream, fd: RawFd) -> nix::Result<()> {
-    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-    let fds = [fd];
-    let iov = [std::io::IoSlice::new(b"c")];
-    sendmsg::<()>(
-        sock.as_raw_fd(),
-        &iov,
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .map(|_| ())
-}
-
-/// The zone's init, between clone and exec: pid 1 of the new namespaces, owner of them all
-/// until it drops its privileges.
-/// Any failure is written to `err` for zoned to report, and the process exits.
-fn init_child(zone: &Zone, go: OwnedFd, err: OwnedFd, fd_sock: UnixStream, taps: &[OwnedFd]) -> ! {
-    let e = match setup_init(zone, go, fd_sock, taps) {
-        Err(e) => e,
-        Ok(never) => match never {},
-    };
-    let _ = nix::unistd::write(&err, e.as_bytes());
-    // SAFETY: _exit ends this child without running the parent's destructors.
-    unsafe { libc::_exit(127) }
-}
-
-fn setup_init(
-    zone: &Zone,
-    go: OwnedFd,
-    fd_sock: UnixStream,
-    taps: &[OwnedFd],
-) -> Result<std::convert::Infallible, String> {
-    let cfg = &zone.cfg;
-    die_with_zoned();
-    let wait_for = |want: u8| {
-        let mut b = [0u8; 1];
-        match nix::unistd::read(&go, &mut b) {
-            Ok(1) if b[0] == want => Ok(()),
-            _ => Err("zoned went away before the zone started".to_string()),
-        }
-    };
-    wait_for(b'g')?;
-    // zoned has written the id map. Enter the root as the host ids we were cloned with,
-    // then become the zone's root, with every capability in the zone's user namespace
-    // until `drop_privileges`: what is made from here on is the zone's.
-    rootfs::enter_root(&zone.rootfs).map_err(|e| e.to_string())?;
-    become_zone_root()?;
-    // The uid change cleared the parent-death signal: set it again. (zoned dying before
-    // this shows as EOF on `go` below.)
-    die_with_zoned();
-    let root = Path::new(".");
-    let master = rootfs::populate(root, cfg.is_vmm()).map_err(|e| e.to_string())?;
-    send_fd(&fd_sock, master.as_raw_fd())
-        .map_err(|e| format!("cannot hand the console to zoned: {e}"))?;
-    drop(master);
-    drop(fd_sock);
-    nix::unistd::sethostname(&cfg.hostname)
-        .map_err(|e| format!("cannot set the hostname {:?}: {e}", cfg.hostname))?;
-    rootfs::pivot(root).map_err(|e| e.to_string())?;
-    // SAFETY: umask has no preconditions; zoned's own is 077.
-    unsafe { libc::umask(0o022) };
-    write_etc(cfg)?;
-    attach_console()?;
-    // In the zone's cgroup from here on (zoned moved us): its namespace is rooted there.
-    wait_for(b'c')?;
-    drop(go);
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
-        .map_err(|e| format!("cannot unshare the cgroup namespace: {e}"))?;
-    reset_signals()?;
-    let keep = match cfg.is_vmm() {
-        // The VMM needs no capability: its files and /dev/kvm belong to the zone's root.
-        true => &[][..],
-        false => security::KEPT_CAPS,
-    };
-    security::drop_privileges(keep).map_err(|e| e.to_string())?;
-    security::close_inherited_fds().map_err(|e| e.to_string())?;
-    pass_fds(taps)?;
-    let argv: Vec<CString> = cfg
-        .init
-        .iter()
-        .map(|a| CString::new(a.as_bytes()))
-        .collect::<Result<_, _>>()
-        .map_err(|_| "the init command holds a NUL byte".to_string())?;
-    let Some(path) = argv.first() else {
-        return Err("the init command is empty".into());
-    };
-    let env = [
-        c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        c"TERM=vt100",
-        c"HOME=/",
-        c"container=hull",
-    ];
-    security::apply_filters(&zone.filters).map_err(|e| e.to_string())?;
-    let e = nix::unistd::execve(path, &argv, &env).unwrap_err();
-    Err(format!("cannot run {}: {e}", cfg.init[0]))
-}
-
-/// Puts `fds` at 3, 4... without close-on-exec (everything else from 3 up closes at exec):
-/// first out of the way above them, so that no move overwrites one still to be moved.
-fn pass_fds(fds: &[OwnedFd]) -> Result<(), String> {
-    let high: Vec<RawFd> = fds
-        .iter()
-        .map(|fd| {
-            // SAFETY: F_DUPFD_CLOEXEC on a descriptor we hold returns a new one.
-            let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
-            match n {
-                n if n >= 0 => Ok(n),
-                _ => Err(format!(
-                    "cannot pass a TAP to the VMM: {}",
-                    std::io::Error::last_os_error()
-                )),
-            }
-        })
-        .collect::<Result<_, _>>()?;
-    for (i, fd) in high.into_iter().enumerate() {
-        // SAFETY: dup2 onto a descriptor number this process owns from now on; the copy at
-        // `fd` closes at exec.
-        if unsafe { libc::dup2(fd, 3 + i as RawFd) } < 0 {
-            return Err(format!(
-                "cannot pass a TAP to the VMM: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The zone dies with zoned: SIGKILL when the parent exits. Best effort: the kernel clears
-/// the setting at every uid or gid change (set again after them) and at an exec that gains
-/// capabilities; vmmd kills what is left of a zone whose zoned died (at once, or when it
-/// starts again if it was down too).
-fn die_with_zoned() {
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-}
-
-/// Sets uid, gid and groups to the zone's root (the calling process is in its user
-/// namespace, with all capabilities there).
-pub(crate) fn become_zone_root() -> Result<(), String> {
-    nix::unistd::setgroups(&[]).map_err(|e| format!("cannot clear groups: {e}"))?;
-    let g = nix::unistd::Gid::from_raw(0);
-    let u = nix::unistd::Uid::from_raw(0);
-    nix::unistd::setresgid(g, g, g).map_err(|e| format!("cannot become the zone's root: {e}"))?;
-    nix::unistd::setresuid(u, u, u).map_err(|e| format!("cannot become the zone's root: {e}"))
-}
-
-/// Unblocks every signal and restores default dispositions (zoned blocks some and Rust
-/// ignores SIGPIPE); exec keeps both otherwise.
-pub(crate) fn reset_signals() -> Result<(), String> {
-    SigSet::empty()
-        .thread_set_mask()
-        .map_err(|e| format!("cannot unblock signals: {e}"))?;
-    // SAFETY: restoring the default disposition of SIGPIPE has no preconditions.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    Ok(())
-}
-
-fn write_etc(cfg: &ZoneConfig) -> Result<(), String> {
-    let etc = Path::new("/etc");
-    if !etc.is_dir() {
-        return Ok(());
-    }
-    let w = |name: &str, text: String| {
-        std::fs::write(etc.join(name), text).map_err(|e| format!("cannot write /etc/{name}: {e}"))
-    };
-    w("hostname", format!("{}\n", cfg.hostname))?;
-    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
-    if !hosts
-        .lines()
-        .any(|l| l.split_whitespace().skip(1).any(|n| n == cfg.hostname))
-    {
-        let mut text = hosts;
-        if !text.contains("localhost") {
-            text.push_str("127.0.0.1\tlocalhost\n::1\tlocalhost\n");
-        }
-        text.push_str(&format!("127.0.1.1\t{}\n", cfg.hostname));
-        w("hosts", text)?;
-    }
-    if let Some(text) = crate::config::resolv_conf(&cfg.resolvers, cfg.dns_domain.as_deref()) {
-        w("resolv.conf", text)?;
-    }
-    Ok(())
-}
-
-/// A new session with /dev/console as controlling terminal and stdin, stdout and stderr.
-fn attach_console() -> Result<(), String> {
-    nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
-    let con = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/console")
-        .map_err(|e| format!("cannot open /dev/console: {e}"))?;
-    // SAFETY: TIOCSCTTY on a terminal we just opened; dup2 onto the standard descriptors.
-    unsafe {
-        if libc::ioctl(con.as_raw_fd(), libc::TIOCSCTTY, 0) != 0 {
-            return Err(format!(
-                "cannot make /dev/console the controlling terminal: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        for fd in 0..3 {
-            if libc::dup2(con.as_raw_fd(), fd) < 0 {
-                return Err("cannot attach stdio to /dev/console".into());
-            }
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,324 @@
+//! The zone's init between clone and exec, run in the child zoned cloned: it waits for
+//! zoned's go, enters the zone's root and becomes the zone's root user, populates /dev,
+//! hands the console to zoned, pivots, writes the zone's /etc, drops privileges and execs
+//! the zone's init. Nothing here returns to zoned's code: a failure is written to the error
+//! pipe and the child exits. Also the steps `zoned exec` shares ([`become_zone_root`],
+//! [`reset_signals`]).
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use hull_sys::{IoError, chain};
+use nix::sys::signal::SigSet;
+
+use super::Zone;
+use crate::config::ZoneConfig;
+use crate::{rootfs, security};
+
+/// Why a zone process failed between clone (or fork) and exec: the zone's init here, a
+/// `zoned exec` command in `exec`. The child sends it as text ([`hull_sys::chain`]) to
+/// whoever waits for it: zoned through the error pipe, zlogin's stderr.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ChildError {
+    #[error("zoned went away before the zone started")]
+    ZonedGone,
+    #[error(transparent)]
+    Mount(#[from] rootfs::MountError),
+    #[error(transparent)]
+    Security(#[from] security::SecurityError),
+    #[error(transparent)]
+    File(#[from] IoError),
+    #[error("cannot clear groups")]
+    ClearGroups(#[source] nix::Error),
+    #[error("cannot become the zone's root")]
+    BecomeRoot(#[source] nix::Error),
+    #[error("cannot hand the console to zoned")]
+    SendConsole(#[source] nix::Error),
+    #[error("cannot set the hostname {name:?}")]
+    Hostname {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot enter /")]
+    EnterRoot(#[source] nix::Error),
+    #[error("cannot start a session")]
+    Session(#[source] nix::Error),
+    #[error("cannot make /dev/console the controlling terminal")]
+    ControllingTerminal(#[source] std::io::Error),
+    #[error("cannot attach stdio to /dev/console")]
+    AttachConsole(#[source] std::io::Error),
+    #[error("cannot set up descriptor {fd}")]
+    Stdio {
+        fd: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot unshare the cgroup namespace")]
+    CgroupNamespace(#[source] nix::Error),
+    #[error("cannot unblock signals")]
+    UnblockSignals(#[source] nix::Error),
+    #[error("cannot pass a TAP to the VMM")]
+    PassTap(#[source] std::io::Error),
+    #[error("the init command holds a NUL byte")]
+    NulInInit,
+    #[error("the init command is empty")]
+    EmptyInit,
+    #[error("{0}: command not found in the zone")]
+    NotFound(String),
+    #[error("bad command path")]
+    BadPath,
+    #[error("cannot run {cmd}")]
+    Exec {
+        cmd: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// The zone's init, between clone and exec: pid 1 of the new namespaces, owner of them all
+/// until it drops its privileges.
+/// Any failure is written to `err` for zoned to report, and the process exits.
+pub(super) fn init_child(
+    zone: &Zone,
+    go: OwnedFd,
+    err: OwnedFd,
+    fd_sock: UnixStream,
+    taps: &[OwnedFd],
+) -> ! {
+    let e = match setup_init(zone, go, fd_sock, taps) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    let _ = nix::unistd::write(&err, chain(&e).as_bytes());
+    // SAFETY: _exit ends this child without running the parent's destructors.
+    unsafe { libc::_exit(127) }
+}
+
+fn setup_init(
+    zone: &Zone,
+    go: OwnedFd,
+    fd_sock: UnixStream,
+    taps: &[OwnedFd],
+) -> Result<std::convert::Infallible, ChildError> {
+    let cfg = &zone.cfg;
+    die_with_zoned();
+    let wait_for = |want: u8| {
+        let mut b = [0u8; 1];
+        match nix::unistd::read(&go, &mut b) {
+            Ok(1) if b[0] == want => Ok(()),
+            _ => Err(ChildError::ZonedGone),
+        }
+    };
+    wait_for(b'g')?;
+    // zoned has written the id map. Enter the root as the host ids we were cloned with,
+    // then become the zone's root, with every capability in the zone's user namespace
+    // until `drop_privileges`: what is made from here on is the zone's.
+    rootfs::enter_root(&zone.rootfs)?;
+    become_zone_root()?;
+    // The uid change cleared the parent-death signal: set it again. (zoned dying before
+    // this shows as EOF on `go` below.)
+    die_with_zoned();
+    let root = Path::new(".");
+    let master = rootfs::populate(root, cfg.is_vmm())?;
+    send_fd(&fd_sock, master.as_raw_fd()).map_err(ChildError::SendConsole)?;
+    drop(master);
+    drop(fd_sock);
+    nix::unistd::sethostname(&cfg.hostname).map_err(|source| ChildError::Hostname {
+        name: cfg.hostname.clone(),
+        source,
+    })?;
+    rootfs::pivot(root)?;
+    // SAFETY: umask has no preconditions; zoned's own is 077.
+    unsafe { libc::umask(0o022) };
+    write_etc(cfg)?;
+    attach_console()?;
+    // In the zone's cgroup from here on (zoned moved us): its namespace is rooted there.
+    wait_for(b'c')?;
+    drop(go);
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .map_err(ChildError::CgroupNamespace)?;
+    reset_signals()?;
+    let keep = match cfg.is_vmm() {
+        // The VMM needs no capability: its files and /dev/kvm belong to the zone's root.
+        true => &[][..],
+        false => security::KEPT_CAPS,
+    };
+    security::drop_privileges(keep)?;
+    security::close_inherited_fds()?;
+    pass_fds(taps)?;
+    let argv: Vec<CString> = cfg
+        .init
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| ChildError::NulInInit)?;
+    let Some(path) = argv.first() else {
+        return Err(ChildError::EmptyInit);
+    };
+    let env = [
+        c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        c"TERM=vt100",
+        c"HOME=/",
+        c"container=hull",
+    ];
+    security::apply_filters(&zone.filters)?;
+    let source = nix::unistd::execve(path, &argv, &env).unwrap_err();
+    Err(ChildError::Exec {
+        cmd: cfg.init[0].clone(),
+        source,
+    })
+}
+
+/// Puts `fds` at 3, 4... without close-on-exec (everything else from 3 up closes at exec):
+/// first out of the way above them, so that no move overwrites one still to be moved.
+fn pass_fds(fds: &[OwnedFd]) -> Result<(), ChildError> {
+    let high: Vec<RawFd> = fds
+        .iter()
+        .map(|fd| {
+            // SAFETY: F_DUPFD_CLOEXEC on a descriptor we hold returns a new one.
+            let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+            match n {
+                n if n >= 0 => Ok(n),
+                _ => Err(ChildError::PassTap(std::io::Error::last_os_error())),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    for (i, fd) in high.into_iter().enumerate() {
+        // SAFETY: dup2 onto a descriptor number this process owns from now on; the copy at
+        // `fd` closes at exec.
+        if unsafe { libc::dup2(fd, 3 + i as RawFd) } < 0 {
+            return Err(ChildError::PassTap(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// The zone dies with zoned: SIGKILL when the parent exits. Best effort: the kernel clears
+/// the setting at every uid or gid change (set again after them) and at an exec that gains
+/// capabilities; vmmd kills what is left of a zone whose zoned died (at once, or when it
+/// starts again if it was down too).
+fn die_with_zoned() {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+}
+
+/// Sets uid, gid and groups to the zone's root (the calling process is in its user
+/// namespace, with all capabilities there).
+pub(crate) fn become_zone_root() -> Result<(), ChildError> {
+    nix::unistd::setgroups(&[]).map_err(ChildError::ClearGroups)?;
+    let g = nix::unistd::Gid::from_raw(0);
+    let u = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresgid(g, g, g).map_err(ChildError::BecomeRoot)?;
+    nix::unistd::setresuid(u, u, u).map_err(ChildError::BecomeRoot)
+}
+
+/// Unblocks every signal and restores default dispositions (zoned blocks some and Rust
+/// ignores SIGPIPE); exec keeps both otherwise.
+pub(crate) fn reset_signals() -> Result<(), ChildError> {
+    SigSet::empty()
+        .thread_set_mask()
+        .map_err(ChildError::UnblockSignals)?;
+    // SAFETY: restoring the default disposition of SIGPIPE has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    Ok(())
+}
+
+fn write_etc(cfg: &ZoneConfig) -> Result<(), ChildError> {
+    let etc = Path::new("/etc");
+    if !etc.is_dir() {
+        return Ok(());
+    }
+    let w = |name: &str, text: String| {
+        let path = etc.join(name);
+        std::fs::write(&path, text).map_err(|e| IoError::new("write", path, e))
+    };
+    w("hostname", format!("{}\n", cfg.hostname))?;
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    if !hosts
+        .lines()
+        .any(|l| l.split_whitespace().skip(1).any(|n| n == cfg.hostname))
+    {
+        let mut text = hosts;
+        if !text.contains("localhost") {
+            text.push_str("127.0.0.1\tlocalhost\n::1\tlocalhost\n");
+        }
+        text.push_str(&format!("127.0.1.1\t{}\n", cfg.hostname));
+        w("hosts", text)?;
+    }
+    if let Some(text) = crate::config::resolv_conf(&cfg.resolvers, cfg.dns_domain.as_deref()) {
+        w("resolv.conf", text)?;
+    }
+    Ok(())
+}
+
+/// A new session with /dev/console as controlling terminal and stdin, stdout and stderr.
+fn attach_console() -> Result<(), ChildError> {
+    nix::unistd::setsid().map_err(ChildError::Session)?;
+    let con = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+        .map_err(IoError::wrap("open", Path::new("/dev/console")))?;
+    // SAFETY: TIOCSCTTY on a terminal we just opened; dup2 onto the standard descriptors.
+    unsafe {
+        if libc::ioctl(con.as_raw_fd(), libc::TIOCSCTTY, 0) != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(ChildError::ControllingTerminal(e));
+        }
+        for fd in 0..3 {
+            if libc::dup2(con.as_raw_fd(), fd) < 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(ChildError::AttachConsole(e));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn send_fd(sock: &UnixStream, fd: RawFd) -> nix::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let fds = [fd];
+    let iov = [std::io::IoSlice::new(b"c")];
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the child writes to zoned's error pipe: each cause once, after the step.
+    #[test]
+    fn child_errors_read_as_one_line_with_their_cause() {
+        let e = ChildError::Exec {
+            cmd: "/sbin/init".into(),
+            source: nix::Error::ENOENT,
+        };
+        assert_eq!(
+            chain(&e),
+            format!("cannot run /sbin/init: {}", nix::Error::ENOENT)
+        );
+        let os = || std::io::Error::from_raw_os_error(libc::EROFS);
+        let e = ChildError::from(IoError::new("write", "/etc/hostname", os()));
+        assert_eq!(chain(&e), format!("cannot write /etc/hostname: {}", os()));
+        let e = ChildError::Mount(rootfs::MountError {
+            action: "mount proc on".into(),
+            path: "/proc".into(),
+            source: os(),
+        });
+        assert_eq!(chain(&e), format!("cannot mount proc on /proc: {}", os()));
+        assert_eq!(
+            chain(&ChildError::ZonedGone),
+            ChildError::ZonedGone.to_string()
+        );
+    }
+}
