@@ -11,10 +11,11 @@ use serde_json::Value;
 use uuid::Uuid;
 use zoned::config::{Phase, Request, ZoneState};
 
+use super::convert::ports;
 use super::zones::ZoneError;
 use super::{
     AT_NEXT_BOOT, HOST_NOTE, MEMORY_AT_NEXT_BOOT, NICS_AT_NEXT_BOOT, Record, Result, Service,
-    ServiceError, add_host_notes, best_effort, blocking, network, now, read, unblock, write,
+    ServiceError, add_host_notes, best_effort, blocking, now, read, unblock, write,
 };
 use hull_vmm_proto::ControlRequest;
 
@@ -39,13 +40,13 @@ impl Service {
         // fails the start, not the zone's network later.
         let ports = match vm.nics.is_empty() {
             true => Vec::new(),
-            false => network::zone_nics(&vm, &self.nictags()?)
+            false => ports::zone_nics(&vm, &self.nictags()?)
                 .map_err(|e| ServiceError::Conflict(format!("cannot start VM {uuid}: {e}")))?,
         };
         let routes = match vm.brand.is_microvm() {
             // A microVM's routes are its guest's business.
             true => Vec::new(),
-            false => network::zone_routes(&vm)
+            false => ports::zone_routes(&vm)
                 .map_err(|e| ServiceError::Conflict(format!("cannot start VM {uuid}: {e}")))?,
         };
         if vm.brand.is_microvm() && !ports.is_empty() {

@@ -14,12 +14,13 @@ use hull_spec::{Brand, ValidationReport, Vm, VmState, validate_update};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::convert::{microvm, ports, zone};
 use super::provision::{self, Grown};
 use super::zones;
 use super::{
     AT_NEXT_BOOT, LIVE_LIMITS, MEMORY_AT_NEXT_BOOT, MICROVM_BOOT_PROPERTIES, MICROVM_QUOTA,
     NICS_AT_NEXT_BOOT, Record, Result, Service, ServiceError, ZONE_BOOT_PROPERTIES, add_host_notes,
-    best_effort, blocking, network, now, read, unblock, write,
+    best_effort, blocking, now, read, unblock, write,
 };
 use hull_vmm_proto::ControlRequest;
 
@@ -261,8 +262,8 @@ impl Service {
         next: &mut Vm,
     ) -> Result<Option<zoned::cgroup::Limits>> {
         let uuid = current.uuid;
-        let mut limits = zones::limits(next);
-        let mut undo = zones::limits(current);
+        let mut limits = zone::limits(next);
+        let mut undo = zone::limits(current);
         if next.brand.is_microvm() {
             let z = self.zones.clone();
             let booted = unblock(move || z.running_config(uuid))
@@ -277,8 +278,8 @@ impl Service {
             (undo.memory_bytes, undo.swap_bytes) = (memory, swap);
             next.warnings
                 .retain(|w| !w.starts_with(MEMORY_AT_NEXT_BOOT));
-            let wanted = zones::limits(next);
-            let booted_ram = zones::Zones::booted_ram(&booted);
+            let wanted = zone::limits(next);
+            let booted_ram = microvm::booted_ram(&booted);
             if booted_ram != Some(next.ram)
                 || wanted.memory_bytes != memory
                 || wanted.swap_bytes != swap
@@ -313,12 +314,12 @@ impl Service {
     ) -> Result<Option<(i32, hull_vswitch::ZoneChange)>> {
         let uuid = current.uuid;
         let tags = self.nictags()?;
-        let old = network::zone_nics(current, &tags)
+        let old = ports::zone_nics(current, &tags)
             .map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))?;
-        let new = network::zone_nics(next, &tags)
+        let new = ports::zone_nics(next, &tags)
             .map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))?;
         let routes = |vm: &Vm| {
-            network::zone_routes(vm).map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))
+            ports::zone_routes(vm).map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))
         };
         let (old_routes, new_routes) = (routes(current)?, routes(next)?);
         let change =
