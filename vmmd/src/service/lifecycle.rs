@@ -12,7 +12,7 @@ use uuid::Uuid;
 use zoned::config::{Phase, Request, ZoneState};
 
 use super::convert::ports;
-use super::zones::ZoneError;
+use super::zones::{ControlError, StartError, ZoneError};
 use super::{
     AT_NEXT_BOOT, HOST_NOTE, MEMORY_AT_NEXT_BOOT, NICS_AT_NEXT_BOOT, Record, Result, Service,
     ServiceError, add_host_notes, best_effort, blocking, now, read, unblock, write,
@@ -56,7 +56,7 @@ impl Service {
                 .await?
                 .map_err(|e| ZoneError::Start {
                     uuid,
-                    reason: hull_sys::chain(&e),
+                    source: StartError::Taps(e),
                 })?;
         }
         let root = match vm.brand.is_microvm() {
@@ -260,7 +260,7 @@ impl Service {
         if !stopped {
             return Err(ServiceError::Zone(ZoneError::Control {
                 uuid,
-                reason: "it did not stop in time".into(),
+                source: ControlError::StopTimeout,
             }));
         }
         self.set_stopped(&vm).await
@@ -290,13 +290,13 @@ impl Service {
                     None => {
                         return Err(ZoneError::Control {
                             uuid,
-                            reason: "it stopped instead of rebooting".into(),
+                            source: ControlError::StoppedInReboot,
                         });
                     }
                     _ if t.elapsed() > Duration::from_secs(timeout + 45) => {
                         return Err(ZoneError::Control {
                             uuid,
-                            reason: "it did not come back up in time".into(),
+                            source: ControlError::RebootTimeout,
                         });
                     }
                     _ => std::thread::sleep(Duration::from_millis(10)),

@@ -296,7 +296,8 @@ impl Service {
         let reply = unblock(move || z.request(uuid, &req)).await?.map_err(|e| {
             ServiceError::Conflict(format!(
                 "VM {uuid}: the new limits cannot be applied to the running guest, so \
-                     nothing was changed: {e}"
+                     nothing was changed: {}",
+                hull_sys::chain(&e)
             ))
         })?;
         add_host_notes(&mut next.warnings, &reply.notes);
@@ -353,10 +354,7 @@ impl Service {
                 self.record_plumbed(current);
                 Err(ServiceError::Zone(zones::ZoneError::Control {
                     uuid,
-                    reason: format!(
-                        "cannot change its NICs, so the update was not applied: {}",
-                        hull_sys::chain(&e)
-                    ),
+                    source: zones::ControlError::Nics(e),
                 }))
             }
         }

@@ -9,6 +9,35 @@ use hull_vmm_proto::VmmArgs;
 
 use super::{Zones, set_mode};
 
+/// Why the VMM's shared libraries cannot be found (a microVM's zone must hold them).
+#[derive(Debug, thiserror::Error)]
+pub enum KitError {
+    /// The VMM binary cannot be read.
+    #[error("cannot read the VMM {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The VMM binary is not an ELF file hull can read.
+    #[error("the VMM {} is not a usable ELF file: {why}", path.display())]
+    NotElf { path: PathBuf, why: &'static str },
+    /// Its ELF interpreter cannot be run.
+    #[error("cannot run {} --list on the VMM {}", interp.display(), path.display())]
+    RunInterpreter {
+        interp: PathBuf,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Its ELF interpreter could not list the libraries (its stderr).
+    #[error("cannot list the libraries of the VMM {}: {stderr}", path.display())]
+    List { path: PathBuf, stderr: String },
+    /// A library it needs is not on this host (the interpreter's line).
+    #[error("the VMM {} needs a library this host lacks: {line}", path.display())]
+    Missing { path: PathBuf, line: String },
+}
+
 impl Zones {
     /// The host's saved KVM CPUID table, which every VMM reads instead of asking KVM (~60
     /// host CPUID instructions, each a trap on a nested host). Made again with `vmm
@@ -93,7 +122,7 @@ impl Zones {
 /// The shared libraries and ELF interpreter `binary` loads, as its interpreter resolves them
 /// (`ld.so --list`, what ldd runs; none for a static binary): a microVM's zone holds them at
 /// the same paths, read-only. No ldd needed (a live image has none).
-pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, KitError> {
     let Some(interp) = elf_interpreter(binary)? else {
         return Ok(Vec::new());
     };
@@ -102,29 +131,26 @@ pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, String> {
         .arg(binary)
         .env("LC_ALL", "C")
         .output()
-        .map_err(|e| {
-            format!(
-                "cannot run {} --list on the VMM {}: {e}",
-                interp.display(),
-                binary.display()
-            )
+        .map_err(|source| KitError::RunInterpreter {
+            interp: interp.clone(),
+            path: binary.to_path_buf(),
+            source,
         })?;
     let out = String::from_utf8_lossy(&o.stdout);
     if !o.status.success() {
-        return Err(format!(
-            "cannot list the libraries of the VMM {}: {}",
-            binary.display(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        ));
+        return Err(KitError::List {
+            path: binary.to_path_buf(),
+            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        });
     }
     let mut libs = Vec::new();
     for line in out.lines() {
         let line = line.trim();
         if line.contains("=> not found") {
-            return Err(format!(
-                "the VMM {} needs a library this host lacks: {line}",
-                binary.display()
-            ));
+            return Err(KitError::Missing {
+                path: binary.to_path_buf(),
+                line: line.to_string(),
+            });
         }
         // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux... (0x...)"
         let path = match line.split_once("=>") {
@@ -139,16 +165,16 @@ pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 /// The ELF interpreter (PT_INTERP) of a 64-bit little-endian ELF `binary`, if it has one.
-fn elf_interpreter(binary: &Path) -> Result<Option<PathBuf>, String> {
+fn elf_interpreter(binary: &Path) -> Result<Option<PathBuf>, KitError> {
     use std::os::unix::ffi::OsStrExt;
-    let bad = |why: &str| {
-        format!(
-            "the VMM {} is not a usable ELF file: {why}",
-            binary.display()
-        )
+    let bad = |why: &'static str| KitError::NotElf {
+        path: binary.to_path_buf(),
+        why,
     };
-    let bytes = std::fs::read(binary)
-        .map_err(|e| format!("cannot read the VMM {}: {e}", binary.display()))?;
+    let bytes = std::fs::read(binary).map_err(|source| KitError::Read {
+        path: binary.to_path_buf(),
+        source,
+    })?;
     let u16_at = |at: usize| {
         bytes
             .get(at..at + 2)
@@ -389,12 +415,13 @@ mod tests {
         let script = dir.path().join("script");
         std::fs::write(&script, "#!/bin/sh\n").expect("write");
         let e = shared_libraries(&script).unwrap_err();
-        assert!(e.contains("not a usable ELF"), "{e}");
+        assert!(e.to_string().contains("not a usable ELF"), "{e}");
         // A static ELF (no PT_INTERP): a header with no program headers.
         let mut elf = vec![0u8; 64];
         elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
         let static_bin = dir.path().join("static");
         std::fs::write(&static_bin, &elf).expect("write");
-        assert_eq!(shared_libraries(&static_bin), Ok(Vec::new()));
+        let none = shared_libraries(&static_bin).expect("a static ELF");
+        assert!(none.is_empty(), "{none:?}");
     }
 }

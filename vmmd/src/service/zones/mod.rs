@@ -26,8 +26,10 @@ use zoned::config::{
     ID_RANGE, Phase, Reply, Request, RootIds, ZoneConfig, ZoneState, files, read_json, write_json,
 };
 
-use super::convert::microvm::{self, MicrovmZone, VmmFiles};
+use super::convert::microvm::{self, MicrovmError, MicrovmZone, VmmFiles};
 use super::convert::zone::GuestZone;
+use super::network::TapError;
+pub use kit::KitError;
 use kit::shared_libraries;
 use spare::Spare;
 
@@ -38,13 +40,25 @@ const SLOTS: u32 = (u32::MAX - ID_BASE) / ID_RANGE;
 /// Longest wait for a zone's init to start.
 const START_WAIT: Duration = Duration::from_secs(30);
 
-/// Errors of the zone runtime as vmmd sees them.
+/// Errors of the zone runtime as vmmd sees them. The reason is the source: the API reply's
+/// `causes` and the CLI's line carry it.
 #[derive(Debug, thiserror::Error)]
 pub enum ZoneError {
-    #[error("cannot start zone {uuid}: {reason}")]
-    Start { uuid: Uuid, reason: String },
-    #[error("zone {uuid}: {reason}")]
-    Control { uuid: Uuid, reason: String },
+    /// The zone did not start; nothing of it runs.
+    #[error("cannot start zone {uuid}")]
+    Start {
+        uuid: Uuid,
+        #[source]
+        source: StartError,
+    },
+    /// A request to a running zone's zoned or VMM failed, or the zone did not do what it
+    /// was asked in time.
+    #[error("zone {uuid}")]
+    Control {
+        uuid: Uuid,
+        #[source]
+        source: ControlError,
+    },
     #[error("zone {0} has no root filesystem in the image store")]
     NoRoot(Uuid),
     #[error("no free uid range for another zone ({0} zones run)")]
@@ -52,6 +66,127 @@ pub enum ZoneError {
     #[error(transparent)]
     File(#[from] zoned::config::FileError),
 }
+
+/// Why a zone did not start. Each reads after "cannot start zone <uuid>: ".
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Its runtime directory (or the VMM's in it) cannot be made.
+    #[error("cannot create {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Its log file cannot be opened for zoned.
+    #[error("cannot open {}", path.display())]
+    OpenLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// zoned cannot be run.
+    #[error("cannot run {}", program.display())]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// zoned was started without the pipes the start talks over.
+    #[error("zoned has no stdin or stdout pipe")]
+    NoPipes,
+    /// The VMM's libraries cannot be found (a microVM's zone holds them).
+    #[error(transparent)]
+    Kit(Arc<KitError>),
+    /// The record does not make a microVM zone config.
+    #[error(transparent)]
+    Microvm(#[from] MicrovmError),
+    /// A microVM's TAPs cannot be made.
+    #[error(transparent)]
+    Taps(#[from] TapError),
+    /// The zone's network could not be made while its init was held; init never ran.
+    #[error("cannot plumb its nics")]
+    Plumb(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// zoned held a zone but its state names no init to plumb.
+    #[error("zoned held a zone whose init it does not name")]
+    NoInit,
+    /// Nothing came from zoned for the whole wait; it was killed.
+    #[error("its init did not start within {} s", .0.as_secs())]
+    Timeout(Duration),
+    /// zoned's own account of the failure (its state file's error).
+    #[error("{0}")]
+    Zoned(String),
+    /// zoned exited without an account; the end of its log.
+    #[error("zoned exited: {log_tail}")]
+    Exited { log_tail: String },
+}
+
+/// Why a request to a running zone failed. Each reads after "zone <uuid>: ".
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Its control socket (zoned's, or the VMM's) cannot be connected to.
+    #[error("cannot reach its {peer} at {}", path.display())]
+    Reach {
+        peer: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The request cannot be written.
+    #[error("cannot talk to its {peer}")]
+    Send {
+        peer: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No reply line came.
+    #[error("no reply from its {peer}")]
+    NoReply {
+        peer: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The reply is not the JSON the protocol says.
+    #[error("bad reply from its {peer}")]
+    BadReply {
+        peer: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// zoned refused the request (its reply's error).
+    #[error("{0}")]
+    Refused(String),
+    /// The VMM replied ok=false; its error is the source.
+    #[error("its VMM refused {cmd}")]
+    VmmRefused {
+        cmd: &'static str,
+        #[source]
+        source: Refusal,
+    },
+    /// The config the VMM was started with cannot be read.
+    #[error("cannot read its VMM's disks from {}", path.display())]
+    ReadConfig {
+        path: PathBuf,
+        #[source]
+        source: zoned::config::FileError,
+    },
+    /// A stop request was taken but zoned did not exit in time.
+    #[error("it did not stop in time")]
+    StopTimeout,
+    /// A reboot ended in a stop.
+    #[error("it stopped instead of rebooting")]
+    StoppedInReboot,
+    /// A reboot did not bring init back in time.
+    #[error("it did not come back up in time")]
+    RebootTimeout,
+    /// The switch could not change a running zone's NICs (what it applied was undone).
+    #[error("cannot change its NICs, so the update was not applied")]
+    Nics(#[source] hull_vswitch::VswitchError),
+}
+
+/// A peer's refusal, in its own words.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
 
 /// What makes a held zone's network, given its init's host pid (see [`Zones::start`]).
 pub type Plumb<'a> = dyn FnMut(i32) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + 'a;
@@ -68,7 +203,7 @@ pub struct Zones {
     /// The VMM binary a microVM's zone runs.
     vmm: PathBuf,
     /// The shared libraries it loads (found once, see [`shared_libraries`]).
-    vmm_libs: std::sync::OnceLock<Result<Vec<PathBuf>, String>>,
+    vmm_libs: std::sync::OnceLock<Result<Vec<PathBuf>, Arc<KitError>>>,
     /// Serialises making the host's saved KVM CPUID table (see [`Zones::cpuid_table`]).
     cpuid_lock: Mutex<()>,
     /// Kernels being extracted in the background (see [`Zones::boot_kernel`]), by cache key.
@@ -202,10 +337,17 @@ impl Zones {
         plumb: &mut Plumb<'_>,
     ) -> Result<ZoneState, ZoneError> {
         let uuid = vm.uuid;
-        let start_err = |reason: String| ZoneError::Start { uuid, reason };
+        let start_err = |source: StartError| ZoneError::Start { uuid, source };
+        let create = |path: &Path| {
+            std::fs::create_dir_all(path).map_err(|source| {
+                start_err(StartError::CreateDir {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            })
+        };
         let dir = self.dir(uuid);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| start_err(format!("cannot create {}: {e}", dir.display())))?;
+        create(&dir)?;
         set_mode(&self.root, 0o700);
         set_mode(&dir, 0o700);
         let id_base = ID_BASE + slot * ID_RANGE;
@@ -213,14 +355,13 @@ impl Zones {
             Some(root) => ZoneConfig::from(GuestZone { vm, root, id_base }),
             None => {
                 let run = dir.join(files::VMM_DIR);
-                std::fs::create_dir_all(&run)
-                    .map_err(|e| start_err(format!("cannot create {}: {e}", run.display())))?;
+                create(&run)?;
                 set_mode(&run, 0o700);
                 let libs = self
                     .vmm_libs
-                    .get_or_init(|| shared_libraries(&self.vmm))
+                    .get_or_init(|| shared_libraries(&self.vmm).map_err(Arc::new))
                     .clone()
-                    .map_err(start_err)?;
+                    .map_err(|e| start_err(StartError::Kit(e)))?;
                 let cpuid = self.cpuid_table();
                 let kernel = vm.kernel.as_deref().map(|k| self.boot_kernel(Path::new(k)));
                 let vmm = VmmFiles {
@@ -235,7 +376,7 @@ impl Zones {
                     run: &run,
                     id_base,
                 };
-                ZoneConfig::try_from(zone).map_err(|e| start_err(e.to_string()))?
+                ZoneConfig::try_from(zone).map_err(|e| start_err(e.into()))?
             }
         };
         cfg.root_ids = self.root_ids;
@@ -244,7 +385,7 @@ impl Zones {
         let log_path = dir.join(files::LOG);
         let (mut child, release, mut ready) = match self.take_spare(&dir) {
             Some(spare) => spare,
-            None => self.spawn_zoned(uuid, &dir, &log_path)?,
+            None => self.spawn_zoned(&dir, &log_path).map_err(start_err)?,
         };
         // zoned is vmmd's child until vmmd exits: reap it in the background so it never
         // lingers as a zombie; its state file says how the zone ended.
@@ -268,12 +409,10 @@ impl Zones {
                 failed => {
                     drop(release);
                     wait_gone(pid, Duration::from_secs(5));
-                    return Err(match failed {
-                        Some(Err(e)) => {
-                            start_err(format!("cannot plumb its nics: {}", hull_sys::chain(&*e)))
-                        }
-                        _ => start_err("zoned held a zone whose init it does not name".into()),
-                    });
+                    return Err(start_err(match failed {
+                        Some(Err(e)) => StartError::Plumb(e),
+                        _ => StartError::NoInit,
+                    }));
                 }
             }
             answered = wait_readable(&ready, START_WAIT);
@@ -288,19 +427,18 @@ impl Zones {
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
-                Err(start_err(format!(
-                    "its init did not start within {} s",
-                    START_WAIT.as_secs()
-                )))
+                Err(start_err(StartError::Timeout(START_WAIT)))
             }
             st => {
                 // zoned still holds the zone's lock while it exits: wait, so that a retry
                 // right after this error does not find the zone busy.
                 wait_gone(pid, Duration::from_secs(5));
-                let error = st
-                    .filter(|st| st.zoned_pid == pid)
-                    .and_then(|st| st.error)
-                    .unwrap_or_else(|| format!("zoned exited: {}", log_tail(&log_path)));
+                let error = match st.filter(|st| st.zoned_pid == pid).and_then(|st| st.error) {
+                    Some(error) => StartError::Zoned(error),
+                    None => StartError::Exited {
+                        log_tail: log_tail(&log_path),
+                    },
+                };
                 Err(start_err(error))
             }
         }
@@ -308,13 +446,15 @@ impl Zones {
 
     /// Starts `zoned run --hold DIR` (no spare at hand): returns it, the pipe that releases
     /// its init and the pipe on which it says that init waits and then runs.
-    fn spawn_zoned(&self, uuid: Uuid, dir: &Path, log_path: &Path) -> Result<Starting, ZoneError> {
-        let start_err = |reason: String| ZoneError::Start { uuid, reason };
+    fn spawn_zoned(&self, dir: &Path, log_path: &Path) -> Result<Starting, StartError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log_path)
-            .map_err(|e| start_err(format!("cannot open {}: {e}", log_path.display())))?;
+            .map_err(|source| StartError::OpenLog {
+                path: log_path.to_path_buf(),
+                source,
+            })?;
         // zoned writes one byte on stdout once init runs and closes it by exiting otherwise:
         // the start waits on that pipe, not on polling state.json. It calls setsid(2) first
         // thing: it outlives vmmd in a session of its own.
@@ -327,32 +467,43 @@ impl Zones {
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
-            .map_err(|e| start_err(format!("cannot run {}: {e}", self.zoned.display())))?;
+            .map_err(|source| StartError::Spawn {
+                program: self.zoned.clone(),
+                source,
+            })?;
         match (child.stdin.take(), child.stdout.take()) {
             (Some(input), Some(out)) => Ok((child, input, out)),
-            _ => Err(start_err("zoned has no stdin or stdout pipe".into())),
+            _ => Err(StartError::NoPipes),
         }
     }
 
     /// One request to the zone's zoned.
     pub fn request(&self, uuid: Uuid, req: &Request) -> Result<Reply, ZoneError> {
-        let ctl_err = |reason: String| ZoneError::Control { uuid, reason };
+        self.zoned_request(uuid, req)
+            .map_err(|source| ZoneError::Control { uuid, source })
+    }
+
+    fn zoned_request(&self, uuid: Uuid, req: &Request) -> Result<Reply, ControlError> {
+        const PEER: &str = "zoned";
         let path = self.dir(uuid).join(files::CONTROL);
-        let mut s = UnixStream::connect(&path)
-            .map_err(|e| ctl_err(format!("cannot reach its zoned at {}: {e}", path.display())))?;
+        let mut s = UnixStream::connect(&path).map_err(|source| ControlError::Reach {
+            peer: PEER,
+            path: path.clone(),
+            source,
+        })?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
         let mut line = serde_json::to_string(req).unwrap_or_default();
         line.push('\n');
         s.write_all(line.as_bytes())
-            .map_err(|e| ctl_err(format!("cannot talk to its zoned: {e}")))?;
+            .map_err(|source| ControlError::Send { peer: PEER, source })?;
         let mut reply = String::new();
         BufReader::new(s)
             .read_line(&mut reply)
-            .map_err(|e| ctl_err(format!("no reply from its zoned: {e}")))?;
+            .map_err(|source| ControlError::NoReply { peer: PEER, source })?;
         let reply: Reply = serde_json::from_str(&reply)
-            .map_err(|e| ctl_err(format!("bad reply from its zoned: {e}")))?;
+            .map_err(|source| ControlError::BadReply { peer: PEER, source })?;
         if !reply.ok {
-            return Err(ctl_err(
+            return Err(ControlError::Refused(
                 reply.error.unwrap_or_else(|| "request refused".into()),
             ));
         }
@@ -363,24 +514,35 @@ impl Zones {
     /// The VMM runs the guest and is not trusted more than it: the reply is one line of at
     /// most 1 MiB of JSON, read with a timeout.
     pub fn vmm_request(&self, uuid: Uuid, req: &ControlRequest) -> Result<ControlReply, ZoneError> {
+        self.vmm_exchange(uuid, req)
+            .map_err(|source| ZoneError::Control { uuid, source })
+    }
+
+    fn vmm_exchange(&self, uuid: Uuid, req: &ControlRequest) -> Result<ControlReply, ControlError> {
         use std::io::Read;
-        let ctl_err = |reason: String| ZoneError::Control { uuid, reason };
+        const PEER: &str = "VMM";
         let path = self.dir(uuid).join(files::VMM_DIR).join(files::VMM_CONTROL);
-        let mut s = UnixStream::connect(&path)
-            .map_err(|e| ctl_err(format!("cannot reach its VMM at {}: {e}", path.display())))?;
+        let mut s = UnixStream::connect(&path).map_err(|source| ControlError::Reach {
+            peer: PEER,
+            path: path.clone(),
+            source,
+        })?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
         s.write_all(req.to_line().as_bytes())
-            .map_err(|e| ctl_err(format!("cannot talk to its VMM: {e}")))?;
+            .map_err(|source| ControlError::Send { peer: PEER, source })?;
         let mut reply = String::new();
         BufReader::new(s.take(1 << 20))
             .read_line(&mut reply)
-            .map_err(|e| ctl_err(format!("no reply from its VMM: {e}")))?;
+            .map_err(|source| ControlError::NoReply { peer: PEER, source })?;
         let reply: ControlReply = serde_json::from_str(&reply)
-            .map_err(|e| ctl_err(format!("bad reply from its VMM: {e}")))?;
+            .map_err(|source| ControlError::BadReply { peer: PEER, source })?;
         if !reply.ok {
-            let why = reply.error.as_deref().unwrap_or("request refused");
-            return Err(ctl_err(format!("its VMM refused {}: {why}", req.cmd())));
+            let why = reply.error.unwrap_or_else(|| "request refused".into());
+            return Err(ControlError::VmmRefused {
+                cmd: req.cmd(),
+                source: Refusal(why),
+            });
         }
         Ok(reply)
     }
@@ -390,9 +552,9 @@ impl Zones {
     /// since, and a disk added while it runs is not in it (`None`).
     pub fn vmm_disk_index(&self, uuid: Uuid, disk: &Path) -> Result<Option<usize>, ZoneError> {
         let path = self.dir(uuid).join(files::CONFIG);
-        let cfg: ZoneConfig = read_json(&path).map_err(|e| ZoneError::Control {
+        let cfg: ZoneConfig = read_json(&path).map_err(|source| ZoneError::Control {
             uuid,
-            reason: format!("cannot read its VMM's disks from {}: {e}", path.display()),
+            source: ControlError::ReadConfig { path, source },
         })?;
         Ok(microvm::vmm_disk_index(&cfg, disk))
     }
