@@ -191,7 +191,7 @@ fn main() -> anyhow::Result<()> {
             let boot = service.clone();
             tokio::spawn(async move {
                 for (uuid, err) in boot.autoboot().await {
-                    tracing::warn!(%uuid, error = %err, "autoboot failed");
+                    tracing::warn!(%uuid, error = %hull_sys::chain(&err), "autoboot failed");
                 }
             });
         }

@@ -172,12 +172,12 @@ pub fn filters() -> Result<Filters, SecurityError> {
 
 /// `tcflush(fd, TCOFLUSH)` and `tcflush(fd, TCIOFLUSH)` succeed without discarding anything.
 ///
-/// zoned reads the zone's console pty asynchronously, and a flush on the slave discards what
-/// it has not read yet: sysvinit prints its banner and, 2-3 ms later, its first child
-/// flushes the console (TCIOFLUSH), so under load the banner was lost from the console and
-/// its replay. A terminal that drains at once has no pending output to discard, which is
-/// what the zone sees now; input-only flushes (TCIFLUSH, getty's and login's type-ahead
-/// discard) still work.
+/// zoned reads the zone's console pty asynchronously, and a flush on the slave discards what it
+/// has not read yet: sysvinit prints its banner and, milliseconds later (docs/PERFORMANCE.md),
+/// its first child flushes the console (TCIOFLUSH), so under load the banner was lost from the
+/// console and its replay. A terminal that drains at once has no pending output to discard,
+/// which is what the zone sees now; input-only flushes (TCIFLUSH, getty's and login's
+/// type-ahead discard) still work.
 fn keep_console_output() -> Result<SeccompFilter, SecurityError> {
     let flush = |queue: u64| -> Result<SeccompRule, SecurityError> {
         let conds = vec![

@@ -18,7 +18,7 @@ use zoned::config::{Phase, Reply, Request, ZoneConfig, ZoneState};
 use super::Seams;
 use super::provision::{Grown, Warnings};
 use super::seams::{GuestStorage, Switch, ZoneRuntime};
-use super::zones::{Plumb, ZoneError};
+use super::zones::{ControlError, Plumb, StartError, ZoneError};
 use hull_vmm_proto::{ControlReply, ControlRequest};
 
 /// The calls made to the fakes, in order, and the calls told to fail.
@@ -242,20 +242,26 @@ impl ZoneRuntime for FakeZones {
         if self.journal.call("zones.start", vm.uuid) {
             return Err(ZoneError::Start {
                 uuid: vm.uuid,
-                reason: "zones.start failed (injected)".into(),
+                source: StartError::Spawn {
+                    program: PathBuf::from("zoned"),
+                    source: injected("zones.start"),
+                },
             });
         }
         // As zoned holds init: nothing of the zone's runs before its network is made.
         if let Err(e) = plumb(INIT_PID) {
             return Err(ZoneError::Start {
                 uuid: vm.uuid,
-                reason: format!("cannot plumb its nics: {}", hull_sys::chain(&*e)),
+                source: StartError::Plumb(e),
             });
         }
         let dir = self.dir(vm.uuid);
-        std::fs::create_dir_all(&dir).map_err(|e| ZoneError::Start {
+        std::fs::create_dir_all(&dir).map_err(|source| ZoneError::Start {
             uuid: vm.uuid,
-            reason: e.to_string(),
+            source: StartError::CreateDir {
+                path: dir.clone(),
+                source,
+            },
         })?;
         let st = ZoneState {
             phase: Phase::Running,
@@ -280,7 +286,10 @@ impl ZoneRuntime for FakeZones {
         if self.journal.call("zones.request", format!("{uuid} {what}")) {
             return Err(ZoneError::Control {
                 uuid,
-                reason: "zones.request failed (injected)".into(),
+                source: ControlError::Send {
+                    peer: "zoned",
+                    source: injected("zones.request"),
+                },
             });
         }
         if let Request::Stop { .. } = req {
@@ -327,7 +336,10 @@ impl ZoneRuntime for FakeZones {
         {
             true => Err(ZoneError::Control {
                 uuid,
-                reason: "zones.vmm_request failed (injected)".into(),
+                source: ControlError::Send {
+                    peer: "VMM",
+                    source: injected("zones.vmm_request"),
+                },
             }),
             false => Ok(ControlReply::ok()),
         }

@@ -12,10 +12,11 @@ use serde_json::Value;
 use uuid::Uuid;
 use zoned::config::{Phase, Request, ZoneState};
 
-use super::zones::ZoneError;
+use super::convert::ports;
+use super::zones::{ControlError, StartError, ZoneError};
 use super::{
-    Record, Result, Service, ServiceError, add_host_notes, best_effort, blocking, network, now,
-    read, unblock, write,
+    Record, Result, Service, ServiceError, add_host_notes, best_effort, blocking, now, read,
+    unblock, write,
 };
 use hull_vmm_proto::ControlRequest;
 
@@ -40,13 +41,13 @@ impl Service {
         // fails the start, not the zone's network later.
         let ports = match vm.nics.is_empty() {
             true => Vec::new(),
-            false => network::zone_nics(&vm, &self.nictags()?)
+            false => ports::zone_nics(&vm, &self.nictags()?)
                 .map_err(|e| ServiceError::Conflict(format!("cannot start VM {uuid}: {e}")))?,
         };
         let routes = match vm.brand.is_microvm() {
             // A microVM's routes are its guest's business.
             true => Vec::new(),
-            false => network::zone_routes(&vm)
+            false => ports::zone_routes(&vm)
                 .map_err(|e| ServiceError::Conflict(format!("cannot start VM {uuid}: {e}")))?,
         };
         if vm.brand.is_microvm() && !ports.is_empty() {
@@ -56,7 +57,7 @@ impl Service {
                 .await?
                 .map_err(|e| ZoneError::Start {
                     uuid,
-                    reason: hull_sys::chain(&e),
+                    source: StartError::Taps(e),
                 })?;
         }
         let root = match vm.brand.is_microvm() {
@@ -256,7 +257,7 @@ impl Service {
         if !stopped {
             return Err(ServiceError::Zone(ZoneError::Control {
                 uuid,
-                reason: "it did not stop in time".into(),
+                source: ControlError::StopTimeout,
             }));
         }
         self.set_stopped(&vm).await
@@ -286,13 +287,13 @@ impl Service {
                     None => {
                         return Err(ZoneError::Control {
                             uuid,
-                            reason: "it stopped instead of rebooting".into(),
+                            source: ControlError::StoppedInReboot,
                         });
                     }
                     _ if t.elapsed() > Duration::from_secs(timeout + 45) => {
                         return Err(ZoneError::Control {
                             uuid,
-                            reason: "it did not come back up in time".into(),
+                            source: ControlError::RebootTimeout,
                         });
                     }
                     _ => std::thread::sleep(Duration::from_millis(10)),

@@ -9,7 +9,8 @@ use hull_spec::{Vm, VmState};
 use hull_vswitch::Guard;
 use uuid::Uuid;
 
-use super::{Record, Result, Service, ServiceError, blocking, network, read, unblock};
+use super::convert::ports;
+use super::{Record, Result, Service, ServiceError, blocking, read, unblock};
 
 impl Service {
     /// After a vmmd restart: zones whose zoned still runs are watched again and stay
@@ -58,7 +59,7 @@ impl Service {
             let uuids: BTreeSet<String> = live.iter().map(|vm| vm.uuid.to_string()).collect();
             let guarded: Vec<(String, Guard)> = live
                 .iter()
-                .flat_map(|vm| network::guarded_ports(&self.plumbed(vm), &tags))
+                .flat_map(|vm| ports::guarded_ports(&self.plumbed(vm), &tags))
                 .collect();
             (uuids, guarded)
         };

@@ -164,7 +164,9 @@ async fn start_whose_zone_fails_removes_its_ports_and_stays_stopped() {
     let uuid = h.stopped_zone().await;
     h.journal.fail("zones.start");
     let err = h.svc.start(uuid).await.expect_err("must fail");
-    assert!(err.to_string().contains("zones.start failed"), "{err}");
+    assert_eq!(err.to_string(), format!("cannot start zone {uuid}"));
+    let text = hull_sys::chain(&err);
+    assert!(text.contains("zones.start failed"), "{text}");
     assert_eq!(
         calls(&h.journal),
         [
@@ -185,7 +187,7 @@ async fn start_whose_plumbing_fails_never_runs_the_zone() {
     let mut events = h.svc.subscribe();
     h.journal.fail("switch.plumb_zone");
     let err = h.svc.start(uuid).await.expect_err("must fail");
-    let text = err.to_string();
+    let text = hull_sys::chain(&err);
     assert!(
         text.contains("cannot plumb its nics") && text.contains("switch.plumb_zone"),
         "{text}"
@@ -216,6 +218,28 @@ async fn start_whose_plumbing_fails_never_runs_the_zone() {
 }
 
 #[tokio::test]
+async fn a_failed_start_replies_with_what_failed_and_its_cause_chain() {
+    let h = host().await;
+    let uuid = h.stopped_zone().await;
+    h.journal.fail("switch.plumb_zone");
+    let err = h.svc.start(uuid).await.expect_err("must fail");
+    let reply = crate::api::error::ApiError::from(err);
+    assert_eq!(reply.status, hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(reply.body.code, hull_spec::api::codes::INTERNAL);
+    assert_eq!(reply.body.message, format!("cannot start zone {uuid}"));
+    // Outermost first: the start's step, the switch's operation, the kernel's (here the
+    // fake's) error; no text repeats the one before it.
+    assert_eq!(
+        reply.body.causes,
+        [
+            "cannot plumb its nics",
+            "cannot switch.plumb_zone",
+            "switch.plumb_zone failed (injected)",
+        ]
+    );
+}
+
+#[tokio::test]
 async fn update_whose_nic_plumbing_fails_changes_nothing() {
     let h = host().await;
     let uuid = h.running_zone().await;
@@ -225,7 +249,8 @@ async fn update_whose_nic_plumbing_fails_changes_nothing() {
     let add = json!({"add_nics": [{"nic_tag": "admin", "ip": "10.9.0.6",
         "netmask": "255.255.255.0"}]});
     let err = h.svc.update(uuid, &add).await.expect_err("must fail");
-    assert!(err.to_string().contains("cannot change its NICs"), "{err}");
+    let text = hull_sys::chain(&err);
+    assert!(text.contains("cannot change its NICs"), "{text}");
     // The change, then its undo (best effort, on the same failing switch); the disks the
     // update made (none) go.
     assert_eq!(

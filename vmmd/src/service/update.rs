@@ -15,12 +15,13 @@ use hull_spec::{Brand, ValidationReport, Vm, VmState, validate_update};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::convert::{microvm, ports, zone};
 use super::provision::{self, Grown};
 use super::zones;
 use super::{
     LIVE_LIMITS, MICROVM_BOOT_PROPERTIES, Record, Result, Service, ServiceError,
-    ZONE_BOOT_PROPERTIES, add_host_notes, best_effort, blocking, microvm_quota, network, now, read,
-    unblock, write,
+    ZONE_BOOT_PROPERTIES, add_host_notes, best_effort, blocking, microvm_quota, now, read, unblock,
+    write,
 };
 use hull_vmm_proto::ControlRequest;
 
@@ -263,8 +264,8 @@ impl Service {
         next: &mut Vm,
     ) -> Result<Option<zoned::cgroup::Limits>> {
         let uuid = current.uuid;
-        let mut limits = zones::limits(next);
-        let mut undo = zones::limits(current);
+        let mut limits = zone::limits(next);
+        let mut undo = zone::limits(current);
         if next.brand.is_microvm() {
             let z = self.zones.clone();
             let booted = unblock(move || z.running_config(uuid))
@@ -279,8 +280,8 @@ impl Service {
             (undo.memory_bytes, undo.swap_bytes) = (memory, swap);
             next.warnings
                 .retain(|w| !matches!(w, Warning::MemoryAtNextBoot(_)));
-            let wanted = zones::limits(next);
-            let booted_ram = zones::Zones::booted_ram(&booted);
+            let wanted = zone::limits(next);
+            let booted_ram = microvm::booted_ram(&booted);
             if booted_ram != Some(next.ram)
                 || wanted.memory_bytes != memory
                 || wanted.swap_bytes != swap
@@ -296,7 +297,8 @@ impl Service {
         let reply = unblock(move || z.request(uuid, &req)).await?.map_err(|e| {
             ServiceError::Conflict(format!(
                 "VM {uuid}: the new limits cannot be applied to the running guest, so \
-                     nothing was changed: {e}"
+                     nothing was changed: {}",
+                hull_sys::chain(&e)
             ))
         })?;
         add_host_notes(&mut next.warnings, &reply.notes);
@@ -314,12 +316,12 @@ impl Service {
     ) -> Result<Option<(i32, hull_vswitch::ZoneChange)>> {
         let uuid = current.uuid;
         let tags = self.nictags()?;
-        let old = network::zone_nics(current, &tags)
+        let old = ports::zone_nics(current, &tags)
             .map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))?;
-        let new = network::zone_nics(next, &tags)
+        let new = ports::zone_nics(next, &tags)
             .map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))?;
         let routes = |vm: &Vm| {
-            network::zone_routes(vm).map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))
+            ports::zone_routes(vm).map_err(|e| ServiceError::Conflict(format!("VM {uuid}: {e}")))
         };
         let (old_routes, new_routes) = (routes(current)?, routes(next)?);
         let change =
@@ -353,10 +355,7 @@ impl Service {
                 self.record_plumbed(current);
                 Err(ServiceError::Zone(zones::ZoneError::Control {
                     uuid,
-                    reason: format!(
-                        "cannot change its NICs, so the update was not applied: {}",
-                        hull_sys::chain(&e)
-                    ),
+                    source: zones::ControlError::Nics(e),
                 }))
             }
         }

@@ -574,10 +574,10 @@ impl Zone {
     }
 
     /// A spare that adopted the zone's cgroup leaves it for the parent once init runs in it.
-    /// The migration waits for an RCU grace period (10-20 ms), and zoned must not stop
-    /// draining the console that long (an init that flushes its terminal, as sysvinit does,
-    /// would lose what zoned had not read yet): a forked helper moves zoned, and `reap`
-    /// completes the leave when the helper exits.
+    /// The migration waits for an RCU grace period (docs/PERFORMANCE.md, "Figures behind design
+    /// choices"), and zoned must not stop draining the console that long (an init that flushes
+    /// its terminal, as sysvinit does, would lose what zoned had not read yet): a forked helper
+    /// moves zoned, and `reap` completes the leave when the helper exits.
     fn leave_cgroup(&mut self) {
         if !self.joined || self.leaver.is_some() {
             return;

@@ -1,6 +1,16 @@
-//! Turning validated payloads into records: SmartOS's defaults, generated uuid and MACs,
-//! interface names, the primary NIC, disk paths. Pure: the caller supplies the clock, the
-//! data root and a way to ask whether a MAC is taken.
+//! The service's conversions, in one place: wire types and records in, runtime configs out.
+//! Each is pure (the caller supplies the clock, the host's files, the nic tags) and is where
+//! semantic checks that validation cannot make live, with a typed error naming the problem.
+//!
+//! - here: validated payload -> record (SmartOS's defaults, generated uuid and MACs,
+//!   interface names, the primary NIC, disk paths);
+//! - [`zone`]: record -> the zoned config of a zone guest;
+//! - [`microvm`]: record -> the zoned config of a microVM's VMM zone and the VMM's arguments;
+//! - [`ports`]: record NICs and routes -> switch ports and zone routes.
+
+pub mod microvm;
+pub mod ports;
+pub mod zone;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
