@@ -303,11 +303,11 @@ impl VmmArgs {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn full() -> VmmArgs {
+impl VmmArgs {
+    /// Arguments with every option set (`save_cpuid` aside: it excludes `cpuid`), for tests
+    /// of a reader of this argv: [`VmmArgs::from_argv`] and vmm's own parser.
+    #[doc(hidden)]
+    pub fn every_option() -> VmmArgs {
         VmmArgs {
             kernel: Some("/vm/kernel".into()),
             initrd: Some("/vm/initrd".into()),
@@ -327,7 +327,10 @@ mod tests {
             ],
             tap_fds: vec![3, 4],
             taps: vec!["tap0".into()],
-            macs: vec![MacAddr([2, 8, 0x20, 0xab, 0, 1])],
+            macs: vec![
+                MacAddr([2, 8, 0x20, 0xab, 0, 1]),
+                MacAddr([0x0a, 0xff, 0, 0, 0, 2]),
+            ],
             console: Some(Console::Unix("/run/c.sock".into())),
             control: Some("/run/vmm/control.sock".into()),
             exit_file: Some("/run/vmm/exit.json".into()),
@@ -335,16 +338,21 @@ mod tests {
             extract_vmlinux: Some("/tmp/out".into()),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn argv_is_written_in_field_order_and_read_back() {
-        let a = full();
+        let a = VmmArgs::every_option();
         let argv = a.to_argv();
         assert_eq!(
             argv.join(" "),
             "--kernel /vm/kernel --initrd /vm/initrd --cmdline console=ttyS0 quiet \
              --mem-mib 96 --vcpus 2 --cpuid /vm/cpuid --disk /vm/disk0 --disk /vm/disk1,ro \
-             --tap-fd 3 --tap-fd 4 --tap tap0 --mac 02:08:20:ab:00:01 \
+             --tap-fd 3 --tap-fd 4 --tap tap0 --mac 02:08:20:ab:00:01 --mac 0a:ff:00:00:00:02 \
              --console unix:/run/c.sock --control /run/vmm/control.sock \
              --exit-file /run/vmm/exit.json --extract-vmlinux /tmp/out"
         );

@@ -368,36 +368,7 @@ mod tests {
 
     #[test]
     fn vmm_args_round_trip_through_the_parser() {
-        let full = VmmArgs {
-            kernel: Some("/vm/kernel".into()),
-            initrd: Some("/vm/initrd".into()),
-            cmdline: Some("console=ttyS0 quiet".into()),
-            mem_mib: Some(96),
-            vcpus: Some(2),
-            cpuid: Some("/vm/cpuid".into()),
-            disks: vec![
-                Disk {
-                    path: "/vm/disk0".into(),
-                    read_only: false,
-                },
-                Disk {
-                    path: "/vm/disk1".into(),
-                    read_only: true,
-                },
-            ],
-            tap_fds: vec![3, 4],
-            taps: vec!["tap0".into()],
-            macs: vec![
-                hull_vmm_proto::MacAddr([2, 8, 0x20, 0xab, 0, 1]),
-                hull_vmm_proto::MacAddr([0x0a, 0xff, 0, 0, 0, 2]),
-            ],
-            console: Some(Console::Unix("/run/console.sock".into())),
-            control: Some("/run/vmm/control.sock".into()),
-            exit_file: Some("/run/vmm/exit.json".into()),
-            // --save-cpuid conflicts with --cpuid: it has a case of its own below.
-            save_cpuid: None,
-            extract_vmlinux: Some("/tmp/vmlinux".into()),
-        };
+        let full = VmmArgs::every_option();
         assert_eq!(parse_args(argv(&full)).expect("full argv"), full);
         let minimal = VmmArgs {
             kernel: Some("/k".into()),
