@@ -222,7 +222,7 @@ pub mod files {
 pub enum FileError {
     #[error(transparent)]
     Io(#[from] IoError),
-    #[error("{} is not valid: {source}", path.display())]
+    #[error("{} is not valid", path.display())]
     Json {
         path: PathBuf,
         #[source]
