@@ -663,12 +663,12 @@ fn kvm_root_microvm_nic_carries_frames_both_ways_over_its_bridge() {
         seen.contains("received the peer's answer") && seen.contains("testguest: ALL PASS"),
         "{seen}"
     );
-    let mac = vm.nics[0].mac.clone().expect("mac");
+    let mac = vm.nics[0].mac.expect("mac");
     assert!(
         seen.contains(&format!("testguest: net: mac {mac}")),
         "the guest's NIC has the record's MAC {mac}: {seen}"
     );
-    assert_eq!(&ping[6..12], &hull_spec::net::parse_mac(&mac).expect("mac"));
+    assert_eq!(ping[6..12], mac.bytes());
     let tap = hull_vswitch::tap_name(&vm.uuid.to_string(), 0);
     let pid = d.client().get_vm(vm.uuid).expect("get").pid.expect("pid");
     let fd3 = std::fs::read_link(format!("/proc/{pid}/fd/3")).expect("the VMM's fd 3");

@@ -201,8 +201,8 @@ fn root_a_zone_that_forges_its_address_or_mac_cannot_send() {
     ] {
         let own = d.client().get_vm(uuid(z)).expect("get").nics[0]
             .mac
-            .clone()
-            .expect("mac");
+            .expect("mac")
+            .to_string();
         must(in_netns(
             &d,
             z,
@@ -218,7 +218,7 @@ fn root_a_zone_that_forges_its_address_or_mac_cannot_send() {
         must(in_netns(
             &d,
             z,
-            &["ip", "link", "set", "net0", "address", own.trim()],
+            &["ip", "link", "set", "net0", "address", &own],
         ));
         flush_neighbours(&d, z);
         flush_neighbours(&d, &b);
@@ -264,8 +264,8 @@ fn root_a_zone_that_forges_its_address_or_mac_cannot_send() {
     );
     let own = d.client().get_vm(uuid(&a)).expect("get").nics[0]
         .mac
-        .clone()
-        .expect("mac");
+        .expect("mac")
+        .to_string();
     must(in_netns(
         &d,
         &a,
@@ -486,7 +486,7 @@ fn root_nics_change_on_a_running_zone_and_delete_leaves_nothing() {
 
     // update_nics: a new address (the old one goes, and the guard follows: the zone may send
     // from the new one only).
-    let mac1 = vm.nics[1].mac.clone().expect("mac");
+    let mac1 = vm.nics[1].mac.expect("mac");
     d.client()
         .update_vm(
             uuid(&a),
@@ -516,7 +516,7 @@ fn root_nics_change_on_a_running_zone_and_delete_leaves_nothing() {
     );
 
     // remove_nics: the first NIC goes; net1 keeps its name.
-    let mac0 = vm.nics[0].mac.clone().expect("mac");
+    let mac0 = vm.nics[0].mac.expect("mac");
     let vm = d
         .client()
         .update_vm(uuid(&a), &json!({"remove_nics": [mac0]}))

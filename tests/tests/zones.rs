@@ -756,8 +756,8 @@ fn root_zones_on_a_nic_tag_reach_each_other_and_no_one_else() {
         .expect("get")
         .nics[0]
         .mac
-        .clone()
-        .expect("mac");
+        .expect("mac")
+        .to_string();
 
     let o = d.zlogin(&a, "ip addr show net0; ip route");
     let out = String::from_utf8_lossy(&o.stdout).to_string();

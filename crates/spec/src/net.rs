@@ -1,7 +1,12 @@
 //! Syntax of the network values payloads carry: addresses, CIDRs, netmasks, MACs,
 //! hostnames. Parsing only; nothing here looks at the host.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An address with its prefix length, as in `ips: ["192.0.2.10/24"]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,8 +31,8 @@ impl Cidr {
     }
 }
 
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
@@ -45,29 +50,110 @@ pub fn netmask_prefix(s: &str) -> Option<u8> {
     (bits.checked_shl(ones).unwrap_or(0) == 0).then_some(ones as u8)
 }
 
-/// Parses a MAC address `aa:bb:cc:dd:ee:ff` (hex, either case) into bytes.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for byte in &mut out {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(p, 16).ok()?;
+/// A MAC address. Parsed once from `aa:bb:cc:dd:ee:ff` (hex, either case); shown and
+/// serialised lower case, colon separated, as payloads and records carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MacAddr([u8; 6]);
+
+/// A string that is not a MAC address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadMac(pub String);
+
+impl fmt::Display for BadMac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} is not a MAC address like 02:00:5e:10:00:01",
+            self.0
+        )
     }
-    parts.next().is_none().then_some(out)
 }
 
-/// True for a unicast MAC that is not all zeros: the only kind a NIC may own.
-pub fn is_usable_mac(mac: [u8; 6]) -> bool {
-    mac[0] & 1 == 0 && mac != [0; 6]
+impl std::error::Error for BadMac {}
+
+impl MacAddr {
+    /// The address with these bytes.
+    pub const fn new(bytes: [u8; 6]) -> MacAddr {
+        MacAddr(bytes)
+    }
+
+    /// Its six bytes, in wire order.
+    pub const fn bytes(self) -> [u8; 6] {
+        self.0
+    }
+
+    /// True for a unicast address that is not all zeros: the only kind a NIC may own.
+    pub fn is_usable(self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
 }
 
-/// Formats MAC bytes the way payloads carry them (lower case, colon separated).
-pub fn format_mac(mac: [u8; 6]) -> String {
-    let [a, b, c, d, e, f] = mac;
-    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+impl From<[u8; 6]> for MacAddr {
+    fn from(bytes: [u8; 6]) -> MacAddr {
+        MacAddr(bytes)
+    }
+}
+
+impl From<MacAddr> for [u8; 6] {
+    fn from(mac: MacAddr) -> [u8; 6] {
+        mac.0
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = BadMac;
+
+    fn from_str(s: &str) -> Result<MacAddr, BadMac> {
+        let bad = || BadMac(s.to_owned());
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            if !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        match parts.next() {
+            None => Ok(MacAddr(out)),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<MacAddr, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// In the schema a MAC is the string it is written as.
+impl JsonSchema for MacAddr {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        String::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        String::json_schema(generator)
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
 }
 
 /// True for an RFC 1123 host name (dot-separated labels of letters, digits and inner
@@ -118,20 +204,36 @@ mod tests {
     }
 
     #[test]
-    fn macs_parse_and_format_round_trip() {
-        let mac = parse_mac("02:AB:cd:00:11:ff").expect("valid mac");
-        assert_eq!(format_mac(mac), "02:ab:cd:00:11:ff");
-        assert!(is_usable_mac(mac));
-        assert!(!is_usable_mac([1, 0, 0, 0, 0, 0]), "multicast");
-        assert!(!is_usable_mac([0; 6]));
+    fn macs_parse_once_and_show_lower_case() {
+        let mac: MacAddr = "02:AB:cd:00:11:ff".parse().expect("valid mac");
+        assert_eq!(mac.bytes(), [0x02, 0xab, 0xcd, 0x00, 0x11, 0xff]);
+        assert_eq!(mac.to_string(), "02:ab:cd:00:11:ff");
+        assert!(mac.is_usable());
+        assert!(!MacAddr::new([1, 0, 0, 0, 0, 0]).is_usable(), "multicast");
+        assert!(!MacAddr::new([0; 6]).is_usable());
         for bad in [
+            "",
             "02:ab:cd:00:11",
             "02:ab:cd:00:11:ff:00",
+            "02:ab:cd:00:11:ff:",
             "2:ab:cd:00:11:ff",
             "zz:ab:cd:00:11:ff",
+            "+2:ab:cd:00:11:ff",
+            "02-ab-cd-00-11-ff",
         ] {
-            assert_eq!(parse_mac(bad), None, "{bad}");
+            assert_eq!(bad.parse::<MacAddr>(), Err(BadMac(bad.to_owned())), "{bad}");
         }
+    }
+
+    #[test]
+    fn macs_serialise_as_their_string() {
+        let mac = MacAddr::new([2, 0, 0x5e, 0x10, 0, 1]);
+        let json = serde_json::to_value(mac).expect("serialises");
+        assert_eq!(json, serde_json::json!("02:00:5e:10:00:01"));
+        let back: MacAddr = serde_json::from_str("\"02:00:5E:10:00:01\"").expect("parses");
+        assert_eq!(back, mac);
+        let err = serde_json::from_str::<MacAddr>("\"02:00\"").expect_err("too short");
+        assert!(err.to_string().contains("is not a MAC address"), "{err}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::net::{Cidr, is_hostname, is_usable_mac, netmask_prefix, parse_ip, parse_mac};
+use crate::net::{Cidr, MacAddr, is_hostname, netmask_prefix, parse_ip};
 use crate::vm::{Brand, VmCreate, VmUpdate};
 
 /// One finding: which property, and what is wrong with it.
@@ -680,7 +680,7 @@ fn check_key_list(r: &mut ValidationReport, p: &str, v: &Value) {
 fn check_mac_list(r: &mut ValidationReport, p: &str, v: &Value) {
     let ok = v
         .as_array()
-        .is_some_and(|l| l.iter().all(|i| i.as_str().and_then(parse_mac).is_some()));
+        .is_some_and(|l| l.iter().all(|i| mac_of(i).is_some()));
     if !ok {
         r.bad_value(p, format!("{p} must be a list of MAC addresses"));
     }
@@ -735,8 +735,8 @@ fn check_nic_tag(r: &mut ValidationReport, p: &str, v: &Value) {
 }
 
 fn check_mac(r: &mut ValidationReport, p: &str, v: &Value) {
-    match v.as_str().and_then(parse_mac) {
-        Some(mac) if is_usable_mac(mac) => {}
+    match mac_of(v) {
+        Some(mac) if mac.is_usable() => {}
         Some(_) => r.bad_value(p, format!("{p} must be a unicast, non-zero MAC address")),
         None => r.bad_value(
             p,
@@ -883,7 +883,7 @@ fn check_nic_set(r: &mut ValidationReport, p: &str, nics: &[Value]) {
             }
             primary_seen = true;
         }
-        if let Some(mac) = nic.get("mac").and_then(Value::as_str).and_then(parse_mac)
+        if let Some(mac) = nic_mac(nic)
             && !macs.insert(mac)
         {
             r.bad_value(
@@ -900,6 +900,15 @@ fn check_nic_set(r: &mut ValidationReport, p: &str, nics: &[Value]) {
             }
         }
     }
+}
+
+/// The MAC a NIC object (payload or record) names, if it names a well-formed one.
+pub fn nic_mac(nic: &Value) -> Option<MacAddr> {
+    nic.get("mac").and_then(mac_of)
+}
+
+fn mac_of(v: &Value) -> Option<MacAddr> {
+    v.as_str()?.parse().ok()
 }
 
 /// The static addresses a NIC object (payload or record) claims.

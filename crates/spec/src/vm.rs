@@ -7,6 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::net::MacAddr;
+
 /// What kind of guest a VM is. Zones share the host kernel; microVMs run their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -152,7 +154,7 @@ pub struct NicSpec {
     pub nic_tag: String,
     /// The MAC address; generated stably when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<String>,
+    pub mac: Option<MacAddr>,
     /// Legacy single address (with `netmask`), or `dhcp` / `addrconf`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
@@ -327,11 +329,11 @@ pub struct VmCreate {
 }
 
 /// One entry of `update_nics`: the NIC is found by its MAC.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NicUpdate {
     /// MAC of the NIC to change.
-    pub mac: String,
+    pub mac: MacAddr,
     /// New nic tag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nic_tag: Option<String>,
@@ -504,7 +506,7 @@ pub struct VmUpdate {
     pub update_nics: Option<Vec<NicUpdate>>,
     /// NICs to remove, by MAC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remove_nics: Option<Vec<String>>,
+    pub remove_nics: Option<Vec<MacAddr>>,
     /// Disks to add.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub add_disks: Option<Vec<DiskSpec>>,

@@ -10,6 +10,8 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 
+pub use hull_spec::net::MacAddr;
+
 /// Kernel command line the VMM uses without `--cmdline`.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 /// Guest memory in MiB without `--mem-mib`.
@@ -60,17 +62,6 @@ pub struct Disk {
     pub path: PathBuf,
     /// Refuse guest writes.
     pub read_only: bool,
-}
-
-/// One `--mac`: written `aa:bb:cc:dd:ee:ff`, lower case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
 }
 
 /// `--console`: where the guest's serial console goes.
@@ -171,16 +162,6 @@ fn parse_disk(s: &str) -> Option<Disk> {
         path: PathBuf::from(path),
         read_only,
     })
-}
-
-fn parse_mac(s: &str) -> Option<MacAddr> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        let part = parts.next().filter(|p| p.len() == 2)?;
-        *b = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(MacAddr(mac))
 }
 
 fn parse_console(s: &str) -> Option<Console> {
@@ -288,7 +269,7 @@ impl VmmArgs {
                 "--disk" => a.disks.push(parse_disk(value).ok_or_else(bad)?),
                 "--tap-fd" => a.tap_fds.push(value.parse().map_err(|_| bad())?),
                 "--tap" => a.taps.push(value.to_owned()),
-                "--mac" => a.macs.push(parse_mac(value).ok_or_else(bad)?),
+                "--mac" => a.macs.push(value.parse().map_err(|_| bad())?),
                 "--console" => {
                     set_once(&mut a.console, flag, parse_console(value).ok_or_else(bad)?)?
                 }
@@ -328,8 +309,8 @@ impl VmmArgs {
             tap_fds: vec![3, 4],
             taps: vec!["tap0".into()],
             macs: vec![
-                MacAddr([2, 8, 0x20, 0xab, 0, 1]),
-                MacAddr([0x0a, 0xff, 0, 0, 0, 2]),
+                MacAddr::new([2, 8, 0x20, 0xab, 0, 1]),
+                MacAddr::new([0x0a, 0xff, 0, 0, 0, 2]),
             ],
             console: Some(Console::Unix("/run/c.sock".into())),
             control: Some("/run/vmm/control.sock".into()),

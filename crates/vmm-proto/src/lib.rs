@@ -9,7 +9,8 @@
 //!
 //! Both ends use these types, so the bytes on the wire and on disk are defined once, here.
 //! This crate owns only the shapes and their encodings: it must never do I/O, depend on
-//! another workspace crate, pull in clap (vmm keeps its own parser and converts into
+//! a workspace crate other than hull-spec (whose [`MacAddr`] it uses, so a MAC is parsed by
+//! one piece of code from payload to VMM), pull in clap (vmm keeps its own parser and converts into
 //! [`VmmArgs`]) or use `unsafe`. What a value means to the VMM (ranges, which MACs a NIC may
 //! own) is checked by the VMM, not here.
 #![forbid(unsafe_code)]

@@ -6,6 +6,8 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use hull_vmm_proto::MacAddr;
+
 /// Highest vCPU count the MP table and the APIC id scheme are laid out for.
 pub const MAX_VCPUS: u8 = 64;
 
@@ -38,29 +40,12 @@ pub enum ConfigError {
     Macs { macs: usize, nics: usize },
 }
 
-/// A NIC's MAC address (`--mac`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl FromStr for MacAddr {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<MacAddr, ConfigError> {
-        let bad = || ConfigError::Mac(s.to_owned());
-        let mut mac = [0u8; 6];
-        let mut parts = s.split(':');
-        for b in &mut mac {
-            let part = parts.next().ok_or_else(bad)?;
-            if part.len() != 2 {
-                return Err(bad());
-            }
-            *b = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        }
-        // Multicast (bit 0 of the first byte) or all zeros cannot be a NIC's own address.
-        if parts.next().is_some() || mac[0] & 1 != 0 || mac == [0; 6] {
-            return Err(bad());
-        }
-        Ok(MacAddr(mac))
-    }
+/// Parses a `--mac` value: a MAC a NIC may own (unicast, not all zeros).
+pub fn usable_mac(s: &str) -> Result<MacAddr, ConfigError> {
+    s.parse::<MacAddr>()
+        .ok()
+        .filter(|mac| mac.is_usable())
+        .ok_or_else(|| ConfigError::Mac(s.to_owned()))
 }
 
 /// One block device.
@@ -148,7 +133,7 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
     /// MACs of the first NICs, in order.
-    pub macs: Vec<[u8; 6]>,
+    pub macs: Vec<MacAddr>,
     pub console: ConsoleConfig,
     pub control: Option<PathBuf>,
     /// KVM's supported CPUID as `vmm --save-cpuid` saved it; `None` asks KVM.
@@ -221,7 +206,7 @@ mod tests {
     #[test]
     fn macs_parse_and_must_be_unicast() {
         assert_eq!(
-            "02:00:5e:10:00:0a".parse::<MacAddr>().expect("mac").0,
+            usable_mac("02:00:5e:10:00:0a").expect("mac").bytes(),
             [2, 0, 0x5e, 0x10, 0, 0x0a]
         );
         for bad in [
@@ -233,7 +218,10 @@ mod tests {
             "02:00:5e:10:00:0g",
             "2:00:5e:10:00:0a",
         ] {
-            assert!(bad.parse::<MacAddr>().is_err(), "{bad:?}");
+            assert!(
+                matches!(usable_mac(bad), Err(ConfigError::Mac(s)) if s == bad),
+                "{bad:?}"
+            );
         }
     }
 
@@ -253,7 +241,7 @@ mod tests {
             cpuid: None,
         };
         assert!(c.validate().is_ok());
-        c.macs = vec![[2, 0, 0, 0, 0, 1]];
+        c.macs = vec![MacAddr::new([2, 0, 0, 0, 0, 1])];
         assert!(matches!(
             c.validate(),
             Err(ConfigError::Macs { macs: 1, nics: 0 })

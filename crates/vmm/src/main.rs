@@ -21,11 +21,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use hull_vmm::config::{ConsoleConfig, DiskConfig, MacAddr, NetConfig, VmConfig};
+use hull_vmm::config::{ConsoleConfig, DiskConfig, NetConfig, VmConfig, usable_mac};
 use hull_vmm::exit_file::ExitFile;
 use hull_vmm::{StopReason, run};
 use hull_vmm_proto::{
-    Console, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, DEFAULT_VCPUS, Disk, ExitReason, ExitRecord, VmmArgs,
+    Console, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, DEFAULT_VCPUS, Disk, ExitReason, ExitRecord,
+    MacAddr, VmmArgs,
 };
 
 /// Run one microVM on KVM until the guest stops.
@@ -58,7 +59,7 @@ struct Args {
     taps: Vec<String>,
     /// MAC address of a NIC (aa:bb:cc:dd:ee:ff), in the NICs' order (--tap-fd ones, then
     /// --tap ones); NICs without one get a generated local address.
-    #[arg(long = "mac")]
+    #[arg(long = "mac", value_parser = usable_mac)]
     macs: Vec<MacAddr>,
     /// Console: stdio, pty or unix:PATH.
     #[arg(long, default_value = "stdio")]
@@ -120,11 +121,7 @@ where
             .collect(),
         tap_fds: args.tap_fds,
         taps: args.taps,
-        macs: args
-            .macs
-            .into_iter()
-            .map(|m| hull_vmm_proto::MacAddr(m.0))
-            .collect(),
+        macs: args.macs,
         console: given("console").then_some(match args.console {
             ConsoleConfig::Stdio => Console::Stdio,
             ConsoleConfig::Pty => Console::Pty,
@@ -160,7 +157,7 @@ fn vm_config(args: VmmArgs, kernel: PathBuf) -> VmConfig {
             })
             .collect(),
         nets,
-        macs: args.macs.into_iter().map(|m| m.0).collect(),
+        macs: args.macs,
         console: match args.console.unwrap_or_default() {
             Console::Stdio => ConsoleConfig::Stdio,
             Console::Pty => ConsoleConfig::Pty,
@@ -420,7 +417,7 @@ mod tests {
         .expect("argv");
         let c = vm_config(args, "/k".into());
         assert_eq!(c.nets, [NetConfig::Fd(5), NetConfig::Tap("t0".into())]);
-        assert_eq!(c.macs, [[2, 0, 0, 0, 0, 1]]);
+        assert_eq!(c.macs, [MacAddr::new([2, 0, 0, 0, 0, 1])]);
         assert!(parse_args(["vmm", "--kernel", "/k", "--mac", "01:00:00:00:00:01"]).is_err());
     }
 }

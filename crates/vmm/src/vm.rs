@@ -411,14 +411,16 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
             NetConfig::Fd(fd) => Tap::from_passed_fd(*fd)?,
             NetConfig::Tap(name) => Tap::open_named(name)?,
         };
-        let mac = config.macs.get(i).copied().unwrap_or([
+        // NICs past the given MACs get a locally administered one of their own.
+        let generated = [
             0x02,
             0x68,
             0x75,
             0x6c,
             (std::process::id() & 0xff) as u8,
             i as u8,
-        ]);
+        ];
+        let mac = config.macs.get(i).map_or(generated, |m| m.bytes());
         let net = Net::new(Box::new(tap), mac, stats.device(format!("net{i}")));
         let fd = net.raw_fd();
         devices.push((Box::new(net), Some(fd)));

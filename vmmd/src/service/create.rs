@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use hull_spec::api::EventKind;
-use hull_spec::net::parse_mac;
-use hull_spec::validate::{merge, nic_addresses};
+use hull_spec::net::MacAddr;
+use hull_spec::validate::{merge, nic_addresses, nic_mac};
 use hull_spec::{Brand, ValidationReport, Vm, VmCreate, VmState, validate_create};
 use serde_json::Value;
 use uuid::Uuid;
@@ -44,7 +44,7 @@ impl Service {
                     format!("nic tag {tag:?} does not exist ({known})"),
                 );
             }
-            if let Some(mac) = nic.get("mac").and_then(Value::as_str).and_then(parse_mac)
+            if let Some(mac) = nic_mac(nic)
                 && index.mac_owner(&mac, except).is_some()
             {
                 report.bad_value(
@@ -161,7 +161,7 @@ impl Service {
         };
         let vm = {
             let index = read(&self.records);
-            let others = |m: &[u8; 6]| index.mac_owner(m, None).is_some();
+            let others = |m: &MacAddr| index.mac_owner(m, None).is_some();
             convert::new_record(create, &ctx, &mut convert::MacPool::new(&others))
                 .map_err(|e| ServiceError::BadRequest(e.to_string()))?
         };

@@ -39,8 +39,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use hull_spec::api::EventKind;
-use hull_spec::net::parse_mac;
-use hull_spec::validate::nic_addresses;
+use hull_spec::net::MacAddr;
+use hull_spec::validate::{nic_addresses, nic_mac};
 use hull_spec::warning::Warning;
 use hull_spec::{Event, ValidationReport, Vm};
 use serde_json::Value;
@@ -155,17 +155,13 @@ impl std::ops::Deref for Record {
 #[derive(Debug, Default)]
 struct Index {
     vms: HashMap<Uuid, Arc<Record>>,
-    macs: HashMap<[u8; 6], Uuid>,
+    macs: HashMap<MacAddr, Uuid>,
     ips: HashMap<IpAddr, Uuid>,
 }
 
-fn claims(r: &Record) -> (Vec<[u8; 6]>, Vec<IpAddr>) {
+fn claims(r: &Record) -> (Vec<MacAddr>, Vec<IpAddr>) {
     let nics = r.value.get("nics").and_then(Value::as_array);
-    let macs = nics
-        .into_iter()
-        .flatten()
-        .filter_map(|n| n.get("mac").and_then(Value::as_str).and_then(parse_mac))
-        .collect();
+    let macs = nics.into_iter().flatten().filter_map(nic_mac).collect();
     let ips = nics.into_iter().flatten().flat_map(nic_addresses).collect();
     (macs, ips)
 }
@@ -199,7 +195,7 @@ impl Index {
         Some(old)
     }
 
-    fn mac_owner(&self, mac: &[u8; 6], except: Option<Uuid>) -> Option<Uuid> {
+    fn mac_owner(&self, mac: &MacAddr, except: Option<Uuid>) -> Option<Uuid> {
         self.macs.get(mac).copied().filter(|u| Some(*u) != except)
     }
 

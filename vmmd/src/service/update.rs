@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hull_spec::api::EventKind;
+use hull_spec::net::MacAddr;
 use hull_spec::warning::Warning;
 use hull_spec::{Brand, ValidationReport, Vm, VmState, validate_update};
 use serde_json::Value;
@@ -77,7 +78,7 @@ impl Service {
         }
         let (mut next, changes) = {
             let index = read(&self.records);
-            let others = |m: &[u8; 6]| index.mac_owner(m, Some(uuid)).is_some();
+            let others = |m: &MacAddr| index.mac_owner(m, Some(uuid)).is_some();
             apply(&current, &upd, &self.data_root, &others).map_err(ServiceError::Invalid)?
         };
         let growth = {

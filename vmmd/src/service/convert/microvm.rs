@@ -7,8 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use hull_spec::Vm;
-use hull_spec::net::parse_mac;
-use hull_vmm_proto::{Console, Disk, MacAddr, VmmArgs};
+use hull_vmm_proto::{Console, Disk, VmmArgs};
 use zoned::config::{RootFile, RootIds, RootSpec, ZoneConfig, files};
 
 use super::zone::limits;
@@ -32,9 +31,6 @@ pub enum MicrovmError {
     /// A NIC without a MAC (records get one at create).
     #[error("its nic {0} has no mac")]
     NoMac(usize),
-    /// A NIC whose MAC does not parse.
-    #[error("its nic {0} has a bad mac {1:?}")]
-    BadMac(usize, String),
 }
 
 /// Where a microVM's zone shows the VMM its files.
@@ -153,9 +149,7 @@ impl TryFrom<MicrovmZone<'_>> for ZoneConfig {
         args.tap_fds = (3..).take(taps.len()).collect();
         // The guest's NICs have the record's MACs (the ones vmadm shows and the switch expects).
         for (i, nic) in vm.nics.iter().enumerate() {
-            let mac = nic.mac.as_deref().ok_or(MicrovmError::NoMac(i))?;
-            let mac = parse_mac(mac).ok_or_else(|| MicrovmError::BadMac(i, mac.to_string()))?;
-            args.macs.push(MacAddr(mac));
+            args.macs.push(nic.mac.ok_or(MicrovmError::NoMac(i))?);
         }
         let mut argv = vec![vm_paths::VMM.to_string()];
         argv.extend(args.to_argv());
@@ -305,7 +299,7 @@ mod tests {
             kernel: None,
         };
         let cfg = vm_config(&vm, &vmm, Path::new("/z/vmm"), 0).expect("config");
-        let second = vm.nics[1].mac.clone().expect("a generated mac");
+        let second = vm.nics[1].mac.expect("a generated mac");
         assert_eq!(
             cfg.init.join(" "),
             format!(

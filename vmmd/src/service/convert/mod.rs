@@ -15,7 +15,7 @@ pub mod zone;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
-use hull_spec::net::{format_mac, parse_mac};
+use hull_spec::net::MacAddr;
 use hull_spec::vm::defaults;
 use hull_spec::{Brand, DiskSpec, NicSpec, Vm, VmCreate, VmState};
 use uuid::Uuid;
@@ -32,8 +32,8 @@ pub struct Context {
 /// The MACs a new NIC may not take: other guests' (asked through `others`, so the caller's
 /// index answers without copying) and those given out by this operation.
 pub struct MacPool<'a> {
-    others: &'a dyn Fn(&[u8; 6]) -> bool,
-    local: HashSet<[u8; 6]>,
+    others: &'a dyn Fn(&MacAddr) -> bool,
+    local: HashSet<MacAddr>,
 }
 
 impl std::fmt::Debug for MacPool<'_> {
@@ -46,7 +46,7 @@ impl std::fmt::Debug for MacPool<'_> {
 
 impl<'a> MacPool<'a> {
     /// A pool where `others` says whether another guest owns a MAC.
-    pub fn new(others: &'a dyn Fn(&[u8; 6]) -> bool) -> MacPool<'a> {
+    pub fn new(others: &'a dyn Fn(&MacAddr) -> bool) -> MacPool<'a> {
         MacPool {
             others,
             local: HashSet::new(),
@@ -54,12 +54,12 @@ impl<'a> MacPool<'a> {
     }
 
     /// Whether the MAC is in use.
-    pub fn taken(&self, mac: &[u8; 6]) -> bool {
+    pub fn taken(&self, mac: &MacAddr) -> bool {
         self.local.contains(mac) || (self.others)(mac)
     }
 
     /// Marks a MAC as used by this operation.
-    pub fn claim(&mut self, mac: [u8; 6]) {
+    pub fn claim(&mut self, mac: MacAddr) {
         self.local.insert(mac);
     }
 }
@@ -167,12 +167,12 @@ pub fn finish_nics(
     let mut out = Vec::with_capacity(nics.len());
     for (offset, mut nic) in nics.into_iter().enumerate() {
         let index = existing + offset;
-        let mac = match nic.mac.as_deref().and_then(parse_mac) {
+        let mac = match nic.mac {
             Some(mac) => mac,
             None => generate_mac(uuid, index, pool).ok_or(ConvertError::NoFreeMac(index))?,
         };
         pool.claim(mac);
-        nic.mac = Some(format_mac(mac));
+        nic.mac = Some(mac);
         nic.interface = Some(interface_name(brand, index));
         out.push(nic);
     }
@@ -216,7 +216,7 @@ fn interface_name(brand: Brand, index: usize) -> String {
 
 /// A locally administered unicast MAC derived from the guest's uuid and the NIC's index, so
 /// that the same guest gets the same MACs; a salt walks past MACs already in use.
-fn generate_mac(uuid: Uuid, index: usize, pool: &MacPool<'_>) -> Option<[u8; 6]> {
+fn generate_mac(uuid: Uuid, index: usize, pool: &MacPool<'_>) -> Option<MacAddr> {
     (0u32..1024).find_map(|salt| {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let bytes = uuid
@@ -230,7 +230,7 @@ fn generate_mac(uuid: Uuid, index: usize, pool: &MacPool<'_>) -> Option<[u8; 6]>
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
         let b = h.to_le_bytes();
-        let mac = [0x02, b[0], b[1], b[2], b[3], b[4]];
+        let mac = MacAddr::new([0x02, b[0], b[1], b[2], b[3], b[4]]);
         (!pool.taken(&mac)).then_some(mac)
     })
 }
@@ -336,12 +336,15 @@ mod tests {
         assert_eq!(vm.nics[1].interface.as_deref(), Some("eth1"));
         assert_eq!(vm.nics[0].primary, Some(true));
         assert_eq!(vm.nics[1].primary, None);
-        assert_eq!(vm.nics[1].mac.as_deref(), Some("02:00:00:00:00:09"));
+        assert_eq!(
+            vm.nics[1].mac.map(|m| m.to_string()).as_deref(),
+            Some("02:00:00:00:00:09")
+        );
         let again = create(payload);
         assert_eq!(vm.nics[0].mac, again.nics[0].mac, "MACs are stable");
-        let mac = parse_mac(vm.nics[0].mac.as_deref().expect("mac")).expect("parses");
-        assert_eq!(mac[0], 0x02, "locally administered unicast");
-        let taken = move |m: &[u8; 6]| *m == mac;
+        let mac = vm.nics[0].mac.expect("mac");
+        assert_eq!(mac.bytes()[0], 0x02, "locally administered unicast");
+        let taken = move |m: &MacAddr| *m == mac;
         let other = generate_mac(vm.uuid, 0, &MacPool::new(&taken)).expect("free mac");
         assert_ne!(other, mac);
     }

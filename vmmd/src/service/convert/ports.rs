@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use hull_spec::net::{Cidr, netmask_prefix, parse_ip, parse_mac};
+use hull_spec::net::{Cidr, netmask_prefix, parse_ip};
 use hull_spec::validate::nic_route_index;
 use hull_spec::vm::NicSpec;
 use hull_spec::{NicTag, Vm};
@@ -155,11 +155,7 @@ pub fn zone_nics(vm: &Vm, tags: &BTreeMap<String, NicTag>) -> Result<Vec<ZoneNic
                 index: i,
                 tag: nic.nic_tag.clone(),
             })?;
-        let mac = nic
-            .mac
-            .as_deref()
-            .and_then(parse_mac)
-            .ok_or(PortsError::NoMac(i))?;
+        let mac = nic.mac.ok_or(PortsError::NoMac(i))?.bytes();
         let mut addrs: Vec<(IpAddr, u8)> = nic
             .ips
             .iter()

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use hull_spec::net::parse_mac;
+use hull_spec::net::MacAddr;
 use hull_spec::vm::{DiskSpec, NicSpec, defaults};
 use hull_spec::{ValidationReport, Vm, VmUpdate};
 
@@ -16,7 +16,7 @@ pub fn apply(
     vm: &Vm,
     u: &VmUpdate,
     data_root: &std::path::Path,
-    macs_taken_elsewhere: &dyn Fn(&[u8; 6]) -> bool,
+    macs_taken_elsewhere: &dyn Fn(&MacAddr) -> bool,
 ) -> Result<(Vm, Vec<String>), ValidationReport> {
     let mut next = vm.clone();
     let mut changes = Vec::new();
@@ -163,22 +163,20 @@ fn apply_memory(next: &mut Vm, u: &VmUpdate, changes: &mut Vec<String>, r: &mut 
     }
 }
 
-fn nic_index(nics: &[NicSpec], mac: &str) -> Option<usize> {
-    let want = parse_mac(mac)?;
-    nics.iter()
-        .position(|n| n.mac.as_deref().and_then(parse_mac) == Some(want))
+fn nic_index(nics: &[NicSpec], mac: MacAddr) -> Option<usize> {
+    nics.iter().position(|n| n.mac == Some(mac))
 }
 
 fn apply_nics(
     next: &mut Vm,
     u: &VmUpdate,
-    macs_taken_elsewhere: &dyn Fn(&[u8; 6]) -> bool,
+    macs_taken_elsewhere: &dyn Fn(&MacAddr) -> bool,
     r: &mut ValidationReport,
 ) -> bool {
     let mut changed = false;
     if let Some(remove) = &u.remove_nics {
         for (i, mac) in remove.iter().enumerate() {
-            match nic_index(&next.nics, mac) {
+            match nic_index(&next.nics, *mac) {
                 Some(idx) => {
                     next.nics.remove(idx);
                     changed = true;
@@ -192,7 +190,7 @@ fn apply_nics(
     }
     if let Some(updates) = &u.update_nics {
         for (i, upd) in updates.iter().enumerate() {
-            let Some(idx) = nic_index(&next.nics, &upd.mac) else {
+            let Some(idx) = nic_index(&next.nics, upd.mac) else {
                 r.bad_value(
                     format!("update_nics.{i}.mac"),
                     format!("the VM has no NIC {}", upd.mac),
@@ -240,14 +238,10 @@ fn apply_nics(
         }
     }
     if let Some(add) = &u.add_nics {
-        let own: HashSet<[u8; 6]> = next
-            .nics
-            .iter()
-            .filter_map(|n| n.mac.as_deref().and_then(parse_mac))
-            .collect();
-        let in_use = |m: &[u8; 6]| own.contains(m) || macs_taken_elsewhere(m);
+        let own: HashSet<MacAddr> = next.nics.iter().filter_map(|n| n.mac).collect();
+        let in_use = |m: &MacAddr| own.contains(m) || macs_taken_elsewhere(m);
         for (i, nic) in add.iter().enumerate() {
-            if let Some(mac) = nic.mac.as_deref().and_then(parse_mac)
+            if let Some(mac) = nic.mac
                 && in_use(&mac)
             {
                 r.bad_value(format!("add_nics.{i}.mac"), "this MAC is already in use");
@@ -501,7 +495,7 @@ mod tests {
         let (next, _) = apply(&next, &u, Path::new("/d"), &|_| false).expect("applies");
         // A NIC keeps its name: net1 stays net1, and the next one added takes net0.
         assert_eq!(next.nics[0].interface.as_deref(), Some("net1"));
-        assert_eq!(next.nics[0].mac.as_deref(), Some("02:00:00:00:00:02"));
+        assert_eq!(next.nics[0].mac, Some(MacAddr::new([2, 0, 0, 0, 0, 2])));
         let u = upd(
             json!({"add_nics": [{"nic_tag": "a"}, {"nic_tag": "a"}]}),
             Brand::Joyent,
@@ -519,7 +513,7 @@ mod tests {
         );
         let r = apply(&next, &u, Path::new("/d"), &|_| false).expect_err("unknown macs");
         assert_eq!(r.bad_values, ["remove_nics.0", "update_nics.0.mac"]);
-        let taken = |m: &[u8; 6]| *m == [2, 0, 0, 0, 0, 7];
+        let taken = |m: &MacAddr| *m == MacAddr::new([2, 0, 0, 0, 0, 7]);
         let u = upd(
             json!({"add_nics": [{"nic_tag": "a", "mac": "02:00:00:00:00:07"}]}),
             Brand::Joyent,
