@@ -16,6 +16,9 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         // The serde-only contract between vmmd, zoned and vmm: it shares hull-spec's value
         // types (MacAddr) and depends on no other crate of ours.
         ("hull-vmm-proto", BTreeSet::from(spec_only)),
+        // The metadata protocol's codec: no I/O, no crate of ours (the mdata tools and
+        // vmmd's agent both use it).
+        ("hull-mdata", BTreeSet::new()),
         ("hull-vmm", BTreeSet::from(["hull-sys", "hull-vmm-proto"])),
         ("hull-cowstore", BTreeSet::from(["hull-sys"])),
         ("hull-zoned", BTreeSet::from(["hull-sys", "hull-vmm-proto"])),
