@@ -23,7 +23,17 @@
 use std::fmt;
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD as BASE64};
+
+/// Decoding as lenient as SmartOS's (node's Buffer): padding or none, and stray bits after
+/// the last byte ignored. Encoding is always canonical.
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 pub mod client;
 
@@ -157,12 +167,9 @@ pub fn base64_encode(bytes: &[u8]) -> String {
     BASE64.encode(bytes)
 }
 
-/// Decodes standard base64 (padding optional: node's decoder, SmartOS's, takes both).
+/// Decodes standard base64, padded or not (see [`LENIENT`]).
 pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let trimmed = text.trim_end_matches('=');
-    base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(trimmed)
-        .ok()
+    LENIENT.decode(text).ok()
 }
 
 /// Parses one line from a guest (without its newline; a trailing `\r` or blanks are
