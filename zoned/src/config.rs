@@ -77,6 +77,24 @@ pub struct ZoneConfig {
     /// boots the VMM, which gets them as descriptors 3, 4... (`--tap-fd`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taps: Vec<String>,
+    /// The guest metadata service of an OS zone: zoned listens on
+    /// `<runtime dir>/`[`files::ZONECONTROL`]`/`[`files::METADATA_SOCKET`] for the zone
+    /// (vmmd takes a copy of the listener and answers; zoned keeps it across vmmd's
+    /// restarts) and binds that directory and the mdata tools into the zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<MetadataMount>,
+}
+
+/// Where a zone finds its metadata service (SmartOS: `/.zonecontrol`, lx zones
+/// `/native/.zonecontrol`) and the tools that speak to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataMount {
+    /// Where the socket's directory appears: an absolute path of plain names.
+    pub at: PathBuf,
+    /// Host files bound read-only (executable) into the zone, e.g. the mdata tools at
+    /// /usr/sbin/mdata-get.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<RootFile>,
 }
 
 impl ZoneConfig {
@@ -153,6 +171,10 @@ pub struct ZoneState {
     /// Things the host could not apply (e.g. an io weight without an io controller).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// zoned's descriptor of the zone's metadata listener, which vmmd copies with
+    /// pidfd_getfd(2) at each start and after its own restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_fd: Option<i32>,
 }
 
 /// A request on ctl.sock (one JSON line, one reply line).
@@ -215,6 +237,10 @@ pub mod files {
     pub const VMM_CONTROL: &str = "control.sock";
     /// The VMM's exit report (`vmm --exit-file`), in [`VMM_DIR`].
     pub const VMM_EXIT: &str = "exit.json";
+    /// An OS zone's directory for its metadata socket, bound read-only into the zone.
+    pub const ZONECONTROL: &str = "zonecontrol";
+    /// The metadata socket, in [`ZONECONTROL`].
+    pub const METADATA_SOCKET: &str = "metadata.sock";
 }
 
 /// Errors reading or writing the runtime directory.
@@ -329,6 +355,7 @@ mod tests {
             last_exit: None,
             error: None,
             notes: vec![],
+            metadata_fd: None,
         };
         write_json(&p, &s).unwrap();
         assert_eq!(read_json::<ZoneState>(&p).unwrap(), s);

@@ -530,6 +530,120 @@ fn plain_bind(f: &RootFile, target: &Path, id_base: u32) -> Result<(), MountErro
         .map_err(err("restrict the bind at", target))
 }
 
+/// Binds host `source` (a directory or a file) read-only at `at` in the OS zone root
+/// mounted at `rootfs` (the metadata socket's directory, the mdata tools). Missing
+/// directories and the mount point are made as the zone's root. Runs in zoned before the
+/// zone runs anything; the root is the guest's, so no component of `at` may be a symbolic
+/// link (one could name any host path): such a root is refused, naming the path.
+pub fn bind_into_zone(
+    rootfs: &Path,
+    source: &Path,
+    at: &Path,
+    exec: bool,
+    id_base: u32,
+) -> Result<(), MountError> {
+    use nix::fcntl::{AtFlags, OFlag, openat};
+    use nix::sys::stat::{Mode, SFlag, fchmod, fstatat, mkdirat};
+    let rel = zone_relative(at)?;
+    let refuse = |path: &Path, why: &str| MountError {
+        action: format!("bind {} at", source.display()),
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string()),
+    };
+    let source_is_dir = std::fs::metadata(source)
+        .map_err(io_err("use", source))?
+        .is_dir();
+    // Walked by descriptor, opened as host root (the directories above the root are
+    // root's, mode 0700); what is missing is made as the zone's root, inside the root only.
+    let nofollow = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut dir = nix::fcntl::open(rootfs, nofollow | OFlag::O_DIRECTORY, Mode::empty())
+        .map_err(err("open", rootfs))?;
+    let mut target = rootfs.to_path_buf();
+    let parts: Vec<_> = rel.components().map(|c| c.as_os_str().to_owned()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        target.push(part);
+        let want_dir = i + 1 < parts.len() || source_is_dir;
+        let kind = match fstatat(&dir, part.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Some(SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())),
+            Err(nix::errno::Errno::ENOENT) => None,
+            Err(e) => return Err(err("look at", &target)(e)),
+        };
+        match kind {
+            Some(SFlag::S_IFLNK) => {
+                return Err(refuse(
+                    &target,
+                    "a symbolic link in the zone's root (hull does not follow it)",
+                ));
+            }
+            Some(SFlag::S_IFDIR) if want_dir => {}
+            Some(SFlag::S_IFREG) if !want_dir => {}
+            Some(_) => {
+                let kind = if want_dir {
+                    "directory"
+                } else {
+                    "regular file"
+                };
+                return Err(refuse(&target, &format!("not a {kind} in the zone's root")));
+            }
+            None => {
+                let name = part.as_os_str();
+                as_zone_root(id_base, || {
+                    let made = if want_dir {
+                        mkdirat(&dir, name, Mode::from_bits_truncate(0o755))?;
+                        openat(
+                            &dir,
+                            name,
+                            OFlag::O_RDONLY
+                                | OFlag::O_DIRECTORY
+                                | OFlag::O_NOFOLLOW
+                                | OFlag::O_CLOEXEC,
+                            Mode::empty(),
+                        )?
+                    } else {
+                        let flags = OFlag::O_WRONLY
+                            | OFlag::O_CREAT
+                            | OFlag::O_EXCL
+                            | OFlag::O_NOFOLLOW
+                            | OFlag::O_CLOEXEC;
+                        openat(&dir, name, flags, Mode::from_bits_truncate(0o644))?
+                    };
+                    // zoned's umask is 077: the mode is set explicitly.
+                    let mode = if want_dir { 0o755 } else { 0o644 };
+                    fchmod(&made, Mode::from_bits_truncate(mode))?;
+                    Ok(())
+                })
+                .map_err(io_err("create", &target))?;
+            }
+        }
+        let flags = if want_dir {
+            nofollow | OFlag::O_DIRECTORY
+        } else {
+            nofollow
+        };
+        dir = openat(&dir, part.as_os_str(), flags, Mode::empty()).map_err(err("open", &target))?;
+    }
+    // Every component of `target` was just seen to be no symbolic link, and the zone runs
+    // nothing yet that could change that.
+    mount(
+        Some(source),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(err(format!("bind {} on", source.display()), &target))?;
+    let mut flags = MsFlags::MS_REMOUNT
+        | MsFlags::MS_BIND
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV;
+    if !exec {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
+        .map_err(err("make read-only the bind at", &target))
+}
+
 /// `at` as a path relative to the zone's root: it must be absolute and hold plain names only
 /// (no `.`, `..` or empty components), so a mount point never lands outside the root.
 fn zone_relative(at: &Path) -> Result<PathBuf, MountError> {

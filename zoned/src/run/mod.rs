@@ -131,6 +131,43 @@ struct Zone {
     leaver: Option<Pid>,
     /// Where the starter releases the first boot's init (see [`run`]), until it has.
     hold: Option<std::fs::File>,
+    /// The zone's metadata listener, held open for vmmd and never read here (see
+    /// [`metadata_service`]).
+    _metadata: Option<UnixListener>,
+}
+
+/// Listens on the zone's metadata socket and binds its directory and the mdata tools into
+/// the zone's root. zoned never accepts on it: vmmd copies the descriptor (its number is in
+/// the state file) and answers, and since zoned holds it, a guest that connects while vmmd
+/// restarts waits in the backlog instead of being refused.
+fn metadata_service(
+    dir: &Path,
+    rootfs: &Path,
+    m: &crate::config::MetadataMount,
+    id_base: u32,
+) -> Result<UnixListener, RunError> {
+    use std::os::unix::fs::PermissionsExt;
+    let control = dir.join(files::ZONECONTROL);
+    if !control.is_dir() {
+        std::fs::create_dir(&control).map_err(sys_io(format!("create {}", control.display())))?;
+    }
+    // The zone's users reach it through the bind; the host's only through vmmd's 0700
+    // zones directory.
+    let mode = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(sys_io(format!("set the mode of {}", p.display())))
+    };
+    mode(&control, 0o755)?;
+    let sock = control.join(files::METADATA_SOCKET);
+    let _ = std::fs::remove_file(&sock);
+    let listener =
+        UnixListener::bind(&sock).map_err(sys_io(format!("listen on {}", sock.display())))?;
+    mode(&sock, 0o666)?;
+    rootfs::bind_into_zone(rootfs, &control, &m.at, false, id_base)?;
+    for tool in &m.tools {
+        rootfs::bind_into_zone(rootfs, &tool.host, &tool.at, true, id_base)?;
+    }
+    Ok(listener)
 }
 
 /// Runs the zone in `dir` until it stops. Returns the zone's final state.
@@ -265,6 +302,7 @@ fn run_zone(
         last_exit: None,
         error: None,
         notes: Vec::new(),
+        metadata_fd: None,
     };
     write_runtime_json(&dir.join(files::STATE), &state)?;
     let result = match build(dir, cfg, &mut state, spare) {
@@ -331,9 +369,13 @@ fn build(
                     .into(),
             );
         }
-        Ok::<_, RunError>(rootfs)
+        let metadata = match &cfg.metadata {
+            Some(m) if !cfg.is_vmm() => Some(metadata_service(dir, &rootfs, m, cfg.id_base)?),
+            _ => None,
+        };
+        Ok::<_, RunError>((rootfs, metadata))
     })();
-    let rootfs = match zone {
+    let (rootfs, metadata) = match zone {
         Ok(z) => z,
         Err(e) => {
             if joined {
@@ -343,8 +385,10 @@ fn build(
             return Err(e);
         }
     };
+    state.metadata_fd = metadata.as_ref().map(AsRawFd::as_raw_fd);
     Ok(Zone {
         dir: dir.to_owned(),
+        _metadata: metadata,
         filters: security::filters()?,
         cfg,
         cgroup,
