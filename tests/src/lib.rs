@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use hull_client::Client;
 
+pub mod zone;
+
 /// The directory holding the workspace's binaries: the running test's `deps/` parent, or
 /// the running bench binary's own directory.
 pub fn bin_dir() -> PathBuf {
@@ -34,6 +36,15 @@ pub fn bin_dir() -> PathBuf {
 /// A built binary.
 pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
+}
+
+/// The statically linked mdata tool (scripts/build-mdata, which scripts/test runs), if
+/// it was built: vmmd binds it into zones.
+pub fn mdata_tool() -> Option<PathBuf> {
+    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let host = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let p = top.join(format!("target/{host}/release/mdata"));
+    p.exists().then_some(p)
 }
 
 /// A vmmd serving a private socket and data root, killed when dropped.
@@ -103,7 +114,11 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("vmmd.log"))
             .expect("log file");
-        let child = Command::new(bin("vmmd"))
+        let mut cmd = Command::new(bin("vmmd"));
+        if let Some(mdata) = mdata_tool() {
+            cmd.arg("--mdata-tools").arg(mdata);
+        }
+        let child = cmd
             .arg("--socket")
             .arg(self.socket())
             .arg("--data-root")

@@ -19,6 +19,8 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         // The metadata protocol's codec: no I/O, no crate of ours (the mdata tools and
         // vmmd's agent both use it).
         ("hull-mdata", BTreeSet::new()),
+        // The guest's mdata tools: the codec and nothing else (they run inside zones).
+        ("hull-mdata-tools", BTreeSet::from(["hull-mdata"])),
         ("hull-vmm", BTreeSet::from(["hull-sys", "hull-vmm-proto"])),
         ("hull-cowstore", BTreeSet::from(["hull-sys"])),
         ("hull-zoned", BTreeSet::from(["hull-sys", "hull-vmm-proto"])),
@@ -30,6 +32,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         (
             "vmmd",
             BTreeSet::from([
+                "hull-mdata",
                 "hull-spec",
                 "hull-sys",
                 "hull-vmm-proto",

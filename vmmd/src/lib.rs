@@ -4,4 +4,5 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod metadata;
 pub mod service;

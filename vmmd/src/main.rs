@@ -43,6 +43,13 @@ struct Args {
     /// The VMM binary microVMs run (default: `vmm` next to vmmd).
     #[arg(long)]
     vmm: Option<PathBuf>,
+    /// The statically linked mdata tool bound into every zone as /usr/sbin/mdata-get and
+    /// its siblings (default: `mdata` next to vmmd; scripts/build-mdata builds it).
+    #[arg(long)]
+    mdata_tools: Option<PathBuf>,
+    /// The site's name, which guests read as `sdc:datacenter_name`.
+    #[arg(long)]
+    datacenter_name: Option<String>,
     /// How zone roots show the zone's ids: idmap (id-mapped mounts), shift (files chowned
     /// into the zone's range once), or auto (idmap where the kernel has it, else shift).
     #[arg(long, default_value = "auto")]
@@ -148,7 +155,20 @@ fn main() -> anyhow::Result<()> {
                 .context("cannot find vmmd's own path")?
                 .with_file_name("vmm"),
         };
-        let runtimes = vmmd::service::Runtimes { zoned, vmm };
+        let mdata = match args.mdata_tools.clone() {
+            Some(p) => p,
+            None => std::env::current_exe()
+                .context("cannot find vmmd's own path")?
+                .with_file_name("mdata"),
+        };
+        let mdata = match vmmd::service::zones::kit::mdata_tools(&mdata) {
+            Ok(p) => Some(p),
+            Err(why) => {
+                tracing::warn!("zones get no mdata tools: {why}");
+                None
+            }
+        };
+        let runtimes = vmmd::service::Runtimes { zoned, vmm, mdata };
         let (service, loaded) = Service::open(&args.data_root, cow, runtimes, args.zone_root_ids)
             .with_context(|| format!("cannot open the data root {}", args.data_root.display()))?;
         for uuid in service.remove_orphan_storage().await? {
@@ -177,6 +197,12 @@ fn main() -> anyhow::Result<()> {
         service.prepare_zones();
         let service = Arc::new(service);
         tokio::spawn(service.clone().reaper());
+        let host = vmmd::metadata::HostFacts {
+            server_uuid: vmmd::metadata::server_uuid(),
+            datacenter_name: args.datacenter_name.clone(),
+        };
+        let agent = vmmd::metadata::Agent::new(service.clone(), host);
+        tokio::spawn(agent.clone().run());
         let listener = api::bind(&args.socket, group)?;
         tracing::info!(socket = %args.socket.display(), "serving the API");
         let allow_paths: Vec<_> = host_paths.dirs().map(|d| d.display().to_string()).collect();
@@ -204,6 +230,9 @@ fn main() -> anyhow::Result<()> {
             }
         };
         api::serve(listener, service, access, shutdown).await;
+        // A guest's request under way is answered before vmmd goes; new ones wait in the
+        // zones' backlogs for the next vmmd.
+        agent.drain(std::time::Duration::from_secs(5)).await;
         let _ = std::fs::remove_file(&args.socket);
         tracing::info!("stopped");
         Ok(())

@@ -276,6 +276,7 @@ impl ZoneRuntime for FakeZones {
             last_exit: None,
             error: None,
             notes: Vec::new(),
+            metadata_fd: None,
         };
         lock(&self.running).insert(vm.uuid, st.clone());
         Ok(st)

@@ -30,6 +30,7 @@ mod tests;
 pub mod update;
 pub mod zones;
 
+pub use recovery::MetadataListener;
 pub use snapshot::SnapshotVerb;
 
 use std::collections::HashMap;
@@ -323,6 +324,9 @@ pub struct Runtimes {
     pub zoned: PathBuf,
     /// The VMM a microVM's zone runs (`vmm`).
     pub vmm: PathBuf,
+    /// The mdata tools bound into every zone (a static `mdata`; see
+    /// [`zones::kit::mdata_tools`]), or None to bind none.
+    pub mdata: Option<PathBuf>,
 }
 
 impl Service {
@@ -335,7 +339,7 @@ impl Service {
         root_ids: zoned::config::RootIds,
     ) -> Result<(Service, Loaded)> {
         let cow = Arc::new(cow);
-        let zones = zones::Zones::new(data_root, runtimes.zoned, runtimes.vmm, root_ids);
+        let zones = zones::Zones::new(data_root, runtimes, root_ids);
         let seams = Seams {
             storage: cow.clone(),
             zones: Arc::new(seams::HostZones(Arc::new(zones))),

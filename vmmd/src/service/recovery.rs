@@ -105,3 +105,24 @@ impl Service {
         out
     }
 }
+
+/// Where a running zone's metadata listener is: its zoned (pid and start time) and the
+/// descriptor number there (see zoned's `metadata_service`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetadataListener {
+    pub zoned_pid: i32,
+    pub zoned_start: u64,
+    pub fd: i32,
+}
+
+impl Service {
+    /// The metadata listener of the guest's zone, while it runs.
+    pub fn metadata_listener(&self, uuid: Uuid) -> Option<MetadataListener> {
+        let st = self.zones.alive(uuid)?;
+        Some(MetadataListener {
+            zoned_pid: st.zoned_pid,
+            zoned_start: st.zoned_start,
+            fd: st.metadata_fd?,
+        })
+    }
+}

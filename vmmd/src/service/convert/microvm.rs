@@ -171,6 +171,7 @@ impl TryFrom<MicrovmZone<'_>> for ZoneConfig {
             stop_signal: None,
             root_ids: RootIds::Auto,
             taps,
+            metadata: None,
         })
     }
 }

@@ -121,6 +121,21 @@ impl Zones {
 
 /// The shared libraries and ELF interpreter `binary` loads, as its interpreter resolves them
 /// (`ld.so --list`, what ldd runs; none for a static binary): a microVM's zone holds them at
+/// The mdata tool to bind into zones, if `path` is one a zone can run: it must exist and be
+/// linked statically (a zone's userland may have no C library, or another one). Otherwise
+/// the reason, which vmmd logs; zones then get the metadata socket without the tools.
+pub fn mdata_tools(path: &Path) -> Result<PathBuf, String> {
+    match elf_interpreter(path) {
+        Ok(None) => Ok(path.to_path_buf()),
+        Ok(Some(interp)) => Err(format!(
+            "{} is linked dynamically (interpreter {}); build it with scripts/build-mdata",
+            path.display(),
+            interp.display()
+        )),
+        Err(e) => Err(hull_sys::chain(&e)),
+    }
+}
+
 /// the same paths, read-only. No ldd needed (a live image has none).
 pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, KitError> {
     let Some(interp) = elf_interpreter(binary)? else {
@@ -336,7 +351,15 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let zones = Zones::new(d.path(), PathBuf::from("/bin/false"), vmm, RootIds::Auto);
+        let zones = Zones::new(
+            d.path(),
+            crate::service::Runtimes {
+                zoned: PathBuf::from("/bin/false"),
+                vmm,
+                mdata: None,
+            },
+            RootIds::Auto,
+        );
         let kernels = d.path().join("zones/.kernels");
         let entries = || -> Vec<String> {
             let mut v: Vec<String> = std::fs::read_dir(&kernels)

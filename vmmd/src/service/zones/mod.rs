@@ -4,7 +4,7 @@
 //! [`super::convert`]'s; the spare zoned is [`spare`]'s, a microVM's VMM kit [`kit`]'s.
 //! Blocking calls: callers use spawn_blocking.
 
-mod kit;
+pub mod kit;
 mod spare;
 
 use std::collections::BTreeMap;
@@ -202,6 +202,8 @@ pub struct Zones {
     zoned: PathBuf,
     /// The VMM binary a microVM's zone runs.
     vmm: PathBuf,
+    /// The static mdata tool bound into OS zones, if any.
+    mdata: Option<PathBuf>,
     /// The shared libraries it loads (found once, see [`shared_libraries`]).
     vmm_libs: std::sync::OnceLock<Result<Vec<PathBuf>, Arc<KitError>>>,
     /// Serialises making the host's saved KVM CPUID table (see [`Zones::cpuid_table`]).
@@ -226,7 +228,8 @@ pub struct Zones {
 
 impl Zones {
     /// Opens the zones directory, reading back each zone's id range.
-    pub fn new(data_root: &Path, zoned: PathBuf, vmm: PathBuf, root_ids: RootIds) -> Zones {
+    pub fn new(data_root: &Path, runtimes: super::Runtimes, root_ids: RootIds) -> Zones {
+        let super::Runtimes { zoned, vmm, mdata } = runtimes;
         let root = data_root.join("zones");
         let mut slots = BTreeMap::new();
         for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
@@ -253,6 +256,7 @@ impl Zones {
             root,
             zoned,
             vmm,
+            mdata,
             vmm_libs: std::sync::OnceLock::new(),
             cpuid_lock: Mutex::new(()),
             extracting: Arc::default(),
@@ -352,7 +356,12 @@ impl Zones {
         set_mode(&dir, 0o700);
         let id_base = ID_BASE + slot * ID_RANGE;
         let mut cfg = match root {
-            Some(root) => ZoneConfig::from(GuestZone { vm, root, id_base }),
+            Some(root) => ZoneConfig::from(GuestZone {
+                vm,
+                root,
+                id_base,
+                mdata: self.mdata.as_deref(),
+            }),
             None => {
                 let run = dir.join(files::VMM_DIR);
                 create(&run)?;
