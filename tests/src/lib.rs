@@ -47,6 +47,12 @@ pub fn mdata_tool() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// [`mdata_tool`], for a test that needs the tools in its zones (vmmd binds none without).
+pub fn require_mdata_tool() -> PathBuf {
+    mdata_tool()
+        .expect("the static mdata tool is missing: run scripts/build-mdata (scripts/test does)")
+}
+
 /// A vmmd serving a private socket and data root, killed when dropped.
 #[derive(Debug)]
 pub struct Daemon {

@@ -45,6 +45,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             "hull-tests",
             BTreeSet::from([
                 "hull-client",
+                "hull-mdata",
                 "hull-spec",
                 "hull-sys",
                 "hull-cowstore",

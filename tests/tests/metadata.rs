@@ -41,17 +41,10 @@ fn cloud_init(code: &str) -> std::process::Output {
         .expect("python3")
 }
 
-fn must_tool() {
-    assert!(
-        hull_tests::mdata_tool().is_some(),
-        "the static mdata tool is missing: run scripts/build-mdata (scripts/test does)"
-    );
-}
-
 #[test]
 #[ignore = "needs root: run with --run-ignored"]
 fn root_zones_read_and_write_their_metadata() {
-    must_tool();
+    hull_tests::require_mdata_tool();
     let d = Daemon::start();
     install(&d);
     let o = d.run("nictagadm", &["add", "-l", "mdt"], None);
@@ -203,7 +196,7 @@ fn crc32(data: &[u8]) -> u32 {
 #[test]
 #[ignore = "needs root: run with --run-ignored"]
 fn root_metadata_agent_survives_hostile_guests_and_vmmd_restarts() {
-    must_tool();
+    hull_tests::require_mdata_tool();
     let mut d = Daemon::start();
     install(&d);
     let big = "x".repeat(60 * 1024);

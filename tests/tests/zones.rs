@@ -609,6 +609,14 @@ fn root_lx_zone_from_the_debian_image() {
     assert_eq!(state(&d, &uuid), "running");
     let o = d.zlogin(&uuid, "test -d /etc/init.d");
     assert!(o.status.success(), "{}", text(&o));
+    // The metadata service and its tools are where SmartOS's lx zones have them, after a
+    // reboot in place too.
+    hull_tests::require_mdata_tool();
+    let o = d.zlogin(
+        &uuid,
+        "test -S /native/.zonecontrol/metadata.sock && /native/usr/sbin/mdata-get sdc:alias",
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "deb\n", "{}", text(&o));
     let o = d.vmadm(&["delete", &uuid], None);
     assert!(o.status.success(), "{}", text(&o));
     assert_traces_settle(&d, &mine, before);
