@@ -573,6 +573,204 @@ static void check_acpi(void)
 	puts("\n");
 }
 
+/* ---------- SMBIOS ---------- */
+
+/* What the type 1 structure says, for the metadata check (the serial is the VM's uuid). */
+static char smbios_serial[64];
+
+/* String number n (from 1) of the structure at t. */
+static const char *smbios_string(const u8 *t, u8 n)
+{
+	const char *s = (const char *)t + t[1];
+	if (n == 0)
+		return "";
+	while (--n && *s)
+		s += strlen(s) + 1;
+	return s;
+}
+
+static void check_smbios(void)
+{
+	const u8 *ep = 0;
+	for (u64 a = 0xf0000; a < 0x100000; a += 16)
+		if (memcmp((const u8 *)a, "_SM3_", 5) == 0) {
+			ep = (const u8 *)a;
+			break;
+		}
+	if (!ep || ep[6] < 0x18 || sum(ep, ep[6]) != 0) {
+		result(0, "smbios: no SMBIOS 3 entry point with a good checksum\n");
+		return;
+	}
+	const u8 *t = (const u8 *)*(const u64 *)(ep + 16);
+	const u8 *end = t + *(const u32 *)(ep + 12);
+	const char *maker = 0, *product = 0, *serial = 0;
+	int vm = 0;
+	while (t + 4 <= end && t[0] != 127) {
+		if (t[0] == 0 && t[1] >= 0x14)
+			vm = (t[0x13] >> 4) & 1;
+		if (t[0] == 1 && t[1] >= 0x1b) {
+			maker = smbios_string(t, t[4]);
+			product = smbios_string(t, t[5]);
+			serial = smbios_string(t, t[7]);
+		}
+		/* Past the formatted part and its strings, which end with a double NUL. */
+		const u8 *p = t + t[1];
+		while (p + 1 < end && (p[0] || p[1]))
+			p++;
+		t = p + 2;
+	}
+	int ok = maker && product && vm && memcmp(maker, "Joyent", 7) == 0 &&
+		 memcmp(product, "SmartDC HVM", 12) == 0;
+	if (serial) {
+		size_t n = strlen(serial);
+		if (n >= sizeof(smbios_serial))
+			n = sizeof(smbios_serial) - 1;
+		memcpy(smbios_serial, serial, n);
+	}
+	result(ok, "smbios: ");
+	puts(maker ? maker : "?");
+	puts(" ");
+	puts(product ? product : "?");
+	puts(", a virtual machine, serial ");
+	puts(smbios_serial[0] ? smbios_serial : "(none)");
+	puts("\n");
+}
+
+/* ---------- the metadata agent on COM2 ---------- */
+
+#define COM2 0x2f8
+
+static u32 crc32(const char *p, size_t n)
+{
+	u32 c = 0xffffffffu;
+	while (n--) {
+		c ^= (u8)*p++;
+		for (int k = 0; k < 8; k++)
+			c = (c & 1) ? (c >> 1) ^ 0xedb88320u : c >> 1;
+	}
+	return ~c;
+}
+
+static int b64val(char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	return c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
+/* Decodes base64 from s (up to a NUL) into out; returns the length, or -1. */
+static int b64decode(const char *s, char *out, int max)
+{
+	u32 acc = 0;
+	int bits = 0, n = 0;
+	for (; *s && *s != '='; s++) {
+		int v = b64val(*s);
+		if (v < 0)
+			return -1;
+		acc = (acc << 6) | (u32)v;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			if (n >= max)
+				return -1;
+			out[n++] = (char)((acc >> bits) & 0xff);
+		}
+	}
+	return n;
+}
+
+static void com2_putc(char c)
+{
+	for (u32 spins = 1u << 20; !(inb(COM2 + 5) & 0x20) && spins--;)
+		;
+	outb(COM2, (u8)c);
+}
+
+static void com2_puts(const char *s)
+{
+	while (*s)
+		com2_putc(*s++);
+}
+
+/* Reads one line from COM2 (without its newline) into buf; -1 when none comes within
+ * `polls` reads of the line status register. */
+static int com2_line(char *buf, int max, u32 polls)
+{
+	int n = 0;
+	while (polls--) {
+		if (!(inb(COM2 + 5) & 1)) {
+			__asm__ volatile("pause");
+			continue;
+		}
+		char c = (char)inb(COM2);
+		if (c == '\n') {
+			buf[n] = 0;
+			return n;
+		}
+		if (n < max - 1)
+			buf[n++] = c;
+	}
+	return -1;
+}
+
+static int streq(const char *a, const char *b)
+{
+	size_t n = strlen(b);
+	return strlen(a) == n && memcmp(a, b, n) == 0;
+}
+
+/* SmartOS's metadata protocol on COM2, as cloud-init's serial client speaks it: a newline
+ * (answered "invalid command"), NEGOTIATE V2, then a V2 GET of sdc:uuid, whose answer must
+ * carry a good length and CRC and be this VM's SMBIOS serial. */
+static void check_mdata(void)
+{
+	static char line[512];
+	static char value[128];
+	outb(COM2 + 1, 0x00); /* no interrupts: polled */
+	outb(COM2 + 3, 0x03); /* 8N1 */
+	outb(COM2 + 2, 0x07); /* FIFO on, cleared */
+	/* The agent may connect a little after the guest starts: the VMM keeps what the guest
+	 * wrote until then. About a million polls is seconds even under nested KVM. */
+	com2_puts("\n");
+	if (com2_line(line, sizeof(line), 1u << 24) < 0 || !streq(line, "invalid command")) {
+		result(0, "mdata: no \"invalid command\" answer to a newline on COM2\n");
+		return;
+	}
+	com2_puts("NEGOTIATE V2\n");
+	if (com2_line(line, sizeof(line), 1u << 24) < 0 || !streq(line, "V2_OK")) {
+		result(0, "mdata: NEGOTIATE V2 was not answered V2_OK\n");
+		return;
+	}
+	/* Request id dc4fae17, GET base64("sdc:uuid"); CRC as Python's binascii.crc32 gives. */
+	com2_puts("V2 25 8cf8e622 dc4fae17 GET c2RjOnV1aWQ=\n");
+	int n = com2_line(line, sizeof(line), 1u << 24);
+	/* "V2 <len> <crc> <body>" */
+	const char *p = line;
+	u64 len = 0, crc = 0;
+	if (n > 3 && memcmp(p, "V2 ", 3) == 0) {
+		p += 3;
+		len = parse_num(&p);
+		p++;
+		for (; *p && *p != ' '; p++)
+			crc = crc * 16 + (u64)(*p <= '9' ? *p - '0' : *p - 'a' + 10);
+		p++;
+	}
+	const char *body = p;
+	int framed = n > 0 && len == strlen(body) && crc == crc32(body, strlen(body));
+	int success = framed && memcmp(body, "dc4fae17 SUCCESS ", 17) == 0;
+	int vlen = success ? b64decode(body + 17, value, sizeof(value) - 1) : -1;
+	if (vlen >= 0)
+		value[vlen] = 0;
+	int ok = vlen > 0 && streq(value, smbios_serial);
+	result(ok, "mdata: COM2 negotiated V2, sdc:uuid ");
+	puts(vlen > 0 ? value : framed ? body : "(a bad frame)");
+	puts(ok ? ", the SMBIOS serial\n" : ", not the SMBIOS serial\n");
+}
+
 /* ---------- application processors ---------- */
 
 #define LAPIC 0xfee00000UL
@@ -1250,6 +1448,10 @@ void __attribute__((noreturn)) guest_main(u64 info, int kind)
 		start_aps();
 	probe_virtio();
 	check_acpi();
+	check_smbios();
+	const char *mdata = param("testguest.mdata");
+	if (mdata && mdata[0] == '1')
+		check_mdata();
 	puts("testguest: done, ");
 	put_dec((u64)passed);
 	puts(" passed, ");

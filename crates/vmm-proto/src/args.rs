@@ -49,6 +49,11 @@ pub struct VmmArgs {
     pub control: Option<PathBuf>,
     /// `--exit-file`: where the [`crate::ExitRecord`] goes.
     pub exit_file: Option<PathBuf>,
+    /// `--uuid`: the VM's uuid, which its SMBIOS tables give as the system's serial and uuid.
+    pub uuid: Option<String>,
+    /// `--metadata`: a Unix socket the VMM listens on for the metadata agent; the guest's
+    /// second serial port (COM2) is the other end.
+    pub metadata: Option<PathBuf>,
     /// `--save-cpuid`: save KVM's supported CPUID there and exit.
     pub save_cpuid: Option<PathBuf>,
     /// `--extract-vmlinux`: write the vmlinux inside the `kernel` bzImage there and exit.
@@ -117,7 +122,7 @@ impl fmt::Display for ArgvError {
 impl std::error::Error for ArgvError {}
 
 /// Every flag, as [`VmmArgs::to_argv`] writes them.
-const FLAGS: [&str; 15] = [
+const FLAGS: [&str; 17] = [
     "--kernel",
     "--initrd",
     "--cmdline",
@@ -131,6 +136,8 @@ const FLAGS: [&str; 15] = [
     "--console",
     "--control",
     "--exit-file",
+    "--uuid",
+    "--metadata",
     "--save-cpuid",
     "--extract-vmlinux",
 ];
@@ -232,6 +239,12 @@ impl VmmArgs {
         if let Some(p) = &self.exit_file {
             push(o, "--exit-file", p);
         }
+        if let Some(u) = &self.uuid {
+            push(o, "--uuid", u);
+        }
+        if let Some(p) = &self.metadata {
+            push(o, "--metadata", p);
+        }
         if let Some(p) = &self.save_cpuid {
             push(o, "--save-cpuid", p);
         }
@@ -275,6 +288,8 @@ impl VmmArgs {
                 }
                 "--control" => set_once(&mut a.control, flag, path)?,
                 "--exit-file" => set_once(&mut a.exit_file, flag, path)?,
+                "--uuid" => set_once(&mut a.uuid, flag, value.to_owned())?,
+                "--metadata" => set_once(&mut a.metadata, flag, path)?,
                 "--save-cpuid" => set_once(&mut a.save_cpuid, flag, path)?,
                 "--extract-vmlinux" => set_once(&mut a.extract_vmlinux, flag, path)?,
                 _ => return Err(ArgvError::Unknown(flag.to_owned())),
@@ -315,6 +330,8 @@ impl VmmArgs {
             console: Some(Console::Unix("/run/c.sock".into())),
             control: Some("/run/vmm/control.sock".into()),
             exit_file: Some("/run/vmm/exit.json".into()),
+            uuid: Some("9f4c2d1e-0000-4000-8000-000000000001".into()),
+            metadata: Some("/run/vmm/metadata.sock".into()),
             save_cpuid: None,
             extract_vmlinux: Some("/tmp/out".into()),
         }
@@ -335,7 +352,8 @@ mod tests {
              --mem-mib 96 --vcpus 2 --cpuid /vm/cpuid --disk /vm/disk0 --disk /vm/disk1,ro \
              --tap-fd 3 --tap-fd 4 --tap tap0 --mac 02:08:20:ab:00:01 --mac 0a:ff:00:00:00:02 \
              --console unix:/run/c.sock --control /run/vmm/control.sock \
-             --exit-file /run/vmm/exit.json --extract-vmlinux /tmp/out"
+             --exit-file /run/vmm/exit.json --uuid 9f4c2d1e-0000-4000-8000-000000000001 \
+             --metadata /run/vmm/metadata.sock --extract-vmlinux /tmp/out"
         );
         assert_eq!(VmmArgs::from_argv(&argv), Ok(a));
         let save = VmmArgs {

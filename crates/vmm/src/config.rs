@@ -138,6 +138,10 @@ pub struct VmConfig {
     pub control: Option<PathBuf>,
     /// KVM's supported CPUID as `vmm --save-cpuid` saved it; `None` asks KVM.
     pub cpuid: Option<PathBuf>,
+    /// The VM's uuid (SMBIOS type 1), wire order as written in text.
+    pub uuid: Option<[u8; 16]>,
+    /// Where the metadata agent connects: the far end of COM2.
+    pub metadata: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -239,6 +243,8 @@ mod tests {
             console: ConsoleConfig::Stdio,
             control: None,
             cpuid: None,
+            uuid: None,
+            metadata: None,
         };
         assert!(c.validate().is_ok());
         c.macs = vec![MacAddr::new([2, 0, 0, 0, 0, 1])];

@@ -206,22 +206,7 @@ impl ControlServer {
     /// nothing is pending. Closing a client closes its fd, which leaves epoll by itself.
     pub fn accept(&mut self) -> Option<(usize, RawFd)> {
         loop {
-            // accept4 with SOCK_NONBLOCK: std's set_nonblocking would be an ioctl, which the
-            // main thread's filter does not allow.
-            // SAFETY: accept4 on our listening socket without a peer address; checked below.
-            let fd = unsafe {
-                libc::accept4(
-                    self.listener.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                )
-            };
-            if fd < 0 {
-                return None;
-            }
-            // SAFETY: fd is a new connected socket owned by nothing else.
-            let stream = unsafe { UnixStream::from_raw_fd(fd) };
+            let stream = accept_nonblocking(&self.listener)?;
             let slot = match self.clients.iter().position(Option::is_none) {
                 Some(i) => i,
                 None if self.clients.len() < MAX_CLIENTS => {
@@ -234,6 +219,7 @@ impl ControlServer {
                     continue;
                 }
             };
+            let fd = stream.as_raw_fd();
             self.clients[slot] = Some(Client {
                 stream,
                 buf: Vec::new(),
@@ -291,6 +277,25 @@ impl ControlServer {
             }
         }
     }
+}
+
+/// Accepts one pending connection on `listener`, non-blocking. accept4 with SOCK_NONBLOCK:
+/// std's set_nonblocking would be an ioctl, which the main thread's filter does not allow.
+pub(crate) fn accept_nonblocking(listener: &UnixListener) -> Option<UnixStream> {
+    // SAFETY: accept4 on our listening socket without a peer address; checked below.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is a new connected socket owned by nothing else.
+    Some(unsafe { UnixStream::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

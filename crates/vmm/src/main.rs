@@ -70,6 +70,13 @@ struct Args {
     /// Write {"reason":..,"detail":..} here (atomically) right before exiting.
     #[arg(long)]
     exit_file: Option<PathBuf>,
+    /// The VM's uuid: its SMBIOS tables give it as the system's uuid and serial number.
+    #[arg(long, value_parser = parse_uuid)]
+    uuid: Option<String>,
+    /// Listen on this Unix socket for the guest metadata agent, the far end of the guest's
+    /// second serial port (COM2, 0x2f8, IRQ 3). Without it the guest has no COM2.
+    #[arg(long)]
+    metadata: Option<PathBuf>,
     /// KVM's supported CPUID as --save-cpuid wrote it on this host, instead of asking KVM
     /// (which costs ~60 host CPUID instructions). Stale tables are the caller's to avoid:
     /// vmmd keeps one per host boot and KVM module state.
@@ -129,6 +136,8 @@ where
         }),
         control: args.control,
         exit_file: args.exit_file,
+        uuid: args.uuid,
+        metadata: args.metadata,
         save_cpuid: args.save_cpuid,
         extract_vmlinux: args.extract_vmlinux,
     })
@@ -165,7 +174,19 @@ fn vm_config(args: VmmArgs, kernel: PathBuf) -> VmConfig {
         },
         control: args.control,
         cpuid: args.cpuid,
+        uuid: args
+            .uuid
+            .as_deref()
+            .and_then(|u| hull_vmm::boot::smbios::uuid_bytes(u).ok()),
+        metadata: args.metadata,
     }
+}
+
+/// `--uuid`: a uuid in its usual text form.
+fn parse_uuid(s: &str) -> Result<String, String> {
+    hull_vmm::boot::smbios::uuid_bytes(s)
+        .map(|_| s.to_ascii_lowercase())
+        .map_err(|e| e.to_string())
 }
 
 /// `--extract-vmlinux`: see [`Args::extract_vmlinux`].

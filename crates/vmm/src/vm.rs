@@ -25,6 +25,7 @@ use crate::devices::IrqTrigger;
 use crate::devices::acpi_pm::{ACPI_PM_BASE, ACPI_PM_LEN, AcpiPm, PowerSink};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_IRQ, I8042_LEN, Keyboard, ResetSink};
 use crate::devices::serial::batch::{IDLE_DRAIN, TxBatch};
+use crate::devices::serial::metadata::{self, COM2_BASE, COM2_IRQ, COM2_LEN, MetadataPort};
 use crate::devices::serial::terminal::RawTerminal;
 use crate::devices::serial::{
     COM1_BASE, COM1_IRQ, COM1_LEN, ConsoleTarget, Serial, SharedSocketConsole,
@@ -72,6 +73,9 @@ const TOKEN_CONSOLE_IN: u64 = 2;
 const TOKEN_CONSOLE_LISTEN: u64 = 3;
 const TOKEN_STOP: u64 = 4;
 const TOKEN_CONTROL_LISTEN: u64 = 5;
+const TOKEN_MDATA_LISTEN: u64 = 6;
+const TOKEN_MDATA_IN: u64 = 7;
+const TOKEN_MDATA_RESUME: u64 = 8;
 /// NICs are 100 + index (IRQs run out long before 100 of them), control clients 200 + slot.
 const TOKEN_NET_BASE: u64 = 100;
 const TOKEN_CONTROL_BASE: u64 = 200;
@@ -384,6 +388,22 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
         .map_err(kvm_setup("register the serial IRQ"))?;
     let serial = Arc::new(Mutex::new(Serial::new(serial_irq, console_target.clone())));
     pio.insert(COM1_BASE, COM1_LEN, serial.clone())?;
+    let mdata = match &config.metadata {
+        Some(path) => {
+            let link = MdataLink::bind(path)?;
+            let irq = IrqTrigger::new().map_err(host("COM2 IRQ"))?;
+            vm.register_irqfd(&irq.0, COM2_IRQ)
+                .map_err(kvm_setup("register the COM2 IRQ"))?;
+            let port = Arc::new(Mutex::new(MetadataPort::new(
+                irq,
+                link.agent.clone(),
+                link.resume.clone(),
+            )));
+            pio.insert(COM2_BASE, COM2_LEN, port.clone())?;
+            Some((link, port))
+        }
+        None => None,
+    };
     let kbd_irq = IrqTrigger::new().map_err(host("keyboard IRQ"))?;
     vm.register_irqfd(&kbd_irq.0, I8042_IRQ)
         .map_err(kvm_setup("register the keyboard IRQ"))?;
@@ -470,6 +490,7 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
             })
             .collect(),
         ged_irq,
+        com2: mdata.is_some(),
     };
 
     let cmdline = boot::build_cmdline(&config.cmdline, &extra_cmdline)?;
@@ -482,6 +503,7 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
         config.vcpus,
         Some(&acpi_layout),
     )?;
+    boot::smbios::setup(&mem, config.uuid).map_err(BootError::Smbios)?;
     regs::write_boot_tables(&mem).map_err(|source| VmError::Vcpu { id: 0, source })?;
 
     let supported = match &config.cpuid {
@@ -559,6 +581,7 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
         button,
         stop_deadline: None,
         batch: batch.clone(),
+        mdata,
     };
     event_loop.register().map_err(host("event loop"))?;
 
@@ -603,6 +626,34 @@ struct EventLoop {
     stop_deadline: Option<Instant>,
     /// Batched serial output, emptied at least every [`IDLE_DRAIN`] while batching is on.
     batch: Option<Arc<TxBatch>>,
+    /// COM2 and the metadata agent's socket (`--metadata`).
+    mdata: Option<(MdataLink, Arc<Mutex<MetadataPort>>)>,
+}
+
+/// The metadata agent's side of COM2: the socket it connects to, its connection (the read
+/// end here, the write end shared with the port), and the port's resume event.
+struct MdataLink {
+    listener: std::os::unix::net::UnixListener,
+    reader: Option<std::os::unix::net::UnixStream>,
+    agent: metadata::Agent,
+    resume: Arc<EventFd>,
+}
+
+impl MdataLink {
+    fn bind(path: &std::path::Path) -> Result<MdataLink, VmError> {
+        let _ = std::fs::remove_file(path);
+        let listener = std::os::unix::net::UnixListener::bind(path)
+            .map_err(host("listen on the metadata socket"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(host("listen on the metadata socket"))?;
+        Ok(MdataLink {
+            listener,
+            reader: None,
+            agent: Arc::new(Mutex::new(None)),
+            resume: Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(host("COM2 event"))?),
+        })
+    }
 }
 
 impl EventLoop {
@@ -626,6 +677,10 @@ impl EventLoop {
             ConsoleInput::Listener(l, _) => {
                 self.add(l.as_raw_fd(), EventSet::IN, TOKEN_CONSOLE_LISTEN)?
             }
+        }
+        if let Some((link, _)) = &self.mdata {
+            self.add(link.listener.as_raw_fd(), EventSet::IN, TOKEN_MDATA_LISTEN)?;
+            self.add(link.resume.as_raw_fd(), EventSet::IN, TOKEN_MDATA_RESUME)?;
         }
         for (i, (fd, _)) in self.nets.iter().enumerate() {
             // Edge-triggered: frames left in the TAP while the guest has no RX buffers are
@@ -699,6 +754,77 @@ impl EventLoop {
             .is_ok()
         {
             self.console_client = Some(stream);
+        }
+    }
+
+    /// A metadata agent connects: it replaces any other, and gets what the guest wrote
+    /// while none was there.
+    fn accept_mdata(&mut self) {
+        let Some((link, port)) = &mut self.mdata else {
+            return;
+        };
+        let Some(stream) = crate::control::accept_nonblocking(&link.listener) else {
+            return;
+        };
+        if let Some(old) = link.reader.take() {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                old.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
+        let Ok(writer) = stream.try_clone() else {
+            return;
+        };
+        let fd = stream.as_raw_fd();
+        link.reader = Some(stream);
+        *lock(&link.agent) = Some(writer);
+        lock(port).agent_connected();
+        let _ = self.epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, TOKEN_MDATA_IN),
+        );
+    }
+
+    /// The agent sent bytes (or closed): into COM2, or stop reading while the guest lags.
+    fn mdata_input(&mut self) {
+        let Some((link, port)) = &mut self.mdata else {
+            return;
+        };
+        let Some(reader) = link.reader.as_mut() else {
+            return;
+        };
+        let fd = reader.as_raw_fd();
+        match metadata::read_agent(port, reader) {
+            metadata::ReadOutcome::More => {}
+            metadata::ReadOutcome::Paused => {
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            }
+            metadata::ReadOutcome::Gone => {
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                link.reader = None;
+                *lock(&link.agent) = None;
+            }
+        }
+    }
+
+    /// The guest drained COM2's backlog: read the agent again.
+    fn mdata_resume(&mut self) {
+        let Some((link, _)) = &mut self.mdata else {
+            return;
+        };
+        let _ = link.resume.read();
+        if let Some(r) = &link.reader {
+            let _ = self.epoll.ctl(
+                ControlOperation::Add,
+                r.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_MDATA_IN),
+            );
         }
     }
 
@@ -804,6 +930,9 @@ impl EventLoop {
                     TOKEN_CONSOLE_IN => self.console_input(),
                     TOKEN_CONSOLE_LISTEN => self.accept_console(),
                     TOKEN_CONTROL_LISTEN => self.accept_control(),
+                    TOKEN_MDATA_LISTEN => self.accept_mdata(),
+                    TOKEN_MDATA_IN => self.mdata_input(),
+                    TOKEN_MDATA_RESUME => self.mdata_resume(),
                     t if t >= TOKEN_CONTROL_BASE => {
                         if let Some(c) = self.control.as_mut() {
                             c.serve((t - TOKEN_CONTROL_BASE) as usize);

@@ -206,6 +206,92 @@ fn kvm_testguest_passes_with_2_vcpus() {
     full_run(2);
 }
 
+/// The metadata agent's side of COM2 for one run: connects to the VMM's `--metadata`
+/// socket only after `late` (the guest has written by then: the VMM must have kept it) and
+/// answers as vmmd's agent would, with hull-mdata's codec. Returns the lines it got.
+fn spawn_agent(
+    path: PathBuf,
+    uuid: &'static str,
+    late: Duration,
+) -> std::thread::JoinHandle<Vec<String>> {
+    use hull_mdata::{Answer, Incoming, Request};
+    std::thread::spawn(move || {
+        std::thread::sleep(late);
+        let t = Instant::now();
+        let stream = loop {
+            match UnixStream::connect(&path) {
+                Ok(s) => break s,
+                Err(_) if t.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot reach {path:?}: {e}"),
+            }
+        };
+        let mut out = stream.try_clone().unwrap();
+        let mut seen = Vec::new();
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let reply = match hull_mdata::parse_request(line.as_bytes()) {
+                Incoming::InvalidCommand => hull_mdata::INVALID_COMMAND.to_vec(),
+                Incoming::Negotiate { v2 } => hull_mdata::encode_negotiate(v2).to_vec(),
+                Incoming::V2 { reqid, request } => {
+                    let answer = match request {
+                        Ok(Request::Get(k)) if k == "sdc:uuid" => Answer::Value(uuid.into()),
+                        _ => Answer::NotFound,
+                    };
+                    hull_mdata::encode_v2(&reqid, &answer)
+                }
+                other => panic!("unexpected from the guest: {other:?}"),
+            };
+            seen.push(line);
+            if out.write_all(&reply).is_err() {
+                break;
+            }
+        }
+        seen
+    })
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_testguest_finds_smbios_and_reads_metadata_over_com2() {
+    const UUID: &str = "9f4c2d1e-0a0b-4c0d-8e0f-102030405060";
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("metadata.sock");
+    let agent = spawn_agent(sock.clone(), UUID, Duration::from_millis(300));
+    let o = run_vmm(
+        &[
+            "--kernel",
+            guest(),
+            "--cmdline",
+            "console=ttyS0 testguest.mdata=1 testguest.smp=0",
+            "--uuid",
+            UUID,
+            "--metadata",
+            &sock.to_string_lossy(),
+        ],
+        None,
+    );
+    let out = text(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}
+{}",
+        text(&o.stderr)
+    );
+    assert_pass(
+        &out,
+        &format!("smbios: Joyent SmartDC HVM, a virtual machine, serial {UUID}"),
+    );
+    assert_pass(
+        &out,
+        &format!("mdata: COM2 negotiated V2, sdc:uuid {UUID}, the SMBIOS serial"),
+    );
+    assert!(out.contains("testguest: ALL PASS"), "{out}");
+    let seen = agent.join().unwrap();
+    assert_eq!(seen[..2], ["", "NEGOTIATE V2"], "{seen:?}");
+}
+
 #[test]
 #[ignore = "needs /dev/kvm: run with --run-ignored"]
 fn kvm_read_only_disk_refuses_guest_writes() {

@@ -22,6 +22,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::devices::acpi_pm::{
     ACPI_PM_BASE, RESET_OFFSET, RESET_VALUE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET, SLP_TYP_S5,
 };
+use crate::devices::serial::metadata::{COM2_BASE, COM2_IRQ};
 use crate::devices::serial::{COM1_BASE, COM1_IRQ};
 use crate::memory::{
     ACPI_END, ACPI_START, GuestMemory, IOAPIC_START, LAPIC_START, VIRTIO_MMIO_SIZE,
@@ -69,6 +70,8 @@ pub struct AcpiLayout {
     pub virtio: Vec<(u64, u32)>,
     /// IRQ of the Generic Event Device (the power button).
     pub ged_irq: u32,
+    /// Whether COM2 (the metadata port) is there.
+    pub com2: bool,
 }
 
 /// The DSDT's AML body.
@@ -85,6 +88,19 @@ pub fn dsdt_aml(layout: &AcpiLayout) -> Vec<u8> {
             &Name::new("_CRS".into(), &com1_crs),
         ],
     )));
+    if layout.com2 {
+        let io = IO::new(COM2_BASE as u16, COM2_BASE as u16, 1, 8);
+        let irq = Interrupt::new(true, true, false, false, COM2_IRQ);
+        let crs = ResourceTemplate::new(vec![&io, &irq]);
+        devices.push(render(&Device::new(
+            "COM2".into(),
+            vec![
+                &Name::new("_HID".into(), &EISAName::new("PNP0501")),
+                &Name::new("_UID".into(), &2u32),
+                &Name::new("_CRS".into(), &crs),
+            ],
+        )));
+    }
     for (i, (addr, irq)) in layout.virtio.iter().enumerate() {
         let window = Memory32Fixed::new(true, *addr as u32, VIRTIO_MMIO_SIZE as u32);
         let line = Interrupt::new(true, true, false, false, *irq);
@@ -227,6 +243,7 @@ mod tests {
             vcpus: 2,
             virtio: vec![(0xd000_0000, 5), (0xd000_1000, 6)],
             ged_irq: 7,
+            com2: false,
         }
     }
 
@@ -275,6 +292,14 @@ mod tests {
         assert!(aml.windows(4).any(|w| w == b"_S5_"));
         // Memory32Fixed descriptor with the second device's base.
         assert!(aml.windows(4).any(|w| w == 0xd000_1000u32.to_le_bytes()));
+        // COM2 only with the metadata port; then as the second 16550 (PNP0501, _UID 2).
+        assert!(!aml.windows(4).any(|w| w == b"COM2"));
+        let with = dsdt_aml(&AcpiLayout {
+            com2: true,
+            ..layout()
+        });
+        assert!(with.windows(4).any(|w| w == b"COM2"));
+        assert_eq!(with.windows(4).filter(|w| w == b"_UID").count(), 6);
     }
 
     #[test]
@@ -286,6 +311,7 @@ mod tests {
                 .map(|i| (0xd000_0000 + i * 0x1000, 5 + i as u32))
                 .collect(),
             ged_irq: 23,
+            com2: true,
         };
         assert_eq!(setup(&mem, &big).unwrap(), ACPI_START);
     }

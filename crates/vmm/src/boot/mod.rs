@@ -10,6 +10,7 @@ pub mod cpuid;
 pub mod cpuid_table;
 pub mod mptable;
 pub mod regs;
+pub mod smbios;
 pub mod vmlinux;
 
 use std::fs::File;
@@ -80,6 +81,9 @@ pub enum BootError {
     /// The MP table could not be built.
     #[error("cannot build the MP table")]
     MpTable(#[source] mptable::MpTableError),
+    /// The SMBIOS tables could not be written.
+    #[error("cannot build the SMBIOS tables")]
+    Smbios(#[source] smbios::SmbiosError),
 }
 
 /// Where the boot vCPU starts.

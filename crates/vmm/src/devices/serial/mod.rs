@@ -4,6 +4,7 @@
 //! raw mode for the VM's life ([`terminal`]).
 
 pub mod batch;
+pub mod metadata;
 pub mod terminal;
 
 use std::io::Write;
