@@ -382,6 +382,46 @@ fn kvm_root_microvm_limits_change_live_and_memory_at_next_boot() {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+/// The guest finds SMBIOS saying SmartOS with its uuid and reads its metadata over COM2
+/// from vmmd's agent, also after a vmmd restart and a reboot.
+#[test]
+#[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
+fn kvm_root_microvm_reads_its_metadata_over_com2_from_vmmd() {
+    hull_tests::require_root_and_kvm();
+    let mut d = Daemon::start();
+    let image = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a60";
+    d.install_image(image, "zvol");
+    let uuid = create(&d, image, "testguest.mdata=1 testguest.hold=kbd", true);
+    let seen = console_until(&d, uuid, "testguest: waiting for ctrl-alt-del");
+    assert!(
+        seen.contains(&format!(
+            "PASS smbios: Joyent SmartDC HVM, a virtual machine, serial {uuid}"
+        )),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(&format!("PASS mdata: COM2 negotiated V2, sdc:uuid {uuid}")),
+        "{seen}"
+    );
+    assert!(seen.contains("testguest: ALL PASS"), "{seen}");
+    // vmmd restarts; the guest's next boot is answered by the new vmmd's agent.
+    d.kill9();
+    d.spawn();
+    let o = d.vmadm(&["reboot", &uuid.to_string()], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = Instant::now();
+    loop {
+        let seen = console_until(&d, uuid, "testguest: waiting for ctrl-alt-del");
+        if seen.matches("PASS mdata: COM2").count() >= 2 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "{seen}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = d.vmadm(&["delete", &uuid.to_string()], None);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// A guest that resets itself reboots (a new VMM, the zone's boot count goes up); one that
 /// triple-faults is stopped with the VMM's report as its failure, and nothing else is hurt.
 #[test]

@@ -237,6 +237,9 @@ pub mod files {
     pub const VMM_CONTROL: &str = "control.sock";
     /// The VMM's exit report (`vmm --exit-file`), in [`VMM_DIR`].
     pub const VMM_EXIT: &str = "exit.json";
+    /// The VMM's end of the guest's COM2 (`vmm --metadata`), in [`VMM_DIR`]: vmmd's
+    /// metadata agent connects to it.
+    pub const VMM_METADATA: &str = "metadata.sock";
     /// An OS zone's directory for its metadata socket, bound read-only into the zone.
     pub const ZONECONTROL: &str = "zonecontrol";
     /// The metadata socket, in [`ZONECONTROL`].

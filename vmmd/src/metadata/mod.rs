@@ -2,7 +2,9 @@
 //! running zone has a listening socket that its zoned made and holds (bound into the zone
 //! at /.zonecontrol/metadata.sock); the agent copies that listener out of zoned with
 //! pidfd_getfd(2) when the zone starts and again after vmmd restarts, so a guest that
-//! connects while vmmd is away waits in the backlog instead of failing.
+//! connects while vmmd is away waits in the backlog instead of failing. A microVM's line is
+//! its COM2: the agent connects to the VMM's `--metadata` socket and keeps that one
+//! connection (the VMM holds what the guest writes while no agent is connected).
 //!
 //! Every byte from a guest is untrusted: lines are bounded ([`hull_mdata::MAX_REQUEST_LINE`],
 //! a longer one ends the connection), frames with a bad length or CRC are dropped, each
@@ -24,7 +26,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::service::{MetadataListener, Service};
+use crate::service::{EndpointKind, MetadataEndpoint, Service};
 pub use keys::HostFacts;
 
 /// Connections one guest may have open at once; more wait in its backlog.
@@ -117,7 +119,7 @@ impl Agent {
 
     /// Serves the guest's listener if its zone runs, and stops serving it if not.
     fn reconcile(self: &Arc<Self>, uuid: Uuid) {
-        let want = self.service.metadata_listener(uuid);
+        let want = self.service.metadata_endpoint(uuid);
         let mut served = self.lock();
         match (served.get(&uuid), want) {
             (Some(s), Some(w)) if s.zoned == (w.zoned_pid, w.zoned_start) => {}
@@ -125,10 +127,17 @@ impl Agent {
                 if let Some(old) = served.remove(&uuid) {
                     old.accept.abort();
                 }
-                match take_listener(&w) {
-                    Ok(listener) => {
-                        let agent = self.clone();
-                        let task = tokio::spawn(agent.accept(uuid, listener));
+                let agent = self.clone();
+                let task = match &w.kind {
+                    EndpointKind::ZoneListener { fd } => {
+                        take_listener(&w, *fd).map(|l| tokio::spawn(agent.accept(uuid, l)))
+                    }
+                    EndpointKind::VmmSocket { path } => {
+                        Ok(tokio::spawn(agent.serial_line(uuid, path.clone())))
+                    }
+                };
+                match task {
+                    Ok(task) => {
                         served.insert(
                             uuid,
                             Served {
@@ -164,7 +173,7 @@ impl Agent {
                     let agent = self.clone();
                     let bucket = bucket.clone();
                     tokio::spawn(async move {
-                        agent.connection(uuid, stream, &bucket).await;
+                        agent.connection(uuid, stream, &bucket, Some(IDLE)).await;
                         drop(slot);
                     });
                 }
@@ -176,11 +185,26 @@ impl Agent {
         }
     }
 
+    /// A microVM's COM2: one long connection to its VMM, made again whenever it ends (a
+    /// guest reboot starts a new VMM) for as long as the guest's zone runs.
+    async fn serial_line(self: Arc<Self>, uuid: Uuid, path: std::path::PathBuf) {
+        let bucket = tokio::sync::Mutex::new(Bucket::new());
+        loop {
+            if let Ok(stream) = UnixStream::connect(&path).await {
+                tracing::debug!(%uuid, "connected to the microVM's COM2");
+                self.connection(uuid, stream, &bucket, None).await;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Answers one connection's requests until it ends (or, with `idle`, goes quiet).
     async fn connection(
         &self,
         uuid: Uuid,
         stream: UnixStream,
         bucket: &tokio::sync::Mutex<Bucket>,
+        idle: Option<Duration>,
     ) {
         let (read, mut write) = stream.into_split();
         let mut read = BufReader::new(read);
@@ -188,9 +212,12 @@ impl Agent {
         loop {
             line.clear();
             let limit = hull_mdata::MAX_REQUEST_LINE as u64;
-            let got =
-                tokio::time::timeout(IDLE, (&mut read).take(limit).read_until(b'\n', &mut line))
-                    .await;
+            let mut bounded = (&mut read).take(limit);
+            let next = bounded.read_until(b'\n', &mut line);
+            let got = match idle {
+                Some(idle) => tokio::time::timeout(idle, next).await,
+                None => Ok(next.await),
+            };
             match got {
                 Ok(Ok(n)) if n > 0 && line.last() == Some(&b'\n') => {}
                 Ok(Ok(n)) if n as u64 >= limit => {
@@ -276,7 +303,7 @@ pub fn server_uuid() -> Option<String> {
 
 /// A copy of the zone's metadata listener, taken from its zoned (which must still be the
 /// process the state file names).
-fn take_listener(w: &MetadataListener) -> std::io::Result<UnixListener> {
+fn take_listener(w: &MetadataEndpoint, fd: i32) -> std::io::Result<UnixListener> {
     let pidfd = hull_sys::process::pidfd(w.zoned_pid)?;
     // The pidfd pins the process: checked after it is open, a reused pid cannot pass.
     if !hull_sys::process::same_process(w.zoned_pid, w.zoned_start) {
@@ -285,7 +312,7 @@ fn take_listener(w: &MetadataListener) -> std::io::Result<UnixListener> {
             "the zone's zoned is gone",
         ));
     }
-    let fd = hull_sys::process::getfd(&pidfd, w.fd)?;
+    let fd = hull_sys::process::getfd(&pidfd, fd)?;
     let listener = StdListener::from(fd);
     listener.set_nonblocking(true)?;
     UnixListener::from_std(listener)

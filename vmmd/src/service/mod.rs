@@ -30,7 +30,7 @@ mod tests;
 pub mod update;
 pub mod zones;
 
-pub use recovery::MetadataListener;
+pub use recovery::{EndpointKind, MetadataEndpoint};
 pub use snapshot::SnapshotVerb;
 
 use std::collections::HashMap;

@@ -106,23 +106,45 @@ impl Service {
     }
 }
 
-/// Where a running zone's metadata listener is: its zoned (pid and start time) and the
-/// descriptor number there (see zoned's `metadata_service`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MetadataListener {
+/// Where the metadata agent reaches a running guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataEndpoint {
+    /// The guest's zoned (pid and start time): the endpoint lives as long as it does.
     pub zoned_pid: i32,
     pub zoned_start: u64,
-    pub fd: i32,
+    pub kind: EndpointKind,
+}
+
+/// A zone's listener held by its zoned, or a microVM's COM2 socket in its VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointKind {
+    /// zoned's descriptor of the zone's listening socket (see zoned's `metadata_service`).
+    ZoneListener { fd: i32 },
+    /// The VMM's `--metadata` socket, on the host side of its zone's runtime directory.
+    VmmSocket { path: PathBuf },
 }
 
 impl Service {
-    /// The metadata listener of the guest's zone, while it runs.
-    pub fn metadata_listener(&self, uuid: Uuid) -> Option<MetadataListener> {
+    /// Where the agent reaches the guest's metadata line, while its zone runs.
+    pub fn metadata_endpoint(&self, uuid: Uuid) -> Option<MetadataEndpoint> {
         let st = self.zones.alive(uuid)?;
-        Some(MetadataListener {
+        let kind = match st.metadata_fd {
+            Some(fd) => EndpointKind::ZoneListener { fd },
+            None if self.get(uuid).is_ok_and(|r| r.vm.brand.is_microvm()) => {
+                EndpointKind::VmmSocket {
+                    path: self
+                        .zones
+                        .dir(uuid)
+                        .join(zoned::config::files::VMM_DIR)
+                        .join(zoned::config::files::VMM_METADATA),
+                }
+            }
+            None => return None,
+        };
+        Some(MetadataEndpoint {
             zoned_pid: st.zoned_pid,
             zoned_start: st.zoned_start,
-            fd: st.metadata_fd?,
+            kind,
         })
     }
 }

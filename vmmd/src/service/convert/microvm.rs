@@ -105,6 +105,10 @@ impl TryFrom<MicrovmZone<'_>> for ZoneConfig {
             console: Some(Console::Stdio),
             control: Some(Path::new(files::VMM_RUN).join(files::VMM_CONTROL)),
             exit_file: Some(Path::new(files::VMM_RUN).join(files::VMM_EXIT)),
+            // The guest's SMBIOS says SmartOS ("SmartDC HVM") with its uuid, and COM2 is the
+            // metadata agent's line (vmmd connects to this socket from the host side).
+            uuid: Some(vm.uuid.to_string()),
+            metadata: Some(Path::new(files::VMM_RUN).join(files::VMM_METADATA)),
             ..VmmArgs::default()
         };
         if let Some(initrd) = vm.initrd.as_deref() {
@@ -273,9 +277,13 @@ mod tests {
         let argv = cfg.init.join(" ");
         assert_eq!(
             argv,
-            "/vmm --kernel /vm/kernel --initrd /vm/initrd --cmdline console=ttyS0 quiet \
-             --mem-mib 96 --vcpus 2 --cpuid /vm/cpuid --disk /vm/disk0 --disk /vm/disk1,ro \
-             --console stdio --control /run/vmm/control.sock --exit-file /run/vmm/exit.json"
+            format!(
+                "/vmm --kernel /vm/kernel --initrd /vm/initrd --cmdline console=ttyS0 quiet \
+                 --mem-mib 96 --vcpus 2 --cpuid /vm/cpuid --disk /vm/disk0 --disk /vm/disk1,ro \
+                 --console stdio --control /run/vmm/control.sock --exit-file /run/vmm/exit.json \
+                 --uuid {} --metadata /run/vmm/metadata.sock",
+                vm.uuid
+            )
         );
         assert_eq!(cfg.cgroup, format!("hull/{}", vm.uuid));
         assert_eq!(cfg.limits.memory_bytes, Some((96 + 1024) << 20));
@@ -306,7 +314,9 @@ mod tests {
             format!(
                 "/vmm --kernel /vm/kernel --initrd /vm/initrd --mem-mib 96 --vcpus 1 \
                  --tap-fd 3 --tap-fd 4 --mac 02:00:00:00:00:09 --mac {second} \
-                 --console stdio --control /run/vmm/control.sock --exit-file /run/vmm/exit.json"
+                 --console stdio --control /run/vmm/control.sock --exit-file /run/vmm/exit.json \
+                 --uuid {} --metadata /run/vmm/metadata.sock",
+                vm.uuid
             )
         );
         assert_eq!(cfg.taps.len(), 2);
