@@ -53,7 +53,8 @@ fn root_zones_read_and_write_their_metadata() {
         &d,
         json!({
             "customer_metadata": {"foo": "bar baz", "user-script": "#!/bin/sh\n.echo hi\n"},
-            "internal_metadata": {"admin_pw": "s3cret", "hidden": "no"},
+            "internal_metadata": {"admin_pw": "s3cret", "hidden": "no", "acme:key": "k1"},
+            "internal_metadata_namespaces": ["acme"],
             "nics": [{"nic_tag": "mdt", "ips": ["192.0.2.31/24"], "primary": true}],
             "resolvers": ["192.0.2.53"],
         }),
@@ -88,7 +89,24 @@ fn root_zones_read_and_write_their_metadata() {
     let o = d.zlogin(&a, "mdata-list");
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),
-        "foo\nuser-script\nadmin_pw\n"
+        "foo\nuser-script\nacme:key\nadmin_pw\n"
+    );
+    // An operator's namespace reads from internal_metadata and cannot be written.
+    let o = d.zlogin(
+        &a,
+        "mdata-get acme:key; mdata-get hidden; echo rc=$?; mdata-put acme:x y",
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "k1\nrc=1\n",
+        "{}",
+        text(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Cannot update the \"acme\" Namespace."),
+        "{}",
+        text(&o)
     );
 
     // Writes go through vmmd's update path and show in vmadm get.
@@ -140,8 +158,46 @@ fn root_zones_read_and_write_their_metadata() {
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),
         format!(
-            "bar baz\n{a}\n['admin_pw', 'foo', 'p', 'user-script']\nyes\ngone\n['192.0.2.53']\n"
+            "bar baz\n{a}\n['acme:key', 'admin_pw', 'foo', 'p', 'user-script']\nyes\ngone\n['192.0.2.53']\n"
         ),
+        "{}",
+        text(&o)
+    );
+
+    // cloud-init's serial client (what a KVM guest runs on /dev/ttyS1), its line given as
+    // a file object over the same socket: it drains input, sends a bare newline and expects
+    // "invalid command", negotiates, then asks.
+    let o = cloud_init(&format!(
+        "import socket\n\
+         class Line:\n\
+         \x20   def __init__(self, path):\n\
+         \x20       self.s = socket.socket(socket.AF_UNIX)\n\
+         \x20       self.s.connect(path)\n\
+         \x20       self._t = None\n\
+         \x20   @property\n\
+         \x20   def timeout(self): return self._t\n\
+         \x20   @timeout.setter\n\
+         \x20   def timeout(self, t):\n\
+         \x20       self._t = t\n\
+         \x20       self.s.settimeout(t)\n\
+         \x20   def read(self, n):\n\
+         \x20       try: return self.s.recv(n)\n\
+         \x20       except socket.timeout: return b''\n\
+         \x20   def write(self, b): self.s.sendall(b)\n\
+         \x20   def flush(self): pass\n\
+         \x20   def close(self): self.s.close()\n\
+         line = Line({path:?})\n\
+         line.timeout = 10\n\
+         c = ds.JoyentMetadataSerialClient('/dev/ttyS1', timeout=10, fp=line)\n\
+         c.open_transport()\n\
+         print(c.get('foo'))\n\
+         print(c.get_json('sdc:nics')[0]['ips'])\n",
+        path = path.display().to_string()
+    ));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "bar baz\n['192.0.2.31/24']\n",
         "{}",
         text(&o)
     );

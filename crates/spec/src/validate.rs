@@ -223,6 +223,12 @@ const PROPS: &[Prop] = &[
     prop("routes", Scope::All, check_routes, false),
     prop("customer_metadata", Scope::All, check_metadata, false),
     prop("internal_metadata", Scope::All, check_metadata, false),
+    prop(
+        "internal_metadata_namespaces",
+        Scope::All,
+        check_namespaces,
+        true,
+    ),
     prop("tags", Scope::All, check_tags, false),
     prop("nics", Scope::All, check_nics, false),
     prop("disks", Scope::MicroVms, check_disks, false),
@@ -665,6 +671,23 @@ fn check_tags(r: &mut ValidationReport, p: &str, v: &Value) {
         } else if !(val.is_string() || val.is_number() || val.is_boolean()) {
             r.bad_value(p, format!("{p}.{k} must be a string, number or boolean"));
         }
+    }
+}
+
+/// Namespace names: what comes before `:` in a metadata key (no `:` itself, not `sdc`, which
+/// the guest reads from the record).
+fn check_namespaces(r: &mut ValidationReport, p: &str, v: &Value) {
+    let ok = v.as_array().is_some_and(|l| {
+        l.iter().all(|i| {
+            i.as_str()
+                .is_some_and(|s| !s.is_empty() && s.len() <= 64 && !s.contains(':') && s != "sdc")
+        })
+    });
+    if !ok {
+        r.bad_value(
+            p,
+            format!("{p} must be a list of names (1 to 64 bytes, no ':', not \"sdc\")"),
+        );
     }
 }
 
@@ -1238,6 +1261,31 @@ mod tests {
     }
 
     #[test]
+    fn metadata_namespaces_are_plain_names_and_never_sdc() {
+        for bad in [
+            json!(["sdc"]),
+            json!(["a:b"]),
+            json!([""]),
+            json!("acme"),
+            json!([1]),
+        ] {
+            let r = validate_create(&json!({"brand": "joyent", "image_uuid": IMG,
+                "internal_metadata_namespaces": bad}))
+            .expect_err("refused");
+            assert_eq!(r.bad_values, ["internal_metadata_namespaces"], "{r}");
+        }
+        let ok = validate_update(
+            &json!({"internal_metadata_namespaces": ["acme"]}),
+            Brand::Joyent,
+        )
+        .expect("updatable");
+        assert_eq!(
+            ok.internal_metadata_namespaces,
+            Some(vec!["acme".to_string()])
+        );
+    }
+
+    #[test]
     fn nested_customer_metadata_is_a_bad_value() {
         let r = report(json!({"brand": "joyent", "image_uuid": IMG,
             "customer_metadata": {"a": {"nested": true}}, "internal_metadata": {"ok": "yes"}}));
@@ -1359,6 +1407,7 @@ mod tests {
             "cpu_cap": 50, "cpu_shares": 10, "max_lwps": 100, "quota": 1, "zfs_io_priority": 5,
             "resolvers": ["192.0.2.53"], "dns_domain": "example.com", "routes": {},
             "customer_metadata": {}, "internal_metadata": {}, "tags": {}, "nics": [],
+            "internal_metadata_namespaces": ["acme"],
             "init_name": "/sbin/init", "owner_uuid": IMG, "billing_id": IMG,
             "package_name": "p", "package_version": "1"
         });

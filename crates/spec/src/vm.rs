@@ -293,6 +293,10 @@ pub struct VmCreate {
     /// Metadata for operators' tooling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_metadata: Option<BTreeMap<String, String>>,
+    /// Prefixes (before `:`) of internal_metadata keys the guest reads through its metadata
+    /// service, read-only (SmartOS's `internal_metadata_namespaces`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_metadata_namespaces: Option<Vec<String>>,
     /// Tags (string, number or boolean values).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<BTreeMap<String, TagValue>>,
@@ -492,6 +496,9 @@ pub struct VmUpdate {
     /// Internal metadata keys to remove.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remove_internal_metadata: Option<Vec<String>>,
+    /// New internal metadata namespaces (the whole list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_metadata_namespaces: Option<Vec<String>>,
     /// Routes to set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_routes: Option<BTreeMap<String, String>>,
@@ -581,6 +588,9 @@ pub struct Vm {
     pub customer_metadata: BTreeMap<String, String>,
     /// Internal metadata.
     pub internal_metadata: BTreeMap<String, String>,
+    /// internal_metadata key prefixes the guest may read (SmartOS's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub internal_metadata_namespaces: Vec<String>,
     /// Tags.
     pub tags: BTreeMap<String, TagValue>,
     /// NICs, with mac, interface and primary filled in.

@@ -134,6 +134,7 @@ pub fn new_record(c: VmCreate, ctx: &Context, pool: &mut MacPool<'_>) -> Result<
         routes: c.routes.unwrap_or_default(),
         customer_metadata: c.customer_metadata.unwrap_or_default(),
         internal_metadata: c.internal_metadata.unwrap_or_default(),
+        internal_metadata_namespaces: c.internal_metadata_namespaces.unwrap_or_default(),
         tags: c.tags.unwrap_or_default(),
         nics,
         disks,

@@ -54,6 +54,10 @@ pub fn apply(
     plain!(max_lwps);
     plain!(quota);
     plain!(zfs_io_priority);
+    if let Some(ns) = &u.internal_metadata_namespaces {
+        next.internal_metadata_namespaces = ns.clone();
+        changes.push("internal_metadata_namespaces".into());
+    }
     if let Some(r) = &u.resolvers {
         next.resolvers = r.clone();
         changes.push("resolvers".into());
