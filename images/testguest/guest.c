@@ -9,6 +9,8 @@
  *   virtio_mmio.device=SIZE@ADDR:IRQ   a device to probe (as Linux reads it)
  *   testguest.cpus=N                   expect N enabled processors in the MP table
  *   testguest.net_echo=1               expect the peer to answer our frame with "pong"
+ *   testguest.dhcp=1                   lease an address by DHCP on the first NIC first
+ *   testguest.mdata=1                  speak SmartOS's metadata protocol on COM2
  *   testguest.blk_io=N                 also time N sequential + N random 4 KiB reads
  *   testguest.hold=1                   after the checks, halt instead of resetting
  *   testguest.hold=kbd                 after the checks, poll the i8042 until Ctrl-Alt-Del
@@ -1243,6 +1245,167 @@ static void test_rng(struct vdev *d)
 #define NET_HDR 12
 static u8 rx_buf[NET_HDR + 1518];
 static u8 tx_buf[NET_HDR + 64];
+static u8 dhcp_buf[NET_HDR + 342];
+
+static void put_ip(const u8 *a)
+{
+	for (int i = 0; i < 4; i++) {
+		if (i)
+			putc('.');
+		put_dec(a[i]);
+	}
+}
+
+/* A DHCP client message (DISCOVER, or REQUEST for `want` from `server`) in dhcp_buf;
+ * returns the frame's length with the virtio-net header. */
+static u32 dhcp_message(const u8 *mac, u8 kind, const u8 *want, const u8 *server)
+{
+	memset(dhcp_buf, 0, sizeof(dhcp_buf));
+	u8 *f = dhcp_buf + NET_HDR;
+	memset(f, 0xff, 6);
+	memcpy(f + 6, mac, 6);
+	f[12] = 0x08;
+	u8 *ip = f + 14, *udp = ip + 20, *m = udp + 8;
+	u32 mlen = 300, ulen = 8 + mlen, iplen = 20 + ulen;
+	ip[0] = 0x45;
+	ip[2] = (u8)(iplen >> 8);
+	ip[3] = (u8)iplen;
+	ip[8] = 64;
+	ip[9] = 17;
+	memset(ip + 16, 0xff, 4);
+	u32 s = 0;
+	for (int i = 0; i < 20; i += 2)
+		s += (u32)(ip[i] << 8 | ip[i + 1]);
+	while (s >> 16)
+		s = (s & 0xffff) + (s >> 16);
+	ip[10] = (u8)(~s >> 8);
+	ip[11] = (u8)~s;
+	udp[1] = 68;
+	udp[3] = 67;
+	udp[4] = (u8)(ulen >> 8);
+	udp[5] = (u8)ulen;
+	m[0] = 1;
+	m[1] = 1;
+	m[2] = 6;
+	m[4] = 0x12, m[5] = 0x34, m[6] = 0xab, m[7] = 0xcd;
+	m[10] = 0x80;
+	memcpy(m + 28, mac, 6);
+	u8 *o = m + 236;
+	o[0] = 99, o[1] = 130, o[2] = 83, o[3] = 99;
+	o += 4;
+	*o++ = 53, *o++ = 1, *o++ = kind;
+	if (want) {
+		*o++ = 50, *o++ = 4;
+		memcpy(o, want, 4);
+		o += 4;
+		*o++ = 54, *o++ = 4;
+		memcpy(o, server, 4);
+		o += 4;
+	}
+	*o = 255;
+	return NET_HDR + 14 + iplen;
+}
+
+/* The DHCP reply of `kind` to our transaction in rx_buf, or 0: its BOOTP message. */
+static const u8 *dhcp_reply(long len, u8 kind)
+{
+	const u8 *f = rx_buf + NET_HDR;
+	if (len < NET_HDR + 14 + 20 + 8 + 240 || f[12] != 0x08 || f[13] != 0 || f[14 + 9] != 17)
+		return 0;
+	const u8 *udp = f + 14 + (f[14] & 15) * 4, *m = udp + 8;
+	if (udp[3] != 68 || m[0] != 2 || m[4] != 0x12 || m[5] != 0x34 || m[6] != 0xab || m[7] != 0xcd)
+		return 0;
+	for (const u8 *o = m + 240; o < rx_buf + len && *o != 255; o += o[0] ? 2 + o[1] : 1)
+		if (o[0] == 53 && o[2] == kind)
+			return m;
+	return 0;
+}
+
+/* The value of option `code` in message m (len bytes of frame), or 0. */
+static const u8 *dhcp_option(const u8 *m, long len, u8 code)
+{
+	for (const u8 *o = m + 240; o < rx_buf + len && *o != 255; o += o[0] ? 2 + o[1] : 1)
+		if (o[0] == code)
+			return o + 1;
+	return 0;
+}
+
+/* Sends the message in dhcp_buf and waits for a reply of `kind`, skipping other frames. */
+static const u8 *dhcp_exchange(struct vq *rx, struct vq *tx, u32 flen, u8 kind, long *len)
+{
+	for (int round = 0; round < 40; round++) {
+		if (round % 8 == 0) {
+			set_desc(tx, 0, dhcp_buf, flen, 0);
+			vq_offer(tx, 0);
+			vq_notify(tx);
+			vq_wait(tx, SPIN_LIMIT);
+		}
+		*len = vq_wait(rx, SPIN_LIMIT / 16);
+		const u8 *m = *len < 0 ? 0 : dhcp_reply(*len, kind);
+		if (m)
+			return m;
+		if (*len >= 0) {
+			memset(rx_buf, 0, sizeof(rx_buf));
+			vq_offer(rx, 0);
+			vq_notify(rx);
+		}
+	}
+	return 0;
+}
+
+/* DISCOVER, OFFER, REQUEST, ACK with the VMM's DHCP server: prints what it leased. */
+static void test_dhcp(struct vq *rx, struct vq *tx, const u8 *mac)
+{
+	long len;
+	memset(rx_buf, 0, sizeof(rx_buf));
+	vq_offer(rx, 0);
+	vq_notify(rx);
+	const u8 *m = dhcp_exchange(rx, tx, dhcp_message(mac, 1, 0, 0), 2, &len);
+	if (!m) {
+		result(0, "dhcp: no offer\n");
+		return;
+	}
+	u8 yi[4], server[4] = {0, 0, 0, 0};
+	memcpy(yi, m + 16, 4);
+	const u8 *sid = dhcp_option(m, len, 54);
+	if (sid && sid[0] == 4)
+		memcpy(server, sid + 1, 4);
+	memset(rx_buf, 0, sizeof(rx_buf));
+	vq_offer(rx, 0);
+	vq_notify(rx);
+	m = dhcp_exchange(rx, tx, dhcp_message(mac, 3, yi, server), 5, &len);
+	if (!m || memcmp(m + 16, yi, 4) != 0) {
+		result(0, "dhcp: the request was not acknowledged\n");
+		return;
+	}
+	const u8 *mask = dhcp_option(m, len, 1), *router = dhcp_option(m, len, 3);
+	const u8 *dns = dhcp_option(m, len, 6), *host = dhcp_option(m, len, 12);
+	u32 prefix = 0;
+	if (mask && mask[0] == 4)
+		for (int i = 1; i <= 4; i++)
+			for (u8 b = mask[i]; b & 0x80; b = (u8)(b << 1))
+				prefix++;
+	result(1, "dhcp: ");
+	put_ip(yi);
+	puts("/");
+	put_dec(prefix);
+	if (router && router[0] >= 4) {
+		puts(" router ");
+		put_ip(router + 1);
+	}
+	if (dns && dns[0] >= 4) {
+		puts(" dns ");
+		put_ip(dns + 1);
+	}
+	if (host) {
+		puts(" hostname ");
+		for (int i = 0; i < host[0]; i++)
+			putc((char)host[1 + i]);
+	}
+	puts("\n");
+	/* The caller offers the receive buffer again for what follows. */
+	memset(rx_buf, 0, sizeof(rx_buf));
+}
 
 static void test_net(struct vdev *d)
 {
@@ -1266,6 +1429,9 @@ static void test_net(struct vdev *d)
 
 	memset(rx_buf, 0, sizeof(rx_buf));
 	set_desc(&rx, 0, rx_buf, sizeof(rx_buf), D_WRITE);
+	const char *dhcp = param("testguest.dhcp");
+	if (dhcp && dhcp[0] == '1')
+		test_dhcp(&rx, &tx, mac);
 	vq_offer(&rx, 0);
 	vq_notify(&rx);
 

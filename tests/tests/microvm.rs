@@ -609,7 +609,8 @@ impl PacketSocket {
     }
 
     /// The next frame within `limit` whose payload holds `needle`.
-    fn wait_for(&self, needle: &[u8], limit: Duration) -> Option<Vec<u8>> {
+    /// The first frame holding any of `needles`, and which one it holds.
+    fn wait_for_first(&self, needles: &[&[u8]], limit: Duration) -> Option<(usize, Vec<u8>)> {
         use std::os::fd::AsRawFd;
         let t = Instant::now();
         while t.elapsed() < limit {
@@ -628,8 +629,11 @@ impl PacketSocket {
                 unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n > 0 {
                 buf.truncate(n as usize);
-                if buf.windows(needle.len()).any(|w| w == needle) {
-                    return Some(buf);
+                let hit = needles
+                    .iter()
+                    .position(|needle| buf.windows(needle.len()).any(|w| w == *needle));
+                if let Some(i) = hit {
+                    return Some((i, buf));
                 }
             }
         }
@@ -679,18 +683,25 @@ fn kvm_root_microvm_nic_carries_frames_both_ways_over_its_bridge() {
     // As vswitch does for its bridges: the host sends nothing of its own into the segment.
     let _ = std::fs::write("/proc/sys/net/ipv6/conf/hb-vmsw/disable_ipv6", "1");
     let capture = PacketSocket::on("hb-vmsw");
+    // The guest first leases its address by DHCP, which the VMM answers itself.
     let payload = json!({"brand": "kvm", "alias": "netvm", "ram": 64, "autoboot": true,
         "kernel": hull_tests::testguest().to_string_lossy(),
-        "cmdline": "console=ttyS0 testguest.net_echo=1 testguest.hold=kbd",
+        "cmdline": "console=ttyS0 testguest.dhcp=1 testguest.net_echo=1 testguest.hold=kbd",
         "disks": [{"image_uuid": image, "boot": true}],
+        "hostname": "netvm", "resolvers": ["192.0.2.53"],
         // The test guest's frames are of a local experimental type (0x88b5), which the
         // switch lets through only with allow_restricted_traffic.
         "nics": [{"nic_tag": "vmsw", "ips": ["192.0.2.40/24"], "primary": true,
-            "allow_restricted_traffic": true}]});
+            "gateways": ["192.0.2.1"], "allow_restricted_traffic": true}]});
     let vm = d.client().create_vm(&payload).expect("create");
-    let ping = capture
-        .wait_for(b"hull-net-test ping", Duration::from_secs(20))
+    // DHCP's magic cookie: no DHCP frame of the guest's reaches the bridge before its ping.
+    let (which, ping) = capture
+        .wait_for_first(
+            &[b"hull-net-test ping", &[99, 130, 83, 99]],
+            Duration::from_secs(20),
+        )
         .expect("the guest's frame on the bridge");
+    assert_eq!(which, 0, "a DHCP frame reached the bridge: {ping:?}");
     let mut pong = Vec::new();
     pong.extend_from_slice(&ping[6..12]);
     pong.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
@@ -702,6 +713,10 @@ fn kvm_root_microvm_nic_carries_frames_both_ways_over_its_bridge() {
     assert!(
         seen.contains("received the peer's answer") && seen.contains("testguest: ALL PASS"),
         "{seen}"
+    );
+    assert!(
+        seen.contains("PASS dhcp: 192.0.2.40/24 router 192.0.2.1 dns 192.0.2.53 hostname netvm"),
+        "the guest leased its record's address: {seen}"
     );
     let mac = vm.nics[0].mac.expect("mac");
     assert!(

@@ -54,6 +54,8 @@ pub struct VmmArgs {
     /// `--metadata`: a Unix socket the VMM listens on for the metadata agent; the guest's
     /// second serial port (COM2) is the other end.
     pub metadata: Option<PathBuf>,
+    /// `--dhcp`, repeated: the leases the VMM's DHCP server gives NICs.
+    pub dhcp: Vec<crate::DhcpLease>,
     /// `--save-cpuid`: save KVM's supported CPUID there and exit.
     pub save_cpuid: Option<PathBuf>,
     /// `--extract-vmlinux`: write the vmlinux inside the `kernel` bzImage there and exit.
@@ -122,7 +124,7 @@ impl fmt::Display for ArgvError {
 impl std::error::Error for ArgvError {}
 
 /// Every flag, as [`VmmArgs::to_argv`] writes them.
-const FLAGS: [&str; 17] = [
+const FLAGS: [&str; 18] = [
     "--kernel",
     "--initrd",
     "--cmdline",
@@ -138,6 +140,7 @@ const FLAGS: [&str; 17] = [
     "--exit-file",
     "--uuid",
     "--metadata",
+    "--dhcp",
     "--save-cpuid",
     "--extract-vmlinux",
 ];
@@ -245,6 +248,9 @@ impl VmmArgs {
         if let Some(p) = &self.metadata {
             push(o, "--metadata", p);
         }
+        for lease in &self.dhcp {
+            push(o, "--dhcp", lease.to_arg());
+        }
         if let Some(p) = &self.save_cpuid {
             push(o, "--save-cpuid", p);
         }
@@ -290,6 +296,7 @@ impl VmmArgs {
                 "--exit-file" => set_once(&mut a.exit_file, flag, path)?,
                 "--uuid" => set_once(&mut a.uuid, flag, value.to_owned())?,
                 "--metadata" => set_once(&mut a.metadata, flag, path)?,
+                "--dhcp" => a.dhcp.push(value.parse().map_err(|_| bad())?),
                 "--save-cpuid" => set_once(&mut a.save_cpuid, flag, path)?,
                 "--extract-vmlinux" => set_once(&mut a.extract_vmlinux, flag, path)?,
                 _ => return Err(ArgvError::Unknown(flag.to_owned())),
@@ -332,6 +339,18 @@ impl VmmArgs {
             exit_file: Some("/run/vmm/exit.json".into()),
             uuid: Some("9f4c2d1e-0000-4000-8000-000000000001".into()),
             metadata: Some("/run/vmm/metadata.sock".into()),
+            dhcp: vec![crate::DhcpLease {
+                nic: 0,
+                address: std::net::Ipv4Addr::new(192, 0, 2, 10),
+                prefix: 24,
+                routers: vec![std::net::Ipv4Addr::new(192, 0, 2, 1)],
+                dns: Vec::new(),
+                hostname: Some("web".into()),
+                domain: None,
+                routes: Vec::new(),
+                mtu: None,
+                lease_secs: 3600,
+            }],
             save_cpuid: None,
             extract_vmlinux: Some("/tmp/out".into()),
         }
@@ -353,7 +372,9 @@ mod tests {
              --tap-fd 3 --tap-fd 4 --tap tap0 --mac 02:08:20:ab:00:01 --mac 0a:ff:00:00:00:02 \
              --console unix:/run/c.sock --control /run/vmm/control.sock \
              --exit-file /run/vmm/exit.json --uuid 9f4c2d1e-0000-4000-8000-000000000001 \
-             --metadata /run/vmm/metadata.sock --extract-vmlinux /tmp/out"
+             --metadata /run/vmm/metadata.sock \
+             --dhcp {\"nic\":0,\"address\":\"192.0.2.10\",\"prefix\":24,\"routers\":[\"192.0.2.1\"],\"hostname\":\"web\",\"lease_secs\":3600} \
+             --extract-vmlinux /tmp/out"
         );
         assert_eq!(VmmArgs::from_argv(&argv), Ok(a));
         let save = VmmArgs {

@@ -17,6 +17,7 @@
 
 pub mod args;
 pub mod control;
+pub mod dhcp;
 pub mod exit;
 pub mod stats;
 
@@ -24,5 +25,6 @@ pub use args::{
     ArgvError, Console, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, DEFAULT_VCPUS, Disk, MacAddr, VmmArgs,
 };
 pub use control::{ControlReply, ControlRequest, DiskResized};
+pub use dhcp::{DhcpLease, DhcpRoute};
 pub use exit::{ExitReason, ExitRecord};
 pub use stats::{DeviceReport, StatsReport, VcpuReport};

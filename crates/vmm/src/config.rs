@@ -142,6 +142,8 @@ pub struct VmConfig {
     pub uuid: Option<[u8; 16]>,
     /// Where the metadata agent connects: the far end of COM2.
     pub metadata: Option<PathBuf>,
+    /// DHCP leases the VMM answers, by NIC.
+    pub dhcp: Vec<hull_vmm_proto::DhcpLease>,
 }
 
 impl VmConfig {
@@ -245,6 +247,7 @@ mod tests {
             cpuid: None,
             uuid: None,
             metadata: None,
+            dhcp: Vec::new(),
         };
         assert!(c.validate().is_ok());
         c.macs = vec![MacAddr::new([2, 0, 0, 0, 0, 1])];

@@ -25,8 +25,8 @@ use hull_vmm::config::{ConsoleConfig, DiskConfig, NetConfig, VmConfig, usable_ma
 use hull_vmm::exit_file::ExitFile;
 use hull_vmm::{StopReason, run};
 use hull_vmm_proto::{
-    Console, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, DEFAULT_VCPUS, Disk, ExitReason, ExitRecord,
-    MacAddr, VmmArgs,
+    Console, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, DEFAULT_VCPUS, DhcpLease, Disk, ExitReason,
+    ExitRecord, MacAddr, VmmArgs,
 };
 
 /// Run one microVM on KVM until the guest stops.
@@ -77,6 +77,10 @@ struct Args {
     /// second serial port (COM2, 0x2f8, IRQ 3). Without it the guest has no COM2.
     #[arg(long)]
     metadata: Option<PathBuf>,
+    /// Answer DHCP on a NIC with this lease (JSON: nic, address, prefix, routers, dns,
+    /// hostname, domain, routes, mtu, lease_secs); repeatable, one per NIC.
+    #[arg(long)]
+    dhcp: Vec<DhcpLease>,
     /// KVM's supported CPUID as --save-cpuid wrote it on this host, instead of asking KVM
     /// (which costs ~60 host CPUID instructions). Stale tables are the caller's to avoid:
     /// vmmd keeps one per host boot and KVM module state.
@@ -138,6 +142,7 @@ where
         exit_file: args.exit_file,
         uuid: args.uuid,
         metadata: args.metadata,
+        dhcp: args.dhcp,
         save_cpuid: args.save_cpuid,
         extract_vmlinux: args.extract_vmlinux,
     })
@@ -179,6 +184,7 @@ fn vm_config(args: VmmArgs, kernel: PathBuf) -> VmConfig {
             .as_deref()
             .and_then(|u| hull_vmm::boot::smbios::uuid_bytes(u).ok()),
         metadata: args.metadata,
+        dhcp: args.dhcp,
     }
 }
 

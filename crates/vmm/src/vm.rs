@@ -441,7 +441,10 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
             i as u8,
         ];
         let mac = config.macs.get(i).map_or(generated, |m| m.bytes());
-        let net = Net::new(Box::new(tap), mac, stats.device(format!("net{i}")));
+        let mut net = Net::new(Box::new(tap), mac, stats.device(format!("net{i}")));
+        if let Some(lease) = config.dhcp.iter().find(|l| l.nic == i) {
+            net = net.with_dhcp(lease.clone());
+        }
         let fd = net.raw_fd();
         devices.push((Box::new(net), Some(fd)));
     }

@@ -46,20 +46,25 @@ fn make_initrd(dir: &Path) -> PathBuf {
 }
 
 /// Answers the guest's "ping" frame with a "pong" frame. Datagram socket pairs see no EOF
-/// when the VMM exits, so this stops after the first answer (or a timeout).
-fn spawn_echo(peer: UnixDatagram) -> std::thread::JoinHandle<usize> {
+/// when the VMM exits, so this stops after the first answer (or a timeout). Returns the
+/// answers sent and the DHCP client frames (IPv4, UDP to port 67) that reached the peer.
+fn spawn_echo(peer: UnixDatagram) -> std::thread::JoinHandle<(usize, usize)> {
     std::thread::spawn(move || {
         peer.set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         let mut buf = [0u8; 2048];
+        let mut dhcp = 0;
         while let Ok(n) = peer.recv(&mut buf) {
             let frame = &mut buf[..n];
+            if n > 38 && frame[12..14] == [8, 0] && frame[23] == 17 && frame[36..38] == [0, 67] {
+                dhcp += 1;
+            }
             if let Some(pos) = frame.windows(18).position(|w| w == b"hull-net-test ping") {
                 frame[pos + 14..pos + 18].copy_from_slice(b"pong");
-                return usize::from(peer.send(frame).is_ok());
+                return (usize::from(peer.send(frame).is_ok()), dhcp);
             }
         }
-        0
+        (0, dhcp)
     })
 }
 
@@ -126,7 +131,10 @@ fn full_run(vcpus: u32) {
     let initrd = make_initrd(dir.path());
     let (ours, theirs) = UnixDatagram::pair().unwrap();
     let echo = spawn_echo(ours);
-    let cmdline = format!("console=ttyS0 testguest.cpus={vcpus} testguest.net_echo=1");
+    let cmdline =
+        format!("console=ttyS0 testguest.cpus={vcpus} testguest.net_echo=1 testguest.dhcp=1");
+    // The VMM answers the guest's DHCP itself; nothing of it reaches the network.
+    let lease = r#"{"nic":0,"address":"192.0.2.31","prefix":24,"routers":["192.0.2.1"],"dns":["192.0.2.53"],"hostname":"tg","lease_secs":600}"#;
     let vc = vcpus.to_string();
     let out = run_vmm(
         &[
@@ -142,6 +150,8 @@ fn full_run(vcpus: u32) {
             disk.to_str().unwrap(),
             "--tap-fd",
             "3",
+            "--dhcp",
+            lease,
             "--cmdline",
             &cmdline,
         ],
@@ -171,6 +181,7 @@ fn full_run(vcpus: u32) {
         "rng: read 64 random bytes",
         "net: sent a frame",
         "net: received the peer's answer",
+        "dhcp: 192.0.2.31/24 router 192.0.2.1 dns 192.0.2.53 hostname tg",
         &format!("acpi: hardware-reduced FADT, MADT {vcpus} cpus, DSDT 3 LNRO0005 devices"),
     ] {
         assert_pass(&stdout, line);
@@ -188,10 +199,9 @@ fn full_run(vcpus: u32) {
     // The guest's write reached the host file.
     let data = std::fs::read(&disk).unwrap();
     assert_eq!(&data[512..521], b"HULLWROTE");
-    assert!(
-        echo.join().unwrap() >= 1,
-        "the guest's frame never reached the peer"
-    );
+    let (answered, dhcp) = echo.join().unwrap();
+    assert!(answered >= 1, "the guest's frame never reached the peer");
+    assert_eq!(dhcp, 0, "DHCP frames leaked to the network");
 }
 
 #[test]

@@ -31,6 +31,9 @@ pub enum MicrovmError {
     /// A NIC without a MAC (records get one at create).
     #[error("its nic {0} has no mac")]
     NoMac(usize),
+    /// Its routes do not make DHCP leases.
+    #[error("its DHCP leases cannot be made")]
+    Dhcp(#[source] super::ports::PortsError),
 }
 
 /// Where a microVM's zone shows the VMM its files.
@@ -155,6 +158,8 @@ impl TryFrom<MicrovmZone<'_>> for ZoneConfig {
         for (i, nic) in vm.nics.iter().enumerate() {
             args.macs.push(nic.mac.ok_or(MicrovmError::NoMac(i))?);
         }
+        // The VMM answers each NIC's DHCP with the record's address for it.
+        args.dhcp = super::ports::dhcp_leases(vm).map_err(MicrovmError::Dhcp)?;
         let mut argv = vec![vm_paths::VMM.to_string()];
         argv.extend(args.to_argv());
         Ok(ZoneConfig {
@@ -325,6 +330,51 @@ mod tests {
         let mut odd = cfg.clone();
         odd.init.push("--mem-mib".into());
         assert_eq!(booted_ram(&odd), None);
+    }
+
+    #[test]
+    fn dhcp_leases_carry_each_nics_static_ipv4_and_the_primarys_routes() {
+        use std::net::Ipv4Addr;
+        let vm = vm(serde_json::json!({
+            "hostname": "web", "dns_domain": "example.com",
+            "resolvers": ["192.0.2.53", "2001:db8::53"],
+            "routes": {"10.0.0.0/8": "192.0.2.254", "198.51.100.0/24": "nics[2]"},
+            "nics": [
+                {"nic_tag": "a", "ips": ["2001:db8::10/64", "192.0.2.10/24"],
+                 "gateways": ["192.0.2.1"], "primary": true, "mtu": 1400},
+                {"nic_tag": "a", "ips": ["dhcp"]},
+                {"nic_tag": "b", "ip": "203.0.113.5", "netmask": "255.255.255.128",
+                 "gateway": "203.0.113.1"}
+            ]
+        }));
+        let leases = super::super::ports::dhcp_leases(&vm).expect("leases");
+        assert_eq!(leases.len(), 2, "none for the dhcp NIC: {leases:?}");
+        let (a, c) = (&leases[0], &leases[1]);
+        assert_eq!(
+            (a.nic, a.address, a.prefix),
+            (0, Ipv4Addr::new(192, 0, 2, 10), 24)
+        );
+        assert_eq!(a.routers, [Ipv4Addr::new(192, 0, 2, 1)]);
+        assert_eq!(a.dns, [Ipv4Addr::new(192, 0, 2, 53)], "IPv4 resolvers only");
+        assert_eq!(a.hostname.as_deref(), Some("web"));
+        assert_eq!(a.domain.as_deref(), Some("example.com"));
+        assert_eq!(a.mtu, Some(1400));
+        assert_eq!(a.routes.len(), 1);
+        assert_eq!(a.routes[0].via, Ipv4Addr::new(192, 0, 2, 254));
+        assert_eq!(
+            (c.nic, c.address, c.prefix),
+            (2, Ipv4Addr::new(203, 0, 113, 5), 25)
+        );
+        assert!(
+            c.routers.is_empty(),
+            "only the primary NIC has the default route"
+        );
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(
+            (c.routes[0].dest, c.routes[0].prefix, c.routes[0].via),
+            (Ipv4Addr::new(198, 51, 100, 0), 24, Ipv4Addr::UNSPECIFIED),
+            "a route through nics[2] is on its link"
+        );
     }
 
     #[test]

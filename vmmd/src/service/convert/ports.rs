@@ -4,12 +4,13 @@
 //! [`crate::service::network`]'s and the switch's.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use hull_spec::net::{Cidr, netmask_prefix, parse_ip};
 use hull_spec::validate::nic_route_index;
 use hull_spec::vm::NicSpec;
 use hull_spec::{NicTag, Vm};
+use hull_vmm_proto::{DhcpLease, DhcpRoute};
 use hull_vswitch::{Guard, PortConfig, RouteVia, Segment, Uplink, ZoneNic, ZoneRoute, bridge_name};
 
 use super::interface_number;
@@ -84,6 +85,89 @@ pub fn zone_routes(vm: &Vm) -> Result<Vec<ZoneRoute>, PortsError> {
             })
         })
         .collect()
+}
+
+/// How long a microVM's DHCP lease lasts: the guest renews every half hour, so an address
+/// changed by `vmadm update` reaches it within that time (or at its next boot).
+pub const DHCP_LEASE_SECS: u32 = 3600;
+
+/// The DHCP leases the VMM gives a microVM's NICs (SmartOS's KVM DHCP): a NIC's first static
+/// IPv4 address (`ips`, else the legacy `ip` + `netmask`), its gateways if it is the primary
+/// NIC (the one default route), the guest's IPv4 resolvers, hostname and DNS domain, its
+/// MTU, and the record's IPv4 static routes (a route through `nics[N]` only on that NIC, as
+/// on-link). A NIC with no static IPv4 address (`dhcp`, `addrconf`, IPv6 only) gets none:
+/// its network answers for it.
+pub fn dhcp_leases(vm: &Vm) -> Result<Vec<DhcpLease>, PortsError> {
+    let routes = zone_routes(vm)?;
+    let v4 = |s: &str| match parse_ip(s) {
+        Some(IpAddr::V4(a)) => Some(a),
+        _ => None,
+    };
+    let dns: Vec<Ipv4Addr> = vm.resolvers.iter().filter_map(|r| v4(r)).collect();
+    let primary = vm
+        .nics
+        .iter()
+        .position(|n| n.primary == Some(true))
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    for (i, nic) in vm.nics.iter().enumerate() {
+        let listed = nic.ips.iter().flatten().find_map(|s| match Cidr::parse(s) {
+            Some(Cidr {
+                addr: IpAddr::V4(a),
+                prefix,
+            }) => Some((a, prefix)),
+            _ => None,
+        });
+        let legacy = || {
+            let ip = nic.ip.as_deref().and_then(v4)?;
+            Some((ip, nic.netmask.as_deref().and_then(netmask_prefix)?))
+        };
+        let Some((address, prefix)) = listed.or_else(legacy) else {
+            continue;
+        };
+        let routers = match i == primary {
+            true => nic
+                .gateways
+                .iter()
+                .flatten()
+                .chain(nic.gateway.iter())
+                .filter_map(|g| v4(g))
+                .collect(),
+            false => Vec::new(),
+        };
+        let name = interface_name(nic, i);
+        let nic_routes = routes
+            .iter()
+            .filter_map(|r| {
+                let IpAddr::V4(dest) = r.dest else {
+                    return None;
+                };
+                let via = match &r.via {
+                    RouteVia::Interface(n) if *n == name => Ipv4Addr::UNSPECIFIED,
+                    RouteVia::Gateway(IpAddr::V4(g)) if i == primary => *g,
+                    _ => return None,
+                };
+                Some(DhcpRoute {
+                    dest,
+                    prefix: r.prefix,
+                    via,
+                })
+            })
+            .collect();
+        out.push(DhcpLease {
+            nic: i,
+            address,
+            prefix,
+            routers,
+            dns: dns.clone(),
+            hostname: vm.hostname.clone(),
+            domain: vm.dns_domain.clone(),
+            routes: nic_routes,
+            mtu: nic.mtu.and_then(|m| u16::try_from(m).ok()),
+            lease_secs: DHCP_LEASE_SECS,
+        });
+    }
+    Ok(out)
 }
 
 /// What NIC `nic` may send (see hull_vswitch::guard for the rules).

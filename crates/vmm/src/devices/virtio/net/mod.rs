@@ -11,11 +11,15 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
+pub mod dhcp;
+
 use super::{ChainError, Desc, TYPE_NET, VirtioDevice, add_used, collect_chain, read_config_bytes};
 use crate::memory::GuestMemory;
 use crate::stats::DeviceStats;
 
 const QUEUE_SIZE: u16 = 256;
+/// DHCP answers waiting for the guest's receive buffers, at most.
+const MAX_INJECTED: usize = 8;
 const RX_QUEUE: usize = 0;
 const TX_QUEUE: usize = 1;
 /// virtio_net_hdr_v1 (with num_buffers), what VIRTIO_F_VERSION_1 mandates.
@@ -131,6 +135,10 @@ pub struct Net {
     io: Box<dyn FrameIo>,
     config: [u8; 8],
     pending: Option<Vec<u8>>,
+    /// The lease the VMM's DHCP server gives this NIC, if it answers DHCP on it.
+    dhcp: Option<hull_vmm_proto::DhcpLease>,
+    /// Frames made here for the guest (DHCP answers), delivered before the TAP's.
+    injected: std::collections::VecDeque<Vec<u8>>,
     rx_buf: Vec<u8>,
     stats: Arc<DeviceStats>,
 }
@@ -166,6 +174,8 @@ impl Net {
             io,
             config,
             pending: None,
+            dhcp: None,
+            injected: std::collections::VecDeque::new(),
             rx_buf: vec![0; MAX_FRAME],
             stats,
         }
@@ -173,6 +183,18 @@ impl Net {
 
     pub fn raw_fd(&self) -> RawFd {
         self.io.raw_fd()
+    }
+
+    /// Answers the guest's DHCP on this NIC with `lease` (see [`dhcp`]).
+    pub fn with_dhcp(mut self, lease: hull_vmm_proto::DhcpLease) -> Self {
+        self.dhcp = Some(lease);
+        self
+    }
+
+    fn mac(&self) -> [u8; 6] {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&self.config[..6]);
+        mac
     }
 
     fn tx_one(&mut self, descs: &[Desc], mem: &GuestMemory) -> Result<(), ChainError> {
@@ -192,6 +214,18 @@ impl Net {
         let frame = buf.get(NET_HDR_LEN..).ok_or(ChainError::Malformed(
             "TX buffer shorter than the virtio-net header",
         ))?;
+        if let Some(lease) = &self.dhcp {
+            match dhcp::handle(frame, self.mac(), lease) {
+                dhcp::Verdict::NotDhcp => {}
+                dhcp::Verdict::Answer(reply) => {
+                    // A guest that floods DHCP gets a bounded backlog of answers.
+                    if let Some(r) = reply.filter(|_| self.injected.len() < MAX_INJECTED) {
+                        self.injected.push_back(r);
+                    }
+                    return Ok(());
+                }
+            }
+        }
         // A full or vanished TAP drops the frame, as a real NIC would.
         if self.io.send(frame).is_ok() {
             DeviceStats::add(&self.stats.written_bytes, frame.len() as u64);
@@ -220,6 +254,9 @@ impl Net {
     fn process_rx(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
         let mut used = false;
         loop {
+            if self.pending.is_none() {
+                self.pending = self.injected.pop_front();
+            }
             if self.pending.is_none() {
                 match self.io.recv(&mut self.rx_buf) {
                     Ok(n) => self.pending = Some(self.rx_buf[..n].to_vec()),
@@ -276,7 +313,14 @@ impl VirtioDevice for Net {
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemory) -> bool {
         match (index, queues) {
             (RX_QUEUE, [rx, ..]) => self.process_rx(rx, mem),
-            (TX_QUEUE, [_, tx, ..]) => self.process_tx(tx, mem),
+            (TX_QUEUE, [rx, tx, ..]) => {
+                let used = self.process_tx(tx, mem);
+                // Answers made here go to the guest at once.
+                match self.injected.is_empty() || !rx.ready() {
+                    true => used,
+                    false => self.process_rx(rx, mem) | used,
+                }
+            }
             _ => false,
         }
     }
@@ -290,6 +334,7 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.pending = None;
+        self.injected.clear();
     }
 }
 
