@@ -617,6 +617,19 @@ fn root_lx_zone_from_the_debian_image() {
         "test -S /native/.zonecontrol/metadata.sock && /native/usr/sbin/mdata-get sdc:alias",
     );
     assert_eq!(String::from_utf8_lossy(&o.stdout), "deb\n", "{}", text(&o));
+    // cloud-init's NoCloud seed, from the record, owned by the zone's root.
+    let o = d.zlogin(
+        &uuid,
+        "cd /var/lib/cloud/seed/nocloud && stat -c %u meta-data && cat meta-data network-config",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!(
+            "0\n{{\"instance-id\":\"{uuid}\",\"local-hostname\":\"deb\"}}\n{{\"config\": \"disabled\"}}\n"
+        ),
+        "{}",
+        text(&o)
+    );
     let o = d.vmadm(&["delete", &uuid], None);
     assert!(o.status.success(), "{}", text(&o));
     assert_traces_settle(&d, &mine, before);

@@ -95,6 +95,18 @@ pub struct MetadataMount {
     /// /usr/sbin/mdata-get.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<RootFile>,
+    /// Files written into the zone's root at each start, owned by the zone's root (an lx
+    /// zone's cloud-init NoCloud seed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seed: Vec<GuestFile>,
+}
+
+/// A file vmmd writes into a zone's root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestFile {
+    /// Where, in the zone: an absolute path of plain names.
+    pub at: PathBuf,
+    pub content: String,
 }
 
 impl ZoneConfig {

@@ -8,7 +8,9 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, SFlag, fchmod, fstatat, mkdirat};
 
 use crate::config::{ID_RANGE, RootFile, RootIds, RootSpec};
 
@@ -542,85 +544,29 @@ pub fn bind_into_zone(
     exec: bool,
     id_base: u32,
 ) -> Result<(), MountError> {
-    use nix::fcntl::{AtFlags, OFlag, openat};
-    use nix::sys::stat::{Mode, SFlag, fchmod, fstatat, mkdirat};
-    let rel = zone_relative(at)?;
-    let refuse = |path: &Path, why: &str| MountError {
-        action: format!("bind {} at", source.display()),
-        path: path.to_owned(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string()),
-    };
+    let action = format!("bind {} at", source.display());
     let source_is_dir = std::fs::metadata(source)
         .map_err(io_err("use", source))?
         .is_dir();
-    // Walked by descriptor, opened as host root (the directories above the root are
-    // root's, mode 0700); what is missing is made as the zone's root, inside the root only.
-    let nofollow = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let mut dir = nix::fcntl::open(rootfs, nofollow | OFlag::O_DIRECTORY, Mode::empty())
-        .map_err(err("open", rootfs))?;
-    let mut target = rootfs.to_path_buf();
-    let parts: Vec<_> = rel.components().map(|c| c.as_os_str().to_owned()).collect();
-    for (i, part) in parts.iter().enumerate() {
-        target.push(part);
-        let want_dir = i + 1 < parts.len() || source_is_dir;
-        let kind = match fstatat(&dir, part.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => Some(SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())),
-            Err(nix::errno::Errno::ENOENT) => None,
-            Err(e) => return Err(err("look at", &target)(e)),
-        };
-        match kind {
-            Some(SFlag::S_IFLNK) => {
-                return Err(refuse(
-                    &target,
-                    "a symbolic link in the zone's root (hull does not follow it)",
-                ));
-            }
-            Some(SFlag::S_IFDIR) if want_dir => {}
-            Some(SFlag::S_IFREG) if !want_dir => {}
-            Some(_) => {
-                let kind = if want_dir {
-                    "directory"
-                } else {
-                    "regular file"
-                };
-                return Err(refuse(&target, &format!("not a {kind} in the zone's root")));
-            }
-            None => {
-                let name = part.as_os_str();
-                as_zone_root(id_base, || {
-                    let made = if want_dir {
-                        mkdirat(&dir, name, Mode::from_bits_truncate(0o755))?;
-                        openat(
-                            &dir,
-                            name,
-                            OFlag::O_RDONLY
-                                | OFlag::O_DIRECTORY
-                                | OFlag::O_NOFOLLOW
-                                | OFlag::O_CLOEXEC,
-                            Mode::empty(),
-                        )?
-                    } else {
-                        let flags = OFlag::O_WRONLY
-                            | OFlag::O_CREAT
-                            | OFlag::O_EXCL
-                            | OFlag::O_NOFOLLOW
-                            | OFlag::O_CLOEXEC;
-                        openat(&dir, name, flags, Mode::from_bits_truncate(0o644))?
-                    };
-                    // zoned's umask is 077: the mode is set explicitly.
-                    let mode = if want_dir { 0o755 } else { 0o644 };
-                    fchmod(&made, Mode::from_bits_truncate(mode))?;
-                    Ok(())
-                })
-                .map_err(io_err("create", &target))?;
-            }
+    let (dir, name, target) = zone_parent(rootfs, at, id_base, &action)?;
+    match zone_kind(&dir, &name, &target)? {
+        Some(SFlag::S_IFDIR) if source_is_dir => {}
+        Some(SFlag::S_IFREG) if !source_is_dir => {}
+        Some(_) => {
+            let kind = if source_is_dir {
+                "directory"
+            } else {
+                "regular file"
+            };
+            return Err(refusal(
+                &action,
+                &target,
+                &format!("not a {kind} in the zone's root"),
+            ));
         }
-        let flags = if want_dir {
-            nofollow | OFlag::O_DIRECTORY
-        } else {
-            nofollow
-        };
-        dir = openat(&dir, part.as_os_str(), flags, Mode::empty()).map_err(err("open", &target))?;
+        None => {
+            make_in_zone(&dir, &name, source_is_dir, id_base).map_err(io_err("create", &target))?
+        }
     }
     // Every component of `target` was just seen to be no symbolic link, and the zone runs
     // nothing yet that could change that.
@@ -642,6 +588,145 @@ pub fn bind_into_zone(
     }
     mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
         .map_err(err("make read-only the bind at", &target))
+}
+
+/// Writes `content` to the file `at` in the OS zone root mounted at `rootfs`, owned by the
+/// zone's root (mode 0644): a cloud-init seed, say. Made as [`bind_into_zone`] makes its
+/// mount points (no symbolic link followed), written to a temporary name and renamed over
+/// whatever `at` was, so a link the guest left there is replaced, never followed.
+pub fn write_into_zone(
+    rootfs: &Path,
+    at: &Path,
+    content: &[u8],
+    id_base: u32,
+) -> Result<(), MountError> {
+    let (dir, name, target) = zone_parent(rootfs, at, id_base, "write")?;
+    let mut tmp = std::ffi::OsString::from(".hull-");
+    tmp.push(&name);
+    as_zone_root(id_base, || {
+        let _ = nix::unistd::unlinkat(
+            &dir,
+            tmp.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(
+            &dir,
+            tmp.as_os_str(),
+            flags,
+            Mode::from_bits_truncate(0o644),
+        )?;
+        fchmod(&fd, Mode::from_bits_truncate(0o644))?;
+        let mut file = std::fs::File::from(fd);
+        std::io::Write::write_all(&mut file, content)?;
+        nix::fcntl::renameat(&dir, tmp.as_os_str(), &dir, name.as_os_str())?;
+        Ok(())
+    })
+    .map_err(io_err("write", &target))
+}
+
+/// The directory that will hold `at` inside the zone root (opened by descriptor, as host
+/// root: the directories above the root are root's, mode 0700), making missing ones as the
+/// zone's root; its last component's name; and the full host path, for errors. A symbolic
+/// link on the way is refused, naming it.
+fn zone_parent(
+    rootfs: &Path,
+    at: &Path,
+    id_base: u32,
+    action: &str,
+) -> Result<(OwnedFd, std::ffi::OsString, PathBuf), MountError> {
+    let rel = zone_relative(at)?;
+    let nofollow = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_DIRECTORY;
+    let mut dir = nix::fcntl::open(rootfs, nofollow, Mode::empty()).map_err(err("open", rootfs))?;
+    let mut target = rootfs.to_path_buf();
+    let parts: Vec<_> = rel.components().map(|c| c.as_os_str().to_owned()).collect();
+    let Some((last, parents)) = parts.split_last() else {
+        return Err(refusal(
+            action,
+            at,
+            "the place in the zone must name a file",
+        ));
+    };
+    for part in parents {
+        target.push(part);
+        match zone_kind(&dir, part, &target)? {
+            Some(SFlag::S_IFDIR) => {}
+            Some(_) => {
+                return Err(refusal(
+                    action,
+                    &target,
+                    "not a directory in the zone's root",
+                ));
+            }
+            None => make_in_zone(&dir, part, true, id_base).map_err(io_err("create", &target))?,
+        }
+        dir = openat(&dir, part.as_os_str(), nofollow, Mode::empty())
+            .map_err(err("open", &target))?;
+    }
+    target.push(last);
+    Ok((dir, last.clone(), target))
+}
+
+/// What `name` in `dir` is (None: nothing); a symbolic link is an error.
+fn zone_kind(
+    dir: &OwnedFd,
+    name: &std::ffi::OsStr,
+    target: &Path,
+) -> Result<Option<SFlag>, MountError> {
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+            SFlag::S_IFLNK => Err(refusal(
+                "use",
+                target,
+                "a symbolic link in the zone's root (hull does not follow it)",
+            )),
+            kind => Ok(Some(kind)),
+        },
+        Err(nix::errno::Errno::ENOENT) => Ok(None),
+        Err(e) => Err(err("look at", target)(e)),
+    }
+}
+
+/// Makes directory (mode 0755) or empty file (0644) `name` in `dir`, owned by the zone's root.
+fn make_in_zone(
+    dir: &OwnedFd,
+    name: &std::ffi::OsStr,
+    is_dir: bool,
+    id_base: u32,
+) -> std::io::Result<()> {
+    as_zone_root(id_base, || {
+        let made = if is_dir {
+            mkdirat(dir, name, Mode::from_bits_truncate(0o755))?;
+            openat(
+                dir,
+                name,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?
+        } else {
+            let flags = OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_EXCL
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC;
+            openat(dir, name, flags, Mode::from_bits_truncate(0o644))?
+        };
+        // zoned's umask is 077: the mode is set explicitly.
+        fchmod(
+            &made,
+            Mode::from_bits_truncate(if is_dir { 0o755 } else { 0o644 }),
+        )?;
+        Ok(())
+    })
+}
+
+fn refusal(action: &str, path: &Path, why: &str) -> MountError {
+    MountError {
+        action: action.to_string(),
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string()),
+    }
 }
 
 /// `at` as a path relative to the zone's root: it must be absolute and hold plain names only
@@ -946,5 +1031,66 @@ mod tests {
         for bad in ["vm/disk0", "/", "/vm/../etc", "", "/a//b/.."] {
             assert!(zone_relative(Path::new(bad)).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    #[ignore = "needs root: run with --run-ignored"]
+    fn root_files_written_into_a_zone_follow_no_link_and_belong_to_the_zone() {
+        use std::os::unix::fs::MetadataExt;
+        let id_base = 0x7000_0000;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir(&root).expect("root");
+        std::os::unix::fs::chown(&root, Some(id_base), Some(id_base)).expect("chown");
+        // A seed lands, its missing directories made as the zone's root.
+        write_into_zone(&root, Path::new("/var/lib/seed/meta-data"), b"one", id_base)
+            .expect("written");
+        let f = root.join("var/lib/seed/meta-data");
+        assert_eq!(std::fs::read(&f).expect("read"), b"one");
+        let (file, parent) = (
+            std::fs::metadata(&f).expect("meta"),
+            std::fs::metadata(f.parent().expect("dir")).expect("meta"),
+        );
+        assert_eq!((file.uid(), file.mode() & 0o777), (id_base, 0o644));
+        assert_eq!((parent.uid(), parent.mode() & 0o777), (id_base, 0o755));
+        // Written again over a link the guest put there: the link goes, its target stays.
+        let outside = dir.path().join("host-file");
+        std::fs::write(&outside, b"host").expect("write");
+        std::fs::remove_file(&f).expect("rm");
+        std::os::unix::fs::symlink(&outside, &f).expect("link");
+        write_into_zone(&root, Path::new("/var/lib/seed/meta-data"), b"two", id_base)
+            .expect("written");
+        assert_eq!(std::fs::read(&outside).expect("read"), b"host");
+        assert_eq!(std::fs::read(&f).expect("read"), b"two");
+        assert!(
+            !std::fs::symlink_metadata(&f)
+                .expect("meta")
+                .file_type()
+                .is_symlink()
+        );
+        // A link on the way is refused by name, and nothing is made beyond it.
+        std::os::unix::fs::symlink(dir.path(), root.join("var/lib/cloud")).expect("link");
+        let e = write_into_zone(&root, Path::new("/var/lib/cloud/seed/x"), b"x", id_base)
+            .expect_err("refused");
+        assert!(e.to_string().contains("var/lib/cloud"), "{e}");
+        assert!(
+            hull_sys::chain(&e).contains("symbolic link"),
+            "{}",
+            hull_sys::chain(&e)
+        );
+        assert!(!dir.path().join("seed").exists());
+        let e = bind_into_zone(
+            &root,
+            dir.path(),
+            Path::new("/var/lib/cloud/m"),
+            false,
+            id_base,
+        )
+        .expect_err("refused");
+        assert!(
+            hull_sys::chain(&e).contains("symbolic link"),
+            "{}",
+            hull_sys::chain(&e)
+        );
     }
 }

@@ -167,6 +167,9 @@ fn metadata_service(
     for tool in &m.tools {
         rootfs::bind_into_zone(rootfs, &tool.host, &tool.at, true, id_base)?;
     }
+    for file in &m.seed {
+        rootfs::write_into_zone(rootfs, &file.at, file.content.as_bytes(), id_base)?;
+    }
     Ok(listener)
 }
 

@@ -229,17 +229,7 @@ mod tests {
         for (k, x) in extra.as_object().expect("object") {
             v[k] = x.clone();
         }
-        let create = hull_spec::validate_create(&v).expect("valid");
-        let ctx = crate::service::convert::Context {
-            now: "2026-11-21T00:00:00.000Z".into(),
-            data_root: PathBuf::from("/data"),
-        };
-        crate::service::convert::new_record(
-            create,
-            &ctx,
-            &mut crate::service::convert::MacPool::new(&|_| false),
-        )
-        .expect("record")
+        super::super::test_record(v)
     }
 
     #[test]

@@ -281,14 +281,20 @@ pub fn set_remove<V: Clone>(
     changed || map.len() != before
 }
 
+/// The record a valid payload becomes (tests of the conversions).
+#[cfg(test)]
+pub(crate) fn test_record(v: serde_json::Value) -> Vm {
+    let c = hull_spec::validate_create(&v).unwrap_or_else(|r| panic!("{r}"));
+    new_record(c, &Context::fixed(), &mut MacPool::new(&|_| false)).expect("converts")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     fn create(v: serde_json::Value) -> Vm {
-        let c = hull_spec::validate_create(&v).unwrap_or_else(|r| panic!("{r}"));
-        new_record(c, &Context::fixed(), &mut MacPool::new(&|_| false)).expect("converts")
+        test_record(v)
     }
 
     #[test]

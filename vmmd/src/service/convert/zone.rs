@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use hull_cowstore::backend::RootSource;
 use hull_spec::{Brand, Vm};
 use zoned::cgroup::Limits;
-use zoned::config::{MetadataMount, RootFile, RootIds, RootSpec, ZoneConfig};
+use zoned::config::{GuestFile, MetadataMount, RootFile, RootIds, RootSpec, ZoneConfig};
 
 /// A zone guest as zoned runs it: the record, what its root is mounted from and the first
 /// host id of its id range.
@@ -22,9 +22,15 @@ pub struct GuestZone<'a> {
 /// The mdata tools a zone gets, all one binary that picks its verb from its name.
 pub const MDATA_TOOLS: [&str; 4] = ["mdata-get", "mdata-put", "mdata-delete", "mdata-list"];
 
+/// Where an lx zone's cloud-init finds its NoCloud seed.
+pub const NOCLOUD_SEED: &str = "/var/lib/cloud/seed/nocloud";
+
 /// Where the guest finds its metadata service and tools: SmartOS's places, under /native
-/// in lx zones (whose /usr belongs to the distribution).
-pub fn metadata_mount(brand: Brand, mdata: Option<&Path>) -> MetadataMount {
+/// in lx zones (whose /usr belongs to the distribution). An lx zone also gets a NoCloud
+/// seed for its cloud-init, which cannot tell it runs on SmartOS there (its SmartOS
+/// datasource looks at `uname -v`): see [`nocloud_seed`].
+pub fn metadata_mount(vm: &Vm, mdata: Option<&Path>) -> MetadataMount {
+    let brand = vm.brand;
     let base = if brand == Brand::Lx { "/native" } else { "" };
     MetadataMount {
         at: PathBuf::from(format!("{base}/.zonecontrol")),
@@ -38,7 +44,42 @@ pub fn metadata_mount(brand: Brand, mdata: Option<&Path>) -> MetadataMount {
                 })
             })
             .collect(),
+        seed: match brand {
+            Brand::Lx => nocloud_seed(vm),
+            _ => Vec::new(),
+        },
     }
+}
+
+/// cloud-init's NoCloud seed, from the record (written at every start, so a metadata change
+/// reaches the guest at its next boot): `meta-data` with the uuid as instance id (cloud-init
+/// runs its once-per-instance steps once), the hostname and `root_authorized_keys`;
+/// `user-data` from `cloud-init:user-data`, else the `user-script` (cloud-init runs a `#!`
+/// user-data once); `network-config` saying the network is not cloud-init's to configure
+/// (vmmd has made the zone's NICs). meta-data is JSON, which is YAML.
+pub fn nocloud_seed(vm: &Vm) -> Vec<GuestFile> {
+    let md = &vm.customer_metadata;
+    let mut meta = serde_json::json!({
+        "instance-id": vm.uuid.to_string(),
+        "local-hostname": vm.hostname.clone().unwrap_or_else(|| vm.uuid.to_string()),
+    });
+    if let Some(keys) = md.get("root_authorized_keys") {
+        meta["public-keys"] = serde_json::Value::String(keys.clone());
+    }
+    let user_data = md
+        .get("cloud-init:user-data")
+        .or_else(|| md.get("user-script"))
+        .cloned()
+        .unwrap_or_default();
+    let file = |name: &str, content: String| GuestFile {
+        at: PathBuf::from(format!("{NOCLOUD_SEED}/{name}")),
+        content,
+    };
+    vec![
+        file("meta-data", format!("{meta}\n")),
+        file("user-data", user_data),
+        file("network-config", "{\"config\": \"disabled\"}\n".to_string()),
+    ]
 }
 
 /// The resource limits of a guest record.
@@ -88,7 +129,54 @@ impl From<GuestZone<'_>> for ZoneConfig {
             stop_signal: (vm.brand == Brand::Lx).then_some(libc::SIGPWR),
             root_ids: RootIds::Auto,
             taps: Vec::new(),
-            metadata: Some(metadata_mount(vm.brand, mdata)),
+            metadata: Some(metadata_mount(vm, mdata)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lx_zones_get_a_nocloud_seed_and_tools_under_native() {
+        let vm = super::super::test_record(serde_json::json!({
+            "brand": "lx", "image_uuid": "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a60",
+            "hostname": "deb",
+            "customer_metadata": {"root_authorized_keys": "ssh-ed25519 AAAA k1\nssh-ed25519 BBBB k2",
+                "user-script": "#!/bin/sh\ntouch /ran"}
+        }));
+        let m = metadata_mount(&vm, Some(Path::new("/opt/mdata")));
+        assert_eq!(m.at, PathBuf::from("/native/.zonecontrol"));
+        assert_eq!(m.tools[0].at, PathBuf::from("/native/usr/sbin/mdata-get"));
+        let file = |name: &str| {
+            m.seed
+                .iter()
+                .find(|f| f.at == Path::new(NOCLOUD_SEED).join(name))
+                .map(|f| f.content.clone())
+                .expect("seed file")
+        };
+        let meta: serde_json::Value = serde_json::from_str(&file("meta-data")).expect("json");
+        assert_eq!(meta["instance-id"], vm.uuid.to_string());
+        assert_eq!(meta["local-hostname"], "deb");
+        assert_eq!(
+            meta["public-keys"],
+            "ssh-ed25519 AAAA k1\nssh-ed25519 BBBB k2"
+        );
+        assert_eq!(file("user-data"), "#!/bin/sh\ntouch /ran");
+        assert_eq!(file("network-config"), "{\"config\": \"disabled\"}\n");
+        // cloud-init:user-data wins over the user-script; joyent zones get no seed.
+        let mut with = vm.clone();
+        with.customer_metadata
+            .insert("cloud-init:user-data".into(), "#cloud-config\n{}".into());
+        assert!(
+            nocloud_seed(&with)
+                .iter()
+                .any(|f| f.content == "#cloud-config\n{}")
+        );
+        with.brand = Brand::Joyent;
+        let m = metadata_mount(&with, None);
+        assert!(m.seed.is_empty() && m.tools.is_empty());
+        assert_eq!(m.at, PathBuf::from("/.zonecontrol"));
     }
 }
