@@ -130,6 +130,11 @@ pub fn keys(vm: &Value) -> Answer {
     Answer::Value(out.join("\n"))
 }
 
+/// The most metadata (keys and values of customer_metadata and internal_metadata together)
+/// a guest's own writes may leave in its record: a guest that keeps writing cannot grow its
+/// record, and vmmd's memory, without bound. The operator's writes are not limited by it.
+pub const MAX_GUEST_METADATA: usize = 1 << 20;
+
 /// The `vmadm update` payload for a guest's PUT (`value` Some, an empty value removes the
 /// key as on SmartOS) or DELETE (`value` None), or the reason it is refused.
 pub fn write(vm: &Value, key: &str, value: Option<&str>) -> Result<Value, String> {
@@ -145,6 +150,11 @@ pub fn write(vm: &Value, key: &str, value: Option<&str>) -> Result<Value, String
         "customer_metadata"
     };
     let payload = match value.filter(|v| !v.is_empty()) {
+        Some(v) if stored_bytes(vm, key) + key.len() + v.len() > MAX_GUEST_METADATA => {
+            return Err(format!(
+                "the guest's metadata would exceed {MAX_GUEST_METADATA} bytes"
+            ));
+        }
         Some(v) => {
             let mut set = Map::new();
             set.insert(key.to_string(), Value::String(v.to_string()));
@@ -153,6 +163,17 @@ pub fn write(vm: &Value, key: &str, value: Option<&str>) -> Result<Value, String
         None => json!({ format!("remove_{which}"): [key] }),
     };
     Ok(payload)
+}
+
+/// Bytes of metadata the record holds, without `key`'s current entry (a PUT replaces it).
+fn stored_bytes(vm: &Value, key: &str) -> usize {
+    ["customer_metadata", "internal_metadata"]
+        .iter()
+        .filter_map(|store| vm.get(*store).and_then(Value::as_object))
+        .flat_map(|m| m.iter())
+        .filter(|(k, _)| k.as_str() != key)
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum()
 }
 
 /// Which metadata store a plain key lives in.
@@ -306,6 +327,16 @@ mod tests {
         assert_eq!(
             write(&v, "acme:key", None),
             Err("Cannot update the \"acme\" Namespace.".into())
+        );
+        // A guest cannot grow its record without bound; replacing a value counts once.
+        let big = "x".repeat(MAX_GUEST_METADATA / 2);
+        let full = json!({"customer_metadata": {"a": big}});
+        assert!(write(&full, "a", Some(&big)).is_ok());
+        let e = write(&full, "b", Some(&big)).expect_err("too much");
+        assert!(e.contains("would exceed"), "{e}");
+        assert!(
+            write(&full, "b", None).is_ok(),
+            "removing is always allowed"
         );
     }
 }
