@@ -638,6 +638,87 @@ fn root_lx_zone_from_the_debian_image() {
 /// Without id-mapped mounts (forced here), a zone's files are shifted into its id range on
 /// disk once: the zone sees them as its root's, the image stays as it was, and the zone
 /// stays shifted across starts.
+/// An lx zone from a Debian image with cloud-init: its NoCloud seed (written by zoned from
+/// the record) makes cloud-init install the payload's key, write the hostname and run the
+/// user-script once; mdata-get answers there too.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_lx_zone_runs_cloud_init_from_its_nocloud_seed() {
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMNhzbtYxNVb2Yok16ONGZtu7/AH/oLse+oYdP2WKN0T hull-test";
+    let d = Daemon::start();
+    hull_tests::require_mdata_tool();
+    let image = built_image("debian-cloud", None, "debian.tar.gz");
+    install_image(&d, &image);
+    let uuid = create(
+        &d,
+        serde_json::json!({"brand": "lx", "image_uuid": manifest_uuid(&image.0),
+            "alias": "cloudy", "hostname": "cloudy",
+            "customer_metadata": {"root_authorized_keys": KEY,
+                "user-script": "#!/bin/sh\necho ran >> /root/user-script-ran\n"}}),
+    );
+    let t = Instant::now();
+    loop {
+        let o = d.zlogin(&uuid, "test -e /var/lib/cloud/instance/boot-finished");
+        if o.status.success() {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(180) {
+            let log = d.zlogin(&uuid, "tail -40 /var/log/hull-cloud-init.log");
+            panic!("cloud-init never finished: {}", text(&log));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let o = d.zlogin(
+        &uuid,
+        "cat /var/lib/cloud/instance/datasource; cat /root/user-script-ran; cat /etc/hostname; \
+         cat /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys 2>/dev/null | grep -c hull-test; \
+         /native/usr/sbin/mdata-get sdc:hostname",
+    );
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.first().is_some_and(|l| l.contains("NoCloud")),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(&lines[1..3], ["ran", "cloudy"], "{}", text(&o));
+    assert!(
+        lines
+            .get(3)
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n >= 1),
+        "the payload's key is installed: {}",
+        text(&o)
+    );
+    assert_eq!(lines.get(4), Some(&"cloudy"), "{}", text(&o));
+    // The user-script ran once: a reboot does not run it again.
+    let o = d.vmadm(&["reboot", &uuid], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = Instant::now();
+    loop {
+        let o = d.zlogin(
+            &uuid,
+            "grep -c 'modules:final' /var/log/hull-cloud-init.log",
+        );
+        let runs: u32 = String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if runs >= 2 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "cloud-init did not run again"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let o = d.zlogin(&uuid, "cat /root/user-script-ran");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ran\n", "{}", text(&o));
+    let o = d.vmadm(&["delete", &uuid], None);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 #[test]
 #[ignore = "needs root: run with --run-ignored"]
 fn root_zone_with_ids_shifted_on_disk() {
