@@ -7,6 +7,26 @@
 //! live in vmmd's service layer, which adds its findings to the same [`ValidationReport`].
 #![forbid(unsafe_code)]
 
+/// A type that serialises as a string gets the string's schema, inline (the OpenAPI
+/// document shows it as the `string` it is on the wire).
+macro_rules! schema_as_string {
+    ($t:ty) => {
+        impl schemars::JsonSchema for $t {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                String::schema_name()
+            }
+
+            fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                String::json_schema(generator)
+            }
+
+            fn inline_schema() -> bool {
+                true
+            }
+        }
+    };
+}
+
 pub mod api;
 pub mod flatten;
 pub mod image;

@@ -5,7 +5,6 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An address with its prefix length, as in `ips: ["192.0.2.10/24"]`.
@@ -141,20 +140,8 @@ impl<'de> Deserialize<'de> for MacAddr {
     }
 }
 
-/// In the schema a MAC is the string it is written as.
-impl JsonSchema for MacAddr {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        String::schema_name()
-    }
-
-    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        String::json_schema(generator)
-    }
-
-    fn inline_schema() -> bool {
-        true
-    }
-}
+// In the schema a MAC is the string it is written as.
+schema_as_string!(MacAddr);
 
 /// True for an RFC 1123 host name (dot-separated labels of letters, digits and inner
 /// hyphens, each at most 63 bytes, at most 253 in all).

@@ -8,7 +8,6 @@
 
 use std::fmt;
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// One warning of a guest record. `Display` (and serde) give the text users see.
@@ -95,19 +94,7 @@ impl From<Warning> for String {
     }
 }
 
-impl JsonSchema for Warning {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        String::schema_name()
-    }
-
-    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        String::json_schema(generator)
-    }
-
-    fn inline_schema() -> bool {
-        true
-    }
-}
+schema_as_string!(Warning);
 
 #[cfg(test)]
 mod tests {

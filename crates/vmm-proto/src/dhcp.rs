@@ -67,17 +67,15 @@ impl DhcpLease {
     pub fn to_arg(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn leases_round_trip_and_bad_prefixes_are_refused() {
-        let lease = DhcpLease {
+    /// A lease with every option set, for tests and fuzz targets of its readers:
+    /// 192.0.2.31/24, router .1, resolver .53, host `web` in `example.com`, a route to
+    /// 10.0.0.0/8 through .254, MTU 1400, an hour.
+    #[doc(hidden)]
+    pub fn example() -> DhcpLease {
+        DhcpLease {
             nic: 0,
-            address: Ipv4Addr::new(192, 0, 2, 10),
+            address: Ipv4Addr::new(192, 0, 2, 31),
             prefix: 24,
             routers: vec![Ipv4Addr::new(192, 0, 2, 1)],
             dns: vec![Ipv4Addr::new(192, 0, 2, 53)],
@@ -89,8 +87,18 @@ mod tests {
                 via: Ipv4Addr::new(192, 0, 2, 254),
             }],
             mtu: Some(1400),
-            lease_secs: 86400,
-        };
+            lease_secs: 3600,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_round_trip_and_bad_prefixes_are_refused() {
+        let lease = DhcpLease::example();
         assert_eq!(lease.to_arg().parse::<DhcpLease>(), Ok(lease));
         assert!(
             r#"{"nic":0,"address":"192.0.2.1","prefix":33,"lease_secs":1}"#

@@ -3,31 +3,14 @@
 //! none may panic, and every answer must be a well-formed IPv4/UDP frame to the NIC's MAC
 //! carrying the lease's address or a NAK.
 
-use std::net::Ipv4Addr;
-
 use hull_vmm::devices::virtio::net::dhcp::{Verdict, handle};
-use hull_vmm_proto::{DhcpLease, DhcpRoute};
+use hull_vmm_proto::DhcpLease;
 use libfuzzer_sys::fuzz_target;
 
 const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x31];
 
 fuzz_target!(|data: &[u8]| {
-    let lease = DhcpLease {
-        nic: 0,
-        address: Ipv4Addr::new(192, 0, 2, 31),
-        prefix: 24,
-        routers: vec![Ipv4Addr::new(192, 0, 2, 1)],
-        dns: vec![Ipv4Addr::new(192, 0, 2, 53)],
-        hostname: Some("web".into()),
-        domain: Some("example.com".into()),
-        routes: vec![DhcpRoute {
-            dest: Ipv4Addr::new(10, 0, 0, 0),
-            prefix: 8,
-            via: Ipv4Addr::new(192, 0, 2, 254),
-        }],
-        mtu: Some(1400),
-        lease_secs: 3600,
-    };
+    let lease = DhcpLease::example();
     if let Verdict::Answer(Some(reply)) = handle(data, MAC, &lease) {
         assert_eq!(&reply[..6], &MAC);
         assert_eq!(&reply[12..14], &[0x08, 0x00]);

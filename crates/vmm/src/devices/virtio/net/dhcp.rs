@@ -230,27 +230,11 @@ fn checksum(data: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hull_vmm_proto::DhcpRoute;
 
     const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x31];
 
     fn lease() -> DhcpLease {
-        DhcpLease {
-            nic: 0,
-            address: Ipv4Addr::new(192, 0, 2, 31),
-            prefix: 24,
-            routers: vec![Ipv4Addr::new(192, 0, 2, 1)],
-            dns: vec![Ipv4Addr::new(192, 0, 2, 53)],
-            hostname: Some("web".into()),
-            domain: Some("example.com".into()),
-            routes: vec![DhcpRoute {
-                dest: Ipv4Addr::new(10, 0, 0, 0),
-                prefix: 8,
-                via: Ipv4Addr::new(192, 0, 2, 254),
-            }],
-            mtu: Some(1400),
-            lease_secs: 3600,
-        }
+        DhcpLease::example()
     }
 
     /// A client message as a DHCP client writes it, in a broadcast frame.
