@@ -10,6 +10,7 @@
  *   testguest.cpus=N                   expect N enabled processors in the MP table
  *   testguest.net_echo=1               expect the peer to answer our frame with "pong"
  *   testguest.dhcp=1                   lease an address by DHCP on the first NIC first
+ *   testguest.ping=A.B.C.D             then ARP for and ping that address from it
  *   testguest.mdata=1                  speak SmartOS's metadata protocol on COM2
  *   testguest.blk_io=N                 also time N sequential + N random 4 KiB reads
  *   testguest.hold=1                   after the checks, halt instead of resetting
@@ -1247,6 +1248,27 @@ static u8 rx_buf[NET_HDR + 1518];
 static u8 tx_buf[NET_HDR + 64];
 static u8 dhcp_buf[NET_HDR + 342];
 
+/* The one receive buffer: offered to the device at most once at a time. */
+static int rx_out;
+
+static void rx_give(struct vq *rx)
+{
+	if (rx_out)
+		return;
+	memset(rx_buf, 0, sizeof(rx_buf));
+	vq_offer(rx, 0);
+	vq_notify(rx);
+	rx_out = 1;
+}
+
+static long rx_take(struct vq *rx, u64 spins)
+{
+	long n = vq_wait(rx, spins);
+	if (n >= 0)
+		rx_out = 0;
+	return n;
+}
+
 static void put_ip(const u8 *a)
 {
 	for (int i = 0; i < 4; i++) {
@@ -1340,26 +1362,23 @@ static const u8 *dhcp_exchange(struct vq *rx, struct vq *tx, u32 flen, u8 kind, 
 			vq_notify(tx);
 			vq_wait(tx, SPIN_LIMIT);
 		}
-		*len = vq_wait(rx, SPIN_LIMIT / 16);
+		rx_give(rx);
+		*len = rx_take(rx, SPIN_LIMIT / 16);
 		const u8 *m = *len < 0 ? 0 : dhcp_reply(*len, kind);
 		if (m)
 			return m;
-		if (*len >= 0) {
-			memset(rx_buf, 0, sizeof(rx_buf));
-			vq_offer(rx, 0);
-			vq_notify(rx);
-		}
 	}
 	return 0;
 }
+
+/* The address DHCP leased (testguest.ping uses it). */
+static u8 leased_ip[4];
+static int have_lease;
 
 /* DISCOVER, OFFER, REQUEST, ACK with the VMM's DHCP server: prints what it leased. */
 static void test_dhcp(struct vq *rx, struct vq *tx, const u8 *mac)
 {
 	long len;
-	memset(rx_buf, 0, sizeof(rx_buf));
-	vq_offer(rx, 0);
-	vq_notify(rx);
 	const u8 *m = dhcp_exchange(rx, tx, dhcp_message(mac, 1, 0, 0), 2, &len);
 	if (!m) {
 		result(0, "dhcp: no offer\n");
@@ -1367,12 +1386,10 @@ static void test_dhcp(struct vq *rx, struct vq *tx, const u8 *mac)
 	}
 	u8 yi[4], server[4] = {0, 0, 0, 0};
 	memcpy(yi, m + 16, 4);
+	memcpy(leased_ip, yi, 4);
 	const u8 *sid = dhcp_option(m, len, 54);
 	if (sid && sid[0] == 4)
 		memcpy(server, sid + 1, 4);
-	memset(rx_buf, 0, sizeof(rx_buf));
-	vq_offer(rx, 0);
-	vq_notify(rx);
 	m = dhcp_exchange(rx, tx, dhcp_message(mac, 3, yi, server), 5, &len);
 	if (!m || memcmp(m + 16, yi, 4) != 0) {
 		result(0, "dhcp: the request was not acknowledged\n");
@@ -1385,6 +1402,7 @@ static void test_dhcp(struct vq *rx, struct vq *tx, const u8 *mac)
 		for (int i = 1; i <= 4; i++)
 			for (u8 b = mask[i]; b & 0x80; b = (u8)(b << 1))
 				prefix++;
+	have_lease = 1;
 	result(1, "dhcp: ");
 	put_ip(yi);
 	puts("/");
@@ -1403,8 +1421,112 @@ static void test_dhcp(struct vq *rx, struct vq *tx, const u8 *mac)
 			putc((char)host[1 + i]);
 	}
 	puts("\n");
-	/* The caller offers the receive buffer again for what follows. */
-	memset(rx_buf, 0, sizeof(rx_buf));
+}
+
+static u16 ip_sum(const u8 *p, u32 n)
+{
+	u32 s = 0;
+	for (u32 i = 0; i + 1 < n; i += 2)
+		s += (u32)(p[i] << 8 | p[i + 1]);
+	if (n & 1)
+		s += (u32)p[n - 1] << 8;
+	while (s >> 16)
+		s = (s & 0xffff) + (s >> 16);
+	return (u16)~s;
+}
+
+/* An ARP frame (op 1 request, 2 reply) from us in dhcp_buf; returns its length. */
+static u32 arp_frame(const u8 *mac, u16 op, const u8 *to_mac, const u8 *to_ip)
+{
+	memset(dhcp_buf, 0, sizeof(dhcp_buf));
+	u8 *f = dhcp_buf + NET_HDR;
+	if (to_mac)
+		memcpy(f, to_mac, 6);
+	else
+		memset(f, 0xff, 6);
+	memcpy(f + 6, mac, 6);
+	f[12] = 0x08, f[13] = 0x06;
+	u8 *a = f + 14;
+	a[1] = 1, a[2] = 0x08, a[4] = 6, a[5] = 4, a[7] = (u8)op;
+	memcpy(a + 8, mac, 6);
+	memcpy(a + 14, leased_ip, 4);
+	if (to_mac)
+		memcpy(a + 18, to_mac, 6);
+	memcpy(a + 24, to_ip, 4);
+	return NET_HDR + 60;
+}
+
+static void send_frame(struct vq *tx, u32 len)
+{
+	set_desc(tx, 0, dhcp_buf, len, 0);
+	vq_offer(tx, 0);
+	vq_notify(tx);
+	vq_wait(tx, SPIN_LIMIT);
+}
+
+/* With the leased address: ARP for `peer` (dotted IPv4 on the command line), then an ICMP
+ * echo to it, answering ARP for our own address meanwhile: a zone on the same switch. */
+static void test_ping(struct vq *rx, struct vq *tx, const u8 *mac, const char *peer)
+{
+	u8 ip[4], peer_mac[6];
+	const char *p = peer;
+	for (int i = 0; i < 4; i++) {
+		ip[i] = (u8)parse_num(&p);
+		if (*p == '.')
+			p++;
+	}
+	const u8 *f = rx_buf + NET_HDR;
+	int step = 0; /* 0: ARP for the peer; 1: echo sent, waiting for the reply */
+	for (int round = 0; round < 200 && step < 2; round++) {
+		if (round % 8 == 0) {
+			if (step == 0) {
+				send_frame(tx, arp_frame(mac, 1, 0, ip));
+			} else {
+				memset(dhcp_buf, 0, sizeof(dhcp_buf));
+				u8 *e = dhcp_buf + NET_HDR;
+				memcpy(e, peer_mac, 6);
+				memcpy(e + 6, mac, 6);
+				e[12] = 0x08;
+				u8 *iph = e + 14, *icmp = iph + 20;
+				iph[0] = 0x45, iph[3] = 20 + 16, iph[8] = 64, iph[9] = 1;
+				memcpy(iph + 12, leased_ip, 4);
+				memcpy(iph + 16, ip, 4);
+				u16 c = ip_sum(iph, 20);
+				iph[10] = (u8)(c >> 8), iph[11] = (u8)c;
+				icmp[0] = 8, icmp[4] = 0x48, icmp[5] = 0x55, icmp[7] = 1;
+				memcpy(icmp + 8, "hull-tg!", 8);
+				c = ip_sum(icmp, 16);
+				icmp[2] = (u8)(c >> 8), icmp[3] = (u8)c;
+				send_frame(tx, NET_HDR + 14 + 36);
+			}
+		}
+		rx_give(rx);
+		long len = rx_take(rx, SPIN_LIMIT / 16);
+		if (len < 0)
+			continue;
+		if (len >= NET_HDR + 42 && f[12] == 0x08 && f[13] == 0x06) {
+			const u8 *a = f + 14;
+			if (a[7] == 2 && memcmp(a + 14, ip, 4) == 0 && step == 0) {
+				memcpy(peer_mac, a + 8, 6);
+				step = 1;
+				round = -1; /* send the echo at once */
+			} else if (a[7] == 1 && memcmp(a + 24, leased_ip, 4) == 0) {
+				u8 who_mac[6], who_ip[4];
+				memcpy(who_mac, a + 8, 6);
+				memcpy(who_ip, a + 14, 4);
+				send_frame(tx, arp_frame(mac, 2, who_mac, who_ip));
+			}
+		} else if (step == 1 && len >= NET_HDR + 14 + 28 && f[12] == 0x08 && f[13] == 0 &&
+			   f[14 + 9] == 1 && memcmp(f + 14 + 12, ip, 4) == 0) {
+			const u8 *icmp = f + 14 + (f[14] & 15) * 4;
+			if (icmp[0] == 0 && icmp[4] == 0x48 && icmp[5] == 0x55)
+				step = 2;
+		}
+	}
+	result(step == 2, "ping: ");
+	put_ip(ip);
+	puts(step == 2 ? " answered our echo from the leased address\n"
+		       : step == 1 ? " answered ARP, not the echo\n" : " did not answer ARP\n");
 }
 
 static void test_net(struct vdev *d)
@@ -1432,8 +1554,10 @@ static void test_net(struct vdev *d)
 	const char *dhcp = param("testguest.dhcp");
 	if (dhcp && dhcp[0] == '1')
 		test_dhcp(&rx, &tx, mac);
-	vq_offer(&rx, 0);
-	vq_notify(&rx);
+	const char *peer = param("testguest.ping");
+	if (peer && have_lease)
+		test_ping(&rx, &tx, mac, peer);
+	rx_give(&rx);
 
 	memset(tx_buf, 0, sizeof(tx_buf));
 	u8 *f = tx_buf + NET_HDR;

@@ -382,6 +382,42 @@ fn kvm_root_microvm_limits_change_live_and_memory_at_next_boot() {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+/// A microVM that learned its address by DHCP (answered by its VMM) reaches a zone on the
+/// same nic tag: ARP and an ICMP echo through the switch, anti-spoofing on.
+#[test]
+#[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
+fn kvm_root_microvm_with_a_dhcp_address_pings_a_zone_on_its_switch() {
+    hull_tests::require_root_and_kvm();
+    let d = Daemon::start();
+    hull_tests::zone::install(&d);
+    let image = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a63";
+    d.install_image(image, "zvol");
+    let o = d.run("nictagadm", &["add", "-l", "pingsw"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let zone = hull_tests::zone::create(
+        &d,
+        json!({"nics": [{"nic_tag": "pingsw", "ips": ["192.0.2.41/24"], "primary": true}]}),
+    );
+    let payload = json!({"brand": "kvm", "alias": "pingvm", "ram": 64, "autoboot": true,
+        "kernel": hull_tests::testguest().to_string_lossy(),
+        "cmdline": "console=ttyS0 testguest.dhcp=1 testguest.ping=192.0.2.41 testguest.hold=kbd",
+        "disks": [{"image_uuid": image, "boot": true}],
+        "nics": [{"nic_tag": "pingsw", "ips": ["192.0.2.40/24"], "primary": true}]});
+    let vm = d.client().create_vm(&payload).expect("create");
+    let seen = console_until(&d, vm.uuid, "testguest: waiting for ctrl-alt-del");
+    assert!(seen.contains("PASS dhcp: 192.0.2.40/24"), "{seen}");
+    assert!(
+        seen.contains("PASS ping: 192.0.2.41 answered our echo from the leased address"),
+        "{seen}"
+    );
+    for uuid in [vm.uuid.to_string(), zone] {
+        let o = d.vmadm(&["delete", &uuid], None);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let o = d.run("nictagadm", &["delete", "pingsw"], None);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// The guest finds SMBIOS saying SmartOS with its uuid and reads its metadata over COM2
 /// from vmmd's agent, also after a vmmd restart and a reboot.
 #[test]
