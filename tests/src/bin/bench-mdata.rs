@@ -13,6 +13,11 @@
 //! Run: `cargo build --release -p hull-tests -p vmmd -p hull-zoned -p hull-cli &&
 //! scripts/build-mdata && sudo target/release/bench-mdata [requests]` (default 180, at
 //! most 190).
+//!
+//! `bench-mdata com2 [requests]` (default 180; needs /dev/kvm and the test guest) times the
+//! same GET from inside a microVM instead: the test guest sends it on COM2 and waits for the
+//! answer, through the VMM's UART and socket and vmmd's agent, each round trip timed with
+//! the TSC (calibrated against the PIT), and prints p50 and p99.
 //! Prints a Markdown table for docs/PERFORMANCE.md; deletes its zone.
 
 use std::io::{BufRead, BufReader, Write};
@@ -115,9 +120,35 @@ fn echo_floor(dir: &Path, reply: String) -> PathBuf {
     path
 }
 
+/// The COM2 round trip, timed by the test guest in a microVM that vmmd runs.
+fn com2(n: usize) {
+    let d = Daemon::start();
+    let image = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a64";
+    d.install_image(image, "zvol");
+    let payload = json!({"brand": "kvm", "alias": "mdbench", "ram": 64, "autoboot": true,
+        "kernel": hull_tests::testguest().to_string_lossy(),
+        "cmdline": format!("console=ttyS0 testguest.mdata=1 testguest.mdata_bench={n} testguest.hold=kbd"),
+        "disks": [{"image_uuid": image, "boot": true}]});
+    let vm = d.client().create_vm(&payload).expect("create");
+    let rt = d.client().runtime(vm.uuid).expect("runtime");
+    let seen = hull_tests::console_until(&rt.console, "testguest: waiting for ctrl-alt-del");
+    let line = seen
+        .lines()
+        .find(|l| l.contains("mdata bench:"))
+        .unwrap_or("no bench line");
+    println!("{}", line.trim_start_matches("testguest: "));
+    let o = d.vmadm(&["delete", &vm.uuid.to_string()], None);
+    assert!(o.status.success(), "delete: {o:?}");
+}
+
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("com2") {
+        let n = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(180);
+        return com2(n);
+    }
+    let n: usize = args
+        .get(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(180)
         .min(190);

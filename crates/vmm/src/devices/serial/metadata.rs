@@ -67,10 +67,14 @@ impl ToAgent {
 }
 
 impl Write for ToAgent {
+    /// Protocol requests are lines: bytes go to the agent at a newline (or once 1 KiB
+    /// waits), one write(2) per request rather than one per byte the guest puts in the UART.
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let room = TX_MAX.saturating_sub(self.pending.len());
         self.pending.extend(&data[..data.len().min(room)]);
-        self.flush_pending();
+        if data.contains(&b'\n') || self.pending.len() >= 1024 {
+            self.flush_pending();
+        }
         Ok(data.len())
     }
 
