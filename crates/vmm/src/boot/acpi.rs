@@ -74,32 +74,27 @@ pub struct AcpiLayout {
     pub com2: bool,
 }
 
+/// A 16550 UART (PNP0501) at I/O port `base` with ISA IRQ `irq`.
+fn uart(name: &str, base: u64, irq: u32, uid: &dyn Aml) -> Raw {
+    let io = IO::new(base as u16, base as u16, 1, 8);
+    let line = Interrupt::new(true, true, false, false, irq);
+    let crs = ResourceTemplate::new(vec![&io, &line]);
+    render(&Device::new(
+        name.into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0501")),
+            &Name::new("_UID".into(), uid),
+            &Name::new("_CRS".into(), &crs),
+        ],
+    ))
+}
+
 /// The DSDT's AML body.
 pub fn dsdt_aml(layout: &AcpiLayout) -> Vec<u8> {
     let mut devices: Vec<Raw> = Vec::new();
-    let com1_io = IO::new(COM1_BASE as u16, COM1_BASE as u16, 1, 8);
-    let com1_irq = Interrupt::new(true, true, false, false, COM1_IRQ);
-    let com1_crs = ResourceTemplate::new(vec![&com1_io, &com1_irq]);
-    devices.push(render(&Device::new(
-        "COM1".into(),
-        vec![
-            &Name::new("_HID".into(), &EISAName::new("PNP0501")),
-            &Name::new("_UID".into(), &aml::ZERO),
-            &Name::new("_CRS".into(), &com1_crs),
-        ],
-    )));
+    devices.push(uart("COM1", COM1_BASE, COM1_IRQ, &aml::ZERO));
     if layout.com2 {
-        let io = IO::new(COM2_BASE as u16, COM2_BASE as u16, 1, 8);
-        let irq = Interrupt::new(true, true, false, false, COM2_IRQ);
-        let crs = ResourceTemplate::new(vec![&io, &irq]);
-        devices.push(render(&Device::new(
-            "COM2".into(),
-            vec![
-                &Name::new("_HID".into(), &EISAName::new("PNP0501")),
-                &Name::new("_UID".into(), &2u32),
-                &Name::new("_CRS".into(), &crs),
-            ],
-        )));
+        devices.push(uart("COM2", COM2_BASE, COM2_IRQ, &2u32));
     }
     for (i, (addr, irq)) in layout.virtio.iter().enumerate() {
         let window = Memory32Fixed::new(true, *addr as u32, VIRTIO_MMIO_SIZE as u32);
