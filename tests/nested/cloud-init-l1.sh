@@ -1,0 +1,142 @@
+#!/bin/busybox sh
+# L1 of tests/nested/cloud-init (QEMU TCG with emulated SVM, cgroup v2 only): vmmd on a
+# tmpfs data root; the Debian cloud image as a microVM configured by metadata alone, an ssh
+# session to it from a zone, then the same image with only its DHCP client.
+/bin/busybox --install -s /bin
+if [ "$$" = 1 ] && [ ! -e /.switched ]; then
+  # pivot_root (zones) refuses the initramfs's rootfs: move into a tmpfs, as a live image
+  # does. switch_root frees the initramfs's copy.
+  mkdir -p /newroot && mount -t tmpfs -o size=5g root /newroot
+  for d in /*; do case "$d" in /newroot|/proc|/sys|/dev) ;; *) cp -a "$d" /newroot/ ;; esac; done
+  mkdir -p /newroot/proc /newroot/sys /newroot/dev && touch /newroot/.switched
+  exec switch_root /newroot /init
+fi
+mkdir -p /proc /sys /dev /tmp /run /sys/fs/cgroup /var/lib/hull /run/hull
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -t cgroup2 none /sys/fs/cgroup
+mount -t tmpfs tmpfs /run && mkdir -p /run/hull
+echo "L1: up, $(grep -c ^processor /proc/cpuinfo) cpus"
+up() { cut -d' ' -f1 /proc/uptime; }
+# A heartbeat for the host's watchdog (tests/nested/cloud-init).
+(while :; do sleep 30; echo "L1: tick $(up)"; done) &
+while read -r ko; do insmod "/m/$ko" 2>/dev/null || echo "L1: insmod $ko failed"; done < /m/order
+[ -e /dev/kvm ] || { echo "L1: FAIL no /dev/kvm"; poweroff -f; }
+fail() { echo "L1: FAIL $*"; tail -30 /tmp/vmmd.log | sed 's/^/L1: vmmd: /'; poweroff -f; }
+export HULL_SOCKET=/run/hull/vmmd.sock PATH=/hull:/usr/sbin:$PATH
+/hull/vmmd --socket $HULL_SOCKET --data-root /var/lib/hull > /tmp/vmmd.log 2>&1 &
+for i in $(seq 100); do vmadm list -H >/dev/null 2>&1 && break; sleep 0.2; done
+vmadm list -H >/dev/null 2>&1 || fail "vmmd did not start"
+echo "L1: vmmd up"
+S=$(up)
+imgadm install -m /zimg/manifest.json -f /zimg/zone.tar.gz > /tmp/imgadm.out 2>&1 || { cat /tmp/imgadm.out; fail "imgadm install of the zone image"; }
+imgadm install -m /img/manifest.json -f /img/disk.raw.gz > /tmp/imgadm.out 2>&1 || { cat /tmp/imgadm.out; fail "imgadm install of the cloud image"; }
+echo "L1: images installed in $(up) - $S s"
+# The bench's qemu boots the same disk image, raw, each run on a throwaway overlay.
+[ -e /bench ] && { mkdir -p /var/tmp && gunzip -c /img/disk.raw.gz > /var/tmp/base.raw || fail "gunzip"; }
+rm -f /img/disk.raw.gz /zimg/zone.tar.gz
+ZIMG=$(imgadm list -H -o uuid name=busybox-ssh)
+VIMG=$(imgadm list -H -o uuid name=debian-12-cloud-vm)
+nictagadm add -l internal || fail "nictagadm add"
+KEY=$(cat /key.pub)
+# Waits (up to 10 min) for cloud-init's last line in the console log $1.
+finished() {
+  for i in $(seq 3000); do grep -q "Cloud-init v.* finished" "$1" 2>/dev/null && return 0; sleep 0.2; done
+  return 1
+}
+payload() { # $1 alias, $2 autoboot
+  cat <<JSON
+{"brand": "kvm", "alias": "$1", "hostname": "ci-vm1", "autoboot": $2, "ram": 768, "vcpus": 2,
+ "resolvers": ["192.0.2.53"],
+ "disks": [{"image_uuid": "$VIMG", "boot": true}],
+ "nics": [{"nic_tag": "internal", "ips": ["192.0.2.20/24"], "gateways": ["192.0.2.1"], "primary": true}],
+ "customer_metadata": {
+   "root_authorized_keys": "$KEY",
+   "user-script": "#!/bin/sh\necho user-script-ran > /root/user-script-ran\n",
+   "cloud-init:user-data": "#cloud-config\nwrite_files:\n  - path: /root/user-data-ran\n    content: user-data-ran\n"}}
+JSON
+}
+if [ -e /bench ]; then
+  # Each run: a new guest from the image (hull: created stopped, then timed from vmadm
+  # start; qemu: a fresh overlay on the raw image, timed from launch) to cloud-init's
+  # "finished" on its console. Alternating which goes first.
+  hull_run() {
+    payload "b$1" false | vmadm create > /tmp/b.out 2>&1 || { cat /tmp/b.out; fail "bench create"; }
+    B=$(vmadm lookup -1 alias="b$1")
+    S=$(up); vmadm start "$B" > /tmp/b.out 2>&1 || { cat /tmp/b.out; fail "bench start"; }
+    sleep 3000 | vmadm console "$B" > /tmp/bcon.log 2>&1 &
+    if finished /tmp/bcon.log; then echo "L1: bench hull $1 $S $(up)"; else echo "L1: bench hull run $1 did not finish"; tail -20 /tmp/bcon.log; fi
+    vmadm stop -F "$B" > /dev/null 2>&1; vmadm delete "$B" > /dev/null 2>&1
+  }
+  qemu_run() {
+    S=$(up)
+    /qemu/qemu-system-x86_64 -L /qemu/share -M microvm,x-option-roms=off,rtc=on -enable-kvm -cpu host \
+      -m 768 -smp 2 -nodefaults -no-user-config -display none -serial file:/tmp/qcon.log -no-reboot \
+      -kernel /img/vmlinuz -initrd /img/initrd.img -append "console=ttyS0 root=/dev/vda" \
+      -drive file=/var/tmp/base.raw,format=raw,if=none,id=d0,snapshot=on -device virtio-blk-device,drive=d0 \
+      -drive file=/img/seed.iso,format=raw,if=none,id=d1,readonly=on -device virtio-blk-device,drive=d1 \
+      -netdev user,id=n0 -device virtio-net-device,netdev=n0,mac=52:54:00:12:34:56 > /tmp/q.out 2>&1 &
+    Q=$!
+    if finished /tmp/qcon.log; then echo "L1: bench qemu $1 $S $(up)"; else echo "L1: bench qemu run $1 did not finish"; cat /tmp/q.out; tail -20 /tmp/qcon.log; fi
+    kill $Q; wait $Q
+  }
+  for i in $(seq "$(cat /bench)"); do
+    if [ $((i % 2)) = 1 ]; then hull_run $i; qemu_run $i; else qemu_run $i; hull_run $i; fi
+  done
+  echo "L1: done"
+  poweroff -f
+fi
+echo "{\"brand\": \"joyent-minimal\", \"alias\": \"z1\", \"image_uuid\": \"$ZIMG\", \"autoboot\": true,
+  \"max_physical_memory\": 128, \"nics\": [{\"nic_tag\": \"internal\", \"ips\": [\"192.0.2.10/24\"]}]}" |
+  vmadm create > /tmp/create.out 2>&1 || { cat /tmp/create.out; fail "zone create"; }
+Z=$(vmadm lookup -1 alias=z1)
+echo "L1: zone z1 $(vmadm list -H -o state alias=z1)"
+S=$(up)
+payload vm1 true > /tmp/vm1.json
+vmadm create -f /tmp/vm1.json > /tmp/create.out 2>&1 || { cat /tmp/create.out; fail "vm1 create"; }
+U=$(vmadm lookup -1 alias=vm1)
+echo "L1: vm1 $(vmadm list -H -o state alias=vm1)"
+sleep 3000 | vmadm console "$U" > /tmp/console1.log 2>&1 &
+if finished /tmp/console1.log; then echo "L1: cloud-init finished in vm1 $(up) - $S s after vmadm create"
+else echo "L1: no cloud-init finish line from vm1 in 10 min; its console ends:"; tr -d '\r' < /tmp/console1.log | tail -40 | sed 's/^/L2: /'; fi
+tr -d '\r' < /tmp/console1.log | grep -a -i -E "cloud-init|ci-info|error|fail" | head -60 | sed 's/^/L2: /'
+SSH="ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=10 -o BatchMode=yes root@192.0.2.20"
+# Until sshd answers: a refused or timed-out connection is a guest still booting; any
+# answer from sshd (a session or a refusal of the key) ends the wait.
+for i in $(seq 60); do
+  zlogin "$Z" $SSH true > /tmp/ssh.out 2>&1 && break
+  grep -q -i -E "refused|timed out|unreachable|no route" /tmp/ssh.out || break
+  sleep 2
+done
+sed 's/^/L1: ssh said: /' /tmp/ssh.out | tail -5
+zlogin "$Z" $SSH 'echo "hostname: $(hostname)"; echo "key: $(cut -d" " -f3 /root/.ssh/authorized_keys)";
+  echo "user-script: $(cat /root/user-script-ran)"; echo "user-data: $(cat /root/user-data-ran)";
+  echo "address: $(ip -4 -o addr show scope global | awk "{print \$4}")"; echo "gateway: $(ip -4 route show default)";
+  echo "resolver: $(grep -h ^nameserver /run/systemd/resolve/resolv.conf /etc/resolv.conf 2>/dev/null | head -1)";
+  cat /etc/systemd/network/*cloud-init*.network 2>/dev/null | sed "s/^/networkd: /"' 2>&1 | sed 's/^/L1: ssh /'
+S=$(up)
+vmadm stop -t 120 "$U" > /tmp/stop.out 2>&1 || cat /tmp/stop.out
+echo "L1: vm1 $(vmadm list -H -o state alias=vm1) $(up) - $S s after vmadm stop"
+tr -d '\r' < /tmp/console1.log | grep -a -E "Power key|System is powering down|reboot: Power down" | sed 's/^/L2: /'
+vmadm get "$U" | grep '"failure"' | sed 's/^/L1: record /'
+
+# The same image with cloud-init off: systemd-networkd's DHCP client and hull's answer.
+S=$(up)
+echo "{\"brand\": \"kvm\", \"alias\": \"vm2\", \"autoboot\": true, \"ram\": 512, \"vcpus\": 1,
+  \"cmdline\": \"console=ttyS0 root=/dev/vda cloud-init=disabled\",
+  \"disks\": [{\"image_uuid\": \"$VIMG\", \"boot\": true}],
+  \"nics\": [{\"nic_tag\": \"internal\", \"ips\": [\"192.0.2.21/24\"]}]}" | vmadm create > /tmp/create.out 2>&1 ||
+  { cat /tmp/create.out; fail "vm2 create"; }
+U2=$(vmadm lookup -1 alias=vm2)
+echo "L1: vm2 $(vmadm list -H -o state alias=vm2)"
+sleep 3000 | vmadm console "$U2" > /tmp/console2.log 2>&1 &
+for i in $(seq 600); do
+  zlogin "$Z" ping -c 1 -W 1 192.0.2.21 > /dev/null 2>&1 && { echo "L1: zone pings vm2 at 192.0.2.21 $(up) - $S s after vmadm create"; break; }
+  sleep 1
+done
+tr -d '\r' < /tmp/console2.log | grep -a -i -E "cloud-init|dhcp|login:" | head -20 | sed 's/^/L2: /'
+vmadm get "$U2" | grep '"failure"' | sed 's/^/L1: record /'
+vmadm stop -t 120 "$U2" > /dev/null 2>&1
+echo "L1: done"
+poweroff -f
