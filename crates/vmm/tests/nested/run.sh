@@ -83,4 +83,10 @@ for want in "L2: init reached, 2 cpus" "L2: virtio devices: virtio0 virtio1 virt
   "L1: testguest (pit=in): PASS pit: first access an IN"; do
   if grep -a -q "$want" "run-$MODE.log"; then echo "PASS $want"; else echo "FAIL $want"; fail=1; fi
 done
+if grep -a -q "L1: RETRY" "run-$MODE.log"; then echo "NOTE: the L2 guest was run twice (L1: RETRY above)"; fi
+if [ $fail = 1 ]; then
+  # The whole L1 run, bar the test guest's lines, for whoever reads only the end of the log.
+  echo "--- L1's console (run-$MODE.log, the test guest's lines left out), last 60 lines:"
+  grep -a -v 'testguest' "run-$MODE.log" | tail -60
+fi
 exit $fail
