@@ -11,7 +11,10 @@
 //! 0x1_0000_0000  RAM above the 32-bit gap, for guests bigger than 3.25 GiB
 //! ```
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use std::io;
+use std::ptr::null_mut;
+
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 /// Guest RAM as this crate uses it.
 pub type GuestMemory = GuestMemoryMmap<()>;
@@ -67,9 +70,21 @@ pub enum MemoryError {
     Map {
         mib: u64,
         #[source]
-        source: vm_memory::mmap::FromRangesError,
+        source: io::Error,
+    },
+    /// vm-memory refused the mapping as a guest region.
+    #[error("cannot use the {mib} MiB mapped as guest memory")]
+    Region {
+        mib: u64,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
+
+/// The huge page size guest RAM is aligned to.
+const HUGE_PAGE: usize = 2 << 20;
+const RAM_PROT: i32 = libc::PROT_READ | libc::PROT_WRITE;
+const RAM_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
 
 /// RAM ranges for a guest of `size` bytes: below the MMIO gap first, the rest above 4 GiB.
 pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
@@ -81,12 +96,65 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
     ranges
 }
 
-/// Maps guest RAM (anonymous, private, zero-filled).
+/// Maps guest RAM (anonymous, private, zero-filled, reserved lazily) for huge pages, as QEMU
+/// does: each range starts at a 2 MiB-aligned host address, since KVM maps a guest range with
+/// one 2 MiB page only where the guest and host addresses agree modulo 2 MiB, and is advised
+/// `MADV_HUGEPAGE` (hosts whose transparent huge pages are "madvise", this one's). Without
+/// them every 4 KiB the guest first touches costs a nested page fault exit: 65 000 more exits
+/// than QEMU's in a cloud image's boot (docs/PERFORMANCE.md).
+///
+/// The mappings live as long as the process (a VMM's process lives as long as its guest).
 pub fn create_guest_memory(mem_mib: u64) -> Result<GuestMemory, MemoryError> {
-    GuestMemoryMmap::from_ranges(&ram_ranges(mem_mib << 20)).map_err(|source| MemoryError::Map {
+    let map_err = |source| MemoryError::Map {
         mib: mem_mib,
         source,
-    })
+    };
+    let region_err = |source: Box<dyn std::error::Error + Send + Sync>| MemoryError::Region {
+        mib: mem_mib,
+        source,
+    };
+    let mut regions = Vec::new();
+    for (base, size) in ram_ranges(mem_mib << 20) {
+        let ptr = map_huge_aligned(size).map_err(map_err)?;
+        // SAFETY: `ptr` and `size` are exactly the mapping `map_huge_aligned` just made, with
+        // these protections and flags; nothing unmaps it while the process lives.
+        let mapping = unsafe { MmapRegion::build_raw(ptr, size, RAM_PROT, RAM_FLAGS) }
+            .map_err(|e| region_err(Box::new(e)))?;
+        let region = GuestRegionMmap::new(mapping, base)
+            .ok_or_else(|| region_err("guest address range overflows".into()))?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| region_err(Box::new(e)))
+}
+
+/// An anonymous mapping of `size` bytes at a 2 MiB-aligned address, advised for huge pages.
+fn map_huge_aligned(size: usize) -> io::Result<*mut u8> {
+    let len = size
+        .checked_add(HUGE_PAGE)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+    // SAFETY: a new anonymous mapping at an address the kernel picks; it aliases nothing.
+    let p = unsafe { libc::mmap(null_mut(), len, RAM_PROT, RAM_FLAGS, -1, 0) };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let start = p as usize;
+    let aligned = start.next_multiple_of(HUGE_PAGE);
+    let head = aligned - start;
+    let tail = len - head - size;
+    // SAFETY: the head and tail are parts of the mapping just made that nothing uses; what
+    // stays is [aligned, aligned + size).
+    unsafe {
+        if head > 0 {
+            libc::munmap(p, head);
+        }
+        if tail > 0 {
+            libc::munmap((aligned + size) as *mut libc::c_void, tail);
+        }
+    }
+    // Advice only: a host without transparent huge pages refuses it and RAM works the same.
+    // SAFETY: the range is the mapping made above.
+    unsafe { libc::madvise(aligned as *mut libc::c_void, size, libc::MADV_HUGEPAGE) };
+    Ok(aligned as *mut u8)
 }
 
 /// End of RAM below the MMIO gap.
@@ -101,6 +169,25 @@ mod tests {
     #[test]
     fn small_guests_fit_below_the_gap() {
         assert_eq!(ram_ranges(128 << 20), vec![(GuestAddress(0), 128 << 20)]);
+    }
+
+    #[test]
+    fn ram_is_huge_page_aligned_and_zeroed() {
+        use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+        let mem = create_guest_memory(6).unwrap();
+        for r in mem.iter() {
+            let host = r
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .unwrap();
+            assert_eq!(host as usize % HUGE_PAGE, 0);
+            assert_eq!(r.len(), 6 << 20);
+        }
+        let mut b = [1u8; 8];
+        mem.read_slice(&mut b, GuestAddress((6 << 20) - 8)).unwrap();
+        assert_eq!(b, [0; 8]);
+        mem.write_slice(&[7; 8], GuestAddress(4096)).unwrap();
+        mem.read_slice(&mut b, GuestAddress(4096)).unwrap();
+        assert_eq!(b, [7; 8]);
     }
 
     #[test]
