@@ -599,3 +599,109 @@ fn zvol_boot_files_are_taken_out_of_the_disk_at_install() {
     );
     assert_eq!(v["cmdline"], "console=ttyS0 root=/dev/vda");
 }
+
+/// A disk image as distributions ship them: qemu-img's qcow2 (compressed clusters), with a
+/// manifest saying `"compression": "none"`, installs as the raw disk it stands for (its boot
+/// files taken out as from a raw one); the same file bzip2-compressed too; a guest asking for
+/// a larger disk gets its clone grown. A qcow2 overlay on a backing file is refused by name,
+/// the data root left as it was.
+#[test]
+fn qcow2_and_bzip2_disk_images_install_as_raw_disks() {
+    let d = Daemon::start();
+    let work = d.dir.path().join("qcow2");
+    std::fs::create_dir_all(work.join("root/boot")).expect("mkdir");
+    std::fs::write(work.join("root/boot/vmlinuz"), b"qcow2 kernel").expect("kernel");
+    let raw = work.join("disk.raw");
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(work.join("root"))
+        .arg(&raw)
+        .arg("8M")
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs)");
+    assert!(made.success());
+    let qcow2 = work.join("disk.qcow2");
+    let qemu_img = |args: &[&std::ffi::OsStr]| {
+        let o = Command::new("qemu-img")
+            .args(args)
+            .output()
+            .expect("qemu-img (qemu-utils)");
+        assert!(o.status.success(), "qemu-img: {}", stderr(&o));
+    };
+    qemu_img(&[
+        "convert".as_ref(),
+        "-c".as_ref(),
+        "-f".as_ref(),
+        "raw".as_ref(),
+        "-O".as_ref(),
+        "qcow2".as_ref(),
+        raw.as_os_str(),
+        qcow2.as_os_str(),
+    ]);
+    let bz2 = work.join("disk.qcow2.bz2");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("bzip2 -c {} > {}", qcow2.display(), bz2.display()))
+        .output()
+        .expect("sh");
+    assert!(o.status.success(), "bzip2: {}", stderr(&o));
+    let manifest = |uuid: &str, file: &Path, compression: &str| {
+        let (sha1, size) = hull_cowstore::archive::digest(std::fs::File::open(file).expect("open"))
+            .expect("digest");
+        let m = json!({"v": 2, "uuid": uuid, "name": "cloud", "version": "1", "type": "zvol",
+            "os": "linux", "image_size": 8,
+            "hull": {"kernel": "/boot/vmlinuz", "cmdline": "console=ttyS0 root=/dev/vda"},
+            "files": [{"sha1": sha1, "size": size, "compression": compression}]});
+        let p = work.join(format!("{uuid}.json"));
+        std::fs::write(&p, m.to_string()).expect("manifest");
+        p
+    };
+    let want = std::fs::read(&raw).expect("raw");
+    for (uuid, file, compression) in [
+        ("cdcdcdcd-1111-4222-8333-444444444444", &qcow2, "none"),
+        ("cdcdcdcd-2222-4222-8333-444444444444", &bz2, "bzip2"),
+    ] {
+        let o = install(&d, &manifest(uuid, file, compression), file);
+        assert!(o.status.success(), "{compression}: {}", stderr(&o));
+        let image_dir = d.data_root().join("images").join(uuid);
+        assert!(
+            std::fs::read(image_dir.join("disk.img")).expect("disk") == want,
+            "{compression}: the installed disk is not the raw disk qemu-img converted"
+        );
+        assert_eq!(
+            std::fs::read(image_dir.join("vmlinuz")).expect("kernel"),
+            b"qcow2 kernel"
+        );
+    }
+    let vm = create(
+        &d,
+        json!({"brand": "kvm", "autoboot": false,
+            "disks": [{"image_uuid": "cdcdcdcd-1111-4222-8333-444444444444", "boot": true, "size": 32}]}),
+    );
+    let v: Value = serde_json::from_str(&stdout(&d.vmadm(&["get", &vm], None))).expect("vm");
+    let path = v["disks"][0]["path"].as_str().expect("disk path");
+    assert_eq!(std::fs::metadata(path).expect("disk").len(), 32 << 20);
+    assert_eq!(v["disks"][0]["size"], 32);
+
+    // An overlay on a backing file is not a standalone image.
+    let over = work.join("over.qcow2");
+    qemu_img(&[
+        "create".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        "qcow2".as_ref(),
+        "-b".as_ref(),
+        qcow2.as_os_str(),
+        over.as_os_str(),
+    ]);
+    let before = listing(&d.data_root());
+    let o = install(
+        &d,
+        &manifest("cdcdcdcd-3333-4222-8333-444444444444", &over, "none"),
+        &over,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("backing file"), "{}", stderr(&o));
+    assert_eq!(listing(&d.data_root()), before);
+}

@@ -1,9 +1,10 @@
 //! Verification and unpacking of untrusted image files.
 //!
 //! An image file is untrusted bytes: this module hashes and counts them as they stream in
-//! (sha1 and size against the manifest), decompresses them (none, gzip, xz, zstd), and either
+//! (sha1 and size against the manifest), decompresses them (none, gzip, xz, zstd, bzip2), and either
 //! unpacks a tar archive into a directory ([`unpack_tree`], for zone-dataset and lx-dataset
-//! images) or writes a sparse raw disk ([`unpack_raw`], for zvol images). It also makes
+//! images) or writes a sparse raw disk ([`unpack_raw`], for zvol images, from raw bytes or a
+//! qcow2 file). It also makes
 //! image files ([`pack_tree`], [`digest`]) for `imgadm create` and the image recipes.
 //!
 //! What it must never do: write outside the destination (no `..`, no absolute paths, never
@@ -47,10 +48,13 @@
 //!   mount...) carry such files, so they install only with `allow_setuid`.
 
 mod pack;
+mod qcow2;
 mod raw;
 mod stream;
 mod tree;
 
+#[cfg(test)]
+mod qcow2_tests;
 #[cfg(test)]
 mod tests;
 
@@ -60,6 +64,7 @@ use std::path::{Path, PathBuf};
 use sha1::{Digest, Sha1};
 
 pub use pack::pack_tree;
+pub use qcow2::Qcow2Reader;
 pub use raw::unpack_raw;
 pub use tree::unpack_tree;
 
@@ -79,17 +84,20 @@ pub enum Compression {
     Xz,
     /// zstd, possibly several frames.
     Zstd,
+    /// bzip2, possibly several streams (pbzip2).
+    Bzip2,
 }
 
 impl Compression {
-    /// Parses the manifest spelling: "none", "gzip", "xz" or "zstd"; anything else (bzip2
-    /// included) is unsupported and gives `None`.
+    /// Parses the manifest spelling: "none", "gzip", "xz", "zstd" or "bzip2"; anything else
+    /// is unsupported and gives `None`.
     pub fn parse(s: &str) -> Option<Compression> {
         match s {
             "none" => Some(Compression::None),
             "gzip" => Some(Compression::Gzip),
             "xz" => Some(Compression::Xz),
             "zstd" => Some(Compression::Zstd),
+            "bzip2" => Some(Compression::Bzip2),
             _ => None,
         }
     }
@@ -101,6 +109,7 @@ impl Compression {
             Compression::Gzip => "gzip",
             Compression::Xz => "xz",
             Compression::Zstd => "zstd",
+            Compression::Bzip2 => "bzip2",
         }
     }
 }
@@ -191,6 +200,9 @@ pub enum ArchiveError {
         #[source]
         source: io::Error,
     },
+    /// A qcow2 disk image that is malformed or uses what hull does not read.
+    #[error("qcow2 image: {0}")]
+    Qcow2(#[source] io::Error),
     /// The tar reader refused a header.
     #[error("the tar archive is corrupt")]
     Tar(#[source] io::Error),

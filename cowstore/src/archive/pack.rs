@@ -46,6 +46,10 @@ pub fn pack_tree(
             let enc = zstd::stream::write::Encoder::new(counter, 3).map_err(wr)?;
             write_tar(root, enc, compression)?.finish().map_err(wr)?
         }
+        Compression::Bzip2 => {
+            let enc = bzip2::write::BzEncoder::new(counter, bzip2::Compression::default());
+            write_tar(root, enc, compression)?.finish().map_err(wr)?
+        }
     };
     counter.flush().map_err(wr)?;
     Ok(counter.count)

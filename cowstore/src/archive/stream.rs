@@ -160,6 +160,7 @@ pub(super) fn decoder<'a>(
             })?;
             Box::new(liblzma::read::XzDecoder::new_stream(stored, stream))
         }
+        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(stored)),
         Compression::Zstd => {
             Box::new(zstd::stream::read::Decoder::new(stored).map_err(|source| {
                 ArchiveError::Decompress {

@@ -12,14 +12,15 @@ use tempfile::TempDir;
 use super::*;
 
 const MTIME: u64 = 1_600_000_000;
-const ALL: [Compression; 4] = [
+pub(super) const ALL: [Compression; 5] = [
     Compression::None,
     Compression::Gzip,
     Compression::Xz,
     Compression::Zstd,
+    Compression::Bzip2,
 ];
 
-fn limits() -> Limits {
+pub(super) fn limits() -> Limits {
     Limits {
         max_unpacked_bytes: 1 << 20,
         max_entries: 1000,
@@ -74,7 +75,7 @@ fn hardlink(name: &'static [u8], target: &'static [u8]) -> Spec {
     (name, EntryType::Link, 0o644, target, b"")
 }
 
-fn compress(data: &[u8], c: Compression) -> Vec<u8> {
+pub(super) fn compress(data: &[u8], c: Compression) -> Vec<u8> {
     match c {
         Compression::None => data.to_vec(),
         Compression::Gzip => {
@@ -88,10 +89,15 @@ fn compress(data: &[u8], c: Compression) -> Vec<u8> {
             e.finish().unwrap()
         }
         Compression::Zstd => zstd::encode_all(data, 3).unwrap(),
+        Compression::Bzip2 => {
+            let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
     }
 }
 
-fn expected_for(stored: &[u8], compression: Compression) -> Expected {
+pub(super) fn expected_for(stored: &[u8], compression: Compression) -> Expected {
     let (sha1, size) = digest(stored).unwrap();
     Expected {
         sha1,
@@ -267,7 +273,7 @@ fn compression_names() {
     for c in ALL {
         assert_eq!(Compression::parse(c.as_str()), Some(c));
     }
-    assert_eq!(Compression::parse("bzip2"), None);
+    assert_eq!(Compression::parse("lz4"), None);
     assert_eq!(Compression::parse("GZIP"), None);
     assert_eq!(Limits::default().max_unpacked_bytes, 64 << 30);
     assert_eq!(Limits::default().max_entries, 2_000_000);
@@ -1004,7 +1010,7 @@ fn refuses_a_destination_that_is_not_a_directory() {
 }
 
 /// 8 MiB, mostly zero: data at the start, at 4 MiB + 4 KiB, and 1 MiB of zeros at the end.
-fn disk_image() -> Vec<u8> {
+pub(super) fn disk_image() -> Vec<u8> {
     let mut disk = vec![0u8; 8 << 20];
     disk[..4096].fill(0xeb);
     disk[(4 << 20) + 4096 + 17] = 1;
@@ -1046,7 +1052,7 @@ fn unpacks_a_raw_disk_sparse() {
     }
 }
 
-fn limits_raw() -> Limits {
+pub(super) fn limits_raw() -> Limits {
     Limits {
         max_unpacked_bytes: 16 << 20,
         ..limits()

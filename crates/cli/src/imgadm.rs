@@ -115,7 +115,7 @@ enum Command {
         /// Output directory.
         #[arg(short = 'o', default_value = ".")]
         output: PathBuf,
-        /// Compression: gzip, xz, zstd or none.
+        /// Compression: gzip, xz, zstd, bzip2 or none.
         #[arg(short = 'c', default_value = "gzip")]
         compression: String,
         /// The stopped zone.
@@ -160,10 +160,11 @@ fn create(
         "gzip" => "tar.gz",
         "xz" => "tar.xz",
         "zstd" => "tar.zst",
+        "bzip2" => "tar.bz2",
         "none" => "tar",
         other => {
             return Err(Failure::usage(format!(
-                "compression {other:?}: use gzip, xz, zstd or none"
+                "compression {other:?}: use gzip, xz, zstd, bzip2 or none"
             )));
         }
     };

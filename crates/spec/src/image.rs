@@ -49,7 +49,7 @@ pub struct ImageFile {
     pub sha1: String,
     /// Size in bytes as stored.
     pub size: u64,
-    /// none, gzip, xz or zstd.
+    /// none, gzip, xz, zstd or bzip2.
     pub compression: String,
 }
 
@@ -99,7 +99,7 @@ pub struct ImageManifest {
 }
 
 /// The compressions image files may use.
-pub const COMPRESSIONS: [&str; 4] = ["none", "gzip", "xz", "zstd"];
+pub const COMPRESSIONS: [&str; 5] = ["none", "gzip", "xz", "zstd", "bzip2"];
 
 /// Validates an untrusted manifest, naming every missing or bad field (`files.0.sha1`) in a
 /// SmartOS-shaped report, then returns the typed manifest.
@@ -172,7 +172,7 @@ pub fn validate_manifest(value: &serde_json::Value) -> Result<ImageManifest, Val
             if !comp_ok {
                 r.bad_value(
                     "files.0.compression",
-                    "files.0.compression must be none, gzip, xz or zstd",
+                    "files.0.compression must be none, gzip, xz, zstd or bzip2",
                 );
             }
         }
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn missing_and_bad_fields_are_named() {
         let r = validate_manifest(&json!({"v": 1, "uuid": "X", "type": "docker",
-            "files": [{"sha1": "zz", "size": -1, "compression": "bzip2"}]}))
+            "files": [{"sha1": "zz", "size": -1, "compression": "lz4"}]}))
         .expect_err("invalid");
         let mut bad = r.bad_values.clone();
         bad.sort();

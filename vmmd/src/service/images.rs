@@ -25,7 +25,7 @@ pub fn image_spec(m: &ImageManifest, raw: &Value) -> Result<ImageSpec, Validatio
         let Some(compression) = Compression::parse(&file.compression) else {
             r.bad_value(
                 "files.0.compression",
-                "files.0.compression must be none, gzip, xz or zstd",
+                "files.0.compression must be none, gzip, xz, zstd or bzip2",
             );
             return Err(r);
         };
@@ -179,7 +179,7 @@ impl Service {
         let vm = self.get(uuid)?;
         let Some(c) = Compression::parse(compression) else {
             return Err(ServiceError::BadRequest(format!(
-                "compression {compression:?} is not none, gzip, xz or zstd"
+                "compression {compression:?} is not none, gzip, xz, zstd or bzip2"
             )));
         };
         if vm.brand.is_microvm() || vm.image_uuid.is_none() {
