@@ -13,6 +13,7 @@
  *   testguest.ping=A.B.C.D             then ARP for and ping that address from it
  *   testguest.mdata=1                  speak SmartOS's metadata protocol on COM2
  *   testguest.mdata_bench=N            then time N GETs over COM2 (p50, p99 in µs)
+ *   testguest.mdata_key=KEY            of that key rather than sdc:uuid
  *   testguest.blk_io=N                 also time N sequential + N random 4 KiB reads
  *   testguest.hold=1                   after the checks, halt instead of resetting
  *   testguest.hold=kbd                 after the checks, poll the i8042 until Ctrl-Alt-Del
@@ -75,6 +76,16 @@ static size_t strlen(const char *s)
 	while (s[n])
 		n++;
 	return n;
+}
+
+/* Whether needle occurs in the NUL-terminated s. */
+static int contains(const char *s, const char *needle)
+{
+	size_t n = strlen(needle);
+	for (; *s; s++)
+		if (memcmp(s, needle, n) == 0)
+			return 1;
+	return 0;
 }
 
 /* ---------- port and MMIO access ---------- */
@@ -744,19 +755,88 @@ static u64 tsc_per_us(void)
 	return us ? (t1 - t0) / us : 1;
 }
 
-/* testguest.mdata_bench=N: N GETs of sdc:uuid over COM2, each timed; p50 and p99 in µs. */
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* Encodes n bytes of s as base64 into out (NUL-terminated); returns its length. */
+static int b64encode(const char *s, int n, char *out)
+{
+	int o = 0;
+	for (int i = 0; i < n; i += 3) {
+		u32 v = (u32)(u8)s[i] << 16;
+		if (i + 1 < n)
+			v |= (u32)(u8)s[i + 1] << 8;
+		if (i + 2 < n)
+			v |= (u8)s[i + 2];
+		out[o++] = B64[(v >> 18) & 63];
+		out[o++] = B64[(v >> 12) & 63];
+		out[o++] = i + 1 < n ? B64[(v >> 6) & 63] : '=';
+		out[o++] = i + 2 < n ? B64[v & 63] : '=';
+	}
+	out[o] = 0;
+	return o;
+}
+
+/* Appends the decimal digits of v to out at *o. */
+static void append_dec(char *out, int *o, u64 v)
+{
+	char d[20];
+	int k = 0;
+	do {
+		d[k++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (k)
+		out[(*o)++] = d[--k];
+}
+
+/* The V2 GET request line for key (up to a space or NUL, at most 64 bytes), request id
+ * dc4fae17, into req. */
+static void get_request(const char *key, char *req)
+{
+	char k[65], body[128];
+	int kn = 0;
+	while (key[kn] && key[kn] != ' ' && kn < 64) {
+		k[kn] = key[kn];
+		kn++;
+	}
+	int bn = 0;
+	memcpy(body, "dc4fae17 GET ", 13);
+	bn = 13 + b64encode(k, kn, body + 13);
+	int o = 0;
+	memcpy(req, "V2 ", 3);
+	o = 3;
+	append_dec(req, &o, (u64)bn);
+	req[o++] = ' ';
+	u32 crc = crc32(body, (size_t)bn);
+	for (int sh = 28; sh >= 0; sh -= 4)
+		req[o++] = "0123456789abcdef"[(crc >> sh) & 15];
+	req[o++] = ' ';
+	memcpy(req + o, body, (size_t)bn);
+	o += bn;
+	req[o++] = '\n';
+	req[o] = 0;
+}
+
+/* testguest.mdata_bench=N: N GETs over COM2, each timed, of sdc:uuid or of the key
+ * testguest.mdata_key names (a customer_metadata key, up to 64 KiB); p50 and p99 in µs.
+ * Each answer must be a V2 SUCCESS of the expected size class. */
 static void bench_mdata(u32 n)
 {
 	static u64 t[1000];
-	static char line[512];
+	static char line[96 << 10];
+	static char req[256];
 	if (n > 1000)
 		n = 1000;
+	const char *key = param("testguest.mdata_key");
+	get_request(key ? key : "sdc:uuid", req);
 	u64 per_us = tsc_per_us();
 	u32 done = 0;
+	int len = 0;
 	for (; done < n; done++) {
 		u64 a = rdtsc();
-		com2_puts("V2 25 8cf8e622 dc4fae17 GET c2RjOnV1aWQ=\n");
-		if (com2_line(line, sizeof(line), 1u << 24) < 0)
+		com2_puts(req);
+		len = com2_line(line, sizeof(line), 1u << 30);
+		if (len < 0 || memcmp(line, "V2 ", 3) != 0 || !contains(line, " dc4fae17 SUCCESS "))
 			break;
 		t[done] = rdtsc() - a;
 	}
@@ -768,7 +848,9 @@ static void bench_mdata(u32 n)
 		}
 	result(done == n && n > 0, "mdata bench: ");
 	put_dec(done);
-	puts(" GETs over COM2, p50 ");
+	puts(" GETs over COM2 (answers of ");
+	put_dec((u64)(len > 0 ? len : 0));
+	puts(" bytes), p50 ");
 	put_dec(done ? t[done / 2] / per_us : 0);
 	puts(" us, p99 ");
 	put_dec(done ? t[(done * 99) / 100] / per_us : 0);
