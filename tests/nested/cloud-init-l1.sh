@@ -40,10 +40,16 @@ ZIMG=$(imgadm list -H -o uuid name=busybox-ssh)
 VIMG=$(imgadm list -H -o uuid name=debian-12-cloud-vm)
 nictagadm add -l internal || fail "nictagadm add"
 KEY=$(cat /key.pub)
-# Waits (up to 10 min) for cloud-init's last line in the console log $1.
+# Waits (up to 10 min) for cloud-init's last line in the console log $1; gives up at once
+# when the guest died (hull's VMM says so on the console; qemu, process $2, exits).
 finished() {
   local n
-  for n in $(seq 3000); do grep -q "Cloud-init v.* finished" "$1" 2>/dev/null && return 0; sleep 0.2; done
+  for n in $(seq 3000); do
+    grep -q "Cloud-init v.* finished" "$1" 2>/dev/null && return 0
+    grep -q "vmm: guest stopped abnormally" "$1" 2>/dev/null && return 1
+    [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null && return 1
+    sleep 0.2
+  done
   return 1
 }
 payload() { # $1 alias, $2 autoboot, $3 vcpus
@@ -59,33 +65,58 @@ payload() { # $1 alias, $2 autoboot, $3 vcpus
 JSON
 }
 if [ -e /bench ]; then
+  # Where a run's time went: cloud-init's stage lines carry the guest's uptime ("Up N
+  # seconds"), so launch-to-finish minus the last one is what came before the guest's clock.
+  stages() { tr -d '\r' < "$2" | grep -a -E "Cloud-init v.*(running|finished)" | sed "s/^/L1: stage $1: /"; }
+  # L1 KVM's counters of the one VM running (debugfs), the same for both VMMs.
+  mount -t debugfs none /sys/kernel/debug 2>/dev/null
+  kvmstat() {
+    local d f line=""
+    for d in /sys/kernel/debug/kvm/*-*; do
+      for f in exits io_exits mmio_exits halt_exits irq_exits irq_injections insn_emulation \
+        request_irq_exits signal_exits halt_wakeup; do
+        [ -r "$d/$f" ] && line="$line $f=$(cat "$d/$f")"
+      done
+    done
+    echo "L1: stage $1: kvm$line"
+  }
   # Each run: a new guest from the image (hull: created stopped, then timed from vmadm
   # start; qemu: a fresh overlay on the raw image, timed from launch) to cloud-init's
-  # "finished" on its console. Alternating which goes first.
+  # "finished" on its console. Alternating which goes first. One vCPU each, as the checked
+  # guests. A guest that died (triple fault) is said so with its console's end and run once
+  # more; the run's figure is the second attempt's.
   hull_run() {
-    payload "b$1" false 2 | vmadm create > /tmp/b.out 2>&1 || { cat /tmp/b.out; fail "bench create"; }
+    payload "b$1" false 1 | vmadm create > /tmp/b.out 2>&1 || { cat /tmp/b.out; fail "bench create"; }
     B=$(vmadm lookup -1 alias="b$1")
+    echo "L1: bench hull run $1: $B created, $(vmadm list -H -o state alias="b$1")"
     rm -f /tmp/bcon.log
     S=$(up); vmadm start "$B" > /tmp/b.out 2>&1 || { cat /tmp/b.out; fail "bench start"; }
+    echo "L1: bench hull run $1: started, $(vmadm list -H -o state alias="b$1")"
     sleep 3000 | vmadm console "$B" > /tmp/bcon.log 2>&1 &
-    if finished /tmp/bcon.log; then echo "L1: bench hull $1 $S $(up)"; else echo "L1: bench hull run $1 did not finish"; tail -20 /tmp/bcon.log; fi
+    local ok=0
+    if finished /tmp/bcon.log; then echo "L1: bench hull $1 $S $(up)"; stages "hull $1" /tmp/bcon.log; kvmstat "hull $1"; else ok=1; echo "L1: bench hull run $1 did not finish"; tail -20 /tmp/bcon.log; fi
     vmadm stop -F "$B" > /dev/null 2>&1; vmadm delete "$B" > /dev/null 2>&1
+    return $ok
   }
   qemu_run() {
     rm -f /tmp/qcon.log
     S=$(up)
     /qemu/qemu-system-x86_64 -L /qemu/share -M microvm,x-option-roms=off,rtc=on -enable-kvm -cpu host \
-      -m 768 -smp 2 -nodefaults -no-user-config -display none -serial file:/tmp/qcon.log -no-reboot \
+      -m 768 -smp 1 -nodefaults -no-user-config -display none -serial file:/tmp/qcon.log -no-reboot \
       -kernel /img/vmlinuz -initrd /img/initrd.img -append "console=ttyS0 root=/dev/vda" \
       -drive file=/var/tmp/base.raw,format=raw,if=none,id=d0,snapshot=on -device virtio-blk-device,drive=d0 \
       -drive file=/img/seed.iso,format=raw,if=none,id=d1,readonly=on -device virtio-blk-device,drive=d1 \
       -netdev user,id=n0 -device virtio-net-device,netdev=n0,mac=52:54:00:12:34:56 > /tmp/q.out 2>&1 &
     Q=$!
-    if finished /tmp/qcon.log; then echo "L1: bench qemu $1 $S $(up)"; else echo "L1: bench qemu run $1 did not finish"; cat /tmp/q.out; tail -20 /tmp/qcon.log; fi
+    local ok=0
+    if finished /tmp/qcon.log $Q; then echo "L1: bench qemu $1 $S $(up)"; stages "qemu $1" /tmp/qcon.log; kvmstat "qemu $1"; else ok=1; echo "L1: bench qemu run $1 did not finish"; cat /tmp/q.out; tail -20 /tmp/qcon.log; fi
     kill $Q; wait $Q
+    return $ok
   }
+  hull_twice() { hull_run "$1" || { echo "L1: bench hull run $1 again"; hull_run "$1"; }; }
+  qemu_twice() { qemu_run "$1" || { echo "L1: bench qemu run $1 again"; qemu_run "$1"; }; }
   for i in $(seq "$(cat /bench)"); do
-    if [ $((i % 2)) = 1 ]; then hull_run $i; qemu_run $i; else qemu_run $i; hull_run $i; fi
+    if [ $((i % 2)) = 1 ]; then hull_twice $i; qemu_twice $i; else qemu_twice $i; hull_twice $i; fi
   done
   echo "L1: done"
   poweroff -f
