@@ -89,6 +89,34 @@ impl Disk for Vec<u8> {
 #[error("the read limit for this disk was reached")]
 pub(crate) struct ReadLimitReached;
 
+/// A read of the disk that failed: where, how much, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {len} bytes at byte {offset} of the disk")]
+pub struct ReadError {
+    pub offset: u64,
+    pub len: usize,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Reads `buf` at `offset`: `Ok(Err(..))` is the disk failing, `Err(ReadLimitReached)` the
+/// call's read allowance spent (a [`Metered`] disk refusing).
+pub(crate) fn read_at(
+    disk: &dyn Disk,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<Result<(), ReadError>, ReadLimitReached> {
+    match disk.read_at(buf, offset) {
+        Ok(()) => Ok(Ok(())),
+        Err(source) if is_read_limit(&source) => Err(ReadLimitReached),
+        Err(source) => Ok(Err(ReadError {
+            offset,
+            len: buf.len(),
+            source,
+        })),
+    }
+}
+
 /// Whether `e` is a [`Metered`] disk refusing a read, not the disk failing.
 pub(crate) fn is_read_limit(e: &io::Error) -> bool {
     e.get_ref()

@@ -6,11 +6,10 @@
 //! count of entries visited. It never writes and never replays the journal.
 
 use std::fmt;
-use std::io;
 use std::ops::ControlFlow;
 
 use crate::bytes::{byte, le16, le32};
-use crate::disk::{Disk, is_read_limit};
+use crate::disk::{self, Disk, ReadError};
 use crate::table::Partition;
 
 /// The root directory's inode.
@@ -79,13 +78,8 @@ const I_BLOCK_LEN: usize = 60;
 /// Why an ext4 filesystem, path or file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum Ext4Error {
-    #[error("cannot read {len} bytes at byte {offset} of the disk")]
-    Read {
-        offset: u64,
-        len: usize,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("the read limit was reached")]
     ReadLimit,
     #[error("the partition lies outside the disk")]
@@ -328,17 +322,7 @@ impl<'a> Ext4<'a> {
             return Err(outside());
         }
         let abs = self.part.start.checked_add(offset).ok_or_else(outside)?;
-        self.disk.read_at(buf, abs).map_err(|source| {
-            if is_read_limit(&source) {
-                Ext4Error::ReadLimit
-            } else {
-                Ext4Error::Read {
-                    offset: abs,
-                    len,
-                    source,
-                }
-            }
-        })
+        Ok(disk::read_at(self.disk, buf, abs).map_err(|_| Ext4Error::ReadLimit)??)
     }
 
     /// Reads `buf.len()` bytes from block `block` on (possibly spanning several blocks), all

@@ -68,7 +68,7 @@ use std::io;
 pub use bls::{
     MAX_ENTRIES as MAX_LOADER_ENTRIES, MAX_ENTRY as MAX_LOADER_ENTRY, bls_default_entry,
 };
-pub use disk::Disk;
+pub use disk::{Disk, ReadError};
 pub use ext4::{
     DirEntry, Ext4, Ext4Error, FileKind, Inode, MAX_COMPONENTS, MAX_DIR_ENTRIES, MAX_EXTENT_DEPTH,
     MAX_EXTENT_ENTRIES, MAX_LISTED, MAX_NAME, MAX_PATH, MAX_SYMLINKS, ROOT_INO,

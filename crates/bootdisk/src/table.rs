@@ -1,11 +1,10 @@
 //! Partition tables: GPT (primary header only) and MBR primary entries, or no table at all.
 
 use std::fmt;
-use std::io;
 
 use crate::bytes::{byte, le32, le64};
 use crate::crc::crc32;
-use crate::disk::{Disk, is_read_limit};
+use crate::disk::{self, Disk, ReadError};
 
 /// Most GPT entries read (sfdisk and parted write 128).
 pub const MAX_GPT_ENTRIES: u32 = 256;
@@ -47,13 +46,8 @@ impl fmt::Display for Partition {
 /// Why a partition table was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
-    #[error("cannot read {len} bytes at byte {offset} of the disk")]
-    Read {
-        offset: u64,
-        len: usize,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("the read limit was reached while reading the partition table")]
     ReadLimit,
     #[error("GPT header: {0}")]
@@ -67,17 +61,7 @@ pub enum TableError {
 }
 
 fn read(disk: &dyn Disk, buf: &mut [u8], offset: u64) -> Result<(), TableError> {
-    disk.read_at(buf, offset).map_err(|source| {
-        if is_read_limit(&source) {
-            TableError::ReadLimit
-        } else {
-            TableError::Read {
-                offset,
-                len: buf.len(),
-                source,
-            }
-        }
-    })
+    Ok(disk::read_at(disk, buf, offset).map_err(|_| TableError::ReadLimit)??)
 }
 
 /// The partitions of `disk`: the GPT's (when LBA 1, or LBA 1 of 4 KiB sectors, says
