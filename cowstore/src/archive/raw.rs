@@ -29,13 +29,7 @@ pub fn unpack_raw(
     limits: &Limits,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Stats, ArchiveError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dest_file)
-        .map_err(write_err(dest_file))?;
+    let file = create_new(dest_file)?;
     let mut spool = dest_file.as_os_str().to_owned();
     spool.push(".qcow2");
     let spool = PathBuf::from(spool);
@@ -113,17 +107,23 @@ fn unpack(
     })
 }
 
-/// Copies the decompressed qcow2 file to `path` (created new, never through a symlink),
-/// within the size limit, and returns it open for reading.
-fn spool_all(data: &mut dyn Read, path: &Path, limits: &Limits) -> Result<File, ArchiveError> {
-    let mut f = OpenOptions::new()
+/// A new file at `path` (it must not exist; never through a symlink), owner-only, open for
+/// reading and writing.
+fn create_new(path: &Path) -> Result<File, ArchiveError> {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(write_err(path))?;
+        .map_err(write_err(path))
+}
+
+/// Copies the decompressed qcow2 file to `path` (created new, never through a symlink),
+/// within the size limit, and returns it open for reading.
+fn spool_all(data: &mut dyn Read, path: &Path, limits: &Limits) -> Result<File, ArchiveError> {
+    let mut f = create_new(path)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
