@@ -45,28 +45,23 @@ chmod +x l1/init l2/init l2b/init
 # The L2 kernel: Debian's stock one, or L2_KERNEL (bench only, e.g. images/kernel/build's).
 cp "${L2_KERNEL:-root/boot/vmlinuz-$KVER}" l1/vmlinuz
 # The vmm binary and its shared libraries.
-copy_with_libs() {
-  cp "$1" "$2"
-  ldd "$1" | awk '/=>/ {print $3} /^\t\/lib/ {print $1}' | while read -r lib; do
-    [ -f "$lib" ] && mkdir -p "l1$(dirname "$lib")" && cp -L "$lib" "l1$lib"
-  done
-}
-copy_with_libs "$VMM" l1/vmm
+hull_copy_with_libs "$VMM" /vmm l1
 # The test guest too: under L1's SVM its port exits take KVM's fast path, whose way of
 # finishing them differs from this host's PVM (the PIT replay must work with both).
 make -s -C "$HERE/../../../../images/testguest" >/dev/null && cp "$HERE/../../../../images/testguest/testguest.elf" l1/
 if [ "$MODE" = bench ]; then
   Q=$(command -v qemu-system-x86_64)
   mkdir -p l1/qemu/share
-  copy_with_libs "$Q" l1/qemu/qemu-system-x86_64
+  hull_copy_with_libs "$Q" /qemu/qemu-system-x86_64 l1
   for f in bios-microvm.bin linuxboot_dma.bin pvh.bin; do cp /usr/share/qemu/$f l1/qemu/share/; done
 fi
 (cd l2 && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1/l2.cpio.gz)
 (cd l2b && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1/l2b.cpio.gz)
 (cd l1 && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1.cpio.gz)
-timeout "${NESTED_TIMEOUT:-600}" qemu-system-x86_64 -M q35 -cpu "${NESTED_CPU:-max}" -accel tcg -m 2048 -smp 2 -nographic -no-reboot \
+# hull_l1 (scripts/lib.sh) runs L1 once more when QEMU's TCG breaks L1's own kernel.
+hull_l1 "run-$MODE.log" "${NESTED_TIMEOUT:-600}" -M q35 -cpu "${NESTED_CPU:-max}" -accel tcg -m 2048 -smp 2 -nographic -no-reboot \
   -kernel root/boot/vmlinuz-"$KVER" -initrd l1.cpio.gz \
-  -append "console=ttyS0 quiet panic=-1 hullmode=$MODE hullreboot=${L2_KERNEL:+t}" > "run-$MODE.log" 2>&1 || true
+  -append "console=ttyS0 quiet panic=-1 hullmode=$MODE hullreboot=${L2_KERNEL:+t}"
 grep -a -E '^(L1|L2|vmm):' "run-$MODE.log" || true
 if [ "$MODE" = bench ]; then
   grep -a 'L1: bench' "run-$MODE.log" | awk '$3 == "extract" { printf "vmm --extract-vmlinux (once) %.2f s\n", $5 - $4; next }
