@@ -60,6 +60,11 @@ pub struct VmmArgs {
     pub save_cpuid: Option<PathBuf>,
     /// `--extract-vmlinux`: write the vmlinux inside the `kernel` bzImage there and exit.
     pub extract_vmlinux: Option<PathBuf>,
+    /// `--find-boot`: a boot disk whose own boot config names the kernel to boot: find it,
+    /// write it to `boot_out` and exit (no guest runs).
+    pub find_boot: Option<PathBuf>,
+    /// `--boot-out`: the directory `find_boot` writes into ([`crate::found`] says what).
+    pub boot_out: Option<PathBuf>,
 }
 
 /// One `--disk`: `PATH` or `PATH,ro`. The VMM splits the value at commas, so `path` must
@@ -124,7 +129,7 @@ impl fmt::Display for ArgvError {
 impl std::error::Error for ArgvError {}
 
 /// Every flag, as [`VmmArgs::to_argv`] writes them.
-const FLAGS: [&str; 18] = [
+const FLAGS: [&str; 20] = [
     "--kernel",
     "--initrd",
     "--cmdline",
@@ -143,6 +148,8 @@ const FLAGS: [&str; 18] = [
     "--dhcp",
     "--save-cpuid",
     "--extract-vmlinux",
+    "--find-boot",
+    "--boot-out",
 ];
 
 fn push(out: &mut Vec<OsString>, flag: &str, value: impl Into<OsString>) {
@@ -257,6 +264,12 @@ impl VmmArgs {
         if let Some(p) = &self.extract_vmlinux {
             push(o, "--extract-vmlinux", p);
         }
+        if let Some(p) = &self.find_boot {
+            push(o, "--find-boot", p);
+        }
+        if let Some(p) = &self.boot_out {
+            push(o, "--boot-out", p);
+        }
         out
     }
 
@@ -299,6 +312,8 @@ impl VmmArgs {
                 "--dhcp" => a.dhcp.push(value.parse().map_err(|_| bad())?),
                 "--save-cpuid" => set_once(&mut a.save_cpuid, flag, path)?,
                 "--extract-vmlinux" => set_once(&mut a.extract_vmlinux, flag, path)?,
+                "--find-boot" => set_once(&mut a.find_boot, flag, path)?,
+                "--boot-out" => set_once(&mut a.boot_out, flag, path)?,
                 _ => return Err(ArgvError::Unknown(flag.to_owned())),
             }
         }
@@ -353,6 +368,8 @@ impl VmmArgs {
             }],
             save_cpuid: None,
             extract_vmlinux: Some("/tmp/out".into()),
+            find_boot: Some("/vm/disk0".into()),
+            boot_out: Some("/tmp/boot".into()),
         }
     }
 }
@@ -374,7 +391,7 @@ mod tests {
              --exit-file /run/vmm/exit.json --uuid 9f4c2d1e-0000-4000-8000-000000000001 \
              --metadata /run/vmm/metadata.sock \
              --dhcp {\"nic\":0,\"address\":\"192.0.2.10\",\"prefix\":24,\"routers\":[\"192.0.2.1\"],\"hostname\":\"web\",\"lease_secs\":3600} \
-             --extract-vmlinux /tmp/out"
+             --extract-vmlinux /tmp/out --find-boot /vm/disk0 --boot-out /tmp/boot"
         );
         assert_eq!(VmmArgs::from_argv(&argv), Ok(a));
         let save = VmmArgs {

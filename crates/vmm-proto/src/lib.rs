@@ -5,6 +5,7 @@
 //! - [`control`]: [`ControlRequest`] and [`ControlReply`], one JSON line each way on the
 //!   control socket;
 //! - [`exit`]: [`ExitRecord`], the `--exit-file` JSON;
+//! - [`found`]: [`FoundBoot`], what `--find-boot` leaves for the caller;
 //! - [`stats`]: [`StatsReport`], what a `stats` request answers.
 //!
 //! Both ends use these types, so the bytes on the wire and on disk are defined once, here.
@@ -19,6 +20,7 @@ pub mod args;
 pub mod control;
 pub mod dhcp;
 pub mod exit;
+pub mod found;
 pub mod stats;
 
 pub use args::{
@@ -27,4 +29,5 @@ pub use args::{
 pub use control::{ControlReply, ControlRequest, DiskResized};
 pub use dhcp::{DhcpLease, DhcpRoute};
 pub use exit::{ExitReason, ExitRecord};
+pub use found::FoundBoot;
 pub use stats::{DeviceReport, StatsReport, VcpuReport};

@@ -34,7 +34,7 @@ use hull_vmm_proto::{
 #[command(name = "vmm", version)]
 struct Args {
     /// Kernel to boot: an x86-64 ELF vmlinux or a bzImage.
-    #[arg(long, required_unless_present = "save_cpuid")]
+    #[arg(long, required_unless_present_any = ["save_cpuid", "find_boot"])]
     kernel: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long)]
@@ -101,6 +101,17 @@ struct Args {
         conflicts_with = "save_cpuid"
     )]
     extract_vmlinux: Option<PathBuf>,
+    /// Find the kernel this boot disk's own config names (GPT or MBR; /boot on ext4; GRUB's
+    /// grub.cfg default or the loader entries'), check that it is an x86-64 bzImage or ELF,
+    /// write `kernel`, `initrd` and `boot.json` (the entry, options included) into the
+    /// --boot-out directory, new files, and exit: 0 when written, 1 with the reason
+    /// otherwise. Reads the disk with no capabilities, under a seccomp filter that allows
+    /// reading it at offsets and writing the open outputs.
+    #[arg(long, value_name = "DISK", requires = "boot_out")]
+    find_boot: Option<PathBuf>,
+    /// The directory --find-boot writes into.
+    #[arg(long, value_name = "DIR", requires = "find_boot")]
+    boot_out: Option<PathBuf>,
 }
 
 /// Parses an argv (the program name first) into the [`VmmArgs`] it says: the one place the
@@ -145,6 +156,8 @@ where
         dhcp: args.dhcp,
         save_cpuid: args.save_cpuid,
         extract_vmlinux: args.extract_vmlinux,
+        find_boot: args.find_boot,
+        boot_out: args.boot_out,
     })
 }
 
@@ -246,6 +259,80 @@ fn extract_vmlinux(kernel: &std::path::Path, out: &std::path::Path) -> u8 {
     }
 }
 
+/// Drops every capability of this (single-threaded) process and sets no_new_privs.
+fn drop_capabilities() -> std::io::Result<()> {
+    // struct __user_cap_header_struct {version: _LINUX_CAPABILITY_VERSION_3, pid: 0 (self)},
+    // then two __user_cap_data_struct {effective, permitted, inheritable}, all zero.
+    let header: [u32; 2] = [0x2008_0522, 0];
+    let data = [0u32; 6];
+    // SAFETY: capset reads the header and the data array, which live across the call.
+    if unsafe { libc::syscall(libc::SYS_capset, header.as_ptr(), data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `--find-boot`: see [`Args::find_boot`].
+fn find_boot(disk: &std::path::Path, dir: &std::path::Path) -> u8 {
+    use hull_vmm::boot::found::{BootOut, DiskFile, find};
+    use hull_vmm_proto::found::{BOOT, INITRD, KERNEL};
+    let fail = |what: String, e: &dyn std::fmt::Display| {
+        eprintln!("vmm: error: {what}: {e}");
+        1
+    };
+    let file = match std::fs::File::open(disk).and_then(DiskFile::new) {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot open the boot disk {}", disk.display()), &e),
+    };
+    let create = |name: &str| {
+        let path = dir.join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))
+    };
+    let out = match (create(KERNEL), create(INITRD), create(BOOT)) {
+        (Ok(kernel), Ok(initrd), Ok(boot)) => BootOut {
+            kernel,
+            initrd,
+            boot,
+        },
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            eprintln!("vmm: error: {e}");
+            return 1;
+        }
+    };
+    // From here on the disk's bytes are parsed: no capabilities, and nothing but reading the
+    // disk at offsets, writing the open outputs, the memory allocator and exiting.
+    if let Err(e) = drop_capabilities() {
+        return fail("cannot drop capabilities".into(), &e);
+    }
+    if let Err(e) = hull_vmm::seccomp::apply(hull_vmm::seccomp::ThreadRole::FindBoot) {
+        return fail(
+            "cannot confine the boot-disk reader".into(),
+            &anyhow::Error::from(e),
+        );
+    }
+    match find(&file, &hull_bootdisk::Limits::default(), out) {
+        Ok(found) => {
+            eprintln!(
+                "vmm: {} on partition {} of the boot disk boots {} ({})",
+                found.config, found.partition, found.kernel, found.kernel_format
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("vmm: error: {:#}", anyhow::Error::from(e));
+            1
+        }
+    }
+}
+
 /// Exit status, exit-file reason and the last stderr line (without `vmm: `) for an outcome.
 fn outcome(result: anyhow::Result<StopReason>) -> (u8, ExitReason, String) {
     match result {
@@ -306,6 +393,9 @@ fn vmm_main() -> u8 {
     }
     if let (Some(out), Some(kernel)) = (&args.extract_vmlinux, &args.kernel) {
         return extract_vmlinux(kernel, out);
+    }
+    if let (Some(disk), Some(dir)) = (&args.find_boot, &args.boot_out) {
+        return find_boot(disk, dir);
     }
     let Some(kernel) = args.kernel.clone() else {
         eprintln!("vmm: error: --kernel is required");

@@ -42,6 +42,9 @@ pub enum ThreadRole {
     /// `vmm --extract-vmlinux` once both files are open: decompressing untrusted bytes into
     /// the output, and nothing else (COMMON's memory, futex, write and exit calls).
     Extract,
+    /// `vmm --find-boot` once the disk and the outputs are open: reading the untrusted disk
+    /// at offsets and writing the open outputs, and nothing else.
+    FindBoot,
 }
 
 /// Host resources the main thread still touches after confinement, each allowed narrowly.
@@ -100,6 +103,7 @@ fn role_syscalls(role: ThreadRole) -> &'static [libc::c_long] {
         // Closing the files at the end grants nothing (debug builds check an fd with F_GETFD
         // before closing it).
         ThreadRole::Extract => &[libc::SYS_close, libc::SYS_fcntl],
+        ThreadRole::FindBoot => &[libc::SYS_pread64, libc::SYS_close, libc::SYS_fcntl],
         ThreadRole::Main => &[
             // The event loop.
             libc::SYS_epoll_wait,
@@ -170,7 +174,7 @@ pub fn policy(role: ThreadRole, extras: &MainExtras) -> Policy {
                 ],
             );
         }
-        ThreadRole::Extract => {}
+        ThreadRole::Extract | ThreadRole::FindBoot => {}
         ThreadRole::Main => {
             if let Some(fd) = extras.terminal {
                 p.insert(
@@ -426,7 +430,12 @@ mod tests {
                 exit_dir: Some(9),
             },
         ];
-        for role in [ThreadRole::Vcpu, ThreadRole::Main] {
+        for role in [
+            ThreadRole::Vcpu,
+            ThreadRole::Main,
+            ThreadRole::Extract,
+            ThreadRole::FindBoot,
+        ] {
             for extras in &extras {
                 for mismatch in [RET_KILL_PROCESS, RET_ERRNO | libc::ENOSYS as u32] {
                     let p = policy(role, extras);
@@ -475,6 +484,35 @@ mod tests {
             libc::SYS_execve,
             libc::SYS_ioctl,
             libc::SYS_unlink,
+            libc::SYS_clone3,
+        ] {
+            assert_eq!(v(banned), RET_KILL_PROCESS, "{banned}");
+        }
+    }
+
+    #[test]
+    fn the_boot_finder_may_read_at_offsets_and_write_and_nothing_more() {
+        let p = policy(ThreadRole::FindBoot, &MainExtras::default());
+        let prog = compile(&p, RET_KILL_PROCESS).unwrap();
+        let v = |nr: libc::c_long| verdict(&prog, AUDIT_ARCH_X86_64, nr as u32, [3, 0, 0, 0, 0, 0]);
+        for ok in [
+            libc::SYS_pread64,
+            libc::SYS_write,
+            libc::SYS_mmap,
+            libc::SYS_exit_group,
+        ] {
+            assert_eq!(v(ok), RET_ALLOW, "{ok}");
+        }
+        for banned in [
+            libc::SYS_read,
+            libc::SYS_open,
+            libc::SYS_openat,
+            libc::SYS_lseek,
+            libc::SYS_socket,
+            libc::SYS_execve,
+            libc::SYS_ioctl,
+            libc::SYS_capset,
+            libc::SYS_ptrace,
             libc::SYS_clone3,
         ] {
             assert_eq!(v(banned), RET_KILL_PROCESS, "{banned}");

@@ -8,6 +8,7 @@
 pub mod acpi;
 pub mod cpuid;
 pub mod cpuid_table;
+pub mod found;
 pub mod mptable;
 pub mod regs;
 pub mod smbios;
