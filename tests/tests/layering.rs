@@ -24,7 +24,10 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         // The boot-disk reader: a parser of a guest's untrusted disk, no crate of ours.
         ("hull-bootdisk", BTreeSet::new()),
         // The VMM runs the boot-disk reader (`--find-boot`) in its own confined process.
-        ("hull-vmm", BTreeSet::from(["hull-bootdisk", "hull-sys", "hull-vmm-proto"])),
+        (
+            "hull-vmm",
+            BTreeSet::from(["hull-bootdisk", "hull-sys", "hull-vmm-proto"]),
+        ),
         ("hull-cowstore", BTreeSet::from(["hull-sys"])),
         ("hull-zoned", BTreeSet::from(["hull-sys", "hull-vmm-proto"])),
         ("hull-vswitch", BTreeSet::from(["hull-sys"])),

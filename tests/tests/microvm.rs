@@ -898,3 +898,168 @@ fn kvm_root_microvm_disk_grows_stopped_and_running() {
 fn texts(warnings: &[hull_spec::warning::Warning]) -> Vec<String> {
     warnings.iter().map(ToString::to_string).collect()
 }
+
+/// A zvol image whose disk is a bare ext4 filesystem holding `tree` (its first sector, which
+/// ext4 leaves unused, carries the magic the test guest checks), with no kernel in its
+/// manifest: a guest created from it boots what the disk says. Returns the image's uuid.
+fn disk_boot_image(d: &Daemon, uuid: &str, grub_cfg: &str, kernel: &[u8]) -> String {
+    let work = d.dir.path().join(uuid);
+    let tree = work.join("tree");
+    std::fs::create_dir_all(tree.join("boot/grub")).expect("mkdir");
+    std::fs::write(tree.join("boot/grub/grub.cfg"), grub_cfg).expect("grub.cfg");
+    std::fs::write(tree.join("boot/vmlinuz-test"), kernel).expect("kernel");
+    let disk = work.join("disk.img");
+    let made = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&disk)
+        .arg("16M")
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs)");
+    assert!(made.success());
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .expect("disk");
+    f.write_all_at(b"HULLDISK", 0).expect("magic");
+    drop(f);
+    let (sha1, size) =
+        hull_cowstore::archive::digest(std::fs::File::open(&disk).expect("open")).expect("digest");
+    let manifest = work.join("manifest.json");
+    let m = json!({"v": 2, "uuid": uuid, "name": "diskboot", "version": "1", "type": "zvol",
+        "os": "linux", "image_size": 16, "files": [{"sha1": sha1, "size": size, "compression": "none"}]});
+    std::fs::write(&manifest, m.to_string()).expect("manifest");
+    let o = d.imgadm_install(&manifest, &disk);
+    assert!(o.status.success(), "{}", text(&o));
+    uuid.to_string()
+}
+
+fn grub_entry(options: &str) -> String {
+    format!(
+        "set default=\"hull\"\nmenuentry 'other' {{\n\tlinux /boot/missing\n}}\n\
+         menuentry 'hull test guest' --id hull {{\n\tlinux /boot/vmlinuz-test {options}\n}}\n"
+    )
+}
+
+#[test]
+#[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
+fn kvm_root_microvm_boots_the_kernel_its_disk_names_at_every_start() {
+    hull_tests::require_root_and_kvm();
+    let d = Daemon::start();
+    let guest = std::fs::read(hull_tests::testguest()).expect("test guest");
+    let image = disk_boot_image(
+        &d,
+        "d15cb007-0000-4000-8000-000000000001",
+        &grub_entry("testguest.hold=kbd hull.entry=first"),
+        &guest,
+    );
+    let payload = json!({"brand": "kvm", "alias": "diskboot", "ram": 64, "autoboot": true,
+        "disks": [{"image_uuid": image, "boot": true}]});
+    let o = d.vmadm(&["create"], Some(&payload.to_string()));
+    assert!(o.status.success(), "{}\nlog: {}", text(&o), d.log());
+    let uuid = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .chain(String::from_utf8_lossy(&o.stderr).split_whitespace())
+        .find_map(|w| uuid::Uuid::parse_str(w).ok())
+        .expect("uuid");
+    let seen = console_until(&d, uuid, "testguest: waiting for ctrl-alt-del");
+    assert!(
+        seen.contains("testguest.hold=kbd hull.entry=first console=ttyS0 reboot=k pci=off"),
+        "the entry's options, then hull's console: {seen}"
+    );
+    assert!(seen.contains("read sector 0, magic HULLDISK"), "{seen}");
+    assert!(seen.contains("testguest: ALL PASS"), "{seen}");
+    let vm = d.client().get_vm(uuid).expect("get");
+    assert_eq!(
+        vm.kernel, None,
+        "the record keeps no kernel: the disk decides each start"
+    );
+    // The guest changes its own boot config (as `apt upgrade` does): the next start boots
+    // what it says now.
+    let o = d.vmadm(&["stop", "-F", &uuid.to_string()], None);
+    assert!(o.status.success(), "{}", text(&o));
+    wait_state(&d, uuid, "stopped", Duration::from_secs(20));
+    let disk = vm.disks[0].path.clone().expect("disk path");
+    let cfg = d.dir.path().join("upgraded.cfg");
+    std::fs::write(&cfg, grub_entry("testguest.hold=kbd hull.entry=upgraded")).expect("cfg");
+    let o = std::process::Command::new("debugfs")
+        .args(["-w", "-R"])
+        .arg("rm /boot/grub/grub.cfg")
+        .arg(&disk)
+        .output()
+        .expect("debugfs");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = std::process::Command::new("debugfs")
+        .args(["-w", "-R"])
+        .arg(format!("write {} /boot/grub/grub.cfg", cfg.display()))
+        .arg(&disk)
+        .output()
+        .expect("debugfs");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = d.vmadm(&["start", &uuid.to_string()], None);
+    assert!(o.status.success(), "{}\nlog: {}", text(&o), d.log());
+    let seen = console_until(&d, uuid, "testguest: waiting for ctrl-alt-del");
+    assert!(
+        seen.contains("hull.entry=upgraded") && !seen.contains("hull.entry=first"),
+        "{seen}"
+    );
+    assert!(seen.contains("testguest: ALL PASS"), "{seen}");
+    let o = d.vmadm(&["delete", &uuid.to_string()], None);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+#[ignore = "needs root and /dev/kvm: scripts/test runs it in tier 3"]
+fn kvm_root_microvm_whose_disk_names_no_kernel_fails_with_the_reason_and_no_vmm() {
+    hull_tests::require_root_and_kvm();
+    let d = Daemon::start();
+    let cases = [
+        (
+            "d15cb007-0000-4000-8000-000000000002",
+            grub_entry("quiet"),
+            b"#!/bin/sh\n".to_vec(),
+            "the kernel /boot/vmlinuz-test named by /boot/grub/grub.cfg is not a Linux kernel",
+        ),
+        (
+            "d15cb007-0000-4000-8000-000000000003",
+            format!("{}# {}\n", grub_entry("quiet"), "x".repeat(1 << 20)),
+            hull_tests::testguest()
+                .to_string_lossy()
+                .as_bytes()
+                .to_vec(),
+            "longer than",
+        ),
+    ];
+    for (image, cfg, kernel, why) in cases {
+        let image = disk_boot_image(&d, image, &cfg, &kernel);
+        let payload = json!({"brand": "kvm", "ram": 64, "autoboot": false,
+            "disks": [{"image_uuid": image, "boot": true}]});
+        let o = d.vmadm(&["create"], Some(&payload.to_string()));
+        assert!(o.status.success(), "{}", text(&o));
+        let uuid = String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .chain(String::from_utf8_lossy(&o.stderr).split_whitespace())
+            .find_map(|w| uuid::Uuid::parse_str(w).ok())
+            .expect("uuid");
+        let o = d.vmadm(&["start", &uuid.to_string()], None);
+        assert!(!o.status.success(), "{}", text(&o));
+        assert!(
+            text(&o).contains("cannot boot from its disk") && text(&o).contains(why),
+            "{}",
+            text(&o)
+        );
+        let vm = d.client().get_vm(uuid).expect("get");
+        assert_eq!(vm.state.as_str(), "stopped");
+        let failure = vm.failure.expect("the record says why");
+        assert!(failure.contains(why), "{failure}");
+        assert!(
+            !d.data_root()
+                .join(format!("zones/{uuid}/state.json"))
+                .exists(),
+            "a zone was started for it"
+        );
+        let o = d.vmadm(&["delete", &uuid.to_string()], None);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+}

@@ -18,7 +18,7 @@ use zoned::config::{Phase, Reply, Request, ZoneConfig, ZoneState};
 use super::Seams;
 use super::provision::{Grown, Warnings};
 use super::seams::{GuestStorage, Switch, ZoneRuntime};
-use super::zones::{ControlError, Plumb, StartError, ZoneError};
+use super::zones::{ControlError, DiskBoot, Plumb, StartError, ZoneError};
 use hull_vmm_proto::{ControlReply, ControlRequest};
 
 /// The calls made to the fakes, in order, and the calls told to fail.
@@ -351,6 +351,14 @@ impl ZoneRuntime for FakeZones {
     }
 
     fn prepare(&self) {}
+
+    fn find_boot(&self, uuid: Uuid, disk: &Path) -> Result<DiskBoot, String> {
+        self.journal.call("zones.find_boot", uuid);
+        Err(format!(
+            "the fake zone runtime reads no boot disk ({})",
+            disk.display()
+        ))
+    }
 }
 
 /// [`Switch`] that plumbs nothing: each call is journaled.

@@ -31,11 +31,11 @@ impl Service {
                 "VM {uuid} is already running"
             )));
         }
+        // What the zone runs: the record, with the kernel its boot disk names when it has
+        // none of its own.
+        let mut planned = vm.vm.clone();
         if vm.brand.is_microvm() && vm.kernel.is_none() {
-            return Err(ServiceError::Conflict(format!(
-                "VM {uuid} cannot boot: it has no kernel; give \"kernel\" (a host path) with \
-                 vmadm update, or boot it from a disk image that carries one"
-            )));
+            self.boot_from_disk(&vm, &mut planned).await?;
         }
         // A zone's ports are worked out before it starts: a nic the switch cannot plumb
         // fails the start, not the zone's network later.
@@ -74,7 +74,6 @@ impl Service {
         // A zone's NICs are plumbed into its namespaces while its init waits, so that it
         // never runs without them; a microVM's VMM opens its TAPs itself.
         let (z, switch) = (self.zones.clone(), self.switch.clone());
-        let planned = vm.vm.clone();
         let zone_ports = (!vm.brand.is_microvm() && !ports.is_empty()).then_some(ports);
         let started = unblock(move || {
             let mut plumb = |pid: i32| match &zone_ports {
@@ -101,6 +100,60 @@ impl Service {
         }
         self.watch(uuid, st.zoned_pid);
         self.set_running(&vm, &st).await
+    }
+
+    /// A microVM with no kernel boots what its boot disk's own config names (GRUB's default
+    /// entry or the loader entries'), read anew at every start: `planned` gets that kernel,
+    /// initrd and command line (the entry's options, the record's `cmdline` when it has one,
+    /// then hull's console). When the disk names nothing bootable, the record's `failure`
+    /// says why and the start fails before any VMM runs.
+    async fn boot_from_disk(&self, vm: &Vm, planned: &mut Vm) -> Result<()> {
+        let uuid = vm.uuid;
+        let disk = vm
+            .disks
+            .iter()
+            .find(|d| d.boot == Some(true))
+            .or_else(|| vm.disks.first())
+            .and_then(|d| d.path.clone());
+        let Some(disk) = disk else {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} cannot boot: it has no kernel and no disk to boot from; give \
+                 \"kernel\" (a host path) with vmadm update, or a boot disk whose image \
+                 carries a boot loader config"
+            )));
+        };
+        let z = self.zones.clone();
+        match unblock(move || z.find_boot(uuid, std::path::Path::new(&disk))).await? {
+            Ok(boot) => {
+                let mut cmdline = boot.found.options.trim().to_owned();
+                if let Some(own) = vm.cmdline.as_deref().filter(|c| !c.trim().is_empty()) {
+                    cmdline = format!("{cmdline} {}", own.trim()).trim().to_owned();
+                }
+                let found = hull_vmm_proto::FoundBoot {
+                    options: cmdline,
+                    ..boot.found
+                };
+                tracing::info!(
+                    %uuid,
+                    "boots {} from {} on its disk's partition {} ({})",
+                    found.kernel,
+                    found.config,
+                    found.partition,
+                    found.kernel_format
+                );
+                planned.cmdline = Some(found.cmdline());
+                planned.kernel = Some(boot.kernel.to_string_lossy().into_owned());
+                planned.initrd = boot.initrd.map(|p| p.to_string_lossy().into_owned());
+                Ok(())
+            }
+            Err(why) => {
+                let why = format!("cannot boot from its disk: {why}");
+                let mut next = vm.clone();
+                next.failure = Some(why.clone());
+                self.save_state(next).await?;
+                Err(ServiceError::Conflict(format!("VM {uuid} {why}")))
+            }
+        }
     }
 
     async fn set_running(&self, current: &Vm, st: &ZoneState) -> Result<Arc<Record>> {

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use zoned::config::{Reply, Request, ZoneConfig, ZoneState};
 
 use super::provision::{self, Grown, Warnings};
-use super::zones::{Plumb, ZoneError, Zones};
+use super::zones::{DiskBoot, Plumb, ZoneError, Zones};
 use hull_vmm_proto::{ControlReply, ControlRequest};
 
 /// A guest's storage in the image store: its root, its disk files and their snapshots.
@@ -144,6 +144,9 @@ pub trait ZoneRuntime: Send + Sync + std::fmt::Debug {
     fn vmm_disk_index(&self, uuid: Uuid, disk: &Path) -> Result<Option<usize>, ZoneError>;
     /// Makes a spare zoned ahead of the next start, where that helps.
     fn prepare(&self);
+    /// What a microVM's boot disk `disk` says to boot (see [`Zones::find_boot`]); the error
+    /// is the reason, for the guest's record.
+    fn find_boot(&self, uuid: Uuid, disk: &Path) -> Result<DiskBoot, String>;
 }
 
 /// [`ZoneRuntime`] on this host: vmmd's [`Zones`].
@@ -202,6 +205,10 @@ impl ZoneRuntime for HostZones {
 
     fn prepare(&self) {
         self.0.refill()
+    }
+
+    fn find_boot(&self, uuid: Uuid, disk: &Path) -> Result<DiskBoot, String> {
+        self.0.find_boot(uuid, disk)
     }
 }
 

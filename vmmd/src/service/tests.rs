@@ -364,3 +364,38 @@ async fn delete_of_a_running_guest_stops_it_then_removes_everything() {
     assert!(h.stored(uuid).is_none());
     assert!(matches!(h.svc.get(uuid), Err(ServiceError::NotFound(_))));
 }
+
+#[tokio::test]
+async fn a_microvm_whose_disk_names_nothing_bootable_records_why_and_never_starts() {
+    let h = host().await;
+    let uuid = Uuid::new_v4();
+    h.svc
+        .create(
+            &json!({"uuid": uuid, "brand": "kvm", "ram": 128, "autoboot": false,
+            "disks": [{"size": 64, "boot": true}]}),
+        )
+        .await
+        .expect("create");
+    h.journal.take();
+    let err = h.svc.start(uuid).await.expect_err("must fail");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("VM {uuid} cannot boot from its disk: ")),
+        "{text}"
+    );
+    assert!(text.contains("reads no boot disk"), "{text}");
+    let calls = calls(&h.journal);
+    assert_eq!(
+        calls,
+        [format!("zones.find_boot {uuid}")],
+        "no zone started"
+    );
+    let stored = h.stored(uuid).expect("stored");
+    assert_eq!(stored.state, VmState::Stopped);
+    let failure = stored.failure.expect("the record says why");
+    assert!(
+        failure.starts_with("cannot boot from its disk: "),
+        "{failure}"
+    );
+    assert_eq!(h.svc.get(uuid).expect("record").failure, Some(failure));
+}

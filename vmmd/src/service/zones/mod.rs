@@ -4,6 +4,7 @@
 //! [`super::convert`]'s; the spare zoned is [`spare`]'s, a microVM's VMM kit [`kit`]'s.
 //! Blocking calls: callers use spawn_blocking.
 
+mod diskboot;
 pub mod kit;
 mod spare;
 
@@ -29,6 +30,7 @@ use zoned::config::{
 use super::convert::microvm::{self, MicrovmError, MicrovmZone, VmmFiles};
 use super::convert::zone::GuestZone;
 
+pub use diskboot::DiskBoot;
 pub use kit::KitError;
 use kit::shared_libraries;
 use spare::Spare;
