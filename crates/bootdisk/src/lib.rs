@@ -57,8 +57,10 @@ mod bytes;
 mod crc;
 mod disk;
 mod ext4;
+mod fat;
 mod grub;
 mod table;
+mod xfs;
 
 #[cfg(test)]
 mod tests;
@@ -73,11 +75,13 @@ pub use ext4::{
     DirEntry, Ext4, Ext4Error, FileKind, Inode, MAX_COMPONENTS, MAX_DIR_ENTRIES, MAX_EXTENT_DEPTH,
     MAX_EXTENT_ENTRIES, MAX_LISTED, MAX_NAME, MAX_PATH, MAX_SYMLINKS, ROOT_INO,
 };
+pub use fat::{Fat, FatError};
 pub use grub::{
     BootEntry, ConfigError, MAX_CONFIG, MAX_EXPANDED, MAX_LINE, MAX_NESTING, MAX_WORDS,
     grub_default_entry,
 };
 pub use table::{MAX_GPT_ENTRIES, Partition, TableError, partitions};
+pub use xfs::{Xfs, XfsError};
 
 use disk::{Metered, is_read_limit};
 
