@@ -90,7 +90,8 @@ pub(crate) fn version_cmp(a: &str, b: &str) -> Ordering {
 /// id (file name without `.conf`) is grubenv's `saved_entry` wins; otherwise the highest
 /// `version` (missing versions sort lowest), ties broken by the highest id, as
 /// systemd-boot and GRUB's blscfg order them. `options` lines are joined and `$var`s in them
-/// expanded from grubenv (RHEL 8's `$kernelopts`); unknown variables expand to nothing.
+/// expanded from grubenv (RHEL 8's `$kernelopts`), as are those in `initrd` lines (RHEL 9's
+/// `$tuned_initrd`); unknown variables expand to nothing.
 pub fn bls_default_entry(
     files: &[(String, String)],
     grubenv: Option<&str>,
@@ -137,6 +138,14 @@ pub fn bls_default_entry(
             max: MAX_ENTRY,
         },
     )?;
+    // RHEL 9 and Rocky write `initrd /initramfs-<ver>.img $tuned_initrd`: GRUB expands the
+    // variable when it runs the entry, to nothing when tuned set none.
+    let initrd = expand_vars(&chosen.initrd.join(" "), &vars, MAX_ENTRY).ok_or(
+        ConfigError::ExpansionTooLarge {
+            what: "loader entry initrds",
+            max: MAX_ENTRY,
+        },
+    )?;
     Ok(BootEntry {
         title: chosen.title.clone().unwrap_or_else(|| chosen.id.clone()),
         id: Some(chosen.id.clone()),
@@ -145,7 +154,7 @@ pub fn bls_default_entry(
             .as_deref()
             .map(strip_device)
             .unwrap_or_default(),
-        initrd: chosen.initrd.iter().map(|p| strip_device(p)).collect(),
+        initrd: initrd.split_ascii_whitespace().map(strip_device).collect(),
         options: options
             .split_ascii_whitespace()
             .collect::<Vec<_>>()

@@ -9,22 +9,35 @@
 //!    of 128..=1024 bytes), else the MBR's four primary entries (extended partitions are
 //!    skipped), else the whole disk as one bare filesystem. Every partition must lie inside
 //!    the disk.
-//! 2. Each partition's first bytes, to tell ext2/3/4 from the rest (FAT, xfs, btrfs, swap,
-//!    LVM, LUKS, BIOS boot, empty). Only ext2/3/4 is read ([`Ext4`]): extents (uninitialized
-//!    ones read as zeros), ext2/3 block maps, inline data, fast symlinks, linear and htree
-//!    directories (read linearly), 32- and 64-bit group descriptors, `meta_bg`. Encrypted
-//!    files are refused; a journal needing recovery is not replayed (what is read is what is
-//!    on disk); metadata checksums are not verified (a hostile image can forge them, and no
-//!    bound depends on them). xfs and btrfs are recognised and named in the error, not read.
-//! 3. On each ext4 filesystem in partition order: `/boot/grub/grub.cfg`, `/grub/grub.cfg`
-//!    (a separate /boot), `/boot/grub2/grub.cfg`, `/grub2/grub.cfg`, each with the `grubenv`
-//!    beside it; then `/boot/loader/entries/*.conf` and `/loader/entries/*.conf`. The first
-//!    config found decides; its errors are returned, not skipped. A grub.cfg with no
-//!    menuentry (Fedora's, which runs `blscfg`) hands over to the loader entries.
+//! 2. Each partition's first bytes, to tell ext2/3/4, FAT and xfs from the rest (btrfs, swap,
+//!    LVM, LUKS, BIOS boot, empty). Those three are read, in partition order; one that fails
+//!    to open is skipped, and its error returned only when no other partition holds a config.
+//!    - ext2/3/4 ([`Ext4`]): extents (uninitialized ones read as zeros), ext2/3 block maps,
+//!      inline data, fast symlinks, linear and htree directories (read linearly), 32- and
+//!      64-bit group descriptors, `meta_bg`. Encrypted files are refused; a journal needing
+//!      recovery is not replayed (what is read is what is on disk); metadata checksums are
+//!      not verified (a hostile image can forge them, and no bound depends on them).
+//!    - FAT12/16/32 ([`Fat`]): an ESP or XBOOTLDR partition (systemd-boot's loader entries
+//!      and kernels, a grub.cfg under `/EFI`); names compare case-insensitively, long (VFAT)
+//!      names and 8.3 names alike; cluster chains are walked with loop detection.
+//!    - xfs ([`Xfs`]): a separate /boot as RHEL, Rocky and Alma cloud images have, symbolic
+//!      links followed, version 4 and 5; the log is not replayed.
+//!
+//!    btrfs, LVM and LUKS are recognised and named in the error, not read.
+//! 3. On each of those filesystems in partition order: `/boot/grub/grub.cfg`,
+//!    `/grub/grub.cfg` (a separate /boot), `/boot/grub2/grub.cfg`, `/grub2/grub.cfg`, each
+//!    with the `grubenv` beside it; then `/boot/loader/entries/*.conf` and
+//!    `/loader/entries/*.conf`. The first config found decides; its errors are returned, not
+//!    skipped. A grub.cfg with no menuentry (Fedora's, which runs `blscfg`) hands over to the
+//!    loader entries.
 //! 4. The kernel and initrd paths the chosen entry names: first on the filesystem that held
 //!    the config (also under `/boot` when the config was under `/boot`, since GRUB's `root`
-//!    is then the root filesystem), then on the other ext4 filesystems, as written and under
-//!    `/boot`. Symbolic links are followed inside each filesystem.
+//!    is then the root filesystem), then on the other filesystems in partition order, as
+//!    written and under `/boot`. Symbolic links are followed inside each filesystem (ext4,
+//!    xfs).
+//! 5. Beside a kernel named `vmlinuz-<ver>` (or `vmlinux-`, `bzImage-`), on the filesystem it
+//!    was read from: `config-<ver>`, its build config, as Debian, Ubuntu and Fedora ship it
+//!    ([`Found::kernel_config`], at most [`MAX_KERNEL_CONFIG`] bytes, advisory).
 //!
 //! Documented choices in reading grub.cfg ([`grub_default_entry`]): the script is tokenized
 //! with GRUB's quoting rules (`'...'`, `"..."`, `\`, comments) but not run. `if`/`else` are
@@ -49,7 +62,9 @@
 //! [`MAX_EXTENT_ENTRIES`] entries, paths above [`MAX_PATH`] bytes and more than
 //! [`MAX_SYMLINKS`] symbolic links in one lookup are errors, as are grub.cfg files with more
 //! than [`MAX_WORDS`] words or variables expanding to more than [`MAX_EXPANDED`] bytes.
-//! The only recursion, over extent trees and indirect blocks, is bounded by their depth.
+//! FAT cluster chains stop at a cluster seen before (a loop) and at the filesystem's cluster
+//! count. The only recursion, over ext4 extent trees and indirect blocks and xfs block-map
+//! btrees, is bounded by their depth.
 #![forbid(unsafe_code)]
 
 mod bls;
@@ -87,6 +102,8 @@ use disk::{Metered, is_read_limit};
 
 /// Largest grubenv file read (GRUB writes 1 KiB).
 pub const MAX_GRUBENV: u64 = 64 << 10;
+/// Largest kernel build config read ([`Found::kernel_config`]); a larger one is ignored.
+pub const MAX_KERNEL_CONFIG: u64 = 1 << 20;
 
 const GRUB_DIRS: [&str; 4] = ["/boot/grub", "/grub", "/boot/grub2", "/grub2"];
 const BLS_DIRS: [&str; 2] = ["/boot/loader/entries", "/loader/entries"];
@@ -124,6 +141,11 @@ pub struct Found {
     pub kernel_partition: u32,
     /// The kernel image.
     pub kernel: Vec<u8>,
+    /// The kernel's build config (`config-<ver>` beside `vmlinuz-<ver>`, `vmlinux-<ver>` or
+    /// `bzImage-<ver>`, on the filesystem the kernel was read from), if there is one of at
+    /// most [`MAX_KERNEL_CONFIG`] bytes. Advisory: a caller may refuse a kernel built
+    /// without what it needs (`CONFIG_VIRTIO_MMIO=y`).
+    pub kernel_config: Option<Vec<u8>>,
     /// The initrds, concatenated (each at a 4-byte boundary), if the entry names any.
     pub initrd: Option<Vec<u8>>,
 }
@@ -139,11 +161,13 @@ pub enum BootDiskError {
         #[source]
         source: io::Error,
     },
-    #[error("ext4 on {partition}")]
-    Ext4 {
+    #[error("{fs} on {partition}")]
+    Fs {
+        /// "ext4", "FAT" or "xfs".
+        fs: &'static str,
         partition: String,
         #[source]
-        source: Ext4Error,
+        source: FsError,
     },
     #[error("{config} on {partition}")]
     Config {
@@ -153,10 +177,10 @@ pub enum BootDiskError {
         source: ConfigError,
     },
     #[error(
-        "no /boot/grub/grub.cfg or loader entries on any ext4 partition (found: {found}){note}"
+        "no /boot/grub/grub.cfg or loader entries on any ext4, FAT or xfs partition (found: {found}){note}"
     )]
     NoConfig { found: String, note: String },
-    #[error("the {what} {path} named by {config} is on no ext4 partition")]
+    #[error("the {what} {path} named by {config} is on no partition hull reads (ext4, FAT, xfs)")]
     Missing {
         what: &'static str,
         path: String,
@@ -209,13 +233,164 @@ fn read_error(part: &Partition, source: io::Error, limits: &Limits) -> BootDiskE
     }
 }
 
-fn ext4_error(part: &Partition, source: Ext4Error, limits: &Limits) -> BootDiskError {
-    match source {
-        Ext4Error::ReadLimit => BootDiskError::ReadLimit(limits.max_read),
-        source => BootDiskError::Ext4 {
+/// Why a filesystem hull reads could not be read: the reader's own error.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// From the ext2/3/4 reader.
+    #[error(transparent)]
+    Ext4(#[from] Ext4Error),
+    /// From the FAT reader.
+    #[error(transparent)]
+    Fat(#[from] FatError),
+    /// From the xfs reader.
+    #[error(transparent)]
+    Xfs(#[from] XfsError),
+}
+
+/// What an [`FsError`] means to the search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// Nothing at the path, or a component before the last is no directory.
+    Absent,
+    /// The path names something other than a regular file (a directory...).
+    NotAFile,
+    /// The file is larger than the limit asked for.
+    TooLarge,
+    /// The read allowance of this call is spent.
+    ReadLimit,
+    /// Anything else: corruption, unsupported features, bad paths.
+    Other,
+}
+
+impl FsError {
+    fn failure(&self) -> Failure {
+        match self {
+            FsError::Ext4(Ext4Error::NotFound { .. } | Ext4Error::NotADirectory { .. })
+            | FsError::Fat(FatError::NotFound { .. } | FatError::NotADirectory { .. })
+            | FsError::Xfs(XfsError::NotFound { .. } | XfsError::NotADirectory { .. }) => {
+                Failure::Absent
+            }
+            FsError::Ext4(Ext4Error::NotAFile { .. })
+            | FsError::Fat(FatError::NotAFile { .. })
+            | FsError::Xfs(XfsError::NotAFile { .. }) => Failure::NotAFile,
+            FsError::Ext4(Ext4Error::TooLarge { .. })
+            | FsError::Fat(FatError::TooLarge { .. })
+            | FsError::Xfs(XfsError::TooLarge { .. }) => Failure::TooLarge,
+            FsError::Ext4(Ext4Error::ReadLimit)
+            | FsError::Fat(FatError::ReadLimit)
+            | FsError::Xfs(XfsError::ReadLimit) => Failure::ReadLimit,
+            _ => Failure::Other,
+        }
+    }
+}
+
+/// One filesystem hull reads, opened on its partition.
+enum Fs<'a> {
+    Ext4(Ext4<'a>),
+    Fat(Fat<'a>),
+    Xfs(Xfs<'a>),
+}
+
+impl<'a> Fs<'a> {
+    /// The filesystem of a partition `probe` found to be `kind`, or `None` for a kind hull
+    /// does not read.
+    fn open(kind: Kind, disk: &'a dyn Disk, part: &Partition) -> Option<Result<Fs<'a>, FsError>> {
+        Some(match kind {
+            Kind::Ext4 => Ext4::open(disk, part).map(Fs::Ext4).map_err(FsError::from),
+            Kind::Fat => Fat::open(disk, part).map(Fs::Fat).map_err(FsError::from),
+            Kind::Xfs => Xfs::open(disk, part).map(Fs::Xfs).map_err(FsError::from),
+            _ => return None,
+        })
+    }
+
+    fn partition(&self) -> &Partition {
+        match self {
+            Fs::Ext4(fs) => fs.partition(),
+            Fs::Fat(fs) => fs.partition(),
+            Fs::Xfs(fs) => fs.partition(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Fs::Ext4(_) => Kind::Ext4.name(),
+            Fs::Fat(_) => Kind::Fat.name(),
+            Fs::Xfs(_) => Kind::Xfs.name(),
+        }
+    }
+
+    /// The regular file at `path` (symbolic links followed where the filesystem has them),
+    /// at most `max` bytes.
+    fn read_file(&self, path: &str, max: u64) -> Result<Vec<u8>, FsError> {
+        Ok(match self {
+            Fs::Ext4(fs) => fs.read_file(path, max)?,
+            Fs::Fat(fs) => fs.read_file(path, max)?,
+            Fs::Xfs(fs) => fs.read_file(path, max)?,
+        })
+    }
+
+    /// The names in the directory at `path`, without `.` and `..`.
+    fn read_dir(&self, path: &str) -> Result<Vec<String>, FsError> {
+        Ok(match self {
+            Fs::Ext4(fs) => fs.read_dir(path)?.into_iter().map(|e| e.name).collect(),
+            Fs::Fat(fs) => fs.read_dir(path)?,
+            Fs::Xfs(fs) => fs.read_dir(path)?,
+        })
+    }
+
+    fn error(&self, source: FsError, limits: &Limits) -> BootDiskError {
+        fs_error(self.name(), self.partition(), source, limits)
+    }
+
+    /// The regular file at `path`, or `None` when nothing is there; anything else there
+    /// (a directory) is an error.
+    fn read(
+        &self,
+        path: &str,
+        max: u64,
+        limits: &Limits,
+    ) -> Result<Option<Vec<u8>>, BootDiskError> {
+        match self.read_file(path, max) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.failure() == Failure::Absent => Ok(None),
+            Err(e) => Err(self.error(e, limits)),
+        }
+    }
+
+    /// The regular file at `path`, or `None` when there is nothing (or no regular file)
+    /// there.
+    fn read_optional(
+        &self,
+        path: &str,
+        max: u64,
+        limits: &Limits,
+    ) -> Result<Option<Vec<u8>>, BootDiskError> {
+        match self.read_file(path, max) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if matches!(e.failure(), Failure::Absent | Failure::NotAFile) => Ok(None),
+            Err(e) => Err(self.error(e, limits)),
+        }
+    }
+
+    /// The names in the directory at `path`, or `None` when no directory is there.
+    fn list(&self, path: &str, limits: &Limits) -> Result<Option<Vec<String>>, BootDiskError> {
+        match self.read_dir(path) {
+            Ok(names) => Ok(Some(names)),
+            Err(e) if e.failure() == Failure::Absent => Ok(None),
+            Err(e) => Err(self.error(e, limits)),
+        }
+    }
+}
+
+fn fs_error(fs: &'static str, part: &Partition, source: FsError, limits: &Limits) -> BootDiskError {
+    if source.failure() == Failure::ReadLimit {
+        BootDiskError::ReadLimit(limits.max_read)
+    } else {
+        BootDiskError::Fs {
+            fs,
             partition: part.to_string(),
             source,
-        },
+        }
     }
 }
 
@@ -275,9 +450,6 @@ fn summary(kinds: &[Kind]) -> String {
 
 fn unread_note(kinds: &[Kind]) -> String {
     let mut note = String::new();
-    if kinds.contains(&Kind::Xfs) {
-        note.push_str("; xfs /boot is not read yet");
-    }
     if kinds.contains(&Kind::Btrfs) {
         note.push_str("; btrfs is not read yet");
     }
@@ -287,37 +459,20 @@ fn unread_note(kinds: &[Kind]) -> String {
     note
 }
 
-/// The file at `path`, or `None` when there is nothing (or no regular file) there.
-fn read_optional(fs: &Ext4<'_>, path: &str, max: u64) -> Result<Option<Vec<u8>>, Ext4Error> {
-    let inode = match fs.lookup(path) {
-        Ok(inode) => inode,
-        Err(Ext4Error::NotFound { .. } | Ext4Error::NotADirectory { .. }) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if inode.kind() != FileKind::Regular {
-        return Ok(None);
-    }
-    fs.read_inode(&inode, path, max).map(Some)
-}
-
 fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// The config on `fs` and the entry it chooses, if `fs` holds one.
-fn find_config(
-    fs: &Ext4<'_>,
-    limits: &Limits,
-) -> Result<Option<(String, BootEntry)>, BootDiskError> {
+fn find_config(fs: &Fs<'_>, limits: &Limits) -> Result<Option<(String, BootEntry)>, BootDiskError> {
     let part = fs.partition();
-    let wrap = |e| ext4_error(part, e, limits);
     for dir in GRUB_DIRS {
         let path = format!("{dir}/grub.cfg");
-        let Some(cfg) = read_optional(fs, &path, MAX_CONFIG as u64).map_err(wrap)? else {
+        let Some(cfg) = fs.read_optional(&path, MAX_CONFIG as u64, limits)? else {
             continue;
         };
-        let env = read_optional(fs, &format!("{dir}/grubenv"), MAX_GRUBENV)
-            .map_err(wrap)?
+        let env = fs
+            .read_optional(&format!("{dir}/grubenv"), MAX_GRUBENV, limits)?
             .map(|b| lossy(&b));
         return match grub_default_entry(&lossy(&cfg), env.as_deref()) {
             Ok(entry) => Ok(Some((path, entry))),
@@ -341,30 +496,43 @@ fn find_config(
     find_bls(fs, None, limits)
 }
 
+/// `name` if it is a loader entry's file name (`*.conf`, not hidden), with its suffix in
+/// lower case where the filesystem ignores case (FAT), as systemd-boot takes them.
+fn entry_name(fs: &Fs<'_>, name: String) -> Option<String> {
+    if name.starts_with('.') {
+        return None;
+    }
+    if name.ends_with(".conf") {
+        return Some(name);
+    }
+    if !matches!(fs, Fs::Fat(_)) {
+        return None;
+    }
+    let cut = name.len().checked_sub(5)?;
+    let (stem, suffix) = (name.get(..cut)?, name.get(cut..)?);
+    suffix
+        .eq_ignore_ascii_case(".conf")
+        .then(|| format!("{stem}.conf"))
+}
+
 fn find_bls(
-    fs: &Ext4<'_>,
+    fs: &Fs<'_>,
     grubenv: Option<&str>,
     limits: &Limits,
 ) -> Result<Option<(String, BootEntry)>, BootDiskError> {
     let part = fs.partition();
-    let wrap = |e| ext4_error(part, e, limits);
     for dir in BLS_DIRS {
-        let list = match fs.read_dir(dir) {
-            Ok(list) => list,
-            Err(Ext4Error::NotFound { .. } | Ext4Error::NotADirectory { .. }) => continue,
-            Err(e) => return Err(wrap(e)),
+        let Some(list) = fs.list(dir, limits)? else {
+            continue;
         };
-        let mut names: Vec<String> = list
-            .into_iter()
-            .map(|e| e.name)
-            .filter(|n| n.ends_with(".conf") && !n.starts_with('.'))
-            .collect();
+        let mut names: Vec<String> = list.into_iter().filter_map(|n| entry_name(fs, n)).collect();
         names.sort();
+        names.dedup();
         names.truncate(MAX_LOADER_ENTRIES);
         let mut files = Vec::new();
         for name in names {
             let path = format!("{dir}/{name}");
-            if let Some(text) = read_optional(fs, &path, MAX_LOADER_ENTRY as u64).map_err(wrap)? {
+            if let Some(text) = fs.read_optional(&path, MAX_LOADER_ENTRY as u64, limits)? {
                 files.push((name, lossy(&text)));
             }
         }
@@ -382,9 +550,18 @@ fn find_bls(
     Ok(None)
 }
 
+/// A file the entry names, as read.
+struct Fetched {
+    bytes: Vec<u8>,
+    /// Index of the filesystem it was read from.
+    fs: usize,
+    /// The path it was read at on that filesystem.
+    path: String,
+}
+
 /// Where the config on `filesystems[home]` and its entry put a file.
 struct Resolver<'f, 'a> {
-    filesystems: &'f [Ext4<'a>],
+    filesystems: &'f [Fs<'a>],
     home: usize,
     /// The config was under /boot: its paths may be relative to a /boot partition.
     under_boot: bool,
@@ -393,13 +570,9 @@ struct Resolver<'f, 'a> {
 }
 
 impl Resolver<'_, '_> {
-    /// The file at `path` (a kernel or initrd) and the partition it was on.
-    fn fetch(
-        &self,
-        what: &'static str,
-        path: &str,
-        max: u64,
-    ) -> Result<(Vec<u8>, u32), BootDiskError> {
+    /// The file at `path` (a kernel or initrd): on the config's filesystem first, then on
+    /// the others in partition order.
+    fn fetch(&self, what: &'static str, path: &str, max: u64) -> Result<Fetched, BootDiskError> {
         let others = (0..self.filesystems.len()).filter(|&j| j != self.home);
         for j in std::iter::once(self.home).chain(others) {
             let Some(fs) = self.filesystems.get(j) else {
@@ -410,16 +583,12 @@ impl Resolver<'_, '_> {
                 tries.push(format!("/boot{path}"));
             }
             for p in tries {
-                let part = fs.partition();
-                match fs.lookup(&p) {
-                    Ok(inode) => {
-                        return fs
-                            .read_inode(&inode, &p, max)
-                            .map(|bytes| (bytes, part.index))
-                            .map_err(|e| ext4_error(part, e, self.limits));
-                    }
-                    Err(Ext4Error::NotFound { .. } | Ext4Error::NotADirectory { .. }) => {}
-                    Err(e) => return Err(ext4_error(part, e, self.limits)),
+                if let Some(bytes) = fs.read(&p, max, self.limits)? {
+                    return Ok(Fetched {
+                        bytes,
+                        fs: j,
+                        path: p,
+                    });
                 }
             }
         }
@@ -428,6 +597,39 @@ impl Resolver<'_, '_> {
             path: path.to_owned(),
             config: self.config.to_owned(),
         })
+    }
+}
+
+/// The path of the build config beside a kernel read at `kernel_path` and named
+/// `entry_kernel` by its entry: `config-<ver>` for `vmlinuz-<ver>`, `vmlinux-<ver>` and
+/// `bzImage-<ver>`, in the directory the kernel was read from.
+fn kernel_config_path(kernel_path: &str, entry_kernel: &str) -> Option<String> {
+    let name = entry_kernel.rsplit('/').next()?;
+    let ver = ["vmlinuz-", "vmlinux-", "bzImage-"]
+        .iter()
+        .find_map(|prefix| name.strip_prefix(prefix))
+        .filter(|ver| !ver.is_empty())?;
+    let (dir, _) = kernel_path.rsplit_once('/')?;
+    Some(format!("{dir}/config-{ver}"))
+}
+
+/// The kernel's build config, if it lies beside the kernel: advisory, so a missing, too
+/// large or unreadable one is `None`; only the read limit is an error.
+fn read_kernel_config(
+    fs: &Fs<'_>,
+    kernel_path: &str,
+    entry_kernel: &str,
+    limits: &Limits,
+) -> Result<Option<Vec<u8>>, BootDiskError> {
+    let Some(path) = kernel_config_path(kernel_path, entry_kernel) else {
+        return Ok(None);
+    };
+    match fs.read_file(&path, MAX_KERNEL_CONFIG) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.failure() == Failure::ReadLimit => {
+            Err(BootDiskError::ReadLimit(limits.max_read))
+        }
+        Err(_) => Ok(None),
     }
 }
 
@@ -446,15 +648,16 @@ pub fn find_boot(disk: &dyn Disk, limits: &Limits) -> Result<Found, BootDiskErro
     for part in &parts {
         let kind = probe(disk, part, limits)?;
         kinds.push(kind);
-        if kind == Kind::Ext4 {
-            match Ext4::open(disk, part) {
-                Ok(fs) => filesystems.push(fs),
-                Err(Ext4Error::ReadLimit) => return Err(BootDiskError::ReadLimit(limits.max_read)),
-                // Another partition may still hold the config: this error is only returned
-                // when none does.
-                Err(e) => {
-                    unreadable.get_or_insert_with(|| ext4_error(part, e, limits));
-                }
+        match Fs::open(kind, disk, part) {
+            None => {}
+            Some(Ok(fs)) => filesystems.push(fs),
+            Some(Err(e)) if e.failure() == Failure::ReadLimit => {
+                return Err(BootDiskError::ReadLimit(limits.max_read));
+            }
+            // Another partition may still hold the config: this error is only returned
+            // when none does.
+            Some(Err(e)) => {
+                unreadable.get_or_insert_with(|| fs_error(kind.name(), part, e, limits));
             }
         }
     }
@@ -469,8 +672,15 @@ pub fn find_boot(disk: &dyn Disk, limits: &Limits) -> Result<Found, BootDiskErro
             config: &config,
             limits,
         };
-        let (kernel, kernel_partition) =
-            resolver.fetch("kernel", &entry.kernel, limits.max_file)?;
+        let kernel = resolver.fetch("kernel", &entry.kernel, limits.max_file)?;
+        let kernel_fs = filesystems
+            .get(kernel.fs)
+            .ok_or_else(|| BootDiskError::Missing {
+                what: "kernel",
+                path: entry.kernel.clone(),
+                config: config.clone(),
+            })?;
+        let kernel_config = read_kernel_config(kernel_fs, &kernel.path, &entry.kernel, limits)?;
         let initrd = if entry.initrd.is_empty() {
             None
         } else {
@@ -480,8 +690,8 @@ pub fn find_boot(disk: &dyn Disk, limits: &Limits) -> Result<Found, BootDiskErro
                 // between cpio archives.
                 all.resize(all.len().next_multiple_of(4), 0);
                 let left = limits.max_file.saturating_sub(all.len() as u64);
-                let (bytes, _) = resolver.fetch("initrd", path, left)?;
-                all.extend_from_slice(&bytes);
+                let fetched = resolver.fetch("initrd", path, left)?;
+                all.extend_from_slice(&fetched.bytes);
             }
             Some(all)
         };
@@ -489,8 +699,9 @@ pub fn find_boot(disk: &dyn Disk, limits: &Limits) -> Result<Found, BootDiskErro
             partition: fs.partition().index,
             config,
             entry,
-            kernel_partition,
-            kernel,
+            kernel_partition: kernel_fs.partition().index,
+            kernel: kernel.bytes,
+            kernel_config,
             initrd,
         });
     }

@@ -936,7 +936,7 @@ fn corrupt_superblock_magic() {
     let err = find_boot(&img, &Limits::default()).expect_err("no ext4");
     assert_eq!(
         err.to_string(),
-        "no /boot/grub/grub.cfg or loader entries on any ext4 partition (found: 1 unknown)"
+        "no /boot/grub/grub.cfg or loader entries on any ext4, FAT or xfs partition (found: 1 unknown)"
     );
 }
 
@@ -1121,7 +1121,7 @@ fn missing_kernel_and_unknown_partitions() {
     let err = find_boot(&open_file(&path), &Limits::default()).expect_err("missing");
     assert_eq!(
         err.to_string(),
-        "the kernel /boot/vmlinuz-gone named by /boot/grub/grub.cfg is on no ext4 partition"
+        "the kernel /boot/vmlinuz-gone named by /boot/grub/grub.cfg is on no partition hull reads (ext4, FAT, xfs)"
     );
     let path = disk(
         dir.path(),
@@ -1154,12 +1154,12 @@ fn missing_kernel_and_unknown_partitions() {
     let err = find_boot(&open_file(&path), &Limits::default()).expect_err("none");
     assert_eq!(
         err.to_string(),
-        "no /boot/grub/grub.cfg or loader entries on any ext4 partition (found: 1 BIOS boot, 1 empty, 1 ext4)"
+        "no /boot/grub/grub.cfg or loader entries on any ext4, FAT or xfs partition (found: 1 BIOS boot, 1 empty, 1 ext4)"
     );
 }
 
 #[test]
-fn xfs_is_named_not_read() {
+fn xfs_without_a_config_is_listed() {
     // xfsprogs is in scripts/packages.txt: a machine without it fails here, never passes.
     let dir = tmp();
     let img = dir.path().join("xfs.img");
@@ -1170,7 +1170,7 @@ fn xfs_is_named_not_read() {
     let err = find_boot(&open_file(&img), &Limits::default()).expect_err("xfs");
     assert_eq!(
         err.to_string(),
-        "no /boot/grub/grub.cfg or loader entries on any ext4 partition (found: 1 xfs); xfs /boot is not read yet"
+        "no /boot/grub/grub.cfg or loader entries on any ext4, FAT or xfs partition (found: 1 xfs)"
     );
 }
 
@@ -1311,4 +1311,534 @@ fn disk_reads_stay_inside() {
     assert!(metered.read_at(&mut buf, 0).is_ok());
     let err = metered.read_at(&mut buf, 0).expect_err("over");
     assert!(disk::is_read_limit(&err));
+}
+
+// FAT (mtools) and xfs (mkfs.xfs -p) partitions beside ext4.
+
+const FEDORA_VER: &str = "6.8.5-301.fc40.x86_64";
+const ROCKY_VER: &str = "5.14.0-427.13.1.el9_4.x86_64";
+const ROCKY_OLD: &str = "5.14.0-362.8.1.el9_3.x86_64";
+const MACHINE_ID: &str = "3f1e0a7d1c2b4e5f8a9b0c1d2e3f4a5b";
+
+fn mtools(cmd: &mut Command) {
+    run(cmd.env("MTOOLS_SKIP_CHECK", "1"));
+}
+
+/// Formats FAT (mformat `args`) inside the partition of `disk` starting at sector `start`
+/// and copies `files` (absolute paths) into it, making their directories.
+fn fat_in(disk: &Path, start: u64, args: &[&str], files: &[(&str, &[u8])]) {
+    let target = format!("{}@@{}", disk.display(), start * 512);
+    mtools(
+        Command::new("mformat")
+            .arg("-i")
+            .arg(&target)
+            .args(args)
+            .arg("::"),
+    );
+    let dir = disk.parent().expect("parent");
+    let mut made = std::collections::HashSet::new();
+    for (path, bytes) in files {
+        let mut at = String::new();
+        let parents: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        for part in parents.iter().take(parents.len().saturating_sub(1)) {
+            at.push('/');
+            at.push_str(part);
+            if made.insert(at.clone()) {
+                mtools(
+                    Command::new("mmd")
+                        .arg("-i")
+                        .arg(&target)
+                        .arg(format!("::{at}")),
+                );
+            }
+        }
+        let local = dir.join(format!("fat{}", SEQ.fetch_add(1, Ordering::Relaxed)));
+        fs::write(&local, bytes).expect("write");
+        mtools(
+            Command::new("mcopy")
+                .arg("-i")
+                .arg(&target)
+                .arg(&local)
+                .arg(format!("::{path}")),
+        );
+    }
+}
+
+/// A node of an xfs prototype tree: a file's bytes, or a directory.
+enum ProtoNode {
+    File(Vec<u8>),
+    Dir(std::collections::BTreeMap<String, ProtoNode>),
+}
+
+fn proto_lines(dir: &Path, tree: &std::collections::BTreeMap<String, ProtoNode>, out: &mut String) {
+    for (name, node) in tree {
+        match node {
+            ProtoNode::File(bytes) => {
+                let src = dir.join(format!("src{}", SEQ.fetch_add(1, Ordering::Relaxed)));
+                fs::write(&src, bytes).expect("source");
+                out.push_str(&format!("{name} ---644 0 0 {}\n", src.display()));
+            }
+            ProtoNode::Dir(children) => {
+                out.push_str(&format!("{name} d--755 0 0\n"));
+                proto_lines(dir, children, out);
+                out.push_str("$\n");
+            }
+        }
+    }
+}
+
+/// An xfs image of `mib` MiB holding `files` (absolute paths), built by mkfs.xfs from a
+/// prototype file.
+fn mkxfs(dir: &Path, mib: u64, files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut tree = std::collections::BTreeMap::new();
+    for (path, bytes) in files {
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let (last, parents) = parts.split_last().expect("a path");
+        let mut cur = &mut tree;
+        for p in parents {
+            let node = cur
+                .entry((*p).to_owned())
+                .or_insert_with(|| ProtoNode::Dir(Default::default()));
+            let ProtoNode::Dir(children) = node else {
+                panic!("{p} is a file");
+            };
+            cur = children;
+        }
+        cur.insert((*last).to_owned(), ProtoNode::File(bytes.to_vec()));
+    }
+    let mut text = "boot\n0 0\nd--755 0 0\n".to_owned();
+    proto_lines(dir, &tree, &mut text);
+    text.push_str("$\n");
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let proto = dir.join(format!("proto{n}.txt"));
+    fs::write(&proto, text).expect("proto");
+    let img = dir.join(format!("xfs{n}.img"));
+    File::create(&img)
+        .and_then(|f| f.set_len(mib << 20))
+        .expect("create image");
+    // These tell mkfs.xfs it runs under fstests, which lifts its 300 MB minimum.
+    run(Command::new("mkfs.xfs")
+        .env("TEST_DIR", "1")
+        .env("TEST_DEV", "1")
+        .env("QA_CHECK_FS", "1")
+        .args(["-q", "-f", "-p"])
+        .arg(&proto)
+        .arg(&img));
+    fs::read(&img).expect("read image")
+}
+
+fn fedora_entry() -> String {
+    format!(
+        "title Fedora Linux ({FEDORA_VER}) 40 (Cloud Edition)\nversion {FEDORA_VER}\nlinux /vmlinuz-{FEDORA_VER}\ninitrd /initramfs-{FEDORA_VER}.img\noptions root=UUID={UUID} ro rootflags=subvol=root console=ttyS0\n"
+    )
+}
+
+#[test]
+fn systemd_boot_esp_with_loader_entries() {
+    let dir = tmp();
+    let kernel = pattern(11, 300 * 1024 + 5);
+    let initrd = pattern(12, 100 * 1024 + 3);
+    let root = dir.path().join("root");
+    put(&root, "etc/fedora-release", b"Fedora release 40\n");
+    fs::create_dir_all(root.join("boot")).expect("mkdir");
+    let rootfs = mkfs(dir.path(), &root, "8M", &[]);
+    let path = disk(
+        dir.path(),
+        28,
+        "gpt",
+        &[
+            Part {
+                number: 1,
+                start: 2048,
+                sectors: 32768,
+                kind: ESP,
+                fs: None,
+            },
+            Part {
+                number: 2,
+                start: 34816,
+                sectors: 16384,
+                kind: LINUX_FS,
+                fs: Some(&rootfs),
+            },
+        ],
+    );
+    let entry_path = format!("/loader/entries/fedora-{FEDORA_VER}.conf");
+    fat_in(
+        &path,
+        2048,
+        &["-T", "32768", "-h", "64", "-s", "32"],
+        &[
+            ("/EFI/systemd/systemd-bootx64.efi", &pattern(13, 5000)),
+            ("/loader/loader.conf", b"timeout 3\n"),
+            (&entry_path, fedora_entry().as_bytes()),
+            (&format!("/vmlinuz-{FEDORA_VER}"), &kernel),
+            (&format!("/initramfs-{FEDORA_VER}.img"), &initrd),
+        ],
+    );
+    let found = find_boot(&open_file(&path), &Limits::default()).expect("find_boot");
+    assert_eq!(found.partition, 1);
+    assert_eq!(found.config, entry_path);
+    assert_eq!(found.kernel_partition, 1);
+    assert_eq!(found.entry.kernel, format!("/vmlinuz-{FEDORA_VER}"));
+    assert_eq!(
+        found.entry.options,
+        format!("root=UUID={UUID} ro rootflags=subvol=root console=ttyS0")
+    );
+    assert!(found.kernel == kernel, "kernel bytes differ");
+    assert!(
+        found.initrd.as_deref() == Some(&initrd[..]),
+        "initrd bytes differ"
+    );
+    assert_eq!(found.kernel_config, None);
+}
+
+#[test]
+fn rocky_xfs_boot_partition() {
+    let dir = tmp();
+    let kernel = pattern(21, 400 * 1024 + 9);
+    let initrd = pattern(22, 150 * 1024 + 1);
+    let config = b"# Automatically generated file; DO NOT EDIT.\nCONFIG_VIRTIO_MMIO=y\n".to_vec();
+    let entry = |ver: &str| {
+        format!(
+            "title Rocky Linux ({ver}) 9.4 (Blue Onyx)\nversion {ver}\nlinux /vmlinuz-{ver}\ninitrd /initramfs-{ver}.img $tuned_initrd\noptions root=UUID={UUID} console=tty0 console=ttyS0,115200n8 no_timer_check net.ifnames=0 $tuned_params\ngrub_users $grub_users\ngrub_arg --unrestricted\ngrub_class rocky\n"
+        )
+    };
+    let grub_cfg = "set default=\"${saved_entry}\"\nload_env -f ${config_directory}/grubenv\ninsmod blscfg\nblscfg\n";
+    let env =
+        format!("# GRUB Environment Block\nsaved_entry={MACHINE_ID}-{ROCKY_VER}\nboot_success=0\n");
+    let new_entry = entry(ROCKY_VER);
+    let old_entry = entry(ROCKY_OLD);
+    let new_name = format!("/loader/entries/{MACHINE_ID}-{ROCKY_VER}.conf");
+    let old_name = format!("/loader/entries/{MACHINE_ID}-{ROCKY_OLD}.conf");
+    let old_kernel = pattern(23, 1000);
+    let bootfs = mkxfs(
+        dir.path(),
+        32,
+        &[
+            ("/grub2/grub.cfg", grub_cfg.as_bytes()),
+            ("/grub2/grubenv", env.as_bytes()),
+            (&new_name, new_entry.as_bytes()),
+            (&old_name, old_entry.as_bytes()),
+            (&format!("/vmlinuz-{ROCKY_VER}"), &kernel),
+            (&format!("/initramfs-{ROCKY_VER}.img"), &initrd),
+            (&format!("/config-{ROCKY_VER}"), &config),
+            (&format!("/vmlinuz-{ROCKY_OLD}"), &old_kernel),
+            (&format!("/initramfs-{ROCKY_OLD}.img"), b"old"),
+        ],
+    );
+    let root = dir.path().join("root");
+    put(&root, "etc/rocky-release", b"Rocky Linux release 9.4\n");
+    fs::create_dir_all(root.join("boot")).expect("mkdir");
+    let rootfs = mkfs(dir.path(), &root, "8M", &[]);
+    let path = disk(
+        dir.path(),
+        56,
+        "gpt",
+        &[
+            Part {
+                number: 1,
+                start: 2048,
+                sectors: 2048,
+                kind: BIOS_BOOT,
+                fs: None,
+            },
+            Part {
+                number: 2,
+                start: 4096,
+                sectors: 8192,
+                kind: ESP,
+                fs: None,
+            },
+            Part {
+                number: 3,
+                start: 12288,
+                sectors: 32 * 2048,
+                kind: LINUX_FS,
+                fs: Some(&bootfs),
+            },
+            Part {
+                number: 4,
+                start: 77824,
+                sectors: 16384,
+                kind: LINUX_FS,
+                fs: Some(&rootfs),
+            },
+        ],
+    );
+    fat_in(
+        &path,
+        4096,
+        &["-T", "8192", "-h", "64", "-s", "32"],
+        &[(
+            "/EFI/rocky/grub.cfg",
+            format!("search --no-floppy --fs-uuid --set=dev {UUID}\nset prefix=($dev)/grub2\nexport $prefix\nconfigfile $prefix/grub.cfg\n").as_bytes(),
+        )],
+    );
+    let found = find_boot(&open_file(&path), &Limits::default()).expect("find_boot");
+    assert_eq!(found.partition, 3);
+    assert_eq!(found.kernel_partition, 3);
+    assert_eq!(found.config, new_name);
+    assert_eq!(found.entry.kernel, format!("/vmlinuz-{ROCKY_VER}"));
+    assert!(found.kernel == kernel, "kernel bytes differ");
+    assert!(
+        found.initrd.as_deref() == Some(&initrd[..]),
+        "initrd bytes differ"
+    );
+    assert_eq!(found.kernel_config.as_deref(), Some(&config[..]));
+}
+
+/// Debian's layout with a FAT ESP holding only GRUB's stub config, and the root's /boot
+/// holding `configs` (name, bytes).
+fn debian_disk_with_esp(
+    dir: &Path,
+    k: &Kernels,
+    default: &str,
+    configs: &[(&str, &[u8])],
+) -> PathBuf {
+    let root = dir.join(format!("root{}", SEQ.fetch_add(1, Ordering::Relaxed)));
+    debian_root(&root, k, default);
+    for (name, bytes) in configs {
+        put(&root, &format!("boot/{name}"), bytes);
+    }
+    let rootfs = mkfs(dir, &root, "24M", &[]);
+    let path = disk(
+        dir,
+        32,
+        "gpt",
+        &[
+            Part {
+                number: 14,
+                start: 2048,
+                sectors: 2048,
+                kind: BIOS_BOOT,
+                fs: Some(&[0xEB; 4096]),
+            },
+            Part {
+                number: 15,
+                start: 4096,
+                sectors: 8192,
+                kind: ESP,
+                fs: None,
+            },
+            Part {
+                number: 1,
+                start: 12288,
+                sectors: 24 * 2048,
+                kind: LINUX_FS,
+                fs: Some(&rootfs),
+            },
+        ],
+    );
+    fat_in(
+        &path,
+        4096,
+        &["-T", "8192", "-h", "64", "-s", "32"],
+        &[(
+            "/EFI/debian/grub.cfg",
+            format!("search.fs_uuid {UUID} root hd0,gpt1\nset prefix=($root)'/boot/grub'\nconfigfile $prefix/grub.cfg\n").as_bytes(),
+        ), ("/EFI/debian/grubx64.efi", &pattern(31, 3000))],
+    );
+    path
+}
+
+#[test]
+fn debian_kernel_config_beside_the_kernel() {
+    let dir = tmp();
+    let k = kernels();
+    let config = b"CONFIG_VIRTIO_MMIO=y\nCONFIG_VIRTIO_BLK=y\n".to_vec();
+    let big = vec![b'#'; MAX_KERNEL_CONFIG as usize + 1];
+    let configs: [(&str, &[u8]); 2] = [
+        (&format!("config-{NEW}"), &config),
+        (&format!("config-{OLD}"), &big),
+    ];
+    let path = debian_disk_with_esp(dir.path(), &k, "0", &configs);
+    let found = find_boot(&open_file(&path), &Limits::default()).expect("find_boot");
+    assert_eq!((found.partition, found.kernel_partition), (1, 1));
+    assert_eq!(found.config, "/boot/grub/grub.cfg");
+    assert!(found.kernel == k.new_kernel, "kernel bytes differ");
+    assert_eq!(found.kernel_config.as_deref(), Some(&config[..]));
+
+    // The old kernel's config is over the limit: ignored, the kernel still found.
+    let path = debian_disk_with_esp(dir.path(), &k, "1>2", &configs);
+    let found = find_boot(&open_file(&path), &Limits::default()).expect("find_boot");
+    assert!(found.kernel == k.old_kernel, "kernel bytes differ");
+    assert_eq!(found.kernel_config, None);
+
+    // No config at all.
+    let path = debian_disk_with_esp(dir.path(), &k, "0", &[]);
+    let found = find_boot(&open_file(&path), &Limits::default()).expect("find_boot");
+    assert!(found.kernel == k.new_kernel, "kernel bytes differ");
+    assert_eq!(found.kernel_config, None);
+}
+
+#[test]
+fn kernel_config_names() {
+    let path = |k: &str, e: &str| kernel_config_path(k, e);
+    assert_eq!(
+        path("/boot/vmlinuz-6.1", "/vmlinuz-6.1").as_deref(),
+        Some("/boot/config-6.1")
+    );
+    assert_eq!(
+        path("/bzImage-x", "bzImage-x").as_deref(),
+        Some("/config-x")
+    );
+    assert_eq!(
+        path("/boot/vmlinux-5", "(hd0)/boot/vmlinux-5").as_deref(),
+        Some("/boot/config-5")
+    );
+    assert_eq!(path("/vmlinuz", "/vmlinuz"), None);
+    assert_eq!(path("/vmlinuz-", "/vmlinuz-"), None);
+    assert_eq!(path("/kernel-6.1", "/kernel-6.1"), None);
+}
+
+/// Partition layout of `broken_fat_and_xfs_partitions`: FAT 1, xfs 2, ext4 3 (sectors).
+const BROKEN_FAT: (u64, u64) = (2048, 8192);
+const BROKEN_XFS: (u64, u64) = (10240, 32 * 2048);
+const BROKEN_EXT4: (u64, u64) = (75776, 24 * 2048);
+
+#[test]
+fn broken_fat_and_xfs_partitions() {
+    let dir = tmp();
+    let k = kernels();
+    let root = dir.path().join("root");
+    debian_root(&root, &k, "0");
+    let rootfs = mkfs(dir.path(), &root, "24M", &[]);
+    let empty = dir.path().join("empty");
+    fs::create_dir_all(&empty).expect("mkdir");
+    let emptyfs = mkfs(dir.path(), &empty, "24M", &[]);
+    let xfs = mkxfs(dir.path(), 32, &[("/etc/hostname", b"x\n")]);
+    let part = |number, (start, sectors): (u64, u64), kind, fs| Part {
+        number,
+        start,
+        sectors,
+        kind,
+        fs,
+    };
+    let path = disk(
+        dir.path(),
+        64,
+        "gpt",
+        &[
+            part(1, BROKEN_FAT, ESP, None),
+            part(2, BROKEN_XFS, LINUX_FS, Some(&xfs)),
+            part(3, BROKEN_EXT4, LINUX_FS, Some(&rootfs)),
+        ],
+    );
+    fat_in(
+        &path,
+        BROKEN_FAT.0,
+        &["-T", "8192", "-h", "64", "-s", "32"],
+        &[("/EFI/BOOT/BOOTX64.EFI", &pattern(41, 2000))],
+    );
+    let good = fs::read(&path).expect("read");
+    let fat_at = (BROKEN_FAT.0 * 512) as usize;
+    let xfs_at = (BROKEN_XFS.0 * 512) as usize;
+    let ext4_at = (BROKEN_EXT4.0 * 512) as usize;
+    let limits = Limits::default();
+    assert_eq!(find_boot(&good, &limits).expect("intact").partition, 3);
+
+    // Both unreadable: bytes per sector 0 in the FAT boot sector, block size 3 in the
+    // xfs superblock. The ext4 still holds the config.
+    let mut bad = good.clone();
+    bad[fat_at + 11..fat_at + 13].copy_from_slice(&0u16.to_le_bytes());
+    bad[xfs_at + 4..xfs_at + 8].copy_from_slice(&3u32.to_be_bytes());
+    let found = find_boot(&bad, &limits).expect("found despite broken FAT and xfs");
+    assert_eq!((found.partition, found.kernel_partition), (3, 3));
+    assert!(found.kernel == k.new_kernel, "kernel bytes differ");
+
+    // With no config on the ext4, the error names the first broken filesystem.
+    let mut none = good.clone();
+    none[ext4_at..ext4_at + emptyfs.len()].copy_from_slice(&emptyfs);
+    let err = find_boot(&none, &limits).expect_err("no config");
+    assert_eq!(
+        err.to_string(),
+        "no /boot/grub/grub.cfg or loader entries on any ext4, FAT or xfs partition (found: 1 FAT, 1 xfs, 1 ext4)"
+    );
+    let mut broken = none.clone();
+    broken[fat_at + 11..fat_at + 13].copy_from_slice(&0u16.to_le_bytes());
+    broken[xfs_at + 4..xfs_at + 8].copy_from_slice(&3u32.to_be_bytes());
+    let err = find_boot(&broken, &limits).expect_err("broken FAT");
+    assert!(
+        matches!(err, BootDiskError::Fs { fs: "FAT", .. }),
+        "{}",
+        chain(&err)
+    );
+    assert!(
+        chain(&err).starts_with("FAT on partition 1: boot sector: "),
+        "{}",
+        chain(&err)
+    );
+    let mut broken = none;
+    broken[xfs_at + 4..xfs_at + 8].copy_from_slice(&3u32.to_be_bytes());
+    let err = find_boot(&broken, &limits).expect_err("broken xfs");
+    assert!(
+        chain(&err).starts_with("xfs on partition 2: superblock: "),
+        "{}",
+        chain(&err)
+    );
+}
+
+#[test]
+fn fat_kernel_with_a_looping_cluster_chain() {
+    let dir = tmp();
+    let kernel = pattern(51, 300 * 1024 + 5);
+    let path = disk(
+        dir.path(),
+        20,
+        "gpt",
+        &[Part {
+            number: 1,
+            start: 2048,
+            sectors: 32768,
+            kind: ESP,
+            fs: None,
+        }],
+    );
+    fat_in(
+        &path,
+        2048,
+        &["-T", "32768", "-h", "64", "-s", "32"],
+        &[
+            (
+                &format!("/loader/entries/fedora-{FEDORA_VER}.conf"),
+                fedora_entry().as_bytes(),
+            ),
+            (&format!("/vmlinuz-{FEDORA_VER}"), &kernel),
+            (&format!("/initramfs-{FEDORA_VER}.img"), b"initrd"),
+        ],
+    );
+    let mut img = fs::read(&path).expect("read");
+    let limits = Limits::default();
+    assert!(find_boot(&img, &limits).expect("intact").kernel == kernel);
+    // The FAT16 geometry, and the kernel's first cluster found by its bytes.
+    let at = 2048 * 512;
+    let le16 =
+        |img: &[u8], off: usize| u16::from_le_bytes([img[at + off], img[at + off + 1]]) as usize;
+    assert_eq!(&img[at + 54..at + 59], b"FAT16");
+    let bps = le16(&img, 11);
+    let cluster = bps * img[at + 13] as usize;
+    let reserved = le16(&img, 14);
+    let fats = img[at + 16] as usize;
+    let root_entries = le16(&img, 17);
+    let fat_sectors = le16(&img, 22);
+    let data = at + (reserved + fats * fat_sectors) * bps + (root_entries * 32).div_ceil(bps) * bps;
+    let off = img[data..]
+        .windows(64)
+        .position(|w| w == &kernel[..64])
+        .expect("kernel bytes");
+    assert_eq!(off % cluster, 0);
+    let first = off / cluster + 2;
+    assert!(kernel.len() > 3 * cluster);
+    // The third cluster leads back to the first.
+    let entry = at + reserved * bps + 2 * (first + 2);
+    img[entry..entry + 2].copy_from_slice(&(first as u16).to_le_bytes());
+    let err = find_boot(&img, &limits).expect_err("loop");
+    let text = chain(&err);
+    assert!(
+        text.starts_with(&format!(
+            "FAT on partition 1: /vmlinuz-{FEDORA_VER}: cluster {first}: "
+        )) && text.contains("loop"),
+        "{text}"
+    );
 }

@@ -130,8 +130,10 @@ fn the_disk_s_default_entry_is_written_with_its_kernel_and_initrd() {
     assert_eq!(found.title, "Debian GNU/Linux");
     assert_eq!(
         found.cmdline(),
-        "root=UUID=0f5d2c5f-4a53-4bd5-9a8e-37bd1f3b5a4e ro console=tty0 console=ttyS0,115200 \
-         console=ttyS0 reboot=k pci=off"
+        format!(
+            "BOOT_IMAGE=/boot/vmlinuz-{VERSION} root=UUID=0f5d2c5f-4a53-4bd5-9a8e-37bd1f3b5a4e ro \
+             console=tty0 console=ttyS0,115200 console=ttyS0 reboot=k pci=off"
+        )
     );
     // The outputs are new files: a second search into the same directory is refused.
     let again = find_boot(&disk, &out);
@@ -209,7 +211,7 @@ fn disks_that_name_nothing_bootable_are_refused_by_name() {
     assert!(long_line.contains("longer than"), "{long_line}");
     let none = case("no-config", &|t| put(t, "etc/hostname", b"web\n"));
     assert!(
-        none.contains("no /boot/grub/grub.cfg or loader entries on any ext4 partition"),
+        none.contains("no /boot/grub/grub.cfg or loader entries on any ext4, FAT or xfs partition"),
         "{none}"
     );
     assert!(none.contains("1 BIOS boot, 1 ext4"), "{none}");
