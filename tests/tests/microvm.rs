@@ -965,8 +965,8 @@ fn kvm_root_microvm_boots_the_kernel_its_disk_names_at_every_start() {
         .expect("uuid");
     let seen = console_until(&d, uuid, "testguest: waiting for ctrl-alt-del");
     assert!(
-        seen.contains("testguest.hold=kbd hull.entry=first console=ttyS0 reboot=k pci=off"),
-        "the entry's options, then hull's console: {seen}"
+        seen.contains("BOOT_IMAGE=/boot/vmlinuz-test testguest.hold=kbd hull.entry=first console=ttyS0 reboot=k pci=off"),
+        "GRUB's BOOT_IMAGE, the entry's options, then hull's console: {seen}"
     );
     assert!(seen.contains("read sector 0, magic HULLDISK"), "{seen}");
     assert!(seen.contains("testguest: ALL PASS"), "{seen}");

@@ -39,13 +39,18 @@ pub struct FoundBoot {
 }
 
 impl FoundBoot {
-    /// The command line the guest boots with: the entry's options, then [`CMDLINE_TAIL`].
+    /// The command line the guest boots with, as GRUB makes it: `BOOT_IMAGE=` the kernel's
+    /// path first (tools in the guest read it), the entry's options, then [`CMDLINE_TAIL`].
     pub fn cmdline(&self) -> String {
-        let options = self.options.trim();
-        match options.is_empty() {
-            true => CMDLINE_TAIL.to_owned(),
-            false => format!("{options} {CMDLINE_TAIL}"),
-        }
+        [
+            format!("BOOT_IMAGE={}", self.kernel),
+            self.options.trim().to_owned(),
+            CMDLINE_TAIL.to_owned(),
+        ]
+        .into_iter()
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
     }
 }
 
@@ -67,10 +72,14 @@ mod tests {
         };
         assert_eq!(
             f.cmdline(),
-            "root=UUID=0f5d ro console=tty0 console=ttyS0,115200 console=ttyS0 reboot=k pci=off"
+            "BOOT_IMAGE=/boot/vmlinuz-6.1.0-28-cloud-amd64 root=UUID=0f5d ro console=tty0 \
+             console=ttyS0,115200 console=ttyS0 reboot=k pci=off"
         );
         f.options.clear();
-        assert_eq!(f.cmdline(), CMDLINE_TAIL);
+        assert_eq!(
+            f.cmdline(),
+            format!("BOOT_IMAGE=/boot/vmlinuz-6.1.0-28-cloud-amd64 {CMDLINE_TAIL}")
+        );
         let json = serde_json::to_string(&f).unwrap();
         assert_eq!(serde_json::from_str::<FoundBoot>(&json).unwrap(), f);
     }
