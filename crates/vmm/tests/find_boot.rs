@@ -187,6 +187,27 @@ fn disks_that_name_nothing_bootable_are_refused_by_name() {
         ),
         "{script}"
     );
+    let pci_only = case("pci-only", &|t| {
+        put(t, &format!("boot/vmlinuz-{VERSION}"), &elf(4096));
+        put(
+            t,
+            &format!("boot/config-{VERSION}"),
+            b"CONFIG_VIRTIO_PCI=y\n# CONFIG_VIRTIO_MMIO is not set\nCONFIG_VIRTIO_BLK=y\n",
+        );
+        put(t, &format!("boot/initrd.img-{VERSION}"), b"x");
+        put(
+            t,
+            "boot/grub/grub.cfg",
+            grub_cfg(&format!("/boot/vmlinuz-{VERSION}")).as_bytes(),
+        );
+    });
+    assert!(
+        pci_only.contains(&format!(
+            "the kernel /boot/vmlinuz-{VERSION} named by /boot/grub/grub.cfg is built without \
+             CONFIG_VIRTIO_MMIO"
+        )),
+        "{pci_only}"
+    );
     let outside = case("symlink", &|t| {
         put(t, "etc/passwd", b"root:x:0:0:root:/root:/bin/bash\n");
         fs::create_dir_all(t.join("boot")).unwrap();

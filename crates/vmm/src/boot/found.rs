@@ -136,6 +136,37 @@ pub fn kernel_format(image: &[u8]) -> Result<&'static str, String> {
     Err("not a Linux kernel: it has neither a bzImage header nor an ELF header".into())
 }
 
+/// What the kernel's build config (the `config-<ver>` beside it, when the disk has one) says
+/// against booting it here: hull's VMM has virtio devices on MMIO only (no PCI bus).
+pub fn config_refusal(config: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(config);
+    let set = |name: &str| {
+        text.lines().any(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('='))
+                .is_some_and(|v| v == "y" || v == "m")
+        })
+    };
+    if !text.lines().any(|l| l.starts_with("CONFIG_")) {
+        return None;
+    }
+    if !set("CONFIG_VIRTIO_MMIO") {
+        return Some(
+            "built without CONFIG_VIRTIO_MMIO (says the config-<version> beside it): it finds \
+             virtio devices on PCI only, and hull's VMM has them on MMIO"
+                .into(),
+        );
+    }
+    if !set("CONFIG_VIRTIO_BLK") {
+        return Some(
+            "built without CONFIG_VIRTIO_BLK (says the config-<version> beside it): it cannot \
+             read its virtio disk"
+                .into(),
+        );
+    }
+    None
+}
+
 /// Finds what `disk` says to boot within `limits`, checks the kernel and writes the kernel,
 /// the initrd and the [`FoundBoot`] record (last) to `out`.
 pub fn find(
@@ -149,6 +180,13 @@ pub fn find(
         config: found.config.clone(),
         why,
     })?;
+    if let Some(why) = found.kernel_config.as_deref().and_then(config_refusal) {
+        return Err(FindBootError::NotAKernel {
+            path: found.entry.kernel.clone(),
+            config: found.config.clone(),
+            why,
+        });
+    }
     let write = |mut f: File, what, bytes: &[u8]| {
         f.write_all(bytes)
             .and_then(|()| f.flush())
@@ -182,6 +220,31 @@ pub fn find(
 mod tests {
     use super::*;
     use crate::boot::vmlinux::tests::{fake_bzimage, fake_elf};
+
+    #[test]
+    fn kernel_configs_without_virtio_mmio_or_blk_are_refused() {
+        let debian = b"#\n# Linux/x86 6.1.0 Kernel Configuration\nCONFIG_VIRTIO_PCI=m\n\
+            CONFIG_VIRTIO_MMIO=m\n# CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES is not set\nCONFIG_VIRTIO_BLK=m\n";
+        assert_eq!(config_refusal(debian), None);
+        let pci_only =
+            b"CONFIG_VIRTIO_PCI=y\n# CONFIG_VIRTIO_MMIO is not set\nCONFIG_VIRTIO_BLK=y\n";
+        assert!(
+            config_refusal(pci_only)
+                .unwrap()
+                .contains("without CONFIG_VIRTIO_MMIO"),
+        );
+        // A prefix of another option is not the option.
+        let mmio_cmdline_only = b"CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y\nCONFIG_VIRTIO_BLK=y\n";
+        assert!(config_refusal(mmio_cmdline_only).is_some());
+        let no_blk = b"CONFIG_VIRTIO_MMIO=y\n# CONFIG_VIRTIO_BLK is not set\n";
+        assert!(
+            config_refusal(no_blk)
+                .unwrap()
+                .contains("CONFIG_VIRTIO_BLK")
+        );
+        // Not a config at all: nothing to say.
+        assert_eq!(config_refusal(b"\x7fELF garbage"), None);
+    }
 
     #[test]
     fn kernels_this_vmm_boots_are_told_from_everything_else() {
