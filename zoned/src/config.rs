@@ -83,6 +83,11 @@ pub struct ZoneConfig {
     /// restarts) and binds that directory and the mdata tools into the zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<MetadataMount>,
+    /// A microVM whose guest resets is not booted again by zoned: the zone ends with
+    /// [`ZoneState::reset`] set, and vmmd starts it anew (a guest that boots what its disk
+    /// says reads the disk again, as firmware does at every reset).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset_ends: bool,
 }
 
 /// Where a zone finds its metadata service (SmartOS: `/.zonecontrol`, lx zones
@@ -187,6 +192,10 @@ pub struct ZoneState {
     /// pidfd_getfd(2) at each start and after its own restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_fd: Option<i32>,
+    /// The zone ended because its guest reset and [`ZoneConfig::reset_ends`] is set: its
+    /// owner boots it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
 }
 
 /// A request on ctl.sock (one JSON line, one reply line).
@@ -371,6 +380,7 @@ mod tests {
             error: None,
             notes: vec![],
             metadata_fd: None,
+            reset: false,
         };
         write_json(&p, &s).unwrap();
         assert_eq!(read_json::<ZoneState>(&p).unwrap(), s);

@@ -277,6 +277,7 @@ impl ZoneRuntime for FakeZones {
             error: None,
             notes: Vec::new(),
             metadata_fd: None,
+            reset: false,
         };
         lock(&self.running).insert(vm.uuid, st.clone());
         Ok(st)

@@ -269,8 +269,26 @@ impl Service {
                 .unwrap_or(false);
             if matches!(vm.state, VmState::Running | VmState::Stopping) && !alive {
                 tracing::info!(%uuid, "zone stopped");
+                // A microVM booting what its disk says ends its zone when its guest resets
+                // (zoned's `reset_ends`): it starts anew, reading its disk again.
+                let z = self.zones.clone();
+                let reset = vm.state == VmState::Running
+                    && unblock(move || z.last_state(uuid).is_some_and(|st| st.reset))
+                        .await
+                        .unwrap_or(false);
                 if let Err(e) = self.set_stopped(&vm).await {
                     tracing::error!(%uuid, error = %e, "cannot record a zone's stop");
+                    continue;
+                }
+                if reset {
+                    drop(_guest);
+                    tracing::info!(%uuid, "the guest reset: starting it again from its disk");
+                    let svc = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = svc.start(uuid).await {
+                            tracing::error!(%uuid, error = %e, "cannot start a guest again after its reset");
+                        }
+                    });
                 }
             }
         }
@@ -319,8 +337,16 @@ impl Service {
     /// Reboots a running zone (zoned stops init and boots it again).
     pub async fn reboot(&self, uuid: Uuid, force: bool) -> Result<Arc<Record>> {
         let lock = self.guest_lock(uuid);
-        let _guest = lock.lock().await;
+        let guest = lock.lock().await;
         let vm = self.running(uuid, "reboot")?;
+        if vm.brand.is_microvm() && vm.kernel.is_none() {
+            // It boots what its disk says, which its guest may have changed: stop it and start
+            // it anew, reading the disk again, as a machine's firmware would.
+            let timeout = if force { 0 } else { 30 };
+            self.stop_locked(vm, force, Some(timeout)).await?;
+            drop(guest);
+            return self.start(uuid).await;
+        }
         let z = self.zones.clone();
         let st = blocking(move || {
             let before = z.alive(uuid).map(|s| s.boots).unwrap_or(0);

@@ -306,6 +306,7 @@ fn run_zone(
         error: None,
         notes: Vec::new(),
         metadata_fd: None,
+        reset: false,
     };
     write_runtime_json(&dir.join(files::STATE), &state)?;
     let result = match build(dir, cfg, &mut state, spare) {
@@ -532,8 +533,13 @@ impl Zone {
                 let vmm_exit = self.vmm_exit();
                 let reboot = match (&self.stopping, &vmm_exit) {
                     (Some(s), _) => s.reboot,
-                    // A guest that resets itself reboots, as on a real machine.
-                    (None, Some(e)) => e.reason == ExitReason::Reset,
+                    // A guest that resets itself reboots, as on a real machine (or ends the
+                    // zone for vmmd to start anew, with `reset_ends`).
+                    (None, Some(e)) if e.reason == ExitReason::Reset => {
+                        self.state.reset = self.cfg.reset_ends;
+                        !self.cfg.reset_ends
+                    }
+                    (None, Some(_)) => false,
                     // A zone that reboots itself: reboot(2) in a pid namespace ends init
                     // with SIGHUP (SIGINT for halt and power-off).
                     (None, None) => exit.signal == Some(libc::SIGHUP),

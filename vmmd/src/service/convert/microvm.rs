@@ -181,6 +181,7 @@ impl TryFrom<MicrovmZone<'_>> for ZoneConfig {
             root_ids: RootIds::Auto,
             taps,
             metadata: None,
+            reset_ends: false,
         })
     }
 }

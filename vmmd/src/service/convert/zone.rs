@@ -130,6 +130,7 @@ impl From<GuestZone<'_>> for ZoneConfig {
             root_ids: RootIds::Auto,
             taps: Vec::new(),
             metadata: Some(metadata_mount(vm, mdata)),
+            reset_ends: false,
         }
     }
 }

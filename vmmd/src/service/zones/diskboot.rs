@@ -31,11 +31,21 @@ pub struct DiskBoot {
 }
 
 impl Zones {
+    /// Where the zone's boot files are: the kernel, initrd and record its disk gave.
+    fn boot_dir(&self, uuid: Uuid) -> PathBuf {
+        self.dir(uuid).join("boot")
+    }
+
+    /// Whether `vm` (as planned for a start) boots the kernel its disk gave.
+    pub(super) fn boots_from_disk(&self, vm: &hull_spec::Vm) -> bool {
+        vm.kernel.as_deref().map(Path::new) == Some(&self.boot_dir(vm.uuid).join(KERNEL))
+    }
+
     /// Finds what `disk` (a microVM's boot disk) says to boot and puts it in the zone's
     /// `boot/` directory. The error is the reason, for the guest's record.
     pub fn find_boot(&self, uuid: Uuid, disk: &Path) -> Result<DiskBoot, String> {
         let dir = self.dir(uuid);
-        let (boot, new) = (dir.join("boot"), dir.join("boot.new"));
+        let (boot, new) = (self.boot_dir(uuid), dir.join("boot.new"));
         let _ = std::fs::remove_dir_all(&new);
         for d in [&dir, &boot, &new] {
             std::fs::create_dir_all(d)

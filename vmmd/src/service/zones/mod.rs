@@ -391,6 +391,10 @@ impl Zones {
             }
         };
         cfg.root_ids = self.root_ids;
+        // A microVM booting what its disk says is started anew by vmmd when its guest resets,
+        // so that the disk is read again (see diskboot.rs).
+        cfg.reset_ends =
+            matches!(cfg.root, zoned::config::RootSpec::Vmm { .. }) && self.boots_from_disk(vm);
         write_json(&dir.join(files::CONFIG), &cfg)?;
         let _ = std::fs::remove_file(dir.join(files::STATE));
         let log_path = dir.join(files::LOG);
