@@ -156,10 +156,12 @@ hull_copy_with_libs() {
 # wrong after a #VMEXIT; a page-fault loop into the stack guard; every CPU idle with its timer
 # lost; a CPU stuck for minutes in a kworker while the other runs the guest). That is the test
 # machine failing, not a check: such a run is ended as soon as it shows (a panic, a console
-# silent for 180 s, a CPU reported stuck for a minute or more), said loudly with its excerpt,
-# kept as LOG.l1-failed, and L1 runs once more. Failures of any other kind are the checks'.
+# silent for 180 s, a CPU reported stuck for a minute or more, RCU's grace-period thread
+# starved; or the time limit reached after L1's kernel reported a soft lockup or an RCU stall,
+# as happens when its clock crawls), said loudly with its excerpt, kept as LOG.l1-failed, and
+# L1 runs once more. Failures of any other kind are the checks'.
 hull_l1_once() {
-    local log="$1" limit="$2" q last=-1 still=0 size; shift 2
+    local log="$1" limit="$2" q last=-1 still=0 size rc=0; shift 2
     timeout "$limit" qemu-system-x86_64 "$@" > "$log" 2>&1 &
     q=$!
     while kill -0 "$q" 2>/dev/null; do
@@ -169,11 +171,14 @@ hull_l1_once() {
         if ((still >= 180)); then
             echo "[hull] L1 hangs: nothing on its console for 180 s" >> "$log"; kill "$q"; break
         fi
-        if grep -a -q -E 'soft lockup - CPU#[0-9]+ stuck for ([6-9][0-9]|[0-9]{3,})s' "$log"; then
-            sleep 3; echo "[hull] L1 wedged: a CPU of its kernel stuck for a minute" >> "$log"; kill "$q"; break
+        if grep -a -q -E 'soft lockup - CPU#[0-9]+ stuck for ([6-9][0-9]|[0-9]{3,})s|rcu_preempt kthread starved for' "$log"; then
+            sleep 3; echo "[hull] L1 wedged: a CPU of its kernel stuck for a minute or RCU starved" >> "$log"; kill "$q"; break
         fi
     done
-    wait "$q" || true
+    wait "$q" || rc=$?
+    if ((rc == 124)) && grep -a -q -E 'soft lockup - CPU#|rcu: INFO: rcu_.* detected stalls' "$log"; then
+        echo "[hull] L1 wedged: time limit reached after a soft lockup or RCU stall" >> "$log"
+    fi
 }
 hull_l1() {
     local log="$1"
