@@ -150,6 +150,12 @@ hull_copy_with_libs() {
     return 0
 }
 
+# The CPU of every nested tier's L1: TCG's "max" without XSAVE. QEMU's TCG emulation of SVM
+# does not intercept XSETBV, so the XCR0 an L2 guest sets never reaches L1's KVM: KVM's CPUID
+# leaf 0xD keeps the size for XCR0 = x87 (Linux warns in fpu__init_system and, some boots,
+# dies by a triple fault) and KVM loads its own stale XCR0 at every VMRUN. Real SVM hardware
+# always intercepts XSETBV. Without XSAVE in L1, KVM offers none to L2, which uses FXSAVE.
+HULL_L1_CPU="max,-xsave"
 # Runs an L1 machine of the nested tiers: `hull_l1 LOG SECONDS QEMU-ARGS...` runs
 # qemu-system-x86_64 with QEMU-ARGS, its console in LOG, for at most SECONDS. QEMU's TCG
 # emulation of SVM now and then breaks L1's own kernel while it runs a guest (seen: GS base

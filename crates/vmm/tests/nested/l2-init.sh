@@ -20,5 +20,10 @@ if ip link set eth0 up 2>/dev/null; then
   ip addr add 192.0.2.2/24 dev eth0
   ping -c 2 -W 2 192.0.2.1 >/dev/null && echo "L2: ping to the TAP host side works"
 fi
+# The kernel's own view of its FPU and any warning it printed (run.sh wants none: the XSAVE
+# warning of HULL_L1_CPU in scripts/lib.sh, a bad CPUID or MSR answer would show here).
+dmesg | grep -E 'x86/fpu: (Enabled|x87 FPU will use)' | sed 's/^\[[ 0-9.]*\] /L2: fpu: /'
+echo "L2: kernel warnings: $(dmesg | grep -c -E 'WARNING: CPU|cut here')"
+dmesg | grep -E -A1 'WARNING: CPU' | head -6 | sed 's/^/L2: /'
 echo "L2: done, powering off"
 poweroff -f
