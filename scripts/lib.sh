@@ -155,7 +155,9 @@ hull_copy_with_libs() {
 # leaf 0xD keeps the size for XCR0 = x87 (Linux warns in fpu__init_system and, some boots,
 # dies by a triple fault) and KVM loads its own stale XCR0 at every VMRUN. Real SVM hardware
 # always intercepts XSETBV. Without XSAVE in L1, KVM offers none to L2, which uses FXSAVE.
-HULL_L1_CPU="max,-xsave"
+# QEMU's "max" keeps AVX, PKU and MPX when XSAVE is taken away, and Linux does not withdraw
+# them by itself at boot: they go too, so that L1 and every L2 peer see a consistent CPU.
+HULL_L1_CPU="max,-xsave,-xsaveopt,-xgetbv1,-avx,-avx2,-fma,-f16c,-vaes,-pku,-mpx"
 # Runs an L1 machine of the nested tiers: `hull_l1 LOG SECONDS QEMU-ARGS...` runs
 # qemu-system-x86_64 with QEMU-ARGS, its console in LOG, for at most SECONDS. QEMU's TCG
 # emulation of SVM now and then breaks L1's own kernel while it runs a guest (seen: GS base
