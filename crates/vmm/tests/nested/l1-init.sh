@@ -19,18 +19,36 @@ l2_end() { sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p' /tmp/out | tail -1; }
 if [ "$MODE" = bench ]; then
   R=$(sed -n 's/.*hullreboot=\([a-z]\).*/\1/p' /proc/cmdline)
   CMD="console=ttyS0 reboot=${R:-k} panic=-1 pci=off quiet"
-  # hull boots the vmlinux inside the bzImage, extracted once as vmmd does before a guest's
-  # second start (the first boots the bzImage meanwhile); qemu boots the bzImage.
-  K=/vmlinuz
-  S=$(up); /vmm --kernel /vmlinuz --extract-vmlinux /tmp/vmlinux; X=$?; E=$(up)
-  if [ $X = 0 ]; then K=/tmp/vmlinux; echo "L1: bench extract $S $E"; fi
-  for i in 1 2 3; do
-    S=$(up); /vmm --kernel $K --initrd /l2b.cpio.gz --mem-mib 256 --cmdline "$CMD" >/tmp/out 2>&1
-    E=$(up); grep -q "init reached" /tmp/out && echo "L1: bench hull-vmm $S $E $(l2_end)" || { echo "L1: hull run failed"; cat /tmp/out; }
-    S=$(up); /qemu/qemu-system-x86_64 -L /qemu/share -M microvm -enable-kvm -cpu host \
-      -m 256 -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
-      -kernel /vmlinuz -initrd /l2b.cpio.gz -append "$CMD" >/tmp/out 2>&1
-    E=$(up); grep -q "init reached" /tmp/out && echo "L1: bench qemu-microvm $S $E $(l2_end)" || { echo "L1: qemu run failed"; tail -5 /tmp/out; }
+  # Both VMMs boot the same kernel file with the same initramfs, command line, memory, vCPU
+  # and disk: the vmlinux inside the bzImage (extracted once, timed apart, as vmmd does
+  # before a guest's second start) as one row, the bzImage itself as the other. The guest
+  # loads its virtio modules, reads its disk, and powers off (a reset without ACPI).
+  S=$(up); /vmm --kernel /vmlinuz --extract-vmlinux /tmp/vmlinux || { echo "L1: FAIL vmm --extract-vmlinux"; poweroff -f; }
+  E=$(up); echo "L1: bench extract $S $E"
+  dd if=/dev/zero of=/tmp/bdisk.img bs=1M count=16 2>/dev/null
+  printf HULLDISK | dd of=/tmp/bdisk.img conv=notrunc 2>/dev/null
+  # $1 who (hull, qemu), $2 row (vmlinux, bzimage), $3 run.
+  boot() {
+    local k=/vmlinuz
+    [ "$2" = vmlinux ] && k=/tmp/vmlinux
+    S=$(up)
+    if [ "$1" = hull ]; then
+      /vmm --kernel $k --initrd /l2b.cpio.gz --mem-mib 256 --vcpus 1 --disk /tmp/bdisk.img --cmdline "$CMD" >/tmp/out 2>&1
+    else
+      /qemu/qemu-system-x86_64 -L /qemu/share -M microvm,x-option-roms=off,rtc=on -enable-kvm -cpu host \
+        -m 256 -smp 1 -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
+        -drive file=/tmp/bdisk.img,format=raw,if=none,id=d0 -device virtio-blk-device,drive=d0 \
+        -kernel $k -initrd /l2b.cpio.gz -append "$CMD" >/tmp/out 2>&1
+    fi
+    E=$(up)
+    if grep -q "L2: vda read" /tmp/out; then echo "L1: bench $1 $2 $3 $S $E $(l2_end)"
+    else echo "L1: bench $1 $2 run $3 failed:"; tail -8 /tmp/out | sed 's/^/L1:   /'; fi
+  }
+  # Alternating: odd runs hull first, even runs qemu first.
+  for i in 1 2 3 4; do
+    for row in vmlinux bzimage; do
+      if [ $((i % 2)) = 1 ]; then boot hull $row $i; boot qemu $row $i; else boot qemu $row $i; boot hull $row $i; fi
+    done
   done
   echo "L1: done"
   poweroff -f

@@ -6,15 +6,17 @@
 #                  through ACPI, reads/writes its disk, reads its hwrng, pings the TAP host
 #                  side, powers off through ACPI; the disk write is checked from L1. Then
 #                  the test guest passes its checks (the PIT made on first use among them).
-#   run.sh bench   launch-to-exit of hull vmm vs qemu -M microvm (same kernel file, initramfs,
-#                  256 MiB, 1 vCPU), 3 alternating runs each, inside L1. hull boots the
-#                  vmlinux it extracted from the bzImage once beforehand (timed apart), as
-#                  vmmd does from a guest's second start; qemu boots the bzImage.
+#   run.sh bench   launch-to-exit of hull vmm vs qemu -M microvm,x-option-roms=off,rtc=on,
+#                  4 alternating runs each inside L1, both booting the same kernel file with
+#                  the same initramfs (virtio modules loaded, the disk read, power off),
+#                  command line, 256 MiB, 1 vCPU and disk file: the vmlinux extracted once
+#                  from the bzImage (timed apart, as vmmd does before a guest's second start)
+#                  as one row, the bzImage as the other; pairs and ratios printed.
 #
 # Needs: qemu-system-x86, cpio, apt-get access to Debian's linux-image-amd64 and
 # busybox-static (cached in ${HULL_CACHE:-~/.cache/hull}/debs), and a build of vmm
 # (VMM=path, default target/release/vmm). WORK=dir keeps the unpacked kernel between runs
-# (default /tmp/hull-nested). NESTED_CPU=model picks L1's CPU (default max,-xsave: see HULL_L1_CPU in scripts/lib.sh; qemu64,+svm,+npt has no
+# (default /tmp/hull-nested). NESTED_CPU=model picks L1's CPU (default HULL_L1_CPU of scripts/lib.sh, max without XSAVE; qemu64,+svm,+npt has no
 # XSAVE, so KVM_CAP_XCRS is missing in L1). L2_KERNEL=path boots that kernel as L2 instead of
 # the stock one (bench mode; check mode needs the stock kernel's modules and ACPI). Such a
 # kernel without ACPI ends by a reset, and qemu -M microvm has no i8042 to reset through
@@ -33,13 +35,14 @@ if [ ! -d root/boot ]; then
 fi
 KVER=$(ls root/lib/modules | head -1)
 M=root/lib/modules/$KVER/kernel
-rm -rf l1 l2 l2b && mkdir -p l1/bin l1/m l2/bin l2/m l2b/bin l2b/proc l2b/sys
+rm -rf l1 l2 l2b && mkdir -p l1/bin l1/m l2/bin l2/m l2b/bin l2b/m l2b/proc l2b/sys l2b/dev
 cp root/bin/busybox l1/bin/ && cp root/bin/busybox l2/bin/ && cp root/bin/busybox l2b/bin/
 for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio \
   drivers/block/virtio_blk drivers/char/hw_random/virtio-rng net/core/failover \
   drivers/net/net_failover drivers/net/virtio_net; do cp "$M/$m.ko" l2/m/; done
 for m in virt/lib/irqbypass arch/x86/kvm/kvm drivers/crypto/ccp/ccp arch/x86/kvm/kvm-amd \
   drivers/net/tun; do cp "$M/$m.ko" l1/m/; done
+cp l2/m/virtio_ring.ko l2/m/virtio.ko l2/m/virtio_mmio.ko l2/m/virtio_blk.ko l2b/m/
 cp "$HERE/l2-init.sh" l2/init && cp "$HERE/l2-bench-init.sh" l2b/init && cp "$HERE/l1-init.sh" l1/init
 chmod +x l1/init l2/init l2b/init
 # The L2 kernel: Debian's stock one, or L2_KERNEL (bench only, e.g. images/kernel/build's).
@@ -64,11 +67,25 @@ hull_l1 "run-$MODE.log" "${NESTED_TIMEOUT:-600}" -M q35 -cpu "${NESTED_CPU:-$HUL
   -append "console=ttyS0 quiet panic=-1 hullmode=$MODE hullreboot=${L2_KERNEL:+t}"
 grep -a -E '^(L1|L2|vmm):' "run-$MODE.log" || true
 if [ "$MODE" = bench ]; then
+  # "L1: bench WHO ROW RUN START END L2-CLOCK": the pairs per row, then the ratio of the sums.
   grep -a 'L1: bench' "run-$MODE.log" | awk '$3 == "extract" { printf "vmm --extract-vmlinux (once) %.2f s\n", $5 - $4; next }
-    { t = $5 - $4; n[$3]++; s[$3] += t; k[$3] += $6
-      print $3, t " s (L2 kernel clock at its last line: " $6 " s)" }
-    END { for (x in s) printf "mean %s %.2f s over %d runs (L2 kernel %.2f s)\n", x, s[x] / n[x], n[x], k[x] / n[x] }'
-  exit 0
+    $5 ~ /^[0-9]+$/ && $6 ~ /^[0-9.]+$/ { t[$3 " " $4 " " $5] = $7 - $6; k[$3 " " $4 " " $5] = $8 }
+    END {
+      split("vmlinux bzimage", rows, " ")
+      for (r = 1; r <= 2; r++) {
+        row = rows[r]; n = 0; sh = 0; sq = 0
+        for (i = 1; i <= 20; i++) {
+          h = "hull " row " " i; q = "qemu " row " " i
+          if (!((h in t) && (q in t))) continue
+          printf "%s run %d: hull %.2f s (L2 clock %s), qemu %.2f s (L2 clock %s), %.2f\n", row, i, t[h], k[h], t[q], k[q], t[h] / t[q]
+          n++; sh += t[h]; sq += t[q]
+        }
+        if (n) printf "%s: hull/qemu %.2f over %d pairs (mean %.2f s vs %.2f s)\n", row, sh / sq, n, sh / n, sq / n
+        else { printf "%s: no complete pair\n", row; bad = 1 }
+      }
+      exit bad
+    }'
+  exit $?
 fi
 fail=0
 for want in "L2: init reached, 2 cpus" "L2: virtio devices: virtio0 virtio1 virtio2" \
