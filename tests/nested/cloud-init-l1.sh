@@ -119,8 +119,9 @@ if [ -e /bench ]; then
     rm -f /tmp/ocon.log
     cp /qemu/share/OVMF_VARS_4M.fd /var/tmp/vars.fd
     S=$(up)
-    /qemu/qemu-system-x86_64 -L /qemu/share -M q35 -enable-kvm -cpu host \
+    /qemu/qemu-system-x86_64 -L /qemu/share -M q35,smm=off -enable-kvm -cpu host \
       -m 768 -smp 1 -nodefaults -no-user-config -display none -vga none -serial file:/tmp/ocon.log -no-reboot \
+      -global ICH9-LPC.disable_s3=1 \
       -drive if=pflash,format=raw,unit=0,readonly=on,file=/qemu/share/OVMF_CODE_4M.fd \
       -drive if=pflash,format=raw,unit=1,file=/var/tmp/vars.fd \
       -drive file=/var/tmp/base.raw,format=raw,if=none,id=d0,snapshot=on -device virtio-blk-pci,drive=d0,bootindex=0 \
@@ -135,8 +136,12 @@ if [ -e /bench ]; then
   hull_twice() { hull_run "$1" || { echo "L1: bench hull run $1 again"; hull_run "$1"; }; }
   qemu_twice() { qemu_run "$1" || { echo "L1: bench qemu run $1 again"; qemu_run "$1"; }; }
   ovmf_twice() { ovmf_run "$1" || { echo "L1: bench ovmf run $1 again"; ovmf_run "$1"; }; }
+  PEERS=$(cat /bench-peers)
+  REVERSED=""
+  for p in $PEERS; do REVERSED="$p $REVERSED"; done
   for i in $(seq "$(cat /bench)"); do
-    if [ $((i % 2)) = 1 ]; then hull_twice $i; qemu_twice $i; ovmf_twice $i; else ovmf_twice $i; qemu_twice $i; hull_twice $i; fi
+    if [ $((i % 2)) = 1 ]; then order=$PEERS; else order=$REVERSED; fi
+    for p in $order; do "${p}_twice" $i; done
   done
   echo "L1: done"
   poweroff -f
