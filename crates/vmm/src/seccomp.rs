@@ -27,6 +27,9 @@ const KVM_GET_REGS: u32 = 0x8090_ae81;
 const KVM_SET_REGS: u32 = 0x4090_ae82;
 const KVM_CREATE_PIT2: u32 = 0x4040_ae77;
 const KVM_TRANSLATE: u32 = 0xc018_ae85;
+/// Reading a vCPU's state to say where a guest died (see [`crate::vcpu`]).
+const KVM_GET_SREGS: u32 = 0x8138_ae83;
+const KVM_GET_VCPU_EVENTS: u32 = 0x8040_ae9f;
 /// Ending serial batching when the guest enables UART interrupts (see
 /// [`crate::devices::serial::batch`]).
 const KVM_UNREGISTER_COALESCED_MMIO: u32 = 0x4010_ae68;
@@ -171,6 +174,8 @@ pub fn policy(role: ThreadRole, extras: &MainExtras) -> Policy {
                     vec![(1, KVM_CREATE_PIT2)],
                     vec![(1, KVM_TRANSLATE)],
                     vec![(1, KVM_UNREGISTER_COALESCED_MMIO)],
+                    vec![(1, KVM_GET_SREGS)],
+                    vec![(1, KVM_GET_VCPU_EVENTS)],
                 ],
             );
         }
@@ -533,9 +538,21 @@ mod tests {
             KVM_CREATE_PIT2,
             KVM_TRANSLATE,
             KVM_UNREGISTER_COALESCED_MMIO,
+            KVM_GET_SREGS,
+            KVM_GET_VCPU_EVENTS,
         ] {
             assert_eq!(v(libc::SYS_ioctl, ioctl(req)), RET_ALLOW, "{req:#x}");
         }
+        // The read-only state ioctls are _IOR of the structs kvm-bindings declares.
+        let ior = |nr: u32, size: usize| (2 << 30) | ((size as u32) << 16) | (0xae << 8) | nr;
+        assert_eq!(
+            KVM_GET_SREGS,
+            ior(0x83, size_of::<kvm_bindings::kvm_sregs>())
+        );
+        assert_eq!(
+            KVM_GET_VCPU_EVENTS,
+            ior(0x9f, size_of::<kvm_bindings::kvm_vcpu_events>())
+        );
         // KVM_SET_SREGS, KVM_SET_USER_MEMORY_REGION, KVM_CREATE_VCPU stay with setup.
         for req in [0x4138_ae84u32, 0x4020_ae46, 0xae41] {
             assert_eq!(v(libc::SYS_ioctl, ioctl(req)), RET_KILL_PROCESS, "{req:#x}");

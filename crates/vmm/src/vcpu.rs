@@ -230,7 +230,13 @@ impl Vcpu {
                     }
                     other => {
                         self.stats.other.fetch_add(1, Ordering::Relaxed);
-                        classify(id, other)
+                        let shutdown = matches!(other, VcpuExit::Shutdown);
+                        let stop = classify(id, other);
+                        if shutdown {
+                            // Where the guest was when it died, for whoever reads the log.
+                            eprintln!("vmm: vCPU {id} at its triple fault: {}", self.fault_state());
+                        }
+                        stop
                     }
                 },
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -324,6 +330,50 @@ impl Vcpu {
             )));
         }
         Ok(b[0])
+    }
+
+    /// The registers, control registers, descriptor tables and pending event of a vCPU
+    /// whose guest died, in one line (what KVM will not say is left out).
+    fn fault_state(&self) -> String {
+        let mut out = String::new();
+        if let Ok(r) = self.fd.get_regs() {
+            out += &format!(
+                "rip {:#x} rsp {:#x} rflags {:#x} rax {:#x} rsi {:#x} rdi {:#x}",
+                r.rip, r.rsp, r.rflags, r.rax, r.rsi, r.rdi
+            );
+        }
+        if let Ok(s) = self.fd.get_sregs() {
+            out += &format!(
+                "; cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}; cs {:#x} (l {}, base {:#x}) ss {:#x} tr {:#x}; idt {:#x}+{:#x} gdt {:#x}+{:#x}",
+                s.cr0,
+                s.cr2,
+                s.cr3,
+                s.cr4,
+                s.efer,
+                s.cs.selector,
+                s.cs.l,
+                s.cs.base,
+                s.ss.selector,
+                s.tr.selector,
+                s.idt.base,
+                s.idt.limit,
+                s.gdt.base,
+                s.gdt.limit
+            );
+        }
+        if let Ok(e) = self.fd.get_vcpu_events() {
+            out += &format!(
+                "; exception {} (injected {}, pending {}, error {:#x}), nmi pending {}, interrupt {} (injected {})",
+                e.exception.nr,
+                e.exception.injected,
+                e.exception.pending,
+                e.exception.error_code,
+                e.nmi.pending,
+                e.interrupt.nr,
+                e.interrupt.injected
+            );
+        }
+        out
     }
 
     /// KVM's suberror and first data words after KVM_EXIT_INTERNAL_ERROR.

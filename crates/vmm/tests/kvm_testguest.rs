@@ -593,6 +593,14 @@ fn kvm_triple_fault_is_reported_not_crashed() {
             || stderr.contains("vmm: guest stopped abnormally: vCPU 0: KVM internal error"),
         "{stderr}"
     );
+    // Where KVM says triple fault, the VMM says where the guest was: its empty IDT.
+    if stderr.contains("guest triple fault") {
+        assert!(
+            stderr.contains("vmm: vCPU 0 at its triple fault: rip ")
+                && stderr.contains("idt 0x0+0x0"),
+            "{stderr}"
+        );
+    }
 }
 
 /// Kills a VMM child if the test panics before waiting for it, so a failed test does not
