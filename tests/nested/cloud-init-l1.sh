@@ -133,15 +133,14 @@ if [ -e /bench ]; then
     kill $Q; wait $Q
     return $ok
   }
-  hull_twice() { hull_run "$1" || { echo "L1: bench hull run $1 again"; hull_run "$1"; }; }
-  qemu_twice() { qemu_run "$1" || { echo "L1: bench qemu run $1 again"; qemu_run "$1"; }; }
-  ovmf_twice() { ovmf_run "$1" || { echo "L1: bench ovmf run $1 again"; ovmf_run "$1"; }; }
+  # $1 the side (hull, qemu, ovmf), $2 the run: once more if it did not finish.
+  twice() { "$1_run" "$2" || { echo "L1: bench $1 run $2 again"; "$1_run" "$2"; }; }
   PEERS=$(cat /bench-peers)
   REVERSED=""
   for p in $PEERS; do REVERSED="$p $REVERSED"; done
   for i in $(seq "$(cat /bench)"); do
     if [ $((i % 2)) = 1 ]; then order=$PEERS; else order=$REVERSED; fi
-    for p in $order; do "${p}_twice" $i; done
+    for p in $order; do twice "$p" "$i"; done
   done
   echo "L1: done"
   poweroff -f
