@@ -12,6 +12,23 @@ pub struct StatsReport {
     pub pit: bool,
     /// Serial bytes KVM queued without an exit.
     pub serial_batched: u64,
+    /// The exits that reached the VMM, by kind and address, summed over the vCPUs, most
+    /// frequent first (absent from VMMs that predate it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exits: Vec<ExitCount>,
+}
+
+/// How many exits of one kind, at one port or MMIO address, reached the VMM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitCount {
+    /// `io_in`, `io_out`, `mmio_read`, `mmio_write`, or the name of another exit
+    /// (`intr`, `shutdown`, `system_event`...).
+    pub kind: String,
+    /// The port or guest-physical address; absent for exits without one, and for the one row
+    /// per kind that counts the addresses past the VMM's bound on distinct addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<u64>,
+    pub count: u64,
 }
 
 /// Exits of one vCPU.
@@ -47,6 +64,12 @@ mod tests {
         let r: StatsReport = serde_json::from_str(text).unwrap();
         assert_eq!(r.devices[0].capacity_bytes, Some(4096));
         assert_eq!(r.devices[1].capacity_bytes, None);
+        assert_eq!(serde_json::to_string(&r).unwrap(), text);
+        assert!(r.exits.is_empty());
+        let text = r#"{"vcpus":[],"devices":[],"pit":true,"serial_batched":0,"exits":[{"kind":"io_out","addr":1016,"count":9},{"kind":"intr","count":2}]}"#;
+        let r: StatsReport = serde_json::from_str(text).unwrap();
+        assert_eq!(r.exits[0].addr, Some(0x3f8));
+        assert_eq!(r.exits[1].addr, None);
         assert_eq!(serde_json::to_string(&r).unwrap(), text);
     }
 }

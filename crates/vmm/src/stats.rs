@@ -1,18 +1,69 @@
-//! Counters the control socket reports: vCPU exits by kind and bytes moved per device. Plain
-//! relaxed atomics: they are statistics, not synchronisation. The report they make is
-//! [`hull_vmm_proto::StatsReport`], which the control socket's clients decode.
+//! Counters the control socket reports: vCPU exits by kind and by port or address, and bytes
+//! moved per device. Plain relaxed atomics: they are statistics, not synchronisation. The
+//! report they make is [`hull_vmm_proto::StatsReport`], which the control socket's clients
+//! decode.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use hull_vmm_proto::{DeviceReport, StatsReport, VcpuReport};
+use hull_vmm_proto::{DeviceReport, ExitCount, StatsReport, VcpuReport};
 
-/// Exit counters of one vCPU.
+/// Distinct (kind, address) keys one vCPU counts apart. The addresses come from the guest,
+/// which could touch every port and page it likes: past this bound the exits of each kind are
+/// counted together, so the table's memory stays bounded.
+const MAX_EXIT_KEYS: usize = 256;
+
+/// What made a vCPU leave KVM for the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExitKind {
+    IoIn,
+    IoOut,
+    MmioRead,
+    MmioWrite,
+    /// Any other exit, by name (`intr`, `shutdown`...).
+    Other(&'static str),
+}
+
+impl ExitKind {
+    fn name(self) -> &'static str {
+        match self {
+            ExitKind::IoIn => "io_in",
+            ExitKind::IoOut => "io_out",
+            ExitKind::MmioRead => "mmio_read",
+            ExitKind::MmioWrite => "mmio_write",
+            ExitKind::Other(n) => n,
+        }
+    }
+}
+
+/// Exit counters of one vCPU: totals by class (lock-free), and the table by kind and address
+/// (a lock only this vCPU and the occasional report take).
 #[derive(Debug, Default)]
 pub struct VcpuStats {
     pub io: AtomicU64,
     pub mmio: AtomicU64,
     pub other: AtomicU64,
+    table: Mutex<HashMap<(ExitKind, Option<u64>), u64>>,
+}
+
+impl VcpuStats {
+    /// Counts one exit of `kind` at `addr` (a port or guest-physical address, if it has one).
+    pub fn exit(&self, kind: ExitKind, addr: Option<u64>) {
+        let class = match kind {
+            ExitKind::IoIn | ExitKind::IoOut => &self.io,
+            ExitKind::MmioRead | ExitKind::MmioWrite => &self.mmio,
+            ExitKind::Other(_) => &self.other,
+        };
+        class.fetch_add(1, Ordering::Relaxed);
+        let mut t = crate::bus::lock(&self.table);
+        let key = if t.len() < MAX_EXIT_KEYS || t.contains_key(&(kind, addr)) {
+            (kind, addr)
+        } else {
+            (kind, None)
+        };
+        *t.entry(key).or_insert(0) += 1;
+    }
 }
 
 /// Byte counters of one device. For block devices `read` is disk to guest; for net, `read`
@@ -99,7 +150,29 @@ impl Stats {
                 .collect(),
             pit: self.pit.load(Ordering::Relaxed),
             serial_batched: ld(&self.serial_batched),
+            exits: self.exit_table(),
         }
+    }
+
+    /// The vCPUs' exit tables summed, most frequent first (then by kind and address, so equal
+    /// counts keep one order).
+    fn exit_table(&self) -> Vec<ExitCount> {
+        let mut sum: HashMap<(ExitKind, Option<u64>), u64> = HashMap::new();
+        for v in &self.vcpus {
+            for (k, n) in crate::bus::lock(&v.table).iter() {
+                *sum.entry(*k).or_insert(0) += n;
+            }
+        }
+        let mut out: Vec<ExitCount> = sum
+            .into_iter()
+            .map(|((kind, addr), count)| ExitCount {
+                kind: kind.name().to_string(),
+                addr,
+                count,
+            })
+            .collect();
+        out.sort_by(|a, b| (b.count, &a.kind, a.addr).cmp(&(a.count, &b.kind, b.addr)));
+        out
     }
 }
 
@@ -123,5 +196,50 @@ mod tests {
             c.store(4096, Ordering::Relaxed);
         }
         assert_eq!(s.report().devices[1].capacity_bytes, Some(4096));
+    }
+
+    #[test]
+    fn exits_are_counted_by_kind_and_address_across_vcpus() {
+        let s = Stats::new(2);
+        for _ in 0..3 {
+            s.vcpus[0].exit(ExitKind::IoOut, Some(0x3f8));
+        }
+        s.vcpus[1].exit(ExitKind::IoOut, Some(0x3f8));
+        s.vcpus[1].exit(ExitKind::IoIn, Some(0x3f8));
+        s.vcpus[1].exit(ExitKind::MmioWrite, Some(0xd000_0050));
+        s.vcpus[0].exit(ExitKind::Other("intr"), None);
+        let r = s.report();
+        assert_eq!(
+            r.exits[0],
+            ExitCount {
+                kind: "io_out".into(),
+                addr: Some(0x3f8),
+                count: 4
+            }
+        );
+        assert_eq!(r.exits.len(), 4);
+        assert_eq!(r.vcpus[0].exits_io, 3);
+        assert_eq!(r.vcpus[1].exits_io, 2);
+        assert_eq!(r.vcpus[1].exits_mmio, 1);
+        assert_eq!(r.vcpus[0].exits_other, 1);
+        let intr = r.exits.iter().find(|e| e.kind == "intr").unwrap();
+        assert_eq!((intr.addr, intr.count), (None, 1));
+    }
+
+    #[test]
+    fn a_guest_touching_every_port_gets_a_bounded_table() {
+        let s = Stats::new(1);
+        for port in 0..=u16::MAX {
+            s.vcpus[0].exit(ExitKind::IoIn, Some(u64::from(port)));
+        }
+        // A port counted apart before the bound keeps its own row.
+        s.vcpus[0].exit(ExitKind::IoIn, Some(5));
+        let r = s.report();
+        assert_eq!(r.exits.len(), MAX_EXIT_KEYS + 1);
+        let rest = r.exits.iter().find(|e| e.addr.is_none()).unwrap();
+        assert_eq!(rest.count, 65536 - MAX_EXIT_KEYS as u64);
+        let five = r.exits.iter().find(|e| e.addr == Some(5)).unwrap();
+        assert_eq!(five.count, 2);
+        assert_eq!(r.vcpus[0].exits_io, 65537);
     }
 }

@@ -16,7 +16,7 @@ use crate::bus::{Bus, lock};
 use crate::devices::serial::batch::{TxBatch, ends_batching};
 use crate::memory::GuestMemory;
 use crate::pit::{LazyPit, is_pit_port};
-use crate::stats::VcpuStats;
+use crate::stats::{ExitKind, VcpuStats};
 
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,20 +196,22 @@ impl Vcpu {
             let stop = match ran {
                 Ok(exit) => match exit {
                     VcpuExit::IoIn(port, data) if pit_first && is_pit_port(port) => {
+                        self.stats.exit(ExitKind::IoIn, Some(u64::from(port)));
                         replay = Some((port, data.len()));
                         None
                     }
                     VcpuExit::IoOut(port, data) if pit_first && is_pit_port(port) => {
+                        self.stats.exit(ExitKind::IoOut, Some(u64::from(port)));
                         replay = Some((port, data.len()));
                         None
                     }
                     VcpuExit::IoIn(port, data) => {
-                        self.stats.io.fetch_add(1, Ordering::Relaxed);
+                        self.stats.exit(ExitKind::IoIn, Some(u64::from(port)));
                         self.pio.read(u64::from(port), data);
                         None
                     }
                     VcpuExit::IoOut(port, data) => {
-                        self.stats.io.fetch_add(1, Ordering::Relaxed);
+                        self.stats.exit(ExitKind::IoOut, Some(u64::from(port)));
                         if let Some(b) = &self.batch
                             && ends_batching(port, data.first().copied().unwrap_or(0))
                         {
@@ -219,17 +221,17 @@ impl Vcpu {
                         None
                     }
                     VcpuExit::MmioRead(addr, data) => {
-                        self.stats.mmio.fetch_add(1, Ordering::Relaxed);
+                        self.stats.exit(ExitKind::MmioRead, Some(addr));
                         self.mmio.read(addr, data);
                         None
                     }
                     VcpuExit::MmioWrite(addr, data) => {
-                        self.stats.mmio.fetch_add(1, Ordering::Relaxed);
+                        self.stats.exit(ExitKind::MmioWrite, Some(addr));
                         self.mmio.write(addr, data);
                         None
                     }
                     other => {
-                        self.stats.other.fetch_add(1, Ordering::Relaxed);
+                        self.stats.exit(ExitKind::Other(exit_name(&other)), None);
                         let shutdown = matches!(other, VcpuExit::Shutdown);
                         let stop = classify(id, other);
                         if shutdown {
@@ -240,6 +242,7 @@ impl Vcpu {
                     }
                 },
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.stats.exit(ExitKind::Other("signal"), None);
                     self.fd.set_kvm_immediate_exit(0);
                     None
                 }
@@ -393,6 +396,20 @@ impl Vcpu {
 }
 
 /// What a non-I/O exit means for the VM.
+/// The name an exit other than port or MMIO access is counted under.
+fn exit_name(exit: &VcpuExit<'_>) -> &'static str {
+    match exit {
+        VcpuExit::IrqWindowOpen => "irq_window_open",
+        VcpuExit::Intr => "intr",
+        VcpuExit::Shutdown => "shutdown",
+        VcpuExit::Hlt => "hlt",
+        VcpuExit::FailEntry(..) => "fail_entry",
+        VcpuExit::InternalError => "internal_error",
+        VcpuExit::SystemEvent(..) => "system_event",
+        _ => "unexpected",
+    }
+}
+
 fn classify(id: u8, exit: VcpuExit<'_>) -> Option<StopReason> {
     match exit {
         VcpuExit::IrqWindowOpen | VcpuExit::Intr => None,

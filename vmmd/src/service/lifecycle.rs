@@ -393,8 +393,9 @@ impl Service {
         Ok(vm)
     }
 
-    /// `vmadm info`: what a running microVM's VMM reports on its control socket (vCPU exits,
-    /// bytes per device), with the guest's status and pid.
+    /// `vmadm info`: what a running microVM's VMM reports on its control socket (vCPU exits
+    /// per vCPU and by kind and port or address, bytes per device), with the guest's status
+    /// and pid.
     pub async fn info(&self, uuid: Uuid) -> Result<Value> {
         let vm = self.running(uuid, "get info of")?;
         if !vm.brand.is_microvm() {
@@ -411,6 +412,7 @@ impl Service {
             "pid": vm.pid,
             "cpus": stats.as_ref().map(|s| &s.vcpus),
             "devices": stats.as_ref().map(|s| &s.devices),
+            "exits": stats.as_ref().map(|s| &s.exits),
         }))
     }
 
