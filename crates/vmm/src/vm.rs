@@ -515,6 +515,7 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_setup("report supported CPUID"))?,
     };
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
     let mut vcpus = Vec::new();
@@ -524,7 +525,7 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
             .create_vcpu(u64::from(id))
             .map_err(kvm_setup("create a vCPU"))?;
         let mut cpuid = supported.clone();
-        boot::cpuid::filter(cpuid.as_mut_slice(), id, config.vcpus);
+        boot::cpuid::filter(cpuid.as_mut_slice(), id, config.vcpus, tsc_deadline);
         fd.set_cpuid2(&cpuid).map_err(kvm_setup("set CPUID"))?;
         regs::setup_msrs(&fd).map_err(vcpu_err)?;
         regs::setup_vcpu(&fd, entry.entry.raw_value()).map_err(vcpu_err)?;

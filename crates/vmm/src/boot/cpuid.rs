@@ -1,6 +1,9 @@
 //! CPUID the guest sees: KVM_GET_SUPPORTED_CPUID with the topology rewritten per vCPU (APIC
 //! id, logical processor counts, leaf 0xb/0x1f levels, cache sharing) and the hypervisor bit
-//! set. Each vCPU is presented as one core of one package. Where KVM offers no XSAVE, the
+//! set, and the TSC-deadline timer offered where KVM emulates it (KVM_GET_SUPPORTED_CPUID
+//! leaves that bit to the VMM; without it a guest programs the LAPIC timer by its initial count
+//! and reads the current count back, which costs it more exits than one deadline MSR write).
+//! Each vCPU is presented as one core of one package. Where KVM offers no XSAVE, the
 //! features whose state only XSAVE manages (AVX and its kin, PKU, MPX) are withdrawn as
 //! well, as Linux itself does when it clears XSAVE: a guest that saw AVX without XSAVE would
 //! run AVX code with YMM disabled in XCR0 and fault (`#UD`) in the first module using it.
@@ -9,6 +12,7 @@ use kvm_bindings::kvm_cpuid_entry2;
 
 const AMD_EBX: u32 = 0x6874_7541; // "Auth" of AuthenticAMD
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 const LEVEL_SMT: u32 = 1;
 const LEVEL_CORE: u32 = 2;
@@ -88,8 +92,9 @@ fn without_xsave(entries: &mut [kvm_cpuid_entry2]) {
     }
 }
 
-/// Rewrites `entries` (from KVM_GET_SUPPORTED_CPUID) for vCPU `id` of `count`.
-pub fn filter(entries: &mut [kvm_cpuid_entry2], id: u8, count: u8) {
+/// Rewrites `entries` (from KVM_GET_SUPPORTED_CPUID) for vCPU `id` of `count`;
+/// `tsc_deadline` says whether KVM has KVM_CAP_TSC_DEADLINE_TIMER.
+pub fn filter(entries: &mut [kvm_cpuid_entry2], id: u8, count: u8, tsc_deadline: bool) {
     without_xsave(entries);
     let apic = u32::from(id);
     let n = u32::from(count);
@@ -99,6 +104,11 @@ pub fn filter(entries: &mut [kvm_cpuid_entry2], id: u8, count: u8) {
             1 => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (apic << 24) | (n.min(255) << 16);
                 e.ecx |= ECX_HYPERVISOR;
+                if tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                } else {
+                    e.ecx &= !ECX_TSC_DEADLINE;
+                }
                 if n > 1 {
                     e.edx |= EDX_HTT;
                 } else {
@@ -155,8 +165,9 @@ mod tests {
     #[test]
     fn topology_is_per_vcpu() {
         let mut e = vec![entry(1, 0), entry(0xb, 0), entry(0xb, 1), entry(0xb, 2)];
-        filter(&mut e, 3, 4);
+        filter(&mut e, 3, 4, true);
         assert_eq!(e[0].ebx >> 24, 3);
+        assert_ne!(e[0].ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!((e[0].ebx >> 16) & 0xff, 4);
         assert_eq!(e[0].ebx & 0xffff, 0x0800);
         assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
@@ -193,7 +204,7 @@ mod tests {
         // SSE4.2 (bit 20) and AES (bit 25) need no XSAVE; FMA, AVX, F16C do.
         let sse42_aes = (1 << 20) | (1 << 25);
         let mut e = cpu(sse42_aes | L1_ECX_FMA | L1_ECX_AVX | L1_ECX_F16C);
-        filter(&mut e, 0, 1);
+        filter(&mut e, 0, 1, false);
         assert_eq!(e[0].ecx, sse42_aes | ECX_HYPERVISOR);
         assert_eq!(e[1].ebx, !L7_EBX_NEEDS_XSAVE);
         assert_eq!(e[1].ebx & (1 << 5), 0, "AVX2");
@@ -211,7 +222,7 @@ mod tests {
         let ecx = L1_ECX_XSAVE | L1_ECX_FMA | L1_ECX_AVX | L1_ECX_F16C;
         let mut e = cpu(ecx);
         let before: Vec<_> = e.iter().map(|x| (x.eax, x.ebx, x.ecx, x.edx)).collect();
-        filter(&mut e, 0, 1);
+        filter(&mut e, 0, 1, false);
         assert_eq!(e[0].ecx, ecx | ECX_HYPERVISOR);
         for (a, b) in e.iter().zip(before).skip(1) {
             assert_eq!(
