@@ -1141,7 +1141,8 @@ static int blk_io(struct vq *q, u32 type, u64 sector, u8 **bufs, u32 n, u32 len)
 	u16 i = 0;
 	set_desc(q, i++, &breq, sizeof(breq), D_NEXT);
 	for (u32 k = 0; k < n; k++)
-		set_desc(q, i++, bufs[k], len, D_NEXT | (type == 1 ? 0 : D_WRITE));
+		/* OUT (1), DISCARD (11) and WRITE_ZEROES (13) carry data to the device. */
+		set_desc(q, i++, bufs[k], len, D_NEXT | (type == 1 || type == 11 || type == 13 ? 0 : D_WRITE));
 	set_desc(q, i, (void *)&bstatus, 1, D_WRITE);
 	vq_offer(q, 0);
 	vq_notify(q);
@@ -1253,13 +1254,53 @@ static void wait_blk_resize(struct vdev *d, struct vq *q, const char *name, u64 
 	puts("read past the new end refused with IOERR\n");
 }
 
+/* One range of a discard or write-zeroes request (virtio 1.1, 5.2.6). */
+static struct {
+	u64 sector;
+	u32 sectors, flags;
+} brange;
+
+static int blk_range(struct vq *q, u32 type, u64 sector, u32 sectors, u32 flags)
+{
+	brange.sector = sector;
+	brange.sectors = sectors;
+	brange.flags = flags;
+	u8 *bufs[1] = {(u8 *)&brange};
+	return blk_io(q, type, 0, bufs, 1, sizeof(brange));
+}
+
+/* Write-zeroes and discard: sectors 8-15 get 0x5a, then write-zeroes clears 8-9 (the rest of
+ * the block must stay), an unknown range flag is refused, and 16-23 are discarded. The host
+ * side checks the image afterwards. */
+static void blk_ranges(struct vq *q, const char *name, int discard)
+{
+	u8 *bufs[1] = {sect_a};
+	memset(sect_a, 0x5a, 4096);
+	int st = blk_io(q, 1, 8, bufs, 1, 4096);
+	st = st ? st : blk_range(q, 13, 8, 2, 0);
+	memset(sect_a, 0xee, 4096);
+	st = st ? st : blk_io(q, 0, 8, bufs, 1, 4096);
+	int ok = st == 0;
+	for (int i = 0; i < 4096; i++)
+		ok &= sect_a[i] == (i < 1024 ? 0 : 0x5a);
+	result(ok, name);
+	puts("write-zeroes sectors 8-9, the rest of the block kept\n");
+	result(blk_range(q, 13, 8, 1, 1 << 1) == 2, name);
+	puts("write-zeroes with an unknown flag refused with UNSUPP\n");
+	if (discard) {
+		result(blk_range(q, 11, 16, 8, 0) == 0, name);
+		puts("discard sectors 16-23\n");
+	}
+}
+
 static void test_blk(struct vdev *d, int n)
 {
 	struct vq q;
 	char name[8] = "blk0: ";
 	name[3] = (char)('0' + n);
-	/* RO (5), BLK_SIZE (6), FLUSH (9) */
-	if (!vdev_init(d, (1UL << 5) | (1UL << 6) | (1UL << 9)) || !vq_init(d, &q, 0)) {
+	/* RO (5), BLK_SIZE (6), FLUSH (9), DISCARD (13), WRITE_ZEROES (14) */
+	if (!vdev_init(d, (1UL << 5) | (1UL << 6) | (1UL << 9) | (1UL << 13) | (1UL << 14)) ||
+	    !vq_init(d, &q, 0)) {
 		result(0, name);
 		puts("device setup failed\n");
 		return;
@@ -1297,6 +1338,9 @@ static void test_blk(struct vdev *d, int n)
 		       name);
 		puts("read sectors 0-1 through split buffers, data matches\n");
 	}
+
+	if (!ro && ((d->features >> 14) & 1) && cap >= 24)
+		blk_ranges(&q, name, (d->features >> 13) & 1);
 
 	if ((d->features >> 9) & 1) {
 		st = blk_io(&q, 4, 0, bufs, 0, 0);

@@ -178,6 +178,21 @@ pub fn policy(role: ThreadRole, extras: &MainExtras) -> Policy {
                     vec![(1, KVM_GET_VCPU_EVENTS)],
                 ],
             );
+            // A disk's discard and write-zeroes: punching holes and zeroing ranges of an
+            // image already open, never growing it (KEEP_SIZE in both).
+            p.insert(
+                nr(libc::SYS_fallocate),
+                vec![
+                    vec![(
+                        1,
+                        (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32,
+                    )],
+                    vec![(
+                        1,
+                        (libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE) as u32,
+                    )],
+                ],
+            );
         }
         ThreadRole::Extract | ThreadRole::FindBoot => {}
         ThreadRole::Main => {

@@ -26,6 +26,15 @@ fn guest() -> &'static str {
 }
 
 /// A raw disk with the magic the guest checks in sector 0.
+/// What the test guest's block checks leave in a writable image: its pattern in sector 1,
+/// 0x5a in sectors 10-15 and zeroes in 8-9 (written, then write-zeroed), all sectors there.
+fn assert_guest_writes(data: &[u8]) {
+    assert_eq!(data.len(), DISK_SECTORS * 512);
+    assert_eq!(&data[512..521], b"HULLWROTE");
+    assert!(data[8 * 512..10 * 512].iter().all(|&b| b == 0));
+    assert!(data[10 * 512..16 * 512].iter().all(|&b| b == 0x5a));
+}
+
 fn make_disk(dir: &Path) -> PathBuf {
     let p = dir.join("disk.img");
     let mut data = vec![0u8; DISK_SECTORS * 512];
@@ -175,6 +184,9 @@ fn full_run(vcpus: u32) {
         "blk0: read sector 0, magic HULLDISK",
         "blk0: write sector 1",
         "blk0: read sectors 0-1 through split buffers, data matches",
+        "blk0: write-zeroes sectors 8-9, the rest of the block kept",
+        "blk0: write-zeroes with an unknown flag refused with UNSUPP",
+        "blk0: discard sectors 16-23",
         "blk0: flush",
         "blk0: get-id \"hull-vda\"",
         "blk0: read past the end refused",
@@ -196,9 +208,8 @@ fn full_run(vcpus: u32) {
     assert!(stdout.contains("magic and length match"), "{stdout}");
     assert!(stdout.contains("testguest: ALL PASS"), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
-    // The guest's write reached the host file.
-    let data = std::fs::read(&disk).unwrap();
-    assert_eq!(&data[512..521], b"HULLWROTE");
+    // The guest's writes and write-zeroes reached the host file.
+    assert_guest_writes(&std::fs::read(&disk).unwrap());
     let (answered, dhcp) = echo.join().unwrap();
     assert!(answered >= 1, "the guest's frame never reached the peer");
     assert_eq!(dhcp, 0, "DHCP frames leaked to the network");
@@ -705,6 +716,23 @@ fn start_holding_with(
 
 #[test]
 #[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_writes_acknowledged_before_a_flush_survive_a_killed_vmm() {
+    // The guest writes, write-zeroes and flushes, then holds; the VMM then dies by SIGKILL,
+    // as in a pulled plug of the VMM: what the flush covered must be in the image.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _ctl, _guard) = start_holding_with(dir.path(), "1", "");
+    // SAFETY: kill(2) on the child we started and have not yet reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert_guest_writes(&std::fs::read(dir.path().join("disk.img")).unwrap());
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
 fn kvm_serial_batching_ends_when_the_guest_enables_uart_interrupts() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, ctl, _guard) = start_holding_with(dir.path(), "1", "testguest.uart_ier=1");
@@ -782,9 +810,10 @@ fn kvm_control_socket_pause_stats_resume_shutdown() {
     assert_eq!(r["ok"], true, "{r}");
     let devices = r["stats"]["devices"].as_array().unwrap();
     let dev = |name: &str| devices.iter().find(|d| d["name"] == name).unwrap().clone();
-    // Sector 0, sectors 0-1 and get-id's 20 bytes in; sector 1 out.
-    assert_eq!(dev("vda")["read_bytes"], 512 + 1024);
-    assert_eq!(dev("vda")["written_bytes"], 512);
+    // Sector 0, sectors 0-1 and sectors 8-15 in (get-id's 20 bytes are not disk data);
+    // sector 1, sectors 8-15 and the write-zeroes of 8-9 out.
+    assert_eq!(dev("vda")["read_bytes"], 512 + 1024 + 4096);
+    assert_eq!(dev("vda")["written_bytes"], 512 + 4096 + 1024);
     assert_eq!(dev("rng0")["read_bytes"], 64);
     assert_eq!(r["stats"]["vcpus"].as_array().unwrap().len(), 2);
     // Status polls, the PIT and the i8042 still exit; transmitted bytes mostly do not.
@@ -794,6 +823,36 @@ fn kvm_control_socket_pause_stats_resume_shutdown() {
     );
     assert!(
         r["stats"]["vcpus"][0]["exits_mmio"].as_u64().unwrap() > 10,
+        "{r}"
+    );
+    // The table by kind and address adds up to the per-vCPU counts, and names the UART's
+    // line status register the guest polls.
+    let exits = r["stats"]["exits"].as_array().unwrap();
+    let sum = |kinds: &[&str]| -> u64 {
+        exits
+            .iter()
+            .filter(|e| kinds.contains(&e["kind"].as_str().unwrap()))
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum()
+    };
+    let per_vcpu = |field: &str| -> u64 {
+        r["stats"]["vcpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v[field].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(sum(&["io_in", "io_out"]), per_vcpu("exits_io"), "{r}");
+    assert_eq!(
+        sum(&["mmio_read", "mmio_write"]),
+        per_vcpu("exits_mmio"),
+        "{r}"
+    );
+    assert!(
+        exits
+            .iter()
+            .any(|e| e["kind"] == "io_in" && e["addr"] == 0x3fd && e["count"].as_u64() > Some(0)),
         "{r}"
     );
     // The guest's PIT check made the VMM create the PIT on the first access.

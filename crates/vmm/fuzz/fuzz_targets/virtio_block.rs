@@ -1,5 +1,7 @@
 #![no_main]
-//! Block requests built from arbitrary guest memory against a small disk image.
+//! Block requests built from arbitrary guest memory against a small disk image: the header's
+//! type is guest bytes too, so every request kind is reached (read, write, flush, get-id,
+//! discard and write-zeroes with their ranges).
 
 #[path = "common.rs"]
 mod common;
