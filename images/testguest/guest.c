@@ -1391,6 +1391,59 @@ static void test_blk(struct vdev *d, int n)
 		corrupt_queue(&q, name);
 }
 
+/* ---------- virtio-balloon ---------- */
+
+/* Memory this guest may give up: 1 MiB of its own, page aligned, and the PFNs naming it. */
+static u8 balloon_area[256 * 4096] __attribute__((aligned(4096)));
+static u32 balloon_pfns[256];
+
+static int balloon_send(struct vq *q, u32 n)
+{
+	set_desc(q, 0, balloon_pfns, n * 4, 0);
+	vq_offer(q, 0);
+	vq_notify(q);
+	return vq_wait(q, SPIN_LIMIT) >= 0;
+}
+
+/* The host asks for `num_pages` (vmm --balloon MIB): the guest fills that many pages, gives
+ * them on the inflate queue, says so in `actual`, finds them zeroed (the host freed them;
+ * a real driver would not look), and takes them back on the deflate queue. */
+static void test_balloon(struct vdev *d)
+{
+	struct vq inflate, deflate;
+	/* DEFLATE_ON_OOM (2); no page reporting: this guest has no page allocator to report. */
+	if (!vdev_init(d, 1UL << 2) || !vq_init(d, &inflate, 0) || !vq_init(d, &deflate, 1)) {
+		result(0, "balloon: device setup failed\n");
+		return;
+	}
+	vdev_ready(d);
+	u32 target = mmio_read32(d->base + R_CONFIG);
+	result(target <= 256, "balloon: ");
+	puts("target ");
+	put_dec(target);
+	puts(" pages\n");
+	if (target == 0 || target > 256)
+		return;
+	memset(balloon_area, 0x77, sizeof(balloon_area));
+	for (u32 i = 0; i < target; i++)
+		balloon_pfns[i] = (u32)(((u64)balloon_area >> 12) + i);
+	int ok = balloon_send(&inflate, target);
+	mmio_write32(d->base + R_CONFIG + 4, target);
+	result(ok, "balloon: ");
+	puts("inflated ");
+	put_dec(target);
+	puts(" pages\n");
+	int zero = 1;
+	for (u32 i = 0; i < target * 4096; i += 512)
+		zero &= balloon_area[i] == 0;
+	result(ok && zero, "balloon: ");
+	puts("inflated pages read back as zeroes: the host freed them\n");
+	ok = balloon_send(&deflate, target);
+	mmio_write32(d->base + R_CONFIG + 4, 0);
+	result(ok && mmio_read32(d->base + R_CONFIG + 4) == 0, "balloon: ");
+	puts("deflated\n");
+}
+
 /* ---------- virtio-rng ---------- */
 
 static u8 rng_buf[64];
@@ -1813,6 +1866,8 @@ static void probe_virtio(void)
 			test_rng(&d);
 		else if (d.id == 1)
 			test_net(&d);
+		else if (d.id == 5)
+			test_balloon(&d);
 	}
 	if (!found)
 		puts("testguest: virtio: no devices on the command line\n");

@@ -56,6 +56,9 @@ pub struct VmmArgs {
     pub metadata: Option<PathBuf>,
     /// `--dhcp`, repeated: the leases the VMM's DHCP server gives NICs.
     pub dhcp: Vec<crate::DhcpLease>,
+    /// `--balloon`: give the guest a virtio-balloon, asking it for this many MiB at first
+    /// (0: none yet; the control socket's `balloon` request changes it).
+    pub balloon: Option<u64>,
     /// `--save-cpuid`: save KVM's supported CPUID there and exit.
     pub save_cpuid: Option<PathBuf>,
     /// `--extract-vmlinux`: write the vmlinux inside the `kernel` bzImage there and exit.
@@ -129,7 +132,7 @@ impl fmt::Display for ArgvError {
 impl std::error::Error for ArgvError {}
 
 /// Every flag, as [`VmmArgs::to_argv`] writes them.
-const FLAGS: [&str; 20] = [
+const FLAGS: [&str; 21] = [
     "--kernel",
     "--initrd",
     "--cmdline",
@@ -146,6 +149,7 @@ const FLAGS: [&str; 20] = [
     "--uuid",
     "--metadata",
     "--dhcp",
+    "--balloon",
     "--save-cpuid",
     "--extract-vmlinux",
     "--find-boot",
@@ -258,6 +262,9 @@ impl VmmArgs {
         for lease in &self.dhcp {
             push(o, "--dhcp", lease.to_arg());
         }
+        if let Some(m) = self.balloon {
+            push(o, "--balloon", m.to_string());
+        }
         if let Some(p) = &self.save_cpuid {
             push(o, "--save-cpuid", p);
         }
@@ -310,6 +317,7 @@ impl VmmArgs {
                 "--uuid" => set_once(&mut a.uuid, flag, value.to_owned())?,
                 "--metadata" => set_once(&mut a.metadata, flag, path)?,
                 "--dhcp" => a.dhcp.push(value.parse().map_err(|_| bad())?),
+                "--balloon" => set_once(&mut a.balloon, flag, value.parse().map_err(|_| bad())?)?,
                 "--save-cpuid" => set_once(&mut a.save_cpuid, flag, path)?,
                 "--extract-vmlinux" => set_once(&mut a.extract_vmlinux, flag, path)?,
                 "--find-boot" => set_once(&mut a.find_boot, flag, path)?,
@@ -366,6 +374,7 @@ impl VmmArgs {
                 mtu: None,
                 lease_secs: 3600,
             }],
+            balloon: Some(64),
             save_cpuid: None,
             extract_vmlinux: Some("/tmp/out".into()),
             find_boot: Some("/vm/disk0".into()),
@@ -391,7 +400,7 @@ mod tests {
              --exit-file /run/vmm/exit.json --uuid 9f4c2d1e-0000-4000-8000-000000000001 \
              --metadata /run/vmm/metadata.sock \
              --dhcp {\"nic\":0,\"address\":\"192.0.2.10\",\"prefix\":24,\"routers\":[\"192.0.2.1\"],\"hostname\":\"web\",\"lease_secs\":3600} \
-             --extract-vmlinux /tmp/out --find-boot /vm/disk0 --boot-out /tmp/boot"
+             --balloon 64 --extract-vmlinux /tmp/out --find-boot /vm/disk0 --boot-out /tmp/boot"
         );
         assert_eq!(VmmArgs::from_argv(&argv), Ok(a));
         let save = VmmArgs {

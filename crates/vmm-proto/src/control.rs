@@ -8,6 +8,7 @@
 //! {"cmd":"shutdown"} -> {"ok":true}            (stops at once; the VMM exits with status 0)
 //! {"cmd":"stats"}    -> {"ok":true,"stats":{"vcpus":[..],"devices":[..],"pit":false,..}}
 //! {"cmd":"resize_disk","index":0} -> {"ok":true,"disk":{"index":0,"old_bytes":..,"new_bytes":..}}
+//! {"cmd":"balloon","target_mib":512} -> {"ok":true}  (the guest is asked to give up 512 MiB)
 //! anything refused   -> {"ok":false,"error":"..."}
 //! ```
 //!
@@ -38,6 +39,8 @@ pub enum ControlRequest {
     Stats {},
     /// The host grew the image of `--disk` number `index` (0 is vda): take its new size.
     ResizeDisk { index: usize },
+    /// Ask the guest's balloon (`--balloon`) to hold `target_mib` MiB; 0 gives it all back.
+    Balloon { target_mib: u64 },
 }
 
 impl ControlRequest {
@@ -51,6 +54,7 @@ impl ControlRequest {
             ControlRequest::Shutdown {} => "shutdown",
             ControlRequest::Stats {} => "stats",
             ControlRequest::ResizeDisk { .. } => "resize_disk",
+            ControlRequest::Balloon { .. } => "balloon",
         }
     }
 
@@ -121,6 +125,10 @@ mod tests {
             (
                 ControlRequest::ResizeDisk { index: 2 },
                 r#"{"cmd":"resize_disk","index":2}"#,
+            ),
+            (
+                ControlRequest::Balloon { target_mib: 64 },
+                r#"{"cmd":"balloon","target_mib":64}"#,
             ),
         ] {
             assert_eq!(req.to_line(), format!("{line}\n"));

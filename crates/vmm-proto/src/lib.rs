@@ -30,4 +30,4 @@ pub use control::{ControlReply, ControlRequest, DiskResized};
 pub use dhcp::{DhcpLease, DhcpRoute};
 pub use exit::{ExitReason, ExitRecord};
 pub use found::FoundBoot;
-pub use stats::{DeviceReport, ExitCount, StatsReport, VcpuReport};
+pub use stats::{BalloonReport, DeviceReport, ExitCount, StatsReport, VcpuReport};

@@ -16,6 +16,25 @@ pub struct StatsReport {
     /// frequent first (absent from VMMs that predate it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exits: Vec<ExitCount>,
+    /// The balloon, for VMs that have one (`--balloon`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonReport>,
+}
+
+/// What a VM's balloon holds and has given back to the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonReport {
+    /// What the host asked the guest to give up.
+    pub target_bytes: u64,
+    /// What the guest says its balloon holds now.
+    pub actual_bytes: u64,
+    /// Freed by inflation, and taken back by deflation, since the VM started.
+    pub inflated_bytes: u64,
+    pub deflated_bytes: u64,
+    /// Free memory the guest reported (free page reporting) and the host freed, in total.
+    pub reported_bytes: u64,
+    /// Requests refused (malformed, or naming memory outside the guest's RAM).
+    pub errors: u64,
 }
 
 /// How many exits of one kind, at one port or MMIO address, reached the VMM.

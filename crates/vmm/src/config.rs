@@ -38,6 +38,9 @@ pub enum ConfigError {
     /// More MACs than NICs.
     #[error("{macs} MACs for {nics} NICs")]
     Macs { macs: usize, nics: usize },
+    /// A balloon target larger than the guest.
+    #[error("balloon target {target} MiB is more than the guest's {mem} MiB")]
+    Balloon { target: u64, mem: u64 },
 }
 
 /// Parses a `--mac` value: a MAC a NIC may own (unicast, not all zeros).
@@ -144,6 +147,8 @@ pub struct VmConfig {
     pub metadata: Option<PathBuf>,
     /// DHCP leases the VMM answers, by NIC.
     pub dhcp: Vec<hull_vmm_proto::DhcpLease>,
+    /// A virtio-balloon, and the MiB it asks the guest for at first.
+    pub balloon: Option<u64>,
 }
 
 impl VmConfig {
@@ -169,6 +174,12 @@ impl VmConfig {
             {
                 return Err(ConfigError::TapFd(*fd));
             }
+        }
+        if let Some(target) = self.balloon.filter(|t| *t > self.mem_mib) {
+            return Err(ConfigError::Balloon {
+                target,
+                mem: self.mem_mib,
+            });
         }
         Ok(())
     }
@@ -248,8 +259,15 @@ mod tests {
             uuid: None,
             metadata: None,
             dhcp: Vec::new(),
+            balloon: Some(128),
         };
         assert!(c.validate().is_ok());
+        c.balloon = Some(129);
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "balloon target 129 MiB is more than the guest's 128 MiB"
+        );
+        c.balloon = None;
         c.macs = vec![MacAddr::new([2, 0, 0, 0, 0, 1])];
         assert!(matches!(
             c.validate(),

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use hull_vmm_proto::{ControlReply, ControlRequest, DiskResized};
 
 use crate::bus::lock;
+use crate::devices::virtio::balloon::balloon_pages;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::stats::Stats;
 use crate::vcpu::{RunState, StopReason};
@@ -51,6 +52,10 @@ pub struct Controller {
     pub button: Arc<PowerButton>,
     /// The disks' transports, in `--disk` order.
     pub disks: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The balloon's transport, if the VM has one.
+    pub balloon: Option<Arc<Mutex<MmioTransport>>>,
+    /// The guest's memory, the most a balloon may ask for.
+    pub mem_mib: u64,
 }
 
 impl std::fmt::Debug for Controller {
@@ -99,8 +104,26 @@ impl Controller {
                 ..ControlReply::ok()
             },
             ControlRequest::ResizeDisk { index } => self.resize_disk(index),
+            ControlRequest::Balloon { target_mib } => self.balloon(target_mib),
         };
         (reply, None)
+    }
+
+    fn balloon(&self, target_mib: u64) -> ControlReply {
+        let Some(t) = &self.balloon else {
+            return ControlReply::err("the VM has no balloon (vmm --balloon)".into());
+        };
+        if target_mib > self.mem_mib {
+            return ControlReply::err(format!(
+                "balloon target {target_mib} MiB is more than the guest's {} MiB",
+                self.mem_mib
+            ));
+        }
+        if lock(t).set_balloon_target(balloon_pages(target_mib)) {
+            ControlReply::ok()
+        } else {
+            ControlReply::err("the balloon's transport carries another device".into())
+        }
     }
 
     fn resize_disk(&self, index: usize) -> ControlReply {
@@ -310,6 +333,45 @@ mod tests {
             vcpus: 0,
             button: Arc::new(PowerButton::for_tests()),
             disks: Vec::new(),
+            balloon: None,
+            mem_mib: 128,
+        }
+    }
+
+    #[test]
+    fn balloon_sets_the_target_within_the_guest_and_stats_show_it() {
+        use crate::devices::virtio::balloon::{Balloon, DontNeed};
+        use crate::devices::virtio::mmio::Interrupt;
+        let mut c = controller();
+        let r = c.handle_line(r#"{"cmd":"balloon","target_mib":8}"#).0;
+        assert_eq!(
+            r.error.as_deref(),
+            Some("the VM has no balloon (vmm --balloon)")
+        );
+        let s = c.stats.balloon.get_or_init(Default::default).clone();
+        let t = MmioTransport::new(
+            Box::new(Balloon::new(s, Box::new(DontNeed))),
+            crate::devices::virtio::testutil::mem(),
+            Interrupt::new().unwrap(),
+        )
+        .unwrap();
+        c.balloon = Some(Arc::new(Mutex::new(t)));
+        assert!(c.handle_line(r#"{"cmd":"balloon","target_mib":8}"#).0.ok);
+        let b = c.stats.report().balloon.unwrap();
+        assert_eq!((b.target_bytes, b.actual_bytes), (8 << 20, 0));
+        let r = c.handle_line(r#"{"cmd":"balloon","target_mib":129}"#).0;
+        assert_eq!(
+            r.error.as_deref(),
+            Some("balloon target 129 MiB is more than the guest's 128 MiB")
+        );
+        assert_eq!(c.stats.report().balloon.unwrap().target_bytes, 8 << 20);
+        for bad in [
+            r#"{"cmd":"balloon"}"#,
+            r#"{"cmd":"balloon","target_mib":-1}"#,
+            r#"{"cmd":"balloon","target":1}"#,
+        ] {
+            let r = c.handle_line(bad).0;
+            assert!(r.error.unwrap().starts_with("bad request"), "{bad}");
         }
     }
 

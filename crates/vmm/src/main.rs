@@ -81,6 +81,11 @@ struct Args {
     /// hostname, domain, routes, mtu, lease_secs); repeatable, one per NIC.
     #[arg(long)]
     dhcp: Vec<DhcpLease>,
+    /// Give the guest a virtio-balloon (free page reporting included), asking it for MIB of
+    /// its memory at first (0: nothing yet). The control socket's `balloon` request changes
+    /// the target; `stats` shows what the guest gave back.
+    #[arg(long, value_name = "MIB")]
+    balloon: Option<u64>,
     /// KVM's supported CPUID as --save-cpuid wrote it on this host, instead of asking KVM
     /// (which costs ~60 host CPUID instructions). Stale tables are the caller's to avoid:
     /// vmmd keeps one per host boot and KVM module state.
@@ -154,6 +159,7 @@ where
         uuid: args.uuid,
         metadata: args.metadata,
         dhcp: args.dhcp,
+        balloon: args.balloon,
         save_cpuid: args.save_cpuid,
         extract_vmlinux: args.extract_vmlinux,
         find_boot: args.find_boot,
@@ -198,6 +204,7 @@ fn vm_config(args: VmmArgs, kernel: PathBuf) -> VmConfig {
             .and_then(|u| hull_vmm::boot::smbios::uuid_bytes(u).ok()),
         metadata: args.metadata,
         dhcp: args.dhcp,
+        balloon: args.balloon,
     }
 }
 

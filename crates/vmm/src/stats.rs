@@ -5,9 +5,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use hull_vmm_proto::{DeviceReport, ExitCount, StatsReport, VcpuReport};
+use hull_vmm_proto::{BalloonReport, DeviceReport, ExitCount, StatsReport, VcpuReport};
+
+use crate::devices::virtio::balloon::BalloonStats;
 
 /// Distinct (kind, address) keys one vCPU counts apart. The addresses come from the guest,
 /// which could touch every port and page it likes: past this bound the exits of each kind are
@@ -94,6 +96,8 @@ pub struct Stats {
     pub pit: AtomicBool,
     /// Serial bytes KVM queued without an exit (see [`crate::devices::serial::batch`]).
     pub serial_batched: AtomicU64,
+    /// The balloon's counters, once one is made.
+    pub balloon: OnceLock<Arc<BalloonStats>>,
 }
 
 impl Stats {
@@ -103,6 +107,7 @@ impl Stats {
             devices: Mutex::new(Vec::new()),
             pit: AtomicBool::new(false),
             serial_batched: AtomicU64::new(0),
+            balloon: OnceLock::new(),
         }
     }
 
@@ -151,6 +156,17 @@ impl Stats {
             pit: self.pit.load(Ordering::Relaxed),
             serial_batched: ld(&self.serial_batched),
             exits: self.exit_table(),
+            balloon: self.balloon.get().map(|b| {
+                let page = |a: &AtomicU64| ld(a) * 4096;
+                BalloonReport {
+                    target_bytes: page(&b.target_pages),
+                    actual_bytes: page(&b.actual_pages),
+                    inflated_bytes: ld(&b.inflated_bytes),
+                    deflated_bytes: ld(&b.deflated_bytes),
+                    reported_bytes: ld(&b.reported_bytes),
+                    errors: ld(&b.errors),
+                }
+            }),
         }
     }
 

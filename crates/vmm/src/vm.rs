@@ -31,6 +31,7 @@ use crate::devices::serial::{
     COM1_BASE, COM1_IRQ, COM1_LEN, ConsoleTarget, Serial, SharedSocketConsole,
 };
 use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::balloon::{Balloon, DontNeed, balloon_pages};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{Interrupt, MmioError, MmioTransport};
 use crate::devices::virtio::net::{Net, NetError, Tap};
@@ -452,6 +453,17 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
         Box::new(Rng::new(Box::new(GetRandom), stats.device("rng0".into()))),
         None,
     ));
+    // The balloon last, so that asking for one moves no other device.
+    let balloon_index = match config.balloon {
+        Some(mib) => {
+            let s = stats.balloon.get_or_init(Default::default).clone();
+            let mut b = Balloon::new(s, Box::new(DontNeed));
+            b.set_target(balloon_pages(mib));
+            devices.push((Box::new(b), None));
+            Some(devices.len() - 1)
+        }
+        None => None,
+    };
 
     let mut extra_cmdline = Vec::new();
     let mut placed = Vec::new();
@@ -564,6 +576,10 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
                     .take(config.disks.len())
                     .map(|p| p.transport.clone())
                     .collect(),
+                balloon: balloon_index
+                    .and_then(|i| placed.get(i))
+                    .map(|p| p.transport.clone()),
+                mem_mib: config.mem_mib,
             },
         )?),
         None => None,
@@ -609,6 +625,20 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
         b.drain();
     }
     lock(&serial).flush();
+    if let Some(b) = stats.report().balloon {
+        // What the balloon did, for the VMM's log (vmmd keeps it with the guest's).
+        let mib = |n: u64| n as f64 / f64::from(1 << 20);
+        eprintln!(
+            "vmm: balloon: target {:.1} MiB, held {:.1} MiB at the end; inflated {:.1} MiB, \
+             deflated {:.1} MiB, free page reports {:.1} MiB, {} requests refused",
+            mib(b.target_bytes),
+            mib(b.actual_bytes),
+            mib(b.inflated_bytes),
+            mib(b.deflated_bytes),
+            mib(b.reported_bytes),
+            b.errors
+        );
+    }
     // vCPU threads may still be inside KVM_RUN: they hold guest memory and their fds until
     // the process exits, and nothing here tears the VM down (the kernel's exit does).
     drop(raw_terminal);

@@ -674,6 +674,16 @@ fn start_holding_with(
     vcpus: &str,
     switches: &str,
 ) -> (std::process::Child, PathBuf, KillOnPanic) {
+    start_holding_args(dir, vcpus, switches, &[])
+}
+
+/// [`start_holding_with`] with more `vmm` arguments.
+fn start_holding_args(
+    dir: &Path,
+    vcpus: &str,
+    switches: &str,
+    extra: &[&str],
+) -> (std::process::Child, PathBuf, KillOnPanic) {
     let ctl = dir.join("ctl.sock");
     let disk = make_disk(dir);
     let exit = holding_exit_file(dir);
@@ -693,6 +703,7 @@ fn start_holding_with(
             "--exit-file",
             exit.to_str().unwrap(),
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -729,6 +740,62 @@ fn kvm_writes_acknowledged_before_a_flush_survive_a_killed_vmm() {
         Some(libc::SIGKILL)
     );
     assert_guest_writes(&std::fs::read(dir.path().join("disk.img")).unwrap());
+}
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_the_balloon_frees_what_the_guest_gives_and_takes_a_new_target() {
+    // The guest fills 1 MiB, gives it, reads zeroes back (the host freed it) and takes it
+    // back.
+    let out = run_vmm(
+        &["--kernel", guest(), "--mem-mib", "64", "--balloon", "1"],
+        None,
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    for line in [
+        "balloon: target 256 pages",
+        "balloon: inflated 256 pages",
+        "balloon: inflated pages read back as zeroes: the host freed them",
+        "balloon: deflated",
+    ] {
+        assert_pass(&stdout, line);
+    }
+    assert!(stdout.contains("testguest: ALL PASS"), "{stdout}");
+    // The same, counted by the VMM, and a new target through the control socket.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, ctl, _guard) =
+        start_holding_args(dir.path(), "1", "", &["--balloon", "1", "--mem-mib", "64"]);
+    let mut s = BufReader::new(UnixStream::connect(&ctl).unwrap());
+    let r = request(&mut s, r#"{"cmd":"stats"}"#);
+    let b = &r["stats"]["balloon"];
+    assert_eq!(b["target_bytes"], 1 << 20, "{r}");
+    assert_eq!(b["inflated_bytes"], 1 << 20, "{r}");
+    assert_eq!(b["deflated_bytes"], 1 << 20, "{r}");
+    assert_eq!(b["actual_bytes"], 0, "{r}");
+    assert_eq!(b["errors"], 0, "{r}");
+    let r = request(&mut s, r#"{"cmd":"balloon","target_mib":32}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    let r = request(&mut s, r#"{"cmd":"stats"}"#);
+    assert_eq!(r["stats"]["balloon"]["target_bytes"], 32 << 20, "{r}");
+    let r = request(&mut s, r#"{"cmd":"balloon","target_mib":65}"#);
+    assert_eq!(
+        r["error"], "balloon target 65 MiB is more than the guest's 64 MiB",
+        "{r}"
+    );
+    assert_eq!(request(&mut s, r#"{"cmd":"shutdown"}"#)["ok"], true);
+    assert!(child.wait().unwrap().success());
+    // A balloon bigger than the guest is refused before anything runs.
+    let out = run_vmm(
+        &["--kernel", guest(), "--mem-mib", "64", "--balloon", "65"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("balloon target 65 MiB is more than the guest's 64 MiB"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! queues only through [`VirtioDevice::process_queue`], with guest memory; every descriptor
 //! address, length and flag it reads is untrusted and checked here before use.
 
+pub mod balloon;
 pub mod block;
 pub mod mmio;
 pub mod net;
@@ -14,11 +15,12 @@ use crate::memory::GuestMemory;
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
+pub const TYPE_BALLOON: u32 = 5;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// A virtio device behind the MMIO transport.
 pub trait VirtioDevice: Send {
-    /// Virtio device id (1 net, 2 block, 4 rng).
+    /// Virtio device id (1 net, 2 block, 4 rng, 5 balloon).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the count is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
@@ -26,6 +28,8 @@ pub trait VirtioDevice: Send {
     fn features(&self) -> u64;
     /// Reads device config space at `offset`; bytes past the end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The driver writes config space at `offset` (untrusted bytes); read-only by default.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Processes what the guest made available on queue `index`. Returns true when used
     /// buffers were added (the transport then raises the interrupt).
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemory) -> bool;
@@ -40,6 +44,10 @@ pub trait VirtioDevice: Send {
     /// configuration change interrupt when they differ. Devices without a size refuse.
     fn host_resize(&mut self) -> Result<Resized, ResizeError> {
         Err(ResizeError::NotResizable(self.device_type()))
+    }
+    /// The device as a balloon, for the host's target; `None` for every other device.
+    fn as_balloon(&mut self) -> Option<&mut balloon::Balloon> {
+        None
     }
 }
 

@@ -237,6 +237,21 @@ impl MmioTransport {
         Ok(r)
     }
 
+    /// Sets a balloon's target (4 KiB pages): the config generation moves on and, once the
+    /// driver is up, the configuration change interrupt tells it to look. False when this
+    /// transport carries no balloon.
+    pub fn set_balloon_target(&mut self, pages: u32) -> bool {
+        let Some(b) = self.device.as_balloon() else {
+            return false;
+        };
+        b.set_target(pages);
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.driver_ok() {
+            self.interrupt.signal_config();
+        }
+        true
+    }
+
     fn read_reg(&mut self, offset: u64) -> u32 {
         match offset {
             REG_MAGIC => MAGIC,
@@ -331,8 +346,10 @@ impl BusDevice for MmioTransport {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        // Config space of our devices is read-only.
+        // Config space is the device's to take or ignore (only the balloon's `actual` is
+        // writable).
         if offset >= CONFIG_SPACE {
+            self.device.write_config(offset - CONFIG_SPACE, data);
             return;
         }
         if let Ok(b) = <[u8; 4]>::try_from(data) {
@@ -502,6 +519,39 @@ mod tests {
         let (mut d, _) = setup();
         assert!(matches!(d.host_resize(), Err(ResizeError::NotResizable(4))));
         assert_eq!(r(&mut d, REG_CONFIG_GENERATION), 0);
+    }
+
+    #[test]
+    fn a_balloon_target_reaches_the_driver_and_actual_comes_back() {
+        use crate::devices::virtio::balloon::{Balloon, BalloonStats, DontNeed};
+        let stats = Arc::new(BalloonStats::default());
+        let interrupt = Interrupt::new().unwrap();
+        let mut t = MmioTransport::new(
+            Box::new(Balloon::new(stats.clone(), Box::new(DontNeed))),
+            mem(),
+            interrupt.clone(),
+        )
+        .unwrap();
+        assert_eq!(r(&mut t, REG_DEVICE_ID), 5);
+        bring_up(&mut t, 1);
+        w(&mut t, REG_STATUS, 0xf);
+        assert!(t.set_balloon_target(300));
+        assert_eq!(r(&mut t, REG_CONFIG_GENERATION), 1);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_CONFIG);
+        assert_eq!(interrupt.irqfd.read().unwrap(), 1);
+        assert_eq!(r(&mut t, CONFIG_SPACE), 300);
+        // The driver's `actual` goes through config space; num_pages stays the host's.
+        t.write(CONFIG_SPACE + 4, &300u32.to_le_bytes());
+        t.write(CONFIG_SPACE, &1u32.to_le_bytes());
+        assert_eq!(r(&mut t, CONFIG_SPACE), 300);
+        assert_eq!(stats.actual_pages.load(Ordering::Relaxed), 300);
+        // Other devices have no balloon and keep their config space read-only.
+        let (mut d, _) = setup();
+        assert!(!d.set_balloon_target(1));
+        d.write(CONFIG_SPACE + 2, &[9, 9]);
+        let mut cfg = [0u8; 2];
+        d.read(CONFIG_SPACE + 2, &mut cfg);
+        assert_eq!(cfg, [7, 6]);
     }
 
     #[test]
