@@ -413,6 +413,7 @@ impl Service {
             "cpus": stats.as_ref().map(|s| &s.vcpus),
             "devices": stats.as_ref().map(|s| &s.devices),
             "exits": stats.as_ref().map(|s| &s.exits),
+            "balloon": stats.as_ref().and_then(|s| s.balloon.as_ref()),
         }))
     }
 
