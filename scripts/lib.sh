@@ -170,7 +170,10 @@ HULL_L1_CPU="max,-xsave,-xsaveopt,-xgetbv1,-avx,-avx2,-fma,-f16c,-vaes,-pku,-mpx
 # L1 runs once more. Failures of any other kind are the checks'.
 hull_l1_once() {
     local log="$1" limit="$2" q last=-1 still=0 size rc=0; shift 2
-    timeout "$limit" qemu-system-x86_64 "$@" > "$log" 2>&1 &
+    # Appending (O_APPEND): QEMU's own last words must not overwrite the "[hull] L1 ..." line
+    # written here before it is ended, which would hide the verdict from hull_l1.
+    : > "$log"
+    timeout "$limit" qemu-system-x86_64 "$@" >> "$log" 2>&1 &
     q=$!
     while kill -0 "$q" 2>/dev/null; do
         sleep 5

@@ -16,9 +16,26 @@ up() { cut -d' ' -f1 /proc/uptime; }
 # The L2 kernel's own clock at its last line (its time from start_kernel; what comes before
 # it, the VMM's set-up, firmware and the kernel's decompression, is the rest of the run).
 l2_end() { sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p' /tmp/out | tail -1; }
+T=/sys/kernel/tracing
+mount -t tracefs nodev $T 2>/dev/null
+# `watchdog SECONDS OUTPUT WHAT`: an L2 guest still running after SECONDS is said to hang,
+# with where its vCPUs are (L1's KVM exits by reason and guest RIP over 3 s; both modes run
+# its kernel without KASLR, so RIPs match System.map) and the last of OUTPUT, and its VMM is
+# ended, before hull_l1 (180 s of silence) could take the guest's hang for L1's own and
+# run everything again.
+watchdog() {
+  sleep "$1"
+  echo "L1: $3 HUNG: still running after $1 s; its exits over 3 s:"
+  echo "hist:keys=exit_reason,guest_rip.hex:sort=hitcount.descending" > $T/events/kvm/kvm_exit/trigger
+  sleep 3
+  grep -a hitcount $T/events/kvm/kvm_exit/hist | tail -12 | sed 's/^/L1:   /'
+  echo "!hist:keys=exit_reason,guest_rip.hex:sort=hitcount.descending" >> $T/events/kvm/kvm_exit/trigger
+  echo "L1:   its output:"; tail -15 "$2" | sed 's/^/L1:   /'
+  killall -TERM vmm qemu-system-x86_64 2>/dev/null; sleep 5; killall -KILL vmm qemu-system-x86_64 2>/dev/null
+}
 if [ "$MODE" = bench ]; then
   R=$(sed -n 's/.*hullreboot=\([a-z]\).*/\1/p' /proc/cmdline)
-  CMD="console=ttyS0 reboot=${R:-k} panic=-1 pci=off quiet"
+  CMD="console=ttyS0 reboot=${R:-k} panic=-1 pci=off quiet nokaslr"
   # Both VMMs boot the same kernel file with the same initramfs, command line, memory, vCPU
   # and disk: the vmlinux inside the bzImage (extracted once, timed apart, as vmmd does
   # before a guest's second start) as one row, the bzImage itself as the other. The guest
@@ -27,20 +44,38 @@ if [ "$MODE" = bench ]; then
   E=$(up); echo "L1: bench extract $S $E"
   dd if=/dev/zero of=/tmp/bdisk.img bs=1M count=16 2>/dev/null
   printf HULLDISK | dd of=/tmp/bdisk.img conv=notrunc 2>/dev/null
-  # $1 who (hull, qemu), $2 row (vmlinux, bzimage), $3 run.
-  boot() {
-    local k=/vmlinuz
-    [ "$2" = vmlinux ] && k=/tmp/vmlinux
-    S=$(up)
+  # $1 who (hull, qemu), $2 row (vmlinux, bzimage), $3 run ("traced": the traced run, whose
+  # output lines get L1's clock in front, for the phases below).
+  vmm() {
+    local cmd="$CMD"
+    # The traced runs print the kernel's every line, so that its first one dates its start.
+    [ "$3" = traced ] && cmd=$(echo "$CMD" | sed 's/ quiet//')
     if [ "$1" = hull ]; then
-      /vmm --kernel $k --initrd /l2b.cpio.gz --mem-mib 256 --vcpus 1 --disk /tmp/bdisk.img --cmdline "$CMD" >/tmp/out 2>&1
+      /vmm --kernel $2 --initrd /l2b.cpio.gz --mem-mib 256 --vcpus 1 --disk /tmp/bdisk.img --cmdline "$cmd"
     else
       /qemu/qemu-system-x86_64 -L /qemu/share -M microvm,x-option-roms=off,rtc=on -enable-kvm -cpu host \
         -m 256 -smp 1 -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
         -drive file=/tmp/bdisk.img,format=raw,if=none,id=d0 -device virtio-blk-device,drive=d0 \
-        -kernel $k -initrd /l2b.cpio.gz -append "$CMD" >/tmp/out 2>&1
+        -kernel $2 -initrd /l2b.cpio.gz -append "$cmd"
     fi
+  }
+  stamp() { while IFS= read -r l; do echo "$(up) $l"; done; }
+  boot() {
+    local k=/vmlinuz
+    [ "$2" = vmlinux ] && k=/tmp/vmlinux
+    S=$(up)
+    watchdog 120 /tmp/out "bench $1 $2 run $3" & W=$!
+    if [ "$3" = traced ]; then vmm $1 $k traced 2>&1 | stamp >/tmp/out; else vmm $1 $k >/tmp/out 2>&1; fi
     E=$(up)
+    kill $W 2>/dev/null
+    if [ "$3" = traced ]; then
+      # Seconds from launch to init's first line, to the disk read, and to the VMM's exit.
+      at() { awk -v s=$S -v want="$1" 'index($0, want) { printf "%.2f", $1 - s; exit }' /tmp/out; }
+      # Also: to the kernel's first line, its own clock at init, and the last kernel line
+      # before power-off (the power-off itself).
+      l2clock() { awk -v want="$1" 'index($0, want) { sub(/^[0-9.]* \[ */, ""); sub(/\].*/, ""); print; exit }' /tmp/out; }
+      echo "L1: phases $1 launch-to-kernel $(at 'Linux version') launch-to-init $(at 'L2: init reached') (L2 clock at 'Run /init' $(l2clock 'Run /init')) to-vda-read $(at 'L2: vda read') to-exit $(awk -v s=$S -v e=$E 'BEGIN { printf "%.2f", e - s }')"
+    fi
     if grep -q "L2: vda read" /tmp/out; then echo "L1: bench $1 $2 $3 $S $E $(l2_end)"
     else echo "L1: bench $1 $2 run $3 failed:"; tail -8 /tmp/out | sed 's/^/L1:   /'; fi
   }
@@ -50,6 +85,26 @@ if [ "$MODE" = bench ]; then
       if [ $((i % 2)) = 1 ]; then boot hull $row $i; boot qemu $row $i; else boot qemu $row $i; boot hull $row $i; fi
     done
   done
+  # Where each side's boot spends its exits: one more vmlinux boot each with L1's KVM
+  # tracepoints counted by hist triggers (kept apart from the timed runs above; counting
+  # costs a little per event). Lines "L1: exits WHO KIND KEY... COUNT" for run.sh to tabulate.
+  # Event, its hist keys and the key fields echoed in each line.
+  TRACES="kvm_exit:exit_reason kvm_userspace_exit:reason kvm_pio:port.hex,rw kvm_mmio:gpa.hex,type kvm_msr:ecx.hex,write"
+  if [ -w $T/events/kvm/kvm_exit/trigger ]; then
+    for who in hull qemu; do
+      for t in $TRACES; do echo "hist:keys=${t#*:}:size=4096" > $T/events/kvm/${t%%:*}/trigger; done
+      boot $who vmlinux traced
+      for t in $TRACES; do
+        ev=${t%%:*}
+        # "{ exit_reason:        120 } hitcount:        345" -> "L1: exits hull kvm_exit 120 345"
+        sed -n 's/^{ \(.*\) } hitcount: *\([0-9]*\)$/\1 \2/p' $T/events/kvm/$ev/hist |
+          sed 's/[a-z_]*: *//g; s/,//g' | while read -r line; do echo "L1: exits $who $ev $line"; done
+        echo "!hist:keys=${t#*:}:size=4096" >> $T/events/kvm/$ev/trigger
+      done
+    done
+  else
+    echo "L1: exits: no tracefs hist triggers in L1's kernel"
+  fi
   echo "L1: done"
   poweroff -f
 fi
@@ -62,8 +117,8 @@ l2_run() {
   tail -f /tmp/l2.out & TAIL=$!
   S=$(up)
   # vmm creates tap0 when it opens it by name; give it its host-side address once it exists.
-  /vmm --kernel /vmlinuz --initrd /l2.cpio.gz --mem-mib 256 --vcpus 2 --disk /tmp/disk.img --tap tap0 \
-    --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet" > /tmp/l2.out 2>&1 &
+  /vmm --kernel /vmlinuz --initrd /l2.cpio.gz --mem-mib 256 --vcpus 2 --disk /tmp/disk.img --tap tap0 --balloon 16 \
+    --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet nokaslr" > /tmp/l2.out 2>&1 &
   VMM=$!
   for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/tap0 ] && break; sleep 0.2; done
   ip addr add 192.0.2.1/24 dev tap0 && ip link set tap0 up
@@ -73,8 +128,10 @@ l2_run() {
     grep -qs "^kvm-pit/$VMM" /proc/[0-9]*/comm && { echo "L1: the L2 kernel used the PIT"; break; }
     sleep 0.5
   done) &
+  watchdog 150 /tmp/l2.out "the L2 guest" & W=$!
   wait $VMM
   RC=$?
+  kill $W 2>/dev/null
   sleep 1.5; kill $TAIL
   echo "L1: vmm exit status $RC after $(up) - $S s"
 }

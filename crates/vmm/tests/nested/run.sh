@@ -4,7 +4,9 @@
 #
 #   run.sh check   functional run: L2 reaches init with 2 vCPUs, finds its virtio devices
 #                  through ACPI, reads/writes its disk, reads its hwrng, pings the TAP host
-#                  side, powers off through ACPI; the disk write is checked from L1. Then
+#                  side, gives its balloon the 16 MiB asked and reports free memory
+#                  (free page reporting), powers off through ACPI; the disk write is
+#                  checked from L1. Then
 #                  the test guest passes its checks (the PIT made on first use among them).
 #   run.sh bench   launch-to-exit of hull vmm vs qemu -M microvm,x-option-roms=off,rtc=on,
 #                  4 alternating runs each inside L1, both booting the same kernel file with
@@ -39,7 +41,7 @@ rm -rf l1 l2 l2b && mkdir -p l1/bin l1/m l2/bin l2/m l2b/bin l2b/m l2b/proc l2b/
 cp root/bin/busybox l1/bin/ && cp root/bin/busybox l2/bin/ && cp root/bin/busybox l2b/bin/
 for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio \
   drivers/block/virtio_blk drivers/char/hw_random/virtio-rng net/core/failover \
-  drivers/net/net_failover drivers/net/virtio_net; do cp "$M/$m.ko" l2/m/; done
+  drivers/net/net_failover drivers/net/virtio_net drivers/virtio/virtio_balloon; do cp "$M/$m.ko" l2/m/; done
 for m in virt/lib/irqbypass arch/x86/kvm/kvm drivers/crypto/ccp/ccp arch/x86/kvm/kvm-amd \
   drivers/net/tun; do cp "$M/$m.ko" l1/m/; done
 cp l2/m/virtio_ring.ko l2/m/virtio.ko l2/m/virtio_mmio.ko l2/m/virtio_blk.ko l2b/m/
@@ -65,7 +67,8 @@ fi
 hull_l1 "run-$MODE.log" "${NESTED_TIMEOUT:-600}" -M q35 -cpu "${NESTED_CPU:-$HULL_L1_CPU}" -accel tcg -m 2048 -smp 2 -nographic -no-reboot \
   -kernel root/boot/vmlinuz-"$KVER" -initrd l1.cpio.gz \
   -append "console=ttyS0 quiet panic=-1 hullmode=$MODE hullreboot=${L2_KERNEL:+t}"
-grep -a -E '^(L1|L2|vmm):' "run-$MODE.log" || true
+# (The traced boots' raw counts are tabulated below, not echoed.)
+grep -a -E '^(L1|L2|vmm):' "run-$MODE.log" | grep -a -v '^L1: exits ' || true
 if [ "$MODE" = bench ]; then
   # "L1: bench WHO ROW RUN START END L2-CLOCK": the pairs per row, then the ratio of the sums.
   grep -a 'L1: bench' "run-$MODE.log" | awk '$3 == "extract" { printf "vmm --extract-vmlinux (once) %.2f s\n", $5 - $4; next }
@@ -84,11 +87,45 @@ if [ "$MODE" = bench ]; then
         else { printf "%s: no complete pair\n", row; bad = 1 }
       }
       exit bad
+    }' && rc=0 || rc=1
+  # Every run must have ended well: a failed or hung one is a finding, not noise to average away.
+  if grep -a -q -E 'L1: bench .* (failed|HUNG)' "run-$MODE.log"; then
+    echo "FAIL: runs that did not end well:"; grep -a -E -A16 'L1: bench .* (failed|HUNG)' "run-$MODE.log" | grep -a '^L1:'; rc=1
+  fi
+  grep -a -q '^L1: done' "run-$MODE.log" || { echo "FAIL: L1 never finished its runs"; rc=1; }
+  # "L1: exits WHO EVENT KEY... COUNT" from the traced boots: per event, each key's count
+  # under hull and under qemu, largest first, with SVM's exit codes named.
+  grep -a 'L1: exits ' "run-$MODE.log" | awk '
+    BEGIN {
+      split("96 INTR 97 NMI 100 VINTR 114 CPUID 119 PAUSE 120 HLT 123 IOIO 124 MSR 127 SHUTDOWN 129 VMMCALL 135 RDTSCP 137 WBINVD 141 XSETBV 1024 NPF 16 CR0_WRITE 19 CR3_WRITE 20 CR4_WRITE 24 CR8_WRITE 70 EXCP_UD 78 EXCP_PF 65 EXCP_DB 82 EXCP_MC", a, " ")
+      for (i = 1; i < 48; i += 2) name[a[i]] = a[i + 1]
+    }
+    NF >= 5 && $3 != "exits:" {
+      who = $3; ev = $4; key = $5; for (i = 6; i < NF; i++) key = key " " $i
+      if (ev == "kvm_exit" && (key in name)) key = key " " name[key]
+      c[ev, key, who] = $NF; tot[ev, who] += $NF
+      if (!((ev, key) in seen)) { seen[ev, key] = 1; keys[ev] = keys[ev] "\t" key }
+    }
+    END {
+      n = split("kvm_exit kvm_userspace_exit kvm_pio kvm_mmio kvm_msr", evs, " ")
+      for (e = 1; e <= n; e++) {
+        ev = evs[e]
+        printf "exits %s: hull %d, qemu %d\n", ev, tot[ev, "hull"], tot[ev, "qemu"]
+        m = split(substr(keys[ev], 2), ks, "\t")
+        # Largest of the two counts first (a plain selection sort: a few dozen keys).
+        for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) {
+          vi = c[ev, ks[i], "hull"] + c[ev, ks[i], "qemu"]; vj = c[ev, ks[j], "hull"] + c[ev, ks[j], "qemu"]
+          if (vj > vi) { t = ks[i]; ks[i] = ks[j]; ks[j] = t }
+        }
+        for (i = 1; i <= m && i <= 20; i++)
+          printf "  %-24s hull %8d  qemu %8d\n", ks[i], c[ev, ks[i], "hull"], c[ev, ks[i], "qemu"]
+      }
     }'
-  exit $?
+  exit $rc
 fi
 fail=0
-for want in "L2: init reached, 2 cpus" "L2: virtio devices: virtio0 virtio1 virtio2" \
+for want in "L2: init reached, 2 cpus" "L2: virtio devices: virtio0 virtio1 virtio2 virtio3" \
+  "vmm: balloon: target 16.0 MiB, held [0-9.]* MiB at the end; inflated 16.0 MiB" \
   "L2: vda sector 0 reads HULLDISK" "L2: hwrng" "L2: ping to the TAP host side works" \
   "L2: kernel warnings: 0" \
   "vmm: guest powered off" "L1: vmm exit status 0" "L1: the L2 guest's disk write is in the image" \
@@ -96,6 +133,11 @@ for want in "L2: init reached, 2 cpus" "L2: virtio devices: virtio0 virtio1 virt
   "L1: testguest (pit=in): PASS pit: first access an IN"; do
   if grep -a -q "$want" "run-$MODE.log"; then echo "PASS $want"; else echo "FAIL $want"; fail=1; fi
 done
+# Linux's free page reporting reached the VMM (what it freed depends on the guest's free
+# memory: at least one 2 MiB block of it).
+if grep -a -q -E 'vmm: balloon: .*free page reports ([2-9]|[1-9][0-9]+)\.[0-9] MiB, 0 requests refused' "run-$MODE.log"; then
+  echo "PASS free page reporting: $(grep -a -o 'free page reports [0-9.]* MiB' "run-$MODE.log" | tail -1)"
+else echo "FAIL free page reporting: no 2 MiB reported, or requests refused"; fail=1; fi
 if grep -a -q "L1: RETRY" "run-$MODE.log"; then echo "NOTE: the L2 guest was run twice (L1: RETRY above)"; fi
 if [ $fail = 1 ]; then
   # The whole L1 run, bar the test guest's lines, for whoever reads only the end of the log.
