@@ -112,10 +112,6 @@ impl TryFrom<MicrovmZone<'_>> for ZoneConfig {
             // metadata agent's line (vmmd connects to this socket from the host side).
             uuid: Some(vm.uuid.to_string()),
             metadata: Some(Path::new(files::VMM_RUN).join(files::VMM_METADATA)),
-            // A balloon asking for nothing: a guest whose driver reports its free memory
-            // (Linux's virtio_balloon, loaded by udev) gives it back to the host; `vmadm
-            // info` shows how much.
-            balloon: Some(0),
             ..VmmArgs::default()
         };
         if let Some(initrd) = vm.initrd.as_deref() {
@@ -281,7 +277,7 @@ mod tests {
                 "/vmm --kernel /vm/kernel --initrd /vm/initrd --cmdline console=ttyS0 quiet \
                  --mem-mib 96 --vcpus 2 --cpuid /vm/cpuid --disk /vm/disk0 --disk /vm/disk1,ro \
                  --console stdio --control /run/vmm/control.sock --exit-file /run/vmm/exit.json \
-                 --uuid {} --metadata /run/vmm/metadata.sock --balloon 0",
+                 --uuid {} --metadata /run/vmm/metadata.sock",
                 vm.uuid
             )
         );
@@ -315,7 +311,7 @@ mod tests {
                 "/vmm --kernel /vm/kernel --initrd /vm/initrd --mem-mib 96 --vcpus 1 \
                  --tap-fd 3 --tap-fd 4 --mac 02:00:00:00:00:09 --mac {second} \
                  --console stdio --control /run/vmm/control.sock --exit-file /run/vmm/exit.json \
-                 --uuid {} --metadata /run/vmm/metadata.sock --balloon 0",
+                 --uuid {} --metadata /run/vmm/metadata.sock",
                 vm.uuid
             )
         );
