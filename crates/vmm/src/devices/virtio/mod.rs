@@ -179,6 +179,26 @@ where
 
 /// Returns a chain to the guest, ignoring a broken used ring (the device then stops making
 /// progress on that queue, which only hurts the guest that broke it).
+/// The bytes of a chain's device-readable buffers, in order: every descriptor must be
+/// device-readable (one that is not is named), and the total is what `collect_chain` bounded.
+pub fn read_chain(descs: &[Desc], mem: &GuestMemory) -> Result<Vec<u8>, ChainError> {
+    use vm_memory::{Bytes, GuestAddress};
+    if let Some(index) = descs.iter().position(|d| d.write_only) {
+        return Err(ChainError::Direction { index });
+    }
+    let mut buf = Vec::new();
+    for d in descs {
+        let start = buf.len();
+        buf.resize(start + d.len as usize, 0);
+        mem.read_slice(&mut buf[start..], GuestAddress(d.addr))
+            .map_err(|_| ChainError::OutOfBounds {
+                addr: d.addr,
+                len: d.len,
+            })?;
+    }
+    Ok(buf)
+}
+
 pub fn add_used(queue: &mut Queue, mem: &GuestMemory, head: u16, len: u32) -> bool {
     queue.add_used(mem, head, len).is_ok()
 }
@@ -277,6 +297,29 @@ pub(crate) mod testutil {
 
         pub fn used_idx(&self) -> u16 {
             self.mock.used().idx().load()
+        }
+
+        /// Fills the whole descriptor table from the xorshift state `seed` (addresses in and
+        /// far out of memory, any lengths, flags and next indexes) and offers four heads,
+        /// some past the table: what a hostile driver could leave for a device.
+        pub fn garbage(&mut self, seed: &mut u64) {
+            for i in 0..QSIZE {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                let s = *seed;
+                let addr = if s & 1 == 0 { s >> 40 } else { s };
+                self.raw(
+                    i,
+                    addr,
+                    (s >> 20) as u32,
+                    (s >> 8) as u16 & 7,
+                    (s >> 4) as u16,
+                );
+            }
+            for i in 0..4 {
+                self.offer(((*seed >> (i * 4)) as u16) % (QSIZE + 2));
+            }
         }
     }
 

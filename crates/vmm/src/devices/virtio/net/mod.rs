@@ -13,7 +13,10 @@ use vm_memory::{Bytes, GuestAddress};
 
 pub mod dhcp;
 
-use super::{ChainError, Desc, TYPE_NET, VirtioDevice, add_used, collect_chain, read_config_bytes};
+use super::{
+    ChainError, Desc, TYPE_NET, VirtioDevice, add_used, collect_chain, read_chain,
+    read_config_bytes,
+};
 use crate::memory::GuestMemory;
 use crate::stats::DeviceStats;
 
@@ -198,19 +201,7 @@ impl Net {
     }
 
     fn tx_one(&mut self, descs: &[Desc], mem: &GuestMemory) -> Result<(), ChainError> {
-        if let Some(i) = descs.iter().position(|d| d.write_only) {
-            return Err(ChainError::Direction { index: i });
-        }
-        let mut buf = Vec::new();
-        for d in descs {
-            let start = buf.len();
-            buf.resize(start + d.len as usize, 0);
-            mem.read_slice(&mut buf[start..], GuestAddress(d.addr))
-                .map_err(|_| ChainError::OutOfBounds {
-                    addr: d.addr,
-                    len: d.len,
-                })?;
-        }
+        let buf = read_chain(descs, mem)?;
         let frame = buf.get(NET_HDR_LEN..).ok_or(ChainError::Malformed(
             "TX buffer shorter than the virtio-net header",
         ))?;
