@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::{ChainError, Desc, TYPE_BALLOON, VirtioDevice, add_used, collect_chain};
+use super::{ChainError, Desc, TYPE_BALLOON, VirtioDevice, add_used, collect_chain, read_chain};
 use crate::memory::GuestMemory;
 
 const QUEUE_SIZE: u16 = 256;
@@ -137,19 +137,7 @@ impl Balloon {
 
     /// PFNs of an inflate or deflate chain: device-readable buffers of little-endian u32s.
     fn pfns(descs: &[Desc], mem: &GuestMemory) -> Result<Vec<u32>, ChainError> {
-        let mut raw = Vec::new();
-        for (i, d) in descs.iter().enumerate() {
-            if d.write_only {
-                return Err(ChainError::Direction { index: i });
-            }
-            let at = raw.len();
-            raw.resize(at + d.len as usize, 0);
-            mem.read_slice(&mut raw[at..], GuestAddress(d.addr))
-                .map_err(|_| ChainError::OutOfBounds {
-                    addr: d.addr,
-                    len: d.len,
-                })?;
-        }
+        let raw = read_chain(descs, mem)?;
         if !raw.len().is_multiple_of(4) {
             return Err(ChainError::Malformed(
                 "PFN array not a whole number of u32s",
@@ -448,23 +436,8 @@ mod tests {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         for round in 0..300 {
             let mut t = TestQueue::new(&m);
-            for i in 0..QSIZE {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let addr = if seed & 1 == 0 { seed >> 44 } else { seed };
-                t.raw(
-                    i,
-                    addr,
-                    (seed >> 20) as u32,
-                    (seed >> 8) as u16 & 7,
-                    (seed >> 4) as u16,
-                );
-            }
+            t.garbage(&mut seed);
             write(&m, 0x8000, &seed.to_le_bytes().repeat(64));
-            for i in 0..4 {
-                t.offer(((seed >> (i * 4)) as u16) % (QSIZE + 2));
-            }
             run(&mut b, round % 3, &t, &m);
         }
     }

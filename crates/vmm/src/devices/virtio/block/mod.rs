@@ -23,7 +23,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::{
     ChainError, Desc, ResizeError, Resized, TYPE_BLOCK, VirtioDevice, add_used, collect_chain,
-    read_config_bytes,
+    read_chain, read_config_bytes,
 };
 use crate::memory::GuestMemory;
 use crate::stats::DeviceStats;
@@ -242,17 +242,9 @@ impl Block {
         if len == 0 || !len.is_multiple_of(16) || len > u64::from(MAX_RANGES) * 16 {
             return S_UNSUPP;
         }
-        let mut raw = Vec::with_capacity(len as usize);
-        for d in data {
-            let at = raw.len();
-            raw.resize(at + d.len as usize, 0);
-            if mem
-                .read_slice(&mut raw[at..], GuestAddress(d.addr))
-                .is_err()
-            {
-                return S_IOERR;
-            }
-        }
+        let Ok(raw) = read_chain(data, mem) else {
+            return S_IOERR;
+        };
         let mut todo = Vec::new();
         for r in raw.chunks_exact(16) {
             let sector = u64::from_le_bytes(r[..8].try_into().unwrap_or_default());
@@ -947,22 +939,7 @@ mod tests {
         let mut seed = 0x1234_5678_9abc_def0u64;
         for _ in 0..200 {
             let mut t = TestQueue::new(&m);
-            for i in 0..QSIZE {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let addr = if seed & 1 == 0 { seed >> 40 } else { seed };
-                t.raw(
-                    i,
-                    addr,
-                    (seed >> 20) as u32,
-                    (seed >> 8) as u16 & 7,
-                    (seed >> 4) as u16,
-                );
-            }
-            for i in 0..4 {
-                t.offer(((seed >> (i * 4)) as u16) % (QSIZE + 2));
-            }
+            t.garbage(&mut seed);
             run(&mut b, &t, &m);
         }
     }
