@@ -50,13 +50,14 @@ if [ "$MODE" = bench ]; then
     local cmd="$CMD"
     # The traced runs print the kernel's every line, so that its first one dates its start.
     [ "$3" = traced ] && cmd=$(echo "$CMD" | sed 's/ quiet//')
+    local initrd=${INITRD:-/l2b.cpio.gz} disk=${DISK:-/tmp/bdisk.img}
     if [ "$1" = hull ]; then
-      /vmm --kernel $2 --initrd /l2b.cpio.gz --mem-mib 256 --vcpus 1 --disk /tmp/bdisk.img --cmdline "$cmd"
+      /vmm --kernel $2 --initrd $initrd --mem-mib 256 --vcpus 1 --disk $disk --cmdline "$cmd"
     else
       /qemu/qemu-system-x86_64 -L /qemu/share -M microvm,x-option-roms=off,rtc=on -enable-kvm -cpu host \
         -m 256 -smp 1 -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
-        -drive file=/tmp/bdisk.img,format=raw,if=none,id=d0 -device virtio-blk-device,drive=d0 \
-        -kernel $2 -initrd /l2b.cpio.gz -append "$cmd"
+        -drive file=$disk,format=raw,if=none,id=d0 -device virtio-blk-device,drive=d0 \
+        -kernel $2 -initrd $initrd -append "$cmd"
     fi
   }
   stamp() { while IFS= read -r l; do echo "$(up) $l"; done; }
@@ -110,6 +111,19 @@ if [ "$MODE" = bench ]; then
   else
     echo "L1: exits: no tracefs hist triggers in L1's kernel"
   fi
+  # The data path: each VMM boots the blkbench guest (l2-blk-init.sh) on the same 256 MiB
+  # disk file, twice, alternating which goes first. Lines "L1: blk WHO RUN JOB iops N MiB/s M".
+  dd if=/dev/zero of=/tmp/ddisk.img bs=1M count=256 2>/dev/null
+  for i in 1 2; do
+    order="hull qemu"; [ $i = 2 ] && order="qemu hull"
+    for who in $order; do
+      watchdog 300 /tmp/out "blk $who run $i" & W=$!
+      INITRD=/l2d.cpio.gz DISK=/tmp/ddisk.img vmm $who /tmp/vmlinux >/tmp/out 2>&1
+      kill $W 2>/dev/null
+      if grep -q "L2: blk done" /tmp/out; then grep "^L2: blk " /tmp/out | grep -v done | sed "s/^L2: blk /L1: blk $who $i /"
+      else echo "L1: blk $who run $i failed:"; tail -8 /tmp/out | sed 's/^/L1:   /'; fi
+    done
+  done
   echo "L1: done"
   poweroff -f
 fi

@@ -6,17 +6,21 @@
 #                  through ACPI, reads/writes its disk, reads its hwrng, pings the TAP host
 #                  side, gives its balloon the 16 MiB asked and reports free memory
 #                  (free page reporting), powers off through ACPI; the disk write is
-#                  checked from L1. Then
-#                  the test guest passes its checks (the PIT made on first use among them).
+#                  checked from L1. Then the test guest passes its checks (the PIT made on
+#                  first use among them).
 #   run.sh bench   launch-to-exit of hull vmm vs qemu -M microvm,x-option-roms=off,rtc=on,
 #                  4 alternating runs each inside L1, both booting the same kernel file with
 #                  the same initramfs (virtio modules loaded, the disk read, power off),
 #                  command line, 256 MiB, 1 vCPU and disk file: the vmlinux extracted once
 #                  from the bzImage (timed apart, as vmmd does before a guest's second start)
-#                  as one row, the bzImage as the other; pairs and ratios printed.
+#                  as one row, the bzImage as the other; pairs and ratios printed. Then
+#                  one traced boot each (L1's KVM exits by reason, port, address, MSR) and
+#                  the data path: each VMM boots blkbench.c's guest twice on one 256 MiB
+#                  disk file (O_DIRECT, Linux AIO: random 4 KiB at depth 1 and 32, sequential
+#                  1 MiB), IOPS and MiB/s side by side.
 #
-# Needs: qemu-system-x86, cpio, apt-get access to Debian's linux-image-amd64 and
-# busybox-static (cached in ${HULL_CACHE:-~/.cache/hull}/debs), and a build of vmm
+# Needs: qemu-system-x86, cpio, gcc (static glibc, for blkbench), apt-get access to
+# Debian's linux-image-amd64 and busybox-static (cached in ${HULL_CACHE:-~/.cache/hull}/debs), and a build of vmm
 # (VMM=path, default target/release/vmm). WORK=dir keeps the unpacked kernel between runs
 # (default /tmp/hull-nested). NESTED_CPU=model picks L1's CPU (default HULL_L1_CPU of scripts/lib.sh, max without XSAVE; qemu64,+svm,+npt has no
 # XSAVE, so KVM_CAP_XCRS is missing in L1). L2_KERNEL=path boots that kernel as L2 instead of
@@ -59,6 +63,11 @@ if [ "$MODE" = bench ]; then
   mkdir -p l1/qemu/share
   hull_copy_with_libs "$Q" /qemu/qemu-system-x86_64 l1
   for f in bios-microvm.bin linuxboot_dma.bin pvh.bin; do cp /usr/share/qemu/$f l1/qemu/share/; done
+  # The data-path guest: blkbench (static) against its disk.
+  rm -rf l2d && mkdir -p l2d/bin l2d/m l2d/proc l2d/sys l2d/dev
+  cp root/bin/busybox l2d/bin/ && cp l2b/m/*.ko l2d/m/ && cp "$HERE/l2-blk-init.sh" l2d/init && chmod +x l2d/init
+  gcc -O2 -static -o l2d/blkbench "$HERE/blkbench.c"
+  (cd l2d && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1/l2d.cpio.gz)
 fi
 (cd l2 && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1/l2.cpio.gz)
 (cd l2b && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1/l2b.cpio.gz)
@@ -88,9 +97,23 @@ if [ "$MODE" = bench ]; then
       }
       exit bad
     }' && rc=0 || rc=1
+  # "L1: blk WHO RUN JOB iops N MiB/s M": per job, the runs' IOPS and throughput, hull/qemu.
+  grep -a '^L1: blk [hq]' "run-$MODE.log" | awk '$7 == "MiB/s" {
+      k = $5; if (!(k in seen)) { seen[k] = 1; order[++n] = k }
+      iops[k, $3] += $6; mib[k, $3] += $8; runs[k, $3]++
+    }
+    END {
+      for (i = 1; i <= n; i++) {
+        k = order[i]
+        if (!runs[k, "hull"] || !runs[k, "qemu"]) { printf "%s: not measured under both\n", k; continue }
+        h = iops[k, "hull"] / runs[k, "hull"]; q = iops[k, "qemu"] / runs[k, "qemu"]
+        printf "%-18s hull %7.0f IOPS %7.2f MiB/s, qemu %7.0f IOPS %7.2f MiB/s, hull/qemu %.2f (%d+%d runs)\n", k, h,
+          mib[k, "hull"] / runs[k, "hull"], q, mib[k, "qemu"] / runs[k, "qemu"], h / q, runs[k, "hull"], runs[k, "qemu"]
+      }
+    }'
   # Every run must have ended well: a failed or hung one is a finding, not noise to average away.
-  if grep -a -q -E 'L1: bench .* (failed|HUNG)' "run-$MODE.log"; then
-    echo "FAIL: runs that did not end well:"; grep -a -E -A16 'L1: bench .* (failed|HUNG)' "run-$MODE.log" | grep -a '^L1:'; rc=1
+  if grep -a -q -E 'L1: (bench|blk) .* (failed|HUNG)' "run-$MODE.log"; then
+    echo "FAIL: runs that did not end well:"; grep -a -E -A16 'L1: (bench|blk) .* (failed|HUNG)' "run-$MODE.log" | grep -a '^L1:'; rc=1
   fi
   grep -a -q '^L1: done' "run-$MODE.log" || { echo "FAIL: L1 never finished its runs"; rc=1; }
   # "L1: exits WHO EVENT KEY... COUNT" from the traced boots: per event, each key's count
