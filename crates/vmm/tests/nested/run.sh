@@ -98,9 +98,9 @@ if [ "$MODE" = bench ]; then
       exit bad
     }' && rc=0 || rc=1
   # "L1: blk WHO RUN JOB iops N MiB/s M": per job, the runs' IOPS and throughput, hull/qemu.
-  grep -a '^L1: blk [hq]' "run-$MODE.log" | awk '$7 == "MiB/s" {
+  grep -a '^L1: blk [hq]' "run-$MODE.log" | awk '$6 == "iops" && $8 == "MiB/s" {
       k = $5; if (!(k in seen)) { seen[k] = 1; order[++n] = k }
-      iops[k, $3] += $6; mib[k, $3] += $8; runs[k, $3]++
+      iops[k, $3] += $7; mib[k, $3] += $9; runs[k, $3]++
     }
     END {
       for (i = 1; i <= n; i++) {
