@@ -39,25 +39,29 @@ impl ExitKind {
     }
 }
 
-/// Exit counters of one vCPU: totals by class (lock-free), and the table by kind and address
-/// (a lock only this vCPU and the occasional report take).
+/// Exit counters of one vCPU: the table by kind and address (a lock only this vCPU and the
+/// occasional report take); the totals by class are its sums.
 #[derive(Debug, Default)]
 pub struct VcpuStats {
-    pub io: AtomicU64,
-    pub mmio: AtomicU64,
-    pub other: AtomicU64,
     table: Mutex<HashMap<(ExitKind, Option<u64>), u64>>,
 }
 
 impl VcpuStats {
+    /// Exits of port I/O, MMIO and every other kind, summed from the table.
+    fn by_class(&self) -> (u64, u64, u64) {
+        let (mut io, mut mmio, mut other) = (0, 0, 0);
+        for ((kind, _), n) in crate::bus::lock(&self.table).iter() {
+            match kind {
+                ExitKind::IoIn | ExitKind::IoOut => io += n,
+                ExitKind::MmioRead | ExitKind::MmioWrite => mmio += n,
+                ExitKind::Other(_) => other += n,
+            }
+        }
+        (io, mmio, other)
+    }
+
     /// Counts one exit of `kind` at `addr` (a port or guest-physical address, if it has one).
     pub fn exit(&self, kind: ExitKind, addr: Option<u64>) {
-        let class = match kind {
-            ExitKind::IoIn | ExitKind::IoOut => &self.io,
-            ExitKind::MmioRead | ExitKind::MmioWrite => &self.mmio,
-            ExitKind::Other(_) => &self.other,
-        };
-        class.fetch_add(1, Ordering::Relaxed);
         let mut t = crate::bus::lock(&self.table);
         let key = if t.len() < MAX_EXIT_KEYS || t.contains_key(&(kind, addr)) {
             (kind, addr)
@@ -135,11 +139,14 @@ impl Stats {
                 .vcpus
                 .iter()
                 .enumerate()
-                .map(|(id, v)| VcpuReport {
-                    id,
-                    exits_io: ld(&v.io),
-                    exits_mmio: ld(&v.mmio),
-                    exits_other: ld(&v.other),
+                .map(|(id, v)| {
+                    let (io, mmio, other) = v.by_class();
+                    VcpuReport {
+                        id,
+                        exits_io: io,
+                        exits_mmio: mmio,
+                        exits_other: other,
+                    }
                 })
                 .collect(),
             devices: crate::bus::lock(&self.devices)
@@ -199,7 +206,9 @@ mod tests {
     #[test]
     fn report_reflects_counters() {
         let s = Stats::new(2);
-        s.vcpus[1].io.fetch_add(3, Ordering::Relaxed);
+        for _ in 0..3 {
+            s.vcpus[1].exit(ExitKind::IoOut, Some(0x3f8));
+        }
         let d = s.device("vda".into());
         DeviceStats::add(&d.read_bytes, 512);
         let r = s.report();
