@@ -1,8 +1,8 @@
 //! Per-thread seccomp allow-lists. Each thread of the VMM installs the filter for its role once
 //! its setup is done; any other syscall kills the whole process, so a guest that takes over a
-//! device emulation path still cannot open files, create sockets or spawn processes. There are
-//! two roles, so two BPF programs for the kernel to compile per launch (one per vCPU thread
-//! plus one for the main thread). Setting `HULL_VMM_NO_SECCOMP=1` skips the filters and
+//! device emulation path still cannot open files, create sockets or spawn processes. A launch
+//! compiles one BPF program per thread: one per vCPU, one for the main thread and, with
+//! disks, one for their I/O thread. Setting `HULL_VMM_NO_SECCOMP=1` skips the filters and
 //! `HULL_VMM_SECCOMP_DISCOVER=1` turns kills into ENOSYS (debugging only).
 //!
 //! The allow-lists are compiled here into a balanced binary search over syscall numbers
@@ -37,8 +37,11 @@ const KVM_UNREGISTER_COALESCED_MMIO: u32 = 0x4010_ae68;
 /// What a thread does, which decides what it may call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadRole {
-    /// Runs KVM_RUN and device emulation (block I/O, TAP writes, console output).
+    /// Runs KVM_RUN and device emulation (TAP writes, console output).
     Vcpu,
+    /// Serves the disks' queues: waits on their notifies, reads and writes their open images
+    /// at offsets, flushes, punches holes and zeroes ranges in them.
+    Io,
     /// After setup, the event loop: signals, console input, TAP readiness, the control socket
     /// (which kicks and parks vCPUs), the stop; then flushes, restores and exits.
     Main,
@@ -93,13 +96,23 @@ fn role_syscalls(role: ThreadRole) -> &'static [libc::c_long] {
     match role {
         ThreadRole::Vcpu => &[
             libc::SYS_read,
-            libc::SYS_pread64,
-            libc::SYS_pwrite64,
-            libc::SYS_fdatasync,
-            libc::SYS_fsync,
             libc::SYS_sendto,
             // Whatever a device path drops (debug builds check fds with F_GETFD before
             // closing). Closing grants nothing; the thread no longer tears its vCPU down.
+            libc::SYS_close,
+            libc::SYS_fcntl,
+        ],
+        ThreadRole::Io => &[
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            // The notify eventfds.
+            libc::SYS_read,
+            libc::SYS_preadv,
+            libc::SYS_pwritev,
+            // Write-zeroes where the file system cannot zero a range.
+            libc::SYS_pwrite64,
+            libc::SYS_fdatasync,
+            libc::SYS_fsync,
             libc::SYS_close,
             libc::SYS_fcntl,
         ],
@@ -178,6 +191,8 @@ pub fn policy(role: ThreadRole, extras: &MainExtras) -> Policy {
                     vec![(1, KVM_GET_VCPU_EVENTS)],
                 ],
             );
+        }
+        ThreadRole::Io => {
             // A disk's discard and write-zeroes: punching holes and zeroing ranges of an
             // image already open, never growing it (KEEP_SIZE in both).
             p.insert(
@@ -452,6 +467,7 @@ mod tests {
         ];
         for role in [
             ThreadRole::Vcpu,
+            ThreadRole::Io,
             ThreadRole::Main,
             ThreadRole::Extract,
             ThreadRole::FindBoot,
@@ -573,7 +589,15 @@ mod tests {
             assert_eq!(v(libc::SYS_ioctl, ioctl(req)), RET_KILL_PROCESS, "{req:#x}");
         }
         assert_eq!(v(libc::SYS_ioctl, ioctl(0xae81)), RET_KILL_PROCESS);
-        assert_eq!(v(libc::SYS_pread64, [0; 6]), RET_ALLOW);
+        // Disk I/O is the I/O thread's: a vCPU taken over cannot read or change images.
+        for banned in [
+            libc::SYS_pread64,
+            libc::SYS_pwritev,
+            libc::SYS_fallocate,
+            libc::SYS_fdatasync,
+        ] {
+            assert_eq!(v(banned, [3, 0, 0, 0, 0, 0]), RET_KILL_PROCESS, "{banned}");
+        }
         for banned in [
             libc::SYS_openat,
             libc::SYS_socket,
@@ -588,6 +612,53 @@ mod tests {
             verdict(&prog, 0x4000_0003, libc::SYS_read as u32, [0; 6]),
             RET_KILL_PROCESS
         );
+    }
+
+    #[test]
+    fn the_io_thread_may_do_disk_io_and_nothing_more() {
+        let p = policy(ThreadRole::Io, &MainExtras::default());
+        let prog = compile(&p, RET_KILL_PROCESS).unwrap();
+        let v = |nr: libc::c_long, args| verdict(&prog, AUDIT_ARCH_X86_64, nr as u32, args);
+        for ok in [
+            libc::SYS_preadv,
+            libc::SYS_pwritev,
+            libc::SYS_pwrite64,
+            libc::SYS_fdatasync,
+            libc::SYS_epoll_wait,
+            libc::SYS_read,
+        ] {
+            assert_eq!(v(ok, [3, 0, 0, 0, 0, 0]), RET_ALLOW, "{ok}");
+        }
+        // fallocate only punches holes or zeroes ranges, never grows the image.
+        let fa = |mode: libc::c_int| [3, mode as u64, 0, 4096, 0, 0];
+        for mode in [
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        ] {
+            assert_eq!(v(libc::SYS_fallocate, fa(mode)), RET_ALLOW, "{mode:#x}");
+        }
+        for mode in [
+            0,
+            libc::FALLOC_FL_ZERO_RANGE,
+            libc::FALLOC_FL_COLLAPSE_RANGE,
+        ] {
+            assert_eq!(
+                v(libc::SYS_fallocate, fa(mode)),
+                RET_KILL_PROCESS,
+                "{mode:#x}"
+            );
+        }
+        for banned in [
+            libc::SYS_ioctl,
+            libc::SYS_openat,
+            libc::SYS_socket,
+            libc::SYS_sendto,
+            libc::SYS_ftruncate,
+            libc::SYS_execve,
+            libc::SYS_clone3,
+        ] {
+            assert_eq!(v(banned, [3, 0, 0, 0, 0, 0]), RET_KILL_PROCESS, "{banned}");
+        }
     }
 
     /// Runs `f` in a forked child with `role`'s filter and returns its wait status.
@@ -652,7 +723,7 @@ mod tests {
 
     #[test]
     fn allowed_calls_pass_and_exec_is_refused_everywhere() {
-        for role in [ThreadRole::Vcpu, ThreadRole::Main] {
+        for role in [ThreadRole::Vcpu, ThreadRole::Io, ThreadRole::Main] {
             let st = in_filtered_child(role, || {
                 let mut b = [0u8; 8];
                 // SAFETY: getrandom into a local buffer.

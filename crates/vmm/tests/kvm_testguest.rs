@@ -853,8 +853,8 @@ fn kvm_control_socket_pause_stats_resume_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let (child, ctl, _guard) = start_holding(dir.path(), "2");
     let mut s = BufReader::new(UnixStream::connect(&ctl).unwrap());
-    // The VMM runs the main thread (event loop and control socket) and one thread per vCPU,
-    // each under exactly one seccomp filter of its own.
+    // The VMM runs the main thread (event loop and control socket), one thread per vCPU and
+    // one for the disk's I/O, each under exactly one seccomp filter of its own.
     let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
     let mut names = Vec::new();
     for t in tasks {
@@ -872,7 +872,7 @@ fn kvm_control_socket_pause_stats_resume_shutdown() {
         }
     }
     names.sort();
-    assert_eq!(names, ["vcpu0", "vcpu1", "vmm"]);
+    assert_eq!(names, ["io", "vcpu0", "vcpu1", "vmm"]);
     let r = request(&mut s, r#"{"cmd":"stats"}"#);
     assert_eq!(r["ok"], true, "{r}");
     let devices = r["stats"]["devices"].as_array().unwrap();

@@ -17,6 +17,9 @@ pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_BALLOON: u32 = 5;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// The driver and device tell each other where they next want an interrupt or a notify
+/// (virtio 1.1, 2.6.7), instead of one per request each way.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// A virtio device behind the MMIO transport.
 pub trait VirtioDevice: Send {
@@ -26,6 +29,12 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// Feature bits offered (the transport adds VIRTIO_F_VERSION_1).
     fn features(&self) -> u64;
+    /// Whether the transport offers VIRTIO_RING_F_EVENT_IDX for this device: only for one
+    /// whose `process_queue` drains the queue every time (a disk), since the transport then
+    /// re-arms notifies at the driver's latest entry.
+    fn event_idx(&self) -> bool {
+        false
+    }
     /// Reads device config space at `offset`; bytes past the end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// The driver writes config space at `offset` (untrusted bytes); read-only by default.

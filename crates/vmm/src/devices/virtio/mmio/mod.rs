@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{ResizeError, Resized, VIRTIO_F_VERSION_1, VirtioDevice};
+use super::{
+    ChainError, Desc, ResizeError, Resized, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VirtioDevice, add_used, collect_chain,
+};
 use crate::bus::BusDevice;
 use crate::memory::GuestMemory;
 
@@ -30,6 +33,8 @@ const REG_QUEUE_NUM_MAX: u64 = 0x034;
 const REG_QUEUE_NUM: u64 = 0x038;
 const REG_QUEUE_READY: u64 = 0x044;
 const REG_QUEUE_NOTIFY: u64 = 0x050;
+/// Where the driver writes a queue's index to notify it (for an ioeventfd on it).
+pub const QUEUE_NOTIFY: u64 = REG_QUEUE_NOTIFY;
 const REG_INTERRUPT_STATUS: u64 = 0x060;
 const REG_INTERRUPT_ACK: u64 = 0x064;
 const REG_STATUS: u64 = 0x070;
@@ -92,6 +97,9 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_sel: u32,
     config_generation: u32,
+    /// Counts resets, so that requests taken before one are not returned after it (see
+    /// [`MmioTransport::take_available`]).
+    resets: u64,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -133,11 +141,21 @@ impl MmioTransport {
             driver_features: 0,
             queue_sel: 0,
             config_generation: 0,
+            resets: 0,
         })
     }
 
     fn offered_features(&self) -> u64 {
-        self.device.features() | VIRTIO_F_VERSION_1
+        let event_idx = if self.device.event_idx() {
+            VIRTIO_RING_F_EVENT_IDX
+        } else {
+            0
+        };
+        self.device.features() | VIRTIO_F_VERSION_1 | event_idx
+    }
+
+    fn event_idx(&self) -> bool {
+        self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0
     }
 
     fn driver_ok(&self) -> bool {
@@ -165,6 +183,7 @@ impl MmioTransport {
         self.device_features_sel = 0;
         self.driver_features_sel = 0;
         self.queue_sel = 0;
+        self.resets = self.resets.wrapping_add(1);
         for q in &mut self.queues {
             q.reset();
         }
@@ -193,6 +212,10 @@ impl MmioTransport {
             if self.queues.iter().any(|q| q.ready() && !q.is_valid(mem)) {
                 self.status |= STATUS_NEEDS_RESET;
             }
+            let event_idx = self.event_idx();
+            for q in &mut self.queues {
+                q.set_event_idx(event_idx);
+            }
         }
     }
 
@@ -205,9 +228,73 @@ impl MmioTransport {
         if !self.queues.get(i).is_some_and(|q| q.ready()) {
             return;
         }
-        if self.device.process_queue(i, &mut self.queues, &self.mem) {
+        loop {
+            let used = self.device.process_queue(i, &mut self.queues, &self.mem);
+            if !self.event_idx() {
+                if used {
+                    self.interrupt.signal_used();
+                }
+                return;
+            }
+            // With EVENT_IDX the driver says when it wants an interrupt and the device when
+            // it wants a notify: the device drained the queue, so it asks for one at the next
+            // entry, and looks again if the driver added some meanwhile.
+            let Some(q) = self.queues.get_mut(i) else {
+                return;
+            };
+            if used && q.needs_notification(&self.mem).unwrap_or(true) {
+                self.interrupt.signal_used();
+            }
+            if !q.enable_notification(&self.mem).unwrap_or(false) {
+                return;
+            }
+        }
+    }
+
+    /// For a queue served off the vCPU threads (a disk's, kicked through an ioeventfd):
+    /// takes every chain the driver made available on queue `index`, each as its head and
+    /// its checked descriptors (at most `max_total` bytes), so that the I/O runs without this
+    /// transport's lock. `None` when the device is not running or the queue not ready. The
+    /// second value is the reset count to hand back to [`Self::complete`].
+    #[allow(clippy::type_complexity)]
+    pub fn take_available(
+        &mut self,
+        index: usize,
+        max_total: u64,
+    ) -> Option<(Vec<(u16, Result<Vec<Desc>, ChainError>)>, u64)> {
+        if !self.driver_ok() {
+            return None;
+        }
+        let mem = &self.mem;
+        let q = self.queues.get_mut(index).filter(|q| q.ready())?;
+        let mut out = Vec::new();
+        while let Some(chain) = q.pop_descriptor_chain(mem) {
+            out.push((chain.head_index(), collect_chain(chain, mem, max_total)));
+        }
+        Some((out, self.resets))
+    }
+
+    /// Returns what [`Self::take_available`] took, as (head, bytes written) pairs, raises
+    /// the interrupt where the driver wants one and re-arms notifies. Requests taken before
+    /// a reset are dropped: their queue is gone. True when the driver has made more
+    /// available meanwhile (take again).
+    pub fn complete(&mut self, index: usize, resets: u64, done: &[(u16, u32)]) -> bool {
+        if resets != self.resets || !self.driver_ok() {
+            return false;
+        }
+        let event_idx = self.event_idx();
+        let mem = &self.mem;
+        let Some(q) = self.queues.get_mut(index).filter(|q| q.ready()) else {
+            return false;
+        };
+        let mut used = false;
+        for &(head, len) in done {
+            used |= add_used(q, mem, head, len);
+        }
+        if used && (!event_idx || q.needs_notification(mem).unwrap_or(true)) {
             self.interrupt.signal_used();
         }
+        q.enable_notification(mem).unwrap_or(false)
     }
 
     /// Runs the device for host-side readiness (TAP readable).
@@ -250,6 +337,37 @@ impl MmioTransport {
             self.interrupt.signal_config();
         }
         true
+    }
+
+    /// Brings the device up as a driver would, through its registers: `features` acked,
+    /// queue 0 at the given rings, DRIVER_OK.
+    #[cfg(test)]
+    pub(crate) fn start_for_test(&mut self, features: u64, rings: [u64; 3], size: u16) {
+        let w = |t: &mut Self, off: u64, v: u32| t.write_reg(off, v);
+        w(self, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        for sel in 0..2 {
+            w(self, REG_DRIVER_FEATURES_SEL, sel);
+            w(self, REG_DRIVER_FEATURES, (features >> (32 * sel)) as u32);
+        }
+        w(
+            self,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        w(self, REG_QUEUE_SEL, 0);
+        w(self, REG_QUEUE_NUM, u32::from(size));
+        for (i, a) in rings.iter().enumerate() {
+            let low = [REG_QUEUE_DESC_LOW, REG_QUEUE_AVAIL_LOW, REG_QUEUE_USED_LOW][i];
+            w(self, low, *a as u32);
+            w(self, low + 4, (*a >> 32) as u32);
+        }
+        w(self, REG_QUEUE_READY, 1);
+        w(
+            self,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert!(self.driver_ok(), "the transport refused the test's setup");
     }
 
     fn read_reg(&mut self, offset: u64) -> u32 {
