@@ -33,6 +33,7 @@ const KVM_GET_VCPU_EVENTS: u32 = 0x8040_ae9f;
 /// Ending serial batching when the guest enables UART interrupts (see
 /// [`crate::devices::serial::batch`]).
 const KVM_UNREGISTER_COALESCED_MMIO: u32 = 0x4010_ae68;
+use crate::devices::virtio::net::TUNSETOFFLOAD;
 
 /// What a thread does, which decides what it may call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +190,8 @@ pub fn policy(role: ThreadRole, extras: &MainExtras) -> Policy {
                     vec![(1, KVM_UNREGISTER_COALESCED_MMIO)],
                     vec![(1, KVM_GET_SREGS)],
                     vec![(1, KVM_GET_VCPU_EVENTS)],
+                    // The offloads a NIC's driver took, told to its TAP at DRIVER_OK.
+                    vec![(1, TUNSETOFFLOAD as u32)],
                 ],
             );
         }
@@ -571,6 +574,7 @@ mod tests {
             KVM_UNREGISTER_COALESCED_MMIO,
             KVM_GET_SREGS,
             KVM_GET_VCPU_EVENTS,
+            TUNSETOFFLOAD as u32,
         ] {
             assert_eq!(v(libc::SYS_ioctl, ioctl(req)), RET_ALLOW, "{req:#x}");
         }

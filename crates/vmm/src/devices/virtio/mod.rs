@@ -35,6 +35,8 @@ pub trait VirtioDevice: Send {
     fn event_idx(&self) -> bool {
         false
     }
+    /// The driver set DRIVER_OK having taken `acked` (a subset of what was offered).
+    fn ack_features(&mut self, _acked: u64) {}
     /// Reads device config space at `offset`; bytes past the end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// The driver writes config space at `offset` (untrusted bytes); read-only by default.

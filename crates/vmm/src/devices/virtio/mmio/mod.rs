@@ -216,6 +216,7 @@ impl MmioTransport {
             for q in &mut self.queues {
                 q.set_event_idx(event_idx);
             }
+            self.device.ack_features(self.driver_features);
         }
     }
 
