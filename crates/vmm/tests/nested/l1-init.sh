@@ -51,12 +51,14 @@ if [ "$MODE" = bench ]; then
     # The traced runs print the kernel's every line, so that its first one dates its start.
     [ "$3" = traced ] && cmd=$(echo "$CMD" | sed 's/ quiet//')
     local initrd=${INITRD:-/l2b.cpio.gz} disk=${DISK:-/tmp/bdisk.img}
+    # NET=1: a NIC on TAP tap0 as well (each VMM makes the TAP, with a vnet header).
     if [ "$1" = hull ]; then
-      /vmm --kernel $2 --initrd $initrd --mem-mib 256 --vcpus 1 --disk $disk --cmdline "$cmd"
+      /vmm --kernel $2 --initrd $initrd --mem-mib 256 --vcpus 1 --disk $disk ${NET:+--tap tap0} --cmdline "$cmd"
     else
       /qemu/qemu-system-x86_64 -L /qemu/share -M microvm,x-option-roms=off,rtc=on -enable-kvm -cpu host \
         -m 256 -smp 1 -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
         -drive file=$disk,format=raw,if=none,id=d0 -device virtio-blk-device,drive=d0 \
+        ${NET:+-netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device virtio-net-device,netdev=n0} \
         -kernel $2 -initrd $initrd -append "$cmd"
     fi
   }
@@ -113,15 +115,37 @@ if [ "$MODE" = bench ]; then
   fi
   # The data path: each VMM boots the blkbench guest (l2-blk-init.sh) on the same 256 MiB
   # disk file, twice, alternating which goes first. Lines "L1: blk WHO RUN JOB iops N MiB/s M".
+  # The same guest then streams TCP with L1 over its NIC for 3 s each way (netbench; the
+  # receiving end times it): "L1: net WHO RUN DIRECTION MiB/s M".
   dd if=/dev/zero of=/tmp/ddisk.img bs=1M count=256 2>/dev/null
+  # A VMM makes tap0 when it starts; L1's end gets its address once the TAP is there.
+  tap_up() {
+    for j in $(seq 1 100); do [ -e /sys/class/net/tap0 ] && break; sleep 0.1; done
+    ip addr add 192.0.2.1/24 dev tap0 && ip link set tap0 up
+  }
   for i in 1 2; do
     order="hull qemu"; [ $i = 2 ] && order="qemu hull"
     for who in $order; do
       watchdog 300 /tmp/out "blk $who run $i" & W=$!
-      INITRD=/l2d.cpio.gz DISK=/tmp/ddisk.img vmm $who /tmp/vmlinux >/tmp/out 2>&1
-      kill $W 2>/dev/null
+      killall netbench 2>/dev/null
+      /netbench source 5001 s3 >/dev/null 2>&1 &
+      /netbench sink 5002 >/tmp/sink.out 2>&1 &
+      tap_up & TU=$!
+      NET=1 INITRD=/l2d.cpio.gz DISK=/tmp/ddisk.img vmm $who /tmp/vmlinux >/tmp/out 2>&1
+      kill $W $TU 2>/dev/null
       if grep -q "L2: blk done" /tmp/out; then grep "^L2: blk " /tmp/out | grep -v done | sed "s/^L2: blk /L1: blk $who $i /"
       else echo "L1: blk $who run $i failed:"; tail -8 /tmp/out | sed 's/^/L1:   /'; fi
+      # "netbench MODE bytes N seconds S MiB/s M intact|corrupt at OFFSET"
+      net_line() {
+        case "$2" in
+          *" intact") echo "L1: net $who $i $1 MiB/s $(echo "$2" | awk '{ print $8 }')" ;;
+          *) echo "L1: net $who $i $1 failed: ${2:-no result}" ;;
+        esac
+      }
+      net_line guest-to-host "$(cat /tmp/sink.out)"
+      net_line host-to-guest "$(sed -n 's/^L2: net recv: //p' /tmp/out)"
+      killall netbench 2>/dev/null
+      ip link del tap0 2>/dev/null
     done
   done
   echo "L1: done"
@@ -134,6 +158,10 @@ l2_run() {
   printf HULLDISK | dd of=/tmp/disk.img conv=notrunc 2>/dev/null
   : > /tmp/l2.out
   tail -f /tmp/l2.out & TAIL=$!
+  # L1's ends of the guest's TCP streams (l2-init.sh), one connection each.
+  killall netbench 2>/dev/null
+  /netbench source 5001 16777216 >/dev/null 2>&1 &
+  /netbench sink 5002 >/tmp/sink.out 2>&1 &
   S=$(up)
   # vmm creates tap0 when it opens it by name; give it its host-side address once it exists.
   /vmm --kernel /vmlinuz --initrd /l2.cpio.gz --mem-mib 256 --vcpus 2 --disk /tmp/disk.img --tap tap0 --balloon 16 \
@@ -153,6 +181,8 @@ l2_run() {
   kill $W 2>/dev/null
   sleep 1.5; kill $TAIL
   echo "L1: vmm exit status $RC after $(up) - $S s"
+  echo "L1: tcp from guest: $(cat /tmp/sink.out)"
+  killall netbench 2>/dev/null
 }
 l2_run
 # An L2 kernel that never reached init was seen once, in CI on a fresh machine (the log CI

@@ -19,6 +19,15 @@ fi
 if ip link set eth0 up 2>/dev/null; then
   ip addr add 192.0.2.2/24 dev eth0
   ping -c 2 -W 2 192.0.2.1 >/dev/null && echo "L2: ping to the TAP host side works"
+  # TCP both ways with L1 (netbench: every byte checked), and what the driver negotiated:
+  # the offloads and mergeable buffers these streams went through.
+  /netbench recv 192.0.2.1 5001 | sed 's/^/L2: tcp from host: /'
+  /netbench send 192.0.2.1 5002 16777216 | sed 's/^/L2: tcp to host: /'
+  for d in /sys/bus/virtio/devices/*; do
+    [ "$(cat $d/device)" = 0x0001 ] || continue
+    f=$(cat $d/features)
+    echo "L2: net offloads: csum $(echo $f | cut -c1) guest_csum $(echo $f | cut -c2) guest_tso4 $(echo $f | cut -c8) host_tso4 $(echo $f | cut -c12) mrg_rxbuf $(echo $f | cut -c16)"
+  done
 fi
 # The balloon: the driver inflated to the VMM's target at probe; page reporting hands the
 # free memory over 2 s after the driver registered (the VMM's exit line counts both).

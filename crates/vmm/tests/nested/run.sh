@@ -4,8 +4,10 @@
 #
 #   run.sh check   functional run: L2 reaches init with 2 vCPUs, finds its virtio devices
 #                  through ACPI, reads/writes its disk, reads its hwrng, pings the TAP host
-#                  side, gives its balloon the 16 MiB asked and reports free memory
-#                  (free page reporting), powers off through ACPI; the disk write is
+#                  side, moves 16 MiB each way over TCP with L1 (netbench.c: every byte
+#                  checked) with checksum and segmentation offloads and mergeable receive
+#                  buffers negotiated, gives its balloon the 16 MiB asked and reports free
+#                  memory (free page reporting), powers off through ACPI; the disk write is
 #                  checked from L1. Then the test guest passes its checks (the PIT made on
 #                  first use among them).
 #   run.sh bench   launch-to-exit of hull vmm vs qemu -M microvm,x-option-roms=off,rtc=on,
@@ -17,9 +19,10 @@
 #                  one traced boot each (L1's KVM exits by reason, port, address, MSR) and
 #                  the data path: each VMM boots blkbench.c's guest twice on one 256 MiB
 #                  disk file (O_DIRECT, Linux AIO: random 4 KiB at depth 1 and 32, sequential
-#                  1 MiB), IOPS and MiB/s side by side.
+#                  1 MiB), IOPS and MiB/s side by side, and TCP throughput (netbench.c) over
+#                  the same TAP setup (a TAP in L1 with L1's end as the peer) each way.
 #
-# Needs: qemu-system-x86, cpio, gcc (static glibc, for blkbench), apt-get access to
+# Needs: qemu-system-x86, cpio, gcc (static glibc, for blkbench and netbench), apt-get access to
 # Debian's linux-image-amd64 and busybox-static (cached in ${HULL_CACHE:-~/.cache/hull}/debs), and a build of vmm
 # (VMM=path, default target/release/vmm). WORK=dir keeps the unpacked kernel between runs
 # (default /tmp/hull-nested). NESTED_CPU=model picks L1's CPU (default HULL_L1_CPU of scripts/lib.sh, max without XSAVE; qemu64,+svm,+npt has no
@@ -50,6 +53,8 @@ for m in virt/lib/irqbypass arch/x86/kvm/kvm drivers/crypto/ccp/ccp arch/x86/kvm
   drivers/net/tun; do cp "$M/$m.ko" l1/m/; done
 cp l2/m/virtio_ring.ko l2/m/virtio.ko l2/m/virtio_mmio.ko l2/m/virtio_blk.ko l2b/m/
 cp "$HERE/l2-init.sh" l2/init && cp "$HERE/l2-bench-init.sh" l2b/init && cp "$HERE/l1-init.sh" l1/init
+# The TCP end on both sides of the TAP.
+gcc -O2 -static -o l1/netbench "$HERE/netbench.c" && cp l1/netbench l2/
 chmod +x l1/init l2/init l2b/init
 # The L2 kernel: Debian's stock one, or L2_KERNEL (bench only, e.g. images/kernel/build's).
 cp "${L2_KERNEL:-root/boot/vmlinuz-$KVER}" l1/vmlinuz
@@ -65,8 +70,8 @@ if [ "$MODE" = bench ]; then
   for f in bios-microvm.bin linuxboot_dma.bin pvh.bin; do cp /usr/share/qemu/$f l1/qemu/share/; done
   # The data-path guest: blkbench (static) against its disk.
   rm -rf l2d && mkdir -p l2d/bin l2d/m l2d/proc l2d/sys l2d/dev
-  cp root/bin/busybox l2d/bin/ && cp l2b/m/*.ko l2d/m/ && cp "$HERE/l2-blk-init.sh" l2d/init && chmod +x l2d/init
-  gcc -O2 -static -o l2d/blkbench "$HERE/blkbench.c"
+  cp root/bin/busybox l2d/bin/ && cp l2/m/*.ko l2d/m/ && cp "$HERE/l2-blk-init.sh" l2d/init && chmod +x l2d/init
+  gcc -O2 -static -o l2d/blkbench "$HERE/blkbench.c" && cp l1/netbench l2d/
   (cd l2d && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1/l2d.cpio.gz)
 fi
 (cd l2 && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1/l2.cpio.gz)
@@ -111,9 +116,22 @@ if [ "$MODE" = bench ]; then
           mib[k, "hull"] / runs[k, "hull"], q, mib[k, "qemu"] / runs[k, "qemu"], h / q, runs[k, "hull"], runs[k, "qemu"]
       }
     }'
+  # "L1: net WHO RUN DIRECTION MiB/s M": per direction, the runs' TCP throughput, hull/qemu.
+  grep -a '^L1: net [hq]' "run-$MODE.log" | awk '$6 == "MiB/s" {
+      k = $5; if (!(k in seen)) { seen[k] = 1; order[++n] = k }
+      mib[k, $3] += $7; runs[k, $3]++
+    }
+    END {
+      for (i = 1; i <= n; i++) {
+        k = order[i]
+        if (!runs[k, "hull"] || !runs[k, "qemu"]) { printf "tcp %s: not measured under both\n", k; continue }
+        h = mib[k, "hull"] / runs[k, "hull"]; q = mib[k, "qemu"] / runs[k, "qemu"]
+        printf "tcp %-14s hull %7.2f MiB/s, qemu %7.2f MiB/s, hull/qemu %.2f (%d+%d runs)\n", k, h, q, h / q, runs[k, "hull"], runs[k, "qemu"]
+      }
+    }'
   # Every run must have ended well: a failed or hung one is a finding, not noise to average away.
-  if grep -a -q -E 'L1: (bench|blk) .* (failed|HUNG)' "run-$MODE.log"; then
-    echo "FAIL: runs that did not end well:"; grep -a -E -A16 'L1: (bench|blk) .* (failed|HUNG)' "run-$MODE.log" | grep -a '^L1:'; rc=1
+  if grep -a -q -E 'L1: (bench|blk|net) .* (failed|HUNG|corrupt)' "run-$MODE.log"; then
+    echo "FAIL: runs that did not end well:"; grep -a -E -A16 'L1: (bench|blk|net) .* (failed|HUNG|corrupt)' "run-$MODE.log" | grep -a '^L1:'; rc=1
   fi
   grep -a -q '^L1: done' "run-$MODE.log" || { echo "FAIL: L1 never finished its runs"; rc=1; }
   # "L1: exits WHO EVENT KEY... COUNT" from the traced boots: per event, each key's count
@@ -150,6 +168,9 @@ fail=0
 for want in "L2: init reached, 2 cpus" "L2: virtio devices: virtio0 virtio1 virtio2 virtio3" \
   "vmm: balloon: target 16.0 MiB, held [0-9.]* MiB at the end; inflated 16.0 MiB" \
   "L2: vda sector 0 reads HULLDISK" "L2: hwrng" "L2: ping to the TAP host side works" \
+  "L2: tcp from host: netbench recv bytes 16777216 .* intact" \
+  "L1: tcp from guest: netbench sink bytes 16777216 .* intact" \
+  "L2: net offloads: csum 1 guest_csum 1 guest_tso4 1 host_tso4 1 mrg_rxbuf 1" \
   "L2: kernel warnings: 0" \
   "vmm: guest powered off" "L1: vmm exit status 0" "L1: the L2 guest's disk write is in the image" \
   "L1: testguest: PASS pit" "L1: testguest: ALL PASS" \
