@@ -40,8 +40,9 @@ use crate::devices::virtio::net::TUNSETOFFLOAD;
 pub enum ThreadRole {
     /// Runs KVM_RUN and device emulation (TAP writes, console output).
     Vcpu,
-    /// Serves the disks' queues: waits on their notifies, reads and writes their open images
-    /// at offsets, flushes, punches holes and zeroes ranges in them.
+    /// Serves the disks' queues and the NICs' transmit queues: waits on their notifies, reads
+    /// and writes the disks' open images at offsets, flushes, punches holes and zeroes ranges
+    /// in them, writes frames to the TAPs (and reads the ones a DHCP answer goes out with).
     Io,
     /// After setup, the event loop: signals, console input, TAP readiness, the control socket
     /// (which kicks and parks vCPUs), the stop; then flushes, restores and exits.
@@ -106,8 +107,9 @@ fn role_syscalls(role: ThreadRole) -> &'static [libc::c_long] {
         ThreadRole::Io => &[
             libc::SYS_epoll_wait,
             libc::SYS_epoll_pwait,
-            // The notify eventfds.
+            // The notify eventfds, and TAP frames.
             libc::SYS_read,
+            libc::SYS_sendto,
             libc::SYS_preadv,
             libc::SYS_pwritev,
             // Write-zeroes where the file system cannot zero a range.
@@ -619,7 +621,7 @@ mod tests {
     }
 
     #[test]
-    fn the_io_thread_may_do_disk_io_and_nothing_more() {
+    fn the_io_thread_may_do_disk_and_tap_io_and_nothing_more() {
         let p = policy(ThreadRole::Io, &MainExtras::default());
         let prog = compile(&p, RET_KILL_PROCESS).unwrap();
         let v = |nr: libc::c_long, args| verdict(&prog, AUDIT_ARCH_X86_64, nr as u32, args);
@@ -630,6 +632,7 @@ mod tests {
             libc::SYS_fdatasync,
             libc::SYS_epoll_wait,
             libc::SYS_read,
+            libc::SYS_sendto,
         ] {
             assert_eq!(v(ok, [3, 0, 0, 0, 0, 0]), RET_ALLOW, "{ok}");
         }
@@ -656,7 +659,6 @@ mod tests {
             libc::SYS_ioctl,
             libc::SYS_openat,
             libc::SYS_socket,
-            libc::SYS_sendto,
             libc::SYS_ftruncate,
             libc::SYS_execve,
             libc::SYS_clone3,

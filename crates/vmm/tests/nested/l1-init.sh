@@ -138,12 +138,12 @@ if [ "$MODE" = bench ]; then
       # "netbench MODE bytes N seconds S MiB/s M intact|corrupt at OFFSET"
       net_line() {
         case "$2" in
-          *" intact") echo "L1: net $who $i $1 MiB/s $(echo "$2" | awk '{ print $8 }')" ;;
+          *" intact"*) echo "L1: net $who $i $1 MiB/s $(echo "$2" | awk '{ print $8 }')" ;;
           *) echo "L1: net $who $i $1 failed: ${2:-no result}" ;;
         esac
       }
       net_line guest-to-host "$(cat /tmp/sink.out)"
-      net_line host-to-guest "$(sed -n 's/^L2: net recv: //p' /tmp/out)"
+      net_line host-to-guest "$(sed -n 's/^L2: net recv: //p' /tmp/out | tr -d '\r')"
       killall netbench 2>/dev/null
       ip link del tap0 2>/dev/null
     done

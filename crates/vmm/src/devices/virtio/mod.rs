@@ -29,11 +29,17 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// Feature bits offered (the transport adds VIRTIO_F_VERSION_1).
     fn features(&self) -> u64;
-    /// Whether the transport offers VIRTIO_RING_F_EVENT_IDX for this device: only for one
-    /// whose `process_queue` drains the queue every time (a disk), since the transport then
-    /// re-arms notifies at the driver's latest entry.
+    /// Whether the transport offers VIRTIO_RING_F_EVENT_IDX for this device, whose
+    /// [`Self::rearm`] then says when the device wants the driver's next notify.
     fn event_idx(&self) -> bool {
         false
+    }
+    /// With EVENT_IDX, after the device ran: asks the driver to notify queue `index` where the
+    /// device next needs it, and returns true when the driver has already added there (run
+    /// the queue again). The default suits a queue the device drains whenever it runs
+    /// (a disk's, a NIC's transmit queue): notify at the next entry.
+    fn rearm(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
+        queue.enable_notification(mem).unwrap_or(false)
     }
     /// The driver set DRIVER_OK having taken `acked` (a subset of what was offered).
     fn ack_features(&mut self, _acked: u64) {}

@@ -689,7 +689,7 @@ mod tests {
         let irq = super::super::mmio::Interrupt::new().unwrap();
         let mut tr = MmioTransport::new(Box::new(b), m.clone(), irq.clone()).unwrap();
         let rings = [t.mock.desc_table_addr().0, t.mock.avail_addr().0, USED];
-        tr.start_for_test(features, rings, QSIZE);
+        tr.start_for_test(features, &[rings], QSIZE);
         (Mutex::new(tr), backend, irq, f)
     }
 

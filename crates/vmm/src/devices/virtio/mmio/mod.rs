@@ -229,25 +229,43 @@ impl MmioTransport {
         if !self.queues.get(i).is_some_and(|q| q.ready()) {
             return;
         }
-        loop {
-            let used = self.device.process_queue(i, &mut self.queues, &self.mem);
-            if !self.event_idx() {
-                if used {
-                    self.interrupt.signal_used();
-                }
-                return;
-            }
-            // With EVENT_IDX the driver says when it wants an interrupt and the device when
-            // it wants a notify: the device drained the queue, so it asks for one at the next
-            // entry, and looks again if the driver added some meanwhile.
-            let Some(q) = self.queues.get_mut(i) else {
-                return;
-            };
-            if used && q.needs_notification(&self.mem).unwrap_or(true) {
+        let used = self.device.process_queue(i, &mut self.queues, &self.mem);
+        self.finish(used);
+    }
+
+    /// After the device ran: without EVENT_IDX, the interrupt if it used buffers. With it,
+    /// each ready queue is re-armed as the device says (its driver then notifies at the
+    /// next entry the device waits for), a queue the driver added to meanwhile is run again
+    /// (a bounded number of rounds: a driver racing the device gets served on its next
+    /// notify), and the interrupt is raised once, if a queue's driver asked for one by now.
+    fn finish(&mut self, mut used: bool) {
+        if !self.event_idx() {
+            if used {
                 self.interrupt.signal_used();
             }
-            if !q.enable_notification(&self.mem).unwrap_or(false) {
-                return;
+            return;
+        }
+        for _ in 0..8 {
+            let mem = &self.mem;
+            let again = self
+                .queues
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, q)| q.ready())
+                .find_map(|(j, q)| self.device.rearm(j, q, mem).then_some(j));
+            match again {
+                Some(j) => used |= self.device.process_queue(j, &mut self.queues, &self.mem),
+                None => break,
+            }
+        }
+        if used {
+            let mut wanted = false;
+            for q in self.queues.iter_mut().filter(|q| q.ready()) {
+                // Every queue is asked (asking resets its count of entries since the last).
+                wanted |= q.needs_notification(&self.mem).unwrap_or(true);
+            }
+            if wanted {
+                self.interrupt.signal_used();
             }
         }
     }
@@ -303,9 +321,8 @@ impl MmioTransport {
         if !self.driver_ok() {
             return;
         }
-        if self.device.process_host_event(&mut self.queues, &self.mem) {
-            self.interrupt.signal_used();
-        }
+        let used = self.device.process_host_event(&mut self.queues, &self.mem);
+        self.finish(used);
     }
 
     /// The host changed the device's backing (a disk image grew): the device re-reads it,
@@ -341,9 +358,9 @@ impl MmioTransport {
     }
 
     /// Brings the device up as a driver would, through its registers: `features` acked,
-    /// queue 0 at the given rings, DRIVER_OK.
+    /// queue `i` at `queues[i]`'s rings (descriptor table, avail, used), DRIVER_OK.
     #[cfg(test)]
-    pub(crate) fn start_for_test(&mut self, features: u64, rings: [u64; 3], size: u16) {
+    pub(crate) fn start_for_test(&mut self, features: u64, queues: &[[u64; 3]], size: u16) {
         let w = |t: &mut Self, off: u64, v: u32| t.write_reg(off, v);
         w(self, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         for sel in 0..2 {
@@ -355,14 +372,16 @@ impl MmioTransport {
             REG_STATUS,
             STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
         );
-        w(self, REG_QUEUE_SEL, 0);
-        w(self, REG_QUEUE_NUM, u32::from(size));
-        for (i, a) in rings.iter().enumerate() {
-            let low = [REG_QUEUE_DESC_LOW, REG_QUEUE_AVAIL_LOW, REG_QUEUE_USED_LOW][i];
-            w(self, low, *a as u32);
-            w(self, low + 4, (*a >> 32) as u32);
+        for (q, rings) in queues.iter().enumerate() {
+            w(self, REG_QUEUE_SEL, q as u32);
+            w(self, REG_QUEUE_NUM, u32::from(size));
+            for (i, a) in rings.iter().enumerate() {
+                let low = [REG_QUEUE_DESC_LOW, REG_QUEUE_AVAIL_LOW, REG_QUEUE_USED_LOW][i];
+                w(self, low, *a as u32);
+                w(self, low + 4, (*a >> 32) as u32);
+            }
+            w(self, REG_QUEUE_READY, 1);
         }
-        w(self, REG_QUEUE_READY, 1);
         w(
             self,
             REG_STATUS,

@@ -32,7 +32,8 @@ const QUEUE_SIZE: u16 = 256;
 /// DHCP answers waiting for the guest's receive buffers, at most.
 const MAX_INJECTED: usize = 8;
 const RX_QUEUE: usize = 0;
-const TX_QUEUE: usize = 1;
+/// The transmit queue, whose notifies the I/O thread takes.
+pub const TX_QUEUE: usize = 1;
 /// virtio_net_hdr_v1 (with num_buffers), what VIRTIO_F_VERSION_1 mandates.
 pub const NET_HDR_LEN: usize = 12;
 /// Largest frame we move: 64 KiB of payload plus Ethernet and VLAN headers.
@@ -467,6 +468,32 @@ impl VirtioDevice for Net {
         F_MAC | F_MRG_RXBUF | offloads
     }
 
+    fn event_idx(&self) -> bool {
+        true
+    }
+
+    /// The transmit queue is drained whenever it runs (the default). The receive queue is
+    /// not: its buffers wait for frames, so a notify is wanted only while a frame waits for
+    /// buffers, and then for the first buffer past those already there (too few for it).
+    fn rearm(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
+        if index != RX_QUEUE {
+            return queue.enable_notification(mem).unwrap_or(false);
+        }
+        if self.pending.is_none() {
+            return false;
+        }
+        let start = queue.next_avail();
+        let Ok(seen) = queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) else {
+            return false;
+        };
+        // enable_notification asks for a notify at next_avail and says whether the driver
+        // is past it: asked at the ring's current end, it means "buffers were added since".
+        queue.set_next_avail(seen.0);
+        let more = queue.enable_notification(mem).unwrap_or(false);
+        queue.set_next_avail(start);
+        more
+    }
+
     fn ack_features(&mut self, acked: u64) {
         self.acked = acked;
         // A host that refuses leaves offloads off: the guest then gets only whole, summed
@@ -800,6 +827,69 @@ mod tests {
         assert!(net.process_queue(RX_QUEUE, &mut qs, &m));
         assert_eq!(rx.used_idx(), 4);
         assert_eq!(read(&m, 0x40000 + 10, 6), [1, 0, b'p', b'i', b'n', b'g']);
+    }
+
+    /// Used rings of the transport test, away from virtio-queue's mock layout (which lays
+    /// its used ring over the avail ring's used_event).
+    const RX_USED: u64 = 0x1800;
+    const TX_USED: u64 = 0x40800;
+
+    fn u16_at(m: &GuestMemory, at: u64) -> u16 {
+        u16::from_le_bytes(read(m, at, 2).try_into().unwrap())
+    }
+
+    /// A used ring's avail_event: where the device wants the driver's next notify.
+    fn avail_event(m: &GuestMemory, used: u64) -> u16 {
+        u16_at(m, used + 4 + 8 * u64::from(QSIZE))
+    }
+
+    #[test]
+    fn with_event_idx_rx_wants_a_notify_only_while_a_frame_waits_and_tx_at_its_next_entry() {
+        use super::super::mmio::{Interrupt, MmioTransport};
+        let m = mem();
+        let (net, peer, _) = vnet_pair();
+        let mut rx = TestQueue::new(&m);
+        let mut tx = TestQueue::new_at(&m, 0x40000);
+        let irq = Interrupt::new().unwrap();
+        let mut t = MmioTransport::new(Box::new(net), m.clone(), irq.clone()).unwrap();
+        let features =
+            super::super::VIRTIO_F_VERSION_1 | super::super::VIRTIO_RING_F_EVENT_IDX | F_MRG_RXBUF;
+        let rings = |q: &TestQueue, used| [q.mock.desc_table_addr().0, q.mock.avail_addr().0, used];
+        t.start_for_test(features, &[rings(&rx, RX_USED), rings(&tx, TX_USED)], QSIZE);
+
+        // A 5000-byte packet and one 2 KiB buffer: the packet waits, and the device wants a
+        // notify when the driver adds the next buffer (index 1), not at the one it has.
+        let mut pkt = [0u8; NET_HDR_LEN].to_vec();
+        pkt.extend(std::iter::repeat_n(7u8, 5000));
+        peer.send(&pkt).unwrap();
+        rx.add_chain(&[(0x10000, 2048, F_WRITE)]);
+        t.host_event();
+        assert_eq!(u16_at(&m, RX_USED + 2), 0);
+        assert_eq!(avail_event(&m, RX_USED), 1);
+        assert!(irq.irqfd.read().is_err());
+        // Two more buffers and the notify they asked for: delivered over three, one interrupt.
+        rx.add_chain(&[(0x20000, 2048, F_WRITE)]);
+        rx.add_chain(&[(0x30000, 2048, F_WRITE)]);
+        t.notify(RX_QUEUE as u32);
+        assert_eq!(u16_at(&m, RX_USED + 2), 3);
+        assert_eq!(irq.irqfd.read().unwrap(), 1);
+        // Nothing waits now: no notify is wanted for buffers the driver adds.
+        rx.add_chain(&[(0x50000, 2048, F_WRITE)]);
+        t.notify(RX_QUEUE as u32);
+        assert_eq!(
+            avail_event(&m, RX_USED),
+            1,
+            "re-armed with no frame waiting"
+        );
+
+        // TX is drained and re-armed at its next entry.
+        write(&m, 0x60000, &[0u8; NET_HDR_LEN + 4]);
+        tx.add_chain(&[(0x60000, NET_HDR_LEN as u32 + 4, 0)]);
+        t.notify(TX_QUEUE as u32);
+        assert_eq!(u16_at(&m, TX_USED + 2), 1);
+        assert_eq!(avail_event(&m, TX_USED), 1);
+        let mut buf = [0u8; 64];
+        assert_eq!(peer.recv(&mut buf).unwrap(), NET_HDR_LEN + 4);
     }
 
     #[test]
