@@ -99,6 +99,8 @@ fn role_syscalls(role: ThreadRole) -> &'static [libc::c_long] {
         ThreadRole::Vcpu => &[
             libc::SYS_read,
             libc::SYS_sendto,
+            // A frame out of guest memory to the TAP.
+            libc::SYS_writev,
             // Whatever a device path drops (debug builds check fds with F_GETFD before
             // closing). Closing grants nothing; the thread no longer tears its vCPU down.
             libc::SYS_close,
@@ -110,6 +112,7 @@ fn role_syscalls(role: ThreadRole) -> &'static [libc::c_long] {
             // The notify eventfds, and TAP frames.
             libc::SYS_read,
             libc::SYS_sendto,
+            libc::SYS_writev,
             libc::SYS_preadv,
             libc::SYS_pwritev,
             // Write-zeroes where the file system cannot zero a range.

@@ -114,7 +114,8 @@ if [ "$MODE" = bench ]; then
     echo "L1: exits: no tracefs hist triggers in L1's kernel"
   fi
   # The data path: each VMM boots the blkbench guest (l2-blk-init.sh) on the same 256 MiB
-  # disk file, twice, alternating which goes first. Lines "L1: blk WHO RUN JOB iops N MiB/s M".
+  # disk file, four times, alternating which goes first (two runs each moved by seconds of
+  # L1's own noise). Lines "L1: blk WHO RUN JOB iops N MiB/s M".
   # The same guest then streams TCP with L1 over its NIC for 3 s each way (netbench; the
   # receiving end times it): "L1: net WHO RUN DIRECTION MiB/s M".
   dd if=/dev/zero of=/tmp/ddisk.img bs=1M count=256 2>/dev/null
@@ -123,8 +124,8 @@ if [ "$MODE" = bench ]; then
     for j in $(seq 1 100); do [ -e /sys/class/net/tap0 ] && break; sleep 0.1; done
     ip addr add 192.0.2.1/24 dev tap0 && ip link set tap0 up
   }
-  for i in 1 2; do
-    order="hull qemu"; [ $i = 2 ] && order="qemu hull"
+  for i in 1 2 3 4; do
+    order="hull qemu"; [ $((i % 2)) = 0 ] && order="qemu hull"
     for who in $order; do
       watchdog 300 /tmp/out "blk $who run $i" & W=$!
       killall netbench 2>/dev/null

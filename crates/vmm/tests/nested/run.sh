@@ -17,7 +17,7 @@
 #                  from the bzImage (timed apart, as vmmd does before a guest's second start)
 #                  as one row, the bzImage as the other; pairs and ratios printed. Then
 #                  one traced boot each (L1's KVM exits by reason, port, address, MSR) and
-#                  the data path: each VMM boots blkbench.c's guest twice on one 256 MiB
+#                  the data path: each VMM boots blkbench.c's guest 4 times on one 256 MiB
 #                  disk file (O_DIRECT, Linux AIO: random 4 KiB at depth 1 and 32, sequential
 #                  1 MiB), IOPS and MiB/s side by side, and TCP throughput (netbench.c) over
 #                  the same TAP setup (a TAP in L1 with L1's end as the peer) each way.

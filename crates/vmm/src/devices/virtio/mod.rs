@@ -216,6 +216,40 @@ pub fn read_chain(descs: &[Desc], mem: &GuestMemory) -> Result<Vec<u8>, ChainErr
     Ok(buf)
 }
 
+/// The host addresses of a chain's buffers, for vectored I/O straight into or out of guest
+/// memory (empty buffers left out). `collect_chain` checked that each lies inside one RAM
+/// region, so each is one slice of the mapping; `None` if one is not.
+pub fn guest_iovecs(descs: &[Desc], mem: &GuestMemory) -> Option<Vec<libc::iovec>> {
+    use vm_memory::{GuestAddress, GuestMemoryBackend};
+    descs
+        .iter()
+        .filter(|d| d.len > 0)
+        .map(|d| {
+            let s = mem.get_slice(GuestAddress(d.addr), d.len as usize).ok()?;
+            Some(libc::iovec {
+                iov_base: s.ptr_guard_mut().as_ptr().cast(),
+                iov_len: s.len(),
+            })
+        })
+        .collect()
+}
+
+/// Drops the first `n` bytes of `iovs` (a header the other side does not take).
+pub fn skip_iovecs(iovs: &mut Vec<libc::iovec>, mut n: usize) {
+    while n > 0 && !iovs.is_empty() {
+        let first = &mut iovs[0];
+        if first.iov_len <= n {
+            n -= first.iov_len;
+            iovs.remove(0);
+        } else {
+            // SAFETY: advancing within the same buffer, by less than its length.
+            first.iov_base = unsafe { first.iov_base.cast::<u8>().add(n).cast() };
+            first.iov_len -= n;
+            n = 0;
+        }
+    }
+}
+
 pub fn add_used(queue: &mut Queue, mem: &GuestMemory, head: u16, len: u32) -> bool {
     queue.add_used(mem, head, len).is_ok()
 }

@@ -31,7 +31,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::mmio::MmioTransport;
 use super::{
     ChainError, Desc, ResizeError, Resized, TYPE_BLOCK, VirtioDevice, add_used, collect_chain,
-    read_chain, read_config_bytes,
+    guest_iovecs, read_chain, read_config_bytes,
 };
 use crate::bus::lock;
 use crate::memory::GuestMemory;
@@ -443,22 +443,6 @@ fn fallocate(file: &File, mode: libc::c_int, start: u64, len: u64) -> std::io::R
     } else {
         Err(std::io::Error::last_os_error())
     }
-}
-
-/// The host addresses of a request's data buffers. `collect_chain` checked that each lies
-/// inside one RAM region, so each is one slice of the mapping; `None` if one is not.
-fn guest_iovecs(data: &[Desc], mem: &GuestMemory) -> Option<Vec<libc::iovec>> {
-    use vm_memory::GuestMemoryBackend;
-    data.iter()
-        .filter(|d| d.len > 0)
-        .map(|d| {
-            let s = mem.get_slice(GuestAddress(d.addr), d.len as usize).ok()?;
-            Some(libc::iovec {
-                iov_base: s.ptr_guard_mut().as_ptr().cast(),
-                iov_len: s.len(),
-            })
-        })
-        .collect()
 }
 
 /// Reads the file at `off` into `iovs` (or writes them there) until all are done: one

@@ -22,8 +22,8 @@ use vm_memory::{Bytes, GuestAddress};
 pub mod dhcp;
 
 use super::{
-    ChainError, Desc, TYPE_NET, VirtioDevice, add_used, collect_chain, read_chain,
-    read_config_bytes,
+    ChainError, Desc, TYPE_NET, VirtioDevice, add_used, collect_chain, guest_iovecs, read_chain,
+    read_config_bytes, skip_iovecs,
 };
 use crate::memory::GuestMemory;
 use crate::stats::DeviceStats;
@@ -90,6 +90,19 @@ pub trait FrameIo: Send {
     fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
     /// Writes one frame.
     fn send(&mut self, frame: &[u8]) -> std::io::Result<()>;
+    /// Writes one frame given as buffers in guest memory, with one `writev` on
+    /// [`Self::raw_fd`]: the kernel reads them (and answers EFAULT for a bad one), no copy
+    /// is made here.
+    fn send_iovecs(&mut self, iovs: &[libc::iovec]) -> std::io::Result<()> {
+        let count = libc::c_int::try_from(iovs.len())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: writev only reads the iovec array (a live slice) and the memory it points
+        // to, which the kernel checks; nothing in this process is written.
+        if unsafe { libc::writev(self.raw_fd(), iovs.as_ptr(), count) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
     /// The fd the event loop waits on.
     fn raw_fd(&self) -> RawFd;
     /// Whether frames both ways carry the 12-byte virtio-net header.
@@ -246,8 +259,9 @@ pub struct Net {
     config: [u8; 8],
     /// The features the driver took (0 until DRIVER_OK).
     acked: u64,
-    /// A packet for the guest, virtio-net header first, waiting for buffers.
-    pending: Option<Vec<u8>>,
+    /// The length of the packet for the guest waiting in `rx_buf` (virtio-net header first)
+    /// for buffers.
+    pending: Option<usize>,
     /// The lease the VMM's DHCP server gives this NIC, if it answers DHCP on it.
     dhcp: Option<hull_vmm_proto::DhcpLease>,
     /// Frames made here for the guest (DHCP answers), delivered before the TAP's.
@@ -312,6 +326,32 @@ impl Net {
     }
 
     fn tx_one(&mut self, descs: &[Desc], mem: &GuestMemory) -> Result<(), ChainError> {
+        if let Some(index) = descs.iter().position(|d| d.write_only) {
+            return Err(ChainError::Direction { index });
+        }
+        let total: usize = descs.iter().map(|d| d.len as usize).sum();
+        if total < NET_HDR_LEN {
+            return Err(ChainError::Malformed(
+                "TX buffer shorter than the virtio-net header",
+            ));
+        }
+        // A frame that could be DHCP (no larger than an untagged or tagged Ethernet frame)
+        // is looked at when this NIC answers DHCP; every other goes out from guest memory as
+        // it is, with the header where the TAP takes one.
+        if self.dhcp.is_none() || total > NET_HDR_LEN + 1522 {
+            let mut iovs = guest_iovecs(descs, mem).ok_or(ChainError::Malformed(
+                "TX buffer outside guest RAM",
+            ))?;
+            if !self.io.vnet_hdr() {
+                skip_iovecs(&mut iovs, NET_HDR_LEN);
+            }
+            if self.io.send_iovecs(&iovs).is_ok() {
+                DeviceStats::add(&self.stats.written_bytes, (total - NET_HDR_LEN) as u64);
+            } else {
+                DeviceStats::add(&self.stats.errors, 1);
+            }
+            return Ok(());
+        }
         let buf = read_chain(descs, mem)?;
         let frame = buf.get(NET_HDR_LEN..).ok_or(ChainError::Malformed(
             "TX buffer shorter than the virtio-net header",
@@ -355,18 +395,20 @@ impl Net {
         used
     }
 
-    /// The next packet for the guest, header first: an injected answer, else one from the
-    /// backend (whose header comes with it where the TAP has one).
-    fn next_packet(&mut self) -> Option<Vec<u8>> {
+    /// Puts the next packet for the guest into `rx_buf`, header first, and returns its
+    /// length: an injected answer, else one from the backend (whose header comes with it
+    /// where the TAP has one).
+    fn next_packet(&mut self) -> Option<usize> {
         if let Some(frame) = self.injected.pop_front() {
-            let mut p = vec![0u8; NET_HDR_LEN];
-            p.extend_from_slice(&frame);
-            return Some(p);
+            let n = (NET_HDR_LEN + frame.len()).min(self.rx_buf.len());
+            self.rx_buf[..NET_HDR_LEN].fill(0);
+            self.rx_buf[NET_HDR_LEN..n].copy_from_slice(&frame[..n - NET_HDR_LEN]);
+            return Some(n);
         }
         if self.io.vnet_hdr() {
             loop {
                 match self.io.recv(&mut self.rx_buf) {
-                    Ok(n) if n >= NET_HDR_LEN => return Some(self.rx_buf[..n].to_vec()),
+                    Ok(n) if n >= NET_HDR_LEN => return Some(n),
                     // A runt without a whole header is not a packet.
                     Ok(_) => DeviceStats::add(&self.stats.errors, 1),
                     // WouldBlock, or a broken backend: nothing to deliver now.
@@ -375,9 +417,8 @@ impl Net {
             }
         } else {
             let n = self.io.recv(&mut self.rx_buf[NET_HDR_LEN..]).ok()?;
-            let mut p = vec![0u8; NET_HDR_LEN];
-            p.extend_from_slice(&self.rx_buf[NET_HDR_LEN..NET_HDR_LEN + n]);
-            Some(p)
+            self.rx_buf[..NET_HDR_LEN].fill(0);
+            Some(NET_HDR_LEN + n)
         }
     }
 
@@ -392,9 +433,10 @@ impl Net {
             if self.pending.is_none() {
                 self.pending = self.next_packet();
             }
-            let Some(need) = self.pending.as_ref().map(|p| p.len() as u64) else {
+            let Some(len) = self.pending else {
                 break;
             };
+            let need = len as u64;
             let start = queue.next_avail();
             let mut chains = Vec::new();
             let mut cap = 0u64;
@@ -423,7 +465,7 @@ impl Net {
                 queue.set_next_avail(start);
                 break;
             }
-            let mut packet = self.pending.take().unwrap_or_default();
+            self.pending = None;
             if bad || cap < need {
                 // The packet is dropped with the bad or short buffer; the guest gets its
                 // buffers back empty.
@@ -434,8 +476,8 @@ impl Net {
                 continue;
             }
             let n = chains.len() as u16;
-            packet[10..12].copy_from_slice(&n.to_le_bytes());
-            let mut rest = &packet[..];
+            self.rx_buf[10..12].copy_from_slice(&n.to_le_bytes());
+            let mut rest = &self.rx_buf[..len];
             for (head, descs) in chains {
                 let room: u64 = descs.iter().map(|x| u64::from(x.len)).sum();
                 let take = rest.len().min(room as usize);
@@ -448,7 +490,7 @@ impl Net {
                 rest = &rest[take..];
                 used |= add_used(queue, mem, head, len);
             }
-            DeviceStats::add(&self.stats.read_bytes, (packet.len() - NET_HDR_LEN) as u64);
+            DeviceStats::add(&self.stats.read_bytes, (len - NET_HDR_LEN) as u64);
         }
         used
     }
@@ -584,6 +626,24 @@ mod tests {
         let n = peer.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"frame-part-1|part-2");
         assert_eq!(tx.used_idx(), 1);
+        // The header and the frame in one buffer, and a header split over two.
+        let mut one = vec![0u8; NET_HDR_LEN];
+        one.extend_from_slice(b"one-buffer");
+        write(&m, 0xb000, &one);
+        tx.add_chain(&[(0xb000, one.len() as u32, 0)]);
+        write(&m, 0xc000, &[0u8; 5]);
+        write(&m, 0xd000, b"\0\0\0\0\0\0\0split");
+        tx.add_chain(&[(0xc000, 5, 0), (0xd000, 12, 0)]);
+        let mut q = tx.queue();
+        q.set_next_avail(1);
+        q.set_next_used(1);
+        let mut qs = vec![rx.queue(), q];
+        assert!(net.process_queue(TX_QUEUE, &mut qs, &m));
+        let n = peer.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"one-buffer");
+        let n = peer.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"split");
+        assert_eq!(tx.used_idx(), 3);
     }
 
     #[test]
