@@ -234,18 +234,31 @@ impl MmioTransport {
     }
 
     /// After the device ran: without EVENT_IDX, the interrupt if it used buffers. With it,
-    /// each ready queue is re-armed as the device says (its driver then notifies at the
-    /// next entry the device waits for), a queue the driver added to meanwhile is run again
-    /// (a bounded number of rounds: a driver racing the device gets served on its next
-    /// notify), and the interrupt is raised once, if a queue's driver asked for one by now.
-    fn finish(&mut self, mut used: bool) {
+    /// the interrupt if a queue's driver asked for one by now, then each ready queue is
+    /// re-armed as the device says (its driver then notifies at the next entry the device
+    /// waits for), and a queue the driver added to meanwhile is run again, until every queue
+    /// is re-armed with nothing new: a queue left behind its re-arm would never be notified
+    /// again (each round serves what the driver added, so the loop ends when the driver
+    /// stops adding).
+    fn finish(&mut self, used: bool) {
         if !self.event_idx() {
             if used {
                 self.interrupt.signal_used();
             }
             return;
         }
-        for _ in 0..8 {
+        let mut used = used;
+        loop {
+            if used {
+                let mut wanted = false;
+                for q in self.queues.iter_mut().filter(|q| q.ready()) {
+                    // Every queue is asked (asking resets its count of entries since the last).
+                    wanted |= q.needs_notification(&self.mem).unwrap_or(true);
+                }
+                if wanted {
+                    self.interrupt.signal_used();
+                }
+            }
             let mem = &self.mem;
             let again = self
                 .queues
@@ -254,18 +267,8 @@ impl MmioTransport {
                 .filter(|(_, q)| q.ready())
                 .find_map(|(j, q)| self.device.rearm(j, q, mem).then_some(j));
             match again {
-                Some(j) => used |= self.device.process_queue(j, &mut self.queues, &self.mem),
-                None => break,
-            }
-        }
-        if used {
-            let mut wanted = false;
-            for q in self.queues.iter_mut().filter(|q| q.ready()) {
-                // Every queue is asked (asking resets its count of entries since the last).
-                wanted |= q.needs_notification(&self.mem).unwrap_or(true);
-            }
-            if wanted {
-                self.interrupt.signal_used();
+                Some(j) => used = self.device.process_queue(j, &mut self.queues, &self.mem),
+                None => return,
             }
         }
     }
@@ -657,6 +660,57 @@ mod tests {
         let (mut d, _) = setup();
         assert!(matches!(d.host_resize(), Err(ResizeError::NotResizable(4))));
         assert_eq!(r(&mut d, REG_CONFIG_GENERATION), 0);
+    }
+
+    /// A device whose driver keeps adding while it runs: its re-arm says "more" for the
+    /// first `busy` rounds.
+    struct Busy {
+        busy: usize,
+        runs: Arc<Mutex<usize>>,
+    }
+    impl VirtioDevice for Busy {
+        fn device_type(&self) -> u32 {
+            4
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn event_idx(&self) -> bool {
+            true
+        }
+        fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
+        fn process_queue(&mut self, _i: usize, _q: &mut [Queue], _m: &GuestMemory) -> bool {
+            *crate::bus::lock(&self.runs) += 1;
+            false
+        }
+        fn rearm(&mut self, _i: usize, _q: &mut Queue, _m: &GuestMemory) -> bool {
+            let more = self.busy > 0;
+            self.busy = self.busy.saturating_sub(1);
+            more
+        }
+    }
+
+    #[test]
+    fn a_queue_is_run_until_its_rearm_finds_nothing_new() {
+        let runs = Arc::new(Mutex::new(0));
+        let dev = Busy {
+            busy: 20,
+            runs: runs.clone(),
+        };
+        let m = mem();
+        let mut t = MmioTransport::new(Box::new(dev), m, Interrupt::new().unwrap()).unwrap();
+        t.start_for_test(
+            VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
+            &[[0x1000, 0x1100, 0x1200]],
+            16,
+        );
+        t.notify(0);
+        // The notify's run, then one per round the driver added in: none is cut short (a
+        // queue left behind its re-arm would never be notified again).
+        assert_eq!(*crate::bus::lock(&runs), 21);
     }
 
     #[test]

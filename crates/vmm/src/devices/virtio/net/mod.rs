@@ -339,9 +339,8 @@ impl Net {
         // is looked at when this NIC answers DHCP; every other goes out from guest memory as
         // it is, with the header where the TAP takes one.
         if self.dhcp.is_none() || total > NET_HDR_LEN + 1522 {
-            let mut iovs = guest_iovecs(descs, mem).ok_or(ChainError::Malformed(
-                "TX buffer outside guest RAM",
-            ))?;
+            let mut iovs = guest_iovecs(descs, mem)
+                .ok_or(ChainError::Malformed("TX buffer outside guest RAM"))?;
             if !self.io.vnet_hdr() {
                 skip_iovecs(&mut iovs, NET_HDR_LEN);
             }
