@@ -127,6 +127,9 @@ fn role_syscalls(role: ThreadRole) -> &'static [libc::c_long] {
         ThreadRole::Extract => &[libc::SYS_close, libc::SYS_fcntl],
         ThreadRole::FindBoot => &[libc::SYS_pread64, libc::SYS_close, libc::SYS_fcntl],
         ThreadRole::Main => &[
+            // A NIC's frames: received ones from the TAP, and (when a receive finds the
+            // transmit queue added to) frames out of guest memory to it.
+            libc::SYS_writev,
             // The event loop.
             libc::SYS_epoll_wait,
             libc::SYS_epoll_pwait,
@@ -728,6 +731,20 @@ mod tests {
             libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
             "status {st:#x}"
         );
+    }
+
+    #[test]
+    fn every_thread_that_may_run_a_nics_transmit_queue_may_writev_and_no_other_does_disk_io() {
+        // The I/O thread (its notifies), a vCPU (a receive notify whose re-arm finds transmit
+        // entries) and the main thread (a TAP readable, the same): a frame goes out with
+        // writev from any of them.
+        for role in [ThreadRole::Vcpu, ThreadRole::Io, ThreadRole::Main] {
+            let prog = compile(&policy(role, &MainExtras::default()), RET_KILL_PROCESS).unwrap();
+            let v = |nr: libc::c_long| verdict(&prog, AUDIT_ARCH_X86_64, nr as u32, [3; 6]);
+            assert_eq!(v(libc::SYS_writev), RET_ALLOW, "{role:?}");
+            let disk = v(libc::SYS_preadv) == RET_ALLOW;
+            assert_eq!(disk, role == ThreadRole::Io, "{role:?} preadv");
+        }
     }
 
     #[test]
