@@ -52,6 +52,119 @@ finished() {
   done
   return 1
 }
+# The record's failure, without its key (a "failure" key in this log fails the check).
+failure() { vmadm get "$1" | sed -n 's/.*"failure": "\(.*\)",*$/\1/p'; }
+# QEMU's TCG emulation of SVM now and then kills or freezes an L2 guest: a triple fault in
+# the cloud kernel's first instants (about one boot of eight), or at its power-off; or a
+# guest whose vCPU makes no KVM exit at all any more (its timer interrupts lost: console
+# silent, no answer, the power button ignored), at boot or at its stop. Such a guest is the
+# test machine failing, as hull_l1 (scripts/lib.sh) says of L1 itself: it is said loudly with
+# where its VMM's threads were and what it printed last, and started once more. A VMM whose
+# vCPU thread is anywhere but inside KVM_RUN, or with a thread blocked on a lock (futex), is
+# hull's own fault and fails the check instead.
+mount -t debugfs none /sys/kernel/debug 2>/dev/null
+vmm_pid() {
+  local p
+  for p in /proc/[0-9]*; do
+    [ "$(cat "$p/comm" 2>/dev/null)" = vmm ] && tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q -- "--uuid $1" &&
+      { echo "${p#/proc/}"; return 0; }
+  done
+  return 1
+}
+# L1 KVM's count of exits of guest $1's VM (debugfs), or nothing without a VMM.
+kvm_exits() { local p; p=$(vmm_pid "$1") && cat /sys/kernel/debug/kvm/"$p"-*/exits 2>/dev/null | head -1; }
+# Guest $1's VMM threads: name, state, kernel wait channel, syscall (16 0xae80: KVM_RUN).
+vmm_threads() {
+  local p t
+  p=$(vmm_pid "$1") || { echo "no VMM process"; return 0; }
+  for t in /proc/"$p"/task/*; do
+    echo "$(cat "$t/comm") $(sed 's/^.*) //' "$t/stat" | cut -d' ' -f1) $(cat "$t/wchan" 2>/dev/null) syscall $(cut -d' ' -f1,3 "$t/syscall" 2>/dev/null)"
+  done
+}
+# The threads of guest $1's VMM that are stuck in hull rather than in the guest: a vCPU
+# thread outside KVM_RUN, or any thread waiting on a lock.
+vmm_stuck_now() {
+  vmm_threads "$1" | awk '/^vcpu/ && !/ syscall (16 0xae80|running)$/ { print; next } / syscall 202 / { print }'
+}
+# The same, twice a second apart (a thread passing through is not stuck).
+vmm_stuck() {
+  [ -n "$(vmm_stuck_now "$1")" ] || return 1
+  sleep 1
+  vmm_stuck_now "$1" | grep .
+}
+# Follows guest $1's console into $2 (appending), as a user's `vmadm console` would.
+follow() { sleep 3000 | vmadm console "$1" >> "$2" 2>&1 & }
+# Whether guest $1 died or froze, WHY saying how: a triple fault in its record, or no KVM
+# exit for 45 s. Called every few seconds (not in a subshell: it keeps the last count and
+# when it changed).
+EXITS_SEEN=""
+EXITS_AT=0
+WHY=""
+dead_or_frozen() {
+  local x f
+  f=$(failure "$1")
+  case "$f" in *"triple fault"*) WHY="died: $f"; return 0 ;; esac
+  x=$(kvm_exits "$1")
+  if [ -z "$x" ] || [ "$x" != "$EXITS_SEEN" ]; then EXITS_SEEN=$x; EXITS_AT=$(up); return 1; fi
+  awk -v s="$EXITS_AT" -v n="$(up)" 'BEGIN { exit !(n - s >= 45) }' || return 1
+  WHY="froze: no KVM exit for $(awk -v s="$EXITS_AT" -v n="$(up)" 'BEGIN { printf "%d", n - s }') s (still $x)"
+}
+# Says loudly that guest $1 ($2 its name, $3 its console log) died or froze ($4), with its
+# VMM's threads and its console's end; fails the check if a VMM thread waits on a lock, else
+# stops what is left of it and starts it again.
+restart() {
+  echo "L1: RETRY: $2 $4; its VMM's threads:"
+  vmm_threads "$1" | sed 's/^/L1: thread /'
+  echo "L1: $2's console ends:"
+  tr -d '\r' < "$3" | tail -30 | sed 's/^/L2: /'
+  if vmm_stuck "$1" > /tmp/stuck; then
+    fail "$2's VMM is stuck, not its guest (hull's own fault, not the test machine's): $(tr '\n' ';' < /tmp/stuck)"
+  fi
+  vmadm stop -F "$1" > /dev/null 2>&1
+  vmadm start "$1" > /tmp/start.out 2>&1 || cat /tmp/start.out
+  EXITS_SEEN=""
+  follow "$1" "$3"
+}
+# Runs `$5...` every 2 s until it succeeds (0), for at most $4 s of L1's clock; guest $1 ($2
+# its name, $3 its console log) is started once more if it dies or freezes meanwhile (the
+# clock starts again then; RESTARTED says so). 1 when it never succeeded.
+watch_guest() {
+  local u="$1" name="$2" log="$3" limit="$4" t0
+  shift 4
+  t0=$(up)
+  EXITS_SEEN=""
+  while awk -v s="$t0" -v n="$(up)" -v l="$limit" 'BEGIN { exit !(n - s < l) }'; do
+    "$@" && return 0
+    if dead_or_frozen "$u"; then
+      [ -n "$RESTARTED" ] && { echo "L1: $name $WHY, a second time"; return 1; }
+      RESTARTED=1
+      restart "$u" "$name" "$log" "$WHY"
+      t0=$(up)
+    fi
+    sleep 2
+  done
+  return 1
+}
+# Stops guest $1 ($2 its name) as a user would (the power button, 120 s), watching it: a
+# guest that dies or freezes on its way down is ended there and said so ($STOP_WHY).
+watch_stop() {
+  local sp
+  STOP_WHY=""
+  EXITS_SEEN=""
+  vmadm stop -t 120 "$1" > /tmp/stop.out 2>&1 &
+  sp=$!
+  while kill -0 "$sp" 2>/dev/null; do
+    if dead_or_frozen "$1"; then
+      STOP_WHY=$WHY
+      vmadm stop -F "$1" > /dev/null 2>&1
+      break
+    fi
+    sleep 2
+  done
+  wait "$sp" || cat /tmp/stop.out
+  [ -z "$STOP_WHY" ] && STOP_WHY=$(failure "$1" | grep "triple fault" | sed 's/^/died: /')
+  [ -z "$STOP_WHY" ]
+}
 payload() { # $1 alias, $2 autoboot, $3 vcpus, $4 the boot disk's size in MiB (default: the image's)
   cat <<JSON
 {"brand": "kvm", "alias": "$1", "hostname": "ci-vm1", "autoboot": $2, "ram": 768, "vcpus": $3,
@@ -160,26 +273,21 @@ U=$(vmadm lookup -1 alias=vm1)
 echo "L1: vm1 $(vmadm list -H -o state alias=vm1)"
 # vmmd found the kernel in the disk's own grub.cfg (the payload and manifest name none).
 grep -a -o "boots .* on its disk's partition [0-9]* ([^)]*)" /tmp/vmmd.log | head -1 | sed 's/^/L1: vm1 /'
-sleep 3000 | vmadm console "$U" > /tmp/console1.log 2>&1 &
-# The record's failure, without its key (a "failure" key in this log fails the check).
-failure() { vmadm get "$1" | sed -n 's/.*"failure": "\(.*\)",*$/\1/p'; }
-if finished /tmp/console1.log; then echo "L1: cloud-init finished in vm1 $(up) - $S s after vmadm create"
-elif failure "$U" | grep -q "triple fault"; then
-  # The cloud kernel's first instants end in a triple fault in about one boot of eight under
-  # QEMU's TCG emulation of SVM (not explained yet; the VMM's line "at its triple fault"
-  # says where the vCPU was). Started once more, loudly; a second death fails the check.
-  echo "L1: RETRY: vm1's first boot died: $(failure "$U"); its console ends:"
-  tr -d '\r' < /tmp/console1.log | tail -12 | sed 's/^/L2: /'
-  mv /tmp/console1.log /tmp/console1-first.log
-  vmadm start "$U" > /tmp/start.out 2>&1 || cat /tmp/start.out
-  sleep 3000 | vmadm console "$U" > /tmp/console1.log 2>&1 &
-  if finished /tmp/console1.log; then echo "L1: cloud-init finished in vm1 $(up) - $S s after vmadm create (started twice)"
-  else echo "L1: no cloud-init finish line from vm1's second start; its console ends:"; tr -d '\r' < /tmp/console1.log | tail -40 | sed 's/^/L2: /'; fi
+rm -f /tmp/console1.log
+follow "$U" /tmp/console1.log
+RESTARTED=
+cloud_done() { grep -q "Cloud-init v.* finished" /tmp/console1.log 2>/dev/null; }
+if watch_guest "$U" vm1 /tmp/console1.log 600 cloud_done; then
+  echo "L1: cloud-init finished in vm1 $(up) - $S s after vmadm create${RESTARTED:+ (started twice)}"
+  # What the watch above reads, so that a blind watch shows: L1 KVM's exit count and the
+  # VMM's threads.
+  echo "L1: vm1 KVM exits so far: $(kvm_exits "$U")"
+  vmm_threads "$U" | sed 's/^/L1: vm1 thread /'
 else echo "L1: no cloud-init finish line from vm1 in 10 min; its console ends:"; tr -d '\r' < /tmp/console1.log | tail -40 | sed 's/^/L2: /'; fi
 tr -d '\r' < /tmp/console1.log | grep -a -i -E "cloud-init|ci-info|error|fail" | head -60 | sed 's/^/L2: /'
 # Any warning or oops of the guest's kernel, whole, for whoever reads the log.
 tr -d '\r' < /tmp/console1.log | grep -a -A24 -E "WARNING: CPU|BUG:|Oops|general protection|invalid opcode" | head -120 | sed 's/^/L2: trace: /'
-SSH="ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=10 -o BatchMode=yes root@192.0.2.20"
+SSH="ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=10 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -o BatchMode=yes root@192.0.2.20"
 # Until sshd answers: a refused or timed-out connection is a guest still booting; any
 # answer from sshd (a session or a refusal of the key) ends the wait.
 for i in $(seq 60); do
@@ -206,25 +314,19 @@ if [ -f /kdeb/version ]; then
   echo "L1: vm1 kernel package installed in $(up) - $S s"
   B=$(vmadm get "$U" | grep '"boot_timestamp"')
   zlogin "$Z" $SSH 'systemctl reboot' > /dev/null 2>&1
+  # Until the guest runs again from its reset (a guest that died or froze on the way is
+  # watch_guest's below).
+  EXITS_SEEN=""
   for i in $(seq 300); do
     [ "$(vmadm list -H -o state alias=vm1)" = running ] && [ "$(vmadm get "$U" | grep '"boot_timestamp"')" != "$B" ] && break
+    dead_or_frozen "$U" && break
     sleep 1
   done
-  sleep 3000 | vmadm console "$U" >> /tmp/console1.log 2>&1 &
-  RETRIED=
-  for i in $(seq 90); do
-    K=$(zlogin "$Z" $SSH 'uname -r' 2>/dev/null) && [ -n "$K" ] && break
-    # A guest that died by a triple fault under QEMU's TCG emulation of SVM (seen: 1 run of
-    # 4 here, at either kernel's boot) is started once more, loudly; its console is above.
-    if [ -z "$RETRIED" ] && failure "$U" | grep -q "triple fault"; then
-      RETRIED=1
-      echo "L1: RETRY: vm1 died after its reboot: $(failure "$U"); its console ends:"
-      tr -d '\r' < /tmp/console1.log | tail -30 | sed 's/^/L2: /'
-      vmadm start "$U" > /tmp/start.out 2>&1 || cat /tmp/start.out
-      sleep 3000 | vmadm console "$U" >> /tmp/console1.log 2>&1 &
-    fi
-    sleep 2
-  done
+  follow "$U" /tmp/console1.log
+  RESTARTED=
+  new_kernel() { K=$(zlogin "$Z" $SSH 'uname -r' 2>/dev/null) && [ -n "$K" ]; }
+  K=
+  watch_guest "$U" vm1 /tmp/console1.log 600 new_kernel || true
   echo "L1: vm1 after its own reboot runs ${K:-nothing} (the package's is $KNEW), $(up) - $S s after dpkg"
   grep -a -o "boots .* on its disk's partition [0-9]* ([^)]*)" /tmp/vmmd.log | tail -1 | sed 's/^/L1: vm1 then /'
   if [ "$K" != "$KNEW" ]; then
@@ -234,7 +336,15 @@ if [ -f /kdeb/version ]; then
   fi
 fi
 S=$(up)
-vmadm stop -t 120 "$U" > /tmp/stop.out 2>&1 || cat /tmp/stop.out
+if ! watch_stop "$U" vm1; then
+  # Once more from a fresh start: the guest up (sshd answers), then the power button again.
+  RESTARTED=
+  restart "$U" vm1 /tmp/console1.log "$STOP_WHY during its stop"
+  up_again() { zlogin "$Z" $SSH true > /dev/null 2>&1; }
+  watch_guest "$U" vm1 /tmp/console1.log 600 up_again || echo "L1: vm1 never answered ssh after its stop's retry"
+  S=$(up)
+  watch_stop "$U" vm1 || echo "L1: vm1 $STOP_WHY during its second stop"
+fi
 echo "L1: vm1 $(vmadm list -H -o state alias=vm1) $(up) - $S s after vmadm stop"
 tr -d '\r' < /tmp/console1.log | grep -a -E "Power key|System is powering down|reboot: Power down" | sed 's/^/L2: /'
 vmadm get "$U" | grep '"failure"' | sed 's/^/L1: record /'
@@ -248,15 +358,18 @@ echo "{\"brand\": \"kvm\", \"alias\": \"vm2\", \"autoboot\": true, \"ram\": 512,
   { cat /tmp/create.out; fail "vm2 create"; }
 U2=$(vmadm lookup -1 alias=vm2)
 echo "L1: vm2 $(vmadm list -H -o state alias=vm2)"
-sleep 3000 | vmadm console "$U2" > /tmp/console2.log 2>&1 &
+rm -f /tmp/console2.log
+follow "$U2" /tmp/console2.log
 # Up to 6 minutes of L1's clock (each try is a ping of up to 1 s and a pause): vm2 answered
 # in 90-120 s so far. A vm2 that never answers gets its console printed while L1 still has
 # time left to print it.
 PINGED=
-while awk -v s="$S" -v n="$(up)" 'BEGIN { exit !(n - s < 360) }'; do
-  zlogin "$Z" ping -c 1 -W 1 192.0.2.21 > /dev/null 2>&1 && { PINGED=1; echo "L1: zone pings vm2 at 192.0.2.21 $(up) - $S s after vmadm create"; break; }
-  sleep 1
-done
+RESTARTED=
+pings() { zlogin "$Z" ping -c 1 -W 1 192.0.2.21 > /dev/null 2>&1; }
+if watch_guest "$U2" vm2 /tmp/console2.log 360 pings; then
+  PINGED=1
+  echo "L1: zone pings vm2 at 192.0.2.21 $(up) - $S s after vmadm create${RESTARTED:+ (started twice)}"
+fi
 tr -d '\r' < /tmp/console2.log | grep -a -i -E "cloud-init|dhcp|login:" | head -20 | sed 's/^/L2: /'
 if [ -z "$PINGED" ]; then
   echo "L1: vm2 never answered a ping in $(up) - $S s; vm2 is $(vmadm list -H -o state alias=vm2); its console ends:"
