@@ -8,6 +8,7 @@ const TUNSETIFF: libc::Ioctl = 0x4004_54ca;
 const TUNSETPERSIST: libc::Ioctl = 0x4004_54cb;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
 
 /// `struct ifreq` as TUNSETIFF reads it: a name and the flags, padded to 40 bytes.
 #[repr(C)]
@@ -17,8 +18,10 @@ struct IfReq {
     pad: [u8; 22],
 }
 
-/// Opens the TAP `name` (no packet information header, no vnet header), creating it when it
-/// does not exist. Needs CAP_NET_ADMIN.
+/// Opens the TAP `name` (no packet information header; a virtio-net header on every frame,
+/// so the VMM can pass its guest's checksum and segmentation offloads through), creating it
+/// when it does not exist. The flags are the opener's: the last one to attach decides.
+/// Needs CAP_NET_ADMIN.
 pub fn open(name: &str) -> std::io::Result<OwnedFd> {
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
@@ -33,7 +36,7 @@ pub fn open(name: &str) -> std::io::Result<OwnedFd> {
         .open("/dev/net/tun")?;
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: IFF_TAP | IFF_NO_PI,
+        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
         pad: [0; 22],
     };
     req.name[..bytes.len()].copy_from_slice(bytes);

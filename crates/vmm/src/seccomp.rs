@@ -33,14 +33,16 @@ const KVM_GET_VCPU_EVENTS: u32 = 0x8040_ae9f;
 /// Ending serial batching when the guest enables UART interrupts (see
 /// [`crate::devices::serial::batch`]).
 const KVM_UNREGISTER_COALESCED_MMIO: u32 = 0x4010_ae68;
+use crate::devices::virtio::net::TUNSETOFFLOAD;
 
 /// What a thread does, which decides what it may call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadRole {
     /// Runs KVM_RUN and device emulation (TAP writes, console output).
     Vcpu,
-    /// Serves the disks' queues: waits on their notifies, reads and writes their open images
-    /// at offsets, flushes, punches holes and zeroes ranges in them.
+    /// Serves the disks' queues and the NICs' transmit queues: waits on their notifies, reads
+    /// and writes the disks' open images at offsets, flushes, punches holes and zeroes ranges
+    /// in them, writes frames to the TAPs (and reads the ones a DHCP answer goes out with).
     Io,
     /// After setup, the event loop: signals, console input, TAP readiness, the control socket
     /// (which kicks and parks vCPUs), the stop; then flushes, restores and exits.
@@ -97,6 +99,8 @@ fn role_syscalls(role: ThreadRole) -> &'static [libc::c_long] {
         ThreadRole::Vcpu => &[
             libc::SYS_read,
             libc::SYS_sendto,
+            // A frame out of guest memory to the TAP.
+            libc::SYS_writev,
             // Whatever a device path drops (debug builds check fds with F_GETFD before
             // closing). Closing grants nothing; the thread no longer tears its vCPU down.
             libc::SYS_close,
@@ -105,8 +109,10 @@ fn role_syscalls(role: ThreadRole) -> &'static [libc::c_long] {
         ThreadRole::Io => &[
             libc::SYS_epoll_wait,
             libc::SYS_epoll_pwait,
-            // The notify eventfds.
+            // The notify eventfds, and TAP frames.
             libc::SYS_read,
+            libc::SYS_sendto,
+            libc::SYS_writev,
             libc::SYS_preadv,
             libc::SYS_pwritev,
             // Write-zeroes where the file system cannot zero a range.
@@ -121,6 +127,9 @@ fn role_syscalls(role: ThreadRole) -> &'static [libc::c_long] {
         ThreadRole::Extract => &[libc::SYS_close, libc::SYS_fcntl],
         ThreadRole::FindBoot => &[libc::SYS_pread64, libc::SYS_close, libc::SYS_fcntl],
         ThreadRole::Main => &[
+            // A NIC's frames: received ones from the TAP, and (when a receive finds the
+            // transmit queue added to) frames out of guest memory to it.
+            libc::SYS_writev,
             // The event loop.
             libc::SYS_epoll_wait,
             libc::SYS_epoll_pwait,
@@ -189,6 +198,8 @@ pub fn policy(role: ThreadRole, extras: &MainExtras) -> Policy {
                     vec![(1, KVM_UNREGISTER_COALESCED_MMIO)],
                     vec![(1, KVM_GET_SREGS)],
                     vec![(1, KVM_GET_VCPU_EVENTS)],
+                    // The offloads a NIC's driver took, told to its TAP at DRIVER_OK.
+                    vec![(1, TUNSETOFFLOAD as u32)],
                 ],
             );
         }
@@ -571,6 +582,7 @@ mod tests {
             KVM_UNREGISTER_COALESCED_MMIO,
             KVM_GET_SREGS,
             KVM_GET_VCPU_EVENTS,
+            TUNSETOFFLOAD as u32,
         ] {
             assert_eq!(v(libc::SYS_ioctl, ioctl(req)), RET_ALLOW, "{req:#x}");
         }
@@ -615,7 +627,7 @@ mod tests {
     }
 
     #[test]
-    fn the_io_thread_may_do_disk_io_and_nothing_more() {
+    fn the_io_thread_may_do_disk_and_tap_io_and_nothing_more() {
         let p = policy(ThreadRole::Io, &MainExtras::default());
         let prog = compile(&p, RET_KILL_PROCESS).unwrap();
         let v = |nr: libc::c_long, args| verdict(&prog, AUDIT_ARCH_X86_64, nr as u32, args);
@@ -626,6 +638,7 @@ mod tests {
             libc::SYS_fdatasync,
             libc::SYS_epoll_wait,
             libc::SYS_read,
+            libc::SYS_sendto,
         ] {
             assert_eq!(v(ok, [3, 0, 0, 0, 0, 0]), RET_ALLOW, "{ok}");
         }
@@ -652,7 +665,6 @@ mod tests {
             libc::SYS_ioctl,
             libc::SYS_openat,
             libc::SYS_socket,
-            libc::SYS_sendto,
             libc::SYS_ftruncate,
             libc::SYS_execve,
             libc::SYS_clone3,
@@ -719,6 +731,20 @@ mod tests {
             libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
             "status {st:#x}"
         );
+    }
+
+    #[test]
+    fn every_thread_that_may_run_a_nics_transmit_queue_may_writev_and_no_other_does_disk_io() {
+        // The I/O thread (its notifies), a vCPU (a receive notify whose re-arm finds transmit
+        // entries) and the main thread (a TAP readable, the same): a frame goes out with
+        // writev from any of them.
+        for role in [ThreadRole::Vcpu, ThreadRole::Io, ThreadRole::Main] {
+            let prog = compile(&policy(role, &MainExtras::default()), RET_KILL_PROCESS).unwrap();
+            let v = |nr: libc::c_long| verdict(&prog, AUDIT_ARCH_X86_64, nr as u32, [3; 6]);
+            assert_eq!(v(libc::SYS_writev), RET_ALLOW, "{role:?}");
+            let disk = v(libc::SYS_preadv) == RET_ALLOW;
+            assert_eq!(disk, role == ThreadRole::Io, "{role:?} preadv");
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::balloon::{Balloon, DontNeed, balloon_pages};
 use crate::devices::virtio::block::{self as block, Backend, Block, BlockError};
 use crate::devices::virtio::mmio::{Interrupt, MmioError, MmioTransport, QUEUE_NOTIFY};
-use crate::devices::virtio::net::{Net, NetError, Tap};
+use crate::devices::virtio::net::{Net, NetError, TX_QUEUE as NET_TX_QUEUE, Tap};
 use crate::devices::virtio::rng::{GetRandom, Rng};
 use crate::exit_file::ExitFile;
 use crate::memory::{
@@ -487,20 +487,35 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
         placed.push(Placed { transport, net_fd });
     }
 
-    // Disks were placed first: each one's queue notify becomes an ioeventfd for the I/O
-    // thread, so a vCPU's notify is a write KVM completes in the kernel.
-    let mut disk_queues = Vec::new();
-    for (i, (backend, p)) in backends.into_iter().zip(&placed).enumerate() {
-        let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(host("disk notify"))?;
+    // The queues the I/O thread serves: each disk's, and each NIC's transmit queue. Their
+    // notifies become ioeventfds, writes KVM completes in the kernel: the vCPU goes straight
+    // back to the guest. Disks were placed first, then NICs.
+    let mut io_queues = Vec::new();
+    let kick_at = |i: usize, queue: u32| -> Result<EventFd, VmError> {
+        let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(host("queue notify"))?;
         let notify = MMIO_GAP_START + i as u64 * VIRTIO_MMIO_SIZE + QUEUE_NOTIFY;
-        // Queue 0, written as one 32-bit value: other values and sizes still reach the bus.
-        vm.register_ioevent(&kick, &IoEventAddress::Mmio(notify), 0u32)
-            .map_err(kvm_setup("register a disk's notify"))?;
-        disk_queues.push(DiskQueue {
-            kick,
+        // That queue's index, written as one 32-bit value: other values and sizes still
+        // reach the bus.
+        vm.register_ioevent(&kick, &IoEventAddress::Mmio(notify), queue)
+            .map_err(kvm_setup("register a queue's notify"))?;
+        Ok(kick)
+    };
+    let disks = backends.len();
+    for (i, (backend, p)) in backends.into_iter().zip(&placed).enumerate() {
+        io_queues.push(IoQueue {
+            kick: kick_at(i, 0)?,
             transport: p.transport.clone(),
-            backend,
+            serve: Serve::Disk(backend),
         });
+    }
+    for (i, p) in placed.iter().enumerate().skip(disks) {
+        if p.net_fd.is_some() {
+            io_queues.push(IoQueue {
+                kick: kick_at(i, NET_TX_QUEUE as u32)?,
+                transport: p.transport.clone(),
+                serve: Serve::Notify(NET_TX_QUEUE as u32),
+            });
+        }
     }
 
     let ged_irq = VIRTIO_IRQ_BASE + placed.len() as u32;
@@ -624,16 +639,16 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
     };
     event_loop.register().map_err(host("event loop"))?;
 
-    // Threads: this one (setup, then the event loop), one per vCPU and, with disks, one for
-    // their I/O. Nothing else: each thread costs a clone and, under its own seccomp filter, a
+    // Threads: this one (setup, then the event loop), one per vCPU and, with disks or NICs,
+    // one for their I/O. Nothing else: each thread costs a clone and, under its own seccomp filter, a
     // BPF compile in the kernel.
-    if !disk_queues.is_empty() {
-        let io = IoThread::new(disk_queues, mem.clone()).map_err(host("disk I/O thread"))?;
+    if !io_queues.is_empty() {
+        let io = IoThread::new(io_queues, mem.clone()).map_err(host("I/O thread"))?;
         let st = state.clone();
         std::thread::Builder::new()
             .name("io".into())
             .spawn(move || io.run(&st))
-            .map_err(host("disk I/O thread"))?;
+            .map_err(host("I/O thread"))?;
     }
     for v in vcpus {
         let name = format!("vcpu{}", v.id);
@@ -673,56 +688,67 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
     Ok(reason)
 }
 
-/// A disk's queue as the I/O thread serves it.
-struct DiskQueue {
+/// A queue the I/O thread serves, and how.
+struct IoQueue {
     kick: EventFd,
     transport: Arc<Mutex<MmioTransport>>,
-    backend: Arc<Backend>,
+    serve: Serve,
 }
 
-/// The disks' I/O, off the vCPUs: waits for their notifies and serves their queues (see
-/// [`block::serve_kicked`]).
+enum Serve {
+    /// A disk's queue: the I/O runs without the transport's lock ([`block::serve_kicked`]).
+    Disk(Arc<Backend>),
+    /// A queue the device serves under the lock, as a vCPU's notify would (a NIC's TX).
+    Notify(u32),
+}
+
+/// Device I/O off the vCPUs: waits for the notifies of the disks' queues and the NICs'
+/// transmit queues and serves them, so a guest keeps running (and queueing, with EVENT_IDX
+/// not notifying) while its requests are served.
 struct IoThread {
     epoll: Epoll,
-    disks: Vec<DiskQueue>,
+    queues: Vec<IoQueue>,
     mem: GuestMemory,
 }
 
 impl IoThread {
-    fn new(disks: Vec<DiskQueue>, mem: GuestMemory) -> std::io::Result<Self> {
+    fn new(queues: Vec<IoQueue>, mem: GuestMemory) -> std::io::Result<Self> {
         let epoll = Epoll::new()?;
-        for (i, d) in disks.iter().enumerate() {
+        for (i, q) in queues.iter().enumerate() {
             epoll.ctl(
                 ControlOperation::Add,
-                d.kick.as_raw_fd(),
+                q.kick.as_raw_fd(),
                 EpollEvent::new(EventSet::IN, i as u64),
             )?;
         }
-        Ok(IoThread { epoll, disks, mem })
+        Ok(IoThread { epoll, queues, mem })
     }
 
     fn run(self, state: &RunState) {
         if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadRole::Io) {
-            state.stop(StopReason::VmmFailure(format!("disk I/O thread: {e}")));
+            state.stop(StopReason::VmmFailure(format!("I/O thread: {e}")));
             return;
         }
-        let mut events = vec![EpollEvent::default(); self.disks.len()];
+        let mut events = vec![EpollEvent::default(); self.queues.len()];
         loop {
             let n = match self.epoll.wait(-1, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    state.stop(StopReason::VmmFailure(format!("disk I/O thread: {e}")));
+                    state.stop(StopReason::VmmFailure(format!("I/O thread: {e}")));
                     return;
                 }
             };
             for ev in &events[..n] {
-                let Some(d) = self.disks.get(ev.data() as usize) else {
+                let Some(q) = self.queues.get(ev.data() as usize) else {
                     continue;
                 };
                 // The count only says "kicked"; the queue says what to do.
-                let _ = d.kick.read();
-                block::serve_kicked(&d.transport, &d.backend, &self.mem);
+                let _ = q.kick.read();
+                match &q.serve {
+                    Serve::Disk(backend) => block::serve_kicked(&q.transport, backend, &self.mem),
+                    Serve::Notify(index) => lock(&q.transport).notify(*index),
+                }
             }
         }
     }

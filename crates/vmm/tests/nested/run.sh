@@ -4,8 +4,9 @@
 #
 #   run.sh check   functional run: L2 reaches init with 2 vCPUs, finds its virtio devices
 #                  through ACPI, reads/writes its disk, reads its hwrng, pings the TAP host
-#                  side, moves 16 MiB from and 4 MiB to L1 over TCP (netbench.c: every byte
-#                  checked), gives its balloon the 16 MiB asked and reports free
+#                  side, moves 16 MiB each way over TCP with L1 (netbench.c: every byte
+#                  checked) with checksum and segmentation offloads and mergeable receive
+#                  buffers negotiated, gives its balloon the 16 MiB asked and reports free
 #                  memory (free page reporting), powers off through ACPI; the disk write is
 #                  checked from L1. Then the test guest passes its checks (the PIT made on
 #                  first use among them).
@@ -168,7 +169,8 @@ for want in "L2: init reached, 2 cpus" "L2: virtio devices: virtio0 virtio1 virt
   "vmm: balloon: target 16.0 MiB, held [0-9.]* MiB at the end; inflated 16.0 MiB" \
   "L2: vda sector 0 reads HULLDISK" "L2: hwrng" "L2: ping to the TAP host side works" \
   "L2: tcp from host: netbench recv bytes 16777216 .* intact" \
-  "L1: tcp from guest: netbench sink bytes 4194304 .* intact" \
+  "L1: tcp from guest: netbench sink bytes 16777216 .* intact" \
+  "L2: net offloads: csum 1 guest_csum 1 guest_tso4 1 host_tso4 1 mrg_rxbuf 1" \
   "L2: kernel warnings: 0" \
   "vmm: guest powered off" "L1: vmm exit status 0" "L1: the L2 guest's disk write is in the image" \
   "L1: testguest: PASS pit" "L1: testguest: ALL PASS" \

@@ -29,12 +29,20 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// Feature bits offered (the transport adds VIRTIO_F_VERSION_1).
     fn features(&self) -> u64;
-    /// Whether the transport offers VIRTIO_RING_F_EVENT_IDX for this device: only for one
-    /// whose `process_queue` drains the queue every time (a disk), since the transport then
-    /// re-arms notifies at the driver's latest entry.
+    /// Whether the transport offers VIRTIO_RING_F_EVENT_IDX for this device, whose
+    /// [`Self::rearm`] then says when the device wants the driver's next notify.
     fn event_idx(&self) -> bool {
         false
     }
+    /// With EVENT_IDX, after the device ran: asks the driver to notify queue `index` where the
+    /// device next needs it, and returns true when the driver has already added there (run
+    /// the queue again). The default suits a queue the device drains whenever it runs
+    /// (a disk's, a NIC's transmit queue): notify at the next entry.
+    fn rearm(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
+        queue.enable_notification(mem).unwrap_or(false)
+    }
+    /// The driver set DRIVER_OK having taken `acked` (a subset of what was offered).
+    fn ack_features(&mut self, _acked: u64) {}
     /// Reads device config space at `offset`; bytes past the end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// The driver writes config space at `offset` (untrusted bytes); read-only by default.
@@ -206,6 +214,40 @@ pub fn read_chain(descs: &[Desc], mem: &GuestMemory) -> Result<Vec<u8>, ChainErr
             })?;
     }
     Ok(buf)
+}
+
+/// The host addresses of a chain's buffers, for vectored I/O straight into or out of guest
+/// memory (empty buffers left out). `collect_chain` checked that each lies inside one RAM
+/// region, so each is one slice of the mapping; `None` if one is not.
+pub fn guest_iovecs(descs: &[Desc], mem: &GuestMemory) -> Option<Vec<libc::iovec>> {
+    use vm_memory::{GuestAddress, GuestMemoryBackend};
+    descs
+        .iter()
+        .filter(|d| d.len > 0)
+        .map(|d| {
+            let s = mem.get_slice(GuestAddress(d.addr), d.len as usize).ok()?;
+            Some(libc::iovec {
+                iov_base: s.ptr_guard_mut().as_ptr().cast(),
+                iov_len: s.len(),
+            })
+        })
+        .collect()
+}
+
+/// Drops the first `n` bytes of `iovs` (a header the other side does not take).
+pub fn skip_iovecs(iovs: &mut Vec<libc::iovec>, mut n: usize) {
+    while n > 0 && !iovs.is_empty() {
+        let first = &mut iovs[0];
+        if first.iov_len <= n {
+            n -= first.iov_len;
+            iovs.remove(0);
+        } else {
+            // SAFETY: advancing within the same buffer, by less than its length.
+            first.iov_base = unsafe { first.iov_base.cast::<u8>().add(n).cast() };
+            first.iov_len -= n;
+            n = 0;
+        }
+    }
 }
 
 pub fn add_used(queue: &mut Queue, mem: &GuestMemory, head: u16, len: u32) -> bool {

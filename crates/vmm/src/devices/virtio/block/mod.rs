@@ -31,7 +31,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::mmio::MmioTransport;
 use super::{
     ChainError, Desc, ResizeError, Resized, TYPE_BLOCK, VirtioDevice, add_used, collect_chain,
-    read_chain, read_config_bytes,
+    guest_iovecs, read_chain, read_config_bytes,
 };
 use crate::bus::lock;
 use crate::memory::GuestMemory;
@@ -39,7 +39,7 @@ use crate::stats::DeviceStats;
 
 pub const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
-/// Largest data transfer per request.
+/// Largest data transfer per request (and the I/O bounce buffer bound).
 const MAX_REQUEST_BYTES: u64 = 4 << 20;
 const F_SEG_MAX: u64 = 1 << 2;
 const F_RO: u64 = 1 << 5;
@@ -445,22 +445,6 @@ fn fallocate(file: &File, mode: libc::c_int, start: u64, len: u64) -> std::io::R
     }
 }
 
-/// The host addresses of a request's data buffers. `collect_chain` checked that each lies
-/// inside one RAM region, so each is one slice of the mapping; `None` if one is not.
-fn guest_iovecs(data: &[Desc], mem: &GuestMemory) -> Option<Vec<libc::iovec>> {
-    use vm_memory::GuestMemoryBackend;
-    data.iter()
-        .filter(|d| d.len > 0)
-        .map(|d| {
-            let s = mem.get_slice(GuestAddress(d.addr), d.len as usize).ok()?;
-            Some(libc::iovec {
-                iov_base: s.ptr_guard_mut().as_ptr().cast(),
-                iov_len: s.len(),
-            })
-        })
-        .collect()
-}
-
 /// Reads the file at `off` into `iovs` (or writes them there) until all are done: one
 /// `preadv`/`pwritev` per request where the kernel does it whole, resumed after a short one.
 fn vectored_io(
@@ -546,6 +530,13 @@ impl VirtioDevice for Block {
 
     fn event_idx(&self) -> bool {
         true
+    }
+
+    /// The I/O thread re-arms a disk's queue as it returns requests
+    /// ([`MmioTransport::complete`]); a vCPU, whose filter has no disk I/O, never runs it
+    /// (a notify KVM does not take, of another value or size, finds nothing to do).
+    fn rearm(&mut self, _index: usize, _queue: &mut Queue, _mem: &GuestMemory) -> bool {
+        false
     }
 
     fn features(&self) -> u64 {
@@ -689,7 +680,7 @@ mod tests {
         let irq = super::super::mmio::Interrupt::new().unwrap();
         let mut tr = MmioTransport::new(Box::new(b), m.clone(), irq.clone()).unwrap();
         let rings = [t.mock.desc_table_addr().0, t.mock.avail_addr().0, USED];
-        tr.start_for_test(features, rings, QSIZE);
+        tr.start_for_test(features, &[rings], QSIZE);
         (Mutex::new(tr), backend, irq, f)
     }
 

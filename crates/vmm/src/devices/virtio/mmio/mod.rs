@@ -216,6 +216,7 @@ impl MmioTransport {
             for q in &mut self.queues {
                 q.set_event_idx(event_idx);
             }
+            self.device.ack_features(self.driver_features);
         }
     }
 
@@ -228,25 +229,46 @@ impl MmioTransport {
         if !self.queues.get(i).is_some_and(|q| q.ready()) {
             return;
         }
-        loop {
-            let used = self.device.process_queue(i, &mut self.queues, &self.mem);
-            if !self.event_idx() {
-                if used {
-                    self.interrupt.signal_used();
-                }
-                return;
-            }
-            // With EVENT_IDX the driver says when it wants an interrupt and the device when
-            // it wants a notify: the device drained the queue, so it asks for one at the next
-            // entry, and looks again if the driver added some meanwhile.
-            let Some(q) = self.queues.get_mut(i) else {
-                return;
-            };
-            if used && q.needs_notification(&self.mem).unwrap_or(true) {
+        let used = self.device.process_queue(i, &mut self.queues, &self.mem);
+        self.finish(used);
+    }
+
+    /// After the device ran: without EVENT_IDX, the interrupt if it used buffers. With it,
+    /// the interrupt if a queue's driver asked for one by now, then each ready queue is
+    /// re-armed as the device says (its driver then notifies at the next entry the device
+    /// waits for), and a queue the driver added to meanwhile is run again, until every queue
+    /// is re-armed with nothing new: a queue left behind its re-arm would never be notified
+    /// again (each round serves what the driver added, so the loop ends when the driver
+    /// stops adding).
+    fn finish(&mut self, used: bool) {
+        if !self.event_idx() {
+            if used {
                 self.interrupt.signal_used();
             }
-            if !q.enable_notification(&self.mem).unwrap_or(false) {
-                return;
+            return;
+        }
+        let mut used = used;
+        loop {
+            if used {
+                let mut wanted = false;
+                for q in self.queues.iter_mut().filter(|q| q.ready()) {
+                    // Every queue is asked (asking resets its count of entries since the last).
+                    wanted |= q.needs_notification(&self.mem).unwrap_or(true);
+                }
+                if wanted {
+                    self.interrupt.signal_used();
+                }
+            }
+            let mem = &self.mem;
+            let again = self
+                .queues
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, q)| q.ready())
+                .find_map(|(j, q)| self.device.rearm(j, q, mem).then_some(j));
+            match again {
+                Some(j) => used = self.device.process_queue(j, &mut self.queues, &self.mem),
+                None => return,
             }
         }
     }
@@ -302,9 +324,8 @@ impl MmioTransport {
         if !self.driver_ok() {
             return;
         }
-        if self.device.process_host_event(&mut self.queues, &self.mem) {
-            self.interrupt.signal_used();
-        }
+        let used = self.device.process_host_event(&mut self.queues, &self.mem);
+        self.finish(used);
     }
 
     /// The host changed the device's backing (a disk image grew): the device re-reads it,
@@ -340,9 +361,9 @@ impl MmioTransport {
     }
 
     /// Brings the device up as a driver would, through its registers: `features` acked,
-    /// queue 0 at the given rings, DRIVER_OK.
+    /// queue `i` at `queues[i]`'s rings (descriptor table, avail, used), DRIVER_OK.
     #[cfg(test)]
-    pub(crate) fn start_for_test(&mut self, features: u64, rings: [u64; 3], size: u16) {
+    pub(crate) fn start_for_test(&mut self, features: u64, queues: &[[u64; 3]], size: u16) {
         let w = |t: &mut Self, off: u64, v: u32| t.write_reg(off, v);
         w(self, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         for sel in 0..2 {
@@ -354,14 +375,16 @@ impl MmioTransport {
             REG_STATUS,
             STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
         );
-        w(self, REG_QUEUE_SEL, 0);
-        w(self, REG_QUEUE_NUM, u32::from(size));
-        for (i, a) in rings.iter().enumerate() {
-            let low = [REG_QUEUE_DESC_LOW, REG_QUEUE_AVAIL_LOW, REG_QUEUE_USED_LOW][i];
-            w(self, low, *a as u32);
-            w(self, low + 4, (*a >> 32) as u32);
+        for (q, rings) in queues.iter().enumerate() {
+            w(self, REG_QUEUE_SEL, q as u32);
+            w(self, REG_QUEUE_NUM, u32::from(size));
+            for (i, a) in rings.iter().enumerate() {
+                let low = [REG_QUEUE_DESC_LOW, REG_QUEUE_AVAIL_LOW, REG_QUEUE_USED_LOW][i];
+                w(self, low, *a as u32);
+                w(self, low + 4, (*a >> 32) as u32);
+            }
+            w(self, REG_QUEUE_READY, 1);
         }
-        w(self, REG_QUEUE_READY, 1);
         w(
             self,
             REG_STATUS,
@@ -637,6 +660,57 @@ mod tests {
         let (mut d, _) = setup();
         assert!(matches!(d.host_resize(), Err(ResizeError::NotResizable(4))));
         assert_eq!(r(&mut d, REG_CONFIG_GENERATION), 0);
+    }
+
+    /// A device whose driver keeps adding while it runs: its re-arm says "more" for the
+    /// first `busy` rounds.
+    struct Busy {
+        busy: usize,
+        runs: Arc<Mutex<usize>>,
+    }
+    impl VirtioDevice for Busy {
+        fn device_type(&self) -> u32 {
+            4
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn event_idx(&self) -> bool {
+            true
+        }
+        fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
+        fn process_queue(&mut self, _i: usize, _q: &mut [Queue], _m: &GuestMemory) -> bool {
+            *crate::bus::lock(&self.runs) += 1;
+            false
+        }
+        fn rearm(&mut self, _i: usize, _q: &mut Queue, _m: &GuestMemory) -> bool {
+            let more = self.busy > 0;
+            self.busy = self.busy.saturating_sub(1);
+            more
+        }
+    }
+
+    #[test]
+    fn a_queue_is_run_until_its_rearm_finds_nothing_new() {
+        let runs = Arc::new(Mutex::new(0));
+        let dev = Busy {
+            busy: 20,
+            runs: runs.clone(),
+        };
+        let m = mem();
+        let mut t = MmioTransport::new(Box::new(dev), m, Interrupt::new().unwrap()).unwrap();
+        t.start_for_test(
+            VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
+            &[[0x1000, 0x1100, 0x1200]],
+            16,
+        );
+        t.notify(0);
+        // The notify's run, then one per round the driver added in: none is cut short (a
+        // queue left behind its re-arm would never be notified again).
+        assert_eq!(*crate::bus::lock(&runs), 21);
     }
 
     #[test]
