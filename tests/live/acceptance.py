@@ -273,6 +273,10 @@ def phase_reboot(work, state):
     check("3: the zone reaches the microVM again", zone_pings(m, z, "192.0.2.20", 30))
 
     # 4: writes inside both guests and record updates, then the plug.
+    # The counter's first version is made durable (the pool's btrfs commits every 30 s; the
+    # loop runs 6 s): what the pulled plug may then leave is the last committed version of a
+    # file only ever replaced by rename, never none and never a torn one.
+    m.run(f"zlogin {z} sh -c 'echo 0 > /root/counter; sync'")
     m.run(f"zlogin {z} sh -c 'i=0; while :; do i=$((i+1)); dd if=/dev/urandom of=/root/junk bs=64k count=4 2>/dev/null; "
           "echo $i > /root/counter.tmp && mv /root/counter.tmp /root/counter; done' > /dev/null 2>&1 &")
     vm_console(m, u, "(i=0; while :; do i=$((i+1)); dd if=/dev/zero of=/data/junk bs=64k count=4 2>/dev/null; "
