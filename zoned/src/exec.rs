@@ -404,12 +404,14 @@ impl Relay {
 
     /// Sends `sig` on as a terminal would: to the foreground process group of the pty, or
     /// to the command's own (it leads a session of its own), or to the command itself if
-    /// it has not made its group yet.
+    /// it has not made its group yet. A pty without a foreground group answers 0, and
+    /// killpg(0) would signal this process's own group: the command's is used then.
     fn forward(&self, sig: Signal, child: Pid) {
         let group = self
             .pty
             .as_ref()
             .and_then(|m| nix::unistd::tcgetpgrp(m).ok())
+            .filter(|g| g.as_raw() > 0)
             .unwrap_or(child);
         if nix::sys::signal::killpg(group, sig).is_err() {
             let _ = nix::sys::signal::kill(child, sig);
