@@ -59,6 +59,8 @@ pub struct VmmArgs {
     /// `--balloon`: give the guest a virtio-balloon, asking it for this many MiB at first
     /// (0: none yet; the control socket's `balloon` request changes it).
     pub balloon: Option<u64>,
+    /// `--disk-io`: how the disks' data moves; `None` is [`DiskIo::Auto`].
+    pub disk_io: Option<DiskIo>,
     /// `--save-cpuid`: save KVM's supported CPUID there and exit.
     pub save_cpuid: Option<PathBuf>,
     /// `--extract-vmlinux`: write the vmlinux inside the `kernel` bzImage there and exit.
@@ -132,7 +134,7 @@ impl fmt::Display for ArgvError {
 impl std::error::Error for ArgvError {}
 
 /// Every flag, as [`VmmArgs::to_argv`] writes them.
-const FLAGS: [&str; 21] = [
+const FLAGS: [&str; 22] = [
     "--kernel",
     "--initrd",
     "--cmdline",
@@ -150,11 +152,46 @@ const FLAGS: [&str; 21] = [
     "--metadata",
     "--dhcp",
     "--balloon",
+    "--disk-io",
     "--save-cpuid",
     "--extract-vmlinux",
     "--find-boot",
     "--boot-out",
 ];
+
+/// How a microVM's disks move their data (`--disk-io`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DiskIo {
+    /// io_uring where the kernel gives one, else the VMM's I/O thread.
+    #[default]
+    Auto,
+    /// io_uring, or the VM does not start.
+    IoUring,
+    /// The VMM's I/O thread, one request after another.
+    Thread,
+}
+
+impl DiskIo {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskIo::Auto => "auto",
+            DiskIo::IoUring => "io_uring",
+            DiskIo::Thread => "thread",
+        }
+    }
+}
+
+impl std::str::FromStr for DiskIo {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [DiskIo::Auto, DiskIo::IoUring, DiskIo::Thread]
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not auto, io_uring or thread"))
+    }
+}
 
 fn push(out: &mut Vec<OsString>, flag: &str, value: impl Into<OsString>) {
     out.push(flag.into());
@@ -265,6 +302,9 @@ impl VmmArgs {
         if let Some(m) = self.balloon {
             push(o, "--balloon", m.to_string());
         }
+        if let Some(d) = self.disk_io {
+            push(o, "--disk-io", d.as_str());
+        }
         if let Some(p) = &self.save_cpuid {
             push(o, "--save-cpuid", p);
         }
@@ -318,6 +358,7 @@ impl VmmArgs {
                 "--metadata" => set_once(&mut a.metadata, flag, path)?,
                 "--dhcp" => a.dhcp.push(value.parse().map_err(|_| bad())?),
                 "--balloon" => set_once(&mut a.balloon, flag, value.parse().map_err(|_| bad())?)?,
+                "--disk-io" => set_once(&mut a.disk_io, flag, value.parse().map_err(|_| bad())?)?,
                 "--save-cpuid" => set_once(&mut a.save_cpuid, flag, path)?,
                 "--extract-vmlinux" => set_once(&mut a.extract_vmlinux, flag, path)?,
                 "--find-boot" => set_once(&mut a.find_boot, flag, path)?,
@@ -375,6 +416,7 @@ impl VmmArgs {
                 lease_secs: 3600,
             }],
             balloon: Some(64),
+            disk_io: Some(DiskIo::IoUring),
             save_cpuid: None,
             extract_vmlinux: Some("/tmp/out".into()),
             find_boot: Some("/vm/disk0".into()),
@@ -400,7 +442,7 @@ mod tests {
              --exit-file /run/vmm/exit.json --uuid 9f4c2d1e-0000-4000-8000-000000000001 \
              --metadata /run/vmm/metadata.sock \
              --dhcp {\"nic\":0,\"address\":\"192.0.2.10\",\"prefix\":24,\"routers\":[\"192.0.2.1\"],\"hostname\":\"web\",\"lease_secs\":3600} \
-             --balloon 64 --extract-vmlinux /tmp/out --find-boot /vm/disk0 --boot-out /tmp/boot"
+             --balloon 64 --disk-io io_uring --extract-vmlinux /tmp/out --find-boot /vm/disk0 --boot-out /tmp/boot"
         );
         assert_eq!(VmmArgs::from_argv(&argv), Ok(a));
         let save = VmmArgs {

@@ -24,7 +24,8 @@ pub mod found;
 pub mod stats;
 
 pub use args::{
-    ArgvError, Console, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, DEFAULT_VCPUS, Disk, MacAddr, VmmArgs,
+    ArgvError, Console, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, DEFAULT_VCPUS, Disk, DiskIo, MacAddr,
+    VmmArgs,
 };
 pub use control::{ControlReply, ControlRequest, DiskResized};
 pub use dhcp::{DhcpLease, DhcpRoute};

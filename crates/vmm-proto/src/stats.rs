@@ -16,6 +16,10 @@ pub struct StatsReport {
     /// frequent first (absent from VMMs that predate it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exits: Vec<ExitCount>,
+    /// How the disks' data moves: `io_uring`, or `thread` (the VMM's I/O thread, one
+    /// request after another); absent without disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_io: Option<String>,
     /// The balloon, for VMs that have one (`--balloon`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<BalloonReport>,

@@ -149,7 +149,11 @@ pub struct VmConfig {
     pub dhcp: Vec<hull_vmm_proto::DhcpLease>,
     /// A virtio-balloon, and the MiB it asks the guest for at first.
     pub balloon: Option<u64>,
+    /// How the disks' data moves.
+    pub disk_io: DiskIo,
 }
+
+pub use hull_vmm_proto::DiskIo;
 
 impl VmConfig {
     /// Checks ranges the rest of the crate relies on.
@@ -260,6 +264,7 @@ mod tests {
             metadata: None,
             dhcp: Vec::new(),
             balloon: Some(128),
+            disk_io: DiskIo::Auto,
         };
         assert!(c.validate().is_ok());
         c.balloon = Some(129);

@@ -25,7 +25,7 @@ use hull_vmm::config::{ConsoleConfig, DiskConfig, NetConfig, VmConfig, usable_ma
 use hull_vmm::exit_file::ExitFile;
 use hull_vmm::{StopReason, run};
 use hull_vmm_proto::{
-    Console, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, DEFAULT_VCPUS, DhcpLease, Disk, ExitReason,
+    Console, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, DEFAULT_VCPUS, DhcpLease, Disk, DiskIo, ExitReason,
     ExitRecord, MacAddr, VmmArgs,
 };
 
@@ -86,6 +86,12 @@ struct Args {
     /// the target; `stats` shows what the guest gave back.
     #[arg(long, value_name = "MIB")]
     balloon: Option<u64>,
+    /// How the disks' data moves: io_uring (a whole batch of requests in flight at once, the
+    /// ring restricted to reads, writes and flushes of the disks' files), thread (the I/O
+    /// thread, one request after another), or auto (io_uring where the kernel gives one,
+    /// else thread; `stats` says which).
+    #[arg(long, value_name = "auto|io_uring|thread")]
+    disk_io: Option<DiskIo>,
     /// KVM's supported CPUID as --save-cpuid wrote it on this host, instead of asking KVM
     /// (which costs ~60 host CPUID instructions). Stale tables are the caller's to avoid:
     /// vmmd keeps one per host boot and KVM module state.
@@ -160,6 +166,7 @@ where
         metadata: args.metadata,
         dhcp: args.dhcp,
         balloon: args.balloon,
+        disk_io: args.disk_io,
         save_cpuid: args.save_cpuid,
         extract_vmlinux: args.extract_vmlinux,
         find_boot: args.find_boot,
@@ -205,6 +212,7 @@ fn vm_config(args: VmmArgs, kernel: PathBuf) -> VmConfig {
         metadata: args.metadata,
         dhcp: args.dhcp,
         balloon: args.balloon,
+        disk_io: args.disk_io.unwrap_or_default(),
     }
 }
 

@@ -102,6 +102,8 @@ pub struct Stats {
     pub serial_batched: AtomicU64,
     /// The balloon's counters, once one is made.
     pub balloon: OnceLock<Arc<BalloonStats>>,
+    /// How the disks' data moves (`io_uring` or `thread`), once a VM with disks runs.
+    pub disk_io: OnceLock<&'static str>,
 }
 
 impl Stats {
@@ -112,6 +114,7 @@ impl Stats {
             pit: AtomicBool::new(false),
             serial_batched: AtomicU64::new(0),
             balloon: OnceLock::new(),
+            disk_io: OnceLock::new(),
         }
     }
 
@@ -161,6 +164,7 @@ impl Stats {
                 })
                 .collect(),
             pit: self.pit.load(Ordering::Relaxed),
+            disk_io: self.disk_io.get().map(|s| s.to_string()),
             serial_batched: ld(&self.serial_batched),
             exits: self.exit_table(),
             balloon: self.balloon.get().map(|b| {

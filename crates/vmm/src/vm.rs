@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::acpi::AcpiLayout;
 use crate::boot::{self, BootError, regs};
 use crate::bus::{Bus, BusError, lock};
-use crate::config::{ConfigError, ConsoleConfig, NetConfig, VmConfig};
+use crate::config::{ConfigError, ConsoleConfig, DiskIo, NetConfig, VmConfig};
 use crate::control::{ControlError, ControlServer, Controller};
 use crate::devices::IrqTrigger;
 use crate::devices::acpi_pm::{ACPI_PM_BASE, ACPI_PM_LEN, AcpiPm, PowerSink};
@@ -32,7 +32,7 @@ use crate::devices::serial::{
 };
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::balloon::{Balloon, DontNeed, balloon_pages};
-use crate::devices::virtio::block::{self as block, Backend, Block, BlockError};
+use crate::devices::virtio::block::{self as block, Backend, Block, BlockError, DiskRing};
 use crate::devices::virtio::mmio::{Interrupt, MmioError, MmioTransport, QUEUE_NOTIFY};
 use crate::devices::virtio::net::{Net, NetError, TX_QUEUE as NET_TX_QUEUE, Tap};
 use crate::devices::virtio::rng::{GetRandom, Rng};
@@ -501,11 +501,16 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
         Ok(kick)
     };
     let disks = backends.len();
+    let ring = disk_ring(config.disk_io, &backends)?;
+    stats
+        .disk_io
+        .set(if ring.is_some() { "io_uring" } else { "thread" })
+        .ok();
     for (i, (backend, p)) in backends.into_iter().zip(&placed).enumerate() {
         io_queues.push(IoQueue {
             kick: kick_at(i, 0)?,
             transport: p.transport.clone(),
-            serve: Serve::Disk(backend),
+            serve: Serve::Disk(backend, i as u32),
         });
     }
     for (i, p) in placed.iter().enumerate().skip(disks) {
@@ -643,7 +648,7 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
     // one for their I/O. Nothing else: each thread costs a clone and, under its own seccomp filter, a
     // BPF compile in the kernel.
     if !io_queues.is_empty() {
-        let io = IoThread::new(io_queues, mem.clone()).map_err(host("I/O thread"))?;
+        let io = IoThread::new(io_queues, ring, mem.clone()).map_err(host("I/O thread"))?;
         let st = state.clone();
         std::thread::Builder::new()
             .name("io".into())
@@ -688,6 +693,24 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
     Ok(reason)
 }
 
+/// The disks' io_uring as `mode` asks: none for `Thread` or without disks; for `Auto`, one
+/// where the kernel gives it (else the I/O thread serves the disks, and says why); for
+/// `IoUring`, one or the error.
+fn disk_ring(mode: DiskIo, backends: &[Arc<Backend>]) -> Result<Option<DiskRing>, VmError> {
+    if mode == DiskIo::Thread || backends.is_empty() {
+        return Ok(None);
+    }
+    let fds: Vec<RawFd> = backends.iter().map(|b| b.raw_fd()).collect();
+    match DiskRing::new(&fds) {
+        Ok(ring) => Ok(Some(ring)),
+        Err(e) if mode == DiskIo::Auto => {
+            eprintln!("vmm: no io_uring for the disks ({e}); the I/O thread serves them itself");
+            Ok(None)
+        }
+        Err(e) => Err(host("io_uring for the disks")(e)),
+    }
+}
+
 /// A queue the I/O thread serves, and how.
 struct IoQueue {
     kick: EventFd,
@@ -696,8 +719,9 @@ struct IoQueue {
 }
 
 enum Serve {
-    /// A disk's queue: the I/O runs without the transport's lock ([`block::serve_kicked`]).
-    Disk(Arc<Backend>),
+    /// A disk's queue: the I/O runs without the transport's lock ([`block::serve_kicked`]);
+    /// the disk's file is this slot of the I/O thread's ring, when it has one.
+    Disk(Arc<Backend>, u32),
     /// A queue the device serves under the lock, as a vCPU's notify would (a NIC's TX).
     Notify(u32),
 }
@@ -708,11 +732,17 @@ enum Serve {
 struct IoThread {
     epoll: Epoll,
     queues: Vec<IoQueue>,
+    /// The disks' io_uring, where there is one.
+    ring: Option<DiskRing>,
     mem: GuestMemory,
 }
 
 impl IoThread {
-    fn new(queues: Vec<IoQueue>, mem: GuestMemory) -> std::io::Result<Self> {
+    fn new(
+        queues: Vec<IoQueue>,
+        ring: Option<DiskRing>,
+        mem: GuestMemory,
+    ) -> std::io::Result<Self> {
         let epoll = Epoll::new()?;
         for (i, q) in queues.iter().enumerate() {
             epoll.ctl(
@@ -721,10 +751,15 @@ impl IoThread {
                 EpollEvent::new(EventSet::IN, i as u64),
             )?;
         }
-        Ok(IoThread { epoll, queues, mem })
+        Ok(IoThread {
+            epoll,
+            queues,
+            ring,
+            mem,
+        })
     }
 
-    fn run(self, state: &RunState) {
+    fn run(mut self, state: &RunState) {
         if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadRole::Io) {
             state.stop(StopReason::VmmFailure(format!("I/O thread: {e}")));
             return;
@@ -746,7 +781,14 @@ impl IoThread {
                 // The count only says "kicked"; the queue says what to do.
                 let _ = q.kick.read();
                 match &q.serve {
-                    Serve::Disk(backend) => block::serve_kicked(&q.transport, backend, &self.mem),
+                    Serve::Disk(backend, slot) => {
+                        let ring = self.ring.as_mut().map(|r| (r, *slot));
+                        if let Err(e) = block::serve_kicked(&q.transport, backend, &self.mem, ring)
+                        {
+                            state.stop(StopReason::VmmFailure(format!("disk io_uring: {e}")));
+                            return;
+                        }
+                    }
                     Serve::Notify(index) => lock(&q.transport).notify(*index),
                 }
             }

@@ -37,6 +37,9 @@ use crate::bus::lock;
 use crate::memory::GuestMemory;
 use crate::stats::DeviceStats;
 
+mod uring;
+pub use uring::DiskRing;
+
 pub const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
 /// Largest data transfer per request (and the I/O bounce buffer bound).
@@ -202,22 +205,38 @@ pub const MAX_CHAIN_BYTES: u64 = MAX_REQUEST_BYTES + 4096;
 /// ioeventfd: takes what the driver made available under the transport's lock, does the
 /// I/O without it (a vCPU reading the interrupt status meanwhile does not wait for the
 /// disk), and returns the requests under it again, until the driver has added no more.
-pub fn serve_kicked(transport: &Mutex<MmioTransport>, backend: &Backend, mem: &GuestMemory) {
+/// With a ring (`Some((ring, slot))`, the disk's file at `slot` of the ring's files) a
+/// batch's data moves through io_uring, all its requests in flight at once; without one,
+/// one request after the other on this thread. A ring that fails is the error.
+pub fn serve_kicked(
+    transport: &Mutex<MmioTransport>,
+    backend: &Backend,
+    mem: &GuestMemory,
+    mut ring: Option<(&mut DiskRing, u32)>,
+) -> std::io::Result<()> {
     loop {
         let Some((batch, resets)) = lock(transport).take_available(0, MAX_CHAIN_BYTES) else {
-            return;
+            return Ok(());
         };
-        let done: Vec<(u16, u32)> = batch
-            .into_iter()
-            .map(|(head, descs)| (head, backend.handle(descs, mem)))
-            .collect();
+        let done: Vec<(u16, u32)> = match ring.as_mut() {
+            Some((ring, slot)) => ring.serve(backend, *slot, batch, mem)?,
+            None => batch
+                .into_iter()
+                .map(|(head, descs)| (head, backend.handle(descs, mem)))
+                .collect(),
+        };
         if !lock(transport).complete(0, resets, &done) {
-            return;
+            return Ok(());
         }
     }
 }
 
 impl Backend {
+    /// The image's descriptor, for a [`DiskRing`]'s fixed files.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+
     fn size(&self) -> u64 {
         self.size.load(Ordering::Relaxed)
     }
@@ -225,25 +244,111 @@ impl Backend {
     /// Serves one request whose chain was walked into `descs`: writes its status byte and
     /// returns the used length (0 for a chain too malformed to carry a status).
     pub fn handle(&self, descs: Result<Vec<Desc>, ChainError>, mem: &GuestMemory) -> u32 {
-        match descs.and_then(|d| Ok((self.serve(&d, mem)?, d))) {
-            Ok(((st, written), descs)) => {
-                let status_addr = descs.last().map_or(0, |d| d.addr);
-                if mem.write_obj(st, GuestAddress(status_addr)).is_ok() {
-                    written + 1
-                } else {
-                    0
-                }
+        match self.start(descs, mem) {
+            Some((status_addr, work)) => {
+                let (st, written) = self.finish(work);
+                self.reply(mem, status_addr, st, written)
             }
+            None => 0,
+        }
+    }
+
+    /// Checks a request and serves what needs no data moved (get-id, discard,
+    /// write-zeroes, refusals); returns where its status goes and what is left to do, or
+    /// `None` for a chain too malformed to carry a status (counted as an error).
+    fn start(
+        &self,
+        descs: Result<Vec<Desc>, ChainError>,
+        mem: &GuestMemory,
+    ) -> Option<(u64, Work)> {
+        match descs.and_then(|d| Ok((self.plan(&d, mem)?, d))) {
+            Ok((work, descs)) => Some((descs.last().map_or(0, |d| d.addr), work)),
             Err(_) => {
                 DeviceStats::add(&self.stats.errors, 1);
-                0
+                None
             }
         }
     }
 
-    /// Serves one request; returns (status, bytes written into guest buffers) or an error for
-    /// chains too malformed to carry a status.
-    fn serve(&self, descs: &[Desc], mem: &GuestMemory) -> Result<(u8, u32), ChainError> {
+    /// Does a request's data transfer or flush on this thread (a [`Work::Done`] is
+    /// returned as it is); gives its status and the bytes written into guest buffers.
+    fn finish(&self, work: Work) -> (u8, u32) {
+        match work {
+            Work::Done(st, written) => (st, written),
+            Work::Io(Io::Flush) => self.flushed(self.file.sync_data().is_ok()),
+            Work::Io(Io::Rw {
+                read,
+                start,
+                len,
+                mut iovs,
+            }) => self.moved(
+                read,
+                len,
+                vectored_io(&self.file, read, &mut iovs, start).is_ok(),
+            ),
+        }
+    }
+
+    /// A request's status once the ring completed its I/O with `res` (bytes moved, or a
+    /// negative errno); a short transfer is finished here, as `preadv` would resume it.
+    fn completed(&self, io: &mut Io, res: i32) -> (u8, u32) {
+        match io {
+            Io::Flush => self.flushed(res >= 0),
+            Io::Rw {
+                read,
+                start,
+                len,
+                iovs,
+            } => {
+                let ok = match u64::try_from(res) {
+                    Err(_) | Ok(0) => false,
+                    Ok(n) if n >= *len => true,
+                    Ok(n) => {
+                        let first = skip(iovs, n as usize);
+                        vectored_io(&self.file, *read, &mut iovs[first..], *start + n).is_ok()
+                    }
+                };
+                self.moved(*read, *len, ok)
+            }
+        }
+    }
+
+    /// A flush's status once the image's data reached the disk (or did not).
+    fn flushed(&self, ok: bool) -> (u8, u32) {
+        (if ok { S_OK } else { S_IOERR }, 0)
+    }
+
+    /// A read's or write's status once its data moved (or did not), counted.
+    fn moved(&self, read: bool, len: u64, ok: bool) -> (u8, u32) {
+        match (ok, read) {
+            (false, _) => (S_IOERR, 0),
+            (true, true) => {
+                DeviceStats::add(&self.stats.read_bytes, len);
+                (S_OK, len as u32)
+            }
+            (true, false) => {
+                DeviceStats::add(&self.stats.written_bytes, len);
+                (S_OK, 0)
+            }
+        }
+    }
+
+    /// Writes a served request's status byte; returns its used length (0 when the status
+    /// cannot be written).
+    fn reply(&self, mem: &GuestMemory, status_addr: u64, st: u8, written: u32) -> u32 {
+        if st == S_IOERR {
+            DeviceStats::add(&self.stats.errors, 1);
+        }
+        if mem.write_obj(st, GuestAddress(status_addr)).is_ok() {
+            written + 1
+        } else {
+            0
+        }
+    }
+
+    /// Checks one request; returns what serving it takes, or an error for chains too
+    /// malformed to carry a status.
+    fn plan(&self, descs: &[Desc], mem: &GuestMemory) -> Result<Work, ChainError> {
         let (hdr, rest) = descs
             .split_first()
             .ok_or(ChainError::Malformed("empty chain"))?;
@@ -282,32 +387,23 @@ impl Backend {
             return Err(ChainError::Direction { index: i + 1 });
         }
         DeviceStats::add(&self.stats.requests, 1);
-        let (st, written) = match kind {
+        Ok(match kind {
             T_IN | T_OUT => self.rw(kind == T_IN, sector, data, data_len, mem),
-            T_FLUSH => {
-                if self.read_only || self.file.sync_data().is_ok() {
-                    (S_OK, 0)
-                } else {
-                    (S_IOERR, 0)
-                }
-            }
+            T_FLUSH if self.read_only => Work::Done(S_OK, 0),
+            T_FLUSH => Work::Io(Io::Flush),
             T_GET_ID => match data.first() {
                 Some(d) => {
                     let n = (d.len as usize).min(ID_BYTES);
                     match mem.write_slice(&self.id[..n], GuestAddress(d.addr)) {
-                        Ok(()) => (S_OK, n as u32),
-                        Err(_) => (S_IOERR, 0),
+                        Ok(()) => Work::Done(S_OK, n as u32),
+                        Err(_) => Work::Done(S_IOERR, 0),
                     }
                 }
-                None => (S_IOERR, 0),
+                None => Work::Done(S_IOERR, 0),
             },
-            T_DISCARD | T_WRITE_ZEROES => (self.ranges(kind, data, data_len, mem), 0),
-            _ => (S_UNSUPP, 0),
-        };
-        if st == S_IOERR {
-            DeviceStats::add(&self.stats.errors, 1);
-        }
-        Ok((st, written))
+            T_DISCARD | T_WRITE_ZEROES => Work::Done(self.ranges(kind, data, data_len, mem), 0),
+            _ => Work::Done(S_UNSUPP, 0),
+        })
     }
 
     /// Serves discard and write-zeroes: `data` holds 16-byte ranges (sector, sector count,
@@ -361,33 +457,50 @@ impl Backend {
         S_OK
     }
 
-    fn rw(&self, read: bool, sector: u64, data: &[Desc], len: u64, mem: &GuestMemory) -> (u8, u32) {
+    fn rw(&self, read: bool, sector: u64, data: &[Desc], len: u64, mem: &GuestMemory) -> Work {
         if !read && self.read_only {
-            return (S_IOERR, 0);
+            return Work::Done(S_IOERR, 0);
         }
         let Some(start) = sector.checked_mul(SECTOR_SIZE) else {
-            return (S_IOERR, 0);
+            return Work::Done(S_IOERR, 0);
         };
         if !len.is_multiple_of(SECTOR_SIZE)
             || len > MAX_REQUEST_BYTES
             || start.checked_add(len).is_none_or(|end| end > self.size())
         {
-            return (S_IOERR, 0);
+            return Work::Done(S_IOERR, 0);
         }
-        let Some(mut iovs) = guest_iovecs(data, mem) else {
-            return (S_IOERR, 0);
-        };
-        if vectored_io(&self.file, read, &mut iovs, start).is_err() {
-            return (S_IOERR, 0);
-        }
-        if read {
-            DeviceStats::add(&self.stats.read_bytes, len);
-            (S_OK, len as u32)
-        } else {
-            DeviceStats::add(&self.stats.written_bytes, len);
-            (S_OK, 0)
+        match guest_iovecs(data, mem) {
+            Some(iovs) => Work::Io(Io::Rw {
+                read,
+                start,
+                len,
+                iovs,
+            }),
+            None => Work::Done(S_IOERR, 0),
         }
     }
+}
+
+/// What a checked request still needs.
+enum Work {
+    /// Nothing: its status and the bytes written into guest buffers.
+    Done(u8, u32),
+    /// I/O on the image.
+    Io(Io),
+}
+
+/// A request's I/O on the image, done on the I/O thread or through io_uring.
+enum Io {
+    /// Its data moved between the image at `start` and the guest's buffers.
+    Rw {
+        read: bool,
+        start: u64,
+        len: u64,
+        iovs: Vec<libc::iovec>,
+    },
+    /// The image's data on the disk.
+    Flush,
 }
 
 /// Gives the range's blocks back to the file system. Discard is a hint: a file system that
@@ -479,22 +592,29 @@ fn vectored_io(
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        let mut n = n as usize;
         off += n as u64;
-        while n > 0 && first < iovs.len() {
-            let v = &mut iovs[first];
-            if n >= v.iov_len {
-                n -= v.iov_len;
-                first += 1;
-            } else {
-                // SAFETY: advancing within the same buffer, by less than its length.
-                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n).cast() };
-                v.iov_len -= n;
-                n = 0;
-            }
-        }
+        first += skip(&mut iovs[first..], n as usize);
     }
     Ok(())
+}
+
+/// Drops the first `n` bytes of `iovs` (a transfer that got that far): returns how many
+/// buffers are done whole, and shortens the one it stopped inside.
+fn skip(iovs: &mut [libc::iovec], mut n: usize) -> usize {
+    let mut first = 0;
+    while n > 0 && first < iovs.len() {
+        let v = &mut iovs[first];
+        if n >= v.iov_len {
+            n -= v.iov_len;
+            first += 1;
+        } else {
+            // SAFETY: advancing within the same buffer, by less than its length.
+            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n).cast() };
+            v.iov_len -= n;
+            n = 0;
+        }
+    }
+    first
 }
 
 /// The file's size by the `fstat` syscall itself: std's `metadata` tries `statx` first and
@@ -693,7 +813,7 @@ mod tests {
         for n in 0..3 {
             read_request(&mut t, &m, n, 5 + n);
         }
-        serve_kicked(&tr, &backend, &m);
+        serve_kicked(&tr, &backend, &m, None).unwrap();
         assert_eq!(used_idx(&m), 3);
         for n in 0..3u64 {
             assert_eq!(read(&m, 0xc000 + n, 1)[0], S_OK);
@@ -708,10 +828,168 @@ mod tests {
         // The driver wants its next interrupt only after the 10th completion: none now.
         set_used_event(&t, &m, 9);
         read_request(&mut t, &m, 3, 1);
-        serve_kicked(&tr, &backend, &m);
+        serve_kicked(&tr, &backend, &m, None).unwrap();
         assert_eq!(used_idx(&m), 4);
         assert!(irq.irqfd.read().is_err(), "interrupt despite used_event");
         assert_eq!(avail_event(&m), 4);
+    }
+
+    /// A write of `fill` to sector `sector` as request `n` (addresses as `read_request`'s).
+    fn write_request(t: &mut TestQueue, m: &GuestMemory, n: u64, sector: u64, fill: u8) {
+        let (hdr, data, status) = (0x8000 + n * 0x20, 0x20000 + n * 0x1000, 0xc000 + n);
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&T_OUT.to_le_bytes());
+        h[8..].copy_from_slice(&sector.to_le_bytes());
+        write(m, hdr, &h);
+        write(m, data, &[fill; 512]);
+        write(m, status, &[0xee]);
+        t.add_chain(&[(hdr, 16, 0), (data, 512, 0), (status, 1, F_WRITE)]);
+    }
+
+    /// A request of `kind` without data (a flush) as request `n`.
+    fn bare_request(t: &mut TestQueue, m: &GuestMemory, n: u64, kind: u32) {
+        let (hdr, status) = (0x8000 + n * 0x20, 0xc000 + n);
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&kind.to_le_bytes());
+        write(m, hdr, &h);
+        write(m, status, &[0xee]);
+        t.add_chain(&[(hdr, 16, 0), (status, 1, F_WRITE)]);
+    }
+
+    /// The ring where this kernel gives one; `None` (the test then checks nothing more)
+    /// only where io_uring is missing or switched off, which the message says.
+    fn ring_for(backend: &Backend) -> Option<DiskRing> {
+        match DiskRing::new(&[backend.raw_fd()]) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let off = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                    .is_ok_and(|v| v.trim() != "0");
+                assert!(
+                    off || e.raw_os_error() == Some(libc::ENOSYS),
+                    "io_uring is on here, but no ring: {e}"
+                );
+                eprintln!("no io_uring on this kernel ({e}): ring path not tested");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn the_ring_serves_a_batch_of_reads_writes_and_a_flush_in_one_go() {
+        let m = mem();
+        let mut t = TestQueue::new(&m);
+        let features = super::super::VIRTIO_F_VERSION_1 | super::super::VIRTIO_RING_F_EVENT_IDX;
+        let (tr, backend, irq, f) = kicked_disk(&m, &t, features);
+        let Some(mut ring) = ring_for(&backend) else {
+            return;
+        };
+        read_request(&mut t, &m, 0, 5);
+        write_request(&mut t, &m, 1, 9, 0xa5);
+        read_request(&mut t, &m, 2, 15);
+        bare_request(&mut t, &m, 3, T_FLUSH);
+        bare_request(&mut t, &m, 4, 99);
+        write_request(&mut t, &m, 5, 16, 0x11);
+        serve_kicked(&tr, &backend, &m, Some((&mut ring, 0))).unwrap();
+        assert_eq!(used_idx(&m), 6);
+        let st = |n: u64| read(&m, 0xc000 + n, 1)[0];
+        assert_eq!(
+            (0..6).map(st).collect::<Vec<_>>(),
+            [S_OK, S_OK, S_OK, S_OK, S_UNSUPP, S_IOERR],
+            "read, write, read, flush, unknown type, write past the end"
+        );
+        assert!(read(&m, 0x20000, 512) == vec![5; 512]);
+        assert!(read(&m, 0x22000, 512) == vec![15; 512]);
+        assert_eq!(
+            (0..6).map(|n| used_len(&m, n)).collect::<Vec<_>>(),
+            [513, 1, 513, 1, 1, 1]
+        );
+        let content = std::fs::read(f.path()).unwrap();
+        assert_eq!(&content[9 * 512..10 * 512], &[0xa5; 512]);
+        assert_eq!(
+            content.len(),
+            16 * 512,
+            "the write past the end wrote nothing"
+        );
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!(ld(&backend.stats.read_bytes), 1024);
+        assert_eq!(ld(&backend.stats.written_bytes), 512);
+        assert_eq!(ld(&backend.stats.errors), 1);
+        assert_eq!(irq.irqfd.read().unwrap(), 1, "one interrupt for the batch");
+    }
+
+    #[test]
+    fn a_short_transfer_from_the_ring_is_finished_on_the_thread() {
+        let m = mem();
+        let (b, _f) = disk(16, false);
+        let backend = b.backend();
+        write(&m, 0x20000, &[0; 1024]);
+        let iovs = guest_iovecs(
+            &[Desc {
+                addr: 0x20000,
+                len: 1024,
+                write_only: true,
+            }],
+            &m,
+        )
+        .unwrap();
+        let mut io = Io::Rw {
+            read: true,
+            start: 4 * SECTOR_SIZE,
+            len: 1024,
+            iovs,
+        };
+        // The ring moved the first 512 bytes (sector 4), so the buffer's first half holds
+        // what it put there (zeroes here), and the rest is read from sector 5.
+        assert_eq!(backend.completed(&mut io, 512), (S_OK, 1024));
+        assert!(read(&m, 0x20000, 512) == vec![0; 512]);
+        assert!(read(&m, 0x20200, 512) == vec![5; 512]);
+        assert_eq!(backend.completed(&mut io, -libc::EIO), (S_IOERR, 0));
+        assert_eq!(backend.completed(&mut io, 0), (S_IOERR, 0), "no progress");
+        assert_eq!(backend.completed(&mut Io::Flush, 0), (S_OK, 0));
+        assert_eq!(backend.completed(&mut Io::Flush, -libc::EIO), (S_IOERR, 0));
+    }
+
+    #[test]
+    fn the_ring_refuses_other_opcodes_descriptors_and_registrations() {
+        let (b, f) = disk(16, false);
+        let backend = b.backend();
+        let Some(mut ring) = ring_for(&backend) else {
+            return;
+        };
+        let other = std::fs::File::open(f.path()).unwrap();
+        let mut buf = [0u8; 512];
+        let iov = [libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        use io_uring::{opcode, types};
+        let path = c"/etc/passwd";
+        let cases = [
+            (
+                "readv of a descriptor not registered",
+                opcode::Readv::new(types::Fd(other.as_raw_fd()), iov.as_ptr(), 1).build(),
+            ),
+            (
+                "openat",
+                opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr()).build(),
+            ),
+            (
+                "read (not vectored) of the disk",
+                opcode::Read::new(types::Fixed(0), buf.as_mut_ptr(), 512).build(),
+            ),
+        ];
+        for (what, entry) in cases {
+            assert_eq!(ring.raw_result(&entry), -libc::EACCES, "{what}");
+        }
+        let ok = opcode::Readv::new(types::Fixed(0), iov.as_ptr(), 1)
+            .offset(512 * 3)
+            .build();
+        assert_eq!(ring.raw_result(&ok), 512, "readv of the disk");
+        assert_eq!(buf, [3; 512]);
+        let e = ring
+            .register_files_update(0, &[other.as_raw_fd()])
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
     }
 
     #[test]
@@ -721,11 +999,11 @@ mod tests {
         let (tr, backend, irq, _f) = kicked_disk(&m, &t, super::super::VIRTIO_F_VERSION_1);
         set_used_event(&t, &m, 9);
         read_request(&mut t, &m, 0, 2);
-        serve_kicked(&tr, &backend, &m);
+        serve_kicked(&tr, &backend, &m, None).unwrap();
         assert_eq!(used_idx(&m), 1);
         assert_eq!(irq.irqfd.read().unwrap(), 1);
         // Nothing new: no interrupt.
-        serve_kicked(&tr, &backend, &m);
+        serve_kicked(&tr, &backend, &m, None).unwrap();
         assert!(irq.irqfd.read().is_err());
     }
 
