@@ -213,6 +213,18 @@ fn kvm_root_microvm_lifecycle_console_confinement_and_stop() {
     assert!(disk["read_bytes"].as_u64() >= Some(512), "{info}");
     assert!(disk["written_bytes"].as_u64() >= Some(512), "{info}");
     assert!(info.get("status").is_none(), "only the asked types: {info}");
+    // The VMM, inside its zone, moves its disk's data through io_uring where the host's
+    // kernel has it on (the zone's filter leaves io_uring to the VMM's own restricted ring).
+    let o = d.vmadm(&["info", &uuid.to_string(), "disk_io"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).expect("info is JSON");
+    let io_uring_on = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map_or(true, |v| v.trim() == "0");
+    assert_eq!(
+        info["disk_io"],
+        if io_uring_on { "io_uring" } else { "thread" },
+        "{info}"
+    );
     // Its exits by kind and address; no balloon (vmmd gives none yet).
     let o = d.vmadm(&["info", &uuid.to_string(), "exits,balloon"], None);
     assert!(o.status.success(), "{}", text(&o));

@@ -394,8 +394,8 @@ impl Service {
     }
 
     /// `vmadm info`: what a running microVM's VMM reports on its control socket (vCPU exits
-    /// per vCPU and by kind and port or address, bytes per device), with the guest's status
-    /// and pid.
+    /// per vCPU and by kind and port or address, bytes per device, how its disks' data
+    /// moves), with the guest's status and pid.
     pub async fn info(&self, uuid: Uuid) -> Result<Value> {
         let vm = self.running(uuid, "get info of")?;
         if !vm.brand.is_microvm() {
@@ -412,6 +412,7 @@ impl Service {
             "pid": vm.pid,
             "cpus": stats.as_ref().map(|s| &s.vcpus),
             "devices": stats.as_ref().map(|s| &s.devices),
+            "disk_io": stats.as_ref().and_then(|s| s.disk_io.as_ref()),
             "exits": stats.as_ref().map(|s| &s.exits),
             "balloon": stats.as_ref().and_then(|s| s.balloon.as_ref()),
         }))

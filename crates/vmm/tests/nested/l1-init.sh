@@ -52,8 +52,10 @@ if [ "$MODE" = bench ]; then
     [ "$3" = traced ] && cmd=$(echo "$CMD" | sed 's/ quiet//')
     local initrd=${INITRD:-/l2b.cpio.gz} disk=${DISK:-/tmp/bdisk.img}
     # NET=1: a NIC on TAP tap0 as well (each VMM makes the TAP, with a vnet header).
-    if [ "$1" = hull ]; then
-      /vmm --kernel $2 --initrd $initrd --mem-mib 256 --vcpus 1 --disk $disk ${NET:+--tap tap0} --cmdline "$cmd"
+    # hullthread: hull with its disk served by the I/O thread itself, not io_uring.
+    if [ "${1%thread}" = hull ]; then
+      local io=auto; [ "$1" = hullthread ] && io=thread
+      /vmm --kernel $2 --initrd $initrd --mem-mib 256 --vcpus 1 --disk $disk --disk-io $io ${NET:+--tap tap0} --cmdline "$cmd"
     else
       /qemu/qemu-system-x86_64 -L /qemu/share -M microvm,x-option-roms=off,rtc=on -enable-kvm -cpu host \
         -m 256 -smp 1 -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
@@ -115,7 +117,8 @@ if [ "$MODE" = bench ]; then
   fi
   # The data path: each VMM boots the blkbench guest (l2-blk-init.sh) on the same 256 MiB
   # disk file, four times, alternating which goes first (two runs each moved by seconds of
-  # L1's own noise). Lines "L1: blk WHO RUN JOB iops N MiB/s M".
+  # L1's own noise); hull also with its disk on the I/O thread instead of io_uring
+  # (hullthread). Lines "L1: blk WHO RUN JOB iops N MiB/s M".
   # The same guest then streams TCP with L1 over its NIC for 3 s each way (netbench; the
   # receiving end times it): "L1: net WHO RUN DIRECTION MiB/s M".
   dd if=/dev/zero of=/tmp/ddisk.img bs=1M count=256 2>/dev/null
@@ -125,12 +128,14 @@ if [ "$MODE" = bench ]; then
     ip addr add 192.0.2.1/24 dev tap0 && ip link set tap0 up
   }
   for i in 1 2 3 4; do
-    order="hull qemu"; [ $((i % 2)) = 0 ] && order="qemu hull"
+    order="hull qemu hullthread"; [ $((i % 2)) = 0 ] && order="hullthread qemu hull"
     for who in $order; do
       watchdog 300 /tmp/out "blk $who run $i" & W=$!
       killall netbench 2>/dev/null
       /netbench source 5001 s3 >/dev/null 2>&1 &
       /netbench sink 5002 >/tmp/sink.out 2>&1 &
+      # The last run's TAP goes when its VMM exits; tap_up must not find that one.
+      for j in $(seq 1 100); do [ -e /sys/class/net/tap0 ] || break; sleep 0.1; done
       tap_up & TU=$!
       NET=1 INITRD=/l2d.cpio.gz DISK=/tmp/ddisk.img vmm $who /tmp/vmlinux >/tmp/out 2>&1
       kill $W $TU 2>/dev/null
@@ -140,11 +145,18 @@ if [ "$MODE" = bench ]; then
       net_line() {
         case "$2" in
           *" intact"*) echo "L1: net $who $i $1 MiB/s $(echo "$2" | awk '{ print $8 }')" ;;
-          *) echo "L1: net $who $i $1 failed: ${2:-no result}" ;;
+          *) echo "L1: net $who $i $1 failed: ${2:-no result}"; net_failed=1 ;;
         esac
       }
+      net_failed=
       net_line guest-to-host "$(cat /tmp/sink.out)"
       net_line host-to-guest "$(sed -n 's/^L2: net recv: //p' /tmp/out | tr -d '\r')"
+      # A failed stream is a finding: what the guest said, and what L1's end saw.
+      if [ -n "$net_failed" ]; then
+        echo "L1:   the guest's last lines:"; tail -6 /tmp/out | sed 's/^/L1:     /'
+        echo "L1:   tap0 in L1:"; ip -s link show tap0 2>&1 | sed 's/^/L1:     /'
+        ip addr show tap0 2>&1 | grep inet | sed 's/^/L1:     /'
+      fi
       killall netbench 2>/dev/null
       ip link del tap0 2>/dev/null
     done

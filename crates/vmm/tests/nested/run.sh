@@ -112,8 +112,14 @@ if [ "$MODE" = bench ]; then
         k = order[i]
         if (!runs[k, "hull"] || !runs[k, "qemu"]) { printf "%s: not measured under both\n", k; continue }
         h = iops[k, "hull"] / runs[k, "hull"]; q = iops[k, "qemu"] / runs[k, "qemu"]
-        printf "%-18s hull %7.0f IOPS %7.2f MiB/s, qemu %7.0f IOPS %7.2f MiB/s, hull/qemu %.2f (%d+%d runs)\n", k, h,
+        printf "%-18s hull %7.0f IOPS %7.2f MiB/s, qemu %7.0f IOPS %7.2f MiB/s, hull/qemu %.2f (%d+%d runs)", k, h,
           mib[k, "hull"] / runs[k, "hull"], q, mib[k, "qemu"] / runs[k, "qemu"], h / q, runs[k, "hull"], runs[k, "qemu"]
+        # hull with the disk on its I/O thread instead of io_uring, next to io_uring.
+        if (runs[k, "hullthread"]) {
+          t = iops[k, "hullthread"] / runs[k, "hullthread"]
+          printf "; thread %7.0f IOPS, io_uring/thread %.2f", t, h / t
+        }
+        printf "\n"
       }
     }'
   # "L1: net WHO RUN DIRECTION MiB/s M": per direction, the runs' TCP throughput, hull/qemu.
