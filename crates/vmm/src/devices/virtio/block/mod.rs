@@ -918,6 +918,27 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_request_with_a_ring_is_served_like_the_rest() {
+        let m = mem();
+        let mut t = TestQueue::new(&m);
+        let (tr, backend, _irq, f) = kicked_disk(&m, &t, super::super::VIRTIO_F_VERSION_1);
+        let Some(mut ring) = ring_for(&backend) else {
+            return;
+        };
+        write_request(&mut t, &m, 0, 2, 0x3c);
+        serve_kicked(&tr, &backend, &m, Some((&mut ring, 0))).unwrap();
+        read_request(&mut t, &m, 1, 2);
+        serve_kicked(&tr, &backend, &m, Some((&mut ring, 0))).unwrap();
+        assert_eq!(used_idx(&m), 2);
+        assert_eq!(
+            (read(&m, 0xc000, 1)[0], read(&m, 0xc001, 1)[0]),
+            (S_OK, S_OK)
+        );
+        assert!(read(&m, 0x21000, 512) == vec![0x3c; 512]);
+        assert_eq!(&std::fs::read(f.path()).unwrap()[1024..1536], &[0x3c; 512]);
+    }
+
+    #[test]
     fn a_short_transfer_from_the_ring_is_finished_on_the_thread() {
         let m = mem();
         let (b, _f) = disk(16, false);

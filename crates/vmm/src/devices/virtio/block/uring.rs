@@ -58,7 +58,8 @@ impl DiskRing {
     }
 
     /// Serves a batch of one disk's requests (its file at fixed slot `slot`): those that
-    /// move data or flush go to the kernel together, a flush after everything before it
+    /// move data or flush go to the kernel together (a lone one is done on this thread), a
+    /// flush after everything before it
     /// (`IOSQE_IO_DRAIN`: a write acknowledged before the flush is on the disk when the
     /// flush is), the rest are served here first. Returns (head, used length) in the batch's
     /// order, every request's status written. An error is the ring's own (the batch's
@@ -80,6 +81,16 @@ impl DiskRing {
                 Some((addr, Work::Done(st, n))) => done[i].1 = backend.reply(mem, addr, st, n),
                 Some((addr, Work::Io(io))) => queued.push((i, addr, io)),
             }
+        }
+        // A lone request is served here: the ring's round trip (and, for a buffered write
+        // the file system cannot do without blocking, the hop to a kernel worker) costs
+        // more than one `preadv`/`pwritev` when there is nothing to overlap it with.
+        if let [(i, addr, _)] = queued[..] {
+            if let Some((_, _, io)) = queued.pop() {
+                let (st, n) = backend.finish(Work::Io(io));
+                done[i].1 = backend.reply(mem, addr, st, n);
+            }
+            return Ok(done);
         }
         for part in queued.chunks_mut(RING_ENTRIES as usize) {
             let results = self.run(slot, part)?;
