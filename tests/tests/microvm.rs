@@ -222,7 +222,7 @@ fn kvm_root_microvm_lifecycle_console_confinement_and_stop() {
         .map_or(true, |v| v.trim() == "0");
     assert_eq!(
         info["disk_io"],
-        if io_uring_on { "io_uring" } else { "thread" },
+        if io_uring_on { "io_uring" } else { "threads" },
         "{info}"
     );
     // Its exits by kind and address; no balloon (vmmd gives none yet).

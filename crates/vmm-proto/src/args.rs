@@ -162,13 +162,13 @@ const FLAGS: [&str; 22] = [
 /// How a microVM's disks move their data (`--disk-io`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DiskIo {
-    /// io_uring where the kernel gives one, else the VMM's I/O thread.
+    /// io_uring where the kernel gives one, else worker threads.
     #[default]
     Auto,
     /// io_uring, or the VM does not start.
     IoUring,
-    /// The VMM's I/O thread, one request after another.
-    Thread,
+    /// Worker threads, as where the kernel has no io_uring.
+    Threads,
 }
 
 impl DiskIo {
@@ -177,7 +177,7 @@ impl DiskIo {
         match self {
             DiskIo::Auto => "auto",
             DiskIo::IoUring => "io_uring",
-            DiskIo::Thread => "thread",
+            DiskIo::Threads => "threads",
         }
     }
 }
@@ -186,10 +186,10 @@ impl std::str::FromStr for DiskIo {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        [DiskIo::Auto, DiskIo::IoUring, DiskIo::Thread]
+        [DiskIo::Auto, DiskIo::IoUring, DiskIo::Threads]
             .into_iter()
             .find(|d| d.as_str() == s)
-            .ok_or_else(|| format!("{s:?} is not auto, io_uring or thread"))
+            .ok_or_else(|| format!("{s:?} is not auto, io_uring or threads"))
     }
 }
 

@@ -13,12 +13,17 @@ second (the creation-rate figure).
 --baseline PATH adds a second hull vmm build (e.g. one from before a change) to the same
 alternation, so before and after are measured under the same machine load.
 
+--baseline-args "ARGS" gives the baseline more vmm arguments (it may be the same build: e.g.
+`--baseline target/release/vmm --baseline-args "--disk-io thread"` shows what the disks' ring
+costs at launch). --with-disk attaches a disk image to every VM of the launch runs (vmmd's
+guests always have one; the guest in quick mode does not read it).
+
 --cpuid-table runs the --vmm build as vmmd runs it: with the host's KVM CPUID table saved
 once (`vmm --save-cpuid`, passed as `--cpuid`) instead of asking KVM at every launch. The
 baseline and qemu ask KVM as before.
 
 usage: launch.py --vmm PATH --guest PATH [--baseline PATH] [--runs 20] [--no-qemu]
-                 [--blk-io N] [--rate N] [--cpuid-table]
+                 [--blk-io N] [--rate N] [--cpuid-table] [--baseline-args ARGS] [--with-disk]
 """
 import argparse
 import atexit
@@ -203,6 +208,8 @@ def main():
     ap.add_argument("--blk-io", type=int, default=0)
     ap.add_argument("--rate", type=int, default=0)
     ap.add_argument("--cpuid-table", action="store_true")
+    ap.add_argument("--baseline-args", default="")
+    ap.add_argument("--with-disk", action="store_true")
     a = ap.parse_args()
     if a.rate:
         with tempfile.TemporaryDirectory() as d:
@@ -210,12 +217,13 @@ def main():
         return
     with_qemu = not a.no_qemu and shutil.which(QEMU)
     with tempfile.TemporaryDirectory() as d:
-        disk = make_disk(d) if a.blk_io else None
+        disk = make_disk(d) if a.blk_io or a.with_disk else None
         cmdline = f"console=ttyS0 testguest.blk_io={a.blk_io}" if a.blk_io else \
             "console=ttyS0 testguest.quick=1"
         kinds = [("hull vmm", vmm_cmd(a.vmm, a.guest, cmdline, disk, cpuid_args(a, d)))]
         if a.baseline:
-            kinds.append(("hull baseline", vmm_cmd(a.baseline, a.guest, cmdline, disk)))
+            kinds.append(("hull baseline", vmm_cmd(a.baseline, a.guest, cmdline, disk,
+                                                   a.baseline_args.split())))
         if with_qemu:
             kinds.append(("qemu microvm", qemu_cmd(a.guest, cmdline, disk)))
         res = {k: [] for k, _ in kinds}

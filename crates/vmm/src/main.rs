@@ -86,11 +86,11 @@ struct Args {
     /// the target; `stats` shows what the guest gave back.
     #[arg(long, value_name = "MIB")]
     balloon: Option<u64>,
-    /// How the disks' data moves: io_uring (a whole batch of requests in flight at once, the
-    /// ring restricted to reads, writes and flushes of the disks' files), thread (the I/O
-    /// thread, one request after another), or auto (io_uring where the kernel gives one,
-    /// else thread; `stats` says which).
-    #[arg(long, value_name = "auto|io_uring|thread")]
+    /// How the disks' data moves: io_uring (a batch of requests in flight at once, the ring
+    /// restricted to reads, writes and flushes of the disks' files), threads (a batch done
+    /// side by side by 4 worker threads), or auto (io_uring where the kernel gives one, else
+    /// threads; `stats` says which).
+    #[arg(long, value_name = "auto|io_uring|threads")]
     disk_io: Option<DiskIo>,
     /// KVM's supported CPUID as --save-cpuid wrote it on this host, instead of asking KVM
     /// (which costs ~60 host CPUID instructions). Stale tables are the caller's to avoid:

@@ -47,6 +47,9 @@ pub enum ThreadRole {
     /// After setup, the event loop: signals, console input, TAP readiness, the control socket
     /// (which kicks and parks vCPUs), the stop; then flushes, restores and exits.
     Main,
+    /// A disk worker (where there is no io_uring): reads and writes the disks' open images
+    /// at offsets and flushes them, nothing else.
+    DiskWorker,
     /// `vmm --extract-vmlinux` once both files are open: decompressing untrusted bytes into
     /// the output, and nothing else (COMMON's memory, futex, write and exit calls).
     Extract,
@@ -130,6 +133,14 @@ fn role_syscalls(role: ThreadRole) -> &'static [libc::c_long] {
         // before closing it).
         ThreadRole::Extract => &[libc::SYS_close, libc::SYS_fcntl],
         ThreadRole::FindBoot => &[libc::SYS_pread64, libc::SYS_close, libc::SYS_fcntl],
+        ThreadRole::DiskWorker => &[
+            libc::SYS_preadv,
+            libc::SYS_pwritev,
+            libc::SYS_fdatasync,
+            libc::SYS_fsync,
+            libc::SYS_close,
+            libc::SYS_fcntl,
+        ],
         ThreadRole::Main => &[
             // A NIC's frames: received ones from the TAP, and (when a receive finds the
             // transmit queue added to) frames out of guest memory to it.
@@ -224,7 +235,7 @@ pub fn policy(role: ThreadRole, extras: &MainExtras) -> Policy {
                 ],
             );
         }
-        ThreadRole::Extract | ThreadRole::FindBoot => {}
+        ThreadRole::Extract | ThreadRole::FindBoot | ThreadRole::DiskWorker => {}
         ThreadRole::Main => {
             if let Some(fd) = extras.terminal {
                 p.insert(
@@ -486,6 +497,7 @@ mod tests {
             ThreadRole::Main,
             ThreadRole::Extract,
             ThreadRole::FindBoot,
+            ThreadRole::DiskWorker,
         ] {
             for extras in &extras {
                 for mismatch in [RET_KILL_PROCESS, RET_ERRNO | libc::ENOSYS as u32] {

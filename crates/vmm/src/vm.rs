@@ -32,7 +32,9 @@ use crate::devices::serial::{
 };
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::balloon::{Balloon, DontNeed, balloon_pages};
-use crate::devices::virtio::block::{self as block, Backend, Block, BlockError, DiskRing};
+use crate::devices::virtio::block::{
+    self as block, Backend, Block, BlockError, DiskEngine, DiskPool, DiskRing, POOL_WORKERS,
+};
 use crate::devices::virtio::mmio::{Interrupt, MmioError, MmioTransport, QUEUE_NOTIFY};
 use crate::devices::virtio::net::{Net, NetError, TX_QUEUE as NET_TX_QUEUE, Tap};
 use crate::devices::virtio::rng::{GetRandom, Rng};
@@ -501,11 +503,10 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
         Ok(kick)
     };
     let disks = backends.len();
-    let ring = disk_ring(config.disk_io, &backends)?;
-    stats
-        .disk_io
-        .set(if ring.is_some() { "io_uring" } else { "thread" })
-        .ok();
+    let engine = disk_engine(config.disk_io, &backends)?;
+    if let Some(e) = &engine {
+        stats.disk_io.set(e.name()).ok();
+    }
     for (i, (backend, p)) in backends.into_iter().zip(&placed).enumerate() {
         io_queues.push(IoQueue {
             kick: kick_at(i, 0)?,
@@ -648,7 +649,7 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
     // one for their I/O. Nothing else: each thread costs a clone and, under its own seccomp filter, a
     // BPF compile in the kernel.
     if !io_queues.is_empty() {
-        let io = IoThread::new(io_queues, ring, mem.clone()).map_err(host("I/O thread"))?;
+        let io = IoThread::new(io_queues, engine, mem.clone()).map_err(host("I/O thread"))?;
         let st = state.clone();
         std::thread::Builder::new()
             .name("io".into())
@@ -693,22 +694,29 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
     Ok(reason)
 }
 
-/// The disks' io_uring as `mode` asks: none for `Thread` or without disks; for `Auto`, one
-/// where the kernel gives it (else the I/O thread serves the disks, and says why); for
-/// `IoUring`, one or the error.
-fn disk_ring(mode: DiskIo, backends: &[Arc<Backend>]) -> Result<Option<DiskRing>, VmError> {
-    if mode == DiskIo::Thread || backends.is_empty() {
+/// How the disks' batches move, as `mode` asks (nothing without disks): for `Auto`,
+/// io_uring where the kernel gives one, else worker threads (saying why on stderr); for
+/// `IoUring`, io_uring or the error; for `Threads`, worker threads. The ring is made, and
+/// the workers started, here: before any thread's filter.
+fn disk_engine(mode: DiskIo, backends: &[Arc<Backend>]) -> Result<Option<DiskEngine>, VmError> {
+    if backends.is_empty() {
         return Ok(None);
     }
-    let fds: Vec<RawFd> = backends.iter().map(|b| b.raw_fd()).collect();
-    match DiskRing::new(&fds) {
-        Ok(ring) => Ok(Some(ring)),
-        Err(e) if mode == DiskIo::Auto => {
-            eprintln!("vmm: no io_uring for the disks ({e}); the I/O thread serves them itself");
-            Ok(None)
+    if mode != DiskIo::Threads {
+        let fds: Vec<RawFd> = backends.iter().map(|b| b.raw_fd()).collect();
+        match DiskRing::new(&fds) {
+            Ok(ring) => return Ok(Some(DiskEngine::Ring(Box::new(ring)))),
+            Err(e) if mode == DiskIo::Auto => {
+                eprintln!("vmm: no io_uring for the disks ({e}); worker threads serve them");
+            }
+            Err(e) => return Err(host("io_uring for the disks")(e)),
         }
-        Err(e) => Err(host("io_uring for the disks")(e)),
     }
+    let pool = DiskPool::new(POOL_WORKERS, || {
+        crate::seccomp::apply(crate::seccomp::ThreadRole::DiskWorker)
+    })
+    .map_err(host("disk worker threads"))?;
+    Ok(Some(DiskEngine::Pool(pool)))
 }
 
 /// A queue the I/O thread serves, and how.
@@ -732,15 +740,15 @@ enum Serve {
 struct IoThread {
     epoll: Epoll,
     queues: Vec<IoQueue>,
-    /// The disks' io_uring, where there is one.
-    ring: Option<DiskRing>,
+    /// How the disks' batches move (with disks).
+    engine: Option<DiskEngine>,
     mem: GuestMemory,
 }
 
 impl IoThread {
     fn new(
         queues: Vec<IoQueue>,
-        ring: Option<DiskRing>,
+        engine: Option<DiskEngine>,
         mem: GuestMemory,
     ) -> std::io::Result<Self> {
         let epoll = Epoll::new()?;
@@ -754,7 +762,7 @@ impl IoThread {
         Ok(IoThread {
             epoll,
             queues,
-            ring,
+            engine,
             mem,
         })
     }
@@ -782,10 +790,11 @@ impl IoThread {
                 let _ = q.kick.read();
                 match &q.serve {
                     Serve::Disk(backend, slot) => {
-                        let ring = self.ring.as_mut().map(|r| (r, *slot));
-                        if let Err(e) = block::serve_kicked(&q.transport, backend, &self.mem, ring)
+                        let engine = self.engine.as_mut().map(|e| (e, *slot));
+                        if let Err(e) =
+                            block::serve_kicked(&q.transport, backend, &self.mem, engine)
                         {
-                            state.stop(StopReason::VmmFailure(format!("disk io_uring: {e}")));
+                            state.stop(StopReason::VmmFailure(format!("disk I/O: {e}")));
                             return;
                         }
                     }

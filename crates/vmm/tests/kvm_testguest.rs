@@ -731,13 +731,27 @@ fn kvm_writes_acknowledged_before_a_flush_survive_a_killed_vmm() {
     // The guest writes, write-zeroes and flushes, then holds; the VMM then dies by SIGKILL,
     // as in a pulled plug of the VMM: what the flush covered must be in the image. Both
     // ways a disk's data moves: io_uring (where this kernel has it) and the I/O thread.
-    for engine in [expected_disk_io(), "thread"] {
+    for engine in [expected_disk_io(), "threads"] {
         let dir = tempfile::tempdir().unwrap();
         let (mut child, ctl, _guard) =
             start_holding_args(dir.path(), "1", "", &["--disk-io", engine]);
         let mut s = BufReader::new(UnixStream::connect(&ctl).unwrap());
         let r = request(&mut s, r#"{"cmd":"stats"}"#);
         assert_eq!(r["stats"]["disk_io"], engine, "{r}");
+        if engine == "threads" {
+            // The pool's workers, each under one filter of its own.
+            let mut workers = 0;
+            for t in std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap() {
+                let path = t.unwrap().path();
+                let comm = std::fs::read_to_string(path.join("comm")).unwrap();
+                if comm.trim() == "disk-worker" {
+                    let status = std::fs::read_to_string(path.join("status")).unwrap();
+                    assert!(status.contains("Seccomp_filters:\t1"), "{status}");
+                    workers += 1;
+                }
+            }
+            assert_eq!(workers, 4);
+        }
         // SAFETY: kill(2) on the child we started and have not yet reaped.
         assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
         let status = child.wait().unwrap();
@@ -753,7 +767,7 @@ fn kvm_writes_acknowledged_before_a_flush_survive_a_killed_vmm() {
 /// switched it off.
 fn expected_disk_io() -> &'static str {
     match std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
-        Ok(v) if v.trim() != "0" => "thread",
+        Ok(v) if v.trim() != "0" => "threads",
         _ => "io_uring",
     }
 }

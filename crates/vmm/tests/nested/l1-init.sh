@@ -52,9 +52,9 @@ if [ "$MODE" = bench ]; then
     [ "$3" = traced ] && cmd=$(echo "$CMD" | sed 's/ quiet//')
     local initrd=${INITRD:-/l2b.cpio.gz} disk=${DISK:-/tmp/bdisk.img}
     # NET=1: a NIC on TAP tap0 as well (each VMM makes the TAP, with a vnet header).
-    # hullthread: hull with its disk served by the I/O thread itself, not io_uring.
+    # hullthread: hull with its disk served by its worker threads, not io_uring.
     if [ "${1%thread}" = hull ]; then
-      local io=auto; [ "$1" = hullthread ] && io=thread
+      local io=auto; [ "$1" = hullthread ] && io=threads
       /vmm --kernel $2 --initrd $initrd --mem-mib 256 --vcpus 1 --disk $disk --disk-io $io ${NET:+--tap tap0} --cmdline "$cmd"
     else
       /qemu/qemu-system-x86_64 -L /qemu/share -M microvm,x-option-roms=off,rtc=on -enable-kvm -cpu host \

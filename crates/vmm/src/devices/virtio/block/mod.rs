@@ -37,8 +37,29 @@ use crate::bus::lock;
 use crate::memory::GuestMemory;
 use crate::stats::DeviceStats;
 
+mod pool;
 mod uring;
+pub use pool::{DiskPool, POOL_WORKERS};
 pub use uring::DiskRing;
+
+/// How the I/O thread moves a batch's data (see [`serve_kicked`]).
+#[derive(Debug)]
+pub enum DiskEngine {
+    /// io_uring: the batch in the kernel at once.
+    Ring(Box<DiskRing>),
+    /// Worker threads, where there is no io_uring.
+    Pool(DiskPool),
+}
+
+impl DiskEngine {
+    /// The name `stats` gives it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DiskEngine::Ring(_) => "io_uring",
+            DiskEngine::Pool(_) => "threads",
+        }
+    }
+}
 
 pub const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
@@ -205,21 +226,26 @@ pub const MAX_CHAIN_BYTES: u64 = MAX_REQUEST_BYTES + 4096;
 /// ioeventfd: takes what the driver made available under the transport's lock, does the
 /// I/O without it (a vCPU reading the interrupt status meanwhile does not wait for the
 /// disk), and returns the requests under it again, until the driver has added no more.
-/// With a ring (`Some((ring, slot))`, the disk's file at `slot` of the ring's files) a
-/// batch's data moves through io_uring, all its requests in flight at once; without one,
-/// one request after the other on this thread. A ring that fails is the error.
+/// With an engine (`Some((engine, slot))`; for a ring, the disk's file is its fixed file
+/// `slot`) a batch's data moves all at once (see [`serve_batch`]); without one, one request
+/// after the other on this thread. An engine that fails is the error.
 pub fn serve_kicked(
     transport: &Mutex<MmioTransport>,
-    backend: &Backend,
+    backend: &Arc<Backend>,
     mem: &GuestMemory,
-    mut ring: Option<(&mut DiskRing, u32)>,
+    mut engine: Option<(&mut DiskEngine, u32)>,
 ) -> std::io::Result<()> {
     loop {
         let Some((batch, resets)) = lock(transport).take_available(0, MAX_CHAIN_BYTES) else {
             return Ok(());
         };
-        let done: Vec<(u16, u32)> = match ring.as_mut() {
-            Some((ring, slot)) => ring.serve(backend, *slot, batch, mem)?,
+        let done: Vec<(u16, u32)> = match engine.as_mut() {
+            Some((DiskEngine::Ring(ring), slot)) => {
+                serve_batch(backend, batch, mem, |ios| ring.run(backend, *slot, ios))?
+            }
+            Some((DiskEngine::Pool(pool), _)) => {
+                serve_batch(backend, batch, mem, |ios| pool.run(backend, ios))?
+            }
             None => batch
                 .into_iter()
                 .map(|(head, descs)| (head, backend.handle(descs, mem)))
@@ -229,6 +255,45 @@ pub fn serve_kicked(
             return Ok(());
         }
     }
+}
+
+/// Serves a batch of one disk's requests: checks them all and serves here what moves no
+/// data (get-id, discard, write-zeroes, refusals), then has `run` do the reads, writes and
+/// flushes together (giving each one's status and bytes written into the guest, in
+/// order); a lone one is done here, where the hand-off would cost more than it overlaps.
+/// Returns (head, used length) in the batch's order, every request's status written.
+fn serve_batch(
+    backend: &Backend,
+    batch: Vec<(u16, Result<Vec<Desc>, ChainError>)>,
+    mem: &GuestMemory,
+    run: impl FnOnce(Vec<Io>) -> std::io::Result<Vec<(u8, u32)>>,
+) -> std::io::Result<Vec<(u16, u32)>> {
+    let mut done = Vec::with_capacity(batch.len());
+    let mut at = Vec::new();
+    let mut ios = Vec::new();
+    for (head, descs) in batch {
+        let i = done.len();
+        done.push((head, 0));
+        match backend.start(descs, mem) {
+            None => {}
+            Some((addr, Work::Done(st, n))) => done[i].1 = backend.reply(mem, addr, st, n),
+            Some((addr, Work::Io(io))) => {
+                at.push((i, addr));
+                ios.push(io);
+            }
+        }
+    }
+    let results = if ios.len() == 1 {
+        ios.into_iter()
+            .map(|io| backend.finish(Work::Io(io)))
+            .collect()
+    } else {
+        run(ios)?
+    };
+    for ((i, addr), (st, n)) in at.into_iter().zip(results) {
+        done[i].1 = backend.reply(mem, addr, st, n);
+    }
+    Ok(done)
 }
 
 impl Backend {
@@ -874,47 +939,80 @@ mod tests {
         }
     }
 
+    /// An engine of `kind` for `backend`: the pool always (its workers under their real
+    /// filter, so a call the filter lacks kills the test), the ring where the kernel has
+    /// io_uring.
+    fn engine(kind: &str, backend: &Backend) -> Option<DiskEngine> {
+        if kind == "threads" {
+            let confine = || crate::seccomp::apply(crate::seccomp::ThreadRole::DiskWorker);
+            return Some(DiskEngine::Pool(
+                DiskPool::new(POOL_WORKERS, confine).unwrap(),
+            ));
+        }
+        ring_for(backend).map(|r| DiskEngine::Ring(Box::new(r)))
+    }
+
     #[test]
-    fn the_ring_serves_a_batch_of_reads_writes_and_a_flush_in_one_go() {
+    fn each_engine_serves_a_batch_of_reads_writes_and_a_flush_in_one_go() {
+        for kind in ["threads", "io_uring"] {
+            let m = mem();
+            let mut t = TestQueue::new(&m);
+            let features = super::super::VIRTIO_F_VERSION_1 | super::super::VIRTIO_RING_F_EVENT_IDX;
+            let (tr, backend, irq, f) = kicked_disk(&m, &t, features);
+            let Some(mut engine) = engine(kind, &backend) else {
+                continue;
+            };
+            assert_eq!(engine.name(), kind);
+            read_request(&mut t, &m, 0, 5);
+            write_request(&mut t, &m, 1, 9, 0xa5);
+            read_request(&mut t, &m, 2, 15);
+            bare_request(&mut t, &m, 3, T_FLUSH);
+            bare_request(&mut t, &m, 4, 99);
+            write_request(&mut t, &m, 5, 16, 0x11);
+            serve_kicked(&tr, &backend, &m, Some((&mut engine, 0))).unwrap();
+            assert_eq!(used_idx(&m), 6);
+            let st = |n: u64| read(&m, 0xc000 + n, 1)[0];
+            assert_eq!(
+                (0..6).map(st).collect::<Vec<_>>(),
+                [S_OK, S_OK, S_OK, S_OK, S_UNSUPP, S_IOERR],
+                "{kind}: read, write, read, flush, unknown type, write past the end"
+            );
+            assert!(read(&m, 0x20000, 512) == vec![5; 512]);
+            assert!(read(&m, 0x22000, 512) == vec![15; 512]);
+            assert_eq!(
+                (0..6).map(|n| used_len(&m, n)).collect::<Vec<_>>(),
+                [513, 1, 513, 1, 1, 1]
+            );
+            let content = std::fs::read(f.path()).unwrap();
+            assert_eq!(&content[9 * 512..10 * 512], &[0xa5; 512]);
+            assert_eq!(
+                content.len(),
+                16 * 512,
+                "the write past the end wrote nothing"
+            );
+            let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            assert_eq!(ld(&backend.stats.read_bytes), 1024);
+            assert_eq!(ld(&backend.stats.written_bytes), 512);
+            assert_eq!(ld(&backend.stats.errors), 1);
+            assert_eq!(irq.irqfd.read().unwrap(), 1, "one interrupt for the batch");
+        }
+    }
+
+    #[test]
+    fn a_pool_whose_workers_are_gone_fails_the_batch_rather_than_wait_forever() {
         let m = mem();
         let mut t = TestQueue::new(&m);
-        let features = super::super::VIRTIO_F_VERSION_1 | super::super::VIRTIO_RING_F_EVENT_IDX;
-        let (tr, backend, irq, f) = kicked_disk(&m, &t, features);
-        let Some(mut ring) = ring_for(&backend) else {
-            return;
+        let (tr, backend, _irq, _f) = kicked_disk(&m, &t, super::super::VIRTIO_F_VERSION_1);
+        let refused = || {
+            Err(crate::seccomp::SeccompError::TooLarge(
+                crate::seccomp::ThreadRole::DiskWorker,
+            ))
         };
-        read_request(&mut t, &m, 0, 5);
-        write_request(&mut t, &m, 1, 9, 0xa5);
-        read_request(&mut t, &m, 2, 15);
-        bare_request(&mut t, &m, 3, T_FLUSH);
-        bare_request(&mut t, &m, 4, 99);
-        write_request(&mut t, &m, 5, 16, 0x11);
-        serve_kicked(&tr, &backend, &m, Some((&mut ring, 0))).unwrap();
-        assert_eq!(used_idx(&m), 6);
-        let st = |n: u64| read(&m, 0xc000 + n, 1)[0];
-        assert_eq!(
-            (0..6).map(st).collect::<Vec<_>>(),
-            [S_OK, S_OK, S_OK, S_OK, S_UNSUPP, S_IOERR],
-            "read, write, read, flush, unknown type, write past the end"
-        );
-        assert!(read(&m, 0x20000, 512) == vec![5; 512]);
-        assert!(read(&m, 0x22000, 512) == vec![15; 512]);
-        assert_eq!(
-            (0..6).map(|n| used_len(&m, n)).collect::<Vec<_>>(),
-            [513, 1, 513, 1, 1, 1]
-        );
-        let content = std::fs::read(f.path()).unwrap();
-        assert_eq!(&content[9 * 512..10 * 512], &[0xa5; 512]);
-        assert_eq!(
-            content.len(),
-            16 * 512,
-            "the write past the end wrote nothing"
-        );
-        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        assert_eq!(ld(&backend.stats.read_bytes), 1024);
-        assert_eq!(ld(&backend.stats.written_bytes), 512);
-        assert_eq!(ld(&backend.stats.errors), 1);
-        assert_eq!(irq.irqfd.read().unwrap(), 1, "one interrupt for the batch");
+        let mut pool = DiskEngine::Pool(DiskPool::new(2, refused).unwrap());
+        read_request(&mut t, &m, 0, 1);
+        read_request(&mut t, &m, 1, 2);
+        let e = serve_kicked(&tr, &backend, &m, Some((&mut pool, 0))).unwrap_err();
+        assert!(e.to_string().contains("worker threads are gone"), "{e}");
     }
 
     #[test]
@@ -922,7 +1020,7 @@ mod tests {
         let m = mem();
         let mut t = TestQueue::new(&m);
         let (tr, backend, _irq, f) = kicked_disk(&m, &t, super::super::VIRTIO_F_VERSION_1);
-        let Some(mut ring) = ring_for(&backend) else {
+        let Some(mut ring) = ring_for(&backend).map(|r| DiskEngine::Ring(Box::new(r))) else {
             return;
         };
         write_request(&mut t, &m, 0, 2, 0x3c);

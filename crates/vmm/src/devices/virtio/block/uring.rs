@@ -18,7 +18,7 @@ use std::os::fd::RawFd;
 use io_uring::register::Restriction;
 use io_uring::{IoUring, opcode, squeue, types};
 
-use super::{Backend, Io, Work};
+use super::{Backend, Io};
 use crate::devices::virtio::{ChainError, Desc};
 use crate::memory::GuestMemory;
 
@@ -57,13 +57,12 @@ impl DiskRing {
         Ok(DiskRing { ring })
     }
 
-    /// Serves a batch of one disk's requests (its file at fixed slot `slot`): those that
-    /// move data or flush go to the kernel together (a lone one is done on this thread), a
-    /// flush after everything before it
-    /// (`IOSQE_IO_DRAIN`: a write acknowledged before the flush is on the disk when the
-    /// flush is), the rest are served here first. Returns (head, used length) in the batch's
-    /// order, every request's status written. An error is the ring's own (the batch's
-    /// requests are then not returned).
+    /// Serves a batch of one disk's requests (its file at fixed slot `slot`) as the I/O
+    /// thread does (see [`super::serve_kicked`]): reads, writes and flushes go to the
+    /// kernel together, a flush after everything before it (`IOSQE_IO_DRAIN`: a write
+    /// acknowledged before the flush is on the disk when the flush is). Returns (head, used
+    /// length) in the batch's order, every request's status written. An error is the
+    /// ring's own (the batch's requests are then not returned).
     pub fn serve(
         &mut self,
         backend: &Backend,
@@ -71,44 +70,34 @@ impl DiskRing {
         batch: Vec<(u16, Result<Vec<Desc>, ChainError>)>,
         mem: &GuestMemory,
     ) -> std::io::Result<Vec<(u16, u32)>> {
-        let mut done = Vec::with_capacity(batch.len());
-        let mut queued: Vec<(usize, u64, Io)> = Vec::new();
-        for (head, descs) in batch {
-            let i = done.len();
-            done.push((head, 0));
-            match backend.start(descs, mem) {
-                None => {}
-                Some((addr, Work::Done(st, n))) => done[i].1 = backend.reply(mem, addr, st, n),
-                Some((addr, Work::Io(io))) => queued.push((i, addr, io)),
-            }
-        }
-        // A lone request is served here: the ring's round trip (and, for a buffered write
-        // the file system cannot do without blocking, the hop to a kernel worker) costs
-        // more than one `preadv`/`pwritev` when there is nothing to overlap it with.
-        if let [(i, addr, _)] = queued[..] {
-            if let Some((_, _, io)) = queued.pop() {
-                let (st, n) = backend.finish(Work::Io(io));
-                done[i].1 = backend.reply(mem, addr, st, n);
-            }
-            return Ok(done);
-        }
-        for part in queued.chunks_mut(RING_ENTRIES as usize) {
-            let results = self.run(slot, part)?;
-            for ((i, addr, io), res) in part.iter_mut().zip(results) {
-                let (st, n) = backend.completed(io, res);
-                done[*i].1 = backend.reply(mem, *addr, st, n);
-            }
-        }
-        Ok(done)
+        super::serve_batch(backend, batch, mem, |ios| self.run(backend, slot, ios))
     }
 
-    /// Submits `part`'s I/O and waits for all of it; gives each one's result (bytes or a
-    /// negative errno) in `part`'s order.
-    fn run(&mut self, slot: u32, part: &[(usize, u64, Io)]) -> std::io::Result<Vec<i32>> {
+    /// Does `ios` through the ring; gives each one's (status, bytes written into the
+    /// guest) in their order.
+    pub(super) fn run(
+        &mut self,
+        backend: &Backend,
+        slot: u32,
+        mut ios: Vec<Io>,
+    ) -> std::io::Result<Vec<(u8, u32)>> {
+        let mut out = Vec::with_capacity(ios.len());
+        for part in ios.chunks_mut(RING_ENTRIES as usize) {
+            let results = self.submit(slot, part)?;
+            for (io, res) in part.iter_mut().zip(results) {
+                out.push(backend.completed(io, res));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Submits `part` and waits for all of it; gives each one's result (bytes or a negative
+    /// errno) in `part`'s order.
+    fn submit(&mut self, slot: u32, part: &[Io]) -> std::io::Result<Vec<i32>> {
         let fd = types::Fixed(slot);
         {
             let mut sq = self.ring.submission();
-            for (k, (_, _, io)) in part.iter().enumerate() {
+            for (k, io) in part.iter().enumerate() {
                 let entry = match io {
                     Io::Rw {
                         read: true,
