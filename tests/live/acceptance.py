@@ -119,12 +119,33 @@ def uuid_of(m, alias):
 
 
 def wait_guest_init(m, uuid, timeout=240):
+    """Waits for the microVM's init. A guest that faulted (its VMM's exit status 2: a triple
+    fault or KVM error, which this machine's QEMU TCG causes now and then in nested guests,
+    as the cloud-init tier records) is said loudly and started once more; a second fault,
+    or any other stop, fails."""
     deadline = time.monotonic() + timeout
+    retried = False
     while time.monotonic() < deadline:
         rc, out = m.run(f"(sleep 2) | vmadm console {uuid} 2>&1 | grep -a -c 'guest: init reached'",
                         check=False)
         if out.strip() not in ("", "0"):
             return True
+        rc, out = m.run(f"vmadm get {uuid}", check=False)
+        try:
+            rec = json.loads(out)
+        except ValueError:
+            rec = {}
+        if rec.get("state") == "stopped":
+            if rec.get("exit_status") != 2 or retried:
+                print(f"   microVM {uuid} stopped before its init: exit status "
+                      f"{rec.get('exit_status')}, {rec.get('failure')}", flush=True)
+                return False
+            print(f"NOTE: RETRY: microVM {uuid} faulted before its init (VMM exit status 2: "
+                  f"{rec.get('failure')}); starting it once more", flush=True)
+            m.run(f"vmadm start {uuid}", check=False)
+            retried = True
+            deadline = time.monotonic() + timeout
+            continue
         time.sleep(5)
     return False
 
