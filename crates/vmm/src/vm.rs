@@ -428,8 +428,9 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
         let name = format!("vd{}", (b'a' + (i % 26) as u8) as char);
         let s = stats.disk(name.clone());
         let id = format!("hull-{name}");
-        let disk = Block::open(&d.path, d.read_only, &id, s)?;
-        backends.push(disk.backend());
+        // A request queue per vCPU, as QEMU's virtio-blk gives (up to block::MAX_QUEUES).
+        let disk = Block::open(&d.path, d.read_only, &id, s)?.with_queues(config.vcpus.into());
+        backends.push((disk.backend(), disk.queue_count()));
         devices.push((Box::new(disk), None));
     }
     for (i, n) in config.nets.iter().enumerate() {
@@ -503,16 +504,19 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
         Ok(kick)
     };
     let disks = backends.len();
-    let engine = disk_engine(config.disk_io, &backends)?;
+    let files: Vec<_> = backends.iter().map(|(b, _)| b.clone()).collect();
+    let engine = disk_engine(config.disk_io, &files)?;
     if let Some(e) = &engine {
         stats.disk_io.set(e.name()).ok();
     }
-    for (i, (backend, p)) in backends.into_iter().zip(&placed).enumerate() {
-        io_queues.push(IoQueue {
-            kick: kick_at(i, 0)?,
-            transport: p.transport.clone(),
-            serve: Serve::Disk(backend, i as u32),
-        });
+    for (i, ((backend, queues), p)) in backends.into_iter().zip(&placed).enumerate() {
+        for q in 0..queues {
+            io_queues.push(IoQueue {
+                kick: kick_at(i, q as u32)?,
+                transport: p.transport.clone(),
+                serve: Serve::Disk(backend.clone(), i as u32, q),
+            });
+        }
     }
     for (i, p) in placed.iter().enumerate().skip(disks) {
         if p.net_fd.is_some() {
@@ -727,9 +731,10 @@ struct IoQueue {
 }
 
 enum Serve {
-    /// A disk's queue: the I/O runs without the transport's lock ([`block::serve_kicked`]);
-    /// the disk's file is this slot of the I/O thread's ring, when it has one.
-    Disk(Arc<Backend>, u32),
+    /// A disk's request queue (the third value): the I/O runs without the transport's lock
+    /// ([`block::serve_kicked`]); the disk's file is this slot (the second) of the I/O
+    /// thread's ring, when it has one.
+    Disk(Arc<Backend>, u32, usize),
     /// A queue the device serves under the lock, as a vCPU's notify would (a NIC's TX).
     Notify(u32),
 }
@@ -789,10 +794,10 @@ impl IoThread {
                 // The count only says "kicked"; the queue says what to do.
                 let _ = q.kick.read();
                 match &q.serve {
-                    Serve::Disk(backend, slot) => {
+                    Serve::Disk(backend, slot, index) => {
                         let engine = self.engine.as_mut().map(|e| (e, *slot));
                         if let Err(e) =
-                            block::serve_kicked(&q.transport, backend, &self.mem, engine)
+                            block::serve_kicked(&q.transport, *index, backend, &self.mem, engine)
                         {
                             state.stop(StopReason::VmmFailure(format!("disk I/O: {e}")));
                             return;

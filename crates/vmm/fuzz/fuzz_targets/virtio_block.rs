@@ -4,7 +4,8 @@
 //! discard and write-zeroes with their ranges). Inputs whose first byte has bit 1 set are
 //! served as the VMM's I/O thread serves a kicked disk through io_uring (the batch's chains
 //! walked, their reads, writes and flushes in the ring together), the others as a vCPU's
-//! notify would, one request after the other.
+//! notify would, one request after the other. Bit 2 makes a disk of two request queues
+//! (a guest with two vCPUs) whose second one carries the requests, the first left unready.
 
 #[path = "common.rs"]
 mod common;
@@ -15,7 +16,7 @@ use hull_vmm::devices::virtio::block::{Block, DiskRing, MAX_CHAIN_BYTES};
 use hull_vmm::devices::virtio::{VirtioDevice, collect_chain};
 use hull_vmm::stats::DeviceStats;
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 
 fuzz_target!(|data: &[u8]| {
     let mem = common::memory(data);
@@ -28,18 +29,26 @@ fuzz_target!(|data: &[u8]| {
         "fuzz",
         Arc::new(DeviceStats::default()),
     );
-    let mut queues = [common::queue()];
+    let multi = data.first().is_some_and(|b| b & 4 == 4);
+    if multi {
+        dev = dev.with_queues(2);
+    }
+    let index = usize::from(multi);
+    let mut queues = vec![common::queue()];
+    if multi {
+        queues.insert(0, Queue::new(16).expect("valid size"));
+    }
     if data.first().is_some_and(|b| b & 2 == 2) {
         let backend = dev.backend();
         let mut ring = DiskRing::new(&[backend.raw_fd()]).expect("io_uring on the fuzzing host");
         let mut batch = Vec::new();
-        while let Some(chain) = queues[0].pop_descriptor_chain(&mem) {
+        while let Some(chain) = queues[index].pop_descriptor_chain(&mem) {
             batch.push((chain.head_index(), collect_chain(chain, &mem, MAX_CHAIN_BYTES)));
         }
         let done = ring.serve(&backend, 0, batch, &mem).expect("the ring works");
         assert!(done.iter().all(|(_, len)| u64::from(*len) <= MAX_CHAIN_BYTES));
     } else {
-        dev.process_queue(0, &mut queues, &mem);
+        dev.process_queue(index, &mut queues, &mem);
     }
 });
 

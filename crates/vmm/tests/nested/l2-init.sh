@@ -12,6 +12,8 @@ sleep 1
 echo "L2: virtio devices: $(ls /sys/bus/virtio/devices | tr '\n' ' ')"
 if [ -b /dev/vda ]; then
   echo "L2: vda present, $(cat /sys/block/vda/size) sectors"
+  # A request queue per vCPU (VIRTIO_BLK_F_MQ): blk-mq's hardware contexts.
+  echo "L2: vda request queues $(ls /sys/block/vda/mq | wc -l)"
   echo "written-by-L2-guest" | dd of=/dev/vda bs=512 seek=1 conv=sync 2>/dev/null && sync
   dd if=/dev/vda bs=8 count=1 2>/dev/null | grep -q HULLDISK && echo "L2: vda sector 0 reads HULLDISK"
 fi

@@ -2,10 +2,11 @@
 //! optionally read-only. Discard punches holes in the image (a cloud guest's fstrim gives its
 //! host the space back); write-zeroes zeroes the range in place, or punches it where the guest
 //! allows unmapping, and falls back to writing zeroes where the file system has neither.
-//! In a VM the queue is served by the VMM's I/O thread, kicked through an ioeventfd
-//! ([`serve_kicked`]): the notifying vCPU goes straight back to the guest, which keeps
-//! queueing while the thread serves a batch, and the transport's lock is not held during
-//! I/O. EVENT_IDX is offered, so a driver with a batch in flight does not notify per request
+//! A guest with several vCPUs gets a request queue for each ([`Block::with_queues`],
+//! `VIRTIO_BLK_F_MQ`). In a VM the queues are served by the VMM's I/O thread, each kicked
+//! through an ioeventfd of its own ([`serve_kicked`]): the notifying vCPU goes straight
+//! back to the guest, which keeps queueing while the thread serves a batch, and the
+//! transport's lock is not held during I/O. EVENT_IDX is offered, so a driver with a batch in flight does not notify per request
 //! and the device does not interrupt per completion. [`VirtioDevice::process_queue`] serves
 //! the same requests inline (the device tests use it). I/O is positioned and vectored
 //! (`preadv`/`pwritev` straight into and out of guest memory, no bounce buffer), so the file
@@ -68,6 +69,7 @@ const MAX_REQUEST_BYTES: u64 = 4 << 20;
 const F_SEG_MAX: u64 = 1 << 2;
 const F_RO: u64 = 1 << 5;
 const F_FLUSH: u64 = 1 << 9;
+const F_MQ: u64 = 1 << 12;
 const F_DISCARD: u64 = 1 << 13;
 const F_WRITE_ZEROES: u64 = 1 << 14;
 const T_IN: u32 = 0;
@@ -87,6 +89,10 @@ const DISCARD_ALIGN_SECTORS: u32 = 8;
 const RANGE_UNMAP: u32 = 1;
 /// Layout of the configuration space (virtio 1.1, 5.2.4), up to write_zeroes_may_unmap.
 const CONFIG_BYTES: usize = 60;
+const CFG_NUM_QUEUES: usize = 34;
+/// Request queues a disk offers at most (one per vCPU up to this; Linux maps each of its
+/// CPUs to one, so a guest's CPUs do not contend for one queue's lock).
+pub const MAX_QUEUES: u16 = 16;
 const CFG_MAX_DISCARD_SECTORS: usize = 36;
 const CFG_MAX_DISCARD_SEG: usize = 40;
 const CFG_DISCARD_ALIGN: usize = 44;
@@ -114,6 +120,8 @@ pub enum BlockError {
 pub struct Block {
     backend: Arc<Backend>,
     config: [u8; CONFIG_BYTES],
+    /// Each request queue's size: one queue, or `VIRTIO_BLK_F_MQ` with several.
+    queues: Vec<u16>,
 }
 
 /// What serving a disk's requests takes, shared by the device (on the MMIO bus) and the
@@ -198,9 +206,24 @@ impl Block {
                 stats,
             }),
             config,
+            queues: vec![QUEUE_SIZE],
         };
         b.set_size(size);
         b
+    }
+
+    /// Offers `n` request queues (1 to [`MAX_QUEUES`], clamped): with more than one,
+    /// `VIRTIO_BLK_F_MQ` and `num_queues` tell the driver, which spreads its CPUs over them.
+    pub fn with_queues(mut self, n: u16) -> Self {
+        let n = n.clamp(1, MAX_QUEUES);
+        self.queues = vec![QUEUE_SIZE; usize::from(n)];
+        self.config[CFG_NUM_QUEUES..CFG_NUM_QUEUES + 2].copy_from_slice(&n.to_le_bytes());
+        self
+    }
+
+    /// How many request queues the disk offers.
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
     }
 
     /// The backend, for the thread that serves this disk's queue.
@@ -222,8 +245,8 @@ impl Block {
 /// The bytes of one request a disk accepts, data plus header and status.
 pub const MAX_CHAIN_BYTES: u64 = MAX_REQUEST_BYTES + 4096;
 
-/// Serves a disk's request queue after a kick, from the thread that owns the disk's
-/// ioeventfd: takes what the driver made available under the transport's lock, does the
+/// Serves a disk's request queue `index` after a kick, from the thread that owns the
+/// queue's ioeventfd: takes what the driver made available under the transport's lock, does the
 /// I/O without it (a vCPU reading the interrupt status meanwhile does not wait for the
 /// disk), and returns the requests under it again, until the driver has added no more.
 /// With an engine (`Some((engine, slot))`; for a ring, the disk's file is its fixed file
@@ -231,12 +254,13 @@ pub const MAX_CHAIN_BYTES: u64 = MAX_REQUEST_BYTES + 4096;
 /// after the other on this thread. An engine that fails is the error.
 pub fn serve_kicked(
     transport: &Mutex<MmioTransport>,
+    index: usize,
     backend: &Arc<Backend>,
     mem: &GuestMemory,
     mut engine: Option<(&mut DiskEngine, u32)>,
 ) -> std::io::Result<()> {
     loop {
-        let Some((batch, resets)) = lock(transport).take_available(0, MAX_CHAIN_BYTES) else {
+        let Some((batch, resets)) = lock(transport).take_available(index, MAX_CHAIN_BYTES) else {
             return Ok(());
         };
         let done: Vec<(u16, u32)> = match engine.as_mut() {
@@ -251,7 +275,7 @@ pub fn serve_kicked(
                 .map(|(head, descs)| (head, backend.handle(descs, mem)))
                 .collect(),
         };
-        if !lock(transport).complete(0, resets, &done) {
+        if !lock(transport).complete(index, resets, &done) {
             return Ok(());
         }
     }
@@ -710,7 +734,7 @@ impl VirtioDevice for Block {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
+        &self.queues
     }
 
     fn event_idx(&self) -> bool {
@@ -725,7 +749,8 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        if self.backend.read_only {
+        let mq = if self.queues.len() > 1 { F_MQ } else { 0 };
+        mq | if self.backend.read_only {
             F_SEG_MAX | F_FLUSH | F_RO
         } else {
             F_SEG_MAX | F_FLUSH | F_DISCARD | F_WRITE_ZEROES
@@ -878,7 +903,7 @@ mod tests {
         for n in 0..3 {
             read_request(&mut t, &m, n, 5 + n);
         }
-        serve_kicked(&tr, &backend, &m, None).unwrap();
+        serve_kicked(&tr, 0, &backend, &m, None).unwrap();
         assert_eq!(used_idx(&m), 3);
         for n in 0..3u64 {
             assert_eq!(read(&m, 0xc000 + n, 1)[0], S_OK);
@@ -893,10 +918,63 @@ mod tests {
         // The driver wants its next interrupt only after the 10th completion: none now.
         set_used_event(&t, &m, 9);
         read_request(&mut t, &m, 3, 1);
-        serve_kicked(&tr, &backend, &m, None).unwrap();
+        serve_kicked(&tr, 0, &backend, &m, None).unwrap();
         assert_eq!(used_idx(&m), 4);
         assert!(irq.irqfd.read().is_err(), "interrupt despite used_event");
         assert_eq!(avail_event(&m), 4);
+    }
+
+    #[test]
+    fn several_vcpus_get_a_request_queue_each_served_on_its_own_kick() {
+        let (b, _f) = disk(16, false);
+        assert_eq!(b.features() & F_MQ, 0, "one queue: no MQ");
+        assert_eq!(b.queue_max_sizes(), &[QUEUE_SIZE]);
+        let b = b.with_queues(2);
+        assert_ne!(b.features() & F_MQ, 0);
+        assert_eq!(b.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
+        let mut n = [0u8; 2];
+        b.read_config(CFG_NUM_QUEUES as u64, &mut n);
+        assert_eq!(u16::from_le_bytes(n), 2);
+        let (many, _f2) = disk(16, true);
+        assert_eq!(many.with_queues(200).queue_count(), usize::from(MAX_QUEUES));
+
+        // Two queues on one transport: a kick of queue 1 serves queue 1 and leaves queue 0's
+        // request where it is, until queue 0's own kick.
+        let m = mem();
+        let mut q0 = TestQueue::new(&m);
+        let mut q1 = TestQueue::new_at(&m, 0x4000);
+        let backend = b.backend();
+        let irq = super::super::mmio::Interrupt::new().unwrap();
+        let mut tr = MmioTransport::new(Box::new(b), m.clone(), irq.clone()).unwrap();
+        let rings = |t: &TestQueue| {
+            [
+                t.mock.desc_table_addr().0,
+                t.mock.avail_addr().0,
+                t.mock.used_addr().0,
+            ]
+        };
+        tr.start_for_test(
+            super::super::VIRTIO_F_VERSION_1,
+            &[rings(&q0), rings(&q1)],
+            QSIZE,
+        );
+        let tr = Mutex::new(tr);
+        read_request(&mut q0, &m, 0, 3);
+        read_request(&mut q1, &m, 4, 7);
+        let used = |t: &TestQueue| u16_at(&m, t.mock.used_addr().0 + 2);
+        serve_kicked(&tr, 1, &backend, &m, None).unwrap();
+        assert_eq!((used(&q0), used(&q1)), (0, 1));
+        assert_eq!(read(&m, 0xc004, 1)[0], S_OK);
+        assert!(read(&m, 0x24000, 512) == vec![7u8; 512]);
+        assert_eq!(
+            read(&m, 0xc000, 1)[0],
+            0xee,
+            "queue 0's request was served early"
+        );
+        serve_kicked(&tr, 0, &backend, &m, None).unwrap();
+        assert_eq!((used(&q0), used(&q1)), (1, 1));
+        assert!(read(&m, 0x20000, 512) == vec![3u8; 512]);
+        assert_eq!(irq.irqfd.read().unwrap(), 2);
     }
 
     /// A write of `fill` to sector `sector` as request `n` (addresses as `read_request`'s).
@@ -969,7 +1047,7 @@ mod tests {
             bare_request(&mut t, &m, 3, T_FLUSH);
             bare_request(&mut t, &m, 4, 99);
             write_request(&mut t, &m, 5, 16, 0x11);
-            serve_kicked(&tr, &backend, &m, Some((&mut engine, 0))).unwrap();
+            serve_kicked(&tr, 0, &backend, &m, Some((&mut engine, 0))).unwrap();
             assert_eq!(used_idx(&m), 6);
             let st = |n: u64| read(&m, 0xc000 + n, 1)[0];
             assert_eq!(
@@ -1011,7 +1089,7 @@ mod tests {
         let mut pool = DiskEngine::Pool(DiskPool::new(2, refused).unwrap());
         read_request(&mut t, &m, 0, 1);
         read_request(&mut t, &m, 1, 2);
-        let e = serve_kicked(&tr, &backend, &m, Some((&mut pool, 0))).unwrap_err();
+        let e = serve_kicked(&tr, 0, &backend, &m, Some((&mut pool, 0))).unwrap_err();
         assert!(e.to_string().contains("worker threads are gone"), "{e}");
     }
 
@@ -1024,9 +1102,9 @@ mod tests {
             return;
         };
         write_request(&mut t, &m, 0, 2, 0x3c);
-        serve_kicked(&tr, &backend, &m, Some((&mut ring, 0))).unwrap();
+        serve_kicked(&tr, 0, &backend, &m, Some((&mut ring, 0))).unwrap();
         read_request(&mut t, &m, 1, 2);
-        serve_kicked(&tr, &backend, &m, Some((&mut ring, 0))).unwrap();
+        serve_kicked(&tr, 0, &backend, &m, Some((&mut ring, 0))).unwrap();
         assert_eq!(used_idx(&m), 2);
         assert_eq!(
             (read(&m, 0xc000, 1)[0], read(&m, 0xc001, 1)[0]),
@@ -1118,11 +1196,11 @@ mod tests {
         let (tr, backend, irq, _f) = kicked_disk(&m, &t, super::super::VIRTIO_F_VERSION_1);
         set_used_event(&t, &m, 9);
         read_request(&mut t, &m, 0, 2);
-        serve_kicked(&tr, &backend, &m, None).unwrap();
+        serve_kicked(&tr, 0, &backend, &m, None).unwrap();
         assert_eq!(used_idx(&m), 1);
         assert_eq!(irq.irqfd.read().unwrap(), 1);
         // Nothing new: no interrupt.
-        serve_kicked(&tr, &backend, &m, None).unwrap();
+        serve_kicked(&tr, 0, &backend, &m, None).unwrap();
         assert!(irq.irqfd.read().is_err());
     }
 
