@@ -18,23 +18,36 @@ up() { cut -d' ' -f1 /proc/uptime; }
 l2_end() { sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p' /tmp/out | tail -1; }
 T=/sys/kernel/tracing
 mount -t tracefs nodev $T 2>/dev/null
-# `watchdog SECONDS OUTPUT WHAT`: an L2 guest still running after SECONDS is said to hang,
+# `watchdog SECONDS OUTPUTS WHAT`: an L2 guest still running after SECONDS is said to hang,
 # with where its vCPUs are (L1's KVM exits by reason and guest RIP over 3 s; both modes run
-# its kernel without KASLR, so RIPs match System.map) and the last of OUTPUT, and its VMM is
+# its kernel without KASLR, so RIPs match System.map) and the last of OUTPUTS (files), and its VMM is
 # ended, before hull_l1 (180 s of silence) could take the guest's hang for L1's own and
 # run everything again.
 watchdog() {
   sleep "$1"
-  echo "L1: $3 HUNG: still running after $1 s; its exits over 3 s:"
-  echo "hist:keys=exit_reason,guest_rip.hex:sort=hitcount.descending" > $T/events/kvm/kvm_exit/trigger
+  echo "L1: $3 HUNG: still running after $1 s; its exits (and MMIO accesses) over 3 s:"
+  local h1="hist:keys=exit_reason,guest_rip.hex:sort=hitcount.descending"
+  local h2="hist:keys=gpa.hex,type:sort=hitcount.descending"
+  # Nested page faults by guest address and error code (a storm of them at one RIP that are
+  # not MMIO is a mapping L1's KVM installs and the guest faults on again).
+  local h3="hist:keys=fault_address.hex,error_code.hex:sort=hitcount.descending"
+  echo "$h1" > $T/events/kvm/kvm_exit/trigger; echo "$h2" > $T/events/kvm/kvm_mmio/trigger
+  echo "$h3" > $T/events/kvm/kvm_page_fault/trigger
   sleep 3
-  grep -a hitcount $T/events/kvm/kvm_exit/hist | tail -12 | sed 's/^/L1:   /'
-  echo "!hist:keys=exit_reason,guest_rip.hex:sort=hitcount.descending" >> $T/events/kvm/kvm_exit/trigger
-  echo "L1:   its output:"; tail -15 "$2" | sed 's/^/L1:   /'
+  grep -a hitcount $T/events/kvm/kvm_exit/hist | head -12 | sed 's/^/L1:   /'
+  grep -a hitcount $T/events/kvm/kvm_mmio/hist | head -8 | sed 's/^/L1:   /'
+  grep -a hitcount $T/events/kvm/kvm_page_fault/hist | head -8 | sed 's/^/L1:   /'
+  echo "!$h1" >> $T/events/kvm/kvm_exit/trigger; echo "!$h2" >> $T/events/kvm/kvm_mmio/trigger
+  echo "!$h3" >> $T/events/kvm/kvm_page_fault/trigger
+  echo "L1:   its output:"; tail -15 $2 | sed 's/^/L1:   /'
+  echo "L1:   L1's interfaces:"; sed 1,2d /proc/net/dev | sed 's/^/L1:   /'
   killall -TERM vmm qemu-system-x86_64 2>/dev/null; sleep 5; killall -KILL vmm qemu-system-x86_64 2>/dev/null
 }
 if [ "$MODE" = bench ]; then
   R=$(sed -n 's/.*hullreboot=\([a-z]\).*/\1/p' /proc/cmdline)
+  # The parts to run (run.sh's BENCH_PARTS): boot, exits, data, switch; all by default.
+  PARTS=$(sed -n 's/.*hullparts=\([a-z,]*\).*/\1/p' /proc/cmdline)
+  part() { case ",${PARTS:-boot,exits,data,switch}," in *",$1,"*) return 0 ;; esac; return 1; }
   CMD="console=ttyS0 reboot=${R:-k} panic=-1 pci=off quiet nokaslr"
   # Both VMMs boot the same kernel file with the same initramfs, command line, memory, vCPU
   # and disk: the vmlinux inside the bzImage (extracted once, timed apart, as vmmd does
@@ -51,16 +64,20 @@ if [ "$MODE" = bench ]; then
     # The traced runs print the kernel's every line, so that its first one dates its start.
     [ "$3" = traced ] && cmd=$(echo "$CMD" | sed 's/ quiet//')
     local initrd=${INITRD:-/l2b.cpio.gz} disk=${DISK:-/tmp/bdisk.img}
-    # NET=1: a NIC on TAP tap0 as well (each VMM makes the TAP, with a vnet header).
+    # TAP=name: a NIC on that TAP as well (each VMM makes the TAP, with a vnet header), with
+    # MAC=address (two guests on one bridge need two; qemu's default is one for all).
+    # ARGS: more of the kernel's command line.
     # hullthread: hull with its disk served by its worker threads, not io_uring.
+    cmd="$cmd${ARGS:+ $ARGS}"
     if [ "${1%thread}" = hull ]; then
       local io=auto; [ "$1" = hullthread ] && io=threads
-      /vmm --kernel $2 --initrd $initrd --mem-mib 256 --vcpus 1 --disk $disk --disk-io $io ${NET:+--tap tap0} --cmdline "$cmd"
+      /vmm --kernel $2 --initrd $initrd --mem-mib 256 --vcpus 1 --disk $disk --disk-io $io \
+        ${TAP:+--tap $TAP} ${MAC:+--mac $MAC} --cmdline "$cmd"
     else
       /qemu/qemu-system-x86_64 -L /qemu/share -M microvm,x-option-roms=off,rtc=on -enable-kvm -cpu host \
         -m 256 -smp 1 -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
         -drive file=$disk,format=raw,if=none,id=d0 -device virtio-blk-device,drive=d0 \
-        ${NET:+-netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device virtio-net-device,netdev=n0} \
+        ${TAP:+-netdev tap,id=n0,ifname=$TAP,script=no,downscript=no -device virtio-net-device,netdev=n0${MAC:+,mac=$MAC}} \
         -kernel $2 -initrd $initrd -append "$cmd"
     fi
   }
@@ -84,13 +101,16 @@ if [ "$MODE" = bench ]; then
       clock=$(awk -v s=$S '$2 ~ /^\[/ { t = $0; sub(/^[0-9.]* \[ */, "", t); sub(/\].*/, "", t)
           off = $1 - s - t; if (min == "" || off < min) min = off; last = $1 }
         END { printf "launch-to-kernel-clock-zero %.2f last-kernel-line %.2f", min, last - s }' /tmp/out)
+      # Every line of the traced boot with its L1 time from launch, for run.sh to find the
+      # kernel's longest silences under each VMM: "L1: traced WHO SECONDS LINE".
+      awk -v s=$S -v who=$1 '{ t = $1; $1 = ""; printf "L1: traced %s %.3f%s\n", who, t - s, $0 }' /tmp/out
       echo "L1: phases $1 $clock launch-to-init $(at 'L2: init reached') to-vda-read $(at 'L2: vda read') to-exit $(awk -v s=$S -v e=$E 'BEGIN { printf "%.2f", e - s }')"
     fi
     if grep -q "L2: vda read" /tmp/out; then echo "L1: bench $1 $2 $3 $S $E $(l2_end)"
     else echo "L1: bench $1 $2 run $3 failed:"; tail -8 /tmp/out | sed 's/^/L1:   /'; fi
   }
   # Alternating: odd runs hull first, even runs qemu first.
-  for i in 1 2 3 4; do
+  part boot && for i in 1 2 3 4; do
     for row in vmlinux bzimage; do
       if [ $((i % 2)) = 1 ]; then boot hull $row $i; boot qemu $row $i; else boot qemu $row $i; boot hull $row $i; fi
     done
@@ -100,7 +120,8 @@ if [ "$MODE" = bench ]; then
   # costs a little per event). Lines "L1: exits WHO KIND KEY... COUNT" for run.sh to tabulate.
   # Event, its hist keys and the key fields echoed in each line.
   TRACES="kvm_exit:exit_reason kvm_userspace_exit:reason kvm_pio:port.hex,rw kvm_mmio:gpa.hex,type kvm_msr:ecx.hex,write"
-  if [ -w $T/events/kvm/kvm_exit/trigger ]; then
+  if ! part exits; then :
+  elif [ -w $T/events/kvm/kvm_exit/trigger ]; then
     for who in hull qemu; do
       for t in $TRACES; do echo "hist:keys=${t#*:}:size=4096" > $T/events/kvm/${t%%:*}/trigger; done
       boot $who vmlinux traced
@@ -127,7 +148,7 @@ if [ "$MODE" = bench ]; then
     for j in $(seq 1 100); do [ -e /sys/class/net/tap0 ] && break; sleep 0.1; done
     ip addr add 192.0.2.1/24 dev tap0 && ip link set tap0 up
   }
-  for i in 1 2 3 4; do
+  part data && for i in 1 2 3 4; do
     order="hull qemu hullthread"; [ $((i % 2)) = 0 ] && order="hullthread qemu hull"
     for who in $order; do
       watchdog 300 /tmp/out "blk $who run $i" & W=$!
@@ -137,7 +158,7 @@ if [ "$MODE" = bench ]; then
       # The last run's TAP goes when its VMM exits; tap_up must not find that one.
       for j in $(seq 1 100); do [ -e /sys/class/net/tap0 ] || break; sleep 0.1; done
       tap_up & TU=$!
-      NET=1 INITRD=/l2d.cpio.gz DISK=/tmp/ddisk.img vmm $who /tmp/vmlinux >/tmp/out 2>&1
+      TAP=tap0 INITRD=/l2d.cpio.gz DISK=/tmp/ddisk.img vmm $who /tmp/vmlinux >/tmp/out 2>&1
       kill $W $TU 2>/dev/null
       if grep -q "L2: blk done" /tmp/out; then grep "^L2: blk " /tmp/out | grep -v done | sed "s/^L2: blk /L1: blk $who $i /"
       else echo "L1: blk $who run $i failed:"; tail -8 /tmp/out | sed 's/^/L1:   /'; fi
@@ -161,6 +182,78 @@ if [ "$MODE" = bench ]; then
       ip link del tap0 2>/dev/null
     done
   done
+  # Guest to zone and guest to guest through a switch built as vswitch builds one (a bridge;
+  # each guest's TAP on it; a zone's network namespace on it through a veth pair; vswitch's
+  # guards left out, as they would be the same for both VMMs): two guests of the same VMM
+  # (l2-switch-init.sh) and a "zone" at 192.0.2.3, four runs alternating which VMM goes
+  # first. Guest a streams with the zone 3 s each way, then with guest b each way; each
+  # receiving end times its stream. Lines "L1: switch WHO RUN DIRECTION MiB/s M".
+  if part switch; then
+    for m in llc stp bridge veth; do insmod /m/$m.ko 2>/dev/null || echo "L1: insmod $m failed"; done
+    brctl addbr br0 && ip link set br0 up
+    dd if=/dev/zero of=/tmp/sa.img bs=1M count=1 2>/dev/null; cp /tmp/sa.img /tmp/sb.img
+    # `port TAP`: the VMM's TAP on the bridge once the VMM has made it.
+    port() {
+      for j in $(seq 1 100); do [ -e /sys/class/net/$1 ] && break; sleep 0.1; done
+      brctl addif br0 $1 && ip link set $1 up
+    }
+    # "netbench MODE bytes N seconds S MiB/s M intact" -> "L1: switch WHO RUN DIRECTION MiB/s M"
+    switch_line() {
+      case "$2" in
+        *" intact"*) echo "L1: switch $who $i $1 MiB/s $(echo "$2" | awk '{ print $8 }')" ;;
+        *) echo "L1: switch $who $i $1 failed: ${2:-no result}"; sw_failed=1 ;;
+      esac
+    }
+    for i in 1 2 3 4; do
+      order="hull qemu"; [ $((i % 2)) = 0 ] && order="qemu hull"
+      for who in $order; do
+        # The zone: its own network namespace (busybox's unshare execs, so $! is the
+        # namespace's first process), the veth's far end moved into it, its two TCP ends.
+        ip link add name zh type veth && ip link set veth0 name zg
+        brctl addif br0 zh && ip link set zh up
+        rm -f /tmp/zsink.out
+        unshare -n sh -c 'for j in $(seq 1 100); do ip link show zg >/dev/null 2>&1 && break; sleep 0.1; done
+          ip link set lo up; ip addr add 192.0.2.3/24 dev zg; ip link set zg up
+          /netbench source 5001 s3 >/dev/null 2>&1 & /netbench sink 5002 >/tmp/zsink.out 2>&1; wait' &
+        Z=$!
+        for j in $(seq 1 100); do
+          [ "$(readlink /proc/$Z/ns/net)" != "$(readlink /proc/self/ns/net)" ] && break; sleep 0.05
+        done
+        ip link set zg netns $Z
+        watchdog 150 "/tmp/outa /tmp/outb" "switch $who run $i" & W=$!
+        port tapb & port tapa &
+        TAP=tapb MAC=02:00:00:00:00:0b ARGS=rdinit=/switch-init\ hullrole=b INITRD=/l2d.cpio.gz DISK=/tmp/sb.img \
+          vmm $who /tmp/vmlinux >/tmp/outb 2>&1 &
+        B=$!
+        TAP=tapa MAC=02:00:00:00:00:0a ARGS=rdinit=/switch-init\ hullrole=a INITRD=/l2d.cpio.gz DISK=/tmp/sa.img \
+          vmm $who /tmp/vmlinux >/tmp/outa 2>&1 &
+        A=$!
+        # Once one guest has stopped, the other has 15 s to end its streams: a guest that
+        # stopped early (a fault; its output says) would leave it waiting for ever.
+        while kill -0 $A 2>/dev/null && kill -0 $B 2>/dev/null; do sleep 1; done
+        for j in $(seq 1 15); do kill -0 $A 2>/dev/null || kill -0 $B 2>/dev/null || break; sleep 1; done
+        killall -TERM vmm qemu-system-x86_64 2>/dev/null
+        wait $A; wait $B
+        kill $W 2>/dev/null
+        # Where guest a's modules sat (once a side), to place a hung run's RIPs.
+        [ $i -le 2 ] && grep -a '^L2: module ' /tmp/outa | sed "s/^L2: module /L1: switch $who modules: /"
+        sw_failed=
+        l2() { sed -n "s/^L2: switch $1: //p" "$2" | tr -d '\r'; }
+        switch_line guest-to-zone "$(cat /tmp/zsink.out 2>/dev/null)"
+        switch_line zone-to-guest "$(l2 zone-to-guest /tmp/outa)"
+        switch_line guest-to-guest "$(l2 from-a /tmp/outb)"
+        switch_line guest-to-guest-back "$(l2 from-b /tmp/outa)"
+        if [ -n "$sw_failed" ]; then
+          echo "L1:   guest a's last lines:"; tail -6 /tmp/outa | sed 's/^/L1:     /'
+          echo "L1:   guest b's last lines:"; tail -6 /tmp/outb | sed 's/^/L1:     /'
+        fi
+        kill $Z 2>/dev/null; killall netbench 2>/dev/null
+        # The namespace's veth end goes with it; the TAPs go with their VMMs.
+        ip link del zh 2>/dev/null
+        for j in $(seq 1 100); do [ -e /sys/class/net/tapa ] || [ -e /sys/class/net/tapb ] || break; sleep 0.1; done
+      done
+    done
+  fi
   echo "L1: done"
   poweroff -f
 fi

@@ -3,7 +3,8 @@
 # machine with emulated SVM (the /dev/kvm of these machines cannot run a stock kernel).
 #
 #   run.sh check   functional run: L2 reaches init with 2 vCPUs, finds its virtio devices
-#                  through ACPI, reads/writes its disk, reads its hwrng, pings the TAP host
+#                  through ACPI, reads/writes its disk (through a request queue per vCPU),
+#                  reads its hwrng, pings the TAP host
 #                  side, moves 16 MiB each way over TCP with L1 (netbench.c: every byte
 #                  checked) with checksum and segmentation offloads and mergeable receive
 #                  buffers negotiated, gives its balloon the 16 MiB asked and reports free
@@ -21,6 +22,11 @@
 #                  disk file (O_DIRECT, Linux AIO: random 4 KiB at depth 1 and 32, sequential
 #                  1 MiB), IOPS and MiB/s side by side, and TCP throughput (netbench.c) over
 #                  the same TAP setup (a TAP in L1 with L1's end as the peer) each way.
+#                  Last, through a switch as vswitch builds one (a bridge in L1, the
+#                  guests' TAPs and a zone's veth on it): two guests of one VMM at once
+#                  (l2-switch-init.sh) and a zone (a network namespace), 4 runs alternating:
+#                  TCP guest to zone, zone to guest, and guest to guest both ways.
+#                  BENCH_PARTS=boot,exits,data,switch picks the parts (default all).
 #
 # Needs: qemu-system-x86, cpio, gcc (static glibc, for blkbench and netbench), apt-get access to
 # Debian's linux-image-amd64 and busybox-static (cached in ${HULL_CACHE:-~/.cache/hull}/debs), and a build of vmm
@@ -33,6 +39,13 @@
 # resets by triple fault (reboot=t) under both VMMs.
 set -eu
 MODE=${1:-check}
+# BENCH_PARTS: which of the bench's parts run, comma-separated (default all).
+PARTS=${BENCH_PARTS:-boot,exits,data,switch}
+case ",$PARTS," in *[!a-z,]*) echo "BENCH_PARTS: letters and commas only: $PARTS"; exit 2 ;; esac
+for p in ${PARTS//,/ }; do
+  case $p in boot|exits|data|switch) ;; *) echo "BENCH_PARTS: unknown part '$p' (boot, exits, data, switch)"; exit 2 ;; esac
+done
+has_part() { case ",$PARTS," in *",$1,"*) return 0 ;; esac; return 1; }
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/../../../../scripts/lib.sh"
 WORK=${WORK:-/tmp/hull-nested}
@@ -50,7 +63,7 @@ for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_
   drivers/block/virtio_blk drivers/char/hw_random/virtio-rng net/core/failover \
   drivers/net/net_failover drivers/net/virtio_net drivers/virtio/virtio_balloon; do cp "$M/$m.ko" l2/m/; done
 for m in virt/lib/irqbypass arch/x86/kvm/kvm drivers/crypto/ccp/ccp arch/x86/kvm/kvm-amd \
-  drivers/net/tun; do cp "$M/$m.ko" l1/m/; done
+  drivers/net/tun net/llc/llc net/802/stp net/bridge/bridge drivers/net/veth; do cp "$M/$m.ko" l1/m/; done
 cp l2/m/virtio_ring.ko l2/m/virtio.ko l2/m/virtio_mmio.ko l2/m/virtio_blk.ko l2b/m/
 cp "$HERE/l2-init.sh" l2/init && cp "$HERE/l2-bench-init.sh" l2b/init && cp "$HERE/l1-init.sh" l1/init
 # The TCP end on both sides of the TAP.
@@ -70,7 +83,8 @@ if [ "$MODE" = bench ]; then
   for f in bios-microvm.bin linuxboot_dma.bin pvh.bin; do cp /usr/share/qemu/$f l1/qemu/share/; done
   # The data-path guest: blkbench (static) against its disk.
   rm -rf l2d && mkdir -p l2d/bin l2d/m l2d/proc l2d/sys l2d/dev
-  cp root/bin/busybox l2d/bin/ && cp l2/m/*.ko l2d/m/ && cp "$HERE/l2-blk-init.sh" l2d/init && chmod +x l2d/init
+  cp root/bin/busybox l2d/bin/ && cp l2/m/*.ko l2d/m/ && cp "$HERE/l2-blk-init.sh" l2d/init
+  cp "$HERE/l2-switch-init.sh" l2d/switch-init && chmod +x l2d/init l2d/switch-init
   gcc -O2 -static -o l2d/blkbench "$HERE/blkbench.c" && cp l1/netbench l2d/
   (cd l2d && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../l1/l2d.cpio.gz)
 fi
@@ -80,12 +94,13 @@ fi
 # hull_l1 (scripts/lib.sh) runs L1 once more when QEMU's TCG breaks L1's own kernel.
 hull_l1 "run-$MODE.log" "${NESTED_TIMEOUT:-600}" -M q35 -cpu "${NESTED_CPU:-$HULL_L1_CPU}" -accel tcg -m 2048 -smp 2 -nographic -no-reboot \
   -kernel root/boot/vmlinuz-"$KVER" -initrd l1.cpio.gz \
-  -append "console=ttyS0 quiet panic=-1 hullmode=$MODE hullreboot=${L2_KERNEL:+t}"
+  -append "console=ttyS0 quiet panic=-1 hullmode=$MODE hullreboot=${L2_KERNEL:+t} hullparts=$PARTS"
 # (The traced boots' raw counts are tabulated below, not echoed.)
-grep -a -E '^(L1|L2|vmm):' "run-$MODE.log" | grep -a -v '^L1: exits ' || true
+grep -a -E '^(L1|L2|vmm):' "run-$MODE.log" | grep -a -v -E '^L1: (exits|traced) ' || true
 if [ "$MODE" = bench ]; then
+  rc=0
   # "L1: bench WHO ROW RUN START END L2-CLOCK": the pairs per row, then the ratio of the sums.
-  grep -a 'L1: bench' "run-$MODE.log" | awk '$3 == "extract" { printf "vmm --extract-vmlinux (once) %.2f s\n", $5 - $4; next }
+  has_part boot && { grep -a 'L1: bench' "run-$MODE.log" | awk '$3 == "extract" { printf "vmm --extract-vmlinux (once) %.2f s\n", $5 - $4; next }
     $5 ~ /^[0-9]+$/ && $6 ~ /^[0-9.]+$/ { t[$3 " " $4 " " $5] = $7 - $6; k[$3 " " $4 " " $5] = $8 }
     END {
       split("vmlinux bzimage", rows, " ")
@@ -101,7 +116,7 @@ if [ "$MODE" = bench ]; then
         else { printf "%s: no complete pair\n", row; bad = 1 }
       }
       exit bad
-    }' && rc=0 || rc=1
+    }' || rc=1; }
   # "L1: blk WHO RUN JOB iops N MiB/s M": per job, the runs' IOPS and throughput, hull/qemu.
   grep -a '^L1: blk [hq]' "run-$MODE.log" | awk '$6 == "iops" && $8 == "MiB/s" {
       k = $5; if (!(k in seen)) { seen[k] = 1; order[++n] = k }
@@ -122,24 +137,37 @@ if [ "$MODE" = bench ]; then
         printf "\n"
       }
     }'
-  # "L1: net WHO RUN DIRECTION MiB/s M": per direction, the runs' TCP throughput, hull/qemu.
-  grep -a '^L1: net [hq]' "run-$MODE.log" | awk '$6 == "MiB/s" {
-      k = $5; if (!(k in seen)) { seen[k] = 1; order[++n] = k }
-      mib[k, $3] += $7; runs[k, $3]++
-    }
-    END {
-      for (i = 1; i <= n; i++) {
-        k = order[i]
-        if (!runs[k, "hull"] || !runs[k, "qemu"]) { printf "tcp %s: not measured under both\n", k; continue }
-        h = mib[k, "hull"] / runs[k, "hull"]; q = mib[k, "qemu"] / runs[k, "qemu"]
-        printf "tcp %-14s hull %7.2f MiB/s, qemu %7.2f MiB/s, hull/qemu %.2f (%d+%d runs)\n", k, h, q, h / q, runs[k, "hull"], runs[k, "qemu"]
+  # "L1: KIND WHO RUN DIRECTION MiB/s M" (KIND net: over the TAP with L1's end; switch:
+  # through the bridge): per direction, the runs' TCP throughput, hull/qemu.
+  for kind in net switch; do
+    grep -a "^L1: $kind [hq]" "run-$MODE.log" | awk -v kind=$kind '$6 == "MiB/s" {
+        k = $5; if (!(k in seen)) { seen[k] = 1; order[++n] = k }
+        mib[k, $3] += $7; runs[k, $3]++
       }
-    }'
+      END {
+        for (i = 1; i <= n; i++) {
+          k = order[i]
+          if (!runs[k, "hull"] || !runs[k, "qemu"]) { printf "%s %s: not measured under both\n", kind, k; continue }
+          h = mib[k, "hull"] / runs[k, "hull"]; q = mib[k, "qemu"] / runs[k, "qemu"]
+          printf "%-6s %-20s hull %7.2f MiB/s, qemu %7.2f MiB/s, hull/qemu %.2f (%d+%d runs)\n", kind, k, h, q, h / q, runs[k, "hull"], runs[k, "qemu"]
+        }
+      }'
+  done
   # Every run must have ended well: a failed or hung one is a finding, not noise to average away.
-  if grep -a -q -E 'L1: (bench|blk|net) .* (failed|HUNG|corrupt)' "run-$MODE.log"; then
-    echo "FAIL: runs that did not end well:"; grep -a -E -A16 'L1: (bench|blk|net) .* (failed|HUNG|corrupt)' "run-$MODE.log" | grep -a '^L1:'; rc=1
+  if grep -a -q -E 'L1: (bench|blk|net|switch) .* (failed|HUNG|corrupt)' "run-$MODE.log"; then
+    echo "FAIL: runs that did not end well:"; grep -a -E -A16 'L1: (bench|blk|net|switch) .* (failed|HUNG|corrupt)' "run-$MODE.log" | grep -a '^L1:'; rc=1
   fi
   grep -a -q '^L1: done' "run-$MODE.log" || { echo "FAIL: L1 never finished its runs"; rc=1; }
+  # "L1: traced WHO SECONDS LINE": each traced boot's longest silences, the line after
+  # which the guest said nothing for the longest (where its boot waits or computes).
+  for who in hull qemu; do
+    grep -a "^L1: traced $who " "run-$MODE.log" | tr -d '\r' | awk -v who=$who '
+      { t = $4; line = $0; sub(/^L1: traced [a-z]* [0-9.]* /, "", line)
+        if (NR > 1) printf "%.3f %.3f %s\n", t - pt, pt, pl
+        pt = t; pl = substr(line, 1, 90) }' | sort -rn | head -10 |
+      awk -v who=$who 'NR == 1 { print "silences " who " (seconds, at, the line before):" }
+        { printf "  %6.3f at %7.3f  ", $1, $2; $1 = ""; $2 = ""; sub(/^  /, ""); print }'
+  done
   # "L1: exits WHO EVENT KEY... COUNT" from the traced boots: per event, each key's count
   # under hull and under qemu, largest first, with SVM's exit codes named.
   grep -a 'L1: exits ' "run-$MODE.log" | awk '
@@ -173,7 +201,7 @@ fi
 fail=0
 for want in "L2: init reached, 2 cpus" "L2: virtio devices: virtio0 virtio1 virtio2 virtio3" \
   "vmm: balloon: target 16.0 MiB, held [0-9.]* MiB at the end; inflated 16.0 MiB" \
-  "L2: vda sector 0 reads HULLDISK" "L2: hwrng" "L2: ping to the TAP host side works" \
+  "L2: vda sector 0 reads HULLDISK" "L2: vda request queues 2" "L2: hwrng" "L2: ping to the TAP host side works" \
   "L2: tcp from host: netbench recv bytes 16777216 .* intact" \
   "L1: tcp from guest: netbench sink bytes 16777216 .* intact" \
   "L2: net offloads: csum 1 guest_csum 1 guest_tso4 1 host_tso4 1 mrg_rxbuf 1" \
