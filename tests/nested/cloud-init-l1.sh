@@ -283,7 +283,20 @@ if watch_guest "$U" vm1 /tmp/console1.log 600 cloud_done; then
   # VMM's threads.
   echo "L1: vm1 KVM exits so far: $(kvm_exits "$U")"
   vmm_threads "$U" | sed 's/^/L1: vm1 thread /'
-else echo "L1: no cloud-init finish line from vm1 in 10 min; its console ends:"; tr -d '\r' < /tmp/console1.log | tail -40 | sed 's/^/L2: /'; fi
+else
+  echo "L1: no cloud-init finish line from vm1 in 10 min; its console ends:"; tr -d '\r' < /tmp/console1.log | tail -40 | sed 's/^/L2: /'
+  # Where the guest is: L1 KVM's exit count, the VMM's threads, what its devices moved, and
+  # 3 s of L1's KVM exits by reason and guest RIP (debugfs's tracing).
+  echo "L1: vm1 KVM exits so far: $(kvm_exits "$U")"
+  vmm_threads "$U" | sed 's/^/L1: vm1 thread /'
+  vmadm info "$U" 2>&1 | tr -d ' \n' | cut -c1-3000 | sed 's/^/L1: vm1 info: /'
+  H=/sys/kernel/debug/tracing/events/kvm/kvm_exit
+  if [ -w $H/trigger ]; then
+    echo "hist:keys=exit_reason,guest_rip.hex:sort=hitcount.descending" > $H/trigger; sleep 3
+    grep -a hitcount $H/hist | head -12 | sed 's/^/L1: vm1 exit /'
+    echo "!hist:keys=exit_reason,guest_rip.hex:sort=hitcount.descending" >> $H/trigger
+  fi
+fi
 tr -d '\r' < /tmp/console1.log | grep -a -i -E "cloud-init|ci-info|error|fail" | head -60 | sed 's/^/L2: /'
 # Any warning or oops of the guest's kernel, whole, for whoever reads the log.
 tr -d '\r' < /tmp/console1.log | grep -a -A24 -E "WARNING: CPU|BUG:|Oops|general protection|invalid opcode" | head -120 | sed 's/^/L2: trace: /'
