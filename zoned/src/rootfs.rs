@@ -416,6 +416,16 @@ fn idmap_clone_with(
 const VMM_DEVICES: &str = ".hull-dev";
 /// The KVM device: `/dev/kvm`, character 10:232.
 const KVM: (&str, u64, u64) = ("kvm", 10, 232);
+/// The kernel's vhost-net, which moves a NIC's frames without a VMM thread: given to the
+/// zone's root like /dev/kvm when the host has it.
+const VHOST_NET: &str = "vhost-net";
+
+/// The device number of the character device at `path`, if there is one.
+fn host_char_device(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(path).ok()?;
+    meta.file_type().is_char_device().then(|| meta.rdev())
+}
 
 /// The root of a microVM's zone: a small tmpfs made read-only once it holds the mount points
 /// of `files`, each an id-mapped clone of its host file (read-only unless `writable`), and a
@@ -478,18 +488,26 @@ fn mount_vmm_root(
         std::fs::create_dir(&devs).map_err(io_err("create", &devs))?;
         set_mode(&devs, 0o711)?;
         let (name, major, minor) = KVM;
-        let node = devs.join(name);
-        nix::sys::stat::mknod(
-            &node,
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::from_bits_truncate(0o600),
-            nix::sys::stat::makedev(major, minor),
-        )
-        .map_err(err("make the KVM device node", &node))?;
-        set_mode(&node, 0o600)?;
-        let owner = Some(nix::unistd::Uid::from_raw(id_base));
-        let group = Some(nix::unistd::Gid::from_raw(id_base));
-        nix::unistd::chown(&node, owner, group).map_err(err("hand to the zone's root", &node))?;
+        let mut nodes = vec![(name, nix::sys::stat::makedev(major, minor))];
+        // vhost-net where the host has it (its minor is fixed, but the host's node says).
+        if let Some(rdev) = host_char_device(Path::new("/dev").join(VHOST_NET).as_path()) {
+            nodes.push((VHOST_NET, rdev));
+        }
+        for (name, rdev) in nodes {
+            let node = devs.join(name);
+            nix::sys::stat::mknod(
+                &node,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+                rdev,
+            )
+            .map_err(err("make a device node", &node))?;
+            set_mode(&node, 0o600)?;
+            let owner = Some(nix::unistd::Uid::from_raw(id_base));
+            let group = Some(nix::unistd::Gid::from_raw(id_base));
+            nix::unistd::chown(&node, owner, group)
+                .map_err(err("hand to the zone's root", &node))?;
+        }
         mount(
             None::<&str>,
             rootfs,
@@ -849,6 +867,9 @@ pub fn populate(root: &Path, vmm: bool) -> Result<OwnedFd, MountError> {
         // The node zoned made in the root for the zone's root; its directory is then hidden.
         let devs = root.join(VMM_DEVICES);
         bind_on_file(&devs.join(KVM.0), &dev.join(KVM.0))?;
+        if devs.join(VHOST_NET).exists() {
+            bind_on_file(&devs.join(VHOST_NET), &dev.join(VHOST_NET))?;
+        }
         mount(
             Some("tmpfs"),
             &devs,

@@ -61,6 +61,8 @@ pub struct VmmArgs {
     pub balloon: Option<u64>,
     /// `--disk-io`: how the disks' data moves; `None` is [`DiskIo::Auto`].
     pub disk_io: Option<DiskIo>,
+    /// `--net-io`: how the NICs' frames move; `None` is [`NetIo::Auto`].
+    pub net_io: Option<NetIo>,
     /// `--save-cpuid`: save KVM's supported CPUID there and exit.
     pub save_cpuid: Option<PathBuf>,
     /// `--extract-vmlinux`: write the vmlinux inside the `kernel` bzImage there and exit.
@@ -134,7 +136,7 @@ impl fmt::Display for ArgvError {
 impl std::error::Error for ArgvError {}
 
 /// Every flag, as [`VmmArgs::to_argv`] writes them.
-const FLAGS: [&str; 22] = [
+const FLAGS: [&str; 23] = [
     "--kernel",
     "--initrd",
     "--cmdline",
@@ -153,6 +155,7 @@ const FLAGS: [&str; 22] = [
     "--dhcp",
     "--balloon",
     "--disk-io",
+    "--net-io",
     "--save-cpuid",
     "--extract-vmlinux",
     "--find-boot",
@@ -190,6 +193,41 @@ impl std::str::FromStr for DiskIo {
             .into_iter()
             .find(|d| d.as_str() == s)
             .ok_or_else(|| format!("{s:?} is not auto, io_uring or threads"))
+    }
+}
+
+/// How a microVM's NICs move their frames (`--net-io`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NetIo {
+    /// The kernel's vhost-net where /dev/vhost-net opens and the NIC needs nothing of the
+    /// VMM (no DHCP answered by it), else the VMM's I/O thread.
+    #[default]
+    Auto,
+    /// vhost-net for every NIC, or the VM does not start.
+    Vhost,
+    /// The VMM's I/O thread for every NIC.
+    Vmm,
+}
+
+impl NetIo {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetIo::Auto => "auto",
+            NetIo::Vhost => "vhost",
+            NetIo::Vmm => "vmm",
+        }
+    }
+}
+
+impl std::str::FromStr for NetIo {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [NetIo::Auto, NetIo::Vhost, NetIo::Vmm]
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not auto, vhost or vmm"))
     }
 }
 
@@ -305,6 +343,9 @@ impl VmmArgs {
         if let Some(d) = self.disk_io {
             push(o, "--disk-io", d.as_str());
         }
+        if let Some(n) = self.net_io {
+            push(o, "--net-io", n.as_str());
+        }
         if let Some(p) = &self.save_cpuid {
             push(o, "--save-cpuid", p);
         }
@@ -359,6 +400,7 @@ impl VmmArgs {
                 "--dhcp" => a.dhcp.push(value.parse().map_err(|_| bad())?),
                 "--balloon" => set_once(&mut a.balloon, flag, value.parse().map_err(|_| bad())?)?,
                 "--disk-io" => set_once(&mut a.disk_io, flag, value.parse().map_err(|_| bad())?)?,
+                "--net-io" => set_once(&mut a.net_io, flag, value.parse().map_err(|_| bad())?)?,
                 "--save-cpuid" => set_once(&mut a.save_cpuid, flag, path)?,
                 "--extract-vmlinux" => set_once(&mut a.extract_vmlinux, flag, path)?,
                 "--find-boot" => set_once(&mut a.find_boot, flag, path)?,
@@ -417,6 +459,7 @@ impl VmmArgs {
             }],
             balloon: Some(64),
             disk_io: Some(DiskIo::IoUring),
+            net_io: Some(NetIo::Vmm),
             save_cpuid: None,
             extract_vmlinux: Some("/tmp/out".into()),
             find_boot: Some("/vm/disk0".into()),
@@ -442,7 +485,7 @@ mod tests {
              --exit-file /run/vmm/exit.json --uuid 9f4c2d1e-0000-4000-8000-000000000001 \
              --metadata /run/vmm/metadata.sock \
              --dhcp {\"nic\":0,\"address\":\"192.0.2.10\",\"prefix\":24,\"routers\":[\"192.0.2.1\"],\"hostname\":\"web\",\"lease_secs\":3600} \
-             --balloon 64 --disk-io io_uring --extract-vmlinux /tmp/out --find-boot /vm/disk0 --boot-out /tmp/boot"
+             --balloon 64 --disk-io io_uring --net-io vmm --extract-vmlinux /tmp/out --find-boot /vm/disk0 --boot-out /tmp/boot"
         );
         assert_eq!(VmmArgs::from_argv(&argv), Ok(a));
         let save = VmmArgs {

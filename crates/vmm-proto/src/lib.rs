@@ -25,7 +25,7 @@ pub mod stats;
 
 pub use args::{
     ArgvError, Console, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, DEFAULT_VCPUS, Disk, DiskIo, MacAddr,
-    VmmArgs,
+    NetIo, VmmArgs,
 };
 pub use control::{ControlReply, ControlRequest, DiskResized};
 pub use dhcp::{DhcpLease, DhcpRoute};

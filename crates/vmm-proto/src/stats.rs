@@ -20,6 +20,10 @@ pub struct StatsReport {
     /// request after another); absent without disks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_io: Option<String>,
+    /// The NICs whose frames the host kernel's vhost-net moves (`net0`...): the VMM never
+    /// sees them, so their device counters stay at 0 (the TAP's own count them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vhost_nets: Vec<String>,
     /// The balloon, for VMs that have one (`--balloon`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<BalloonReport>,

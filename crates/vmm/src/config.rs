@@ -151,9 +151,11 @@ pub struct VmConfig {
     pub balloon: Option<u64>,
     /// How the disks' data moves.
     pub disk_io: DiskIo,
+    /// How the NICs' frames move.
+    pub net_io: NetIo,
 }
 
-pub use hull_vmm_proto::DiskIo;
+pub use hull_vmm_proto::{DiskIo, NetIo};
 
 impl VmConfig {
     /// Checks ranges the rest of the crate relies on.
@@ -265,6 +267,7 @@ mod tests {
             dhcp: Vec::new(),
             balloon: Some(128),
             disk_io: DiskIo::Auto,
+            net_io: NetIo::Auto,
         };
         assert!(c.validate().is_ok());
         c.balloon = Some(129);

@@ -26,7 +26,7 @@ use hull_vmm::exit_file::ExitFile;
 use hull_vmm::{StopReason, run};
 use hull_vmm_proto::{
     Console, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, DEFAULT_VCPUS, DhcpLease, Disk, DiskIo, ExitReason,
-    ExitRecord, MacAddr, VmmArgs,
+    ExitRecord, MacAddr, NetIo, VmmArgs,
 };
 
 /// Run one microVM on KVM until the guest stops.
@@ -92,6 +92,12 @@ struct Args {
     /// threads; `stats` says which).
     #[arg(long, value_name = "auto|io_uring|threads")]
     disk_io: Option<DiskIo>,
+    /// How the NICs' frames move: vhost (the host kernel's vhost-net moves them between the
+    /// TAP and the guest, no VMM thread on the way), vmm (the VMM's I/O thread), or auto
+    /// (vhost where /dev/vhost-net opens, for NICs whose TAP carries a vnet header and whose
+    /// DHCP the VMM does not answer; `stats` names the vhost NICs).
+    #[arg(long, value_name = "auto|vhost|vmm")]
+    net_io: Option<NetIo>,
     /// KVM's supported CPUID as --save-cpuid wrote it on this host, instead of asking KVM
     /// (which costs ~60 host CPUID instructions). Stale tables are the caller's to avoid:
     /// vmmd keeps one per host boot and KVM module state.
@@ -167,6 +173,7 @@ where
         dhcp: args.dhcp,
         balloon: args.balloon,
         disk_io: args.disk_io,
+        net_io: args.net_io,
         save_cpuid: args.save_cpuid,
         extract_vmlinux: args.extract_vmlinux,
         find_boot: args.find_boot,
@@ -213,6 +220,7 @@ fn vm_config(args: VmmArgs, kernel: PathBuf) -> VmConfig {
         dhcp: args.dhcp,
         balloon: args.balloon,
         disk_io: args.disk_io.unwrap_or_default(),
+        net_io: args.net_io.unwrap_or_default(),
     }
 }
 

@@ -34,6 +34,19 @@ const KVM_GET_VCPU_EVENTS: u32 = 0x8040_ae9f;
 /// [`crate::devices::serial::batch`]).
 const KVM_UNREGISTER_COALESCED_MMIO: u32 = 0x4010_ae68;
 use crate::devices::virtio::net::TUNSETOFFLOAD;
+use vhost::vhost_kern::vhost_binding as vb;
+/// What a NIC on vhost-net issues at the driver's DRIVER_OK, on a vCPU thread: the features,
+/// each ring's size, start, addresses and interrupt, and the TAP in or out (see
+/// [`crate::devices::virtio::net::vhost`]). All act on the vhost fd only: what they can
+/// make vhost touch is this process's own memory and fds.
+const VHOST_AT_DRIVER_OK: [fn() -> libc::c_ulong; 6] = [
+    vb::VHOST_SET_FEATURES,
+    vb::VHOST_SET_VRING_NUM,
+    vb::VHOST_SET_VRING_BASE,
+    vb::VHOST_SET_VRING_ADDR,
+    vb::VHOST_SET_VRING_CALL,
+    vb::VHOST_NET_SET_BACKEND,
+];
 
 /// What a thread does, which decides what it may call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,7 +228,10 @@ pub fn policy(role: ThreadRole, extras: &MainExtras) -> Policy {
                     vec![(1, KVM_GET_VCPU_EVENTS)],
                     // The offloads a NIC's driver took, told to its TAP at DRIVER_OK.
                     vec![(1, TUNSETOFFLOAD as u32)],
-                ],
+                ]
+                .into_iter()
+                .chain(VHOST_AT_DRIVER_OK.map(|req| vec![(1, req() as u32)]))
+                .collect(),
             );
         }
         ThreadRole::Io => {
@@ -612,6 +628,23 @@ mod tests {
             KVM_GET_VCPU_EVENTS,
             ior(0x9f, size_of::<kvm_bindings::kvm_vcpu_events>())
         );
+        // vhost-net at DRIVER_OK: SET_FEATURES, SET_VRING_NUM/BASE, SET_VRING_ADDR (a 40-byte
+        // struct), SET_VRING_CALL, NET_SET_BACKEND.
+        for req in [
+            0x4008_af00u32,
+            0x4008_af10,
+            0x4008_af12,
+            0x4028_af11,
+            0x4008_af21,
+            0x4008_af30,
+        ] {
+            assert_eq!(v(libc::SYS_ioctl, ioctl(req)), RET_ALLOW, "{req:#x}");
+        }
+        // vhost's owner, memory table and notifies are set before the vCPUs run:
+        // SET_OWNER, RESET_OWNER, SET_MEM_TABLE, SET_VRING_KICK.
+        for req in [0xaf01u32, 0xaf02, 0x4008_af03, 0x4008_af20] {
+            assert_eq!(v(libc::SYS_ioctl, ioctl(req)), RET_KILL_PROCESS, "{req:#x}");
+        }
         // KVM_SET_SREGS, KVM_SET_USER_MEMORY_REGION, KVM_CREATE_VCPU stay with setup.
         for req in [0x4138_ae84u32, 0x4020_ae46, 0xae41] {
             assert_eq!(v(libc::SYS_ioctl, ioctl(req)), RET_KILL_PROCESS, "{req:#x}");

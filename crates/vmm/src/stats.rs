@@ -104,6 +104,8 @@ pub struct Stats {
     pub balloon: OnceLock<Arc<BalloonStats>>,
     /// How the disks' data moves (`io_uring` or `thread`), once a VM with disks runs.
     pub disk_io: OnceLock<&'static str>,
+    /// The NICs whose frames the kernel's vhost-net moves (their counters stay at 0 here).
+    pub vhost_nets: Mutex<Vec<String>>,
 }
 
 impl Stats {
@@ -115,6 +117,7 @@ impl Stats {
             serial_batched: AtomicU64::new(0),
             balloon: OnceLock::new(),
             disk_io: OnceLock::new(),
+            vhost_nets: Mutex::new(Vec::new()),
         }
     }
 
@@ -165,6 +168,7 @@ impl Stats {
                 .collect(),
             pit: self.pit.load(Ordering::Relaxed),
             disk_io: self.disk_io.get().map(|s| s.to_string()),
+            vhost_nets: crate::bus::lock(&self.vhost_nets).clone(),
             serial_batched: ld(&self.serial_batched),
             exits: self.exit_table(),
             balloon: self.balloon.get().map(|b| {

@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::acpi::AcpiLayout;
 use crate::boot::{self, BootError, regs};
 use crate::bus::{Bus, BusError, lock};
-use crate::config::{ConfigError, ConsoleConfig, DiskIo, NetConfig, VmConfig};
+use crate::config::{ConfigError, ConsoleConfig, DiskIo, NetConfig, NetIo, VmConfig};
 use crate::control::{ControlError, ControlServer, Controller};
 use crate::devices::IrqTrigger;
 use crate::devices::acpi_pm::{ACPI_PM_BASE, ACPI_PM_LEN, AcpiPm, PowerSink};
@@ -36,6 +36,7 @@ use crate::devices::virtio::block::{
     self as block, Backend, Block, BlockError, DiskEngine, DiskPool, DiskRing, POOL_WORKERS,
 };
 use crate::devices::virtio::mmio::{Interrupt, MmioError, MmioTransport, QUEUE_NOTIFY};
+use crate::devices::virtio::net::vhost::{self, VhostError, VhostNet};
 use crate::devices::virtio::net::{Net, NetError, TX_QUEUE as NET_TX_QUEUE, Tap};
 use crate::devices::virtio::rng::{GetRandom, Rng};
 use crate::exit_file::ExitFile;
@@ -120,6 +121,10 @@ pub enum VmError {
     Mmio(#[from] MmioError),
     #[error("too many devices: IRQs run out after {0}")]
     TooManyDevices(usize),
+    #[error("NIC {0} cannot use vhost-net (--net-io vhost): {1}")]
+    VhostUnfit(usize, &'static str),
+    #[error("NIC {0} cannot use vhost-net (--net-io vhost)")]
+    Vhost(usize, #[source] VhostError),
     #[error("cannot set up the control socket")]
     Control(#[from] ControlError),
     #[error("cannot confine the VMM")]
@@ -327,7 +332,45 @@ fn signal_fd() -> std::io::Result<File> {
 /// A device on the MMIO bus, with what the event loop needs for net devices.
 struct Placed {
     transport: Arc<Mutex<MmioTransport>>,
-    net_fd: Option<RawFd>,
+    net: Option<NetPlace>,
+}
+
+/// Who moves a NIC's frames.
+enum NetPlace {
+    /// The VMM: the event loop watches the TAP, the I/O thread takes the transmit notifies.
+    Vmm(RawFd),
+    /// vhost-net, waiting on these notify eventfds of the receive and transmit queues.
+    Vhost([EventFd; 2]),
+}
+
+/// The vhost-net instance NIC `nic` gets under `mode`: `auto` takes one where the NIC can
+/// use it and /dev/vhost-net opens (another failure to open is said, and the VMM moves the
+/// frames); `vhost` refuses the VM when the NIC cannot have one.
+fn vhost_for(
+    mode: NetIo,
+    net: &Net,
+    mem: &GuestMemory,
+    nic: usize,
+) -> Result<Option<VhostNet>, VmError> {
+    match mode {
+        NetIo::Vmm => Ok(None),
+        NetIo::Auto if !net.vhost_capable() => Ok(None),
+        NetIo::Auto => match VhostNet::open(mem) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if vhost::missing(&e) => Ok(None),
+            Err(e) => {
+                eprintln!("vmm: net{nic}: {e}; the VMM moves its frames");
+                Ok(None)
+            }
+        },
+        NetIo::Vhost if !net.vhost_capable() => Err(VmError::VhostUnfit(
+            nic,
+            "its TAP has no vnet header, or the VMM answers its DHCP",
+        )),
+        NetIo::Vhost => VhostNet::open(mem)
+            .map(Some)
+            .map_err(|e| VmError::Vhost(nic, e)),
+    }
 }
 
 /// Asks KVM for its supported CPUID and saves it for later `--cpuid` runs
@@ -422,7 +465,7 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
     )?;
 
     // Virtio devices: disks, then NICs, then the rng.
-    let mut devices: Vec<(Box<dyn VirtioDevice>, Option<RawFd>)> = Vec::new();
+    let mut devices: Vec<(Box<dyn VirtioDevice>, Option<NetPlace>)> = Vec::new();
     let mut backends = Vec::new();
     for (i, d) in config.disks.iter().enumerate() {
         let name = format!("vd{}", (b'a' + (i % 26) as u8) as char);
@@ -452,8 +495,21 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
         if let Some(lease) = config.dhcp.iter().find(|l| l.nic == i) {
             net = net.with_dhcp(lease.clone());
         }
-        let fd = net.raw_fd();
-        devices.push((Box::new(net), Some(fd)));
+        let place = match vhost_for(config.net_io, &net, &mem, i)? {
+            Some(v) => {
+                let kicks = v.kicks();
+                let kicks = [kicks[0].try_clone(), kicks[1].try_clone()];
+                let [Ok(rx), Ok(tx)] = kicks else {
+                    return Err(host("a vhost notify")(std::io::Error::last_os_error()));
+                };
+                lock(&stats.vhost_nets).push(format!("net{i}"));
+                eprintln!("vmm: net{i}: frames moved by the kernel's vhost-net");
+                net = net.with_vhost(v);
+                NetPlace::Vhost([rx, tx])
+            }
+            None => NetPlace::Vmm(net.raw_fd()),
+        };
+        devices.push((Box::new(net), Some(place)));
     }
     devices.push((
         Box::new(Rng::new(Box::new(GetRandom), stats.device("rng0".into()))),
@@ -473,7 +529,7 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
 
     let mut extra_cmdline = Vec::new();
     let mut placed = Vec::new();
-    for (i, (dev, net_fd)) in devices.into_iter().enumerate() {
+    for (i, (dev, net)) in devices.into_iter().enumerate() {
         let irq = VIRTIO_IRQ_BASE + i as u32;
         if irq > IRQ_MAX {
             return Err(VmError::TooManyDevices(
@@ -487,7 +543,7 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
         let transport = Arc::new(Mutex::new(MmioTransport::new(dev, mem.clone(), interrupt)?));
         mmio.insert(addr, VIRTIO_MMIO_SIZE, transport.clone())?;
         extra_cmdline.push(format!("virtio_mmio.device=4K@{addr:#x}:{irq}"));
-        placed.push(Placed { transport, net_fd });
+        placed.push(Placed { transport, net });
     }
 
     // The queues the I/O thread serves: each disk's, and each NIC's transmit queue. Their
@@ -519,12 +575,21 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
         }
     }
     for (i, p) in placed.iter().enumerate().skip(disks) {
-        if p.net_fd.is_some() {
-            io_queues.push(IoQueue {
+        match &p.net {
+            Some(NetPlace::Vmm(_)) => io_queues.push(IoQueue {
                 kick: kick_at(i, NET_TX_QUEUE as u32)?,
                 transport: p.transport.clone(),
                 serve: Serve::Notify(NET_TX_QUEUE as u32),
-            });
+            }),
+            // Both queues' notifies go to vhost's worker, never to a VMM thread.
+            Some(NetPlace::Vhost(kicks)) => {
+                for (q, kick) in kicks.iter().enumerate() {
+                    let notify = MMIO_GAP_START + i as u64 * VIRTIO_MMIO_SIZE + QUEUE_NOTIFY;
+                    vm.register_ioevent(kick, &IoEventAddress::Mmio(notify), q as u32)
+                        .map_err(kvm_setup("register a vhost queue's notify"))?;
+                }
+            }
+            None => {}
         }
     }
 
@@ -631,7 +696,10 @@ pub fn run(config: &VmConfig, exit: Option<&ExitFile>) -> Result<StopReason, VmE
 
     let nets: Vec<(RawFd, Arc<Mutex<MmioTransport>>)> = placed
         .iter()
-        .filter_map(|p| p.net_fd.map(|fd| (fd, p.transport.clone())))
+        .filter_map(|p| match p.net {
+            Some(NetPlace::Vmm(fd)) => Some((fd, p.transport.clone())),
+            _ => None,
+        })
         .collect();
     let event_loop = EventLoop {
         epoll: Epoll::new().map_err(host("event loop"))?,

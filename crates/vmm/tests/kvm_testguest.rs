@@ -1345,3 +1345,48 @@ fn kvm_a_grown_disk_reaches_the_running_guest() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+#[ignore = "needs /dev/kvm: run with --run-ignored"]
+fn kvm_net_io_vhost_is_refused_by_name_where_a_nic_cannot_have_it() {
+    // A NIC on a datagram socket has no vnet header, so vhost-net cannot carry its frames:
+    // `vhost` refuses the VM before it runs, `auto` and `vmm` run it on the VMM's path.
+    let (ours, theirs) = UnixDatagram::pair().unwrap();
+    let args = |io: &'static str| {
+        [
+            "--kernel",
+            guest(),
+            "--mem-mib",
+            "64",
+            "--tap-fd",
+            "3",
+            "--net-io",
+            io,
+            "--cmdline",
+            "console=ttyS0",
+        ]
+    };
+    let out = run_vmm(&args("vhost"), Some(&theirs));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("NIC 0 cannot use vhost-net (--net-io vhost)")
+            && stderr.contains("no vnet header"),
+        "{stderr}"
+    );
+    assert!(!text(&out.stdout).contains("testguest:"), "the guest ran");
+    for io in ["auto", "vmm"] {
+        let out = run_vmm(&args(io), Some(&theirs));
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{io}: {stderr}");
+        assert!(stdout.contains("testguest: ALL PASS"), "{io}: {stdout}");
+        assert!(!stderr.contains("vhost-net"), "{io}: {stderr}");
+    }
+    let out = run_vmm(&args("fast"), Some(&theirs));
+    assert!(
+        text(&out.stderr).contains("\"fast\" is not auto, vhost or vmm"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(ours);
+}

@@ -9,7 +9,7 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 MODE=$(sed -n 's/.*hullmode=\([a-z]*\).*/\1/p' /proc/cmdline)
 echo "L1: up, $(grep -c ^processor /proc/cpuinfo) cpus, mode $MODE"
-for m in irqbypass kvm ccp kvm-amd tun; do insmod /m/$m.ko 2>/dev/null || echo "L1: insmod $m failed"; done
+for m in irqbypass kvm ccp kvm-amd tun tap vhost_iotlb vhost vhost_net; do insmod /m/$m.ko 2>/dev/null || echo "L1: insmod $m failed"; done
 [ -e /dev/kvm ] || { echo "L1: FAIL no /dev/kvm"; poweroff -f; }
 [ -e /dev/net/tun ] || mknod /dev/net/tun c 10 200
 up() { cut -d' ' -f1 /proc/uptime; }
@@ -67,17 +67,19 @@ if [ "$MODE" = bench ]; then
     # TAP=name: a NIC on that TAP as well (each VMM makes the TAP, with a vnet header), with
     # MAC=address (two guests on one bridge need two; qemu's default is one for all).
     # ARGS: more of the kernel's command line.
-    # hullthread: hull with its disk served by its worker threads, not io_uring.
+    # L1 has /dev/vhost-net: hull's NIC is on it (--net-io auto) and qemu's too (vhost=on).
+    # hullthread: hull with its disk served by its worker threads, not io_uring, and its
+    # NIC's frames moved by the VMM's I/O thread, not vhost-net (--net-io vmm).
     cmd="$cmd${ARGS:+ $ARGS}"
     if [ "${1%thread}" = hull ]; then
-      local io=auto; [ "$1" = hullthread ] && io=threads
+      local io=auto net=auto; [ "$1" = hullthread ] && io=threads net=vmm
       /vmm --kernel $2 --initrd $initrd --mem-mib 256 --vcpus 1 --disk $disk --disk-io $io \
-        ${TAP:+--tap $TAP} ${MAC:+--mac $MAC} --cmdline "$cmd"
+        ${TAP:+--tap $TAP --net-io $net} ${MAC:+--mac $MAC} --cmdline "$cmd"
     else
       /qemu/qemu-system-x86_64 -L /qemu/share -M microvm,x-option-roms=off,rtc=on -enable-kvm -cpu host \
         -m 256 -smp 1 -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
         -drive file=$disk,format=raw,if=none,id=d0 -device virtio-blk-device,drive=d0 \
-        ${TAP:+-netdev tap,id=n0,ifname=$TAP,script=no,downscript=no -device virtio-net-device,netdev=n0${MAC:+,mac=$MAC}} \
+        ${TAP:+-netdev tap,id=n0,ifname=$TAP,script=no,downscript=no,vhost=on -device virtio-net-device,netdev=n0${MAC:+,mac=$MAC}} \
         -kernel $2 -initrd $initrd -append "$cmd"
     fi
   }
@@ -138,8 +140,9 @@ if [ "$MODE" = bench ]; then
   fi
   # The data path: each VMM boots the blkbench guest (l2-blk-init.sh) on the same 256 MiB
   # disk file, four times, alternating which goes first (two runs each moved by seconds of
-  # L1's own noise); hull also with its disk on the I/O thread instead of io_uring
-  # (hullthread). Lines "L1: blk WHO RUN JOB iops N MiB/s M".
+  # L1's own noise); hull also with its disk on the I/O thread instead of io_uring and its
+  # NIC on its own I/O thread instead of vhost-net (hullthread). Lines "L1: blk WHO RUN JOB
+  # iops N MiB/s M".
   # The same guest then streams TCP with L1 over its NIC for 3 s each way (netbench; the
   # receiving end times it): "L1: net WHO RUN DIRECTION MiB/s M".
   dd if=/dev/zero of=/tmp/ddisk.img bs=1M count=256 2>/dev/null
@@ -270,7 +273,8 @@ l2_run() {
   /netbench sink 5002 >/tmp/sink.out 2>&1 &
   S=$(up)
   # vmm creates tap0 when it opens it by name; give it its host-side address once it exists.
-  /vmm --kernel /vmlinuz --initrd /l2.cpio.gz --mem-mib 256 --vcpus 2 --disk /tmp/disk.img --tap tap0 --balloon 16 \
+  # Its NIC on the kernel's vhost-net (the VMM's own path is the host tiers' and the bench's).
+  /vmm --kernel /vmlinuz --initrd /l2.cpio.gz --mem-mib 256 --vcpus 2 --disk /tmp/disk.img --tap tap0 --net-io vhost --balloon 16 \
     --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet nokaslr" > /tmp/l2.out 2>&1 &
   VMM=$!
   for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/tap0 ] && break; sleep 0.2; done

@@ -63,7 +63,8 @@ for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_
   drivers/block/virtio_blk drivers/char/hw_random/virtio-rng net/core/failover \
   drivers/net/net_failover drivers/net/virtio_net drivers/virtio/virtio_balloon; do cp "$M/$m.ko" l2/m/; done
 for m in virt/lib/irqbypass arch/x86/kvm/kvm drivers/crypto/ccp/ccp arch/x86/kvm/kvm-amd \
-  drivers/net/tun net/llc/llc net/802/stp net/bridge/bridge drivers/net/veth; do cp "$M/$m.ko" l1/m/; done
+  drivers/net/tun net/llc/llc net/802/stp net/bridge/bridge drivers/net/veth \
+  drivers/net/tap drivers/vhost/vhost_iotlb drivers/vhost/vhost drivers/vhost/vhost_net; do cp "$M/$m.ko" l1/m/; done
 cp l2/m/virtio_ring.ko l2/m/virtio.ko l2/m/virtio_mmio.ko l2/m/virtio_blk.ko l2b/m/
 cp "$HERE/l2-init.sh" l2/init && cp "$HERE/l2-bench-init.sh" l2b/init && cp "$HERE/l1-init.sh" l1/init
 # The TCP end on both sides of the TAP.
@@ -149,7 +150,10 @@ if [ "$MODE" = bench ]; then
           k = order[i]
           if (!runs[k, "hull"] || !runs[k, "qemu"]) { printf "%s %s: not measured under both\n", kind, k; continue }
           h = mib[k, "hull"] / runs[k, "hull"]; q = mib[k, "qemu"] / runs[k, "qemu"]
-          printf "%-6s %-20s hull %7.2f MiB/s, qemu %7.2f MiB/s, hull/qemu %.2f (%d+%d runs)\n", kind, k, h, q, h / q, runs[k, "hull"], runs[k, "qemu"]
+          printf "%-6s %-20s hull %7.2f MiB/s, qemu %7.2f MiB/s, hull/qemu %.2f (%d+%d runs)", kind, k, h, q, h / q, runs[k, "hull"], runs[k, "qemu"]
+          # hull with its frames moved by its own I/O thread (--net-io vmm) instead of vhost-net.
+          if (runs[k, "hullthread"]) printf "; VMM path %7.2f MiB/s, vhost/VMM %.2f", mib[k, "hullthread"] / runs[k, "hullthread"], h / (mib[k, "hullthread"] / runs[k, "hullthread"])
+          printf "\n"
         }
       }'
   done
@@ -205,6 +209,7 @@ for want in "L2: init reached, 2 cpus" "L2: virtio devices: virtio0 virtio1 virt
   "L2: tcp from host: netbench recv bytes 16777216 .* intact" \
   "L1: tcp from guest: netbench sink bytes 16777216 .* intact" \
   "L2: net offloads: csum 1 guest_csum 1 guest_tso4 1 host_tso4 1 mrg_rxbuf 1" \
+  "vmm: net0: frames moved by the kernel's vhost-net" \
   "L2: kernel warnings: 0" \
   "vmm: guest powered off" "L1: vmm exit status 0" "L1: the L2 guest's disk write is in the image" \
   "L1: testguest: PASS pit" "L1: testguest: ALL PASS" \

@@ -43,6 +43,17 @@ pub trait VirtioDevice: Send {
     }
     /// The driver set DRIVER_OK having taken `acked` (a subset of what was offered).
     fn ack_features(&mut self, _acked: u64) {}
+    /// After [`Self::ack_features`]: a device whose queues the host kernel serves (a NIC on
+    /// vhost-net) hands it the driver's rings and `interrupt`'s eventfd, and returns true;
+    /// the transport then leaves those queues alone and keeps the "used ring" interrupt
+    /// status set. An error fails the device (the driver sees DEVICE_NEEDS_RESET).
+    fn activate(
+        &mut self,
+        _queues: &[Queue],
+        _interrupt: &mmio::Interrupt,
+    ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(false)
+    }
     /// Reads device config space at `offset`; bytes past the end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// The driver writes config space at `offset` (untrusted bytes); read-only by default.

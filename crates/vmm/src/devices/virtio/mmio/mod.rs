@@ -100,6 +100,8 @@ pub struct MmioTransport {
     /// Counts resets, so that requests taken before one are not returned after it (see
     /// [`MmioTransport::take_available`]).
     resets: u64,
+    /// The host kernel serves the queues (see [`VirtioDevice::activate`]) until a reset.
+    kernel_served: bool,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -142,6 +144,7 @@ impl MmioTransport {
             queue_sel: 0,
             config_generation: 0,
             resets: 0,
+            kernel_served: false,
         })
     }
 
@@ -188,6 +191,7 @@ impl MmioTransport {
             q.reset();
         }
         self.interrupt.status.store(0, Ordering::SeqCst);
+        self.kernel_served = false;
         self.device.reset();
     }
 
@@ -217,12 +221,24 @@ impl MmioTransport {
                 q.set_event_idx(event_idx);
             }
             self.device.ack_features(self.driver_features);
+            if self.status & STATUS_NEEDS_RESET == 0 {
+                match self.device.activate(&self.queues, &self.interrupt) {
+                    Ok(served) => self.kernel_served = served,
+                    Err(e) => {
+                        eprintln!(
+                            "vmm: virtio device type {} failed at DRIVER_OK: {e}",
+                            self.device.device_type()
+                        );
+                        self.status |= STATUS_NEEDS_RESET;
+                    }
+                }
+            }
         }
     }
 
     /// Runs the device on queue `index` after a notify.
     pub fn notify(&mut self, index: u32) {
-        if !self.driver_ok() {
+        if !self.driver_ok() || self.kernel_served {
             return;
         }
         let i = index as usize;
@@ -284,7 +300,7 @@ impl MmioTransport {
         index: usize,
         max_total: u64,
     ) -> Option<(Vec<(u16, Result<Vec<Desc>, ChainError>)>, u64)> {
-        if !self.driver_ok() {
+        if !self.driver_ok() || self.kernel_served {
             return None;
         }
         let mem = &self.mem;
@@ -321,7 +337,7 @@ impl MmioTransport {
 
     /// Runs the device for host-side readiness (TAP readable).
     pub fn host_event(&mut self) {
-        if !self.driver_ok() {
+        if !self.driver_ok() || self.kernel_served {
             return;
         }
         let used = self.device.process_host_event(&mut self.queues, &self.mem);
@@ -406,7 +422,12 @@ impl MmioTransport {
             },
             REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             REG_QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
-            REG_INTERRUPT_STATUS => self.interrupt.status.load(Ordering::SeqCst),
+            REG_INTERRUPT_STATUS => {
+                // The kernel raises the line without setting a bit here: the driver is told
+                // to look at its rings at every interrupt.
+                let served = if self.kernel_served { INT_USED_RING } else { 0 };
+                self.interrupt.status.load(Ordering::SeqCst) | served
+            }
             REG_STATUS => self.status,
             REG_CONFIG_GENERATION => self.config_generation,
             _ => 0,
@@ -615,6 +636,108 @@ mod tests {
         w(&mut t, REG_STATUS, 0);
         assert_eq!(r(&mut t, REG_STATUS), 0);
         assert_eq!(r(&mut t, REG_QUEUE_READY), 0);
+    }
+
+    /// A device the host kernel serves from DRIVER_OK (as a vhost-net NIC), or whose hand-over
+    /// fails: records the rings it was given and every call the transport still makes.
+    struct KernelServed {
+        calls: Arc<Mutex<Vec<String>>>,
+        fail: bool,
+    }
+    impl VirtioDevice for KernelServed {
+        fn device_type(&self) -> u32 {
+            1
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
+        fn activate(
+            &mut self,
+            queues: &[Queue],
+            _interrupt: &Interrupt,
+        ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+            let q = &queues[0];
+            crate::bus::lock(&self.calls).push(format!(
+                "activate {} {:#x} {:#x} {:#x}",
+                q.size(),
+                q.desc_table(),
+                q.avail_ring(),
+                q.used_ring()
+            ));
+            if self.fail {
+                return Err("the kernel refused".into());
+            }
+            Ok(true)
+        }
+        fn process_queue(&mut self, i: usize, _q: &mut [Queue], _m: &GuestMemory) -> bool {
+            crate::bus::lock(&self.calls).push(format!("process {i}"));
+            true
+        }
+        fn process_host_event(&mut self, _q: &mut [Queue], _m: &GuestMemory) -> bool {
+            crate::bus::lock(&self.calls).push("host event".into());
+            true
+        }
+        fn reset(&mut self) {
+            crate::bus::lock(&self.calls).push("reset".into());
+        }
+    }
+
+    fn kernel_served(fail: bool) -> (MmioTransport, Arc<Mutex<Vec<String>>>) {
+        let calls = Arc::new(Mutex::new(vec![]));
+        let dev = KernelServed {
+            calls: calls.clone(),
+            fail,
+        };
+        let mut t = MmioTransport::new(Box::new(dev), mem(), Interrupt::new().unwrap()).unwrap();
+        bring_up(&mut t, 1);
+        w(&mut t, REG_QUEUE_NUM, 8);
+        w(&mut t, REG_QUEUE_DESC_LOW, 0x1000);
+        w(&mut t, REG_QUEUE_AVAIL_LOW, 0x2000);
+        w(&mut t, REG_QUEUE_USED_LOW, 0x3000);
+        w(&mut t, REG_QUEUE_READY, 1);
+        w(&mut t, REG_STATUS, 0xf);
+        (t, calls)
+    }
+
+    #[test]
+    fn a_kernel_served_device_gets_its_rings_and_the_transport_leaves_them_alone() {
+        let (mut t, calls) = kernel_served(false);
+        assert_eq!(
+            *crate::bus::lock(&calls),
+            ["activate 8 0x1000 0x2000 0x3000"],
+            "the rings as the driver set them, handed over at DRIVER_OK"
+        );
+        // A notify that reached the bus (not the ioeventfd) and the host side do nothing.
+        w(&mut t, REG_QUEUE_NOTIFY, 0);
+        t.host_event();
+        assert!(t.take_available(0, 1 << 20).is_none());
+        assert_eq!(crate::bus::lock(&calls).len(), 1, "{:?}", calls);
+        // The driver finds the used-ring bit at every interrupt, acknowledged or not.
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_USED_RING);
+        w(&mut t, REG_INTERRUPT_ACK, INT_USED_RING);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_USED_RING);
+        // A reset takes the rings back: the device hears it, the bit is no longer forced.
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(crate::bus::lock(&calls).last().unwrap(), "reset");
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn a_failed_hand_over_to_the_kernel_fails_the_device() {
+        let (mut t, calls) = kernel_served(true);
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+        w(&mut t, REG_QUEUE_NOTIFY, 0);
+        assert_eq!(
+            crate::bus::lock(&calls).len(),
+            1,
+            "no queue runs: {:?}",
+            calls
+        );
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 pub mod dhcp;
+pub mod vhost;
 
 use super::{
     ChainError, Desc, TYPE_NET, VirtioDevice, add_used, collect_chain, guest_iovecs, read_chain,
@@ -268,6 +269,8 @@ pub struct Net {
     injected: std::collections::VecDeque<Vec<u8>>,
     rx_buf: Vec<u8>,
     stats: Arc<DeviceStats>,
+    /// The kernel's vhost-net, when it moves this NIC's frames instead of the VMM.
+    vhost: Option<vhost::VhostNet>,
 }
 
 impl std::fmt::Debug for Net {
@@ -306,7 +309,26 @@ impl Net {
             injected: std::collections::VecDeque::new(),
             rx_buf: vec![0; NET_HDR_LEN + MAX_FRAME],
             stats,
+            vhost: None,
         }
+    }
+
+    /// Whether vhost-net can move this NIC's frames: the TAP carries the guest's virtio-net
+    /// header (vhost hands it over as it is) and no frame needs the VMM (DHCP answered here
+    /// must see the guest's requests, which vhost would send past it).
+    pub fn vhost_capable(&self) -> bool {
+        self.io.vnet_hdr() && self.dhcp.is_none()
+    }
+
+    /// Lets the kernel's vhost-net move this NIC's frames from the driver's DRIVER_OK on.
+    pub fn with_vhost(mut self, vhost: vhost::VhostNet) -> Self {
+        self.vhost = Some(vhost);
+        self
+    }
+
+    /// The queues' notify eventfds vhost waits on, for KVM's ioeventfds (vhost NICs only).
+    pub fn vhost_kicks(&self) -> Option<&[vmm_sys_util::eventfd::EventFd; 2]> {
+        self.vhost.as_ref().map(vhost::VhostNet::kicks)
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -544,6 +566,18 @@ impl VirtioDevice for Net {
         }
     }
 
+    fn activate(
+        &mut self,
+        queues: &[Queue],
+        interrupt: &crate::devices::virtio::mmio::Interrupt,
+    ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+        let Some(v) = &mut self.vhost else {
+            return Ok(false);
+        };
+        v.start(self.acked, queues, self.io.raw_fd(), &interrupt.irqfd)?;
+        Ok(true)
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
@@ -571,6 +605,9 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) {
+        if let Some(v) = &mut self.vhost {
+            v.stop();
+        }
         self.pending = None;
         self.injected.clear();
         if self.acked != 0 {
