@@ -314,6 +314,10 @@ zlogin "$Z" $SSH 'echo "hostname: $(hostname)"; echo "kernel: $(uname -r) $(cat 
   echo "address: $(ip -4 -o addr show scope global | awk "{print \$4}")"; echo "gateway: $(ip -4 route show default)";
   echo "resolver: $(grep -h ^nameserver /run/systemd/resolve/resolv.conf /etc/resolv.conf 2>/dev/null | head -1)";
   cat /etc/systemd/network/*cloud-init*.network 2>/dev/null | sed "s/^/networkd: /"' 2>&1 | sed 's/^/L1: ssh /'
+# Its balloon (vmmd gives every microVM one asking nothing): Debian's kernel loads
+# virtio_balloon and reports the memory it has freed, which the VMM hands back to L1.
+R=$(vmadm info "$U" balloon 2>&1 | tr -d ' \n' | sed -n 's/.*"reported_bytes":\([0-9]*\).*/\1/p')
+echo "L1: vm1 balloon: free page reports ${R:-none} bytes, $(( ${R:-0} >> 20 )) MiB"
 # Issue 16, acceptance 2: another kernel package installed inside the guest from a local
 # .deb (the zone image carries it; ssh takes it in); after the guest's own reboot, hull boots
 # what the guest's grub.cfg names now. The reset ends vm1's zone and vmmd starts it anew,

@@ -5,6 +5,9 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 echo "L2: init reached, $(grep -c ^processor /proc/cpuinfo) cpus, kernel $(uname -r)"
+# 48 MiB of random bytes in RAM (rootfs), among the free memory the balloon will report.
+dd if=/dev/urandom of=/keep bs=1M count=48 2>/dev/null
+before=$(md5sum < /keep)
 for m in virtio_ring virtio virtio_mmio virtio_blk virtio-rng failover net_failover virtio_net virtio_balloon; do
   insmod /m/$m.ko || echo "L2: insmod $m failed"
 done
@@ -35,6 +38,9 @@ fi
 # free memory over 2 s after the driver registered (the VMM's exit line counts both).
 sleep 3
 echo "L2: balloon: $(grep -E '^(MemFree|MemAvailable)' /proc/meminfo | tr -s ' ' | tr '\n' ' ')"
+# The VMM drops what the guest reports: the random bytes kept in RAM since before the
+# balloon's driver came must read back the same after its reports went around them.
+[ "$(md5sum < /keep)" = "$before" ] && echo "L2: memory intact after free page reporting"
 # The kernel's own view of its FPU and any warning it printed (run.sh wants none: the XSAVE
 # warning of HULL_L1_CPU in scripts/lib.sh, a bad CPUID or MSR answer would show here).
 dmesg | grep -E 'x86/fpu: (Enabled|x87 FPU will use)' | sed 's/^\[[ 0-9.]*\] /L2: fpu: /'

@@ -210,7 +210,7 @@ for want in "L2: init reached, 2 cpus" "L2: virtio devices: virtio0 virtio1 virt
   "L1: tcp from guest: netbench sink bytes 16777216 .* intact" \
   "L2: net offloads: csum 1 guest_csum 1 guest_tso4 1 host_tso4 1 mrg_rxbuf 1" \
   "vmm: net0: frames moved by the kernel's vhost-net" \
-  "L2: kernel warnings: 0" \
+  "L2: memory intact after free page reporting" "L2: kernel warnings: 0" \
   "vmm: guest powered off" "L1: vmm exit status 0" "L1: the L2 guest's disk write is in the image" \
   "L1: testguest: PASS pit" "L1: testguest: ALL PASS" \
   "L1: testguest (pit=in): PASS pit: first access an IN"; do

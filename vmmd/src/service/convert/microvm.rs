@@ -160,6 +160,10 @@ impl TryFrom<MicrovmZone<'_>> for ZoneConfig {
         }
         // The VMM answers each NIC's DHCP with the record's address for it.
         args.dhcp = super::ports::dhcp_leases(vm).map_err(MicrovmError::Dhcp)?;
+        // Every guest gets a balloon asking nothing: a Linux guest with virtio_balloon
+        // reports the memory it frees (free page reporting) and the VMM gives it back to the
+        // host, so an idle guest's footprint shrinks; `vmadm info UUID balloon` shows it.
+        args.balloon = Some(0);
         let mut argv = vec![vm_paths::VMM.to_string()];
         argv.extend(args.to_argv());
         Ok(ZoneConfig {
@@ -277,7 +281,7 @@ mod tests {
                 "/vmm --kernel /vm/kernel --initrd /vm/initrd --cmdline console=ttyS0 quiet \
                  --mem-mib 96 --vcpus 2 --cpuid /vm/cpuid --disk /vm/disk0 --disk /vm/disk1,ro \
                  --console stdio --control /run/vmm/control.sock --exit-file /run/vmm/exit.json \
-                 --uuid {} --metadata /run/vmm/metadata.sock",
+                 --uuid {} --metadata /run/vmm/metadata.sock --balloon 0",
                 vm.uuid
             )
         );
@@ -311,7 +315,7 @@ mod tests {
                 "/vmm --kernel /vm/kernel --initrd /vm/initrd --mem-mib 96 --vcpus 1 \
                  --tap-fd 3 --tap-fd 4 --mac 02:00:00:00:00:09 --mac {second} \
                  --console stdio --control /run/vmm/control.sock --exit-file /run/vmm/exit.json \
-                 --uuid {} --metadata /run/vmm/metadata.sock",
+                 --uuid {} --metadata /run/vmm/metadata.sock --balloon 0",
                 vm.uuid
             )
         );
