@@ -162,6 +162,32 @@ const FLAGS: [&str; 23] = [
     "--boot-out",
 ];
 
+/// A flag's value enum: `as_str` spells each variant, `FromStr` reads the spellings back and
+/// refuses anything else naming the ones it takes (`one_of`).
+macro_rules! spelled {
+    ($name:ident, $one_of:literal, { $($variant:ident => $s:literal),+ $(,)? }) => {
+        impl $name {
+            /// The flag's spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $s),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                [$($name::$variant),+]
+                    .into_iter()
+                    .find(|d| d.as_str() == s)
+                    .ok_or_else(|| format!("{s:?} is not {}", $one_of))
+            }
+        }
+    };
+}
+
 /// How a microVM's disks move their data (`--disk-io`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DiskIo {
@@ -174,27 +200,11 @@ pub enum DiskIo {
     Threads,
 }
 
-impl DiskIo {
-    /// The flag's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DiskIo::Auto => "auto",
-            DiskIo::IoUring => "io_uring",
-            DiskIo::Threads => "threads",
-        }
-    }
-}
-
-impl std::str::FromStr for DiskIo {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        [DiskIo::Auto, DiskIo::IoUring, DiskIo::Threads]
-            .into_iter()
-            .find(|d| d.as_str() == s)
-            .ok_or_else(|| format!("{s:?} is not auto, io_uring or threads"))
-    }
-}
+spelled!(DiskIo, "auto, io_uring or threads", {
+    Auto => "auto",
+    IoUring => "io_uring",
+    Threads => "threads",
+});
 
 /// How a microVM's NICs move their frames (`--net-io`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -209,27 +219,11 @@ pub enum NetIo {
     Vmm,
 }
 
-impl NetIo {
-    /// The flag's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NetIo::Auto => "auto",
-            NetIo::Vhost => "vhost",
-            NetIo::Vmm => "vmm",
-        }
-    }
-}
-
-impl std::str::FromStr for NetIo {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        [NetIo::Auto, NetIo::Vhost, NetIo::Vmm]
-            .into_iter()
-            .find(|d| d.as_str() == s)
-            .ok_or_else(|| format!("{s:?} is not auto, vhost or vmm"))
-    }
-}
+spelled!(NetIo, "auto, vhost or vmm", {
+    Auto => "auto",
+    Vhost => "vhost",
+    Vmm => "vmm",
+});
 
 fn push(out: &mut Vec<OsString>, flag: &str, value: impl Into<OsString>) {
     out.push(flag.into());

@@ -413,6 +413,7 @@ impl Service {
             "cpus": stats.as_ref().map(|s| &s.vcpus),
             "devices": stats.as_ref().map(|s| &s.devices),
             "disk_io": stats.as_ref().and_then(|s| s.disk_io.as_ref()),
+            "vhost_nets": stats.as_ref().map(|s| &s.vhost_nets),
             "exits": stats.as_ref().map(|s| &s.exits),
             "balloon": stats.as_ref().and_then(|s| s.balloon.as_ref()),
         }))

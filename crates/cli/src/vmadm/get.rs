@@ -14,7 +14,14 @@ pub fn run(socket: Option<&Path>, uuid: &str) -> CmdResult {
 /// The kinds of `vmadm info` output hull has (SmartOS's qemu-specific ones, such as vnc or
 /// spice, do not apply).
 const INFO_TYPES: &[&str] = &[
-    "all", "status", "cpus", "devices", "disk_io", "exits", "balloon",
+    "all",
+    "status",
+    "cpus",
+    "devices",
+    "disk_io",
+    "vhost_nets",
+    "exits",
+    "balloon",
 ];
 
 /// `vmadm info UUID [TYPE,...]`: a running microVM's VMM figures as JSON.
