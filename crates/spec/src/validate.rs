@@ -138,126 +138,191 @@ impl Scope {
 
 type Check = fn(&mut ValidationReport, &str, &Value);
 
-/// A top-level property: its name, the guests it applies to, its check, and whether
+/// What a property's value is: a whole number in a range, a boolean (both of which SmartOS
+/// also takes spelled as strings, see [`coerce`]), or anything else with its own check.
+#[derive(Clone, Copy)]
+enum Kind {
+    Int(u64, u64),
+    Bool,
+    Other(Check),
+}
+
+impl Kind {
+    fn check(self, r: &mut ValidationReport, p: &str, v: &Value) {
+        match self {
+            Kind::Int(min, max) => check_int(r, p, v, min, max),
+            Kind::Bool => check_bool(r, p, v),
+            Kind::Other(check) => check(r, p, v),
+        }
+    }
+
+    /// SmartOS's loose spellings: a whole number as a decimal string (`"512"`), a boolean as
+    /// `"true"`/`"false"`, `"1"`/`"0"` or 1/0. Anything else is left for the check to refuse.
+    fn coerce(self, v: &mut Value) {
+        let new = match (self, &*v) {
+            (Kind::Int(..), Value::String(s))
+                if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                s.parse::<u64>().ok().map(Value::from)
+            }
+            (Kind::Bool, Value::String(s)) => match s.as_str() {
+                "true" | "1" => Some(Value::Bool(true)),
+                "false" | "0" => Some(Value::Bool(false)),
+                _ => None,
+            },
+            (Kind::Bool, Value::Number(n)) => match n.as_u64() {
+                Some(1) => Some(Value::Bool(true)),
+                Some(0) => Some(Value::Bool(false)),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(new) = new {
+            *v = new;
+        }
+    }
+}
+
+/// A top-level property: its name, the guests it applies to, its kind, and whether
 /// `vmadm update` may change it.
 struct Prop {
     name: &'static str,
     scope: Scope,
-    check: Check,
+    kind: Kind,
     updatable: bool,
 }
 
-const fn prop(name: &'static str, scope: Scope, check: Check, updatable: bool) -> Prop {
+const fn prop(name: &'static str, scope: Scope, kind: Kind, updatable: bool) -> Prop {
     Prop {
         name,
         scope,
-        check,
+        kind,
         updatable,
     }
 }
 
 const MIB_MAX: u64 = 1 << 20; // 1 TiB in MiB
 const PROPS: &[Prop] = &[
-    prop("uuid", Scope::All, check_uuid, false),
-    prop("alias", Scope::All, check_alias, true),
-    prop("brand", Scope::All, check_nothing, false),
-    prop("hostname", Scope::All, check_hostname, true),
-    prop("autoboot", Scope::All, check_bool, true),
-    prop("image_uuid", Scope::Zones, check_uuid, false),
+    prop("uuid", Scope::All, Kind::Other(check_uuid), false),
+    prop("alias", Scope::All, Kind::Other(check_alias), true),
+    prop("brand", Scope::All, Kind::Other(check_nothing), false),
+    prop("hostname", Scope::All, Kind::Other(check_hostname), true),
+    prop("autoboot", Scope::All, Kind::Bool, true),
+    prop("image_uuid", Scope::Zones, Kind::Other(check_uuid), false),
     prop(
         "max_physical_memory",
         Scope::All,
-        |r, p, v| check_int(r, p, v, 16, MIB_MAX),
+        Kind::Int(16, MIB_MAX),
         true,
     ),
+    prop("max_swap", Scope::All, Kind::Int(16, MIB_MAX), true),
+    prop("ram", Scope::All, Kind::Int(16, MIB_MAX), true),
+    prop("vcpus", Scope::MicroVms, Kind::Int(1, 64), true),
+    prop("cpu_cap", Scope::All, Kind::Int(0, 6400), true),
+    prop("cpu_shares", Scope::All, Kind::Int(1, 65535), true),
+    prop("max_lwps", Scope::All, Kind::Int(1, 4_194_304), true),
+    prop("quota", Scope::All, Kind::Int(0, 1 << 20), true),
+    prop("zfs_io_priority", Scope::All, Kind::Int(1, 1000), true),
+    prop("resolvers", Scope::All, Kind::Other(check_resolvers), true),
+    prop("dns_domain", Scope::All, Kind::Other(check_hostname), true),
+    prop("routes", Scope::All, Kind::Other(check_routes), false),
     prop(
-        "max_swap",
+        "customer_metadata",
         Scope::All,
-        |r, p, v| check_int(r, p, v, 16, MIB_MAX),
-        true,
+        Kind::Other(check_metadata),
+        false,
     ),
     prop(
-        "ram",
+        "internal_metadata",
         Scope::All,
-        |r, p, v| check_int(r, p, v, 16, MIB_MAX),
-        true,
+        Kind::Other(check_metadata),
+        false,
     ),
-    prop(
-        "vcpus",
-        Scope::MicroVms,
-        |r, p, v| check_int(r, p, v, 1, 64),
-        true,
-    ),
-    prop(
-        "cpu_cap",
-        Scope::All,
-        |r, p, v| check_int(r, p, v, 0, 6400),
-        true,
-    ),
-    prop(
-        "cpu_shares",
-        Scope::All,
-        |r, p, v| check_int(r, p, v, 1, 65535),
-        true,
-    ),
-    prop(
-        "max_lwps",
-        Scope::All,
-        |r, p, v| check_int(r, p, v, 1, 4_194_304),
-        true,
-    ),
-    prop(
-        "quota",
-        Scope::All,
-        |r, p, v| check_int(r, p, v, 0, 1 << 20),
-        true,
-    ),
-    prop(
-        "zfs_io_priority",
-        Scope::All,
-        |r, p, v| check_int(r, p, v, 1, 1000),
-        true,
-    ),
-    prop("resolvers", Scope::All, check_resolvers, true),
-    prop("dns_domain", Scope::All, check_hostname, true),
-    prop("routes", Scope::All, check_routes, false),
-    prop("customer_metadata", Scope::All, check_metadata, false),
-    prop("internal_metadata", Scope::All, check_metadata, false),
     prop(
         "internal_metadata_namespaces",
         Scope::All,
-        check_namespaces,
+        Kind::Other(check_namespaces),
         true,
     ),
-    prop("tags", Scope::All, check_tags, false),
-    prop("nics", Scope::All, check_nics, false),
-    prop("disks", Scope::MicroVms, check_disks, false),
-    prop("kernel", Scope::MicroVms, check_abs_path, true),
-    prop("initrd", Scope::MicroVms, check_abs_path, true),
-    prop("cmdline", Scope::MicroVms, check_cmdline, true),
-    prop("init_name", Scope::Zones, check_abs_path, true),
-    prop("owner_uuid", Scope::All, check_uuid, true),
-    prop("billing_id", Scope::All, check_uuid, true),
-    prop("package_name", Scope::All, check_short_string, true),
-    prop("package_version", Scope::All, check_short_string, true),
+    prop("tags", Scope::All, Kind::Other(check_tags), false),
+    prop("nics", Scope::All, Kind::Other(check_nics), false),
+    prop("disks", Scope::MicroVms, Kind::Other(check_disks), false),
+    prop("kernel", Scope::MicroVms, Kind::Other(check_abs_path), true),
+    prop("initrd", Scope::MicroVms, Kind::Other(check_abs_path), true),
+    prop("cmdline", Scope::MicroVms, Kind::Other(check_cmdline), true),
+    prop("init_name", Scope::Zones, Kind::Other(check_abs_path), true),
+    prop("owner_uuid", Scope::All, Kind::Other(check_uuid), true),
+    prop("billing_id", Scope::All, Kind::Other(check_uuid), true),
+    prop(
+        "package_name",
+        Scope::All,
+        Kind::Other(check_short_string),
+        true,
+    ),
+    prop(
+        "package_version",
+        Scope::All,
+        Kind::Other(check_short_string),
+        true,
+    ),
 ];
 
 /// Update-only verbs.
 const UPDATE_VERBS: &[Prop] = &[
-    prop("set_tags", Scope::All, check_tags, true),
-    prop("remove_tags", Scope::All, check_key_list, true),
-    prop("set_customer_metadata", Scope::All, check_metadata, true),
-    prop("remove_customer_metadata", Scope::All, check_key_list, true),
-    prop("set_internal_metadata", Scope::All, check_metadata, true),
-    prop("remove_internal_metadata", Scope::All, check_key_list, true),
-    prop("set_routes", Scope::All, check_routes, true),
-    prop("remove_routes", Scope::All, check_key_list, true),
-    prop("add_nics", Scope::All, check_nics, true),
-    prop("update_nics", Scope::All, check_update_nics, true),
-    prop("remove_nics", Scope::All, check_mac_list, true),
-    prop("add_disks", Scope::MicroVms, check_disks, true),
-    prop("update_disks", Scope::MicroVms, check_update_disks, true),
-    prop("remove_disks", Scope::MicroVms, check_path_list, true),
+    prop("set_tags", Scope::All, Kind::Other(check_tags), true),
+    prop("remove_tags", Scope::All, Kind::Other(check_key_list), true),
+    prop(
+        "set_customer_metadata",
+        Scope::All,
+        Kind::Other(check_metadata),
+        true,
+    ),
+    prop(
+        "remove_customer_metadata",
+        Scope::All,
+        Kind::Other(check_key_list),
+        true,
+    ),
+    prop(
+        "set_internal_metadata",
+        Scope::All,
+        Kind::Other(check_metadata),
+        true,
+    ),
+    prop(
+        "remove_internal_metadata",
+        Scope::All,
+        Kind::Other(check_key_list),
+        true,
+    ),
+    prop("set_routes", Scope::All, Kind::Other(check_routes), true),
+    prop(
+        "remove_routes",
+        Scope::All,
+        Kind::Other(check_key_list),
+        true,
+    ),
+    prop("add_nics", Scope::All, Kind::Other(check_nics), true),
+    prop(
+        "update_nics",
+        Scope::All,
+        Kind::Other(check_update_nics),
+        true,
+    ),
+    prop("remove_nics", Scope::All, Kind::Other(check_mac_list), true),
+    prop("add_disks", Scope::MicroVms, Kind::Other(check_disks), true),
+    prop(
+        "update_disks",
+        Scope::MicroVms,
+        Kind::Other(check_update_disks),
+        true,
+    ),
+    prop(
+        "remove_disks",
+        Scope::MicroVms,
+        Kind::Other(check_path_list),
+        true,
+    ),
 ];
 
 /// SmartOS properties hull knows of but cannot honour: named in the error, never dropped.
@@ -333,19 +398,67 @@ fn unknown_property(report: &mut ValidationReport, path: &str, name: &str) {
     }
 }
 
-/// Validates a `vmadm create` payload. On success the typed payload is returned; otherwise
-/// a report naming every offending property.
+/// SmartOS's type coercions, made on a payload before it is checked, so that what SmartOS's
+/// vmadm takes hull's does too: whole numbers and booleans spelled as strings (`"ram":
+/// "512"`, `"autoboot": "true"`, a NIC's `"primary": "1"`, `"mtu": "1500"`) at the top level
+/// and in NICs and disks (`Kind::coerce` says which spellings), `"alias": null` as no alias,
+/// and metadata values that are numbers or booleans kept as their strings (`"port": 8080`
+/// is `"8080"`). Other values are left as they are for the checks to name.
+pub fn coerce(payload: &Value) -> Value {
+    let mut out = payload.clone();
+    let Some(obj) = out.as_object_mut() else {
+        return out;
+    };
+    if obj.get("alias") == Some(&Value::Null) {
+        obj.remove("alias");
+    }
+    let in_objects = |v: &mut Value, table: &[(&str, Kind)]| {
+        for item in v.as_array_mut().into_iter().flatten() {
+            for (k, val) in item.as_object_mut().into_iter().flatten() {
+                if let Some((_, kind)) = table.iter().find(|(n, _)| n == k) {
+                    kind.coerce(val);
+                }
+            }
+        }
+    };
+    for (name, v) in obj.iter_mut() {
+        if let Some(p) = PROPS.iter().chain(UPDATE_VERBS).find(|p| p.name == name) {
+            p.kind.coerce(v);
+        }
+        match name.as_str() {
+            "nics" | "add_nics" | "update_nics" => in_objects(v, NIC_PROPS),
+            "disks" | "add_disks" | "update_disks" => in_objects(v, DISK_PROPS),
+            "customer_metadata"
+            | "internal_metadata"
+            | "set_customer_metadata"
+            | "set_internal_metadata" => {
+                for val in v.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+                    if val.is_number() || val.is_boolean() {
+                        *val = Value::String(val.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Validates a `vmadm create` payload (after SmartOS's coercions, see [`coerce`]; a payload
+/// without a brand is a joyent zone's, as in SmartOS). On success the typed payload is
+/// returned; otherwise a report naming every offending property.
 pub fn validate_create(payload: &Value) -> Result<VmCreate, ValidationReport> {
     let mut report = ValidationReport::default();
-    let Some(obj) = payload.as_object() else {
+    let mut payload = coerce(payload);
+    let Some(obj) = payload.as_object_mut() else {
         report.bad_value("payload", "the payload must be a JSON object");
         return Err(report);
     };
+    obj.entry("brand")
+        .or_insert_with(|| Value::String(Brand::Joyent.to_string()));
+    let obj = &*obj;
     let brand = match obj.get("brand") {
-        None => {
-            report.missing("brand", "brand is required");
-            None
-        }
+        None => None,
         Some(Value::String(s)) => match Brand::parse(s) {
             Some(b) => Some(b),
             None => {
@@ -380,7 +493,7 @@ pub fn validate_create(payload: &Value) -> Result<VmCreate, ValidationReport> {
                     format!("{name} applies only to {}{hint}", p.scope.describe()),
                 );
             }
-            Some(p) => (p.check)(&mut report, name, value),
+            Some(p) => p.kind.check(&mut report, name, value),
         }
     }
     if let Some(b) = brand {
@@ -408,7 +521,7 @@ pub fn validate_create(payload: &Value) -> Result<VmCreate, ValidationReport> {
     if !report.is_empty() {
         return Err(report);
     }
-    serde_json::from_value(payload.clone()).map_err(|e| {
+    serde_json::from_value(payload).map_err(|e| {
         let mut r = ValidationReport::default();
         r.bad_value(
             "payload",
@@ -422,6 +535,7 @@ pub fn validate_create(payload: &Value) -> Result<VmCreate, ValidationReport> {
 /// record (does this MAC exist?) belong to the caller.
 pub fn validate_update(payload: &Value, brand: Brand) -> Result<VmUpdate, ValidationReport> {
     let mut report = ValidationReport::default();
+    let payload = coerce(payload);
     let Some(obj) = payload.as_object() else {
         report.bad_value("payload", "the payload must be a JSON object");
         return Err(report);
@@ -451,7 +565,7 @@ pub fn validate_update(payload: &Value, brand: Brand) -> Result<VmUpdate, Valida
                     format!("{name} applies only to {}", p.scope.describe()),
                 );
             }
-            Some(p) => (p.check)(&mut report, name, value),
+            Some(p) => p.kind.check(&mut report, name, value),
         }
     }
     if let Some(Value::Array(nics)) = obj.get("add_nics") {
@@ -460,7 +574,7 @@ pub fn validate_update(payload: &Value, brand: Brand) -> Result<VmUpdate, Valida
     if !report.is_empty() {
         return Err(report);
     }
-    serde_json::from_value(payload.clone()).map_err(|e| {
+    serde_json::from_value(payload).map_err(|e| {
         let mut r = ValidationReport::default();
         r.bad_value(
             "payload",
@@ -720,24 +834,24 @@ fn check_path_list(r: &mut ValidationReport, p: &str, v: &Value) {
 }
 
 /// NIC properties: name, check, and whether `update_nics` may change it.
-const NIC_PROPS: &[(&str, Check)] = &[
-    ("nic_tag", check_nic_tag),
-    ("mac", check_mac),
-    ("ip", check_legacy_ip),
-    ("netmask", check_netmask),
-    ("gateway", check_ip),
-    ("gateways", check_ip_list),
-    ("ips", check_ips),
-    ("vlan_id", |r, p, v| check_int(r, p, v, 0, 4094)),
-    ("primary", check_bool),
-    ("mtu", |r, p, v| check_int(r, p, v, 576, 9000)),
-    ("model", check_model),
-    ("allow_ip_spoofing", check_bool),
-    ("allow_mac_spoofing", check_bool),
-    ("allow_dhcp_spoofing", check_bool),
-    ("allow_restricted_traffic", check_bool),
-    ("allowed_ips", check_allowed_ips),
-    ("max_bandwidth", |r, p, v| check_int(r, p, v, 1, 100_000)),
+const NIC_PROPS: &[(&str, Kind)] = &[
+    ("nic_tag", Kind::Other(check_nic_tag)),
+    ("mac", Kind::Other(check_mac)),
+    ("ip", Kind::Other(check_legacy_ip)),
+    ("netmask", Kind::Other(check_netmask)),
+    ("gateway", Kind::Other(check_ip)),
+    ("gateways", Kind::Other(check_ip_list)),
+    ("ips", Kind::Other(check_ips)),
+    ("vlan_id", Kind::Int(0, 4094)),
+    ("primary", Kind::Bool),
+    ("mtu", Kind::Int(576, 9000)),
+    ("model", Kind::Other(check_model)),
+    ("allow_ip_spoofing", Kind::Bool),
+    ("allow_mac_spoofing", Kind::Bool),
+    ("allow_dhcp_spoofing", Kind::Bool),
+    ("allow_restricted_traffic", Kind::Bool),
+    ("allowed_ips", Kind::Other(check_allowed_ips)),
+    ("max_bandwidth", Kind::Int(1, 100_000)),
 ];
 
 /// True for a nic tag name: what nictagadm accepts.
@@ -855,7 +969,7 @@ fn check_nic_object(r: &mut ValidationReport, path: &str, v: &Value, need_tag: b
     for (k, val) in obj {
         let p = format!("{path}.{k}");
         match NIC_PROPS.iter().find(|(n, _)| n == k) {
-            Some((_, check)) => check(r, &p, val),
+            Some((_, kind)) => kind.check(r, &p, val),
             None if k == "interface" => {
                 r.bad_property(p, "interface names are assigned by hull (net0, net1, ...)")
             }
@@ -971,13 +1085,13 @@ fn check_update_nics(r: &mut ValidationReport, p: &str, v: &Value) {
     }
 }
 
-const DISK_PROPS: &[(&str, Check)] = &[
-    ("image_uuid", check_uuid),
-    ("size", |r, p, v| check_int(r, p, v, 1, 16 * MIB_MAX)),
-    ("boot", check_bool),
-    ("model", check_model),
-    ("path", check_abs_path),
-    ("read_only", check_bool),
+const DISK_PROPS: &[(&str, Kind)] = &[
+    ("image_uuid", Kind::Other(check_uuid)),
+    ("size", Kind::Int(1, 16 * MIB_MAX)),
+    ("boot", Kind::Bool),
+    ("model", Kind::Other(check_model)),
+    ("path", Kind::Other(check_abs_path)),
+    ("read_only", Kind::Bool),
 ];
 
 fn check_disk_object(r: &mut ValidationReport, path: &str, v: &Value, updating: bool) {
@@ -991,7 +1105,7 @@ fn check_disk_object(r: &mut ValidationReport, path: &str, v: &Value, updating: 
             Some(_) if updating && k == "image_uuid" => {
                 r.bad_property(p, "a disk's image cannot be changed")
             }
-            Some((_, check)) => check(r, &p, val),
+            Some((_, kind)) => kind.check(r, &p, val),
             None if UNSUPPORTED_DISK.contains(&k.as_str()) => r.bad_property(
                 p,
                 format!("SmartOS disk property {k} is not supported by hull"),
@@ -1183,7 +1297,7 @@ mod tests {
     fn wrong_types_and_ranges_name_each_property() {
         let r = report(json!({
             "brand": "joyent", "image_uuid": IMG, "autoboot": "yes", "max_physical_memory": -1,
-            "cpu_shares": 0, "quota": "10", "alias": 5, "max_lwps": 1.5
+            "cpu_shares": 0, "quota": "10G", "alias": 5, "max_lwps": 1.5
         }));
         let (mut bad, props, missing) = lists(&r);
         bad.sort_unstable();
@@ -1221,13 +1335,86 @@ mod tests {
 
     #[test]
     fn missing_brand_image_and_nic_tag() {
+        // No brand is a joyent zone's payload, as in SmartOS: its image is what is missing.
         let r = report(json!({"alias": "x"}));
-        assert_eq!(lists(&r).2, ["brand"]);
+        assert_eq!(lists(&r).2, ["image_uuid"]);
         let r = report(json!({"brand": "lx", "nics": [{"ip": "dhcp"}]}));
         let (bad, props, mut missing) = lists(&r);
         missing.sort_unstable();
         assert_eq!(missing, ["image_uuid", "nics.0.nic_tag"]);
         assert!(bad.is_empty() && props.is_empty());
+    }
+
+    #[test]
+    fn smartos_spellings_of_numbers_and_booleans_are_taken() {
+        let image = "8f3c5c8e-4b64-11ea-9f6e-000000000001";
+        let vm = validate_create(&json!({
+            "image_uuid": image, "alias": null, "ram": "512", "max_lwps": "2000",
+            "autoboot": "false", "cpu_shares": 100,
+            "nics": [{"nic_tag": "admin", "ips": ["10.0.0.5/24"], "primary": "1", "mtu": "1500",
+                      "vlan_id": "0", "allow_ip_spoofing": 0}],
+            "customer_metadata": {"port": 8080, "debug": true, "name": "web"}
+        }))
+        .expect("SmartOS takes it");
+        let v = serde_json::to_value(&vm).expect("serializes");
+        assert_eq!(v["brand"], "joyent", "no brand is joyent: {v}");
+        assert_eq!(v["ram"], 512);
+        assert_eq!(v["max_lwps"], 2000);
+        assert_eq!(v["autoboot"], false);
+        assert!(v.get("alias").is_none_or(Value::is_null), "{v}");
+        assert_eq!(v["nics"][0]["primary"], true);
+        assert_eq!(v["nics"][0]["mtu"], 1500);
+        assert_eq!(v["nics"][0]["allow_ip_spoofing"], false);
+        assert_eq!(v["customer_metadata"]["port"], "8080");
+        assert_eq!(v["customer_metadata"]["debug"], "true");
+        assert_eq!(v["customer_metadata"]["name"], "web");
+        // A microVM's disks and an update's NICs and figures, likewise.
+        let vm = validate_create(&json!({"brand": "kvm", "vcpus": "2",
+            "disks": [{"size": "64", "boot": "true"}]}))
+        .expect("SmartOS takes it");
+        let v = serde_json::to_value(&vm).expect("serializes");
+        assert_eq!(
+            (&v["vcpus"], &v["disks"][0]["size"]),
+            (&json!(2), &json!(64))
+        );
+        assert_eq!(v["disks"][0]["boot"], true);
+        let up = validate_update(
+            &json!({"ram": "1024", "update_nics": [{"mac": "02:00:00:00:00:01", "primary": "true"}],
+                    "set_customer_metadata": {"n": 1}}),
+            Brand::Joyent,
+        )
+        .expect("SmartOS takes it");
+        let v = serde_json::to_value(&up).expect("serializes");
+        assert_eq!(v["ram"], 1024);
+        assert_eq!(v["update_nics"][0]["primary"], true);
+        assert_eq!(v["set_customer_metadata"]["n"], "1");
+    }
+
+    #[test]
+    fn spellings_smartos_refuses_stay_refused_by_name() {
+        let r = report(
+            json!({"brand": "joyent", "image_uuid": "8f3c5c8e-4b64-11ea-9f6e-000000000001",
+            "ram": "512MB", "vcpus_x": 1, "autoboot": "yes", "max_lwps": "-5", "cpu_cap": " 100",
+            "nics": [{"nic_tag": "admin", "primary": 2, "mtu": "1.5e3"}],
+            "customer_metadata": {"nested": {"a": 1}}}),
+        );
+        let (mut bad, _, _) = lists(&r);
+        bad.sort_unstable();
+        assert_eq!(
+            bad,
+            [
+                "autoboot",
+                "cpu_cap",
+                "customer_metadata",
+                "max_lwps",
+                "nics.0.mtu",
+                "nics.0.primary",
+                "ram"
+            ]
+        );
+        // And a brand that is not a string is still its own error, not joyent.
+        let r = report(json!({"brand": 7, "image_uuid": "8f3c5c8e-4b64-11ea-9f6e-000000000001"}));
+        assert_eq!(lists(&r).0, ["brand"]);
     }
 
     #[test]
