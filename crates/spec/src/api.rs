@@ -35,6 +35,10 @@ pub mod codes {
     pub const METHOD_NOT_ALLOWED: &str = "MethodNotAllowed";
     /// The operation conflicts with the resource's state.
     pub const CONFLICT: &str = "Conflict";
+    /// The guest is already where the operation would take it (a start of a running guest,
+    /// a stop or reboot of a stopped one): nothing was done. SmartOS's vmadm says so and
+    /// exits 0, which scripts rely on; hull's does the same.
+    pub const ALREADY: &str = "AlreadyInState";
     /// The body is larger than the API accepts.
     pub const PAYLOAD_TOO_LARGE: &str = "PayloadTooLarge";
     /// The body is not JSON.

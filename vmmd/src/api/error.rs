@@ -137,6 +137,7 @@ impl From<ServiceError> for ApiError {
             | ServiceError::NicTagNotFound(_) => ApiError::not_found(err.to_string()),
             ServiceError::BadRequest(m) => ApiError::bad_request(m),
             ServiceError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, codes::CONFLICT, m),
+            ServiceError::Already(m) => ApiError::new(StatusCode::CONFLICT, codes::ALREADY, m),
             ServiceError::NotImplemented(m) => ApiError::not_implemented(m),
             ServiceError::Upstream(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, codes::UPSTREAM, err.to_string())

@@ -27,7 +27,7 @@ impl Service {
         let _guest = lock.lock().await;
         let vm = self.get(uuid)?;
         if vm.state == VmState::Running {
-            return Err(ServiceError::Conflict(format!(
+            return Err(ServiceError::Already(format!(
                 "VM {uuid} is already running"
             )));
         }
@@ -427,6 +427,12 @@ impl Service {
 
     fn running(&self, uuid: Uuid, verb: &str) -> Result<Arc<Record>> {
         let vm = self.get(uuid)?;
+        // A stop or reboot of a stopped guest has nothing to do (SmartOS's vmadm exits 0).
+        if vm.state == VmState::Stopped && matches!(verb, "stop" | "reboot") {
+            return Err(ServiceError::Already(format!(
+                "VM {uuid} is already stopped; nothing to {verb}"
+            )));
+        }
         if !matches!(vm.state, VmState::Running | VmState::Stopping) {
             return Err(ServiceError::Conflict(format!(
                 "cannot {verb} VM {uuid}: it is {}, not running",

@@ -75,6 +75,9 @@ pub enum ServiceError {
     /// The guest's state does not allow the operation.
     #[error("{0}")]
     Conflict(String),
+    /// The guest is already in the state the operation asks for; nothing was done.
+    #[error("{0}")]
+    Already(String),
     /// The subsystem the operation needs is not built yet.
     #[error("{0}")]
     NotImplemented(String),
