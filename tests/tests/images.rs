@@ -87,10 +87,17 @@ fn lifecycle(d: &Daemon, backend: &str, quota_enforced: bool) {
     let o = imgadm(d, &["get", TREE]);
     let m: Value = serde_json::from_str(&stdout(&o)).expect("manifest JSON");
     assert_eq!(m["uuid"], TREE);
-    // Installing twice is refused, and so is get of an image that is not there (exit 3).
+    // Installing twice installs nothing and says so, exit 0 (SmartOS's imgadm does too); a
+    // get of an image that is not there exits 3.
     let (mf, file) = make_image(d.dir.path(), TREE, "zone-dataset");
     let o = install(d, &mf, &file);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("Image {TREE} ("))
+            && stderr(&o).contains("is already installed"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(
         imgadm(d, &["get", "cccccccc-1111-4222-8333-444444444444"])
             .status
@@ -505,6 +512,20 @@ fn import_from_an_imgapi_server_with_progress_in_a_pty_and_json_without() {
         "{}",
         stderr(&o)
     );
+    // Again: it is installed already, which is said, and is no failure (SmartOS's imgadm
+    // exits 0 too); -j prints the installed manifest.
+    let o = imgadm(&d, &["import", uuid]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("Image {uuid} ("))
+            && stderr(&o).contains("is already installed"),
+        "{}",
+        stderr(&o)
+    );
+    let o = imgadm(&d, &["import", "-j", uuid]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let again: Value = serde_json::from_str(&stdout(&o)).expect("clean JSON on stdout");
+    assert_eq!(again, installed);
     // An image the source does not have: exit 3.
     assert_eq!(
         imgadm(&d, &["import", "ffffffff-1111-4222-8333-444444444444"])

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 use crate::table::{fields, render, sort};
+use hull_spec::api::codes;
+
 use crate::{CmdResult, Failure, client, parse_uuid};
 
 /// Manage hull's images the way SmartOS's imgadm does.
@@ -332,6 +334,39 @@ fn report_installed(m: &hull_spec::ImageManifest, json: bool) -> CmdResult {
     Ok(())
 }
 
+/// What an install or import ended in: the image installed, or (vmmd's `AlreadyInState`) an
+/// image that was there already, which is no failure (SmartOS's imgadm says so and exits
+/// 0): it is reported from what is installed when its uuid is known (`-j` prints its
+/// manifest), else in vmmd's words.
+fn installed(
+    c: &hull_client::Client,
+    r: Result<hull_spec::ImageManifest, hull_client::ClientError>,
+    uuid: Option<uuid::Uuid>,
+    json: bool,
+) -> CmdResult {
+    match r {
+        Ok(m) => report_installed(&m, json),
+        Err(e) if e.api_body().is_some_and(|b| b.code == codes::ALREADY) => match uuid {
+            Some(uuid) => {
+                let m = c.get_image(uuid)?;
+                if json {
+                    return report_installed(&m, true);
+                }
+                eprintln!(
+                    "Image {} ({}@{}) is already installed",
+                    m.uuid, m.name, m.version
+                );
+                Ok(())
+            }
+            None => {
+                eprintln!("{e}");
+                Ok(())
+            }
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn install(
     socket: Option<&std::path::Path>,
     manifest: &std::path::Path,
@@ -346,7 +381,7 @@ fn install(
         let m = with_progress("Importing", quiet || json, |progress| {
             c.import_urls(&m_text, &f_text, progress)
         });
-        return report_installed(&m?, json);
+        return installed(&c, m, None, json);
     }
     let text = std::fs::read_to_string(manifest)
         .map_err(|e| Failure::new(format!("cannot read {}: {e}", manifest.display())))?;
@@ -356,7 +391,8 @@ fn install(
     let m = with_progress("Installing", quiet || json, |progress| {
         c.install_image(&value, file, progress)
     });
-    report_installed(&m?, json)
+    let uuid = value["uuid"].as_str().and_then(|u| u.parse().ok());
+    installed(&c, m, uuid, json)
 }
 
 fn filter_matches(row: &Value, f: &str) -> Result<bool, Failure> {
@@ -432,17 +468,16 @@ pub fn run(cli: Cli) -> CmdResult {
             let m = with_progress("Importing", quiet || json, |progress| {
                 c.import_image(uuid, source.as_deref(), progress)
             });
-            let m = match m {
-                Ok(m) => m,
-                Err(e) if e.api_body().is_some_and(|b| b.code == "NotFound") => {
-                    return Err(Failure {
+            match m {
+                // No source has it: exit 3, as for an image that is not installed.
+                Err(e) if e.api_body().is_some_and(|b| b.code == codes::NOT_FOUND) => {
+                    Err(Failure {
                         code: 3,
                         ..Failure::from(e)
-                    });
+                    })
                 }
-                Err(e) => return Err(e.into()),
-            };
-            report_installed(&m, json)
+                m => installed(&c, m, Some(uuid), json),
+            }
         }
         Command::Sources { add, delete } => {
             let c = client(socket)?;

@@ -146,7 +146,7 @@ impl Service {
         let m = validate_manifest(raw).map_err(ServiceError::Invalid)?;
         let spec = image_spec(&m, raw).map_err(ServiceError::Invalid)?;
         if self.cow.is_installed(m.uuid) {
-            return Err(ServiceError::Conflict(format!(
+            return Err(ServiceError::Already(format!(
                 "image {} is already installed",
                 m.uuid
             )));

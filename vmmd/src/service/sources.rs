@@ -258,6 +258,12 @@ impl Service {
         uuid: Uuid,
         source: Option<String>,
     ) -> Result<(String, Value), ServiceError> {
+        // An installed image needs no source (SmartOS's imgadm says so without asking one).
+        if self.cow.is_installed(uuid) {
+            return Err(ServiceError::Already(format!(
+                "image {uuid} is already installed"
+            )));
+        }
         let mut last = None;
         for url in self.source_urls(source)? {
             match get_json(&join(&url, &format!("images/{uuid}"))).await {
