@@ -292,14 +292,20 @@ fn curl_round_trip() {
         assert_eq!(o.status.code(), Some(0), "{said}");
         assert!(said.contains("is already stopped; nothing to"), "{said}");
     }
-    // Other verbs on a stopped guest are still refused.
+    // SmartOS's spellings: halt for stop, -NAME for kill's signal.
+    let o = d.vmadm(&["halt", &uuids[2]], None);
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{said}");
+    // Other verbs on a stopped guest are still refused (the signal parsed: not a usage error).
+    for sig in ["-HUP", "-9"] {
+        let o = d.vmadm(&["kill", sig, &uuids[2]], None);
+        let said = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{said}");
+        assert!(said.contains("not running"), "{said}");
+    }
     let o = d.vmadm(&["kill", &uuids[2]], None);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{said}");
     let (code, err) = curl(
         &d,
         &[

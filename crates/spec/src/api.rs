@@ -91,7 +91,7 @@ pub struct RebootRequest {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KillRequest {
-    /// Signal name (`KILL`, `SIGTERM`, `HUP`...) or number; default SIGKILL.
+    /// Signal name (`KILL`, `SIGTERM`, `HUP`...) or number; default SIGTERM (SmartOS's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<String>,
 }

@@ -120,7 +120,8 @@ pub async fn dispatch(
             let req: KillRequest = decode(body)?;
             let signal = match &req.signal {
                 Some(sig) => parse_signal(sig)?,
-                None => libc::SIGKILL,
+                // SmartOS's vmadm kill sends SIGTERM unless told otherwise.
+                None => libc::SIGTERM,
             };
             let vm = service.kill(uuid, signal).await?;
             Ok(record(StatusCode::OK, &vm))

@@ -1,6 +1,6 @@
-//! vmadm's list filters: `key=value` (equality of the value's text) and `key=~regex`, over
-//! dotted paths (`nics.0.ip`, `nics.*.ip`, `tags.role`). A filter on a list property matches
-//! when any element matches.
+//! vmadm's list filters: `key=value` (equality of the value's text) and `key=~regex`
+//! (case-insensitive, as SmartOS's), over dotted paths (`nics.0.ip`, `nics.*.ip`,
+//! `tags.role`). A filter on a list property matches when any element matches.
 
 use hull_spec::flatten::{RECORD_PATH_RULE, is_record_path, lookup, text};
 use regex::{Regex, RegexBuilder};
@@ -58,12 +58,16 @@ impl Filter {
             });
         }
         let matcher = match rest.strip_prefix('~') {
-            Some(re) => Matcher::Regex(RegexBuilder::new(re).size_limit(1 << 20).build().map_err(
-                |source| FilterError::Regex {
-                    expr: expr.to_string(),
-                    source,
-                },
-            )?),
+            Some(re) => Matcher::Regex(
+                RegexBuilder::new(re)
+                    .case_insensitive(true)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|source| FilterError::Regex {
+                        expr: expr.to_string(),
+                        source,
+                    })?,
+            ),
             None => Matcher::Equals(rest.to_string()),
         };
         Ok(Filter {
@@ -104,6 +108,7 @@ mod tests {
             "ram=256",
             "autoboot=false",
             "alias=~^web",
+            "alias=~^WEB",
             "nics.0.ip=192.0.2.1",
             "nics.*.ip=192.0.2.1",
             "nics.1.ips=198.51.100.2/24",
@@ -116,6 +121,7 @@ mod tests {
         }
         let no = [
             "alias=web",
+            "alias=WEB01",
             "ram=25",
             "alias=~^db",
             "nics.2.ip=192.0.2.1",

@@ -47,6 +47,7 @@ enum Command {
         file: Option<PathBuf>,
     },
     /// Print a VM's record as JSON.
+    #[command(visible_alias = "json")]
     Get {
         /// The VM.
         uuid: String,
@@ -83,11 +84,13 @@ enum Command {
         filters: Vec<String>,
     },
     /// Start a VM.
+    #[command(visible_alias = "boot")]
     Start {
         /// The VM.
         uuid: String,
     },
     /// Stop a VM.
+    #[command(visible_alias = "halt")]
     Stop {
         /// The VM.
         uuid: String,
@@ -106,15 +109,16 @@ enum Command {
         #[arg(short = 'F')]
         force: bool,
     },
-    /// Send a signal to a VM's processes (default SIGKILL).
+    /// Send a signal to a VM's init (default SIGTERM); `-s NAME`, `-NAME` or `-NUMBER`.
     Kill {
-        /// Signal name or number.
+        /// Signal name (HUP, SIGHUP...) or number.
         #[arg(short = 's')]
         signal: Option<String>,
         /// The VM.
         uuid: String,
     },
     /// Delete a VM.
+    #[command(visible_alias = "destroy")]
     Delete {
         /// The VM.
         uuid: String,
@@ -182,7 +186,40 @@ enum Command {
         uuid: String,
     },
     /// Receive a VM stream on stdin.
+    #[command(visible_alias = "recv")]
     Receive,
+}
+
+/// vmadm's arguments with SmartOS's `vmadm kill -NAME` and `-NUMBER` (`-HUP`, `-SIGHUP`,
+/// `-9`) spelled as `-s NAME`, which the parser takes; everything else as given.
+pub fn smartos_argv<I: IntoIterator<Item = std::ffi::OsString>>(
+    argv: I,
+) -> Vec<std::ffi::OsString> {
+    let mut out: Vec<std::ffi::OsString> = Vec::new();
+    let mut in_kill = false;
+    for a in argv {
+        let spelled = a.to_str().and_then(|s| s.strip_prefix('-')).filter(|name| {
+            let bare = name.strip_prefix("SIG").unwrap_or(name);
+            !bare.is_empty()
+                && name.len() <= 12
+                && (bare
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+                    && bare.as_bytes()[0].is_ascii_uppercase()
+                    || name.bytes().all(|b| b.is_ascii_digit()))
+        });
+        match spelled {
+            Some(name) if in_kill => {
+                out.push("-s".into());
+                out.push(name.into());
+            }
+            _ => {
+                in_kill |= a == "kill" && !out.is_empty() && !in_kill;
+                out.push(a);
+            }
+        }
+    }
+    out
 }
 
 /// Runs vmadm.
@@ -245,5 +282,73 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::DeleteSnapshot { uuid, name } => snapshot::delete(socket, &uuid, &name),
         Command::Send { uuid } => unbuilt::send(socket, &uuid),
         Command::Receive => unbuilt::receive(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<String> {
+        smartos_argv(args.iter().map(std::ffi::OsString::from))
+            .into_iter()
+            .map(|a| a.into_string().expect("utf-8"))
+            .collect()
+    }
+
+    #[test]
+    fn kill_takes_smartos_signal_spellings() {
+        for (given, want) in [
+            (
+                &["vmadm", "kill", "-HUP", "U"][..],
+                &["vmadm", "kill", "-s", "HUP", "U"][..],
+            ),
+            (
+                &["vmadm", "kill", "-SIGUSR1", "U"],
+                &["vmadm", "kill", "-s", "SIGUSR1", "U"],
+            ),
+            (
+                &["vmadm", "kill", "-9", "U"],
+                &["vmadm", "kill", "-s", "9", "U"],
+            ),
+            (
+                &["vmadm", "kill", "-s", "TERM", "U"],
+                &["vmadm", "kill", "-s", "TERM", "U"],
+            ),
+            (&["vmadm", "kill", "U"], &["vmadm", "kill", "U"]),
+            // Only kill's arguments: other verbs' flags are theirs.
+            (
+                &["vmadm", "list", "-H", "-p"],
+                &["vmadm", "list", "-H", "-p"],
+            ),
+            (&["vmadm", "stop", "-F", "U"], &["vmadm", "stop", "-F", "U"]),
+        ] {
+            assert_eq!(argv(given), want, "{given:?}");
+        }
+        let cli = Cli::try_parse_from(smartos_argv(
+            ["vmadm", "kill", "-KILL", "U"].map(Into::into),
+        ))
+        .expect("parses");
+        assert!(matches!(cli.command, Command::Kill { signal: Some(s), .. } if s == "KILL"));
+    }
+
+    #[test]
+    fn smartos_verb_aliases_parse() {
+        for (alias, verb) in [
+            ("boot", "start"),
+            ("halt", "stop"),
+            ("destroy", "delete"),
+            ("json", "get"),
+        ] {
+            let cli = Cli::try_parse_from(["vmadm", alias, "U"]).expect(alias);
+            let name = format!("{:?}", cli.command).to_lowercase();
+            assert!(name.starts_with(verb), "{alias}: {name}");
+        }
+        assert!(matches!(
+            Cli::try_parse_from(["vmadm", "recv"])
+                .expect("recv")
+                .command,
+            Command::Receive
+        ));
     }
 }
