@@ -327,13 +327,22 @@ const UPDATE_VERBS: &[Prop] = &[
 
 /// SmartOS properties hull knows of but cannot honour: named in the error, never dropped.
 const UNSUPPORTED: &[&str] = &[
+    "add_filesystems",
+    "add_pci_devices",
     "archive_on_delete",
+    "bhyve_extra_opts",
     "boot",
     "bootrom",
+    "com1",
+    "com2",
     "cpu_type",
+    "create_only",
+    "dataset_uuid",
     "datasets",
+    "default_gateway",
     "delegate_dataset",
     "disk_driver",
+    "do_not_inventory",
     "docker",
     "filesystems",
     "firewall_enabled",
@@ -352,37 +361,73 @@ const UNSUPPORTED: &[&str] = &[
     "max_shm_memory",
     "mdata_exec_timeout",
     "nic_driver",
+    "nowait",
+    "pci_devices",
     "qemu_extra_opts",
     "qemu_opts",
+    "remove_filesystems",
+    "remove_pci_devices",
+    "restart_init",
     "spice_opts",
     "spice_password",
     "spice_port",
+    "tmpfs",
+    "transition",
+    "update_filesystems",
+    "update_pci_devices",
+    "v",
+    "vga",
     "virtio_txburst",
     "virtio_txtimer",
     "vnc_password",
     "vnc_port",
     "zfs_data_compression",
+    "zfs_data_recsize",
+    "zfs_filesystem",
+    "zfs_filesystem_limit",
     "zfs_root_compression",
     "zfs_root_recsize",
+    "zfs_snapshot_limit",
+    "zfs_storage_pool_name",
     "zlog_max_size",
     "zlog_mode",
+    "zone_dataset_uuid",
     "zpool",
 ];
 
 /// Properties of a record that hull sets; a payload may not.
 const READ_ONLY: &[&str] = &[
+    "allowed_address",
+    "app_svc_dependent",
     "boot_timestamp",
     "create_timestamp",
+    "datacenter_name",
+    "debug_id",
     "exit_status",
+    "exit_timestamp",
+    "failed",
     "failure",
+    "free_space",
+    "headnode_id",
+    "init_restarts",
+    "ip_type",
     "last_modified",
+    "missing",
     "pid",
+    "platform_buildstamp",
+    "provisioning",
+    "server_uuid",
     "snapshots",
     "state",
+    "transition_expire",
+    "transition_to",
     "type",
+    "vm_autoboot",
     "warnings",
+    "zlog_name",
     "zone_state",
     "zonename",
+    "zonepath",
 ];
 
 fn unknown_property(report: &mut ValidationReport, path: &str, name: &str) {
@@ -481,6 +526,10 @@ pub fn validate_create(payload: &Value) -> Result<VmCreate, ValidationReport> {
     };
     for (name, value) in obj {
         match PROPS.iter().find(|p| p.name == name) {
+            None if UPDATE_VERBS.iter().any(|p| p.name == name) => report.bad_property(
+                name,
+                format!("{name} changes an existing VM: it is for vmadm update, not create"),
+            ),
             None => unknown_property(&mut report, name, name),
             Some(p) if !p.scope.allows(brand) => {
                 let hint = if name == "image_uuid" {
@@ -854,6 +903,17 @@ const NIC_PROPS: &[(&str, Kind)] = &[
     ("max_bandwidth", Kind::Int(1, 100_000)),
 ];
 
+/// SmartOS NIC properties hull knows of but does not honour yet: named in the error.
+const UNSUPPORTED_NIC: &[&str] = &[
+    "allow_unfiltered_promisc",
+    "allowed_dhcp_cids",
+    "blocked_outgoing_ports",
+    "dhcp_server",
+    "network_uuid",
+    "vrrp_primary_ip",
+    "vrrp_vrid",
+];
+
 /// True for a nic tag name: what nictagadm accepts.
 pub fn is_nic_tag(s: &str) -> bool {
     !s.is_empty()
@@ -973,6 +1033,10 @@ fn check_nic_object(r: &mut ValidationReport, path: &str, v: &Value, need_tag: b
             None if k == "interface" => {
                 r.bad_property(p, "interface names are assigned by hull (net0, net1, ...)")
             }
+            None if UNSUPPORTED_NIC.contains(&k.as_str()) => r.bad_property(
+                p,
+                format!("SmartOS NIC property {k} is not supported by hull"),
+            ),
             None => r.bad_property(p, format!("unknown NIC property {k}")),
         }
     }
@@ -1128,9 +1192,18 @@ fn check_disk_object(r: &mut ValidationReport, path: &str, v: &Value, updating: 
 const UNSUPPORTED_DISK: &[&str] = &[
     "block_size",
     "compression",
+    "dangerous_allow_shrink",
+    "guest_block_size",
+    "image_name",
+    "image_size",
     "media",
     "nocreate",
+    "notrim",
+    "pci_slot",
     "refreservation",
+    "uuid",
+    "zfs_filesystem",
+    "zonexml_size",
     "zpool",
 ];
 
@@ -1415,6 +1488,66 @@ mod tests {
         // And a brand that is not a string is still its own error, not joyent.
         let r = report(json!({"brand": 7, "image_uuid": "8f3c5c8e-4b64-11ea-9f6e-000000000001"}));
         assert_eq!(lists(&r).0, ["brand"]);
+    }
+
+    #[test]
+    fn every_smartos_property_is_known_by_name() {
+        // SmartOS's whole property table (testdata/smartos-properties.txt says where from):
+        // each is honoured, refused as not supported, or refused as the host's to set, and
+        // the refusal names it; none is "unknown".
+        let names = include_str!("../testdata/smartos-properties.txt");
+        let mut checked = 0;
+        for name in names
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let (payloads, unknown): (Vec<Value>, String) = match name.split_once(".*.") {
+                None => (
+                    ["joyent", "kvm"]
+                        .map(|b| json!({"brand": b, name: 1}))
+                        .to_vec(),
+                    format!("unknown property {name}"),
+                ),
+                Some(("nics", k)) => (
+                    vec![json!({"brand": "joyent", "nics": [{k: 1}]})],
+                    format!("unknown NIC property {k}"),
+                ),
+                Some(("disks", k)) => (
+                    vec![json!({"brand": "kvm", "disks": [{k: 1}]})],
+                    format!("unknown disk property {k}"),
+                ),
+                // Their lists are refused whole, by name.
+                Some((list, _)) => (
+                    vec![json!({"brand": "joyent", list: []})],
+                    format!("unknown property {list}"),
+                ),
+            };
+            for payload in payloads {
+                let text = match validate_create(&payload) {
+                    Ok(_) => continue,
+                    Err(r) => serde_json::to_string(&r).expect("serializes"),
+                };
+                assert!(!text.contains(&unknown), "{name}: {text}");
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 187, "the table's 187 names");
+    }
+
+    #[test]
+    fn smartos_properties_hull_does_not_honour_are_refused_naming_them() {
+        let r = report(
+            json!({"brand": "joyent", "image_uuid": IMG, "do_not_inventory": true,
+            "nics": [{"nic_tag": "admin", "vrrp_vrid": 3}], "server_uuid": IMG}),
+        );
+        let text = serde_json::to_string(&r).expect("serializes");
+        for said in [
+            "SmartOS property do_not_inventory is not supported by hull",
+            "SmartOS NIC property vrrp_vrid is not supported by hull",
+            "server_uuid is set by hull and cannot be given",
+        ] {
+            assert!(text.contains(said), "{said}: {text}");
+        }
     }
 
     #[test]
