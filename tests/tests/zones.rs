@@ -364,7 +364,7 @@ fn root_zone_limits_hold_and_update_live() {
     install(&d);
     let uuid = create(
         &d,
-        serde_json::json!({"max_lwps": 30, "max_physical_memory": 64, "max_swap": 64, "cpu_cap": 50}),
+        serde_json::json!({"max_lwps": 30, "max_physical_memory": 64, "max_swap": 256, "cpu_cap": 50}),
     );
     // What zoned noted while applying the limits at start (on this kind of host, no io
     // weight) is in the record's warnings, not dropped.

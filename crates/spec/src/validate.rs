@@ -215,7 +215,8 @@ const PROPS: &[Prop] = &[
         Kind::Int(16, MIB_MAX),
         true,
     ),
-    prop("max_swap", Scope::All, Kind::Int(16, MIB_MAX), true),
+    // SmartOS's minimum (proptable.js: min 256), the default's floor too (defaults::MIN_SWAP).
+    prop("max_swap", Scope::All, Kind::Int(256, MIB_MAX), true),
     prop("ram", Scope::All, Kind::Int(16, MIB_MAX), true),
     prop("vcpus", Scope::MicroVms, Kind::Int(1, 64), true),
     prop("cpu_cap", Scope::All, Kind::Int(0, 6400), true),
@@ -1532,6 +1533,24 @@ mod tests {
             checked += 1;
         }
         assert_eq!(checked, 187, "the table's 187 names");
+    }
+
+    #[test]
+    fn max_swap_is_at_least_256_as_in_smartos() {
+        let r = report(json!({"brand": "joyent", "image_uuid": IMG, "max_swap": 128}));
+        assert_eq!(lists(&r).0, ["max_swap"]);
+        assert!(r.summary().contains("from 256"), "{}", r.summary());
+        let r = report(json!({"brand": "joyent", "image_uuid": IMG, "max_swap": "128"}));
+        assert_eq!(
+            lists(&r).0,
+            ["max_swap"],
+            "a spelled number is held to it too"
+        );
+        assert!(
+            validate_create(&json!({"brand": "joyent", "image_uuid": IMG, "max_swap": 256}))
+                .is_ok()
+        );
+        assert!(validate_update(&json!({"max_swap": 200}), Brand::Joyent).is_err());
     }
 
     #[test]
