@@ -319,6 +319,24 @@ mod tests {
     }
 
     #[test]
+    fn a_record_given_back_to_create_is_refused_naming_only_record_properties() {
+        // `vmadm get U | vmadm create`: refused as SmartOS's validation refuses it, each
+        // property a record has and a payload may not give named; none called unknown.
+        for payload in [
+            json!({"brand": "joyent", "image_uuid": "0c1f4f2a-6f0e-4c39-8f36-2d3c7b1d9e01",
+                   "nics": [{"nic_tag": "admin", "ips": ["192.0.2.5/24"]}]}),
+            json!({"brand": "kvm", "ram": 512, "disks": [{"size": 64, "boot": true}],
+                   "nics": [{"nic_tag": "admin", "ips": ["dhcp"]}]}),
+        ] {
+            let record = serde_json::to_value(create(payload)).expect("serializes");
+            let report = hull_spec::validate::validate_create(&record).expect_err("refused");
+            let text = serde_json::to_string(&report).expect("serializes");
+            assert!(!text.contains("unknown"), "{text}");
+            assert!(report.bad_properties.iter().any(|p| p == "state"), "{text}");
+        }
+    }
+
+    #[test]
     fn microvm_defaults_are_smartos_defaults() {
         let vm = create(json!({"brand": "kvm", "ram": 512}));
         assert_eq!(
