@@ -252,6 +252,13 @@ const PROPS: &[Prop] = &[
     prop("initrd", Scope::MicroVms, Kind::Other(check_abs_path), true),
     prop("cmdline", Scope::MicroVms, Kind::Other(check_cmdline), true),
     prop("init_name", Scope::Zones, Kind::Other(check_abs_path), true),
+    // lx only (checked with the brand below); SmartOS requires it for lx, hull does not.
+    prop(
+        "kernel_version",
+        Scope::Zones,
+        Kind::Other(check_kernel_version),
+        true,
+    ),
     prop("owner_uuid", Scope::All, Kind::Other(check_uuid), true),
     prop("billing_id", Scope::All, Kind::Other(check_uuid), true),
     prop(
@@ -352,7 +359,6 @@ const UNSUPPORTED: &[&str] = &[
     "hvm",
     "indestructible_delegated",
     "indestructible_zoneroot",
-    "kernel_version",
     "limit_priv",
     "maintain_resolvers",
     "max_locked_memory",
@@ -546,6 +552,13 @@ pub fn validate_create(payload: &Value) -> Result<VmCreate, ValidationReport> {
             Some(p) => p.kind.check(&mut report, name, value),
         }
     }
+    if let Some(b) = brand
+        && b != Brand::Lx
+        && !b.is_microvm()
+        && obj.contains_key("kernel_version")
+    {
+        report.bad_property("kernel_version", "kernel_version applies only to brand lx");
+    }
     if let Some(b) = brand {
         if !b.is_microvm() && !obj.contains_key("image_uuid") {
             report.missing(
@@ -621,6 +634,9 @@ pub fn validate_update(payload: &Value, brand: Brand) -> Result<VmUpdate, Valida
     if let Some(Value::Array(nics)) = obj.get("add_nics") {
         check_nic_set(&mut report, "add_nics", nics);
     }
+    if brand != Brand::Lx && !brand.is_microvm() && obj.contains_key("kernel_version") {
+        report.bad_property("kernel_version", "kernel_version applies only to brand lx");
+    }
     if !report.is_empty() {
         return Err(report);
     }
@@ -680,6 +696,19 @@ fn check_alias(r: &mut ValidationReport, p: &str, v: &Value) {
     match v.as_str() {
         Some(s) if !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control) => {}
         _ => r.bad_value(p, format!("{p} must be 1 to 256 printable characters")),
+    }
+}
+
+/// A Linux version as SmartOS's lx takes it: dot-separated numbers (`4.3.0`, `5.10`).
+fn check_kernel_version(r: &mut ValidationReport, p: &str, v: &Value) {
+    let ok = v.as_str().is_some_and(|s| {
+        s.len() <= 32
+            && s.split('.').count() >= 2
+            && s.split('.')
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    });
+    if !ok {
+        r.bad_value(p, format!("{p} must be a Linux version such as 4.3.0"));
     }
 }
 
@@ -1536,6 +1565,29 @@ mod tests {
     }
 
     #[test]
+    fn lx_takes_a_kernel_version_and_other_brands_are_told_it_is_lx_only() {
+        let lx = |v: Value| json!({"brand": "lx", "image_uuid": IMG, "kernel_version": v});
+        let c = validate_create(&lx(json!("4.3.0"))).expect("lx takes it");
+        assert_eq!(c.kernel_version.as_deref(), Some("4.3.0"));
+        for bad in [
+            json!("4"),
+            json!("4.x"),
+            json!("linux-4.3"),
+            json!(4.3),
+            json!(""),
+        ] {
+            let r = report(lx(bad.clone()));
+            assert_eq!(lists(&r).0, ["kernel_version"], "{bad}");
+        }
+        let r = report(json!({"brand": "joyent", "image_uuid": IMG, "kernel_version": "4.3.0"}));
+        assert_eq!(lists(&r).1, ["kernel_version"]);
+        let r = report(json!({"brand": "kvm", "kernel_version": "4.3.0"}));
+        assert_eq!(lists(&r).1, ["kernel_version"], "one refusal, not two");
+        assert!(validate_update(&json!({"kernel_version": "5.10.0"}), Brand::Lx).is_ok());
+        assert!(validate_update(&json!({"kernel_version": "5.10.0"}), Brand::Joyent).is_err());
+    }
+
+    #[test]
     fn max_swap_is_at_least_256_as_in_smartos() {
         let r = report(json!({"brand": "joyent", "image_uuid": IMG, "max_swap": 128}));
         assert_eq!(lists(&r).0, ["max_swap"]);
@@ -1753,10 +1805,14 @@ mod tests {
         validate_create(&zone).unwrap_or_else(|r| panic!("{r}"));
         let vm = json!({"brand": "kvm", "vcpus": 1, "disks": [], "kernel": "/k", "initrd": "/i", "cmdline": ""});
         validate_create(&vm).unwrap_or_else(|r| panic!("{r}"));
+        let lx = json!({"brand": "lx", "image_uuid": IMG, "kernel_version": "4.3.0"});
+        let c = validate_create(&lx).unwrap_or_else(|r| panic!("{r}"));
+        assert_eq!(c.kernel_version.as_deref(), Some("4.3.0"));
         let used: BTreeSet<&str> = zone
             .as_object()
             .into_iter()
             .chain(vm.as_object())
+            .chain(lx.as_object())
             .flat_map(|o| o.keys().map(String::as_str))
             .collect();
         let table: BTreeSet<&str> = create_property_names().collect();

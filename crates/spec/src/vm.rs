@@ -318,6 +318,10 @@ pub struct VmCreate {
     /// The zone's init (zones; default /sbin/init).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_name: Option<String>,
+    /// lx: the Linux version the zone is meant to report (SmartOS emulates it; hull stores
+    /// it, and the zone sees the host's kernel: the record's warnings say so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_version: Option<String>,
     /// Owner, kept for tooling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_uuid: Option<Uuid>,
@@ -466,6 +470,9 @@ pub struct VmUpdate {
     /// New init.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_name: Option<String>,
+    /// New lx kernel_version (stored; see [`VmCreate::kernel_version`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_version: Option<String>,
     /// New owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_uuid: Option<Uuid>,
@@ -609,6 +616,9 @@ pub struct Vm {
     /// Zone init.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_name: Option<String>,
+    /// lx: the Linux version the payload gave (stored; the zone sees the host's kernel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_version: Option<String>,
     /// Owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_uuid: Option<Uuid>,

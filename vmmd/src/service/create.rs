@@ -12,8 +12,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    Record, Result, Service, ServiceError, best_effort, blocking, convert, microvm_quota, now,
-    read, write,
+    Record, Result, Service, ServiceError, best_effort, blocking, convert, microvm_quota,
+    note_kernel_version, now, read, write,
 };
 
 impl Service {
@@ -173,6 +173,7 @@ impl Service {
         if vm.brand.is_microvm() && payload.get("quota").is_some() {
             vm.warnings.push(microvm_quota());
         }
+        note_kernel_version(&mut vm);
         vm.state = VmState::Stopped;
         vm.zone_state = VmState::Stopped.zone_state();
         if let Err(e) = self.persist(&vm).await {

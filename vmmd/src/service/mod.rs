@@ -260,6 +260,24 @@ fn microvm_quota() -> Warning {
     )
 }
 
+/// What an lx zone's record says when its payload sets `kernel_version`: SmartOS's lx
+/// emulates that Linux version; hull's zone runs on the host's kernel and reports it.
+fn kernel_version_stored() -> Warning {
+    Warning::Other(
+        "kernel_version: stored; the zone runs on this host's kernel and its uname -r          reports that one (hull emulates no other Linux version)"
+            .into(),
+    )
+}
+
+/// Keeps `vm`'s warnings saying [`kernel_version_stored`] exactly while it has one.
+fn note_kernel_version(vm: &mut hull_spec::Vm) {
+    let w = kernel_version_stored();
+    vm.warnings.retain(|x| *x != w);
+    if vm.kernel_version.is_some() {
+        vm.warnings.push(w);
+    }
+}
+
 /// Limits a running guest's cgroup takes at once.
 const LIVE_LIMITS: [&str; 7] = [
     "ram",

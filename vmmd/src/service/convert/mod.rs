@@ -142,6 +142,7 @@ pub fn new_record(c: VmCreate, ctx: &Context, pool: &mut MacPool<'_>) -> Result<
         initrd: c.initrd,
         cmdline: c.cmdline,
         init_name: c.init_name,
+        kernel_version: c.kernel_version,
         owner_uuid: c.owner_uuid,
         billing_id: c.billing_id,
         package_name: c.package_name,
@@ -316,6 +317,21 @@ mod tests {
         assert!(vm.autoboot);
         assert_eq!(vm.vm_type, "OS");
         assert_eq!(vm.state, VmState::Configured);
+    }
+
+    #[test]
+    fn an_lx_kernel_version_is_kept_and_said_to_be_only_stored() {
+        let mut vm = create(json!({"brand": "lx", "kernel_version": "4.3.0",
+            "image_uuid": "0c1f4f2a-6f0e-4c39-8f36-2d3c7b1d9e01"}));
+        assert_eq!(vm.kernel_version.as_deref(), Some("4.3.0"));
+        super::super::note_kernel_version(&mut vm);
+        super::super::note_kernel_version(&mut vm);
+        let said: Vec<String> = vm.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(said.len(), 1, "once: {said:?}");
+        assert!(said[0].starts_with("kernel_version: stored"), "{said:?}");
+        vm.kernel_version = None;
+        super::super::note_kernel_version(&mut vm);
+        assert!(vm.warnings.is_empty(), "gone with it");
     }
 
     #[test]

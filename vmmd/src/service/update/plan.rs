@@ -37,6 +37,7 @@ pub fn apply(
     scalar!(initrd);
     scalar!(cmdline);
     scalar!(init_name);
+    scalar!(kernel_version);
     scalar!(owner_uuid);
     scalar!(billing_id);
     scalar!(package_name);
@@ -472,8 +473,8 @@ mod tests {
             (1024, 1024, 1024)
         );
         let r = apply(
-            &base,
-            &upd(json!({"max_swap": 128}), Brand::Joyent),
+            &next,
+            &upd(json!({"max_swap": 512}), Brand::Joyent),
             Path::new("/d"),
             &|_| false,
         )
