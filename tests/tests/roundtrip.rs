@@ -292,6 +292,32 @@ fn curl_round_trip() {
         assert_eq!(o.status.code(), Some(0), "{said}");
         assert!(said.contains("is already stopped; nothing to"), "{said}");
     }
+    // indestructible_zoneroot: delete is refused while it is set, by name, and the guest is
+    // left as it was; cleared by an update, the delete goes through.
+    let o = d.vmadm(
+        &["create"],
+        Some(r#"{"brand": "kvm", "autoboot": false, "indestructible_zoneroot": "true"}"#),
+    );
+    let said = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{said}");
+    let kept = said
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    let o = d.vmadm(&["delete", &kept], None);
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{said}");
+    assert!(said.contains("indestructible_zoneroot set"), "{said}");
+    let (code, vm) = curl(&d, &[&format!("http://vmmd/v1/vms/{kept}")]);
+    assert_eq!(
+        (code, vm["indestructible_zoneroot"].clone()),
+        (200, json!(true))
+    );
+    let o = d.vmadm(&["update", &kept, "indestructible_zoneroot=false"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = d.vmadm(&["delete", &kept], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // SmartOS's spellings: halt for stop, -NAME for kill's signal.
     let o = d.vmadm(&["halt", &uuids[2]], None);
     let said = String::from_utf8_lossy(&o.stderr);

@@ -208,6 +208,7 @@ const PROPS: &[Prop] = &[
     prop("brand", Scope::All, Kind::Other(check_nothing), false),
     prop("hostname", Scope::All, Kind::Other(check_hostname), true),
     prop("autoboot", Scope::All, Kind::Bool, true),
+    prop("indestructible_zoneroot", Scope::All, Kind::Bool, true),
     prop("image_uuid", Scope::Zones, Kind::Other(check_uuid), false),
     prop(
         "max_physical_memory",
@@ -358,7 +359,6 @@ const UNSUPPORTED: &[&str] = &[
     "fs_allowed",
     "hvm",
     "indestructible_delegated",
-    "indestructible_zoneroot",
     "limit_priv",
     "maintain_resolvers",
     "max_locked_memory",
@@ -1794,6 +1794,7 @@ mod tests {
         // table and the struct cannot drift apart.
         let zone = json!({
             "uuid": IMG, "alias": "a", "brand": "joyent", "hostname": "h", "autoboot": false,
+            "indestructible_zoneroot": false,
             "image_uuid": IMG, "max_physical_memory": 256, "max_swap": 512, "ram": 256,
             "cpu_cap": 50, "cpu_shares": 10, "max_lwps": 100, "quota": 1, "zfs_io_priority": 5,
             "resolvers": ["192.0.2.53"], "dns_domain": "example.com", "routes": {},

@@ -248,6 +248,9 @@ pub struct VmCreate {
     /// Start after create and when the host boots (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoboot: Option<bool>,
+    /// Refuse `vmadm delete` while set (SmartOS's indestructible_zoneroot; default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indestructible_zoneroot: Option<bool>,
     /// Image of the zone's root (zones only; microVMs name it per disk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_uuid: Option<Uuid>,
@@ -425,6 +428,9 @@ pub struct VmUpdate {
     /// New autoboot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoboot: Option<bool>,
+    /// Set or clear indestructible_zoneroot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indestructible_zoneroot: Option<bool>,
     /// New memory limit (MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_physical_memory: Option<u64>,
@@ -554,6 +560,9 @@ pub struct Vm {
     pub hostname: Option<String>,
     /// Autoboot.
     pub autoboot: bool,
+    /// `vmadm delete` is refused while set (shown only when set, as SmartOS does).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub indestructible_zoneroot: bool,
     /// Image of the zone root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_uuid: Option<Uuid>,

@@ -214,6 +214,12 @@ impl Service {
         let lock = self.guest_lock(uuid);
         let guard = lock.lock().await;
         let mut current = self.get(uuid)?;
+        if current.indestructible_zoneroot {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} has indestructible_zoneroot set; unset it first \
+                 (vmadm update {uuid} indestructible_zoneroot=false)"
+            )));
+        }
         if matches!(current.state, VmState::Running | VmState::Stopping) {
             // As vmadm delete does: a running guest is stopped (at once) first.
             current = self.stop_locked(current, true, None).await?;

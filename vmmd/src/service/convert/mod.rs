@@ -116,6 +116,7 @@ pub fn new_record(c: VmCreate, ctx: &Context, pool: &mut MacPool<'_>) -> Result<
         vm_type: brand.vm_type().to_string(),
         hostname: c.hostname,
         autoboot: c.autoboot.unwrap_or(true),
+        indestructible_zoneroot: c.indestructible_zoneroot.unwrap_or(false),
         image_uuid: c.image_uuid,
         state: VmState::Configured,
         zone_state: VmState::Configured.zone_state(),

@@ -51,6 +51,7 @@ pub fn apply(
         };
     }
     plain!(autoboot);
+    plain!(indestructible_zoneroot);
     plain!(cpu_shares);
     plain!(max_lwps);
     plain!(quota);
