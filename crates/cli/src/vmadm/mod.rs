@@ -214,7 +214,8 @@ pub fn smartos_argv<I: IntoIterator<Item = std::ffi::OsString>>(
                 out.push(name.into());
             }
             _ => {
-                in_kill |= a == "kill" && !out.is_empty() && !in_kill;
+                // The verb, not the program's own name.
+                in_kill |= a == "kill" && !out.is_empty();
                 out.push(a);
             }
         }
