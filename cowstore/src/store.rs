@@ -57,6 +57,13 @@ pub struct ImageSpec {
 }
 
 /// The largest boot file (kernel, initrd) taken out of a disk image.
+/// A guest's record of the images its storage came from.
+const ORIGIN: &str = "origin.json";
+/// A guest's delegated dataset, in its directory.
+const DATA_DIR: &str = "data";
+/// The directory beside a guest's where `reprovision_root` stages the new root.
+const REPROVISION_SUFFIX: &str = ".reprovision";
+
 const MAX_BOOT_FILE: u64 = 512 << 20;
 
 /// Names a boot file may take in an image folder.
@@ -194,6 +201,7 @@ impl Store {
             limits: config.limits,
         };
         store.clean_leftovers()?;
+        store.finish_reprovisions()?;
         Ok(store)
     }
 
@@ -441,7 +449,7 @@ impl Store {
     }
 
     fn origin(&self, guest: Uuid) -> Result<Origin, StoreError> {
-        let p = self.guest_dir(guest).join("origin.json");
+        let p = self.guest_dir(guest).join(ORIGIN);
         match fs::read(&p) {
             Ok(b) => Ok(serde_json::from_slice(&b).unwrap_or_default()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Origin::default()),
@@ -456,7 +464,7 @@ impl Store {
         }
         let dir = self.guest_dir(guest);
         let bytes = serde_json::to_vec(&o).unwrap_or_default();
-        hull_sys::fs::write_atomic(&dir.join("origin.json"), &bytes)?;
+        hull_sys::fs::write_atomic(&dir.join(ORIGIN), &bytes)?;
         Ok(())
     }
 
@@ -480,6 +488,129 @@ impl Store {
         self.backend
             .clone_tree(&self.image_dir(image).join("root"), &dir)
             .map_err(self.backend_err())
+    }
+
+    /// Where a zone's delegated dataset lives: `<guest dir>/data`, beside its root and
+    /// outside the root's snapshots (SmartOS's zones/<uuid>/data).
+    pub fn data_dir(&self, guest: Uuid) -> PathBuf {
+        self.guest_dir(guest).join(DATA_DIR)
+    }
+
+    /// Makes the guest's delegated dataset, empty (btrfs: a subvolume of its own; other
+    /// backends: a directory, which the guest's project quota covers on xfs).
+    pub fn create_data(&self, guest: Uuid) -> Result<PathBuf, StoreError> {
+        let data = self.data_dir(guest);
+        self.backend
+            .create_image_tree(&data)
+            .map_err(self.backend_err())?;
+        Ok(data)
+    }
+
+    /// Replaces a guest's root with a fresh clone of the tree image `image` (SmartOS's
+    /// reprovision): the old root and its snapshots go, the delegated dataset and disks stay.
+    /// The new root is cloned beside the guest first (`<uuid>.reprovision`), so a failed
+    /// clone leaves the old root as it was; a crash between removing the old root and moving
+    /// the new one in is finished by the next [`Store::open`].
+    pub fn reprovision_root(&self, guest: Uuid, image: Uuid) -> Result<RootSource, StoreError> {
+        self.want(image, ImageKind::Tree)?;
+        let dir = self.guest_dir(guest);
+        if !dir.is_dir() {
+            return Err(io("find", &dir)(std::io::ErrorKind::NotFound.into()));
+        }
+        let staging = self.reprovision_dir(guest);
+        self.remove_staged(&staging)?;
+        fs::create_dir(&staging).map_err(io("create", &staging))?;
+        if let Err(e) = self
+            .backend
+            .clone_tree(&self.image_dir(image).join("root"), &staging)
+        {
+            let _ = self.remove_staged(&staging);
+            return Err(self.backend_err()(e));
+        }
+        // The origin names the new image from here on; the old image is no longer used.
+        let mut origin = self.origin(guest)?;
+        let mut images = Vec::new();
+        for i in origin.images {
+            if self.image_kind(i).ok() != Some(ImageKind::Tree) {
+                images.push(i);
+            }
+        }
+        images.push(image);
+        origin.images = images;
+        let bytes = serde_json::to_vec(&origin).unwrap_or_default();
+        hull_sys::fs::write_atomic(&staging.join(ORIGIN), &bytes)?;
+        self.backend
+            .destroy_tree(&dir)
+            .map_err(self.backend_err())?;
+        self.move_staged(guest)?;
+        self.root_source(guest)?
+            .ok_or_else(|| io("find the new root in", &dir)(std::io::ErrorKind::NotFound.into()))
+    }
+
+    fn reprovision_dir(&self, guest: Uuid) -> PathBuf {
+        self.guests.join(format!("{guest}{REPROVISION_SUFFIX}"))
+    }
+
+    /// Removes a staged root (a clone made by the backend, or a half-made one).
+    fn remove_staged(&self, staging: &Path) -> Result<(), StoreError> {
+        if !staging.exists() {
+            return Ok(());
+        }
+        self.backend
+            .destroy_tree(staging)
+            .map_err(self.backend_err())?;
+        fs::remove_dir_all(staging).map_err(io("remove", staging))?;
+        Ok(sync_dir(&self.guests)?)
+    }
+
+    /// Moves every entry of the staged root into the guest's directory (the old root is
+    /// gone), its origin last, then removes the staging directory.
+    fn move_staged(&self, guest: Uuid) -> Result<(), StoreError> {
+        let staging = self.reprovision_dir(guest);
+        let dir = self.guest_dir(guest);
+        for entry in fs::read_dir(&staging).map_err(io("read", &staging))? {
+            let entry = entry.map_err(io("read", &staging))?;
+            if entry.file_name() == ORIGIN {
+                continue;
+            }
+            let to = dir.join(entry.file_name());
+            fs::rename(entry.path(), &to).map_err(io("move the new root to", &to))?;
+        }
+        let origin = staging.join(ORIGIN);
+        if origin.exists() {
+            fs::rename(&origin, dir.join(ORIGIN)).map_err(io("move", &origin))?;
+        }
+        sync_dir(&dir)?;
+        fs::remove_dir(&staging).map_err(io("remove", &staging))?;
+        Ok(sync_dir(&self.guests)?)
+    }
+
+    /// Finishes or undoes reprovisions a crash cut short: a complete staged root (its origin
+    /// written last) is moved in where the old root is already gone; otherwise the staging
+    /// is discarded and the guest keeps its old root.
+    fn finish_reprovisions(&self) -> Result<(), StoreError> {
+        for entry in fs::read_dir(&self.guests).map_err(io("read", &self.guests))? {
+            let entry = entry.map_err(io("read", &self.guests))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(guest) = name
+                .strip_suffix(REPROVISION_SUFFIX)
+                .and_then(|g| Uuid::parse_str(g).ok())
+            else {
+                continue;
+            };
+            let complete = entry.path().join(ORIGIN).exists();
+            let old_root = match self.root_source(guest) {
+                Ok(Some(RootSource::Dir(root))) => root.exists(),
+                Ok(Some(RootSource::Overlay { upper, .. })) => upper.exists(),
+                _ => true,
+            };
+            if complete && self.guest_dir(guest).is_dir() && !old_root {
+                self.move_staged(guest)?;
+            } else {
+                self.remove_staged(&entry.path())?;
+            }
+        }
+        Ok(())
     }
 
     /// The guest root's source, for the zone runtime to mount.
@@ -566,6 +697,12 @@ impl Store {
         self.backend
             .destroy_tree(&dir)
             .map_err(self.backend_err())?;
+        let data = self.data_dir(guest);
+        if data.symlink_metadata().is_ok() {
+            self.backend
+                .remove_image_tree(&data)
+                .map_err(self.backend_err())?;
+        }
         fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
         Ok(sync_dir(&self.guests)?)
     }
@@ -836,5 +973,129 @@ mod tests {
         s.destroy_guest(guest).expect("destroy");
         assert_eq!(s.vacuum().expect("vacuum"), vec![uuid]);
         assert!(matches!(s.delete(uuid), Err(StoreError::NotInstalled(_))));
+    }
+
+    /// Installs a tree image holding `/etc/release` with `release` in it.
+    fn install_tree(s: &Store, scratch: &Path, release: &str) -> Uuid {
+        let src = scratch.join(release);
+        fs::create_dir_all(src.join("etc")).expect("mkdir");
+        fs::write(src.join("etc/release"), release).expect("write");
+        let mut tar = Vec::new();
+        archive::pack_tree(&src, archive::Compression::Gzip, &mut tar).expect("pack");
+        let (sha1, size) = archive::digest(&tar[..]).expect("digest");
+        let uuid = Uuid::new_v4();
+        let spec = ImageSpec {
+            uuid,
+            kind: ImageKind::Tree,
+            file: Expected {
+                sha1,
+                size,
+                compression: archive::Compression::Gzip,
+            },
+            manifest: b"{}".to_vec(),
+            origin: None,
+            boot_files: Vec::new(),
+        };
+        s.install(&spec, &tar[..], &mut |_| {}).expect("install");
+        uuid
+    }
+
+    fn lower(src: Option<RootSource>) -> PathBuf {
+        match src {
+            Some(RootSource::Overlay { lower, .. }) => lower,
+            other => panic!("not an overlay root: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reprovision_replaces_the_root_and_keeps_the_data() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let s = store(&tmp.path().join("pool"));
+        let (old, new) = (
+            install_tree(&s, tmp.path(), "old"),
+            install_tree(&s, tmp.path(), "new"),
+        );
+        let guest = Uuid::new_v4();
+        let dir = s.create_guest(guest).expect("guest");
+        s.clone_root(guest, old).expect("clone");
+        let data = s.create_data(guest).expect("data");
+        fs::write(dir.join("upper/root-file"), b"r").expect("write root");
+        fs::write(data.join("kept"), b"d").expect("write data");
+        s.snapshot(guest, "before").expect("snapshot");
+        assert!(matches!(
+            s.reprovision_root(guest, guest),
+            Err(StoreError::NotInstalled(_))
+        ));
+        s.reprovision_root(guest, new).expect("reprovision");
+        assert!(
+            !dir.join("upper/root-file").exists(),
+            "the old root's files went"
+        );
+        assert_eq!(fs::read(data.join("kept")).expect("data"), b"d");
+        assert!(
+            s.snapshots(guest).expect("list").is_empty(),
+            "the old root's snapshots went"
+        );
+        assert_eq!(
+            lower(s.root_source(guest).expect("source")),
+            s.image_dir(new).join("root")
+        );
+        assert!(
+            !tmp.path()
+                .join(format!("pool/guests/{guest}{REPROVISION_SUFFIX}"))
+                .exists()
+        );
+        // The old image is free; the new one is the guest's.
+        assert!(matches!(s.delete(new), Err(StoreError::InUse { .. })));
+        assert_eq!(s.vacuum().expect("vacuum"), vec![old]);
+        s.destroy_guest(guest).expect("destroy");
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn open_finishes_a_reprovision_only_once_the_old_root_is_gone() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pool = tmp.path().join("pool");
+        let s = store(&pool);
+        let (old, new) = (
+            install_tree(&s, tmp.path(), "old"),
+            install_tree(&s, tmp.path(), "new"),
+        );
+        let stage = |guest: Uuid| {
+            let staging = s.reprovision_dir(guest);
+            fs::create_dir(&staging).expect("staging");
+            s.backend
+                .clone_tree(&s.image_dir(new).join("root"), &staging)
+                .expect("clone");
+            let origin = serde_json::to_vec(&Origin { images: vec![new] }).expect("json");
+            fs::write(staging.join(ORIGIN), origin).expect("origin");
+        };
+        // Cut before the old root was removed: the old root stays.
+        let kept = Uuid::new_v4();
+        s.create_guest(kept).expect("guest");
+        s.clone_root(kept, old).expect("clone");
+        stage(kept);
+        // Cut after: the new root moves in.
+        let moved = Uuid::new_v4();
+        s.create_guest(moved).expect("guest");
+        s.clone_root(moved, old).expect("clone");
+        stage(moved);
+        s.backend
+            .destroy_tree(&s.guest_dir(moved))
+            .expect("destroy");
+        drop(s);
+        let s = store(&pool);
+        assert_eq!(
+            lower(s.root_source(kept).expect("kept")),
+            s.image_dir(old).join("root")
+        );
+        assert_eq!(
+            lower(s.root_source(moved).expect("moved")),
+            s.image_dir(new).join("root")
+        );
+        assert!(s.guest_dir(moved).join("upper").is_dir());
+        for g in [kept, moved] {
+            assert!(!s.reprovision_dir(g).exists());
+        }
     }
 }

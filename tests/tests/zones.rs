@@ -730,13 +730,21 @@ fn shifted_zone(d: &Daemon) {
     use std::os::unix::fs::MetadataExt;
     install(d);
     let before = traces(&d.data_root(), &[]);
-    let uuid = create(d, serde_json::json!({}));
+    // Its delegated dataset is shifted with it.
+    let uuid = create(d, serde_json::json!({"delegate_dataset": true}));
     let mine = [uuid.clone()];
     let inside = "id -u; stat -c %u:%g /bin/busybox /etc; touch /new; stat -c %u:%g /new; \
+                  touch /data/new; stat -c %u:%g /data /data/new; \
                   if mount -t tmpfs none /mnt 2>/dev/null; then echo MOUNTED; fi";
     let o = d.zlogin(&uuid, inside);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n0:0\n0:0\n0:0\n");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "0\n0:0\n0:0\n0:0\n0:0\n0:0\n"
+    );
+    let data = d.data_root().join("guests").join(&uuid).join("data/new");
+    let data_uid = std::fs::metadata(&data).expect("the dataset's file").uid();
+    assert!(data_uid >= 0x1000_0000, "{data_uid}");
     let st = zone_state_file(d, &uuid);
     assert!(st["notes"].to_string().contains("shifted"), "{st}");
     // On the host: init and the zone's files are in the zone's range; the image is not.

@@ -83,6 +83,13 @@ pub struct ZoneConfig {
     /// restarts) and binds that directory and the mdata tools into the zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<MetadataMount>,
+    /// Host directories mounted into an OS zone once its root is: its delegated dataset at
+    /// /data and the payload's lofs `filesystems`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<ZoneMount>,
+    /// A tmpfs of this many MiB on the zone's /tmp (SmartOS's `tmpfs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_mib: Option<u64>,
     /// A microVM whose guest resets is not booted again by zoned: the zone ends with
     /// [`ZoneState::reset`] set, and vmmd starts it anew (a guest that boots what its disk
     /// says reads the disk again, as firmware does at every reset).
@@ -104,6 +111,22 @@ pub struct MetadataMount {
     /// zone's cloud-init NoCloud seed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seed: Vec<GuestFile>,
+}
+
+/// A host directory mounted into an OS zone (nosuid, nodev, id-mapped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneMount {
+    /// The host directory.
+    pub host: PathBuf,
+    /// Where it appears in the zone: an absolute path of plain names, made as the zone's
+    /// root where missing (no symbolic link in the zone's root is followed).
+    pub at: PathBuf,
+    /// Mounted read-write; read-only otherwise.
+    pub writable: bool,
+    /// The zone's own data (its delegated dataset), whose files carry the zone's ids as its
+    /// root's do: where the root is shifted rather than id-mapped, so is this. A host
+    /// directory (`false`) is only ever id-mapped, never changed on disk.
+    pub owned: bool,
 }
 
 /// A file vmmd writes into a zone's root.

@@ -566,26 +566,7 @@ pub fn bind_into_zone(
     let source_is_dir = std::fs::metadata(source)
         .map_err(io_err("use", source))?
         .is_dir();
-    let (dir, name, target) = zone_parent(rootfs, at, id_base, &action)?;
-    match zone_kind(&dir, &name, &target)? {
-        Some(SFlag::S_IFDIR) if source_is_dir => {}
-        Some(SFlag::S_IFREG) if !source_is_dir => {}
-        Some(_) => {
-            let kind = if source_is_dir {
-                "directory"
-            } else {
-                "regular file"
-            };
-            return Err(refusal(
-                &action,
-                &target,
-                &format!("not a {kind} in the zone's root"),
-            ));
-        }
-        None => {
-            make_in_zone(&dir, &name, source_is_dir, id_base).map_err(io_err("create", &target))?
-        }
-    }
+    let target = zone_mount_point(rootfs, at, source_is_dir, id_base, &action)?;
     // Every component of `target` was just seen to be no symbolic link, and the zone runs
     // nothing yet that could change that.
     mount(
@@ -606,6 +587,106 @@ pub fn bind_into_zone(
     }
     mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
         .map_err(err("make read-only the bind at", &target))
+}
+
+/// Mounts the zone's extra directories ([`ZoneMount`]) and its /tmp tmpfs on the OS zone
+/// root mounted at `rootfs`, in zoned's mount namespace before the zone runs anything. Each
+/// is nosuid and nodev; a host directory is id-mapped into the zone's user namespace (its
+/// root-owned files are the zone root's, what the zone writes lands with the ids it has
+/// there), and refused where its file system cannot id-map: hull never chowns a host
+/// directory. The zone's own data follows its root: id-mapped, or shifted on disk when
+/// `ids` says the root was.
+pub fn mount_extras(
+    rootfs: &Path,
+    mounts: &[crate::config::ZoneMount],
+    tmpfs_mib: Option<u64>,
+    userns: &OwnedFd,
+    id_base: u32,
+    ids: RootIds,
+) -> Result<(), MountError> {
+    for m in mounts {
+        let action = format!("mount {} at", m.host.display());
+        if !std::fs::metadata(&m.host)
+            .map_err(io_err("use", &m.host))?
+            .is_dir()
+        {
+            return Err(refusal(&action, &m.host, "not a directory"));
+        }
+        let target = zone_mount_point(rootfs, &m.at, true, id_base, &action)?;
+        let ro = if m.writable { 0 } else { MOUNT_ATTR_RDONLY };
+        if m.owned && ids == RootIds::Shift {
+            shift_tree(&m.host, id_base)?;
+            mount(
+                Some(&m.host),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(err(action.clone(), &target))?;
+            let mut flags =
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            if !m.writable {
+                flags |= MsFlags::MS_RDONLY;
+            }
+            mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
+                .map_err(err("restrict the bind at", &target))?;
+        } else {
+            idmap_clone_with(&m.host, &target, userns, ro).map_err(|e| {
+                if m.owned || !idmap_unsupported(&e) {
+                    return e;
+                }
+                refusal(
+                    &action,
+                    &m.host,
+                    "its file system cannot id-map mounts into the zone (hull binds host \
+                     directories only id-mapped); use a directory on btrfs, xfs, ext4 or \
+                     (Linux 6.3 on) tmpfs",
+                )
+            })?;
+        }
+    }
+    if let Some(mib) = tmpfs_mib {
+        let action = "mount the zone's /tmp tmpfs on";
+        let target = zone_mount_point(rootfs, Path::new("/tmp"), true, id_base, action)?;
+        let data = format!("size={mib}m,mode=1777,uid={id_base},gid={id_base}");
+        mount(
+            Some("tmpfs"),
+            &target,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(data.as_str()),
+        )
+        .map_err(err(action, &target))?;
+    }
+    Ok(())
+}
+
+/// Where `at` is in the zone root mounted at `rootfs`, ready to mount on: an existing
+/// directory (`is_dir`) or regular file, or one made as the zone's root. No component may be
+/// a symbolic link (the root is the guest's: a link could name any host path).
+fn zone_mount_point(
+    rootfs: &Path,
+    at: &Path,
+    is_dir: bool,
+    id_base: u32,
+    action: &str,
+) -> Result<PathBuf, MountError> {
+    let (dir, name, target) = zone_parent(rootfs, at, id_base, action)?;
+    match zone_kind(&dir, &name, &target)? {
+        Some(SFlag::S_IFDIR) if is_dir => {}
+        Some(SFlag::S_IFREG) if !is_dir => {}
+        Some(_) => {
+            let kind = if is_dir { "directory" } else { "regular file" };
+            return Err(refusal(
+                action,
+                &target,
+                &format!("not a {kind} in the zone's root"),
+            ));
+        }
+        None => make_in_zone(&dir, &name, is_dir, id_base).map_err(io_err("create", &target))?,
+    }
+    Ok(target)
 }
 
 /// Writes `content` to the file `at` in the OS zone root mounted at `rootfs`, owned by the

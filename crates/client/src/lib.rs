@@ -301,6 +301,16 @@ impl Client {
         self.call(Method::POST, &format!("/v1/vms/{uuid}/kill"), Some(&body))
     }
 
+    /// `POST /v1/vms/{uuid}/reprovision`.
+    pub fn reprovision_vm(&self, uuid: Uuid, image_uuid: Uuid) -> Result<Vm, ClientError> {
+        let body = serde_json::json!({ "image_uuid": image_uuid });
+        self.call(
+            Method::POST,
+            &format!("/v1/vms/{uuid}/reprovision"),
+            Some(&body),
+        )
+    }
+
     /// `POST /v1/vms/{uuid}/snapshots`.
     pub fn create_snapshot(&self, uuid: Uuid, name: &str) -> Result<Vm, ClientError> {
         let body = serde_json::json!({ "name": name });

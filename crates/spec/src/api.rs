@@ -87,6 +87,15 @@ pub struct RebootRequest {
     pub force: bool,
 }
 
+/// `POST /v1/vms/{uuid}/reprovision`: a zone's root made anew from an image (SmartOS's
+/// `vmadm reprovision`), its uuid, NICs, metadata and delegated dataset kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReprovisionRequest {
+    /// The installed zone image the new root is cloned from.
+    pub image_uuid: uuid::Uuid,
+}
+
 /// `POST /v1/vms/{uuid}/kill`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

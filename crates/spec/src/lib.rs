@@ -38,4 +38,4 @@ pub mod warning;
 pub use api::{ApiErrorBody, Event, EventKind, NicTag, Ping};
 pub use image::{ImageManifest, ImageType, validate_manifest};
 pub use validate::{Problem, ValidationReport, validate_create, validate_update};
-pub use vm::{Brand, DiskSpec, NicSpec, Vm, VmCreate, VmState, VmUpdate, ZoneState};
+pub use vm::{Brand, DiskSpec, Filesystem, NicSpec, Vm, VmCreate, VmState, VmUpdate, ZoneState};

@@ -209,6 +209,16 @@ const PROPS: &[Prop] = &[
     prop("hostname", Scope::All, Kind::Other(check_hostname), true),
     prop("autoboot", Scope::All, Kind::Bool, true),
     prop("indestructible_zoneroot", Scope::All, Kind::Bool, true),
+    prop("delegate_dataset", Scope::Zones, Kind::Bool, false),
+    prop("indestructible_delegated", Scope::Zones, Kind::Bool, true),
+    prop(
+        "filesystems",
+        Scope::Zones,
+        Kind::Other(check_filesystems),
+        false,
+    ),
+    // A /tmp tmpfs of this many MiB in the zone (0: none).
+    prop("tmpfs", Scope::Zones, Kind::Int(0, MIB_MAX), true),
     prop("image_uuid", Scope::Zones, Kind::Other(check_uuid), false),
     prop(
         "max_physical_memory",
@@ -349,16 +359,13 @@ const UNSUPPORTED: &[&str] = &[
     "dataset_uuid",
     "datasets",
     "default_gateway",
-    "delegate_dataset",
     "disk_driver",
     "do_not_inventory",
     "docker",
-    "filesystems",
     "firewall_enabled",
     "flexible_disk_size",
     "fs_allowed",
     "hvm",
-    "indestructible_delegated",
     "limit_priv",
     "maintain_resolvers",
     "max_locked_memory",
@@ -378,7 +385,6 @@ const UNSUPPORTED: &[&str] = &[
     "spice_opts",
     "spice_password",
     "spice_port",
-    "tmpfs",
     "transition",
     "update_filesystems",
     "update_pci_devices",
@@ -709,6 +715,119 @@ fn check_kernel_version(r: &mut ValidationReport, p: &str, v: &Value) {
     });
     if !ok {
         r.bad_value(p, format!("{p} must be a Linux version such as 4.3.0"));
+    }
+}
+
+/// The lofs options hull takes (SmartOS's spellings); every bind is nosuid and nodev anyway.
+const FILESYSTEM_OPTIONS: &[&str] = &["ro", "rw", "nodevice", "nodevices", "nosetuid", "nosuid"];
+
+/// Places in a zone a host directory may not cover: what the zone's runtime mounts itself.
+const FILESYSTEM_RESERVED: &[&str] = &["/proc", "/sys", "/dev", "/native"];
+
+/// SmartOS's `filesystems`: host directories bound into a zone (`type: "lofs"`, `source` on
+/// the host, `target` in the zone, `options` such as `ro`).
+fn check_filesystems(r: &mut ValidationReport, p: &str, v: &Value) {
+    let Some(list) = v.as_array() else {
+        r.bad_value(p, format!("{p} must be a list of filesystem objects"));
+        return;
+    };
+    let mut targets: Vec<&str> = Vec::new();
+    for (i, fs) in list.iter().enumerate() {
+        let path = format!("{p}.{i}");
+        let Some(obj) = fs.as_object() else {
+            r.bad_value(&path, format!("{path} must be an object"));
+            continue;
+        };
+        for k in obj.keys() {
+            if k == "raw" {
+                r.bad_property(
+                    format!("{path}.raw"),
+                    "SmartOS filesystem property raw (zonecfg's raw mount options) is not supported by hull",
+                );
+            } else if !["type", "source", "target", "options"].contains(&k.as_str()) {
+                r.bad_property(
+                    format!("{path}.{k}"),
+                    format!("unknown filesystem property {k}; hull takes type, source, target and options"),
+                );
+            }
+        }
+        match obj.get("type").and_then(Value::as_str) {
+            Some("lofs") => {}
+            Some(t) => r.bad_value(
+                format!("{path}.type"),
+                format!(
+                    "{path}.type {t:?} is not supported: hull binds host directories (lofs) only"
+                ),
+            ),
+            None => r.missing(
+                format!("{path}.type"),
+                format!("{path} needs type \"lofs\""),
+            ),
+        }
+        match obj.get("source") {
+            Some(s) => check_abs_path(r, &format!("{path}.source"), s),
+            None => r.missing(
+                format!("{path}.source"),
+                format!("{path} needs a source (a host directory)"),
+            ),
+        }
+        match obj.get("target") {
+            Some(t) => {
+                let tp = format!("{path}.target");
+                check_abs_path(r, &tp, t);
+                if let Some(t) = t.as_str() {
+                    let t = t.trim_end_matches('/');
+                    if t.is_empty() || t.split('/').skip(1).any(|c| c.is_empty() || c == ".") {
+                        r.bad_value(
+                            &tp,
+                            format!("{tp} must name a directory below / in plain names"),
+                        );
+                    } else if let Some(res) = FILESYSTEM_RESERVED
+                        .iter()
+                        .find(|res| t == **res || t.starts_with(&format!("{res}/")))
+                    {
+                        r.bad_value(
+                            &tp,
+                            format!("{tp} {t} lies in {res}, which the zone's runtime mounts"),
+                        );
+                    } else if targets.contains(&t) {
+                        r.bad_value(&tp, format!("{tp}: two filesystems target {t}"));
+                    } else {
+                        targets.push(t);
+                    }
+                }
+            }
+            None => r.missing(
+                format!("{path}.target"),
+                format!("{path} needs a target (a directory in the zone)"),
+            ),
+        }
+        if let Some(opts) = obj.get("options") {
+            let op = format!("{path}.options");
+            match opts.as_array() {
+                Some(list) => {
+                    let names: Vec<_> = list.iter().filter_map(Value::as_str).collect();
+                    if names.len() != list.len() {
+                        r.bad_value(&op, format!("{op} must be a list of strings"));
+                    }
+                    for n in &names {
+                        if !FILESYSTEM_OPTIONS.contains(n) {
+                            r.bad_value(
+                                &op,
+                                format!(
+                                    "{op}: option {n:?} is not supported; hull takes {}",
+                                    FILESYSTEM_OPTIONS.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                    if names.contains(&"ro") && names.contains(&"rw") {
+                        r.bad_value(&op, format!("{op} says both ro and rw"));
+                    }
+                }
+                None => r.bad_value(&op, format!("{op} must be a list of strings")),
+            }
+        }
     }
 }
 
@@ -1422,12 +1541,12 @@ mod tests {
     #[test]
     fn unknown_unsupported_and_read_only_properties() {
         let r = report(json!({
-            "brand": "joyent", "image_uuid": IMG, "frobnicate": 1, "delegate_dataset": true,
+            "brand": "joyent", "image_uuid": IMG, "frobnicate": 1, "fs_allowed": "ufs",
             "state": "running", "vcpus": 2
         }));
         let (bad, mut props, missing) = lists(&r);
         props.sort_unstable();
-        assert_eq!(props, ["delegate_dataset", "frobnicate", "state", "vcpus"]);
+        assert_eq!(props, ["frobnicate", "fs_allowed", "state", "vcpus"]);
         assert!(bad.is_empty() && missing.is_empty());
         assert!(
             r.summary().contains("not supported by hull"),
@@ -1794,7 +1913,9 @@ mod tests {
         // table and the struct cannot drift apart.
         let zone = json!({
             "uuid": IMG, "alias": "a", "brand": "joyent", "hostname": "h", "autoboot": false,
-            "indestructible_zoneroot": false,
+            "indestructible_zoneroot": false, "delegate_dataset": true,
+            "indestructible_delegated": true, "tmpfs": 64,
+            "filesystems": [{"type": "lofs", "source": "/srv/a", "target": "/a", "options": ["ro"]}],
             "image_uuid": IMG, "max_physical_memory": 256, "max_swap": 512, "ram": 256,
             "cpu_cap": 50, "cpu_shares": 10, "max_lwps": 100, "quota": 1, "zfs_io_priority": 5,
             "resolvers": ["192.0.2.53"], "dns_domain": "example.com", "routes": {},
@@ -1818,6 +1939,101 @@ mod tests {
             .collect();
         let table: BTreeSet<&str> = create_property_names().collect();
         assert_eq!(used, table);
+    }
+
+    #[test]
+    fn filesystems_are_lofs_binds_of_plain_paths() {
+        let zone = |fs: Value| json!({"brand": "joyent", "image_uuid": IMG, "filesystems": fs});
+        let c = validate_create(&zone(json!([
+            {"type": "lofs", "source": "/srv/www", "target": "/var/www/", "options": ["rw", "nosetuid"]},
+            {"type": "lofs", "source": "/srv/ro", "target": "/opt/ro", "options": ["ro"]}
+        ])))
+        .unwrap_or_else(|r| panic!("{r}"));
+        let fs = c.filesystems.expect("filesystems");
+        assert!(!fs[0].read_only() && fs[1].read_only());
+        for (bad, property, why) in [
+            (
+                json!({"type": "zfs", "source": "/a", "target": "/b"}),
+                "filesystems.0.type",
+                "lofs",
+            ),
+            (
+                json!({"type": "lofs", "source": "a", "target": "/b"}),
+                "filesystems.0.source",
+                "absolute",
+            ),
+            (
+                json!({"type": "lofs", "source": "/a", "target": "/"}),
+                "filesystems.0.target",
+                "below /",
+            ),
+            (
+                json!({"type": "lofs", "source": "/a", "target": "/proc/x"}),
+                "filesystems.0.target",
+                "runtime",
+            ),
+            (
+                json!({"type": "lofs", "source": "/a", "target": "/b/../c"}),
+                "filesystems.0.target",
+                "'..'",
+            ),
+            (
+                json!({"type": "lofs", "source": "/a", "target": "/b", "options": ["ro", "rw"]}),
+                "filesystems.0.options",
+                "both",
+            ),
+            (
+                json!({"type": "lofs", "source": "/a", "target": "/b", "options": ["setuid"]}),
+                "filesystems.0.options",
+                "setuid",
+            ),
+            (
+                json!({"type": "lofs", "source": "/a", "target": "/b", "raw": "x"}),
+                "filesystems.0.raw",
+                "not supported by hull",
+            ),
+            (
+                json!({"type": "lofs", "source": "/a", "target": "/b", "size": 1}),
+                "filesystems.0.size",
+                "unknown",
+            ),
+            (
+                json!({"source": "/a", "target": "/b"}),
+                "filesystems.0.type",
+                "lofs",
+            ),
+        ] {
+            let r = validate_create(&zone(json!([bad]))).expect_err("refused");
+            let p = r.details.iter().find(|p| p.property == property);
+            assert!(
+                p.is_some_and(|p| p.message.contains(why)),
+                "{property} ({why}): {r}"
+            );
+        }
+        let r = validate_create(&zone(json!([
+            {"type": "lofs", "source": "/a", "target": "/x"},
+            {"type": "lofs", "source": "/b", "target": "/x/"}
+        ])))
+        .expect_err("two on one target");
+        assert!(r.summary().contains("two filesystems target /x"), "{r}");
+        let r = report(
+            json!({"brand": "kvm", "filesystems": [], "delegate_dataset": true, "tmpfs": 1}),
+        );
+        let (_, mut props, _) = lists(&r);
+        props.sort_unstable();
+        assert_eq!(
+            props,
+            ["delegate_dataset", "filesystems", "tmpfs"],
+            "zones only"
+        );
+        assert!(
+            validate_update(
+                &json!({"tmpfs": 128, "indestructible_delegated": true}),
+                Brand::Lx
+            )
+            .is_ok()
+        );
+        assert!(validate_update(&json!({"delegate_dataset": true}), Brand::Joyent).is_err());
     }
 
     #[test]

@@ -251,6 +251,19 @@ pub struct VmCreate {
     /// Refuse `vmadm delete` while set (SmartOS's indestructible_zoneroot; default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub indestructible_zoneroot: Option<bool>,
+    /// A dataset of the zone's own, mounted at /data, outside the root's snapshots and kept
+    /// by `vmadm reprovision` (SmartOS's zones/<uuid>/data; zones only, default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegate_dataset: Option<bool>,
+    /// Refuse `vmadm delete` while set, for the delegated dataset's sake (SmartOS's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indestructible_delegated: Option<bool>,
+    /// Host directories bound into the zone (SmartOS's lofs `filesystems`; root only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystems: Option<Vec<Filesystem>>,
+    /// Size in MiB of a tmpfs mounted on the zone's /tmp (0 or absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs: Option<u64>,
     /// Image of the zone's root (zones only; microVMs name it per disk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_uuid: Option<Uuid>,
@@ -337,6 +350,30 @@ pub struct VmCreate {
     /// Package version, kept for tooling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package_version: Option<String>,
+}
+
+/// A host directory bound into a zone (SmartOS's `filesystems` entry, `type: "lofs"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Filesystem {
+    /// Always `lofs` (a bind of a host directory).
+    #[serde(rename = "type")]
+    pub fs_type: String,
+    /// The host directory.
+    pub source: String,
+    /// Where it appears in the zone.
+    pub target: String,
+    /// `ro` or `rw` (default rw), `nodevice(s)`, `nosetuid`/`nosuid` (binds are always
+    /// nosuid and nodev).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+impl Filesystem {
+    /// Whether the zone may write through it.
+    pub fn read_only(&self) -> bool {
+        self.options.iter().any(|o| o == "ro")
+    }
 }
 
 /// One entry of `update_nics`: the NIC is found by its MAC.
@@ -431,6 +468,12 @@ pub struct VmUpdate {
     /// Set or clear indestructible_zoneroot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub indestructible_zoneroot: Option<bool>,
+    /// Set or clear indestructible_delegated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indestructible_delegated: Option<bool>,
+    /// New /tmp tmpfs size in MiB (0: none), from the next start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs: Option<u64>,
     /// New memory limit (MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_physical_memory: Option<u64>,
@@ -563,6 +606,18 @@ pub struct Vm {
     /// `vmadm delete` is refused while set (shown only when set, as SmartOS does).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub indestructible_zoneroot: bool,
+    /// The zone has a delegated dataset, mounted at /data (shown only when set).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delegate_dataset: bool,
+    /// `vmadm delete` is refused while set (shown only when set).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub indestructible_delegated: bool,
+    /// Host directories bound into the zone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filesystems: Vec<Filesystem>,
+    /// Size in MiB of the zone's /tmp tmpfs (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs: Option<u64>,
     /// Image of the zone root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_uuid: Option<Uuid>,

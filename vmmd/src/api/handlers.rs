@@ -7,8 +7,8 @@ use bytes::Bytes;
 use futures_util::stream;
 use http_body_util::{BodyExt, StreamBody};
 use hull_spec::api::{
-    Created, ImageSource, ImportProgress, ImportRequest, KillRequest, RebootRequest, StopRequest,
-    ValidateOk,
+    Created, ImageSource, ImportProgress, ImportRequest, KillRequest, RebootRequest,
+    ReprovisionRequest, StopRequest, ValidateOk,
 };
 use hull_spec::flatten::{RECORD_PATH_RULE, is_record_path};
 use hull_spec::{Brand, NicTag, Ping};
@@ -124,6 +124,13 @@ pub async fn dispatch(
                 None => libc::SIGTERM,
             };
             let vm = service.kill(uuid, signal).await?;
+            Ok(record(StatusCode::OK, &vm))
+        }
+        Action::ReprovisionVm(uuid) => {
+            require_object(&body)?;
+            let req: ReprovisionRequest = serde_json::from_value(body)
+                .map_err(|e| ApiError::bad_request(format!("invalid reprovision request: {e}")))?;
+            let vm = service.reprovision(uuid, req.image_uuid).await?;
             Ok(record(StatusCode::OK, &vm))
         }
         Action::Info(uuid) => {

@@ -7,8 +7,8 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
 use hull_spec::api::{
-    Created, ImageSource, ImportProgress, ImportRequest, KillRequest, RebootRequest, StopRequest,
-    ValidateOk,
+    Created, ImageSource, ImportProgress, ImportRequest, KillRequest, RebootRequest,
+    ReprovisionRequest, StopRequest, ValidateOk,
 };
 use hull_spec::vm::SnapshotRequest;
 use hull_spec::{
@@ -66,6 +66,7 @@ pub fn document() -> Value {
     add::<hull_spec::api::Runtime>(&mut generator);
     add::<RebootRequest>(&mut generator);
     add::<KillRequest>(&mut generator);
+    add::<ReprovisionRequest>(&mut generator);
     add::<Event>(&mut generator);
     add::<ImageManifest>(&mut generator);
     add::<NicTag>(&mut generator);
@@ -113,6 +114,9 @@ pub fn document() -> Value {
             "/v1/vms/{uuid}/stop": verb("Stop", Some("StopRequest")),
             "/v1/vms/{uuid}/reboot": verb("Reboot", Some("RebootRequest")),
             "/v1/vms/{uuid}/kill": verb("Kill", Some("KillRequest")),
+            "/v1/vms/{uuid}/reprovision": { "parameters": uuid_param(),
+                "post": op("Make a zone's root anew from an image, keeping its uuid, NICs, metadata and delegated dataset (stopped first, started after)",
+                    "reprovisionVm", Some("ReprovisionRequest"), ok("200", "The VM, running", reference("Vm"))) },
             "/v1/vms/{uuid}/runtime": { "parameters": uuid_param(),
                 "get": op("Where a running zone's console and runtime directory are", "getRuntime", None,
                     ok("200", "The zone's runtime", reference("Runtime"))) },

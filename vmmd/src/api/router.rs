@@ -38,6 +38,8 @@ pub enum Action {
     RebootVm(Uuid),
     /// `POST /v1/vms/{uuid}/kill`
     KillVm(Uuid),
+    /// `POST /v1/vms/{uuid}/reprovision`
+    ReprovisionVm(Uuid),
     /// `GET /v1/vms/{uuid}/root?compression=C`: the stopped zone's root as a tar stream
     ExportRoot(Uuid, String),
     /// `GET /v1/vms/{uuid}/runtime`
@@ -99,6 +101,7 @@ impl Action {
                 | Action::StopVm(_)
                 | Action::RebootVm(_)
                 | Action::KillVm(_)
+                | Action::ReprovisionVm(_)
                 | Action::ValidateCreate
                 | Action::ValidateUpdate(_)
                 | Action::AddNicTag
@@ -202,7 +205,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
             "v1",
             "vms",
             id,
-            verb @ ("start" | "stop" | "reboot" | "kill"),
+            verb @ ("start" | "stop" | "reboot" | "kill" | "reprovision"),
         ] => {
             let uuid = uuid_segment("VM", id)?;
             if *method != M::POST {
@@ -212,6 +215,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
                 "start" => Action::StartVm(uuid),
                 "stop" => Action::StopVm(uuid),
                 "reboot" => Action::RebootVm(uuid),
+                "reprovision" => Action::ReprovisionVm(uuid),
                 _ => Action::KillVm(uuid),
             }
         }
@@ -399,6 +403,10 @@ mod tests {
         assert_eq!(
             ok(Method::POST, &format!("/v1/vms/{U}/kill"), None),
             Action::KillVm(u)
+        );
+        assert_eq!(
+            ok(Method::POST, &format!("/v1/vms/{U}/reprovision"), None),
+            Action::ReprovisionVm(u)
         );
         assert_eq!(
             ok(Method::POST, "/v1/validate/update", Some("brand=lx")),

@@ -16,6 +16,28 @@ use super::{
     note_kernel_version, now, read, write,
 };
 
+/// A zone's lofs `filesystems` must name host directories that exist: refused at create,
+/// not at the first boot.
+fn check_filesystem_sources(report: &mut ValidationReport, payload: &Value) {
+    let Some(list) = payload.get("filesystems").and_then(Value::as_array) else {
+        return;
+    };
+    for (i, fs) in list.iter().enumerate() {
+        let Some(source) = fs.get("source").and_then(Value::as_str) else {
+            continue;
+        };
+        if !source.starts_with('/') {
+            continue; // validation names it
+        }
+        if !std::fs::metadata(source).is_ok_and(|m| m.is_dir()) {
+            report.bad_value(
+                format!("filesystems.{i}.source"),
+                format!("{source} is not a directory on this host"),
+            );
+        }
+    }
+}
+
 impl Service {
     /// Checks a payload's NICs against the host: tags known, MACs and IPs free.
     pub(super) fn check_nics_on_host(
@@ -110,6 +132,7 @@ impl Service {
         if let Some(nics) = payload.get("nics").and_then(Value::as_array) {
             self.check_nics_on_host(&mut report, "nics", nics, None)?;
         }
+        check_filesystem_sources(&mut report, payload);
         let brand = payload
             .get("brand")
             .and_then(Value::as_str)

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use zoned::config::{Phase, Reply, Request, ZoneConfig, ZoneState};
 
 use super::Seams;
+use super::convert::zone::ZoneRoot;
 use super::provision::{Grown, Warnings};
 use super::seams::{GuestStorage, Switch, ZoneRuntime};
 use super::zones::{ControlError, DiskBoot, Plumb, StartError, ZoneError};
@@ -181,6 +182,17 @@ impl GuestStorage for FakeStorage {
         }
     }
 
+    fn data_dir(&self, uuid: Uuid) -> PathBuf {
+        self.root.join("data").join(uuid.to_string())
+    }
+
+    fn reprovision_root(&self, uuid: Uuid, _image: Uuid) -> Result<(), StoreError> {
+        match self.journal.call("storage.reprovision_root", uuid) {
+            true => Err(storage_err("storage.reprovision_root")),
+            false => Ok(()),
+        }
+    }
+
     fn image_dir(&self, image: Uuid) -> PathBuf {
         self.root.join("images").join(image.to_string())
     }
@@ -236,7 +248,7 @@ impl ZoneRuntime for FakeZones {
     fn start(
         &self,
         vm: &Vm,
-        _root: Option<RootSource>,
+        _root: Option<ZoneRoot>,
         plumb: &mut Plumb<'_>,
     ) -> Result<ZoneState, ZoneError> {
         if self.journal.call("zones.start", vm.uuid) {

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use zoned::config::{Phase, Request, ZoneState};
 
 use super::convert::ports;
+use super::convert::zone::ZoneRoot;
 use super::zones::{ControlError, StartError, ZoneError};
 use super::{
     Record, Result, Service, ServiceError, add_host_notes, best_effort, blocking, now, read,
@@ -65,10 +66,11 @@ impl Service {
             true => None,
             false => {
                 let storage = self.storage.clone();
-                let root = blocking(move || storage.root_source(uuid))
+                let source = blocking(move || storage.root_source(uuid))
                     .await?
                     .ok_or(ZoneError::NoRoot(uuid))?;
-                Some(root)
+                let data = vm.delegate_dataset.then(|| self.storage.data_dir(uuid));
+                Some(ZoneRoot { source, data })
             }
         };
         // A zone's NICs are plumbed into its namespaces while its init waits, so that it
@@ -220,6 +222,12 @@ impl Service {
                  (vmadm update {uuid} indestructible_zoneroot=false)"
             )));
         }
+        if current.indestructible_delegated {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} has indestructible_delegated set; unset it first \
+                 (vmadm update {uuid} indestructible_delegated=false)"
+            )));
+        }
         if matches!(current.state, VmState::Running | VmState::Stopping) {
             // As vmadm delete does: a running guest is stopped (at once) first.
             current = self.stop_locked(current, true, None).await?;
@@ -309,7 +317,7 @@ impl Service {
         self.stop_locked(vm, force, timeout).await
     }
 
-    async fn stop_locked(
+    pub(super) async fn stop_locked(
         &self,
         vm: Arc<Record>,
         force: bool,

@@ -21,6 +21,7 @@ mod nictags;
 pub mod paths;
 pub mod provision;
 mod recovery;
+mod reprovision;
 pub mod seams;
 mod snapshot;
 pub mod sources;

@@ -1,8 +1,8 @@
 //! Which host files a caller may hand to a guest.
 //!
 //! A microVM's `kernel`, `initrd` and `disks[].path` name host files that vmmd, as root, binds
-//! into the VMM's zone (disks writable): whoever names a file gets the guest to read or write
-//! it. Root and vmmd's own user may name any file; everyone else (members of `vmmd --group`)
+//! into the VMM's zone (disks writable), and a zone's `filesystems[].source` host directories
+//! bound into the zone: whoever names a file gets the guest to read or write it. Root and vmmd's own user may name any file; everyone else (members of `vmmd --group`)
 //! only a file below a directory root listed with `vmmd --allow-path`. This module owns that
 //! rule and the path resolution it needs. It never opens the files it checks, and it never
 //! compares paths as strings: `/srv/vm` is not a prefix of `/srv/vm2/disk`.
@@ -202,6 +202,7 @@ impl HostPathPolicy {
         let mut paths = Vec::new();
         boot_files(payload, &mut paths);
         disk_paths(payload, "disks", &mut paths);
+        filesystem_sources(payload, &mut paths);
         self.check_all(paths)
     }
 
@@ -240,6 +241,18 @@ fn boot_files<'a>(payload: &'a Value, out: &mut Vec<(String, &'a str)>) {
     for key in ["kernel", "initrd"] {
         if let Some(p) = payload.get(key).and_then(Value::as_str) {
             out.push((key.to_string(), p));
+        }
+    }
+}
+
+/// `filesystems.N.source`: host directories bound into a zone.
+fn filesystem_sources<'a>(payload: &'a Value, out: &mut Vec<(String, &'a str)>) {
+    let Some(list) = payload.get("filesystems").and_then(Value::as_array) else {
+        return;
+    };
+    for (i, f) in list.iter().enumerate() {
+        if let Some(p) = f.get("source").and_then(Value::as_str) {
+            out.push((format!("filesystems.{i}.source"), p));
         }
     }
 }
@@ -475,6 +488,13 @@ mod tests {
         assert_eq!(e.property, "initrd");
         p.check_create(&json!({"brand": "kvm", "kernel": ok, "disks": [{"size": 10}]}))
             .expect("allowed");
+        // A zone's lofs binds are host paths too.
+        let e = p
+            .check_create(&json!({"brand": "joyent", "filesystems": [
+                {"type": "lofs", "source": s(&allow.join("sub")), "target": "/a"},
+                {"type": "lofs", "source": "/etc", "target": "/b"}]}))
+            .expect_err("filesystems.1.source");
+        assert_eq!(e.property, "filesystems.1.source");
         // Non-strings are left to validation (422), which names them itself.
         p.check_create(&json!({"kernel": 7, "disks": [{"path": null}]}))
             .expect("not paths");

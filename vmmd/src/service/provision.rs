@@ -54,6 +54,9 @@ fn make(store: &Store, vm: &Vm) -> Result<Warnings, StoreError> {
     let mut warnings = Warnings::new();
     if let Some(image) = vm.image_uuid {
         store.clone_root(vm.uuid, image)?;
+        if vm.delegate_dataset {
+            store.create_data(vm.uuid)?;
+        }
         if vm.quota > 0 {
             warnings.extend(set_quota(store, vm.uuid, vm.quota)?);
         }

@@ -22,6 +22,7 @@ use hull_vswitch::{Guard, VswitchError, ZoneChange, ZoneNic, ZoneRoute};
 use uuid::Uuid;
 use zoned::config::{Reply, Request, ZoneConfig, ZoneState};
 
+use super::convert::zone::ZoneRoot;
 use super::provision::{self, Grown, Warnings};
 use super::zones::{DiskBoot, Plumb, ZoneError, Zones};
 use hull_vmm_proto::{ControlReply, ControlRequest};
@@ -46,6 +47,11 @@ pub trait GuestStorage: Send + Sync + std::fmt::Debug {
     fn shrink_back(&self, grown: &[Grown]) -> Vec<String>;
     /// What a zone's root is mounted from, if it has one.
     fn root_source(&self, uuid: Uuid) -> Result<Option<RootSource>, StoreError>;
+    /// Where a zone's delegated dataset is (whether or not it has one).
+    fn data_dir(&self, uuid: Uuid) -> PathBuf;
+    /// Replaces a zone's root with a fresh clone of `image`, its snapshots gone, its
+    /// delegated dataset kept.
+    fn reprovision_root(&self, uuid: Uuid, image: Uuid) -> Result<(), StoreError>;
     /// Where an installed image's files are.
     fn image_dir(&self, image: Uuid) -> PathBuf;
     /// Takes the snapshot `name` of the guest's root.
@@ -93,6 +99,14 @@ impl GuestStorage for CowStore {
         CowStore::root_source(self, uuid)
     }
 
+    fn data_dir(&self, uuid: Uuid) -> PathBuf {
+        CowStore::data_dir(self, uuid)
+    }
+
+    fn reprovision_root(&self, uuid: Uuid, image: Uuid) -> Result<(), StoreError> {
+        CowStore::reprovision_root(self, uuid, image).map(drop)
+    }
+
     fn image_dir(&self, image: Uuid) -> PathBuf {
         CowStore::image_dir(self, image)
     }
@@ -121,7 +135,7 @@ pub trait ZoneRuntime: Send + Sync + std::fmt::Debug {
     fn start(
         &self,
         vm: &Vm,
-        root: Option<RootSource>,
+        root: Option<ZoneRoot>,
         plumb: &mut Plumb<'_>,
     ) -> Result<ZoneState, ZoneError>;
     /// One request to the guest's zoned.
@@ -161,7 +175,7 @@ impl ZoneRuntime for HostZones {
     fn start(
         &self,
         vm: &Vm,
-        root: Option<RootSource>,
+        root: Option<ZoneRoot>,
         plumb: &mut Plumb<'_>,
     ) -> Result<ZoneState, ZoneError> {
         self.0.start(vm, root, plumb)

@@ -373,6 +373,16 @@ fn build(
                     .into(),
             );
         }
+        if !cfg.is_vmm() {
+            rootfs::mount_extras(
+                &rootfs,
+                &cfg.mounts,
+                cfg.tmpfs_mib,
+                &userns,
+                cfg.id_base,
+                ids,
+            )?;
+        }
         let metadata = match &cfg.metadata {
             Some(m) if !cfg.is_vmm() => Some(metadata_service(dir, &rootfs, m, cfg.id_base)?),
             _ => None,

@@ -133,6 +133,15 @@ enum Command {
         /// property=value pairs.
         properties: Vec<String>,
     },
+    /// Make a zone's root anew from the image_uuid of a payload (-f FILE or stdin), keeping
+    /// its uuid, NICs, metadata and delegated dataset.
+    Reprovision {
+        /// The VM.
+        uuid: String,
+        /// The payload file.
+        #[arg(short = 'f')]
+        file: Option<PathBuf>,
+    },
     /// Follow VM events.
     Events {
         /// Include whole records.
@@ -270,6 +279,7 @@ pub fn run(cli: Cli) -> CmdResult {
             file,
             properties,
         } => update::run(socket, &uuid, file.as_ref(), &properties),
+        Command::Reprovision { uuid, file } => update::reprovision(socket, &uuid, file.as_ref()),
         Command::Events {
             full,
             json,

@@ -50,6 +50,39 @@ pub fn run(
     Ok(())
 }
 
+/// `vmadm reprovision UUID [-f FILE]`: the payload's image_uuid is the new root's image
+/// (SmartOS's reprovision reads nothing else from it; other keys are named and ignored).
+pub fn reprovision(socket: Option<&Path>, uuid: &str, file: Option<&PathBuf>) -> CmdResult {
+    let uuid = parse_uuid(uuid)?;
+    let payload = read_payload(file)?;
+    let (image, ignored) = reprovision_image(&payload)?;
+    if !ignored.is_empty() {
+        eprintln!(
+            "Warning: reprovision takes only image_uuid; ignored: {}",
+            ignored.join(", ")
+        );
+    }
+    client(socket)?.reprovision_vm(uuid, image)?;
+    eprintln!("Successfully reprovisioned VM {uuid}");
+    Ok(())
+}
+
+/// The image_uuid of a reprovision payload, and the other keys it holds.
+fn reprovision_image(payload: &Value) -> Result<(uuid::Uuid, Vec<String>), Failure> {
+    let obj = payload
+        .as_object()
+        .ok_or_else(|| Failure::usage("the reprovision payload must be a JSON object"))?;
+    let image = match obj.get("image_uuid") {
+        None => return Err(Failure::usage("payload is missing image_uuid")),
+        Some(v) => v
+            .as_str()
+            .and_then(|s| uuid::Uuid::parse_str(s).ok())
+            .ok_or_else(|| Failure::usage(format!("image_uuid {v} is not a uuid")))?,
+    };
+    let ignored = obj.keys().filter(|k| *k != "image_uuid").cloned().collect();
+    Ok((image, ignored))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +100,21 @@ mod tests {
             serde_json::json!({"ram": 512, "autoboot": false, "alias": "web=1"})
         );
         assert!(from_pairs(&["noequals".into()]).is_err());
+    }
+
+    #[test]
+    fn reprovision_reads_the_image_and_names_what_it_ignores() {
+        let img = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a60";
+        let (u, ignored) =
+            reprovision_image(&serde_json::json!({"image_uuid": img, "alias": "x"})).expect("ok");
+        assert_eq!(u.to_string(), img);
+        assert_eq!(ignored, ["alias"]);
+        for bad in [
+            serde_json::json!({}),
+            serde_json::json!({"image_uuid": "nope"}),
+            serde_json::json!([img]),
+        ] {
+            assert!(reprovision_image(&bad).is_err(), "{bad}");
+        }
     }
 }

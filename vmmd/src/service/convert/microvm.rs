@@ -185,6 +185,8 @@ impl TryFrom<MicrovmZone<'_>> for ZoneConfig {
             root_ids: RootIds::Auto,
             taps,
             metadata: None,
+            mounts: Vec::new(),
+            tmpfs_mib: None,
             reset_ends: false,
         })
     }

@@ -6,14 +6,25 @@ use std::path::{Path, PathBuf};
 use hull_cowstore::backend::RootSource;
 use hull_spec::{Brand, Vm};
 use zoned::cgroup::Limits;
-use zoned::config::{GuestFile, MetadataMount, RootFile, RootIds, RootSpec, ZoneConfig};
+use zoned::config::{GuestFile, MetadataMount, RootFile, RootIds, RootSpec, ZoneConfig, ZoneMount};
 
-/// A zone guest as zoned runs it: the record, what its root is mounted from and the first
-/// host id of its id range.
+/// What a zone's storage hands its runtime: what its root is mounted from, and its
+/// delegated dataset when it has one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZoneRoot {
+    pub source: RootSource,
+    pub data: Option<PathBuf>,
+}
+
+/// Where a zone sees its delegated dataset.
+pub const DATA_AT: &str = "/data";
+
+/// A zone guest as zoned runs it: the record, its storage and the first host id of its id
+/// range.
 #[derive(Debug)]
 pub struct GuestZone<'a> {
     pub vm: &'a Vm,
-    pub root: RootSource,
+    pub root: ZoneRoot,
     pub id_base: u32,
     /// The static mdata tool to bind in as /usr/sbin/mdata-get and its siblings.
     pub mdata: Option<&'a Path>,
@@ -104,10 +115,23 @@ impl From<GuestZone<'_>> for ZoneConfig {
             id_base,
             mdata,
         } = z;
-        let root = match root {
+        let ZoneRoot { source, data } = root;
+        let root = match source {
             RootSource::Dir(dir) => RootSpec::Bind { dir },
             RootSource::Overlay { lower, upper, work } => RootSpec::Overlay { lower, upper, work },
         };
+        let data = data.map(|host| ZoneMount {
+            host,
+            at: PathBuf::from(DATA_AT),
+            writable: true,
+            owned: true,
+        });
+        let binds = vm.filesystems.iter().map(|f| ZoneMount {
+            host: PathBuf::from(&f.source),
+            at: PathBuf::from(f.target.trim_end_matches('/')),
+            writable: !f.read_only(),
+            owned: false,
+        });
         let init = vm
             .init_name
             .clone()
@@ -130,6 +154,8 @@ impl From<GuestZone<'_>> for ZoneConfig {
             root_ids: RootIds::Auto,
             taps: Vec::new(),
             metadata: Some(metadata_mount(vm, mdata)),
+            mounts: data.into_iter().chain(binds).collect(),
+            tmpfs_mib: vm.tmpfs,
             reset_ends: false,
         }
     }

@@ -52,6 +52,11 @@ pub fn apply(
     }
     plain!(autoboot);
     plain!(indestructible_zoneroot);
+    plain!(indestructible_delegated);
+    if let Some(mib) = u.tmpfs {
+        next.tmpfs = (mib > 0).then_some(mib);
+        changes.push("tmpfs".into());
+    }
     plain!(cpu_shares);
     plain!(max_lwps);
     plain!(quota);

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hull_cowstore::backend::RootSource;
 use hull_spec::Vm;
 use hull_sys::process::same_process;
 use hull_vmm_proto::{ControlReply, ControlRequest};
@@ -28,7 +27,7 @@ use zoned::config::{
 };
 
 use super::convert::microvm::{self, MicrovmError, MicrovmZone, VmmFiles};
-use super::convert::zone::GuestZone;
+use super::convert::zone::{GuestZone, ZoneRoot};
 
 pub use diskboot::DiskBoot;
 pub use kit::KitError;
@@ -325,7 +324,7 @@ impl Zones {
     pub fn start(
         self: &Arc<Self>,
         vm: &Vm,
-        root: Option<RootSource>,
+        root: Option<ZoneRoot>,
         plumb: &mut Plumb<'_>,
     ) -> Result<ZoneState, ZoneError> {
         let uuid = vm.uuid;
@@ -338,7 +337,7 @@ impl Zones {
     fn start_in_slot(
         &self,
         vm: &Vm,
-        root: Option<RootSource>,
+        root: Option<ZoneRoot>,
         slot: u32,
         plumb: &mut Plumb<'_>,
     ) -> Result<ZoneState, ZoneError> {
