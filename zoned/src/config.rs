@@ -64,6 +64,10 @@ pub struct ZoneConfig {
     /// dns_domain).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_domain: Option<String>,
+    /// Write /etc/resolv.conf at every boot of the zone (SmartOS's maintain_resolvers);
+    /// otherwise only at this zoned's first, so a reboot keeps the guest's own edits.
+    #[serde(default = "yes")]
+    pub maintain_resolvers: bool,
     /// Seconds a graceful stop waits for init before killing the zone.
     pub stop_timeout_s: u64,
     /// The signal a graceful stop sends init (SIGTERM unless set). An init that is systemd
@@ -90,6 +94,9 @@ pub struct ZoneConfig {
     /// A tmpfs of this many MiB on the zone's /tmp (SmartOS's `tmpfs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmpfs_mib: Option<u64>,
+    /// Locked-memory and System V IPC limits of an OS zone.
+    #[serde(default, skip_serializing_if = "crate::rctls::Rctls::is_empty")]
+    pub rctls: crate::rctls::Rctls,
     /// A microVM whose guest resets is not booted again by zoned: the zone ends with
     /// [`ZoneState::reset`] set, and vmmd starts it anew (a guest that boots what its disk
     /// says reads the disk again, as firmware does at every reset).
@@ -111,6 +118,10 @@ pub struct MetadataMount {
     /// zone's cloud-init NoCloud seed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seed: Vec<GuestFile>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A host directory mounted into an OS zone (nosuid, nodev, id-mapped).

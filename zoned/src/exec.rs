@@ -81,6 +81,13 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
     if !same_process(pid, start) {
         return Err(not_running());
     }
+    // What zlogin runs has the zone's locked-memory limit, as init's children do.
+    cfg.rctls
+        .limit_locked_memory()
+        .map_err(|source| RunError::Sys {
+            what: "set the zone's locked-memory limit".into(),
+            source,
+        })?;
     let layout = Layout::detect()?;
     // Joined before the fork so that the command is born in the zone's cgroup (on v1 a
     // process inherits its parent's). The relay stays there: a zone that stops kills it

@@ -6,6 +6,7 @@
 pub mod cgroup;
 pub mod config;
 pub mod exec;
+pub mod rctls;
 pub mod rootfs;
 pub mod run;
 pub mod security;

@@ -36,6 +36,8 @@ impl ImageType {
     pub fn suits(self, brand: Brand) -> bool {
         match brand {
             Brand::Joyent | Brand::JoyentMinimal => self == ImageType::ZoneDataset,
+            // SmartOS's lx takes lx-dataset images only; hull's zone images are Linux
+            // userlands too (the bundled busybox), which an lx zone runs as well.
             Brand::Lx => matches!(self, ImageType::LxDataset | ImageType::ZoneDataset),
             Brand::Kvm | Brand::Bhyve => self == ImageType::Zvol,
         }

@@ -143,6 +143,8 @@ type Check = fn(&mut ValidationReport, &str, &Value);
 #[derive(Clone, Copy)]
 enum Kind {
     Int(u64, u64),
+    /// A power of two in a range (ZFS record and block sizes).
+    Pow2(u64, u64),
     Bool,
     Other(Check),
 }
@@ -151,6 +153,12 @@ impl Kind {
     fn check(self, r: &mut ValidationReport, p: &str, v: &Value) {
         match self {
             Kind::Int(min, max) => check_int(r, p, v, min, max),
+            Kind::Pow2(min, max) => {
+                check_int(r, p, v, min, max);
+                if v.as_u64().is_some_and(|n| !n.is_power_of_two()) {
+                    r.bad_value(p, format!("{p} must be a power of two"));
+                }
+            }
             Kind::Bool => check_bool(r, p, v),
             Kind::Other(check) => check(r, p, v),
         }
@@ -160,7 +168,7 @@ impl Kind {
     /// `"true"`/`"false"`, `"1"`/`"0"` or 1/0. Anything else is left for the check to refuse.
     fn coerce(self, v: &mut Value) {
         let new = match (self, &*v) {
-            (Kind::Int(..), Value::String(s))
+            (Kind::Int(..) | Kind::Pow2(..), Value::String(s))
                 if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) =>
             {
                 s.parse::<u64>().ok().map(Value::from)
@@ -202,6 +210,9 @@ const fn prop(name: &'static str, scope: Scope, kind: Kind, updatable: bool) -> 
 }
 
 const MIB_MAX: u64 = 1 << 20; // 1 TiB in MiB
+/// The most System V IPC ids of one kind a zone may be given (the kernel's IPCMNI is 32768,
+/// 16 Mi with ipcmni_extend).
+const IPC_IDS_MAX: u64 = 1 << 24;
 const PROPS: &[Prop] = &[
     prop("uuid", Scope::All, Kind::Other(check_uuid), false),
     prop("alias", Scope::All, Kind::Other(check_alias), true),
@@ -219,6 +230,89 @@ const PROPS: &[Prop] = &[
     ),
     // A /tmp tmpfs of this many MiB in the zone (0: none).
     prop("tmpfs", Scope::Zones, Kind::Int(0, MIB_MAX), true),
+    prop("do_not_inventory", Scope::All, Kind::Bool, true),
+    // Create only: hull's create never waits for in-guest provisioning.
+    prop("nowait", Scope::All, Kind::Bool, false),
+    prop("archive_on_delete", Scope::All, Kind::Bool, true),
+    prop("maintain_resolvers", Scope::All, Kind::Bool, true),
+    prop("max_locked_memory", Scope::All, Kind::Int(0, MIB_MAX), true),
+    prop("max_shm_memory", Scope::All, Kind::Int(0, MIB_MAX), true),
+    prop("max_shm_ids", Scope::All, Kind::Int(0, IPC_IDS_MAX), true),
+    prop("max_msg_ids", Scope::All, Kind::Int(0, IPC_IDS_MAX), true),
+    prop("max_sem_ids", Scope::All, Kind::Int(0, IPC_IDS_MAX), true),
+    prop(
+        "disk_driver",
+        Scope::MicroVms,
+        Kind::Other(check_model),
+        true,
+    ),
+    prop(
+        "nic_driver",
+        Scope::MicroVms,
+        Kind::Other(check_model),
+        true,
+    ),
+    prop(
+        "flexible_disk_size",
+        Scope::All,
+        Kind::Int(0, 16 * MIB_MAX),
+        true,
+    ),
+    prop(
+        "fs_allowed",
+        Scope::Zones,
+        Kind::Other(check_fs_allowed),
+        true,
+    ),
+    prop(
+        "zfs_root_recsize",
+        Scope::All,
+        Kind::Pow2(512, 1 << 20),
+        true,
+    ),
+    prop(
+        "zfs_data_recsize",
+        Scope::Zones,
+        Kind::Pow2(512, 1 << 20),
+        true,
+    ),
+    prop(
+        "zfs_root_compression",
+        Scope::All,
+        Kind::Other(check_compression),
+        true,
+    ),
+    prop(
+        "zfs_data_compression",
+        Scope::Zones,
+        Kind::Other(check_compression),
+        true,
+    ),
+    prop("zpool", Scope::All, Kind::Other(check_zpool), false),
+    prop(
+        "zfs_filesystem_limit",
+        Scope::Zones,
+        Kind::Int(0, u32::MAX as u64),
+        true,
+    ),
+    prop(
+        "zfs_snapshot_limit",
+        Scope::All,
+        Kind::Int(0, u32::MAX as u64),
+        true,
+    ),
+    prop(
+        "virtio_txburst",
+        Scope::MicroVms,
+        Kind::Int(1, 1 << 20),
+        true,
+    ),
+    prop(
+        "virtio_txtimer",
+        Scope::MicroVms,
+        Kind::Int(1, u32::MAX as u64),
+        true,
+    ),
     prop("image_uuid", Scope::Zones, Kind::Other(check_uuid), false),
     prop(
         "max_physical_memory",
@@ -348,7 +442,6 @@ const UPDATE_VERBS: &[Prop] = &[
 const UNSUPPORTED: &[&str] = &[
     "add_filesystems",
     "add_pci_devices",
-    "archive_on_delete",
     "bhyve_extra_opts",
     "boot",
     "bootrom",
@@ -359,23 +452,11 @@ const UNSUPPORTED: &[&str] = &[
     "dataset_uuid",
     "datasets",
     "default_gateway",
-    "disk_driver",
-    "do_not_inventory",
     "docker",
     "firewall_enabled",
-    "flexible_disk_size",
-    "fs_allowed",
     "hvm",
     "limit_priv",
-    "maintain_resolvers",
-    "max_locked_memory",
-    "max_msg_ids",
-    "max_sem_ids",
-    "max_shm_ids",
-    "max_shm_memory",
     "mdata_exec_timeout",
-    "nic_driver",
-    "nowait",
     "pci_devices",
     "qemu_extra_opts",
     "qemu_opts",
@@ -390,22 +471,13 @@ const UNSUPPORTED: &[&str] = &[
     "update_pci_devices",
     "v",
     "vga",
-    "virtio_txburst",
-    "virtio_txtimer",
     "vnc_password",
     "vnc_port",
-    "zfs_data_compression",
-    "zfs_data_recsize",
     "zfs_filesystem",
-    "zfs_filesystem_limit",
-    "zfs_root_compression",
-    "zfs_root_recsize",
-    "zfs_snapshot_limit",
     "zfs_storage_pool_name",
     "zlog_max_size",
     "zlog_mode",
     "zone_dataset_uuid",
-    "zpool",
 ];
 
 /// Properties of a record that hull sets; a payload may not.
@@ -470,6 +542,15 @@ pub fn coerce(payload: &Value) -> Value {
     if obj.get("alias") == Some(&Value::Null) {
         obj.remove("alias");
     }
+    // SmartOS takes fs_allowed as a list or a comma-separated string and keeps the string
+    // (a list whose items hold commas is refused, as SmartOS refuses it).
+    if let Some(Value::Array(list)) = obj.get("fs_allowed")
+        && let Some(names) = list.iter().map(Value::as_str).collect::<Option<Vec<_>>>()
+        && !names.iter().any(|n| n.contains(','))
+    {
+        let joined = Value::String(names.join(","));
+        obj.insert("fs_allowed".into(), joined);
+    }
     let in_objects = |v: &mut Value, table: &[(&str, Kind)]| {
         for item in v.as_array_mut().into_iter().flatten() {
             for (k, val) in item.as_object_mut().into_iter().flatten() {
@@ -514,6 +595,7 @@ pub fn validate_create(payload: &Value) -> Result<VmCreate, ValidationReport> {
     };
     obj.entry("brand")
         .or_insert_with(|| Value::String(Brand::Joyent.to_string()));
+    resolve_mac_routes(obj);
     let obj = &*obj;
     let brand = match obj.get("brand") {
         None => None,
@@ -576,16 +658,18 @@ pub fn validate_create(payload: &Value) -> Result<VmCreate, ValidationReport> {
     }
     if let Some(Value::Array(nics)) = obj.get("nics") {
         check_nic_set(&mut report, "nics", nics);
+        if let Some(b) = brand {
+            check_interface_names(&mut report, b, nics);
+        }
     }
     if let Some(Value::Array(disks)) = obj.get("disks") {
         check_boot_disks(&mut report, "disks", disks);
+        check_flexible_disk_size(&mut report, obj, disks);
     }
     if let Some(Value::Object(routes)) = obj.get("routes") {
-        let nic_count = obj
-            .get("nics")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len);
-        check_route_targets(&mut report, "routes", routes, nic_count);
+        let none = Vec::new();
+        let nics = obj.get("nics").and_then(Value::as_array).unwrap_or(&none);
+        check_route_targets(&mut report, "routes", routes, nics);
     }
     if !report.is_empty() {
         return Err(report);
@@ -831,6 +915,56 @@ fn check_filesystems(r: &mut ValidationReport, p: &str, v: &Value) {
     }
 }
 
+/// SmartOS's `fs_allowed`: file system type names, comma-separated (a list is joined by
+/// [`coerce`]).
+fn check_fs_allowed(r: &mut ValidationReport, p: &str, v: &Value) {
+    let ok = v.as_str().is_some_and(|s| {
+        s.len() <= 1024
+            && s.split(',').all(|t| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+    });
+    if !ok {
+        r.bad_value(
+            p,
+            format!("{p} must be file system type names separated by commas (\"ufs,pcfs\")"),
+        );
+    }
+}
+
+/// A ZFS compression setting, as SmartOS takes it.
+fn check_compression(r: &mut ValidationReport, p: &str, v: &Value) {
+    let ok = v.as_str().is_some_and(|s| {
+        matches!(s, "on" | "off" | "lzjb" | "zle" | "lz4" | "gzip" | "zstd")
+            || s.strip_prefix("gzip-")
+                .is_some_and(|n| matches!(n, "1" | "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9"))
+    });
+    if !ok {
+        r.bad_value(
+            p,
+            format!("{p} must be a ZFS compression setting (on, off, lzjb, zle, lz4, gzip, gzip-1..9, zstd)"),
+        );
+    }
+}
+
+/// SmartOS's pool: hull has one, its data root, which payloads call "zones" (SmartOS's
+/// default pool).
+fn check_zpool(r: &mut ValidationReport, p: &str, v: &Value) {
+    match v.as_str() {
+        Some("zones") => {}
+        Some(other) => r.bad_property(
+            p,
+            format!(
+                "zpool {other:?} is not supported by hull: its one pool is its data root, \
+                 which payloads name \"zones\""
+            ),
+        ),
+        None => r.bad_value(p, format!("{p} must be a pool name")),
+    }
+}
+
 fn check_short_string(r: &mut ValidationReport, p: &str, v: &Value) {
     match v.as_str() {
         Some(s) if s.len() <= 256 && !s.chars().any(char::is_control) => {}
@@ -941,16 +1075,62 @@ fn check_route_targets(
     r: &mut ValidationReport,
     p: &str,
     routes: &Map<String, Value>,
-    nic_count: usize,
+    nics: &[Value],
 ) {
     for (dest, gw) in routes {
-        if let Some(i) = gw.as_str().and_then(nic_route_index)
-            && i >= nic_count
-        {
-            r.bad_value(
+        let Some(i) = gw.as_str().and_then(nic_route_index) else {
+            continue;
+        };
+        match nics.get(i) {
+            None => r.bad_value(
                 format!("{p}.{dest}"),
-                format!("route {dest:?} names nics[{i}], but the payload has {nic_count} NICs"),
-            );
+                format!("route {dest:?} names nics[{i}], but the payload has {} NICs", nics.len()),
+            ),
+            // As SmartOS: a route through a NIC that leases its address is refused.
+            Some(nic) if leases_its_address(nic) => r.bad_value(
+                format!("{p}.{dest}"),
+                format!("route {dest:?} goes through nics[{i}], which has no static address (dhcp or addrconf)"),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Whether a NIC object takes its addresses from DHCP or SLAAC only.
+fn leases_its_address(nic: &Value) -> bool {
+    let leased = |s: &str| s == "dhcp" || s == "addrconf";
+    match (
+        nic.get("ip").and_then(Value::as_str),
+        nic.get("ips").and_then(Value::as_array),
+    ) {
+        (Some(ip), _) => leased(ip),
+        (None, Some(ips)) => !ips.is_empty() && ips.iter().all(|i| i.as_str().is_some_and(leased)),
+        (None, None) => false,
+    }
+}
+
+/// SmartOS's `macs[MAC]` route gateway, for the NIC with that MAC: rewritten as hull's
+/// `nics[N]` where a NIC of the payload has it (left as it is, for the check to name,
+/// otherwise).
+fn resolve_mac_routes(obj: &mut Map<String, Value>) {
+    let macs: Vec<Option<MacAddr>> = obj
+        .get("nics")
+        .and_then(Value::as_array)
+        .map(|l| l.iter().map(nic_mac).collect())
+        .unwrap_or_default();
+    let Some(Value::Object(routes)) = obj.get_mut("routes") else {
+        return;
+    };
+    for gw in routes.values_mut() {
+        let Some(mac) = gw
+            .as_str()
+            .and_then(|s| s.strip_prefix("macs[")?.strip_suffix(']'))
+            .and_then(|m| m.parse::<MacAddr>().ok())
+        else {
+            continue;
+        };
+        if let Some(i) = macs.iter().position(|m| *m == Some(mac)) {
+            *gw = Value::String(format!("nics[{i}]"));
         }
     }
 }
@@ -1050,6 +1230,8 @@ const NIC_PROPS: &[(&str, Kind)] = &[
     ("allow_restricted_traffic", Kind::Bool),
     ("allowed_ips", Kind::Other(check_allowed_ips)),
     ("max_bandwidth", Kind::Int(1, 100_000)),
+    ("network_uuid", Kind::Other(check_uuid)),
+    ("dhcp_server", Kind::Bool),
 ];
 
 /// SmartOS NIC properties hull knows of but does not honour yet: named in the error.
@@ -1057,8 +1239,6 @@ const UNSUPPORTED_NIC: &[&str] = &[
     "allow_unfiltered_promisc",
     "allowed_dhcp_cids",
     "blocked_outgoing_ports",
-    "dhcp_server",
-    "network_uuid",
     "vrrp_primary_ip",
     "vrrp_vrid",
 ];
@@ -1165,7 +1345,9 @@ fn check_model(r: &mut ValidationReport, p: &str, v: &Value) {
     if v.as_str() != Some("virtio") {
         r.bad_value(
             p,
-            format!("{p} must be \"virtio\" (the only device model hull emulates)"),
+            format!(
+                "{p} {v} is not supported by hull: \"virtio\" is the only device model it emulates"
+            ),
         );
     }
 }
@@ -1179,8 +1361,14 @@ fn check_nic_object(r: &mut ValidationReport, path: &str, v: &Value, need_tag: b
         let p = format!("{path}.{k}");
         match NIC_PROPS.iter().find(|(n, _)| n == k) {
             Some((_, kind)) => kind.check(r, &p, val),
-            None if k == "interface" => {
+            // Checked against the NIC's place by validate_create: hull names interfaces.
+            None if k == "interface" && !need_tag => {
                 r.bad_property(p, "interface names are assigned by hull (net0, net1, ...)")
+            }
+            None if k == "interface" => {
+                if !val.as_str().is_some_and(|s| s.len() <= 15 && !s.is_empty()) {
+                    r.bad_value(p, "a NIC's interface must be a name such as net0")
+                }
             }
             None if UNSUPPORTED_NIC.contains(&k.as_str()) => r.bad_property(
                 p,
@@ -1252,6 +1440,24 @@ fn check_nic_set(r: &mut ValidationReport, p: &str, nics: &[Value]) {
     }
 }
 
+/// A payload may name its NICs' interfaces (SmartOS's records do) as long as it names them
+/// as hull does: by place, net0... (eth0... in lx zones).
+fn check_interface_names(r: &mut ValidationReport, brand: Brand, nics: &[Value]) {
+    for (i, nic) in nics.iter().enumerate() {
+        let want = brand.interface_name(i);
+        if let Some(given) = nic.get("interface").and_then(Value::as_str)
+            && given != want
+        {
+            r.bad_value(
+                format!("nics.{i}.interface"),
+                format!(
+                    "interface names are assigned by hull by place: nics.{i} is {want}, not {given}"
+                ),
+            );
+        }
+    }
+}
+
 /// The MAC a NIC object (payload or record) names, if it names a well-formed one.
 pub fn nic_mac(nic: &Value) -> Option<MacAddr> {
     nic.get("mac").and_then(mac_of)
@@ -1305,7 +1511,37 @@ const DISK_PROPS: &[(&str, Kind)] = &[
     ("model", Kind::Other(check_model)),
     ("path", Kind::Other(check_abs_path)),
     ("read_only", Kind::Bool),
+    ("image_size", Kind::Int(1, 16 * MIB_MAX)),
+    ("image_name", Kind::Other(check_short_string)),
+    ("uuid", Kind::Other(check_uuid)),
+    ("block_size", Kind::Pow2(512, 1 << 17)),
+    ("refreservation", Kind::Int(0, 16 * MIB_MAX)),
+    ("media", Kind::Other(check_media)),
+    ("compression", Kind::Other(check_compression)),
 ];
+
+/// Disk properties `update_disks` cannot change.
+const DISK_CREATE_ONLY: &[&str] = &[
+    "image_size",
+    "image_name",
+    "uuid",
+    "block_size",
+    "refreservation",
+    "media",
+    "compression",
+];
+
+/// A disk's media: "disk"; a "cdrom" needs the firmware boot hull does not have.
+fn check_media(r: &mut ValidationReport, p: &str, v: &Value) {
+    match v.as_str() {
+        Some("disk") => {}
+        Some("cdrom") => r.bad_property(
+            p,
+            format!("{p} \"cdrom\" is not supported by hull: microVMs boot a kernel or a disk, with no firmware to boot a CD"),
+        ),
+        _ => r.bad_value(p, format!("{p} must be \"disk\"")),
+    }
+}
 
 fn check_disk_object(r: &mut ValidationReport, path: &str, v: &Value, updating: bool) {
     let Some(obj) = v.as_object() else {
@@ -1317,6 +1553,9 @@ fn check_disk_object(r: &mut ValidationReport, path: &str, v: &Value, updating: 
         match DISK_PROPS.iter().find(|(n, _)| n == k) {
             Some(_) if updating && k == "image_uuid" => {
                 r.bad_property(p, "a disk's image cannot be changed")
+            }
+            Some(_) if updating && DISK_CREATE_ONLY.contains(&k.as_str()) => {
+                r.bad_property(p, format!("a disk's {k} is set when the disk is made"))
             }
             Some((_, kind)) => kind.check(r, &p, val),
             None if UNSUPPORTED_DISK.contains(&k.as_str()) => r.bad_property(
@@ -1339,18 +1578,11 @@ fn check_disk_object(r: &mut ValidationReport, path: &str, v: &Value, updating: 
 }
 
 const UNSUPPORTED_DISK: &[&str] = &[
-    "block_size",
-    "compression",
     "dangerous_allow_shrink",
     "guest_block_size",
-    "image_name",
-    "image_size",
-    "media",
     "nocreate",
     "notrim",
     "pci_slot",
-    "refreservation",
-    "uuid",
     "zfs_filesystem",
     "zonexml_size",
     "zpool",
@@ -1366,6 +1598,23 @@ fn check_disks(r: &mut ValidationReport, p: &str, v: &Value) {
     }
     for (i, disk) in list.iter().enumerate() {
         check_disk_object(r, &format!("{p}.{i}"), disk, false);
+    }
+}
+
+/// SmartOS's flexible_disk_size bounds what a VM's disks add up to (their given sizes).
+fn check_flexible_disk_size(r: &mut ValidationReport, obj: &Map<String, Value>, disks: &[Value]) {
+    let Some(limit) = obj.get("flexible_disk_size").and_then(Value::as_u64) else {
+        return;
+    };
+    let total: u64 = disks
+        .iter()
+        .filter_map(|d| d.get("size").and_then(Value::as_u64))
+        .sum();
+    if total > limit {
+        r.bad_value(
+            "flexible_disk_size",
+            format!("the disks add up to {total} MiB, more than flexible_disk_size ({limit} MiB)"),
+        );
     }
 }
 
@@ -1425,15 +1674,9 @@ fn check_memory_consistency(r: &mut ValidationReport, brand: Brand, obj: &Map<St
             format!("for zones ram is max_physical_memory; {ram} != {mpm}"),
         );
     }
-    let effective = mpm.or(ram);
-    if let (Some(swap), Some(mem)) = (swap, effective)
-        && swap < mem
-    {
-        r.bad_value(
-            "max_swap",
-            format!("max_swap ({swap}) must be at least max_physical_memory ({mem})"),
-        );
-    }
+    // A max_swap below the memory limit is raised to it when the record is made, as
+    // SmartOS's vmadm does (with a warning in its log): not an error.
+    let _ = swap;
 }
 
 /// The names of every top-level create property, for documentation and completion.
@@ -1541,12 +1784,12 @@ mod tests {
     #[test]
     fn unknown_unsupported_and_read_only_properties() {
         let r = report(json!({
-            "brand": "joyent", "image_uuid": IMG, "frobnicate": 1, "fs_allowed": "ufs",
+            "brand": "joyent", "image_uuid": IMG, "frobnicate": 1, "limit_priv": "default",
             "state": "running", "vcpus": 2
         }));
         let (bad, mut props, missing) = lists(&r);
         props.sort_unstable();
-        assert_eq!(props, ["frobnicate", "fs_allowed", "state", "vcpus"]);
+        assert_eq!(props, ["frobnicate", "limit_priv", "state", "vcpus"]);
         assert!(bad.is_empty() && missing.is_empty());
         assert!(
             r.summary().contains("not supported by hull"),
@@ -1727,12 +1970,12 @@ mod tests {
     #[test]
     fn smartos_properties_hull_does_not_honour_are_refused_naming_them() {
         let r = report(
-            json!({"brand": "joyent", "image_uuid": IMG, "do_not_inventory": true,
+            json!({"brand": "joyent", "image_uuid": IMG, "limit_priv": "default",
             "nics": [{"nic_tag": "admin", "vrrp_vrid": 3}], "server_uuid": IMG}),
         );
         let text = serde_json::to_string(&r).expect("serializes");
         for said in [
-            "SmartOS property do_not_inventory is not supported by hull",
+            "SmartOS property limit_priv is not supported by hull",
             "SmartOS NIC property vrrp_vrid is not supported by hull",
             "server_uuid is set by hull and cannot be given",
         ] {
@@ -1839,12 +2082,13 @@ mod tests {
                 "disks.1.boot",
                 "disks.1.size",
                 "nics.1.ip",
+                "nics.2.interface",
                 "nics.2.model",
                 "nics.2.nic_tag",
                 "nics.2.vlan_id"
             ]
         );
-        assert_eq!(props, ["disks.1.media", "nics.2.interface"]);
+        assert_eq!(props, ["disks.1.media"]);
         assert_eq!(missing, ["disks.0.size", "nics.0.netmask"]);
     }
 
@@ -1852,10 +2096,11 @@ mod tests {
     fn memory_properties_must_agree() {
         let r = report(json!({"brand": "kvm", "ram": 2048, "max_physical_memory": 1024}));
         assert_eq!(lists(&r).0, ["max_physical_memory"]);
-        let r = report(
-            json!({"brand": "joyent", "image_uuid": IMG, "max_physical_memory": 1024, "max_swap": 512}),
-        );
-        assert_eq!(lists(&r).0, ["max_swap"]);
+        // A swap limit below the memory limit is raised when the record is made (SmartOS's).
+        validate_create(
+            &json!({"brand": "joyent", "image_uuid": IMG, "max_physical_memory": 1024, "max_swap": 512}),
+        )
+        .unwrap_or_else(|r| panic!("{r}"));
     }
 
     #[test]
@@ -1914,7 +2159,7 @@ mod tests {
         let zone = json!({
             "uuid": IMG, "alias": "a", "brand": "joyent", "hostname": "h", "autoboot": false,
             "indestructible_zoneroot": false, "delegate_dataset": true,
-            "indestructible_delegated": true, "tmpfs": 64,
+            "indestructible_delegated": true, "tmpfs": 64, "do_not_inventory": true,
             "filesystems": [{"type": "lofs", "source": "/srv/a", "target": "/a", "options": ["ro"]}],
             "image_uuid": IMG, "max_physical_memory": 256, "max_swap": 512, "ram": 256,
             "cpu_cap": 50, "cpu_shares": 10, "max_lwps": 100, "quota": 1, "zfs_io_priority": 5,
@@ -1924,8 +2169,30 @@ mod tests {
             "init_name": "/sbin/init", "owner_uuid": IMG, "billing_id": IMG,
             "package_name": "p", "package_version": "1"
         });
-        validate_create(&zone).unwrap_or_else(|r| panic!("{r}"));
-        let vm = json!({"brand": "kvm", "vcpus": 1, "disks": [], "kernel": "/k", "initrd": "/i", "cmdline": ""});
+        let more = json!({
+            "nowait": true, "archive_on_delete": true, "maintain_resolvers": true,
+            "max_locked_memory": 256, "max_shm_memory": 64, "max_shm_ids": 64,
+            "max_msg_ids": 64, "max_sem_ids": 64, "flexible_disk_size": 1024,
+            "fs_allowed": ["ufs", "pcfs"], "zfs_root_recsize": 8192, "zfs_data_recsize": 16384,
+            "zfs_root_compression": "lz4", "zfs_data_compression": "gzip-3", "zpool": "zones",
+            "zfs_filesystem_limit": 10, "zfs_snapshot_limit": 10
+        });
+        let mut zone = zone;
+        if let (Some(z), Some(m)) = (zone.as_object_mut(), more.as_object()) {
+            z.extend(m.clone());
+        }
+        let c = validate_create(&zone).unwrap_or_else(|r| panic!("{r}"));
+        assert_eq!(
+            c.fs_allowed.as_deref(),
+            Some("ufs,pcfs"),
+            "a list is kept as SmartOS's string"
+        );
+        let vm = json!({"brand": "kvm", "vcpus": 1, "kernel": "/k", "initrd": "/i", "cmdline": "",
+            "disk_driver": "virtio", "nic_driver": "virtio", "virtio_txburst": 128, "virtio_txtimer": 200000,
+            "disks": [{"image_uuid": IMG, "image_size": 10240, "image_name": "ubuntu", "uuid": IMG,
+                "block_size": "8192", "refreservation": 0, "media": "disk", "compression": "off"}],
+            "nics": [{"nic_tag": "admin", "ip": "dhcp", "network_uuid": IMG, "dhcp_server": true,
+                "interface": "net0"}]});
         validate_create(&vm).unwrap_or_else(|r| panic!("{r}"));
         let lx = json!({"brand": "lx", "image_uuid": IMG, "kernel_version": "4.3.0"});
         let c = validate_create(&lx).unwrap_or_else(|r| panic!("{r}"));

@@ -40,6 +40,15 @@ impl Brand {
         Brand::ALL.into_iter().find(|b| b.as_str() == name)
     }
 
+    /// The name of the guest's NIC at `index`: net0, net1... (eth0... in lx zones, whose
+    /// distributions expect Linux's names).
+    pub fn interface_name(self, index: usize) -> String {
+        match self {
+            Brand::Lx => format!("eth{index}"),
+            _ => format!("net{index}"),
+        }
+    }
+
     /// The payload name of the brand.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -203,6 +212,12 @@ pub struct NicSpec {
     /// Interface name in the guest (net0, net1, ...); assigned by hull.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// The network this NIC is on, for tooling (SmartOS's NAPI network; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_uuid: Option<Uuid>,
+    /// Let the guest serve DHCP (SmartOS's; the same guard as allow_dhcp_spoofing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp_server: Option<bool>,
 }
 
 /// One disk of a microVM.
@@ -227,6 +242,27 @@ pub struct DiskSpec {
     /// Attach read-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_only: Option<bool>,
+    /// Size in MiB of the image the disk is cloned from (SmartOS's; checked against the installed image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<u64>,
+    /// Name of that image (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
+    /// The disk's own uuid (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<Uuid>,
+    /// SmartOS's zvol block size in bytes (stored: hull's disks are files, with 512-byte sectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u64>,
+    /// SmartOS's zvol reservation in MiB (stored: hull's disk files are sparse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreservation: Option<u64>,
+    /// "disk" (SmartOS's; a "cdrom" is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<String>,
+    /// SmartOS's zvol compression (stored: the data root's file system decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
 }
 
 /// A `vmadm create` payload after validation.
@@ -264,6 +300,72 @@ pub struct VmCreate {
     /// Size in MiB of a tmpfs mounted on the zone's /tmp (0 or absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmpfs: Option<u64>,
+    /// Not inventoried by a headnode (SmartOS's; stored: hull has no inventory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub do_not_inventory: Option<bool>,
+    /// Create only: do not wait for in-guest provisioning (hull's create never does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nowait: Option<bool>,
+    /// On delete, keep the record under the data root's archive/ (SmartOS's archive_on_delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_on_delete: Option<bool>,
+    /// Keep the guest's resolv.conf in step with `resolvers` (SmartOS's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintain_resolvers: Option<bool>,
+    /// Locked memory limit in MiB (RLIMIT_MEMLOCK of a zone's processes; default max_physical_memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_locked_memory: Option<u64>,
+    /// System V shared memory limit in MiB (a zone's IPC namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shm_memory: Option<u64>,
+    /// System V shared memory segments (a zone's IPC namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shm_ids: Option<u64>,
+    /// System V message queues (a zone's IPC namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_msg_ids: Option<u64>,
+    /// System V semaphore sets (a zone's IPC namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sem_ids: Option<u64>,
+    /// microVM disk driver: "virtio".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_driver: Option<String>,
+    /// microVM NIC driver: "virtio".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic_driver: Option<String>,
+    /// The most MiB a microVM's disks may add up to (SmartOS's flexible_disk_size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flexible_disk_size: Option<u64>,
+    /// File system types a zone may mount, comma-separated (SmartOS's; stored, see the warning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_allowed: Option<String>,
+    /// ZFS record size of the root (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_root_recsize: Option<u64>,
+    /// ZFS record size of the delegated dataset (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_data_recsize: Option<u64>,
+    /// ZFS compression of the root (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_root_compression: Option<String>,
+    /// ZFS compression of the delegated dataset (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_data_compression: Option<String>,
+    /// SmartOS's pool: "zones", hull's data root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zpool: Option<String>,
+    /// Most file systems under the delegated dataset (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_filesystem_limit: Option<u64>,
+    /// Most snapshots of the guest (enforced by vmadm create-snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_snapshot_limit: Option<u64>,
+    /// KVM virtio-net TX burst (SmartOS's qemu tuning; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtio_txburst: Option<u64>,
+    /// KVM virtio-net TX timer (SmartOS's qemu tuning; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtio_txtimer: Option<u64>,
     /// Image of the zone's root (zones only; microVMs name it per disk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_uuid: Option<Uuid>,
@@ -430,6 +532,12 @@ pub struct NicUpdate {
     /// New bandwidth cap in Mbit/s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bandwidth: Option<u32>,
+    /// New network uuid (stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_uuid: Option<Uuid>,
+    /// Let the guest serve DHCP (the allow_dhcp_spoofing guard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp_server: Option<bool>,
 }
 
 /// One entry of `update_disks`: the disk is found by its path.
@@ -474,6 +582,66 @@ pub struct VmUpdate {
     /// New /tmp tmpfs size in MiB (0: none), from the next start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmpfs: Option<u64>,
+    /// Not inventoried by a headnode (SmartOS's; stored: hull has no inventory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub do_not_inventory: Option<bool>,
+    /// On delete, keep the record under the data root's archive/ (SmartOS's archive_on_delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_on_delete: Option<bool>,
+    /// Keep the guest's resolv.conf in step with `resolvers` (SmartOS's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintain_resolvers: Option<bool>,
+    /// Locked memory limit in MiB (RLIMIT_MEMLOCK of a zone's processes; default max_physical_memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_locked_memory: Option<u64>,
+    /// System V shared memory limit in MiB (a zone's IPC namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shm_memory: Option<u64>,
+    /// System V shared memory segments (a zone's IPC namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shm_ids: Option<u64>,
+    /// System V message queues (a zone's IPC namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_msg_ids: Option<u64>,
+    /// System V semaphore sets (a zone's IPC namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sem_ids: Option<u64>,
+    /// microVM disk driver: "virtio".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_driver: Option<String>,
+    /// microVM NIC driver: "virtio".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic_driver: Option<String>,
+    /// The most MiB a microVM's disks may add up to (SmartOS's flexible_disk_size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flexible_disk_size: Option<u64>,
+    /// File system types a zone may mount, comma-separated (SmartOS's; stored, see the warning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_allowed: Option<String>,
+    /// ZFS record size of the root (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_root_recsize: Option<u64>,
+    /// ZFS record size of the delegated dataset (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_data_recsize: Option<u64>,
+    /// ZFS compression of the root (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_root_compression: Option<String>,
+    /// ZFS compression of the delegated dataset (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_data_compression: Option<String>,
+    /// Most file systems under the delegated dataset (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_filesystem_limit: Option<u64>,
+    /// Most snapshots of the guest (enforced by vmadm create-snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_snapshot_limit: Option<u64>,
+    /// KVM virtio-net TX burst (SmartOS's qemu tuning; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtio_txburst: Option<u64>,
+    /// KVM virtio-net TX timer (SmartOS's qemu tuning; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtio_txtimer: Option<u64>,
     /// New memory limit (MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_physical_memory: Option<u64>,
@@ -618,6 +786,69 @@ pub struct Vm {
     /// Size in MiB of the zone's /tmp tmpfs (absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmpfs: Option<u64>,
+    /// Not inventoried by a headnode (SmartOS's; stored: hull has no inventory).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub do_not_inventory: bool,
+    /// On delete, keep the record under the data root's archive/ (SmartOS's archive_on_delete).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub archive_on_delete: bool,
+    /// Keep the guest's resolv.conf in step with `resolvers` (SmartOS's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub maintain_resolvers: bool,
+    /// Locked memory limit in MiB (RLIMIT_MEMLOCK of a zone's processes; default max_physical_memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_locked_memory: Option<u64>,
+    /// System V shared memory limit in MiB (a zone's IPC namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shm_memory: Option<u64>,
+    /// System V shared memory segments (a zone's IPC namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shm_ids: Option<u64>,
+    /// System V message queues (a zone's IPC namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_msg_ids: Option<u64>,
+    /// System V semaphore sets (a zone's IPC namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sem_ids: Option<u64>,
+    /// microVM disk driver: "virtio".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_driver: Option<String>,
+    /// microVM NIC driver: "virtio".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic_driver: Option<String>,
+    /// The most MiB a microVM's disks may add up to (SmartOS's flexible_disk_size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flexible_disk_size: Option<u64>,
+    /// File system types a zone may mount, comma-separated (SmartOS's; stored, see the warning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_allowed: Option<String>,
+    /// ZFS record size of the root (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_root_recsize: Option<u64>,
+    /// ZFS record size of the delegated dataset (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_data_recsize: Option<u64>,
+    /// ZFS compression of the root (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_root_compression: Option<String>,
+    /// ZFS compression of the delegated dataset (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_data_compression: Option<String>,
+    /// SmartOS's pool: "zones", hull's data root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zpool: Option<String>,
+    /// Most file systems under the delegated dataset (SmartOS's; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_filesystem_limit: Option<u64>,
+    /// Most snapshots of the guest (enforced by vmadm create-snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_snapshot_limit: Option<u64>,
+    /// KVM virtio-net TX burst (SmartOS's qemu tuning; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtio_txburst: Option<u64>,
+    /// KVM virtio-net TX timer (SmartOS's qemu tuning; stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtio_txtimer: Option<u64>,
     /// Image of the zone root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_uuid: Option<Uuid>,

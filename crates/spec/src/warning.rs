@@ -27,6 +27,9 @@ pub enum Warning {
     HostNote(String),
     /// `its nics are not plumbed...`: written by vmmd before the switch existed; a start drops it.
     NicsNotPlumbed(String),
+    /// `stored only: PROPERTY: why`: a SmartOS property kept in the record that hull has
+    /// nothing to apply it to (ZFS tuning, QEMU tuning, lx's emulated kernel version).
+    Stored(String),
     /// Anything else, kept as it is.
     Other(String),
 }
@@ -40,6 +43,7 @@ const MEMORY_AT_NEXT_BOOT: &str =
 const AT_NEXT_BOOT: &str = "changed while it runs, takes effect at its next boot:";
 const HOST_NOTE: &str = "this host:";
 const NICS_NOT_PLUMBED: &str = "its nics are not plumbed";
+const STORED: &str = "stored only:";
 
 impl Warning {
     /// True when `self` waits for the guest's next boot (any of the `*AtNextBoot` kinds): a
@@ -60,6 +64,7 @@ impl fmt::Display for Warning {
             Warning::MemoryAtNextBoot(r) => (MEMORY_AT_NEXT_BOOT, r),
             Warning::AtNextBoot(r) => (AT_NEXT_BOOT, r),
             Warning::HostNote(r) => (HOST_NOTE, r),
+            Warning::Stored(r) => (STORED, r),
             Warning::NicsNotPlumbed(r) => return write!(f, "{NICS_NOT_PLUMBED}{r}"),
             Warning::Other(r) => return f.write_str(r),
         };
@@ -80,6 +85,8 @@ impl From<String> for Warning {
             Warning::AtNextBoot(r)
         } else if let Some(r) = after(HOST_NOTE) {
             Warning::HostNote(r)
+        } else if let Some(r) = after(STORED) {
+            Warning::Stored(r)
         } else if let Some(r) = s.strip_prefix(NICS_NOT_PLUMBED) {
             Warning::NicsNotPlumbed(r.to_owned())
         } else {
@@ -110,6 +117,7 @@ mod tests {
             "this host: swap limit not supported here (no memory.swap.max)",
             "its nics are not plumbed (vmmd started before the switch)",
             "disk /data/x/disk0: copied 1024 bytes (the overlay backend cannot reflink)",
+            "stored only: zfs_root_recsize: ZFS tuning",
         ];
         let kinds: Vec<Warning> = texts.iter().map(|t| Warning::from(t.to_string())).collect();
         assert!(matches!(kinds[0], Warning::Quota(_)));
@@ -119,6 +127,10 @@ mod tests {
         assert!(matches!(kinds[4], Warning::HostNote(_)));
         assert!(matches!(kinds[5], Warning::NicsNotPlumbed(_)));
         assert!(matches!(kinds[6], Warning::Other(_)));
+        assert_eq!(
+            kinds[7],
+            Warning::Stored("zfs_root_recsize: ZFS tuning".into())
+        );
         for (t, k) in texts.iter().zip(&kinds) {
             assert_eq!(k.to_string(), *t);
         }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     Record, Result, Service, ServiceError, best_effort, blocking, convert, microvm_quota,
-    note_kernel_version, now, read, write,
+    note_stored, now, read, write,
 };
 
 /// A zone's lofs `filesystems` must name host directories that exist: refused at create,
@@ -159,6 +159,16 @@ impl Service {
                             img,
                             brand,
                         )?;
+                        // SmartOS's image_size names the image's size: it must be this one's.
+                        if let Some(given) = d.get("image_size").and_then(Value::as_u64)
+                            && let Some(have) = self.images.get(img)?.and_then(|m| m.image_size)
+                            && given != have
+                        {
+                            report.bad_value(
+                                format!("disks.{i}.image_size"),
+                                format!("image {img} is {have} MiB, not {given}"),
+                            );
+                        }
                     }
                 }
             }
@@ -196,7 +206,7 @@ impl Service {
         if vm.brand.is_microvm() && payload.get("quota").is_some() {
             vm.warnings.push(microvm_quota());
         }
-        note_kernel_version(&mut vm);
+        note_stored(&mut vm);
         vm.state = VmState::Stopped;
         vm.zone_state = VmState::Stopped.zone_state();
         if let Err(e) = self.persist(&vm).await {

@@ -232,6 +232,21 @@ impl Service {
             // As vmadm delete does: a running guest is stopped (at once) first.
             current = self.stop_locked(current, true, None).await?;
         }
+        if current.vm.archive_on_delete {
+            // SmartOS keeps the deleted guest's configuration under /zones/archive; hull keeps
+            // its record (metadata, NICs, tags included) under the data root's archive/.
+            let dir = self.data_root.join("archive");
+            let bytes = current.json.clone();
+            blocking(move || {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| hull_sys::IoError::new("create", &dir, e))
+                    .and_then(|()| {
+                        hull_sys::fs::write_atomic(&dir.join(format!("{uuid}.json")), &bytes)
+                    })
+                    .map_err(hull_cowstore::store::StoreError::Io)
+            })
+            .await?;
+        }
         let store = self.db.clone();
         blocking(move || store.remove(uuid)).await?;
         let storage = self.storage.clone();

@@ -261,22 +261,63 @@ fn microvm_quota() -> Warning {
     )
 }
 
-/// What an lx zone's record says when its payload sets `kernel_version`: SmartOS's lx
-/// emulates that Linux version; hull's zone runs on the host's kernel and reports it.
-fn kernel_version_stored() -> Warning {
-    Warning::Other(
-        "kernel_version: stored; the zone runs on this host's kernel and its uname -r          reports that one (hull emulates no other Linux version)"
-            .into(),
-    )
+/// The `stored only` warnings of a record: SmartOS properties it keeps that hull has
+/// nothing to apply to, each named with why.
+fn stored_only(vm: &hull_spec::Vm) -> Vec<Warning> {
+    let mut out = Vec::new();
+    let mut say = |set: bool, text: &str| {
+        if set {
+            out.push(Warning::Stored(text.to_string()));
+        }
+    };
+    say(
+        vm.kernel_version.is_some(),
+        "kernel_version: the zone runs on this host's kernel and its uname -r reports that one \
+         (hull emulates no other Linux version)",
+    );
+    say(
+        vm.fs_allowed.is_some(),
+        "fs_allowed: a zone mounts what its user namespace lets it (tmpfs, proc, sysfs, devpts, \
+         mqueue, overlay, fuse); the list is kept, not enforced beyond that",
+    );
+    say(
+        vm.zfs_root_recsize.is_some()
+            || vm.zfs_data_recsize.is_some()
+            || vm.zfs_root_compression.is_some()
+            || vm.zfs_data_compression.is_some(),
+        "zfs_root_recsize, zfs_data_recsize, zfs_root_compression, zfs_data_compression: ZFS \
+         tuning; hull's data root is btrfs, xfs or an overlay, whose own settings apply",
+    );
+    say(
+        vm.zfs_filesystem_limit.is_some(),
+        "zfs_filesystem_limit: a delegated dataset has no child datasets in hull",
+    );
+    say(
+        vm.virtio_txburst.is_some() || vm.virtio_txtimer.is_some(),
+        "virtio_txburst, virtio_txtimer: QEMU's virtio-net tuning; hull's VMM (or the kernel's \
+         vhost-net) moves frames its own way",
+    );
+    say(
+        vm.disks.iter().any(|d| {
+            d.block_size.is_some() || d.compression.is_some() || d.refreservation.is_some()
+        }),
+        "disks: block_size, compression and refreservation are ZFS volume settings; hull's \
+         disks are sparse files with 512-byte sectors",
+    );
+    out
 }
 
-/// Keeps `vm`'s warnings saying [`kernel_version_stored`] exactly while it has one.
-fn note_kernel_version(vm: &mut hull_spec::Vm) {
-    let w = kernel_version_stored();
-    vm.warnings.retain(|x| *x != w);
-    if vm.kernel_version.is_some() {
-        vm.warnings.push(w);
-    }
+/// The text an older vmmd stored for an lx kernel_version (before `stored only`).
+const OLD_KERNEL_VERSION_NOTE: &str = "kernel_version: stored; the zone runs on this host's kernel";
+
+/// Keeps `vm`'s `stored only` warnings exactly those its properties call for.
+fn note_stored(vm: &mut hull_spec::Vm) {
+    vm.warnings.retain(|w| {
+        !matches!(w, Warning::Stored(_))
+            && !matches!(w, Warning::Other(t) if t.starts_with(OLD_KERNEL_VERSION_NOTE))
+    });
+    let stored = stored_only(vm);
+    vm.warnings.extend(stored);
 }
 
 /// Limits a running guest's cgroup takes at once.

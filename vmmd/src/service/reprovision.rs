@@ -52,6 +52,8 @@ impl Service {
         next.image_uuid = Some(image);
         next.snapshots.clear();
         next.autoboot = true;
+        // The new root is provisioned afresh: its first boot writes resolv.conf.
+        next.boot_timestamp = None;
         if next.quota > 0 {
             next.warnings.retain(|w| !matches!(w, Warning::Quota(_)));
             let storage = self.storage.clone();

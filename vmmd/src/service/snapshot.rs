@@ -45,6 +45,15 @@ impl Service {
             )));
         }
         let exists = current.snapshots.iter().any(|s| s.name == name);
+        if let Some(limit) = current.zfs_snapshot_limit
+            && verb == SnapshotVerb::Create
+            && current.snapshots.len() as u64 >= limit
+        {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} has {} snapshots, its zfs_snapshot_limit; delete one first",
+                current.snapshots.len()
+            )));
+        }
         match verb {
             SnapshotVerb::Create if exists => {
                 return Err(ServiceError::Conflict(format!(

@@ -21,8 +21,8 @@ use super::provision::{self, Grown};
 use super::zones;
 use super::{
     LIVE_LIMITS, MICROVM_BOOT_PROPERTIES, Record, Result, Service, ServiceError,
-    ZONE_BOOT_PROPERTIES, add_host_notes, best_effort, blocking, microvm_quota,
-    note_kernel_version, now, read, unblock, write,
+    ZONE_BOOT_PROPERTIES, add_host_notes, best_effort, blocking, microvm_quota, note_stored, now,
+    read, unblock, write,
 };
 use hull_vmm_proto::ControlRequest;
 
@@ -91,7 +91,7 @@ impl Service {
             growth
         };
         next.last_modified = now();
-        note_kernel_version(&mut next);
+        note_stored(&mut next);
         if changes.iter().any(|c| c == "quota")
             && next.brand.is_microvm()
             && !next.warnings.contains(&microvm_quota())

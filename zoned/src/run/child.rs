@@ -133,7 +133,7 @@ fn setup_init(
     rootfs::pivot(root)?;
     // SAFETY: umask has no preconditions; zoned's own is 077.
     unsafe { libc::umask(0o022) };
-    write_etc(cfg)?;
+    write_etc(cfg, zone.state.boots <= 1)?;
     attach_console()?;
     // In the zone's cgroup from here on (zoned moved us): its namespace is rooted there.
     wait_for(b'c')?;
@@ -226,7 +226,7 @@ pub(crate) fn reset_signals() -> Result<(), ChildError> {
     Ok(())
 }
 
-fn write_etc(cfg: &ZoneConfig) -> Result<(), ChildError> {
+fn write_etc(cfg: &ZoneConfig, first_boot: bool) -> Result<(), ChildError> {
     let etc = Path::new("/etc");
     if !etc.is_dir() {
         return Ok(());
@@ -248,7 +248,8 @@ fn write_etc(cfg: &ZoneConfig) -> Result<(), ChildError> {
         text.push_str(&format!("127.0.1.1\t{}\n", cfg.hostname));
         w("hosts", text)?;
     }
-    if let Some(text) = crate::config::resolv_conf(&cfg.resolvers, cfg.dns_domain.as_deref()) {
+    let resolv = crate::config::resolv_conf(&cfg.resolvers, cfg.dns_domain.as_deref());
+    if let Some(text) = resolv.filter(|_| first_boot || cfg.maintain_resolvers) {
         w("resolv.conf", text)?;
     }
     Ok(())

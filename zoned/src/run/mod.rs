@@ -910,6 +910,19 @@ impl Zone {
         let (err_r, err_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("make a pipe"))?;
         let (fd_parent, fd_child) = UnixStream::pair().map_err(sys_io("make a socket pair"))?;
+        // init inherits zoned's locked-memory limit, which zoned (root of the host's user
+        // namespace) may raise and a process in the zone's may not: set here, it is the
+        // limit of everything the zone runs.
+        let memlock = self
+            .cfg
+            .rctls
+            .limit_locked_memory()
+            .map_err(sys_io("set the zone's locked-memory limit"))?;
+        if let Some(note) = memlock
+            && !self.state.notes.contains(&note)
+        {
+            self.state.notes.push(note);
+        }
         // The user namespace comes first in one clone, so it owns the others (as in crun
         // and runc): the zone's root has its kept capabilities there, e.g. CAP_SYS_BOOT to
         // halt or reboot the zone with reboot(2). It still cannot mount (seccomp) nor set
@@ -955,6 +968,11 @@ impl Zone {
         self.init = Some(pid);
         let started = (|| {
             rootfs::write_id_maps(pid.as_raw(), self.cfg.id_base)?;
+            // Before init runs anything of the zone's: its IPC namespace's limits.
+            self.cfg
+                .rctls
+                .limit_ipc(pid.as_raw(), self.cfg.id_base)
+                .map_err(sys_io("set the zone's System V IPC limits"))?;
             nix::unistd::write(&go_w, b"g").map_err(sys("release the zone's init"))?;
             // Joining the cgroup can take milliseconds (a v1 migration waits for an RCU
             // grace period): it runs while init mounts its /dev and /proc, and init waits

@@ -185,8 +185,10 @@ impl TryFrom<MicrovmZone<'_>> for ZoneConfig {
             root_ids: RootIds::Auto,
             taps,
             metadata: None,
+            maintain_resolvers: false,
             mounts: Vec::new(),
             tmpfs_mib: None,
+            rctls: Default::default(),
             reset_ends: false,
         })
     }

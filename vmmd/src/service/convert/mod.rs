@@ -103,9 +103,11 @@ pub fn new_record(c: VmCreate, ctx: &Context, pool: &mut MacPool<'_>) -> Result<
             .unwrap_or(defaults::ZONE_MAX_PHYSICAL_MEMORY);
         (mpm, mpm, None)
     };
+    // SmartOS raises a max_swap below the memory limit to it.
     let max_swap = c
         .max_swap
-        .unwrap_or(max_physical_memory.max(defaults::MIN_SWAP));
+        .unwrap_or(defaults::MIN_SWAP)
+        .max(max_physical_memory);
     let nics = finish_nics(uuid, brand, c.nics.unwrap_or_default(), pool, 0)?;
     let disks = finish_disks(uuid, c.disks.unwrap_or_default(), &ctx.data_root, 0);
     Ok(Vm {
@@ -121,6 +123,28 @@ pub fn new_record(c: VmCreate, ctx: &Context, pool: &mut MacPool<'_>) -> Result<
         indestructible_delegated: c.indestructible_delegated.unwrap_or(false),
         filesystems: c.filesystems.unwrap_or_default(),
         tmpfs: c.tmpfs.filter(|&mib| mib > 0),
+        do_not_inventory: c.do_not_inventory.unwrap_or(false),
+        archive_on_delete: c.archive_on_delete.unwrap_or(false),
+        maintain_resolvers: c.maintain_resolvers.unwrap_or(false),
+        // SmartOS clamps the locked-memory limit to the memory limit.
+        max_locked_memory: c.max_locked_memory.map(|m| m.min(max_physical_memory)),
+        max_shm_memory: c.max_shm_memory,
+        max_shm_ids: c.max_shm_ids,
+        max_msg_ids: c.max_msg_ids,
+        max_sem_ids: c.max_sem_ids,
+        disk_driver: c.disk_driver,
+        nic_driver: c.nic_driver,
+        flexible_disk_size: c.flexible_disk_size,
+        fs_allowed: c.fs_allowed,
+        zfs_root_recsize: c.zfs_root_recsize,
+        zfs_data_recsize: c.zfs_data_recsize,
+        zfs_root_compression: c.zfs_root_compression,
+        zfs_data_compression: c.zfs_data_compression,
+        zpool: c.zpool,
+        zfs_filesystem_limit: c.zfs_filesystem_limit,
+        zfs_snapshot_limit: c.zfs_snapshot_limit,
+        virtio_txburst: c.virtio_txburst,
+        virtio_txtimer: c.virtio_txtimer,
         image_uuid: c.image_uuid,
         state: VmState::Configured,
         zone_state: VmState::Configured.zone_state(),
@@ -214,11 +238,7 @@ pub fn interface_number(nic: &NicSpec) -> Option<usize> {
 }
 
 fn interface_name(brand: Brand, index: usize) -> String {
-    if brand == Brand::Lx {
-        format!("eth{index}")
-    } else {
-        format!("net{index}")
-    }
+    brand.interface_name(index)
 }
 
 /// A locally administered unicast MAC derived from the guest's uuid and the NIC's index, so
@@ -329,14 +349,29 @@ mod tests {
         let mut vm = create(json!({"brand": "lx", "kernel_version": "4.3.0",
             "image_uuid": "0c1f4f2a-6f0e-4c39-8f36-2d3c7b1d9e01"}));
         assert_eq!(vm.kernel_version.as_deref(), Some("4.3.0"));
-        super::super::note_kernel_version(&mut vm);
-        super::super::note_kernel_version(&mut vm);
+        super::super::note_stored(&mut vm);
+        super::super::note_stored(&mut vm);
         let said: Vec<String> = vm.warnings.iter().map(ToString::to_string).collect();
         assert_eq!(said.len(), 1, "once: {said:?}");
-        assert!(said[0].starts_with("kernel_version: stored"), "{said:?}");
+        assert!(
+            said[0].starts_with("stored only: kernel_version:"),
+            "{said:?}"
+        );
         vm.kernel_version = None;
-        super::super::note_kernel_version(&mut vm);
+        super::super::note_stored(&mut vm);
         assert!(vm.warnings.is_empty(), "gone with it");
+        // An older vmmd's wording goes too, and ZFS tuning is named as stored.
+        vm.warnings.push(hull_spec::warning::Warning::Other(
+            "kernel_version: stored; the zone runs on this host's kernel and so on".into(),
+        ));
+        vm.zfs_root_recsize = Some(8192);
+        super::super::note_stored(&mut vm);
+        let said: Vec<String> = vm.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].starts_with("stored only: zfs_root_recsize"),
+            "{said:?}"
+        );
     }
 
     #[test]

@@ -223,7 +223,8 @@ pub fn guard(nic: &NicSpec, mac: [u8; 6]) -> Guard {
         ipv4,
         ipv6,
         any_mac: nic.allow_mac_spoofing == Some(true),
-        dhcp_server: nic.allow_dhcp_spoofing == Some(true),
+        // SmartOS's dhcp_server and allow_dhcp_spoofing open the same guard.
+        dhcp_server: nic.allow_dhcp_spoofing == Some(true) || nic.dhcp_server == Some(true),
         any_ethertype: nic.allow_restricted_traffic == Some(true),
     }
 }

@@ -93,6 +93,29 @@ pub fn nocloud_seed(vm: &Vm) -> Vec<GuestFile> {
     ]
 }
 
+/// Whether this boot writes the zone's resolv.conf: its first (no boot recorded yet, also
+/// after a reprovision) or any with maintain_resolvers.
+pub fn writes_resolv_conf(vm: &Vm) -> bool {
+    vm.maintain_resolvers || vm.boot_timestamp.is_none()
+}
+
+/// SmartOS's locked-memory and System V IPC limits of a zone (MiB figures in bytes); the
+/// locked-memory limit defaults to max_physical_memory, as SmartOS's does.
+pub fn rctls(vm: &Vm) -> zoned::rctls::Rctls {
+    const MIB: u64 = 1 << 20;
+    zoned::rctls::Rctls {
+        locked_memory_bytes: Some(
+            vm.max_locked_memory
+                .unwrap_or(vm.max_physical_memory)
+                .saturating_mul(MIB),
+        ),
+        shm_bytes: vm.max_shm_memory.map(|m| m.saturating_mul(MIB)),
+        shm_ids: vm.max_shm_ids,
+        msg_ids: vm.max_msg_ids,
+        sem_ids: vm.max_sem_ids,
+    }
+}
+
 /// The resource limits of a guest record.
 pub fn limits(vm: &Vm) -> Limits {
     const MIB: u64 = 1 << 20;
@@ -144,8 +167,13 @@ impl From<GuestZone<'_>> for ZoneConfig {
             id_base,
             cgroup: format!("hull/{}", vm.uuid),
             limits: limits(vm),
-            resolvers: vm.resolvers.clone(),
-            dns_domain: vm.dns_domain.clone(),
+            // SmartOS writes the guest's resolv.conf when it is provisioned, and again at
+            // each boot only with maintain_resolvers: otherwise the guest's edits stand.
+            resolvers: match writes_resolv_conf(vm) {
+                true => vm.resolvers.clone(),
+                false => Vec::new(),
+            },
+            dns_domain: vm.dns_domain.clone().filter(|_| writes_resolv_conf(vm)),
             stop_timeout_s: 30,
             // lx images run their distribution's init: sysvinit shuts down on SIGPWR (with the
             // `powerwait` inittab entry LXC and Incus also rely on) and ignores SIGTERM; zoned
@@ -154,8 +182,10 @@ impl From<GuestZone<'_>> for ZoneConfig {
             root_ids: RootIds::Auto,
             taps: Vec::new(),
             metadata: Some(metadata_mount(vm, mdata)),
+            maintain_resolvers: vm.maintain_resolvers,
             mounts: data.into_iter().chain(binds).collect(),
             tmpfs_mib: vm.tmpfs,
+            rctls: rctls(vm),
             reset_ends: false,
         }
     }

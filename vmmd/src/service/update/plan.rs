@@ -42,6 +42,23 @@ pub fn apply(
     scalar!(billing_id);
     scalar!(package_name);
     scalar!(package_version);
+    scalar!(max_locked_memory);
+    scalar!(max_shm_memory);
+    scalar!(max_shm_ids);
+    scalar!(max_msg_ids);
+    scalar!(max_sem_ids);
+    scalar!(disk_driver);
+    scalar!(nic_driver);
+    scalar!(flexible_disk_size);
+    scalar!(fs_allowed);
+    scalar!(zfs_root_recsize);
+    scalar!(zfs_data_recsize);
+    scalar!(zfs_root_compression);
+    scalar!(zfs_data_compression);
+    scalar!(zfs_filesystem_limit);
+    scalar!(zfs_snapshot_limit);
+    scalar!(virtio_txburst);
+    scalar!(virtio_txtimer);
     macro_rules! plain {
         ($field:ident) => {
             if let Some(v) = u.$field {
@@ -53,6 +70,9 @@ pub fn apply(
     plain!(autoboot);
     plain!(indestructible_zoneroot);
     plain!(indestructible_delegated);
+    plain!(do_not_inventory);
+    plain!(archive_on_delete);
+    plain!(maintain_resolvers);
     if let Some(mib) = u.tmpfs {
         next.tmpfs = (mib > 0).then_some(mib);
         changes.push("tmpfs".into());
@@ -155,23 +175,17 @@ fn apply_memory(next: &mut Vm, u: &VmUpdate, changes: &mut Vec<String>, r: &mut 
             changes.push("max_physical_memory".into());
         }
     }
-    match u.max_swap {
-        Some(s) => {
-            next.max_swap = s;
-            changes.push("max_swap".into());
-        }
-        // Raising memory raises the swap limit with it unless the update sets it.
-        None => next.max_swap = next.max_swap.max(next.max_physical_memory),
+    if let Some(s) = u.max_swap {
+        next.max_swap = s;
+        changes.push("max_swap".into());
     }
-    if next.max_swap < next.max_physical_memory {
-        r.bad_value(
-            "max_swap",
-            format!(
-                "max_swap ({}) must be at least max_physical_memory ({})",
-                next.max_swap, next.max_physical_memory
-            ),
-        );
-    }
+    // The swap limit is never below the memory limit: SmartOS raises it (a raised memory
+    // limit raises it too), and so does hull.
+    next.max_swap = next.max_swap.max(next.max_physical_memory);
+    // And the locked-memory limit never above it: SmartOS clamps it.
+    next.max_locked_memory = next
+        .max_locked_memory
+        .map(|m| m.min(next.max_physical_memory));
 }
 
 fn nic_index(nics: &[NicSpec], mac: MacAddr) -> Option<usize> {
@@ -227,6 +241,8 @@ fn apply_nics(
             set!(allow_restricted_traffic);
             set!(allowed_ips);
             set!(max_bandwidth);
+            set!(network_uuid);
+            set!(dhcp_server);
             if let Some(tag) = &upd.nic_tag {
                 nic.nic_tag = tag.clone();
             }
@@ -478,14 +494,19 @@ mod tests {
             (next.ram, next.max_physical_memory, next.max_swap),
             (1024, 1024, 1024)
         );
-        let r = apply(
+        // A swap limit below the memory limit is raised to it (SmartOS's), and a locked-memory
+        // limit above it clamped.
+        let (next, _) = apply(
             &next,
-            &upd(json!({"max_swap": 512}), Brand::Joyent),
+            &upd(
+                json!({"max_swap": 512, "max_locked_memory": 4096}),
+                Brand::Joyent,
+            ),
             Path::new("/d"),
             &|_| false,
         )
-        .expect_err("swap below memory");
-        assert_eq!(r.bad_values, ["max_swap"]);
+        .expect("applies");
+        assert_eq!((next.max_swap, next.max_locked_memory), (1024, Some(1024)));
     }
 
     #[test]
