@@ -728,6 +728,127 @@ impl Store {
             .map_err(self.backend_err())
     }
 
+    /// Snapshots a stopped microVM's disks (files in its directory) as
+    /// `snapshots/<name>/<file name>`: reflinks on btrfs and xfs (O(1), the extents shared),
+    /// sparse copies on an overlay data root. All or nothing.
+    pub fn snapshot_disks(
+        &self,
+        guest: Uuid,
+        name: &str,
+        disks: &[PathBuf],
+    ) -> Result<(), StoreError> {
+        let dir = self.disk_snapshot_dir(guest, name)?;
+        if dir.symlink_metadata().is_ok() {
+            return Err(self.backend_err()(BackendError::SnapshotExists {
+                name: name.to_owned(),
+                guest_dir: self.guest_dir(guest),
+            }));
+        }
+        let files = self.guest_disk_files(guest, disks)?;
+        let parent = self.guest_dir(guest).join(backend::SNAPSHOTS_DIR);
+        fs::create_dir_all(&parent).map_err(io("create", &parent))?;
+        let tmp = parent.join(format!("{name}~tmp"));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp).map_err(io("create", &tmp))?;
+        let made = (|| {
+            for (disk, file) in &files {
+                self.backend
+                    .clone_file(disk, &tmp.join(file))
+                    .map_err(self.backend_err())?;
+            }
+            sync_dir(&tmp)?;
+            fs::rename(&tmp, &dir).map_err(io("name the snapshot", &dir))?;
+            Ok(sync_dir(&parent)?)
+        })();
+        if made.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        made
+    }
+
+    /// Puts a stopped microVM's disks back as the snapshot `name` holds them: each is cloned
+    /// from the snapshot beside itself and renamed over it, so a disk is either the old one
+    /// or the snapshot's, never half of each. The snapshot stays.
+    pub fn rollback_disks(
+        &self,
+        guest: Uuid,
+        name: &str,
+        disks: &[PathBuf],
+    ) -> Result<(), StoreError> {
+        let dir = self.disk_snapshot_dir(guest, name)?;
+        if !dir.is_dir() {
+            return Err(self.backend_err()(BackendError::SnapshotNotFound {
+                name: name.to_owned(),
+                guest_dir: self.guest_dir(guest),
+            }));
+        }
+        for (disk, file) in self.guest_disk_files(guest, disks)? {
+            let from = dir.join(&file);
+            if !from.is_file() {
+                return Err(io("find the disk in the snapshot", &from)(
+                    std::io::ErrorKind::NotFound.into(),
+                ));
+            }
+            let mut tmp_name = std::ffi::OsString::from(".rollback-");
+            tmp_name.push(&file);
+            let tmp = disk.with_file_name(tmp_name);
+            let _ = fs::remove_file(&tmp);
+            self.backend
+                .clone_file(&from, &tmp)
+                .map_err(self.backend_err())?;
+            fs::rename(&tmp, &disk).map_err(io("put back", &disk))?;
+        }
+        Ok(sync_dir(&self.guest_dir(guest))?)
+    }
+
+    /// Deletes a microVM's disk snapshot.
+    pub fn delete_disk_snapshot(&self, guest: Uuid, name: &str) -> Result<(), StoreError> {
+        let dir = self.disk_snapshot_dir(guest, name)?;
+        if !dir.is_dir() {
+            return Err(self.backend_err()(BackendError::SnapshotNotFound {
+                name: name.to_owned(),
+                guest_dir: self.guest_dir(guest),
+            }));
+        }
+        fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
+        Ok(sync_dir(
+            &self.guest_dir(guest).join(backend::SNAPSHOTS_DIR),
+        )?)
+    }
+
+    fn disk_snapshot_dir(&self, guest: Uuid, name: &str) -> Result<PathBuf, StoreError> {
+        backend::validate_snapshot_name(name).map_err(self.backend_err())?;
+        Ok(self
+            .guest_dir(guest)
+            .join(backend::SNAPSHOTS_DIR)
+            .join(name))
+    }
+
+    /// Each disk with its file name, all of them files hull made in the guest's directory:
+    /// a disk the user brought from elsewhere is theirs, and is refused naming it.
+    fn guest_disk_files(
+        &self,
+        guest: Uuid,
+        disks: &[PathBuf],
+    ) -> Result<Vec<(PathBuf, std::ffi::OsString)>, StoreError> {
+        let dir = self.guest_dir(guest);
+        disks
+            .iter()
+            .map(|d| match (d.parent(), d.file_name()) {
+                (Some(p), Some(f)) if p == dir && d.is_file() => Ok((d.clone(), f.to_owned())),
+                _ => Err(StoreError::Io(IoError::new(
+                    "snapshot",
+                    d,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "not a disk hull made in the guest's directory (a disk brought from \
+                         elsewhere is snapshotted where it lives)",
+                    ),
+                ))),
+            })
+            .collect()
+    }
+
     /// A guest's snapshots.
     pub fn snapshots(&self, guest: Uuid) -> Result<Vec<String>, StoreError> {
         self.backend
@@ -1097,5 +1218,47 @@ mod tests {
         for g in [kept, moved] {
             assert!(!s.reprovision_dir(g).exists());
         }
+    }
+
+    #[test]
+    fn disk_snapshots_roll_back_every_disk_and_refuse_a_brought_one() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let s = store(&tmp.path().join("pool"));
+        let guest = Uuid::new_v4();
+        let dir = s.create_guest(guest).expect("guest");
+        let disks = [dir.join("disk0.img"), dir.join("disk1.img")];
+        for (i, d) in disks.iter().enumerate() {
+            fs::write(d, format!("before {i}")).expect("disk");
+        }
+        s.snapshot_disks(guest, "one", &disks).expect("snapshot");
+        assert!(matches!(
+            s.snapshot_disks(guest, "one", &disks),
+            Err(StoreError::Backend {
+                source: BackendError::SnapshotExists { .. },
+                ..
+            })
+        ));
+        for d in &disks {
+            fs::write(d, "after").expect("write");
+        }
+        s.rollback_disks(guest, "one", &disks).expect("rollback");
+        for (i, d) in disks.iter().enumerate() {
+            assert_eq!(fs::read_to_string(d).expect("disk"), format!("before {i}"));
+        }
+        assert_eq!(s.snapshots(guest).expect("list"), ["one"]);
+        let brought = tmp.path().join("brought.img");
+        fs::write(&brought, "mine").expect("brought");
+        let e = s
+            .snapshot_disks(guest, "two", &[disks[0].clone(), brought])
+            .expect_err("a brought disk");
+        assert!(e.to_string().contains("snapshot"), "{e}");
+        assert_eq!(
+            s.snapshots(guest).expect("list"),
+            ["one"],
+            "nothing half-made"
+        );
+        s.delete_disk_snapshot(guest, "one").expect("delete");
+        assert!(s.snapshots(guest).expect("list").is_empty());
+        assert!(s.rollback_disks(guest, "one", &disks).is_err());
     }
 }

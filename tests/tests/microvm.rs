@@ -1127,3 +1127,95 @@ fn kvm_root_microvm_whose_disk_names_no_kernel_fails_with_the_reason_and_no_vmm(
         assert!(o.status.success(), "{}", text(&o));
     }
 }
+
+/// Snapshots of a microVM cover every disk: taken while it is stopped (reflinks on btrfs and
+/// xfs, copies on an overlay data root); a rollback as SmartOS's: the running VM stopped,
+/// its disks put back, newer snapshots destroyed, the VM started again.
+#[test]
+#[ignore = "needs root and /dev/kvm: run with --run-ignored"]
+fn kvm_root_microvm_disk_snapshots_roll_back_every_disk() {
+    hull_tests::require_root_and_kvm();
+    let d = Daemon::start();
+    let image = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a61";
+    d.install_image(image, "zvol");
+    let payload = json!({"brand": "kvm", "alias": "snaps", "ram": 64, "autoboot": false,
+        "kernel": hull_tests::testguest().to_string_lossy(),
+        "cmdline": "console=ttyS0 testguest.hold=kbd",
+        "disks": [{"image_uuid": image, "boot": true}, {"size": 8}]});
+    let o = d.vmadm(&["create"], Some(&payload.to_string()));
+    assert!(o.status.success(), "{}", text(&o));
+    let vm = d.client().list_vms(&[]).expect("list").remove(0);
+    let u = vm.uuid.to_string();
+    let path = |i: usize| vm.disks[i].path.clone().expect("a disk path");
+    let (vda, vdb) = (path(0), path(1));
+    let put = |what: &str| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&vdb)
+            .expect("vdb");
+        f.write_all_at(format!("{what:<16}").as_bytes(), 4096)
+            .expect("write");
+    };
+    let got = || {
+        let b = std::fs::read(&vdb).expect("vdb");
+        String::from_utf8_lossy(&b[4096..4112]).trim().to_string()
+    };
+    let ok = |args: &[&str]| {
+        let o = d.vmadm(args, None);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}\nlog: {}",
+            text(&o),
+            d.log()
+        );
+    };
+    put("first");
+    let before = std::fs::read(&vda).expect("vda")[512..521].to_vec();
+    ok(&["create-snapshot", &u, "s1"]);
+    put("second");
+    ok(&["create-snapshot", &u, "s2"]);
+    put("third");
+    ok(&["rollback-snapshot", &u, "s1"]);
+    assert_eq!(got(), "first");
+    let names: Vec<String> = d
+        .client()
+        .get_vm(vm.uuid)
+        .expect("get")
+        .snapshots
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["s1"], "the newer snapshot went with the rollback");
+
+    // Running: the guest writes its boot disk; no snapshot of a running VM; a rollback stops
+    // it, puts both disks back and starts it again.
+    ok(&["start", &u]);
+    console_until(&d, vm.uuid, "testguest: waiting for ctrl-alt-del");
+    assert_ne!(
+        std::fs::read(&vda).expect("vda")[512..521].to_vec(),
+        before,
+        "the guest wrote vda"
+    );
+    let o = d.vmadm(&["create-snapshot", &u, "s3"], None);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("stop it first"),
+        "{}",
+        text(&o)
+    );
+    put("dirty");
+    ok(&["rollback-snapshot", &u, "s1"]);
+    assert_eq!(got(), "first", "vdb rolled back");
+    assert_eq!(state(&d, vm.uuid), "running", "started again");
+    ok(&["stop", "-F", &u]);
+    ok(&["delete-snapshot", &u, "s1"]);
+    assert!(
+        d.client()
+            .get_vm(vm.uuid)
+            .expect("get")
+            .snapshots
+            .is_empty()
+    );
+    ok(&["delete", &u]);
+}

@@ -112,9 +112,13 @@ fn root_zone_rctls_resolvers_archive_and_snapshot_limit() {
         conf, "nameserver 198.51.100.1\n",
         "the guest's edit stands a reboot"
     );
+    // As SmartOS's: vmadm stop clears autoboot (an operator's stop outlives a host reboot),
+    // vmadm start sets it.
     let restart = |d: &Daemon| {
         ok(&d.vmadm(&["stop", &uuid, "-F"], None));
+        assert_eq!(record(d, &uuid)["autoboot"], false);
         ok(&d.vmadm(&["start", &uuid], None));
+        assert_eq!(record(d, &uuid)["autoboot"], true);
     };
     restart(&d);
     let conf = ok(&d.zlogin(&uuid, "cat /etc/resolv.conf"));
@@ -139,6 +143,63 @@ fn root_zone_rctls_resolvers_archive_and_snapshot_limit() {
         serde_json::from_slice(&std::fs::read(&archived).expect("archived record")).expect("json");
     assert_eq!(kept["uuid"], uuid.as_str());
     assert_eq!(kept["resolvers"][0], "192.0.2.54");
+}
+
+/// zlogin as SmartOS's: `-l USER` runs as a user of the zone (its /etc/passwd), `-Q` is
+/// quiet, `-C` attaches the console.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_zlogin_user_quiet_and_console() {
+    let d = Daemon::start();
+    install(&d);
+    let uuid = create(&d, serde_json::json!({}));
+    ok(&d.zlogin(
+        &uuid,
+        "echo 'alice:x:1000:1000:Alice:/tmp:/bin/sh' >> /etc/passwd; \
+         echo 'mallory:x:70000:0::/:/bin/sh' >> /etc/passwd; echo 'staff:x:50:alice' >> /etc/group",
+    ));
+    let o = d.run(
+        "zlogin",
+        &[
+            "-Q",
+            "-l",
+            "alice",
+            &uuid,
+            "sh",
+            "-c",
+            "id -u; id -g; id -G; echo $HOME $USER; pwd",
+        ],
+        None,
+    );
+    assert_eq!(
+        ok(&o),
+        "1000\n1000\n1000 50\n/tmp alice\n/tmp\n",
+        "{}",
+        text(&o)
+    );
+    // A user's shell cannot take back root's powers.
+    let o = d.run(
+        "zlogin",
+        &["-l", "alice", &uuid, "sh", "-c", "touch /etc/owned"],
+        None,
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    refused(
+        &d.run("zlogin", &["-l", "nosuch", &uuid, "true"], None),
+        "no such user",
+    );
+    refused(
+        &d.run("zlogin", &["-l", "mallory", &uuid, "true"], None),
+        "not an id of the zone",
+    );
+    // -C: the console, its output replayed; end of input ends the session.
+    let o = d.run("zlogin", &["-C", &uuid], Some(""));
+    assert!(o.status.success(), "{}", text(&o));
+    refused(
+        &d.run("zlogin", &["-C", &uuid, "ls"], None),
+        "takes no -l or command",
+    );
+    ok(&d.vmadm(&["delete", &uuid], None));
 }
 
 /// SmartOS's payload spellings hull takes as its own, and SmartOS's limits on disks.

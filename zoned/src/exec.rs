@@ -42,7 +42,7 @@ fn fail(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RunError {
 }
 
 /// Runs `argv` in the zone of `dir`; returns its exit status (128 + signal if killed).
-pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
+pub fn exec(dir: &Path, argv: &[String], tty: bool, user: Option<&str>) -> Result<i32, RunError> {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // 0, 1 and 2 are open from here on (a caller may have closed one), so that no pipe made
@@ -94,16 +94,15 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
     // with the command, which is also what lets the zone's cgroup be removed.
     Cgroup::open(&layout, &cfg.cgroup)?.add_pid(std::process::id() as i32)?;
     let filters = security::filters()?;
-    let argv = if argv.is_empty() {
-        SHELL.iter().map(|s| s.to_string()).collect()
-    } else {
-        argv.to_vec()
+    let c_argv_for = |argv: &[String]| {
+        argv.iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| RunError::Init("an argument holds a NUL byte".into()))
     };
-    let c_argv: Vec<CString> = argv
-        .iter()
-        .map(|a| CString::new(a.as_bytes()))
-        .collect::<Result<_, _>>()
-        .map_err(|_| RunError::Init("an argument holds a NUL byte".into()))?;
+    // Checked here, before anything of the zone's is touched: a bad argument is refused
+    // with nothing made.
+    c_argv_for(argv)?;
     let flags = nix::sched::CloneFlags::CLONE_NEWUSER
         | nix::sched::CloneFlags::CLONE_NEWNS
         | nix::sched::CloneFlags::CLONE_NEWPID
@@ -113,6 +112,17 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
         | nix::sched::CloneFlags::CLONE_NEWCGROUP;
     nix::sched::setns(&pidfd, flags).map_err(fail("enter the zone's namespaces"))?;
     drop(pidfd);
+    // In the zone's mount namespace from here on: its /etc/passwd names the user (`-l`).
+    let login = match user {
+        Some(name) => Some(Login::find(name)?),
+        None => None,
+    };
+    let argv: Vec<String> = match (argv.is_empty(), &login) {
+        (false, _) => argv.to_vec(),
+        (true, Some(l)) => vec![l.shell.clone(), "-l".into()],
+        (true, None) => SHELL.iter().map(|s| s.to_string()).collect(),
+    };
+    let c_argv = c_argv_for(&argv)?;
     // The command never holds one of the caller's descriptors: with -t it gets a pty from
     // the zone's devpts, otherwise pipes this process owns and relays. A host file, directory
     // or socket as the caller's stdio would otherwise be reachable from the zone through
@@ -143,7 +153,7 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
         });
     }
     if child == 0 {
-        let e = child_exec(&c_argv, &argv[0], &stdio, &filters);
+        let e = child_exec(&c_argv, &argv[0], &stdio, &filters, login.as_ref());
         eprintln!("zlogin: {}", hull_sys::chain(&e));
         // SAFETY: _exit ends the child without the parent's destructors.
         unsafe { libc::_exit(127) };
@@ -186,6 +196,102 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool) -> Result<i32, RunError> {
             Ok(_) | Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(fail("wait for the command")(e)),
         }
+    }
+}
+
+/// A zone user `zlogin -l` runs as, from the zone's own /etc/passwd and /etc/group (the
+/// guest's files: parsed as untrusted text, ids bounded to the zone's range).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: String,
+    pub shell: String,
+}
+
+/// The most bytes of /etc/passwd or /etc/group read.
+const ACCOUNTS_MAX: u64 = 4 << 20;
+
+fn read_accounts(path: &str) -> Result<String, RunError> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|source| RunError::Sys {
+        what: format!("read the zone's {path}"),
+        source,
+    })?;
+    let mut text = String::new();
+    f.take(ACCOUNTS_MAX)
+        .read_to_string(&mut text)
+        .map_err(|source| RunError::Sys {
+            what: format!("read the zone's {path}"),
+            source,
+        })?;
+    Ok(text)
+}
+
+impl Login {
+    /// Looks `name` up in the zone's /etc/passwd and its groups in /etc/group.
+    fn find(name: &str) -> Result<Login, RunError> {
+        let passwd = read_accounts("/etc/passwd")?;
+        let group = read_accounts("/etc/group").unwrap_or_default();
+        Login::parse(name, &passwd, &group)
+    }
+
+    fn parse(name: &str, passwd: &str, group: &str) -> Result<Login, RunError> {
+        let bad = |why: String| RunError::Init(format!("zlogin -l {name}: {why}"));
+        if name.is_empty() || name.contains(':') || name.contains('\n') {
+            return Err(bad("not a user name".into()));
+        }
+        let fields: Vec<&str> = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() == 7 && f[0] == name)
+            .ok_or_else(|| bad("no such user in the zone's /etc/passwd".into()))?;
+        let id = |s: &str, what: &str| {
+            s.parse::<u32>()
+                .ok()
+                .filter(|n| *n < crate::config::ID_RANGE)
+                .ok_or_else(|| bad(format!("its {what} {s:?} is not an id of the zone")))
+        };
+        let (uid, gid) = (id(fields[2], "uid")?, id(fields[3], "gid")?);
+        let mut groups = vec![gid];
+        for g in group.lines().map(|l| l.split(':').collect::<Vec<_>>()) {
+            if g.len() == 4
+                && g[3].split(',').any(|m| m == name)
+                && let Ok(n) = id(g[2], "group id")
+                && !groups.contains(&n)
+            {
+                groups.push(n);
+            }
+        }
+        let home = match fields[5] {
+            h if h.starts_with('/') => h.to_string(),
+            _ => "/".to_string(),
+        };
+        let shell = match fields[6] {
+            s if s.starts_with('/') => s.to_string(),
+            _ => SHELL[0].to_string(),
+        };
+        Ok(Login {
+            name: name.to_string(),
+            uid,
+            gid,
+            groups,
+            home,
+            shell,
+        })
+    }
+
+    /// Takes the user's groups, gid and uid (in that order: the last drops the power to).
+    fn become_user(&self) -> nix::Result<()> {
+        use nix::unistd::{Gid, Uid};
+        let groups: Vec<Gid> = self.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        nix::unistd::setgroups(&groups)?;
+        let gid = Gid::from_raw(self.gid);
+        nix::unistd::setresgid(gid, gid, gid)?;
+        let uid = Uid::from_raw(self.uid);
+        nix::unistd::setresuid(uid, uid, uid)
     }
 }
 
@@ -551,6 +657,7 @@ fn child_exec(
     cmd: &str,
     stdio: &Stdio,
     filters: &security::Filters,
+    login: Option<&Login>,
 ) -> ChildError {
     let r = (|| -> Result<std::convert::Infallible, ChildError> {
         become_zone_root()?;
@@ -586,16 +693,34 @@ fn child_exec(
         // keeps SIG_IGN), as for a local child: `nohup zlogin ...` keeps its command alive.
         reset_signals()?;
         security::drop_privileges(security::KEPT_CAPS)?;
+        // `-l USER`: that user's ids (the kernel drops every capability with uid 0) and
+        // home; root otherwise.
+        let (name, home, shell) = match login {
+            Some(l) => {
+                l.become_user().map_err(ChildError::Login)?;
+                (l.name.as_str(), l.home.as_str(), l.shell.as_str())
+            }
+            None => ("root", "/root", SHELL[0]),
+        };
+        if nix::unistd::chdir(home).is_err() {
+            nix::unistd::chdir("/").map_err(ChildError::EnterRoot)?;
+        }
         security::close_inherited_fds()?;
         let path = resolve(cmd).ok_or_else(|| ChildError::NotFound(cmd.to_owned()))?;
         let path =
             CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| ChildError::BadPath)?;
+        let var =
+            |k: &str, v: &str| CString::new(format!("{k}={v}")).map_err(|_| ChildError::BadPath);
         let env = [
-            c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            c"HOME=/root",
-            c"TERM=xterm",
-            c"LOGNAME=root",
-            c"USER=root",
+            var(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )?,
+            var("HOME", home)?,
+            var("TERM", "xterm")?,
+            var("LOGNAME", name)?,
+            var("USER", name)?,
+            var("SHELL", shell)?,
         ];
         security::apply_filters(filters)?;
         let source = nix::unistd::execve(&path, argv, &env).unwrap_err();
@@ -626,4 +751,44 @@ fn resolve(cmd: &str) -> Option<PathBuf> {
     .iter()
     .map(|d| Path::new(d).join(cmd))
     .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_comes_from_the_zones_passwd_and_groups_within_its_range() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n\
+                      alice:x:1000:100:Alice:/home/alice:/bin/bash\n\
+                      bob:x:1001:1001::relative:nosh\n\
+                      mallory:x:70000:0::/:/bin/sh\n\
+                      short:x:5\n";
+        let group = "users:x:100:\nwheel:x:10:alice,bob\nbig:x:99999:alice\n";
+        let a = Login::parse("alice", passwd, group).expect("alice");
+        assert_eq!(
+            (
+                a.uid,
+                a.gid,
+                a.groups.clone(),
+                a.home.as_str(),
+                a.shell.as_str()
+            ),
+            (1000, 100, vec![100, 10], "/home/alice", "/bin/bash")
+        );
+        let b = Login::parse("bob", passwd, group).expect("bob");
+        assert_eq!((b.home.as_str(), b.shell.as_str()), ("/", "/bin/sh"));
+        for (name, why) in [
+            ("mallory", "not an id of the zone"),
+            ("short", "no such user"),
+            ("nobody", "no such user"),
+            ("a:b", "not a user name"),
+            ("", "not a user name"),
+        ] {
+            let e = Login::parse(name, passwd, group)
+                .expect_err(name)
+                .to_string();
+            assert!(e.contains(why), "{name}: {e}");
+        }
+    }
 }

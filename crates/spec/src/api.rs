@@ -73,7 +73,8 @@ pub struct StopRequest {
     /// Stop at once, without the graceful phase.
     #[serde(default)]
     pub force: bool,
-    /// Seconds to wait for a graceful stop before forcing it.
+    /// Seconds to wait for a graceful stop before forcing it (SmartOS's defaults: 60 for a
+    /// zone, 180 for a hardware VM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
 }

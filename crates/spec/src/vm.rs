@@ -985,4 +985,17 @@ pub mod defaults {
     pub const VM_MEMORY_OVERHEAD: u64 = 1024;
     /// Zones' smallest swap limit (MiB).
     pub const MIN_SWAP: u64 = 256;
+    /// Seconds `vmadm stop` waits for a zone's graceful stop before killing it.
+    pub const ZONE_STOP_TIMEOUT: u64 = 60;
+    /// Seconds `vmadm stop` waits for a hardware VM's guest to power off (ACPI) before
+    /// killing its VMM.
+    pub const HVM_STOP_TIMEOUT: u64 = 180;
+
+    /// SmartOS's graceful stop timeout for a guest of `brand`.
+    pub fn stop_timeout(brand: super::Brand) -> u64 {
+        match brand.is_microvm() {
+            true => HVM_STOP_TIMEOUT,
+            false => ZONE_STOP_TIMEOUT,
+        }
+    }
 }

@@ -131,14 +131,14 @@ pub fn document() -> Value {
                 "requestBody": body("VmUpdate"),
                 "responses": ok("200", "Valid", reference("ValidateOk")) } },
             "/v1/vms/{uuid}/snapshots": { "parameters": uuid_param(),
-                "post": op("Snapshot a stopped zone's root", "createSnapshot", Some("SnapshotRequest"),
+                "post": op("Snapshot a stopped zone's root or every disk of a stopped microVM", "createSnapshot", Some("SnapshotRequest"),
                     ok("201", "The VM with its snapshots", reference("Vm"))) },
             "/v1/vms/{uuid}/snapshots/{name}": {
                 "parameters": [uuid_param()[0].clone(), { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "delete": op("Delete a snapshot", "deleteSnapshot", None, ok("200", "The VM", reference("Vm"))) },
             "/v1/vms/{uuid}/snapshots/{name}/rollback": {
                 "parameters": [uuid_param()[0].clone(), { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
-                "post": op("Roll a stopped zone's root back to a snapshot", "rollbackSnapshot", None, ok("200", "The VM", reference("Vm"))) },
+                "post": op("Roll a stopped zone's root, or a microVM's disks (stopping and starting it again if it runs), back to a snapshot; newer microVM snapshots go", "rollbackSnapshot", None, ok("200", "The VM", reference("Vm"))) },
             "/v1/images": {
                 "get": op("List installed images", "listImages", None,
                     ok("200", "Manifests", json!({ "type": "array", "items": reference("ImageManifest") }))),

@@ -226,6 +226,37 @@ impl GuestStorage for FakeStorage {
             false => Ok(()),
         }
     }
+
+    fn snapshot_disks(
+        &self,
+        uuid: Uuid,
+        _name: &str,
+        _disks: &[PathBuf],
+    ) -> Result<(), StoreError> {
+        match self.journal.call("storage.snapshot_disks", uuid) {
+            true => Err(storage_err("storage.snapshot_disks")),
+            false => Ok(()),
+        }
+    }
+
+    fn rollback_disks(
+        &self,
+        uuid: Uuid,
+        _name: &str,
+        _disks: &[PathBuf],
+    ) -> Result<(), StoreError> {
+        match self.journal.call("storage.rollback_disks", uuid) {
+            true => Err(storage_err("storage.rollback_disks")),
+            false => Ok(()),
+        }
+    }
+
+    fn delete_disk_snapshot(&self, uuid: Uuid, _name: &str) -> Result<(), StoreError> {
+        match self.journal.call("storage.delete_disk_snapshot", uuid) {
+            true => Err(storage_err("storage.delete_disk_snapshot")),
+            false => Ok(()),
+        }
+    }
 }
 
 /// [`ZoneRuntime`] whose zones are entries in a map: a start makes one running (init pid

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hull_spec::api::EventKind;
+use hull_spec::vm::defaults;
 use hull_spec::warning::Warning;
 use hull_spec::{Vm, VmState};
 use serde_json::Value;
@@ -22,7 +23,7 @@ use super::{
 use hull_vmm_proto::ControlRequest;
 
 impl Service {
-    /// Starts a guest.
+    /// Starts a guest, and sets its autoboot as SmartOS's vmadm start does.
     pub async fn start(&self, uuid: Uuid) -> Result<Arc<Record>> {
         let lock = self.guest_lock(uuid);
         let _guest = lock.lock().await;
@@ -101,7 +102,9 @@ impl Service {
             self.record_plumbed(&vm);
         }
         self.watch(uuid, st.zoned_pid);
-        self.set_running(&vm, &st).await
+        let running = self.set_running(&vm, &st).await?;
+        // SmartOS's vmadm start sets autoboot (its stop clears it).
+        self.set_autoboot(running, true).await
     }
 
     /// A microVM with no kernel boots what its boot disk's own config names (GRUB's default
@@ -324,12 +327,30 @@ impl Service {
     }
 
     /// Stops a guest: gracefully (SIGTERM to init, then everything killed after `timeout`
-    /// seconds) or at once with `force`.
+    /// seconds, SmartOS's 60 for a zone and 180 for a hardware VM by default) or at once with
+    /// `force`. As SmartOS's vmadm stop, it clears autoboot: a guest the operator stopped
+    /// stays stopped when the host boots again (vmadm start sets it again).
     pub async fn stop(&self, uuid: Uuid, force: bool, timeout: Option<u64>) -> Result<Arc<Record>> {
         let lock = self.guest_lock(uuid);
         let _guest = lock.lock().await;
         let vm = self.running(uuid, "stop")?;
-        self.stop_locked(vm, force, timeout).await
+        let stopped = self.stop_locked(vm, force, timeout).await?;
+        self.set_autoboot(stopped, false).await
+    }
+
+    /// Sets the record's autoboot (durably: it decides what runs after a host's reboot).
+    async fn set_autoboot(&self, current: Arc<Record>, autoboot: bool) -> Result<Arc<Record>> {
+        if current.vm.autoboot == autoboot {
+            return Ok(current);
+        }
+        let mut next = current.vm.clone();
+        next.autoboot = autoboot;
+        next.last_modified = now();
+        self.persist(&next).await?;
+        let next = Arc::new(Record::new(next));
+        write(&self.records).insert(next.clone());
+        self.emit(EventKind::Modify, &next, vec!["autoboot".into()]);
+        Ok(next)
     }
 
     pub(super) async fn stop_locked(
@@ -339,7 +360,7 @@ impl Service {
         timeout: Option<u64>,
     ) -> Result<Arc<Record>> {
         let uuid = vm.uuid;
-        let timeout = timeout.unwrap_or(30);
+        let timeout = timeout.unwrap_or(defaults::stop_timeout(vm.brand));
         let z = self.zones.clone();
         let stopped = blocking(move || {
             if z.alive(uuid).is_some() {
@@ -371,7 +392,11 @@ impl Service {
         if vm.brand.is_microvm() && vm.kernel.is_none() {
             // It boots what its disk says, which its guest may have changed: stop it and start
             // it anew, reading the disk again, as a machine's firmware would.
-            let timeout = if force { 0 } else { 30 };
+            let timeout = if force {
+                0
+            } else {
+                defaults::stop_timeout(vm.brand)
+            };
             self.stop_locked(vm, force, Some(timeout)).await?;
             drop(guest);
             return self.start(uuid).await;
@@ -379,7 +404,11 @@ impl Service {
         let z = self.zones.clone();
         let st = blocking(move || {
             let before = z.alive(uuid).map(|s| s.boots).unwrap_or(0);
-            let timeout = if force { 0 } else { 30 };
+            let timeout = if force {
+                0
+            } else {
+                defaults::ZONE_STOP_TIMEOUT
+            };
             z.request(
                 uuid,
                 &Request::Reboot {

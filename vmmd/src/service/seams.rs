@@ -60,6 +60,12 @@ pub trait GuestStorage: Send + Sync + std::fmt::Debug {
     fn rollback(&self, uuid: Uuid, name: &str) -> Result<(), StoreError>;
     /// Deletes the snapshot `name`.
     fn delete_snapshot(&self, uuid: Uuid, name: &str) -> Result<(), StoreError>;
+    /// Snapshots a stopped microVM's disks as `name`.
+    fn snapshot_disks(&self, uuid: Uuid, name: &str, disks: &[PathBuf]) -> Result<(), StoreError>;
+    /// Puts a stopped microVM's disks back as snapshot `name` has them.
+    fn rollback_disks(&self, uuid: Uuid, name: &str, disks: &[PathBuf]) -> Result<(), StoreError>;
+    /// Deletes a microVM's disk snapshot `name`.
+    fn delete_disk_snapshot(&self, uuid: Uuid, name: &str) -> Result<(), StoreError>;
 }
 
 impl GuestStorage for CowStore {
@@ -121,6 +127,18 @@ impl GuestStorage for CowStore {
 
     fn delete_snapshot(&self, uuid: Uuid, name: &str) -> Result<(), StoreError> {
         CowStore::delete_snapshot(self, uuid, name)
+    }
+
+    fn snapshot_disks(&self, uuid: Uuid, name: &str, disks: &[PathBuf]) -> Result<(), StoreError> {
+        CowStore::snapshot_disks(self, uuid, name, disks)
+    }
+
+    fn rollback_disks(&self, uuid: Uuid, name: &str, disks: &[PathBuf]) -> Result<(), StoreError> {
+        CowStore::rollback_disks(self, uuid, name, disks)
+    }
+
+    fn delete_disk_snapshot(&self, uuid: Uuid, name: &str) -> Result<(), StoreError> {
+        CowStore::delete_disk_snapshot(self, uuid, name)
     }
 }
 

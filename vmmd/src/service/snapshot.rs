@@ -8,6 +8,21 @@ use uuid::Uuid;
 
 use super::{Record, Result, Service, ServiceError, best_effort, blocking, now, write};
 
+/// The host paths of a microVM's disks.
+fn disk_paths(vm: &hull_spec::Vm) -> Result<Vec<std::path::PathBuf>> {
+    vm.disks
+        .iter()
+        .map(|d| {
+            d.path
+                .as_deref()
+                .map(std::path::PathBuf::from)
+                .ok_or_else(|| {
+                    ServiceError::Conflict(format!("VM {} has a disk without a path", vm.uuid))
+                })
+        })
+        .collect()
+}
+
 /// What to do with a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotVerb {
@@ -31,11 +46,14 @@ impl Service {
         hull_spec::validate::validate_snapshot_name(name)
             .map_err(|r| ServiceError::BadRequest(r.summary()))?;
         let lock = self.guest_lock(uuid);
-        let _guest = lock.lock().await;
+        let guard = lock.lock().await;
         let current = self.get(uuid)?;
-        if current.brand.is_microvm() || current.image_uuid.is_none() {
+        if current.brand.is_microvm() {
+            return self.disk_snapshot(current, name, verb, guard).await;
+        }
+        if current.image_uuid.is_none() {
             return Err(ServiceError::NotImplemented(format!(
-                "snapshots cover zone roots; snapshots of microVM disks are not built yet (VM {uuid})"
+                "VM {uuid} has no root of its own to snapshot"
             )));
         }
         if matches!(current.state, VmState::Running | VmState::Stopping) {
@@ -98,6 +116,103 @@ impl Service {
         let next = Arc::new(Record::new(next));
         write(&self.records).insert(next.clone());
         self.emit(EventKind::Modify, &next, vec!["snapshots".into()]);
+        Ok(next)
+    }
+
+    /// A microVM's snapshots cover every disk: taken and deleted while it is stopped; a
+    /// rollback as SmartOS's: the VM stopped if it runs, its disks put back, the snapshots
+    /// newer than the one rolled back to deleted, and the VM started again if it ran.
+    async fn disk_snapshot(
+        &self,
+        current: Arc<Record>,
+        name: &str,
+        verb: SnapshotVerb,
+        guard: tokio::sync::MutexGuard<'_, ()>,
+    ) -> Result<Arc<Record>> {
+        let uuid = current.vm.uuid;
+        let exists = current.vm.snapshots.iter().any(|s| s.name == name);
+        let running = matches!(current.vm.state, VmState::Running | VmState::Stopping);
+        match verb {
+            SnapshotVerb::Create if exists => {
+                return Err(ServiceError::Conflict(format!(
+                    "VM {uuid} already has a snapshot {name:?}"
+                )));
+            }
+            SnapshotVerb::Create if running => {
+                return Err(ServiceError::Conflict(format!(
+                    "VM {uuid} is {}: stop it first (a running guest's disks change under a \
+                     snapshot)",
+                    current.vm.state.as_str()
+                )));
+            }
+            SnapshotVerb::Rollback | SnapshotVerb::Delete if !exists => {
+                return Err(ServiceError::BadRequest(format!(
+                    "VM {uuid} has no snapshot {name:?}"
+                )));
+            }
+            _ => {}
+        }
+        if let Some(limit) = current.vm.zfs_snapshot_limit
+            && verb == SnapshotVerb::Create
+            && current.vm.snapshots.len() as u64 >= limit
+        {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} has {} snapshots, its zfs_snapshot_limit; delete one first",
+                current.vm.snapshots.len()
+            )));
+        }
+        let disks = disk_paths(&current.vm)?;
+        let storage = self.storage.clone();
+        let n = name.to_string();
+        let mut current = current;
+        let mut next = current.vm.clone();
+        match verb {
+            SnapshotVerb::Create => {
+                blocking(move || storage.snapshot_disks(uuid, &n, &disks)).await?;
+                next.snapshots.push(hull_spec::vm::Snapshot {
+                    name: name.to_string(),
+                    created_at: now(),
+                });
+            }
+            SnapshotVerb::Delete => {
+                blocking(move || storage.delete_disk_snapshot(uuid, &n)).await?;
+                next.snapshots.retain(|s| s.name != name);
+            }
+            SnapshotVerb::Rollback => {
+                if running {
+                    current = self.stop_locked(current, false, None).await?;
+                    next = current.vm.clone();
+                }
+                blocking(move || storage.rollback_disks(uuid, &n, &disks)).await?;
+                let at = next
+                    .snapshots
+                    .iter()
+                    .position(|s| s.name == name)
+                    .map_or(next.snapshots.len(), |i| i + 1);
+                let newer: Vec<String> = next.snapshots.drain(at..).map(|s| s.name).collect();
+                for old in newer {
+                    let storage = self.storage.clone();
+                    let o = old.clone();
+                    blocking(move || storage.delete_disk_snapshot(uuid, &o)).await?;
+                }
+            }
+        }
+        next.last_modified = now();
+        if let Err(e) = self.persist(&next).await {
+            if verb == SnapshotVerb::Create {
+                let storage = self.storage.clone();
+                let n = name.to_string();
+                best_effort(move || storage.delete_disk_snapshot(uuid, &n)).await;
+            }
+            return Err(e);
+        }
+        let next = Arc::new(Record::new(next));
+        write(&self.records).insert(next.clone());
+        self.emit(EventKind::Modify, &next, vec!["snapshots".into()]);
+        if verb == SnapshotVerb::Rollback && running {
+            drop(guard);
+            return self.start(uuid).await;
+        }
         Ok(next)
     }
 }

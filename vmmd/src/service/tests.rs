@@ -353,7 +353,7 @@ async fn delete_of_a_running_guest_stops_it_then_removes_everything() {
     assert_eq!(
         calls(&h.journal),
         [
-            format!("zones.request {uuid} {{\"cmd\":\"stop\",\"timeout_s\":30,\"force\":true}}"),
+            format!("zones.request {uuid} {{\"cmd\":\"stop\",\"timeout_s\":60,\"force\":true}}"),
             format!("zones.wait_stopped {uuid}"),
             format!("zones.clean_up {uuid}"),
             format!("switch.remove_ports {uuid}"),

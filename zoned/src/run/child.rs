@@ -24,6 +24,8 @@ use crate::{rootfs, security};
 pub(crate) enum ChildError {
     #[error("zoned went away before the zone started")]
     ZonedGone,
+    #[error("cannot become the zone's user")]
+    Login(#[source] nix::Error),
     #[error(transparent)]
     Mount(#[from] rootfs::MountError),
     #[error(transparent)]

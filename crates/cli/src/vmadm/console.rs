@@ -12,6 +12,12 @@ use crate::{CmdResult, Failure, client, parse_uuid};
 const ESCAPE: u8 = 0x1d;
 
 pub fn console(socket: Option<&Path>, uuid: &str) -> CmdResult {
+    attach(socket, uuid, true)
+}
+
+/// Attaches to the console; with `escape` false (`zlogin -C -E`) Ctrl-] is passed on and
+/// only the end of input or of the console ends the session.
+pub fn attach(socket: Option<&Path>, uuid: &str, escape: bool) -> CmdResult {
     let uuid = parse_uuid(uuid)?;
     let rt = client(socket)?.runtime(uuid)?;
     let stream = UnixStream::connect(&rt.console)
@@ -22,7 +28,10 @@ pub fn console(socket: Option<&Path>, uuid: &str) -> CmdResult {
         .then(|| RawMode::enter(&stdin))
         .flatten();
     if raw.is_some() {
-        eprint!("[connected to {uuid}; Ctrl-] to detach]\r\n");
+        match escape {
+            true => eprint!("[connected to {uuid}; Ctrl-] to detach]\r\n"),
+            false => eprint!("[connected to {uuid}; no escape character]\r\n"),
+        }
     }
     let mut out = stream
         .try_clone()
@@ -46,7 +55,7 @@ pub fn console(socket: Option<&Path>, uuid: &str) -> CmdResult {
             Ok(n) => n,
         };
         let data = &buf[..n];
-        if let Some(i) = data.iter().position(|b| *b == ESCAPE) {
+        if let Some(i) = data.iter().position(|b| escape && *b == ESCAPE) {
             let _ = out.write_all(&data[..i]);
             break;
         }

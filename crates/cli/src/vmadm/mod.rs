@@ -1,7 +1,7 @@
 //! `vmadm`: SmartOS's VM tool. One module per verb (or per family of verbs that share all
 //! their code); this file only parses arguments and dispatches.
 
-mod console;
+pub mod console;
 mod create;
 mod events;
 mod get;

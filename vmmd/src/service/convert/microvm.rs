@@ -178,7 +178,7 @@ impl TryFrom<MicrovmZone<'_>> for ZoneConfig {
             limits: limits(vm),
             resolvers: Vec::new(),
             dns_domain: None,
-            stop_timeout_s: 30,
+            stop_timeout_s: hull_spec::vm::defaults::stop_timeout(vm.brand),
             // SIGTERM makes the VMM press the guest's power button and stop it after a grace
             // period; vmmd asks over the control socket first (see Service::stop).
             stop_signal: None,

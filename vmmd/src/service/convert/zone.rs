@@ -174,7 +174,7 @@ impl From<GuestZone<'_>> for ZoneConfig {
                 false => Vec::new(),
             },
             dns_domain: vm.dns_domain.clone().filter(|_| writes_resolv_conf(vm)),
-            stop_timeout_s: 30,
+            stop_timeout_s: hull_spec::vm::defaults::stop_timeout(vm.brand),
             // lx images run their distribution's init: sysvinit shuts down on SIGPWR (with the
             // `powerwait` inittab entry LXC and Incus also rely on) and ignores SIGTERM; zoned
             // sends systemd its own signal. joyent zones run busybox-style inits: SIGTERM.
