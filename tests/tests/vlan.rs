@@ -111,6 +111,7 @@ fn nic(vlan: u16, ip: Ipv4Addr) -> ZoneNic {
                 any_mac: false,
                 dhcp_server: false,
                 any_ethertype: false,
+                blocked_ports: Vec::new(),
             },
             cap_mbps: None,
         },

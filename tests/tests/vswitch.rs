@@ -860,3 +860,85 @@ fn root_a_zones_static_routes_carry_its_traffic_and_change_live() {
     stop_and_delete(&d, &[&a, &router]);
     delete_tags(&d, &["nrt1", "nrt2"]);
 }
+
+/// `blocked_outgoing_ports`: the switch drops what the zone sends to those TCP and UDP
+/// ports (and nothing else), and an update takes the block off the running zone.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_blocked_outgoing_ports_are_dropped_by_the_switch() {
+    let d = daemon(&["nblk1"]);
+    let srv = zone(
+        &d,
+        "blksrv",
+        json!([{"nic_tag": "nblk1", "ips": ["192.0.2.91/24"]}]),
+    );
+    let cli = zone(
+        &d,
+        "blkcli",
+        json!([{"nic_tag": "nblk1", "ips": ["192.0.2.92/24"], "mac": "02:00:5e:10:00:92",
+                 "blocked_outgoing_ports": [5301, 5303]}]),
+    );
+    // What the server hears on `port` (UDP) or whether a TCP connection is accepted.
+    let hears = |proto: &str, port: u16| -> bool {
+        let server = format!(
+            "import socket,sys\n\
+             kind = socket.SOCK_DGRAM if sys.argv[1] == 'udp' else socket.SOCK_STREAM\n\
+             s = socket.socket(socket.AF_INET, kind)\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('0.0.0.0', {port}))\n\
+             s.settimeout(4)\n\
+             try:\n\
+             \x20   if kind == socket.SOCK_STREAM:\n\
+             \x20       s.listen(1); c, _ = s.accept(); print(c.recv(16).decode())\n\
+             \x20   else:\n\
+             \x20       print(s.recv(16).decode())\n\
+             except Exception:\n\
+             \x20   print('nothing')\n"
+        );
+        let listener = Command::new("nsenter")
+            .args([
+                "-n",
+                "-t",
+                &init_pid(&d, &srv),
+                "--",
+                "python3",
+                "-c",
+                &server,
+                proto,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("listener");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let client = format!(
+            "import socket,sys,time\n\
+             for _ in range(10):\n\
+             \x20   try:\n\
+             \x20       if sys.argv[1] == 'udp':\n\
+             \x20           s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             \x20           s.sendto(b'hello', ('192.0.2.91', {port}))\n\
+             \x20       else:\n\
+             \x20           s = socket.create_connection(('192.0.2.91', {port}), timeout=0.3)\n\
+             \x20           s.sendall(b'hello'); break\n\
+             \x20   except Exception:\n\
+             \x20       pass\n\
+             \x20   time.sleep(0.2)\n"
+        );
+        let _ = in_netns(&d, &cli, &["python3", "-c", &client, proto]);
+        let out = listener.wait_with_output().expect("listener output");
+        String::from_utf8_lossy(&out.stdout).trim() == "hello"
+    };
+    assert!(!hears("udp", 5301), "UDP to a blocked port got through");
+    assert!(!hears("tcp", 5303), "TCP to a blocked port got through");
+    assert!(hears("udp", 5302), "UDP to another port is dropped");
+    assert!(hears("tcp", 5302), "TCP to another port is dropped");
+    // Taken off the running zone by an update.
+    let o = d.vmadm(
+        &["update", &cli],
+        Some(r#"{"update_nics": [{"mac": "02:00:5e:10:00:92", "blocked_outgoing_ports": []}]}"#),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(hears("udp", 5301), "the block outlived its update");
+    stop_and_delete(&d, &[&srv, &cli]);
+    delete_tags(&d, &["nblk1"]);
+}

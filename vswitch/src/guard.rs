@@ -26,7 +26,9 @@
 //!   DHCP above);
 //! - no DHCP or DHCPv6 server replies, no router advertisements (`allow_dhcp_spoofing`);
 //! - only IPv4, ARP and IPv6 frames (`allow_restricted_traffic`), never 802.1Q or 802.1ad
-//!   tagged ones: a guest cannot hop onto another VLAN of an uplink.
+//!   tagged ones: a guest cannot hop onto another VLAN of an uplink;
+//! - no TCP or UDP to the destination ports in `blocked_outgoing_ports` (SmartOS's), over
+//!   IPv4 or IPv6.
 //!
 //! This module must never touch another vmmd's table, nor flush or replace rules while
 //! guests run (a new vmmd replaces the whole table in one transaction).
@@ -55,6 +57,8 @@ pub struct Guard {
     pub dhcp_server: bool,
     /// Frames other than IPv4, ARP and IPv6 (`allow_restricted_traffic`).
     pub any_ethertype: bool,
+    /// TCP and UDP destination ports the guest may not send to (`blocked_outgoing_ports`).
+    pub blocked_ports: Vec<u16>,
 }
 
 /// The table of vmmd `owner`.
@@ -67,6 +71,7 @@ const T_IFINDEX: u32 = 20;
 const T_IPV4: u32 = 7;
 const T_IPV6: u32 = 8;
 const T_ETHER: u32 = 9;
+const T_INET_SERVICE: u32 = 13;
 
 struct SetDef {
     name: &'static str,
@@ -87,6 +92,7 @@ const IP4: &str = "ip4";
 const IP4_NETS: &str = "ip4_nets";
 const IP6: &str = "ip6";
 const IP6_NETS: &str = "ip6_nets";
+const BLOCKED: &str = "blocked_ports";
 
 const fn flag_set(name: &'static str, id: u32) -> SetDef {
     SetDef {
@@ -142,6 +148,14 @@ const SETS: &[SetDef] = &[
         key_len: 20,
         interval_fields: &[4, 16],
     },
+    // A port's blocked destination ports: the index, then the port (2 bytes, padded to 4).
+    SetDef {
+        name: BLOCKED,
+        id: 12,
+        key_type: (T_IFINDEX << 6) | T_INET_SERVICE,
+        key_len: 8,
+        interval_fields: &[],
+    },
 ];
 
 fn set_id(name: &str) -> u32 {
@@ -174,6 +188,7 @@ const ETH_IP6: [u8; 2] = 0x86ddu16.to_be_bytes();
 const ETH_8021Q: [u8; 2] = 0x8100u16.to_be_bytes();
 const ETH_8021AD: [u8; 2] = 0x88a8u16.to_be_bytes();
 const PROTO_UDP: u8 = 17;
+const PROTO_TCP: u8 = 6;
 const PROTO_ICMP6: u8 = 58;
 
 // Building blocks of rules. Concatenated keys start in register 1 (the interface index,
@@ -259,6 +274,20 @@ fn addr_not_ours(exact: &str, nets: &str, base: Base, offset: u32, len: u32) -> 
             set_id: set_id(nets),
             sreg: REG_1,
             inv: true,
+        },
+    ]
+}
+
+/// The port's index followed by the TCP or UDP destination port is in [`BLOCKED`].
+fn blocked_port() -> Vec<Expr> {
+    vec![
+        iif(),
+        load(Base::Transport, 2, 2, reg32(1)),
+        Expr::Lookup {
+            set: BLOCKED.into(),
+            set_id: set_id(BLOCKED),
+            sreg: REG_1,
+            inv: false,
         },
     ]
 }
@@ -377,6 +406,9 @@ fn chains() -> Vec<(&'static str, Vec<Vec<Expr>>)> {
                     held(IP4_FREE).to_vec(),
                     vec![load(Transport, 0, 4, REG_1), not(&[0, 68, 0, 67])],
                 ]),
+                // Not to its blocked_outgoing_ports.
+                drop_rule(vec![l4(PROTO_TCP, true), blocked_port()]),
+                drop_rule(vec![l4(PROTO_UDP, true), blocked_port()]),
                 goto_rule(vec![l4(PROTO_UDP, true)], CHAIN_UDP4),
             ],
         ),
@@ -415,6 +447,8 @@ fn chains() -> Vec<(&'static str, Vec<Vec<Expr>>)> {
                     held(IP6_FREE).to_vec(),
                     vec![load(Transport, 0, 1, REG_1), not(&[135]), not(&[143])],
                 ]),
+                drop_rule(vec![l4(PROTO_TCP, true), blocked_port()]),
+                drop_rule(vec![l4(PROTO_UDP, true), blocked_port()]),
                 goto_rule(vec![l4(PROTO_ICMP6, true)], CHAIN_ICMP6),
                 goto_rule(vec![l4(PROTO_UDP, true)], CHAIN_UDP6),
             ],
@@ -601,6 +635,15 @@ pub fn port_elements(ifindex: u32, g: &Guard) -> Vec<(&'static str, Elem)> {
     }
     if g.any_ethertype {
         out.push(flag(ANY_PROTO));
+    }
+    let mut ports: Vec<u16> = g.blocked_ports.clone();
+    ports.sort_unstable();
+    ports.dedup();
+    for port in ports {
+        let mut key = ix.clone();
+        key.extend_from_slice(&port.to_be_bytes());
+        key.extend_from_slice(&[0, 0]);
+        out.push((BLOCKED, Elem { key, key_end: None }));
     }
     let mut mac = ix.clone();
     mac.extend_from_slice(&g.mac);
@@ -1061,6 +1104,7 @@ pub(crate) mod tests {
             any_mac: false,
             dhcp_server: false,
             any_ethertype: false,
+            blocked_ports: Vec::new(),
         }
     }
 
@@ -1086,6 +1130,26 @@ pub(crate) mod tests {
         assert_eq!(link_local([2, 0, 0, 0, 0, 1]), ll);
         let key = [7u32.to_ne_bytes().to_vec(), ll.octets().to_vec()].concat();
         assert_eq!(e[3].1.key, key);
+    }
+
+    #[test]
+    fn blocked_ports_are_keyed_by_port_index_then_the_port_padded() {
+        let mut g = guard(1);
+        g.blocked_ports = vec![25, 5301, 25];
+        let blocked: Vec<Vec<u8>> = port_elements(7, &g)
+            .into_iter()
+            .filter(|(s, _)| *s == BLOCKED)
+            .map(|(_, e)| e.key)
+            .collect();
+        let key = |p: u16| {
+            [
+                7u32.to_ne_bytes().to_vec(),
+                p.to_be_bytes().to_vec(),
+                vec![0, 0],
+            ]
+            .concat()
+        };
+        assert_eq!(blocked, [key(25), key(5301)], "sorted, once each");
     }
 
     #[test]

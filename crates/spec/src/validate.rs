@@ -1232,13 +1232,28 @@ const NIC_PROPS: &[(&str, Kind)] = &[
     ("max_bandwidth", Kind::Int(1, 100_000)),
     ("network_uuid", Kind::Other(check_uuid)),
     ("dhcp_server", Kind::Bool),
+    ("blocked_outgoing_ports", Kind::Other(check_port_list)),
 ];
+
+/// A list of TCP/UDP port numbers (1 to 65535), numbers or their decimal strings.
+fn check_port_list(r: &mut ValidationReport, p: &str, v: &Value) {
+    let ok = v.as_array().is_some_and(|l| {
+        l.len() <= 1024
+            && l.iter()
+                .all(|i| i.as_u64().is_some_and(|n| (1..=65535).contains(&n)))
+    });
+    if !ok {
+        r.bad_value(
+            p,
+            format!("{p} must be a list of port numbers (1 to 65535)"),
+        );
+    }
+}
 
 /// SmartOS NIC properties hull knows of but does not honour yet: named in the error.
 const UNSUPPORTED_NIC: &[&str] = &[
     "allow_unfiltered_promisc",
     "allowed_dhcp_cids",
-    "blocked_outgoing_ports",
     "vrrp_primary_ip",
     "vrrp_vrid",
 ];

@@ -218,6 +218,9 @@ pub struct NicSpec {
     /// Let the guest serve DHCP (SmartOS's; the same guard as allow_dhcp_spoofing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhcp_server: Option<bool>,
+    /// TCP and UDP destination ports the guest may not send to (dropped by the switch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_outgoing_ports: Option<Vec<u16>>,
 }
 
 /// One disk of a microVM.
@@ -538,6 +541,9 @@ pub struct NicUpdate {
     /// Let the guest serve DHCP (the allow_dhcp_spoofing guard).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhcp_server: Option<bool>,
+    /// New blocked destination ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_outgoing_ports: Option<Vec<u16>>,
 }
 
 /// One entry of `update_disks`: the disk is found by its path.

@@ -165,6 +165,7 @@ fn nic(tag: &str, uuid: &str, i: usize, ip: Ipv4Addr) -> ZoneNic {
                 any_mac: false,
                 dhcp_server: false,
                 any_ethertype: false,
+                blocked_ports: Vec::new(),
             },
             cap_mbps: None,
         },

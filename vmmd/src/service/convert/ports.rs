@@ -226,6 +226,7 @@ pub fn guard(nic: &NicSpec, mac: [u8; 6]) -> Guard {
         // SmartOS's dhcp_server and allow_dhcp_spoofing open the same guard.
         dhcp_server: nic.allow_dhcp_spoofing == Some(true) || nic.dhcp_server == Some(true),
         any_ethertype: nic.allow_restricted_traffic == Some(true),
+        blocked_ports: nic.blocked_outgoing_ports.clone().unwrap_or_default(),
     }
 }
 

@@ -243,6 +243,7 @@ fn apply_nics(
             set!(max_bandwidth);
             set!(network_uuid);
             set!(dhcp_server);
+            set!(blocked_outgoing_ports);
             if let Some(tag) = &upd.nic_tag {
                 nic.nic_tag = tag.clone();
             }
