@@ -247,6 +247,12 @@ const PROPS: &[Prop] = &[
         true,
     ),
     prop(
+        "cpu_type",
+        Scope::MicroVms,
+        Kind::Other(check_cpu_type),
+        true,
+    ),
+    prop(
         "nic_driver",
         Scope::MicroVms,
         Kind::Other(check_model),
@@ -447,7 +453,6 @@ const UNSUPPORTED: &[&str] = &[
     "bootrom",
     "com1",
     "com2",
-    "cpu_type",
     "create_only",
     "dataset_uuid",
     "datasets",
@@ -946,6 +951,20 @@ fn check_compression(r: &mut ValidationReport, p: &str, v: &Value) {
             p,
             format!("{p} must be a ZFS compression setting (on, off, lzjb, zle, lz4, gzip, gzip-1..9, zstd)"),
         );
+    }
+}
+
+/// SmartOS's kvm `cpu_type`: "host" is what hull's VMM gives a guest (the host's CPU, its
+/// CPUID filtered); QEMU's "qemu64" baseline model is not one hull emulates.
+fn check_cpu_type(r: &mut ValidationReport, p: &str, v: &Value) {
+    match v.as_str() {
+        Some("host") => {}
+        Some("qemu64") => r.bad_property(
+            p,
+            "cpu_type \"qemu64\" is not supported by hull: its VMM gives guests the host's CPU \
+             (CPUID filtered), not QEMU's baseline model",
+        ),
+        _ => r.bad_value(p, format!("{p} must be \"host\" or \"qemu64\"")),
     }
 }
 
@@ -2203,7 +2222,7 @@ mod tests {
             "a list is kept as SmartOS's string"
         );
         let vm = json!({"brand": "kvm", "vcpus": 1, "kernel": "/k", "initrd": "/i", "cmdline": "",
-            "disk_driver": "virtio", "nic_driver": "virtio", "virtio_txburst": 128, "virtio_txtimer": 200000,
+            "disk_driver": "virtio", "nic_driver": "virtio", "cpu_type": "host", "virtio_txburst": 128, "virtio_txtimer": 200000,
             "disks": [{"image_uuid": IMG, "image_size": 10240, "image_name": "ubuntu", "uuid": IMG,
                 "block_size": "8192", "refreservation": 0, "media": "disk", "compression": "off"}],
             "nics": [{"nic_tag": "admin", "ip": "dhcp", "network_uuid": IMG, "dhcp_server": true,

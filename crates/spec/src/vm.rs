@@ -333,6 +333,9 @@ pub struct VmCreate {
     /// microVM disk driver: "virtio".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_driver: Option<String>,
+    /// SmartOS's kvm CPU model: "host" (what hull's VMM gives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_type: Option<String>,
     /// microVM NIC driver: "virtio".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nic_driver: Option<String>,
@@ -615,6 +618,9 @@ pub struct VmUpdate {
     /// microVM disk driver: "virtio".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_driver: Option<String>,
+    /// SmartOS's kvm CPU model: "host" (what hull's VMM gives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_type: Option<String>,
     /// microVM NIC driver: "virtio".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nic_driver: Option<String>,
@@ -819,6 +825,9 @@ pub struct Vm {
     /// microVM disk driver: "virtio".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_driver: Option<String>,
+    /// SmartOS's kvm CPU model: "host" (what hull's VMM gives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_type: Option<String>,
     /// microVM NIC driver: "virtio".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nic_driver: Option<String>,

@@ -133,6 +133,7 @@ pub fn new_record(c: VmCreate, ctx: &Context, pool: &mut MacPool<'_>) -> Result<
         max_msg_ids: c.max_msg_ids,
         max_sem_ids: c.max_sem_ids,
         disk_driver: c.disk_driver,
+        cpu_type: c.cpu_type,
         nic_driver: c.nic_driver,
         flexible_disk_size: c.flexible_disk_size,
         fs_allowed: c.fs_allowed,

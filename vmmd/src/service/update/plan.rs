@@ -48,6 +48,7 @@ pub fn apply(
     scalar!(max_msg_ids);
     scalar!(max_sem_ids);
     scalar!(disk_driver);
+    scalar!(cpu_type);
     scalar!(nic_driver);
     scalar!(flexible_disk_size);
     scalar!(fs_allowed);
