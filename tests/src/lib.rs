@@ -369,7 +369,7 @@ impl Drop for Daemon {
             for vm in c.list_vms(&[]).unwrap_or_default() {
                 let force = hull_spec::api::StopRequest {
                     force: true,
-                    timeout: None,
+                    ..Default::default()
                 };
                 let _ = c.stop_vm(vm.uuid, &force);
                 let _ = c.delete_vm(vm.uuid);

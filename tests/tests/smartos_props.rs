@@ -125,6 +125,10 @@ fn root_zone_rctls_resolvers_archive_and_snapshot_limit() {
     assert_eq!(conf, "nameserver 198.51.100.1\n", "and a stop and start");
     ok(&d.vmadm(&["update", &uuid, "maintain_resolvers=true"], None));
     restart(&d);
+    // The host's own shutdown stops its guests without clearing autoboot.
+    ok(&d.vmadm(&["stop", "--keep-autoboot", "-F", &uuid], None));
+    assert_eq!(record(&d, &uuid)["autoboot"], true);
+    ok(&d.vmadm(&["start", &uuid], None));
     let conf = ok(&d.zlogin(&uuid, "cat /etc/resolv.conf"));
     assert!(conf.contains("nameserver 192.0.2.54"), "{conf}");
 

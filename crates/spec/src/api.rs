@@ -77,6 +77,10 @@ pub struct StopRequest {
     /// zone, 180 for a hardware VM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
+    /// Leave autoboot as it is (hull's: the host's own shutdown stops its guests so, and they
+    /// come back when it boots); a stop clears it otherwise, as SmartOS's vmadm stop does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_autoboot: bool,
 }
 
 /// `POST /v1/vms/{uuid}/reboot`.

@@ -108,7 +108,9 @@ pub async fn dispatch(
         }
         Action::StopVm(uuid) => {
             let req: StopRequest = decode(body)?;
-            let vm = service.stop(uuid, req.force, req.timeout).await?;
+            let vm = service
+                .stop(uuid, req.force, req.timeout, req.keep_autoboot)
+                .await?;
             Ok(record(StatusCode::OK, &vm))
         }
         Action::RebootVm(uuid) => {

@@ -330,12 +330,21 @@ impl Service {
     /// seconds, SmartOS's 60 for a zone and 180 for a hardware VM by default) or at once with
     /// `force`. As SmartOS's vmadm stop, it clears autoboot: a guest the operator stopped
     /// stays stopped when the host boots again (vmadm start sets it again).
-    pub async fn stop(&self, uuid: Uuid, force: bool, timeout: Option<u64>) -> Result<Arc<Record>> {
+    pub async fn stop(
+        &self,
+        uuid: Uuid,
+        force: bool,
+        timeout: Option<u64>,
+        keep_autoboot: bool,
+    ) -> Result<Arc<Record>> {
         let lock = self.guest_lock(uuid);
         let _guest = lock.lock().await;
         let vm = self.running(uuid, "stop")?;
         let stopped = self.stop_locked(vm, force, timeout).await?;
-        self.set_autoboot(stopped, false).await
+        match keep_autoboot {
+            true => Ok(stopped),
+            false => self.set_autoboot(stopped, false).await,
+        }
     }
 
     /// Sets the record's autoboot (durably: it decides what runs after a host's reboot).

@@ -24,10 +24,21 @@ pub fn start(socket: Option<&Path>, uuid: &str) -> CmdResult {
     said(client(socket)?.start_vm(uuid), format!("Started VM {uuid}"))
 }
 
-pub fn stop(socket: Option<&Path>, uuid: &str, force: bool, timeout: Option<u64>) -> CmdResult {
+pub fn stop(
+    socket: Option<&Path>,
+    uuid: &str,
+    force: bool,
+    timeout: Option<u64>,
+    keep_autoboot: bool,
+) -> CmdResult {
     let uuid = parse_uuid(uuid)?;
+    let req = StopRequest {
+        force,
+        timeout,
+        keep_autoboot,
+    };
     said(
-        client(socket)?.stop_vm(uuid, &StopRequest { force, timeout }),
+        client(socket)?.stop_vm(uuid, &req),
         format!("Successfully completed stop for VM {uuid}"),
     )
 }

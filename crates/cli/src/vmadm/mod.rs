@@ -97,9 +97,13 @@ enum Command {
         /// Stop at once.
         #[arg(short = 'F')]
         force: bool,
-        /// Seconds to wait for a graceful stop.
+        /// Seconds to wait for a graceful stop (default 60 for a zone, 180 for a hardware VM).
         #[arg(short = 't')]
         timeout: Option<u64>,
+        /// Leave autoboot set (hull's: how a host's own shutdown stops its guests); a stop
+        /// clears it otherwise, as SmartOS's does.
+        #[arg(long)]
+        keep_autoboot: bool,
     },
     /// Reboot a VM.
     Reboot {
@@ -270,7 +274,8 @@ pub fn run(cli: Cli) -> CmdResult {
             uuid,
             force,
             timeout,
-        } => lifecycle::stop(socket, &uuid, force, timeout),
+            keep_autoboot,
+        } => lifecycle::stop(socket, &uuid, force, timeout, keep_autoboot),
         Command::Reboot { uuid, force } => lifecycle::reboot(socket, &uuid, force),
         Command::Kill { signal, uuid } => lifecycle::kill(socket, &uuid, signal),
         Command::Delete { uuid } => lifecycle::delete(socket, &uuid),
