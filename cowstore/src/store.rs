@@ -775,13 +775,7 @@ impl Store {
         name: &str,
         disks: &[PathBuf],
     ) -> Result<(), StoreError> {
-        let dir = self.disk_snapshot_dir(guest, name)?;
-        if !dir.is_dir() {
-            return Err(self.backend_err()(BackendError::SnapshotNotFound {
-                name: name.to_owned(),
-                guest_dir: self.guest_dir(guest),
-            }));
-        }
+        let dir = self.existing_disk_snapshot(guest, name)?;
         for (disk, file) in self.guest_disk_files(guest, disks)? {
             let from = dir.join(&file);
             if !from.is_file() {
@@ -803,6 +797,15 @@ impl Store {
 
     /// Deletes a microVM's disk snapshot.
     pub fn delete_disk_snapshot(&self, guest: Uuid, name: &str) -> Result<(), StoreError> {
+        let dir = self.existing_disk_snapshot(guest, name)?;
+        fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
+        Ok(sync_dir(
+            &self.guest_dir(guest).join(backend::SNAPSHOTS_DIR),
+        )?)
+    }
+
+    /// The directory of disk snapshot `name`, which must exist.
+    fn existing_disk_snapshot(&self, guest: Uuid, name: &str) -> Result<PathBuf, StoreError> {
         let dir = self.disk_snapshot_dir(guest, name)?;
         if !dir.is_dir() {
             return Err(self.backend_err()(BackendError::SnapshotNotFound {
@@ -810,10 +813,7 @@ impl Store {
                 guest_dir: self.guest_dir(guest),
             }));
         }
-        fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
-        Ok(sync_dir(
-            &self.guest_dir(guest).join(backend::SNAPSHOTS_DIR),
-        )?)
+        Ok(dir)
     }
 
     fn disk_snapshot_dir(&self, guest: Uuid, name: &str) -> Result<PathBuf, StoreError> {

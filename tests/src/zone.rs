@@ -32,6 +32,23 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// A command's stdout, once it is seen to succeed.
+pub fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "{}", text(o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts a command failed and that its stderr names `naming`.
+pub fn refused(o: &Output, naming: &str) {
+    assert!(!o.status.success(), "expected a refusal: {}", text(o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(naming),
+        "the refusal names {naming}: {}",
+        text(o)
+    );
+}
+
 /// The busybox image's uuid.
 pub fn image_uuid() -> String {
     manifest_uuid(&busybox().0)

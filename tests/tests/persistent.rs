@@ -6,22 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use hull_tests::Daemon;
-use hull_tests::zone::{create, image_uuid, install, text};
-
-fn ok(o: &std::process::Output) -> String {
-    assert!(o.status.success(), "{}", text(o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn refused(o: &std::process::Output, naming: &str) {
-    assert!(!o.status.success(), "expected a refusal: {}", text(o));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains(naming),
-        "the refusal names {naming}: {}",
-        text(o)
-    );
-}
+use hull_tests::zone::{create, image_uuid, install, ok, refused};
 
 fn data_outlives_the_root(d: &Daemon) {
     install(d);

@@ -3,22 +3,7 @@
 //! zfs_snapshot_limit, and SmartOS's spellings made hull's (a `macs[...]` route gateway).
 
 use hull_tests::Daemon;
-use hull_tests::zone::{create, install, text};
-
-fn ok(o: &std::process::Output) -> String {
-    assert!(o.status.success(), "{}", text(o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn refused(o: &std::process::Output, naming: &str) {
-    assert!(!o.status.success(), "expected a refusal: {}", text(o));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains(naming),
-        "the refusal names {naming}: {}",
-        text(o)
-    );
-}
+use hull_tests::zone::{create, install, ok, refused, text};
 
 /// Whether this process has CAP_SYS_RESOURCE (bit 24 of CapEff).
 fn sys_resource() -> bool {
