@@ -547,6 +547,53 @@ impl Store {
             .ok_or_else(|| io("find the new root in", &dir)(std::io::ErrorKind::NotFound.into()))
     }
 
+    /// Replaces a microVM's disk file `disk` (one hull made, in the guest's directory) with
+    /// a clone of the disk image `image`, keeping its size (an image larger than the disk is
+    /// refused): cloned beside it, then renamed over it, so the disk is the old one or the
+    /// new one, never half of each.
+    pub fn reprovision_disk(
+        &self,
+        guest: Uuid,
+        image: Uuid,
+        disk: &Path,
+    ) -> Result<(), StoreError> {
+        let (_, file) = self
+            .guest_disk_files(guest, &[disk.to_path_buf()])?
+            .pop()
+            .ok_or_else(|| io("find", disk)(std::io::ErrorKind::NotFound.into()))?;
+        let have = fs::metadata(disk).map_err(io("stat", disk))?.len();
+        let image_file = self.image_dir(image).join("disk.img");
+        let want = fs::metadata(&image_file)
+            .map_err(io("stat", &image_file))?
+            .len();
+        if want > have {
+            return Err(StoreError::Io(IoError::new(
+                "reprovision",
+                disk,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "image {image} ({} MiB) is larger than the disk ({} MiB)",
+                        want >> 20,
+                        have >> 20
+                    ),
+                ),
+            )));
+        }
+        let mut tmp_name = std::ffi::OsString::from(".reprovision-");
+        tmp_name.push(&file);
+        let tmp = disk.with_file_name(tmp_name);
+        let _ = fs::remove_file(&tmp);
+        let made = self
+            .clone_disk(guest, image, &tmp, Some(have.div_ceil(1 << 20)))
+            .and_then(|_| fs::rename(&tmp, disk).map_err(io("put in place", disk)));
+        if made.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        made?;
+        Ok(sync_dir(&self.guest_dir(guest))?)
+    }
+
     fn reprovision_dir(&self, guest: Uuid) -> PathBuf {
         self.guests.join(format!("{guest}{REPROVISION_SUFFIX}"))
     }

@@ -1219,3 +1219,76 @@ fn kvm_root_microvm_disk_snapshots_roll_back_every_disk() {
     );
     ok(&["delete", &u]);
 }
+
+/// `vmadm reprovision` of a microVM: its boot disk becomes a clone of the new image (same
+/// size), its other disks stay, and it is started again; refused while it has snapshots.
+#[test]
+#[ignore = "needs root and /dev/kvm: run with --run-ignored"]
+fn kvm_root_microvm_reprovision_replaces_its_boot_disk_only() {
+    use std::os::unix::fs::FileExt;
+    hull_tests::require_root_and_kvm();
+    let d = Daemon::start();
+    let (old, new) = (
+        "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a62",
+        "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a63",
+    );
+    d.install_image(old, "zvol");
+    d.install_image(new, "zvol");
+    let payload = json!({"brand": "bhyve", "alias": "reprov", "ram": 64, "autoboot": false,
+        "kernel": hull_tests::testguest().to_string_lossy(),
+        "cmdline": "console=ttyS0 testguest.hold=kbd",
+        "disks": [{"image_uuid": old, "boot": true}, {"size": 8}]});
+    let o = d.vmadm(&["create"], Some(&payload.to_string()));
+    assert!(o.status.success(), "{}", text(&o));
+    let vm = d.client().list_vms(&[]).expect("list").remove(0);
+    let u = vm.uuid.to_string();
+    let path = |i: usize| vm.disks[i].path.clone().expect("a disk path");
+    let mark = |p: &str, what: &[u8]| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .expect("disk");
+        f.write_all_at(what, 8192).expect("write");
+    };
+    let at = |p: &str| std::fs::read(p).expect("disk")[8192..8199].to_vec();
+    mark(&path(0), b"OLDROOT");
+    mark(&path(1), b"KEEPME!");
+    let size0 = std::fs::metadata(path(0)).expect("disk0").len();
+    let reprovision = || {
+        d.vmadm(
+            &["reprovision", &u],
+            Some(&json!({"image_uuid": new}).to_string()),
+        )
+    };
+    let o = d.vmadm(&["create-snapshot", &u, "s"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = reprovision();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("snapshots"),
+        "{}",
+        text(&o)
+    );
+    let o = d.vmadm(&["delete-snapshot", &u, "s"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = reprovision();
+    assert!(o.status.success(), "{}\nlog: {}", text(&o), d.log());
+    assert_eq!(at(&path(0)), [0u8; 7], "the boot disk is the new image's");
+    assert_eq!(at(&path(1)), b"KEEPME!", "the other disk stays");
+    assert_eq!(std::fs::metadata(path(0)).expect("disk0").len(), size0);
+    let after = d.client().get_vm(vm.uuid).expect("get");
+    assert_eq!(
+        after.disks[0].image_uuid.map(|u| u.to_string()).as_deref(),
+        Some(new)
+    );
+    assert_eq!(
+        after.state.as_str(),
+        "running",
+        "started after, as SmartOS does"
+    );
+    console_until(&d, vm.uuid, "testguest: waiting for ctrl-alt-del");
+    let o = d.vmadm(&["stop", "-F", &u], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = d.vmadm(&["delete", &u], None);
+    assert!(o.status.success(), "{}", text(&o));
+}

@@ -92,12 +92,13 @@ pub struct RebootRequest {
     pub force: bool,
 }
 
-/// `POST /v1/vms/{uuid}/reprovision`: a zone's root made anew from an image (SmartOS's
-/// `vmadm reprovision`), its uuid, NICs, metadata and delegated dataset kept.
+/// `POST /v1/vms/{uuid}/reprovision`: a zone's root, or a microVM's boot disk, made anew
+/// from an image (SmartOS's `vmadm reprovision`), its uuid, NICs, metadata, delegated
+/// dataset and other disks kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReprovisionRequest {
-    /// The installed zone image the new root is cloned from.
+    /// The installed image the new root (zone image) or boot disk (disk image) is cloned from.
     pub image_uuid: uuid::Uuid,
 }
 

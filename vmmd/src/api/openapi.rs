@@ -115,7 +115,7 @@ pub fn document() -> Value {
             "/v1/vms/{uuid}/reboot": verb("Reboot", Some("RebootRequest")),
             "/v1/vms/{uuid}/kill": verb("Kill", Some("KillRequest")),
             "/v1/vms/{uuid}/reprovision": { "parameters": uuid_param(),
-                "post": op("Make a zone's root anew from an image, keeping its uuid, NICs, metadata and delegated dataset (stopped first, started after)",
+                "post": op("Make a zone's root (a microVM's boot disk) anew from an image, keeping its uuid, NICs, metadata, delegated dataset and other disks (stopped first, started after)",
                     "reprovisionVm", Some("ReprovisionRequest"), ok("200", "The VM, running", reference("Vm"))) },
             "/v1/vms/{uuid}/runtime": { "parameters": uuid_param(),
                 "get": op("Where a running zone's console and runtime directory are", "getRuntime", None,

@@ -239,7 +239,7 @@ impl Service {
 
     /// A microVM that names no kernel boots the one its boot disk's image carries (taken out
     /// of the disk at install), with the image's command line unless it gives its own.
-    fn boot_from_image(&self, vm: &mut Vm) -> Result<()> {
+    pub(super) fn boot_from_image(&self, vm: &mut Vm) -> Result<()> {
         if !vm.brand.is_microvm() || vm.kernel.is_some() {
             return Ok(());
         }

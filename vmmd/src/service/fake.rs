@@ -186,6 +186,13 @@ impl GuestStorage for FakeStorage {
         self.root.join("data").join(uuid.to_string())
     }
 
+    fn reprovision_disk(&self, uuid: Uuid, _image: Uuid, _disk: &Path) -> Result<(), StoreError> {
+        match self.journal.call("storage.reprovision_disk", uuid) {
+            true => Err(storage_err("storage.reprovision_disk")),
+            false => Ok(()),
+        }
+    }
+
     fn reprovision_root(&self, uuid: Uuid, _image: Uuid) -> Result<(), StoreError> {
         match self.journal.call("storage.reprovision_root", uuid) {
             true => Err(storage_err("storage.reprovision_root")),

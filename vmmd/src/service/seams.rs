@@ -52,6 +52,8 @@ pub trait GuestStorage: Send + Sync + std::fmt::Debug {
     /// Replaces a zone's root with a fresh clone of `image`, its snapshots gone, its
     /// delegated dataset kept.
     fn reprovision_root(&self, uuid: Uuid, image: Uuid) -> Result<(), StoreError>;
+    /// Replaces a microVM's disk with a clone of `image`, keeping its size.
+    fn reprovision_disk(&self, uuid: Uuid, image: Uuid, disk: &Path) -> Result<(), StoreError>;
     /// Where an installed image's files are.
     fn image_dir(&self, image: Uuid) -> PathBuf;
     /// Takes the snapshot `name` of the guest's root.
@@ -111,6 +113,10 @@ impl GuestStorage for CowStore {
 
     fn reprovision_root(&self, uuid: Uuid, image: Uuid) -> Result<(), StoreError> {
         CowStore::reprovision_root(self, uuid, image).map(drop)
+    }
+
+    fn reprovision_disk(&self, uuid: Uuid, image: Uuid, disk: &Path) -> Result<(), StoreError> {
+        CowStore::reprovision_disk(self, uuid, image, disk)
     }
 
     fn image_dir(&self, image: Uuid) -> PathBuf {
