@@ -1,4 +1,5 @@
-//! Snapshots of a stopped zone's root: take, roll back, delete.
+//! Snapshots of a stopped zone's root, or of every disk of a microVM: take, roll back,
+//! delete.
 
 use std::sync::Arc;
 
@@ -34,8 +35,35 @@ pub enum SnapshotVerb {
     Delete,
 }
 
+/// The checks every verb makes of the record: the name taken (create) or missing (rollback,
+/// delete), and the guest's zfs_snapshot_limit.
+fn check_verb(vm: &hull_spec::Vm, name: &str, verb: SnapshotVerb) -> Result<()> {
+    let uuid = vm.uuid;
+    let exists = vm.snapshots.iter().any(|s| s.name == name);
+    match verb {
+        SnapshotVerb::Create if exists => Err(ServiceError::Conflict(format!(
+            "VM {uuid} already has a snapshot {name:?}"
+        ))),
+        SnapshotVerb::Create
+            if vm
+                .zfs_snapshot_limit
+                .is_some_and(|limit| vm.snapshots.len() as u64 >= limit) =>
+        {
+            Err(ServiceError::Conflict(format!(
+                "VM {uuid} has {} snapshots, its zfs_snapshot_limit; delete one first",
+                vm.snapshots.len()
+            )))
+        }
+        SnapshotVerb::Rollback | SnapshotVerb::Delete if !exists => Err(ServiceError::BadRequest(
+            format!("VM {uuid} has no snapshot {name:?}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Service {
-    /// Takes, rolls back to, or deletes a snapshot of a stopped zone's root.
+    /// Takes, rolls back to, or deletes a snapshot of a stopped zone's root, or of every
+    /// disk of a microVM.
     pub async fn snapshot(
         &self,
         uuid: Uuid,
@@ -62,29 +90,7 @@ impl Service {
                 current.state.as_str()
             )));
         }
-        let exists = current.snapshots.iter().any(|s| s.name == name);
-        if let Some(limit) = current.zfs_snapshot_limit
-            && verb == SnapshotVerb::Create
-            && current.snapshots.len() as u64 >= limit
-        {
-            return Err(ServiceError::Conflict(format!(
-                "VM {uuid} has {} snapshots, its zfs_snapshot_limit; delete one first",
-                current.snapshots.len()
-            )));
-        }
-        match verb {
-            SnapshotVerb::Create if exists => {
-                return Err(ServiceError::Conflict(format!(
-                    "VM {uuid} already has a snapshot {name:?}"
-                )));
-            }
-            SnapshotVerb::Rollback | SnapshotVerb::Delete if !exists => {
-                return Err(ServiceError::BadRequest(format!(
-                    "VM {uuid} has no snapshot {name:?}"
-                )));
-            }
-            _ => {}
-        }
+        check_verb(&current.vm, name, verb)?;
         let mut next = current.vm.clone();
         let storage = self.storage.clone();
         let n = name.to_string();
@@ -104,12 +110,26 @@ impl Service {
                 next.snapshots.retain(|s| s.name != name);
             }
         }
+        let storage = self.storage.clone();
+        let n = name.to_string();
+        self.save_snapshots(next, verb, move || {
+            let _ = storage.delete_snapshot(uuid, &n);
+        })
+        .await
+    }
+
+    /// Writes `next`, whose snapshots `verb` changed; a snapshot just taken is removed again
+    /// (`undo`) when the record cannot be written, so none exists that the record lacks.
+    async fn save_snapshots(
+        &self,
+        mut next: hull_spec::Vm,
+        verb: SnapshotVerb,
+        undo: impl FnOnce() + Send + 'static,
+    ) -> Result<Arc<Record>> {
         next.last_modified = now();
         if let Err(e) = self.persist(&next).await {
             if verb == SnapshotVerb::Create {
-                let storage = self.storage.clone();
-                let n = name.to_string();
-                best_effort(move || storage.delete_snapshot(uuid, &n)).await;
+                best_effort(undo).await;
             }
             return Err(e);
         }
@@ -119,9 +139,10 @@ impl Service {
         Ok(next)
     }
 
-    /// A microVM's snapshots cover every disk: taken and deleted while it is stopped; a
-    /// rollback as SmartOS's: the VM stopped if it runs, its disks put back, the snapshots
-    /// newer than the one rolled back to deleted, and the VM started again if it ran.
+    /// A microVM's snapshots cover every disk: taken while it is stopped, deleted at any
+    /// time; a rollback as SmartOS's: the VM stopped if it runs, its disks put back, the
+    /// snapshots newer than the one rolled back to deleted, and the VM started again if it
+    /// ran.
     async fn disk_snapshot(
         &self,
         current: Arc<Record>,
@@ -130,35 +151,13 @@ impl Service {
         guard: tokio::sync::MutexGuard<'_, ()>,
     ) -> Result<Arc<Record>> {
         let uuid = current.vm.uuid;
-        let exists = current.vm.snapshots.iter().any(|s| s.name == name);
         let running = matches!(current.vm.state, VmState::Running | VmState::Stopping);
-        match verb {
-            SnapshotVerb::Create if exists => {
-                return Err(ServiceError::Conflict(format!(
-                    "VM {uuid} already has a snapshot {name:?}"
-                )));
-            }
-            SnapshotVerb::Create if running => {
-                return Err(ServiceError::Conflict(format!(
-                    "VM {uuid} is {}: stop it first (a running guest's disks change under a \
-                     snapshot)",
-                    current.vm.state.as_str()
-                )));
-            }
-            SnapshotVerb::Rollback | SnapshotVerb::Delete if !exists => {
-                return Err(ServiceError::BadRequest(format!(
-                    "VM {uuid} has no snapshot {name:?}"
-                )));
-            }
-            _ => {}
-        }
-        if let Some(limit) = current.vm.zfs_snapshot_limit
-            && verb == SnapshotVerb::Create
-            && current.vm.snapshots.len() as u64 >= limit
-        {
+        check_verb(&current.vm, name, verb)?;
+        if verb == SnapshotVerb::Create && running {
             return Err(ServiceError::Conflict(format!(
-                "VM {uuid} has {} snapshots, its zfs_snapshot_limit; delete one first",
-                current.vm.snapshots.len()
+                "VM {uuid} is {}: stop it first (a running guest's disks change under a \
+                 snapshot)",
+                current.vm.state.as_str()
             )));
         }
         let disks = disk_paths(&current.vm)?;
@@ -192,23 +191,17 @@ impl Service {
                 let newer: Vec<String> = next.snapshots.drain(at..).map(|s| s.name).collect();
                 for old in newer {
                     let storage = self.storage.clone();
-                    let o = old.clone();
-                    blocking(move || storage.delete_disk_snapshot(uuid, &o)).await?;
+                    blocking(move || storage.delete_disk_snapshot(uuid, &old)).await?;
                 }
             }
         }
-        next.last_modified = now();
-        if let Err(e) = self.persist(&next).await {
-            if verb == SnapshotVerb::Create {
-                let storage = self.storage.clone();
-                let n = name.to_string();
-                best_effort(move || storage.delete_disk_snapshot(uuid, &n)).await;
-            }
-            return Err(e);
-        }
-        let next = Arc::new(Record::new(next));
-        write(&self.records).insert(next.clone());
-        self.emit(EventKind::Modify, &next, vec!["snapshots".into()]);
+        let storage = self.storage.clone();
+        let n = name.to_string();
+        let next = self
+            .save_snapshots(next, verb, move || {
+                let _ = storage.delete_disk_snapshot(uuid, &n);
+            })
+            .await?;
         if verb == SnapshotVerb::Rollback && running {
             drop(guard);
             return self.start(uuid).await;
