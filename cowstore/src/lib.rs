@@ -8,4 +8,5 @@
 
 pub mod archive;
 pub mod backend;
+pub mod send;
 pub mod store;

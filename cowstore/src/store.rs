@@ -28,6 +28,9 @@ use uuid::Uuid;
 use crate::archive::{self, ArchiveError, Expected, Limits, Stats};
 use crate::backend::{self, Backend, BackendError, BackendKind, CloneCost, RootSource};
 
+mod transfer;
+pub use transfer::is_disk_name;
+
 /// What an image holds, as the store needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageKind {
@@ -139,6 +142,17 @@ pub enum StoreError {
     /// A guest already has storage.
     #[error("guest {0} already has storage")]
     GuestExists(Uuid),
+    /// Part of a received guest (a send stream's section) was refused.
+    #[error("the {what} of guest {guest} in the stream was refused")]
+    Received {
+        /// The guest.
+        guest: Uuid,
+        /// Which part.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: ArchiveError,
+    },
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -913,11 +927,15 @@ impl Store {
     /// Writes a stopped guest's root tree as a `compression`ed tar to `out` (what `imgadm
     /// create` makes an image of). An overlay root is packed through a read-only overlay of
     /// its layers, mounted privately for the duration and unmounted after.
+    ///
+    /// `range` is the guest's host id range, if it has one: files carrying its ids are packed
+    /// with the ids the guest sees (see [`archive::pack_tree_ids`]).
     pub fn pack_root(
         &self,
         guest: Uuid,
         compression: archive::Compression,
         out: impl Write,
+        range: Option<(u32, u32)>,
     ) -> Result<u64, StoreError> {
         let pack_err = |source| StoreError::Archive {
             uuid: guest,
@@ -930,7 +948,7 @@ impl Store {
                 std::io::Error::from(std::io::ErrorKind::NotFound),
             ))),
             Some(RootSource::Dir(dir)) => {
-                archive::pack_tree(&dir, compression, out).map_err(pack_err)
+                archive::pack_tree_ids(&dir, compression, out, range).map_err(pack_err)
             }
             Some(RootSource::Overlay { lower, upper, .. }) => {
                 let view = self.guest_dir(guest).join(".pack-view");
@@ -942,7 +960,8 @@ impl Store {
                     work: PathBuf::new(),
                 };
                 mount_readonly_overlay(&ro, &view)?;
-                let packed = archive::pack_tree(&view, compression, out).map_err(pack_err);
+                let packed =
+                    archive::pack_tree_ids(&view, compression, out, range).map_err(pack_err);
                 let unmounted = backend::unmount_root(&view).map_err(self.backend_err());
                 let _ = fs::remove_dir(&view);
                 let size = packed?;

@@ -542,3 +542,15 @@ pub fn request(method: &str, path: &str, content_type: Option<&str>, body: &[u8]
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// A stopped microVM of `brand` holding the test guest: a boot disk cloned from `image` and
+/// an 8 MiB blank disk.
+pub fn two_disk_vm(d: &Daemon, brand: &str, image: &str) -> hull_spec::Vm {
+    let payload = serde_json::json!({"brand": brand, "alias": "twodisks", "ram": 64, "autoboot": false,
+        "kernel": testguest().to_string_lossy(),
+        "cmdline": "console=ttyS0 testguest.hold=kbd",
+        "disks": [{"image_uuid": image, "boot": true}, {"size": 8}]});
+    let o = d.vmadm(&["create"], Some(&payload.to_string()));
+    assert!(o.status.success(), "{}", zone::text(&o));
+    d.client().list_vms(&[]).expect("list").remove(0)
+}

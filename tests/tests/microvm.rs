@@ -1128,18 +1128,6 @@ fn kvm_root_microvm_whose_disk_names_no_kernel_fails_with_the_reason_and_no_vmm(
     }
 }
 
-/// A stopped microVM of `brand` holding the test guest: a boot disk cloned from `image` and
-/// an 8 MiB blank disk.
-fn two_disk_vm(d: &Daemon, brand: &str, image: &str) -> hull_spec::Vm {
-    let payload = json!({"brand": brand, "alias": "twodisks", "ram": 64, "autoboot": false,
-        "kernel": hull_tests::testguest().to_string_lossy(),
-        "cmdline": "console=ttyS0 testguest.hold=kbd",
-        "disks": [{"image_uuid": image, "boot": true}, {"size": 8}]});
-    let o = d.vmadm(&["create"], Some(&payload.to_string()));
-    assert!(o.status.success(), "{}", text(&o));
-    d.client().list_vms(&[]).expect("list").remove(0)
-}
-
 /// Snapshots of a microVM cover every disk: taken while it is stopped (reflinks on btrfs and
 /// xfs, copies on an overlay data root); a rollback as SmartOS's: the running VM stopped,
 /// its disks put back, newer snapshots destroyed, the VM started again.
@@ -1150,7 +1138,7 @@ fn kvm_root_microvm_disk_snapshots_roll_back_every_disk() {
     let d = Daemon::start();
     let image = "7a1f0c2e-8f3b-4d5a-9c6e-1b2d3e4f5a61";
     d.install_image(image, "zvol");
-    let vm = two_disk_vm(&d, "kvm", image);
+    let vm = hull_tests::two_disk_vm(&d, "kvm", image);
     let u = vm.uuid.to_string();
     let path = |i: usize| vm.disks[i].path.clone().expect("a disk path");
     let (vda, vdb) = (path(0), path(1));
@@ -1240,7 +1228,7 @@ fn kvm_root_microvm_reprovision_replaces_its_boot_disk_only() {
     );
     d.install_image(old, "zvol");
     d.install_image(new, "zvol");
-    let vm = two_disk_vm(&d, "bhyve", old);
+    let vm = hull_tests::two_disk_vm(&d, "bhyve", old);
     let u = vm.uuid.to_string();
     let path = |i: usize| vm.disks[i].path.clone().expect("a disk path");
     let mark = |p: &str, what: &[u8]| {

@@ -204,6 +204,7 @@ fn mount_idmapped(
         RootSpec::Vmm { .. } => unreachable!("mount_root mounts a VMM root itself"),
         RootSpec::Overlay { lower, upper, work } => {
             idmap_clone(lower, base, userns)?;
+            shift_relative_upper(upper, id_base)?;
             hand_upper(upper, id_base)?;
             let r = mount_overlay(base, upper, work, rootfs, "");
             // The overlay holds its own reference to the id-mapped layer.
@@ -245,8 +246,37 @@ fn mount_shifted(spec: &RootSpec, rootfs: &Path, id_base: u32) -> Result<(), Mou
             mount_overlay(lower, upper, work, rootfs, ",metacopy=on")?;
             shift_tree(rootfs, id_base).inspect_err(|_| {
                 let _ = umount2(rootfs, MntFlags::MNT_DETACH);
-            })
+            })?;
+            // The shift through the overlay covered the upper layer's zone-relative files.
+            remove_marker(&relative_ids_marker(upper))
         }
+    }
+}
+
+/// Beside an overlay root's upper layer (`<guest>/upper.ids-relative`): the layer's files
+/// carry the zone's own ids (0 for its root), not yet shifted into its host range: a root
+/// vmmd received from another host, before its first start here.
+pub fn relative_ids_marker(upper: &Path) -> PathBuf {
+    upper.with_extension("ids-relative")
+}
+
+/// Shifts a marked upper layer's zone-relative ids into the zone's range (the upper layer
+/// is not id-mapped: the zone's writes land there as host ids `id_base + id`), then drops
+/// the marker. A shift cut short is finished by the next start ([`shift_tree`] skips ids
+/// already in a range).
+fn shift_relative_upper(upper: &Path, id_base: u32) -> Result<(), MountError> {
+    let marker = relative_ids_marker(upper);
+    if !marker.exists() {
+        return Ok(());
+    }
+    shift_tree(upper, id_base)?;
+    remove_marker(&marker)
+}
+
+fn remove_marker(marker: &Path) -> Result<(), MountError> {
+    match std::fs::remove_file(marker) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", marker)(e)),
+        _ => Ok(()),
     }
 }
 

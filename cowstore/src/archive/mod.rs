@@ -63,10 +63,10 @@ use std::path::{Path, PathBuf};
 
 use sha1::{Digest, Sha1};
 
-pub use pack::pack_tree;
+pub use pack::{pack_tree, pack_tree_ids};
 pub use qcow2::Qcow2Reader;
 pub use raw::unpack_raw;
-pub use tree::unpack_tree;
+pub use tree::{unpack_tree, unpack_tree_unchecked};
 
 /// Bytes the tar reader may consume between two entries that are not file data the unpacker
 /// reads itself (headers, GNU long names, pax extended headers, data of entries it skips):

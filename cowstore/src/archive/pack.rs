@@ -24,6 +24,19 @@ pub fn pack_tree(
     compression: Compression,
     out: impl Write,
 ) -> Result<u64, ArchiveError> {
+    pack_tree_ids(root, compression, out, None)
+}
+
+/// [`pack_tree`] of a guest's tree whose files may carry host ids of the guest's range
+/// `(first, count)` (a zone's upper layer, a shifted root): such ids are written as the
+/// guest's own (`id - first`), so the archive holds the ids the guest sees, whatever range
+/// it had on this host. Other ids are written as they are.
+pub fn pack_tree_ids(
+    root: &Path,
+    compression: Compression,
+    out: impl Write,
+    range: Option<(u32, u32)>,
+) -> Result<u64, ArchiveError> {
     let wr = |source: io::Error| ArchiveError::PackWrite {
         compression,
         source,
@@ -33,22 +46,30 @@ pub fn pack_tree(
         count: 0,
     };
     let mut counter = match compression {
-        Compression::None => write_tar(root, counter, compression)?,
+        Compression::None => write_tar(root, counter, compression, range)?,
         Compression::Gzip => {
             let enc = flate2::write::GzEncoder::new(counter, flate2::Compression::default());
-            write_tar(root, enc, compression)?.finish().map_err(wr)?
+            write_tar(root, enc, compression, range)?
+                .finish()
+                .map_err(wr)?
         }
         Compression::Xz => {
             let enc = liblzma::write::XzEncoder::new(counter, 6);
-            write_tar(root, enc, compression)?.finish().map_err(wr)?
+            write_tar(root, enc, compression, range)?
+                .finish()
+                .map_err(wr)?
         }
         Compression::Zstd => {
             let enc = zstd::stream::write::Encoder::new(counter, 3).map_err(wr)?;
-            write_tar(root, enc, compression)?.finish().map_err(wr)?
+            write_tar(root, enc, compression, range)?
+                .finish()
+                .map_err(wr)?
         }
         Compression::Bzip2 => {
             let enc = bzip2::write::BzEncoder::new(counter, bzip2::Compression::default());
-            write_tar(root, enc, compression)?.finish().map_err(wr)?
+            write_tar(root, enc, compression, range)?
+                .finish()
+                .map_err(wr)?
         }
     };
     counter.flush().map_err(wr)?;
@@ -73,7 +94,24 @@ impl<W: Write> Write for Counter<W> {
     }
 }
 
-fn write_tar<W: Write>(root: &Path, out: W, compression: Compression) -> Result<W, ArchiveError> {
+/// An id as the guest sees it (see [`pack_tree_ids`]).
+fn relative(id: u64, range: Option<(u32, u32)>) -> u64 {
+    match range {
+        Some((first, count))
+            if id >= u64::from(first) && id < u64::from(first) + u64::from(count) =>
+        {
+            id - u64::from(first)
+        }
+        _ => id,
+    }
+}
+
+fn write_tar<W: Write>(
+    root: &Path,
+    out: W,
+    compression: Compression,
+    range: Option<(u32, u32)>,
+) -> Result<W, ArchiveError> {
     let read = |path: &Path| {
         let path = path.to_path_buf();
         move |source: io::Error| ArchiveError::Pack { path, source }
@@ -105,6 +143,7 @@ fn write_tar<W: Write>(root: &Path, out: W, compression: Compression) -> Result<
             let mut header = Header::new_gnu();
             if ft.is_dir() {
                 header.set_metadata_in_mode(&meta, HeaderMode::Complete);
+                set_ids(&mut header, &meta, range);
                 header.set_size(0);
                 builder
                     .append_data(&mut header, &child, io::empty())
@@ -112,6 +151,7 @@ fn write_tar<W: Write>(root: &Path, out: W, compression: Compression) -> Result<
                 subdirs.push(child);
             } else if ft.is_symlink() {
                 header.set_metadata_in_mode(&meta, HeaderMode::Complete);
+                set_ids(&mut header, &meta, range);
                 header.set_size(0);
                 let target = fs::read_link(&host).map_err(read(&host))?;
                 builder
@@ -122,6 +162,7 @@ fn write_tar<W: Write>(root: &Path, out: W, compression: Compression) -> Result<
                 let file = open_nofollow(&host).map_err(read(&host))?;
                 let meta = file.metadata().map_err(read(&host))?;
                 header.set_metadata_in_mode(&meta, HeaderMode::Complete);
+                set_ids(&mut header, &meta, range);
                 if meta.nlink() > 1 {
                     if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
                         header.set_entry_type(EntryType::Link);
@@ -146,6 +187,13 @@ fn write_tar<W: Write>(root: &Path, out: W, compression: Compression) -> Result<
         pending.extend(subdirs.into_iter().rev());
     }
     builder.into_inner().map_err(wr)
+}
+
+fn set_ids(header: &mut Header, meta: &fs::Metadata, range: Option<(u32, u32)>) {
+    if range.is_some() {
+        header.set_uid(relative(u64::from(meta.uid()), range));
+        header.set_gid(relative(u64::from(meta.gid()), range));
+    }
 }
 
 /// A file's data, exactly as long as its header says: a file that shrank while being packed

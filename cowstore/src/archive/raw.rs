@@ -80,7 +80,7 @@ fn unpack(
             limits.max_unpacked_bytes,
         )
     })?;
-    let stored_bytes = stream::finish(&mut src, &tally, expected, progress)?;
+    let stored_bytes = stream::finish(&mut src, &tally, Some(expected), progress)?;
     let written = match format {
         Format::Raw(n) => n,
         Format::Qcow2(spooled) => {

@@ -32,7 +32,29 @@ pub fn unpack_tree(
     limits: &Limits,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Stats, ArchiveError> {
+    unpack(src, Some(expected), dest, limits, progress)
+}
+
+/// An uncompressed tar whose integrity the caller checks as it reads `src` (a section of a
+/// send stream, hashed by its framing), unpacked into `dest` by the same rules as
+/// [`unpack_tree`]: an existing, empty directory, left partly written on error.
+pub fn unpack_tree_unchecked(
+    src: impl Read,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<Stats, ArchiveError> {
+    unpack(src, None, dest, limits, &mut |_| {})
+}
+
+fn unpack(
+    src: impl Read,
+    expected: Option<&Expected>,
+    dest: &Path,
+    limits: &Limits,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Stats, ArchiveError> {
     let mut src = src;
+    let compression = expected.map_or(super::Compression::None, |e| e.compression);
     // An empty directory: anything already there could pass for an unpacked entry (a hard
     // link target, a parent directory).
     match fs::symlink_metadata(dest) {
@@ -53,7 +75,7 @@ pub fn unpack_tree(
             "the destination is not empty",
         )));
     }
-    let tally = Tally::new(expected.size);
+    let tally = expected.map_or_else(Tally::unchecked, |e| Tally::new(e.size));
     // Every entry costs at least a 512-byte header; allow 4 KiB per entry for long names,
     // pax headers and padding, plus one gap's worth of headers.
     let cap = limits
@@ -71,15 +93,14 @@ pub fn unpack_tree(
     };
     let read = {
         let stored = Stored::new(&mut src, &tally, progress);
-        stream::decoder(expected.compression, stored)
-            .and_then(|d| unpacker.run(Feed::new(d, &feed), &feed))
+        stream::decoder(compression, stored).and_then(|d| unpacker.run(Feed::new(d, &feed), &feed))
     };
     read.map_err(|e| {
         stream::refine(
             e,
             &tally,
             Some(&feed),
-            expected.compression,
+            compression,
             limits.max_unpacked_bytes,
         )
     })?;

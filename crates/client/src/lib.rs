@@ -115,6 +115,20 @@ fn decode_reply<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> Result<
     serde_json::from_slice(body).map_err(ClientError::Decode)
 }
 
+/// A whole reply decoded as [`decode_reply`] does.
+async fn decode_response<T: DeserializeOwned>(
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> Result<T, ClientError> {
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(ClientError::Http)?
+        .to_bytes();
+    decode_reply(status, &bytes)
+}
+
 /// The client.
 #[derive(Debug)]
 pub struct Client {
@@ -447,14 +461,7 @@ impl Client {
                 }
             };
             progress(sent.load(Ordering::Relaxed), total);
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(ClientError::Http)?
-                .to_bytes();
-            decode_reply(status, &bytes)
+            decode_response(resp).await
         })
     }
 
@@ -566,9 +573,31 @@ impl Client {
         let q: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("compression", compression)
             .finish();
-        let path = format!("/v1/vms/{uuid}/root?{q}");
+        self.download(&format!("/v1/vms/{uuid}/root?{q}"), out)
+    }
+
+    /// `GET /v1/vms/{uuid}/send[?since=S]`: writes the VM's send stream to `out` and returns
+    /// the bytes written. A stream that breaks off is an error (the receiver refuses it too).
+    pub fn send_vm(
+        &self,
+        uuid: Uuid,
+        since: Option<&str>,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, ClientError> {
+        let mut path = format!("/v1/vms/{uuid}/send");
+        if let Some(since) = since {
+            let q: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("since", since)
+                .finish();
+            path = format!("{path}?{q}");
+        }
+        self.download(&path, out)
+    }
+
+    /// A GET whose 2xx body is streamed to `out`; returns the bytes written.
+    fn download(&self, path: &str, out: &mut dyn std::io::Write) -> Result<u64, ClientError> {
         self.rt.block_on(async {
-            let resp = self.send(Self::build(Method::GET, &path, None)).await?;
+            let resp = self.send(Self::build(Method::GET, path, None)).await?;
             let status = resp.status();
             let mut body = resp.into_body();
             if !status.is_success() {
@@ -586,8 +615,64 @@ impl Client {
                     written += data.len() as u64;
                 }
             }
+            out.flush().map_err(|source| ClientError::File {
+                path: PathBuf::from("<output>"),
+                source,
+            })?;
             Ok(written)
         })
+    }
+
+    /// `POST /v1/vms/receive`: streams `src` (a send stream, read to its end on a thread of
+    /// its own) to vmmd; the received VM.
+    pub fn receive_vm(
+        &self,
+        mut src: impl std::io::Read + Send + 'static,
+    ) -> Result<Vm, ClientError> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
+        let reader = std::thread::spawn(move || {
+            loop {
+                let mut buf = vec![0u8; 1 << 20];
+                let n = match src.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                };
+                buf.truncate(n);
+                if tx.blocking_send(Ok(Frame::data(Bytes::from(buf)))).is_err() {
+                    return;
+                }
+            }
+        });
+        let result = self.rt.block_on(async {
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            });
+            let body: ReqBody = StreamBody::new(stream).boxed_unsync();
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri("/v1/vms/receive")
+                .header(hyper::header::HOST, "vmmd")
+                .header(hyper::header::CONTENT_TYPE, "application/x-hull-send")
+                .body(body)
+                .map_err(|e| ClientError::File {
+                    path: PathBuf::from("<input>"),
+                    source: std::io::Error::other(e),
+                })?;
+            let resp = self.send(req).await?;
+            decode_response(resp).await
+        });
+        // The reader thread ends at the input's end, or once the request (and with it the
+        // channel) is gone; a refusal may leave it blocked on an input nobody reads, which
+        // the process's exit ends.
+        if result.is_ok() {
+            let _ = reader.join();
+        }
+        result
     }
 
     /// `DELETE /v1/images/{uuid}`.

@@ -160,6 +160,25 @@ pub async fn dispatch(
             let body = StreamBody::new(s).map_err(BodyError::from).boxed_unsync();
             Ok(response(StatusCode::OK, "application/x-tar", body))
         }
+        Action::SendVm(uuid, since) => {
+            if let Some(since) = since {
+                return Err(ApiError::from(
+                    crate::service::ServiceError::NotImplemented(format!(
+                        "an incremental send (since snapshot {since:?}) is not built yet: send \
+                     the whole VM {uuid} instead"
+                    )),
+                ));
+            }
+            let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+            service.send(uuid, tx).await?;
+            let s = stream::poll_fn(move |cx| {
+                rx.poll_recv(cx)
+                    .map(|item| item.map(|r| r.map(Frame::data)))
+            });
+            let body = StreamBody::new(s).map_err(BodyError::from).boxed_unsync();
+            Ok(response(StatusCode::OK, "application/x-hull-send", body))
+        }
+        Action::ReceiveVm => Err(ApiError::bad_request("receive takes a send stream body")),
         Action::CreateSnapshot(uuid) => {
             require_object(&body)?;
             let req: SnapshotRequest = serde_json::from_value(body)
@@ -451,6 +470,54 @@ pub async fn install_image(
     Ok(json(StatusCode::CREATED, &installed))
 }
 
+/// `POST /v1/vms/receive`: a send stream (`vmadm send`'s output) as the body, streamed into
+/// the new guest's storage. Root only: the stream's record names host paths (lofs sources,
+/// boot files) that only root may give a guest.
+pub async fn receive_vm(
+    service: &Arc<Service>,
+    caller: &Caller,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Reply {
+    use crate::service::images::ChunkReader;
+    let mut body = req.into_body();
+    let result = if caller.any_host_path {
+        let (tx, reader) = ChunkReader::channel();
+        let svc = service.clone();
+        let job = tokio::spawn(async move { svc.receive(reader).await });
+        feed(&tx, &mut http_body_util::BodyDataStream::new(&mut body)).await;
+        drop(tx);
+        job.await
+            .map_err(|e| ApiError::from(crate::service::ServiceError::Task(e)))?
+            .map_err(ApiError::from)
+    } else {
+        Err(ApiError::forbidden(
+            "only root may receive a VM: its record names host paths",
+        ))
+    };
+    // Read what the client is still sending, so that it gets the reply instead of a broken
+    // pipe.
+    while let Some(Ok(_)) = body.frame().await {}
+    let vm = result?;
+    Ok(record(StatusCode::CREATED, &vm))
+}
+
+/// Feeds an upload's chunks to the blocking reader behind `tx` until they end, the upload
+/// breaks off (the reader gets the error) or the reader is gone (it stopped reading: it
+/// refused what it read, and its error is the answer).
+async fn feed<E: std::fmt::Display>(
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    chunks: &mut (impl futures_util::Stream<Item = Result<Bytes, E>> + Unpin),
+) {
+    use futures_util::StreamExt;
+    while let Some(chunk) = chunks.next().await {
+        let item = chunk.map_err(|e| std::io::Error::other(format!("the upload broke off: {e}")));
+        let broke = item.is_err();
+        if tx.send(item).await.is_err() || broke {
+            return;
+        }
+    }
+}
+
 /// The manifest and file parts of an install upload.
 async fn install_parts(
     service: &Arc<Service>,
@@ -481,26 +548,7 @@ async fn install_parts(
     let (tx, reader) = ChunkReader::channel();
     let svc = service.clone();
     let job = tokio::spawn(async move { svc.install_image(manifest, spec, reader).await });
-    loop {
-        match file.chunk().await {
-            Ok(Some(chunk)) => {
-                // A send fails only when the install already stopped (refused the file):
-                // its error is the answer.
-                if tx.send(Ok(chunk)).await.is_err() {
-                    break;
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                let _ = tx
-                    .send(Err(std::io::Error::other(format!(
-                        "the upload broke off: {e}"
-                    ))))
-                    .await;
-                break;
-            }
-        }
-    }
+    feed(&tx, &mut file).await;
     drop(tx);
     let installed = job
         .await

@@ -223,8 +223,12 @@ async fn handle(
         };
         let action = router::route(&method, &path, req.uri().query())?;
         if action == router::Action::InstallImage {
-            // The one streaming upload: a multipart manifest + file, never held in memory.
+            // The streaming uploads: a multipart manifest + file, never held in memory...
             return handlers::install_image(&service, req).await;
+        }
+        if action == router::Action::ReceiveVm {
+            // ... and a send stream.
+            return handlers::receive_vm(&service, &caller, req).await;
         }
         let body = if action.takes_body() {
             read_json(req).await?

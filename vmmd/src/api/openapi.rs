@@ -81,7 +81,7 @@ pub fn document() -> Value {
             &format!("{name} a VM"), &format!("{}Vm", name.to_lowercase()), req,
             ok("200", "The VM after the operation", reference("Vm"))) })
     };
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "hull vmmd API",
@@ -196,7 +196,30 @@ pub fn document() -> Value {
                     "content": { "application/x-ndjson": { "schema": reference("Event") } } } } } }
         },
         "components": { "schemas": schemas }
-    })
+    });
+    // Send and receive: their own object (one json! of every path is past the macro's
+    // recursion limit).
+    let transfer = json!({
+        "/v1/vms/{uuid}/send": { "parameters": uuid_param(),
+            "get": {
+                "summary": "The VM as a send stream (record, root and delegated dataset, or disks; checksummed sections): a running VM is stopped first and stays stopped",
+                "operationId": "sendVm",
+                "responses": { "200": { "description": "The stream (vmadm receive reads it)",
+                    "content": { "application/x-hull-send": { "schema": { "type": "string", "format": "binary" } } } },
+                    "default": { "description": "An error before the stream started",
+                        "content": { "application/json": { "schema": reference("ApiErrorBody") } } } } } },
+        "/v1/vms/receive": {
+            "post": {
+                "summary": "Make a VM from a send stream (root only): refused before any data is written if its uuid exists here or its images or nic tags do not; all or nothing",
+                "operationId": "receiveVm",
+                "requestBody": { "required": true, "content": { "application/x-hull-send": {
+                    "schema": { "type": "string", "format": "binary" } } } },
+                "responses": ok("201", "The VM, stopped", reference("Vm")) } }
+    });
+    if let (Some(paths), Value::Object(more)) = (doc["paths"].as_object_mut(), transfer) {
+        paths.extend(more);
+    }
+    doc
 }
 
 #[cfg(test)]

@@ -42,6 +42,10 @@ pub enum Action {
     ReprovisionVm(Uuid),
     /// `GET /v1/vms/{uuid}/root?compression=C`: the stopped zone's root as a tar stream
     ExportRoot(Uuid, String),
+    /// `GET /v1/vms/{uuid}/send?since=SNAPSHOT`: the guest as a send stream
+    SendVm(Uuid, Option<String>),
+    /// `POST /v1/vms/receive`: a guest from a send stream
+    ReceiveVm,
     /// `GET /v1/vms/{uuid}/runtime`
     Runtime(Uuid),
     /// `GET /v1/vms/{uuid}/info`: a running microVM's VMM figures
@@ -192,6 +196,22 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
             M::POST => Action::CreateVm,
             _ => return Err(allow(&[M::GET, M::POST])),
         },
+        ["v1", "vms", "receive"] => match *method {
+            M::POST => Action::ReceiveVm,
+            _ => return Err(allow(&[M::POST])),
+        },
+        ["v1", "vms", id, "send"] => {
+            let uuid = uuid_segment("VM", id)?;
+            if *method != M::GET {
+                return Err(allow(&[M::GET]));
+            }
+            only_keys(&pairs, &["since"])?;
+            let since = pairs
+                .iter()
+                .find(|(k, _)| k == "since")
+                .map(|(_, v)| v.clone());
+            return Ok(Action::SendVm(uuid, since));
+        }
         ["v1", "vms", id] => {
             let uuid = uuid_segment("VM", id)?;
             match *method {

@@ -18,7 +18,7 @@ use super::{
 
 /// A zone's lofs `filesystems` must name host directories that exist: refused at create,
 /// not at the first boot.
-fn check_filesystem_sources(report: &mut ValidationReport, payload: &Value) {
+pub(super) fn check_filesystem_sources(report: &mut ValidationReport, payload: &Value) {
     let Some(list) = payload.get("filesystems").and_then(Value::as_array) else {
         return;
     };

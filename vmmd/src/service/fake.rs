@@ -367,6 +367,10 @@ impl ZoneRuntime for FakeZones {
         None
     }
 
+    fn id_range(&self, _uuid: Uuid) -> Option<(u32, u32)> {
+        None
+    }
+
     fn wait_stopped(&self, uuid: Uuid, _limit: Duration) -> bool {
         self.journal.call("zones.wait_stopped", uuid);
         !lock(&self.running).contains_key(&uuid)

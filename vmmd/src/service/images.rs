@@ -109,8 +109,8 @@ impl Read for ChunkReader {
 }
 
 /// A blocking writer that sends what it is given to the async side (an HTTP body).
-struct ChunkWriter {
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+pub(super) struct ChunkWriter {
+    pub(super) tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 }
 
 impl std::io::Write for ChunkWriter {
@@ -194,9 +194,10 @@ impl Service {
             )));
         }
         let cow = self.cow.clone();
+        let range = self.zones.id_range(uuid);
         tokio::task::spawn_blocking(move || {
             let mut w = ChunkWriter { tx: tx.clone() };
-            if let Err(e) = cow.pack_root(uuid, c, &mut w) {
+            if let Err(e) = cow.pack_root(uuid, c, &mut w, range) {
                 let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
             }
         });
@@ -267,19 +268,25 @@ pub fn store_error(e: StoreError) -> ServiceError {
     match e {
         StoreError::Archive { .. } | StoreError::WrongKind { .. } | StoreError::BootFile { .. } => {
             let mut r = ValidationReport::default();
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            r.bad_value("file", msg);
+            r.bad_value("file", with_causes(&e));
             ServiceError::Invalid(r)
         }
         StoreError::Exists(_) | StoreError::InUse { .. } | StoreError::GuestExists(_) => {
             ServiceError::Conflict(e.to_string())
         }
         StoreError::NotInstalled(u) => ServiceError::ImageNotFound(u),
+        StoreError::Received { .. } => ServiceError::BadRequest(with_causes(&e)),
         StoreError::Io(_) | StoreError::Backend { .. } => ServiceError::Storage(e),
     }
+}
+
+/// An error's message followed by its causes', `: `-separated.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
 }

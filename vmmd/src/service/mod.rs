@@ -28,6 +28,7 @@ pub mod sources;
 pub mod store;
 #[cfg(test)]
 mod tests;
+mod transfer;
 pub mod update;
 pub mod zones;
 

@@ -170,6 +170,9 @@ pub trait ZoneRuntime: Send + Sync + std::fmt::Debug {
     fn last_state(&self, uuid: Uuid) -> Option<ZoneState>;
     /// The config the running zone started with.
     fn running_config(&self, uuid: Uuid) -> Option<ZoneConfig>;
+    /// The guest's host id range `(first, count)`, once it has one (from its first start
+    /// until it is deleted): the ids its files may carry on disk.
+    fn id_range(&self, uuid: Uuid) -> Option<(u32, u32)>;
     /// Waits up to `limit` for the zone's zoned to exit; false when it did not.
     fn wait_stopped(&self, uuid: Uuid, limit: Duration) -> bool;
     /// Removes what a zone that ended may have left (processes, cgroup); the problems met.
@@ -219,6 +222,10 @@ impl ZoneRuntime for HostZones {
 
     fn running_config(&self, uuid: Uuid) -> Option<ZoneConfig> {
         self.0.running_config(uuid)
+    }
+
+    fn id_range(&self, uuid: Uuid) -> Option<(u32, u32)> {
+        self.0.id_range(uuid)
     }
 
     fn wait_stopped(&self, uuid: Uuid, limit: Duration) -> bool {

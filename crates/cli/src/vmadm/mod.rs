@@ -8,7 +8,7 @@ mod get;
 mod lifecycle;
 mod list;
 mod snapshot;
-mod unbuilt;
+mod transfer;
 mod update;
 mod validate;
 
@@ -193,10 +193,13 @@ enum Command {
         /// Snapshot name.
         name: String,
     },
-    /// Send a VM as a stream on stdout.
+    /// Send a VM as a stream on stdout (a running VM is stopped first and stays stopped).
     Send {
         /// The VM.
         uuid: String,
+        /// Only the changes since this snapshot (not built yet).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Receive a VM stream on stdin.
     #[command(visible_alias = "recv")]
@@ -296,8 +299,8 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::CreateSnapshot { uuid, name } => snapshot::create(socket, &uuid, &name),
         Command::RollbackSnapshot { uuid, name } => snapshot::rollback(socket, &uuid, &name),
         Command::DeleteSnapshot { uuid, name } => snapshot::delete(socket, &uuid, &name),
-        Command::Send { uuid } => unbuilt::send(socket, &uuid),
-        Command::Receive => unbuilt::receive(),
+        Command::Send { uuid, since } => transfer::send(socket, &uuid, since.as_deref()),
+        Command::Receive => transfer::receive(socket),
     }
 }
 

@@ -295,6 +295,13 @@ impl Zones {
         Ok(free)
     }
 
+    /// The guest's host id range `(first, count)`, once it has a slot.
+    pub fn id_range(&self, uuid: Uuid) -> Option<(u32, u32)> {
+        self.slots()
+            .get(&uuid)
+            .map(|s| (ID_BASE + s * ID_RANGE, ID_RANGE))
+    }
+
     /// The running zone's state, if its zoned is alive.
     pub fn alive(&self, uuid: Uuid) -> Option<ZoneState> {
         let st: ZoneState = read_json(&self.dir(uuid).join(files::STATE)).ok()?;

@@ -1,0 +1,170 @@
+//! A guest's storage written to and made from a send stream's sections (see
+//! [`crate::send`]): the delegated dataset packed, and a received root, dataset or disk made
+//! in the guest's directory. The guest's directory is the staging: a receive that fails
+//! anywhere is undone by [`Store::destroy_guest`].
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use super::{ImageKind, Store, StoreError, io};
+use crate::archive::{self, ArchiveError, Stats};
+use crate::backend::RootSource;
+
+/// The overlay xattr that hides a lower directory's entries behind an upper directory.
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+impl Store {
+    /// Writes a stopped guest's delegated dataset as an uncompressed tar to `out` (by
+    /// [`archive::pack_tree_ids`]'s rules, `range` the guest's host ids if it has some);
+    /// returns the bytes written.
+    pub fn pack_data(
+        &self,
+        guest: Uuid,
+        out: impl Write,
+        range: Option<(u32, u32)>,
+    ) -> Result<u64, StoreError> {
+        let data = self.data_dir(guest);
+        archive::pack_tree_ids(&data, archive::Compression::None, out, range).map_err(|source| {
+            StoreError::Archive {
+                uuid: guest,
+                source,
+            }
+        })
+    }
+
+    /// Makes a received zone's root from the tar `src` in the guest's directory (made by
+    /// [`Store::create_guest`]), the tree image `image` as its origin. The root must equal the
+    /// sent tree: on btrfs a new subvolume holds it (no extent is shared with the image);
+    /// on the layered backends the tree is the upper layer, every entry of the image's top
+    /// directory that it does not replace hidden (a whiteout, or an opaque directory), so
+    /// files the sender had deleted do not come back from the image.
+    pub fn receive_root(
+        &self,
+        guest: Uuid,
+        image: Uuid,
+        src: impl Read,
+    ) -> Result<Stats, StoreError> {
+        self.want(image, ImageKind::Tree)?;
+        let dir = self.guest_dir(guest);
+        self.add_origin(guest, image)?;
+        let lower = self.image_dir(image).join("root");
+        let refused = |source| StoreError::Received {
+            guest,
+            what: "root",
+            source,
+        };
+        match self.backend.root_source(&lower, &dir) {
+            RootSource::Dir(root) => {
+                self.backend
+                    .create_image_tree(&root)
+                    .map_err(self.backend_err())?;
+                archive::unpack_tree_unchecked(src, &root, &self.limits).map_err(refused)
+            }
+            RootSource::Overlay { .. } => {
+                let RootSource::Overlay { lower, upper, .. } = self
+                    .backend
+                    .clone_tree(&lower, &dir)
+                    .map_err(self.backend_err())?
+                else {
+                    return Err(io("clone a layered root in", &dir)(std::io::Error::other(
+                        "the backend did not make a layered root",
+                    )));
+                };
+                let stats =
+                    archive::unpack_tree_unchecked(src, &upper, &self.limits).map_err(refused)?;
+                hide_lower(&lower, &upper)?;
+                Ok(stats)
+            }
+        }
+    }
+
+    /// Makes a received zone's delegated dataset from the tar `src`.
+    pub fn receive_data(&self, guest: Uuid, src: impl Read) -> Result<Stats, StoreError> {
+        let data = self.create_data(guest)?;
+        archive::unpack_tree_unchecked(src, &data, &self.limits).map_err(|source| {
+            StoreError::Received {
+                guest,
+                what: "delegated dataset",
+                source,
+            }
+        })
+    }
+
+    /// Makes a received microVM disk, `name` in the guest's directory (`disk<N>.img`, the
+    /// names hull gives the disks it makes), `size` bytes, from the extents in `src`.
+    pub fn receive_disk(
+        &self,
+        guest: Uuid,
+        name: &str,
+        size: u64,
+        mut src: impl Read,
+    ) -> Result<PathBuf, StoreError> {
+        let path = self.guest_dir(guest).join(name);
+        if !is_disk_name(name) {
+            return Err(io("receive a disk as", &path)(std::io::Error::other(
+                "a received disk must be named disk<N>.img",
+            )));
+        }
+        crate::send::read_extents(&mut src, &path, size).map_err(|e| StoreError::Received {
+            guest,
+            what: "disk",
+            source: ArchiveError::Read(e),
+        })?;
+        Ok(path)
+    }
+}
+
+/// `disk<N>.img`: what hull names the disks it makes.
+pub fn is_disk_name(name: &str) -> bool {
+    name.strip_prefix("disk")
+        .and_then(|n| n.strip_suffix(".img"))
+        .is_some_and(|n| !n.is_empty() && n.len() <= 6 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Hides every entry of `lower`'s top directory behind `upper`: an entry `upper` lacks gets
+/// a whiteout (a 0/0 character device), a directory in both becomes opaque in `upper`; a
+/// non-directory in `upper` already hides what is below it.
+fn hide_lower(lower: &Path, upper: &Path) -> Result<(), StoreError> {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let entries = std::fs::read_dir(lower).map_err(io("list", lower))?;
+    for entry in entries {
+        let entry = entry.map_err(io("list", lower))?;
+        let above = upper.join(entry.file_name());
+        match std::fs::symlink_metadata(&above) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                mknod(&above, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
+                    .map_err(|e| io("make a whiteout at", &above)(e.into()))?;
+            }
+            Err(e) => return Err(io("inspect", &above)(e)),
+            Ok(m) if m.is_dir() && entry.file_type().is_ok_and(|t| t.is_dir()) => {
+                xattr::set(&above, OPAQUE_XATTR, b"y").map_err(io("mark opaque", &above))?;
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_disk_name;
+
+    #[test]
+    fn only_hulls_disk_names_are_received() {
+        for good in ["disk0.img", "disk12.img"] {
+            assert!(is_disk_name(good), "{good}");
+        }
+        for bad in [
+            "disk.img",
+            "../disk0.img",
+            "disk0.img/x",
+            "root",
+            "diskx.img",
+            "disk0.raw",
+        ] {
+            assert!(!is_disk_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! `vmadm send | vmadm receive` between two vmmd on two data roots (tier 2, root): a zone
+//! with a delegated dataset between btrfs and an overlay data root both ways, refusals that
+//! leave the receiver as it was, and streams cut or altered anywhere.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use hull_tests::Daemon;
+use hull_tests::zone::{create, install, ok, refused, text};
+
+/// `vmadm send UUID` on `from` piped into `vmadm receive` on `to`: (send's, receive's) output.
+fn pipe(from: &Daemon, to: &Daemon, uuid: &str) -> (Output, Output) {
+    let mut send = Command::new(hull_tests::bin("vmadm"))
+        .args(["send", uuid])
+        .env("HULL_SOCKET", from.socket())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vmadm send");
+    let stream = send.stdout.take().expect("send's stdout");
+    let receive = Command::new(hull_tests::bin("vmadm"))
+        .arg("receive")
+        .env("HULL_SOCKET", to.socket())
+        .stdin(Stdio::from(stream))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vmadm receive");
+    let r = receive.wait_with_output().expect("receive's output");
+    let s = send.wait_with_output().expect("send's output");
+    (s, r)
+}
+
+/// `vmadm send UUID` on `d` into memory.
+fn send_to_memory(d: &Daemon, uuid: &str) -> Vec<u8> {
+    let o = Command::new(hull_tests::bin("vmadm"))
+        .args(["send", uuid])
+        .env("HULL_SOCKET", d.socket())
+        .stdin(Stdio::null())
+        .output()
+        .expect("vmadm send");
+    assert!(o.status.success(), "{}", text(&o));
+    o.stdout
+}
+
+/// `vmadm receive` on `d` of `bytes`.
+fn receive_bytes(d: &Daemon, bytes: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(hull_tests::bin("vmadm"))
+        .arg("receive")
+        .env("HULL_SOCKET", d.socket())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vmadm receive");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // The receiver may refuse early and stop reading: a broken pipe here is its answer.
+    let _ = stdin.write_all(bytes);
+    drop(stdin);
+    child.wait_with_output().expect("receive's output")
+}
+
+fn state(d: &Daemon, uuid: &str) -> String {
+    let vm = d.client().get_vm(uuid.parse().expect("uuid")).expect("get");
+    vm.state.as_str().to_string()
+}
+
+/// What the receiver holds: its VMs and the entries of its guests directory.
+fn holdings(d: &Daemon) -> (usize, Vec<String>) {
+    let vms = d.client().list_vms(&[]).expect("list").len();
+    let mut dirs: Vec<String> = std::fs::read_dir(d.data_root().join("guests"))
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    (vms, dirs)
+}
+
+/// Inside the zone: the files the test wrote and their hashes, and what it deleted.
+const CHECK: &str = "cat /root/note; sha256sum /data/blob /root/blob | cut -d' ' -f1; \
+                     ls -d /var/log /tmp 2>&1 | grep -c 'No such file'; ls /var; \
+                     stat -c %u:%g /root/blob /data/blob /var/mine";
+
+/// A zone with a delegated dataset goes from `a` to `b` and back, its files intact, what it
+/// deleted from its image still deleted; the sender keeps it, stopped.
+fn zone_round_trip(a: &Daemon, b: &Daemon) {
+    install(a);
+    install(b);
+    let uuid = create(a, serde_json::json!({"delegate_dataset": true, "quota": 2}));
+    ok(&a.zlogin(
+        &uuid,
+        "echo moved > /root/note && dd if=/dev/urandom of=/data/blob bs=64k count=40 2>/dev/null \
+         && dd if=/dev/urandom of=/root/blob bs=64k count=24 2>/dev/null \
+         && rm -rf /var/log /tmp && echo mine > /var/mine \
+         && chown 1234:4321 /root/blob && chown 77:0 /data/blob",
+    ));
+    let before = ok(&a.zlogin(&uuid, CHECK));
+    let lines: Vec<&str> = before.lines().collect();
+    assert_eq!(lines[0], "moved", "{before}");
+    assert_eq!(lines[3], "2", "both deletions took: {before}");
+    assert_eq!(lines[5..], ["1234:4321", "77:0", "0:0"], "owners: {before}");
+
+    let (s, r) = pipe(a, b, &uuid);
+    assert!(
+        s.status.success() && r.status.success(),
+        "send: {}\nreceive: {}\nsender log: {}\nreceiver log: {}",
+        text(&s),
+        text(&r),
+        a.log(),
+        b.log()
+    );
+    assert!(
+        text(&r).contains(&format!("Successfully received VM {uuid}")),
+        "{}",
+        text(&r)
+    );
+    assert_eq!(
+        state(a, &uuid),
+        "stopped",
+        "the sender keeps the VM, stopped"
+    );
+    assert_eq!(state(b, &uuid), "stopped", "received VMs arrive stopped");
+    let got = b.client().get_vm(uuid.parse().expect("uuid")).expect("get");
+    assert!(got.delegate_dataset && got.quota == 2, "{got:?}");
+    ok(&b.vmadm(&["start", &uuid], None));
+    assert_eq!(
+        ok(&b.zlogin(&uuid, CHECK)),
+        before,
+        "the zone's files on the receiver"
+    );
+    ok(&b.vmadm(&["stop", &uuid], None));
+
+    // Back the other way, after the sender dropped its copy.
+    ok(&a.vmadm(&["delete", &uuid], None));
+    let (s, r) = pipe(b, a, &uuid);
+    assert!(
+        s.status.success() && r.status.success(),
+        "{}\n{}",
+        text(&s),
+        text(&r)
+    );
+    ok(&a.vmadm(&["start", &uuid], None));
+    assert_eq!(
+        ok(&a.zlogin(&uuid, CHECK)),
+        before,
+        "the zone's files back home"
+    );
+    ok(&a.vmadm(&["stop", &uuid], None));
+
+    // The receiver has the uuid now: refused, and nothing it has changes.
+    let held = holdings(b);
+    let (_, r) = pipe(a, b, &uuid);
+    refused(&r, "already exists");
+    assert_eq!(holdings(b), held);
+    for d in [a, b] {
+        ok(&d.vmadm(&["delete", &uuid], None));
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_zone_moves_between_btrfs_and_overlay_data_roots() {
+    let fs = hull_tests::LoopFs::new("btrfs", 2 << 30);
+    let a = Daemon::start_on(&fs.mountpoint);
+    let b = Daemon::start();
+    zone_round_trip(&a, &b);
+    drop(a);
+}
+
+/// A receiver without the zone's image, or without its nic tag, refuses the stream before
+/// writing anything; a stream cut at 100 random offsets, or with a byte flipped, is refused
+/// and leaves nothing behind.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_receive_refusals_and_cut_streams_leave_nothing() {
+    let a = Daemon::start();
+    install(&a);
+    ok(&a.run("nictagadm", &["add", "-l", "sendtag"], None));
+    let uuid = create(
+        &a,
+        serde_json::json!({"delegate_dataset": true, "autoboot": false}),
+    );
+    let stream = send_to_memory(&a, &uuid);
+    let tagged = create(
+        &a,
+        serde_json::json!({"autoboot": false,
+            "nics": [{"nic_tag": "sendtag", "ip": "10.77.0.5", "netmask": "255.255.255.0"}]}),
+    );
+    let tagged_stream = send_to_memory(&a, &tagged);
+
+    let b = Daemon::start();
+    let empty = holdings(&b);
+    let r = receive_bytes(&b, &stream);
+    refused(&r, "is not installed");
+    assert_eq!(holdings(&b), empty, "{}", b.log());
+    install(&b);
+    let empty = holdings(&b);
+    let r = receive_bytes(&b, &tagged_stream);
+    refused(&r, "sendtag");
+    assert_eq!(holdings(&b), empty);
+
+    // Cuts at 100 offsets (a fixed-seed generator: the same offsets every run), the ends of
+    // the header and of the stream among them.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut offsets: Vec<usize> = vec![0, 8, 12, 40, stream.len() - 33, stream.len() - 1];
+    while offsets.len() < 100 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        offsets.push((seed % stream.len() as u64) as usize);
+    }
+    for cut in offsets {
+        let r = receive_bytes(&b, &stream[..cut]);
+        assert!(!r.status.success(), "a stream cut at {cut} was received");
+        let why = text(&r);
+        assert!(
+            why.contains("truncated")
+                || why.contains("corrupt")
+                || why.contains("hull send stream"),
+            "cut at {cut}: {why}"
+        );
+        assert_eq!(holdings(&b), empty, "cut at {cut} left something: {why}");
+    }
+    for at in [
+        9usize,
+        200,
+        stream.len() / 3,
+        stream.len() / 2,
+        stream.len() - 10,
+    ] {
+        let mut bad = stream.clone();
+        bad[at] ^= 0x20;
+        let r = receive_bytes(&b, &bad);
+        assert!(!r.status.success(), "a flip at {at} was received");
+        assert_eq!(
+            holdings(&b),
+            empty,
+            "a flip at {at} left something: {}",
+            text(&r)
+        );
+    }
+    // The whole stream still lands.
+    let r = receive_bytes(&b, &stream);
+    assert!(r.status.success(), "{}\n{}", text(&r), b.log());
+    assert_eq!(state(&b, &uuid), "stopped");
+}
+
+/// send refuses a terminal and an incremental send says it is not built; receive refuses
+/// bytes that are not a stream.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_send_and_receive_refuse_what_they_cannot_do() {
+    let d = Daemon::start();
+    install(&d);
+    let uuid = create(&d, serde_json::json!({"autoboot": false}));
+    let o = d.vmadm(&["send", &uuid, "--since", "s1"], None);
+    refused(&o, "not built yet");
+    let r = receive_bytes(&d, b"#!/bin/sh\necho not a stream\n");
+    refused(&r, "hull send stream");
+    assert!(Path::new(&d.data_root().join("guests")).exists());
+}
+
+/// The sha256 of a file's bytes and how many bytes it has allocated.
+fn disk_facts(path: &str) -> (String, u64) {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let bytes = std::fs::read(path).expect("disk");
+    let blocks = std::fs::metadata(path).expect("disk").blocks() * 512;
+    (format!("{:x}", sha2::Sha256::digest(&bytes)), blocks)
+}
+
+/// A running microVM with two disks (the boot disk, which the test guest writes, and a
+/// sparse blank one) goes from btrfs to an overlay data root: stopped for the send, kept by
+/// the sender; its disks arrive byte for byte and still sparse, and it boots there.
+#[test]
+#[ignore = "needs root and /dev/kvm: run with --run-ignored"]
+fn kvm_root_microvm_with_two_disks_moves_between_data_roots() {
+    use std::os::unix::fs::FileExt;
+    hull_tests::require_root_and_kvm();
+    let fs = hull_tests::LoopFs::new("btrfs", 2 << 30);
+    let a = Daemon::start_on(&fs.mountpoint);
+    let b = Daemon::start();
+    let image = "5c0f1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2f";
+    for d in [&a, &b] {
+        d.install_image(image, "zvol");
+    }
+    let vm = hull_tests::two_disk_vm(&a, "kvm", image);
+    let u = vm.uuid.to_string();
+    let vdb = vm.disks[1].path.clone().expect("vdb");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&vdb)
+        .and_then(|f| f.write_all_at(b"second disk, 5 MiB in", 5 << 20))
+        .expect("write vdb");
+    ok(&a.vmadm(&["start", &u], None));
+    let rt = a.client().runtime(vm.uuid).expect("runtime");
+    hull_tests::console_until(&rt.console, "testguest: waiting for ctrl-alt-del");
+
+    let (s, r) = pipe(&a, &b, &u);
+    assert!(
+        s.status.success() && r.status.success(),
+        "send: {}\nreceive: {}\nlogs: {}\n{}",
+        text(&s),
+        text(&r),
+        a.log(),
+        b.log()
+    );
+    assert_eq!(state(&a, &u), "stopped", "send stopped the VM and kept it");
+    let got = b.client().get_vm(vm.uuid).expect("received");
+    assert_eq!(got.state.as_str(), "stopped");
+    for (i, (from, to)) in vm.disks.iter().zip(&got.disks).enumerate() {
+        let (from, to) = (
+            from.path.clone().expect("path"),
+            to.path.clone().expect("path"),
+        );
+        assert!(
+            to.starts_with(&b.data_root().display().to_string()),
+            "disk {i} lives under the receiver's data root: {to}"
+        );
+        let (want, _) = disk_facts(&from);
+        let (have, allocated) = disk_facts(&to);
+        assert_eq!(want, have, "disk {i} arrived byte for byte");
+        if i == 1 {
+            assert!(
+                allocated < 1 << 20,
+                "the blank disk arrived sparse: {allocated} bytes allocated"
+            );
+        }
+    }
+    ok(&b.vmadm(&["start", &u], None));
+    let rt = b.client().runtime(vm.uuid).expect("runtime");
+    hull_tests::console_until(&rt.console, "testguest: waiting for ctrl-alt-del");
+    ok(&b.vmadm(&["stop", "-F", &u], None));
+    for d in [&a, &b] {
+        ok(&d.vmadm(&["delete", &u], None));
+    }
+    drop(a);
+}
