@@ -47,6 +47,13 @@ pub enum SectionKind {
     Data,
     /// A microVM's disk (extents, see [`write_extents`]).
     Disk,
+    /// Incremental: the root's paths removed since the base (NUL-terminated paths, see
+    /// [`crate::archive::encode_removals`]).
+    Removed,
+    /// Incremental: the root's entries changed since the base (an uncompressed tar).
+    RootChanges,
+    /// Incremental: a disk's blocks changed since the base (see [`write_disk_delta`]).
+    DiskChanges,
 }
 
 /// One section's header.
@@ -76,6 +83,24 @@ pub struct Header {
     pub images_dir: String,
     /// The sections that follow, in order.
     pub sections: Vec<Section>,
+    /// Incremental streams: what the receiver's copy must be for the changes to apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Since>,
+}
+
+/// The base of an incremental stream: the sender's snapshot, and the fingerprints its root
+/// (see [`crate::archive::Listing::fingerprint`]) or disks (see [`disk_fingerprint`]) have,
+/// which the receiver's copy must have now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Since {
+    /// The sender's snapshot.
+    pub snapshot: String,
+    /// A zone's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    /// A microVM's disks, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<String>,
 }
 
 /// Why a stream was refused.
@@ -494,16 +519,127 @@ pub fn write_extents(path: &Path, out: &mut dyn Write) -> io::Result<u64> {
     Ok(sent)
 }
 
+/// The block size of disk deltas and fingerprints.
+const BLOCK: usize = 1 << 20;
+
+/// Writes the blocks of the disk `now` that differ from the disk `base` (a snapshot of it)
+/// as [`write_extents`] does, adjacent blocks merged into one extent, then the end record
+/// with `now`'s size; returns the bytes of data sent. A block past `base`'s end is compared
+/// with zeros (what a disk grown by truncation holds there).
+pub fn write_disk_delta(base: &Path, now: &Path, out: &mut dyn Write) -> io::Result<u64> {
+    let (b, n) = (std::fs::File::open(base)?, std::fs::File::open(now)?);
+    let size = n.metadata()?.len();
+    let (mut bb, mut nb) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+    let mut sent = 0u64;
+    let mut run: Option<(u64, Vec<u8>)> = None;
+    let flush = |run: &mut Option<(u64, Vec<u8>)>, out: &mut dyn Write| -> io::Result<u64> {
+        let Some((at, data)) = run.take() else {
+            return Ok(0);
+        };
+        out.write_all(&at.to_be_bytes())?;
+        out.write_all(&(data.len() as u64).to_be_bytes())?;
+        out.write_all(&data)?;
+        Ok(data.len() as u64)
+    };
+    let mut at = 0u64;
+    while at < size {
+        let len = usize::try_from(size - at).unwrap_or(BLOCK).min(BLOCK);
+        read_block(&n, &mut nb[..len], at)?;
+        read_block(&b, &mut bb[..len], at)?;
+        if nb[..len] != bb[..len] {
+            match run.as_mut() {
+                Some((start, data))
+                    if *start + data.len() as u64 == at && data.len() < 64 * BLOCK =>
+                {
+                    data.extend_from_slice(&nb[..len]);
+                }
+                _ => {
+                    sent += flush(&mut run, out)?;
+                    run = Some((at, nb[..len].to_vec()));
+                }
+            }
+        }
+        at += len as u64;
+    }
+    sent += flush(&mut run, out)?;
+    out.write_all(&EXTENTS_END.to_be_bytes())?;
+    out.write_all(&size.to_be_bytes())?;
+    Ok(sent)
+}
+
+/// Reads `buf.len()` bytes at `at`, zeros past the file's end.
+fn read_block(f: &std::fs::File, buf: &mut [u8], at: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], at + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf[got..].fill(0);
+    Ok(())
+}
+
+/// A disk's content fingerprint: a sha256 over its size and each 1 MiB block's sha256 (a
+/// block of zeros, read or a hole, counts as zeros however it is stored). Holes are not
+/// read.
+pub fn disk_fingerprint(path: &Path) -> io::Result<String> {
+    use nix::unistd::{Whence, lseek};
+    let f = std::fs::File::open(path)?;
+    let size = f.metadata()?.len();
+    let mut h = Sha256::new();
+    h.update(size.to_le_bytes());
+    let zero = Sha256::digest(vec![0u8; BLOCK]);
+    let mut buf = vec![0u8; BLOCK];
+    let mut at = 0u64;
+    let off = |v: u64| i64::try_from(v).map_err(io::Error::other);
+    while at < size {
+        let len = usize::try_from(size - at).unwrap_or(BLOCK).min(BLOCK);
+        let data = match lseek(f.as_fd(), off(at)?, Whence::SeekData) {
+            Ok(d) => (d as u64) < at + len as u64,
+            Err(nix::errno::Errno::ENXIO) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if data {
+            read_block(&f, &mut buf[..len], at)?;
+        } else {
+            buf[..len].fill(0);
+        }
+        if len == BLOCK && buf.iter().all(|b| *b == 0) {
+            h.update(zero);
+        } else {
+            h.update(Sha256::digest(&buf[..len]));
+        }
+        at += len as u64;
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Reads what [`write_extents`] wrote into a new file at `path` (refused if it exists) of
 /// `size` bytes: extents in order, inside the size, not overlapping; the end record must
 /// name `size`. On error the file is left for the caller to remove.
 pub fn read_extents(src: &mut dyn Read, path: &Path, size: u64) -> io::Result<u64> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)?;
+    extents_into(src, &f, size)
+}
+
+/// [`read_extents`] onto the existing file at `path` (a disk delta from
+/// [`write_disk_delta`]): the extents overwrite it, and it takes the end record's size.
+pub fn read_extents_onto(src: &mut dyn Read, path: &Path, size: u64) -> io::Result<u64> {
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    extents_into(src, &f, size)
+}
+
+fn extents_into(src: &mut dyn Read, f: &std::fs::File, size: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
     let bad = |why: String| io::Error::from(StreamError::Corrupt(why));
     let mut buf = vec![0u8; MAX_CHUNK];
     let mut next: u64 = 0;

@@ -937,9 +937,38 @@ impl Store {
         out: impl Write,
         range: Option<(u32, u32)>,
     ) -> Result<u64, StoreError> {
-        let pack_err = |source| StoreError::Archive {
-            uuid: guest,
-            source,
+        self.with_root_view(guest, None, |view| {
+            archive::pack_tree_ids(view, compression, out, range).map_err(|source| {
+                StoreError::Archive {
+                    uuid: guest,
+                    source,
+                }
+            })
+        })
+    }
+
+    /// Runs `f` on a read-only view of a stopped guest's root tree, or of its snapshot
+    /// `snapshot`: the directory itself (btrfs), or a read-only overlay of its layers mounted
+    /// privately at `<guest>/.pack-view` for the duration and unmounted after.
+    pub(crate) fn with_root_view<T>(
+        &self,
+        guest: Uuid,
+        snapshot: Option<&str>,
+        f: impl FnOnce(&Path) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let snapshot_dir = |name: &str| -> Result<PathBuf, StoreError> {
+            backend::validate_snapshot_name(name).map_err(self.backend_err())?;
+            let dir = self
+                .guest_dir(guest)
+                .join(backend::SNAPSHOTS_DIR)
+                .join(name);
+            if !dir.is_dir() {
+                return Err(self.backend_err()(BackendError::SnapshotNotFound {
+                    name: name.to_owned(),
+                    guest_dir: self.guest_dir(guest),
+                }));
+            }
+            Ok(dir)
         };
         match self.root_source(guest)? {
             None => Err(StoreError::Io(IoError::new(
@@ -947,26 +976,30 @@ impl Store {
                 self.guest_dir(guest),
                 std::io::Error::from(std::io::ErrorKind::NotFound),
             ))),
-            Some(RootSource::Dir(dir)) => {
-                archive::pack_tree_ids(&dir, compression, out, range).map_err(pack_err)
-            }
+            Some(RootSource::Dir(dir)) => match snapshot {
+                None => f(&dir),
+                Some(name) => f(&snapshot_dir(name)?),
+            },
             Some(RootSource::Overlay { lower, upper, .. }) => {
+                let top = match snapshot {
+                    None => upper,
+                    Some(name) => snapshot_dir(name)?,
+                };
                 let view = self.guest_dir(guest).join(".pack-view");
                 fs::create_dir_all(&view).map_err(io("create", &view))?;
                 // Two lower layers and no upper: a read-only merged view that changes nothing.
                 let ro = RootSource::Overlay {
-                    lower: PathBuf::from(format!("{}:{}", upper.display(), lower.display())),
+                    lower: PathBuf::from(format!("{}:{}", top.display(), lower.display())),
                     upper: PathBuf::new(),
                     work: PathBuf::new(),
                 };
                 mount_readonly_overlay(&ro, &view)?;
-                let packed =
-                    archive::pack_tree_ids(&view, compression, out, range).map_err(pack_err);
+                let done = f(&view);
                 let unmounted = backend::unmount_root(&view).map_err(self.backend_err());
                 let _ = fs::remove_dir(&view);
-                let size = packed?;
+                let value = done?;
                 unmounted?;
-                Ok(size)
+                Ok(value)
             }
         }
     }

@@ -32,10 +32,16 @@ fn pipe(from: &Daemon, to: &Daemon, uuid: &str) -> (Output, Output) {
     (s, r)
 }
 
-/// `vmadm send UUID` on `d` into memory.
+/// `vmadm send UUID [ARGS]` on `d` into memory.
 fn send_to_memory(d: &Daemon, uuid: &str) -> Vec<u8> {
+    send_args(d, &[uuid])
+}
+
+/// `vmadm send ARGS` on `d` into memory.
+fn send_args(d: &Daemon, args: &[&str]) -> Vec<u8> {
     let o = Command::new(hull_tests::bin("vmadm"))
-        .args(["send", uuid])
+        .arg("send")
+        .args(args)
         .env("HULL_SOCKET", d.socket())
         .stdin(Stdio::null())
         .output()
@@ -250,16 +256,20 @@ fn root_receive_refusals_and_cut_streams_leave_nothing() {
     assert_eq!(state(&b, &uuid), "stopped");
 }
 
-/// send refuses a terminal and an incremental send says it is not built; receive refuses
-/// bytes that are not a stream.
+/// send refuses a snapshot the VM lacks; receive refuses bytes that are not a stream.
 #[test]
 #[ignore = "needs root: run with --run-ignored"]
 fn root_send_and_receive_refuse_what_they_cannot_do() {
     let d = Daemon::start();
     install(&d);
     let uuid = create(&d, serde_json::json!({"autoboot": false}));
-    let o = d.vmadm(&["send", &uuid, "--since", "s1"], None);
-    refused(&o, "not built yet");
+    let o = Command::new(hull_tests::bin("vmadm"))
+        .args(["send", &uuid, "--since", "s1"])
+        .env("HULL_SOCKET", d.socket())
+        .output()
+        .expect("vmadm send");
+    refused(&o, "no snapshot \"s1\"");
+    assert!(o.stdout.is_empty(), "nothing streamed");
     let r = receive_bytes(&d, b"#!/bin/sh\necho not a stream\n");
     refused(&r, "hull send stream");
     assert!(Path::new(&d.data_root().join("guests")).exists());
@@ -339,5 +349,146 @@ fn kvm_root_microvm_with_two_disks_moves_between_data_roots() {
     for d in [&a, &b] {
         ok(&d.vmadm(&["delete", &u], None));
     }
+    drop(a);
+}
+
+/// Inside the zone after its second round of changes.
+const CHECK2: &str = "cat /root/note; ls /root; sha256sum /data/blob /srv/new/file | cut -d' ' -f1; \
+                      ls -d /var/log /etc/motd-gone 2>&1 | grep -c 'No such file'";
+
+/// `vmadm send U --since SNAPSHOT`: a zone's changes since a snapshot its receiver's copy
+/// matches, from btrfs to an overlay data root; streams cut short leave the copy as it was
+/// (it takes the whole stream after); a copy that ran on the receiver, or that the receiver
+/// lacks, refuses changes.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_zone_changes_since_a_snapshot_move_alone() {
+    let fs = hull_tests::LoopFs::new("btrfs", 2 << 30);
+    let a = Daemon::start_on(&fs.mountpoint);
+    let b = Daemon::start();
+    install(&a);
+    install(&b);
+    let uuid = create(&a, serde_json::json!({"delegate_dataset": true}));
+    ok(&a.zlogin(
+        &uuid,
+        "echo first > /root/note && dd if=/dev/urandom of=/root/blob bs=64k count=64 2>/dev/null \
+         && echo x > /etc/motd-gone && dd if=/dev/urandom of=/data/blob bs=64k count=8 2>/dev/null",
+    ));
+    ok(&a.vmadm(&["stop", &uuid], None));
+    ok(&a.vmadm(&["create-snapshot", &uuid, "s1"], None));
+    let full = send_to_memory(&a, &uuid);
+    let r = receive_bytes(&b, &full);
+    assert!(r.status.success(), "{}\n{}", text(&r), b.log());
+
+    ok(&a.vmadm(&["start", &uuid], None));
+    ok(&a.zlogin(
+        &uuid,
+        "echo second > /root/note && rm /root/blob /etc/motd-gone && rm -rf /var/log \
+         && mkdir -p /srv/new && echo new > /srv/new/file \
+         && dd if=/dev/urandom of=/data/blob bs=64k count=8 2>/dev/null",
+    ));
+    let want = ok(&a.zlogin(&uuid, CHECK2));
+    assert!(want.starts_with("second\n"), "{want}");
+    ok(&a.vmadm(&["stop", &uuid], None));
+    let changes = send_args(&a, &[&uuid, "--since", "s1"]);
+    assert!(
+        changes.len() * 4 < full.len(),
+        "the changes ({} bytes) are a fraction of the whole ({} bytes)",
+        changes.len(),
+        full.len()
+    );
+    // Cut short: refused, the copy as it was (the whole stream applies after).
+    for cut in [40, changes.len() / 3, changes.len() / 2, changes.len() - 1] {
+        let r = receive_bytes(&b, &changes[..cut]);
+        assert!(!r.status.success(), "a cut at {cut} was taken");
+        assert_eq!(state(&b, &uuid), "stopped", "{}", text(&r));
+    }
+    let r = receive_bytes(&b, &changes);
+    assert!(r.status.success(), "{}\n{}", text(&r), b.log());
+    ok(&b.vmadm(&["start", &uuid], None));
+    assert_eq!(
+        ok(&b.zlogin(&uuid, CHECK2)),
+        want,
+        "the receiver's zone after the changes"
+    );
+    ok(&b.vmadm(&["stop", &uuid], None));
+    // The copy has run here now: further changes are refused, naming why.
+    let r = receive_bytes(&b, &changes);
+    refused(&r, "has run on this host");
+    // A host without the VM is told to take the whole VM first.
+    let c = Daemon::start();
+    install(&c);
+    let r = receive_bytes(&c, &changes);
+    refused(&r, "receive the whole VM first");
+    assert_eq!(holdings(&c).0, 0);
+    drop(a);
+}
+
+/// A microVM's disks' changes since a snapshot: only the blocks that differ travel; a cut
+/// stream leaves the receiver's disks as they were.
+#[test]
+#[ignore = "needs root and /dev/kvm: run with --run-ignored"]
+fn kvm_root_microvm_disk_changes_since_a_snapshot_move_alone() {
+    use std::os::unix::fs::FileExt;
+    hull_tests::require_root_and_kvm();
+    let fs = hull_tests::LoopFs::new("btrfs", 2 << 30);
+    let a = Daemon::start_on(&fs.mountpoint);
+    let b = Daemon::start();
+    let image = "6d1e2f3a-4b5c-4d6e-9f70-8192a3b4c5d6";
+    for d in [&a, &b] {
+        d.install_image(image, "zvol");
+    }
+    let vm = hull_tests::two_disk_vm(&a, "kvm", image);
+    let u = vm.uuid.to_string();
+    let path = |d: &Daemon, i: usize| {
+        d.client().get_vm(vm.uuid).expect("get").disks[i]
+            .path
+            .clone()
+            .expect("path")
+    };
+    ok(&a.vmadm(&["create-snapshot", &u, "s1"], None));
+    let r = receive_bytes(&b, &send_to_memory(&a, &u));
+    assert!(r.status.success(), "{}", text(&r));
+
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path(&a, 1))
+        .and_then(|f| f.write_all_at(b"changed since s1", 3 << 20))
+        .expect("write vdb");
+    ok(&a.vmadm(&["start", &u], None));
+    let rt = a.client().runtime(vm.uuid).expect("runtime");
+    hull_tests::console_until(&rt.console, "testguest: waiting for ctrl-alt-del");
+    ok(&a.vmadm(&["stop", "-F", &u], None));
+    let changes = send_args(&a, &[&u, "--since", "s1"]);
+    assert!(
+        changes.len() < 4 << 20,
+        "only changed blocks travel: {} bytes",
+        changes.len()
+    );
+    let before: Vec<String> = (0..2).map(|i| disk_facts(&path(&b, i)).0).collect();
+    for cut in [100, changes.len() / 2, changes.len() - 20] {
+        let r = receive_bytes(&b, &changes[..cut]);
+        assert!(!r.status.success(), "a cut at {cut} was taken");
+        let now: Vec<String> = (0..2).map(|i| disk_facts(&path(&b, i)).0).collect();
+        assert_eq!(
+            now,
+            before,
+            "a cut at {cut} changed the disks: {}",
+            text(&r)
+        );
+    }
+    let r = receive_bytes(&b, &changes);
+    assert!(r.status.success(), "{}\n{}", text(&r), b.log());
+    for i in 0..2 {
+        assert_eq!(
+            disk_facts(&path(&b, i)).0,
+            disk_facts(&path(&a, i)).0,
+            "disk {i} after the changes"
+        );
+    }
+    ok(&b.vmadm(&["start", &u], None));
+    let rt = b.client().runtime(vm.uuid).expect("runtime");
+    hull_tests::console_until(&rt.console, "testguest: waiting for ctrl-alt-del");
+    ok(&b.vmadm(&["stop", "-F", &u], None));
     drop(a);
 }

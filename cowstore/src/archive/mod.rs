@@ -47,6 +47,7 @@
 //!   fall under [`Limits::allow_setuid`]. Full distribution trees (Debian: su, passwd,
 //!   mount...) carry such files, so they install only with `allow_setuid`.
 
+mod delta;
 mod pack;
 mod qcow2;
 mod raw;
@@ -63,10 +64,11 @@ use std::path::{Path, PathBuf};
 
 use sha1::{Digest, Sha1};
 
-pub use pack::{pack_tree, pack_tree_ids};
+pub use delta::{Listing, apply_removals, decode_removals, encode_removals, list_tree};
+pub use pack::{pack_tree, pack_tree_filtered, pack_tree_ids};
 pub use qcow2::Qcow2Reader;
 pub use raw::unpack_raw;
-pub use tree::{unpack_tree, unpack_tree_unchecked};
+pub use tree::{unpack_tree, unpack_tree_onto, unpack_tree_unchecked};
 
 /// Bytes the tar reader may consume between two entries that are not file data the unpacker
 /// reads itself (headers, GNU long names, pax extended headers, data of entries it skips):

@@ -37,6 +37,18 @@ pub fn pack_tree_ids(
     out: impl Write,
     range: Option<(u32, u32)>,
 ) -> Result<u64, ArchiveError> {
+    pack_tree_filtered(root, compression, out, range, &|_, _| true)
+}
+
+/// [`pack_tree_ids`] of the entries `include` takes (given each entry's path relative to
+/// `root` and its metadata); directories it leaves out are still walked.
+pub fn pack_tree_filtered(
+    root: &Path,
+    compression: Compression,
+    out: impl Write,
+    range: Option<(u32, u32)>,
+    include: &dyn Fn(&Path, &fs::Metadata) -> bool,
+) -> Result<u64, ArchiveError> {
     let wr = |source: io::Error| ArchiveError::PackWrite {
         compression,
         source,
@@ -46,28 +58,28 @@ pub fn pack_tree_ids(
         count: 0,
     };
     let mut counter = match compression {
-        Compression::None => write_tar(root, counter, compression, range)?,
+        Compression::None => write_tar(root, counter, compression, range, include)?,
         Compression::Gzip => {
             let enc = flate2::write::GzEncoder::new(counter, flate2::Compression::default());
-            write_tar(root, enc, compression, range)?
+            write_tar(root, enc, compression, range, include)?
                 .finish()
                 .map_err(wr)?
         }
         Compression::Xz => {
             let enc = liblzma::write::XzEncoder::new(counter, 6);
-            write_tar(root, enc, compression, range)?
+            write_tar(root, enc, compression, range, include)?
                 .finish()
                 .map_err(wr)?
         }
         Compression::Zstd => {
             let enc = zstd::stream::write::Encoder::new(counter, 3).map_err(wr)?;
-            write_tar(root, enc, compression, range)?
+            write_tar(root, enc, compression, range, include)?
                 .finish()
                 .map_err(wr)?
         }
         Compression::Bzip2 => {
             let enc = bzip2::write::BzEncoder::new(counter, bzip2::Compression::default());
-            write_tar(root, enc, compression, range)?
+            write_tar(root, enc, compression, range, include)?
                 .finish()
                 .map_err(wr)?
         }
@@ -111,6 +123,7 @@ fn write_tar<W: Write>(
     out: W,
     compression: Compression,
     range: Option<(u32, u32)>,
+    include: &dyn Fn(&Path, &fs::Metadata) -> bool,
 ) -> Result<W, ArchiveError> {
     let read = |path: &Path| {
         let path = path.to_path_buf();
@@ -141,6 +154,12 @@ fn write_tar<W: Write>(
             let meta = fs::symlink_metadata(&host).map_err(read(&host))?;
             let ft = meta.file_type();
             let mut header = Header::new_gnu();
+            if !include(&child, &meta) {
+                if ft.is_dir() {
+                    subdirs.push(child);
+                }
+                continue;
+            }
             if ft.is_dir() {
                 header.set_metadata_in_mode(&meta, HeaderMode::Complete);
                 set_ids(&mut header, &meta, range);

@@ -46,12 +46,34 @@ pub fn unpack_tree_unchecked(
     unpack(src, None, dest, limits, &mut |_| {})
 }
 
+/// [`unpack_tree_unchecked`] over an existing tree (an incremental send's changes): entries
+/// replace or merge with what is there by the same rules as a later entry of one archive
+/// does with an earlier one; a hard link may only name a file this archive unpacked.
+pub fn unpack_tree_onto(
+    src: impl Read,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<Stats, ArchiveError> {
+    unpack_into(src, None, dest, limits, &mut |_| {}, true)
+}
+
 fn unpack(
     src: impl Read,
     expected: Option<&Expected>,
     dest: &Path,
     limits: &Limits,
     progress: &mut dyn FnMut(u64),
+) -> Result<Stats, ArchiveError> {
+    unpack_into(src, expected, dest, limits, progress, false)
+}
+
+fn unpack_into(
+    src: impl Read,
+    expected: Option<&Expected>,
+    dest: &Path,
+    limits: &Limits,
+    progress: &mut dyn FnMut(u64),
+    onto_existing: bool,
 ) -> Result<Stats, ArchiveError> {
     let mut src = src;
     let compression = expected.map_or(super::Compression::None, |e| e.compression);
@@ -66,10 +88,11 @@ fn unpack(
         }
         Err(e) => return Err(write_err(dest)(e)),
     }
-    if fs::read_dir(dest)
-        .map_err(write_err(dest))?
-        .next()
-        .is_some()
+    if !onto_existing
+        && fs::read_dir(dest)
+            .map_err(write_err(dest))?
+            .next()
+            .is_some()
     {
         return Err(write_err(dest)(io::Error::other(
             "the destination is not empty",

@@ -9,6 +9,7 @@ fn header(sections: Vec<Section>) -> Header {
         guests_dir: "/a/guests".into(),
         images_dir: "/a/images".into(),
         sections,
+        since: None,
     }
 }
 

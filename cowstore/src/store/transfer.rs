@@ -8,9 +8,19 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::{ImageKind, Store, StoreError, io};
-use crate::archive::{self, ArchiveError, Stats};
+use super::{DATA_DIR, ImageKind, Store, StoreError, io};
+use crate::archive::{self, ArchiveError, Listing, Stats};
 use crate::backend::RootSource;
+
+/// The snapshot an incremental receive takes of the root (and the disks) before it changes
+/// them, rolled back to if the stream fails and deleted once it is whole.
+pub const RECEIVE_SNAPSHOT: &str = "%receive";
+
+/// Where an incremental receive stages a whole new delegated dataset.
+const DATA_STAGED: &str = "data.receive";
+
+/// Where an incremental receive mounts a layered root to change it.
+const CHANGE_VIEW: &str = ".receive-view";
 
 /// The overlay xattr that hides a lower directory's entries behind an upper directory.
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -113,6 +123,175 @@ impl Store {
             source: ArchiveError::Read(e),
         })?;
         Ok(path)
+    }
+}
+
+impl Store {
+    /// The listing of a stopped guest's root tree, or of its snapshot `snapshot` (ids of
+    /// `range` made relative), for an incremental send's base and a receiver's check.
+    pub fn root_listing(
+        &self,
+        guest: Uuid,
+        snapshot: Option<&str>,
+        range: Option<(u32, u32)>,
+    ) -> Result<Listing, StoreError> {
+        self.with_root_view(guest, snapshot, |view| {
+            archive::list_tree(view, range).map_err(|source| StoreError::Archive {
+                uuid: guest,
+                source,
+            })
+        })
+    }
+
+    /// Writes, as an uncompressed tar, the entries of a stopped guest's root that changed
+    /// since `base` (see [`Listing::changed`]).
+    pub fn pack_root_changes(
+        &self,
+        guest: Uuid,
+        base: &Listing,
+        range: Option<(u32, u32)>,
+        out: impl Write,
+    ) -> Result<u64, StoreError> {
+        self.with_root_view(guest, None, |view| {
+            let changed =
+                |rel: &Path, meta: &std::fs::Metadata| base.changed(view, rel, meta, range);
+            archive::pack_tree_filtered(view, archive::Compression::None, out, range, &changed)
+                .map_err(|source| StoreError::Archive {
+                    uuid: guest,
+                    source,
+                })
+        })
+    }
+
+    /// Starts an incremental receive into a stopped guest: a snapshot of its root (and of
+    /// `disks`) to come back to.
+    pub fn begin_changes(&self, guest: Uuid, disks: &[PathBuf]) -> Result<(), StoreError> {
+        if disks.is_empty() {
+            self.snapshot(guest, RECEIVE_SNAPSHOT)
+        } else {
+            self.snapshot_disks(guest, RECEIVE_SNAPSHOT, disks)
+        }
+    }
+
+    /// Ends an incremental receive: kept (`whole`: the staged dataset swapped in, the
+    /// snapshot deleted) or undone (rolled back to the snapshot, the staging removed).
+    pub fn end_changes(
+        &self,
+        guest: Uuid,
+        disks: &[PathBuf],
+        whole: bool,
+    ) -> Result<(), StoreError> {
+        let dir = self.guest_dir(guest);
+        let staged = dir.join(DATA_STAGED);
+        if whole {
+            if staged.exists() {
+                let data = dir.join(DATA_DIR);
+                if data.exists() {
+                    self.backend
+                        .remove_image_tree(&data)
+                        .map_err(self.backend_err())?;
+                }
+                std::fs::rename(&staged, &data).map_err(io("put in place", &data))?;
+            }
+        } else {
+            if staged.exists() {
+                self.backend
+                    .remove_image_tree(&staged)
+                    .map_err(self.backend_err())?;
+            }
+            if disks.is_empty() {
+                self.rollback(guest, RECEIVE_SNAPSHOT)?;
+            } else {
+                self.rollback_disks(guest, RECEIVE_SNAPSHOT, disks)?;
+            }
+        }
+        if disks.is_empty() {
+            self.delete_snapshot(guest, RECEIVE_SNAPSHOT)
+        } else {
+            self.delete_disk_snapshot(guest, RECEIVE_SNAPSHOT)
+        }
+    }
+
+    /// Applies a root's changes: `removed` paths first, then the tar `src` unpacked over the
+    /// tree (directly on btrfs; through a private read-write mount of the layers elsewhere,
+    /// so removals of the image's files become whiteouts).
+    pub fn apply_root_changes(
+        &self,
+        guest: Uuid,
+        removed: &[PathBuf],
+        src: impl Read,
+    ) -> Result<Stats, StoreError> {
+        let refused = |source| StoreError::Received {
+            guest,
+            what: "root's changes",
+            source,
+        };
+        let apply = |root: &Path| {
+            archive::apply_removals(root, removed).map_err(refused)?;
+            archive::unpack_tree_onto(src, root, &self.limits).map_err(refused)
+        };
+        match self.root_source(guest)? {
+            None => Err(io("find the root of", &self.guest_dir(guest))(
+                std::io::ErrorKind::NotFound.into(),
+            )),
+            Some(RootSource::Dir(dir)) => apply(&dir),
+            Some(layers @ RootSource::Overlay { .. }) => {
+                let view = self.guest_dir(guest).join(CHANGE_VIEW);
+                std::fs::create_dir_all(&view).map_err(io("create", &view))?;
+                crate::backend::mount_root(&layers, &view).map_err(self.backend_err())?;
+                let done = apply(&view);
+                let unmounted = crate::backend::unmount_root(&view).map_err(self.backend_err());
+                let _ = std::fs::remove_dir(&view);
+                let stats = done?;
+                unmounted?;
+                Ok(stats)
+            }
+        }
+    }
+
+    /// Stages a whole new delegated dataset from the tar `src` (swapped in by
+    /// [`Store::end_changes`]).
+    pub fn stage_data(&self, guest: Uuid, src: impl Read) -> Result<Stats, StoreError> {
+        let staged = self.guest_dir(guest).join(DATA_STAGED);
+        if staged.exists() {
+            self.backend
+                .remove_image_tree(&staged)
+                .map_err(self.backend_err())?;
+        }
+        self.backend
+            .create_image_tree(&staged)
+            .map_err(self.backend_err())?;
+        archive::unpack_tree_unchecked(src, &staged, &self.limits).map_err(|source| {
+            StoreError::Received {
+                guest,
+                what: "delegated dataset",
+                source,
+            }
+        })
+    }
+
+    /// Applies a disk's changes (see [`crate::send::write_disk_delta`]) to the disk `name`
+    /// in the guest's directory, which takes `size` bytes.
+    pub fn apply_disk_changes(
+        &self,
+        guest: Uuid,
+        name: &str,
+        size: u64,
+        mut src: impl Read,
+    ) -> Result<(), StoreError> {
+        let path = self.guest_dir(guest).join(name);
+        if !is_disk_name(name) {
+            return Err(io("receive a disk as", &path)(std::io::Error::other(
+                "a received disk must be named disk<N>.img",
+            )));
+        }
+        crate::send::read_extents_onto(&mut src, &path, size)
+            .map(drop)
+            .map_err(|e| StoreError::Received {
+                guest,
+                what: "disk's changes",
+                source: ArchiveError::Read(e),
+            })
     }
 }
 

@@ -161,16 +161,8 @@ pub async fn dispatch(
             Ok(response(StatusCode::OK, "application/x-tar", body))
         }
         Action::SendVm(uuid, since) => {
-            if let Some(since) = since {
-                return Err(ApiError::from(
-                    crate::service::ServiceError::NotImplemented(format!(
-                        "an incremental send (since snapshot {since:?}) is not built yet: send \
-                     the whole VM {uuid} instead"
-                    )),
-                ));
-            }
             let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-            service.send(uuid, tx).await?;
+            service.send(uuid, since, tx).await?;
             let s = stream::poll_fn(move |cx| {
                 rx.poll_recv(cx)
                     .map(|item| item.map(|r| r.map(Frame::data)))

@@ -202,15 +202,18 @@ pub fn document() -> Value {
     let transfer = json!({
         "/v1/vms/{uuid}/send": { "parameters": uuid_param(),
             "get": {
-                "summary": "The VM as a send stream (record, root and delegated dataset, or disks; checksummed sections): a running VM is stopped first and stays stopped",
+                "summary": "The VM as a send stream (record, root and delegated dataset, or disks; checksummed sections), or with since=SNAPSHOT its changes since that snapshot: a running VM is stopped first and stays stopped",
                 "operationId": "sendVm",
+                "parameters": [{ "name": "since", "in": "query", "required": false,
+                    "description": "a snapshot of the VM: only the changes since it (the receiver's copy must be what it was)",
+                    "schema": { "type": "string" } }],
                 "responses": { "200": { "description": "The stream (vmadm receive reads it)",
                     "content": { "application/x-hull-send": { "schema": { "type": "string", "format": "binary" } } } },
                     "default": { "description": "An error before the stream started",
                         "content": { "application/json": { "schema": reference("ApiErrorBody") } } } } } },
         "/v1/vms/receive": {
             "post": {
-                "summary": "Make a VM from a send stream (root only): refused before any data is written if its uuid exists here or its images or nic tags do not; all or nothing",
+                "summary": "Make a VM from a send stream (root only): refused before any data is written if its uuid exists here or its images or nic tags do not; all or nothing. A stream of changes applies to this host's stopped copy if it is what the sender's snapshot was, or leaves it as it was",
                 "operationId": "receiveVm",
                 "requestBody": { "required": true, "content": { "application/x-hull-send": {
                     "schema": { "type": "string", "format": "binary" } } } },

@@ -268,25 +268,14 @@ pub fn store_error(e: StoreError) -> ServiceError {
     match e {
         StoreError::Archive { .. } | StoreError::WrongKind { .. } | StoreError::BootFile { .. } => {
             let mut r = ValidationReport::default();
-            r.bad_value("file", with_causes(&e));
+            r.bad_value("file", hull_sys::chain(&e));
             ServiceError::Invalid(r)
         }
         StoreError::Exists(_) | StoreError::InUse { .. } | StoreError::GuestExists(_) => {
             ServiceError::Conflict(e.to_string())
         }
         StoreError::NotInstalled(u) => ServiceError::ImageNotFound(u),
-        StoreError::Received { .. } => ServiceError::BadRequest(with_causes(&e)),
+        StoreError::Received { .. } => ServiceError::BadRequest(hull_sys::chain(&e)),
         StoreError::Io(_) | StoreError::Backend { .. } => ServiceError::Storage(e),
     }
-}
-
-/// An error's message followed by its causes', `: `-separated.
-pub fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    msg
 }

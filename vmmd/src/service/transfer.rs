@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hull_cowstore::archive::Compression;
-use hull_cowstore::send::{self, Header, Reader, Section, SectionKind, StreamError, Writer};
+use hull_cowstore::archive::Listing;
+use hull_cowstore::send::{self, Header, Reader, Section, SectionKind, Since, StreamError, Writer};
 use hull_cowstore::store::StoreError;
 use hull_spec::api::EventKind;
 use hull_spec::{ValidationReport, Vm, VmState};
@@ -23,17 +24,21 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::images::{ChunkReader, ChunkWriter, store_error, with_causes};
+use super::images::{ChunkReader, ChunkWriter, store_error};
 use super::{Record, Result, Service, ServiceError, best_effort, blocking, now, read, write};
 
 /// The largest record section a receiver reads.
 const MAX_RECORD: u64 = 16 << 20;
 
+/// The largest list of removed paths a receiver reads.
+const MAX_REMOVALS: u64 = 256 << 20;
+
 fn stream_error(e: StreamError) -> ServiceError {
     match e {
-        StreamError::Read(e) => {
-            ServiceError::BadRequest(format!("the stream could not be read: {}", with_causes(&e)))
-        }
+        StreamError::Read(e) => ServiceError::BadRequest(format!(
+            "the stream could not be read: {}",
+            hull_sys::chain(&e)
+        )),
         other => ServiceError::BadRequest(other.to_string()),
     }
 }
@@ -80,6 +85,122 @@ fn disk_name(vm: &Vm, i: usize, guests_dir: &Path) -> Option<String> {
     hull_cowstore::store::is_disk_name(name).then(|| name.to_string())
 }
 
+/// An empty listing (a base that every entry differs from).
+static EMPTY_LISTING: std::sync::LazyLock<Listing> = std::sync::LazyLock::new(Listing::default);
+
+/// What a send streams, worked out before its first byte.
+struct Plan {
+    sections: Vec<Section>,
+    since: Option<Since>,
+    /// Incremental zones: the snapshot's listing and the paths removed since.
+    base: Option<Listing>,
+    removed: Vec<PathBuf>,
+}
+
+fn section(kind: SectionKind, index: Option<usize>, size: Option<u64>) -> Section {
+    Section { kind, index, size }
+}
+
+/// A disk's copy in snapshot `snapshot` (where [`hull_cowstore::store::Store::snapshot_disks`]
+/// put it).
+fn snapshot_disk(
+    cow: &hull_cowstore::store::Store,
+    uuid: Uuid,
+    snapshot: Option<&str>,
+    disk: &Path,
+) -> PathBuf {
+    cow.guest_dir(uuid)
+        .join(hull_cowstore::backend::SNAPSHOTS_DIR)
+        .join(snapshot.unwrap_or_default())
+        .join(disk.file_name().unwrap_or_default())
+}
+
+/// The sections of a send of `vm` (since snapshot `since` if given) and, incremental, the
+/// base's fingerprints: the snapshot's root listing, or each disk's copy read whole.
+fn plan_send(
+    cow: &hull_cowstore::store::Store,
+    vm: &Vm,
+    since: Option<&str>,
+    guests_dir: &Path,
+    range: Option<(u32, u32)>,
+) -> Result<Plan> {
+    let uuid = vm.uuid;
+    let store = |e: StoreError| store_error(e);
+    let mut plan = Plan {
+        sections: vec![section(SectionKind::Record, None, None)],
+        since: since.map(|s| Since {
+            snapshot: s.to_string(),
+            root: None,
+            disks: Vec::new(),
+        }),
+        base: None,
+        removed: Vec::new(),
+    };
+    if vm.brand.is_microvm() {
+        for (i, d) in vm.disks.iter().enumerate() {
+            if disk_name(vm, i, guests_dir).is_none() {
+                return Err(ServiceError::Conflict(format!(
+                    "VM {uuid}'s disk {i} ({}) is a file hull did not make, which it does \
+                     not send; copy it to the other host yourself",
+                    d.path.as_deref().unwrap_or("no path")
+                )));
+            }
+            let path = PathBuf::from(d.path.as_deref().unwrap_or_default());
+            let io = |what: &'static str, p: &Path| {
+                let p = p.to_path_buf();
+                move |e| ServiceError::Storage(StoreError::Io(hull_sys::IoError::new(what, p, e)))
+            };
+            let size = std::fs::metadata(&path)
+                .map_err(io("read the size of", &path))?
+                .len();
+            let kind = match plan.since.as_mut() {
+                None => SectionKind::Disk,
+                Some(base) => {
+                    let snap = snapshot_disk(cow, uuid, Some(&base.snapshot), &path);
+                    if !snap.is_file() {
+                        return Err(ServiceError::Conflict(format!(
+                            "VM {uuid}'s disk {i} is not in snapshot {:?} (added since?): send \
+                             the whole VM",
+                            base.snapshot
+                        )));
+                    }
+                    base.disks
+                        .push(send::disk_fingerprint(&snap).map_err(io("read", &snap))?);
+                    SectionKind::DiskChanges
+                }
+            };
+            plan.sections.push(section(kind, Some(i), Some(size)));
+        }
+        return Ok(plan);
+    }
+    if vm.image_uuid.is_none() {
+        return Err(ServiceError::Conflict(format!(
+            "VM {uuid} has no root made from an image to send"
+        )));
+    }
+    match plan.since.as_mut() {
+        None => plan.sections.push(section(SectionKind::Root, None, None)),
+        Some(since) => {
+            let base = cow
+                .root_listing(uuid, Some(&since.snapshot), range)
+                .map_err(store)?;
+            let now = cow.root_listing(uuid, None, range).map_err(store)?;
+            since.root = Some(base.fingerprint());
+            plan.removed = base.removed(&now);
+            plan.base = Some(base);
+            plan.sections
+                .push(section(SectionKind::Removed, None, None));
+            plan.sections
+                .push(section(SectionKind::RootChanges, None, None));
+        }
+    }
+    // The delegated dataset is outside the root's snapshots: sent whole every time.
+    if vm.delegate_dataset {
+        plan.sections.push(section(SectionKind::Data, None, None));
+    }
+    Ok(plan)
+}
+
 impl Service {
     /// Streams guest `uuid` to `tx` (see the module docs); a running guest is stopped first
     /// and stays stopped. The checks run before the first byte; an error after it ends the
@@ -87,6 +208,7 @@ impl Service {
     pub async fn send(
         &self,
         uuid: Uuid,
+        since: Option<String>,
         tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     ) -> Result<()> {
         let lock = self.guest_lock(uuid);
@@ -104,75 +226,51 @@ impl Service {
         }
         let vm = current.vm.clone();
         let guests_dir = self.data_root.join("guests");
-        let mut sections = vec![Section {
-            kind: SectionKind::Record,
-            index: None,
-            size: None,
-        }];
-        if vm.brand.is_microvm() {
-            for (i, d) in vm.disks.iter().enumerate() {
-                if disk_name(&vm, i, &guests_dir).is_none() {
-                    return Err(ServiceError::Conflict(format!(
-                        "VM {uuid}'s disk {i} ({}) is a file hull did not make, which it does \
-                         not send; copy it to the other host yourself",
-                        d.path.as_deref().unwrap_or("no path")
-                    )));
-                }
-                let path = PathBuf::from(d.path.as_deref().unwrap_or_default());
-                let size = std::fs::metadata(&path)
-                    .map_err(|e| {
-                        ServiceError::Storage(StoreError::Io(hull_sys::IoError::new(
-                            "read the size of",
-                            &path,
-                            e,
-                        )))
-                    })?
-                    .len();
-                sections.push(Section {
-                    kind: SectionKind::Disk,
-                    index: Some(i),
-                    size: Some(size),
-                });
-            }
-        } else {
-            if vm.image_uuid.is_none() {
-                return Err(ServiceError::Conflict(format!(
-                    "VM {uuid} has no root made from an image to send"
-                )));
-            }
-            sections.push(Section {
-                kind: SectionKind::Root,
-                index: None,
-                size: None,
-            });
-            if vm.delegate_dataset {
-                sections.push(Section {
-                    kind: SectionKind::Data,
-                    index: None,
-                    size: None,
-                });
-            }
+        if let Some(name) = &since
+            && !vm.snapshots.iter().any(|s| &s.name == name)
+        {
+            return Err(ServiceError::BadRequest(format!(
+                "VM {uuid} has no snapshot {name:?} to send the changes since"
+            )));
         }
+        // Files carry the guest's own ids in the stream, whatever range it has here.
+        let range = self.zones.id_range(uuid);
+        let plan = {
+            let (vm, cow, guests_dir) = (vm.clone(), self.cow.clone(), guests_dir.clone());
+            blocking(move || plan_send(&cow, &vm, since.as_deref(), &guests_dir, range)).await?
+        };
         let header = Header {
             version: send::VERSION,
             uuid,
             guests_dir: guests_dir.to_string_lossy().into_owned(),
             images_dir: self.data_root.join("images").to_string_lossy().into_owned(),
-            sections,
+            sections: plan.sections,
+            since: plan.since,
         };
         let record =
             serde_json::to_vec(&vm).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         let cow = self.cow.clone();
-        // Files carry the guest's own ids in the stream, whatever range it has here.
-        let range = self.zones.id_range(uuid);
+        let (base, removed) = (plan.base, plan.removed);
+        let snapshot = header.since.as_ref().map(|s| s.snapshot.clone());
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
             let out = ChunkWriter { tx: tx.clone() };
             let out = std::io::BufWriter::with_capacity(send::MAX_CHUNK + 64, out);
+            let disk = |i: usize| PathBuf::from(vm.disks[i].path.as_deref().unwrap_or_default());
+            let disk_err = |path: PathBuf| {
+                move |e| {
+                    SendFailed::Store(StoreError::Io(hull_sys::IoError::new(
+                        "send the disk",
+                        path,
+                        e,
+                    )))
+                }
+            };
             let result = (|| -> std::result::Result<(), SendFailed> {
                 let mut w = Writer::new(out, &header)?;
                 for s in &header.sections {
                     w.section(s, |out| -> std::result::Result<(), SendFailed> {
+                        let i = s.index.unwrap_or_default();
                         match s.kind {
                             SectionKind::Record => out.write_all(&record)?,
                             SectionKind::Root => {
@@ -183,15 +281,20 @@ impl Service {
                                 cow.pack_data(uuid, out, range).map_err(SendFailed::Store)?;
                             }
                             SectionKind::Disk => {
-                                let i = s.index.unwrap_or_default();
-                                let path = vm.disks[i].path.as_deref().unwrap_or_default();
-                                send::write_extents(Path::new(path), out).map_err(|e| {
-                                    SendFailed::Store(StoreError::Io(hull_sys::IoError::new(
-                                        "send the disk",
-                                        path,
-                                        e,
-                                    )))
-                                })?;
+                                send::write_extents(&disk(i), out).map_err(disk_err(disk(i)))?;
+                            }
+                            SectionKind::Removed => {
+                                out.write_all(&hull_cowstore::archive::encode_removals(&removed))?;
+                            }
+                            SectionKind::RootChanges => {
+                                let base = base.as_ref().unwrap_or(&EMPTY_LISTING);
+                                cow.pack_root_changes(uuid, base, range, out)
+                                    .map_err(SendFailed::Store)?;
+                            }
+                            SectionKind::DiskChanges => {
+                                let snap = snapshot_disk(&cow, uuid, snapshot.as_deref(), &disk(i));
+                                send::write_disk_delta(&snap, &disk(i), out)
+                                    .map_err(disk_err(disk(i)))?;
                             }
                         }
                         Ok(())
@@ -202,8 +305,8 @@ impl Service {
             })();
             if let Err(e) = result {
                 let why = match e {
-                    SendFailed::Io(e) => with_causes(&e),
-                    SendFailed::Store(e) => with_causes(&e),
+                    SendFailed::Io(e) => hull_sys::chain(&e),
+                    SendFailed::Store(e) => hull_sys::chain(&e),
                 };
                 tracing::warn!(%uuid, "send failed: {why}");
                 let _ = tx.blocking_send(Err(std::io::Error::other(why)));
@@ -248,8 +351,11 @@ impl Service {
             Ok::<_, Failed>((reader, header, vm))
         })
         .await?;
+        if header.since.is_some() {
+            return self.receive_changes(reader, header, vm).await;
+        }
         let index = self.index_lock.lock().await;
-        let vm = self.check_received(&header, vm)?;
+        let vm = self.check_received(&header, vm, None)?;
         let uuid = vm.uuid;
         let lock = self.guest_lock(uuid);
         let guard = lock.lock_owned().await;
@@ -282,8 +388,9 @@ impl Service {
     }
 
     /// The received record checked against this host (as a create payload is) and made this
-    /// host's: paths rebased onto this data root, run state cleared, no snapshots.
-    fn check_received(&self, header: &Header, mut vm: Vm) -> Result<Vm> {
+    /// host's: paths rebased onto this data root, run state cleared; no snapshots, or for an
+    /// incremental stream the snapshots of `existing`, this host's copy.
+    fn check_received(&self, header: &Header, mut vm: Vm, existing: Option<&Vm>) -> Result<Vm> {
         let uuid = vm.uuid;
         let bad = |m: String| ServiceError::BadRequest(format!("the stream is corrupt: {m}"));
         if uuid != header.uuid {
@@ -297,10 +404,21 @@ impl Service {
         let kinds: Vec<(SectionKind, Option<usize>)> =
             header.sections.iter().map(|s| (s.kind, s.index)).collect();
         let mut want = vec![(SectionKind::Record, None)];
+        let changes = header.since.is_some();
         if vm.brand.is_microvm() {
-            want.extend((0..vm.disks.len()).map(|i| (SectionKind::Disk, Some(i))));
+            let kind = if changes {
+                SectionKind::DiskChanges
+            } else {
+                SectionKind::Disk
+            };
+            want.extend((0..vm.disks.len()).map(|i| (kind, Some(i))));
         } else {
-            want.push((SectionKind::Root, None));
+            if changes {
+                want.push((SectionKind::Removed, None));
+                want.push((SectionKind::RootChanges, None));
+            } else {
+                want.push((SectionKind::Root, None));
+            }
             if vm.delegate_dataset {
                 want.push((SectionKind::Data, None));
             }
@@ -312,12 +430,13 @@ impl Service {
             )));
         }
         let mut report = ValidationReport::default();
-        if read(&self.records).vms.contains_key(&uuid) {
+        if existing.is_none() && read(&self.records).vms.contains_key(&uuid) {
             report.bad_value("uuid", format!("a VM with uuid {uuid} already exists"));
         }
         let value = serde_json::to_value(&vm).unwrap_or(Value::Null);
         if let Some(nics) = value.get("nics").and_then(Value::as_array) {
-            self.check_nics_on_host(&mut report, "nics", nics, None)?;
+            let mine = existing.map(|_| uuid);
+            self.check_nics_on_host(&mut report, "nics", nics, mine)?;
         }
         super::create::check_filesystem_sources(&mut report, &value);
         if let Some(image) = vm.image_uuid.filter(|_| !vm.brand.is_microvm()) {
@@ -371,9 +490,96 @@ impl Service {
         vm.pid = None;
         vm.exit_status = None;
         vm.failure = None;
-        vm.snapshots.clear();
+        vm.snapshots = existing.map(|e| e.snapshots.clone()).unwrap_or_default();
         vm.last_modified = now();
         Ok(vm)
+    }
+
+    /// Receives an incremental stream into this host's copy of the guest, which must be
+    /// stopped and be what the sender's snapshot was (its fingerprints), and must not have
+    /// run here since it was received (a zone's files would carry this host's ids). The copy
+    /// is snapshotted first and rolled back to if the stream fails: it is either as it was
+    /// or as the sender's guest is.
+    async fn receive_changes(
+        &self,
+        reader: Reader<ChunkReader>,
+        header: Header,
+        vm: Vm,
+    ) -> Result<Arc<Record>> {
+        let uuid = vm.uuid;
+        let since = header.since.clone().unwrap_or_else(|| Since {
+            snapshot: String::new(),
+            root: None,
+            disks: Vec::new(),
+        });
+        let lock = self.guest_lock(uuid);
+        let guard = lock.lock_owned().await;
+        let current = self.get(uuid).map_err(|_| {
+            ServiceError::BadRequest(format!(
+                "the stream holds VM {uuid}'s changes since snapshot {:?}, and this host has no \
+                 VM {uuid}: receive the whole VM first",
+                since.snapshot
+            ))
+        })?;
+        if current.vm.state != VmState::Stopped {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} is {} here: stop it before receiving its changes",
+                current.vm.state.as_str()
+            )));
+        }
+        if current.vm.brand != vm.brand {
+            return Err(ServiceError::BadRequest(format!(
+                "the stream's VM {uuid} is a {} guest, this host's a {} one",
+                vm.brand, current.vm.brand
+            )));
+        }
+        let vm = self.check_received(&header, vm, Some(&current.vm))?;
+        let disks: Vec<PathBuf> = match current.vm.brand.is_microvm() {
+            true => current
+                .vm
+                .disks
+                .iter()
+                .filter_map(|d| d.path.as_deref().map(PathBuf::from))
+                .collect(),
+            false => Vec::new(),
+        };
+        let theirs = vm
+            .disks
+            .iter()
+            .map(|d| d.path.as_deref().map(PathBuf::from));
+        if current.vm.brand.is_microvm() && !theirs.eq(disks.iter().cloned().map(Some)) {
+            return Err(ServiceError::BadRequest(format!(
+                "the stream's VM {uuid} has other disks than this host's copy: receive the \
+                 whole VM"
+            )));
+        }
+        let cow = self.cow.clone();
+        let range = self.zones.id_range(uuid);
+        let shifted = self.zones.dir(uuid).join(zoned::config::files::SHIFTED);
+        {
+            let (cow, disks, since) = (cow.clone(), disks.clone(), since.clone());
+            blocking(move || check_base(&cow, uuid, &since, &disks, range, &shifted)).await?;
+        }
+        let mut receiving = current.vm.clone();
+        receiving.state = VmState::Receiving;
+        receiving.zone_state = VmState::Receiving.zone_state();
+        write(&self.records).insert(Arc::new(Record::new(receiving)));
+        let planned = vm.clone();
+        let landed = blocking(move || apply_changes(&cow, reader, &planned, &disks)).await;
+        let mut vm = vm;
+        let done = match landed {
+            Ok(()) => self.finish_received(&mut vm).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            write(&self.records).insert(current);
+            return Err(e);
+        }
+        let record = Arc::new(Record::new(vm));
+        write(&self.records).insert(record.clone());
+        self.emit(EventKind::Modify, &record, Vec::new());
+        drop(guard);
+        Ok(record)
     }
 
     /// After the data: the quota applied and the record written.
@@ -390,6 +596,17 @@ impl Service {
     }
 }
 
+/// The file name, in the guest's directory, of the disk a disk section carries (checked by
+/// the store: `disk<N>.img`).
+fn disk_file<'a>(vm: &'a Vm, s: &Section) -> &'a str {
+    vm.disks
+        .get(s.index.unwrap_or_default())
+        .and_then(|d| d.path.as_deref())
+        .and_then(|p| Path::new(p).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+}
+
 /// The blocking side of a receive: every section after the record into the guest's new
 /// directory, then the verified end.
 fn receive_sections(
@@ -402,10 +619,14 @@ fn receive_sections(
     while let Some(s) = reader.next_section().map_err(Failed::Stream)? {
         let body = reader.body();
         match s.kind {
-            SectionKind::Record => {
-                return Err(Failed::Stream(StreamError::Corrupt(
-                    "it holds a second record".into(),
-                )));
+            SectionKind::Record
+            | SectionKind::Removed
+            | SectionKind::RootChanges
+            | SectionKind::DiskChanges => {
+                return Err(Failed::Stream(StreamError::Corrupt(format!(
+                    "it holds a {:?} section where it holds a whole guest",
+                    s.kind
+                ))));
             }
             SectionKind::Root => {
                 let image = vm.image_uuid.unwrap_or_default();
@@ -413,17 +634,9 @@ fn receive_sections(
                     .and_then(|_| mark_relative(cow, uuid))
             }
             SectionKind::Data => cow.receive_data(uuid, body).map(drop),
-            SectionKind::Disk => {
-                let i = s.index.unwrap_or_default();
-                let name = vm.disks[i]
-                    .path
-                    .as_deref()
-                    .and_then(|p| Path::new(p).file_name())
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default();
-                cow.receive_disk(uuid, name, s.size.unwrap_or_default(), body)
-                    .map(drop)
-            }
+            SectionKind::Disk => cow
+                .receive_disk(uuid, disk_file(vm, &s), s.size.unwrap_or_default(), body)
+                .map(drop),
         }
         .map_err(|e| match send::find_stream_error(&e) {
             Some(cut) => Failed::Stream(cut),
@@ -444,4 +657,113 @@ fn mark_relative(cow: &hull_cowstore::store::Store, uuid: Uuid) -> Result<(), St
         hull_sys::fs::write_atomic(&marker, b"received\n")?;
     }
     Ok(())
+}
+
+/// The receiver's copy must be what the sender's snapshot was, and must not have run here
+/// since it was received: a layered root still carries its zone-relative marker, a
+/// directory root was never shifted.
+fn check_base(
+    cow: &hull_cowstore::store::Store,
+    uuid: Uuid,
+    since: &Since,
+    disks: &[PathBuf],
+    range: Option<(u32, u32)>,
+    shifted: &Path,
+) -> std::result::Result<(), Failed> {
+    let differs = |what: &str| {
+        Failed::Refused(format!(
+            "VM {uuid} here is not what snapshot {:?} was on the sender ({what} differ): \
+             receive the whole VM, or send the changes since the snapshot this copy was sent at",
+            since.snapshot
+        ))
+    };
+    if disks.is_empty() {
+        let ran = match cow.root_source(uuid).map_err(Failed::Store)? {
+            Some(hull_cowstore::backend::RootSource::Overlay { upper, .. }) => {
+                !zoned::rootfs::relative_ids_marker(&upper).exists()
+            }
+            _ => shifted.exists(),
+        };
+        if ran {
+            return Err(Failed::Refused(format!(
+                "VM {uuid} has run on this host, so its files carry this host's ids: \
+                 changes apply only to a received copy that has not run here (receive the \
+                 whole VM again)"
+            )));
+        }
+        let print = cow
+            .root_listing(uuid, None, range)
+            .map_err(Failed::Store)?
+            .fingerprint();
+        if since.root.as_deref() != Some(print.as_str()) {
+            return Err(differs("its root's files"));
+        }
+        return Ok(());
+    }
+    if since.disks.len() != disks.len() {
+        return Err(differs("its disks"));
+    }
+    for (i, (disk, want)) in disks.iter().zip(&since.disks).enumerate() {
+        let have = send::disk_fingerprint(disk)
+            .map_err(|e| Failed::Store(StoreError::Io(hull_sys::IoError::new("read", disk, e))))?;
+        if &have != want {
+            return Err(differs(&format!("disk {i}'s blocks")));
+        }
+    }
+    Ok(())
+}
+
+/// The blocking side of an incremental receive: the copy snapshotted, every section's
+/// changes applied, the end verified; then kept, or rolled back on any error.
+fn apply_changes(
+    cow: &hull_cowstore::store::Store,
+    mut reader: Reader<ChunkReader>,
+    vm: &Vm,
+    disks: &[PathBuf],
+) -> std::result::Result<(), Failed> {
+    let uuid = vm.uuid;
+    cow.begin_changes(uuid, disks).map_err(Failed::Store)?;
+    let applied = (|| -> std::result::Result<(), Failed> {
+        let mut removed = Vec::new();
+        while let Some(s) = reader.next_section().map_err(Failed::Stream)? {
+            let body = reader.body();
+            let store = match s.kind {
+                SectionKind::Removed => {
+                    let mut bytes = Vec::new();
+                    body.take(MAX_REMOVALS + 1)
+                        .read_to_end(&mut bytes)
+                        .map_err(|e| Failed::Stream(send::unwrap_stream_error(e)))?;
+                    if bytes.len() as u64 > MAX_REMOVALS {
+                        return Err(Failed::Stream(StreamError::Corrupt(format!(
+                            "its removed paths are over {MAX_REMOVALS} bytes"
+                        ))));
+                    }
+                    removed = hull_cowstore::archive::decode_removals(&bytes)
+                        .map_err(|m| Failed::Stream(StreamError::Corrupt(m)))?;
+                    Ok(())
+                }
+                SectionKind::RootChanges => cow.apply_root_changes(uuid, &removed, body).map(drop),
+                SectionKind::Data => cow.stage_data(uuid, body).map(drop),
+                SectionKind::DiskChanges => cow.apply_disk_changes(
+                    uuid,
+                    disk_file(vm, &s),
+                    s.size.unwrap_or_default(),
+                    body,
+                ),
+                other => {
+                    return Err(Failed::Stream(StreamError::Corrupt(format!(
+                        "it holds a {other:?} section where it holds changes"
+                    ))));
+                }
+            };
+            store.map_err(|e| match send::find_stream_error(&e) {
+                Some(cut) => Failed::Stream(cut),
+                None => Failed::Store(e),
+            })?;
+        }
+        Ok(())
+    })();
+    let ended = cow.end_changes(uuid, disks, applied.is_ok());
+    applied?;
+    ended.map_err(Failed::Store)
 }
