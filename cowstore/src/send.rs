@@ -5,14 +5,14 @@
 //!
 //! ```text
 //! stream  := MAGIC(8) VERSION(u32) len(u32) header-json  section*  'E' chain(32)
-//! section := 'S' len(u32) section-json  chunk*  0(u32)  sha256(32)
+//! section := 'S' len(u32) section-json  chunk*  0(u32)  blake3(32)
 //! chunk   := len(u32, 1..=MAX_CHUNK) bytes
 //! ```
 //!
-//! Each section's body is hashed (sha256) and checked at its end before the reader reports
+//! Each section's body is hashed (BLAKE3) and checked at its end before the reader reports
 //! the end of the body, so a consumer that reads a body to its end has read verified bytes
 //! (what it wrote before then is staging its caller discards on error). The end marker
-//! carries a sha256 over the header and every section's header and hash, in order: a stream
+//! carries a BLAKE3 hash over the header and every section's header and hash, in order: a stream
 //! cut between sections, sections reordered, dropped or repeated, or bytes after the end are
 //! all refused. The header lists the sections the stream holds.
 //!
@@ -22,8 +22,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
 
+use blake3::Hasher;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// The stream's first bytes.
@@ -167,7 +167,7 @@ pub fn find_stream_error(e: &(dyn std::error::Error + 'static)) -> Option<Stream
 #[derive(Debug)]
 pub struct Writer<W: Write> {
     out: W,
-    chain: Sha256,
+    chain: Hasher,
     buf: Vec<u8>,
 }
 
@@ -179,7 +179,7 @@ impl<W: Write> Writer<W> {
         out.write_all(&VERSION.to_be_bytes())?;
         write_len(&mut out, json.len())?;
         out.write_all(&json)?;
-        let mut chain = Sha256::new();
+        let mut chain = Hasher::new();
         chain.update(&json);
         Ok(Writer {
             out,
@@ -202,21 +202,21 @@ impl<W: Write> Writer<W> {
         let mut w = SectionWriter {
             out: &mut self.out,
             buf: &mut self.buf,
-            hash: Sha256::new(),
+            hash: Hasher::new(),
         };
         let value = body(&mut w)?;
         w.flush_chunk()?;
-        let hash = w.hash.finalize();
+        let hash = *w.hash.finalize().as_bytes();
         self.out.write_all(&0u32.to_be_bytes())?;
         self.out.write_all(&hash)?;
-        self.chain.update(hash);
+        self.chain.update(&hash);
         Ok(value)
     }
 
     /// Writes the end marker and flushes; returns the output.
     pub fn finish(mut self) -> io::Result<W> {
         self.out.write_all(b"E")?;
-        self.out.write_all(&self.chain.finalize())?;
+        self.out.write_all(self.chain.finalize().as_bytes())?;
         self.out.flush()?;
         Ok(self.out)
     }
@@ -231,7 +231,7 @@ fn write_len(out: &mut impl Write, len: usize) -> io::Result<()> {
 struct SectionWriter<'a, W: Write> {
     out: &'a mut W,
     buf: &'a mut Vec<u8>,
-    hash: Sha256,
+    hash: Hasher,
 }
 
 impl<W: Write> SectionWriter<'_, W> {
@@ -269,7 +269,7 @@ impl<W: Write> Write for SectionWriter<'_, W> {
 pub struct Reader<R: Read> {
     src: R,
     header: Header,
-    chain: Sha256,
+    chain: Hasher,
     /// The section being read, if its body is not finished.
     open: Option<Open>,
     /// Sections read so far.
@@ -279,7 +279,7 @@ pub struct Reader<R: Read> {
 #[derive(Debug)]
 struct Open {
     kind: SectionKind,
-    hash: Sha256,
+    hash: Hasher,
     /// Bytes left in the current chunk.
     left: usize,
     /// Body bytes so far.
@@ -313,7 +313,7 @@ impl<R: Read> Reader<R> {
                 "its header's version differs from its prefix's".into(),
             ));
         }
-        let mut chain = Sha256::new();
+        let mut chain = Hasher::new();
         chain.update(&json);
         Ok(Reader {
             src,
@@ -350,7 +350,7 @@ impl<R: Read> Reader<R> {
                         self.header.sections.len()
                     )));
                 }
-                if self.chain.clone().finalize()[..] != want {
+                if self.chain.finalize().as_bytes() != &want {
                     return Err(StreamError::Corrupt(
                         "its end marker does not match its sections".into(),
                     ));
@@ -383,7 +383,7 @@ impl<R: Read> Reader<R> {
         self.seen += 1;
         self.open = Some(Open {
             kind: section.kind,
-            hash: Sha256::new(),
+            hash: Hasher::new(),
             left: 0,
             bytes: 0,
             done: false,
@@ -413,14 +413,14 @@ impl<R: Read> Reader<R> {
             if len == 0 {
                 let mut want = [0u8; 32];
                 read_exact(&mut self.src, &mut want, &what(open))?;
-                let got = open.hash.clone().finalize();
-                if got[..] != want {
+                let got = *open.hash.finalize().as_bytes();
+                if got != want {
                     return Err(StreamError::Corrupt(format!(
                         "the {:?} section's checksum does not match its {} bytes",
                         open.kind, open.bytes
                     )));
                 }
-                self.chain.update(got);
+                self.chain.update(&got);
                 open.done = true;
                 return Ok(0);
             }
@@ -583,16 +583,16 @@ fn read_block(f: &std::fs::File, buf: &mut [u8], at: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// A disk's content fingerprint: a sha256 over its size and each 1 MiB block's sha256 (a
+/// A disk's content fingerprint: a BLAKE3 hash over its size and each 1 MiB block's hash (a
 /// block of zeros, read or a hole, counts as zeros however it is stored). Holes are not
 /// read.
 pub fn disk_fingerprint(path: &Path) -> io::Result<String> {
     use nix::unistd::{Whence, lseek};
     let f = std::fs::File::open(path)?;
     let size = f.metadata()?.len();
-    let mut h = Sha256::new();
-    h.update(size.to_le_bytes());
-    let zero = Sha256::digest(vec![0u8; BLOCK]);
+    let mut h = Hasher::new();
+    h.update(&size.to_le_bytes());
+    let zero = *blake3::hash(&vec![0u8; BLOCK]).as_bytes();
     let mut buf = vec![0u8; BLOCK];
     let mut at = 0u64;
     let off = |v: u64| i64::try_from(v).map_err(io::Error::other);
@@ -609,13 +609,13 @@ pub fn disk_fingerprint(path: &Path) -> io::Result<String> {
             buf[..len].fill(0);
         }
         if len == BLOCK && buf.iter().all(|b| *b == 0) {
-            h.update(zero);
+            h.update(&zero);
         } else {
-            h.update(Sha256::digest(&buf[..len]));
+            h.update(blake3::hash(&buf[..len]).as_bytes());
         }
         at += len as u64;
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(h.finalize().to_hex().to_string())
 }
 
 /// Reads what [`write_extents`] wrote into a new file at `path` (refused if it exists) of

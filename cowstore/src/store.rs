@@ -29,7 +29,7 @@ use crate::archive::{self, ArchiveError, Expected, Limits, Stats};
 use crate::backend::{self, Backend, BackendError, BackendKind, CloneCost, RootSource};
 
 mod transfer;
-pub use transfer::is_disk_name;
+pub use transfer::{RECEIVE_SNAPSHOT, is_disk_name};
 
 /// What an image holds, as the store needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -178,6 +178,18 @@ fn root_zone_moves_between_btrfs_and_overlay_data_roots() {
     drop(a);
 }
 
+/// The same between btrfs and xfs (the reflink backend: a layered root on reflinks).
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_zone_moves_between_btrfs_and_xfs_data_roots() {
+    let btrfs = hull_tests::LoopFs::new("btrfs", 2 << 30);
+    let xfs = hull_tests::LoopFs::new("xfs", 2 << 30);
+    let a = Daemon::start_on(&btrfs.mountpoint);
+    let b = Daemon::start_on(&xfs.mountpoint);
+    zone_round_trip(&a, &b);
+    drop((a, b));
+}
+
 /// A receiver without the zone's image, or without its nic tag, refuses the stream before
 /// writing anything; a stream cut at 100 random offsets, or with a byte flipped, is refused
 /// and leaves nothing behind.
@@ -491,4 +503,51 @@ fn kvm_root_microvm_disk_changes_since_a_snapshot_move_alone() {
     hull_tests::console_until(&rt.console, "testguest: waiting for ctrl-alt-del");
     ok(&b.vmadm(&["stop", "-F", &u], None));
     drop(a);
+}
+
+/// An incremental receive cut by a crash (vmmd killed while the copy was half changed: its
+/// receive snapshot still there) is rolled back when vmmd starts again; the snapshot name is
+/// hull's own.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_an_interrupted_change_is_rolled_back_at_start() {
+    let mut d = Daemon::start();
+    install(&d);
+    let uuid = create(&d, serde_json::json!({"autoboot": false}));
+    let o = d.vmadm(&["create-snapshot", &uuid, "%receive"], None);
+    refused(&o, "hull's own");
+    d.kill9();
+    let store = hull_cowstore::store::Store::open(hull_cowstore::store::StoreConfig {
+        root: d.data_root(),
+        backend: None,
+        limits: hull_cowstore::archive::Limits::default(),
+    })
+    .expect("store");
+    let guest: uuid::Uuid = uuid.parse().expect("uuid");
+    store.begin_changes(guest, &[]).expect("begin");
+    // Half the changes: a file written into the root's writable layer.
+    let half = match store.root_source(guest).expect("root") {
+        Some(hull_cowstore::backend::RootSource::Dir(dir)) => dir,
+        Some(hull_cowstore::backend::RootSource::Overlay { upper, .. }) => upper,
+        None => panic!("no root"),
+    }
+    .join("half-changed");
+    std::fs::write(&half, "torn").expect("write");
+    drop(store);
+    d.spawn();
+    assert!(
+        !half.exists(),
+        "the half-made change was rolled back\n{}",
+        d.log()
+    );
+    assert!(
+        !d.data_root()
+            .join("guests")
+            .join(&uuid)
+            .join("snapshots/%receive")
+            .exists(),
+        "the receive snapshot is gone"
+    );
+    assert!(d.log().contains("rolled back a guest"), "{}", d.log());
+    ok(&d.vmadm(&["start", &uuid], None));
 }

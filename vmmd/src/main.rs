@@ -174,6 +174,9 @@ fn main() -> anyhow::Result<()> {
         for uuid in service.remove_orphan_storage().await? {
             tracing::warn!(%uuid, "removed the storage of a guest whose create never finished");
         }
+        for uuid in service.undo_interrupted_changes().await? {
+            tracing::warn!(%uuid, "rolled back a guest whose incremental receive never finished");
+        }
         for path in &loaded.quarantined {
             tracing::error!(path = %path.display(), "a guest record was unreadable and was moved aside");
         }

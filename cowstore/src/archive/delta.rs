@@ -17,8 +17,6 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use super::ArchiveError;
 
 /// What kind of entry.
@@ -115,27 +113,29 @@ pub fn list_tree(root: &Path, range: Option<(u32, u32)>) -> Result<Listing, Arch
 }
 
 impl Listing {
-    /// A sha256 over every entry's path, kind, mode, owner, and a file's size and mtime
+    /// A BLAKE3 hash over every entry's path, kind, mode, owner, and a file's size and mtime
     /// (whole seconds: what a tar keeps) or a symlink's target; directories' and symlinks'
     /// mtimes are left out (unpacking sets them after their contents, or not at all).
     pub fn fingerprint(&self) -> String {
-        let mut h = Sha256::new();
+        let mut h = blake3::Hasher::new();
         for (path, n) in &self.nodes {
             h.update(path.as_os_str().as_bytes());
-            h.update([0, n.kind as u8]);
-            h.update(n.mode.to_le_bytes());
-            h.update(n.uid.to_le_bytes());
-            h.update(n.gid.to_le_bytes());
+            h.update(&[0, n.kind as u8]);
+            h.update(&n.mode.to_le_bytes());
+            h.update(&n.uid.to_le_bytes());
+            h.update(&n.gid.to_le_bytes());
             match n.kind {
                 Kind::File => {
-                    h.update(n.size.to_le_bytes());
-                    h.update(n.mtime.0.to_le_bytes());
+                    h.update(&n.size.to_le_bytes());
+                    h.update(&n.mtime.0.to_le_bytes());
                 }
-                Kind::Symlink => h.update(n.target.as_deref().unwrap_or_default().as_bytes()),
+                Kind::Symlink => {
+                    h.update(n.target.as_deref().unwrap_or_default().as_bytes());
+                }
                 Kind::Dir => {}
             }
         }
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        h.finalize().to_hex().to_string()
     }
 
     /// Whether the entry at `rel` (of the tree listed now, its metadata `meta`) differs from

@@ -148,7 +148,7 @@ fn main() {
     // (name, move(zone?), undo(zone?))
     let methods: Vec<Method> = vec![
         (
-            "vmadm send | vmadm receive",
+            "vmadm send \\| vmadm receive",
             Box::new(|is_zone| hull_pipe(&a, &b, if is_zone { &zone } else { &vm_uuid })),
             Box::new(|is_zone| {
                 let u = if is_zone { &zone } else { &vm_uuid };
@@ -157,7 +157,7 @@ fn main() {
             }),
         ),
         (
-            "btrfs send | btrfs receive",
+            "btrfs send \\| btrfs receive",
             Box::new(|is_zone| {
                 let src = if is_zone { "zone-ro" } else { "vmdisk-ro" };
                 sh(&format!(
@@ -175,7 +175,7 @@ fn main() {
             }),
         ),
         (
-            "tar -c | tar -x",
+            "tar -c \\| tar -x",
             Box::new(|is_zone| {
                 let src = if is_zone { "zone-ro" } else { "vmdisk-ro" };
                 sh(&format!(

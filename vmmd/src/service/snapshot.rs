@@ -41,6 +41,12 @@ fn check_verb(vm: &hull_spec::Vm, name: &str, verb: SnapshotVerb) -> Result<()> 
     let uuid = vm.uuid;
     let exists = vm.snapshots.iter().any(|s| s.name == name);
     match verb {
+        SnapshotVerb::Create if name == hull_cowstore::store::RECEIVE_SNAPSHOT => {
+            Err(ServiceError::BadRequest(format!(
+                "the snapshot name {name:?} is hull's own (vmadm receive takes it while it \
+                 changes a copy)"
+            )))
+        }
         SnapshotVerb::Create if exists => Err(ServiceError::Conflict(format!(
             "VM {uuid} already has a snapshot {name:?}"
         ))),

@@ -387,6 +387,41 @@ impl Service {
         Ok(record)
     }
 
+    /// Rolls back guests whose incremental receive was cut by a crash (their receive
+    /// snapshot is still there: a finished receive deletes it), so each is as it was before.
+    pub async fn undo_interrupted_changes(&self) -> Result<Vec<Uuid>> {
+        let guests: Vec<(Uuid, Vec<PathBuf>)> = read(&self.records)
+            .vms
+            .values()
+            .filter(|r| {
+                self.cow
+                    .guest_dir(r.uuid)
+                    .join(hull_cowstore::backend::SNAPSHOTS_DIR)
+                    .join(hull_cowstore::store::RECEIVE_SNAPSHOT)
+                    .exists()
+            })
+            .map(|r| {
+                let disks = match r.brand.is_microvm() {
+                    true => r
+                        .disks
+                        .iter()
+                        .filter_map(|d| d.path.as_deref().map(PathBuf::from))
+                        .collect(),
+                    false => Vec::new(),
+                };
+                (r.uuid, disks)
+            })
+            .collect();
+        let cow = self.cow.clone();
+        blocking(move || {
+            for (uuid, disks) in &guests {
+                cow.end_changes(*uuid, disks, false)?;
+            }
+            Ok::<_, StoreError>(guests.into_iter().map(|(u, _)| u).collect())
+        })
+        .await
+    }
+
     /// The received record checked against this host (as a create payload is) and made this
     /// host's: paths rebased onto this data root, run state cleared; no snapshots, or for an
     /// incremental stream the snapshots of `existing`, this host's copy.
