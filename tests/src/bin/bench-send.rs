@@ -203,6 +203,15 @@ fn main() {
         }
         eprintln!("run {} of {runs} done", run + 1);
     }
+    for (m, (name, _, _)) in methods.iter().enumerate() {
+        let secs = |v: &[Duration]| {
+            v.iter()
+                .map(|d| format!("{:.2}", d.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        eprintln!("{name}: zone {} s; disk {} s", secs(&times[m][0]), secs(&times[m][1]));
+    }
     let mib = |bytes: u64, d: Duration| bytes as f64 / (1 << 20) as f64 / d.as_secs_f64();
     let btrfs = [median(times[1][0].clone()), median(times[1][1].clone())];
     println!(

@@ -5,6 +5,14 @@ use std::path::Path;
 
 use crate::{CmdResult, Failure, client, parse_uuid};
 
+/// A pipe's buffer is 64 KiB unless asked: a stream of gigabytes moves in larger pieces
+/// (fewer reads, writes and wakeups on both ends) through 1 MiB. Not a pipe, or a kernel
+/// that refuses: the pipe stays as it is.
+fn widen_pipe(fd: impl std::os::fd::AsFd) {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(1 << 20));
+}
+
 /// `vmadm send UUID [--since SNAPSHOT]`: the VM as a stream on stdout, which must not be a
 /// terminal. A running VM is stopped first and stays stopped, as on SmartOS.
 pub fn send(socket: Option<&Path>, uuid: &str, since: Option<&str>) -> CmdResult {
@@ -15,6 +23,7 @@ pub fn send(socket: Option<&Path>, uuid: &str, since: Option<&str>) -> CmdResult
              vmadm receive or a file",
         ));
     }
+    widen_pipe(std::io::stdout());
     let mut out = std::io::stdout().lock();
     let bytes = client(socket)?
         .send_vm(uuid, since, &mut out)
@@ -36,6 +45,7 @@ pub fn receive(socket: Option<&Path>) -> CmdResult {
             "vmadm receive reads a stream (vmadm send's output) from stdin, which is a terminal",
         ));
     }
+    widen_pipe(std::io::stdin());
     let vm = client(socket)?.receive_vm(std::io::stdin())?;
     eprintln!("Successfully received VM {}", vm.uuid);
     Ok(())
