@@ -210,7 +210,11 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        eprintln!("{name}: zone {} s; disk {} s", secs(&times[m][0]), secs(&times[m][1]));
+        eprintln!(
+            "{name}: zone {} s; disk {} s",
+            secs(&times[m][0]),
+            secs(&times[m][1])
+        );
     }
     let mib = |bytes: u64, d: Duration| bytes as f64 / (1 << 20) as f64 / d.as_secs_f64();
     let btrfs = [median(times[1][0].clone()), median(times[1][1].clone())];
