@@ -288,6 +288,22 @@ fn root_group_members_name_host_files_only_below_allow_path() {
     initrd["initrd"] = "/etc/shadow".into();
     assert_refused(&curl_as(&d, member, "POST", "/v1/vms", &initrd), "initrd");
     nothing_new("create with initrd /etc/shadow");
+    // A send stream's record names host paths too: receiving one is root's alone.
+    let (status, reply) = curl_as(
+        &d,
+        member,
+        "POST",
+        "/v1/vms/receive",
+        &serde_json::json!({}),
+    );
+    assert_eq!(status, 403, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("only root may receive")),
+        "{reply}"
+    );
+    nothing_new("a receive");
 
     // Files below it are the member's to use.
     let (status, created) = curl_as(&d, member, "POST", "/v1/vms", &vm(&kernel, &disk));

@@ -133,6 +133,9 @@ fn zone_round_trip(a: &Daemon, b: &Daemon) {
     assert_eq!(state(b, &uuid), "stopped", "received VMs arrive stopped");
     let got = b.client().get_vm(uuid.parse().expect("uuid")).expect("get");
     assert!(got.delegate_dataset && got.quota == 2, "{got:?}");
+    // A snapshot taken before its first start here holds the zone's own ids, which that
+    // start shifts with the root: rolled back to after it, the files are still the zone's.
+    ok(&b.vmadm(&["create-snapshot", &uuid, "arrived"], None));
     ok(&b.vmadm(&["start", &uuid], None));
     assert_eq!(
         ok(&b.zlogin(&uuid, CHECK)),
@@ -140,6 +143,16 @@ fn zone_round_trip(a: &Daemon, b: &Daemon) {
         "the zone's files on the receiver"
     );
     ok(&b.vmadm(&["stop", &uuid], None));
+    ok(&b.vmadm(&["rollback-snapshot", &uuid, "arrived"], None));
+    ok(&b.vmadm(&["start", &uuid], None));
+    assert_eq!(
+        ok(&b.zlogin(&uuid, CHECK)),
+        before,
+        "after a rollback to the arrival"
+    );
+    ok(&b.zlogin(&uuid, "echo writable > /root/note2"));
+    ok(&b.vmadm(&["stop", &uuid], None));
+    ok(&b.vmadm(&["delete-snapshot", &uuid, "arrived"], None));
 
     // Back the other way, after the sender dropped its copy.
     ok(&a.vmadm(&["delete", &uuid], None));

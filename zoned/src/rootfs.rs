@@ -242,12 +242,17 @@ fn mount_shifted(spec: &RootSpec, rootfs: &Path, id_base: u32) -> Result<(), Mou
             .map_err(err("make nosuid,nodev the zone's root", rootfs))
         }
         RootSpec::Overlay { lower, upper, work } => {
+            let relative = relative_ids_marker(upper).exists();
             hand_upper(upper, id_base)?;
             mount_overlay(lower, upper, work, rootfs, ",metacopy=on")?;
             shift_tree(rootfs, id_base).inspect_err(|_| {
                 let _ = umount2(rootfs, MntFlags::MNT_DETACH);
             })?;
-            // The shift through the overlay covered the upper layer's zone-relative files.
+            // The shift through the overlay covered the upper layer's zone-relative files;
+            // its snapshots are shifted alike.
+            if relative {
+                shift_snapshots(upper, id_base)?;
+            }
             remove_marker(&relative_ids_marker(upper))
         }
     }
@@ -270,7 +275,26 @@ fn shift_relative_upper(upper: &Path, id_base: u32) -> Result<(), MountError> {
         return Ok(());
     }
     shift_tree(upper, id_base)?;
+    shift_snapshots(upper, id_base)?;
     remove_marker(&marker)
+}
+
+/// The snapshots of a marked upper layer (`<guest>/snapshots/*`, copies of the layer) were
+/// taken with its zone-relative ids: shifted with it, so a rollback after this start puts
+/// back files the zone can own. Snapshots taken later hold ids of the range already, which
+/// [`shift_tree`] leaves alone.
+fn shift_snapshots(upper: &Path, id_base: u32) -> Result<(), MountError> {
+    let dir = upper.with_file_name("snapshots");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry.map_err(io_err("list", &dir))?.path();
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            shift_tree(&path, id_base)?;
+        }
+    }
+    Ok(())
 }
 
 fn remove_marker(marker: &Path) -> Result<(), MountError> {

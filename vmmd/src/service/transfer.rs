@@ -464,6 +464,18 @@ impl Service {
                 vm.brand
             )));
         }
+        // A disk's bytes are what its record says, to the MiB it is counted in.
+        for s in header.sections.iter().filter(|s| s.index.is_some()) {
+            let i = s.index.unwrap_or_default();
+            let mib = vm.disks.get(i).and_then(|d| d.size);
+            if let (Some(mib), Some(bytes)) = (mib, s.size)
+                && bytes >> 20 != mib
+            {
+                return Err(bad(format!(
+                    "disk {i} is {bytes} bytes in its section and {mib} MiB in its record"
+                )));
+            }
+        }
         let mut report = ValidationReport::default();
         if existing.is_none() && read(&self.records).vms.contains_key(&uuid) {
             report.bad_value("uuid", format!("a VM with uuid {uuid} already exists"));
