@@ -309,6 +309,27 @@ fn disk_facts(path: &str) -> (String, u64) {
     (format!("{:x}", sha2::Sha256::digest(&bytes)), blocks)
 }
 
+/// For the microVM tests: vmmd on a btrfs pool (returned, to drop after the daemons) and vmmd
+/// on an overlay data root, both with the zvol `image`, and on the first a stopped microVM
+/// of the test guest with two disks (its boot disk cloned from `image`).
+fn two_pools_and_a_vm(image: &str) -> (hull_tests::LoopFs, Daemon, Daemon, hull_spec::Vm) {
+    hull_tests::require_root_and_kvm();
+    let fs = hull_tests::LoopFs::new("btrfs", 2 << 30);
+    let a = Daemon::start_on(&fs.mountpoint);
+    let b = Daemon::start();
+    for d in [&a, &b] {
+        d.install_image(image, "zvol");
+    }
+    let vm = hull_tests::two_disk_vm(&a, "kvm", image);
+    (fs, a, b, vm)
+}
+
+/// Waits until the test guest of microVM `uuid` on `d` runs (its console says it waits).
+fn guest_waits(d: &Daemon, uuid: uuid::Uuid) {
+    let rt = d.client().runtime(uuid).expect("runtime");
+    hull_tests::console_until(&rt.console, "testguest: waiting for ctrl-alt-del");
+}
+
 /// A running microVM with two disks (the boot disk, which the test guest writes, and a
 /// sparse blank one) goes from btrfs to an overlay data root: stopped for the send, kept by
 /// the sender; its disks arrive byte for byte and still sparse, and it boots there.
@@ -316,15 +337,7 @@ fn disk_facts(path: &str) -> (String, u64) {
 #[ignore = "needs root and /dev/kvm: run with --run-ignored"]
 fn kvm_root_microvm_with_two_disks_moves_between_data_roots() {
     use std::os::unix::fs::FileExt;
-    hull_tests::require_root_and_kvm();
-    let fs = hull_tests::LoopFs::new("btrfs", 2 << 30);
-    let a = Daemon::start_on(&fs.mountpoint);
-    let b = Daemon::start();
-    let image = "5c0f1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2f";
-    for d in [&a, &b] {
-        d.install_image(image, "zvol");
-    }
-    let vm = hull_tests::two_disk_vm(&a, "kvm", image);
+    let (_pool, a, b, vm) = two_pools_and_a_vm("5c0f1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2f");
     let u = vm.uuid.to_string();
     let vdb = vm.disks[1].path.clone().expect("vdb");
     std::fs::OpenOptions::new()
@@ -333,8 +346,7 @@ fn kvm_root_microvm_with_two_disks_moves_between_data_roots() {
         .and_then(|f| f.write_all_at(b"second disk, 5 MiB in", 5 << 20))
         .expect("write vdb");
     ok(&a.vmadm(&["start", &u], None));
-    let rt = a.client().runtime(vm.uuid).expect("runtime");
-    hull_tests::console_until(&rt.console, "testguest: waiting for ctrl-alt-del");
+    guest_waits(&a, vm.uuid);
 
     let (s, r) = pipe(&a, &b, &u);
     assert!(
@@ -368,8 +380,7 @@ fn kvm_root_microvm_with_two_disks_moves_between_data_roots() {
         }
     }
     ok(&b.vmadm(&["start", &u], None));
-    let rt = b.client().runtime(vm.uuid).expect("runtime");
-    hull_tests::console_until(&rt.console, "testguest: waiting for ctrl-alt-del");
+    guest_waits(&b, vm.uuid);
     ok(&b.vmadm(&["stop", "-F", &u], None));
     for d in [&a, &b] {
         ok(&d.vmadm(&["delete", &u], None));
@@ -455,15 +466,7 @@ fn root_zone_changes_since_a_snapshot_move_alone() {
 #[ignore = "needs root and /dev/kvm: run with --run-ignored"]
 fn kvm_root_microvm_disk_changes_since_a_snapshot_move_alone() {
     use std::os::unix::fs::FileExt;
-    hull_tests::require_root_and_kvm();
-    let fs = hull_tests::LoopFs::new("btrfs", 2 << 30);
-    let a = Daemon::start_on(&fs.mountpoint);
-    let b = Daemon::start();
-    let image = "6d1e2f3a-4b5c-4d6e-9f70-8192a3b4c5d6";
-    for d in [&a, &b] {
-        d.install_image(image, "zvol");
-    }
-    let vm = hull_tests::two_disk_vm(&a, "kvm", image);
+    let (_pool, a, b, vm) = two_pools_and_a_vm("6d1e2f3a-4b5c-4d6e-9f70-8192a3b4c5d6");
     let u = vm.uuid.to_string();
     let path = |d: &Daemon, i: usize| {
         d.client().get_vm(vm.uuid).expect("get").disks[i]
@@ -481,8 +484,7 @@ fn kvm_root_microvm_disk_changes_since_a_snapshot_move_alone() {
         .and_then(|f| f.write_all_at(b"changed since s1", 3 << 20))
         .expect("write vdb");
     ok(&a.vmadm(&["start", &u], None));
-    let rt = a.client().runtime(vm.uuid).expect("runtime");
-    hull_tests::console_until(&rt.console, "testguest: waiting for ctrl-alt-del");
+    guest_waits(&a, vm.uuid);
     ok(&a.vmadm(&["stop", "-F", &u], None));
     let changes = send_args(&a, &[&u, "--since", "s1"]);
     assert!(
@@ -512,8 +514,7 @@ fn kvm_root_microvm_disk_changes_since_a_snapshot_move_alone() {
         );
     }
     ok(&b.vmadm(&["start", &u], None));
-    let rt = b.client().runtime(vm.uuid).expect("runtime");
-    hull_tests::console_until(&rt.console, "testguest: waiting for ctrl-alt-del");
+    guest_waits(&b, vm.uuid);
     ok(&b.vmadm(&["stop", "-F", &u], None));
     drop(a);
 }

@@ -46,18 +46,6 @@ pub struct Listing {
     nodes: BTreeMap<PathBuf, Node>,
 }
 
-/// An id as the guest sees it: one of its range `(first, count)` made relative.
-fn relative(id: u32, range: Option<(u32, u32)>) -> u64 {
-    match range {
-        Some((first, count))
-            if id >= first && u64::from(id) < u64::from(first) + u64::from(count) =>
-        {
-            u64::from(id - first)
-        }
-        _ => u64::from(id),
-    }
-}
-
 fn node(host: &Path, meta: &fs::Metadata, range: Option<(u32, u32)>) -> io::Result<Option<Node>> {
     let ft = meta.file_type();
     let kind = if ft.is_dir() {
@@ -73,8 +61,8 @@ fn node(host: &Path, meta: &fs::Metadata, range: Option<(u32, u32)>) -> io::Resu
     Ok(Some(Node {
         kind,
         mode: meta.mode() & 0o7777,
-        uid: relative(meta.uid(), range),
-        gid: relative(meta.gid(), range),
+        uid: super::relative_id(meta.uid(), range),
+        gid: super::relative_id(meta.gid(), range),
         size: if kind == Kind::File { meta.len() } else { 0 },
         mtime: (meta.mtime(), meta.mtime_nsec()),
         target: match kind {

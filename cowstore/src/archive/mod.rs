@@ -70,6 +70,19 @@ pub use qcow2::Qcow2Reader;
 pub use raw::unpack_raw;
 pub use tree::{unpack_tree, unpack_tree_onto, unpack_tree_unchecked};
 
+/// An id as a guest sees it: one of its host range `(first, count)` made relative (`id -
+/// first`), any other as it is. What [`pack_tree_ids`] writes and a [`Listing`] compares.
+pub(crate) fn relative_id(id: u32, range: Option<(u32, u32)>) -> u64 {
+    match range {
+        Some((first, count))
+            if id >= first && u64::from(id) < u64::from(first) + u64::from(count) =>
+        {
+            u64::from(id - first)
+        }
+        _ => u64::from(id),
+    }
+}
+
 /// Bytes the tar reader may consume between two entries that are not file data the unpacker
 /// reads itself (headers, GNU long names, pax extended headers, data of entries it skips):
 /// bounds the memory the tar crate spends on extended headers.

@@ -106,18 +106,6 @@ impl<W: Write> Write for Counter<W> {
     }
 }
 
-/// An id as the guest sees it (see [`pack_tree_ids`]).
-fn relative(id: u64, range: Option<(u32, u32)>) -> u64 {
-    match range {
-        Some((first, count))
-            if id >= u64::from(first) && id < u64::from(first) + u64::from(count) =>
-        {
-            id - u64::from(first)
-        }
-        _ => id,
-    }
-}
-
 fn write_tar<W: Write>(
     root: &Path,
     out: W,
@@ -210,8 +198,8 @@ fn write_tar<W: Write>(
 
 fn set_ids(header: &mut Header, meta: &fs::Metadata, range: Option<(u32, u32)>) {
     if range.is_some() {
-        header.set_uid(relative(u64::from(meta.uid()), range));
-        header.set_gid(relative(u64::from(meta.gid()), range));
+        header.set_uid(super::relative_id(meta.uid(), range));
+        header.set_gid(super::relative_id(meta.gid(), range));
     }
 }
 
