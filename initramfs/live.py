@@ -220,6 +220,39 @@ class Machine:
             raise RuntimeError(f"{self.name}: `{cmd}` exited {rc}:\n{out}")
         return rc, out
 
+    def answers(self, timeout=30):
+        """Whether the console still answers: a typed newline brings any output back (getty's
+        prompt again, a shell's). A machine whose kernel froze answers nothing."""
+        with self.cond:
+            before = len(self.buf)
+        self.send("\n")
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.buf) == before and not self.eof:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(min(left, 1))
+            return len(self.buf) > before
+
+    def monitor_query(self, cmd, wait=3):
+        """QEMU's monitor's answer to `cmd` (its banner included)."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(self.monitor_path)
+        s.settimeout(wait)
+        s.sendall(cmd.encode() + b"\n")
+        out = bytearray()
+        try:
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    break
+                out += data
+        except OSError:
+            pass
+        s.close()
+        return out.decode("utf-8", "replace").replace("\r", "")
+
     def monitor(self, cmd):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(self.monitor_path)

@@ -63,23 +63,63 @@ def skip(name, why):
     print(f"\n!!!!!!!! SKIPPED: {name}: {why} !!!!!!!!\n", flush=True)
 
 
-def expect_ok(m, name, pattern, timeout):
+def expect_ok(m, name, pattern, timeout, frozen_retry=False):
     try:
-        return check(name, m.expect(pattern, timeout) is not None)
+        wait = expect_alive if frozen_retry else live.Machine.expect
+        return check(name, wait(m, pattern, timeout) is not None)
     except live.Timeout as e:
         return check(name, False, str(e))
 
 
-def seconds(m, pattern, timeout, key):
+def seconds(m, pattern, timeout, key, frozen_retry=False):
     """Waits for a `... X s after the kernel started` line and records X."""
     try:
-        got = m.expect(pattern + r" ([0-9.]+) s after the kernel started", timeout)
+        wait = expect_alive if frozen_retry else live.Machine.expect
+        got = wait(m, pattern + r" ([0-9.]+) s after the kernel started", timeout)
     except live.Timeout as e:
         check(f"{key} reported", False, str(e))
         return None
     v = float(got.group(1))
     figures.setdefault(key, []).append(v)
     return v
+
+
+def expect_alive(m, pattern, timeout):
+    """m.expect, for the boots that start the nested microVM again from the pool: QEMU's TCG
+    emulation of SVM now and then freezes the whole live machine there (seen once, at the
+    reboot: the console silent and deaf from 11 s after the kernel started, nothing
+    committed to the pool in the 400 s that followed). That is the test machine failing, not
+    a check, as hull_l1 (scripts/lib.sh) says of the nested tiers' L1: when the console stops
+    answering a typed newline while this waits, it is said loudly with QEMU's view of the
+    CPUs (kept as NAME.l1-frozen), and the machine boots once more from the same disks, which
+    a freeze leaves as a pulled plug does. A second freeze, or a console that answers but
+    never shows `pattern`, fails."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return m.expect(pattern, max(1, min(60, deadline - time.monotonic())))
+        except live.Timeout:
+            if time.monotonic() >= deadline or m.eof:
+                why = "the console closed" if m.eof else f"{timeout} s passed"
+                raise live.Timeout(f"{m.name}: waiting for {pattern!r}, {why}; last output:\n"
+                                   f"{m.text()[-600:]}") from None
+            if m.answers(30):
+                continue
+            if getattr(m, "froze", False):
+                raise live.Timeout(f"{m.name}: froze again (no answer on its console) while waiting "
+                                   f"for {pattern!r}") from None
+            m.froze = True
+            path = os.path.join(m.workdir, m.name + ".l1-frozen")
+            with open(path, "w") as f:
+                f.write(m.text()[-3000:] + "\n==== QEMU monitor\n")
+                for q in ("info status", "info cpus", "info registers -a"):
+                    f.write(m.monitor_query(q))
+            print(f"NOTE: RETRY: the {m.name} machine froze under QEMU's TCG while waiting for "
+                  f"{pattern!r}: its console answers nothing (QEMU's view of its CPUs: {path}); "
+                  "booting it once more from the same disks", flush=True)
+            m.kill()
+            m.start()
+            deadline = time.monotonic() + timeout
 
 
 def blank_disk(path, size):
@@ -276,9 +316,10 @@ def phase_first_boot(work, state):
 def phase_reboot(work, state):
     m = state["machine"]
     expect_ok(m, "3: after the reboot the pool is imported by its label",
-              r"pool /dev/vda \(btrfs\) mounted on /var/lib/hull", 300)
-    seconds(m, "vmmd answering", 300, "reboot: vmmd answering")
-    v = seconds(m, r"all 2 autoboot guests running", 400, "reboot: all autoboot guests running")
+              r"pool /dev/vda \(btrfs\) mounted on /var/lib/hull", 300, frozen_retry=True)
+    seconds(m, "vmmd answering", 300, "reboot: vmmd answering", frozen_retry=True)
+    v = seconds(m, r"all 2 autoboot guests running", 400, "reboot: all autoboot guests running",
+                frozen_retry=True)
     check("3: the autoboot guests run again after the reboot", v is not None)
     m.login(PW)
     rc, out = m.run("hostname; sed -n 's/^hostname=//p' /var/lib/hull/config/node.conf; vmadm list -H -o alias,state | sort")
@@ -349,10 +390,11 @@ def phase_after_crash(work, state):
 
 def crash_checks(m, state):
     expect_ok(m, "4: after the pulled plug the pool mounts",
-              r"pool /dev/vda \(btrfs\) mounted on /var/lib/hull", 300)
+              r"pool /dev/vda \(btrfs\) mounted on /var/lib/hull", 300, frozen_retry=True)
     check("4: vmmd starts after the pulled plug",
-          seconds(m, "vmmd answering", 300, "after crash: vmmd answering") is not None)
-    v = seconds(m, r"all 2 autoboot guests running", 400, "after crash: all autoboot guests running")
+          seconds(m, "vmmd answering", 300, "after crash: vmmd answering", frozen_retry=True) is not None)
+    v = seconds(m, r"all 2 autoboot guests running", 400, "after crash: all autoboot guests running",
+                frozen_retry=True)
     check("4: the autoboot guests run again after the pulled plug", v is not None)
     m.login(PW)
     z, u = state["zone"], state["vm"]
