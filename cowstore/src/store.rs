@@ -18,6 +18,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use hull_sys::IoError;
@@ -38,6 +39,12 @@ pub enum ImageKind {
     Tree,
     /// A raw disk.
     Disk,
+    /// An OCI image layer: a tar applied, OCI whiteouts included, onto a copy of its origin
+    /// image's tree (a btrfs snapshot, sharing its blocks), or onto nothing for a base
+    /// layer; installed, it is a tree like any other. Its file is named by its sha256
+    /// digest. Setuid files are kept (the image's directory is root's alone; a zone sees
+    /// them owned by its own ids).
+    Layer,
 }
 
 /// An image to install: its identity, kind, the expected file, and the manifest bytes to keep.
@@ -188,6 +195,7 @@ fn kind_name(k: ImageKind) -> &'static str {
     match k {
         ImageKind::Tree => "tree",
         ImageKind::Disk => "disk",
+        ImageKind::Layer => "layer",
     }
 }
 
@@ -303,6 +311,11 @@ impl Store {
             Uuid::new_v4().simple()
         ));
         fs::create_dir(&staging).map_err(io("create", &staging))?;
+        if spec.kind == ImageKind::Layer {
+            // Root's alone: a layer keeps the setuid files its image holds.
+            fs::set_permissions(&staging, fs::Permissions::from_mode(0o700))
+                .map_err(io("chmod", &staging))?;
+        }
         let result = self.fill_staging(spec, src, &staging, progress);
         let result = result.and_then(|stats| {
             fs::rename(&staging, &final_dir).map_err(io("move into place", &final_dir))?;
@@ -335,6 +348,34 @@ impl Store {
                     .create_image_tree(&tree)
                     .map_err(self.backend_err())?;
                 let stats = archive::unpack_tree(src, &spec.file, &tree, &self.limits, progress)
+                    .map_err(archive_err)?;
+                self.backend
+                    .seal_image_tree(&tree)
+                    .map_err(self.backend_err())?;
+                stats
+            }
+            ImageKind::Layer => {
+                let tree = staging.join("root");
+                match spec.origin {
+                    Some(parent) => {
+                        if self.image_kind(parent)? == ImageKind::Disk {
+                            return Err(StoreError::WrongKind {
+                                uuid: parent,
+                                actual: "disk",
+                                wanted: "tree",
+                            });
+                        }
+                        self.backend
+                            .derive_image_tree(&self.image_dir(parent).join("root"), &tree)
+                    }
+                    None => self.backend.create_image_tree(&tree),
+                }
+                .map_err(self.backend_err())?;
+                let limits = Limits {
+                    allow_setuid: true,
+                    ..self.limits.clone()
+                };
+                let stats = archive::unpack_layer_onto(src, &spec.file, &tree, &limits, progress)
                     .map_err(archive_err)?;
                 self.backend
                     .seal_image_tree(&tree)
@@ -1165,6 +1206,8 @@ mod tests {
             file: Expected {
                 sha1: "0".repeat(40),
                 size,
+                digest: None,
+                uncompressed_digest: None,
                 compression: archive::Compression::Gzip,
             },
             manifest: b"{}".to_vec(),
@@ -1195,6 +1238,89 @@ mod tests {
         assert!(matches!(s.delete(uuid), Err(StoreError::NotInstalled(_))));
     }
 
+    /// An uncompressed layer tar of (path, content) files and its sha256 digest.
+    fn layer_of(files: &[(&str, &[u8], u32)]) -> (Vec<u8>, String) {
+        use sha2::Digest as _;
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data, mode) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(*mode);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_600_000_000);
+            b.append_data(&mut h, path, *data).expect("append");
+        }
+        let tar = b.into_inner().expect("tar");
+        let d = sha2::Sha256::digest(&tar);
+        let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+        (tar, format!("sha256:{hex}"))
+    }
+
+    fn layer_spec(uuid: Uuid, tar: &[u8], digest: &str, origin: Option<Uuid>) -> ImageSpec {
+        ImageSpec {
+            uuid,
+            kind: ImageKind::Layer,
+            file: Expected {
+                sha1: String::new(),
+                size: tar.len() as u64,
+                digest: Some(digest.to_string()),
+                uncompressed_digest: Some(digest.to_string()),
+                compression: archive::Compression::None,
+            },
+            manifest: b"{}".to_vec(),
+            origin,
+            boot_files: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn layers_stack_on_their_origin_and_keep_setuid_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let s = store(tmp.path());
+        let (base, d1) = layer_of(&[("bin/su", b"su", 0o4755), ("etc/gone", b"x", 0o644)]);
+        let (top, d2) = layer_of(&[("etc/.wh.gone", b"", 0o644), ("etc/new", b"n", 0o644)]);
+        let (b, t) = (Uuid::new_v4(), Uuid::new_v4());
+        // The top layer without its base installed: refused, nothing left.
+        assert!(matches!(
+            s.install(&layer_spec(t, &top, &d2, Some(b)), &top[..], &mut |_| {}),
+            Err(StoreError::NotInstalled(u)) if u == b
+        ));
+        s.install(&layer_spec(b, &base, &d1, None), &base[..], &mut |_| {})
+            .expect("base");
+        let mode = fs::metadata(s.image_dir(b))
+            .expect("dir")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "a layer's directory is root's alone");
+        // A wrong digest: refused, nothing left.
+        let bad = layer_spec(t, &top, &d1, Some(b));
+        assert!(s.install(&bad, &top[..], &mut |_| {}).is_err());
+        assert!(!s.is_installed(t));
+        s.install(&layer_spec(t, &top, &d2, Some(b)), &top[..], &mut |_| {})
+            .expect("top");
+        let root = s.image_dir(t).join("root");
+        assert_eq!(fs::read(root.join("bin/su")).expect("su"), b"su");
+        let su = fs::metadata(root.join("bin/su"))
+            .expect("su")
+            .permissions()
+            .mode();
+        assert_eq!(su & 0o7777, 0o4755);
+        assert!(!root.join("etc/gone").exists());
+        assert!(
+            s.image_dir(b).join("root/etc/gone").exists(),
+            "the base is untouched"
+        );
+        assert_eq!(s.image_kind(t).expect("kind"), ImageKind::Tree);
+        assert!(matches!(s.delete(b), Err(StoreError::InUse { .. })));
+        assert_eq!(s.vacuum().expect("vacuum").len(), 2);
+        let left: Vec<_> = fs::read_dir(tmp.path().join("images"))
+            .expect("dir")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
     /// Installs a tree image holding `/etc/release` with `release` in it.
     fn install_tree(s: &Store, scratch: &Path, release: &str) -> Uuid {
         let src = scratch.join(release);
@@ -1210,6 +1336,8 @@ mod tests {
             file: Expected {
                 sha1,
                 size,
+                digest: None,
+                uncompressed_digest: None,
                 compression: archive::Compression::Gzip,
             },
             manifest: b"{}".to_vec(),

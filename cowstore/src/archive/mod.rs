@@ -68,7 +68,7 @@ pub use delta::{Listing, apply_removals, decode_removals, encode_removals, list_
 pub use pack::{pack_tree, pack_tree_filtered, pack_tree_ids};
 pub use qcow2::Qcow2Reader;
 pub use raw::unpack_raw;
-pub use tree::{unpack_tree, unpack_tree_onto, unpack_tree_unchecked};
+pub use tree::{unpack_layer_onto, unpack_tree, unpack_tree_onto, unpack_tree_unchecked};
 
 /// An id as a guest sees it: one of its host range `(first, count)` made relative (`id -
 /// first`), any other as it is. What [`pack_tree_ids`] writes and a [`Listing`] compares.
@@ -138,8 +138,13 @@ impl std::fmt::Display for Compression {
 /// What a file must be, from the manifest.
 #[derive(Debug, Clone)]
 pub struct Expected {
-    /// sha1 of the stored bytes, lower-case hex (upper case is accepted too).
+    /// sha1 of the stored bytes, lower-case hex (upper case is accepted too); empty when
+    /// `digest` names the stored bytes instead (an OCI layer's).
     pub sha1: String,
+    /// `sha256:<hex>` of the stored bytes (OCI's content digest), checked when given.
+    pub digest: Option<String>,
+    /// `sha256:<hex>` of the decompressed bytes (an OCI layer's diff_id), checked when given.
+    pub uncompressed_digest: Option<String>,
     /// Size of the stored (compressed) bytes.
     pub size: u64,
     /// How the stored bytes are compressed.
@@ -206,6 +211,26 @@ pub enum ArchiveError {
         /// sha1 of the bytes read.
         actual: String,
     },
+    /// The sha256 of the stored bytes differs from their digest (an OCI layer's).
+    #[error("the image file's digest is {actual}, it should be {expected}")]
+    DigestMismatch {
+        /// The digest given.
+        expected: String,
+        /// The digest of the bytes read.
+        actual: String,
+    },
+    /// The sha256 of the decompressed bytes differs from their digest (an OCI layer's
+    /// diff_id).
+    #[error("the image file's uncompressed digest is {actual}, it should be {expected}")]
+    UncompressedDigestMismatch {
+        /// The digest given.
+        expected: String,
+        /// The digest of the bytes decompressed.
+        actual: String,
+    },
+    /// Neither a sha1 nor a usable digest names the stored bytes.
+    #[error("the image file has no sha1 and no sha256 digest to check it against: {0}")]
+    NoChecksum(String),
     /// The decompressor failed: corrupt or truncated compressed data.
     #[error("the {compression} stream of the image file is corrupt or truncated")]
     Decompress {

@@ -57,7 +57,7 @@ fn unpack(
     limits: &Limits,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Stats, ArchiveError> {
-    let tally = Tally::new(expected.size);
+    let tally = Tally::of(expected);
     let format = {
         let stored = Stored::new(&mut src, &tally, progress);
         stream::decoder(expected.compression, stored).and_then(|mut d| {

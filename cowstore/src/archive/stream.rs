@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::io::{self, Read};
 
 use sha1::{Digest, Sha1};
+use sha2::Sha256;
 
 use super::{ArchiveError, Compression, Expected, MAX_HEADER_BYTES, hex};
 
@@ -23,6 +24,10 @@ pub(super) struct Tally {
     checked: bool,
     count: Cell<u64>,
     hasher: RefCell<Sha1>,
+    /// Whether the sha1 is wanted (an OCI layer has only its sha256 digest).
+    want_sha1: Cell<bool>,
+    /// sha256 of the stored bytes, when a digest names them.
+    sha256: RefCell<Option<Sha256>>,
     over: Cell<bool>,
     eof: Cell<bool>,
     failed: Cell<bool>,
@@ -35,10 +40,23 @@ impl Tally {
             checked: true,
             count: Cell::new(0),
             hasher: RefCell::new(Sha1::new()),
+            want_sha1: Cell::new(true),
+            sha256: RefCell::new(None),
             over: Cell::new(false),
             eof: Cell::new(false),
             failed: Cell::new(false),
         }
+    }
+
+    /// A tally checking what `expected` names: its size, its sha1 when given, its sha256
+    /// digest when given.
+    pub(super) fn of(expected: &Expected) -> Self {
+        let t = Tally::new(expected.size);
+        if expected.digest.is_some() {
+            *t.sha256.borrow_mut() = Some(Sha256::new());
+        }
+        t.want_sha1.set(!expected.sha1.trim().is_empty());
+        t
     }
 
     /// A tally of a stream whose size and integrity the caller checks.
@@ -78,11 +96,30 @@ impl Tally {
                 actual: count,
             });
         }
-        let actual = hex(&self.hasher.borrow().clone().finalize());
-        if !actual.eq_ignore_ascii_case(expected.sha1.trim()) {
-            return Err(ArchiveError::ChecksumMismatch {
-                expected: expected.sha1.clone(),
-                actual,
+        let sha1 = expected.sha1.trim();
+        let sha256 = self.sha256.borrow().clone().map(|h| hex(&h.finalize()));
+        let want256 = expected
+            .digest
+            .as_deref()
+            .map(|d| d.strip_prefix("sha256:").unwrap_or("").to_ascii_lowercase());
+        if sha1.is_empty() && want256.is_none() {
+            return Err(ArchiveError::NoChecksum("none was given".to_string()));
+        }
+        if !sha1.is_empty() {
+            let actual = hex(&self.hasher.borrow().clone().finalize());
+            if !actual.eq_ignore_ascii_case(sha1) {
+                return Err(ArchiveError::ChecksumMismatch {
+                    expected: expected.sha1.clone(),
+                    actual,
+                });
+            }
+        }
+        if let (Some(want), Some(actual)) = (want256, sha256)
+            && (want.len() != 64 || want != actual)
+        {
+            return Err(ArchiveError::DigestMismatch {
+                expected: expected.digest.clone().unwrap_or_default(),
+                actual: format!("sha256:{actual}"),
             });
         }
         Ok(count)
@@ -149,7 +186,12 @@ impl Read for Stored<'_> {
             ));
         }
         if self.tally.checked {
-            self.tally.hasher.borrow_mut().update(&buf[..n]);
+            if self.tally.want_sha1.get() {
+                self.tally.hasher.borrow_mut().update(&buf[..n]);
+            }
+            if let Some(h) = self.tally.sha256.borrow_mut().as_mut() {
+                h.update(&buf[..n]);
+            }
         }
         self.tally.count.set(total);
         (self.progress)(total);

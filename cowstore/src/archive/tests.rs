@@ -102,6 +102,8 @@ pub(super) fn expected_for(stored: &[u8], compression: Compression) -> Expected 
     Expected {
         sha1,
         size,
+        digest: None,
+        uncompressed_digest: None,
         compression,
     }
 }
@@ -1259,4 +1261,126 @@ fn pack_tree_reports_a_missing_root() {
     let tmp = TempDir::new().unwrap();
     let e = pack_tree(&tmp.path().join("nope"), Compression::None, io::sink()).unwrap_err();
     assert!(matches!(e, ArchiveError::Pack { .. }), "{e}");
+}
+
+fn sha256_of(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex(&sha2::Sha256::digest(data)))
+}
+
+/// `expected` naming `stored` by its sha256 digests only (stored and decompressed: `plain`),
+/// as an OCI layer is.
+fn layer_expected(stored: &[u8], plain: &[u8], compression: Compression) -> Expected {
+    Expected {
+        sha1: String::new(),
+        size: stored.len() as u64,
+        digest: Some(sha256_of(stored)),
+        uncompressed_digest: Some(sha256_of(plain)),
+        compression,
+    }
+}
+
+/// A parent layer's tree: files, a directory with children, a symlink.
+fn parent_tree() -> TempDir {
+    let d = TempDir::new().unwrap();
+    let base = tar_of(&[
+        dir(b"etc/", 0o755),
+        file(b"etc/passwd", b"root\n"),
+        file(b"etc/gone", b"x"),
+        dir(b"var/", 0o755),
+        dir(b"var/cache/", 0o755),
+        file(b"var/cache/old1", b"1"),
+        file(b"var/cache/old2", b"2"),
+        dir(b"opt/", 0o755),
+        file(b"opt/tool", b"tool"),
+        file(b"was-file", b"f"),
+        symlink(b"bin", b"usr/bin"),
+    ]);
+    unpack_tree_unchecked(&base[..], d.path(), &limits()).unwrap();
+    d
+}
+
+#[test]
+fn layer_whiteouts_remove_what_the_layers_below_hold() {
+    let layer = tar_of(&[
+        file(b"etc/.wh.gone", b""),
+        file(b"var/cache/new", b"n"),
+        file(b"var/cache/.wh..wh..opq", b""),
+        file(b".wh.opt", b""),
+        dir(b"was-file/", 0o755),
+        file(b"was-file/inside", b"i"),
+        file(b"bin", b"now a file"),
+        file(b"etc/passwd", b"root\nuser\n"),
+    ]);
+    for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+        let d = parent_tree();
+        let t = d.path();
+        let stored = compress(&layer, c);
+        let stats = unpack_layer_onto(
+            &stored[..],
+            &layer_expected(&stored, &layer, c),
+            t,
+            &limits(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(stats.entries, 8);
+        assert!(!t.join("etc/gone").exists());
+        assert!(!t.join("etc/.wh.gone").exists());
+        assert_eq!(fs::read(t.join("etc/passwd")).unwrap(), b"root\nuser\n");
+        let cache: Vec<_> = fs::read_dir(t.join("var/cache"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            cache,
+            vec![std::ffi::OsString::from("new")],
+            "opaque dir keeps only this layer's"
+        );
+        assert!(
+            t.join("opt").symlink_metadata().is_err(),
+            "a whited-out directory goes whole"
+        );
+        assert_eq!(fs::read(t.join("was-file/inside")).unwrap(), b"i");
+        assert!(t.join("bin").symlink_metadata().unwrap().is_file());
+    }
+}
+
+#[test]
+fn layer_is_refused_on_a_wrong_digest_or_an_escape() {
+    let d = parent_tree();
+    let layer = tar_of(&[file(b"etc/motd", b"hi")]);
+    let mut e = layer_expected(&layer, &layer, Compression::None);
+    e.digest = Some(format!("sha256:{}", "0".repeat(64)));
+    let err = unpack_layer_onto(&layer[..], &e, d.path(), &limits(), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, ArchiveError::DigestMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("sha256:0000"), "{err}");
+    // The stored bytes right, the decompressed ones not what the diff_id says.
+    let stored = compress(&layer, Compression::Gzip);
+    let mut e = layer_expected(&stored, &layer, Compression::Gzip);
+    e.uncompressed_digest = Some(sha256_of(b"another layer"));
+    let err = unpack_layer_onto(&stored[..], &e, d.path(), &limits(), &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::UncompressedDigestMismatch { .. }),
+        "{err}"
+    );
+    // A whiteout through the symlink `bin` must not reach outside.
+    let layer = tar_of(&[file(b"bin/.wh.x", b"")]);
+    let e = layer_expected(&layer, &layer, Compression::None);
+    let err = unpack_layer_onto(&layer[..], &e, d.path(), &limits(), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, ArchiveError::ThroughSymlink { .. }), "{err}");
+    for bad in [&b"../.wh.x"[..], b"etc/.wh.", b"etc/.wh..."] {
+        let mut b = tar::Builder::new(Vec::new());
+        let h = hdr(bad, EntryType::Regular, 0, 0o644, b"");
+        b.append(&h, &b""[..]).unwrap();
+        let layer = b.into_inner().unwrap();
+        let e = layer_expected(&layer, &layer, Compression::None);
+        assert!(unpack_layer_onto(&layer[..], &e, d.path(), &limits(), &mut |_| {}).is_err());
+    }
+    // Neither a sha1 nor a digest: refused.
+    let layer = tar_of(&[file(b"a", b"a")]);
+    let mut e = layer_expected(&layer, &layer, Compression::None);
+    e.digest = None;
+    let err = unpack_layer_onto(&layer[..], &e, d.path(), &limits(), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, ArchiveError::NoChecksum(_)), "{err}");
 }

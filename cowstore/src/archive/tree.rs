@@ -3,6 +3,8 @@
 //! `symlink_metadata` before anything is created under it: the only writer in `dest` is this
 //! code, so a parent that is a real directory when checked stays one.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, DirBuilder, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
@@ -13,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use nix::sys::stat::{UtimensatFlags, utimensat};
 use nix::sys::time::TimeSpec;
+use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use super::stream::{self, Feed, FeedState, Stored, Tally};
@@ -46,6 +49,22 @@ pub fn unpack_tree_unchecked(
     unpack(src, None, dest, limits, &mut |_| {})
 }
 
+/// An OCI image layer (a tar, compressed as `expected` says, named by its sha256 digest
+/// there) applied onto `dest`, its parent layer's tree: entries replace what is there (a
+/// file may replace a directory of the layers below, and a directory a file), and OCI's
+/// whiteouts remove what the layers below hold: `.wh.NAME` removes NAME beside it,
+/// `.wh..wh..opq` empties its directory of everything this layer did not put there. The
+/// whiteouts themselves are never created. Otherwise the rules of [`unpack_tree`].
+pub fn unpack_layer_onto(
+    src: impl Read,
+    expected: &Expected,
+    dest: &Path,
+    limits: &Limits,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Stats, ArchiveError> {
+    unpack_into(src, Some(expected), dest, limits, progress, Mode::Layer)
+}
+
 /// [`unpack_tree_unchecked`] over an existing tree (an incremental send's changes): entries
 /// replace or merge with what is there by the same rules as a later entry of one archive
 /// does with an earlier one; a hard link may only name a file this archive unpacked.
@@ -54,7 +73,18 @@ pub fn unpack_tree_onto(
     dest: &Path,
     limits: &Limits,
 ) -> Result<Stats, ArchiveError> {
-    unpack_into(src, None, dest, limits, &mut |_| {}, true)
+    unpack_into(src, None, dest, limits, &mut |_| {}, Mode::Onto)
+}
+
+/// Where an archive is unpacked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// Into an empty directory.
+    Empty,
+    /// Over an existing tree, by the rules of later entries of one archive.
+    Onto,
+    /// Over its parent layer's tree, with OCI whiteouts.
+    Layer,
 }
 
 fn unpack(
@@ -64,7 +94,7 @@ fn unpack(
     limits: &Limits,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Stats, ArchiveError> {
-    unpack_into(src, expected, dest, limits, progress, false)
+    unpack_into(src, expected, dest, limits, progress, Mode::Empty)
 }
 
 fn unpack_into(
@@ -73,7 +103,7 @@ fn unpack_into(
     dest: &Path,
     limits: &Limits,
     progress: &mut dyn FnMut(u64),
-    onto_existing: bool,
+    mode: Mode,
 ) -> Result<Stats, ArchiveError> {
     let mut src = src;
     let compression = expected.map_or(super::Compression::None, |e| e.compression);
@@ -88,7 +118,7 @@ fn unpack_into(
         }
         Err(e) => return Err(write_err(dest)(e)),
     }
-    if !onto_existing
+    if mode == Mode::Empty
         && fs::read_dir(dest)
             .map_err(write_err(dest))?
             .next()
@@ -98,7 +128,7 @@ fn unpack_into(
             "the destination is not empty",
         )));
     }
-    let tally = expected.map_or_else(Tally::unchecked, |e| Tally::new(e.size));
+    let tally = expected.map_or_else(Tally::unchecked, Tally::of);
     // Every entry costs at least a 512-byte header; allow 4 KiB per entry for long names,
     // pax headers and padding, plus one gap's worth of headers.
     let cap = limits
@@ -113,10 +143,23 @@ fn unpack_into(
         dirs: Vec::new(),
         stats: Stats::default(),
         buf: vec![0u8; 128 << 10],
+        layer: (mode == Mode::Layer).then(HashSet::new),
     };
+    let plain = expected
+        .and_then(|e| e.uncompressed_digest.as_ref())
+        .map(|_| RefCell::new(Sha256::new()));
     let read = {
         let stored = Stored::new(&mut src, &tally, progress);
-        stream::decoder(compression, stored).and_then(|d| unpacker.run(Feed::new(d, &feed), &feed))
+        stream::decoder(compression, stored).and_then(|d| {
+            let d: Box<dyn Read + '_> = match &plain {
+                Some(h) => Box::new(Hashing {
+                    inner: d,
+                    hasher: h,
+                }),
+                None => d,
+            };
+            unpacker.run(Feed::new(d, &feed), &feed)
+        })
     };
     read.map_err(|e| {
         stream::refine(
@@ -128,6 +171,15 @@ fn unpack_into(
         )
     })?;
     unpacker.stats.stored_bytes = stream::finish(&mut src, &tally, expected, progress)?;
+    if let (Some(h), Some(want)) = (plain, expected.and_then(|e| e.uncompressed_digest.as_ref())) {
+        let actual = format!("sha256:{}", super::hex(&h.into_inner().finalize()));
+        if !actual.eq_ignore_ascii_case(want) {
+            return Err(ArchiveError::UncompressedDigestMismatch {
+                expected: want.clone(),
+                actual,
+            });
+        }
+    }
     unpacker.apply_dirs()?;
     Ok(unpacker.stats)
 }
@@ -255,6 +307,29 @@ fn set_mtime_nofollow(host: &Path, secs: u64) -> Result<(), ArchiveError> {
     .map_err(|e| write_err(host)(e.into()))
 }
 
+/// The decompressed bytes, hashed as the tar reader takes them (an OCI layer's diff_id).
+struct Hashing<'h, R> {
+    inner: R,
+    hasher: &'h RefCell<Sha256>,
+}
+
+impl<R: Read> Read for Hashing<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.borrow_mut().update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Removes what is at `host`, never following a symlink: a directory with all it holds.
+fn remove_any(host: &Path) -> Result<(), ArchiveError> {
+    match existing(host)? {
+        Existing::Nothing => Ok(()),
+        Existing::Dir => fs::remove_dir_all(host).map_err(write_err(host)),
+        _ => fs::remove_file(host).map_err(write_err(host)),
+    }
+}
+
 /// The header fields every entry needs.
 #[derive(Debug)]
 struct Meta {
@@ -294,6 +369,9 @@ struct Unpacker<'a> {
     dirs: Vec<DirAttrs>,
     stats: Stats,
     buf: Vec<u8>,
+    /// Applying an OCI layer: the paths this layer put in place so far (a whiteout or an
+    /// opaque directory removes only what the layers below left).
+    layer: Option<HashSet<PathBuf>>,
 }
 
 impl Unpacker<'_> {
@@ -355,7 +433,13 @@ impl Unpacker<'_> {
         if rel.as_os_str().is_empty() && kind != EntryType::Directory {
             return Err(ArchiveError::EmptyName);
         }
-        match kind {
+        if self.layer.is_some() {
+            let name = rel.file_name().map(OsStrExt::as_bytes).unwrap_or_default();
+            if let Some(hidden) = name.strip_prefix(b".wh.") {
+                return self.whiteout(&rel, hidden, &shown);
+            }
+        }
+        let done = match kind {
             EntryType::Regular | EntryType::Continuous => self.file(entry, &rel, &shown),
             EntryType::Directory => self.dir(entry.header(), &rel, &shown),
             EntryType::Symlink => self.symlink(entry, &rel, &shown),
@@ -373,7 +457,44 @@ impl Unpacker<'_> {
                 path: shown,
                 kind: format!("{other:?}"),
             }),
+        };
+        if done.is_ok()
+            && let Some(created) = self.layer.as_mut()
+        {
+            created.insert(rel);
         }
+        done
+    }
+
+    /// An OCI whiteout at `rel`: `.wh..wh..opq` empties its directory of what the layers
+    /// below left there; `.wh.NAME` removes NAME (a file, a symlink or a whole directory,
+    /// never followed) unless this layer put it there.
+    fn whiteout(&mut self, rel: &Path, hidden: &[u8], shown: &str) -> Result<(), ArchiveError> {
+        let host = self.parents(rel, shown)?;
+        let dir = host.parent().unwrap_or(self.dest).to_path_buf();
+        let dir_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        let created = self.layer.as_ref();
+        let keep = |p: &Path| created.is_some_and(|c| c.contains(p));
+        if hidden == b".wh..opq" {
+            for entry in fs::read_dir(&dir).map_err(write_err(&dir))? {
+                let entry = entry.map_err(write_err(&dir))?;
+                if !keep(&dir_rel.join(entry.file_name())) {
+                    remove_any(&entry.path())?;
+                }
+            }
+            return Ok(());
+        }
+        if hidden.is_empty() || hidden == b"." || hidden == b".." || hidden.starts_with(b".wh.") {
+            return Err(ArchiveError::UnsupportedEntry {
+                path: shown.to_string(),
+                kind: "whiteout of no usable name".to_string(),
+            });
+        }
+        let name = OsStr::from_bytes(hidden);
+        if !keep(&dir_rel.join(name)) {
+            remove_any(&dir.join(name))?;
+        }
+        Ok(())
     }
 
     /// Checks every parent of `rel` as unpacked so far, creating missing ones 0755, and
@@ -409,6 +530,12 @@ impl Unpacker<'_> {
         Ok(host)
     }
 
+    /// Whether `host` is an entry of the layers below, which this layer may replace.
+    fn is_below(&self, host: &Path) -> bool {
+        let rel = host.strip_prefix(self.dest).unwrap_or(host);
+        self.layer.as_ref().is_some_and(|c| !c.contains(rel))
+    }
+
     fn shown_host(&self, host: &Path) -> String {
         host.strip_prefix(self.dest)
             .unwrap_or(host)
@@ -421,6 +548,7 @@ impl Unpacker<'_> {
     fn make_room(&self, host: &Path, shown: &str, new: &'static str) -> Result<(), ArchiveError> {
         match existing(host)? {
             Existing::Nothing => Ok(()),
+            Existing::Dir if self.is_below(host) => remove_any(host),
             Existing::Dir => Err(ArchiveError::Conflict {
                 path: shown.to_string(),
                 existing: Existing::Dir.name(),
@@ -503,6 +631,13 @@ impl Unpacker<'_> {
                     .mode(0o755)
                     .create(&host)
                     .map_err(write_err(&host))?,
+                Existing::File | Existing::Symlink | Existing::Other if self.is_below(&host) => {
+                    remove_any(&host)?;
+                    DirBuilder::new()
+                        .mode(0o755)
+                        .create(&host)
+                        .map_err(write_err(&host))?;
+                }
                 other => {
                     return Err(ArchiveError::Conflict {
                         path: shown.to_string(),

@@ -580,6 +580,10 @@ impl Backend for BtrfsBackend {
         subvol_create(path)
     }
 
+    fn derive_image_tree(&self, parent: &Path, path: &Path) -> Result<(), BackendError> {
+        snap_create(parent, path, false)
+    }
+
     fn seal_image_tree(&self, path: &Path) -> Result<(), BackendError> {
         split_root(path)?;
         set_readonly(path, true)

@@ -168,6 +168,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// An empty image tree to unpack into (btrfs: a new subvolume; others: a directory).
     /// `path` must not exist; its parent must.
     fn create_image_tree(&self, path: &Path) -> Result<(), BackendError>;
+    /// An image tree at `path` (which must not exist) that starts as a copy of the image
+    /// tree `parent`, for a layer to be unpacked onto (btrfs: a writable snapshot, sharing
+    /// every block; others: a copy of the tree, its files reflinked where the filesystem
+    /// can). Sealed by [`Backend::seal_image_tree`] like a new tree.
+    fn derive_image_tree(&self, parent: &Path, path: &Path) -> Result<(), BackendError> {
+        fsutil::copy_tree(parent, path).map(|_| ())
+    }
     /// Makes an unpacked image tree read-only (btrfs: the subvolume's read-only flag; others:
     /// nothing, see the backend's docs).
     fn seal_image_tree(&self, path: &Path) -> Result<(), BackendError>;
