@@ -400,7 +400,7 @@ fn hostile_images_are_refused_without_a_trace() {
     let big = d.dir.path().join("big.bin");
     std::fs::write(&big, vec![7u8; 32 << 20]).expect("big file");
     let mut bad = good.clone();
-    bad["type"] = json!("docker");
+    bad["type"] = json!("lx-docker");
     let err = attempt("type", &bad, &big);
     assert!(
         err.contains("type") && !err.contains("Broken pipe"),

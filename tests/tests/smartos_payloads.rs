@@ -35,16 +35,8 @@ const REFUSED: &[(&str, &str)] = &[
         "bootrom: microVMs boot a kernel directly; hull has no firmware",
     ),
     (
-        "docker-lx-log-archiving",
-        "docker: OCI images and docker zones (issue 19)",
-    ),
-    (
-        "docker-zone",
-        "docker: OCI images and docker zones (issue 19)",
-    ),
-    (
         "filesystems-docker",
-        "docker (issue 19); its filesystems source is a docker volume's uuid, not a host path",
+        "its filesystems source is a docker volume's uuid (Triton's), not a host path",
     ),
     (
         "kvm-mem-override",

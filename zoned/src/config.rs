@@ -102,6 +102,29 @@ pub struct ZoneConfig {
     /// says reads the disk again, as firmware does at every reset).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reset_ends: bool,
+    /// An application's process in place of an OS's init (a docker zone's): `init` is its
+    /// argv (argv[0] looked up in the process's PATH when it has no `/`), run with this
+    /// environment, directory and user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessSpec>,
+    /// Keep the console's output in [`files::CONSOLE_LOG`] (a docker zone's logs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub console_log: bool,
+}
+
+/// A docker zone's process (the OCI image config's Env, WorkingDir and User).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// `NAME=value` entries; PATH and HOME get defaults when absent.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// The directory it starts in, inside the zone (default /).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Docker's USER: `user`, `uid`, `user:group` or `uid:gid`, names from the zone's own
+    /// /etc/passwd and /etc/group (default root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// Where a zone finds its metadata service (SmartOS: `/.zonecontrol`, lx zones
@@ -275,6 +298,9 @@ pub mod files {
     pub const CONFIG: &str = "config.json";
     pub const STATE: &str = "state.json";
     pub const CONSOLE: &str = "console.sock";
+    /// The console's output, kept when [`super::ZoneConfig::console_log`] says so (a
+    /// docker zone's stdout and stderr); one previous generation as `console.log.1`.
+    pub const CONSOLE_LOG: &str = "console.log";
     pub const CONTROL: &str = "ctl.sock";
     pub const LOG: &str = "zoned.log";
     /// Mount point of the zone's root inside zoned's mount namespace.

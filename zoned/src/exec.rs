@@ -231,6 +231,65 @@ fn read_accounts(path: &str) -> Result<String, RunError> {
 }
 
 impl Login {
+    /// The user a docker zone's process runs as, from Docker's USER (`user`, `uid`,
+    /// `user:group`, `uid:gid`): names from the zone's /etc/passwd and /etc/group; a uid
+    /// /etc/passwd lacks runs with gid 0 and home /, as Docker does.
+    pub(crate) fn for_docker(spec: &str) -> Result<Login, RunError> {
+        let passwd = read_accounts("/etc/passwd").unwrap_or_default();
+        let group = read_accounts("/etc/group").unwrap_or_default();
+        Login::parse_docker(spec, &passwd, &group)
+    }
+
+    fn parse_docker(spec: &str, passwd: &str, group: &str) -> Result<Login, RunError> {
+        let bad = |why: String| RunError::Init(format!("docker:user {spec:?}: {why}"));
+        let (user, grp) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        let id = |s: &str| s.parse::<u32>().ok();
+        let in_range = |n: u32, what: &str| {
+            (n < crate::config::ID_RANGE)
+                .then_some(n)
+                .ok_or_else(|| bad(format!("{what} {n} is not an id of the zone")))
+        };
+        let mut login = match id(user) {
+            Some(uid) => {
+                let uid = in_range(uid, "uid")?;
+                let line = passwd
+                    .lines()
+                    .map(|l| l.split(':').collect::<Vec<_>>())
+                    .find(|f| f.len() == 7 && f[2].parse::<u32>().ok() == Some(uid));
+                match line {
+                    Some(f) => Login::parse(f[0], passwd, group).map_err(|e| bad(e.to_string()))?,
+                    None => Login {
+                        name: uid.to_string(),
+                        uid,
+                        gid: 0,
+                        groups: vec![0],
+                        home: "/".to_string(),
+                        shell: SHELL[0].to_string(),
+                    },
+                }
+            }
+            None => Login::parse(user, passwd, group).map_err(|e| bad(e.to_string()))?,
+        };
+        if let Some(g) = grp {
+            let gid = match id(g) {
+                Some(n) => in_range(n, "gid")?,
+                None => group
+                    .lines()
+                    .map(|l| l.split(':').collect::<Vec<_>>())
+                    .find(|f| f.len() == 4 && f[0] == g)
+                    .and_then(|f| f[2].parse::<u32>().ok())
+                    .filter(|n| *n < crate::config::ID_RANGE)
+                    .ok_or_else(|| bad(format!("no group {g:?} in the zone's /etc/group")))?,
+            };
+            login.gid = gid;
+            login.groups = vec![gid];
+        }
+        Ok(login)
+    }
+
     /// Looks `name` up in the zone's /etc/passwd and its groups in /etc/group.
     fn find(name: &str) -> Result<Login, RunError> {
         let passwd = read_accounts("/etc/passwd")?;
@@ -284,7 +343,7 @@ impl Login {
     }
 
     /// Takes the user's groups, gid and uid (in that order: the last drops the power to).
-    fn become_user(&self) -> nix::Result<()> {
+    pub(crate) fn become_user(&self) -> nix::Result<()> {
         use nix::unistd::{Gid, Uid};
         let groups: Vec<Gid> = self.groups.iter().map(|g| Gid::from_raw(*g)).collect();
         nix::unistd::setgroups(&groups)?;
@@ -735,27 +794,56 @@ fn child_exec(
     }
 }
 
+/// The PATH a zone's processes get when nothing else gives one.
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// A command name looked up in the zone's PATH (the process is in the zone's root).
 fn resolve(cmd: &str) -> Option<PathBuf> {
+    resolve_in(cmd, DEFAULT_PATH)
+}
+
+/// A command name looked up in `path` (a PATH value), as execvp does: a name with a `/` is
+/// taken as it is; otherwise the first executable regular file of that name.
+pub(crate) fn resolve_in(cmd: &str, path: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
     if cmd.contains('/') {
         return Some(PathBuf::from(cmd));
     }
-    [
-        "/usr/local/sbin",
-        "/usr/local/bin",
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-    ]
-    .iter()
-    .map(|d| Path::new(d).join(cmd))
-    .find(|p| p.is_file())
+    if cmd.is_empty() {
+        return None;
+    }
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(cmd))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_docker_user_is_a_name_or_an_id_with_an_optional_group() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n\
+                      www:x:33:33:www:/var/www:/usr/sbin/nologin\n";
+        let group = "root:x:0:\nwww:x:33:\nstaff:x:50:www\n";
+        let l = Login::parse_docker("www", passwd, group).expect("name");
+        assert_eq!((l.uid, l.gid, l.home.as_str()), (33, 33, "/var/www"));
+        assert_eq!(l.groups, vec![33, 50]);
+        let l = Login::parse_docker("33:staff", passwd, group).expect("uid:group");
+        assert_eq!((l.uid, l.gid, l.groups.clone()), (33, 50, vec![50]));
+        let l = Login::parse_docker("1000", passwd, group).expect("a uid passwd lacks");
+        assert_eq!((l.uid, l.gid, l.home.as_str()), (1000, 0, "/"));
+        let l = Login::parse_docker("1000:1000", passwd, group).expect("uid:gid");
+        assert_eq!((l.uid, l.gid), (1000, 1000));
+        for bad in ["nobody", "www:nogroup", "70000", "0:70000", ""] {
+            let e = Login::parse_docker(bad, passwd, group).expect_err(bad);
+            assert!(e.to_string().contains("docker:user"), "{e}");
+        }
+    }
 
     #[test]
     fn a_login_comes_from_the_zones_passwd_and_groups_within_its_range() {

@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+mod docker;
+mod oci;
+
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
@@ -65,9 +68,10 @@ enum Command {
         #[arg(short = 'q')]
         quiet: bool,
     },
-    /// Import an image from the configured sources.
+    /// Import an image from the configured sources, or a docker image from an archive
+    /// (skopeo's spellings: oci-archive:FILE[:REF], docker-archive:FILE[:REF]).
     Import {
-        /// The image.
+        /// The image's uuid, or oci-archive:FILE[:REF] or docker-archive:FILE[:REF].
         uuid: String,
         /// Import from this source URL only.
         #[arg(short = 'S')]
@@ -463,6 +467,13 @@ pub fn run(cli: Cli) -> CmdResult {
             json,
             quiet,
         } => {
+            if let Some(archive) = oci::parse_transport(&uuid) {
+                let (kind, file, reference) = archive.map_err(Failure::usage)?;
+                if source.is_some() {
+                    return Err(Failure::usage("-S names a source; an archive is its own"));
+                }
+                return docker::import(socket, kind, &file, reference.as_deref(), json, quiet);
+            }
             let uuid = parse_uuid(&uuid)?;
             let c = client(socket)?;
             let m = with_progress("Importing", quiet || json, |progress| {

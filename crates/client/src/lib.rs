@@ -271,6 +271,11 @@ impl Client {
         self.call(Method::GET, &format!("/v1/vms/{uuid}/runtime"), None)
     }
 
+    /// `GET /v1/vms/{uuid}/logs`: a docker zone's output, written to `out`.
+    pub fn logs(&self, uuid: Uuid, out: &mut dyn std::io::Write) -> Result<u64, ClientError> {
+        self.download(&format!("/v1/vms/{uuid}/logs"), out)
+    }
+
     /// `GET /v1/vms/{uuid}/info`: a running microVM's VMM figures.
     pub fn info(&self, uuid: Uuid) -> Result<Value, ClientError> {
         self.call(Method::GET, &format!("/v1/vms/{uuid}/info"), None)
@@ -386,14 +391,27 @@ impl Client {
         file: &Path,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<ImageManifest, ClientError> {
+        self.install_image_part(manifest, file, 0, None, progress)
+    }
+
+    /// [`Client::install_image`] with `len` bytes of `file` from `offset` as the image's file
+    /// (all that follows `offset` when `len` is `None`): a layer inside an OCI archive.
+    pub fn install_image_part(
+        &self,
+        manifest: &Value,
+        file: &Path,
+        offset: u64,
+        len: Option<u64>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<ImageManifest, ClientError> {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicU64, Ordering};
         use tokio::io::AsyncReadExt;
 
         /// Where the upload stream is.
         enum Part {
-            Head(tokio::fs::File),
-            File(tokio::fs::File),
+            Head(tokio::io::Take<tokio::fs::File>),
+            File(tokio::io::Take<tokio::fs::File>),
             Done,
         }
         let open_err = |source| ClientError::File {
@@ -410,8 +428,22 @@ impl Client {
         let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
         let sent = Arc::new(AtomicU64::new(0));
         self.rt.block_on(async {
-            let f = tokio::fs::File::open(file).await.map_err(open_err)?;
-            let total = f.metadata().await.map_err(open_err)?.len();
+            use tokio::io::AsyncSeekExt;
+            let mut f = tokio::fs::File::open(file).await.map_err(open_err)?;
+            let size = f.metadata().await.map_err(open_err)?.len();
+            let total = match len {
+                Some(n) if offset.checked_add(n).is_some_and(|end| end <= size) => n,
+                None if offset <= size => size - offset,
+                _ => {
+                    return Err(open_err(std::io::Error::other(format!(
+                        "the file ends at byte {size}, before the image's end"
+                    ))));
+                }
+            };
+            f.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(open_err)?;
+            let f = f.take(total);
             let length = head.len() as u64 + total + tail.len() as u64;
             let counter = sent.clone();
             let stream = futures_util::stream::unfold(Part::Head(f), move |part| {

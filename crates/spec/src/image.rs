@@ -20,6 +20,9 @@ pub enum ImageType {
     LxDataset,
     /// A raw disk for microVMs.
     Zvol,
+    /// One layer of an OCI (Docker) image, a tree on top of its origin's (SmartOS's docker
+    /// images, as Triton's IMGAPI stores them).
+    Docker,
 }
 
 impl ImageType {
@@ -29,6 +32,7 @@ impl ImageType {
             ImageType::ZoneDataset => "zone-dataset",
             ImageType::LxDataset => "lx-dataset",
             ImageType::Zvol => "zvol",
+            ImageType::Docker => "docker",
         }
     }
 
@@ -38,7 +42,10 @@ impl ImageType {
             Brand::Joyent | Brand::JoyentMinimal => self == ImageType::ZoneDataset,
             // SmartOS's lx takes lx-dataset images only; hull's zone images are Linux
             // userlands too (the bundled busybox), which an lx zone runs as well.
-            Brand::Lx => matches!(self, ImageType::LxDataset | ImageType::ZoneDataset),
+            Brand::Lx => matches!(
+                self,
+                ImageType::LxDataset | ImageType::ZoneDataset | ImageType::Docker
+            ),
             Brand::Kvm | Brand::Bhyve => self == ImageType::Zvol,
         }
     }
@@ -47,8 +54,19 @@ impl ImageType {
 /// One file of an image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageFile {
-    /// SHA-1 of the file as stored.
+    /// SHA-1 of the file as stored (a docker layer's may be absent: its digest names it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha1: String,
+    /// `sha256:<hex>` of the file as stored (docker layers: the OCI blob digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// `sha256:<hex>` of the layer's uncompressed tar (docker layers: its OCI diff_id).
+    #[serde(
+        default,
+        rename = "uncompressedDigest",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub uncompressed_digest: Option<String>,
     /// Size in bytes as stored.
     pub size: u64,
     /// none, gzip, xz, zstd or bzip2.
@@ -148,7 +166,7 @@ pub fn validate_manifest(value: &serde_json::Value) -> Result<ImageManifest, Val
             r.bad_value(
                 "type",
                 format!(
-                    "image type {t} is not supported; hull installs zone-dataset, lx-dataset and zvol"
+                    "image type {t} is not supported; hull installs zone-dataset, lx-dataset, zvol and docker"
                 ),
             );
         }
@@ -157,12 +175,41 @@ pub fn validate_manifest(value: &serde_json::Value) -> Result<ImageManifest, Val
     match obj.get("files") {
         Some(Value::Array(files)) if files.len() == 1 => {
             let f = &files[0];
-            let sha_ok = f
-                .get("sha1")
-                .and_then(Value::as_str)
-                .is_some_and(|s| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+            let docker = matches!(image_type, Some(Some(ImageType::Docker)));
+            let sha_ok = match f.get("sha1") {
+                // A docker layer is named by its digest; a sha1 is optional there.
+                None => docker,
+                Some(v) => v
+                    .as_str()
+                    .is_some_and(|s| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())),
+            };
             if !sha_ok {
                 r.bad_value("files.0.sha1", "files.0.sha1 must be 40 hex digits");
+            }
+            for key in ["digest", "uncompressedDigest"] {
+                match f.get(key) {
+                    None if !docker => {}
+                    None => r.missing(
+                        format!("files.0.{key}"),
+                        format!("a docker layer needs files.0.{key} (sha256:<64 hex digits>)"),
+                    ),
+                    Some(v) if v.as_str().is_some_and(is_sha256_digest) => {}
+                    Some(_) => r.bad_value(
+                        format!("files.0.{key}"),
+                        format!("files.0.{key} must be sha256:<64 lower-case hex digits>"),
+                    ),
+                }
+            }
+            if docker
+                && !f
+                    .get("compression")
+                    .and_then(Value::as_str)
+                    .is_some_and(|c| ["none", "gzip", "zstd"].contains(&c))
+            {
+                r.bad_value(
+                    "files.0.compression",
+                    "a docker layer's files.0.compression must be none, gzip or zstd",
+                );
             }
             if !f.get("size").is_some_and(Value::is_u64) {
                 r.bad_value("files.0.size", "files.0.size must be a byte count");
@@ -203,6 +250,15 @@ pub fn validate_manifest(value: &serde_json::Value) -> Result<ImageManifest, Val
             format!("the manifest does not match IMGAPI v2: {e}"),
         );
         r
+    })
+}
+
+/// Whether `s` is an OCI sha256 digest: `sha256:` and 64 lower-case hex digits.
+pub fn is_sha256_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -259,8 +315,33 @@ mod tests {
     }
 
     #[test]
+    fn docker_layers_are_named_by_their_digests() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let layer = |file: serde_json::Value| {
+            json!({"v": 2, "uuid": "5f0b6f3c-4a0e-8e2b-9c41-2d9a0e1f3b7a", "name": "busybox",
+                "version": "latest", "type": "docker", "os": "linux", "files": [file]})
+        };
+        let m = validate_manifest(&layer(json!({"size": 10, "compression": "gzip",
+            "digest": d, "uncompressedDigest": d})))
+        .expect("valid");
+        assert_eq!(m.image_type, ImageType::Docker);
+        assert_eq!(m.files[0].digest.as_deref(), Some(d.as_str()));
+        assert!(m.image_type.suits(Brand::Lx) && !m.image_type.suits(Brand::Joyent));
+        let r = validate_manifest(&layer(json!({"size": 10, "compression": "xz",
+            "digest": "sha256:AB", "sha1": "x"})))
+        .expect_err("invalid");
+        let mut bad = r.bad_values.clone();
+        bad.sort();
+        assert_eq!(
+            bad,
+            ["files.0.compression", "files.0.digest", "files.0.sha1"]
+        );
+        assert_eq!(r.missing_properties, ["files.0.uncompressedDigest"]);
+    }
+
+    #[test]
     fn missing_and_bad_fields_are_named() {
-        let r = validate_manifest(&json!({"v": 1, "uuid": "X", "type": "docker",
+        let r = validate_manifest(&json!({"v": 1, "uuid": "X", "type": "lx-docker",
             "files": [{"sha1": "zz", "size": -1, "compression": "lz4"}]}))
         .expect_err("invalid");
         let mut bad = r.bad_values.clone();

@@ -235,6 +235,8 @@ const PROPS: &[Prop] = &[
     prop("nowait", Scope::All, Kind::Bool, false),
     prop("archive_on_delete", Scope::All, Kind::Bool, true),
     prop("maintain_resolvers", Scope::All, Kind::Bool, true),
+    // A docker zone runs its image's command (internal_metadata docker:*) as its init.
+    prop("docker", Scope::Zones, Kind::Bool, false),
     prop("max_locked_memory", Scope::All, Kind::Int(0, MIB_MAX), true),
     prop("max_shm_memory", Scope::All, Kind::Int(0, MIB_MAX), true),
     prop("max_shm_ids", Scope::All, Kind::Int(0, IPC_IDS_MAX), true),
@@ -457,7 +459,6 @@ const UNSUPPORTED: &[&str] = &[
     "dataset_uuid",
     "datasets",
     "default_gateway",
-    "docker",
     "firewall_enabled",
     "hvm",
     "limit_priv",
@@ -2228,9 +2229,11 @@ mod tests {
             "nics": [{"nic_tag": "admin", "ip": "dhcp", "network_uuid": IMG, "dhcp_server": true,
                 "interface": "net0"}]});
         validate_create(&vm).unwrap_or_else(|r| panic!("{r}"));
-        let lx = json!({"brand": "lx", "image_uuid": IMG, "kernel_version": "4.3.0"});
+        let lx =
+            json!({"brand": "lx", "image_uuid": IMG, "kernel_version": "4.3.0", "docker": true});
         let c = validate_create(&lx).unwrap_or_else(|r| panic!("{r}"));
         assert_eq!(c.kernel_version.as_deref(), Some("4.3.0"));
+        assert_eq!(c.docker, Some(true));
         let used: BTreeSet<&str> = zone
             .as_object()
             .into_iter()

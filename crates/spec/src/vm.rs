@@ -446,6 +446,12 @@ pub struct VmCreate {
     /// it, and the zone sees the host's kernel: the record's warnings say so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_version: Option<String>,
+    /// lx: a docker zone (SmartOS's `docker`), which runs its docker image's command as its
+    /// init: internal_metadata `docker:entrypoint`, `docker:cmd`, `docker:env`,
+    /// `docker:workdir` and `docker:user`, filled from the image's config where the payload
+    /// leaves them out. Implied by an image of type docker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<bool>,
     /// Owner, kept for tooling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_uuid: Option<Uuid>,
@@ -929,6 +935,9 @@ pub struct Vm {
     /// lx: the Linux version the payload gave (stored; the zone sees the host's kernel).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_version: Option<String>,
+    /// lx: a docker zone (its init is its docker image's command; see [`VmCreate::docker`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub docker: bool,
     /// Owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_uuid: Option<Uuid>,
@@ -954,6 +963,10 @@ pub struct Vm {
     /// Exit status of the guest's last run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<i32>,
+    /// How many times a docker zone's process was started again by its restart policy
+    /// (SmartOS's `init_restarts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_restarts: Option<u32>,
     /// Snapshots of the guest's root, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<Snapshot>,

@@ -139,6 +139,14 @@ pub async fn dispatch(
             let info = service.info(uuid).await?;
             Ok(json(StatusCode::OK, &info))
         }
+        Action::Logs(uuid) => {
+            let bytes = service.logs(uuid).await?;
+            Ok(response(
+                StatusCode::OK,
+                "application/octet-stream",
+                full_body(bytes),
+            ))
+        }
         Action::Runtime(uuid) => {
             let dir = service.runtime_dir(uuid)?;
             let rt = hull_spec::api::Runtime {

@@ -211,6 +211,14 @@ pub fn document() -> Value {
                     "content": { "application/x-hull-send": { "schema": { "type": "string", "format": "binary" } } } },
                     "default": { "description": "An error before the stream started",
                         "content": { "application/json": { "schema": reference("ApiErrorBody") } } } } } },
+        "/v1/vms/{uuid}/logs": { "parameters": uuid_param(),
+            "get": {
+                "summary": "A docker zone's logs: its process's output on the console, kept across its runs (the last 1 to 2 MiB); 409 for other guests",
+                "operationId": "getLogs",
+                "responses": { "200": { "description": "The output, as the process wrote it",
+                    "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },
+                    "default": { "description": "An error",
+                        "content": { "application/json": { "schema": reference("ApiErrorBody") } } } } } },
         "/v1/vms/receive": {
             "post": {
                 "summary": "Make a VM from a send stream (root only): refused before any data is written if its uuid exists here or its images or nic tags do not; all or nothing. A stream of changes applies to this host's stopped copy if it is what the sender's snapshot was, or leaves it as it was",

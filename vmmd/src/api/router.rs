@@ -48,6 +48,8 @@ pub enum Action {
     ReceiveVm,
     /// `GET /v1/vms/{uuid}/runtime`
     Runtime(Uuid),
+    /// `GET /v1/vms/{uuid}/logs`: a docker zone's console log (its process's output)
+    Logs(Uuid),
     /// `GET /v1/vms/{uuid}/info`: a running microVM's VMM figures
     Info(Uuid),
     /// `POST /v1/vms/{uuid}/snapshots`
@@ -255,6 +257,13 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
             let uuid = uuid_segment("VM", id)?;
             match *method {
                 M::GET => Action::Runtime(uuid),
+                _ => return Err(allow(&[M::GET])),
+            }
+        }
+        ["v1", "vms", id, "logs"] => {
+            let uuid = uuid_segment("VM", id)?;
+            match *method {
+                M::GET => Action::Logs(uuid),
                 _ => return Err(allow(&[M::GET])),
             }
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hull_spec::api::EventKind;
 use hull_spec::net::MacAddr;
 use hull_spec::validate::{merge, nic_addresses, nic_mac};
-use hull_spec::{Brand, ValidationReport, Vm, VmCreate, VmState, validate_create};
+use hull_spec::{Brand, ImageType, ValidationReport, Vm, VmCreate, VmState, validate_create};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -200,6 +200,7 @@ impl Service {
         };
         let mut vm = vm;
         self.boot_from_image(&mut vm)?;
+        self.docker_from_image(&mut vm)?;
         let storage = self.storage.clone();
         let planned = vm.clone();
         vm.warnings = blocking(move || storage.provision(&planned)).await?;
@@ -235,6 +236,51 @@ impl Service {
                 });
         }
         Ok(vm)
+    }
+
+    /// An lx zone from a docker image is a docker zone (SmartOS's `docker: true`): its init
+    /// is the image's command, which internal_metadata's `docker:*` keys hold, filled from the
+    /// image's config where the payload leaves them out (as Triton's docker API fills them).
+    /// `docker: true` on another image needs those keys in the payload: a create that names
+    /// no command is refused.
+    pub(super) fn docker_from_image(&self, vm: &mut Vm) -> Result<()> {
+        let Some(image) = vm.image_uuid.filter(|_| !vm.brand.is_microvm()) else {
+            return Ok(());
+        };
+        let Some(m) = self.images.get(image)? else {
+            return Ok(());
+        };
+        let config = match m.image_type {
+            ImageType::Docker => m.tags.get("docker:config").cloned().unwrap_or_default(),
+            // A docker zone on another image (SmartOS's tests run joyent-minimal ones):
+            // internal_metadata must name its command.
+            _ if vm.docker => Value::Null,
+            _ => return Ok(()),
+        };
+        vm.docker = true;
+        for (key, field) in [
+            ("docker:entrypoint", "Entrypoint"),
+            ("docker:cmd", "Cmd"),
+            ("docker:env", "Env"),
+            ("docker:workdir", "WorkingDir"),
+            ("docker:user", "User"),
+        ] {
+            if vm.internal_metadata.contains_key(key) {
+                continue;
+            }
+            let value = match config.get(field) {
+                Some(Value::String(s)) if !s.is_empty() => s.clone(),
+                Some(v @ Value::Array(a)) if !a.is_empty() => v.to_string(),
+                _ => continue,
+            };
+            vm.internal_metadata.insert(key.to_string(), value);
+        }
+        if let Err(e) = super::convert::zone::docker_process(vm) {
+            let mut r = ValidationReport::default();
+            r.bad_value("internal_metadata", e);
+            return Err(ServiceError::Invalid(r));
+        }
+        Ok(())
     }
 
     /// A microVM that names no kernel boots the one its boot disk's image carries (taken out

@@ -32,12 +32,15 @@ pub fn image_spec(m: &ImageManifest, raw: &Value) -> Result<ImageSpec, Validatio
         let kind = match m.image_type {
             ImageType::ZoneDataset | ImageType::LxDataset => ImageKind::Tree,
             ImageType::Zvol => ImageKind::Disk,
+            ImageType::Docker => ImageKind::Layer,
         };
         Ok(ImageSpec {
             uuid: m.uuid,
             kind,
             file: Expected {
                 sha1: file.sha1.to_ascii_lowercase(),
+                digest: file.digest.clone(),
+                uncompressed_digest: file.uncompressed_digest.clone(),
                 size: file.size,
                 compression,
             },

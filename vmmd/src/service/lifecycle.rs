@@ -308,8 +308,44 @@ impl Service {
                     && unblock(move || z.last_state(uuid).is_some_and(|st| st.reset))
                         .await
                         .unwrap_or(false);
-                if let Err(e) = self.set_stopped(&vm).await {
-                    tracing::error!(%uuid, error = %e, "cannot record a zone's stop");
+                let stopped = match self.set_stopped(&vm).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(%uuid, error = %e, "cannot record a zone's stop");
+                        continue;
+                    }
+                };
+                // A docker zone whose process ended by itself (not by a stop: that one was
+                // `stopping`) starts again as its restart policy says, after 100 ms doubling
+                // with each restart up to a minute, as Docker's back-off.
+                let policy = super::convert::zone::RestartPolicy::of(&stopped)
+                    .unwrap_or(super::convert::zone::RestartPolicy::Never);
+                let restarts = stopped.init_restarts.unwrap_or(0);
+                if stopped.docker
+                    && vm.state == VmState::Running
+                    && policy.restarts(stopped.exit_status, restarts)
+                {
+                    let mut next = (*stopped).clone();
+                    next.init_restarts = Some(restarts + 1);
+                    if let Err(e) = self.save_state(next).await {
+                        tracing::error!(%uuid, error = %e, "cannot record a restart");
+                        continue;
+                    }
+                    drop(_guest);
+                    let delay = std::time::Duration::from_millis(100 << restarts.min(10))
+                        .min(std::time::Duration::from_secs(60));
+                    tracing::info!(%uuid, exit_status = ?stopped.exit_status, ?delay,
+                        "the docker zone's process ended: starting it again (restart policy)");
+                    let svc = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        // Only if nothing changed meanwhile (a delete, a start by hand).
+                        if svc.get(uuid).is_ok_and(|v| v.state == VmState::Stopped)
+                            && let Err(e) = svc.start(uuid).await
+                        {
+                            tracing::error!(%uuid, error = %e, "cannot restart a docker zone");
+                        }
+                    });
                     continue;
                 }
                 if reset {
@@ -487,6 +523,36 @@ impl Service {
     }
 
     /// Where `vmadm console` and `zlogin` reach a running zone.
+    /// A docker zone's logs: its process's output on the console, as zoned keeps it (the
+    /// previous generation first), at most 2 MiB. Other guests keep no log: their console
+    /// is `vmadm console`'s.
+    pub async fn logs(&self, uuid: Uuid) -> Result<Vec<u8>> {
+        let vm = self.get(uuid)?;
+        if !vm.docker {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} is not a docker zone: only docker zones keep logs (see vmadm console)"
+            )));
+        }
+        let dir = self.zones.dir(uuid);
+        unblock(move || {
+            let mut out = Vec::new();
+            let log = dir.join(zoned::config::files::CONSOLE_LOG);
+            for p in [log.with_extension("log.1"), log] {
+                match std::fs::read(&p) {
+                    Ok(b) => out.extend_from_slice(&b),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(ServiceError::Storage(hull_cowstore::store::StoreError::Io(
+                            hull_sys::IoError::new("read", &p, e),
+                        )));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await?
+    }
+
     pub fn runtime_dir(&self, uuid: Uuid) -> Result<PathBuf> {
         self.running(uuid, "reach")?;
         Ok(self.zones.dir(uuid))

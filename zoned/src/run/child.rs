@@ -72,6 +72,14 @@ pub(crate) enum ChildError {
     NotFound(String),
     #[error("bad command path")]
     BadPath,
+    #[error("{0}")]
+    User(String),
+    #[error("cannot enter the working directory {dir:?}")]
+    Workdir {
+        dir: String,
+        #[source]
+        source: nix::Error,
+    },
     #[error("cannot run {cmd}")]
     Exec {
         cmd: String,
@@ -149,29 +157,86 @@ fn setup_init(
         false => security::KEPT_CAPS,
     };
     security::drop_privileges(keep)?;
+    let (path, env) = match &cfg.process {
+        Some(p) => process_setup(p, &cfg.init)?,
+        None => (
+            cfg.init.first().cloned().unwrap_or_default(),
+            [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "TERM=vt100",
+                "HOME=/",
+                "container=hull",
+            ]
+            .map(str::to_string)
+            .to_vec(),
+        ),
+    };
     security::close_inherited_fds()?;
     pass_fds(taps)?;
-    let argv: Vec<CString> = cfg
-        .init
-        .iter()
-        .map(|a| CString::new(a.as_bytes()))
-        .collect::<Result<_, _>>()
-        .map_err(|_| ChildError::NulInInit)?;
-    let Some(path) = argv.first() else {
-        return Err(ChildError::EmptyInit);
+    let cstrings = |v: &[String]| -> Result<Vec<CString>, ChildError> {
+        v.iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| ChildError::NulInInit)
     };
-    let env = [
-        c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        c"TERM=vt100",
-        c"HOME=/",
-        c"container=hull",
-    ];
+    let argv = cstrings(&cfg.init)?;
+    let env = cstrings(&env)?;
+    if argv.is_empty() {
+        return Err(ChildError::EmptyInit);
+    }
+    let path = CString::new(path).map_err(|_| ChildError::NulInInit)?;
     security::apply_filters(&zone.filters)?;
-    let source = nix::unistd::execve(path, &argv, &env).unwrap_err();
+    let source = nix::unistd::execve(&path, &argv, &env).unwrap_err();
     Err(ChildError::Exec {
         cmd: cfg.init[0].clone(),
         source,
     })
+}
+
+/// A docker zone's process: takes its user's ids (the kernel drops every capability with
+/// uid 0) and its directory, and returns the program's path (argv[0] looked up in its
+/// PATH) and its environment (PATH and HOME defaulted when absent, as Docker does).
+fn process_setup(
+    p: &crate::config::ProcessSpec,
+    init: &[String],
+) -> Result<(String, Vec<String>), ChildError> {
+    use crate::exec::{DEFAULT_PATH, Login, resolve_in};
+    let login = match &p.user {
+        Some(u) => Some(Login::for_docker(u).map_err(|e| ChildError::User(e.to_string()))?),
+        None => None,
+    };
+    if let Some(l) = &login {
+        l.become_user().map_err(ChildError::Login)?;
+    }
+    let cwd = p.cwd.as_deref().filter(|c| !c.is_empty()).unwrap_or("/");
+    nix::unistd::chdir(cwd).map_err(|source| ChildError::Workdir {
+        dir: cwd.to_string(),
+        source,
+    })?;
+    let mut env = p.env.clone();
+    let has = |env: &[String], k: &str| {
+        env.iter()
+            .any(|e| e.split_once('=').is_some_and(|(n, _)| n == k))
+    };
+    if !has(&env, "PATH") {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has(&env, "HOME") {
+        let home = match &login {
+            Some(l) => l.home.clone(),
+            None => "/root".to_string(),
+        };
+        env.push(format!("HOME={home}"));
+    }
+    let path_var = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
+        .to_string();
+    let cmd = init.first().ok_or(ChildError::EmptyInit)?;
+    let path = resolve_in(cmd, &path_var).ok_or_else(|| ChildError::NotFound(cmd.clone()))?;
+    Ok((path.to_string_lossy().into_owned(), env))
 }
 
 /// Puts `fds` at 3, 4... without close-on-exec (everything else from 3 up closes at exec):

@@ -33,6 +33,9 @@ pub(crate) use child::{ChildError, become_zone_root, reset_signals};
 
 /// How much console output is kept for a client that attaches later.
 const BACKLOG: usize = 64 << 10;
+/// How large the console log grows before it is moved to `console.log.1` (one previous
+/// generation kept).
+const CONSOLE_LOG_MAX: u64 = 1 << 20;
 
 /// Why a zone could not run.
 #[derive(Debug, thiserror::Error)]
@@ -90,10 +93,55 @@ struct Console {
     peer: Option<OwnedFd>,
     backlog: VecDeque<u8>,
     client: Option<UnixStream>,
+    /// The console log (`console.log` in the zone's directory) and its size, when the
+    /// zone keeps one ([`ZoneConfig::console_log`]).
+    log: Option<(std::fs::File, u64, PathBuf)>,
 }
 
 impl Console {
+    /// Appends every console byte to `path` from now on, moving a full log aside first.
+    fn keep_log(&mut self, path: PathBuf) -> std::io::Result<()> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        let size = f.metadata()?.len();
+        self.log = Some((f, size, path));
+        Ok(())
+    }
+
+    fn write_log(&mut self, data: &[u8]) {
+        let Some((f, size, path)) = self.log.as_mut() else {
+            return;
+        };
+        if *size >= CONSOLE_LOG_MAX {
+            let old = path.with_extension("log.1");
+            let reopened = std::fs::rename(&*path, &old).and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(&*path)
+            });
+            match reopened {
+                Ok(n) => (*f, *size) = (n, 0),
+                Err(_) => {
+                    // A log that cannot turn over stops; the console goes on.
+                    self.log = None;
+                    return;
+                }
+            }
+        }
+        if f.write_all(data).is_ok() {
+            *size += data.len() as u64;
+        }
+    }
+
     fn output(&mut self, data: &[u8]) {
+        self.write_log(data);
         self.backlog.extend(data);
         let excess = self.backlog.len().saturating_sub(BACKLOG);
         self.backlog.drain(..excess);
@@ -400,6 +448,13 @@ fn build(
         }
     };
     state.metadata_fd = metadata.as_ref().map(AsRawFd::as_raw_fd);
+    let mut console = Console::default();
+    if cfg.console_log {
+        let path = dir.join(files::CONSOLE_LOG);
+        console
+            .keep_log(path.clone())
+            .map_err(sys_io(format!("open {}", path.display())))?;
+    }
     Ok(Zone {
         dir: dir.to_owned(),
         _metadata: metadata,
@@ -410,7 +465,7 @@ fn build(
         state: state.clone(),
         init: None,
         stopping: None,
-        console: Console::default(),
+        console,
         joined,
         leaver: None,
         hold: None,

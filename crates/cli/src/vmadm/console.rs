@@ -15,6 +15,15 @@ pub fn console(socket: Option<&Path>, uuid: &str) -> CmdResult {
     attach(socket, uuid, true)
 }
 
+/// `vmadm logs UUID`: a docker zone's output as zoned kept it, to stdout.
+pub fn logs(socket: Option<&Path>, uuid: &str) -> CmdResult {
+    let uuid = parse_uuid(uuid)?;
+    let mut out = std::io::stdout().lock();
+    client(socket)?.logs(uuid, &mut out)?;
+    out.flush()
+        .map_err(|e| Failure::new(format!("cannot write the logs: {e}")))
+}
+
 /// Attaches to the console; with `escape` false (`zlogin -C -E`) Ctrl-] is passed on and
 /// only the end of input or of the console ends the session.
 pub fn attach(socket: Option<&Path>, uuid: &str, escape: bool) -> CmdResult {

@@ -172,6 +172,12 @@ enum Command {
         /// The VM.
         uuid: String,
     },
+    /// Print a docker zone's output (its process's stdout and stderr, kept across its
+    /// runs; the last 1 to 2 MiB).
+    Logs {
+        /// The docker zone.
+        uuid: String,
+    },
     /// Snapshot a VM.
     CreateSnapshot {
         /// The VM.
@@ -296,6 +302,7 @@ pub fn run(cli: Cli) -> CmdResult {
         } => events::run(socket, full, json, ready, uuid.as_deref()),
         Command::Info { uuid, types } => get::info(socket, &uuid, &types),
         Command::Console { uuid } => console::console(socket, &uuid),
+        Command::Logs { uuid } => console::logs(socket, &uuid),
         Command::CreateSnapshot { uuid, name } => snapshot::create(socket, &uuid, &name),
         Command::RollbackSnapshot { uuid, name } => snapshot::rollback(socket, &uuid, &name),
         Command::DeleteSnapshot { uuid, name } => snapshot::delete(socket, &uuid, &name),

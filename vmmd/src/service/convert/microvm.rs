@@ -190,6 +190,8 @@ impl TryFrom<MicrovmZone<'_>> for ZoneConfig {
             tmpfs_mib: None,
             rctls: Default::default(),
             reset_ends: false,
+            process: None,
+            console_log: false,
         })
     }
 }

@@ -173,6 +173,7 @@ pub fn new_record(c: VmCreate, ctx: &Context, pool: &mut MacPool<'_>) -> Result<
         cmdline: c.cmdline,
         init_name: c.init_name,
         kernel_version: c.kernel_version,
+        docker: c.docker.unwrap_or(false),
         owner_uuid: c.owner_uuid,
         billing_id: c.billing_id,
         package_name: c.package_name,
@@ -182,6 +183,7 @@ pub fn new_record(c: VmCreate, ctx: &Context, pool: &mut MacPool<'_>) -> Result<
         pid: None,
         boot_timestamp: None,
         exit_status: None,
+        init_restarts: None,
         snapshots: Vec::new(),
         warnings: Vec::new(),
     })

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use hull_cowstore::backend::RootSource;
 use hull_spec::{Brand, Vm};
 use zoned::cgroup::Limits;
-use zoned::config::{GuestFile, MetadataMount, RootFile, RootIds, RootSpec, ZoneConfig, ZoneMount};
+use zoned::config::{
+    GuestFile, MetadataMount, ProcessSpec, RootFile, RootIds, RootSpec, ZoneConfig, ZoneMount,
+};
 
 /// What a zone's storage hands its runtime: what its root is mounted from, and its
 /// delegated dataset when it has one.
@@ -129,6 +131,105 @@ pub fn limits(vm: &Vm) -> Limits {
     }
 }
 
+/// A docker zone's process, from its internal_metadata `docker:*` keys (SmartOS's, which
+/// Triton's docker API fills from the image's config): argv is `docker:entrypoint` then
+/// `docker:cmd` (JSON arrays of strings), with `docker:env` (a JSON array of `NAME=value`),
+/// `docker:workdir` and `docker:user`. `None` for other guests; an error names the key that
+/// cannot be used.
+pub fn docker_process(vm: &Vm) -> Result<Option<(Vec<String>, ProcessSpec)>, String> {
+    if !vm.docker {
+        return Ok(None);
+    }
+    let md = &vm.internal_metadata;
+    let list = |key: &str| -> Result<Vec<String>, String> {
+        match md.get(key) {
+            None => Ok(Vec::new()),
+            Some(s) => serde_json::from_str::<Vec<String>>(s).map_err(|_| {
+                format!("internal_metadata {key} must be a JSON array of strings, not {s:?}")
+            }),
+        }
+    };
+    let mut argv = list("docker:entrypoint")?;
+    argv.extend(list("docker:cmd")?);
+    if argv.first().is_none_or(String::is_empty) {
+        return Err(
+            "the docker zone has no command: its image has no Entrypoint or Cmd, and \
+                    internal_metadata has no docker:cmd"
+                .to_string(),
+        );
+    }
+    let env = list("docker:env")?;
+    if let Some(bad) = env
+        .iter()
+        .find(|e| e.split_once('=').is_none_or(|(k, _)| k.is_empty()))
+    {
+        return Err(format!(
+            "internal_metadata docker:env: {bad:?} is not NAME=value"
+        ));
+    }
+    RestartPolicy::of(vm)?;
+    let text = |key: &str| md.get(key).filter(|v| !v.is_empty()).cloned();
+    let cwd = text("docker:workdir");
+    if let Some(c) = &cwd
+        && !c.starts_with('/')
+    {
+        return Err(format!(
+            "internal_metadata docker:workdir must be an absolute path, not {c:?}"
+        ));
+    }
+    Ok(Some((
+        argv,
+        ProcessSpec {
+            env,
+            cwd,
+            user: text("docker:user"),
+        },
+    )))
+}
+
+/// A docker zone's restart policy (internal_metadata `docker:restartpolicy`, Docker's
+/// `--restart`): whether its process starts again when it ends by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// `no` (the default).
+    Never,
+    /// `always` and `unless-stopped` (a `vmadm stop` is never undone either way).
+    Always,
+    /// `on-failure[:N]`: after a non-zero exit, at most N times when N is given.
+    OnFailure(Option<u32>),
+}
+
+impl RestartPolicy {
+    /// The policy internal_metadata names; an error names a value Docker does not take.
+    pub fn of(vm: &Vm) -> Result<RestartPolicy, String> {
+        let Some(p) = vm.internal_metadata.get("docker:restartpolicy") else {
+            return Ok(RestartPolicy::Never);
+        };
+        match p.as_str() {
+            "" | "no" => Ok(RestartPolicy::Never),
+            "always" | "unless-stopped" => Ok(RestartPolicy::Always),
+            "on-failure" => Ok(RestartPolicy::OnFailure(None)),
+            other => match other.strip_prefix("on-failure:").map(str::parse::<u32>) {
+                Some(Ok(n)) => Ok(RestartPolicy::OnFailure(Some(n))),
+                _ => Err(format!(
+                    "internal_metadata docker:restartpolicy must be no, always, unless-stopped, \
+                     on-failure or on-failure:N, not {other:?}"
+                )),
+            },
+        }
+    }
+
+    /// Whether a process that ended with `status`, restarted `restarts` times so far, starts
+    /// again.
+    pub fn restarts(self, status: Option<i32>, restarts: u32) -> bool {
+        match self {
+            RestartPolicy::Never => false,
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure(max) => status != Some(0) && max.is_none_or(|n| restarts < n),
+        }
+    }
+}
+
 /// The zoned config of a zone guest.
 impl From<GuestZone<'_>> for ZoneConfig {
     fn from(z: GuestZone<'_>) -> ZoneConfig {
@@ -159,11 +260,17 @@ impl From<GuestZone<'_>> for ZoneConfig {
             .init_name
             .clone()
             .unwrap_or_else(|| "/sbin/init".to_string());
+        // Checked before a start: see `docker_process`.
+        let docker = docker_process(vm).ok().flatten();
+        let (init, process) = match docker {
+            Some((argv, process)) => (argv, Some(process)),
+            None => (init.split_whitespace().map(str::to_string).collect(), None),
+        };
         ZoneConfig {
             uuid: vm.uuid.to_string(),
             hostname: vm.hostname.clone().unwrap_or_else(|| vm.uuid.to_string()),
             root,
-            init: init.split_whitespace().map(str::to_string).collect(),
+            init,
             id_base,
             cgroup: format!("hull/{}", vm.uuid),
             limits: limits(vm),
@@ -178,7 +285,8 @@ impl From<GuestZone<'_>> for ZoneConfig {
             // lx images run their distribution's init: sysvinit shuts down on SIGPWR (with the
             // `powerwait` inittab entry LXC and Incus also rely on) and ignores SIGTERM; zoned
             // sends systemd its own signal. joyent zones run busybox-style inits: SIGTERM.
-            stop_signal: (vm.brand == Brand::Lx).then_some(libc::SIGPWR),
+            // A docker zone's process gets SIGTERM, as `docker stop` sends.
+            stop_signal: (vm.brand == Brand::Lx && !vm.docker).then_some(libc::SIGPWR),
             root_ids: RootIds::Auto,
             taps: Vec::new(),
             metadata: Some(metadata_mount(vm, mdata)),
@@ -187,6 +295,8 @@ impl From<GuestZone<'_>> for ZoneConfig {
             tmpfs_mib: vm.tmpfs,
             rctls: rctls(vm),
             reset_ends: false,
+            process,
+            console_log: vm.docker,
         }
     }
 }

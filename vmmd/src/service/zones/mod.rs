@@ -71,6 +71,9 @@ pub enum ZoneError {
 /// Why a zone did not start. Each reads after "cannot start zone <uuid>: ".
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A docker zone's internal_metadata names no usable process.
+    #[error("{0}")]
+    Docker(String),
     /// Its runtime directory (or the VMM's in it) cannot be made.
     #[error("cannot create {}", path.display())]
     CreateDir {
@@ -363,6 +366,9 @@ impl Zones {
         set_mode(&self.root, 0o700);
         set_mode(&dir, 0o700);
         let id_base = ID_BASE + slot * ID_RANGE;
+        if let Err(e) = crate::service::convert::zone::docker_process(vm) {
+            return Err(start_err(StartError::Docker(e)));
+        }
         let mut cfg = match root {
             Some(root) => ZoneConfig::from(GuestZone {
                 vm,
