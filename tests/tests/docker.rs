@@ -229,52 +229,34 @@ fn root_docker_zone_runs_the_images_command_and_keeps_its_output() {
 fn root_broken_archives_are_refused_and_leave_nothing() {
     let d = Daemon::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let src = std::fs::read(archives().join("app.oci.tar")).expect("archive");
+    // `archive` with its bytes changed by `spoil`, imported as `transport`: refused naming
+    // `naming`, and no image left.
+    let spoilt = |archive: &str, transport: &str, spoil: &dyn Fn(&mut Vec<u8>), naming: &str| {
+        let mut bytes = std::fs::read(archives().join(archive)).expect("archive");
+        spoil(&mut bytes);
+        let path = dir.path().join("spoilt.tar");
+        std::fs::write(&path, &bytes).expect("write");
+        let what = format!("{transport}:{}", path.display());
+        refused(&d.run("imgadm", &["import", "-q", &what], None), naming);
+        assert!(images(&d).is_empty(), "{:?}", images(&d));
+    };
+    let flip = |b: &mut Vec<u8>| {
+        let at = find_layer_middle(b);
+        b[at] ^= 0x55;
+    };
     // A flipped byte inside the big base layer (random data, stored as gzip): its gzip
     // check fails before its digest can.
-    let at = find_layer_middle(&src);
-    let mut bad = src.clone();
-    bad[at] ^= 0x55;
-    let flipped = dir.path().join("flipped.tar");
-    std::fs::write(&flipped, &bad).expect("write");
-    let o = d.run(
-        "imgadm",
-        &[
-            "import",
-            "-q",
-            &format!("oci-archive:{}", flipped.display()),
-        ],
-        None,
-    );
-    refused(&o, "corrupt");
-    assert!(images(&d).is_empty(), "{:?}", images(&d));
+    spoilt("app.oci.tar", "oci-archive", &flip, "corrupt");
     // The same in a docker-archive, whose layers are plain tars named by their diff_id: the
     // tar still reads, and the digest check refuses it.
-    let src_d = std::fs::read(archives().join("app.docker.tar")).expect("archive");
-    let mut bad = src_d.clone();
-    bad[find_layer_middle(&src_d)] ^= 0x55;
-    std::fs::write(&flipped, &bad).expect("write");
-    let o = d.run(
-        "imgadm",
-        &[
-            "import",
-            "-q",
-            &format!("docker-archive:{}", flipped.display()),
-        ],
-        None,
+    spoilt("app.docker.tar", "docker-archive", &flip, "digest");
+    // Cut short: what the cut took is named missing.
+    spoilt(
+        "app.oci.tar",
+        "oci-archive",
+        &|b| b.truncate(b.len() / 2),
+        "missing",
     );
-    refused(&o, "digest");
-    assert!(images(&d).is_empty(), "{:?}", images(&d));
-    // Cut short: named as such.
-    let cut = dir.path().join("cut.tar");
-    std::fs::write(&cut, &src[..src.len() / 2]).expect("write");
-    let o = d.run(
-        "imgadm",
-        &["import", "-q", &format!("oci-archive:{}", cut.display())],
-        None,
-    );
-    assert!(!o.status.success(), "{}", text(&o));
-    assert!(images(&d).is_empty());
     // Not an archive at all, and a missing file.
     refused(
         &d.run("imgadm", &["import", "oci-archive:/nonexistent.tar"], None),

@@ -546,46 +546,27 @@ fn check_config(
     if !config.is_object() {
         return Err(archive.err(name, "the config is not a JSON object"));
     }
-    let field = |key: &str| config.get(key).and_then(Value::as_str);
-    match field("os") {
-        Some("linux") => {}
-        other => {
-            return Err(archive.err(
-                name,
-                format!(
-                    "the image is for os {:?}; only linux is supported",
-                    short(other.unwrap_or("(none)"))
-                ),
-            ));
-        }
-    }
-    match field("architecture") {
-        Some("amd64") => {}
-        other => {
-            return Err(archive.err(
-                name,
-                format!(
-                    "the image is for architecture {:?}; only amd64 is supported",
-                    short(other.unwrap_or("(none)"))
-                ),
-            ));
-        }
-    }
+    // One field that must hold one value: refused naming what it holds instead.
+    let must = |v: Option<&Value>, want: &str, what: &str| match v.and_then(Value::as_str) {
+        Some(got) if got == want => Ok(()),
+        got => Err(archive.err(
+            name,
+            format!(
+                "{what} is {:?}; only {want:?} is supported",
+                short(got.unwrap_or("(none)"))
+            ),
+        )),
+    };
+    must(config.get("os"), "linux", "the image's os")?;
+    must(
+        config.get("architecture"),
+        "amd64",
+        "the image's architecture",
+    )?;
     let rootfs = config
         .get("rootfs")
         .ok_or_else(|| archive.err(name, "the config has no rootfs"))?;
-    match rootfs.get("type").and_then(Value::as_str) {
-        Some("layers") => {}
-        other => {
-            return Err(archive.err(
-                name,
-                format!(
-                    "rootfs.type is {:?}, not \"layers\"",
-                    short(other.unwrap_or("(none)"))
-                ),
-            ));
-        }
-    }
+    must(rootfs.get("type"), "layers", "rootfs.type")?;
     let diff_ids = rootfs
         .get("diff_ids")
         .and_then(Value::as_array)

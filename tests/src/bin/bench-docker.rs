@@ -1,0 +1,329 @@
+//! Docker import benchmark (issue 19), run as root: the median time to import a ~100 MiB
+//! three-layer OCI image with hull (`imgadm import -q oci-archive:IMG.tar` into a vmmd whose
+//! data root is on a btrfs loop filesystem made here), next to what an Incus or podman user
+//! does to get the same image onto disk (`skopeo copy oci-archive:… oci:…` then `umoci
+//! unpack`, on the same filesystem), in one run.
+//!
+//! Run: `cargo build --release --workspace && sudo target/release/bench-docker [runs]`
+//! (default 5 runs). Needs umoci and skopeo (scripts/packages.txt). Prints a Markdown table
+//! for docs/PERFORMANCE.md and the ratio hull / peer (target <= 0.5). vmmd and imgadm are
+//! the ones next to this binary ([`hull_tests::bin`]), so build the whole workspace in
+//! release: a debug vmmd next to a release bench would time the wrong thing. Writes about
+//! 0.4 GiB to build the image (in /var/tmp, removed after) and about 0.3 GiB per run on an
+//! 8 GiB sparse loop file (about 2 GiB in all at the default 5 runs).
+//!
+//! The image is built once with umoci (as tests/docker/build-images does): layer 1 is the
+//! busybox image's tree and 40 MiB of random data, layer 2 40 MiB more and 500 files of
+//! 4 KiB, layer 3 20 MiB and the config; random so that no compression helps either path.
+//! Every run starts from a synced filesystem holding none of the image: the peer's layout
+//! and bundle are deleted after its run, and hull's images vacuumed (and btrfs's cleaner
+//! waited for), so every run writes all three layers. The archive is read from the page
+//! cache by both. The two paths alternate run by run, so that load on this shared machine
+//! falls on both alike.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hull_tests::{Daemon, LoopFs};
+
+/// The archive's tag.
+const TAG: &str = "bench";
+
+type Res<T> = Result<T, String>;
+
+/// Runs `cmd` to its end, its output captured; an error (naming the command and holding its
+/// stderr) unless it succeeded.
+fn run(cmd: &mut Command) -> Res<Output> {
+    let what = format!("{cmd:?}");
+    let o = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    check(&what, o)
+}
+
+/// `o` if its command succeeded, else an error holding its stderr.
+fn check(what: &str, o: Output) -> Res<Output> {
+    if o.status.success() {
+        Ok(o)
+    } else {
+        Err(format!(
+            "{what} failed ({}):\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}
+
+fn cmd(program: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(program);
+    c.args(args);
+    c
+}
+
+fn io<T>(what: impl std::fmt::Display, r: std::io::Result<T>) -> Res<T> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+/// Writes `bytes` of incompressible data (from /dev/urandom, as `head -c` would) to `path`.
+fn random_file(path: &Path, bytes: u64) -> Res<()> {
+    let mut urandom = io("/dev/urandom", std::fs::File::open("/dev/urandom"))?.take(bytes);
+    let mut f = io(path.display(), std::fs::File::create(path))?;
+    let n = io(path.display(), std::io::copy(&mut urandom, &mut f))?;
+    if n != bytes {
+        return Err(format!("{}: wrote {n} of {bytes} bytes", path.display()));
+    }
+    Ok(())
+}
+
+/// `count` files of 4 KiB of random data in the new directory `dir`.
+fn small_files(dir: &Path, count: usize) -> Res<()> {
+    io(dir.display(), std::fs::create_dir_all(dir))?;
+    let mut urandom = io("/dev/urandom", std::fs::File::open("/dev/urandom"))?;
+    let mut block = [0u8; 4096];
+    for i in 0..count {
+        io("/dev/urandom", urandom.read_exact(&mut block))?;
+        let path = dir.join(format!("f{i:03}"));
+        let mut f = io(path.display(), std::fs::File::create(&path))?;
+        io(path.display(), f.write_all(&block))?;
+    }
+    Ok(())
+}
+
+/// Builds the three-layer image in `work` with umoci and writes it as an oci-archive with
+/// skopeo; returns the archive.
+fn build_image(work: &Path) -> Res<PathBuf> {
+    let busybox = &hull_tests::zone::busybox().1;
+    let layout = work.join("oci");
+    let l = layout.display();
+    let image = |tag: &str| format!("{l}:{tag}");
+    run(&mut cmd("umoci", &["init", "--layout", &l.to_string()]))?;
+    run(&mut cmd("umoci", &["new", "--image", &image("base")]))?;
+    // (the tag to start from, the tag made, what goes into the new layer)
+    type Fill<'a> = Box<dyn Fn(&Path) -> Res<()> + 'a>;
+    let layers: [(&str, &str, Fill); 3] = [
+        (
+            "base",
+            "layer1",
+            Box::new(|root| {
+                run(Command::new("tar")
+                    .arg("-xzf")
+                    .arg(busybox)
+                    .arg("-C")
+                    .arg(root))?;
+                random_file(&root.join("blob1"), 40 << 20)
+            }),
+        ),
+        (
+            "layer1",
+            "layer2",
+            Box::new(|root| {
+                random_file(&root.join("blob2"), 40 << 20)?;
+                small_files(&root.join("small"), 500)
+            }),
+        ),
+        (
+            "layer2",
+            TAG,
+            Box::new(|root| random_file(&root.join("blob3"), 20 << 20)),
+        ),
+    ];
+    for (from, to, fill) in &layers {
+        let bundle = work.join(format!("bundle-{to}"));
+        let b = bundle.display().to_string();
+        run(&mut cmd("umoci", &["unpack", "--image", &image(from), &b]))?;
+        fill(&bundle.join("rootfs"))?;
+        run(&mut cmd("umoci", &["repack", "--image", &image(to), &b]))?;
+        io(&b, std::fs::remove_dir_all(&bundle))?;
+    }
+    run(&mut cmd(
+        "umoci",
+        &["config", "--image", &image(TAG), "--config.cmd", "/bin/sh"],
+    ))?;
+    let archive = work.join("image.oci.tar");
+    run(&mut cmd(
+        "skopeo",
+        &[
+            "--insecure-policy",
+            "copy",
+            "-q",
+            &format!("oci:{}", image(TAG)),
+            &format!("oci-archive:{}:{TAG}", archive.display()),
+        ],
+    ))?;
+    io(&l, std::fs::remove_dir_all(&layout))?;
+    Ok(archive)
+}
+
+fn sync() -> Res<()> {
+    run(&mut Command::new("sync")).map(drop)
+}
+
+fn remove(path: &Path) -> Res<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("{}: {e}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The peer: `skopeo copy` into an OCI layout, then `umoci unpack` into a bundle, both under
+/// `root`; timed, then deleted.
+fn peer(root: &Path, archive: &Path) -> Res<Duration> {
+    let layout = root.join("peer-oci");
+    let bundle = root.join("peer-bundle");
+    remove(&layout)?;
+    remove(&bundle)?;
+    sync()?;
+    let t = Instant::now();
+    run(&mut cmd(
+        "skopeo",
+        &[
+            "--insecure-policy",
+            "copy",
+            "-q",
+            &format!("oci-archive:{}:{TAG}", archive.display()),
+            &format!("oci:{}:{TAG}", layout.display()),
+        ],
+    ))?;
+    run(&mut cmd(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:{TAG}", layout.display()),
+            &bundle.display().to_string(),
+        ],
+    ))?;
+    let d = t.elapsed();
+    remove(&layout)?;
+    remove(&bundle)?;
+    Ok(d)
+}
+
+/// hull: `imgadm import` of the archive; timed, then every image vacuumed.
+fn hull(daemon: &Daemon, archive: &Path) -> Res<Duration> {
+    sync()?;
+    let what = format!("imgadm import -q oci-archive:{}", archive.display());
+    let source = format!("oci-archive:{}", archive.display());
+    let t = Instant::now();
+    let o = daemon.run("imgadm", &["import", "-q", &source], None);
+    let d = t.elapsed();
+    check(&what, o)?;
+    check(
+        "imgadm vacuum -f",
+        daemon.run("imgadm", &["vacuum", "-f"], None),
+    )?;
+    let list = check(
+        "imgadm list -j",
+        daemon.run("imgadm", &["list", "-j"], None),
+    )?;
+    let left: serde_json::Value =
+        serde_json::from_slice(&list.stdout).map_err(|e| format!("imgadm list -j: {e}"))?;
+    if left.as_array().is_none_or(|a| !a.is_empty()) {
+        return Err(format!("images are left after imgadm vacuum -f: {left}"));
+    }
+    // btrfs deletes the subvolumes in the background: let it finish before the next run.
+    let _ = Command::new("btrfs")
+        .args(["subvolume", "sync"])
+        .arg(daemon.data_root().join("images"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    Ok(d)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64())
+}
+
+fn version(program: &str) -> Res<String> {
+    let o = run(&mut cmd(program, &["--version"]))
+        .map_err(|e| format!("{e}\n(bench-docker needs umoci and skopeo)"))?;
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+fn bench(runs: usize) -> Res<()> {
+    let versions = format!("{}, {}", version("skopeo")?, version("umoci")?);
+    let work = io(
+        "a temp dir in /var/tmp",
+        tempfile::Builder::new()
+            .prefix("hull-bench-docker")
+            .tempdir_in("/var/tmp"),
+    )?;
+    eprintln!("building the image in {}", work.path().display());
+    let archive = build_image(work.path())?;
+    let size = io(archive.display(), std::fs::metadata(&archive))?.len();
+    println!(
+        "image: oci-archive of three layers, {size} bytes ({:.1} MiB); peer: {versions}",
+        size as f64 / (1 << 20) as f64
+    );
+    // Dropped in reverse: the daemon before its filesystem.
+    let fs = LoopFs::new("btrfs", 8 << 30);
+    let daemon = Daemon::start_on(&fs.mountpoint);
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for r in 0..runs {
+        for k in 0..2 {
+            let m = (r + k) % 2;
+            let d = if m == 0 {
+                peer(&fs.mountpoint, &archive)?
+            } else {
+                hull(&daemon, &archive)?
+            };
+            times[m].push(d);
+        }
+        eprintln!(
+            "run {} of {runs}: peer {} s, hull {} s",
+            r + 1,
+            secs(times[0][r]),
+            secs(times[1][r])
+        );
+    }
+    let names = ["skopeo copy + umoci unpack", "imgadm import"];
+    println!("| path | median (s) | min | max |");
+    println!("|---|---|---|---|");
+    let mut medians = [Duration::ZERO; 2];
+    for (m, name) in names.iter().enumerate() {
+        let v = &times[m];
+        let (min, max) = (v.iter().min(), v.iter().max());
+        medians[m] = median(v.clone());
+        println!(
+            "| {name} | {} | {} | {} |",
+            secs(medians[m]),
+            min.map_or("n/a".to_string(), |d| secs(*d)),
+            max.map_or("n/a".to_string(), |d| secs(*d)),
+        );
+    }
+    let ratio = medians[1].as_secs_f64() / medians[0].as_secs_f64();
+    println!(
+        "\nhull / peer = {ratio:.2} (target <= 0.5: {})",
+        if ratio <= 0.5 { "met" } else { "not met" }
+    );
+    Ok(())
+}
+
+fn main() {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(5);
+    assert!(
+        hull_tests::is_root(),
+        "bench-docker mounts a loop filesystem and runs umoci unpack: run it as root"
+    );
+    // Errors come back here rather than panicking (release builds abort on panic), so that
+    // vmmd is stopped and the loop filesystem unmounted before the exit.
+    if let Err(e) = bench(runs) {
+        eprintln!("bench-docker: {e}");
+        std::process::exit(1);
+    }
+}
