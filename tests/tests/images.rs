@@ -726,3 +726,163 @@ fn qcow2_and_bzip2_disk_images_install_as_raw_disks() {
     assert!(stderr(&o).contains("backing file"), "{}", stderr(&o));
     assert_eq!(listing(&d.data_root()), before);
 }
+
+/// A test CA and a certificate for 127.0.0.1 it signed, made with openssl in `dir`:
+/// (CA certificate, server certificate, server key).
+fn test_pki(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |n: &str| dir.join(n);
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (Debian's openssl package)");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=hull test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (p("ca.pem"), p("server.pem"), p("server.key"))
+}
+
+/// tests/testdata/tls-proxy.py in front of the plain server at `plain` (http://127.0.0.1:P):
+/// its https URL and the process (kill it when done).
+fn tls_proxy(
+    plain: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> (String, std::process::Child) {
+    let port = plain.rsplit(':').next().expect("port");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tls-proxy.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .arg(cert)
+        .arg(key)
+        .arg(port)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the proxy's port");
+    (format!("https://127.0.0.1:{}", line.trim()), child)
+}
+
+#[test]
+fn import_from_an_https_source_checks_its_certificate() {
+    let d = Daemon::start();
+    let uuid = "eeeeeeee-2222-4222-8333-444444444444";
+    let (manifest, file) = make_image(d.dir.path(), uuid, "zvol");
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(&manifest).expect("manifest")).expect("json");
+    // Three requests reach the plain server: the manifest and the file of the import, and
+    // the list of `avail`; none while a certificate is refused.
+    let (plain, server) = imgapi_server(m, std::fs::read(&file).expect("file"), 3);
+    let pki = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = test_pki(pki.path());
+    let (url, mut proxy) = tls_proxy(&plain, &cert, &key);
+    let imgadm = |args: &[&str]| d.run("imgadm", args, None);
+    let out = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    // The system's CAs do not know the test CA: refused, naming the host and why.
+    assert!(imgadm(&["sources", "-a", &url]).status.success());
+    let o = imgadm(&["import", "-q", uuid]);
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(
+        out(&o).contains("127.0.0.1") && out(&o).contains("certificate"),
+        "the refusal names the host and the certificate: {}",
+        out(&o)
+    );
+    assert!(imgadm(&["sources", "-d", &url]).status.success());
+    // A CA file that is no certificate, and TLS settings on an http source: refused.
+    let o = imgadm(&[
+        "sources",
+        "-a",
+        &url,
+        "--ca-cert",
+        key.to_str().expect("path"),
+    ]);
+    assert!(
+        !o.status.success() && out(&o).contains("ca_cert"),
+        "{}",
+        out(&o)
+    );
+    let o = imgadm(&["sources", "-a", &plain, "-k"]);
+    assert!(
+        !o.status.success() && out(&o).contains("https"),
+        "{}",
+        out(&o)
+    );
+    // With the test CA: the import works, verified as any.
+    let o = imgadm(&[
+        "sources",
+        "-a",
+        &url,
+        "--ca-cert",
+        ca.to_str().expect("path"),
+    ]);
+    assert!(o.status.success(), "{}", out(&o));
+    let o = imgadm(&["import", "-q", uuid]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(imgadm(&["get", uuid]).status.success());
+    // -k: no certificate check at all (SmartOS's --insecure).
+    assert!(imgadm(&["sources", "-d", &url]).status.success());
+    assert!(imgadm(&["sources", "-a", &url, "-k"]).status.success());
+    let o = imgadm(&["avail", "-H", "-o", "uuid"]);
+    assert!(out(&o).contains(uuid), "{}", out(&o));
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    server.join().expect("server");
+}

@@ -85,12 +85,18 @@ enum Command {
     },
     /// Manage image sources.
     Sources {
-        /// Add a source.
+        /// Add a source (http:// or https://).
         #[arg(short = 'a')]
         add: Option<String>,
         /// Delete a source.
         #[arg(short = 'd')]
         delete: Option<String>,
+        /// With -a: a PEM file of the private CA the https source's certificate chains to.
+        #[arg(long = "ca-cert", requires = "add")]
+        ca_cert: Option<PathBuf>,
+        /// With -a: do not check the https source's certificate at all.
+        #[arg(short = 'k', long = "insecure", requires = "add")]
+        insecure: bool,
     },
     /// List images available from the sources.
     Avail {
@@ -379,8 +385,9 @@ fn install(
     quiet: bool,
 ) -> CmdResult {
     let (m_text, f_text) = (manifest.to_string_lossy(), file.to_string_lossy());
-    if m_text.starts_with("http://") || f_text.starts_with("http://") {
-        // From a plain HTTP file server: vmmd downloads both, verified as any install.
+    let is_url = |s: &str| s.starts_with("http://") || s.starts_with("https://");
+    if is_url(&m_text) || is_url(&f_text) {
+        // From a file server: vmmd downloads both, verified as any install.
         let c = client(socket)?;
         let m = with_progress("Importing", quiet || json, |progress| {
             c.import_urls(&m_text, &f_text, progress)
@@ -490,11 +497,27 @@ pub fn run(cli: Cli) -> CmdResult {
                 m => installed(&c, m, Some(uuid), json),
             }
         }
-        Command::Sources { add, delete } => {
+        Command::Sources {
+            add,
+            delete,
+            ca_cert,
+            insecure,
+        } => {
             let c = client(socket)?;
             match (add, delete) {
                 (Some(url), None) => {
-                    c.add_source(&url)?;
+                    let ca_cert = match ca_cert {
+                        Some(p) => Some(std::fs::read_to_string(&p).map_err(|e| {
+                            Failure::new(format!("cannot read {}: {e}", p.display()))
+                        })?),
+                        None => None,
+                    };
+                    c.add_source_with(&hull_spec::api::ImageSource {
+                        url: url.clone(),
+                        kind: "imgapi".to_string(),
+                        ca_cert,
+                        insecure,
+                    })?;
                     eprintln!("Added image source {url}");
                 }
                 (None, Some(url)) => {

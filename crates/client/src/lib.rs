@@ -504,7 +504,17 @@ impl Client {
 
     /// `POST /v1/sources`.
     pub fn add_source(&self, url: &str) -> Result<ImageSource, ClientError> {
-        let body = serde_json::json!({ "url": url, "type": "imgapi" });
+        self.add_source_with(&ImageSource {
+            url: url.to_string(),
+            kind: "imgapi".to_string(),
+            ca_cert: None,
+            insecure: false,
+        })
+    }
+
+    /// `POST /v1/sources` with its TLS settings.
+    pub fn add_source_with(&self, src: &ImageSource) -> Result<ImageSource, ClientError> {
+        let body = serde_json::to_value(src).unwrap_or_default();
         self.call(Method::POST, "/v1/sources", Some(&body))
     }
 

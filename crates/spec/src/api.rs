@@ -191,11 +191,19 @@ pub struct NicTag {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageSource {
-    /// Base URL (`http://host:port/path`).
+    /// Base URL (`http://host:port/path` or `https://...`).
     pub url: String,
     /// `imgapi` (SmartOS's image API: /images, /images/:uuid, /images/:uuid/file).
     #[serde(rename = "type", default = "imgapi")]
     pub kind: String,
+    /// PEM certificates of a private CA an https source's certificate may chain to, besides
+    /// the system's CAs (`imgadm sources -a URL --ca-cert FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
+    /// An https source whose certificate is not checked at all (`imgadm sources -k`, as
+    /// SmartOS's `--insecure`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 fn imgapi() -> String {

@@ -56,6 +56,25 @@ pub enum FetchError {
         /// The status.
         status: StatusCode,
     },
+    /// The TLS handshake failed (the certificate refused, most often: the reason follows).
+    #[error("the TLS connection to {host} failed ({url})")]
+    Tls {
+        /// The server's host.
+        host: String,
+        /// The URL.
+        url: String,
+        /// The handshake's error, naming the certificate's fault.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The source's TLS settings cannot be used (a CA file that holds no certificate).
+    #[error("the TLS settings for {url} cannot be used: {why}")]
+    TlsConfig {
+        /// The URL.
+        url: String,
+        /// Why.
+        why: String,
+    },
     /// The reply was too large or not JSON.
     #[error("{url} sent a reply that is not a JSON document of at most 16 MiB")]
     Body {
@@ -64,7 +83,127 @@ pub enum FetchError {
     },
 }
 
-/// Checks a source URL: `http://host[:port][/path]`.
+/// How an https source's certificate is checked: against the system's CAs and the source's
+/// own CA when it names one, or not at all when it is marked insecure.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOpts {
+    /// PEM certificates of a private CA.
+    pub ca_pem: Option<String>,
+    /// Accept any certificate (`imgadm sources -k`).
+    pub insecure: bool,
+}
+
+impl From<&ImageSource> for TlsOpts {
+    fn from(s: &ImageSource) -> TlsOpts {
+        TlsOpts {
+            ca_pem: s.ca_cert.clone(),
+            insecure: s.insecure,
+        }
+    }
+}
+
+/// The system's CA certificates (/etc/ssl/certs and the like), read once.
+fn system_roots() -> &'static [rustls::pki_types::CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> =
+        std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
+}
+
+/// The rustls client config for `opts`.
+fn tls_config(url: &str, opts: &TlsOpts) -> Result<rustls::ClientConfig, FetchError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bad = |why: String| FetchError::TlsConfig {
+        url: url.to_string(),
+        why,
+    };
+    // ring (rustls 0.23.48 deprecates its provider for lacking post-quantum key exchange;
+    // aws-lc-rs, which has it, needs cmake and a longer C build): X25519 and the NIST curves
+    // protect image downloads, whose integrity their digests check anyway.
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?;
+    if opts.insecure {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(system_roots().iter().cloned());
+    if let Some(pem) = &opts.ca_pem {
+        let mut n = 0;
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert = cert.map_err(|e| bad(format!("its CA certificate is not PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| bad(format!("its CA certificate cannot be used: {e}")))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(bad("its CA file holds no certificate".to_string()));
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// The verifier of an insecure source: any certificate is taken (the handshake's signatures
+/// are still checked, so the session is with whoever holds the certificate's key).
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A connection to a source: plain TCP or TLS over it.
+trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Conn for T {}
+
+/// Checks a source URL: `http://host[:port][/path]` or `https://...`.
 pub fn parse_source(url: &str) -> Result<Uri, FetchError> {
     let bad = |why| FetchError::Url {
         url: url.to_string(),
@@ -72,9 +211,8 @@ pub fn parse_source(url: &str) -> Result<Uri, FetchError> {
     };
     let uri: Uri = url.parse().map_err(|_| bad("it does not parse as a URL"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(bad("https sources need TLS, which is not built yet")),
-        _ => return Err(bad("only http:// URLs are supported")),
+        Some("http" | "https") => {}
+        _ => return Err(bad("only http:// and https:// URLs are supported")),
     }
     if uri.host().is_none() {
         return Err(bad("it has no host"));
@@ -89,16 +227,41 @@ fn join(base: &str, rest: &str) -> String {
     format!("{}/{}", base.trim_end_matches('/'), rest)
 }
 
-async fn get(url: &str) -> Result<hyper::Response<hyper::body::Incoming>, FetchError> {
+async fn get(
+    url: &str,
+    tls: &TlsOpts,
+) -> Result<hyper::Response<hyper::body::Incoming>, FetchError> {
     let uri = parse_source(url)?;
     let host = uri.host().unwrap_or_default().to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
         .await
         .map_err(|source| FetchError::Connect {
             url: url.to_string(),
             source,
         })?;
+    let stream: Box<dyn Conn> = match https {
+        false => Box::new(tcp),
+        true => {
+            let config = tls_config(url, tls)?;
+            let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']))
+                .map_err(|_| FetchError::Url {
+                    url: url.to_string(),
+                    why: "its host is no TLS server name",
+                })?
+                .to_owned();
+            let s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|source| FetchError::Tls {
+                    host: host.clone(),
+                    url: url.to_string(),
+                    source,
+                })?;
+            Box::new(s)
+        }
+    };
     let http = |source| FetchError::Http {
         url: url.to_string(),
         source,
@@ -136,8 +299,8 @@ async fn get(url: &str) -> Result<hyper::Response<hyper::body::Incoming>, FetchE
     Ok(resp)
 }
 
-async fn get_json(url: &str) -> Result<Value, FetchError> {
-    let resp = get(url).await?;
+async fn get_json(url: &str, tls: &TlsOpts) -> Result<Value, FetchError> {
+    let resp = get(url, tls).await?;
     let bytes = Limited::new(resp.into_body(), MAX_JSON)
         .collect()
         .await
@@ -152,7 +315,9 @@ async fn get_json(url: &str) -> Result<Value, FetchError> {
 
 fn fetch_error(e: FetchError) -> ServiceError {
     match e {
-        FetchError::Url { .. } => ServiceError::BadRequest(e.to_string()),
+        FetchError::Url { .. } | FetchError::TlsConfig { .. } => {
+            ServiceError::BadRequest(e.to_string())
+        }
         other => ServiceError::Upstream(other),
     }
 }
@@ -174,11 +339,27 @@ impl Service {
             );
             return Err(ServiceError::Invalid(r));
         }
-        parse_source(&src.url).map_err(|e| {
+        let uri = parse_source(&src.url).map_err(|e| {
             let mut r = ValidationReport::default();
             r.bad_value("url", e.to_string());
             ServiceError::Invalid(r)
         })?;
+        if uri.scheme_str() != Some("https") && (src.ca_cert.is_some() || src.insecure) {
+            let mut r = ValidationReport::default();
+            r.bad_value(
+                "url",
+                format!(
+                    "{}: a CA certificate and -k apply to https sources only",
+                    src.url
+                ),
+            );
+            return Err(ServiceError::Invalid(r));
+        }
+        if let Err(e) = tls_config(&src.url, &TlsOpts::from(&src)) {
+            let mut r = ValidationReport::default();
+            r.bad_value("ca_cert", e.to_string());
+            return Err(ServiceError::Invalid(r));
+        }
         let mut list = self.sources.load()?;
         if list.iter().any(|s| s.url == src.url) {
             return Err(ServiceError::Conflict(format!(
@@ -210,6 +391,18 @@ impl Service {
         super::blocking(move || super::catalog::sources(&root).save(&list)).await
     }
 
+    /// The TLS settings for `url`: those of the configured source it lies under, else the
+    /// system's CAs alone.
+    fn tls_for(&self, url: &str) -> TlsOpts {
+        self.sources
+            .load()
+            .unwrap_or_default()
+            .iter()
+            .find(|s| url.starts_with(s.url.trim_end_matches('/')))
+            .map(TlsOpts::from)
+            .unwrap_or_default()
+    }
+
     fn source_urls(&self, only: Option<String>) -> Result<Vec<String>, ServiceError> {
         let urls: Vec<String> = match only {
             Some(u) => vec![u],
@@ -227,7 +420,9 @@ impl Service {
     pub async fn available(&self) -> Result<Vec<ImageManifest>, ServiceError> {
         let mut out = Vec::new();
         for url in self.source_urls(None)? {
-            let list = get_json(&join(&url, "images")).await.map_err(fetch_error)?;
+            let list = get_json(&join(&url, "images"), &self.tls_for(&url))
+                .await
+                .map_err(fetch_error)?;
             for m in list.as_array().into_iter().flatten() {
                 if let Ok(m) = validate_manifest(m) {
                     out.push(m);
@@ -246,7 +441,9 @@ impl Service {
         file_url: String,
     ) -> Result<(String, Value), ServiceError> {
         parse_source(&file_url).map_err(fetch_error)?;
-        let m = get_json(manifest_url).await.map_err(fetch_error)?;
+        let m = get_json(manifest_url, &self.tls_for(manifest_url))
+            .await
+            .map_err(fetch_error)?;
         self.check_manifest(&m)?;
         Ok((file_url, m))
     }
@@ -266,7 +463,7 @@ impl Service {
         }
         let mut last = None;
         for url in self.source_urls(source)? {
-            match get_json(&join(&url, &format!("images/{uuid}"))).await {
+            match get_json(&join(&url, &format!("images/{uuid}")), &self.tls_for(&url)).await {
                 Ok(m) => {
                     if m.get("uuid").and_then(Value::as_str) != Some(uuid.to_string().as_str()) {
                         let mut r = ValidationReport::default();
@@ -318,7 +515,9 @@ impl Service {
     ) -> Result<ImageManifest, ServiceError> {
         let (manifest, spec) = self.check_manifest(raw)?;
         let total = spec.file.size;
-        let resp = get(file_url).await.map_err(fetch_error)?;
+        let resp = get(file_url, &self.tls_for(file_url))
+            .await
+            .map_err(fetch_error)?;
         let mut body = resp.into_body();
         let (tx, reader) = ChunkReader::channel();
         // Dropping the sender ends the install's input; it goes when the body ends or fails.
