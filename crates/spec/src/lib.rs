@@ -28,6 +28,7 @@ macro_rules! schema_as_string {
 }
 
 pub mod api;
+pub mod docker;
 pub mod flatten;
 pub mod image;
 pub mod net;

@@ -17,12 +17,15 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use hull_spec::docker::{
+    CONTAINERD_NAME, DOCKER_CONFIG, DOCKER_LIST, DOCKER_MANIFEST, Descriptor, Index, MAX_JSON,
+    Manifest, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, REF_NAME, digest_hex, hex, is_hex64,
+    layer_compression, platforms, sha256, short,
+};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-/// The largest JSON document (oci-layout, index, manifest, config, manifest.json) read.
-const MAX_JSON: u64 = 4 << 20;
 /// The most layers an image may have.
 const MAX_LAYERS: usize = 200;
 /// The most members an archive may have.
@@ -36,18 +39,6 @@ const MAX_DEPTH: usize = 4;
 const MAX_HEADER_BYTES: u64 = 64 << 20;
 /// The buffer size used to hash a docker-archive layer.
 const HASH_CHUNK: usize = 1 << 20;
-
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-
-/// The annotation skopeo (and the OCI image layout) names an index entry by: a tag.
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
-/// The annotation containerd names an index entry by: the full "repo:tag".
-const CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 /// Which archive format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -439,51 +430,6 @@ impl Archive {
 // ---------------------------------------------------------------------------------------------
 // Small helpers.
 
-/// Lowercase hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The sha256 digest of `bytes`, as "sha256:<hex>".
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(bytes)))
-}
-
-/// Whether `s` is exactly 64 lowercase hex digits.
-fn is_hex64(s: &[u8]) -> bool {
-    s.len() == 64 && s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// `s`, cut to a length fit for a message (hostile strings can be megabytes long).
-fn short(s: &str) -> String {
-    const MAX: usize = 120;
-    if s.len() <= MAX {
-        return s.to_owned();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
-}
-
-/// The hex part of a "sha256:<64 lowercase hex>" digest.
-fn digest_hex(digest: &str) -> Result<&str, String> {
-    match digest.split_once(':') {
-        Some(("sha256", hex)) if is_hex64(hex.as_bytes()) => Ok(hex),
-        Some(("sha256", _)) => Err(format!(
-            "digest {:?} is not \"sha256:\" and 64 lowercase hex digits",
-            short(digest)
-        )),
-        Some((algorithm, _)) => Err(format!(
-            "digest {:?} uses {:?}; only sha256 is supported",
-            short(digest),
-            short(algorithm)
-        )),
-        None => Err(format!("{:?} is not a digest", short(digest))),
-    }
-}
-
 /// Parses the JSON document `bytes` read from `name`.
 fn parse_json<T: for<'de> Deserialize<'de>>(
     archive: &Archive,
@@ -535,179 +481,8 @@ fn reference_matches(name: &str, reference: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Image config.
 
-/// Checks the image config: linux/amd64, "layers" rootfs with one diff_id per layer. Returns
-/// the diff_ids.
-fn check_config(
-    archive: &Archive,
-    name: &str,
-    config: &Value,
-    layers: usize,
-) -> Result<Vec<String>, String> {
-    if !config.is_object() {
-        return Err(archive.err(name, "the config is not a JSON object"));
-    }
-    // One field that must hold one value: refused naming what it holds instead.
-    let must = |v: Option<&Value>, want: &str, what: &str| match v.and_then(Value::as_str) {
-        Some(got) if got == want => Ok(()),
-        got => Err(archive.err(
-            name,
-            format!(
-                "{what} is {:?}; only {want:?} is supported",
-                short(got.unwrap_or("(none)"))
-            ),
-        )),
-    };
-    must(config.get("os"), "linux", "the image's os")?;
-    must(
-        config.get("architecture"),
-        "amd64",
-        "the image's architecture",
-    )?;
-    let rootfs = config
-        .get("rootfs")
-        .ok_or_else(|| archive.err(name, "the config has no rootfs"))?;
-    must(rootfs.get("type"), "layers", "rootfs.type")?;
-    let diff_ids = rootfs
-        .get("diff_ids")
-        .and_then(Value::as_array)
-        .ok_or_else(|| archive.err(name, "the config has no rootfs.diff_ids list"))?;
-    if diff_ids.len() != layers {
-        return Err(archive.err(
-            name,
-            format!(
-                "the config lists {} rootfs.diff_ids but the image has {layers} layers",
-                diff_ids.len()
-            ),
-        ));
-    }
-    diff_ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let id = id.as_str().ok_or_else(|| {
-                archive.err(name, format!("rootfs.diff_ids[{i}] is not a string"))
-            })?;
-            digest_hex(id).map_err(|e| archive.err(name, format!("rootfs.diff_ids[{i}]: {e}")))?;
-            Ok(id.to_owned())
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // oci-archive.
-
-/// An OCI content descriptor.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Descriptor {
-    media_type: Option<String>,
-    digest: String,
-    size: u64,
-    platform: Option<Platform>,
-    annotations: Option<HashMap<String, String>>,
-}
-
-impl Descriptor {
-    /// The annotation `key`.
-    fn annotation(&self, key: &str) -> Option<&str> {
-        self.annotations.as_ref()?.get(key).map(String::as_str)
-    }
-
-    /// Whether it has a platform, and that is linux/amd64 (any variant).
-    fn is_linux_amd64(&self) -> bool {
-        self.platform
-            .as_ref()
-            .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-    }
-
-    /// How messages name it: its ref name, else its digest.
-    fn describe(&self) -> String {
-        let name = self
-            .annotation(CONTAINERD_NAME)
-            .or_else(|| self.annotation(REF_NAME))
-            .map(short)
-            .unwrap_or_else(|| short(&self.digest));
-        match &self.platform {
-            Some(p) => format!("{name} ({})", p.describe()),
-            None => name,
-        }
-    }
-}
-
-/// An index entry's platform.
-#[derive(Debug, Deserialize)]
-struct Platform {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-    variant: Option<String>,
-}
-
-impl Platform {
-    /// "os/architecture[/variant]".
-    fn describe(&self) -> String {
-        let mut s = format!("{}/{}", short(&self.os), short(&self.architecture));
-        if let Some(variant) = &self.variant {
-            s.push('/');
-            s.push_str(&short(variant));
-        }
-        s
-    }
-}
-
-/// The platforms the entries of an index offer, for messages.
-fn platforms(list: &[&Descriptor]) -> String {
-    if list.is_empty() {
-        return "nothing".to_owned();
-    }
-    let mut seen: Vec<String> = Vec::new();
-    for d in list {
-        let p = d
-            .platform
-            .as_ref()
-            .map_or_else(|| "(no platform)".to_owned(), Platform::describe);
-        if !seen.contains(&p) {
-            seen.push(p);
-        }
-    }
-    seen.join(", ")
-}
-
-/// An image index (OCI) or manifest list (docker).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Index {
-    schema_version: Option<u64>,
-    media_type: Option<String>,
-    manifests: Vec<Descriptor>,
-}
-
-/// An image manifest.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Manifest {
-    schema_version: Option<u64>,
-    media_type: Option<String>,
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-}
-
-/// The compression of a layer media type; None when it is not a layer type we take.
-fn layer_compression(media_type: &str) -> Option<&'static str> {
-    match media_type {
-        "application/vnd.oci.image.layer.v1.tar"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
-        | "application/vnd.docker.image.rootfs.diff.tar" => Some("none"),
-        "application/vnd.oci.image.layer.v1.tar+gzip"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-        | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some("gzip"),
-        "application/vnd.oci.image.layer.v1.tar+zstd"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Some("zstd"),
-        _ => None,
-    }
-}
 
 /// The member name of the blob a descriptor points to; `from` says where the descriptor is.
 fn blob_name(archive: &Archive, from: &str, desc: &Descriptor) -> Result<String, String> {
@@ -776,41 +551,23 @@ fn check_media_type(
     }
 }
 
+/// Checks the image config read from `name` ([`hull_spec::docker::check_config`]).
+fn check_config(
+    archive: &Archive,
+    name: &str,
+    config: &Value,
+    layers: usize,
+) -> Result<Vec<String>, String> {
+    hull_spec::docker::check_config(config, layers).map_err(|e| archive.err(name, e))
+}
+
 /// Picks the linux/amd64 entry of the index read from `name`.
 fn pick_platform<'a>(
     archive: &Archive,
     name: &str,
     index: &'a Index,
 ) -> Result<(usize, &'a Descriptor), String> {
-    let amd64: Vec<(usize, &Descriptor)> = index
-        .manifests
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| d.is_linux_amd64())
-        .collect();
-    // Variant ignored, but the baseline one is the safe choice when there are several.
-    let baseline = amd64.iter().find(|(_, d)| {
-        d.platform
-            .as_ref()
-            .is_some_and(|p| matches!(p.variant.as_deref(), None | Some("" | "v1")))
-    });
-    if let Some(&pick) = baseline.or(amd64.first()) {
-        return Ok(pick);
-    }
-    // An index wrapping one manifest without saying its platform: the config says it.
-    if let [only] = index.manifests.as_slice()
-        && only.platform.is_none()
-    {
-        return Ok((0, only));
-    }
-    let all: Vec<&Descriptor> = index.manifests.iter().collect();
-    Err(archive.err(
-        name,
-        format!(
-            "the index holds no linux/amd64 image; it offers: {}",
-            platforms(&all)
-        ),
-    ))
+    hull_spec::docker::pick_platform(index).map_err(|e| archive.err(name, e))
 }
 
 /// Follows `desc` (found at `from`) through nested indexes to an image manifest. Returns the
