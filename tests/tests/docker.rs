@@ -280,3 +280,252 @@ fn find_layer_middle(tar: &[u8]) -> usize {
     }
     (best.0 + best.1 / 2) as usize
 }
+
+/// Debian's docker-registry (the CNCF distribution registry) on 127.0.0.1 with TLS from a
+/// test CA and basic auth (htpasswd, bcrypt), its storage in `dir`; killed when dropped.
+struct Registry {
+    child: std::process::Child,
+    addr: String,
+    ca: PathBuf,
+    certs: PathBuf,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let (ca, cert, key) = hull_tests::test_pki(dir);
+        let o = Command::new("htpasswd")
+            .args(["-Bbn", "hull", "s3cret"])
+            .output()
+            .expect("htpasswd (apache2-utils)");
+        std::fs::write(dir.join("htpasswd"), ok(&o)).expect("htpasswd file");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n\
+             auth:\n  htpasswd:\n    realm: hull-test\n    path: {}\n",
+            dir.join("data").display(),
+            cert.display(),
+            key.display(),
+            dir.join("htpasswd").display()
+        );
+        std::fs::write(dir.join("config.yml"), config).expect("config");
+        let log = std::fs::File::create(dir.join("registry.log")).expect("log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (Debian's docker-registry package)");
+        let t = std::time::Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                t.elapsed().as_secs() < 20,
+                "the registry did not listen on {addr}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // skopeo takes a CA from a directory of *.crt files.
+        let certs = dir.join("certs");
+        std::fs::create_dir_all(&certs).expect("certs dir");
+        std::fs::copy(&ca, certs.join("ca.crt")).expect("ca.crt");
+        Registry {
+            child,
+            addr,
+            ca,
+            certs,
+        }
+    }
+
+    /// skopeo copies `src` (a transport:path) to NAME:TAG in this registry.
+    fn push(&self, src: &str, name: &str) {
+        let o = Command::new("skopeo")
+            .args([
+                "copy",
+                "-q",
+                "--insecure-policy",
+                "--dest-creds",
+                "hull:s3cret",
+            ])
+            .arg("--dest-cert-dir")
+            .arg(&self.certs)
+            .arg(src)
+            .arg(format!("docker://{}/{name}", self.addr))
+            .output()
+            .expect("skopeo");
+        ok(&o);
+    }
+
+    /// curl against the registry with its credentials: (status line's code, body).
+    fn curl(&self, args: &[&str]) -> Vec<u8> {
+        let o = Command::new("curl")
+            .args(["-sf", "-u", "hull:s3cret", "--cacert"])
+            .arg(&self.ca)
+            .args(args)
+            .output()
+            .expect("curl");
+        assert!(o.status.success(), "curl {args:?}: {}", text(&o));
+        o.stdout
+    }
+
+    /// An OCI index at NAME:TAG claiming `amd64` and `arm64` are the manifests of the images
+    /// at NAME:A and NAME:B (both pushed first): a test of the platform choice.
+    fn push_index(&self, name: &str, amd64: &str, arm64: &str, tag: &str) {
+        use sha2::Digest as _;
+        let mut entries = Vec::new();
+        for (t, arch) in [(amd64, "amd64"), (arm64, "arm64")] {
+            let m = self.curl(&[
+                "-H",
+                "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+                "-D",
+                "/dev/null",
+                &format!("https://{}/v2/{name}/manifests/{t}", self.addr),
+            ]);
+            let doc: Value = serde_json::from_slice(&m).expect("manifest");
+            let hex: String = sha2::Sha256::digest(&m)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            entries.push(serde_json::json!({
+                "mediaType": doc["mediaType"].as_str().unwrap_or("application/vnd.oci.image.manifest.v1+json"),
+                "digest": format!("sha256:{hex}"), "size": m.len(),
+                "platform": {"os": "linux", "architecture": arch}}));
+        }
+        // arm64 first: a client taking the first entry would get it wrong.
+        entries.reverse();
+        let index = serde_json::json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries});
+        self.curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.index.v1+json",
+            "--data-binary",
+            &index.to_string(),
+            &format!("https://{}/v2/{name}/manifests/{tag}", self.addr),
+        ]);
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_docker_registry_pulls_with_tls_and_basic_auth() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reg = Registry::start(dir.path());
+    reg.push(
+        &format!("oci-archive:{}", archive("app.oci.tar")),
+        "hull/app:v1",
+    );
+    reg.push(
+        &format!("oci-archive:{}", archive("other.oci.tar")),
+        "hull/multi:b",
+    );
+    reg.push(
+        &format!("oci-archive:{}", archive("app.oci.tar")),
+        "hull/multi:a",
+    );
+    reg.push_index("hull/multi", "a", "b", "v1");
+    let d = Daemon::start();
+    let url = format!("https://{}", reg.addr);
+    let imgadm = |args: &[&str], stdin: Option<&str>| d.run("imgadm", args, stdin);
+    let add = |extra: &[&str], password: Option<&str>| {
+        let _ = imgadm(&["sources", "-d", &url], None);
+        let mut args = vec!["sources", "-t", "docker", "-a", url.as_str()];
+        args.extend_from_slice(extra);
+        imgadm(&args, password)
+    };
+    let ca = reg.ca.display().to_string();
+    // No credentials, wrong ones, a CA the host does not know: each refused naming why,
+    // nothing installed.
+    ok(&add(&["--ca-cert", &ca], None));
+    refused(
+        &imgadm(&["import", "-q", "hull/app:v1"], None),
+        "wants credentials",
+    );
+    ok(&add(&["--ca-cert", &ca, "--user", "hull"], Some("wrong\n")));
+    refused(
+        &imgadm(&["import", "-q", "hull/app:v1"], None),
+        "refused user \"hull\"",
+    );
+    ok(&add(&["--user", "hull"], Some("s3cret\n")));
+    refused(
+        &imgadm(&["import", "-q", "hull/app:v1"], None),
+        "UnknownIssuer",
+    );
+    assert!(images(&d).is_empty(), "{:?}", images(&d));
+    // The password is never shown.
+    ok(&add(
+        &["--ca-cert", &ca, "--user", "hull"],
+        Some("s3cret\n"),
+    ));
+    let get = hull_tests::request("GET", "/v1/sources", None, b"");
+    let (_, listed) = hull_tests::raw_http(&d.socket(), &get);
+    assert!(
+        listed.contains("(set)") && !listed.contains("s3cret"),
+        "{listed}"
+    );
+    // The pull: two layers, the same identity as the same image from its archive.
+    let o = imgadm(&["import", "-q", "-j", "hull/app:v1"], None);
+    let top: Value = serde_json::from_str(&ok(&o)).expect("manifest");
+    assert_eq!(top["name"], format!("{}/hull/app", reg.addr));
+    assert_eq!(top["version"], "v1");
+    assert_eq!(images(&d).len(), 2);
+    let o = imgadm(
+        &[
+            "import",
+            "-q",
+            &format!("oci-archive:{}", archive("app.oci.tar")),
+        ],
+        None,
+    );
+    assert!(
+        ok(&o).contains("already installed")
+            || String::from_utf8_lossy(&o.stderr).contains("already installed"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        images(&d).len(),
+        2,
+        "the archive's layers are the pulled ones"
+    );
+    // Pinned by digest: the same image.
+    let digest = top["tags"]["docker:digest"]
+        .as_str()
+        .expect("digest")
+        .to_string();
+    let o = imgadm(&["import", "-q", &format!("hull/app@{digest}")], None);
+    assert!(o.status.success(), "{}", text(&o));
+    // A manifest list offering arm64 first and amd64: the amd64 image (app) comes.
+    let o = imgadm(&["import", "-q", "-j", "hull/multi:v1"], None);
+    let multi: Value = serde_json::from_str(&ok(&o)).expect("manifest");
+    assert_eq!(
+        multi["tags"]["docker:config"]["Cmd"],
+        serde_json::json!(["/bin/app"]),
+        "{multi}"
+    );
+    // A tag that is not there: named.
+    refused(&imgadm(&["import", "-q", "hull/app:nosuch"], None), "404");
+    // And it runs.
+    let payload = serde_json::json!({"brand": "lx", "image_uuid": top["uuid"], "alias": "pulled",
+        "kernel_version": "4.3.0"});
+    ok(&d.vmadm(&["create"], Some(&payload.to_string())));
+    let uuid = ok(&d.run("vmadm", &["lookup", "-1", "alias=pulled"], None))
+        .trim()
+        .to_string();
+    let vm = wait_stopped(&d, &uuid);
+    assert_eq!(vm["exit_status"], 7, "{vm}");
+    assert!(ok(&d.vmadm(&["logs", &uuid], None)).contains("hello from docker"));
+    ok(&d.vmadm(&["delete", &uuid], None));
+}

@@ -727,70 +727,6 @@ fn qcow2_and_bzip2_disk_images_install_as_raw_disks() {
     assert_eq!(listing(&d.data_root()), before);
 }
 
-/// A test CA and a certificate for 127.0.0.1 it signed, made with openssl in `dir`:
-/// (CA certificate, server certificate, server key).
-fn test_pki(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
-    let p = |n: &str| dir.join(n);
-    let run = |args: &[&str]| {
-        let o = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (Debian's openssl package)");
-        assert!(
-            o.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=hull test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    (p("ca.pem"), p("server.pem"), p("server.key"))
-}
-
 /// tests/testdata/tls-proxy.py in front of the plain server at `plain` (http://127.0.0.1:P):
 /// its https URL and the process (kill it when done).
 fn tls_proxy(
@@ -826,7 +762,7 @@ fn import_from_an_https_source_checks_its_certificate() {
     // the list of `avail`; none while a certificate is refused.
     let (plain, server) = imgapi_server(m, std::fs::read(&file).expect("file"), 3);
     let pki = tempfile::tempdir().expect("tempdir");
-    let (ca, cert, key) = test_pki(pki.path());
+    let (ca, cert, key) = hull_tests::test_pki(pki.path());
     let (url, mut proxy) = tls_proxy(&plain, &cert, &key);
     let imgadm = |args: &[&str]| d.run("imgadm", args, None);
     let out = |o: &std::process::Output| {

@@ -97,6 +97,16 @@ enum Command {
         /// With -a: do not check the https source's certificate at all.
         #[arg(short = 'k', long = "insecure", requires = "add")]
         insecure: bool,
+        /// With -a: the source's type, imgapi (SmartOS's image API) or docker (a registry).
+        #[arg(short = 't', long = "type", default_value = "imgapi", requires = "add")]
+        kind: String,
+        /// With -a -t docker: the registry user; the password is read from
+        /// --password-file, or from stdin (never from the command line).
+        #[arg(long = "user", requires = "add")]
+        user: Option<String>,
+        /// With --user: a file holding the password (its first line).
+        #[arg(long = "password-file", requires = "user")]
+        password_file: Option<PathBuf>,
     },
     /// List images available from the sources.
     Avail {
@@ -356,23 +366,33 @@ fn installed(
 ) -> CmdResult {
     match r {
         Ok(m) => report_installed(&m, json),
-        Err(e) if e.api_body().is_some_and(|b| b.code == codes::ALREADY) => match uuid {
-            Some(uuid) => {
-                let m = c.get_image(uuid)?;
-                if json {
-                    return report_installed(&m, true);
+        Err(e) if e.api_body().is_some_and(|b| b.code == codes::ALREADY) => {
+            match uuid.or_else(|| {
+                // A docker import names its image only in vmmd's answer ("image UUID (...) is
+                // already installed").
+                e.api_body().and_then(|b| {
+                    b.message
+                        .split_whitespace()
+                        .find_map(|w| uuid::Uuid::parse_str(w).ok())
+                })
+            }) {
+                Some(uuid) => {
+                    let m = c.get_image(uuid)?;
+                    if json {
+                        return report_installed(&m, true);
+                    }
+                    eprintln!(
+                        "Image {} ({}@{}) is already installed",
+                        m.uuid, m.name, m.version
+                    );
+                    Ok(())
                 }
-                eprintln!(
-                    "Image {} ({}@{}) is already installed",
-                    m.uuid, m.name, m.version
-                );
-                Ok(())
+                None => {
+                    eprintln!("{e}");
+                    Ok(())
+                }
             }
-            None => {
-                eprintln!("{e}");
-                Ok(())
-            }
-        },
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -481,6 +501,14 @@ pub fn run(cli: Cli) -> CmdResult {
                 }
                 return docker::import(socket, kind, &file, reference.as_deref(), json, quiet);
             }
+            if uuid::Uuid::parse_str(&uuid).is_err() {
+                // Not a uuid: a docker image reference, from the docker sources.
+                let c = client(socket)?;
+                let m = with_progress("Importing", quiet || json, |progress| {
+                    c.import_docker(&uuid, source.as_deref(), progress)
+                });
+                return installed(&c, m, None, json);
+            }
             let uuid = parse_uuid(&uuid)?;
             let c = client(socket)?;
             let m = with_progress("Importing", quiet || json, |progress| {
@@ -502,6 +530,9 @@ pub fn run(cli: Cli) -> CmdResult {
             delete,
             ca_cert,
             insecure,
+            kind,
+            user,
+            password_file,
         } => {
             let c = client(socket)?;
             match (add, delete) {
@@ -512,11 +543,36 @@ pub fn run(cli: Cli) -> CmdResult {
                         })?),
                         None => None,
                     };
+                    let password = match (&user, password_file) {
+                        (None, _) => None,
+                        (Some(_), Some(p)) => Some(
+                            std::fs::read_to_string(&p)
+                                .map_err(|e| {
+                                    Failure::new(format!("cannot read {}: {e}", p.display()))
+                                })?
+                                .lines()
+                                .next()
+                                .unwrap_or_default()
+                                .to_string(),
+                        ),
+                        (Some(u), None) => {
+                            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                                eprint!("Password for {u}: ");
+                            }
+                            let mut line = String::new();
+                            std::io::stdin().read_line(&mut line).map_err(|e| {
+                                Failure::new(format!("cannot read the password: {e}"))
+                            })?;
+                            Some(line.trim_end_matches(['\r', '\n']).to_string())
+                        }
+                    };
                     c.add_source_with(&hull_spec::api::ImageSource {
                         url: url.clone(),
-                        kind: "imgapi".to_string(),
+                        kind,
                         ca_cert,
                         insecure,
+                        username: user,
+                        password,
                     })?;
                     eprintln!("Added image source {url}");
                 }

@@ -509,6 +509,8 @@ impl Client {
             kind: "imgapi".to_string(),
             ca_cert: None,
             insecure: false,
+            username: None,
+            password: None,
         })
     }
 
@@ -534,6 +536,23 @@ impl Client {
 
     /// `POST /v1/images/import`: follows the progress stream, calling `progress(bytes,
     /// total)`, and returns the installed manifest.
+    /// `POST /v1/images/import` of a docker reference (`NAME[:TAG|@DIGEST]`) from the
+    /// docker sources, or `source` alone: every layer not installed yet; returns the top
+    /// layer's manifest.
+    pub fn import_docker(
+        &self,
+        reference: &str,
+        source: Option<&str>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<ImageManifest, ClientError> {
+        let mut body = serde_json::json!({ "docker": reference });
+        if let Some(s) = source {
+            body["source"] = serde_json::json!(s);
+        }
+        self.import_with(&body, progress)
+    }
+
+    /// `POST /v1/images/import` of an image from the IMGAPI sources.
     pub fn import_image(
         &self,
         uuid: Uuid,

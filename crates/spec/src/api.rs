@@ -204,6 +204,13 @@ pub struct ImageSource {
     /// SmartOS's `--insecure`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
+    /// A docker source's user (basic auth, or a token asked for with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// A docker source's password: kept in the data root's config (root's alone), shown as
+    /// `(set)` in listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 fn imgapi() -> String {
@@ -226,6 +233,9 @@ pub struct ImportRequest {
     /// The image file's URL on a plain HTTP file server (with `manifest_url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_url: Option<String>,
+    /// Or: a docker image `NAME[:TAG|@sha256:DIGEST]` from the docker sources (or `source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<String>,
 }
 
 /// One line of the `POST /v1/images/import` stream.

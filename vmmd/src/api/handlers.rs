@@ -241,16 +241,25 @@ pub async fn dispatch(
                     source,
                     manifest_url: None,
                     file_url: None,
+                    docker: None,
                 } => service.prepare_import(uuid, source).await?,
                 ImportRequest {
                     uuid: None,
                     source: None,
                     manifest_url: Some(m),
                     file_url: Some(f),
+                    docker: None,
                 } => service.prepare_url_import(&m, f).await?,
+                ImportRequest {
+                    uuid: None,
+                    source,
+                    manifest_url: None,
+                    file_url: None,
+                    docker: Some(reference),
+                } => return Ok(docker_import_stream(service, reference, source)),
                 _ => {
                     return Err(ApiError::bad_request(
-                        "import takes a uuid (and optionally a source), or a manifest_url and a file_url",
+                        "import takes a uuid (and optionally a source), a manifest_url and a file_url, or a docker reference (and optionally a source)",
                     ));
                 }
             };
@@ -379,6 +388,23 @@ fn import_stream(service: &Arc<Service>, url: String, manifest: Value) -> hyper:
     let (tx, rx) = tokio::sync::mpsc::channel::<ImportProgress>(64);
     let svc = service.clone();
     tokio::spawn(async move { svc.run_import(url, manifest, tx).await });
+    progress_stream(rx)
+}
+
+/// `POST /v1/images/import` of a docker reference: the same progress stream.
+fn docker_import_stream(
+    service: &Arc<Service>,
+    reference: String,
+    source: Option<String>,
+) -> hyper::Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<ImportProgress>(64);
+    let svc = service.clone();
+    tokio::spawn(async move { svc.run_docker_import(reference, source, tx).await });
+    progress_stream(rx)
+}
+
+/// Import progress lines as an ndjson body.
+fn progress_stream(rx: tokio::sync::mpsc::Receiver<ImportProgress>) -> hyper::Response<Body> {
     let s = stream::unfold(rx, |mut rx| async move {
         let item = rx.recv().await?;
         let mut line = serde_json::to_vec(&item).unwrap_or_default();

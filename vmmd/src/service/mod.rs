@@ -21,6 +21,7 @@ mod nictags;
 pub mod paths;
 pub mod provision;
 mod recovery;
+pub mod registry;
 mod reprovision;
 pub mod seams;
 mod snapshot;

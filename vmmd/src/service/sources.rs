@@ -75,6 +75,15 @@ pub enum FetchError {
         /// Why.
         why: String,
     },
+    /// A registry refused the request or sent what cannot be used (credentials, digests,
+    /// sizes, redirects).
+    #[error("{url}: {why}")]
+    Denied {
+        /// The URL.
+        url: String,
+        /// Why.
+        why: String,
+    },
     /// The reply was too large or not JSON.
     #[error("{url} sent a reply that is not a JSON document of at most 16 MiB")]
     Body {
@@ -231,7 +240,32 @@ async fn get(
     url: &str,
     tls: &TlsOpts,
 ) -> Result<hyper::Response<hyper::body::Incoming>, FetchError> {
-    let uri = parse_source(url)?;
+    let resp = request(
+        url,
+        tls,
+        &[(
+            hyper::header::ACCEPT,
+            "application/json, application/octet-stream".to_string(),
+        )],
+    )
+    .await?;
+    if !resp.status().is_success() {
+        return Err(FetchError::Status {
+            url: url.to_string(),
+            status: resp.status(),
+        });
+    }
+    Ok(resp)
+}
+
+/// One GET of `url` with `headers`, over TLS for https (checked as `tls` says); the reply
+/// whatever its status.
+pub(super) async fn request(
+    url: &str,
+    tls: &TlsOpts,
+    headers: &[(hyper::header::HeaderName, String)],
+) -> Result<hyper::Response<hyper::body::Incoming>, FetchError> {
+    let uri = parse_source_or_path(url)?;
     let host = uri.host().unwrap_or_default().to_string();
     let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
@@ -271,32 +305,40 @@ async fn get(
         .map_err(http)?;
     tokio::spawn(conn);
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let req = Request::get(path)
+    let mut req = Request::get(path)
         .header(
             hyper::header::HOST,
             uri.authority().map_or(host.clone(), |a| a.to_string()),
         )
         .header(
-            hyper::header::ACCEPT,
-            "application/json, application/octet-stream",
-        )
-        .header(
             hyper::header::USER_AGENT,
             concat!("hull-vmmd/", env!("CARGO_PKG_VERSION")),
-        )
+        );
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|_| FetchError::Url {
             url: url.to_string(),
             why: "it cannot be requested",
         })?;
-    let resp = sender.send_request(req).await.map_err(http)?;
-    if !resp.status().is_success() {
-        return Err(FetchError::Status {
-            url: url.to_string(),
-            status: resp.status(),
-        });
+    sender.send_request(req).await.map_err(http)
+}
+
+/// A URL to fetch: a source URL, which may also carry a query (a registry's token realm,
+/// a redirect to a blob store).
+fn parse_source_or_path(url: &str) -> Result<Uri, FetchError> {
+    match url.split_once('?') {
+        Some((base, _)) => {
+            parse_source(base)?;
+            url.parse().map_err(|_| FetchError::Url {
+                url: url.to_string(),
+                why: "it does not parse as a URL",
+            })
+        }
+        None => parse_source(url),
     }
-    Ok(resp)
 }
 
 async fn get_json(url: &str, tls: &TlsOpts) -> Result<Value, FetchError> {
@@ -323,19 +365,36 @@ fn fetch_error(e: FetchError) -> ServiceError {
 }
 
 impl Service {
-    /// The configured sources.
+    /// The configured sources (a docker source's password is never shown).
     pub fn sources(&self) -> Result<Vec<ImageSource>, ServiceError> {
-        Ok(self.sources.load()?)
+        let mut list = self.sources.load()?;
+        for s in &mut list {
+            s.password = s.password.as_ref().map(|_| "(set)".to_string());
+        }
+        Ok(list)
     }
 
     /// Adds a source.
     pub async fn add_source(&self, src: ImageSource) -> Result<ImageSource, ServiceError> {
         let _g = self.config_lock.lock().await;
-        if src.kind != "imgapi" {
+        if src.kind != "imgapi" && src.kind != "docker" {
             let mut r = ValidationReport::default();
             r.bad_value(
                 "type",
-                format!("source type {:?} is not supported; use imgapi", src.kind),
+                format!(
+                    "source type {:?} is not supported; use imgapi or docker",
+                    src.kind
+                ),
+            );
+            return Err(ServiceError::Invalid(r));
+        }
+        if src.username.is_some() != src.password.is_some()
+            || (src.kind != "docker" && src.username.is_some())
+        {
+            let mut r = ValidationReport::default();
+            r.bad_value(
+                "username",
+                "a user and its password go together, and only with a docker source",
             );
             return Err(ServiceError::Invalid(r));
         }
@@ -406,7 +465,13 @@ impl Service {
     fn source_urls(&self, only: Option<String>) -> Result<Vec<String>, ServiceError> {
         let urls: Vec<String> = match only {
             Some(u) => vec![u],
-            None => self.sources.load()?.into_iter().map(|s| s.url).collect(),
+            None => self
+                .sources
+                .load()?
+                .into_iter()
+                .filter(|s| s.kind == "imgapi")
+                .map(|s| s.url)
+                .collect(),
         };
         if urls.is_empty() {
             return Err(ServiceError::BadRequest(
@@ -513,18 +578,32 @@ impl Service {
         raw: &Value,
         progress: &mpsc::Sender<ImportProgress>,
     ) -> Result<ImageManifest, ServiceError> {
-        let (manifest, spec) = self.check_manifest(raw)?;
-        let total = spec.file.size;
         let resp = get(file_url, &self.tls_for(file_url))
             .await
             .map_err(fetch_error)?;
-        let mut body = resp.into_body();
+        self.install_download(resp.into_body(), raw, progress, (0, None))
+            .await
+    }
+
+    /// Installs the image `raw` describes from `body` (a download), verified as any
+    /// install, reporting progress lines: bytes after `done.0` of `done.1` (the whole
+    /// import's; this file's size when `None`).
+    pub(super) async fn install_download(
+        &self,
+        body: hyper::body::Incoming,
+        raw: &Value,
+        progress: &mpsc::Sender<ImportProgress>,
+        done: (u64, Option<u64>),
+    ) -> Result<ImageManifest, ServiceError> {
+        let (manifest, spec) = self.check_manifest(raw)?;
+        let total = done.1.unwrap_or(spec.file.size);
+        let mut body = body;
         let (tx, reader) = ChunkReader::channel();
         // Dropping the sender ends the install's input; it goes when the body ends or fails.
         let mut tx = Some(tx);
         let install = self.install_image(manifest, spec, reader);
         tokio::pin!(install);
-        let mut received = 0u64;
+        let mut received = done.0;
         let mut last_report = std::time::Instant::now();
         loop {
             tokio::select! {
