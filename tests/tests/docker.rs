@@ -529,3 +529,108 @@ fn root_docker_registry_pulls_with_tls_and_basic_auth() {
     assert!(ok(&d.vmadm(&["logs", &uuid], None)).contains("hello from docker"));
     ok(&d.vmadm(&["delete", &uuid], None));
 }
+
+/// A crafted layer entry: (name, type, link target, data), written as given.
+type Entry<'a> = (&'a [u8], tar::EntryType, &'a [u8], &'a [u8]);
+
+/// A docker-archive (`docker save`'s layout) of one layer made of `entries` (raw tar headers:
+/// names are written as given, `..` and all), with a config naming its diff_id.
+fn hostile_archive(entries: &[Entry<'_>]) -> Vec<u8> {
+    use sha2::Digest as _;
+    let mut layer = tar::Builder::new(Vec::new());
+    for (name, kind, link, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        {
+            let old = h.as_old_mut();
+            old.name[..name.len()].copy_from_slice(name);
+            old.linkname[..link.len()].copy_from_slice(link);
+        }
+        h.set_entry_type(*kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_600_000_000);
+        h.set_cksum();
+        layer.append(&h, *data).expect("append");
+    }
+    let layer = layer.into_inner().expect("layer");
+    let hex = |b: &[u8]| -> String {
+        sha2::Sha256::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect()
+    };
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex(&layer))]}})
+    .to_string();
+    let config_name = format!("{}.json", hex(config.as_bytes()));
+    let manifest = serde_json::json!([{"Config": config_name, "RepoTags": ["hostile:1"],
+        "Layers": ["layer.tar"]}])
+    .to_string();
+    let mut outer = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("manifest.json", manifest.as_bytes()),
+        (config_name.as_str(), config.as_bytes()),
+        ("layer.tar", &layer[..]),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mtime(1_600_000_000);
+        outer.append_data(&mut h, name, data).expect("append");
+    }
+    outer.into_inner().expect("archive")
+}
+
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_hostile_layers_are_refused_and_leave_nothing() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let try_import = |bytes: &[u8], naming: &str| {
+        let path = dir.path().join("hostile.tar");
+        std::fs::write(&path, bytes).expect("write");
+        let what = format!("docker-archive:{}", path.display());
+        refused(&d.run("imgadm", &["import", "-q", &what], None), naming);
+        assert!(images(&d).is_empty(), "{:?}", images(&d));
+        let left: Vec<_> = std::fs::read_dir(d.data_root().join("images"))
+            .expect("images dir")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    };
+    let file = tar::EntryType::Regular;
+    // A path climbing out of the root.
+    try_import(&hostile_archive(&[(b"../evil", file, b"", b"x")]), "..");
+    // A file written through a symlink to the host's root: the symlink may stand (it
+    // resolves inside the zone), nothing may be written through it.
+    try_import(
+        &hostile_archive(&[
+            (b"etc", tar::EntryType::Symlink, b"/etc", b""),
+            (b"etc/passwd", file, b"", b"root::0:0::/:/bin/sh\n"),
+        ]),
+        "symlink",
+    );
+    // A device node.
+    try_import(
+        &hostile_archive(&[(b"dev/sda", tar::EntryType::Block, b"", b"")]),
+        "block",
+    );
+    // A whiteout of nothing usable.
+    try_import(
+        &hostile_archive(&[(b"etc/.wh.", file, b"", b"")]),
+        "whiteout",
+    );
+    // A manifest.json over 4 MiB.
+    let mut big = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    let huge = format!("[{{\"Config\": \"{}\"}}]", "x".repeat(5 << 20));
+    h.set_size(huge.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(file);
+    big.append_data(&mut h, "manifest.json", huge.as_bytes())
+        .expect("append");
+    try_import(&big.into_inner().expect("archive"), "4 MiB");
+}
