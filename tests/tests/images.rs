@@ -822,3 +822,147 @@ fn import_from_an_https_source_checks_its_certificate() {
     let _ = proxy.wait();
     server.join().expect("server");
 }
+
+/// The requests a fake server saw, as (path, Authorization header), when its thread ends.
+type Requests = std::thread::JoinHandle<Vec<(String, Option<String>)>>;
+
+/// A fake registry on 127.0.0.1 that wants a Bearer token from its own realm (Docker Hub's
+/// way) and redirects blob downloads elsewhere (a CDN's), serving one image of one layer.
+/// Returns its base URL, the top manifest's config digest, and the thread, which ends after
+/// `requests` requests and reports every request as (path, Authorization header).
+fn token_registry(requests: usize) -> (String, String, Requests) {
+    use sha2::Digest as _;
+    let digest = |b: &[u8]| -> String {
+        let hex: String = sha2::Sha256::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect();
+        format!("sha256:{hex}")
+    };
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(6);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_600_000_000);
+    h.set_entry_type(tar::EntryType::Regular);
+    layer
+        .append_data(&mut h, "etc/pulled", &b"token\n"[..])
+        .expect("append");
+    let layer = layer.into_inner().expect("layer");
+    let layer_digest = digest(&layer);
+    let config = json!({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]}})
+    .to_string();
+    let config_digest = digest(config.as_bytes());
+    let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}]})
+    .to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let realm = format!("{base}/token");
+    let cdn = format!("{base}/cdn/layer");
+    let cfg = config_digest.clone();
+    let handle = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while seen.len() < requests && std::time::Instant::now() < deadline {
+            let mut s = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+            };
+            let _ = s.set_nonblocking(false);
+            let mut reader = BufReader::new(s.try_clone().expect("clone"));
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut auth = None;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h
+                    .strip_prefix("authorization: ")
+                    .or_else(|| h.strip_prefix("Authorization: "))
+                {
+                    auth = Some(v.trim().to_string());
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            seen.push((path.clone(), auth.clone()));
+            let authorized = auth.as_deref() == Some("Bearer T0K3N");
+            let (status, headers, body): (&str, String, Vec<u8>) = if path.starts_with("/token?") {
+                let ok = path.contains("scope=repository%3Alib%2Fapp%3Apull")
+                    && path.contains("service=fake");
+                match ok {
+                    true => ("200 OK", String::new(), br#"{"token":"T0K3N"}"#.to_vec()),
+                    false => ("400 Bad Request", String::new(), Vec::new()),
+                }
+            } else if path == "/cdn/layer" {
+                ("200 OK", String::new(), layer.clone())
+            } else if !authorized {
+                let challenge = format!(
+                    "WWW-Authenticate: Bearer realm=\"{realm}\",service=\"fake\",scope=\"repository:lib/app:pull\"\r\n"
+                );
+                ("401 Unauthorized", challenge, b"{}".to_vec())
+            } else if path == "/v2/lib/app/manifests/v1" {
+                let ct = "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n".to_string();
+                ("200 OK", ct, manifest.clone().into_bytes())
+            } else if path == format!("/v2/lib/app/blobs/{cfg}") {
+                ("200 OK", String::new(), config.clone().into_bytes())
+            } else if path == format!("/v2/lib/app/blobs/{layer_digest}") {
+                (
+                    "307 Temporary Redirect",
+                    format!("Location: {cdn}\r\n"),
+                    Vec::new(),
+                )
+            } else {
+                ("404 Not Found", String::new(), Vec::new())
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(&body);
+        }
+        seen
+    });
+    (base, config_digest, handle)
+}
+
+#[test]
+fn docker_pull_takes_a_bearer_token_and_follows_a_blob_redirect() {
+    let d = Daemon::start();
+    // manifest (401), token, manifest, config, layer (307), the CDN's layer.
+    let (url, config_digest, server) = token_registry(6);
+    let o = d.run("imgadm", &["sources", "-t", "docker", "-a", &url], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = d.run("imgadm", &["import", "-q", "-j", "lib/app:v1"], None);
+    assert!(o.status.success(), "{}\n{}", stderr(&o), d.log());
+    let m: Value = serde_json::from_str(&stdout(&o)).expect("manifest");
+    assert_eq!(m["type"], "docker");
+    assert_eq!(m["tags"]["docker:config_digest"], json!(config_digest));
+    let seen = server.join().expect("server");
+    let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths[0], "/v2/lib/app/manifests/v1");
+    assert!(paths[1].starts_with("/token?"), "{paths:?}");
+    assert_eq!(paths.last().copied(), Some("/cdn/layer"), "{paths:?}");
+    // Every registry request after the challenge carried the token; the token realm was
+    // asked anonymously (the source has no user).
+    for (p, a) in &seen[2..seen.len() - 1] {
+        assert_eq!(a.as_deref(), Some("Bearer T0K3N"), "{p}");
+    }
+    assert_eq!(
+        seen[1].1, None,
+        "no credentials on the source: an anonymous token"
+    );
+}
