@@ -19,6 +19,7 @@ fn archives() -> &'static PathBuf {
         let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let out = top.join("target/images/docker-tests");
         // One build at a time (nextest runs each test in its own process), kept while whole.
+        std::fs::create_dir_all(top.join("target/images")).expect("target/images");
         let lock =
             std::fs::File::create(top.join("target/images/.docker-tests.lock")).expect("lock file");
         let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
@@ -196,6 +197,22 @@ fn root_docker_zone_runs_the_images_command_and_keeps_its_output() {
     assert_eq!(vm["exit_status"], 3);
     let logs = ok(&d.vmadm(&["logs", &uuid], None));
     assert_eq!(logs.matches("second run").count(), 4, "{logs}");
+    // A start by hand begins the count anew (as `docker start`): three more runs.
+    ok(&d.vmadm(&["start", &uuid], None));
+    let t = std::time::Instant::now();
+    loop {
+        let logs = ok(&d.vmadm(&["logs", &uuid], None));
+        let vm: Value = serde_json::from_str(&ok(&d.vmadm(&["get", &uuid], None))).expect("get");
+        if logs.matches("second run").count() == 7 && vm["state"] == "stopped" {
+            assert_eq!(vm["init_restarts"], 2, "{vm}");
+            break;
+        }
+        assert!(
+            t.elapsed().as_secs() < 60,
+            "not three more runs: {vm}\n{logs}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let upd = serde_json::json!({"set_internal_metadata": {"docker:restartpolicy": "sometimes"}});
     ok(&d.vmadm(&["update", &uuid], Some(&upd.to_string())));
     refused(&d.vmadm(&["start", &uuid], None), "docker:restartpolicy");

@@ -103,7 +103,7 @@ pub async fn dispatch(
             Ok(json(StatusCode::OK, &Created { uuid }))
         }
         Action::StartVm(uuid) => {
-            let vm = service.start(uuid).await?;
+            let vm = service.start_by_hand(uuid).await?;
             Ok(record(StatusCode::OK, &vm))
         }
         Action::StopVm(uuid) => {

@@ -24,6 +24,22 @@ use hull_vmm_proto::ControlRequest;
 
 impl Service {
     /// Starts a guest, and sets its autoboot as SmartOS's vmadm start does.
+    /// A start someone asked for (`vmadm start`): as [`Service::start`], and a docker
+    /// zone's restart count begins anew, as `docker start` resets Docker's.
+    pub async fn start_by_hand(&self, uuid: Uuid) -> Result<Arc<Record>> {
+        {
+            let lock = self.guest_lock(uuid);
+            let _guest = lock.lock().await;
+            let vm = self.get(uuid)?;
+            if vm.init_restarts.is_some() && vm.state == VmState::Stopped {
+                let mut next = vm.vm.clone();
+                next.init_restarts = None;
+                self.save_state(next).await?;
+            }
+        }
+        self.start(uuid).await
+    }
+
     pub async fn start(&self, uuid: Uuid) -> Result<Arc<Record>> {
         let lock = self.guest_lock(uuid);
         let _guest = lock.lock().await;
