@@ -185,6 +185,17 @@ fn peer(root: &Path, from: From<'_>) -> Res<Duration> {
     remove(&layout)?;
     remove(&bundle)?;
     sync()?;
+    let t = Instant::now();
+    unpack(from, &layout, &bundle)?;
+    let d = t.elapsed();
+    remove(&layout)?;
+    remove(&bundle)?;
+    Ok(d)
+}
+
+/// What the peer does: `skopeo copy` of the image into the OCI layout `layout`, then
+/// `umoci unpack` of it into the bundle `bundle`.
+fn unpack(from: From<'_>, layout: &Path, bundle: &Path) -> Res<()> {
     let (src, tls): (String, &[&str]) = match from {
         From::Archive(a) => (format!("oci-archive:{}:{TAG}", a.display()), &[]),
         From::Registry(addr) => (
@@ -192,7 +203,6 @@ fn peer(root: &Path, from: From<'_>) -> Res<Duration> {
             &["--src-tls-verify=false"],
         ),
     };
-    let t = Instant::now();
     let mut args = vec!["--insecure-policy", "copy", "-q"];
     args.extend_from_slice(tls);
     let dest = format!("oci:{}:{TAG}", layout.display());
@@ -206,11 +216,8 @@ fn peer(root: &Path, from: From<'_>) -> Res<Duration> {
             &format!("{}:{TAG}", layout.display()),
             &bundle.display().to_string(),
         ],
-    ))?;
-    let d = t.elapsed();
-    remove(&layout)?;
-    remove(&bundle)?;
-    Ok(d)
+    ))
+    .map(drop)
 }
 
 /// hull: `imgadm import` of the archive, or from the registry (a docker source); timed,
@@ -432,25 +439,7 @@ fn start_bench(runs: usize, root: &Path, daemon: &Daemon, archive: &Path) -> Res
     let bundle = root.join("start-bundle");
     remove(&layout)?;
     remove(&bundle)?;
-    run(&mut cmd(
-        "skopeo",
-        &[
-            "--insecure-policy",
-            "copy",
-            "-q",
-            &format!("oci-archive:{}:{TAG}", archive.display()),
-            &format!("oci:{}:{TAG}", layout.display()),
-        ],
-    ))?;
-    run(&mut cmd(
-        "umoci",
-        &[
-            "unpack",
-            "--image",
-            &format!("{}:{TAG}", layout.display()),
-            &bundle.display().to_string(),
-        ],
-    ))?;
+    unpack(From::Archive(archive), &layout, &bundle)?;
     let cfg_path = bundle.join("config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_slice(&io(cfg_path.display(), std::fs::read(&cfg_path))?)

@@ -21,7 +21,7 @@ use hyper::header::{ACCEPT, AUTHORIZATION, HeaderName, LOCATION, WWW_AUTHENTICAT
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::sources::{FetchError, TlsOpts, request};
+use super::sources::{FetchError, TlsOpts, json_reply, request};
 use super::{Service, ServiceError};
 
 /// What a manifest request accepts: indexes and lists first, then single manifests.
@@ -269,7 +269,7 @@ impl Session {
                         }
                     )));
                 }
-                let doc = json_body(&token_url, resp).await?;
+                let doc = json_reply(&token_url, resp, MAX_JSON as usize).await?;
                 let token = ["token", "access_token"]
                     .iter()
                     .find_map(|k| doc.get(*k).and_then(Value::as_str))
@@ -334,22 +334,6 @@ fn origin_url(url: &str) -> String {
 
 fn host_of(url: &str) -> String {
     origin_url(url)
-}
-
-async fn json_body(
-    url: &str,
-    resp: hyper::Response<hyper::body::Incoming>,
-) -> Result<Value, FetchError> {
-    let bytes = Limited::new(resp.into_body(), MAX_JSON as usize)
-        .collect()
-        .await
-        .map_err(|_| FetchError::Body {
-            url: url.to_string(),
-        })?
-        .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|_| FetchError::Body {
-        url: url.to_string(),
-    })
 }
 
 impl Service {

@@ -85,10 +85,12 @@ pub enum FetchError {
         why: String,
     },
     /// The reply was too large or not JSON.
-    #[error("{url} sent a reply that is not a JSON document of at most 16 MiB")]
+    #[error("{url} sent a reply that is not a JSON document of at most {} MiB", limit >> 20)]
     Body {
         /// The URL.
         url: String,
+        /// The largest reply taken, in bytes.
+        limit: usize,
     },
 }
 
@@ -342,17 +344,25 @@ fn parse_source_or_path(url: &str) -> Result<Uri, FetchError> {
 }
 
 async fn get_json(url: &str, tls: &TlsOpts) -> Result<Value, FetchError> {
-    let resp = get(url, tls).await?;
-    let bytes = Limited::new(resp.into_body(), MAX_JSON)
+    json_reply(url, get(url, tls).await?, MAX_JSON).await
+}
+
+/// A reply's body as a JSON document of at most `limit` bytes.
+pub(super) async fn json_reply(
+    url: &str,
+    resp: hyper::Response<hyper::body::Incoming>,
+    limit: usize,
+) -> Result<Value, FetchError> {
+    let bad = || FetchError::Body {
+        url: url.to_string(),
+        limit,
+    };
+    let bytes = Limited::new(resp.into_body(), limit)
         .collect()
         .await
-        .map_err(|_| FetchError::Body {
-            url: url.to_string(),
-        })?
+        .map_err(|_| bad())?
         .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|_| FetchError::Body {
-        url: url.to_string(),
-    })
+    serde_json::from_slice(&bytes).map_err(|_| bad())
 }
 
 fn fetch_error(e: FetchError) -> ServiceError {
