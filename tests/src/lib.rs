@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use hull_client::Client;
 
+pub mod oci_peer;
 pub mod zone;
 
 /// The directory holding the workspace's binaries: the running test's `deps/` parent, or

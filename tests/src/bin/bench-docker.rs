@@ -5,7 +5,7 @@
 //! unpack`, on the same filesystem), in one run.
 //!
 //! Run: `cargo build --release --workspace && sudo target/release/bench-docker [runs]`
-//! (default 5 runs). Needs umoci and skopeo (scripts/packages.txt). Prints a Markdown table
+//! (default 5 runs; `bench-docker RUNS start` times only the docker zone's start). Needs umoci and skopeo (scripts/packages.txt). Prints a Markdown table
 //! for docs/PERFORMANCE.md and the ratio hull / peer (target <= 0.5). vmmd and imgadm are
 //! the ones next to this binary ([`hull_tests::bin`]), so build the whole workspace in
 //! release: a debug vmmd next to a release bench would time the wrong thing. Writes about
@@ -26,6 +26,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use hull_tests::oci_peer::{
+    CPU_SHARES, MEMORY_MIB, PIDS, enter_mount_ns, hybrid_with_v2_controllers, masked_cgroup2,
+    oci_config,
+};
 use hull_tests::{Daemon, LoopFs};
 
 /// The archive's tag.
@@ -265,13 +269,17 @@ fn secs(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64())
 }
 
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
 fn version(program: &str) -> Res<String> {
     let o = run(&mut cmd(program, &["--version"]))
         .map_err(|e| format!("{e}\n(bench-docker needs umoci and skopeo)"))?;
     Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
-fn bench(runs: usize) -> Res<()> {
+fn bench(runs: usize, only_start: bool) -> Res<()> {
     let versions = format!("{}, {}", version("skopeo")?, version("umoci")?);
     let work = io(
         "a temp dir in /var/tmp",
@@ -305,13 +313,14 @@ fn bench(runs: usize) -> Res<()> {
             None,
         ),
     )?;
-    for (title, from) in [
+    let imports = [
         ("from the oci-archive", From::Archive(&archive)),
         (
             "from the local registry (docker-registry, plain http)",
             From::Registry(&registry.addr),
         ),
-    ] {
+    ];
+    for (title, from) in imports.into_iter().filter(|_| !only_start) {
         println!("\n### {title}\n");
         compare(runs, &fs.mountpoint, &daemon, from)?;
     }
@@ -407,7 +416,7 @@ fn compare(runs: usize, root: &Path, daemon: &Daemon, from: From<'_>) -> Res<()>
         );
     }
     let names = ["skopeo copy + umoci unpack", "imgadm import"];
-    table(&names, &times)
+    table(&names, &times, false)
 }
 
 /// A docker zone's create + start until its process has run (`/bin/true`; the record
@@ -441,75 +450,79 @@ fn start_bench(runs: usize, root: &Path, daemon: &Daemon, archive: &Path) -> Res
     remove(&bundle)?;
     unpack(From::Archive(archive), &layout, &bundle)?;
     let cfg_path = bundle.join("config.json");
-    let mut cfg: serde_json::Value =
+    let cfg: serde_json::Value =
         serde_json::from_slice(&io(cfg_path.display(), std::fs::read(&cfg_path))?)
             .map_err(|e| format!("{}: {e}", cfg_path.display()))?;
-    cfg["process"]["args"] = serde_json::json!(["/bin/true"]);
-    cfg["process"]["terminal"] = serde_json::json!(false);
+    // The namespaces, id map and limits a zone gets, as bench-zones gives crun; the
+    // container's root (host id OCI_HOST_ID) must reach its rootfs through these.
+    for dir in [root.parent(), Some(root), Some(bundle.as_path())]
+        .into_iter()
+        .flatten()
+    {
+        use std::os::unix::fs::PermissionsExt;
+        io(
+            dir.display(),
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)),
+        )?;
+    }
+    let cfg = oci_config(&cfg, None, &["/bin/true"], true);
     io(
         cfg_path.display(),
         std::fs::write(&cfg_path, cfg.to_string()),
     )?;
+    // On the hybrid cgroup layout with controllers on its v2 part, crun refuses to run
+    // ("cgroups in hybrid mode not supported"): it runs in one mount namespace, made once,
+    // where that part's controller list reads empty.
+    let masked = match hybrid_with_v2_controllers() {
+        true => Some(masked_cgroup2()?),
+        false => None,
+    };
     let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut creates = Vec::new();
+    let mut restarts = Vec::new();
+    let mut exits = Vec::new();
+    let stopped = Stopped::subscribe(daemon)?;
     for r in 0..runs {
         for k in 0..2 {
             let m = (r + k) % 2;
             let d = if m == 0 {
                 let id = format!("hull-bench-{r}");
-                // On the hybrid cgroup layout with controllers on its v2 part, crun refuses
-                // to run ("cgroups in hybrid mode not supported"): it runs where that part's
-                // controller list reads empty (a private mount namespace; the bind mount
-                // costs the peer a few ms, which bench-zones avoids with one namespace).
-                let hybrid = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
-                    .is_ok_and(|c| !c.trim().is_empty());
-                let crun = format!("crun run --bundle {} {id} < /dev/null", bundle.display());
-                let mut c = Command::new("unshare");
-                match hybrid {
-                    true => c.args(["--mount", "--propagation", "private", "sh", "-c"]).arg(
-                        format!(
-                            "mount --bind /dev/null /sys/fs/cgroup/unified/cgroup.controllers && exec {crun}"
-                        ),
-                    ),
-                    false => c.args(["sh", "-c"]).arg(format!("exec {crun}")),
-                };
+                let mut c = Command::new("crun");
+                c.args(["run", "--bundle"]).arg(&bundle).arg(&id);
+                if let Some(ns) = &masked {
+                    enter_mount_ns(&mut c, ns);
+                }
                 let t = Instant::now();
                 run(&mut c)?;
                 t.elapsed()
             } else {
+                let uuid = uuid::Uuid::new_v4().to_string();
                 let payload = serde_json::json!({"brand": "lx", "image_uuid": image,
-                    "alias": format!("bench-{r}"), "kernel_version": "4.3.0",
+                    "uuid": uuid, "alias": format!("bench-{r}"), "kernel_version": "4.3.0",
+                    "max_physical_memory": MEMORY_MIB, "max_swap": MEMORY_MIB,
+                    "max_lwps": PIDS, "cpu_shares": CPU_SHARES,
                     "internal_metadata": {"docker:cmd": "[\"/bin/true\"]"}});
                 let t = Instant::now();
                 check(
                     "vmadm create",
                     daemon.run("vmadm", &["create"], Some(&payload.to_string())),
                 )?;
-                let uuid = String::from_utf8_lossy(
-                    &check(
-                        "vmadm lookup",
-                        daemon.run(
-                            "vmadm",
-                            &["lookup", "-1", &format!("alias=bench-{r}")],
-                            None,
-                        ),
-                    )?
-                    .stdout,
-                )
-                .trim()
-                .to_string();
-                loop {
-                    let o = check("vmadm get", daemon.run("vmadm", &["get", &uuid], None))?;
-                    let vm: serde_json::Value =
-                        serde_json::from_slice(&o.stdout).map_err(|e| format!("vmadm get: {e}"))?;
-                    if vm["state"] == "stopped" && vm["exit_status"] == 0 {
-                        break;
-                    }
-                    if t.elapsed() > Duration::from_secs(60) {
-                        return Err(format!("the docker zone did not run /bin/true: {vm}"));
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                let created = t.elapsed();
+                stopped.wait_for(&uuid)?;
                 let d = t.elapsed();
+                creates.push(created);
+                exits.push(d - created);
+                let o = check("vmadm get", daemon.run("vmadm", &["get", &uuid], None))?;
+                let vm: serde_json::Value =
+                    serde_json::from_slice(&o.stdout).map_err(|e| format!("vmadm get: {e}"))?;
+                if vm["state"] != "stopped" || vm["exit_status"] != 0 {
+                    return Err(format!("the docker zone did not run /bin/true: {vm}"));
+                }
+                // The same zone started again: no record or root made.
+                let t = Instant::now();
+                check("vmadm start", daemon.run("vmadm", &["start", &uuid], None))?;
+                stopped.wait_for(&uuid)?;
+                restarts.push(t.elapsed());
                 check(
                     "vmadm delete",
                     daemon.run("vmadm", &["delete", &uuid], None),
@@ -522,15 +535,88 @@ fn start_bench(runs: usize, root: &Path, daemon: &Daemon, archive: &Path) -> Res
     table(
         &[
             "crun run (umoci's bundle)",
-            "vmadm create + start (docker zone)",
+            "vmadm create + start (docker zone), to the stop event",
         ],
         &times,
-    )
+        true,
+    )?;
+    println!(
+        "\nof which `vmadm create` (returns once the process has started): median {} ms",
+        ms(median(creates))
+    );
+    println!(
+        "from `vmadm create`'s return to the stop event: median {} ms",
+        ms(median(exits))
+    );
+    println!(
+        "`vmadm start` of the stopped docker zone again, to the stop event: median {} ms",
+        ms(median(restarts))
+    );
+    Ok(())
+}
+
+/// The guests whose state events said stopped, from one `GET /v1/events` subscription held
+/// for the whole benchmark (subscribed before the first create, so that no event is missed).
+struct Stopped {
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl Stopped {
+    fn subscribe(daemon: &Daemon) -> Res<Stopped> {
+        let client = daemon.client();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = client.events(
+                None,
+                false,
+                || {
+                    let _ = ready_tx.send(());
+                },
+                |line| {
+                    let Ok(e) = serde_json::from_str::<hull_spec::Event>(line) else {
+                        return true;
+                    };
+                    // A create's event says stopped too (the record before its start).
+                    if e.kind == hull_spec::EventKind::State
+                        && e.state == Some(hull_spec::VmState::Stopped)
+                    {
+                        return tx.send(e.uuid.to_string()).is_ok();
+                    }
+                    true
+                },
+            );
+            if let Err(e) = r {
+                eprintln!("bench-docker: the event stream ended: {e}");
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| "vmmd's event stream did not start".to_string())?;
+        Ok(Stopped { rx })
+    }
+
+    /// Waits (up to a minute) for the stop of `uuid`.
+    fn wait_for(&self, uuid: &str) -> Res<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(u) if u == uuid => return Ok(()),
+                Ok(_) => {}
+                Err(_) => return Err(format!("no stop event for the docker zone {uuid}")),
+            }
+        }
+    }
 }
 
 /// The table of two paths' times, and their ratio.
-fn table(names: &[&str; 2], times: &[Vec<Duration>; 2]) -> Res<()> {
-    println!("| path | median (s) | min | max |");
+fn table(names: &[&str; 2], times: &[Vec<Duration>; 2], in_ms: bool) -> Res<()> {
+    let (label, unit): (&str, fn(Duration) -> String) = match in_ms {
+        true => ("ms", ms),
+        false => ("s", secs),
+    };
+    println!("| path | median ({label}) | min | max |");
     println!("|---|---|---|---|");
     let mut medians = [Duration::ZERO; 2];
     for (m, name) in names.iter().enumerate() {
@@ -539,9 +625,9 @@ fn table(names: &[&str; 2], times: &[Vec<Duration>; 2]) -> Res<()> {
         medians[m] = median(v.clone());
         println!(
             "| {name} | {} | {} | {} |",
-            secs(medians[m]),
-            min.map_or("n/a".to_string(), |d| secs(*d)),
-            max.map_or("n/a".to_string(), |d| secs(*d)),
+            unit(medians[m]),
+            min.map_or("n/a".to_string(), |d| unit(*d)),
+            max.map_or("n/a".to_string(), |d| unit(*d)),
         );
     }
     let ratio = medians[1].as_secs_f64() / medians[0].as_secs_f64();
@@ -561,7 +647,8 @@ fn main() {
     );
     // Errors come back here rather than panicking (release builds abort on panic), so that
     // vmmd is stopped and the loop filesystem unmounted before the exit.
-    if let Err(e) = bench(runs) {
+    let only_start = std::env::args().nth(2).as_deref() == Some("start");
+    if let Err(e) = bench(runs, only_start) {
         eprintln!("bench-docker: {e}");
         std::process::exit(1);
     }

@@ -16,25 +16,19 @@
 //! the first zone exists are errors that are cleaned up after, not panics).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use hull_tests::oci_peer::{
+    CPU_SHARES, MEMORY_MIB, OCI_HOST_ID, PIDS, enter_mount_ns, hybrid_with_v2_controllers,
+    masked_cgroup2, oci_config,
+};
 use hull_tests::{Daemon, bin};
 use serde_json::{Value, json};
 
 type Res<T> = Result<T, String>;
 
-/// Host id range of the OCI containers' user namespace (zones use 0x1000_0000 + slot * 64 Ki).
-const OCI_HOST_ID: u32 = 0x2000_0000;
-const MIB: u64 = 1 << 20;
-/// The limits both sides run with.
-const MEMORY_MIB: u64 = 256;
-const PIDS: u64 = 1024;
-const CPU_SHARES: u64 = 100;
 /// What a container reports about its limits and ids (cgroup v1 or v2 files).
 const PROBE: &str = "m=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null); \
     p=$(cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max 2>/dev/null); \
@@ -288,18 +282,7 @@ impl Runtime {
     fn command(&self) -> Command {
         let mut c = Command::new(self.name);
         if let Some(ns) = &self.mount_ns {
-            let fd = ns.as_raw_fd();
-            // SAFETY: between fork and exec the closure only makes the setns(2) syscall on a
-            // descriptor the parent keeps open, and builds an io::Error from errno.
-            unsafe {
-                c.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNS) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
+            enter_mount_ns(&mut c, ns);
         }
         c
     }
@@ -331,70 +314,6 @@ impl Runtime {
     }
 }
 
-/// True when /sys/fs/cgroup is the hybrid layout with controllers on its cgroup v2 part,
-/// which crun refuses ("cgroups in hybrid mode not supported").
-fn hybrid_with_v2_controllers() -> bool {
-    std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
-        .is_ok_and(|c| !c.trim().is_empty())
-}
-
-/// A private mount namespace (held by a descriptor) in which /dev/null is bind-mounted over
-/// /sys/fs/cgroup/unified/cgroup.controllers: a runtime entered into it sees the hybrid
-/// layout with no v2 controllers and puts its limits in the v1 hierarchies as usual.
-fn masked_cgroup2() -> Res<File> {
-    let mut helper = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(
-            "mount --bind /dev/null /sys/fs/cgroup/unified/cgroup.controllers \
-             && echo ready && exec sleep 60",
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("unshare: {e}"))?;
-    let mut line = String::new();
-    if let Some(out) = helper.stdout.take() {
-        let _ = BufReader::new(out).read_line(&mut line);
-    }
-    let ns = File::open(format!("/proc/{}/ns/mnt", helper.id()));
-    let _ = helper.kill();
-    let o = helper.wait_with_output().map_err(|e| e.to_string())?;
-    if line.trim() != "ready" {
-        return Err(format!("masking cgroup v2 failed: {}", text(&o)));
-    }
-    ns.map_err(|e| format!("the helper's mount namespace: {e}"))
-}
-
-/// `crun spec`'s default config with the benchmark's process, namespaces and limits; with
-/// `userns`, root in the container is host id [`OCI_HOST_ID`].
-fn oci_config(base: &Value, rootfs: &Path, args: &[&str], userns: bool) -> Value {
-    let mut c = base.clone();
-    c["process"]["args"] = json!(args);
-    c["process"]["terminal"] = json!(false);
-    c["root"] = json!({"path": rootfs, "readonly": true});
-    c["hostname"] = json!("bench");
-    let mut kinds = vec!["pid", "mount", "uts", "ipc", "network", "cgroup"];
-    if userns {
-        kinds.push("user");
-        let map = json!([{"containerID": 0, "hostID": OCI_HOST_ID, "size": 65536}]);
-        c["linux"]["uidMappings"] = map.clone();
-        c["linux"]["gidMappings"] = map;
-    } else if let Some(l) = c["linux"].as_object_mut() {
-        l.remove("uidMappings");
-        l.remove("gidMappings");
-    }
-    c["linux"]["namespaces"] = kinds.iter().map(|k| json!({"type": k})).collect();
-    if let Some(l) = c["linux"].as_object_mut() {
-        l.remove("cgroupsPath");
-    }
-    let r = &mut c["linux"]["resources"];
-    r["memory"] = json!({"limit": MEMORY_MIB * MIB, "swap": MEMORY_MIB * MIB});
-    r["pids"] = json!({"limit": PIDS});
-    r["cpu"] = json!({"shares": CPU_SHARES});
-    c
-}
-
 /// Finds a configuration in which `rt` runs `/bin/true` with exit 0, in the order: as
 /// specified; with cgroup v2's controllers masked (hybrid hosts); without the user
 /// namespace; both. Leaves that configuration in the bundle and describes it in
@@ -419,11 +338,16 @@ fn settle(rt: &mut Runtime, base: &Value, rootfs: &Path) -> Res<()> {
                     ""
                 }
             );
-            rt.write_config(&oci_config(base, rootfs, &["/bin/sh", "-c", PROBE], userns))?;
+            rt.write_config(&oci_config(
+                base,
+                Some(rootfs),
+                &["/bin/sh", "-c", PROBE],
+                userns,
+            ))?;
             let id = format!("hull-bench-{}-{}-probe", std::process::id(), rt.name);
             match rt.run(id) {
                 Ok((_, o)) => {
-                    rt.write_config(&oci_config(base, rootfs, &["/bin/true"], userns))?;
+                    rt.write_config(&oci_config(base, Some(rootfs), &["/bin/true"], userns))?;
                     let id = format!("hull-bench-{}-{}-check", std::process::id(), rt.name);
                     rt.run(id)?;
                     rt.clean();
