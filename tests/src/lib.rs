@@ -358,14 +358,15 @@ pub fn make_image(dir: &Path, uuid: &str, image_type: &str) -> (PathBuf, PathBuf
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // A test that failed half-way leaves guests behind, and zones outlive vmmd by
-        // design: stop and delete what is left before vmmd goes (a passing test cleans up
-        // itself, and may have left vmmd in a state not to talk to).
+        // A test that failed half-way, or that has no reason to delete its last guest,
+        // leaves guests behind, and zones outlive vmmd by design: stop and delete what is
+        // left while vmmd runs (a running zone whose vmmd is gone would hold its zoned,
+        // cgroups and mounts until the machine stops).
         let running = self
             .child
             .as_mut()
             .is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none()));
-        if std::thread::panicking() && running {
+        if running {
             let c = self.client();
             for vm in c.list_vms(&[]).unwrap_or_default() {
                 let force = hull_spec::api::StopRequest {

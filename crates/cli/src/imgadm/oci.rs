@@ -181,9 +181,16 @@ enum MemberKind {
     Directory,
     /// A sparse file: its data is not one byte range.
     Sparse,
-    /// Anything else (links, devices, ...), with the tar entry type for messages.
+    /// A symbolic link (its target relative to the member's directory) or a hard link (its
+    /// target a member name). `docker save` writes a layer it saved already as a symlink to
+    /// the first copy (`../<id>/layer.tar`).
+    Link { target: Vec<u8>, symbolic: bool },
+    /// Anything else (devices, fifos, ...), with the tar entry type for messages.
     Other(String),
 }
+
+/// The most links followed from one member name.
+const MAX_LINK_HOPS: usize = 8;
 
 /// One member of the archive.
 #[derive(Debug, Clone)]
@@ -204,6 +211,9 @@ struct Archive {
     file: File,
     len: u64,
     members: HashMap<Vec<u8>, Member>,
+    /// Whether a blob may be a link to another member (docker-archive; an OCI layout's
+    /// blobs are regular files).
+    follow_links: bool,
 }
 
 /// The file as the tar reader sees it while scanning: reads are counted against a budget
@@ -232,6 +242,31 @@ impl Seek for Budgeted<'_> {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
         self.file.seek(pos)
     }
+}
+
+/// The member a link named `from` points to: a symlink's `target` is relative to `from`'s
+/// directory, a hard link's is a member name. None when it is absolute or climbs out of the
+/// archive's top (a name is taken as bytes split at '/': "." and empty parts vanish, ".."
+/// drops the part before it).
+fn link_target(from: &[u8], target: &[u8], symbolic: bool) -> Option<Vec<u8>> {
+    if target.starts_with(b"/") || target.is_empty() {
+        return None;
+    }
+    let mut parts: Vec<&[u8]> = Vec::new();
+    if symbolic {
+        parts.extend(from.split(|&b| b == b'/'));
+        parts.pop();
+    }
+    for part in target.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join(&b'/'))
 }
 
 /// Removes the leading "./" (any number of them) and trailing "/" of a member name.
@@ -300,6 +335,13 @@ impl Archive {
                     MemberKind::Sparse
                 } else if entry_type.is_file() || entry_type.is_contiguous() {
                     MemberKind::Regular
+                } else if entry_type.is_symlink() || entry_type.is_hard_link() {
+                    let target = entry
+                        .link_name_bytes()
+                        .map(|t| t.into_owned())
+                        .unwrap_or_default();
+                    let symbolic = entry_type.is_symlink();
+                    MemberKind::Link { target, symbolic }
                 } else {
                     MemberKind::Other(format!("{entry_type:?}").to_lowercase())
                 };
@@ -334,6 +376,7 @@ impl Archive {
             file,
             len,
             members,
+            follow_links: kind == ArchiveKind::Docker,
         })
     }
 
@@ -344,13 +387,48 @@ impl Archive {
 
     /// The regular-file member `name`, holding the `what` (for messages), with its data
     /// inside the file.
+    /// A docker-archive's blob may be a link to another member, followed inside the archive.
     fn blob(&self, name: &str, what: &str) -> Result<&Member, String> {
-        let member = self
-            .members
-            .get(name.as_bytes())
-            .ok_or_else(|| self.err(name, format!("missing from the archive (the {what})")))?;
+        let mut current = name.as_bytes().to_vec();
+        let mut hops = 0;
+        let member = loop {
+            let shown = String::from_utf8_lossy(&current).into_owned();
+            let member = self.members.get(&current).ok_or_else(|| match hops {
+                0 => self.err(name, format!("missing from the archive (the {what})")),
+                _ => self.err(
+                    name,
+                    format!("a link to {}, which the archive lacks", short(&shown)),
+                ),
+            })?;
+            let MemberKind::Link { target, symbolic } = &member.kind else {
+                break member;
+            };
+            if !self.follow_links {
+                let t = if *symbolic { "symlink" } else { "link" };
+                return Err(self.err(
+                    &shown,
+                    format!("is a {t} member; the {what} must be a regular file"),
+                ));
+            }
+            hops += 1;
+            if hops > MAX_LINK_HOPS {
+                return Err(self.err(
+                    name,
+                    format!("more than {MAX_LINK_HOPS} links in a row (a loop?)"),
+                ));
+            }
+            current = link_target(&current, target, *symbolic).ok_or_else(|| {
+                self.err(
+                    &shown,
+                    format!(
+                        "a link to {:?}, outside the archive",
+                        short(&String::from_utf8_lossy(target))
+                    ),
+                )
+            })?;
+        };
         match &member.kind {
-            MemberKind::Regular => {}
+            MemberKind::Link { .. } | MemberKind::Regular => {}
             MemberKind::Directory => {
                 return Err(self.err(name, format!("is a directory, not the {what}")));
             }
@@ -1550,6 +1628,68 @@ mod tests {
         assert_ne!(l1.diff_id, l1.digest);
         assert_eq!(range(file.path(), l1), top);
         assert_eq!(l1.size, top.len() as u64);
+    }
+
+    /// `members` as tar_of, then `links` (name, target, symbolic) as link members.
+    fn tar_with_links(members: &[(String, Vec<u8>)], links: &[(&str, &str, bool)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, data) in members {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            builder
+                .append_data(&mut header, name, data.as_slice())
+                .expect("append");
+        }
+        for (name, target, symbolic) in links {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(match symbolic {
+                true => tar::EntryType::Symlink,
+                false => tar::EntryType::Link,
+            });
+            header.set_size(0);
+            builder
+                .append_link(&mut header, name, target)
+                .expect("link");
+        }
+        builder.into_inner().expect("tar")
+    }
+
+    /// `docker save` stores a layer it wrote already as a symlink to the first copy (two
+    /// identical layers here); a hard link is followed too; a link out of the archive, to a
+    /// missing member, in a loop, or in an oci-archive is refused naming the member.
+    #[test]
+    fn docker_archive_linked_layers() {
+        let same = layer_tar("empty", b"");
+        let mut members = Vec::new();
+        let entry = docker_image(&["x:1"], &[same.clone(), same.clone()], &mut members);
+        let first = entry["Layers"][0].as_str().expect("path").to_owned();
+        let second = entry["Layers"][1].as_str().expect("path").to_owned();
+        members.retain(|(name, _)| *name != second);
+        members.push(("manifest.json".to_owned(), json_bytes(&json!([entry]))));
+        let first_dir = first.trim_end_matches("/layer.tar");
+        let symlink = format!("../{first_dir}/layer.tar");
+        let file = temp(&tar_with_links(&members, &[(&second, &symlink, true)]));
+        let image = read_archive(file.path(), ArchiveKind::Docker, None).expect("read");
+        let [l0, l1] = image.layers.as_slice() else {
+            panic!("two layers");
+        };
+        assert_eq!((l0.offset, l0.size), (l1.offset, l1.size));
+        assert_eq!(l1.digest, sha256(&same));
+        assert_eq!(range(file.path(), l1), same);
+        let file = temp(&tar_with_links(&members, &[(&second, &first, false)]));
+        let image = read_archive(file.path(), ArchiveKind::Docker, None).expect("hard link");
+        assert_eq!(range(file.path(), &image.layers[1]), same);
+
+        for (target, needle) in [
+            ("../../etc/passwd", "outside the archive"),
+            ("/etc/passwd", "outside the archive"),
+            ("../gone/layer.tar", "which the archive lacks"),
+            ("layer.tar", "more than 8 links"),
+        ] {
+            let bytes = tar_with_links(&members, &[(&second, target, true)]);
+            expect_err(read(&bytes, ArchiveKind::Docker, None), &[needle]);
+        }
     }
 
     #[test]
