@@ -5,32 +5,11 @@
 
 use std::path::Path;
 
-use hull_spec::docker::{self, DockerImage};
+use hull_spec::docker;
 
-use super::oci::{self, ArchiveKind, OciImage};
+use super::oci::{self, ArchiveKind};
 use super::{installed, with_progress};
 use crate::{CmdResult, Failure, client};
-
-/// The image an archive holds, as hull_spec's docker module takes it.
-fn image_of(img: &OciImage) -> DockerImage {
-    DockerImage {
-        repo: img.repo.clone(),
-        tag: img.tag.clone(),
-        manifest_digest: img.manifest_digest.clone(),
-        config_digest: img.config_digest.clone(),
-        config: img.config.clone(),
-        layers: img
-            .layers
-            .iter()
-            .map(|l| docker::Layer {
-                digest: l.digest.clone(),
-                diff_id: l.diff_id.clone(),
-                compression: l.compression,
-                size: l.size,
-            })
-            .collect(),
-    }
-}
 
 /// Imports the image `arg` names (`oci-archive:FILE[:REF]`, `docker-archive:FILE[:REF]`):
 /// the layers not installed yet, base first; then reports the top one as any import.
@@ -42,25 +21,25 @@ pub(super) fn import(
     json: bool,
     quiet: bool,
 ) -> CmdResult {
-    let img = oci::read_archive(file, kind, reference).map_err(Failure::new)?;
-    if img.layers.is_empty() {
+    let archived = oci::read_archive(file, kind, reference).map_err(Failure::new)?;
+    let image = &archived.image;
+    if image.layers.is_empty() {
         return Err(Failure::new(format!(
             "{}: the image has no layers",
             file.display()
         )));
     }
     let c = client(socket)?;
-    let image = image_of(&img);
-    let uuids = docker::layer_uuids(&image);
+    let uuids = docker::layer_uuids(image);
     let top = uuids.len() - 1;
-    for (i, layer) in img.layers.iter().enumerate() {
+    for (i, (layer, &offset)) in image.layers.iter().zip(&archived.offsets).enumerate() {
         if i < top && c.get_image(uuids[i]).is_ok() {
             continue;
         }
-        let manifest = docker::layer_manifest(&image, &uuids, i);
-        let what = format!("Importing layer {}/{}", i + 1, img.layers.len());
+        let manifest = docker::layer_manifest(image, &uuids, i);
+        let what = format!("Importing layer {}/{}", i + 1, image.layers.len());
         let m = with_progress(&what, quiet || json, |progress| {
-            c.install_image_part(&manifest, file, layer.offset, Some(layer.size), progress)
+            c.install_image_part(&manifest, file, offset, Some(layer.size), progress)
         });
         if i == top {
             return installed(&c, m, Some(uuids[i]), json);

@@ -18,9 +18,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use hull_spec::docker::{
-    CONTAINERD_NAME, DOCKER_CONFIG, DOCKER_LIST, DOCKER_MANIFEST, Descriptor, Index, MAX_JSON,
-    Manifest, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, REF_NAME, digest_hex, hex, is_hex64,
-    layer_compression, platforms, sha256, short,
+    self as docker, CONTAINERD_NAME, DOCKER_CONFIG, DOCKER_LIST, DOCKER_MANIFEST, Descriptor,
+    DockerImage, Index, MAX_JSON, Manifest, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, REF_NAME,
+    digest_hex, hex, is_hex64, layer_compression, platforms, sha256, short,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -59,48 +59,27 @@ impl ArchiveKind {
     }
 }
 
-/// One layer as stored in the archive.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Layer {
-    /// "sha256:<64 hex>" of the stored bytes (the blob as it is in the archive). For
-    /// oci-archive this is the descriptor's digest in the manifest (not verified here: the
-    /// blob is only read when it is streamed); for docker-archive it is computed by reading
-    /// the member.
-    pub digest: String,
-    /// "sha256:<64 hex>" of the uncompressed layer tar: config.rootfs.diff_ids[i].
-    pub diff_id: String,
-    /// "none", "gzip" or "zstd": from the layer's media type (oci-archive), or sniffed from
-    /// the member's first bytes (docker-archive, which has no media types).
-    pub compression: &'static str,
-    /// Stored size in bytes (for oci-archive, equal to the descriptor's size).
-    pub size: u64,
-    /// Byte offset of the stored bytes inside the archive file.
-    pub offset: u64,
-}
-
-/// An image read from an archive.
+/// An image read from an archive, and where each layer's stored bytes start in the archive
+/// file (base first; each layer's `size` bytes from there).
+///
+/// The image's `repo` is the repository the archive names it by, without the tag, as written
+/// ("docker.io/library/busybox" or "busybox"), None when the archive does not say: for
+/// oci-archive the index entry's "io.containerd.image.name" annotation, or
+/// "org.opencontainers.image.ref.name" when that holds a full reference (skopeo writes only
+/// the tag there); for docker-archive the RepoTags entry the reference matched, else
+/// RepoTags[0]. Its `manifest_digest` is that of the manifest bytes (oci-archive);
+/// docker-archive has no manifest blob, so it is the config digest there. The config's
+/// digest is verified against the bytes read; its os is linux, its architecture amd64, and
+/// its rootfs.diff_ids has one entry per layer. A layer's `digest` is the descriptor's for
+/// oci-archive (checked when the layer is streamed), computed from the member for
+/// docker-archive; its compression comes from the media type (oci-archive) or is sniffed
+/// from the member's first bytes (docker-archive has no media types).
 #[derive(Debug, Clone)]
-pub struct OciImage {
-    /// The repository the archive names the image by, without the tag, as written (e.g.
-    /// "docker.io/library/busybox" or "busybox"); None when the archive does not say. For
-    /// oci-archive it comes from the index entry's "io.containerd.image.name" annotation, or
-    /// from "org.opencontainers.image.ref.name" when that holds a full reference (skopeo
-    /// writes only the tag there); for docker-archive from the RepoTags entry the reference
-    /// matched, else RepoTags[0].
-    pub repo: Option<String>,
-    /// The tag the archive names the image by ("latest"), when it does.
-    pub tag: Option<String>,
-    /// "sha256:..." of the image manifest bytes (oci-archive). docker-archive has no manifest
-    /// blob: this is the config digest there.
-    pub manifest_digest: String,
-    /// "sha256:..." of the config JSON bytes, verified against the bytes read.
-    pub config_digest: String,
-    /// The whole image config JSON document ("architecture", "os", "config", "rootfs",
-    /// "history", ...). Its os is "linux", architecture "amd64" and rootfs.diff_ids has one
-    /// entry per layer.
-    pub config: Value,
-    /// Layers, base first.
-    pub layers: Vec<Layer>,
+pub struct ArchiveImage {
+    /// The image, as hull_spec's docker module takes it.
+    pub image: DockerImage,
+    /// Where each layer's stored bytes start in the archive file, base first.
+    pub offsets: Vec<u64>,
 }
 
 /// Splits "oci-archive:FILE[:REF]" / "docker-archive:FILE[:REF]" into (kind, file, reference);
@@ -155,7 +134,7 @@ pub fn read_archive(
     path: &Path,
     kind: ArchiveKind,
     reference: Option<&str>,
-) -> Result<OciImage, String> {
+) -> Result<ArchiveImage, String> {
     let label = format!("{} {}", kind.transport(), path.display());
     let file = File::open(path).map_err(|e| format!("{label}: {e}"))?;
     let meta = file.metadata().map_err(|e| format!("{label}: {e}"))?;
@@ -738,7 +717,7 @@ fn oci_matches(desc: &Descriptor, reference: &str) -> bool {
 }
 
 /// Reads an oci-archive.
-fn read_oci(archive: &Archive, reference: Option<&str>) -> Result<OciImage, String> {
+fn read_oci(archive: &Archive, reference: Option<&str>) -> Result<ArchiveImage, String> {
     let layout = archive.read_small("oci-layout", "layout file")?;
     let layout: Value = parse_json(archive, "oci-layout", "layout file", &layout)?;
     match layout.get("imageLayoutVersion").and_then(Value::as_str) {
@@ -861,6 +840,7 @@ fn read_oci(archive: &Archive, reference: Option<&str>) -> Result<OciImage, Stri
     let diff_ids = check_config(archive, &config_name, &config, manifest.layers.len())?;
 
     let mut layers = Vec::with_capacity(manifest.layers.len());
+    let mut offsets = Vec::with_capacity(manifest.layers.len());
     for (i, (desc, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
         let from = format!("{manifest_name} layers[{i}]");
         let media_type = desc
@@ -889,23 +869,24 @@ fn read_oci(archive: &Archive, reference: Option<&str>) -> Result<OciImage, Stri
                 ),
             ));
         }
-        layers.push(Layer {
+        layers.push(docker::Layer {
             digest: desc.digest.clone(),
             diff_id,
             compression,
             size: member.size,
-            offset: member.offset,
         });
+        offsets.push(member.offset);
     }
 
-    Ok(OciImage {
+    let image = DockerImage {
         repo,
         tag,
         manifest_digest,
         config_digest: manifest.config.digest.clone(),
         config,
         layers,
-    })
+    };
+    Ok(ArchiveImage { image, offsets })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -961,7 +942,7 @@ fn named_hex(name: &str) -> Option<&str> {
 }
 
 /// Reads a docker-archive.
-fn read_docker(archive: &Archive, reference: Option<&str>) -> Result<OciImage, String> {
+fn read_docker(archive: &Archive, reference: Option<&str>) -> Result<ArchiveImage, String> {
     const MANIFEST: &str = "manifest.json";
     let bytes = archive.read_small(MANIFEST, "manifest")?;
     let entries: Vec<DockerEntry> = parse_json(archive, MANIFEST, "manifest", &bytes)?;
@@ -1077,6 +1058,7 @@ fn read_docker(archive: &Archive, reference: Option<&str>) -> Result<OciImage, S
 
     let mut hashed: HashMap<String, (String, &'static str)> = HashMap::new();
     let mut layers = Vec::with_capacity(entry.layers.len());
+    let mut offsets = Vec::with_capacity(entry.layers.len());
     for (path, diff_id) in entry.layers.iter().zip(diff_ids) {
         let name = String::from_utf8_lossy(normalize_name(path.as_bytes())).into_owned();
         let member = archive.blob(&name, "layer")?;
@@ -1099,23 +1081,24 @@ fn read_docker(archive: &Archive, reference: Option<&str>) -> Result<OciImage, S
                 known
             }
         };
-        layers.push(Layer {
+        layers.push(docker::Layer {
             digest,
             diff_id,
             compression,
             size: member.size,
-            offset: member.offset,
         });
+        offsets.push(member.offset);
     }
 
-    Ok(OciImage {
+    let image = DockerImage {
         repo,
         tag,
         manifest_digest: config_digest.clone(),
         config_digest,
         config,
         layers,
-    })
+    };
+    Ok(ArchiveImage { image, offsets })
 }
 
 #[cfg(test)]
@@ -1151,10 +1134,11 @@ mod tests {
         file
     }
 
-    /// The stored range of `layer` in `file`.
-    fn range(file: &Path, layer: &Layer) -> Vec<u8> {
+    /// The stored range of `img`'s layer `i` in `file`.
+    fn range(file: &Path, img: &ArchiveImage, i: usize) -> Vec<u8> {
         let data = std::fs::read(file).expect("read");
-        data[layer.offset as usize..(layer.offset + layer.size) as usize].to_vec()
+        let (offset, size) = (img.offsets[i] as usize, img.image.layers[i].size as usize);
+        data[offset..offset + size].to_vec()
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {
@@ -1238,12 +1222,16 @@ mod tests {
         }
     }
 
-    fn read(bytes: &[u8], kind: ArchiveKind, reference: Option<&str>) -> Result<OciImage, String> {
+    fn read(
+        bytes: &[u8],
+        kind: ArchiveKind,
+        reference: Option<&str>,
+    ) -> Result<ArchiveImage, String> {
         let file = temp(bytes);
         read_archive(file.path(), kind, reference)
     }
 
-    fn expect_err(result: Result<OciImage, String>, needles: &[&str]) -> String {
+    fn expect_err(result: Result<ArchiveImage, String>, needles: &[&str]) -> String {
         let err = result.expect_err("should be refused");
         for needle in needles {
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
@@ -1297,34 +1285,34 @@ mod tests {
         let file = temp(&tar_of(&members));
 
         let image = read_archive(file.path(), ArchiveKind::Oci, None).expect("read");
-        assert_eq!(image.repo.as_deref(), Some("docker.io/library/hello"));
-        assert_eq!(image.tag.as_deref(), Some("latest"));
-        assert_eq!(image.manifest_digest, sha256(&amd));
-        assert_eq!(image.config["architecture"], "amd64");
-        assert_eq!(image.config["config"]["Cmd"][0], "/bin/sh");
+        assert_eq!(image.image.repo.as_deref(), Some("docker.io/library/hello"));
+        assert_eq!(image.image.tag.as_deref(), Some("latest"));
+        assert_eq!(image.image.manifest_digest, sha256(&amd));
+        assert_eq!(image.image.config["architecture"], "amd64");
+        assert_eq!(image.image.config["config"]["Cmd"][0], "/bin/sh");
         assert_eq!(
-            image.config_digest,
+            image.image.config_digest,
             sha256(&config_for("amd64", &[sha256(&base), sha256(&top)]))
         );
-        assert_eq!(image.layers.len(), 2);
-        let [gz, plain] = image.layers.as_slice() else {
+        assert_eq!(image.image.layers.len(), 2);
+        let [gz, plain] = image.image.layers.as_slice() else {
             panic!("two layers");
         };
         assert_eq!(gz.compression, "gzip");
         assert_eq!(gz.diff_id, sha256(&base));
-        assert_eq!(sha256(&range(file.path(), gz)), gz.digest);
-        assert_eq!(range(file.path(), gz)[..2], [0x1f, 0x8b]);
+        assert_eq!(sha256(&range(file.path(), &image, 0)), gz.digest);
+        assert_eq!(range(file.path(), &image, 0)[..2], [0x1f, 0x8b]);
         assert_eq!(plain.compression, "none");
         assert_eq!(plain.diff_id, sha256(&top));
         assert_eq!(plain.digest, sha256(&top));
-        assert_eq!(range(file.path(), plain), top);
+        assert_eq!(range(file.path(), &image, 1), top);
         assert_eq!(plain.size, top.len() as u64);
 
         // By reference: the tag, or the containerd name.
         for reference in ["latest", "docker.io/library/hello:latest", "hello"] {
             let image = read_archive(file.path(), ArchiveKind::Oci, Some(reference))
                 .unwrap_or_else(|e| panic!("{reference}: {e}"));
-            assert_eq!(image.manifest_digest, sha256(&amd));
+            assert_eq!(image.image.manifest_digest, sha256(&amd));
         }
         expect_err(
             read_archive(file.path(), ArchiveKind::Oci, Some("v2")),
@@ -1343,11 +1331,11 @@ mod tests {
         e2["annotations"] = json!({REF_NAME: "v2"});
         let bytes = oci.archive(vec![e1, e2]);
         let image = read(&bytes, ArchiveKind::Oci, Some("v2")).expect("v2");
-        assert_eq!(image.manifest_digest, sha256(&two));
-        assert_eq!(image.repo, None);
-        assert_eq!(image.tag.as_deref(), Some("v2"));
+        assert_eq!(image.image.manifest_digest, sha256(&two));
+        assert_eq!(image.image.repo, None);
+        assert_eq!(image.image.tag.as_deref(), Some("v2"));
         let image = read(&bytes, ArchiveKind::Oci, Some("v1")).expect("v1");
-        assert_eq!(image.manifest_digest, sha256(&one));
+        assert_eq!(image.image.manifest_digest, sha256(&one));
         expect_err(
             read(&bytes, ArchiveKind::Oci, None),
             &["holds 2 images", "v1", "v2"],
@@ -1609,24 +1597,27 @@ mod tests {
         members.insert(1, ("manifest.json".to_owned(), json_bytes(&json!([entry]))));
         let file = temp(&tar_of(&members));
         let image = read_archive(file.path(), ArchiveKind::Docker, None).expect("read");
-        assert_eq!(image.repo.as_deref(), Some("docker.io/library/busybox"));
-        assert_eq!(image.tag.as_deref(), Some("latest"));
-        assert_eq!(image.config_digest, image.manifest_digest);
         assert_eq!(
-            format!("{}.json", &image.config_digest[7..]),
+            image.image.repo.as_deref(),
+            Some("docker.io/library/busybox")
+        );
+        assert_eq!(image.image.tag.as_deref(), Some("latest"));
+        assert_eq!(image.image.config_digest, image.image.manifest_digest);
+        assert_eq!(
+            format!("{}.json", &image.image.config_digest[7..]),
             entry["Config"].as_str().expect("config")
         );
-        let [l0, l1] = image.layers.as_slice() else {
+        let [l0, l1] = image.image.layers.as_slice() else {
             panic!("two layers");
         };
         assert_eq!(l0.compression, "none");
         assert_eq!(l0.digest, sha256(&base));
         assert_eq!(l0.diff_id, l0.digest);
-        assert_eq!(range(file.path(), l0), base);
+        assert_eq!(range(file.path(), &image, 0), base);
         assert_eq!(l1.compression, "gzip");
         assert_eq!(l1.digest, sha256(&top));
         assert_ne!(l1.diff_id, l1.digest);
-        assert_eq!(range(file.path(), l1), top);
+        assert_eq!(range(file.path(), &image, 1), top);
         assert_eq!(l1.size, top.len() as u64);
     }
 
@@ -1671,15 +1662,16 @@ mod tests {
         let symlink = format!("../{first_dir}/layer.tar");
         let file = temp(&tar_with_links(&members, &[(&second, &symlink, true)]));
         let image = read_archive(file.path(), ArchiveKind::Docker, None).expect("read");
-        let [l0, l1] = image.layers.as_slice() else {
+        let [l0, l1] = image.image.layers.as_slice() else {
             panic!("two layers");
         };
-        assert_eq!((l0.offset, l0.size), (l1.offset, l1.size));
+        assert_eq!(image.offsets[0], image.offsets[1]);
+        assert_eq!(l0.size, l1.size);
         assert_eq!(l1.digest, sha256(&same));
-        assert_eq!(range(file.path(), l1), same);
+        assert_eq!(range(file.path(), &image, 1), same);
         let file = temp(&tar_with_links(&members, &[(&second, &first, false)]));
         let image = read_archive(file.path(), ArchiveKind::Docker, None).expect("hard link");
-        assert_eq!(range(file.path(), &image.layers[1]), same);
+        assert_eq!(range(file.path(), &image, 1), same);
 
         for (target, needle) in [
             ("../../etc/passwd", "outside the archive"),
@@ -1707,7 +1699,7 @@ mod tests {
         ));
         let bytes = tar_of(&members);
         let file = temp(&bytes);
-        let config_of = |image: &OciImage| format!("{}.json", &image.config_digest[7..]);
+        let config_of = |image: &ArchiveImage| format!("{}.json", &image.image.config_digest[7..]);
         for (reference, config, repo, tag) in [
             (
                 "busybox:latest",
@@ -1731,8 +1723,8 @@ mod tests {
             let image = read_archive(file.path(), ArchiveKind::Docker, Some(reference))
                 .unwrap_or_else(|e| panic!("{reference}: {e}"));
             assert_eq!(config_of(&image), config["Config"], "{reference}");
-            assert_eq!(image.repo.as_deref(), Some(repo), "{reference}");
-            assert_eq!(image.tag.as_deref(), Some(tag), "{reference}");
+            assert_eq!(image.image.repo.as_deref(), Some(repo), "{reference}");
+            assert_eq!(image.image.tag.as_deref(), Some(tag), "{reference}");
         }
         expect_err(
             read_archive(file.path(), ArchiveKind::Docker, None),
@@ -1935,7 +1927,7 @@ mod tests {
             top = descriptor(OCI_INDEX, &index);
         }
         let image = read(&oci.archive(vec![top]), ArchiveKind::Oci, None).expect("4 deep");
-        assert_eq!(image.manifest_digest, sha256(&manifest));
+        assert_eq!(image.image.manifest_digest, sha256(&manifest));
     }
 
     #[test]
