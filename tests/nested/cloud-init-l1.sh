@@ -327,13 +327,30 @@ echo "L1: vm1 balloon: free page reports ${R:-none} bytes, $(( ${R:-0} >> 20 )) 
 # .deb (the zone image carries it; ssh takes it in); after the guest's own reboot, hull boots
 # what the guest's grub.cfg names now. The reset ends vm1's zone and vmmd starts it anew,
 # reading the disk again; its console is followed again.
+up_again() { zlogin "$Z" $SSH true > /dev/null 2>&1; }
 if [ -f /kdeb/version ]; then
   KNEW=$(cat /kdeb/version)
   S=$(up)
-  zlogin "$Z" sh -c "$SSH 'cat > /root/kernel.deb' < /root/kernel.deb" > /tmp/ssh.out 2>&1 || { echo "L1: cannot copy the kernel package into vm1:"; cat /tmp/ssh.out; }
-  zlogin "$Z" $SSH 'dpkg -i /root/kernel.deb > /root/dpkg.log 2>&1; echo "dpkg -i exit $?"; tail -3 /root/dpkg.log;
-    grep -c "^menuentry\|^[[:space:]]menuentry" /boot/grub/grub.cfg | sed "s/^/menuentries: /"' 2>&1 | sed 's/^/L1: upgrade: /'
-  echo "L1: vm1 kernel package installed in $(up) - $S s"
+  install_kernel() {
+    zlogin "$Z" sh -c "$SSH 'cat > /root/kernel.deb' < /root/kernel.deb" > /tmp/ssh.out 2>&1 || { echo "L1: cannot copy the kernel package into vm1:"; cat /tmp/ssh.out; return 1; }
+    zlogin "$Z" $SSH 'dpkg -i /root/kernel.deb > /root/dpkg.log 2>&1; echo "dpkg -i exit $?"; tail -3 /root/dpkg.log;
+      grep -c "^menuentry\|^[[:space:]]menuentry" /boot/grub/grub.cfg | sed "s/^/menuentries: /"' 2>&1 | sed 's/^/L1: upgrade: /' | tee /tmp/upgrade.out
+    grep -q "dpkg -i exit 0" /tmp/upgrade.out
+  }
+  # A guest QEMU's TCG killed or froze before or during the upgrade (ci44: a triple fault
+  # between the balloon's check and the copy) is started again and upgraded again, up to
+  # RETRIES times; a guest that runs and still fails the upgrade fails the checks below.
+  RESTARTED=
+  until install_kernel; do
+    EXITS_SEEN=""
+    gone=
+    for i in $(seq 35); do dead_or_frozen "$U" && { gone=1; break; }; sleep 2; done
+    [ -n "$gone" ] && [ "${RESTARTED:-0}" -lt "$RETRIES" ] || break
+    RESTARTED=$((${RESTARTED:-0} + 1))
+    restart "$U" vm1 /tmp/console1.log "$WHY during its kernel upgrade"
+    watch_guest "$U" vm1 /tmp/console1.log 600 up_again || break
+  done
+  echo "L1: vm1 kernel package installed in $(up) - $S s${RESTARTED:+ (started again $RESTARTED times)}"
   B=$(vmadm get "$U" | grep '"boot_timestamp"')
   zlogin "$Z" $SSH 'systemctl reboot' > /dev/null 2>&1
   # Until the guest runs again from its reset (a guest that died or froze on the way is
@@ -362,7 +379,6 @@ if ! watch_stop "$U" vm1; then
   # Once more from a fresh start: the guest up (sshd answers), then the power button again.
   RESTARTED=
   restart "$U" vm1 /tmp/console1.log "$STOP_WHY during its stop"
-  up_again() { zlogin "$Z" $SSH true > /dev/null 2>&1; }
   watch_guest "$U" vm1 /tmp/console1.log 600 up_again || echo "L1: vm1 never answered ssh after its stop's retry"
   S=$(up)
   watch_stop "$U" vm1 || echo "L1: vm1 $STOP_WHY during its second stop"

@@ -176,6 +176,34 @@ fn root_docker_zone_runs_the_images_command_and_keeps_its_output() {
         logs.contains("hello from docker") && logs.contains("second run"),
         "{logs}"
     );
+    // Without docker:tty, as Docker without -t: stdout and stderr one pipe (no "\r", not a
+    // terminal), stdin /dev/null; with docker:tty "true" a terminal.
+    let probe = "if [ -t 1 ]; then echo out-tty; else echo out-pipe; fi; echo err-line >&2; \
+                 [ -t 0 ] || { read x || echo stdin-eof; }";
+    let upd = serde_json::json!({"set_internal_metadata": {
+        "docker:cmd": serde_json::json!(["/bin/sh", "-c", probe]).to_string()}});
+    ok(&d.vmadm(&["update", &uuid], Some(&upd.to_string())));
+    ok(&d.vmadm(&["start", &uuid], None));
+    assert_eq!(wait_stopped(&d, &uuid)["exit_status"], 0);
+    let logs = ok(&d.vmadm(&["logs", &uuid], None));
+    let tail = &logs[logs.rfind("second run").expect("second run")..];
+    assert!(
+        tail.contains("out-pipe\nerr-line\nstdin-eof\n") && !tail.contains('\r'),
+        "{tail:?}"
+    );
+    let upd = serde_json::json!({"set_internal_metadata": {"docker:tty": "true"}});
+    ok(&d.vmadm(&["update", &uuid], Some(&upd.to_string())));
+    ok(&d.vmadm(&["start", &uuid], None));
+    wait_stopped(&d, &uuid);
+    let logs = ok(&d.vmadm(&["logs", &uuid], None));
+    assert!(logs.contains("out-tty\r\n"), "{logs:?}");
+    let upd = serde_json::json!({"set_internal_metadata": {"docker:tty": "yes"}});
+    ok(&d.vmadm(&["update", &uuid], Some(&upd.to_string())));
+    refused(&d.vmadm(&["start", &uuid], None), "docker:tty");
+    let upd = serde_json::json!({"remove_internal_metadata": ["docker:tty"],
+        "set_internal_metadata": {
+            "docker:cmd": "[\"/bin/sh\", \"-c\", \"echo second run; exit 3\"]"}});
+    ok(&d.vmadm(&["update", &uuid], Some(&upd.to_string())));
     // Restart policy on-failure:2: the failing process runs three times in all, then the
     // zone stays stopped; the record counts the restarts.
     let upd =

@@ -125,6 +125,10 @@ pub struct ProcessSpec {
     /// /etc/passwd and /etc/group (default root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The console's terminal as stdin, stdout and stderr (Docker's `-t`); without it
+    /// stdin is /dev/null and stdout and stderr one pipe zoned reads as the console.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
 }
 
 /// Where a zone finds its metadata service (SmartOS: `/.zonecontrol`, lx zones

@@ -38,6 +38,8 @@ pub(crate) enum ChildError {
     BecomeRoot(#[source] nix::Error),
     #[error("cannot hand the console to zoned")]
     SendConsole(#[source] nix::Error),
+    #[error("cannot make the pipe for the process's output")]
+    OutputPipe(#[source] nix::Error),
     #[error("cannot set the hostname {name:?}")]
     Hostname {
         name: String,
@@ -50,7 +52,7 @@ pub(crate) enum ChildError {
     Session(#[source] nix::Error),
     #[error("cannot make /dev/console the controlling terminal")]
     ControllingTerminal(#[source] std::io::Error),
-    #[error("cannot attach stdio to /dev/console")]
+    #[error("cannot attach stdio to /dev/console or the output pipe")]
     AttachConsole(#[source] std::io::Error),
     #[error("cannot set up descriptor {fd}")]
     Stdio {
@@ -133,7 +135,21 @@ fn setup_init(
     die_with_zoned();
     let root = Path::new(".");
     let master = rootfs::populate(root, cfg.is_vmm())?;
-    send_fd(&fd_sock, master.as_raw_fd()).map_err(ChildError::SendConsole)?;
+    // A docker process without a terminal (Docker's default; `docker:tty` asks for one)
+    // writes to a pipe, which zoned reads as it reads a console: no line discipline, no
+    // "\r" added, and `isatty` false, as under Docker.
+    let pipe = match cfg.process.as_ref().is_some_and(|p| !p.tty) {
+        true => {
+            let (r, w) =
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ChildError::OutputPipe)?;
+            send_fd(&fd_sock, r.as_raw_fd()).map_err(ChildError::SendConsole)?;
+            Some(w)
+        }
+        false => {
+            send_fd(&fd_sock, master.as_raw_fd()).map_err(ChildError::SendConsole)?;
+            None
+        }
+    };
     drop(master);
     drop(fd_sock);
     nix::unistd::sethostname(&cfg.hostname).map_err(|source| ChildError::Hostname {
@@ -144,7 +160,11 @@ fn setup_init(
     // SAFETY: umask has no preconditions; zoned's own is 077.
     unsafe { libc::umask(0o022) };
     write_etc(cfg, zone.state.boots <= 1)?;
-    attach_console()?;
+    match &pipe {
+        Some(w) => attach_pipe(w)?,
+        None => attach_console()?,
+    }
+    drop(pipe);
     // In the zone's cgroup from here on (zoned moved us): its namespace is rooted there.
     wait_for(b'c')?;
     drop(go);
@@ -338,6 +358,29 @@ fn attach_console() -> Result<(), ChildError> {
         }
         for fd in 0..3 {
             if libc::dup2(con.as_raw_fd(), fd) < 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(ChildError::AttachConsole(e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A new session without a terminal: stdin /dev/null, stdout and stderr the pipe `out`.
+fn attach_pipe(out: &OwnedFd) -> Result<(), ChildError> {
+    nix::unistd::setsid().map_err(ChildError::Session)?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .open("/dev/null")
+        .map_err(IoError::wrap("open", Path::new("/dev/null")))?;
+    // SAFETY: dup2 of descriptors this process owns onto the standard descriptors.
+    unsafe {
+        for (from, fd) in [
+            (null.as_raw_fd(), 0),
+            (out.as_raw_fd(), 1),
+            (out.as_raw_fd(), 2),
+        ] {
+            if libc::dup2(from, fd) < 0 {
                 let e = std::io::Error::last_os_error();
                 return Err(ChildError::AttachConsole(e));
             }

@@ -177,12 +177,23 @@ pub fn docker_process(vm: &Vm) -> Result<Option<(Vec<String>, ProcessSpec)>, Str
             "internal_metadata docker:workdir must be an absolute path, not {c:?}"
         ));
     }
+    // Triton's key for `docker run -t`: a terminal as the process's stdio; pipes otherwise.
+    let tty = match md.get("docker:tty").map(String::as_str) {
+        None | Some("" | "false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(format!(
+                "internal_metadata docker:tty must be \"true\" or \"false\", not {other:?}"
+            ));
+        }
+    };
     Ok(Some((
         argv,
         ProcessSpec {
             env,
             cwd,
             user: text("docker:user"),
+            tty,
         },
     )))
 }
