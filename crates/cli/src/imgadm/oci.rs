@@ -1113,17 +1113,7 @@ mod tests {
 
     /// A tar archive of `members` (name, data), all regular files.
     fn tar_of(members: &[(String, Vec<u8>)]) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        for (name, data) in members {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            header.set_entry_type(tar::EntryType::Regular);
-            builder
-                .append_data(&mut header, name, data.as_slice())
-                .expect("append");
-        }
-        builder.into_inner().expect("tar")
+        tar_with_links(members, &[])
     }
 
     /// `bytes` in a temporary file.
@@ -1628,6 +1618,7 @@ mod tests {
             let mut header = tar::Header::new_gnu();
             header.set_size(data.len() as u64);
             header.set_mode(0o644);
+            header.set_entry_type(tar::EntryType::Regular);
             builder
                 .append_data(&mut header, name, data.as_slice())
                 .expect("append");
