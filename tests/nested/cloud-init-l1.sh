@@ -94,20 +94,42 @@ vmm_stuck() {
 }
 # Follows guest $1's console into $2 (appending), as a user's `vmadm console` would.
 follow() { sleep 3000 | vmadm console "$1" >> "$2" 2>&1 & }
-# Whether guest $1 died or froze, WHY saying how: a triple fault in its record, or no KVM
-# exit for 45 s. Called every few seconds (not in a subshell: it keeps the last count and
-# when it changed).
+# Whether guest $1 died or froze, WHY saying how: a triple fault in its record, no KVM exit
+# for 45 s, or (given its console log $2) a console silent for 180 s while KVM exits still
+# count: a guest spinning with its interrupts off still exits to L1 on every L1 timer tick
+# (ci of 4f1781f: the console stopped mid-line at 76 s, ARP unanswered, 600 s of exits).
+# Called every few seconds (not in a subshell: it keeps the last count and size and when
+# they changed).
 EXITS_SEEN=""
 EXITS_AT=0
+CON_SEEN=""
+CON_AT=0
 WHY=""
 dead_or_frozen() {
-  local x f
+  local x f c
   f=$(failure "$1")
   case "$f" in *"triple fault"*) WHY="died: $f"; return 0 ;; esac
   x=$(kvm_exits "$1")
+  if [ -n "$2" ] && [ -n "$x" ]; then
+    c=$(stat -c %s "$2" 2>/dev/null || echo 0)
+    if [ "$c" != "$CON_SEEN" ]; then
+      CON_SEEN=$c; CON_AT=$(up)
+    elif awk -v s="$CON_AT" -v n="$(up)" 'BEGIN { exit !(n - s >= 180) }'; then
+      WHY="stalled: console silent for $(awk -v s="$CON_AT" -v n="$(up)" 'BEGIN { printf "%d", n - s }') s, KVM exits still counting ($x)"
+      return 0
+    fi
+  fi
   if [ -z "$x" ] || [ "$x" != "$EXITS_SEEN" ]; then EXITS_SEEN=$x; EXITS_AT=$(up); return 1; fi
   awk -v s="$EXITS_AT" -v n="$(up)" 'BEGIN { exit !(n - s >= 45) }' || return 1
   WHY="froze: no KVM exit for $(awk -v s="$EXITS_AT" -v n="$(up)" 'BEGIN { printf "%d", n - s }') s (still $x)"
+}
+# 3 s of L1's KVM exits by reason and guest RIP (debugfs's tracing), prefixed with $1.
+exit_hist() {
+  local h=/sys/kernel/debug/tracing/events/kvm/kvm_exit
+  [ -w $h/trigger ] || return 0
+  echo "hist:keys=exit_reason,guest_rip.hex:sort=hitcount.descending" > $h/trigger; sleep 3
+  grep -a hitcount $h/hist | head -12 | sed "s/^/$1/"
+  echo "!hist:keys=exit_reason,guest_rip.hex:sort=hitcount.descending" >> $h/trigger
 }
 # Says loudly that guest $1 ($2 its name, $3 its console log) died or froze ($4), with its
 # VMM's threads and its console's end; fails the check if a VMM thread waits on a lock, else
@@ -115,6 +137,7 @@ dead_or_frozen() {
 restart() {
   echo "L1: RETRY: $2 $4; its VMM's threads:"
   vmm_threads "$1" | sed 's/^/L1: thread /'
+  exit_hist "L1: $2 exit "
   echo "L1: $2's console ends:"
   tr -d '\r' < "$3" | tail -30 | sed 's/^/L2: /'
   if vmm_stuck "$1" > /tmp/stuck; then
@@ -123,6 +146,7 @@ restart() {
   vmadm stop -F "$1" > /dev/null 2>&1
   vmadm start "$1" > /tmp/start.out 2>&1 || cat /tmp/start.out
   EXITS_SEEN=""
+  CON_SEEN=""
   follow "$1" "$3"
 }
 # Runs `$5...` every 2 s until it succeeds (0), for at most $4 s of L1's clock; guest $1 ($2
@@ -135,9 +159,10 @@ watch_guest() {
   shift 4
   t0=$(up)
   EXITS_SEEN=""
+  CON_SEEN=""
   while awk -v s="$t0" -v n="$(up)" -v l="$limit" 'BEGIN { exit !(n - s < l) }'; do
     "$@" && return 0
-    if dead_or_frozen "$u"; then
+    if dead_or_frozen "$u" "$log"; then
       if [ "${RESTARTED:-0}" -ge "$RETRIES" ]; then
         echo "L1: $name $WHY, after $RESTARTED retries"
         return 1
@@ -295,12 +320,7 @@ else
   echo "L1: vm1 KVM exits so far: $(kvm_exits "$U")"
   vmm_threads "$U" | sed 's/^/L1: vm1 thread /'
   vmadm info "$U" 2>&1 | tr -d ' \n' | cut -c1-3000 | sed 's/^/L1: vm1 info: /'
-  H=/sys/kernel/debug/tracing/events/kvm/kvm_exit
-  if [ -w $H/trigger ]; then
-    echo "hist:keys=exit_reason,guest_rip.hex:sort=hitcount.descending" > $H/trigger; sleep 3
-    grep -a hitcount $H/hist | head -12 | sed 's/^/L1: vm1 exit /'
-    echo "!hist:keys=exit_reason,guest_rip.hex:sort=hitcount.descending" >> $H/trigger
-  fi
+  exit_hist "L1: vm1 exit "
 fi
 tr -d '\r' < /tmp/console1.log | grep -a -i -E "cloud-init|ci-info|error|fail" | head -60 | sed 's/^/L2: /'
 # Any warning or oops of the guest's kernel, whole, for whoever reads the log.
