@@ -45,6 +45,9 @@ pub enum SectionKind {
     Root,
     /// A zone's delegated dataset (an uncompressed tar).
     Data,
+    /// One of a zone's volumes (an uncompressed tar); `index` is its entry in the record's
+    /// `filesystems`.
+    Volume,
     /// A microVM's disk (extents, see [`write_extents`]).
     Disk,
     /// Incremental: the root's paths removed since the base (NUL-terminated paths, see
@@ -61,7 +64,8 @@ pub enum SectionKind {
 pub struct Section {
     /// What it holds.
     pub kind: SectionKind,
-    /// Disk sections: the disk's index in the record.
+    /// Disk sections: the disk's index in the record; volume sections: the volume's index in
+    /// the record's `filesystems`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
     /// Disk sections: the disk's size in bytes.

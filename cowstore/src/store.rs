@@ -71,6 +71,19 @@ pub struct ImageSpec {
 const ORIGIN: &str = "origin.json";
 /// A guest's delegated dataset, in its directory.
 const DATA_DIR: &str = "data";
+/// A zone's volumes (SmartOS's zones/<uuid>/volumes/<name>), in its directory.
+const VOLUMES_DIR: &str = "volumes";
+
+/// The volume `name` in `dir`: one plain file name, or an error saying so (`action` on it).
+fn volume_in(dir: &Path, name: &str, action: &'static str) -> Result<PathBuf, StoreError> {
+    let path = dir.join(name);
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(io(action, &path)(std::io::Error::other(
+            "a volume's name is one plain file name",
+        )));
+    }
+    Ok(path)
+}
 /// The directory beside a guest's where `reprovision_root` stages the new root.
 const REPROVISION_SUFFIX: &str = ".reprovision";
 
@@ -561,6 +574,26 @@ impl Store {
         Ok(data)
     }
 
+    /// Where a zone's volumes live: `<guest dir>/volumes`, one tree per volume beside the
+    /// root, outside the root's snapshots (SmartOS's zones/<uuid>/volumes, which a
+    /// `filesystems` entry whose source is a uuid makes).
+    pub fn volumes_dir(&self, guest: Uuid) -> PathBuf {
+        self.guest_dir(guest).join(VOLUMES_DIR)
+    }
+
+    /// Makes the zone's volume `name` (one plain file name), empty: a subvolume of its own
+    /// on btrfs, a directory on the other backends (inside the guest's project quota on xfs).
+    pub fn create_volume(&self, guest: Uuid, name: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.volumes_dir(guest);
+        let path = volume_in(&dir, name, "make the volume")?;
+        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        self.backend
+            .create_image_tree(&path)
+            .map_err(self.backend_err())?;
+        sync_dir(&dir)?;
+        Ok(path)
+    }
+
     /// Replaces a guest's root with a fresh clone of the tree image `image` (SmartOS's
     /// reprovision): the old root and its snapshots go, the delegated dataset and disks stay.
     /// The new root is cloned beside the guest first (`<uuid>.reprovision`), so a failed
@@ -804,6 +837,15 @@ impl Store {
             self.backend
                 .remove_image_tree(&data)
                 .map_err(self.backend_err())?;
+        }
+        let volumes = self.volumes_dir(guest);
+        if volumes.is_dir() {
+            for entry in fs::read_dir(&volumes).map_err(io("list", &volumes))? {
+                let path = entry.map_err(io("list", &volumes))?.path();
+                self.backend
+                    .remove_image_tree(&path)
+                    .map_err(self.backend_err())?;
+            }
         }
         fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
         Ok(sync_dir(&self.guests)?)
@@ -1367,8 +1409,14 @@ mod tests {
         let dir = s.create_guest(guest).expect("guest");
         s.clone_root(guest, old).expect("clone");
         let data = s.create_data(guest).expect("data");
+        let volume = s.create_volume(guest, "v1").expect("volume");
+        assert_eq!(volume, dir.join("volumes/v1"));
+        for bad in ["", ".", "..", "a/b"] {
+            assert!(s.create_volume(guest, bad).is_err(), "volume {bad:?}");
+        }
         fs::write(dir.join("upper/root-file"), b"r").expect("write root");
         fs::write(data.join("kept"), b"d").expect("write data");
+        fs::write(volume.join("kept"), b"v").expect("write volume");
         s.snapshot(guest, "before").expect("snapshot");
         assert!(matches!(
             s.reprovision_root(guest, guest),
@@ -1380,6 +1428,7 @@ mod tests {
             "the old root's files went"
         );
         assert_eq!(fs::read(data.join("kept")).expect("data"), b"d");
+        assert_eq!(fs::read(volume.join("kept")).expect("volume"), b"v");
         assert!(
             s.snapshots(guest).expect("list").is_empty(),
             "the old root's snapshots went"

@@ -1,5 +1,6 @@
 //! Data that outlives a zone's root, as root (tier 2): the delegated dataset at /data, host
-//! directories bound in (`filesystems`, lofs), the /tmp tmpfs, and `vmadm reprovision`,
+//! directories bound in (`filesystems`, lofs), the zone's volumes (`filesystems` from a
+//! uuid), the /tmp tmpfs, and `vmadm reprovision`,
 //! which makes the root anew and keeps the rest (SmartOS's).
 
 use std::os::unix::fs::MetadataExt;
@@ -7,6 +8,9 @@ use std::path::Path;
 
 use hull_tests::Daemon;
 use hull_tests::zone::{create, image_uuid, install, ok, refused};
+
+/// A volume's name in a payload (SmartOS's: a uuid as the source of a filesystem).
+const VOLUME: &str = "5b1d3a0e-2c4f-4e6a-8b9c-0d1e2f3a4b5c";
 
 fn data_outlives_the_root(d: &Daemon) {
     install(d);
@@ -24,7 +28,8 @@ fn data_outlives_the_root(d: &Daemon) {
             "tmpfs": 64,
             "filesystems": [
                 {"type": "lofs", "source": s(&ro), "target": "/mnt/ro", "options": ["ro", "nodevice"]},
-                {"type": "lofs", "source": s(&rw), "target": "/srv/rw"}
+                {"type": "lofs", "source": s(&rw), "target": "/srv/rw"},
+                {"type": "lofs", "source": VOLUME, "target": "/hello", "options": []}
             ]
         }),
     );
@@ -33,6 +38,24 @@ fn data_outlives_the_root(d: &Daemon) {
     assert_eq!(rec["delegate_dataset"], true, "{rec}");
     assert_eq!(rec["tmpfs"], 64, "{rec}");
     assert_eq!(rec["filesystems"][0]["options"][0], "ro", "{rec}");
+    // A uuid source is a volume of the zone's own, made by the create; the record names it
+    // by its path, as SmartOS's names zones/<uuid>/volumes/<source>.
+    let volume = d
+        .data_root()
+        .join("guests")
+        .join(&uuid)
+        .join("volumes")
+        .join(VOLUME);
+    assert_eq!(rec["filesystems"][2]["source"], s(&volume), "{rec}");
+    let out = ok(&d.zlogin(
+        &uuid,
+        "stat -c %u /hello && echo vol > /hello/file && stat -c %u /hello/file",
+    ));
+    assert_eq!(out, "0\n0\n", "the volume is the zone root's");
+    assert_eq!(
+        std::fs::read_to_string(volume.join("file")).expect("volume file"),
+        "vol\n"
+    );
 
     let inside = "echo kept > /data/file && echo gone > /root-file && stat -c %u /data; \
                   cat /mnt/ro/hello; if touch /mnt/ro/x 2>/dev/null; then echo RO-WRITABLE; fi; \
@@ -92,9 +115,10 @@ fn data_outlives_the_root(d: &Daemon) {
     );
     let out = ok(&d.zlogin(
         &uuid,
-        "cat /data/file; if [ -e /root-file ]; then echo ROOT-KEPT; fi; cat /mnt/ro/hello",
+        "cat /data/file; if [ -e /root-file ]; then echo ROOT-KEPT; fi; cat /mnt/ro/hello \
+         /hello/file",
     ));
-    assert_eq!(out, "kept\nfrom the host\n", "after reprovision");
+    assert_eq!(out, "kept\nfrom the host\nvol\n", "after reprovision");
 
     // indestructible_delegated guards the dataset as SmartOS's does.
     ok(&d.vmadm(&["update", &uuid, "indestructible_delegated=true"], None));
@@ -105,6 +129,7 @@ fn data_outlives_the_root(d: &Daemon) {
     ok(&d.vmadm(&["update", &uuid, "indestructible_delegated=false"], None));
     ok(&d.vmadm(&["delete", &uuid], None));
     assert!(!data.exists(), "the dataset went with the guest");
+    assert!(!volume.exists(), "the volume went with the guest");
     assert_eq!(
         std::fs::read_to_string(&written).expect("host file"),
         "zone\n",

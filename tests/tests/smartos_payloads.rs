@@ -35,10 +35,6 @@ const REFUSED: &[(&str, &str)] = &[
         "bootrom: microVMs boot a kernel directly; hull has no firmware",
     ),
     (
-        "filesystems-docker",
-        "its filesystems source is a docker volume's uuid (Triton's), not a host path",
-    ),
-    (
         "kvm-mem-override",
         "ram_in_bytes and swap_in_bytes are no SmartOS properties (SmartOS ignores what it \
          does not know); hull refuses unknown properties, naming them",
@@ -46,18 +42,6 @@ const REFUSED: &[(&str, &str)] = &[
     (
         "kvm-virtio-tx-and-cdroms",
         "boot order, cdrom media and ide disks need firmware and emulated IDE, which hull lacks",
-    ),
-    (
-        "net-conflicts-kvm",
-        "its MAC 01:02:03:04:05:06 is a multicast address, which no NIC can send from",
-    ),
-    (
-        "nic-props-good",
-        "its MAC 01:02:03:04:05:06 is a multicast address, which no NIC can send from",
-    ),
-    (
-        "nic-props-network-uuid",
-        "its MAC 01:02:03:04:05:06 is a multicast address, which no NIC can send from",
     ),
     (
         "nic-props-kvm-good",
@@ -74,9 +58,9 @@ const REFUSED: &[(&str, &str)] = &[
     ),
     (
         "validate-all-options-joyent",
-        "limit_priv and blocked_outgoing_ports are not supported; zonename is the uuid in \
-         hull; and its static IP has no netmask (SmartOS's VM.validate passes it, a create \
-         would not)",
+        "limit_priv (illumos privileges such as -proc_session have no Linux counterpart) is \
+         not supported; zonename is the uuid in hull; and its static IP has no netmask \
+         (SmartOS's VM.validate passes it, a create would not)",
     ),
     (
         "vrrp-nics",

@@ -88,28 +88,44 @@ fn holdings(d: &Daemon) -> (usize, Vec<String>) {
 }
 
 /// Inside the zone: the files the test wrote and their hashes, and what it deleted.
-const CHECK: &str = "cat /root/note; sha256sum /data/blob /root/blob | cut -d' ' -f1; \
+const CHECK: &str = "cat /root/note; sha256sum /data/blob /root/blob /vol/blob | cut -d' ' -f1; \
                      ls -d /var/log /tmp 2>&1 | grep -c 'No such file'; ls /var; \
-                     stat -c %u:%g /root/blob /data/blob /var/mine";
+                     stat -c %u:%g /root/blob /data/blob /var/mine /vol/blob";
+
+/// A zone's volume (a filesystem whose source is a uuid), sent with it.
+fn with_volume(mut payload: serde_json::Value) -> serde_json::Value {
+    payload["filesystems"] = serde_json::json!([
+        {"type": "lofs", "source": "5b1d3a0e-2c4f-4e6a-8b9c-0d1e2f3a4b5c", "target": "/vol"}
+    ]);
+    payload
+}
 
 /// A zone with a delegated dataset goes from `a` to `b` and back, its files intact, what it
 /// deleted from its image still deleted; the sender keeps it, stopped.
 fn zone_round_trip(a: &Daemon, b: &Daemon) {
     install(a);
     install(b);
-    let uuid = create(a, serde_json::json!({"delegate_dataset": true, "quota": 2}));
+    let uuid = create(
+        a,
+        with_volume(serde_json::json!({"delegate_dataset": true, "quota": 2})),
+    );
     ok(&a.zlogin(
         &uuid,
         "echo moved > /root/note && dd if=/dev/urandom of=/data/blob bs=64k count=40 2>/dev/null \
          && dd if=/dev/urandom of=/root/blob bs=64k count=24 2>/dev/null \
+         && dd if=/dev/urandom of=/vol/blob bs=64k count=8 2>/dev/null \
          && rm -rf /var/log /tmp && echo mine > /var/mine \
-         && chown 1234:4321 /root/blob && chown 77:0 /data/blob",
+         && chown 1234:4321 /root/blob && chown 77:0 /data/blob && chown 5:6 /vol/blob",
     ));
     let before = ok(&a.zlogin(&uuid, CHECK));
     let lines: Vec<&str> = before.lines().collect();
     assert_eq!(lines[0], "moved", "{before}");
-    assert_eq!(lines[3], "2", "both deletions took: {before}");
-    assert_eq!(lines[5..], ["1234:4321", "77:0", "0:0"], "owners: {before}");
+    assert_eq!(lines[4], "2", "both deletions took: {before}");
+    assert_eq!(
+        lines[6..],
+        ["1234:4321", "77:0", "0:0", "5:6"],
+        "owners: {before}"
+    );
 
     let (s, r) = pipe(a, b, &uuid);
     assert!(
@@ -214,7 +230,7 @@ fn root_receive_refusals_and_cut_streams_leave_nothing() {
     ok(&a.run("nictagadm", &["add", "-l", "sendtag"], None));
     let uuid = create(
         &a,
-        serde_json::json!({"delegate_dataset": true, "autoboot": false}),
+        with_volume(serde_json::json!({"delegate_dataset": true, "autoboot": false})),
     );
     let stream = send_to_memory(&a, &uuid);
     let tagged = create(
@@ -389,7 +405,7 @@ fn kvm_root_microvm_with_two_disks_moves_between_data_roots() {
 }
 
 /// Inside the zone after its second round of changes.
-const CHECK2: &str = "cat /root/note; ls /root; sha256sum /data/blob /srv/new/file | cut -d' ' -f1; \
+const CHECK2: &str = "cat /root/note; ls /root; sha256sum /data/blob /srv/new/file /vol/blob | cut -d' ' -f1; \
                       ls -d /var/log /etc/motd-gone 2>&1 | grep -c 'No such file'";
 
 /// `vmadm send U --since SNAPSHOT`: a zone's changes since a snapshot its receiver's copy
@@ -404,11 +420,15 @@ fn root_zone_changes_since_a_snapshot_move_alone() {
     let b = Daemon::start();
     install(&a);
     install(&b);
-    let uuid = create(&a, serde_json::json!({"delegate_dataset": true}));
+    let uuid = create(
+        &a,
+        with_volume(serde_json::json!({"delegate_dataset": true})),
+    );
     ok(&a.zlogin(
         &uuid,
         "echo first > /root/note && dd if=/dev/urandom of=/root/blob bs=64k count=64 2>/dev/null \
-         && echo x > /etc/motd-gone && dd if=/dev/urandom of=/data/blob bs=64k count=8 2>/dev/null",
+         && echo x > /etc/motd-gone && dd if=/dev/urandom of=/data/blob bs=64k count=8 2>/dev/null \
+         && dd if=/dev/urandom of=/vol/blob bs=64k count=4 2>/dev/null",
     ));
     ok(&a.vmadm(&["stop", &uuid], None));
     ok(&a.vmadm(&["create-snapshot", &uuid, "s1"], None));
@@ -421,7 +441,8 @@ fn root_zone_changes_since_a_snapshot_move_alone() {
         &uuid,
         "echo second > /root/note && rm /root/blob /etc/motd-gone && rm -rf /var/log \
          && mkdir -p /srv/new && echo new > /srv/new/file \
-         && dd if=/dev/urandom of=/data/blob bs=64k count=8 2>/dev/null",
+         && dd if=/dev/urandom of=/data/blob bs=64k count=8 2>/dev/null \
+         && dd if=/dev/urandom of=/vol/blob bs=64k count=4 2>/dev/null",
     ));
     let want = ok(&a.zlogin(&uuid, CHECK2));
     assert!(want.starts_with("second\n"), "{want}");

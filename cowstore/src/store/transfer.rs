@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::{DATA_DIR, ImageKind, Store, StoreError, io};
+use super::{DATA_DIR, ImageKind, Store, StoreError, VOLUMES_DIR, io, volume_in};
 use crate::archive::{self, ArchiveError, Listing, Stats};
 use crate::backend::RootSource;
 
@@ -18,6 +18,8 @@ pub const RECEIVE_SNAPSHOT: &str = "%receive";
 
 /// Where an incremental receive stages a whole new delegated dataset.
 const DATA_STAGED: &str = "data.receive";
+/// Where an incremental receive stages whole new volumes, one tree per volume by its name.
+const VOLUMES_STAGED: &str = "volumes.receive";
 
 /// Where an incremental receive mounts a layered root to change it.
 const CHANGE_VIEW: &str = ".receive-view";
@@ -35,8 +37,30 @@ impl Store {
         out: impl Write,
         range: Option<(u32, u32)>,
     ) -> Result<u64, StoreError> {
-        let data = self.data_dir(guest);
-        archive::pack_tree_ids(&data, archive::Compression::None, out, range).map_err(|source| {
+        self.pack_kept(guest, &self.data_dir(guest), out, range)
+    }
+
+    /// Writes a stopped zone's volume `name` as [`Store::pack_data`] writes its dataset.
+    pub fn pack_volume(
+        &self,
+        guest: Uuid,
+        name: &str,
+        out: impl Write,
+        range: Option<(u32, u32)>,
+    ) -> Result<u64, StoreError> {
+        let volume = volume_in(&self.volumes_dir(guest), name, "send the volume")?;
+        self.pack_kept(guest, &volume, out, range)
+    }
+
+    /// A tree the guest keeps beside its root (its dataset, a volume), as a tar to `out`.
+    fn pack_kept(
+        &self,
+        guest: Uuid,
+        tree: &Path,
+        out: impl Write,
+        range: Option<(u32, u32)>,
+    ) -> Result<u64, StoreError> {
+        archive::pack_tree_ids(tree, archive::Compression::None, out, range).map_err(|source| {
             StoreError::Archive {
                 uuid: guest,
                 source,
@@ -93,10 +117,32 @@ impl Store {
     /// Makes a received zone's delegated dataset from the tar `src`.
     pub fn receive_data(&self, guest: Uuid, src: impl Read) -> Result<Stats, StoreError> {
         let data = self.create_data(guest)?;
-        archive::unpack_tree_unchecked(src, &data, &self.limits).map_err(|source| {
+        self.unpack_kept(guest, src, &data, "delegated dataset")
+    }
+
+    /// Makes a received zone's volume `name` from the tar `src`.
+    pub fn receive_volume(
+        &self,
+        guest: Uuid,
+        name: &str,
+        src: impl Read,
+    ) -> Result<Stats, StoreError> {
+        let volume = self.create_volume(guest, name)?;
+        self.unpack_kept(guest, src, &volume, "volume")
+    }
+
+    /// Unpacks the tar `src` (a tree the guest keeps beside its root, `what`) into `tree`.
+    fn unpack_kept(
+        &self,
+        guest: Uuid,
+        src: impl Read,
+        tree: &Path,
+        what: &'static str,
+    ) -> Result<Stats, StoreError> {
+        archive::unpack_tree_unchecked(src, tree, &self.limits).map_err(|source| {
             StoreError::Received {
                 guest,
-                what: "delegated dataset",
+                what,
                 source,
             }
         })
@@ -182,23 +228,35 @@ impl Store {
         whole: bool,
     ) -> Result<(), StoreError> {
         let dir = self.guest_dir(guest);
-        let staged = dir.join(DATA_STAGED);
-        if whole {
-            if staged.exists() {
-                let data = dir.join(DATA_DIR);
-                if data.exists() {
+        let mut staged = vec![(dir.join(DATA_STAGED), dir.join(DATA_DIR))];
+        let volumes = dir.join(VOLUMES_STAGED);
+        if volumes.is_dir() {
+            for entry in std::fs::read_dir(&volumes).map_err(io("list", &volumes))? {
+                let name = entry.map_err(io("list", &volumes))?.file_name();
+                staged.push((volumes.join(&name), dir.join(VOLUMES_DIR).join(&name)));
+            }
+        }
+        for (staged, kept) in &staged {
+            if !staged.exists() {
+                continue;
+            }
+            if whole {
+                if kept.exists() {
                     self.backend
-                        .remove_image_tree(&data)
+                        .remove_image_tree(kept)
                         .map_err(self.backend_err())?;
                 }
-                std::fs::rename(&staged, &data).map_err(io("put in place", &data))?;
-            }
-        } else {
-            if staged.exists() {
+                std::fs::rename(staged, kept).map_err(io("put in place", kept))?;
+            } else {
                 self.backend
-                    .remove_image_tree(&staged)
+                    .remove_image_tree(staged)
                     .map_err(self.backend_err())?;
             }
+        }
+        if volumes.is_dir() {
+            std::fs::remove_dir(&volumes).map_err(io("remove", &volumes))?;
+        }
+        if !whole {
             if disks.is_empty() {
                 self.rollback(guest, RECEIVE_SNAPSHOT)?;
             } else {
@@ -253,21 +311,40 @@ impl Store {
     /// [`Store::end_changes`]).
     pub fn stage_data(&self, guest: Uuid, src: impl Read) -> Result<Stats, StoreError> {
         let staged = self.guest_dir(guest).join(DATA_STAGED);
+        self.stage_kept(guest, src, &staged, "delegated dataset")
+    }
+
+    /// Stages a whole new volume `name` from the tar `src` (swapped in by
+    /// [`Store::end_changes`]).
+    pub fn stage_volume(
+        &self,
+        guest: Uuid,
+        name: &str,
+        src: impl Read,
+    ) -> Result<Stats, StoreError> {
+        let dir = self.guest_dir(guest).join(VOLUMES_STAGED);
+        let staged = volume_in(&dir, name, "stage the volume")?;
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        self.stage_kept(guest, src, &staged, "volume")
+    }
+
+    /// Makes `staged` anew (a tree of the backend's) from the tar `src`.
+    fn stage_kept(
+        &self,
+        guest: Uuid,
+        src: impl Read,
+        staged: &Path,
+        what: &'static str,
+    ) -> Result<Stats, StoreError> {
         if staged.exists() {
             self.backend
-                .remove_image_tree(&staged)
+                .remove_image_tree(staged)
                 .map_err(self.backend_err())?;
         }
         self.backend
-            .create_image_tree(&staged)
+            .create_image_tree(staged)
             .map_err(self.backend_err())?;
-        archive::unpack_tree_unchecked(src, &staged, &self.limits).map_err(|source| {
-            StoreError::Received {
-                guest,
-                what: "delegated dataset",
-                source,
-            }
-        })
+        self.unpack_kept(guest, src, staged, what)
     }
 
     /// Applies a disk's changes (see [`crate::send::write_disk_delta`]) to the disk `name`

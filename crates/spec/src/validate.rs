@@ -664,6 +664,14 @@ pub fn validate_create(payload: &Value) -> Result<VmCreate, ValidationReport> {
     }
     if let Some(Value::Array(nics)) = obj.get("nics") {
         check_nic_set(&mut report, "nics", nics);
+        if obj.get("autoboot") != Some(&Value::Bool(false)) {
+            check_startable_macs(
+                &mut report,
+                "nics",
+                nics,
+                " (SmartOS creates such a VM only with autoboot false, and cannot boot it either)",
+            );
+        }
         if let Some(b) = brand {
             check_interface_names(&mut report, b, nics);
         }
@@ -729,6 +737,7 @@ pub fn validate_update(payload: &Value, brand: Brand) -> Result<VmUpdate, Valida
     }
     if let Some(Value::Array(nics)) = obj.get("add_nics") {
         check_nic_set(&mut report, "add_nics", nics);
+        check_startable_macs(&mut report, "add_nics", nics, "");
     }
     if brand != Brand::Lx && !brand.is_microvm() && obj.contains_key("kernel_version") {
         report.bad_property("kernel_version", "kernel_version applies only to brand lx");
@@ -815,13 +824,16 @@ const FILESYSTEM_OPTIONS: &[&str] = &["ro", "rw", "nodevice", "nodevices", "nose
 const FILESYSTEM_RESERVED: &[&str] = &["/proc", "/sys", "/dev", "/native"];
 
 /// SmartOS's `filesystems`: host directories bound into a zone (`type: "lofs"`, `source` on
-/// the host, `target` in the zone, `options` such as `ro`).
+/// the host, `target` in the zone, `options` such as `ro`), or the zone's own volumes
+/// (`source` a uuid: SmartOS makes zones/<uuid>/volumes/<source> at create, as Triton's
+/// docker volumes are).
 fn check_filesystems(r: &mut ValidationReport, p: &str, v: &Value) {
     let Some(list) = v.as_array() else {
         r.bad_value(p, format!("{p} must be a list of filesystem objects"));
         return;
     };
     let mut targets: Vec<&str> = Vec::new();
+    let mut volumes: Vec<&str> = Vec::new();
     for (i, fs) in list.iter().enumerate() {
         let path = format!("{p}.{i}");
         let Some(obj) = fs.as_object() else {
@@ -841,12 +853,19 @@ fn check_filesystems(r: &mut ValidationReport, p: &str, v: &Value) {
                 );
             }
         }
+        let volume = obj
+            .get("source")
+            .and_then(Value::as_str)
+            .filter(|s| is_uuid(s));
         match obj.get("type").and_then(Value::as_str) {
             Some("lofs") => {}
+            // SmartOS's newer spelling of a volume (a ZFS dataset there).
+            Some("zfs") if volume.is_some() => {}
             Some(t) => r.bad_value(
                 format!("{path}.type"),
                 format!(
-                    "{path}.type {t:?} is not supported: hull binds host directories (lofs) only"
+                    "{path}.type {t:?} is not supported: hull binds host directories and the \
+                     zone's volumes (lofs; zfs for a volume) only"
                 ),
             ),
             None => r.missing(
@@ -854,11 +873,20 @@ fn check_filesystems(r: &mut ValidationReport, p: &str, v: &Value) {
                 format!("{path} needs type \"lofs\""),
             ),
         }
-        match obj.get("source") {
-            Some(s) => check_abs_path(r, &format!("{path}.source"), s),
-            None => r.missing(
+        match (obj.get("source"), volume) {
+            (Some(_), Some(v)) => {
+                if volumes.contains(&v) {
+                    r.bad_value(
+                        format!("{path}.source"),
+                        format!("{path}.source: two filesystems name the volume {v}"),
+                    );
+                }
+                volumes.push(v);
+            }
+            (Some(s), None) => check_abs_path(r, &format!("{path}.source"), s),
+            (None, _) => r.missing(
                 format!("{path}.source"),
-                format!("{path} needs a source (a host directory)"),
+                format!("{path} needs a source (a host directory, or a uuid naming a volume)"),
             ),
         }
         match obj.get("target") {
@@ -1297,8 +1325,11 @@ fn check_nic_tag(r: &mut ValidationReport, p: &str, v: &Value) {
 
 fn check_mac(r: &mut ValidationReport, p: &str, v: &Value) {
     match mac_of(v) {
-        Some(mac) if mac.is_usable() => {}
-        Some(_) => r.bad_value(p, format!("{p} must be a unicast, non-zero MAC address")),
+        // A multicast MAC is kept as SmartOS keeps it (its VM.create takes one); a guest
+        // that would start with it is refused by `check_startable_macs`, and its start by
+        // vmmd.
+        Some(mac) if mac.bytes() != [0; 6] => {}
+        Some(_) => r.bad_value(p, format!("{p} must not be all zeros")),
         None => r.bad_value(
             p,
             format!("{p} must be a MAC address like 02:00:5e:10:00:01"),
@@ -1487,6 +1518,23 @@ fn check_interface_names(r: &mut ValidationReport, brand: Brand, nics: &[Value])
                 format!("nics.{i}.interface"),
                 format!(
                     "interface names are assigned by hull by place: nics.{i} is {want}, not {given}"
+                ),
+            );
+        }
+    }
+}
+
+/// Refuses a multicast MAC among `nics` (at `p`): no NIC can own one (Linux refuses it as a
+/// device address, as illumos's mac layer does), so a guest with one cannot start. Called
+/// where the guest would start with it: a create with autoboot, and add_nics.
+fn check_startable_macs(r: &mut ValidationReport, p: &str, nics: &[Value], why: &str) {
+    for (i, nic) in nics.iter().enumerate() {
+        if let Some(mac) = nic_mac(nic).filter(|m| m.bytes() != [0; 6] && !m.is_usable()) {
+            r.bad_value(
+                format!("{p}.{i}.mac"),
+                format!(
+                    "{p}.{i}.mac {mac} is a multicast address, which no NIC can own: a guest \
+                     with it cannot start{why}"
                 ),
             );
         }
@@ -2049,6 +2097,35 @@ mod tests {
     }
 
     #[test]
+    fn a_multicast_mac_is_kept_only_for_a_guest_that_does_not_start_with_it() {
+        let nics = json!([{"nic_tag": "admin", "mac": "01:02:03:04:05:06", "ips": ["dhcp"]}]);
+        // SmartOS's own tests create such VMs with autoboot false.
+        let kept = validate_create(&json!({"brand": "joyent", "image_uuid": IMG,
+            "autoboot": "false", "nics": nics}));
+        assert!(kept.is_ok(), "{kept:?}");
+        for autoboot in [json!(true), json!("true"), Value::Null] {
+            let mut p = json!({"brand": "joyent", "image_uuid": IMG, "nics": nics});
+            if !autoboot.is_null() {
+                p["autoboot"] = autoboot;
+            }
+            let r = validate_create(&p).unwrap_err();
+            assert_eq!(r.bad_values, ["nics.0.mac"], "{r:?}");
+            assert!(r.summary().contains("multicast"), "{}", r.summary());
+        }
+        let r = validate_update(&json!({"add_nics": nics}), Brand::Joyent).unwrap_err();
+        assert_eq!(r.bad_values, ["add_nics.0.mac"], "{r:?}");
+        // update_nics finds a NIC by its mac: a multicast one is found, not set.
+        let found = validate_update(
+            &json!({"update_nics": [{"mac": "01:02:03:04:05:06", "mtu": 1400}]}),
+            Brand::Joyent,
+        );
+        assert!(found.is_ok(), "{found:?}");
+        let zero = validate_create(&json!({"brand": "joyent", "image_uuid": IMG,
+            "autoboot": false, "nics": [{"nic_tag": "admin", "mac": "00:00:00:00:00:00"}]}));
+        assert_eq!(zero.unwrap_err().bad_values, ["nics.0.mac"]);
+    }
+
+    #[test]
     fn metadata_namespaces_are_plain_names_and_never_sdc() {
         for bad in [
             json!(["sdc"]),
@@ -2320,6 +2397,25 @@ mod tests {
         ])))
         .expect_err("two on one target");
         assert!(r.summary().contains("two filesystems target /x"), "{r}");
+        // A uuid source is a volume of the zone's own (SmartOS's, Triton's docker volumes),
+        // lofs or SmartOS's newer zfs; one volume is bound once.
+        const VOL: &str = "5b1d3a0e-2c4f-4e6a-8b9c-0d1e2f3a4b5c";
+        let c = validate_create(&zone(json!([
+            {"type": "lofs", "source": VOL, "target": "/hello", "options": []},
+            {"type": "zfs", "source": "6b1d3a0e-2c4f-4e6a-8b9c-0d1e2f3a4b5c", "target": "/v2"}
+        ])))
+        .expect("volumes");
+        assert_eq!(c.filesystems.expect("filesystems")[0].source, VOL);
+        let r = validate_create(&zone(json!([
+            {"type": "lofs", "source": VOL, "target": "/a"},
+            {"type": "lofs", "source": VOL, "target": "/b"}
+        ])))
+        .expect_err("one volume twice");
+        assert_eq!(r.bad_values, ["filesystems.1.source"], "{r}");
+        assert!(
+            r.summary().contains("two filesystems name the volume"),
+            "{r}"
+        );
         let r = report(
             json!({"brand": "kvm", "filesystems": [], "delegate_dataset": true, "tmpfs": 1}),
         );

@@ -470,10 +470,12 @@ pub struct VmCreate {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Filesystem {
-    /// Always `lofs` (a bind of a host directory).
+    /// `lofs` (a bind of a host directory), or `zfs` for a volume (SmartOS's newer spelling).
     #[serde(rename = "type")]
     pub fs_type: String,
-    /// The host directory.
+    /// The host directory. In a create payload, a uuid instead names a volume of the zone's
+    /// own, which the create makes (`<data root>/guests/<uuid>/volumes/<source>`, SmartOS's
+    /// zones/<uuid>/volumes/<source>) and the record names by that path.
     pub source: String,
     /// Where it appears in the zone.
     pub target: String,

@@ -186,6 +186,10 @@ impl GuestStorage for FakeStorage {
         self.root.join("data").join(uuid.to_string())
     }
 
+    fn volumes_dir(&self, uuid: Uuid) -> PathBuf {
+        super::convert::volumes_dir(&self.root, uuid)
+    }
+
     fn reprovision_disk(&self, uuid: Uuid, _image: Uuid, _disk: &Path) -> Result<(), StoreError> {
         match self.journal.call("storage.reprovision_disk", uuid) {
             true => Err(storage_err("storage.reprovision_disk")),

@@ -87,7 +87,12 @@ impl Service {
                     .await?
                     .ok_or(ZoneError::NoRoot(uuid))?;
                 let data = vm.delegate_dataset.then(|| self.storage.data_dir(uuid));
-                Some(ZoneRoot { source, data })
+                let volumes = self.storage.volumes_dir(uuid);
+                Some(ZoneRoot {
+                    source,
+                    data,
+                    volumes,
+                })
             }
         };
         // A zone's NICs are plumbed into its namespaces while its init waits, so that it

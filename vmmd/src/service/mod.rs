@@ -306,6 +306,15 @@ fn stored_only(vm: &hull_spec::Vm) -> Vec<Warning> {
         "disks: block_size, compression and refreservation are ZFS volume settings; hull's \
          disks are sparse files with 512-byte sectors",
     );
+    for (i, nic) in vm.nics.iter().enumerate() {
+        if let Some(mac) = nic.mac.filter(|m| !m.is_usable()) {
+            out.push(Warning::Stored(format!(
+                "nics.{i}.mac {mac}: a multicast address, kept as SmartOS keeps it; no NIC can \
+                 own one, so the guest cannot start until the NIC is replaced (remove_nics, \
+                 add_nics)"
+            )));
+        }
+    }
     out
 }
 

@@ -245,13 +245,18 @@ fn boot_files<'a>(payload: &'a Value, out: &mut Vec<(String, &'a str)>) {
     }
 }
 
-/// `filesystems.N.source`: host directories bound into a zone.
+/// `filesystems.N.source`: host directories bound into a zone. A uuid names a volume of the
+/// zone's own, which its create makes: no host path.
 fn filesystem_sources<'a>(payload: &'a Value, out: &mut Vec<(String, &'a str)>) {
     let Some(list) = payload.get("filesystems").and_then(Value::as_array) else {
         return;
     };
     for (i, f) in list.iter().enumerate() {
-        if let Some(p) = f.get("source").and_then(Value::as_str) {
+        if let Some(p) = f
+            .get("source")
+            .and_then(Value::as_str)
+            .filter(|s| !hull_spec::validate::is_uuid(s))
+        {
             out.push((format!("filesystems.{i}.source"), p));
         }
     }
@@ -495,6 +500,10 @@ mod tests {
                 {"type": "lofs", "source": "/etc", "target": "/b"}]}))
             .expect_err("filesystems.1.source");
         assert_eq!(e.property, "filesystems.1.source");
+        // A volume's uuid is no host path: anyone may name one.
+        p.check_create(&json!({"brand": "joyent", "filesystems": [
+            {"type": "lofs", "source": "5b1d3a0e-2c4f-4e6a-8b9c-0d1e2f3a4b5c", "target": "/v"}]}))
+            .expect("a volume");
         // Non-strings are left to validation (422), which names them itself.
         p.check_create(&json!({"kernel": 7, "disks": [{"path": null}]}))
             .expect("not paths");

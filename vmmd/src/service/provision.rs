@@ -57,6 +57,10 @@ fn make(store: &Store, vm: &Vm) -> Result<Warnings, StoreError> {
         if vm.delegate_dataset {
             store.create_data(vm.uuid)?;
         }
+        let volumes = store.volumes_dir(vm.uuid);
+        for (_, name) in super::convert::volumes(vm, &volumes) {
+            store.create_volume(vm.uuid, name)?;
+        }
         if vm.quota > 0 {
             warnings.extend(set_quota(store, vm.uuid, vm.quota)?);
         }

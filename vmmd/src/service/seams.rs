@@ -49,6 +49,8 @@ pub trait GuestStorage: Send + Sync + std::fmt::Debug {
     fn root_source(&self, uuid: Uuid) -> Result<Option<RootSource>, StoreError>;
     /// Where a zone's delegated dataset is (whether or not it has one).
     fn data_dir(&self, uuid: Uuid) -> PathBuf;
+    /// Where a zone's volumes are (whether or not it has any).
+    fn volumes_dir(&self, uuid: Uuid) -> PathBuf;
     /// Replaces a zone's root with a fresh clone of `image`, its snapshots gone, its
     /// delegated dataset kept.
     fn reprovision_root(&self, uuid: Uuid, image: Uuid) -> Result<(), StoreError>;
@@ -109,6 +111,10 @@ impl GuestStorage for CowStore {
 
     fn data_dir(&self, uuid: Uuid) -> PathBuf {
         CowStore::data_dir(self, uuid)
+    }
+
+    fn volumes_dir(&self, uuid: Uuid) -> PathBuf {
+        CowStore::volumes_dir(self, uuid)
     }
 
     fn reprovision_root(&self, uuid: Uuid, image: Uuid) -> Result<(), StoreError> {

@@ -399,3 +399,35 @@ async fn a_microvm_whose_disk_names_nothing_bootable_records_why_and_never_start
     );
     assert_eq!(h.svc.get(uuid).expect("record").failure, Some(failure));
 }
+
+#[tokio::test]
+async fn a_multicast_mac_kept_from_create_refuses_the_start_naming_it_and_touches_nothing() {
+    let h = host().await;
+    let uuid = Uuid::new_v4();
+    let mut payload = h.zone(uuid);
+    payload["nics"][0]["mac"] = json!("01:02:03:04:05:06");
+    let vm = h
+        .svc
+        .create(&payload)
+        .await
+        .expect("create with autoboot false");
+    let warned: Vec<String> = vm.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        warned
+            .iter()
+            .any(|w| w.contains("nics.0.mac 01:02:03:04:05:06") && w.contains("cannot start")),
+        "{warned:?}"
+    );
+    h.journal.take();
+    let err = h.svc.start(uuid).await.expect_err("must fail");
+    let text = hull_sys::chain(&err);
+    assert!(
+        text.contains("nics.0.mac 01:02:03:04:05:06 is a multicast address"),
+        "{text}"
+    );
+    assert!(
+        calls(&h.journal).is_empty(),
+        "nothing made for a start refused"
+    );
+    assert_eq!(h.svc.get(uuid).expect("record").state, VmState::Stopped);
+}

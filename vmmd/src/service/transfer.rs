@@ -25,7 +25,9 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::images::{ChunkReader, ChunkWriter, store_error};
-use super::{Record, Result, Service, ServiceError, best_effort, blocking, now, read, write};
+use super::{
+    Record, Result, Service, ServiceError, best_effort, blocking, convert, now, read, write,
+};
 
 /// The largest record section a receiver reads.
 const MAX_RECORD: u64 = 16 << 20;
@@ -194,9 +196,15 @@ fn plan_send(
                 .push(section(SectionKind::RootChanges, None, None));
         }
     }
-    // The delegated dataset is outside the root's snapshots: sent whole every time.
+    // The delegated dataset and the volumes are outside the root's snapshots: sent whole
+    // every time.
     if vm.delegate_dataset {
         plan.sections.push(section(SectionKind::Data, None, None));
+    }
+    let volumes = cow.volumes_dir(uuid);
+    for (i, _) in convert::volumes(vm, &volumes) {
+        plan.sections
+            .push(section(SectionKind::Volume, Some(i), None));
     }
     Ok(plan)
 }
@@ -279,6 +287,10 @@ impl Service {
                             }
                             SectionKind::Data => {
                                 cow.pack_data(uuid, out, range).map_err(SendFailed::Store)?;
+                            }
+                            SectionKind::Volume => {
+                                cow.pack_volume(uuid, volume_name(&vm, i), out, range)
+                                    .map_err(SendFailed::Store)?;
                             }
                             SectionKind::Disk => {
                                 send::write_extents(&disk(i), out).map_err(disk_err(disk(i)))?;
@@ -457,6 +469,10 @@ impl Service {
             if vm.delegate_dataset {
                 want.push((SectionKind::Data, None));
             }
+            let theirs = convert::guest_volumes(Path::new(&header.guests_dir), uuid);
+            want.extend(
+                convert::volumes(&vm, &theirs).map(|(i, _)| (SectionKind::Volume, Some(i))),
+            );
         }
         if kinds != want {
             return Err(bad(format!(
@@ -465,7 +481,11 @@ impl Service {
             )));
         }
         // A disk's bytes are what its record says, to the MiB it is counted in.
-        for s in header.sections.iter().filter(|s| s.index.is_some()) {
+        let disk_sections = header
+            .sections
+            .iter()
+            .filter(|s| matches!(s.kind, SectionKind::Disk | SectionKind::DiskChanges));
+        for s in disk_sections {
             let i = s.index.unwrap_or_default();
             let mib = vm.disks.get(i).and_then(|d| d.size);
             if let (Some(mib), Some(bytes)) = (mib, s.size)
@@ -480,10 +500,27 @@ impl Service {
         if existing.is_none() && read(&self.records).vms.contains_key(&uuid) {
             report.bad_value("uuid", format!("a VM with uuid {uuid} already exists"));
         }
-        let value = serde_json::to_value(&vm).unwrap_or(Value::Null);
+        // Its volumes are made here, in its directory: their sources are rebased onto it.
+        let (theirs, ours) = (
+            convert::guest_volumes(Path::new(&header.guests_dir), uuid),
+            convert::volumes_dir(&self.data_root, uuid),
+        );
+        let volumes: Vec<(usize, String)> = convert::volumes(&vm, &theirs)
+            .map(|(i, name)| (i, name.to_string()))
+            .collect();
+        for (i, name) in &volumes {
+            vm.filesystems[*i].source = ours.join(name).to_string_lossy().into_owned();
+        }
+        let mut value = serde_json::to_value(&vm).unwrap_or(Value::Null);
         if let Some(nics) = value.get("nics").and_then(Value::as_array) {
             let mine = existing.map(|_| uuid);
             self.check_nics_on_host(&mut report, "nics", nics, mine)?;
+        }
+        // The host directories it binds must be here; its volumes come with it.
+        if let Some(list) = value.get_mut("filesystems").and_then(Value::as_array_mut) {
+            for (i, _) in volumes.iter().rev() {
+                list.remove(*i);
+            }
         }
         super::create::check_filesystem_sources(&mut report, &value);
         if let Some(image) = vm.image_uuid.filter(|_| !vm.brand.is_microvm()) {
@@ -643,6 +680,16 @@ impl Service {
     }
 }
 
+/// The name of the volume `filesystems[index]` of `vm` (the file name of its source, in the
+/// guest's volumes directory; checked by the store: one plain name).
+fn volume_name(vm: &Vm, index: usize) -> &str {
+    vm.filesystems
+        .get(index)
+        .and_then(|f| Path::new(&f.source).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+}
+
 /// The file name, in the guest's directory, of the disk a disk section carries (checked by
 /// the store: `disk<N>.img`).
 fn disk_file<'a>(vm: &'a Vm, s: &Section) -> &'a str {
@@ -681,6 +728,9 @@ fn receive_sections(
                     .and_then(|_| mark_relative(cow, uuid))
             }
             SectionKind::Data => cow.receive_data(uuid, body).map(drop),
+            SectionKind::Volume => cow
+                .receive_volume(uuid, volume_name(vm, s.index.unwrap_or_default()), body)
+                .map(drop),
             SectionKind::Disk => cow
                 .receive_disk(uuid, disk_file(vm, &s), s.size.unwrap_or_default(), body)
                 .map(drop),
@@ -791,6 +841,9 @@ fn apply_changes(
                 }
                 SectionKind::RootChanges => cow.apply_root_changes(uuid, &removed, body).map(drop),
                 SectionKind::Data => cow.stage_data(uuid, body).map(drop),
+                SectionKind::Volume => cow
+                    .stage_volume(uuid, volume_name(vm, s.index.unwrap_or_default()), body)
+                    .map(drop),
                 SectionKind::DiskChanges => cow.apply_disk_changes(
                     uuid,
                     disk_file(vm, &s),

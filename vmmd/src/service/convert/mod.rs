@@ -121,7 +121,7 @@ pub fn new_record(c: VmCreate, ctx: &Context, pool: &mut MacPool<'_>) -> Result<
         indestructible_zoneroot: c.indestructible_zoneroot.unwrap_or(false),
         delegate_dataset: c.delegate_dataset.unwrap_or(false),
         indestructible_delegated: c.indestructible_delegated.unwrap_or(false),
-        filesystems: c.filesystems.unwrap_or_default(),
+        filesystems: finish_filesystems(uuid, c.filesystems.unwrap_or_default(), &ctx.data_root),
         tmpfs: c.tmpfs.filter(|&mib| mib > 0),
         do_not_inventory: c.do_not_inventory.unwrap_or(false),
         archive_on_delete: c.archive_on_delete.unwrap_or(false),
@@ -262,6 +262,49 @@ fn generate_mac(uuid: Uuid, index: usize, pool: &MacPool<'_>) -> Option<MacAddr>
         let b = h.to_le_bytes();
         let mac = MacAddr::new([0x02, b[0], b[1], b[2], b[3], b[4]]);
         (!pool.taken(&mac)).then_some(mac)
+    })
+}
+
+/// Where guest `uuid`'s volumes live under `data_root` (cowstore's `volumes_dir`).
+pub fn volumes_dir(data_root: &std::path::Path, uuid: Uuid) -> PathBuf {
+    guest_volumes(&data_root.join("guests"), uuid)
+}
+
+/// Where guest `uuid`'s volumes live in the guests directory `guests` (a sender's too).
+pub fn guest_volumes(guests: &std::path::Path, uuid: Uuid) -> PathBuf {
+    guests.join(uuid.to_string()).join("volumes")
+}
+
+/// Gives each volume (a `filesystems` entry whose source is a uuid) the host path the create
+/// makes it at, as SmartOS rewrites its source to the dataset's mount point.
+fn finish_filesystems(
+    uuid: Uuid,
+    mut list: Vec<hull_spec::vm::Filesystem>,
+    data_root: &std::path::Path,
+) -> Vec<hull_spec::vm::Filesystem> {
+    for f in &mut list {
+        if hull_spec::validate::is_uuid(&f.source) {
+            f.source = volumes_dir(data_root, uuid)
+                .join(&f.source)
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+    list
+}
+
+/// The volumes of `vm` (its own, which its create made): the index of each in its
+/// `filesystems` and its name, the file name of its source in `volumes` (the guest's
+/// volumes directory).
+pub fn volumes<'a>(
+    vm: &'a Vm,
+    volumes: &'a std::path::Path,
+) -> impl Iterator<Item = (usize, &'a str)> {
+    vm.filesystems.iter().enumerate().filter_map(move |(i, f)| {
+        let source = std::path::Path::new(&f.source);
+        (source.parent() == Some(volumes))
+            .then(|| Some((i, source.file_name()?.to_str()?)))
+            .flatten()
     })
 }
 

@@ -26,6 +26,16 @@ pub enum PortsError {
     /// A NIC has no MAC, or one that does not parse.
     #[error("nic {0} has no valid mac")]
     NoMac(usize),
+    /// A NIC's MAC is multicast (SmartOS's create keeps one when autoboot is false).
+    #[error(
+        "nics.{index}.mac {mac} is a multicast address, which no NIC can own (Linux refuses it, \
+         as illumos does); replace the NIC with one of a unicast mac (vmadm update: \
+         remove_nics, add_nics)"
+    )]
+    MulticastMac {
+        index: usize,
+        mac: hull_spec::net::MacAddr,
+    },
     /// A route's destination is neither an IP nor a CIDR.
     #[error("route {dest:?}: bad destination")]
     BadDestination { dest: String },
@@ -241,7 +251,11 @@ pub fn zone_nics(vm: &Vm, tags: &BTreeMap<String, NicTag>) -> Result<Vec<ZoneNic
                 index: i,
                 tag: nic.nic_tag.clone(),
             })?;
-        let mac = nic.mac.ok_or(PortsError::NoMac(i))?.bytes();
+        let mac = nic.mac.ok_or(PortsError::NoMac(i))?;
+        if !mac.is_usable() {
+            return Err(PortsError::MulticastMac { index: i, mac });
+        }
+        let mac = mac.bytes();
         let mut addrs: Vec<(IpAddr, u8)> = nic
             .ips
             .iter()

@@ -16,6 +16,8 @@ use zoned::config::{
 pub struct ZoneRoot {
     pub source: RootSource,
     pub data: Option<PathBuf>,
+    /// The zone's volumes directory: binds of what is in it are the zone's own data.
+    pub volumes: PathBuf,
 }
 
 /// Where a zone sees its delegated dataset.
@@ -250,7 +252,11 @@ impl From<GuestZone<'_>> for ZoneConfig {
             id_base,
             mdata,
         } = z;
-        let ZoneRoot { source, data } = root;
+        let ZoneRoot {
+            source,
+            data,
+            volumes,
+        } = root;
         let root = match source {
             RootSource::Dir(dir) => RootSpec::Bind { dir },
             RootSource::Overlay { lower, upper, work } => RootSpec::Overlay { lower, upper, work },
@@ -261,11 +267,15 @@ impl From<GuestZone<'_>> for ZoneConfig {
             writable: true,
             owned: true,
         });
-        let binds = vm.filesystems.iter().map(|f| ZoneMount {
-            host: PathBuf::from(&f.source),
-            at: PathBuf::from(f.target.trim_end_matches('/')),
-            writable: !f.read_only(),
-            owned: false,
+        let binds = vm.filesystems.iter().map(|f| {
+            let host = PathBuf::from(&f.source);
+            ZoneMount {
+                // A volume is the zone's own, as its delegated dataset is.
+                owned: host.parent() == Some(volumes.as_path()),
+                host,
+                at: PathBuf::from(f.target.trim_end_matches('/')),
+                writable: !f.read_only(),
+            }
         });
         let init = vm
             .init_name
