@@ -594,6 +594,41 @@ impl Store {
         Ok(path)
     }
 
+    /// Fills the zone's new volume `name` with what the tree image `image` holds at `at` (an
+    /// absolute path in the image), as SmartOS fills a volume from the zone's image and Docker
+    /// a new volume from its container's: when every component of `at` is a directory in the
+    /// image (no symlink is followed), its entries and its own owner and mode are copied
+    /// (reflinked where the pool can). Returns whether there was anything to copy.
+    pub fn seed_volume(
+        &self,
+        guest: Uuid,
+        name: &str,
+        image: Uuid,
+        at: &str,
+    ) -> Result<bool, StoreError> {
+        self.want(image, ImageKind::Tree)?;
+        let mut src = self.image_dir(image).join("root");
+        for part in Path::new(at).components() {
+            match part {
+                std::path::Component::RootDir => {}
+                std::path::Component::Normal(p) => {
+                    src.push(p);
+                    match fs::symlink_metadata(&src) {
+                        Ok(m) if m.is_dir() => {}
+                        _ => return Ok(false),
+                    }
+                }
+                _ => return Ok(false),
+            }
+        }
+        if src == self.image_dir(image).join("root") {
+            return Ok(false);
+        }
+        let volume = volume_in(&self.volumes_dir(guest), name, "fill the volume")?;
+        crate::backend::copy_into(&src, &volume).map_err(self.backend_err())?;
+        Ok(true)
+    }
+
     /// Replaces a guest's root with a fresh clone of the tree image `image` (SmartOS's
     /// reprovision): the old root and its snapshots go, the delegated dataset and disks stay.
     /// The new root is cloned beside the guest first (`<uuid>.reprovision`), so a failed
@@ -1414,6 +1449,14 @@ mod tests {
         for bad in ["", ".", "..", "a/b"] {
             assert!(s.create_volume(guest, bad).is_err(), "volume {bad:?}");
         }
+        // A volume is filled from the image at its target when that is a directory there.
+        let etc = s.create_volume(guest, "etc").expect("volume");
+        assert!(s.seed_volume(guest, "etc", old, "/etc/").expect("seed"));
+        assert_eq!(fs::read(etc.join("release")).expect("seeded"), b"old");
+        for at in ["/etc/release", "/nosuch", "/", "/etc/../etc"] {
+            assert!(!s.seed_volume(guest, "v1", old, at).expect("seed"), "{at}");
+        }
+        assert_eq!(fs::read_dir(&volume).expect("v1").count(), 0);
         fs::write(dir.join("upper/root-file"), b"r").expect("write root");
         fs::write(data.join("kept"), b"d").expect("write data");
         fs::write(volume.join("kept"), b"v").expect("write volume");

@@ -164,6 +164,27 @@ fn root_docker_zone_runs_the_images_command_and_keeps_its_output() {
         "the replaced directory holds only the top layer's file: {logs}"
     );
     assert!(!logs.lines().any(|l| l.trim() == "old"), "{logs}");
+    // The image's VOLUME is a volume of the zone's own, filled from the image (so the
+    // listing above read it there), as Docker's anonymous volumes are.
+    let fs = vm["filesystems"].as_array().expect("filesystems");
+    assert_eq!(fs.len(), 1, "{vm}");
+    assert_eq!(fs[0]["target"], "/var/cache/app", "{vm}");
+    let volume = PathBuf::from(fs[0]["source"].as_str().expect("source"));
+    assert_eq!(
+        volume.parent(),
+        Some(
+            d.data_root()
+                .join("guests")
+                .join(&uuid)
+                .join("volumes")
+                .as_path()
+        ),
+        "{vm}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(volume.join("new")).expect("seeded"),
+        "new\n"
+    );
     // The payload overrides the image's command; a second run appends to the logs.
     let upd = serde_json::json!({"set_internal_metadata": {
         "docker:cmd": "[\"/bin/sh\", \"-c\", \"echo second run; exit 3\"]"}});
@@ -267,6 +288,7 @@ fn root_docker_zone_runs_the_images_command_and_keeps_its_output() {
     for u in [&uuid, &z] {
         ok(&d.vmadm(&["delete", u], None));
     }
+    assert!(!volume.exists(), "the volume went with the zone");
 }
 
 #[test]

@@ -280,6 +280,24 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<u64, BackendError> {
     Ok(copied)
 }
 
+/// Copies what the directory `src` holds into the existing directory `dst` (its entries as
+/// [`copy_tree`] copies a tree), then `src`'s own owner, mode, xattrs and times onto `dst`.
+/// Returns the bytes of file data copied rather than reflinked.
+pub(crate) fn copy_into(src: &Path, dst: &Path) -> Result<u64, BackendError> {
+    let mut links = HashMap::new();
+    let mut copied = 0;
+    let entries = std::fs::read_dir(src).map_err(|e| BackendError::io("list", src, e))?;
+    for entry in entries {
+        let name = entry
+            .map_err(|e| BackendError::io("list", src, e))?
+            .file_name();
+        copy_entry(&src.join(&name), &dst.join(&name), &mut links, &mut copied)?;
+    }
+    let meta = std::fs::symlink_metadata(src).map_err(|e| BackendError::io("inspect", src, e))?;
+    copy_metadata(&meta, src, dst)?;
+    Ok(copied)
+}
+
 fn copy_entry(
     src: &Path,
     dst: &Path,

@@ -216,6 +216,12 @@ pub const SNAPSHOTS_DIR: &str = "snapshots";
 /// The longest snapshot name accepted.
 pub const SNAPSHOT_NAME_MAX: usize = 64;
 
+/// Copies what the directory `src` holds into the existing directory `dst`, exactly (see
+/// [`fsutil::copy_into`]: reflinked where the file system can); the bytes copied.
+pub(crate) fn copy_into(src: &Path, dst: &Path) -> Result<u64, BackendError> {
+    fsutil::copy_into(src, dst)
+}
+
 /// Checks a snapshot name: 1 to 64 characters from `[A-Za-z0-9-_.:%]`, and not `.` or `..`.
 /// (SmartOS's snapshot names follow ZFS's rules, which allow the same set.)
 pub fn validate_snapshot_name(name: &str) -> Result<(), BackendError> {

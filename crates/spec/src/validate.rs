@@ -823,6 +823,14 @@ const FILESYSTEM_OPTIONS: &[&str] = &["ro", "rw", "nodevice", "nodevices", "nose
 /// Places in a zone a host directory may not cover: what the zone's runtime mounts itself.
 const FILESYSTEM_RESERVED: &[&str] = &["/proc", "/sys", "/dev", "/native"];
 
+/// What validation finds in a `filesystems` list (at `filesystems`), for lists a create
+/// builds itself (a docker image's volumes): empty when a payload could name it.
+pub fn check_filesystem_list(list: &Value) -> ValidationReport {
+    let mut r = ValidationReport::default();
+    check_filesystems(&mut r, "filesystems", list);
+    r
+}
+
 /// SmartOS's `filesystems`: host directories bound into a zone (`type: "lofs"`, `source` on
 /// the host, `target` in the zone, `options` such as `ro`), or the zone's own volumes
 /// (`source` a uuid: SmartOS makes zones/<uuid>/volumes/<source> at create, as Triton's

@@ -280,7 +280,54 @@ impl Service {
             r.bad_value("internal_metadata", e);
             return Err(ServiceError::Invalid(r));
         }
-        Ok(())
+        self.docker_volumes(vm, image, &config)
+    }
+
+    /// The image's `Volumes` (Dockerfile's VOLUME) each get a volume of the zone's own, as
+    /// Docker gives a container an anonymous volume per path and Triton's docker a
+    /// `filesystems` entry from a new uuid; a path the payload already binds keeps that bind.
+    /// The create fills each from the image (see `provision`).
+    fn docker_volumes(&self, vm: &mut Vm, image: Uuid, config: &Value) -> Result<()> {
+        let Some(paths) = config.get("Volumes").and_then(Value::as_object) else {
+            return Ok(());
+        };
+        let volumes = super::convert::volumes_dir(&self.data_root, vm.uuid);
+        for path in paths.keys() {
+            let at = path.trim_end_matches('/');
+            if vm
+                .filesystems
+                .iter()
+                .any(|f| f.target.trim_end_matches('/') == at)
+            {
+                continue;
+            }
+            vm.filesystems.push(hull_spec::Filesystem {
+                fs_type: "lofs".into(),
+                source: volumes
+                    .join(Uuid::new_v4().to_string())
+                    .to_string_lossy()
+                    .into_owned(),
+                target: path.clone(),
+                options: Vec::new(),
+            });
+        }
+        // The image's paths must be ones a payload could name.
+        let list = serde_json::to_value(&vm.filesystems).unwrap_or_default();
+        let found = hull_spec::validate::check_filesystem_list(&list);
+        if found.is_empty() {
+            return Ok(());
+        }
+        let mut report = ValidationReport::default();
+        for p in &found.details {
+            report.bad_value(
+                "image_uuid",
+                format!(
+                    "image {image} declares a volume hull cannot make: {}",
+                    p.message
+                ),
+            );
+        }
+        Err(ServiceError::Invalid(report))
     }
 
     /// A microVM that names no kernel boots the one its boot disk's image carries (taken out

@@ -58,8 +58,9 @@ fn make(store: &Store, vm: &Vm) -> Result<Warnings, StoreError> {
             store.create_data(vm.uuid)?;
         }
         let volumes = store.volumes_dir(vm.uuid);
-        for (_, name) in super::convert::volumes(vm, &volumes) {
+        for (i, name) in super::convert::volumes(vm, &volumes) {
             store.create_volume(vm.uuid, name)?;
+            store.seed_volume(vm.uuid, name, image, &vm.filesystems[i].target)?;
         }
         if vm.quota > 0 {
             warnings.extend(set_quota(store, vm.uuid, vm.quota)?);
