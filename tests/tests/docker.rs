@@ -603,6 +603,11 @@ type Entry<'a> = (&'a [u8], tar::EntryType, &'a [u8], &'a [u8]);
 /// A docker-archive (`docker save`'s layout) of one layer made of `entries` (raw tar headers:
 /// names are written as given, `..` and all), with a config naming its diff_id.
 fn hostile_archive(entries: &[Entry<'_>]) -> Vec<u8> {
+    archive_of(entries, false)
+}
+
+/// The same, its layer gzip-compressed (`docker save` of a compressed layer) when `gzip`.
+fn archive_of(entries: &[Entry<'_>], gzip: bool) -> Vec<u8> {
     use sha2::Digest as _;
     let mut layer = tar::Builder::new(Vec::new());
     for (name, kind, link, data) in entries {
@@ -633,6 +638,15 @@ fn hostile_archive(entries: &[Entry<'_>]) -> Vec<u8> {
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex(&layer))]}})
     .to_string();
     let config_name = format!("{}.json", hex(config.as_bytes()));
+    let layer = match gzip {
+        true => {
+            use std::io::Write as _;
+            let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            z.write_all(&layer).expect("gzip");
+            z.finish().expect("gzip")
+        }
+        false => layer,
+    };
     let manifest = serde_json::json!([{"Config": config_name, "RepoTags": ["hostile:1"],
         "Layers": ["layer.tar"]}])
     .to_string();
@@ -700,4 +714,36 @@ fn root_hostile_layers_are_refused_and_leave_nothing() {
     big.append_data(&mut h, "manifest.json", huge.as_bytes())
         .expect("append");
     try_import(&big.into_inner().expect("archive"), "4 MiB");
+}
+
+/// A decompression bomb: a 120 KiB gzip layer holding 96 MiB of zeros, against a vmmd that
+/// lets an image unpack to 64 MiB (`--max-unpacked-mib`), is refused as it streams, naming
+/// the limit, and leaves nothing; the same archive lands under the default limit.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_a_decompression_bomb_is_refused_by_its_unpacked_size() {
+    let zeros = vec![0u8; 96 << 20];
+    let bomb = archive_of(
+        &[(b"zeros", tar::EntryType::Regular, b"", &zeros[..])],
+        true,
+    );
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bomb.tar");
+    std::fs::write(&path, &bomb).expect("write");
+    let what = format!("docker-archive:{}", path.display());
+    let d = Daemon::start_with(&["--max-unpacked-mib", "64"]);
+    refused(
+        &d.run("imgadm", &["import", "-q", &what], None),
+        &format!("unpacks to more than {} bytes", 64u64 << 20),
+    );
+    assert!(images(&d).is_empty(), "{:?}", images(&d));
+    let left: Vec<_> = std::fs::read_dir(d.data_root().join("images"))
+        .expect("images dir")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    drop(d);
+    let d = Daemon::start();
+    ok(&d.run("imgadm", &["import", "-q", &what], None));
+    assert_eq!(images(&d).len(), 1);
 }

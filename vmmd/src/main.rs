@@ -54,6 +54,11 @@ struct Args {
     /// into the zone's range once), or auto (idmap where the kernel has it, else shift).
     #[arg(long, default_value = "auto")]
     zone_root_ids: zoned::config::RootIds,
+    /// The most file data one image, layer or received tree may unpack to, in MiB: a larger
+    /// one (a decompression bomb) is refused while it streams, and nothing of it is kept.
+    #[arg(long, default_value_t = 64 << 10, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    max_unpacked_mib: u64,
 }
 
 fn group_id(name: &str) -> anyhow::Result<u32> {
@@ -139,7 +144,10 @@ fn main() -> anyhow::Result<()> {
         let cow = hull_cowstore::store::Store::open(hull_cowstore::store::StoreConfig {
             root: args.data_root.clone(),
             backend: backend_kind,
-            limits: hull_cowstore::archive::Limits::default(),
+            limits: hull_cowstore::archive::Limits {
+                max_unpacked_bytes: args.max_unpacked_mib << 20,
+                ..hull_cowstore::archive::Limits::default()
+            },
         })
         .with_context(|| format!("cannot open the image store in {}", args.data_root.display()))?;
         tracing::info!(backend = cow.backend().as_str(), "image store opened");
