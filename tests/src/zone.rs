@@ -91,3 +91,21 @@ pub fn create(d: &Daemon, extra: serde_json::Value) -> String {
         .expect("uuid in vmadm create's output")
         .to_string()
 }
+
+/// What a zone's record says once it stopped (a docker or bundle zone whose process ended),
+/// waiting at most 60 s.
+pub fn wait_stopped(d: &Daemon, uuid: &str) -> serde_json::Value {
+    let t = std::time::Instant::now();
+    loop {
+        let vm: serde_json::Value =
+            serde_json::from_str(&ok(&d.vmadm(&["get", uuid], None))).expect("get");
+        if vm["state"] == "stopped" {
+            return vm;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "the zone still runs: {vm}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

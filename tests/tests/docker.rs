@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use hull_tests::Daemon;
-use hull_tests::zone::{busybox, ok, refused, text};
+use hull_tests::zone::{busybox, ok, refused, text, wait_stopped};
 use serde_json::Value;
 
 /// The archives, built once per test process.
@@ -50,22 +50,6 @@ fn images(d: &Daemon) -> Vec<Value> {
 fn import(d: &Daemon, what: &str) -> Value {
     let o = d.run("imgadm", &["import", "-q", "-j", what], None);
     serde_json::from_str(&ok(&o)).unwrap_or_else(|e| panic!("{e}: {}", text(&o)))
-}
-
-/// What a zone's record says, once it stopped (at most 60 s).
-fn wait_stopped(d: &Daemon, uuid: &str) -> Value {
-    let t = std::time::Instant::now();
-    loop {
-        let vm: Value = serde_json::from_str(&ok(&d.vmadm(&["get", uuid], None))).expect("get");
-        if vm["state"] == "stopped" {
-            return vm;
-        }
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(60),
-            "the docker zone still runs: {vm}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
 }
 
 /// `btrfs filesystem du -s`'s figures for `path`: (total, exclusive, set shared) bytes.

@@ -94,6 +94,17 @@ pub struct ZoneConfig {
     /// A tmpfs of this many MiB on the zone's /tmp (SmartOS's `tmpfs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmpfs_mib: Option<u64>,
+    /// More tmpfs mounts (an OCI bundle's), after `mounts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs_mounts: Vec<TmpfsSpec>,
+    /// Paths hidden in the zone beyond the runtime's own (a file behind /dev/null, a
+    /// directory behind an empty read-only tmpfs; a missing one is skipped): an OCI
+    /// bundle's maskedPaths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked_paths: Vec<String>,
+    /// Paths made read-only beyond the runtime's own: an OCI bundle's readonlyPaths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only_paths: Vec<String>,
     /// Locked-memory and System V IPC limits of an OS zone.
     #[serde(default, skip_serializing_if = "crate::rctls::Rctls::is_empty")]
     pub rctls: crate::rctls::Rctls,
@@ -129,6 +140,45 @@ pub struct ProcessSpec {
     /// stdin is /dev/null and stdout and stderr one pipe zoned reads as the console.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tty: bool,
+    /// Supplementary groups in place of the user's from /etc/group (an OCI bundle's
+    /// `additionalGids`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<u32>>,
+    /// The capabilities it keeps (bounding, permitted, effective and inheritable sets),
+    /// by name (`CAP_KILL`), each within the zone's ceiling (`security::KEPT_CAPS`); the
+    /// whole ceiling when absent. A process that is not the zone's root holds none, as the
+    /// kernel drops them at its uid change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caps: Option<Vec<String>>,
+    /// Resource limits set before it runs (setrlimit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<RlimitSpec>,
+}
+
+/// One resource limit of a zone's process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RlimitSpec {
+    /// Its name, as the OCI runtime spec spells it (`RLIMIT_NOFILE`).
+    pub kind: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// A tmpfs mounted in an OS zone (an OCI bundle's /run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsSpec {
+    /// Where, in the zone: an absolute path of plain names, made as the zone's root where
+    /// missing.
+    pub at: PathBuf,
+    /// Its size in bytes (default: half of the host's memory, the zone's limit bounding
+    /// what it holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The mode of its root directory (default 1777).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// Where a zone finds its metadata service (SmartOS: `/.zonecontrol`, lx zones

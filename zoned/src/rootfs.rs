@@ -654,6 +654,7 @@ pub fn mount_extras(
     rootfs: &Path,
     mounts: &[crate::config::ZoneMount],
     tmpfs_mib: Option<u64>,
+    tmpfs_mounts: &[crate::config::TmpfsSpec],
     userns: &OwnedFd,
     id_base: u32,
     ids: RootIds,
@@ -699,6 +700,29 @@ pub fn mount_extras(
                 )
             })?;
         }
+    }
+    for t in tmpfs_mounts {
+        let action = format!("mount a tmpfs on {} in the zone at", t.at.display());
+        let target = zone_mount_point(rootfs, &t.at, true, id_base, &action)?;
+        let mut data = format!(
+            "mode={:o},uid={id_base},gid={id_base}",
+            t.mode.unwrap_or(0o1777)
+        );
+        if let Some(size) = t.size {
+            data.push_str(&format!(",size={size}"));
+        }
+        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if t.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        mount(
+            Some("tmpfs"),
+            &target,
+            Some("tmpfs"),
+            flags,
+            Some(data.as_str()),
+        )
+        .map_err(err(action, &target))?;
     }
     if let Some(mib) = tmpfs_mib {
         let action = "mount the zone's /tmp tmpfs on";
@@ -966,7 +990,12 @@ pub fn enter_root(root: &Path) -> Result<(), MountError> {
 /// the zone's root in its new user namespace, which owns the new mount, pid and net
 /// namespaces (ids below are the zone's). Returns the console's pty master (from the
 /// zone's own devpts), whose peer is now /dev/console.
-pub fn populate(root: &Path, vmm: bool) -> Result<OwnedFd, MountError> {
+pub fn populate(
+    root: &Path,
+    vmm: bool,
+    masked: &[String],
+    read_only: &[String],
+) -> Result<OwnedFd, MountError> {
     let nosnd = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_ = root.join("proc");
     let sys = root.join("sys");
@@ -1041,9 +1070,67 @@ pub fn populate(root: &Path, vmm: bool) -> Result<OwnedFd, MountError> {
         let p = dev.join(link);
         std::os::unix::fs::symlink(to, &p).map_err(io_err("create the symlink", &p))?;
     }
+    if !vmm {
+        // POSIX message queues of the zone's own IPC namespace, as a container has them.
+        let mq = dev.join("mqueue");
+        std::fs::create_dir(&mq).map_err(io_err("create", &mq))?;
+        mount(Some("mqueue"), &mq, Some("mqueue"), nosnd, None::<&str>)
+            .map_err(err("mount mqueue on", &mq))?;
+    }
     let master = console(&dev, tty_gid)?;
-    mask(root, &dev.join("null"))?;
+    let null = dev.join("null");
+    mask(root, &null)?;
+    mask_more(root, &null, masked, read_only)?;
     Ok(master)
+}
+
+/// Hides `masked` and makes `read_only` read-only (paths in the zone under /proc or /sys,
+/// which vmmd checked): a file behind /dev/null, a directory behind an empty read-only
+/// tmpfs. A path that is missing, or a symlink, is left alone.
+fn mask_more(
+    root: &Path,
+    null: &Path,
+    masked: &[String],
+    read_only: &[String],
+) -> Result<(), MountError> {
+    let at = |p: &String| {
+        let rel = p.trim_start_matches('/');
+        let under = rel.starts_with("proc/") || rel.starts_with("sys/");
+        let path = root.join(rel);
+        let meta = std::fs::symlink_metadata(&path).ok();
+        (under && !rel.split('/').any(|c| c == ".." || c.is_empty()))
+            .then_some(meta)
+            .flatten()
+            .filter(|m| !m.file_type().is_symlink())
+            .map(|m| (path, m.is_dir()))
+    };
+    let hidden = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for (p, dir) in masked.iter().filter_map(at) {
+        match dir {
+            true => mount(Some("tmpfs"), &p, Some("tmpfs"), hidden, Some("size=0")),
+            false => mount(Some(null), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+        }
+        .map_err(err("mask", &p))?;
+    }
+    for (p, _) in read_only.iter().filter_map(at) {
+        mount(
+            Some(p.as_path()),
+            &p,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(err("bind-mount", &p))?;
+        mount(
+            None::<&str>,
+            &p,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | hidden,
+            None::<&str>,
+        )
+        .map_err(err("make read-only", &p))?;
+    }
+    Ok(())
 }
 
 /// Opens a pty in the zone's devpts, hands its slave to the zone's root and mounts it on

@@ -232,6 +232,28 @@ pub fn drop_privileges(keep: &[Capability]) -> Result<(), SecurityError> {
     Ok(())
 }
 
+/// Narrows a zone process's capabilities (after [`drop_privileges`]) to `keep`: the
+/// bounding set first (`before_user`, while CAP_SETPCAP is still held), then, once it has
+/// taken its user's ids, its permitted, effective and inheritable sets to what of `keep`
+/// it still holds (a user other than the zone's root holds none by then).
+pub fn narrow_caps(keep: &[Capability], before_user: bool) -> Result<(), SecurityError> {
+    let caps_err = |what| move |source| SecurityError::Caps { what, source };
+    if before_user {
+        for cap in KEPT_CAPS.iter().filter(|c| !keep.contains(c)) {
+            caps::drop(None, CapSet::Bounding, *cap)
+                .map_err(caps_err("drop a capability from the bounding set"))?;
+        }
+        return Ok(());
+    }
+    let held = caps::read(None, CapSet::Permitted).map_err(caps_err("read the capabilities"))?;
+    let kept: caps::CapsHashSet = keep.iter().filter(|c| held.contains(c)).copied().collect();
+    caps::set(None, CapSet::Inheritable, &kept)
+        .map_err(caps_err("set the inheritable capabilities"))?;
+    caps::set(None, CapSet::Effective, &kept)
+        .map_err(caps_err("set the effective capabilities"))?;
+    caps::set(None, CapSet::Permitted, &kept).map_err(caps_err("set the permitted capabilities"))
+}
+
 /// Installs the zone filters on the calling thread (after [`drop_privileges`]).
 pub fn apply_filters(filters: &Filters) -> Result<(), SecurityError> {
     for f in filters {

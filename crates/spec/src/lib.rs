@@ -32,6 +32,7 @@ pub mod docker;
 pub mod flatten;
 pub mod image;
 pub mod net;
+pub mod oci_bundle;
 pub mod validate;
 pub mod vm;
 pub mod warning;

@@ -237,6 +237,13 @@ const PROPS: &[Prop] = &[
     prop("maintain_resolvers", Scope::All, Kind::Bool, true),
     // A docker zone runs its image's command (internal_metadata docker:*) as its init.
     prop("docker", Scope::Zones, Kind::Bool, false),
+    // hull: an OCI runtime bundle (its config.json and root) in place of an image.
+    prop(
+        "oci_bundle",
+        Scope::Zones,
+        Kind::Other(check_abs_path),
+        false,
+    ),
     prop("max_locked_memory", Scope::All, Kind::Int(0, MIB_MAX), true),
     prop("max_shm_memory", Scope::All, Kind::Int(0, MIB_MAX), true),
     prop("max_shm_ids", Scope::All, Kind::Int(0, IPC_IDS_MAX), true),
@@ -654,10 +661,17 @@ pub fn validate_create(payload: &Value) -> Result<VmCreate, ValidationReport> {
         report.bad_property("kernel_version", "kernel_version applies only to brand lx");
     }
     if let Some(b) = brand {
-        if !b.is_microvm() && !obj.contains_key("image_uuid") {
+        let bundle = obj.contains_key("oci_bundle");
+        if !b.is_microvm() && !obj.contains_key("image_uuid") && !bundle {
             report.missing(
                 "image_uuid",
-                format!("image_uuid is required for brand {b}"),
+                format!("image_uuid is required for brand {b} (or oci_bundle)"),
+            );
+        }
+        if bundle && obj.contains_key("image_uuid") {
+            report.bad_property(
+                "image_uuid",
+                "image_uuid and oci_bundle both name the zone's root: give one",
             );
         }
         check_memory_consistency(&mut report, b, obj);

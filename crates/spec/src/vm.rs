@@ -452,6 +452,13 @@ pub struct VmCreate {
     /// leaves them out. Implied by an image of type docker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker: Option<bool>,
+    /// hull: an OCI runtime bundle on the host (a directory holding `config.json` and the
+    /// root it names), which the zone runs as containerd's runtimes do: its root is the
+    /// bundle's (bound id-mapped, never copied or chowned) and its init the bundle's process,
+    /// in place of an image (`image_uuid` is not given). A host path: root callers or
+    /// `vmmd --allow-path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci_bundle: Option<String>,
     /// Owner, kept for tooling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_uuid: Option<Uuid>,
@@ -940,6 +947,9 @@ pub struct Vm {
     /// lx: a docker zone (its init is its docker image's command; see [`VmCreate::docker`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub docker: bool,
+    /// The OCI runtime bundle the zone runs (see [`VmCreate::oci_bundle`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci_bundle: Option<String>,
     /// Owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_uuid: Option<Uuid>,

@@ -133,6 +133,15 @@ impl Service {
             self.check_nics_on_host(&mut report, "nics", nics, None)?;
         }
         check_filesystem_sources(&mut report, payload);
+        if let Some(dir) = payload.get("oci_bundle").and_then(Value::as_str)
+            && dir.starts_with('/')
+        {
+            match super::bundle::read(dir) {
+                Ok(_) => {}
+                Err(ServiceError::Invalid(r)) => merge(&mut report, r),
+                Err(e) => return Err(e),
+            }
+        }
         let brand = payload
             .get("brand")
             .and_then(Value::as_str)
@@ -199,6 +208,10 @@ impl Service {
                 .map_err(|e| ServiceError::BadRequest(e.to_string()))?
         };
         let mut vm = vm;
+        if let Some(dir) = vm.oci_bundle.clone() {
+            let (config, _) = super::bundle::read(&dir)?;
+            super::bundle::apply(&mut vm, payload, &config);
+        }
         self.boot_from_image(&mut vm)?;
         self.docker_from_image(&mut vm)?;
         let storage = self.storage.clone();

@@ -20,6 +20,7 @@ use super::{
     Record, Result, Service, ServiceError, add_host_notes, best_effort, blocking, now, read,
     unblock, write,
 };
+use hull_cowstore::backend::RootSource;
 use hull_vmm_proto::ControlRequest;
 
 impl Service {
@@ -82,16 +83,27 @@ impl Service {
             // A microVM's zone holds its VMM, kernel and disks, not a root filesystem.
             true => None,
             false => {
-                let storage = self.storage.clone();
-                let source = blocking(move || storage.root_source(uuid))
-                    .await?
-                    .ok_or(ZoneError::NoRoot(uuid))?;
+                // A bundle's zone: its root and process are the bundle's, read anew.
+                let (source, bundle) = match vm.oci_bundle.clone() {
+                    Some(dir) => {
+                        let (config, root) = blocking(move || super::bundle::read(&dir)).await?;
+                        (RootSource::Dir(root), Some(config))
+                    }
+                    None => {
+                        let storage = self.storage.clone();
+                        let source = blocking(move || storage.root_source(uuid))
+                            .await?
+                            .ok_or(ZoneError::NoRoot(uuid))?;
+                        (source, None)
+                    }
+                };
                 let data = vm.delegate_dataset.then(|| self.storage.data_dir(uuid));
                 let volumes = self.storage.volumes_dir(uuid);
                 Some(ZoneRoot {
                     source,
                     data,
                     volumes,
+                    bundle,
                 })
             }
         };

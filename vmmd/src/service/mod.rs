@@ -8,6 +8,7 @@
 //! Lock order: a guest's lock, then the index lock. Create takes only the index lock, which
 //! makes "is this uuid/IP/MAC free?" and "insert" one atomic step.
 
+mod bundle;
 pub mod catalog;
 pub mod convert;
 mod create;

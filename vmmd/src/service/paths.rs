@@ -203,6 +203,10 @@ impl HostPathPolicy {
         boot_files(payload, &mut paths);
         disk_paths(payload, "disks", &mut paths);
         filesystem_sources(payload, &mut paths);
+        // A bundle's root is bound writable into the zone.
+        if let Some(p) = payload.get("oci_bundle").and_then(Value::as_str) {
+            paths.push(("oci_bundle".to_string(), p));
+        }
         self.check_all(paths)
     }
 
@@ -500,6 +504,10 @@ mod tests {
                 {"type": "lofs", "source": "/etc", "target": "/b"}]}))
             .expect_err("filesystems.1.source");
         assert_eq!(e.property, "filesystems.1.source");
+        let e = p
+            .check_create(&json!({"brand": "lx", "oci_bundle": "/etc"}))
+            .expect_err("oci_bundle");
+        assert_eq!(e.property, "oci_bundle");
         // A volume's uuid is no host path: anyone may name one.
         p.check_create(&json!({"brand": "joyent", "filesystems": [
             {"type": "lofs", "source": "5b1d3a0e-2c4f-4e6a-8b9c-0d1e2f3a4b5c", "target": "/v"}]}))

@@ -54,16 +54,20 @@ fn make(store: &Store, vm: &Vm) -> Result<Warnings, StoreError> {
     let mut warnings = Warnings::new();
     if let Some(image) = vm.image_uuid {
         store.clone_root(vm.uuid, image)?;
-        if vm.delegate_dataset {
-            store.create_data(vm.uuid)?;
-        }
-        let volumes = store.volumes_dir(vm.uuid);
-        for (i, name) in super::convert::volumes(vm, &volumes) {
-            store.create_volume(vm.uuid, name)?;
-            store.seed_volume(vm.uuid, name, image, &vm.filesystems[i].target)?;
-        }
         if vm.quota > 0 {
             warnings.extend(set_quota(store, vm.uuid, vm.quota)?);
+        }
+    }
+    // A zone's own data beside its root (an OCI bundle's zone has no root here, and the
+    // same dataset and volumes).
+    if vm.delegate_dataset {
+        store.create_data(vm.uuid)?;
+    }
+    let volumes = store.volumes_dir(vm.uuid);
+    for (i, name) in super::convert::volumes(vm, &volumes) {
+        store.create_volume(vm.uuid, name)?;
+        if let Some(image) = vm.image_uuid {
+            store.seed_volume(vm.uuid, name, image, &vm.filesystems[i].target)?;
         }
     }
     let made = make_disks(store, vm, &vm.disks)?;

@@ -23,6 +23,11 @@ impl Service {
         let lock = self.guest_lock(uuid);
         let guard = lock.lock().await;
         let mut current = self.get(uuid)?;
+        if let Some(dir) = &current.vm.oci_bundle {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} runs the OCI bundle {dir}: its root is the bundle's, not an image's"
+            )));
+        }
         if current.vm.indestructible_zoneroot {
             return Err(ServiceError::Conflict(format!(
                 "VM {uuid} has indestructible_zoneroot set, so its root cannot be replaced; \

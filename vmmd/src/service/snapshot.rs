@@ -85,6 +85,12 @@ impl Service {
         if current.brand.is_microvm() {
             return self.disk_snapshot(current, name, verb, guard).await;
         }
+        if let Some(dir) = &current.oci_bundle {
+            return Err(ServiceError::NotImplemented(format!(
+                "VM {uuid} runs the OCI bundle {dir}: its root is the bundle's, outside hull's \
+                 image store, which takes the snapshots"
+            )));
+        }
         if current.image_uuid.is_none() {
             return Err(ServiceError::NotImplemented(format!(
                 "VM {uuid} has no root of its own to snapshot"

@@ -82,6 +82,18 @@ pub(crate) enum ChildError {
         #[source]
         source: nix::Error,
     },
+    #[error("{0} is not a capability a zone's process may keep")]
+    Capability(String),
+    #[error("{0} is not a resource limit")]
+    RlimitKind(String),
+    #[error("cannot set {kind} to {soft}/{hard}")]
+    Rlimit {
+        kind: String,
+        soft: u64,
+        hard: u64,
+        #[source]
+        source: nix::Error,
+    },
     #[error("cannot run {cmd}")]
     Exec {
         cmd: String,
@@ -134,7 +146,7 @@ fn setup_init(
     // this shows as EOF on `go` below.)
     die_with_zoned();
     let root = Path::new(".");
-    let master = rootfs::populate(root, cfg.is_vmm())?;
+    let master = rootfs::populate(root, cfg.is_vmm(), &cfg.masked_paths, &cfg.read_only_paths)?;
     // A docker process without a terminal (Docker's default; `docker:tty` asks for one)
     // writes to a pipe, which zoned reads as it reads a console: no line discipline, no
     // "\r" added, and `isatty` false, as under Docker.
@@ -171,14 +183,32 @@ fn setup_init(
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
         .map_err(ChildError::CgroupNamespace)?;
     reset_signals()?;
+    let asked = match cfg.process.as_ref().and_then(|p| p.caps.as_ref()) {
+        Some(names) => Some(kept_caps(names)?),
+        None => None,
+    };
     let keep = match cfg.is_vmm() {
         // The VMM needs no capability: its files and /dev/kvm belong to the zone's root.
         true => &[][..],
         false => security::KEPT_CAPS,
     };
+    if let Some(p) = &cfg.process {
+        set_rlimits(&p.rlimits)?;
+    }
     security::drop_privileges(keep)?;
+    // A process given its own capabilities: the bounding set now, the rest once it has its
+    // user's ids (taking them needs CAP_SETUID and CAP_SETGID, which it may not keep).
+    if let Some(caps) = &asked {
+        security::narrow_caps(caps, true)?;
+    }
     let (path, env) = match &cfg.process {
-        Some(p) => process_setup(p, &cfg.init)?,
+        Some(p) => {
+            let setup = process_setup(p, &cfg.init)?;
+            if let Some(caps) = &asked {
+                security::narrow_caps(caps, false)?;
+            }
+            setup
+        }
         None => (
             cfg.init.first().cloned().unwrap_or_default(),
             [
@@ -225,6 +255,21 @@ fn process_setup(
         Some(u) => Some(Login::for_docker(u).map_err(|e| ChildError::User(e.to_string()))?),
         None => None,
     };
+    let login = match (login, &p.groups) {
+        (Some(mut l), Some(groups)) => {
+            l.groups = groups.clone();
+            Some(l)
+        }
+        (None, Some(groups)) => Some(crate::exec::Login {
+            name: "root".into(),
+            uid: 0,
+            gid: 0,
+            groups: groups.clone(),
+            home: "/root".into(),
+            shell: "/bin/sh".into(),
+        }),
+        (login, None) => login,
+    };
     if let Some(l) = &login {
         l.become_user().map_err(ChildError::Login)?;
     }
@@ -257,6 +302,53 @@ fn process_setup(
     let cmd = init.first().ok_or(ChildError::EmptyInit)?;
     let path = resolve_in(cmd, &path_var).ok_or_else(|| ChildError::NotFound(cmd.clone()))?;
     Ok((path.to_string_lossy().into_owned(), env))
+}
+
+/// The capabilities named (`CAP_KILL`), each within the zone's ceiling.
+fn kept_caps(names: &[String]) -> Result<Vec<caps::Capability>, ChildError> {
+    names
+        .iter()
+        .map(|n| {
+            n.parse::<caps::Capability>()
+                .ok()
+                .filter(|c| security::KEPT_CAPS.contains(c))
+                .ok_or_else(|| ChildError::Capability(n.clone()))
+        })
+        .collect()
+}
+
+/// Sets the process's resource limits (before it drops its privileges: lowering a hard
+/// limit needs none, raising one past zoned's is refused by the kernel and said).
+fn set_rlimits(limits: &[crate::config::RlimitSpec]) -> Result<(), ChildError> {
+    use nix::sys::resource::{Resource, setrlimit};
+    for l in limits {
+        let r = match l.kind.as_str() {
+            "RLIMIT_AS" => Resource::RLIMIT_AS,
+            "RLIMIT_CORE" => Resource::RLIMIT_CORE,
+            "RLIMIT_CPU" => Resource::RLIMIT_CPU,
+            "RLIMIT_DATA" => Resource::RLIMIT_DATA,
+            "RLIMIT_FSIZE" => Resource::RLIMIT_FSIZE,
+            "RLIMIT_LOCKS" => Resource::RLIMIT_LOCKS,
+            "RLIMIT_MEMLOCK" => Resource::RLIMIT_MEMLOCK,
+            "RLIMIT_MSGQUEUE" => Resource::RLIMIT_MSGQUEUE,
+            "RLIMIT_NICE" => Resource::RLIMIT_NICE,
+            "RLIMIT_NOFILE" => Resource::RLIMIT_NOFILE,
+            "RLIMIT_NPROC" => Resource::RLIMIT_NPROC,
+            "RLIMIT_RSS" => Resource::RLIMIT_RSS,
+            "RLIMIT_RTPRIO" => Resource::RLIMIT_RTPRIO,
+            "RLIMIT_RTTIME" => Resource::RLIMIT_RTTIME,
+            "RLIMIT_SIGPENDING" => Resource::RLIMIT_SIGPENDING,
+            "RLIMIT_STACK" => Resource::RLIMIT_STACK,
+            other => return Err(ChildError::RlimitKind(other.to_string())),
+        };
+        setrlimit(r, l.soft, l.hard).map_err(|source| ChildError::Rlimit {
+            kind: l.kind.clone(),
+            soft: l.soft,
+            hard: l.hard,
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Puts `fds` at 3, 4... without close-on-exec (everything else from 3 up closes at exec):

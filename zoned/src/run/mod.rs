@@ -426,6 +426,7 @@ fn build(
                 &rootfs,
                 &cfg.mounts,
                 cfg.tmpfs_mib,
+                &cfg.tmpfs_mounts,
                 &userns,
                 cfg.id_base,
                 ids,

@@ -173,7 +173,9 @@ pub fn new_record(c: VmCreate, ctx: &Context, pool: &mut MacPool<'_>) -> Result<
         cmdline: c.cmdline,
         init_name: c.init_name,
         kernel_version: c.kernel_version,
-        docker: c.docker.unwrap_or(false),
+        // A bundle's process is the zone's, as a docker image's command is.
+        docker: c.docker.unwrap_or(false) || c.oci_bundle.is_some(),
+        oci_bundle: c.oci_bundle,
         owner_uuid: c.owner_uuid,
         billing_id: c.billing_id,
         package_name: c.package_name,

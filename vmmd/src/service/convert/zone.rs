@@ -4,10 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use hull_cowstore::backend::RootSource;
+use hull_spec::oci_bundle::BundleConfig;
 use hull_spec::{Brand, Vm};
 use zoned::cgroup::Limits;
 use zoned::config::{
-    GuestFile, MetadataMount, ProcessSpec, RootFile, RootIds, RootSpec, ZoneConfig, ZoneMount,
+    GuestFile, MetadataMount, ProcessSpec, RlimitSpec, RootFile, RootIds, RootSpec, TmpfsSpec,
+    ZoneConfig, ZoneMount,
 };
 
 /// What a zone's storage hands its runtime: what its root is mounted from, and its
@@ -18,6 +20,9 @@ pub struct ZoneRoot {
     pub data: Option<PathBuf>,
     /// The zone's volumes directory: binds of what is in it are the zone's own data.
     pub volumes: PathBuf,
+    /// The OCI bundle's config, read at this start, for a zone that runs one (its root is
+    /// then the bundle's, `source`).
+    pub bundle: Option<BundleConfig>,
 }
 
 /// Where a zone sees its delegated dataset.
@@ -139,7 +144,8 @@ pub fn limits(vm: &Vm) -> Limits {
 /// `docker:workdir` and `docker:user`. `None` for other guests; an error names the key that
 /// cannot be used.
 pub fn docker_process(vm: &Vm) -> Result<Option<(Vec<String>, ProcessSpec)>, String> {
-    if !vm.docker {
+    // A bundle's zone runs the bundle's process (see `bundle_process`).
+    if !vm.docker || vm.oci_bundle.is_some() {
         return Ok(None);
     }
     let md = &vm.internal_metadata;
@@ -196,8 +202,34 @@ pub fn docker_process(vm: &Vm) -> Result<Option<(Vec<String>, ProcessSpec)>, Str
             cwd,
             user: text("docker:user"),
             tty,
+            ..ProcessSpec::default()
         },
     )))
+}
+
+/// An OCI bundle's process as zoned runs it: its argv, and its environment, directory, user
+/// (uid:gid and its groups), terminal, capabilities and resource limits.
+pub fn bundle_process(b: &BundleConfig) -> (Vec<String>, ProcessSpec) {
+    (
+        b.args.clone(),
+        ProcessSpec {
+            env: b.env.clone(),
+            cwd: Some(b.cwd.clone()),
+            user: Some(format!("{}:{}", b.uid, b.gid)),
+            tty: b.terminal,
+            groups: Some(b.groups.clone()),
+            caps: b.capabilities.clone(),
+            rlimits: b
+                .rlimits
+                .iter()
+                .map(|l| RlimitSpec {
+                    kind: l.kind.clone(),
+                    soft: l.soft,
+                    hard: l.hard,
+                })
+                .collect(),
+        },
+    )
 }
 
 /// A docker zone's restart policy (internal_metadata `docker:restartpolicy`, Docker's
@@ -256,6 +288,7 @@ impl From<GuestZone<'_>> for ZoneConfig {
             source,
             data,
             volumes,
+            bundle,
         } = root;
         let root = match source {
             RootSource::Dir(dir) => RootSpec::Bind { dir },
@@ -282,7 +315,10 @@ impl From<GuestZone<'_>> for ZoneConfig {
             .clone()
             .unwrap_or_else(|| "/sbin/init".to_string());
         // Checked before a start: see `docker_process`.
-        let docker = docker_process(vm).ok().flatten();
+        let docker = match &bundle {
+            Some(b) => Some(bundle_process(b)),
+            None => docker_process(vm).ok().flatten(),
+        };
         let (init, process) = match docker {
             Some((argv, process)) => (argv, Some(process)),
             None => (init.split_whitespace().map(str::to_string).collect(), None),
@@ -308,12 +344,28 @@ impl From<GuestZone<'_>> for ZoneConfig {
             // sends systemd its own signal. joyent zones run busybox-style inits: SIGTERM.
             // A docker zone's process gets SIGTERM, as `docker stop` sends.
             stop_signal: (vm.brand == Brand::Lx && !vm.docker).then_some(libc::SIGPWR),
-            root_ids: RootIds::Auto,
+            // A bundle's root is not hull's: id-mapped, or the start fails; never chowned.
+            root_ids: match bundle {
+                Some(_) => RootIds::Idmap,
+                None => RootIds::Auto,
+            },
             taps: Vec::new(),
             metadata: Some(metadata_mount(vm, mdata)),
             maintain_resolvers: vm.maintain_resolvers,
             mounts: data.into_iter().chain(binds).collect(),
             tmpfs_mib: vm.tmpfs,
+            tmpfs_mounts: bundle
+                .iter()
+                .flat_map(|b| &b.tmpfs)
+                .map(|t| TmpfsSpec {
+                    at: PathBuf::from(&t.at),
+                    size: t.size,
+                    mode: t.mode,
+                    read_only: t.read_only,
+                })
+                .collect(),
+            masked_paths: bundle.iter().flat_map(|b| b.masked.clone()).collect(),
+            read_only_paths: bundle.iter().flat_map(|b| b.read_only.clone()).collect(),
             rctls: rctls(vm),
             reset_ends: false,
             process,
