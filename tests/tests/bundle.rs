@@ -53,7 +53,9 @@ fn write_config(bundle: &Path, c: &Value) {
 const PROBE: &str = "echo hello from $GREETING in $(pwd); id -u; id -G; ulimit -n; \
                      grep CapEff /proc/self/status; grep -c ' /run tmpfs ' /proc/mounts; \
                      grep -c ' /dev/mqueue mqueue ' /proc/mounts; wc -c < /proc/cpuinfo; \
-                     ls /sys/devices | wc -l; hostname; ls -d /data; echo written > /written-by-zone; exit 5";
+                     ls /sys/devices | wc -l; hostname; ls -d /data; cat /etc/hosts; \
+                     echo x 2>/dev/null >> /etc/hosts || echo hosts-ro; echo s > /srv/shared/f; \
+                     echo written > /written-by-zone; exit 5";
 
 #[test]
 #[ignore = "needs root: run with --run-ignored"]
@@ -70,6 +72,16 @@ fn root_an_oci_bundle_runs_as_a_zone() {
         json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs",
         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
     );
+    // Binds of what the bundle holds: a file read-only (CRI's /etc/hosts), a directory
+    // writable.
+    std::fs::write(bundle.join("hosts"), "10.0.0.9 bundled-host\n").expect("hosts");
+    std::fs::create_dir(bundle.join("shared")).expect("shared");
+    mounts.push(
+        json!({"destination": "/etc/hosts", "type": "bind", "source": "hosts",
+        "options": ["rbind", "ro"]}),
+    );
+    mounts.push(json!({"destination": "/srv/shared", "type": "bind",
+        "source": bundle.join("shared").display().to_string(), "options": ["rbind", "rw"]}));
     c["process"]["terminal"] = json!(false);
     c["process"]["args"] = json!(["/bin/sh", "-c", PROBE]);
     c["process"]["env"] = json!(["PATH=/bin:/usr/bin", "GREETING=a-bundle"]);
@@ -119,6 +131,8 @@ fn root_an_oci_bundle_runs_as_a_zone() {
             "0",
             "bundled",
             "/data",
+            "10.0.0.9 bundled-host",
+            "hosts-ro",
         ],
         "{logs}"
     );
@@ -129,6 +143,10 @@ fn root_an_oci_bundle_runs_as_a_zone() {
         "written\n"
     );
     assert_eq!(std::fs::metadata(&written).expect("meta").uid(), 0);
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("shared/f")).expect("shared"),
+        "s\n"
+    );
     // It starts again from the bundle, and its root is not the image store's.
     ok(&d.vmadm(&["start", &uuid], None));
     assert_eq!(wait_stopped(&d, &uuid)["exit_status"], 5);
@@ -160,7 +178,13 @@ fn root_an_oci_bundle_runs_as_a_zone() {
             "/mounts/0",
             json!({"destination": "/host-etc", "type": "bind", "source": "/etc",
                 "options": ["rbind", "rw"]}),
-            "a bind of host path \"/etc\"",
+            "a bundle binds only what it holds",
+        ),
+        (
+            "/mounts/0",
+            json!({"destination": "/up", "type": "bind", "source": "shared/../..",
+                "options": ["rbind"]}),
+            "a bundle binds only what it holds",
         ),
         ("/process/bogus", json!(1), "process.bogus"),
         ("/root/path", json!("no-such-root"), "no-such-root"),

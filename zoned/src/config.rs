@@ -204,7 +204,7 @@ fn yes() -> bool {
 /// A host directory mounted into an OS zone (nosuid, nodev, id-mapped).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ZoneMount {
-    /// The host directory.
+    /// The host directory (or, not `owned`, a regular file: an OCI bundle's /etc/hosts).
     pub host: PathBuf,
     /// Where it appears in the zone: an absolute path of plain names, made as the zone's
     /// root where missing (no symbolic link in the zone's root is followed).

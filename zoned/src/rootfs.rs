@@ -661,13 +661,15 @@ pub fn mount_extras(
 ) -> Result<(), MountError> {
     for m in mounts {
         let action = format!("mount {} at", m.host.display());
-        if !std::fs::metadata(&m.host)
-            .map_err(io_err("use", &m.host))?
-            .is_dir()
-        {
+        let meta = std::fs::metadata(&m.host).map_err(io_err("use", &m.host))?;
+        // A host directory, or (not the zone's own data) a regular file such as an OCI
+        // bundle's /etc/hosts.
+        let is_dir = meta.is_dir();
+        let bindable_file = meta.is_file() && !m.owned;
+        if !is_dir && !bindable_file {
             return Err(refusal(&action, &m.host, "not a directory"));
         }
-        let target = zone_mount_point(rootfs, &m.at, true, id_base, &action)?;
+        let target = zone_mount_point(rootfs, &m.at, is_dir, id_base, &action)?;
         let ro = if m.writable { 0 } else { MOUNT_ATTR_RDONLY };
         if m.owned && ids == RootIds::Shift {
             shift_tree(&m.host, id_base)?;

@@ -97,6 +97,17 @@ pub struct TmpfsMount {
     pub read_only: bool,
 }
 
+/// A bind of a file or directory of the bundle into the zone (`ctr run --mount`, or the
+/// files containerd's CRI hands a pod: its runtime shim puts them in the bundle).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// The source as given: relative to the bundle, or absolute; it must lie in the bundle.
+    pub source: String,
+    /// Where, in the zone.
+    pub at: String,
+    pub read_only: bool,
+}
+
 /// What hull runs of a bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BundleConfig {
@@ -115,6 +126,7 @@ pub struct BundleConfig {
     pub root: String,
     pub hostname: Option<String>,
     pub tmpfs: Vec<TmpfsMount>,
+    pub binds: Vec<BindMount>,
     /// Paths hidden from the process (a file behind /dev/null, a directory behind an empty
     /// read-only tmpfs), beyond the zone's own.
     pub masked: Vec<String>,
@@ -469,6 +481,7 @@ impl Checker {
             root: String::new(),
             hostname: None,
             tmpfs: Vec::new(),
+            binds: Vec::new(),
             masked: Vec::new(),
             read_only: Vec::new(),
             memory: None,
@@ -633,10 +646,30 @@ impl Checker {
                 || options.iter().any(|o| o == "bind" || o == "rbind") =>
             {
                 let source = o.get("source").and_then(Value::as_str).unwrap_or_default();
-                self.bad(
-                    at,
-                    format!("{at}: a bind of host path {source:?} at {dest} is not supported yet"),
-                );
+                if source.is_empty() || source.contains('\0') {
+                    self.bad(
+                        &format!("{at}.source"),
+                        format!("{at}.source must name a file or directory"),
+                    );
+                    return;
+                }
+                let mut read_only = false;
+                for opt in &options {
+                    match opt.as_str() {
+                        "ro" => read_only = true,
+                        "bind" | "rbind" | "rw" | "nosuid" | "nodev" | "noexec" | "private"
+                        | "rprivate" | "slave" | "rslave" => {}
+                        other => self.bad(
+                            &format!("{at}.options"),
+                            format!("{at}: bind option {other:?} is not supported"),
+                        ),
+                    }
+                }
+                out.binds.push(BindMount {
+                    source: source.to_string(),
+                    at: dest.to_string(),
+                    read_only,
+                });
             }
             other => self.bad(
                 &format!("{at}.type"),
@@ -1007,9 +1040,9 @@ mod tests {
             ),
             (
                 "/mounts/0",
-                json!({"destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts",
-                "options": ["rbind", "ro"]}),
-                "mounts.0",
+                json!({"destination": "/etc/hosts", "type": "bind", "source": "hosts",
+                "options": ["rbind", "ro", "shared"]}),
+                "mounts.0.options",
             ),
             (
                 "/mounts/1",

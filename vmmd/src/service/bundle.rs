@@ -62,18 +62,42 @@ pub fn read(dir: &str) -> Result<(BundleConfig, PathBuf)> {
     }
     // The bundle is a host path its caller may name (paths.rs); its root must lie in it, or
     // `root.path` (or a symlink) would hand the zone any directory of the host, writable.
-    let (real, bundle) = (std::fs::canonicalize(&root), std::fs::canonicalize(dir));
-    match (real, bundle) {
-        (Ok(real), Ok(bundle)) if real.starts_with(&bundle) && real != bundle => Ok((config, real)),
-        _ => Err(refuse(
+    // So must what it binds into the zone (containerd's CRI files are put in it by the shim).
+    let inside = |p: &Path| -> Option<PathBuf> {
+        let (real, bundle) = (
+            std::fs::canonicalize(p).ok()?,
+            std::fs::canonicalize(dir).ok()?,
+        );
+        (real.starts_with(&bundle) && real != bundle).then_some(real)
+    };
+    let Some(real) = inside(&root) else {
+        return Err(refuse(
             "root.path",
             format!(
                 "the bundle's root {} lies outside the bundle {dir}: it must be a directory in it \
                  (containerd's rootfs)",
                 root.display()
             ),
-        )),
+        ));
+    };
+    let mut config = config;
+    for (i, b) in config.binds.iter_mut().enumerate() {
+        let source = Path::new(dir).join(&b.source);
+        match inside(&source).filter(|p| p.is_file() || p.is_dir()) {
+            Some(p) => b.source = p.to_string_lossy().into_owned(),
+            None => {
+                return Err(refuse(
+                    &format!("mounts.{i}.source"),
+                    format!(
+                        "the bind source {} is not a file or directory in the bundle {dir}: a \
+                         bundle binds only what it holds",
+                        source.display()
+                    ),
+                ));
+            }
+        }
     }
+    Ok((config, real))
 }
 
 /// A new zone takes what its bundle says where the payload says nothing: its hostname,

@@ -410,9 +410,14 @@ fn write_etc(cfg: &ZoneConfig, first_boot: bool) -> Result<(), ChildError> {
     if !etc.is_dir() {
         return Ok(());
     }
+    // A file the zone's config binds in (an OCI bundle's /etc/hosts, say) is that file's.
+    let bound = |name: &str| cfg.mounts.iter().any(|m| m.at == etc.join(name));
     let w = |name: &str, text: String| {
         let path = etc.join(name);
-        std::fs::write(&path, text).map_err(|e| IoError::new("write", path, e))
+        match bound(name) {
+            true => Ok(()),
+            false => std::fs::write(&path, text).map_err(|e| IoError::new("write", path, e)),
+        }
     };
     w("hostname", format!("{}\n", cfg.hostname))?;
     let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();

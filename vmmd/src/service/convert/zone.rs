@@ -300,6 +300,17 @@ impl From<GuestZone<'_>> for ZoneConfig {
             writable: true,
             owned: true,
         });
+        // A bundle's binds (vmmd found each in the bundle), id-mapped as host directories are.
+        let bundle_binds: Vec<ZoneMount> = bundle
+            .iter()
+            .flat_map(|b| &b.binds)
+            .map(|b| ZoneMount {
+                host: PathBuf::from(&b.source),
+                at: PathBuf::from(&b.at),
+                writable: !b.read_only,
+                owned: false,
+            })
+            .collect();
         let binds = vm.filesystems.iter().map(|f| {
             let host = PathBuf::from(&f.source);
             ZoneMount {
@@ -352,7 +363,7 @@ impl From<GuestZone<'_>> for ZoneConfig {
             taps: Vec::new(),
             metadata: Some(metadata_mount(vm, mdata)),
             maintain_resolvers: vm.maintain_resolvers,
-            mounts: data.into_iter().chain(binds).collect(),
+            mounts: data.into_iter().chain(binds).chain(bundle_binds).collect(),
             tmpfs_mib: vm.tmpfs,
             tmpfs_mounts: bundle
                 .iter()
