@@ -172,7 +172,7 @@ fn root_an_oci_bundle_runs_as_a_zone() {
         (
             "/linux/devices",
             json!([{"path": "/dev/sda", "type": "b", "major": 8, "minor": 0}]),
-            "linux.devices",
+            "device node /dev/sda is not supported",
         ),
         (
             "/mounts/0",

@@ -64,6 +64,18 @@ const ZONE_MOUNTS: &[(&str, &str)] = &[
     ("mqueue", "/dev/mqueue"),
 ];
 
+/// The device nodes a zone has (path, major, minor).
+const ZONE_NODES: &[(&str, i64, i64)] = &[
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+    ("/dev/console", 5, 1),
+    ("/dev/ptmx", 5, 2),
+];
+
 /// The device nodes a zone has (major, minor): a device cgroup rule may allow only these.
 const ZONE_DEVICES: &[(i64, i64)] = &[
     (1, 3),
@@ -688,6 +700,7 @@ impl Checker {
                 "cgroupsPath",
                 "maskedPaths",
                 "readonlyPaths",
+                "devices",
             ],
             &[
                 (
@@ -697,10 +710,6 @@ impl Checker {
                 (
                     "gidMappings",
                     "the zone maps its ids itself (its own 65536-id range)",
-                ),
-                (
-                    "devices",
-                    "a zone gets /dev/null, zero, full, random, urandom and tty only",
                 ),
                 ("sysctl", "a zone's sysctls are the host's"),
                 ("seccomp", "the zone's own seccomp filter applies"),
@@ -718,6 +727,35 @@ impl Checker {
                 ),
             ],
         );
+        // Device nodes to make: those a zone has anyway (ctr's defaults) are what it gets;
+        // any other is refused.
+        match l.get("devices") {
+            None => {}
+            Some(Value::Array(list)) => {
+                for (i, d) in list.iter().enumerate() {
+                    let at = format!("linux.devices.{i}");
+                    let node = d.get("path").and_then(Value::as_str).unwrap_or_default();
+                    let (major, minor) = (
+                        d.get("major").and_then(Value::as_i64),
+                        d.get("minor").and_then(Value::as_i64),
+                    );
+                    let kind = d.get("type").and_then(Value::as_str);
+                    let zones = ZONE_NODES
+                        .iter()
+                        .any(|(p, ma, mi)| *p == node && Some(*ma) == major && Some(*mi) == minor);
+                    if !zones || kind != Some("c") {
+                        self.r.bad_value(
+                            &at,
+                            format!(
+                                "{at}: device node {node} is not supported: a zone gets /dev/null, \
+                                 zero, full, random, urandom, tty, console and ptmx only"
+                            ),
+                        );
+                    }
+                }
+            }
+            Some(_) => self.bad("linux.devices", "linux.devices must be a list"),
+        }
         if let Some(p) = l.get("cgroupsPath")
             && !p.is_string()
         {
@@ -821,7 +859,10 @@ impl Checker {
                     o.get("major").and_then(Value::as_i64),
                     o.get("minor").and_then(Value::as_i64),
                 );
-                let standard = matches!((major, minor), (Some(ma), Some(mi)) if ZONE_DEVICES.contains(&(ma, mi)))
+                // mknod alone ("m"): a zone's user namespace makes no device node anyway.
+                let mknod_only = o.get("access").and_then(Value::as_str) == Some("m");
+                let standard = mknod_only
+                    || matches!((major, minor), (Some(ma), Some(mi)) if ZONE_DEVICES.contains(&(ma, mi)))
                     || (major == Some(136) && o.get("type").and_then(Value::as_str) == Some("c"));
                 if !standard {
                     self.r.bad_value(
@@ -945,11 +986,14 @@ mod tests {
             ],
             "linux": {
                 "resources": {"devices": [{"allow": false, "access": "rwm"},
+                    {"allow": true, "type": "c", "access": "m"},
                     {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}],
                     "memory": {"limit": 268435456}, "cpu": {"shares": 512}, "pids": {"limit": 100}},
                 "cgroupsPath": "/default/c1",
                 "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
                     {"type": "mount"}, {"type": "network"}],
+                "devices": [{"path": "/dev/null", "type": "c", "major": 1, "minor": 3,
+                    "fileMode": 438, "uid": 0, "gid": 0}],
                 "maskedPaths": ["/proc/kcore", "/proc/asound"],
                 "readonlyPaths": ["/proc/sys"]
             }
@@ -1021,12 +1065,12 @@ mod tests {
             (
                 "/linux/devices",
                 json!([{"path": "/dev/sda", "type": "b", "major": 8, "minor": 0}]),
-                "linux.devices",
+                "linux.devices.0",
             ),
             (
-                "/linux/resources/devices/1/major",
+                "/linux/resources/devices/2/major",
                 json!(8),
-                "linux.resources.devices.1",
+                "linux.resources.devices.2",
             ),
             (
                 "/linux/namespaces/4/path",

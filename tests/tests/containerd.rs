@@ -1,0 +1,191 @@
+//! Debian's containerd running containers as hull zones through containerd-shim-hull-v2
+//! (issue 20), as root (tier 2): containerd started by the test on its own root, state and
+//! socket, an OCI image the test builds with umoci imported by `ctr image import`, and
+//! `ctr run --rm --runtime io.containerd.hull.v2` printing the container's output and
+//! passing its exit status, leaving no zone and no mount behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use hull_tests::Daemon;
+use hull_tests::zone::{busybox, ok, text};
+
+/// An OCI image layout of the busybox tree whose command prints and exits 3, as a tar
+/// `ctr image import` reads.
+fn image(dir: &Path) -> PathBuf {
+    let run = |prog: &str, args: &[&str]| {
+        let o = Command::new(prog)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{prog}: {e} (scripts/packages.txt)"));
+        assert!(o.status.success(), "{prog} {args:?}: {}", text(&o));
+    };
+    run("umoci", &["init", "--layout", "oci"]);
+    run("umoci", &["new", "--image", "oci:hello"]);
+    run("umoci", &["unpack", "--image", "oci:hello", "b"]);
+    run(
+        "tar",
+        &["-xzf", &busybox().1.display().to_string(), "-C", "b/rootfs"],
+    );
+    run("umoci", &["repack", "--image", "oci:hello", "b"]);
+    run(
+        "umoci",
+        &[
+            "config",
+            "--image",
+            "oci:hello",
+            "--config.cmd",
+            "/bin/sh",
+            "--config.cmd",
+            "-c",
+            "--config.cmd",
+            "echo hello from a hull zone; id -u; exit 3",
+        ],
+    );
+    run("tar", &["-C", "oci", "-cf", "hello.tar", "."]);
+    dir.join("hello.tar")
+}
+
+/// containerd on its own root, state and socket, finding the shim in the build's binaries
+/// and vmmd at `vmmd`'s socket.
+struct Containerd {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    fn start(vmmd: &Daemon) -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("ctd")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let d = dir.path();
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = d.join("c.sock").display(),
+        );
+        std::fs::write(d.join("config.toml"), config).expect("config");
+        let bins = hull_tests::bin("vmmd")
+            .parent()
+            .expect("bin dir")
+            .to_path_buf();
+        let path = format!(
+            "{}:{}",
+            bins.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(d.join("containerd.log")).expect("log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .env("HULL_SOCKET", vmmd.socket())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("containerd (scripts/packages.txt)");
+        let c = Containerd { child, dir };
+        let t = Instant::now();
+        while !c.ctr(&["version"]).status.success() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "containerd did not answer: {}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("c.sock"))
+            .args(["--namespace", "hull-test"])
+            .args(args)
+            .output()
+            .expect("ctr")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Mounts still held under containerd's directories.
+    fn mounts(&self) -> Vec<String> {
+        let me = self.dir.path().display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&me))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for m in self.mounts().iter().rev() {
+            if let Some(at) = m.split_whitespace().nth(4) {
+                let _ = nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root and containerd: run with --run-ignored"]
+fn root_ctr_runs_a_container_as_a_hull_zone() {
+    let d = Daemon::start();
+    let c = Containerd::start(&d);
+    let work = tempfile::tempdir().expect("tempdir");
+    let tar = image(work.path());
+    let o = c.ctr(&[
+        "image",
+        "import",
+        "--base-name",
+        "hull.test/hello",
+        &tar.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}\n{}", text(&o), c.log());
+    let images = ok(&c.ctr(&["image", "ls", "-q"]));
+    let image = images
+        .lines()
+        .find(|l| l.starts_with("hull.test/hello"))
+        .unwrap_or_else(|| panic!("no image: {images}"))
+        .to_string();
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.hull.v2",
+        &image,
+        "c1",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "the container's exit status: {}\ncontainerd: {}\nvmmd: {}",
+        text(&o),
+        c.log(),
+        d.log()
+    );
+    assert_eq!(out, "hello from a hull zone\n0\n", "{}", text(&o));
+    // Nothing left: no zone, no task, no mount of its rootfs.
+    assert_eq!(ok(&d.vmadm(&["list", "-H", "-o", "uuid"], None)), "");
+    assert_eq!(ok(&c.ctr(&["task", "ls", "-q"])), "");
+    assert!(
+        c.mounts().iter().all(|m| !m.contains("rootfs")),
+        "{:?}",
+        c.mounts()
+    );
+}
