@@ -214,6 +214,45 @@ impl Shim for Service {
     }
 }
 
+/// Binds a root that `bundle`'s config names by an absolute path outside it at
+/// `bundle/rootfs` and rewrites the config's `root.path` to that; true when it did.
+fn root_into_bundle(bundle: &Path) -> Result<bool, String> {
+    let config_path = bundle.join("config.json");
+    let bytes =
+        std::fs::read(&config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let Some(root) = config
+        .pointer("/root/path")
+        .and_then(|p| p.as_str())
+        .map(PathBuf::from)
+    else {
+        return Ok(false);
+    };
+    if !root.is_absolute() || root.starts_with(bundle) {
+        return Ok(false);
+    }
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(&rootfs).map_err(|e| format!("{}: {e}", rootfs.display()))?;
+    nix::mount::mount(
+        Some(&root),
+        &rootfs,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind {} at {}: {e}", root.display(), rootfs.display()))?;
+    config["root"]["path"] = serde_json::json!("rootfs");
+    let tmp = bundle.join(".config.json.hull");
+    let written =
+        std::fs::write(&tmp, config.to_string()).and_then(|()| std::fs::rename(&tmp, &config_path));
+    if let Err(e) = written {
+        unmount_rootfs(bundle);
+        return Err(format!("{}: {e}", config_path.display()));
+    }
+    Ok(true)
+}
+
 /// Unmounts the rootfs containerd had the shim mount in `bundle` (lazily: a zone's own
 /// mount namespace may still hold it for a moment).
 fn unmount_rootfs(bundle: &Path) {
@@ -234,7 +273,12 @@ impl Task for Service {
         let uuid = zone_uuid(&self.namespace, &req.id);
         let bundle = PathBuf::from(&req.bundle);
         let rootfs = bundle.join("rootfs");
-        let mounted = !req.rootfs.is_empty();
+        let mut mounted = !req.rootfs.is_empty();
+        // `ctr run --rootfs DIR`: a root outside the bundle, which vmmd refuses; bound into
+        // the bundle as its rootfs, and the config made to name that.
+        if !mounted {
+            mounted = root_into_bundle(&bundle).map_err(fail)?;
+        }
         for m in &req.rootfs {
             std::fs::create_dir_all(&rootfs)
                 .map_err(|e| fail(format!("{}: {e}", rootfs.display())))?;

@@ -1,8 +1,9 @@
 //! Debian's containerd running containers as hull zones through containerd-shim-hull-v2
 //! (issue 20), as root (tier 2): containerd started by the test on its own root, state and
 //! socket, an OCI image the test builds with umoci imported by `ctr image import`, and
-//! `ctr run --rm --runtime io.containerd.hull.v2` printing the container's output and
-//! passing its exit status, leaving no zone and no mount behind.
+//! `ctr run --rm --runtime io.containerd.hull.v2` (of the image, and with `--rootfs DIR`)
+//! printing the container's output and passing its exit status, leaving no zone and no
+//! mount behind.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -180,6 +181,28 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
         d.log()
     );
     assert_eq!(out, "hello from a hull zone\n0\n", "{}", text(&o));
+    // `--rootfs DIR`: a tree of the host's (here the image's, unpacked by umoci) as root.
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.hull.v2",
+        "--rootfs",
+        &work.path().join("b/rootfs").display().to_string(),
+        "c2",
+        "/bin/sh",
+        "-c",
+        "echo from a rootfs; exit 4",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}
+{}",
+        text(&o),
+        c.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "from a rootfs\n");
     // Nothing left: no zone, no task, no mount of its rootfs.
     assert_eq!(ok(&d.vmadm(&["list", "-H", "-o", "uuid"], None)), "");
     assert_eq!(ok(&c.ctr(&["task", "ls", "-q"])), "");
