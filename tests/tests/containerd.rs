@@ -203,6 +203,54 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
         c.log()
     );
     assert_eq!(String::from_utf8_lossy(&o.stdout), "from a rootfs\n");
+    // Detached: `ctr task ps` names its process and `ctr task kill -s` signals it (SIGKILL:
+    // as under runc, the zone's pid 1 ignores a SIGTERM it has no handler for).
+    let o = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.hull.v2",
+        &image,
+        "c3",
+        "/bin/sleep",
+        "600",
+    ]);
+    assert!(
+        o.status.success(),
+        "{}
+{}",
+        text(&o),
+        c.log()
+    );
+    let ps = ok(&c.ctr(&["task", "ps", "c3"]));
+    let pid: u32 = ps
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid: {ps}"));
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_eq!(
+        comm.trim(),
+        "sleep",
+        "ctr task ps names the zone's process: {ps}"
+    );
+    ok(&c.ctr(&["task", "kill", "-s", "SIGKILL", "c3"]));
+    let t = Instant::now();
+    loop {
+        let ls = ok(&c.ctr(&["task", "ls"]));
+        if ls
+            .lines()
+            .any(|l| l.starts_with("c3") && l.contains("STOPPED"))
+        {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "c3 still runs: {ls}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = c.ctr(&["task", "delete", "c3"]);
+    assert!(o.status.success(), "{}", text(&o));
+    ok(&c.ctr(&["container", "delete", "c3"]));
     // Nothing left: no zone, no task, no mount of its rootfs.
     assert_eq!(ok(&d.vmadm(&["list", "-H", "-o", "uuid"], None)), "");
     assert_eq!(ok(&c.ctr(&["task", "ls", "-q"])), "");
