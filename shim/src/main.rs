@@ -34,8 +34,11 @@ use uuid::Uuid;
 /// The runtime's name, as containerd's config names it.
 const RUNTIME: &str = "io.containerd.hull.v2";
 
-/// How often a running task's zone is looked at (its output, whether it ended).
+/// How often a running task's output is copied (and at once when it ends).
 const POLL: Duration = Duration::from_millis(50);
+
+/// How often a Wait that came before the start looks whether the task has started.
+const START_POLL: Duration = Duration::from_millis(2);
 
 /// The zone of task `id` in containerd namespace `ns`: the same uuid every time, so that a
 /// shim started again (or `delete` after a crash) finds it.
@@ -92,6 +95,8 @@ struct TaskState {
     mounted: bool,
     /// The copy of the zone's output into the stdout FIFO, ending once the zone stopped.
     copier: Option<tokio::task::JoinHandle<()>>,
+    /// Tells the copier the zone has stopped.
+    ended: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Clone)]
@@ -123,7 +128,7 @@ fn exit_status(vm: &Vm) -> u32 {
 
 /// Copies what the (started) zone writes into the FIFO at `path` until it has stopped and
 /// all it wrote is copied.
-async fn copy_output(uuid: Uuid, path: String) {
+async fn copy_output(uuid: Uuid, path: String, ended: Arc<tokio::sync::Notify>) {
     use std::io::Write;
     let fifo =
         tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).open(&path))
@@ -158,7 +163,42 @@ async fn copy_output(uuid: Uuid, path: String) {
         if stopped {
             return;
         }
-        tokio::time::sleep(POLL).await;
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = ended.notified() => {}
+        }
+    }
+}
+
+/// Blocks until zone `uuid` is stopped, woken by vmmd's event stream (subscribed before the
+/// first look, so no stop is missed; looked at again every second should the stream fail).
+fn wait_stopped(uuid: Uuid) -> Result<Vm, hull_client::ClientError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let events = Client::new(hull_client::socket_path(None))?;
+    std::thread::spawn(move || {
+        let _ = events.events(
+            Some(uuid),
+            false,
+            || {
+                let _ = ready_tx.send(());
+            },
+            |line| {
+                let stopped = serde_json::from_str::<hull_spec::Event>(line)
+                    .is_ok_and(|e| e.state == Some(VmState::Stopped));
+                // Ends with the first stop, or once nobody listens.
+                tx.send(()).is_ok() && !stopped
+            },
+        );
+    });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+    let c = Client::new(hull_client::socket_path(None))?;
+    loop {
+        let vm = c.get_vm(uuid)?;
+        if vm.state == VmState::Stopped {
+            return Ok(vm);
+        }
+        let _ = rx.recv_timeout(Duration::from_secs(1));
     }
 }
 
@@ -313,6 +353,7 @@ impl Task for Service {
                 exited: None,
                 mounted,
                 copier: None,
+                ended: Arc::default(),
             },
         );
         self.publish(
@@ -345,7 +386,8 @@ impl Task for Service {
         // The zone's output is kept in its log from its start on: copied from there, nothing
         // it writes first is missed.
         if !t.stdout.is_empty() {
-            t.copier = Some(tokio::spawn(copy_output(uuid, t.stdout.clone())));
+            let ended = t.ended.clone();
+            t.copier = Some(tokio::spawn(copy_output(uuid, t.stdout.clone(), ended)));
         }
         t.pid = vm.pid.unwrap_or_default();
         t.exited = None;
@@ -387,7 +429,7 @@ impl Task for Service {
         };
         // containerd waits before it starts the task (so as not to miss a quick exit): the
         // zone ends only once it has started.
-        let vm = loop {
+        loop {
             let started = self
                 .tasks
                 .lock()
@@ -395,23 +437,21 @@ impl Task for Service {
                 .get(&req.id)
                 .is_some_and(|t| t.pid != 0);
             if started {
-                let vm = vmmd(move |c| c.get_vm(uuid)).await?;
-                if vm.state == VmState::Stopped {
-                    break vm;
-                }
+                break;
             }
-            tokio::time::sleep(POLL).await;
-        };
+            tokio::time::sleep(START_POLL).await;
+        }
+        let vm = vmmd(move |_| wait_stopped(uuid)).await?;
         // All the zone wrote is in the FIFO before containerd hears it ended.
-        let copier = match copier {
-            Some(c) => Some(c),
-            None => self
-                .tasks
-                .lock()
-                .await
-                .get_mut(&req.id)
-                .and_then(|t| t.copier.take()),
+        let (copier, ended) = {
+            let mut tasks = self.tasks.lock().await;
+            let t = tasks.get_mut(&req.id);
+            let ended = t.as_ref().map(|t| t.ended.clone());
+            (copier.or_else(|| t.and_then(|t| t.copier.take())), ended)
         };
+        if let Some(e) = ended {
+            e.notify_one();
+        }
         if let Some(c) = copier {
             let _ = c.await;
         }
