@@ -33,6 +33,11 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("hull-vswitch", BTreeSet::from(["hull-sys"])),
         ("hull-client", BTreeSet::from(spec_only)),
         ("hull-cli", BTreeSet::from(["hull-client", "hull-spec"])),
+        // The containerd shim is a client of vmmd, as the CLIs are.
+        (
+            "hull-shim",
+            BTreeSet::from(["hull-client", "hull-spec", "hull-sys"]),
+        ),
         // vmmd links the subsystem libraries as they land (zoned, cowstore, vswitch), never
         // hull-vmm: it runs the vmm binary as a process and speaks hull-vmm-proto to it.
         (

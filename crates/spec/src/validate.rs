@@ -2333,11 +2333,15 @@ mod tests {
         let c = validate_create(&lx).unwrap_or_else(|r| panic!("{r}"));
         assert_eq!(c.kernel_version.as_deref(), Some("4.3.0"));
         assert_eq!(c.docker, Some(true));
+        let bundle = json!({"brand": "lx", "oci_bundle": "/run/containerd/b1"});
+        let c = validate_create(&bundle).unwrap_or_else(|r| panic!("{r}"));
+        assert_eq!(c.oci_bundle.as_deref(), Some("/run/containerd/b1"));
         let used: BTreeSet<&str> = zone
             .as_object()
             .into_iter()
             .chain(vm.as_object())
             .chain(lx.as_object())
+            .chain(bundle.as_object())
             .flat_map(|o| o.keys().map(String::as_str))
             .collect();
         let table: BTreeSet<&str> = create_property_names().collect();
