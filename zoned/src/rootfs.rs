@@ -1106,31 +1106,11 @@ fn mask_more(
             .filter(|m| !m.file_type().is_symlink())
             .map(|m| (path, m.is_dir()))
     };
-    let hidden = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     for (p, dir) in masked.iter().filter_map(at) {
-        match dir {
-            true => mount(Some("tmpfs"), &p, Some("tmpfs"), hidden, Some("size=0")),
-            false => mount(Some(null), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>),
-        }
-        .map_err(err("mask", &p))?;
+        hide(&p, dir, null)?;
     }
     for (p, _) in read_only.iter().filter_map(at) {
-        mount(
-            Some(p.as_path()),
-            &p,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(err("bind-mount", &p))?;
-        mount(
-            None::<&str>,
-            &p,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | hidden,
-            None::<&str>,
-        )
-        .map_err(err("make read-only", &p))?;
+        make_read_only(&p)?;
     }
     Ok(())
 }
@@ -1195,50 +1175,57 @@ fn mask(root: &Path, null: &Path) -> Result<(), MountError> {
     for f in MASKED_FILES {
         let p = root.join("proc").join(f);
         if p.exists() {
-            mount(Some(null), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(err("mask", &p))?;
+            hide(&p, false, null)?;
         }
     }
     for d in MASKED_DIRS {
         let p = root.join(d);
         if p.is_dir() {
-            mount(
-                Some("tmpfs"),
-                &p,
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                Some("size=0"),
-            )
-            .map_err(err("mask", &p))?;
+            hide(&p, true, null)?;
         }
     }
     for d in READ_ONLY {
         let p = root.join(d);
         if p.exists() {
-            mount(
-                Some(p.as_path()),
-                &p,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(err("bind-mount", &p))?;
-            mount(
-                None::<&str>,
-                &p,
-                None::<&str>,
-                MsFlags::MS_BIND
-                    | MsFlags::MS_REMOUNT
-                    | MsFlags::MS_RDONLY
-                    | MsFlags::MS_NOSUID
-                    | MsFlags::MS_NODEV
-                    | MsFlags::MS_NOEXEC,
-                None::<&str>,
-            )
-            .map_err(err("make read-only", &p))?;
+            make_read_only(&p)?;
         }
     }
     Ok(())
+}
+
+/// The flags of what a zone may only look at: read-only, nosuid, nodev, noexec.
+const LOOK_ONLY: MsFlags = MsFlags::MS_RDONLY
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// Hides `p`: a directory behind an empty read-only tmpfs, a file behind `null`.
+fn hide(p: &Path, dir: bool, null: &Path) -> Result<(), MountError> {
+    match dir {
+        true => mount(Some("tmpfs"), p, Some("tmpfs"), LOOK_ONLY, Some("size=0")),
+        false => mount(Some(null), p, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+    }
+    .map_err(err("mask", p))
+}
+
+/// Binds `p` onto itself read-only (nosuid, nodev, noexec).
+fn make_read_only(p: &Path) -> Result<(), MountError> {
+    mount(
+        Some(p),
+        p,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(err("bind-mount", p))?;
+    mount(
+        None::<&str>,
+        p,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | LOOK_ONLY,
+        None::<&str>,
+    )
+    .map_err(err("make read-only", p))
 }
 
 /// Makes `root` the process's root directory and drops the host's mounts from its view.
