@@ -52,6 +52,11 @@ fn fail(what: impl std::fmt::Display) -> containerd_shim::protos::ttrpc::Error {
     Error::Other(what.to_string()).into()
 }
 
+/// The error for a request naming a task this shim does not hold.
+fn no_task(id: &str) -> containerd_shim::protos::ttrpc::Error {
+    fail(format!("no task {id} in this shim"))
+}
+
 fn not_implemented(what: &str) -> containerd_shim::protos::ttrpc::Error {
     Error::Unimplemented(format!(
         "{what} is not implemented by hull's shim yet (containers run as hull zones)"
@@ -378,9 +383,7 @@ impl Task for Service {
             return Err(not_implemented("exec"));
         }
         let mut tasks = self.tasks.lock().await;
-        let t = tasks
-            .get_mut(&req.id)
-            .ok_or_else(|| fail(format!("no task {}", req.id)))?;
+        let t = tasks.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
         let uuid = t.uuid;
         let vm = vmmd(move |c| c.start_vm(uuid)).await?;
         // The zone's output is kept in its log from its start on: copied from there, nothing
@@ -415,9 +418,7 @@ impl Task for Service {
     ) -> TtrpcResult<api::WaitResponse> {
         let (uuid, copier) = {
             let mut tasks = self.tasks.lock().await;
-            let t = tasks
-                .get_mut(&req.id)
-                .ok_or_else(|| fail(format!("no task {}", req.id)))?;
+            let t = tasks.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
             if let Some((status, at)) = &t.exited {
                 return Ok(api::WaitResponse {
                     exit_status: *status,
@@ -494,7 +495,7 @@ impl Task for Service {
             .await
             .get(&req.id)
             .map(|t| t.uuid)
-            .ok_or_else(|| fail(format!("no task {}", req.id)))?;
+            .ok_or_else(|| no_task(&req.id))?;
         let vm = vmmd(move |c| c.get_vm(uuid)).await?;
         if vm.state != VmState::Running {
             return Ok(api::Empty::default());
@@ -521,7 +522,7 @@ impl Task for Service {
             return Err(not_implemented("exec"));
         }
         let Some(t) = self.tasks.lock().await.remove(&req.id) else {
-            return Err(fail(format!("no task {}", req.id)));
+            return Err(no_task(&req.id));
         };
         let uuid = t.uuid;
         let vm = vmmd(move |c| c.get_vm(uuid)).await?;
@@ -559,9 +560,7 @@ impl Task for Service {
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
         let tasks = self.tasks.lock().await;
-        let t = tasks
-            .get(&req.id)
-            .ok_or_else(|| fail(format!("no task {}", req.id)))?;
+        let t = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
         let uuid = t.uuid;
         let vm = vmmd(move |c| c.get_vm(uuid)).await?;
         let status = match (vm.state, t.pid) {
@@ -591,9 +590,7 @@ impl Task for Service {
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
         let tasks = self.tasks.lock().await;
-        let t = tasks
-            .get(&req.id)
-            .ok_or_else(|| fail(format!("no task {}", req.id)))?;
+        let t = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
         Ok(api::PidsResponse {
             processes: vec![ProcessInfo {
                 pid: t.pid,
