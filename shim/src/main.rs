@@ -16,8 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use containerd_shim::asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe};
 use containerd_shim::asynchronous::{ExitSignal, Shim, run, spawn};
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim::monitor::{Subject, Topic};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskPaused, TaskResumed,
+    TaskStart,
+};
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::topics;
@@ -30,6 +35,10 @@ use hull_client::Client;
 use hull_spec::{Vm, VmState};
 use tokio::sync::Mutex;
 use uuid::Uuid;
+
+mod exec;
+mod resources;
+use exec::{ExecProcess, ExecSpec};
 
 /// The runtime's name, as containerd's config names it.
 const RUNTIME: &str = "io.containerd.hull.v2";
@@ -50,6 +59,11 @@ fn zone_uuid(ns: &str, id: &str) -> Uuid {
 /// A ttrpc error carrying `what` (containerd shows it to the user).
 fn fail(what: impl std::fmt::Display) -> containerd_shim::protos::ttrpc::Error {
     Error::Other(what.to_string()).into()
+}
+
+/// The error for a request naming an exec process task `id` does not have.
+fn no_exec(id: &str, exec_id: &str) -> containerd_shim::protos::ttrpc::Error {
+    fail(format!("no exec {exec_id} in task {id}"))
 }
 
 /// The error for a request naming a task this shim does not hold.
@@ -102,6 +116,8 @@ struct TaskState {
     copier: Option<tokio::task::JoinHandle<()>>,
     /// Tells the copier the zone has stopped.
     ended: Arc<tokio::sync::Notify>,
+    /// Further processes run in the zone (`ctr task exec`), by exec id.
+    execs: HashMap<String, ExecProcess>,
 }
 
 #[derive(Clone)]
@@ -204,6 +220,186 @@ fn wait_stopped(uuid: Uuid) -> Result<Vm, hull_client::ClientError> {
             return Ok(vm);
         }
         let _ = rx.recv_timeout(Duration::from_secs(1));
+    }
+}
+
+/// vmmd's usage figures as containerd's cgroup v2 metrics (absent figures are 0, an absent
+/// limit is 0 as runc's "max" is).
+fn metrics(u: &hull_spec::api::Usage) -> containerd_shim::protos::cgroups_v2::metrics::Metrics {
+    use containerd_shim::protos::cgroups_v2::metrics::{
+        CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
+    };
+    let us = |ns: Option<u64>| ns.unwrap_or(0) / 1000;
+    Metrics {
+        pids: Some(PidsStat {
+            current: u.pids.unwrap_or(0),
+            limit: u.pids_limit.unwrap_or(0),
+            ..Default::default()
+        })
+        .into(),
+        cpu: Some(CPUStat {
+            usage_usec: us(u.cpu_usage_ns),
+            user_usec: us(u.cpu_user_ns),
+            system_usec: us(u.cpu_system_ns),
+            nr_periods: u.cpu_periods.unwrap_or(0),
+            nr_throttled: u.cpu_throttled_periods.unwrap_or(0),
+            throttled_usec: us(u.cpu_throttled_ns),
+            ..Default::default()
+        })
+        .into(),
+        memory: Some(MemoryStat {
+            anon: u.memory_anon_bytes.unwrap_or(0),
+            file: u.memory_file_bytes.unwrap_or(0),
+            usage: u.memory_bytes.unwrap_or(0),
+            usage_limit: u.memory_limit_bytes.unwrap_or(0),
+            swap_usage: u.swap_bytes.unwrap_or(0),
+            swap_limit: u.swap_limit_bytes.unwrap_or(0),
+            ..Default::default()
+        })
+        .into(),
+        memory_events: Some(MemoryEvents {
+            max: u.memory_limit_hits.unwrap_or(0),
+            oom_kill: u.oom_kills.unwrap_or(0),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+impl Service {
+    /// The zone of task `id` this shim holds.
+    async fn uuid_of(&self, id: &str) -> TtrpcResult<Uuid> {
+        self.tasks
+            .lock()
+            .await
+            .get(id)
+            .map(|t| t.uuid)
+            .ok_or_else(|| no_task(id))
+    }
+
+    /// Starts exec `exec_id` of task `id`: `zoned exec` in the zone, containerd's FIFOs as
+    /// its stdio; a watcher records its exit and tells containerd.
+    async fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<api::StartResponse> {
+        let (uuid, spec, stdio) = {
+            let tasks = self.tasks.lock().await;
+            let t = tasks.get(id).ok_or_else(|| no_task(id))?;
+            let e = t.execs.get(exec_id).ok_or_else(|| no_exec(id, exec_id))?;
+            if e.pid != 0 {
+                return Err(fail(format!("exec {exec_id} has started already")));
+            }
+            let stdio = [e.stdin.clone(), e.stdout.clone(), e.stderr.clone()];
+            (t.uuid, e.spec.clone(), stdio)
+        };
+        let rt = vmmd(move |c| c.runtime(uuid)).await?;
+        let dir = exec::runtime_dir(&rt.dir).map_err(fail)?.to_path_buf();
+        // Opened off the async threads: a FIFO opened for writing waits for its reader.
+        let files = tokio::task::spawn_blocking(move || {
+            let [i, o, e] = stdio;
+            Ok::<_, std::io::Error>((
+                exec::open_stdio(&i, false)?,
+                exec::open_stdio(&o, true)?,
+                exec::open_stdio(&e, true)?,
+            ))
+        })
+        .await
+        .map_err(|e| fail(format!("exec stdio: {e}")))?
+        .map_err(|e| fail(format!("open exec {exec_id}'s stdio: {e}")))?;
+        // The shim's SIGCHLD handler reaps every child (containerd-shim's monitor): the
+        // relay's exit is taken from there, subscribed to before it can happen.
+        let mut exits = monitor_subscribe(Topic::Pid)
+            .await
+            .map_err(|e| fail(format!("watch exec {exec_id}: {e}")))?;
+        let spawned = std::process::Command::new(exec::zoned_path())
+            .arg("exec")
+            .arg(&dir)
+            .args(spec.zoned_args())
+            .stdin(files.0)
+            .stdout(files.1)
+            .stderr(files.2)
+            .spawn();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = monitor_unsubscribe(exits.id).await;
+                return Err(fail(format!("run {}: {e}", exec::zoned_path().display())));
+            }
+        };
+        let relay = child.id();
+        // The command's own pid and a pidfd of it, checked still to be the relay's child
+        // after the pidfd was opened (so it names that process, not a recycled pid).
+        let held = tokio::task::spawn_blocking(move || {
+            let pid = exec::command_pid(relay, Duration::from_secs(5))?;
+            let fd = hull_sys::process::pidfd(pid as i32).ok()?;
+            let children = std::fs::read_to_string(format!("/proc/{relay}/task/{relay}/children"));
+            children
+                .is_ok_and(|c| c.split_whitespace().any(|p| p == pid.to_string()))
+                .then_some((pid, fd))
+        })
+        .await
+        .ok()
+        .flatten();
+        let (pid, pidfd) = match held {
+            Some((pid, fd)) => (pid, Some(fd)),
+            None => (relay, None),
+        };
+        {
+            let mut tasks = self.tasks.lock().await;
+            if let Some(e) = tasks.get_mut(id).and_then(|t| t.execs.get_mut(exec_id)) {
+                e.pid = pid;
+                e.pidfd = pidfd;
+            }
+        }
+        let (svc, id_, exec_id_) = (self.clone(), id.to_string(), exec_id.to_string());
+        tokio::spawn(async move {
+            // zoned exec's own status is its command's (128 + the signal that ended it).
+            let mut status = 255;
+            while let Some(e) = exits.rx.recv().await {
+                if matches!(e.subject, Subject::Pid(p) if p as u32 == relay) {
+                    status = e.exit_code as u32;
+                    break;
+                }
+            }
+            let _ = monitor_unsubscribe(exits.id).await;
+            drop(child);
+            let at = timestamp();
+            if let Some(e) = svc
+                .tasks
+                .lock()
+                .await
+                .get_mut(&id_)
+                .and_then(|t| t.execs.get_mut(&exec_id_))
+            {
+                e.pidfd = None;
+                e.exited.send_replace(Some((status, at.clone())));
+            }
+            svc.publish(
+                topics::TASK_EXIT_EVENT_TOPIC,
+                Box::new(TaskExit {
+                    container_id: id_.clone(),
+                    id: exec_id_,
+                    pid,
+                    exit_status: status,
+                    exited_at: Some(at).into(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        });
+        self.publish(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            Box::new(TaskExecStarted {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                pid,
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
     }
 }
 
@@ -359,6 +555,7 @@ impl Task for Service {
                 mounted,
                 copier: None,
                 ended: Arc::default(),
+                execs: HashMap::new(),
             },
         );
         self.publish(
@@ -380,7 +577,7 @@ impl Task for Service {
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
         if !req.exec_id.is_empty() {
-            return Err(not_implemented("exec"));
+            return self.start_exec(&req.id, &req.exec_id).await;
         }
         let mut tasks = self.tasks.lock().await;
         let t = tasks.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
@@ -416,6 +613,28 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
+        if !req.exec_id.is_empty() {
+            let mut exited = {
+                let tasks = self.tasks.lock().await;
+                let t = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
+                let e = t
+                    .execs
+                    .get(&req.exec_id)
+                    .ok_or_else(|| no_exec(&req.id, &req.exec_id))?;
+                e.exited.subscribe()
+            };
+            let ended = exited
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| no_exec(&req.id, &req.exec_id))?
+                .clone();
+            let (status, at) = ended.unwrap_or_default();
+            return Ok(api::WaitResponse {
+                exit_status: status,
+                exited_at: Some(at).into(),
+                ..Default::default()
+            });
+        }
         let (uuid, copier) = {
             let mut tasks = self.tasks.lock().await;
             let t = tasks.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
@@ -487,7 +706,18 @@ impl Task for Service {
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         if !req.exec_id.is_empty() {
-            return Err(not_implemented("exec"));
+            let tasks = self.tasks.lock().await;
+            let t = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
+            let e = t
+                .execs
+                .get(&req.exec_id)
+                .ok_or_else(|| no_exec(&req.id, &req.exec_id))?;
+            let Some(pidfd) = &e.pidfd else {
+                return Err(fail(format!("exec {} has not started", req.exec_id)));
+            };
+            exec::signal(pidfd, req.signal as i32)
+                .map_err(|e| fail(format!("signal exec {}: {e}", req.exec_id)))?;
+            return Ok(api::Empty::default());
         }
         let uuid = self
             .tasks
@@ -519,7 +749,28 @@ impl Task for Service {
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
         if !req.exec_id.is_empty() {
-            return Err(not_implemented("exec"));
+            let mut tasks = self.tasks.lock().await;
+            let t = tasks.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
+            let e = t
+                .execs
+                .get(&req.exec_id)
+                .ok_or_else(|| no_exec(&req.id, &req.exec_id))?;
+            let ended = e.exited.borrow().clone();
+            if e.pid != 0 && ended.is_none() {
+                return Err(fail(format!(
+                    "exec {} is running: kill it first",
+                    req.exec_id
+                )));
+            }
+            let pid = e.pid;
+            t.execs.remove(&req.exec_id);
+            let (status, at) = ended.unwrap_or_else(|| (0, timestamp()));
+            return Ok(api::DeleteResponse {
+                pid,
+                exit_status: status,
+                exited_at: Some(at).into(),
+                ..Default::default()
+            });
         }
         let Some(t) = self.tasks.lock().await.remove(&req.id) else {
             return Err(no_task(&req.id));
@@ -561,9 +812,36 @@ impl Task for Service {
     ) -> TtrpcResult<api::StateResponse> {
         let tasks = self.tasks.lock().await;
         let t = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
+        if !req.exec_id.is_empty() {
+            let e = t
+                .execs
+                .get(&req.exec_id)
+                .ok_or_else(|| no_exec(&req.id, &req.exec_id))?;
+            let ended = e.exited.borrow().clone();
+            let status = match (&ended, e.pid) {
+                (Some(_), _) => Status::STOPPED,
+                (None, 0) => Status::CREATED,
+                (None, _) => Status::RUNNING,
+            };
+            return Ok(api::StateResponse {
+                id: req.exec_id.clone(),
+                bundle: t.bundle.clone(),
+                pid: e.pid,
+                status: status.into(),
+                stdin: e.stdin.clone(),
+                stdout: e.stdout.clone(),
+                stderr: e.stderr.clone(),
+                terminal: e.spec.terminal,
+                exit_status: ended.as_ref().map(|e| e.0).unwrap_or_default(),
+                exited_at: ended.map(|e| e.1).into(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            });
+        }
         let uuid = t.uuid;
         let vm = vmmd(move |c| c.get_vm(uuid)).await?;
         let status = match (vm.state, t.pid) {
+            (VmState::Running, _) if vm.paused => Status::PAUSED,
             (VmState::Running, _) => Status::RUNNING,
             (VmState::Stopped, 0) => Status::CREATED,
             (VmState::Stopped, _) => Status::STOPPED,
@@ -591,11 +869,19 @@ impl Task for Service {
     ) -> TtrpcResult<api::PidsResponse> {
         let tasks = self.tasks.lock().await;
         let t = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
-        Ok(api::PidsResponse {
-            processes: vec![ProcessInfo {
-                pid: t.pid,
+        let execs = t
+            .execs
+            .values()
+            .filter(|e| e.pid != 0 && e.exited.borrow().is_none());
+        let processes = std::iter::once(t.pid)
+            .chain(execs.map(|e| e.pid))
+            .map(|pid| ProcessInfo {
+                pid,
                 ..Default::default()
-            }],
+            })
+            .collect();
+        Ok(api::PidsResponse {
+            processes,
             ..Default::default()
         })
     }
@@ -631,24 +917,97 @@ impl Task for Service {
         Ok(api::Empty::default())
     }
 
-    async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        Err(not_implemented("pause"))
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        let uuid = self.uuid_of(&req.id).await?;
+        vmmd(move |c| c.pause_vm(uuid, true)).await?;
+        self.publish(
+            topics::TASK_PAUSED_EVENT_TOPIC,
+            Box::new(TaskPaused {
+                container_id: req.id.clone(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(api::Empty::default())
     }
 
     async fn resume(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::ResumeRequest,
+        req: api::ResumeRequest,
     ) -> TtrpcResult<api::Empty> {
-        Err(not_implemented("resume"))
+        let uuid = self.uuid_of(&req.id).await?;
+        vmmd(move |c| c.pause_vm(uuid, false)).await?;
+        self.publish(
+            topics::TASK_RESUMED_EVENT_TOPIC,
+            Box::new(TaskResumed {
+                container_id: req.id.clone(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(api::Empty::default())
+    }
+
+    /// New limits (CRI UpdateContainerResources, `ctr task update`) as a vmmd update.
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let uuid = self.uuid_of(&req.id).await?;
+        let payload = resources::update_payload(&req.resources.value).map_err(fail)?;
+        vmmd(move |c| c.update_vm(uuid, &payload)).await?;
+        Ok(api::Empty::default())
+    }
+
+    /// The zone's cgroup figures from vmmd, as containerd's cgroup v2 metrics.
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let uuid = self.uuid_of(&req.id).await?;
+        let usage = vmmd(move |c| c.usage(uuid)).await?;
+        let any = containerd_shim::util::convert_to_any(Box::new(metrics(&usage)))
+            .map_err(|e| fail(format!("encode the metrics: {e}")))?;
+        Ok(api::StatsResponse {
+            stats: Some(any).into(),
+            ..Default::default()
+        })
     }
 
     async fn exec(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::ExecProcessRequest,
+        req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
-        Err(not_implemented("exec"))
+        let mut spec = ExecSpec::parse(&req.spec.value).map_err(fail)?;
+        spec.terminal |= req.terminal;
+        {
+            let mut tasks = self.tasks.lock().await;
+            let t = tasks.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
+            if req.exec_id.is_empty() || t.execs.contains_key(&req.exec_id) {
+                return Err(fail(format!(
+                    "exec id {:?} is empty or taken in task {}",
+                    req.exec_id, req.id
+                )));
+            }
+            t.execs.insert(
+                req.exec_id.clone(),
+                ExecProcess::new(spec, req.stdin, req.stdout, req.stderr),
+            );
+        }
+        self.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(api::Empty::default())
     }
 }
 

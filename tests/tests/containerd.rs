@@ -235,6 +235,112 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
         "sleep",
         "ctr task ps names the zone's process: {ps}"
     );
+    // `ctr task exec`: a further process in the zone, in the directory and as the user it
+    // names, its output and exit status passed through.
+    let o = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "--cwd",
+        "/tmp",
+        "--user",
+        "1000:1000",
+        "c3",
+        "/bin/sh",
+        "-c",
+        "echo $(pwd) $(id -u):$(id -g); echo to stderr >&2; exit 5",
+    ]);
+    assert_eq!(o.status.code(), Some(5), "{}\n{}", text(&o), c.log());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "/tmp 1000:1000\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "to stderr\n");
+    // A detached exec is a second process of the task, which `ctr task kill --exec-id`
+    // ends (SIGKILL reaches the command itself, not zoned's relay).
+    ok(&c.ctr(&[
+        "task",
+        "exec",
+        "-d",
+        "--exec-id",
+        "e2",
+        "c3",
+        "/bin/sleep",
+        "300",
+    ]));
+    let ps = ok(&c.ctr(&["task", "ps", "c3"]));
+    let pids: Vec<u32> = ps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 2, "the task's process and its exec: {ps}");
+    let e2 = pids[1];
+    let comm = std::fs::read_to_string(format!("/proc/{e2}/comm")).unwrap_or_default();
+    assert_eq!(comm.trim(), "sleep", "{ps}");
+    ok(&c.ctr(&["task", "kill", "--exec-id", "e2", "-s", "SIGKILL", "c3"]));
+    let t = Instant::now();
+    while Path::new(&format!("/proc/{e2}")).exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "exec e2 still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // `ctr task pause`/`resume`: the zone's cgroup frozen and thawed (v1's freezer.state
+    // or v2's cgroup.events, whichever this host has).
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let (file, frozen_line, thawed_line) = match cgroup
+        .lines()
+        .find_map(|l| l.split_once(":freezer:").map(|(_, p)| p.to_string()))
+    {
+        Some(p) => (
+            format!("/sys/fs/cgroup/freezer{p}/freezer.state"),
+            "FROZEN",
+            "THAWED",
+        ),
+        None => {
+            let p = cgroup
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .unwrap_or("/");
+            (
+                format!("/sys/fs/cgroup{p}/cgroup.events"),
+                "frozen 1",
+                "frozen 0",
+            )
+        }
+    };
+    let frozen = |want: bool| {
+        let line = if want { frozen_line } else { thawed_line };
+        let t = Instant::now();
+        loop {
+            let ev = std::fs::read_to_string(&file).unwrap_or_default();
+            if ev.lines().any(|l| l == line) {
+                return;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "{file}: {ev}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    ok(&c.ctr(&["task", "pause", "c3"]));
+    frozen(true);
+    let ls = ok(&c.ctr(&["task", "ls"]));
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("c3") && l.contains("PAUSED")),
+        "{ls}"
+    );
+    ok(&c.ctr(&["task", "resume", "c3"]));
+    frozen(false);
+    let ls = ok(&c.ctr(&["task", "ls"]));
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("c3") && l.contains("RUNNING")),
+        "{ls}"
+    );
+    // `ctr task metrics`: the zone's cgroup figures (its processes, its memory in use).
+    let m = ok(&c.ctr(&["task", "metrics", "--format", "json", "c3"]));
+    let m: serde_json::Value = serde_json::from_str(&m).unwrap_or_else(|e| panic!("{e}: {m}"));
+    let pids_now = m.pointer("/pids/current").and_then(|v| v.as_u64());
+    assert!(pids_now.is_some_and(|n| n >= 1), "{m}");
+    let mem = m.pointer("/memory/usage").and_then(|v| v.as_u64());
+    assert!(mem.is_some_and(|n| n > 0), "{m}");
     ok(&c.ctr(&["task", "kill", "-s", "SIGKILL", "c3"]));
     let t = Instant::now();
     loop {

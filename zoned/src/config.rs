@@ -307,6 +307,9 @@ pub struct ZoneState {
     /// owner boots it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reset: bool,
+    /// The zone is paused: its cgroup frozen (a stop thaws it first).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub frozen: bool,
 }
 
 /// A request on ctl.sock (one JSON line, one reply line).
@@ -333,6 +336,12 @@ pub enum Request {
     Update {
         limits: Limits,
     },
+    /// The zone's cgroup figures ([`Reply::usage`]).
+    Usage,
+    /// Pause (freeze every process of the zone) or resume (thaw them).
+    Freeze {
+        frozen: bool,
+    },
 }
 
 /// The reply to a [`Request`].
@@ -345,6 +354,8 @@ pub struct Reply {
     pub state: Option<ZoneState>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<hull_vmm_proto::Usage>,
 }
 
 /// File names in a zone's runtime directory.
@@ -495,6 +506,7 @@ mod tests {
             notes: vec![],
             metadata_fd: None,
             reset: false,
+            frozen: true,
         };
         write_json(&p, &s).unwrap();
         assert_eq!(read_json::<ZoneState>(&p).unwrap(), s);

@@ -41,8 +41,60 @@ fn fail(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RunError {
     }
 }
 
+/// How `zoned exec` runs its command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOptions {
+    /// A pty of the zone's own devpts rather than three pipes.
+    pub tty: bool,
+    /// `-u`: a user of the zone's /etc/passwd by name, or `UID[:GID]` / `NAME:GROUP` as an
+    /// OCI process or Docker's USER names one (ids within the zone's range).
+    pub user: Option<String>,
+    /// `-e NAME=VALUE`: variables set over the login environment (PATH, HOME, TERM...).
+    pub env: Vec<String>,
+    /// `-w DIR`: the working directory in the zone (the user's home by default); one that
+    /// does not exist is an error, as runc's.
+    pub cwd: Option<String>,
+}
+
+impl ExecOptions {
+    /// Parses the options before `--` or the command; returns them and the command.
+    pub fn parse(mut rest: &[String]) -> Result<(ExecOptions, &[String]), String> {
+        let mut o = ExecOptions::default();
+        while let Some(a) = rest.first() {
+            let value = || {
+                rest.get(1)
+                    .cloned()
+                    .ok_or_else(|| format!("zoned exec: {a} takes a value"))
+            };
+            match a.as_str() {
+                "-t" => o.tty = true,
+                "-u" => o.user = Some(value()?),
+                "-e" => {
+                    let v = value()?;
+                    match v.split_once('=') {
+                        Some((k, _)) if !k.is_empty() && !k.contains('\0') => o.env.push(v),
+                        _ => return Err(format!("zoned exec: -e {v:?} is not NAME=VALUE")),
+                    }
+                }
+                "-w" => {
+                    let v = value()?;
+                    if !v.starts_with('/') {
+                        return Err(format!("zoned exec: -w {v:?} is not an absolute path"));
+                    }
+                    o.cwd = Some(v);
+                }
+                "--" => return Ok((o, &rest[1..])),
+                _ => return Ok((o, rest)),
+            }
+            rest = &rest[if matches!(a.as_str(), "-t") { 1 } else { 2 }..];
+        }
+        Ok((o, rest))
+    }
+}
+
 /// Runs `argv` in the zone of `dir`; returns its exit status (128 + signal if killed).
-pub fn exec(dir: &Path, argv: &[String], tty: bool, user: Option<&str>) -> Result<i32, RunError> {
+pub fn exec(dir: &Path, argv: &[String], opts: &ExecOptions) -> Result<i32, RunError> {
+    let (tty, user) = (opts.tty, opts.user.as_deref());
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // 0, 1 and 2 are open from here on (a caller may have closed one), so that no pipe made
@@ -114,6 +166,10 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool, user: Option<&str>) -> Resul
     drop(pidfd);
     // In the zone's mount namespace from here on: its /etc/passwd names the user (`-l`).
     let login = match user {
+        // `UID[:GID]` or `NAME:GROUP`, as an OCI process (containerd's exec) names its user.
+        Some(spec) if spec.contains(':') || spec.parse::<u32>().is_ok() => {
+            Some(Login::for_docker(spec)?)
+        }
         Some(name) => Some(Login::find(name)?),
         None => None,
     };
@@ -153,7 +209,7 @@ pub fn exec(dir: &Path, argv: &[String], tty: bool, user: Option<&str>) -> Resul
         });
     }
     if child == 0 {
-        let e = child_exec(&c_argv, &argv[0], &stdio, &filters, login.as_ref());
+        let e = child_exec(&c_argv, &argv[0], &stdio, &filters, login.as_ref(), opts);
         eprintln!("zlogin: {}", hull_sys::chain(&e));
         // SAFETY: _exit ends the child without the parent's destructors.
         unsafe { libc::_exit(127) };
@@ -717,6 +773,7 @@ fn child_exec(
     stdio: &Stdio,
     filters: &security::Filters,
     login: Option<&Login>,
+    opts: &ExecOptions,
 ) -> ChildError {
     let r = (|| -> Result<std::convert::Infallible, ChildError> {
         become_zone_root()?;
@@ -761,8 +818,15 @@ fn child_exec(
             }
             None => ("root", "/root", SHELL[0]),
         };
-        if nix::unistd::chdir(home).is_err() {
-            nix::unistd::chdir("/").map_err(ChildError::EnterRoot)?;
+        match &opts.cwd {
+            Some(dir) => {
+                nix::unistd::chdir(dir.as_str()).map_err(|e| ChildError::Cwd(dir.clone(), e))?
+            }
+            None => {
+                if nix::unistd::chdir(home).is_err() {
+                    nix::unistd::chdir("/").map_err(ChildError::EnterRoot)?;
+                }
+            }
         }
         security::close_inherited_fds()?;
         let path = resolve(cmd).ok_or_else(|| ChildError::NotFound(cmd.to_owned()))?;
@@ -770,7 +834,7 @@ fn child_exec(
             CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| ChildError::BadPath)?;
         let var =
             |k: &str, v: &str| CString::new(format!("{k}={v}")).map_err(|_| ChildError::BadPath);
-        let env = [
+        let mut env = vec![
             var(
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -781,6 +845,13 @@ fn child_exec(
             var("USER", name)?,
             var("SHELL", shell)?,
         ];
+        // `-e`: over the defaults, a later one over an earlier one of the same name.
+        for kv in &opts.env {
+            let name = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+            let prefix = format!("{name}=");
+            env.retain(|e| !e.as_bytes().starts_with(prefix.as_bytes()));
+            env.push(CString::new(kv.as_bytes()).map_err(|_| ChildError::BadPath)?);
+        }
         security::apply_filters(filters)?;
         let source = nix::unistd::execve(&path, argv, &env).unwrap_err();
         Err(ChildError::Exec {
@@ -824,6 +895,39 @@ pub(crate) fn resolve_in(cmd: &str, path: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_options_are_parsed_up_to_the_command() {
+        let args: Vec<String> = [
+            "-t", "-u", "1000:100", "-e", "A=1", "-w", "/tmp", "--", "sh",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (o, cmd) = ExecOptions::parse(&args).unwrap();
+        assert_eq!(
+            o,
+            ExecOptions {
+                tty: true,
+                user: Some("1000:100".into()),
+                env: vec!["A=1".into()],
+                cwd: Some("/tmp".into()),
+            }
+        );
+        assert_eq!(cmd, ["sh"]);
+        let plain: Vec<String> = vec!["ls".into(), "-t".into()];
+        let (o, cmd) = ExecOptions::parse(&plain).unwrap();
+        assert_eq!((o, cmd), (ExecOptions::default(), &plain[..]));
+        for (bad, what) in [
+            (vec!["-e", "NOVALUE"], "NAME=VALUE"),
+            (vec!["-w", "rel"], "absolute"),
+            (vec!["-u"], "takes a value"),
+        ] {
+            let bad: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
+            let e = ExecOptions::parse(&bad).unwrap_err();
+            assert!(e.contains(what), "{e}");
+        }
+    }
 
     #[test]
     fn a_docker_user_is_a_name_or_an_id_with_an_optional_group() {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: zoned run [--hold] DIR\n       zoned spare ZONES CGROUP\n       zoned exec DIR [-t] [-u USER] [-- CMD [ARGS...]]";
+const USAGE: &str = "usage: zoned run [--hold] DIR\n       zoned spare ZONES CGROUP\n       zoned exec DIR [-t] [-u USER] [-e NAME=VALUE]... [-w DIR] [-- CMD [ARGS...]]";
 
 /// `run`'s arguments: `[--hold] DIR`.
 fn run_args(args: &[String]) -> Option<(&Path, bool)> {
@@ -47,25 +47,14 @@ fn main() -> ExitCode {
         }
         Some("exec") if args.len() >= 2 => {
             let dir = PathBuf::from(&args[1]);
-            let mut rest = &args[2..];
-            let mut tty = false;
-            let mut user = None;
-            while let Some(a) = rest.first() {
-                match a.as_str() {
-                    "-t" => tty = true,
-                    "-u" if rest.len() >= 2 => {
-                        user = Some(rest[1].clone());
-                        rest = &rest[1..];
-                    }
-                    "--" => {
-                        rest = &rest[1..];
-                        break;
-                    }
-                    _ => break,
+            let (opts, rest) = match zoned::exec::ExecOptions::parse(&args[2..]) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    eprintln!("{e}\n{USAGE}");
+                    return ExitCode::from(2);
                 }
-                rest = &rest[1..];
-            }
-            match zoned::exec::exec(&dir, rest, tty, user.as_deref()) {
+            };
+            match zoned::exec::exec(&dir, rest, &opts) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 Err(e) => {
                     eprintln!("zlogin: {}", hull_sys::chain(&e));

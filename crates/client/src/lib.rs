@@ -320,6 +320,17 @@ impl Client {
         self.call(Method::POST, &format!("/v1/vms/{uuid}/kill"), Some(&body))
     }
 
+    /// `POST /v1/vms/{uuid}/pause` (`true`) or `/resume` (`false`).
+    pub fn pause_vm(&self, uuid: Uuid, paused: bool) -> Result<Vm, ClientError> {
+        let verb = if paused { "pause" } else { "resume" };
+        self.call(Method::POST, &format!("/v1/vms/{uuid}/{verb}"), None)
+    }
+
+    /// `GET /v1/vms/{uuid}/usage`.
+    pub fn usage(&self, uuid: Uuid) -> Result<hull_spec::api::Usage, ClientError> {
+        self.call(Method::GET, &format!("/v1/vms/{uuid}/usage"), None)
+    }
+
     /// `POST /v1/vms/{uuid}/reprovision`.
     pub fn reprovision_vm(&self, uuid: Uuid, image_uuid: Uuid) -> Result<Vm, ClientError> {
         let body = serde_json::json!({ "image_uuid": image_uuid });

@@ -137,6 +137,61 @@ pub struct Runtime {
     pub console: String,
 }
 
+/// `GET /v1/vms/{uuid}/usage`: what a running guest's cgroup reports (a microVM's is its
+/// VMM's). Counters are cumulative since the guest started; a figure this host's cgroups do
+/// not offer is absent, and an absent limit is none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Usage {
+    /// CPU time used, user and system, in nanoseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_usage_ns: Option<u64>,
+    /// CPU time used in user mode, in nanoseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_user_ns: Option<u64>,
+    /// CPU time used in kernel mode, in nanoseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_system_ns: Option<u64>,
+    /// Scheduler periods under a CPU cap (`cpu_cap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_periods: Option<u64>,
+    /// Of those, the periods in which the cap throttled the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttled_periods: Option<u64>,
+    /// Time throttled by the cap, in nanoseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttled_ns: Option<u64>,
+    /// Memory in use (anonymous, page cache, kernel), in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// The memory limit (`max_physical_memory`), in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// Anonymous memory, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_anon_bytes: Option<u64>,
+    /// Page cache, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_file_bytes: Option<u64>,
+    /// Swap in use, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_bytes: Option<u64>,
+    /// The swap limit, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_limit_bytes: Option<u64>,
+    /// Processes and threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    /// Their limit (`max_lwps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<u64>,
+    /// Times the memory limit was reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_hits: Option<u64>,
+    /// Processes the kernel's OOM killer ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+}
+
 /// What happened to a guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

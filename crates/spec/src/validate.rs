@@ -511,6 +511,7 @@ const READ_ONLY: &[&str] = &[
     "ip_type",
     "last_modified",
     "missing",
+    "paused",
     "pid",
     "platform_buildstamp",
     "provisioning",

@@ -972,6 +972,10 @@ pub struct Vm {
     /// When the guest last started (RFC 3339, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_timestamp: Option<String>,
+    /// The running zone is paused (`POST /v1/vms/{uuid}/pause`): its processes frozen
+    /// until resumed; a stop resumes it first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     /// Exit status of the guest's last run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<i32>,

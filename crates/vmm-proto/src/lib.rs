@@ -31,4 +31,6 @@ pub use control::{ControlReply, ControlRequest, DiskResized};
 pub use dhcp::{DhcpLease, DhcpRoute};
 pub use exit::{ExitReason, ExitRecord};
 pub use found::FoundBoot;
+/// What zoned reports of a zone's cgroup (vmmd's `GET /v1/vms/{uuid}/usage`).
+pub use hull_spec::api::Usage;
 pub use stats::{BalloonReport, DeviceReport, ExitCount, StatsReport, VcpuReport};

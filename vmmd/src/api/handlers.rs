@@ -135,6 +135,18 @@ pub async fn dispatch(
             let vm = service.reprovision(uuid, req.image_uuid).await?;
             Ok(record(StatusCode::OK, &vm))
         }
+        Action::PauseVm(uuid) => {
+            let vm = service.pause(uuid, true).await?;
+            Ok(record(StatusCode::OK, &vm))
+        }
+        Action::ResumeVm(uuid) => {
+            let vm = service.pause(uuid, false).await?;
+            Ok(record(StatusCode::OK, &vm))
+        }
+        Action::Usage(uuid) => {
+            let usage = service.usage(uuid).await?;
+            Ok(json(StatusCode::OK, &usage))
+        }
         Action::Info(uuid) => {
             let info = service.info(uuid).await?;
             Ok(json(StatusCode::OK, &info))

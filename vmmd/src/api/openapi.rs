@@ -64,6 +64,7 @@ pub fn document() -> Value {
     add::<Created>(&mut generator);
     add::<StopRequest>(&mut generator);
     add::<hull_spec::api::Runtime>(&mut generator);
+    add::<hull_spec::api::Usage>(&mut generator);
     add::<RebootRequest>(&mut generator);
     add::<KillRequest>(&mut generator);
     add::<ReprovisionRequest>(&mut generator);
@@ -197,9 +198,18 @@ pub fn document() -> Value {
         },
         "components": { "schemas": schemas }
     });
-    // Send and receive: their own object (one json! of every path is past the macro's
+    // Pause, resume, usage, send and receive: their own object (one json! of every path is past the macro's
     // recursion limit).
     let transfer = json!({
+        "/v1/vms/{uuid}/pause": { "parameters": uuid_param(),
+            "post": op("Pause a running zone: freeze its processes (a stop resumes it first)", "pauseVm", None,
+                ok("200", "The VM, paused", reference("Vm"))) },
+        "/v1/vms/{uuid}/resume": { "parameters": uuid_param(),
+            "post": op("Resume a paused zone", "resumeVm", None,
+                ok("200", "The VM, running", reference("Vm"))) },
+        "/v1/vms/{uuid}/usage": { "parameters": uuid_param(),
+            "get": op("A running guest's cgroup figures: CPU time, memory, processes, OOM kills", "getUsage", None,
+                ok("200", "The figures", reference("Usage"))) },
         "/v1/vms/{uuid}/send": { "parameters": uuid_param(),
             "get": {
                 "summary": "The VM as a send stream (record, root and delegated dataset, or disks; checksummed sections), or with since=SNAPSHOT its changes since that snapshot: a running VM is stopped first and stays stopped",

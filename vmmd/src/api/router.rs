@@ -52,6 +52,12 @@ pub enum Action {
     Logs(Uuid),
     /// `GET /v1/vms/{uuid}/info`: a running microVM's VMM figures
     Info(Uuid),
+    /// `GET /v1/vms/{uuid}/usage`: a running guest's cgroup figures
+    Usage(Uuid),
+    /// `POST /v1/vms/{uuid}/pause`
+    PauseVm(Uuid),
+    /// `POST /v1/vms/{uuid}/resume`
+    ResumeVm(Uuid),
     /// `POST /v1/vms/{uuid}/snapshots`
     CreateSnapshot(Uuid),
     /// `POST /v1/vms/{uuid}/snapshots/{name}/rollback`
@@ -227,7 +233,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
             "v1",
             "vms",
             id,
-            verb @ ("start" | "stop" | "reboot" | "kill" | "reprovision"),
+            verb @ ("start" | "stop" | "reboot" | "kill" | "reprovision" | "pause" | "resume"),
         ] => {
             let uuid = uuid_segment("VM", id)?;
             if *method != M::POST {
@@ -238,6 +244,8 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
                 "stop" => Action::StopVm(uuid),
                 "reboot" => Action::RebootVm(uuid),
                 "reprovision" => Action::ReprovisionVm(uuid),
+                "pause" => Action::PauseVm(uuid),
+                "resume" => Action::ResumeVm(uuid),
                 _ => Action::KillVm(uuid),
             }
         }
@@ -271,6 +279,13 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
             let uuid = uuid_segment("VM", id)?;
             match *method {
                 M::GET => Action::Info(uuid),
+                _ => return Err(allow(&[M::GET])),
+            }
+        }
+        ["v1", "vms", id, "usage"] => {
+            let uuid = uuid_segment("VM", id)?;
+            match *method {
+                M::GET => Action::Usage(uuid),
                 _ => return Err(allow(&[M::GET])),
             }
         }
@@ -436,6 +451,18 @@ mod tests {
         assert_eq!(
             ok(Method::POST, &format!("/v1/vms/{U}/reprovision"), None),
             Action::ReprovisionVm(u)
+        );
+        assert_eq!(
+            ok(Method::POST, &format!("/v1/vms/{U}/pause"), None),
+            Action::PauseVm(u)
+        );
+        assert_eq!(
+            ok(Method::POST, &format!("/v1/vms/{U}/resume"), None),
+            Action::ResumeVm(u)
+        );
+        assert_eq!(
+            ok(Method::GET, &format!("/v1/vms/{U}/usage"), None),
+            Action::Usage(u)
         );
         assert_eq!(
             ok(Method::POST, "/v1/validate/update", Some("brand=lx")),

@@ -332,6 +332,7 @@ impl ZoneRuntime for FakeZones {
             notes: Vec::new(),
             metadata_fd: None,
             reset: false,
+            frozen: false,
         };
         lock(&self.running).insert(vm.uuid, st.clone());
         Ok(st)
@@ -356,6 +357,7 @@ impl ZoneRuntime for FakeZones {
             error: None,
             state: None,
             notes: Vec::new(),
+            usage: None,
         })
     }
 

@@ -200,6 +200,7 @@ impl Service {
         next.zone_state = VmState::Running.zone_state();
         next.pid = st.init_pid.map(|p| p as u32);
         next.boot_timestamp = Some(now());
+        next.paused = false;
         next.exit_status = None;
         next.failure = None;
         // Records from before the switch carried the first warning; the second is for NIC
@@ -238,6 +239,7 @@ impl Service {
         next.state = VmState::Stopped;
         next.zone_state = VmState::Stopped.zone_state();
         next.pid = None;
+        next.paused = false;
         if let Some(last) = last {
             next.exit_status = last
                 .last_exit
@@ -527,6 +529,51 @@ impl Service {
         let z = self.zones.clone();
         blocking(move || z.request(uuid, &Request::Kill { signal })).await?;
         Ok(vm)
+    }
+
+    /// Pauses (`paused`) or resumes a running zone: zoned freezes or thaws its cgroup. A
+    /// zone already so is a message (exit 0 in vmadm's terms); microVMs are refused, their
+    /// VMM's control socket would freeze with them.
+    pub async fn pause(&self, uuid: Uuid, paused: bool) -> Result<Arc<Record>> {
+        let verb = if paused { "pause" } else { "resume" };
+        let lock = self.guest_lock(uuid);
+        let _guest = lock.lock().await;
+        let vm = self.running(uuid, verb)?;
+        if vm.brand.is_microvm() {
+            return Err(ServiceError::Conflict(format!(
+                "cannot {verb} VM {uuid}: pausing is implemented for zones, not {} microVMs",
+                vm.brand
+            )));
+        }
+        if vm.state != VmState::Running {
+            return Err(ServiceError::Conflict(format!(
+                "cannot {verb} VM {uuid}: it is {}",
+                vm.state.as_str()
+            )));
+        }
+        if vm.paused == paused {
+            return Err(ServiceError::Already(format!(
+                "VM {uuid} is already {}",
+                if paused {
+                    "paused"
+                } else {
+                    "running (not paused)"
+                }
+            )));
+        }
+        let z = self.zones.clone();
+        blocking(move || z.request(uuid, &Request::Freeze { frozen: paused })).await?;
+        let mut next = (*vm).clone();
+        next.paused = paused;
+        self.save_state(next).await
+    }
+
+    /// What a running guest's cgroup reports: CPU time, memory, processes, OOM kills.
+    pub async fn usage(&self, uuid: Uuid) -> Result<hull_spec::api::Usage> {
+        let _vm = self.running(uuid, "read the usage of")?;
+        let z = self.zones.clone();
+        let reply = blocking(move || z.request(uuid, &Request::Usage)).await?;
+        Ok(reply.usage.unwrap_or_default())
     }
 
     /// `vmadm info`: what a running microVM's VMM reports on its control socket (vCPU exits

@@ -177,6 +177,8 @@ pub enum CgroupError {
     NoController(&'static str),
     #[error("cannot set a limit: {} does not exist (controller not enabled here?)", .0.display())]
     MissingFile(PathBuf),
+    #[error("{0}")]
+    Unsupported(String),
     /// Reading, creating, renaming or removing a cgroup file or directory.
     #[error(transparent)]
     Io(#[from] IoError),
@@ -217,8 +219,8 @@ trait Version: std::fmt::Debug + Sync {
     fn set_limits(&self, cg: &Cgroup, limits: &Limits) -> Result<Vec<String>, CgroupError>;
     /// Kills every process at once where the kernel can (v2 `cgroup.kill`); false if not.
     fn kill(&self, cg: &Cgroup) -> Result<bool, CgroupError>;
-    /// Freezes or thaws the cgroup, if this host can.
-    fn freeze(&self, cg: &Cgroup, frozen: bool) -> Result<(), CgroupError>;
+    /// Freezes or thaws the cgroup, if this host can; false when it has no freezer.
+    fn freeze(&self, cg: &Cgroup, frozen: bool) -> Result<bool, CgroupError>;
     /// OOM kills so far, if known.
     fn oom_kills(&self, cg: &Cgroup) -> Option<u64>;
     /// CPU time used in nanoseconds, if known.
@@ -485,7 +487,7 @@ impl Cgroup {
                 // Never freeze the caller: it would not wake to thaw.
                 let inside = self.procs()?.contains(&me);
                 if !inside {
-                    self.freeze(true)?;
+                    let _ = self.freeze(true)?;
                 }
                 // Re-read once frozen: children forked before the freeze are caught here.
                 let killed = self.procs().and_then(|pids| {
@@ -499,7 +501,7 @@ impl Cgroup {
                     })
                 });
                 if !inside {
-                    self.freeze(false)?;
+                    let _ = self.freeze(false)?;
                 }
                 killed?;
             }
@@ -508,8 +510,19 @@ impl Cgroup {
     }
 
     /// Freezes or thaws through `cgroup.freeze` (v2) or `freezer.state` (v1), if present.
-    fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+    fn freeze(&self, frozen: bool) -> Result<bool, CgroupError> {
         self.version().freeze(self, frozen)
+    }
+
+    /// Pauses (freezes) or resumes (thaws) every process of the zone: an error on a host
+    /// without a freezer, rather than a pause that did nothing.
+    pub fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
+        match self.freeze(frozen)? {
+            true => Ok(()),
+            false => Err(CgroupError::Unsupported(
+                "this host's cgroups have no freezer (cgroup.freeze or freezer.state)".into(),
+            )),
+        }
     }
 
     /// Removes the cgroup and any descendants in every hierarchy, retrying while exiting
@@ -534,6 +547,69 @@ impl Cgroup {
         let text = read(&self.dir(controller)?.join(file)).ok()?;
         text.lines()
             .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// One number in `file` beside `controller`; "max" (no limit) and a missing file are
+    /// `None`.
+    fn read_number(&self, controller: &str, file: &str) -> Option<u64> {
+        read(&self.dir(controller)?.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The zone's figures: CPU time, memory, processes, OOM events (v2 files, or v1's
+    /// cpuacct, memory and pids where those are what the host has).
+    pub fn usage(&self) -> hull_vmm_proto::Usage {
+        let us = |n: Option<u64>| n.and_then(|n| n.checked_mul(1000));
+        if self.v2 {
+            // A v2 limit file says "max" when there is none: read_number makes that None.
+            return hull_vmm_proto::Usage {
+                cpu_usage_ns: us(self.read_key("cpu", "cpu.stat", "usage_usec")),
+                cpu_user_ns: us(self.read_key("cpu", "cpu.stat", "user_usec")),
+                cpu_system_ns: us(self.read_key("cpu", "cpu.stat", "system_usec")),
+                cpu_periods: self.read_key("cpu", "cpu.stat", "nr_periods"),
+                cpu_throttled_periods: self.read_key("cpu", "cpu.stat", "nr_throttled"),
+                cpu_throttled_ns: us(self.read_key("cpu", "cpu.stat", "throttled_usec")),
+                memory_bytes: self.read_number("memory", "memory.current"),
+                memory_limit_bytes: self.read_number("memory", "memory.max"),
+                memory_anon_bytes: self.read_key("memory", "memory.stat", "anon"),
+                memory_file_bytes: self.read_key("memory", "memory.stat", "file"),
+                swap_bytes: self.read_number("memory", "memory.swap.current"),
+                swap_limit_bytes: self.read_number("memory", "memory.swap.max"),
+                pids: self.read_number("pids", "pids.current"),
+                pids_limit: self.read_number("pids", "pids.max"),
+                memory_limit_hits: self.read_key("memory", "memory.events", "max"),
+                oom_kills: self.oom_kills_known(),
+            };
+        }
+        // v1: "no limit" is a huge number there (PAGE_COUNTER_MAX pages).
+        let limit = |n: Option<u64>| n.filter(|&n| n < (1 << 62));
+        let mem = self.read_number("memory", "memory.usage_in_bytes");
+        let memsw = self.read_number("memory", "memory.memsw.usage_in_bytes");
+        hull_vmm_proto::Usage {
+            cpu_usage_ns: self.read_number("cpuacct", "cpuacct.usage"),
+            cpu_user_ns: self.read_number("cpuacct", "cpuacct.usage_user"),
+            cpu_system_ns: self.read_number("cpuacct", "cpuacct.usage_sys"),
+            cpu_periods: self.read_key("cpu", "cpu.stat", "nr_periods"),
+            cpu_throttled_periods: self.read_key("cpu", "cpu.stat", "nr_throttled"),
+            cpu_throttled_ns: self.read_key("cpu", "cpu.stat", "throttled_time"),
+            memory_bytes: mem,
+            memory_limit_bytes: limit(self.read_number("memory", "memory.limit_in_bytes")),
+            memory_anon_bytes: self.read_key("memory", "memory.stat", "rss"),
+            memory_file_bytes: self.read_key("memory", "memory.stat", "cache"),
+            swap_bytes: memsw.zip(mem).map(|(sw, m)| sw.saturating_sub(m)),
+            swap_limit_bytes: None,
+            pids: self.read_number("pids", "pids.current"),
+            pids_limit: self.read_number("pids", "pids.max"),
+            memory_limit_hits: self.read_number("memory", "memory.failcnt"),
+            oom_kills: self.oom_kills_known(),
+        }
+    }
+
+    fn oom_kills_known(&self) -> Option<u64> {
+        self.version().oom_kills(self)
     }
 
     /// Whether this is a cgroup v2 cgroup (one directory holding every controller).

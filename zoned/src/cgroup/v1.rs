@@ -61,9 +61,10 @@ impl Version for V1 {
         Ok(false)
     }
 
-    fn freeze(&self, cg: &Cgroup, frozen: bool) -> Result<(), CgroupError> {
+    fn freeze(&self, cg: &Cgroup, frozen: bool) -> Result<bool, CgroupError> {
         let state = if frozen { "FROZEN" } else { "THAWED" };
-        if cg.offer("freezer", "freezer.state", state)? && frozen {
+        let can = cg.offer("freezer", "freezer.state", state)?;
+        if can && frozen {
             let path = cg
                 .dir("freezer")
                 .map(|d| d.join("freezer.state"))
@@ -74,7 +75,7 @@ impl Version for V1 {
                 sleep(Duration::from_millis(5));
             }
         }
-        Ok(())
+        Ok(can)
     }
 
     fn oom_kills(&self, cg: &Cgroup) -> Option<u64> {

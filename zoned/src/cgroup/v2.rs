@@ -58,9 +58,8 @@ impl Version for V2 {
         cg.offer("cgroup", "cgroup.kill", "1")
     }
 
-    fn freeze(&self, cg: &Cgroup, frozen: bool) -> Result<(), CgroupError> {
+    fn freeze(&self, cg: &Cgroup, frozen: bool) -> Result<bool, CgroupError> {
         cg.offer("cgroup", "cgroup.freeze", if frozen { "1" } else { "0" })
-            .map(drop)
     }
 
     fn oom_kills(&self, cg: &Cgroup) -> Option<u64> {

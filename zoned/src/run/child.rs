@@ -48,6 +48,8 @@ pub(crate) enum ChildError {
     },
     #[error("cannot enter /")]
     EnterRoot(#[source] nix::Error),
+    #[error("cannot enter the working directory {0}")]
+    Cwd(String, #[source] nix::Error),
     #[error("cannot start a session")]
     Session(#[source] nix::Error),
     #[error("cannot make /dev/console the controlling terminal")]

@@ -355,6 +355,7 @@ fn run_zone(
         notes: Vec::new(),
         metadata_fd: None,
         reset: false,
+        frozen: false,
     };
     write_runtime_json(&dir.join(files::STATE), &state)?;
     let result = match build(dir, cfg, &mut state, spare) {
@@ -620,6 +621,10 @@ impl Zone {
                 self.state.init_pid = None;
                 self.state.init_start = None;
                 self.kill_all();
+                // What a kill left frozen (its init gone) is thawed: nothing stays paused.
+                if std::mem::take(&mut self.state.frozen) {
+                    let _ = self.cgroup.set_frozen(false);
+                }
                 if reboot {
                     self.stopping = None;
                     if let Err(e) = self.boot() {
@@ -772,6 +777,13 @@ impl Zone {
 
     fn stop(&mut self, timeout_s: u64, force: bool, reboot: bool) {
         let Some(init) = self.init else { return };
+        // A paused zone is thawed first: a frozen init would never see its stop signal.
+        if self.state.frozen {
+            if let Err(e) = self.cgroup.set_frozen(false) {
+                eprintln!("zoned: cannot resume the paused zone to stop it: {e}");
+            }
+            self.state.frozen = false;
+        }
         if self.stopping.is_none() {
             self.state.phase = Phase::Stopping;
             self.save();
@@ -850,13 +862,17 @@ impl Zone {
             error: None,
             state: None,
             notes,
+            usage: None,
         };
         let reply = match serde_json::from_str::<Request>(line.trim()) {
             Err(e) => Reply {
                 ok: false,
                 error: Some(format!("bad request: {e}")),
-                state: None,
-                notes: vec![],
+                ..ok(vec![])
+            },
+            Ok(Request::Usage) => Reply {
+                usage: Some(self.cgroup.usage()),
+                ..ok(vec![])
             },
             Ok(Request::Status) => Reply {
                 state: Some(self.state.clone()),
@@ -888,6 +904,33 @@ impl Zone {
                     ok: false,
                     error: Some(format!("{signal} is not a signal")),
                     ..ok(vec![])
+                },
+            },
+            Ok(Request::Freeze { frozen }) => match (self.init, &self.stopping) {
+                (None, _) => Reply {
+                    ok: false,
+                    error: Some("the zone's init is not running".into()),
+                    ..ok(vec![])
+                },
+                (_, Some(_)) => Reply {
+                    ok: false,
+                    error: Some("the zone is stopping".into()),
+                    ..ok(vec![])
+                },
+                _ => match self.cgroup.set_frozen(frozen) {
+                    Ok(()) => {
+                        self.state.frozen = frozen;
+                        self.save();
+                        ok(vec![])
+                    }
+                    Err(e) => Reply {
+                        ok: false,
+                        error: Some(format!(
+                            "cannot {} the zone: {e}",
+                            if frozen { "pause" } else { "resume" }
+                        )),
+                        ..ok(vec![])
+                    },
                 },
             },
             Ok(Request::Update { limits }) => match self.cgroup.set_limits(&limits) {

@@ -184,6 +184,7 @@ pub fn new_record(c: VmCreate, ctx: &Context, pool: &mut MacPool<'_>) -> Result<
         last_modified: ctx.now.clone(),
         pid: None,
         boot_timestamp: None,
+        paused: false,
         exit_status: None,
         init_restarts: None,
         snapshots: Vec::new(),
