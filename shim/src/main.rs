@@ -46,9 +46,6 @@ const RUNTIME: &str = "io.containerd.hull.v2";
 /// How often a running task's output is copied (and at once when it ends).
 const POLL: Duration = Duration::from_millis(50);
 
-/// How often a Wait that came before the start looks whether the task has started.
-const START_POLL: Duration = Duration::from_millis(2);
-
 /// The zone of task `id` in containerd namespace `ns`: the same uuid every time, so that a
 /// shim started again (or `delete` after a crash) finds it.
 fn zone_uuid(ns: &str, id: &str) -> Uuid {
@@ -108,14 +105,11 @@ struct TaskState {
     stderr: String,
     terminal: bool,
     pid: u32,
-    /// Set once the zone has run and stopped: (exit status, when).
-    exited: Option<(u32, Timestamp)>,
+    /// Set once the zone has run and stopped: (exit status, when); the task's watcher sets
+    /// it, whether or not a Wait is pending.
+    exited: tokio::sync::watch::Sender<Option<(u32, Timestamp)>>,
     /// Whether the shim mounted the rootfs (and so unmounts it at delete).
     mounted: bool,
-    /// The copy of the zone's output into the stdout FIFO, ending once the zone stopped.
-    copier: Option<tokio::task::JoinHandle<()>>,
-    /// Tells the copier the zone has stopped.
-    ended: Arc<tokio::sync::Notify>,
     /// Further processes run in the zone (`ctr task exec`), by exec id.
     execs: HashMap<String, ExecProcess>,
 }
@@ -160,17 +154,23 @@ async fn copy_output(uuid: Uuid, path: String, ended: Arc<tokio::sync::Notify>) 
     };
     let mut copied = 0usize;
     loop {
-        let stopped = vmmd(move |c| c.get_vm(uuid))
-            .await
-            .map(|vm| vm.state == VmState::Stopped)
-            .unwrap_or(true);
-        let logs = vmmd(move |c| {
+        let look = tokio::task::spawn_blocking(move || {
+            let c = Client::new(hull_client::socket_path(None))?;
+            let stopped = c.get_vm(uuid)?.state == VmState::Stopped;
             let mut out = Vec::new();
             c.logs(uuid, &mut out)?;
-            Ok(out)
+            Ok::<_, hull_client::ClientError>((stopped, out))
         })
-        .await
-        .unwrap_or_default();
+        .await;
+        let (stopped, logs) = match look {
+            Ok(Ok(l)) => l,
+            // vmmd restarting: the log is still there once it answers again.
+            Ok(Err(e)) if transient(&e) => {
+                tokio::time::sleep(VMMD_RETRY).await;
+                continue;
+            }
+            _ => return,
+        };
         // A log that shrank was rotated (zoned keeps 1 MiB): copy the new one whole.
         if logs.len() < copied {
             copied = 0;
@@ -191,9 +191,30 @@ async fn copy_output(uuid: Uuid, path: String, ended: Arc<tokio::sync::Notify>) 
     }
 }
 
+/// Whether `e` says vmmd could not be reached or answered mid-way (it is restarting): the
+/// zone runs on under zoned, and asking again later is right. vmmd's own answers (no such
+/// VM) are final.
+fn transient(e: &hull_client::ClientError) -> bool {
+    !matches!(e, hull_client::ClientError::Api { .. })
+}
+
+/// How long a look at vmmd waits after it could not be reached.
+const VMMD_RETRY: Duration = Duration::from_millis(500);
+
+/// Blocks until zone `uuid` is stopped, through restarts of vmmd (asked again until it
+/// answers).
+fn wait_stopped(uuid: Uuid) -> Result<Vm, hull_client::ClientError> {
+    loop {
+        match wait_stopped_once(uuid) {
+            Err(e) if transient(&e) => std::thread::sleep(VMMD_RETRY),
+            r => return r,
+        }
+    }
+}
+
 /// Blocks until zone `uuid` is stopped, woken by vmmd's event stream (subscribed before the
 /// first look, so no stop is missed; looked at again every second should the stream fail).
-fn wait_stopped(uuid: Uuid) -> Result<Vm, hull_client::ClientError> {
+fn wait_stopped_once(uuid: Uuid) -> Result<Vm, hull_client::ClientError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let events = Client::new(hull_client::socket_path(None))?;
@@ -268,6 +289,48 @@ fn metrics(u: &hull_spec::api::Usage) -> containerd_shim::protos::cgroups_v2::me
 }
 
 impl Service {
+    /// Watches a started task's zone until it stops (across restarts of vmmd), then lets
+    /// the copy of its output finish, records its exit status for Wait, State and Delete,
+    /// and tells containerd (TaskExit).
+    async fn watch(
+        self,
+        id: String,
+        uuid: Uuid,
+        pid: u32,
+        copier: Option<(tokio::task::JoinHandle<()>, Arc<tokio::sync::Notify>)>,
+    ) {
+        let vm = tokio::task::spawn_blocking(move || wait_stopped(uuid)).await;
+        let status = match vm {
+            Ok(Ok(vm)) => exit_status(&vm),
+            Ok(Err(e)) => {
+                log::warn!("task {id}: {}", hull_sys::chain(&e));
+                255
+            }
+            Err(_) => 255,
+        };
+        // All the zone wrote is in the FIFO before containerd hears it ended.
+        if let Some((c, ended)) = copier {
+            ended.notify_one();
+            let _ = c.await;
+        }
+        let at = timestamp();
+        if let Some(t) = self.tasks.lock().await.get(&id) {
+            t.exited.send_replace(Some((status, at.clone())));
+        }
+        self.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: id.clone(),
+                id,
+                pid,
+                exit_status: status,
+                exited_at: Some(at).into(),
+                ..Default::default()
+            }),
+        )
+        .await;
+    }
+
     /// The zone of task `id` this shim holds.
     async fn uuid_of(&self, id: &str) -> TtrpcResult<Uuid> {
         self.tasks
@@ -420,7 +483,11 @@ impl Shim for Service {
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
         let grouping = opts.id.clone();
-        spawn(opts, &grouping, Vec::new()).await
+        let address = spawn(opts, &grouping, Vec::new()).await?;
+        // containerd finds the shim again from the bundle's `address` file when it restarts
+        // (without it, it takes the running shim for dead and cleans the task up).
+        containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
+        Ok(address)
     }
 
     /// containerd's clean-up after a shim that is gone: the task's zone deleted (stopped
@@ -551,10 +618,8 @@ impl Task for Service {
                 stderr: req.stderr.clone(),
                 terminal: req.terminal,
                 pid: 0,
-                exited: None,
+                exited: tokio::sync::watch::channel(None).0,
                 mounted,
-                copier: None,
-                ended: Arc::default(),
                 execs: HashMap::new(),
             },
         );
@@ -583,14 +648,16 @@ impl Task for Service {
         let t = tasks.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
         let uuid = t.uuid;
         let vm = vmmd(move |c| c.start_vm(uuid)).await?;
+        t.pid = vm.pid.unwrap_or_default();
+        t.exited.send_replace(None);
         // The zone's output is kept in its log from its start on: copied from there, nothing
         // it writes first is missed.
-        if !t.stdout.is_empty() {
-            let ended = t.ended.clone();
-            t.copier = Some(tokio::spawn(copy_output(uuid, t.stdout.clone(), ended)));
-        }
-        t.pid = vm.pid.unwrap_or_default();
-        t.exited = None;
+        let copier = (!t.stdout.is_empty()).then(|| {
+            let ended = Arc::new(tokio::sync::Notify::new());
+            let c = tokio::spawn(copy_output(uuid, t.stdout.clone(), ended.clone()));
+            (c, ended)
+        });
+        tokio::spawn(self.clone().watch(req.id.clone(), uuid, t.pid, copier));
         let pid = t.pid;
         drop(tasks);
         self.publish(
@@ -635,68 +702,19 @@ impl Task for Service {
                 ..Default::default()
             });
         }
-        let (uuid, copier) = {
-            let mut tasks = self.tasks.lock().await;
-            let t = tasks.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
-            if let Some((status, at)) = &t.exited {
-                return Ok(api::WaitResponse {
-                    exit_status: *status,
-                    exited_at: Some(at.clone()).into(),
-                    ..Default::default()
-                });
-            }
-            (t.uuid, t.copier.take())
+        let mut exited = {
+            let tasks = self.tasks.lock().await;
+            let t = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
+            t.exited.subscribe()
         };
         // containerd waits before it starts the task (so as not to miss a quick exit): the
-        // zone ends only once it has started.
-        loop {
-            let started = self
-                .tasks
-                .lock()
-                .await
-                .get(&req.id)
-                .is_some_and(|t| t.pid != 0);
-            if started {
-                break;
-            }
-            tokio::time::sleep(START_POLL).await;
-        }
-        let vm = vmmd(move |_| wait_stopped(uuid)).await?;
-        // All the zone wrote is in the FIFO before containerd hears it ended.
-        let (copier, ended) = {
-            let mut tasks = self.tasks.lock().await;
-            let t = tasks.get_mut(&req.id);
-            let ended = t.as_ref().map(|t| t.ended.clone());
-            (copier.or_else(|| t.and_then(|t| t.copier.take())), ended)
-        };
-        if let Some(e) = ended {
-            e.notify_one();
-        }
-        if let Some(c) = copier {
-            let _ = c.await;
-        }
-        let (status, at) = (exit_status(&vm), timestamp());
-        let pid = {
-            let mut tasks = self.tasks.lock().await;
-            let t = tasks.get_mut(&req.id);
-            let pid = t.as_ref().map(|t| t.pid).unwrap_or_default();
-            if let Some(t) = t {
-                t.exited = Some((status, at.clone()));
-            }
-            pid
-        };
-        self.publish(
-            topics::TASK_EXIT_EVENT_TOPIC,
-            Box::new(TaskExit {
-                container_id: req.id.clone(),
-                id: req.id.clone(),
-                pid,
-                exit_status: status,
-                exited_at: Some(at.clone()).into(),
-                ..Default::default()
-            }),
-        )
-        .await;
+        // watcher the start made sets the exit.
+        let ended = exited
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| no_task(&req.id))?
+            .clone();
+        let (status, at) = ended.unwrap_or_default();
         Ok(api::WaitResponse {
             exit_status: status,
             exited_at: Some(at).into(),
@@ -779,6 +797,7 @@ impl Task for Service {
         let vm = vmmd(move |c| c.get_vm(uuid)).await?;
         let (status, at) = t
             .exited
+            .borrow()
             .clone()
             .unwrap_or_else(|| (exit_status(&vm), timestamp()));
         vmmd(move |c| c.delete_vm(uuid)).await?;
@@ -840,6 +859,7 @@ impl Task for Service {
         }
         let uuid = t.uuid;
         let vm = vmmd(move |c| c.get_vm(uuid)).await?;
+        let ended = t.exited.borrow().clone();
         let status = match (vm.state, t.pid) {
             (VmState::Running, _) if vm.paused => Status::PAUSED,
             (VmState::Running, _) => Status::RUNNING,
@@ -856,8 +876,8 @@ impl Task for Service {
             stdout: t.stdout.clone(),
             stderr: t.stderr.clone(),
             terminal: t.terminal,
-            exit_status: t.exited.as_ref().map(|e| e.0).unwrap_or_default(),
-            exited_at: t.exited.as_ref().map(|e| e.1.clone()).into(),
+            exit_status: ended.as_ref().map(|e| e.0).unwrap_or_default(),
+            exited_at: ended.map(|e| e.1).into(),
             ..Default::default()
         })
     }
