@@ -191,6 +191,49 @@ async fn copy_output(uuid: Uuid, path: String, ended: Arc<tokio::sync::Notify>) 
     }
 }
 
+/// How long the console relay goes on after the zone stopped, for what zoned still holds.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(2);
+
+/// Relays a terminal task's console (zoned's console socket, which replays what the zone
+/// wrote before it was reached) into containerd's stdout FIFO, and its stdin FIFO into the
+/// console, until zoned closes the console or a moment after the zone stopped.
+async fn relay_console(uuid: Uuid, stdin: String, stdout: String, ended: Arc<tokio::sync::Notify>) {
+    use tokio::net::unix::pipe;
+    let Ok(rt) = vmmd(move |c| c.runtime(uuid)).await else {
+        log::warn!("no console for {uuid}");
+        return;
+    };
+    let sock = match tokio::net::UnixStream::connect(&rt.console).await {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("console of {uuid}: {e}");
+            return;
+        }
+    };
+    let (mut from_zone, mut to_zone) = sock.into_split();
+    let input = (!stdin.is_empty()).then(|| {
+        tokio::spawn(async move {
+            if let Ok(mut f) = pipe::OpenOptions::new().open_receiver(&stdin) {
+                let _ = tokio::io::copy(&mut f, &mut to_zone).await;
+            }
+        })
+    });
+    if let Ok(mut out) = pipe::OpenOptions::new().open_sender(&stdout) {
+        let copy = tokio::io::copy(&mut from_zone, &mut out);
+        let drained = async {
+            ended.notified().await;
+            tokio::time::sleep(CONSOLE_DRAIN).await;
+        };
+        tokio::select! {
+            _ = copy => {}
+            _ = drained => {}
+        }
+    }
+    if let Some(i) = input {
+        i.abort();
+    }
+}
+
 /// Whether `e` says vmmd could not be reached or answered mid-way (it is restarting): the
 /// zone runs on under zoned, and asking again later is right. vmmd's own answers (no such
 /// VM) are final.
@@ -652,9 +695,19 @@ impl Task for Service {
         t.exited.send_replace(None);
         // The zone's output is kept in its log from its start on: copied from there, nothing
         // it writes first is missed.
+        // With a terminal (`ctr run -t`) the zone's process has the console's pty: its
+        // socket is relayed both ways (stdin too); otherwise its output pipe's log is copied.
         let copier = (!t.stdout.is_empty()).then(|| {
             let ended = Arc::new(tokio::sync::Notify::new());
-            let c = tokio::spawn(copy_output(uuid, t.stdout.clone(), ended.clone()));
+            let c = match t.terminal {
+                true => tokio::spawn(relay_console(
+                    uuid,
+                    t.stdin.clone(),
+                    t.stdout.clone(),
+                    ended.clone(),
+                )),
+                false => tokio::spawn(copy_output(uuid, t.stdout.clone(), ended.clone())),
+            };
             (c, ended)
         });
         tokio::spawn(self.clone().watch(req.id.clone(), uuid, t.pid, copier));
@@ -966,6 +1019,25 @@ impl Task for Service {
             }),
         )
         .await;
+        Ok(api::Empty::default())
+    }
+
+    /// A terminal's new size: the zone's console (vmmd's resize); an exec's terminal is not
+    /// resized yet.
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        if !req.exec_id.is_empty() {
+            return Err(not_implemented("resizing an exec's terminal"));
+        }
+        let uuid = self.uuid_of(&req.id).await?;
+        let (rows, cols) = (
+            u16::try_from(req.height).unwrap_or(u16::MAX),
+            u16::try_from(req.width).unwrap_or(u16::MAX),
+        );
+        vmmd(move |c| c.resize_console(uuid, rows, cols)).await?;
         Ok(api::Empty::default())
     }
 

@@ -268,6 +268,32 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
         c.log()
     );
     assert_eq!(String::from_utf8_lossy(&o.stdout), "from a rootfs\n");
+    // `ctr run -t`: the process has the zone's console terminal, which the shim relays
+    // both ways (ctr needs a terminal of its own: script(1) gives it one).
+    let ctr = format!(
+        "ctr --address {} --namespace hull-test run -t --rm --runtime io.containerd.hull.v2 \
+         {image} c7 /bin/sh -c 'tty; read line; echo got $line; exit 6'",
+        c.dir.path().join("c.sock").display()
+    );
+    let mut script = Command::new("script")
+        .args(["-qec", &ctr, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (bsdutils)");
+    {
+        use std::io::Write;
+        let mut input = script.stdin.take().expect("stdin");
+        input.write_all(b"hello\r").expect("write");
+        // Kept open until the task ends: an EOF would reach ctr's terminal as a hang-up.
+        let o = script.wait_with_output().expect("script");
+        drop(input);
+        let out = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+        assert_eq!(o.status.code(), Some(6), "{out}\n{}", c.log());
+        assert!(out.contains("/dev/console\n"), "{out}");
+        assert!(out.contains("got hello\n"), "{out}");
+    }
     // Detached: `ctr task ps` names its process and `ctr task kill -s` signals it (SIGKILL:
     // as under runc, the zone's pid 1 ignores a SIGTERM it has no handler for).
     let o = c.ctr(&[

@@ -336,6 +336,11 @@ pub enum Request {
     Update {
         limits: Limits,
     },
+    /// The console terminal's window size (its foreground job gets SIGWINCH).
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
     /// The zone's cgroup figures ([`Reply::usage`]).
     Usage,
     /// Pause (freeze every process of the zone) or resume (thaw them).

@@ -326,6 +326,13 @@ impl Client {
         self.call(Method::POST, &format!("/v1/vms/{uuid}/{verb}"), None)
     }
 
+    /// `POST /v1/vms/{uuid}/resize`: a zone's console window size.
+    pub fn resize_console(&self, uuid: Uuid, rows: u16, cols: u16) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "rows": rows, "cols": cols });
+        self.call::<Value>(Method::POST, &format!("/v1/vms/{uuid}/resize"), Some(&body))
+            .map(drop)
+    }
+
     /// `GET /v1/vms/{uuid}/usage`.
     pub fn usage(&self, uuid: Uuid) -> Result<hull_spec::api::Usage, ClientError> {
         self.call(Method::GET, &format!("/v1/vms/{uuid}/usage"), None)

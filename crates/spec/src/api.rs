@@ -111,6 +111,17 @@ pub struct KillRequest {
     pub signal: Option<String>,
 }
 
+/// `POST /v1/vms/{uuid}/resize`: the window size of a running zone's console terminal (its
+/// foreground job gets SIGWINCH).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeRequest {
+    /// Rows (lines), 1 to 10000.
+    pub rows: u16,
+    /// Columns, 1 to 10000.
+    pub cols: u16,
+}
+
 /// `POST /v1/vms/validate?action=create|update`: the reply when the payload is valid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ValidateOk {

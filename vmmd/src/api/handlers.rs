@@ -8,7 +8,7 @@ use futures_util::stream;
 use http_body_util::{BodyExt, StreamBody};
 use hull_spec::api::{
     Created, ImageSource, ImportProgress, ImportRequest, KillRequest, RebootRequest,
-    ReprovisionRequest, StopRequest, ValidateOk,
+    ReprovisionRequest, ResizeRequest, StopRequest, ValidateOk,
 };
 use hull_spec::flatten::{RECORD_PATH_RULE, is_record_path};
 use hull_spec::{Brand, NicTag, Ping};
@@ -142,6 +142,11 @@ pub async fn dispatch(
         Action::ResumeVm(uuid) => {
             let vm = service.pause(uuid, false).await?;
             Ok(record(StatusCode::OK, &vm))
+        }
+        Action::ResizeConsole(uuid) => {
+            let req: ResizeRequest = decode(body)?;
+            service.resize(uuid, req.rows, req.cols).await?;
+            Ok(json(StatusCode::OK, &serde_json::json!({})))
         }
         Action::Usage(uuid) => {
             let usage = service.usage(uuid).await?;

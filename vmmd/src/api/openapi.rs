@@ -65,6 +65,7 @@ pub fn document() -> Value {
     add::<StopRequest>(&mut generator);
     add::<hull_spec::api::Runtime>(&mut generator);
     add::<hull_spec::api::Usage>(&mut generator);
+    add::<hull_spec::api::ResizeRequest>(&mut generator);
     add::<RebootRequest>(&mut generator);
     add::<KillRequest>(&mut generator);
     add::<ReprovisionRequest>(&mut generator);
@@ -207,6 +208,9 @@ pub fn document() -> Value {
         "/v1/vms/{uuid}/resume": { "parameters": uuid_param(),
             "post": op("Resume a paused zone", "resumeVm", None,
                 ok("200", "The VM, running", reference("Vm"))) },
+        "/v1/vms/{uuid}/resize": { "parameters": uuid_param(),
+            "post": op("Set a running zone's console window size (its foreground job gets SIGWINCH)", "resizeConsole",
+                Some("ResizeRequest"), ok("200", "Done", json!({"type": "object"}))) },
         "/v1/vms/{uuid}/usage": { "parameters": uuid_param(),
             "get": op("A running guest's cgroup figures: CPU time, memory, processes, OOM kills", "getUsage", None,
                 ok("200", "The figures", reference("Usage"))) },

@@ -56,6 +56,8 @@ pub enum Action {
     Usage(Uuid),
     /// `POST /v1/vms/{uuid}/pause`
     PauseVm(Uuid),
+    /// `POST /v1/vms/{uuid}/resize`: a zone's console window size
+    ResizeConsole(Uuid),
     /// `POST /v1/vms/{uuid}/resume`
     ResumeVm(Uuid),
     /// `POST /v1/vms/{uuid}/snapshots`
@@ -113,6 +115,7 @@ impl Action {
                 | Action::StopVm(_)
                 | Action::RebootVm(_)
                 | Action::KillVm(_)
+                | Action::ResizeConsole(_)
                 | Action::ReprovisionVm(_)
                 | Action::ValidateCreate
                 | Action::ValidateUpdate(_)
@@ -233,7 +236,8 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
             "v1",
             "vms",
             id,
-            verb @ ("start" | "stop" | "reboot" | "kill" | "reprovision" | "pause" | "resume"),
+            verb @ ("start" | "stop" | "reboot" | "kill" | "reprovision" | "pause" | "resume"
+            | "resize"),
         ] => {
             let uuid = uuid_segment("VM", id)?;
             if *method != M::POST {
@@ -246,6 +250,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
                 "reprovision" => Action::ReprovisionVm(uuid),
                 "pause" => Action::PauseVm(uuid),
                 "resume" => Action::ResumeVm(uuid),
+                "resize" => Action::ResizeConsole(uuid),
                 _ => Action::KillVm(uuid),
             }
         }
@@ -463,6 +468,10 @@ mod tests {
         assert_eq!(
             ok(Method::GET, &format!("/v1/vms/{U}/usage"), None),
             Action::Usage(u)
+        );
+        assert_eq!(
+            ok(Method::POST, &format!("/v1/vms/{U}/resize"), None),
+            Action::ResizeConsole(u)
         );
         assert_eq!(
             ok(Method::POST, "/v1/validate/update", Some("brand=lx")),

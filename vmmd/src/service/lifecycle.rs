@@ -568,6 +568,27 @@ impl Service {
         self.save_state(next).await
     }
 
+    /// Sets a running zone's console window size.
+    pub async fn resize(&self, uuid: Uuid, rows: u16, cols: u16) -> Result<()> {
+        let vm = self.running(uuid, "resize the console of")?;
+        if vm.brand.is_microvm() {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} is a {} microVM: its console is a serial line with no window size",
+                vm.brand
+            )));
+        }
+        for (n, what) in [(rows, "rows"), (cols, "cols")] {
+            if !(1..=10_000).contains(&n) {
+                return Err(ServiceError::BadRequest(format!(
+                    "{what} {n} is not a window size (1 to 10000)"
+                )));
+            }
+        }
+        let z = self.zones.clone();
+        blocking(move || z.request(uuid, &Request::Resize { rows, cols })).await?;
+        Ok(())
+    }
+
     /// What a running guest's cgroup reports: CPU time, memory, processes, OOM kills.
     pub async fn usage(&self, uuid: Uuid) -> Result<hull_spec::api::Usage> {
         let _vm = self.running(uuid, "read the usage of")?;

@@ -870,6 +870,35 @@ impl Zone {
                 error: Some(format!("bad request: {e}")),
                 ..ok(vec![])
             },
+            Ok(Request::Resize { rows, cols }) => match &self.console.master {
+                Some(m) => {
+                    let size = libc::winsize {
+                        ws_row: rows,
+                        ws_col: cols,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    };
+                    // SAFETY: TIOCSWINSZ on the pty master we hold, with a live winsize.
+                    match unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &size) } {
+                        0 => ok(vec![]),
+                        _ => Reply {
+                            ok: false,
+                            error: Some(format!(
+                                "cannot resize the console: {}",
+                                std::io::Error::last_os_error()
+                            )),
+                            ..ok(vec![])
+                        },
+                    }
+                }
+                None => Reply {
+                    ok: false,
+                    error: Some(
+                        "the zone has no console terminal (its process writes to a pipe)".into(),
+                    ),
+                    ..ok(vec![])
+                },
+            },
             Ok(Request::Usage) => Reply {
                 usage: Some(self.cgroup.usage()),
                 ..ok(vec![])
