@@ -531,3 +531,49 @@ fn root_a_task_outlives_restarts_of_vmmd_and_containerd() {
         c.mounts()
     );
 }
+
+/// Issue 20's acceptance 5 through containerd: what hull cannot give a container safely is
+/// refused naming it, and the refusal leaves no zone, task or mount behind.
+#[test]
+#[ignore = "needs root and containerd: run with --run-ignored"]
+fn root_unsafe_containers_are_refused_naming_why() {
+    let d = Daemon::start();
+    let c = Containerd::start(&d);
+    let work = tempfile::tempdir().expect("tempdir");
+    let image = import(&c, work.path());
+    for (i, (flags, named)) in [
+        (&["--privileged"][..], "privileged"),
+        (&["--device", "/dev/kvm"], "/dev/kvm"),
+        (
+            &["--mount", "type=bind,src=/etc,dst=/host,options=rbind:ro"],
+            "/etc",
+        ),
+        (
+            &["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"],
+            "uidMappings",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("bad{i}");
+        let mut args = vec!["run", "--rm", "--runtime", "io.containerd.hull.v2"];
+        args.extend_from_slice(flags);
+        args.extend([image.as_str(), id.as_str(), "/bin/true"]);
+        let o = c.ctr(&args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "{flags:?} ran: {}", text(&o));
+        assert!(
+            err.contains(named),
+            "{flags:?}: the error names {named}: {err}"
+        );
+        let _ = c.ctr(&["container", "delete", &id]);
+    }
+    assert_eq!(ok(&d.vmadm(&["list", "-H", "-o", "uuid"], None)), "");
+    assert_eq!(ok(&c.ctr(&["task", "ls", "-q"])), "");
+    assert!(
+        c.mounts().iter().all(|m| !m.contains("rootfs")),
+        "{:?}",
+        c.mounts()
+    );
+}

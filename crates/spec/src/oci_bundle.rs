@@ -257,6 +257,14 @@ pub fn parse(bytes: &[u8]) -> Result<BundleConfig, ValidationReport> {
     if c.r.is_empty() { Ok(out) } else { Err(c.r) }
 }
 
+/// `items` for a message: all of them up to eight, else the first six and how many more.
+fn list_some(items: &[&str]) -> String {
+    match items.len() {
+        0..=8 => items.join(", "),
+        n => format!("{} and {} more", items[..6].join(", "), n - 6),
+    }
+}
+
 struct Checker {
     r: ValidationReport,
 }
@@ -533,16 +541,31 @@ impl Checker {
         ];
         self.fields("process.capabilities", o, &sets, &[]);
         let bounding = self.strings("process.capabilities.bounding", o.get("bounding"));
-        for (i, cap) in bounding.iter().enumerate() {
-            if !CAPABILITY_CEILING.contains(&cap.as_str()) {
-                self.r.bad_value(
-                    format!("process.capabilities.bounding.{i}"),
-                    format!(
-                        "{cap} is beyond what a zone's process may hold (hull's ceiling: {})",
-                        CAPABILITY_CEILING.join(", ")
-                    ),
-                );
-            }
+        // One refusal naming every capability beyond the ceiling (a privileged container
+        // asks for them all), at the first of them.
+        let beyond: Vec<(usize, &String)> = bounding
+            .iter()
+            .enumerate()
+            .filter(|(_, cap)| !CAPABILITY_CEILING.contains(&cap.as_str()))
+            .collect();
+        if let Some((first, _)) = beyond.first() {
+            let names: Vec<&str> = beyond.iter().map(|(_, c)| c.as_str()).collect();
+            let privileged = if names.contains(&"CAP_SYS_ADMIN") && names.len() > 10 {
+                "; a privileged container (every capability of the host) cannot run in a zone"
+            } else {
+                ""
+            };
+            self.r.bad_value(
+                format!("process.capabilities.bounding.{first}"),
+                format!(
+                    "{} beyond what a zone's process may hold (hull's ceiling: {}){privileged}",
+                    match names.len() {
+                        1 => format!("{} is", names[0]),
+                        _ => format!("{} are", list_some(&names)),
+                    },
+                    CAPABILITY_CEILING.join(", ")
+                ),
+            );
         }
         for set in &sets[1..] {
             let p = format!("process.capabilities.{set}");
@@ -732,8 +755,9 @@ impl Checker {
         match l.get("devices") {
             None => {}
             Some(Value::Array(list)) => {
+                // One refusal naming every node a zone does not have, at the first of them.
+                let mut refused: Vec<(usize, &str)> = Vec::new();
                 for (i, d) in list.iter().enumerate() {
-                    let at = format!("linux.devices.{i}");
                     let node = d.get("path").and_then(Value::as_str).unwrap_or_default();
                     let (major, minor) = (
                         d.get("major").and_then(Value::as_i64),
@@ -744,14 +768,23 @@ impl Checker {
                         .iter()
                         .any(|(p, ma, mi)| *p == node && Some(*ma) == major && Some(*mi) == minor);
                     if !zones || kind != Some("c") {
-                        self.r.bad_value(
-                            &at,
-                            format!(
-                                "{at}: device node {node} is not supported: a zone gets /dev/null, \
-                                 zero, full, random, urandom, tty, console and ptmx only"
-                            ),
-                        );
+                        refused.push((i, node));
                     }
+                }
+                if let Some((first, _)) = refused.first() {
+                    let nodes: Vec<&str> = refused.iter().map(|(_, n)| *n).collect();
+                    self.r.bad_value(
+                        format!("linux.devices.{first}"),
+                        format!(
+                            "device node{} {} not supported: a zone gets /dev/null, zero, \
+                             full, random, urandom, tty, console and ptmx only",
+                            if nodes.len() == 1 { "" } else { "s" },
+                            match nodes.len() {
+                                1 => format!("{} is", nodes[0]),
+                                _ => format!("{} are", list_some(&nodes)),
+                            }
+                        ),
+                    );
                 }
             }
             Some(_) => self.bad("linux.devices", "linux.devices must be a list"),
@@ -868,7 +901,7 @@ impl Checker {
                     self.r.bad_value(
                         &at,
                         format!(
-                            "{at}: access to device {}:{} is not supported: a zone gets /dev/null, \
+                            "access to device {}:{} is not supported: a zone gets /dev/null, \
                              zero, full, random, urandom, tty, console, ptmx and its ptys only",
                             major.map_or("*".into(), |m| m.to_string()),
                             minor.map_or("*".into(), |m| m.to_string())

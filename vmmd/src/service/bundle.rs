@@ -36,16 +36,18 @@ pub fn read(dir: &str) -> Result<(BundleConfig, PathBuf)> {
         ));
     }
     let config = oci_bundle::parse(&bytes).map_err(|found| {
+        // The file is named once, with the first refusal.
         let mut r = ValidationReport::default();
-        for p in found.details {
-            r.bad_value(
-                p.property,
-                format!(
+        for (i, p) in found.details.into_iter().enumerate() {
+            let message = match i {
+                0 => format!(
                     "the bundle's config.json ({}): {}",
                     path.display(),
                     p.message
                 ),
-            );
+                _ => p.message,
+            };
+            r.bad_value(p.property, message);
         }
         ServiceError::Invalid(r)
     })?;
