@@ -1,14 +1,17 @@
 //! containerd-shim-hull-v2: containerd's runtime v2 shim for hull (runtime name
 //! `io.containerd.hull.v2`). A thin translator, never a second runtime: each task is a zone
 //! vmmd makes from containerd's OCI bundle (`oci_bundle`, docs/zones.md), starts, watches and
-//! deletes; vmmd and zoned supervise it, so the shim holds nothing a restart of it could lose
-//! (a task's zone is found again by its uuid, derived from the namespace and the id).
+//! deletes; vmmd and zoned supervise it, so the shim holds nothing a restart of vmmd or
+//! containerd could lose (a task's zone is found again by its uuid, derived from the
+//! namespace and the id).
 //!
-//! What it does today: create (the rootfs containerd gives mounted in the bundle, the zone
-//! made), start, wait (the exit status from vmmd's record), kill, delete, state, pids,
-//! connect and shutdown, with the zone's output copied into containerd's stdout FIFO (its
-//! stdout and stderr are one pipe in a zone, so both land there). Exec, pause, resume,
-//! update, stats, checkpoint and a terminal's resize answer "not implemented", naming what.
+//! Create, start, wait (a watcher per task records the exit whether or not a Wait is
+//! pending), kill, delete, state, pids, exec (zoned exec, module [`exec`]), pause and resume
+//! (vmmd freezes the zone), stats (vmmd's usage as cgroup v2 metrics), update (module
+//! [`resources`]), a terminal's resize, connect and shutdown. The zone's output is copied
+//! into containerd's stdout FIFO (its stdout and stderr are one pipe), or with a terminal
+//! the console is relayed both ways. Checkpoints and an exec's resize answer "not
+//! implemented", naming what. docs/containerd.md has the whole mapping.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -80,13 +83,21 @@ fn client() -> Result<Client, containerd_shim::protos::ttrpc::Error> {
     Client::new(hull_client::socket_path(None)).map_err(|e| fail(format!("vmmd: {e}")))
 }
 
+/// vmmd's error with the causes it gave (`cannot start zone U: <why>`).
+fn vmmd_error(e: &hull_client::ClientError) -> String {
+    match e.api_body() {
+        Some(b) if !b.causes.is_empty() => format!("vmmd: {}: {}", b.message, b.causes.join(": ")),
+        _ => format!("vmmd: {}", hull_sys::chain(e)),
+    }
+}
+
 /// Runs a blocking call to vmmd off the shim's async threads.
 async fn vmmd<T: Send + 'static>(
     f: impl FnOnce(&Client) -> Result<T, hull_client::ClientError> + Send + 'static,
 ) -> TtrpcResult<T> {
     tokio::task::spawn_blocking(move || {
         let c = client()?;
-        f(&c).map_err(|e| fail(format!("vmmd: {}", hull_sys::chain(&e))))
+        f(&c).map_err(|e| fail(vmmd_error(&e)))
     })
     .await
     .map_err(|e| fail(format!("vmmd call: {e}")))?

@@ -577,3 +577,94 @@ fn root_unsafe_containers_are_refused_naming_why() {
         c.mounts()
     );
 }
+
+/// A pod as containerd names one (`ctr run --with-ns`, as its CRI does for a sandbox's
+/// containers): a second container joins the first's network, IPC and UTS namespaces and
+/// reaches it on localhost, while its root is its own; a path that is no zone's init is
+/// refused naming it.
+#[test]
+#[ignore = "needs root and containerd: run with --run-ignored"]
+fn root_containers_of_a_pod_share_a_zones_network() {
+    let d = Daemon::start();
+    let c = Containerd::start(&d);
+    let work = tempfile::tempdir().expect("tempdir");
+    let image = import(&c, work.path());
+    let o = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.hull.v2",
+        &image,
+        "sandbox",
+        "/bin/sh",
+        "-c",
+        "mkdir -p /www && echo from the sandbox > /www/index.html && \
+         exec httpd -f -p 127.0.0.1:8080 -h /www",
+    ]);
+    assert!(o.status.success(), "{}\n{}", text(&o), c.log());
+    await_task(&c, "sandbox", "RUNNING");
+    let ps = ok(&c.ctr(&["task", "ps", "sandbox"]));
+    let pid: u32 = ps
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid: {ps}"));
+    let with = |kind: &str, file: &str| format!("{kind}:/proc/{pid}/ns/{file}");
+    let (net, ipc, uts) = (
+        with("network", "net"),
+        with("ipc", "ipc"),
+        with("uts", "uts"),
+    );
+    let script = "for i in 1 2 3 4 5 6 7 8 9 10; do \
+                  wget -qO- http://127.0.0.1:8080/index.html && break; sleep 0.2; done; \
+                  test -e /www && echo shared root || echo own root";
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.hull.v2",
+        "--with-ns",
+        &net,
+        "--with-ns",
+        &ipc,
+        "--with-ns",
+        &uts,
+        &image,
+        "app",
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    assert!(o.status.success(), "{}\n{}\n{}", text(&o), c.log(), d.log());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "from the sandbox\nown root\n",
+        "{}",
+        text(&o)
+    );
+    // A process that is not a zone's init (the test itself) cannot be joined.
+    let me = std::process::id();
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.hull.v2",
+        "--with-ns",
+        &format!("network:/proc/{me}/ns/net"),
+        &image,
+        "intruder",
+        "/bin/true",
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("process {me}")) && err.contains("not the init of a running zone"),
+        "{err}"
+    );
+    let _ = c.ctr(&["container", "delete", "intruder"]);
+    ok(&c.ctr(&["task", "kill", "-s", "SIGKILL", "sandbox"]));
+    await_task(&c, "sandbox", "STOPPED");
+    ok(&c.ctr(&["task", "delete", "sandbox"]));
+    ok(&c.ctr(&["container", "delete", "sandbox"]));
+    assert_eq!(ok(&d.vmadm(&["list", "-H", "-o", "uuid"], None)), "");
+}

@@ -121,6 +121,20 @@ pub struct ZoneConfig {
     /// Keep the console's output in [`files::CONSOLE_LOG`] (a docker zone's logs).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub console_log: bool,
+    /// Another running zone whose user, network, IPC and UTS namespaces this zone's init
+    /// joins (a pod's sandbox: its containers reach each other on localhost and share
+    /// System V IPC); the mount, PID and cgroup namespaces, the root and the cgroup stay
+    /// this zone's. [`Self::id_base`] is then that zone's, whose user namespace maps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinSpec>,
+}
+
+/// The zone [`ZoneConfig::join`] names: its init's pid and start time (clock ticks after
+/// boot), which together name that process even after pid reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinSpec {
+    pub pid: i32,
+    pub start: u64,
 }
 
 /// A docker zone's process (the OCI image config's Env, WorkingDir and User).

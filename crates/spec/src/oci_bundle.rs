@@ -150,6 +150,10 @@ pub struct BundleConfig {
     pub cpu_shares: Option<u64>,
     pub cpu_quota: Option<(i64, u64)>,
     pub pids: Option<i64>,
+    /// The init pid of another zone whose network, IPC and UTS namespaces (and so its user
+    /// namespace, which owns them) the container shares: `linux.namespaces` paths
+    /// `/proc/PID/ns/net|ipc|uts`, as containerd names a pod's sandbox (`ctr run --with-ns`).
+    pub join: Option<i32>,
 }
 
 /// Parses and checks a bundle's config.json; the report names every field hull refuses
@@ -508,6 +512,7 @@ impl Checker {
             cpu_shares: None,
             cpu_quota: None,
             pids: None,
+            join: None,
         }
     }
 
@@ -814,18 +819,42 @@ impl Checker {
                             &format!("{at}.type"),
                             format!("{at}.type {kind:?} is no namespace"),
                         );
-                    } else if o
+                    } else if let Some(path) = o
                         .get("path")
                         .and_then(Value::as_str)
-                        .is_some_and(|p| !p.is_empty())
+                        .filter(|p| !p.is_empty())
                     {
-                        self.r.bad_property(
-                            format!("{at}.path"),
-                            format!(
-                                "{at}: joining an existing {kind} namespace is not supported yet: \
-                                 a zone has namespaces of its own"
+                        // Another process's network, IPC or UTS namespace (a pod's sandbox):
+                        // the zone joins it if that process is a hull zone's init, which
+                        // vmmd checks at each start.
+                        let file = match kind {
+                            "network" => Some("net"),
+                            "ipc" | "uts" => Some(kind),
+                            _ => None,
+                        };
+                        let pid = path
+                            .strip_prefix("/proc/")
+                            .and_then(|r| r.split_once("/ns/"))
+                            .filter(|(_, f)| Some(*f) == file)
+                            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+                            .filter(|&pid| pid > 0);
+                        match (pid, out.join) {
+                            (Some(p), None) => out.join = Some(p),
+                            (Some(p), Some(q)) if p == q => {}
+                            (Some(_), Some(_)) => self.r.bad_property(
+                                format!("{at}.path"),
+                                "the namespaces a container joins must all be one process's \
+                                 (a pod's sandbox)",
                             ),
-                        );
+                            (None, _) => self.r.bad_property(
+                                format!("{at}.path"),
+                                format!(
+                                    "joining the {kind} namespace {path} is not supported: a zone \
+                                     joins only another zone's network, IPC and UTS namespaces, \
+                                     named /proc/PID/ns/net|ipc|uts"
+                                ),
+                            ),
+                        }
                     }
                 }
             }

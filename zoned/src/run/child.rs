@@ -48,6 +48,8 @@ pub(crate) enum ChildError {
     },
     #[error("cannot enter /")]
     EnterRoot(#[source] nix::Error),
+    #[error("cannot bring up the zone's loopback")]
+    Loopback(#[source] std::io::Error),
     #[error("cannot enter the working directory {0}")]
     Cwd(String, #[source] nix::Error),
     #[error("cannot start a session")]
@@ -184,6 +186,9 @@ fn setup_init(
     drop(go);
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
         .map_err(ChildError::CgroupNamespace)?;
+    // Its loopback up, whether or not it has NICs (a container without a network still
+    // has localhost), while it holds CAP_NET_ADMIN over its network namespace.
+    loopback_up().map_err(ChildError::Loopback)?;
     reset_signals()?;
     let asked = match cfg.process.as_ref().and_then(|p| p.caps.as_ref()) {
         Some(names) => Some(kept_caps(names)?),
@@ -437,6 +442,34 @@ fn write_etc(cfg: &ZoneConfig, first_boot: bool) -> Result<(), ChildError> {
     let resolv = crate::config::resolv_conf(&cfg.resolvers, cfg.dns_domain.as_deref());
     if let Some(text) = resolv.filter(|_| first_boot || cfg.maintain_resolvers) {
         w("resolv.conf", text)?;
+    }
+    Ok(())
+}
+
+/// Brings up `lo` in this process's network namespace (SIOCSIFFLAGS on a socket of it).
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: a socket we own and close; ifreq is plain data, zeroed then named "lo"; the
+    // ioctls read and write only that struct.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let sock = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sock);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if req.ifr_ifru.ifru_flags & libc::IFF_UP as libc::c_short != 0 {
+            return Ok(());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
     Ok(())
 }

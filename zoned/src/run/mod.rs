@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hull_sys::chain;
-use hull_sys::process::start_time;
+use hull_sys::process::{same_process, start_time};
 use hull_vmm_proto::{ControlReply, ControlRequest, ExitReason, ExitRecord};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
@@ -569,7 +569,7 @@ impl Zone {
                 )
             };
             if master_ev {
-                self.pump_output();
+                let _ = self.pump_output();
             }
             if client_ev {
                 self.pump_input();
@@ -621,6 +621,7 @@ impl Zone {
                 self.state.init_pid = None;
                 self.state.init_start = None;
                 self.kill_all();
+                self.drain_output();
                 // What a kill left frozen (its init gone) is thawed: nothing stays paused.
                 if std::mem::take(&mut self.state.frozen) {
                     let _ = self.cgroup.set_frozen(false);
@@ -979,17 +980,32 @@ impl Zone {
         let _ = out.write_all(text.as_bytes());
     }
 
-    fn pump_output(&mut self) {
+    /// Moves what the console (or output pipe) holds to the backlog, log and client; true
+    /// when it read something.
+    fn pump_output(&mut self) -> bool {
         let Some(m) = &self.console.master else {
-            return;
+            return false;
         };
         let mut buf = [0u8; 4096];
         match nix::unistd::read(m, &mut buf) {
             Ok(0) | Err(nix::Error::EIO) => {
                 self.console.master = None;
+                false
             }
-            Ok(n) => self.console.output(&buf[..n]),
-            Err(_) => {}
+            Ok(n) => {
+                self.console.output(&buf[..n]);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Takes everything the zone's processes wrote before they ended (the console is
+    /// non-blocking: until it is empty), so that its end never loses its last output.
+    fn drain_output(&mut self) {
+        let mut budget = CONSOLE_LOG_MAX / 4096 + 1;
+        while budget > 0 && self.pump_output() {
+            budget -= 1;
         }
     }
 
@@ -1062,14 +1078,17 @@ impl Zone {
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWNET;
         // On cgroup v2 init is born in the zone's cgroup; on v1 it joins below, unless a
-        // spare zoned that adopted the cgroup clones it from inside.
-        let born_inside = self.cgroup.is_v2() || self.joined;
+        // spare zoned that adopted the cgroup clones it from inside. A zone joining another's
+        // namespaces is cloned by a helper and joins its cgroup below too.
+        let join = self.cfg.join;
+        let born_inside = (self.cgroup.is_v2() || self.joined) && join.is_none();
         // SAFETY: fork-like clones (no new stack) of this single-threaded process; the child
         // runs `init_child`, which never returns.
         let cloned = unsafe {
-            match self.cgroup.is_v2() {
-                true => self.cgroup.clone_into(flags as u64),
-                false => {
+            match (join, self.cgroup.is_v2()) {
+                (Some(j), _) => clone_joined(j),
+                (None, true) => self.cgroup.clone_into(flags as u64),
+                (None, false) => {
                     let flags = (flags | libc::SIGCHLD) as libc::c_ulong;
                     match libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) {
                         p if p < 0 => Err(std::io::Error::last_os_error()),
@@ -1095,12 +1114,16 @@ impl Zone {
         let pid = Pid::from_raw(pid);
         self.init = Some(pid);
         let started = (|| {
-            rootfs::write_id_maps(pid.as_raw(), self.cfg.id_base)?;
-            // Before init runs anything of the zone's: its IPC namespace's limits.
-            self.cfg
-                .rctls
-                .limit_ipc(pid.as_raw(), self.cfg.id_base)
-                .map_err(sys_io("set the zone's System V IPC limits"))?;
+            // A joined user namespace is mapped already, and its IPC namespace limited, by
+            // the zone that made them.
+            if join.is_none() {
+                rootfs::write_id_maps(pid.as_raw(), self.cfg.id_base)?;
+                // Before init runs anything of the zone's: its IPC namespace's limits.
+                self.cfg
+                    .rctls
+                    .limit_ipc(pid.as_raw(), self.cfg.id_base)
+                    .map_err(sys_io("set the zone's System V IPC limits"))?;
+            }
             nix::unistd::write(&go_w, b"g").map_err(sys("release the zone's init"))?;
             // Joining the cgroup can take milliseconds (a v1 migration waits for an RCU
             // grace period): it runs while init mounts its /dev and /proc, and init waits
@@ -1161,6 +1184,70 @@ impl Zone {
                 Err(e)
             }
         }
+    }
+}
+
+/// Clones the init of a zone that joins another's namespaces ([`ZoneConfig::join`]): a
+/// helper forked here enters that zone's user, network, IPC and UTS namespaces through a
+/// pidfd of its init (checked against its start time, so a recycled pid is never joined),
+/// clones init with new mount and PID namespaces (owned by the joined user namespace) as
+/// zoned's own child (CLONE_PARENT), reports its pid and exits. Returns 0 in init, as a
+/// clone does.
+///
+/// # Safety
+/// As fork: this process must be single-threaded.
+unsafe fn clone_joined(j: crate::config::JoinSpec) -> std::io::Result<i32> {
+    let gone = || {
+        std::io::Error::other(format!(
+            "the zone it joins (init pid {}) is not running",
+            j.pid
+        ))
+    };
+    let pidfd = hull_sys::process::pidfd(j.pid).map_err(|_| gone())?;
+    if !same_process(j.pid, j.start) {
+        return Err(gone());
+    }
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    // SAFETY: fork of this single-threaded process (the caller's contract).
+    let helper = unsafe { libc::fork() };
+    if helper < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if helper == 0 {
+        drop(r);
+        let ns = libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        // SAFETY: setns with a pidfd we hold; clone without a new stack (fork-like).
+        let pid = unsafe {
+            if libc::setns(pidfd.as_raw_fd(), ns) != 0 {
+                -1
+            } else {
+                let flags =
+                    (libc::CLONE_PARENT | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::SIGCHLD)
+                        as libc::c_ulong;
+                libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) as i32
+            }
+        };
+        if pid == 0 {
+            return Ok(0);
+        }
+        let report = match pid {
+            p if p > 0 => format!("{p}"),
+            _ => format!("e{}", std::io::Error::last_os_error()),
+        };
+        let _ = nix::unistd::write(&w, report.as_bytes());
+        // SAFETY: _exit ends the helper without the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    drop(w);
+    let mut report = String::new();
+    let _ = std::fs::File::from(r).read_to_string(&mut report);
+    let _ = waitpid(Pid::from_raw(helper), None);
+    match report.parse::<i32>() {
+        Ok(pid) if pid > 0 => Ok(pid),
+        _ => Err(std::io::Error::other(format!(
+            "cannot enter the namespaces of the zone it joins: {}",
+            report.strip_prefix('e').unwrap_or("the helper ended")
+        ))),
     }
 }
 

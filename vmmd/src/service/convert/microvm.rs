@@ -195,6 +195,7 @@ impl TryFrom<MicrovmZone<'_>> for ZoneConfig {
             reset_ends: false,
             process: None,
             console_log: false,
+            join: None,
         })
     }
 }

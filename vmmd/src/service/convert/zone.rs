@@ -381,6 +381,7 @@ impl From<GuestZone<'_>> for ZoneConfig {
             reset_ends: false,
             process,
             console_log: vm.docker,
+            join: None,
         }
     }
 }

@@ -74,6 +74,9 @@ pub enum StartError {
     /// A docker zone's internal_metadata names no usable process.
     #[error("{0}")]
     Docker(String),
+    /// The zone whose namespaces a bundle's container joins is not a running zone here.
+    #[error("{0}")]
+    Join(String),
     /// Its runtime directory (or the VMM's in it) cannot be made.
     #[error("cannot create {}", path.display())]
     CreateDir {
@@ -244,7 +247,11 @@ impl Zones {
             else {
                 continue;
             };
-            if let Ok(cfg) = read_json::<ZoneConfig>(&entry.path().join(files::CONFIG)) {
+            // A zone that joined another's namespaces uses that zone's id range, which is
+            // that zone's slot, not its own.
+            if let Ok(cfg) = read_json::<ZoneConfig>(&entry.path().join(files::CONFIG))
+                && cfg.join.is_none()
+            {
                 slots.insert(uuid, cfg.id_base.saturating_sub(ID_BASE) / ID_RANGE);
             }
         }
@@ -277,6 +284,36 @@ impl Zones {
     /// The runtime directory of a zone (config, state, sockets, log).
     pub fn dir(&self, uuid: Uuid) -> PathBuf {
         self.root.join(uuid.to_string())
+    }
+
+    /// The running zone whose init has host pid `pid`: what a zone joining it needs (its
+    /// init's pid and start time, its id base). Only a zone's init qualifies: a bundle may
+    /// not name any other process of the host.
+    fn zone_of_init(&self, pid: i32) -> Result<(zoned::config::JoinSpec, u32), String> {
+        let entries = std::fs::read_dir(&self.root).map_err(|e| e.to_string())?;
+        for e in entries.flatten() {
+            let dir = e.path();
+            let Ok(st) = read_json::<ZoneState>(&dir.join(files::STATE)) else {
+                continue;
+            };
+            if st.phase != zoned::config::Phase::Running || st.init_pid != Some(pid) {
+                continue;
+            }
+            let (Some(start), Ok(cfg)) = (
+                st.init_start,
+                read_json::<ZoneConfig>(&dir.join(files::CONFIG)),
+            ) else {
+                continue;
+            };
+            if cfg.is_vmm() {
+                break;
+            }
+            return Ok((zoned::config::JoinSpec { pid, start }, cfg.id_base));
+        }
+        Err(format!(
+            "process {pid}, whose namespaces the bundle's container joins (linux.namespaces), \
+             is not the init of a running zone"
+        ))
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<Uuid, u32>> {
@@ -369,6 +406,14 @@ impl Zones {
         if let Err(e) = crate::service::convert::zone::docker_process(vm) {
             return Err(start_err(StartError::Docker(e)));
         }
+        // A pod's container joins its sandbox zone's namespaces, in that zone's id range.
+        let join = match root.as_ref().and_then(|r| r.bundle.as_ref()?.join) {
+            Some(pid) => Some(
+                self.zone_of_init(pid)
+                    .map_err(|e| start_err(StartError::Join(e)))?,
+            ),
+            None => None,
+        };
         let mut cfg = match root {
             Some(root) => ZoneConfig::from(GuestZone {
                 vm,
@@ -403,6 +448,10 @@ impl Zones {
             }
         };
         cfg.root_ids = self.root_ids;
+        if let Some((spec, base)) = join {
+            cfg.join = Some(spec);
+            cfg.id_base = base;
+        }
         // A microVM booting what its disk says is started anew by vmmd when its guest resets,
         // so that the disk is read again (see diskboot.rs).
         cfg.reset_ends =
