@@ -666,5 +666,102 @@ fn root_containers_of_a_pod_share_a_zones_network() {
     await_task(&c, "sandbox", "STOPPED");
     ok(&c.ctr(&["task", "delete", "sandbox"]));
     ok(&c.ctr(&["container", "delete", "sandbox"]));
+
+    // As containerd's CRI makes a pod with a network: the sandbox and its containers in the
+    // network namespace CNI made (here `ip netns add`, with a link of its own), the
+    // containers in the sandbox's IPC and UTS namespaces. The zone's root may use ports
+    // below 1024 there.
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let ns = Netns(format!("hullpod{}", std::process::id()));
+    let ip = |args: &[&str]| {
+        let o = Command::new("ip").args(args).output().expect("ip");
+        assert!(o.status.success(), "ip {args:?}: {}", text(&o));
+    };
+    ip(&["netns", "add", &ns.0]);
+    ip(&[
+        "-n", &ns.0, "link", "add", "podlink0", "type", "veth", "peer", "name", "podlink1",
+    ]);
+    let path = format!("network:/run/netns/{}", ns.0);
+    let o = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.hull.v2",
+        "--with-ns",
+        &path,
+        &image,
+        "sandbox2",
+        "/bin/sh",
+        "-c",
+        "mkdir -p /www && cut -d: -f1 /proc/net/dev | tr -d ' ' > /www/index.html && \
+         exec httpd -f -p 127.0.0.1:80 -h /www",
+    ]);
+    assert!(o.status.success(), "{}\n{}", text(&o), c.log());
+    await_task(&c, "sandbox2", "RUNNING");
+    let ps = ok(&c.ctr(&["task", "ps", "sandbox2"]));
+    let pid2: u32 = ps
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid: {ps}"));
+    let (ipc2, uts2) = (
+        format!("ipc:/proc/{pid2}/ns/ipc"),
+        format!("uts:/proc/{pid2}/ns/uts"),
+    );
+    let script = "for i in 1 2 3 4 5 6 7 8 9 10; do \
+                  wget -qO- http://127.0.0.1:80/index.html && break; sleep 0.2; done";
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.hull.v2",
+        "--with-ns",
+        &path,
+        "--with-ns",
+        &ipc2,
+        "--with-ns",
+        &uts2,
+        &image,
+        "app2",
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    assert!(o.status.success(), "{}\n{}\n{}", text(&o), c.log(), d.log());
+    let listed = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        listed.lines().any(|l| l == "podlink0") && listed.lines().any(|l| l == "lo"),
+        "the sandbox's links are the netns's: {listed}"
+    );
+    ok(&c.ctr(&["task", "kill", "-s", "SIGKILL", "sandbox2"]));
+    await_task(&c, "sandbox2", "STOPPED");
+    ok(&c.ctr(&["task", "delete", "sandbox2"]));
+    ok(&c.ctr(&["container", "delete", "sandbox2"]));
+    // The host's own network namespace is never joined (named as `ip netns` would).
+    let host = Netns(format!("hullhost{}", std::process::id()));
+    ip(&["netns", "attach", &host.0, &std::process::id().to_string()]);
+    let host_net = format!("network:/run/netns/{}", host.0);
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.hull.v2",
+        "--with-ns",
+        &host_net,
+        &image,
+        "hostnet",
+        "/bin/true",
+    ]);
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("is the host's"),
+        "{}",
+        text(&o)
+    );
+    let _ = c.ctr(&["container", "delete", "hostnet"]);
     assert_eq!(ok(&d.vmadm(&["list", "-H", "-o", "uuid"], None)), "");
 }

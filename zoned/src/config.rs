@@ -127,6 +127,11 @@ pub struct ZoneConfig {
     /// this zone's. [`Self::id_base`] is then that zone's, whose user namespace maps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join: Option<JoinSpec>,
+    /// A network namespace made outside hull (containerd's CNI, `ip netns`) that init joins
+    /// in place of [`Self::join`]'s or one of its own; its loopback is brought up and its
+    /// unprivileged port floor set to 0 (the zone's root has no capability there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
 }
 
 /// The zone [`ZoneConfig::join`] names: its init's pid and start time (clock ticks after

@@ -1009,14 +1009,27 @@ pub fn populate(
     }
     mount(Some("proc"), &proc_, Some("proc"), nosnd, None::<&str>)
         .map_err(err("mount proc on", &proc_))?;
-    mount(
+    match mount(
         Some("sysfs"),
         &sys,
         Some("sysfs"),
         nosnd | MsFlags::MS_RDONLY,
         None::<&str>,
-    )
-    .map_err(err("mount sysfs on", &sys))?;
+    ) {
+        Ok(()) => {}
+        // The kernel lets only the owner of the network namespace mount sysfs: a zone in
+        // one made outside hull (a pod's, by CNI) gets an empty read-only /sys instead, never
+        // the host's.
+        Err(nix::Error::EPERM) => mount(
+            Some("tmpfs"),
+            &sys,
+            Some("tmpfs"),
+            nosnd | MsFlags::MS_RDONLY,
+            Some("size=4k,mode=555"),
+        )
+        .map_err(err("mount an empty /sys on", &sys))?,
+        Err(e) => return Err(err("mount sysfs on", &sys)(e)),
+    }
     let opts = "mode=755,size=65536k";
     mount(
         Some("tmpfs"),

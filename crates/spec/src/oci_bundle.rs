@@ -154,6 +154,11 @@ pub struct BundleConfig {
     /// namespace, which owns them) the container shares: `linux.namespaces` paths
     /// `/proc/PID/ns/net|ipc|uts`, as containerd names a pod's sandbox (`ctr run --with-ns`).
     pub join: Option<i32>,
+    /// A network namespace made outside hull that the zone joins, as containerd's CNI makes
+    /// one for a pod (`/var/run/netns/cni-...`): `linux.namespaces` type network with a path
+    /// under /run/netns or /var/run/netns. vmmd checks at each start that it is a network
+    /// namespace and not the host's.
+    pub netns: Option<String>,
 }
 
 /// Parses and checks a bundle's config.json; the report names every field hull refuses
@@ -513,6 +518,7 @@ impl Checker {
             cpu_quota: None,
             pids: None,
             join: None,
+            netns: None,
         }
     }
 
@@ -838,7 +844,16 @@ impl Checker {
                             .filter(|(_, f)| Some(*f) == file)
                             .and_then(|(pid, _)| pid.parse::<i32>().ok())
                             .filter(|&pid| pid > 0);
+                        // A network namespace CNI or `ip netns` made (never a path elsewhere:
+                        // a bundle names no other host file as a namespace).
+                        let named = kind == "network"
+                            && ["/run/netns/", "/var/run/netns/"].iter().any(|d| {
+                                path.strip_prefix(d).is_some_and(|n| {
+                                    !n.is_empty() && !n.contains('/') && n != "." && n != ".."
+                                })
+                            });
                         match (pid, out.join) {
+                            (None, _) if named => out.netns = Some(path.to_string()),
                             (Some(p), None) => out.join = Some(p),
                             (Some(p), Some(q)) if p == q => {}
                             (Some(_), Some(_)) => self.r.bad_property(
@@ -851,7 +866,8 @@ impl Checker {
                                 format!(
                                     "joining the {kind} namespace {path} is not supported: a zone \
                                      joins only another zone's network, IPC and UTS namespaces, \
-                                     named /proc/PID/ns/net|ipc|uts"
+                                     named /proc/PID/ns/net|ipc|uts, or a network namespace \
+                                     under /run/netns (CNI's)"
                                 ),
                             ),
                         }
@@ -1109,6 +1125,35 @@ mod tests {
     }
 
     #[test]
+    fn a_pods_namespaces_are_a_zones_or_cnis() {
+        let with = |namespaces: Value| {
+            let spec = json!({"ociVersion": "1.0.2", "process": {"args": ["/bin/true"]},
+                "root": {"path": "rootfs"}, "linux": {"namespaces": namespaces}});
+            parse(spec.to_string().as_bytes())
+        };
+        let c = with(json!([{"type": "pid"}, {"type": "network", "path": "/proc/42/ns/net"},
+            {"type": "ipc", "path": "/proc/42/ns/ipc"}, {"type": "uts", "path": "/proc/42/ns/uts"}]))
+        .expect("a sandbox's namespaces");
+        assert_eq!((c.join, c.netns), (Some(42), None));
+        let c = with(json!([{"type": "network", "path": "/var/run/netns/cni-1"},
+            {"type": "ipc", "path": "/proc/42/ns/ipc"}]))
+        .expect("CNI's network, the sandbox's IPC");
+        assert_eq!(
+            (c.join, c.netns.as_deref()),
+            (Some(42), Some("/var/run/netns/cni-1"))
+        );
+        for bad in [
+            json!([{"type": "network", "path": "/proc/42/ns/net"}, {"type": "ipc", "path": "/proc/43/ns/ipc"}]),
+            json!([{"type": "mount", "path": "/proc/42/ns/mnt"}]),
+            json!([{"type": "network", "path": "/run/netns/../x"}]),
+            json!([{"type": "ipc", "path": "/run/netns/cni-1"}]),
+            json!([{"type": "network", "path": "/proc/42/ns/ipc"}]),
+        ] {
+            assert!(with(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn what_a_zone_cannot_honour_is_refused_naming_it() {
         let cases: &[(&str, Value, &str)] = &[
             ("/process/bogus", json!(1), "process.bogus"),
@@ -1136,7 +1181,7 @@ mod tests {
             ),
             (
                 "/linux/namespaces/4/path",
-                json!("/var/run/netns/cni-1"),
+                json!("/tmp/netns/cni-1"),
                 "linux.namespaces.4.path",
             ),
             (

@@ -447,7 +447,7 @@ fn write_etc(cfg: &ZoneConfig, first_boot: bool) -> Result<(), ChildError> {
 }
 
 /// Brings up `lo` in this process's network namespace (SIOCSIFFLAGS on a socket of it).
-fn loopback_up() -> std::io::Result<()> {
+pub(super) fn loopback_up() -> std::io::Result<()> {
     // SAFETY: a socket we own and close; ifreq is plain data, zeroed then named "lo"; the
     // ioctls read and write only that struct.
     unsafe {

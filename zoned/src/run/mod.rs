@@ -1081,14 +1081,15 @@ impl Zone {
         // spare zoned that adopted the cgroup clones it from inside. A zone joining another's
         // namespaces is cloned by a helper and joins its cgroup below too.
         let join = self.cfg.join;
-        let born_inside = (self.cgroup.is_v2() || self.joined) && join.is_none();
+        let helped = join.is_some() || self.cfg.netns.is_some();
+        let born_inside = (self.cgroup.is_v2() || self.joined) && !helped;
         // SAFETY: fork-like clones (no new stack) of this single-threaded process; the child
         // runs `init_child`, which never returns.
         let cloned = unsafe {
-            match (join, self.cgroup.is_v2()) {
-                (Some(j), _) => clone_joined(j),
-                (None, true) => self.cgroup.clone_into(flags as u64),
-                (None, false) => {
+            match (helped, self.cgroup.is_v2()) {
+                (true, _) => clone_joined(join, self.cfg.netns.as_deref()),
+                (false, true) => self.cgroup.clone_into(flags as u64),
+                (false, false) => {
                     let flags = (flags | libc::SIGCHLD) as libc::c_ulong;
                     match libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) {
                         p if p < 0 => Err(std::io::Error::last_os_error()),
@@ -1124,7 +1125,20 @@ impl Zone {
                     .limit_ipc(pid.as_raw(), self.cfg.id_base)
                     .map_err(sys_io("set the zone's System V IPC limits"))?;
             }
-            nix::unistd::write(&go_w, b"g").map_err(sys("release the zone's init"))?;
+            // Init that ended already said why on its error pipe: that is the reason.
+            let release = |b: &[u8]| {
+                nix::unistd::write(&go_w, b).map(drop).map_err(|e| {
+                    let mut msg = String::new();
+                    if let Ok(fd) = err_r.try_clone() {
+                        let _ = std::fs::File::from(fd).read_to_string(&mut msg);
+                    }
+                    match msg.is_empty() {
+                        true => sys("release the zone's init")(e),
+                        false => RunError::Init(msg),
+                    }
+                })
+            };
+            release(b"g")?;
             // Joining the cgroup can take milliseconds (a v1 migration waits for an RCU
             // grace period): it runs while init mounts its /dev and /proc, and init waits
             // for the second byte before it runs anything of the zone's.
@@ -1137,7 +1151,7 @@ impl Zone {
                 self.save();
                 held(hold)?;
             }
-            nix::unistd::write(&go_w, b"c").map_err(sys("release the zone's init"))?;
+            release(b"c")?;
             let master = recv_fd(&fd_parent);
             // Hold a slave open at once: an init that writes to /dev/console and closes it
             // (sysvinit does) before anyone else holds the slave would hang up the pty.
@@ -1196,17 +1210,33 @@ impl Zone {
 ///
 /// # Safety
 /// As fork: this process must be single-threaded.
-unsafe fn clone_joined(j: crate::config::JoinSpec) -> std::io::Result<i32> {
-    let gone = || {
-        std::io::Error::other(format!(
-            "the zone it joins (init pid {}) is not running",
-            j.pid
-        ))
+unsafe fn clone_joined(
+    join: Option<crate::config::JoinSpec>,
+    netns: Option<&Path>,
+) -> std::io::Result<i32> {
+    let pidfd = match join {
+        Some(j) => {
+            let gone = || {
+                std::io::Error::other(format!(
+                    "the zone it joins (init pid {}) is not running",
+                    j.pid
+                ))
+            };
+            let fd = hull_sys::process::pidfd(j.pid).map_err(|_| gone())?;
+            if !same_process(j.pid, j.start) {
+                return Err(gone());
+            }
+            Some(fd)
+        }
+        None => None,
     };
-    let pidfd = hull_sys::process::pidfd(j.pid).map_err(|_| gone())?;
-    if !same_process(j.pid, j.start) {
-        return Err(gone());
-    }
+    let netfd = match netns {
+        Some(p) => Some(
+            std::fs::File::open(p)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     // SAFETY: fork of this single-threaded process (the caller's contract).
     let helper = unsafe { libc::fork() };
@@ -1215,23 +1245,48 @@ unsafe fn clone_joined(j: crate::config::JoinSpec) -> std::io::Result<i32> {
     }
     if helper == 0 {
         drop(r);
-        let ns = libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-        // SAFETY: setns with a pidfd we hold; clone without a new stack (fork-like).
-        let pid = unsafe {
-            if libc::setns(pidfd.as_raw_fd(), ns) != 0 {
-                -1
-            } else {
-                let flags =
-                    (libc::CLONE_PARENT | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::SIGCHLD)
-                        as libc::c_ulong;
-                libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) as i32
+        // The outside network namespace first, while this is still the host's root (a
+        // zone's user namespace has no power over it): its loopback up, its ports below
+        // 1024 open to the zone's root. Then the joined zone's namespaces, then init.
+        let entered = (|| -> std::io::Result<()> {
+            if let Some(f) = &netfd {
+                // SAFETY: setns with a namespace file we hold.
+                if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                child::loopback_up()?;
+                std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")?;
             }
+            if let Some(fd) = &pidfd {
+                let mut ns = libc::CLONE_NEWUSER | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+                if netfd.is_none() {
+                    ns |= libc::CLONE_NEWNET;
+                }
+                // SAFETY: setns with a pidfd we hold.
+                if unsafe { libc::setns(fd.as_raw_fd(), ns) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })();
+        let mut flags = libc::CLONE_PARENT | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::SIGCHLD;
+        if pidfd.is_none() {
+            // Only the network is another's: the rest is the zone's own, as at any start.
+            flags |= libc::CLONE_NEWUSER | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+        }
+        let pid = match &entered {
+            // SAFETY: clone without a new stack (fork-like) of this single-threaded helper.
+            Ok(()) => unsafe {
+                libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0, 0, 0, 0) as i32
+            },
+            Err(_) => -1,
         };
         if pid == 0 {
             return Ok(0);
         }
-        let report = match pid {
-            p if p > 0 => format!("{p}"),
+        let report = match (pid, entered) {
+            (p, _) if p > 0 => format!("{p}"),
+            (_, Err(e)) => format!("e{e}"),
             _ => format!("e{}", std::io::Error::last_os_error()),
         };
         let _ = nix::unistd::write(&w, report.as_bytes());

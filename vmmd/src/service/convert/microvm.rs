@@ -196,6 +196,7 @@ impl TryFrom<MicrovmZone<'_>> for ZoneConfig {
             process: None,
             console_log: false,
             join: None,
+            netns: None,
         })
     }
 }

@@ -382,6 +382,7 @@ impl From<GuestZone<'_>> for ZoneConfig {
             process,
             console_log: vm.docker,
             join: None,
+            netns: None,
         }
     }
 }

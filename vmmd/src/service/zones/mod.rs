@@ -68,6 +68,27 @@ pub enum ZoneError {
     File(#[from] zoned::config::FileError),
 }
 
+/// A network namespace a bundle names (`/run/netns/NAME`, as CNI makes one): it must be a
+/// network namespace file (nsfs) and not the host's own (vmmd's).
+fn outside_netns(path: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let p = Path::new(path);
+    let named = |why: &str| format!("the network namespace {path} {why}");
+    let fs = nix::sys::statfs::statfs(p).map_err(|e| named(&format!("cannot be read: {e}")))?;
+    if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
+        return Err(named("is not a namespace file"));
+    }
+    let (it, host) = (
+        std::fs::metadata(p).map_err(|e| named(&e.to_string()))?,
+        std::fs::metadata("/proc/self/ns/net").map_err(|e| named(&e.to_string()))?,
+    );
+    if (it.dev(), it.ino()) == (host.dev(), host.ino()) {
+        return Err(named("is the host's: a zone never joins it"));
+    }
+    Ok(p.to_path_buf())
+}
+
 /// Why a zone did not start. Each reads after "cannot start zone <uuid>: ".
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -414,6 +435,16 @@ impl Zones {
             ),
             None => None,
         };
+        // Or the network namespace CNI made for its pod.
+        let netns = match root.as_ref().and_then(|r| r.bundle.as_ref()?.netns.clone()) {
+            Some(p) => Some(outside_netns(&p).map_err(|e| start_err(StartError::Join(e)))?),
+            None => None,
+        };
+        if (join.is_some() || netns.is_some()) && !vm.nics.is_empty() {
+            return Err(start_err(StartError::Join(
+                "a zone that joins another network namespace has no NICs of its own".into(),
+            )));
+        }
         let mut cfg = match root {
             Some(root) => ZoneConfig::from(GuestZone {
                 vm,
@@ -452,6 +483,7 @@ impl Zones {
             cfg.join = Some(spec);
             cfg.id_base = base;
         }
+        cfg.netns = netns;
         // A microVM booting what its disk says is started anew by vmmd when its guest resets,
         // so that the disk is read again (see diskboot.rs).
         cfg.reset_ends =
