@@ -385,6 +385,31 @@ impl Service {
         .await;
     }
 
+    /// Pause or resume: vmmd freezes or thaws the zone; TaskPaused or TaskResumed follows.
+    async fn set_paused(&self, id: &str, paused: bool) -> TtrpcResult<api::Empty> {
+        let uuid = self.uuid_of(id).await?;
+        vmmd(move |c| c.pause_vm(uuid, paused)).await?;
+        let container_id = id.to_string();
+        let (topic, event): (&str, Box<dyn MessageDyn>) = match paused {
+            true => (
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(TaskPaused {
+                    container_id,
+                    ..Default::default()
+                }),
+            ),
+            false => (
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(TaskResumed {
+                    container_id,
+                    ..Default::default()
+                }),
+            ),
+        };
+        self.publish(topic, event).await;
+        Ok(api::Empty::default())
+    }
+
     /// The zone of task `id` this shim holds.
     async fn uuid_of(&self, id: &str) -> TtrpcResult<Uuid> {
         self.tasks
@@ -1002,17 +1027,7 @@ impl Task for Service {
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        let uuid = self.uuid_of(&req.id).await?;
-        vmmd(move |c| c.pause_vm(uuid, true)).await?;
-        self.publish(
-            topics::TASK_PAUSED_EVENT_TOPIC,
-            Box::new(TaskPaused {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
-        )
-        .await;
-        Ok(api::Empty::default())
+        self.set_paused(&req.id, true).await
     }
 
     async fn resume(
@@ -1020,17 +1035,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::ResumeRequest,
     ) -> TtrpcResult<api::Empty> {
-        let uuid = self.uuid_of(&req.id).await?;
-        vmmd(move |c| c.pause_vm(uuid, false)).await?;
-        self.publish(
-            topics::TASK_RESUMED_EVENT_TOPIC,
-            Box::new(TaskResumed {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
-        )
-        .await;
-        Ok(api::Empty::default())
+        self.set_paused(&req.id, false).await
     }
 
     /// A terminal's new size: the zone's console (vmmd's resize); an exec's terminal is not

@@ -124,6 +124,13 @@ impl Containerd {
             .expect("containerd (scripts/packages.txt)")
     }
 
+    /// `ctr run --runtime io.containerd.hull.v2 ARGS...`.
+    fn run(&self, args: &[&str]) -> Output {
+        let mut all = vec!["run", "--runtime", "io.containerd.hull.v2"];
+        all.extend_from_slice(args);
+        self.ctr(&all)
+    }
+
     fn ctr(&self, args: &[&str]) -> Output {
         Command::new("ctr")
             .arg("--address")
@@ -181,6 +188,16 @@ impl Drop for Containerd {
     }
 }
 
+/// vmmd, containerd and the test image imported (its reference); the image's work
+/// directory lives as long as the test holds it.
+fn setup() -> (Daemon, Containerd, tempfile::TempDir, String) {
+    let d = Daemon::start();
+    let c = Containerd::start(&d);
+    let work = tempfile::tempdir().expect("tempdir");
+    let image = import(&c, work.path());
+    (d, c, work, image)
+}
+
 /// Imports the test image into `c`; its reference.
 fn import(c: &Containerd, work: &Path) -> String {
     let tar = image(work);
@@ -198,6 +215,29 @@ fn import(c: &Containerd, work: &Path) -> String {
         .find(|l| l.starts_with("hull.test/hello"))
         .unwrap_or_else(|| panic!("no image: {images}"))
         .to_string()
+}
+
+/// The host pids of task `id`'s processes, as `ctr task ps` lists them (its own first).
+fn task_pids(c: &Containerd, id: &str) -> Vec<u32> {
+    let ps = ok(&c.ctr(&["task", "ps", id]));
+    let pids: Vec<u32> = ps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(!pids.is_empty(), "no pid: {ps}");
+    pids
+}
+
+/// Nothing of the tasks left: no zone, no task, no mount of a rootfs.
+fn assert_nothing_left(c: &Containerd, d: &Daemon) {
+    assert_eq!(ok(&d.vmadm(&["list", "-H", "-o", "uuid"], None)), "");
+    assert_eq!(ok(&c.ctr(&["task", "ls", "-q"])), "");
+    assert!(
+        c.mounts().iter().all(|m| !m.contains("rootfs")),
+        "{:?}",
+        c.mounts()
+    );
 }
 
 /// Waits until `ctr task ls` shows task `id` in `status` (RUNNING, STOPPED...), or that
@@ -224,18 +264,8 @@ fn await_task(c: &Containerd, id: &str, status: &str) {
 #[test]
 #[ignore = "needs root and containerd: run with --run-ignored"]
 fn root_ctr_runs_a_container_as_a_hull_zone() {
-    let d = Daemon::start();
-    let c = Containerd::start(&d);
-    let work = tempfile::tempdir().expect("tempdir");
-    let image = import(&c, work.path());
-    let o = c.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "io.containerd.hull.v2",
-        &image,
-        "c1",
-    ]);
+    let (d, c, work, image) = setup();
+    let o = c.run(&["--rm", &image, "c1"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert_eq!(
         o.status.code(),
@@ -247,11 +277,8 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
     );
     assert_eq!(out, "hello from a hull zone\n0\n", "{}", text(&o));
     // `--rootfs DIR`: a tree of the host's (here the image's, unpacked by umoci) as root.
-    let o = c.ctr(&[
-        "run",
+    let o = c.run(&[
         "--rm",
-        "--runtime",
-        "io.containerd.hull.v2",
         "--rootfs",
         &work.path().join("b/rootfs").display().to_string(),
         "c2",
@@ -296,16 +323,7 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
     }
     // Detached: `ctr task ps` names its process and `ctr task kill -s` signals it (SIGKILL:
     // as under runc, the zone's pid 1 ignores a SIGTERM it has no handler for).
-    let o = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.hull.v2",
-        &image,
-        "c3",
-        "/bin/sleep",
-        "600",
-    ]);
+    let o = c.run(&["-d", &image, "c3", "/bin/sleep", "600"]);
     assert!(
         o.status.success(),
         "{}
@@ -313,19 +331,9 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
         text(&o),
         c.log()
     );
-    let ps = ok(&c.ctr(&["task", "ps", "c3"]));
-    let pid: u32 = ps
-        .lines()
-        .nth(1)
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid: {ps}"));
+    let pid = task_pids(&c, "c3")[0];
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    assert_eq!(
-        comm.trim(),
-        "sleep",
-        "ctr task ps names the zone's process: {ps}"
-    );
+    assert_eq!(comm.trim(), "sleep", "ctr task ps names the zone's process");
     // `ctr task exec`: a further process in the zone, in the directory and as the user it
     // names, its output and exit status passed through.
     let o = c.ctr(&[
@@ -357,16 +365,11 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
         "/bin/sleep",
         "300",
     ]));
-    let ps = ok(&c.ctr(&["task", "ps", "c3"]));
-    let pids: Vec<u32> = ps
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .collect();
-    assert_eq!(pids.len(), 2, "the task's process and its exec: {ps}");
+    let pids = task_pids(&c, "c3");
+    assert_eq!(pids.len(), 2, "the task's process and its exec: {pids:?}");
     let e2 = pids[1];
     let comm = std::fs::read_to_string(format!("/proc/{e2}/comm")).unwrap_or_default();
-    assert_eq!(comm.trim(), "sleep", "{ps}");
+    assert_eq!(comm.trim(), "sleep", "{pids:?}");
     ok(&c.ctr(&["task", "kill", "--exec-id", "e2", "-s", "SIGKILL", "c3"]));
     let t = Instant::now();
     while Path::new(&format!("/proc/{e2}")).exists() {
@@ -438,13 +441,7 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
     assert!(o.status.success(), "{}", text(&o));
     ok(&c.ctr(&["container", "delete", "c3"]));
     // Nothing left: no zone, no task, no mount of its rootfs.
-    assert_eq!(ok(&d.vmadm(&["list", "-H", "-o", "uuid"], None)), "");
-    assert_eq!(ok(&c.ctr(&["task", "ls", "-q"])), "");
-    assert!(
-        c.mounts().iter().all(|m| !m.contains("rootfs")),
-        "{:?}",
-        c.mounts()
-    );
+    assert_nothing_left(&c, &d);
 }
 
 /// Issue 20's acceptance 3: a task runs on through a restart of vmmd and one of containerd,
@@ -454,15 +451,9 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
 #[test]
 #[ignore = "needs root and containerd: run with --run-ignored"]
 fn root_a_task_outlives_restarts_of_vmmd_and_containerd() {
-    let mut d = Daemon::start();
-    let mut c = Containerd::start(&d);
-    let work = tempfile::tempdir().expect("tempdir");
-    let image = import(&c, work.path());
-    let o = c.ctr(&[
-        "run",
+    let (mut d, mut c, _work, image) = setup();
+    let o = c.run(&[
         "-d",
-        "--runtime",
-        "io.containerd.hull.v2",
         &image,
         "c5",
         "/bin/sh",
@@ -490,16 +481,7 @@ fn root_a_task_outlives_restarts_of_vmmd_and_containerd() {
     );
     ok(&c.ctr(&["container", "delete", "c5"]));
     // A shim killed: containerd cleans up through `shim delete`, which ends the zone.
-    let o = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.hull.v2",
-        &image,
-        "c6",
-        "/bin/sleep",
-        "600",
-    ]);
+    let o = c.run(&["-d", &image, "c6", "/bin/sleep", "600"]);
     assert!(o.status.success(), "{}\n{}", text(&o), c.log());
     await_task(&c, "c6", "RUNNING");
     let shim = std::fs::read_dir("/proc")
@@ -537,10 +519,7 @@ fn root_a_task_outlives_restarts_of_vmmd_and_containerd() {
 #[test]
 #[ignore = "needs root and containerd: run with --run-ignored"]
 fn root_unsafe_containers_are_refused_naming_why() {
-    let d = Daemon::start();
-    let c = Containerd::start(&d);
-    let work = tempfile::tempdir().expect("tempdir");
-    let image = import(&c, work.path());
+    let (d, c, _work, image) = setup();
     for (i, (flags, named)) in [
         (&["--privileged"][..], "privileged"),
         (&["--device", "/dev/kvm"], "/dev/kvm"),
@@ -557,10 +536,10 @@ fn root_unsafe_containers_are_refused_naming_why() {
     .enumerate()
     {
         let id = format!("bad{i}");
-        let mut args = vec!["run", "--rm", "--runtime", "io.containerd.hull.v2"];
+        let mut args = vec!["--rm"];
         args.extend_from_slice(flags);
         args.extend([image.as_str(), id.as_str(), "/bin/true"]);
-        let o = c.ctr(&args);
+        let o = c.run(&args);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert!(!o.status.success(), "{flags:?} ran: {}", text(&o));
         assert!(
@@ -569,13 +548,7 @@ fn root_unsafe_containers_are_refused_naming_why() {
         );
         let _ = c.ctr(&["container", "delete", &id]);
     }
-    assert_eq!(ok(&d.vmadm(&["list", "-H", "-o", "uuid"], None)), "");
-    assert_eq!(ok(&c.ctr(&["task", "ls", "-q"])), "");
-    assert!(
-        c.mounts().iter().all(|m| !m.contains("rootfs")),
-        "{:?}",
-        c.mounts()
-    );
+    assert_nothing_left(&c, &d);
 }
 
 /// A pod as containerd names one (`ctr run --with-ns`, as its CRI does for a sandbox's
@@ -585,15 +558,9 @@ fn root_unsafe_containers_are_refused_naming_why() {
 #[test]
 #[ignore = "needs root and containerd: run with --run-ignored"]
 fn root_containers_of_a_pod_share_a_zones_network() {
-    let d = Daemon::start();
-    let c = Containerd::start(&d);
-    let work = tempfile::tempdir().expect("tempdir");
-    let image = import(&c, work.path());
-    let o = c.ctr(&[
-        "run",
+    let (d, c, _work, image) = setup();
+    let o = c.run(&[
         "-d",
-        "--runtime",
-        "io.containerd.hull.v2",
         &image,
         "sandbox",
         "/bin/sh",
@@ -603,12 +570,7 @@ fn root_containers_of_a_pod_share_a_zones_network() {
     ]);
     assert!(o.status.success(), "{}\n{}", text(&o), c.log());
     await_task(&c, "sandbox", "RUNNING");
-    let ps = ok(&c.ctr(&["task", "ps", "sandbox"]));
-    let pid: u32 = ps
-        .lines()
-        .nth(1)
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no pid: {ps}"));
+    let pid = task_pids(&c, "sandbox")[0];
     let with = |kind: &str, file: &str| format!("{kind}:/proc/{pid}/ns/{file}");
     let (net, ipc, uts) = (
         with("network", "net"),
@@ -618,11 +580,8 @@ fn root_containers_of_a_pod_share_a_zones_network() {
     let script = "for i in 1 2 3 4 5 6 7 8 9 10; do \
                   wget -qO- http://127.0.0.1:8080/index.html && break; sleep 0.2; done; \
                   test -e /www && echo shared root || echo own root";
-    let o = c.ctr(&[
-        "run",
+    let o = c.run(&[
         "--rm",
-        "--runtime",
-        "io.containerd.hull.v2",
         "--with-ns",
         &net,
         "--with-ns",
@@ -644,11 +603,8 @@ fn root_containers_of_a_pod_share_a_zones_network() {
     );
     // A process that is not a zone's init (the test itself) cannot be joined.
     let me = std::process::id();
-    let o = c.ctr(&[
-        "run",
+    let o = c.run(&[
         "--rm",
-        "--runtime",
-        "io.containerd.hull.v2",
         "--with-ns",
         &format!("network:/proc/{me}/ns/net"),
         &image,
@@ -687,11 +643,8 @@ fn root_containers_of_a_pod_share_a_zones_network() {
         "-n", &ns.0, "link", "add", "podlink0", "type", "veth", "peer", "name", "podlink1",
     ]);
     let path = format!("network:/run/netns/{}", ns.0);
-    let o = c.ctr(&[
-        "run",
+    let o = c.run(&[
         "-d",
-        "--runtime",
-        "io.containerd.hull.v2",
         "--with-ns",
         &path,
         &image,
@@ -703,23 +656,15 @@ fn root_containers_of_a_pod_share_a_zones_network() {
     ]);
     assert!(o.status.success(), "{}\n{}", text(&o), c.log());
     await_task(&c, "sandbox2", "RUNNING");
-    let ps = ok(&c.ctr(&["task", "ps", "sandbox2"]));
-    let pid2: u32 = ps
-        .lines()
-        .nth(1)
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no pid: {ps}"));
+    let pid2 = task_pids(&c, "sandbox2")[0];
     let (ipc2, uts2) = (
         format!("ipc:/proc/{pid2}/ns/ipc"),
         format!("uts:/proc/{pid2}/ns/uts"),
     );
     let script = "for i in 1 2 3 4 5 6 7 8 9 10; do \
                   wget -qO- http://127.0.0.1:80/index.html && break; sleep 0.2; done";
-    let o = c.ctr(&[
-        "run",
+    let o = c.run(&[
         "--rm",
-        "--runtime",
-        "io.containerd.hull.v2",
         "--with-ns",
         &path,
         "--with-ns",
@@ -746,11 +691,8 @@ fn root_containers_of_a_pod_share_a_zones_network() {
     let host = Netns(format!("hullhost{}", std::process::id()));
     ip(&["netns", "attach", &host.0, &std::process::id().to_string()]);
     let host_net = format!("network:/run/netns/{}", host.0);
-    let o = c.ctr(&[
-        "run",
+    let o = c.run(&[
         "--rm",
-        "--runtime",
-        "io.containerd.hull.v2",
         "--with-ns",
         &host_net,
         &image,
