@@ -529,6 +529,9 @@ impl Zones {
         let started = byte.is_some();
         drop(ready);
         match self.last_state(uuid) {
+            // `r` means init ran: a process that has ended already (a quick one, or a
+            // loaded host) is a start all the same, its end the supervision's to record.
+            Some(st) if byte == Some(b'r') && st.zoned_pid == pid => Ok(st),
             Some(st) if started && st.zoned_pid == pid && st.phase != Phase::Stopped => Ok(st),
             _ if !answered && !zombie(pid) => {
                 let _ = nix::sys::signal::kill(
