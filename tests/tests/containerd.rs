@@ -414,20 +414,10 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
     };
     ok(&c.ctr(&["task", "pause", "c3"]));
     frozen(true);
-    let ls = ok(&c.ctr(&["task", "ls"]));
-    assert!(
-        ls.lines()
-            .any(|l| l.starts_with("c3") && l.contains("PAUSED")),
-        "{ls}"
-    );
+    await_task(&c, "c3", "PAUSED");
     ok(&c.ctr(&["task", "resume", "c3"]));
     frozen(false);
-    let ls = ok(&c.ctr(&["task", "ls"]));
-    assert!(
-        ls.lines()
-            .any(|l| l.starts_with("c3") && l.contains("RUNNING")),
-        "{ls}"
-    );
+    await_task(&c, "c3", "RUNNING");
     // `ctr task metrics`: the zone's cgroup figures (its processes, its memory in use).
     let m = ok(&c.ctr(&["task", "metrics", "--format", "json", "c3"]));
     let m: serde_json::Value = serde_json::from_str(&m).unwrap_or_else(|e| panic!("{e}: {m}"));
