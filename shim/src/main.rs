@@ -39,6 +39,7 @@ use hull_spec::{Vm, VmState};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+mod cri;
 mod exec;
 mod resources;
 use exec::{ExecProcess, ExecSpec};
@@ -582,6 +583,7 @@ impl Shim for Service {
         .await
         .ok()
         .flatten();
+        cri::unmount(Path::new(&self.bundle));
         unmount_rootfs(Path::new(&self.bundle));
         Ok(DeleteResponse {
             exit_status: gone.unwrap_or(137),
@@ -601,14 +603,38 @@ impl Shim for Service {
     }
 }
 
-/// Binds a root that `bundle`'s config names by an absolute path outside it at
-/// `bundle/rootfs` and rewrites the config's `root.path` to that; true when it did.
-fn root_into_bundle(bundle: &Path) -> Result<bool, String> {
+/// Makes containerd's bundle one vmmd takes, whose root and binds lie in it: a root named
+/// outside it (`ctr run --rootfs DIR`) bound at `bundle/rootfs` unless `rootfs_mounted`
+/// (containerd's snapshot is there already), and the files containerd's CRI made for the
+/// pod bound into it (module [`cri`]); the config rewritten to name them. True when it bound
+/// the root. On an error nothing it bound stays.
+fn prepare_bundle(bundle: &Path, rootfs_mounted: bool) -> Result<bool, String> {
     let config_path = bundle.join("config.json");
     let bytes =
         std::fs::read(&config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
     let mut config: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let bound = !rootfs_mounted && root_into_bundle(bundle, &mut config)?;
+    let undo = |e: String| {
+        cri::unmount(bundle);
+        if bound {
+            unmount_rootfs(bundle);
+        }
+        e
+    };
+    let pod_files = cri::files_into_bundle(bundle, &mut config).map_err(undo)?;
+    if bound || pod_files {
+        let tmp = bundle.join(".config.json.hull");
+        std::fs::write(&tmp, config.to_string())
+            .and_then(|()| std::fs::rename(&tmp, &config_path))
+            .map_err(|e| undo(format!("{}: {e}", config_path.display())))?;
+    }
+    Ok(bound)
+}
+
+/// Binds a root that `config` names by an absolute path outside `bundle` at
+/// `bundle/rootfs` and points `root.path` at that; true when it did.
+fn root_into_bundle(bundle: &Path, config: &mut serde_json::Value) -> Result<bool, String> {
     let Some(root) = config
         .pointer("/root/path")
         .and_then(|p| p.as_str())
@@ -630,13 +656,6 @@ fn root_into_bundle(bundle: &Path) -> Result<bool, String> {
     )
     .map_err(|e| format!("bind {} at {}: {e}", root.display(), rootfs.display()))?;
     config["root"]["path"] = serde_json::json!("rootfs");
-    let tmp = bundle.join(".config.json.hull");
-    let written =
-        std::fs::write(&tmp, config.to_string()).and_then(|()| std::fs::rename(&tmp, &config_path));
-    if let Err(e) = written {
-        unmount_rootfs(bundle);
-        return Err(format!("{}: {e}", config_path.display()));
-    }
     Ok(true)
 }
 
@@ -660,12 +679,6 @@ impl Task for Service {
         let uuid = zone_uuid(&self.namespace, &req.id);
         let bundle = PathBuf::from(&req.bundle);
         let rootfs = bundle.join("rootfs");
-        let mut mounted = !req.rootfs.is_empty();
-        // `ctr run --rootfs DIR`: a root outside the bundle, which vmmd refuses; bound into
-        // the bundle as its rootfs, and the config made to name that.
-        if !mounted {
-            mounted = root_into_bundle(&bundle).map_err(fail)?;
-        }
         for m in &req.rootfs {
             std::fs::create_dir_all(&rootfs)
                 .map_err(|e| fail(format!("{}: {e}", rootfs.display())))?;
@@ -677,11 +690,23 @@ impl Task for Service {
             )
             .map_err(|e| fail(format!("mount the rootfs at {}: {e}", rootfs.display())))?;
         }
+        // `ctr run --rootfs DIR`: a root outside the bundle, which vmmd refuses, bound into
+        // it; a pod's files likewise.
+        let mounted = match prepare_bundle(&bundle, !req.rootfs.is_empty()) {
+            Ok(bound) => bound || !req.rootfs.is_empty(),
+            Err(e) => {
+                if !req.rootfs.is_empty() {
+                    unmount_rootfs(&bundle);
+                }
+                return Err(fail(e));
+            }
+        };
         let payload = serde_json::json!({
             "uuid": uuid, "brand": "lx", "alias": req.id, "autoboot": false,
             "oci_bundle": req.bundle,
         });
         if let Err(e) = vmmd(move |c| c.create_vm(&payload)).await {
+            cri::unmount(&bundle);
             if mounted {
                 unmount_rootfs(&bundle);
             }
@@ -890,6 +915,7 @@ impl Task for Service {
             .clone()
             .unwrap_or_else(|| (exit_status(&vm), timestamp()));
         vmmd(move |c| c.delete_vm(uuid)).await?;
+        cri::unmount(Path::new(&t.bundle));
         if t.mounted {
             unmount_rootfs(Path::new(&t.bundle));
         }

@@ -23,8 +23,10 @@ pub fn update_payload(bytes: &[u8]) -> Result<Value, String> {
                 }
                 only(val, "pids", &["limit"])?;
             }
-            // An empty device list is what CRI sends with every update.
-            "devices" if val.as_array().is_some_and(Vec::is_empty) => {}
+            // CRI sends the container's device rules again with every update: they change
+            // nothing a zone has, so long as they allow nothing a zone lacks.
+            "devices" => hull_spec::oci_bundle::check_device_rules(val)
+                .map_err(|r| format!("resources: {r}"))?,
             other => {
                 return Err(format!(
                     "resources: {other:?} cannot be updated on a hull zone (memory, cpu shares/quota/period and pids can)"
@@ -73,9 +75,12 @@ fn memory(v: &Value, out: &mut Map<String, Value>) -> Result<(), String> {
     if let Some(limit) = number(v, "memory", "limit")?.filter(|&l| l > 0) {
         out.insert("max_physical_memory".into(), json!(mib(limit)));
     }
-    // OCI's swap is memory + swap, as SmartOS's max_swap is.
+    // OCI's swap is memory + swap, as SmartOS's max_swap is, whose floor (256 MiB, as in
+    // SmartOS) it is raised to: CRI's swap equal to a smaller limit means "no swap", which
+    // hull gives as at most that much more.
     if let Some(swap) = number(v, "memory", "swap")?.filter(|&s| s > 0) {
-        out.insert("max_swap".into(), json!(mib(swap)));
+        let floor = hull_spec::vm::defaults::MIN_SWAP as i64;
+        out.insert("max_swap".into(), json!(mib(swap).max(floor)));
     }
     Ok(())
 }
@@ -111,7 +116,8 @@ mod tests {
         let p = update_payload(
             br#"{"memory":{"limit":268435456,"swap":536870912},
                  "cpu":{"shares":512,"quota":50000,"period":100000},
-                 "pids":{"limit":64},"devices":[]}"#,
+                 "pids":{"limit":64},"devices":[{"allow":false,"access":"rwm"},
+                 {"allow":true,"type":"c","major":1,"minor":3,"access":"rwm"}]}"#,
         )
         .unwrap();
         assert_eq!(
@@ -131,6 +137,10 @@ mod tests {
             (br#"{"memory":{"kernel":1}}"#, "memory.kernel"),
             (br#"{"memory":{"limit":"big"}}"#, "memory.limit"),
             (br#"{}"#, "nothing"),
+            (
+                br#"{"devices":[{"allow":true,"type":"b","major":8,"minor":0,"access":"rw"}]}"#,
+                "device 8:0",
+            ),
             (br#"[]"#, "not a JSON object"),
         ] {
             let e = update_payload(r).unwrap_err();

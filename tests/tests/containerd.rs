@@ -45,6 +45,21 @@ fn image(dir: &Path) -> PathBuf {
             "echo hello from a hull zone; id -u; exit 3",
         ],
     );
+    // A pod's sandbox image (tag `pause`): a process that waits to be killed.
+    run(
+        "umoci",
+        &[
+            "config",
+            "--image",
+            "oci:hello",
+            "--tag",
+            "pause",
+            "--config.cmd",
+            "/bin/sleep",
+            "--config.cmd",
+            "999999999",
+        ],
+    );
     run("tar", &["-C", "oci", "-cf", "hello.tar", "."]);
     dir.join("hello.tar")
 }
@@ -54,16 +69,25 @@ fn image(dir: &Path) -> PathBuf {
 struct Containerd {
     child: Child,
     dir: tempfile::TempDir,
+    /// More of containerd's config (TOML), after its root, state and socket.
+    extra: String,
 }
 
 impl Containerd {
     fn start(vmmd: &Daemon) -> Containerd {
+        let extra = "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n";
+        Containerd::start_with(vmmd, |_| extra.to_string())
+    }
+
+    /// containerd with more config, which `extra` writes given containerd's directory.
+    fn start_with(vmmd: &Daemon, extra: impl FnOnce(&Path) -> String) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("ctd")
             .tempdir_in("/tmp")
             .expect("tempdir");
-        let child = Containerd::spawn(dir.path(), vmmd);
-        let c = Containerd { child, dir };
+        let extra = extra(dir.path());
+        let child = Containerd::spawn(dir.path(), vmmd, &extra);
+        let c = Containerd { child, dir, extra };
         c.wait_ready();
         c
     }
@@ -73,7 +97,7 @@ impl Containerd {
     fn restart(&mut self, vmmd: &Daemon) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Containerd::spawn(self.dir.path(), vmmd);
+        self.child = Containerd::spawn(self.dir.path(), vmmd, &self.extra);
         self.wait_ready();
     }
 
@@ -89,10 +113,9 @@ impl Containerd {
         }
     }
 
-    fn spawn(d: &Path, vmmd: &Daemon) -> Child {
+    fn spawn(d: &Path, vmmd: &Daemon, extra: &str) -> Child {
         let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n{extra}\
              [grpc]\n  address = \"{sock}\"\n",
             root = d.join("root").display(),
             state = d.join("state").display(),
@@ -132,10 +155,15 @@ impl Containerd {
     }
 
     fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_in("hull-test", args)
+    }
+
+    /// `ctr` in containerd namespace `ns` (`k8s.io` is its CRI plugin's).
+    fn ctr_in(&self, ns: &str, args: &[&str]) -> Output {
         Command::new("ctr")
             .arg("--address")
             .arg(self.dir.path().join("c.sock"))
-            .args(["--namespace", "hull-test"])
+            .args(["--namespace", ns])
             .args(args)
             .output()
             .expect("ctr")
@@ -212,7 +240,7 @@ fn import(c: &Containerd, work: &Path) -> String {
     let images = ok(&c.ctr(&["image", "ls", "-q"]));
     images
         .lines()
-        .find(|l| l.starts_with("hull.test/hello"))
+        .find(|l| l.starts_with("hull.test/hello:hello"))
         .unwrap_or_else(|| panic!("no image: {images}"))
         .to_string()
 }
@@ -696,4 +724,278 @@ fn root_containers_of_a_pod_share_a_zones_network() {
     );
     let _ = c.ctr(&["container", "delete", "hostnet"]);
     assert_eq!(ok(&d.vmadm(&["list", "-H", "-o", "uuid"], None)), "");
+}
+
+/// A CRI client on containerd's socket (shared with the CRI benchmark).
+#[path = "../cri/client.rs"]
+mod cri;
+
+/// Issue 20's acceptance 4: containerd's CRI plugin, with a `hull` runtime handler and a
+/// CNI bridge network, driven as kubelet drives it: a pod sandbox whose two containers reach
+/// each other on localhost, ExecSync, ContainerStats, UpdateContainerResources, then
+/// StopPodSandbox and RemovePodSandbox leaving no zone, mount, network namespace or link.
+#[test]
+#[ignore = "needs root, containerd and CNI's plugins: run with --run-ignored"]
+fn root_cri_runs_a_pod_of_two_containers_as_hull_zones() {
+    use cri::*;
+    let d = Daemon::start();
+    // The CNI network: a bridge of the test's own, host-local addresses kept in the test's
+    // directory; CNI's loopback plugin (which containerd adds) brings up each pod's lo.
+    let bridge = format!("hullcri{}", std::process::id() % 100_000);
+    struct Link(String);
+    impl Drop for Link {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+        }
+    }
+    let _bridge = Link(bridge.clone());
+    let netns_before = netns_names();
+    let c = Containerd::start_with(&d, |dir| {
+        let cni = dir.join("cni");
+        std::fs::create_dir_all(&cni).expect("cni dir");
+        let conf = serde_json::json!({
+            "cniVersion": "0.4.0", "name": "hull-cri-test",
+            "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": true,
+                "ipam": {"type": "host-local", "dataDir": dir.join("ipam"),
+                    "ranges": [[{"subnet": "10.231.77.0/24"}]]}}],
+        });
+        std::fs::write(cni.join("10-hull.conflist"), conf.to_string()).expect("conflist");
+        format!(
+            "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+             \x20 sandbox_image = \"hull.test/hello:pause\"\n\
+             \x20 disable_apparmor = true\n\
+             \x20 restrict_oom_score_adj = true\n\
+             \x20 stream_server_address = \"127.0.0.1\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+             \x20 bin_dir = \"/usr/lib/cni\"\n\
+             \x20 conf_dir = \"{}\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
+             \x20 default_runtime_name = \"hull\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull]\n\
+             \x20 runtime_type = \"io.containerd.hull.v2\"\n",
+            cni.display()
+        )
+    });
+    let work = tempfile::tempdir().expect("tempdir");
+    let tar = image(work.path());
+    let o = c.ctr_in(
+        "k8s.io",
+        &[
+            "image",
+            "import",
+            "--base-name",
+            "hull.test/hello",
+            &tar.display().to_string(),
+        ],
+    );
+    assert!(o.status.success(), "{}\n{}", text(&o), c.log());
+    let socket = c.dir.path().join("c.sock");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut rs = connect(&socket).await;
+        let fail = |what: &str, e: tonic::Status| -> ! {
+            panic!("{what}: {e}\ncontainerd: {}\nvmmd: {}", c.log(), d.log())
+        };
+        let sandbox_config = pod_config("web", "0b5c8f1e-hull-cri-test", "hullpod");
+        let pod = rs
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(sandbox_config.clone()),
+                runtime_handler: "hull".into(),
+            })
+            .await
+            .unwrap_or_else(|e| fail("RunPodSandbox", e))
+            .into_inner()
+            .pod_sandbox_id;
+        let status = rs
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap_or_else(|e| fail("PodSandboxStatus", e))
+            .into_inner()
+            .status
+            .expect("status");
+        assert_eq!(status.state, PodSandboxState::SandboxReady as i32);
+        let ip = status.network.map(|n| n.ip).unwrap_or_default();
+        assert!(ip.starts_with("10.231.77."), "the pod's CNI address: {ip:?}");
+
+        let mut ids = Vec::new();
+        for (name, script) in [
+            (
+                "server",
+                "mkdir -p /www && hostname > /www/index.html && \
+                 exec httpd -f -p 127.0.0.1:8080 -h /www",
+            ),
+            ("client", "exec sleep 600"),
+        ] {
+            let id = rs
+                .create_container(CreateContainerRequest {
+                    pod_sandbox_id: pod.clone(),
+                    config: Some(container_config(name, "hull.test/hello:hello", script)),
+                    sandbox_config: Some(sandbox_config.clone()),
+                })
+                .await
+                .unwrap_or_else(|e| fail("CreateContainer", e))
+                .into_inner()
+                .container_id;
+            rs.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| fail("StartContainer", e));
+            ids.push(id);
+        }
+        let (server, client) = (ids[0].clone(), ids[1].clone());
+        let exec = |cmd: &str| ExecSyncRequest {
+            container_id: client.clone(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+            timeout: 30,
+        };
+        // The client reaches the server on the pod's localhost; the pod's hostname and
+        // /etc/hosts are the ones containerd wrote for it.
+        let r = rs
+            .exec_sync(exec(
+                "for i in $(seq 1 50); do wget -qO- http://127.0.0.1:8080/index.html && exit 0; \
+                 sleep 0.2; done; exit 1",
+            ))
+            .await
+            .unwrap_or_else(|e| fail("ExecSync", e))
+            .into_inner();
+        assert_eq!(
+            (r.exit_code, String::from_utf8_lossy(&r.stdout).as_ref()),
+            (0, "hullpod\n"),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let r = rs
+            .exec_sync(exec("cat /etc/hostname /etc/hosts; echo to stderr >&2; exit 3"))
+            .await
+            .unwrap_or_else(|e| fail("ExecSync", e))
+            .into_inner();
+        assert_eq!(r.exit_code, 3);
+        // containerd 1.6 gives a pod a copy of the node's /etc/hosts.
+        let hosts = std::fs::read_to_string("/etc/hosts").expect("/etc/hosts");
+        assert_eq!(
+            String::from_utf8_lossy(&r.stdout),
+            format!("hullpod\n{hosts}")
+        );
+        assert_eq!(String::from_utf8_lossy(&r.stderr), "to stderr\n");
+        // The container's own cgroups at /sys/fs/cgroup (read-only), its memory limit the
+        // one asked for (cgroup v1's memory hierarchy or v2's memory.max).
+        let r = rs
+            .exec_sync(exec(
+                "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || \
+                 cat /sys/fs/cgroup/memory.max; touch /sys/fs/cgroup/x 2>/dev/null && echo writable",
+            ))
+            .await
+            .unwrap_or_else(|e| fail("ExecSync", e))
+            .into_inner();
+        assert_eq!(
+            String::from_utf8_lossy(&r.stdout),
+            format!("{}\n", 256 << 20),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+
+        // ContainerStats: the zone's cgroup figures.
+        let stats = rs
+            .container_stats(ContainerStatsRequest {
+                container_id: server.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| fail("ContainerStats", e))
+            .into_inner()
+            .stats
+            .expect("stats");
+        let memory = stats
+            .memory
+            .and_then(|m| m.working_set_bytes)
+            .map(|v| v.value);
+        assert!(memory.is_some_and(|b| b > 0), "{memory:?}");
+        assert!(stats.cpu.is_some(), "cpu figures");
+
+        // UpdateContainerResources: the zone's limits change (vmmd's record says so).
+        let zone_of = |alias: &str| -> serde_json::Value {
+            let all = ok(&d.vmadm(&["lookup", "-j", &format!("alias={alias}")], None));
+            let all: serde_json::Value = serde_json::from_str(&all).expect("vmadm lookup -j");
+            all[0].clone()
+        };
+        assert_eq!(zone_of(&server)["max_physical_memory"], 256);
+        rs.update_container_resources(UpdateContainerResourcesRequest {
+            container_id: server.clone(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 128 << 20,
+                cpu_shares: 512,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| fail("UpdateContainerResources", e));
+        let zone = zone_of(&server);
+        assert_eq!(
+            (&zone["max_physical_memory"], &zone["cpu_shares"]),
+            (&serde_json::json!(128), &serde_json::json!(512)),
+            "{zone}"
+        );
+
+        rs.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| fail("StopPodSandbox", e));
+        rs.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| fail("RemovePodSandbox", e));
+        let left = rs
+            .list_containers(ListContainersRequest::default())
+            .await
+            .unwrap_or_else(|e| fail("ListContainers", e))
+            .into_inner()
+            .containers;
+        assert!(left.is_empty(), "{left:?}");
+        let pods = rs
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .unwrap_or_else(|e| fail("ListPodSandbox", e))
+            .into_inner()
+            .items;
+        assert!(pods.is_empty(), "{pods:?}");
+    });
+    // Nothing left: no zone, no mount under containerd's directories, no network namespace
+    // CNI made, no port on the bridge.
+    assert_eq!(ok(&d.vmadm(&["list", "-H", "-o", "uuid"], None)), "");
+    assert!(c.mounts().is_empty(), "{:?}", c.mounts());
+    assert_eq!(netns_names(), netns_before);
+    let ports = Command::new("ip")
+        .args(["-o", "link", "show", "master", &bridge])
+        .output()
+        .expect("ip");
+    assert!(
+        ports.status.success(),
+        "CNI made {bridge}: {}",
+        text(&ports)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ports.stdout),
+        "",
+        "links left on {bridge}"
+    );
+}
+
+/// The names of the host's named network namespaces (/run/netns).
+fn netns_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some(e.ok()?.file_name().to_str()?.to_string()))
+        .collect();
+    names.sort();
+    names
 }

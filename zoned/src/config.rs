@@ -132,6 +132,14 @@ pub struct ZoneConfig {
     /// unprivileged port floor set to 0 (the zone's root has no capability there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<PathBuf>,
+    /// The root mounted read-only once init has written /etc (an OCI bundle's
+    /// `root.readonly`); what is mounted on it (/dev, /proc, binds, tmpfs) is as it says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root: bool,
+    /// The zone's cgroups mounted read-only at /sys/fs/cgroup (an OCI bundle's `cgroup`
+    /// mount there, which containerd's CRI gives every container).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cgroup_fs: bool,
 }
 
 /// The zone [`ZoneConfig::join`] names: its init's pid and start time (clock ticks after
@@ -172,6 +180,10 @@ pub struct ProcessSpec {
     /// Resource limits set before it runs (setrlimit).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rlimits: Vec<RlimitSpec>,
+    /// The OOM killer's adjustment of the process (-1000 to 1000; /proc/PID/oom_score_adj),
+    /// which zoned sets as the host's root before it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_score_adj: Option<i32>,
 }
 
 /// One resource limit of a zone's process.

@@ -1020,14 +1020,20 @@ pub fn populate(
         // The kernel lets only the owner of the network namespace mount sysfs: a zone in
         // one made outside hull (a pod's, by CNI) gets an empty read-only /sys instead, never
         // the host's.
-        Err(nix::Error::EPERM) => mount(
-            Some("tmpfs"),
-            &sys,
-            Some("tmpfs"),
-            nosnd | MsFlags::MS_RDONLY,
-            Some("size=4k,mode=555"),
-        )
-        .map_err(err("mount an empty /sys on", &sys))?,
+        // (With /sys/fs/cgroup, where the zone's cgroups may be mounted.)
+        Err(nix::Error::EPERM) => {
+            mount(
+                Some("tmpfs"),
+                &sys,
+                Some("tmpfs"),
+                nosnd,
+                Some("size=4k,mode=555"),
+            )
+            .map_err(err("mount an empty /sys on", &sys))?;
+            let cg = sys.join("fs/cgroup");
+            std::fs::create_dir_all(&cg).map_err(io_err("create", &cg))?;
+            remount_read_only(&sys)?;
+        }
         Err(e) => return Err(err("mount sysfs on", &sys)(e)),
     }
     let opts = "mode=755,size=65536k";
@@ -1239,6 +1245,72 @@ fn make_read_only(p: &Path) -> Result<(), MountError> {
         None::<&str>,
     )
     .map_err(err("make read-only", p))
+}
+
+/// Makes the mount at `p` read-only, keeping its other flags (a user namespace may not
+/// clear the nosuid, nodev or noexec of a mount it did not make); what is mounted on it is
+/// left as it is.
+pub fn remount_read_only(p: &Path) -> Result<(), MountError> {
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    let has = statvfs(p).map_err(err("read the flags of", p))?.flags();
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    for (f, m) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if has.contains(f) {
+            flags |= m;
+        }
+    }
+    mount(None::<&str>, p, None::<&str>, flags, None::<&str>).map_err(err("make read-only", p))
+}
+
+/// Mounts the zone's cgroups read-only at /sys/fs/cgroup, as runc does for a container
+/// whose bundle asks (containerd's CRI does): cgroup2 where the host has only the unified
+/// hierarchy; otherwise a tmpfs with each v1 hierarchy the process is in (and `unified`,
+/// cgroup2, on a hybrid host) in a directory named for its controllers. The caller is in
+/// the zone's cgroup namespace, so each shows the zone's own cgroup as its root.
+pub fn mount_cgroups() -> Result<(), MountError> {
+    let at = Path::new("/sys/fs/cgroup");
+    let ro = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(io_err("read", Path::new("/proc/self/cgroup")))?;
+    let v1: Vec<&str> = own
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .filter(|c| !c.is_empty())
+        .collect();
+    if v1.is_empty() {
+        return mount(Some("cgroup2"), at, Some("cgroup2"), ro, None::<&str>)
+            .map_err(err("mount the zone's cgroup2 on", at));
+    }
+    mount(
+        Some("tmpfs"),
+        at,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=64k"),
+    )
+    .map_err(err("mount tmpfs on", at))?;
+    let unified = own.lines().any(|l| l.starts_with("0::"));
+    for controllers in v1.iter().copied().chain(unified.then_some("")) {
+        let name = match controllers {
+            "" => "unified",
+            c => c.strip_prefix("name=").unwrap_or(c),
+        };
+        let dir = at.join(name);
+        std::fs::create_dir(&dir).map_err(io_err("create", &dir))?;
+        let done = match controllers {
+            "" => mount(Some("cgroup2"), &dir, Some("cgroup2"), ro, None::<&str>),
+            c => mount(Some("cgroup"), &dir, Some("cgroup"), ro, Some(c)),
+        };
+        done.map_err(err(format!("mount the zone's cgroup {name} on"), &dir))?;
+    }
+    remount_read_only(at)
 }
 
 /// Makes `root` the process's root directory and drops the host's mounts from its view.

@@ -147,6 +147,8 @@ pub struct BundleConfig {
     /// `linux.resources`: memory limit (bytes), cpu shares, cpu quota and period (µs),
     /// pids limit.
     pub memory: Option<u64>,
+    /// `linux.resources.memory.swap`: memory and swap together (bytes), SmartOS's max_swap.
+    pub swap: Option<u64>,
     pub cpu_shares: Option<u64>,
     pub cpu_quota: Option<(i64, u64)>,
     pub pids: Option<i64>,
@@ -159,6 +161,28 @@ pub struct BundleConfig {
     /// under /run/netns or /var/run/netns. vmmd checks at each start that it is a network
     /// namespace and not the host's.
     pub netns: Option<String>,
+    /// `process.oomScoreAdj`: the OOM killer's adjustment of the zone's init (-1000 to
+    /// 1000), which zoned sets before the process runs (containerd's CRI gives a pod's
+    /// sandbox -998).
+    pub oom_score_adj: Option<i32>,
+    /// `root.readonly`: the zone's root mounted read-only once its runtime has written /etc
+    /// (a pod's sandbox has one); its /dev, /proc, tmpfs and binds are as they say.
+    pub read_only_root: bool,
+    /// A `cgroup` mount at /sys/fs/cgroup (read-only): the zone's own cgroups shown there.
+    pub cgroup_fs: bool,
+}
+
+/// Checks an OCI `linux.resources.devices` list on its own (CRI's UpdateContainerResources
+/// sends a container's whole list again): Ok when it allows no device a zone lacks.
+pub fn check_device_rules(devices: &Value) -> Result<(), ValidationReport> {
+    let mut c = Checker {
+        r: ValidationReport::default(),
+    };
+    c.devices(devices);
+    match c.r.details.is_empty() {
+        true => Ok(()),
+        false => Err(c.r),
+    }
 }
 
 /// Parses and checks a bundle's config.json; the report names every field hull refuses
@@ -224,11 +248,10 @@ pub fn parse(bytes: &[u8]) -> Result<BundleConfig, ValidationReport> {
                 Some(p) if !p.is_empty() && !p.contains('\0') => out.root = p.to_string(),
                 _ => c.bad("root.path", "root.path must name the root directory"),
             }
-            if root.get("readonly") == Some(&Value::Bool(true)) {
-                c.bad(
-                    "root.readonly",
-                    "a read-only root is not supported yet: the zone's root is writable",
-                );
+            match root.get("readonly") {
+                None => {}
+                Some(Value::Bool(b)) => out.read_only_root = *b,
+                Some(_) => c.bad("root.readonly", "root.readonly must be true or false"),
             }
         }
         _ => c.r.missing("root", "config.json needs root.path"),
@@ -351,6 +374,7 @@ impl Checker {
                 "capabilities",
                 "rlimits",
                 "noNewPrivileges",
+                "oomScoreAdj",
             ],
             &[
                 (
@@ -360,10 +384,6 @@ impl Checker {
                 (
                     "selinuxLabel",
                     "hull confines zones with namespaces and seccomp, not SELinux",
-                ),
-                (
-                    "oomScoreAdj",
-                    "the zone's memory limit decides what the OOM killer ends",
                 ),
                 ("commandLine", "a Windows process's field"),
                 (
@@ -497,6 +517,21 @@ impl Checker {
             }
             Some(_) => self.bad("process.rlimits", "process.rlimits must be a list"),
         }
+        let oom_score_adj = match p.get("oomScoreAdj") {
+            None => None,
+            Some(v) => match v.as_i64().filter(|n| (-1000..=1000).contains(n)) {
+                Some(n) => Some(n as i32),
+                None => {
+                    self.bad(
+                        "process.oomScoreAdj",
+                        format!(
+                            "process.oomScoreAdj {v} must be a whole number from -1000 to 1000"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
         BundleConfig {
             args,
             env,
@@ -514,11 +549,15 @@ impl Checker {
             masked: Vec::new(),
             read_only: Vec::new(),
             memory: None,
+            swap: None,
             cpu_shares: None,
             cpu_quota: None,
             pids: None,
             join: None,
             netns: None,
+            oom_score_adj,
+            read_only_root: false,
+            cgroup_fs: false,
         }
     }
 
@@ -633,6 +672,18 @@ impl Checker {
         }
         let dest = dest.trim_end_matches('/');
         if ZONE_MOUNTS.contains(&(kind, dest)) {
+            return;
+        }
+        if (kind, dest) == ("cgroup", "/sys/fs/cgroup") {
+            for opt in &options {
+                if !["ro", "nosuid", "nodev", "noexec", "relatime"].contains(&opt.as_str()) {
+                    self.bad(
+                        &format!("{at}.options"),
+                        format!("{at}: cgroup option {opt:?} is not supported: a zone sees its cgroups read-only"),
+                    );
+                }
+            }
+            out.cgroup_fs = true;
             return;
         }
         let under = |root: &str| dest == root || dest.starts_with(&format!("{root}/"));
@@ -902,6 +953,48 @@ impl Checker {
         }
     }
 
+    /// `linux.resources.devices`: allow rules only for the devices a zone has.
+    fn devices(&mut self, devs: &Value) {
+        let Some(list) = devs.as_array() else {
+            self.bad(
+                "linux.resources.devices",
+                "linux.resources.devices must be a list",
+            );
+            return;
+        };
+        for (i, d) in list.iter().enumerate() {
+            let at = format!("linux.resources.devices.{i}");
+            let Some(o) = d.as_object() else {
+                self.bad(&at, format!("{at} must be an object"));
+                continue;
+            };
+            self.fields(&at, o, &["allow", "type", "major", "minor", "access"], &[]);
+            if o.get("allow") != Some(&Value::Bool(true)) {
+                continue; // a deny rule: the zone's device rules deny more already
+            }
+            let (major, minor) = (
+                o.get("major").and_then(Value::as_i64),
+                o.get("minor").and_then(Value::as_i64),
+            );
+            // mknod alone ("m"): a zone's user namespace makes no device node anyway.
+            let mknod_only = o.get("access").and_then(Value::as_str) == Some("m");
+            let standard = mknod_only
+                || matches!((major, minor), (Some(ma), Some(mi)) if ZONE_DEVICES.contains(&(ma, mi)))
+                || (major == Some(136) && o.get("type").and_then(Value::as_str) == Some("c"));
+            if !standard {
+                self.r.bad_value(
+                    &at,
+                    format!(
+                        "access to device {}:{} is not supported: a zone gets /dev/null, \
+                         zero, full, random, urandom, tty, console, ptmx and its ptys only",
+                        major.map_or("*".into(), |m| m.to_string()),
+                        minor.map_or("*".into(), |m| m.to_string())
+                    ),
+                );
+            }
+        }
+    }
+
     fn resources(&mut self, res: &Map<String, Value>, out: &mut BundleConfig) {
         self.fields(
             "linux.resources",
@@ -916,54 +1009,14 @@ impl Checker {
             ],
         );
         if let Some(devs) = res.get("devices") {
-            let Some(list) = devs.as_array() else {
-                self.bad(
-                    "linux.resources.devices",
-                    "linux.resources.devices must be a list",
-                );
-                return;
-            };
-            for (i, d) in list.iter().enumerate() {
-                let at = format!("linux.resources.devices.{i}");
-                let Some(o) = d.as_object() else {
-                    self.bad(&at, format!("{at} must be an object"));
-                    continue;
-                };
-                self.fields(&at, o, &["allow", "type", "major", "minor", "access"], &[]);
-                if o.get("allow") != Some(&Value::Bool(true)) {
-                    continue; // a deny rule: the zone's device rules deny more already
-                }
-                let (major, minor) = (
-                    o.get("major").and_then(Value::as_i64),
-                    o.get("minor").and_then(Value::as_i64),
-                );
-                // mknod alone ("m"): a zone's user namespace makes no device node anyway.
-                let mknod_only = o.get("access").and_then(Value::as_str) == Some("m");
-                let standard = mknod_only
-                    || matches!((major, minor), (Some(ma), Some(mi)) if ZONE_DEVICES.contains(&(ma, mi)))
-                    || (major == Some(136) && o.get("type").and_then(Value::as_str) == Some("c"));
-                if !standard {
-                    self.r.bad_value(
-                        &at,
-                        format!(
-                            "access to device {}:{} is not supported: a zone gets /dev/null, \
-                             zero, full, random, urandom, tty, console, ptmx and its ptys only",
-                            major.map_or("*".into(), |m| m.to_string()),
-                            minor.map_or("*".into(), |m| m.to_string())
-                        ),
-                    );
-                }
-            }
+            self.devices(devs);
         }
         if let Some(m) = res.get("memory").and_then(Value::as_object) {
-            let swap =
-                "a zone's swap limit is its max_swap (the memory limit unless the payload sets it)";
             self.fields(
                 "linux.resources.memory",
                 m,
-                &["limit"],
+                &["limit", "swap"],
                 &[
-                    ("swap", swap),
                     (
                         "reservation",
                         "a zone's memory has a limit, not a reservation",
@@ -981,6 +1034,12 @@ impl Checker {
             );
             out.memory = m
                 .get("limit")
+                .and_then(Value::as_i64)
+                .filter(|l| *l > 0)
+                .map(|l| l as u64);
+            // Memory and swap together, as SmartOS's max_swap is (-1: no limit of its own).
+            out.swap = m
+                .get("swap")
                 .and_then(Value::as_i64)
                 .filter(|l| *l > 0)
                 .map(|l| l as u64);
@@ -1197,10 +1256,16 @@ mod tests {
             ),
             (
                 "/mounts/1",
-                json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"}),
+                json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                    "options": ["rw"]}),
+                "mounts.1.options",
+            ),
+            (
+                "/mounts/1",
+                json!({"destination": "/sys/fs/cgroup/memory", "type": "cgroup", "source": "cgroup"}),
                 "mounts.1.destination",
             ),
-            ("/root/readonly", json!(true), "root.readonly"),
+            ("/root/readonly", json!("yes"), "root.readonly"),
             ("/ociVersion", json!("0.9"), "ociVersion"),
             (
                 "/process/rlimits/0/type",

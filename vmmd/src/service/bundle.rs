@@ -120,6 +120,15 @@ pub fn apply(vm: &mut Vm, payload: &Value, config: &BundleConfig) {
             vm.max_swap = vm.max_swap.max(mib);
         }
     }
+    if let Some(bytes) = config.swap
+        && !given("max_swap")
+    {
+        // Not below SmartOS's floor for max_swap (256 MiB).
+        let floor = vm
+            .max_physical_memory
+            .max(hull_spec::vm::defaults::MIN_SWAP);
+        vm.max_swap = bytes.div_ceil(1 << 20).clamp(floor, 1 << 20);
+    }
     // Within what a payload may say (cgroup v1's shares go to 262144, a zone's to 65535).
     if let Some(shares) = config.cpu_shares
         && !given("cpu_shares")
@@ -148,7 +157,7 @@ mod tests {
     fn a_bundles_resources_are_the_zones_limits_unless_the_payload_sets_them() {
         let spec = json!({"ociVersion": "1.0.2", "process": {"args": ["/bin/true"]},
             "root": {"path": "rootfs"}, "hostname": "from-bundle",
-            "linux": {"resources": {"memory": {"limit": 200_000_000i64},
+            "linux": {"resources": {"memory": {"limit": 200_000_000i64, "swap": 400_000_000i64},
                 "cpu": {"shares": 2048, "quota": 50_000, "period": 100_000},
                 "pids": {"limit": 100}}}});
         let config = oci_bundle::parse(spec.to_string().as_bytes()).expect("config");
@@ -158,7 +167,8 @@ mod tests {
         assert_eq!(vm.hostname.as_deref(), Some("from-bundle"));
         // 200 000 000 bytes is 190.7 MiB: the limit rounds up, never below the bundle's.
         assert_eq!((vm.max_physical_memory, vm.ram), (191, 191));
-        assert!(vm.max_swap >= 191);
+        // Memory and swap together: 381.5 MiB, rounded up.
+        assert_eq!(vm.max_swap, 382);
         assert_eq!(
             (vm.cpu_shares, vm.cpu_cap, vm.max_lwps),
             (2048, Some(50), 100)

@@ -388,6 +388,12 @@ impl Cgroup {
                 }
                 parent = child;
             }
+            // The zone's own directory readable by all (zoned's umask makes it 0700), so that
+            // the zone's root, which is not the host's, can read it where it is mounted in
+            // the zone (the directories above stay closed to the host's other users).
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o755))
+                .map_err(IoError::wrap("open to the zone", &dir.path))?;
         }
         Ok(())
     }

@@ -168,14 +168,28 @@ fn setup_init(
     };
     drop(master);
     drop(fd_sock);
-    nix::unistd::sethostname(&cfg.hostname).map_err(|source| ChildError::Hostname {
-        name: cfg.hostname.clone(),
-        source,
-    })?;
+    // A zone that joined another's UTS namespace (a pod's container) keeps the name that
+    // zone gave it (containerd's CRI names the pod in its sandbox's config only).
+    let hostname = match cfg.join {
+        Some(_) => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| cfg.hostname.clone()),
+        None => {
+            nix::unistd::sethostname(&cfg.hostname).map_err(|source| ChildError::Hostname {
+                name: cfg.hostname.clone(),
+                source,
+            })?;
+            cfg.hostname.clone()
+        }
+    };
     rootfs::pivot(root)?;
     // SAFETY: umask has no preconditions; zoned's own is 077.
     unsafe { libc::umask(0o022) };
-    write_etc(cfg, zone.state.boots <= 1)?;
+    write_etc(cfg, &hostname, zone.state.boots <= 1)?;
+    if cfg.read_only_root {
+        rootfs::remount_read_only(Path::new("/"))?;
+    }
     match &pipe {
         Some(w) => attach_pipe(w)?,
         None => attach_console()?,
@@ -186,6 +200,9 @@ fn setup_init(
     drop(go);
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
         .map_err(ChildError::CgroupNamespace)?;
+    if cfg.cgroup_fs {
+        rootfs::mount_cgroups()?;
+    }
     // Its loopback up, whether or not it has NICs (a container without a network still
     // has localhost), while it holds CAP_NET_ADMIN over its network namespace.
     loopback_up().map_err(ChildError::Loopback)?;
@@ -412,7 +429,7 @@ pub(crate) fn reset_signals() -> Result<(), ChildError> {
     Ok(())
 }
 
-fn write_etc(cfg: &ZoneConfig, first_boot: bool) -> Result<(), ChildError> {
+fn write_etc(cfg: &ZoneConfig, hostname: &str, first_boot: bool) -> Result<(), ChildError> {
     let etc = Path::new("/etc");
     if !etc.is_dir() {
         return Ok(());
@@ -426,17 +443,17 @@ fn write_etc(cfg: &ZoneConfig, first_boot: bool) -> Result<(), ChildError> {
             false => std::fs::write(&path, text).map_err(|e| IoError::new("write", path, e)),
         }
     };
-    w("hostname", format!("{}\n", cfg.hostname))?;
+    w("hostname", format!("{hostname}\n"))?;
     let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
     if !hosts
         .lines()
-        .any(|l| l.split_whitespace().skip(1).any(|n| n == cfg.hostname))
+        .any(|l| l.split_whitespace().skip(1).any(|n| n == hostname))
     {
         let mut text = hosts;
         if !text.contains("localhost") {
             text.push_str("127.0.0.1\tlocalhost\n::1\tlocalhost\n");
         }
-        text.push_str(&format!("127.0.1.1\t{}\n", cfg.hostname));
+        text.push_str(&format!("127.0.1.1\t{hostname}\n"));
         w("hosts", text)?;
     }
     let resolv = crate::config::resolv_conf(&cfg.resolvers, cfg.dns_domain.as_deref());

@@ -1125,6 +1125,21 @@ impl Zone {
                     .limit_ipc(pid.as_raw(), self.cfg.id_base)
                     .map_err(sys_io("set the zone's System V IPC limits"))?;
             }
+            // As the host's root (the zone's cannot lower it): its OOM adjustment, which
+            // what init runs inherits.
+            if let Some(adj) = self.cfg.process.as_ref().and_then(|p| p.oom_score_adj) {
+                let path = format!("/proc/{pid}/oom_score_adj");
+                std::fs::write(&path, adj.to_string()).map_err(|e| {
+                    let why = match e.kind() {
+                        std::io::ErrorKind::PermissionDenied => {
+                            " (lowering it needs CAP_SYS_RESOURCE, which this host does not give \
+                             hull; containerd's restrict_oom_score_adj keeps its CRI's within reach)"
+                        }
+                        _ => "",
+                    };
+                    sys_io(format!("set the OOM score adjustment {adj}{why}: {path}"))(e)
+                })?;
+            }
             // Init that ended already said why on its error pipe: that is the reason.
             let release = |b: &[u8]| {
                 nix::unistd::write(&go_w, b).map(drop).map_err(|e| {

@@ -197,6 +197,8 @@ impl TryFrom<MicrovmZone<'_>> for ZoneConfig {
             console_log: false,
             join: None,
             netns: None,
+            read_only_root: false,
+            cgroup_fs: false,
         })
     }
 }

@@ -228,6 +228,7 @@ pub fn bundle_process(b: &BundleConfig) -> (Vec<String>, ProcessSpec) {
                     hard: l.hard,
                 })
                 .collect(),
+            oom_score_adj: b.oom_score_adj,
         },
     )
 }
@@ -383,6 +384,8 @@ impl From<GuestZone<'_>> for ZoneConfig {
             console_log: vm.docker,
             join: None,
             netns: None,
+            read_only_root: bundle.as_ref().is_some_and(|b| b.read_only_root),
+            cgroup_fs: bundle.as_ref().is_some_and(|b| b.cgroup_fs),
         }
     }
 }
