@@ -222,22 +222,26 @@ fn setup() -> (Daemon, Containerd, tempfile::TempDir, String) {
     let d = Daemon::start();
     let c = Containerd::start(&d);
     let work = tempfile::tempdir().expect("tempdir");
-    let image = import(&c, work.path());
+    let image = import(&c, "hull-test", work.path());
     (d, c, work, image)
 }
 
-/// Imports the test image into `c`; its reference.
-fn import(c: &Containerd, work: &Path) -> String {
+/// Imports the test image into `c`'s namespace `ns`; its reference (the `pause` tag is
+/// CRI's sandbox image).
+fn import(c: &Containerd, ns: &str, work: &Path) -> String {
     let tar = image(work);
-    let o = c.ctr(&[
-        "image",
-        "import",
-        "--base-name",
-        "hull.test/hello",
-        &tar.display().to_string(),
-    ]);
+    let o = c.ctr_in(
+        ns,
+        &[
+            "image",
+            "import",
+            "--base-name",
+            "hull.test/hello",
+            &tar.display().to_string(),
+        ],
+    );
     assert!(o.status.success(), "{}\n{}", text(&o), c.log());
-    let images = ok(&c.ctr(&["image", "ls", "-q"]));
+    let images = ok(&c.ctr_in(ns, &["image", "ls", "-q"]));
     images
         .lines()
         .find(|l| l.starts_with("hull.test/hello:hello"))
@@ -777,18 +781,7 @@ fn root_cri_runs_a_pod_of_two_containers_as_hull_zones() {
         )
     });
     let work = tempfile::tempdir().expect("tempdir");
-    let tar = image(work.path());
-    let o = c.ctr_in(
-        "k8s.io",
-        &[
-            "image",
-            "import",
-            "--base-name",
-            "hull.test/hello",
-            &tar.display().to_string(),
-        ],
-    );
-    assert!(o.status.success(), "{}\n{}", text(&o), c.log());
+    let image = import(&c, "k8s.io", work.path());
     let socket = c.dir.path().join("c.sock");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -835,7 +828,7 @@ fn root_cri_runs_a_pod_of_two_containers_as_hull_zones() {
             let id = rs
                 .create_container(CreateContainerRequest {
                     pod_sandbox_id: pod.clone(),
-                    config: Some(container_config(name, "hull.test/hello:hello", script)),
+                    config: Some(container_config(name, &image, script)),
                     sandbox_config: Some(sandbox_config.clone()),
                 })
                 .await
