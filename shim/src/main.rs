@@ -41,6 +41,7 @@ use uuid::Uuid;
 
 mod cri;
 mod exec;
+mod network;
 mod resources;
 use exec::{ExecProcess, ExecSpec};
 
@@ -606,9 +607,12 @@ impl Shim for Service {
 /// Makes containerd's bundle one vmmd takes, whose root and binds lie in it: a root named
 /// outside it (`ctr run --rootfs DIR`) bound at `bundle/rootfs` unless `rootfs_mounted`
 /// (containerd's snapshot is there already), and the files containerd's CRI made for the
-/// pod bound into it (module [`cri`]); the config rewritten to name them. True when it bound
-/// the root. On an error nothing it bound stays.
-fn prepare_bundle(bundle: &Path, rootfs_mounted: bool) -> Result<bool, String> {
+/// pod bound into it (module [`cri`]); the config rewritten to name them. Whether it bound
+/// the root, and the config. On an error nothing it bound stays.
+fn prepare_bundle(
+    bundle: &Path,
+    rootfs_mounted: bool,
+) -> Result<(bool, serde_json::Value), String> {
     let config_path = bundle.join("config.json");
     let bytes =
         std::fs::read(&config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
@@ -629,7 +633,7 @@ fn prepare_bundle(bundle: &Path, rootfs_mounted: bool) -> Result<bool, String> {
             .and_then(|()| std::fs::rename(&tmp, &config_path))
             .map_err(|e| undo(format!("{}: {e}", config_path.display())))?;
     }
-    Ok(bound)
+    Ok((bound, config))
 }
 
 /// Binds a root that `config` names by an absolute path outside `bundle` at
@@ -692,8 +696,21 @@ impl Task for Service {
         }
         // `ctr run --rootfs DIR`: a root outside the bundle, which vmmd refuses, bound into
         // it; a pod's files likewise.
-        let mounted = match prepare_bundle(&bundle, !req.rootfs.is_empty()) {
-            Ok(bound) => bound || !req.rootfs.is_empty(),
+        // A hull NIC the annotations ask for (module [`network`]).
+        let prepared = prepare_bundle(&bundle, !req.rootfs.is_empty()).and_then(|(bound, c)| {
+            match network::nics(&c) {
+                Ok(nics) => Ok((bound, nics)),
+                Err(e) => {
+                    cri::unmount(&bundle);
+                    if bound {
+                        unmount_rootfs(&bundle);
+                    }
+                    Err(e)
+                }
+            }
+        });
+        let (mounted, nics) = match prepared {
+            Ok((bound, nics)) => (bound || !req.rootfs.is_empty(), nics),
             Err(e) => {
                 if !req.rootfs.is_empty() {
                     unmount_rootfs(&bundle);
@@ -701,10 +718,13 @@ impl Task for Service {
                 return Err(fail(e));
             }
         };
-        let payload = serde_json::json!({
+        let mut payload = serde_json::json!({
             "uuid": uuid, "brand": "lx", "alias": req.id, "autoboot": false,
             "oci_bundle": req.bundle,
         });
+        if let Some(nics) = nics {
+            payload["nics"] = nics;
+        }
         if let Err(e) = vmmd(move |c| c.create_vm(&payload)).await {
             cri::unmount(&bundle);
             if mounted {

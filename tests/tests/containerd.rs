@@ -60,6 +60,19 @@ fn image(dir: &Path) -> PathBuf {
             "999999999",
         ],
     );
+    // One whose user is outside a zone's 65536 ids (tag `stranger`).
+    run(
+        "umoci",
+        &[
+            "config",
+            "--image",
+            "oci:hello",
+            "--tag",
+            "stranger",
+            "--config.user",
+            "70000:70000",
+        ],
+    );
     run("tar", &["-C", "oci", "-cf", "hello.tar", "."]);
     dir.join("hello.tar")
 }
@@ -553,6 +566,7 @@ fn root_unsafe_containers_are_refused_naming_why() {
             &["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"],
             "uidMappings",
         ),
+        (&["--annotation", "io.hull.nic.tg=x"], "io.hull.nic.tg"),
     ]
     .into_iter()
     .enumerate()
@@ -570,6 +584,16 @@ fn root_unsafe_containers_are_refused_naming_why() {
         );
         let _ = c.ctr(&["container", "delete", &id]);
     }
+    // An image whose user is outside the zone's ids.
+    let stranger = image.replace(":hello", ":stranger");
+    let o = c.run(&["--rm", &stranger, "bad-user", "/bin/true"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success() && err.contains("process.user.uid"),
+        "the error names process.user.uid: {}",
+        text(&o)
+    );
+    let _ = c.ctr(&["container", "delete", "bad-user"]);
     assert_nothing_left(&c, &d);
 }
 
@@ -728,6 +752,84 @@ fn root_containers_of_a_pod_share_a_zones_network() {
     );
     let _ = c.ctr(&["container", "delete", "hostnet"]);
     assert_eq!(ok(&d.vmadm(&["list", "-H", "-o", "uuid"], None)), "");
+}
+
+/// A container's hull NIC, named by its annotations (`ctr run --annotation io.hull.nic.*`):
+/// two containers on one nic tag reach each other at the addresses they were given, through
+/// vmmd's virtual switch; a NIC together with a network namespace to join is refused.
+#[test]
+#[ignore = "needs root and containerd: run with --run-ignored"]
+fn root_a_container_gets_a_hull_nic_from_its_annotations() {
+    let (d, c, _work, image) = setup();
+    let tag = "ctdnic1";
+    let o = d.run("nictagadm", &["add", "-l", tag], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let nic = |ip: &str| {
+        [
+            "--annotation".to_string(),
+            format!("io.hull.nic.tag={tag}"),
+            "--annotation".to_string(),
+            format!("io.hull.nic.ips={ip}/24"),
+        ]
+    };
+    let server = nic("192.0.2.71");
+    let mut args: Vec<&str> = server.iter().map(String::as_str).collect();
+    args.extend([
+        "-d",
+        image.as_str(),
+        "web",
+        "/bin/sh",
+        "-c",
+        "mkdir -p /www && echo from web > /www/index.html && exec httpd -f -p 8080 -h /www",
+    ]);
+    let o = c.run(&args);
+    assert!(o.status.success(), "{}\n{}\n{}", text(&o), c.log(), d.log());
+    await_task(&c, "web", "RUNNING");
+    let client = nic("192.0.2.72");
+    let mut args: Vec<&str> = client.iter().map(String::as_str).collect();
+    args.extend([
+        "--rm",
+        image.as_str(),
+        "client",
+        "/bin/sh",
+        "-c",
+        "ip -o -4 addr show | grep -c 192.0.2.72/24; for i in $(seq 1 50); do \
+         wget -qO- http://192.0.2.71:8080/index.html && exit 0; sleep 0.2; done; exit 1",
+    ]);
+    let o = c.run(&args);
+    assert_eq!(
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).as_ref()),
+        (Some(0), "1\nfrom web\n"),
+        "{}\n{}",
+        text(&o),
+        d.log()
+    );
+    // A NIC and a network namespace to join: one or the other.
+    let pid = task_pids(&c, "web")[0];
+    let joined = format!("network:/proc/{pid}/ns/net");
+    let mut args: Vec<&str> = client.iter().map(String::as_str).collect();
+    args.extend([
+        "--rm",
+        "--with-ns",
+        &joined,
+        image.as_str(),
+        "both",
+        "/bin/true",
+    ]);
+    let o = c.run(&args);
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("one or the other"),
+        "{}",
+        text(&o)
+    );
+    let _ = c.ctr(&["container", "delete", "both"]);
+    ok(&c.ctr(&["task", "kill", "-s", "SIGKILL", "web"]));
+    await_task(&c, "web", "STOPPED");
+    ok(&c.ctr(&["task", "delete", "web"]));
+    ok(&c.ctr(&["container", "delete", "web"]));
+    assert_nothing_left(&c, &d);
+    let o = d.run("nictagadm", &["delete", tag], None);
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 /// A CRI client on containerd's socket (shared with the CRI benchmark).
