@@ -7,6 +7,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -148,6 +149,9 @@ pub struct ExecProcess {
     pub pidfd: Option<OwnedFd>,
     /// Its exit status and time once it ended.
     pub exited: watch::Sender<Option<(u32, Timestamp)>>,
+    /// With a terminal: the master of the host pty that is `zoned exec`'s controlling
+    /// terminal; its window size is the command's (zoned exec copies it at SIGWINCH).
+    pub console: Option<Arc<OwnedFd>>,
 }
 
 impl ExecProcess {
@@ -160,7 +164,88 @@ impl ExecProcess {
             pid: 0,
             pidfd: None,
             exited: watch::channel(None).0,
+            console: None,
         }
+    }
+}
+
+/// A host pty for a terminal exec: `zoned exec -t` gets its slave as stdin, stdout and
+/// stderr and as its controlling terminal (so a resize of the master reaches it as
+/// SIGWINCH, which it passes on to the zone's pty, and its raw mode is the slave's), while
+/// two threads copy containerd's stdin FIFO into the master and the master into the stdout
+/// FIFO. The master, for resizes, and a descriptor of the slave the shim holds until the
+/// relay has ended and its last output is read ([`release`]): a pty whose slave is closed
+/// answers reads on its master with EIO, even with output still in it.
+pub fn terminal(
+    stdin: std::fs::File,
+    stdout: std::fs::File,
+    command: &mut std::process::Command,
+) -> std::io::Result<(Arc<OwnedFd>, OwnedFd)> {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
+    let slave = pty.slave;
+    command
+        .stdin(slave.try_clone()?)
+        .stdout(slave.try_clone()?)
+        .stderr(slave.try_clone()?);
+    // SAFETY: setsid and TIOCSCTTY on descriptor 0 (the slave) are async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let master = Arc::new(pty.master);
+    let mut input = std::fs::File::from(master.try_clone()?);
+    let mut output = std::fs::File::from(master.try_clone()?);
+    std::thread::spawn(move || {
+        let mut stdin = stdin;
+        let _ = std::io::copy(&mut stdin, &mut input);
+    });
+    std::thread::spawn(move || {
+        let mut stdout = stdout;
+        let mut buf = [0u8; 8192];
+        // EIO once the slave is closed (see `release`).
+        while let Ok(n) = output.read(&mut buf) {
+            if n == 0 || stdout.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((master, slave))
+}
+
+/// Closes the shim's slave of a terminal exec whose relay has ended, once what it wrote has
+/// been read from the master (for at most a second), which ends the output thread.
+pub fn release(master: &OwnedFd, slave: OwnedFd) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let mut pending: libc::c_int = 0;
+        // SAFETY: FIONREAD on a pty master we hold, into a live integer.
+        let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::FIONREAD, &mut pending) };
+        if r != 0 || pending == 0 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(slave);
+}
+
+/// Sets the window size of a terminal exec's host pty.
+pub fn resize(master: &OwnedFd, rows: u16, cols: u16) -> std::io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ on a pty master we hold, with a live winsize.
+    match unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 

@@ -8,10 +8,12 @@
 //! Create, start, wait (a watcher per task records the exit whether or not a Wait is
 //! pending), kill, delete, state, pids, exec (zoned exec, module [`exec`]), pause and resume
 //! (vmmd freezes the zone), stats (vmmd's usage as cgroup v2 metrics), update (module
-//! [`resources`]), a terminal's resize, connect and shutdown. The zone's output is copied
-//! into containerd's stdout FIFO (its stdout and stderr are one pipe), or with a terminal
-//! the console is relayed both ways. Checkpoints and an exec's resize answer "not
-//! implemented", naming what. docs/containerd.md has the whole mapping.
+//! [`resources`]), a terminal's resize (the console's, or an exec's host pty), connect and
+//! shutdown. The zone's output is copied into containerd's stdout FIFO (its stdout and
+//! stderr are one pipe), or with a terminal the console is relayed both ways. A pod's files
+//! from containerd's CRI are bound into the bundle (module [`cri`]); annotations may give
+//! the zone a hull NIC (module [`network`]). Checkpoints answer "not implemented".
+//! docs/containerd.md has the whole mapping.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -454,14 +456,24 @@ impl Service {
         let mut exits = monitor_subscribe(Topic::Pid)
             .await
             .map_err(|e| fail(format!("watch exec {exec_id}: {e}")))?;
-        let spawned = std::process::Command::new(exec::zoned_path())
-            .arg("exec")
-            .arg(&dir)
-            .args(spec.zoned_args())
-            .stdin(files.0)
-            .stdout(files.1)
-            .stderr(files.2)
-            .spawn();
+        let mut command = std::process::Command::new(exec::zoned_path());
+        command.arg("exec").arg(&dir).args(spec.zoned_args());
+        let console = match spec.terminal {
+            true => match exec::terminal(files.0, files.1, &mut command) {
+                Ok(pty) => Some(pty),
+                Err(e) => {
+                    let _ = monitor_unsubscribe(exits.id).await;
+                    return Err(fail(format!("a terminal for exec {exec_id}: {e}")));
+                }
+            },
+            false => {
+                command.stdin(files.0).stdout(files.1).stderr(files.2);
+                None
+            }
+        };
+        let spawned = command.spawn();
+        // The command's copies of the pty's slave closed: the relay holds the last.
+        drop(command);
         let child = match spawned {
             Ok(c) => c,
             Err(e) => {
@@ -492,6 +504,7 @@ impl Service {
             if let Some(e) = tasks.get_mut(id).and_then(|t| t.execs.get_mut(exec_id)) {
                 e.pid = pid;
                 e.pidfd = pidfd;
+                e.console = console.as_ref().map(|(master, _)| master.clone());
             }
         }
         let (svc, id_, exec_id_) = (self.clone(), id.to_string(), exec_id.to_string());
@@ -506,6 +519,9 @@ impl Service {
             }
             let _ = monitor_unsubscribe(exits.id).await;
             drop(child);
+            if let Some((master, slave)) = console {
+                let _ = tokio::task::spawn_blocking(move || exec::release(&master, slave)).await;
+            }
             let at = timestamp();
             if let Some(e) = svc
                 .tasks
@@ -1084,21 +1100,31 @@ impl Task for Service {
         self.set_paused(&req.id, false).await
     }
 
-    /// A terminal's new size: the zone's console (vmmd's resize); an exec's terminal is not
-    /// resized yet.
+    /// A terminal's new size: the zone's console (vmmd's resize), or an exec's host pty
+    /// (whose relay passes it on to the zone's pty).
     async fn resize_pty(
         &self,
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        if !req.exec_id.is_empty() {
-            return Err(not_implemented("resizing an exec's terminal"));
-        }
-        let uuid = self.uuid_of(&req.id).await?;
         let (rows, cols) = (
             u16::try_from(req.height).unwrap_or(u16::MAX),
             u16::try_from(req.width).unwrap_or(u16::MAX),
         );
+        if !req.exec_id.is_empty() {
+            let tasks = self.tasks.lock().await;
+            let t = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
+            let e = t
+                .execs
+                .get(&req.exec_id)
+                .ok_or_else(|| no_exec(&req.id, &req.exec_id))?;
+            let Some(master) = &e.console else {
+                return Err(fail(format!("exec {} has no terminal", req.exec_id)));
+            };
+            exec::resize(master, rows, cols).map_err(|e| fail(format!("resize: {e}")))?;
+            return Ok(api::Empty::default());
+        }
+        let uuid = self.uuid_of(&req.id).await?;
         vmmd(move |c| c.resize_console(uuid, rows, cols)).await?;
         Ok(api::Empty::default())
     }

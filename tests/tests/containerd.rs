@@ -398,6 +398,29 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
     assert_eq!(o.status.code(), Some(5), "{}\n{}", text(&o), c.log());
     assert_eq!(String::from_utf8_lossy(&o.stdout), "/tmp 1000:1000\n");
     assert_eq!(String::from_utf8_lossy(&o.stderr), "to stderr\n");
+    // `ctr task exec -t`: a terminal of the zone's whose window is ctr's (ctr sends its
+    // size as a ResizePty of the exec just after its start, as it does for runc, so the
+    // command waits for it: busybox's `stty size` prints nothing while the size is 0;
+    // script(1) gives ctr a terminal, sized by stty).
+    let ctr = format!(
+        "stty rows 33 cols 111; ctr --address {} --namespace hull-test task exec -t \
+         --exec-id t1 c3 /bin/sh -c 'tty; for i in $(seq 50); do s=$(stty size 2>/dev/null); \
+         [ -n \"$s\" ] && echo $s && exit; sleep 0.1; done'",
+        c.dir.path().join("c.sock").display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &ctr, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (bsdutils)");
+    let out = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    assert!(o.status.success(), "{out}\n{}", c.log());
+    assert!(out.contains("/dev/pts/"), "the exec's terminal: {out}");
+    assert!(
+        out.contains("33 111\n"),
+        "the exec's window size: {out}\n{}",
+        c.log()
+    );
     // A detached exec is a second process of the task, which `ctr task kill --exec-id`
     // ends (SIGKILL reaches the command itself, not zoned's relay).
     ok(&c.ctr(&[

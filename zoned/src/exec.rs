@@ -179,6 +179,17 @@ pub fn exec(dir: &Path, argv: &[String], opts: &ExecOptions) -> Result<i32, RunE
         (true, None) => SHELL.iter().map(|s| s.to_string()).collect(),
     };
     let c_argv = c_argv_for(&argv)?;
+    // Signals for the command are taken as events (signalfd) and sent on to it; the child
+    // unblocks them before it execs. The signalfd is made before the fork so that no error
+    // can leave a command running that nobody relays or waits for; they are blocked before the
+    // pty takes the caller's window size, so that a resize from then on is not lost.
+    let mut handled = nix::sys::signal::SigSet::empty();
+    for sig in FORWARDED.iter().chain(&[Signal::SIGCHLD, Signal::SIGWINCH]) {
+        handled.add(*sig);
+    }
+    handled
+        .thread_block()
+        .map_err(fail("block the signals zlogin forwards"))?;
     // The command never holds one of the caller's descriptors: with -t it gets a pty from
     // the zone's devpts, otherwise pipes this process owns and relays. A host file, directory
     // or socket as the caller's stdio would otherwise be reachable from the zone through
@@ -188,16 +199,6 @@ pub fn exec(dir: &Path, argv: &[String], opts: &ExecOptions) -> Result<i32, RunE
     } else {
         Stdio::Pipes(Pipes::new()?)
     };
-    // Signals for the command are taken as events (signalfd) and sent on to it; the child
-    // unblocks them before it execs. The signalfd is made before the fork so that no error
-    // can leave a command running that nobody relays or waits for.
-    let mut handled = nix::sys::signal::SigSet::empty();
-    for sig in FORWARDED.iter().chain(&[Signal::SIGCHLD, Signal::SIGWINCH]) {
-        handled.add(*sig);
-    }
-    handled
-        .thread_block()
-        .map_err(fail("block the signals zlogin forwards"))?;
     let signals = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(fail("make a signalfd"))?;
     // SAFETY: this process is single-threaded; the child only sets itself up and execs.
