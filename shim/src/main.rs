@@ -249,6 +249,40 @@ async fn relay_console(uuid: Uuid, stdin: String, stdout: String, ended: Arc<tok
     }
 }
 
+/// Copies containerd's stdin FIFO of a task without a terminal into its zone's console
+/// socket, which zoned writes into the process's stdin pipe (`docker:openstdin`); the
+/// FIFO's end closes the socket, which is the process's EOF. What zoned sends back (the
+/// output, which `copy_output` takes from the log) is read and dropped.
+async fn relay_stdin(uuid: Uuid, stdin: String) {
+    use tokio::io::AsyncReadExt;
+    let Ok(rt) = vmmd(move |c| c.runtime(uuid)).await else {
+        log::warn!("no console for {uuid}'s stdin");
+        return;
+    };
+    let sock = match tokio::net::UnixStream::connect(&rt.console).await {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("console of {uuid}: {e}");
+            return;
+        }
+    };
+    let (mut from_zone, mut to_zone) = sock.into_split();
+    let drop_output = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        while matches!(from_zone.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    // Opened blocking (until ctr or kubelet opens its end): a FIFO opened without a writer
+    // reads as ended at once, which would be the process's EOF before its input.
+    let opened = tokio::task::spawn_blocking(move || std::fs::File::open(&stdin)).await;
+    if let Ok(Ok(f)) = opened
+        && let Ok(mut f) = tokio::net::unix::pipe::Receiver::from_file(f)
+    {
+        let _ = tokio::io::copy(&mut f, &mut to_zone).await;
+    }
+    drop(to_zone);
+    drop_output.abort();
+}
+
 /// Whether `e` says vmmd could not be reached or answered mid-way (it is restarting): the
 /// zone runs on under zoned, and asking again later is right. vmmd's own answers (no such
 /// VM) are final.
@@ -741,6 +775,11 @@ impl Task for Service {
         if let Some(nics) = nics {
             payload["nics"] = nics;
         }
+        // containerd's stdin FIFO, without a terminal: the process's stdin is a pipe zoned
+        // feeds from the console socket (Triton's key for `docker run -i`).
+        if !req.terminal && !req.stdin.is_empty() {
+            payload["internal_metadata"] = serde_json::json!({"docker:openstdin": "true"});
+        }
         if let Err(e) = vmmd(move |c| c.create_vm(&payload)).await {
             cri::unmount(&bundle);
             if mounted {
@@ -807,6 +846,9 @@ impl Task for Service {
             };
             (c, ended)
         });
+        if !t.terminal && !t.stdin.is_empty() {
+            tokio::spawn(relay_stdin(uuid, t.stdin.clone()));
+        }
         tokio::spawn(self.clone().watch(req.id.clone(), uuid, t.pid, copier));
         let pid = t.pid;
         drop(tasks);

@@ -340,6 +340,32 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
         c.log()
     );
     assert_eq!(String::from_utf8_lossy(&o.stdout), "from a rootfs\n");
+    // Stdin without a terminal: what ctr is given reaches the process through a pipe, and
+    // its end is the process's EOF.
+    let mut ctr = Command::new("ctr")
+        .arg("--address")
+        .arg(c.dir.path().join("c.sock"))
+        .args(["--namespace", "hull-test", "run", "--rm", "--runtime"])
+        .args(["io.containerd.hull.v2", &image, "c8", "/bin/sh", "-c"])
+        .arg("read line; echo got $line; cat; echo eof")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctr");
+    {
+        use std::io::Write;
+        let mut input = ctr.stdin.take().expect("stdin");
+        input.write_all(b"first\nthe rest\n").expect("write");
+    }
+    let o = ctr.wait_with_output().expect("ctr");
+    assert_eq!(
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).as_ref()),
+        (Some(0), "got first\nthe rest\neof\n"),
+        "{}\n{}",
+        text(&o),
+        c.log()
+    );
     // `ctr run -t`: the process has the zone's console terminal, which the shim relays
     // both ways (ctr needs a terminal of its own: script(1) gives it one).
     let ctr = format!(

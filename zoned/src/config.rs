@@ -180,6 +180,11 @@ pub struct ProcessSpec {
     /// Resource limits set before it runs (setrlimit).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rlimits: Vec<RlimitSpec>,
+    /// Without a terminal: stdin a pipe zoned writes what the console's client sends into
+    /// (until that client ends: the process's EOF, as `docker run -i`'s stdin), instead of
+    /// /dev/null (SmartOS's `docker:openstdin`; containerd's stdin FIFO).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open_stdin: bool,
     /// The OOM killer's adjustment of the process (-1000 to 1000; /proc/PID/oom_score_adj),
     /// which zoned sets as the host's root before it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -154,14 +154,25 @@ fn setup_init(
     // A docker process without a terminal (Docker's default; `docker:tty` asks for one)
     // writes to a pipe, which zoned reads as it reads a console: no line discipline, no
     // "\r" added, and `isatty` false, as under Docker.
-    let pipe = match cfg.process.as_ref().is_some_and(|p| !p.tty) {
-        true => {
+    // Its stdin is /dev/null, or with `open_stdin` a second pipe whose writing end zoned
+    // gets after the output's reading end.
+    let pipe = match cfg.process.as_ref().filter(|p| !p.tty) {
+        Some(p) => {
             let (r, w) =
                 nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ChildError::OutputPipe)?;
             send_fd(&fd_sock, r.as_raw_fd()).map_err(ChildError::SendConsole)?;
-            Some(w)
+            let stdin = match p.open_stdin {
+                true => {
+                    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                        .map_err(ChildError::OutputPipe)?;
+                    send_fd(&fd_sock, w.as_raw_fd()).map_err(ChildError::SendConsole)?;
+                    Some(r)
+                }
+                false => None,
+            };
+            Some((w, stdin))
         }
-        false => {
+        None => {
             send_fd(&fd_sock, master.as_raw_fd()).map_err(ChildError::SendConsole)?;
             None
         }
@@ -191,7 +202,7 @@ fn setup_init(
         rootfs::remount_read_only(Path::new("/"))?;
     }
     match &pipe {
-        Some(w) => attach_pipe(w)?,
+        Some((w, stdin)) => attach_pipe(w, stdin.as_ref())?,
         None => attach_console()?,
     }
     drop(pipe);
@@ -516,19 +527,16 @@ fn attach_console() -> Result<(), ChildError> {
 }
 
 /// A new session without a terminal: stdin /dev/null, stdout and stderr the pipe `out`.
-fn attach_pipe(out: &OwnedFd) -> Result<(), ChildError> {
+fn attach_pipe(out: &OwnedFd, stdin: Option<&OwnedFd>) -> Result<(), ChildError> {
     nix::unistd::setsid().map_err(ChildError::Session)?;
     let null = std::fs::OpenOptions::new()
         .read(true)
         .open("/dev/null")
         .map_err(IoError::wrap("open", Path::new("/dev/null")))?;
+    let input = stdin.map_or(null.as_raw_fd(), |s| s.as_raw_fd());
     // SAFETY: dup2 of descriptors this process owns onto the standard descriptors.
     unsafe {
-        for (from, fd) in [
-            (null.as_raw_fd(), 0),
-            (out.as_raw_fd(), 1),
-            (out.as_raw_fd(), 2),
-        ] {
+        for (from, fd) in [(input, 0), (out.as_raw_fd(), 1), (out.as_raw_fd(), 2)] {
             if libc::dup2(from, fd) < 0 {
                 let e = std::io::Error::last_os_error();
                 return Err(ChildError::AttachConsole(e));

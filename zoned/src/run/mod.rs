@@ -93,6 +93,11 @@ struct Console {
     peer: Option<OwnedFd>,
     backlog: VecDeque<u8>,
     client: Option<UnixStream>,
+    /// The writing end of the process's stdin pipe (`open_stdin`, without a terminal),
+    /// non-blocking, and what the client sent that it has not taken yet (the client is not
+    /// read while this holds anything). Closed when the client ends: the process's EOF.
+    input: Option<OwnedFd>,
+    pending_input: Vec<u8>,
     /// The console log (`console.log` in the zone's directory) and its size, when the
     /// zone keeps one ([`ZoneConfig::console_log`]).
     log: Option<(std::fs::File, u64, PathBuf)>,
@@ -157,6 +162,10 @@ impl Console {
         let (a, b) = self.backlog.as_slices();
         if client.write_all(a).is_ok() && client.write_all(b).is_ok() {
             self.client = Some(client);
+        } else if self.pending_input.is_empty() {
+            // A client gone before it was served ends the process's stdin as one that
+            // leaves does.
+            self.input = None;
         }
     }
 }
@@ -534,8 +543,19 @@ impl Zone {
                 _ => PollTimeout::NONE,
             };
             let master = self.console.master.as_ref().map(|m| m.as_raw_fd());
-            let client = self.console.client.as_ref().map(|c| c.as_raw_fd());
-            let (sig_ev, ctl_ev, con_ev, master_ev, client_ev) = {
+            // While the process's stdin holds input it has not taken, its pipe is waited on
+            // for room and the client is not read.
+            let input = self
+                .console
+                .input
+                .as_ref()
+                .filter(|_| !self.console.pending_input.is_empty())
+                .map(|i| i.as_raw_fd());
+            let client = match input {
+                Some(_) => None,
+                None => self.console.client.as_ref().map(|c| c.as_raw_fd()),
+            };
+            let (sig_ev, ctl_ev, con_ev, master_ev, client_ev, input_ev) = {
                 // SAFETY: the descriptors are owned by `self` and live across the poll.
                 let b = |fd: RawFd| unsafe { BorrowedFd::borrow_raw(fd) };
                 let mut fds = vec![
@@ -549,6 +569,9 @@ impl Zone {
                 if let Some(c) = client {
                     fds.push(PollFd::new(b(c), PollFlags::POLLIN));
                 }
+                if let Some(i) = input {
+                    fds.push(PollFd::new(b(i), PollFlags::POLLOUT));
+                }
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(nix::Error::EINTR) => {}
                     Err(e) => return Err(sys("poll")(e)),
@@ -560,12 +583,14 @@ impl Zone {
                 };
                 let mi = 3;
                 let ci = 3 + usize::from(master.is_some());
+                let ii = ci + usize::from(client.is_some());
                 (
                     ev(0),
                     ev(1),
                     ev(2),
                     master.is_some() && ev(mi),
                     client.is_some() && ev(ci),
+                    input.is_some() && ev(ii),
                 )
             };
             if master_ev {
@@ -573,6 +598,9 @@ impl Zone {
             }
             if client_ev {
                 self.pump_input();
+            }
+            if input_ev {
+                self.flush_input();
             }
             if con_ev && let Ok((s, _)) = con.accept() {
                 self.console.attach(s);
@@ -1015,12 +1043,48 @@ impl Zone {
         };
         let mut buf = [0u8; 1024];
         match c.read(&mut buf) {
-            Ok(0) | Err(_) => self.console.client = None,
-            Ok(n) => {
-                if let Some(m) = &self.console.master {
-                    let _ = nix::unistd::write(m, &buf[..n]);
+            Ok(0) | Err(_) => {
+                self.console.client = None;
+                // The end of a process's stdin: EOF once what it sent is taken.
+                if self.console.pending_input.is_empty() {
+                    self.console.input = None;
                 }
             }
+            Ok(n) => match &self.console.input {
+                Some(_) => {
+                    self.console.pending_input.extend_from_slice(&buf[..n]);
+                    self.flush_input();
+                }
+                None => {
+                    if let Some(m) = &self.console.master {
+                        let _ = nix::unistd::write(m, &buf[..n]);
+                    }
+                }
+            },
+        }
+    }
+
+    /// Writes what the client sent into the process's stdin pipe, as much as it takes now;
+    /// closes it when the client has ended and all of it is taken, or the process closed its
+    /// end.
+    fn flush_input(&mut self) {
+        let c = &mut self.console;
+        let Some(i) = &c.input else {
+            c.pending_input.clear();
+            return;
+        };
+        match nix::unistd::write(i, &c.pending_input) {
+            Ok(n) => {
+                c.pending_input.drain(..n);
+            }
+            Err(nix::Error::EAGAIN | nix::Error::EINTR) => {}
+            Err(_) => {
+                c.pending_input.clear();
+                c.input = None;
+            }
+        }
+        if c.pending_input.is_empty() && c.client.is_none() {
+            c.input = None;
         }
     }
 
@@ -1168,6 +1232,10 @@ impl Zone {
             }
             release(b"c")?;
             let master = recv_fd(&fd_parent);
+            let input = match self.cfg.process.as_ref() {
+                Some(p) if !p.tty && p.open_stdin => recv_fd(&fd_parent),
+                _ => None,
+            };
             // Hold a slave open at once: an init that writes to /dev/console and closes it
             // (sysvinit does) before anyone else holds the slave would hang up the pty.
             if let Some(m) = &master {
@@ -1189,10 +1257,19 @@ impl Zone {
             }
             let master = master
                 .ok_or_else(|| RunError::Init("it ended before handing over its console".into()))?;
-            Ok(master)
+            Ok((master, input))
         })();
         match started {
-            Ok(master) => {
+            Ok((master, input)) => {
+                if let Some(i) = &input {
+                    nix::fcntl::fcntl(
+                        i,
+                        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                    )
+                    .map_err(sys("make the process's stdin non-blocking"))?;
+                }
+                self.console.input = input;
+                self.console.pending_input.clear();
                 nix::fcntl::fcntl(
                     &master,
                     nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),

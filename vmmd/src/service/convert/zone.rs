@@ -185,16 +185,10 @@ pub fn docker_process(vm: &Vm) -> Result<Option<(Vec<String>, ProcessSpec)>, Str
             "internal_metadata docker:workdir must be an absolute path, not {c:?}"
         ));
     }
-    // Triton's key for `docker run -t`: a terminal as the process's stdio; pipes otherwise.
-    let tty = match md.get("docker:tty").map(String::as_str) {
-        None | Some("" | "false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(format!(
-                "internal_metadata docker:tty must be \"true\" or \"false\", not {other:?}"
-            ));
-        }
-    };
+    // Triton's keys for `docker run -t` (a terminal as the process's stdio; pipes
+    // otherwise) and `-i` (its stdin open).
+    let tty = docker_flag(vm, "docker:tty")?;
+    let open_stdin = docker_flag(vm, "docker:openstdin")?;
     Ok(Some((
         argv,
         ProcessSpec {
@@ -202,9 +196,22 @@ pub fn docker_process(vm: &Vm) -> Result<Option<(Vec<String>, ProcessSpec)>, Str
             cwd,
             user: text("docker:user"),
             tty,
+            open_stdin,
             ..ProcessSpec::default()
         },
     )))
+}
+
+/// A boolean of internal_metadata (`docker:tty`, `docker:openstdin`): "true" or "false"
+/// (or empty, false), as Triton writes them.
+pub fn docker_flag(vm: &Vm, key: &str) -> Result<bool, String> {
+    match vm.internal_metadata.get(key).map(String::as_str) {
+        None | Some("" | "false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(format!(
+            "internal_metadata {key} must be \"true\" or \"false\", not {other:?}"
+        )),
+    }
 }
 
 /// An OCI bundle's process as zoned runs it: its argv, and its environment, directory, user
@@ -229,6 +236,7 @@ pub fn bundle_process(b: &BundleConfig) -> (Vec<String>, ProcessSpec) {
                 })
                 .collect(),
             oom_score_adj: b.oom_score_adj,
+            open_stdin: false,
         },
     )
 }
@@ -328,7 +336,11 @@ impl From<GuestZone<'_>> for ZoneConfig {
             .unwrap_or_else(|| "/sbin/init".to_string());
         // Checked before a start: see `docker_process`.
         let docker = match &bundle {
-            Some(b) => Some(bundle_process(b)),
+            // containerd's stdin FIFO, which the shim says it has (`docker:openstdin`).
+            Some(b) => Some(bundle_process(b)).map(|(argv, mut p)| {
+                p.open_stdin = !p.tty && docker_flag(vm, "docker:openstdin").unwrap_or(false);
+                (argv, p)
+            }),
             None => docker_process(vm).ok().flatten(),
         };
         let (init, process) = match docker {
