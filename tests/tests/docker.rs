@@ -206,6 +206,10 @@ fn root_docker_zone_runs_the_images_command_and_keeps_its_output() {
     ok(&d.vmadm(&["update", &uuid], Some(&upd.to_string())));
     refused(&d.vmadm(&["start", &uuid], None), "docker:tty");
     let upd = serde_json::json!({"remove_internal_metadata": ["docker:tty"],
+        "set_internal_metadata": {"docker:openstdin": "maybe"}});
+    ok(&d.vmadm(&["update", &uuid], Some(&upd.to_string())));
+    refused(&d.vmadm(&["start", &uuid], None), "docker:openstdin");
+    let upd = serde_json::json!({"remove_internal_metadata": ["docker:openstdin"],
         "set_internal_metadata": {
             "docker:cmd": "[\"/bin/sh\", \"-c\", \"echo second run; exit 3\"]"}});
     ok(&d.vmadm(&["update", &uuid], Some(&upd.to_string())));
