@@ -209,21 +209,29 @@ async fn copy_output(uuid: Uuid, path: String, ended: Arc<tokio::sync::Notify>) 
 /// How long the console relay goes on after the zone stopped, for what zoned still holds.
 const CONSOLE_DRAIN: Duration = Duration::from_secs(2);
 
+/// A connection to the console socket of `uuid`'s zone (vmmd names where it is); `None`,
+/// logged, when there is none.
+async fn console_of(uuid: Uuid) -> Option<tokio::net::UnixStream> {
+    let Ok(rt) = vmmd(move |c| c.runtime(uuid)).await else {
+        log::warn!("no console for {uuid}");
+        return None;
+    };
+    match tokio::net::UnixStream::connect(&rt.console).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::warn!("console of {uuid}: {e}");
+            None
+        }
+    }
+}
+
 /// Relays a terminal task's console (zoned's console socket, which replays what the zone
 /// wrote before it was reached) into containerd's stdout FIFO, and its stdin FIFO into the
 /// console, until zoned closes the console or a moment after the zone stopped.
 async fn relay_console(uuid: Uuid, stdin: String, stdout: String, ended: Arc<tokio::sync::Notify>) {
     use tokio::net::unix::pipe;
-    let Ok(rt) = vmmd(move |c| c.runtime(uuid)).await else {
-        log::warn!("no console for {uuid}");
+    let Some(sock) = console_of(uuid).await else {
         return;
-    };
-    let sock = match tokio::net::UnixStream::connect(&rt.console).await {
-        Ok(s) => s,
-        Err(e) => {
-            log::warn!("console of {uuid}: {e}");
-            return;
-        }
     };
     let (mut from_zone, mut to_zone) = sock.into_split();
     let input = (!stdin.is_empty()).then(|| {
@@ -255,16 +263,8 @@ async fn relay_console(uuid: Uuid, stdin: String, stdout: String, ended: Arc<tok
 /// output, which `copy_output` takes from the log) is read and dropped.
 async fn relay_stdin(uuid: Uuid, stdin: String) {
     use tokio::io::AsyncReadExt;
-    let Ok(rt) = vmmd(move |c| c.runtime(uuid)).await else {
-        log::warn!("no console for {uuid}'s stdin");
+    let Some(sock) = console_of(uuid).await else {
         return;
-    };
-    let sock = match tokio::net::UnixStream::connect(&rt.console).await {
-        Ok(s) => s,
-        Err(e) => {
-            log::warn!("console of {uuid}: {e}");
-            return;
-        }
     };
     let (mut from_zone, mut to_zone) = sock.into_split();
     let drop_output = tokio::spawn(async move {

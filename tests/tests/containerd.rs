@@ -262,6 +262,15 @@ fn import(c: &Containerd, ns: &str, work: &Path) -> String {
         .to_string()
 }
 
+/// `cmd` started with its stdin, stdout and stderr pipes of the test's.
+fn piped(cmd: &mut Command) -> Child {
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/packages.txt)"))
+}
+
 /// The host pids of task `id`'s processes, as `ctr task ps` lists them (its own first).
 fn task_pids(c: &Containerd, id: &str) -> Vec<u32> {
     let ps = ok(&c.ctr(&["task", "ps", id]));
@@ -342,17 +351,14 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "from a rootfs\n");
     // Stdin without a terminal: what ctr is given reaches the process through a pipe, and
     // its end is the process's EOF.
-    let mut ctr = Command::new("ctr")
-        .arg("--address")
-        .arg(c.dir.path().join("c.sock"))
-        .args(["--namespace", "hull-test", "run", "--rm", "--runtime"])
-        .args(["io.containerd.hull.v2", &image, "c8", "/bin/sh", "-c"])
-        .arg("read line; echo got $line; cat; echo eof")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("ctr");
+    let mut ctr = piped(
+        Command::new("ctr")
+            .arg("--address")
+            .arg(c.dir.path().join("c.sock"))
+            .args(["--namespace", "hull-test", "run", "--rm", "--runtime"])
+            .args(["io.containerd.hull.v2", &image, "c8", "/bin/sh", "-c"])
+            .arg("read line; echo got $line; cat; echo eof"),
+    );
     {
         use std::io::Write;
         let mut input = ctr.stdin.take().expect("stdin");
@@ -373,13 +379,7 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
          {image} c7 /bin/sh -c 'tty; read line; echo got $line; exit 6'",
         c.dir.path().join("c.sock").display()
     );
-    let mut script = Command::new("script")
-        .args(["-qec", &ctr, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("script (bsdutils)");
+    let mut script = piped(Command::new("script").args(["-qec", &ctr, "/dev/null"]));
     {
         use std::io::Write;
         let mut input = script.stdin.take().expect("stdin");

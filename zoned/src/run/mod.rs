@@ -153,7 +153,7 @@ impl Console {
         if let Some(c) = self.client.as_mut()
             && c.write_all(data).is_err()
         {
-            self.client = None;
+            self.drop_client();
         }
     }
 
@@ -162,9 +162,17 @@ impl Console {
         let (a, b) = self.backlog.as_slices();
         if client.write_all(a).is_ok() && client.write_all(b).is_ok() {
             self.client = Some(client);
-        } else if self.pending_input.is_empty() {
-            // A client gone before it was served ends the process's stdin as one that
-            // leaves does.
+        } else {
+            self.drop_client();
+        }
+    }
+
+    /// The client is gone (it left, or could not take what the zone wrote): so is the
+    /// process's stdin, once what it sent has been taken (`Zone::flush_input` closes it
+    /// then), however the end was noticed.
+    fn drop_client(&mut self) {
+        self.client = None;
+        if self.pending_input.is_empty() {
             self.input = None;
         }
     }
@@ -1043,13 +1051,8 @@ impl Zone {
         };
         let mut buf = [0u8; 1024];
         match c.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                self.console.client = None;
-                // The end of a process's stdin: EOF once what it sent is taken.
-                if self.console.pending_input.is_empty() {
-                    self.console.input = None;
-                }
-            }
+            // The end of a process's stdin: EOF once what it sent is taken.
+            Ok(0) | Err(_) => self.console.drop_client(),
             Ok(n) => match &self.console.input {
                 Some(_) => {
                     self.console.pending_input.extend_from_slice(&buf[..n]);
