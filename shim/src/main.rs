@@ -75,6 +75,16 @@ fn no_task(id: &str) -> containerd_shim::protos::ttrpc::Error {
     fail(format!("no task {id} in this shim"))
 }
 
+/// Exec `exec_id` of task `id`, or the error naming which is missing.
+fn exec_of<'a>(
+    tasks: &'a HashMap<String, TaskState>,
+    id: &str,
+    exec_id: &str,
+) -> Result<&'a ExecProcess, containerd_shim::protos::ttrpc::Error> {
+    let t = tasks.get(id).ok_or_else(|| no_task(id))?;
+    t.execs.get(exec_id).ok_or_else(|| no_exec(id, exec_id))
+}
+
 fn not_implemented(what: &str) -> containerd_shim::protos::ttrpc::Error {
     Error::Unimplemented(format!(
         "{what} is not implemented by hull's shim yet (containers run as hull zones)"
@@ -917,11 +927,7 @@ impl Task for Service {
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         if !req.exec_id.is_empty() {
             let tasks = self.tasks.lock().await;
-            let t = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
-            let e = t
-                .execs
-                .get(&req.exec_id)
-                .ok_or_else(|| no_exec(&req.id, &req.exec_id))?;
+            let e = exec_of(&tasks, &req.id, &req.exec_id)?;
             let Some(pidfd) = &e.pidfd else {
                 return Err(fail(format!("exec {} has not started", req.exec_id)));
             };
@@ -1155,11 +1161,7 @@ impl Task for Service {
         );
         if !req.exec_id.is_empty() {
             let tasks = self.tasks.lock().await;
-            let t = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
-            let e = t
-                .execs
-                .get(&req.exec_id)
-                .ok_or_else(|| no_exec(&req.id, &req.exec_id))?;
+            let e = exec_of(&tasks, &req.id, &req.exec_id)?;
             let Some(master) = &e.console else {
                 return Err(fail(format!("exec {} has no terminal", req.exec_id)));
             };
