@@ -120,6 +120,7 @@ fn nic(vlan: u16, ip: Ipv4Addr) -> ZoneNic {
         addrs: vec![(IpAddr::V4(ip), 24)],
         gateways: Vec::new(),
         primary: true,
+        vrrp: false,
     }
 }
 

@@ -942,3 +942,90 @@ fn root_blocked_outgoing_ports_are_dropped_by_the_switch() {
     stop_and_delete(&d, &[&srv, &cli]);
     delete_tags(&d, &["nblk1"]);
 }
+
+/// SmartOS's VRRP NICs (issue 18; the NICs of its test-vrrp-nics.js): a VRRP NIC has its
+/// router's MAC and its virtual address but stays down until the zone raises it, as its VRRP
+/// daemon would (the zone holds CAP_NET_ADMIN over its own network for that; a zone without
+/// a VRRP NIC does not); the switch lets it send as its `vrrp_primary_ip` and as no other of
+/// the zone's addresses; another zone cannot take the same VRID on this host; delete leaves
+/// nothing.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_a_vrrp_nic_is_the_zones_to_raise_and_sends_as_its_primary_address() {
+    let d = daemon(&["nvr1"]);
+    let peer = zone(
+        &d,
+        "vrpeer",
+        json!([{"nic_tag": "nvr1", "ips": ["172.18.2.50/24", "172.18.1.50/24"]}]),
+    );
+    let vip = |vrid: u8, ip: &str| {
+        json!({"nic_tag": "nvr1", "vrrp_vrid": vrid, "ip": ip, "netmask": "255.255.255.0",
+               "vrrp_primary_ip": "172.18.1.2"})
+    };
+    let plain = |ip: &str| json!({"nic_tag": "nvr1", "ip": ip, "netmask": "255.255.255.0"});
+    let z = zone(
+        &d,
+        "vrrp",
+        json!([
+            vip(1, "172.18.2.101"),
+            vip(2, "172.18.2.102"),
+            plain("172.18.1.2"),
+            plain("172.18.1.3")
+        ]),
+    );
+    let rec = d.client().get_vm(uuid(&z)).expect("get");
+    let macs: Vec<String> = rec
+        .nics
+        .iter()
+        .map(|n| n.mac.expect("mac").to_string())
+        .collect();
+    assert_eq!(&macs[..2], ["00:00:5e:00:01:01", "00:00:5e:00:01:02"]);
+    assert_eq!(rec.nics[2].primary, Some(true), "{:?}", rec.nics);
+    let link = must(d.zlogin(&z, "ip -o link show net0; ip -o addr show net0"));
+    let flags = link
+        .split_once('<')
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .map(|(f, _)| f.split(',').map(str::to_string).collect::<Vec<_>>())
+        .unwrap_or_default();
+    assert!(
+        link.contains("00:00:5e:00:01:01") && !flags.is_empty() && !flags.iter().any(|f| f == "UP"),
+        "{link}"
+    );
+    assert!(link.contains("172.18.2.101/24"), "{link}");
+    assert!(
+        !reaches(&d, &peer, "172.18.2.101", None),
+        "a VRRP NIC answered before the zone raised it"
+    );
+    // The zone raises it (its VRRP daemon's part); the peer zone cannot touch its own link.
+    must(d.zlogin(&z, "ip link set net0 up"));
+    assert!(
+        !d.zlogin(&peer, "ip link set net0 down").status.success(),
+        "a zone without a VRRP NIC holds CAP_NET_ADMIN"
+    );
+    assert!(
+        reaches(&d, &peer, "172.18.2.101", None),
+        "the raised VRRP NIC does not answer"
+    );
+    assert!(
+        reaches(&d, &z, "172.18.2.50", Some("172.18.1.2")),
+        "the VRRP NIC cannot send as its primary address"
+    );
+    flush_neighbours(&d, &peer);
+    assert!(
+        !reaches(&d, &z, "172.18.2.50", Some("172.18.1.3")),
+        "the VRRP NIC sent as an address that is neither its own nor its primary"
+    );
+    // One VRID per host, as SmartOS's conflict check.
+    let p = json!({"brand": "joyent-minimal", "image_uuid": image_uuid(), "alias": "vrrp2",
+        "nics": [vip(1, "172.18.2.103"), plain("172.18.1.2")]});
+    let e = d
+        .client()
+        .create_vm(&p)
+        .expect_err("VRID 1 taken")
+        .to_string();
+    assert!(e.contains(&format!("VRID 1 is used by VM {z}")), "{e}");
+    stop_and_delete(&d, &[&z, &peer]);
+    let left = leftovers(&d, &[&z, &peer], &[]);
+    assert!(left.is_empty(), "{left:?}");
+    delete_tags(&d, &["nvr1"]);
+}

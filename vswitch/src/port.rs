@@ -75,6 +75,9 @@ pub struct ZoneNic {
     /// Gateways: the primary NIC's first gateway of each family is the default route.
     pub gateways: Vec<IpAddr>,
     pub primary: bool,
+    /// A VRRP NIC (SmartOS's `vrrp_vrid`): plumbed with its addresses but left down, for the
+    /// zone's VRRP daemon to raise while it is the master (as illumos's vrrpd does).
+    pub vrrp: bool,
 }
 
 /// A static route of a zone (SmartOS's `routes`): to `dest`/`prefix` through a gateway, or
@@ -427,11 +430,13 @@ async fn plumb(
         let ix = index_of(&zone, &nic.name).await?.ok_or_else(|| {
             VswitchError::Invalid(format!("{} did not arrive in the zone", nic.name))
         })?;
-        zone.link()
-            .set(LinkUnspec::new_with_index(ix).up().build())
-            .execute()
-            .await
-            .map_err(nl(format!("bring up {} in the zone", nic.name)))?;
+        if !nic.vrrp {
+            zone.link()
+                .set(LinkUnspec::new_with_index(ix).up().build())
+                .execute()
+                .await
+                .map_err(nl(format!("bring up {} in the zone", nic.name)))?;
+        }
         for (addr, prefix) in &nic.addrs {
             zone.address()
                 .add(ix, *addr, *prefix)
@@ -652,6 +657,7 @@ mod tests {
             addrs: vec![(ip.parse().expect("ip"), 24)],
             gateways: vec!["192.0.2.1".parse().expect("ip")],
             primary,
+            vrrp: false,
         }
     }
 

@@ -140,6 +140,12 @@ pub struct ZoneConfig {
     /// mount there, which containerd's CRI gives every container).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cgroup_fs: bool,
+    /// The zone keeps CAP_NET_ADMIN over its own network namespace (a zone with a VRRP NIC,
+    /// whose VRRP daemon raises and lowers that link and its virtual address, as illumos's
+    /// vrrpd does in a SmartOS zone). What leaves the zone is still held by the switch's
+    /// guards outside it; netfilter stays closed (see security::filters).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub net_admin: bool,
 }
 
 /// The zone [`ZoneConfig::join`] names: its init's pid and start time (clock ticks after
@@ -265,6 +271,15 @@ impl ZoneConfig {
     /// Whether this zone holds a microVM's VMM rather than an operating system.
     pub fn is_vmm(&self) -> bool {
         matches!(self.root, RootSpec::Vmm { .. })
+    }
+
+    /// The capabilities the zone's processes keep: none for a VMM's zone, else
+    /// [`crate::security::KEPT_CAPS`] and, for [`Self::net_admin`], CAP_NET_ADMIN.
+    pub fn kept_caps(&self) -> Vec<caps::Capability> {
+        match self.is_vmm() {
+            true => Vec::new(),
+            false => crate::security::zone_caps(self.net_admin),
+        }
     }
 }
 

@@ -210,7 +210,16 @@ pub fn exec(dir: &Path, argv: &[String], opts: &ExecOptions) -> Result<i32, RunE
         });
     }
     if child == 0 {
-        let e = child_exec(&c_argv, &argv[0], &stdio, &filters, login.as_ref(), opts);
+        let keep = cfg.kept_caps();
+        let e = child_exec(
+            &c_argv,
+            &argv[0],
+            &stdio,
+            &filters,
+            &keep,
+            login.as_ref(),
+            opts,
+        );
         eprintln!("zlogin: {}", hull_sys::chain(&e));
         // SAFETY: _exit ends the child without the parent's destructors.
         unsafe { libc::_exit(127) };
@@ -773,6 +782,7 @@ fn child_exec(
     cmd: &str,
     stdio: &Stdio,
     filters: &security::Filters,
+    keep: &[caps::Capability],
     login: Option<&Login>,
     opts: &ExecOptions,
 ) -> ChildError {
@@ -809,7 +819,7 @@ fn child_exec(
         // Unblocks what the relay blocked. Signals the caller ignores stay ignored (exec
         // keeps SIG_IGN), as for a local child: `nohup zlogin ...` keeps its command alive.
         reset_signals()?;
-        security::drop_privileges(security::KEPT_CAPS)?;
+        security::drop_privileges(keep)?;
         // `-l USER`: that user's ids (the kernel drops every capability with uid 0) and
         // home; root otherwise.
         let (name, home, shell) = match login {

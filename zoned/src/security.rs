@@ -58,6 +58,16 @@ pub const KEPT_CAPS: &[Capability] = &[
     Capability::CAP_SYS_BOOT,
 ];
 
+/// A zone's capabilities: [`KEPT_CAPS`], with CAP_NET_ADMIN for a zone that configures its
+/// own links (a VRRP NIC's daemon).
+pub fn zone_caps(net_admin: bool) -> Vec<Capability> {
+    let mut caps = KEPT_CAPS.to_vec();
+    if net_admin {
+        caps.push(Capability::CAP_NET_ADMIN);
+    }
+    caps
+}
+
 /// Syscalls refused with EPERM: kernel modules and kexec, eBPF, perf, the kernel keyring,
 /// clocks, swap, accounting, raw I/O ports, the mount API, namespace changes, file handles
 /// (the "shocker" escape), userfaultfd and the kernel log.
@@ -147,6 +157,29 @@ pub fn filters() -> Result<Filters, SecurityError> {
         clone_rules.push(SeccompRule::new(vec![cond]).map_err(SecurityError::Build)?);
     }
     rules.insert(libc::SYS_clone, clone_rules);
+    // netfilter's netlink (nf_tables, the ground of most user-namespace escapes): a zone
+    // that holds CAP_NET_ADMIN over its own network (a VRRP NIC's) gets its links,
+    // addresses and routes, not a packet filter.
+    let netfilter = vec![
+        SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_NETLINK as u64,
+        )
+        .map_err(SecurityError::Build)?,
+        SeccompCondition::new(
+            2,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::NETLINK_NETFILTER as u64,
+        )
+        .map_err(SecurityError::Build)?,
+    ];
+    rules.insert(
+        libc::SYS_socket,
+        vec![SeccompRule::new(netfilter).map_err(SecurityError::Build)?],
+    );
     let deny = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -347,6 +380,16 @@ mod tests {
                 if pid < 0 || libc::getpid() <= 0 {
                     return 6;
                 }
+                // netfilter's netlink is closed; the routing one stays open.
+                let nf = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_NETFILTER);
+                if nf != -1 || errno() != libc::EPERM {
+                    return 7;
+                }
+                let route = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE);
+                if route < 0 {
+                    return 8;
+                }
+                libc::close(route);
             }
             0
         });

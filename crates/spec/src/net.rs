@@ -85,6 +85,12 @@ impl MacAddr {
     pub fn is_usable(self) -> bool {
         self.0[0] & 1 == 0 && self.0 != [0; 6]
     }
+
+    /// The IPv4 VRRP virtual router MAC of router id `vrid` (RFC 5798: 00:00:5e:00:01:VRID),
+    /// which SmartOS gives a NIC with `vrrp_vrid`.
+    pub const fn vrrp(vrid: u8) -> MacAddr {
+        MacAddr([0x00, 0x00, 0x5e, 0x00, 0x01, vrid])
+    }
 }
 
 impl From<[u8; 6]> for MacAddr {

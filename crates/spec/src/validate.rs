@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::net::{Cidr, MacAddr, is_hostname, netmask_prefix, parse_ip};
-use crate::vm::{Brand, VmCreate, VmUpdate};
+use crate::vm::{Brand, NicSpec, VmCreate, VmUpdate};
 
 /// One finding: which property, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -703,14 +703,23 @@ pub fn validate_create(payload: &Value) -> Result<VmCreate, ValidationReport> {
     if !report.is_empty() {
         return Err(report);
     }
-    serde_json::from_value(payload).map_err(|e| {
+    let create: VmCreate = serde_json::from_value(payload).map_err(|e| {
         let mut r = ValidationReport::default();
         r.bad_value(
             "payload",
             format!("the payload does not match the VM schema: {e}"),
         );
         r
-    })
+    })?;
+    check_vrrp_nics(
+        &mut report,
+        "nics",
+        create.nics.as_deref().unwrap_or_default(),
+    );
+    match report.is_empty() {
+        true => Ok(create),
+        false => Err(report),
+    }
 }
 
 /// Validates a `vmadm update` payload for a guest of `brand`. Checks that need the current
@@ -1304,6 +1313,8 @@ const NIC_PROPS: &[(&str, Kind)] = &[
     ("network_uuid", Kind::Other(check_uuid)),
     ("dhcp_server", Kind::Bool),
     ("blocked_outgoing_ports", Kind::Other(check_port_list)),
+    ("vrrp_vrid", Kind::Int(0, 255)),
+    ("vrrp_primary_ip", Kind::Other(check_ipv4)),
 ];
 
 /// A list of TCP/UDP port numbers (1 to 65535), numbers or their decimal strings.
@@ -1322,12 +1333,7 @@ fn check_port_list(r: &mut ValidationReport, p: &str, v: &Value) {
 }
 
 /// SmartOS NIC properties hull knows of but does not honour yet: named in the error.
-const UNSUPPORTED_NIC: &[&str] = &[
-    "allow_unfiltered_promisc",
-    "allowed_dhcp_cids",
-    "vrrp_primary_ip",
-    "vrrp_vrid",
-];
+const UNSUPPORTED_NIC: &[&str] = &["allow_unfiltered_promisc", "allowed_dhcp_cids"];
 
 /// True for a nic tag name: what nictagadm accepts.
 pub fn is_nic_tag(s: &str) -> bool {
@@ -1363,6 +1369,14 @@ fn check_mac(r: &mut ValidationReport, p: &str, v: &Value) {
 fn check_ip(r: &mut ValidationReport, p: &str, v: &Value) {
     if v.as_str().and_then(parse_ip).is_none() {
         r.bad_value(p, format!("{p} must be an IP address"));
+    }
+}
+
+fn check_ipv4(r: &mut ValidationReport, p: &str, v: &Value) {
+    if v.as_str()
+        .is_none_or(|s| s.parse::<std::net::Ipv4Addr>().is_err())
+    {
+        r.bad_value(p, format!("{p} must be an IPv4 address"));
     }
 }
 
@@ -1469,6 +1483,23 @@ fn check_nic_object(r: &mut ValidationReport, path: &str, v: &Value, need_tag: b
     if need_tag && !obj.contains_key("nic_tag") {
         r.missing(format!("{path}.nic_tag"), "every NIC needs a nic_tag");
     }
+    if let Some(vrid) = obj.get("vrrp_vrid").and_then(Value::as_u64) {
+        if !need_tag {
+            r.bad_property(
+                format!("{path}.vrrp_vrid"),
+                "vrrp_vrid cannot be changed by update_nics: the NIC's MAC, which finds it, \
+                 follows it; remove the NIC and add it again with the new vrrp_vrid",
+            );
+        } else if let Some(mac) = nic_mac(v)
+            && u8::try_from(vrid).is_ok_and(|id| mac != MacAddr::vrrp(id))
+        {
+            r.bad_value(
+                format!("{path}.mac"),
+                "Cannot set both mac and vrrp_vrid: a VRRP NIC's MAC is its router's \
+                 (00:00:5e:00:01:VRID)",
+            );
+        }
+    }
     let static_ip = obj
         .get("ip")
         .and_then(Value::as_str)
@@ -1526,6 +1557,96 @@ fn check_nic_set(r: &mut ValidationReport, p: &str, nics: &[Value]) {
                 );
             }
         }
+    }
+}
+
+/// SmartOS's rules for a guest's VRRP NICs (`vrrp_vrid`), checked on the NICs it would have
+/// (a create's, or the record's after an update; `p` is what the paths start with): each
+/// names a `vrrp_primary_ip` that is the address of one of the guest's NICs that is not a
+/// VRRP NIC, no VRID twice, not only VRRP NICs, and (hull's) a VRRP NIC has a static
+/// address (the virtual router's) and is not the primary NIC (its link is down until the
+/// guest's VRRP daemon raises it). The messages are SmartOS's where it has one.
+pub fn check_vrrp_nics(r: &mut ValidationReport, p: &str, nics: &[NicSpec]) {
+    if !nics
+        .iter()
+        .any(|n| n.is_vrrp() || n.vrrp_primary_ip.is_some())
+    {
+        return;
+    }
+    let addrs = |n: &NicSpec| -> Vec<std::net::IpAddr> {
+        let listed = n
+            .ips
+            .iter()
+            .flatten()
+            .filter_map(|s| Cidr::parse(s))
+            .map(|c| c.addr);
+        n.ip.as_deref()
+            .and_then(parse_ip)
+            .into_iter()
+            .chain(listed)
+            .collect()
+    };
+    let vrrp_addrs: BTreeSet<std::net::IpAddr> = nics
+        .iter()
+        .filter(|n| n.is_vrrp())
+        .flat_map(addrs)
+        .collect();
+    let other_addrs: BTreeSet<std::net::IpAddr> = nics
+        .iter()
+        .filter(|n| !n.is_vrrp())
+        .flat_map(addrs)
+        .collect();
+    let mut vrids = BTreeSet::new();
+    for (i, nic) in nics.iter().enumerate() {
+        if let Some(vrid) = nic.vrrp_vrid {
+            if !vrids.insert(vrid) {
+                r.bad_value(
+                    format!("{p}.{i}.vrrp_vrid"),
+                    format!("Cannot add multiple NICs with the same VRID: {vrid}"),
+                );
+            }
+            if nic.vrrp_primary_ip.is_none() {
+                r.missing(
+                    format!("{p}.{i}.vrrp_primary_ip"),
+                    "vrrp_vrid set but not vrrp_primary_ip: a VRRP NIC sends its \
+                     advertisements from the address of another of the guest's NICs",
+                );
+            }
+            if addrs(nic).is_empty() {
+                r.missing(
+                    format!("{p}.{i}.ip"),
+                    "a VRRP NIC needs a static address (ip and netmask, or ips): the virtual \
+                     router's, which no DHCP server hands out",
+                );
+            }
+            if nic.primary == Some(true) {
+                r.bad_value(
+                    format!("{p}.{i}.primary"),
+                    "a VRRP NIC cannot be the primary NIC: its link is down until the guest's \
+                     VRRP daemon raises it, so the default route goes through another NIC",
+                );
+            }
+        }
+        let Some(primary) = nic.vrrp_primary_ip.as_deref().and_then(parse_ip) else {
+            continue;
+        };
+        if vrrp_addrs.contains(&primary) {
+            r.bad_value(
+                format!("{p}.{i}.vrrp_primary_ip"),
+                "Cannot set vrrp_primary_ip to the IP of a VRRP nic",
+            );
+        } else if !other_addrs.contains(&primary) {
+            r.bad_value(
+                format!("{p}.{i}.vrrp_primary_ip"),
+                format!(
+                    "vrrp_primary_ip must belong to the same VM: {primary} is not the address \
+                     of any of its NICs"
+                ),
+            );
+        }
+    }
+    if !nics.is_empty() && nics.iter().all(NicSpec::is_vrrp) {
+        r.bad_value(p, "VM cannot contain only VRRP nics");
     }
 }
 
@@ -2077,16 +2198,134 @@ mod tests {
     fn smartos_properties_hull_does_not_honour_are_refused_naming_them() {
         let r = report(
             json!({"brand": "joyent", "image_uuid": IMG, "limit_priv": "default",
-            "nics": [{"nic_tag": "admin", "vrrp_vrid": 3}], "server_uuid": IMG}),
+            "nics": [{"nic_tag": "admin", "allowed_dhcp_cids": ["01"]}], "server_uuid": IMG}),
         );
         let text = serde_json::to_string(&r).expect("serializes");
         for said in [
             "SmartOS property limit_priv is not supported by hull",
-            "SmartOS NIC property vrrp_vrid is not supported by hull",
+            "SmartOS NIC property allowed_dhcp_cids is not supported by hull",
             "server_uuid is set by hull and cannot be given",
         ] {
             assert!(text.contains(said), "{said}: {text}");
         }
+    }
+
+    /// SmartOS's VRRP rules (its test-vrrp-nics.js cases), on create and on the NICs an
+    /// update leaves.
+    #[test]
+    fn vrrp_nics_follow_smartos_rules() {
+        let nic = |extra: Value| {
+            let mut n =
+                json!({"nic_tag": "external", "ip": "172.18.1.101", "netmask": "255.255.255.0"});
+            for (k, v) in extra.as_object().expect("object") {
+                n[k] = v.clone();
+            }
+            n
+        };
+        let plain = |ip: &str| json!({"nic_tag": "external", "ip": ip, "netmask": "255.255.255.0"});
+        let create = |nics: Vec<Value>| {
+            validate_create(&json!({"brand": "joyent-minimal", "image_uuid": IMG, "nics": nics}))
+        };
+        let said = |r: Result<VmCreate, ValidationReport>, path: &str, words: &str| {
+            let r = r.expect_err("refused");
+            let p = r.details.iter().find(|p| p.property == path);
+            assert!(
+                p.is_some_and(|p| p.message.contains(words)),
+                "{path}: {words}: {:?}",
+                r.details
+            );
+        };
+        let good = create(vec![
+            nic(json!({"vrrp_vrid": 1, "vrrp_primary_ip": "172.18.1.2"})),
+            nic(json!({"vrrp_vrid": "2", "ip": "172.18.1.102", "vrrp_primary_ip": "172.18.1.2"})),
+            plain("172.18.1.2"),
+        ])
+        .expect("SmartOS's VRRP payload");
+        let nics = good.nics.expect("nics");
+        assert_eq!((nics[0].vrrp_vrid, nics[1].vrrp_vrid), (Some(1), Some(2)));
+        said(
+            create(vec![nic(json!({"vrrp_vrid": 1})), plain("172.18.1.2")]),
+            "nics.0.vrrp_primary_ip",
+            "vrrp_vrid set but not vrrp_primary_ip",
+        );
+        said(
+            create(vec![
+                nic(json!({"vrrp_vrid": 1, "vrrp_primary_ip": "172.18.1.254"})),
+                plain("172.18.1.2"),
+            ]),
+            "nics.0.vrrp_primary_ip",
+            "vrrp_primary_ip must belong to the same VM",
+        );
+        said(
+            create(vec![
+                nic(json!({"vrrp_vrid": 1, "vrrp_primary_ip": "172.18.1.101"})),
+                plain("172.18.1.2"),
+            ]),
+            "nics.0.vrrp_primary_ip",
+            "Cannot set vrrp_primary_ip to the IP of a VRRP nic",
+        );
+        said(
+            create(vec![
+                nic(json!({"vrrp_vrid": 4, "vrrp_primary_ip": "172.18.1.2"})),
+                nic(json!({"vrrp_vrid": 4, "ip": "172.18.1.103", "vrrp_primary_ip": "172.18.1.2"})),
+                plain("172.18.1.2"),
+            ]),
+            "nics.1.vrrp_vrid",
+            "Cannot add multiple NICs with the same VRID: 4",
+        );
+        said(
+            create(vec![nic(
+                json!({"vrrp_vrid": 1, "vrrp_primary_ip": "172.18.1.2"}),
+            )]),
+            "nics",
+            "VM cannot contain only VRRP nics",
+        );
+        said(
+            create(vec![
+                nic(json!({"vrrp_vrid": 4, "mac": "52:31:98:52:5d:07"})),
+                plain("172.18.1.2"),
+            ]),
+            "nics.0.mac",
+            "Cannot set both mac and vrrp_vrid",
+        );
+        said(
+            create(vec![nic(json!({"vrrp_vrid": 256})), plain("172.18.1.2")]),
+            "nics.0.vrrp_vrid",
+            "",
+        );
+        said(
+            create(vec![
+                json!({"nic_tag": "external", "ip": "dhcp", "vrrp_vrid": 5,
+                       "vrrp_primary_ip": "172.18.1.2"}),
+                plain("172.18.1.2"),
+            ]),
+            "nics.0.ip",
+            "static address",
+        );
+        said(
+            create(vec![
+                nic(json!({"vrrp_vrid": 5, "vrrp_primary_ip": "172.18.1.2", "primary": true})),
+                plain("172.18.1.2"),
+            ]),
+            "nics.0.primary",
+            "cannot be the primary NIC",
+        );
+        // update_nics finds a NIC by its MAC, which follows the VRID.
+        let r = validate_update(
+            &json!({"update_nics": [{"mac": "00:00:5e:00:01:01", "vrrp_vrid": 3}]}),
+            Brand::Joyent,
+        )
+        .expect_err("refused");
+        assert_eq!(lists(&r).1, ["update_nics.0.vrrp_vrid"]);
+        let u = validate_update(
+            &json!({"update_nics": [{"mac": "00:00:5e:00:01:01", "vrrp_primary_ip": "172.18.1.3"}]}),
+            Brand::Joyent,
+        )
+        .expect("vrrp_primary_ip is updatable");
+        assert_eq!(
+            u.update_nics.expect("nics")[0].vrrp_primary_ip.as_deref(),
+            Some("172.18.1.3")
+        );
     }
 
     #[test]

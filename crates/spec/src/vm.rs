@@ -221,6 +221,20 @@ pub struct NicSpec {
     /// TCP and UDP destination ports the guest may not send to (dropped by the switch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_outgoing_ports: Option<Vec<u16>>,
+    /// A VRRP NIC's virtual router id (0-255): its MAC is the router's (00:00:5e:00:01:VRID),
+    /// its address the virtual one, and its link is the guest's VRRP daemon's to raise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vrrp_vrid: Option<u8>,
+    /// The address (of another NIC of the guest) a VRRP NIC sends its advertisements from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vrrp_primary_ip: Option<String>,
+}
+
+impl NicSpec {
+    /// Whether this is a VRRP NIC (SmartOS's `vrrp_vrid`).
+    pub fn is_vrrp(&self) -> bool {
+        self.vrrp_vrid.is_some()
+    }
 }
 
 /// One disk of a microVM.
@@ -562,6 +576,10 @@ pub struct NicUpdate {
     /// New blocked destination ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_outgoing_ports: Option<Vec<u16>>,
+    /// New VRRP primary address (vrrp_vrid itself is set when the NIC is added: the NIC's
+    /// MAC, which update_nics finds it by, follows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vrrp_primary_ip: Option<String>,
 }
 
 /// One entry of `update_disks`: the disk is found by its path.

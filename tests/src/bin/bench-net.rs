@@ -174,6 +174,7 @@ fn nic(tag: &str, uuid: &str, i: usize, ip: Ipv4Addr) -> ZoneNic {
         addrs: vec![(IpAddr::V4(ip), 24)],
         gateways: Vec::new(),
         primary: true,
+        vrrp: false,
     }
 }
 

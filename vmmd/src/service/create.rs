@@ -74,6 +74,18 @@ impl Service {
                     "this MAC is used by another VM",
                 );
             }
+            // SmartOS's conflict check: one VRID per host (its MAC is the router's).
+            if let Some(vrid) = nic
+                .get("vrrp_vrid")
+                .and_then(Value::as_u64)
+                .and_then(|v| u8::try_from(v).ok())
+                && let Some(owner) = index.mac_owner(&MacAddr::vrrp(vrid), except)
+            {
+                report.bad_value(
+                    format!("{prefix}.{i}.vrrp_vrid"),
+                    format!("VRID {vrid} is used by VM {owner} on this host"),
+                );
+            }
             for ip in nic_addresses(nic) {
                 if let Some(owner) = index.ip_owner(&ip, except) {
                     let field = if nic.get("ips").is_some() {

@@ -81,6 +81,19 @@ impl Service {
             let others = |m: &MacAddr| index.mac_owner(m, Some(uuid)).is_some();
             apply(&current, &upd, &self.data_root, &others).map_err(ServiceError::Invalid)?
         };
+        // A zone's capabilities are fixed when it starts: CAP_NET_ADMIN, which a VRRP NIC's
+        // daemon needs, cannot reach a running zone that had no VRRP NIC.
+        let vrrp = |vm: &Vm| vm.nics.iter().any(|n| n.is_vrrp());
+        if !next.brand.is_microvm()
+            && vrrp(&next)
+            && !vrrp(&current)
+            && matches!(current.state, VmState::Running | VmState::Stopping)
+        {
+            return Err(ServiceError::Conflict(format!(
+                "VM {uuid} runs without a VRRP NIC: stop it to add its first one (a zone's \
+                 processes get CAP_NET_ADMIN, which its VRRP daemon needs, when it starts)"
+            )));
+        }
         let growth = {
             let mut report = ValidationReport::default();
             let file = |p: &str| self.storage.disk_file_bytes(Path::new(p));

@@ -222,15 +222,12 @@ fn setup_init(
         Some(names) => Some(kept_caps(names)?),
         None => None,
     };
-    let keep = match cfg.is_vmm() {
-        // The VMM needs no capability: its files and /dev/kvm belong to the zone's root.
-        true => &[][..],
-        false => security::KEPT_CAPS,
-    };
+    // The VMM needs no capability: its files and /dev/kvm belong to the zone's root.
+    let keep = cfg.kept_caps();
     if let Some(p) = &cfg.process {
         set_rlimits(&p.rlimits)?;
     }
-    security::drop_privileges(keep)?;
+    security::drop_privileges(&keep)?;
     // A process given its own capabilities: the bounding set now, the rest once it has its
     // user's ids (taking them needs CAP_SETUID and CAP_SETGID, which it may not keep).
     if let Some(caps) = &asked {

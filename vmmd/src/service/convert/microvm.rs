@@ -199,6 +199,7 @@ impl TryFrom<MicrovmZone<'_>> for ZoneConfig {
             netns: None,
             read_only_root: false,
             cgroup_fs: false,
+            net_admin: false,
         })
     }
 }

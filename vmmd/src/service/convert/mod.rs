@@ -204,19 +204,31 @@ pub fn finish_nics(
     let mut out = Vec::with_capacity(nics.len());
     for (offset, mut nic) in nics.into_iter().enumerate() {
         let index = existing + offset;
-        let mac = match nic.mac {
-            Some(mac) => mac,
-            None => generate_mac(uuid, index, pool).ok_or(ConvertError::NoFreeMac(index))?,
+        let mac = match (nic.mac, nic.vrrp_vrid) {
+            (Some(mac), _) => mac,
+            // A VRRP NIC's MAC is its virtual router's (validation refused another one).
+            (None, Some(vrid)) => MacAddr::vrrp(vrid),
+            (None, None) => {
+                generate_mac(uuid, index, pool).ok_or(ConvertError::NoFreeMac(index))?
+            }
         };
         pool.claim(mac);
         nic.mac = Some(mac);
         nic.interface = Some(interface_name(brand, index));
         out.push(nic);
     }
-    if existing == 0 && !out.is_empty() && !out.iter().any(|n| n.primary == Some(true)) {
-        out[0].primary = Some(true);
+    if existing == 0 && !out.iter().any(|n| n.primary == Some(true)) {
+        default_primary(&mut out);
     }
     Ok(out)
+}
+
+/// Makes the first NIC that is not a VRRP NIC the primary one (a VRRP NIC's link is down
+/// until the guest's VRRP daemon raises it): for a guest whose payload named none.
+pub fn default_primary(nics: &mut [NicSpec]) {
+    if let Some(first) = nics.iter_mut().find(|n| !n.is_vrrp()) {
+        first.primary = Some(true);
+    }
 }
 
 /// Names the NICs that have no interface name yet (added by an update) with the lowest

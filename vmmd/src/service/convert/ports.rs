@@ -132,7 +132,9 @@ pub fn dhcp_leases(vm: &Vm) -> Result<Vec<DhcpLease>, PortsError> {
             let ip = nic.ip.as_deref().and_then(v4)?;
             Some((ip, nic.netmask.as_deref().and_then(netmask_prefix)?))
         };
-        let Some((address, prefix)) = listed.or_else(legacy) else {
+        // A VRRP NIC's address is the virtual router's, which the guest's VRRP daemon holds
+        // only while it is the master: no lease for it.
+        let Some((address, prefix)) = listed.or_else(legacy).filter(|_| !nic.is_vrrp()) else {
             continue;
         };
         let routers = match i == primary {
@@ -182,12 +184,15 @@ pub fn dhcp_leases(vm: &Vm) -> Result<Vec<DhcpLease>, PortsError> {
 
 /// What NIC `nic` may send (see hull_vswitch::guard for the rules).
 pub fn guard(nic: &NicSpec, mac: [u8; 6]) -> Guard {
+    // A VRRP NIC also sends as its primary address (SmartOS's allowed-ips for it): its
+    // advertisements come from there.
     let ips: Vec<&str> = nic
         .ips
         .iter()
         .flatten()
         .map(String::as_str)
         .chain(nic.ip.as_deref())
+        .chain(nic.vrrp_primary_ip.as_deref())
         .collect();
     let dhcp = ips.contains(&"dhcp");
     let addrconf = ips.contains(&"addrconf");
@@ -299,6 +304,7 @@ pub fn zone_nics(vm: &Vm, tags: &BTreeMap<String, NicTag>) -> Result<Vec<ZoneNic
             addrs,
             gateways,
             primary: nic.primary == Some(true),
+            vrrp: nic.is_vrrp(),
         });
     }
     Ok(out)
@@ -370,6 +376,51 @@ mod tests {
             Some(vec![("192.0.2.6".parse().expect("ip"), 32)])
         );
         assert_eq!(legacy.ipv6, Some(vec![]), "only the link-local address");
+    }
+
+    /// SmartOS's VRRP NIC: the router's MAC, its primary address among what it may send
+    /// from, left down in the zone, no DHCP lease (its address is the virtual router's), and
+    /// the primary NIC the first one that is not a VRRP NIC.
+    #[test]
+    fn a_vrrp_nic_gets_its_router_mac_and_sends_as_its_primary_address() {
+        use crate::service::convert::{Context, MacPool, new_record};
+        let payload = serde_json::json!({
+            "brand": "joyent-minimal", "image_uuid": "0c1f4f2a-6f0e-4c39-8f36-2d3c7b1d9e01",
+            "nics": [
+                {"nic_tag": "a", "vrrp_vrid": 18, "ip": "172.18.1.101", "netmask": "255.255.255.0",
+                 "vrrp_primary_ip": "172.18.1.2"},
+                {"nic_tag": "a", "ip": "172.18.1.2", "netmask": "255.255.255.0",
+                 "gateway": "172.18.1.1"}]});
+        let vm = new_record(
+            hull_spec::validate_create(&payload).expect("valid"),
+            &Context::fixed(),
+            &mut MacPool::new(&|_| false),
+        )
+        .expect("converts");
+        assert_eq!(
+            vm.nics[0].mac.map(|m| m.to_string()).as_deref(),
+            Some("00:00:5e:00:01:12")
+        );
+        assert_eq!((vm.nics[0].primary, vm.nics[1].primary), (None, Some(true)));
+        let tag = NicTag {
+            name: "a".into(),
+            uplink: None,
+        };
+        let tags = BTreeMap::from([("a".to_string(), tag)]);
+        let nics = zone_nics(&vm, &tags).expect("ports");
+        assert!(nics[0].vrrp && !nics[1].vrrp);
+        let mut sends: Vec<String> = nics[0]
+            .port
+            .guard
+            .ipv4
+            .iter()
+            .flatten()
+            .map(|(a, _)| a.to_string())
+            .collect();
+        sends.sort();
+        assert_eq!(sends, ["172.18.1.101", "172.18.1.2"]);
+        let leases = dhcp_leases(&vm).expect("leases");
+        assert_eq!(leases.iter().map(|l| l.nic).collect::<Vec<_>>(), [1]);
     }
 
     #[test]

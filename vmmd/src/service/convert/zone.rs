@@ -398,6 +398,8 @@ impl From<GuestZone<'_>> for ZoneConfig {
             netns: None,
             read_only_root: bundle.as_ref().is_some_and(|b| b.read_only_root),
             cgroup_fs: bundle.as_ref().is_some_and(|b| b.cgroup_fs),
+            // Its VRRP daemon raises and lowers the VRRP NIC's link.
+            net_admin: vm.nics.iter().any(|n| n.is_vrrp()),
         }
     }
 }

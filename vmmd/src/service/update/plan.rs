@@ -9,7 +9,9 @@ use hull_spec::net::MacAddr;
 use hull_spec::vm::{DiskSpec, NicSpec, defaults};
 use hull_spec::{ValidationReport, Vm, VmUpdate};
 
-use super::super::convert::{MacPool, finish_disks, finish_nics, number_new_nics, set_remove};
+use super::super::convert::{
+    MacPool, default_primary, finish_disks, finish_nics, number_new_nics, set_remove,
+};
 
 /// Applies `u` to a copy of `vm`. Returns the new record and the changed property names.
 pub fn apply(
@@ -245,6 +247,7 @@ fn apply_nics(
             set!(network_uuid);
             set!(dhcp_server);
             set!(blocked_outgoing_ports);
+            set!(vrrp_primary_ip);
             if let Some(tag) = &upd.nic_tag {
                 nic.nic_tag = tag.clone();
             }
@@ -274,6 +277,16 @@ fn apply_nics(
                 && in_use(&mac)
             {
                 r.bad_value(format!("add_nics.{i}.mac"), "this MAC is already in use");
+            } else if let Some(vrid) = nic.vrrp_vrid
+                && in_use(&MacAddr::vrrp(vrid))
+            {
+                r.bad_value(
+                    format!("add_nics.{i}.vrrp_vrid"),
+                    format!(
+                        "VRID {vrid} is in use on this host: its MAC {} belongs to another NIC",
+                        MacAddr::vrrp(vrid)
+                    ),
+                );
             }
         }
         let had_primary = next.nics.iter().any(|n| n.primary == Some(true));
@@ -297,12 +310,10 @@ fn apply_nics(
     }
     if changed {
         number_new_nics(next.brand, &mut next.nics);
-        let primaries = next.nics.iter().filter(|n| n.primary == Some(true)).count();
-        if primaries == 0
-            && let Some(first) = next.nics.first_mut()
-        {
-            first.primary = Some(true);
+        if !next.nics.iter().any(|n| n.primary == Some(true)) {
+            default_primary(&mut next.nics);
         }
+        hull_spec::validate::check_vrrp_nics(r, "nics", &next.nics);
         for (i, nic) in next.nics.iter().enumerate() {
             if nic.ip.as_deref().is_some_and(|ip| ip != "dhcp") && nic.netmask.is_none() {
                 r.missing(format!("nics.{i}.netmask"), "a static ip needs a netmask");
@@ -554,6 +565,48 @@ mod tests {
         );
         let r = apply(&next, &u, Path::new("/d"), &taken).expect_err("mac in use");
         assert_eq!(r.bad_values, ["add_nics.0.mac"]);
+    }
+
+    /// VRRP NICs through update (SmartOS's test-vrrp-nics.js): one added gets its router's
+    /// MAC, a VRID another NIC of the host holds is refused, vrrp_primary_ip moves to another
+    /// NIC, and what would leave a VRRP NIC without its primary address's NIC, or only VRRP
+    /// NICs, is refused.
+    #[test]
+    fn vrrp_nics_through_update() {
+        let base = vm(
+            json!({"brand": "joyent-minimal", "image_uuid": IMG, "nics": [
+            {"nic_tag": "a", "mac": "02:00:00:00:00:01", "ips": ["172.18.1.2/24"]},
+            {"nic_tag": "a", "mac": "02:00:00:00:00:03", "ips": ["172.18.1.3/24"]}]}),
+        );
+        let add = upd(
+            json!({"add_nics": [{"nic_tag": "a", "vrrp_vrid": 3, "ips": ["172.18.1.101/24"],
+                                 "vrrp_primary_ip": "172.18.1.2"}]}),
+            Brand::JoyentMinimal,
+        );
+        let (next, _) = apply(&base, &add, Path::new("/d"), &|_| false).expect("applies");
+        assert_eq!(next.nics[2].mac, Some(MacAddr::vrrp(3)));
+        assert_eq!(next.nics[0].primary, Some(true));
+        let taken = |m: &MacAddr| *m == MacAddr::vrrp(3);
+        let r = apply(&base, &add, Path::new("/d"), &taken).expect_err("VRID in use");
+        assert_eq!(r.bad_values, ["add_nics.0.vrrp_vrid"]);
+        let mv = upd(
+            json!({"update_nics": [{"mac": "00:00:5e:00:01:03", "vrrp_primary_ip": "172.18.1.3"}]}),
+            Brand::JoyentMinimal,
+        );
+        let (moved, _) = apply(&next, &mv, Path::new("/d"), &|_| false).expect("applies");
+        assert_eq!(moved.nics[2].vrrp_primary_ip.as_deref(), Some("172.18.1.3"));
+        let rm = upd(
+            json!({"remove_nics": ["02:00:00:00:00:03"]}),
+            Brand::JoyentMinimal,
+        );
+        let r = apply(&moved, &rm, Path::new("/d"), &|_| false).expect_err("primary ip gone");
+        assert_eq!(r.bad_values, ["nics.1.vrrp_primary_ip"]);
+        let rm = upd(
+            json!({"remove_nics": ["02:00:00:00:00:01", "02:00:00:00:00:03"]}),
+            Brand::JoyentMinimal,
+        );
+        let r = apply(&next, &rm, Path::new("/d"), &|_| false).expect_err("only VRRP");
+        assert!(r.bad_values.iter().any(|p| p == "nics"), "{r}");
     }
 
     #[test]
