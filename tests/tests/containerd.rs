@@ -5,6 +5,7 @@
 //! printing the container's output and passing its exit status, leaving no zone and no
 //! mount behind.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -967,19 +968,43 @@ fn root_cri_runs_a_pod_of_two_containers_as_hull_zones() {
         let ip = status.network.map(|n| n.ip).unwrap_or_default();
         assert!(ip.starts_with("10.231.77."), "the pod's CNI address: {ip:?}");
 
+        // kubelet's volumes for the pod, laid out as kubelet lays them out: an emptyDir both
+        // containers share (0777, as kubelet makes it) and a configMap the client reads.
+        let kubelet_pod = work
+            .path()
+            .join("kubelet/pods/0b5c8f1e-4a1d-4c2e-9f3a-0c1e00000001/volumes");
+        let empty_dir = kubelet_pod.join("kubernetes.io~empty-dir/shared");
+        let config_map = kubelet_pod.join("kubernetes.io~configmap/conf");
+        std::fs::create_dir_all(&empty_dir).expect("emptyDir");
+        std::fs::set_permissions(&empty_dir, std::fs::Permissions::from_mode(0o777))
+            .expect("emptyDir mode");
+        std::fs::create_dir_all(&config_map).expect("configMap");
+        std::fs::write(config_map.join("greeting"), "hello from a configMap\n").expect("key");
+        let volume = |host: &Path, at: &str, readonly: bool| Mount {
+            container_path: at.into(),
+            host_path: host.display().to_string(),
+            readonly,
+            ..Default::default()
+        };
         let mut ids = Vec::new();
         for (name, script) in [
             (
                 "server",
                 "mkdir -p /www && hostname > /www/index.html && \
+                 echo from the server > /shared/note && \
                  exec httpd -f -p 127.0.0.1:8080 -h /www",
             ),
             ("client", "exec sleep 600"),
         ] {
+            let mut config = container_config(name, &image, script);
+            config.mounts.push(volume(&empty_dir, "/shared", false));
+            if name == "client" {
+                config.mounts.push(volume(&config_map, "/conf", true));
+            }
             let id = rs
                 .create_container(CreateContainerRequest {
                     pod_sandbox_id: pod.clone(),
-                    config: Some(container_config(name, &image, script)),
+                    config: Some(config),
                     sandbox_config: Some(sandbox_config.clone()),
                 })
                 .await
@@ -1012,6 +1037,20 @@ fn root_cri_runs_a_pod_of_two_containers_as_hull_zones() {
         assert_eq!(
             (r.exit_code, String::from_utf8_lossy(&r.stdout).as_ref()),
             (0, "hullpod\n"),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        // The emptyDir carries the server's file to the client; the configMap is read-only.
+        let r = rs
+            .exec_sync(exec(
+                "cat /shared/note /conf/greeting; touch /conf/x 2>/dev/null && echo writable",
+            ))
+            .await
+            .unwrap_or_else(|e| fail("ExecSync", e))
+            .into_inner();
+        assert_eq!(
+            String::from_utf8_lossy(&r.stdout),
+            "from the server\nhello from a configMap\n",
             "{}",
             String::from_utf8_lossy(&r.stderr)
         );
