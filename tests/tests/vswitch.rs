@@ -4,6 +4,7 @@
 //! addresses from the documentation ranges only; peers outside zones live in network
 //! namespaces the test makes and removes.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -1028,4 +1029,220 @@ fn root_a_vrrp_nic_is_the_zones_to_raise_and_sends_as_its_primary_address() {
     let left = leftovers(&d, &[&z, &peer], &[]);
     assert!(left.is_empty(), "{left:?}");
     delete_tags(&d, &["nvr1"]);
+}
+
+/// Parses Prometheus's text exposition format (0.0.4) strictly, as a scraper would: each
+/// family's `# TYPE` once, before its samples, which are contiguous; metric and label names
+/// of the format's alphabet; label values quoted with its three escapes; a float value; no
+/// series twice. Returns each series (`name{labels}` as written) with its value; panics
+/// naming the first line that breaks a rule.
+fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
+    let name_ok = |n: &str, colon: bool| {
+        let mut cs = n.chars();
+        cs.next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || (colon && c == ':'))
+            && cs.all(|c| c.is_ascii_alphanumeric() || c == '_' || (colon && c == ':'))
+    };
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut helps: BTreeSet<String> = BTreeSet::new();
+    let mut finished: BTreeSet<String> = BTreeSet::new();
+    let mut current: Option<String> = None;
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let bad = |why: &str| -> ! { panic!("line {}: {why}: {line:?}", n + 1) };
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("TYPE"), Some(name), Some(kind)) => {
+                    if !name_ok(name, true) {
+                        bad("metric name");
+                    }
+                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                        bad("type");
+                    }
+                    if types.insert(name.to_string(), kind.to_string()).is_some() {
+                        bad("a second TYPE");
+                    }
+                }
+                (Some("HELP"), Some(name), _) if !helps.insert(name.to_string()) => {
+                    bad("a second HELP")
+                }
+                _ => {}
+            }
+            continue;
+        }
+        let end = line.find(['{', ' ']).unwrap_or_else(|| bad("no value"));
+        let name = &line[..end];
+        if !name_ok(name, true) {
+            bad("metric name");
+        }
+        let Some(kind) = types.get(name) else {
+            bad("a sample before its TYPE")
+        };
+        if current.as_deref() != Some(name) {
+            if let Some(c) = current.take() {
+                finished.insert(c);
+            }
+            if finished.contains(name) {
+                bad("a family's samples are not together");
+            }
+            current = Some(name.to_string());
+        }
+        let mut rest = &line[end..];
+        if let Some(after) = rest.strip_prefix('{') {
+            rest = after;
+            loop {
+                if let Some(after) = rest.strip_prefix('}') {
+                    rest = after;
+                    break;
+                }
+                let eq = rest.find('=').unwrap_or_else(|| bad("label without ="));
+                if !name_ok(&rest[..eq], false) {
+                    bad("label name");
+                }
+                rest = rest[eq + 1..]
+                    .strip_prefix('"')
+                    .unwrap_or_else(|| bad("unquoted label value"));
+                let mut chars = rest.char_indices();
+                let close = loop {
+                    match chars.next() {
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, '\\' | '"' | 'n')) => {}
+                            _ => bad("bad escape"),
+                        },
+                        Some((i, '"')) => break i,
+                        Some((_, '\n')) | None => bad("unterminated label value"),
+                        Some(_) => {}
+                    }
+                };
+                rest = &rest[close + 1..];
+                rest = rest.strip_prefix(',').unwrap_or(rest);
+            }
+        }
+        let value = rest
+            .strip_prefix(' ')
+            .unwrap_or_else(|| bad("no space before the value"));
+        let value = value.split(' ').next().unwrap_or_default();
+        let v: f64 = value.parse().unwrap_or_else(|_| bad("value"));
+        if kind == "counter" && v < 0.0 {
+            bad("a negative counter");
+        }
+        let series = line[..line.len() - rest.len()].to_string();
+        if out.insert(series, v).is_some() {
+            bad("a series twice");
+        }
+    }
+    out
+}
+
+/// Issue 21's `GET /v1/metrics` on vmmd's socket: it parses by the text format's rules
+/// ([`parse_exposition`]), names host and guest figures as node_exporter and cAdvisor do,
+/// and its counters grow with real traffic and work: a zone's pings raise its NIC's sent
+/// bytes and packets and the peer's received ones, a busy loop its CPU seconds; a stopped
+/// guest is there, not running, without figures.
+#[test]
+#[ignore = "needs root: run with --run-ignored"]
+fn root_metrics_parse_and_their_counters_grow_with_traffic() {
+    let d = daemon(&["nmet1"]);
+    let a = zone(
+        &d,
+        "meta",
+        json!([{"nic_tag": "nmet1", "ips": ["192.0.2.171/24"]}]),
+    );
+    let b = zone(
+        &d,
+        "metb",
+        json!([{"nic_tag": "nmet1", "ips": ["192.0.2.172/24"]}]),
+    );
+    let scrape = || {
+        let (status, body) = hull_tests::raw_http(
+            &d.socket(),
+            &hull_tests::request("GET", "/v1/metrics", None, b""),
+        );
+        assert_eq!(status, 200, "{body}");
+        parse_exposition(&body)
+    };
+    let of = |m: &BTreeMap<String, f64>, series: String| -> f64 {
+        *m.get(&series)
+            .unwrap_or_else(|| panic!("no {series} in {:?}", m.keys().collect::<Vec<_>>()))
+    };
+    let nic = |name: &str, u: &str| format!("{name}{{uuid=\"{u}\",interface=\"net0\"}}");
+    let cpu = |u: &str| format!("container_cpu_usage_seconds_total{{uuid=\"{u}\"}}");
+    let before = scrape();
+    assert!(of(&before, "node_memory_MemTotal_bytes".into()) > 0.0);
+    assert!(
+        before
+            .keys()
+            .any(|k| k.starts_with("node_cpu_seconds_total{cpu=\"0\",mode=\"idle\"}")),
+        "no host CPU time"
+    );
+    assert_eq!(
+        of(
+            &before,
+            format!("hull_guest_state{{uuid=\"{a}\",state=\"running\"}}")
+        ),
+        1.0
+    );
+    must(d.zlogin(&a, "ping -c 20 -i 0.05 -s 1000 -W 1 192.0.2.172 >/dev/null"));
+    must(d.zlogin(&a, "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"));
+    let after = scrape();
+    let grew = |series: String, by: f64| {
+        let (x, y) = (of(&before, series.clone()), of(&after, series.clone()));
+        assert!(y - x >= by, "{series}: {x} -> {y}, not {by} more");
+    };
+    grew(
+        nic("container_network_transmit_bytes_total", &a),
+        20.0 * 1000.0,
+    );
+    grew(nic("container_network_transmit_packets_total", &a), 20.0);
+    grew(
+        nic("container_network_receive_bytes_total", &b),
+        20.0 * 1000.0,
+    );
+    grew(nic("container_network_receive_packets_total", &a), 20.0);
+    grew(cpu(&a), 0.01);
+    assert!(
+        of(
+            &after,
+            format!("container_memory_usage_bytes{{uuid=\"{a}\"}}")
+        ) > 0.0
+    );
+    let o = d.vmadm(&["stop", &b], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let stopped = scrape();
+    assert_eq!(
+        of(&stopped, format!("hull_guest_running{{uuid=\"{b}\"}}")),
+        0.0
+    );
+    assert!(
+        !stopped.contains_key(&cpu(&b)),
+        "a stopped guest has no CPU figures"
+    );
+    stop_and_delete(&d, &[&a, &b]);
+    delete_tags(&d, &["nmet1"]);
+}
+
+/// The parser above refuses what breaks the format (so the metrics test's parse can fail).
+#[test]
+fn the_exposition_parser_refuses_what_breaks_the_format() {
+    let good = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\\\"\"} 1\n";
+    assert_eq!(parse_exposition(good).len(), 1);
+    for bad in [
+        "a 1\n",
+        "# TYPE a gauge\n# TYPE a gauge\na 1\n",
+        "# TYPE a gauge\n# TYPE b gauge\na 1\nb 1\na{x=\"2\"} 1\n",
+        "# TYPE a gauge\na{x=1} 1\n",
+        "# TYPE a gauge\na{x=\"\\q\"} 1\n",
+        "# TYPE a gauge\na one\n",
+        "# TYPE a counter\na -1\n",
+        "# TYPE a gauge\na 1\na 2\n",
+        "# TYPE 1a gauge\n",
+    ] {
+        let text = bad.to_string();
+        let r = std::panic::catch_unwind(move || parse_exposition(&text));
+        assert!(r.is_err(), "accepted: {bad:?}");
+    }
 }

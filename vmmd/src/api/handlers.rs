@@ -152,6 +152,14 @@ pub async fn dispatch(
             let usage = service.usage(uuid).await?;
             Ok(json(StatusCode::OK, &usage))
         }
+        Action::Metrics => {
+            let text = service.metrics().await?;
+            Ok(response(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                full_body(text.into()),
+            ))
+        }
         Action::Info(uuid) => {
             let info = service.info(uuid).await?;
             Ok(json(StatusCode::OK, &info))

@@ -211,6 +211,14 @@ pub fn document() -> Value {
         "/v1/vms/{uuid}/resize": { "parameters": uuid_param(),
             "post": op("Set a running zone's console window size (its foreground job gets SIGWINCH)", "resizeConsole",
                 Some("ResizeRequest"), ok("200", "Done", json!({"type": "object"}))) },
+        "/v1/metrics": {
+            "get": {
+                "summary": "The host's and every guest's figures in Prometheus's text format 0.0.4, named as node_exporter and cAdvisor name theirs (guests by a uuid label)",
+                "operationId": "getMetrics",
+                "responses": { "200": { "description": "The exposition",
+                    "content": { "text/plain": { "schema": { "type": "string" } } } },
+                    "default": { "description": "An error",
+                        "content": { "application/json": { "schema": reference("ApiErrorBody") } } } } } },
         "/v1/vms/{uuid}/usage": { "parameters": uuid_param(),
             "get": op("A running guest's cgroup figures: CPU time, memory, processes, OOM kills", "getUsage", None,
                 ok("200", "The figures", reference("Usage"))) },

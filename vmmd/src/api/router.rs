@@ -54,6 +54,8 @@ pub enum Action {
     Info(Uuid),
     /// `GET /v1/vms/{uuid}/usage`: a running guest's cgroup figures
     Usage(Uuid),
+    /// `GET /v1/metrics`: the host's and the guests' figures, Prometheus's text format
+    Metrics,
     /// `POST /v1/vms/{uuid}/pause`
     PauseVm(Uuid),
     /// `POST /v1/vms/{uuid}/resize`: a zone's console window size
@@ -287,6 +289,10 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
                 _ => return Err(allow(&[M::GET])),
             }
         }
+        ["v1", "metrics"] => match *method {
+            M::GET => Action::Metrics,
+            _ => return Err(allow(&[M::GET])),
+        },
         ["v1", "vms", id, "usage"] => {
             let uuid = uuid_segment("VM", id)?;
             match *method {
@@ -427,6 +433,7 @@ mod tests {
     fn routes_map_to_actions() {
         let u = Uuid::parse_str(U).expect("uuid");
         assert_eq!(ok(Method::GET, "/v1/ping", None), Action::Ping);
+        assert_eq!(ok(Method::GET, "/v1/metrics", None), Action::Metrics);
         assert_eq!(
             ok(Method::GET, "/v1/vms/", None),
             Action::ListVms {

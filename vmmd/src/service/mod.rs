@@ -17,6 +17,7 @@ mod fake;
 pub mod filter;
 pub mod images;
 mod lifecycle;
+pub mod metrics;
 pub mod network;
 mod nictags;
 pub mod paths;
