@@ -1011,20 +1011,34 @@ fn root_a_vrrp_nic_is_the_zones_to_raise_and_sends_as_its_primary_address() {
         reaches(&d, &z, "172.18.2.50", Some("172.18.1.2")),
         "the VRRP NIC cannot send as its primary address"
     );
+    // A new VRID on the running zone: the NIC's MAC follows it (SmartOS's update), the
+    // switch's guard too.
+    let o = d.vmadm(
+        &["update", &z],
+        Some(r#"{"update_nics": [{"mac": "00:00:5e:00:01:01", "vrrp_vrid": 3}]}"#),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let link = must(d.zlogin(&z, "ip -o link show net0"));
+    assert!(link.contains("00:00:5e:00:01:03"), "{link}");
+    flush_neighbours(&d, &peer);
+    assert!(
+        reaches(&d, &peer, "172.18.2.101", None),
+        "the VRRP NIC does not answer with its new MAC"
+    );
     flush_neighbours(&d, &peer);
     assert!(
         !reaches(&d, &z, "172.18.2.50", Some("172.18.1.3")),
         "the VRRP NIC sent as an address that is neither its own nor its primary"
     );
-    // One VRID per host, as SmartOS's conflict check.
+    // One VRID per host, as SmartOS's conflict check (its VRID is 3 now).
     let p = json!({"brand": "joyent-minimal", "image_uuid": image_uuid(), "alias": "vrrp2",
-        "nics": [vip(1, "172.18.2.103"), plain("172.18.1.2")]});
+        "nics": [vip(3, "172.18.2.103"), plain("172.18.1.2")]});
     let e = d
         .client()
         .create_vm(&p)
-        .expect_err("VRID 1 taken")
+        .expect_err("VRID 3 taken")
         .to_string();
-    assert!(e.contains(&format!("VRID 1 is used by VM {z}")), "{e}");
+    assert!(e.contains(&format!("VRID 3 is used by VM {z}")), "{e}");
     stop_and_delete(&d, &[&z, &peer]);
     let left = leftovers(&d, &[&z, &peer], &[]);
     assert!(left.is_empty(), "{left:?}");

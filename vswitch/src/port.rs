@@ -595,6 +595,28 @@ async fn change_in_zone(zone: &Handle, old: &ZoneNic, new: &ZoneNic) -> Result<(
             .await
             .map_err(nl(format!("set the MTU of {} in the zone", new.name)))?;
     }
+    // A new MAC (a VRRP NIC's new VRID), and a NIC that becomes (or stops being) a VRRP
+    // NIC goes down for the zone's VRRP daemon (or up).
+    if old.mac != new.mac || old.vrrp != new.vrrp {
+        let mut link = LinkUnspec::new_with_index(ix);
+        if old.mac != new.mac {
+            link = link.address(new.mac.to_vec());
+        }
+        if old.vrrp != new.vrrp {
+            link = match new.vrrp {
+                true => link.down(),
+                false => link.up(),
+            };
+        }
+        zone.link()
+            .set(link.build())
+            .execute()
+            .await
+            .map_err(nl(format!(
+                "set the MAC or state of {} in the zone",
+                new.name
+            )))?;
+    }
     if old.addrs != new.addrs {
         let present: Vec<_> = zone
             .address()

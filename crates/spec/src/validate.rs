@@ -1483,22 +1483,17 @@ fn check_nic_object(r: &mut ValidationReport, path: &str, v: &Value, need_tag: b
     if need_tag && !obj.contains_key("nic_tag") {
         r.missing(format!("{path}.nic_tag"), "every NIC needs a nic_tag");
     }
-    if let Some(vrid) = obj.get("vrrp_vrid").and_then(Value::as_u64) {
-        if !need_tag {
-            r.bad_property(
-                format!("{path}.vrrp_vrid"),
-                "vrrp_vrid cannot be changed by update_nics: the NIC's MAC, which finds it, \
-                 follows it; remove the NIC and add it again with the new vrrp_vrid",
-            );
-        } else if let Some(mac) = nic_mac(v)
-            && u8::try_from(vrid).is_ok_and(|id| mac != MacAddr::vrrp(id))
-        {
-            r.bad_value(
-                format!("{path}.mac"),
-                "Cannot set both mac and vrrp_vrid: a VRRP NIC's MAC is its router's \
-                 (00:00:5e:00:01:VRID)",
-            );
-        }
+    // In update_nics the mac is the NIC's key (its MAC then follows the new VRID).
+    if let Some(vrid) = obj.get("vrrp_vrid").and_then(Value::as_u64)
+        && need_tag
+        && let Some(mac) = nic_mac(v)
+        && u8::try_from(vrid).is_ok_and(|id| mac != MacAddr::vrrp(id))
+    {
+        r.bad_value(
+            format!("{path}.mac"),
+            "Cannot set both mac and vrrp_vrid: a VRRP NIC's MAC is its router's \
+             (00:00:5e:00:01:VRID)",
+        );
     }
     let static_ip = obj
         .get("ip")
@@ -2310,13 +2305,13 @@ mod tests {
             "nics.0.primary",
             "cannot be the primary NIC",
         );
-        // update_nics finds a NIC by its MAC, which follows the VRID.
-        let r = validate_update(
+        // update_nics finds a NIC by its MAC; a new VRID is taken (the MAC follows it).
+        let u = validate_update(
             &json!({"update_nics": [{"mac": "00:00:5e:00:01:01", "vrrp_vrid": 3}]}),
             Brand::Joyent,
         )
-        .expect_err("refused");
-        assert_eq!(lists(&r).1, ["update_nics.0.vrrp_vrid"]);
+        .expect("vrrp_vrid is updatable");
+        assert_eq!(u.update_nics.expect("nics")[0].vrrp_vrid, Some(3));
         let u = validate_update(
             &json!({"update_nics": [{"mac": "00:00:5e:00:01:01", "vrrp_primary_ip": "172.18.1.3"}]}),
             Brand::Joyent,

@@ -576,8 +576,10 @@ pub struct NicUpdate {
     /// New blocked destination ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_outgoing_ports: Option<Vec<u16>>,
-    /// New VRRP primary address (vrrp_vrid itself is set when the NIC is added: the NIC's
-    /// MAC, which update_nics finds it by, follows it).
+    /// New VRRP router id: the NIC's MAC becomes the router's (00:00:5e:00:01:VRID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vrrp_vrid: Option<u8>,
+    /// New VRRP primary address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vrrp_primary_ip: Option<String>,
 }

@@ -248,6 +248,18 @@ fn apply_nics(
             set!(dhcp_server);
             set!(blocked_outgoing_ports);
             set!(vrrp_primary_ip);
+            // A new VRID is a new MAC: the router's (SmartOS's update does the same).
+            if let Some(vrid) = upd.vrrp_vrid {
+                let mac = MacAddr::vrrp(vrid);
+                if nic.mac != Some(mac) && macs_taken_elsewhere(&mac) {
+                    r.bad_value(
+                        format!("update_nics.{i}.vrrp_vrid"),
+                        format!("VRID {vrid} is in use on this host: its MAC {mac} belongs to another NIC"),
+                    );
+                }
+                nic.vrrp_vrid = Some(vrid);
+                nic.mac = Some(mac);
+            }
             if let Some(tag) = &upd.nic_tag {
                 nic.nic_tag = tag.clone();
             }
@@ -595,6 +607,17 @@ mod tests {
         );
         let (moved, _) = apply(&next, &mv, Path::new("/d"), &|_| false).expect("applies");
         assert_eq!(moved.nics[2].vrrp_primary_ip.as_deref(), Some("172.18.1.3"));
+        // A new VRID is a new MAC, unless another NIC of the host has it.
+        let renumber = upd(
+            json!({"update_nics": [{"mac": "00:00:5e:00:01:03", "vrrp_vrid": 4}]}),
+            Brand::JoyentMinimal,
+        );
+        let (renumbered, _) =
+            apply(&next, &renumber, Path::new("/d"), &|_| false).expect("applies");
+        assert_eq!(renumbered.nics[2].mac, Some(MacAddr::vrrp(4)));
+        let taken = |m: &MacAddr| *m == MacAddr::vrrp(4);
+        let r = apply(&next, &renumber, Path::new("/d"), &taken).expect_err("VRID 4 in use");
+        assert_eq!(r.bad_values, ["update_nics.0.vrrp_vrid"]);
         let rm = upd(
             json!({"remove_nics": ["02:00:00:00:00:03"]}),
             Brand::JoyentMinimal,
