@@ -38,6 +38,8 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             "hull-shim",
             BTreeSet::from(["hull-client", "hull-spec", "hull-sys"]),
         ),
+        // The web console is a client of vmmd too, with no power of its own.
+        ("hull-web", BTreeSet::from(["hull-client", "hull-spec"])),
         // vmmd links the subsystem libraries as they land (zoned, cowstore, vswitch), never
         // hull-vmm: it runs the vmm binary as a process and speaks hull-vmm-proto to it.
         (

@@ -1,0 +1,301 @@
+//! Issue 21, the web console's first part: `hull-web` in front of a real vmmd, driven by
+//! Debian's curl (a client nobody here wrote): HTTPS only (plain HTTP gets a redirect), a
+//! login with the password `--set-password` stored, a session cookie that is Secure,
+//! HttpOnly and SameSite=Strict, refusals without a session, with a forged CSRF token, with a
+//! session of another hull-web, the throttle after ten wrong passwords, the audit log,
+//! /metrics for a session or the token, and vmmd down and back (the page says so, then
+//! works again). Unprivileged: no guest runs.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hull_tests::{Daemon, bin};
+
+/// A running hull-web on a free port of 127.0.0.1; killed when dropped.
+struct Web {
+    child: Child,
+    url: String,
+    state: tempfile::TempDir,
+}
+
+impl Drop for Web {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn set_password(state: &Path, user: &str, password: &str) -> Output {
+    let mut c = Command::new(bin("hull-web"))
+        .args(["--state-dir"])
+        .arg(state)
+        .args(["--set-password", user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hull-web --set-password");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("password");
+    c.wait_with_output().expect("wait")
+}
+
+fn web(d: &Daemon) -> Web {
+    let state = tempfile::tempdir().expect("state");
+    let o = set_password(state.path(), "admin", "correct horse");
+    assert!(o.status.success(), "{o:?}");
+    let mut child = Command::new(bin("hull-web"))
+        .arg("--socket")
+        .arg(d.socket())
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("hull-web");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("its first line");
+    let url = line
+        .trim()
+        .strip_prefix("hull-web: listening on ")
+        .unwrap_or_else(|| panic!("hull-web said {line:?}"))
+        .to_string();
+    Web { child, url, state }
+}
+
+/// What curl got: status, headers, body.
+#[derive(Debug)]
+struct Got {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+/// curl (insecure: the certificate is self-signed), with `jar` as its cookie jar, and
+/// `args` after.
+fn curl(jar: &Path, args: &[&str]) -> Got {
+    let dir = tempfile::tempdir().expect("tmp");
+    let head = dir.path().join("head");
+    let o = Command::new("curl")
+        .args(["-sk", "--max-time", "60", "-o", "-", "-D"])
+        .arg(&head)
+        .arg("-b")
+        .arg(jar)
+        .arg("-c")
+        .arg(jar)
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", ""));
+    Got {
+        status: code.trim().parse().unwrap_or(0),
+        headers: std::fs::read_to_string(&head).unwrap_or_default(),
+        body: body.to_string(),
+    }
+}
+
+fn login(w: &Web, jar: &Path, password: &str) -> Got {
+    curl(
+        jar,
+        &[
+            "--data-urlencode",
+            "user=admin",
+            "--data-urlencode",
+            &format!("password={password}"),
+            &format!("{}/login", w.url),
+        ],
+    )
+}
+
+/// The CSRF token of the dashboard's forms.
+fn csrf(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF token in {page}"))
+        .to_string()
+}
+
+#[test]
+fn the_console_logs_in_over_https_and_refuses_what_it_must() {
+    let mut d = Daemon::start();
+    d.install_image("0c1f4f2a-6f0e-4c39-8f36-2d3c7b1d9e02", "zone-dataset");
+    let vm = d
+        .client()
+        .create_vm(&serde_json::json!({"brand": "joyent", "alias": "webtest",
+            "image_uuid": "0c1f4f2a-6f0e-4c39-8f36-2d3c7b1d9e02", "autoboot": false}))
+        .expect("a guest");
+    let w = web(&d);
+    let jar_dir = tempfile::tempdir().expect("jar");
+    let jar = jar_dir.path().join("cookies");
+
+    // Plain HTTP on the same port: a redirect, nothing else.
+    let http = w.url.replacen("https://", "http://", 1);
+    let g = curl(&jar, &[&format!("{http}/")]);
+    assert_eq!(g.status, 301, "{g:?}");
+    assert!(
+        g.headers
+            .to_ascii_lowercase()
+            .contains(&format!("location: {}/", w.url)),
+        "{g:?}"
+    );
+    // No session: the pages send to the login, changes and metrics are refused.
+    let g = curl(&jar, &[&format!("{}/", w.url)]);
+    assert_eq!(g.status, 303, "{g:?}");
+    let g = curl(
+        &jar,
+        &["-X", "POST", &format!("{}/vms/{}/start", w.url, vm.uuid)],
+    );
+    assert_eq!(g.status, 403, "{g:?}");
+    let g = curl(&jar, &[&format!("{}/metrics", w.url)]);
+    assert_eq!(g.status, 401, "{g:?}");
+    // A wrong password, then the right one.
+    let g = login(&w, &jar, "wrong");
+    assert_eq!(g.status, 401, "{g:?}");
+    assert!(g.body.contains("Wrong user or password"), "{g:?}");
+    let g = login(&w, &jar, "correct horse");
+    assert_eq!(g.status, 303, "{g:?}");
+    let cookie = g
+        .headers
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {g:?}"));
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    let g = curl(&jar, &[&format!("{}/", w.url)]);
+    assert_eq!(g.status, 200, "{g:?}");
+    assert!(
+        g.body.contains("webtest") && g.body.contains("stopped"),
+        "{g:?}"
+    );
+    assert!(
+        g.headers
+            .to_ascii_lowercase()
+            .contains("strict-transport-security"),
+        "{g:?}"
+    );
+    let token = csrf(&g.body);
+    // A forged CSRF token, and none: refused, the guest untouched.
+    let start = format!("{}/vms/{}/start", w.url, vm.uuid);
+    let g = curl(&jar, &["--data", "csrf=forged", &start]);
+    assert_eq!(g.status, 403, "{g:?}");
+    let g = curl(&jar, &["-X", "POST", &start]);
+    assert_eq!(g.status, 403, "{g:?}");
+    assert_eq!(
+        d.client().get_vm(vm.uuid).expect("get").state.as_str(),
+        "stopped"
+    );
+    // The right token reaches vmmd: a stop of the stopped guest, which vmmd answers (409,
+    // "already stopped"; vmadm makes that SmartOS's exit 0) and the page shows.
+    let stop = format!("{}/vms/{}/stop", w.url, vm.uuid);
+    let g = curl(&jar, &["--data", &format!("csrf={token}"), &stop]);
+    assert_eq!(g.status, 409, "{g:?}");
+    assert!(g.body.contains("already stopped"), "{g:?}");
+    // /metrics: vmmd's exposition for the session, and for the token without one.
+    let g = curl(&jar, &[&format!("{}/metrics", w.url)]);
+    assert_eq!(g.status, 200, "{g:?}");
+    assert!(g.body.contains("hull_guest_info{"), "{g:?}");
+    let metrics_token = std::fs::read_to_string(w.state.path().join("metrics.token"))
+        .expect("token")
+        .trim()
+        .to_string();
+    let other = jar_dir.path().join("none");
+    let g = curl(
+        &other,
+        &[
+            "-H",
+            &format!("Authorization: Bearer {metrics_token}"),
+            &format!("{}/metrics", w.url),
+        ],
+    );
+    assert_eq!(g.status, 200, "{g:?}");
+    let g = curl(
+        &other,
+        &[
+            "-H",
+            "Authorization: Bearer nope",
+            &format!("{}/metrics", w.url),
+        ],
+    );
+    assert_eq!(g.status, 401, "{g:?}");
+    // A session cookie of another hull-web is no session here.
+    let w2 = web(&d);
+    let jar2 = jar_dir.path().join("cookies2");
+    assert_eq!(login(&w2, &jar2, "correct horse").status, 303);
+    let session2 = std::fs::read_to_string(&jar2).expect("jar2");
+    let value = session2
+        .lines()
+        .find(|l| l.contains("hull_session"))
+        .and_then(|l| l.split('\t').next_back())
+        .expect("session cookie")
+        .to_string();
+    let g = curl(
+        &other,
+        &[
+            "-H",
+            &format!("Cookie: hull_session={value}"),
+            &format!("{}/", w.url),
+        ],
+    );
+    assert_eq!(g.status, 303, "another host's session was taken: {g:?}");
+    // vmmd down: the page says so; back: it works again, the session kept.
+    if let Some(mut c) = d.child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let g = curl(&jar, &[&format!("{}/", w.url)]);
+    assert_eq!(g.status, 503, "{g:?}");
+    assert!(g.body.contains("vmmd is not answering"), "{g:?}");
+    d.spawn();
+    let g = curl(&jar, &[&format!("{}/", w.url)]);
+    assert_eq!(g.status, 200, "{g:?}");
+    // Ten wrong passwords in a row: the next attempts wait.
+    let jar3 = jar_dir.path().join("cookies3");
+    for _ in 0..10 {
+        assert_eq!(login(&w, &jar3, "guess").status, 401);
+    }
+    let t = Instant::now();
+    assert_eq!(login(&w, &jar3, "guess").status, 401);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "the 11th wrong password was not slowed: {:?}",
+        t.elapsed()
+    );
+    // The audit log has the logins, the refusal and the change, one JSON object a line.
+    let audit = std::fs::read_to_string(w.state.path().join("audit.log")).expect("audit");
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let has = |action: &str, outcome: &str| {
+        lines.iter().any(|l| {
+            l["action"] == action && l["outcome"].as_str().is_some_and(|o| o.contains(outcome))
+        })
+    };
+    assert!(has("login", "ok"), "{audit}");
+    assert!(has("login", "wrong user or password"), "{audit}");
+    assert!(has("refused", "bad CSRF token"), "{audit}");
+    assert!(
+        lines.iter().any(|l| l["action"] == "stop"
+            && l["target"] == vm.uuid.to_string()
+            && l["outcome"]
+                .as_str()
+                .is_some_and(|o| o.contains("already stopped"))),
+        "{audit}"
+    );
+    assert!(
+        !audit.contains("correct horse"),
+        "a password in the audit log"
+    );
+}

@@ -1,0 +1,439 @@
+//! The HTTPS server: one port, TLS for everything but a plain-HTTP redirect (the first byte
+//! of a connection says which: 0x16 begins a TLS handshake), a session cookie for the pages,
+//! a CSRF token in every form that changes something, and vmmd's socket behind it all. Every
+//! login and change goes to the audit log (`audit.log` in the state directory, JSON lines).
+
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{self, Sessions, Throttle};
+use crate::pages;
+use crate::tls::{self, CertFiles};
+
+/// The session cookie's name.
+const COOKIE: &str = "hull_session";
+
+/// The largest request body taken (forms are small).
+const BODY_MAX: usize = 16 << 10;
+
+/// The metrics token's file in the state directory (`Authorization: Bearer TOKEN` on
+/// /metrics, for a Prometheus server that has no session).
+pub const METRICS_TOKEN: &str = "metrics.token";
+
+/// What `hull-web` serves and where.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// vmmd's API socket.
+    pub socket: PathBuf,
+    /// Passwords, certificate, metrics token and audit log.
+    pub state: PathBuf,
+    pub listen: SocketAddr,
+    /// The operator's certificate, or None for the self-signed one in `state`.
+    pub cert: Option<CertFiles>,
+}
+
+#[derive(Debug)]
+struct App {
+    cfg: Config,
+    sessions: Sessions,
+    throttle: Throttle,
+    audit: Mutex<std::fs::File>,
+    metrics_token: String,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+/// Prepares the state directory (0700: certificate, metrics token, audit log), binds the
+/// address and serves until the process ends; `ready` gets the bound address.
+pub async fn run(cfg: Config, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    std::fs::create_dir_all(&cfg.state)
+        .with_context(|| format!("create the state directory {}", cfg.state.display()))?;
+    std::fs::set_permissions(
+        &cfg.state,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .with_context(|| format!("restrict {}", cfg.state.display()))?;
+    let files = match &cfg.cert {
+        Some(f) => f.clone(),
+        None => {
+            let f = CertFiles::in_state(&cfg.state);
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default();
+            let mut names = vec!["localhost".to_string(), cfg.listen.ip().to_string()];
+            if !host.is_empty() {
+                names.push(host);
+            }
+            tls::ensure_self_signed(&f, names)?;
+            f
+        }
+    };
+    let acceptor = TlsAcceptor::from(tls::server_config(&files)?);
+    let token_path = cfg.state.join(METRICS_TOKEN);
+    let metrics_token = match std::fs::read_to_string(&token_path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            let t = auth::token();
+            write_private(&token_path, &format!("{t}\n"))?;
+            t
+        }
+    };
+    let audit = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(cfg.state.join("audit.log"))
+        .context("open the audit log")?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listen on {}", cfg.listen))?;
+    let bound = listener.local_addr().context("the bound address")?;
+    let mut cfg = cfg;
+    cfg.listen = bound;
+    let app = Arc::new(App {
+        cfg,
+        sessions: Sessions::default(),
+        throttle: Throttle::default(),
+        audit: Mutex::new(audit),
+        metrics_token,
+    });
+    ready(bound);
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(connection(app.clone(), acceptor.clone(), stream, peer));
+    }
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("write {}", path.display()))
+}
+
+async fn connection(app: Arc<App>, acceptor: TlsAcceptor, stream: TcpStream, peer: SocketAddr) {
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(Duration::from_secs(10), stream.peek(&mut first)).await;
+    if !matches!(peeked, Ok(Ok(1))) {
+        return;
+    }
+    if first[0] == 0x16 {
+        let Ok(Ok(tls)) =
+            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+        else {
+            return;
+        };
+        let svc = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(secure(handle(app, req, peer).await)) }
+        });
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(tls), svc)
+            .await;
+    } else {
+        let listen = app.cfg.listen;
+        let svc = service_fn(move |req| async move { Ok::<_, Infallible>(redirect(&req, listen)) });
+        let _ = http1::Builder::new()
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    }
+}
+
+/// Plain HTTP: a redirect to the same path over HTTPS, nothing else.
+fn redirect(req: &Request<Incoming>, listen: SocketAddr) -> Reply {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| listen.to_string());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut r = text(StatusCode::MOVED_PERMANENTLY, "use https\n");
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{path}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// The headers every HTTPS reply carries.
+fn secure(mut r: Reply) -> Reply {
+    let h = r.headers_mut();
+    for (k, v) in [
+        ("strict-transport-security", "max-age=31536000"),
+        (
+            "content-security-policy",
+            "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+        ),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    r
+}
+
+fn reply(status: StatusCode, kind: &'static str, body: String) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    r
+}
+
+fn html(status: StatusCode, body: String) -> Reply {
+    reply(status, "text/html; charset=utf-8", body)
+}
+
+fn text(status: StatusCode, body: &str) -> Reply {
+    reply(status, "text/plain; charset=utf-8", body.to_string())
+}
+
+fn see_other(to: &'static str) -> Reply {
+    let mut r = text(StatusCode::SEE_OTHER, "");
+    r.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static(to));
+    r
+}
+
+/// The session cookie's value, if the request has one.
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == COOKIE).then(|| v.to_string())
+        })
+}
+
+/// A form body (at most [`BODY_MAX`] bytes) as name -> value.
+async fn form(req: Request<Incoming>) -> Option<Vec<(String, String)>> {
+    let body = Limited::new(req.into_body(), BODY_MAX)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    Some(form_urlencoded::parse(&body).into_owned().collect())
+}
+
+fn field<'a>(f: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    f.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+impl App {
+    /// One line of the audit log: when, who, from where, what, on what, and how it ended.
+    fn audit(&self, user: &str, peer: SocketAddr, action: &str, target: &str, outcome: &str) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let line = serde_json::json!({"time": now, "user": user, "peer": peer.ip().to_string(),
+            "action": action, "target": target, "outcome": outcome});
+        let mut f = self.audit.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(f, "{line}");
+    }
+
+    /// Runs `f` with a vmmd client, off the async threads.
+    async fn vmmd<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&hull_client::Client) -> Result<T, hull_client::ClientError> + Send + 'static,
+    ) -> Result<T, String> {
+        let socket = self.cfg.socket.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = hull_client::Client::new(&socket).map_err(|e| e.to_string())?;
+            f(&c).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
+
+async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let session = cookie(req.headers()).and_then(|id| app.sessions.get(&id).map(|s| (id, s)));
+    match (&method, path.as_str()) {
+        (&Method::GET, "/login") => return html(StatusCode::OK, pages::login(None)),
+        (&Method::POST, "/login") => return login(&app, req, peer).await,
+        (&Method::GET, "/metrics") => return metrics(&app, &req, session.is_some()).await,
+        _ => {}
+    }
+    let Some((id, session)) = session else {
+        return match method {
+            Method::GET | Method::HEAD => see_other("/login"),
+            _ => text(StatusCode::FORBIDDEN, "log in first\n"),
+        };
+    };
+    if method == Method::GET && path == "/" {
+        return match app.vmmd(|c| c.list_vms(&[])).await {
+            Ok(vms) => html(
+                StatusCode::OK,
+                pages::dashboard(&session.user, &session.csrf, &vms),
+            ),
+            Err(e) => html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::error(
+                    "vmmd is not answering",
+                    &format!(
+                        "vmmd is not answering on {}: {e}. Guests keep running; this page \
+                         works again once vmmd does.",
+                        app.cfg.socket.display()
+                    ),
+                ),
+            ),
+        };
+    }
+    if method != Method::POST {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    // Every change carries the session's CSRF token: another site's form cannot.
+    let Some(f) = form(req).await else {
+        return text(StatusCode::BAD_REQUEST, "a form of at most 16 KiB\n");
+    };
+    if !field(&f, "csrf").is_some_and(|t| auth::same(t, &session.csrf)) {
+        app.audit(&session.user, peer, "refused", &path, "bad CSRF token");
+        return text(
+            StatusCode::FORBIDDEN,
+            "the form's CSRF token is not this session's\n",
+        );
+    }
+    if path == "/logout" {
+        app.sessions.close(&id);
+        app.audit(&session.user, peer, "logout", "", "ok");
+        return see_other("/login");
+    }
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ["vms", uuid, action] = parts.as_slice() else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let Ok(uuid) = uuid.parse::<uuid::Uuid>() else {
+        return text(StatusCode::NOT_FOUND, "not a VM's uuid\n");
+    };
+    let done = match *action {
+        "start" => app.vmmd(move |c| c.start_vm(uuid).map(drop)).await,
+        "stop" => {
+            let stop = hull_spec::api::StopRequest::default();
+            app.vmmd(move |c| c.stop_vm(uuid, &stop).map(drop)).await
+        }
+        _ => return text(StatusCode::NOT_FOUND, "not an action\n"),
+    };
+    let target = uuid.to_string();
+    match done {
+        Ok(()) => {
+            app.audit(&session.user, peer, action, &target, "ok");
+            see_other("/")
+        }
+        Err(e) => {
+            app.audit(&session.user, peer, action, &target, &e);
+            html(
+                StatusCode::CONFLICT,
+                pages::error(&format!("Cannot {action}"), &e),
+            )
+        }
+    }
+}
+
+async fn login(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+    let Some(f) = form(req).await else {
+        return text(StatusCode::BAD_REQUEST, "a form of at most 16 KiB\n");
+    };
+    let user = field(&f, "user").unwrap_or_default().to_string();
+    let password = field(&f, "password").unwrap_or_default().to_string();
+    tokio::time::sleep(app.throttle.delay()).await;
+    let dir = app.cfg.state.clone();
+    let (u, p) = (user.clone(), password);
+    let ok = tokio::task::spawn_blocking(move || auth::is_user(&u) && auth::verify(&dir, &u, &p))
+        .await
+        .unwrap_or(false);
+    app.throttle.note(ok);
+    let shown = if auth::is_user(&user) {
+        user.as_str()
+    } else {
+        "?"
+    };
+    if !ok {
+        app.audit(shown, peer, "login", "", "wrong user or password");
+        return html(
+            StatusCode::UNAUTHORIZED,
+            pages::login(Some("Wrong user or password.")),
+        );
+    }
+    app.audit(&user, peer, "login", "", "ok");
+    let (id, _) = app.sessions.open(&user);
+    let mut r = see_other("/");
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{COOKIE}={id}; Path=/; Secure; HttpOnly; SameSite=Strict"
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// `/metrics`: vmmd's exposition, for a session or the metrics token.
+async fn metrics(app: &App, req: &Request<Incoming>, session: bool) -> Reply {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| auth::same(t.trim(), &app.metrics_token));
+    if !session && !bearer {
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "log in, or give the metrics token (Authorization: Bearer)\n",
+        );
+    }
+    let got = app.vmmd(|c| c.raw(Method::GET, "/v1/metrics", None)).await;
+    match got {
+        Ok(r) if r.status.is_success() => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            String::from_utf8_lossy(&r.body).into_owned(),
+        ),
+        Ok(r) => text(
+            StatusCode::BAD_GATEWAY,
+            &format!("vmmd answered {}\n", r.status),
+        ),
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("vmmd is not answering: {e}\n"),
+        ),
+    }
+}
