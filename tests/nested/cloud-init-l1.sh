@@ -326,13 +326,18 @@ tr -d '\r' < /tmp/console1.log | grep -a -i -E "cloud-init|ci-info|error|fail" |
 # Any warning or oops of the guest's kernel, whole, for whoever reads the log.
 tr -d '\r' < /tmp/console1.log | grep -a -A24 -E "WARNING: CPU|BUG:|Oops|general protection|invalid opcode" | head -120 | sed 's/^/L2: trace: /'
 SSH="ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=10 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -o BatchMode=yes root@192.0.2.20"
-# Until sshd answers: a refused or timed-out connection is a guest still booting; any
-# answer from sshd (a session or a refusal of the key) ends the wait.
-for i in $(seq 60); do
-  zlogin "$Z" $SSH true > /tmp/ssh.out 2>&1 && break
-  grep -q -i -E "refused|timed out|unreachable|no route" /tmp/ssh.out || break
-  sleep 2
-done
+# Until sshd answers, watching vm1: a refused, timed-out or unanswered connection is a guest
+# still booting, or one QEMU's TCG froze after cloud-init said it had finished (ci of
+# 88afef3: its console stopped mid-line at 103 s, while it printed a host key's randomart,
+# and ssh got "Timeout, server not responding", which the old loop took for an answer),
+# which watch_guest starts once more; any other answer from sshd (a session or a refusal of
+# the key) ends the wait.
+ssh_answers() {
+  zlogin "$Z" $SSH true > /tmp/ssh.out 2>&1 && return 0
+  ! grep -q -i -E "refused|timed out|timeout|unreachable|no route|not responding" /tmp/ssh.out
+}
+RESTARTED=
+watch_guest "$U" vm1 /tmp/console1.log 600 ssh_answers || echo "L1: vm1's sshd did not answer"
 sed 's/^/L1: ssh said: /' /tmp/ssh.out | tail -5
 zlogin "$Z" $SSH 'echo "hostname: $(hostname)"; echo "kernel: $(uname -r) $(cat /proc/cmdline)"; echo "root fs: $(df -B1M --output=size / | tail -1 | tr -d " ") MiB of a $(($(cat /sys/block/vda/size) / 2048)) MiB disk"; echo "key: $(cut -d" " -f3 /root/.ssh/authorized_keys)";
   echo "user-script: $(cat /root/user-script-ran)"; echo "user-data: $(cat /root/user-data-ran)";
@@ -364,7 +369,8 @@ if [ -f /kdeb/version ]; then
   until install_kernel; do
     EXITS_SEEN=""
     gone=
-    for i in $(seq 35); do dead_or_frozen "$U" && { gone=1; break; }; sleep 2; done
+    # Long enough (200 s) for dead_or_frozen's 180 s of console silence to show a stall.
+    for i in $(seq 100); do dead_or_frozen "$U" /tmp/console1.log && { gone=1; break; }; sleep 2; done
     [ -n "$gone" ] && [ "${RESTARTED:-0}" -lt "$RETRIES" ] || break
     RESTARTED=$((${RESTARTED:-0} + 1))
     restart "$U" vm1 /tmp/console1.log "$WHY during its kernel upgrade"
