@@ -43,6 +43,7 @@ use uuid::Uuid;
 
 mod cri;
 mod exec;
+mod keeper;
 mod network;
 mod resources;
 use exec::{ExecProcess, ExecSpec};
@@ -139,6 +140,83 @@ struct TaskState {
     execs: HashMap<String, ExecProcess>,
 }
 
+/// What a worker knows of its task, kept in the bundle so that the next worker (started by
+/// the keeper, module [`keeper`]) takes the task up: written at create, start and exit,
+/// removed at delete.
+const TASK_FILE: &str = "hull-task.json";
+/// How much of the zone's output is in containerd's stdout FIFO (a decimal byte count).
+const COPIED_FILE: &str = "hull-task.copied";
+
+/// Writes `bytes` to `dir/name` whole (a crash leaves the old file or the new one).
+fn write_whole(dir: &Path, name: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let done = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, dir.join(name)));
+    if let Err(e) = done {
+        log::warn!("{}: {e}", dir.join(name).display());
+    }
+}
+
+impl TaskState {
+    /// Records the task in its bundle for a worker started after this one.
+    fn save(&self, id: &str) {
+        let exited = self.exited.borrow().clone();
+        let record = serde_json::json!({
+            "id": id, "stdin": self.stdin, "stdout": self.stdout, "stderr": self.stderr,
+            "terminal": self.terminal, "mounted": self.mounted, "pid": self.pid,
+            "exit_status": exited.as_ref().map(|e| e.0),
+            "exited_at": exited.map(|(_, at)| [at.seconds, i64::from(at.nanos)]),
+        });
+        write_whole(
+            Path::new(&self.bundle),
+            TASK_FILE,
+            record.to_string().as_bytes(),
+        );
+    }
+
+    /// The task a worker before this one recorded in `bundle`, with how much of its output
+    /// was copied; `None` when there is none.
+    fn load(bundle: &str, namespace: &str) -> Option<(String, TaskState, usize)> {
+        let dir = Path::new(bundle);
+        let bytes = std::fs::read(dir.join(TASK_FILE)).ok()?;
+        let v: serde_json::Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                log::warn!("{}: {e}", dir.join(TASK_FILE).display());
+                return None;
+            }
+        };
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        let id = text("id");
+        if id.is_empty() {
+            return None;
+        }
+        let exited = v["exit_status"].as_u64().map(|status| {
+            let at = &v["exited_at"];
+            let mut ts = Timestamp::new();
+            ts.seconds = at[0].as_i64().unwrap_or_default();
+            ts.nanos = at[1].as_i64().unwrap_or_default() as i32;
+            (status as u32, ts)
+        });
+        let copied = std::fs::read_to_string(dir.join(COPIED_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let t = TaskState {
+            uuid: zone_uuid(namespace, &id),
+            bundle: bundle.to_string(),
+            stdin: text("stdin"),
+            stdout: text("stdout"),
+            stderr: text("stderr"),
+            terminal: v["terminal"].as_bool().unwrap_or(false),
+            pid: v["pid"].as_u64().unwrap_or(0) as u32,
+            exited: tokio::sync::watch::channel(exited).0,
+            mounted: v["mounted"].as_bool().unwrap_or(false),
+            execs: HashMap::new(),
+        };
+        Some((id, t, copied))
+    }
+}
+
 #[derive(Clone)]
 struct Service {
     exit: Arc<ExitSignal>,
@@ -167,17 +245,38 @@ fn exit_status(vm: &Vm) -> u32 {
 }
 
 /// Copies what the (started) zone writes into the FIFO at `path` until it has stopped and
-/// all it wrote is copied.
-async fn copy_output(uuid: Uuid, path: String, ended: Arc<tokio::sync::Notify>) {
+/// all it wrote is copied, from byte `copied` of its log on, recording in `bundle` how far
+/// it got. A worker taking the task up (`resumed`) copies only while containerd still reads
+/// the FIFO: it does not wait for a reader that may be gone.
+async fn copy_output(
+    uuid: Uuid,
+    path: String,
+    bundle: String,
+    mut copied: usize,
+    resumed: bool,
+    ended: Arc<tokio::sync::Notify>,
+) {
     use std::io::Write;
-    let fifo =
-        tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).open(&path))
-            .await;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fifo = tokio::task::spawn_blocking(move || {
+        let flags = if resumed { libc::O_NONBLOCK } else { 0 };
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(flags)
+            .open(&path)?;
+        if resumed {
+            // Writes block again once it is open, as a first worker's do.
+            let fl = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETFL)?;
+            let fl = nix::fcntl::OFlag::from_bits_truncate(fl) - nix::fcntl::OFlag::O_NONBLOCK;
+            nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(fl))?;
+        }
+        Ok::<_, std::io::Error>(f)
+    })
+    .await;
     let Ok(Ok(mut fifo)) = fifo else {
         log::warn!("cannot open the stdout FIFO of {uuid}");
         return;
     };
-    let mut copied = 0usize;
     loop {
         let look = tokio::task::spawn_blocking(move || {
             let c = Client::new(hull_client::socket_path(None))?;
@@ -205,6 +304,11 @@ async fn copy_output(uuid: Uuid, path: String, ended: Arc<tokio::sync::Notify>) 
                 return;
             }
             copied = logs.len();
+            write_whole(
+                Path::new(&bundle),
+                COPIED_FILE,
+                copied.to_string().as_bytes(),
+            );
         }
         if stopped {
             return;
@@ -418,6 +522,7 @@ impl Service {
         let at = timestamp();
         if let Some(t) = self.tasks.lock().await.get(&id) {
             t.exited.send_replace(Some((status, at.clone())));
+            t.save(&id);
         }
         self.publish(
             topics::TASK_EXIT_EVENT_TOPIC,
@@ -431,6 +536,56 @@ impl Service {
             }),
         )
         .await;
+    }
+
+    /// Copies a started task's output (from byte `copied` of its log), relays its stdin or
+    /// terminal, and watches it until it stops. `resumed`: a worker taking the task up
+    /// after another.
+    fn supervise(&self, id: &str, t: &TaskState, copied: usize, resumed: bool) {
+        let uuid = t.uuid;
+        // The zone's output is kept in its log from its start on: copied from there, nothing
+        // it writes first is missed.
+        // With a terminal (`ctr run -t`) the zone's process has the console's pty: its
+        // socket is relayed both ways (stdin too); otherwise its output pipe's log is copied.
+        let copier = (!t.stdout.is_empty()).then(|| {
+            let ended = Arc::new(tokio::sync::Notify::new());
+            let c = match t.terminal {
+                true => tokio::spawn(relay_console(
+                    uuid,
+                    t.stdin.clone(),
+                    t.stdout.clone(),
+                    ended.clone(),
+                )),
+                false => tokio::spawn(copy_output(
+                    uuid,
+                    t.stdout.clone(),
+                    t.bundle.clone(),
+                    copied,
+                    resumed,
+                    ended.clone(),
+                )),
+            };
+            (c, ended)
+        });
+        if !t.terminal && !t.stdin.is_empty() {
+            tokio::spawn(relay_stdin(uuid, t.stdin.clone()));
+        }
+        tokio::spawn(self.clone().watch(id.to_string(), uuid, t.pid, copier));
+    }
+
+    /// Takes up the task a worker before this one left (the keeper started this one after
+    /// that one died): what it recorded, and, for a task started and not yet ended, its
+    /// output, stdin and watcher. Its execs are gone with their relays.
+    async fn resume_task(&self) {
+        let Some((id, t, copied)) = TaskState::load(&self.bundle, &self.namespace) else {
+            return;
+        };
+        log::info!("taking up task {id} after a worker that ended");
+        let mut tasks = self.tasks.lock().await;
+        let t = tasks.entry(id.clone()).or_insert(t);
+        if t.pid != 0 && t.exited.borrow().is_none() {
+            self.supervise(&id, t, copied, true);
+        }
     }
 
     /// Pause or resume: vmmd freezes or thaws the zone; TaskPaused or TaskResumed follows.
@@ -624,7 +779,9 @@ impl Shim for Service {
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
         let grouping = opts.id.clone();
-        let address = spawn(opts, &grouping, Vec::new()).await?;
+        // The process containerd talks to is a keeper, which runs the worker serving it
+        // (module [`keeper`]).
+        let address = spawn(opts, &grouping, vec![(keeper::ROLE, keeper::KEEPER)]).await?;
         // containerd finds the shim again from the bundle's `address` file when it restarts
         // (without it, it takes the running shim for dead and cleans the task up).
         containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
@@ -660,6 +817,7 @@ impl Shim for Service {
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         let mut s = self.clone();
         s.publisher = Some(Arc::new(publisher));
+        s.resume_task().await;
         s
     }
 }
@@ -797,21 +955,20 @@ impl Task for Service {
             }
             return Err(e);
         }
-        self.tasks.lock().await.insert(
-            req.id.clone(),
-            TaskState {
-                uuid,
-                bundle: req.bundle.clone(),
-                stdin: req.stdin.clone(),
-                stdout: req.stdout.clone(),
-                stderr: req.stderr.clone(),
-                terminal: req.terminal,
-                pid: 0,
-                exited: tokio::sync::watch::channel(None).0,
-                mounted,
-                execs: HashMap::new(),
-            },
-        );
+        let t = TaskState {
+            uuid,
+            bundle: req.bundle.clone(),
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+            pid: 0,
+            exited: tokio::sync::watch::channel(None).0,
+            mounted,
+            execs: HashMap::new(),
+        };
+        t.save(&req.id);
+        self.tasks.lock().await.insert(req.id.clone(), t);
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             Box::new(TaskCreate {
@@ -839,27 +996,8 @@ impl Task for Service {
         let vm = vmmd(move |c| c.start_vm(uuid)).await?;
         t.pid = vm.pid.unwrap_or_default();
         t.exited.send_replace(None);
-        // The zone's output is kept in its log from its start on: copied from there, nothing
-        // it writes first is missed.
-        // With a terminal (`ctr run -t`) the zone's process has the console's pty: its
-        // socket is relayed both ways (stdin too); otherwise its output pipe's log is copied.
-        let copier = (!t.stdout.is_empty()).then(|| {
-            let ended = Arc::new(tokio::sync::Notify::new());
-            let c = match t.terminal {
-                true => tokio::spawn(relay_console(
-                    uuid,
-                    t.stdin.clone(),
-                    t.stdout.clone(),
-                    ended.clone(),
-                )),
-                false => tokio::spawn(copy_output(uuid, t.stdout.clone(), ended.clone())),
-            };
-            (c, ended)
-        });
-        if !t.terminal && !t.stdin.is_empty() {
-            tokio::spawn(relay_stdin(uuid, t.stdin.clone()));
-        }
-        tokio::spawn(self.clone().watch(req.id.clone(), uuid, t.pid, copier));
+        t.save(&req.id);
+        self.supervise(&req.id, t, 0, false);
         let pid = t.pid;
         drop(tasks);
         self.publish(
@@ -999,6 +1137,9 @@ impl Task for Service {
             .clone()
             .unwrap_or_else(|| (exit_status(&vm), timestamp()));
         vmmd(move |c| c.delete_vm(uuid)).await?;
+        for f in [TASK_FILE, COPIED_FILE] {
+            let _ = std::fs::remove_file(Path::new(&t.bundle).join(f));
+        }
         cri::unmount(Path::new(&t.bundle));
         if t.mounted {
             unmount_rootfs(Path::new(&t.bundle));
@@ -1235,9 +1376,25 @@ impl Task for Service {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    run::<Service>(RUNTIME, None).await;
+fn main() {
+    if std::env::var_os(keeper::ROLE).is_some_and(|r| r == keeper::KEEPER) {
+        keeper::run(std::env::args_os().skip(1).collect());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    match runtime {
+        // Ended without waiting for blocking calls still pending (a stdin FIFO's open
+        // waiting for a writer that has gone): once `run` returns, the shim is done.
+        Ok(rt) => {
+            rt.block_on(run::<Service>(RUNTIME, None));
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("{RUNTIME}: tokio: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -529,13 +529,79 @@ fn root_ctr_runs_a_container_as_a_hull_zone() {
     assert_nothing_left(&c, &d);
 }
 
-/// Issue 20's acceptance 3: a task runs on through a restart of vmmd and one of containerd,
-/// and its exit status arrives once it ends; a shim killed is containerd's to clean up
-/// (containerd 1.6 runs `shim delete` for a shim whose connection dropped and forgets the
-/// task), which leaves nothing of the zone behind.
+/// The shim processes of task `id`: (keeper, worker). The keeper is the one containerd
+/// started, serving its socket; its child, the worker, serves the task on `<socket>.worker`.
+fn shim_of(id: &str) -> (Option<i32>, Option<i32>) {
+    let (mut keeper, mut worker) = (None, None);
+    for pid in std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+    {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let ours = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"containerd-shim-hull-v2"))
+            && args
+                .windows(2)
+                .any(|w| w[0] == b"-id" && w[1] == id.as_bytes());
+        if !ours {
+            continue;
+        }
+        let is_worker = args
+            .windows(2)
+            .any(|w| w[0] == b"-socket" && w[1].ends_with(b".worker"));
+        match is_worker {
+            true => worker = Some(pid),
+            false => keeper = Some(pid),
+        }
+    }
+    (keeper, worker)
+}
+
+fn sigkill(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+}
+
+/// Kills task `id`'s shim worker and waits for its keeper to have started another.
+fn kill_shim_worker(c: &Containerd, id: &str) {
+    let (keeper, worker) = shim_of(id);
+    let (keeper, worker) = (
+        keeper.expect("the shim's keeper"),
+        worker.expect("the shim's worker"),
+    );
+    sigkill(worker);
+    let t = Instant::now();
+    loop {
+        match shim_of(id) {
+            (Some(k), Some(w)) if w != worker => {
+                assert_eq!(k, keeper, "the keeper changed");
+                break;
+            }
+            _ => {}
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no new worker for {id}: {}",
+            c.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issue 20's acceptance 3: a task runs on through a restart of vmmd, one of containerd and
+/// the death of the shim's worker (its keeper, which holds containerd's connection, starts
+/// another, which takes the task up), and its exit status arrives once it ends, to a
+/// `ctr run` that was waiting through the worker's death too. The shim's keeper killed is
+/// containerd's to clean up (containerd 1.6 runs `shim delete` for a shim whose connection
+/// dropped and forgets the task), which leaves nothing of the zone behind.
 #[test]
 #[ignore = "needs root and containerd: run with --run-ignored"]
-fn root_a_task_outlives_restarts_of_vmmd_and_containerd() {
+fn root_a_task_outlives_restarts_of_vmmd_containerd_and_its_shim() {
     let (mut d, mut c, _work, image) = setup();
     let o = c.run(&[
         "-d",
@@ -553,10 +619,14 @@ fn root_a_task_outlives_restarts_of_vmmd_and_containerd() {
     await_task(&c, "c5", "RUNNING");
     c.restart(&d);
     await_task(&c, "c5", "RUNNING");
-    // Through both restarts the shim still runs execs in it, and hears it end.
+    kill_shim_worker(&c, "c5");
+    await_task(&c, "c5", "RUNNING");
+    let pids = task_pids(&c, "c5");
+    // Through the restarts the shim still runs execs in it, and hears it end.
     let o = c.ctr(&["task", "exec", "--exec-id", "go", "c5", "touch", "/tmp/go"]);
     assert!(o.status.success(), "{}\n{}", text(&o), c.log());
     await_task(&c, "c5", "STOPPED");
+    assert!(!pids.is_empty());
     // ctr 1.6 reports a task's non-zero exit status at its delete as a warning.
     let o = c.ctr(&["task", "delete", "c5"]);
     assert!(
@@ -565,26 +635,51 @@ fn root_a_task_outlives_restarts_of_vmmd_and_containerd() {
         text(&o)
     );
     ok(&c.ctr(&["container", "delete", "c5"]));
-    // A shim killed: containerd cleans up through `shim delete`, which ends the zone.
+
+    // `ctr run` waiting (its Wait pending in the worker) while the worker is killed: the
+    // keeper asks the next worker again, and the exit status reaches ctr.
+    let mut waiting = piped(
+        Command::new("ctr")
+            .arg("--address")
+            .arg(c.dir.path().join("c.sock"))
+            .args(["--namespace", "hull-test", "run", "--rm"])
+            .args(["--runtime", "io.containerd.hull.v2", &image, "c7"])
+            .args(["/bin/sh", "-c"])
+            .arg("while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 9"),
+    );
+    let t = Instant::now();
+    while !ok(&c.ctr(&["task", "ls"])).contains("RUNNING") {
+        if waiting.try_wait().expect("ctr run").is_some() {
+            let o = waiting.wait_with_output().expect("ctr run");
+            panic!("ctr run ended: {}\n{}", text(&o), c.log());
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "c7 did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kill_shim_worker(&c, "c7");
+    await_task(&c, "c7", "RUNNING");
+    let o = c.ctr(&["task", "exec", "--exec-id", "go", "c7", "touch", "/tmp/go"]);
+    assert!(o.status.success(), "{}\n{}", text(&o), c.log());
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = waiting.try_wait().expect("ctr run") {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "ctr run did not end: {}",
+            c.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(9), "{}", c.log());
+    await_task(&c, "c7", "");
+
+    // The keeper killed: containerd cleans up through `shim delete`, which ends the zone.
     let o = c.run(&["-d", &image, "c6", "/bin/sleep", "600"]);
     assert!(o.status.success(), "{}\n{}", text(&o), c.log());
     await_task(&c, "c6", "RUNNING");
-    let shim = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-            args.first()
-                .is_some_and(|a| a.ends_with(b"containerd-shim-hull-v2"))
-                && args.windows(2).any(|w| w[0] == b"-id" && w[1] == b"c6")
-        })
-        .expect("c6's shim");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(shim),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill the shim");
+    sigkill(shim_of("c6").0.expect("c6's shim keeper"));
     await_task(&c, "c6", "");
     let t = Instant::now();
     while !ok(&d.vmadm(&["list", "-H", "-o", "uuid"], None)).is_empty() {
@@ -592,6 +687,18 @@ fn root_a_task_outlives_restarts_of_vmmd_and_containerd() {
         std::thread::sleep(Duration::from_millis(200));
     }
     ok(&c.ctr(&["container", "delete", "c6"]));
+    // No shim process is left of any of them.
+    for id in ["c5", "c6", "c7"] {
+        let t = Instant::now();
+        while shim_of(id) != (None, None) {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{id}'s shim is left (keeper, worker): {:?}",
+                shim_of(id)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     assert!(
         c.mounts().iter().all(|m| !m.contains("rootfs")),
         "{:?}",
