@@ -299,3 +299,145 @@ fn the_console_logs_in_over_https_and_refuses_what_it_must() {
         "a password in the audit log"
     );
 }
+
+/// The pages past the dashboard, through curl as a browser's forms would post them: create
+/// from the form's fields (the payload made, shown, validated with the report `vmadm
+/// validate` gives, then created), the guest's page (its properties, an update with a bad
+/// value refused with the report, a good one applied), delete only when confirmed, the
+/// images and network pages; each change in the audit log.
+#[test]
+fn the_console_creates_updates_and_deletes_a_guest_through_its_forms() {
+    const IMAGE: &str = "0c1f4f2a-6f0e-4c39-8f36-2d3c7b1d9e03";
+    let d = Daemon::start();
+    d.install_image(IMAGE, "zone-dataset");
+    let o = d.run("nictagadm", &["add", "-l", "webnet"], None);
+    assert!(o.status.success(), "{o:?}");
+    let w = web(&d);
+    let jar_dir = tempfile::tempdir().expect("jar");
+    let jar = jar_dir.path().join("cookies");
+    assert_eq!(login(&w, &jar, "correct horse").status, 303);
+    let g = curl(&jar, &[&format!("{}/create", w.url)]);
+    assert_eq!(g.status, 200, "{g:?}");
+    assert!(
+        g.body.contains(&format!("<option value=\"{IMAGE}\">")),
+        "{g:?}"
+    );
+    assert!(g.body.contains("<option value=\"webnet\">"), "{g:?}");
+    let token = csrf(&g.body);
+    let create = format!("{}/create", w.url);
+    let post = |fields: &[(&str, &str)]| {
+        let mut args: Vec<String> = vec!["--data-urlencode".into(), format!("csrf={token}")];
+        for (k, v) in fields {
+            args.push("--data-urlencode".into());
+            args.push(format!("{k}={v}"));
+        }
+        args
+    };
+    // The form's fields make the payload.
+    let args = post(&[
+        ("do", "fill"),
+        ("brand", "joyent"),
+        ("image", IMAGE),
+        ("alias", "formtest"),
+        ("memory", "128"),
+        ("nic_tag", "webnet"),
+    ]);
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.push(&create);
+    let g = curl(&jar, &a);
+    assert_eq!(g.status, 200, "{g:?}");
+    for part in [
+        format!("&quot;image_uuid&quot;: &quot;{IMAGE}&quot;"),
+        "&quot;max_physical_memory&quot;: 128".into(),
+        "&quot;nic_tag&quot;: &quot;webnet&quot;".into(),
+    ] {
+        assert!(g.body.contains(&part), "{part} not in {}", g.body);
+    }
+    // A bad payload: the report names the property, as `vmadm validate create` does.
+    let bad = format!(r#"{{"brand": "joyent", "image_uuid": "{IMAGE}", "max_swap": 128}}"#);
+    let args = post(&[("do", "validate"), ("payload", &bad)]);
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.push(&create);
+    let g = curl(&jar, &a);
+    assert_eq!(g.status, 422, "{g:?}");
+    assert!(g.body.contains("<code>max_swap</code>"), "{g:?}");
+    let args = post(&[("do", "create"), ("payload", "{not json")]);
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.push(&create);
+    let g = curl(&jar, &a);
+    assert_eq!(g.status, 422, "{g:?}");
+    assert!(g.body.contains("not JSON"), "{g:?}");
+    assert!(d.client().list_vms(&[]).expect("list").is_empty());
+    // A good one: valid, then created; the answer is the guest's page.
+    let good = format!(
+        r#"{{"brand": "joyent", "image_uuid": "{IMAGE}", "alias": "formtest", "autoboot": false,
+            "customer_metadata": {{"role": "<web>"}}}}"#
+    );
+    let args = post(&[("do", "validate"), ("payload", &good)]);
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.push(&create);
+    let g = curl(&jar, &a);
+    assert_eq!(g.status, 200, "{g:?}");
+    assert!(g.body.contains("The payload is valid."), "{g:?}");
+    let args = post(&[("do", "create"), ("payload", &good)]);
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.push(&create);
+    let g = curl(&jar, &a);
+    assert_eq!(g.status, 303, "{g:?}");
+    let vms = d.client().list_vms(&[]).expect("list");
+    assert_eq!(vms.len(), 1);
+    let uuid = vms[0].uuid;
+    assert!(g.headers.contains(&format!("/vms/{uuid}")), "{}", g.headers);
+    let page = format!("{}/vms/{uuid}", w.url);
+    let g = curl(&jar, &[&page]);
+    assert_eq!(g.status, 200, "{g:?}");
+    assert!(
+        g.body.contains("formtest") && g.body.contains("id=\"start-"),
+        "{g:?}"
+    );
+    // The guest's metadata is shown escaped.
+    assert!(
+        g.body.contains("&lt;web&gt;") && !g.body.contains("<web>"),
+        "{g:?}"
+    );
+    // An update with a bad value: refused with the report, nothing changed.
+    let update = format!("{page}/update");
+    let args = post(&[("payload", r#"{"max_physical_memory": "lots"}"#)]);
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.push(&update);
+    let g = curl(&jar, &a);
+    assert_eq!(g.status, 409, "{g:?}");
+    assert!(g.body.contains("<code>max_physical_memory</code>"), "{g:?}");
+    let args = post(&[("payload", r#"{"alias": "renamed"}"#)]);
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.push(&update);
+    assert_eq!(curl(&jar, &a).status, 303);
+    assert_eq!(
+        d.client().get_vm(uuid).expect("get").alias.as_deref(),
+        Some("renamed")
+    );
+    // Delete: refused without the confirmation, done with it.
+    let delete = format!("{page}/delete");
+    let args = post(&[]);
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.push(&delete);
+    assert_eq!(curl(&jar, &a).status, 400);
+    assert_eq!(d.client().list_vms(&[]).expect("list").len(), 1);
+    let args = post(&[("confirm", "yes")]);
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.push(&delete);
+    assert_eq!(curl(&jar, &a).status, 303);
+    assert!(d.client().list_vms(&[]).expect("list").is_empty());
+    assert_eq!(curl(&jar, &[&page]).status, 404);
+    // The images and the network.
+    let g = curl(&jar, &[&format!("{}/images", w.url)]);
+    assert_eq!(g.status, 200, "{g:?}");
+    assert!(g.body.contains(&format!("id=\"image-{IMAGE}\"")), "{g:?}");
+    let g = curl(&jar, &[&format!("{}/network", w.url)]);
+    assert_eq!(g.status, 200, "{g:?}");
+    assert!(g.body.contains("id=\"tag-webnet\""), "{g:?}");
+    let audit = std::fs::read_to_string(w.state.path().join("audit.log")).expect("audit");
+    for action in ["\"create\"", "\"update\"", "\"delete\""] {
+        assert!(audit.contains(action), "{action} not in {audit}");
+    }
+}

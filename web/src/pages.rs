@@ -2,7 +2,9 @@
 //! Content-Security-Policy says `default-src 'self'`). Every value from vmmd or a user is
 //! escaped.
 
-use hull_spec::Vm;
+use hull_spec::api::NicTag;
+use hull_spec::{ImageManifest, ValidationReport, Vm};
+use serde_json::Value;
 
 /// `s` with HTML's five special characters escaped.
 pub fn esc(s: &str) -> String {
@@ -31,7 +33,81 @@ fn page(title: &str, body: &str) -> String {
 
 const STYLE: &str = "body{font:15px system-ui,sans-serif;margin:2em;color:#222}\
 table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}\
-.err{color:#a00}form.inline{display:inline}button{margin-right:.3em}";
+.err{color:#a00}.ok{color:#060}form.inline{display:inline}button{margin-right:.3em}\
+nav a{margin-right:1em}textarea{font:13px monospace;width:100%}code{font-size:13px}";
+
+/// The bar every page after login has: the pages, who is logged in, and logging out.
+fn nav(user: &str, csrf: &str) -> String {
+    format!(
+        "<nav><a href=\"/\" id=\"nav-guests\">Guests</a><a href=\"/create\" id=\"nav-create\">Create</a>\
+         <a href=\"/images\" id=\"nav-images\">Images</a><a href=\"/network\" id=\"nav-network\">Network</a>\
+         Logged in as {} <form class=\"inline\" method=\"post\" action=\"/logout\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <button id=\"logout\">Log out</button></form></nav>",
+        esc(user)
+    )
+}
+
+/// A button posting `action` (with the CSRF token and `extra` hidden fields) to `to`.
+fn button(to: &str, csrf: &str, id: &str, label: &str, extra: &[(&str, &str)]) -> String {
+    let hidden: String = extra
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                esc(k),
+                esc(v)
+            )
+        })
+        .collect();
+    format!(
+        "<form class=\"inline\" method=\"post\" action=\"{}\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{hidden}\
+         <button id=\"{}\">{}</button></form>",
+        esc(to),
+        esc(id),
+        esc(label)
+    )
+}
+
+/// A JSON value as one line of text (strings without their quotes).
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        v => v.to_string(),
+    }
+}
+
+/// A validation report as a list, each finding with its property.
+pub fn report(r: &ValidationReport) -> String {
+    let mut items = String::new();
+    if let Some(b) = &r.bad_brand {
+        items.push_str(&format!(
+            "<li><code>brand</code>: unknown brand {}</li>",
+            esc(b)
+        ));
+    }
+    for p in &r.details {
+        items.push_str(&format!(
+            "<li><code>{}</code>: {}</li>",
+            esc(&p.property),
+            esc(&p.message)
+        ));
+    }
+    for (what, list) in [
+        ("bad value", &r.bad_values),
+        ("not allowed", &r.bad_properties),
+        ("missing", &r.missing_properties),
+    ] {
+        for p in list {
+            if !r.details.iter().any(|d| &d.property == p) {
+                items.push_str(&format!("<li><code>{}</code>: {what}</li>", esc(p)));
+            }
+        }
+    }
+    format!("<ul class=\"err\" id=\"report\">{items}</ul>")
+}
 
 /// The login form, with a message (a refusal) when there is one.
 pub fn login(message: Option<&str>) -> String {
@@ -73,7 +149,7 @@ pub fn dashboard(user: &str, csrf: &str, vms: &[Vm]) -> String {
             _ => String::new(),
         };
         rows.push_str(&format!(
-            "<tr id=\"vm-{uuid}\"><td>{}</td><td>{}</td><td>{}</td>\
+            "<tr id=\"vm-{uuid}\"><td><a href=\"/vms/{uuid}\">{}</a></td><td>{}</td><td>{}</td>\
              <td class=\"state\">{}</td><td>{}</td><td>{actions}</td></tr>",
             esc(&uuid),
             esc(vm.alias.as_deref().unwrap_or("")),
@@ -85,13 +161,299 @@ pub fn dashboard(user: &str, csrf: &str, vms: &[Vm]) -> String {
     page(
         "Guests",
         &format!(
-            "<h1>hull</h1><p>Logged in as {} \
-             <form class=\"inline\" method=\"post\" action=\"/logout\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-             <button id=\"logout\">Log out</button></form></p>\
+            "<h1>hull</h1>{}\
              <h2>Guests</h2><table><tr><th>UUID</th><th>Alias</th><th>Brand</th>\
              <th>State</th><th>Addresses</th><th></th></tr>{rows}</table>",
-            esc(user)
+            nav(user, csrf)
+        ),
+    )
+}
+
+/// One guest: its properties, NICs, disks, metadata and snapshots, the actions its state
+/// allows, and an update form (a JSON payload, validated as `vmadm update` validates).
+/// `message`: what the last action said (a refusal with its report).
+pub fn guest(
+    user: &str,
+    csrf: &str,
+    vm: &Vm,
+    message: Option<(&str, Option<&ValidationReport>)>,
+) -> String {
+    let uuid = vm.uuid.to_string();
+    let v = serde_json::to_value(vm).unwrap_or(Value::Null);
+    let act = |action: &str| {
+        button(
+            &format!("/vms/{uuid}/{action}"),
+            csrf,
+            &format!("{action}-{uuid}"),
+            action,
+            &[],
+        )
+    };
+    let actions: Vec<String> = match vm.state.as_str() {
+        "running" => ["stop", "reboot", "kill"].iter().map(|a| act(a)).collect(),
+        "stopped" => vec![act("start")],
+        _ => Vec::new(),
+    };
+    let mut props = String::new();
+    if let Some(o) = v.as_object() {
+        for (k, val) in o {
+            if [
+                "nics",
+                "disks",
+                "customer_metadata",
+                "internal_metadata",
+                "snapshots",
+            ]
+            .contains(&k.as_str())
+                || val.is_object()
+                || val.is_array()
+            {
+                continue;
+            }
+            props.push_str(&format!(
+                "<tr><th>{}</th><td id=\"prop-{}\">{}</td></tr>",
+                esc(k),
+                esc(k),
+                esc(&plain(val))
+            ));
+        }
+    }
+    let table = |rows: &[Value], cols: &[&str]| {
+        let head: String = cols
+            .iter()
+            .map(|c| format!("<th>{}</th>", esc(c)))
+            .collect();
+        let body: String = rows
+            .iter()
+            .map(|r| {
+                let cells: String = cols
+                    .iter()
+                    .map(|c| format!("<td>{}</td>", esc(&plain(&r[c]))))
+                    .collect();
+                format!("<tr>{cells}</tr>")
+            })
+            .collect();
+        format!("<table><tr>{head}</tr>{body}</table>")
+    };
+    let empty = Vec::new();
+    let nics = table(
+        v["nics"].as_array().unwrap_or(&empty),
+        &["interface", "mac", "nic_tag", "ips", "gateways", "primary"],
+    );
+    let disks = table(
+        v["disks"].as_array().unwrap_or(&empty),
+        &["path", "size", "image_uuid", "model", "boot"],
+    );
+    let metadata: String = vm
+        .customer_metadata
+        .iter()
+        .map(|(k, val)| format!("<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(val)))
+        .collect();
+    let snapshots: String = vm
+        .snapshots
+        .iter()
+        .map(|s| {
+            let name = s.name.as_str();
+            format!(
+                "<tr><td>{}</td><td>{}{}</td></tr>",
+                esc(name),
+                button(
+                    &format!("/vms/{uuid}/rollback"),
+                    csrf,
+                    &format!("rollback-{name}"),
+                    "rollback",
+                    &[("name", name)]
+                ),
+                button(
+                    &format!("/vms/{uuid}/delete-snapshot"),
+                    csrf,
+                    &format!("delete-snapshot-{name}"),
+                    "delete",
+                    &[("name", name)]
+                ),
+            )
+        })
+        .collect();
+    let note = match message {
+        Some((m, r)) => format!(
+            "<p class=\"err\" id=\"message\">{}</p>{}",
+            esc(m),
+            r.map(report).unwrap_or_default()
+        ),
+        None => String::new(),
+    };
+    let title = vm.alias.clone().unwrap_or_else(|| uuid.clone());
+    page(
+        &title,
+        &format!(
+            "<h1>hull</h1>{}<h2 id=\"guest\">{}</h2>{note}\
+             <p id=\"actions\">{}</p>\
+             <h3>Properties</h3><table id=\"properties\">{props}</table>\
+             <h3>NICs</h3>{nics}<h3>Disks</h3>{disks}\
+             <h3>Metadata</h3><table id=\"metadata\">{metadata}</table>\
+             <h3>Snapshots</h3><table id=\"snapshots\">{snapshots}</table>\
+             <form method=\"post\" action=\"/vms/{uuid}/snapshot\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <label>Name <input name=\"name\" id=\"snapshot-name\" required></label> \
+             <button id=\"snapshot\">Take a snapshot</button></form>\
+             <h3>Update</h3><form method=\"post\" action=\"/vms/{uuid}/update\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <p>A payload as <code>vmadm update</code> takes it, such as \
+             <code>{{\"alias\": \"web\", \"max_physical_memory\": 512}}</code>.</p>\
+             <textarea name=\"payload\" id=\"update-payload\" rows=\"6\"></textarea>\
+             <p><button id=\"update\">Update</button></p></form>\
+             <h3>Delete</h3><form method=\"post\" action=\"/vms/{uuid}/delete\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" id=\"delete-confirm\" required> \
+             delete this guest and its data</label> <button id=\"delete-{uuid}\">Delete</button></form>",
+            nav(user, csrf),
+            esc(&title),
+            actions.join(""),
+        ),
+    )
+}
+
+/// The create page: a form for the usual properties (brand, image, alias, memory, a NIC)
+/// that fills the JSON payload, the payload itself to edit, and what validation said.
+#[derive(Debug)]
+pub struct CreateForm<'a> {
+    /// The installed images to pick from.
+    pub images: &'a [ImageManifest],
+    /// The nic tags to pick from.
+    pub tags: &'a [NicTag],
+    /// The payload in the editor.
+    pub payload: &'a str,
+    /// A refusal: the message and the report.
+    pub refused: Option<(&'a str, Option<&'a ValidationReport>)>,
+    /// The payload validated.
+    pub valid: bool,
+}
+
+/// The create page (module docs: the form's fields fill the payload, which is what is sent).
+pub fn create(user: &str, csrf: &str, f: &CreateForm) -> String {
+    let images: String = f
+        .images
+        .iter()
+        .map(|m| {
+            let kind = plain(&serde_json::to_value(m.image_type).unwrap_or(Value::Null));
+            format!(
+                "<option value=\"{}\">{} {} ({})</option>",
+                m.uuid,
+                esc(&m.name),
+                esc(&m.version),
+                esc(&kind)
+            )
+        })
+        .collect();
+    let tags: String = std::iter::once("<option value=\"\">(none)</option>".to_string())
+        .chain(f.tags.iter().map(|t| {
+            format!(
+                "<option value=\"{}\">{}</option>",
+                esc(&t.name),
+                esc(&t.name)
+            )
+        }))
+        .collect();
+    let brands: String = ["joyent-minimal", "joyent", "lx", "bhyve", "kvm"]
+        .iter()
+        .map(|b| format!("<option>{b}</option>"))
+        .collect();
+    let note = match (&f.refused, f.valid) {
+        (Some((m, r)), _) => format!(
+            "<p class=\"err\" id=\"message\">{}</p>{}",
+            esc(m),
+            r.map(report).unwrap_or_default()
+        ),
+        (None, true) => "<p class=\"ok\" id=\"message\">The payload is valid.</p>".into(),
+        (None, false) => String::new(),
+    };
+    page(
+        "Create",
+        &format!(
+            "<h1>hull</h1>{}<h2>Create a guest</h2>\
+             <form method=\"post\" action=\"/create\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <input type=\"hidden\" name=\"do\" value=\"fill\">\
+             <table><tr><th>Brand</th><td><select name=\"brand\" id=\"brand\">{brands}</select> \
+             (a zone: joyent, joyent-minimal, lx; a microVM: bhyve, kvm)</td></tr>\
+             <tr><th>Image</th><td><select name=\"image\" id=\"image\">{images}</select></td></tr>\
+             <tr><th>Alias</th><td><input name=\"alias\" id=\"alias\"></td></tr>\
+             <tr><th>Memory (MiB)</th><td><input name=\"memory\" id=\"memory\" value=\"256\"></td></tr>\
+             <tr><th>NIC tag</th><td><select name=\"nic_tag\" id=\"nic_tag\">{tags}</select> (its address by DHCP)</td></tr>\
+             </table><p><button id=\"fill\">Make the payload</button></p></form>\
+             <form method=\"post\" action=\"/create\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <h3>Payload</h3>{note}\
+             <textarea name=\"payload\" id=\"payload\" rows=\"14\">{}</textarea>\
+             <p><button name=\"do\" value=\"validate\" id=\"validate\">Validate</button>\
+             <button name=\"do\" value=\"create\" id=\"create\">Create</button></p></form>",
+            nav(user, csrf),
+            esc(f.payload),
+        ),
+    )
+}
+
+/// The images installed, and those the image sources offer (or why they cannot be listed).
+pub fn images(
+    user: &str,
+    csrf: &str,
+    installed: &[ImageManifest],
+    available: Result<&[ImageManifest], &str>,
+) -> String {
+    let rows = |list: &[ImageManifest], install: bool| -> String {
+        list.iter()
+            .map(|m| {
+                let kind = plain(&serde_json::to_value(m.image_type).unwrap_or(Value::Null));
+                let uuid = m.uuid.to_string();
+                let action = match install {
+                    true => button("/images/import", csrf, &format!("import-{uuid}"), "import", &[("uuid", &uuid)]),
+                    false => String::new(),
+                };
+                format!(
+                    "<tr id=\"image-{uuid}\"><td>{uuid}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
+                    esc(&m.name),
+                    esc(&m.version),
+                    esc(&kind),
+                    esc(&m.os),
+                )
+            })
+            .collect()
+    };
+    let head =
+        "<tr><th>UUID</th><th>Name</th><th>Version</th><th>Type</th><th>OS</th><th></th></tr>";
+    let available = match available {
+        Ok(list) => format!("<table id=\"available\">{head}{}</table>", rows(list, true)),
+        Err(e) => format!("<p class=\"err\" id=\"available\">{}</p>", esc(e)),
+    };
+    page(
+        "Images",
+        &format!(
+            "<h1>hull</h1>{}<h2>Installed images</h2><table id=\"installed\">{head}{}</table>\
+             <h2>Available from the image sources</h2>{available}",
+            nav(user, csrf),
+            rows(installed, false),
+        ),
+    )
+}
+
+/// The nic tags (hull's networks: a bridge each, with its uplink if it has one).
+pub fn network(user: &str, csrf: &str, tags: &[NicTag]) -> String {
+    let rows: String = tags
+        .iter()
+        .map(|t| {
+            format!(
+                "<tr id=\"tag-{}\"><td>{}</td><td>{}</td></tr>",
+                esc(&t.name),
+                esc(&t.name),
+                esc(t.uplink.as_deref().unwrap_or("(none: host-only)"))
+            )
+        })
+        .collect();
+    page(
+        "Network",
+        &format!(
+            "<h1>hull</h1>{}<h2>NIC tags</h2><table id=\"nictags\"><tr><th>Name</th><th>Uplink</th></tr>{rows}</table>",
+            nav(user, csrf)
         ),
     )
 }

@@ -223,10 +223,11 @@ fn text(status: StatusCode, body: &str) -> Reply {
     reply(status, "text/plain; charset=utf-8", body.to_string())
 }
 
-fn see_other(to: &'static str) -> Reply {
+fn see_other(to: &str) -> Reply {
     let mut r = text(StatusCode::SEE_OTHER, "");
-    r.headers_mut()
-        .insert(header::LOCATION, HeaderValue::from_static(to));
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
     r
 }
 
@@ -285,6 +286,76 @@ impl App {
     }
 }
 
+/// vmmd's refusal: its message with the causes, and the validation report when it sent one.
+type Refusal = (String, Option<Box<hull_spec::ValidationReport>>);
+
+impl App {
+    /// As [`App::vmmd`], keeping a refusal's validation report.
+    async fn vmmd_report<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&hull_client::Client) -> Result<T, hull_client::ClientError> + Send + 'static,
+    ) -> Result<T, Refusal> {
+        let socket = self.cfg.socket.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = hull_client::Client::new(&socket).map_err(|e| (e.to_string(), None))?;
+            f(&c).map_err(|e| match e.api_body() {
+                Some(b) => {
+                    let mut m = b.message.clone();
+                    for c in &b.causes {
+                        m.push_str(": ");
+                        m.push_str(c);
+                    }
+                    (m, b.report.clone().map(Box::new))
+                }
+                None => (e.to_string(), None),
+            })
+        })
+        .await
+        .map_err(|e| (e.to_string(), None))?
+    }
+
+    /// The page for vmmd not answering.
+    fn unreachable(&self, e: &str) -> Reply {
+        html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::error(
+                "vmmd is not answering",
+                &format!(
+                    "vmmd is not answering on {}: {e}. Guests keep running; this page works \
+                     again once vmmd does.",
+                    self.cfg.socket.display()
+                ),
+            ),
+        )
+    }
+}
+
+/// The payload the create form's fields make: a zone from a zone image, or a microVM
+/// booting a disk cloned from a zvol image.
+fn fill_payload(f: &[(String, String)]) -> String {
+    let brand = field(f, "brand").unwrap_or("joyent-minimal");
+    let image = field(f, "image").unwrap_or_default();
+    let memory: serde_json::Value = field(f, "memory")
+        .and_then(|m| m.trim().parse::<u64>().ok())
+        .map_or(serde_json::Value::Null, serde_json::Value::from);
+    let mut p = serde_json::json!({"brand": brand});
+    if let Some(a) = field(f, "alias").filter(|a| !a.trim().is_empty()) {
+        p["alias"] = a.trim().into();
+    }
+    let microvm = brand == "kvm" || brand == "bhyve";
+    if microvm {
+        p["ram"] = memory;
+        p["disks"] = serde_json::json!([{"image_uuid": image, "boot": true}]);
+    } else {
+        p["image_uuid"] = image.into();
+        p["max_physical_memory"] = memory;
+    }
+    if let Some(tag) = field(f, "nic_tag").filter(|t| !t.is_empty()) {
+        p["nics"] = serde_json::json!([{"nic_tag": tag, "ip": "dhcp", "primary": true}]);
+    }
+    serde_json::to_string_pretty(&p).unwrap_or_default()
+}
+
 async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -301,24 +372,8 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Repl
             _ => text(StatusCode::FORBIDDEN, "log in first\n"),
         };
     };
-    if method == Method::GET && path == "/" {
-        return match app.vmmd(|c| c.list_vms(&[])).await {
-            Ok(vms) => html(
-                StatusCode::OK,
-                pages::dashboard(&session.user, &session.csrf, &vms),
-            ),
-            Err(e) => html(
-                StatusCode::SERVICE_UNAVAILABLE,
-                pages::error(
-                    "vmmd is not answering",
-                    &format!(
-                        "vmmd is not answering on {}: {e}. Guests keep running; this page \
-                         works again once vmmd does.",
-                        app.cfg.socket.display()
-                    ),
-                ),
-            ),
-        };
+    if method == Method::GET {
+        return get_page(&app, &path, &session.user, &session.csrf).await;
     }
     if method != Method::POST {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -339,6 +394,29 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Repl
         app.audit(&session.user, peer, "logout", "", "ok");
         return see_other("/login");
     }
+    let user = session.user.clone();
+    if path == "/create" {
+        return create(&app, &f, &user, &session.csrf, peer).await;
+    }
+    if path == "/images/import" {
+        let Some(uuid) = field(&f, "uuid").and_then(|u| u.parse::<uuid::Uuid>().ok()) else {
+            return text(StatusCode::BAD_REQUEST, "the form names no image uuid\n");
+        };
+        let done = app
+            .vmmd(move |c| c.import_image(uuid, None, &mut |_, _| {}).map(drop))
+            .await;
+        app.audit(
+            &user,
+            peer,
+            "import",
+            &uuid.to_string(),
+            done.as_ref().err().map_or("ok", |e| e),
+        );
+        return match done {
+            Ok(()) => see_other("/images"),
+            Err(e) => html(StatusCode::CONFLICT, pages::error("Cannot import", &e)),
+        };
+    }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let ["vms", uuid, action] = parts.as_slice() else {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -346,26 +424,212 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Repl
     let Ok(uuid) = uuid.parse::<uuid::Uuid>() else {
         return text(StatusCode::NOT_FOUND, "not a VM's uuid\n");
     };
-    let done = match *action {
-        "start" => app.vmmd(move |c| c.start_vm(uuid).map(drop)).await,
+    let action = action.to_string();
+    let name = field(&f, "name").unwrap_or_default().to_string();
+    let done: Result<(), Refusal> = match action.as_str() {
+        "start" => app.vmmd_report(move |c| c.start_vm(uuid).map(drop)).await,
         "stop" => {
             let stop = hull_spec::api::StopRequest::default();
-            app.vmmd(move |c| c.stop_vm(uuid, &stop).map(drop)).await
+            app.vmmd_report(move |c| c.stop_vm(uuid, &stop).map(drop))
+                .await
+        }
+        "reboot" => {
+            let r = hull_spec::api::RebootRequest::default();
+            app.vmmd_report(move |c| c.reboot_vm(uuid, &r).map(drop))
+                .await
+        }
+        "kill" => {
+            let k = hull_spec::api::KillRequest::default();
+            app.vmmd_report(move |c| c.kill_vm(uuid, &k).map(drop))
+                .await
+        }
+        "delete" => {
+            if field(&f, "confirm") != Some("yes") {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "deleting a guest needs its confirmation box ticked\n",
+                );
+            }
+            app.vmmd_report(move |c| c.delete_vm(uuid)).await
+        }
+        "snapshot" => {
+            app.vmmd_report(move |c| c.create_snapshot(uuid, &name).map(drop))
+                .await
+        }
+        "rollback" => {
+            app.vmmd_report(move |c| c.rollback_snapshot(uuid, &name).map(drop))
+                .await
+        }
+        "delete-snapshot" => {
+            app.vmmd_report(move |c| c.delete_snapshot(uuid, &name).map(drop))
+                .await
+        }
+        "update" => {
+            let text_payload = field(&f, "payload").unwrap_or_default().to_string();
+            match serde_json::from_str::<serde_json::Value>(&text_payload) {
+                Ok(p) if p.is_object() => {
+                    app.vmmd_report(move |c| c.update_vm(uuid, &p).map(drop))
+                        .await
+                }
+                Ok(_) => Err(("the update payload must be a JSON object".into(), None)),
+                Err(e) => Err((format!("the update payload is not JSON: {e}"), None)),
+            }
         }
         _ => return text(StatusCode::NOT_FOUND, "not an action\n"),
     };
     let target = uuid.to_string();
     match done {
         Ok(()) => {
-            app.audit(&session.user, peer, action, &target, "ok");
-            see_other("/")
+            app.audit(&user, peer, &action, &target, "ok");
+            match action.as_str() {
+                "delete" => see_other("/"),
+                _ => see_other(&format!("/vms/{uuid}")),
+            }
+        }
+        Err((e, report)) => {
+            app.audit(&user, peer, &action, &target, &e);
+            let message = format!("Cannot {action}: {e}");
+            match app.vmmd(move |c| c.get_vm(uuid)).await {
+                Ok(vm) => html(
+                    StatusCode::CONFLICT,
+                    pages::guest(
+                        &user,
+                        &session.csrf,
+                        &vm,
+                        Some((&message, report.as_deref())),
+                    ),
+                ),
+                Err(_) => html(
+                    StatusCode::CONFLICT,
+                    pages::error(&format!("Cannot {action}"), &e),
+                ),
+            }
+        }
+    }
+}
+
+/// The pages read with GET: the dashboard, a guest, create, images, network.
+async fn get_page(app: &App, path: &str, user: &str, csrf: &str) -> Reply {
+    match path {
+        "/" => match app.vmmd(|c| c.list_vms(&[])).await {
+            Ok(vms) => html(StatusCode::OK, pages::dashboard(user, csrf, &vms)),
+            Err(e) => app.unreachable(&e),
+        },
+        "/create" => create_page(app, user, csrf, "", None, false).await,
+        "/images" => {
+            let installed = match app.vmmd(|c| c.list_images()).await {
+                Ok(i) => i,
+                Err(e) => return app.unreachable(&e),
+            };
+            let available = app.vmmd(|c| c.available_images()).await;
+            html(
+                StatusCode::OK,
+                pages::images(
+                    user,
+                    csrf,
+                    &installed,
+                    available.as_deref().map_err(String::as_str),
+                ),
+            )
+        }
+        "/network" => match app.vmmd(|c| c.nictags()).await {
+            Ok(tags) => html(StatusCode::OK, pages::network(user, csrf, &tags)),
+            Err(e) => app.unreachable(&e),
+        },
+        _ => {
+            let Some(uuid) = path
+                .strip_prefix("/vms/")
+                .and_then(|u| u.parse::<uuid::Uuid>().ok())
+            else {
+                return text(StatusCode::NOT_FOUND, "not found\n");
+            };
+            let found = app
+                .vmmd(move |c| match c.get_vm(uuid) {
+                    Ok(vm) => Ok(Some(vm)),
+                    Err(e)
+                        if e.api_body()
+                            .is_some_and(|b| b.code == hull_spec::api::codes::NOT_FOUND) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                })
+                .await;
+            match found {
+                Ok(Some(vm)) => html(StatusCode::OK, pages::guest(user, csrf, &vm, None)),
+                Ok(None) => text(StatusCode::NOT_FOUND, &format!("no guest {uuid}\n")),
+                Err(e) => app.unreachable(&e),
+            }
+        }
+    }
+}
+
+/// The create page with `payload` in its editor and what became of it.
+async fn create_page(
+    app: &App,
+    user: &str,
+    csrf: &str,
+    payload: &str,
+    refused: Option<&Refusal>,
+    valid: bool,
+) -> Reply {
+    let (images, tags) = match app.vmmd(|c| Ok((c.list_images()?, c.nictags()?))).await {
+        Ok(x) => x,
+        Err(e) => return app.unreachable(&e),
+    };
+    let status = match refused {
+        Some(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        None => StatusCode::OK,
+    };
+    let form = pages::CreateForm {
+        images: &images,
+        tags: &tags,
+        payload,
+        refused: refused.map(|(m, r)| (m.as_str(), r.as_deref())),
+        valid,
+    };
+    html(status, pages::create(user, csrf, &form))
+}
+
+/// POST /create: `do=fill` makes the payload from the form's fields, `validate` validates
+/// the payload as `vmadm validate create` does, `create` creates the guest (then its page).
+async fn create(
+    app: &App,
+    f: &[(String, String)],
+    user: &str,
+    csrf: &str,
+    peer: SocketAddr,
+) -> Reply {
+    if field(f, "do") == Some("fill") {
+        return create_page(app, user, csrf, &fill_payload(f), None, false).await;
+    }
+    let text_payload = field(f, "payload").unwrap_or_default().to_string();
+    let payload = match serde_json::from_str::<serde_json::Value>(&text_payload) {
+        Ok(p) if p.is_object() => p,
+        Ok(_) => {
+            let r = ("the payload must be a JSON object".to_string(), None);
+            return create_page(app, user, csrf, &text_payload, Some(&r), false).await;
         }
         Err(e) => {
-            app.audit(&session.user, peer, action, &target, &e);
-            html(
-                StatusCode::CONFLICT,
-                pages::error(&format!("Cannot {action}"), &e),
-            )
+            let r = (format!("the payload is not JSON: {e}"), None);
+            return create_page(app, user, csrf, &text_payload, Some(&r), false).await;
+        }
+    };
+    if field(f, "do") == Some("validate") {
+        let checked = app.vmmd_report(move |c| c.validate_create(&payload)).await;
+        return match checked {
+            Ok(_) => create_page(app, user, csrf, &text_payload, None, true).await,
+            Err(r) => create_page(app, user, csrf, &text_payload, Some(&r), false).await,
+        };
+    }
+    match app.vmmd_report(move |c| c.create_vm(&payload)).await {
+        Ok(vm) => {
+            app.audit(user, peer, "create", &vm.uuid.to_string(), "ok");
+            see_other(&format!("/vms/{}", vm.uuid))
+        }
+        Err(r) => {
+            app.audit(user, peer, "create", "", &r.0);
+            create_page(app, user, csrf, &text_payload, Some(&r), false).await
         }
     }
 }
