@@ -316,6 +316,19 @@ fn the_console_creates_updates_and_deletes_a_guest_through_its_forms() {
     let jar_dir = tempfile::tempdir().expect("jar");
     let jar = jar_dir.path().join("cookies");
     assert_eq!(login(&w, &jar, "correct horse").status, 303);
+    // The dashboard has the host's figures (vmmd's /v1/metrics).
+    let g = curl(&jar, &[&format!("{}/", w.url)]);
+    assert_eq!(g.status, 200, "{g:?}");
+    let cpus = std::fs::read_to_string("/proc/stat")
+        .expect("/proc/stat")
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count();
+    assert!(g.body.contains(&format!("{cpus} CPUs, load")), "{g:?}");
+    assert!(
+        g.body.contains("id=\"host-memory\"") && g.body.contains("used ("),
+        "{g:?}"
+    );
     let g = curl(&jar, &[&format!("{}/create", w.url)]);
     assert_eq!(g.status, 200, "{g:?}");
     assert!(

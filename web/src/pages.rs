@@ -126,8 +126,115 @@ pub fn login(message: Option<&str>) -> String {
     )
 }
 
-/// The dashboard: the guests, each with its state and the buttons its state allows.
-pub fn dashboard(user: &str, csrf: &str, vms: &[Vm]) -> String {
+/// The host's figures the dashboard shows, from vmmd's Prometheus exposition (node_exporter's
+/// names).
+#[derive(Debug, Default, PartialEq)]
+pub struct Host {
+    /// node_load1, 5, 15.
+    pub load: [f64; 3],
+    /// CPUs (the distinct `cpu` labels of node_cpu_seconds_total).
+    pub cpus: usize,
+    /// Memory: total and available bytes.
+    pub memory: (f64, f64),
+    /// The data root's file system: size and available bytes.
+    pub disk: (f64, f64),
+    /// Bytes received and sent by every network device but loopback, since boot.
+    pub network: (f64, f64),
+}
+
+impl Host {
+    /// The figures of an exposition (lines `name{labels} value`; comments skipped).
+    pub fn from_exposition(text: &str) -> Host {
+        let mut h = Host::default();
+        let mut cpus = std::collections::BTreeSet::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            let label = |key: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{key}=\"")))
+                    .and_then(|v| v.split('"').next())
+                    .map(str::to_string)
+            };
+            match name {
+                "node_load1" => h.load[0] = value,
+                "node_load5" => h.load[1] = value,
+                "node_load15" => h.load[2] = value,
+                "node_memory_MemTotal_bytes" => h.memory.0 = value,
+                "node_memory_MemAvailable_bytes" => h.memory.1 = value,
+                "node_filesystem_size_bytes" => h.disk.0 = value,
+                "node_filesystem_avail_bytes" => h.disk.1 = value,
+                "node_cpu_seconds_total" => {
+                    if let Some(c) = label("cpu") {
+                        cpus.insert(c);
+                    }
+                }
+                "node_network_receive_bytes_total" | "node_network_transmit_bytes_total"
+                    if label("device").as_deref() != Some("lo") =>
+                {
+                    match name.contains("receive") {
+                        true => h.network.0 += value,
+                        false => h.network.1 += value,
+                    }
+                }
+                _ => {}
+            }
+        }
+        h.cpus = cpus.len();
+        h
+    }
+}
+
+/// `bytes` in the binary unit that suits it (`1.5 GiB`).
+pub fn size(bytes: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes.max(0.0);
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    match u {
+        0 => format!("{v:.0} B"),
+        _ => format!("{v:.1} {}", units[u]),
+    }
+}
+
+fn host_table(h: &Host) -> String {
+    let used = |(total, free): (f64, f64)| {
+        let pct = if total > 0.0 {
+            (total - free) * 100.0 / total
+        } else {
+            0.0
+        };
+        format!("{} of {} used ({pct:.0}%)", size(total - free), size(total))
+    };
+    format!(
+        "<h2>Host</h2><table id=\"host\">\
+         <tr><th>CPU</th><td id=\"host-cpu\">{} CPUs, load {:.2} {:.2} {:.2}</td></tr>\
+         <tr><th>Memory</th><td id=\"host-memory\">{}</td></tr>\
+         <tr><th>Disk (data root)</th><td id=\"host-disk\">{}</td></tr>\
+         <tr><th>Network</th><td id=\"host-network\">{} received, {} sent since boot</td></tr></table>",
+        h.cpus,
+        h.load[0],
+        h.load[1],
+        h.load[2],
+        used(h.memory),
+        used(h.disk),
+        size(h.network.0),
+        size(h.network.1),
+    )
+}
+
+/// The dashboard: the host's figures, and the guests, each with its state and the buttons
+/// its state allows.
+pub fn dashboard(user: &str, csrf: &str, host: Option<&Host>, vms: &[Vm]) -> String {
     let mut rows = String::new();
     for vm in vms {
         let uuid = vm.uuid.to_string();
@@ -161,10 +268,11 @@ pub fn dashboard(user: &str, csrf: &str, vms: &[Vm]) -> String {
     page(
         "Guests",
         &format!(
-            "<h1>hull</h1>{}\
+            "<h1>hull</h1>{}{}\
              <h2>Guests</h2><table><tr><th>UUID</th><th>Alias</th><th>Brand</th>\
              <th>State</th><th>Addresses</th><th></th></tr>{rows}</table>",
-            nav(user, csrf)
+            nav(user, csrf),
+            host.map(host_table).unwrap_or_default(),
         ),
     )
 }
@@ -472,6 +580,37 @@ pub fn error(title: &str, message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hosts_figures_come_from_node_exporters_names() {
+        let text = "# TYPE node_load1 gauge\nnode_load1 0.5\nnode_load5 0.25\nnode_load15 0.125\n\
+            node_cpu_seconds_total{cpu=\"0\",mode=\"idle\"} 10\n\
+            node_cpu_seconds_total{cpu=\"0\",mode=\"user\"} 2\n\
+            node_cpu_seconds_total{cpu=\"1\",mode=\"idle\"} 9\n\
+            node_memory_MemTotal_bytes 4096\nnode_memory_MemAvailable_bytes 1024\n\
+            node_filesystem_size_bytes{mountpoint=\"/var/lib/hull\"} 2048\n\
+            node_filesystem_avail_bytes{mountpoint=\"/var/lib/hull\"} 512\n\
+            node_network_receive_bytes_total{device=\"lo\"} 1000\n\
+            node_network_receive_bytes_total{device=\"eth0\"} 300\n\
+            node_network_receive_bytes_total{device=\"hb-admin\"} 200\n\
+            node_network_transmit_bytes_total{device=\"eth0\"} 7\n";
+        let h = Host::from_exposition(text);
+        assert_eq!(
+            h,
+            Host {
+                load: [0.5, 0.25, 0.125],
+                cpus: 2,
+                memory: (4096.0, 1024.0),
+                disk: (2048.0, 512.0),
+                network: (500.0, 7.0),
+            }
+        );
+        assert_eq!(size(512.0), "512 B");
+        assert_eq!(size(1536.0 * 1024.0 * 1024.0), "1.5 GiB");
+        let page = dashboard("admin", "t", Some(&h), &[]);
+        assert!(page.contains("2 CPUs, load 0.50 0.25 0.12"), "{page}");
+        assert!(page.contains("3.0 KiB of 4.0 KiB used (75%)"), "{page}");
+    }
 
     #[test]
     fn values_are_escaped() {

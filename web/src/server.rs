@@ -511,10 +511,28 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Repl
 /// The pages read with GET: the dashboard, a guest, create, images, network.
 async fn get_page(app: &App, path: &str, user: &str, csrf: &str) -> Reply {
     match path {
-        "/" => match app.vmmd(|c| c.list_vms(&[])).await {
-            Ok(vms) => html(StatusCode::OK, pages::dashboard(user, csrf, &vms)),
-            Err(e) => app.unreachable(&e),
-        },
+        "/" => {
+            let got = app
+                .vmmd(|c| {
+                    let vms = c.list_vms(&[])?;
+                    // The host's figures: shown when vmmd gives them, the guests regardless.
+                    let metrics = c.raw(Method::GET, "/v1/metrics", None).ok();
+                    Ok((vms, metrics))
+                })
+                .await;
+            match got {
+                Ok((vms, metrics)) => {
+                    let host = metrics
+                        .filter(|r| r.status.is_success())
+                        .map(|r| pages::Host::from_exposition(&String::from_utf8_lossy(&r.body)));
+                    html(
+                        StatusCode::OK,
+                        pages::dashboard(user, csrf, host.as_ref(), &vms),
+                    )
+                }
+                Err(e) => app.unreachable(&e),
+            }
+        }
         "/create" => create_page(app, user, csrf, "", None, false).await,
         "/images" => {
             let installed = match app.vmmd(|c| c.list_images()).await {
