@@ -449,8 +449,38 @@ fn the_console_creates_updates_and_deletes_a_guest_through_its_forms() {
     let g = curl(&jar, &[&format!("{}/network", w.url)]);
     assert_eq!(g.status, 200, "{g:?}");
     assert!(g.body.contains("id=\"tag-webnet\""), "{g:?}");
+    // A nic tag added and deleted through the page; a bad name refused naming why.
+    let add = format!("{}/network/add", w.url);
+    let args = post(&[("name", "webnet2")]);
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.push(&add);
+    assert_eq!(curl(&jar, &a).status, 303);
+    let tags = || -> Vec<String> {
+        d.client()
+            .nictags()
+            .expect("nictags")
+            .into_iter()
+            .map(|t| t.name)
+            .collect()
+    };
+    assert!(tags().contains(&"webnet2".to_string()), "{:?}", tags());
+    let args = post(&[("name", "no spaces <here>")]);
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.push(&add);
+    let g = curl(&jar, &a);
+    assert_eq!(g.status, 409, "{g:?}");
+    assert!(
+        g.body.contains("Cannot add nic tag") && !g.body.contains("<here>"),
+        "{g:?}"
+    );
+    let args = post(&[("name", "webnet2")]);
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let delete_tag = format!("{}/network/delete", w.url);
+    a.push(&delete_tag);
+    assert_eq!(curl(&jar, &a).status, 303);
+    assert!(!tags().contains(&"webnet2".to_string()), "{:?}", tags());
     let audit = std::fs::read_to_string(w.state.path().join("audit.log")).expect("audit");
-    for action in ["\"create\"", "\"update\"", "\"delete\""] {
+    for action in ["\"create\"", "\"update\"", "\"delete\"", "\"nictag-add\""] {
         assert!(audit.contains(action), "{action} not in {audit}");
     }
 }

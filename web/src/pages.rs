@@ -544,23 +544,41 @@ pub fn images(
     )
 }
 
-/// The nic tags (hull's networks: a bridge each, with its uplink if it has one).
-pub fn network(user: &str, csrf: &str, tags: &[NicTag]) -> String {
+/// The nic tags (hull's networks: a bridge each, with its uplink if it has one), each with
+/// a delete button, and a form adding one; `message`: what the last change said.
+pub fn network(user: &str, csrf: &str, tags: &[NicTag], message: Option<&str>) -> String {
     let rows: String = tags
         .iter()
         .map(|t| {
             format!(
-                "<tr id=\"tag-{}\"><td>{}</td><td>{}</td></tr>",
+                "<tr id=\"tag-{}\"><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&t.name),
                 esc(&t.name),
-                esc(t.uplink.as_deref().unwrap_or("(none: host-only)"))
+                esc(t.uplink.as_deref().unwrap_or("(none: host-only)")),
+                button(
+                    "/network/delete",
+                    csrf,
+                    &format!("delete-tag-{}", t.name),
+                    "delete",
+                    &[("name", &t.name)]
+                ),
             )
         })
         .collect();
+    let note = message
+        .map(|m| format!("<p class=\"err\" id=\"message\">{}</p>", esc(m)))
+        .unwrap_or_default();
     page(
         "Network",
         &format!(
-            "<h1>hull</h1>{}<h2>NIC tags</h2><table id=\"nictags\"><tr><th>Name</th><th>Uplink</th></tr>{rows}</table>",
+            "<h1>hull</h1>{}<h2>NIC tags</h2>{note}<table id=\"nictags\"><tr><th>Name</th>\
+             <th>Uplink</th><th></th></tr>{rows}</table>\
+             <h3>Add a NIC tag</h3><form method=\"post\" action=\"/network/add\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <label>Name <input name=\"name\" id=\"tag-name\" required></label> \
+             <label>Uplink <input name=\"uplink\" id=\"tag-uplink\"></label> \
+             (a host interface; empty for a switch of this host's guests alone) \
+             <button id=\"add-tag\">Add</button></form>",
             nav(user, csrf)
         ),
     )

@@ -417,6 +417,47 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Repl
             Err(e) => html(StatusCode::CONFLICT, pages::error("Cannot import", &e)),
         };
     }
+    if let Some(action) = path.strip_prefix("/network/") {
+        let name = field(&f, "name").unwrap_or_default().trim().to_string();
+        let done = match action {
+            "add" => {
+                let tag = hull_spec::NicTag {
+                    name: name.clone(),
+                    uplink: field(&f, "uplink")
+                        .map(str::trim)
+                        .filter(|u| !u.is_empty())
+                        .map(str::to_string),
+                };
+                app.vmmd_report(move |c| c.add_nictag(&tag).map(drop)).await
+            }
+            "delete" => {
+                let n = name.clone();
+                app.vmmd_report(move |c| c.delete_nictag(&n)).await
+            }
+            _ => return text(StatusCode::NOT_FOUND, "not an action\n"),
+        };
+        let verb = format!("nictag-{action}");
+        app.audit(
+            &user,
+            peer,
+            &verb,
+            &name,
+            done.as_ref().err().map_or("ok", |e| &e.0),
+        );
+        return match done {
+            Ok(()) => see_other("/network"),
+            Err((e, _)) => match app.vmmd(|c| c.nictags()).await {
+                Ok(tags) => {
+                    let message = format!("Cannot {action} nic tag {name:?}: {e}");
+                    html(
+                        StatusCode::CONFLICT,
+                        pages::network(&user, &session.csrf, &tags, Some(&message)),
+                    )
+                }
+                Err(e) => app.unreachable(&e),
+            },
+        };
+    }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let ["vms", uuid, action] = parts.as_slice() else {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -551,7 +592,7 @@ async fn get_page(app: &App, path: &str, user: &str, csrf: &str) -> Reply {
             )
         }
         "/network" => match app.vmmd(|c| c.nictags()).await {
-            Ok(tags) => html(StatusCode::OK, pages::network(user, csrf, &tags)),
+            Ok(tags) => html(StatusCode::OK, pages::network(user, csrf, &tags, None)),
             Err(e) => app.unreachable(&e),
         },
         _ => {
