@@ -479,6 +479,36 @@ fn the_console_creates_updates_and_deletes_a_guest_through_its_forms() {
     a.push(&delete_tag);
     assert_eq!(curl(&jar, &a).status, 303);
     assert!(!tags().contains(&"webnet2".to_string()), "{:?}", tags());
+    // The events page streams vmmd's events as rows while it loads: a guest made and
+    // deleted meanwhile shows in it.
+    let follow = Command::new("curl")
+        .args(["-skN", "--max-time", "8", "-b"])
+        .arg(&jar)
+        .arg(format!("{}/events", w.url))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    std::thread::sleep(Duration::from_millis(1500));
+    let vm = d
+        .client()
+        .create_vm(&serde_json::json!({"brand": "joyent", "alias": "<evtest>",
+            "image_uuid": IMAGE, "autoboot": false}))
+        .expect("a guest");
+    d.client().delete_vm(vm.uuid).expect("delete");
+    let out = follow.wait_with_output().expect("curl");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains("Events as they happen"), "{page}");
+    for kind in ["create", "delete"] {
+        let row = page
+            .lines()
+            .find(|l| l.starts_with(&format!("<tr class=\"event-{kind}\">")))
+            .unwrap_or_else(|| panic!("no {kind} event in {page}"));
+        assert!(row.contains(&vm.uuid.to_string()), "{row}");
+    }
+    assert!(
+        page.contains("&lt;evtest&gt;") && !page.contains("<evtest>"),
+        "{page}"
+    );
     let audit = std::fs::read_to_string(w.state.path().join("audit.log")).expect("audit");
     for action in ["\"create\"", "\"update\"", "\"delete\"", "\"nictag-add\""] {
         assert!(audit.contains(action), "{action} not in {audit}");

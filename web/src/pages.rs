@@ -41,6 +41,7 @@ fn nav(user: &str, csrf: &str) -> String {
     format!(
         "<nav><a href=\"/\" id=\"nav-guests\">Guests</a><a href=\"/create\" id=\"nav-create\">Create</a>\
          <a href=\"/images\" id=\"nav-images\">Images</a><a href=\"/network\" id=\"nav-network\">Network</a>\
+         <a href=\"/events\" id=\"nav-events\">Events</a>\
          Logged in as {} <form class=\"inline\" method=\"post\" action=\"/logout\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <button id=\"logout\">Log out</button></form></nav>",
@@ -581,6 +582,43 @@ pub fn network(user: &str, csrf: &str, tags: &[NicTag], message: Option<&str>) -
              <button id=\"add-tag\">Add</button></form>",
             nav(user, csrf)
         ),
+    )
+}
+
+/// The events page up to its table's head; [`event_row`]s follow as they happen.
+pub fn events_head(user: &str, csrf: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\">\
+         <title>Events - hull</title><style>{STYLE}</style></head><body><h1>hull</h1>{}\
+         <h2>Events as they happen</h2><table id=\"events\"><tr><th>When</th><th>Event</th>\
+         <th>Guest</th><th>Alias</th><th>State</th><th>Changed</th></tr>\n",
+        nav(user, csrf)
+    )
+}
+
+/// One event as a row of the events page.
+pub fn event_row(e: &hull_spec::Event) -> String {
+    let kind = plain(&serde_json::to_value(e.kind).unwrap_or(Value::Null));
+    format!(
+        "<tr class=\"event-{}\"><td>{}</td><td>{}</td><td><a href=\"/vms/{}\">{}</a></td>\
+         <td>{}</td><td>{}</td><td>{}</td></tr>\n",
+        esc(&kind),
+        esc(&e.timestamp),
+        esc(&kind),
+        e.uuid,
+        e.uuid,
+        esc(e.alias.as_deref().unwrap_or("")),
+        esc(e.state.map(|s| s.as_str()).unwrap_or("")),
+        esc(&e.changes.join(", ")),
+    )
+}
+
+/// The end of the events page, saying why it ended.
+pub fn events_tail(why: &str) -> String {
+    format!(
+        "</table><p class=\"err\" id=\"message\">{} (reload to follow again)</p></body></html>\n",
+        esc(why)
     )
 }
 

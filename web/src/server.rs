@@ -58,7 +58,26 @@ struct App {
     metrics_token: String,
 }
 
-type Reply = Response<Full<Bytes>>;
+/// A reply's body: whole, or streamed (the events page).
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+type Reply = Response<Body>;
+
+/// A body streamed from a channel, ended when its sender is dropped.
+struct Channel(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Channel {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
 
 /// Prepares the state directory (0700: certificate, metrics token, audit log), binds the
 /// address and serves until the process ends; `ready` gets the bound address.
@@ -208,7 +227,7 @@ fn secure(mut r: Reply) -> Reply {
 }
 
 fn reply(status: StatusCode, kind: &'static str, body: String) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
@@ -591,6 +610,7 @@ async fn get_page(app: &App, path: &str, user: &str, csrf: &str) -> Reply {
                 ),
             )
         }
+        "/events" => events(app, user, csrf),
         "/network" => match app.vmmd(|c| c.nictags()).await {
             Ok(tags) => html(StatusCode::OK, pages::network(user, csrf, &tags, None)),
             Err(e) => app.unreachable(&e),
@@ -621,6 +641,44 @@ async fn get_page(app: &App, path: &str, user: &str, csrf: &str) -> Reply {
             }
         }
     }
+}
+
+/// The events page: vmmd's events as they happen, each a table row sent as it comes (the
+/// page goes on loading; a browser shows each row at once, no script needed). The stream
+/// ends when the browser leaves (at the next event) or vmmd stops; the page then says so.
+fn events(app: &App, user: &str, csrf: &str) -> Reply {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let socket = app.cfg.socket.clone();
+    let head = pages::events_head(user, csrf);
+    std::thread::spawn(move || {
+        if tx.blocking_send(Bytes::from(head)).is_err() {
+            return;
+        }
+        let ended = hull_client::Client::new(&socket).and_then(|c| {
+            c.events(
+                None,
+                false,
+                || {},
+                // Called on the client's runtime: no blocking send. A browser 64 rows
+                // behind, or gone, ends the stream.
+                |line| match serde_json::from_str::<hull_spec::Event>(line) {
+                    Ok(e) => tx.try_send(Bytes::from(pages::event_row(&e))).is_ok(),
+                    Err(_) => true,
+                },
+            )
+        });
+        let why = match ended {
+            Ok(()) => "vmmd ended the event stream".to_string(),
+            Err(e) => format!("vmmd is not answering: {e}"),
+        };
+        let _ = tx.blocking_send(Bytes::from(pages::events_tail(&why)));
+    });
+    let mut r = Response::new(Channel(rx).boxed());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
 }
 
 /// The create page with `payload` in its editor and what became of it.
