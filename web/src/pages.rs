@@ -26,12 +26,14 @@ fn page(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width\">\
-         <title>{} - hull</title><style>{STYLE}</style></head><body>{body}</body></html>\n",
+         <title>{} - hull</title><link rel=\"stylesheet\" href=\"/style.css\"></head><body>{body}</body></html>\n",
         esc(title)
     )
 }
 
-const STYLE: &str = "body{font:15px system-ui,sans-serif;margin:2em;color:#222}\
+/// The pages' style sheet, served as `/style.css` (the Content-Security-Policy allows no
+/// inline style).
+pub const STYLE: &str = "body{font:15px system-ui,sans-serif;margin:2em;color:#222}\
 table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}\
 .err{color:#a00}.ok{color:#060}form.inline{display:inline}button{margin-right:.3em}\
 nav a{margin-right:1em}textarea{font:13px monospace;width:100%}code{font-size:13px}";
@@ -590,7 +592,7 @@ pub fn events_head(user: &str, csrf: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width\">\
-         <title>Events - hull</title><style>{STYLE}</style></head><body><h1>hull</h1>{}\
+         <title>Events - hull</title><link rel=\"stylesheet\" href=\"/style.css\"></head><body><h1>hull</h1>{}\
          <h2>Events as they happen</h2><table id=\"events\"><tr><th>When</th><th>Event</th>\
          <th>Guest</th><th>Alias</th><th>State</th><th>Changed</th></tr>\n",
         nav(user, csrf)

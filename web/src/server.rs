@@ -381,6 +381,13 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Repl
     let session = cookie(req.headers()).and_then(|id| app.sessions.get(&id).map(|s| (id, s)));
     match (&method, path.as_str()) {
         (&Method::GET, "/login") => return html(StatusCode::OK, pages::login(None)),
+        (&Method::GET, "/style.css") => {
+            return reply(
+                StatusCode::OK,
+                "text/css; charset=utf-8",
+                pages::STYLE.into(),
+            );
+        }
         (&Method::POST, "/login") => return login(&app, req, peer).await,
         (&Method::GET, "/metrics") => return metrics(&app, &req, session.is_some()).await,
         _ => {}

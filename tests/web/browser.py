@@ -1,0 +1,145 @@
+#!/usr/bin/python3
+"""Issue 21's acceptance in a real browser: Debian's chromium (headless), driven by Debian's
+chromium-driver through python3-selenium, against a hull-web in front of a real vmmd.
+
+    browser.py URL USER PASSWORD IMAGE_UUID OUT_DIR
+
+Run by tests/tests/web.rs (root_the_console_works_in_chromium), which starts vmmd and
+hull-web. Steps: plain http ends on the https login; a wrong password is refused there;
+the right one opens the dashboard (host figures, guests); the create form's fields make a
+joyent-minimal zone's payload from IMAGE_UUID, which is created; its page shows it reach
+running; stop; delete once confirmed; the dashboard no longer lists it. A screenshot of
+each step goes to OUT_DIR. Exits non-zero naming the first step that failed.
+"""
+
+import os
+import sys
+import time
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
+
+
+def fail(what):
+    print(f"browser: {what}", file=sys.stderr)
+    sys.exit(1)
+
+
+def main():
+    if len(sys.argv) != 6:
+        fail("usage: browser.py URL USER PASSWORD IMAGE_UUID OUT_DIR")
+    url, user, password, image, out = sys.argv[1:]
+    os.makedirs(out, exist_ok=True)
+    # chromium's profile by its real path: chromedriver does not find a port file written
+    # under a path with "..".
+    out = os.path.realpath(out)
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1024", "--ignore-certificate-errors",
+                f"--user-data-dir={out}/profile"):
+        opts.add_argument(arg)
+    opts.binary_location = "/usr/bin/chromium"
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    driver.set_page_load_timeout(60)
+    step = [0]
+
+    def shot(name):
+        step[0] += 1
+        driver.save_screenshot(os.path.join(out, f"{step[0]:02d}-{name}.png"))
+
+    def text(element_id):
+        return driver.find_element(By.ID, element_id).text
+
+    def wait_for(what, check, seconds=90, reload=True):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if reload:
+                driver.refresh()
+            try:
+                if check():
+                    return
+            except Exception:  # the page between loads
+                pass
+            time.sleep(0.5)
+        shot("timeout")
+        fail(f"{what}: not within {seconds}s; the page says: {driver.page_source[:2000]}")
+
+    try:
+        # Plain http: the browser follows the redirect to https's login.
+        driver.get(url.replace("https://", "http://", 1) + "/")
+        if not driver.current_url.startswith(url + "/login"):
+            fail(f"plain http ended on {driver.current_url}, not the https login")
+        shot("login")
+        # A wrong password, then the right one.
+        driver.find_element(By.NAME, "user").send_keys(user)
+        driver.find_element(By.NAME, "password").send_keys("not the password")
+        driver.find_element(By.ID, "login").click()
+        if "Wrong user or password" not in text("message"):
+            fail(f"a wrong password was not refused: {driver.page_source[:1000]}")
+        shot("wrong-password")
+        driver.find_element(By.NAME, "user").clear()
+        driver.find_element(By.NAME, "user").send_keys(user)
+        driver.find_element(By.NAME, "password").send_keys(password)
+        driver.find_element(By.ID, "login").click()
+        if driver.current_url.rstrip("/") != url:
+            fail(f"the login ended on {driver.current_url}")
+        if "CPUs, load" not in text("host-cpu"):
+            fail(f"no host figures on the dashboard: {driver.page_source[:1000]}")
+        shot("dashboard")
+        # The create form: its fields make the payload, which is created.
+        driver.find_element(By.ID, "nav-create").click()
+        Select(driver.find_element(By.ID, "brand")).select_by_visible_text("joyent-minimal")
+        Select(driver.find_element(By.ID, "image")).select_by_value(image)
+        driver.find_element(By.ID, "alias").send_keys("browser-zone")
+        memory = driver.find_element(By.ID, "memory")
+        memory.clear()
+        memory.send_keys("128")
+        driver.find_element(By.ID, "fill").click()
+        payload = driver.find_element(By.ID, "payload").get_attribute("value")
+        if f'"image_uuid": "{image}"' not in payload or '"alias": "browser-zone"' not in payload:
+            fail(f"the form made {payload}")
+        shot("payload")
+        driver.find_element(By.ID, "validate").click()
+        if "The payload is valid." not in text("message"):
+            fail(f"the payload did not validate: {driver.page_source[:2000]}")
+        driver.find_element(By.ID, "create").click()
+        if "/vms/" not in driver.current_url:
+            fail(f"create ended on {driver.current_url}: {driver.page_source[:2000]}")
+        uuid = driver.current_url.rstrip("/").rsplit("/", 1)[1]
+        if text("guest") != "browser-zone":
+            fail(f"the guest's page is titled {text('guest')!r}")
+        shot("created")
+        # It runs (a zone with autoboot starts at create; otherwise start it here).
+        if driver.find_elements(By.ID, f"start-{uuid}"):
+            driver.find_element(By.ID, f"start-{uuid}").click()
+        wait_for("the zone running", lambda: text("prop-state") == "running")
+        shot("running")
+        driver.find_element(By.ID, f"stop-{uuid}").click()
+        wait_for("the zone stopped", lambda: text("prop-state") == "stopped")
+        shot("stopped")
+        # Delete: the browser will not post the form before its box is ticked.
+        driver.find_element(By.ID, f"delete-{uuid}").click()
+        if "/vms/" not in driver.current_url or text("prop-state") != "stopped":
+            fail("delete went ahead without its confirmation")
+        driver.find_element(By.ID, "delete-confirm").click()
+        driver.find_element(By.ID, f"delete-{uuid}").click()
+        if driver.current_url.rstrip("/") != url:
+            fail(f"delete ended on {driver.current_url}: {driver.page_source[:2000]}")
+        if driver.find_elements(By.ID, f"vm-{uuid}"):
+            fail("the dashboard still lists the deleted zone")
+        shot("deleted")
+        # Logged out, the pages send to the login again.
+        driver.find_element(By.ID, "logout").click()
+        driver.get(url + "/")
+        if not driver.current_url.startswith(url + "/login"):
+            fail(f"after logging out / opened {driver.current_url}")
+        shot("logged-out")
+        print(f"browser: {step[0]} steps passed in chromium {driver.capabilities.get('browserVersion')}")
+    finally:
+        driver.quit()
+
+
+if __name__ == "__main__":
+    main()
