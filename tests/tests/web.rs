@@ -347,26 +347,29 @@ fn the_console_creates_updates_and_deletes_a_guest_through_its_forms() {
     assert!(g.body.contains("<option value=\"webnet\">"), "{g:?}");
     let token = csrf(&g.body);
     let create = format!("{}/create", w.url);
-    let post = |fields: &[(&str, &str)]| {
+    // A form posted to `to` with the session's CSRF token and `fields`.
+    let post = |to: &str, fields: &[(&str, &str)]| {
         let mut args: Vec<String> = vec!["--data-urlencode".into(), format!("csrf={token}")];
         for (k, v) in fields {
             args.push("--data-urlencode".into());
             args.push(format!("{k}={v}"));
         }
-        args
+        args.push(to.to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&jar, &args)
     };
     // The form's fields make the payload.
-    let args = post(&[
-        ("do", "fill"),
-        ("brand", "joyent"),
-        ("image", IMAGE),
-        ("alias", "formtest"),
-        ("memory", "128"),
-        ("nic_tag", "webnet"),
-    ]);
-    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
-    a.push(&create);
-    let g = curl(&jar, &a);
+    let g = post(
+        &create,
+        &[
+            ("do", "fill"),
+            ("brand", "joyent"),
+            ("image", IMAGE),
+            ("alias", "formtest"),
+            ("memory", "128"),
+            ("nic_tag", "webnet"),
+        ],
+    );
     assert_eq!(g.status, 200, "{g:?}");
     for part in [
         format!("&quot;image_uuid&quot;: &quot;{IMAGE}&quot;"),
@@ -377,16 +380,10 @@ fn the_console_creates_updates_and_deletes_a_guest_through_its_forms() {
     }
     // A bad payload: the report names the property, as `vmadm validate create` does.
     let bad = format!(r#"{{"brand": "joyent", "image_uuid": "{IMAGE}", "max_swap": 128}}"#);
-    let args = post(&[("do", "validate"), ("payload", &bad)]);
-    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
-    a.push(&create);
-    let g = curl(&jar, &a);
+    let g = post(&create, &[("do", "validate"), ("payload", &bad)]);
     assert_eq!(g.status, 422, "{g:?}");
     assert!(g.body.contains("<code>max_swap</code>"), "{g:?}");
-    let args = post(&[("do", "create"), ("payload", "{not json")]);
-    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
-    a.push(&create);
-    let g = curl(&jar, &a);
+    let g = post(&create, &[("do", "create"), ("payload", "{not json")]);
     assert_eq!(g.status, 422, "{g:?}");
     assert!(g.body.contains("not JSON"), "{g:?}");
     assert!(d.client().list_vms(&[]).expect("list").is_empty());
@@ -395,16 +392,10 @@ fn the_console_creates_updates_and_deletes_a_guest_through_its_forms() {
         r#"{{"brand": "joyent", "image_uuid": "{IMAGE}", "alias": "formtest", "autoboot": false,
             "customer_metadata": {{"role": "<web>"}}}}"#
     );
-    let args = post(&[("do", "validate"), ("payload", &good)]);
-    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
-    a.push(&create);
-    let g = curl(&jar, &a);
+    let g = post(&create, &[("do", "validate"), ("payload", &good)]);
     assert_eq!(g.status, 200, "{g:?}");
     assert!(g.body.contains("The payload is valid."), "{g:?}");
-    let args = post(&[("do", "create"), ("payload", &good)]);
-    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
-    a.push(&create);
-    let g = curl(&jar, &a);
+    let g = post(&create, &[("do", "create"), ("payload", &good)]);
     assert_eq!(g.status, 303, "{g:?}");
     let vms = d.client().list_vms(&[]).expect("list");
     assert_eq!(vms.len(), 1);
@@ -424,31 +415,25 @@ fn the_console_creates_updates_and_deletes_a_guest_through_its_forms() {
     );
     // An update with a bad value: refused with the report, nothing changed.
     let update = format!("{page}/update");
-    let args = post(&[("payload", r#"{"max_physical_memory": "lots"}"#)]);
-    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
-    a.push(&update);
-    let g = curl(&jar, &a);
+    let g = post(
+        &update,
+        &[("payload", r#"{"max_physical_memory": "lots"}"#)],
+    );
     assert_eq!(g.status, 409, "{g:?}");
     assert!(g.body.contains("<code>max_physical_memory</code>"), "{g:?}");
-    let args = post(&[("payload", r#"{"alias": "renamed"}"#)]);
-    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
-    a.push(&update);
-    assert_eq!(curl(&jar, &a).status, 303);
+    assert_eq!(
+        post(&update, &[("payload", r#"{"alias": "renamed"}"#)]).status,
+        303
+    );
     assert_eq!(
         d.client().get_vm(uuid).expect("get").alias.as_deref(),
         Some("renamed")
     );
     // Delete: refused without the confirmation, done with it.
     let delete = format!("{page}/delete");
-    let args = post(&[]);
-    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
-    a.push(&delete);
-    assert_eq!(curl(&jar, &a).status, 400);
+    assert_eq!(post(&delete, &[]).status, 400);
     assert_eq!(d.client().list_vms(&[]).expect("list").len(), 1);
-    let args = post(&[("confirm", "yes")]);
-    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
-    a.push(&delete);
-    assert_eq!(curl(&jar, &a).status, 303);
+    assert_eq!(post(&delete, &[("confirm", "yes")]).status, 303);
     assert!(d.client().list_vms(&[]).expect("list").is_empty());
     assert_eq!(curl(&jar, &[&page]).status, 404);
     // The images and the network.
@@ -460,10 +445,7 @@ fn the_console_creates_updates_and_deletes_a_guest_through_its_forms() {
     assert!(g.body.contains("id=\"tag-webnet\""), "{g:?}");
     // A nic tag added and deleted through the page; a bad name refused naming why.
     let add = format!("{}/network/add", w.url);
-    let args = post(&[("name", "webnet2")]);
-    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
-    a.push(&add);
-    assert_eq!(curl(&jar, &a).status, 303);
+    assert_eq!(post(&add, &[("name", "webnet2")]).status, 303);
     let tags = || -> Vec<String> {
         d.client()
             .nictags()
@@ -473,20 +455,14 @@ fn the_console_creates_updates_and_deletes_a_guest_through_its_forms() {
             .collect()
     };
     assert!(tags().contains(&"webnet2".to_string()), "{:?}", tags());
-    let args = post(&[("name", "no spaces <here>")]);
-    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
-    a.push(&add);
-    let g = curl(&jar, &a);
+    let g = post(&add, &[("name", "no spaces <here>")]);
     assert_eq!(g.status, 409, "{g:?}");
     assert!(
         g.body.contains("Cannot add nic tag") && !g.body.contains("<here>"),
         "{g:?}"
     );
-    let args = post(&[("name", "webnet2")]);
-    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
     let delete_tag = format!("{}/network/delete", w.url);
-    a.push(&delete_tag);
-    assert_eq!(curl(&jar, &a).status, 303);
+    assert_eq!(post(&delete_tag, &[("name", "webnet2")]).status, 303);
     assert!(!tags().contains(&"webnet2".to_string()), "{:?}", tags());
     // The events page streams vmmd's events as rows while it loads: a guest made and
     // deleted meanwhile shows in it.
