@@ -19,7 +19,8 @@ import time
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 
 def fail(what):
@@ -52,6 +53,17 @@ def main():
     def text(element_id):
         return driver.find_element(By.ID, element_id).text
 
+    def click(element_id):
+        """Clicks what posts a form or follows a link, and waits for the next page: a click
+        returns before the browser has the answer (and its redirect)."""
+        old = driver.find_element(By.TAG_NAME, "html")
+        driver.find_element(By.ID, element_id).click()
+        try:
+            WebDriverWait(driver, 60).until(expected_conditions.staleness_of(old))
+        except Exception:
+            shot("no-next-page")
+            fail(f"clicking {element_id} led to no new page: {driver.page_source[:2000]}")
+
     def wait_for(what, check, seconds=90, reload=True):
         deadline = time.time() + seconds
         while time.time() < deadline:
@@ -75,36 +87,36 @@ def main():
         # A wrong password, then the right one.
         driver.find_element(By.NAME, "user").send_keys(user)
         driver.find_element(By.NAME, "password").send_keys("not the password")
-        driver.find_element(By.ID, "login").click()
+        click("login")
         if "Wrong user or password" not in text("message"):
             fail(f"a wrong password was not refused: {driver.page_source[:1000]}")
         shot("wrong-password")
         driver.find_element(By.NAME, "user").clear()
         driver.find_element(By.NAME, "user").send_keys(user)
         driver.find_element(By.NAME, "password").send_keys(password)
-        driver.find_element(By.ID, "login").click()
+        click("login")
         if driver.current_url.rstrip("/") != url:
             fail(f"the login ended on {driver.current_url}")
         if "CPUs, load" not in text("host-cpu"):
             fail(f"no host figures on the dashboard: {driver.page_source[:1000]}")
         shot("dashboard")
         # The create form: its fields make the payload, which is created.
-        driver.find_element(By.ID, "nav-create").click()
+        click("nav-create")
         Select(driver.find_element(By.ID, "brand")).select_by_visible_text("joyent-minimal")
         Select(driver.find_element(By.ID, "image")).select_by_value(image)
         driver.find_element(By.ID, "alias").send_keys("browser-zone")
         memory = driver.find_element(By.ID, "memory")
         memory.clear()
         memory.send_keys("128")
-        driver.find_element(By.ID, "fill").click()
+        click("fill")
         payload = driver.find_element(By.ID, "payload").get_attribute("value")
         if f'"image_uuid": "{image}"' not in payload or '"alias": "browser-zone"' not in payload:
             fail(f"the form made {payload}")
         shot("payload")
-        driver.find_element(By.ID, "validate").click()
+        click("validate")
         if "The payload is valid." not in text("message"):
             fail(f"the payload did not validate: {driver.page_source[:2000]}")
-        driver.find_element(By.ID, "create").click()
+        click("create")
         if "/vms/" not in driver.current_url:
             fail(f"create ended on {driver.current_url}: {driver.page_source[:2000]}")
         uuid = driver.current_url.rstrip("/").rsplit("/", 1)[1]
@@ -113,25 +125,26 @@ def main():
         shot("created")
         # It runs (a zone with autoboot starts at create; otherwise start it here).
         if driver.find_elements(By.ID, f"start-{uuid}"):
-            driver.find_element(By.ID, f"start-{uuid}").click()
+            click(f"start-{uuid}")
         wait_for("the zone running", lambda: text("prop-state") == "running")
         shot("running")
-        driver.find_element(By.ID, f"stop-{uuid}").click()
+        click(f"stop-{uuid}")
         wait_for("the zone stopped", lambda: text("prop-state") == "stopped")
         shot("stopped")
         # Delete: the browser will not post the form before its box is ticked.
         driver.find_element(By.ID, f"delete-{uuid}").click()
+        time.sleep(1)
         if "/vms/" not in driver.current_url or text("prop-state") != "stopped":
             fail("delete went ahead without its confirmation")
         driver.find_element(By.ID, "delete-confirm").click()
-        driver.find_element(By.ID, f"delete-{uuid}").click()
+        click(f"delete-{uuid}")
         if driver.current_url.rstrip("/") != url:
             fail(f"delete ended on {driver.current_url}: {driver.page_source[:2000]}")
         if driver.find_elements(By.ID, f"vm-{uuid}"):
             fail("the dashboard still lists the deleted zone")
         shot("deleted")
         # Logged out, the pages send to the login again.
-        driver.find_element(By.ID, "logout").click()
+        click("logout")
         driver.get(url + "/")
         if not driver.current_url.startswith(url + "/login"):
             fail(f"after logging out / opened {driver.current_url}")
