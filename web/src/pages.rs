@@ -22,13 +22,18 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-fn page(title: &str, body: &str) -> String {
+/// A page's beginning, up to and with `<body>`.
+fn head(title: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width\">\
-         <title>{} - hull</title><link rel=\"stylesheet\" href=\"/style.css\"></head><body>{body}</body></html>\n",
+         <title>{} - hull</title><link rel=\"stylesheet\" href=\"/style.css\"></head><body>",
         esc(title)
     )
+}
+
+fn page(title: &str, body: &str) -> String {
+    format!("{}{body}</body></html>\n", head(title))
 }
 
 /// The pages' style sheet, served as `/style.css` (the Content-Security-Policy allows no
@@ -590,11 +595,10 @@ pub fn network(user: &str, csrf: &str, tags: &[NicTag], message: Option<&str>) -
 /// The events page up to its table's head; [`event_row`]s follow as they happen.
 pub fn events_head(user: &str, csrf: &str) -> String {
     format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width\">\
-         <title>Events - hull</title><link rel=\"stylesheet\" href=\"/style.css\"></head><body><h1>hull</h1>{}\
-         <h2>Events as they happen</h2><table id=\"events\"><tr><th>When</th><th>Event</th>\
-         <th>Guest</th><th>Alias</th><th>State</th><th>Changed</th></tr>\n",
+        "{}<h1>hull</h1>{}<h2>Events as they happen</h2><table id=\"events\"><tr>\
+         <th>When</th><th>Event</th><th>Guest</th><th>Alias</th><th>State</th>\
+         <th>Changed</th></tr>\n",
+        head("Events"),
         nav(user, csrf)
     )
 }

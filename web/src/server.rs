@@ -290,18 +290,13 @@ impl App {
         let _ = writeln!(f, "{line}");
     }
 
-    /// Runs `f` with a vmmd client, off the async threads.
+    /// Runs `f` with a vmmd client, off the async threads; a refusal as vmmd's message with
+    /// its causes ([`App::vmmd_report`] keeps the validation report too).
     async fn vmmd<T: Send + 'static>(
         &self,
         f: impl FnOnce(&hull_client::Client) -> Result<T, hull_client::ClientError> + Send + 'static,
     ) -> Result<T, String> {
-        let socket = self.cfg.socket.clone();
-        tokio::task::spawn_blocking(move || {
-            let c = hull_client::Client::new(&socket).map_err(|e| e.to_string())?;
-            f(&c).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        self.vmmd_report(f).await.map_err(|(message, _)| message)
     }
 }
 
@@ -309,7 +304,8 @@ impl App {
 type Refusal = (String, Option<Box<hull_spec::ValidationReport>>);
 
 impl App {
-    /// As [`App::vmmd`], keeping a refusal's validation report.
+    /// Runs `f` with a vmmd client, off the async threads, keeping a refusal's validation
+    /// report.
     async fn vmmd_report<T: Send + 'static>(
         &self,
         f: impl FnOnce(&hull_client::Client) -> Result<T, hull_client::ClientError> + Send + 'static,
