@@ -166,8 +166,11 @@ HULL_L1_CPU="max,-xsave,-xsaveopt,-xgetbv1,-avx,-avx2,-fma,-f16c,-vaes,-pku,-mpx
 # machine failing, not a check: such a run is ended as soon as it shows (a panic, a console
 # silent for 180 s, a CPU reported stuck for a minute or more, RCU's grace-period thread
 # starved; or the time limit reached after L1's kernel reported a soft lockup or an RCU stall,
-# as happens when its clock crawls), said loudly with its excerpt, kept as LOG.l1-failed, and
-# L1 runs once more. Failures of any other kind are the checks'.
+# as happens when its clock crawls), said loudly with its excerpt and what this host was doing
+# (load, memory, free disk, the busiest processes: a starved or full host shows there), kept as
+# LOG.l1-failed (LOG.l1-failed2 for a second), and L1 runs again, at most three times in all.
+# Failures of any other kind are the checks'. L1's kernel boots without `quiet` (its init
+# quiets the console then), so a boot that stalls shows where and a slow one is not silent.
 hull_l1_once() {
     local log="$1" limit="$2" q last=-1 still=0 size rc=0; shift 2
     # Appending (O_APPEND): QEMU's own last words must not overwrite the "[hull] L1 ..." line
@@ -192,12 +195,25 @@ hull_l1_once() {
     fi
 }
 hull_l1() {
-    local log="$1"
+    local log="$1" run
     hull_l1_once "$@"
-    if grep -a -q -E '^\[ *[0-9.]*\] Kernel panic|^\[hull\] L1 (hangs|wedged)' "$log"; then
+    for run in 2 3; do
+        grep -a -q -E '^\[ *[0-9.]*\] Kernel panic|^\[hull\] L1 (hangs|wedged)' "$log" || return 0
         grep -a -E -A12 '^\[ *[0-9.]*\] (BUG|watchdog: BUG)|^\[hull\] L1 (hangs|wedged)' "$log" | head -30 || true
-        echo "L1 failed under QEMU's TCG (above), not a check: running L1 once more"
-        cp "$log" "$log.l1-failed"
+        echo "--- the last 15 lines L1 printed before that:"
+        grep -a -v '^\[hull\]' "$log" | tail -15 || true
+        hull_host_state "$log"
+        echo "L1 failed under QEMU's TCG (above), not a check: running L1 again (run $run of 3)"
+        cp "$log" "$log.l1-failed$( ((run == 2)) || echo $((run - 1)))"
         hull_l1_once "$@"
-    fi
+    done
+}
+
+# What this host is doing, for a test machine that failed: load, memory, free disk where FILE
+# is, and the processes that used the most CPU.
+hull_host_state() {
+    echo "--- this host: $(uptime)"
+    free -m | sed 's/^/    /'
+    df -h "$(dirname "$1")" | sed 's/^/    /'
+    ps -eo pid,pcpu,rss,etime,args --sort=-pcpu | head -8 | cut -c1-160 | sed 's/^/    /'
 }

@@ -13,6 +13,8 @@ if [ "$$" = 1 ] && [ ! -e /.switched ]; then
 fi
 mkdir -p /proc /sys /dev /tmp /run /sys/fs/cgroup /var/lib/hull /run/hull
 mount -t proc proc /proc
+# L1 booted without `quiet` (hull_l1 in scripts/lib.sh): its console is quiet from here.
+echo 4 > /proc/sys/kernel/printk
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 mount -t cgroup2 none /sys/fs/cgroup

@@ -5,6 +5,8 @@
 /bin/busybox --install -s /bin
 mkdir -p /proc /sys /dev /tmp /dev/net
 mount -t proc proc /proc
+# L1 booted without `quiet` (hull_l1 in scripts/lib.sh): its console is quiet from here.
+echo 4 > /proc/sys/kernel/printk
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 MODE=$(sed -n 's/.*hullmode=\([a-z]*\).*/\1/p' /proc/cmdline)

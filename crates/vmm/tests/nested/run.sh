@@ -95,7 +95,7 @@ fi
 # hull_l1 (scripts/lib.sh) runs L1 once more when QEMU's TCG breaks L1's own kernel.
 hull_l1 "run-$MODE.log" "${NESTED_TIMEOUT:-600}" -M q35 -cpu "${NESTED_CPU:-$HULL_L1_CPU}" -accel tcg -m 2048 -smp 2 -nographic -no-reboot \
   -kernel root/boot/vmlinuz-"$KVER" -initrd l1.cpio.gz \
-  -append "console=ttyS0 quiet panic=-1 hullmode=$MODE hullreboot=${L2_KERNEL:+t} hullparts=$PARTS"
+  -append "console=ttyS0 panic=-1 hullmode=$MODE hullreboot=${L2_KERNEL:+t} hullparts=$PARTS"
 # (The traced boots' raw counts are tabulated below, not echoed.)
 grep -a -E '^(L1|L2|vmm):' "run-$MODE.log" | grep -a -v -E '^L1: (exits|traced) ' || true
 if [ "$MODE" = bench ]; then
