@@ -1279,12 +1279,14 @@ fn root_cri_runs_a_pod_of_two_containers_as_hull_zones() {
     );
 }
 
-/// The names of the host's named network namespaces (/run/netns).
+/// The names of the network namespaces containerd's CRI plugin made (/run/netns/cni-*); the
+/// others belong to tests running beside this one (the pod test's `hullpod<pid>`).
 fn netns_names() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()
         .filter_map(|e| Some(e.ok()?.file_name().to_str()?.to_string()))
+        .filter(|n| n.starts_with("cni-"))
         .collect();
     names.sort();
     names
