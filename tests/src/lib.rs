@@ -254,23 +254,33 @@ pub fn recipe_image(
 /// Reads a guest's console socket (zoned replays recent output to each client) until it
 /// shows `want`, for at most 30 s; returns what it read.
 pub fn console_until(console: &str, want: &str) -> String {
-    use std::io::Read;
     let mut con = std::os::unix::net::UnixStream::connect(console).expect("console");
+    let mut seen = Vec::new();
+    stream_until(&mut con, &mut seen, want)
+}
+
+/// Reads a console stream into `seen` until what it holds shows `want` (at most 30 s);
+/// returns all of it.
+pub fn stream_until(
+    con: &mut std::os::unix::net::UnixStream,
+    seen: &mut Vec<u8>,
+    want: &str,
+) -> String {
+    use std::io::Read;
     con.set_read_timeout(Some(std::time::Duration::from_millis(500)))
         .expect("timeout");
-    let mut seen = Vec::new();
     let t = std::time::Instant::now();
-    while !String::from_utf8_lossy(&seen).contains(want) {
+    while !String::from_utf8_lossy(seen).contains(want) {
         let mut buf = [0u8; 4096];
         let n = con.read(&mut buf).unwrap_or(0);
         seen.extend_from_slice(&buf[..n]);
         assert!(
             t.elapsed() < std::time::Duration::from_secs(30),
             "the console never showed {want:?}: {}",
-            String::from_utf8_lossy(&seen)
+            String::from_utf8_lossy(seen)
         );
     }
-    String::from_utf8_lossy(&seen).into_owned()
+    String::from_utf8_lossy(seen).into_owned()
 }
 
 /// Panics unless this runs as root with a usable /dev/kvm (the kvm_root_* tests).

@@ -124,10 +124,27 @@ fn root_zone_lifecycle_console_zlogin_and_restart() {
         .runtime(uuid::Uuid::parse_str(&uuid).expect("uuid"))
         .expect("runtime");
     console_shows(&rt.console, "zone ztest up");
+    // The console through vmmd's API (vmadm console's way, and hull-web's): what init
+    // printed, replayed, then a command typed into the shell on the console, and its answer.
+    let id = uuid::Uuid::parse_str(&uuid).expect("uuid");
+    let (mut con, replayed) = d.client().console(id).expect("console through the API");
+    let mut seen = replayed.to_vec();
+    hull_tests::stream_until(&mut con, &mut seen, "zone ztest up");
+    std::io::Write::write_all(&mut con, b"hostname\n").expect("type");
+    hull_tests::stream_until(&mut con, &mut seen, "hostname\r\nztest\r\n");
+    drop(con);
+    // Without the Upgrade header the route says what it wants.
+    let r = d
+        .client()
+        .raw(hyper::Method::GET, &format!("/v1/vms/{uuid}/console"), None)
+        .expect("raw");
+    assert_eq!(r.status.as_u16(), 426, "{:?}", r.body);
     // Stop, start again, and survive a vmmd SIGKILL.
     let o = d.vmadm(&["stop", &uuid, "-t", "10"], None);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(state(&d, &uuid), "stopped");
+    let e = d.client().console(id).expect_err("a stopped zone's console");
+    assert!(e.to_string().contains("not running"), "{e}");
     let o = d.vmadm(&["start", &uuid], None);
     assert!(o.status.success(), "{}", text(&o));
     let o = d.zlogin(&uuid, "touch /survives && echo ok");

@@ -129,6 +129,70 @@ async fn decode_response<T: DeserializeOwned>(
     decode_reply(status, &bytes)
 }
 
+/// A running guest's console, reached through vmmd's API.
+#[derive(Debug)]
+pub struct Console {
+    /// The connection, now the console's byte stream both ways.
+    pub stream: tokio::net::UnixStream,
+    /// Console bytes that arrived with vmmd's 101 (the start of what it replays).
+    pub replayed: Bytes,
+}
+
+/// `GET /v1/vms/{uuid}/console` with `Upgrade: hull-console` on a new connection to `socket`
+/// (for async callers such as hull-web; [`Client::console`] is the blocking form): once
+/// vmmd answers 101 the connection carries the console both ways. A refusal (the guest is
+/// not running, no such guest) is vmmd's error.
+pub async fn attach_console(socket: &Path, uuid: Uuid) -> Result<Console, ClientError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::Connect {
+            socket: socket.to_path_buf(),
+            source,
+        })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(ClientError::Http)?;
+    tokio::spawn(conn.with_upgrades());
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(format!("/v1/vms/{uuid}/console"))
+        .header(hyper::header::HOST, "vmmd")
+        .header(hyper::header::CONNECTION, "upgrade")
+        .header(hyper::header::UPGRADE, hull_spec::api::CONSOLE_UPGRADE)
+        .body(full(Bytes::new()))
+        .unwrap_or_else(|_| Request::new(full(Bytes::new())));
+    let resp = sender.send_request(req).await.map_err(ClientError::Http)?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let status = resp.status();
+        decode_response::<Value>(resp).await?;
+        return Err(ClientError::Api {
+            status: status.as_u16(),
+            body: Box::new(ApiErrorBody {
+                code: "Unknown".into(),
+                message: format!("vmmd answered {status} instead of switching to the console"),
+                causes: Vec::new(),
+                report: None,
+            }),
+        });
+    }
+    let upgraded = hyper::upgrade::on(resp).await.map_err(ClientError::Http)?;
+    let parts = upgraded
+        .downcast::<TokioIo<tokio::net::UnixStream>>()
+        .map_err(|_| ClientError::Api {
+            status: 101,
+            body: Box::new(ApiErrorBody {
+                code: "Unknown".into(),
+                message: "the console connection is not the socket it was made on".into(),
+                causes: Vec::new(),
+                report: None,
+            }),
+        })?;
+    Ok(Console {
+        stream: parts.io.into_inner(),
+        replayed: parts.read_buf,
+    })
+}
+
 /// The client.
 #[derive(Debug)]
 pub struct Client {
@@ -324,6 +388,22 @@ impl Client {
     pub fn pause_vm(&self, uuid: Uuid, paused: bool) -> Result<Vm, ClientError> {
         let verb = if paused { "pause" } else { "resume" };
         self.call(Method::POST, &format!("/v1/vms/{uuid}/{verb}"), None)
+    }
+
+    /// `GET /v1/vms/{uuid}/console` switched to the console's byte stream ([`attach_console`]),
+    /// as a blocking socket for threads to read and write.
+    pub fn console(
+        &self,
+        uuid: Uuid,
+    ) -> Result<(std::os::unix::net::UnixStream, Bytes), ClientError> {
+        let c = self.rt.block_on(attach_console(&self.socket, uuid))?;
+        let connect = |source| ClientError::Connect {
+            socket: self.socket.clone(),
+            source,
+        };
+        let stream = c.stream.into_std().map_err(connect)?;
+        stream.set_nonblocking(false).map_err(connect)?;
+        Ok((stream, c.replayed))
     }
 
     /// `POST /v1/vms/{uuid}/resize`: a zone's console window size.

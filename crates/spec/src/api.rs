@@ -148,6 +148,10 @@ pub struct Runtime {
     pub console: String,
 }
 
+/// The protocol `GET /v1/vms/{uuid}/console` switches to (`Upgrade: hull-console`): after
+/// vmmd's 101 the connection is the console's byte stream both ways.
+pub const CONSOLE_UPGRADE: &str = "hull-console";
+
 /// `GET /v1/vms/{uuid}/usage`: what a running guest's cgroup reports (a microVM's is its
 /// VMM's). Counters are cumulative since the guest started; a figure this host's cgroups do
 /// not offer is absent, and an absent limit is none.

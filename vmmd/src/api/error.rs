@@ -34,6 +34,17 @@ impl ApiError {
         }
     }
 
+    /// 426: a route that is only a protocol switch, asked without `Upgrade: PROTOCOL`.
+    pub fn upgrade_required(protocol: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            codes::BAD_REQUEST,
+            format!(
+                "this route switches protocols: send Connection: upgrade and Upgrade: {protocol}"
+            ),
+        )
+    }
+
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, message)

@@ -204,6 +204,7 @@ pub async fn dispatch(
             Ok(response(StatusCode::OK, "application/x-hull-send", body))
         }
         Action::ReceiveVm => Err(ApiError::bad_request("receive takes a send stream body")),
+        Action::Console(_) => Err(ApiError::upgrade_required(hull_spec::api::CONSOLE_UPGRADE)),
         Action::CreateSnapshot(uuid) => {
             require_object(&body)?;
             let req: SnapshotRequest = serde_json::from_value(body)
@@ -485,6 +486,61 @@ fn events(service: &Arc<Service>, only: Option<Uuid>, full: bool) -> hyper::Resp
         "application/x-ndjson",
         StreamBody::new(s).boxed_unsync(),
     )
+}
+
+/// `GET /v1/vms/{uuid}/console` with `Upgrade: hull-console` (the protocol's name is
+/// [`hull_spec::api::CONSOLE_UPGRADE`]): once vmmd answers 101, the connection carries the
+/// running guest's console both ways, as its console socket does for `vmadm console` (what
+/// the guest printed before is replayed first). For hull-web's console page: a client of the
+/// API socket reaches the console without the power to open vmmd's runtime files.
+pub async fn console(
+    service: &Arc<Service>,
+    uuid: Uuid,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Reply {
+    let protocol = hull_spec::api::CONSOLE_UPGRADE;
+    let asked = req
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(protocol));
+    if !asked {
+        return Err(ApiError::upgrade_required(protocol));
+    }
+    let path = service
+        .runtime_dir(uuid)?
+        .join(zoned::config::files::CONSOLE);
+    // Connected before the 101, so that a console that cannot be reached is an error reply.
+    let mut console = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+        ApiError::from(crate::service::ServiceError::Conflict(format!(
+            "the console of VM {uuid} does not answer ({}: {e})",
+            path.display()
+        )))
+    })?;
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let mut client = hyper_util::rt::TokioIo::new(upgraded);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut console).await;
+            }
+            Err(e) => tracing::debug!(error = %e, %uuid, "console upgrade failed"),
+        }
+    });
+    let mut r = response(
+        StatusCode::SWITCHING_PROTOCOLS,
+        "application/octet-stream",
+        full_body(Vec::new()),
+    );
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static(hull_spec::api::CONSOLE_UPGRADE),
+    );
+    Ok(r)
 }
 
 /// `POST /v1/images`: `multipart/form-data` with a `manifest` part (JSON, first) and a `file`

@@ -199,6 +199,7 @@ pub async fn serve(
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
                 .await
             {
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -225,6 +226,10 @@ async fn handle(
         if action == router::Action::InstallImage {
             // The streaming uploads: a multipart manifest + file, never held in memory...
             return handlers::install_image(&service, req).await;
+        }
+        if let router::Action::Console(uuid) = action {
+            // ... a protocol switch onto the console ...
+            return handlers::console(&service, uuid, req).await;
         }
         if action == router::Action::ReceiveVm {
             // ... and a send stream.

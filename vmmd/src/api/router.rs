@@ -48,6 +48,9 @@ pub enum Action {
     ReceiveVm,
     /// `GET /v1/vms/{uuid}/runtime`
     Runtime(Uuid),
+    /// `GET /v1/vms/{uuid}/console` with `Upgrade: hull-console`: the console's bytes both
+    /// ways on the connection
+    Console(Uuid),
     /// `GET /v1/vms/{uuid}/logs`: a docker zone's console log (its process's output)
     Logs(Uuid),
     /// `GET /v1/vms/{uuid}/info`: a running microVM's VMM figures
@@ -272,6 +275,13 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Action,
             let uuid = uuid_segment("VM", id)?;
             match *method {
                 M::GET => Action::Runtime(uuid),
+                _ => return Err(allow(&[M::GET])),
+            }
+        }
+        ["v1", "vms", id, "console"] => {
+            let uuid = uuid_segment("VM", id)?;
+            match *method {
+                M::GET => Action::Console(uuid),
                 _ => return Err(allow(&[M::GET])),
             }
         }

@@ -3,7 +3,6 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::{CmdResult, Failure, client, parse_uuid};
@@ -28,9 +27,8 @@ pub fn logs(socket: Option<&Path>, uuid: &str) -> CmdResult {
 /// only the end of input or of the console ends the session.
 pub fn attach(socket: Option<&Path>, uuid: &str, escape: bool) -> CmdResult {
     let uuid = parse_uuid(uuid)?;
-    let rt = client(socket)?.runtime(uuid)?;
-    let stream = UnixStream::connect(&rt.console)
-        .map_err(|e| Failure::new(format!("cannot attach to {}: {e}", rt.console)))?;
+    // Through vmmd's API (the console switched to on its socket), as hull-web's console is.
+    let (stream, replayed) = client(socket)?.console(uuid)?;
     let stdin = std::io::stdin();
     let raw = stdin
         .is_terminal()
@@ -44,11 +42,15 @@ pub fn attach(socket: Option<&Path>, uuid: &str, escape: bool) -> CmdResult {
     }
     let mut out = stream
         .try_clone()
-        .map_err(|e| Failure::new(format!("cannot attach to {}: {e}", rt.console)))?;
+        .map_err(|e| Failure::new(format!("cannot attach to the console of {uuid}: {e}")))?;
     let reader = std::thread::spawn(move || {
         let mut s = stream;
         let mut buf = [0u8; 4096];
         let mut stdout = std::io::stdout();
+        if stdout.write_all(&replayed).is_err() {
+            return;
+        }
+        let _ = stdout.flush();
         while let Ok(n) = s.read(&mut buf) {
             if n == 0 || stdout.write_all(&buf[..n]).is_err() {
                 break;
