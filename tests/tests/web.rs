@@ -211,6 +211,84 @@ fn the_console_logs_in_over_https_and_refuses_what_it_must() {
     let g = curl(&jar, &["--data", &format!("csrf={token}"), &stop]);
     assert_eq!(g.status, 409, "{g:?}");
     assert!(g.body.contains("already stopped"), "{g:?}");
+    // The console socket (a WebSocket onto vmmd's console route): only with this session's
+    // CSRF token, from this server's own origin, as a WebSocket, for a running guest.
+    let origin = format!("Origin: {}", w.url);
+    let socket = |token: &str, origin: &str, jar: &Path| {
+        curl(
+            jar,
+            &[
+                "-H",
+                origin,
+                "-H",
+                "Connection: Upgrade",
+                "-H",
+                "Upgrade: websocket",
+                "-H",
+                "Sec-WebSocket-Version: 13",
+                "-H",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                &format!("{}/vms/{}/console/socket?csrf={token}", w.url, vm.uuid),
+            ],
+        )
+    };
+    let g = socket("forged", &origin, &jar);
+    assert_eq!(g.status, 403, "{g:?}");
+    let g = socket(&token, "Origin: https://evil.example", &jar);
+    assert_eq!(g.status, 403, "{g:?}");
+    assert!(g.body.contains("this server's own page"), "{g:?}");
+    let g = socket(&token, &origin, &jar_dir.path().join("nobody"));
+    assert_eq!(g.status, 303, "{g:?}");
+    let g = curl(
+        &jar,
+        &[
+            "-H",
+            &origin,
+            &format!("{}/vms/{}/console/socket?csrf={token}", w.url, vm.uuid),
+        ],
+    );
+    assert_eq!(g.status, 400, "{g:?}");
+    assert!(g.body.contains("WebSocket"), "{g:?}");
+    let g = socket(&token, &origin, &jar);
+    assert_eq!(g.status, 409, "{g:?}");
+    assert!(g.body.contains("not running"), "{g:?}");
+    // The console page lets xterm.js's style elements in; the other pages take no inline
+    // style. Its script is served gzipped to a browser that takes gzip.
+    let g = curl(&jar, &[&format!("{}/vms/{}/console", w.url, vm.uuid)]);
+    assert_eq!(g.status, 200, "{g:?}");
+    assert!(g.body.contains("/assets/console.js"), "{g:?}");
+    assert!(g.headers.contains("'unsafe-inline'"), "{g:?}");
+    let g = curl(&jar, &[&format!("{}/", w.url)]);
+    assert!(!g.headers.contains("'unsafe-inline'"), "{g:?}");
+    let g = curl(
+        &jar,
+        &[
+            "-H",
+            "Accept-Encoding: gzip",
+            &format!("{}/assets/xterm.mjs", w.url),
+        ],
+    );
+    assert_eq!(g.status, 200, "{g:?}");
+    assert!(
+        g.headers
+            .to_ascii_lowercase()
+            .contains("content-encoding: gzip"),
+        "{}",
+        g.headers
+    );
+    // Gzipped or not, the same script (xterm.js: hundreds of KiB).
+    let gz = curl(
+        &jar,
+        &["--compressed", &format!("{}/assets/xterm.mjs", w.url)],
+    );
+    let plain = curl(&jar, &[&format!("{}/assets/xterm.mjs", w.url)]);
+    assert!(plain.body.len() > 100_000, "{}", plain.body.len());
+    assert!(
+        gz.body == plain.body,
+        "the gzipped script differs from the plain one"
+    );
+    let g = curl(&jar, &[&format!("{}/assets/nothing.js", w.url)]);
+    assert_eq!(g.status, 404, "{g:?}");
     // /metrics: vmmd's exposition for the session, and for the token without one.
     let g = curl(&jar, &[&format!("{}/metrics", w.url)]);
     assert_eq!(g.status, 200, "{g:?}");

@@ -143,7 +143,10 @@ fn root_zone_lifecycle_console_zlogin_and_restart() {
     let o = d.vmadm(&["stop", &uuid, "-t", "10"], None);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(state(&d, &uuid), "stopped");
-    let e = d.client().console(id).expect_err("a stopped zone's console");
+    let e = d
+        .client()
+        .console(id)
+        .expect_err("a stopped zone's console");
     assert!(e.to_string().contains("not running"), "{e}");
     let o = d.vmadm(&["start", &uuid], None);
     assert!(o.status.success(), "{}", text(&o));

@@ -8,7 +8,8 @@ Run by tests/tests/web.rs (root_the_console_works_in_chromium), which starts vmm
 hull-web. Steps: plain http ends on the https login; a wrong password is refused there;
 the right one opens the dashboard (host figures, guests); the create form's fields make a
 joyent-minimal zone's payload from IMAGE_UUID, which is created; its page shows it reach
-running; stop; delete once confirmed; the dashboard no longer lists it. A screenshot of
+running; its console (xterm.js over a WebSocket) answers `hostname` typed into it, and
+its Disconnect button ends it; stop; delete once confirmed; the dashboard no longer lists it. A screenshot of
 each step goes to OUT_DIR. Exits non-zero naming the first step that failed.
 """
 
@@ -128,6 +129,26 @@ def main():
             click(f"start-{uuid}")
         wait_for("the zone running", lambda: text("prop-state") == "running")
         shot("running")
+        # Its console: xterm.js on a WebSocket through hull-web and vmmd; `hostname` typed
+        # into the shell on the zone's console answers with the zone's (its uuid, as on
+        # SmartOS), on a line of its own after the command.
+        click(f"console-{uuid}")
+        wait_for("the console connected", lambda: text("console-status") == "connected",
+                 seconds=30, reload=False)
+        driver.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea").send_keys("hostname\n")
+
+        def answered():
+            lines = [l.strip() for l in
+                     driver.find_element(By.CSS_SELECTOR, ".xterm-rows").text.splitlines()]
+            return any(l.endswith("hostname") and n + 1 < len(lines) and lines[n + 1] == uuid
+                       for n, l in enumerate(lines))
+        wait_for("the zone's hostname on its console", answered, seconds=30, reload=False)
+        shot("console")
+        driver.find_element(By.ID, "console-detach").click()
+        wait_for("the console disconnected by its button",
+                 lambda: text("console-status").startswith("disconnected"), seconds=10,
+                 reload=False)
+        driver.get(f"{url}/vms/{uuid}")
         click(f"stop-{uuid}")
         wait_for("the zone stopped", lambda: text("prop-state") == "stopped")
         shot("stopped")

@@ -7,6 +7,7 @@
 //! Prometheus exposition) for a session or a token. See docs/web.md for what it serves and
 //! what is still to come.
 
+pub mod assets;
 pub mod auth;
 pub mod pages;
 pub mod server;

@@ -306,7 +306,11 @@ pub fn guest(
         )
     };
     let actions: Vec<String> = match vm.state.as_str() {
-        "running" => ["stop", "reboot", "kill"].iter().map(|a| act(a)).collect(),
+        "running" => std::iter::once(format!(
+            "<a href=\"/vms/{uuid}/console\" id=\"console-{uuid}\">Console</a> "
+        ))
+        .chain(["stop", "reboot", "kill"].iter().map(|a| act(a)))
+        .collect(),
         "stopped" => vec![act("start")],
         _ => Vec::new(),
     };
@@ -629,6 +633,30 @@ pub fn events_tail(why: &str) -> String {
 }
 
 /// A page that says what went wrong (vmmd not answering, a refused change).
+/// A guest's console: xterm.js (/assets/console.js) on the WebSocket at
+/// `/vms/{uuid}/console/socket`, which carries the session's CSRF token in its query (the
+/// server checks it and the Origin); Ctrl-] goes to the guest, the Disconnect button ends it.
+pub fn console(user: &str, csrf: &str, vm: &Vm) -> String {
+    let uuid = vm.uuid.to_string();
+    let name = vm.alias.clone().unwrap_or_else(|| uuid.clone());
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\">\
+         <title>Console of {name} - hull</title><link rel=\"stylesheet\" href=\"/style.css\">\
+         <link rel=\"stylesheet\" href=\"/assets/xterm.css\">\
+         <script type=\"module\" src=\"/assets/console.js\"></script></head><body>{nav}\
+         <h1>Console of <a href=\"/vms/{uuid}\">{name}</a></h1>\
+         <p><span id=\"console-status\" data-state=\"connecting\">connecting</span> \
+         <button id=\"console-detach\" type=\"button\">Disconnect</button> \
+         Keys go to the guest as typed, Ctrl-] too; Disconnect ends the session.</p>\
+         <div id=\"console\" data-socket=\"/vms/{uuid}/console/socket?csrf={csrf}\"></div>\
+         <p class=\"small\">xterm.js, MIT license: <a href=\"/assets/xterm.LICENSE\">its notice</a></p>\
+         </body></html>\n",
+        name = esc(&name),
+        nav = nav(user, csrf),
+    )
+}
+
 pub fn error(title: &str, message: &str) -> String {
     page(
         title,

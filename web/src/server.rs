@@ -172,6 +172,7 @@ async fn connection(app: Arc<App>, acceptor: TlsAcceptor, stream: TcpStream, pee
         });
         let _ = http1::Builder::new()
             .serve_connection(TokioIo::new(tls), svc)
+            .with_upgrades()
             .await;
     } else {
         let listen = app.cfg.listen;
@@ -213,15 +214,45 @@ fn secure(mut r: Reply) -> Reply {
     let h = r.headers_mut();
     for (k, v) in [
         ("strict-transport-security", "max-age=31536000"),
-        (
-            "content-security-policy",
-            "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
-        ),
         ("x-content-type-options", "nosniff"),
         ("referrer-policy", "no-referrer"),
         ("cache-control", "no-store"),
     ] {
         h.insert(k, HeaderValue::from_static(v));
+    }
+    // The console page sets its own (xterm.js adds style elements).
+    h.entry("content-security-policy")
+        .or_insert(HeaderValue::from_static(CSP));
+    r
+}
+
+/// What every page may load: only this server's own files, no inline script or style.
+const CSP: &str = "default-src 'self'; frame-ancestors 'none'; form-action 'self'";
+
+/// The console page's policy: [`CSP`], but xterm.js's own style elements are let in (it
+/// writes the terminal's geometry and colours as inline styles). Scripts stay 'self' only.
+const CONSOLE_CSP: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; \
+    frame-ancestors 'none'; form-action 'self'";
+
+/// `/assets/NAME`: the embedded browser assets, gzipped for a browser that takes gzip.
+fn asset(req: &Request<Incoming>, name: &str) -> Reply {
+    let Some(a) = crate::assets::find(name) else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let gzip = req
+        .headers()
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| e.split(';').next().is_some_and(|e| e.trim() == "gzip"));
+    let body = if gzip { a.gzip } else { a.body };
+    let mut r = Response::new(Full::new(Bytes::from_static(body)).boxed());
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(a.kind));
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     r
 }
@@ -384,6 +415,9 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Repl
                 pages::STYLE.into(),
             );
         }
+        (&Method::GET, p) if p.starts_with("/assets/") => {
+            return asset(&req, &p["/assets/".len()..]);
+        }
         (&Method::POST, "/login") => return login(&app, req, peer).await,
         (&Method::GET, "/metrics") => return metrics(&app, &req, session.is_some()).await,
         _ => {}
@@ -395,7 +429,15 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Repl
         };
     };
     if method == Method::GET {
-        return get_page(&app, &path, &session.user, &session.csrf).await;
+        let console = path
+            .strip_prefix("/vms/")
+            .and_then(|rest| rest.split_once('/'))
+            .and_then(|(u, tail)| Some((u.parse::<uuid::Uuid>().ok()?, tail)));
+        return match console {
+            Some((uuid, "console")) => console_page(&app, uuid, &session.user, &session.csrf).await,
+            Some((uuid, "console/socket")) => console_socket(&app, req, uuid, &session, peer).await,
+            _ => get_page(&app, &path, &session.user, &session.csrf).await,
+        };
     }
     if method != Method::POST {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -572,6 +614,212 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Repl
 }
 
 /// The pages read with GET: the dashboard, a guest, create, images, network.
+/// A guest's record, None when vmmd knows no such guest.
+async fn find_vm(app: &App, uuid: uuid::Uuid) -> Result<Option<hull_spec::Vm>, String> {
+    app.vmmd(move |c| match c.get_vm(uuid) {
+        Ok(vm) => Ok(Some(vm)),
+        Err(e)
+            if e.api_body()
+                .is_some_and(|b| b.code == hull_spec::api::codes::NOT_FOUND) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    })
+    .await
+}
+
+/// `/vms/{uuid}/console`: the console page (its script opens the socket below).
+async fn console_page(app: &App, uuid: uuid::Uuid, user: &str, csrf: &str) -> Reply {
+    match find_vm(app, uuid).await {
+        Ok(Some(vm)) => {
+            let mut r = html(StatusCode::OK, pages::console(user, csrf, &vm));
+            r.headers_mut().insert(
+                "content-security-policy",
+                HeaderValue::from_static(CONSOLE_CSP),
+            );
+            r
+        }
+        Ok(None) => text(StatusCode::NOT_FOUND, &format!("no guest {uuid}\n")),
+        Err(e) => app.unreachable(&e),
+    }
+}
+
+/// The largest WebSocket message taken from a browser (keys typed, pasted text).
+const CONSOLE_MESSAGE_MAX: usize = 64 << 10;
+
+/// `/vms/{uuid}/console/socket`: a WebSocket (RFC 6455) bridged to the guest's console
+/// through vmmd (`GET /v1/vms/{uuid}/console`). Taken only from this server's own pages: the
+/// session cookie, its CSRF token in the query and an Origin that is this server. Binary
+/// messages are the console's bytes both ways; a text message `{"resize": [cols, rows]}`
+/// sets a zone's window size. Opening and closing go to the audit log.
+async fn console_socket(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    uuid: uuid::Uuid,
+    session: &auth::Session,
+    peer: SocketAddr,
+) -> Reply {
+    let target = uuid.to_string();
+    let h = req.headers();
+    let token_ok = req
+        .uri()
+        .query()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect::<Vec<_>>()
+        })
+        .and_then(|q| field(&q, "csrf").map(|t| auth::same(t, &session.csrf)))
+        .unwrap_or(false);
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if !token_ok || host.is_none() || origin != host.map(|h| format!("https://{h}")).as_deref() {
+        app.audit(
+            &session.user,
+            peer,
+            "refused",
+            &target,
+            "console socket: bad CSRF token or origin",
+        );
+        return text(
+            StatusCode::FORBIDDEN,
+            "the console socket takes this session's CSRF token, from this server's own page\n",
+        );
+    }
+    let is = |name: header::HeaderName, want: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(want))
+    };
+    let key = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec());
+    let (Some(key), true, true, true) = (
+        key,
+        is(header::UPGRADE, "websocket"),
+        is(header::CONNECTION, "upgrade"),
+        is(header::SEC_WEBSOCKET_VERSION, "13"),
+    ) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "the console socket is a WebSocket (version 13)\n",
+        );
+    };
+    let console = match hull_client::attach_console(&app.cfg.socket, uuid).await {
+        Ok(c) => c,
+        Err(e) => {
+            let message = e
+                .api_body()
+                .map_or_else(|| e.to_string(), |b| b.message.clone());
+            app.audit(&session.user, peer, "console", &target, &message);
+            let status = match e {
+                hull_client::ClientError::Api { status, .. } => {
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY)
+                }
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return text(status, &format!("{message}\n"));
+        }
+    };
+    app.audit(&session.user, peer, "console", &target, "attached");
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let (app2, user) = (app.clone(), session.user.clone());
+    tokio::spawn(async move {
+        let outcome = match hyper::upgrade::on(req).await {
+            Ok(up) => bridge(&app2, uuid, TokioIo::new(up), console).await,
+            Err(e) => format!("upgrade failed: {e}"),
+        };
+        app2.audit(
+            &user,
+            peer,
+            "console",
+            &target,
+            &format!("detached: {outcome}"),
+        );
+    });
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+/// Carries a console between a browser's WebSocket and vmmd until either ends; says how
+/// it ended.
+async fn bridge<S>(
+    app: &Arc<App>,
+    uuid: uuid::Uuid,
+    socket: S,
+    console: hull_client::Console,
+) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(CONSOLE_MESSAGE_MAX))
+        .max_frame_size(Some(CONSOLE_MESSAGE_MAX));
+    let mut ws =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(socket, Role::Server, Some(config))
+            .await;
+    let mut stream = console.stream;
+    if !console.replayed.is_empty() && ws.send(Message::Binary(console.replayed)).await.is_err() {
+        return "the browser went away".into();
+    }
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        tokio::select! {
+            n = stream.read(&mut buf) => match n {
+                Ok(0) | Err(_) => {
+                    let _ = ws.close(None).await;
+                    return "the console ended".into();
+                }
+                Ok(n) => {
+                    if ws.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                        return "the browser went away".into();
+                    }
+                }
+            },
+            m = ws.next() => match m {
+                Some(Ok(Message::Binary(b))) => {
+                    if stream.write_all(&b).await.is_err() {
+                        return "the console ended".into();
+                    }
+                }
+                Some(Ok(Message::Text(t))) => {
+                    let size = serde_json::from_str::<serde_json::Value>(t.as_str())
+                        .ok()
+                        .and_then(|v| {
+                            let r = v.get("resize")?;
+                            let cols = u16::try_from(r.get(0)?.as_u64()?).ok()?;
+                            let rows = u16::try_from(r.get(1)?.as_u64()?).ok()?;
+                            Some((rows, cols))
+                        });
+                    if let Some((rows, cols)) = size.filter(|(r, c)| *r > 0 && *c > 0) {
+                        // A microVM's serial console has no window size: its refusal is no
+                        // reason to end the session.
+                        let _ = app.vmmd(move |c| c.resize_console(uuid, rows, cols)).await;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => return "the browser disconnected".into(),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return format!("the browser's WebSocket failed: {e}"),
+            },
+        }
+    }
+}
+
 async fn get_page(app: &App, path: &str, user: &str, csrf: &str) -> Reply {
     match path {
         "/" => {
@@ -625,19 +873,7 @@ async fn get_page(app: &App, path: &str, user: &str, csrf: &str) -> Reply {
             else {
                 return text(StatusCode::NOT_FOUND, "not found\n");
             };
-            let found = app
-                .vmmd(move |c| match c.get_vm(uuid) {
-                    Ok(vm) => Ok(Some(vm)),
-                    Err(e)
-                        if e.api_body()
-                            .is_some_and(|b| b.code == hull_spec::api::codes::NOT_FOUND) =>
-                    {
-                        Ok(None)
-                    }
-                    Err(e) => Err(e),
-                })
-                .await;
-            match found {
+            match find_vm(app, uuid).await {
                 Ok(Some(vm)) => html(StatusCode::OK, pages::guest(user, csrf, &vm, None)),
                 Ok(None) => text(StatusCode::NOT_FOUND, &format!("no guest {uuid}\n")),
                 Err(e) => app.unreachable(&e),
