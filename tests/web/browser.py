@@ -2,7 +2,7 @@
 """Issue 21's acceptance in a real browser: Debian's chromium (headless), driven by Debian's
 chromium-driver through python3-selenium, against a hull-web in front of a real vmmd.
 
-    browser.py URL USER PASSWORD IMAGE_UUID OUT_DIR
+    browser.py URL USER PASSWORD IMAGE_UUID OUT_DIR [KERNEL]
 
 Run by tests/tests/web.rs (root_the_console_works_in_chromium), which starts vmmd and
 hull-web. Steps: plain http ends on the https login; a wrong password is refused there;
@@ -11,8 +11,13 @@ joyent-minimal zone's payload from IMAGE_UUID, which is created; its page shows 
 running; its console (xterm.js over a WebSocket) answers `hostname` typed into it, and
 its Disconnect button ends it; stop; delete once confirmed; the dashboard no longer lists it. A screenshot of
 each step goes to OUT_DIR. Exits non-zero naming the first step that failed.
+
+With KERNEL (the test guest, images/testguest), IMAGE_UUID is a zvol image and the guest a
+microVM: the form's fields (brand kvm) make its payload, to which the test guest is added as
+the kernel in the payload's editor; its console shows the test guest's own checks passing.
 """
 
+import json
 import os
 import sys
 import time
@@ -30,9 +35,11 @@ def fail(what):
 
 
 def main():
-    if len(sys.argv) != 6:
-        fail("usage: browser.py URL USER PASSWORD IMAGE_UUID OUT_DIR")
-    url, user, password, image, out = sys.argv[1:]
+    if len(sys.argv) not in (6, 7):
+        fail("usage: browser.py URL USER PASSWORD IMAGE_UUID OUT_DIR [KERNEL]")
+    url, user, password, image, out = sys.argv[1:6]
+    kernel = sys.argv[6] if len(sys.argv) == 7 else None
+    name = "browser-vm" if kernel else "browser-zone"
     os.makedirs(out, exist_ok=True)
     # chromium's profile by its real path: chromedriver does not find a port file written
     # under a path with "..".
@@ -103,16 +110,26 @@ def main():
         shot("dashboard")
         # The create form: its fields make the payload, which is created.
         click("nav-create")
-        Select(driver.find_element(By.ID, "brand")).select_by_visible_text("joyent-minimal")
+        brand = "kvm" if kernel else "joyent-minimal"
+        Select(driver.find_element(By.ID, "brand")).select_by_visible_text(brand)
         Select(driver.find_element(By.ID, "image")).select_by_value(image)
-        driver.find_element(By.ID, "alias").send_keys("browser-zone")
+        driver.find_element(By.ID, "alias").send_keys(name)
         memory = driver.find_element(By.ID, "memory")
         memory.clear()
-        memory.send_keys("128")
+        memory.send_keys("64" if kernel else "128")
         click("fill")
-        payload = driver.find_element(By.ID, "payload").get_attribute("value")
-        if f'"image_uuid": "{image}"' not in payload or '"alias": "browser-zone"' not in payload:
+        editor = driver.find_element(By.ID, "payload")
+        payload = editor.get_attribute("value")
+        if f'"image_uuid": "{image}"' not in payload or f'"alias": "{name}"' not in payload:
             fail(f"the form made {payload}")
+        if kernel:
+            # The payload's editor: the test guest as the kernel, held at its end until a
+            # stop's Ctrl-Alt-Del.
+            p = json.loads(payload)
+            p.update({"kernel": kernel, "vcpus": 1,
+                      "cmdline": "console=ttyS0 testguest.hold=kbd"})
+            editor.clear()
+            editor.send_keys(json.dumps(p, indent=2))
         shot("payload")
         click("validate")
         if "The payload is valid." not in text("message"):
@@ -121,28 +138,36 @@ def main():
         if "/vms/" not in driver.current_url:
             fail(f"create ended on {driver.current_url}: {driver.page_source[:2000]}")
         uuid = driver.current_url.rstrip("/").rsplit("/", 1)[1]
-        if text("guest") != "browser-zone":
+        if text("guest") != name:
             fail(f"the guest's page is titled {text('guest')!r}")
         shot("created")
         # It runs (a zone with autoboot starts at create; otherwise start it here).
         if driver.find_elements(By.ID, f"start-{uuid}"):
             click(f"start-{uuid}")
-        wait_for("the zone running", lambda: text("prop-state") == "running")
+        wait_for("the guest running", lambda: text("prop-state") == "running")
         shot("running")
-        # Its console: xterm.js on a WebSocket through hull-web and vmmd; `hostname` typed
-        # into the shell on the zone's console answers with the zone's (its uuid, as on
-        # SmartOS), on a line of its own after the command.
+        # Its console: xterm.js on a WebSocket through hull-web and vmmd.
         click(f"console-{uuid}")
         wait_for("the console connected", lambda: text("console-status") == "connected",
                  seconds=30, reload=False)
-        driver.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea").send_keys("hostname\n")
 
-        def answered():
-            lines = [l.strip() for l in
-                     driver.find_element(By.CSS_SELECTOR, ".xterm-rows").text.splitlines()]
-            return any(l.endswith("hostname") and n + 1 < len(lines) and lines[n + 1] == uuid
-                       for n, l in enumerate(lines))
-        wait_for("the zone's hostname on its console", answered, seconds=30, reload=False)
+        def lines():
+            return [l.strip() for l in
+                    driver.find_element(By.CSS_SELECTOR, ".xterm-rows").text.splitlines()]
+        if kernel:
+            # The test guest's checks, as it printed them on its serial console.
+            wait_for("the test guest's checks on its console",
+                     lambda: "testguest: ALL PASS" in lines(), seconds=60, reload=False)
+        else:
+            # `hostname` typed into the shell on the zone's console answers with the zone's
+            # (its uuid, as on SmartOS), on a line of its own after the command.
+            driver.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea").send_keys("hostname\n")
+
+            def answered():
+                got = lines()
+                return any(l.endswith("hostname") and n + 1 < len(got) and got[n + 1] == uuid
+                           for n, l in enumerate(got))
+            wait_for("the zone's hostname on its console", answered, seconds=30, reload=False)
         shot("console")
         driver.find_element(By.ID, "console-detach").click()
         wait_for("the console disconnected by its button",
@@ -150,7 +175,7 @@ def main():
                  reload=False)
         driver.get(f"{url}/vms/{uuid}")
         click(f"stop-{uuid}")
-        wait_for("the zone stopped", lambda: text("prop-state") == "stopped")
+        wait_for("the guest stopped", lambda: text("prop-state") == "stopped")
         shot("stopped")
         # Delete: the browser will not post the form before its box is ticked.
         driver.find_element(By.ID, f"delete-{uuid}").click()
@@ -162,7 +187,7 @@ def main():
         if driver.current_url.rstrip("/") != url:
             fail(f"delete ended on {driver.current_url}: {driver.page_source[:2000]}")
         if driver.find_elements(By.ID, f"vm-{uuid}"):
-            fail("the dashboard still lists the deleted zone")
+            fail("the dashboard still lists the deleted guest")
         shot("deleted")
         # Logged out, the pages send to the login again.
         click("logout")
